@@ -1,0 +1,225 @@
+//! The context a task receives: identity, attempt, progress, logs and cancellation.
+
+use std::fmt;
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+/// Severity of a task log entry.
+///
+/// # Examples
+///
+/// ```
+/// use procession::Level;
+/// assert!(Level::Warning > Level::Info);
+/// assert_eq!(Level::Error.as_str(), "error");
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Level {
+    /// Detail for debugging.
+    Debug,
+    /// Normal progress.
+    Info,
+    /// Something unexpected that did not stop the task.
+    Warning,
+    /// Something failed.
+    Error,
+}
+
+impl Level {
+    /// The level in lower case.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Level::Debug => "debug",
+            Level::Info => "info",
+            Level::Warning => "warning",
+            Level::Error => "error",
+        }
+    }
+}
+
+impl fmt::Display for Level {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where a task's progress and log entries go. The runtime installs one per run.
+pub(crate) trait Reporter: Send + Sync {
+    fn progress(&self, node: u32, percent: Option<f64>, message: &str);
+    fn log(&self, node: u32, level: Level, message: &str);
+}
+
+/// Reporter of detached contexts: writes to `tracing` only.
+struct TracingReporter;
+
+impl Reporter for TracingReporter {
+    fn progress(&self, _node: u32, _percent: Option<f64>, _message: &str) {}
+    fn log(&self, _node: u32, _level: Level, _message: &str) {}
+}
+
+/// Per-run data shared by the contexts of all tasks of the run.
+pub(crate) struct RunScope {
+    pub(crate) process_id: Arc<str>,
+    pub(crate) node_ids: Arc<dyn Fn(u32) -> Arc<str> + Send + Sync>,
+    pub(crate) cancel: CancellationToken,
+    pub(crate) reporter: Arc<dyn Reporter>,
+}
+
+/// The context of one attempt of a task.
+///
+/// Declare it as the first parameter of a `#[task]` function (`ctx: &Ctx`) to read the
+/// run's identity, report progress, write to the task's log and cooperate with
+/// cancellation.
+///
+/// # Examples
+///
+/// ```
+/// use procession::prelude::*;
+///
+/// #[task]
+/// async fn count_to(ctx: &Ctx, n: u32) -> u32 {
+///     let mut done = 0;
+///     for i in 0..n {
+///         if !ctx.should_continue() {
+///             break;
+///         }
+///         ctx.progress(f64::from(i) * 100.0 / f64::from(n), format!("step {i}"));
+///         done += 1;
+///     }
+///     done
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// // Called directly, outside any runtime, with a detached context:
+/// let ctx = Ctx::detached("count_to");
+/// assert_eq!(count_to(&ctx, 3).await, 3);
+/// ctx.cancel();
+/// assert_eq!(count_to(&ctx, 3).await, 0);
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Ctx {
+    scope: Arc<RunScope>,
+    node: u32,
+    task: &'static str,
+    attempt: u32,
+}
+
+impl fmt::Debug for Ctx {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Ctx")
+            .field("process_id", &&*self.scope.process_id)
+            .field("task", &self.task)
+            .field("node", &self.node_id())
+            .field("attempt", &self.attempt)
+            .finish()
+    }
+}
+
+impl Ctx {
+    pub(crate) fn new(scope: Arc<RunScope>, node: u32, task: &'static str, attempt: u32) -> Self {
+        Ctx {
+            scope,
+            node,
+            task,
+            attempt,
+        }
+    }
+
+    /// A context that belongs to no run: for calling task functions directly (unit tests,
+    /// scripts). Progress and log entries go to `tracing`; [`Ctx::cancel`] cancels it.
+    pub fn detached(task: &'static str) -> Self {
+        let name: Arc<str> = Arc::from(task);
+        Ctx {
+            scope: Arc::new(RunScope {
+                process_id: Arc::from("detached"),
+                node_ids: Arc::new(move |_| name.clone()),
+                cancel: CancellationToken::new(),
+                reporter: Arc::new(TracingReporter),
+            }),
+            node: 0,
+            task,
+            attempt: 1,
+        }
+    }
+
+    /// The id of the process run this task belongs to.
+    pub fn process_id(&self) -> &str {
+        &self.scope.process_id
+    }
+
+    /// The task's name (`#[task(name = …)]`, or the function's name).
+    pub fn task_name(&self) -> &'static str {
+        self.task
+    }
+
+    /// The task's node id in its graph: derived from where the builder added it, so it is
+    /// the same every time the same process is built with the same parameters.
+    pub fn node_id(&self) -> Arc<str> {
+        (self.scope.node_ids)(self.node)
+    }
+
+    /// The attempt number, from 1. A task re-run after a crash continues the count.
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    /// A key that is the same for every attempt of this task in this run (also across a
+    /// crash and resume), and different for every other task or run: use it to make side
+    /// effects idempotent.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let ctx = procession::Ctx::detached("send_mail");
+    /// assert_eq!(ctx.idempotency_key(), "detached/send_mail");
+    /// ```
+    pub fn idempotency_key(&self) -> String {
+        format!("{}/{}", self.scope.process_id, self.node_id())
+    }
+
+    /// Reports progress: a percentage (clamped to 0..=100; `None` for indeterminate) and a
+    /// message.
+    pub fn progress(&self, percent: impl Into<Option<f64>>, message: impl AsRef<str>) {
+        let percent = percent
+            .into()
+            .map(|p| if p.is_nan() { 0.0 } else { p.clamp(0.0, 100.0) });
+        let message = message.as_ref();
+        tracing::debug!(task = self.task, node = %self.node_id(), ?percent, message, "progress");
+        self.scope.reporter.progress(self.node, percent, message);
+    }
+
+    /// Writes an entry to the task's log (and to `tracing`).
+    pub fn log(&self, level: Level, message: impl AsRef<str>) {
+        let message = message.as_ref();
+        match level {
+            Level::Debug => tracing::debug!(task = self.task, message),
+            Level::Info => tracing::info!(task = self.task, message),
+            Level::Warning => tracing::warn!(task = self.task, message),
+            Level::Error => tracing::error!(task = self.task, message),
+        }
+        self.scope.reporter.log(self.node, level, message);
+    }
+
+    /// False once the run was asked to stop: check it in loops and return early.
+    pub fn should_continue(&self) -> bool {
+        !self.scope.cancel.is_cancelled()
+    }
+
+    /// True once the run was asked to stop.
+    pub fn is_cancelled(&self) -> bool {
+        self.scope.cancel.is_cancelled()
+    }
+
+    /// Completes when the run is asked to stop; use it in `tokio::select!`.
+    pub async fn cancelled(&self) {
+        self.scope.cancel.cancelled().await;
+    }
+
+    /// Requests cancellation of this context's run (for detached contexts: of this context).
+    pub fn cancel(&self) {
+        self.scope.cancel.cancel();
+    }
+}

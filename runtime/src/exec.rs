@@ -1,0 +1,552 @@
+//! The in-memory executor: runs a [`Graph`] on tokio.
+//!
+//! One driver task per run owns all bookkeeping (dependency counters, statuses); every
+//! ready node runs in its own tokio task, which resolves its inputs, runs its attempts
+//! (retries, backoff, timeout, panics) and reports back over a channel. A node starts as
+//! soon as its own dependencies have ended.
+
+use std::collections::VecDeque;
+use std::error::Error as StdError;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::FutureExt;
+use tokio::sync::{mpsc, Semaphore};
+use tokio::task::AbortHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::arg::{Inputs, Slot};
+use crate::ctx::{Ctx, Level, Reporter, RunScope};
+use crate::error::{
+    chain, BoxError, CancelGraceExceeded, Cancelled, DependencyFailed, RetryExhausted, TaskPanicked, Timeout,
+};
+use crate::graph::{ErasedTask, Graph};
+use crate::hooks::{Attempt, AttemptOutcome, Hooks, RunInfo, TaskInfo};
+use crate::report::{ErrorReport, RunReport, RunStatus, TaskReport, TaskStatus};
+use crate::task::{OnDepFailure, TaskMeta};
+
+/// Settings of one run.
+pub(crate) struct RunConfig {
+    pub(crate) run_id: Arc<str>,
+    pub(crate) max_concurrency: Option<usize>,
+    pub(crate) permits: Option<Arc<Semaphore>>,
+    pub(crate) hooks: Vec<Arc<dyn Hooks>>,
+    pub(crate) cancel: CancellationToken,
+    pub(crate) grace: Duration,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum St {
+    Pending,
+    Running,
+    Success,
+    Errored,
+    Skipped,
+    Cancelled,
+}
+
+struct NodeState {
+    st: St,
+    attempts: u32,
+    elapsed: Duration,
+    error: Option<Arc<dyn StdError + Send + Sync + 'static>>,
+}
+
+struct Completion {
+    node: u32,
+    attempts: u32,
+    elapsed: Duration,
+    result: Result<(), BoxError>,
+}
+
+/// Emits progress and log entries to `tracing` (the durable runtime adds records).
+struct TraceReporter;
+
+impl Reporter for TraceReporter {
+    fn progress(&self, _node: u32, _percent: Option<f64>, _message: &str) {}
+    fn log(&self, _node: u32, _level: Level, _message: &str) {}
+}
+
+struct Shared {
+    slots: Box<[Slot]>,
+    ids: Box<[Arc<str>]>,
+    metas: Box<[&'static TaskMeta]>,
+    tag: u32,
+    remap: Option<Vec<u32>>,
+    scope: Arc<RunScope>,
+    hooks: Vec<Arc<dyn Hooks>>,
+    process: String,
+    run_id: Arc<str>,
+    permits: Option<Arc<Semaphore>>,
+}
+
+/// Runs `graph` to the end and returns its report.
+pub(crate) async fn execute(mut graph: Graph, cfg: RunConfig) -> RunReport {
+    let started = Instant::now();
+    let n = graph.nodes.len();
+    let ids: Box<[Arc<str>]> = graph.nodes.iter().map(|n| n.id.clone()).collect();
+    let ids_for_ctx = ids.clone();
+    let scope = Arc::new(RunScope {
+        process_id: cfg.run_id.clone(),
+        node_ids: Arc::new(move |i| ids_for_ctx[i as usize].clone()),
+        cancel: cfg.cancel.clone(),
+        reporter: Arc::new(TraceReporter),
+    });
+    let shared = Arc::new(Shared {
+        slots: graph.nodes.iter().map(|n| Slot::new(n.readers)).collect(),
+        ids,
+        metas: graph.nodes.iter().map(|n| n.meta).collect(),
+        tag: graph.tag,
+        remap: graph.remap.take(),
+        scope,
+        hooks: cfg.hooks.clone(),
+        process: graph.name.clone(),
+        run_id: cfg.run_id.clone(),
+        permits: cfg.permits.clone(),
+    });
+    let info = RunInfo {
+        process: graph.name.clone(),
+        run_id: cfg.run_id.to_string(),
+    };
+    for h in &cfg.hooks {
+        h.started(&info);
+    }
+    tracing::info!(process = %info.process, run = %info.run_id, tasks = n, "run started");
+
+    // Dependents in CSR form: one allocation for the whole graph.
+    let mut remaining: Vec<u32> = graph.nodes.iter().map(|n| n.deps.len() as u32).collect();
+    let mut offsets = vec![0u32; n + 1];
+    for node in &graph.nodes {
+        for &d in &node.deps {
+            offsets[d as usize + 1] += 1;
+        }
+    }
+    for i in 0..n {
+        offsets[i + 1] += offsets[i];
+    }
+    let mut fill = offsets.clone();
+    let mut targets = vec![0u32; offsets[n] as usize];
+    for (i, node) in graph.nodes.iter().enumerate() {
+        for &d in &node.deps {
+            targets[fill[d as usize] as usize] = i as u32;
+            fill[d as usize] += 1;
+        }
+    }
+    drop(fill);
+
+    let mut tasks: Vec<Option<Box<dyn ErasedTask>>> = graph.nodes.iter_mut().map(|n| n.task.take()).collect();
+    let mut state: Vec<NodeState> = (0..n)
+        .map(|_| NodeState {
+            st: St::Pending,
+            attempts: 0,
+            elapsed: Duration::ZERO,
+            error: None,
+        })
+        .collect();
+    let mut aborts: Vec<Option<AbortHandle>> = (0..n).map(|_| None).collect();
+    let mut ready: VecDeque<u32> = (0..n as u32).filter(|&i| remaining[i as usize] == 0).collect();
+    let (tx, mut rx) = mpsc::unbounded_channel::<Completion>();
+    let limit = cfg.max_concurrency.unwrap_or(usize::MAX).max(1);
+    let mut running = 0usize;
+    let mut cancel_seen = false;
+    let grace = tokio::time::sleep(Duration::from_secs(u64::MAX / 4));
+    tokio::pin!(grace);
+    let mut grace_armed = false;
+    let mut batch: Vec<Completion> = Vec::with_capacity(64);
+
+    loop {
+        if !cancel_seen {
+            while running < limit {
+                let Some(i) = ready.pop_front() else { break };
+                let task = tasks[i as usize].take().expect("a node is started once");
+                state[i as usize].st = St::Running;
+                let handle = tokio::spawn(run_node(shared.clone(), i, task, tx.clone()));
+                aborts[i as usize] = Some(handle.abort_handle());
+                running += 1;
+            }
+        }
+        if running == 0 && (cancel_seen || ready.is_empty()) {
+            break;
+        }
+        tokio::select! {
+            biased;
+            got = rx.recv_many(&mut batch, 256) => {
+                debug_assert!(got > 0, "the driver holds a sender");
+                for c in batch.drain(..) {
+                    let i = c.node as usize;
+                    if state[i].st != St::Running {
+                        continue; // abandoned after the grace period; its late end is ignored
+                    }
+                    running -= 1;
+                    aborts[i] = None;
+                    state[i].attempts = c.attempts;
+                    state[i].elapsed = c.elapsed;
+                    match c.result {
+                        Ok(()) => state[i].st = St::Success,
+                        Err(e) if cancel_seen && (e.is::<Cancelled>() || cfg.cancel.is_cancelled()) => {
+                            state[i].st = St::Cancelled;
+                            state[i].error = Some(Arc::from(e));
+                        }
+                        Err(e) => {
+                            let e: Arc<dyn StdError + Send + Sync> = Arc::from(e);
+                            tracing::warn!(task = %shared.ids[i], error = %e, "task failed");
+                            for h in &cfg.hooks {
+                                h.failed(&info, &shared.ids[i], &*e);
+                            }
+                            state[i].st = St::Errored;
+                            state[i].error = Some(e);
+                        }
+                    }
+                    release(c.node, &graph, &offsets, &targets, &mut remaining, &mut state, &mut ready, &shared, &cfg.hooks, &info);
+                }
+            }
+            () = cfg.cancel.cancelled(), if !cancel_seen => {
+                cancel_seen = true;
+                grace.as_mut().reset(tokio::time::Instant::now() + cfg.grace);
+                grace_armed = true;
+                tracing::info!(run = %info.run_id, running, "run cancelled");
+            }
+            () = &mut grace, if grace_armed => {
+                grace_armed = false;
+                for (i, s) in state.iter_mut().enumerate() {
+                    if s.st == St::Running {
+                        if let Some(a) = aborts[i].take() {
+                            a.abort();
+                        }
+                        s.st = St::Errored;
+                        s.error = Some(Arc::new(CancelGraceExceeded {
+                            task: shared.metas[i].name.to_owned(),
+                            grace: cfg.grace,
+                        }));
+                        running -= 1;
+                    }
+                }
+            }
+        }
+    }
+
+    let cancelled = cancel_seen || cfg.cancel.is_cancelled();
+    for s in &mut state {
+        if s.st == St::Pending {
+            s.st = St::Cancelled;
+        }
+    }
+    let report = build_report(&graph, &shared, &state, &offsets, &targets, cancelled, started.elapsed());
+    match report.status {
+        RunStatus::Succeeded => cfg.hooks.iter().for_each(|h| h.completed(&info, &report)),
+        RunStatus::Cancelled => cfg.hooks.iter().for_each(|h| h.cancelled(&info, &report)),
+        RunStatus::Failed => {}
+    }
+    tracing::info!(process = %info.process, run = %info.run_id, status = ?report.status, "run ended");
+    report
+}
+
+/// A node ended: count it off its dependents, and settle those that can no longer run.
+#[allow(clippy::too_many_arguments)]
+fn release(
+    done: u32,
+    graph: &Graph,
+    offsets: &[u32],
+    targets: &[u32],
+    remaining: &mut [u32],
+    state: &mut [NodeState],
+    ready: &mut VecDeque<u32>,
+    shared: &Shared,
+    hooks: &[Arc<dyn Hooks>],
+    info: &RunInfo,
+) {
+    let mut ended = vec![done];
+    while let Some(e) = ended.pop() {
+        let (lo, hi) = (offsets[e as usize] as usize, offsets[e as usize + 1] as usize);
+        for &d in &targets[lo..hi] {
+            let r = &mut remaining[d as usize];
+            *r -= 1;
+            if *r > 0 {
+                continue;
+            }
+            let node = &graph.nodes[d as usize];
+            let failed: Vec<u32> = node
+                .deps
+                .iter()
+                .copied()
+                .filter(|&x| state[x as usize].st != St::Success)
+                .collect();
+            if failed.is_empty() {
+                ready.push_back(d);
+                continue;
+            }
+            let failed_data: Vec<u32> = node
+                .data_deps
+                .iter()
+                .copied()
+                .filter(|&x| state[x as usize].st != St::Success)
+                .collect();
+            let policy = node.meta.policy.on_dep_failure;
+            let names = |xs: &[u32]| xs.iter().map(|&x| shared.ids[x as usize].to_string()).collect::<Vec<_>>();
+            let s = &mut state[d as usize];
+            match policy {
+                OnDepFailure::RunAnyway if failed_data.is_empty() => {
+                    ready.push_back(d);
+                    continue;
+                }
+                OnDepFailure::Skip => s.st = St::Skipped,
+                OnDepFailure::Fail | OnDepFailure::RunAnyway => {
+                    let list = if policy == OnDepFailure::Fail { &failed } else { &failed_data };
+                    let e = Arc::new(DependencyFailed {
+                        task: node.id.to_string(),
+                        failed: names(list),
+                    });
+                    for h in hooks {
+                        h.failed(info, &node.id, &*e);
+                    }
+                    s.st = St::Errored;
+                    s.error = Some(e);
+                }
+            }
+            ended.push(d);
+        }
+    }
+}
+
+async fn run_node(shared: Arc<Shared>, i: u32, task: Box<dyn ErasedTask>, tx: mpsc::UnboundedSender<Completion>) {
+    let _permit = match &shared.permits {
+        Some(sem) => sem.clone().acquire_owned().await.ok(),
+        None => None,
+    };
+    let meta = shared.metas[i as usize];
+    let started = Instant::now();
+    let (attempts, result) = attempts(&shared, i, meta, task).await;
+    let _ = tx.send(Completion {
+        node: i,
+        attempts,
+        elapsed: started.elapsed(),
+        result,
+    });
+}
+
+async fn attempts(shared: &Shared, i: u32, meta: &'static TaskMeta, task: Box<dyn ErasedTask>) -> (u32, Result<(), BoxError>) {
+    let policy = &meta.policy;
+    let prepared = {
+        let names = |idx: u32| shared.ids[idx as usize].to_string();
+        let inputs = Inputs {
+            slots: &shared.slots,
+            names: &names,
+            graph: shared.tag,
+            remap: shared.remap.as_deref(),
+        };
+        std::panic::catch_unwind(AssertUnwindSafe(|| task.prepare(&inputs, policy.max_attempts > 1)))
+    };
+    let mut prepared = match prepared {
+        Ok(Ok(p)) => p,
+        Ok(Err(e)) => return (0, Err(Box::new(e))),
+        Err(panic) => return (0, Err(panicked(meta, &*panic))),
+    };
+    let mut attempt = 0u32;
+    loop {
+        attempt += 1;
+        let ctx = Ctx::new(shared.scope.clone(), i, meta.name, attempt);
+        let outcome = run_attempt(shared, i, meta, attempt, &mut *prepared, ctx).await;
+        let err = match outcome.error {
+            None => {
+                if let Some(done) = outcome.payload {
+                    shared.slots[i as usize].fill(done.json, Some(done.typed));
+                }
+                return (attempt, Ok(()));
+            }
+            Some(e) => e,
+        };
+        let cancelled = shared.scope.cancel.is_cancelled();
+        if !cancelled && attempt < policy.max_attempts && policy.is_retryable(&*err) {
+            let delay = policy.backoff.jittered_delay(attempt);
+            tracing::info!(task = meta.name, attempt, ?delay, error = %err, "retrying");
+            tokio::select! {
+                () = tokio::time::sleep(delay) => continue,
+                () = shared.scope.cancel.cancelled() => return (attempt, Err(err)),
+            }
+        }
+        if attempt > 1 && !cancelled {
+            return (
+                attempt,
+                Err(Box::new(RetryExhausted {
+                    task: meta.name.to_owned(),
+                    attempts: attempt,
+                    last: err,
+                })),
+            );
+        }
+        return (attempt, Err(err));
+    }
+}
+
+async fn run_attempt(
+    shared: &Shared,
+    i: u32,
+    meta: &'static TaskMeta,
+    attempt: u32,
+    prepared: &mut dyn crate::graph::Prepared,
+    ctx: Ctx,
+) -> AttemptOutcome {
+    let started = std::panic::catch_unwind(AssertUnwindSafe(|| prepared.attempt(ctx)));
+    let fut = match started {
+        Ok(Ok(f)) => f,
+        Ok(Err(e)) => return AttemptOutcome { error: Some(e), payload: None },
+        Err(panic) => {
+            return AttemptOutcome {
+                error: Some(panicked(meta, &*panic)),
+                payload: None,
+            }
+        }
+    };
+    let timeout = meta.policy.timeout;
+    let inner = async move {
+        let guarded = AssertUnwindSafe(fut).catch_unwind();
+        let res = match timeout {
+            Some(t) => match tokio::time::timeout(t, guarded).await {
+                Ok(r) => r,
+                Err(_) => {
+                    return AttemptOutcome {
+                        error: Some(Box::new(Timeout {
+                            task: meta.name.to_owned(),
+                            after: t,
+                        })),
+                        payload: None,
+                    }
+                }
+            },
+            None => guarded.await,
+        };
+        match res {
+            Ok(Ok(done)) => AttemptOutcome {
+                error: None,
+                payload: Some(done),
+            },
+            Ok(Err(e)) => AttemptOutcome { error: Some(e), payload: None },
+            Err(panic) => AttemptOutcome {
+                error: Some(panicked(meta, &*panic)),
+                payload: None,
+            },
+        }
+    };
+    if shared.hooks.is_empty() {
+        return inner.await;
+    }
+    let info = TaskInfo {
+        process: shared.process.clone(),
+        run_id: shared.run_id.to_string(),
+        task: meta.name,
+        node_id: shared.ids[i as usize].to_string(),
+        attempt,
+    };
+    let mut fut: Attempt<'_> = Box::pin(inner);
+    for h in shared.hooks.iter().rev() {
+        fut = h.around_task(&info, fut);
+    }
+    fut.await
+}
+
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "(non-string panic payload)".to_owned()
+    }
+}
+
+fn panicked(meta: &TaskMeta, panic: &(dyn std::any::Any + Send)) -> BoxError {
+    Box::new(TaskPanicked {
+        task: meta.name.to_owned(),
+        message: panic_message(panic),
+    })
+}
+
+fn build_report(
+    graph: &Graph,
+    shared: &Shared,
+    state: &[NodeState],
+    offsets: &[u32],
+    targets: &[u32],
+    cancelled: bool,
+    elapsed: Duration,
+) -> RunReport {
+    let mut tasks = Vec::with_capacity(state.len());
+    let mut any_errored = false;
+    let mut all_success = true;
+    for (i, (node, s)) in graph.nodes.iter().zip(state).enumerate() {
+        let status = match s.st {
+            St::Success => TaskStatus::Success,
+            St::Errored => TaskStatus::Errored,
+            St::Skipped => TaskStatus::Skipped,
+            St::Cancelled | St::Pending | St::Running => TaskStatus::Cancelled,
+        };
+        any_errored |= status == TaskStatus::Errored;
+        all_success &= status == TaskStatus::Success;
+        let error = match (&s.error, status) {
+            (Some(e), TaskStatus::Errored) => Some(ErrorReport {
+                message: e.to_string(),
+                chain: chain(&**e),
+                downstream_impact: downstream(i as u32, shared, state, offsets, targets),
+                source: Some(e.clone()),
+            }),
+            _ => None,
+        };
+        let result = if status == TaskStatus::Success {
+            shared.slots[i].json().map(ToOwned::to_owned)
+        } else {
+            None
+        };
+        tasks.push(TaskReport {
+            id: node.id.to_string(),
+            name: node.meta.name.to_owned(),
+            function: node.meta.function.to_owned(),
+            description: node.description.clone().unwrap_or_else(|| node.meta.description.to_owned()),
+            status,
+            attempts: s.attempts,
+            elapsed: if matches!(s.st, St::Skipped | St::Pending) { Duration::ZERO } else { s.elapsed },
+            result,
+            error,
+        });
+    }
+    let status = if all_success {
+        RunStatus::Succeeded
+    } else if any_errored {
+        RunStatus::Failed
+    } else if cancelled {
+        RunStatus::Cancelled
+    } else {
+        RunStatus::Failed
+    };
+    RunReport {
+        process: graph.name.clone(),
+        run_id: shared.run_id.to_string(),
+        status,
+        elapsed,
+        tasks,
+    }
+}
+
+/// Ids of the nodes that did not run because `failed` did not succeed, transitively.
+fn downstream(failed: u32, shared: &Shared, state: &[NodeState], offsets: &[u32], targets: &[u32]) -> Vec<String> {
+    let mut seen = vec![false; state.len()];
+    let mut out = Vec::new();
+    let mut stack = vec![failed];
+    while let Some(x) = stack.pop() {
+        for &d in &targets[offsets[x as usize] as usize..offsets[x as usize + 1] as usize] {
+            let di = d as usize;
+            if seen[di] {
+                continue;
+            }
+            let did_not_run = state[di].st == St::Skipped
+                || (state[di].st == St::Errored && state[di].attempts == 0 && state[di].error.as_ref().is_some_and(|e| e.is::<DependencyFailed>()));
+            if did_not_run {
+                seen[di] = true;
+                out.push(d);
+                stack.push(d);
+            }
+        }
+    }
+    out.sort_unstable();
+    out.into_iter().map(|d| shared.ids[d as usize].to_string()).collect()
+}

@@ -1,0 +1,1120 @@
+//! Graphs of tasks: built by a process's builder, or assembled by name at run time.
+
+use std::any::{Any, TypeId};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::arg::{Inputs, NodeRef, Out};
+use crate::ctx::Ctx;
+use crate::error::{BoxError, InputError, OutputNotSerializable};
+use crate::process::{Mode, Process};
+use crate::task::{Task, TaskFuture, TaskMeta};
+
+static NEXT_GRAPH: AtomicU32 = AtomicU32::new(1);
+
+fn next_tag() -> u32 {
+    NEXT_GRAPH.fetch_add(1, Ordering::Relaxed)
+}
+
+/// What a successful attempt leaves behind: the serialized result and the typed value.
+pub(crate) struct Finished {
+    pub(crate) json: Box<serde_json::value::RawValue>,
+    pub(crate) typed: Box<dyn Any + Send>,
+}
+
+pub(crate) type AttemptFuture = TaskFuture<Finished>;
+
+/// A task with its type erased, as a graph node holds it.
+pub(crate) trait ErasedTask: Send {
+    fn prepare(self: Box<Self>, inputs: &Inputs<'_>, keep: bool) -> Result<Box<dyn Prepared>, InputError>;
+}
+
+/// A task whose inputs are resolved, ready to run attempts.
+pub(crate) trait Prepared: Send {
+    fn attempt(&mut self, ctx: Ctx) -> Result<AttemptFuture, BoxError>;
+}
+
+struct Erased<T: Task>(T);
+
+impl<T: Task> ErasedTask for Erased<T> {
+    fn prepare(self: Box<Self>, inputs: &Inputs<'_>, keep: bool) -> Result<Box<dyn Prepared>, InputError> {
+        let args = self.0.into_args(inputs)?;
+        // Later attempts need the inputs again: keep them serialized (no `Clone` bound).
+        let encoded = if keep {
+            serde_json::to_vec(&args).ok()
+        } else {
+            None
+        };
+        Ok(Box::new(PreparedTask::<T> {
+            first: Some(args),
+            encoded,
+        }))
+    }
+}
+
+struct PreparedTask<T: Task> {
+    first: Option<T::Args>,
+    encoded: Option<Vec<u8>>,
+}
+
+impl<T: Task> Prepared for PreparedTask<T> {
+    fn attempt(&mut self, ctx: Ctx) -> Result<AttemptFuture, BoxError> {
+        let args = match self.first.take() {
+            Some(a) => a,
+            None => {
+                let bytes = self
+                    .encoded
+                    .as_deref()
+                    .ok_or_else(|| BoxError::from("the task's inputs could not be kept for another attempt"))?;
+                serde_json::from_slice(bytes)?
+            }
+        };
+        let fut = T::call(args, ctx);
+        Ok(Box::pin(async move {
+            let value = fut.await?;
+            let json = serde_json::value::to_raw_value(&value).map_err(|source| {
+                BoxError::from(crate::NonRetryable::new(OutputNotSerializable {
+                    task: T::META.name.to_owned(),
+                    source,
+                }))
+            })?;
+            Ok(Finished {
+                json,
+                typed: Box::new(value),
+            })
+        }))
+    }
+}
+
+/// One node of a built graph.
+pub(crate) struct Node {
+    pub(crate) id: Arc<str>,
+    pub(crate) meta: &'static TaskMeta,
+    pub(crate) description: Option<String>,
+    pub(crate) task: Option<Box<dyn ErasedTask>>,
+    /// Every node this one waits for (data and order), without repeats.
+    pub(crate) deps: Vec<u32>,
+    /// The subset of `deps` this node reads a value from.
+    pub(crate) data_deps: Vec<u32>,
+    /// How many input reads other nodes make of this node's result.
+    pub(crate) readers: u32,
+}
+
+/// A validated graph of tasks, ready to run.
+///
+/// Obtained from a process ([`Graph::of`]) or from a [`TaskGraph`] ([`TaskGraph::build`]).
+/// Node ids are derived from where each task was added (never from run order), so
+/// building the same process with the same parameters gives the same ids and the same
+/// [`fingerprint`](Graph::fingerprint).
+///
+/// # Examples
+///
+/// ```
+/// use procession::prelude::*;
+///
+/// #[task]
+/// fn hello() -> String { "hi".into() }
+///
+/// #[process]
+/// fn greet(p: &mut Builder, times: usize) {
+///     for _ in 0..times {
+///         p.task(Hello::new());
+///     }
+/// }
+///
+/// let g = Graph::of(Greet { times: 2 }).unwrap();
+/// assert_eq!(g.len(), 2);
+/// assert_eq!(g.node_ids(), vec!["hello", "hello#1"]);
+/// assert_eq!(g.fingerprint(), Graph::of(Greet { times: 2 }).unwrap().fingerprint());
+/// ```
+pub struct Graph {
+    pub(crate) name: String,
+    pub(crate) nodes: Vec<Node>,
+    pub(crate) tag: u32,
+    pub(crate) remap: Option<Vec<u32>>,
+    pub(crate) fingerprint: u64,
+}
+
+impl fmt::Debug for Graph {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Graph")
+            .field("name", &self.name)
+            .field("nodes", &self.nodes.len())
+            .field("fingerprint", &format_args!("{:016x}", self.fingerprint))
+            .finish()
+    }
+}
+
+impl Graph {
+    /// Builds the graph of `process` with no launch options.
+    pub fn of<P: Process>(process: P) -> Result<Graph, GraphError> {
+        Self::with_options(process, BTreeMap::new())
+    }
+
+    /// Builds the graph of `process` with launch options (see [`Builder::option`]).
+    pub fn with_options<P: Process>(process: P, options: BTreeMap<String, Value>) -> Result<Graph, GraphError> {
+        let mut b = Builder::new(P::META.name, P::META.mode, Arc::new(options));
+        process.build(&mut b);
+        b.finish()
+    }
+
+    /// The process (or task graph) name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Number of tasks.
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// True when the graph has no task.
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// Node ids in the order the tasks were added.
+    pub fn node_ids(&self) -> Vec<&str> {
+        self.nodes.iter().map(|n| &*n.id).collect()
+    }
+
+    /// Ids of the nodes that `id` waits for, or `None` for an unknown id.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use procession::prelude::*;
+    /// #[task] fn a() {}
+    /// #[task] fn b() {}
+    /// #[process]
+    /// fn two_steps(p: &mut Builder) { p.task(A::new()); p.task(B::new()); }
+    /// let g = Graph::of(TwoSteps {}).unwrap();
+    /// assert_eq!(g.dependencies("b").unwrap(), vec!["a"]);
+    /// ```
+    pub fn dependencies(&self, id: &str) -> Option<Vec<&str>> {
+        let node = self.nodes.iter().find(|n| &*n.id == id)?;
+        Some(node.deps.iter().map(|&d| &*self.nodes[d as usize].id).collect())
+    }
+
+    /// A hash of the graph's structure (ids, task names, edges), stable across builds and
+    /// binaries: a run is only resumed under a graph with the same fingerprint.
+    pub fn fingerprint(&self) -> u64 {
+        self.fingerprint
+    }
+
+    fn compute_fingerprint(nodes: &[Node]) -> u64 {
+        // FNV-1a: tiny, stable across Rust versions (unlike `DefaultHasher`).
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut eat = |bytes: &[u8]| {
+            for b in bytes {
+                h ^= u64::from(*b);
+                h = h.wrapping_mul(0x0100_0000_01b3);
+            }
+            h ^= 0xff;
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        };
+        for n in nodes {
+            eat(n.id.as_bytes());
+            eat(n.meta.name.as_bytes());
+            for d in &n.deps {
+                eat(&d.to_le_bytes());
+            }
+            for d in &n.data_deps {
+                eat(&d.to_le_bytes());
+            }
+        }
+        h
+    }
+}
+
+/// Error returned when a graph cannot be built or edited.
+///
+/// A refused edit leaves the graph unchanged.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum GraphError {
+    /// Two tasks have the same name (names are compared in lower case).
+    #[error("duplicate task name `{name}`")]
+    DuplicateName {
+        /// The name, lower-cased.
+        name: String,
+    },
+    /// No task has this name.
+    #[error("no task named `{name}`")]
+    TaskNotFound {
+        /// The name looked up.
+        name: String,
+    },
+    /// A task depends on a task that does not exist.
+    #[error("task `{task}` depends on `{missing}`, which is not in the graph")]
+    DependencyNotFound {
+        /// The dependent task.
+        task: String,
+        /// The missing dependency.
+        missing: String,
+    },
+    /// A dependency was declared twice.
+    #[error("task `{task}` already depends on `{dependency}`")]
+    DuplicateDependency {
+        /// The dependent task.
+        task: String,
+        /// The repeated dependency.
+        dependency: String,
+    },
+    /// A task lists itself as a dependency.
+    #[error("task `{task}` lists itself as a dependency")]
+    SelfDependency {
+        /// The task.
+        task: String,
+    },
+    /// The dependencies form a cycle.
+    #[error("circular dependency: {}", path.join(" -> "))]
+    Cycle {
+        /// The tasks on the cycle, the first repeated at the end.
+        path: Vec<String>,
+    },
+    /// A task cannot be removed while others depend on it.
+    #[error("task `{task}` cannot be removed: {} depend on it", dependents.join(", "))]
+    HasDependents {
+        /// The task.
+        task: String,
+        /// The tasks that depend on it.
+        dependents: Vec<String>,
+    },
+    /// An input expects another type than the task it reads from returns.
+    #[error("task `{task}` reads `{dependency}` as `{expected}`, but `{dependency}` returns `{found}`")]
+    TypeMismatch {
+        /// The reading task.
+        task: String,
+        /// The task read from.
+        dependency: String,
+        /// The type the input expects.
+        expected: &'static str,
+        /// The type the dependency returns.
+        found: &'static str,
+    },
+    /// A handle from another graph was passed to a task of this one.
+    #[error("task `{task}` was given the output of a task from another graph (handles belong to the builder that made them)")]
+    ForeignHandle {
+        /// The task that received the handle.
+        task: String,
+    },
+}
+
+struct Scope {
+    mode: Mode,
+    entry: Vec<u32>,
+    exits: Vec<u32>,
+}
+
+impl Scope {
+    fn step_done(&mut self, step: Vec<u32>) {
+        if step.is_empty() {
+            return;
+        }
+        match self.mode {
+            Mode::Sequential => {
+                self.entry.clone_from(&step);
+                self.exits = step;
+            }
+            Mode::Concurrent => self.exits.extend(step),
+        }
+    }
+}
+
+/// Builds the graph of a process: the first parameter of a `#[process]` function.
+///
+/// Blocks nest: [`sequential`](Builder::sequential) runs its steps one after another,
+/// [`concurrent`](Builder::concurrent) starts each step as soon as its inputs are ready. The
+/// top level of a process is sequential unless `#[process(mode = "concurrent")]`.
+/// A step is a task or a whole block; a step that waits for a block waits for all of it.
+/// Data handles add edges of their own, wherever they come from.
+///
+/// # Examples
+///
+/// ```
+/// use procession::prelude::*;
+///
+/// #[task] fn fetch(source: String) -> Vec<u32> { vec![source.len() as u32] }
+/// #[task] fn merge(parts: Vec<Vec<u32>>) -> Vec<u32> { parts.concat() }
+/// #[task] fn total(xs: Vec<u32>) -> u32 { xs.iter().sum() }
+///
+/// #[process]
+/// fn report(p: &mut Builder, sources: Vec<String>) {
+///     let parts = p.concurrent(|p| {
+///         sources.iter().map(|s| p.task(Fetch::new(s.clone()))).collect::<Vec<_>>()
+///     });
+///     let all = p.task(Merge::new(parts));
+///     p.task(Total::new(all));
+/// }
+///
+/// let g = Graph::of(Report { sources: vec!["eu".into(), "us".into()] }).unwrap();
+/// assert_eq!(g.node_ids(), vec!["concurrent/fetch", "concurrent/fetch#1", "merge", "total"]);
+/// assert_eq!(g.dependencies("merge").unwrap(), vec!["concurrent/fetch", "concurrent/fetch#1"]);
+/// ```
+pub struct Builder {
+    name: String,
+    tag: u32,
+    nodes: Vec<Node>,
+    scopes: Vec<Scope>,
+    prefix: String,
+    used: HashSet<String>,
+    after: Vec<Vec<u32>>,
+    options: Arc<BTreeMap<String, Value>>,
+    errors: Vec<GraphError>,
+}
+
+impl fmt::Debug for Builder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Builder")
+            .field("name", &self.name)
+            .field("nodes", &self.nodes.len())
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Builder {
+    pub(crate) fn new(name: &str, mode: Mode, options: Arc<BTreeMap<String, Value>>) -> Self {
+        Builder {
+            name: name.to_owned(),
+            tag: next_tag(),
+            nodes: Vec::new(),
+            scopes: vec![Scope {
+                mode,
+                entry: Vec::new(),
+                exits: Vec::new(),
+            }],
+            prefix: String::new(),
+            used: HashSet::new(),
+            after: Vec::new(),
+            options,
+            errors: Vec::new(),
+        }
+    }
+
+    pub(crate) fn finish(self) -> Result<Graph, GraphError> {
+        if let Some(e) = self.errors.into_iter().next() {
+            return Err(e);
+        }
+        let fingerprint = Graph::compute_fingerprint(&self.nodes);
+        Ok(Graph {
+            name: self.name,
+            nodes: self.nodes,
+            tag: self.tag,
+            remap: None,
+            fingerprint,
+        })
+    }
+
+    fn unique(&mut self, base: String) -> String {
+        if self.used.insert(base.clone()) {
+            return base;
+        }
+        let mut k = 1u32;
+        loop {
+            let candidate = format!("{base}#{k}");
+            if self.used.insert(candidate.clone()) {
+                return candidate;
+            }
+            k += 1;
+        }
+    }
+
+    fn scope(&mut self) -> &mut Scope {
+        self.scopes.last_mut().expect("the root scope is never popped")
+    }
+
+    /// Adds a task; returns the handle of its output.
+    ///
+    /// The task waits for the previous step when the enclosing block is sequential, for
+    /// every task whose output it reads, and for the dependencies of enclosing
+    /// [`after`](Builder::after) blocks.
+    pub fn task<T: Task>(&mut self, task: T) -> Out<T::Output> {
+        self.add(task, None)
+    }
+
+    /// Adds a task with a description that replaces the one of its `#[task]`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use procession::prelude::*;
+    /// /// Says hello.
+    /// #[task] fn hello() {}
+    /// #[process]
+    /// fn p(b: &mut Builder) { b.task_with_description(Hello::new(), "greets the team"); }
+    /// # Graph::of(P {}).unwrap();
+    /// ```
+    pub fn task_with_description<T: Task>(&mut self, task: T, description: impl Into<String>) -> Out<T::Output> {
+        self.add(task, Some(description.into()))
+    }
+
+    fn add<T: Task>(&mut self, task: T, description: Option<String>) -> Out<T::Output> {
+        let index = self.nodes.len() as u32;
+        let id = self.unique(format!("{}{}", self.prefix, T::META.name));
+        let mut data: Vec<u32> = Vec::new();
+        let mut foreign = false;
+        let tag = self.tag;
+        task.visit_inputs(&mut |r| {
+            if r.graph == tag && r.index < index {
+                data.push(r.index);
+            } else {
+                foreign = true;
+            }
+        });
+        if foreign {
+            self.errors.push(GraphError::ForeignHandle { task: id.clone() });
+        }
+        for &d in &data {
+            self.nodes[d as usize].readers += 1;
+        }
+        let mut deps = self.scope().entry.clone();
+        for a in &self.after {
+            deps.extend_from_slice(a);
+        }
+        deps.extend_from_slice(&data);
+        deps.sort_unstable();
+        deps.dedup();
+        data.sort_unstable();
+        data.dedup();
+        self.nodes.push(Node {
+            id: Arc::from(id),
+            meta: &T::META,
+            description,
+            task: Some(Box::new(Erased(task))),
+            deps,
+            data_deps: data,
+            readers: 0,
+        });
+        self.scope().step_done(vec![index]);
+        Out::new(NodeRef { graph: tag, index })
+    }
+
+    fn block<R>(&mut self, segment: &str, mode: Mode, f: impl FnOnce(&mut Builder) -> R) -> R {
+        let entry = self.scope().entry.clone();
+        let saved = self.enter(segment);
+        self.scopes.push(Scope {
+            mode,
+            entry,
+            exits: Vec::new(),
+        });
+        let r = f(self);
+        let scope = self.scopes.pop().expect("pushed above");
+        self.prefix = saved;
+        self.scope().step_done(scope.exits);
+        r
+    }
+
+    fn enter(&mut self, segment: &str) -> String {
+        let seg = self.unique(format!("{}{segment}/", self.prefix));
+        std::mem::replace(&mut self.prefix, seg)
+    }
+
+    /// A block whose steps run one after another; it is one step of the enclosing block.
+    pub fn sequential<R>(&mut self, f: impl FnOnce(&mut Builder) -> R) -> R {
+        self.block("sequential", Mode::Sequential, f)
+    }
+
+    /// A block whose steps start as soon as their inputs are ready; it is one step of the
+    /// enclosing block, which moves on when all of it has ended.
+    pub fn concurrent<R>(&mut self, f: impl FnOnce(&mut Builder) -> R) -> R {
+        self.block("concurrent", Mode::Concurrent, f)
+    }
+
+    /// Calls `f` once per item. The steps it adds are steps of the enclosing block (in a
+    /// sequential block the items run one after another, in a concurrent block side by
+    /// side); ids get an `each[i]/` segment.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use procession::prelude::*;
+    /// #[task] fn send(to: String) { println!("{to}"); }
+    /// #[process(mode = "concurrent")]
+    /// fn mail(p: &mut Builder, to: Vec<String>) {
+    ///     p.each(to, |p, addr| p.task(Send::new(addr)));
+    /// }
+    /// let g = Graph::of(Mail { to: vec!["a".into(), "b".into()] }).unwrap();
+    /// assert_eq!(g.node_ids(), vec!["each[0]/send", "each[1]/send"]);
+    /// ```
+    pub fn each<I: IntoIterator, R>(&mut self, items: I, mut f: impl FnMut(&mut Builder, I::Item) -> R) -> Vec<R> {
+        let base = self.unique(format!("{}each", self.prefix));
+        let saved = self.prefix.clone();
+        let out = items
+            .into_iter()
+            .enumerate()
+            .map(|(i, item)| {
+                self.prefix = format!("{base}[{i}]/");
+                f(self, item)
+            })
+            .collect();
+        self.prefix = saved;
+        out
+    }
+
+    /// Gives a sub-block new arguments computed from `input`: `f` receives `map(input)`.
+    /// Like [`each`](Builder::each) with one item, its steps are steps of the enclosing
+    /// block; ids get a `transform/` segment.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use procession::prelude::*;
+    /// #[task] fn show(x: u32) -> u32 { x }
+    /// #[process]
+    /// fn doubled(p: &mut Builder, foo: u32) {
+    ///     p.transform(foo, |foo| foo * 2, |p, bar| { p.task(Show::new(bar)); });
+    /// }
+    /// let g = Graph::of(Doubled { foo: 4 }).unwrap();
+    /// assert_eq!(g.node_ids(), vec!["transform/show"]);
+    /// ```
+    pub fn transform<A, B, R>(&mut self, input: A, map: impl FnOnce(A) -> B, f: impl FnOnce(&mut Builder, B) -> R) -> R {
+        let saved = self.enter("transform");
+        let r = f(self, map(input));
+        self.prefix = saved;
+        r
+    }
+
+    /// Embeds another process's graph as one step (a block with that process's mode).
+    /// Ids get a segment named after the process.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use procession::prelude::*;
+    /// #[task] fn check(x: u32) -> bool { x > 0 }
+    /// #[process] fn validate(p: &mut Builder, x: u32) { p.task(Check::new(x)); }
+    /// #[process] fn outer(p: &mut Builder) { p.sub_process(Validate { x: 3 }); }
+    /// let g = Graph::of(Outer {}).unwrap();
+    /// assert_eq!(g.node_ids(), vec!["validate/check"]);
+    /// ```
+    pub fn sub_process<P: Process>(&mut self, process: P) {
+        self.block(P::META.name, P::META.mode, |p| process.build(p));
+    }
+
+    /// Every task added inside `f` also waits for `deps` (ordering without data).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use procession::prelude::*;
+    /// #[task] fn migrate() {}
+    /// #[task] fn warm_cache() {}
+    /// #[task] fn serve() {}
+    /// #[process(mode = "concurrent")]
+    /// fn deploy(p: &mut Builder) {
+    ///     let m = p.task(Migrate::new());
+    ///     p.task(WarmCache::new());
+    ///     p.after(&[m.node()], |p| p.task(Serve::new()));
+    /// }
+    /// let g = Graph::of(Deploy {}).unwrap();
+    /// assert_eq!(g.dependencies("serve").unwrap(), vec!["migrate"]);
+    /// ```
+    pub fn after<R>(&mut self, deps: &[NodeRef], f: impl FnOnce(&mut Builder) -> R) -> R {
+        let tag = self.tag;
+        let limit = self.nodes.len() as u32;
+        let mut own = Vec::with_capacity(deps.len());
+        for d in deps {
+            if d.graph == tag && d.index < limit {
+                own.push(d.index);
+            } else {
+                self.errors.push(GraphError::ForeignHandle {
+                    task: format!("{}after", self.prefix),
+                });
+            }
+        }
+        self.after.push(own);
+        let r = f(self);
+        self.after.pop();
+        r
+    }
+
+    /// A launch option (see `Launch::option`), decoded as `T`; `None` when it was not
+    /// given or does not decode as `T`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use procession::prelude::*;
+    /// #[task] fn debug_dump() {}
+    /// #[process]
+    /// fn job(p: &mut Builder) {
+    ///     if p.option::<bool>("debug").unwrap_or(false) {
+    ///         p.task(DebugDump::new());
+    ///     }
+    /// }
+    /// let opts = [("debug".to_string(), serde_json::json!(true))].into_iter().collect();
+    /// assert_eq!(Graph::with_options(Job {}, opts).unwrap().len(), 1);
+    /// assert_eq!(Graph::of(Job {}).unwrap().len(), 0);
+    /// ```
+    pub fn option<T: DeserializeOwned>(&self, name: &str) -> Option<T> {
+        self.options
+            .get(name)
+            .and_then(|v| serde_json::from_value(v.clone()).ok())
+    }
+}
+
+enum Entry {
+    Task {
+        name: String,
+        meta: &'static TaskMeta,
+        task: Box<dyn ErasedTask>,
+        output: (TypeId, &'static str),
+        data: Vec<u32>,
+        order: Vec<u32>,
+    },
+    /// A name referenced by [`TaskGraph::output`] before a task of that name was added.
+    Placeholder {
+        name: String,
+        wanted: Vec<(TypeId, &'static str, String)>,
+    },
+}
+
+impl Entry {
+    fn name(&self) -> &str {
+        match self {
+            Entry::Task { name, .. } | Entry::Placeholder { name, .. } => name,
+        }
+    }
+}
+
+/// A graph assembled by name at run time: add, remove and connect tasks, then
+/// [`build`](TaskGraph::build) it. Every edit is checked; a refused edit changes nothing.
+/// Names are compared in lower case.
+///
+/// # Examples
+///
+/// ```
+/// use procession::prelude::*;
+///
+/// #[task] fn producer() -> i64 { 7 }
+/// #[task] fn consumer(x: i64) -> i64 { x * 2 }
+///
+/// let mut g = TaskGraph::new();
+/// // Tasks may be added in any order: `output` refers to a task by name.
+/// let x = g.output::<i64>("producer");
+/// g.add("consumer", Consumer::new(x)).unwrap();
+/// g.add("producer", Producer::new()).unwrap();
+/// let graph = g.build().unwrap();
+/// assert_eq!(graph.dependencies("consumer").unwrap(), vec!["producer"]);
+///
+/// let err = TaskGraph::new().add_dependency("a", "b").unwrap_err();
+/// assert_eq!(err, GraphError::TaskNotFound { name: "a".into() });
+/// ```
+pub struct TaskGraph {
+    name: String,
+    tag: u32,
+    entries: Vec<Option<Entry>>,
+    by_name: HashMap<String, u32>,
+    errors: Vec<GraphError>,
+}
+
+impl fmt::Debug for TaskGraph {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TaskGraph")
+            .field("name", &self.name)
+            .field("tasks", &self.task_names())
+            .finish()
+    }
+}
+
+impl Default for TaskGraph {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl TaskGraph {
+    /// An empty graph named `task_graph`.
+    pub fn new() -> Self {
+        Self::named("task_graph")
+    }
+
+    /// An empty graph with a name (shown in reports).
+    pub fn named(name: impl Into<String>) -> Self {
+        TaskGraph {
+            name: name.into(),
+            tag: next_tag(),
+            entries: Vec::new(),
+            by_name: HashMap::new(),
+            errors: Vec::new(),
+        }
+    }
+
+    /// Names of the tasks, in the order they were added.
+    pub fn task_names(&self) -> Vec<&str> {
+        self.entries
+            .iter()
+            .flatten()
+            .filter(|e| matches!(e, Entry::Task { .. }))
+            .map(Entry::name)
+            .collect()
+    }
+
+    fn slot_of(&self, name: &str) -> Option<u32> {
+        self.by_name.get(&name.to_lowercase()).copied()
+    }
+
+    fn task_slot(&self, name: &str) -> Result<u32, GraphError> {
+        match self.slot_of(name) {
+            Some(s) if matches!(self.entries[s as usize], Some(Entry::Task { .. })) => Ok(s),
+            _ => Err(GraphError::TaskNotFound {
+                name: name.to_lowercase(),
+            }),
+        }
+    }
+
+    /// The output of the task named `name`, which may be added later. Whether it exists
+    /// and returns a `T` is checked by [`build`](TaskGraph::build).
+    pub fn output<T: 'static>(&mut self, name: &str) -> Out<T> {
+        let key = name.to_lowercase();
+        let wanted = (TypeId::of::<T>(), std::any::type_name::<T>());
+        let index = if let Some(&s) = self.by_name.get(&key) {
+            match &mut self.entries[s as usize] {
+                Some(Entry::Placeholder { wanted: w, .. }) => w.push((wanted.0, wanted.1, String::new())),
+                Some(Entry::Task { output, .. }) if output.0 != wanted.0 => {
+                    self.errors.push(GraphError::TypeMismatch {
+                        task: "(an `output` handle)".into(),
+                        dependency: key.clone(),
+                        expected: wanted.1,
+                        found: output.1,
+                    });
+                }
+                _ => {}
+            }
+            s
+        } else {
+            let s = self.entries.len() as u32;
+            self.entries.push(Some(Entry::Placeholder {
+                name: key.clone(),
+                wanted: vec![(wanted.0, wanted.1, String::new())],
+            }));
+            self.by_name.insert(key, s);
+            s
+        };
+        Out::new(NodeRef {
+            graph: self.tag,
+            index,
+        })
+    }
+
+    /// Adds a task under `name`; returns the handle of its output.
+    pub fn add<T: Task>(&mut self, name: &str, task: T) -> Result<Out<T::Output>, GraphError> {
+        let key = name.to_lowercase();
+        let output = (TypeId::of::<T::Output>(), std::any::type_name::<T::Output>());
+        let existing = self.by_name.get(&key).copied();
+        if let Some(s) = existing {
+            match &self.entries[s as usize] {
+                Some(Entry::Placeholder { wanted, .. }) => {
+                    if let Some((_, expected, _)) = wanted.iter().find(|w| w.0 != output.0) {
+                        return Err(GraphError::TypeMismatch {
+                            task: "(an earlier `output` call)".into(),
+                            dependency: key,
+                            expected,
+                            found: output.1,
+                        });
+                    }
+                }
+                _ => return Err(GraphError::DuplicateName { name: key }),
+            }
+        }
+        let mut data = Vec::new();
+        let mut foreign = false;
+        let tag = self.tag;
+        task.visit_inputs(&mut |r| {
+            if r.graph == tag {
+                data.push(r.index);
+            } else {
+                foreign = true;
+            }
+        });
+        if foreign {
+            return Err(GraphError::ForeignHandle { task: key });
+        }
+        let slot = existing.unwrap_or(self.entries.len() as u32);
+        if data.contains(&slot) {
+            return Err(GraphError::SelfDependency { task: key });
+        }
+        let entry = Entry::Task {
+            name: key.clone(),
+            meta: &T::META,
+            task: Box::new(Erased(task)),
+            output,
+            data,
+            order: Vec::new(),
+        };
+        if existing.is_some() {
+            self.entries[slot as usize] = Some(entry);
+        } else {
+            self.entries.push(Some(entry));
+            self.by_name.insert(key, slot);
+        }
+        Ok(Out::new(NodeRef {
+            graph: self.tag,
+            index: slot,
+        }))
+    }
+
+    /// Removes the task `name`. Refused when another task depends on it.
+    pub fn remove(&mut self, name: &str) -> Result<(), GraphError> {
+        let slot = self.task_slot(name)?;
+        let dependents: Vec<String> = self
+            .entries
+            .iter()
+            .flatten()
+            .filter_map(|e| match e {
+                Entry::Task {
+                    name, data, order, ..
+                } if data.contains(&slot) || order.contains(&slot) => Some(name.clone()),
+                _ => None,
+            })
+            .collect();
+        if !dependents.is_empty() {
+            return Err(GraphError::HasDependents {
+                task: name.to_lowercase(),
+                dependents,
+            });
+        }
+        let key = name.to_lowercase();
+        self.entries[slot as usize] = None;
+        self.by_name.remove(&key);
+        Ok(())
+    }
+
+    /// Makes `task` wait for `dependency` (ordering only, no data). Refused when either
+    /// is missing, the edge exists, or it would close a cycle (the error names the cycle).
+    pub fn add_dependency(&mut self, task: &str, dependency: &str) -> Result<(), GraphError> {
+        let t = self.task_slot(task)?;
+        let d = self
+            .task_slot(dependency)
+            .map_err(|_| GraphError::DependencyNotFound {
+                task: task.to_lowercase(),
+                missing: dependency.to_lowercase(),
+            })?;
+        if t == d {
+            return Err(GraphError::SelfDependency {
+                task: task.to_lowercase(),
+            });
+        }
+        if let Some(Entry::Task { data, order, .. }) = &self.entries[t as usize] {
+            if order.contains(&d) || data.contains(&d) {
+                return Err(GraphError::DuplicateDependency {
+                    task: task.to_lowercase(),
+                    dependency: dependency.to_lowercase(),
+                });
+            }
+        }
+        // Would `dependency` (transitively) wait for `task`? Then the edge closes a cycle.
+        if let Some(mut path) = self.path(d, t) {
+            path.push(self.name_of(d));
+            return Err(GraphError::Cycle { path });
+        }
+        if let Some(Entry::Task { order, .. }) = &mut self.entries[t as usize] {
+            order.push(d);
+        }
+        Ok(())
+    }
+
+    fn name_of(&self, slot: u32) -> String {
+        self.entries[slot as usize]
+            .as_ref()
+            .map_or_else(|| format!("#{slot}"), |e| e.name().to_owned())
+    }
+
+    fn edges(&self, slot: u32) -> Vec<u32> {
+        match &self.entries[slot as usize] {
+            Some(Entry::Task { data, order, .. }) => data.iter().chain(order).copied().collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// A dependency path from `from` to `to`, as names, if one exists.
+    fn path(&self, from: u32, to: u32) -> Option<Vec<String>> {
+        let mut parent: HashMap<u32, u32> = HashMap::new();
+        let mut queue = std::collections::VecDeque::from([from]);
+        parent.insert(from, from);
+        while let Some(node) = queue.pop_front() {
+            if node == to {
+                let mut path = vec![self.name_of(node)];
+                let mut cur = node;
+                while cur != from {
+                    cur = parent[&cur];
+                    path.push(self.name_of(cur));
+                }
+                path.reverse();
+                return Some(path);
+            }
+            for next in self.edges(node) {
+                if let std::collections::hash_map::Entry::Vacant(v) = parent.entry(next) {
+                    v.insert(node);
+                    queue.push_back(next);
+                }
+            }
+        }
+        None
+    }
+
+    /// Validates the graph and turns it into a runnable [`Graph`].
+    ///
+    /// # Errors
+    ///
+    /// [`GraphError::DependencyNotFound`] for an input or dependency naming no task,
+    /// [`GraphError::TypeMismatch`] for an input of the wrong type, [`GraphError::Cycle`]
+    /// (naming the cycle) when the inputs form a cycle.
+    pub fn build(self) -> Result<Graph, GraphError> {
+        if let Some(e) = self.errors.first() {
+            return Err(e.clone());
+        }
+        // Missing names and types.
+        for e in self.entries.iter().flatten() {
+            if let Entry::Task { name, data, .. } = e {
+                for &d in data {
+                    match &self.entries[d as usize] {
+                        Some(Entry::Task { .. }) => {}
+                        Some(Entry::Placeholder { name: missing, .. }) => {
+                            return Err(GraphError::DependencyNotFound {
+                                task: name.clone(),
+                                missing: missing.clone(),
+                            })
+                        }
+                        None => {
+                            return Err(GraphError::DependencyNotFound {
+                                task: name.clone(),
+                                missing: format!("#{d}"),
+                            })
+                        }
+                    }
+                }
+            }
+        }
+        // Cycles (inputs by name can form them).
+        let live: Vec<u32> = (0..self.entries.len() as u32)
+            .filter(|&s| matches!(self.entries[s as usize], Some(Entry::Task { .. })))
+            .collect();
+        let order = self.topo(&live)?;
+        // Compact: slot -> node index, in insertion order.
+        let mut remap = vec![u32::MAX; self.entries.len()];
+        for (i, &s) in live.iter().enumerate() {
+            remap[s as usize] = i as u32;
+        }
+        drop(order);
+        let mut readers = vec![0u32; live.len()];
+        let mut nodes = Vec::with_capacity(live.len());
+        let tag = self.tag;
+        let name = self.name;
+        for e in self.entries.into_iter().flatten() {
+            if let Entry::Task {
+                name,
+                meta,
+                task,
+                output: _,
+                data,
+                order,
+            } = e
+            {
+                let data_idx: Vec<u32> = data.iter().map(|&d| remap[d as usize]).collect();
+                for &d in &data_idx {
+                    readers[d as usize] += 1;
+                }
+                let mut deps: Vec<u32> = data_idx.iter().copied().chain(order.iter().map(|&d| remap[d as usize])).collect();
+                deps.sort_unstable();
+                deps.dedup();
+                let mut data_deps = data_idx;
+                data_deps.sort_unstable();
+                data_deps.dedup();
+                nodes.push(Node {
+                    id: Arc::from(name),
+                    meta,
+                    description: None,
+                    task: Some(task),
+                    deps,
+                    data_deps,
+                    readers: 0,
+                });
+            }
+        }
+        for (n, r) in nodes.iter_mut().zip(readers) {
+            n.readers = r;
+        }
+        let fingerprint = Graph::compute_fingerprint(&nodes);
+        Ok(Graph {
+            name,
+            nodes,
+            tag,
+            remap: Some(remap),
+            fingerprint,
+        })
+    }
+
+    /// Checks the graph without consuming it.
+    pub fn validate(&self) -> Result<(), GraphError> {
+        if let Some(e) = self.errors.first() {
+            return Err(e.clone());
+        }
+        for e in self.entries.iter().flatten() {
+            if let Entry::Task { name, data, .. } = e {
+                for &d in data {
+                    if !matches!(self.entries[d as usize], Some(Entry::Task { .. })) {
+                        return Err(GraphError::DependencyNotFound {
+                            task: name.clone(),
+                            missing: self.name_of(d),
+                        });
+                    }
+                }
+            }
+        }
+        let live: Vec<u32> = (0..self.entries.len() as u32)
+            .filter(|&s| matches!(self.entries[s as usize], Some(Entry::Task { .. })))
+            .collect();
+        self.topo(&live).map(drop)
+    }
+
+    /// A topological order of `live`, or the first cycle found.
+    fn topo(&self, live: &[u32]) -> Result<Vec<u32>, GraphError> {
+        #[derive(Clone, Copy, PartialEq)]
+        enum Mark {
+            New,
+            Active,
+            Done,
+        }
+        let mut mark = vec![Mark::New; self.entries.len()];
+        let mut out = Vec::with_capacity(live.len());
+        for &start in live {
+            if mark[start as usize] != Mark::New {
+                continue;
+            }
+            let mut stack: Vec<(u32, usize)> = vec![(start, 0)];
+            mark[start as usize] = Mark::Active;
+            while let Some(&mut (node, ref mut i)) = stack.last_mut() {
+                let edges = self.edges(node);
+                if let Some(&next) = edges.get(*i) {
+                    *i += 1;
+                    match mark[next as usize] {
+                        Mark::New => {
+                            mark[next as usize] = Mark::Active;
+                            stack.push((next, 0));
+                        }
+                        Mark::Active => {
+                            let pos = stack.iter().position(|(n, _)| *n == next).unwrap_or(0);
+                            let mut path: Vec<String> = stack[pos..].iter().map(|(n, _)| self.name_of(*n)).collect();
+                            path.push(self.name_of(next));
+                            return Err(GraphError::Cycle { path });
+                        }
+                        Mark::Done => {}
+                    }
+                } else {
+                    mark[node as usize] = Mark::Done;
+                    out.push(node);
+                    stack.pop();
+                }
+            }
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,33 @@
+//! The runtime of [`procession`](https://docs.rs/procession): graphs, executor and
+//! reports. Depend on `procession`, which re-exports everything here; this crate's name
+//! may change.
+
+#![doc(test(attr(deny(warnings))))]
+
+mod arg;
+mod ctx;
+mod data;
+mod error;
+mod exec;
+mod graph;
+mod hooks;
+pub mod macro_support;
+mod process;
+mod report;
+mod runtime;
+mod task;
+
+pub use arg::{Arg, Inputs, IntoArg, NodeRef, Out};
+pub use ctx::{Ctx, Level};
+pub use data::Data;
+pub use error::{
+    BoxError, CancelGraceExceeded, Cancelled, DependencyFailed, InputError, NonRetryable, OutputNotSerializable,
+    RetryExhausted, TaskPanicked, Timeout,
+};
+pub use graph::{Builder, Graph, GraphError, TaskGraph};
+pub use hooks::{Attempt, AttemptOutcome, Hooks, RunInfo, TaskInfo};
+pub use process::{Mode, Process, ProcessMeta};
+pub use report::{ErrorReport, ResultError, RunReport, RunStatus, TaskReport, TaskStatus};
+pub use runtime::{Error, IntoGraph, Launch, Result, RunHandle, Runtime, RuntimeBuilder};
+pub use task::{Backoff, ErrorMatcher, OnDepFailure, Policy, Task, TaskFuture, TaskMeta};
+pub use tokio_util::sync::CancellationToken;

@@ -1,0 +1,89 @@
+//! Items used by the code `#[task]` and `#[process]` generate. Not public API: reached only
+//! through `procession::__private`, and may change in any release.
+
+#![allow(missing_docs, unreachable_pub)]
+
+pub use crate::arg::{Arg, Inputs, IntoArg, NodeRef, Out};
+pub use crate::ctx::Ctx;
+pub use crate::data::Data;
+pub use crate::error::{BoxError, InputError};
+pub use crate::graph::Builder;
+pub use crate::hooks::Hooks;
+pub use crate::process::{Mode, Process, ProcessMeta};
+pub use crate::task::{Backoff, ErrorMatcher, OnDepFailure, Policy, Task, TaskFuture, TaskMeta};
+pub use core::option::Option::{self, None, Some};
+pub use core::result::Result::{self, Err, Ok};
+pub use serde;
+pub use std::boxed::Box;
+pub use std::sync::Arc;
+pub use std::time::Duration;
+
+use crate::error::TaskPanicked;
+
+/// The `Result` types a task may return.
+pub trait TaskReturn {
+    type Ok;
+    type Err;
+}
+
+impl<T, E> TaskReturn for Result<T, E> {
+    type Ok = T;
+    type Err = E;
+}
+
+/// The error types a task may return.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be the error type of a task",
+    label = "a task's error must implement `std::error::Error + Send + Sync + 'static`",
+    note = "use your own error type (for example with `thiserror`), `Box<dyn std::error::Error + Send + Sync>`, or `String`"
+)]
+pub trait IntoTaskError {
+    fn into_task_error(self) -> BoxError;
+}
+
+impl<E: Into<BoxError>> IntoTaskError for E {
+    fn into_task_error(self) -> BoxError {
+        self.into()
+    }
+}
+
+/// Converts the value returned by a `Result`-returning task.
+#[inline]
+pub fn task_result<T, E: IntoTaskError>(r: Result<T, E>) -> Result<T, BoxError> {
+    r.map_err(IntoTaskError::into_task_error)
+}
+
+/// Asserts at compile time that a parameter or return type can cross a task boundary.
+#[inline]
+pub fn assert_data<T: Data>() {}
+
+/// Asserts at compile time that a task's error type is usable.
+#[inline]
+pub fn assert_task_error<E: IntoTaskError>() {}
+
+/// Runs an `async fn` task attempt.
+#[inline]
+pub fn run_async<T, F>(fut: F) -> TaskFuture<T>
+where
+    F: core::future::Future<Output = Result<T, BoxError>> + Send + 'static,
+{
+    Box::pin(fut)
+}
+
+/// Runs a plain `fn` task attempt on tokio's blocking pool.
+pub fn run_blocking<T, F>(task: &'static str, f: F) -> TaskFuture<T>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, BoxError> + Send + 'static,
+{
+    Box::pin(async move {
+        match tokio::task::spawn_blocking(f).await {
+            Ok(r) => r,
+            Err(e) if e.is_panic() => Err(Box::new(TaskPanicked {
+                task: task.to_owned(),
+                message: crate::exec::panic_message(&*e.into_panic()),
+            }) as BoxError),
+            Err(e) => Err(Box::new(e) as BoxError),
+        }
+    })
+}

@@ -1,0 +1,336 @@
+//! What a finished run leaves: one entry per task, with status, attempts, timing, result
+//! and error.
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+/// How a task ended.
+///
+/// # Examples
+///
+/// ```
+/// use procession::TaskStatus;
+/// assert_eq!(serde_json::to_string(&TaskStatus::Errored).unwrap(), "\"errored\"");
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskStatus {
+    /// Returned a value.
+    Success,
+    /// Failed: its last attempt's error, a timeout, a panic, or a failed dependency with
+    /// `on_dep_failure = "fail"`.
+    Errored,
+    /// Never ran because a task it depends on did not succeed.
+    Skipped,
+    /// Never ran, or was stopped, because the run was cancelled.
+    Cancelled,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    /// Every task succeeded.
+    Succeeded,
+    /// At least one task errored.
+    Failed,
+    /// The run was cancelled before every task succeeded.
+    Cancelled,
+}
+
+/// The error of an errored task.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct ErrorReport {
+    /// The error's message (`Display`).
+    pub message: String,
+    /// The messages of the error and of each `source()`, outermost first.
+    pub chain: Vec<String>,
+    /// Ids of the tasks that did not run because of this failure (transitively).
+    pub downstream_impact: Vec<String>,
+    #[serde(skip)]
+    pub(crate) source: Option<Arc<dyn StdError + Send + Sync + 'static>>,
+}
+
+impl ErrorReport {
+    /// The original error value, for downcasting. `None` for a report read back from JSON.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use procession::prelude::*;
+    ///
+    /// #[derive(Debug, thiserror::Error)]
+    /// #[error("division by zero")]
+    /// struct DivByZero;
+    ///
+    /// #[task]
+    /// fn div10(a: i64) -> Result<i64, DivByZero> { if a == 0 { Err(DivByZero) } else { Ok(10 / a) } }
+    ///
+    /// #[process]
+    /// fn divide(p: &mut Builder) { p.task(Div10::new(0)); }
+    ///
+    /// # #[tokio::main] async fn main() {
+    /// let rt = Runtime::in_memory().start().await.unwrap();
+    /// let report = rt.run(Divide {}).await.unwrap();
+    /// let err = report.task("div10").unwrap().error.as_ref().unwrap();
+    /// assert!(err.error().unwrap().is::<DivByZero>());
+    /// # }
+    /// ```
+    pub fn error(&self) -> Option<&(dyn StdError + Send + Sync + 'static)> {
+        self.source.as_deref()
+    }
+}
+
+impl fmt::Debug for ErrorReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ErrorReport")
+            .field("message", &self.message)
+            .field("chain", &self.chain)
+            .field("downstream_impact", &self.downstream_impact)
+            .finish()
+    }
+}
+
+/// One task's entry in a [`RunReport`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TaskReport {
+    /// The node id (unique in the run).
+    pub id: String,
+    /// The task's name.
+    pub name: String,
+    /// The function's path.
+    pub function: String,
+    /// The task's description.
+    pub description: String,
+    /// How it ended.
+    pub status: TaskStatus,
+    /// Attempts that ran (0 when it never ran).
+    pub attempts: u32,
+    /// Wall time from the start of the first attempt to the end of the last (exactly zero
+    /// when it never ran).
+    #[serde(with = "duration_ns", rename = "elapsed_ns")]
+    pub elapsed: Duration,
+    /// The result as JSON (`None` unless it succeeded).
+    pub result: Option<Box<RawValue>>,
+    /// The error (`None` unless it errored).
+    pub error: Option<ErrorReport>,
+}
+
+impl TaskReport {
+    /// True when the task succeeded.
+    pub fn is_success(&self) -> bool {
+        self.status == TaskStatus::Success
+    }
+
+    /// The result decoded as `T`.
+    ///
+    /// # Errors
+    ///
+    /// [`ResultError::NoResult`] when the task did not succeed, [`ResultError::Decode`]
+    /// when the result is not a `T`.
+    pub fn result_as<T: DeserializeOwned>(&self) -> Result<T, ResultError> {
+        let raw = self.result.as_ref().ok_or_else(|| ResultError::NoResult {
+            task: self.id.clone(),
+            status: self.status,
+        })?;
+        serde_json::from_str(raw.get()).map_err(|e| ResultError::Decode {
+            task: self.id.clone(),
+            message: e.to_string(),
+        })
+    }
+}
+
+mod duration_ns {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub(super) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        u64::deserialize(d).map(Duration::from_nanos)
+    }
+}
+
+/// Error returned by [`RunReport::result`] and [`TaskReport::result_as`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ResultError {
+    /// No task has this id.
+    #[error("no task `{task}` in this report")]
+    UnknownTask {
+        /// The id asked for.
+        task: String,
+    },
+    /// The task has no result because it did not succeed.
+    #[error("task `{task}` has no result: it ended {status:?}")]
+    NoResult {
+        /// The task.
+        task: String,
+        /// How it ended.
+        status: TaskStatus,
+    },
+    /// The stored result does not decode as the requested type.
+    #[error("result of task `{task}` does not decode: {message}")]
+    Decode {
+        /// The task.
+        task: String,
+        /// The decoder's message.
+        message: String,
+    },
+}
+
+/// The outcome of a run: one [`TaskReport`] per task, in the order the tasks were added.
+///
+/// `to_json` keeps everything but the original error values (their messages and source
+/// chains are kept): `RunReport::from_json(&r.to_json())` gives the same JSON back.
+///
+/// # Examples
+///
+/// ```
+/// use procession::prelude::*;
+///
+/// #[task] fn load() -> Vec<u32> { vec![1, 2, 3] }
+/// #[task] fn apply(_xs: Vec<u32>) -> Result<u32, std::io::Error> { Err(std::io::Error::other("disk full")) }
+/// #[task] fn notify(_total: u32) {}
+///
+/// #[process]
+/// fn job(p: &mut Builder) {
+///     let xs = p.task(Load::new());
+///     let total = p.task(Apply::new(xs));
+///     p.task(Notify::new(total));
+/// }
+///
+/// # #[tokio::main] async fn main() {
+/// let rt = Runtime::in_memory().start().await.unwrap();
+/// let report = rt.run(Job {}).await.unwrap();
+/// assert_eq!(report.status, RunStatus::Failed);
+/// assert_eq!(report.ids(report.successes()), vec!["load"]);
+/// assert_eq!(report.ids(report.errored()), vec!["apply"]);
+/// assert_eq!(report.ids(report.skipped()), vec!["notify"]);
+/// assert_eq!(report.result::<Vec<u32>>("load").unwrap(), vec![1, 2, 3]);
+/// let apply = report.task("apply").unwrap();
+/// assert_eq!(apply.error.as_ref().unwrap().downstream_impact, vec!["notify"]);
+/// let back = RunReport::from_json(&report.to_json()).unwrap();
+/// assert_eq!(back.to_json(), report.to_json());
+/// # }
+/// ```
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunReport {
+    /// The process (or task graph) name.
+    pub process: String,
+    /// The run's id.
+    pub run_id: String,
+    /// How the run ended.
+    pub status: RunStatus,
+    /// Wall time of the run.
+    #[serde(with = "duration_ns", rename = "elapsed_ns")]
+    pub elapsed: Duration,
+    /// One entry per task, in the order they were added.
+    pub tasks: Vec<TaskReport>,
+}
+
+impl RunReport {
+    /// True when every task succeeded.
+    pub fn is_success(&self) -> bool {
+        self.status == RunStatus::Succeeded
+    }
+
+    /// The entry of the task with node id `id`.
+    pub fn task(&self, id: &str) -> Option<&TaskReport> {
+        self.tasks.iter().find(|t| t.id == id)
+    }
+
+    /// The result of task `id` decoded as `T`.
+    pub fn result<T: DeserializeOwned>(&self, id: &str) -> Result<T, ResultError> {
+        self.task(id)
+            .ok_or_else(|| ResultError::UnknownTask { task: id.to_owned() })?
+            .result_as()
+    }
+
+    fn with_status(&self, status: TaskStatus) -> Vec<&TaskReport> {
+        self.tasks.iter().filter(|t| t.status == status).collect()
+    }
+
+    /// Tasks that succeeded.
+    pub fn successes(&self) -> Vec<&TaskReport> {
+        self.with_status(TaskStatus::Success)
+    }
+
+    /// Tasks that errored.
+    pub fn errored(&self) -> Vec<&TaskReport> {
+        self.with_status(TaskStatus::Errored)
+    }
+
+    /// Tasks that were skipped.
+    pub fn skipped(&self) -> Vec<&TaskReport> {
+        self.with_status(TaskStatus::Skipped)
+    }
+
+    /// Tasks that were cancelled.
+    pub fn cancelled(&self) -> Vec<&TaskReport> {
+        self.with_status(TaskStatus::Cancelled)
+    }
+
+    /// The ids of `tasks` (convenience for assertions and printing).
+    pub fn ids<'a>(&self, tasks: Vec<&'a TaskReport>) -> Vec<&'a str> {
+        tasks.into_iter().map(|t| t.id.as_str()).collect()
+    }
+
+    /// The report as compact JSON.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("a report always serializes")
+    }
+
+    /// The report as indented JSON.
+    pub fn to_json_pretty(&self) -> String {
+        serde_json::to_string_pretty(self).expect("a report always serializes")
+    }
+
+    /// Reads a report written by [`to_json`](RunReport::to_json).
+    pub fn from_json(json: &str) -> Result<RunReport, serde_json::Error> {
+        serde_json::from_str(json)
+    }
+
+    /// A short human-readable summary: one line per task.
+    pub fn summary(&self) -> String {
+        use std::fmt::Write as _;
+        let mut s = format!(
+            "{} [{}] {:?} in {:.3}s\n",
+            self.process,
+            self.run_id,
+            self.status,
+            self.elapsed.as_secs_f64()
+        );
+        for t in &self.tasks {
+            let mark = match t.status {
+                TaskStatus::Success => "ok     ",
+                TaskStatus::Errored => "ERROR  ",
+                TaskStatus::Skipped => "skipped",
+                TaskStatus::Cancelled => "cancel ",
+            };
+            let _ = write!(
+                s,
+                "  {mark} {:<32} attempts={} {:>8.3}s",
+                t.id,
+                t.attempts,
+                t.elapsed.as_secs_f64()
+            );
+            if let Some(e) = &t.error {
+                let _ = write!(s, "  {}", e.message);
+                if !e.downstream_impact.is_empty() {
+                    let _ = write!(s, " (skipped because of it: {})", e.downstream_impact.join(", "));
+                }
+            }
+            s.push('\n');
+        }
+        s
+    }
+}

@@ -1,0 +1,67 @@
+//! # procession
+//!
+//! Typed tasks and process graphs, checked by the compiler and run by a small tokio
+//! runtime.
+//!
+//! - [`#[task]`](macro@task) turns a function into a task: a typed struct whose
+//!   constructor takes each input as a value or as the output of another task, with
+//!   retries, backoff, timeout and dependency-failure policy parsed at compile time.
+//! - [`#[process]`](macro@process) turns a function taking a [`Builder`] into a process:
+//!   a serializable struct of its parameters that builds a graph of tasks.
+//! - [`Runtime`] runs graphs: a task starts as soon as its own dependencies end, failures
+//!   skip only what depends on them, panics become task failures, and every run ends with
+//!   a [`RunReport`].
+//!
+//! ```
+//! use procession::prelude::*;
+//!
+//! #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+//! struct Order { amount: f64 }
+//!
+//! /// Loads the orders of one source.
+//! #[task(retries = 2, backoff = "exponential(10ms, 1s)", timeout = "5s")]
+//! async fn fetch_orders(ctx: &Ctx, source: String) -> Result<Vec<Order>, std::io::Error> {
+//!     ctx.progress(50.0, format!("querying {source}"));
+//!     Ok(vec![Order { amount: 10.0 }, Order { amount: 5.5 }])
+//! }
+//!
+//! #[task]
+//! fn merge_orders(parts: Vec<Vec<Order>>) -> Vec<Order> { parts.concat() }
+//!
+//! #[task]
+//! fn total_revenue(orders: Vec<Order>) -> f64 { orders.iter().map(|o| o.amount).sum() }
+//!
+//! #[process(description = "Nightly revenue report")]
+//! fn daily_report(p: &mut Builder, sources: Vec<String>) {
+//!     let fetched = p.concurrent(|p| {
+//!         sources.iter().map(|s| p.task(FetchOrders::new(s.clone()))).collect::<Vec<_>>()
+//!     });
+//!     let all = p.task(MergeOrders::new(fetched));
+//!     p.task(TotalRevenue::new(all));
+//! }
+//!
+//! # #[tokio::main] async fn main() -> procession::Result<()> {
+//! let rt = Runtime::in_memory().register::<DailyReport>().start().await?;
+//! let report = rt.run(DailyReport { sources: vec!["eu".into(), "us".into()] }).await?;
+//! assert_eq!(report.result::<f64>("total_revenue").unwrap(), 31.0);
+//! # Ok(()) }
+//! ```
+
+#![doc(test(attr(deny(warnings))))]
+
+pub use procession_macros::{process, task};
+pub use procession_runtime::*;
+
+/// The names most programs need: `use procession::prelude::*;`.
+pub mod prelude {
+    pub use procession_macros::{process, task};
+    pub use procession_runtime::{
+        Builder, Ctx, Graph, GraphError, Launch, Level, Mode, NonRetryable, OnDepFailure, Out, Process, RunReport,
+        RunStatus, Runtime, Task, TaskGraph, TaskStatus,
+    };
+}
+
+#[doc(hidden)]
+pub mod __private {
+    pub use procession_runtime::macro_support::*;
+}

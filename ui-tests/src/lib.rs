@@ -1,0 +1,1 @@
+//! trybuild cases for the procession macros (see tests/ui.rs).
