@@ -124,6 +124,7 @@ pub(crate) fn parse_duration(text: &str) -> Result<u64, String> {
 }
 
 /// A backoff as written in `backoff = "..."`.
+#[derive(Debug)]
 pub(crate) enum Backoff {
     None,
     Fixed { ms: u64, jitter: bool },
@@ -187,7 +188,24 @@ pub(crate) fn parse_backoff(text: &str) -> Result<Backoff, String> {
     }
 }
 
-/// CamelCase of a snake_case identifier.
+/// `tokens` with every span set to `span`, so an error about them points at the user's code.
+pub(crate) fn respan(tokens: proc_macro2::TokenStream, span: proc_macro2::Span) -> proc_macro2::TokenStream {
+    tokens
+        .into_iter()
+        .map(|mut tt| {
+            if let proc_macro2::TokenTree::Group(g) = &tt {
+                let mut ng = proc_macro2::Group::new(g.delimiter(), respan(g.stream(), span));
+                ng.set_span(span);
+                tt = proc_macro2::TokenTree::Group(ng);
+            } else {
+                tt.set_span(span);
+            }
+            tt
+        })
+        .collect()
+}
+
+/// `CamelCase` of a `snake_case` identifier.
 pub(crate) fn camel(name: &str) -> String {
     let mut out = String::new();
     for part in name.trim_start_matches("r#").split('_').filter(|p| !p.is_empty()) {

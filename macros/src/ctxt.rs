@@ -48,14 +48,15 @@ impl Ctxt {
 
 impl Drop for Ctxt {
     fn drop(&mut self) {
-        if !std::thread::panicking() && self.errors.borrow().is_some() {
-            panic!("forgot to call Ctxt::check");
-        }
+        assert!(
+            std::thread::panicking() || self.errors.borrow().is_none(),
+            "forgot to call Ctxt::check"
+        );
     }
 }
 
 /// The user's item, untouched, plus the errors: keeps rust-analyzer and later errors useful.
-pub(crate) fn with_errors(item: TokenStream, extra: TokenStream, error: &syn::Error) -> TokenStream {
+pub(crate) fn with_errors(item: &TokenStream, extra: &TokenStream, error: &syn::Error) -> TokenStream {
     let errors = error.to_compile_error();
     quote::quote! {
         #item

@@ -172,6 +172,7 @@ fn analyse(cx: &Ctxt, func: &ItemFn) -> Vec<Param> {
     params
 }
 
+#[allow(clippy::needless_pass_by_value)] // the shim hands over owned streams
 pub(crate) fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
     let cx = Ctxt::new();
     let parsed = parse_args(&cx, args);
@@ -180,12 +181,12 @@ pub(crate) fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
         Ok(other) => {
             cx.error_spanned_by(quote!(#other).into_iter().take(2).collect::<TokenStream>(), "`#[process]` can only be applied to a function taking `&mut Builder`");
             let err = cx.check().expect_err("an error was recorded");
-            return with_errors(item, TokenStream::new(), &err);
+            return with_errors(&item, &TokenStream::new(), &err);
         }
         Err(e) => {
             cx.push(e);
             let err = cx.check().expect_err("an error was recorded");
-            return with_errors(item, TokenStream::new(), &err);
+            return with_errors(&item, &TokenStream::new(), &err);
         }
     };
     let params = analyse(&cx, &func);
@@ -210,7 +211,7 @@ pub(crate) fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
                 #[allow(dead_code, missing_docs, missing_debug_implementations)]
                 #vis struct #name { #( pub #fields: #tys, )* }
             };
-            with_errors(quote!(#func), stub, &err)
+            with_errors(&quote!(#func), &stub, &err)
         }
     }
 }

@@ -347,14 +347,11 @@ async fn attempts(shared: &Shared, i: u32, meta: &'static TaskMeta, task: Box<dy
         attempt += 1;
         let ctx = Ctx::new(shared.scope.clone(), i, meta.name, attempt);
         let outcome = run_attempt(shared, i, meta, attempt, &mut *prepared, ctx).await;
-        let err = match outcome.error {
-            None => {
-                if let Some(done) = outcome.payload {
-                    shared.slots[i as usize].fill(done.json, Some(done.typed));
-                }
-                return (attempt, Ok(()));
+        let Some(err) = outcome.error else {
+            if let Some(done) = outcome.payload {
+                shared.slots[i as usize].fill(done.json, Some(done.typed));
             }
-            Some(e) => e,
+            return (attempt, Ok(()));
         };
         let cancelled = shared.scope.cancel.is_cancelled();
         if !cancelled && attempt < policy.max_attempts && policy.is_retryable(&*err) {

@@ -146,7 +146,7 @@ impl fmt::Debug for Graph {
             .field("name", &self.name)
             .field("nodes", &self.nodes.len())
             .field("fingerprint", &format_args!("{:016x}", self.fingerprint))
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 
@@ -720,7 +720,7 @@ impl fmt::Debug for TaskGraph {
         f.debug_struct("TaskGraph")
             .field("name", &self.name)
             .field("tasks", &self.task_names())
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 

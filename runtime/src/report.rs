@@ -93,7 +93,7 @@ impl fmt::Debug for ErrorReport {
             .field("message", &self.message)
             .field("chain", &self.chain)
             .field("downstream_impact", &self.downstream_impact)
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 
@@ -285,11 +285,19 @@ impl RunReport {
     }
 
     /// The report as compact JSON.
+    ///
+    /// # Panics
+    ///
+    /// Never: every field of a report is plain data that serializes.
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).expect("a report always serializes")
     }
 
     /// The report as indented JSON.
+    ///
+    /// # Panics
+    ///
+    /// Never: every field of a report is plain data that serializes.
     pub fn to_json_pretty(&self) -> String {
         serde_json::to_string_pretty(self).expect("a report always serializes")
     }

@@ -123,6 +123,7 @@ impl RuntimeBuilder {
     /// # Errors
     ///
     /// [`Error::Config`] when a concurrency limit is zero.
+    #[allow(clippy::unused_async)] // the durable runtime opens its store here
     pub async fn start(self) -> Result<Runtime> {
         if self.max_concurrency == Some(0) || self.process_concurrency == Some(0) {
             return Err(Error::Config("max_concurrency must be >= 1, got 0".into()));
@@ -269,7 +270,7 @@ impl fmt::Debug for RunHandle {
         f.debug_struct("RunHandle")
             .field("id", &self.id)
             .field("finished", &self.join.is_finished())
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 
@@ -332,6 +333,7 @@ impl Runtime {
     /// # Errors
     ///
     /// [`Error::Graph`] when the graph is invalid; nothing runs then.
+    #[allow(clippy::unused_async)] // the durable runtime writes the run's record here
     pub async fn launch<P: Process>(&self, launch: impl Into<Launch<P>>) -> Result<RunHandle> {
         let launch = launch.into();
         let mut hooks: Vec<Arc<dyn Hooks>> = P::hooks().into_iter().collect();
@@ -346,6 +348,7 @@ impl Runtime {
     }
 
     /// Starts running a graph assembled by name (or an already built [`Graph`]).
+    #[allow(clippy::unused_async)] // same signature as `launch`
     pub async fn launch_graph(&self, graph: impl IntoGraph) -> Result<RunHandle> {
         let graph = graph.into_graph()?;
         Ok(self.spawn(graph, None, None, self.inner.hooks.clone()))

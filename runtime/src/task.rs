@@ -345,7 +345,7 @@ impl Backoff {
             return d;
         }
         let half = d / 2;
-        let spread = (d - half).as_nanos().min(u128::from(u64::MAX)) as u64;
+        let spread = d.saturating_sub(half).as_nanos().min(u128::from(u64::MAX)) as u64;
         half + Duration::from_nanos(fastrand::u64(0..=spread))
     }
 }
