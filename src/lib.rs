@@ -49,6 +49,11 @@
 
 #![doc(test(attr(deny(warnings))))]
 
+/// The README's examples, compiled and run as doc tests.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
+
 pub use procession_macros::{process, task};
 pub use procession_runtime::*;
 
@@ -56,8 +61,8 @@ pub use procession_runtime::*;
 pub mod prelude {
     pub use procession_macros::{process, task};
     pub use procession_runtime::{
-        Builder, Ctx, Graph, GraphError, Launch, Level, Mode, NonRetryable, OnDepFailure, Out, Process, RunReport,
-        RunStatus, Runtime, Task, TaskGraph, TaskStatus,
+        Builder, Ctx, Graph, GraphError, Launch, Level, Mode, NonRetryable, OnDepFailure, Out,
+        Process, RunReport, RunStatus, Runtime, Task, TaskGraph, TaskStatus,
     };
 }
 

@@ -58,7 +58,10 @@ pub(crate) fn suggest<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str>
     candidates
         .iter()
         .map(|c| (levenshtein(&word_l, c), *c))
-        .filter(|(d, c)| *d <= (c.len().max(word_l.len()) / 3).max(1) || c.starts_with(&word_l) && word_l.len() >= 3)
+        .filter(|(d, c)| {
+            *d <= (c.len().max(word_l.len()) / 3).max(1)
+                || c.starts_with(&word_l) && word_l.len() >= 3
+        })
         .min_by_key(|(d, _)| *d)
         .map(|(_, c)| c)
 }
@@ -78,12 +81,24 @@ fn levenshtein(a: &str, b: &str) -> usize {
 }
 
 /// Parses the value of `key = "..."` as a string literal.
-pub(crate) fn lit_str(cx: &Ctxt, meta: &ParseNestedMeta<'_>, what: &str) -> syn::Result<Option<LitStr>> {
+pub(crate) fn lit_str(
+    cx: &Ctxt,
+    meta: &ParseNestedMeta<'_>,
+    what: &str,
+) -> syn::Result<Option<LitStr>> {
     let expr: Expr = meta.value()?.parse()?;
     match expr {
-        Expr::Lit(ExprLit { lit: Lit::Str(s), .. }) => Ok(Some(s)),
+        Expr::Lit(ExprLit {
+            lit: Lit::Str(s), ..
+        }) => Ok(Some(s)),
         other => {
-            cx.error_spanned_by(&other, format_args!("`{}` expects a string literal: {what}", path_str(&meta.path)));
+            cx.error_spanned_by(
+                &other,
+                format_args!(
+                    "`{}` expects a string literal: {what}",
+                    path_str(&meta.path)
+                ),
+            );
             Ok(None)
         }
     }
@@ -97,7 +112,9 @@ pub(crate) fn parse_duration(text: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("`{t}` has no unit; write it with one of `ms`, `s`, `m`, `h` (for example `\"{t}s\"`)"))?;
     let (num, unit) = t.split_at(split);
     if num.is_empty() {
-        return Err(format!("`{t}` does not start with a number; write for example `\"30s\"` or `\"250ms\"`"));
+        return Err(format!(
+            "`{t}` does not start with a number; write for example `\"30s\"` or `\"250ms\"`"
+        ));
     }
     let value: f64 = num
         .parse()
@@ -127,9 +144,20 @@ pub(crate) fn parse_duration(text: &str) -> Result<u64, String> {
 #[derive(Debug)]
 pub(crate) enum Backoff {
     None,
-    Fixed { ms: u64, jitter: bool },
-    Linear { base: u64, cap: Option<u64>, jitter: bool },
-    Exponential { base: u64, cap: Option<u64>, jitter: bool },
+    Fixed {
+        ms: u64,
+        jitter: bool,
+    },
+    Linear {
+        base: u64,
+        cap: Option<u64>,
+        jitter: bool,
+    },
+    Exponential {
+        base: u64,
+        cap: Option<u64>,
+        jitter: bool,
+    },
 }
 
 const BACKOFF_FORMS: &str = "`\"none\"`, `\"fixed(1s)\"`, `\"linear(100ms)\"`, `\"linear(100ms, 5s)\"`, `\"exponential(100ms, 30s)\"`, optionally ending with `, jitter` inside the parentheses";
@@ -144,9 +172,9 @@ pub(crate) fn parse_backoff(text: &str) -> Result<Backoff, String> {
     let (kind, rest) = t
         .split_once('(')
         .ok_or_else(|| format!("malformed backoff `{t}`; expected one of {BACKOFF_FORMS}"))?;
-    let inner = rest
-        .strip_suffix(')')
-        .ok_or_else(|| format!("malformed backoff `{t}`: missing `)`; expected one of {BACKOFF_FORMS}"))?;
+    let inner = rest.strip_suffix(')').ok_or_else(|| {
+        format!("malformed backoff `{t}`: missing `)`; expected one of {BACKOFF_FORMS}")
+    })?;
     let mut args: Vec<&str> = inner.split(',').map(str::trim).collect();
     let jitter = args.last() == Some(&"jitter");
     if jitter {
@@ -160,21 +188,39 @@ pub(crate) fn parse_backoff(text: &str) -> Result<Backoff, String> {
     let kind = kind.trim();
     let check_cap = |base: u64, cap: Option<u64>| -> Result<(), String> {
         match cap {
-            Some(c) if c < base => Err(format!("malformed backoff `{t}`: the cap is smaller than the base delay")),
+            Some(c) if c < base => Err(format!(
+                "malformed backoff `{t}`: the cap is smaller than the base delay"
+            )),
             _ => Ok(()),
         }
     };
     match (kind, durations.as_slice()) {
         ("fixed", [ms]) => Ok(Backoff::Fixed { ms: *ms, jitter }),
-        ("linear", [base]) => Ok(Backoff::Linear { base: *base, cap: None, jitter }),
+        ("linear", [base]) => Ok(Backoff::Linear {
+            base: *base,
+            cap: None,
+            jitter,
+        }),
         ("linear", [base, cap]) => {
             check_cap(*base, Some(*cap))?;
-            Ok(Backoff::Linear { base: *base, cap: Some(*cap), jitter })
+            Ok(Backoff::Linear {
+                base: *base,
+                cap: Some(*cap),
+                jitter,
+            })
         }
-        ("exponential", [base]) => Ok(Backoff::Exponential { base: *base, cap: None, jitter }),
+        ("exponential", [base]) => Ok(Backoff::Exponential {
+            base: *base,
+            cap: None,
+            jitter,
+        }),
         ("exponential", [base, cap]) => {
             check_cap(*base, Some(*cap))?;
-            Ok(Backoff::Exponential { base: *base, cap: Some(*cap), jitter })
+            Ok(Backoff::Exponential {
+                base: *base,
+                cap: Some(*cap),
+                jitter,
+            })
         }
         ("fixed" | "linear" | "exponential", _) => Err(format!(
             "malformed backoff `{t}`: wrong number of arguments; expected one of {BACKOFF_FORMS}"
@@ -183,13 +229,18 @@ pub(crate) fn parse_backoff(text: &str) -> Result<Backoff, String> {
             let hint = suggest(other, &["none", "fixed", "linear", "exponential"])
                 .map(|s| format!(" (did you mean `{s}`?)"))
                 .unwrap_or_default();
-            Err(format!("unknown backoff `{other}`{hint}; expected one of {BACKOFF_FORMS}"))
+            Err(format!(
+                "unknown backoff `{other}`{hint}; expected one of {BACKOFF_FORMS}"
+            ))
         }
     }
 }
 
 /// `tokens` with every span set to `span`, so an error about them points at the user's code.
-pub(crate) fn respan(tokens: proc_macro2::TokenStream, span: proc_macro2::Span) -> proc_macro2::TokenStream {
+pub(crate) fn respan(
+    tokens: proc_macro2::TokenStream,
+    span: proc_macro2::Span,
+) -> proc_macro2::TokenStream {
     tokens
         .into_iter()
         .map(|mut tt| {
@@ -208,7 +259,11 @@ pub(crate) fn respan(tokens: proc_macro2::TokenStream, span: proc_macro2::Span) 
 /// `CamelCase` of a `snake_case` identifier.
 pub(crate) fn camel(name: &str) -> String {
     let mut out = String::new();
-    for part in name.trim_start_matches("r#").split('_').filter(|p| !p.is_empty()) {
+    for part in name
+        .trim_start_matches("r#")
+        .split('_')
+        .filter(|p| !p.is_empty())
+    {
         let mut cs = part.chars();
         if let Some(c) = cs.next() {
             out.extend(c.to_uppercase());
@@ -229,7 +284,10 @@ pub(crate) fn doc_summary(attrs: &[syn::Attribute]) -> String {
             continue;
         }
         if let syn::Meta::NameValue(nv) = &a.meta {
-            if let Expr::Lit(ExprLit { lit: Lit::Str(s), .. }) = &nv.value {
+            if let Expr::Lit(ExprLit {
+                lit: Lit::Str(s), ..
+            }) = &nv.value
+            {
                 lines.push(s.value());
             }
         }
@@ -259,7 +317,9 @@ mod tests {
         assert_eq!(parse_duration("1.5m"), Ok(90_000));
         assert_eq!(parse_duration("2h"), Ok(7_200_000));
         assert!(parse_duration("30").unwrap_err().contains("no unit"));
-        assert!(parse_duration("30 days").unwrap_err().contains("unknown unit"));
+        assert!(parse_duration("30 days")
+            .unwrap_err()
+            .contains("unknown unit"));
         assert!(parse_duration("s").is_err());
         assert!(parse_duration("0.5ms").is_err());
     }
@@ -269,12 +329,27 @@ mod tests {
         assert!(matches!(parse_backoff("none"), Ok(Backoff::None)));
         assert!(matches!(
             parse_backoff("exponential(100ms, 5s, jitter)"),
-            Ok(Backoff::Exponential { base: 100, cap: Some(5000), jitter: true })
+            Ok(Backoff::Exponential {
+                base: 100,
+                cap: Some(5000),
+                jitter: true
+            })
         ));
-        assert!(matches!(parse_backoff("linear(1s)"), Ok(Backoff::Linear { base: 1000, cap: None, jitter: false })));
-        assert!(parse_backoff("exponentail(1s)").unwrap_err().contains("did you mean `exponential`"));
+        assert!(matches!(
+            parse_backoff("linear(1s)"),
+            Ok(Backoff::Linear {
+                base: 1000,
+                cap: None,
+                jitter: false
+            })
+        ));
+        assert!(parse_backoff("exponentail(1s)")
+            .unwrap_err()
+            .contains("did you mean `exponential`"));
         assert!(parse_backoff("linear(5s, 1s)").unwrap_err().contains("cap"));
-        assert!(parse_backoff("linear(1s").unwrap_err().contains("missing `)`"));
+        assert!(parse_backoff("linear(1s")
+            .unwrap_err()
+            .contains("missing `)`"));
     }
 
     #[test]

@@ -26,7 +26,9 @@ fn weekdays(field: &str) -> Result<String, String> {
     for item in field.split(',') {
         let (range, step) = match item.split_once('/') {
             Some((r, s)) => {
-                let s: u32 = s.parse().map_err(|_| format!("step `{s}` is not a number"))?;
+                let s: u32 = s
+                    .parse()
+                    .map_err(|_| format!("step `{s}` is not a number"))?;
                 if s == 0 {
                     return Err("a step of 0 never advances".into());
                 }
@@ -37,7 +39,11 @@ fn weekdays(field: &str) -> Result<String, String> {
         let (lo, hi) = if range == "*" {
             (0, 6)
         } else if let Some((a, b)) = range.split_once('-') {
-            let (a, b) = (day(a)?, b.parse::<u32>().map_or_else(|_| day(b), |n| if n == 7 { Ok(7) } else { day(b) })?);
+            let (a, b) = (
+                day(a)?,
+                b.parse::<u32>()
+                    .map_or_else(|_| day(b), |n| if n == 7 { Ok(7) } else { day(b) })?,
+            );
             if a > b {
                 return Err(format!("reversed range `{range}` in day of week"));
             }
@@ -68,11 +74,23 @@ fn weekdays(field: &str) -> Result<String, String> {
 pub(crate) fn check(expr: &str) -> Result<String, String> {
     let expr = expr.trim();
     if expr.starts_with('@') {
-        let known = ["@yearly", "@annually", "@monthly", "@weekly", "@daily", "@hourly"];
+        let known = [
+            "@yearly",
+            "@annually",
+            "@monthly",
+            "@weekly",
+            "@daily",
+            "@hourly",
+        ];
         if !known.contains(&expr) {
-            return Err(format!("unknown schedule alias `{expr}`; known aliases are {}", known.join(", ")));
+            return Err(format!(
+                "unknown schedule alias `{expr}`; known aliases are {}",
+                known.join(", ")
+            ));
         }
-        return cron::Schedule::from_str(expr).map(|_| expr.to_owned()).map_err(|e| e.to_string());
+        return cron::Schedule::from_str(expr)
+            .map(|_| expr.to_owned())
+            .map_err(|e| e.to_string());
     }
     let fields: Vec<&str> = expr.split_whitespace().collect();
     if fields.len() != 5 {
@@ -87,7 +105,10 @@ pub(crate) fn check(expr: &str) -> Result<String, String> {
         }
     }
     let dow = weekdays(fields[4]).map_err(|e| format!("in day-of-week `{}`: {e}", fields[4]))?;
-    let full = format!("0 {} {} {} {} {}", fields[0], fields[1], fields[2], fields[3], dow);
+    let full = format!(
+        "0 {} {} {} {} {}",
+        fields[0], fields[1], fields[2], fields[3], dow
+    );
     cron::Schedule::from_str(&full)
         .map(|_| full.clone())
         .map_err(|e| format!("invalid cron schedule `{expr}`: {e}"))

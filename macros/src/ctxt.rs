@@ -32,7 +32,11 @@ impl Ctxt {
 
     /// All recorded errors combined into one, or `Ok` when there were none.
     pub(crate) fn check(self) -> Result<(), syn::Error> {
-        let errors = self.errors.borrow_mut().take().expect("check() called twice");
+        let errors = self
+            .errors
+            .borrow_mut()
+            .take()
+            .expect("check() called twice");
         let mut iter = errors.into_iter();
         match iter.next() {
             None => Ok(()),
@@ -56,7 +60,11 @@ impl Drop for Ctxt {
 }
 
 /// The user's item, untouched, plus the errors: keeps rust-analyzer and later errors useful.
-pub(crate) fn with_errors(item: &TokenStream, extra: &TokenStream, error: &syn::Error) -> TokenStream {
+pub(crate) fn with_errors(
+    item: &TokenStream,
+    extra: &TokenStream,
+    error: &syn::Error,
+) -> TokenStream {
     let errors = error.to_compile_error();
     quote::quote! {
         #item

@@ -47,7 +47,11 @@ fn parse_args(cx: &Ctxt, args: TokenStream) -> Args {
                 }
             }
             "schedule" => {
-                if let Some(s) = attr::lit_str(cx, &meta, "a 5-field cron expression such as `\"0 2 * * *\"`")? {
+                if let Some(s) = attr::lit_str(
+                    cx,
+                    &meta,
+                    "a 5-field cron expression such as `\"0 2 * * *\"`",
+                )? {
                     match crate::cron5::check(&s.value()) {
                         Ok(_) => set_once(cx, &mut out.schedule, &meta.path, s.value()),
                         Err(msg) => cx.error_spanned_by(&s, msg),
@@ -77,7 +81,10 @@ fn parse_args(cx: &Ctxt, args: TokenStream) -> Args {
                 if let Some(s) = attr::lit_str(cx, &meta, "the path procession is reachable at")? {
                     match s.parse::<syn::Path>() {
                         Ok(p) => set_once(cx, &mut out.krate, &meta.path, p),
-                        Err(_) => cx.error_spanned_by(&s, "`crate` expects a path such as `\"::procession\"`"),
+                        Err(_) => cx.error_spanned_by(
+                            &s,
+                            "`crate` expects a path such as `\"::procession\"`",
+                        ),
                     }
                 }
             }
@@ -129,7 +136,10 @@ fn analyse(cx: &Ctxt, func: &ItemFn) -> Vec<Param> {
     match inputs.next() {
         Some(FnArg::Typed(pt)) if is_builder(&pt.ty) == Some(true) => {}
         Some(FnArg::Typed(pt)) if is_builder(&pt.ty) == Some(false) => {
-            cx.error_spanned_by(&pt.ty, "the builder must be taken mutably: `p: &mut Builder`");
+            cx.error_spanned_by(
+                &pt.ty,
+                "the builder must be taken mutably: `p: &mut Builder`",
+            );
         }
         Some(FnArg::Receiver(r)) => {
             cx.error_spanned_by(r, "`#[process]` functions cannot take `self`; the first parameter is the builder: `p: &mut Builder`");
@@ -146,7 +156,9 @@ fn analyse(cx: &Ctxt, func: &ItemFn) -> Vec<Param> {
     }
     for (i, arg) in inputs.enumerate() {
         match arg {
-            FnArg::Receiver(r) => cx.error_spanned_by(r, "`#[process]` functions cannot take `self`"),
+            FnArg::Receiver(r) => {
+                cx.error_spanned_by(r, "`#[process]` functions cannot take `self`")
+            }
             FnArg::Typed(pt) => {
                 if is_builder(&pt.ty).is_some() {
                     cx.error_spanned_by(&pt.ty, "the builder must be the first parameter");
@@ -179,7 +191,10 @@ pub(crate) fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
     let func: ItemFn = match syn::parse2::<syn::Item>(item.clone()) {
         Ok(syn::Item::Fn(f)) => f,
         Ok(other) => {
-            cx.error_spanned_by(quote!(#other).into_iter().take(2).collect::<TokenStream>(), "`#[process]` can only be applied to a function taking `&mut Builder`");
+            cx.error_spanned_by(
+                quote!(#other).into_iter().take(2).collect::<TokenStream>(),
+                "`#[process]` can only be applied to a function taking `&mut Builder`",
+            );
             let err = cx.check().expect_err("an error was recorded");
             return with_errors(&item, &TokenStream::new(), &err);
         }
@@ -194,7 +209,10 @@ pub(crate) fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
         .krate
         .as_ref()
         .map_or_else(|| syn::parse_quote!(::procession), |k| k.value.clone());
-    let name = Ident::new(&attr::camel(&func.sig.ident.to_string()), func.sig.ident.span());
+    let name = Ident::new(
+        &attr::camel(&func.sig.ident.to_string()),
+        func.sig.ident.span(),
+    );
     match cx.check() {
         Ok(()) => {
             let out = generate(&func, &name, &params, &parsed, &krate);
@@ -216,16 +234,22 @@ pub(crate) fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
     }
 }
 
-fn generate(func: &ItemFn, name: &Ident, params: &[Param], args: &Args, krate: &syn::Path) -> TokenStream {
+fn generate(
+    func: &ItemFn,
+    name: &Ident,
+    params: &[Param],
+    args: &Args,
+    krate: &syn::Path,
+) -> TokenStream {
     let p = quote!(#krate::__private);
     let vis = &func.vis;
     let fn_name = &func.sig.ident;
     let fields: Vec<&Ident> = params.iter().map(|p| &p.field).collect();
     let tys: Vec<&Type> = params.iter().map(|p| &p.ty).collect();
-    let proc_name = args
-        .name
-        .as_ref()
-        .map_or_else(|| fn_name.to_string().trim_start_matches("r#").to_owned(), |n| n.value.clone());
+    let proc_name = args.name.as_ref().map_or_else(
+        || fn_name.to_string().trim_start_matches("r#").to_owned(),
+        |n| n.value.clone(),
+    );
     let description = args
         .description
         .as_ref()
@@ -249,11 +273,16 @@ fn generate(func: &ItemFn, name: &Ident, params: &[Param], args: &Args, krate: &
             }
         }
     });
-    let serde_path = format!("{}::__private::serde", quote!(#krate).to_string().replace(' ', ""));
+    let serde_path = format!(
+        "{}::__private::serde",
+        quote!(#krate).to_string().replace(' ', "")
+    );
     let doc = format!(
         "Process type generated by `#[process]` for [`{fn_name}`]: its fields are the function's parameters (stored with each run); launch it with `Runtime::launch`."
     );
-    let data_checks = tys.iter().map(|ty| quote_spanned!(ty.span()=> #p::assert_data::<#ty>();));
+    let data_checks = tys
+        .iter()
+        .map(|ty| quote_spanned!(ty.span()=> #p::assert_data::<#ty>();));
     let span = Span::mixed_site();
     let builder = Ident::new("__procession_builder", span);
     quote! {

@@ -60,14 +60,26 @@ fn parse_args(cx: &Ctxt, args: TokenStream) -> Args {
             }
             "retries" | "max_attempts" => {
                 let expr: syn::Expr = meta.value()?.parse()?;
-                let (min, max) = if key == "retries" { (0, MAX_RETRIES) } else { (1, MAX_RETRIES + 1) };
-                let other_set = if key == "retries" { out.max_attempts.is_some() } else { out.retries.is_some() };
+                let (min, max) = if key == "retries" {
+                    (0, MAX_RETRIES)
+                } else {
+                    (1, MAX_RETRIES + 1)
+                };
+                let other_set = if key == "retries" {
+                    out.max_attempts.is_some()
+                } else {
+                    out.retries.is_some()
+                };
                 if other_set && !conflict_reported {
                     conflict_reported = true;
                     cx.error_spanned_by(&meta.path, "pass either `retries` or `max_attempts`, not both (`max_attempts = retries + 1`)");
                 }
                 if let Some(n) = int_in_range(cx, &expr, &key, min, max) {
-                    let slot = if key == "retries" { &mut out.retries } else { &mut out.max_attempts };
+                    let slot = if key == "retries" {
+                        &mut out.retries
+                    } else {
+                        &mut out.max_attempts
+                    };
                     set_once(cx, slot, &meta.path, n);
                 }
             }
@@ -97,14 +109,21 @@ fn parse_args(cx: &Ctxt, args: TokenStream) -> Args {
             "retry_timeouts" => {
                 let lit: syn::Expr = meta.value()?.parse()?;
                 match lit {
-                    syn::Expr::Lit(syn::ExprLit { lit: syn::Lit::Bool(b), .. }) => {
+                    syn::Expr::Lit(syn::ExprLit {
+                        lit: syn::Lit::Bool(b),
+                        ..
+                    }) => {
                         set_once(cx, &mut out.retry_timeouts, &meta.path, b.value);
                     }
-                    other => cx.error_spanned_by(&other, "`retry_timeouts` expects `true` or `false`"),
+                    other => {
+                        cx.error_spanned_by(&other, "`retry_timeouts` expects `true` or `false`")
+                    }
                 }
             }
             "backoff" => {
-                if let Some(s) = attr::lit_str(cx, &meta, "for example `\"exponential(100ms, 5s)\"`")? {
+                if let Some(s) =
+                    attr::lit_str(cx, &meta, "for example `\"exponential(100ms, 5s)\"`")?
+                {
                     match attr::parse_backoff(&s.value()) {
                         Ok(b) => set_once(cx, &mut out.backoff, &meta.path, b),
                         Err(msg) => cx.error_spanned_by(&s, msg),
@@ -114,25 +133,50 @@ fn parse_args(cx: &Ctxt, args: TokenStream) -> Args {
             "timeout" => {
                 let expr: syn::Expr = meta.value()?.parse()?;
                 match &expr {
-                    syn::Expr::Lit(syn::ExprLit { lit: syn::Lit::Str(s), .. }) => match attr::parse_duration(&s.value()) {
-                        Ok(0) => cx.error_spanned_by(s, "`timeout` must be greater than zero; remove it for no limit"),
+                    syn::Expr::Lit(syn::ExprLit {
+                        lit: syn::Lit::Str(s),
+                        ..
+                    }) => match attr::parse_duration(&s.value()) {
+                        Ok(0) => cx.error_spanned_by(
+                            s,
+                            "`timeout` must be greater than zero; remove it for no limit",
+                        ),
                         Ok(ms) => set_once(cx, &mut out.timeout, &meta.path, ms),
-                        Err(msg) => cx.error_spanned_by(s, format_args!("malformed `timeout`: {msg}")),
+                        Err(msg) => {
+                            cx.error_spanned_by(s, format_args!("malformed `timeout`: {msg}"))
+                        }
                     },
-                    syn::Expr::Lit(syn::ExprLit { lit: syn::Lit::Int(i), .. }) => {
-                        cx.error_spanned_by(i, format_args!("`timeout` needs a unit: write `timeout = \"{}s\"` or `\"{}ms\"`", i.base10_digits(), i.base10_digits()));
+                    syn::Expr::Lit(syn::ExprLit {
+                        lit: syn::Lit::Int(i),
+                        ..
+                    }) => {
+                        cx.error_spanned_by(
+                            i,
+                            format_args!(
+                                "`timeout` needs a unit: write `timeout = \"{}s\"` or `\"{}ms\"`",
+                                i.base10_digits(),
+                                i.base10_digits()
+                            ),
+                        );
                     }
-                    other => cx.error_spanned_by(other, "`timeout` expects a duration string such as `\"30s\"` or `\"250ms\"`"),
+                    other => cx.error_spanned_by(
+                        other,
+                        "`timeout` expects a duration string such as `\"30s\"` or `\"250ms\"`",
+                    ),
                 }
             }
             "on_dep_failure" => {
-                if let Some(s) = attr::lit_str(cx, &meta, "`\"fail\"`, `\"skip\"` or `\"run_anyway\"`")? {
+                if let Some(s) =
+                    attr::lit_str(cx, &meta, "`\"fail\"`, `\"skip\"` or `\"run_anyway\"`")?
+                {
                     let v = s.value();
                     let known = ["fail", "skip", "run_anyway"];
                     match known.iter().find(|k| **k == v.replace('-', "_")) {
                         Some(k) => set_once(cx, &mut out.on_dep_failure, &meta.path, *k),
                         None => {
-                            let hint = attr::suggest(&v, &known).map(|s| format!(" (did you mean `{s}`?)")).unwrap_or_default();
+                            let hint = attr::suggest(&v, &known)
+                                .map(|s| format!(" (did you mean `{s}`?)"))
+                                .unwrap_or_default();
                             cx.error_spanned_by(&s, format_args!("unknown `on_dep_failure` value `{v}`{hint}; expected `\"fail\"`, `\"skip\"` or `\"run_anyway\"`"));
                         }
                     }
@@ -142,7 +186,10 @@ fn parse_args(cx: &Ctxt, args: TokenStream) -> Args {
                 if let Some(s) = attr::lit_str(cx, &meta, "the path procession is reachable at")? {
                     match s.parse::<syn::Path>() {
                         Ok(p) => set_once(cx, &mut out.krate, &meta.path, p),
-                        Err(_) => cx.error_spanned_by(&s, "`crate` expects a path such as `\"::procession\"`"),
+                        Err(_) => cx.error_spanned_by(
+                            &s,
+                            "`crate` expects a path such as `\"::procession\"`",
+                        ),
                     }
                 }
             }
@@ -162,7 +209,10 @@ fn parse_args(cx: &Ctxt, args: TokenStream) -> Args {
 fn int_in_range(cx: &Ctxt, expr: &syn::Expr, key: &str, min: u64, max: u64) -> Option<u32> {
     let bad = || format!("`{key}` must be an integer from {min} to {max}");
     match expr {
-        syn::Expr::Lit(syn::ExprLit { lit: syn::Lit::Int(i), .. }) => match i.base10_parse::<u64>() {
+        syn::Expr::Lit(syn::ExprLit {
+            lit: syn::Lit::Int(i),
+            ..
+        }) => match i.base10_parse::<u64>() {
             Ok(n) if (min..=max).contains(&n) => Some(n as u32),
             Ok(n) => {
                 cx.error_spanned_by(i, format_args!("{}, got {n}", bad()));
@@ -236,7 +286,12 @@ fn analyse(cx: &Ctxt, func: ItemFn) -> Model {
         cx.error_spanned_by(v, "`#[task]` functions cannot be variadic");
     }
     if !sig.generics.params.is_empty() || sig.generics.where_clause.is_some() {
-        let what = if sig.generics.params.iter().all(|p| matches!(p, syn::GenericParam::Lifetime(_))) {
+        let what = if sig
+            .generics
+            .params
+            .iter()
+            .all(|p| matches!(p, syn::GenericParam::Lifetime(_)))
+        {
             "lifetime parameters"
         } else {
             "generic parameters"
@@ -326,7 +381,9 @@ fn result_ok_type(ty: &Type) -> Option<Type> {
     if last.ident != "Result" {
         return None;
     }
-    let syn::PathArguments::AngleBracketed(args) = &last.arguments else { return None };
+    let syn::PathArguments::AngleBracketed(args) = &last.arguments else {
+        return None;
+    };
     args.args.iter().find_map(|a| match a {
         syn::GenericArgument::Type(t) => Some(t.clone()),
         _ => None,
@@ -517,10 +574,10 @@ fn generate(model: &Model, args: &Args, krate: &syn::Path) -> TokenStream {
     let vis = &func.vis;
     let fn_name = &func.sig.ident;
     let name = &model.struct_name;
-    let task_name = args
-        .name
-        .as_ref()
-        .map_or_else(|| fn_name.to_string().trim_start_matches("r#").to_owned(), |n| n.value.clone());
+    let task_name = args.name.as_ref().map_or_else(
+        || fn_name.to_string().trim_start_matches("r#").to_owned(),
+        |n| n.value.clone(),
+    );
     let description = args
         .description
         .as_ref()
@@ -578,7 +635,9 @@ fn generate(model: &Model, args: &Args, krate: &syn::Path) -> TokenStream {
         bounds_on_impl.push(quote_spanned!(output.span()=> #output: #po::Data));
         if model.result.is_some() {
             let pe = at(ty.span());
-            bounds_on_impl.push(quote_spanned!(ty.span()=> <#ty as #pe::TaskReturn>::Err: #pe::IntoTaskError));
+            bounds_on_impl.push(
+                quote_spanned!(ty.span()=> <#ty as #pe::TaskReturn>::Err: #pe::IntoTaskError),
+            );
         }
     }
     let fn_doc = format!(
@@ -587,7 +646,9 @@ fn generate(model: &Model, args: &Args, krate: &syn::Path) -> TokenStream {
     let new_doc = format!(
         "Creates a `{task_name}` task. Each argument is a value or the output (`Out<T>`) of another task with that type."
     );
-    let bounds = tys.iter().map(|ty| quote_spanned!(ty.span()=> impl #p::IntoArg<#ty, #name>));
+    let bounds = tys
+        .iter()
+        .map(|ty| quote_spanned!(ty.span()=> impl #p::IntoArg<#ty, #name>));
     quote! {
         #func
 

@@ -294,7 +294,10 @@ impl Slot {
     pub(crate) fn fill(&self, json: Box<RawValue>, typed: Option<Box<dyn Any + Send>>) {
         if self.readers.load(Ordering::Acquire) > 0 {
             if let Some(v) = typed {
-                *self.typed.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(v);
+                *self
+                    .typed
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(v);
             }
         }
         // A slot is filled once per run; a second fill (never expected) keeps the first.
@@ -349,7 +352,10 @@ impl Inputs<'_> {
             return None;
         }
         match self.remap {
-            Some(map) => map.get(r.index as usize).copied().filter(|&i| i != u32::MAX),
+            Some(map) => map
+                .get(r.index as usize)
+                .copied()
+                .filter(|&i| i != u32::MAX),
             None => Some(r.index),
         }
     }

@@ -14,7 +14,9 @@ use tokio_util::sync::CancellationToken;
 /// assert!(Level::Warning > Level::Info);
 /// assert_eq!(Level::Error.as_str(), "error");
 /// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Level {
     /// Detail for debugging.

@@ -19,7 +19,8 @@ use tokio_util::sync::CancellationToken;
 use crate::arg::{Inputs, Slot};
 use crate::ctx::{Ctx, Level, Reporter, RunScope};
 use crate::error::{
-    chain, BoxError, CancelGraceExceeded, Cancelled, DependencyFailed, RetryExhausted, TaskPanicked, Timeout,
+    chain, BoxError, CancelGraceExceeded, Cancelled, DependencyFailed, RetryExhausted,
+    TaskPanicked, Timeout,
 };
 use crate::graph::{ErasedTask, Graph};
 use crate::hooks::{Attempt, AttemptOutcome, Hooks, RunInfo, TaskInfo};
@@ -135,7 +136,8 @@ pub(crate) async fn execute(mut graph: Graph, cfg: RunConfig) -> RunReport {
     }
     drop(fill);
 
-    let mut tasks: Vec<Option<Box<dyn ErasedTask>>> = graph.nodes.iter_mut().map(|n| n.task.take()).collect();
+    let mut tasks: Vec<Option<Box<dyn ErasedTask>>> =
+        graph.nodes.iter_mut().map(|n| n.task.take()).collect();
     let mut state: Vec<NodeState> = (0..n)
         .map(|_| NodeState {
             st: St::Pending,
@@ -145,7 +147,9 @@ pub(crate) async fn execute(mut graph: Graph, cfg: RunConfig) -> RunReport {
         })
         .collect();
     let mut aborts: Vec<Option<AbortHandle>> = (0..n).map(|_| None).collect();
-    let mut ready: VecDeque<u32> = (0..n as u32).filter(|&i| remaining[i as usize] == 0).collect();
+    let mut ready: VecDeque<u32> = (0..n as u32)
+        .filter(|&i| remaining[i as usize] == 0)
+        .collect();
     let (tx, mut rx) = mpsc::unbounded_channel::<Completion>();
     let limit = cfg.max_concurrency.unwrap_or(usize::MAX).max(1);
     let mut running = 0usize;
@@ -232,7 +236,15 @@ pub(crate) async fn execute(mut graph: Graph, cfg: RunConfig) -> RunReport {
             s.st = St::Cancelled;
         }
     }
-    let report = build_report(&graph, &shared, &state, &offsets, &targets, cancelled, started.elapsed());
+    let report = build_report(
+        &graph,
+        &shared,
+        &state,
+        &offsets,
+        &targets,
+        cancelled,
+        started.elapsed(),
+    );
     match report.status {
         RunStatus::Succeeded => cfg.hooks.iter().for_each(|h| h.completed(&info, &report)),
         RunStatus::Cancelled => cfg.hooks.iter().for_each(|h| h.cancelled(&info, &report)),
@@ -258,7 +270,10 @@ fn release(
 ) {
     let mut ended = vec![done];
     while let Some(e) = ended.pop() {
-        let (lo, hi) = (offsets[e as usize] as usize, offsets[e as usize + 1] as usize);
+        let (lo, hi) = (
+            offsets[e as usize] as usize,
+            offsets[e as usize + 1] as usize,
+        );
         for &d in &targets[lo..hi] {
             let r = &mut remaining[d as usize];
             *r -= 1;
@@ -283,7 +298,11 @@ fn release(
                 .filter(|&x| state[x as usize].st != St::Success)
                 .collect();
             let policy = node.meta.policy.on_dep_failure;
-            let names = |xs: &[u32]| xs.iter().map(|&x| shared.ids[x as usize].to_string()).collect::<Vec<_>>();
+            let names = |xs: &[u32]| {
+                xs.iter()
+                    .map(|&x| shared.ids[x as usize].to_string())
+                    .collect::<Vec<_>>()
+            };
             let s = &mut state[d as usize];
             match policy {
                 OnDepFailure::RunAnyway if failed_data.is_empty() => {
@@ -292,7 +311,11 @@ fn release(
                 }
                 OnDepFailure::Skip => s.st = St::Skipped,
                 OnDepFailure::Fail | OnDepFailure::RunAnyway => {
-                    let list = if policy == OnDepFailure::Fail { &failed } else { &failed_data };
+                    let list = if policy == OnDepFailure::Fail {
+                        &failed
+                    } else {
+                        &failed_data
+                    };
                     let e = Arc::new(DependencyFailed {
                         task: node.id.to_string(),
                         failed: names(list),
@@ -309,7 +332,12 @@ fn release(
     }
 }
 
-async fn run_node(shared: Arc<Shared>, i: u32, task: Box<dyn ErasedTask>, tx: mpsc::UnboundedSender<Completion>) {
+async fn run_node(
+    shared: Arc<Shared>,
+    i: u32,
+    task: Box<dyn ErasedTask>,
+    tx: mpsc::UnboundedSender<Completion>,
+) {
     let _permit = match &shared.permits {
         Some(sem) => sem.clone().acquire_owned().await.ok(),
         None => None,
@@ -325,7 +353,12 @@ async fn run_node(shared: Arc<Shared>, i: u32, task: Box<dyn ErasedTask>, tx: mp
     });
 }
 
-async fn attempts(shared: &Shared, i: u32, meta: &'static TaskMeta, task: Box<dyn ErasedTask>) -> (u32, Result<(), BoxError>) {
+async fn attempts(
+    shared: &Shared,
+    i: u32,
+    meta: &'static TaskMeta,
+    task: Box<dyn ErasedTask>,
+) -> (u32, Result<(), BoxError>) {
     let policy = &meta.policy;
     let prepared = {
         let names = |idx: u32| shared.ids[idx as usize].to_string();
@@ -335,7 +368,9 @@ async fn attempts(shared: &Shared, i: u32, meta: &'static TaskMeta, task: Box<dy
             graph: shared.tag,
             remap: shared.remap.as_deref(),
         };
-        std::panic::catch_unwind(AssertUnwindSafe(|| task.prepare(&inputs, policy.max_attempts > 1)))
+        std::panic::catch_unwind(AssertUnwindSafe(|| {
+            task.prepare(&inputs, policy.max_attempts > 1)
+        }))
     };
     let mut prepared = match prepared {
         Ok(Ok(p)) => p,
@@ -387,7 +422,12 @@ async fn run_attempt(
     let started = std::panic::catch_unwind(AssertUnwindSafe(|| prepared.attempt(ctx)));
     let fut = match started {
         Ok(Ok(f)) => f,
-        Ok(Err(e)) => return AttemptOutcome { error: Some(e), payload: None },
+        Ok(Err(e)) => {
+            return AttemptOutcome {
+                error: Some(e),
+                payload: None,
+            }
+        }
         Err(panic) => {
             return AttemptOutcome {
                 error: Some(panicked(meta, &*panic)),
@@ -418,7 +458,10 @@ async fn run_attempt(
                 error: None,
                 payload: Some(done),
             },
-            Ok(Err(e)) => AttemptOutcome { error: Some(e), payload: None },
+            Ok(Err(e)) => AttemptOutcome {
+                error: Some(e),
+                payload: None,
+            },
             Err(panic) => AttemptOutcome {
                 error: Some(panicked(meta, &*panic)),
                 payload: None,
@@ -498,10 +541,17 @@ fn build_report(
             id: node.id.to_string(),
             name: node.meta.name.to_owned(),
             function: node.meta.function.to_owned(),
-            description: node.description.clone().unwrap_or_else(|| node.meta.description.to_owned()),
+            description: node
+                .description
+                .clone()
+                .unwrap_or_else(|| node.meta.description.to_owned()),
             status,
             attempts: s.attempts,
-            elapsed: if matches!(s.st, St::Skipped | St::Pending) { Duration::ZERO } else { s.elapsed },
+            elapsed: if matches!(s.st, St::Skipped | St::Pending) {
+                Duration::ZERO
+            } else {
+                s.elapsed
+            },
             result,
             error,
         });
@@ -525,7 +575,13 @@ fn build_report(
 }
 
 /// Ids of the nodes that did not run because `failed` did not succeed, transitively.
-fn downstream(failed: u32, shared: &Shared, state: &[NodeState], offsets: &[u32], targets: &[u32]) -> Vec<String> {
+fn downstream(
+    failed: u32,
+    shared: &Shared,
+    state: &[NodeState],
+    offsets: &[u32],
+    targets: &[u32],
+) -> Vec<String> {
     let mut seen = vec![false; state.len()];
     let mut out = Vec::new();
     let mut stack = vec![failed];
@@ -536,7 +592,12 @@ fn downstream(failed: u32, shared: &Shared, state: &[NodeState], offsets: &[u32]
                 continue;
             }
             let did_not_run = state[di].st == St::Skipped
-                || (state[di].st == St::Errored && state[di].attempts == 0 && state[di].error.as_ref().is_some_and(|e| e.is::<DependencyFailed>()));
+                || (state[di].st == St::Errored
+                    && state[di].attempts == 0
+                    && state[di]
+                        .error
+                        .as_ref()
+                        .is_some_and(|e| e.is::<DependencyFailed>()));
             if did_not_run {
                 seen[di] = true;
                 out.push(d);
@@ -545,5 +606,7 @@ fn downstream(failed: u32, shared: &Shared, state: &[NodeState], offsets: &[u32]
         }
     }
     out.sort_unstable();
-    out.into_iter().map(|d| shared.ids[d as usize].to_string()).collect()
+    out.into_iter()
+        .map(|d| shared.ids[d as usize].to_string())
+        .collect()
 }

@@ -31,7 +31,11 @@ pub(crate) type AttemptFuture = TaskFuture<Finished>;
 
 /// A task with its type erased, as a graph node holds it.
 pub(crate) trait ErasedTask: Send {
-    fn prepare(self: Box<Self>, inputs: &Inputs<'_>, keep: bool) -> Result<Box<dyn Prepared>, InputError>;
+    fn prepare(
+        self: Box<Self>,
+        inputs: &Inputs<'_>,
+        keep: bool,
+    ) -> Result<Box<dyn Prepared>, InputError>;
 }
 
 /// A task whose inputs are resolved, ready to run attempts.
@@ -42,7 +46,11 @@ pub(crate) trait Prepared: Send {
 struct Erased<T: Task>(T);
 
 impl<T: Task> ErasedTask for Erased<T> {
-    fn prepare(self: Box<Self>, inputs: &Inputs<'_>, keep: bool) -> Result<Box<dyn Prepared>, InputError> {
+    fn prepare(
+        self: Box<Self>,
+        inputs: &Inputs<'_>,
+        keep: bool,
+    ) -> Result<Box<dyn Prepared>, InputError> {
         let args = self.0.into_args(inputs)?;
         // Later attempts need the inputs again: keep them serialized (no `Clone` bound).
         let encoded = if keep {
@@ -67,10 +75,9 @@ impl<T: Task> Prepared for PreparedTask<T> {
         let args = match self.first.take() {
             Some(a) => a,
             None => {
-                let bytes = self
-                    .encoded
-                    .as_deref()
-                    .ok_or_else(|| BoxError::from("the task's inputs could not be kept for another attempt"))?;
+                let bytes = self.encoded.as_deref().ok_or_else(|| {
+                    BoxError::from("the task's inputs could not be kept for another attempt")
+                })?;
                 serde_json::from_slice(bytes)?
             }
         };
@@ -157,7 +164,10 @@ impl Graph {
     }
 
     /// Builds the graph of `process` with launch options (see [`Builder::option`]).
-    pub fn with_options<P: Process>(process: P, options: BTreeMap<String, Value>) -> Result<Graph, GraphError> {
+    pub fn with_options<P: Process>(
+        process: P,
+        options: BTreeMap<String, Value>,
+    ) -> Result<Graph, GraphError> {
         let mut b = Builder::new(P::META.name, P::META.mode, Arc::new(options));
         process.build(&mut b);
         b.finish()
@@ -198,7 +208,12 @@ impl Graph {
     /// ```
     pub fn dependencies(&self, id: &str) -> Option<Vec<&str>> {
         let node = self.nodes.iter().find(|n| &*n.id == id)?;
-        Some(node.deps.iter().map(|&d| &*self.nodes[d as usize].id).collect())
+        Some(
+            node.deps
+                .iter()
+                .map(|&d| &*self.nodes[d as usize].id)
+                .collect(),
+        )
     }
 
     /// A hash of the graph's structure (ids, task names, edges), stable across builds and
@@ -287,7 +302,9 @@ pub enum GraphError {
         dependents: Vec<String>,
     },
     /// An input expects another type than the task it reads from returns.
-    #[error("task `{task}` reads `{dependency}` as `{expected}`, but `{dependency}` returns `{found}`")]
+    #[error(
+        "task `{task}` reads `{dependency}` as `{expected}`, but `{dependency}` returns `{found}`"
+    )]
     TypeMismatch {
         /// The reading task.
         task: String,
@@ -427,7 +444,9 @@ impl Builder {
     }
 
     fn scope(&mut self) -> &mut Scope {
-        self.scopes.last_mut().expect("the root scope is never popped")
+        self.scopes
+            .last_mut()
+            .expect("the root scope is never popped")
     }
 
     /// Adds a task; returns the handle of its output.
@@ -451,7 +470,11 @@ impl Builder {
     /// fn p(b: &mut Builder) { b.task_with_description(Hello::new(), "greets the team"); }
     /// # Graph::of(P {}).unwrap();
     /// ```
-    pub fn task_with_description<T: Task>(&mut self, task: T, description: impl Into<String>) -> Out<T::Output> {
+    pub fn task_with_description<T: Task>(
+        &mut self,
+        task: T,
+        description: impl Into<String>,
+    ) -> Out<T::Output> {
         self.add(task, Some(description.into()))
     }
 
@@ -469,7 +492,8 @@ impl Builder {
             }
         });
         if foreign {
-            self.errors.push(GraphError::ForeignHandle { task: id.clone() });
+            self.errors
+                .push(GraphError::ForeignHandle { task: id.clone() });
         }
         for &d in &data {
             self.nodes[d as usize].readers += 1;
@@ -512,8 +536,8 @@ impl Builder {
     }
 
     fn enter(&mut self, segment: &str) -> String {
-        let seg = self.unique(format!("{}{segment}/", self.prefix));
-        std::mem::replace(&mut self.prefix, seg)
+        let seg = self.unique(format!("{}{segment}", self.prefix));
+        std::mem::replace(&mut self.prefix, seg + "/")
     }
 
     /// A block whose steps run one after another; it is one step of the enclosing block.
@@ -543,7 +567,11 @@ impl Builder {
     /// let g = Graph::of(Mail { to: vec!["a".into(), "b".into()] }).unwrap();
     /// assert_eq!(g.node_ids(), vec!["each[0]/send", "each[1]/send"]);
     /// ```
-    pub fn each<I: IntoIterator, R>(&mut self, items: I, mut f: impl FnMut(&mut Builder, I::Item) -> R) -> Vec<R> {
+    pub fn each<I: IntoIterator, R>(
+        &mut self,
+        items: I,
+        mut f: impl FnMut(&mut Builder, I::Item) -> R,
+    ) -> Vec<R> {
         let base = self.unique(format!("{}each", self.prefix));
         let saved = self.prefix.clone();
         let out = items
@@ -574,7 +602,12 @@ impl Builder {
     /// let g = Graph::of(Doubled { foo: 4 }).unwrap();
     /// assert_eq!(g.node_ids(), vec!["transform/show"]);
     /// ```
-    pub fn transform<A, B, R>(&mut self, input: A, map: impl FnOnce(A) -> B, f: impl FnOnce(&mut Builder, B) -> R) -> R {
+    pub fn transform<A, B, R>(
+        &mut self,
+        input: A,
+        map: impl FnOnce(A) -> B,
+        f: impl FnOnce(&mut Builder, B) -> R,
+    ) -> R {
         let saved = self.enter("transform");
         let r = f(self, map(input));
         self.prefix = saved;
@@ -777,7 +810,9 @@ impl TaskGraph {
         let wanted = (TypeId::of::<T>(), std::any::type_name::<T>());
         let index = if let Some(&s) = self.by_name.get(&key) {
             match &mut self.entries[s as usize] {
-                Some(Entry::Placeholder { wanted: w, .. }) => w.push((wanted.0, wanted.1, String::new())),
+                Some(Entry::Placeholder { wanted: w, .. }) => {
+                    w.push((wanted.0, wanted.1, String::new()))
+                }
                 Some(Entry::Task { output, .. }) if output.0 != wanted.0 => {
                     self.errors.push(GraphError::TypeMismatch {
                         task: "(an `output` handle)".into(),
@@ -807,7 +842,10 @@ impl TaskGraph {
     /// Adds a task under `name`; returns the handle of its output.
     pub fn add<T: Task>(&mut self, name: &str, task: T) -> Result<Out<T::Output>, GraphError> {
         let key = name.to_lowercase();
-        let output = (TypeId::of::<T::Output>(), std::any::type_name::<T::Output>());
+        let output = (
+            TypeId::of::<T::Output>(),
+            std::any::type_name::<T::Output>(),
+        );
         let existing = self.by_name.get(&key).copied();
         if let Some(s) = existing {
             match &self.entries[s as usize] {
@@ -1022,7 +1060,11 @@ impl TaskGraph {
                 for &d in &data_idx {
                     readers[d as usize] += 1;
                 }
-                let mut deps: Vec<u32> = data_idx.iter().copied().chain(order.iter().map(|&d| remap[d as usize])).collect();
+                let mut deps: Vec<u32> = data_idx
+                    .iter()
+                    .copied()
+                    .chain(order.iter().map(|&d| remap[d as usize]))
+                    .collect();
                 deps.sort_unstable();
                 deps.dedup();
                 let mut data_deps = data_idx;
@@ -1102,7 +1144,8 @@ impl TaskGraph {
                         }
                         Mark::Active => {
                             let pos = stack.iter().position(|(n, _)| *n == next).unwrap_or(0);
-                            let mut path: Vec<String> = stack[pos..].iter().map(|(n, _)| self.name_of(*n)).collect();
+                            let mut path: Vec<String> =
+                                stack[pos..].iter().map(|(n, _)| self.name_of(*n)).collect();
                             path.push(self.name_of(next));
                             return Err(GraphError::Cycle { path });
                         }

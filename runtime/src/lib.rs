@@ -21,8 +21,8 @@ pub use arg::{Arg, Inputs, IntoArg, NodeRef, Out};
 pub use ctx::{Ctx, Level};
 pub use data::Data;
 pub use error::{
-    BoxError, CancelGraceExceeded, Cancelled, DependencyFailed, InputError, NonRetryable, OutputNotSerializable,
-    RetryExhausted, TaskPanicked, Timeout,
+    BoxError, CancelGraceExceeded, Cancelled, DependencyFailed, InputError, NonRetryable,
+    OutputNotSerializable, RetryExhausted, TaskPanicked, Timeout,
 };
 pub use graph::{Builder, Graph, GraphError, TaskGraph};
 pub use hooks::{Attempt, AttemptOutcome, Hooks, RunInfo, TaskInfo};

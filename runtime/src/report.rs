@@ -251,7 +251,9 @@ impl RunReport {
     /// The result of task `id` decoded as `T`.
     pub fn result<T: DeserializeOwned>(&self, id: &str) -> Result<T, ResultError> {
         self.task(id)
-            .ok_or_else(|| ResultError::UnknownTask { task: id.to_owned() })?
+            .ok_or_else(|| ResultError::UnknownTask {
+                task: id.to_owned(),
+            })?
             .result_as()
     }
 
@@ -334,7 +336,11 @@ impl RunReport {
             if let Some(e) = &t.error {
                 let _ = write!(s, "  {}", e.message);
                 if !e.downstream_impact.is_empty() {
-                    let _ = write!(s, " (skipped because of it: {})", e.downstream_impact.join(", "));
+                    let _ = write!(
+                        s,
+                        " (skipped because of it: {})",
+                        e.downstream_impact.join(", ")
+                    );
                 }
             }
             s.push('\n');

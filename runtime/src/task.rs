@@ -203,7 +203,9 @@ impl fmt::Debug for Policy {
             .field("timeout", &self.timeout)
             .field(
                 "retry_on",
-                &self.retry_on.map(|m| m.iter().map(|m| m.name).collect::<Vec<_>>()),
+                &self
+                    .retry_on
+                    .map(|m| m.iter().map(|m| m.name).collect::<Vec<_>>()),
             )
             .field("retry_timeouts", &self.retry_timeouts)
             .field("on_dep_failure", &self.on_dep_failure)

@@ -1,0 +1,157 @@
+//! The flagship example: a daily revenue report.
+//!
+//! Two sources are fetched side by side, each is cleaned, the totals are aggregated into
+//! a report, and the report is published to two places. One fetch only succeeds on its
+//! third attempt (retries with exponential backoff), the chat notifier always fails, and
+//! the archiver, which does not depend on the notifier, still runs.
+//!
+//! Run it with `cargo run --example daily_report`.
+
+use std::time::Duration;
+
+use procession::prelude::*;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Order {
+    id: u64,
+    amount: f64,
+    currency: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum FetchError {
+    #[error("{source_name} answered 503 (attempt {attempt})")]
+    Unavailable { source_name: String, attempt: u32 },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Report {
+    orders: usize,
+    revenue_eur: f64,
+    by_source: Vec<(String, f64)>,
+}
+
+/// Fetches the orders of one source. The "us" source is flaky: it answers 503 twice.
+#[task(retries = 3, backoff = "exponential(20ms, 200ms)", timeout = "2s")]
+async fn fetch_orders(ctx: &Ctx, source: String) -> Result<Vec<Order>, FetchError> {
+    ctx.progress(10.0, format!("querying {source}"));
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    if source == "us" && ctx.attempt() < 3 {
+        return Err(FetchError::Unavailable {
+            source_name: source,
+            attempt: ctx.attempt(),
+        });
+    }
+    let base = if source == "eu" { 100 } else { 200 };
+    Ok((0..5)
+        .map(|i| Order {
+            id: base + i,
+            amount: 10.0 * (i as f64 + 1.0),
+            currency: if source == "eu" {
+                "EUR".into()
+            } else {
+                "USD".into()
+            },
+        })
+        .collect())
+}
+
+/// Converts a source's orders to euros and drops empty ones.
+#[task]
+fn clean_orders(orders: Vec<Order>) -> Vec<Order> {
+    orders
+        .into_iter()
+        .filter(|o| o.amount > 0.0)
+        .map(|o| {
+            let rate = if o.currency == "USD" { 0.9 } else { 1.0 };
+            Order {
+                amount: o.amount * rate,
+                currency: "EUR".into(),
+                ..o
+            }
+        })
+        .collect()
+}
+
+/// Aggregates the cleaned sources into the day's report.
+#[task]
+fn build_report(sources: Vec<String>, cleaned: Vec<Vec<Order>>) -> Report {
+    let by_source: Vec<(String, f64)> = sources
+        .into_iter()
+        .zip(&cleaned)
+        .map(|(s, orders)| (s, orders.iter().map(|o| o.amount).sum()))
+        .collect();
+    Report {
+        orders: cleaned.iter().map(Vec::len).sum(),
+        revenue_eur: by_source.iter().map(|(_, v)| v).sum(),
+        by_source,
+    }
+}
+
+/// Posts the report to the team chat. The webhook is down today.
+#[task(retries = 1, backoff = "fixed(10ms)")]
+async fn notify_chat(report: Report) -> Result<(), std::io::Error> {
+    let _ = report;
+    Err(std::io::Error::other("chat webhook returned 503"))
+}
+
+/// Archives the report as JSON under the system's temporary directory.
+#[task]
+fn archive_report(report: Report) -> Result<String, std::io::Error> {
+    let path = std::env::temp_dir().join("procession-daily-report.json");
+    std::fs::write(
+        &path,
+        serde_json::to_vec_pretty(&report).map_err(std::io::Error::other)?,
+    )?;
+    Ok(path.display().to_string())
+}
+
+/// Nightly revenue report.
+#[process(schedule = "0 2 * * *")]
+fn daily_report(p: &mut Builder, sources: Vec<String>) {
+    // One fetch-then-clean branch per source, the branches side by side.
+    let cleaned = p.concurrent(|p| {
+        p.each(&sources, |p, source| {
+            let raw = p.task(FetchOrders::new(source.clone()));
+            p.task(CleanOrders::new(raw))
+        })
+    });
+    let report = p.task(BuildReport::new(sources.clone(), cleaned));
+    // The two publishers only depend on the report, not on each other.
+    p.concurrent(|p| {
+        p.task(NotifyChat::new(report));
+        p.task(ArchiveReport::new(report));
+    });
+}
+
+#[tokio::main]
+async fn main() -> procession::Result<()> {
+    let rt = Runtime::in_memory()
+        .register::<DailyReport>()
+        .start()
+        .await?;
+    let run = rt
+        .launch(DailyReport {
+            sources: vec!["eu".into(), "us".into()],
+        })
+        .await?;
+    println!("launched run {}", run.id());
+    let report = run.wait().await?;
+
+    println!("\n{}", report.summary());
+    if let Ok(r) = report.result::<Report>("build_report") {
+        println!(
+            "revenue: {:.2} EUR from {} orders ({})",
+            r.revenue_eur,
+            r.orders,
+            r.by_source
+                .iter()
+                .map(|(s, v)| format!("{s}: {v:.2}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    println!("\nJSON report:\n{}", report.to_json_pretty());
+    Ok(())
+}
