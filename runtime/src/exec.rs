@@ -24,6 +24,8 @@ use crate::error::{
 };
 use crate::graph::{ErasedTask, Graph};
 use crate::hooks::{Attempt, AttemptOutcome, Hooks, RunInfo, TaskInfo};
+use crate::journal::{Ended, RunJournal};
+use crate::record::State;
 use crate::report::{ErrorReport, RunReport, RunStatus, TaskReport, TaskStatus};
 use crate::task::{OnDepFailure, TaskMeta};
 
@@ -35,6 +37,19 @@ pub(crate) struct RunConfig {
     pub(crate) hooks: Vec<Arc<dyn Hooks>>,
     pub(crate) cancel: CancellationToken,
     pub(crate) grace: Duration,
+    /// Where task state changes are recorded (durable runs).
+    pub(crate) journal: Option<Arc<RunJournal>>,
+    /// What an earlier, interrupted run of the same graph already finished.
+    pub(crate) resume: Option<Resume>,
+}
+
+/// The finished part of an interrupted run.
+#[derive(Default)]
+pub(crate) struct Resume {
+    /// Nodes that finished successfully: their stored result, attempts and elapsed time.
+    pub(crate) done: Vec<(u32, Box<serde_json::value::RawValue>, u32, Duration)>,
+    /// Attempts already started, per node (the count continues after a restart).
+    pub(crate) attempts: Vec<u32>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -80,6 +95,7 @@ struct Shared {
     process: String,
     run_id: Arc<str>,
     permits: Option<Arc<Semaphore>>,
+    journal: Option<Arc<RunJournal>>,
 }
 
 /// Runs `graph` to the end and returns its report.
@@ -92,7 +108,10 @@ pub(crate) async fn execute(mut graph: Graph, cfg: RunConfig) -> RunReport {
         process_id: cfg.run_id.clone(),
         node_ids: Arc::new(move |i| ids_for_ctx[i as usize].clone()),
         cancel: cfg.cancel.clone(),
-        reporter: Arc::new(TraceReporter),
+        reporter: match &cfg.journal {
+            Some(j) => j.clone(),
+            None => Arc::new(TraceReporter),
+        },
     });
     let shared = Arc::new(Shared {
         slots: graph.nodes.iter().map(|n| Slot::new(n.readers)).collect(),
@@ -105,6 +124,7 @@ pub(crate) async fn execute(mut graph: Graph, cfg: RunConfig) -> RunReport {
         process: graph.name.clone(),
         run_id: cfg.run_id.clone(),
         permits: cfg.permits.clone(),
+        journal: cfg.journal.clone(),
     });
     let info = RunInfo {
         process: graph.name.clone(),
@@ -147,9 +167,40 @@ pub(crate) async fn execute(mut graph: Graph, cfg: RunConfig) -> RunReport {
         })
         .collect();
     let mut aborts: Vec<Option<AbortHandle>> = (0..n).map(|_| None).collect();
-    let mut ready: VecDeque<u32> = (0..n as u32)
-        .filter(|&i| remaining[i as usize] == 0)
-        .collect();
+    let mut ready: VecDeque<u32> = VecDeque::new();
+    let resume = cfg.resume.unwrap_or_default();
+    let prior_attempts = resume.attempts;
+    for (i, json, attempts, elapsed) in resume.done {
+        let idx = i as usize;
+        if idx >= n || state[idx].st != St::Pending {
+            continue;
+        }
+        shared.slots[idx].fill(json, None);
+        state[idx] = NodeState {
+            st: St::Success,
+            attempts,
+            elapsed,
+            error: None,
+        };
+        tasks[idx] = None;
+        release(
+            i,
+            &graph,
+            &offsets,
+            &targets,
+            &mut remaining,
+            &mut state,
+            &mut ready,
+            &shared,
+            &cfg.hooks,
+            &info,
+        );
+    }
+    ready.clear();
+    ready.extend(
+        (0..n as u32)
+            .filter(|&i| remaining[i as usize] == 0 && state[i as usize].st == St::Pending),
+    );
     let (tx, mut rx) = mpsc::unbounded_channel::<Completion>();
     let limit = cfg.max_concurrency.unwrap_or(usize::MAX).max(1);
     let mut running = 0usize;
@@ -165,7 +216,8 @@ pub(crate) async fn execute(mut graph: Graph, cfg: RunConfig) -> RunReport {
                 let Some(i) = ready.pop_front() else { break };
                 let task = tasks[i as usize].take().expect("a node is started once");
                 state[i as usize].st = St::Running;
-                let handle = tokio::spawn(run_node(shared.clone(), i, task, tx.clone()));
+                let first = prior_attempts.get(i as usize).copied().unwrap_or(0);
+                let handle = tokio::spawn(run_node(shared.clone(), i, first, task, tx.clone()));
                 aborts[i as usize] = Some(handle.abort_handle());
                 running += 1;
             }
@@ -202,6 +254,9 @@ pub(crate) async fn execute(mut graph: Graph, cfg: RunConfig) -> RunReport {
                             state[i].error = Some(e);
                         }
                     }
+                    if let Some(j) = &shared.journal {
+                        record_end(j, &shared, i, &state[i]);
+                    }
                     release(c.node, &graph, &offsets, &targets, &mut remaining, &mut state, &mut ready, &shared, &cfg.hooks, &info);
                 }
             }
@@ -231,9 +286,12 @@ pub(crate) async fn execute(mut graph: Graph, cfg: RunConfig) -> RunReport {
     }
 
     let cancelled = cancel_seen || cfg.cancel.is_cancelled();
-    for s in &mut state {
-        if s.st == St::Pending {
-            s.st = St::Cancelled;
+    for i in 0..n {
+        if state[i].st == St::Pending {
+            state[i].st = St::Cancelled;
+            if let Some(j) = &shared.journal {
+                record_end(j, &shared, i, &state[i]);
+            }
         }
     }
     let report = build_report(
@@ -277,7 +335,7 @@ fn release(
         for &d in &targets[lo..hi] {
             let r = &mut remaining[d as usize];
             *r -= 1;
-            if *r > 0 {
+            if *r > 0 || state[d as usize].st != St::Pending {
                 continue;
             }
             let node = &graph.nodes[d as usize];
@@ -327,14 +385,45 @@ fn release(
                     s.error = Some(e);
                 }
             }
+            if let Some(j) = &shared.journal {
+                record_end(j, shared, d as usize, &state[d as usize]);
+            }
             ended.push(d);
         }
     }
 }
 
+/// Writes how node `i` ended to the run's journal.
+fn record_end(j: &RunJournal, shared: &Shared, i: usize, s: &NodeState) {
+    let (state, skipped) = match s.st {
+        St::Success => (State::Done, false),
+        St::Errored => (State::Failed, false),
+        St::Skipped => (State::Cancelled, true),
+        St::Cancelled | St::Pending | St::Running => (State::Cancelled, false),
+    };
+    let result = if s.st == St::Success {
+        shared.slots[i].json().map(|r| r.get().as_bytes().to_vec())
+    } else {
+        None
+    };
+    j.ended(
+        i as u32,
+        Ended {
+            state,
+            skipped,
+            attempts: s.attempts,
+            elapsed: s.elapsed,
+            error: s.error.as_ref().map(ToString::to_string),
+            chain: s.error.as_ref().map(|e| chain(&**e)).unwrap_or_default(),
+        },
+        result,
+    );
+}
+
 async fn run_node(
     shared: Arc<Shared>,
     i: u32,
+    first: u32,
     task: Box<dyn ErasedTask>,
     tx: mpsc::UnboundedSender<Completion>,
 ) {
@@ -344,7 +433,7 @@ async fn run_node(
     };
     let meta = shared.metas[i as usize];
     let started = Instant::now();
-    let (attempts, result) = attempts(&shared, i, meta, task).await;
+    let (attempts, result) = attempts(&shared, i, first, meta, task).await;
     let _ = tx.send(Completion {
         node: i,
         attempts,
@@ -356,6 +445,7 @@ async fn run_node(
 async fn attempts(
     shared: &Shared,
     i: u32,
+    first: u32,
     meta: &'static TaskMeta,
     task: Box<dyn ErasedTask>,
 ) -> (u32, Result<(), BoxError>) {
@@ -374,12 +464,15 @@ async fn attempts(
     };
     let mut prepared = match prepared {
         Ok(Ok(p)) => p,
-        Ok(Err(e)) => return (0, Err(Box::new(e))),
-        Err(panic) => return (0, Err(panicked(meta, &*panic))),
+        Ok(Err(e)) => return (first, Err(Box::new(e))),
+        Err(panic) => return (first, Err(panicked(meta, &*panic))),
     };
-    let mut attempt = 0u32;
+    let mut attempt = first;
     loop {
         attempt += 1;
+        if let Some(j) = &shared.journal {
+            j.started(i, attempt);
+        }
         let ctx = Ctx::new(shared.scope.clone(), i, meta.name, attempt);
         let outcome = run_attempt(shared, i, meta, attempt, &mut *prepared, ctx).await;
         let Some(err) = outcome.error else {
@@ -389,7 +482,7 @@ async fn attempts(
             return (attempt, Ok(()));
         };
         let cancelled = shared.scope.cancel.is_cancelled();
-        if !cancelled && attempt < policy.max_attempts && policy.is_retryable(&*err) {
+        if !cancelled && attempt - first < policy.max_attempts && policy.is_retryable(&*err) {
             let delay = policy.backoff.jittered_delay(attempt);
             tracing::info!(task = meta.name, attempt, ?delay, error = %err, "retrying");
             tokio::select! {
@@ -397,7 +490,7 @@ async fn attempts(
                 () = shared.scope.cancel.cancelled() => return (attempt, Err(err)),
             }
         }
-        if attempt > 1 && !cancelled {
+        if attempt - first > 1 && !cancelled {
             return (
                 attempt,
                 Err(Box::new(RetryExhausted {

@@ -8,13 +8,17 @@ mod arg;
 mod ctx;
 mod data;
 mod error;
+mod events;
 mod exec;
 mod graph;
 mod hooks;
+mod journal;
 pub mod macro_support;
 mod process;
+mod record;
 mod report;
 mod runtime;
+mod store;
 mod task;
 
 pub use arg::{Arg, Inputs, IntoArg, NodeRef, Out};
@@ -24,10 +28,19 @@ pub use error::{
     BoxError, CancelGraceExceeded, Cancelled, DependencyFailed, InputError, NonRetryable,
     OutputNotSerializable, RetryExhausted, TaskPanicked, Timeout,
 };
+pub use events::{Event, EventKind, EventStream};
 pub use graph::{Builder, Graph, GraphError, TaskGraph};
 pub use hooks::{Attempt, AttemptOutcome, Hooks, RunInfo, TaskInfo};
 pub use process::{Mode, Process, ProcessMeta};
+pub use record::{
+    InvalidTransition, ListFilter, LogEntry, ProcessRecord, Progress, RecordKind, RunMeta, State,
+    Status, MAX_LOG, SCHEMA_VERSION,
+};
 pub use report::{ErrorReport, ResultError, RunReport, RunStatus, TaskReport, TaskStatus};
-pub use runtime::{Error, IntoGraph, Launch, Result, RunHandle, Runtime, RuntimeBuilder};
+pub use runtime::{
+    AdhocOptions, Definition, Error, IntoGraph, Launch, Result, ResyncReport, RunHandle, Runtime,
+    RuntimeBuilder,
+};
+pub use store::{Batch, MemoryStore, SledStore, Store, StoreError, TaskRow, Update};
 pub use task::{Backoff, ErrorMatcher, OnDepFailure, Policy, Task, TaskFuture, TaskMeta};
 pub use tokio_util::sync::CancellationToken;

@@ -1,21 +1,38 @@
-//! The runtime: launches runs of processes and task graphs and waits for them.
+//! The runtime: launches runs of processes, keeps their records in a store, resumes them
+//! after a restart, and answers queries.
+//!
+//! # What a crash can lose
+//!
+//! Every state change and every task result goes through one writer thread that applies
+//! them in order and flushes once per group of writes (group commit). A task's end is
+//! reported as finished (events, [`RunHandle::wait`], the run's record) only after its
+//! write is flushed. A crash of the process (`kill -9`) therefore loses at most the
+//! progress and log entries not yet flushed and the ends of tasks not yet reported, which
+//! are then run again; never a result reported as finished. With the sled store, a power
+//! loss can also lose the writes of the last ~500 ms unless the store is opened in strict
+//! mode ([`RuntimeBuilder::strict`]), which fsyncs once per group.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::Serialize;
 use serde_json::Value;
-use tokio::sync::Semaphore;
+use tokio::sync::{broadcast, watch, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use crate::exec::{execute, RunConfig};
+use crate::events::{self, Event, EventKind, EventStream};
+use crate::exec::{execute, Resume, RunConfig};
 use crate::graph::{Graph, GraphError, TaskGraph};
 use crate::hooks::Hooks;
-use crate::process::Process;
-use crate::report::RunReport;
+use crate::journal::{start_writer, RunJournal, WriterHandle};
+use crate::process::{Process, ProcessMeta};
+use crate::record::{InvalidTransition, ListFilter, ProcessRecord, RecordKind, RunMeta, State};
+use crate::report::{ErrorReport, RunReport, RunStatus, TaskReport, TaskStatus};
+use crate::store::{Batch, MemoryStore, SledStore, Store, StoreError, TaskRow, Update};
 
 /// Error returned by the runtime's API.
 #[derive(Debug, thiserror::Error)]
@@ -24,10 +41,13 @@ pub enum Error {
     /// The process's graph is invalid.
     #[error("invalid graph: {0}")]
     Graph(#[from] GraphError),
-    /// A launch option could not be serialized.
-    #[error("launch option `{name}` could not be serialized: {source}")]
-    Option {
-        /// The option's name.
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A launch option or a process's parameters could not be serialized.
+    #[error("`{name}` could not be serialized: {source}")]
+    Serialize {
+        /// What was being serialized.
         name: String,
         /// The serializer's error.
         #[source]
@@ -36,7 +56,81 @@ pub enum Error {
     /// A setting is out of range.
     #[error("invalid setting: {0}")]
     Config(String),
-    /// The run's driver task ended abnormally (it panicked or the runtime shut down).
+    /// No record has this id.
+    #[error("no process `{id}`")]
+    NotFound {
+        /// The id.
+        id: String,
+    },
+    /// A record with this id exists already.
+    #[error("process `{id}` already exists")]
+    AlreadyExists {
+        /// The id.
+        id: String,
+    },
+    /// The record is not in a launchable state (idle, done, failed, cancelled).
+    #[error("process `{id}` cannot be launched: it is {state}")]
+    NotLaunchable {
+        /// The id.
+        id: String,
+        /// Its state.
+        state: State,
+    },
+    /// The record is not in a cancellable state (scheduled, running) or does not allow it.
+    #[error("process `{id}` cannot be cancelled: it is {state}")]
+    NotCancellable {
+        /// The id.
+        id: String,
+        /// Its state.
+        state: State,
+    },
+    /// The record is not in a dismissable state (done, failed, cancelled).
+    #[error("process `{id}` cannot be dismissed: it is {state}")]
+    NotDismissable {
+        /// The id.
+        id: String,
+        /// Its state.
+        state: State,
+    },
+    /// The record is active; the operation needs it ended.
+    #[error("process `{id}` is {state}; end it first")]
+    Active {
+        /// The id.
+        id: String,
+        /// Its state.
+        state: State,
+    },
+    /// A record names a process type this runtime does not know.
+    #[error("process type `{name}` is not registered with this runtime (use `RuntimeBuilder::register`)")]
+    UnknownProcessType {
+        /// The type's name.
+        name: String,
+    },
+    /// A record of another process type exists under this id.
+    #[error("process `{id}` is a `{found}`, not a `{expected}`")]
+    WrongType {
+        /// The id.
+        id: String,
+        /// The type of the stored record.
+        found: String,
+        /// The type launched.
+        expected: String,
+    },
+    /// A refused state transition.
+    #[error(transparent)]
+    Transition(#[from] InvalidTransition),
+    /// An id is empty, too long or contains a NUL character.
+    #[error("invalid process id `{id}`: {reason}")]
+    InvalidId {
+        /// The id.
+        id: String,
+        /// Why.
+        reason: &'static str,
+    },
+    /// The runtime is shutting down and accepts no new work.
+    #[error("the runtime is shutting down")]
+    ShuttingDown,
+    /// The run ended without a report (its driver was stopped).
     #[error("run `{run_id}` ended abnormally: {message}")]
     RunAborted {
         /// The run.
@@ -49,6 +143,126 @@ pub enum Error {
 /// `Result` with the runtime's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+type BuildFn = fn(Value, BTreeMap<String, Value>) -> Result<Graph>;
+
+fn build_erased<P: Process>(params: Value, options: BTreeMap<String, Value>) -> Result<Graph> {
+    let p: P = serde_json::from_value(params).map_err(|source| Error::Serialize {
+        name: format!("parameters of `{}`", P::META.name),
+        source,
+    })?;
+    Ok(Graph::with_options(p, options)?)
+}
+
+#[derive(Clone)]
+struct Registered {
+    meta: ProcessMeta,
+    build: BuildFn,
+    hooks: Option<Arc<dyn Hooks>>,
+}
+
+/// A process declared in code: resynced into the store as an idle record with this id.
+///
+/// # Examples
+///
+/// ```
+/// use procession::prelude::*;
+/// use procession::Definition;
+/// #[task] fn ping() {}
+/// #[process] fn health(p: &mut Builder) { p.task(Ping::new()); }
+/// # #[tokio::main] async fn main() -> procession::Result<()> {
+/// let rt = Runtime::in_memory()
+///     .register::<Health>()
+///     .define(Definition::new("health-eu", Health {})?.metadata("region", "eu"))
+///     .start()
+///     .await?;
+/// assert_eq!(rt.get("health-eu").await?.unwrap().state(), procession::State::Idle);
+/// let report = rt.launch_id("health-eu").await?.wait().await?;
+/// assert!(report.is_success());
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Definition {
+    id: String,
+    process_type: &'static str,
+    name: String,
+    description: String,
+    params: Value,
+    metadata: BTreeMap<String, Value>,
+    special: bool,
+    warning: Option<String>,
+    cancellable: bool,
+}
+
+impl Definition {
+    /// A definition of `process` under `id`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Serialize`] when the parameters do not serialize.
+    pub fn new<P: Process>(id: impl Into<String>, process: P) -> Result<Self> {
+        Ok(Definition {
+            id: id.into(),
+            process_type: P::META.name,
+            name: P::META.name.to_owned(),
+            description: P::META.description.to_owned(),
+            params: to_value(&process, P::META.name)?,
+            metadata: BTreeMap::new(),
+            special: false,
+            warning: None,
+            cancellable: true,
+        })
+    }
+
+    /// A display name (default: the process type's name).
+    #[must_use]
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// A metadata pair, for filtering.
+    #[must_use]
+    pub fn metadata(mut self, key: impl Into<String>, value: impl Into<Value>) -> Self {
+        self.metadata.insert(key.into(), value.into());
+        self
+    }
+
+    /// Hidden from default views.
+    #[must_use]
+    pub fn special(mut self, special: bool) -> Self {
+        self.special = special;
+        self
+    }
+
+    /// Text shown before a launch.
+    #[must_use]
+    pub fn warning(mut self, warning: impl Into<String>) -> Self {
+        self.warning = Some(warning.into());
+        self
+    }
+
+    /// Whether a cancel is allowed (default true).
+    #[must_use]
+    pub fn cancellable(mut self, cancellable: bool) -> Self {
+        self.cancellable = cancellable;
+        self
+    }
+}
+
+fn to_value<T: Serialize>(v: &T, name: &str) -> Result<Value> {
+    serde_json::to_value(v).map_err(|source| Error::Serialize {
+        name: name.to_owned(),
+        source,
+    })
+}
+
+enum StoreChoice {
+    Memory,
+    Path(PathBuf),
+    Temporary,
+    Custom(Arc<dyn Store>),
+}
+
 /// Configures and starts a [`Runtime`].
 ///
 /// # Examples
@@ -56,20 +270,26 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// ```
 /// # #[tokio::main] async fn main() -> procession::Result<()> {
 /// use std::time::Duration;
-/// let rt = procession::Runtime::in_memory()
+/// let rt = procession::Runtime::temporary()
 ///     .max_concurrency(8)
 ///     .cancel_grace(Duration::from_secs(2))
+///     .progress_flush(Duration::from_millis(50))
 ///     .start()
 ///     .await?;
-/// # drop(rt); Ok(()) }
+/// rt.shutdown().await?;
+/// # Ok(()) }
 /// ```
 #[must_use]
 pub struct RuntimeBuilder {
+    store: StoreChoice,
+    strict: bool,
     max_concurrency: Option<usize>,
     process_concurrency: Option<usize>,
     grace: Duration,
+    progress_flush: Duration,
     hooks: Vec<Arc<dyn Hooks>>,
-    registered: Vec<&'static str>,
+    registry: HashMap<&'static str, Registered>,
+    definitions: Vec<Definition>,
 }
 
 impl fmt::Debug for RuntimeBuilder {
@@ -78,30 +298,68 @@ impl fmt::Debug for RuntimeBuilder {
             .field("max_concurrency", &self.max_concurrency)
             .field("process_concurrency", &self.process_concurrency)
             .field("grace", &self.grace)
-            .field("hooks", &self.hooks.len())
-            .field("registered", &self.registered)
-            .finish()
+            .field("progress_flush", &self.progress_flush)
+            .field("registered", &self.registry.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
     }
 }
 
+/// Default progress flush interval; `PROCESSION_PROGRESS_FLUSH_MS` overrides it.
+const DEFAULT_PROGRESS_FLUSH: Duration = Duration::from_millis(100);
+
+fn progress_flush_from_env() -> Duration {
+    std::env::var("PROCESSION_PROGRESS_FLUSH_MS")
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .filter(|&ms| ms > 0)
+        .map_or(DEFAULT_PROGRESS_FLUSH, Duration::from_millis)
+}
+
 impl RuntimeBuilder {
+    fn new(store: StoreChoice) -> Self {
+        RuntimeBuilder {
+            store,
+            strict: false,
+            max_concurrency: None,
+            process_concurrency: None,
+            grace: Duration::from_secs(5),
+            progress_flush: progress_flush_from_env(),
+            hooks: Vec::new(),
+            registry: HashMap::new(),
+            definitions: Vec::new(),
+        }
+    }
+
     /// At most `n` tasks run at once across all runs of this runtime (default: no limit).
     pub fn max_concurrency(mut self, n: usize) -> Self {
         self.max_concurrency = Some(n);
         self
     }
 
-    /// At most `n` tasks of one run run at once, unless the launch says otherwise
-    /// (default: no limit).
+    /// At most `n` tasks of one run run at once, unless the launch says otherwise.
     pub fn process_concurrency(mut self, n: usize) -> Self {
         self.process_concurrency = Some(n);
         self
     }
 
-    /// How long a cancelled task may keep running before it is abandoned and ends errored
-    /// (default 5 s).
+    /// How long a cancelled task may keep running before it is abandoned and ends
+    /// errored (default 5 s). The first cancel of a run fixes its deadline.
     pub fn cancel_grace(mut self, grace: Duration) -> Self {
         self.grace = grace;
+        self
+    }
+
+    /// How often buffered progress reaches the store (default 100 ms, or
+    /// `PROCESSION_PROGRESS_FLUSH_MS`). Task ends are written at once regardless.
+    pub fn progress_flush(mut self, every: Duration) -> Self {
+        self.progress_flush = every.max(Duration::from_millis(1));
+        self
+    }
+
+    /// Fsync once per group of writes (survives power loss; the default survives a crash
+    /// of the process). Only the sled store is affected.
+    pub fn strict(mut self, strict: bool) -> Self {
+        self.strict = strict;
         self
     }
 
@@ -111,48 +369,148 @@ impl RuntimeBuilder {
         self
     }
 
-    /// Declares a process type this runtime runs (the durable runtime needs the list to
-    /// rebuild runs after a restart; the in-memory runtime records it for introspection).
+    /// Declares a process type: runs of it can be launched by id and are resumed after a
+    /// restart. A run whose type is not registered is not resumed (it ends failed).
     pub fn register<P: Process>(mut self) -> Self {
-        self.registered.push(P::META.name);
+        self.registry.insert(
+            P::META.name,
+            Registered {
+                meta: P::META,
+                build: build_erased::<P>,
+                hooks: P::hooks(),
+            },
+        );
         self
     }
 
-    /// Starts the runtime.
+    /// Declares a process record kept in sync with the store (see [`Runtime::resync`]).
+    pub fn define(mut self, definition: Definition) -> Self {
+        self.definitions.push(definition);
+        self
+    }
+
+    /// Opens the store, resyncs the definitions and resumes the runs a previous process
+    /// left unfinished.
     ///
     /// # Errors
     ///
-    /// [`Error::Config`] when a concurrency limit is zero.
-    #[allow(clippy::unused_async)] // the durable runtime opens its store here
+    /// [`Error::Config`] for a zero concurrency limit, [`Error::Store`] when the store
+    /// cannot be opened (a damaged or newer store names its path).
     pub async fn start(self) -> Result<Runtime> {
         if self.max_concurrency == Some(0) || self.process_concurrency == Some(0) {
             return Err(Error::Config("max_concurrency must be >= 1, got 0".into()));
         }
-        Ok(Runtime {
+        let strict = self.strict;
+        let store: Arc<dyn Store> = match self.store {
+            StoreChoice::Memory => Arc::new(MemoryStore::new()),
+            StoreChoice::Custom(s) => s,
+            StoreChoice::Path(p) => {
+                let s = tokio::task::spawn_blocking(move || SledStore::open(p))
+                    .await
+                    .map_err(|e| Error::Config(e.to_string()))??;
+                Arc::new(s.strict(strict))
+            }
+            StoreChoice::Temporary => {
+                let s = tokio::task::spawn_blocking(SledStore::temporary)
+                    .await
+                    .map_err(|e| Error::Config(e.to_string()))??;
+                Arc::new(s.strict(strict))
+            }
+        };
+        let (events, _) = broadcast::channel(4096);
+        let writer = start_writer(store.clone(), self.progress_flush, events.clone());
+        let rt = Runtime {
             inner: Arc::new(Inner {
+                store,
+                writer,
+                events,
                 permits: self.max_concurrency.map(|n| Arc::new(Semaphore::new(n))),
                 process_concurrency: self.process_concurrency,
                 grace: self.grace,
+                progress_flush: self.progress_flush,
                 hooks: self.hooks,
-                registered: self.registered,
-                next_run: AtomicU64::new(1),
+                registry: self.registry,
+                definitions: Mutex::new(self.definitions),
+                active: Mutex::new(HashMap::new()),
+                shutting_down: AtomicBool::new(false),
             }),
-        })
+        };
+        rt.resync().await?;
+        rt.resume_all().await?;
+        Ok(rt)
     }
 }
 
+struct ActiveRun {
+    token: u64,
+    cancel: CancellationToken,
+    done: watch::Receiver<Option<Arc<RunReport>>>,
+}
+
 struct Inner {
+    store: Arc<dyn Store>,
+    writer: WriterHandle,
+    events: broadcast::Sender<Event>,
     permits: Option<Arc<Semaphore>>,
     process_concurrency: Option<usize>,
     grace: Duration,
+    progress_flush: Duration,
     hooks: Vec<Arc<dyn Hooks>>,
-    registered: Vec<&'static str>,
-    next_run: AtomicU64,
+    registry: HashMap<&'static str, Registered>,
+    definitions: Mutex<Vec<Definition>>,
+    active: Mutex<HashMap<String, ActiveRun>>,
+    shutting_down: AtomicBool,
 }
 
-/// Runs processes and task graphs.
+impl Inner {
+    fn active(&self) -> std::sync::MutexGuard<'_, HashMap<String, ActiveRun>> {
+        self.active
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Atomic read-decide-write of record `id` on a blocking thread.
+    async fn update<R: Send + 'static>(
+        &self,
+        id: &str,
+        mut f: impl FnMut(Option<&ProcessRecord>) -> (Update, R) + Send + 'static,
+    ) -> Result<(Option<ProcessRecord>, R)> {
+        let store = self.store.clone();
+        let id = id.to_owned();
+        let out = tokio::task::spawn_blocking(move || {
+            let mut decided = None;
+            let rec = store.update(&id, &mut |cur| {
+                let (u, r) = f(cur);
+                decided = Some(r);
+                u
+            })?;
+            Ok::<_, StoreError>((rec, decided.expect("the update function ran")))
+        })
+        .await
+        .map_err(|e| Error::Config(e.to_string()))??;
+        Ok(out)
+    }
+
+    async fn get(&self, id: &str) -> Result<Option<ProcessRecord>> {
+        let store = self.store.clone();
+        let id = id.to_owned();
+        Ok(tokio::task::spawn_blocking(move || store.get(&id))
+            .await
+            .map_err(|e| Error::Config(e.to_string()))??)
+    }
+
+    fn emit(&self, rec: &ProcessRecord) {
+        let _ = self.events.send(Event {
+            id: rec.id.clone(),
+            root: rec.root.clone(),
+            kind: EventKind::State { state: rec.state() },
+        });
+    }
+}
+
+/// Runs processes, keeps their records, resumes them after a restart.
 ///
-/// Cheap to clone: clones share the same limits and hooks.
+/// Cheap to clone: clones share the same store, limits and hooks.
 ///
 /// # Examples
 ///
@@ -168,7 +526,7 @@ struct Inner {
 /// }
 ///
 /// # #[tokio::main] async fn main() -> procession::Result<()> {
-/// let rt = Runtime::in_memory().register::<Sum>().start().await?;
+/// let rt = Runtime::temporary().register::<Sum>().start().await?;
 /// let run = rt.launch(Sum {}).await?;
 /// let report = run.wait().await?;
 /// assert_eq!(report.result::<u32>("add#1").unwrap(), 13);
@@ -182,12 +540,13 @@ pub struct Runtime {
 impl fmt::Debug for Runtime {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Runtime")
-            .field("registered", &self.inner.registered)
+            .field("store", &self.inner.store.location())
+            .field("registered", &self.registered())
             .finish_non_exhaustive()
     }
 }
 
-/// A launch of a process with options: run id, launch options, concurrency.
+/// A launch of a process with options: id, launch options, concurrency, idempotency key.
 ///
 /// # Examples
 ///
@@ -209,6 +568,9 @@ pub struct Launch<P> {
     id: Option<String>,
     options: BTreeMap<String, Value>,
     max_concurrency: Option<usize>,
+    idempotency_key: Option<String>,
+    ephemeral: bool,
+    metadata: BTreeMap<String, Value>,
 }
 
 impl<P: Process> Launch<P> {
@@ -219,10 +581,14 @@ impl<P: Process> Launch<P> {
             id: None,
             options: BTreeMap::new(),
             max_concurrency: None,
+            idempotency_key: None,
+            ephemeral: false,
+            metadata: BTreeMap::new(),
         }
     }
 
-    /// The run's id (default: `<process name>-<n>`).
+    /// The run's id (default: `<process name>-<n>`). Launching an id whose record has
+    /// ended relaunches it (the previous run's task records are deleted).
     #[must_use]
     pub fn id(mut self, id: impl Into<String>) -> Self {
         self.id = Some(id.into());
@@ -233,13 +599,10 @@ impl<P: Process> Launch<P> {
     ///
     /// # Errors
     ///
-    /// [`Error::Option`] when `value` does not serialize.
+    /// [`Error::Serialize`] when `value` does not serialize.
     pub fn option(mut self, name: impl Into<String>, value: impl Serialize) -> Result<Self> {
         let name = name.into();
-        let value = serde_json::to_value(value).map_err(|source| Error::Option {
-            name: name.clone(),
-            source,
-        })?;
+        let value = to_value(&value, &format!("launch option `{name}`"))?;
         self.options.insert(name, value);
         Ok(self)
     }
@@ -248,6 +611,28 @@ impl<P: Process> Launch<P> {
     #[must_use]
     pub fn max_concurrency(mut self, n: usize) -> Self {
         self.max_concurrency = Some(n);
+        self
+    }
+
+    /// A second launch with the same key returns the run of the first instead of starting
+    /// another (also across restarts).
+    #[must_use]
+    pub fn idempotency_key(mut self, key: impl Into<String>) -> Self {
+        self.idempotency_key = Some(key.into());
+        self
+    }
+
+    /// Delete the record (and its task records) as soon as the run ends.
+    #[must_use]
+    pub fn ephemeral(mut self) -> Self {
+        self.ephemeral = true;
+        self
+    }
+
+    /// A metadata pair stored on the record, for [`Runtime::list`].
+    #[must_use]
+    pub fn metadata(mut self, key: impl Into<String>, value: impl Into<Value>) -> Self {
+        self.metadata.insert(key.into(), value.into());
         self
     }
 }
@@ -262,14 +647,14 @@ impl<P: Process> From<P> for Launch<P> {
 pub struct RunHandle {
     id: String,
     cancel: CancellationToken,
-    join: tokio::task::JoinHandle<RunReport>,
+    done: watch::Receiver<Option<Arc<RunReport>>>,
 }
 
 impl fmt::Debug for RunHandle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RunHandle")
             .field("id", &self.id)
-            .field("finished", &self.join.is_finished())
+            .field("finished", &self.is_finished())
             .finish_non_exhaustive()
     }
 }
@@ -282,7 +667,7 @@ impl RunHandle {
 
     /// True once the run has ended.
     pub fn is_finished(&self) -> bool {
-        self.join.is_finished()
+        self.done.borrow().is_some()
     }
 
     /// Asks the run to stop: tasks not started end cancelled, running tasks see
@@ -301,45 +686,134 @@ impl RunHandle {
     ///
     /// # Errors
     ///
-    /// [`Error::RunAborted`] when the run's driver did not finish (the tokio runtime shut
-    /// down under it).
-    pub async fn wait(self) -> Result<RunReport> {
-        self.join.await.map_err(|e| Error::RunAborted {
-            run_id: self.id.clone(),
-            message: e.to_string(),
-        })
+    /// [`Error::RunAborted`] when the run's driver stopped without a report (the tokio
+    /// runtime shut down under it).
+    pub async fn wait(mut self) -> Result<RunReport> {
+        match self.done.wait_for(Option::is_some).await {
+            Ok(r) => Ok((**r.as_ref().expect("waited for Some")).clone()),
+            Err(_) => Err(Error::RunAborted {
+                run_id: self.id.clone(),
+                message: "the run's driver stopped before it ended".into(),
+            }),
+        }
     }
 }
 
+fn check_id(id: &str) -> Result<()> {
+    let reason = if id.is_empty() {
+        "it is empty"
+    } else if id.len() > 512 {
+        "it is longer than 512 bytes"
+    } else if id.contains('\0') {
+        "it contains a NUL character"
+    } else {
+        return Ok(());
+    };
+    Err(Error::InvalidId {
+        id: id.to_owned(),
+        reason,
+    })
+}
+
+/// Options of [`Runtime::adhoc_define`].
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct AdhocOptions {
+    /// Delete the record as soon as a run of it ends.
+    pub ephemeral: bool,
+    /// Metadata pairs.
+    pub metadata: BTreeMap<String, Value>,
+}
+
 impl Runtime {
-    /// A runtime that keeps everything in memory: nothing survives the process.
+    /// A runtime on the embedded sled store in directory `path` (created if missing):
+    /// runs survive a crash and are resumed by the next `start`.
+    pub fn open(path: impl Into<PathBuf>) -> RuntimeBuilder {
+        RuntimeBuilder::new(StoreChoice::Path(path.into()))
+    }
+
+    /// A runtime on a sled store in a temporary directory, deleted at exit: for tests.
+    pub fn temporary() -> RuntimeBuilder {
+        RuntimeBuilder::new(StoreChoice::Temporary)
+    }
+
+    /// A runtime that keeps its records in memory: nothing survives the process.
     pub fn in_memory() -> RuntimeBuilder {
-        RuntimeBuilder {
-            max_concurrency: None,
-            process_concurrency: None,
-            grace: Duration::from_secs(5),
-            hooks: Vec::new(),
-            registered: Vec::new(),
-        }
+        RuntimeBuilder::new(StoreChoice::Memory)
+    }
+
+    /// A runtime on your own [`Store`].
+    pub fn with_store(store: impl Store) -> RuntimeBuilder {
+        RuntimeBuilder::new(StoreChoice::Custom(Arc::new(store)))
     }
 
     /// Names of the registered process types.
-    pub fn registered(&self) -> &[&'static str] {
-        &self.inner.registered
+    pub fn registered(&self) -> Vec<&'static str> {
+        let mut v: Vec<_> = self.inner.registry.keys().copied().collect();
+        v.sort_unstable();
+        v
     }
 
-    /// Builds the process's graph and starts running it.
+    /// The progress flush interval in force.
+    pub fn progress_flush(&self) -> Duration {
+        self.inner.progress_flush
+    }
+
+    /// Builds the process's graph, writes its record (scheduled) and starts running it.
     ///
     /// # Errors
     ///
-    /// [`Error::Graph`] when the graph is invalid; nothing runs then.
-    #[allow(clippy::unused_async)] // the durable runtime writes the run's record here
+    /// [`Error::Graph`] when the graph is invalid (nothing is written then),
+    /// [`Error::NotLaunchable`] when a record with this id is active,
+    /// [`Error::ShuttingDown`] after [`shutdown`](Runtime::shutdown).
     pub async fn launch<P: Process>(&self, launch: impl Into<Launch<P>>) -> Result<RunHandle> {
         let launch = launch.into();
+        if self.inner.shutting_down.load(Ordering::Acquire) {
+            return Err(Error::ShuttingDown);
+        }
+        let params = to_value(
+            &launch.process,
+            &format!("parameters of `{}`", P::META.name),
+        )?;
+        let id = match launch.id.clone() {
+            Some(id) => id,
+            None => format!("{}-{}", P::META.name, self.next_id().await?),
+        };
+        check_id(&id)?;
+        if let Some(key) = &launch.idempotency_key {
+            let (store, key2, id2) = (self.inner.store.clone(), key.clone(), id.clone());
+            let owner = tokio::task::spawn_blocking(move || store.claim_idempotent(&key2, &id2))
+                .await
+                .map_err(|e| Error::Config(e.to_string()))??;
+            if owner != id {
+                return self.attach(&owner).await;
+            }
+        }
+        let graph = Graph::with_options(launch.process, launch.options.clone())?;
         let mut hooks: Vec<Arc<dyn Hooks>> = P::hooks().into_iter().collect();
         hooks.extend(self.inner.hooks.iter().cloned());
-        let graph = Graph::with_options(launch.process, launch.options)?;
-        Ok(self.spawn(graph, launch.id, launch.max_concurrency, hooks))
+        let meta = RunMeta {
+            token: 0,
+            fingerprint: graph.fingerprint(),
+            options: launch.options,
+            tasks: graph.len() as u32,
+            idempotency_key: launch.idempotency_key,
+            max_concurrency: launch.max_concurrency,
+        };
+        let fresh = ProcessRecord {
+            adhoc: true,
+            ephemeral: launch.ephemeral,
+            metadata: launch.metadata,
+            ..ProcessRecord::new_root(
+                &id,
+                P::META.name,
+                P::META.name,
+                P::META.description,
+                params.clone(),
+            )
+        };
+        self.schedule(&id, P::META.name, Some(params), fresh, meta, graph, hooks)
+            .await
     }
 
     /// Launches and waits: the report of a full run.
@@ -347,11 +821,791 @@ impl Runtime {
         self.launch(launch).await?.wait().await
     }
 
-    /// Starts running a graph assembled by name (or an already built [`Graph`]).
-    #[allow(clippy::unused_async)] // same signature as `launch`
+    /// Same as [`run`](Runtime::run).
+    pub async fn launch_and_wait<P: Process>(
+        &self,
+        launch: impl Into<Launch<P>>,
+    ) -> Result<RunReport> {
+        self.run(launch).await
+    }
+
+    /// Launches the existing record `id` (a definition or an ad-hoc process), rebuilding
+    /// its graph from the stored parameters.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotFound`], [`Error::NotLaunchable`], [`Error::UnknownProcessType`].
+    pub async fn launch_id(&self, id: &str) -> Result<RunHandle> {
+        if self.inner.shutting_down.load(Ordering::Acquire) {
+            return Err(Error::ShuttingDown);
+        }
+        let rec = self
+            .inner
+            .get(id)
+            .await?
+            .ok_or_else(|| Error::NotFound { id: id.to_owned() })?;
+        if rec.kind != RecordKind::Process {
+            return Err(Error::NotFound { id: id.to_owned() });
+        }
+        if !rec.state().is_launchable() {
+            return Err(Error::NotLaunchable {
+                id: id.to_owned(),
+                state: rec.state(),
+            });
+        }
+        let reg = self
+            .inner
+            .registry
+            .get(rec.process_type.as_str())
+            .cloned()
+            .ok_or_else(|| Error::UnknownProcessType {
+                name: rec.process_type.clone(),
+            })?;
+        let options = BTreeMap::new();
+        let graph = (reg.build)(rec.params.clone(), options.clone())?;
+        let mut hooks: Vec<Arc<dyn Hooks>> = reg.hooks.clone().into_iter().collect();
+        hooks.extend(self.inner.hooks.iter().cloned());
+        let meta = RunMeta {
+            token: 0,
+            fingerprint: graph.fingerprint(),
+            options,
+            tasks: graph.len() as u32,
+            idempotency_key: None,
+            max_concurrency: None,
+        };
+        self.schedule(id, reg.meta.name, None, rec, meta, graph, hooks)
+            .await
+    }
+
+    async fn next_id(&self) -> Result<u64> {
+        let store = self.inner.store.clone();
+        Ok(tokio::task::spawn_blocking(move || store.next_id())
+            .await
+            .map_err(|e| Error::Config(e.to_string()))??)
+    }
+
+    /// Writes the record as scheduled (CAS on a launchable state), clears the previous
+    /// run's task records, and starts the driver.
+    #[allow(clippy::too_many_arguments)]
+    async fn schedule(
+        &self,
+        id: &str,
+        process_type: &'static str,
+        params: Option<Value>,
+        fresh: ProcessRecord,
+        mut meta: RunMeta,
+        graph: Graph,
+        hooks: Vec<Arc<dyn Hooks>>,
+    ) -> Result<RunHandle> {
+        meta.token = self.next_id().await?;
+        let token = meta.token;
+        let id_owned = id.to_owned();
+        let (rec, refusal) = self
+            .inner
+            .update(id, move |cur| match cur {
+                None => {
+                    let mut r = fresh.clone();
+                    if let Err(e) = r.transition(State::Scheduled) {
+                        return (Update::Keep, Some(e.into()));
+                    }
+                    r.run = Some(meta.clone());
+                    (Update::Put(Box::new(r)), None)
+                }
+                Some(cur) if cur.kind != RecordKind::Process || !cur.state().is_launchable() => (
+                    Update::Keep,
+                    Some(Error::NotLaunchable {
+                        id: id_owned.clone(),
+                        state: cur.state(),
+                    }),
+                ),
+                Some(cur) if cur.process_type != process_type => (
+                    Update::Keep,
+                    Some(Error::WrongType {
+                        id: id_owned.clone(),
+                        found: cur.process_type.clone(),
+                        expected: process_type.to_owned(),
+                    }),
+                ),
+                Some(cur) => {
+                    let mut r = cur.clone();
+                    r.clear_run();
+                    if let Some(p) = &params {
+                        r.params = p.clone();
+                    }
+                    r.ephemeral |= fresh.ephemeral;
+                    r.metadata.extend(fresh.metadata.clone());
+                    if let Err(e) = r.transition(State::Scheduled) {
+                        return (Update::Keep, Some(e.into()));
+                    }
+                    r.run = Some(meta.clone());
+                    (Update::Put(Box::new(r)), None)
+                }
+            })
+            .await?;
+        if let Some(e) = refusal {
+            return Err(e);
+        }
+        let rec = rec.expect("written above");
+        // The previous run's task records and results go; the launch is durable before
+        // the call returns.
+        self.inner
+            .writer
+            .write(Batch {
+                clear_runs: vec![id.to_owned()],
+                ..Batch::default()
+            })
+            .await?;
+        self.inner.emit(&rec);
+        Ok(self.spawn_run(rec, graph, hooks, None, token))
+    }
+
+    fn spawn_run(
+        &self,
+        rec: ProcessRecord,
+        graph: Graph,
+        hooks: Vec<Arc<dyn Hooks>>,
+        resume: Option<Resume>,
+        token: u64,
+    ) -> RunHandle {
+        let cancel = CancellationToken::new();
+        let (tx, rx) = watch::channel(None);
+        self.inner.active().insert(
+            rec.id.clone(),
+            ActiveRun {
+                token,
+                cancel: cancel.clone(),
+                done: rx.clone(),
+            },
+        );
+        let handle = RunHandle {
+            id: rec.id.clone(),
+            cancel: cancel.clone(),
+            done: rx,
+        };
+        let inner = self.inner.clone();
+        tokio::spawn(async move {
+            let id = rec.id.clone();
+            let report = drive(inner.clone(), rec, graph, hooks, resume, token, cancel).await;
+            {
+                let mut active = inner.active();
+                if active.get(&id).is_some_and(|a| a.token == token) {
+                    active.remove(&id);
+                }
+            }
+            let _ = tx.send(Some(Arc::new(report)));
+        });
+        handle
+    }
+
+    /// A handle on an existing run (for an idempotent relaunch): live when the run is
+    /// active here, or already finished with the report rebuilt from the store.
+    async fn attach(&self, id: &str) -> Result<RunHandle> {
+        if let Some(a) = self.inner.active().get(id) {
+            return Ok(RunHandle {
+                id: id.to_owned(),
+                cancel: a.cancel.clone(),
+                done: a.done.clone(),
+            });
+        }
+        let report = self.report(id).await?;
+        let (_tx, rx) = watch::channel(Some(Arc::new(report)));
+        Ok(RunHandle {
+            id: id.to_owned(),
+            cancel: CancellationToken::new(),
+            done: rx,
+        })
+    }
+
+    /// The report of run `id` rebuilt from the store (the last run of that record).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotFound`] when no such process record exists.
+    pub async fn report(&self, id: &str) -> Result<RunReport> {
+        let rec = self
+            .inner
+            .get(id)
+            .await?
+            .ok_or_else(|| Error::NotFound { id: id.to_owned() })?;
+        let store = self.inner.store.clone();
+        let id2 = id.to_owned();
+        let (rows, results) = tokio::task::spawn_blocking(move || {
+            Ok::<_, StoreError>((store.tasks(&id2)?, store.results(&id2)?))
+        })
+        .await
+        .map_err(|e| Error::Config(e.to_string()))??;
+        Ok(report_from_rows(&rec, &rows, &results))
+    }
+
+    /// Cancels a scheduled or running process.
+    ///
+    /// A scheduled process ends `cancelled` at once. A running one moves to
+    /// `cancel_requested` and its tasks are signalled; it ends `cancelled` once they
+    /// return (or `failed` if one ignores the cancel past the grace period). Of several
+    /// concurrent cancels exactly one succeeds.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotFound`], [`Error::NotCancellable`] (not scheduled or running, not
+    /// cancellable, or already being cancelled).
+    pub async fn cancel(&self, id: &str) -> Result<ProcessRecord> {
+        let id_owned = id.to_owned();
+        let (rec, refusal) = self
+            .inner
+            .update(id, move |cur| match cur {
+                None => (
+                    Update::Keep,
+                    Some(Error::NotFound {
+                        id: id_owned.clone(),
+                    }),
+                ),
+                Some(r)
+                    if !r.cancellable
+                        || !r.state().is_cancellable()
+                        || r.kind != RecordKind::Process =>
+                {
+                    (
+                        Update::Keep,
+                        Some(Error::NotCancellable {
+                            id: id_owned.clone(),
+                            state: r.state(),
+                        }),
+                    )
+                }
+                Some(r) => {
+                    let mut r = r.clone();
+                    if r.state() == State::Scheduled {
+                        r.set_state(State::Cancelled);
+                    } else {
+                        r.set_state(State::CancelRequested);
+                    }
+                    (Update::Put(Box::new(r)), None)
+                }
+            })
+            .await?;
+        if let Some(e) = refusal {
+            return Err(e);
+        }
+        let rec = rec.expect("written above");
+        self.inner.writer.flush().await?;
+        self.inner.emit(&rec);
+        if let Some(a) = self.inner.active().get(id) {
+            a.cancel.cancel();
+        }
+        Ok(rec)
+    }
+
+    /// Resets an ended process to idle: clears the last run's fields and deletes its task
+    /// records.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotFound`], [`Error::NotDismissable`] (not done, failed or cancelled).
+    pub async fn dismiss(&self, id: &str) -> Result<ProcessRecord> {
+        let id_owned = id.to_owned();
+        let (rec, refusal) = self
+            .inner
+            .update(id, move |cur| match cur {
+                None => (
+                    Update::Keep,
+                    Some(Error::NotFound {
+                        id: id_owned.clone(),
+                    }),
+                ),
+                Some(r) if !r.state().is_dismissable() || r.kind != RecordKind::Process => (
+                    Update::Keep,
+                    Some(Error::NotDismissable {
+                        id: id_owned.clone(),
+                        state: r.state(),
+                    }),
+                ),
+                Some(r) => {
+                    let mut r = r.clone();
+                    if let Err(e) = r.transition(State::Idle) {
+                        return (Update::Keep, Some(e.into()));
+                    }
+                    r.clear_run();
+                    r.run = None;
+                    (Update::Put(Box::new(r)), None)
+                }
+            })
+            .await?;
+        if let Some(e) = refusal {
+            return Err(e);
+        }
+        self.inner
+            .writer
+            .write(Batch {
+                clear_runs: vec![id.to_owned()],
+                ..Batch::default()
+            })
+            .await?;
+        let rec = rec.expect("written above");
+        self.inner.emit(&rec);
+        Ok(rec)
+    }
+
+    /// The record `id`: a process, or a task of a run (`<run id>/<node id>`).
+    pub async fn get(&self, id: &str) -> Result<Option<ProcessRecord>> {
+        if let Some(r) = self.inner.get(id).await? {
+            return Ok(Some(r));
+        }
+        // A task record: the longest prefix that is a run.
+        for (pos, _) in id.match_indices('/').collect::<Vec<_>>().into_iter().rev() {
+            let (run, node) = (&id[..pos], &id[pos + 1..]);
+            if let Some(root) = self.inner.get(run).await? {
+                let rows = self.rows(run).await?;
+                return Ok(rows
+                    .iter()
+                    .find(|(_, r)| r.node == node)
+                    .map(|(i, r)| r.to_record(&root, *i)));
+            }
+        }
+        Ok(None)
+    }
+
+    async fn rows(&self, id: &str) -> Result<Vec<(u32, TaskRow)>> {
+        let store = self.inner.store.clone();
+        let id = id.to_owned();
+        Ok(tokio::task::spawn_blocking(move || store.tasks(&id))
+            .await
+            .map_err(|e| Error::Config(e.to_string()))??)
+    }
+
+    /// Records matching `filter`, ordered by depth, then order among siblings, then
+    /// creation time.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use procession::prelude::*;
+    /// use procession::{ListFilter, State};
+    /// #[task] fn a() {}
+    /// #[process] fn p(b: &mut Builder) { b.task(A::new()); }
+    /// # #[tokio::main] async fn main() -> procession::Result<()> {
+    /// let rt = Runtime::in_memory().start().await?;
+    /// rt.run(Launch::new(P {}).id("p-1").metadata("team", "alpha")).await?;
+    /// let done = rt.list(ListFilter::new().state(State::Done).metadata("team", "alpha")).await?;
+    /// assert_eq!(done.len(), 1);
+    /// let tree = rt.list(ListFilter::new().root("p-1").with_tasks()).await?;
+    /// assert_eq!(tree.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), vec!["p-1", "p-1/a"]);
+    /// # Ok(()) }
+    /// ```
+    pub async fn list(&self, filter: ListFilter) -> Result<Vec<ProcessRecord>> {
+        let store = self.inner.store.clone();
+        let mut out = tokio::task::spawn_blocking(move || {
+            let all = store.all()?;
+            let mut out = Vec::new();
+            for r in all {
+                if filter.include_tasks && filter.root.as_ref().is_none_or(|root| &r.root == root) {
+                    for (i, row) in store.tasks(&r.id)? {
+                        let t = row.to_record(&r, i);
+                        if filter.matches(&t) {
+                            out.push(t);
+                        }
+                    }
+                }
+                if filter.matches(&r) {
+                    out.push(r);
+                }
+            }
+            Ok::<_, StoreError>(out)
+        })
+        .await
+        .map_err(|e| Error::Config(e.to_string()))??;
+        out.sort_by(|a, b| {
+            (a.depth, a.order, a.created_at, &a.id).cmp(&(b.depth, b.order, b.created_at, &b.id))
+        });
+        Ok(out)
+    }
+
+    /// Creates an idle ad-hoc record for `process` under `id`; launch it with
+    /// [`launch_id`](Runtime::launch_id). Its type must be registered.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::AlreadyExists`], [`Error::UnknownProcessType`].
+    pub async fn adhoc_define<P: Process>(
+        &self,
+        id: &str,
+        process: P,
+        options: AdhocOptions,
+    ) -> Result<ProcessRecord> {
+        check_id(id)?;
+        if !self.inner.registry.contains_key(P::META.name) {
+            return Err(Error::UnknownProcessType {
+                name: P::META.name.to_owned(),
+            });
+        }
+        let params = to_value(&process, P::META.name)?;
+        let mut fresh =
+            ProcessRecord::new_root(id, P::META.name, P::META.name, P::META.description, params);
+        fresh.adhoc = true;
+        fresh.ephemeral = options.ephemeral;
+        fresh.metadata = options.metadata;
+        let id_owned = id.to_owned();
+        let (rec, refusal) = self
+            .inner
+            .update(id, move |cur| match cur {
+                Some(_) => (
+                    Update::Keep,
+                    Some(Error::AlreadyExists {
+                        id: id_owned.clone(),
+                    }),
+                ),
+                None => (Update::Put(Box::new(fresh.clone())), None),
+            })
+            .await?;
+        if let Some(e) = refusal {
+            return Err(e);
+        }
+        self.inner.writer.flush().await?;
+        Ok(rec.expect("written above"))
+    }
+
+    /// Deletes an ad-hoc record and its task records.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotFound`] (also for records that are not ad-hoc), [`Error::Active`].
+    pub async fn adhoc_delete(&self, id: &str) -> Result<()> {
+        let id_owned = id.to_owned();
+        let (_, refusal) = self
+            .inner
+            .update(id, move |cur| match cur {
+                Some(r) if r.adhoc && r.state().is_active() => (
+                    Update::Keep,
+                    Some(Error::Active {
+                        id: id_owned.clone(),
+                        state: r.state(),
+                    }),
+                ),
+                Some(r) if r.adhoc => (Update::Delete, None),
+                _ => (
+                    Update::Keep,
+                    Some(Error::NotFound {
+                        id: id_owned.clone(),
+                    }),
+                ),
+            })
+            .await?;
+        if let Some(e) = refusal {
+            return Err(e);
+        }
+        self.inner
+            .writer
+            .write(Batch {
+                clear_runs: vec![id.to_owned()],
+                ..Batch::default()
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Syncs the definitions given to [`RuntimeBuilder::define`] with the store: missing
+    /// records are created idle; records of definitions no longer declared are deleted
+    /// when not active; name, description, parameters and metadata of existing records
+    /// are updated without touching their run state.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Store`].
+    pub async fn resync(&self) -> Result<ResyncReport> {
+        let defs = self
+            .inner
+            .definitions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let mut report = ResyncReport::default();
+        for d in &defs {
+            check_id(&d.id)?;
+            let d2 = d.clone();
+            let (_, created) = self
+                .inner
+                .update(&d.id, move |cur| {
+                    let mut r = match cur {
+                        Some(r) => r.clone(),
+                        None => ProcessRecord::new_root(
+                            &d2.id,
+                            d2.process_type,
+                            &d2.name,
+                            &d2.description,
+                            d2.params.clone(),
+                        ),
+                    };
+                    r.name.clone_from(&d2.name);
+                    r.description.clone_from(&d2.description);
+                    r.params = d2.params.clone();
+                    r.metadata = d2.metadata.clone();
+                    r.special = d2.special;
+                    r.warning.clone_from(&d2.warning);
+                    r.cancellable = d2.cancellable;
+                    r.adhoc = false;
+                    (Update::Put(Box::new(r)), cur.is_none())
+                })
+                .await?;
+            if created {
+                report.created.push(d.id.clone());
+            } else {
+                report.updated.push(d.id.clone());
+            }
+        }
+        let all = {
+            let store = self.inner.store.clone();
+            tokio::task::spawn_blocking(move || store.all())
+                .await
+                .map_err(|e| Error::Config(e.to_string()))??
+        };
+        for r in all {
+            if r.adhoc || r.depth != 0 || defs.iter().any(|d| d.id == r.id) {
+                continue;
+            }
+            if r.state().is_active() {
+                report.kept_active.push(r.id.clone());
+                continue;
+            }
+            let (_, deleted) = self
+                .inner
+                .update(&r.id, |cur| match cur {
+                    Some(c) if !c.adhoc && !c.state().is_active() => (Update::Delete, true),
+                    _ => (Update::Keep, false),
+                })
+                .await?;
+            if deleted {
+                self.inner
+                    .writer
+                    .write(Batch {
+                        clear_runs: vec![r.id.clone()],
+                        ..Batch::default()
+                    })
+                    .await?;
+                report.deleted.push(r.id);
+            }
+        }
+        self.inner.writer.flush().await?;
+        Ok(report)
+    }
+
+    /// Resumes every run a previous process left active.
+    async fn resume_all(&self) -> Result<()> {
+        let all = {
+            let store = self.inner.store.clone();
+            tokio::task::spawn_blocking(move || store.all())
+                .await
+                .map_err(|e| Error::Config(e.to_string()))??
+        };
+        for rec in all {
+            if rec.kind != RecordKind::Process || !rec.state().is_active() {
+                continue;
+            }
+            self.resume_one(rec).await?;
+        }
+        Ok(())
+    }
+
+    async fn settle(
+        &self,
+        id: &str,
+        token: Option<u64>,
+        to: State,
+        error: Option<String>,
+    ) -> Result<()> {
+        let (rec, _) = self
+            .inner
+            .update(id, move |cur| match cur {
+                Some(r)
+                    if r.state().is_active()
+                        && (token.is_none() || r.run.as_ref().map(|m| m.token) == token) =>
+                {
+                    let mut r = r.clone();
+                    r.status.error.clone_from(&error);
+                    r.set_state(to);
+                    (Update::Put(Box::new(r)), ())
+                }
+                _ => (Update::Keep, ()),
+            })
+            .await?;
+        self.inner.writer.flush().await?;
+        if let Some(r) = rec {
+            self.inner.emit(&r);
+        }
+        Ok(())
+    }
+
+    async fn resume_one(&self, rec: ProcessRecord) -> Result<()> {
+        let id = rec.id.clone();
+        let token = rec.run.as_ref().map(|m| m.token);
+        if matches!(rec.state(), State::CancelRequested | State::Cancelling) {
+            // The cancel had been accepted before the restart: finish it.
+            return self.settle(&id, token, State::Cancelled, None).await;
+        }
+        let Some(reg) = self.inner.registry.get(rec.process_type.as_str()).cloned() else {
+            let msg = format!(
+                "process type `{}` is not registered in this binary: the interrupted run was not resumed",
+                rec.process_type
+            );
+            tracing::warn!(run = %id, "{msg}");
+            return self.settle(&id, token, State::Failed, Some(msg)).await;
+        };
+        let meta = rec.run.clone().unwrap_or(RunMeta {
+            token: 0,
+            fingerprint: 0,
+            options: BTreeMap::new(),
+            tasks: 0,
+            idempotency_key: None,
+            max_concurrency: None,
+        });
+        let graph = match (reg.build)(rec.params.clone(), meta.options.clone()) {
+            Ok(g) => g,
+            Err(e) => {
+                let msg = format!("the interrupted run could not be rebuilt: {e}");
+                return self.settle(&id, token, State::Failed, Some(msg)).await;
+            }
+        };
+        if graph.fingerprint() != meta.fingerprint {
+            let msg = format!(
+                "the graph of `{}` changed since this run started (fingerprint {:016x}, now {:016x}): the interrupted run was not resumed",
+                rec.process_type,
+                meta.fingerprint,
+                graph.fingerprint()
+            );
+            tracing::warn!(run = %id, "{msg}");
+            return self.settle(&id, token, State::Failed, Some(msg)).await;
+        }
+        let store = self.inner.store.clone();
+        let id2 = id.clone();
+        let (rows, results) = tokio::task::spawn_blocking(move || {
+            Ok::<_, StoreError>((store.tasks(&id2)?, store.results(&id2)?))
+        })
+        .await
+        .map_err(|e| Error::Config(e.to_string()))??;
+        let results: HashMap<u32, Vec<u8>> = results.into_iter().collect();
+        let mut resume = Resume {
+            done: Vec::new(),
+            attempts: vec![0; graph.len()],
+        };
+        for (i, row) in &rows {
+            if let Some(a) = resume.attempts.get_mut(*i as usize) {
+                *a = row.attempts;
+            }
+            if row.state == State::Done {
+                if let Some(bytes) = results.get(i) {
+                    if let Ok(raw) =
+                        serde_json::from_slice::<Box<serde_json::value::RawValue>>(bytes)
+                    {
+                        resume.done.push((
+                            *i,
+                            raw,
+                            row.attempts,
+                            Duration::from_nanos(row.elapsed_ns),
+                        ));
+                    }
+                }
+            }
+        }
+        let mut hooks: Vec<Arc<dyn Hooks>> = reg.hooks.clone().into_iter().collect();
+        hooks.extend(self.inner.hooks.iter().cloned());
+        // scheduled or running: (re)start from scheduled so the driver's CAS applies.
+        let (rec, _) = self
+            .inner
+            .update(&id, move |cur| match cur {
+                Some(r) if r.state().is_active() => {
+                    let mut r = r.clone();
+                    r.status.state = State::Scheduled;
+                    r.push_log(crate::ctx::Level::Info, "Resumed after restart".into());
+                    (Update::Put(Box::new(r)), ())
+                }
+                _ => (Update::Keep, ()),
+            })
+            .await?;
+        let Some(rec) = rec.filter(|r| r.state() == State::Scheduled) else {
+            return Ok(());
+        };
+        tracing::info!(run = %id, finished = resume.done.len(), tasks = graph.len(), "resuming run");
+        let token = rec.run.as_ref().map_or(0, |m| m.token);
+        drop(self.spawn_run(rec, graph, hooks, Some(resume), token));
+        Ok(())
+    }
+
+    /// Events of every record: state changes (once durable), progress, log entries.
+    /// A subscriber that falls behind receives [`EventKind::Lagged`] with the number of
+    /// events it missed; the runtime never waits for it.
+    pub fn subscribe(&self) -> EventStream {
+        events::stream(self.inner.events.subscribe())
+    }
+
+    /// Waits for run `id` to end (if it is active here) and returns its report.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotFound`] when no such record exists.
+    pub async fn wait(&self, id: &str) -> Result<RunReport> {
+        self.attach(id).await?.wait().await
+    }
+
+    /// Stops accepting work, cancels every active run, waits up to the cancel grace
+    /// period (plus a margin) for them to end, and flushes the store.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Store`] when the final flush fails.
+    pub async fn shutdown(&self) -> Result<()> {
+        self.inner.shutting_down.store(true, Ordering::Release);
+        let runs: Vec<(
+            String,
+            CancellationToken,
+            watch::Receiver<Option<Arc<RunReport>>>,
+        )> = self
+            .inner
+            .active()
+            .iter()
+            .map(|(id, a)| (id.clone(), a.cancel.clone(), a.done.clone()))
+            .collect();
+        for (id, _, _) in &runs {
+            let _ = self.cancel(id).await;
+        }
+        for (_, c, _) in &runs {
+            c.cancel();
+        }
+        let deadline = tokio::time::Instant::now() + self.inner.grace + Duration::from_secs(1);
+        for (_, _, mut done) in runs {
+            let _ = tokio::time::timeout_at(deadline, done.wait_for(Option::is_some)).await;
+        }
+        self.inner.writer.flush().await?;
+        self.inner.writer.stop();
+        Ok(())
+    }
+
+    /// Starts running a graph assembled by name (or an already built [`Graph`]). Such
+    /// runs have no parameters to rebuild from, so they are not recorded or resumed.
     pub async fn launch_graph(&self, graph: impl IntoGraph) -> Result<RunHandle> {
+        if self.inner.shutting_down.load(Ordering::Acquire) {
+            return Err(Error::ShuttingDown);
+        }
         let graph = graph.into_graph()?;
-        Ok(self.spawn(graph, None, None, self.inner.hooks.clone()))
+        let id = format!("{}-{}", graph.name(), self.next_id().await?);
+        let cancel = CancellationToken::new();
+        let (tx, rx) = watch::channel(None);
+        let cfg = RunConfig {
+            run_id: Arc::from(id.as_str()),
+            max_concurrency: self.inner.process_concurrency,
+            permits: self.inner.permits.clone(),
+            hooks: self.inner.hooks.clone(),
+            cancel: cancel.clone(),
+            grace: self.inner.grace,
+            journal: None,
+            resume: None,
+        };
+        tokio::spawn(async move {
+            let report = execute(graph, cfg).await;
+            let _ = tx.send(Some(Arc::new(report)));
+        });
+        Ok(RunHandle {
+            id,
+            cancel,
+            done: rx,
+        })
     }
 
     /// Runs a graph assembled by name (or an already built [`Graph`]) to the end.
@@ -374,32 +1628,251 @@ impl Runtime {
     pub async fn run_graph(&self, graph: impl IntoGraph) -> Result<RunReport> {
         self.launch_graph(graph).await?.wait().await
     }
+}
 
-    fn spawn(
-        &self,
-        graph: Graph,
-        id: Option<String>,
-        max_concurrency: Option<usize>,
-        hooks: Vec<Arc<dyn Hooks>>,
-    ) -> RunHandle {
-        let id = id.unwrap_or_else(|| {
-            format!(
-                "{}-{}",
-                graph.name(),
-                self.inner.next_run.fetch_add(1, Ordering::Relaxed)
-            )
-        });
-        let cancel = CancellationToken::new();
-        let cfg = RunConfig {
-            run_id: Arc::from(id.as_str()),
-            max_concurrency: max_concurrency.or(self.inner.process_concurrency),
-            permits: self.inner.permits.clone(),
-            hooks,
-            cancel: cancel.clone(),
-            grace: self.inner.grace,
-        };
-        let join = tokio::spawn(execute(graph, cfg));
-        RunHandle { id, cancel, join }
+/// What [`Runtime::resync`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ResyncReport {
+    /// Records created.
+    pub created: Vec<String>,
+    /// Records updated.
+    pub updated: Vec<String>,
+    /// Records deleted (no longer defined).
+    pub deleted: Vec<String>,
+    /// Records no longer defined but left alone because they are active.
+    pub kept_active: Vec<String>,
+}
+
+/// Runs one graph for record `rec` and writes the outcome.
+async fn drive(
+    inner: Arc<Inner>,
+    rec: ProcessRecord,
+    graph: Graph,
+    hooks: Vec<Arc<dyn Hooks>>,
+    resume: Option<Resume>,
+    token: u64,
+    cancel: CancellationToken,
+) -> RunReport {
+    let id = rec.id.clone();
+    let run_meta = rec.run.clone();
+    // scheduled -> running, unless a cancel got there first.
+    let started = inner
+        .update(&id, move |cur| match cur {
+            Some(r) if r.run.as_ref().map(|m| m.token) == Some(token) => {
+                let mut r = r.clone();
+                match r.transition(State::Running) {
+                    Ok(()) => (Update::Put(Box::new(r)), true),
+                    Err(_) => (Update::Keep, false),
+                }
+            }
+            _ => (Update::Keep, false),
+        })
+        .await;
+    let running = match started {
+        Ok((Some(r), true)) => {
+            inner.emit(&r);
+            true
+        }
+        Ok(_) => false,
+        Err(e) => {
+            tracing::error!(run = %id, error = %e, "cannot start run");
+            false
+        }
+    };
+    if !running {
+        cancel.cancel();
+    }
+    let rows: Vec<TaskRow> = graph
+        .nodes
+        .iter()
+        .map(|n| TaskRow {
+            task: n.meta.name.to_owned(),
+            node: n.id.to_string(),
+            state: State::Scheduled,
+            attempts: 0,
+            started_at: None,
+            ended_at: None,
+            elapsed_ns: 0,
+            skipped: false,
+            error: None,
+            chain: Vec::new(),
+            progress: crate::record::Progress::default(),
+            log: Vec::new(),
+        })
+        .collect();
+    let journal = if running {
+        Some(RunJournal::new(
+            Arc::from(id.as_str()),
+            rows,
+            inner.writer.clone(),
+            inner.progress_flush,
+        ))
+    } else {
+        None
+    };
+    // The executor acknowledges a cancel: cancel_requested -> cancelling.
+    let ack = {
+        let inner = inner.clone();
+        let cancel = cancel.clone();
+        let id = id.clone();
+        tokio::spawn(async move {
+            cancel.cancelled().await;
+            if let Ok((Some(r), true)) = inner
+                .update(&id, move |cur| match cur {
+                    Some(r)
+                        if r.state() == State::CancelRequested
+                            && r.run.as_ref().map(|m| m.token) == Some(token) =>
+                    {
+                        let mut r = r.clone();
+                        r.set_state(State::Cancelling);
+                        (Update::Put(Box::new(r)), true)
+                    }
+                    _ => (Update::Keep, false),
+                })
+                .await
+            {
+                inner.emit(&r);
+            }
+        })
+    };
+    let cfg = RunConfig {
+        run_id: Arc::from(id.as_str()),
+        max_concurrency: run_meta
+            .as_ref()
+            .and_then(|m| m.max_concurrency)
+            .or(inner.process_concurrency),
+        permits: inner.permits.clone(),
+        hooks,
+        cancel: cancel.clone(),
+        grace: inner.grace,
+        journal: journal.clone(),
+        resume,
+    };
+    let report = execute(graph, cfg).await;
+    if let Some(j) = &journal {
+        if let Err(e) = j.sync().await {
+            tracing::error!(run = %id, error = %e, "cannot record the run's tasks");
+        }
+    }
+    ack.abort();
+    if !running {
+        return report;
+    }
+    let end = match report.status {
+        RunStatus::Succeeded => State::Done,
+        RunStatus::Failed => State::Failed,
+        RunStatus::Cancelled => State::Cancelled,
+    };
+    let error = (end == State::Failed).then(|| run_error(&report));
+    let ended = inner
+        .update(&id, move |cur| match cur {
+            Some(r) if r.state().is_active() && r.run.as_ref().map(|m| m.token) == Some(token) => {
+                if r.ephemeral {
+                    return (Update::Delete, true);
+                }
+                let mut r = r.clone();
+                if end == State::Cancelled && r.state() == State::CancelRequested {
+                    r.set_state(State::Cancelling);
+                }
+                r.status.error.clone_from(&error);
+                r.set_state(end);
+                if end == State::Done {
+                    r.progress.percent = Some(100.0);
+                }
+                (Update::Put(Box::new(r)), false)
+            }
+            _ => (Update::Keep, false),
+        })
+        .await;
+    match ended {
+        Ok((rec, deleted)) => {
+            let batch = Batch {
+                delete_processes: if deleted {
+                    vec![id.clone()]
+                } else {
+                    Vec::new()
+                },
+                ..Batch::default()
+            };
+            if let Err(e) = inner.writer.write(batch).await {
+                tracing::error!(run = %id, error = %e, "cannot record the run's end");
+            }
+            if let Some(r) = rec {
+                inner.emit(&r);
+            }
+        }
+        Err(e) => tracing::error!(run = %id, error = %e, "cannot record the run's end"),
+    }
+    drop(journal);
+    report
+}
+
+/// The message stored on a failed run's record.
+fn run_error(report: &RunReport) -> String {
+    let errored: Vec<&TaskReport> = report.errored();
+    match errored.first() {
+        None => "the run failed".into(),
+        Some(t) => {
+            let msg = t.error.as_ref().map_or("", |e| e.message.as_str());
+            if errored.len() == 1 {
+                format!("task `{}` failed: {msg}", t.id)
+            } else {
+                format!(
+                    "task `{}` failed: {msg} (and {} more)",
+                    t.id,
+                    errored.len() - 1
+                )
+            }
+        }
+    }
+}
+
+fn report_from_rows(
+    rec: &ProcessRecord,
+    rows: &[(u32, TaskRow)],
+    results: &[(u32, Vec<u8>)],
+) -> RunReport {
+    let results: HashMap<u32, &Vec<u8>> = results.iter().map(|(i, b)| (*i, b)).collect();
+    let tasks = rows
+        .iter()
+        .map(|(i, r)| {
+            let status = match (r.state, r.skipped) {
+                (State::Done, _) => TaskStatus::Success,
+                (State::Failed, _) => TaskStatus::Errored,
+                (_, true) => TaskStatus::Skipped,
+                _ => TaskStatus::Cancelled,
+            };
+            TaskReport {
+                id: r.node.clone(),
+                name: r.task.clone(),
+                function: String::new(),
+                description: String::new(),
+                status,
+                attempts: r.attempts,
+                elapsed: Duration::from_nanos(r.elapsed_ns),
+                result: results.get(i).and_then(|b| {
+                    serde_json::from_slice::<Box<serde_json::value::RawValue>>(b).ok()
+                }),
+                error: r.error.as_ref().map(|m| ErrorReport {
+                    message: m.clone(),
+                    chain: r.chain.clone(),
+                    downstream_impact: Vec::new(),
+                    source: None,
+                }),
+            }
+        })
+        .collect();
+    RunReport {
+        process: rec.process_type.clone(),
+        run_id: rec.id.clone(),
+        status: match rec.state() {
+            State::Done => RunStatus::Succeeded,
+            State::Cancelled => RunStatus::Cancelled,
+            _ => RunStatus::Failed,
+        },
+        elapsed: Duration::from_secs_f64(rec.status.duration.unwrap_or(0.0).max(0.0)),
+        tasks,
     }
 }
 

@@ -1,0 +1,469 @@
+//! Process records and their state machine (optio's, exactly).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::ctx::Level;
+
+/// Version of the record layout written by this build. Records carry it; a store holding
+/// records of a newer version is refused rather than misread.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// The state of a process (or of a task, for the child records of a run).
+///
+/// Transitions (everything else is refused and changes nothing):
+///
+/// | from | to |
+/// |---|---|
+/// | idle | scheduled |
+/// | scheduled | running, cancel_requested |
+/// | running | done, failed, cancel_requested |
+/// | cancel_requested | cancelling |
+/// | cancelling | cancelled |
+/// | done, failed, cancelled | scheduled (relaunch), idle (dismiss) |
+///
+/// Cancelling a *scheduled* process ends it `cancelled` at once (the runtime records it
+/// as one step; the table itself lists only scheduled → cancel_requested).
+///
+/// # Examples
+///
+/// ```
+/// use procession::State;
+/// assert!(State::Idle.can_transition(State::Scheduled));
+/// assert!(!State::Idle.can_transition(State::Running));
+/// let err = State::Idle.validate_transition(State::Running).unwrap_err();
+/// assert_eq!(err.to_string(), "invalid state transition: idle → running");
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    /// Defined, never launched or dismissed.
+    Idle,
+    /// Launched, waiting to run.
+    Scheduled,
+    /// Running.
+    Running,
+    /// Ended successfully.
+    Done,
+    /// Ended with an error.
+    Failed,
+    /// Cancel asked, not yet acknowledged by the executor.
+    CancelRequested,
+    /// The executor is stopping the work.
+    Cancelling,
+    /// Ended by a cancel.
+    Cancelled,
+}
+
+impl State {
+    /// All states.
+    pub const ALL: [State; 8] = [
+        State::Idle,
+        State::Scheduled,
+        State::Running,
+        State::Done,
+        State::Failed,
+        State::CancelRequested,
+        State::Cancelling,
+        State::Cancelled,
+    ];
+
+    /// The state in `snake_case`, as stored.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Idle => "idle",
+            State::Scheduled => "scheduled",
+            State::Running => "running",
+            State::Done => "done",
+            State::Failed => "failed",
+            State::CancelRequested => "cancel_requested",
+            State::Cancelling => "cancelling",
+            State::Cancelled => "cancelled",
+        }
+    }
+
+    /// Whether the table allows `self → to`.
+    pub fn can_transition(self, to: State) -> bool {
+        use State::{
+            CancelRequested, Cancelled, Cancelling, Done, Failed, Idle, Running, Scheduled,
+        };
+        matches!(
+            (self, to),
+            (Idle, Scheduled)
+                | (Scheduled, Running | CancelRequested)
+                | (Running, Done | Failed | CancelRequested)
+                | (CancelRequested, Cancelling)
+                | (Cancelling, Cancelled)
+                | (Done | Failed | Cancelled, Scheduled | Idle)
+        )
+    }
+
+    /// `Ok` when the table allows `self → to`.
+    pub fn validate_transition(self, to: State) -> Result<(), InvalidTransition> {
+        if self.can_transition(to) {
+            Ok(())
+        } else {
+            Err(InvalidTransition { from: self, to })
+        }
+    }
+
+    /// scheduled, running, cancel_requested or cancelling.
+    pub fn is_active(self) -> bool {
+        matches!(
+            self,
+            State::Scheduled | State::Running | State::CancelRequested | State::Cancelling
+        )
+    }
+
+    /// done, failed or cancelled.
+    pub fn is_end(self) -> bool {
+        matches!(self, State::Done | State::Failed | State::Cancelled)
+    }
+
+    /// idle, done, failed or cancelled.
+    pub fn is_launchable(self) -> bool {
+        self == State::Idle || self.is_end()
+    }
+
+    /// scheduled or running.
+    pub fn is_cancellable(self) -> bool {
+        matches!(self, State::Scheduled | State::Running)
+    }
+
+    /// done, failed or cancelled.
+    pub fn is_dismissable(self) -> bool {
+        self.is_end()
+    }
+}
+
+impl fmt::Display for State {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A transition the state machine does not allow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("invalid state transition: {from} → {to}")]
+pub struct InvalidTransition {
+    /// The current state.
+    pub from: State,
+    /// The refused target.
+    pub to: State,
+}
+
+/// Whether a record is a process or one task of a process's run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecordKind {
+    /// A process (a root, or a child process).
+    Process,
+    /// A task of a process's graph, shown as a child of the run.
+    Task,
+}
+
+/// Runtime status of a record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    /// Current state.
+    pub state: State,
+    /// Error of the last run (failed state).
+    pub error: Option<String>,
+    /// When the last run started running (ms since the Unix epoch).
+    pub running_since: Option<u64>,
+    /// When the last run ended done (ms since the Unix epoch).
+    pub done_at: Option<u64>,
+    /// When the last run ended failed (ms since the Unix epoch).
+    pub failed_at: Option<u64>,
+    /// When the last run ended cancelled (ms since the Unix epoch).
+    pub stopped_at: Option<u64>,
+    /// Duration of the last run, in seconds.
+    pub duration: Option<f64>,
+}
+
+impl Status {
+    pub(crate) fn idle() -> Self {
+        Status {
+            state: State::Idle,
+            error: None,
+            running_since: None,
+            done_at: None,
+            failed_at: None,
+            stopped_at: None,
+            duration: None,
+        }
+    }
+}
+
+/// Progress of a record.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Progress {
+    /// 0-100, or `None` for indeterminate.
+    pub percent: Option<f64>,
+    /// What is being done.
+    pub message: Option<String>,
+}
+
+/// One entry of a record's log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LogEntry {
+    /// ms since the Unix epoch.
+    pub timestamp: u64,
+    /// Severity.
+    pub level: Level,
+    /// Text.
+    pub message: String,
+    /// Optional structured data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<Value>,
+}
+
+/// Bookkeeping of the current (or last) run of a process record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunMeta {
+    /// Distinguishes runs of the same record: late writes of an older run are ignored.
+    pub token: u64,
+    /// Fingerprint of the graph the run was started with.
+    pub fingerprint: u64,
+    /// Launch options the graph was built with.
+    pub options: BTreeMap<String, Value>,
+    /// Number of tasks in the graph.
+    pub tasks: u32,
+    /// Idempotency key of the launch, if any.
+    pub idempotency_key: Option<String>,
+    /// Max tasks at once for this run.
+    pub max_concurrency: Option<usize>,
+}
+
+/// A process record: identity, definition, status, progress and log.
+///
+/// The tasks of a run appear as child records of kind [`RecordKind::Task`], with id
+/// `<process id>/<node id>`, depth `parent depth + 1` and `order` = the node's index.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProcessRecord {
+    /// Layout version ([`SCHEMA_VERSION`] when written by this build).
+    pub schema: u32,
+    /// Unique id (user string).
+    pub id: String,
+    /// Process or task.
+    pub kind: RecordKind,
+    /// The process type (`#[process]` name) or, for a task record, the task's name.
+    pub process_type: String,
+    /// Display name.
+    pub name: String,
+    /// Description.
+    pub description: String,
+    /// Parameters (the process struct as JSON).
+    pub params: Value,
+    /// Metadata for filtering.
+    pub metadata: BTreeMap<String, Value>,
+    /// Parent record id (`None` for a root).
+    pub parent: Option<String>,
+    /// Root record id (its own id for a root).
+    pub root: String,
+    /// Depth in the tree (0 for a root).
+    pub depth: u32,
+    /// Order among siblings.
+    pub order: u32,
+    /// Whether a cancel is allowed.
+    pub cancellable: bool,
+    /// Created at run time by `adhoc_define`.
+    pub adhoc: bool,
+    /// Deleted (with its children) as soon as it ends.
+    pub ephemeral: bool,
+    /// Administrative record, hidden by default in user interfaces.
+    pub special: bool,
+    /// Text shown before launching.
+    pub warning: Option<String>,
+    /// Runtime status.
+    pub status: Status,
+    /// Progress.
+    pub progress: Progress,
+    /// The last run's log (bounded).
+    pub log: Vec<LogEntry>,
+    /// Creation time (ms since the Unix epoch).
+    pub created_at: u64,
+    /// Attempts of the last run (task records).
+    #[serde(default)]
+    pub attempts: u32,
+    /// The current or last run's bookkeeping (process records).
+    #[serde(default)]
+    pub run: Option<RunMeta>,
+}
+
+impl ProcessRecord {
+    /// A new idle root record.
+    pub(crate) fn new_root(
+        id: &str,
+        process_type: &str,
+        name: &str,
+        description: &str,
+        params: Value,
+    ) -> Self {
+        ProcessRecord {
+            schema: SCHEMA_VERSION,
+            id: id.to_owned(),
+            kind: RecordKind::Process,
+            process_type: process_type.to_owned(),
+            name: name.to_owned(),
+            description: description.to_owned(),
+            params,
+            metadata: BTreeMap::new(),
+            parent: None,
+            root: id.to_owned(),
+            depth: 0,
+            order: 0,
+            cancellable: true,
+            adhoc: false,
+            ephemeral: false,
+            special: false,
+            warning: None,
+            status: Status::idle(),
+            progress: Progress::default(),
+            log: Vec::new(),
+            created_at: now_ms(),
+            attempts: 0,
+            run: None,
+        }
+    }
+
+    /// The current state.
+    pub fn state(&self) -> State {
+        self.status.state
+    }
+
+    /// Moves to `to` if the table allows it, stamping the status fields and logging the
+    /// change. A refused transition changes nothing.
+    pub(crate) fn transition(&mut self, to: State) -> Result<(), InvalidTransition> {
+        self.status.state.validate_transition(to)?;
+        self.set_state(to);
+        Ok(())
+    }
+
+    /// Sets the state without checking the table (the scheduled → cancelled shortcut,
+    /// settling after a restart), stamping the status fields.
+    pub(crate) fn set_state(&mut self, to: State) {
+        let now = now_ms();
+        match to {
+            State::Running => {
+                self.status.running_since = Some(now);
+                self.status.error = None;
+            }
+            State::Done => self.status.done_at = Some(now),
+            State::Failed => self.status.failed_at = Some(now),
+            State::Cancelled => self.status.stopped_at = Some(now),
+            _ => {}
+        }
+        if to.is_end() {
+            self.status.duration = self
+                .status
+                .running_since
+                .map(|s| Duration::from_millis(now.saturating_sub(s)).as_secs_f64());
+        }
+        self.status.state = to;
+        self.push_log(Level::Info, format!("State changed to {to}"));
+    }
+
+    /// Clears the last run's fields (dismiss, relaunch).
+    pub(crate) fn clear_run(&mut self) {
+        let state = self.status.state;
+        self.status = Status::idle();
+        self.status.state = state;
+        self.progress = Progress::default();
+        self.log.clear();
+        self.attempts = 0;
+    }
+
+    pub(crate) fn push_log(&mut self, level: Level, message: String) {
+        self.log.push(LogEntry {
+            timestamp: now_ms(),
+            level,
+            message,
+            data: None,
+        });
+        if self.log.len() > MAX_LOG {
+            let extra = self.log.len() - MAX_LOG;
+            self.log.drain(..extra);
+        }
+    }
+}
+
+/// Log entries kept per record; older ones are dropped first.
+pub const MAX_LOG: usize = 500;
+
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Filters of [`Runtime::list`](crate::Runtime::list).
+///
+/// # Examples
+///
+/// ```
+/// use procession::{ListFilter, State};
+/// let f = ListFilter::new().state(State::Running).metadata("customer", "2");
+/// assert_eq!(f.states, vec![State::Running]);
+/// ```
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct ListFilter {
+    /// Only records in one of these states (any when empty).
+    pub states: Vec<State>,
+    /// Only records of this tree.
+    pub root: Option<String>,
+    /// Only records whose metadata has all these pairs.
+    pub metadata: BTreeMap<String, Value>,
+    /// Include task records (children of runs); default false.
+    pub include_tasks: bool,
+}
+
+impl ListFilter {
+    /// Every process record.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a state to match.
+    #[must_use]
+    pub fn state(mut self, state: State) -> Self {
+        self.states.push(state);
+        self
+    }
+
+    /// Only the tree under `root` (the root included).
+    #[must_use]
+    pub fn root(mut self, root: impl Into<String>) -> Self {
+        self.root = Some(root.into());
+        self
+    }
+
+    /// Adds a metadata pair to match.
+    #[must_use]
+    pub fn metadata(mut self, key: impl Into<String>, value: impl Into<Value>) -> Self {
+        self.metadata.insert(key.into(), value.into());
+        self
+    }
+
+    /// Also list the task records of runs.
+    #[must_use]
+    pub fn with_tasks(mut self) -> Self {
+        self.include_tasks = true;
+        self
+    }
+
+    pub(crate) fn matches(&self, r: &ProcessRecord) -> bool {
+        (self.states.is_empty() || self.states.contains(&r.status.state))
+            && self.root.as_ref().is_none_or(|root| &r.root == root)
+            && self
+                .metadata
+                .iter()
+                .all(|(k, v)| r.metadata.get(k) == Some(v))
+            && (self.include_tasks || r.kind == RecordKind::Process)
+    }
+}
