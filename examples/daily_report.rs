@@ -127,7 +127,9 @@ fn daily_report(p: &mut Builder, sources: Vec<String>) {
 
 #[tokio::main]
 async fn main() -> procession::Result<()> {
-    let rt = Runtime::in_memory()
+    // Runs are kept in ./procession-data: a run interrupted by a crash is resumed by the
+    // next start, its finished tasks not run again.
+    let rt = Runtime::open("./procession-data")
         .register::<DailyReport>()
         .start()
         .await?;
@@ -136,7 +138,8 @@ async fn main() -> procession::Result<()> {
             sources: vec!["eu".into(), "us".into()],
         })
         .await?;
-    println!("launched run {}", run.id());
+    let run_id = run.id().to_owned();
+    println!("launched run {run_id}");
     let report = run.wait().await?;
 
     println!("\n{}", report.summary());
@@ -153,5 +156,10 @@ async fn main() -> procession::Result<()> {
         );
     }
     println!("\nJSON report:\n{}", report.to_json_pretty());
+
+    // The run and its tasks are records in the store.
+    let record = rt.get(run_id.as_str()).await?.expect("the run's record");
+    println!("\nrecord `{}`: {} ({:?})", record.id, record.state(), record.status.error);
+    rt.shutdown().await?;
     Ok(())
 }

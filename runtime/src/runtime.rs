@@ -897,7 +897,8 @@ impl Runtime {
         graph: Graph,
         hooks: Vec<Arc<dyn Hooks>>,
     ) -> Result<RunHandle> {
-        meta.token = self.next_id().await?;
+        // Distinguishes this run from earlier and later runs of the same record.
+        meta.token = fastrand::u64(1..);
         let token = meta.token;
         let id_owned = id.to_owned();
         let (rec, refusal) = self

@@ -522,7 +522,20 @@ impl Store for SledStore {
     }
 
     fn next_id(&self) -> Result<u64, StoreError> {
-        self.db.generate_id().map_err(|e| self.io(e))
+        // A counter in the store (sled's own `generate_id` skips a million after each
+        // restart, which makes ugly run ids).
+        let v = self
+            .db
+            .update_and_fetch(b"next_id", |old| {
+                let n = old
+                    .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                    .map_or(0, u64::from_be_bytes);
+                Some((n + 1).to_be_bytes().to_vec())
+            })
+            .map_err(|e| self.io(e))?
+            .and_then(|b| <[u8; 8]>::try_from(b.as_ref()).ok())
+            .map_or(1, u64::from_be_bytes);
+        Ok(v)
     }
 
     fn idempotent(&self, key: &str) -> Result<Option<String>, StoreError> {
