@@ -19,8 +19,7 @@ use tokio_util::sync::CancellationToken;
 use crate::arg::{Inputs, Slot};
 use crate::ctx::{Ctx, Level, Reporter, RunScope};
 use crate::error::{
-    chain, BoxError, CancelGraceExceeded, Cancelled, DependencyFailed, RetryExhausted,
-    TaskPanicked, Timeout,
+    chain, BoxError, CancelGraceExceeded, DependencyFailed, RetryExhausted, TaskPanicked, Timeout,
 };
 use crate::graph::{ErasedTask, Graph};
 use crate::hooks::{Attempt, AttemptOutcome, Hooks, RunInfo, TaskInfo};
@@ -211,6 +210,16 @@ pub(crate) async fn execute(mut graph: Graph, cfg: RunConfig) -> RunReport {
     let mut batch: Vec<Completion> = Vec::with_capacity(64);
 
     loop {
+        // The token is the truth: a cancel requested while completions were being handled
+        // (the select below prefers them) must stop new starts before the next one.
+        if !cancel_seen && cfg.cancel.is_cancelled() {
+            cancel_seen = true;
+            grace
+                .as_mut()
+                .reset(tokio::time::Instant::now() + cfg.grace);
+            grace_armed = true;
+            tracing::info!(run = %info.run_id, running, "run cancelled");
+        }
         if !cancel_seen {
             while running < limit {
                 let Some(i) = ready.pop_front() else { break };
@@ -240,7 +249,9 @@ pub(crate) async fn execute(mut graph: Graph, cfg: RunConfig) -> RunReport {
                     state[i].elapsed = c.elapsed;
                     match c.result {
                         Ok(()) => state[i].st = St::Success,
-                        Err(e) if cancel_seen && (e.is::<Cancelled>() || cfg.cancel.is_cancelled()) => {
+                        // An attempt that stopped once the run was asked to stop was cancelled,
+                        // whether or not the driver has seen the request yet.
+                        Err(e) if cfg.cancel.is_cancelled() => {
                             state[i].st = St::Cancelled;
                             state[i].error = Some(Arc::from(e));
                         }
@@ -273,11 +284,15 @@ pub(crate) async fn execute(mut graph: Graph, cfg: RunConfig) -> RunReport {
                         if let Some(a) = aborts[i].take() {
                             a.abort();
                         }
-                        s.st = St::Errored;
-                        s.error = Some(Arc::new(CancelGraceExceeded {
+                        let e: Arc<dyn StdError + Send + Sync> = Arc::new(CancelGraceExceeded {
                             task: shared.metas[i].name.to_owned(),
                             grace: cfg.grace,
-                        }));
+                        });
+                        for h in &cfg.hooks {
+                            h.failed(&info, &shared.ids[i], &*e);
+                        }
+                        s.st = St::Errored;
+                        s.error = Some(e);
                         running -= 1;
                     }
                 }
@@ -347,6 +362,14 @@ fn release(
                 .collect();
             if failed.is_empty() {
                 ready.push_back(d);
+                continue;
+            }
+            if failed
+                .iter()
+                .any(|&x| state[x as usize].st == St::Cancelled)
+            {
+                // A cancelled dependency did not fail this task: it stays pending and ends
+                // cancelled with the run (its own dependents with it).
                 continue;
             }
             let failed_data: Vec<u32> = node
@@ -649,12 +672,14 @@ fn build_report(
             error,
         });
     }
-    let status = if all_success {
-        RunStatus::Succeeded
-    } else if any_errored {
+    // A run that was asked to stop ends cancelled even when its tasks returned normally
+    // (a cooperative task that sees the cancel and returns has not done the full job).
+    let status = if any_errored {
         RunStatus::Failed
     } else if cancelled {
         RunStatus::Cancelled
+    } else if all_success {
+        RunStatus::Succeeded
     } else {
         RunStatus::Failed
     };

@@ -72,10 +72,13 @@ impl Rows {
         if t.dropped == 0 {
             return;
         }
-        let n = t.dropped;
+        // The last dropped message is written after the note, so it is not counted in it.
+        let n = t.dropped - 1;
         let last = t.last_dropped.take();
         t.dropped = 0;
-        self.push_log(node, Level::Info, format!("({n} messages dropped)"));
+        if n > 0 {
+            self.push_log(node, Level::Info, format!("({n} messages dropped)"));
+        }
         if let Some(m) = last {
             self.push_log(node, Level::Info, m);
         }
@@ -161,6 +164,18 @@ impl RunJournal {
     /// Everything dirty, as a batch; clears the dirty marks.
     pub(crate) fn take(&self, batch: &mut Batch, events: &mut Vec<(String, u32, State)>) {
         let mut g = self.lock();
+        // A burst still going on is summarised at every flush: "(N messages dropped)" and
+        // the last dropped message, so nothing is lost silently.
+        let bursting: Vec<u32> = g
+            .throttle
+            .iter()
+            .filter(|(_, t)| t.dropped > 0)
+            .map(|(n, _)| *n)
+            .collect();
+        for node in bursting {
+            g.settle_burst(node);
+            g.mark(node);
+        }
         let list = std::mem::take(&mut g.dirty_list);
         for node in list {
             g.dirty[node as usize] = false;

@@ -296,8 +296,9 @@ pub struct ProcessRecord {
 }
 
 impl ProcessRecord {
-    /// A new idle root record.
-    pub(crate) fn new_root(
+    /// A new idle root record (for custom stores and tests; the runtime creates records
+    /// itself).
+    pub fn new_root(
         id: &str,
         process_type: &str,
         name: &str,

@@ -217,6 +217,46 @@ pub trait Store: Send + Sync + 'static {
     fn claim_idempotent(&self, key: &str, id: &str) -> Result<String, StoreError>;
 }
 
+impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
+    fn location(&self) -> String {
+        (**self).location()
+    }
+    fn get(&self, id: &str) -> Result<Option<ProcessRecord>, StoreError> {
+        (**self).get(id)
+    }
+    fn all(&self) -> Result<Vec<ProcessRecord>, StoreError> {
+        (**self).all()
+    }
+    fn update(
+        &self,
+        id: &str,
+        f: &mut dyn FnMut(Option<&ProcessRecord>) -> Update,
+    ) -> Result<Option<ProcessRecord>, StoreError> {
+        (**self).update(id, f)
+    }
+    fn tasks(&self, id: &str) -> Result<Vec<(u32, TaskRow)>, StoreError> {
+        (**self).tasks(id)
+    }
+    fn results(&self, id: &str) -> Result<Vec<(u32, Vec<u8>)>, StoreError> {
+        (**self).results(id)
+    }
+    fn apply(&self, batch: Batch) -> Result<(), StoreError> {
+        (**self).apply(batch)
+    }
+    fn flush(&self) -> Result<(), StoreError> {
+        (**self).flush()
+    }
+    fn next_id(&self) -> Result<u64, StoreError> {
+        (**self).next_id()
+    }
+    fn idempotent(&self, key: &str) -> Result<Option<String>, StoreError> {
+        (**self).idempotent(key)
+    }
+    fn claim_idempotent(&self, key: &str, id: &str) -> Result<String, StoreError> {
+        (**self).claim_idempotent(key, id)
+    }
+}
+
 fn run_key(id: &str, order: u32) -> Vec<u8> {
     let mut k = Vec::with_capacity(id.len() + 5);
     k.extend_from_slice(id.as_bytes());
