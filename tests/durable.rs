@@ -403,6 +403,20 @@ async fn events_and_lagging_subscribers() {
     assert!(seen.contains(&("ev".to_owned(), State::Running)));
     assert!(seen.contains(&("ev".to_owned(), State::Done)));
     assert!(seen.contains(&("ev/plus".to_owned(), State::Done)));
+    // Progress and log entries are events too.
+    rt.run(Launch::new(ChattyProc { n: 2, warn_at: 1 }).id("evp")).await.unwrap();
+    let (mut progress, mut logs) = (0, 0);
+    while let Ok(Some(e)) = tokio::time::timeout(Duration::from_millis(200), live.next()).await {
+        match e.kind {
+            EventKind::Progress(p) if e.id == "evp/chatty" => {
+                assert!(p.message.unwrap().starts_with("burst-"));
+                progress += 1;
+            }
+            EventKind::Log(l) if e.id == "evp/chatty" && l.message == "careful" => logs += 1,
+            _ => {}
+        }
+    }
+    assert_eq!((progress, logs), (2, 1));
     // Flood: many short runs produce more events than the channel holds.
     for i in 0..1500 {
         rt.run(Launch::new(Small {}).id(format!("flood-{i}"))).await.unwrap();

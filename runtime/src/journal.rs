@@ -211,6 +211,18 @@ pub(crate) struct Ended {
     pub(crate) chain: Vec<String>,
 }
 
+impl RunJournal {
+    fn publish(&self, node_id: String, kind: EventKind) {
+        if self.writer.events.receiver_count() > 0 {
+            let _ = self.writer.events.send(Event {
+                id: format!("{}/{node_id}", self.run_id),
+                root: self.run_id.to_string(),
+                kind,
+            });
+        }
+    }
+}
+
 impl Reporter for RunJournal {
     fn progress(&self, node: u32, percent: Option<f64>, message: &str) {
         let mut g = self.lock();
@@ -249,6 +261,9 @@ impl Reporter for RunJournal {
             }
         }
         g.mark(node);
+        let (node_id, progress) = (g.rows[i].node.clone(), g.rows[i].progress.clone());
+        drop(g);
+        self.publish(node_id, EventKind::Progress(progress));
         // No wake: progress reaches the store at the next tick.
     }
 
@@ -261,7 +276,12 @@ impl Reporter for RunJournal {
         g.settle_burst(node);
         g.push_log(node, level, message.to_owned());
         g.mark(node);
+        let node_id = g.rows[node as usize].node.clone();
+        let entry = g.rows[node as usize].log.last().cloned();
         drop(g);
+        if let Some(entry) = entry {
+            self.publish(node_id, EventKind::Log(entry));
+        }
         if level >= Level::Warning {
             self.writer.wake(self);
         }
@@ -279,6 +299,7 @@ enum Msg {
 #[derive(Clone)]
 pub(crate) struct WriterHandle {
     tx: std_mpsc::Sender<Msg>,
+    events: broadcast::Sender<Event>,
     journals: Arc<Mutex<HashMap<Arc<str>, Weak<RunJournal>>>>,
 }
 
@@ -344,6 +365,7 @@ pub(crate) fn start_writer(
     let journals: Arc<Mutex<HashMap<Arc<str>, Weak<RunJournal>>>> = Arc::default();
     let handle = WriterHandle {
         tx,
+        events: events.clone(),
         journals: journals.clone(),
     };
     thread::Builder::new()
