@@ -107,6 +107,11 @@ pub(crate) fn lit_str(
 /// Parses a duration such as `"250ms"`, `"30s"`, `"1.5m"` or `"2h"` into milliseconds.
 pub(crate) fn parse_duration(text: &str) -> Result<u64, String> {
     let t = text.trim();
+    if t.starts_with('-') {
+        return Err(format!(
+            "`{t}` is negative; a duration is a positive number with a unit, for example `\"30s\"`"
+        ));
+    }
     let split = t
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .ok_or_else(|| format!("`{t}` has no unit; write it with one of `ms`, `s`, `m`, `h` (for example `\"{t}s\"`)"))?;
@@ -236,6 +241,74 @@ pub(crate) fn parse_backoff(text: &str) -> Result<Backoff, String> {
     }
 }
 
+/// How an item that is not a function is called in "can only be applied to" errors.
+pub(crate) fn item_kind(item: &syn::Item) -> &'static str {
+    match item {
+        syn::Item::Struct(_) => "a struct",
+        syn::Item::Enum(_) => "an enum",
+        syn::Item::Union(_) => "a union",
+        syn::Item::Impl(_) => "an impl block",
+        syn::Item::Mod(_) => "a module",
+        syn::Item::Trait(_) => "a trait",
+        syn::Item::Const(_) => "a const",
+        syn::Item::Static(_) => "a static",
+        syn::Item::Type(_) => "a type alias",
+        syn::Item::Use(_) => "a use declaration",
+        syn::Item::ForeignMod(_) => "an extern block",
+        syn::Item::Macro(_) => "a macro invocation",
+        _ => "this item",
+    }
+}
+
+/// The keyword and name of an item (`struct Fetch`, `const LIMIT`): where an error about
+/// the item as a whole points, instead of at its whole body.
+pub(crate) fn item_head(item: &syn::Item) -> proc_macro2::TokenStream {
+    use quote::quote;
+    match item {
+        syn::Item::Struct(s) => {
+            let (k, i) = (&s.struct_token, &s.ident);
+            quote!(#k #i)
+        }
+        syn::Item::Enum(e) => {
+            let (k, i) = (&e.enum_token, &e.ident);
+            quote!(#k #i)
+        }
+        syn::Item::Union(u) => {
+            let (k, i) = (&u.union_token, &u.ident);
+            quote!(#k #i)
+        }
+        syn::Item::Mod(m) => {
+            let (k, i) = (&m.mod_token, &m.ident);
+            quote!(#k #i)
+        }
+        syn::Item::Trait(t) => {
+            let (k, i) = (&t.trait_token, &t.ident);
+            quote!(#k #i)
+        }
+        syn::Item::Const(c) => {
+            let (k, i) = (&c.const_token, &c.ident);
+            quote!(#k #i)
+        }
+        syn::Item::Static(s) => {
+            let (k, i) = (&s.static_token, &s.ident);
+            quote!(#k #i)
+        }
+        syn::Item::Type(t) => {
+            let (k, i) = (&t.type_token, &t.ident);
+            quote!(#k #i)
+        }
+        syn::Item::Impl(i) => {
+            let k = &i.impl_token;
+            quote!(#k)
+        }
+        syn::Item::Use(u) => {
+            let k = &u.use_token;
+            quote!(#k)
+        }
+        other => quote!(#other),
+    }
+}
+
 /// `tokens` with every span set to `span`, so an error about them points at the user's code.
 pub(crate) fn respan(
     tokens: proc_macro2::TokenStream,
@@ -254,6 +327,34 @@ pub(crate) fn respan(
             tt
         })
         .collect()
+}
+
+/// `before ty after`, with `before` spanned at the first token of `ty` and `after` at its
+/// last: rustc then points a bound that fails at the whole type (`Vec<Order>`), not at our
+/// macro and not at its first token only (stable Rust cannot join spans).
+pub(crate) fn around(
+    ty: &impl quote::ToTokens,
+    before: proc_macro2::TokenStream,
+    after: proc_macro2::TokenStream,
+) -> proc_macro2::TokenStream {
+    around_at(ty, before, ty, after)
+}
+
+/// `before middle after`, spanned so that rustc reports the whole at `at`.
+pub(crate) fn around_at(
+    at: &impl quote::ToTokens,
+    before: proc_macro2::TokenStream,
+    middle: &impl quote::ToTokens,
+    after: proc_macro2::TokenStream,
+) -> proc_macro2::TokenStream {
+    let mut iter = at.to_token_stream().into_iter();
+    let first = iter
+        .next()
+        .map_or_else(proc_macro2::Span::call_site, |t| t.span());
+    let last = iter.last().map_or(first, |t| t.span());
+    let before = respan(before, first);
+    let after = respan(after, last);
+    quote::quote!(#before #middle #after)
 }
 
 /// `CamelCase` of a `snake_case` identifier.
@@ -322,6 +423,7 @@ mod tests {
             .contains("unknown unit"));
         assert!(parse_duration("s").is_err());
         assert!(parse_duration("0.5ms").is_err());
+        assert!(parse_duration("-1s").unwrap_err().contains("negative"));
     }
 
     #[test]

@@ -92,13 +92,19 @@ fn parse_args(cx: &Ctxt, args: TokenStream) -> Args {
                         for e in &arr.elems {
                             match e {
                                 syn::Expr::Path(p) if p.qself.is_none() => paths.push(p.path.clone()),
+                                syn::Expr::Lit(syn::ExprLit { lit: syn::Lit::Str(s), .. }) => cx.error_spanned_by(
+                                    s,
+                                    format_args!("`retry_on` lists error types, not their names: write `{}` without quotes", s.value()),
+                                ),
                                 other => cx.error_spanned_by(other, "`retry_on` lists error types, like `[std::io::Error, MyError]`"),
                             }
                         }
-                        if paths.is_empty() {
+                        if arr.elems.is_empty() {
                             cx.error_spanned_by(&arr, "`retry_on` is empty: list at least one error type, or remove it to retry every error");
                         }
-                        set_once(cx, &mut out.retry_on, &meta.path, paths);
+                        if paths.len() == arr.elems.len() {
+                            set_once(cx, &mut out.retry_on, &meta.path, paths);
+                        }
                     }
                     syn::Expr::Path(p) => {
                         cx.error_spanned_by(&p, format_args!("`retry_on` expects a list: write `retry_on = [{}]`", attr::path_str(&p.path)));
@@ -116,7 +122,7 @@ fn parse_args(cx: &Ctxt, args: TokenStream) -> Args {
                         set_once(cx, &mut out.retry_timeouts, &meta.path, b.value);
                     }
                     other => {
-                        cx.error_spanned_by(&other, "`retry_timeouts` expects `true` or `false`")
+                        cx.error_spanned_by(&other, "`retry_timeouts` expects `true` or `false`");
                     }
                 }
             }
@@ -143,7 +149,7 @@ fn parse_args(cx: &Ctxt, args: TokenStream) -> Args {
                         ),
                         Ok(ms) => set_once(cx, &mut out.timeout, &meta.path, ms),
                         Err(msg) => {
-                            cx.error_spanned_by(s, format_args!("malformed `timeout`: {msg}"))
+                            cx.error_spanned_by(s, format_args!("malformed `timeout`: {msg}"));
                         }
                     },
                     syn::Expr::Lit(syn::ExprLit {
@@ -325,12 +331,13 @@ fn analyse(cx: &Ctxt, func: ItemFn) -> Model {
                     continue;
                 }
                 if let Type::Reference(r) = &*pt.ty {
-                    let hint = match &*r.elem {
-                        Type::Path(p) if p.path.is_ident("str") => "use `String` instead of `&str`",
-                        Type::Slice(_) => "use `Vec<T>` instead of `&[T]`",
-                        _ => "take the value itself instead of a reference",
-                    };
-                    cx.error_spanned_by(&pt.ty, format_args!("task inputs must be owned values, because they are stored between tasks: {hint}"));
+                    cx.error_spanned_by(
+                        &pt.ty,
+                        format_args!(
+                            "task inputs must be owned values, because they are stored between tasks: {}",
+                            owned_hint(&r.elem)
+                        ),
+                    );
                     continue;
                 }
                 let field = match &*pt.pat {
@@ -357,10 +364,30 @@ fn analyse(cx: &Ctxt, func: ItemFn) -> Model {
             if contains_impl_trait(ty) {
                 cx.error_spanned_by(ty, "`impl Trait` is not supported as a task's output: the output is stored, so it needs a concrete type");
             }
-            match result_ok_type(ty) {
+            let (output, result) = match result_ok_type(ty) {
                 Some(ok) => (ok, Some((**ty).clone())),
                 None => ((**ty).clone(), None),
+            };
+            if let Some(err) = result_type_arg(ty, 1) {
+                if let Some(missing) = unsendable_box_dyn(&err) {
+                    cx.error_spanned_by(
+                        &err,
+                        format_args!(
+                            "a task's error is sent between threads, so a boxed error must be {missing}: write `Box<dyn std::error::Error + Send + Sync>`"
+                        ),
+                    );
+                }
             }
+            if let Type::Reference(r) = &output {
+                cx.error_spanned_by(
+                    &output,
+                    format_args!(
+                        "a task's output must be an owned value, because it is stored for the tasks that read it: {}",
+                        owned_hint(&r.elem)
+                    ),
+                );
+            }
+            (output, result)
         }
     };
     let struct_name = Ident::new(&attr::camel(&sig.ident.to_string()), sig.ident.span());
@@ -374,8 +401,72 @@ fn analyse(cx: &Ctxt, func: ItemFn) -> Model {
     }
 }
 
+/// For `Box<dyn Trait + ...>` lacking `Send` or `Sync`: which of them are missing.
+fn unsendable_box_dyn(ty: &Type) -> Option<&'static str> {
+    let Type::Path(p) = ty else { return None };
+    let last = p.path.segments.last()?;
+    if last.ident != "Box" {
+        return None;
+    }
+    let syn::PathArguments::AngleBracketed(args) = &last.arguments else {
+        return None;
+    };
+    let Some(syn::GenericArgument::Type(Type::TraitObject(obj))) = args.args.first() else {
+        return None;
+    };
+    let has = |name: &str| {
+        obj.bounds.iter().any(|b| {
+            matches!(b, syn::TypeParamBound::Trait(t)
+                if t.path.segments.last().is_some_and(|s| s.ident == name))
+        })
+    };
+    match (has("Send"), has("Sync")) {
+        (true, true) => None,
+        (false, false) => Some("`Send + Sync`"),
+        (false, true) => Some("`Send`"),
+        (true, false) => Some("`Sync`"),
+    }
+}
+
+/// How to own what a reference points at.
+fn owned_hint(elem: &Type) -> &'static str {
+    match elem {
+        Type::Path(p) if p.path.is_ident("str") => "use `String` instead of `&str`",
+        Type::Slice(_) => "use `Vec<T>` instead of `&[T]`",
+        _ => "use the value itself instead of a reference",
+    }
+}
+
+/// True when `ty` can be written as an associated type in an impl: no `impl Trait`, no
+/// references, no `_`, no macro.
+fn is_nameable(ty: &Type) -> bool {
+    struct Finder(bool);
+    impl<'ast> syn::visit::Visit<'ast> for Finder {
+        fn visit_type_impl_trait(&mut self, _: &'ast syn::TypeImplTrait) {
+            self.0 = false;
+        }
+        fn visit_type_reference(&mut self, _: &'ast syn::TypeReference) {
+            self.0 = false;
+        }
+        fn visit_type_infer(&mut self, _: &'ast syn::TypeInfer) {
+            self.0 = false;
+        }
+        fn visit_type_macro(&mut self, _: &'ast syn::TypeMacro) {
+            self.0 = false;
+        }
+    }
+    let mut f = Finder(true);
+    syn::visit::Visit::visit_type(&mut f, ty);
+    f.0
+}
+
 /// `T` when `ty` is written `Result<T, …>` (any path ending in `Result`).
 fn result_ok_type(ty: &Type) -> Option<Type> {
+    result_type_arg(ty, 0)
+}
+
+/// The `n`th type argument of `ty` when it is written `Result<…>`.
+fn result_type_arg(ty: &Type, n: usize) -> Option<Type> {
     let Type::Path(p) = ty else { return None };
     let last = p.path.segments.last()?;
     if last.ident != "Result" {
@@ -384,10 +475,13 @@ fn result_ok_type(ty: &Type) -> Option<Type> {
     let syn::PathArguments::AngleBracketed(args) = &last.arguments else {
         return None;
     };
-    args.args.iter().find_map(|a| match a {
-        syn::GenericArgument::Type(t) => Some(t.clone()),
-        _ => None,
-    })
+    args.args
+        .iter()
+        .filter_map(|a| match a {
+            syn::GenericArgument::Type(t) => Some(t.clone()),
+            _ => None,
+        })
+        .nth(n)
 }
 
 #[allow(clippy::needless_pass_by_value)] // the shim hands over owned streams
@@ -397,9 +491,9 @@ pub(crate) fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
     let func: ItemFn = match syn::parse2::<syn::Item>(item.clone()) {
         Ok(syn::Item::Fn(f)) => f,
         Ok(other) => {
-            let what = item_kind(&other);
+            let what = attr::item_kind(&other);
             cx.error_spanned_by(
-                item_head(&other),
+                attr::item_head(&other),
                 format_args!("`#[task]` can only be applied to a function, not to {what}"),
             );
             let err = cx.check().expect_err("an error was recorded");
@@ -426,50 +520,20 @@ pub(crate) fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
         }
         Err(err) => {
             let func = &model.func;
-            let stub = fallback(&model, &krate);
+            // A method (`self` receiver) sits in an impl block, where a stub struct would
+            // only add errors of its own.
+            let is_method = func
+                .sig
+                .inputs
+                .iter()
+                .any(|a| matches!(a, FnArg::Receiver(_)));
+            let stub = if is_method {
+                TokenStream::new()
+            } else {
+                fallback(&model, &krate)
+            };
             with_errors(&quote!(#func), &stub, &err)
         }
-    }
-}
-
-fn item_kind(item: &syn::Item) -> &'static str {
-    match item {
-        syn::Item::Struct(_) => "a struct",
-        syn::Item::Enum(_) => "an enum",
-        syn::Item::Impl(_) => "an impl block",
-        syn::Item::Mod(_) => "a module",
-        syn::Item::Trait(_) => "a trait",
-        syn::Item::Const(_) => "a const",
-        syn::Item::Static(_) => "a static",
-        syn::Item::Type(_) => "a type alias",
-        syn::Item::Use(_) => "a use declaration",
-        _ => "this item",
-    }
-}
-
-fn item_head(item: &syn::Item) -> TokenStream {
-    match item {
-        syn::Item::Struct(s) => {
-            let (k, i) = (&s.struct_token, &s.ident);
-            quote!(#k #i)
-        }
-        syn::Item::Enum(e) => {
-            let (k, i) = (&e.enum_token, &e.ident);
-            quote!(#k #i)
-        }
-        syn::Item::Mod(m) => {
-            let (k, i) = (&m.mod_token, &m.ident);
-            quote!(#k #i)
-        }
-        syn::Item::Trait(t) => {
-            let (k, i) = (&t.trait_token, &t.ident);
-            quote!(#k #i)
-        }
-        syn::Item::Impl(i) => {
-            let k = &i.impl_token;
-            quote!(#k)
-        }
-        other => quote!(#other),
     }
 }
 
@@ -479,6 +543,15 @@ fn fallback(model: &Model, krate: &syn::Path) -> TokenStream {
     let vis = &model.func.vis;
     let name = &model.struct_name;
     let fields: Vec<&Ident> = model.inputs.iter().map(|i| &i.field).collect();
+    // Keep the declared output type when it can be named in an impl, so the task's handle
+    // keeps its type where it is used and no second error follows; `()` otherwise.
+    let (output, bound) = if is_nameable(&model.output) {
+        let output = &model.output;
+        let bound = attr::around(output, quote!(), quote!(: #krate::__private::Data));
+        (quote!(#output), quote!(where #bound))
+    } else {
+        (quote!(()), TokenStream::new())
+    };
     quote! {
         #[allow(dead_code, missing_docs, missing_debug_implementations, clippy::all, clippy::pedantic)]
         #vis struct #name;
@@ -490,8 +563,8 @@ fn fallback(model: &Model, krate: &syn::Path) -> TokenStream {
             }
         }
         #[allow(clippy::all, clippy::pedantic)]
-        impl #krate::__private::Task for #name {
-            type Output = ();
+        impl #krate::__private::Task for #name #bound {
+            type Output = #output;
             type Args = ();
             const META: #krate::__private::TaskMeta = #krate::__private::TaskMeta {
                 name: "",
@@ -504,7 +577,7 @@ fn fallback(model: &Model, krate: &syn::Path) -> TokenStream {
             fn into_args(self, _: &#krate::__private::Inputs<'_>) -> #krate::__private::Result<(), #krate::__private::InputError> {
                 unimplemented!("`#[task]` reported an error")
             }
-            fn call(_: (), _: #krate::__private::Ctx) -> #krate::__private::TaskFuture<()> {
+            fn call(_: (), _: #krate::__private::Ctx) -> #krate::__private::TaskFuture<Self::Output> {
                 unimplemented!("`#[task]` reported an error")
             }
         }
@@ -622,22 +695,21 @@ fn generate(model: &Model, args: &Args, krate: &syn::Path) -> TokenStream {
     };
     // Bounds spanned at the user's types: a type that cannot be stored is reported once,
     // at its parameter or at the return type, and nowhere else.
-    let at = |span: Span| crate::attr::respan(quote!(#p), span);
     let mut bounds_on_impl: Vec<TokenStream> = tys
         .iter()
-        .map(|ty| {
-            let p = at(ty.span());
-            quote_spanned!(ty.span()=> #ty: #p::Data)
-        })
+        .map(|ty| attr::around(ty, quote!(), quote!(: #p::Data)))
         .collect();
     if let ReturnType::Type(_, ty) = &func.sig.output {
-        let po = at(output.span());
-        bounds_on_impl.push(quote_spanned!(output.span()=> #output: #po::Data));
+        bounds_on_impl.push(attr::around(output, quote!(), quote!(: #p::Data)));
         if model.result.is_some() {
-            let pe = at(ty.span());
-            bounds_on_impl.push(
-                quote_spanned!(ty.span()=> <#ty as #pe::TaskReturn>::Err: #pe::IntoTaskError),
-            );
+            // Reported at `E` when the type is written `Result<T, E>`.
+            let err_ty = result_type_arg(ty, 1);
+            bounds_on_impl.push(attr::around_at(
+                err_ty.as_ref().map_or(&**ty, |e| e),
+                quote!(<),
+                ty,
+                quote!(as #p::TaskReturn>::Err: #p::IntoTaskError),
+            ));
         }
     }
     let fn_doc = format!(
@@ -646,9 +718,12 @@ fn generate(model: &Model, args: &Args, krate: &syn::Path) -> TokenStream {
     let new_doc = format!(
         "Creates a `{task_name}` task. Each argument is a value or the output (`Out<T>`) of another task with that type."
     );
+    // Spanned at each parameter type, so "required by a bound in `X::new`" shows the
+    // declared type rather than the `#[task]` line.
     let bounds = tys
         .iter()
-        .map(|ty| quote_spanned!(ty.span()=> impl #p::IntoArg<#ty, #name>));
+        .map(|ty| attr::around(ty, quote!(impl #p::IntoArg<), quote!(, #name>)));
+    let new = Ident::new("new", fn_name.span());
     quote! {
         #func
 
@@ -660,7 +735,7 @@ fn generate(model: &Model, args: &Args, krate: &syn::Path) -> TokenStream {
         #[allow(clippy::new_without_default, clippy::too_many_arguments, clippy::needless_pass_by_value)]
         impl #name {
             #[doc = #new_doc]
-            #vis fn new(#( #fields: #bounds ),*) -> Self {
+            #vis fn #new(#( #fields: #bounds ),*) -> Self {
                 Self { #( #fields: #p::IntoArg::<#tys, #name>::into_arg(#fields), )* }
             }
         }
