@@ -1,7 +1,7 @@
 //! `#[process]`: parse the arguments and the builder function, generate the process type.
 
 use proc_macro2::{Span, TokenStream};
-use quote::{quote, quote_spanned};
+use quote::quote;
 use syn::spanned::Spanned as _;
 use syn::{FnArg, Ident, ItemFn, Pat, ReturnType, Type};
 
@@ -54,7 +54,9 @@ fn parse_args(cx: &Ctxt, args: TokenStream) -> Args {
                 )? {
                     match crate::cron5::check(&s.value()) {
                         Ok(_) => set_once(cx, &mut out.schedule, &meta.path, s.value()),
-                        Err(msg) => cx.error_spanned_by(&s, msg),
+                        Err(msg) => {
+                            cx.error_spanned_by(&s, format_args!("invalid `schedule`: {msg}"));
+                        }
                     }
                 }
             }
@@ -65,10 +67,18 @@ fn parse_args(cx: &Ctxt, args: TokenStream) -> Args {
                         "sequential" => set_once(cx, &mut out.mode, &meta.path, "sequential"),
                         "concurrent" => set_once(cx, &mut out.mode, &meta.path, "concurrent"),
                         other => {
-                            let hint = attr::suggest(other, &["sequential", "concurrent"])
+                            // Near misses, and the words other schedulers use for the same modes.
+                            let near = match other.to_ascii_lowercase().as_str() {
+                                "parallel" | "concurrently" | "async" => Some("concurrent"),
+                                "serial" | "sequence" | "sequentially" | "sync" => {
+                                    Some("sequential")
+                                }
+                                _ => attr::suggest(other, &["sequential", "concurrent"]),
+                            };
+                            let hint = near
                                 .map(|s| format!(" (did you mean `{s}`?)"))
                                 .unwrap_or_default();
-                            cx.error_spanned_by(&s, format_args!("unknown `mode` `{other}`{hint}; expected `\"sequential\"` or `\"concurrent\"`"));
+                            cx.error_spanned_by(&s, format_args!("unknown `mode` value `{other}`{hint}; expected `\"sequential\"` or `\"concurrent\"`"));
                         }
                     }
                 }
@@ -132,36 +142,54 @@ fn analyse(cx: &Ctxt, func: &ItemFn) -> Vec<Param> {
         cx.error_spanned_by(ty, "a `#[process]` function adds tasks to the builder and returns nothing; remove the return type");
     }
     let mut params = Vec::new();
-    let mut inputs = sig.inputs.iter();
-    match inputs.next() {
-        Some(FnArg::Typed(pt)) if is_builder(&pt.ty) == Some(true) => {}
-        Some(FnArg::Typed(pt)) if is_builder(&pt.ty) == Some(false) => {
-            cx.error_spanned_by(
-                &pt.ty,
-                "the builder must be taken mutably: `p: &mut Builder`",
-            );
-        }
-        Some(FnArg::Receiver(r)) => {
-            cx.error_spanned_by(r, "`#[process]` functions cannot take `self`; the first parameter is the builder: `p: &mut Builder`");
-        }
-        Some(other) => {
-            cx.error_spanned_by(other, "the first parameter of a `#[process]` function is the builder: `fn name(p: &mut Builder, ...)`");
-        }
-        None => {
-            cx.error_spanned_by(
-                &sig.ident,
-                format_args!("a `#[process]` function takes the builder as its first parameter: `fn {}(p: &mut Builder)`", sig.ident),
-            );
-        }
+    // Where the builder is: one mistake (a missing, misplaced or shared builder) gives one
+    // error, and the other parameters still become fields of the process struct.
+    let builder_at = sig
+        .inputs
+        .iter()
+        .position(|a| matches!(a, FnArg::Typed(pt) if is_builder(&pt.ty).is_some()));
+    match (builder_at, sig.inputs.first()) {
+        (_, None) => cx.error_spanned_by(
+            &sig.ident,
+            format_args!("a `#[process]` function takes the builder as its first parameter: `fn {}(p: &mut Builder)`", sig.ident),
+        ),
+        // Reported with the parameter below when it is not first or not `&mut`.
+        (Some(_), _) => {}
+        (None, Some(FnArg::Receiver(r))) => cx.error_spanned_by(
+            r,
+            "`#[process]` functions cannot take `self`; the first parameter is the builder: `p: &mut Builder`",
+        ),
+        (None, Some(first)) => cx.error_spanned_by(
+            first,
+            format_args!("the first parameter of a `#[process]` function is the builder: `fn {}(p: &mut Builder, ...)`", sig.ident),
+        ),
     }
-    for (i, arg) in inputs.enumerate() {
+    for (i, arg) in sig.inputs.iter().enumerate() {
         match arg {
             FnArg::Receiver(r) => {
-                cx.error_spanned_by(r, "`#[process]` functions cannot take `self`")
+                if i != 0 || builder_at.is_some() {
+                    cx.error_spanned_by(r, "`#[process]` functions cannot take `self`");
+                }
             }
             FnArg::Typed(pt) => {
-                if is_builder(&pt.ty).is_some() {
-                    cx.error_spanned_by(&pt.ty, "the builder must be the first parameter");
+                if let Some(is_mut) = is_builder(&pt.ty) {
+                    if Some(i) != builder_at {
+                        cx.error_spanned_by(
+                            &pt.ty,
+                            "a `#[process]` function takes one builder; remove this parameter",
+                        );
+                    } else if i != 0 {
+                        let pat = &pt.pat;
+                        cx.error_spanned_by(
+                            pt,
+                            format_args!("the builder must be the first parameter: move `{}: &mut Builder` to the front", quote!(#pat)),
+                        );
+                    } else if !is_mut {
+                        cx.error_spanned_by(
+                            &pt.ty,
+                            "the builder must be taken mutably: `p: &mut Builder`",
+                        );
+                    }
                     continue;
                 }
                 if let Type::Reference(_) = &*pt.ty {
@@ -174,7 +202,6 @@ fn analyse(cx: &Ctxt, func: &ItemFn) -> Vec<Param> {
                         ty: (*pt.ty).clone(),
                     }),
                     other => {
-                        let _ = i;
                         cx.error_spanned_by(other, "process parameters become fields of the process struct, so each needs a plain name (`sources: Vec<String>`)");
                     }
                 }
@@ -191,9 +218,10 @@ pub(crate) fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
     let func: ItemFn = match syn::parse2::<syn::Item>(item.clone()) {
         Ok(syn::Item::Fn(f)) => f,
         Ok(other) => {
+            let what = attr::item_kind(&other);
             cx.error_spanned_by(
-                quote!(#other).into_iter().take(2).collect::<TokenStream>(),
-                "`#[process]` can only be applied to a function taking `&mut Builder`",
+                attr::item_head(&other),
+                format_args!("`#[process]` can only be applied to a function taking `&mut Builder`, not to {what}"),
             );
             let err = cx.check().expect_err("an error was recorded");
             return with_errors(&item, &TokenStream::new(), &err);
@@ -222,12 +250,25 @@ pub(crate) fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
             out
         }
         Err(err) => {
-            let vis = &func.vis;
-            let fields = params.iter().map(|p| &p.field);
-            let tys = params.iter().map(|p| &p.ty);
+            // The process type, with a `Process` impl that builds nothing: code that uses
+            // the process still type-checks, so only the real mistake is reported.
+            let p = quote!(#krate::__private);
+            let ty = process_type(&func.vis, &name, &params, &krate);
+            let bounds = data_bounds(&params, &krate);
             let stub = quote! {
-                #[allow(dead_code, missing_docs, missing_debug_implementations)]
-                #vis struct #name { #( pub #fields: #tys, )* }
+                #ty
+                #[allow(clippy::all, clippy::pedantic)]
+                impl #p::Process for #name where #( #bounds, )* {
+                    const META: #p::ProcessMeta = #p::ProcessMeta {
+                        name: "",
+                        description: "",
+                        schedule: #p::None,
+                        mode: #p::Mode::Sequential,
+                    };
+                    fn build(self, _: &mut #p::Builder) {
+                        unimplemented!("`#[process]` reported an error")
+                    }
+                }
             };
             with_errors(&quote!(#func), &stub, &err)
         }
@@ -245,7 +286,6 @@ fn generate(
     let vis = &func.vis;
     let fn_name = &func.sig.ident;
     let fields: Vec<&Ident> = params.iter().map(|p| &p.field).collect();
-    let tys: Vec<&Type> = params.iter().map(|p| &p.ty).collect();
     let proc_name = args.name.as_ref().map_or_else(
         || fn_name.to_string().trim_start_matches("r#").to_owned(),
         |n| n.value.clone(),
@@ -266,47 +306,40 @@ fn generate(
         _ => quote!(#p::Mode::Sequential),
     };
     let hooks = args.hooks.as_ref().map(|h| {
+        // Spanned at the type, so a type that is not `Hooks + Default` is reported there.
         let ty = &h.value;
-        quote_spanned! {ty.span()=>
+        let make = attr::around(
+            ty,
+            quote!(<),
+            quote!(as ::core::default::Default>::default()),
+        );
+        let coerce = attr::respan(
+            quote!(#p::Arc::new(__procession_hooks) as #p::Arc<dyn #p::Hooks>),
+            ty.span(),
+        );
+        let value = attr::respan(quote!(__procession_hooks), ty.span());
+        quote! {
             fn hooks() -> #p::Option<#p::Arc<dyn #p::Hooks>> {
-                #p::Some(#p::Arc::new(<#ty as ::core::default::Default>::default()))
+                let #value = #make;
+                #p::Some(#coerce)
             }
         }
     });
-    let serde_path = format!(
-        "{}::__private::serde",
-        quote!(#krate).to_string().replace(' ', "")
-    );
     let doc = format!(
         "Process type generated by `#[process]` for [`{fn_name}`]: its fields are the function's parameters (stored with each run); launch it with `Runtime::launch`."
     );
-    let data_checks = tys
-        .iter()
-        .map(|ty| quote_spanned!(ty.span()=> #p::assert_data::<#ty>();));
     let span = Span::mixed_site();
     let builder = Ident::new("__procession_builder", span);
+    let ty = process_type(vis, name, params, krate);
+    let bounds = data_bounds(params, krate);
     quote! {
         #func
 
         #[doc = #doc]
-        #[derive(#p::serde::Serialize, #p::serde::Deserialize)]
-        #[serde(crate = #serde_path)]
-        #vis struct #name {
-            #(
-                #[allow(missing_docs)]
-                pub #fields: #tys,
-            )*
-        }
+        #ty
 
         #[automatically_derived]
-        impl ::core::fmt::Debug for #name {
-            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
-                f.debug_struct(::core::stringify!(#name)).finish_non_exhaustive()
-            }
-        }
-
-        #[automatically_derived]
-        impl #p::Process for #name {
+        impl #p::Process for #name where #( #bounds, )* {
             const META: #p::ProcessMeta = #p::ProcessMeta {
                 name: #proc_name,
                 description: #description,
@@ -320,12 +353,57 @@ fn generate(
 
             #hooks
         }
+    }
+}
 
-        const _: () = {
-            #[allow(dead_code)]
-            fn __procession_checks() {
-                #( #data_checks )*
+/// `T: Data` for each parameter type, spanned at the type: a parameter that cannot be
+/// stored is reported there, once, and the impls carrying these bounds add no errors.
+fn data_bounds(params: &[Param], krate: &syn::Path) -> Vec<TokenStream> {
+    params
+        .iter()
+        .map(|param| attr::around(&param.ty, quote!(), quote!(: #krate::__private::Data)))
+        .collect()
+}
+
+/// The process struct: one public field per parameter, serde impls and `Debug`.
+///
+/// Each field's serde bound is `T: Data`, spanned at the parameter type, instead of
+/// serde's own `T: Serialize` uses inside the generated impls: a parameter that cannot be
+/// stored then gives the same two errors a task input does, at the parameter, instead of
+/// one error per serde helper pointing into serde's sources.
+fn process_type(
+    vis: &syn::Visibility,
+    name: &Ident,
+    params: &[Param],
+    krate: &syn::Path,
+) -> TokenStream {
+    let p = quote!(#krate::__private);
+    let krate_str = quote!(#krate).to_string().replace(' ', "");
+    let serde_path = format!("{krate_str}::__private::serde");
+    let fields = params.iter().map(|param| {
+        let (field, ty) = (&param.field, &param.ty);
+        let bound = syn::LitStr::new(
+            &format!("{}: {krate_str}::__private::Data", quote!(#ty)),
+            ty.span(),
+        );
+        quote! {
+            #[allow(missing_docs)]
+            #[serde(bound = #bound)]
+            pub #field: #ty,
+        }
+    });
+    quote! {
+        #[derive(#p::serde::Serialize, #p::serde::Deserialize)]
+        #[serde(crate = #serde_path)]
+        #vis struct #name {
+            #( #fields )*
+        }
+
+        #[automatically_derived]
+        impl ::core::fmt::Debug for #name {
+            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                f.debug_struct(::core::stringify!(#name)).finish_non_exhaustive()
             }
-        };
+        }
     }
 }
