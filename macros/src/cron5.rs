@@ -15,8 +15,8 @@ fn day(token: &str) -> Result<u32, String> {
     }
     match t.parse::<u32>() {
         Ok(n) if n <= 7 => Ok(n % 7),
-        Ok(n) => Err(format!("day of week `{n}` is out of range 0-7")),
-        Err(_) => Err(format!("`{token}` is not a day of week (0-7 or SUN-SAT)")),
+        Ok(n) => Err(format!("day-of-week `{n}` is out of range 0-7")),
+        Err(_) => Err(format!("`{token}` is not a day-of-week (0-7 or SUN-SAT)")),
     }
 }
 
@@ -28,9 +28,11 @@ fn weekdays(field: &str) -> Result<String, String> {
             Some((r, s)) => {
                 let s: u32 = s
                     .parse()
-                    .map_err(|_| format!("step `{s}` is not a number"))?;
+                    .map_err(|_| format!("day-of-week step `{s}` is not a number"))?;
                 if s == 0 {
-                    return Err("a step of 0 never advances".into());
+                    return Err(format!(
+                        "day-of-week `{item}` has a step of 0, which never advances"
+                    ));
                 }
                 (r, s)
             }
@@ -45,7 +47,9 @@ fn weekdays(field: &str) -> Result<String, String> {
                     .map_or_else(|_| day(b), |n| if n == 7 { Ok(7) } else { day(b) })?,
             );
             if a > b {
-                return Err(format!("reversed range `{range}` in day of week"));
+                return Err(format!(
+                    "day-of-week range `{range}` is reversed; write the earlier day first"
+                ));
             }
             (a, b)
         } else {
@@ -68,6 +72,100 @@ fn weekdays(field: &str) -> Result<String, String> {
         .map(|(i, _)| (i + 1).to_string())
         .collect::<Vec<_>>()
         .join(","))
+}
+
+/// One of the first four fields: its name, its range and the names it accepts.
+struct Field {
+    name: &'static str,
+    min: u32,
+    max: u32,
+    names: &'static [&'static str],
+}
+
+const FIELDS: [Field; 4] = [
+    Field {
+        name: "minute",
+        min: 0,
+        max: 59,
+        names: &[],
+    },
+    Field {
+        name: "hour",
+        min: 0,
+        max: 23,
+        names: &[],
+    },
+    Field {
+        name: "day-of-month",
+        min: 1,
+        max: 31,
+        names: &[],
+    },
+    Field {
+        name: "month",
+        min: 1,
+        max: 12,
+        names: &[
+            "jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec",
+        ],
+    },
+];
+
+impl Field {
+    fn value(&self, token: &str) -> Result<u32, String> {
+        let lower = token.to_ascii_lowercase();
+        if let Some(i) = self.names.iter().position(|n| *n == lower) {
+            return Ok(self.min + i as u32);
+        }
+        let (name, min, max) = (self.name, self.min, self.max);
+        match token.parse::<u32>() {
+            Ok(n) if (min..=max).contains(&n) => Ok(n),
+            Ok(n) => Err(format!("{name} `{n}` is out of range {min}-{max}")),
+            Err(_) if self.names.is_empty() => {
+                Err(format!("`{token}` is not a {name} ({min}-{max})"))
+            }
+            Err(_) => Err(format!(
+                "`{token}` is not a {name} ({min}-{max} or JAN-DEC)"
+            )),
+        }
+    }
+
+    /// Checks one field: a list of `*`, `a` or `a-b`, each with an optional `/step`.
+    fn check(&self, text: &str) -> Result<(), String> {
+        let name = self.name;
+        for item in text.split(',') {
+            if item.is_empty() {
+                return Err(format!("{name} `{text}` has an empty list item"));
+            }
+            let range = match item.split_once('/') {
+                Some((range, step)) => {
+                    let step: u32 = step
+                        .parse()
+                        .map_err(|_| format!("{name} step `{step}` is not a number"))?;
+                    if step == 0 {
+                        return Err(format!(
+                            "{name} `{item}` has a step of 0, which never advances"
+                        ));
+                    }
+                    range
+                }
+                None => item,
+            };
+            if range == "*" || (range == "?" && name == "day-of-month") {
+                continue;
+            }
+            if let Some((a, b)) = range.split_once('-') {
+                if self.value(a)? > self.value(b)? {
+                    return Err(format!(
+                        "{name} range `{range}` is reversed; write the smaller value first"
+                    ));
+                }
+            } else {
+                self.value(range)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Checks a 5-field expression (or an `@daily`-style alias); returns the `cron` crate form.
@@ -94,24 +192,30 @@ pub(crate) fn check(expr: &str) -> Result<String, String> {
     }
     let fields: Vec<&str> = expr.split_whitespace().collect();
     if fields.len() != 5 {
+        let hint = if fields.len() == 6 {
+            "; schedules have minute resolution, so leave out the seconds field"
+        } else {
+            ""
+        };
         return Err(format!(
-            "a cron schedule has 5 fields (minute hour day-of-month month day-of-week), found {}",
+            "a cron schedule has 5 fields (minute hour day-of-month month day-of-week), found {}{hint}",
             fields.len()
         ));
     }
-    for f in &fields[..4] {
-        if f.contains("/0") {
-            return Err(format!("step of 0 in `{f}` never advances"));
-        }
+    for (field, text) in FIELDS.iter().zip(&fields) {
+        field.check(text)?;
     }
-    let dow = weekdays(fields[4]).map_err(|e| format!("in day-of-week `{}`: {e}", fields[4]))?;
+    let dow = weekdays(fields[4])?;
     let full = format!(
         "0 {} {} {} {} {}",
         fields[0], fields[1], fields[2], fields[3], dow
     );
     cron::Schedule::from_str(&full)
         .map(|_| full.clone())
-        .map_err(|e| format!("invalid cron schedule `{expr}`: {e}"))
+        // The crate's error only repeats its own 6-field form of the expression.
+        .map_err(|_| {
+            format!("`{expr}` is not a valid schedule (minute hour day-of-month month day-of-week)")
+        })
 }
 
 #[cfg(test)]
@@ -138,8 +242,21 @@ mod tests {
         assert!(check("*/15 9-17 * * 1-5").is_ok());
         assert!(check("@daily").is_ok());
         assert!(check("* * *").unwrap_err().contains("5 fields"));
-        assert!(check("60 * * * *").is_err());
-        assert!(check("*/0 * * * *").is_err());
+        assert!(check("*/05 * * * *").is_ok());
+        assert!(check("0 0 1,15 JAN-mar ?").is_err());
+        assert!(check("0 0 ? jan-MAR *").is_ok());
+        assert_eq!(
+            check("60 * * * *").unwrap_err(),
+            "minute `60` is out of range 0-59"
+        );
+        assert!(check("0 24 * * *").unwrap_err().contains("hour `24`"));
+        assert!(check("0 0 0 * *").unwrap_err().contains("day-of-month `0`"));
+        assert!(check("0 0 * 13 *").unwrap_err().contains("month `13`"));
+        assert!(check("0 0 * FOO *").unwrap_err().contains("JAN-DEC"));
+        assert!(check("30-10 * * * *").unwrap_err().contains("reversed"));
+        assert!(check("0 9 * * 5-1").unwrap_err().contains("reversed"));
+        assert!(check("*/0 * * * *").unwrap_err().contains("step of 0"));
+        assert!(check("0 0 * * * *").unwrap_err().contains("seconds"));
         assert!(check("0 0 * * * *").is_err());
         assert!(check("@hourlyy").is_err());
     }
