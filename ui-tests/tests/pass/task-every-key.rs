@@ -1,0 +1,50 @@
+// every `#[task]` argument set at once, each in its accepted form
+use procession::prelude::*;
+
+#[derive(Debug, thiserror::Error)]
+#[error("service busy")]
+struct Busy;
+
+#[task(
+    name = "fetch_orders",
+    description = "loads the orders of one source",
+    retries = 3,
+    retry_on = [std::io::Error, Busy],
+    retry_timeouts = false,
+    backoff = "exponential(100ms, 5s, jitter)",
+    timeout = "1.5m",
+    on_dep_failure = "run_anyway",
+    crate = "::procession",
+)]
+async fn fetch(ctx: &Ctx, source: String) -> Result<Vec<String>, std::io::Error> {
+    ctx.log(Level::Info, "fetching");
+    Ok(vec![source])
+}
+
+#[task(max_attempts = 4, backoff = "fixed(250ms)", on_dep_failure = "fail")]
+fn linear_one() {}
+
+#[task(backoff = "linear(1s, 10s)", on_dep_failure = "skip")]
+fn linear_two() {}
+
+#[task(backoff = "none", timeout = "2h")]
+fn no_backoff() {}
+
+fn main() {
+    let meta = &<Fetch as Task>::META;
+    assert_eq!(meta.name, "fetch_orders");
+    assert_eq!(meta.description, "loads the orders of one source");
+    assert_eq!(meta.policy.max_attempts, 4);
+    assert_eq!(
+        meta.policy.timeout,
+        Some(std::time::Duration::from_secs(90))
+    );
+    assert!(!meta.policy.retry_timeouts);
+    assert_eq!(meta.policy.on_dep_failure, OnDepFailure::RunAnyway);
+    assert_eq!(<LinearOne as Task>::META.policy.max_attempts, 4);
+    assert_eq!(
+        <LinearTwo as Task>::META.policy.on_dep_failure,
+        OnDepFailure::Skip
+    );
+    assert_eq!(<NoBackoff as Task>::META.policy.max_attempts, 1);
+}
