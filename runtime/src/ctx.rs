@@ -67,6 +67,7 @@ pub(crate) struct RunScope {
     pub(crate) node_ids: Arc<dyn Fn(u32) -> Arc<str> + Send + Sync>,
     pub(crate) cancel: CancellationToken,
     pub(crate) reporter: Arc<dyn Reporter>,
+    pub(crate) spawner: Option<Arc<dyn crate::children::Spawner>>,
 }
 
 /// The context of one attempt of a task.
@@ -107,6 +108,7 @@ pub struct Ctx {
     node: u32,
     task: &'static str,
     attempt: u32,
+    children: Arc<std::sync::Mutex<std::collections::HashMap<&'static str, u32>>>,
 }
 
 impl fmt::Debug for Ctx {
@@ -116,7 +118,7 @@ impl fmt::Debug for Ctx {
             .field("task", &self.task)
             .field("node", &self.node_id())
             .field("attempt", &self.attempt)
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 
@@ -127,6 +129,7 @@ impl Ctx {
             node,
             task,
             attempt,
+            children: Arc::default(),
         }
     }
 
@@ -140,10 +143,12 @@ impl Ctx {
                 node_ids: Arc::new(move |_| name.clone()),
                 cancel: CancellationToken::new(),
                 reporter: Arc::new(TracingReporter),
+                spawner: None,
             }),
             node: 0,
             task,
             attempt: 1,
+            children: Arc::default(),
         }
     }
 
@@ -223,5 +228,30 @@ impl Ctx {
     /// Requests cancellation of this context's run (for detached contexts: of this context).
     pub fn cancel(&self) {
         self.scope.cancel.cancel();
+    }
+
+    pub(crate) fn cancel_token(&self) -> CancellationToken {
+        self.scope.cancel.clone()
+    }
+
+    pub(crate) fn spawner(&self) -> Option<Arc<dyn crate::children::Spawner>> {
+        self.scope.spawner.clone()
+    }
+
+    /// `<run>/<node>/<process>`, then `#1`, `#2`… for further children of that process
+    /// started by this attempt: the same on every attempt, so a rerun finds its children.
+    pub(crate) fn default_child_id(&self, process: &'static str) -> String {
+        let mut g = self
+            .children
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let k = g.entry(process).or_insert(0);
+        let id = if *k == 0 {
+            format!("{}/{}/{process}", self.scope.process_id, self.node_id())
+        } else {
+            format!("{}/{}/{process}#{k}", self.scope.process_id, self.node_id())
+        };
+        *k += 1;
+        id
     }
 }

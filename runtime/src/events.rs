@@ -44,19 +44,17 @@ pub type EventStream = Pin<Box<dyn Stream<Item = Event> + Send>>;
 
 pub(crate) fn stream(rx: broadcast::Receiver<Event>) -> EventStream {
     Box::pin(futures::stream::unfold(rx, |mut rx| async move {
-        loop {
-            match rx.recv().await {
-                Ok(e) => return Some((e, rx)),
-                Err(broadcast::error::RecvError::Lagged(missed)) => {
-                    let e = Event {
-                        id: String::new(),
-                        root: String::new(),
-                        kind: EventKind::Lagged { missed },
-                    };
-                    return Some((e, rx));
-                }
-                Err(broadcast::error::RecvError::Closed) => return None,
+        match rx.recv().await {
+            Ok(e) => Some((e, rx)),
+            Err(broadcast::error::RecvError::Lagged(missed)) => {
+                let e = Event {
+                    id: String::new(),
+                    root: String::new(),
+                    kind: EventKind::Lagged { missed },
+                };
+                Some((e, rx))
             }
+            Err(broadcast::error::RecvError::Closed) => None,
         }
     }))
 }

@@ -40,6 +40,8 @@ pub(crate) struct RunConfig {
     pub(crate) journal: Option<Arc<RunJournal>>,
     /// What an earlier, interrupted run of the same graph already finished.
     pub(crate) resume: Option<Resume>,
+    /// Lets tasks start child processes (recorded runs only).
+    pub(crate) spawner: Option<Arc<dyn crate::children::Spawner>>,
 }
 
 /// The finished part of an interrupted run.
@@ -111,6 +113,7 @@ pub(crate) async fn execute(mut graph: Graph, cfg: RunConfig) -> RunReport {
             Some(j) => j.clone(),
             None => Arc::new(TraceReporter),
         },
+        spawner: cfg.spawner.clone(),
     });
     let shared = Arc::new(Shared {
         slots: graph.nodes.iter().map(|n| Slot::new(n.readers)).collect(),
@@ -301,11 +304,11 @@ pub(crate) async fn execute(mut graph: Graph, cfg: RunConfig) -> RunReport {
     }
 
     let cancelled = cancel_seen || cfg.cancel.is_cancelled();
-    for i in 0..n {
-        if state[i].st == St::Pending {
-            state[i].st = St::Cancelled;
+    for (i, s) in state.iter_mut().enumerate() {
+        if s.st == St::Pending {
+            s.st = St::Cancelled;
             if let Some(j) = &shared.journal {
-                record_end(j, &shared, i, &state[i]);
+                record_end(j, &shared, i, s);
             }
         }
     }

@@ -811,7 +811,7 @@ impl TaskGraph {
         let index = if let Some(&s) = self.by_name.get(&key) {
             match &mut self.entries[s as usize] {
                 Some(Entry::Placeholder { wanted: w, .. }) => {
-                    w.push((wanted.0, wanted.1, String::new()))
+                    w.push((wanted.0, wanted.1, String::new()));
                 }
                 Some(Entry::Task { output, .. }) if output.0 != wanted.0 => {
                     self.errors.push(GraphError::TypeMismatch {

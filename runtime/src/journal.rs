@@ -33,7 +33,7 @@ struct Throttle {
 }
 
 struct Rows {
-    rows: Vec<TaskRow>,
+    items: Vec<TaskRow>,
     dirty: Vec<bool>,
     dirty_list: Vec<u32>,
     results: Vec<(u32, Vec<u8>)>,
@@ -51,7 +51,7 @@ impl Rows {
     }
 
     fn push_log(&mut self, node: u32, level: Level, message: String) {
-        let log = &mut self.rows[node as usize].log;
+        let log = &mut self.items[node as usize].log;
         log.push(LogEntry {
             timestamp: now_ms(),
             level,
@@ -103,7 +103,7 @@ impl RunJournal {
         let j = Arc::new(RunJournal {
             run_id,
             rows: Mutex::new(Rows {
-                rows,
+                items: rows,
                 dirty: vec![false; n],
                 dirty_list: Vec::new(),
                 results: Vec::new(),
@@ -126,7 +126,7 @@ impl RunJournal {
     pub(crate) fn started(&self, node: u32, attempt: u32) {
         {
             let mut g = self.lock();
-            let row = &mut g.rows[node as usize];
+            let row = &mut g.items[node as usize];
             if row.started_at.is_none() {
                 row.started_at = Some(now_ms());
             }
@@ -142,7 +142,7 @@ impl RunJournal {
         {
             let mut g = self.lock();
             g.settle_burst(node);
-            let row = &mut g.rows[node as usize];
+            let row = &mut g.items[node as usize];
             row.state = outcome.state;
             row.skipped = outcome.skipped;
             row.attempts = outcome.attempts;
@@ -179,7 +179,7 @@ impl RunJournal {
         let list = std::mem::take(&mut g.dirty_list);
         for node in list {
             g.dirty[node as usize] = false;
-            let row = g.rows[node as usize].clone();
+            let row = g.items[node as usize].clone();
             events.push((row.node.clone(), node, row.state));
             batch.tasks.push((self.run_id.to_string(), node, row));
         }
@@ -212,7 +212,7 @@ pub(crate) struct Ended {
 }
 
 impl RunJournal {
-    fn publish(&self, node_id: String, kind: EventKind) {
+    fn publish(&self, node_id: &str, kind: EventKind) {
         if self.writer.events.receiver_count() > 0 {
             let _ = self.writer.events.send(Event {
                 id: format!("{}/{node_id}", self.run_id),
@@ -228,13 +228,13 @@ impl Reporter for RunJournal {
         let mut g = self.lock();
         let window = g.window;
         let i = node as usize;
-        if i >= g.rows.len() {
+        if i >= g.items.len() {
             return;
         }
-        g.rows[i].progress = Progress {
+        g.items[i].progress = Progress {
             percent,
             message: if message.is_empty() {
-                g.rows[i].progress.message.clone()
+                g.items[i].progress.message.clone()
             } else {
                 Some(message.to_owned())
             },
@@ -261,26 +261,26 @@ impl Reporter for RunJournal {
             }
         }
         g.mark(node);
-        let (node_id, progress) = (g.rows[i].node.clone(), g.rows[i].progress.clone());
+        let (node_id, progress) = (g.items[i].node.clone(), g.items[i].progress.clone());
         drop(g);
-        self.publish(node_id, EventKind::Progress(progress));
+        self.publish(&node_id, EventKind::Progress(progress));
         // No wake: progress reaches the store at the next tick.
     }
 
     fn log(&self, node: u32, level: Level, message: &str) {
         let mut g = self.lock();
-        if node as usize >= g.rows.len() {
+        if node as usize >= g.items.len() {
             return;
         }
         // A warning or error is never dropped, and writes any pending burst before itself.
         g.settle_burst(node);
         g.push_log(node, level, message.to_owned());
         g.mark(node);
-        let node_id = g.rows[node as usize].node.clone();
-        let entry = g.rows[node as usize].log.last().cloned();
+        let node_id = g.items[node as usize].node.clone();
+        let entry = g.items[node as usize].log.last().cloned();
         drop(g);
         if let Some(entry) = entry {
-            self.publish(node_id, EventKind::Log(entry));
+            self.publish(&node_id, EventKind::Log(entry));
         }
         if level >= Level::Warning {
             self.writer.wake(self);

@@ -5,6 +5,7 @@
 #![doc(test(attr(deny(warnings))))]
 
 mod arg;
+pub mod children;
 mod ctx;
 mod data;
 mod error;
@@ -22,6 +23,10 @@ mod store;
 mod task;
 
 pub use arg::{Arg, Inputs, IntoArg, NodeRef, Out};
+pub use children::{
+    progress, Child, ChildError, ChildOutcome, ChildProcessFailed, ChildProgress, ChildResult,
+    GroupError, GroupOptions, ParallelGroup, ProgressCallback, SynthesizedError,
+};
 pub use ctx::{Ctx, Level};
 pub use data::Data;
 pub use error::{

@@ -19,15 +19,15 @@ pub const SCHEMA_VERSION: u32 = 1;
 ///
 /// | from | to |
 /// |---|---|
-/// | idle | scheduled |
-/// | scheduled | running, cancel_requested |
-/// | running | done, failed, cancel_requested |
-/// | cancel_requested | cancelling |
-/// | cancelling | cancelled |
-/// | done, failed, cancelled | scheduled (relaunch), idle (dismiss) |
+/// | `idle` | `scheduled` |
+/// | `scheduled` | `running`, `cancel_requested` |
+/// | `running` | `done`, `failed`, `cancel_requested` |
+/// | `cancel_requested` | `cancelling` |
+/// | `cancelling` | `cancelled` |
+/// | `done`, `failed`, `cancelled` | `scheduled` (relaunch), `idle` (dismiss) |
 ///
 /// Cancelling a *scheduled* process ends it `cancelled` at once (the runtime records it
-/// as one step; the table itself lists only scheduled → cancel_requested).
+/// as one step; the table itself lists only `scheduled` → `cancel_requested`).
 ///
 /// # Examples
 ///
@@ -111,7 +111,7 @@ impl State {
         }
     }
 
-    /// scheduled, running, cancel_requested or cancelling.
+    /// `scheduled`, `running`, `cancel_requested` or `cancelling`.
     pub fn is_active(self) -> bool {
         matches!(
             self,

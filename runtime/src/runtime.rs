@@ -199,6 +199,7 @@ impl Definition {
     /// # Errors
     ///
     /// [`Error::Serialize`] when the parameters do not serialize.
+    #[allow(clippy::needless_pass_by_value)] // takes the process like `launch` does
     pub fn new<P: Process>(id: impl Into<String>, process: P) -> Result<Self> {
         Ok(Definition {
             id: id.into(),
@@ -440,6 +441,12 @@ impl RuntimeBuilder {
         Ok(rt)
     }
 }
+
+type ActiveParts = (
+    String,
+    CancellationToken,
+    watch::Receiver<Option<Arc<RunReport>>>,
+);
 
 struct ActiveRun {
     token: u64,
@@ -947,6 +954,9 @@ impl Runtime {
             return Err(e);
         }
         let rec = rec.expect("written above");
+        if rec.depth == 0 {
+            self.delete_descendants(id).await?;
+        }
         // The previous run's task records and results go; the launch is durable before
         // the call returns.
         self.inner
@@ -1134,6 +1144,7 @@ impl Runtime {
         if let Some(e) = refusal {
             return Err(e);
         }
+        self.delete_descendants(id).await?;
         self.inner
             .writer
             .write(Batch {
@@ -1412,7 +1423,7 @@ impl Runtime {
         to: State,
         error: Option<String>,
     ) -> Result<()> {
-        let (rec, _) = self
+        let (rec, ()) = self
             .inner
             .update(id, move |cur| match cur {
                 Some(r)
@@ -1508,7 +1519,7 @@ impl Runtime {
         let mut hooks: Vec<Arc<dyn Hooks>> = reg.hooks.clone().into_iter().collect();
         hooks.extend(self.inner.hooks.iter().cloned());
         // scheduled or running: (re)start from scheduled so the driver's CAS applies.
-        let (rec, _) = self
+        let (rec, ()) = self
             .inner
             .update(&id, move |cur| match cur {
                 Some(r) if r.state().is_active() => {
@@ -1553,11 +1564,7 @@ impl Runtime {
     /// [`Error::Store`] when the final flush fails.
     pub async fn shutdown(&self) -> Result<()> {
         self.inner.shutting_down.store(true, Ordering::Release);
-        let runs: Vec<(
-            String,
-            CancellationToken,
-            watch::Receiver<Option<Arc<RunReport>>>,
-        )> = self
+        let runs: Vec<ActiveParts> = self
             .inner
             .active()
             .iter()
@@ -1597,6 +1604,7 @@ impl Runtime {
             grace: self.inner.grace,
             journal: None,
             resume: None,
+            spawner: None,
         };
         tokio::spawn(async move {
             let report = execute(graph, cfg).await;
@@ -1628,6 +1636,152 @@ impl Runtime {
     /// ```
     pub async fn run_graph(&self, graph: impl IntoGraph) -> Result<RunReport> {
         self.launch_graph(graph).await?.wait().await
+    }
+}
+
+/// Starts the children of one run's tasks.
+struct ChildSpawner {
+    inner: std::sync::Weak<Inner>,
+    parent: String,
+}
+
+impl crate::children::Spawner for ChildSpawner {
+    fn launch_child(
+        &self,
+        req: crate::children::ChildRequest,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<crate::children::ChildRun>> + Send>,
+    > {
+        let inner = self.inner.upgrade();
+        let parent = self.parent.clone();
+        Box::pin(async move {
+            let inner = inner.ok_or(Error::ShuttingDown)?;
+            Runtime { inner }.launch_child(&parent, req).await
+        })
+    }
+
+    fn events(&self) -> Option<broadcast::Receiver<Event>> {
+        self.inner.upgrade().map(|i| i.events.subscribe())
+    }
+}
+
+impl Runtime {
+    /// Starts (or finds) the child `req.id` of run `parent`.
+    async fn launch_child(
+        &self,
+        parent: &str,
+        req: crate::children::ChildRequest,
+    ) -> Result<crate::children::ChildRun> {
+        if self.inner.shutting_down.load(Ordering::Acquire) {
+            return Err(Error::ShuttingDown);
+        }
+        check_id(&req.id)?;
+        let parent_rec = self
+            .inner
+            .get(parent)
+            .await?
+            .ok_or_else(|| Error::NotFound {
+                id: parent.to_owned(),
+            })?;
+        if let Some(existing) = self.inner.get(&req.id).await? {
+            // The task runs again (retry or restart): reuse what its children did.
+            if existing.state().is_active() {
+                if let Some(a) = self.inner.active().get(&req.id) {
+                    return Ok(crate::children::ChildRun {
+                        id: req.id.clone(),
+                        cancel: a.cancel.clone(),
+                        done: a.done.clone(),
+                    });
+                }
+            } else if existing.state() == State::Done {
+                let report = self.report(&req.id).await?;
+                let (_tx, rx) = watch::channel(Some(Arc::new(report)));
+                return Ok(crate::children::ChildRun {
+                    id: req.id.clone(),
+                    cancel: CancellationToken::new(),
+                    done: rx,
+                });
+            }
+        }
+        let siblings = {
+            let store = self.inner.store.clone();
+            let parent = parent.to_owned();
+            let child = req.id.clone();
+            tokio::task::spawn_blocking(move || {
+                store.all().map(|all| {
+                    all.iter()
+                        .filter(|r| r.parent.as_deref() == Some(parent.as_str()) && r.id != child)
+                        .count()
+                })
+            })
+            .await
+            .map_err(|e| Error::Config(e.to_string()))??
+        };
+        let mut fresh = ProcessRecord::new_root(
+            &req.id,
+            req.process_type,
+            &req.name,
+            &req.description,
+            req.params.clone(),
+        );
+        fresh.parent = Some(parent.to_owned());
+        fresh.root.clone_from(&parent_rec.root);
+        fresh.depth = parent_rec.depth + 1;
+        fresh.order = siblings as u32;
+        fresh.metadata.clone_from(&parent_rec.metadata);
+        fresh.adhoc = true;
+        let meta = RunMeta {
+            token: 0,
+            fingerprint: req.graph.fingerprint(),
+            options: BTreeMap::new(),
+            tasks: req.graph.len() as u32,
+            idempotency_key: None,
+            max_concurrency: None,
+        };
+        let mut hooks = req.hooks;
+        hooks.extend(self.inner.hooks.iter().cloned());
+        let handle = self
+            .schedule(
+                &req.id,
+                req.process_type,
+                Some(req.params),
+                fresh,
+                meta,
+                req.graph,
+                hooks,
+            )
+            .await?;
+        Ok(crate::children::ChildRun {
+            id: handle.id,
+            cancel: handle.cancel,
+            done: handle.done,
+        })
+    }
+
+    /// Deletes the records below root `id` (the children of its runs), with their tasks.
+    async fn delete_descendants(&self, id: &str) -> Result<()> {
+        let store = self.inner.store.clone();
+        let root = id.to_owned();
+        let ids: Vec<String> = tokio::task::spawn_blocking(move || {
+            store.all().map(|all| {
+                all.into_iter()
+                    .filter(|r| r.root == root && r.depth > 0)
+                    .map(|r| r.id)
+                    .collect()
+            })
+        })
+        .await
+        .map_err(|e| Error::Config(e.to_string()))??;
+        if !ids.is_empty() {
+            self.inner
+                .writer
+                .write(Batch {
+                    delete_processes: ids,
+                    ..Batch::default()
+                })
+                .await?;
+        }
+        Ok(())
     }
 }
 
@@ -1749,6 +1903,10 @@ async fn drive(
         grace: inner.grace,
         journal: journal.clone(),
         resume,
+        spawner: Some(Arc::new(ChildSpawner {
+            inner: Arc::downgrade(&inner),
+            parent: id.clone(),
+        })),
     };
     let report = execute(graph, cfg).await;
     if let Some(j) = &journal {

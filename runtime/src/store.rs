@@ -1,7 +1,7 @@
 //! Storage of process records, task records and task results.
 //!
 //! The executor and the runtime talk to storage only through the [`Store`] trait, so a
-//! server-backed store (PostgreSQL, for several machines sharing work) can be added
+//! server-backed store (`PostgreSQL`, for several machines sharing work) can be added
 //! without touching them. Two implementations ship: [`SledStore`] (embedded, the default)
 //! and [`MemoryStore`].
 
@@ -326,7 +326,7 @@ impl SledStore {
     pub fn open(path: impl AsRef<Path>) -> Result<SledStore, StoreError> {
         let path = path.as_ref().to_path_buf();
         let config = sled::Config::new().path(&path);
-        Self::with_config(config, path)
+        Self::with_config(&config, path)
     }
 
     /// A store in a temporary directory, deleted when dropped: for tests.
@@ -336,7 +336,7 @@ impl SledStore {
     /// [`StoreError::Open`] when the temporary directory cannot be created.
     pub fn temporary() -> Result<SledStore, StoreError> {
         let config = sled::Config::new().temporary(true);
-        Self::with_config(config, PathBuf::from("(temporary)"))
+        Self::with_config(&config, PathBuf::from("(temporary)"))
     }
 
     /// Also fsync the data file on every flush (power-loss safe; slower).
@@ -346,7 +346,7 @@ impl SledStore {
         self
     }
 
-    fn with_config(config: sled::Config, path: PathBuf) -> Result<SledStore, StoreError> {
+    fn with_config(config: &sled::Config, path: PathBuf) -> Result<SledStore, StoreError> {
         let shown = path.display().to_string();
         let open_err = |message: String| StoreError::Open {
             path: shown.clone(),
@@ -473,14 +473,14 @@ impl Store for SledStore {
                 Update::Delete => (None, None),
                 Update::Put(r) => (Some(encode(&*r)), Some(*r)),
             };
-            match self
+            let swapped = self
                 .processes
                 .compare_and_swap(id.as_bytes(), old, new)
-                .map_err(|e| self.io(e))?
-            {
-                Ok(()) => return Ok(result),
-                Err(_) => continue, // raced with another writer: decide again on the new value
+                .map_err(|e| self.io(e))?;
+            if swapped.is_ok() {
+                return Ok(result);
             }
+            // Raced with another writer: decide again on the new value.
         }
     }
 

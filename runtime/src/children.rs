@@ -1,0 +1,936 @@
+//! Child processes started by a task at run time: one at a time with
+//! [`Ctx::run_child`](crate::Ctx::run_child), or many with
+//! [`Ctx::parallel_group`](crate::Ctx::parallel_group); and helpers that turn children's
+//! progress into the parent's.
+//!
+//! A child is a process record of its own (parent, root, depth, order among siblings), run
+//! by the same runtime, resumed after a crash like any run. Its default id is derived from
+//! the parent run, the task's node and the child's process name, so a task that runs again
+//! (a retry, or after a restart) finds its children: a child that already ended done is
+//! not run again, a running one is awaited, a failed or cancelled one is relaunched.
+//!
+//! A failed child is not a cancel of its parent. A cancelled child cascades up (the parent's
+//! run is asked to stop) unless `survive_cancel` is set. Cancelling the parent cancels its
+//! children.
+
+use std::collections::HashMap;
+use std::error::Error as StdError;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+
+use futures::StreamExt;
+use serde_json::Value;
+use tokio::sync::{broadcast, watch, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use crate::ctx::Ctx;
+use crate::events::{Event, EventKind};
+use crate::graph::Graph;
+use crate::hooks::Hooks;
+use crate::process::Process;
+use crate::record::State;
+use crate::report::RunReport;
+use crate::runtime::Error;
+
+/// What a run needs to start children: implemented by the runtime.
+pub(crate) trait Spawner: Send + Sync {
+    fn launch_child(
+        &self,
+        req: ChildRequest,
+    ) -> Pin<Box<dyn Future<Output = Result<ChildRun, Error>> + Send>>;
+    fn events(&self) -> Option<broadcast::Receiver<Event>>;
+}
+
+pub(crate) struct ChildRequest {
+    pub(crate) id: String,
+    pub(crate) name: String,
+    pub(crate) description: String,
+    pub(crate) process_type: &'static str,
+    pub(crate) params: Value,
+    pub(crate) graph: Graph,
+    pub(crate) hooks: Vec<Arc<dyn Hooks>>,
+}
+
+pub(crate) struct ChildRun {
+    pub(crate) id: String,
+    pub(crate) cancel: CancellationToken,
+    pub(crate) done: watch::Receiver<Option<Arc<RunReport>>>,
+}
+
+/// A callback receiving the progress of every child of a [`run_child`](Ctx::run_child)
+/// call or a [`ParallelGroup`].
+pub type ProgressCallback = Arc<dyn Fn(&[ChildProgress]) + Send + Sync>;
+
+/// A child process to run, with its options.
+///
+/// # Examples
+///
+/// ```
+/// use procession::prelude::*;
+/// use procession::Child;
+///
+/// #[task] fn work(n: u32) -> u32 { n * 2 }
+/// #[process] fn worker(p: &mut Builder, n: u32) { p.task(Work::new(n)); }
+///
+/// #[task]
+/// async fn parent(ctx: &Ctx) -> Result<u32, procession::ChildError> {
+///     let outcome = ctx.run_child(Child::new(Worker { n: 21 }).name("Worker 21")).await?;
+///     Ok(outcome.report.unwrap().result::<u32>("work").unwrap())
+/// }
+/// #[process] fn boss(p: &mut Builder) { p.task(Parent::new()); }
+///
+/// # #[tokio::main] async fn main() -> procession::Result<()> {
+/// let rt = Runtime::in_memory().register::<Worker>().start().await?;
+/// let report = rt.run(Launch::new(Boss {}).id("boss")).await?;
+/// assert_eq!(report.result::<u32>("parent").unwrap(), 42);
+/// let child = rt.get("boss/parent/worker").await?.unwrap();
+/// assert_eq!((child.depth, child.parent.as_deref()), (1, Some("boss")));
+/// # Ok(()) }
+/// ```
+pub struct Child<P> {
+    process: P,
+    id: Option<String>,
+    name: Option<String>,
+    description: Option<String>,
+    survive_failure: bool,
+    survive_cancel: bool,
+    on_progress: Option<ProgressCallback>,
+}
+
+impl<P> fmt::Debug for Child<P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Child")
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .field("survive_failure", &self.survive_failure)
+            .field("survive_cancel", &self.survive_cancel)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<P: Process> Child<P> {
+    /// A child running `process`.
+    pub fn new(process: P) -> Self {
+        Child {
+            process,
+            id: None,
+            name: None,
+            description: None,
+            survive_failure: false,
+            survive_cancel: false,
+            on_progress: None,
+        }
+    }
+
+    /// The child's id (default: `<run>/<node>/<process name>`, with `#k` for the k-th
+    /// child of that type started by the same attempt).
+    #[must_use]
+    pub fn id(mut self, id: impl Into<String>) -> Self {
+        self.id = Some(id.into());
+        self
+    }
+
+    /// A display name (default: the process's name).
+    #[must_use]
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// A description (default: the process's).
+    #[must_use]
+    pub fn description(mut self, description: impl Into<String>) -> Self {
+        self.description = Some(description.into());
+        self
+    }
+
+    /// When true, a failed child is an outcome, not an error (default false).
+    #[must_use]
+    pub fn survive_failure(mut self, yes: bool) -> Self {
+        self.survive_failure = yes;
+        self
+    }
+
+    /// When true, a cancelled child does not cancel the parent (default false).
+    #[must_use]
+    pub fn survive_cancel(mut self, yes: bool) -> Self {
+        self.survive_cancel = yes;
+        self
+    }
+
+    /// Called with the child's progress as it changes (see [`progress`](crate::progress)).
+    #[must_use]
+    pub fn on_progress(mut self, f: impl Fn(&[ChildProgress]) + Send + Sync + 'static) -> Self {
+        self.on_progress = Some(Arc::new(f));
+        self
+    }
+}
+
+/// Progress of one child, as callbacks see it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChildProgress {
+    /// The child's id.
+    pub process_id: String,
+    /// Its display name.
+    pub name: String,
+    /// Its state.
+    pub state: State,
+    /// Its progress in percent (the share of its tasks that ended), if known.
+    pub percent: Option<f64>,
+    /// The last progress message of its tasks.
+    pub message: Option<String>,
+}
+
+/// How a child ended.
+#[derive(Debug, Clone)]
+pub struct ChildOutcome {
+    /// The child's id.
+    pub id: String,
+    /// Its display name.
+    pub name: String,
+    /// done, failed or cancelled.
+    pub state: State,
+    /// The error message, when it failed.
+    pub error: Option<String>,
+    /// The original error of the task that failed, for downcasting.
+    pub original: Option<Arc<dyn StdError + Send + Sync>>,
+    /// The child's report (`None` when it was never started: the parent was cancelled).
+    pub report: Option<RunReport>,
+}
+
+/// A child process failed; the original error is kept (typed) as the source.
+#[derive(Clone)]
+pub struct ChildProcessFailed {
+    /// The child's display name.
+    pub name: String,
+    /// The child's id.
+    pub process_id: String,
+    /// The error of the child's task that failed.
+    pub original: Arc<dyn StdError + Send + Sync>,
+}
+
+impl fmt::Debug for ChildProcessFailed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ChildProcessFailed")
+            .field("name", &self.name)
+            .field("process_id", &self.process_id)
+            .field("original", &self.original)
+            .finish()
+    }
+}
+
+impl fmt::Display for ChildProcessFailed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "child process `{}` ({}) failed: {:?}",
+            self.name, self.process_id, self.original
+        )
+    }
+}
+
+impl StdError for ChildProcessFailed {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        Some(&*self.original)
+    }
+}
+
+/// Error returned by [`Ctx::run_child`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ChildError {
+    /// The child failed and `survive_failure` was not set.
+    #[error(transparent)]
+    Failed(#[from] ChildProcessFailed),
+    /// The child could not be launched.
+    #[error("child process `{id}` could not be launched: {source}")]
+    Launch {
+        /// The child's id.
+        id: String,
+        /// Why.
+        #[source]
+        source: Error,
+    },
+    /// This task cannot start children (a detached context, or a run without a record).
+    #[error(
+        "this task cannot start child processes: it does not belong to a recorded run of a runtime"
+    )]
+    NoRuntime,
+}
+
+/// Error returned by [`ParallelGroup::finish`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum GroupError {
+    /// Children failed and `survive_failure` was not set: every failure is listed.
+    #[error("{} child process(es) failed: {}", failures.len(), failures.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    Failed {
+        /// Every failure, in spawn order.
+        failures: Vec<ChildProcessFailed>,
+        /// The result of every child.
+        results: Vec<ChildResult>,
+    },
+    /// Children were cancelled and `survive_cancel` was not set; the parent's run has
+    /// been asked to stop.
+    #[error("child process(es) were cancelled: {}", cancelled.join(", "))]
+    Cancelled {
+        /// Ids of the cancelled children.
+        cancelled: Vec<String>,
+        /// The result of every child.
+        results: Vec<ChildResult>,
+    },
+    /// A child could not be launched.
+    #[error(transparent)]
+    Child(#[from] ChildError),
+}
+
+/// The result of one child of a [`ParallelGroup`].
+#[derive(Debug, Clone)]
+pub struct ChildResult {
+    /// The child's id.
+    pub process_id: String,
+    /// Its display name.
+    pub name: String,
+    /// done, failed or cancelled.
+    pub state: State,
+    /// The error message, when it failed.
+    pub error: Option<String>,
+    /// The original error, when it failed.
+    pub original: Option<Arc<dyn StdError + Send + Sync>>,
+}
+
+/// Options of [`Ctx::parallel_group`].
+///
+/// # Examples
+///
+/// ```
+/// let opts = procession::GroupOptions::new().max_concurrency(4).survive_failure(true);
+/// assert_eq!(opts.max_concurrency, 4);
+/// ```
+#[derive(Clone)]
+#[non_exhaustive]
+pub struct GroupOptions {
+    /// Children running at once (default 10).
+    pub max_concurrency: usize,
+    /// A failed child is a result, not an error, and does not cancel its siblings.
+    pub survive_failure: bool,
+    /// A cancelled child does not cancel its siblings and the parent.
+    pub survive_cancel: bool,
+    /// Progress callback over all children.
+    pub on_progress: Option<ProgressCallback>,
+}
+
+impl fmt::Debug for GroupOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GroupOptions")
+            .field("max_concurrency", &self.max_concurrency)
+            .field("survive_failure", &self.survive_failure)
+            .field("survive_cancel", &self.survive_cancel)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for GroupOptions {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl GroupOptions {
+    /// Ten at once, fail-fast, cancel cascades.
+    pub fn new() -> Self {
+        GroupOptions {
+            max_concurrency: 10,
+            survive_failure: false,
+            survive_cancel: false,
+            on_progress: None,
+        }
+    }
+
+    /// Children running at once (at least 1).
+    #[must_use]
+    pub fn max_concurrency(mut self, n: usize) -> Self {
+        self.max_concurrency = n.max(1);
+        self
+    }
+
+    /// See the field.
+    #[must_use]
+    pub fn survive_failure(mut self, yes: bool) -> Self {
+        self.survive_failure = yes;
+        self
+    }
+
+    /// See the field.
+    #[must_use]
+    pub fn survive_cancel(mut self, yes: bool) -> Self {
+        self.survive_cancel = yes;
+        self
+    }
+
+    /// Progress callback over all children.
+    #[must_use]
+    pub fn on_progress(mut self, f: impl Fn(&[ChildProgress]) + Send + Sync + 'static) -> Self {
+        self.on_progress = Some(Arc::new(f));
+        self
+    }
+}
+
+/// Follows children's events and feeds a progress callback.
+#[derive(Clone)]
+struct Tracker {
+    inner: Arc<Mutex<TrackerState>>,
+    callback: ProgressCallback,
+}
+
+struct TrackerState {
+    children: Vec<ChildProgress>,
+    totals: HashMap<String, (u32, u32)>,
+}
+
+impl Tracker {
+    fn start(callback: ProgressCallback, events: Option<broadcast::Receiver<Event>>) -> Self {
+        let t = Tracker {
+            inner: Arc::new(Mutex::new(TrackerState {
+                children: Vec::new(),
+                totals: HashMap::new(),
+            })),
+            callback,
+        };
+        if let Some(rx) = events {
+            let t2 = t.clone();
+            let weak = Arc::downgrade(&t.inner);
+            tokio::spawn(async move {
+                let mut stream = crate::events::stream(rx);
+                while let Some(e) = stream.next().await {
+                    if weak.strong_count() <= 1 {
+                        break;
+                    }
+                    t2.on_event(&e);
+                }
+            });
+        }
+        t
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, TrackerState> {
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn add(&self, id: &str, name: &str, tasks: u32) {
+        let mut g = self.lock();
+        g.totals.insert(id.to_owned(), (0, tasks.max(1)));
+        g.children.push(ChildProgress {
+            process_id: id.to_owned(),
+            name: name.to_owned(),
+            state: State::Scheduled,
+            percent: None,
+            message: None,
+        });
+    }
+
+    fn set_state(&self, id: &str, state: State) {
+        let snapshot = {
+            let mut g = self.lock();
+            let Some(c) = g.children.iter_mut().find(|c| c.process_id == id) else {
+                return;
+            };
+            c.state = state;
+            if state == State::Done {
+                c.percent = Some(100.0);
+            }
+            g.children.clone()
+        };
+        (self.callback)(&snapshot);
+    }
+
+    fn on_event(&self, e: &Event) {
+        let snapshot = {
+            let mut g = self.lock();
+            let st = &mut *g;
+            let Some(pos) = st.children.iter().position(|c| {
+                e.id == c.process_id || e.id.starts_with(&format!("{}/", c.process_id))
+            }) else {
+                return;
+            };
+            let child = &mut st.children[pos];
+            let is_self = e.id == child.process_id;
+            match &e.kind {
+                EventKind::State { state } if is_self => child.state = *state,
+                EventKind::State { state } if state.is_end() => {
+                    if let Some((ended, total)) = st.totals.get_mut(&child.process_id) {
+                        *ended = (*ended + 1).min(*total);
+                        child.percent = Some(f64::from(*ended) * 100.0 / f64::from(*total));
+                    }
+                }
+                EventKind::Progress(p) => {
+                    if p.message.is_some() {
+                        child.message.clone_from(&p.message);
+                    }
+                }
+                _ => return,
+            }
+            st.children.clone()
+        };
+        (self.callback)(&snapshot);
+    }
+}
+
+impl Ctx {
+    fn prepare_child<P: Process>(
+        &self,
+        child: Child<P>,
+    ) -> Result<(ChildRequest, ChildOpts), ChildError> {
+        let Some(_) = self.spawner() else {
+            return Err(ChildError::NoRuntime);
+        };
+        let name = child
+            .name
+            .clone()
+            .unwrap_or_else(|| P::META.name.to_owned());
+        let id = match &child.id {
+            Some(id) => id.clone(),
+            None => self.default_child_id(P::META.name),
+        };
+        let params = serde_json::to_value(&child.process).map_err(|source| ChildError::Launch {
+            id: id.clone(),
+            source: Error::Serialize {
+                name: format!("parameters of `{}`", P::META.name),
+                source,
+            },
+        })?;
+        let graph = Graph::of(child.process).map_err(|e| ChildError::Launch {
+            id: id.clone(),
+            source: e.into(),
+        })?;
+        let opts = ChildOpts {
+            survive_failure: child.survive_failure,
+            survive_cancel: child.survive_cancel,
+            on_progress: child.on_progress,
+            tasks: graph.len() as u32,
+        };
+        Ok((
+            ChildRequest {
+                id,
+                name,
+                description: child
+                    .description
+                    .unwrap_or_else(|| P::META.description.to_owned()),
+                process_type: P::META.name,
+                params,
+                graph,
+                hooks: P::hooks().into_iter().collect(),
+            },
+            opts,
+        ))
+    }
+
+    /// Runs a child process and waits for it; see the [module docs](crate::children) for
+    /// the semantics.
+    ///
+    /// Returns the outcome: `done`; `failed` only with `survive_failure` (otherwise an
+    /// error carrying the child's original error); `cancelled` (and unless
+    /// `survive_cancel`, this task's run is asked to stop). When this task's run is
+    /// already cancelled no child is started and the outcome is `cancelled`.
+    ///
+    /// # Errors
+    ///
+    /// [`ChildError::Failed`], [`ChildError::Launch`], [`ChildError::NoRuntime`].
+    pub async fn run_child<P: Process>(&self, child: Child<P>) -> Result<ChildOutcome, ChildError> {
+        let name = child
+            .name
+            .clone()
+            .unwrap_or_else(|| P::META.name.to_owned());
+        if self.is_cancelled() {
+            return Ok(ChildOutcome {
+                id: child.id.clone().unwrap_or_default(),
+                name,
+                state: State::Cancelled,
+                error: None,
+                original: None,
+                report: None,
+            });
+        }
+        let spawner = self.spawner().ok_or(ChildError::NoRuntime)?;
+        let (req, opts) = self.prepare_child(child)?;
+        let tracker = opts
+            .on_progress
+            .clone()
+            .map(|cb| Tracker::start(cb, spawner.events()));
+        if let Some(t) = &tracker {
+            t.add(&req.id, &req.name, opts.tasks);
+        }
+        let id = req.id.clone();
+        let run = spawner
+            .launch_child(req)
+            .await
+            .map_err(|source| ChildError::Launch {
+                id: id.clone(),
+                source,
+            })?;
+        self.log(crate::ctx::Level::Info, format!("Spawned child: {name}"));
+        let report = await_child(self.cancel_token(), run).await;
+        if let Some(t) = &tracker {
+            t.set_state(&id, end_state(&report));
+        }
+        let outcome = outcome_of(&id, &name, &report);
+        match outcome.state {
+            State::Failed if !opts.survive_failure => Err(ChildError::Failed(failure_of(&outcome))),
+            State::Cancelled if !opts.survive_cancel => {
+                self.cancel();
+                Ok(outcome)
+            }
+            _ => Ok(outcome),
+        }
+    }
+
+    /// A group of children running side by side, at most `max_concurrency` at once.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use procession::prelude::*;
+    /// use procession::{Child, GroupOptions};
+    ///
+    /// #[task] fn square(n: u32) -> u32 { n * n }
+    /// #[process] fn one_square(p: &mut Builder, n: u32) { p.task(Square::new(n)); }
+    ///
+    /// #[task]
+    /// async fn fan_out(ctx: &Ctx) -> Result<usize, procession::GroupError> {
+    ///     let mut group = ctx.parallel_group(GroupOptions::new().max_concurrency(2));
+    ///     for n in 0..5 {
+    ///         group.spawn(Child::new(OneSquare { n }).id(format!("sq-{n}"))).await?;
+    ///     }
+    ///     let results = group.finish().await?;
+    ///     Ok(results.iter().filter(|r| r.state == procession::State::Done).count())
+    /// }
+    /// #[process] fn squares(p: &mut Builder) { p.task(FanOut::new()); }
+    ///
+    /// # #[tokio::main] async fn main() -> procession::Result<()> {
+    /// let rt = Runtime::in_memory().register::<OneSquare>().start().await?;
+    /// let report = rt.run(Squares {}).await?;
+    /// assert_eq!(report.result::<usize>("fan_out").unwrap(), 5);
+    /// # Ok(()) }
+    /// ```
+    pub fn parallel_group(&self, opts: GroupOptions) -> ParallelGroup {
+        let spawner = self.spawner();
+        let tracker = opts
+            .on_progress
+            .clone()
+            .map(|cb| Tracker::start(cb, spawner.as_ref().and_then(|s| s.events())));
+        ParallelGroup {
+            ctx: self.clone(),
+            slots: Arc::new(Semaphore::new(opts.max_concurrency.max(1))),
+            cancel: self.cancel_token().child_token(),
+            opts,
+            running: Vec::new(),
+            tracker,
+        }
+    }
+}
+
+struct ChildOpts {
+    survive_failure: bool,
+    survive_cancel: bool,
+    on_progress: Option<ProgressCallback>,
+    tasks: u32,
+}
+
+/// Waits for a child's report; a cancel of `parent` is passed on to the child.
+async fn await_child(parent: CancellationToken, run: ChildRun) -> Arc<RunReport> {
+    let link = {
+        let child = run.cancel.clone();
+        tokio::spawn(async move {
+            parent.cancelled().await;
+            child.cancel();
+        })
+    };
+    let mut done = run.done;
+    let report = done
+        .wait_for(Option::is_some)
+        .await
+        .ok()
+        .and_then(|r| r.clone());
+    link.abort();
+    report.unwrap_or_else(|| {
+        Arc::new(RunReport {
+            process: String::new(),
+            run_id: run.id.clone(),
+            status: crate::report::RunStatus::Failed,
+            elapsed: std::time::Duration::ZERO,
+            tasks: Vec::new(),
+        })
+    })
+}
+
+fn end_state(report: &RunReport) -> State {
+    match report.status {
+        crate::report::RunStatus::Succeeded => State::Done,
+        crate::report::RunStatus::Failed => State::Failed,
+        crate::report::RunStatus::Cancelled => State::Cancelled,
+    }
+}
+
+fn outcome_of(id: &str, name: &str, report: &Arc<RunReport>) -> ChildOutcome {
+    let state = end_state(report);
+    let failed = report
+        .errored()
+        .into_iter()
+        .next()
+        .and_then(|t| t.error.clone());
+    let original: Option<Arc<dyn StdError + Send + Sync>> = match (&failed, state) {
+        (Some(e), State::Failed) => Some(match &e.source {
+            Some(src) => src.clone(),
+            None => Arc::new(SynthesizedError(e.message.clone())),
+        }),
+        (None, State::Failed) => Some(Arc::new(SynthesizedError(format!(
+            "child process `{name}` failed"
+        )))),
+        _ => None,
+    };
+    ChildOutcome {
+        id: id.to_owned(),
+        name: name.to_owned(),
+        state,
+        error: original.as_ref().map(ToString::to_string),
+        original,
+        report: Some((**report).clone()),
+    }
+}
+
+fn failure_of(outcome: &ChildOutcome) -> ChildProcessFailed {
+    ChildProcessFailed {
+        name: outcome.name.clone(),
+        process_id: outcome.id.clone(),
+        original: outcome.original.clone().unwrap_or_else(|| {
+            Arc::new(SynthesizedError(format!(
+                "child process `{}` failed",
+                outcome.name
+            )))
+        }),
+    }
+}
+
+/// An error made up when a child ended without an error value of its own (its original
+/// error was lost in a restart, or it was cancelled).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct SynthesizedError(pub String);
+
+/// Children started together; see [`Ctx::parallel_group`].
+pub struct ParallelGroup {
+    ctx: Ctx,
+    opts: GroupOptions,
+    slots: Arc<Semaphore>,
+    cancel: CancellationToken,
+    running: Vec<tokio::task::JoinHandle<ChildResult>>,
+    tracker: Option<Tracker>,
+}
+
+impl fmt::Debug for ParallelGroup {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ParallelGroup")
+            .field("opts", &self.opts)
+            .field("spawned", &self.running.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ParallelGroup {
+    /// Starts a child once a slot is free (waits otherwise). After the group or the
+    /// parent was cancelled, no child is started: it is recorded as cancelled.
+    ///
+    /// # Errors
+    ///
+    /// [`ChildError::Launch`], [`ChildError::NoRuntime`].
+    pub async fn spawn<P: Process>(&mut self, child: Child<P>) -> Result<(), ChildError> {
+        let name = child
+            .name
+            .clone()
+            .unwrap_or_else(|| P::META.name.to_owned());
+        let permit = tokio::select! {
+            p = self.slots.clone().acquire_owned() => p.ok(),
+            () = self.cancel.cancelled() => None,
+        };
+        let Some(permit) = permit.filter(|_| !self.cancel.is_cancelled()) else {
+            let id = child.id.clone().unwrap_or_default();
+            self.running.push(tokio::spawn(async move {
+                ChildResult {
+                    process_id: id,
+                    name,
+                    state: State::Cancelled,
+                    error: None,
+                    original: None,
+                }
+            }));
+            return Ok(());
+        };
+        let spawner = self.ctx.spawner().ok_or(ChildError::NoRuntime)?;
+        let (req, opts) = self.ctx.prepare_child(child)?;
+        if let Some(t) = &self.tracker {
+            t.add(&req.id, &req.name, opts.tasks);
+        }
+        let id = req.id.clone();
+        let run = spawner
+            .launch_child(req)
+            .await
+            .map_err(|source| ChildError::Launch {
+                id: id.clone(),
+                source,
+            })?;
+        self.ctx
+            .log(crate::ctx::Level::Info, format!("Spawned child: {name}"));
+        let group = self.cancel.clone();
+        let fail_fast = !self.opts.survive_failure;
+        let cascade = !self.opts.survive_cancel;
+        let tracker = self.tracker.clone();
+        self.running.push(tokio::spawn(async move {
+            let report = await_child(group.clone(), run).await;
+            drop(permit);
+            let outcome = outcome_of(&id, &name, &report);
+            if let Some(t) = &tracker {
+                t.set_state(&id, outcome.state);
+            }
+            match outcome.state {
+                // Fail fast: the siblings are cancelled, the parent is not.
+                State::Failed if fail_fast => group.cancel(),
+                State::Cancelled if cascade => group.cancel(),
+                _ => {}
+            }
+            ChildResult {
+                process_id: outcome.id,
+                name: outcome.name,
+                state: outcome.state,
+                error: outcome.error,
+                original: outcome.original,
+            }
+        }));
+        Ok(())
+    }
+
+    /// Waits for every child and returns their results in spawn order.
+    ///
+    /// # Errors
+    ///
+    /// [`GroupError::Failed`] (every failure listed) when children failed and
+    /// `survive_failure` is off; otherwise [`GroupError::Cancelled`] when children were
+    /// cancelled and `survive_cancel` is off, in which case the parent's run is asked to
+    /// stop. A failure dominates a cancel: it leaves the parent's run alone.
+    pub async fn finish(self) -> Result<Vec<ChildResult>, GroupError> {
+        let mut results = Vec::with_capacity(self.running.len());
+        for h in self.running {
+            match h.await {
+                Ok(r) => results.push(r),
+                Err(e) => results.push(ChildResult {
+                    process_id: String::new(),
+                    name: String::new(),
+                    state: State::Failed,
+                    error: Some(e.to_string()),
+                    original: None,
+                }),
+            }
+        }
+        let failures: Vec<ChildProcessFailed> = results
+            .iter()
+            .filter(|r| r.state == State::Failed)
+            .map(|r| ChildProcessFailed {
+                name: r.name.clone(),
+                process_id: r.process_id.clone(),
+                original: r.original.clone().unwrap_or_else(|| {
+                    Arc::new(SynthesizedError(r.error.clone().unwrap_or_default()))
+                }),
+            })
+            .collect();
+        if !failures.is_empty() && !self.opts.survive_failure {
+            return Err(GroupError::Failed { failures, results });
+        }
+        let cancelled: Vec<String> = results
+            .iter()
+            .filter(|r| r.state == State::Cancelled)
+            .map(|r| r.process_id.clone())
+            .collect();
+        if !cancelled.is_empty() && !self.opts.survive_cancel {
+            self.ctx.cancel();
+            return Err(GroupError::Cancelled { cancelled, results });
+        }
+        Ok(results)
+    }
+}
+
+/// Turn children's progress into the parent's, with optio's semantics: a child in a
+/// terminal state counts as 100%, an unknown percent as 0.
+///
+/// # Examples
+///
+/// ```
+/// use procession::progress::{average_percent, mapped_percent, sequential_percent};
+/// use procession::{ChildProgress, State};
+/// let c = |state, percent| ChildProgress { process_id: "c".into(), name: "c".into(), state, percent, message: None };
+/// assert_eq!(sequential_percent(&[c(State::Done, Some(100.0)), c(State::Running, Some(50.0))], 4), 37.5);
+/// assert_eq!(average_percent(&[c(State::Running, None), c(State::Running, Some(50.0))]), 25.0);
+/// assert_eq!(mapped_percent(&[c(State::Running, Some(50.0))], 0.25, 0.5), 37.5);
+/// ```
+pub mod progress {
+    use super::ChildProgress;
+    use crate::ctx::Ctx;
+
+    fn percent(c: &ChildProgress) -> f64 {
+        if c.state.is_end() {
+            100.0
+        } else {
+            c.percent.unwrap_or(0.0).clamp(0.0, 100.0)
+        }
+    }
+
+    /// `total` equal slots, one per child in order: each child fills its slot.
+    pub fn sequential_percent(children: &[ChildProgress], total: usize) -> f64 {
+        if total == 0 {
+            return 0.0;
+        }
+        let sum: f64 = children.iter().take(total).map(percent).sum();
+        sum / total as f64
+    }
+
+    /// The average of the children's percents (0 when there is none).
+    pub fn average_percent(children: &[ChildProgress]) -> f64 {
+        if children.is_empty() {
+            return 0.0;
+        }
+        children.iter().map(percent).sum::<f64>() / children.len() as f64
+    }
+
+    /// The first child's percent mapped into `[start, end]` (fractions of the parent).
+    pub fn mapped_percent(children: &[ChildProgress], start: f64, end: f64) -> f64 {
+        let p = children.first().map_or(0.0, percent);
+        (start + (end - start) * p / 100.0) * 100.0
+    }
+
+    /// A callback reporting [`sequential_percent`] as `ctx`'s progress.
+    pub fn sequential(
+        ctx: &Ctx,
+        total: usize,
+    ) -> impl Fn(&[ChildProgress]) + Send + Sync + 'static {
+        let ctx = ctx.clone();
+        move |c: &[ChildProgress]| ctx.progress(sequential_percent(c, total), "")
+    }
+
+    /// A callback reporting [`average_percent`] as `ctx`'s progress.
+    pub fn average(ctx: &Ctx) -> impl Fn(&[ChildProgress]) + Send + Sync + 'static {
+        let ctx = ctx.clone();
+        move |c: &[ChildProgress]| ctx.progress(average_percent(c), "")
+    }
+
+    /// A callback reporting [`mapped_percent`] as `ctx`'s progress.
+    pub fn mapped(
+        ctx: &Ctx,
+        start: f64,
+        end: f64,
+    ) -> impl Fn(&[ChildProgress]) + Send + Sync + 'static {
+        let ctx = ctx.clone();
+        move |c: &[ChildProgress]| ctx.progress(mapped_percent(c, start, end), "")
+    }
+}
