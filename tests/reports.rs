@@ -1,0 +1,387 @@
+//! Run reports (acceptance area 18): per-task status, attempts, timings, results and
+//! errors; accessors that partition the tasks; lossless JSON.
+
+// Task inputs are owned values (they are stored between tasks), so a task that only
+// reads an input still takes it by value; some tasks are `async` only to run as async
+// tasks.
+#![allow(clippy::needless_pass_by_value, clippy::unused_async)]
+
+mod common;
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use common::rt;
+use procession::prelude::*;
+use procession::{NonRetryable, OutputNotSerializable, ResultError};
+use serde_json::{json, Value};
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct ApplyError(String);
+
+#[task]
+fn load() -> Vec<u32> {
+    vec![1, 2, 3]
+}
+
+#[task]
+fn apply(xs: Vec<u32>) -> Result<u32, ApplyError> {
+    Err(ApplyError(format!("cannot apply {} rows", xs.len())))
+}
+
+#[task]
+fn notify(total: u32) -> u32 {
+    total
+}
+
+#[process]
+fn job(p: &mut Builder) {
+    let xs = p.task(Load::new());
+    let total = p.task(Apply::new(xs));
+    p.task(Notify::new(total));
+}
+
+#[process(mode = "concurrent")]
+fn job_parallel(p: &mut Builder) {
+    let xs = p.task(Load::new());
+    let total = p.task(Apply::new(xs));
+    p.task(Notify::new(total));
+}
+
+fn assert_partition(report: &RunReport) {
+    assert_eq!(report.ids(report.successes()), vec!["load"]);
+    assert_eq!(report.ids(report.errored()), vec!["apply"]);
+    assert_eq!(report.ids(report.skipped()), vec!["notify"]);
+    assert!(report.cancelled().is_empty());
+    let total = report.successes().len()
+        + report.errored().len()
+        + report.skipped().len()
+        + report.cancelled().len();
+    assert_eq!(total, report.tasks.len());
+    assert_eq!(report.task("load").unwrap().status, TaskStatus::Success);
+    assert_eq!(report.task("apply").unwrap().status, TaskStatus::Errored);
+    assert_eq!(report.task("notify").unwrap().status, TaskStatus::Skipped);
+    assert_eq!(report.status, RunStatus::Failed);
+}
+
+// PROC-14: the accessors partition the tasks: successes {load}, errored {apply}, skipped
+// {notify}.
+#[tokio::test]
+async fn proc_14_accessors_partition_the_tasks() {
+    let report = rt().await.run(Job {}).await.unwrap();
+    assert_partition(&report);
+}
+
+// PROC-15: the same classification when the tasks run concurrently with 4 slots.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn proc_15_parallel_report_classifies_each_task() {
+    let report = rt()
+        .await
+        .run(Launch::new(JobParallel {}).max_concurrency(4))
+        .await
+        .unwrap();
+    assert_partition(&report);
+}
+
+#[task]
+fn answer() -> u32 {
+    42
+}
+
+#[process]
+fn all_good(p: &mut Builder) {
+    p.task(Answer::new());
+}
+
+// PROC-16: all success: the entry has result 42; errored and skipped are empty.
+#[tokio::test]
+async fn proc_16_all_success_report() {
+    let report = rt().await.run(AllGood {}).await.unwrap();
+    assert_eq!(report.status, RunStatus::Succeeded);
+    assert!(report.is_success());
+    let t = report.task("answer").unwrap();
+    assert!(t.is_success());
+    assert_eq!(t.result_as::<u32>().unwrap(), 42);
+    assert!(t.error.is_none());
+    assert!(report.errored().is_empty());
+    assert!(report.skipped().is_empty());
+    assert!(report.cancelled().is_empty());
+}
+
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct Nested {
+    k: u32,
+    nested: Vec<u32>,
+}
+
+#[task(name = "ok")]
+fn ok_task() -> Nested {
+    Nested {
+        k: 1,
+        nested: vec![1, 2],
+    }
+}
+
+#[task]
+fn boom() -> Result<u32, std::io::Error> {
+    Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "nope"))
+}
+
+#[task]
+fn down(x: u32) -> u32 {
+    x
+}
+
+/// A task with a description.
+#[task]
+fn unit_result() {}
+
+#[process]
+fn lossless(p: &mut Builder) {
+    p.task(OkTask::new());
+    p.task(UnitResult::new());
+    let b = p.concurrent(|p| p.task(Boom::new()));
+    p.concurrent(|p| p.task(Down::new(b)));
+}
+
+// PROC-66: `to_json` is complete and lossless: every task with its id, name, function,
+// description, status ("success" / "errored" / "skipped"), attempts, elapsed, result
+// (the value's JSON verbatim, null unless success) and error (message, chain, downstream
+// impact; null unless errored); reading it back gives the same JSON.
+#[tokio::test]
+async fn proc_66_to_json_is_complete_and_lossless() {
+    let report = rt()
+        .await
+        .run(Launch::new(Lossless {}).id("run-66"))
+        .await
+        .unwrap();
+    let json = report.to_json();
+    let data: Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(data["process"], "lossless");
+    assert_eq!(data["run_id"], "run-66");
+    assert_eq!(data["status"], "failed");
+    assert!(data["elapsed_ns"].as_u64().is_some());
+    let tasks = data["tasks"].as_array().unwrap();
+    let ids: Vec<&str> = tasks.iter().map(|t| t["id"].as_str().unwrap()).collect();
+    assert_eq!(
+        ids,
+        vec!["ok", "unit_result", "concurrent/boom", "concurrent#1/down"]
+    );
+    for t in tasks {
+        for field in [
+            "id",
+            "name",
+            "function",
+            "description",
+            "status",
+            "attempts",
+            "elapsed_ns",
+            "result",
+            "error",
+        ] {
+            assert!(
+                t.get(field).is_some(),
+                "task {} lacks `{field}`: {t}",
+                t["id"]
+            );
+        }
+    }
+    let by_id = |id: &str| tasks.iter().find(|t| t["id"] == id).unwrap();
+
+    let ok = by_id("ok");
+    assert_eq!(ok["status"], "success");
+    assert_eq!(ok["result"], json!({"k": 1, "nested": [1, 2]}));
+    assert!(ok["error"].is_null());
+    assert_eq!(ok["attempts"], 1);
+    assert_eq!(ok["name"], "ok");
+    assert!(ok["function"].as_str().unwrap().ends_with("::ok_task"));
+
+    let unit = by_id("unit_result");
+    assert_eq!(unit["status"], "success");
+    assert!(unit["result"].is_null());
+    assert_eq!(unit["description"], "A task with a description.");
+
+    let boom = by_id("concurrent/boom");
+    assert_eq!(boom["status"], "errored");
+    assert!(boom["result"].is_null());
+    assert!(boom["error"]["message"].as_str().unwrap().contains("nope"));
+    assert!(!boom["error"]["chain"].as_array().unwrap().is_empty());
+    assert_eq!(
+        boom["error"]["downstream_impact"],
+        json!(["concurrent#1/down"])
+    );
+
+    let down = by_id("concurrent#1/down");
+    assert_eq!(down["status"], "skipped");
+    assert!(down["result"].is_null());
+    assert!(down["error"].is_null());
+    assert_eq!(down["attempts"], 0);
+    assert_eq!(down["elapsed_ns"], 0);
+
+    let back = RunReport::from_json(&json).unwrap();
+    assert_eq!(back.to_json(), json);
+    assert_eq!(back.result::<Nested>("ok").unwrap().nested, vec![1, 2]);
+    assert_eq!(
+        back.task("concurrent#1/down").unwrap().elapsed,
+        Duration::ZERO
+    );
+    assert_eq!(
+        back.task("ok").unwrap().elapsed,
+        report.task("ok").unwrap().elapsed
+    );
+    // The original error value does not survive JSON; its message and chain do.
+    let restored = back
+        .task("concurrent/boom")
+        .unwrap()
+        .error
+        .as_ref()
+        .unwrap();
+    assert!(restored.error().is_none());
+    assert_eq!(
+        restored.chain,
+        report
+            .task("concurrent/boom")
+            .unwrap()
+            .error
+            .as_ref()
+            .unwrap()
+            .chain
+    );
+    assert!(report
+        .task("concurrent/boom")
+        .unwrap()
+        .error
+        .as_ref()
+        .unwrap()
+        .error()
+        .is_some());
+}
+
+// PROC-67: the indented form has newlines and parses as the same report.
+#[tokio::test]
+async fn proc_67_pretty_json_is_valid() {
+    let report = rt().await.run(AllGood {}).await.unwrap();
+    let pretty = report.to_json_pretty();
+    assert!(pretty.contains('\n'));
+    let a: Value = serde_json::from_str(&pretty).unwrap();
+    let b: Value = serde_json::from_str(&report.to_json()).unwrap();
+    assert_eq!(a, b);
+    assert_eq!(
+        RunReport::from_json(&pretty)
+            .unwrap()
+            .result::<u32>("answer")
+            .unwrap(),
+        42
+    );
+}
+
+// `result` explains why there is no value: unknown id, no result (with the status), or a
+// result of another type.
+#[tokio::test]
+async fn result_errors_name_the_problem() {
+    let report = rt().await.run(Job {}).await.unwrap();
+    assert_eq!(
+        report.result::<u32>("ghost").unwrap_err(),
+        ResultError::UnknownTask {
+            task: "ghost".into()
+        }
+    );
+    assert_eq!(
+        report.result::<u32>("notify").unwrap_err(),
+        ResultError::NoResult {
+            task: "notify".into(),
+            status: TaskStatus::Skipped
+        }
+    );
+    assert!(matches!(
+        report.result::<String>("load"),
+        Err(ResultError::Decode { .. })
+    ));
+    assert_eq!(report.result::<Vec<u32>>("load").unwrap(), vec![1, 2, 3]);
+}
+
+// The summary has a line per task with its status, and names what a failure skipped.
+#[tokio::test]
+async fn summary_lists_every_task() {
+    let report = rt().await.run(Job {}).await.unwrap();
+    let summary = report.summary();
+    assert_eq!(summary.lines().count(), 1 + report.tasks.len(), "{summary}");
+    assert!(summary.contains("ok      load"), "{summary}");
+    assert!(summary.contains("ERROR   apply"), "{summary}");
+    assert!(summary.contains("skipped notify"), "{summary}");
+    assert!(
+        summary.contains("skipped because of it: notify"),
+        "{summary}"
+    );
+}
+
+/// A value whose serialization fails at run time.
+#[derive(Debug)]
+struct Opaque;
+
+impl serde::Serialize for Opaque {
+    fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+        Err(serde::ser::Error::custom("cannot store this"))
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Opaque {
+    fn deserialize<D: serde::Deserializer<'de>>(_: D) -> Result<Self, D::Error> {
+        Ok(Opaque)
+    }
+}
+
+static UNSTORABLE_CALLS: AtomicU32 = AtomicU32::new(0);
+
+#[task(retries = 3)]
+fn unstorable() -> Opaque {
+    UNSTORABLE_CALLS.fetch_add(1, Ordering::SeqCst);
+    Opaque
+}
+
+#[process]
+fn unstorable_job(p: &mut Builder) {
+    p.task(Unstorable::new());
+}
+
+// PROC-66's "result that is not JSON" in a typed port: an output whose serialization
+// fails makes the task errored with OutputNotSerializable (never a panic, never a dropped
+// result), and it is not retried: serializing again would fail again.
+#[tokio::test]
+async fn output_that_cannot_be_serialized_is_a_final_error() {
+    let report = rt().await.run(UnstorableJob {}).await.unwrap();
+    let t = report.task("unstorable").unwrap();
+    assert_eq!(t.status, TaskStatus::Errored);
+    assert_eq!(t.attempts, 1);
+    assert_eq!(UNSTORABLE_CALLS.load(Ordering::SeqCst), 1);
+    let err = t.error.as_ref().unwrap();
+    let e = err.error().unwrap();
+    assert!(e.is::<NonRetryable>());
+    let mut found = false;
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(x) = cur {
+        found |= x.is::<OutputNotSerializable>();
+        cur = x.source();
+    }
+    assert!(found, "{err:?}");
+    assert!(err.message.contains("cannot store this"), "{}", err.message);
+}
+
+// Every task that ran has an elapsed time and the run's elapsed covers them; tasks are
+// listed in the order they were added.
+#[tokio::test]
+async fn timings_and_order() {
+    let report = rt().await.run(Job {}).await.unwrap();
+    assert_eq!(
+        report.ids(report.tasks.iter().collect()),
+        vec!["load", "apply", "notify"]
+    );
+    for id in ["load", "apply"] {
+        let t = report.task(id).unwrap();
+        assert!(t.elapsed > Duration::ZERO, "{id}");
+        assert!(t.elapsed <= report.elapsed, "{id}");
+        assert_eq!(t.attempts, 1);
+    }
+    assert!(report.run_id.starts_with("job-"), "{}", report.run_id);
+}
