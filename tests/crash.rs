@@ -48,11 +48,13 @@ async fn step(ctx: &Ctx, effects: String, lane: u32, i: u32, prev: u64) -> u64 {
 }
 
 #[task]
+#[allow(clippy::needless_pass_by_value)] // task inputs are owned: they are stored between tasks
 fn total(ends: Vec<u64>) -> u64 {
     ends.iter().fold(0u64, |a, b| a.wrapping_add(*b))
 }
 
 #[process(mode = "concurrent")]
+#[allow(clippy::needless_pass_by_value)] // process parameters are owned: they are stored with the run
 fn crash_work(p: &mut Builder, effects: String, lanes: u32, steps: u32) {
     let ends = p.each(0..lanes, |p, lane| {
         let mut prev = p.task(Seed::new(lane));

@@ -316,6 +316,7 @@ async fn damaged_store_is_a_typed_error() {
 }
 
 #[task]
+#[allow(clippy::unused_async)] // runs as an async task on purpose
 async fn chatty(ctx: &Ctx, n: u32, warn_at: u32) -> u32 {
     for i in 0..n {
         if i == warn_at {
