@@ -1,0 +1,1265 @@
+//! Benchmarks of procession (DESIGN §8, issue 6): scheduling overhead against a
+//! hand-written tokio DAG executor, persisted throughput against raw sled, peak memory of a
+//! 100k-task run, and the time to resume a half-done 100k-task run after `kill -9`.
+//!
+//! `cargo run --release -p procession-benches` runs everything (median of 5 interleaved
+//! runs after one warm-up); `-- --quick` runs small sizes once (CI smoke run).
+//!
+//! The binary re-executes itself with hidden flags for the measurements that need a fresh
+//! process: `--rss-child` (peak resident memory) and `--resume-child` (the run that is
+//! killed half way).
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use procession::prelude::*;
+use procession::{
+    Batch, EventKind, ProcessRecord, SledStore, State, Store, StoreError, TaskRow, Update,
+};
+use tokio::sync::mpsc;
+
+type AnyResult<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+const SEED: u64 = 0x5EED_0006_D1A6_2024;
+
+// ----------------------------------------------------------------------------------------
+// Graph shapes, shared by the baseline and the procession processes.
+// ----------------------------------------------------------------------------------------
+
+/// The shapes measured. Every node's value is `index` when it has no parent and
+/// `wrapping_sum(parents) + 1` otherwise, in both executors (checked once per shape).
+#[derive(Clone, Copy, Debug)]
+enum Shape {
+    /// `n` independent tasks.
+    Wide(u32),
+    /// `n` tasks, each passing a `u64` to the next.
+    Chain(u32),
+    /// 1 -> `n` -> 1.
+    Fan(u32),
+    /// `layers` x `width`, 3 distinct random parents in the previous layer.
+    Layered { layers: u32, width: u32 },
+}
+
+impl Shape {
+    fn name(self) -> String {
+        match self {
+            Shape::Wide(n) => format!("wide {}", human(n)),
+            Shape::Chain(n) => format!("chain {}", human(n)),
+            Shape::Fan(n) => format!("fan 1>{}>1", human(n)),
+            Shape::Layered { layers, width } => format!("layered {layers}x{}", human(width)),
+        }
+    }
+
+    fn tasks(self) -> usize {
+        match self {
+            Shape::Wide(n) | Shape::Chain(n) => n as usize,
+            Shape::Fan(n) => n as usize + 2,
+            Shape::Layered { layers, width } => (layers * width) as usize,
+        }
+    }
+
+    /// Parents of every node, in CSR form (the baseline's input).
+    fn dag(self) -> Dag {
+        let n = self.tasks();
+        let mut off = Vec::with_capacity(n + 1);
+        let mut parents = Vec::new();
+        off.push(0u32);
+        match self {
+            Shape::Wide(_) => off.resize(n + 1, 0),
+            Shape::Chain(_) => {
+                for i in 0..n as u32 {
+                    if i > 0 {
+                        parents.push(i - 1);
+                    }
+                    off.push(parents.len() as u32);
+                }
+            }
+            Shape::Fan(m) => {
+                off.push(0);
+                for _ in 0..m {
+                    parents.push(0);
+                    off.push(parents.len() as u32);
+                }
+                parents.extend(1..=m);
+                off.push(parents.len() as u32);
+            }
+            Shape::Layered { layers, width } => {
+                let picks = layered_parents(layers, width, SEED);
+                off.resize(width as usize + 1, 0);
+                for l in 1..layers {
+                    for j in 0..width {
+                        let p = picks[((l - 1) * width + j) as usize];
+                        parents.extend(p.iter().map(|&x| (l - 1) * width + x));
+                        off.push(parents.len() as u32);
+                    }
+                }
+            }
+        }
+        Dag { off, parents }
+    }
+}
+
+fn human(n: u32) -> String {
+    if n >= 1000 && n.is_multiple_of(1000) {
+        format!("{}k", n / 1000)
+    } else {
+        n.to_string()
+    }
+}
+
+struct Dag {
+    off: Vec<u32>,
+    parents: Vec<u32>,
+}
+
+fn splitmix64(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// For every node of layers `1..layers`, 3 distinct parents (indices in the previous
+/// layer), from a fixed seed.
+fn layered_parents(layers: u32, width: u32, seed: u64) -> Vec<[u32; 3]> {
+    let mut s = seed;
+    let mut out = Vec::with_capacity(((layers.saturating_sub(1)) * width) as usize);
+    for _ in 1..layers {
+        for _ in 0..width {
+            let mut p = [u32::MAX; 3];
+            let mut k = 0;
+            while k < 3 {
+                let c = (splitmix64(&mut s) % u64::from(width)) as u32;
+                if !p[..k].contains(&c) || width < 3 {
+                    p[k] = c;
+                    k += 1;
+                }
+            }
+            out.push(p);
+        }
+    }
+    out
+}
+
+// ----------------------------------------------------------------------------------------
+// (a) The baseline: a minimal hand-written tokio DAG executor, in two flavours.
+// ----------------------------------------------------------------------------------------
+
+const DONE: u32 = u32::MAX;
+
+struct BaseShared {
+    indegree: Vec<AtomicU32>,
+    values: Vec<AtomicU64>,
+    parent_off: Vec<u32>,
+    parents: Vec<u32>,
+    child_off: Vec<u32>,
+    children: Vec<u32>,
+    left: AtomicUsize,
+    /// Newly ready nodes go to the driver (flavour a'), or only `DONE` does (flavour a).
+    ready: mpsc::UnboundedSender<u32>,
+    /// Flavour a: the task that makes a node ready spawns it itself.
+    direct: bool,
+}
+
+fn base_node(s: &Arc<BaseShared>, i: u32) {
+    let iu = i as usize;
+    let ps = &s.parents[s.parent_off[iu] as usize..s.parent_off[iu + 1] as usize];
+    let v = if ps.is_empty() {
+        u64::from(i)
+    } else {
+        ps.iter()
+            .fold(0u64, |a, &p| {
+                a.wrapping_add(s.values[p as usize].load(Ordering::Acquire))
+            })
+            .wrapping_add(1)
+    };
+    s.values[iu].store(v, Ordering::Release);
+    for &c in &s.children[s.child_off[iu] as usize..s.child_off[iu + 1] as usize] {
+        if s.indegree[c as usize].fetch_sub(1, Ordering::AcqRel) == 1 {
+            if s.direct {
+                let s = s.clone();
+                tokio::spawn(async move { base_node(&s, c) });
+            } else {
+                let _ = s.ready.send(c);
+            }
+        }
+    }
+    if s.left.fetch_sub(1, Ordering::AcqRel) == 1 {
+        let _ = s.ready.send(DONE);
+    }
+}
+
+/// Builds the DAG from the shape (included in the time, as procession's graph build is)
+/// and runs it: `AtomicU32` in-degree counters, one `tokio::spawn` per ready node, `u64`
+/// results in a slot per node. `direct`: the task that makes a node ready spawns it (the
+/// worker's run queue is the ready queue); otherwise ready nodes go over a channel to a
+/// driver task that spawns them (procession's own architecture).
+/// Returns the wrapping sum of all node values.
+async fn baseline(shape: Shape, direct: bool) -> u64 {
+    let Dag { off, parents } = shape.dag();
+    let n = off.len() - 1;
+    let mut child_off = vec![0u32; n + 1];
+    for &p in &parents {
+        child_off[p as usize + 1] += 1;
+    }
+    for i in 0..n {
+        child_off[i + 1] += child_off[i];
+    }
+    let mut fill = child_off.clone();
+    let mut children = vec![0u32; parents.len()];
+    for i in 0..n {
+        for &p in &parents[off[i] as usize..off[i + 1] as usize] {
+            children[fill[p as usize] as usize] = i as u32;
+            fill[p as usize] += 1;
+        }
+    }
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let s = Arc::new(BaseShared {
+        indegree: (0..n)
+            .map(|i| AtomicU32::new(off[i + 1] - off[i]))
+            .collect(),
+        values: (0..n).map(|_| AtomicU64::new(0)).collect(),
+        parent_off: off,
+        parents,
+        child_off,
+        children,
+        left: AtomicUsize::new(n),
+        ready: tx,
+        direct,
+    });
+    for i in 0..n as u32 {
+        if s.parent_off[i as usize] == s.parent_off[i as usize + 1] {
+            let s = s.clone();
+            tokio::spawn(async move { base_node(&s, i) });
+        }
+    }
+    let mut batch = Vec::with_capacity(256);
+    'outer: while rx.recv_many(&mut batch, 256).await > 0 {
+        for i in batch.drain(..) {
+            if i == DONE {
+                break 'outer;
+            }
+            let s = s.clone();
+            tokio::spawn(async move { base_node(&s, i) });
+        }
+    }
+    s.values
+        .iter()
+        .fold(0u64, |a, v| a.wrapping_add(v.load(Ordering::Acquire)))
+}
+
+// ----------------------------------------------------------------------------------------
+// (b), (c): the same shapes as procession processes.
+// ----------------------------------------------------------------------------------------
+
+/// A node without parent.
+#[task]
+#[allow(clippy::unused_async)] // async on purpose: runs as a tokio task, not on the blocking pool
+async fn leaf(i: u64) -> u64 {
+    i
+}
+
+/// A node with one parent.
+#[task]
+#[allow(clippy::unused_async)] // async on purpose: runs as a tokio task, not on the blocking pool
+async fn step(x: u64) -> u64 {
+    x.wrapping_add(1)
+}
+
+/// A node with several parents (fan-in).
+#[task]
+#[allow(clippy::unused_async)] // async on purpose: runs as a tokio task, not on the blocking pool
+async fn gather(xs: Vec<u64>) -> u64 {
+    xs.iter()
+        .fold(0u64, |a, &x| a.wrapping_add(x))
+        .wrapping_add(1)
+}
+
+/// `n` independent tasks.
+#[process(mode = "concurrent")]
+fn wide(p: &mut Builder, n: u32) {
+    p.each(0..n, |p, i| p.task(Leaf::new(u64::from(i))));
+}
+
+/// `n` tasks in a line.
+#[process(mode = "concurrent")]
+fn chain(p: &mut Builder, n: u32) {
+    let mut x = p.task(Leaf::new(0));
+    p.each(1..n, |p, _| x = p.task(Step::new(x)));
+}
+
+/// 1 -> `n` -> 1.
+#[process(mode = "concurrent")]
+fn fan(p: &mut Builder, n: u32) {
+    let src = p.task(Leaf::new(0));
+    let mids = p.each(0..n, |p, _| p.task(Step::new(src)));
+    p.task(Gather::new(mids));
+}
+
+/// `layers` x `width`, 3 random parents in the previous layer.
+#[process(mode = "concurrent")]
+fn layered(p: &mut Builder, layers: u32, width: u32, seed: u64) {
+    let picks = layered_parents(layers, width, seed);
+    let mut prev: Vec<Out<u64>> = p.each(0..width, |p, j| p.task(Leaf::new(u64::from(j))));
+    for l in 1..layers {
+        let base = ((l - 1) * width) as usize;
+        prev = p.each(0..width, |p, j| {
+            let ps = picks[base + j as usize];
+            let ins: Vec<Out<u64>> = ps.iter().map(|&x| prev[x as usize]).collect();
+            p.task(Gather::new(ins))
+        });
+    }
+}
+
+/// Same as `chain`, built with a plain loop (ids `step`, `step#1`, ... instead of
+/// `each[i]/step`): measured for its graph build time only.
+#[process(mode = "concurrent")]
+fn chain_loop(p: &mut Builder, n: u32) {
+    let mut x = p.task(Leaf::new(0));
+    for _ in 1..n {
+        x = p.task(Step::new(x));
+    }
+}
+
+/// Opened in the parent only: in the killed child, the upper half of `gated` never ends.
+static GATE_OPEN: AtomicBool = AtomicBool::new(false);
+/// Bodies of `gated` that ended in this process.
+static GATED_ENDED: AtomicU64 = AtomicU64::new(0);
+
+/// Ends at once for `i < half`; for `i >= half`, waits for a gate that the killed child
+/// never opens.
+#[task]
+async fn gated(i: u64, half: u64) -> u64 {
+    if i >= half && !GATE_OPEN.load(Ordering::Acquire) {
+        std::future::pending::<()>().await;
+    }
+    GATED_ENDED.fetch_add(1, Ordering::Relaxed);
+    i
+}
+
+/// `n` independent gated tasks.
+#[process(mode = "concurrent")]
+fn gated_wide(p: &mut Builder, n: u32) {
+    let half = u64::from(n / 2);
+    p.each(0..n, |p, i| p.task(Gated::new(u64::from(i), half)));
+}
+
+fn checksum(report: &RunReport) -> u64 {
+    report.tasks.iter().fold(0u64, |a, t| {
+        let v = t
+            .result
+            .as_ref()
+            .and_then(|r| serde_json::from_str::<u64>(r.get()).ok())
+            .unwrap_or(0);
+        a.wrapping_add(v)
+    })
+}
+
+async fn launch_shape(rt: &Runtime, shape: Shape) -> AnyResult<RunReport> {
+    let report = match shape {
+        Shape::Wide(n) => rt.launch(Wide { n }).await?.wait().await?,
+        Shape::Chain(n) => rt.launch(Chain { n }).await?.wait().await?,
+        Shape::Fan(n) => rt.launch(Fan { n }).await?.wait().await?,
+        Shape::Layered { layers, width } => {
+            rt.launch(Layered {
+                layers,
+                width,
+                seed: SEED,
+            })
+            .await?
+            .wait()
+            .await?
+        }
+    };
+    if report.status != RunStatus::Succeeded {
+        return Err(format!("{} ended {:?}", shape.name(), report.status).into());
+    }
+    Ok(report)
+}
+
+fn graph_of(shape: Shape) -> AnyResult<Graph> {
+    Ok(match shape {
+        Shape::Wide(n) => Graph::of(Wide { n })?,
+        Shape::Chain(n) => Graph::of(Chain { n })?,
+        Shape::Fan(n) => Graph::of(Fan { n })?,
+        Shape::Layered { layers, width } => Graph::of(Layered {
+            layers,
+            width,
+            seed: SEED,
+        })?,
+    })
+}
+
+fn register(b: procession::RuntimeBuilder) -> procession::RuntimeBuilder {
+    b.register::<Wide>()
+        .register::<Chain>()
+        .register::<Fan>()
+        .register::<Layered>()
+}
+
+// ----------------------------------------------------------------------------------------
+// Variants and the measurement loop.
+// ----------------------------------------------------------------------------------------
+
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+enum Variant {
+    Baseline,
+    BaselineChannel,
+    Memory,
+    MemoryGraph,
+    Sled,
+}
+
+impl Variant {
+    fn label(self) -> &'static str {
+        match self {
+            Variant::Baseline => "(a) tokio, direct spawn",
+            Variant::BaselineChannel => "(a') tokio, driver+channel",
+            Variant::Memory => "(b) procession in memory",
+            Variant::MemoryGraph => "(b') in memory, run_graph",
+            Variant::Sled => "(c) procession on sled",
+        }
+    }
+}
+
+static DIR_SEQ: AtomicUsize = AtomicUsize::new(0);
+
+fn fresh_dir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!(
+        "procession-bench-{}-{tag}-{}",
+        std::process::id(),
+        DIR_SEQ.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+/// One timed run; returns the elapsed time and the run's checksum.
+async fn run_once(shape: Shape, v: Variant) -> AnyResult<(Duration, u64)> {
+    match v {
+        Variant::Baseline | Variant::BaselineChannel => {
+            let t = Instant::now();
+            let sum = baseline(shape, v == Variant::Baseline).await;
+            Ok((t.elapsed(), sum))
+        }
+        Variant::Memory => {
+            let rt = register(Runtime::in_memory()).start().await?;
+            let t = Instant::now();
+            let report = launch_shape(&rt, shape).await?;
+            let el = t.elapsed();
+            rt.shutdown().await?;
+            Ok((el, checksum(&report)))
+        }
+        Variant::MemoryGraph => {
+            let rt = Runtime::in_memory().start().await?;
+            let t = Instant::now();
+            let report = rt.run_graph(graph_of(shape)?).await?;
+            let el = t.elapsed();
+            rt.shutdown().await?;
+            if report.status != RunStatus::Succeeded {
+                return Err(format!("{} ended {:?}", shape.name(), report.status).into());
+            }
+            Ok((el, checksum(&report)))
+        }
+        Variant::Sled => {
+            let dir = fresh_dir("c");
+            let rt = register(Runtime::open(&dir)).start().await?;
+            let t = Instant::now();
+            let report = launch_shape(&rt, shape).await?;
+            let el = t.elapsed();
+            rt.shutdown().await?;
+            drop(rt);
+            let _ = std::fs::remove_dir_all(&dir);
+            Ok((el, checksum(&report)))
+        }
+    }
+}
+
+fn median(xs: &[Duration]) -> Duration {
+    let mut v = xs.to_vec();
+    v.sort_unstable();
+    if v.is_empty() {
+        return Duration::ZERO;
+    }
+    v[v.len() / 2]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn group_digits(x: f64) -> String {
+    let s = format!("{:.0}", x.max(0.0));
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+// ----------------------------------------------------------------------------------------
+// Store wrapper counting what a persisted run writes.
+// ----------------------------------------------------------------------------------------
+
+#[derive(Default, Debug, Clone, Copy)]
+struct WriteStats {
+    applies: u64,
+    flushes: u64,
+    task_rows: u64,
+    results: u64,
+    processes: u64,
+    bytes: u64,
+}
+
+struct Counting {
+    inner: SledStore,
+    stats: Arc<Mutex<WriteStats>>,
+}
+
+impl Store for Counting {
+    fn location(&self) -> String {
+        self.inner.location()
+    }
+    fn get(&self, id: &str) -> Result<Option<ProcessRecord>, StoreError> {
+        self.inner.get(id)
+    }
+    fn all(&self) -> Result<Vec<ProcessRecord>, StoreError> {
+        self.inner.all()
+    }
+    fn update(
+        &self,
+        id: &str,
+        f: &mut dyn FnMut(Option<&ProcessRecord>) -> Update,
+    ) -> Result<Option<ProcessRecord>, StoreError> {
+        self.inner.update(id, f)
+    }
+    fn tasks(&self, id: &str) -> Result<Vec<(u32, TaskRow)>, StoreError> {
+        self.inner.tasks(id)
+    }
+    fn results(&self, id: &str) -> Result<Vec<(u32, Vec<u8>)>, StoreError> {
+        self.inner.results(id)
+    }
+    fn apply(&self, batch: Batch) -> Result<(), StoreError> {
+        {
+            let mut s = self
+                .stats
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            s.applies += 1;
+            s.task_rows += batch.tasks.len() as u64;
+            s.results += batch.results.len() as u64;
+            s.processes += batch.processes.len() as u64;
+            // Same encoding and key layout as the sled store: JSON value, `run\0<be u32>` key.
+            for (id, _, row) in &batch.tasks {
+                s.bytes += (serde_json::to_vec(row).map_or(0, |v| v.len()) + id.len() + 5) as u64;
+            }
+            for (id, _, bytes) in &batch.results {
+                s.bytes += (bytes.len() + id.len() + 5) as u64;
+            }
+        }
+        self.inner.apply(batch)
+    }
+    fn flush(&self) -> Result<(), StoreError> {
+        self.stats
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .flushes += 1;
+        self.inner.flush()
+    }
+    fn next_id(&self) -> Result<u64, StoreError> {
+        self.inner.next_id()
+    }
+    fn idempotent(&self, key: &str) -> Result<Option<String>, StoreError> {
+        self.inner.idempotent(key)
+    }
+    fn claim_idempotent(&self, key: &str, id: &str) -> Result<String, StoreError> {
+        self.inner.claim_idempotent(key, id)
+    }
+}
+
+/// Bytes this process passed to `write(2)` so far (`wchar` of `/proc/self/io`).
+fn wchar() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/io").ok()?;
+    s.lines()
+        .find_map(|l| l.strip_prefix("wchar:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+fn dir_size(p: &Path) -> u64 {
+    let Ok(rd) = std::fs::read_dir(p) else {
+        return 0;
+    };
+    rd.flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_size(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+struct Persisted {
+    stats: WriteStats,
+    dir_bytes: u64,
+    size_on_disk: Option<u64>,
+    wchar: Option<u64>,
+}
+
+/// One persisted run through the counting store: what (c) writes for this shape.
+async fn persisted_profile(shape: Shape) -> AnyResult<Persisted> {
+    let dir = fresh_dir("count");
+    let stats = Arc::new(Mutex::new(WriteStats::default()));
+    let inner = {
+        let dir = dir.clone();
+        tokio::task::spawn_blocking(move || SledStore::open(dir)).await??
+    };
+    let rt = register(Runtime::with_store(Counting {
+        inner,
+        stats: stats.clone(),
+    }))
+    .start()
+    .await?;
+    let before = *stats
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let w0 = wchar();
+    launch_shape(&rt, shape).await?;
+    rt.shutdown().await?;
+    let w1 = wchar();
+    let after = *stats
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    drop(rt);
+    let stats = WriteStats {
+        applies: after.applies - before.applies,
+        flushes: after.flushes - before.flushes,
+        task_rows: after.task_rows - before.task_rows,
+        results: after.results - before.results,
+        processes: after.processes - before.processes,
+        bytes: after.bytes - before.bytes,
+    };
+    // The writer thread lets go of the store shortly after shutdown; sled's own figure
+    // needs the database reopened.
+    let mut size_on_disk = None;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        if let Ok(db) = sled::open(&dir) {
+            size_on_disk = db.size_on_disk().ok();
+            break;
+        }
+    }
+    let dir_bytes = dir_size(&dir);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(Persisted {
+        stats,
+        dir_bytes,
+        size_on_disk,
+        wchar: w0.zip(w1).map(|(a, b)| b - a),
+    })
+}
+
+/// Raw sled: `n` records of `value_len` bytes (keys shaped like the store's) inserted with
+/// one `sled::Batch`, then one flush. Database open excluded.
+fn raw_sled(n: u64, value_len: usize, batched: bool) -> AnyResult<Duration> {
+    let dir = fresh_dir("raw");
+    let db = sled::open(&dir)?;
+    let tree = db.open_tree("tasks")?;
+    let value = vec![b'x'; value_len];
+    let t = Instant::now();
+    let key = |i: u64| {
+        let mut k = Vec::with_capacity(24);
+        k.extend_from_slice(b"wide-00000001\0");
+        k.extend_from_slice(&(i as u32).to_be_bytes());
+        k
+    };
+    if batched {
+        let mut batch = sled::Batch::default();
+        for i in 0..n {
+            batch.insert(key(i), value.clone());
+        }
+        tree.apply_batch(batch)?;
+    } else {
+        for i in 0..n {
+            tree.insert(key(i), value.clone())?;
+        }
+    }
+    db.flush()?;
+    let el = t.elapsed();
+    drop(tree);
+    drop(db);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(el)
+}
+
+// ----------------------------------------------------------------------------------------
+// Child processes.
+// ----------------------------------------------------------------------------------------
+
+fn status_kb(field: &str) -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    s.lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// `--rss-child <n> <mem|sled>`: runs one wide graph and prints `VmHWM` before and after.
+async fn rss_child(n: u32, store: &str) -> AnyResult<()> {
+    let before = status_kb("VmHWM:").unwrap_or(0);
+    let dir = fresh_dir("rss");
+    let rt = if store == "sled" {
+        register(Runtime::open(&dir)).start().await?
+    } else {
+        register(Runtime::in_memory()).start().await?
+    };
+    let report = launch_shape(&rt, Shape::Wide(n)).await?;
+    let after = status_kb("VmHWM:").unwrap_or(0);
+    println!("RSS {before} {after} {}", report.tasks.len());
+    rt.shutdown().await?;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+const RESUME_ID: &str = "resume-run";
+
+/// `--resume-child <dir> <n>`: launches the gated graph and prints `HALF` once half its
+/// tasks are reported done (durable); the parent then kills it with SIGKILL.
+async fn resume_child(dir: &Path, n: u32) -> AnyResult<()> {
+    let rt = Runtime::open(dir).register::<GatedWide>().start().await?;
+    let mut events = rt.subscribe();
+    let run = rt
+        .launch(Launch::new(GatedWide { n }).id(RESUME_ID))
+        .await?;
+    let half = u64::from(n - n / 2);
+    let prefix = format!("{RESUME_ID}/");
+    let mut done = 0u64;
+    let mut lagged = 0u64;
+    let mut from_store = 0usize;
+    loop {
+        let check_store =
+            match tokio::time::timeout(Duration::from_millis(200), events.next()).await {
+                Ok(Some(e)) => match e.kind {
+                    EventKind::State { state: State::Done } if e.id.starts_with(&prefix) => {
+                        done += 1;
+                        if done >= half {
+                            break;
+                        }
+                        false
+                    }
+                    EventKind::Lagged { missed } => {
+                        lagged += missed;
+                        false
+                    }
+                    _ => false,
+                },
+                Ok(None) => return Err("event stream ended".into()),
+                Err(_) => true,
+            };
+        // This subscriber missed events (it lags behind bursts of group commits): once the
+        // lower half has ended and nothing is published for 200 ms, count the done rows in
+        // the store instead, then leave the writer time to finish its flush.
+        if check_store && lagged > 0 && GATED_ENDED.load(Ordering::Relaxed) >= half {
+            let report = rt.report(RESUME_ID).await?;
+            from_store = report.tasks.iter().filter(|t| t.is_success()).count();
+            if from_store as u64 >= half {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                break;
+            }
+        }
+    }
+    println!(
+        "HALF {done} {lagged} {from_store} {}",
+        GATED_ENDED.load(Ordering::Relaxed)
+    );
+    drop(run);
+    std::future::pending::<()>().await;
+    Ok(())
+}
+
+struct ResumeFigures {
+    tasks: u32,
+    reported: String,
+    start: Duration,
+    total: Duration,
+    rerun: u64,
+    status: RunStatus,
+}
+
+async fn measure_resume(n: u32) -> AnyResult<ResumeFigures> {
+    let dir = fresh_dir("resume");
+    let mut child = Command::new(std::env::current_exe()?)
+        .arg("--resume-child")
+        .arg(&dir)
+        .arg(n.to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()?;
+    let out = child.stdout.take().ok_or("no child stdout")?;
+    let line = tokio::task::spawn_blocking(move || {
+        let mut r = BufReader::new(out);
+        let mut line = String::new();
+        while r.read_line(&mut line).unwrap_or(0) > 0 {
+            if line.starts_with("HALF") {
+                return Some(line);
+            }
+            line.clear();
+        }
+        None
+    });
+    let line = tokio::time::timeout(Duration::from_mins(5), line).await;
+    child.kill()?; // SIGKILL
+    child.wait()?;
+    let line = line
+        .map_err(|_| "the child did not reach half")??
+        .ok_or("the child exited early")?;
+    let f: Vec<&str> = line.split_whitespace().collect();
+    let reported = format!(
+        "{} done events seen, {} events missed by the lagging subscriber, {} done rows counted in the store, {} bodies ended",
+        f.get(1).unwrap_or(&"?"),
+        f.get(2).unwrap_or(&"?"),
+        f.get(3).unwrap_or(&"?"),
+        f.get(4).unwrap_or(&"?")
+    );
+    GATE_OPEN.store(true, Ordering::Release);
+    GATED_ENDED.store(0, Ordering::Relaxed);
+    let t = Instant::now();
+    let rt = Runtime::open(&dir).register::<GatedWide>().start().await?;
+    let start = t.elapsed();
+    let report = rt.wait(RESUME_ID).await?;
+    let total = t.elapsed();
+    rt.shutdown().await?;
+    drop(rt);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(ResumeFigures {
+        tasks: n,
+        reported,
+        start,
+        total,
+        rerun: GATED_ENDED.load(Ordering::Relaxed),
+        status: report.status,
+    })
+}
+
+fn run_rss_child(n: u32, store: &str) -> AnyResult<(u64, u64)> {
+    let out = Command::new(std::env::current_exe()?)
+        .arg("--rss-child")
+        .arg(n.to_string())
+        .arg(store)
+        .stderr(Stdio::inherit())
+        .output()?;
+    let s = String::from_utf8_lossy(&out.stdout);
+    let line = s
+        .lines()
+        .find(|l| l.starts_with("RSS "))
+        .ok_or_else(|| format!("rss child failed: {s}"))?;
+    let f: Vec<u64> = line[4..]
+        .split_whitespace()
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    match f.as_slice() {
+        [before, after, _] => Ok((*before, *after)),
+        _ => Err(format!("bad rss line: {line}").into()),
+    }
+}
+
+// ----------------------------------------------------------------------------------------
+// Main.
+// ----------------------------------------------------------------------------------------
+
+struct Config {
+    quick: bool,
+    warmup: usize,
+    runs: usize,
+    shapes: Vec<Shape>,
+    big_wide: u32,
+    with_run_graph: bool,
+}
+
+fn machine_line(cfg: &Config) -> String {
+    let cores = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())
+        })
+        .unwrap_or_else(|| "unknown cpu".into());
+    format!(
+        "machine: {cores} cores (available_parallelism), {cpu}; {}; profile {}; tokio multi-thread, {cores} workers; mode {}",
+        env!("BENCH_RUSTC_VERSION"),
+        env!("BENCH_PROFILE"),
+        if cfg.quick {
+            "--quick (1 run, small sizes)"
+        } else {
+            "full"
+        }
+    )
+}
+
+#[allow(clippy::too_many_lines)]
+async fn bench(cfg: Config) -> AnyResult<()> {
+    let wall = Instant::now();
+    println!("{}", machine_line(&cfg));
+    println!(
+        "timing: wall time from launch to report in hand, median of {} interleaved run(s) after {} warm-up(s).",
+        cfg.runs, cfg.warmup
+    );
+    println!("  (a) and (a') build their DAG from the shape (in-degree counters, CSR) + run it; (a) spawns a node from the");
+    println!("      task that made it ready, (a') sends it over a channel to a driver task that spawns it (procession's design);");
+    println!("      ratios are to (a), the faster design;");
+    println!("  (b)/(c) rt.launch(process) [graph build via #[process], run record written] + run + wait() [RunReport];");
+    if cfg.with_run_graph {
+        println!("  (b') Graph::of(process) + rt.run_graph(graph) on an in-memory runtime (no run record, no task rows);");
+    }
+    println!("  runtime start/shutdown, sled open and temp dir creation/removal are excluded.");
+    println!();
+
+    let mut variants = vec![Variant::Baseline, Variant::BaselineChannel, Variant::Memory];
+    if cfg.with_run_graph {
+        variants.push(Variant::MemoryGraph);
+    }
+    variants.push(Variant::Sled);
+
+    let mut times: BTreeMap<(usize, Variant), Vec<Duration>> = BTreeMap::new();
+    let mut sums: BTreeMap<(usize, Variant), u64> = BTreeMap::new();
+    for (si, &shape) in cfg.shapes.iter().enumerate() {
+        for r in 0..cfg.warmup + cfg.runs {
+            for &v in &variants {
+                let (d, sum) = run_once(shape, v).await?;
+                sums.insert((si, v), sum);
+                if r >= cfg.warmup {
+                    times.entry((si, v)).or_default().push(d);
+                }
+            }
+        }
+        let base = sums[&(si, Variant::Baseline)];
+        for &v in &variants {
+            if sums[&(si, v)] != base {
+                return Err(format!(
+                    "{}: {} computed {} but the baseline {base}",
+                    shape.name(),
+                    v.label(),
+                    sums[&(si, v)]
+                )
+                .into());
+            }
+        }
+        eprintln!(
+            "  measured {} ({:.1} s so far)",
+            shape.name(),
+            wall.elapsed().as_secs_f64()
+        );
+    }
+
+    println!(
+        "{:<16} {:<28} {:>8} {:>10} {:>12} {:>8} {:>7}",
+        "graph", "variant", "tasks", "median ms", "tasks/s", "µs/task", "vs (a)"
+    );
+    println!("{}", "-".repeat(95));
+    for (si, &shape) in cfg.shapes.iter().enumerate() {
+        let n = shape.tasks();
+        let base = median(&times[&(si, Variant::Baseline)]);
+        for &v in &variants {
+            let m = median(&times[&(si, v)]);
+            println!(
+                "{:<16} {:<28} {:>8} {:>10.2} {:>12} {:>8.2} {:>6.2}x",
+                shape.name(),
+                v.label(),
+                n,
+                ms(m),
+                group_digits(n as f64 / m.as_secs_f64()),
+                m.as_secs_f64() * 1e6 / n as f64,
+                m.as_secs_f64() / base.as_secs_f64()
+            );
+        }
+    }
+    println!("(all runs checked: every variant computes the baseline's sum of node values)");
+    let worst_b = cfg
+        .shapes
+        .iter()
+        .enumerate()
+        .map(|(si, s)| {
+            let r = median(&times[&(si, Variant::Memory)]).as_secs_f64()
+                / median(&times[&(si, Variant::Baseline)]).as_secs_f64();
+            (r, s.name())
+        })
+        .fold((0.0, String::new()), |a, b| if b.0 > a.0 { b } else { a });
+    println!(
+        "target (b) <= 1.5x (a) on every graph: {} (worst {:.2}x on {})",
+        if worst_b.0 <= 1.5 { "MET" } else { "NOT MET" },
+        worst_b.0,
+        worst_b.1
+    );
+    println!();
+
+    // Graph build alone.
+    println!(
+        "graph build alone (Graph::of(process), median of {} runs), included in (b)/(c) above:",
+        cfg.runs.max(3)
+    );
+    println!("{:<16} {:>10} {:>16}", "graph", "build ms", "share of (b)");
+    for (si, &shape) in cfg.shapes.iter().enumerate() {
+        let mut v = Vec::new();
+        for _ in 0..cfg.runs.max(3) {
+            let t = Instant::now();
+            let g = graph_of(shape)?;
+            v.push(t.elapsed());
+            drop(g);
+        }
+        let b = median(&v);
+        println!(
+            "{:<16} {:>10.2} {:>15.0}%",
+            shape.name(),
+            ms(b),
+            100.0 * b.as_secs_f64() / median(&times[&(si, Variant::Memory)]).as_secs_f64()
+        );
+    }
+    {
+        let n = if cfg.quick { 2_000 } else { 10_000 };
+        let t = Instant::now();
+        let g = Graph::of(ChainLoop { n })?;
+        let el = t.elapsed();
+        println!(
+            "{:<16} {:>10.2}   (same chain built with a plain `for` loop: repeated task name, ids step#k)",
+            format!("chain {} loop", human(n)),
+            ms(el)
+        );
+        drop(g);
+    }
+    println!();
+
+    // Persisted writes vs raw sled.
+    println!("persisted writes of one (c) run (counted by a Store wrapper around SledStore; separate, untimed run)");
+    println!("vs raw sled: the same number of records into a fresh sled db (open excluded), median of {} runs each:", cfg.runs.max(3));
+    println!("  batch = one sled::Batch + one flush (the DESIGN §8 reference), with 100 B values and with values of the");
+    println!("  run's mean record size; loop = one Tree::insert per record + one flush, 100 B values (for context).");
+    println!(
+        "{:<16} {:>8} {:>6} {:>7} {:>7} {:>10} {:>12} {:>6} {:>12} {:>6} {:>12} {:>6}",
+        "graph",
+        "records",
+        "B/rec",
+        "applies",
+        "flushes",
+        "(c) rec/s",
+        "batch 100B",
+        "ratio",
+        "batch same",
+        "ratio",
+        "loop 100B",
+        "ratio"
+    );
+    let mut big_persisted = None;
+    let mut worst_c = f64::INFINITY;
+    for (si, &shape) in cfg.shapes.iter().enumerate() {
+        let p = persisted_profile(shape).await?;
+        let recs = p.stats.task_rows + p.stats.results;
+        let mean = p.stats.bytes.checked_div(recs).unwrap_or(0);
+        let c_time = median(&times[&(si, Variant::Sled)]);
+        let c_rate = recs as f64 / c_time.as_secs_f64();
+        let (mut r100, mut rsame, mut rloop) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..cfg.runs.max(3) {
+            r100.push(raw_sled(recs, 100, true)?);
+            rsame.push(raw_sled(recs, mean as usize, true)?);
+            rloop.push(raw_sled(recs, 100, false)?);
+        }
+        let rate = |v: &[Duration]| recs as f64 / median(v).as_secs_f64();
+        let (rate100, rate_same, rate_loop) = (rate(&r100), rate(&rsame), rate(&rloop));
+        worst_c = worst_c.min(c_rate / rate100);
+        println!(
+            "{:<16} {:>8} {:>6} {:>7} {:>7} {:>10} {:>12} {:>5.0}% {:>12} {:>5.0}% {:>12} {:>5.0}%",
+            shape.name(),
+            recs,
+            mean,
+            p.stats.applies,
+            p.stats.flushes,
+            group_digits(c_rate),
+            group_digits(rate100),
+            100.0 * c_rate / rate100,
+            group_digits(rate_same),
+            100.0 * c_rate / rate_same,
+            group_digits(rate_loop),
+            100.0 * c_rate / rate_loop
+        );
+        if matches!(shape, Shape::Wide(n) if n == cfg.big_wide) {
+            big_persisted = Some((shape, p));
+        }
+    }
+    println!("  records = task rows + results written during the run (process records excluded);");
+    println!(
+        "  (c) rec/s = records / (c) median launch-to-report time; ratio = (c) rec/s / raw rec/s."
+    );
+    println!(
+        "target (c) >= 50% of raw sled batched-insert throughput (100 B records): {} (worst {:.0}%)",
+        if worst_c >= 0.5 { "MET" } else { "NOT MET" },
+        100.0 * worst_c
+    );
+    if let Some((shape, p)) = big_persisted {
+        let n = shape.tasks() as f64;
+        println!(
+            "sled bytes per task ({}): store dir {:.0} B/task ({:.1} MiB total), sled size_on_disk() {}, bytes passed to write(2) during the run {}, logical record bytes {:.0} B/task",
+            shape.name(),
+            p.dir_bytes as f64 / n,
+            p.dir_bytes as f64 / 1_048_576.0,
+            p.size_on_disk
+                .map_or_else(|| "n/a".into(), |b| format!("{:.0} B/task", b as f64 / n)),
+            p.wchar
+                .map_or_else(|| "n/a".into(), |b| format!("{:.0} B/task", b as f64 / n)),
+            p.stats.bytes as f64 / n
+        );
+    }
+    println!();
+
+    // Memory.
+    let (b0, b1) = run_rss_child(cfg.big_wide, "mem")?;
+    let (s0, s1) = run_rss_child(cfg.big_wide, "sled")?;
+    println!(
+        "peak resident memory (VmHWM, fresh child process running only wide {}):",
+        human(cfg.big_wide)
+    );
+    println!(
+        "  in memory: {:.1} MiB (process before the run: {:.1} MiB)   target < 200 MiB: {}",
+        b1 as f64 / 1024.0,
+        b0 as f64 / 1024.0,
+        if b1 < 200 * 1024 { "MET" } else { "NOT MET" }
+    );
+    println!(
+        "  on sled:   {:.1} MiB (process before the run: {:.1} MiB)",
+        s1 as f64 / 1024.0,
+        s0 as f64 / 1024.0
+    );
+    println!();
+
+    // Resume.
+    let r = measure_resume(cfg.big_wide).await?;
+    println!(
+        "resume of an interrupted wide {} run on sled (child SIGKILLed once half its tasks were reported done: {}):",
+        human(r.tasks),
+        r.reported
+    );
+    println!(
+        "  Runtime::open(dir).register().start(): {:.1} ms; start + wait for the run to end: {:.1} ms; tasks re-run: {} (expected {}); status {:?}   target < 1 s: {}",
+        ms(r.start),
+        ms(r.total),
+        r.rerun,
+        r.tasks - r.tasks / 2,
+        r.status,
+        if r.total < Duration::from_secs(1) {
+            "MET"
+        } else {
+            "NOT MET"
+        }
+    );
+    println!();
+    println!(
+        "total benchmark wall time: {:.1} s",
+        wall.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let res: AnyResult<()> = rt.block_on(async {
+        match args.first().map(String::as_str) {
+            Some("--rss-child") => {
+                let n = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(100_000);
+                rss_child(n, args.get(2).map_or("mem", String::as_str)).await
+            }
+            Some("--resume-child") => {
+                let dir = PathBuf::from(args.get(1).ok_or("dir")?);
+                let n = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(100_000);
+                resume_child(&dir, n).await
+            }
+            Some("--only") => {
+                // For profilers: `--only <wide|chain|fan|layered> <n> <a|a2|b|b2|c> [repeats]`.
+                let n: u32 = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(100_000);
+                let shape = match args.get(1).map(String::as_str) {
+                    Some("chain") => Shape::Chain(n),
+                    Some("fan") => Shape::Fan(n),
+                    Some("layered") => Shape::Layered {
+                        layers: n / 1000,
+                        width: 1000,
+                    },
+                    _ => Shape::Wide(n),
+                };
+                let v = match args.get(3).map(String::as_str) {
+                    Some("a") => Variant::Baseline,
+                    Some("a2") => Variant::BaselineChannel,
+                    Some("b2") => Variant::MemoryGraph,
+                    Some("c") => Variant::Sled,
+                    _ => Variant::Memory,
+                };
+                let repeats: usize = args.get(4).and_then(|s| s.parse().ok()).unwrap_or(5);
+                for _ in 0..repeats {
+                    let (d, _) = run_once(shape, v).await?;
+                    println!("{} {}: {:.2} ms", shape.name(), v.label(), ms(d));
+                }
+                Ok(())
+            }
+            Some("-h" | "--help") => {
+                println!("usage: procession-benches [--quick] [--no-run-graph] | --only <wide|chain|fan|layered> <tasks> <a|a2|b|b2|c> [repeats]");
+                Ok(())
+            }
+            _ => {
+                let quick = args.iter().any(|a| a == "--quick");
+                let with_run_graph = !args.iter().any(|a| a == "--no-run-graph");
+                let cfg = if quick {
+                    Config {
+                        quick,
+                        warmup: 0,
+                        runs: 1,
+                        shapes: vec![
+                            Shape::Wide(1_000),
+                            Shape::Wide(10_000),
+                            Shape::Chain(1_000),
+                            Shape::Fan(1_000),
+                            Shape::Layered {
+                                layers: 10,
+                                width: 1_000,
+                            },
+                        ],
+                        big_wide: 10_000,
+                        with_run_graph,
+                    }
+                } else {
+                    Config {
+                        quick,
+                        warmup: 1,
+                        runs: 5,
+                        shapes: vec![
+                            Shape::Wide(10_000),
+                            Shape::Wide(100_000),
+                            Shape::Chain(10_000),
+                            Shape::Fan(10_000),
+                            Shape::Layered {
+                                layers: 100,
+                                width: 1_000,
+                            },
+                        ],
+                        big_wide: 100_000,
+                        with_run_graph,
+                    }
+                };
+                bench(cfg).await
+            }
+        }
+    });
+    if let Err(e) = res {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}
