@@ -42,7 +42,10 @@ fn seed(lane: u32) -> u64 {
 
 #[task]
 async fn step(ctx: &Ctx, effects: String, lane: u32, i: u32, prev: u64) -> u64 {
-    append(&effects, &format!("effect {} {}\n", ctx.node_id(), ctx.attempt()));
+    append(
+        &effects,
+        &format!("effect {} {}\n", ctx.node_id(), ctx.attempt()),
+    );
     tokio::time::sleep(Duration::from_millis(15)).await;
     mix(prev, lane, i)
 }
@@ -75,7 +78,9 @@ fn expected() -> u64 {
 /// The worker: resumes (or launches) the run, logs durable task ends, writes the result.
 #[test]
 fn crash_worker_entry() {
-    let Ok(dir) = std::env::var("PROCESSION_CRASH_DIR") else { return };
+    let Ok(dir) = std::env::var("PROCESSION_CRASH_DIR") else {
+        return;
+    };
     let dir = PathBuf::from(dir);
     let effects = dir.join("effects.log").display().to_string();
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -119,7 +124,12 @@ fn crash_worker_entry() {
 
 fn spawn_worker(dir: &Path) -> std::process::Child {
     Command::new(std::env::current_exe().unwrap())
-        .args(["crash_worker_entry", "--exact", "--nocapture", "--test-threads=1"])
+        .args([
+            "crash_worker_entry",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env("PROCESSION_CRASH_DIR", dir)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -157,8 +167,16 @@ fn survives_kill_9_at_random_moments() {
         let status = child.wait().unwrap();
         assert!(status.success(), "the final worker failed");
     }
-    let result: u64 = std::fs::read_to_string(dir.join("done")).unwrap().trim().parse().unwrap();
-    assert_eq!(result, expected(), "final result differs from an uninterrupted run");
+    let result: u64 = std::fs::read_to_string(dir.join("done"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        result,
+        expected(),
+        "final result differs from an uninterrupted run"
+    );
 
     let log = std::fs::read_to_string(dir.join("effects.log")).unwrap();
     let mut runs: HashMap<String, usize> = HashMap::new();
@@ -177,11 +195,21 @@ fn survives_kill_9_at_random_moments() {
             _ => {}
         }
     }
-    assert_eq!(runs.len(), (LANES * STEPS) as usize, "every step's effect is present");
-    assert!(ran_after_report.is_empty(), "tasks ran again after their end was reported: {ran_after_report:?}");
+    assert_eq!(
+        runs.len(),
+        (LANES * STEPS) as usize,
+        "every step's effect is present"
+    );
+    assert!(
+        ran_after_report.is_empty(),
+        "tasks ran again after their end was reported: {ran_after_report:?}"
+    );
     let repeats: usize = runs.values().map(|n| n - 1).sum();
     let worst = runs.values().max().copied().unwrap_or(0);
-    assert!(worst <= 1 + kills, "a task ran {worst} times with {kills} kills");
+    assert!(
+        worst <= 1 + kills,
+        "a task ran {worst} times with {kills} kills"
+    );
     // At most the tasks in flight (one per lane) plus the few whose end was not yet
     // flushed repeat per kill; losing flushed ends would repeat far more.
     assert!(

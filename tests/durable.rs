@@ -7,8 +7,8 @@ use std::time::Duration;
 use futures::StreamExt;
 use procession::prelude::*;
 use procession::{
-    AdhocOptions, Definition, Error, EventKind, ListFilter, MemoryStore, ProcessRecord, RunMeta, SledStore, State,
-    Store, StoreError, Update,
+    AdhocOptions, Definition, Error, EventKind, ListFilter, MemoryStore, ProcessRecord, RunMeta,
+    SledStore, State, Store, StoreError, Update,
 };
 
 #[task]
@@ -62,7 +62,10 @@ async fn wait_state(rt: &Runtime, id: &str, state: State) -> ProcessRecord {
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    panic!("`{id}` never reached {state}: {:?}", rt.get(id).await.unwrap().map(|r| r.state()));
+    panic!(
+        "`{id}` never reached {state}: {:?}",
+        rt.get(id).await.unwrap().map(|r| r.state())
+    );
 }
 
 // OPT-1, OPT-2, OPT-3: exactly 14 valid transitions; everything else is refused.
@@ -94,7 +97,13 @@ fn state_machine_table() {
         }
     }
     assert_eq!(count, 14);
-    for (from, to) in [(Idle, Running), (Idle, Done), (Running, Idle), (Done, Running), (Scheduled, Done)] {
+    for (from, to) in [
+        (Idle, Running),
+        (Idle, Done),
+        (Running, Idle),
+        (Done, Running),
+        (Scheduled, Done),
+    ] {
         let e = from.validate_transition(to).unwrap_err();
         assert!(e.to_string().starts_with("invalid state transition"), "{e}");
     }
@@ -104,21 +113,34 @@ fn state_machine_table() {
 // idle, clears its log and deletes its task records.
 #[tokio::test]
 async fn run_record_then_dismiss() {
-    let rt = Runtime::temporary().register::<Small>().start().await.unwrap();
+    let rt = Runtime::temporary()
+        .register::<Small>()
+        .start()
+        .await
+        .unwrap();
     let report = rt.run(Launch::new(Small {}).id("s1")).await.unwrap();
     assert!(report.is_success());
     let r = rt.get("s1").await.unwrap().unwrap();
     assert_eq!(r.state(), State::Done);
     assert!(r.status.done_at.is_some() && r.status.duration.is_some());
-    let tasks = rt.list(ListFilter::new().root("s1").with_tasks()).await.unwrap();
+    let tasks = rt
+        .list(ListFilter::new().root("s1").with_tasks())
+        .await
+        .unwrap();
     assert_eq!(tasks.len(), 3, "the run and its two tasks");
     let t = rt.get("s1/plus").await.unwrap().unwrap();
-    assert_eq!((t.state(), t.attempts, t.depth, t.parent.as_deref()), (State::Done, 1, 1, Some("s1")));
+    assert_eq!(
+        (t.state(), t.attempts, t.depth, t.parent.as_deref()),
+        (State::Done, 1, 1, Some("s1"))
+    );
     let d = rt.dismiss("s1").await.unwrap();
     assert_eq!(d.state(), State::Idle);
     assert!(d.log.is_empty());
     assert_eq!(rt.get("s1").await.unwrap().unwrap().state(), State::Idle);
-    assert!(rt.get("s1/plus").await.unwrap().is_none(), "task records are deleted");
+    assert!(
+        rt.get("s1/plus").await.unwrap().is_none(),
+        "task records are deleted"
+    );
 }
 
 // OPT-338, OPT-339, OPT-341, OPT-342, OPT-344, OPT-345: bad lifecycle calls are typed
@@ -132,23 +154,59 @@ async fn lifecycle_outcomes() {
         .start()
         .await
         .unwrap();
-    assert!(matches!(rt.cancel("nope").await, Err(Error::NotFound { .. })));
-    assert!(matches!(rt.cancel("idle-one").await, Err(Error::NotCancellable { state: State::Idle, .. })));
-    assert!(matches!(rt.dismiss("nope").await, Err(Error::NotFound { .. })));
-    assert!(matches!(rt.dismiss("idle-one").await, Err(Error::NotDismissable { state: State::Idle, .. })));
-    assert!(matches!(rt.launch_id("nope").await, Err(Error::NotFound { .. })));
-    let run = rt.launch(Launch::new(PolitePoc {}).id("busy")).await.unwrap();
+    assert!(matches!(
+        rt.cancel("nope").await,
+        Err(Error::NotFound { .. })
+    ));
+    assert!(matches!(
+        rt.cancel("idle-one").await,
+        Err(Error::NotCancellable {
+            state: State::Idle,
+            ..
+        })
+    ));
+    assert!(matches!(
+        rt.dismiss("nope").await,
+        Err(Error::NotFound { .. })
+    ));
+    assert!(matches!(
+        rt.dismiss("idle-one").await,
+        Err(Error::NotDismissable {
+            state: State::Idle,
+            ..
+        })
+    ));
+    assert!(matches!(
+        rt.launch_id("nope").await,
+        Err(Error::NotFound { .. })
+    ));
+    let run = rt
+        .launch(Launch::new(PolitePoc {}).id("busy"))
+        .await
+        .unwrap();
     wait_state(&rt, "busy", State::Running).await;
     assert!(matches!(
         rt.launch(Launch::new(PolitePoc {}).id("busy")).await,
-        Err(Error::NotLaunchable { state: State::Running, .. })
+        Err(Error::NotLaunchable {
+            state: State::Running,
+            ..
+        })
     ));
-    assert!(matches!(rt.dismiss("busy").await, Err(Error::NotDismissable { .. })));
-    assert_eq!(rt.get("idle-one").await.unwrap().unwrap().state(), State::Idle);
+    assert!(matches!(
+        rt.dismiss("busy").await,
+        Err(Error::NotDismissable { .. })
+    ));
+    assert_eq!(
+        rt.get("idle-one").await.unwrap().unwrap().state(),
+        State::Idle
+    );
     run.cancel();
     assert_eq!(run.wait().await.unwrap().status, RunStatus::Cancelled);
     // A record of another type under the same id is refused.
-    assert!(matches!(rt.launch(Launch::new(Small {}).id("busy")).await, Err(Error::WrongType { .. })));
+    assert!(matches!(
+        rt.launch(Launch::new(Small {}).id("busy")).await,
+        Err(Error::WrongType { .. })
+    ));
 }
 
 // Process params are registered under a name that differs from the struct in this test.
@@ -162,7 +220,10 @@ fn polite_poc(p: &mut Builder) {
 #[tokio::test]
 async fn cooperative_cancel_ends_cancelled() {
     let rt = Runtime::temporary().start().await.unwrap();
-    let run = rt.launch(Launch::new(PoliteProc {}).id("c1")).await.unwrap();
+    let run = rt
+        .launch(Launch::new(PoliteProc {}).id("c1"))
+        .await
+        .unwrap();
     wait_state(&rt, "c1", State::Running).await;
     let r = rt.cancel("c1").await.unwrap();
     assert_eq!(r.state(), State::CancelRequested);
@@ -172,36 +233,59 @@ async fn cooperative_cancel_ends_cancelled() {
     assert_eq!(r.state(), State::Cancelled);
     assert!(r.status.stopped_at.is_some());
     let states: Vec<&str> = r.log.iter().map(|l| l.message.as_str()).collect();
-    assert!(states.ends_with(&[
-        "State changed to cancel_requested",
-        "State changed to cancelling",
-        "State changed to cancelled"
-    ]), "{states:?}");
+    assert!(
+        states.ends_with(&[
+            "State changed to cancel_requested",
+            "State changed to cancelling",
+            "State changed to cancelled"
+        ]),
+        "{states:?}"
+    );
 }
 
 // OPT-69, OPT-188, OPT-189, OPT-191: a task that ignores the cancel past the grace period
 // is abandoned and the run ends failed with the grace-period error.
 #[tokio::test]
 async fn stubborn_task_ends_failed_after_grace() {
-    let rt = Runtime::temporary().cancel_grace(Duration::from_millis(150)).start().await.unwrap();
-    let run = rt.launch(Launch::new(StubbornProc {}).id("st")).await.unwrap();
+    let rt = Runtime::temporary()
+        .cancel_grace(Duration::from_millis(150))
+        .start()
+        .await
+        .unwrap();
+    let run = rt
+        .launch(Launch::new(StubbornProc {}).id("st"))
+        .await
+        .unwrap();
     wait_state(&rt, "st", State::Running).await;
     rt.cancel("st").await.unwrap();
-    let report = tokio::time::timeout(Duration::from_secs(5), run.wait()).await.unwrap().unwrap();
+    let report = tokio::time::timeout(Duration::from_secs(5), run.wait())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(report.status, RunStatus::Failed);
     let r = rt.get("st").await.unwrap().unwrap();
     assert_eq!(r.state(), State::Failed);
-    assert!(r.status.error.unwrap().contains("did not unwind within cancellation grace period"));
+    assert!(r
+        .status
+        .error
+        .unwrap()
+        .contains("did not unwind within cancellation grace period"));
 }
 
 // OPT-151: of three concurrent cancels exactly one succeeds.
 #[tokio::test]
 async fn concurrent_cancels_one_wins() {
     let rt = Runtime::temporary().start().await.unwrap();
-    let run = rt.launch(Launch::new(PoliteProc {}).id("cc")).await.unwrap();
+    let run = rt
+        .launch(Launch::new(PoliteProc {}).id("cc"))
+        .await
+        .unwrap();
     wait_state(&rt, "cc", State::Running).await;
     let (a, b, c) = tokio::join!(rt.cancel("cc"), rt.cancel("cc"), rt.cancel("cc"));
-    let oks = [a.is_ok(), b.is_ok(), c.is_ok()].iter().filter(|x| **x).count();
+    let oks = [a.is_ok(), b.is_ok(), c.is_ok()]
+        .iter()
+        .filter(|x| **x)
+        .count();
     assert_eq!(oks, 1);
     for r in [a, b, c] {
         if let Err(e) = r {
@@ -218,14 +302,20 @@ async fn cancel_of_scheduled_ends_cancelled() {
     let rt = Runtime::with_store(store.clone()).start().await.unwrap();
     let mut rec = ProcessRecord::new_root("sched", "small", "small", "", serde_json::json!({}));
     rec.status.state = State::Scheduled;
-    store.update("sched", &mut |_| Update::Put(Box::new(rec.clone()))).unwrap();
+    store
+        .update("sched", &mut |_| Update::Put(Box::new(rec.clone())))
+        .unwrap();
     let r = rt.cancel("sched").await.unwrap();
     assert_eq!(r.state(), State::Cancelled);
-    assert_eq!(rt.get("sched").await.unwrap().unwrap().state(), State::Cancelled);
+    assert_eq!(
+        rt.get("sched").await.unwrap().unwrap().state(),
+        State::Cancelled
+    );
 }
 
 fn stored_run(id: &str, process_type: &str, fingerprint: u64, state: State) -> ProcessRecord {
-    let mut rec = ProcessRecord::new_root(id, process_type, process_type, "", serde_json::json!({}));
+    let mut rec =
+        ProcessRecord::new_root(id, process_type, process_type, "", serde_json::json!({}));
     rec.status.state = state;
     rec.run = Some(RunMeta {
         token: 7,
@@ -239,13 +329,20 @@ fn stored_run(id: &str, process_type: &str, fingerprint: u64, state: State) -> P
 }
 
 fn temp_dir(name: &str) -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("procession-{name}-{}-{}", std::process::id(), fastish()));
+    let d = std::env::temp_dir().join(format!(
+        "procession-{name}-{}-{}",
+        std::process::id(),
+        fastish()
+    ));
     let _ = std::fs::remove_dir_all(&d);
     d
 }
 
 fn fastish() -> u128 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
 }
 
 // Issue 4: a run whose type is not registered, or whose graph changed, is not resumed
@@ -261,18 +358,35 @@ async fn resume_refuses_unknown_type_and_changed_graph() {
             stored_run("changed-run", "small", 12345, State::Running),
             stored_run("was-cancelling", "small", 1, State::Cancelling),
         ] {
-            store.update(&rec.id.clone(), &mut |_| Update::Put(Box::new(rec.clone()))).unwrap();
+            store
+                .update(&rec.id.clone(), &mut |_| Update::Put(Box::new(rec.clone())))
+                .unwrap();
         }
         store.flush().unwrap();
     }
-    let rt = Runtime::open(&dir).register::<Small>().start().await.unwrap();
+    let rt = Runtime::open(&dir)
+        .register::<Small>()
+        .start()
+        .await
+        .unwrap();
     let ghost = rt.get("ghost-run").await.unwrap().unwrap();
     assert_eq!(ghost.state(), State::Failed);
-    assert!(ghost.status.error.unwrap().contains("`ghost` is not registered"));
+    assert!(ghost
+        .status
+        .error
+        .unwrap()
+        .contains("`ghost` is not registered"));
     let changed = rt.get("changed-run").await.unwrap().unwrap();
     assert_eq!(changed.state(), State::Failed);
-    assert!(changed.status.error.unwrap().contains("changed since this run started"));
-    assert_eq!(rt.get("was-cancelling").await.unwrap().unwrap().state(), State::Cancelled);
+    assert!(changed
+        .status
+        .error
+        .unwrap()
+        .contains("changed since this run started"));
+    assert_eq!(
+        rt.get("was-cancelling").await.unwrap().unwrap().state(),
+        State::Cancelled
+    );
     rt.shutdown().await.unwrap();
     drop(rt);
     let _ = std::fs::remove_dir_all(&dir);
@@ -295,7 +409,10 @@ async fn damaged_store_is_a_typed_error() {
     let dir = temp_dir("badrecord");
     {
         let db = sled::open(&dir).unwrap();
-        db.open_tree("processes").unwrap().insert("broken", &b"{not json"[..]).unwrap();
+        db.open_tree("processes")
+            .unwrap()
+            .insert("broken", &b"{not json"[..])
+            .unwrap();
         db.open_tree("processes")
             .unwrap()
             .insert("future", &br#"{"schema": 99, "id": "future"}"#[..])
@@ -310,7 +427,10 @@ async fn damaged_store_is_a_typed_error() {
         }
         other => panic!("expected Corrupt, got {other:?}"),
     }
-    assert!(matches!(store.get("future"), Err(StoreError::Incompatible { found: 99, .. })));
+    assert!(matches!(
+        store.get("future"),
+        Err(StoreError::Incompatible { found: 99, .. })
+    ));
     drop(store);
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -354,12 +474,29 @@ fn messages(r: &ProcessRecord) -> Vec<String> {
 // OPT-411: percent-only updates never write a log line.
 #[tokio::test]
 async fn progress_avalanche_is_coalesced() {
-    let rt = Runtime::in_memory().progress_flush(Duration::from_secs(5)).start().await.unwrap();
-    rt.run(Launch::new(ChattyProc { n: 10, warn_at: 99 }).id("quiet")).await.unwrap();
+    let rt = Runtime::in_memory()
+        .progress_flush(Duration::from_secs(5))
+        .start()
+        .await
+        .unwrap();
+    rt.run(Launch::new(ChattyProc { n: 10, warn_at: 99 }).id("quiet"))
+        .await
+        .unwrap();
     let quiet = messages(&rt.get("quiet/chatty").await.unwrap().unwrap());
-    assert_eq!(quiet, (0..10).map(|i| format!("burst-{i}")).collect::<Vec<_>>());
+    assert_eq!(
+        quiet,
+        (0..10).map(|i| format!("burst-{i}")).collect::<Vec<_>>()
+    );
 
-    rt.run(Launch::new(ChattyProc { n: 200, warn_at: 999 }).id("loud")).await.unwrap();
+    rt.run(
+        Launch::new(ChattyProc {
+            n: 200,
+            warn_at: 999,
+        })
+        .id("loud"),
+    )
+    .await
+    .unwrap();
     let loud = messages(&rt.get("loud/chatty").await.unwrap().unwrap());
     let n = loud.len();
     assert_eq!(loud[n - 1], "burst-199");
@@ -372,10 +509,15 @@ async fn progress_avalanche_is_coalesced() {
     let logged = loud.iter().filter(|m| m.starts_with("burst-")).count();
     assert_eq!(logged + dropped, 200, "{loud:?}");
 
-    rt.run(Launch::new(ChattyProc { n: 60, warn_at: 30 }).id("warned")).await.unwrap();
+    rt.run(Launch::new(ChattyProc { n: 60, warn_at: 30 }).id("warned"))
+        .await
+        .unwrap();
     let rec = rt.get("warned/chatty").await.unwrap().unwrap();
     let warned = messages(&rec);
-    let w = warned.iter().position(|m| m == "careful").expect("the warning is kept");
+    let w = warned
+        .iter()
+        .position(|m| m == "careful")
+        .expect("the warning is kept");
     assert_eq!(warned.iter().filter(|m| *m == "careful").count(), 1);
     assert_eq!(warned[w - 1], "burst-29");
     assert!(warned[w - 2].ends_with("messages dropped)"), "{warned:?}");
@@ -400,12 +542,17 @@ async fn events_and_lagging_subscribers() {
             seen.push((e.id, state));
         }
     }
-    assert!(seen.contains(&("ev".to_owned(), State::Scheduled)), "{seen:?}");
+    assert!(
+        seen.contains(&("ev".to_owned(), State::Scheduled)),
+        "{seen:?}"
+    );
     assert!(seen.contains(&("ev".to_owned(), State::Running)));
     assert!(seen.contains(&("ev".to_owned(), State::Done)));
     assert!(seen.contains(&("ev/plus".to_owned(), State::Done)));
     // Progress and log entries are events too.
-    rt.run(Launch::new(ChattyProc { n: 2, warn_at: 1 }).id("evp")).await.unwrap();
+    rt.run(Launch::new(ChattyProc { n: 2, warn_at: 1 }).id("evp"))
+        .await
+        .unwrap();
     let (mut progress, mut logs) = (0, 0);
     while let Ok(Some(e)) = tokio::time::timeout(Duration::from_millis(200), live.next()).await {
         match e.kind {
@@ -420,31 +567,49 @@ async fn events_and_lagging_subscribers() {
     assert_eq!((progress, logs), (2, 1));
     // Flood: many short runs produce more events than the channel holds.
     for i in 0..1500 {
-        rt.run(Launch::new(Small {}).id(format!("flood-{i}"))).await.unwrap();
+        rt.run(Launch::new(Small {}).id(format!("flood-{i}")))
+            .await
+            .unwrap();
     }
     let first = sleepy.next().await.unwrap();
-    assert!(matches!(first.kind, EventKind::Lagged { missed } if missed > 0), "{first:?}");
+    assert!(
+        matches!(first.kind, EventKind::Lagged { missed } if missed > 0),
+        "{first:?}"
+    );
 }
 
 // Issue 4: a second launch with the same idempotency key returns the first run.
 #[tokio::test]
 async fn idempotent_launch_returns_existing_run() {
     let rt = Runtime::temporary().start().await.unwrap();
-    let first = rt.launch(Launch::new(Small {}).idempotency_key("order-42")).await.unwrap();
+    let first = rt
+        .launch(Launch::new(Small {}).idempotency_key("order-42"))
+        .await
+        .unwrap();
     let id = first.id().to_owned();
     first.wait().await.unwrap();
-    let again = rt.launch(Launch::new(Small {}).idempotency_key("order-42")).await.unwrap();
+    let again = rt
+        .launch(Launch::new(Small {}).idempotency_key("order-42"))
+        .await
+        .unwrap();
     assert_eq!(again.id(), id);
     let report = again.wait().await.unwrap();
     assert_eq!(report.result::<u32>("plus").unwrap(), 3);
-    assert_eq!(rt.list(ListFilter::new()).await.unwrap().len(), 1, "no second run");
+    assert_eq!(
+        rt.list(ListFilter::new()).await.unwrap().len(),
+        1,
+        "no second run"
+    );
 }
 
 // Issue 4: an ephemeral record is deleted with its task records when it ends.
 #[tokio::test]
 async fn ephemeral_records_are_deleted() {
     let rt = Runtime::temporary().start().await.unwrap();
-    let report = rt.run(Launch::new(Small {}).id("eph").ephemeral()).await.unwrap();
+    let report = rt
+        .run(Launch::new(Small {}).id("eph").ephemeral())
+        .await
+        .unwrap();
     assert!(report.is_success());
     assert!(rt.get("eph").await.unwrap().is_none());
     assert!(rt.get("eph/plus").await.unwrap().is_none());
@@ -453,26 +618,60 @@ async fn ephemeral_records_are_deleted() {
 // Issue 4 / OPT-360..362: adhoc_define + launch_id; list by state, metadata and root.
 #[tokio::test]
 async fn adhoc_and_list_filters() {
-    let rt = Runtime::temporary().register::<Small>().start().await.unwrap();
+    let rt = Runtime::temporary()
+        .register::<Small>()
+        .start()
+        .await
+        .unwrap();
     let mut opts = AdhocOptions::default();
     opts.metadata.insert("customer".into(), "2".into());
     let rec = rt.adhoc_define("adhoc-1", Small {}, opts).await.unwrap();
     assert!(rec.adhoc && rec.state() == State::Idle);
     assert!(matches!(
-        rt.adhoc_define("adhoc-1", Small {}, AdhocOptions::default()).await,
+        rt.adhoc_define("adhoc-1", Small {}, AdhocOptions::default())
+            .await,
         Err(Error::AlreadyExists { .. })
     ));
     rt.launch_id("adhoc-1").await.unwrap().wait().await.unwrap();
-    rt.run(Launch::new(Small {}).id("other").metadata("customer", "3")).await.unwrap();
-    let by_meta = rt.list(ListFilter::new().metadata("customer", "2")).await.unwrap();
-    assert_eq!(by_meta.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), vec!["adhoc-1"]);
-    assert_eq!(rt.list(ListFilter::new().state(State::Done)).await.unwrap().len(), 2);
-    assert_eq!(rt.list(ListFilter::new().state(State::Running)).await.unwrap().len(), 0);
-    let tree = rt.list(ListFilter::new().root("other").with_tasks()).await.unwrap();
-    assert_eq!(tree.iter().map(|r| r.depth).collect::<Vec<_>>(), vec![0, 1, 1]);
+    rt.run(Launch::new(Small {}).id("other").metadata("customer", "3"))
+        .await
+        .unwrap();
+    let by_meta = rt
+        .list(ListFilter::new().metadata("customer", "2"))
+        .await
+        .unwrap();
+    assert_eq!(
+        by_meta.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+        vec!["adhoc-1"]
+    );
+    assert_eq!(
+        rt.list(ListFilter::new().state(State::Done))
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+    assert_eq!(
+        rt.list(ListFilter::new().state(State::Running))
+            .await
+            .unwrap()
+            .len(),
+        0
+    );
+    let tree = rt
+        .list(ListFilter::new().root("other").with_tasks())
+        .await
+        .unwrap();
+    assert_eq!(
+        tree.iter().map(|r| r.depth).collect::<Vec<_>>(),
+        vec![0, 1, 1]
+    );
     rt.adhoc_delete("adhoc-1").await.unwrap();
     assert!(rt.get("adhoc-1").await.unwrap().is_none());
-    assert!(matches!(rt.adhoc_delete("adhoc-1").await, Err(Error::NotFound { .. })));
+    assert!(matches!(
+        rt.adhoc_delete("adhoc-1").await,
+        Err(Error::NotFound { .. })
+    ));
 }
 
 // Issue 4: resync creates missing definitions, updates metadata without touching run
@@ -511,24 +710,41 @@ async fn resync_definitions() {
 // then refuses new launches.
 #[tokio::test]
 async fn shutdown_finalizes_running_work() {
-    let rt = Runtime::temporary().cancel_grace(Duration::from_millis(150)).start().await.unwrap();
-    let a = rt.launch(Launch::new(PoliteProc {}).id("coop")).await.unwrap();
-    let b = rt.launch(Launch::new(StubbornProc {}).id("stub")).await.unwrap();
+    let rt = Runtime::temporary()
+        .cancel_grace(Duration::from_millis(150))
+        .start()
+        .await
+        .unwrap();
+    let a = rt
+        .launch(Launch::new(PoliteProc {}).id("coop"))
+        .await
+        .unwrap();
+    let b = rt
+        .launch(Launch::new(StubbornProc {}).id("stub"))
+        .await
+        .unwrap();
     wait_state(&rt, "coop", State::Running).await;
     wait_state(&rt, "stub", State::Running).await;
     rt.shutdown().await.unwrap();
     assert_eq!(a.wait().await.unwrap().status, RunStatus::Cancelled);
     assert_eq!(b.wait().await.unwrap().status, RunStatus::Failed);
-    assert!(matches!(rt.launch(Small {}).await, Err(Error::ShuttingDown)));
+    assert!(matches!(
+        rt.launch(Small {}).await,
+        Err(Error::ShuttingDown)
+    ));
 }
 
 // OPT-434: relaunching an ended record replaces the previous run's task records.
 #[tokio::test]
 async fn relaunch_replaces_task_records() {
     let rt = Runtime::temporary().start().await.unwrap();
-    rt.run(Launch::new(ChattyProc { n: 3, warn_at: 99 }).id("again")).await.unwrap();
+    rt.run(Launch::new(ChattyProc { n: 3, warn_at: 99 }).id("again"))
+        .await
+        .unwrap();
     rt.run(Launch::new(Small {}).id("again")).await.unwrap_err();
-    rt.run(Launch::new(ChattyProc { n: 1, warn_at: 99 }).id("again")).await.unwrap();
+    rt.run(Launch::new(ChattyProc { n: 1, warn_at: 99 }).id("again"))
+        .await
+        .unwrap();
     let t = rt.get("again/chatty").await.unwrap().unwrap();
     assert_eq!(messages(&t), vec!["burst-0"]);
     assert_eq!(t.attempts, 1);

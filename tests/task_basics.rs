@@ -212,7 +212,6 @@ fn description_comes_from_the_doc_comment_or_the_attribute() {
 
 // Only the first paragraph of the doc comment is the description.
 #[test]
-#[ignore = "macros bug: a blank `///` line is `#[doc = \"\"]`, whose `lines()` is empty, so `doc_summary` never sees the paragraph break"]
 fn description_is_only_the_first_paragraph() {
     assert_eq!(
         <TwoParagraphs as Task>::META.description,

@@ -394,7 +394,7 @@ pub(crate) fn doc_summary(attrs: &[syn::Attribute]) -> String {
         }
     }
     let mut para = Vec::new();
-    for l in lines.iter().flat_map(|l| l.lines()) {
+    for l in lines.iter().flat_map(|l| l.split('\n')) {
         let l = l.trim();
         if l.is_empty() {
             if para.is_empty() {

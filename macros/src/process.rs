@@ -333,6 +333,8 @@ fn generate(
     let ty = process_type(vis, name, params, krate);
     let bounds = data_bounds(params, krate);
     quote! {
+        // Parameters must be owned (they are stored), even when the body only reads them.
+        #[allow(clippy::needless_pass_by_value)]
         #func
 
         #[doc = #doc]

@@ -725,6 +725,8 @@ fn generate(model: &Model, args: &Args, krate: &syn::Path) -> TokenStream {
         .map(|ty| attr::around(ty, quote!(impl #p::IntoArg<), quote!(, #name>)));
     let new = Ident::new("new", fn_name.span());
     quote! {
+        // Inputs must be owned (they are stored), even when the body only reads them.
+        #[allow(clippy::needless_pass_by_value)]
         #func
 
         #[doc = #fn_doc]
@@ -771,6 +773,7 @@ fn generate(model: &Model, args: &Args, krate: &syn::Path) -> TokenStream {
                 #p::Ok(( #( self.#fields.resolve(__procession_inputs)?, )* ))
             }
 
+            #[allow(clippy::used_underscore_binding)]
             fn call(__procession_args: Self::Args, #ctx: #p::Ctx) -> #p::TaskFuture<Self::Output> {
                 let ( #( #fields, )* ) = __procession_args;
                 #body

@@ -164,12 +164,14 @@ impl RunJournal {
     /// Everything dirty, as a batch; clears the dirty marks.
     pub(crate) fn take(&self, batch: &mut Batch, events: &mut Vec<(String, u32, State)>) {
         let mut g = self.lock();
-        // A burst still going on is summarised at every flush: "(N messages dropped)" and
-        // the last dropped message, so nothing is lost silently.
+        // A burst whose window has passed is summarised at the flush ("(N messages
+        // dropped)" and the last dropped message); one still inside its window is
+        // summarised by its next message, a warning, or the task's end.
+        let window = g.window;
         let bursting: Vec<u32> = g
             .throttle
             .iter()
-            .filter(|(_, t)| t.dropped > 0)
+            .filter(|(_, t)| t.dropped > 0 && t.window_start.elapsed() >= window)
             .map(|(n, _)| *n)
             .collect();
         for node in bursting {
