@@ -92,8 +92,12 @@ fn build_report(sources: Vec<String>, cleaned: Vec<Vec<Order>>) -> Report {
 /// Posts the report to the team chat. The webhook is down today.
 #[task(retries = 1, backoff = "fixed(10ms)")]
 async fn notify_chat(report: Report) -> Result<(), std::io::Error> {
-    let _ = report;
-    Err(std::io::Error::other("chat webhook returned 503"))
+    // Stands for the HTTP call to the chat's webhook.
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    Err(std::io::Error::other(format!(
+        "chat webhook returned 503 for a report of {} orders",
+        report.orders
+    )))
 }
 
 /// Archives the report as JSON under the system's temporary directory.
@@ -159,7 +163,12 @@ async fn main() -> procession::Result<()> {
 
     // The run and its tasks are records in the store.
     let record = rt.get(run_id.as_str()).await?.expect("the run's record");
-    println!("\nrecord `{}`: {} ({:?})", record.id, record.state(), record.status.error);
+    println!(
+        "\nrecord `{}`: {} ({:?})",
+        record.id,
+        record.state(),
+        record.status.error
+    );
     rt.shutdown().await?;
     Ok(())
 }
