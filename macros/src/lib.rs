@@ -3,7 +3,6 @@
 //! lives on the re-exports.
 
 mod attr;
-mod cron5;
 mod ctxt;
 mod process;
 mod task;

@@ -52,7 +52,7 @@ fn parse_args(cx: &Ctxt, args: TokenStream) -> Args {
                     &meta,
                     "a 5-field cron expression such as `\"0 2 * * *\"`",
                 )? {
-                    match crate::cron5::check(&s.value()) {
+                    match procession_cron::check(&s.value()) {
                         Ok(_) => set_once(cx, &mut out.schedule, &meta.path, s.value()),
                         Err(msg) => {
                             cx.error_spanned_by(&s, format_args!("invalid `schedule`: {msg}"));

@@ -19,6 +19,7 @@ mod process;
 mod record;
 mod report;
 mod runtime;
+mod schedule;
 mod store;
 mod task;
 
@@ -46,6 +47,7 @@ pub use runtime::{
     AdhocOptions, Definition, Error, IntoGraph, Launch, Result, ResyncReport, RunHandle, Runtime,
     RuntimeBuilder,
 };
+pub use schedule::{CatchUp, Schedule, ScheduleError};
 pub use store::{Batch, MemoryStore, SledStore, Store, StoreError, TaskRow, Update};
 pub use task::{Backoff, ErrorMatcher, OnDepFailure, Policy, Task, TaskFuture, TaskMeta};
 pub use tokio_util::sync::CancellationToken;

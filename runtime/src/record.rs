@@ -293,6 +293,12 @@ pub struct ProcessRecord {
     /// The current or last run's bookkeeping (process records).
     #[serde(default)]
     pub run: Option<RunMeta>,
+    /// When the scheduler launches this record.
+    #[serde(default)]
+    pub schedule: Option<crate::schedule::Schedule>,
+    /// The scheduler's last fire (ms since the Unix epoch), launched or skipped.
+    #[serde(default)]
+    pub last_fire: Option<u64>,
 }
 
 impl ProcessRecord {
@@ -329,6 +335,8 @@ impl ProcessRecord {
             created_at: now_ms(),
             attempts: 0,
             run: None,
+            schedule: None,
+            last_fire: None,
         }
     }
 
@@ -395,6 +403,11 @@ impl ProcessRecord {
 
 /// Log entries kept per record; older ones are dropped first.
 pub const MAX_LOG: usize = 500;
+
+pub(crate) fn now_ms_at(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
 
 pub(crate) fn now_ms() -> u64 {
     SystemTime::now()

@@ -32,6 +32,7 @@ use crate::journal::{start_writer, RunJournal, WriterHandle};
 use crate::process::{Process, ProcessMeta};
 use crate::record::{InvalidTransition, ListFilter, ProcessRecord, RecordKind, RunMeta, State};
 use crate::report::{ErrorReport, RunReport, RunStatus, TaskReport, TaskStatus};
+use crate::schedule::{plan, Schedule};
 use crate::store::{Batch, MemoryStore, SledStore, Store, StoreError, TaskRow, Update};
 
 /// Error returned by the runtime's API.
@@ -119,6 +120,9 @@ pub enum Error {
     /// A refused state transition.
     #[error(transparent)]
     Transition(#[from] InvalidTransition),
+    /// A malformed schedule.
+    #[error(transparent)]
+    Schedule(#[from] crate::schedule::ScheduleError),
     /// An id is empty, too long or contains a NUL character.
     #[error("invalid process id `{id}`: {reason}")]
     InvalidId {
@@ -191,6 +195,7 @@ pub struct Definition {
     special: bool,
     warning: Option<String>,
     cancellable: bool,
+    schedule: Option<Schedule>,
 }
 
 impl Definition {
@@ -211,7 +216,23 @@ impl Definition {
             special: false,
             warning: None,
             cancellable: true,
+            schedule: P::META.schedule.map(Schedule::cron).transpose()?,
         })
+    }
+
+    /// Launch the record on this schedule (default: the process's
+    /// `#[process(schedule = ...)]`, if any).
+    #[must_use]
+    pub fn schedule(mut self, schedule: Schedule) -> Self {
+        self.schedule = Some(schedule);
+        self
+    }
+
+    /// Never launch it on a schedule, whatever the process declares.
+    #[must_use]
+    pub fn unscheduled(mut self) -> Self {
+        self.schedule = None;
+        self
     }
 
     /// A display name (default: the process type's name).
@@ -434,10 +455,16 @@ impl RuntimeBuilder {
                 definitions: Mutex::new(self.definitions),
                 active: Mutex::new(HashMap::new()),
                 shutting_down: AtomicBool::new(false),
+                scheduler_wake: Arc::new(tokio::sync::Notify::new()),
+                clock: Clock {
+                    wall0: std::time::SystemTime::now(),
+                    inst0: tokio::time::Instant::now(),
+                },
             }),
         };
         rt.resync().await?;
         rt.resume_all().await?;
+        tokio::spawn(scheduler(Arc::downgrade(&rt.inner)));
         Ok(rt)
     }
 }
@@ -467,6 +494,25 @@ struct Inner {
     definitions: Mutex<Vec<Definition>>,
     active: Mutex<HashMap<String, ActiveRun>>,
     shutting_down: AtomicBool,
+    scheduler_wake: Arc<tokio::sync::Notify>,
+    clock: Clock,
+}
+
+/// Wall time that follows tokio's clock (so a paused test clock drives the scheduler).
+#[derive(Clone, Copy)]
+struct Clock {
+    wall0: std::time::SystemTime,
+    inst0: tokio::time::Instant,
+}
+
+impl Clock {
+    fn now(self) -> std::time::SystemTime {
+        self.wall0 + self.inst0.elapsed()
+    }
+
+    fn instant_for(self, t: std::time::SystemTime) -> tokio::time::Instant {
+        self.inst0 + t.duration_since(self.wall0).unwrap_or_default()
+    }
 }
 
 impl Inner {
@@ -819,7 +865,7 @@ impl Runtime {
                 params.clone(),
             )
         };
-        self.schedule(&id, P::META.name, Some(params), fresh, meta, graph, hooks)
+        self.enqueue(&id, P::META.name, Some(params), fresh, meta, graph, hooks)
             .await
     }
 
@@ -880,7 +926,7 @@ impl Runtime {
             idempotency_key: None,
             max_concurrency: None,
         };
-        self.schedule(id, reg.meta.name, None, rec, meta, graph, hooks)
+        self.enqueue(id, reg.meta.name, None, rec, meta, graph, hooks)
             .await
     }
 
@@ -894,7 +940,7 @@ impl Runtime {
     /// Writes the record as scheduled (CAS on a launchable state), clears the previous
     /// run's task records, and starts the driver.
     #[allow(clippy::too_many_arguments)]
-    async fn schedule(
+    async fn enqueue(
         &self,
         id: &str,
         process_type: &'static str,
@@ -1354,6 +1400,10 @@ impl Runtime {
                     r.warning.clone_from(&d2.warning);
                     r.cancellable = d2.cancellable;
                     r.adhoc = false;
+                    if r.schedule != d2.schedule {
+                        r.schedule.clone_from(&d2.schedule);
+                        r.last_fire = Some(crate::record::now_ms());
+                    }
                     (Update::Put(Box::new(r)), cur.is_none())
                 })
                 .await?;
@@ -1580,6 +1630,7 @@ impl Runtime {
         for (_, _, mut done) in runs {
             let _ = tokio::time::timeout_at(deadline, done.wait_for(Option::is_some)).await;
         }
+        self.inner.scheduler_wake.notify_one();
         self.inner.writer.flush().await?;
         self.inner.writer.stop();
         Ok(())
@@ -1637,6 +1688,167 @@ impl Runtime {
     pub async fn run_graph(&self, graph: impl IntoGraph) -> Result<RunReport> {
         self.launch_graph(graph).await?.wait().await
     }
+}
+
+impl Runtime {
+    /// Launches record `id` on `schedule` from now on (replacing its schedule). The
+    /// schedule is stored with the record, so it survives restarts.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotFound`]; [`Error::UnknownProcessType`] when its type is not registered
+    /// (the scheduler could not launch it).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use procession::prelude::*;
+    /// use procession::{Definition, Schedule};
+    /// use std::time::Duration;
+    /// #[task] fn tick() {}
+    /// #[process] fn ticker(p: &mut Builder) { p.task(Tick::new()); }
+    /// # #[tokio::main] async fn main() -> procession::Result<()> {
+    /// let rt = Runtime::in_memory()
+    ///     .register::<Ticker>()
+    ///     .define(Definition::new("ticker", Ticker {})?)
+    ///     .start()
+    ///     .await?;
+    /// rt.schedule("ticker", Schedule::every(Duration::from_secs(3600))?).await?;
+    /// assert!(rt.get("ticker").await?.unwrap().schedule.is_some());
+    /// # Ok(()) }
+    /// ```
+    pub async fn schedule(&self, id: &str, schedule: Schedule) -> Result<ProcessRecord> {
+        self.set_schedule(id, Some(schedule)).await
+    }
+
+    /// Removes record `id`'s schedule.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotFound`].
+    pub async fn unschedule(&self, id: &str) -> Result<ProcessRecord> {
+        self.set_schedule(id, None).await
+    }
+
+    async fn set_schedule(&self, id: &str, schedule: Option<Schedule>) -> Result<ProcessRecord> {
+        let rec = self
+            .inner
+            .get(id)
+            .await?
+            .ok_or_else(|| Error::NotFound { id: id.to_owned() })?;
+        if schedule.is_some() && !self.inner.registry.contains_key(rec.process_type.as_str()) {
+            return Err(Error::UnknownProcessType {
+                name: rec.process_type,
+            });
+        }
+        let now = crate::record::now_ms_at(self.inner.clock.now());
+        let id_owned = id.to_owned();
+        let (rec, refusal) = self
+            .inner
+            .update(id, move |cur| match cur {
+                Some(r) if r.kind == RecordKind::Process => {
+                    let mut r = r.clone();
+                    r.schedule.clone_from(&schedule);
+                    r.last_fire = Some(now);
+                    (Update::Put(Box::new(r)), None)
+                }
+                _ => (
+                    Update::Keep,
+                    Some(Error::NotFound {
+                        id: id_owned.clone(),
+                    }),
+                ),
+            })
+            .await?;
+        if let Some(e) = refusal {
+            return Err(e);
+        }
+        self.inner.writer.flush().await?;
+        self.inner.scheduler_wake.notify_one();
+        Ok(rec.expect("written above"))
+    }
+}
+
+/// Launches scheduled records when their schedule fires; see [`Schedule`].
+async fn scheduler(inner: std::sync::Weak<Inner>) {
+    loop {
+        let Some(strong) = inner.upgrade() else {
+            return;
+        };
+        if strong.shutting_down.load(Ordering::Acquire) {
+            return;
+        }
+        let rt = Runtime { inner: strong };
+        let next = match scheduler_pass(&rt).await {
+            Ok(next) => next,
+            Err(e) => {
+                tracing::error!(error = %e, "scheduler pass failed");
+                Some(rt.inner.clock.now() + Duration::from_secs(1))
+            }
+        };
+        let wake = rt.inner.scheduler_wake.clone();
+        let deadline = next.map(|t| rt.inner.clock.instant_for(t));
+        drop(rt);
+        match deadline {
+            Some(d) => {
+                tokio::select! {
+                    () = tokio::time::sleep_until(d) => {}
+                    () = wake.notified() => {}
+                }
+            }
+            None => wake.notified().await,
+        }
+    }
+}
+
+/// Fires what is due; returns when to look again.
+async fn scheduler_pass(rt: &Runtime) -> Result<Option<std::time::SystemTime>> {
+    let store = rt.inner.store.clone();
+    let recs = tokio::task::spawn_blocking(move || store.all())
+        .await
+        .map_err(|e| Error::Config(e.to_string()))??;
+    let now = rt.inner.clock.now();
+    let mut earliest: Option<std::time::SystemTime> = None;
+    for r in recs {
+        let Some(s) = r.schedule.clone() else {
+            continue;
+        };
+        if r.kind != RecordKind::Process {
+            continue;
+        }
+        let last = r.last_fire.map_or_else(
+            || std::time::UNIX_EPOCH + Duration::from_millis(r.created_at),
+            |ms| std::time::UNIX_EPOCH + Duration::from_millis(ms),
+        );
+        let p = plan(&s, last, now, rt.inner.clock.wall0);
+        if p.fire {
+            if r.state().is_active() {
+                tracing::info!(id = %r.id, "schedule fired while the process is still active: not launched again");
+            } else {
+                match rt.launch_id(&r.id).await {
+                    Ok(h) => tracing::info!(id = %h.id(), "launched by its schedule"),
+                    Err(e) => tracing::warn!(id = %r.id, error = %e, "scheduled launch failed"),
+                }
+            }
+        }
+        if let Some(mark) = p.mark {
+            let mark = crate::record::now_ms_at(mark);
+            rt.inner
+                .update(&r.id, move |cur| match cur {
+                    Some(c) => {
+                        let mut c = c.clone();
+                        c.last_fire = Some(mark);
+                        (Update::Put(Box::new(c)), ())
+                    }
+                    None => (Update::Keep, ()),
+                })
+                .await?;
+        }
+        if let Some(n) = p.next {
+            earliest = Some(earliest.map_or(n, |e| e.min(n)));
+        }
+    }
+    Ok(earliest)
 }
 
 /// Starts the children of one run's tasks.
@@ -1741,7 +1953,7 @@ impl Runtime {
         let mut hooks = req.hooks;
         hooks.extend(self.inner.hooks.iter().cloned());
         let handle = self
-            .schedule(
+            .enqueue(
                 &req.id,
                 req.process_type,
                 Some(req.params),

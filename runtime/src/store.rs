@@ -131,6 +131,8 @@ impl TaskRow {
             created_at: self.started_at.unwrap_or(root.created_at),
             attempts: self.attempts,
             run: None,
+            schedule: None,
+            last_fire: None,
         }
     }
 }

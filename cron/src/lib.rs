@@ -1,4 +1,6 @@
-//! Standard 5-field cron, checked with the `cron` crate.
+//! Implementation detail of `procession`: standard 5-field cron, checked with the `cron`
+//! crate at compile time (by `#[process(schedule = ...)]`) and at run time (by the
+//! scheduler), so both accept exactly the same expressions.
 //!
 //! The `cron` crate wants a seconds field and numbers weekdays 1-7 from Sunday; standard
 //! cron numbers them 0-7 with both 0 and 7 meaning Sunday. The weekday field is expanded
@@ -169,7 +171,7 @@ impl Field {
 }
 
 /// Checks a 5-field expression (or an `@daily`-style alias); returns the `cron` crate form.
-pub(crate) fn check(expr: &str) -> Result<String, String> {
+pub fn check(expr: &str) -> Result<String, String> {
     let expr = expr.trim();
     if expr.starts_with('@') {
         let known = [
