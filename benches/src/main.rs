@@ -3,11 +3,13 @@
 //! 100k-task run, and the time to resume a half-done 100k-task run after `kill -9`.
 //!
 //! `cargo run --release -p procession-benches` runs everything (median of 5 interleaved
-//! runs after one warm-up); `-- --quick` runs small sizes once (CI smoke run).
+//! runs after one warm-up, about 4 minutes on 2 cores); `-- --quick` runs small sizes once
+//! (CI smoke run: about 10 s in release, 30 s in debug).
 //!
 //! The binary re-executes itself with hidden flags for the measurements that need a fresh
 //! process: `--rss-child` (peak resident memory) and `--resume-child` (the run that is
-//! killed half way).
+//! killed half way). For profilers, `--only <shape> <tasks> <a|a2|b|b2|c> [repeats]` runs
+//! one variant of one shape, and `--resume-only <tasks>` the resume measurement alone.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -23,6 +25,50 @@ use procession::{
     Batch, EventKind, ProcessRecord, SledStore, State, Store, StoreError, TaskRow, Update,
 };
 use tokio::sync::mpsc;
+
+/// Counts live heap bytes when `TRACK` is on (only in the `--rss-child` process): the
+/// peak live heap next to `VmHWM` separates what the runtime holds from allocator overhead.
+struct Tracking;
+
+static TRACK: AtomicBool = AtomicBool::new(false);
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+static PEAK: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: every call is forwarded to the system allocator unchanged; the counters are
+// plain atomics and never allocate.
+unsafe impl std::alloc::GlobalAlloc for Tracking {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        if TRACK.load(Ordering::Relaxed) {
+            let now = LIVE.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
+            PEAK.fetch_max(now, Ordering::Relaxed);
+        }
+        // SAFETY: same layout contract as the caller's.
+        unsafe { std::alloc::System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        if TRACK.load(Ordering::Relaxed) {
+            LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+        }
+        // SAFETY: `ptr` was allocated by `System` with this layout.
+        unsafe { std::alloc::System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new: usize) -> *mut u8 {
+        if TRACK.load(Ordering::Relaxed) {
+            if new >= layout.size() {
+                let now =
+                    LIVE.fetch_add(new - layout.size(), Ordering::Relaxed) + new - layout.size();
+                PEAK.fetch_max(now, Ordering::Relaxed);
+            } else {
+                LIVE.fetch_sub(layout.size() - new, Ordering::Relaxed);
+            }
+        }
+        // SAFETY: `ptr` was allocated by `System` with `layout`.
+        unsafe { std::alloc::System.realloc(ptr, layout, new) }
+    }
+}
+
+#[global_allocator]
+static ALLOC: Tracking = Tracking;
 
 type AnyResult<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
@@ -712,10 +758,13 @@ fn status_kb(field: &str) -> Option<u64> {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
-/// `--rss-child <n> <mem|sled>`: runs one wide graph and prints `VmHWM` before and after.
+/// `--rss-child <n> <mem|sled>`: runs one wide graph and prints `VmHWM` before and after,
+/// and the peak live heap during the run (counted from the runtime's start; freed memory
+/// subtracted, so a live heap far below `VmHWM` is allocator overhead, not the runtime).
 async fn rss_child(n: u32, store: &str) -> AnyResult<()> {
     let before = status_kb("VmHWM:").unwrap_or(0);
     let dir = fresh_dir("rss");
+    TRACK.store(true, Ordering::Relaxed);
     let rt = if store == "sled" {
         register(Runtime::open(&dir)).start().await?
     } else {
@@ -723,7 +772,8 @@ async fn rss_child(n: u32, store: &str) -> AnyResult<()> {
     };
     let report = launch_shape(&rt, Shape::Wide(n)).await?;
     let after = status_kb("VmHWM:").unwrap_or(0);
-    println!("RSS {before} {after} {}", report.tasks.len());
+    let peak = PEAK.load(Ordering::Relaxed) as u64 / 1024;
+    println!("RSS {before} {after} {peak} {}", report.tasks.len());
     rt.shutdown().await?;
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
@@ -849,7 +899,7 @@ async fn measure_resume(n: u32) -> AnyResult<ResumeFigures> {
     })
 }
 
-fn run_rss_child(n: u32, store: &str) -> AnyResult<(u64, u64)> {
+fn run_rss_child(n: u32, store: &str) -> AnyResult<(u64, u64, u64)> {
     let out = Command::new(std::env::current_exe()?)
         .arg("--rss-child")
         .arg(n.to_string())
@@ -866,7 +916,7 @@ fn run_rss_child(n: u32, store: &str) -> AnyResult<(u64, u64)> {
         .filter_map(|x| x.parse().ok())
         .collect();
     match f.as_slice() {
-        [before, after, _] => Ok((*before, *after)),
+        [before, after, peak, _] => Ok((*before, *after, *peak)),
         _ => Err(format!("bad rss line: {line}").into()),
     }
 }
@@ -961,29 +1011,69 @@ async fn bench(cfg: Config) -> AnyResult<()> {
         );
     }
 
+    // Graph build alone (Graph::of), for the "excl. build" column and its own table.
+    let mut builds = Vec::new();
+    for &shape in &cfg.shapes {
+        let mut v = Vec::new();
+        for _ in 0..cfg.runs.max(3) {
+            let t = Instant::now();
+            let g = graph_of(shape)?;
+            v.push(t.elapsed());
+            drop(g);
+        }
+        builds.push(median(&v));
+    }
+
     println!(
-        "{:<16} {:<28} {:>8} {:>10} {:>12} {:>8} {:>7}",
-        "graph", "variant", "tasks", "median ms", "tasks/s", "µs/task", "vs (a)"
+        "{:<16} {:<28} {:>8} {:>10} {:>12} {:>8} {:>7} {:>10} {:>8} {:>7}",
+        "graph",
+        "variant",
+        "tasks",
+        "median ms",
+        "tasks/s",
+        "µs/task",
+        "vs (a)",
+        "excl build",
+        "µs/task",
+        "vs (a)"
     );
-    println!("{}", "-".repeat(95));
+    println!("{}", "-".repeat(124));
     for (si, &shape) in cfg.shapes.iter().enumerate() {
         let n = shape.tasks();
         let base = median(&times[&(si, Variant::Baseline)]);
         for &v in &variants {
             let m = median(&times[&(si, v)]);
+            let excl = if matches!(v, Variant::Baseline | Variant::BaselineChannel) {
+                String::new()
+            } else {
+                let e = m.saturating_sub(builds[si]);
+                format!(
+                    "{:>10.2} {:>8.2} {:>6.2}x",
+                    ms(e),
+                    e.as_secs_f64() * 1e6 / n as f64,
+                    e.as_secs_f64() / base.as_secs_f64()
+                )
+            };
             println!(
-                "{:<16} {:<28} {:>8} {:>10.2} {:>12} {:>8.2} {:>6.2}x",
+                "{:<16} {:<28} {:>8} {:>10.2} {:>12} {:>8.2} {:>6.2}x {}",
                 shape.name(),
                 v.label(),
                 n,
                 ms(m),
                 group_digits(n as f64 / m.as_secs_f64()),
                 m.as_secs_f64() * 1e6 / n as f64,
-                m.as_secs_f64() / base.as_secs_f64()
+                m.as_secs_f64() / base.as_secs_f64(),
+                excl
             );
         }
     }
-    println!("(all runs checked: every variant computes the baseline's sum of node values)");
+    println!("(all runs checked: every variant computes the baseline's sum of node values; \"excl build\" subtracts the");
+    println!(" median Graph::of time below, which (b)/(b')/(c) include and the baselines' trivial CSR build does not need)");
+    let indicative = if cfg.quick {
+        " [quick sizes: indicative only]"
+    } else {
+        ""
+    };
     let worst_b = cfg
         .shapes
         .iter()
@@ -995,7 +1085,7 @@ async fn bench(cfg: Config) -> AnyResult<()> {
         })
         .fold((0.0, String::new()), |a, b| if b.0 > a.0 { b } else { a });
     println!(
-        "target (b) <= 1.5x (a) on every graph: {} (worst {:.2}x on {})",
+        "target (b) <= 1.5x (a) on every graph: {} (worst {:.2}x on {}){indicative}",
         if worst_b.0 <= 1.5 { "MET" } else { "NOT MET" },
         worst_b.0,
         worst_b.1
@@ -1009,14 +1099,7 @@ async fn bench(cfg: Config) -> AnyResult<()> {
     );
     println!("{:<16} {:>10} {:>16}", "graph", "build ms", "share of (b)");
     for (si, &shape) in cfg.shapes.iter().enumerate() {
-        let mut v = Vec::new();
-        for _ in 0..cfg.runs.max(3) {
-            let t = Instant::now();
-            let g = graph_of(shape)?;
-            v.push(t.elapsed());
-            drop(g);
-        }
-        let b = median(&v);
+        let b = builds[si];
         println!(
             "{:<16} {:>10.2} {:>15.0}%",
             shape.name(),
@@ -1099,7 +1182,7 @@ async fn bench(cfg: Config) -> AnyResult<()> {
         "  (c) rec/s = records / (c) median launch-to-report time; ratio = (c) rec/s / raw rec/s."
     );
     println!(
-        "target (c) >= 50% of raw sled batched-insert throughput (100 B records): {} (worst {:.0}%)",
+        "target (c) >= 50% of raw sled batched-insert throughput (100 B records): {} (worst {:.0}%){indicative}",
         if worst_c >= 0.5 { "MET" } else { "NOT MET" },
         100.0 * worst_c
     );
@@ -1120,22 +1203,24 @@ async fn bench(cfg: Config) -> AnyResult<()> {
     println!();
 
     // Memory.
-    let (b0, b1) = run_rss_child(cfg.big_wide, "mem")?;
-    let (s0, s1) = run_rss_child(cfg.big_wide, "sled")?;
+    let (b0, b1, bh) = run_rss_child(cfg.big_wide, "mem")?;
+    let (s0, s1, sh) = run_rss_child(cfg.big_wide, "sled")?;
     println!(
-        "peak resident memory (VmHWM, fresh child process running only wide {}):",
+        "peak resident memory (VmHWM, fresh child process running only wide {}; peak live heap counted by a global allocator wrapper):",
         human(cfg.big_wide)
     );
     println!(
-        "  in memory: {:.1} MiB (process before the run: {:.1} MiB)   target < 200 MiB: {}",
+        "  in memory: {:.1} MiB (process before the run: {:.1} MiB; peak live heap {:.1} MiB)   target < 200 MiB: {}{indicative}",
         b1 as f64 / 1024.0,
         b0 as f64 / 1024.0,
+        bh as f64 / 1024.0,
         if b1 < 200 * 1024 { "MET" } else { "NOT MET" }
     );
     println!(
-        "  on sled:   {:.1} MiB (process before the run: {:.1} MiB)",
+        "  on sled:   {:.1} MiB (process before the run: {:.1} MiB; peak live heap {:.1} MiB)",
         s1 as f64 / 1024.0,
-        s0 as f64 / 1024.0
+        s0 as f64 / 1024.0,
+        sh as f64 / 1024.0
     );
     println!();
 
@@ -1147,7 +1232,7 @@ async fn bench(cfg: Config) -> AnyResult<()> {
         r.reported
     );
     println!(
-        "  Runtime::open(dir).register().start(): {:.1} ms; start + wait for the run to end: {:.1} ms; tasks re-run: {} (expected {}); status {:?}   target < 1 s: {}",
+        "  Runtime::open(dir).register().start(): {:.1} ms; start + wait for the run to end: {:.1} ms; tasks re-run: {} (expected {}); status {:?}   target < 1 s: {}{indicative}",
         ms(r.start),
         ms(r.total),
         r.rerun,
@@ -1210,8 +1295,22 @@ fn main() {
                 }
                 Ok(())
             }
+            Some("--resume-only") => {
+                // For profilers: the resume measurement alone.
+                let n = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(100_000);
+                let r = measure_resume(n).await?;
+                println!(
+                    "resume {}: {}; start {:.1} ms, start+wait {:.1} ms, re-run {}",
+                    r.tasks,
+                    r.reported,
+                    ms(r.start),
+                    ms(r.total),
+                    r.rerun
+                );
+                Ok(())
+            }
             Some("-h" | "--help") => {
-                println!("usage: procession-benches [--quick] [--no-run-graph] | --only <wide|chain|fan|layered> <tasks> <a|a2|b|b2|c> [repeats]");
+                println!("usage: procession-benches [--quick] [--no-run-graph] | --only <wide|chain|fan|layered> <tasks> <a|a2|b|b2|c> [repeats] | --resume-only <tasks>");
                 Ok(())
             }
             _ => {
