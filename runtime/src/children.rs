@@ -160,7 +160,7 @@ impl<P: Process> Child<P> {
         self
     }
 
-    /// Called with the child's progress as it changes (see [`progress`](crate::progress)).
+    /// Called with the child's progress as it changes (see [`progress`]).
     #[must_use]
     pub fn on_progress(mut self, f: impl Fn(&[ChildProgress]) + Send + Sync + 'static) -> Self {
         self.on_progress = Some(Arc::new(f));
