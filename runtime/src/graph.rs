@@ -381,6 +381,7 @@ pub struct Builder {
     scopes: Vec<Scope>,
     prefix: String,
     used: HashSet<String>,
+    suffix: HashMap<String, u32>,
     after: Vec<Vec<u32>>,
     options: Arc<BTreeMap<String, Value>>,
     errors: Vec<GraphError>,
@@ -409,6 +410,7 @@ impl Builder {
             }],
             prefix: String::new(),
             used: HashSet::new(),
+            suffix: HashMap::new(),
             after: Vec::new(),
             options,
             errors: Vec::new(),
@@ -433,10 +435,14 @@ impl Builder {
         if self.used.insert(base.clone()) {
             return base;
         }
-        let mut k = 1u32;
+        // Start from the last suffix handed out for this base: linear, not quadratic, in
+        // the number of repeats.
+        let next = self.suffix.entry(base.clone()).or_insert(1);
+        let mut k = *next;
         loop {
             let candidate = format!("{base}#{k}");
             if self.used.insert(candidate.clone()) {
+                *self.suffix.get_mut(&base).expect("inserted above") = k + 1;
                 return candidate;
             }
             k += 1;

@@ -88,6 +88,8 @@ impl Rows {
 /// The in-memory image of a run's task rows, and what changed since the last write.
 pub(crate) struct RunJournal {
     pub(crate) run_id: Arc<str>,
+    /// A wake-up is on its way to the writer: further changes need not send another.
+    woken: std::sync::atomic::AtomicBool,
     rows: Mutex<Rows>,
     writer: WriterHandle,
 }
@@ -102,6 +104,7 @@ impl RunJournal {
         let n = rows.len();
         let j = Arc::new(RunJournal {
             run_id,
+            woken: std::sync::atomic::AtomicBool::new(false),
             rows: Mutex::new(Rows {
                 items: rows,
                 dirty: vec![false; n],
@@ -162,7 +165,11 @@ impl RunJournal {
     }
 
     /// Everything dirty, as a batch; clears the dirty marks.
-    pub(crate) fn take(&self, batch: &mut Batch, events: &mut Vec<(String, u32, State)>) {
+    pub(crate) fn take(&self, batch: &mut Batch, events: Option<&mut Vec<(String, u32, State)>>) {
+        // Changes made from now on need a new wake-up.
+        self.woken
+            .store(false, std::sync::atomic::Ordering::Release);
+        let mut events = events;
         let mut g = self.lock();
         // A burst whose window has passed is summarised at the flush ("(N messages
         // dropped)" and the last dropped message); one still inside its window is
@@ -182,11 +189,13 @@ impl RunJournal {
         for node in list {
             g.dirty[node as usize] = false;
             let row = g.items[node as usize].clone();
-            events.push((row.node.clone(), node, row.state));
-            batch.tasks.push((self.run_id.to_string(), node, row));
+            if let Some(ev) = events.as_deref_mut() {
+                ev.push((row.node.clone(), node, row.state));
+            }
+            batch.tasks.push((self.run_id.clone(), node, row));
         }
         for (node, bytes) in std::mem::take(&mut g.results) {
-            batch.results.push((self.run_id.to_string(), node, bytes));
+            batch.results.push((self.run_id.clone(), node, bytes));
         }
     }
 
@@ -324,7 +333,10 @@ impl WriterHandle {
     }
 
     fn wake(&self, j: &RunJournal) {
-        let _ = self.tx.send(Msg::Wake(j.run_id.clone()));
+        // One message per write cycle, however many tasks changed in it.
+        if !j.woken.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            let _ = self.tx.send(Msg::Wake(j.run_id.clone()));
+        }
     }
 
     /// Applies `batch` (in order with everything else) and waits until it is durable.
@@ -432,9 +444,10 @@ fn writer_loop(
         // Order: explicit batches first (launch, clear), then journal rows.
         let mut batch = explicit;
         let mut changed = Vec::new();
+        let listening = events.receiver_count() > 0;
         for j in &live {
             let mut ev = Vec::new();
-            j.take(&mut batch, &mut ev);
+            j.take(&mut batch, listening.then_some(&mut ev));
             changed.extend(
                 ev.into_iter()
                     .map(|(node, _, state)| (j.run_id.clone(), node, state)),
@@ -443,7 +456,7 @@ fn writer_loop(
         let result = if batch.is_empty() {
             Ok(())
         } else {
-            store.apply(batch).and_then(|()| store.flush())
+            apply_in_chunks(store, batch).and_then(|()| store.flush())
         };
         if let Err(e) = &result {
             tracing::error!(error = %e, "store write failed");
@@ -467,4 +480,24 @@ fn writer_loop(
             }
         }
     }
+}
+
+/// Task rows per `Store::apply`: sled's memory grows with the size of one transaction, so
+/// a large group is applied as several transactions (in order) before its one flush.
+const CHUNK: usize = 2048;
+
+fn apply_in_chunks(store: &dyn Store, mut batch: Batch) -> Result<(), StoreError> {
+    if batch.tasks.len() <= CHUNK && batch.results.len() <= CHUNK {
+        return store.apply(batch);
+    }
+    let mut tasks = std::mem::take(&mut batch.tasks).into_iter().peekable();
+    let mut results = std::mem::take(&mut batch.results).into_iter().peekable();
+    let mut first = Some(batch);
+    while tasks.peek().is_some() || results.peek().is_some() || first.is_some() {
+        let mut b = first.take().unwrap_or_default();
+        b.tasks.extend(tasks.by_ref().take(CHUNK));
+        b.results.extend(results.by_ref().take(CHUNK));
+        store.apply(b)?;
+    }
+    Ok(())
 }

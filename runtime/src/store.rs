@@ -141,9 +141,9 @@ impl TaskRow {
 #[derive(Debug, Default)]
 pub struct Batch {
     /// Task rows to write: (run id, node index, row).
-    pub tasks: Vec<(String, u32, TaskRow)>,
+    pub tasks: Vec<(std::sync::Arc<str>, u32, TaskRow)>,
     /// Task results to write: (run id, node index, JSON).
-    pub results: Vec<(String, u32, Vec<u8>)>,
+    pub results: Vec<(std::sync::Arc<str>, u32, Vec<u8>)>,
     /// Process records to write whole.
     pub processes: Vec<ProcessRecord>,
     /// Runs whose task rows and results are deleted (before the writes above).
