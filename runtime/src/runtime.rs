@@ -437,15 +437,11 @@ impl RuntimeBuilder {
             StoreChoice::Memory => Arc::new(MemoryStore::new()),
             StoreChoice::Custom(s) => s,
             StoreChoice::Path(p) => {
-                let s = tokio::task::spawn_blocking(move || SledStore::open(p))
-                    .await
-                    .map_err(|e| Error::Config(e.to_string()))??;
+                let s = blocking(move || SledStore::open(p)).await?;
                 Arc::new(s.strict(strict))
             }
             StoreChoice::Temporary => {
-                let s = tokio::task::spawn_blocking(SledStore::temporary)
-                    .await
-                    .map_err(|e| Error::Config(e.to_string()))??;
+                let s = blocking(SledStore::temporary).await?;
                 Arc::new(s.strict(strict))
             }
         };
@@ -527,7 +523,33 @@ impl Clock {
     }
 }
 
+/// Runs blocking store work off the async threads.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| {
+            Error::Store(StoreError::Io {
+                path: "(store thread)".into(),
+                message: format!("the store call did not complete: {e}"),
+            })
+        })?
+        .map_err(Error::from)
+}
+
 impl Inner {
+    /// Deletes the task records and results of `id`'s last run, durably.
+    async fn clear_run(&self, id: &str) -> Result<()> {
+        self.writer
+            .write(Batch {
+                clear_runs: vec![id.to_owned()],
+                ..Batch::default()
+            })
+            .await?;
+        Ok(())
+    }
+
     fn active(&self) -> std::sync::MutexGuard<'_, HashMap<String, ActiveRun>> {
         self.active
             .lock()
@@ -542,7 +564,7 @@ impl Inner {
     ) -> Result<(Option<ProcessRecord>, R)> {
         let store = self.store.clone();
         let id = id.to_owned();
-        let out = tokio::task::spawn_blocking(move || {
+        let out = blocking(move || {
             let mut decided = None;
             let rec = store.update(&id, &mut |cur| {
                 let (u, r) = f(cur);
@@ -551,17 +573,14 @@ impl Inner {
             })?;
             Ok::<_, StoreError>((rec, decided.expect("the update function ran")))
         })
-        .await
-        .map_err(|e| Error::Config(e.to_string()))??;
+        .await?;
         Ok(out)
     }
 
     async fn get(&self, id: &str) -> Result<Option<ProcessRecord>> {
         let store = self.store.clone();
         let id = id.to_owned();
-        Ok(tokio::task::spawn_blocking(move || store.get(&id))
-            .await
-            .map_err(|e| Error::Config(e.to_string()))??)
+        blocking(move || store.get(&id)).await
     }
 
     fn emit(&self, rec: &ProcessRecord) {
@@ -852,9 +871,7 @@ impl Runtime {
         check_id(&id)?;
         if let Some(key) = &launch.idempotency_key {
             let (store, key2, id2) = (self.inner.store.clone(), key.clone(), id.clone());
-            let owner = tokio::task::spawn_blocking(move || store.claim_idempotent(&key2, &id2))
-                .await
-                .map_err(|e| Error::Config(e.to_string()))??;
+            let owner = blocking(move || store.claim_idempotent(&key2, &id2)).await?;
             if owner != id {
                 return self.attach(&owner).await;
             }
@@ -949,9 +966,7 @@ impl Runtime {
 
     async fn next_id(&self) -> Result<u64> {
         let store = self.inner.store.clone();
-        Ok(tokio::task::spawn_blocking(move || store.next_id())
-            .await
-            .map_err(|e| Error::Config(e.to_string()))??)
+        blocking(move || store.next_id()).await
     }
 
     /// Writes the record as scheduled (CAS on a launchable state), clears the previous
@@ -1022,13 +1037,7 @@ impl Runtime {
         }
         // The previous run's task records and results go; the launch is durable before
         // the call returns.
-        self.inner
-            .writer
-            .write(Batch {
-                clear_runs: vec![id.to_owned()],
-                ..Batch::default()
-            })
-            .await?;
+        self.inner.clear_run(id).await?;
         self.inner.emit(&rec);
         Ok(self.spawn_run(rec, graph, hooks, None, token))
     }
@@ -1103,11 +1112,9 @@ impl Runtime {
             .ok_or_else(|| Error::NotFound { id: id.to_owned() })?;
         let store = self.inner.store.clone();
         let id2 = id.to_owned();
-        let (rows, results) = tokio::task::spawn_blocking(move || {
-            Ok::<_, StoreError>((store.tasks(&id2)?, store.results(&id2)?))
-        })
-        .await
-        .map_err(|e| Error::Config(e.to_string()))??;
+        let (rows, results) =
+            blocking(move || Ok::<_, StoreError>((store.tasks(&id2)?, store.results(&id2)?)))
+                .await?;
         Ok(report_from_rows(&rec, &rows, &results))
     }
 
@@ -1208,13 +1215,7 @@ impl Runtime {
             return Err(e);
         }
         self.delete_descendants(id).await?;
-        self.inner
-            .writer
-            .write(Batch {
-                clear_runs: vec![id.to_owned()],
-                ..Batch::default()
-            })
-            .await?;
+        self.inner.clear_run(id).await?;
         let rec = rec.expect("written above");
         self.inner.emit(&rec);
         Ok(rec)
@@ -1242,9 +1243,7 @@ impl Runtime {
     async fn rows(&self, id: &str) -> Result<Vec<(u32, TaskRow)>> {
         let store = self.inner.store.clone();
         let id = id.to_owned();
-        Ok(tokio::task::spawn_blocking(move || store.tasks(&id))
-            .await
-            .map_err(|e| Error::Config(e.to_string()))??)
+        blocking(move || store.tasks(&id)).await
     }
 
     /// Records matching `filter`, ordered by depth, then order among siblings, then
@@ -1268,7 +1267,7 @@ impl Runtime {
     /// ```
     pub async fn list(&self, filter: ListFilter) -> Result<Vec<ProcessRecord>> {
         let store = self.inner.store.clone();
-        let mut out = tokio::task::spawn_blocking(move || {
+        let mut out = blocking(move || {
             let all = store.all()?;
             let mut out = Vec::new();
             for r in all {
@@ -1286,8 +1285,7 @@ impl Runtime {
             }
             Ok::<_, StoreError>(out)
         })
-        .await
-        .map_err(|e| Error::Config(e.to_string()))??;
+        .await?;
         out.sort_by(|a, b| {
             (a.depth, a.order, a.created_at, &a.id).cmp(&(b.depth, b.order, b.created_at, &b.id))
         });
@@ -1367,13 +1365,7 @@ impl Runtime {
         if let Some(e) = refusal {
             return Err(e);
         }
-        self.inner
-            .writer
-            .write(Batch {
-                clear_runs: vec![id.to_owned()],
-                ..Batch::default()
-            })
-            .await?;
+        self.inner.clear_run(id).await?;
         Ok(())
     }
 
@@ -1432,9 +1424,7 @@ impl Runtime {
         }
         let all = {
             let store = self.inner.store.clone();
-            tokio::task::spawn_blocking(move || store.all())
-                .await
-                .map_err(|e| Error::Config(e.to_string()))??
+            blocking(move || store.all()).await?
         };
         for r in all {
             if r.adhoc || r.depth != 0 || defs.iter().any(|d| d.id == r.id) {
@@ -1452,13 +1442,7 @@ impl Runtime {
                 })
                 .await?;
             if deleted {
-                self.inner
-                    .writer
-                    .write(Batch {
-                        clear_runs: vec![r.id.clone()],
-                        ..Batch::default()
-                    })
-                    .await?;
+                self.inner.clear_run(&r.id).await?;
                 report.deleted.push(r.id);
             }
         }
@@ -1470,9 +1454,7 @@ impl Runtime {
     async fn resume_all(&self) -> Result<()> {
         let all = {
             let store = self.inner.store.clone();
-            tokio::task::spawn_blocking(move || store.all())
-                .await
-                .map_err(|e| Error::Config(e.to_string()))??
+            blocking(move || store.all()).await?
         };
         for rec in all {
             if rec.kind != RecordKind::Process || !rec.state().is_active() {
@@ -1554,11 +1536,9 @@ impl Runtime {
         }
         let store = self.inner.store.clone();
         let id2 = id.clone();
-        let (rows, results) = tokio::task::spawn_blocking(move || {
-            Ok::<_, StoreError>((store.tasks(&id2)?, store.results(&id2)?))
-        })
-        .await
-        .map_err(|e| Error::Config(e.to_string()))??;
+        let (rows, results) =
+            blocking(move || Ok::<_, StoreError>((store.tasks(&id2)?, store.results(&id2)?)))
+                .await?;
         let results: HashMap<u32, Vec<u8>> = results.into_iter().collect();
         let mut resume = Resume {
             done: Vec::new(),
@@ -1821,9 +1801,7 @@ async fn scheduler(inner: std::sync::Weak<Inner>) {
 /// Fires what is due; returns when to look again.
 async fn scheduler_pass(rt: &Runtime) -> Result<Option<std::time::SystemTime>> {
     let store = rt.inner.store.clone();
-    let recs = tokio::task::spawn_blocking(move || store.all())
-        .await
-        .map_err(|e| Error::Config(e.to_string()))??;
+    let recs = blocking(move || store.all()).await?;
     let now = rt.inner.clock.now();
     let mut earliest: Option<std::time::SystemTime> = None;
     for r in recs {
@@ -1936,15 +1914,14 @@ impl Runtime {
             let store = self.inner.store.clone();
             let parent = parent.to_owned();
             let child = req.id.clone();
-            tokio::task::spawn_blocking(move || {
+            blocking(move || {
                 store.all().map(|all| {
                     all.iter()
                         .filter(|r| r.parent.as_deref() == Some(parent.as_str()) && r.id != child)
                         .count()
                 })
             })
-            .await
-            .map_err(|e| Error::Config(e.to_string()))??
+            .await?
         };
         let mut fresh = ProcessRecord::new_root(
             &req.id,
@@ -1991,7 +1968,7 @@ impl Runtime {
     async fn delete_descendants(&self, id: &str) -> Result<()> {
         let store = self.inner.store.clone();
         let root = id.to_owned();
-        let ids: Vec<String> = tokio::task::spawn_blocking(move || {
+        let ids: Vec<String> = blocking(move || {
             store.all().map(|all| {
                 all.into_iter()
                     .filter(|r| r.root == root && r.depth > 0)
@@ -1999,8 +1976,7 @@ impl Runtime {
                     .collect()
             })
         })
-        .await
-        .map_err(|e| Error::Config(e.to_string()))??;
+        .await?;
         if !ids.is_empty() {
             self.inner
                 .writer
