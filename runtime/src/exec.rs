@@ -8,7 +8,8 @@
 use std::collections::VecDeque;
 use std::error::Error as StdError;
 use std::panic::AssertUnwindSafe;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::FutureExt;
@@ -56,7 +57,6 @@ pub(crate) struct Resume {
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum St {
     Pending,
-    Running,
     Success,
     Errored,
     Skipped,
@@ -97,6 +97,102 @@ struct Shared {
     run_id: Arc<str>,
     permits: Option<Arc<Semaphore>>,
     journal: Option<Arc<RunJournal>>,
+    /// Dependencies not yet ended, per node.
+    remaining: Box<[AtomicU32]>,
+    /// Set (release) when a node succeeded: its result is in its slot.
+    done_ok: Box<[AtomicBool]>,
+    /// Set when a node was started or settled: it is started at most once.
+    claimed: Box<[AtomicBool]>,
+    tasks: Box<[TaskCell]>,
+    aborts: Box<[Mutex<Option<AbortHandle>>]>,
+    /// Dependents (CSR) and dependencies (CSR).
+    offsets: Box<[u32]>,
+    targets: Box<[u32]>,
+    dep_offsets: Box<[u32]>,
+    dep_targets: Box<[u32]>,
+    prior: Box<[u32]>,
+    /// Workers start ready dependents themselves (no per-run concurrency limit).
+    fast: bool,
+    /// Nodes started and not yet reported to the driver.
+    in_flight: AtomicUsize,
+    tx: mpsc::UnboundedSender<Msg>,
+}
+
+/// A node's task until it is started.
+type TaskCell = Mutex<Option<Box<dyn ErasedTask>>>;
+
+enum Msg {
+    Done(Completion),
+    /// All dependencies of the node ended, but it cannot be started without the driver
+    /// (a dependency did not succeed, the run is cancelled, or a limit applies).
+    Settle(u32),
+}
+
+impl Shared {
+    fn dependents(&self, i: u32) -> &[u32] {
+        &self.targets[self.offsets[i as usize] as usize..self.offsets[i as usize + 1] as usize]
+    }
+
+    fn deps(&self, i: u32) -> &[u32] {
+        &self.dep_targets
+            [self.dep_offsets[i as usize] as usize..self.dep_offsets[i as usize + 1] as usize]
+    }
+
+    fn all_deps_ok(&self, i: u32) -> bool {
+        self.deps(i)
+            .iter()
+            .all(|&d| self.done_ok[d as usize].load(Ordering::Acquire))
+    }
+
+    /// Starts node `i` unless it was started or settled already.
+    fn start(self: &Arc<Self>, i: u32) -> bool {
+        if self.claimed[i as usize].swap(true, Ordering::AcqRel) {
+            return false;
+        }
+        let Some(task) = lock(&self.tasks[i as usize]).take() else {
+            return false;
+        };
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        let first = self.prior[i as usize];
+        let handle = tokio::spawn(run_node(self.clone(), i, first, task));
+        *lock(&self.aborts[i as usize]) = Some(handle.abort_handle());
+        true
+    }
+
+    /// Node `i` succeeded: count it off its dependents and start those now ready.
+    fn release_success(self: &Arc<Self>, i: u32) {
+        self.done_ok[i as usize].store(true, Ordering::Release);
+        for &d in self.dependents(i) {
+            if self.remaining[d as usize].fetch_sub(1, Ordering::AcqRel) == 1 {
+                if self.fast && !self.scope.cancel.is_cancelled() && self.all_deps_ok(d) {
+                    self.start(d);
+                } else {
+                    let _ = self.tx.send(Msg::Settle(d));
+                }
+            }
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn csr(n: usize, edges: impl Iterator<Item = (u32, u32)> + Clone) -> (Box<[u32]>, Box<[u32]>) {
+    let mut offsets = vec![0u32; n + 1];
+    for (from, _) in edges.clone() {
+        offsets[from as usize + 1] += 1;
+    }
+    for i in 0..n {
+        offsets[i + 1] += offsets[i];
+    }
+    let mut fill = offsets.clone();
+    let mut targets = vec![0u32; offsets[n] as usize];
+    for (from, to) in edges {
+        targets[fill[from as usize] as usize] = to;
+        fill[from as usize] += 1;
+    }
+    (offsets.into(), targets.into())
 }
 
 /// Runs `graph` to the end and returns its report.
@@ -115,6 +211,26 @@ pub(crate) async fn execute(mut graph: Graph, cfg: RunConfig) -> RunReport {
         },
         spawner: cfg.spawner.clone(),
     });
+    let (tx, mut rx) = mpsc::unbounded_channel::<Msg>();
+    let (offsets, targets) = csr(
+        n,
+        graph
+            .nodes
+            .iter()
+            .enumerate()
+            .flat_map(|(i, node)| node.deps.iter().map(move |&d| (d, i as u32))),
+    );
+    let (dep_offsets, dep_targets) = csr(
+        n,
+        graph
+            .nodes
+            .iter()
+            .enumerate()
+            .flat_map(|(i, node)| node.deps.iter().map(move |&d| (i as u32, d))),
+    );
+    let resume = cfg.resume.unwrap_or_default();
+    let mut prior = resume.attempts;
+    prior.resize(n, 0);
     let shared = Arc::new(Shared {
         slots: graph.nodes.iter().map(|n| Slot::new(n.readers)).collect(),
         ids,
@@ -127,6 +243,27 @@ pub(crate) async fn execute(mut graph: Graph, cfg: RunConfig) -> RunReport {
         run_id: cfg.run_id.clone(),
         permits: cfg.permits.clone(),
         journal: cfg.journal.clone(),
+        remaining: graph
+            .nodes
+            .iter()
+            .map(|n| AtomicU32::new(n.deps.len() as u32))
+            .collect(),
+        done_ok: (0..n).map(|_| AtomicBool::new(false)).collect(),
+        claimed: (0..n).map(|_| AtomicBool::new(false)).collect(),
+        tasks: graph
+            .nodes
+            .iter_mut()
+            .map(|n| Mutex::new(n.task.take()))
+            .collect(),
+        aborts: (0..n).map(|_| Mutex::new(None)).collect(),
+        offsets,
+        targets,
+        dep_offsets,
+        dep_targets,
+        prior: prior.into(),
+        fast: cfg.max_concurrency.is_none(),
+        in_flight: AtomicUsize::new(0),
+        tx,
     });
     let info = RunInfo {
         process: graph.name.clone(),
@@ -137,29 +274,6 @@ pub(crate) async fn execute(mut graph: Graph, cfg: RunConfig) -> RunReport {
     }
     tracing::info!(process = %info.process, run = %info.run_id, tasks = n, "run started");
 
-    // Dependents in CSR form: one allocation for the whole graph.
-    let mut remaining: Vec<u32> = graph.nodes.iter().map(|n| n.deps.len() as u32).collect();
-    let mut offsets = vec![0u32; n + 1];
-    for node in &graph.nodes {
-        for &d in &node.deps {
-            offsets[d as usize + 1] += 1;
-        }
-    }
-    for i in 0..n {
-        offsets[i + 1] += offsets[i];
-    }
-    let mut fill = offsets.clone();
-    let mut targets = vec![0u32; offsets[n] as usize];
-    for (i, node) in graph.nodes.iter().enumerate() {
-        for &d in &node.deps {
-            targets[fill[d as usize] as usize] = i as u32;
-            fill[d as usize] += 1;
-        }
-    }
-    drop(fill);
-
-    let mut tasks: Vec<Option<Box<dyn ErasedTask>>> =
-        graph.nodes.iter_mut().map(|n| n.task.take()).collect();
     let mut state: Vec<NodeState> = (0..n)
         .map(|_| NodeState {
             st: St::Pending,
@@ -168,52 +282,36 @@ pub(crate) async fn execute(mut graph: Graph, cfg: RunConfig) -> RunReport {
             error: None,
         })
         .collect();
-    let mut aborts: Vec<Option<AbortHandle>> = (0..n).map(|_| None).collect();
     let mut ready: VecDeque<u32> = VecDeque::new();
-    let resume = cfg.resume.unwrap_or_default();
-    let prior_attempts = resume.attempts;
+    let mut settle: Vec<u32> = Vec::new();
     for (i, json, attempts, elapsed) in resume.done {
         let idx = i as usize;
-        if idx >= n || state[idx].st != St::Pending {
+        if idx >= n || shared.claimed[idx].swap(true, Ordering::AcqRel) {
             continue;
         }
         shared.slots[idx].fill(json, None);
+        lock(&shared.tasks[idx]).take();
         state[idx] = NodeState {
             st: St::Success,
             attempts,
             elapsed,
             error: None,
         };
-        tasks[idx] = None;
-        release(
-            i,
-            &graph,
-            &offsets,
-            &targets,
-            &mut remaining,
-            &mut state,
-            &mut ready,
-            &shared,
-            &cfg.hooks,
-            &info,
-        );
+        shared.done_ok[idx].store(true, Ordering::Release);
+        count_off(&shared, i, &mut settle);
     }
-    ready.clear();
-    ready.extend(
-        (0..n as u32)
-            .filter(|&i| remaining[i as usize] == 0 && state[i as usize].st == St::Pending),
+    settle.extend(
+        (0..n as u32).filter(|&i| shared.remaining[i as usize].load(Ordering::Acquire) == 0),
     );
-    let (tx, mut rx) = mpsc::unbounded_channel::<Completion>();
     let limit = cfg.max_concurrency.unwrap_or(usize::MAX).max(1);
-    let mut running = 0usize;
     let mut cancel_seen = false;
     let grace = tokio::time::sleep(Duration::from_secs(u64::MAX / 4));
     tokio::pin!(grace);
     let mut grace_armed = false;
-    let mut batch: Vec<Completion> = Vec::with_capacity(64);
+    let mut batch: Vec<Msg> = Vec::with_capacity(64);
 
     loop {
-        // The token is the truth: a cancel requested while completions were being handled
+        // The token is the truth: a cancel requested while messages were being handled
         // (the select below prefers them) must stop new starts before the next one.
         if !cancel_seen && cfg.cancel.is_cancelled() {
             cancel_seen = true;
@@ -221,33 +319,47 @@ pub(crate) async fn execute(mut graph: Graph, cfg: RunConfig) -> RunReport {
                 .as_mut()
                 .reset(tokio::time::Instant::now() + cfg.grace);
             grace_armed = true;
-            tracing::info!(run = %info.run_id, running, "run cancelled");
+            tracing::info!(run = %info.run_id, "run cancelled");
+        }
+        while let Some(d) = settle.pop() {
+            decide(
+                d,
+                &graph,
+                &shared,
+                &mut state,
+                &mut ready,
+                &mut settle,
+                &cfg.hooks,
+                &info,
+            );
         }
         if !cancel_seen {
-            while running < limit {
+            while shared.in_flight.load(Ordering::Acquire) < limit {
                 let Some(i) = ready.pop_front() else { break };
-                let task = tasks[i as usize].take().expect("a node is started once");
-                state[i as usize].st = St::Running;
-                let first = prior_attempts.get(i as usize).copied().unwrap_or(0);
-                let handle = tokio::spawn(run_node(shared.clone(), i, first, task, tx.clone()));
-                aborts[i as usize] = Some(handle.abort_handle());
-                running += 1;
+                shared.start(i);
             }
         }
-        if running == 0 && (cancel_seen || ready.is_empty()) {
+        if shared.in_flight.load(Ordering::Acquire) == 0 && (cancel_seen || ready.is_empty()) {
             break;
         }
         tokio::select! {
             biased;
             got = rx.recv_many(&mut batch, 256) => {
                 debug_assert!(got > 0, "the driver holds a sender");
-                for c in batch.drain(..) {
+                for m in batch.drain(..) {
+                    let c = match m {
+                        Msg::Settle(d) => {
+                            settle.push(d);
+                            continue;
+                        }
+                        Msg::Done(c) => c,
+                    };
                     let i = c.node as usize;
-                    if state[i].st != St::Running {
+                    if state[i].st != St::Pending {
                         continue; // abandoned after the grace period; its late end is ignored
                     }
-                    running -= 1;
-                    aborts[i] = None;
+                    shared.in_flight.fetch_sub(1, Ordering::AcqRel);
+                    *lock(&shared.aborts[i]) = None;
                     state[i].attempts = c.attempts;
                     state[i].elapsed = c.elapsed;
                     match c.result {
@@ -271,20 +383,25 @@ pub(crate) async fn execute(mut graph: Graph, cfg: RunConfig) -> RunReport {
                     if let Some(j) = &shared.journal {
                         record_end(j, &shared, i, &state[i]);
                     }
-                    release(c.node, &graph, &offsets, &targets, &mut remaining, &mut state, &mut ready, &shared, &cfg.hooks, &info);
+                    // A success was counted off by its worker; anything else is counted
+                    // off here, and its dependents are settled by the driver.
+                    if state[i].st != St::Success {
+                        count_off(&shared, c.node, &mut settle);
+                    }
                 }
             }
             () = cfg.cancel.cancelled(), if !cancel_seen => {
                 cancel_seen = true;
                 grace.as_mut().reset(tokio::time::Instant::now() + cfg.grace);
                 grace_armed = true;
-                tracing::info!(run = %info.run_id, running, "run cancelled");
+                tracing::info!(run = %info.run_id, "run cancelled");
             }
             () = &mut grace, if grace_armed => {
                 grace_armed = false;
                 for (i, s) in state.iter_mut().enumerate() {
-                    if s.st == St::Running {
-                        if let Some(a) = aborts[i].take() {
+                    let running = s.st == St::Pending && lock(&shared.aborts[i]).is_some();
+                    if running {
+                        if let Some(a) = lock(&shared.aborts[i]).take() {
                             a.abort();
                         }
                         let e: Arc<dyn StdError + Send + Sync> = Arc::new(CancelGraceExceeded {
@@ -296,7 +413,7 @@ pub(crate) async fn execute(mut graph: Graph, cfg: RunConfig) -> RunReport {
                         }
                         s.st = St::Errored;
                         s.error = Some(e);
-                        running -= 1;
+                        shared.in_flight.fetch_sub(1, Ordering::AcqRel);
                     }
                 }
             }
@@ -316,8 +433,8 @@ pub(crate) async fn execute(mut graph: Graph, cfg: RunConfig) -> RunReport {
         &graph,
         &shared,
         &state,
-        &offsets,
-        &targets,
+        &shared.offsets,
+        &shared.targets,
         cancelled,
         started.elapsed(),
     );
@@ -330,93 +447,85 @@ pub(crate) async fn execute(mut graph: Graph, cfg: RunConfig) -> RunReport {
     report
 }
 
-/// A node ended: count it off its dependents, and settle those that can no longer run.
+/// Node `i` ended without success (or was found done at resume): count it off its
+/// dependents; those with no dependency left are settled by [`decide`].
+fn count_off(shared: &Shared, i: u32, settle: &mut Vec<u32>) {
+    for &d in shared.dependents(i) {
+        if shared.remaining[d as usize].fetch_sub(1, Ordering::AcqRel) == 1 {
+            settle.push(d);
+        }
+    }
+}
+
+/// Node `d` has no dependency left: queue it to start, or settle it by its policy.
 #[allow(clippy::too_many_arguments)]
-fn release(
-    done: u32,
+fn decide(
+    d: u32,
     graph: &Graph,
-    offsets: &[u32],
-    targets: &[u32],
-    remaining: &mut [u32],
+    shared: &Shared,
     state: &mut [NodeState],
     ready: &mut VecDeque<u32>,
-    shared: &Shared,
+    settle: &mut Vec<u32>,
     hooks: &[Arc<dyn Hooks>],
     info: &RunInfo,
 ) {
-    let mut ended = vec![done];
-    while let Some(e) = ended.pop() {
-        let (lo, hi) = (
-            offsets[e as usize] as usize,
-            offsets[e as usize + 1] as usize,
-        );
-        for &d in &targets[lo..hi] {
-            let r = &mut remaining[d as usize];
-            *r -= 1;
-            if *r > 0 || state[d as usize].st != St::Pending {
-                continue;
-            }
-            let node = &graph.nodes[d as usize];
-            let failed: Vec<u32> = node
-                .deps
-                .iter()
-                .copied()
-                .filter(|&x| state[x as usize].st != St::Success)
-                .collect();
-            if failed.is_empty() {
-                ready.push_back(d);
-                continue;
-            }
-            if failed
-                .iter()
-                .any(|&x| state[x as usize].st == St::Cancelled)
-            {
-                // A cancelled dependency did not fail this task: it stays pending and ends
-                // cancelled with the run (its own dependents with it).
-                continue;
-            }
-            let failed_data: Vec<u32> = node
-                .data_deps
-                .iter()
-                .copied()
-                .filter(|&x| state[x as usize].st != St::Success)
-                .collect();
-            let policy = node.meta.policy.on_dep_failure;
-            let names = |xs: &[u32]| {
-                xs.iter()
-                    .map(|&x| shared.ids[x as usize].to_string())
-                    .collect::<Vec<_>>()
+    let di = d as usize;
+    if shared.claimed[di].load(Ordering::Acquire) || state[di].st != St::Pending {
+        return;
+    }
+    if shared.scope.cancel.is_cancelled() {
+        return; // ends cancelled with the run
+    }
+    let ok = |x: u32| shared.done_ok[x as usize].load(Ordering::Acquire);
+    let node = &graph.nodes[di];
+    let failed: Vec<u32> = node.deps.iter().copied().filter(|&x| !ok(x)).collect();
+    if failed.is_empty() {
+        ready.push_back(d);
+        return;
+    }
+    if failed
+        .iter()
+        .any(|&x| state[x as usize].st == St::Cancelled)
+    {
+        // A cancelled dependency did not fail this task: it stays pending and ends
+        // cancelled with the run (its own dependents with it).
+        return;
+    }
+    let failed_data: Vec<u32> = node.data_deps.iter().copied().filter(|&x| !ok(x)).collect();
+    let policy = node.meta.policy.on_dep_failure;
+    let names = |xs: &[u32]| {
+        xs.iter()
+            .map(|&x| shared.ids[x as usize].to_string())
+            .collect::<Vec<_>>()
+    };
+    match policy {
+        OnDepFailure::RunAnyway if failed_data.is_empty() => {
+            ready.push_back(d);
+            return;
+        }
+        OnDepFailure::Skip => state[di].st = St::Skipped,
+        OnDepFailure::Fail | OnDepFailure::RunAnyway => {
+            let list = if policy == OnDepFailure::Fail {
+                &failed
+            } else {
+                &failed_data
             };
-            let s = &mut state[d as usize];
-            match policy {
-                OnDepFailure::RunAnyway if failed_data.is_empty() => {
-                    ready.push_back(d);
-                    continue;
-                }
-                OnDepFailure::Skip => s.st = St::Skipped,
-                OnDepFailure::Fail | OnDepFailure::RunAnyway => {
-                    let list = if policy == OnDepFailure::Fail {
-                        &failed
-                    } else {
-                        &failed_data
-                    };
-                    let e = Arc::new(DependencyFailed {
-                        task: node.id.to_string(),
-                        failed: names(list),
-                    });
-                    for h in hooks {
-                        h.failed(info, &node.id, &*e);
-                    }
-                    s.st = St::Errored;
-                    s.error = Some(e);
-                }
+            let e = Arc::new(DependencyFailed {
+                task: node.id.to_string(),
+                failed: names(list),
+            });
+            for h in hooks {
+                h.failed(info, &node.id, &*e);
             }
-            if let Some(j) = &shared.journal {
-                record_end(j, shared, d as usize, &state[d as usize]);
-            }
-            ended.push(d);
+            state[di].st = St::Errored;
+            state[di].error = Some(e);
         }
     }
+    shared.claimed[di].store(true, Ordering::Release);
+    if let Some(j) = &shared.journal {
+        record_end(j, shared, di, &state[di]);
+    }
+    count_off(shared, d, settle);
 }
 
 /// Writes how node `i` ended to the run's journal.
@@ -425,7 +534,7 @@ fn record_end(j: &RunJournal, shared: &Shared, i: usize, s: &NodeState) {
         St::Success => (State::Done, false),
         St::Errored => (State::Failed, false),
         St::Skipped => (State::Cancelled, true),
-        St::Cancelled | St::Pending | St::Running => (State::Cancelled, false),
+        St::Cancelled | St::Pending => (State::Cancelled, false),
     };
     let result = if s.st == St::Success {
         shared.slots[i].json().map(|r| r.get().as_bytes().to_vec())
@@ -446,13 +555,7 @@ fn record_end(j: &RunJournal, shared: &Shared, i: usize, s: &NodeState) {
     );
 }
 
-async fn run_node(
-    shared: Arc<Shared>,
-    i: u32,
-    first: u32,
-    task: Box<dyn ErasedTask>,
-    tx: mpsc::UnboundedSender<Completion>,
-) {
+async fn run_node(shared: Arc<Shared>, i: u32, first: u32, task: Box<dyn ErasedTask>) {
     let _permit = match &shared.permits {
         Some(sem) => sem.clone().acquire_owned().await.ok(),
         None => None,
@@ -460,12 +563,16 @@ async fn run_node(
     let meta = shared.metas[i as usize];
     let started = Instant::now();
     let (attempts, result) = attempts(&shared, i, first, meta, task).await;
-    let _ = tx.send(Completion {
+    if result.is_ok() {
+        // Start the dependents now ready from here: the driver is off the critical path.
+        shared.release_success(i);
+    }
+    let _ = shared.tx.send(Msg::Done(Completion {
         node: i,
         attempts,
         elapsed: started.elapsed(),
         result,
-    });
+    }));
 }
 
 async fn attempts(
@@ -638,7 +745,7 @@ fn build_report(
             St::Success => TaskStatus::Success,
             St::Errored => TaskStatus::Errored,
             St::Skipped => TaskStatus::Skipped,
-            St::Cancelled | St::Pending | St::Running => TaskStatus::Cancelled,
+            St::Cancelled | St::Pending => TaskStatus::Cancelled,
         };
         any_errored |= status == TaskStatus::Errored;
         all_success &= status == TaskStatus::Success;
