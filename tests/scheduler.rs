@@ -125,9 +125,19 @@ async fn interval_schedule_fires_each_interval() {
     tokio::time::advance(Duration::from_secs(3601)).await;
     wait_until(|| TICKS.load(Ordering::SeqCst) >= 1).await;
     assert!(TICKS.load(Ordering::SeqCst) as u64 <= at_most());
-    tokio::time::advance(Duration::from_secs(3600)).await;
-    wait_until(|| TICKS.load(Ordering::SeqCst) >= 2).await;
-    settle().await;
+    // A fire that comes while the first run is still finishing is skipped (the record is
+    // active); the clock can jump while the store works, so advance until the next fire.
+    for _ in 0..5 {
+        if TICKS.load(Ordering::SeqCst) >= 2 {
+            break;
+        }
+        tokio::time::advance(Duration::from_secs(3600)).await;
+        settle().await;
+    }
+    assert!(
+        TICKS.load(Ordering::SeqCst) >= 2,
+        "the schedule fires again"
+    );
     assert!(TICKS.load(Ordering::SeqCst) as u64 <= at_most());
     assert_eq!(
         rt.get("every-hour").await.unwrap().unwrap().state(),

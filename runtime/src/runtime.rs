@@ -577,6 +577,19 @@ impl Inner {
         Ok(out)
     }
 
+    /// [`update`](Inner::update) whose function may refuse with an error (nothing is
+    /// written then).
+    async fn try_update(
+        &self,
+        id: &str,
+        f: impl FnMut(Option<&ProcessRecord>) -> (Update, Option<Error>) + Send + 'static,
+    ) -> Result<Option<ProcessRecord>> {
+        match self.update(id, f).await? {
+            (_, Some(refusal)) => Err(refusal),
+            (rec, None) => Ok(rec),
+        }
+    }
+
     async fn get(&self, id: &str) -> Result<Option<ProcessRecord>> {
         let store = self.store.clone();
         let id = id.to_owned();
@@ -986,9 +999,9 @@ impl Runtime {
         meta.token = fastrand::u64(1..);
         let token = meta.token;
         let id_owned = id.to_owned();
-        let (rec, refusal) = self
+        let rec = self
             .inner
-            .update(id, move |cur| match cur {
+            .try_update(id, move |cur| match cur {
                 None => {
                     let mut r = fresh.clone();
                     if let Err(e) = r.transition(State::Scheduled) {
@@ -1028,9 +1041,6 @@ impl Runtime {
                 }
             })
             .await?;
-        if let Some(e) = refusal {
-            return Err(e);
-        }
         let rec = rec.expect("written above");
         if rec.depth == 0 {
             self.delete_descendants(id).await?;
@@ -1131,9 +1141,9 @@ impl Runtime {
     /// cancellable, or already being cancelled).
     pub async fn cancel(&self, id: &str) -> Result<ProcessRecord> {
         let id_owned = id.to_owned();
-        let (rec, refusal) = self
+        let rec = self
             .inner
-            .update(id, move |cur| match cur {
+            .try_update(id, move |cur| match cur {
                 None => (
                     Update::Keep,
                     Some(Error::NotFound {
@@ -1164,9 +1174,6 @@ impl Runtime {
                 }
             })
             .await?;
-        if let Some(e) = refusal {
-            return Err(e);
-        }
         let rec = rec.expect("written above");
         self.inner.writer.flush().await?;
         self.inner.emit(&rec);
@@ -1184,9 +1191,9 @@ impl Runtime {
     /// [`Error::NotFound`], [`Error::NotDismissable`] (not done, failed or cancelled).
     pub async fn dismiss(&self, id: &str) -> Result<ProcessRecord> {
         let id_owned = id.to_owned();
-        let (rec, refusal) = self
+        let rec = self
             .inner
-            .update(id, move |cur| match cur {
+            .try_update(id, move |cur| match cur {
                 None => (
                     Update::Keep,
                     Some(Error::NotFound {
@@ -1211,9 +1218,6 @@ impl Runtime {
                 }
             })
             .await?;
-        if let Some(e) = refusal {
-            return Err(e);
-        }
         self.delete_descendants(id).await?;
         self.inner.clear_run(id).await?;
         let rec = rec.expect("written above");
@@ -1317,9 +1321,9 @@ impl Runtime {
         fresh.ephemeral = options.ephemeral;
         fresh.metadata = options.metadata;
         let id_owned = id.to_owned();
-        let (rec, refusal) = self
+        let rec = self
             .inner
-            .update(id, move |cur| match cur {
+            .try_update(id, move |cur| match cur {
                 Some(_) => (
                     Update::Keep,
                     Some(Error::AlreadyExists {
@@ -1329,9 +1333,6 @@ impl Runtime {
                 None => (Update::Put(Box::new(fresh.clone())), None),
             })
             .await?;
-        if let Some(e) = refusal {
-            return Err(e);
-        }
         self.inner.writer.flush().await?;
         Ok(rec.expect("written above"))
     }
@@ -1343,9 +1344,9 @@ impl Runtime {
     /// [`Error::NotFound`] (also for records that are not ad-hoc), [`Error::Active`].
     pub async fn adhoc_delete(&self, id: &str) -> Result<()> {
         let id_owned = id.to_owned();
-        let (_, refusal) = self
+        let _ = self
             .inner
-            .update(id, move |cur| match cur {
+            .try_update(id, move |cur| match cur {
                 Some(r) if r.adhoc && r.state().is_active() => (
                     Update::Keep,
                     Some(Error::Active {
@@ -1362,9 +1363,6 @@ impl Runtime {
                 ),
             })
             .await?;
-        if let Some(e) = refusal {
-            return Err(e);
-        }
         self.inner.clear_run(id).await?;
         Ok(())
     }
@@ -1740,9 +1738,9 @@ impl Runtime {
         }
         let now = crate::record::now_ms_at(self.inner.clock.now());
         let id_owned = id.to_owned();
-        let (rec, refusal) = self
+        let rec = self
             .inner
-            .update(id, move |cur| match cur {
+            .try_update(id, move |cur| match cur {
                 Some(r) if r.kind == RecordKind::Process => {
                     let mut r = r.clone();
                     r.schedule.clone_from(&schedule);
@@ -1757,9 +1755,6 @@ impl Runtime {
                 ),
             })
             .await?;
-        if let Some(e) = refusal {
-            return Err(e);
-        }
         self.inner.writer.flush().await?;
         self.inner.scheduler_wake.notify_one();
         Ok(rec.expect("written above"))
