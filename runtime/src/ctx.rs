@@ -68,6 +68,9 @@ pub(crate) struct RunScope {
     pub(crate) cancel: CancellationToken,
     pub(crate) reporter: Arc<dyn Reporter>,
     pub(crate) spawner: Option<Arc<dyn crate::children::Spawner>>,
+    /// Children started per (node, attempt, process), for default child ids.
+    pub(crate) child_seq:
+        std::sync::Mutex<std::collections::HashMap<(u32, u32, &'static str), u32>>,
 }
 
 /// The context of one attempt of a task.
@@ -108,7 +111,6 @@ pub struct Ctx {
     node: u32,
     task: &'static str,
     attempt: u32,
-    children: Arc<std::sync::Mutex<std::collections::HashMap<&'static str, u32>>>,
 }
 
 impl fmt::Debug for Ctx {
@@ -129,7 +131,6 @@ impl Ctx {
             node,
             task,
             attempt,
-            children: Arc::default(),
         }
     }
 
@@ -144,11 +145,11 @@ impl Ctx {
                 cancel: CancellationToken::new(),
                 reporter: Arc::new(TracingReporter),
                 spawner: None,
+                child_seq: std::sync::Mutex::default(),
             }),
             node: 0,
             task,
             attempt: 1,
-            children: Arc::default(),
         }
     }
 
@@ -242,10 +243,11 @@ impl Ctx {
     /// started by this attempt: the same on every attempt, so a rerun finds its children.
     pub(crate) fn default_child_id(&self, process: &'static str) -> String {
         let mut g = self
-            .children
+            .scope
+            .child_seq
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let k = g.entry(process).or_insert(0);
+        let k = g.entry((self.node, self.attempt, process)).or_insert(0);
         let id = if *k == 0 {
             format!("{}/{}/{process}", self.scope.process_id, self.node_id())
         } else {

@@ -210,6 +210,7 @@ pub(crate) async fn execute(mut graph: Graph, cfg: RunConfig) -> RunReport {
             None => Arc::new(TraceReporter),
         },
         spawner: cfg.spawner.clone(),
+        child_seq: std::sync::Mutex::default(),
     });
     let (tx, mut rx) = mpsc::unbounded_channel::<Msg>();
     let (offsets, targets) = csr(
