@@ -435,6 +435,55 @@ async fn damaged_store_is_a_typed_error() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+// A store written by schema 1 (JSON task rows, results in a tree of their own) is still
+// read: rows decode and carry their results; the store is marked with the new schema so
+// that an older build refuses it rather than misreading the new rows.
+#[test]
+fn schema_1_rows_and_results_are_read() {
+    let dir = temp_dir("schema1");
+    let key = |order: u32| {
+        let mut k = b"old-run\0".to_vec();
+        k.extend_from_slice(&order.to_be_bytes());
+        k
+    };
+    {
+        let db = sled::open(&dir).unwrap();
+        db.insert(b"schema", &1u32.to_be_bytes()).unwrap();
+        let row = |node: &str, state: &str| {
+            format!(
+                r#"{{"task":"one","node":"{node}","state":"{state}","attempts":1,"started_at":1,"ended_at":2,"elapsed_ns":5,"skipped":false,"error":null}}"#
+            )
+        };
+        let tasks = db.open_tree("tasks").unwrap();
+        tasks.insert(key(0), row("a", "done").as_bytes()).unwrap();
+        tasks
+            .insert(key(1), row("b", "running").as_bytes())
+            .unwrap();
+        db.open_tree("results")
+            .unwrap()
+            .insert(key(0), &b"41"[..])
+            .unwrap();
+        db.flush().unwrap();
+    }
+    let store = SledStore::open(&dir).unwrap();
+    let rows = store.tasks("old-run").unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!((rows[0].0, &*rows[0].1.node), (0, "a"));
+    assert_eq!(rows[0].1.state, State::Done);
+    assert_eq!(rows[0].1.result.as_deref(), Some("41"));
+    assert_eq!(rows[1].1.state, State::Running);
+    assert_eq!(rows[1].1.result, None);
+    drop(store);
+    let db = sled::open(&dir).unwrap();
+    let marker = db.get(b"schema").unwrap().unwrap();
+    assert_eq!(
+        u32::from_be_bytes(marker.as_ref().try_into().unwrap()),
+        procession::SCHEMA_VERSION
+    );
+    drop(db);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[task]
 #[allow(clippy::unused_async)] // runs as an async task on purpose
 async fn chatty(ctx: &Ctx, n: u32, warn_at: u32) -> u32 {

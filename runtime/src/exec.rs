@@ -538,7 +538,7 @@ fn record_end(j: &RunJournal, shared: &Shared, i: usize, s: &NodeState) {
         St::Cancelled | St::Pending => (State::Cancelled, false),
     };
     let result = if s.st == St::Success {
-        shared.slots[i].json().map(|r| r.get().as_bytes().to_vec())
+        shared.slots[i].json().map(|r| Arc::from(r.get()))
     } else {
         None
     };

@@ -36,7 +36,6 @@ struct Rows {
     items: Vec<TaskRow>,
     dirty: Vec<bool>,
     dirty_list: Vec<u32>,
-    results: Vec<(u32, Vec<u8>)>,
     throttle: HashMap<u32, Throttle>,
     window: Duration,
 }
@@ -109,7 +108,6 @@ impl RunJournal {
                 items: rows,
                 dirty: vec![false; n],
                 dirty_list: Vec::new(),
-                results: Vec::new(),
                 throttle: HashMap::new(),
                 window,
             }),
@@ -140,8 +138,8 @@ impl RunJournal {
         self.writer.wake(self);
     }
 
-    /// `node` ended; `result` is its serialized output when it succeeded.
-    pub(crate) fn ended(&self, node: u32, outcome: Ended, result: Option<Vec<u8>>) {
+    /// `node` ended; `result` is its output as JSON when it succeeded.
+    pub(crate) fn ended(&self, node: u32, outcome: Ended, result: Option<Arc<str>>) {
         {
             let mut g = self.lock();
             g.settle_burst(node);
@@ -156,16 +154,14 @@ impl RunJournal {
             if outcome.state == State::Done {
                 row.progress.percent = Some(100.0);
             }
+            row.result = result;
             g.mark(node);
-            if let Some(bytes) = result {
-                g.results.push((node, bytes));
-            }
         }
         self.writer.wake(self);
     }
 
     /// Everything dirty, as a batch; clears the dirty marks.
-    pub(crate) fn take(&self, batch: &mut Batch, events: Option<&mut Vec<(String, u32, State)>>) {
+    pub(crate) fn take(&self, batch: &mut Batch, events: Option<&mut Vec<(Arc<str>, State)>>) {
         // Changes made from now on need a new wake-up.
         self.woken
             .store(false, std::sync::atomic::Ordering::Release);
@@ -190,12 +186,9 @@ impl RunJournal {
             g.dirty[node as usize] = false;
             let row = g.items[node as usize].clone();
             if let Some(ev) = events.as_deref_mut() {
-                ev.push((row.node.clone(), node, row.state));
+                ev.push((row.node.clone(), row.state));
             }
             batch.tasks.push((self.run_id.clone(), node, row));
-        }
-        for (node, bytes) in std::mem::take(&mut g.results) {
-            batch.results.push((self.run_id.clone(), node, bytes));
         }
     }
 
@@ -450,7 +443,7 @@ fn writer_loop(
             j.take(&mut batch, listening.then_some(&mut ev));
             changed.extend(
                 ev.into_iter()
-                    .map(|(node, _, state)| (j.run_id.clone(), node, state)),
+                    .map(|(node, state)| (j.run_id.clone(), node, state)),
             );
         }
         let result = if batch.is_empty() {
@@ -487,16 +480,14 @@ fn writer_loop(
 const CHUNK: usize = 2048;
 
 fn apply_in_chunks(store: &dyn Store, mut batch: Batch) -> Result<(), StoreError> {
-    if batch.tasks.len() <= CHUNK && batch.results.len() <= CHUNK {
+    if batch.tasks.len() <= CHUNK {
         return store.apply(batch);
     }
     let mut tasks = std::mem::take(&mut batch.tasks).into_iter().peekable();
-    let mut results = std::mem::take(&mut batch.results).into_iter().peekable();
     let mut first = Some(batch);
-    while tasks.peek().is_some() || results.peek().is_some() || first.is_some() {
+    while tasks.peek().is_some() || first.is_some() {
         let mut b = first.take().unwrap_or_default();
         b.tasks.extend(tasks.by_ref().take(CHUNK));
-        b.results.extend(results.by_ref().take(CHUNK));
         store.apply(b)?;
     }
     Ok(())

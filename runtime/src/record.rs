@@ -11,7 +11,10 @@ use crate::ctx::Level;
 
 /// Version of the record layout written by this build. Records carry it; a store holding
 /// records of a newer version is refused rather than misread.
-pub const SCHEMA_VERSION: u32 = 1;
+///
+/// Version 2 stores task rows in `MessagePack` with the task's result inside the row;
+/// version 1 stores (JSON rows, results apart) are still read.
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// The state of a process (or of a task, for the child records of a run).
 ///

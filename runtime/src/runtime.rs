@@ -1122,10 +1122,8 @@ impl Runtime {
             .ok_or_else(|| Error::NotFound { id: id.to_owned() })?;
         let store = self.inner.store.clone();
         let id2 = id.to_owned();
-        let (rows, results) =
-            blocking(move || Ok::<_, StoreError>((store.tasks(&id2)?, store.results(&id2)?)))
-                .await?;
-        Ok(report_from_rows(&rec, &rows, &results))
+        let rows = blocking(move || store.tasks(&id2)).await?;
+        Ok(report_from_rows(&rec, &rows))
     }
 
     /// Cancels a scheduled or running process.
@@ -1237,7 +1235,7 @@ impl Runtime {
                 let rows = self.rows(run).await?;
                 return Ok(rows
                     .iter()
-                    .find(|(_, r)| r.node == node)
+                    .find(|(_, r)| &*r.node == node)
                     .map(|(i, r)| r.to_record(&root, *i)));
             }
         }
@@ -1534,10 +1532,7 @@ impl Runtime {
         }
         let store = self.inner.store.clone();
         let id2 = id.clone();
-        let (rows, results) =
-            blocking(move || Ok::<_, StoreError>((store.tasks(&id2)?, store.results(&id2)?)))
-                .await?;
-        let results: HashMap<u32, Vec<u8>> = results.into_iter().collect();
+        let rows = blocking(move || store.tasks(&id2)).await?;
         let mut resume = Resume {
             done: Vec::new(),
             attempts: vec![0; graph.len()],
@@ -1547,10 +1542,8 @@ impl Runtime {
                 *a = row.attempts;
             }
             if row.state == State::Done {
-                if let Some(bytes) = results.get(i) {
-                    if let Ok(raw) =
-                        serde_json::from_slice::<Box<serde_json::value::RawValue>>(bytes)
-                    {
+                if let Some(json) = &row.result {
+                    if let Ok(raw) = serde_json::value::RawValue::from_string(json.to_string()) {
                         resume.done.push((
                             *i,
                             raw,
@@ -2038,12 +2031,17 @@ async fn drive(
     if !running {
         cancel.cancel();
     }
+    // One shared copy of each task name, whatever the number of nodes running it.
+    let mut names: HashMap<&'static str, Arc<str>> = HashMap::new();
     let rows: Vec<TaskRow> = graph
         .nodes
         .iter()
         .map(|n| TaskRow {
-            task: n.meta.name.to_owned(),
-            node: n.id.to_string(),
+            task: names
+                .entry(n.meta.name)
+                .or_insert_with(|| Arc::from(n.meta.name))
+                .clone(),
+            node: n.id.clone(),
             state: State::Scheduled,
             attempts: 0,
             started_at: None,
@@ -2054,6 +2052,7 @@ async fn drive(
             chain: Vec::new(),
             progress: crate::record::Progress::default(),
             log: Vec::new(),
+            result: None,
         })
         .collect();
     let journal = if running && inner.task_records {
@@ -2187,15 +2186,10 @@ fn run_error(report: &RunReport) -> String {
     }
 }
 
-fn report_from_rows(
-    rec: &ProcessRecord,
-    rows: &[(u32, TaskRow)],
-    results: &[(u32, Vec<u8>)],
-) -> RunReport {
-    let results: HashMap<u32, &Vec<u8>> = results.iter().map(|(i, b)| (*i, b)).collect();
+fn report_from_rows(rec: &ProcessRecord, rows: &[(u32, TaskRow)]) -> RunReport {
     let tasks = rows
         .iter()
-        .map(|(i, r)| {
+        .map(|(_, r)| {
             let status = match (r.state, r.skipped) {
                 (State::Done, _) => TaskStatus::Success,
                 (State::Failed, _) => TaskStatus::Errored,
@@ -2203,16 +2197,17 @@ fn report_from_rows(
                 _ => TaskStatus::Cancelled,
             };
             TaskReport {
-                id: r.node.clone(),
-                name: r.task.clone(),
+                id: r.node.to_string(),
+                name: r.task.to_string(),
                 function: String::new(),
                 description: String::new(),
                 status,
                 attempts: r.attempts,
                 elapsed: Duration::from_nanos(r.elapsed_ns),
-                result: results.get(i).and_then(|b| {
-                    serde_json::from_slice::<Box<serde_json::value::RawValue>>(b).ok()
-                }),
+                result: r
+                    .result
+                    .as_ref()
+                    .and_then(|j| serde_json::value::RawValue::from_string(j.to_string()).ok()),
                 error: r.error.as_ref().map(|m| ErrorReport {
                     message: m.clone(),
                     chain: r.chain.clone(),

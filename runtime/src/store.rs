@@ -5,11 +5,11 @@
 //! without touching them. Two implementations ship: [`SledStore`] (embedded, the default)
 //! and [`MemoryStore`].
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use crate::record::{LogEntry, ProcessRecord, Progress, RecordKind, State, Status, SCHEMA_VERSION};
 
@@ -56,12 +56,15 @@ pub enum StoreError {
 }
 
 /// The compact record of one task of a run, as stored.
+///
+/// Names are shared (`Arc<str>`): a run's rows, its graph and its journal hold one copy
+/// of each node id, and cloning a row allocates nothing for a task that logged nothing.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct TaskRow {
     /// The task's name.
-    pub task: String,
+    pub task: Arc<str>,
     /// The node id in the graph.
-    pub node: String,
+    pub node: Arc<str>,
     /// State (running, done, failed, cancelled; scheduled before it starts).
     pub state: State,
     /// Attempts started so far.
@@ -85,6 +88,10 @@ pub struct TaskRow {
     /// The task's log (bounded).
     #[serde(default)]
     pub log: Vec<LogEntry>,
+    /// The task's output as JSON text, once it is done: stored in the same record as its
+    /// end, so a finished task costs one write.
+    #[serde(default)]
+    pub result: Option<Arc<str>>,
 }
 
 impl TaskRow {
@@ -107,8 +114,8 @@ impl TaskRow {
             schema: SCHEMA_VERSION,
             id: format!("{}/{}", root.id, self.node),
             kind: RecordKind::Task,
-            process_type: self.task.clone(),
-            name: self.node.clone(),
+            process_type: self.task.to_string(),
+            name: self.node.to_string(),
             description: if self.skipped {
                 "skipped".into()
             } else {
@@ -141,9 +148,7 @@ impl TaskRow {
 #[derive(Debug, Default)]
 pub struct Batch {
     /// Task rows to write: (run id, node index, row).
-    pub tasks: Vec<(std::sync::Arc<str>, u32, TaskRow)>,
-    /// Task results to write: (run id, node index, JSON).
-    pub results: Vec<(std::sync::Arc<str>, u32, Vec<u8>)>,
+    pub tasks: Vec<(Arc<str>, u32, TaskRow)>,
     /// Process records to write whole.
     pub processes: Vec<ProcessRecord>,
     /// Runs whose task rows and results are deleted (before the writes above).
@@ -156,7 +161,6 @@ impl Batch {
     /// True when the batch writes nothing.
     pub fn is_empty(&self) -> bool {
         self.tasks.is_empty()
-            && self.results.is_empty()
             && self.processes.is_empty()
             && self.clear_runs.is_empty()
             && self.delete_processes.is_empty()
@@ -167,7 +171,6 @@ impl Batch {
         self.clear_runs.extend(other.clear_runs);
         self.delete_processes.extend(other.delete_processes);
         self.tasks.extend(other.tasks);
-        self.results.extend(other.results);
         self.processes.extend(other.processes);
     }
 }
@@ -203,10 +206,8 @@ pub trait Store: Send + Sync + 'static {
         id: &str,
         f: &mut dyn FnMut(Option<&ProcessRecord>) -> Update,
     ) -> Result<Option<ProcessRecord>, StoreError>;
-    /// The task rows of run `id`, by node index.
+    /// The task rows of run `id` (with their results), by node index.
     fn tasks(&self, id: &str) -> Result<Vec<(u32, TaskRow)>, StoreError>;
-    /// The stored results of run `id`, by node index.
-    fn results(&self, id: &str) -> Result<Vec<(u32, Vec<u8>)>, StoreError>;
     /// Applies a batch atomically.
     fn apply(&self, batch: Batch) -> Result<(), StoreError>;
     /// Makes every applied write survive a crash of this process.
@@ -238,9 +239,6 @@ impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
     }
     fn tasks(&self, id: &str) -> Result<Vec<(u32, TaskRow)>, StoreError> {
         (**self).tasks(id)
-    }
-    fn results(&self, id: &str) -> Result<Vec<(u32, Vec<u8>)>, StoreError> {
-        (**self).results(id)
     }
     fn apply(&self, batch: Batch) -> Result<(), StoreError> {
         (**self).apply(batch)
@@ -389,6 +387,14 @@ impl SledStore {
                         supported: SCHEMA_VERSION,
                     });
                 }
+                if found < SCHEMA_VERSION {
+                    // This build reads the older layout and writes the newer one: mark the
+                    // store so that older builds refuse it instead of misreading it.
+                    store
+                        .db
+                        .insert(b"schema", &SCHEMA_VERSION.to_be_bytes())
+                        .map_err(|e| open_err(e.to_string()))?;
+                }
             }
             None => {
                 store
@@ -435,6 +441,23 @@ fn decode_record(path: &str, key: &[u8], bytes: &[u8]) -> Result<ProcessRecord, 
 
 fn encode<T: serde::Serialize>(v: &T) -> Vec<u8> {
     serde_json::to_vec(v).expect("records are plain data")
+}
+
+/// Task rows are the bulk of a store (one or two writes per task): `MessagePack` with
+/// fields by position is about a third of their JSON size, and sled's write cost grows
+/// with the bytes written.
+fn encode_row(row: &TaskRow) -> Vec<u8> {
+    rmp_serde::to_vec(row).expect("task rows are plain data")
+}
+
+/// Decodes a task row: `MessagePack`, or JSON as written by schema 1 (a JSON object
+/// starts with `{`, which is a positive fixint in `MessagePack` and never starts a row).
+fn decode_row(bytes: &[u8]) -> Result<TaskRow, String> {
+    if bytes.first() == Some(&b'{') {
+        serde_json::from_slice(bytes).map_err(|e| e.to_string())
+    } else {
+        rmp_serde::from_slice(bytes).map_err(|e| e.to_string())
+    }
 }
 
 impl Store for SledStore {
@@ -487,28 +510,37 @@ impl Store for SledStore {
     }
 
     fn tasks(&self, id: &str) -> Result<Vec<(u32, TaskRow)>, StoreError> {
-        self.tasks
+        let mut rows = self
+            .tasks
             .scan_prefix(run_prefix(id))
             .map(|kv| {
                 let (k, v) = kv.map_err(|e| self.io(e))?;
-                let row: TaskRow = serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt {
+                let row = decode_row(&v).map_err(|message| StoreError::Corrupt {
                     path: self.location(),
                     key: format!("{id}/#{}", order_of(&k)),
-                    message: e.to_string(),
+                    message,
                 })?;
                 Ok((order_of(&k), row))
             })
-            .collect()
-    }
-
-    fn results(&self, id: &str) -> Result<Vec<(u32, Vec<u8>)>, StoreError> {
-        self.results
-            .scan_prefix(run_prefix(id))
-            .map(|kv| {
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        // Rows written before results moved into them (schema 1) keep their results in
+        // a tree of their own.
+        if rows
+            .iter()
+            .any(|(_, r)| r.state == State::Done && r.result.is_none())
+        {
+            let mut legacy = HashMap::new();
+            for kv in self.results.scan_prefix(run_prefix(id)) {
                 let (k, v) = kv.map_err(|e| self.io(e))?;
-                Ok((order_of(&k), v.to_vec()))
-            })
-            .collect()
+                legacy.insert(order_of(&k), Arc::<str>::from(String::from_utf8_lossy(&v)));
+            }
+            for (i, r) in &mut rows {
+                if r.result.is_none() {
+                    r.result = legacy.remove(i);
+                }
+            }
+        }
+        Ok(rows)
     }
 
     fn apply(&self, batch: Batch) -> Result<(), StoreError> {
@@ -536,10 +568,7 @@ impl Store for SledStore {
             processes.remove(id.as_bytes());
         }
         for (id, order, row) in &batch.tasks {
-            tasks.insert(run_key(id, *order), encode(row));
-        }
-        for (id, order, bytes) in batch.results {
-            results.insert(run_key(&id, order), bytes);
+            tasks.insert(run_key(id, *order), encode_row(row));
         }
         for r in &batch.processes {
             processes.insert(r.id.as_bytes(), encode(r));
@@ -613,8 +642,8 @@ pub struct MemoryStore {
 #[derive(Debug, Default)]
 struct MemInner {
     processes: BTreeMap<String, ProcessRecord>,
-    tasks: BTreeMap<Vec<u8>, TaskRow>,
-    results: BTreeMap<Vec<u8>, Vec<u8>>,
+    /// Task rows per run, by node index.
+    runs: HashMap<Arc<str>, Vec<Option<TaskRow>>>,
     keys: BTreeMap<String, String>,
 }
 
@@ -665,42 +694,29 @@ impl Store for MemoryStore {
     }
 
     fn tasks(&self, id: &str) -> Result<Vec<(u32, TaskRow)>, StoreError> {
-        let p = run_prefix(id);
-        Ok(self
-            .lock()
-            .tasks
-            .range(p.clone()..)
-            .take_while(|(k, _)| k.starts_with(&p))
-            .map(|(k, v)| (order_of(k), v.clone()))
-            .collect())
-    }
-
-    fn results(&self, id: &str) -> Result<Vec<(u32, Vec<u8>)>, StoreError> {
-        let p = run_prefix(id);
-        Ok(self
-            .lock()
-            .results
-            .range(p.clone()..)
-            .take_while(|(k, _)| k.starts_with(&p))
-            .map(|(k, v)| (order_of(k), v.clone()))
-            .collect())
+        Ok(self.lock().runs.get(id).map_or_else(Vec::new, |rows| {
+            rows.iter()
+                .enumerate()
+                .filter_map(|(i, r)| Some((i as u32, r.clone()?)))
+                .collect()
+        }))
     }
 
     fn apply(&self, batch: Batch) -> Result<(), StoreError> {
         let mut g = self.lock();
         for id in batch.clear_runs.iter().chain(&batch.delete_processes) {
-            let p = run_prefix(id);
-            g.tasks.retain(|k, _| !k.starts_with(&p));
-            g.results.retain(|k, _| !k.starts_with(&p));
+            g.runs.remove(id.as_str());
         }
         for id in &batch.delete_processes {
             g.processes.remove(id);
         }
         for (id, order, row) in batch.tasks {
-            g.tasks.insert(run_key(&id, order), row);
-        }
-        for (id, order, bytes) in batch.results {
-            g.results.insert(run_key(&id, order), bytes);
+            let rows = g.runs.entry(id).or_default();
+            let i = order as usize;
+            if rows.len() <= i {
+                rows.resize(i + 1, None);
+            }
+            rows[i] = Some(row);
         }
         for r in batch.processes {
             g.processes.insert(r.id.clone(), r);
