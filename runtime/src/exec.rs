@@ -103,6 +103,9 @@ struct Shared {
     done_ok: Box<[AtomicBool]>,
     /// Set when a node was started or settled: it is started at most once.
     claimed: Box<[AtomicBool]>,
+    /// Set by whoever ends a started node first: its worker, or the driver abandoning it
+    /// after the cancellation grace period. The other one leaves the node alone.
+    ended: Box<[AtomicBool]>,
     tasks: Box<[TaskCell]>,
     aborts: Box<[Mutex<Option<AbortHandle>>]>,
     /// Dependents (CSR) and dependencies (CSR).
@@ -154,7 +157,10 @@ impl Shared {
         };
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         let first = self.prior[i as usize];
-        let handle = tokio::spawn(run_node(self.clone(), i, first, task));
+        let shared = self.clone();
+        // The spawned future stays small while it waits in the run queue (a wide graph
+        // queues every root at once); the node's real state machine is boxed when it runs.
+        let handle = tokio::spawn(async move { Box::pin(run_node(shared, i, first, task)).await });
         *lock(&self.aborts[i as usize]) = Some(handle.abort_handle());
         true
     }
@@ -251,6 +257,7 @@ pub(crate) async fn execute(mut graph: Graph, cfg: RunConfig) -> RunReport {
             .collect(),
         done_ok: (0..n).map(|_| AtomicBool::new(false)).collect(),
         claimed: (0..n).map(|_| AtomicBool::new(false)).collect(),
+        ended: (0..n).map(|_| AtomicBool::new(false)).collect(),
         tasks: graph
             .nodes
             .iter_mut()
@@ -381,12 +388,13 @@ pub(crate) async fn execute(mut graph: Graph, cfg: RunConfig) -> RunReport {
                             state[i].error = Some(e);
                         }
                     }
-                    if let Some(j) = &shared.journal {
-                        record_end(j, &shared, i, &state[i]);
-                    }
-                    // A success was counted off by its worker; anything else is counted
-                    // off here, and its dependents are settled by the driver.
+                    // A success was recorded and counted off by its worker; anything else
+                    // is recorded and counted off here, and its dependents are settled by
+                    // the driver.
                     if state[i].st != St::Success {
+                        if let Some(j) = &shared.journal {
+                            record_end(j, &shared, i, &state[i]);
+                        }
                         count_off(&shared, c.node, &mut settle);
                     }
                 }
@@ -401,7 +409,8 @@ pub(crate) async fn execute(mut graph: Graph, cfg: RunConfig) -> RunReport {
                 grace_armed = false;
                 for (i, s) in state.iter_mut().enumerate() {
                     let running = s.st == St::Pending && lock(&shared.aborts[i]).is_some();
-                    if running {
+                    // A worker that ended first has its report on the way: not abandoned.
+                    if running && !shared.ended[i].swap(true, Ordering::AcqRel) {
                         if let Some(a) = lock(&shared.aborts[i]).take() {
                             a.abort();
                         }
@@ -564,14 +573,32 @@ async fn run_node(shared: Arc<Shared>, i: u32, first: u32, task: Box<dyn ErasedT
     let meta = shared.metas[i as usize];
     let started = Instant::now();
     let (attempts, result) = attempts(&shared, i, first, meta, task).await;
+    let elapsed = started.elapsed();
+    if shared.ended[i as usize].swap(true, Ordering::AcqRel) {
+        return; // abandoned after the cancellation grace period; the driver ended it
+    }
     if result.is_ok() {
-        // Start the dependents now ready from here: the driver is off the critical path.
+        // Record the end and start the dependents now ready from here: the driver is
+        // off the critical path.
+        if let Some(j) = &shared.journal {
+            record_end(
+                j,
+                &shared,
+                i as usize,
+                &NodeState {
+                    st: St::Success,
+                    attempts,
+                    elapsed,
+                    error: None,
+                },
+            );
+        }
         shared.release_success(i);
     }
     let _ = shared.tx.send(Msg::Done(Completion {
         node: i,
         attempts,
-        elapsed: started.elapsed(),
+        elapsed,
         result,
     }));
 }
