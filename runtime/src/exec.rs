@@ -5,6 +5,7 @@
 //! (retries, backoff, timeout, panics) and reports back over a channel. A node starts as
 //! soon as its own dependencies have ended.
 
+use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::error::Error as StdError;
 use std::panic::AssertUnwindSafe;
@@ -792,13 +793,13 @@ fn build_report(
             None
         };
         tasks.push(TaskReport {
-            id: node.id.to_string(),
-            name: node.meta.name.to_owned(),
-            function: node.meta.function.to_owned(),
+            id: node.id.clone(),
+            name: Cow::Borrowed(node.meta.name),
+            function: Cow::Borrowed(node.meta.function),
             description: node
                 .description
                 .clone()
-                .unwrap_or_else(|| node.meta.description.to_owned()),
+                .map_or(Cow::Borrowed(node.meta.description), Cow::Owned),
             status,
             attempts: s.attempts,
             elapsed: if matches!(s.st, St::Skipped | St::Pending) {

@@ -1,6 +1,7 @@
 //! What a finished run leaves: one entry per task, with status, attempts, timing, result
 //! and error.
 
+use std::borrow::Cow;
 use std::error::Error as StdError;
 use std::fmt;
 use std::sync::Arc;
@@ -100,14 +101,14 @@ impl fmt::Debug for ErrorReport {
 /// One task's entry in a [`RunReport`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TaskReport {
-    /// The node id (unique in the run).
-    pub id: String,
+    /// The node id (unique in the run); shared with the graph, not copied per report.
+    pub id: Arc<str>,
     /// The task's name.
-    pub name: String,
+    pub name: Cow<'static, str>,
     /// The function's path.
-    pub function: String,
+    pub function: Cow<'static, str>,
     /// The task's description.
-    pub description: String,
+    pub description: Cow<'static, str>,
     /// How it ended.
     pub status: TaskStatus,
     /// Attempts that ran (0 when it never ran).
@@ -136,11 +137,11 @@ impl TaskReport {
     /// when the result is not a `T`.
     pub fn result_as<T: DeserializeOwned>(&self) -> Result<T, ResultError> {
         let raw = self.result.as_ref().ok_or_else(|| ResultError::NoResult {
-            task: self.id.clone(),
+            task: self.id.to_string(),
             status: self.status,
         })?;
         serde_json::from_str(raw.get()).map_err(|e| ResultError::Decode {
-            task: self.id.clone(),
+            task: self.id.to_string(),
             message: e.to_string(),
         })
     }
@@ -245,7 +246,7 @@ impl RunReport {
 
     /// The entry of the task with node id `id`.
     pub fn task(&self, id: &str) -> Option<&TaskReport> {
-        self.tasks.iter().find(|t| t.id == id)
+        self.tasks.iter().find(|t| &*t.id == id)
     }
 
     /// The result of task `id` decoded as `T`.
@@ -283,7 +284,7 @@ impl RunReport {
 
     /// The ids of `tasks` (convenience for assertions and printing).
     pub fn ids<'a>(&self, tasks: Vec<&'a TaskReport>) -> Vec<&'a str> {
-        tasks.into_iter().map(|t| t.id.as_str()).collect()
+        tasks.into_iter().map(|t| &*t.id).collect()
     }
 
     /// The report as compact JSON.

@@ -12,6 +12,7 @@
 //! loss can also lose the writes of the last ~500 ms unless the store is opened in strict
 //! mode ([`RuntimeBuilder::strict`]), which fsyncs once per group.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::PathBuf;
@@ -2197,10 +2198,10 @@ fn report_from_rows(rec: &ProcessRecord, rows: &[(u32, TaskRow)]) -> RunReport {
                 _ => TaskStatus::Cancelled,
             };
             TaskReport {
-                id: r.node.to_string(),
-                name: r.task.to_string(),
-                function: String::new(),
-                description: String::new(),
+                id: r.node.clone(),
+                name: Cow::Owned(r.task.to_string()),
+                function: Cow::Borrowed(""),
+                description: Cow::Borrowed(""),
                 status,
                 attempts: r.attempts,
                 elapsed: Duration::from_nanos(r.elapsed_ns),
