@@ -1,11 +1,14 @@
 //! Graphs of tasks: built by a process's builder, or assembled by name at run time.
 
 use std::any::{Any, TypeId};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::borrow::Borrow;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
+use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
+use rustc_hash::{FxHashMap, FxHasher};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
@@ -223,27 +226,52 @@ impl Graph {
     }
 
     fn compute_fingerprint(nodes: &[Node]) -> u64 {
-        // FNV-1a: tiny, stable across Rust versions (unlike `DefaultHasher`).
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        let mut eat = |bytes: &[u8]| {
-            for b in bytes {
-                h ^= u64::from(*b);
-                h = h.wrapping_mul(0x0100_0000_01b3);
-            }
-            h ^= 0xff;
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        };
+        let mut h = Fingerprint::new();
         for n in nodes {
-            eat(n.id.as_bytes());
-            eat(n.meta.name.as_bytes());
-            for d in &n.deps {
-                eat(&d.to_le_bytes());
-            }
-            for d in &n.data_deps {
-                eat(&d.to_le_bytes());
-            }
+            h.node(n);
         }
-        h
+        h.finish()
+    }
+}
+
+/// The running hash behind [`Graph::fingerprint`], fed node by node in index order.
+///
+/// FNV-1a: tiny, stable across Rust versions (unlike `DefaultHasher`). The [`Builder`]
+/// feeds each node as it is added, while its bytes are still in cache, instead of walking
+/// the whole graph again at the end.
+struct Fingerprint(u64);
+
+impl Fingerprint {
+    const PRIME: u64 = 0x0100_0000_01b3;
+
+    fn new() -> Self {
+        Fingerprint(0xcbf2_9ce4_8422_2325)
+    }
+
+    /// One field: its bytes, then a separator.
+    fn eat(&mut self, bytes: &[u8]) {
+        let mut h = self.0;
+        for b in bytes {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(Self::PRIME);
+        }
+        h ^= 0xff;
+        self.0 = h.wrapping_mul(Self::PRIME);
+    }
+
+    fn node(&mut self, n: &Node) {
+        self.eat(n.id.as_bytes());
+        self.eat(n.meta.name.as_bytes());
+        for d in &n.deps {
+            self.eat(&d.to_le_bytes());
+        }
+        for d in &n.data_deps {
+            self.eat(&d.to_le_bytes());
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
     }
 }
 
@@ -330,19 +358,164 @@ struct Scope {
 }
 
 impl Scope {
-    fn step_done(&mut self, step: Vec<u32>) {
+    /// Records a finished step (its exit nodes): the next step of a sequential block waits
+    /// for it, a concurrent block ends when all its steps have ended.
+    fn step_done(&mut self, step: &[u32]) {
         if step.is_empty() {
             return;
         }
         match self.mode {
             Mode::Sequential => {
-                self.entry.clone_from(&step);
-                self.exits = step;
+                self.entry.clear();
+                self.entry.extend_from_slice(step);
+                self.exits.clear();
+                self.exits.extend_from_slice(step);
             }
-            Mode::Concurrent => self.exits.extend(step),
+            Mode::Concurrent => self.exits.extend_from_slice(step),
         }
     }
 }
+
+/// The ids handed out so far, each with the next `#k` suffix to try when it comes again
+/// as the base of another id (1 until then).
+///
+/// A key is the node's own `Arc<str>` (a block's id has no node and is only kept here), so
+/// an id is allocated once, and lookups go by `&str` without building a `String`. Each key
+/// keeps the hash of its text: growing the map rehashes `u64`s instead of reading every id
+/// again, and a lookup hashes its text once.
+#[derive(Default)]
+struct Ids {
+    used: FxHashMap<IdKey, u32>,
+}
+
+impl Ids {
+    /// Makes the id in `buf` unique: when it was handed out already, appends the first free
+    /// `#k` (counting from the last suffix given to that base, so `n` repeats cost `O(n)`,
+    /// not `O(n²)`). `buf` keeps the suffix; returns the id, now reserved.
+    fn unique(&mut self, buf: &mut String) -> Arc<str> {
+        let hash = IdKey::hash_of(buf);
+        let Some(&first) = self.used.get(&(hash, buf.as_str()) as &dyn IdText) else {
+            return self.reserve(hash, buf);
+        };
+        let base = buf.len();
+        let mut k = first;
+        loop {
+            buf.truncate(base);
+            buf.push('#');
+            push_decimal(buf, k as usize);
+            let h = IdKey::hash_of(buf);
+            if !self.used.contains_key(&(h, buf.as_str()) as &dyn IdText) {
+                let id = self.reserve(h, buf);
+                let key = (hash, &buf[..base]);
+                *self.used.get_mut(&key as &dyn IdText).expect("found above") = k + 1;
+                return id;
+            }
+            k += 1;
+        }
+    }
+
+    /// Adds `text` (whose hash is `hash`), known to be absent.
+    fn reserve(&mut self, hash: u64, text: &str) -> Arc<str> {
+        let id: Arc<str> = Arc::from(text);
+        self.used.insert(
+            IdKey {
+                hash,
+                id: Arc::clone(&id),
+            },
+            1,
+        );
+        id
+    }
+}
+
+/// Appends `n` in decimal (what `write!(buf, "{n}")` does, without the formatting
+/// machinery: ids are written once per task).
+fn push_decimal(buf: &mut String, mut n: usize) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    buf.push_str(std::str::from_utf8(&digits[at..]).expect("ASCII digits"));
+}
+
+/// A key of [`Ids`]: an id and the hash of its text.
+struct IdKey {
+    hash: u64,
+    id: Arc<str>,
+}
+
+impl IdKey {
+    fn hash_of(text: &str) -> u64 {
+        let mut h = FxHasher::default();
+        text.hash(&mut h);
+        h.finish()
+    }
+}
+
+/// What [`Ids`] looks up by: an [`IdKey`], or a borrowed `(hash, text)` (no allocation).
+trait IdText {
+    fn hash(&self) -> u64;
+    fn text(&self) -> &str;
+}
+
+impl IdText for IdKey {
+    fn hash(&self) -> u64 {
+        self.hash
+    }
+    fn text(&self) -> &str {
+        &self.id
+    }
+}
+
+impl IdText for (u64, &str) {
+    fn hash(&self) -> u64 {
+        self.0
+    }
+    fn text(&self) -> &str {
+        self.1
+    }
+}
+
+impl<'a> Borrow<dyn IdText + 'a> for IdKey {
+    fn borrow(&self) -> &(dyn IdText + 'a) {
+        self
+    }
+}
+
+impl Hash for dyn IdText + '_ {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(IdText::hash(self));
+    }
+}
+
+impl PartialEq for dyn IdText + '_ {
+    fn eq(&self, other: &Self) -> bool {
+        IdText::hash(self) == IdText::hash(other) && self.text() == other.text()
+    }
+}
+
+impl Eq for dyn IdText + '_ {}
+
+// Must agree with the borrowed form above, as `Borrow` requires.
+impl Hash for IdKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.hash);
+    }
+}
+
+impl PartialEq for IdKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.hash == other.hash && self.id == other.id
+    }
+}
+
+impl Eq for IdKey {}
 
 /// Builds the graph of a process: the first parameter of a `#[process]` function.
 ///
@@ -379,10 +552,15 @@ pub struct Builder {
     tag: u32,
     nodes: Vec<Node>,
     scopes: Vec<Scope>,
+    /// The id prefix of the current block (`a/each[3]/`); ids of tasks and blocks are
+    /// written after it, then cut off again, so the buffer is reused for every id.
     prefix: String,
-    used: HashSet<String>,
-    suffix: HashMap<String, u32>,
+    ids: Ids,
     after: Vec<Vec<u32>>,
+    /// The inputs of the task being added (reused: one buffer for all tasks).
+    inputs: Vec<u32>,
+    /// The fingerprint of `nodes`, fed as each node is added.
+    fingerprint: Fingerprint,
     options: Arc<BTreeMap<String, Value>>,
     errors: Vec<GraphError>,
 }
@@ -409,9 +587,10 @@ impl Builder {
                 exits: Vec::new(),
             }],
             prefix: String::new(),
-            used: HashSet::new(),
-            suffix: HashMap::new(),
+            ids: Ids::default(),
             after: Vec::new(),
+            inputs: Vec::new(),
+            fingerprint: Fingerprint::new(),
             options,
             errors: Vec::new(),
         }
@@ -421,32 +600,23 @@ impl Builder {
         if let Some(e) = self.errors.into_iter().next() {
             return Err(e);
         }
-        let fingerprint = Graph::compute_fingerprint(&self.nodes);
         Ok(Graph {
             name: self.name,
             nodes: self.nodes,
             tag: self.tag,
             remap: None,
-            fingerprint,
+            fingerprint: self.fingerprint.finish(),
         })
     }
 
-    fn unique(&mut self, base: String) -> String {
-        if self.used.insert(base.clone()) {
-            return base;
-        }
-        // Start from the last suffix handed out for this base: linear, not quadratic, in
-        // the number of repeats.
-        let next = self.suffix.entry(base.clone()).or_insert(1);
-        let mut k = *next;
-        loop {
-            let candidate = format!("{base}#{k}");
-            if self.used.insert(candidate.clone()) {
-                *self.suffix.get_mut(&base).expect("inserted above") = k + 1;
-                return candidate;
-            }
-            k += 1;
-        }
+    /// Reserves the id `prefix` + `name` (with a `#k` suffix when taken) and returns it;
+    /// the prefix is left as it was.
+    fn unique_id(&mut self, name: &str) -> Arc<str> {
+        let len = self.prefix.len();
+        self.prefix.push_str(name);
+        let id = self.ids.unique(&mut self.prefix);
+        self.prefix.truncate(len);
+        id
     }
 
     fn scope(&mut self) -> &mut Scope {
@@ -486,8 +656,9 @@ impl Builder {
 
     fn add<T: Task>(&mut self, task: T, description: Option<String>) -> Out<T::Output> {
         let index = self.nodes.len() as u32;
-        let id = self.unique(format!("{}{}", self.prefix, T::META.name));
-        let mut data: Vec<u32> = Vec::new();
+        let id = self.unique_id(T::META.name);
+        let mut data = std::mem::take(&mut self.inputs);
+        data.clear();
         let mut foreign = false;
         let tag = self.tag;
         task.visit_inputs(&mut |r| {
@@ -498,31 +669,44 @@ impl Builder {
             }
         });
         if foreign {
-            self.errors
-                .push(GraphError::ForeignHandle { task: id.clone() });
+            self.errors.push(GraphError::ForeignHandle {
+                task: id.to_string(),
+            });
         }
+        // Every read counts, a handle passed twice included.
         for &d in &data {
             self.nodes[d as usize].readers += 1;
         }
-        let mut deps = self.scope().entry.clone();
-        for a in &self.after {
-            deps.extend_from_slice(a);
-        }
-        deps.extend_from_slice(&data);
-        deps.sort_unstable();
-        deps.dedup();
         data.sort_unstable();
         data.dedup();
-        self.nodes.push(Node {
-            id: Arc::from(id),
+        let scope = self.scopes.last().expect("the root scope is never popped");
+        let order = scope.entry.len() + self.after.iter().map(Vec::len).sum::<usize>();
+        let deps = if order == 0 {
+            data.clone()
+        } else {
+            let mut deps = Vec::with_capacity(order + data.len());
+            deps.extend_from_slice(&scope.entry);
+            for a in &self.after {
+                deps.extend_from_slice(a);
+            }
+            deps.extend_from_slice(&data);
+            deps.sort_unstable();
+            deps.dedup();
+            deps
+        };
+        let node = Node {
+            id,
             meta: &T::META,
             description,
             task: Some(Box::new(Erased(task))),
             deps,
-            data_deps: data,
+            data_deps: data.as_slice().into(),
             readers: 0,
-        });
-        self.scope().step_done(vec![index]);
+        };
+        self.inputs = data;
+        self.fingerprint.node(&node);
+        self.nodes.push(node);
+        self.scope().step_done(&[index]);
         Out::new(NodeRef { graph: tag, index })
     }
 
@@ -536,14 +720,19 @@ impl Builder {
         });
         let r = f(self);
         let scope = self.scopes.pop().expect("pushed above");
-        self.prefix = saved;
-        self.scope().step_done(scope.exits);
+        self.prefix.truncate(saved);
+        self.scope().step_done(&scope.exits);
         r
     }
 
-    fn enter(&mut self, segment: &str) -> String {
-        let seg = self.unique(format!("{}{segment}", self.prefix));
-        std::mem::replace(&mut self.prefix, seg + "/")
+    /// Appends the segment `segment` (made unique) and `/` to the prefix; returns the
+    /// prefix's length before, to cut it back to when the block ends.
+    fn enter(&mut self, segment: &str) -> usize {
+        let saved = self.prefix.len();
+        self.prefix.push_str(segment);
+        self.ids.unique(&mut self.prefix);
+        self.prefix.push('/');
+        saved
     }
 
     /// A block whose steps run one after another; it is one step of the enclosing block.
@@ -578,17 +767,23 @@ impl Builder {
         items: I,
         mut f: impl FnMut(&mut Builder, I::Item) -> R,
     ) -> Vec<R> {
-        let base = self.unique(format!("{}each", self.prefix));
-        let saved = self.prefix.clone();
+        let saved = self.prefix.len();
+        self.prefix.push_str("each");
+        self.ids.unique(&mut self.prefix);
+        self.prefix.push('[');
+        let base = self.prefix.len();
         let out = items
             .into_iter()
             .enumerate()
             .map(|(i, item)| {
-                self.prefix = format!("{base}[{i}]/");
+                // Every step of `f` leaves the prefix as it found it: only the index changes.
+                self.prefix.truncate(base);
+                push_decimal(&mut self.prefix, i);
+                self.prefix.push_str("]/");
                 f(self, item)
             })
             .collect();
-        self.prefix = saved;
+        self.prefix.truncate(saved);
         out
     }
 
@@ -616,7 +811,7 @@ impl Builder {
     ) -> R {
         let saved = self.enter("transform");
         let r = f(self, map(input));
-        self.prefix = saved;
+        self.prefix.truncate(saved);
         r
     }
 
@@ -971,11 +1166,13 @@ impl TaskGraph {
             .map_or_else(|| format!("#{slot}"), |e| e.name().to_owned())
     }
 
-    fn edges(&self, slot: u32) -> Vec<u32> {
-        match &self.entries[slot as usize] {
-            Some(Entry::Task { data, order, .. }) => data.iter().chain(order).copied().collect(),
-            _ => Vec::new(),
-        }
+    /// The slots `slot` waits for: its inputs, then its ordering dependencies.
+    fn edges(&self, slot: u32) -> impl Iterator<Item = u32> + '_ {
+        let (data, order): (&[u32], &[u32]) = match &self.entries[slot as usize] {
+            Some(Entry::Task { data, order, .. }) => (data, order),
+            _ => (&[], &[]),
+        };
+        data.iter().chain(order).copied()
     }
 
     /// A dependency path from `from` to `to`, as names, if one exists.
@@ -1140,8 +1337,8 @@ impl TaskGraph {
             let mut stack: Vec<(u32, usize)> = vec![(start, 0)];
             mark[start as usize] = Mark::Active;
             while let Some(&mut (node, ref mut i)) = stack.last_mut() {
-                let edges = self.edges(node);
-                if let Some(&next) = edges.get(*i) {
+                // `nth` on slices is O(1): no list of edges is built per step.
+                if let Some(next) = self.edges(node).nth(*i) {
                     *i += 1;
                     match mark[next as usize] {
                         Mark::New => {
