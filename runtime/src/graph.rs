@@ -1,14 +1,14 @@
 //! Graphs of tasks: built by a process's builder, or assembled by name at run time.
 
 use std::any::{Any, TypeId};
-use std::borrow::Borrow;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
-use rustc_hash::{FxHashMap, FxHasher};
+use hashbrown::HashTable;
+use rustc_hash::FxHasher;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
@@ -379,22 +379,38 @@ impl Scope {
 /// The ids handed out so far, each with the next `#k` suffix to try when it comes again
 /// as the base of another id (1 until then).
 ///
-/// A key is the node's own `Arc<str>` (a block's id has no node and is only kept here), so
-/// an id is allocated once, and lookups go by `&str` without building a `String`. Each key
-/// keeps the hash of its text: growing the map rehashes `u64`s instead of reading every id
-/// again, and a lookup hashes its text once.
+/// An entry holds the node's own `Arc<str>` (a block's id has no node and is only kept
+/// here), so an id is allocated once, and lookups go by `&str` without building a
+/// `String`. Each entry keeps the hash of its text: growing the table rehashes `u64`s
+/// instead of reading every id again, and a lookup hashes its text once.
 #[derive(Default)]
 struct Ids {
-    used: FxHashMap<IdKey, u32>,
+    used: HashTable<IdEntry>,
+}
+
+struct IdEntry {
+    hash: u64,
+    id: Arc<str>,
+    next_suffix: u32,
 }
 
 impl Ids {
+    fn hash_of(text: &str) -> u64 {
+        let mut h = FxHasher::default();
+        text.hash(&mut h);
+        h.finish()
+    }
+
+    fn find(&self, hash: u64, text: &str) -> Option<&IdEntry> {
+        self.used.find(hash, |e| e.hash == hash && &*e.id == text)
+    }
+
     /// Makes the id in `buf` unique: when it was handed out already, appends the first free
     /// `#k` (counting from the last suffix given to that base, so `n` repeats cost `O(n)`,
     /// not `O(n²)`). `buf` keeps the suffix; returns the id, now reserved.
     fn unique(&mut self, buf: &mut String) -> Arc<str> {
-        let hash = IdKey::hash_of(buf);
-        let Some(&first) = self.used.get(&(hash, buf.as_str()) as &dyn IdText) else {
+        let hash = Self::hash_of(buf);
+        let Some(first) = self.find(hash, buf).map(|e| e.next_suffix) else {
             return self.reserve(hash, buf);
         };
         let base = buf.len();
@@ -402,12 +418,17 @@ impl Ids {
         loop {
             buf.truncate(base);
             buf.push('#');
-            push_decimal(buf, k as usize);
-            let h = IdKey::hash_of(buf);
-            if !self.used.contains_key(&(h, buf.as_str()) as &dyn IdText) {
+            buf.push_str(itoa::Buffer::new().format(k));
+            let h = Self::hash_of(buf);
+            if self.find(h, buf).is_none() {
                 let id = self.reserve(h, buf);
-                let key = (hash, &buf[..base]);
-                *self.used.get_mut(&key as &dyn IdText).expect("found above") = k + 1;
+                let base_text = &buf[..base];
+                if let Some(e) = self
+                    .used
+                    .find_mut(hash, |e| e.hash == hash && &*e.id == base_text)
+                {
+                    e.next_suffix = k + 1;
+                }
                 return id;
             }
             k += 1;
@@ -417,105 +438,18 @@ impl Ids {
     /// Adds `text` (whose hash is `hash`), known to be absent.
     fn reserve(&mut self, hash: u64, text: &str) -> Arc<str> {
         let id: Arc<str> = Arc::from(text);
-        self.used.insert(
-            IdKey {
+        self.used.insert_unique(
+            hash,
+            IdEntry {
                 hash,
                 id: Arc::clone(&id),
+                next_suffix: 1,
             },
-            1,
+            |e| e.hash,
         );
         id
     }
 }
-
-/// Appends `n` in decimal (what `write!(buf, "{n}")` does, without the formatting
-/// machinery: ids are written once per task).
-fn push_decimal(buf: &mut String, mut n: usize) {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    buf.push_str(std::str::from_utf8(&digits[at..]).expect("ASCII digits"));
-}
-
-/// A key of [`Ids`]: an id and the hash of its text.
-struct IdKey {
-    hash: u64,
-    id: Arc<str>,
-}
-
-impl IdKey {
-    fn hash_of(text: &str) -> u64 {
-        let mut h = FxHasher::default();
-        text.hash(&mut h);
-        h.finish()
-    }
-}
-
-/// What [`Ids`] looks up by: an [`IdKey`], or a borrowed `(hash, text)` (no allocation).
-trait IdText {
-    fn hash(&self) -> u64;
-    fn text(&self) -> &str;
-}
-
-impl IdText for IdKey {
-    fn hash(&self) -> u64 {
-        self.hash
-    }
-    fn text(&self) -> &str {
-        &self.id
-    }
-}
-
-impl IdText for (u64, &str) {
-    fn hash(&self) -> u64 {
-        self.0
-    }
-    fn text(&self) -> &str {
-        self.1
-    }
-}
-
-impl<'a> Borrow<dyn IdText + 'a> for IdKey {
-    fn borrow(&self) -> &(dyn IdText + 'a) {
-        self
-    }
-}
-
-impl Hash for dyn IdText + '_ {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        state.write_u64(IdText::hash(self));
-    }
-}
-
-impl PartialEq for dyn IdText + '_ {
-    fn eq(&self, other: &Self) -> bool {
-        IdText::hash(self) == IdText::hash(other) && self.text() == other.text()
-    }
-}
-
-impl Eq for dyn IdText + '_ {}
-
-// Must agree with the borrowed form above, as `Borrow` requires.
-impl Hash for IdKey {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        state.write_u64(self.hash);
-    }
-}
-
-impl PartialEq for IdKey {
-    fn eq(&self, other: &Self) -> bool {
-        self.hash == other.hash && self.id == other.id
-    }
-}
-
-impl Eq for IdKey {}
 
 /// Builds the graph of a process: the first parameter of a `#[process]` function.
 ///
@@ -778,7 +712,7 @@ impl Builder {
             .map(|(i, item)| {
                 // Every step of `f` leaves the prefix as it found it: only the index changes.
                 self.prefix.truncate(base);
-                push_decimal(&mut self.prefix, i);
+                self.prefix.push_str(itoa::Buffer::new().format(i));
                 self.prefix.push_str("]/");
                 f(self, item)
             })

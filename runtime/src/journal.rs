@@ -397,9 +397,8 @@ fn writer_loop(
         // wait costs a change at most that much delay, and saves the tasks one wake-up
         // (a futex call) of this thread each when writes are cheap (in memory).
         if let Some(at) = last_cycle {
-            let spent = at.elapsed();
-            if spent < MIN_CYCLE {
-                thread::sleep(MIN_CYCLE - spent);
+            if let Some(rest) = MIN_CYCLE.checked_sub(at.elapsed()) {
+                thread::sleep(rest);
             }
         }
         let timeout = next_tick.saturating_duration_since(Instant::now());
