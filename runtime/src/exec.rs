@@ -9,13 +9,12 @@ use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::error::Error as StdError;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::FutureExt;
 use tokio::sync::{mpsc, Semaphore};
-use tokio::task::AbortHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::arg::{Inputs, Slot};
@@ -108,7 +107,12 @@ struct Shared {
     /// after the cancellation grace period. The other one leaves the node alone.
     ended: Box<[AtomicBool]>,
     tasks: Box<[TaskCell]>,
-    aborts: Box<[Mutex<Option<AbortHandle>>]>,
+    /// Attempts and elapsed nanoseconds of each node that succeeded, written by its
+    /// worker before `done_ok` (a success is not reported to the driver).
+    attempts_run: Box<[AtomicU32]>,
+    elapsed_ns: Box<[AtomicU64]>,
+    /// Cancelled when the cancellation grace period is over: running nodes are dropped.
+    abandon: CancellationToken,
     /// Dependents (CSR) and dependencies (CSR).
     offsets: Box<[u32]>,
     targets: Box<[u32]>,
@@ -117,7 +121,8 @@ struct Shared {
     prior: Box<[u32]>,
     /// Workers start ready dependents themselves (no per-run concurrency limit).
     fast: bool,
-    /// Nodes started and not yet reported to the driver.
+    /// Nodes started and not yet ended (decremented by the node's worker, or by the
+    /// driver when it abandons the node).
     in_flight: AtomicUsize,
     tx: mpsc::UnboundedSender<Msg>,
 }
@@ -126,7 +131,10 @@ struct Shared {
 type TaskCell = Mutex<Option<Box<dyn ErasedTask>>>;
 
 enum Msg {
+    /// A node ended without success (or, under a concurrency limit, ended at all).
     Done(Completion),
+    /// No node is running any more: the driver decides whether the run is over.
+    Idle,
     /// All dependencies of the node ended, but it cannot be started without the driver
     /// (a dependency did not succeed, the run is cancelled, or a limit applies).
     Settle(u32),
@@ -161,8 +169,9 @@ impl Shared {
         let shared = self.clone();
         // The spawned future stays small while it waits in the run queue (a wide graph
         // queues every root at once); the node's real state machine is boxed when it runs.
-        let handle = tokio::spawn(async move { Box::pin(run_node(shared, i, first, task)).await });
-        *lock(&self.aborts[i as usize]) = Some(handle.abort_handle());
+        drop(tokio::spawn(async move {
+            Box::pin(run_node(shared, i, first, task)).await;
+        }));
         true
     }
 
@@ -203,7 +212,7 @@ fn csr(n: usize, edges: impl Iterator<Item = (u32, u32)> + Clone) -> (Box<[u32]>
 }
 
 /// Runs `graph` to the end and returns its report.
-pub(crate) async fn execute(mut graph: Graph, cfg: RunConfig) -> RunReport {
+pub(crate) async fn execute(mut graph: Graph, mut cfg: RunConfig) -> RunReport {
     let started = Instant::now();
     let n = graph.nodes.len();
     let ids: Box<[Arc<str>]> = graph.nodes.iter().map(|n| n.id.clone()).collect();
@@ -236,7 +245,7 @@ pub(crate) async fn execute(mut graph: Graph, cfg: RunConfig) -> RunReport {
             .enumerate()
             .flat_map(|(i, node)| node.deps.iter().map(move |&d| (i as u32, d))),
     );
-    let resume = cfg.resume.unwrap_or_default();
+    let resume = cfg.resume.take().unwrap_or_default();
     let mut prior = resume.attempts;
     prior.resize(n, 0);
     let shared = Arc::new(Shared {
@@ -264,7 +273,9 @@ pub(crate) async fn execute(mut graph: Graph, cfg: RunConfig) -> RunReport {
             .iter_mut()
             .map(|n| Mutex::new(n.task.take()))
             .collect(),
-        aborts: (0..n).map(|_| Mutex::new(None)).collect(),
+        attempts_run: (0..n).map(|_| AtomicU32::new(0)).collect(),
+        elapsed_ns: (0..n).map(|_| AtomicU64::new(0)).collect(),
+        abandon: CancellationToken::new(),
         offsets,
         targets,
         dep_offsets,
@@ -348,57 +359,26 @@ pub(crate) async fn execute(mut graph: Graph, cfg: RunConfig) -> RunReport {
                 shared.start(i);
             }
         }
-        if shared.in_flight.load(Ordering::Acquire) == 0 && (cancel_seen || ready.is_empty()) {
-            break;
+        if shared.in_flight.load(Ordering::Acquire) == 0
+            && (cancel_seen || ready.is_empty())
+            && settle.is_empty()
+        {
+            // A worker sends what it has to say before it counts itself off: once the
+            // count is zero, anything left is already in the channel.
+            match rx.try_recv() {
+                Ok(m) => {
+                    batch.push(m);
+                    handle_batch(&mut batch, &shared, &mut state, &mut settle, &cfg, &info);
+                    continue;
+                }
+                Err(_) => break,
+            }
         }
         tokio::select! {
             biased;
             got = rx.recv_many(&mut batch, 256) => {
                 debug_assert!(got > 0, "the driver holds a sender");
-                for m in batch.drain(..) {
-                    let c = match m {
-                        Msg::Settle(d) => {
-                            settle.push(d);
-                            continue;
-                        }
-                        Msg::Done(c) => c,
-                    };
-                    let i = c.node as usize;
-                    if state[i].st != St::Pending {
-                        continue; // abandoned after the grace period; its late end is ignored
-                    }
-                    shared.in_flight.fetch_sub(1, Ordering::AcqRel);
-                    *lock(&shared.aborts[i]) = None;
-                    state[i].attempts = c.attempts;
-                    state[i].elapsed = c.elapsed;
-                    match c.result {
-                        Ok(()) => state[i].st = St::Success,
-                        // An attempt that stopped once the run was asked to stop was cancelled,
-                        // whether or not the driver has seen the request yet.
-                        Err(e) if cfg.cancel.is_cancelled() => {
-                            state[i].st = St::Cancelled;
-                            state[i].error = Some(Arc::from(e));
-                        }
-                        Err(e) => {
-                            let e: Arc<dyn StdError + Send + Sync> = Arc::from(e);
-                            tracing::warn!(task = %shared.ids[i], error = %e, "task failed");
-                            for h in &cfg.hooks {
-                                h.failed(&info, &shared.ids[i], &*e);
-                            }
-                            state[i].st = St::Errored;
-                            state[i].error = Some(e);
-                        }
-                    }
-                    // A success was recorded and counted off by its worker; anything else
-                    // is recorded and counted off here, and its dependents are settled by
-                    // the driver.
-                    if state[i].st != St::Success {
-                        if let Some(j) = &shared.journal {
-                            record_end(j, &shared, i, &state[i]);
-                        }
-                        count_off(&shared, c.node, &mut settle);
-                    }
-                }
+                handle_batch(&mut batch, &shared, &mut state, &mut settle, &cfg, &info);
             }
             () = cfg.cancel.cancelled(), if !cancel_seen => {
                 cancel_seen = true;
@@ -409,12 +389,12 @@ pub(crate) async fn execute(mut graph: Graph, cfg: RunConfig) -> RunReport {
             () = &mut grace, if grace_armed => {
                 grace_armed = false;
                 for (i, s) in state.iter_mut().enumerate() {
-                    let running = s.st == St::Pending && lock(&shared.aborts[i]).is_some();
-                    // A worker that ended first has its report on the way: not abandoned.
+                    // Started (claimed while pending) and not ended by its worker: a
+                    // worker that ended first has its end recorded or on the way.
+                    let running = s.st == St::Pending
+                        && shared.claimed[i].load(Ordering::Acquire)
+                        && !shared.done_ok[i].load(Ordering::Acquire);
                     if running && !shared.ended[i].swap(true, Ordering::AcqRel) {
-                        if let Some(a) = lock(&shared.aborts[i]).take() {
-                            a.abort();
-                        }
                         let e: Arc<dyn StdError + Send + Sync> = Arc::new(CancelGraceExceeded {
                             task: shared.metas[i].name.to_owned(),
                             grace: cfg.grace,
@@ -427,7 +407,17 @@ pub(crate) async fn execute(mut graph: Graph, cfg: RunConfig) -> RunReport {
                         shared.in_flight.fetch_sub(1, Ordering::AcqRel);
                     }
                 }
+                shared.abandon.cancel();
             }
+        }
+    }
+
+    // Successes were not reported one by one: their workers left them in `shared`.
+    for (i, s) in state.iter_mut().enumerate() {
+        if s.st == St::Pending && shared.done_ok[i].load(Ordering::Acquire) {
+            s.st = St::Success;
+            s.attempts = shared.attempts_run[i].load(Ordering::Acquire);
+            s.elapsed = Duration::from_nanos(shared.elapsed_ns[i].load(Ordering::Acquire));
         }
     }
 
@@ -456,6 +446,60 @@ pub(crate) async fn execute(mut graph: Graph, cfg: RunConfig) -> RunReport {
     }
     tracing::info!(process = %info.process, run = %info.run_id, status = ?report.status, "run ended");
     report
+}
+
+/// Handles the workers' messages: ends without success (and, under a concurrency limit,
+/// successes) and nodes whose dependencies all ended.
+fn handle_batch(
+    batch: &mut Vec<Msg>,
+    shared: &Shared,
+    state: &mut [NodeState],
+    settle: &mut Vec<u32>,
+    cfg: &RunConfig,
+    info: &RunInfo,
+) {
+    for m in batch.drain(..) {
+        let c = match m {
+            Msg::Settle(d) => {
+                settle.push(d);
+                continue;
+            }
+            Msg::Idle => continue,
+            Msg::Done(c) => c,
+        };
+        let i = c.node as usize;
+        if state[i].st != St::Pending {
+            continue; // abandoned after the grace period; its late end is ignored
+        }
+        state[i].attempts = c.attempts;
+        state[i].elapsed = c.elapsed;
+        match c.result {
+            Ok(()) => state[i].st = St::Success,
+            // An attempt that stopped once the run was asked to stop was cancelled,
+            // whether or not the driver has seen the request yet.
+            Err(e) if cfg.cancel.is_cancelled() => {
+                state[i].st = St::Cancelled;
+                state[i].error = Some(Arc::from(e));
+            }
+            Err(e) => {
+                let e: Arc<dyn StdError + Send + Sync> = Arc::from(e);
+                tracing::warn!(task = %shared.ids[i], error = %e, "task failed");
+                for h in &cfg.hooks {
+                    h.failed(info, &shared.ids[i], &*e);
+                }
+                state[i].st = St::Errored;
+                state[i].error = Some(e);
+            }
+        }
+        // A success was recorded and counted off by its worker; anything else is
+        // recorded and counted off here, and its dependents are settled by the driver.
+        if state[i].st != St::Success {
+            if let Some(j) = &shared.journal {
+                record_end(j, shared, i, &state[i]);
+            }
+            count_off(shared, c.node, settle);
+        }
+    }
 }
 
 /// Node `i` ended without success (or was found done at resume): count it off its
@@ -573,12 +617,20 @@ async fn run_node(shared: Arc<Shared>, i: u32, first: u32, task: Box<dyn ErasedT
     };
     let meta = shared.metas[i as usize];
     let started = Instant::now();
-    let (attempts, result) = attempts(&shared, i, first, meta, task).await;
+    let ran = tokio::select! {
+        biased;
+        r = attempts(&shared, i, first, meta, task) => Some(r),
+        () = shared.abandon.cancelled() => None,
+    };
     let elapsed = started.elapsed();
+    let Some((attempts, result)) = ran else {
+        return; // abandoned after the cancellation grace period; the driver ended it
+    };
     if shared.ended[i as usize].swap(true, Ordering::AcqRel) {
         return; // abandoned after the cancellation grace period; the driver ended it
     }
-    if result.is_ok() {
+    let ok = result.is_ok();
+    if ok {
         // Record the end and start the dependents now ready from here: the driver is
         // off the critical path.
         if let Some(j) = &shared.journal {
@@ -594,14 +646,26 @@ async fn run_node(shared: Arc<Shared>, i: u32, first: u32, task: Box<dyn ErasedT
                 },
             );
         }
+        shared.attempts_run[i as usize].store(attempts, Ordering::Relaxed);
+        shared.elapsed_ns[i as usize].store(
+            u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
         shared.release_success(i);
     }
-    let _ = shared.tx.send(Msg::Done(Completion {
-        node: i,
-        attempts,
-        elapsed,
-        result,
-    }));
+    // A success is reported only when the driver starts nodes itself (a concurrency
+    // limit): otherwise its worker has done everything the driver would.
+    if !ok || !shared.fast {
+        let _ = shared.tx.send(Msg::Done(Completion {
+            node: i,
+            attempts,
+            elapsed,
+            result,
+        }));
+    }
+    if shared.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+        let _ = shared.tx.send(Msg::Idle);
+    }
 }
 
 async fn attempts(
