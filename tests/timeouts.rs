@@ -343,3 +343,46 @@ async fn other_errors_are_retried_under_a_timeout_policy() {
     assert_eq!(report.result::<u32>("per_attempt").unwrap(), 3);
     assert_eq!(PER_ATTEMPT_CALLS.load(Ordering::SeqCst), 3);
 }
+
+// ------------------------------------------------ a timed-out attempt is dropped at once
+
+/// Counts drops of the guard held by `t_holds_guard` attempts.
+static GUARDS_DROPPED: AtomicU32 = AtomicU32::new(0);
+
+struct Guard;
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        GUARDS_DROPPED.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+#[task(timeout = "50ms", retries = 1, backoff = "fixed(10s)")]
+async fn t_holds_guard() -> u32 {
+    let _guard = Guard;
+    tokio::time::sleep(FOREVER).await;
+    1
+}
+
+#[process]
+fn holds_guard(p: &mut Builder) {
+    p.task(THoldsGuard::new());
+}
+
+// A timed-out attempt's future is dropped when the timeout fires (what it holds is
+// released), not kept until the next attempt replaces it: here the next attempt is 10 s
+// of backoff away, and the guard is dropped long before.
+#[tokio::test]
+async fn timed_out_attempt_is_dropped_before_the_backoff() {
+    let rt = rt().await;
+    let run = rt.launch(HoldsGuard {}).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while GUARDS_DROPPED.load(Ordering::SeqCst) == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the timed-out attempt still holds its guard"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    rt.cancel(run.id()).await.unwrap();
+}

@@ -33,12 +33,15 @@ struct Tracking;
 static TRACK: AtomicBool = AtomicBool::new(false);
 static LIVE: AtomicUsize = AtomicUsize::new(0);
 static PEAK: AtomicUsize = AtomicUsize::new(0);
+/// Allocation calls while `TRACK` is on.
+static ALLOCS: AtomicUsize = AtomicUsize::new(0);
 
 // SAFETY: every call is forwarded to the system allocator unchanged; the counters are
 // plain atomics and never allocate.
 unsafe impl std::alloc::GlobalAlloc for Tracking {
     unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
         if TRACK.load(Ordering::Relaxed) {
+            ALLOCS.fetch_add(1, Ordering::Relaxed);
             let now = LIVE.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
             PEAK.fetch_max(now, Ordering::Relaxed);
         }
@@ -1280,8 +1283,17 @@ fn main() {
                 };
                 let repeats: usize = args.get(4).and_then(|s| s.parse().ok()).unwrap_or(5);
                 for _ in 0..repeats {
+                    ALLOCS.store(0, Ordering::Relaxed);
+                    TRACK.store(true, Ordering::Relaxed);
                     let (d, _) = run_once(shape, v).await?;
-                    println!("{} {}: {:.2} ms", shape.name(), v.label(), ms(d));
+                    TRACK.store(false, Ordering::Relaxed);
+                    println!(
+                        "{} {}: {:.2} ms ({:.1} allocations per task, runtime start and stop included)",
+                        shape.name(),
+                        v.label(),
+                        ms(d),
+                        ALLOCS.load(Ordering::Relaxed) as f64 / shape.tasks() as f64
+                    );
                 }
                 Ok(())
             }

@@ -6,7 +6,7 @@ use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, OnceLock};
 
-use serde_json::value::RawValue;
+use std::sync::Arc;
 
 use crate::data::Data;
 use crate::error::InputError;
@@ -277,7 +277,7 @@ impl<K> IntoArg<String, K> for &str {
 /// The typed value is handed (moved) to the last reader; earlier readers get a copy
 /// decoded from the serialized form, which is always present.
 pub(crate) struct Slot {
-    json: OnceLock<Box<RawValue>>,
+    json: OnceLock<Arc<str>>,
     typed: Mutex<Option<Box<dyn Any + Send>>>,
     readers: AtomicU32,
 }
@@ -291,7 +291,7 @@ impl Slot {
         }
     }
 
-    pub(crate) fn fill(&self, json: Box<RawValue>, typed: Option<Box<dyn Any + Send>>) {
+    pub(crate) fn fill(&self, json: Arc<str>, typed: Option<Box<dyn Any + Send>>) {
         if self.readers.load(Ordering::Acquire) > 0 {
             if let Some(v) = typed {
                 *self
@@ -304,8 +304,13 @@ impl Slot {
         let _ = self.json.set(json);
     }
 
-    pub(crate) fn json(&self) -> Option<&RawValue> {
-        self.json.get().map(AsRef::as_ref)
+    pub(crate) fn json(&self) -> Option<&Arc<str>> {
+        self.json.get()
+    }
+
+    /// Whether a successor will read this slot's value.
+    pub(crate) fn has_readers(&self) -> bool {
+        self.readers.load(Ordering::Acquire) > 0
     }
 
     fn take<T: Data>(&self) -> Option<Result<T, serde_json::Error>> {
@@ -326,7 +331,7 @@ impl Slot {
             }
         }
         let json = self.json.get()?;
-        Some(serde_json::from_str(json.get()))
+        Some(serde_json::from_str(json))
     }
 }
 

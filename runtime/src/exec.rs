@@ -26,7 +26,7 @@ use crate::graph::{ErasedTask, Graph};
 use crate::hooks::{Attempt, AttemptOutcome, Hooks, RunInfo, TaskInfo};
 use crate::journal::{Ended, RunJournal};
 use crate::record::State;
-use crate::report::{ErrorReport, RunReport, RunStatus, TaskReport, TaskStatus};
+use crate::report::{ErrorReport, Json, RunReport, RunStatus, TaskReport, TaskStatus};
 use crate::task::{OnDepFailure, TaskMeta};
 
 /// Settings of one run.
@@ -49,7 +49,7 @@ pub(crate) struct RunConfig {
 #[derive(Default)]
 pub(crate) struct Resume {
     /// Nodes that finished successfully: their stored result, attempts and elapsed time.
-    pub(crate) done: Vec<(u32, Box<serde_json::value::RawValue>, u32, Duration)>,
+    pub(crate) done: Vec<(u32, Arc<str>, u32, Duration)>,
     /// Attempts already started, per node (the count continues after a restart).
     pub(crate) attempts: Vec<u32>,
 }
@@ -592,7 +592,7 @@ fn record_end(j: &RunJournal, shared: &Shared, i: usize, s: &NodeState) {
         St::Cancelled | St::Pending => (State::Cancelled, false),
     };
     let result = if s.st == St::Success {
-        shared.slots[i].json().map(|r| Arc::from(r.get()))
+        shared.slots[i].json().cloned()
     } else {
         None
     };
@@ -685,7 +685,11 @@ async fn attempts(
             remap: shared.remap.as_deref(),
         };
         std::panic::catch_unwind(AssertUnwindSafe(|| {
-            task.prepare(&inputs, policy.max_attempts > 1)
+            task.prepare(
+                &inputs,
+                policy.max_attempts > 1,
+                shared.slots[i as usize].has_readers(),
+            )
         }))
     };
     let mut prepared = match prepared {
@@ -703,7 +707,7 @@ async fn attempts(
         let outcome = run_attempt(shared, i, meta, attempt, &mut *prepared, ctx).await;
         let Some(err) = outcome.error else {
             if let Some(done) = outcome.payload {
-                shared.slots[i as usize].fill(done.json, Some(done.typed));
+                shared.slots[i as usize].fill(done.json, done.typed);
             }
             return (attempt, Ok(()));
         };
@@ -739,8 +743,8 @@ async fn run_attempt(
     ctx: Ctx,
 ) -> AttemptOutcome {
     let started = std::panic::catch_unwind(AssertUnwindSafe(|| prepared.attempt(ctx)));
-    let fut = match started {
-        Ok(Ok(f)) => f,
+    match started {
+        Ok(Ok(())) => {}
         Ok(Err(e)) => {
             return AttemptOutcome {
                 error: Some(e),
@@ -753,7 +757,8 @@ async fn run_attempt(
                 payload: None,
             }
         }
-    };
+    }
+    let fut = Running(prepared);
     let timeout = meta.policy.timeout;
     let inner = async move {
         let guarded = AssertUnwindSafe(fut).catch_unwind();
@@ -804,6 +809,27 @@ async fn run_attempt(
     fut.await
 }
 
+/// Polls the attempt running inside a prepared task. Dropping it ends the attempt: the
+/// task's future is dropped with it, as a timed-out or abandoned attempt's must be.
+struct Running<'a>(&'a mut dyn crate::graph::Prepared);
+
+impl std::future::Future for Running<'_> {
+    type Output = Result<crate::graph::Finished, BoxError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        self.0.poll_attempt(cx)
+    }
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.end_attempt();
+    }
+}
+
 pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
     if let Some(s) = panic.downcast_ref::<&str>() {
         (*s).to_owned()
@@ -852,7 +878,7 @@ fn build_report(
             _ => None,
         };
         let result = if status == TaskStatus::Success {
-            shared.slots[i].json().map(ToOwned::to_owned)
+            shared.slots[i].json().cloned().map(Json::trusted)
         } else {
             None
         };

@@ -6,6 +6,7 @@ use std::fmt;
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use hashbrown::HashTable;
 use rustc_hash::FxHasher;
@@ -24,26 +25,36 @@ fn next_tag() -> u32 {
     NEXT_GRAPH.fetch_add(1, Ordering::Relaxed)
 }
 
-/// What a successful attempt leaves behind: the serialized result and the typed value.
+/// What a successful attempt leaves behind: the serialized result and, when a successor
+/// reads it, the typed value.
 pub(crate) struct Finished {
-    pub(crate) json: Box<serde_json::value::RawValue>,
-    pub(crate) typed: Box<dyn Any + Send>,
+    pub(crate) json: Arc<str>,
+    pub(crate) typed: Option<Box<dyn Any + Send>>,
 }
-
-pub(crate) type AttemptFuture = TaskFuture<Finished>;
 
 /// A task with its type erased, as a graph node holds it.
 pub(crate) trait ErasedTask: Send {
+    /// Resolves the inputs. `keep`: later attempts need them again; `typed`: a successor
+    /// reads the output (hand it over typed, not only as JSON).
     fn prepare(
         self: Box<Self>,
         inputs: &Inputs<'_>,
         keep: bool,
+        typed: bool,
     ) -> Result<Box<dyn Prepared>, InputError>;
 }
 
 /// A task whose inputs are resolved, ready to run attempts.
+///
+/// An attempt's future lives inside the prepared task and is polled through it, so an
+/// attempt costs no allocation beyond the task's own future.
 pub(crate) trait Prepared: Send {
-    fn attempt(&mut self, ctx: Ctx) -> Result<AttemptFuture, BoxError>;
+    /// Starts an attempt.
+    fn attempt(&mut self, ctx: Ctx) -> Result<(), BoxError>;
+    /// Polls the attempt started last.
+    fn poll_attempt(&mut self, cx: &mut Context<'_>) -> Poll<Result<Finished, BoxError>>;
+    /// Drops the attempt's future, if it is still there (timed out, abandoned, panicked).
+    fn end_attempt(&mut self);
 }
 
 struct Erased<T: Task>(T);
@@ -53,6 +64,7 @@ impl<T: Task> ErasedTask for Erased<T> {
         self: Box<Self>,
         inputs: &Inputs<'_>,
         keep: bool,
+        typed: bool,
     ) -> Result<Box<dyn Prepared>, InputError> {
         let args = self.0.into_args(inputs)?;
         // Later attempts need the inputs again: keep them serialized (no `Clone` bound).
@@ -64,6 +76,8 @@ impl<T: Task> ErasedTask for Erased<T> {
         Ok(Box::new(PreparedTask::<T> {
             first: Some(args),
             encoded,
+            typed,
+            running: None,
         }))
     }
 }
@@ -71,10 +85,12 @@ impl<T: Task> ErasedTask for Erased<T> {
 struct PreparedTask<T: Task> {
     first: Option<T::Args>,
     encoded: Option<Vec<u8>>,
+    typed: bool,
+    running: Option<TaskFuture<T::Output>>,
 }
 
 impl<T: Task> Prepared for PreparedTask<T> {
-    fn attempt(&mut self, ctx: Ctx) -> Result<AttemptFuture, BoxError> {
+    fn attempt(&mut self, ctx: Ctx) -> Result<(), BoxError> {
         let args = match self.first.take() {
             Some(a) => a,
             None => {
@@ -84,19 +100,38 @@ impl<T: Task> Prepared for PreparedTask<T> {
                 serde_json::from_slice(bytes)?
             }
         };
-        let fut = T::call(args, ctx);
-        Ok(Box::pin(async move {
-            let value = fut.await?;
-            let json = serde_json::value::to_raw_value(&value).map_err(|source| {
-                BoxError::from(crate::NonRetryable::new(OutputNotSerializable {
-                    task: T::META.name.to_owned(),
-                    source,
-                }))
-            })?;
-            Ok(Finished {
-                json,
-                typed: Box::new(value),
-            })
+        self.running = Some(T::call(args, ctx));
+        Ok(())
+    }
+
+    fn end_attempt(&mut self) {
+        self.running = None;
+    }
+
+    fn poll_attempt(&mut self, cx: &mut Context<'_>) -> Poll<Result<Finished, BoxError>> {
+        let Some(fut) = self.running.as_mut() else {
+            return Poll::Ready(Err("no attempt is running".into()));
+        };
+        let value = match fut.as_mut().poll(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(r) => {
+                self.running = None;
+                r?
+            }
+        };
+        let json = serde_json::to_string(&value).map_err(|source| {
+            BoxError::from(crate::NonRetryable::new(OutputNotSerializable {
+                task: T::META.name.to_owned(),
+                source,
+            }))
+        })?;
+        Poll::Ready(Ok(Finished {
+            json: Arc::from(json),
+            typed: if self.typed {
+                Some(Box::new(value))
+            } else {
+                None
+            },
         }))
     }
 }

@@ -42,7 +42,7 @@ pub use record::{
     InvalidTransition, ListFilter, LogEntry, ProcessRecord, Progress, RecordKind, RunMeta, State,
     Status, MAX_LOG, SCHEMA_VERSION,
 };
-pub use report::{ErrorReport, ResultError, RunReport, RunStatus, TaskReport, TaskStatus};
+pub use report::{ErrorReport, Json, ResultError, RunReport, RunStatus, TaskReport, TaskStatus};
 pub use runtime::{
     AdhocOptions, Definition, Error, IntoGraph, Launch, Result, ResyncReport, RunHandle, Runtime,
     RuntimeBuilder,

@@ -98,6 +98,82 @@ impl fmt::Debug for ErrorReport {
     }
 }
 
+/// A JSON text, shared: a task's result is serialized once and the same text serves its
+/// successors, the store and the report.
+///
+/// Serializes as the JSON value it holds (not as a string).
+///
+/// # Examples
+///
+/// ```
+/// use procession::Json;
+///
+/// let j = Json::parse(r#"{"total": 42}"#).unwrap();
+/// assert_eq!(j.get(), r#"{"total": 42}"#);
+/// let v: serde_json::Value = j.decode().unwrap();
+/// assert_eq!(v["total"], 42);
+/// assert!(Json::parse("{oops").is_err());
+/// ```
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Json(Arc<str>);
+
+impl Json {
+    /// Checks that `text` is one JSON value and keeps it.
+    ///
+    /// # Errors
+    ///
+    /// The parser's error when `text` is not valid JSON.
+    pub fn parse(text: &str) -> Result<Json, serde_json::Error> {
+        let _: &RawValue = serde_json::from_str(text)?;
+        Ok(Json(Arc::from(text)))
+    }
+
+    /// Text written by this crate's own serializer (valid by construction).
+    pub(crate) fn trusted(text: Arc<str>) -> Json {
+        Json(text)
+    }
+
+    /// The JSON text.
+    pub fn get(&self) -> &str {
+        &self.0
+    }
+
+    /// The value decoded as `T`.
+    ///
+    /// # Errors
+    ///
+    /// The decoder's error when the text is not a `T`.
+    pub fn decode<T: DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
+        serde_json::from_str(&self.0)
+    }
+}
+
+impl fmt::Debug for Json {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Display for Json {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Serialize for Json {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let raw: &RawValue = serde_json::from_str(&self.0).map_err(serde::ser::Error::custom)?;
+        raw.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Json {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Json, D::Error> {
+        let raw = Box::<RawValue>::deserialize(d)?;
+        Ok(Json(Arc::from(raw.get())))
+    }
+}
+
 /// One task's entry in a [`RunReport`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TaskReport {
@@ -118,7 +194,7 @@ pub struct TaskReport {
     #[serde(with = "duration_ns", rename = "elapsed_ns")]
     pub elapsed: Duration,
     /// The result as JSON (`None` unless it succeeded).
-    pub result: Option<Box<RawValue>>,
+    pub result: Option<Json>,
     /// The error (`None` unless it errored).
     pub error: Option<ErrorReport>,
 }
@@ -140,7 +216,7 @@ impl TaskReport {
             task: self.id.to_string(),
             status: self.status,
         })?;
-        serde_json::from_str(raw.get()).map_err(|e| ResultError::Decode {
+        raw.decode().map_err(|e| ResultError::Decode {
             task: self.id.to_string(),
             message: e.to_string(),
         })

@@ -32,7 +32,7 @@ use crate::hooks::Hooks;
 use crate::journal::{start_writer, RunJournal, WriterHandle};
 use crate::process::{Process, ProcessMeta};
 use crate::record::{InvalidTransition, ListFilter, ProcessRecord, RecordKind, RunMeta, State};
-use crate::report::{ErrorReport, RunReport, RunStatus, TaskReport, TaskStatus};
+use crate::report::{ErrorReport, Json, RunReport, RunStatus, TaskReport, TaskStatus};
 use crate::schedule::{plan, Schedule};
 use crate::store::{Batch, MemoryStore, SledStore, Store, StoreError, TaskRow, Update};
 
@@ -1543,15 +1543,19 @@ impl Runtime {
                 *a = row.attempts;
             }
             if row.state == State::Done {
-                if let Some(json) = &row.result {
-                    if let Ok(raw) = serde_json::value::RawValue::from_string(json.to_string()) {
-                        resume.done.push((
-                            *i,
-                            raw,
-                            row.attempts,
-                            Duration::from_nanos(row.elapsed_ns),
-                        ));
-                    }
+                // A result that is not valid JSON (a damaged store) is not trusted: the
+                // task runs again.
+                if let Some(json) = row
+                    .result
+                    .as_ref()
+                    .filter(|j| serde_json::from_str::<&serde_json::value::RawValue>(j).is_ok())
+                {
+                    resume.done.push((
+                        *i,
+                        json.clone(),
+                        row.attempts,
+                        Duration::from_nanos(row.elapsed_ns),
+                    ));
                 }
             }
         }
@@ -2205,10 +2209,7 @@ fn report_from_rows(rec: &ProcessRecord, rows: &[(u32, TaskRow)]) -> RunReport {
                 status,
                 attempts: r.attempts,
                 elapsed: Duration::from_nanos(r.elapsed_ns),
-                result: r
-                    .result
-                    .as_ref()
-                    .and_then(|j| serde_json::value::RawValue::from_string(j.to_string()).ok()),
+                result: r.result.clone().map(Json::trusted),
                 error: r.error.as_ref().map(|m| ErrorReport {
                     message: m.clone(),
                     chain: r.chain.clone(),
