@@ -1514,6 +1514,13 @@ impl Runtime {
             idempotency_key: None,
             max_concurrency: None,
         });
+        // The stored rows are read while the graph is rebuilt (both take a while for a
+        // large run).
+        let rows = {
+            let store = self.inner.store.clone();
+            let id = id.clone();
+            tokio::spawn(blocking(move || store.tasks(&id)))
+        };
         let graph = match (reg.build)(rec.params.clone(), meta.options.clone()) {
             Ok(g) => g,
             Err(e) => {
@@ -1531,9 +1538,12 @@ impl Runtime {
             tracing::warn!(run = %id, "{msg}");
             return self.settle(&id, token, State::Failed, Some(msg)).await;
         }
-        let store = self.inner.store.clone();
-        let id2 = id.clone();
-        let rows = blocking(move || store.tasks(&id2)).await?;
+        let rows = rows.await.map_err(|e| {
+            Error::Store(StoreError::Io {
+                path: "(store thread)".into(),
+                message: format!("reading the run's task rows did not complete: {e}"),
+            })
+        })??;
         let mut resume = Resume {
             done: Vec::new(),
             attempts: vec![0; graph.len()],
