@@ -158,35 +158,54 @@ impl Shared {
 
     /// Starts node `i` unless it was started or settled already.
     fn start(self: &Arc<Self>, i: u32) -> bool {
-        if self.claimed[i as usize].swap(true, Ordering::AcqRel) {
-            return false;
-        }
-        let Some(task) = lock(&self.tasks[i as usize]).take() else {
+        let Some(task) = self.claim(i) else {
             return false;
         };
-        self.in_flight.fetch_add(1, Ordering::AcqRel);
-        let first = self.prior[i as usize];
         let shared = self.clone();
         // The spawned future stays small while it waits in the run queue (a wide graph
         // queues every root at once); the node's real state machine is boxed when it runs.
         drop(tokio::spawn(async move {
-            Box::pin(run_node(shared, i, first, task)).await;
+            Box::pin(run_node(shared, i, task)).await;
         }));
         true
     }
 
-    /// Node `i` succeeded: count it off its dependents and start those now ready.
-    fn release_success(self: &Arc<Self>, i: u32) {
+    /// Takes node `i`'s task to start it (counted in flight), unless it was started or
+    /// settled already.
+    fn claim(&self, i: u32) -> Option<Box<dyn ErasedTask>> {
+        if self.claimed[i as usize].swap(true, Ordering::AcqRel) {
+            return None;
+        }
+        let task = lock(&self.tasks[i as usize]).take()?;
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        Some(task)
+    }
+
+    /// Node `i` succeeded: count it off its dependents and start those now ready. With
+    /// `keep_one`, the first of them is not spawned but returned, claimed, for the
+    /// caller to run itself (a chain then runs in one tokio task, without a spawn and a
+    /// wake-up per link).
+    fn release_success(
+        self: &Arc<Self>,
+        i: u32,
+        keep_one: bool,
+    ) -> Option<(u32, Box<dyn ErasedTask>)> {
         self.done_ok[i as usize].store(true, Ordering::Release);
+        let mut next = None;
         for &d in self.dependents(i) {
             if self.remaining[d as usize].fetch_sub(1, Ordering::AcqRel) == 1 {
                 if self.fast && !self.scope.cancel.is_cancelled() && self.all_deps_ok(d) {
-                    self.start(d);
+                    if keep_one && next.is_none() {
+                        next = self.claim(d).map(|t| (d, t));
+                    } else {
+                        self.start(d);
+                    }
                 } else {
                     let _ = self.tx.send(Msg::Settle(d));
                 }
             }
         }
+        next
     }
 }
 
@@ -610,33 +629,48 @@ fn record_end(j: &RunJournal, shared: &Shared, i: usize, s: &NodeState) {
     );
 }
 
-async fn run_node(shared: Arc<Shared>, i: u32, first: u32, task: Box<dyn ErasedTask>) {
+/// Runs node `i`, then, while one of the dependents it made ready can be run here, that
+/// one (see [`Shared::release_success`]).
+async fn run_node(shared: Arc<Shared>, mut i: u32, mut task: Box<dyn ErasedTask>) {
+    while let Some(next) = run_one(&shared, i, task).await {
+        // Give the worker's other tasks a turn now and then on a long chain.
+        tokio::task::consume_budget().await;
+        (i, task) = next;
+    }
+}
+/// Runs node `i`; returns the dependent to run next in the same tokio task, if any.
+async fn run_one(
+    shared: &Arc<Shared>,
+    i: u32,
+    task: Box<dyn ErasedTask>,
+) -> Option<(u32, Box<dyn ErasedTask>)> {
     let _permit = match &shared.permits {
         Some(sem) => sem.clone().acquire_owned().await.ok(),
         None => None,
     };
+    let first = shared.prior[i as usize];
     let meta = shared.metas[i as usize];
     let started = Instant::now();
     let ran = tokio::select! {
         biased;
-        r = attempts(&shared, i, first, meta, task) => Some(r),
+        r = attempts(shared, i, first, meta, task) => Some(r),
         () = shared.abandon.cancelled() => None,
     };
     let elapsed = started.elapsed();
-    let Some((attempts, result)) = ran else {
-        return; // abandoned after the cancellation grace period; the driver ended it
-    };
+    // Abandoned after the cancellation grace period: the driver ended it.
+    let (attempts, result) = ran?;
     if shared.ended[i as usize].swap(true, Ordering::AcqRel) {
-        return; // abandoned after the cancellation grace period; the driver ended it
+        return None;
     }
     let ok = result.is_ok();
+    let mut next = None;
     if ok {
         // Record the end and start the dependents now ready from here: the driver is
         // off the critical path.
         if let Some(j) = &shared.journal {
             record_end(
                 j,
-                &shared,
+                shared,
                 i as usize,
                 &NodeState {
                     st: St::Success,
@@ -651,7 +685,8 @@ async fn run_node(shared: Arc<Shared>, i: u32, first: u32, task: Box<dyn ErasedT
             u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX),
             Ordering::Relaxed,
         );
-        shared.release_success(i);
+        // Under a runtime-wide limit every node waits for a permit of its own: no chaining.
+        next = shared.release_success(i, shared.permits.is_none());
     }
     // A success is reported only when the driver starts nodes itself (a concurrency
     // limit): otherwise its worker has done everything the driver would.
@@ -663,9 +698,12 @@ async fn run_node(shared: Arc<Shared>, i: u32, first: u32, task: Box<dyn ErasedT
             result,
         }));
     }
+    // Counted off after the next node was claimed (which counted it in): the count only
+    // reaches zero when nothing runs.
     if shared.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
         let _ = shared.tx.send(Msg::Idle);
     }
+    next
 }
 
 async fn attempts(
