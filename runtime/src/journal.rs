@@ -65,6 +65,9 @@ impl Rows {
 
     /// Writes the "(N messages dropped)" note and the last dropped message, if any.
     fn settle_burst(&mut self, node: u32) {
+        if self.throttle.is_empty() {
+            return; // no task reported progress: nothing to look up (called on every end)
+        }
         let Some(t) = self.throttle.get_mut(&node) else {
             return;
         };

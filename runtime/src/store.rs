@@ -717,13 +717,21 @@ impl Store for MemoryStore {
         for id in &batch.delete_processes {
             g.processes.remove(id);
         }
-        for (id, order, row) in batch.tasks {
-            let rows = g.runs.entry(id).or_default();
-            let i = order as usize;
-            if rows.len() <= i {
-                rows.resize(i + 1, None);
+        // A batch holds long stretches of one run's rows: one map lookup per stretch.
+        let mut tasks = batch.tasks.into_iter().peekable();
+        while let Some((id, order, row)) = tasks.next() {
+            let rows = g.runs.entry(id.clone()).or_default();
+            let mut put = |order: u32, row: TaskRow| {
+                let i = order as usize;
+                if rows.len() <= i {
+                    rows.resize(i + 1, None);
+                }
+                rows[i] = Some(row);
+            };
+            put(order, row);
+            while let Some((_, order, row)) = tasks.next_if(|(next, _, _)| *next == id) {
+                put(order, row);
             }
-            rows[i] = Some(row);
         }
         for r in batch.processes {
             g.processes.insert(r.id.clone(), r);
