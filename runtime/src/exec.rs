@@ -1,9 +1,13 @@
 //! The in-memory executor: runs a [`Graph`] on tokio.
 //!
-//! One driver task per run owns all bookkeeping (dependency counters, statuses); every
-//! ready node runs in its own tokio task, which resolves its inputs, runs its attempts
-//! (retries, backoff, timeout, panics) and reports back over a channel. A node starts as
-//! soon as its own dependencies have ended.
+//! A node starts as soon as its own dependencies have ended. Ready nodes run as tokio
+//! tasks, which resolve their inputs, run their attempts (retries, backoff, timeout,
+//! panics) and, on success, record the end, count the node off its dependents and start
+//! those now ready themselves: the first one in the same tokio task, the others spawned.
+//! One driver task per run handles everything else over a channel: failures and the
+//! dependents they settle (skip, fail, run anyway), concurrency limits, cancellation and
+//! the grace period; at the end it reads the successes the workers left in the shared
+//! per-node state and builds the report.
 
 use std::borrow::Cow;
 use std::collections::VecDeque;
