@@ -952,6 +952,159 @@ struct Config {
     with_run_graph: bool,
 }
 
+/// The timings of one shape.
+struct ShapeTimes {
+    times: BTreeMap<Variant, Vec<Duration>>,
+    /// Raw sled (one 100 B record per task, one batch, one flush), measured in the same
+    /// rounds as (c): the process's state (heap, page cache) is the same for both.
+    raw: Vec<Duration>,
+    /// Median `Graph::of` time.
+    build: Duration,
+}
+
+fn variants(with_run_graph: bool) -> Vec<Variant> {
+    let mut v = vec![Variant::Baseline, Variant::BaselineChannel, Variant::Memory];
+    if with_run_graph {
+        v.push(Variant::MemoryGraph);
+    }
+    v.push(Variant::Sled);
+    v
+}
+
+/// Measures `shape`: `warmup + runs` rounds of every variant and raw sled, interleaved;
+/// checks that every variant computes the baseline's sum; then the graph build alone.
+async fn measure_shape(
+    shape: Shape,
+    warmup: usize,
+    runs: usize,
+    with_run_graph: bool,
+) -> AnyResult<ShapeTimes> {
+    let variants = variants(with_run_graph);
+    let mut times: BTreeMap<Variant, Vec<Duration>> = BTreeMap::new();
+    let mut sums: BTreeMap<Variant, u64> = BTreeMap::new();
+    let mut raw = Vec::new();
+    for r in 0..warmup + runs {
+        for &v in &variants {
+            let (d, sum) = run_once(shape, v).await?;
+            sums.insert(v, sum);
+            if r >= warmup {
+                times.entry(v).or_default().push(d);
+            }
+        }
+        let n = shape.tasks() as u64;
+        let d = tokio::task::spawn_blocking(move || raw_sled(n, 100)).await??;
+        if r >= warmup {
+            raw.push(d);
+        }
+    }
+    let base = sums[&Variant::Baseline];
+    for &v in &variants {
+        if sums[&v] != base {
+            return Err(format!(
+                "{}: {} computed {} but the baseline {base}",
+                shape.name(),
+                v.label(),
+                sums[&v]
+            )
+            .into());
+        }
+    }
+    let mut b = Vec::new();
+    for _ in 0..runs.max(3) {
+        let t = Instant::now();
+        let g = graph_of(shape)?;
+        b.push(t.elapsed());
+        drop(g);
+    }
+    Ok(ShapeTimes {
+        times,
+        raw,
+        build: median(&b),
+    })
+}
+
+fn shape_args(shape: Shape) -> [String; 2] {
+    match shape {
+        Shape::Wide(n) => ["wide".into(), n.to_string()],
+        Shape::Chain(n) => ["chain".into(), n.to_string()],
+        Shape::Fan(n) => ["fan".into(), n.to_string()],
+        Shape::Layered { layers, width } => ["layered".into(), (layers * width).to_string()],
+    }
+}
+
+fn parse_shape(kind: Option<&str>, n: u32) -> Shape {
+    match kind {
+        Some("chain") => Shape::Chain(n),
+        Some("fan") => Shape::Fan(n),
+        Some("layered") => Shape::Layered {
+            layers: n / 1000,
+            width: 1000,
+        },
+        _ => Shape::Wide(n),
+    }
+}
+
+/// `--shape-child <kind> <n> <warmup> <runs> <0|1>`: measures one shape, prints
+/// `T <variant index> <ns>`, `R <ns>` and `B <ns>` lines.
+async fn shape_child(args: &[String]) -> AnyResult<()> {
+    let arg =
+        |k: usize| -> AnyResult<usize> { Ok(args.get(k).ok_or("missing argument")?.parse()?) };
+    let shape = parse_shape(args.first().map(String::as_str), u32::try_from(arg(1)?)?);
+    let with_run_graph = arg(4)? == 1;
+    let m = measure_shape(shape, arg(2)?, arg(3)?, with_run_graph).await?;
+    let all = variants(with_run_graph);
+    for (v, ds) in &m.times {
+        let k = all.iter().position(|x| x == v).ok_or("variant")?;
+        for d in ds {
+            println!("T {k} {}", d.as_nanos());
+        }
+    }
+    for d in &m.raw {
+        println!("R {}", d.as_nanos());
+    }
+    println!("B {}", m.build.as_nanos());
+    Ok(())
+}
+
+fn run_shape_child(shape: Shape, cfg: &Config) -> AnyResult<ShapeTimes> {
+    let [kind, n] = shape_args(shape);
+    let out = Command::new(std::env::current_exe()?)
+        .args(["--shape-child", &kind, &n])
+        .arg(cfg.warmup.to_string())
+        .arg(cfg.runs.to_string())
+        .arg(if cfg.with_run_graph { "1" } else { "0" })
+        .stderr(Stdio::inherit())
+        .output()?;
+    if !out.status.success() {
+        return Err(format!("measuring {} failed", shape.name()).into());
+    }
+    let all = variants(cfg.with_run_graph);
+    let mut m = ShapeTimes {
+        times: BTreeMap::new(),
+        raw: Vec::new(),
+        build: Duration::ZERO,
+    };
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let ns = |k: usize| -> AnyResult<Duration> {
+            Ok(Duration::from_nanos(f.get(k).ok_or("bad line")?.parse()?))
+        };
+        match f.first() {
+            Some(&"T") => {
+                let v = all[f.get(1).ok_or("bad line")?.parse::<usize>()?];
+                m.times.entry(v).or_default().push(ns(2)?);
+            }
+            Some(&"R") => m.raw.push(ns(1)?),
+            Some(&"B") => m.build = ns(1)?,
+            _ => {}
+        }
+    }
+    if m.times.len() != all.len() || m.raw.is_empty() {
+        return Err(format!("measuring {} printed no timings", shape.name()).into());
+    }
+    Ok(m)
+}
+
 fn machine_line(cfg: &Config) -> String {
     let cores = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
@@ -992,64 +1145,25 @@ async fn bench(cfg: Config) -> AnyResult<()> {
     println!("  runtime start/shutdown, sled open and temp dir creation/removal are excluded.");
     println!();
 
-    let mut variants = vec![Variant::Baseline, Variant::BaselineChannel, Variant::Memory];
-    if cfg.with_run_graph {
-        variants.push(Variant::MemoryGraph);
-    }
-    variants.push(Variant::Sled);
+    let variants = variants(cfg.with_run_graph);
 
+    // Each shape is measured in a fresh child process: a process that has just run 100k-task
+    // graphs has a fragmented heap that slows the next measurements (sled's most of all).
     let mut times: BTreeMap<(usize, Variant), Vec<Duration>> = BTreeMap::new();
-    let mut sums: BTreeMap<(usize, Variant), u64> = BTreeMap::new();
-    // Raw sled (one 100 B record per task, one batch, one flush), measured in the same
-    // rounds as (c): the process's state (heap, page cache) is the same for both.
     let mut raw_times: BTreeMap<usize, Vec<Duration>> = BTreeMap::new();
+    let mut builds = Vec::new();
     for (si, &shape) in cfg.shapes.iter().enumerate() {
-        for r in 0..cfg.warmup + cfg.runs {
-            for &v in &variants {
-                let (d, sum) = run_once(shape, v).await?;
-                sums.insert((si, v), sum);
-                if r >= cfg.warmup {
-                    times.entry((si, v)).or_default().push(d);
-                }
-            }
-            let raw = {
-                let n = shape.tasks() as u64;
-                tokio::task::spawn_blocking(move || raw_sled(n, 100)).await??
-            };
-            if r >= cfg.warmup {
-                raw_times.entry(si).or_default().push(raw);
-            }
+        let m = run_shape_child(shape, &cfg)?;
+        for (v, ds) in m.times {
+            times.insert((si, v), ds);
         }
-        let base = sums[&(si, Variant::Baseline)];
-        for &v in &variants {
-            if sums[&(si, v)] != base {
-                return Err(format!(
-                    "{}: {} computed {} but the baseline {base}",
-                    shape.name(),
-                    v.label(),
-                    sums[&(si, v)]
-                )
-                .into());
-            }
-        }
+        raw_times.insert(si, m.raw);
+        builds.push(m.build);
         eprintln!(
             "  measured {} ({:.1} s so far)",
             shape.name(),
             wall.elapsed().as_secs_f64()
         );
-    }
-
-    // Graph build alone (Graph::of), for the "excl. build" column and its own table.
-    let mut builds = Vec::new();
-    for &shape in &cfg.shapes {
-        let mut v = Vec::new();
-        for _ in 0..cfg.runs.max(3) {
-            let t = Instant::now();
-            let g = graph_of(shape)?;
-            v.push(t.elapsed());
-            drop(g);
-        }
-        builds.push(median(&v));
     }
 
     println!(
@@ -1307,6 +1421,7 @@ fn main() {
                 let n = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(100_000);
                 rss_child(n, args.get(2).map_or("mem", String::as_str)).await
             }
+            Some("--shape-child") => shape_child(&args[1..]).await,
             Some("--restart-child") => {
                 let dir = PathBuf::from(args.get(1).ok_or("dir")?);
                 restart_child(&dir).await
@@ -1319,15 +1434,7 @@ fn main() {
             Some("--only") => {
                 // For profilers: `--only <wide|chain|fan|layered> <n> <a|a2|b|b2|c> [repeats]`.
                 let n: u32 = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(100_000);
-                let shape = match args.get(1).map(String::as_str) {
-                    Some("chain") => Shape::Chain(n),
-                    Some("fan") => Shape::Fan(n),
-                    Some("layered") => Shape::Layered {
-                        layers: n / 1000,
-                        width: 1000,
-                    },
-                    _ => Shape::Wide(n),
-                };
+                let shape = parse_shape(args.get(1).map(String::as_str), n);
                 let v = match args.get(3).map(String::as_str) {
                     Some("a") => Variant::Baseline,
                     Some("a2") => Variant::BaselineChannel,
