@@ -657,7 +657,7 @@ async fn run_one(
     let started = Instant::now();
     let ran = tokio::select! {
         biased;
-        r = attempts(shared, i, first, meta, task) => Some(r),
+        r = attempts(shared, i, first, meta, task, started) => Some(r),
         () = shared.abandon.cancelled() => None,
     };
     let elapsed = started.elapsed();
@@ -715,7 +715,8 @@ async fn attempts(
     i: u32,
     first: u32,
     meta: &'static TaskMeta,
-    task: Box<dyn ErasedTask>,
+    mut task: Box<dyn ErasedTask>,
+    node_started: Instant,
 ) -> (u32, Result<(), BoxError>) {
     let policy = &meta.policy;
     let prepared = {
@@ -734,19 +735,16 @@ async fn attempts(
             )
         }))
     };
-    let mut prepared = match prepared {
-        Ok(Ok(p)) => p,
+    match prepared {
+        Ok(Ok(())) => {}
         Ok(Err(e)) => return (first, Err(Box::new(e))),
         Err(panic) => return (first, Err(panicked(meta, &*panic))),
-    };
+    }
     let mut attempt = first;
     loop {
         attempt += 1;
-        if let Some(j) = &shared.journal {
-            j.started(i, attempt);
-        }
         let ctx = Ctx::new(shared.scope.clone(), i, meta.name, attempt);
-        let outcome = run_attempt(shared, i, meta, attempt, &mut *prepared, ctx).await;
+        let outcome = run_attempt(shared, i, meta, attempt, &mut *task, ctx, node_started).await;
         let Some(err) = outcome.error else {
             if let Some(done) = outcome.payload {
                 shared.slots[i as usize].fill(done.json, done.typed);
@@ -781,8 +779,9 @@ async fn run_attempt(
     i: u32,
     meta: &'static TaskMeta,
     attempt: u32,
-    prepared: &mut dyn crate::graph::Prepared,
+    prepared: &mut dyn ErasedTask,
     ctx: Ctx,
+    node_started: Instant,
 ) -> AttemptOutcome {
     let started = std::panic::catch_unwind(AssertUnwindSafe(|| prepared.attempt(ctx)));
     match started {
@@ -800,7 +799,13 @@ async fn run_attempt(
             }
         }
     }
-    let fut = Running(prepared);
+    let fut = Running {
+        prepared,
+        journal: shared.journal.as_deref(),
+        node: i,
+        attempt,
+        node_started,
+    };
     let timeout = meta.policy.timeout;
     let inner = async move {
         let guarded = AssertUnwindSafe(fut).catch_unwind();
@@ -853,7 +858,17 @@ async fn run_attempt(
 
 /// Polls the attempt running inside a prepared task. Dropping it ends the attempt: the
 /// task's future is dropped with it, as a timed-out or abandoned attempt's must be.
-struct Running<'a>(&'a mut dyn crate::graph::Prepared);
+///
+/// The attempt's start is recorded (state running, attempt number) when it first waits:
+/// an attempt that ends in its first poll is recorded once, by its end.
+struct Running<'a> {
+    prepared: &'a mut dyn ErasedTask,
+    /// Where to record the start; `None` once recorded (or for runs without records).
+    journal: Option<&'a RunJournal>,
+    node: u32,
+    attempt: u32,
+    node_started: Instant,
+}
 
 impl std::future::Future for Running<'_> {
     type Output = Result<crate::graph::Finished, BoxError>;
@@ -862,13 +877,19 @@ impl std::future::Future for Running<'_> {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Self::Output> {
-        self.0.poll_attempt(cx)
+        let polled = self.prepared.poll_attempt(cx);
+        if polled.is_pending() {
+            if let Some(j) = self.journal.take() {
+                j.started(self.node, self.attempt, self.node_started.elapsed());
+            }
+        }
+        polled
     }
 }
 
 impl Drop for Running<'_> {
     fn drop(&mut self) {
-        self.0.end_attempt();
+        self.prepared.end_attempt();
     }
 }
 

@@ -32,23 +32,15 @@ pub(crate) struct Finished {
     pub(crate) typed: Option<Box<dyn Any + Send>>,
 }
 
-/// A task with its type erased, as a graph node holds it.
+/// A task with its type erased, as a graph node holds it: first the task as built, then,
+/// once its inputs are resolved, the task ready to run attempts (in the same allocation).
+///
+/// An attempt's future lives inside it and is polled through it, so an attempt costs no
+/// allocation beyond the task's own future.
 pub(crate) trait ErasedTask: Send {
     /// Resolves the inputs. `keep`: later attempts need them again; `typed`: a successor
-    /// reads the output (hand it over typed, not only as JSON).
-    fn prepare(
-        self: Box<Self>,
-        inputs: &Inputs<'_>,
-        keep: bool,
-        typed: bool,
-    ) -> Result<Box<dyn Prepared>, InputError>;
-}
-
-/// A task whose inputs are resolved, ready to run attempts.
-///
-/// An attempt's future lives inside the prepared task and is polled through it, so an
-/// attempt costs no allocation beyond the task's own future.
-pub(crate) trait Prepared: Send {
+    /// reads the output (hand it over typed, not only as JSON). A second call does nothing.
+    fn prepare(&mut self, inputs: &Inputs<'_>, keep: bool, typed: bool) -> Result<(), InputError>;
     /// Starts an attempt.
     fn attempt(&mut self, ctx: Ctx) -> Result<(), BoxError>;
     /// Polls the attempt started last.
@@ -57,39 +49,43 @@ pub(crate) trait Prepared: Send {
     fn end_attempt(&mut self);
 }
 
-struct Erased<T: Task>(T);
-
-impl<T: Task> ErasedTask for Erased<T> {
-    fn prepare(
-        self: Box<Self>,
-        inputs: &Inputs<'_>,
-        keep: bool,
-        typed: bool,
-    ) -> Result<Box<dyn Prepared>, InputError> {
-        let args = self.0.into_args(inputs)?;
-        // Later attempts need the inputs again: keep them serialized (no `Clone` bound).
-        let encoded = if keep {
-            serde_json::to_vec(&args).ok()
-        } else {
-            None
-        };
-        Ok(Box::new(PreparedTask::<T> {
-            first: Some(args),
-            encoded,
-            typed,
-            running: None,
-        }))
-    }
-}
-
-struct PreparedTask<T: Task> {
+struct Erased<T: Task> {
+    /// The task as built, until it is prepared.
+    task: Option<T>,
+    /// The resolved inputs, until the first attempt takes them.
     first: Option<T::Args>,
+    /// The inputs serialized for later attempts (no `Clone` bound on them).
     encoded: Option<Vec<u8>>,
     typed: bool,
     running: Option<TaskFuture<T::Output>>,
 }
 
-impl<T: Task> Prepared for PreparedTask<T> {
+impl<T: Task> Erased<T> {
+    fn new(task: T) -> Self {
+        Erased {
+            task: Some(task),
+            first: None,
+            encoded: None,
+            typed: false,
+            running: None,
+        }
+    }
+}
+
+impl<T: Task> ErasedTask for Erased<T> {
+    fn prepare(&mut self, inputs: &Inputs<'_>, keep: bool, typed: bool) -> Result<(), InputError> {
+        let Some(task) = self.task.take() else {
+            return Ok(());
+        };
+        let args = task.into_args(inputs)?;
+        if keep {
+            self.encoded = serde_json::to_vec(&args).ok();
+        }
+        self.first = Some(args);
+        self.typed = typed;
+        Ok(())
+    }
+
     fn attempt(&mut self, ctx: Ctx) -> Result<(), BoxError> {
         let args = match self.first.take() {
             Some(a) => a,
@@ -119,14 +115,14 @@ impl<T: Task> Prepared for PreparedTask<T> {
                 r?
             }
         };
-        let json = serde_json::to_string(&value).map_err(|source| {
+        let json = to_json(&value).map_err(|source| {
             BoxError::from(crate::NonRetryable::new(OutputNotSerializable {
                 task: T::META.name.to_owned(),
                 source,
             }))
         })?;
         Poll::Ready(Ok(Finished {
-            json: Arc::from(json),
+            json,
             typed: if self.typed {
                 Some(Box::new(value))
             } else {
@@ -134,6 +130,34 @@ impl<T: Task> Prepared for PreparedTask<T> {
             },
         }))
     }
+}
+
+thread_local! {
+    /// Where results are serialized before they are copied into their shared text.
+    static JSON_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// `value` as shared JSON text: serialized into a per-thread buffer, then copied once
+/// into its `Arc<str>` (one allocation per result instead of two).
+fn to_json<T: serde::Serialize>(value: &T) -> Result<Arc<str>, serde_json::Error> {
+    JSON_BUF.with(|buf| {
+        let Ok(mut buf) = buf.try_borrow_mut() else {
+            // Re-entered (a Serialize impl that serializes a result): no shared buffer.
+            return serde_json::to_string(value).map(Arc::from);
+        };
+        buf.clear();
+        serde_json::to_writer(&mut *buf, value)?;
+        // serde_json writes UTF-8; the lossy path is never taken.
+        let json: Arc<str> = match std::str::from_utf8(&buf) {
+            Ok(text) => Arc::from(text),
+            Err(_) => Arc::from(String::from_utf8_lossy(&buf).as_ref()),
+        };
+        if buf.capacity() > 64 * 1024 {
+            // A large result does not keep its buffer alive for the thread's lifetime.
+            *buf = Vec::new();
+        }
+        Ok(json)
+    })
 }
 
 /// One node of a built graph.
@@ -667,7 +691,7 @@ impl Builder {
             id,
             meta: &T::META,
             description,
-            task: Some(Box::new(Erased(task))),
+            task: Some(Box::new(Erased::new(task))),
             deps,
             data_deps: data.as_slice().into(),
             readers: 0,
@@ -1052,7 +1076,7 @@ impl TaskGraph {
         let entry = Entry::Task {
             name: key.clone(),
             meta: &T::META,
-            task: Box::new(Erased(task)),
+            task: Box::new(Erased::new(task)),
             output,
             data,
             order: Vec::new(),

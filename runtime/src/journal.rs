@@ -126,13 +126,13 @@ impl RunJournal {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Attempt `attempt` of `node` starts.
-    pub(crate) fn started(&self, node: u32, attempt: u32) {
+    /// Attempt `attempt` of `node` is running; the node started `since` ago.
+    pub(crate) fn started(&self, node: u32, attempt: u32, since: Duration) {
         {
             let mut g = self.lock();
             let row = &mut g.items[node as usize];
             if row.started_at.is_none() {
-                row.started_at = Some(now_ms());
+                row.started_at = Some(ms_ago(since));
             }
             row.state = State::Running;
             row.attempts = attempt;
@@ -152,6 +152,10 @@ impl RunJournal {
             row.attempts = outcome.attempts;
             row.elapsed_ns = u64::try_from(outcome.elapsed.as_nanos()).unwrap_or(u64::MAX);
             row.ended_at = Some(now_ms());
+            if row.started_at.is_none() && outcome.attempts > 0 {
+                // Ended in its first poll: its start was not recorded on its own.
+                row.started_at = Some(ms_ago(outcome.elapsed));
+            }
             row.error = outcome.error;
             row.chain = outcome.chain;
             if outcome.state == State::Done {
@@ -206,6 +210,11 @@ impl Drop for RunJournal {
     fn drop(&mut self) {
         self.writer.forget(&self.run_id);
     }
+}
+
+/// The wall-clock time (ms since the Unix epoch) `ago` before now.
+fn ms_ago(ago: Duration) -> u64 {
+    now_ms().saturating_sub(u64::try_from(ago.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// How a node ended, for its row.
