@@ -518,3 +518,44 @@ async fn launches_get_ids_and_handles_wait() {
     assert_eq!(rn.run_id, "nightly-1");
     assert_eq!(rn.process, "quick");
 }
+
+static PAIR_ARRIVED: AtomicUsize = AtomicUsize::new(0);
+
+/// Waits until both `paired` tasks run at the same time.
+#[task]
+async fn paired(i: u32) -> Result<u32, String> {
+    PAIR_ARRIVED.fetch_add(1, Ordering::SeqCst);
+    if wait_until_async(|| PAIR_ARRIVED.load(Ordering::SeqCst) >= 2).await {
+        Ok(i)
+    } else {
+        Err("the other task of the pair never ran".into())
+    }
+}
+
+#[task]
+fn quick_one(i: u32) -> u32 {
+    i
+}
+
+#[process(mode = "concurrent")]
+fn quick_then_pair(p: &mut Builder) {
+    p.task(QuickOne::new(0));
+    p.task(Paired::new(1));
+    p.task(Paired::new(2));
+}
+
+// Under a run's limit, a slot freed by a finishing task is used at once: with a limit of
+// 2, the quick task's slot goes to the second task of the pair, which the first one waits
+// for (a freed slot left unused until some other task ends would leave the pair waiting).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_freed_slot_is_used_at_once() {
+    for _ in 0..20 {
+        PAIR_ARRIVED.store(0, Ordering::SeqCst);
+        let report = rt()
+            .await
+            .run(Launch::new(QuickThenPair {}).max_concurrency(2))
+            .await
+            .unwrap();
+        assert!(report.is_success(), "{}", report.summary());
+    }
+}

@@ -125,8 +125,8 @@ struct Shared {
     prior: Box<[u32]>,
     /// Workers start ready dependents themselves (no per-run concurrency limit).
     fast: bool,
-    /// Nodes started and not yet ended (decremented by the node's worker, or by the
-    /// driver when it abandons the node).
+    /// Nodes started and not yet ended: counted off by the node's worker for an
+    /// unreported success, by the driver when it reads a report or abandons the node.
     in_flight: AtomicUsize,
     tx: mpsc::UnboundedSender<Msg>,
 }
@@ -494,6 +494,7 @@ fn handle_batch(
         if state[i].st != St::Pending {
             continue; // abandoned after the grace period; its late end is ignored
         }
+        shared.in_flight.fetch_sub(1, Ordering::AcqRel);
         state[i].attempts = c.attempts;
         state[i].elapsed = c.elapsed;
         match c.result {
@@ -693,7 +694,11 @@ async fn run_one(
         next = shared.release_success(i, shared.permits.is_none());
     }
     // A success is reported only when the driver starts nodes itself (a concurrency
-    // limit): otherwise its worker has done everything the driver would.
+    // limit): otherwise its worker has done everything the driver would. A reported node
+    // is counted off by the driver when it reads the report, so that a freed slot is
+    // seen together with its report; an unreported one is counted off here, after the
+    // next node was claimed (which counted that one in): the count only reaches zero
+    // when nothing runs, and then everything the workers sent is in the channel.
     if !ok || !shared.fast {
         let _ = shared.tx.send(Msg::Done(Completion {
             node: i,
@@ -701,10 +706,7 @@ async fn run_one(
             elapsed,
             result,
         }));
-    }
-    // Counted off after the next node was claimed (which counted it in): the count only
-    // reaches zero when nothing runs.
-    if shared.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+    } else if shared.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
         let _ = shared.tx.send(Msg::Idle);
     }
     next
