@@ -258,7 +258,7 @@ pub(crate) async fn execute(mut graph: Graph, mut cfg: RunConfig) -> RunReport {
             .nodes
             .iter()
             .enumerate()
-            .flat_map(|(i, node)| node.deps.iter().map(move |&d| (d, i as u32))),
+            .flat_map(|(i, node)| node.deps().iter().map(move |&d| (d, i as u32))),
     );
     let (dep_offsets, dep_targets) = csr(
         n,
@@ -266,7 +266,7 @@ pub(crate) async fn execute(mut graph: Graph, mut cfg: RunConfig) -> RunReport {
             .nodes
             .iter()
             .enumerate()
-            .flat_map(|(i, node)| node.deps.iter().map(move |&d| (i as u32, d))),
+            .flat_map(|(i, node)| node.deps().iter().map(move |&d| (i as u32, d))),
     );
     let resume = cfg.resume.take().unwrap_or_default();
     let mut prior = resume.attempts;
@@ -286,7 +286,7 @@ pub(crate) async fn execute(mut graph: Graph, mut cfg: RunConfig) -> RunReport {
         remaining: graph
             .nodes
             .iter()
-            .map(|n| AtomicU32::new(n.deps.len() as u32))
+            .map(|n| AtomicU32::new(n.deps().len() as u32))
             .collect(),
         done_ok: (0..n).map(|_| AtomicBool::new(false)).collect(),
         claimed: (0..n).map(|_| AtomicBool::new(false)).collect(),
@@ -557,7 +557,7 @@ fn decide(
     }
     let ok = |x: u32| shared.done_ok[x as usize].load(Ordering::Acquire);
     let node = &graph.nodes[di];
-    let failed: Vec<u32> = node.deps.iter().copied().filter(|&x| !ok(x)).collect();
+    let failed: Vec<u32> = node.deps().iter().copied().filter(|&x| !ok(x)).collect();
     if failed.is_empty() {
         ready.push_back(d);
         return;
@@ -570,7 +570,12 @@ fn decide(
         // cancelled with the run (its own dependents with it).
         return;
     }
-    let failed_data: Vec<u32> = node.data_deps.iter().copied().filter(|&x| !ok(x)).collect();
+    let failed_data: Vec<u32> = node
+        .data_deps()
+        .iter()
+        .copied()
+        .filter(|&x| !ok(x))
+        .collect();
     let policy = node.meta.policy.on_dep_failure;
     let names = |xs: &[u32]| {
         xs.iter()

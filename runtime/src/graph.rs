@@ -166,12 +166,48 @@ pub(crate) struct Node {
     pub(crate) meta: &'static TaskMeta,
     pub(crate) description: Option<String>,
     pub(crate) task: Option<Box<dyn ErasedTask>>,
-    /// Every node this one waits for (data and order), without repeats.
-    pub(crate) deps: Vec<u32>,
-    /// The subset of `deps` this node reads a value from.
-    pub(crate) data_deps: Vec<u32>,
+    /// [`deps`](Node::deps) then [`data_deps`](Node::data_deps), in one allocation.
+    links: Box<[u32]>,
+    /// How many of `links` are `deps`.
+    n_deps: u32,
     /// How many input reads other nodes make of this node's result.
     pub(crate) readers: u32,
+}
+
+impl Node {
+    /// A node waiting for `deps` (data and order, sorted, without repeats), of which it
+    /// reads a value from `data_deps` (sorted, without repeats).
+    fn new(
+        id: Arc<str>,
+        meta: &'static TaskMeta,
+        description: Option<String>,
+        task: Box<dyn ErasedTask>,
+        deps: &[u32],
+        data_deps: &[u32],
+    ) -> Node {
+        let mut links = Vec::with_capacity(deps.len() + data_deps.len());
+        links.extend_from_slice(deps);
+        links.extend_from_slice(data_deps);
+        Node {
+            id,
+            meta,
+            description,
+            task: Some(task),
+            links: links.into_boxed_slice(),
+            n_deps: deps.len() as u32,
+            readers: 0,
+        }
+    }
+
+    /// Every node this one waits for (data and order), without repeats.
+    pub(crate) fn deps(&self) -> &[u32] {
+        &self.links[..self.n_deps as usize]
+    }
+
+    /// The subset of [`deps`](Node::deps) this node reads a value from.
+    pub(crate) fn data_deps(&self) -> &[u32] {
+        &self.links[self.n_deps as usize..]
+    }
 }
 
 /// A validated graph of tasks, ready to run.
@@ -271,7 +307,7 @@ impl Graph {
     pub fn dependencies(&self, id: &str) -> Option<Vec<&str>> {
         let node = self.nodes.iter().find(|n| &*n.id == id)?;
         Some(
-            node.deps
+            node.deps()
                 .iter()
                 .map(|&d| &*self.nodes[d as usize].id)
                 .collect(),
@@ -321,10 +357,10 @@ impl Fingerprint {
     fn node(&mut self, n: &Node) {
         self.eat(n.id.as_bytes());
         self.eat(n.meta.name.as_bytes());
-        for d in &n.deps {
+        for d in n.deps() {
             self.eat(&d.to_le_bytes());
         }
-        for d in &n.data_deps {
+        for d in n.data_deps() {
             self.eat(&d.to_le_bytes());
         }
     }
@@ -674,8 +710,9 @@ impl Builder {
         data.dedup();
         let scope = self.scopes.last().expect("the root scope is never popped");
         let order = scope.entry.len() + self.after.iter().map(Vec::len).sum::<usize>();
-        let deps = if order == 0 {
-            data.clone()
+        let task: Box<dyn ErasedTask> = Box::new(Erased::new(task));
+        let node = if order == 0 {
+            Node::new(id, &T::META, description, task, &data, &data)
         } else {
             let mut deps = Vec::with_capacity(order + data.len());
             deps.extend_from_slice(&scope.entry);
@@ -685,16 +722,7 @@ impl Builder {
             deps.extend_from_slice(&data);
             deps.sort_unstable();
             deps.dedup();
-            deps
-        };
-        let node = Node {
-            id,
-            meta: &T::META,
-            description,
-            task: Some(Box::new(Erased::new(task))),
-            deps,
-            data_deps: data.as_slice().into(),
-            readers: 0,
+            Node::new(id, &T::META, description, task, &deps, &data)
         };
         self.inputs = data;
         self.fingerprint.node(&node);
@@ -1266,15 +1294,14 @@ impl TaskGraph {
                 let mut data_deps = data_idx;
                 data_deps.sort_unstable();
                 data_deps.dedup();
-                nodes.push(Node {
-                    id: Arc::from(name),
+                nodes.push(Node::new(
+                    Arc::from(name),
                     meta,
-                    description: None,
-                    task: Some(task),
-                    deps,
-                    data_deps,
-                    readers: 0,
-                });
+                    None,
+                    task,
+                    &deps,
+                    &data_deps,
+                ));
             }
         }
         for (n, r) in nodes.iter_mut().zip(readers) {
