@@ -151,10 +151,12 @@ impl RunJournal {
             row.skipped = outcome.skipped;
             row.attempts = outcome.attempts;
             row.elapsed_ns = u64::try_from(outcome.elapsed.as_nanos()).unwrap_or(u64::MAX);
-            row.ended_at = Some(now_ms());
+            let now = now_ms();
+            row.ended_at = Some(now);
             if row.started_at.is_none() && outcome.attempts > 0 {
                 // Ended in its first poll: its start was not recorded on its own.
-                row.started_at = Some(ms_ago(outcome.elapsed));
+                let elapsed = u64::try_from(outcome.elapsed.as_millis()).unwrap_or(u64::MAX);
+                row.started_at = Some(now.saturating_sub(elapsed));
             }
             row.error = outcome.error;
             row.chain = outcome.chain;

@@ -797,8 +797,18 @@ impl RunHandle {
             }
         };
         drop(self.done);
-        // Copied only when another handle of the same run still holds it.
-        Ok(Arc::try_unwrap(report).unwrap_or_else(|shared| (*shared).clone()))
+        // The run's task drops its sender right after sending: give it a few turns to do
+        // so, then the report is handed over without a copy. Copied only when another
+        // handle of the same run still holds it.
+        let mut report = report;
+        for _ in 0..16 {
+            match Arc::try_unwrap(report) {
+                Ok(r) => return Ok(r),
+                Err(shared) => report = shared,
+            }
+            tokio::task::yield_now().await;
+        }
+        Ok((*report).clone())
     }
 }
 
@@ -2046,16 +2056,25 @@ async fn drive(
     if !running {
         cancel.cancel();
     }
-    // One shared copy of each task name, whatever the number of nodes running it.
+    // One shared copy of each task name, whatever the number of nodes running it (nodes
+    // of one task type usually come one after another: the last name is tried first).
     let mut names: HashMap<&'static str, Arc<str>> = HashMap::new();
+    let mut last: Option<(&'static str, Arc<str>)> = None;
+    let mut name_of = |name: &'static str| -> Arc<str> {
+        if let Some((l, a)) = &last {
+            if std::ptr::eq(*l, name) {
+                return a.clone();
+            }
+        }
+        let a = names.entry(name).or_insert_with(|| Arc::from(name)).clone();
+        last = Some((name, a.clone()));
+        a
+    };
     let rows: Vec<TaskRow> = graph
         .nodes
         .iter()
         .map(|n| TaskRow {
-            task: names
-                .entry(n.meta.name)
-                .or_insert_with(|| Arc::from(n.meta.name))
-                .clone(),
+            task: name_of(n.meta.name),
             node: n.id.clone(),
             state: State::Scheduled,
             attempts: 0,
