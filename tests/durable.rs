@@ -798,3 +798,60 @@ async fn relaunch_replaces_task_records() {
     assert_eq!(messages(&t), vec!["burst-0"]);
     assert_eq!(t.attempts, 1);
 }
+
+// Task rows round-trip through the sled store's encoding (MessagePack, fields by
+// position) whatever they hold: a result, an error and its chain, progress, log entries
+// with and without structured data.
+#[test]
+fn task_rows_round_trip_through_sled() {
+    use procession::{Batch, LogEntry, Progress, TaskRow};
+    let dir = temp_dir("rows");
+    let store = SledStore::open(&dir).unwrap();
+    let full = TaskRow {
+        task: Arc::from("fetch"),
+        node: Arc::from("each[3]/fetch"),
+        state: State::Failed,
+        attempts: 3,
+        started_at: Some(1_700_000_000_000),
+        ended_at: Some(1_700_000_000_250),
+        elapsed_ns: 250_000_000,
+        skipped: false,
+        error: Some("connection refused".into()),
+        chain: vec!["io error".into(), "os error 111".into()],
+        progress: Progress {
+            percent: Some(42.5),
+            message: Some("halfway".into()),
+        },
+        log: vec![
+            LogEntry {
+                timestamp: 1,
+                level: Level::Info,
+                message: "plain".into(),
+                data: None,
+            },
+            LogEntry {
+                timestamp: 2,
+                level: Level::Warning,
+                message: "with data".into(),
+                data: Some(serde_json::json!({"retry_in_ms": 500, "hosts": ["a", "b"]})),
+            },
+        ],
+        result: None,
+    };
+    let done = TaskRow {
+        state: State::Done,
+        error: None,
+        chain: Vec::new(),
+        log: Vec::new(),
+        result: Some(Arc::from(r#"{"total":42.0,"items":[1,2]}"#)),
+        ..full.clone()
+    };
+    let mut batch = Batch::default();
+    batch.tasks.push((Arc::from("run-1"), 0, full.clone()));
+    batch.tasks.push((Arc::from("run-1"), 7, done.clone()));
+    store.apply(batch).unwrap();
+    let rows = store.tasks("run-1").unwrap();
+    assert_eq!(rows, vec![(0, full), (7, done)]);
+    drop(store);
+    let _ = std::fs::remove_dir_all(&dir);
+}
