@@ -185,15 +185,12 @@ impl Shared {
         Some(task)
     }
 
-    /// Node `i` succeeded: count it off its dependents and start those now ready. With
-    /// `keep_one`, the first of them is not spawned but returned, claimed, for the
-    /// caller to run itself (a chain then runs in one tokio task, without a spawn and a
-    /// wake-up per link).
-    fn release_success(
-        self: &Arc<Self>,
-        i: u32,
-        keep_one: bool,
-    ) -> Option<(u32, Box<dyn ErasedTask>)> {
+    /// Node `i` succeeded: count it off its dependents and start those now ready. The
+    /// first of them is not spawned but returned, claimed, for the caller to run itself
+    /// (a chain then runs in one tokio task, without a spawn and a wake-up per link);
+    /// not under a runtime-wide limit, where every node waits for a permit of its own.
+    fn release_success(self: &Arc<Self>, i: u32) -> Option<(u32, Box<dyn ErasedTask>)> {
+        let keep_one = self.permits.is_none();
         self.done_ok[i as usize].store(true, Ordering::Release);
         let mut next = None;
         for &d in self.dependents(i) {
@@ -695,8 +692,7 @@ async fn run_one(
             u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX),
             Ordering::Relaxed,
         );
-        // Under a runtime-wide limit every node waits for a permit of its own: no chaining.
-        next = shared.release_success(i, shared.permits.is_none());
+        next = shared.release_success(i);
     }
     // A success is reported only when the driver starts nodes itself (a concurrency
     // limit): otherwise its worker has done everything the driver would. A reported node

@@ -132,7 +132,7 @@ impl RunJournal {
             let mut g = self.lock();
             let row = &mut g.items[node as usize];
             if row.started_at.is_none() {
-                row.started_at = Some(ms_ago(since));
+                row.started_at = Some(ms_before(now_ms(), since));
             }
             row.state = State::Running;
             row.attempts = attempt;
@@ -155,8 +155,7 @@ impl RunJournal {
             row.ended_at = Some(now);
             if row.started_at.is_none() && outcome.attempts > 0 {
                 // Ended in its first poll: its start was not recorded on its own.
-                let elapsed = u64::try_from(outcome.elapsed.as_millis()).unwrap_or(u64::MAX);
-                row.started_at = Some(now.saturating_sub(elapsed));
+                row.started_at = Some(ms_before(now, outcome.elapsed));
             }
             row.error = outcome.error;
             row.chain = outcome.chain;
@@ -214,9 +213,9 @@ impl Drop for RunJournal {
     }
 }
 
-/// The wall-clock time (ms since the Unix epoch) `ago` before now.
-fn ms_ago(ago: Duration) -> u64 {
-    now_ms().saturating_sub(u64::try_from(ago.as_millis()).unwrap_or(u64::MAX))
+/// The wall-clock time (ms since the Unix epoch) `ago` before `now`.
+fn ms_before(now: u64, ago: Duration) -> u64 {
+    now.saturating_sub(u64::try_from(ago.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// How a node ended, for its row.

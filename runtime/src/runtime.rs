@@ -528,8 +528,12 @@ impl Clock {
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T> {
-    tokio::task::spawn_blocking(f)
-        .await
+    store_call(tokio::task::spawn_blocking(f)).await
+}
+
+/// Waits for a store call started on tokio's blocking pool.
+async fn store_call<T>(call: tokio::task::JoinHandle<Result<T, StoreError>>) -> Result<T> {
+    call.await
         .map_err(|e| {
             Error::Store(StoreError::Io {
                 path: "(store thread)".into(),
@@ -1529,7 +1533,7 @@ impl Runtime {
         let rows = {
             let store = self.inner.store.clone();
             let id = id.clone();
-            tokio::spawn(blocking(move || store.tasks(&id)))
+            tokio::task::spawn_blocking(move || store.tasks(&id))
         };
         let graph = match (reg.build)(rec.params.clone(), meta.options.clone()) {
             Ok(g) => g,
@@ -1548,12 +1552,7 @@ impl Runtime {
             tracing::warn!(run = %id, "{msg}");
             return self.settle(&id, token, State::Failed, Some(msg)).await;
         }
-        let rows = rows.await.map_err(|e| {
-            Error::Store(StoreError::Io {
-                path: "(store thread)".into(),
-                message: format!("reading the run's task rows did not complete: {e}"),
-            })
-        })??;
+        let rows = store_call(rows).await?;
         let mut resume = Resume {
             done: Vec::new(),
             attempts: vec![0; graph.len()],
@@ -2056,25 +2055,16 @@ async fn drive(
     if !running {
         cancel.cancel();
     }
-    // One shared copy of each task name, whatever the number of nodes running it (nodes
-    // of one task type usually come one after another: the last name is tried first).
-    let mut names: HashMap<&'static str, Arc<str>> = HashMap::new();
-    let mut last: Option<(&'static str, Arc<str>)> = None;
-    let mut name_of = |name: &'static str| -> Arc<str> {
-        if let Some((l, a)) = &last {
-            if std::ptr::eq(*l, name) {
-                return a.clone();
-            }
-        }
-        let a = names.entry(name).or_insert_with(|| Arc::from(name)).clone();
-        last = Some((name, a.clone()));
-        a
-    };
+    // One shared copy of each task name, whatever the number of nodes running it.
+    let mut names: rustc_hash::FxHashMap<&'static str, Arc<str>> = HashMap::default();
     let rows: Vec<TaskRow> = graph
         .nodes
         .iter()
         .map(|n| TaskRow {
-            task: name_of(n.meta.name),
+            task: names
+                .entry(n.meta.name)
+                .or_insert_with(|| Arc::from(n.meta.name))
+                .clone(),
             node: n.id.clone(),
             state: State::Scheduled,
             attempts: 0,
