@@ -1,0 +1,350 @@
+//! The embedded store: one sled database in a directory.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::codec::{decode_record, decode_row, encode, encode_row};
+use super::{Batch, Store, StoreError, TaskRow, Update};
+use crate::record::{ProcessRecord, State, SCHEMA_VERSION};
+
+fn run_key(id: &str, order: u32) -> Vec<u8> {
+    let mut k = Vec::with_capacity(id.len() + 5);
+    k.extend_from_slice(id.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&order.to_be_bytes());
+    k
+}
+
+fn run_prefix(id: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(id.len() + 1);
+    k.extend_from_slice(id.as_bytes());
+    k.push(0);
+    k
+}
+
+fn order_of(key: &[u8]) -> u32 {
+    let n = key.len();
+    if n < 4 {
+        return 0;
+    }
+    u32::from_be_bytes([key[n - 4], key[n - 3], key[n - 2], key[n - 1]])
+}
+
+/// The embedded store: one sled database in a directory.
+///
+/// Durability: [`Store::flush`] writes sled's buffers to the operating system, so a
+/// killed process (even `kill -9`) loses nothing that was flushed; with
+/// [`SledStore::strict`], every flush also fsyncs the data file, so a power loss loses
+/// nothing that was flushed either. The runtime flushes once per group of writes, never
+/// once per transition.
+pub struct SledStore {
+    db: sled::Db,
+    processes: sled::Tree,
+    tasks: sled::Tree,
+    results: sled::Tree,
+    keys: sled::Tree,
+    path: PathBuf,
+    strict: bool,
+}
+
+impl fmt::Debug for SledStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SledStore")
+            .field("path", &self.path)
+            .field("strict", &self.strict)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SledStore {
+    /// Opens (or creates) the store in directory `path`.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Open`] when the directory cannot be used or its files are damaged,
+    /// [`StoreError::Incompatible`] when it was written by a newer schema. Never panics.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use procession::{SledStore, Store};
+    /// let dir = std::env::temp_dir().join(format!("procession-doc-{}", std::process::id()));
+    /// let store = SledStore::open(&dir).unwrap();
+    /// assert!(store.all().unwrap().is_empty());
+    /// # drop(store); let _ = std::fs::remove_dir_all(&dir);
+    /// ```
+    pub fn open(path: impl AsRef<Path>) -> Result<SledStore, StoreError> {
+        let path = path.as_ref().to_path_buf();
+        let config = sled::Config::new().path(&path);
+        Self::with_config(&config, path)
+    }
+
+    /// A store in a temporary directory, deleted when dropped: for tests.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Open`] when the temporary directory cannot be created.
+    pub fn temporary() -> Result<SledStore, StoreError> {
+        let config = sled::Config::new().temporary(true);
+        Self::with_config(&config, PathBuf::from("(temporary)"))
+    }
+
+    /// Also fsync the data file on every flush (power-loss safe; slower).
+    #[must_use]
+    pub fn strict(mut self, strict: bool) -> Self {
+        self.strict = strict;
+        self
+    }
+
+    fn with_config(config: &sled::Config, path: PathBuf) -> Result<SledStore, StoreError> {
+        let shown = path.display().to_string();
+        let open_err = |message: String| StoreError::Open {
+            path: shown.clone(),
+            message,
+        };
+        // sled may panic on some damaged files: a damaged store is an error, never a panic.
+        let db = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| config.open()))
+            .map_err(|p| {
+                open_err(format!(
+                    "damaged store files ({})",
+                    crate::exec::panic_message(&*p)
+                ))
+            })?
+            .map_err(|e| open_err(e.to_string()))?;
+        let tree = |name: &str| db.open_tree(name).map_err(|e| open_err(e.to_string()));
+        let store = SledStore {
+            processes: tree("processes")?,
+            tasks: tree("tasks")?,
+            results: tree("results")?,
+            keys: tree("keys")?,
+            db,
+            path,
+            strict: false,
+        };
+        match store
+            .db
+            .get(b"schema")
+            .map_err(|e| open_err(e.to_string()))?
+        {
+            Some(v) => {
+                let found = <[u8; 4]>::try_from(v.as_ref())
+                    .map(u32::from_be_bytes)
+                    .map_err(|_| open_err("the schema marker is damaged".into()))?;
+                if found > SCHEMA_VERSION {
+                    return Err(StoreError::Incompatible {
+                        path: shown,
+                        found,
+                        supported: SCHEMA_VERSION,
+                    });
+                }
+                if found < SCHEMA_VERSION {
+                    // This build reads the older layout and writes the newer one: mark the
+                    // store so that older builds refuse it instead of misreading it.
+                    store
+                        .db
+                        .insert(b"schema", &SCHEMA_VERSION.to_be_bytes())
+                        .map_err(|e| open_err(e.to_string()))?;
+                }
+            }
+            None => {
+                store
+                    .db
+                    .insert(b"schema", &SCHEMA_VERSION.to_be_bytes())
+                    .map_err(|e| open_err(e.to_string()))?;
+            }
+        }
+        Ok(store)
+    }
+
+    fn io(&self, e: impl fmt::Display) -> StoreError {
+        StoreError::Io {
+            path: self.location(),
+            message: e.to_string(),
+        }
+    }
+
+    fn decode_record(&self, key: &[u8], bytes: &[u8]) -> Result<ProcessRecord, StoreError> {
+        decode_record(&self.location(), key, bytes)
+    }
+}
+
+impl Store for SledStore {
+    fn location(&self) -> String {
+        self.path.display().to_string()
+    }
+
+    fn get(&self, id: &str) -> Result<Option<ProcessRecord>, StoreError> {
+        match self.processes.get(id.as_bytes()).map_err(|e| self.io(e))? {
+            Some(v) => self.decode_record(id.as_bytes(), &v).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn all(&self) -> Result<Vec<ProcessRecord>, StoreError> {
+        self.processes
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv.map_err(|e| self.io(e))?;
+                self.decode_record(&k, &v)
+            })
+            .collect()
+    }
+
+    fn update(
+        &self,
+        id: &str,
+        f: &mut dyn FnMut(Option<&ProcessRecord>) -> Update,
+    ) -> Result<Option<ProcessRecord>, StoreError> {
+        loop {
+            let old = self.processes.get(id.as_bytes()).map_err(|e| self.io(e))?;
+            let current = match &old {
+                Some(v) => Some(self.decode_record(id.as_bytes(), v)?),
+                None => None,
+            };
+            let (new, result) = match f(current.as_ref()) {
+                Update::Keep => return Ok(current),
+                Update::Delete => (None, None),
+                Update::Put(r) => (Some(encode(&*r)), Some(*r)),
+            };
+            let swapped = self
+                .processes
+                .compare_and_swap(id.as_bytes(), old, new)
+                .map_err(|e| self.io(e))?;
+            if swapped.is_ok() {
+                return Ok(result);
+            }
+            // Raced with another writer: decide again on the new value.
+        }
+    }
+
+    fn tasks(&self, id: &str) -> Result<Vec<(u32, TaskRow)>, StoreError> {
+        let mut rows = self
+            .tasks
+            .scan_prefix(run_prefix(id))
+            .map(|kv| {
+                let (k, v) = kv.map_err(|e| self.io(e))?;
+                let row = decode_row(&v).map_err(|message| StoreError::Corrupt {
+                    path: self.location(),
+                    key: format!("{id}/#{}", order_of(&k)),
+                    message,
+                })?;
+                Ok((order_of(&k), row))
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        // Rows written before results moved into them (schema 1) keep their results in
+        // a tree of their own.
+        if rows
+            .iter()
+            .any(|(_, r)| r.state == State::Done && r.result.is_none())
+        {
+            let mut legacy = HashMap::new();
+            for kv in self.results.scan_prefix(run_prefix(id)) {
+                let (k, v) = kv.map_err(|e| self.io(e))?;
+                legacy.insert(order_of(&k), Arc::<str>::from(String::from_utf8_lossy(&v)));
+            }
+            for (i, r) in &mut rows {
+                if r.result.is_none() {
+                    r.result = legacy.remove(i);
+                }
+            }
+        }
+        Ok(rows)
+    }
+
+    fn apply(&self, batch: Batch) -> Result<(), StoreError> {
+        use sled::Transactional;
+        let mut tasks = sled::Batch::default();
+        let mut results = sled::Batch::default();
+        let mut processes = sled::Batch::default();
+        let mut cleared = Vec::new();
+        for id in batch.clear_runs.iter().chain(&batch.delete_processes) {
+            for k in self.tasks.scan_prefix(run_prefix(id)).keys() {
+                cleared.push((true, k.map_err(|e| self.io(e))?));
+            }
+            for k in self.results.scan_prefix(run_prefix(id)).keys() {
+                cleared.push((false, k.map_err(|e| self.io(e))?));
+            }
+        }
+        let cleared_results = cleared.iter().any(|(is_task, _)| !is_task);
+        for (is_task, k) in cleared {
+            if is_task {
+                tasks.remove(k);
+            } else {
+                results.remove(k);
+            }
+        }
+        for id in &batch.delete_processes {
+            processes.remove(id.as_bytes());
+        }
+        for (id, order, row) in &batch.tasks {
+            tasks.insert(run_key(id, *order), encode_row(row));
+        }
+        for r in &batch.processes {
+            processes.insert(r.id.as_bytes(), encode(r));
+        }
+        if batch.processes.is_empty() && batch.delete_processes.is_empty() && !cleared_results {
+            // Only task rows (every write cycle of a run): one tree's batch is atomic on
+            // its own, and about twice as fast as a transaction, which reads every key
+            // it writes.
+            return self.tasks.apply_batch(tasks).map_err(|e| self.io(e));
+        }
+        (&self.tasks, &self.results, &self.processes)
+            .transaction(|(t, r, p)| {
+                t.apply_batch(&tasks)?;
+                r.apply_batch(&results)?;
+                p.apply_batch(&processes)?;
+                Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
+            })
+            .map_err(|e| self.io(format!("{e:?}")))
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush().map_err(|e| self.io(e))?;
+        if self.strict {
+            let file = std::fs::File::open(self.path.join("db")).map_err(|e| self.io(e))?;
+            file.sync_all().map_err(|e| self.io(e))?;
+        }
+        Ok(())
+    }
+
+    fn next_id(&self) -> Result<u64, StoreError> {
+        // A counter in the store (sled's own `generate_id` skips a million after each
+        // restart, which makes ugly run ids).
+        let v = self
+            .db
+            .update_and_fetch(b"next_id", |old| {
+                let n = old
+                    .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                    .map_or(0, u64::from_be_bytes);
+                Some((n + 1).to_be_bytes().to_vec())
+            })
+            .map_err(|e| self.io(e))?
+            .and_then(|b| <[u8; 8]>::try_from(b.as_ref()).ok())
+            .map_or(1, u64::from_be_bytes);
+        Ok(v)
+    }
+
+    fn idempotent(&self, key: &str) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .keys
+            .get(key.as_bytes())
+            .map_err(|e| self.io(e))?
+            .map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
+    fn claim_idempotent(&self, key: &str, id: &str) -> Result<String, StoreError> {
+        match self
+            .keys
+            .compare_and_swap(key.as_bytes(), None::<&[u8]>, Some(id.as_bytes()))
+            .map_err(|e| self.io(e))?
+        {
+            Ok(()) => Ok(id.to_owned()),
+            Err(e) => Ok(e.current.map_or_else(
+                || id.to_owned(),
+                |v| String::from_utf8_lossy(&v).into_owned(),
+            )),
+        }
+    }
+}
