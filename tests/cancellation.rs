@@ -95,7 +95,7 @@ async fn cooperative_cancel_stops_the_run() {
     let run = rt.launch(Cooperative {}).await.unwrap();
     started(&LOOPER_STARTED).await;
     assert!(!run.is_finished());
-    run.cancel();
+    run.cancel().await.unwrap();
     let report = wait(run).await;
     assert_eq!(report.status, RunStatus::Cancelled, "{}", report.summary());
     assert_eq!(report.task("looper").unwrap().status, TaskStatus::Cancelled);
@@ -273,7 +273,7 @@ async fn dependents_of_a_cancelled_task_are_cancelled() {
         .unwrap();
     let run = rt.launch(StrictChain {}).await.unwrap();
     started(&STRICT_STARTED).await;
-    run.cancel();
+    run.cancel().await.unwrap();
     let report = wait(run).await;
     for id in [
         "strict_root",
@@ -321,7 +321,7 @@ async fn a_task_ignoring_cancel_is_abandoned_after_the_grace_period() {
         .unwrap();
     let run = rt.launch(StubbornJob {}).await.unwrap();
     started(&STUBBORN_STARTED).await;
-    run.cancel();
+    run.cancel().await.unwrap();
     let report = wait(run).await;
     let t = report.task("stubborn").unwrap();
     assert_eq!(t.status, TaskStatus::Errored);
@@ -358,7 +358,7 @@ fn backoff_job(p: &mut Builder) {
 async fn cancel_interrupts_the_backoff_wait() {
     let run = rt().await.launch(BackoffJob {}).await.unwrap();
     started(&BACKOFF_FAILED).await;
-    run.cancel();
+    run.cancel().await.unwrap();
     let report = wait(run).await;
     let t = report.task("fails_then_waits").unwrap();
     assert_eq!(t.status, TaskStatus::Cancelled, "{}", report.summary());
@@ -381,14 +381,26 @@ fn quick_job(p: &mut Builder) {
 // Cancelling a run that already ended changes nothing.
 #[tokio::test]
 async fn cancel_after_the_end_changes_nothing() {
-    let run = rt().await.launch(QuickJob {}).await.unwrap();
+    let rt = rt().await;
+    let run = rt.launch(QuickJob {}).await.unwrap();
     let token = run.cancel_token();
     let deadline = std::time::Instant::now() + RUN_DEADLINE;
     while !run.is_finished() {
         assert!(std::time::Instant::now() < deadline, "the run did not end");
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
-    run.cancel();
+    // Refused, with the reason: the run has ended.
+    let refused = run.cancel().await.unwrap_err();
+    assert!(
+        matches!(
+            refused,
+            procession::Error::NotCancellableState {
+                state: procession::State::Done,
+                ..
+            }
+        ),
+        "{refused}"
+    );
     token.cancel();
     let report = wait(run).await;
     assert_eq!(report.status, RunStatus::Succeeded);

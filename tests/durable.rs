@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use procession::prelude::*;
+use procession::store::{MemoryStore, SledStore, Store, StoreError, Update};
 use procession::{
-    AdhocOptions, Definition, Error, EventKind, ListFilter, MemoryStore, ProcessRecord, RunMeta,
-    SledStore, State, Store, StoreError, Update,
+    AdhocOptions, Definition, Error, EventKind, ListFilter, ProcessRecord, RunMeta, State,
 };
 
 #[task]
@@ -160,7 +160,7 @@ async fn lifecycle_outcomes() {
     ));
     assert!(matches!(
         rt.cancel("idle-one").await,
-        Err(Error::NotCancellable {
+        Err(Error::NotCancellableState {
             state: State::Idle,
             ..
         })
@@ -200,7 +200,7 @@ async fn lifecycle_outcomes() {
         rt.get("idle-one").await.unwrap().unwrap().state(),
         State::Idle
     );
-    run.cancel();
+    run.cancel().await.unwrap();
     assert_eq!(run.wait().await.unwrap().status, RunStatus::Cancelled);
     // A record of another type under the same id is refused.
     assert!(matches!(
@@ -289,7 +289,7 @@ async fn concurrent_cancels_one_wins() {
     assert_eq!(oks, 1);
     for r in [a, b, c] {
         if let Err(e) = r {
-            assert!(matches!(e, Error::NotCancellable { .. }), "{e}");
+            assert!(matches!(e, Error::NotCancellableState { .. }), "{e}");
         }
     }
     assert_eq!(run.wait().await.unwrap().status, RunStatus::Cancelled);
@@ -324,6 +324,7 @@ fn stored_run(id: &str, process_type: &str, fingerprint: u64, state: State) -> P
         tasks: 2,
         idempotency_key: None,
         max_concurrency: None,
+        resumes: 0,
     });
     rec
 }
@@ -774,7 +775,9 @@ async fn shutdown_finalizes_running_work() {
         .unwrap();
     wait_state(&rt, "coop", State::Running).await;
     wait_state(&rt, "stub", State::Running).await;
-    rt.shutdown().await.unwrap();
+    rt.shutdown_with(procession::Shutdown::Cancel)
+        .await
+        .unwrap();
     assert_eq!(a.wait().await.unwrap().status, RunStatus::Cancelled);
     assert_eq!(b.wait().await.unwrap().status, RunStatus::Failed);
     assert!(matches!(
@@ -804,7 +807,8 @@ async fn relaunch_replaces_task_records() {
 // with and without structured data.
 #[test]
 fn task_rows_round_trip_through_sled() {
-    use procession::{Batch, LogEntry, Progress, TaskRow};
+    use procession::store::{Batch, TaskRow};
+    use procession::{LogEntry, Progress};
     let dir = temp_dir("rows");
     let store = SledStore::open(&dir).unwrap();
     let full = TaskRow {
@@ -837,6 +841,7 @@ fn task_rows_round_trip_through_sled() {
             },
         ],
         result: None,
+        lease: 3,
     };
     let done = TaskRow {
         state: State::Done,

@@ -6,9 +6,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use procession::prelude::*;
-use procession::{
-    CatchUp, Definition, Error, MemoryStore, ProcessRecord, Schedule, State, Store, Update,
-};
+use procession::store::{MemoryStore, Store, Update};
+use procession::{CatchUp, Definition, Error, ProcessRecord, Schedule, State};
 
 static TICKS: AtomicUsize = AtomicUsize::new(0);
 

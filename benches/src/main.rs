@@ -21,9 +21,10 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use procession::prelude::*;
-use procession::{
-    Batch, EventKind, ProcessRecord, SledStore, State, Store, StoreError, TaskRow, Update,
+use procession::store::{
+    Applied, Batch, Lease, Page, Query, SledStore, Store, StoreError, TaskRow, Update,
 };
+use procession::{EventKind, ProcessRecord, State};
 use tokio::sync::mpsc;
 
 /// Counts live heap bytes when `TRACK` is on (only in the `--rss-child` process): the
@@ -581,8 +582,11 @@ impl Store for Counting {
     fn get(&self, id: &str) -> Result<Option<ProcessRecord>, StoreError> {
         self.inner.get(id)
     }
-    fn all(&self) -> Result<Vec<ProcessRecord>, StoreError> {
-        self.inner.all()
+    fn list(&self, query: &Query) -> Result<Page, StoreError> {
+        self.inner.list(query)
+    }
+    fn count(&self, query: &Query) -> Result<u64, StoreError> {
+        self.inner.count(query)
     }
     fn update(
         &self,
@@ -594,7 +598,7 @@ impl Store for Counting {
     fn tasks(&self, id: &str) -> Result<Vec<(u32, TaskRow)>, StoreError> {
         self.inner.tasks(id)
     }
-    fn apply(&self, batch: Batch) -> Result<(), StoreError> {
+    fn apply(&self, batch: Batch) -> Result<Applied, StoreError> {
         {
             let mut s = self
                 .stats
@@ -626,6 +630,15 @@ impl Store for Counting {
     }
     fn claim_idempotent(&self, key: &str, id: &str) -> Result<String, StoreError> {
         self.inner.claim_idempotent(key, id)
+    }
+    fn claim(&self, run: &str, owner: &str, ttl_ms: u64) -> Result<Lease, StoreError> {
+        self.inner.claim(run, owner, ttl_ms)
+    }
+    fn renew(&self, lease: &Lease, ttl_ms: u64) -> Result<bool, StoreError> {
+        self.inner.renew(lease, ttl_ms)
+    }
+    fn release(&self, lease: &Lease) -> Result<(), StoreError> {
+        self.inner.release(lease)
     }
 }
 

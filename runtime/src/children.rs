@@ -719,7 +719,7 @@ fn failure_of(outcome: &ChildOutcome) -> ChildProcessFailed {
 /// error was lost in a restart, or it was cancelled).
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
-pub struct SynthesizedError(pub String);
+pub(crate) struct SynthesizedError(pub(crate) String);
 
 /// Children started together; see [`Ctx::parallel_group`].
 pub struct ParallelGroup {

@@ -254,6 +254,42 @@ impl Ctx {
             format!("{}/{}/{process}#{k}", self.scope.process_id, self.node_id())
         };
         *k += 1;
-        id
+        compact_child_id(id)
+    }
+}
+
+/// Longest default child id kept as written; a longer one (a deep tree: each level adds
+/// a node id and a process name) keeps its start and ends with a hash of the whole, so
+/// ids stay unique, stable across attempts and far below the 512-byte limit at any depth.
+const CHILD_ID_KEPT: usize = 200;
+
+fn compact_child_id(id: String) -> String {
+    if id.len() <= CHILD_ID_KEPT {
+        return id;
+    }
+    // FNV-1a, 64 bits: stable across builds and platforms (the id is stored).
+    let hash = id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    let mut cut = CHILD_ID_KEPT;
+    while !id.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}~{hash:016x}", &id[..cut])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::compact_child_id;
+
+    #[test]
+    fn deep_default_child_ids_stay_short_and_distinct() {
+        let mut id = "root".to_owned();
+        let mut seen = std::collections::HashSet::new();
+        for depth in 0..100 {
+            id = compact_child_id(format!("{id}/spawn#{depth}/child_process"));
+            assert!(id.len() <= 220, "depth {depth}: {} bytes", id.len());
+            assert!(seen.insert(id.clone()), "depth {depth}: {id} repeats");
+        }
     }
 }

@@ -40,6 +40,10 @@ pub(crate) struct RunConfig {
     pub(crate) permits: Option<Arc<Semaphore>>,
     pub(crate) hooks: Vec<Arc<dyn Hooks>>,
     pub(crate) cancel: CancellationToken,
+    /// Cancelled when the runtime suspends: no task starts any more, running ones have
+    /// the grace period to end, and nothing is recorded for the rest (the run resumes at
+    /// the next start).
+    pub(crate) halt: CancellationToken,
     pub(crate) grace: Duration,
     /// Where task state changes are recorded (durable runs).
     pub(crate) journal: Option<Arc<RunJournal>>,
@@ -117,6 +121,8 @@ struct Shared {
     elapsed_ns: Box<[AtomicU64]>,
     /// Cancelled when the cancellation grace period is over: running nodes are dropped.
     abandon: CancellationToken,
+    /// The runtime suspends: nothing starts any more.
+    halt: CancellationToken,
     /// Dependents (CSR) and dependencies (CSR).
     offsets: Box<[u32]>,
     targets: Box<[u32]>,
@@ -177,7 +183,7 @@ impl Shared {
     /// Takes node `i`'s task to start it (counted in flight), unless it was started or
     /// settled already.
     fn claim(&self, i: u32) -> Option<Box<dyn ErasedTask>> {
-        if self.claimed[i as usize].swap(true, Ordering::AcqRel) {
+        if self.halt.is_cancelled() || self.claimed[i as usize].swap(true, Ordering::AcqRel) {
             return None;
         }
         let task = lock(&self.tasks[i as usize]).take()?;
@@ -231,8 +237,9 @@ fn csr(n: usize, edges: impl Iterator<Item = (u32, u32)> + Clone) -> (Box<[u32]>
     (offsets.into(), targets.into())
 }
 
-/// Runs `graph` to the end and returns its report.
-pub(crate) async fn execute(mut graph: Graph, mut cfg: RunConfig) -> RunReport {
+/// Runs `graph` to the end and returns its report; `None` when the runtime suspended the
+/// run (see [`RunConfig::halt`]).
+pub(crate) async fn execute(mut graph: Graph, mut cfg: RunConfig) -> Option<RunReport> {
     let started = Instant::now();
     let n = graph.nodes.len();
     let ids: Box<[Arc<str>]> = graph.nodes.iter().map(|n| n.id.clone()).collect();
@@ -296,6 +303,7 @@ pub(crate) async fn execute(mut graph: Graph, mut cfg: RunConfig) -> RunReport {
         attempts_run: (0..n).map(|_| AtomicU32::new(0)).collect(),
         elapsed_ns: (0..n).map(|_| AtomicU64::new(0)).collect(),
         abandon: CancellationToken::new(),
+        halt: cfg.halt.clone(),
         offsets,
         targets,
         dep_offsets,
@@ -348,6 +356,8 @@ pub(crate) async fn execute(mut graph: Graph, mut cfg: RunConfig) -> RunReport {
     let grace = tokio::time::sleep(Duration::from_secs(u64::MAX / 4));
     tokio::pin!(grace);
     let mut grace_armed = false;
+    let mut halt_seen = false;
+    let mut suspended = false;
     let mut batch: Vec<Msg> = Vec::with_capacity(64);
 
     loop {
@@ -373,15 +383,15 @@ pub(crate) async fn execute(mut graph: Graph, mut cfg: RunConfig) -> RunReport {
                 &info,
             );
         }
-        if !cancel_seen {
+        if !cancel_seen && !halt_seen {
             while shared.in_flight.load(Ordering::Acquire) < limit {
                 let Some(i) = ready.pop_front() else { break };
                 shared.start(i);
             }
         }
         if shared.in_flight.load(Ordering::Acquire) == 0
-            && (cancel_seen || ready.is_empty())
-            && settle.is_empty()
+            && (cancel_seen || halt_seen || ready.is_empty())
+            && (settle.is_empty() || halt_seen)
         {
             // A worker sends what it has to say before it counts itself off: once the
             // count is zero, anything left is already in the channel.
@@ -400,6 +410,14 @@ pub(crate) async fn execute(mut graph: Graph, mut cfg: RunConfig) -> RunReport {
                 debug_assert!(got > 0, "the driver holds a sender");
                 handle_batch(&mut batch, &shared, &mut state, &mut settle, &cfg, &info);
             }
+            () = cfg.halt.cancelled(), if !halt_seen => {
+                halt_seen = true;
+                if !grace_armed {
+                    grace.as_mut().reset(tokio::time::Instant::now() + cfg.grace);
+                    grace_armed = true;
+                }
+                tracing::info!(run = %info.run_id, "run suspended: no task starts any more");
+            }
             () = cfg.cancel.cancelled(), if !cancel_seen => {
                 cancel_seen = true;
                 grace.as_mut().reset(tokio::time::Instant::now() + cfg.grace);
@@ -408,6 +426,12 @@ pub(crate) async fn execute(mut graph: Graph, mut cfg: RunConfig) -> RunReport {
             }
             () = &mut grace, if grace_armed => {
                 grace_armed = false;
+                if halt_seen && !cancel_seen {
+                    // Suspended: what still runs is dropped, nothing is recorded for it.
+                    shared.abandon.cancel();
+                    suspended = true;
+                    break;
+                }
                 for (i, s) in state.iter_mut().enumerate() {
                     // Started (claimed while pending) and not ended by its worker: a
                     // worker that ended first has its end recorded or on the way.
@@ -424,6 +448,10 @@ pub(crate) async fn execute(mut graph: Graph, mut cfg: RunConfig) -> RunReport {
                         }
                         s.st = St::Errored;
                         s.error = Some(e);
+                        // Its row says so too: the stored report agrees with this one.
+                        if let Some(j) = &shared.journal {
+                            record_end(j, &shared, i, s);
+                        }
                         shared.in_flight.fetch_sub(1, Ordering::AcqRel);
                     }
                 }
@@ -433,6 +461,15 @@ pub(crate) async fn execute(mut graph: Graph, mut cfg: RunConfig) -> RunReport {
     }
 
     // Successes were not reported one by one: their workers left them in `shared`.
+    suspended |= halt_seen
+        && state
+            .iter()
+            .enumerate()
+            .any(|(i, s)| s.st == St::Pending && !shared.done_ok[i].load(Ordering::Acquire));
+    if suspended {
+        tracing::info!(run = %info.run_id, "run suspended");
+        return None;
+    }
     for (i, s) in state.iter_mut().enumerate() {
         if s.st == St::Pending && shared.done_ok[i].load(Ordering::Acquire) {
             s.st = St::Success;
@@ -465,7 +502,7 @@ pub(crate) async fn execute(mut graph: Graph, mut cfg: RunConfig) -> RunReport {
         RunStatus::Failed => {}
     }
     tracing::info!(process = %info.process, run = %info.run_id, status = ?report.status, "run ended");
-    report
+    Some(report)
 }
 
 /// Handles the workers' messages: ends without success (and, under a concurrency limit,
@@ -896,20 +933,10 @@ impl Drop for Running<'_> {
     }
 }
 
-pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = panic.downcast_ref::<&str>() {
-        (*s).to_owned()
-    } else if let Some(s) = panic.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "(non-string panic payload)".to_owned()
-    }
-}
-
 fn panicked(meta: &TaskMeta, panic: &(dyn std::any::Any + Send)) -> BoxError {
     Box::new(TaskPanicked {
         task: meta.name.to_owned(),
-        message: panic_message(panic),
+        message: crate::error::panic_message(panic),
     })
 }
 

@@ -3,9 +3,10 @@
 //! may change.
 
 #![doc(test(attr(deny(warnings))))]
+#![forbid(unsafe_code)]
 
 mod arg;
-pub mod children;
+mod children;
 mod ctx;
 mod data;
 mod error;
@@ -14,19 +15,20 @@ mod exec;
 mod graph;
 mod hooks;
 mod journal;
+#[doc(hidden)]
 pub mod macro_support;
 mod process;
 mod record;
 mod report;
 mod runtime;
 mod schedule;
-mod store;
+pub mod store;
 mod task;
 
-pub use arg::{Arg, Inputs, IntoArg, NodeRef, Out};
+pub use arg::{Arg, IntoArg, NodeRef, Out};
 pub use children::{
     progress, Child, ChildError, ChildOutcome, ChildProcessFailed, ChildProgress, ChildResult,
-    GroupError, GroupOptions, ParallelGroup, ProgressCallback, SynthesizedError,
+    GroupError, GroupOptions, ParallelGroup, ProgressCallback,
 };
 pub use ctx::{Ctx, Level};
 pub use data::Data;
@@ -45,9 +47,8 @@ pub use record::{
 pub use report::{ErrorReport, Json, ResultError, RunReport, RunStatus, TaskReport, TaskStatus};
 pub use runtime::{
     AdhocOptions, Definition, Error, IntoGraph, Launch, Result, ResyncReport, RunHandle, Runtime,
-    RuntimeBuilder,
+    RuntimeBuilder, Shutdown,
 };
 pub use schedule::{CatchUp, Schedule, ScheduleError};
-pub use store::{Batch, MemoryStore, SledStore, Store, StoreError, TaskRow, Update};
 pub use task::{Backoff, ErrorMatcher, OnDepFailure, Policy, Task, TaskFuture, TaskMeta};
 pub use tokio_util::sync::CancellationToken;

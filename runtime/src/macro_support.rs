@@ -81,7 +81,7 @@ where
             Ok(r) => r,
             Err(e) if e.is_panic() => Err(Box::new(TaskPanicked {
                 task: task.to_owned(),
-                message: crate::exec::panic_message(&*e.into_panic()),
+                message: crate::error::panic_message(&*e.into_panic()),
             }) as BoxError),
             Err(e) => Err(Box::new(e) as BoxError),
         }

@@ -12,9 +12,10 @@ use crate::ctx::Level;
 /// Version of the record layout written by this build. Records carry it; a store holding
 /// records of a newer version is refused rather than misread.
 ///
-/// Version 2 stores task rows in `MessagePack` with the task's result inside the row;
-/// version 1 stores (JSON rows, results apart) are still read.
-pub const SCHEMA_VERSION: u32 = 2;
+/// Version 3 adds the records' secondary index (built at the first open of an older
+/// store). Version 2 stores task rows in `MessagePack` with the task's result inside the
+/// row; version 1 stores (JSON rows, results apart) are still read.
+pub const SCHEMA_VERSION: u32 = 3;
 
 /// The state of a process (or of a task, for the child records of a run).
 ///
@@ -240,6 +241,11 @@ pub struct RunMeta {
     pub idempotency_key: Option<String>,
     /// Max tasks at once for this run.
     pub max_concurrency: Option<usize>,
+    /// How many times the run was resumed after a restart: attempt numbers of each
+    /// resumption start in a block of their own, so that a task never sees the same
+    /// attempt number twice.
+    #[serde(default)]
+    pub resumes: u32,
 }
 
 /// A process record: identity, definition, status, progress and log.

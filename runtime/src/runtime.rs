@@ -34,7 +34,9 @@ use crate::process::{Process, ProcessMeta};
 use crate::record::{InvalidTransition, ListFilter, ProcessRecord, RecordKind, RunMeta, State};
 use crate::report::{ErrorReport, Json, RunReport, RunStatus, TaskReport, TaskStatus};
 use crate::schedule::{plan, Schedule};
-use crate::store::{Batch, MemoryStore, SledStore, Store, StoreError, TaskRow, Update};
+use crate::store::{
+    Batch, MemoryStore, Page, Query, SledStore, Store, StoreError, TaskRow, Update,
+};
 
 /// Error returned by the runtime's API.
 #[derive(Debug, thiserror::Error)]
@@ -78,9 +80,17 @@ pub enum Error {
         /// Its state.
         state: State,
     },
-    /// The record is not in a cancellable state (scheduled, running) or does not allow it.
-    #[error("process `{id}` cannot be cancelled: it is {state}")]
+    /// The record does not allow a cancel ([`Definition::cancellable`]`(false)`).
+    #[error("process `{id}` is not cancellable")]
     NotCancellable {
+        /// The id.
+        id: String,
+        /// Its state.
+        state: State,
+    },
+    /// The record is not in a cancellable state: it has ended, or a cancel is under way.
+    #[error("process `{id}` cannot be cancelled: it is {state}")]
+    NotCancellableState {
         /// The id.
         id: String,
         /// Its state.
@@ -433,6 +443,14 @@ impl RuntimeBuilder {
         if self.max_concurrency == Some(0) || self.process_concurrency == Some(0) {
             return Err(Error::Config("max_concurrency must be >= 1, got 0".into()));
         }
+        // A definition the scheduler could never launch is refused now, not at its fire.
+        for d in &self.definitions {
+            if !self.registry.contains_key(d.process_type) {
+                return Err(Error::UnknownProcessType {
+                    name: d.process_type.to_owned(),
+                });
+            }
+        }
         let strict = self.strict;
         let store: Arc<dyn Store> = match self.store {
             StoreChoice::Memory => Arc::new(MemoryStore::new()),
@@ -447,10 +465,12 @@ impl RuntimeBuilder {
             }
         };
         let (events, _) = broadcast::channel(4096);
-        let writer = start_writer(store.clone(), self.progress_flush, events.clone());
+        let writer = start_writer(store.clone(), self.progress_flush, events.clone())?;
         let rt = Runtime {
             inner: Arc::new(Inner {
-                store,
+                location: store.location(),
+                store: Mutex::new(Some(store)),
+                worker: format!("worker-{:016x}", fastrand::u64(..)),
                 writer,
                 events,
                 permits: self.max_concurrency.map(|n| Arc::new(Semaphore::new(n))),
@@ -461,7 +481,9 @@ impl RuntimeBuilder {
                 registry: self.registry,
                 definitions: Mutex::new(self.definitions),
                 active: Mutex::new(HashMap::new()),
+                siblings: Mutex::new(HashMap::new()),
                 shutting_down: AtomicBool::new(false),
+                halt: CancellationToken::new(),
                 scheduler_wake: Arc::new(tokio::sync::Notify::new()),
                 clock: Clock {
                     wall0: std::time::SystemTime::now(),
@@ -477,12 +499,6 @@ impl RuntimeBuilder {
     }
 }
 
-type ActiveParts = (
-    String,
-    CancellationToken,
-    watch::Receiver<Option<Arc<RunReport>>>,
-);
-
 struct ActiveRun {
     token: u64,
     cancel: CancellationToken,
@@ -490,7 +506,12 @@ struct ActiveRun {
 }
 
 struct Inner {
-    store: Arc<dyn Store>,
+    /// Taken (and so closed once the writer lets go of it) by `shutdown`.
+    store: Mutex<Option<Arc<dyn Store>>>,
+    /// Where the store is, for messages (also after it was closed).
+    location: String,
+    /// Identifies this runtime as the owner of the runs it claims.
+    worker: String,
     writer: WriterHandle,
     events: broadcast::Sender<Event>,
     permits: Option<Arc<Semaphore>>,
@@ -501,7 +522,12 @@ struct Inner {
     registry: HashMap<&'static str, Registered>,
     definitions: Mutex<Vec<Definition>>,
     active: Mutex<HashMap<String, ActiveRun>>,
+    /// Children started so far per parent run (the order of the next one).
+    siblings: Mutex<HashMap<String, u32>>,
     shutting_down: AtomicBool,
+    /// Cancelled by a suspending shutdown: drivers stop starting tasks and end without
+    /// recording an end, so the next start resumes their runs.
+    halt: CancellationToken,
     scheduler_wake: Arc<tokio::sync::Notify>,
     clock: Clock,
     task_records: bool,
@@ -534,16 +560,49 @@ async fn blocking<T: Send + 'static>(
 /// Waits for a store call started on tokio's blocking pool.
 async fn store_call<T>(call: tokio::task::JoinHandle<Result<T, StoreError>>) -> Result<T> {
     call.await
-        .map_err(|e| {
-            Error::Store(StoreError::Io {
-                path: "(store thread)".into(),
-                message: format!("the store call did not complete: {e}"),
-            })
-        })?
+        .map_err(|e| Error::Store(StoreError::io("(store thread)", e)))?
         .map_err(Error::from)
 }
 
+/// The event of a record's state, as published once it is durable.
+fn state_event(rec: &ProcessRecord) -> Event {
+    Event {
+        id: rec.id.clone(),
+        root: rec.root.clone(),
+        kind: EventKind::State { state: rec.state() },
+    }
+}
+
+/// The async face of the store: reads on tokio's blocking pool, every write through the
+/// writer (one ordered path, group commit, events after the flush).
 impl Inner {
+    /// The store, unless the runtime has shut down.
+    fn store(&self) -> Result<Arc<dyn Store>> {
+        self.store
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+            .ok_or(Error::ShuttingDown)
+    }
+
+    /// Runs a read against the store off the async threads.
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T> {
+        let store = self.store()?;
+        blocking(move || f(&*store)).await
+    }
+
+    /// Runs a write on the writer thread, in order with every other write; returns once
+    /// it is durable (its events are published then).
+    async fn write<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&dyn Store) -> Result<(T, Vec<Event>), StoreError> + Send + 'static,
+    ) -> Result<T> {
+        Ok(self.writer.op(f).await?)
+    }
+
     /// Deletes the task records and results of `id`'s last run, durably.
     async fn clear_run(&self, id: &str) -> Result<()> {
         self.writer
@@ -561,52 +620,59 @@ impl Inner {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Atomic read-decide-write of record `id` on a blocking thread.
+    /// Atomic read-decide-write of record `id`, through the writer. A change of state is
+    /// published as an event once durable.
     async fn update<R: Send + 'static>(
         &self,
         id: &str,
         mut f: impl FnMut(Option<&ProcessRecord>) -> (Update, R) + Send + 'static,
     ) -> Result<(Option<ProcessRecord>, R)> {
-        let store = self.store.clone();
         let id = id.to_owned();
-        let out = blocking(move || {
+        self.write(move |store| {
             let mut decided = None;
+            let mut before = None;
+            let mut put = false;
             let rec = store.update(&id, &mut |cur| {
+                before = cur.map(ProcessRecord::state);
                 let (u, r) = f(cur);
+                put = matches!(u, Update::Put(_));
                 decided = Some(r);
                 u
             })?;
-            Ok::<_, StoreError>((rec, decided.expect("the update function ran")))
+            let events = match &rec {
+                Some(r) if put && before != Some(r.state()) => vec![state_event(r)],
+                _ => Vec::new(),
+            };
+            let decided = decided.ok_or_else(|| {
+                StoreError::io(store.location(), "the update function did not run")
+            })?;
+            Ok(((rec, decided), events))
         })
-        .await?;
-        Ok(out)
+        .await
     }
 
     /// [`update`](Inner::update) whose function may refuse with an error (nothing is
-    /// written then).
+    /// written then); returns the record as written.
     async fn try_update(
         &self,
         id: &str,
         f: impl FnMut(Option<&ProcessRecord>) -> (Update, Option<Error>) + Send + 'static,
-    ) -> Result<Option<ProcessRecord>> {
+    ) -> Result<ProcessRecord> {
         match self.update(id, f).await? {
             (_, Some(refusal)) => Err(refusal),
-            (rec, None) => Ok(rec),
+            (Some(rec), None) => Ok(rec),
+            (None, None) => Err(Error::NotFound { id: id.to_owned() }),
         }
     }
 
     async fn get(&self, id: &str) -> Result<Option<ProcessRecord>> {
-        let store = self.store.clone();
         let id = id.to_owned();
-        blocking(move || store.get(&id)).await
+        self.read(move |s| s.get(&id)).await
     }
 
-    fn emit(&self, rec: &ProcessRecord) {
-        let _ = self.events.send(Event {
-            id: rec.id.clone(),
-            root: rec.root.clone(),
-            kind: EventKind::State { state: rec.state() },
-        });
+    async fn rows(&self, id: &str) -> Result<Vec<(u32, TaskRow)>> {
+        let id = id.to_owned();
+        self.read(move |s| s.tasks(&id)).await
     }
 }
 
@@ -642,7 +708,7 @@ pub struct Runtime {
 impl fmt::Debug for Runtime {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Runtime")
-            .field("store", &self.inner.store.location())
+            .field("store", &self.inner.location)
             .field("registered", &self.registered())
             .finish_non_exhaustive()
     }
@@ -750,6 +816,8 @@ pub struct RunHandle {
     id: String,
     cancel: CancellationToken,
     done: watch::Receiver<Option<Arc<RunReport>>>,
+    /// The runtime, for a recorded run (cancels go through its state machine).
+    runtime: Option<std::sync::Weak<Inner>>,
 }
 
 impl fmt::Debug for RunHandle {
@@ -772,14 +840,30 @@ impl RunHandle {
         self.done.borrow().is_some()
     }
 
-    /// Asks the run to stop: tasks not started end cancelled, running tasks see
-    /// [`Ctx::should_continue`](crate::Ctx::should_continue) turn false and are abandoned
-    /// (ending errored) if they do not return within the runtime's grace period.
-    pub fn cancel(&self) {
-        self.cancel.cancel();
+    /// Asks the run to stop, as [`Runtime::cancel`] does: tasks not started end
+    /// cancelled, running tasks see [`Ctx::should_continue`](crate::Ctx::should_continue)
+    /// turn false and are abandoned (ending errored) if they do not return within the
+    /// runtime's grace period.
+    ///
+    /// # Errors
+    ///
+    /// As [`Runtime::cancel`]: [`Error::NotCancellable`] when the record does not allow
+    /// a cancel (then nothing is signalled) or the run has ended.
+    pub async fn cancel(&self) -> Result<()> {
+        match self.runtime.as_ref().map(std::sync::Weak::upgrade) {
+            Some(Some(inner)) => Runtime { inner }.cancel(&self.id).await.map(drop),
+            // A graph run is not recorded: its token is all there is.
+            None => {
+                self.cancel.cancel();
+                Ok(())
+            }
+            Some(None) => Err(Error::ShuttingDown),
+        }
     }
 
-    /// A token that cancels this run; send it to another task or thread.
+    /// A token that cancels this run's tasks; send it to another task or thread. The
+    /// run's record then moves through `cancel_requested` and `cancelling` to
+    /// `cancelled` like after [`cancel`](RunHandle::cancel).
     pub fn cancel_token(&self) -> CancellationToken {
         self.cancel.clone()
     }
@@ -816,6 +900,20 @@ impl RunHandle {
     }
 }
 
+/// How long a claim on a run lasts. The sled and memory stores serve one process, so
+/// nothing takes an expired run over there; a shared store renews leases.
+const LEASE_TTL_MS: u64 = 30_000;
+
+/// What the launch's write found.
+enum Enqueued {
+    /// Written and claimed with this lease token.
+    Written(Box<ProcessRecord>, u64),
+    /// The idempotency key names this run already.
+    Existing(String),
+    /// Refused; nothing was written.
+    Refused(Error),
+}
+
 fn check_id(id: &str) -> Result<()> {
     let reason = if id.is_empty() {
         "it is empty"
@@ -830,6 +928,28 @@ fn check_id(id: &str) -> Result<()> {
         id: id.to_owned(),
         reason,
     })
+}
+
+/// How [`Runtime::shutdown_with`] stops the runtime. In every case launches and the
+/// scheduler stop first, and the store is flushed and closed last.
+///
+/// | | records a cancel | the next start |
+/// |---|---|---|
+/// | `Suspend` (default) | no | resumes every unfinished run |
+/// | `Drain(d)` | no | resumes what did not end within `d` |
+/// | `Cancel` | yes | finds the runs `cancelled` |
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Shutdown {
+    /// Stop starting tasks, give running tasks the cancel grace period to end, record no
+    /// cancel: what a clean stop must do, since it must never lose more than a crash.
+    #[default]
+    Suspend,
+    /// Let runs go on (starting tasks) until they end or this much time passed, then
+    /// suspend what is left.
+    Drain(Duration),
+    /// Cancel every active run here and wait the cancel grace period for them to end.
+    Cancel,
 }
 
 /// Options of [`Runtime::adhoc_define`].
@@ -888,6 +1008,17 @@ impl Runtime {
         if self.inner.shutting_down.load(Ordering::Acquire) {
             return Err(Error::ShuttingDown);
         }
+        if launch.max_concurrency == Some(0) {
+            return Err(Error::Config(
+                "Launch::max_concurrency must be >= 1, got 0".into(),
+            ));
+        }
+        // The key first: every launch with a known key gets the one run it names.
+        if let Some(key) = launch.idempotency_key.clone() {
+            if let Some(owner) = self.inner.read(move |s| s.idempotent(&key)).await? {
+                return self.attach(&owner).await;
+            }
+        }
         let params = to_value(
             &launch.process,
             &format!("parameters of `{}`", P::META.name),
@@ -897,13 +1028,6 @@ impl Runtime {
             None => format!("{}-{}", P::META.name, self.next_id().await?),
         };
         check_id(&id)?;
-        if let Some(key) = &launch.idempotency_key {
-            let (store, key2, id2) = (self.inner.store.clone(), key.clone(), id.clone());
-            let owner = blocking(move || store.claim_idempotent(&key2, &id2)).await?;
-            if owner != id {
-                return self.attach(&owner).await;
-            }
-        }
         let graph = Graph::with_options(launch.process, launch.options.clone())?;
         let mut hooks: Vec<Arc<dyn Hooks>> = P::hooks().into_iter().collect();
         hooks.extend(self.inner.hooks.iter().cloned());
@@ -914,6 +1038,7 @@ impl Runtime {
             tasks: graph.len() as u32,
             idempotency_key: launch.idempotency_key,
             max_concurrency: launch.max_concurrency,
+            resumes: 0,
         };
         let fresh = ProcessRecord {
             adhoc: true,
@@ -987,18 +1112,20 @@ impl Runtime {
             tasks: graph.len() as u32,
             idempotency_key: None,
             max_concurrency: None,
+            resumes: 0,
         };
         self.enqueue(id, reg.meta.name, None, rec, meta, graph, hooks)
             .await
     }
 
     async fn next_id(&self) -> Result<u64> {
-        let store = self.inner.store.clone();
-        blocking(move || store.next_id()).await
+        self.inner.write(|s| Ok((s.next_id()?, Vec::new()))).await
     }
 
-    /// Writes the record as scheduled (CAS on a launchable state), clears the previous
-    /// run's task records, and starts the driver.
+    /// Writes the record as scheduled (CAS on a launchable state) and claims the run,
+    /// clears the previous run's task records, and starts the driver. With an
+    /// idempotency key, the key is taken in the same write; a key taken meanwhile gives
+    /// a handle on its run instead.
     #[allow(clippy::too_many_arguments)]
     async fn enqueue(
         &self,
@@ -1013,58 +1140,88 @@ impl Runtime {
         // Distinguishes this run from earlier and later runs of the same record.
         meta.token = fastrand::u64(1..);
         let token = meta.token;
+        let key = meta.idempotency_key.clone();
+        let (id_owned, worker) = (id.to_owned(), self.inner.worker.clone());
+        let decide =
+            move |cur: Option<&ProcessRecord>| -> std::result::Result<ProcessRecord, Error> {
+                let mut r = match cur {
+                    None => fresh.clone(),
+                    Some(cur)
+                        if cur.kind != RecordKind::Process || !cur.state().is_launchable() =>
+                    {
+                        return Err(Error::NotLaunchable {
+                            id: id_owned.clone(),
+                            state: cur.state(),
+                        })
+                    }
+                    Some(cur) if cur.process_type != process_type => {
+                        return Err(Error::WrongType {
+                            id: id_owned.clone(),
+                            found: cur.process_type.clone(),
+                            expected: process_type.to_owned(),
+                        })
+                    }
+                    Some(cur) => {
+                        let mut r = cur.clone();
+                        r.clear_run();
+                        if let Some(p) = &params {
+                            r.params = p.clone();
+                        }
+                        r.ephemeral |= fresh.ephemeral;
+                        r.metadata.extend(fresh.metadata.clone());
+                        r
+                    }
+                };
+                r.transition(State::Scheduled)?;
+                r.run = Some(meta.clone());
+                Ok(r)
+            };
         let id_owned = id.to_owned();
-        let rec = self
+        let outcome = self
             .inner
-            .try_update(id, move |cur| match cur {
-                None => {
-                    let mut r = fresh.clone();
-                    if let Err(e) = r.transition(State::Scheduled) {
-                        return (Update::Keep, Some(e.into()));
+            .write(move |store| {
+                if let Some(k) = &key {
+                    if let Some(owner) = store.idempotent(k)? {
+                        return Ok((Enqueued::Existing(owner), Vec::new()));
                     }
-                    r.run = Some(meta.clone());
-                    (Update::Put(Box::new(r)), None)
                 }
-                Some(cur) if cur.kind != RecordKind::Process || !cur.state().is_launchable() => (
-                    Update::Keep,
-                    Some(Error::NotLaunchable {
-                        id: id_owned.clone(),
-                        state: cur.state(),
-                    }),
-                ),
-                Some(cur) if cur.process_type != process_type => (
-                    Update::Keep,
-                    Some(Error::WrongType {
-                        id: id_owned.clone(),
-                        found: cur.process_type.clone(),
-                        expected: process_type.to_owned(),
-                    }),
-                ),
-                Some(cur) => {
-                    let mut r = cur.clone();
-                    r.clear_run();
-                    if let Some(p) = &params {
-                        r.params = p.clone();
+                let mut refusal = None;
+                let rec = store.update(&id_owned, &mut |cur| match decide(cur) {
+                    Ok(r) => Update::Put(Box::new(r)),
+                    Err(e) => {
+                        refusal = Some(e);
+                        Update::Keep
                     }
-                    r.ephemeral |= fresh.ephemeral;
-                    r.metadata.extend(fresh.metadata.clone());
-                    if let Err(e) = r.transition(State::Scheduled) {
-                        return (Update::Keep, Some(e.into()));
-                    }
-                    r.run = Some(meta.clone());
-                    (Update::Put(Box::new(r)), None)
+                })?;
+                if let Some(e) = refusal {
+                    return Ok((Enqueued::Refused(e), Vec::new()));
                 }
+                let Some(rec) = rec else {
+                    return Ok((
+                        Enqueued::Refused(Error::NotFound { id: id_owned }),
+                        Vec::new(),
+                    ));
+                };
+                if let Some(k) = &key {
+                    store.claim_idempotent(k, &id_owned)?;
+                }
+                let lease = store.claim(&id_owned, &worker, LEASE_TTL_MS)?;
+                let events = vec![state_event(&rec)];
+                Ok((Enqueued::Written(Box::new(rec), lease.token), events))
             })
             .await?;
-        let rec = rec.expect("written above");
+        let (rec, lease) = match outcome {
+            Enqueued::Existing(owner) => return self.attach(&owner).await,
+            Enqueued::Refused(e) => return Err(e),
+            Enqueued::Written(rec, lease) => (*rec, lease),
+        };
         if rec.depth == 0 {
             self.delete_descendants(id).await?;
         }
         // The previous run's task records and results go; the launch is durable before
         // the call returns.
         self.inner.clear_run(id).await?;
-        self.inner.emit(&rec);
-        Ok(self.spawn_run(rec, graph, hooks, None, token))
+        Ok(self.spawn_run(rec, graph, hooks, None, token, lease))
     }
 
     fn spawn_run(
@@ -1074,6 +1231,7 @@ impl Runtime {
         hooks: Vec<Arc<dyn Hooks>>,
         resume: Option<Resume>,
         token: u64,
+        lease: u64,
     ) -> RunHandle {
         let cancel = CancellationToken::new();
         let (tx, rx) = watch::channel(None);
@@ -1089,38 +1247,114 @@ impl Runtime {
             id: rec.id.clone(),
             cancel: cancel.clone(),
             done: rx,
+            runtime: Some(Arc::downgrade(&self.inner)),
         };
         let inner = self.inner.clone();
         tokio::spawn(async move {
             let id = rec.id.clone();
-            let report = drive(inner.clone(), rec, graph, hooks, resume, token, cancel).await;
+            let run = Run {
+                rec,
+                graph,
+                hooks,
+                resume,
+                token,
+                lease,
+                cancel,
+            };
+            let report = drive(inner.clone(), run).await;
             {
                 let mut active = inner.active();
                 if active.get(&id).is_some_and(|a| a.token == token) {
                     active.remove(&id);
                 }
             }
-            let _ = tx.send(Some(Arc::new(report)));
+            // A suspended run has no report: its waiters learn that the runtime stopped.
+            if let Some(report) = report {
+                let _ = tx.send(Some(Arc::new(report)));
+            }
         });
         handle
     }
 
-    /// A handle on an existing run (for an idempotent relaunch): live when the run is
-    /// active here, or already finished with the report rebuilt from the store.
+    /// A handle on an existing run: live when the run is active here; otherwise it ends
+    /// with the run's report once the store shows the run ended (at once for an ended
+    /// run; a run that is active in the store but not here, such as a child not yet
+    /// resumed, is awaited).
     async fn attach(&self, id: &str) -> Result<RunHandle> {
-        if let Some(a) = self.inner.active().get(id) {
+        if let Some(h) = self.live_handle(id) {
+            return Ok(h);
+        }
+        let rec = self
+            .inner
+            .get(id)
+            .await?
+            .ok_or_else(|| Error::NotFound { id: id.to_owned() })?;
+        if !rec.state().is_active() {
+            let report = self.report(id).await?;
+            let (_tx, rx) = watch::channel(Some(Arc::new(report)));
             return Ok(RunHandle {
                 id: id.to_owned(),
-                cancel: a.cancel.clone(),
-                done: a.done.clone(),
+                cancel: CancellationToken::new(),
+                done: rx,
+                runtime: Some(Arc::downgrade(&self.inner)),
             });
         }
-        let report = self.report(id).await?;
-        let (_tx, rx) = watch::channel(Some(Arc::new(report)));
+        // Active in the store, not here (yet): follow its events, and look again now and
+        // then (an event may come before we subscribe, or from another worker).
+        let (tx, rx) = watch::channel(None);
+        let cancel = CancellationToken::new();
+        let rt = self.clone();
+        let (id2, cancel2) = (id.to_owned(), cancel.clone());
+        tokio::spawn(async move {
+            let mut events = rt.inner.events.subscribe();
+            loop {
+                if let Some(h) = rt.live_handle(&id2) {
+                    // Resumed here meanwhile: forward its end and its cancels.
+                    let mut done = h.done.clone();
+                    let forward = h.cancel.clone();
+                    tokio::select! {
+                        r = done.wait_for(Option::is_some) => {
+                            if let Ok(r) = r { let _ = tx.send(r.clone()); }
+                        }
+                        () = cancel2.cancelled() => forward.cancel(),
+                    }
+                    return;
+                }
+                match rt.inner.get(&id2).await {
+                    Ok(Some(r)) if !r.state().is_active() => {
+                        if let Ok(report) = rt.report(&id2).await {
+                            let _ = tx.send(Some(Arc::new(report)));
+                        }
+                        return;
+                    }
+                    Ok(Some(_)) => {}
+                    // Gone, or the runtime stopped: the handle's wait says so.
+                    _ => return,
+                }
+                let wait = tokio::time::sleep(Duration::from_millis(50));
+                tokio::select! {
+                    () = wait => {}
+                    e = events.recv() => {
+                        if matches!(e, Err(broadcast::error::RecvError::Closed)) { return; }
+                    }
+                    () = tx.closed() => return,
+                }
+            }
+        });
         Ok(RunHandle {
             id: id.to_owned(),
-            cancel: CancellationToken::new(),
+            cancel,
             done: rx,
+            runtime: Some(Arc::downgrade(&self.inner)),
+        })
+    }
+
+    fn live_handle(&self, id: &str) -> Option<RunHandle> {
+        self.inner.active().get(id).map(|a| RunHandle {
+            id: id.to_owned(),
+            cancel: a.cancel.clone(),
+            done: a.done.clone(),
+            runtime: Some(Arc::downgrade(&self.inner)),
         })
     }
 
@@ -1135,23 +1369,25 @@ impl Runtime {
             .get(id)
             .await?
             .ok_or_else(|| Error::NotFound { id: id.to_owned() })?;
-        let store = self.inner.store.clone();
-        let id2 = id.to_owned();
-        let rows = blocking(move || store.tasks(&id2)).await?;
+        let rows = self.inner.rows(id).await?;
         Ok(report_from_rows(&rec, &rows))
     }
 
-    /// Cancels a scheduled or running process.
+    /// Cancels a scheduled or running process, and its child processes.
     ///
     /// A scheduled process ends `cancelled` at once. A running one moves to
     /// `cancel_requested` and its tasks are signalled; it ends `cancelled` once they
-    /// return (or `failed` if one ignores the cancel past the grace period). Of several
-    /// concurrent cancels exactly one succeeds.
+    /// return (or `failed` if one ignores the cancel past the grace period). A record that
+    /// is active in the store with no run behind it in this runtime (its run was lost) is
+    /// settled `cancelled` at once. Of several concurrent cancels exactly one succeeds;
+    /// a cancel that races the run's end either wins (the run ends `cancelled`) or is
+    /// refused because the run has ended.
     ///
     /// # Errors
     ///
-    /// [`Error::NotFound`], [`Error::NotCancellable`] (not scheduled or running, not
-    /// cancellable, or already being cancelled).
+    /// [`Error::NotFound`], [`Error::NotCancellable`] (the record does not allow a
+    /// cancel), [`Error::NotCancellableState`] (not scheduled or running: ended, or
+    /// already being cancelled).
     pub async fn cancel(&self, id: &str) -> Result<ProcessRecord> {
         let id_owned = id.to_owned();
         let rec = self
@@ -1163,19 +1399,26 @@ impl Runtime {
                         id: id_owned.clone(),
                     }),
                 ),
-                Some(r)
-                    if !r.cancellable
-                        || !r.state().is_cancellable()
-                        || r.kind != RecordKind::Process =>
-                {
-                    (
-                        Update::Keep,
-                        Some(Error::NotCancellable {
-                            id: id_owned.clone(),
-                            state: r.state(),
-                        }),
-                    )
-                }
+                Some(r) if r.kind != RecordKind::Process => (
+                    Update::Keep,
+                    Some(Error::NotFound {
+                        id: id_owned.clone(),
+                    }),
+                ),
+                Some(r) if !r.cancellable => (
+                    Update::Keep,
+                    Some(Error::NotCancellable {
+                        id: id_owned.clone(),
+                        state: r.state(),
+                    }),
+                ),
+                Some(r) if !r.state().is_cancellable() => (
+                    Update::Keep,
+                    Some(Error::NotCancellableState {
+                        id: id_owned.clone(),
+                        state: r.state(),
+                    }),
+                ),
                 Some(r) => {
                     let mut r = r.clone();
                     if r.state() == State::Scheduled {
@@ -1187,13 +1430,34 @@ impl Runtime {
                 }
             })
             .await?;
-        let rec = rec.expect("written above");
-        self.inner.writer.flush().await?;
-        self.inner.emit(&rec);
-        if let Some(a) = self.inner.active().get(id) {
-            a.cancel.cancel();
+        let live = self.inner.active().get(id).map(|a| a.cancel.clone());
+        let mut rec = rec;
+        match live {
+            Some(token) => token.cancel(),
+            None if rec.state() == State::CancelRequested => {
+                // No run behind the record here: nothing will acknowledge the cancel.
+                self.settle(id, None, State::Cancelled, None).await?;
+                rec = self.inner.get(id).await?.unwrap_or(rec);
+            }
+            None => {}
         }
+        self.cancel_children(id).await;
         Ok(rec)
+    }
+
+    /// Cancels the active children of `id` (through the store's links, so children with no
+    /// run in memory are reached too).
+    async fn cancel_children(&self, id: &str) {
+        let parent = id.to_owned();
+        let Ok(children) = self.inner.read(move |s| s.children(&parent)).await else {
+            return;
+        };
+        for c in children {
+            if c.state().is_active() && c.kind == RecordKind::Process {
+                // Boxed: a tree of children is cancelled recursively.
+                let _ = Box::pin(self.cancel(&c.id)).await;
+            }
+        }
     }
 
     /// Resets an ended process to idle: clears the last run's fields and deletes its task
@@ -1233,8 +1497,6 @@ impl Runtime {
             .await?;
         self.delete_descendants(id).await?;
         self.inner.clear_run(id).await?;
-        let rec = rec.expect("written above");
-        self.inner.emit(&rec);
         Ok(rec)
     }
 
@@ -1258,9 +1520,7 @@ impl Runtime {
     }
 
     async fn rows(&self, id: &str) -> Result<Vec<(u32, TaskRow)>> {
-        let store = self.inner.store.clone();
-        let id = id.to_owned();
-        blocking(move || store.tasks(&id)).await
+        self.inner.rows(id).await
     }
 
     /// Records matching `filter`, ordered by depth, then order among siblings, then
@@ -1283,30 +1543,71 @@ impl Runtime {
     /// # Ok(()) }
     /// ```
     pub async fn list(&self, filter: ListFilter) -> Result<Vec<ProcessRecord>> {
-        let store = self.inner.store.clone();
-        let mut out = blocking(move || {
-            let all = store.all()?;
-            let mut out = Vec::new();
-            for r in all {
-                if filter.include_tasks && filter.root.as_ref().is_none_or(|root| &r.root == root) {
-                    for (i, row) in store.tasks(&r.id)? {
-                        let t = row.to_record(&r, i);
-                        if filter.matches(&t) {
-                            out.push(t);
+        let mut out = self
+            .inner
+            .read(move |store| {
+                let mut query = Query::new();
+                query.root.clone_from(&filter.root);
+                if !filter.include_tasks {
+                    // Task records are not in the store's index: only process records can be
+                    // narrowed by state and metadata there.
+                    query.states.clone_from(&filter.states);
+                    query.metadata.clone_from(&filter.metadata);
+                }
+                let mut out = Vec::new();
+                for r in store.list_all(&query)? {
+                    if filter.include_tasks
+                        && filter.root.as_ref().is_none_or(|root| &r.root == root)
+                    {
+                        for (i, row) in store.tasks(&r.id)? {
+                            let t = row.to_record(&r, i);
+                            if filter.matches(&t) {
+                                out.push(t);
+                            }
                         }
                     }
+                    if filter.matches(&r) {
+                        out.push(r);
+                    }
                 }
-                if filter.matches(&r) {
-                    out.push(r);
-                }
-            }
-            Ok::<_, StoreError>(out)
-        })
-        .await?;
+                Ok::<_, StoreError>(out)
+            })
+            .await?;
         out.sort_by(|a, b| {
             (a.depth, a.order, a.created_at, &a.id).cmp(&(b.depth, b.order, b.created_at, &b.id))
         });
         Ok(out)
+    }
+
+    /// One page of the process records matching `query`, ordered by creation time, then
+    /// id; pass the page's `next` to [`Query::after`] for the next one.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use procession::prelude::*;
+    /// use procession::store::Query;
+    /// #[task] fn a() {}
+    /// #[process] fn p(b: &mut Builder) { b.task(A::new()); }
+    /// # #[tokio::main] async fn main() -> procession::Result<()> {
+    /// let rt = Runtime::in_memory().start().await?;
+    /// for i in 0..5 {
+    ///     rt.run(Launch::new(P {}).id(format!("p-{i}"))).await?;
+    /// }
+    /// let first = rt.list_page(Query::new().process_type("p").limit(2)).await?;
+    /// assert_eq!(first.records.len(), 2);
+    /// let second = rt.list_page(Query::new().process_type("p").limit(2).after(first.next)).await?;
+    /// assert_eq!(second.records.len(), 2);
+    /// assert_ne!(first.records[0].id, second.records[0].id);
+    /// # Ok(()) }
+    /// ```
+    pub async fn list_page(&self, query: Query) -> Result<Page> {
+        self.inner.read(move |s| s.list(&query)).await
+    }
+
+    /// How many process records match `query`.
+    pub async fn count(&self, query: Query) -> Result<u64> {
+        self.inner.read(move |s| s.count(&query)).await
     }
 
     /// Creates an idle ad-hoc record for `process` under `id`; launch it with
@@ -1346,8 +1647,7 @@ impl Runtime {
                 None => (Update::Put(Box::new(fresh.clone())), None),
             })
             .await?;
-        self.inner.writer.flush().await?;
-        Ok(rec.expect("written above"))
+        Ok(rec)
     }
 
     /// Deletes an ad-hoc record and its task records.
@@ -1357,9 +1657,9 @@ impl Runtime {
     /// [`Error::NotFound`] (also for records that are not ad-hoc), [`Error::Active`].
     pub async fn adhoc_delete(&self, id: &str) -> Result<()> {
         let id_owned = id.to_owned();
-        let _ = self
+        let (_, refusal) = self
             .inner
-            .try_update(id, move |cur| match cur {
+            .update(id, move |cur| match cur {
                 Some(r) if r.adhoc && r.state().is_active() => (
                     Update::Keep,
                     Some(Error::Active {
@@ -1376,6 +1676,9 @@ impl Runtime {
                 ),
             })
             .await?;
+        if let Some(e) = refusal {
+            return Err(e);
+        }
         self.inner.clear_run(id).await?;
         Ok(())
     }
@@ -1433,11 +1736,10 @@ impl Runtime {
                 report.updated.push(d.id.clone());
             }
         }
-        let all = {
-            let store = self.inner.store.clone();
-            blocking(move || store.all()).await?
-        };
-        for r in all {
+        let mut query = Query::new();
+        query.definitions = true;
+        let defined = self.inner.read(move |s| s.list_all(&query)).await?;
+        for r in defined {
             if r.adhoc || r.depth != 0 || defs.iter().any(|d| d.id == r.id) {
                 continue;
             }
@@ -1457,17 +1759,26 @@ impl Runtime {
                 report.deleted.push(r.id);
             }
         }
-        self.inner.writer.flush().await?;
         Ok(report)
     }
 
     /// Resumes every run a previous process left active.
+    ///
+    /// Children are resumed before their parents, so that a parent's task that runs
+    /// again finds its children's runs live and re-attaches to them.
     async fn resume_all(&self) -> Result<()> {
-        let all = {
-            let store = self.inner.store.clone();
-            blocking(move || store.all()).await?
-        };
-        for rec in all {
+        let mut active = self
+            .inner
+            .read(|s| {
+                let mut out = Vec::new();
+                for state in State::ALL.into_iter().filter(|s| s.is_active()) {
+                    out.extend(s.list_all(&Query::new().state(state))?);
+                }
+                Ok(out)
+            })
+            .await?;
+        active.sort_by(|a, b| b.depth.cmp(&a.depth).then(a.created_at.cmp(&b.created_at)));
+        for rec in active {
             if rec.kind != RecordKind::Process || !rec.state().is_active() {
                 continue;
             }
@@ -1492,16 +1803,16 @@ impl Runtime {
                 {
                     let mut r = r.clone();
                     r.status.error.clone_from(&error);
+                    if to == State::Cancelled && r.state() == State::CancelRequested {
+                        r.set_state(State::Cancelling);
+                    }
                     r.set_state(to);
                     (Update::Put(Box::new(r)), ())
                 }
                 _ => (Update::Keep, ()),
             })
             .await?;
-        self.inner.writer.flush().await?;
-        if let Some(r) = rec {
-            self.inner.emit(&r);
-        }
+        drop(rec);
         Ok(())
     }
 
@@ -1527,11 +1838,12 @@ impl Runtime {
             tasks: 0,
             idempotency_key: None,
             max_concurrency: None,
+            resumes: 0,
         });
         // The stored rows are read while the graph is rebuilt (both take a while for a
         // large run).
         let rows = {
-            let store = self.inner.store.clone();
+            let store = self.inner.store()?;
             let id = id.clone();
             tokio::task::spawn_blocking(move || store.tasks(&id))
         };
@@ -1553,15 +1865,23 @@ impl Runtime {
             return self.settle(&id, token, State::Failed, Some(msg)).await;
         }
         let rows = store_call(rows).await?;
+        // Attempt numbers of this resumption start above every number an earlier one
+        // could have used (its starts may not have reached the disk): a task never sees
+        // the same attempt number twice, so it can fence side effects with it.
+        let resumes = meta.resumes.saturating_add(1);
         let mut resume = Resume {
             done: Vec::new(),
-            attempts: vec![0; graph.len()],
+            attempts: graph
+                .nodes
+                .iter()
+                .map(|n| resumes.saturating_mul(n.meta.policy.max_attempts.max(1)))
+                .collect(),
         };
         for (i, row) in &rows {
             if let Some(a) = resume.attempts.get_mut(*i as usize) {
-                *a = row.attempts;
+                *a = (*a).max(row.attempts);
             }
-            if row.state == State::Done {
+            if row.state == State::Done && (*i as usize) < graph.len() {
                 // A result that is not valid JSON (a damaged store) is not trusted: the
                 // task runs again.
                 if let Some(json) = row
@@ -1580,25 +1900,39 @@ impl Runtime {
         }
         let mut hooks: Vec<Arc<dyn Hooks>> = reg.hooks.clone().into_iter().collect();
         hooks.extend(self.inner.hooks.iter().cloned());
-        // scheduled or running: (re)start from scheduled so the driver's CAS applies.
-        let (rec, ()) = self
+        // scheduled or running: (re)start from scheduled so the driver's CAS applies; the
+        // run is claimed again (a new lease token fences out anything older).
+        let (id2, worker) = (id.clone(), self.inner.worker.clone());
+        let resumed = self
             .inner
-            .update(&id, move |cur| match cur {
-                Some(r) if r.state().is_active() => {
-                    let mut r = r.clone();
-                    r.status.state = State::Scheduled;
-                    r.push_log(crate::ctx::Level::Info, "Resumed after restart".into());
-                    (Update::Put(Box::new(r)), ())
+            .write(move |store| {
+                let rec = store.update(&id2, &mut |cur| match cur {
+                    Some(r) if r.state().is_active() => {
+                        let mut r = r.clone();
+                        r.status.state = State::Scheduled;
+                        if let Some(m) = &mut r.run {
+                            m.resumes = resumes;
+                        }
+                        r.push_log(crate::ctx::Level::Info, "Resumed after restart".into());
+                        Update::Put(Box::new(r))
+                    }
+                    _ => Update::Keep,
+                })?;
+                match rec.filter(|r| r.state() == State::Scheduled) {
+                    Some(rec) => {
+                        let lease = store.claim(&id2, &worker, LEASE_TTL_MS)?;
+                        Ok((Some((rec, lease.token)), Vec::new()))
+                    }
+                    None => Ok((None, Vec::new())),
                 }
-                _ => (Update::Keep, ()),
             })
             .await?;
-        let Some(rec) = rec.filter(|r| r.state() == State::Scheduled) else {
+        let Some((rec, lease)) = resumed else {
             return Ok(());
         };
         tracing::info!(run = %id, finished = resume.done.len(), tasks = graph.len(), "resuming run");
         let token = rec.run.as_ref().map_or(0, |m| m.token);
-        drop(self.spawn_run(rec, graph, hooks, Some(resume), token));
+        drop(self.spawn_run(rec, graph, hooks, Some(resume), token, lease));
         Ok(())
     }
 
@@ -1618,34 +1952,90 @@ impl Runtime {
         self.attach(id).await?.wait().await
     }
 
-    /// Stops accepting work, cancels every active run, waits up to the cancel grace
-    /// period (plus a margin) for them to end, and flushes the store.
+    /// Stops the runtime without losing work: [`Shutdown::Suspend`], what a SIGTERM
+    /// handler should call on a deploy.
+    ///
+    /// The scheduler and launches stop, no task starts any more, running tasks have the
+    /// cancel grace period to end (their ends are recorded), and no cancel is recorded:
+    /// the next start on the same store resumes the runs as after a crash. Every pending
+    /// write is then flushed and the store is closed, so the same directory can be opened
+    /// again at once.
     ///
     /// # Errors
     ///
     /// [`Error::Store`] when the final flush fails.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use procession::prelude::*;
+    /// #[task] fn a() {}
+    /// #[process] fn p(b: &mut Builder) { b.task(A::new()); }
+    /// # #[tokio::main] async fn main() -> procession::Result<()> {
+    /// let dir = std::env::temp_dir().join(format!("procession-doc-sd-{}", std::process::id()));
+    /// let rt = Runtime::open(&dir).register::<P>().start().await?;
+    /// rt.run(P {}).await?;
+    /// rt.shutdown().await?;
+    /// // Closed: the directory opens again at once.
+    /// let rt = Runtime::open(&dir).register::<P>().start().await?;
+    /// # rt.shutdown().await?; let _ = std::fs::remove_dir_all(&dir);
+    /// # Ok(()) }
+    /// ```
     pub async fn shutdown(&self) -> Result<()> {
+        self.shutdown_with(Shutdown::Suspend).await
+    }
+
+    /// Stops the runtime the way `how` says; see [`Shutdown`].
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Store`] when the final flush fails.
+    pub async fn shutdown_with(&self, how: Shutdown) -> Result<()> {
         self.inner.shutting_down.store(true, Ordering::Release);
-        let runs: Vec<ActiveParts> = self
-            .inner
-            .active()
-            .iter()
-            .map(|(id, a)| (id.clone(), a.cancel.clone(), a.done.clone()))
-            .collect();
-        for (id, _, _) in &runs {
-            let _ = self.cancel(id).await;
-        }
-        for (_, c, _) in &runs {
-            c.cancel();
-        }
-        let deadline = tokio::time::Instant::now() + self.inner.grace + Duration::from_secs(1);
-        for (_, _, mut done) in runs {
-            let _ = tokio::time::timeout_at(deadline, done.wait_for(Option::is_some)).await;
-        }
         self.inner.scheduler_wake.notify_one();
-        self.inner.writer.flush().await?;
-        self.inner.writer.stop();
-        Ok(())
+        let grace = self.inner.grace;
+        match how {
+            Shutdown::Suspend => {}
+            Shutdown::Drain(within) => {
+                self.until_idle(tokio::time::Instant::now() + within).await;
+            }
+            Shutdown::Cancel => {
+                let runs: Vec<String> = self.inner.active().keys().cloned().collect();
+                for id in &runs {
+                    let _ = self.cancel(id).await;
+                }
+                self.until_idle(tokio::time::Instant::now() + grace + Duration::from_secs(1))
+                    .await;
+            }
+        }
+        // What is left is suspended: it resumes at the next start.
+        self.inner.halt.cancel();
+        self.until_idle(tokio::time::Instant::now() + grace + Duration::from_secs(1))
+            .await;
+        let store = self
+            .inner
+            .store
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        let closed = self.inner.writer.close().await;
+        if let Some(store) = store {
+            // Reads still under way hold the store a moment; then it is closed here, so
+            // that the return of this call means the files are released.
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+            while Arc::strong_count(&store) > 1 && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            let _ = tokio::task::spawn_blocking(move || drop(store)).await;
+        }
+        Ok(closed?)
+    }
+
+    /// Waits until no run is active here, or `deadline`.
+    async fn until_idle(&self, deadline: tokio::time::Instant) {
+        while !self.inner.active().is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
     }
 
     /// Starts running a graph assembled by name (or an already built [`Graph`]). Such
@@ -1664,19 +2054,22 @@ impl Runtime {
             permits: self.inner.permits.clone(),
             hooks: self.inner.hooks.clone(),
             cancel: cancel.clone(),
+            halt: self.inner.halt.clone(),
             grace: self.inner.grace,
             journal: None,
             resume: None,
             spawner: None,
         };
         tokio::spawn(async move {
-            let report = execute(graph, cfg).await;
-            let _ = tx.send(Some(Arc::new(report)));
+            if let Some(report) = execute(graph, cfg).await {
+                let _ = tx.send(Some(Arc::new(report)));
+            }
         });
         Ok(RunHandle {
             id,
             cancel,
             done: rx,
+            runtime: None,
         })
     }
 
@@ -1772,9 +2165,8 @@ impl Runtime {
                 ),
             })
             .await?;
-        self.inner.writer.flush().await?;
         self.inner.scheduler_wake.notify_one();
-        Ok(rec.expect("written above"))
+        Ok(rec)
     }
 }
 
@@ -1812,8 +2204,9 @@ async fn scheduler(inner: std::sync::Weak<Inner>) {
 
 /// Fires what is due; returns when to look again.
 async fn scheduler_pass(rt: &Runtime) -> Result<Option<std::time::SystemTime>> {
-    let store = rt.inner.store.clone();
-    let recs = blocking(move || store.all()).await?;
+    let mut query = Query::new();
+    query.scheduled = true;
+    let recs = rt.inner.read(move |s| s.list_all(&query)).await?;
     let now = rt.inner.clock.now();
     let mut earliest: Option<std::time::SystemTime> = None;
     for r in recs {
@@ -1828,23 +2221,36 @@ async fn scheduler_pass(rt: &Runtime) -> Result<Option<std::time::SystemTime>> {
             |ms| std::time::UNIX_EPOCH + Duration::from_millis(ms),
         );
         let p = plan(&s, last, now, rt.inner.clock.wall0);
-        if p.fire {
-            if r.state().is_active() {
-                tracing::info!(id = %r.id, "schedule fired while the process is still active: not launched again");
-            } else {
-                match rt.launch_id(&r.id).await {
-                    Ok(h) => tracing::info!(id = %h.id(), "launched by its schedule"),
-                    Err(e) => tracing::warn!(id = %r.id, error = %e, "scheduled launch failed"),
+        if p.fire && r.state().is_active() {
+            tracing::info!(id = %r.id, "schedule fired while the process is still active: not launched again");
+        }
+        let mut failure = None;
+        if p.fire && !r.state().is_active() {
+            let launched = rt.launch_id(&r.id).await;
+            match &launched {
+                Ok(h) => tracing::info!(id = %h.id(), "launched by its schedule"),
+                Err(e) => tracing::warn!(id = %r.id, error = %e, "scheduled launch failed"),
+            }
+            if let Err(e) = launched {
+                if !matches!(e, Error::ShuttingDown) {
+                    failure = Some(format!("scheduled launch failed: {e}"));
                 }
             }
         }
-        if let Some(mark) = p.mark {
-            let mark = crate::record::now_ms_at(mark);
+        if p.mark.is_some() || failure.is_some() {
+            // The fire is marked, and a failed fire is written on the record's log: a
+            // schedule never fails silently.
+            let mark = p.mark.map(crate::record::now_ms_at);
             rt.inner
                 .update(&r.id, move |cur| match cur {
                     Some(c) => {
                         let mut c = c.clone();
-                        c.last_fire = Some(mark);
+                        if let Some(m) = mark {
+                            c.last_fire = Some(m);
+                        }
+                        if let Some(msg) = &failure {
+                            c.push_log(crate::ctx::Level::Error, msg.clone());
+                        }
                         (Update::Put(Box::new(c)), ())
                     }
                     None => (Update::Keep, ()),
@@ -1903,38 +2309,19 @@ impl Runtime {
                 id: parent.to_owned(),
             })?;
         if let Some(existing) = self.inner.get(&req.id).await? {
-            // The task runs again (retry or restart): reuse what its children did.
-            if existing.state().is_active() {
-                if let Some(a) = self.inner.active().get(&req.id) {
-                    return Ok(crate::children::ChildRun {
-                        id: req.id.clone(),
-                        cancel: a.cancel.clone(),
-                        done: a.done.clone(),
-                    });
-                }
-            } else if existing.state() == State::Done {
-                let report = self.report(&req.id).await?;
-                let (_tx, rx) = watch::channel(Some(Arc::new(report)));
+            // The task runs again (retry or restart): reuse what its children did. An
+            // active child is re-attached whether or not its run was resumed yet; a
+            // finished one gives its report.
+            if existing.state().is_active() || existing.state() == State::Done {
+                let handle = self.attach(&req.id).await?;
                 return Ok(crate::children::ChildRun {
-                    id: req.id.clone(),
-                    cancel: CancellationToken::new(),
-                    done: rx,
+                    id: handle.id,
+                    cancel: handle.cancel,
+                    done: handle.done,
                 });
             }
         }
-        let siblings = {
-            let store = self.inner.store.clone();
-            let parent = parent.to_owned();
-            let child = req.id.clone();
-            blocking(move || {
-                store.all().map(|all| {
-                    all.iter()
-                        .filter(|r| r.parent.as_deref() == Some(parent.as_str()) && r.id != child)
-                        .count()
-                })
-            })
-            .await?
-        };
+        let siblings = self.next_sibling(parent).await?;
         let mut fresh = ProcessRecord::new_root(
             &req.id,
             req.process_type,
@@ -1944,8 +2331,8 @@ impl Runtime {
         );
         fresh.parent = Some(parent.to_owned());
         fresh.root.clone_from(&parent_rec.root);
-        fresh.depth = parent_rec.depth + 1;
-        fresh.order = siblings as u32;
+        fresh.depth = parent_rec.depth.saturating_add(1);
+        fresh.order = siblings;
         fresh.metadata.clone_from(&parent_rec.metadata);
         fresh.adhoc = true;
         let meta = RunMeta {
@@ -1955,6 +2342,7 @@ impl Runtime {
             tasks: req.graph.len() as u32,
             idempotency_key: None,
             max_concurrency: None,
+            resumes: 0,
         };
         let mut hooks = req.hooks;
         hooks.extend(self.inner.hooks.iter().cloned());
@@ -1976,19 +2364,51 @@ impl Runtime {
         })
     }
 
+    /// The order of the next child of `parent`: counted in memory, from the store's
+    /// count of its children the first time (one query per parent, not per child).
+    async fn next_sibling(&self, parent: &str) -> Result<u32> {
+        let known = self
+            .inner
+            .siblings
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(parent)
+            .copied();
+        let n = match known {
+            Some(n) => n,
+            None => {
+                let p = parent.to_owned();
+                let n = self
+                    .inner
+                    .read(move |s| s.count(&Query::new().parent(p)))
+                    .await?;
+                u32::try_from(n).unwrap_or(u32::MAX)
+            }
+        };
+        let mut g = self
+            .inner
+            .siblings
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let slot = g.entry(parent.to_owned()).or_insert(n);
+        let order = *slot;
+        *slot = slot.saturating_add(1);
+        Ok(order)
+    }
+
     /// Deletes the records below root `id` (the children of its runs), with their tasks.
     async fn delete_descendants(&self, id: &str) -> Result<()> {
-        let store = self.inner.store.clone();
         let root = id.to_owned();
-        let ids: Vec<String> = blocking(move || {
-            store.all().map(|all| {
-                all.into_iter()
-                    .filter(|r| r.root == root && r.depth > 0)
+        let ids: Vec<String> = self
+            .inner
+            .read(move |s| {
+                Ok(s.list_all(&Query::new().root(root.clone()))?
+                    .into_iter()
+                    .filter(|r| r.id != root)
                     .map(|r| r.id)
-                    .collect()
+                    .collect())
             })
-        })
-        .await?;
+            .await?;
         if !ids.is_empty() {
             self.inner
                 .writer
@@ -2016,16 +2436,31 @@ pub struct ResyncReport {
     pub kept_active: Vec<String>,
 }
 
-/// Runs one graph for record `rec` and writes the outcome.
-async fn drive(
-    inner: Arc<Inner>,
+/// One run handed to [`drive`].
+struct Run {
     rec: ProcessRecord,
     graph: Graph,
     hooks: Vec<Arc<dyn Hooks>>,
     resume: Option<Resume>,
+    /// Distinguishes this run of the record from earlier and later ones.
     token: u64,
+    /// The lease token every task row of this run carries (fencing).
+    lease: u64,
     cancel: CancellationToken,
-) -> RunReport {
+}
+
+/// Runs one graph for record `rec` and writes the outcome; `None` when the runtime
+/// suspended the run (nothing is recorded then: the next start resumes it).
+async fn drive(inner: Arc<Inner>, run: Run) -> Option<RunReport> {
+    let Run {
+        rec,
+        graph,
+        hooks,
+        resume,
+        token,
+        lease,
+        cancel,
+    } = run;
     let id = rec.id.clone();
     let run_meta = rec.run.clone();
     // scheduled -> running, unless a cancel got there first.
@@ -2042,10 +2477,7 @@ async fn drive(
         })
         .await;
     let running = match started {
-        Ok((Some(r), true)) => {
-            inner.emit(&r);
-            true
-        }
+        Ok((Some(_), true)) => true,
         Ok(_) => false,
         Err(e) => {
             tracing::error!(run = %id, error = %e, "cannot start run");
@@ -2077,6 +2509,7 @@ async fn drive(
             progress: crate::record::Progress::default(),
             log: Vec::new(),
             result: None,
+            lease,
         })
         .collect();
     let journal = if running && inner.task_records {
@@ -2089,29 +2522,31 @@ async fn drive(
     } else {
         None
     };
-    // The executor acknowledges a cancel: cancel_requested -> cancelling.
+    // The executor acknowledges a cancel: cancel_requested -> cancelling. A cancel that
+    // came through the run's token alone (a parent cancelling its child, a user's token)
+    // is recorded as requested first, so the record follows the state table.
     let ack = {
         let inner = inner.clone();
         let cancel = cancel.clone();
         let id = id.clone();
         tokio::spawn(async move {
             cancel.cancelled().await;
-            if let Ok((Some(r), true)) = inner
+            let _ = inner
                 .update(&id, move |cur| match cur {
                     Some(r)
-                        if r.state() == State::CancelRequested
+                        if matches!(r.state(), State::CancelRequested | State::Running)
                             && r.run.as_ref().map(|m| m.token) == Some(token) =>
                     {
                         let mut r = r.clone();
+                        if r.state() == State::Running {
+                            r.set_state(State::CancelRequested);
+                        }
                         r.set_state(State::Cancelling);
-                        (Update::Put(Box::new(r)), true)
+                        (Update::Put(Box::new(r)), ())
                     }
-                    _ => (Update::Keep, false),
+                    _ => (Update::Keep, ()),
                 })
-                .await
-            {
-                inner.emit(&r);
-            }
+                .await;
         })
     };
     let cfg = RunConfig {
@@ -2123,6 +2558,7 @@ async fn drive(
         permits: inner.permits.clone(),
         hooks,
         cancel: cancel.clone(),
+        halt: inner.halt.clone(),
         grace: inner.grace,
         journal: journal.clone(),
         resume,
@@ -2137,9 +2573,17 @@ async fn drive(
             tracing::error!(run = %id, error = %e, "cannot record the run's tasks");
         }
     }
-    ack.abort();
+    // Wait for the acknowledgement of a cancel, so that it is written before the end.
+    if cancel.is_cancelled() {
+        let _ = ack.await;
+    } else {
+        ack.abort();
+    }
+    let Some(mut report) = report else {
+        return None; // suspended: the record stays active and is resumed at the next start
+    };
     if !running {
-        return report;
+        return Some(report);
     }
     let end = match report.status {
         RunStatus::Succeeded => State::Done,
@@ -2147,47 +2591,77 @@ async fn drive(
         RunStatus::Cancelled => State::Cancelled,
     };
     let error = (end == State::Failed).then(|| run_error(&report));
+    let id2 = id.clone();
+    // The end is one write: the record's state (a cancel that came first wins: the run
+    // ends cancelled, whatever its tasks did) and, for an ephemeral record, its deletion
+    // with its children and task rows.
     let ended = inner
-        .update(&id, move |cur| match cur {
-            Some(r) if r.state().is_active() && r.run.as_ref().map(|m| m.token) == Some(token) => {
-                if r.ephemeral {
-                    return (Update::Delete, true);
+        .write(move |store| {
+            let mut final_state = None;
+            let mut delete = false;
+            let rec = store.update(&id2, &mut |cur| match cur {
+                Some(r)
+                    if r.state().is_active() && r.run.as_ref().map(|m| m.token) == Some(token) =>
+                {
+                    let mut r = r.clone();
+                    // A cancel that came before the end wins over a success (the table
+                    // has no cancel_requested -> done); a task that ignored it past the
+                    // grace period still fails the run.
+                    let cancel_won = end == State::Done
+                        && matches!(r.state(), State::CancelRequested | State::Cancelling);
+                    let end = if cancel_won { State::Cancelled } else { end };
+                    final_state = Some(end);
+                    if r.ephemeral {
+                        delete = true;
+                        return Update::Delete;
+                    }
+                    if r.state() == State::CancelRequested {
+                        r.set_state(State::Cancelling);
+                    }
+                    r.status.error = if end == State::Failed {
+                        error.clone()
+                    } else {
+                        None
+                    };
+                    r.set_state(end);
+                    if end == State::Done {
+                        r.progress.percent = Some(100.0);
+                    }
+                    Update::Put(Box::new(r))
                 }
-                let mut r = r.clone();
-                if end == State::Cancelled && r.state() == State::CancelRequested {
-                    r.set_state(State::Cancelling);
+                _ => Update::Keep,
+            })?;
+            let mut events = Vec::new();
+            if delete {
+                let mut doomed: Vec<String> = store
+                    .list_all(&Query::new().root(id2.clone()))?
+                    .into_iter()
+                    .map(|r| r.id)
+                    .filter(|c| c != &id2)
+                    .collect();
+                doomed.push(id2.clone());
+                store.apply(Batch {
+                    delete_processes: doomed,
+                    ..Batch::default()
+                })?;
+            } else if let Some(r) = &rec {
+                if final_state.is_some() {
+                    events.push(state_event(r));
                 }
-                r.status.error.clone_from(&error);
-                r.set_state(end);
-                if end == State::Done {
-                    r.progress.percent = Some(100.0);
-                }
-                (Update::Put(Box::new(r)), false)
             }
-            _ => (Update::Keep, false),
+            Ok((final_state, events))
         })
         .await;
     match ended {
-        Ok((rec, deleted)) => {
-            let batch = Batch {
-                delete_processes: if deleted {
-                    vec![id.clone()]
-                } else {
-                    Vec::new()
-                },
-                ..Batch::default()
-            };
-            if let Err(e) = inner.writer.write(batch).await {
-                tracing::error!(run = %id, error = %e, "cannot record the run's end");
-            }
-            if let Some(r) = rec {
-                inner.emit(&r);
-            }
+        Ok(Some(State::Cancelled)) if report.status != RunStatus::Cancelled => {
+            // The cancel won the race with the end: the live report says what the store says.
+            report.status = RunStatus::Cancelled;
         }
+        Ok(_) => {}
         Err(e) => tracing::error!(run = %id, error = %e, "cannot record the run's end"),
     }
     drop(journal);
-    report
+    Some(report)
 }
 
 /// The message stored on a failed run's record.

@@ -1,13 +1,23 @@
 //! The store in memory.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use super::{Batch, Store, StoreError, TaskRow, Update};
-use crate::record::ProcessRecord;
+use super::{index, Applied, Batch, Lease, Page, Query, Store, StoreError, TaskRow, Update};
+use crate::record::{now_ms, ProcessRecord};
 
-/// A store in memory: nothing survives the process. Used by [`Runtime::in_memory`](crate::Runtime::in_memory).
+/// A store in memory: nothing survives the process. Used by
+/// [`Runtime::in_memory`](crate::Runtime::in_memory).
+///
+/// # Examples
+///
+/// ```
+/// use procession::store::{MemoryStore, Store};
+/// let store = MemoryStore::new();
+/// assert_eq!(store.next_id().unwrap(), 1);
+/// ```
 #[derive(Debug, Default)]
 pub struct MemoryStore {
     inner: Mutex<MemInner>,
@@ -17,9 +27,39 @@ pub struct MemoryStore {
 #[derive(Debug, Default)]
 struct MemInner {
     processes: BTreeMap<String, ProcessRecord>,
+    index: BTreeSet<Vec<u8>>,
     /// Task rows per run, by node index.
     runs: HashMap<Arc<str>, Vec<Option<TaskRow>>>,
     keys: BTreeMap<String, String>,
+    leases: HashMap<String, Lease>,
+}
+
+impl MemInner {
+    fn put(&mut self, r: ProcessRecord) {
+        if let Some(old) = self.processes.get(&r.id) {
+            for k in index::keys(old) {
+                self.index.remove(&k);
+            }
+        }
+        self.index.extend(index::keys(&r));
+        self.processes.insert(r.id.clone(), r);
+    }
+
+    fn delete(&mut self, id: &str) {
+        if let Some(old) = self.processes.remove(id) {
+            for k in index::keys(&old) {
+                self.index.remove(&k);
+            }
+        }
+    }
+
+    fn scan(&self, from: Bound<Vec<u8>>) -> index::Keys<'_> {
+        Box::new(
+            self.index
+                .range((from, Bound::Unbounded))
+                .map(|k| Ok(k.clone())),
+        )
+    }
 }
 
 impl MemoryStore {
@@ -44,8 +84,22 @@ impl Store for MemoryStore {
         Ok(self.lock().processes.get(id).cloned())
     }
 
-    fn all(&self) -> Result<Vec<ProcessRecord>, StoreError> {
-        Ok(self.lock().processes.values().cloned().collect())
+    fn list(&self, query: &Query) -> Result<Page, StoreError> {
+        let g = self.lock();
+        index::list(
+            query,
+            |from| g.scan(from),
+            |id| Ok(g.processes.get(id).cloned()),
+        )
+    }
+
+    fn count(&self, query: &Query) -> Result<u64, StoreError> {
+        let g = self.lock();
+        index::count(
+            query,
+            |from| g.scan(from),
+            |id| Ok(g.processes.get(id).cloned()),
+        )
     }
 
     fn update(
@@ -58,11 +112,11 @@ impl Store for MemoryStore {
         match f(current.as_ref()) {
             Update::Keep => Ok(current),
             Update::Delete => {
-                g.processes.remove(id);
+                g.delete(id);
                 Ok(None)
             }
             Update::Put(r) => {
-                g.processes.insert(id.to_owned(), (*r).clone());
+                g.put((*r).clone());
                 Ok(Some(*r))
             }
         }
@@ -77,19 +131,25 @@ impl Store for MemoryStore {
         }))
     }
 
-    fn apply(&self, batch: Batch) -> Result<(), StoreError> {
+    fn apply(&self, batch: Batch) -> Result<Applied, StoreError> {
         let mut g = self.lock();
+        let mut applied = Applied::default();
         for id in batch.clear_runs.iter().chain(&batch.delete_processes) {
             g.runs.remove(id.as_str());
         }
         for id in &batch.delete_processes {
-            g.processes.remove(id);
+            g.delete(id);
         }
         // A batch holds long stretches of one run's rows: one map lookup per stretch.
         let mut tasks = batch.tasks.into_iter().peekable();
         while let Some((id, order, row)) = tasks.next() {
+            let current = g.leases.get(&*id).map_or(0, |l| l.token);
             let rows = g.runs.entry(id.clone()).or_default();
             let mut put = |order: u32, row: TaskRow| {
+                if row.lease != 0 && row.lease < current {
+                    applied.fenced += 1;
+                    return;
+                }
                 let i = order as usize;
                 if rows.len() <= i {
                     rows.resize(i + 1, None);
@@ -102,9 +162,9 @@ impl Store for MemoryStore {
             }
         }
         for r in batch.processes {
-            g.processes.insert(r.id.clone(), r);
+            g.put(r);
         }
-        Ok(())
+        Ok(applied)
     }
 
     fn flush(&self) -> Result<(), StoreError> {
@@ -126,5 +186,40 @@ impl Store for MemoryStore {
             .entry(key.to_owned())
             .or_insert_with(|| id.to_owned())
             .clone())
+    }
+
+    fn claim(&self, run: &str, owner: &str, ttl_ms: u64) -> Result<Lease, StoreError> {
+        let mut g = self.lock();
+        let token = g.leases.get(run).map_or(0, |l| l.token).saturating_add(1);
+        let lease = Lease {
+            run: run.to_owned(),
+            owner: owner.to_owned(),
+            token,
+            expires_at: now_ms().saturating_add(ttl_ms),
+        };
+        g.leases.insert(run.to_owned(), lease.clone());
+        Ok(lease)
+    }
+
+    fn renew(&self, lease: &Lease, ttl_ms: u64) -> Result<bool, StoreError> {
+        let mut g = self.lock();
+        match g.leases.get_mut(&lease.run) {
+            Some(l) if l.token == lease.token => {
+                l.expires_at = now_ms().saturating_add(ttl_ms);
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    fn release(&self, lease: &Lease) -> Result<(), StoreError> {
+        let mut g = self.lock();
+        if let Some(l) = g.leases.get_mut(&lease.run) {
+            if l.token == lease.token {
+                // The token stays (tokens only grow); the lease just expires now.
+                l.expires_at = 0;
+            }
+        }
+        Ok(())
     }
 }

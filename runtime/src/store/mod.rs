@@ -1,14 +1,16 @@
-//! Storage of process records, task records and task results.
+//! Storage of process records and task rows: the [`Store`] interface and its two
+//! implementations, [`SledStore`] (embedded, the default) and [`MemoryStore`].
 //!
-//! The executor and the runtime talk to storage only through the [`Store`] trait, so a
-//! server-backed store (`PostgreSQL`, for several machines sharing work) can be added
-//! without touching them. Two implementations ship: [`SledStore`] (embedded, the default)
-//! and [`MemoryStore`].
+//! The runtime reaches data only through [`Store`]: reads from tokio's blocking pool,
+//! every write through one writer thread (one order, group commit). A server-backed
+//! store (`PostgreSQL`, for several workers sharing runs) implements the same trait; its
+//! documentation is the whole contract.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 mod codec;
+mod index;
 mod memory;
 mod sled;
 
@@ -17,25 +19,33 @@ pub use self::sled::SledStore;
 
 use crate::record::{LogEntry, ProcessRecord, Progress, RecordKind, State, Status, SCHEMA_VERSION};
 
+/// The cause of a [`StoreError`]: the underlying library's error, kept whole.
+pub type Source = Arc<dyn std::error::Error + Send + Sync + 'static>;
+
 /// Error returned by a [`Store`].
-#[derive(Debug, thiserror::Error)]
+///
+/// Cheap to clone (causes are shared), so one failed group write can be reported to every
+/// caller waiting on it.
+#[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
     /// The store could not be opened.
-    #[error("cannot open the store at `{path}`: {message}")]
+    #[error("cannot open the store at `{path}`")]
     Open {
         /// The store's location.
         path: String,
         /// What went wrong.
-        message: String,
+        #[source]
+        source: Source,
     },
     /// A read or write failed.
-    #[error("store `{path}`: {message}")]
+    #[error("store `{path}`: a read or write failed")]
     Io {
         /// The store's location.
         path: String,
         /// What went wrong.
-        message: String,
+        #[source]
+        source: Source,
     },
     /// A stored value does not decode: the file is damaged or was written by other software.
     #[error("store `{path}` holds a damaged record `{key}`: {message}")]
@@ -57,6 +67,43 @@ pub enum StoreError {
         /// Newest version this build reads.
         supported: u32,
     },
+    /// Another worker holds an unexpired lease on the run.
+    #[error("run `{run}` is leased by `{owner}` until {expires_at} ms")]
+    Leased {
+        /// The run.
+        run: String,
+        /// The current holder.
+        owner: String,
+        /// When its lease expires (ms since the Unix epoch).
+        expires_at: u64,
+    },
+    /// The store was closed (the runtime shut down).
+    #[error("the store is closed: the runtime has shut down")]
+    Closed,
+}
+
+impl StoreError {
+    /// An [`StoreError::Io`] at `path` caused by `source` (an error or a message).
+    pub fn io(
+        path: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> StoreError {
+        StoreError::Io {
+            path: path.into(),
+            source: Arc::from(source.into()),
+        }
+    }
+
+    /// An [`StoreError::Open`] at `path` caused by `source` (an error or a message).
+    pub fn open(
+        path: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> StoreError {
+        StoreError::Open {
+            path: path.into(),
+            source: Arc::from(source.into()),
+        }
+    }
 }
 
 /// The compact record of one task of a run, as stored.
@@ -96,6 +143,10 @@ pub struct TaskRow {
     /// end, so a finished task costs one write.
     #[serde(default)]
     pub result: Option<Arc<str>>,
+    /// The lease token of the run when this row was written (see [`Lease`]); 0 for a row
+    /// written without a lease, which is never fenced.
+    #[serde(default)]
+    pub lease: u64,
 }
 
 impl TaskRow {
@@ -190,18 +241,255 @@ pub enum Update {
     Keep,
 }
 
-/// Storage of records, task rows and results.
+/// What a [`Store::apply`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Applied {
+    /// Task rows dropped because they carried a stale lease token (see [`Lease`]).
+    pub fenced: u64,
+}
+
+/// A run claimed by one worker: while the lease holds, only writes that carry its
+/// `token` change the run's task rows.
 ///
-/// Implementations must make [`Store::update`] atomic (compare-and-swap) and
-/// [`Store::apply`] all-or-nothing, and must keep writes in order: once a write is
-/// durable, every earlier write is too.
+/// Tokens of one run only grow: every [`Store::claim`] returns a token greater than any
+/// returned before for that run, so a worker that lost its lease (it paused, its lease
+/// expired and another worker claimed the run) can no longer write: its rows carry a
+/// smaller token and [`Store::apply`] drops them ([`Applied::fenced`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Lease {
+    /// The run (process record id).
+    pub run: String,
+    /// Who holds it (a worker id chosen by the runtime at start).
+    pub owner: String,
+    /// The fencing token: written into every task row of the run
+    /// ([`TaskRow::lease`]).
+    pub token: u64,
+    /// When it expires, in ms since the Unix epoch on the store's clock.
+    pub expires_at: u64,
+}
+
+/// A position in a listing: records strictly after it come next (keyset pagination).
+///
+/// Listings are ordered by creation time, then id; a cursor is stable under concurrent
+/// inserts (a page never repeats or skips a record that existed when the listing began).
+#[derive(
+    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+pub struct Cursor {
+    /// The creation time of the last record seen.
+    pub created_at: u64,
+    /// Its id.
+    pub id: String,
+}
+
+impl Cursor {
+    /// The cursor just after `record`.
+    pub fn after(record: &ProcessRecord) -> Cursor {
+        Cursor {
+            created_at: record.created_at,
+            id: record.id.clone(),
+        }
+    }
+}
+
+/// Which process records to list, and which page.
+///
+/// Every condition set must hold. Results come ordered by creation time, then id.
+///
+/// # Examples
+///
+/// ```
+/// use procession::store::{MemoryStore, Query, Store};
+/// use procession::State;
+/// let store = MemoryStore::new();
+/// let page = store.list(&Query::new().state(State::Running).limit(50)).unwrap();
+/// assert!(page.records.is_empty() && page.next.is_none());
+/// ```
+#[derive(Debug, Clone, Default, PartialEq)]
+#[non_exhaustive]
+pub struct Query {
+    /// Only records in one of these states (any when empty).
+    pub states: Vec<State>,
+    /// Only records of this process type.
+    pub process_type: Option<String>,
+    /// Only the tree under this root (the root included).
+    pub root: Option<String>,
+    /// Only the children of this record.
+    pub parent: Option<String>,
+    /// Only records whose metadata has all these pairs.
+    pub metadata: BTreeMap<String, serde_json::Value>,
+    /// Only records defined in code (not ad-hoc), at the top of their tree, when true.
+    pub definitions: bool,
+    /// Only records that have a schedule, when true.
+    pub scheduled: bool,
+    /// Only records created at or after this time (ms since the Unix epoch).
+    pub created_from: Option<u64>,
+    /// Only records created before this time (ms since the Unix epoch).
+    pub created_until: Option<u64>,
+    /// Start after this position.
+    pub after: Option<Cursor>,
+    /// At most this many records (all when `None`).
+    pub limit: Option<usize>,
+}
+
+impl Query {
+    /// Every record.
+    pub fn new() -> Query {
+        Query::default()
+    }
+
+    /// Adds a state to match.
+    #[must_use]
+    pub fn state(mut self, state: State) -> Query {
+        self.states.push(state);
+        self
+    }
+
+    /// Only records of process type `name`.
+    #[must_use]
+    pub fn process_type(mut self, name: impl Into<String>) -> Query {
+        self.process_type = Some(name.into());
+        self
+    }
+
+    /// Only the tree under `root` (the root included).
+    #[must_use]
+    pub fn root(mut self, root: impl Into<String>) -> Query {
+        self.root = Some(root.into());
+        self
+    }
+
+    /// Only the children of `parent`.
+    #[must_use]
+    pub fn parent(mut self, parent: impl Into<String>) -> Query {
+        self.parent = Some(parent.into());
+        self
+    }
+
+    /// Adds a metadata pair to match.
+    #[must_use]
+    pub fn metadata(
+        mut self,
+        key: impl Into<String>,
+        value: impl Into<serde_json::Value>,
+    ) -> Query {
+        self.metadata.insert(key.into(), value.into());
+        self
+    }
+
+    /// Only records created in `[from, until)` (ms since the Unix epoch).
+    #[must_use]
+    pub fn created(mut self, from: Option<u64>, until: Option<u64>) -> Query {
+        self.created_from = from;
+        self.created_until = until;
+        self
+    }
+
+    /// Start after `cursor` (the `next` of the previous [`Page`]).
+    #[must_use]
+    pub fn after(mut self, cursor: Option<Cursor>) -> Query {
+        self.after = cursor;
+        self
+    }
+
+    /// At most `n` records.
+    #[must_use]
+    pub fn limit(mut self, n: usize) -> Query {
+        self.limit = Some(n);
+        self
+    }
+
+    /// Whether `r` meets every condition (not the page bounds).
+    pub fn matches(&self, r: &ProcessRecord) -> bool {
+        (self.states.is_empty() || self.states.contains(&r.status.state))
+            && self
+                .process_type
+                .as_ref()
+                .is_none_or(|t| &r.process_type == t)
+            && self.root.as_ref().is_none_or(|root| &r.root == root)
+            && self
+                .parent
+                .as_ref()
+                .is_none_or(|p| r.parent.as_ref() == Some(p))
+            && self
+                .metadata
+                .iter()
+                .all(|(k, v)| r.metadata.get(k) == Some(v))
+            && (!self.definitions || (!r.adhoc && r.depth == 0))
+            && (!self.scheduled || r.schedule.is_some())
+            && self.created_from.is_none_or(|t| r.created_at >= t)
+            && self.created_until.is_none_or(|t| r.created_at < t)
+    }
+}
+
+/// One page of a listing.
+#[derive(Debug, Clone, Default, PartialEq)]
+#[non_exhaustive]
+pub struct Page {
+    /// The records, ordered by creation time, then id.
+    pub records: Vec<ProcessRecord>,
+    /// Where the next page starts; `None` on the last page.
+    pub next: Option<Cursor>,
+}
+
+/// Storage of process records and task rows: the only way the runtime reaches data.
+///
+/// This documentation is the contract; a new implementation can be written from it and
+/// checked by the conformance suite (`procession::store::conformance`, behind the
+/// `conformance` feature of the runtime crate, run against every shipped store).
+///
+/// # Calls
+///
+/// Methods block; the runtime calls reads from tokio's blocking pool and every write
+/// from one writer thread (see below), never from an async task. Implementations must
+/// be `Send + Sync`.
+///
+/// # Writes
+///
+/// - **One ordered path.** The runtime sends every write ([`update`](Store::update),
+///   [`apply`](Store::apply), [`next_id`](Store::next_id),
+///   [`claim_idempotent`](Store::claim_idempotent), [`claim`](Store::claim) and friends)
+///   through one writer, in one order, then calls [`flush`](Store::flush) once per group
+///   (group commit). It reports a write (events, `wait()`, return of the API call) only
+///   after that flush returned.
+/// - **Prefix durability.** Once a write is durable, every write made before it is too.
+///   After `flush` returns, every write made before the call survives a crash of the
+///   process.
+/// - **Atomicity.** [`update`](Store::update) is a compare-and-swap of one record; a
+///   [`Batch`] is applied all-or-nothing except that its task rows may be split across
+///   several applies by the caller (in order).
+/// - **Refusals change nothing.** An update function that returns [`Update::Keep`]
+///   writes nothing.
+/// - **Fencing.** A task row whose [`TaskRow::lease`] is non-zero and below the run's
+///   current lease token is dropped and counted in [`Applied::fenced`]; it never
+///   overwrites a newer row.
+///
+/// # Reads
+///
+/// - [`get`](Store::get), [`tasks`](Store::tasks) and [`list`](Store::list) see every
+///   write that was applied before they started.
+/// - [`list`](Store::list) is a query, not a scan the caller narrows: an implementation
+///   answers filters by parent, root, state, process type, definitions and schedules
+///   from indexes, in time proportional to the page (plus the records a remaining
+///   filter skips), never to the whole store.
+/// - Values read back are untrusted by the runtime, but a store must never return a
+///   record it cannot decode: it returns [`StoreError::Corrupt`] naming the key.
+///
+/// # Leases
+///
+/// The sled and memory stores serve one process at a time (sled holds a file lock), so
+/// their [`claim`](Store::claim) always succeeds and only raises the token; a shared
+/// store (`PostgreSQL`) refuses a claim while another owner's lease is unexpired.
 pub trait Store: Send + Sync + 'static {
     /// Where the data lives, for messages.
     fn location(&self) -> String;
     /// One process record.
     fn get(&self, id: &str) -> Result<Option<ProcessRecord>, StoreError>;
-    /// Every process record.
-    fn all(&self) -> Result<Vec<ProcessRecord>, StoreError>;
+    /// One page of the records matching `query`, ordered by creation time, then id.
+    fn list(&self, query: &Query) -> Result<Page, StoreError>;
+    /// How many records match `query` (its page bounds ignored).
+    fn count(&self, query: &Query) -> Result<u64, StoreError>;
     /// Atomically replaces record `id` by what `f` decides from its current value; `f`
     /// may be called more than once and must not have side effects. Returns the record
     /// as written (or as it was, for [`Update::Keep`]).
@@ -212,8 +500,8 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Option<ProcessRecord>, StoreError>;
     /// The task rows of run `id` (with their results), by node index.
     fn tasks(&self, id: &str) -> Result<Vec<(u32, TaskRow)>, StoreError>;
-    /// Applies a batch atomically.
-    fn apply(&self, batch: Batch) -> Result<(), StoreError>;
+    /// Applies a batch atomically (see the fencing rule above).
+    fn apply(&self, batch: Batch) -> Result<Applied, StoreError>;
     /// Makes every applied write survive a crash of this process.
     fn flush(&self) -> Result<(), StoreError>;
     /// A number never returned before by this store.
@@ -222,6 +510,44 @@ pub trait Store: Send + Sync + 'static {
     fn idempotent(&self, key: &str) -> Result<Option<String>, StoreError>;
     /// Records `key` → `id` unless the key is taken; returns the id it maps to.
     fn claim_idempotent(&self, key: &str, id: &str) -> Result<String, StoreError>;
+    /// Claims run `run` for `owner` until `ttl_ms` from now, with a token greater than any
+    /// returned before for this run.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Leased`] when another owner holds an unexpired lease (never for
+    /// single-process stores).
+    fn claim(&self, run: &str, owner: &str, ttl_ms: u64) -> Result<Lease, StoreError>;
+    /// Extends `lease` by `ttl_ms` from now; `false` (nothing changed) when its token is no
+    /// longer current: the holder was fenced out and must stop writing.
+    fn renew(&self, lease: &Lease, ttl_ms: u64) -> Result<bool, StoreError>;
+    /// Gives `lease` up (another owner may claim at once); a stale token changes nothing.
+    fn release(&self, lease: &Lease) -> Result<(), StoreError>;
+
+    /// Every record matching `query`, all pages.
+    fn list_all(&self, query: &Query) -> Result<Vec<ProcessRecord>, StoreError> {
+        let mut out = Vec::new();
+        let mut q = query.clone();
+        loop {
+            let page = self.list(&q)?;
+            out.extend(page.records);
+            match page.next {
+                Some(c) if query.limit.is_none() => q.after = Some(c),
+                _ => return Ok(out),
+            }
+        }
+    }
+
+    /// The children of record `parent`, oldest first.
+    fn children(&self, parent: &str) -> Result<Vec<ProcessRecord>, StoreError> {
+        self.list_all(&Query::new().parent(parent))
+    }
+
+    /// Every process record (a full listing: for tools and tests, never used by the
+    /// runtime).
+    fn all(&self) -> Result<Vec<ProcessRecord>, StoreError> {
+        self.list_all(&Query::new())
+    }
 }
 
 impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
@@ -231,8 +557,11 @@ impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
     fn get(&self, id: &str) -> Result<Option<ProcessRecord>, StoreError> {
         (**self).get(id)
     }
-    fn all(&self) -> Result<Vec<ProcessRecord>, StoreError> {
-        (**self).all()
+    fn list(&self, query: &Query) -> Result<Page, StoreError> {
+        (**self).list(query)
+    }
+    fn count(&self, query: &Query) -> Result<u64, StoreError> {
+        (**self).count(query)
     }
     fn update(
         &self,
@@ -244,7 +573,7 @@ impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
     fn tasks(&self, id: &str) -> Result<Vec<(u32, TaskRow)>, StoreError> {
         (**self).tasks(id)
     }
-    fn apply(&self, batch: Batch) -> Result<(), StoreError> {
+    fn apply(&self, batch: Batch) -> Result<Applied, StoreError> {
         (**self).apply(batch)
     }
     fn flush(&self) -> Result<(), StoreError> {
@@ -258,5 +587,14 @@ impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
     }
     fn claim_idempotent(&self, key: &str, id: &str) -> Result<String, StoreError> {
         (**self).claim_idempotent(key, id)
+    }
+    fn claim(&self, run: &str, owner: &str, ttl_ms: u64) -> Result<Lease, StoreError> {
+        (**self).claim(run, owner, ttl_ms)
+    }
+    fn renew(&self, lease: &Lease, ttl_ms: u64) -> Result<bool, StoreError> {
+        (**self).renew(lease, ttl_ms)
+    }
+    fn release(&self, lease: &Lease) -> Result<(), StoreError> {
+        (**self).release(lease)
     }
 }

@@ -5,9 +5,12 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use std::ops::Bound;
+use std::sync::Mutex;
+
 use super::codec::{decode_record, decode_row, encode, encode_row};
-use super::{Batch, Store, StoreError, TaskRow, Update};
-use crate::record::{ProcessRecord, State, SCHEMA_VERSION};
+use super::{index, Applied, Batch, Lease, Page, Query, Store, StoreError, TaskRow, Update};
+use crate::record::{now_ms, ProcessRecord, State, SCHEMA_VERSION};
 
 fn run_key(id: &str, order: u32) -> Vec<u8> {
     let mut k = Vec::with_capacity(id.len() + 5);
@@ -45,6 +48,13 @@ pub struct SledStore {
     tasks: sled::Tree,
     results: sled::Tree,
     keys: sled::Tree,
+    /// Secondary index of the records (see `index.rs`).
+    index: sled::Tree,
+    /// Run id → its current [`Lease`] (`MessagePack`).
+    leases: sled::Tree,
+    /// The current lease token of each run seen by this process (the fencing check of a
+    /// task row write must not read the lease tree every time).
+    tokens: Mutex<HashMap<String, u64>>,
     path: PathBuf,
     strict: bool,
 }
@@ -69,7 +79,7 @@ impl SledStore {
     /// # Examples
     ///
     /// ```
-    /// use procession::{SledStore, Store};
+    /// use procession::store::{SledStore, Store};
     /// let dir = std::env::temp_dir().join(format!("procession-doc-{}", std::process::id()));
     /// let store = SledStore::open(&dir).unwrap();
     /// assert!(store.all().unwrap().is_empty());
@@ -100,74 +110,155 @@ impl SledStore {
 
     fn with_config(config: &sled::Config, path: PathBuf) -> Result<SledStore, StoreError> {
         let shown = path.display().to_string();
-        let open_err = |message: String| StoreError::Open {
-            path: shown.clone(),
-            message,
-        };
+        let open_err = |e: String| StoreError::open(shown.clone(), e);
         // sled may panic on some damaged files: a damaged store is an error, never a panic.
         let db = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| config.open()))
             .map_err(|p| {
                 open_err(format!(
                     "damaged store files ({})",
-                    crate::exec::panic_message(&*p)
+                    crate::error::panic_message(&*p)
                 ))
             })?
-            .map_err(|e| open_err(e.to_string()))?;
+            .map_err(|e| StoreError::Open {
+                path: shown.clone(),
+                source: Arc::new(e),
+            })?;
         let tree = |name: &str| db.open_tree(name).map_err(|e| open_err(e.to_string()));
         let store = SledStore {
             processes: tree("processes")?,
             tasks: tree("tasks")?,
             results: tree("results")?,
             keys: tree("keys")?,
+            index: tree("index")?,
+            leases: tree("leases")?,
+            tokens: Mutex::default(),
             db,
             path,
             strict: false,
         };
-        match store
+        let found = match store
             .db
             .get(b"schema")
             .map_err(|e| open_err(e.to_string()))?
         {
-            Some(v) => {
-                let found = <[u8; 4]>::try_from(v.as_ref())
-                    .map(u32::from_be_bytes)
-                    .map_err(|_| open_err("the schema marker is damaged".into()))?;
-                if found > SCHEMA_VERSION {
-                    return Err(StoreError::Incompatible {
-                        path: shown,
-                        found,
-                        supported: SCHEMA_VERSION,
-                    });
-                }
-                if found < SCHEMA_VERSION {
-                    // This build reads the older layout and writes the newer one: mark the
-                    // store so that older builds refuse it instead of misreading it.
-                    store
-                        .db
-                        .insert(b"schema", &SCHEMA_VERSION.to_be_bytes())
-                        .map_err(|e| open_err(e.to_string()))?;
-                }
-            }
-            None => {
-                store
-                    .db
-                    .insert(b"schema", &SCHEMA_VERSION.to_be_bytes())
-                    .map_err(|e| open_err(e.to_string()))?;
-            }
+            Some(v) => <[u8; 4]>::try_from(v.as_ref())
+                .map(u32::from_be_bytes)
+                .map_err(|_| open_err("the schema marker is damaged".into()))?,
+            None => SCHEMA_VERSION,
+        };
+        if found > SCHEMA_VERSION {
+            return Err(StoreError::Incompatible {
+                path: shown,
+                found,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        if found < 3 {
+            // Schema 3 added the index: build it once, from the records.
+            store.rebuild_index()?;
+        }
+        if found < SCHEMA_VERSION || store.db.get(b"schema").ok().flatten().is_none() {
+            // This build reads the older layout and writes the newer one: mark the
+            // store so that older builds refuse it instead of misreading it.
+            store
+                .db
+                .insert(b"schema", &SCHEMA_VERSION.to_be_bytes())
+                .map_err(|e| open_err(e.to_string()))?;
         }
         Ok(store)
     }
 
-    fn io(&self, e: impl fmt::Display) -> StoreError {
-        StoreError::Io {
-            path: self.location(),
-            message: e.to_string(),
+    fn rebuild_index(&self) -> Result<(), StoreError> {
+        self.index.clear().map_err(|e| self.io(e))?;
+        let mut batch = sled::Batch::default();
+        for kv in &self.processes {
+            let (k, v) = kv.map_err(|e| self.io(e))?;
+            for key in index::keys(&self.decode_record(&k, &v)?) {
+                batch.insert(key, &[]);
+            }
         }
+        self.index.apply_batch(batch).map_err(|e| self.io(e))
+    }
+
+    fn io(&self, e: impl fmt::Display) -> StoreError {
+        StoreError::io(self.location(), e.to_string())
     }
 
     fn decode_record(&self, key: &[u8], bytes: &[u8]) -> Result<ProcessRecord, StoreError> {
         decode_record(&self.location(), key, bytes)
     }
+
+    fn scan(&self, from: Bound<Vec<u8>>) -> index::Keys<'_> {
+        Box::new(
+            self.index
+                .range::<Vec<u8>, _>((from, Bound::Unbounded))
+                .keys()
+                .map(|k| k.map(|k| k.to_vec()).map_err(|e| self.io(e))),
+        )
+    }
+
+    /// The current lease token of `run` (0 when it was never claimed).
+    fn token(&self, run: &str) -> Result<u64, StoreError> {
+        if let Some(t) = lock(&self.tokens).get(run) {
+            return Ok(*t);
+        }
+        let t = self.lease(run)?.map_or(0, |l| l.token);
+        lock(&self.tokens).insert(run.to_owned(), t);
+        Ok(t)
+    }
+
+    fn lease(&self, run: &str) -> Result<Option<Lease>, StoreError> {
+        match self.leases.get(run.as_bytes()).map_err(|e| self.io(e))? {
+            None => Ok(None),
+            Some(v) => rmp_serde::from_slice(&v)
+                .map(Some)
+                .map_err(|e| StoreError::Corrupt {
+                    path: self.location(),
+                    key: format!("lease of {run}"),
+                    message: e.to_string(),
+                }),
+        }
+    }
+
+    fn put_lease(&self, lease: &Lease) -> Result<(), StoreError> {
+        let bytes = rmp_serde::to_vec(lease).map_err(|e| self.io(e))?;
+        self.leases
+            .insert(lease.run.as_bytes(), bytes)
+            .map_err(|e| self.io(e))?;
+        lock(&self.tokens).insert(lease.run.clone(), lease.token);
+        Ok(())
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The transactional update of one record and its index keys.
+fn put_tx(
+    p: &sled::transaction::TransactionalTree,
+    ix: &sled::transaction::TransactionalTree,
+    old: Option<&ProcessRecord>,
+    new: Option<&ProcessRecord>,
+    id: &str,
+) -> Result<(), sled::transaction::UnabortableTransactionError> {
+    let old_keys = old.map(index::keys).unwrap_or_default();
+    let new_keys = new.map(index::keys).unwrap_or_default();
+    for k in &old_keys {
+        if !new_keys.contains(k) {
+            ix.remove(k.as_slice())?;
+        }
+    }
+    for k in &new_keys {
+        if !old_keys.contains(k) {
+            ix.insert(k.as_slice(), &[])?;
+        }
+    }
+    match new {
+        Some(r) => p.insert(id.as_bytes(), encode(r))?,
+        None => p.remove(id.as_bytes())?,
+    };
+    Ok(())
 }
 
 impl Store for SledStore {
@@ -182,14 +273,12 @@ impl Store for SledStore {
         }
     }
 
-    fn all(&self) -> Result<Vec<ProcessRecord>, StoreError> {
-        self.processes
-            .iter()
-            .map(|kv| {
-                let (k, v) = kv.map_err(|e| self.io(e))?;
-                self.decode_record(&k, &v)
-            })
-            .collect()
+    fn list(&self, query: &Query) -> Result<Page, StoreError> {
+        index::list(query, |from| self.scan(from), |id| self.get(id))
+    }
+
+    fn count(&self, query: &Query) -> Result<u64, StoreError> {
+        index::count(query, |from| self.scan(from), |id| self.get(id))
     }
 
     fn update(
@@ -197,25 +286,35 @@ impl Store for SledStore {
         id: &str,
         f: &mut dyn FnMut(Option<&ProcessRecord>) -> Update,
     ) -> Result<Option<ProcessRecord>, StoreError> {
-        loop {
-            let old = self.processes.get(id.as_bytes()).map_err(|e| self.io(e))?;
-            let current = match &old {
-                Some(v) => Some(self.decode_record(id.as_bytes(), v)?),
+        use sled::transaction::{ConflictableTransactionError, TransactionError};
+        use sled::Transactional;
+        let location = self.location();
+        let f = std::cell::RefCell::new(f);
+        let out = (&self.processes, &self.index).transaction(|(p, ix)| {
+            let current = match p.get(id.as_bytes())? {
+                Some(v) => Some(
+                    decode_record(&location, id.as_bytes(), &v)
+                        .map_err(ConflictableTransactionError::Abort)?,
+                ),
                 None => None,
             };
-            let (new, result) = match f(current.as_ref()) {
-                Update::Keep => return Ok(current),
-                Update::Delete => (None, None),
-                Update::Put(r) => (Some(encode(&*r)), Some(*r)),
-            };
-            let swapped = self
-                .processes
-                .compare_and_swap(id.as_bytes(), old, new)
-                .map_err(|e| self.io(e))?;
-            if swapped.is_ok() {
-                return Ok(result);
+            let decided = (f.borrow_mut())(current.as_ref());
+            match decided {
+                Update::Keep => Ok(current),
+                Update::Delete => {
+                    put_tx(p, ix, current.as_ref(), None, id)?;
+                    Ok(None)
+                }
+                Update::Put(r) => {
+                    put_tx(p, ix, current.as_ref(), Some(&r), id)?;
+                    Ok(Some(*r))
+                }
             }
-            // Raced with another writer: decide again on the new value.
+        });
+        match out {
+            Ok(r) => Ok(r),
+            Err(TransactionError::Abort(e)) => Err(e),
+            Err(TransactionError::Storage(e)) => Err(self.io(e)),
         }
     }
 
@@ -253,11 +352,12 @@ impl Store for SledStore {
         Ok(rows)
     }
 
-    fn apply(&self, batch: Batch) -> Result<(), StoreError> {
+    fn apply(&self, batch: Batch) -> Result<Applied, StoreError> {
+        use sled::transaction::{ConflictableTransactionError, TransactionError};
         use sled::Transactional;
+        let mut applied = Applied::default();
         let mut tasks = sled::Batch::default();
         let mut results = sled::Batch::default();
-        let mut processes = sled::Batch::default();
         let mut cleared = Vec::new();
         for id in batch.clear_runs.iter().chain(&batch.delete_processes) {
             for k in self.tasks.scan_prefix(run_prefix(id)).keys() {
@@ -275,29 +375,61 @@ impl Store for SledStore {
                 results.remove(k);
             }
         }
-        for id in &batch.delete_processes {
-            processes.remove(id.as_bytes());
-        }
+        let mut run: Option<(&str, u64)> = None;
         for (id, order, row) in &batch.tasks {
+            if row.lease != 0 {
+                let current = match run {
+                    Some((r, t)) if r == &**id => t,
+                    _ => {
+                        let t = self.token(id)?;
+                        run = Some((id, t));
+                        t
+                    }
+                };
+                if row.lease < current {
+                    applied.fenced += 1;
+                    continue;
+                }
+            }
             tasks.insert(run_key(id, *order), encode_row(row));
-        }
-        for r in &batch.processes {
-            processes.insert(r.id.as_bytes(), encode(r));
         }
         if batch.processes.is_empty() && batch.delete_processes.is_empty() && !cleared_results {
             // Only task rows (every write cycle of a run): one tree's batch is atomic on
             // its own, and about twice as fast as a transaction, which reads every key
             // it writes.
-            return self.tasks.apply_batch(tasks).map_err(|e| self.io(e));
+            self.tasks.apply_batch(tasks).map_err(|e| self.io(e))?;
+            return Ok(applied);
         }
-        (&self.tasks, &self.results, &self.processes)
-            .transaction(|(t, r, p)| {
+        let location = self.location();
+        let out = (&self.tasks, &self.results, &self.processes, &self.index).transaction(
+            |(t, r, p, ix)| {
                 t.apply_batch(&tasks)?;
                 r.apply_batch(&results)?;
-                p.apply_batch(&processes)?;
-                Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
-            })
-            .map_err(|e| self.io(format!("{e:?}")))
+                let decode = |id: &str, v: &[u8]| {
+                    decode_record(&location, id.as_bytes(), v)
+                        .map_err(ConflictableTransactionError::Abort)
+                };
+                for id in &batch.delete_processes {
+                    if let Some(v) = p.get(id.as_bytes())? {
+                        let old = decode(id, &v)?;
+                        put_tx(p, ix, Some(&old), None, id)?;
+                    }
+                }
+                for rec in &batch.processes {
+                    let old = match p.get(rec.id.as_bytes())? {
+                        Some(v) => Some(decode(&rec.id, &v)?),
+                        None => None,
+                    };
+                    put_tx(p, ix, old.as_ref(), Some(rec), &rec.id)?;
+                }
+                Ok(())
+            },
+        );
+        match out {
+            Ok(()) => Ok(applied),
+            Err(TransactionError::Abort(e)) => Err(e),
+            Err(TransactionError::Storage(e)) => Err(self.io(e)),
+        }
     }
 
     fn flush(&self) -> Result<(), StoreError> {
@@ -345,6 +477,42 @@ impl Store for SledStore {
                 || id.to_owned(),
                 |v| String::from_utf8_lossy(&v).into_owned(),
             )),
+        }
+    }
+
+    fn claim(&self, run: &str, owner: &str, ttl_ms: u64) -> Result<Lease, StoreError> {
+        // One process owns a sled directory (sled holds a file lock): a claim always
+        // succeeds and raises the token, fencing out whatever an earlier owner left.
+        let token = self.lease(run)?.map_or(0, |l| l.token).saturating_add(1);
+        let lease = Lease {
+            run: run.to_owned(),
+            owner: owner.to_owned(),
+            token,
+            expires_at: now_ms().saturating_add(ttl_ms),
+        };
+        self.put_lease(&lease)?;
+        Ok(lease)
+    }
+
+    fn renew(&self, lease: &Lease, ttl_ms: u64) -> Result<bool, StoreError> {
+        match self.lease(&lease.run)? {
+            Some(mut l) if l.token == lease.token => {
+                l.expires_at = now_ms().saturating_add(ttl_ms);
+                self.put_lease(&l)?;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    fn release(&self, lease: &Lease) -> Result<(), StoreError> {
+        match self.lease(&lease.run)? {
+            Some(mut l) if l.token == lease.token => {
+                // The token stays (tokens only grow); the lease just expires now.
+                l.expires_at = 0;
+                self.put_lease(&l)
+            }
+            _ => Ok(()),
         }
     }
 }

@@ -2,24 +2,24 @@
 //!
 //! The executor records every task state change in the run's [`RunJournal`] (in memory)
 //! and wakes the [`Writer`]. The writer is one thread per runtime: it takes everything
-//! dirty from every journal, applies it as one atomic batch, flushes once, and only then
+//! dirty from every journal, applies it in order (see [`writer`]), flushes once, and only then
 //! publishes the corresponding events. Under load many transitions share one flush (group
 //! commit); no transition waits for a flush of its own. Progress and log entries only mark
 //! rows dirty without waking the writer, so they reach the store at the next tick (the
 //! progress flush interval) or with the next state change.
 
+mod writer;
+
 use std::collections::HashMap;
-use std::sync::mpsc as std_mpsc;
-use std::sync::{Arc, Mutex, Weak};
-use std::thread;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{broadcast, oneshot};
+pub(crate) use self::writer::{start_writer, WriterHandle};
 
 use crate::ctx::{Level, Reporter};
 use crate::events::{Event, EventKind};
 use crate::record::{now_ms, LogEntry, Progress, State, MAX_LOG};
-use crate::store::{Batch, Store, StoreError, TaskRow};
+use crate::store::{Batch, StoreError, TaskRow};
 
 /// More than this many progress messages from one task within one flush window is an
 /// avalanche: the extra messages are counted, not logged.
@@ -149,7 +149,7 @@ impl RunJournal {
             let row = &mut g.items[node as usize];
             row.state = outcome.state;
             row.skipped = outcome.skipped;
-            row.attempts = outcome.attempts;
+            row.attempts = row.attempts.max(outcome.attempts);
             row.elapsed_ns = u64::try_from(outcome.elapsed.as_nanos()).unwrap_or(u64::MAX);
             let now = now_ms();
             row.ended_at = Some(now);
@@ -303,218 +303,4 @@ impl Reporter for RunJournal {
             self.writer.wake(self);
         }
     }
-}
-
-enum Msg {
-    Wake(Arc<str>),
-    Batch(Batch, oneshot::Sender<Result<(), StoreError>>),
-    Flush(oneshot::Sender<Result<(), StoreError>>),
-    Stop,
-}
-
-/// A handle on the writer thread.
-#[derive(Clone)]
-pub(crate) struct WriterHandle {
-    tx: std_mpsc::Sender<Msg>,
-    events: broadcast::Sender<Event>,
-    journals: Arc<Mutex<HashMap<Arc<str>, Weak<RunJournal>>>>,
-}
-
-impl WriterHandle {
-    fn register(&self, j: &Arc<RunJournal>) {
-        self.journals
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(j.run_id.clone(), Arc::downgrade(j));
-    }
-
-    fn forget(&self, run_id: &Arc<str>) {
-        let mut g = self
-            .journals
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if g.get(run_id).is_some_and(|w| w.strong_count() == 0) {
-            g.remove(run_id);
-        }
-    }
-
-    fn wake(&self, j: &RunJournal) {
-        // One message per write cycle, however many tasks changed in it.
-        if !j.woken.swap(true, std::sync::atomic::Ordering::AcqRel) {
-            let _ = self.tx.send(Msg::Wake(j.run_id.clone()));
-        }
-    }
-
-    /// Applies `batch` (in order with everything else) and waits until it is durable.
-    pub(crate) async fn write(&self, batch: Batch) -> Result<(), StoreError> {
-        let (tx, rx) = oneshot::channel();
-        if self.tx.send(Msg::Batch(batch, tx)).is_err() {
-            return Err(stopped());
-        }
-        rx.await.unwrap_or_else(|_| Err(stopped()))
-    }
-
-    /// Waits until every write sent so far is durable.
-    pub(crate) async fn flush(&self) -> Result<(), StoreError> {
-        let (tx, rx) = oneshot::channel();
-        if self.tx.send(Msg::Flush(tx)).is_err() {
-            return Err(stopped());
-        }
-        rx.await.unwrap_or_else(|_| Err(stopped()))
-    }
-
-    pub(crate) fn stop(&self) {
-        let _ = self.tx.send(Msg::Stop);
-    }
-}
-
-fn stopped() -> StoreError {
-    StoreError::Io {
-        path: "(writer)".into(),
-        message: "the runtime has shut down".into(),
-    }
-}
-
-/// Starts the writer thread over `store`; `tick` is the progress flush interval.
-pub(crate) fn start_writer(
-    store: Arc<dyn Store>,
-    tick: Duration,
-    events: broadcast::Sender<Event>,
-) -> WriterHandle {
-    let (tx, rx) = std_mpsc::channel::<Msg>();
-    let journals: Arc<Mutex<HashMap<Arc<str>, Weak<RunJournal>>>> = Arc::default();
-    let handle = WriterHandle {
-        tx,
-        events: events.clone(),
-        journals: journals.clone(),
-    };
-    thread::Builder::new()
-        .name("procession-writer".into())
-        .spawn(move || writer_loop(&*store, &rx, &journals, tick, &events))
-        .expect("the writer thread starts");
-    handle
-}
-
-fn writer_loop(
-    store: &dyn Store,
-    rx: &std_mpsc::Receiver<Msg>,
-    journals: &Mutex<HashMap<Arc<str>, Weak<RunJournal>>>,
-    tick: Duration,
-    events: &broadcast::Sender<Event>,
-) {
-    let mut next_tick = Instant::now() + tick;
-    let mut stop = false;
-    let mut last_cycle: Option<Instant> = None;
-    while !stop {
-        // Group commit: changes gather for at least `MIN_CYCLE` between two writes. The
-        // wait costs a change at most that much delay, and saves the tasks one wake-up
-        // (a futex call) of this thread each when writes are cheap (in memory).
-        if let Some(at) = last_cycle {
-            if let Some(rest) = MIN_CYCLE.checked_sub(at.elapsed()) {
-                thread::sleep(rest);
-            }
-        }
-        let timeout = next_tick.saturating_duration_since(Instant::now());
-        let first = match rx.recv_timeout(timeout) {
-            Ok(m) => Some(m),
-            Err(std_mpsc::RecvTimeoutError::Timeout) => None,
-            Err(std_mpsc::RecvTimeoutError::Disconnected) => Some(Msg::Stop),
-        };
-        last_cycle = Some(Instant::now());
-        let ticked = Instant::now() >= next_tick;
-        if ticked {
-            next_tick = Instant::now() + tick;
-        }
-        let mut woken: Vec<Arc<str>> = Vec::new();
-        let mut explicit = Batch::default();
-        let mut waiters = Vec::new();
-        for m in first
-            .into_iter()
-            .chain(std::iter::from_fn(|| rx.try_recv().ok()))
-        {
-            match m {
-                Msg::Wake(id) => woken.push(id),
-                Msg::Batch(b, w) => {
-                    explicit.extend(b);
-                    waiters.push(w);
-                }
-                Msg::Flush(w) => waiters.push(w),
-                Msg::Stop => stop = true,
-            }
-        }
-        let live: Vec<Arc<RunJournal>> = {
-            let g = journals
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if ticked || stop || !waiters.is_empty() {
-                g.values().filter_map(Weak::upgrade).collect()
-            } else {
-                woken.sort_unstable();
-                woken.dedup();
-                woken
-                    .iter()
-                    .filter_map(|id| g.get(id).and_then(Weak::upgrade))
-                    .collect()
-            }
-        };
-        // Order: explicit batches first (launch, clear), then journal rows.
-        let mut batch = explicit;
-        let mut changed = Vec::new();
-        let listening = events.receiver_count() > 0;
-        for j in &live {
-            let mut ev = Vec::new();
-            j.take(&mut batch, listening.then_some(&mut ev));
-            changed.extend(
-                ev.into_iter()
-                    .map(|(node, state)| (j.run_id.clone(), node, state)),
-            );
-        }
-        let result = if batch.is_empty() {
-            Ok(())
-        } else {
-            apply_in_chunks(store, batch).and_then(|()| store.flush())
-        };
-        if let Err(e) = &result {
-            tracing::error!(error = %e, "store write failed");
-        }
-        for w in waiters {
-            let _ = w.send(match &result {
-                Ok(()) => Ok(()),
-                Err(e) => Err(StoreError::Io {
-                    path: store.location(),
-                    message: e.to_string(),
-                }),
-            });
-        }
-        if result.is_ok() {
-            for (run, node, state) in changed {
-                let _ = events.send(Event {
-                    id: format!("{run}/{node}"),
-                    root: run.to_string(),
-                    kind: EventKind::State { state },
-                });
-            }
-        }
-    }
-}
-
-/// Shortest time between two writes of the writer.
-const MIN_CYCLE: Duration = Duration::from_millis(1);
-
-/// Task rows per `Store::apply`: sled's memory grows with the size of one transaction, so
-/// a large group is applied as several transactions (in order) before its one flush.
-const CHUNK: usize = 2048;
-
-fn apply_in_chunks(store: &dyn Store, mut batch: Batch) -> Result<(), StoreError> {
-    if batch.tasks.len() <= CHUNK {
-        return store.apply(batch);
-    }
-    let mut tasks = std::mem::take(&mut batch.tasks).into_iter().peekable();
-    let mut first = Some(batch);
-    while tasks.peek().is_some() || first.is_some() {
-        let mut b = first.take().unwrap_or_default();
-        b.tasks.extend(tasks.by_ref().take(CHUNK));
-        store.apply(b)?;
-    }
-    Ok(())
 }

@@ -1,0 +1,322 @@
+//! The writer: one thread per runtime through which every write to the store goes, in
+//! one order, with one flush per group of writes (group commit).
+//!
+//! A caller hands the writer a [`Batch`], an operation (a closure run on the writer thread
+//! against the store: record compare-and-swap, id counter, idempotency claim, lease), or
+//! just wakes it because a run's journal has dirty rows. A cycle takes everything queued,
+//! applies it in order (explicit batches and operations in the order they were sent, then
+//! the journals' rows), flushes once, and only then answers the callers and publishes the
+//! events, in the same order. Nothing is reported before it is durable.
+
+use std::collections::HashMap;
+use std::sync::mpsc as std_mpsc;
+use std::sync::{Arc, Mutex, Weak};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{broadcast, oneshot};
+
+use super::RunJournal;
+use crate::events::{Event, EventKind};
+use crate::store::{Batch, Store, StoreError};
+
+/// What runs after the group's flush: answers the caller, publishes events.
+type Completion = Box<dyn FnOnce(Result<(), &StoreError>, &broadcast::Sender<Event>) + Send>;
+
+/// An operation run on the writer thread, in order with every other write.
+type Op = Box<dyn FnOnce(&dyn Store) -> Completion + Send>;
+
+enum Msg {
+    Wake(Arc<str>),
+    Batch(Batch, oneshot::Sender<Result<(), StoreError>>),
+    Op(Op),
+    Flush(oneshot::Sender<Result<(), StoreError>>),
+    /// Write what is pending, flush, close the store, then answer.
+    Stop(oneshot::Sender<Result<(), StoreError>>),
+}
+
+/// A handle on the writer thread.
+#[derive(Clone)]
+pub(crate) struct WriterHandle {
+    tx: std_mpsc::Sender<Msg>,
+    pub(super) events: broadcast::Sender<Event>,
+    journals: Arc<Mutex<HashMap<Arc<str>, Weak<RunJournal>>>>,
+}
+
+impl WriterHandle {
+    pub(super) fn register(&self, j: &Arc<RunJournal>) {
+        self.journals
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(j.run_id.clone(), Arc::downgrade(j));
+    }
+
+    pub(super) fn forget(&self, run_id: &Arc<str>) {
+        let mut g = self
+            .journals
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if g.get(run_id).is_some_and(|w| w.strong_count() == 0) {
+            g.remove(run_id);
+        }
+    }
+
+    pub(super) fn wake(&self, j: &RunJournal) {
+        // One message per write cycle, however many tasks changed in it.
+        if !j.woken.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            let _ = self.tx.send(Msg::Wake(j.run_id.clone()));
+        }
+    }
+
+    /// Applies `batch` (in order with everything else) and waits until it is durable.
+    pub(crate) async fn write(&self, batch: Batch) -> Result<(), StoreError> {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Msg::Batch(batch, tx)).is_err() {
+            return Err(StoreError::Closed);
+        }
+        rx.await.unwrap_or(Err(StoreError::Closed))
+    }
+
+    /// Runs `f` against the store on the writer thread, in order with every other write,
+    /// and returns its result once the group it belongs to is durable; the events it
+    /// returns are published then, in order.
+    pub(crate) async fn op<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&dyn Store) -> Result<(T, Vec<Event>), StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (tx, rx) = oneshot::channel::<Result<T, StoreError>>();
+        let op: Op = Box::new(move |store| {
+            let out = f(store);
+            Box::new(move |flushed, events| match (out, flushed) {
+                (Ok((value, evs)), Ok(())) => {
+                    for e in evs {
+                        let _ = events.send(e);
+                    }
+                    let _ = tx.send(Ok(value));
+                }
+                (Ok(_), Err(e)) => {
+                    let _ = tx.send(Err(e.clone()));
+                }
+                (Err(e), _) => {
+                    let _ = tx.send(Err(e));
+                }
+            })
+        });
+        if self.tx.send(Msg::Op(op)).is_err() {
+            return Err(StoreError::Closed);
+        }
+        rx.await.unwrap_or(Err(StoreError::Closed))
+    }
+
+    /// Waits until every write sent so far is durable.
+    pub(crate) async fn flush(&self) -> Result<(), StoreError> {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Msg::Flush(tx)).is_err() {
+            return Err(StoreError::Closed);
+        }
+        rx.await.unwrap_or(Err(StoreError::Closed))
+    }
+
+    /// Writes everything pending, flushes, closes the store (the writer's handle on it is
+    /// dropped) and stops the thread; returns once all of that is done.
+    pub(crate) async fn close(&self) -> Result<(), StoreError> {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Msg::Stop(tx)).is_err() {
+            return Ok(()); // already closed
+        }
+        rx.await.unwrap_or(Ok(()))
+    }
+}
+
+/// Starts the writer thread over `store`; `tick` is the progress flush interval.
+pub(crate) fn start_writer(
+    store: Arc<dyn Store>,
+    tick: Duration,
+    events: broadcast::Sender<Event>,
+) -> Result<WriterHandle, StoreError> {
+    let (tx, rx) = std_mpsc::channel::<Msg>();
+    let journals: Arc<Mutex<HashMap<Arc<str>, Weak<RunJournal>>>> = Arc::default();
+    let handle = WriterHandle {
+        tx,
+        events: events.clone(),
+        journals: journals.clone(),
+    };
+    let location = store.location();
+    thread::Builder::new()
+        .name("procession-writer".into())
+        .spawn(move || {
+            let stop = writer_loop(&*store, &rx, &journals, tick, &events);
+            // The store closes before the stop is answered: a `shutdown()` that returned
+            // lets the same directory be opened again at once.
+            drop(store);
+            if let Some((reply, result)) = stop {
+                let _ = reply.send(result);
+            }
+        })
+        .map_err(|e| StoreError::io(location, e))?;
+    Ok(handle)
+}
+
+/// What one cycle gathered, in the order it is applied.
+#[derive(Default)]
+struct Cycle {
+    pending: Batch,
+    completions: Vec<Completion>,
+    error: Option<StoreError>,
+}
+
+impl Cycle {
+    fn apply_pending(&mut self, store: &dyn Store) {
+        let batch = std::mem::take(&mut self.pending);
+        if batch.is_empty() {
+            return;
+        }
+        if let Err(e) = apply_in_chunks(store, batch) {
+            self.error.get_or_insert(e);
+        }
+    }
+}
+
+type StopReply = (
+    oneshot::Sender<Result<(), StoreError>>,
+    Result<(), StoreError>,
+);
+
+fn writer_loop(
+    store: &dyn Store,
+    rx: &std_mpsc::Receiver<Msg>,
+    journals: &Mutex<HashMap<Arc<str>, Weak<RunJournal>>>,
+    tick: Duration,
+    events: &broadcast::Sender<Event>,
+) -> Option<StopReply> {
+    let mut next_tick = Instant::now() + tick;
+    let mut last_cycle: Option<Instant> = None;
+    loop {
+        // Group commit: changes gather for at least `MIN_CYCLE` between two writes. The
+        // wait costs a change at most that much delay, and saves the tasks one wake-up
+        // (a futex call) of this thread each when writes are cheap (in memory).
+        if let Some(at) = last_cycle {
+            if let Some(rest) = MIN_CYCLE.checked_sub(at.elapsed()) {
+                thread::sleep(rest);
+            }
+        }
+        let timeout = next_tick.saturating_duration_since(Instant::now());
+        let (first, disconnected) = match rx.recv_timeout(timeout) {
+            Ok(m) => (Some(m), false),
+            Err(std_mpsc::RecvTimeoutError::Timeout) => (None, false),
+            Err(std_mpsc::RecvTimeoutError::Disconnected) => (None, true),
+        };
+        last_cycle = Some(Instant::now());
+        let ticked = Instant::now() >= next_tick;
+        if ticked {
+            next_tick = Instant::now() + tick;
+        }
+        let mut woken: Vec<Arc<str>> = Vec::new();
+        let mut cycle = Cycle::default();
+        let mut waiters = Vec::new();
+        let mut stop: Option<oneshot::Sender<Result<(), StoreError>>> = None;
+        for m in first
+            .into_iter()
+            .chain(std::iter::from_fn(|| rx.try_recv().ok()))
+        {
+            match m {
+                Msg::Wake(id) => woken.push(id),
+                Msg::Batch(b, w) => {
+                    cycle.pending.extend(b);
+                    waiters.push(w);
+                }
+                Msg::Op(op) => {
+                    // Earlier batches first: one order for every write.
+                    cycle.apply_pending(store);
+                    cycle.completions.push(op(store));
+                }
+                Msg::Flush(w) => waiters.push(w),
+                Msg::Stop(w) => stop = Some(w),
+            }
+        }
+        let everything = ticked || stop.is_some() || disconnected || !waiters.is_empty();
+        let live: Vec<Arc<RunJournal>> = {
+            let g = journals
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if everything {
+                g.values().filter_map(Weak::upgrade).collect()
+            } else {
+                woken.sort_unstable();
+                woken.dedup();
+                woken
+                    .iter()
+                    .filter_map(|id| g.get(id).and_then(Weak::upgrade))
+                    .collect()
+            }
+        };
+        let mut changed = Vec::new();
+        let listening = events.receiver_count() > 0;
+        let mut wrote = !cycle.completions.is_empty();
+        for j in &live {
+            let mut ev = Vec::new();
+            j.take(&mut cycle.pending, listening.then_some(&mut ev));
+            changed.extend(
+                ev.into_iter()
+                    .map(|(node, state)| (j.run_id.clone(), node, state)),
+            );
+        }
+        wrote |= !cycle.pending.is_empty();
+        cycle.apply_pending(store);
+        let result = match cycle.error.take() {
+            Some(e) => Err(e),
+            None if wrote || !waiters.is_empty() || stop.is_some() => store.flush(),
+            None => Ok(()),
+        };
+        if let Err(e) = &result {
+            tracing::error!(error = %e, "store write failed");
+        }
+        for c in cycle.completions {
+            c(result.as_ref().map(|_| ()), events);
+        }
+        for w in waiters {
+            let _ = w.send(result.clone());
+        }
+        if result.is_ok() {
+            for (run, node, state) in changed {
+                let _ = events.send(Event {
+                    id: format!("{run}/{node}"),
+                    root: run.to_string(),
+                    kind: EventKind::State { state },
+                });
+            }
+        }
+        if let Some(reply) = stop {
+            return Some((reply, result));
+        }
+        if disconnected {
+            return None;
+        }
+    }
+}
+
+/// Shortest time between two writes of the writer.
+const MIN_CYCLE: Duration = Duration::from_millis(1);
+
+/// Task rows per `Store::apply`: sled's memory grows with the size of one transaction, so
+/// a large group is applied as several applies (in order) before its one flush.
+const CHUNK: usize = 2048;
+
+fn apply_in_chunks(store: &dyn Store, mut batch: Batch) -> Result<(), StoreError> {
+    let mut fenced = 0;
+    if batch.tasks.len() <= CHUNK {
+        fenced += store.apply(batch)?.fenced;
+    } else {
+        let mut tasks = std::mem::take(&mut batch.tasks).into_iter().peekable();
+        let mut first = Some(batch);
+        while tasks.peek().is_some() || first.is_some() {
+            let mut b = first.take().unwrap_or_default();
+            b.tasks.extend(tasks.by_ref().take(CHUNK));
+            fenced += store.apply(b)?.fenced;
+        }
+    }
+    if fenced > 0 {
+        tracing::warn!(fenced, "task rows with a stale lease token were dropped");
+    }
+    Ok(())
+}

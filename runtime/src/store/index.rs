@@ -1,0 +1,191 @@
+//! The secondary index of process records, shared by the sled and memory stores.
+//!
+//! Each record has a few index keys, one per question the runtime asks; a key ends with
+//! the record's creation time (8 bytes, big-endian) and its id, so that every index lists
+//! records in the order of [`Query`]'s pages and a [`Cursor`] is a position in any of them.
+//! Record ids, parents, roots and process types never contain NUL (ids are checked by
+//! the runtime), which separates the variable-length parts.
+
+use std::ops::Bound;
+
+use super::{Cursor, Page, Query, StoreError};
+use crate::record::{ProcessRecord, State};
+
+const ALL: u8 = b'a';
+const PARENT: u8 = b'p';
+const ROOT: u8 = b'r';
+const STATE: u8 = b's';
+const TYPE: u8 = b't';
+const DEFINITION: u8 = b'd';
+const SCHEDULED: u8 = b'S';
+
+fn state_byte(s: State) -> u8 {
+    State::ALL.iter().position(|&x| x == s).unwrap_or(0) as u8
+}
+
+fn push_tail(k: &mut Vec<u8>, created_at: u64, id: &str) {
+    k.extend_from_slice(&created_at.to_be_bytes());
+    k.extend_from_slice(id.as_bytes());
+}
+
+fn named(tag: u8, name: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(name.len() + 2);
+    k.push(tag);
+    k.extend_from_slice(name.as_bytes());
+    k.push(0);
+    k
+}
+
+/// The index keys of `r`.
+pub(super) fn keys(r: &ProcessRecord) -> Vec<Vec<u8>> {
+    let mut prefixes = vec![
+        vec![ALL],
+        named(ROOT, &r.root),
+        vec![STATE, state_byte(r.status.state)],
+        named(TYPE, &r.process_type),
+    ];
+    if let Some(p) = &r.parent {
+        prefixes.push(named(PARENT, p));
+    }
+    if !r.adhoc && r.depth == 0 {
+        prefixes.push(vec![DEFINITION]);
+    }
+    if r.schedule.is_some() {
+        prefixes.push(vec![SCHEDULED]);
+    }
+    for k in &mut prefixes {
+        push_tail(k, r.created_at, &r.id);
+    }
+    prefixes
+}
+
+/// Which index answers `q`, and whether it answers it alone (no record needs decoding to
+/// check a remaining condition).
+fn plan(q: &Query) -> (Vec<u8>, bool) {
+    let others = |used: usize| {
+        let set = [
+            !q.states.is_empty(),
+            q.process_type.is_some(),
+            q.root.is_some(),
+            q.parent.is_some(),
+            !q.metadata.is_empty(),
+            q.definitions,
+            q.scheduled,
+        ];
+        set.iter().filter(|&&b| b).count() == used
+    };
+    if let Some(p) = &q.parent {
+        (named(PARENT, p), others(1))
+    } else if let Some(r) = &q.root {
+        (named(ROOT, r), others(1))
+    } else if q.scheduled {
+        (vec![SCHEDULED], others(1))
+    } else if q.definitions {
+        (vec![DEFINITION], others(1))
+    } else if let [s] = q.states.as_slice() {
+        (vec![STATE, state_byte(*s)], others(1))
+    } else if let Some(t) = &q.process_type {
+        (named(TYPE, t), others(1))
+    } else {
+        (vec![ALL], others(0))
+    }
+}
+
+/// Creation time and id of an index key, after its prefix.
+fn split(tail: &[u8]) -> Option<(u64, &str)> {
+    let (t, id) = tail.split_at_checked(8)?;
+    let t = u64::from_be_bytes(t.try_into().ok()?);
+    Some((t, std::str::from_utf8(id).ok()?))
+}
+
+/// Where a listing of `q` starts in its index, and the index's prefix.
+fn start(q: &Query) -> (Vec<u8>, Bound<Vec<u8>>, bool) {
+    let (prefix, exact) = plan(q);
+    let from = match (&q.after, q.created_from) {
+        (Some(c), _) => {
+            let mut k = prefix.clone();
+            push_tail(&mut k, c.created_at, &c.id);
+            Bound::Excluded(k)
+        }
+        (None, Some(t)) => {
+            let mut k = prefix.clone();
+            k.extend_from_slice(&t.to_be_bytes());
+            Bound::Included(k)
+        }
+        (None, None) => Bound::Included(prefix.clone()),
+    };
+    (prefix, from, exact)
+}
+
+/// Keys of an index from a bound on: what a store provides to [`list`] and [`count`].
+pub(super) type Keys<'a> = Box<dyn Iterator<Item = Result<Vec<u8>, StoreError>> + 'a>;
+
+/// One page of `q`, from the index keys `scan` yields and the records `get` reads.
+pub(super) fn list<'a>(
+    q: &Query,
+    scan: impl FnOnce(Bound<Vec<u8>>) -> Keys<'a>,
+    get: impl Fn(&str) -> Result<Option<ProcessRecord>, StoreError>,
+) -> Result<Page, StoreError> {
+    let (prefix, from, _) = start(q);
+    let limit = q.limit.unwrap_or(usize::MAX);
+    let mut page = Page::default();
+    if limit == 0 {
+        return Ok(page);
+    }
+    for k in scan(from) {
+        let k = k?;
+        let Some(tail) = k.strip_prefix(prefix.as_slice()) else {
+            break;
+        };
+        let Some((created, id)) = split(tail) else {
+            continue;
+        };
+        if q.created_until.is_some_and(|u| created >= u) {
+            break;
+        }
+        // An index key whose record is gone (or moved) is skipped, never trusted.
+        let Some(r) = get(id)? else { continue };
+        if r.created_at != created || !q.matches(&r) {
+            continue;
+        }
+        if page.records.len() == limit {
+            page.next = page.records.last().map(Cursor::after);
+            break;
+        }
+        page.records.push(r);
+    }
+    Ok(page)
+}
+
+/// How many records match `q` (page bounds ignored).
+pub(super) fn count<'a>(
+    q: &Query,
+    scan: impl FnOnce(Bound<Vec<u8>>) -> Keys<'a>,
+    get: impl Fn(&str) -> Result<Option<ProcessRecord>, StoreError>,
+) -> Result<u64, StoreError> {
+    let q = Query {
+        after: None,
+        limit: None,
+        ..q.clone()
+    };
+    let (prefix, from, exact) = start(&q);
+    let mut n = 0u64;
+    for k in scan(from) {
+        let k = k?;
+        let Some(tail) = k.strip_prefix(prefix.as_slice()) else {
+            break;
+        };
+        let Some((created, id)) = split(tail) else {
+            continue;
+        };
+        if q.created_until.is_some_and(|u| created >= u) {
+            break;
+        }
+        if exact {
+            n += 1;
+        } else if get(id)?.is_some_and(|r| q.matches(&r)) {
+            n += 1;
+        }
+    }
+    Ok(n)
+}
