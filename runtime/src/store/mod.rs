@@ -436,8 +436,8 @@ pub struct Page {
 /// Storage of process records and task rows: the only way the runtime reaches data.
 ///
 /// This documentation is the contract; a new implementation can be written from it and
-/// checked by the conformance suite (`procession::store::conformance`, behind the
-/// `conformance` feature of the runtime crate, run against every shipped store).
+/// checked by the conformance suite (`tests/store_conformance.rs` in the repository: one
+/// generic set of checks run against every shipped store).
 ///
 /// # Calls
 ///

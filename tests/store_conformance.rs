@@ -1,0 +1,320 @@
+//! The store conformance suite: one generic set of checks that every [`Store`]
+//! implementation must pass, run here against the memory and sled stores (and, later,
+//! against every new store). Each check follows a promise of the `Store` docs.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use procession::store::{Batch, MemoryStore, Query, SledStore, Store, TaskRow, Update};
+use procession::{ProcessRecord, Progress, State};
+
+fn record(id: &str, created_at: u64) -> ProcessRecord {
+    let mut r = ProcessRecord::new_root(id, "job", id, "", serde_json::json!({}));
+    r.created_at = created_at;
+    r
+}
+
+fn child(id: &str, parent: &str, created_at: u64) -> ProcessRecord {
+    let mut r = record(id, created_at);
+    r.parent = Some(parent.into());
+    r.root = parent.into();
+    r.depth = 1;
+    r.adhoc = true;
+    r
+}
+
+fn put(store: &dyn Store, r: &ProcessRecord) {
+    store
+        .update(&r.id, &mut |_| Update::Put(Box::new(r.clone())))
+        .unwrap();
+}
+
+fn row(node: &str, lease: u64, state: State) -> TaskRow {
+    TaskRow {
+        task: Arc::from("t"),
+        node: Arc::from(node),
+        state,
+        attempts: 1,
+        started_at: None,
+        ended_at: None,
+        elapsed_ns: 0,
+        skipped: false,
+        error: None,
+        chain: Vec::new(),
+        progress: Progress::default(),
+        log: Vec::new(),
+        result: Some(Arc::from("1")),
+        lease,
+    }
+}
+
+fn ids(records: &[ProcessRecord]) -> Vec<&str> {
+    records.iter().map(|r| r.id.as_str()).collect()
+}
+
+/// Compare-and-swap: the function sees the current value; `Keep` writes nothing (a
+/// refusal changes nothing); `Delete` removes.
+fn cas_and_refusals(store: &dyn Store) {
+    assert!(store.get("a").unwrap().is_none());
+    let written = store
+        .update("a", &mut |cur| {
+            assert!(cur.is_none());
+            Update::Put(Box::new(record("a", 10)))
+        })
+        .unwrap();
+    assert_eq!(written.unwrap().id, "a");
+    let kept = store
+        .update("a", &mut |cur| {
+            assert_eq!(cur.unwrap().state(), State::Idle);
+            Update::Keep
+        })
+        .unwrap();
+    assert_eq!(kept.unwrap().state(), State::Idle);
+    let mut running = record("a", 10);
+    running.status.state = State::Running;
+    store
+        .update("a", &mut |_| Update::Put(Box::new(running.clone())))
+        .unwrap();
+    assert_eq!(store.get("a").unwrap().unwrap().state(), State::Running);
+    assert_eq!(store.count(&Query::new().state(State::Idle)).unwrap(), 0);
+    assert_eq!(store.count(&Query::new().state(State::Running)).unwrap(), 1);
+    store.update("a", &mut |_| Update::Delete).unwrap();
+    assert!(store.get("a").unwrap().is_none());
+    assert_eq!(store.count(&Query::new()).unwrap(), 0);
+}
+
+/// Keyset pagination: ordered by creation time then id, no record repeated or skipped,
+/// `next` is `None` on the last page, stable under inserts made between pages.
+fn pagination(store: &dyn Store) {
+    for i in 0..25u64 {
+        // Two records share each creation time: the id breaks the tie.
+        put(store, &record(&format!("p{i:02}"), 1_000 + i / 2));
+    }
+    let mut seen = Vec::new();
+    let mut q = Query::new().limit(7);
+    let mut pages = 0;
+    loop {
+        let page = store.list(&q).unwrap();
+        pages += 1;
+        assert!(page.records.len() <= 7);
+        seen.extend(page.records.iter().map(|r| r.id.clone()));
+        if pages == 2 {
+            // Inserted behind the cursor: not seen; ahead of it: seen once.
+            put(store, &record("early", 1));
+            put(store, &record("late", 9_999));
+        }
+        match page.next {
+            Some(c) => q = Query::new().limit(7).after(Some(c)),
+            None => break,
+        }
+    }
+    let mut expected: Vec<String> = (0..25).map(|i| format!("p{i:02}")).collect();
+    expected.push("late".into());
+    assert_eq!(seen, expected);
+    assert_eq!(pages, 4);
+    let unique: BTreeSet<_> = seen.iter().collect();
+    assert_eq!(unique.len(), seen.len());
+    assert_eq!(store.count(&Query::new()).unwrap(), 27);
+    let window = store
+        .list(&Query::new().created(Some(1_002), Some(1_004)))
+        .unwrap();
+    assert_eq!(ids(&window.records), vec!["p04", "p05", "p06", "p07"]);
+    assert!(store
+        .list(&Query::new().limit(0))
+        .unwrap()
+        .records
+        .is_empty());
+}
+
+/// Queries answer every filter, alone and combined.
+fn queries(store: &dyn Store) {
+    let mut root = record("root", 5);
+    root.metadata.insert("team".into(), "a".into());
+    root.schedule = Some(procession::Schedule::every(std::time::Duration::from_secs(60)).unwrap());
+    put(store, &root);
+    let mut other = record("other", 6);
+    other.process_type = "other_type".into();
+    other.adhoc = true;
+    other.status.state = State::Failed;
+    put(store, &other);
+    for i in 0..3 {
+        let mut c = child(&format!("root/c{i}"), "root", 10 + i);
+        if i == 1 {
+            c.status.state = State::Running;
+        }
+        put(store, &c);
+    }
+    put(store, &child("other/c", "other", 20));
+    assert_eq!(
+        ids(&store.children("root").unwrap()),
+        vec!["root/c0", "root/c1", "root/c2"]
+    );
+    assert_eq!(store.count(&Query::new().parent("root")).unwrap(), 3);
+    assert_eq!(
+        ids(&store.list_all(&Query::new().root("root")).unwrap()),
+        vec!["root", "root/c0", "root/c1", "root/c2"]
+    );
+    assert_eq!(
+        ids(&store
+            .list_all(&Query::new().root("root").state(State::Running))
+            .unwrap()),
+        vec!["root/c1"]
+    );
+    assert_eq!(
+        ids(&store
+            .list_all(&Query::new().process_type("other_type"))
+            .unwrap()),
+        vec!["other"]
+    );
+    assert_eq!(
+        ids(&store.list_all(&Query::new().metadata("team", "a")).unwrap()),
+        vec!["root"]
+    );
+    let mut defs = Query::new();
+    defs.definitions = true;
+    assert_eq!(ids(&store.list_all(&defs).unwrap()), vec!["root"]);
+    let mut sched = Query::new();
+    sched.scheduled = true;
+    assert_eq!(ids(&store.list_all(&sched).unwrap()), vec!["root"]);
+    let active = store
+        .list_all(&Query::new().state(State::Running).state(State::Failed))
+        .unwrap();
+    assert_eq!(ids(&active), vec!["other", "root/c1"]);
+    // An update moves the record in every index.
+    let mut c1 = child("root/c1", "root", 11);
+    c1.status.state = State::Done;
+    put(store, &c1);
+    assert_eq!(store.count(&Query::new().state(State::Running)).unwrap(), 0);
+    assert_eq!(store.count(&Query::new().state(State::Done)).unwrap(), 1);
+    // Deleting through a batch removes the record from every index.
+    store
+        .apply(Batch {
+            delete_processes: vec!["root/c0".into()],
+            ..Batch::default()
+        })
+        .unwrap();
+    assert_eq!(store.count(&Query::new().parent("root")).unwrap(), 2);
+    assert_eq!(store.count(&Query::new().root("root")).unwrap(), 3);
+}
+
+/// Task rows: written by batch, read back by node index, cleared with the run.
+fn task_rows(store: &dyn Store) {
+    let run: Arc<str> = Arc::from("run-1");
+    store
+        .apply(Batch {
+            tasks: vec![
+                (run.clone(), 0, row("a", 0, State::Done)),
+                (run.clone(), 2, row("c", 0, State::Failed)),
+            ],
+            ..Batch::default()
+        })
+        .unwrap();
+    let rows = store.tasks("run-1").unwrap();
+    assert_eq!(rows.iter().map(|(i, _)| *i).collect::<Vec<_>>(), vec![0, 2]);
+    assert_eq!(rows[0].1.result.as_deref(), Some("1"));
+    assert!(store.tasks("run-10").unwrap().is_empty(), "no prefix leak");
+    store
+        .apply(Batch {
+            clear_runs: vec!["run-1".into()],
+            ..Batch::default()
+        })
+        .unwrap();
+    assert!(store.tasks("run-1").unwrap().is_empty());
+}
+
+/// Leases: tokens only grow; a stale token cannot renew, and its rows are fenced.
+fn leases_and_fencing(store: &dyn Store) {
+    let first = store.claim("run-f", "w1", 30_000).unwrap();
+    let second = store.claim("run-f", "w2", 30_000).unwrap();
+    assert!(second.token > first.token);
+    assert!(
+        !store.renew(&first, 30_000).unwrap(),
+        "a stale lease renews"
+    );
+    assert!(store.renew(&second, 30_000).unwrap());
+    let run: Arc<str> = Arc::from("run-f");
+    let applied = store
+        .apply(Batch {
+            tasks: vec![
+                (run.clone(), 0, row("new", second.token, State::Done)),
+                (run.clone(), 1, row("old", first.token, State::Done)),
+            ],
+            ..Batch::default()
+        })
+        .unwrap();
+    assert_eq!(applied.fenced, 1);
+    let rows = store.tasks("run-f").unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(&*rows[0].1.node, "new");
+    // A stale write never overwrites a newer row.
+    let applied = store
+        .apply(Batch {
+            tasks: vec![(run.clone(), 0, row("stale", first.token, State::Failed))],
+            ..Batch::default()
+        })
+        .unwrap();
+    assert_eq!(applied.fenced, 1);
+    assert_eq!(&*store.tasks("run-f").unwrap()[0].1.node, "new");
+    store.release(&first).unwrap(); // stale: changes nothing
+    assert!(store.renew(&second, 30_000).unwrap());
+    store.release(&second).unwrap();
+    let third = store.claim("run-f", "w3", 30_000).unwrap();
+    assert!(
+        third.token > second.token,
+        "tokens only grow, even after a release"
+    );
+}
+
+/// Idempotency keys map to the first id; ids are never handed out twice.
+fn idempotency_and_ids(store: &dyn Store) {
+    assert_eq!(store.idempotent("k").unwrap(), None);
+    assert_eq!(store.claim_idempotent("k", "run-a").unwrap(), "run-a");
+    assert_eq!(store.claim_idempotent("k", "run-b").unwrap(), "run-a");
+    assert_eq!(store.idempotent("k").unwrap().as_deref(), Some("run-a"));
+    let ids: BTreeSet<u64> = (0..100).map(|_| store.next_id().unwrap()).collect();
+    assert_eq!(ids.len(), 100);
+    store.flush().unwrap();
+}
+
+fn conformance(make: &dyn Fn() -> Box<dyn Store>) {
+    cas_and_refusals(&*make());
+    pagination(&*make());
+    queries(&*make());
+    task_rows(&*make());
+    leases_and_fencing(&*make());
+    idempotency_and_ids(&*make());
+}
+
+#[test]
+fn memory_store_conforms() {
+    conformance(&|| Box::new(MemoryStore::new()));
+}
+
+#[test]
+fn sled_store_conforms() {
+    conformance(&|| Box::new(SledStore::temporary().unwrap()));
+}
+
+/// Sled keeps what it promised across a reopen: records, index, leases, keys, ids.
+#[test]
+fn sled_store_keeps_index_and_leases_across_reopen() {
+    let dir = std::env::temp_dir().join(format!("procession-conf-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let (lease, id) = {
+        let store = SledStore::open(&dir).unwrap();
+        put(&store, &record("r", 1));
+        put(&store, &child("r/c", "r", 2));
+        let lease = store.claim("r", "w", 1_000).unwrap();
+        store.claim_idempotent("key", "r").unwrap();
+        let id = store.next_id().unwrap();
+        store.flush().unwrap();
+        (lease, id)
+    };
+    let store = SledStore::open(&dir).unwrap();
+    assert_eq!(ids(&store.children("r").unwrap()), vec!["r/c"]);
+    assert!(store.claim("r", "w2", 1_000).unwrap().token > lease.token);
+    assert_eq!(store.idempotent("key").unwrap().as_deref(), Some("r"));
+    assert!(store.next_id().unwrap() > id);
+    drop(store);
+    let _ = std::fs::remove_dir_all(&dir);
+}
