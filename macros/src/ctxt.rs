@@ -3,7 +3,6 @@
 use std::cell::RefCell;
 use std::fmt::Display;
 
-use proc_macro2::TokenStream;
 use quote::ToTokens;
 
 pub(crate) struct Ctxt {
@@ -56,19 +55,5 @@ impl Drop for Ctxt {
             std::thread::panicking() || self.errors.borrow().is_none(),
             "forgot to call Ctxt::check"
         );
-    }
-}
-
-/// The user's item, untouched, plus the errors: keeps rust-analyzer and later errors useful.
-pub(crate) fn with_errors(
-    item: &TokenStream,
-    extra: &TokenStream,
-    error: &syn::Error,
-) -> TokenStream {
-    let errors = error.to_compile_error();
-    quote::quote! {
-        #item
-        #extra
-        #errors
     }
 }

@@ -1,0 +1,8 @@
+//! Code generation from a checked model. Nothing here reports a user error: every rule is
+//! checked in `check.rs` before these run.
+
+mod process;
+mod task;
+
+pub(crate) use process::{data_bounds, process, process_type};
+pub(crate) use task::task;
