@@ -14,6 +14,7 @@ mod exec;
 mod graph;
 mod hooks;
 mod journal;
+mod limits;
 pub mod macro_support;
 mod process;
 mod record;

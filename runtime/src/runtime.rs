@@ -363,13 +363,15 @@ impl RuntimeBuilder {
         self
     }
 
-    /// At most `n` tasks run at once across all runs of this runtime (default: no limit).
+    /// At most `n` tasks run at once across all runs of this runtime (default: no limit;
+    /// zero is refused by [`start`](RuntimeBuilder::start) with [`Error::Config`]).
     pub fn max_concurrency(mut self, n: usize) -> Self {
         self.max_concurrency = Some(n);
         self
     }
 
-    /// At most `n` tasks of one run run at once, unless the launch says otherwise.
+    /// At most `n` tasks of one run run at once, unless the launch says otherwise (zero is
+    /// refused by [`start`](RuntimeBuilder::start) with [`Error::Config`]).
     pub fn process_concurrency(mut self, n: usize) -> Self {
         self.process_concurrency = Some(n);
         self
@@ -430,9 +432,11 @@ impl RuntimeBuilder {
     /// [`Error::Config`] for a zero concurrency limit, [`Error::Store`] when the store
     /// cannot be opened (a damaged or newer store names its path).
     pub async fn start(self) -> Result<Runtime> {
-        if self.max_concurrency == Some(0) || self.process_concurrency == Some(0) {
-            return Err(Error::Config("max_concurrency must be >= 1, got 0".into()));
-        }
+        crate::limits::at_least_one("RuntimeBuilder::max_concurrency", self.max_concurrency)?;
+        crate::limits::at_least_one(
+            "RuntimeBuilder::process_concurrency",
+            self.process_concurrency,
+        )?;
         let strict = self.strict;
         let store: Arc<dyn Store> = match self.store {
             StoreChoice::Memory => Arc::new(MemoryStore::new()),
@@ -453,7 +457,9 @@ impl RuntimeBuilder {
                 store,
                 writer,
                 events,
-                permits: self.max_concurrency.map(|n| Arc::new(Semaphore::new(n))),
+                permits: self
+                    .max_concurrency
+                    .map(|n| Arc::new(Semaphore::new(crate::limits::permits(n)))),
                 process_concurrency: self.process_concurrency,
                 grace: self.grace,
                 progress_flush: self.progress_flush,
@@ -709,7 +715,8 @@ impl<P: Process> Launch<P> {
         Ok(self)
     }
 
-    /// At most `n` tasks of this run at once.
+    /// At most `n` tasks of this run at once (zero is refused by the launch with
+    /// [`Error::Config`]).
     #[must_use]
     pub fn max_concurrency(mut self, n: usize) -> Self {
         self.max_concurrency = Some(n);
@@ -882,12 +889,14 @@ impl Runtime {
     ///
     /// [`Error::Graph`] when the graph is invalid (nothing is written then),
     /// [`Error::NotLaunchable`] when a record with this id is active,
-    /// [`Error::ShuttingDown`] after [`shutdown`](Runtime::shutdown).
+    /// [`Error::ShuttingDown`] after [`shutdown`](Runtime::shutdown),
+    /// [`Error::Config`] for [`Launch::max_concurrency`]`(0)` (nothing is written then).
     pub async fn launch<P: Process>(&self, launch: impl Into<Launch<P>>) -> Result<RunHandle> {
         let launch = launch.into();
         if self.inner.shutting_down.load(Ordering::Acquire) {
             return Err(Error::ShuttingDown);
         }
+        crate::limits::at_least_one("Launch::max_concurrency", launch.max_concurrency)?;
         let params = to_value(
             &launch.process,
             &format!("parameters of `{}`", P::META.name),
