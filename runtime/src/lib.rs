@@ -11,6 +11,7 @@ mod data;
 mod error;
 mod events;
 mod exec;
+mod finite;
 mod graph;
 mod hooks;
 mod journal;
