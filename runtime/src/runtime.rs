@@ -12,7 +12,6 @@
 //! loss can also lose the writes of the last ~500 ms unless the store is opened in strict
 //! mode ([`RuntimeBuilder::strict`]), which fsyncs once per group.
 
-use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::PathBuf;
@@ -32,7 +31,7 @@ use crate::hooks::Hooks;
 use crate::journal::{start_writer, RunJournal, WriterHandle};
 use crate::process::{Process, ProcessMeta};
 use crate::record::{InvalidTransition, ListFilter, ProcessRecord, RecordKind, RunMeta, State};
-use crate::report::{ErrorReport, Json, RunReport, RunStatus, TaskReport, TaskStatus};
+use crate::report::{RunReport, RunStatus, TaskReport};
 use crate::schedule::{plan, Schedule};
 use crate::store::{Batch, MemoryStore, SledStore, Store, StoreError, TaskRow, Update};
 
@@ -1147,7 +1146,7 @@ impl Runtime {
         let store = self.inner.store.clone();
         let id2 = id.to_owned();
         let rows = blocking(move || store.tasks(&id2)).await?;
-        Ok(report_from_rows(&rec, &rows))
+        Ok(RunReport::from_rows(&rec, &rows))
     }
 
     /// Cancels a scheduled or running process.
@@ -1953,8 +1952,8 @@ impl Runtime {
         );
         fresh.parent = Some(parent.to_owned());
         fresh.root.clone_from(&parent_rec.root);
-        fresh.depth = parent_rec.depth + 1;
-        fresh.order = siblings as u32;
+        fresh.depth = parent_rec.depth.saturating_add(1);
+        fresh.order = u32::try_from(siblings).unwrap_or(u32::MAX);
         fresh.metadata.clone_from(&parent_rec.metadata);
         fresh.adhoc = true;
         let meta = RunMeta {
@@ -2216,47 +2215,6 @@ fn run_error(report: &RunReport) -> String {
                 )
             }
         }
-    }
-}
-
-fn report_from_rows(rec: &ProcessRecord, rows: &[(u32, TaskRow)]) -> RunReport {
-    let tasks = rows
-        .iter()
-        .map(|(_, r)| {
-            let status = match (r.state, r.skipped) {
-                (State::Done, _) => TaskStatus::Success,
-                (State::Failed, _) => TaskStatus::Errored,
-                (_, true) => TaskStatus::Skipped,
-                _ => TaskStatus::Cancelled,
-            };
-            TaskReport {
-                id: r.node.clone(),
-                name: Cow::Owned(r.task.to_string()),
-                function: Cow::Borrowed(""),
-                description: Cow::Borrowed(""),
-                status,
-                attempts: r.attempts,
-                elapsed: Duration::from_nanos(r.elapsed_ns),
-                result: r.result.clone().map(Json::trusted),
-                error: r.error.as_ref().map(|m| ErrorReport {
-                    message: m.clone(),
-                    chain: r.chain.clone(),
-                    downstream_impact: Vec::new(),
-                    source: None,
-                }),
-            }
-        })
-        .collect();
-    RunReport {
-        process: rec.process_type.clone(),
-        run_id: rec.id.clone(),
-        status: match rec.state() {
-            State::Done => RunStatus::Succeeded,
-            State::Cancelled => RunStatus::Cancelled,
-            _ => RunStatus::Failed,
-        },
-        elapsed: Duration::from_secs_f64(rec.status.duration.unwrap_or(0.0).max(0.0)),
-        tasks,
     }
 }
 
