@@ -483,6 +483,91 @@ async fn zero_concurrency_is_refused() {
     assert!(matches!(err, procession::Error::Config(_)), "{err}");
 }
 
+/// The message of an [`Error::Config`](procession::Error::Config), or a failure.
+fn config_message(err: &procession::Error) -> String {
+    match err {
+        procession::Error::Config(msg) => msg.clone(),
+        other => panic!("expected a config error, got {other:?}"),
+    }
+}
+
+// `RuntimeBuilder::process_concurrency(0)` was refused with a message naming
+// `max_concurrency`: each zero limit names the exact method that set it.
+#[tokio::test]
+async fn zero_builder_limits_name_their_method() {
+    let err = Runtime::in_memory()
+        .max_concurrency(0)
+        .start()
+        .await
+        .unwrap_err();
+    let msg = config_message(&err);
+    assert!(msg.contains("RuntimeBuilder::max_concurrency"), "{msg}");
+    let err = Runtime::in_memory()
+        .process_concurrency(0)
+        .start()
+        .await
+        .unwrap_err();
+    let msg = config_message(&err);
+    assert!(msg.contains("RuntimeBuilder::process_concurrency"), "{msg}");
+    assert!(!msg.contains("max_concurrency"), "{msg}");
+}
+
+// `Launch::max_concurrency(0)` was silently run as 1 while the builder's zero was an
+// error: the launch is refused with a config error naming the method, nothing written.
+#[tokio::test]
+async fn zero_launch_max_concurrency_is_a_config_error() {
+    let rt = rt().await;
+    let err = rt
+        .launch(Launch::new(Quick {}).id("zero").max_concurrency(0))
+        .await
+        .unwrap_err();
+    let msg = config_message(&err);
+    assert!(msg.contains("Launch::max_concurrency"), "{msg}");
+    assert!(rt.get("zero").await.unwrap().is_none());
+    let report = rt
+        .run(Launch::new(Quick {}).id("one").max_concurrency(1))
+        .await
+        .unwrap();
+    assert!(report.is_success());
+}
+
+#[process]
+fn one_quick(p: &mut Builder) {
+    p.task(Producer::new());
+}
+
+/// Spawns a child in a group of zero concurrency; returns what `spawn` said.
+#[task]
+async fn zero_group(ctx: &Ctx) -> String {
+    let mut group = ctx.parallel_group(procession::GroupOptions::new().max_concurrency(0));
+    match group.spawn(procession::Child::new(OneQuick {})).await {
+        Err(procession::ChildError::Launch {
+            source: procession::Error::Config(msg),
+            ..
+        }) => msg,
+        other => format!("unexpected: {other:?}"),
+    }
+}
+
+#[process]
+fn zero_group_job(p: &mut Builder) {
+    p.task(ZeroGroup::new());
+}
+
+// `GroupOptions::max_concurrency(0)` was silently 1: spawning into such a group is a
+// launch error carrying a config error that names the method.
+#[tokio::test]
+async fn zero_group_max_concurrency_is_a_config_error() {
+    let rt = Runtime::in_memory()
+        .register::<OneQuick>()
+        .start()
+        .await
+        .unwrap();
+    let report = rt.run(ZeroGroupJob {}).await.unwrap();
+    let msg: String = report.result("zero_group").unwrap();
+    assert!(msg.contains("GroupOptions::max_concurrency"), "{msg}");
+}
+
 // ----------------------------------------------------------- run handles
 
 #[process]

@@ -385,3 +385,147 @@ async fn timings_and_order() {
     }
     assert!(report.run_id.starts_with("job-"), "{}", report.run_id);
 }
+
+// ------------------------------------------------ results are stored losslessly
+
+#[task]
+fn not_a_number() -> f64 {
+    f64::NAN
+}
+
+#[task]
+fn infinite() -> f32 {
+    f32::INFINITY
+}
+
+#[task]
+fn series() -> Vec<f64> {
+    vec![1.0, 2.5, f64::NAN, 4.0]
+}
+
+#[task]
+fn after_series(xs: Vec<f64>) -> usize {
+    xs.len()
+}
+
+#[process]
+fn nan_job(p: &mut Builder) {
+    p.task(NotANumber::new());
+}
+
+#[process]
+fn inf_job(p: &mut Builder) {
+    p.task(Infinite::new());
+}
+
+#[process]
+fn nan_series_job(p: &mut Builder) {
+    let xs = p.task(Series::new());
+    p.task(AfterSeries::new(xs));
+}
+
+/// The task's error, which must be (or wrap) [`OutputNotSerializable`].
+fn unstorable_message(report: &RunReport, id: &str) -> String {
+    let t = report.task(id).unwrap();
+    assert_eq!(t.status, TaskStatus::Errored, "{}", report.summary());
+    assert!(t.result.is_none());
+    let err = t.error.as_ref().unwrap();
+    let mut found = false;
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = err.error().map(|e| e as _);
+    while let Some(x) = cur {
+        found |= x.is::<OutputNotSerializable>();
+        cur = x.source();
+    }
+    assert!(found, "{err:?}");
+    err.message.clone()
+}
+
+// serde_json writes NaN and infinities as `null`: a task returning NaN reported success
+// with a stored `null` that no reader could decode as `f64`. Such a result is the task's
+// error, naming the task and saying why; the run fails.
+#[tokio::test]
+async fn nan_result_is_an_error_not_a_lost_value() {
+    let report = rt().await.run(NanJob {}).await.unwrap();
+    assert_eq!(report.status, RunStatus::Failed);
+    let msg = unstorable_message(&report, "not_a_number");
+    assert!(msg.contains("not_a_number"), "{msg}");
+    assert!(msg.contains("NaN"), "{msg}");
+
+    let report = rt().await.run(InfJob {}).await.unwrap();
+    assert_eq!(report.status, RunStatus::Failed);
+    let msg = unstorable_message(&report, "infinite");
+    assert!(msg.contains("inf"), "{msg}");
+}
+
+// A NaN inside a collection is lost the same way: the task errors (the message says
+// where the value is) and its dependent is skipped.
+#[tokio::test]
+async fn nan_inside_vec_result_is_an_error_not_a_lost_value() {
+    let report = rt().await.run(NanSeriesJob {}).await.unwrap();
+    assert_eq!(report.status, RunStatus::Failed);
+    let msg = unstorable_message(&report, "series");
+    assert!(msg.contains("[2]"), "{msg}");
+    assert_eq!(
+        report.task("after_series").unwrap().status,
+        TaskStatus::Skipped
+    );
+}
+
+#[task]
+fn floats(seed: u64) -> Vec<f64> {
+    // Finite floats from every part of the range (a simple xorshift: no dependency).
+    let mut x = seed | 1;
+    let mut out = vec![
+        0.1,
+        -0.0,
+        1e-310,
+        f64::MIN_POSITIVE,
+        f64::MAX,
+        f64::MIN,
+        5e-324,
+    ];
+    while out.len() < 2_000 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let f = f64::from_bits(x);
+        if f.is_finite() {
+            out.push(f);
+        }
+    }
+    out
+}
+
+#[task]
+fn same_floats(xs: Vec<f64>) -> Vec<f64> {
+    xs
+}
+
+#[process]
+fn float_job(p: &mut Builder) {
+    let xs = p.task(Floats::new(0x9e37_79b9_7f4a_7c15));
+    p.task(SameFloats::new(xs));
+}
+
+// Finite floats round-trip bit for bit through the stored JSON (serde_json's default
+// parser is not always correctly rounded).
+#[tokio::test]
+async fn finite_float_results_round_trip_losslessly() {
+    let report = rt().await.run(FloatJob {}).await.unwrap();
+    assert!(report.is_success(), "{}", report.summary());
+    let expected = floats(0x9e37_79b9_7f4a_7c15);
+    let first_difference = |got: &[f64]| {
+        assert_eq!(got.len(), expected.len());
+        got.iter()
+            .zip(&expected)
+            .position(|(a, b)| a.to_bits() != b.to_bits())
+            .map(|i| (i, got[i], expected[i]))
+    };
+    for id in ["floats", "same_floats"] {
+        let got: Vec<f64> = report.result(id).unwrap();
+        assert_eq!(first_difference(&got), None, "{id}");
+    }
+    let back = RunReport::from_json(&report.to_json()).unwrap();
+    let got: Vec<f64> = back.result("floats").unwrap();
+    assert_eq!(first_difference(&got), None);
+}

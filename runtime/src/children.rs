@@ -312,7 +312,7 @@ pub struct ChildResult {
 #[derive(Clone)]
 #[non_exhaustive]
 pub struct GroupOptions {
-    /// Children running at once (default 10).
+    /// Children running at once (default 10; zero is refused when a child is spawned).
     pub max_concurrency: usize,
     /// A failed child is a result, not an error, and does not cancel its siblings.
     pub survive_failure: bool,
@@ -349,10 +349,12 @@ impl GroupOptions {
         }
     }
 
-    /// Children running at once (at least 1).
+    /// Children running at once. Zero is refused when a child is spawned into the
+    /// group ([`ChildError::Launch`] carrying an [`Error::Config`] that names this
+    /// method), like every other zero concurrency limit.
     #[must_use]
     pub fn max_concurrency(mut self, n: usize) -> Self {
-        self.max_concurrency = n.max(1);
+        self.max_concurrency = n;
         self
     }
 
@@ -624,7 +626,7 @@ impl Ctx {
             .map(|cb| Tracker::start(cb, spawner.as_ref().and_then(|s| s.events())));
         ParallelGroup {
             ctx: self.clone(),
-            slots: Arc::new(Semaphore::new(opts.max_concurrency.max(1))),
+            slots: Arc::new(Semaphore::new(crate::limits::permits(opts.max_concurrency))),
             cancel: self.cancel_token().child_token(),
             opts,
             running: Vec::new(),
@@ -746,8 +748,15 @@ impl ParallelGroup {
     ///
     /// # Errors
     ///
-    /// [`ChildError::Launch`], [`ChildError::NoRuntime`].
+    /// [`ChildError::Launch`] (also for a group of zero `max_concurrency`, with an
+    /// [`Error::Config`] naming `GroupOptions::max_concurrency`), [`ChildError::NoRuntime`].
     pub async fn spawn<P: Process>(&mut self, child: Child<P>) -> Result<(), ChildError> {
+        if self.opts.max_concurrency == 0 {
+            return Err(ChildError::Launch {
+                id: child.id.unwrap_or_else(|| P::META.name.to_owned()),
+                source: crate::limits::zero("GroupOptions::max_concurrency"),
+            });
+        }
         let name = child
             .name
             .clone()

@@ -162,6 +162,9 @@ pub struct CancelGraceExceeded {
 }
 
 /// A task's output could not be serialized, so it could not be stored.
+///
+/// Also the error of an output JSON cannot hold losslessly: a NaN or infinite float
+/// (which JSON writers turn into `null`) anywhere in it; the message names where.
 #[derive(Debug, thiserror::Error)]
 #[error("output of task `{task}` could not be serialized: {source}")]
 pub struct OutputNotSerializable {

@@ -780,9 +780,12 @@ async fn attempts(
         Ok(Err(e)) => return (first, Err(Box::new(e))),
         Err(panic) => return (first, Err(panicked(meta, &*panic))),
     }
-    let mut attempt = first;
+    // `first` comes from the store (attempts before a restart) and is untrusted: the
+    // attempts of this run are counted apart, and the attempt number saturates.
+    let mut this_run: u32 = 0;
     loop {
-        attempt += 1;
+        this_run = this_run.saturating_add(1);
+        let attempt = first.saturating_add(this_run);
         let ctx = Ctx::new(shared.scope.clone(), i, meta.name, attempt);
         let outcome = run_attempt(shared, i, meta, attempt, &mut *task, ctx, node_started).await;
         let Some(err) = outcome.error else {
@@ -792,7 +795,7 @@ async fn attempts(
             return (attempt, Ok(()));
         };
         let cancelled = shared.scope.cancel.is_cancelled();
-        if !cancelled && attempt - first < policy.max_attempts && policy.is_retryable(&*err) {
+        if !cancelled && this_run < policy.max_attempts && policy.is_retryable(&*err) {
             let delay = policy.backoff.jittered_delay(attempt);
             tracing::info!(task = meta.name, attempt, ?delay, error = %err, "retrying");
             tokio::select! {
@@ -800,7 +803,7 @@ async fn attempts(
                 () = shared.scope.cancel.cancelled() => return (attempt, Err(err)),
             }
         }
-        if attempt - first > 1 && !cancelled {
+        if this_run > 1 && !cancelled {
             return (
                 attempt,
                 Err(Box::new(RetryExhausted {

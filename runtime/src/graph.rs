@@ -115,12 +115,19 @@ impl<T: Task> ErasedTask for Erased<T> {
                 r?
             }
         };
-        let json = to_json(&value).map_err(|source| {
-            BoxError::from(crate::NonRetryable::new(OutputNotSerializable {
-                task: T::META.name.to_owned(),
-                source,
-            }))
-        })?;
+        let json = to_json(&value)
+            .and_then(|json| {
+                // NaN and infinities would be stored as `null`: an error, not a lost value.
+                crate::finite::check(&value, &json)
+                    .map(|()| json)
+                    .map_err(<serde_json::Error as serde::ser::Error>::custom)
+            })
+            .map_err(|source| {
+                BoxError::from(crate::NonRetryable::new(OutputNotSerializable {
+                    task: T::META.name.to_owned(),
+                    source,
+                }))
+            })?;
         Poll::Ready(Ok(Finished {
             json,
             typed: if self.typed {

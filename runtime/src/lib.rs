@@ -12,9 +12,11 @@ mod data;
 mod error;
 mod events;
 mod exec;
+mod finite;
 mod graph;
 mod hooks;
 mod journal;
+mod limits;
 #[doc(hidden)]
 pub mod macro_support;
 mod process;

@@ -12,7 +12,6 @@
 //! loss can also lose the writes of the last ~500 ms unless the store is opened in strict
 //! mode ([`RuntimeBuilder::strict`]), which fsyncs once per group.
 
-use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::PathBuf;
@@ -32,7 +31,7 @@ use crate::hooks::Hooks;
 use crate::journal::{start_writer, RunJournal, WriterHandle};
 use crate::process::{Process, ProcessMeta};
 use crate::record::{InvalidTransition, ListFilter, ProcessRecord, RecordKind, RunMeta, State};
-use crate::report::{ErrorReport, Json, RunReport, RunStatus, TaskReport, TaskStatus};
+use crate::report::{RunReport, RunStatus, TaskReport};
 use crate::schedule::{plan, Schedule};
 use crate::store::{
     Batch, MemoryStore, Page, Query, SledStore, Store, StoreError, TaskRow, Update,
@@ -373,13 +372,15 @@ impl RuntimeBuilder {
         self
     }
 
-    /// At most `n` tasks run at once across all runs of this runtime (default: no limit).
+    /// At most `n` tasks run at once across all runs of this runtime (default: no limit;
+    /// zero is refused by [`start`](RuntimeBuilder::start) with [`Error::Config`]).
     pub fn max_concurrency(mut self, n: usize) -> Self {
         self.max_concurrency = Some(n);
         self
     }
 
-    /// At most `n` tasks of one run run at once, unless the launch says otherwise.
+    /// At most `n` tasks of one run run at once, unless the launch says otherwise (zero is
+    /// refused by [`start`](RuntimeBuilder::start) with [`Error::Config`]).
     pub fn process_concurrency(mut self, n: usize) -> Self {
         self.process_concurrency = Some(n);
         self
@@ -440,9 +441,11 @@ impl RuntimeBuilder {
     /// [`Error::Config`] for a zero concurrency limit, [`Error::Store`] when the store
     /// cannot be opened (a damaged or newer store names its path).
     pub async fn start(self) -> Result<Runtime> {
-        if self.max_concurrency == Some(0) || self.process_concurrency == Some(0) {
-            return Err(Error::Config("max_concurrency must be >= 1, got 0".into()));
-        }
+        crate::limits::at_least_one("RuntimeBuilder::max_concurrency", self.max_concurrency)?;
+        crate::limits::at_least_one(
+            "RuntimeBuilder::process_concurrency",
+            self.process_concurrency,
+        )?;
         // A definition the scheduler could never launch is refused now, not at its fire.
         for d in &self.definitions {
             if !self.registry.contains_key(d.process_type) {
@@ -473,7 +476,9 @@ impl RuntimeBuilder {
                 worker: format!("worker-{:016x}", fastrand::u64(..)),
                 writer,
                 events,
-                permits: self.max_concurrency.map(|n| Arc::new(Semaphore::new(n))),
+                permits: self
+                    .max_concurrency
+                    .map(|n| Arc::new(Semaphore::new(crate::limits::permits(n)))),
                 process_concurrency: self.process_concurrency,
                 grace: self.grace,
                 progress_flush: self.progress_flush,
@@ -775,7 +780,8 @@ impl<P: Process> Launch<P> {
         Ok(self)
     }
 
-    /// At most `n` tasks of this run at once.
+    /// At most `n` tasks of this run at once (zero is refused by the launch with
+    /// [`Error::Config`]).
     #[must_use]
     pub fn max_concurrency(mut self, n: usize) -> Self {
         self.max_concurrency = Some(n);
@@ -1002,17 +1008,14 @@ impl Runtime {
     ///
     /// [`Error::Graph`] when the graph is invalid (nothing is written then),
     /// [`Error::NotLaunchable`] when a record with this id is active,
-    /// [`Error::ShuttingDown`] after [`shutdown`](Runtime::shutdown).
+    /// [`Error::ShuttingDown`] after [`shutdown`](Runtime::shutdown),
+    /// [`Error::Config`] for [`Launch::max_concurrency`]`(0)` (nothing is written then).
     pub async fn launch<P: Process>(&self, launch: impl Into<Launch<P>>) -> Result<RunHandle> {
         let launch = launch.into();
         if self.inner.shutting_down.load(Ordering::Acquire) {
             return Err(Error::ShuttingDown);
         }
-        if launch.max_concurrency == Some(0) {
-            return Err(Error::Config(
-                "Launch::max_concurrency must be >= 1, got 0".into(),
-            ));
-        }
+        crate::limits::at_least_one("Launch::max_concurrency", launch.max_concurrency)?;
         // The key first: every launch with a known key gets the one run it names.
         if let Some(key) = launch.idempotency_key.clone() {
             if let Some(owner) = self.inner.read(move |s| s.idempotent(&key)).await? {
@@ -1370,7 +1373,7 @@ impl Runtime {
             .await?
             .ok_or_else(|| Error::NotFound { id: id.to_owned() })?;
         let rows = self.inner.rows(id).await?;
-        Ok(report_from_rows(&rec, &rows))
+        Ok(RunReport::from_rows(&rec, &rows))
     }
 
     /// Cancels a scheduled or running process, and its child processes.
@@ -2681,47 +2684,6 @@ fn run_error(report: &RunReport) -> String {
                 )
             }
         }
-    }
-}
-
-fn report_from_rows(rec: &ProcessRecord, rows: &[(u32, TaskRow)]) -> RunReport {
-    let tasks = rows
-        .iter()
-        .map(|(_, r)| {
-            let status = match (r.state, r.skipped) {
-                (State::Done, _) => TaskStatus::Success,
-                (State::Failed, _) => TaskStatus::Errored,
-                (_, true) => TaskStatus::Skipped,
-                _ => TaskStatus::Cancelled,
-            };
-            TaskReport {
-                id: r.node.clone(),
-                name: Cow::Owned(r.task.to_string()),
-                function: Cow::Borrowed(""),
-                description: Cow::Borrowed(""),
-                status,
-                attempts: r.attempts,
-                elapsed: Duration::from_nanos(r.elapsed_ns),
-                result: r.result.clone().map(Json::trusted),
-                error: r.error.as_ref().map(|m| ErrorReport {
-                    message: m.clone(),
-                    chain: r.chain.clone(),
-                    downstream_impact: Vec::new(),
-                    source: None,
-                }),
-            }
-        })
-        .collect();
-    RunReport {
-        process: rec.process_type.clone(),
-        run_id: rec.id.clone(),
-        status: match rec.state() {
-            State::Done => RunStatus::Succeeded,
-            State::Cancelled => RunStatus::Cancelled,
-            _ => RunStatus::Failed,
-        },
-        elapsed: Duration::from_secs_f64(rec.status.duration.unwrap_or(0.0).max(0.0)),
-        tasks,
     }
 }
 

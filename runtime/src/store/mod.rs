@@ -180,7 +180,7 @@ impl TaskRow {
             metadata: BTreeMap::new(),
             parent: Some(root.id.clone()),
             root: root.root.clone(),
-            depth: root.depth + 1,
+            depth: root.depth.saturating_add(1),
             order,
             cancellable: false,
             adhoc: false,

@@ -450,7 +450,7 @@ impl Store for SledStore {
                 let n = old
                     .and_then(|b| <[u8; 8]>::try_from(b).ok())
                     .map_or(0, u64::from_be_bytes);
-                Some((n + 1).to_be_bytes().to_vec())
+                Some(n.saturating_add(1).to_be_bytes().to_vec())
             })
             .map_err(|e| self.io(e))?
             .and_then(|b| <[u8; 8]>::try_from(b.as_ref()).ok())
