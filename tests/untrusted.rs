@@ -8,9 +8,9 @@ use std::sync::{Arc, Once};
 use std::time::Duration;
 
 use procession::prelude::*;
+use procession::store::{Batch, MemoryStore, SledStore, Store, StoreError, TaskRow};
 use procession::{
-    Batch, Child, ChildError, ListFilter, LogEntry, MemoryStore, ProcessRecord, Progress,
-    RecordKind, RunMeta, SledStore, State, Store, StoreError, TaskRow,
+    Child, ChildError, ListFilter, LogEntry, ProcessRecord, Progress, RecordKind, RunMeta, State,
 };
 use proptest::prelude::*;
 
@@ -89,6 +89,7 @@ fn running(
         tasks: 2,
         idempotency_key: None,
         max_concurrency: None,
+        resumes: 0,
     });
     rec
 }
@@ -108,6 +109,7 @@ fn row(node: &str, state: State) -> TaskRow {
         progress: Progress::default(),
         log: Vec::new(),
         result: None,
+        lease: 0,
     }
 }
 
@@ -386,6 +388,7 @@ prop_compose! {
             progress: Progress { percent, message: None },
             log: vec![LogEntry { timestamp, level: Level::Info, message: "m".into(), data: None }],
             result,
+            lease: 0,
         }
     }
 }
@@ -448,6 +451,7 @@ prop_compose! {
             tasks,
             idempotency_key: None,
             max_concurrency,
+            resumes: 0,
         });
         r
     }
@@ -574,7 +578,10 @@ fn open_when_released(dir: &std::path::Path) -> SledStore {
     for _ in 0..200 {
         match SledStore::open(dir) {
             Ok(store) => return store,
-            Err(StoreError::Open { message, .. }) if message.contains("lock") => {
+            Err(e @ StoreError::Open { .. })
+                if std::error::Error::source(&e)
+                    .is_some_and(|c| c.to_string().contains("lock")) =>
+            {
                 std::thread::sleep(Duration::from_millis(10));
             }
             Err(e) => panic!("{e}"),
