@@ -504,6 +504,12 @@ impl RuntimeBuilder {
     }
 }
 
+/// A run registered as live before its launch is written.
+struct Reserved {
+    cancel: CancellationToken,
+    tx: watch::Sender<Option<Arc<RunReport>>>,
+}
+
 struct ActiveRun {
     token: u64,
     cancel: CancellationToken,
@@ -1180,6 +1186,7 @@ impl Runtime {
                 Ok(r)
             };
         let id_owned = id.to_owned();
+        let reserved = self.reserve(id, token);
         let outcome = self
             .inner
             .write(move |store| {
@@ -1212,11 +1219,21 @@ impl Runtime {
                 let events = vec![state_event(&rec)];
                 Ok((Enqueued::Written(Box::new(rec), lease.token), events))
             })
-            .await?;
+            .await;
         let (rec, lease) = match outcome {
-            Enqueued::Existing(owner) => return self.attach(&owner).await,
-            Enqueued::Refused(e) => return Err(e),
-            Enqueued::Written(rec, lease) => (*rec, lease),
+            Ok(Enqueued::Written(rec, lease)) => (*rec, lease),
+            Ok(Enqueued::Existing(owner)) => {
+                self.unreserve(id, token);
+                return self.attach(&owner).await;
+            }
+            Ok(Enqueued::Refused(e)) => {
+                self.unreserve(id, token);
+                return Err(e);
+            }
+            Err(e) => {
+                self.unreserve(id, token);
+                return Err(e);
+            }
         };
         if rec.depth == 0 {
             self.delete_descendants(id).await?;
@@ -1224,9 +1241,39 @@ impl Runtime {
         // The previous run's task records and results go; the launch is durable before
         // the call returns.
         self.inner.clear_run(id).await?;
-        Ok(self.spawn_run(rec, graph, hooks, None, token, lease))
+        Ok(self.spawn_run(rec, graph, hooks, None, token, lease, reserved))
     }
 
+    /// Makes run `token` of record `id` findable before its launch is written, so that a
+    /// concurrent launch with the same idempotency key finds it live. `None` when another
+    /// run of `id` is live here (the launch's write then refuses).
+    fn reserve(&self, id: &str, token: u64) -> Option<Reserved> {
+        let mut active = self.inner.active();
+        if active.contains_key(id) {
+            return None;
+        }
+        let cancel = CancellationToken::new();
+        let (tx, rx) = watch::channel(None);
+        active.insert(
+            id.to_owned(),
+            ActiveRun {
+                token,
+                cancel: cancel.clone(),
+                done: rx,
+            },
+        );
+        Some(Reserved { cancel, tx })
+    }
+
+    /// Forgets a reservation whose launch was refused.
+    fn unreserve(&self, id: &str, token: u64) {
+        let mut active = self.inner.active();
+        if active.get(id).is_some_and(|a| a.token == token) {
+            active.remove(id);
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
     fn spawn_run(
         &self,
         rec: ProcessRecord,
@@ -1235,9 +1282,16 @@ impl Runtime {
         resume: Option<Resume>,
         token: u64,
         lease: u64,
+        reserved: Option<Reserved>,
     ) -> RunHandle {
-        let cancel = CancellationToken::new();
-        let (tx, rx) = watch::channel(None);
+        let Reserved { cancel, tx } = reserved.unwrap_or_else(|| {
+            let (tx, _) = watch::channel(None);
+            Reserved {
+                cancel: CancellationToken::new(),
+                tx,
+            }
+        });
+        let rx = tx.subscribe();
         self.inner.active().insert(
             rec.id.clone(),
             ActiveRun {
@@ -1279,74 +1333,20 @@ impl Runtime {
         handle
     }
 
-    /// A handle on an existing run: live when the run is active here; otherwise it ends
-    /// with the run's report once the store shows the run ended (at once for an ended
-    /// run; a run that is active in the store but not here, such as a child not yet
-    /// resumed, is awaited).
+    /// A handle on an existing run: live when the run is active here (launched or
+    /// resumed, or being launched), otherwise ended with the report the store holds.
     async fn attach(&self, id: &str) -> Result<RunHandle> {
         if let Some(h) = self.live_handle(id) {
             return Ok(h);
         }
-        let rec = self
-            .inner
-            .get(id)
-            .await?
-            .ok_or_else(|| Error::NotFound { id: id.to_owned() })?;
-        if !rec.state().is_active() {
-            let report = self.report(id).await?;
-            let (_tx, rx) = watch::channel(Some(Arc::new(report)));
-            return Ok(RunHandle {
-                id: id.to_owned(),
-                cancel: CancellationToken::new(),
-                done: rx,
-                runtime: Some(Arc::downgrade(&self.inner)),
-            });
-        }
-        // Active in the store, not here (yet): follow its events, and look again now and
-        // then (an event may come before we subscribe, or from another worker).
-        let (tx, rx) = watch::channel(None);
-        let cancel = CancellationToken::new();
-        let rt = self.clone();
-        let (id2, cancel2) = (id.to_owned(), cancel.clone());
-        tokio::spawn(async move {
-            let mut events = rt.inner.events.subscribe();
-            loop {
-                if let Some(h) = rt.live_handle(&id2) {
-                    // Resumed here meanwhile: forward its end and its cancels.
-                    let mut done = h.done.clone();
-                    let forward = h.cancel.clone();
-                    tokio::select! {
-                        r = done.wait_for(Option::is_some) => {
-                            if let Ok(r) = r { let _ = tx.send(r.clone()); }
-                        }
-                        () = cancel2.cancelled() => forward.cancel(),
-                    }
-                    return;
-                }
-                match rt.inner.get(&id2).await {
-                    Ok(Some(r)) if !r.state().is_active() => {
-                        if let Ok(report) = rt.report(&id2).await {
-                            let _ = tx.send(Some(Arc::new(report)));
-                        }
-                        return;
-                    }
-                    Ok(Some(_)) => {}
-                    // Gone, or the runtime stopped: the handle's wait says so.
-                    _ => return,
-                }
-                let wait = tokio::time::sleep(Duration::from_millis(50));
-                tokio::select! {
-                    () = wait => {}
-                    e = events.recv() => {
-                        if matches!(e, Err(broadcast::error::RecvError::Closed)) { return; }
-                    }
-                    () = tx.closed() => return,
-                }
-            }
-        });
+        // Ended, or active in the store with no run here: after `start` every run this
+        // store holds is resumed (children first), so such a record was orphaned; what
+        // the store says is the answer.
+        let report = self.report(id).await?;
+        let (_tx, rx) = watch::channel(Some(Arc::new(report)));
         Ok(RunHandle {
             id: id.to_owned(),
-            cancel,
+            cancel: CancellationToken::new(),
             done: rx,
             runtime: Some(Arc::downgrade(&self.inner)),
         })
@@ -1935,7 +1935,7 @@ impl Runtime {
         };
         tracing::info!(run = %id, finished = resume.done.len(), tasks = graph.len(), "resuming run");
         let token = rec.run.as_ref().map_or(0, |m| m.token);
-        drop(self.spawn_run(rec, graph, hooks, Some(resume), token, lease));
+        drop(self.spawn_run(rec, graph, hooks, Some(resume), token, lease, None));
         Ok(())
     }
 

@@ -173,8 +173,15 @@ impl SledStore {
         let mut batch = sled::Batch::default();
         for kv in &self.processes {
             let (k, v) = kv.map_err(|e| self.io(e))?;
-            for key in index::keys(&self.decode_record(&k, &v)?) {
-                batch.insert(key, &[]);
+            // A damaged record stays out of the index; reading it by id still says it
+            // is damaged.
+            match self.decode_record(&k, &v) {
+                Ok(r) => {
+                    for key in index::keys(&r) {
+                        batch.insert(key, &[]);
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "record left out of the index"),
             }
         }
         self.index.apply_batch(batch).map_err(|e| self.io(e))
