@@ -1,4 +1,4 @@
-//! Encodings of stored values: records in JSON, task rows in MessagePack (JSON rows as
+//! Encodings of stored values: records in JSON, task rows in `MessagePack` (JSON rows as
 //! written by schema 1 are still read).
 
 use super::{StoreError, TaskRow};

@@ -3,8 +3,12 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
+#[path = "sled_guard.rs"]
+mod guard;
+
+use self::guard::{Sidecar, SEQ_KEY};
 use super::codec::{decode_record, decode_row, encode, encode_row};
 use super::{Batch, Store, StoreError, TaskRow, Update};
 use crate::record::{ProcessRecord, State, SCHEMA_VERSION};
@@ -39,6 +43,13 @@ fn order_of(key: &[u8]) -> u32 {
 /// [`SledStore::strict`], every flush also fsyncs the data file, so a power loss loses
 /// nothing that was flushed either. The runtime flushes once per group of writes, never
 /// once per transition.
+///
+/// Damage: every write carries the next number of a write sequence, and each flush records
+/// the number reached in `procession.seq` beside sled's files; at open, a flipped byte,
+/// truncation, zeroing or deletion of sled's files that loses flushed writes is refused
+/// with [`StoreError::Damaged`] (or [`StoreError::Open`] when sled cannot read them at
+/// all), never opened as an older or empty store. Leftovers of an open that was killed
+/// (`snap.*.generating`, sled issue 1527) are removed before opening, with a warning.
 pub struct SledStore {
     db: sled::Db,
     processes: sled::Tree,
@@ -47,6 +58,12 @@ pub struct SledStore {
     keys: sled::Tree,
     path: PathBuf,
     strict: bool,
+    /// The last write sequence number given to a write. Held while a write and its
+    /// number are written, so that a flush never records a number whose write is not in
+    /// sled yet.
+    seq: Mutex<u64>,
+    /// `None` for a temporary store.
+    sidecar: Option<Sidecar>,
 }
 
 impl fmt::Debug for SledStore {
@@ -77,8 +94,13 @@ impl SledStore {
     /// ```
     pub fn open(path: impl AsRef<Path>) -> Result<SledStore, StoreError> {
         let path = path.as_ref().to_path_buf();
+        guard::clear_interrupted_open(&path).map_err(|e| StoreError::Open {
+            path: path.display().to_string(),
+            message: format!("cannot clear what an interrupted open left: {e}"),
+        })?;
         let config = sled::Config::new().path(&path);
-        Self::with_config(&config, path)
+        let sidecar = Sidecar::new(&path);
+        Self::with_config(&config, path, Some(sidecar))
     }
 
     /// A store in a temporary directory, deleted when dropped: for tests.
@@ -88,7 +110,7 @@ impl SledStore {
     /// [`StoreError::Open`] when the temporary directory cannot be created.
     pub fn temporary() -> Result<SledStore, StoreError> {
         let config = sled::Config::new().temporary(true);
-        Self::with_config(&config, PathBuf::from("(temporary)"))
+        Self::with_config(&config, PathBuf::from("(temporary)"), None)
     }
 
     /// Also fsync the data file on every flush (power-loss safe; slower).
@@ -98,7 +120,11 @@ impl SledStore {
         self
     }
 
-    fn with_config(config: &sled::Config, path: PathBuf) -> Result<SledStore, StoreError> {
+    fn with_config(
+        config: &sled::Config,
+        path: PathBuf,
+        sidecar: Option<Sidecar>,
+    ) -> Result<SledStore, StoreError> {
         let shown = path.display().to_string();
         let open_err = |message: String| StoreError::Open {
             path: shown.clone(),
@@ -122,7 +148,35 @@ impl SledStore {
             db,
             path,
             strict: false,
+            seq: Mutex::new(0),
+            sidecar,
         };
+        // Before anything is written: a store that lost writes is refused as it was found.
+        let found = guard::decode_seq(
+            store
+                .tasks
+                .get(SEQ_KEY)
+                .map_err(|e| open_err(e.to_string()))?
+                .as_deref(),
+        )
+        .map_err(&open_err)?;
+        if let Some(side) = &store.sidecar {
+            let expected = side.read().map_err(&open_err)?.unwrap_or(0);
+            if found < expected {
+                tracing::error!(
+                    path = %shown,
+                    expected_seq = expected,
+                    found_seq = found,
+                    "the store's data files lost writes that had been flushed"
+                );
+                return Err(StoreError::Damaged {
+                    path: shown,
+                    expected_seq: expected,
+                    found_seq: found,
+                });
+            }
+        }
+        *store.lock_seq() = found;
         match store
             .db
             .get(b"schema")
@@ -156,6 +210,21 @@ impl SledStore {
             }
         }
         Ok(store)
+    }
+
+    fn lock_seq(&self) -> MutexGuard<'_, u64> {
+        self.seq.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Writes `next` as the write sequence, after a write that was not counted in its own
+    /// batch. sled keeps writes in order (a recovered write implies every earlier one),
+    /// so the number covers the write before it.
+    fn bump(&self, seq: &mut MutexGuard<'_, u64>, next: u64) -> Result<(), StoreError> {
+        self.tasks
+            .insert(SEQ_KEY, &next.to_be_bytes())
+            .map_err(|e| self.io(e))?;
+        **seq = next;
+        Ok(())
     }
 
     fn io(&self, e: impl fmt::Display) -> StoreError {
@@ -197,6 +266,12 @@ impl Store for SledStore {
         id: &str,
         f: &mut dyn FnMut(Option<&ProcessRecord>) -> Update,
     ) -> Result<Option<ProcessRecord>, StoreError> {
+        // The compare-and-swap, then the write sequence, as two writes in the same flush
+        // group rather than one transaction: sled keeps writes in order, and the lock keeps
+        // a flush from recording a number before its write, so sidecar ≤ sled still holds;
+        // a crash between the two only leaves the write uncounted, which is never a false
+        // alarm. Records change a few times per run, so this costs one small insert each.
+        let mut seq = self.lock_seq();
         loop {
             let old = self.processes.get(id.as_bytes()).map_err(|e| self.io(e))?;
             let current = match &old {
@@ -213,6 +288,8 @@ impl Store for SledStore {
                 .compare_and_swap(id.as_bytes(), old, new)
                 .map_err(|e| self.io(e))?;
             if swapped.is_ok() {
+                let next = *seq + 1;
+                self.bump(&mut seq, next)?;
                 return Ok(result);
             }
             // Raced with another writer: decide again on the new value.
@@ -284,11 +361,17 @@ impl Store for SledStore {
         for r in &batch.processes {
             processes.insert(r.id.as_bytes(), encode(r));
         }
+        // The write sequence rides in the batch: one more key, atomic with the rest.
+        let mut seq = self.lock_seq();
+        let next = *seq + 1;
+        tasks.insert(SEQ_KEY, &next.to_be_bytes());
         if batch.processes.is_empty() && batch.delete_processes.is_empty() && !cleared_results {
             // Only task rows (every write cycle of a run): one tree's batch is atomic on
             // its own, and about twice as fast as a transaction, which reads every key
             // it writes.
-            return self.tasks.apply_batch(tasks).map_err(|e| self.io(e));
+            self.tasks.apply_batch(tasks).map_err(|e| self.io(e))?;
+            *seq = next;
+            return Ok(());
         }
         (&self.tasks, &self.results, &self.processes)
             .transaction(|(t, r, p)| {
@@ -297,14 +380,27 @@ impl Store for SledStore {
                 p.apply_batch(&processes)?;
                 Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
             })
-            .map_err(|e| self.io(format!("{e:?}")))
+            .map_err(|e| self.io(format!("{e:?}")))?;
+        *seq = next;
+        Ok(())
     }
 
     fn flush(&self) -> Result<(), StoreError> {
+        // Every write numbered up to `reached` is in sled before this flush starts.
+        let reached = *self.lock_seq();
         self.db.flush().map_err(|e| self.io(e))?;
         if self.strict {
             let file = std::fs::File::open(self.path.join("db")).map_err(|e| self.io(e))?;
             file.sync_all().map_err(|e| self.io(e))?;
+        }
+        // Only now, after sled's flush returned: a crash in between leaves the sidecar
+        // behind sled, never ahead of it.
+        if let Some(side) = &self.sidecar {
+            side.record(reached, self.strict)
+                .map_err(|e| StoreError::Io {
+                    path: self.location(),
+                    message: format!("cannot write `{}`: {e}", side.path().display()),
+                })?;
         }
         Ok(())
     }
@@ -312,6 +408,7 @@ impl Store for SledStore {
     fn next_id(&self) -> Result<u64, StoreError> {
         // A counter in the store (sled's own `generate_id` skips a million after each
         // restart, which makes ugly run ids).
+        let mut seq = self.lock_seq();
         let v = self
             .db
             .update_and_fetch(b"next_id", |old| {
@@ -323,6 +420,8 @@ impl Store for SledStore {
             .map_err(|e| self.io(e))?
             .and_then(|b| <[u8; 8]>::try_from(b.as_ref()).ok())
             .map_or(1, u64::from_be_bytes);
+        let next = *seq + 1;
+        self.bump(&mut seq, next)?;
         Ok(v)
     }
 
@@ -335,16 +434,107 @@ impl Store for SledStore {
     }
 
     fn claim_idempotent(&self, key: &str, id: &str) -> Result<String, StoreError> {
+        let mut seq = self.lock_seq();
         match self
             .keys
             .compare_and_swap(key.as_bytes(), None::<&[u8]>, Some(id.as_bytes()))
             .map_err(|e| self.io(e))?
         {
-            Ok(()) => Ok(id.to_owned()),
+            Ok(()) => {
+                let next = *seq + 1;
+                self.bump(&mut seq, next)?;
+                Ok(id.to_owned())
+            }
             Err(e) => Ok(e.current.map_or_else(
                 || id.to_owned(),
                 |v| String::from_utf8_lossy(&v).into_owned(),
             )),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stored_seq(store: &SledStore) -> u64 {
+        guard::decode_seq(store.tasks.get(SEQ_KEY).unwrap().as_deref()).unwrap()
+    }
+
+    fn sidecar_seq(store: &SledStore) -> Option<u64> {
+        Sidecar::new(&store.path).read().unwrap()
+    }
+
+    #[test]
+    fn every_write_counts_and_only_a_flush_records_it() {
+        let dir = std::env::temp_dir().join(format!(
+            "procession-seq-{}-{}",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
+        let store = SledStore::open(&dir).unwrap();
+        assert_eq!((stored_seq(&store), sidecar_seq(&store)), (0, None));
+        let rec = ProcessRecord::new_root("r", "t", "t", "", serde_json::Value::Null);
+        store
+            .update("r", &mut |_| Update::Put(Box::new(rec.clone())))
+            .unwrap();
+        assert_eq!(stored_seq(&store), 1);
+        store.update("r", &mut |_| Update::Keep).unwrap();
+        assert_eq!(stored_seq(&store), 1, "no write, no number");
+        store.next_id().unwrap();
+        assert_eq!(stored_seq(&store), 2);
+        store.claim_idempotent("k", "r").unwrap();
+        store.claim_idempotent("k", "other").unwrap();
+        assert_eq!(stored_seq(&store), 3, "a taken key writes nothing");
+        let row = TaskRow {
+            task: Arc::from("t"),
+            node: Arc::from("n"),
+            state: State::Done,
+            attempts: 1,
+            started_at: None,
+            ended_at: None,
+            elapsed_ns: 0,
+            skipped: false,
+            error: None,
+            chain: Vec::new(),
+            progress: crate::record::Progress::default(),
+            log: Vec::new(),
+            result: Some(Arc::from("1")),
+        };
+        // Rows only (one tree's batch), then rows and a record (a transaction).
+        store
+            .apply(Batch {
+                tasks: vec![(Arc::from("r"), 0, row.clone())],
+                ..Batch::default()
+            })
+            .unwrap();
+        assert_eq!(stored_seq(&store), 4);
+        store
+            .apply(Batch {
+                tasks: vec![(Arc::from("r"), 1, row)],
+                processes: vec![rec],
+                clear_runs: vec!["gone".into()],
+                ..Batch::default()
+            })
+            .unwrap();
+        assert_eq!(stored_seq(&store), 5);
+        assert_eq!(sidecar_seq(&store), None, "written only after a flush");
+        store.flush().unwrap();
+        assert_eq!(sidecar_seq(&store), Some(5));
+        // The number is not a row of any run.
+        assert_eq!(store.tasks("r").unwrap().len(), 2);
+        drop(store);
+        let store = SledStore::open(&dir).unwrap();
+        assert_eq!(*store.lock_seq(), 5);
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn temporary_store_has_no_sidecar() {
+        let store = SledStore::temporary().unwrap();
+        store.next_id().unwrap();
+        store.flush().unwrap();
+        assert!(store.sidecar.is_none());
     }
 }
