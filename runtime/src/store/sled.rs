@@ -45,11 +45,15 @@ fn order_of(key: &[u8]) -> u32 {
 /// once per transition.
 ///
 /// Damage: every write carries the next number of a write sequence, and each flush records
-/// the number reached in `procession.seq` beside sled's files; at open, a flipped byte,
-/// truncation, zeroing or deletion of sled's files that loses flushed writes is refused
-/// with [`StoreError::Damaged`] (or [`StoreError::Open`] when sled cannot read them at
-/// all), never opened as an older or empty store. Leftovers of an open that was killed
-/// (`snap.*.generating`, sled issue 1527) are removed before opening, with a warning.
+/// the number reached in `procession.seq` beside sled's files, so a flipped byte, a
+/// truncation or zeroed bytes in the `db` file, or a deleted `db`, that lose flushed writes
+/// make the open fail with [`StoreError::Damaged`] (writes after sequence N were lost)
+/// instead of opening an older or empty store; damage to data that an earlier open already
+/// snapshotted, or to `conf` or a snapshot, is [`StoreError::Open`] (or, for a record's
+/// page, [`StoreError::Io`] when it is read); a deleted `conf` or snapshot is rebuilt by
+/// sled from its log; and the `snap.*.generating` file that a kill during open leaves
+/// (sled issue 1527) is removed before opening, with a warning. A store whose loss is
+/// known and accepted opens again once `procession.seq` is deleted.
 pub struct SledStore {
     db: sled::Db,
     processes: sled::Tree,
@@ -81,16 +85,26 @@ impl SledStore {
     /// # Errors
     ///
     /// [`StoreError::Open`] when the directory cannot be used or its files are damaged,
-    /// [`StoreError::Incompatible`] when it was written by a newer schema. Never panics.
+    /// [`StoreError::Damaged`] when its data files lost writes that a flush had made
+    /// durable, [`StoreError::Incompatible`] when it was written by a newer schema. Never
+    /// panics.
     ///
     /// # Examples
     ///
     /// ```
-    /// use procession::{SledStore, Store};
+    /// use procession::{SledStore, Store, StoreError};
     /// let dir = std::env::temp_dir().join(format!("procession-doc-{}", std::process::id()));
     /// let store = SledStore::open(&dir).unwrap();
     /// assert!(store.all().unwrap().is_empty());
-    /// # drop(store); let _ = std::fs::remove_dir_all(&dir);
+    /// drop(store);
+    /// match SledStore::open(&dir) {
+    ///     Ok(_) => {}
+    ///     // The data files are behind what was flushed: restore a backup rather than
+    ///     // resume an older state (which would run finished tasks again).
+    ///     Err(StoreError::Damaged { found_seq, .. }) => eprintln!("lost writes after {found_seq}"),
+    ///     Err(e) => eprintln!("{e}"),
+    /// }
+    /// # let _ = std::fs::remove_dir_all(&dir);
     /// ```
     pub fn open(path: impl AsRef<Path>) -> Result<SledStore, StoreError> {
         let path = path.as_ref().to_path_buf();
