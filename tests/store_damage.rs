@@ -399,6 +399,25 @@ fn kill_during_open_leftover_snapshot_is_cleared() {
     }
 }
 
+// A store that is open elsewhere may be writing its snapshot right now: its
+// `.generating` file is left alone, and the second open fails on sled's lock.
+#[test]
+fn snapshot_being_written_by_an_open_store_is_left_alone() {
+    let dir = temp_dir("busy");
+    let lsn = one_record_store(&dir);
+    let store = SledStore::open(&dir).unwrap();
+    let writing = dir.join(format!("snap.{:016X}.generating", lsn + 8192));
+    std::fs::write(&writing, b"").unwrap();
+    assert!(matches!(
+        SledStore::open(&dir),
+        Err(StoreError::Open { .. })
+    ));
+    assert!(writing.exists());
+    drop(store);
+    std::fs::remove_file(&writing).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 // A `snap.<lsn>` of 12 bytes or less is never a snapshot sled wrote (it fsyncs before the
 // rename); it is moved aside and sled recovers from its log, checked by the write sequence.
 #[test]

@@ -54,8 +54,21 @@ pub(super) fn decode_seq(bytes: Option<&[u8]>) -> Result<u64, String> {
 ///   fsynced before its rename) and removes the others at its next snapshot. Left as is.
 ///
 /// A larger snapshot whose checksum fails is damage, not an interrupted open: it is left
-/// for sled to report. Returns the files removed or moved aside.
+/// for sled to report. Nothing is touched while another process has the store open (it
+/// holds sled's lock on `db`, and may be writing its snapshot right now): sled then
+/// reports the lock. Returns the files removed or moved aside.
 pub(super) fn clear_interrupted_open(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    // sled locks `db` (flock) for as long as the store is open, from before it writes its
+    // snapshot: holding the same lock while clearing keeps a live open's file alive.
+    let _lock = match fs::File::open(dir.join("db")) {
+        Ok(f) => match f.try_lock() {
+            Ok(()) => Some(f),
+            Err(fs::TryLockError::WouldBlock) => return Ok(Vec::new()),
+            Err(fs::TryLockError::Error(e)) => return Err(e),
+        },
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e),
+    };
     let entries = match fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -267,6 +280,15 @@ mod tests {
         assert!(dir
             .join("procession-invalid.snap.00000000000000C0")
             .exists());
+        // While another handle holds the store's lock, nothing is touched.
+        let leftover = dir.join("snap.00000000000000D0.generating");
+        fs::write(&leftover, b"").unwrap();
+        let held = fs::File::open(dir.join("db")).unwrap();
+        held.lock().unwrap();
+        assert!(clear_interrupted_open(&dir).unwrap().is_empty());
+        assert!(leftover.exists());
+        drop(held);
+        assert_eq!(clear_interrupted_open(&dir).unwrap(), vec![leftover]);
         assert!(clear_interrupted_open(&dir).unwrap().is_empty());
         assert!(clear_interrupted_open(&dir.join("missing"))
             .unwrap()
