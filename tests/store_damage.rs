@@ -477,3 +477,26 @@ fn sidecar_behind_opens_and_ahead_is_refused() {
     ));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+// The runtime does not start on a store that lost writes: no finished run comes back as
+// running, no reported task runs again.
+#[tokio::test]
+async fn runtime_refuses_to_start_on_a_damaged_store() {
+    let dir = temp_dir("runtime");
+    make_store(&dir);
+    let len = db_len(&dir);
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(dir.join("db"))
+        .unwrap();
+    f.set_len(len / 2).unwrap();
+    drop(f);
+    match procession::Runtime::open(&dir).start().await {
+        Err(procession::Error::Store(StoreError::Damaged { path, .. })) => {
+            assert_eq!(path, dir.display().to_string());
+        }
+        Err(e) => panic!("expected StoreError::Damaged, got {e:?}"),
+        Ok(_) => panic!("the runtime started on a store that lost writes"),
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
