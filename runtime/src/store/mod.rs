@@ -80,6 +80,18 @@ pub enum StoreError {
     /// The store was closed (the runtime shut down).
     #[error("the store is closed: the runtime has shut down")]
     Closed,
+    /// The store's data files lost writes that had been made durable (a damaged or
+    /// truncated file): opening it would bring back an older state and run again work
+    /// that was reported finished, so it is refused.
+    #[error("store `{path}` is damaged: writes after sequence {found_seq} were lost (it had made writes up to {expected_seq} durable); restore it from a backup, or delete `{path}/procession.seq` to open it as it is")]
+    Damaged {
+        /// The store's location.
+        path: String,
+        /// The write sequence that was made durable, as recorded outside the data files.
+        expected_seq: u64,
+        /// The write sequence found in the data files.
+        found_seq: u64,
+    },
 }
 
 impl StoreError {

@@ -3,10 +3,14 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use std::ops::Bound;
-use std::sync::Mutex;
+
+#[path = "sled_guard.rs"]
+mod guard;
+
+use self::guard::{Sidecar, SEQ_KEY};
 
 use super::codec::{decode_record, decode_row, encode, encode_row};
 use super::{index, Applied, Batch, Lease, Page, Query, Store, StoreError, TaskRow, Update};
@@ -42,6 +46,17 @@ fn order_of(key: &[u8]) -> u32 {
 /// [`SledStore::strict`], every flush also fsyncs the data file, so a power loss loses
 /// nothing that was flushed either. The runtime flushes once per group of writes, never
 /// once per transition.
+///
+/// Damage: every write carries the next number of a write sequence, and each flush records
+/// the number reached in `procession.seq` beside sled's files, so a flipped byte, a
+/// truncation or zeroed bytes in the `db` file, or a deleted `db`, that lose flushed writes
+/// make the open fail with [`StoreError::Damaged`] (writes after sequence N were lost)
+/// instead of opening an older or empty store; damage to data that an earlier open already
+/// snapshotted, or to `conf` or a snapshot, is [`StoreError::Open`] (or, for a record's
+/// page, [`StoreError::Io`] when it is read); a deleted `conf` or snapshot is rebuilt by
+/// sled from its log; and the `snap.*.generating` file that a kill during open leaves
+/// (sled issue 1527) is removed before opening, with a warning. A store whose loss is
+/// known and accepted opens again once `procession.seq` is deleted.
 pub struct SledStore {
     db: sled::Db,
     processes: sled::Tree,
@@ -57,6 +72,12 @@ pub struct SledStore {
     tokens: Mutex<HashMap<String, u64>>,
     path: PathBuf,
     strict: bool,
+    /// The last write sequence number given to a write. Held while a write and its
+    /// number are written, so that a flush never records a number whose write is not in
+    /// sled yet.
+    seq: Mutex<u64>,
+    /// `None` for a temporary store.
+    sidecar: Option<Sidecar>,
 }
 
 impl fmt::Debug for SledStore {
@@ -74,21 +95,38 @@ impl SledStore {
     /// # Errors
     ///
     /// [`StoreError::Open`] when the directory cannot be used or its files are damaged,
-    /// [`StoreError::Incompatible`] when it was written by a newer schema. Never panics.
+    /// [`StoreError::Damaged`] when its data files lost writes that a flush had made
+    /// durable, [`StoreError::Incompatible`] when it was written by a newer schema. Never
+    /// panics.
     ///
     /// # Examples
     ///
     /// ```
-    /// use procession::store::{SledStore, Store};
+    /// use procession::store::{SledStore, Store, StoreError};
     /// let dir = std::env::temp_dir().join(format!("procession-doc-{}", std::process::id()));
     /// let store = SledStore::open(&dir).unwrap();
     /// assert!(store.all().unwrap().is_empty());
-    /// # drop(store); let _ = std::fs::remove_dir_all(&dir);
+    /// drop(store);
+    /// match SledStore::open(&dir) {
+    ///     Ok(_) => {}
+    ///     // The data files are behind what was flushed: restore a backup rather than
+    ///     // resume an older state (which would run finished tasks again).
+    ///     Err(StoreError::Damaged { found_seq, .. }) => eprintln!("lost writes after {found_seq}"),
+    ///     Err(e) => eprintln!("{e}"),
+    /// }
+    /// # let _ = std::fs::remove_dir_all(&dir);
     /// ```
     pub fn open(path: impl AsRef<Path>) -> Result<SledStore, StoreError> {
         let path = path.as_ref().to_path_buf();
+        guard::clear_interrupted_open(&path).map_err(|e| {
+            StoreError::open(
+                path.display().to_string(),
+                format!("cannot clear what an interrupted open left: {e}"),
+            )
+        })?;
         let config = sled::Config::new().path(&path);
-        Self::with_config(&config, path)
+        let sidecar = Sidecar::new(&path);
+        Self::with_config(&config, path, Some(sidecar))
     }
 
     /// A store in a temporary directory, deleted when dropped: for tests.
@@ -98,7 +136,7 @@ impl SledStore {
     /// [`StoreError::Open`] when the temporary directory cannot be created.
     pub fn temporary() -> Result<SledStore, StoreError> {
         let config = sled::Config::new().temporary(true);
-        Self::with_config(&config, PathBuf::from("(temporary)"))
+        Self::with_config(&config, PathBuf::from("(temporary)"), None)
     }
 
     /// Also fsync the data file on every flush (power-loss safe; slower).
@@ -108,7 +146,11 @@ impl SledStore {
         self
     }
 
-    fn with_config(config: &sled::Config, path: PathBuf) -> Result<SledStore, StoreError> {
+    fn with_config(
+        config: &sled::Config,
+        path: PathBuf,
+        sidecar: Option<Sidecar>,
+    ) -> Result<SledStore, StoreError> {
         let shown = path.display().to_string();
         let open_err = |e: String| StoreError::open(shown.clone(), e);
         // sled may panic on some damaged files: a damaged store is an error, never a panic.
@@ -135,7 +177,35 @@ impl SledStore {
             db,
             path,
             strict: false,
+            seq: Mutex::new(0),
+            sidecar,
         };
+        // Before anything is written: a store that lost writes is refused as it was found.
+        let durable = guard::decode_seq(
+            store
+                .tasks
+                .get(SEQ_KEY)
+                .map_err(|e| open_err(e.to_string()))?
+                .as_deref(),
+        )
+        .map_err(&open_err)?;
+        if let Some(side) = &store.sidecar {
+            let expected = side.read().map_err(&open_err)?.unwrap_or(0);
+            if durable < expected {
+                tracing::error!(
+                    path = %shown,
+                    expected_seq = expected,
+                    found_seq = durable,
+                    "the store's data files lost writes that had been flushed"
+                );
+                return Err(StoreError::Damaged {
+                    path: shown,
+                    expected_seq: expected,
+                    found_seq: durable,
+                });
+            }
+        }
+        *store.lock_seq() = durable;
         let found = match store
             .db
             .get(b"schema")
@@ -187,6 +257,21 @@ impl SledStore {
         self.index.apply_batch(batch).map_err(|e| self.io(e))
     }
 
+    fn lock_seq(&self) -> MutexGuard<'_, u64> {
+        self.seq.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Writes `next` as the write sequence, after a write that was not counted in its own
+    /// batch. sled keeps writes in order (a recovered write implies every earlier one),
+    /// so the number covers the write before it.
+    fn bump(&self, seq: &mut MutexGuard<'_, u64>, next: u64) -> Result<(), StoreError> {
+        self.tasks
+            .insert(SEQ_KEY, &next.to_be_bytes())
+            .map_err(|e| self.io(e))?;
+        **seq = next;
+        Ok(())
+    }
+
     fn io(&self, e: impl fmt::Display) -> StoreError {
         StoreError::io(self.location(), e.to_string())
     }
@@ -229,9 +314,13 @@ impl SledStore {
 
     fn put_lease(&self, lease: &Lease) -> Result<(), StoreError> {
         let bytes = rmp_serde::to_vec(lease).map_err(|e| self.io(e))?;
+        let mut seq = self.lock_seq();
         self.leases
             .insert(lease.run.as_bytes(), bytes)
             .map_err(|e| self.io(e))?;
+        let next = *seq + 1;
+        self.bump(&mut seq, next)?;
+        drop(seq);
         lock(&self.tokens).insert(lease.run.clone(), lease.token);
         Ok(())
     }
@@ -297,7 +386,13 @@ impl Store for SledStore {
         use sled::Transactional;
         let location = self.location();
         let f = std::cell::RefCell::new(f);
-        let out = (&self.processes, &self.index).transaction(|(p, ix)| {
+        // The write sequence is written in the same transaction as the record: a record
+        // write is never uncounted.
+        let mut seq = self.lock_seq();
+        let next = *seq + 1;
+        let wrote = std::cell::Cell::new(false);
+        let out = (&self.processes, &self.index, &self.tasks).transaction(|(p, ix, t)| {
+            wrote.set(false);
             let current = match p.get(id.as_bytes())? {
                 Some(v) => Some(
                     decode_record(&location, id.as_bytes(), &v)
@@ -310,16 +405,25 @@ impl Store for SledStore {
                 Update::Keep => Ok(current),
                 Update::Delete => {
                     put_tx(p, ix, current.as_ref(), None, id)?;
+                    t.insert(SEQ_KEY, &next.to_be_bytes())?;
+                    wrote.set(true);
                     Ok(None)
                 }
                 Update::Put(r) => {
                     put_tx(p, ix, current.as_ref(), Some(&r), id)?;
+                    t.insert(SEQ_KEY, &next.to_be_bytes())?;
+                    wrote.set(true);
                     Ok(Some(*r))
                 }
             }
         });
         match out {
-            Ok(r) => Ok(r),
+            Ok(r) => {
+                if wrote.get() {
+                    *seq = next;
+                }
+                Ok(r)
+            }
             Err(TransactionError::Abort(e)) => Err(e),
             Err(TransactionError::Storage(e)) => Err(self.io(e)),
         }
@@ -400,11 +504,16 @@ impl Store for SledStore {
             }
             tasks.insert(run_key(id, *order), encode_row(row));
         }
+        // The write sequence rides in the batch: one more key, atomic with the rest.
+        let mut seq = self.lock_seq();
+        let next = *seq + 1;
+        tasks.insert(SEQ_KEY, &next.to_be_bytes());
         if batch.processes.is_empty() && batch.delete_processes.is_empty() && !cleared_results {
             // Only task rows (every write cycle of a run): one tree's batch is atomic on
             // its own, and about twice as fast as a transaction, which reads every key
             // it writes.
             self.tasks.apply_batch(tasks).map_err(|e| self.io(e))?;
+            *seq = next;
             return Ok(applied);
         }
         let location = self.location();
@@ -433,17 +542,32 @@ impl Store for SledStore {
             },
         );
         match out {
-            Ok(()) => Ok(applied),
+            Ok(()) => {
+                *seq = next;
+                Ok(applied)
+            }
             Err(TransactionError::Abort(e)) => Err(e),
             Err(TransactionError::Storage(e)) => Err(self.io(e)),
         }
     }
 
     fn flush(&self) -> Result<(), StoreError> {
+        // Every write numbered up to `reached` is in sled before this flush starts.
+        let reached = *self.lock_seq();
         self.db.flush().map_err(|e| self.io(e))?;
         if self.strict {
             let file = std::fs::File::open(self.path.join("db")).map_err(|e| self.io(e))?;
             file.sync_all().map_err(|e| self.io(e))?;
+        }
+        // Only now, after sled's flush returned: a crash in between leaves the sidecar
+        // behind sled, never ahead of it.
+        if let Some(side) = &self.sidecar {
+            side.record(reached, self.strict).map_err(|e| {
+                StoreError::io(
+                    self.location(),
+                    format!("cannot write `{}`: {e}", side.path().display()),
+                )
+            })?;
         }
         Ok(())
     }
@@ -451,6 +575,7 @@ impl Store for SledStore {
     fn next_id(&self) -> Result<u64, StoreError> {
         // A counter in the store (sled's own `generate_id` skips a million after each
         // restart, which makes ugly run ids).
+        let mut seq = self.lock_seq();
         let v = self
             .db
             .update_and_fetch(b"next_id", |old| {
@@ -462,6 +587,8 @@ impl Store for SledStore {
             .map_err(|e| self.io(e))?
             .and_then(|b| <[u8; 8]>::try_from(b.as_ref()).ok())
             .map_or(1, u64::from_be_bytes);
+        let next = *seq + 1;
+        self.bump(&mut seq, next)?;
         Ok(v)
     }
 
@@ -474,12 +601,17 @@ impl Store for SledStore {
     }
 
     fn claim_idempotent(&self, key: &str, id: &str) -> Result<String, StoreError> {
+        let mut seq = self.lock_seq();
         match self
             .keys
             .compare_and_swap(key.as_bytes(), None::<&[u8]>, Some(id.as_bytes()))
             .map_err(|e| self.io(e))?
         {
-            Ok(()) => Ok(id.to_owned()),
+            Ok(()) => {
+                let next = *seq + 1;
+                self.bump(&mut seq, next)?;
+                Ok(id.to_owned())
+            }
             Err(e) => Ok(e.current.map_or_else(
                 || id.to_owned(),
                 |v| String::from_utf8_lossy(&v).into_owned(),
@@ -521,5 +653,92 @@ impl Store for SledStore {
             }
             _ => Ok(()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stored_seq(store: &SledStore) -> u64 {
+        guard::decode_seq(store.tasks.get(SEQ_KEY).unwrap().as_deref()).unwrap()
+    }
+
+    fn sidecar_seq(store: &SledStore) -> Option<u64> {
+        Sidecar::new(&store.path).read().unwrap()
+    }
+
+    #[test]
+    fn every_write_counts_and_only_a_flush_records_it() {
+        let dir = std::env::temp_dir().join(format!(
+            "procession-seq-{}-{}",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
+        let store = SledStore::open(&dir).unwrap();
+        assert_eq!((stored_seq(&store), sidecar_seq(&store)), (0, None));
+        let rec = ProcessRecord::new_root("r", "t", "t", "", serde_json::Value::Null);
+        store
+            .update("r", &mut |_| Update::Put(Box::new(rec.clone())))
+            .unwrap();
+        assert_eq!(stored_seq(&store), 1);
+        store.update("r", &mut |_| Update::Keep).unwrap();
+        assert_eq!(stored_seq(&store), 1, "no write, no number");
+        store.next_id().unwrap();
+        assert_eq!(stored_seq(&store), 2);
+        store.claim_idempotent("k", "r").unwrap();
+        store.claim_idempotent("k", "other").unwrap();
+        assert_eq!(stored_seq(&store), 3, "a taken key writes nothing");
+        let row = TaskRow {
+            task: Arc::from("t"),
+            node: Arc::from("n"),
+            state: State::Done,
+            attempts: 1,
+            started_at: None,
+            ended_at: None,
+            elapsed_ns: 0,
+            skipped: false,
+            error: None,
+            chain: Vec::new(),
+            progress: crate::record::Progress::default(),
+            log: Vec::new(),
+            result: Some(Arc::from("1")),
+            lease: 0,
+        };
+        // Rows only (one tree's batch), then rows and a record (a transaction).
+        store
+            .apply(Batch {
+                tasks: vec![(Arc::from("r"), 0, row.clone())],
+                ..Batch::default()
+            })
+            .unwrap();
+        assert_eq!(stored_seq(&store), 4);
+        store
+            .apply(Batch {
+                tasks: vec![(Arc::from("r"), 1, row)],
+                processes: vec![rec],
+                clear_runs: vec!["gone".into()],
+                ..Batch::default()
+            })
+            .unwrap();
+        assert_eq!(stored_seq(&store), 5);
+        assert_eq!(sidecar_seq(&store), None, "written only after a flush");
+        store.flush().unwrap();
+        assert_eq!(sidecar_seq(&store), Some(5));
+        // The number is not a row of any run.
+        assert_eq!(store.tasks("r").unwrap().len(), 2);
+        drop(store);
+        let store = SledStore::open(&dir).unwrap();
+        assert_eq!(*store.lock_seq(), 5);
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn temporary_store_has_no_sidecar() {
+        let store = SledStore::temporary().unwrap();
+        store.next_id().unwrap();
+        store.flush().unwrap();
+        assert!(store.sidecar.is_none());
     }
 }
