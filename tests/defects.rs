@@ -356,7 +356,7 @@ fn race(p: &mut Builder) {
 }
 
 /// Defect 8: a cancel racing the run's end returned success and the run then ended
-/// `done` (cancel_requested -> done, forbidden by the state table), and events came out
+/// `done` (`cancel_requested -> done`, forbidden by the state table), and events came out
 /// of order. Now either the cancel wins (cancelled, live report included) or it is
 /// refused because the run ended.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

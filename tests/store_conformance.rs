@@ -130,7 +130,7 @@ fn pagination(store: &dyn Store) {
 fn queries(store: &dyn Store) {
     let mut root = record("root", 5);
     root.metadata.insert("team".into(), "a".into());
-    root.schedule = Some(procession::Schedule::every(std::time::Duration::from_secs(60)).unwrap());
+    root.schedule = Some(procession::Schedule::every(std::time::Duration::from_mins(1)).unwrap());
     put(store, &root);
     let mut other = record("other", 6);
     other.process_type = "other_type".into();

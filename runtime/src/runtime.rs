@@ -1226,11 +1226,7 @@ impl Runtime {
                 self.unreserve(id, token);
                 return self.attach(&owner).await;
             }
-            Ok(Enqueued::Refused(e)) => {
-                self.unreserve(id, token);
-                return Err(e);
-            }
-            Err(e) => {
+            Ok(Enqueued::Refused(e)) | Err(e) => {
                 self.unreserve(id, token);
                 return Err(e);
             }
@@ -1906,7 +1902,7 @@ impl Runtime {
         // scheduled or running: (re)start from scheduled so the driver's CAS applies; the
         // run is claimed again (a new lease token fences out anything older).
         let (id2, worker) = (id.clone(), self.inner.worker.clone());
-        let resumed = self
+        let claimed = self
             .inner
             .write(move |store| {
                 let rec = store.update(&id2, &mut |cur| match cur {
@@ -1930,7 +1926,7 @@ impl Runtime {
                 }
             })
             .await?;
-        let Some((rec, lease)) = resumed else {
+        let Some((rec, lease)) = claimed else {
             return Ok(());
         };
         tracing::info!(run = %id, finished = resume.done.len(), tasks = graph.len(), "resuming run");

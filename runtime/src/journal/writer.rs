@@ -272,7 +272,7 @@ fn writer_loop(
             tracing::error!(error = %e, "store write failed");
         }
         for c in cycle.completions {
-            c(result.as_ref().map(|_| ()), events);
+            c(result.as_ref().copied(), events);
         }
         for w in waiters {
             let _ = w.send(result.clone());

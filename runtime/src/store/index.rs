@@ -181,9 +181,7 @@ pub(super) fn count<'a>(
         if q.created_until.is_some_and(|u| created >= u) {
             break;
         }
-        if exact {
-            n += 1;
-        } else if get(id)?.is_some_and(|r| q.matches(&r)) {
+        if exact || get(id)?.is_some_and(|r| q.matches(&r)) {
             n += 1;
         }
     }
