@@ -11,7 +11,7 @@
 //! - [`Runtime`] runs graphs: a task starts as soon as its own dependencies end, failures
 //!   skip only what depends on them, panics become task failures, and every run ends with
 //!   a [`RunReport`].
-//! - Runs are [process records](ProcessRecord) in a [`Store`] (embedded sled by default,
+//! - Runs are [process records](ProcessRecord) in a [`Store`](store::Store) (embedded sled by default,
 //!   [`Runtime::open`]) with optio's [state machine](State); a restarted binary resumes
 //!   unfinished runs without running finished tasks again (see the `runtime` module's
 //!   notes on what a crash can lose).

@@ -531,8 +531,14 @@ impl Ctx {
         ))
     }
 
-    /// Runs a child process and waits for it; see the [module docs](crate::children) for
-    /// the semantics.
+    /// Runs a child process and waits for it.
+    ///
+    /// A child is a process record of its own (parent, root, depth, order among
+    /// siblings), run by the same runtime, resumed after a crash like any run. Its default
+    /// id is derived from the parent run, the task's node and the child's process name, so
+    /// a task that runs again (a retry, or after a restart) finds its children: a child
+    /// that already ended done is not run again, a running one is awaited, a failed or
+    /// cancelled one is relaunched. Cancelling the parent cancels its children.
     ///
     /// Returns the outcome: `done`; `failed` only with `survive_failure` (otherwise an
     /// error carrying the child's original error); `cancelled` (and unless
