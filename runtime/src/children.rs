@@ -664,15 +664,13 @@ async fn await_child(parent: CancellationToken, run: ChildRun) -> Arc<RunReport>
         .ok()
         .and_then(|r| r.clone());
     link.abort();
-    report.unwrap_or_else(|| {
-        Arc::new(RunReport {
-            process: String::new(),
-            run_id: run.id.clone(),
-            status: crate::report::RunStatus::Failed,
-            elapsed: std::time::Duration::ZERO,
-            tasks: Vec::new(),
-        })
-    })
+    match report {
+        Some(r) => r,
+        // The child's run stopped without an end: the runtime is suspending (a clean
+        // shutdown). This task gets no answer: it is dropped after the grace period and
+        // runs again at the next start, when it finds the resumed child.
+        None => std::future::pending().await,
+    }
 }
 
 fn end_state(report: &RunReport) -> State {

@@ -363,6 +363,15 @@ pub(crate) async fn execute(mut graph: Graph, mut cfg: RunConfig) -> Option<RunR
     loop {
         // The token is the truth: a cancel requested while messages were being handled
         // (the select below prefers them) must stop new starts before the next one.
+        if !halt_seen && cfg.halt.is_cancelled() {
+            halt_seen = true;
+            if !grace_armed {
+                grace
+                    .as_mut()
+                    .reset(tokio::time::Instant::now() + cfg.grace);
+                grace_armed = true;
+            }
+        }
         if !cancel_seen && cfg.cancel.is_cancelled() {
             cancel_seen = true;
             grace
@@ -529,6 +538,12 @@ fn handle_batch(
             continue; // abandoned after the grace period; its late end is ignored
         }
         shared.in_flight.fetch_sub(1, Ordering::AcqRel);
+        if c.result.is_err() && cfg.halt.is_cancelled() && !cfg.cancel.is_cancelled() {
+            // Failed while the runtime suspends (a child it waited for was suspended, a
+            // launch refused by the shutdown): not the task's failure. Nothing is
+            // recorded; the node stays pending and the run resumes at the next start.
+            continue;
+        }
         state[i].attempts = c.attempts;
         state[i].elapsed = c.elapsed;
         match c.result {
