@@ -144,7 +144,16 @@ async fn main() -> procession::Result<()> {
         .await?;
     let run_id = run.id().to_owned();
     println!("launched run {run_id}");
-    let report = run.wait().await?;
+    // Ctrl-C (or a SIGTERM handler on a deploy) calls the default shutdown: it suspends
+    // the run without recording a cancel, and the next start resumes it.
+    let report = tokio::select! {
+        report = run.wait() => report?,
+        _ = tokio::signal::ctrl_c() => {
+            println!("interrupted: suspending run {run_id}; the next start resumes it");
+            rt.shutdown().await?;
+            return Ok(());
+        }
+    };
 
     println!("\n{}", report.summary());
     if let Ok(r) = report.result::<Report>("build_report") {

@@ -669,7 +669,10 @@ async fn await_child(parent: CancellationToken, run: ChildRun) -> Arc<RunReport>
         // The child's run stopped without an end: the runtime is suspending (a clean
         // shutdown). This task gets no answer: it is dropped after the grace period and
         // runs again at the next start, when it finds the resumed child.
-        None => std::future::pending().await,
+        None => {
+            tracing::info!(child = %run.id, "child run suspended: waiting to be dropped");
+            std::future::pending().await
+        }
     }
 }
 
