@@ -406,7 +406,7 @@ fn survives_kills_and_clean_restarts_with_children_in_flight() {
         }
         rng = rng.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
         let delay = 5 + (rng >> 33) % 60;
-        let clean = (rng >> 20) % 2 == 0;
+        let clean = (rng >> 20).is_multiple_of(2);
         let mut child = spawn_children_worker(&dir, clean.then_some(delay));
         let mut out = BufReader::new(child.stdout.take().unwrap());
         let mut line = String::new();
