@@ -401,6 +401,53 @@ fn gated_wide(p: &mut Builder, n: u32) {
     p.each(0..n, |p, i| p.task(Gated::new(u64::from(i), half)));
 }
 
+/// One child process: one no-op task.
+#[task]
+fn nothing() {}
+
+#[process]
+fn tiny_child(p: &mut Builder) {
+    p.task(Nothing::new());
+}
+
+/// A task that starts `n` children in one parallel group and waits for them all.
+#[task]
+async fn spawn_group(ctx: &Ctx, n: u32) -> Result<u32, procession::GroupError> {
+    let mut g = ctx.parallel_group(procession::GroupOptions::new().max_concurrency(64));
+    for _ in 0..n {
+        g.spawn(procession::Child::new(TinyChild {})).await?;
+    }
+    Ok(g.finish().await?.len() as u32)
+}
+
+#[process]
+fn group_parent(p: &mut Builder, n: u32) {
+    p.task(SpawnGroup::new(n));
+}
+
+/// Wall time of a run whose one task starts `n` children in a parallel group (memory
+/// store): each child is a process record of its own, so this is the cost of a child
+/// launch, which must not grow with the number of siblings.
+async fn children_run(n: u32) -> AnyResult<Duration> {
+    let rt = Runtime::in_memory()
+        .register::<GroupParent>()
+        .register::<TinyChild>()
+        .start()
+        .await?;
+    let t = Instant::now();
+    let report = rt.run(GroupParent { n }).await?;
+    let took = t.elapsed();
+    if report.result::<u32>("spawn_group")? != n {
+        return Err(format!(
+            "the group of {n} children did not finish: {}",
+            report.summary()
+        )
+        .into());
+    }
+    rt.shutdown().await?;
+    Ok(took)
+}
+
 fn checksum(report: &RunReport) -> u64 {
     report.tasks.iter().fold(0u64, |a, t| {
         let v = t
@@ -1413,6 +1460,27 @@ async fn bench(cfg: Config) -> AnyResult<()> {
         verdict(r.total),
         r.rerun,
         r.tasks - r.tasks / 2,
+    );
+    println!();
+    let (small, large) = if cfg.quick {
+        (200, 2_000)
+    } else {
+        (1_000, 10_000)
+    };
+    let t_small = children_run(small).await?;
+    let t_large = children_run(large).await?;
+    let per = |d: Duration, n: u32| d.as_secs_f64() * 1e6 / f64::from(n);
+    println!(
+        "children: one task starting N children in a parallel group (memory store, 64 at a time): \
+         {} children {:.1} ms ({:.0} µs each), {} children {:.1} ms ({:.0} µs each); \
+         per-child cost ratio {:.2} (linear: about 1)",
+        human(small),
+        ms(t_small),
+        per(t_small, small),
+        human(large),
+        ms(t_large),
+        per(t_large, large),
+        per(t_large, large) / per(t_small, small)
     );
     println!();
     println!(

@@ -1212,6 +1212,21 @@ impl Runtime {
                         Vec::new(),
                     ));
                 };
+                // In the same write: the previous run's task rows go, and for a root,
+                // the children of its previous runs.
+                let mut clear = Batch {
+                    clear_runs: vec![id_owned.clone()],
+                    ..Batch::default()
+                };
+                if rec.depth == 0 {
+                    clear.delete_processes = store
+                        .list_all(&Query::new().root(id_owned.clone()))?
+                        .into_iter()
+                        .map(|r| r.id)
+                        .filter(|c| c != &id_owned)
+                        .collect();
+                }
+                store.apply(clear)?;
                 if let Some(k) = &key {
                     store.claim_idempotent(k, &id_owned)?;
                 }
@@ -1231,12 +1246,6 @@ impl Runtime {
                 return Err(e);
             }
         };
-        if rec.depth == 0 {
-            self.delete_descendants(id).await?;
-        }
-        // The previous run's task records and results go; the launch is durable before
-        // the call returns.
-        self.inner.clear_run(id).await?;
         Ok(self.spawn_run(rec, graph, hooks, None, token, lease, reserved))
     }
 

@@ -192,9 +192,11 @@ fn writer_loop(
     let mut next_tick = Instant::now() + tick;
     let mut last_cycle: Option<Instant> = None;
     loop {
-        // Group commit: changes gather for at least `MIN_CYCLE` between two writes. The
+        // Group commit: task rows gather for at least `MIN_CYCLE` between two writes. The
         // wait costs a change at most that much delay, and saves the tasks one wake-up
-        // (a futex call) of this thread each when writes are cheap (in memory).
+        // (a futex call) of this thread each when writes are cheap (in memory). After a
+        // cycle that answered callers (launches, cancels), the next one starts at once:
+        // someone is waiting for it.
         if let Some(at) = last_cycle {
             if let Some(rest) = MIN_CYCLE.checked_sub(at.elapsed()) {
                 thread::sleep(rest);
@@ -207,6 +209,7 @@ fn writer_loop(
             Err(std_mpsc::RecvTimeoutError::Disconnected) => (None, true),
         };
         last_cycle = Some(Instant::now());
+        let mut answered = false;
         let ticked = Instant::now() >= next_tick;
         if ticked {
             next_tick = Instant::now() + tick;
@@ -270,6 +273,10 @@ fn writer_loop(
         };
         if let Err(e) = &result {
             tracing::error!(error = %e, "store write failed");
+        }
+        answered |= !cycle.completions.is_empty() || !waiters.is_empty();
+        if answered {
+            last_cycle = None;
         }
         for c in cycle.completions {
             c(result.as_ref().copied(), events);
