@@ -54,6 +54,7 @@
 //! ```
 
 #![doc(test(attr(deny(warnings))))]
+#![forbid(unsafe_code)]
 
 /// The README's examples, compiled and run as doc tests.
 #[doc = include_str!("../README.md")]

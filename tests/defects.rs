@@ -548,3 +548,82 @@ async fn defect_12_a_definition_of_an_unregistered_type_is_refused_at_start() {
         "{err}"
     );
 }
+
+/// A process that nests a child of itself `depth` times.
+#[task]
+async fn descend(ctx: &Ctx, depth: u32) -> Result<u32, procession::ChildError> {
+    if depth == 0 {
+        return Ok(0);
+    }
+    let o = ctx
+        .run_child(procession::Child::new(Nest { depth: depth - 1 }))
+        .await?;
+    assert_eq!(o.state, State::Done);
+    Ok(depth)
+}
+
+#[process]
+fn nest(p: &mut Builder, depth: u32) {
+    p.task(Descend::new(depth));
+}
+
+/// Defect 15: default child ids grew 13 bytes per level and nesting failed at depth 39
+/// against the 512-byte id limit. Depth 100 works with default ids.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn defect_15_nesting_depth_100_with_default_child_ids() {
+    let rt = Runtime::in_memory()
+        .register::<Nest>()
+        .start()
+        .await
+        .unwrap();
+    let report = rt
+        .run(Launch::new(Nest { depth: 100 }).id("nest"))
+        .await
+        .unwrap();
+    assert_eq!(report.status, RunStatus::Succeeded, "{}", report.summary());
+    let tree = rt
+        .list(procession::ListFilter::new().root("nest"))
+        .await
+        .unwrap();
+    assert_eq!(tree.len(), 101);
+    assert_eq!(tree.iter().map(|r| r.depth).max(), Some(100));
+    assert!(tree.iter().all(|r| r.id.len() <= 512));
+}
+
+#[task]
+async fn spawns_one(ctx: &Ctx) -> Result<u32, procession::ChildError> {
+    ctx.run_child(procession::Child::new(Single {})).await?;
+    Ok(1)
+}
+
+#[process]
+fn parent_of_one(p: &mut Builder) {
+    p.task(SpawnsOne::new());
+}
+
+/// Defect 11 (ephemeral): an ephemeral parent's children outlived it with a dangling
+/// parent id. Its end deletes its whole tree.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn defect_11_an_ephemeral_parent_takes_its_children_with_it() {
+    let rt = Runtime::in_memory()
+        .register::<ParentOfOne>()
+        .register::<Single>()
+        .start()
+        .await
+        .unwrap();
+    let report = rt
+        .run(Launch::new(ParentOfOne {}).id("eph").ephemeral())
+        .await
+        .unwrap();
+    assert_eq!(report.status, RunStatus::Succeeded);
+    assert!(rt.get("eph").await.unwrap().is_none());
+    let left = rt
+        .list(procession::ListFilter::new().root("eph"))
+        .await
+        .unwrap();
+    assert!(
+        left.is_empty(),
+        "{:?}",
+        left.iter().map(|r| &r.id).collect::<Vec<_>>()
+    );
+}

@@ -6,6 +6,8 @@
 //! cron numbers them 0-7 with both 0 and 7 meaning Sunday. The weekday field is expanded
 //! to an explicit list and renumbered, the rest is passed through.
 
+#![forbid(unsafe_code)]
+
 use std::str::FromStr;
 
 const NAMES: [&str; 7] = ["sun", "mon", "tue", "wed", "thu", "fri", "sat"];

@@ -6,6 +6,8 @@
 //! models of `ast`, `check` reports every broken rule, and `expand` generates code from a
 //! model that passed; on error `fallback` emits the user's item, the errors and a stub.
 
+#![forbid(unsafe_code)]
+
 mod ast;
 mod attr;
 mod check;

@@ -1070,14 +1070,6 @@ impl Runtime {
         self.launch(launch).await?.wait().await
     }
 
-    /// Same as [`run`](Runtime::run).
-    pub async fn launch_and_wait<P: Process>(
-        &self,
-        launch: impl Into<Launch<P>>,
-    ) -> Result<RunReport> {
-        self.run(launch).await
-    }
-
     /// Launches the existing record `id` (a definition or an ad-hoc process), rebuilding
     /// its graph from the stored parameters.
     ///
