@@ -2595,6 +2595,7 @@ async fn drive(inner: Arc<Inner>, run: Run) -> Option<RunReport> {
     // The end is one write: the record's state (a cancel that came first wins: the run
     // ends cancelled, whatever its tasks did) and, for an ephemeral record, its deletion
     // with its children and task rows.
+    let owner = inner.worker.clone();
     let ended = inner
         .write(move |store| {
             let mut final_state = None;
@@ -2649,6 +2650,13 @@ async fn drive(inner: Arc<Inner>, run: Run) -> Option<RunReport> {
                     events.push(state_event(r));
                 }
             }
+            // The run is over: its claim is given up (a stale token changes nothing).
+            store.release(&crate::store::Lease {
+                run: id2.clone(),
+                owner,
+                token: lease,
+                expires_at: 0,
+            })?;
             Ok((final_state, events))
         })
         .await;
