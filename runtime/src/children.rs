@@ -16,8 +16,6 @@
 use std::collections::HashMap;
 use std::error::Error as StdError;
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
@@ -32,16 +30,7 @@ use crate::hooks::Hooks;
 use crate::process::Process;
 use crate::record::State;
 use crate::report::RunReport;
-use crate::runtime::Error;
-
-/// What a run needs to start children: implemented by the runtime.
-pub(crate) trait Spawner: Send + Sync {
-    fn launch_child(
-        &self,
-        req: ChildRequest,
-    ) -> Pin<Box<dyn Future<Output = Result<ChildRun, Error>> + Send>>;
-    fn events(&self) -> Option<broadcast::Receiver<Event>>;
-}
+use crate::runtime::{ChildSpawner, Error};
 
 pub(crate) struct ChildRequest {
     pub(crate) id: String,
@@ -483,6 +472,16 @@ impl Tracker {
 }
 
 impl Ctx {
+    /// The runtime's child spawner, when this context belongs to a recorded run: the only
+    /// place that looks inside the opaque [`RuntimeHandle`](crate::ctx::RuntimeHandle).
+    fn spawner(&self) -> Option<Arc<ChildSpawner>> {
+        self.runtime_handle()?
+            .0
+            .clone()
+            .downcast::<ChildSpawner>()
+            .ok()
+    }
+
     fn prepare_child<P: Process>(
         &self,
         child: Child<P>,
@@ -580,7 +579,7 @@ impl Ctx {
                 id: id.clone(),
                 source,
             })?;
-        self.log(crate::ctx::Level::Info, format!("Spawned child: {name}"));
+        self.log(crate::record::Level::Info, format!("Spawned child: {name}"));
         let report = await_child(self.cancel_token(), run).await;
         if let Some(t) = &tracker {
             t.set_state(&id, end_state(&report));
@@ -798,7 +797,7 @@ impl ParallelGroup {
                 source,
             })?;
         self.ctx
-            .log(crate::ctx::Level::Info, format!("Spawned child: {name}"));
+            .log(crate::record::Level::Info, format!("Spawned child: {name}"));
         let group = self.cancel.clone();
         let fail_fast = !self.opts.survive_failure;
         let cascade = !self.opts.survive_cancel;

@@ -22,13 +22,15 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::arg::{Inputs, Slot};
-use crate::ctx::{Ctx, Level, Reporter, RunScope};
+use crate::ctx::{Ctx, Reporter, RunScope, RuntimeHandle};
+use crate::erased::ErasedTask;
 use crate::error::{
     chain, BoxError, CancelGraceExceeded, DependencyFailed, RetryExhausted, TaskPanicked, Timeout,
 };
-use crate::graph::{ErasedTask, Graph};
+use crate::graph::Graph;
 use crate::hooks::{Attempt, AttemptOutcome, Hooks, RunInfo, TaskInfo};
 use crate::journal::{Ended, RunJournal};
+use crate::record::Level;
 use crate::record::State;
 use crate::report::{ErrorReport, Json, RunReport, RunStatus, TaskReport, TaskStatus};
 use crate::task::{OnDepFailure, TaskMeta};
@@ -50,7 +52,7 @@ pub(crate) struct RunConfig {
     /// What an earlier, interrupted run of the same graph already finished.
     pub(crate) resume: Option<Resume>,
     /// Lets tasks start child processes (recorded runs only).
-    pub(crate) spawner: Option<Arc<dyn crate::children::Spawner>>,
+    pub(crate) runtime: Option<RuntimeHandle>,
 }
 
 /// The finished part of an interrupted run.
@@ -252,7 +254,7 @@ pub(crate) async fn execute(mut graph: Graph, mut cfg: RunConfig) -> Option<RunR
             Some(j) => j.clone(),
             None => Arc::new(TraceReporter),
         },
-        spawner: cfg.spawner.clone(),
+        runtime: cfg.runtime.clone(),
         child_seq: std::sync::Mutex::default(),
     });
     let (tx, mut rx) = mpsc::unbounded_channel::<Msg>();
@@ -914,7 +916,7 @@ struct Running<'a> {
 }
 
 impl std::future::Future for Running<'_> {
-    type Output = Result<crate::graph::Finished, BoxError>;
+    type Output = Result<crate::erased::Finished, BoxError>;
 
     fn poll(
         mut self: std::pin::Pin<&mut Self>,

@@ -9,6 +9,7 @@ mod arg;
 mod children;
 mod ctx;
 mod data;
+mod erased;
 mod error;
 mod events;
 mod exec;
@@ -32,7 +33,7 @@ pub use children::{
     progress, Child, ChildError, ChildOutcome, ChildProcessFailed, ChildProgress, ChildResult,
     GroupError, GroupOptions, ParallelGroup, ProgressCallback,
 };
-pub use ctx::{Ctx, Level};
+pub use ctx::Ctx;
 pub use data::Data;
 pub use error::{
     BoxError, CancelGraceExceeded, Cancelled, DependencyFailed, InputError, NonRetryable,
@@ -43,8 +44,8 @@ pub use graph::{Builder, Graph, GraphError, TaskGraph};
 pub use hooks::{Attempt, AttemptOutcome, Hooks, RunInfo, TaskInfo};
 pub use process::{Mode, Process, ProcessMeta};
 pub use record::{
-    InvalidTransition, ListFilter, LogEntry, ProcessRecord, Progress, RecordKind, RunMeta, State,
-    Status, MAX_LOG, SCHEMA_VERSION,
+    InvalidTransition, Level, ListFilter, LogEntry, ProcessRecord, Progress, RecordKind, RunMeta,
+    State, Status, MAX_LOG, SCHEMA_VERSION,
 };
 pub use report::{ErrorReport, Json, ResultError, RunReport, RunStatus, TaskReport, TaskStatus};
 pub use runtime::{

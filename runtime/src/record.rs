@@ -7,8 +7,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::ctx::Level;
-
 /// Version of the record layout written by this build. Records carry it; a store holding
 /// records of a newer version is refused rather than misread.
 ///
@@ -16,6 +14,48 @@ use crate::ctx::Level;
 /// store). Version 2 stores task rows in `MessagePack` with the task's result inside the
 /// row; version 1 stores (JSON rows, results apart) are still read.
 pub const SCHEMA_VERSION: u32 = 3;
+
+/// Severity of a task log entry.
+///
+/// # Examples
+///
+/// ```
+/// use procession::Level;
+/// assert!(Level::Warning > Level::Info);
+/// assert_eq!(Level::Error.as_str(), "error");
+/// ```
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Level {
+    /// Detail for debugging.
+    Debug,
+    /// Normal progress.
+    Info,
+    /// Something unexpected that did not stop the task.
+    Warning,
+    /// Something failed.
+    Error,
+}
+
+impl Level {
+    /// The level in lower case.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Level::Debug => "debug",
+            Level::Info => "info",
+            Level::Warning => "warning",
+            Level::Error => "error",
+        }
+    }
+}
+
+impl fmt::Display for Level {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// The state of a process (or of a task, for the child records of a run).
 ///

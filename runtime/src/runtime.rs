@@ -12,6 +12,7 @@
 //! loss can also lose the writes of the last ~500 ms unless the store is opened in strict
 //! mode ([`RuntimeBuilder::strict`]), which fsyncs once per group.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::PathBuf;
@@ -24,6 +25,7 @@ use serde_json::Value;
 use tokio::sync::{broadcast, watch, Semaphore};
 use tokio_util::sync::CancellationToken;
 
+use crate::ctx::RuntimeHandle;
 use crate::events::{self, Event, EventKind, EventStream};
 use crate::exec::{execute, Resume, RunConfig};
 use crate::graph::{Graph, GraphError, TaskGraph};
@@ -31,7 +33,7 @@ use crate::hooks::Hooks;
 use crate::journal::{start_writer, RunJournal, WriterHandle};
 use crate::process::{Process, ProcessMeta};
 use crate::record::{InvalidTransition, ListFilter, ProcessRecord, RecordKind, RunMeta, State};
-use crate::report::{RunReport, RunStatus, TaskReport};
+use crate::report::{ErrorReport, Json, RunReport, RunStatus, TaskReport, TaskStatus};
 use crate::schedule::{plan, Schedule};
 use crate::store::{
     Batch, MemoryStore, Page, Query, SledStore, Store, StoreError, TaskRow, Update,
@@ -1912,7 +1914,7 @@ impl Runtime {
                         if let Some(m) = &mut r.run {
                             m.resumes = resumes;
                         }
-                        r.push_log(crate::ctx::Level::Info, "Resumed after restart".into());
+                        r.push_log(crate::record::Level::Info, "Resumed after restart".into());
                         Update::Put(Box::new(r))
                     }
                     _ => Update::Keep,
@@ -2057,7 +2059,7 @@ impl Runtime {
             grace: self.inner.grace,
             journal: None,
             resume: None,
-            spawner: None,
+            runtime: None,
         };
         tokio::spawn(async move {
             if let Some(report) = execute(graph, cfg).await {
@@ -2248,7 +2250,7 @@ async fn scheduler_pass(rt: &Runtime) -> Result<Option<std::time::SystemTime>> {
                             c.last_fire = Some(m);
                         }
                         if let Some(msg) = &failure {
-                            c.push_log(crate::ctx::Level::Error, msg.clone());
+                            c.push_log(crate::record::Level::Error, msg.clone());
                         }
                         (Update::Put(Box::new(c)), ())
                     }
@@ -2264,13 +2266,13 @@ async fn scheduler_pass(rt: &Runtime) -> Result<Option<std::time::SystemTime>> {
 }
 
 /// Starts the children of one run's tasks.
-struct ChildSpawner {
+pub(crate) struct ChildSpawner {
     inner: std::sync::Weak<Inner>,
     parent: String,
 }
 
-impl crate::children::Spawner for ChildSpawner {
-    fn launch_child(
+impl ChildSpawner {
+    pub(crate) fn launch_child(
         &self,
         req: crate::children::ChildRequest,
     ) -> std::pin::Pin<
@@ -2284,7 +2286,7 @@ impl crate::children::Spawner for ChildSpawner {
         })
     }
 
-    fn events(&self) -> Option<broadcast::Receiver<Event>> {
+    pub(crate) fn events(&self) -> Option<broadcast::Receiver<Event>> {
         self.inner.upgrade().map(|i| i.events.subscribe())
     }
 }
@@ -2561,10 +2563,10 @@ async fn drive(inner: Arc<Inner>, run: Run) -> Option<RunReport> {
         grace: inner.grace,
         journal: journal.clone(),
         resume,
-        spawner: Some(Arc::new(ChildSpawner {
+        runtime: Some(RuntimeHandle(Arc::new(ChildSpawner {
             inner: Arc::downgrade(&inner),
             parent: id.clone(),
-        })),
+        }))),
     };
     let report = execute(graph, cfg).await;
     if let Some(j) = &journal {
@@ -2698,5 +2700,97 @@ impl IntoGraph for TaskGraph {
 impl IntoGraph for Graph {
     fn into_graph(self) -> Result<Graph, GraphError> {
         Ok(self)
+    }
+}
+
+impl RunReport {
+    /// The report of record `rec`'s last run, rebuilt from its stored task rows.
+    ///
+    /// Everything read from a store is untrusted: a stored duration that is no
+    /// [`Duration`] (NaN, negative, infinite, too large) is clamped, never a panic; a
+    /// stored result that is not JSON is not passed on as one (the task is reported
+    /// errored, saying its stored result is damaged).
+    pub(crate) fn from_rows(rec: &ProcessRecord, rows: &[(u32, TaskRow)]) -> RunReport {
+        let tasks = rows.iter().map(|(_, r)| task_from_row(r)).collect();
+        RunReport {
+            process: rec.process_type.clone(),
+            run_id: rec.id.clone(),
+            status: match rec.state() {
+                State::Done => RunStatus::Succeeded,
+                State::Cancelled => RunStatus::Cancelled,
+                _ => RunStatus::Failed,
+            },
+            elapsed: stored_seconds(rec.status.duration),
+            tasks,
+        }
+    }
+}
+
+/// A stored duration in seconds as a [`Duration`]: missing, NaN or negative is zero,
+/// infinite or beyond [`Duration::MAX`] is [`Duration::MAX`].
+pub(crate) fn stored_seconds(secs: Option<f64>) -> Duration {
+    match secs {
+        Some(s) if s > 0.0 => Duration::try_from_secs_f64(s).unwrap_or(Duration::MAX),
+        _ => Duration::ZERO,
+    }
+}
+
+/// One task's entry rebuilt from its stored row.
+fn task_from_row(r: &TaskRow) -> TaskReport {
+    let mut status = match (r.state, r.skipped) {
+        (State::Done, _) => TaskStatus::Success,
+        (State::Failed, _) => TaskStatus::Errored,
+        (_, true) => TaskStatus::Skipped,
+        _ => TaskStatus::Cancelled,
+    };
+    let mut error = r.error.as_ref().map(|m| ErrorReport {
+        message: m.clone(),
+        chain: r.chain.clone(),
+        downstream_impact: Vec::new(),
+        source: None,
+    });
+    let result = match r.result.as_deref().map(Json::parse) {
+        None => None,
+        Some(Ok(json)) => Some(json),
+        Some(Err(e)) => {
+            let message = format!("the stored result of task `{}` is damaged: {e}", r.node);
+            tracing::warn!(task = %r.node, "{message}");
+            if status == TaskStatus::Success {
+                status = TaskStatus::Errored;
+                error = Some(ErrorReport {
+                    chain: vec![message.clone()],
+                    message,
+                    downstream_impact: Vec::new(),
+                    source: None,
+                });
+            }
+            None
+        }
+    };
+    TaskReport {
+        id: r.node.clone(),
+        name: Cow::Owned(r.task.to_string()),
+        function: Cow::Borrowed(""),
+        description: Cow::Borrowed(""),
+        status,
+        attempts: r.attempts,
+        elapsed: Duration::from_nanos(r.elapsed_ns),
+        result,
+        error,
+    }
+}
+
+#[cfg(test)]
+mod stored_report_tests {
+    use super::*;
+
+    #[test]
+    fn stored_seconds_never_panics() {
+        assert_eq!(stored_seconds(None), Duration::ZERO);
+        assert_eq!(stored_seconds(Some(f64::NAN)), Duration::ZERO);
+        assert_eq!(stored_seconds(Some(-1.0)), Duration::ZERO);
+        assert_eq!(stored_seconds(Some(f64::INFINITY)), Duration::MAX);
+        assert_eq!(stored_seconds(Some(1e20)), Duration::MAX);
+        assert_eq!(stored_seconds(Some(1.5)), Duration::from_millis(1500));
     }
 }

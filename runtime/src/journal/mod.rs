@@ -16,8 +16,9 @@ use std::time::{Duration, Instant};
 
 pub(crate) use self::writer::{start_writer, WriterHandle};
 
-use crate::ctx::{Level, Reporter};
+use crate::ctx::Reporter;
 use crate::events::{Event, EventKind};
+use crate::record::Level;
 use crate::record::{now_ms, LogEntry, Progress, State, MAX_LOG};
 use crate::store::{Batch, StoreError, TaskRow};
 
