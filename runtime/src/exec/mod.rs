@@ -1,4 +1,5 @@
-//! The in-memory executor: runs a [`Graph`] on tokio.
+//! The in-memory executor (the exec layer, above `graph` and `journal`; never `store`):
+//! runs a [`Graph`] on tokio.
 //!
 //! A node starts as soon as its own dependencies have ended. Ready nodes run as tokio
 //! tasks, which resolve their inputs, run their attempts (retries, backoff, timeout,
@@ -21,9 +22,6 @@ use futures::FutureExt;
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use crate::arg::{Inputs, Slot};
-use crate::ctx::{Ctx, Reporter, RunScope, RuntimeHandle};
-use crate::erased::ErasedTask;
 use crate::error::{
     chain, BoxError, CancelGraceExceeded, DependencyFailed, RetryExhausted, TaskPanicked, Timeout,
 };
@@ -33,6 +31,9 @@ use crate::journal::{Ended, RunJournal};
 use crate::record::Level;
 use crate::record::State;
 use crate::report::{ErrorReport, Json, RunReport, RunStatus, TaskReport, TaskStatus};
+use crate::task::arg::{Inputs, Slot};
+use crate::task::ctx::{Ctx, Reporter, RunScope, RuntimeHandle};
+use crate::task::erased::ErasedTask;
 use crate::task::{OnDepFailure, TaskMeta};
 
 /// Settings of one run.
@@ -916,7 +917,7 @@ struct Running<'a> {
 }
 
 impl std::future::Future for Running<'_> {
-    type Output = Result<crate::erased::Finished, BoxError>;
+    type Output = Result<crate::task::erased::Finished, BoxError>;
 
     fn poll(
         mut self: std::pin::Pin<&mut Self>,

@@ -5,9 +5,9 @@ use std::any::Any;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use crate::arg::Inputs;
-use crate::ctx::Ctx;
 use crate::error::{BoxError, InputError, OutputNotSerializable};
+use crate::task::arg::Inputs;
+use crate::task::ctx::Ctx;
 use crate::task::{Task, TaskFuture};
 
 /// What a successful attempt leaves behind: the serialized result and, when a successor
@@ -103,7 +103,7 @@ impl<T: Task> ErasedTask for Erased<T> {
         let json = to_json(&value)
             .and_then(|json| {
                 // NaN and infinities would be stored as `null`: an error, not a lost value.
-                crate::finite::check(&value, &json)
+                crate::task::finite::check(&value, &json)
                     .map(|()| json)
                     .map_err(<serde_json::Error as serde::ser::Error>::custom)
             })

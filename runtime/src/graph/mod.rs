@@ -1,4 +1,9 @@
-//! Graphs of tasks: built by a process's builder, or assembled by name at run time.
+//! Building and validating graphs (the graph layer, above `task` and `hooks`): [`Graph`]
+//! and its nodes, the process [`Builder`], [`TaskGraph`] (assembled by name at run
+//! time), the graph fingerprint, and the [`Process`](process::Process) trait that
+//! `#[process]` implements.
+
+pub(crate) mod process;
 
 use std::any::TypeId;
 use std::collections::{BTreeMap, HashMap};
@@ -12,9 +17,9 @@ use rustc_hash::FxHasher;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::arg::{NodeRef, Out};
-use crate::erased::{Erased, ErasedTask};
-use crate::process::{Mode, Process};
+use crate::graph::process::{Mode, Process};
+use crate::task::arg::{NodeRef, Out};
+use crate::task::erased::{Erased, ErasedTask};
 use crate::task::{Task, TaskMeta};
 
 static NEXT_GRAPH: AtomicU32 = AtomicU32::new(1);

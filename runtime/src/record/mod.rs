@@ -1,4 +1,6 @@
-//! Process records and their state machine (optio's, exactly).
+//! What is stored about a process (the data layer, above `schedule` and `error` only):
+//! process records, their state machine (optio's, exactly), log entries with their
+//! [`Level`], progress, and the filters of a listing.
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -23,14 +23,14 @@ use serde_json::Value;
 use tokio::sync::{broadcast, watch, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use crate::ctx::Ctx;
 use crate::events::{Event, EventKind};
+use crate::graph::process::Process;
 use crate::graph::Graph;
 use crate::hooks::Hooks;
-use crate::process::Process;
 use crate::record::State;
 use crate::report::RunReport;
 use crate::runtime::{ChildSpawner, Error};
+use crate::task::ctx::Ctx;
 
 pub(crate) struct ChildRequest {
     pub(crate) id: String,
@@ -473,7 +473,7 @@ impl Tracker {
 
 impl Ctx {
     /// The runtime's child spawner, when this context belongs to a recorded run: the only
-    /// place that looks inside the opaque [`RuntimeHandle`](crate::ctx::RuntimeHandle).
+    /// place that looks inside the opaque [`RuntimeHandle`](crate::task::ctx::RuntimeHandle).
     fn spawner(&self) -> Option<Arc<ChildSpawner>> {
         self.runtime_handle()?
             .0
@@ -631,7 +631,9 @@ impl Ctx {
             .map(|cb| Tracker::start(cb, spawner.as_ref().and_then(|s| s.events())));
         ParallelGroup {
             ctx: self.clone(),
-            slots: Arc::new(Semaphore::new(crate::limits::permits(opts.max_concurrency))),
+            slots: Arc::new(Semaphore::new(crate::runtime::limits::permits(
+                opts.max_concurrency,
+            ))),
             cancel: self.cancel_token().child_token(),
             opts,
             running: Vec::new(),
@@ -759,7 +761,7 @@ impl ParallelGroup {
         if self.opts.max_concurrency == 0 {
             return Err(ChildError::Launch {
                 id: child.id.unwrap_or_else(|| P::META.name.to_owned()),
-                source: crate::limits::zero("GroupOptions::max_concurrency"),
+                source: crate::runtime::limits::zero("GroupOptions::max_concurrency"),
             });
         }
         let name = child
@@ -890,7 +892,7 @@ impl ParallelGroup {
 /// ```
 pub mod progress {
     use super::ChildProgress;
-    use crate::ctx::Ctx;
+    use crate::task::ctx::Ctx;
 
     fn percent(c: &ChildProgress) -> f64 {
         if c.state.is_end() {

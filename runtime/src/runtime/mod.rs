@@ -1,5 +1,6 @@
-//! The runtime: launches runs of processes, keeps their records in a store, resumes them
-//! after a restart, and answers queries.
+//! The public [`Runtime`] (the top layer: the only place where every layer meets and the
+//! only one naming `Runtime` or the API [`Error`]): launches runs of processes, keeps
+//! their records in a store, resumes them after a restart, and answers queries.
 //!
 //! # What a crash can lose
 //!
@@ -11,6 +12,9 @@
 //! are then run again; never a result reported as finished. With the sled store, a power
 //! loss can also lose the writes of the last ~500 ms unless the store is opened in strict
 //! mode ([`RuntimeBuilder::strict`]), which fsyncs once per group.
+
+pub(crate) mod children;
+mod limits;
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
@@ -25,19 +29,19 @@ use serde_json::Value;
 use tokio::sync::{broadcast, watch, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use crate::ctx::RuntimeHandle;
 use crate::events::{self, Event, EventKind, EventStream};
 use crate::exec::{execute, Resume, RunConfig};
+use crate::graph::process::{Process, ProcessMeta};
 use crate::graph::{Graph, GraphError, TaskGraph};
 use crate::hooks::Hooks;
 use crate::journal::{start_writer, RunJournal, WriterHandle};
-use crate::process::{Process, ProcessMeta};
 use crate::record::{InvalidTransition, ListFilter, ProcessRecord, RecordKind, RunMeta, State};
 use crate::report::{ErrorReport, Json, RunReport, RunStatus, TaskReport, TaskStatus};
 use crate::schedule::{plan, Schedule};
 use crate::store::{
     Batch, MemoryStore, Page, Query, SledStore, Store, StoreError, TaskRow, Update,
 };
+use crate::task::ctx::RuntimeHandle;
 
 /// Error returned by the runtime's API.
 #[derive(Debug, thiserror::Error)]
@@ -443,8 +447,11 @@ impl RuntimeBuilder {
     /// [`Error::Config`] for a zero concurrency limit, [`Error::Store`] when the store
     /// cannot be opened (a damaged or newer store names its path).
     pub async fn start(self) -> Result<Runtime> {
-        crate::limits::at_least_one("RuntimeBuilder::max_concurrency", self.max_concurrency)?;
-        crate::limits::at_least_one(
+        crate::runtime::limits::at_least_one(
+            "RuntimeBuilder::max_concurrency",
+            self.max_concurrency,
+        )?;
+        crate::runtime::limits::at_least_one(
             "RuntimeBuilder::process_concurrency",
             self.process_concurrency,
         )?;
@@ -480,7 +487,7 @@ impl RuntimeBuilder {
                 events,
                 permits: self
                     .max_concurrency
-                    .map(|n| Arc::new(Semaphore::new(crate::limits::permits(n)))),
+                    .map(|n| Arc::new(Semaphore::new(crate::runtime::limits::permits(n)))),
                 process_concurrency: self.process_concurrency,
                 grace: self.grace,
                 progress_flush: self.progress_flush,
@@ -1023,7 +1030,7 @@ impl Runtime {
         if self.inner.shutting_down.load(Ordering::Acquire) {
             return Err(Error::ShuttingDown);
         }
-        crate::limits::at_least_one("Launch::max_concurrency", launch.max_concurrency)?;
+        crate::runtime::limits::at_least_one("Launch::max_concurrency", launch.max_concurrency)?;
         // The key first: every launch with a known key gets the one run it names.
         if let Some(key) = launch.idempotency_key.clone() {
             if let Some(owner) = self.inner.read(move |s| s.idempotent(&key)).await? {
@@ -2274,9 +2281,9 @@ pub(crate) struct ChildSpawner {
 impl ChildSpawner {
     pub(crate) fn launch_child(
         &self,
-        req: crate::children::ChildRequest,
+        req: crate::runtime::children::ChildRequest,
     ) -> std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<crate::children::ChildRun>> + Send>,
+        Box<dyn std::future::Future<Output = Result<crate::runtime::children::ChildRun>> + Send>,
     > {
         let inner = self.inner.upgrade();
         let parent = self.parent.clone();
@@ -2296,8 +2303,8 @@ impl Runtime {
     async fn launch_child(
         &self,
         parent: &str,
-        req: crate::children::ChildRequest,
-    ) -> Result<crate::children::ChildRun> {
+        req: crate::runtime::children::ChildRequest,
+    ) -> Result<crate::runtime::children::ChildRun> {
         if self.inner.shutting_down.load(Ordering::Acquire) {
             return Err(Error::ShuttingDown);
         }
@@ -2315,7 +2322,7 @@ impl Runtime {
             // finished one gives its report.
             if existing.state().is_active() || existing.state() == State::Done {
                 let handle = self.attach(&req.id).await?;
-                return Ok(crate::children::ChildRun {
+                return Ok(crate::runtime::children::ChildRun {
                     id: handle.id,
                     cancel: handle.cancel,
                     done: handle.done,
@@ -2358,7 +2365,7 @@ impl Runtime {
                 hooks,
             )
             .await?;
-        Ok(crate::children::ChildRun {
+        Ok(crate::runtime::children::ChildRun {
             id: handle.id,
             cancel: handle.cancel,
             done: handle.done,
