@@ -33,6 +33,7 @@ mod runtime;
 mod schedule;
 pub mod store;
 mod task;
+mod util;
 
 pub use error::{
     BoxError, CancelGraceExceeded, Cancelled, DependencyFailed, InputError, NonRetryable,

@@ -11,6 +11,8 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use crate::record::State;
+
 /// How a task ended.
 ///
 /// # Examples
@@ -43,6 +45,17 @@ pub enum RunStatus {
     Failed,
     /// The run was cancelled before every task succeeded.
     Cancelled,
+}
+
+impl RunStatus {
+    /// The state the run's record ends in.
+    pub(crate) fn end_state(self) -> State {
+        match self {
+            RunStatus::Succeeded => State::Done,
+            RunStatus::Failed => State::Failed,
+            RunStatus::Cancelled => State::Cancelled,
+        }
+    }
 }
 
 /// The error of an errored task.

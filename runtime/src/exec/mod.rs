@@ -65,8 +65,9 @@ pub(crate) struct Resume {
     pub(crate) attempts: Vec<u32>,
 }
 
+/// Where a node stands in the driver's view of the run.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum St {
+enum NodeStatus {
     Pending,
     Success,
     Errored,
@@ -75,7 +76,7 @@ enum St {
 }
 
 struct NodeState {
-    st: St,
+    status: NodeStatus,
     attempts: u32,
     elapsed: Duration,
     error: Option<Arc<dyn StdError + Send + Sync + 'static>>,
@@ -131,9 +132,10 @@ struct Shared {
     targets: Box<[u32]>,
     dep_offsets: Box<[u32]>,
     dep_targets: Box<[u32]>,
-    prior: Box<[u32]>,
+    /// Attempts each node already made in an earlier, interrupted run of the graph.
+    prior_attempts: Box<[u32]>,
     /// Workers start ready dependents themselves (no per-run concurrency limit).
-    fast: bool,
+    workers_start_dependents: bool,
     /// Nodes started and not yet ended: counted off by the node's worker for an
     /// unreported success, by the driver when it reads a report or abandons the node.
     in_flight: AtomicUsize,
@@ -204,7 +206,10 @@ impl Shared {
         let mut next = None;
         for &d in self.dependents(i) {
             if self.remaining[d as usize].fetch_sub(1, Ordering::AcqRel) == 1 {
-                if self.fast && !self.scope.cancel.is_cancelled() && self.all_deps_ok(d) {
+                if self.workers_start_dependents
+                    && !self.scope.cancel.is_cancelled()
+                    && self.all_deps_ok(d)
+                {
                     if keep_one && next.is_none() {
                         next = self.claim(d).map(|t| (d, t));
                     } else {
@@ -276,8 +281,8 @@ pub(crate) async fn execute(mut graph: Graph, mut cfg: RunConfig) -> Option<RunR
             .flat_map(|(i, node)| node.deps().iter().map(move |&d| (i as u32, d))),
     );
     let resume = cfg.resume.take().unwrap_or_default();
-    let mut prior = resume.attempts;
-    prior.resize(n, 0);
+    let mut prior_attempts = resume.attempts;
+    prior_attempts.resize(n, 0);
     let shared = Arc::new(Shared {
         slots: graph.nodes.iter().map(|n| Slot::new(n.readers)).collect(),
         ids,
@@ -311,8 +316,8 @@ pub(crate) async fn execute(mut graph: Graph, mut cfg: RunConfig) -> Option<RunR
         targets,
         dep_offsets,
         dep_targets,
-        prior: prior.into(),
-        fast: cfg.max_concurrency.is_none(),
+        prior_attempts: prior_attempts.into(),
+        workers_start_dependents: cfg.max_concurrency.is_none(),
         in_flight: AtomicUsize::new(0),
         tx,
     });
@@ -327,7 +332,7 @@ pub(crate) async fn execute(mut graph: Graph, mut cfg: RunConfig) -> Option<RunR
 
     let mut state: Vec<NodeState> = (0..n)
         .map(|_| NodeState {
-            st: St::Pending,
+            status: NodeStatus::Pending,
             attempts: 0,
             elapsed: Duration::ZERO,
             error: None,
@@ -343,7 +348,7 @@ pub(crate) async fn execute(mut graph: Graph, mut cfg: RunConfig) -> Option<RunR
         shared.slots[idx].fill(json, None);
         lock(&shared.tasks[idx]).take();
         state[idx] = NodeState {
-            st: St::Success,
+            status: NodeStatus::Success,
             attempts,
             elapsed,
             error: None,
@@ -438,7 +443,7 @@ pub(crate) async fn execute(mut graph: Graph, mut cfg: RunConfig) -> Option<RunR
                 for (i, s) in state.iter_mut().enumerate() {
                     // Started (claimed while pending) and not ended by its worker: a
                     // worker that ended first has its end recorded or on the way.
-                    let running = s.st == St::Pending
+                    let running = s.status == NodeStatus::Pending
                         && shared.claimed[i].load(Ordering::Acquire)
                         && !shared.done_ok[i].load(Ordering::Acquire);
                     if running && !shared.ended[i].swap(true, Ordering::AcqRel) {
@@ -449,7 +454,7 @@ pub(crate) async fn execute(mut graph: Graph, mut cfg: RunConfig) -> Option<RunR
                         for h in &cfg.hooks {
                             h.failed(&info, &shared.ids[i], &*e);
                         }
-                        s.st = St::Errored;
+                        s.status = NodeStatus::Errored;
                         s.error = Some(e);
                         // Its row says so too: the stored report agrees with this one.
                         if let Some(j) = &shared.journal {
@@ -465,17 +470,16 @@ pub(crate) async fn execute(mut graph: Graph, mut cfg: RunConfig) -> Option<RunR
 
     // Successes were not reported one by one: their workers left them in `shared`.
     suspended |= halt_seen
-        && state
-            .iter()
-            .enumerate()
-            .any(|(i, s)| s.st == St::Pending && !shared.done_ok[i].load(Ordering::Acquire));
+        && state.iter().enumerate().any(|(i, s)| {
+            s.status == NodeStatus::Pending && !shared.done_ok[i].load(Ordering::Acquire)
+        });
     if suspended {
         tracing::info!(run = %info.run_id, "run suspended");
         return None;
     }
     for (i, s) in state.iter_mut().enumerate() {
-        if s.st == St::Pending && shared.done_ok[i].load(Ordering::Acquire) {
-            s.st = St::Success;
+        if s.status == NodeStatus::Pending && shared.done_ok[i].load(Ordering::Acquire) {
+            s.status = NodeStatus::Success;
             s.attempts = shared.attempts_run[i].load(Ordering::Acquire);
             s.elapsed = Duration::from_nanos(shared.elapsed_ns[i].load(Ordering::Acquire));
         }
@@ -483,8 +487,8 @@ pub(crate) async fn execute(mut graph: Graph, mut cfg: RunConfig) -> Option<RunR
 
     let cancelled = cancel_seen || cfg.cancel.is_cancelled();
     for (i, s) in state.iter_mut().enumerate() {
-        if s.st == St::Pending {
-            s.st = St::Cancelled;
+        if s.status == NodeStatus::Pending {
+            s.status = NodeStatus::Cancelled;
             if let Some(j) = &shared.journal {
                 record_end(j, &shared, i, s);
             }
@@ -528,18 +532,18 @@ fn handle_batch(
             Msg::Done(c) => c,
         };
         let i = c.node as usize;
-        if state[i].st != St::Pending {
+        if state[i].status != NodeStatus::Pending {
             continue; // abandoned after the grace period; its late end is ignored
         }
         shared.in_flight.fetch_sub(1, Ordering::AcqRel);
         state[i].attempts = c.attempts;
         state[i].elapsed = c.elapsed;
         match c.result {
-            Ok(()) => state[i].st = St::Success,
+            Ok(()) => state[i].status = NodeStatus::Success,
             // An attempt that stopped once the run was asked to stop was cancelled,
             // whether or not the driver has seen the request yet.
             Err(e) if cfg.cancel.is_cancelled() => {
-                state[i].st = St::Cancelled;
+                state[i].status = NodeStatus::Cancelled;
                 state[i].error = Some(Arc::from(e));
             }
             Err(e) => {
@@ -548,13 +552,13 @@ fn handle_batch(
                 for h in &cfg.hooks {
                     h.failed(info, &shared.ids[i], &*e);
                 }
-                state[i].st = St::Errored;
+                state[i].status = NodeStatus::Errored;
                 state[i].error = Some(e);
             }
         }
         // A success was recorded and counted off by its worker; anything else is
         // recorded and counted off here, and its dependents are settled by the driver.
-        if state[i].st != St::Success {
+        if state[i].status != NodeStatus::Success {
             if let Some(j) = &shared.journal {
                 record_end(j, shared, i, &state[i]);
             }
@@ -586,7 +590,7 @@ fn decide(
     info: &RunInfo,
 ) {
     let di = d as usize;
-    if shared.claimed[di].load(Ordering::Acquire) || state[di].st != St::Pending {
+    if shared.claimed[di].load(Ordering::Acquire) || state[di].status != NodeStatus::Pending {
         return;
     }
     if shared.scope.cancel.is_cancelled() {
@@ -601,7 +605,7 @@ fn decide(
     }
     if failed
         .iter()
-        .any(|&x| state[x as usize].st == St::Cancelled)
+        .any(|&x| state[x as usize].status == NodeStatus::Cancelled)
     {
         // A cancelled dependency did not fail this task: it stays pending and ends
         // cancelled with the run (its own dependents with it).
@@ -624,7 +628,7 @@ fn decide(
             ready.push_back(d);
             return;
         }
-        OnDepFailure::Skip => state[di].st = St::Skipped,
+        OnDepFailure::Skip => state[di].status = NodeStatus::Skipped,
         OnDepFailure::Fail | OnDepFailure::RunAnyway => {
             let list = if policy == OnDepFailure::Fail {
                 &failed
@@ -638,7 +642,7 @@ fn decide(
             for h in hooks {
                 h.failed(info, &node.id, &*e);
             }
-            state[di].st = St::Errored;
+            state[di].status = NodeStatus::Errored;
             state[di].error = Some(e);
         }
     }
@@ -651,13 +655,13 @@ fn decide(
 
 /// Writes how node `i` ended to the run's journal.
 fn record_end(j: &RunJournal, shared: &Shared, i: usize, s: &NodeState) {
-    let (state, skipped) = match s.st {
-        St::Success => (State::Done, false),
-        St::Errored => (State::Failed, false),
-        St::Skipped => (State::Cancelled, true),
-        St::Cancelled | St::Pending => (State::Cancelled, false),
+    let (state, skipped) = match s.status {
+        NodeStatus::Success => (State::Done, false),
+        NodeStatus::Errored => (State::Failed, false),
+        NodeStatus::Skipped => (State::Cancelled, true),
+        NodeStatus::Cancelled | NodeStatus::Pending => (State::Cancelled, false),
     };
-    let result = if s.st == St::Success {
+    let result = if s.status == NodeStatus::Success {
         shared.slots[i].json().cloned()
     } else {
         None
@@ -695,7 +699,7 @@ async fn run_one(
         Some(sem) => sem.clone().acquire_owned().await.ok(),
         None => None,
     };
-    let first = shared.prior[i as usize];
+    let first = shared.prior_attempts[i as usize];
     let meta = shared.metas[i as usize];
     let started = Instant::now();
     let ran = tokio::select! {
@@ -720,7 +724,7 @@ async fn run_one(
                 shared,
                 i as usize,
                 &NodeState {
-                    st: St::Success,
+                    status: NodeStatus::Success,
                     attempts,
                     elapsed,
                     error: None,
@@ -740,7 +744,7 @@ async fn run_one(
     // seen together with its report; an unreported one is counted off here, after the
     // next node was claimed (which counted that one in): the count only reaches zero
     // when nothing runs, and then everything the workers sent is in the channel.
-    if !ok || !shared.fast {
+    if !ok || !shared.workers_start_dependents {
         let _ = shared.tx.send(Msg::Done(Completion {
             node: i,
             attempts,
@@ -959,11 +963,11 @@ fn build_report(
     let mut any_errored = false;
     let mut all_success = true;
     for (i, (node, s)) in graph.nodes.iter().zip(state).enumerate() {
-        let status = match s.st {
-            St::Success => TaskStatus::Success,
-            St::Errored => TaskStatus::Errored,
-            St::Skipped => TaskStatus::Skipped,
-            St::Cancelled | St::Pending => TaskStatus::Cancelled,
+        let status = match s.status {
+            NodeStatus::Success => TaskStatus::Success,
+            NodeStatus::Errored => TaskStatus::Errored,
+            NodeStatus::Skipped => TaskStatus::Skipped,
+            NodeStatus::Cancelled | NodeStatus::Pending => TaskStatus::Cancelled,
         };
         any_errored |= status == TaskStatus::Errored;
         all_success &= status == TaskStatus::Success;
@@ -991,7 +995,7 @@ fn build_report(
                 .map_or(Cow::Borrowed(node.meta.description), Cow::Owned),
             status,
             attempts: s.attempts,
-            elapsed: if matches!(s.st, St::Skipped | St::Pending) {
+            elapsed: if matches!(s.status, NodeStatus::Skipped | NodeStatus::Pending) {
                 Duration::ZERO
             } else {
                 s.elapsed
@@ -1037,8 +1041,8 @@ fn downstream(
             if seen[di] {
                 continue;
             }
-            let did_not_run = state[di].st == St::Skipped
-                || (state[di].st == St::Errored
+            let did_not_run = state[di].status == NodeStatus::Skipped
+                || (state[di].status == NodeStatus::Errored
                     && state[di].attempts == 0
                     && state[di]
                         .error

@@ -677,11 +677,7 @@ async fn await_child(parent: CancellationToken, run: ChildRun) -> Arc<RunReport>
 }
 
 fn end_state(report: &RunReport) -> State {
-    match report.status {
-        crate::report::RunStatus::Succeeded => State::Done,
-        crate::report::RunStatus::Failed => State::Failed,
-        crate::report::RunStatus::Cancelled => State::Cancelled,
-    }
+    report.status.end_state()
 }
 
 fn outcome_of(id: &str, name: &str, report: &Arc<RunReport>) -> ChildOutcome {

@@ -166,11 +166,7 @@ pub(super) async fn drive(inner: Arc<Inner>, run: Run) -> Option<RunReport> {
     if !running {
         return Some(report);
     }
-    let end = match report.status {
-        RunStatus::Succeeded => State::Done,
-        RunStatus::Failed => State::Failed,
-        RunStatus::Cancelled => State::Cancelled,
-    };
+    let end = report.status.end_state();
     let error = (end == State::Failed).then(|| run_error(&report));
     let id2 = id.clone();
     // The end is one write: the record's state (a cancel that came first wins: the run

@@ -65,7 +65,7 @@ impl Runtime {
                 name: rec.process_type,
             });
         }
-        let now = crate::record::now_ms_at(self.inner.clock.now());
+        let now = crate::util::unix_ms(self.inner.clock.now());
         let id_owned = id.to_owned();
         let rec = self
             .inner
@@ -159,7 +159,7 @@ pub(super) async fn scheduler_pass(rt: &Runtime) -> Result<Option<std::time::Sys
         if p.mark.is_some() || failure.is_some() {
             // The fire is marked, and a failed fire is written on the record's log: a
             // schedule never fails silently.
-            let mark = p.mark.map(crate::record::now_ms_at);
+            let mark = p.mark.map(crate::util::unix_ms);
             rt.inner
                 .update(&r.id, move |cur| match cur {
                     Some(c) => {

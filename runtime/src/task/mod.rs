@@ -259,14 +259,7 @@ impl fmt::Debug for ErrorMatcher {
 }
 
 fn chain_has<E: StdError + 'static>(error: &(dyn StdError + 'static)) -> bool {
-    let mut cur = Some(error);
-    while let Some(e) = cur {
-        if e.is::<E>() {
-            return true;
-        }
-        cur = e.source();
-    }
-    false
+    crate::error::sources(error).any(<dyn StdError>::is::<E>)
 }
 
 /// Delay between two attempts of a task.
