@@ -24,7 +24,6 @@ mod query;
 mod resume;
 mod scheduler;
 mod shutdown;
-mod spawner;
 
 pub use builder::{AdhocOptions, Definition, RuntimeBuilder};
 pub use error::{Error, Result};
@@ -49,10 +48,10 @@ use crate::report::RunReport;
 use crate::store::{Batch, Store, StoreError, TaskRow, Update};
 
 use builder::{to_value, Registered};
+use children::ChildSpawner;
 use drive::{drive, Run};
 use launch::{check_id, LEASE_TTL_MS};
 use scheduler::scheduler;
-use spawner::ChildSpawner;
 
 /// A run registered as live before its launch is written.
 struct Reserved {

@@ -8,14 +8,13 @@ use tokio::sync::broadcast;
 
 use crate::events::Event;
 use crate::record::{ProcessRecord, RunMeta, State};
+use crate::runtime::{check_id, Error, Inner, Result, Runtime};
 use crate::store::{Batch, Query};
-
-use super::{check_id, Error, Inner, Result, Runtime};
 
 /// Starts the children of one run's tasks.
 pub(crate) struct ChildSpawner {
-    pub(super) inner: std::sync::Weak<Inner>,
-    pub(super) parent: String,
+    pub(in crate::runtime) inner: std::sync::Weak<Inner>,
+    pub(in crate::runtime) parent: String,
 }
 
 impl ChildSpawner {
@@ -40,7 +39,7 @@ impl ChildSpawner {
 
 impl Runtime {
     /// Starts (or finds) the child `req.id` of run `parent`.
-    pub(super) async fn launch_child(
+    pub(in crate::runtime) async fn launch_child(
         &self,
         parent: &str,
         req: crate::runtime::children::ChildRequest,
@@ -114,7 +113,7 @@ impl Runtime {
 
     /// The order of the next child of `parent`: counted in memory, from the store's
     /// count of its children the first time (one query per parent, not per child).
-    pub(super) async fn next_sibling(&self, parent: &str) -> Result<u32> {
+    pub(in crate::runtime) async fn next_sibling(&self, parent: &str) -> Result<u32> {
         let known = self
             .inner
             .siblings
@@ -145,7 +144,7 @@ impl Runtime {
     }
 
     /// Deletes the records below root `id` (the children of its runs), with their tasks.
-    pub(super) async fn delete_descendants(&self, id: &str) -> Result<()> {
+    pub(in crate::runtime) async fn delete_descendants(&self, id: &str) -> Result<()> {
         let root = id.to_owned();
         let ids: Vec<String> = self
             .inner
