@@ -7,14 +7,14 @@
 //! One folder or file per concept, and each imports only the ones at or below its own
 //! layer (lowest first):
 //!
-//! `error` → `schedule` → `record` → `events`, `report` → `task` → `hooks` → `graph` →
-//! `store` → `journal` → `exec` → `runtime` (→ `macro_support`, the door for generated
-//! code).
+//! `error`, `util` → `schedule` → `record` → `events`, `report` → `task` → `hooks` →
+//! `graph` → `store` → `journal` → `exec` → `runtime` (→ `macro_support`, the door for
+//! generated code).
 //!
-//! `store` imports only `record`, `error` and `schedule`, so storage compiles without the
-//! engine; `exec` never imports `store` (it writes through `journal`); only `runtime`
-//! names `Runtime` or the API `Error`. Mutual imports inside one folder are fine.
-//! `.ci/check-cycles.py` checks all of this in CI.
+//! `store` imports only `record`, `error`, `schedule` and `util`, so storage compiles
+//! without the engine; `exec` never imports `store` (it writes through `journal`); only
+//! `runtime` names `Runtime` or the API `Error`. Mutual imports inside one folder are
+//! fine. `.ci/check-cycles.py` checks all of this in CI.
 
 #![doc(test(attr(deny(warnings))))]
 #![forbid(unsafe_code)]
