@@ -1,5 +1,5 @@
-//! Schedules: standard 5-field cron, fixed intervals and one-shot instants, and the
-//! scheduler that launches scheduled records.
+//! Schedules: standard 5-field cron, fixed intervals and one-shot instants, as values
+//! (the loop that launches scheduled records is the runtime's, in `runtime/scheduler.rs`).
 //!
 //! - Cron expressions are checked by the same code as `#[process(schedule = "...")]` at
 //!   compile time. Day of week `0` and `7` are both Sunday (the `cron` crate numbers them
