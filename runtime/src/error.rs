@@ -71,15 +71,15 @@ impl StdError for NonRetryable {
     }
 }
 
+/// An error and its `source()` chain, outermost first.
+pub(crate) fn sources<'a>(
+    error: &'a (dyn StdError + 'static),
+) -> impl Iterator<Item = &'a (dyn StdError + 'static)> {
+    std::iter::successors(Some(error), |&e| e.source())
+}
+
 pub(crate) fn is_non_retryable(error: &(dyn StdError + 'static)) -> bool {
-    let mut cur = Some(error);
-    while let Some(e) = cur {
-        if e.is::<NonRetryable>() {
-            return true;
-        }
-        cur = e.source();
-    }
-    false
+    sources(error).any(<dyn StdError>::is::<NonRetryable>)
 }
 
 /// An attempt ran longer than the task's `timeout`.
@@ -202,13 +202,7 @@ pub enum InputError {
 
 /// Walks an error and its sources into a list of messages, outermost first.
 pub(crate) fn chain(error: &(dyn StdError + 'static)) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut cur = Some(error);
-    while let Some(e) = cur {
-        out.push(e.to_string());
-        cur = e.source();
-    }
-    out
+    sources(error).map(ToString::to_string).collect()
 }
 
 /// The message of a panic payload.

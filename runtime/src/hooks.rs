@@ -36,7 +36,7 @@ pub struct TaskInfo {
 /// How one attempt ended, as seen by [`Hooks::around_task`].
 pub struct AttemptOutcome {
     pub(crate) error: Option<BoxError>,
-    pub(crate) payload: Option<crate::graph::Finished>,
+    pub(crate) payload: Option<crate::task::erased::Finished>,
 }
 
 impl AttemptOutcome {

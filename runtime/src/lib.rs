@@ -1,56 +1,64 @@
 //! The runtime of [`procession`](https://docs.rs/procession): graphs, executor and
 //! reports. Depend on `procession`, which re-exports everything here; this crate's name
 //! may change.
+//!
+//! # Layers
+//!
+//! One folder or file per concept, and each imports only the ones at or below its own
+//! layer (lowest first):
+//!
+//! `error`, `util` → `schedule` → `record` → `events`, `report` → `task` → `hooks` →
+//! `graph` → `store` → `journal` → `exec` → `runtime` (→ `macro_support`, the door for
+//! generated code).
+//!
+//! `store` imports only `record`, `error`, `schedule` and `util`, so storage compiles
+//! without the engine; `exec` never imports `store` (it writes through `journal`); only
+//! `runtime` names `Runtime` or the API `Error`. Mutual imports inside one folder are
+//! fine. `.ci/check-cycles.py` checks all of this in CI.
 
 #![doc(test(attr(deny(warnings))))]
 #![forbid(unsafe_code)]
 
-mod arg;
-mod children;
-mod ctx;
-mod data;
 mod error;
 mod events;
 mod exec;
-mod finite;
 mod graph;
 mod hooks;
 mod journal;
-mod limits;
 #[doc(hidden)]
 pub mod macro_support;
-mod process;
 mod record;
 mod report;
 mod runtime;
 mod schedule;
 pub mod store;
 mod task;
+mod util;
 
-pub use arg::{Arg, IntoArg, NodeRef, Out};
-pub use children::{
-    progress, Child, ChildError, ChildOutcome, ChildProcessFailed, ChildProgress, ChildResult,
-    GroupError, GroupOptions, ParallelGroup, ProgressCallback,
-};
-pub use ctx::{Ctx, Level};
-pub use data::Data;
 pub use error::{
     BoxError, CancelGraceExceeded, Cancelled, DependencyFailed, InputError, NonRetryable,
     OutputNotSerializable, RetryExhausted, TaskPanicked, Timeout,
 };
 pub use events::{Event, EventKind, EventStream};
+pub use graph::process::{Mode, Process, ProcessMeta};
 pub use graph::{Builder, Graph, GraphError, TaskGraph};
 pub use hooks::{Attempt, AttemptOutcome, Hooks, RunInfo, TaskInfo};
-pub use process::{Mode, Process, ProcessMeta};
 pub use record::{
-    InvalidTransition, ListFilter, LogEntry, ProcessRecord, Progress, RecordKind, RunMeta, State,
-    Status, MAX_LOG, SCHEMA_VERSION,
+    InvalidTransition, Level, ListFilter, LogEntry, ProcessRecord, Progress, RecordKind, RunMeta,
+    State, Status, MAX_LOG, SCHEMA_VERSION,
 };
 pub use report::{ErrorReport, Json, ResultError, RunReport, RunStatus, TaskReport, TaskStatus};
+pub use runtime::children::{
+    progress, Child, ChildError, ChildOutcome, ChildProcessFailed, ChildProgress, ChildResult,
+    GroupError, GroupOptions, ParallelGroup, ProgressCallback,
+};
 pub use runtime::{
     AdhocOptions, Definition, Error, IntoGraph, Launch, Result, ResyncReport, RunHandle, Runtime,
     RuntimeBuilder, Shutdown,
 };
 pub use schedule::{CatchUp, Schedule, ScheduleError};
+pub use task::arg::{Arg, IntoArg, NodeRef, Out};
+pub use task::ctx::Ctx;
+pub use task::data::Data;
 pub use task::{Backoff, ErrorMatcher, OnDepFailure, Policy, Task, TaskFuture, TaskMeta};
 pub use tokio_util::sync::CancellationToken;

@@ -3,13 +3,13 @@
 
 #![allow(missing_docs, unreachable_pub)]
 
-pub use crate::arg::{Arg, Inputs, IntoArg, NodeRef, Out};
-pub use crate::ctx::Ctx;
-pub use crate::data::Data;
 pub use crate::error::{BoxError, InputError};
+pub use crate::graph::process::{Mode, Process, ProcessMeta};
 pub use crate::graph::Builder;
 pub use crate::hooks::Hooks;
-pub use crate::process::{Mode, Process, ProcessMeta};
+pub use crate::task::arg::{Arg, Inputs, IntoArg, NodeRef, Out};
+pub use crate::task::ctx::Ctx;
+pub use crate::task::data::Data;
 pub use crate::task::{Backoff, ErrorMatcher, OnDepFailure, Policy, Task, TaskFuture, TaskMeta};
 pub use core::option::Option::{self, None, Some};
 pub use core::result::Result::{self, Err, Ok};

@@ -11,8 +11,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::record::{ProcessRecord, State};
-use crate::store::TaskRow;
+use crate::record::State;
 
 /// How a task ended.
 ///
@@ -46,6 +45,17 @@ pub enum RunStatus {
     Failed,
     /// The run was cancelled before every task succeeded.
     Cancelled,
+}
+
+impl RunStatus {
+    /// The state the run's record ends in.
+    pub(crate) fn end_state(self) -> State {
+        match self {
+            RunStatus::Succeeded => State::Done,
+            RunStatus::Failed => State::Failed,
+            RunStatus::Cancelled => State::Cancelled,
+        }
+    }
 }
 
 /// The error of an errored task.
@@ -389,27 +399,6 @@ impl RunReport {
         serde_json::from_str(json)
     }
 
-    /// The report of record `rec`'s last run, rebuilt from its stored task rows.
-    ///
-    /// Everything read from a store is untrusted: a stored duration that is no
-    /// [`Duration`] (NaN, negative, infinite, too large) is clamped, never a panic; a
-    /// stored result that is not JSON is not passed on as one (the task is reported
-    /// errored, saying its stored result is damaged).
-    pub(crate) fn from_rows(rec: &ProcessRecord, rows: &[(u32, TaskRow)]) -> RunReport {
-        let tasks = rows.iter().map(|(_, r)| task_from_row(r)).collect();
-        RunReport {
-            process: rec.process_type.clone(),
-            run_id: rec.id.clone(),
-            status: match rec.state() {
-                State::Done => RunStatus::Succeeded,
-                State::Cancelled => RunStatus::Cancelled,
-                _ => RunStatus::Failed,
-            },
-            elapsed: stored_seconds(rec.status.duration),
-            tasks,
-        }
-    }
-
     /// A short human-readable summary: one line per task.
     pub fn summary(&self) -> String {
         use std::fmt::Write as _;
@@ -447,74 +436,5 @@ impl RunReport {
             s.push('\n');
         }
         s
-    }
-}
-
-/// A stored duration in seconds as a [`Duration`]: missing, NaN or negative is zero,
-/// infinite or beyond [`Duration::MAX`] is [`Duration::MAX`].
-pub(crate) fn stored_seconds(secs: Option<f64>) -> Duration {
-    match secs {
-        Some(s) if s > 0.0 => Duration::try_from_secs_f64(s).unwrap_or(Duration::MAX),
-        _ => Duration::ZERO,
-    }
-}
-
-/// One task's entry rebuilt from its stored row.
-fn task_from_row(r: &TaskRow) -> TaskReport {
-    let mut status = match (r.state, r.skipped) {
-        (State::Done, _) => TaskStatus::Success,
-        (State::Failed, _) => TaskStatus::Errored,
-        (_, true) => TaskStatus::Skipped,
-        _ => TaskStatus::Cancelled,
-    };
-    let mut error = r.error.as_ref().map(|m| ErrorReport {
-        message: m.clone(),
-        chain: r.chain.clone(),
-        downstream_impact: Vec::new(),
-        source: None,
-    });
-    let result = match r.result.as_deref().map(Json::parse) {
-        None => None,
-        Some(Ok(json)) => Some(json),
-        Some(Err(e)) => {
-            let message = format!("the stored result of task `{}` is damaged: {e}", r.node);
-            tracing::warn!(task = %r.node, "{message}");
-            if status == TaskStatus::Success {
-                status = TaskStatus::Errored;
-                error = Some(ErrorReport {
-                    chain: vec![message.clone()],
-                    message,
-                    downstream_impact: Vec::new(),
-                    source: None,
-                });
-            }
-            None
-        }
-    };
-    TaskReport {
-        id: r.node.clone(),
-        name: Cow::Owned(r.task.to_string()),
-        function: Cow::Borrowed(""),
-        description: Cow::Borrowed(""),
-        status,
-        attempts: r.attempts,
-        elapsed: Duration::from_nanos(r.elapsed_ns),
-        result,
-        error,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn stored_seconds_never_panics() {
-        assert_eq!(stored_seconds(None), Duration::ZERO);
-        assert_eq!(stored_seconds(Some(f64::NAN)), Duration::ZERO);
-        assert_eq!(stored_seconds(Some(-1.0)), Duration::ZERO);
-        assert_eq!(stored_seconds(Some(f64::INFINITY)), Duration::MAX);
-        assert_eq!(stored_seconds(Some(1e20)), Duration::MAX);
-        assert_eq!(stored_seconds(Some(1.5)), Duration::from_millis(1500));
     }
 }

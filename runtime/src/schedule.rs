@@ -1,5 +1,5 @@
-//! Schedules: standard 5-field cron, fixed intervals and one-shot instants, and the
-//! scheduler that launches scheduled records.
+//! Schedules: standard 5-field cron, fixed intervals and one-shot instants, as values
+//! (the loop that launches scheduled records is the runtime's, in `runtime/scheduler.rs`).
 //!
 //! - Cron expressions are checked by the same code as `#[process(schedule = "...")]` at
 //!   compile time. Day of week `0` and `7` are both Sunday (the `cron` crate numbers them
@@ -17,6 +17,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use chrono::{DateTime, FixedOffset, TimeZone, Utc};
 use serde::{Deserialize, Serialize};
+
+use crate::util::unix_ms;
 
 /// Error returned when a schedule is malformed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -105,11 +107,6 @@ impl fmt::Display for Schedule {
     }
 }
 
-fn ms(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
 fn from_ms(ms: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_millis(ms)
 }
@@ -153,7 +150,7 @@ impl Schedule {
         Ok(Schedule {
             kind: Kind::Every {
                 ms,
-                anchor_ms: self::ms(anchor),
+                anchor_ms: unix_ms(anchor),
             },
             utc_offset: 0,
             catch_up: CatchUp::Skip,
@@ -174,7 +171,7 @@ impl Schedule {
             }
         }
         Ok(Schedule {
-            kind: Kind::At { ms: ms(when) },
+            kind: Kind::At { ms: unix_ms(when) },
             utc_offset: 0,
             catch_up: CatchUp::Skip,
         })
@@ -213,7 +210,7 @@ impl Schedule {
                 anchor_ms,
             } => {
                 // Fires at anchor + k * interval, k >= 1.
-                let now = ms(t);
+                let now = unix_ms(t);
                 let k = if now < *anchor_ms {
                     1
                 } else {
@@ -414,7 +411,7 @@ mod tests {
         // WF-99: a one-shot fires once and is over.
         let once = Schedule {
             kind: Kind::At {
-                ms: ms(at(2026, 1, 1, 0, 5)),
+                ms: unix_ms(at(2026, 1, 1, 0, 5)),
             },
             utc_offset: 0,
             catch_up: CatchUp::Skip,

@@ -1,4 +1,5 @@
-//! What a run writes to the store, and the group-commit writer that writes it.
+//! What a run writes to the store, and the group-commit writer that writes it (the
+//! journal layer, above `store`: the executor reaches storage only through it).
 //!
 //! The executor records every task state change in the run's [`RunJournal`] (in memory)
 //! and wakes the [`Writer`]. The writer is one thread per runtime: it takes everything
@@ -16,10 +17,11 @@ use std::time::{Duration, Instant};
 
 pub(crate) use self::writer::{start_writer, WriterHandle};
 
-use crate::ctx::{Level, Reporter};
 use crate::events::{Event, EventKind};
+use crate::record::Level;
 use crate::record::{now_ms, LogEntry, Progress, State, MAX_LOG};
 use crate::store::{Batch, StoreError, TaskRow};
+use crate::task::ctx::Reporter;
 
 /// More than this many progress messages from one task within one flush window is an
 /// avalanche: the extra messages are counted, not logged.

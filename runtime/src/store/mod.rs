@@ -1,5 +1,6 @@
-//! Storage of process records and task rows: the [`Store`] interface and its two
-//! implementations, [`SledStore`] (embedded, the default) and [`MemoryStore`].
+//! Storage of process records and task rows (the store layer: imports only `record`,
+//! `error` and `schedule`, so it compiles without the engine): the [`Store`] interface
+//! and its two implementations, [`SledStore`] (embedded, the default) and [`MemoryStore`].
 //!
 //! The runtime reaches data only through [`Store`]: reads from tokio's blocking pool,
 //! every write through one writer thread (one order, group commit). A server-backed

@@ -78,6 +78,35 @@ pub struct SledStore {
     seq: Mutex<u64>,
     /// `None` for a temporary store.
     sidecar: Option<Sidecar>,
+    /// Declared last, so dropped after sled's handles: see [`Released`].
+    released: Released,
+}
+
+/// Waits, when a store is dropped, until sled has let go of its file lock: sled's
+/// background threads hold the database a moment after the last handle is dropped, and
+/// a store that was closed must open again at once (a restart in the same process, a
+/// test). Bounded: after 5 s it gives up, and the next open reports the lock.
+#[derive(Debug)]
+struct Released(Option<PathBuf>);
+
+impl Drop for Released {
+    fn drop(&mut self) {
+        let Some(dir) = &self.0 else { return };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let Ok(file) = std::fs::File::open(dir.join("db")) else {
+                return;
+            };
+            match file.try_lock() {
+                Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                    drop(file);
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                // Free (the lock goes with `file`), or an error: nothing to wait for.
+                _ => return,
+            }
+        }
+    }
 }
 
 impl fmt::Debug for SledStore {
@@ -126,7 +155,9 @@ impl SledStore {
         })?;
         let config = sled::Config::new().path(&path);
         let sidecar = Sidecar::new(&path);
-        Self::with_config(&config, path, Some(sidecar))
+        let mut store = Self::with_config(&config, path.clone(), Some(sidecar))?;
+        store.released = Released(Some(path));
+        Ok(store)
     }
 
     /// A store in a temporary directory, deleted when dropped: for tests.
@@ -179,6 +210,7 @@ impl SledStore {
             strict: false,
             seq: Mutex::new(0),
             sidecar,
+            released: Released(None),
         };
         // Before anything is written: a store that lost writes is refused as it was found.
         let durable = guard::decode_seq(

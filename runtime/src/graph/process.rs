@@ -1,7 +1,7 @@
 //! The process trait that `#[process]` implements.
 
-use crate::data::Data;
 use crate::graph::Builder;
+use crate::task::data::Data;
 
 /// How the steps of a block are ordered.
 ///

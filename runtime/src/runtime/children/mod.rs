@@ -12,36 +12,38 @@
 //! A failed child is not a cancel of its parent. A cancelled child cascades up (the parent's
 //! run is asked to stop) unless `survive_cancel` is set. Cancelling the parent cancels its
 //! children.
+//!
+//! Here: the public child API and `impl Ctx { run_child, parallel_group }`; [`ParallelGroup`]
+//! in `group.rs`; the progress tracker in `tracker.rs` and its public helpers in
+//! [`progress`]; the runtime side (launching, numbering and deleting children) in
+//! `spawner.rs`. A task's context reaches the runtime only through the opaque
+//! `RuntimeHandle`, downcast in one place (`Ctx::spawner`, below).
 
-use std::collections::HashMap;
+mod group;
+pub mod progress;
+mod spawner;
+mod tracker;
+
+pub use group::{GroupError, GroupOptions, ParallelGroup};
+pub(crate) use spawner::ChildSpawner;
+
 use std::error::Error as StdError;
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use futures::StreamExt;
 use serde_json::Value;
-use tokio::sync::{broadcast, watch, Semaphore};
+use tokio::sync::{watch, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use crate::ctx::Ctx;
-use crate::events::{Event, EventKind};
+use crate::graph::process::Process;
 use crate::graph::Graph;
 use crate::hooks::Hooks;
-use crate::process::Process;
 use crate::record::State;
 use crate::report::RunReport;
 use crate::runtime::Error;
+use crate::task::ctx::Ctx;
 
-/// What a run needs to start children: implemented by the runtime.
-pub(crate) trait Spawner: Send + Sync {
-    fn launch_child(
-        &self,
-        req: ChildRequest,
-    ) -> Pin<Box<dyn Future<Output = Result<ChildRun, Error>> + Send>>;
-    fn events(&self) -> Option<broadcast::Receiver<Event>>;
-}
+use tracker::Tracker;
 
 pub(crate) struct ChildRequest {
     pub(crate) id: String,
@@ -260,32 +262,6 @@ pub enum ChildError {
     NoRuntime,
 }
 
-/// Error returned by [`ParallelGroup::finish`].
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum GroupError {
-    /// Children failed and `survive_failure` was not set: every failure is listed.
-    #[error("{} child process(es) failed: {}", failures.len(), failures.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
-    Failed {
-        /// Every failure, in spawn order.
-        failures: Vec<ChildProcessFailed>,
-        /// The result of every child.
-        results: Vec<ChildResult>,
-    },
-    /// Children were cancelled and `survive_cancel` was not set; the parent's run has
-    /// been asked to stop.
-    #[error("child process(es) were cancelled: {}", cancelled.join(", "))]
-    Cancelled {
-        /// Ids of the cancelled children.
-        cancelled: Vec<String>,
-        /// The result of every child.
-        results: Vec<ChildResult>,
-    },
-    /// A child could not be launched.
-    #[error(transparent)]
-    Child(#[from] ChildError),
-}
-
 /// The result of one child of a [`ParallelGroup`].
 #[derive(Debug, Clone)]
 pub struct ChildResult {
@@ -301,188 +277,17 @@ pub struct ChildResult {
     pub original: Option<Arc<dyn StdError + Send + Sync>>,
 }
 
-/// Options of [`Ctx::parallel_group`].
-///
-/// # Examples
-///
-/// ```
-/// let opts = procession::GroupOptions::new().max_concurrency(4).survive_failure(true);
-/// assert_eq!(opts.max_concurrency, 4);
-/// ```
-#[derive(Clone)]
-#[non_exhaustive]
-pub struct GroupOptions {
-    /// Children running at once (default 10; zero is refused when a child is spawned).
-    pub max_concurrency: usize,
-    /// A failed child is a result, not an error, and does not cancel its siblings.
-    pub survive_failure: bool,
-    /// A cancelled child does not cancel its siblings and the parent.
-    pub survive_cancel: bool,
-    /// Progress callback over all children.
-    pub on_progress: Option<ProgressCallback>,
-}
-
-impl fmt::Debug for GroupOptions {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("GroupOptions")
-            .field("max_concurrency", &self.max_concurrency)
-            .field("survive_failure", &self.survive_failure)
-            .field("survive_cancel", &self.survive_cancel)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Default for GroupOptions {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl GroupOptions {
-    /// Ten at once, fail-fast, cancel cascades.
-    pub fn new() -> Self {
-        GroupOptions {
-            max_concurrency: 10,
-            survive_failure: false,
-            survive_cancel: false,
-            on_progress: None,
-        }
-    }
-
-    /// Children running at once. Zero is refused when a child is spawned into the
-    /// group ([`ChildError::Launch`] carrying an [`Error::Config`] that names this
-    /// method), like every other zero concurrency limit.
-    #[must_use]
-    pub fn max_concurrency(mut self, n: usize) -> Self {
-        self.max_concurrency = n;
-        self
-    }
-
-    /// See the field.
-    #[must_use]
-    pub fn survive_failure(mut self, yes: bool) -> Self {
-        self.survive_failure = yes;
-        self
-    }
-
-    /// See the field.
-    #[must_use]
-    pub fn survive_cancel(mut self, yes: bool) -> Self {
-        self.survive_cancel = yes;
-        self
-    }
-
-    /// Progress callback over all children.
-    #[must_use]
-    pub fn on_progress(mut self, f: impl Fn(&[ChildProgress]) + Send + Sync + 'static) -> Self {
-        self.on_progress = Some(Arc::new(f));
-        self
-    }
-}
-
-/// Follows children's events and feeds a progress callback.
-#[derive(Clone)]
-struct Tracker {
-    inner: Arc<Mutex<TrackerState>>,
-    callback: ProgressCallback,
-}
-
-struct TrackerState {
-    children: Vec<ChildProgress>,
-    totals: HashMap<String, (u32, u32)>,
-}
-
-impl Tracker {
-    fn start(callback: ProgressCallback, events: Option<broadcast::Receiver<Event>>) -> Self {
-        let t = Tracker {
-            inner: Arc::new(Mutex::new(TrackerState {
-                children: Vec::new(),
-                totals: HashMap::new(),
-            })),
-            callback,
-        };
-        if let Some(rx) = events {
-            let t2 = t.clone();
-            let weak = Arc::downgrade(&t.inner);
-            tokio::spawn(async move {
-                let mut stream = crate::events::stream(rx);
-                while let Some(e) = stream.next().await {
-                    if weak.strong_count() <= 1 {
-                        break;
-                    }
-                    t2.on_event(&e);
-                }
-            });
-        }
-        t
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, TrackerState> {
-        self.inner
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    fn add(&self, id: &str, name: &str, tasks: u32) {
-        let mut g = self.lock();
-        g.totals.insert(id.to_owned(), (0, tasks.max(1)));
-        g.children.push(ChildProgress {
-            process_id: id.to_owned(),
-            name: name.to_owned(),
-            state: State::Scheduled,
-            percent: None,
-            message: None,
-        });
-    }
-
-    fn set_state(&self, id: &str, state: State) {
-        let snapshot = {
-            let mut g = self.lock();
-            let Some(c) = g.children.iter_mut().find(|c| c.process_id == id) else {
-                return;
-            };
-            c.state = state;
-            if state == State::Done {
-                c.percent = Some(100.0);
-            }
-            g.children.clone()
-        };
-        (self.callback)(&snapshot);
-    }
-
-    fn on_event(&self, e: &Event) {
-        let snapshot = {
-            let mut g = self.lock();
-            let st = &mut *g;
-            let Some(pos) = st.children.iter().position(|c| {
-                e.id == c.process_id || e.id.starts_with(&format!("{}/", c.process_id))
-            }) else {
-                return;
-            };
-            let child = &mut st.children[pos];
-            let is_self = e.id == child.process_id;
-            match &e.kind {
-                EventKind::State { state } if is_self => child.state = *state,
-                EventKind::State { state } if state.is_end() => {
-                    if let Some((ended, total)) = st.totals.get_mut(&child.process_id) {
-                        *ended = (*ended + 1).min(*total);
-                        child.percent = Some(f64::from(*ended) * 100.0 / f64::from(*total));
-                    }
-                }
-                EventKind::Progress(p) => {
-                    if p.message.is_some() {
-                        child.message.clone_from(&p.message);
-                    }
-                }
-                _ => return,
-            }
-            st.children.clone()
-        };
-        (self.callback)(&snapshot);
-    }
-}
-
 impl Ctx {
+    /// The runtime's child spawner, when this context belongs to a recorded run: the only
+    /// place that looks inside the opaque [`RuntimeHandle`](crate::task::ctx::RuntimeHandle).
+    fn spawner(&self) -> Option<Arc<ChildSpawner>> {
+        self.runtime_handle()?
+            .0
+            .clone()
+            .downcast::<ChildSpawner>()
+            .ok()
+    }
+
     fn prepare_child<P: Process>(
         &self,
         child: Child<P>,
@@ -580,7 +385,7 @@ impl Ctx {
                 id: id.clone(),
                 source,
             })?;
-        self.log(crate::ctx::Level::Info, format!("Spawned child: {name}"));
+        self.log(crate::record::Level::Info, format!("Spawned child: {name}"));
         let report = await_child(self.cancel_token(), run).await;
         if let Some(t) = &tracker {
             t.set_state(&id, end_state(&report));
@@ -632,7 +437,9 @@ impl Ctx {
             .map(|cb| Tracker::start(cb, spawner.as_ref().and_then(|s| s.events())));
         ParallelGroup {
             ctx: self.clone(),
-            slots: Arc::new(Semaphore::new(crate::limits::permits(opts.max_concurrency))),
+            slots: Arc::new(Semaphore::new(crate::runtime::limits::permits(
+                opts.max_concurrency,
+            ))),
             cancel: self.cancel_token().child_token(),
             opts,
             running: Vec::new(),
@@ -677,11 +484,7 @@ async fn await_child(parent: CancellationToken, run: ChildRun) -> Arc<RunReport>
 }
 
 fn end_state(report: &RunReport) -> State {
-    match report.status {
-        crate::report::RunStatus::Succeeded => State::Done,
-        crate::report::RunStatus::Failed => State::Failed,
-        crate::report::RunStatus::Cancelled => State::Cancelled,
-    }
+    report.status.end_state()
 }
 
 fn outcome_of(id: &str, name: &str, report: &Arc<RunReport>) -> ChildOutcome {
@@ -729,224 +532,3 @@ fn failure_of(outcome: &ChildOutcome) -> ChildProcessFailed {
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub(crate) struct SynthesizedError(pub(crate) String);
-
-/// Children started together; see [`Ctx::parallel_group`].
-pub struct ParallelGroup {
-    ctx: Ctx,
-    opts: GroupOptions,
-    slots: Arc<Semaphore>,
-    cancel: CancellationToken,
-    running: Vec<tokio::task::JoinHandle<ChildResult>>,
-    tracker: Option<Tracker>,
-}
-
-impl fmt::Debug for ParallelGroup {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ParallelGroup")
-            .field("opts", &self.opts)
-            .field("spawned", &self.running.len())
-            .finish_non_exhaustive()
-    }
-}
-
-impl ParallelGroup {
-    /// Starts a child once a slot is free (waits otherwise). After the group or the
-    /// parent was cancelled, no child is started: it is recorded as cancelled.
-    ///
-    /// # Errors
-    ///
-    /// [`ChildError::Launch`] (also for a group of zero `max_concurrency`, with an
-    /// [`Error::Config`] naming `GroupOptions::max_concurrency`), [`ChildError::NoRuntime`].
-    pub async fn spawn<P: Process>(&mut self, child: Child<P>) -> Result<(), ChildError> {
-        if self.opts.max_concurrency == 0 {
-            return Err(ChildError::Launch {
-                id: child.id.unwrap_or_else(|| P::META.name.to_owned()),
-                source: crate::limits::zero("GroupOptions::max_concurrency"),
-            });
-        }
-        let name = child
-            .name
-            .clone()
-            .unwrap_or_else(|| P::META.name.to_owned());
-        let permit = tokio::select! {
-            p = self.slots.clone().acquire_owned() => p.ok(),
-            () = self.cancel.cancelled() => None,
-        };
-        let Some(permit) = permit.filter(|_| !self.cancel.is_cancelled()) else {
-            let id = child.id.clone().unwrap_or_default();
-            self.running.push(tokio::spawn(async move {
-                ChildResult {
-                    process_id: id,
-                    name,
-                    state: State::Cancelled,
-                    error: None,
-                    original: None,
-                }
-            }));
-            return Ok(());
-        };
-        let spawner = self.ctx.spawner().ok_or(ChildError::NoRuntime)?;
-        let (req, opts) = self.ctx.prepare_child(child)?;
-        if let Some(t) = &self.tracker {
-            t.add(&req.id, &req.name, opts.tasks);
-        }
-        let id = req.id.clone();
-        let run = spawner
-            .launch_child(req)
-            .await
-            .map_err(|source| ChildError::Launch {
-                id: id.clone(),
-                source,
-            })?;
-        self.ctx
-            .log(crate::ctx::Level::Info, format!("Spawned child: {name}"));
-        let group = self.cancel.clone();
-        let fail_fast = !self.opts.survive_failure;
-        let cascade = !self.opts.survive_cancel;
-        let tracker = self.tracker.clone();
-        self.running.push(tokio::spawn(async move {
-            let report = await_child(group.clone(), run).await;
-            drop(permit);
-            let outcome = outcome_of(&id, &name, &report);
-            if let Some(t) = &tracker {
-                t.set_state(&id, outcome.state);
-            }
-            match outcome.state {
-                // Fail fast: the siblings are cancelled, the parent is not.
-                State::Failed if fail_fast => group.cancel(),
-                State::Cancelled if cascade => group.cancel(),
-                _ => {}
-            }
-            ChildResult {
-                process_id: outcome.id,
-                name: outcome.name,
-                state: outcome.state,
-                error: outcome.error,
-                original: outcome.original,
-            }
-        }));
-        Ok(())
-    }
-
-    /// Waits for every child and returns their results in spawn order.
-    ///
-    /// # Errors
-    ///
-    /// [`GroupError::Failed`] (every failure listed) when children failed and
-    /// `survive_failure` is off; otherwise [`GroupError::Cancelled`] when children were
-    /// cancelled and `survive_cancel` is off, in which case the parent's run is asked to
-    /// stop. A failure dominates a cancel: it leaves the parent's run alone.
-    pub async fn finish(self) -> Result<Vec<ChildResult>, GroupError> {
-        let mut results = Vec::with_capacity(self.running.len());
-        for h in self.running {
-            match h.await {
-                Ok(r) => results.push(r),
-                Err(e) => results.push(ChildResult {
-                    process_id: String::new(),
-                    name: String::new(),
-                    state: State::Failed,
-                    error: Some(e.to_string()),
-                    original: None,
-                }),
-            }
-        }
-        let failures: Vec<ChildProcessFailed> = results
-            .iter()
-            .filter(|r| r.state == State::Failed)
-            .map(|r| ChildProcessFailed {
-                name: r.name.clone(),
-                process_id: r.process_id.clone(),
-                original: r.original.clone().unwrap_or_else(|| {
-                    Arc::new(SynthesizedError(r.error.clone().unwrap_or_default()))
-                }),
-            })
-            .collect();
-        if !failures.is_empty() && !self.opts.survive_failure {
-            return Err(GroupError::Failed { failures, results });
-        }
-        let cancelled: Vec<String> = results
-            .iter()
-            .filter(|r| r.state == State::Cancelled)
-            .map(|r| r.process_id.clone())
-            .collect();
-        if !cancelled.is_empty() && !self.opts.survive_cancel {
-            self.ctx.cancel();
-            return Err(GroupError::Cancelled { cancelled, results });
-        }
-        Ok(results)
-    }
-}
-
-/// Turn children's progress into the parent's, with optio's semantics: a child in a
-/// terminal state counts as 100%, an unknown percent as 0.
-///
-/// # Examples
-///
-/// ```
-/// use procession::progress::{average_percent, mapped_percent, sequential_percent};
-/// use procession::{ChildProgress, State};
-/// let c = |state, percent| ChildProgress { process_id: "c".into(), name: "c".into(), state, percent, message: None };
-/// assert_eq!(sequential_percent(&[c(State::Done, Some(100.0)), c(State::Running, Some(50.0))], 4), 37.5);
-/// assert_eq!(average_percent(&[c(State::Running, None), c(State::Running, Some(50.0))]), 25.0);
-/// assert_eq!(mapped_percent(&[c(State::Running, Some(50.0))], 0.25, 0.5), 37.5);
-/// ```
-pub mod progress {
-    use super::ChildProgress;
-    use crate::ctx::Ctx;
-
-    fn percent(c: &ChildProgress) -> f64 {
-        if c.state.is_end() {
-            100.0
-        } else {
-            c.percent.unwrap_or(0.0).clamp(0.0, 100.0)
-        }
-    }
-
-    /// `total` equal slots, one per child in order: each child fills its slot.
-    pub fn sequential_percent(children: &[ChildProgress], total: usize) -> f64 {
-        if total == 0 {
-            return 0.0;
-        }
-        let sum: f64 = children.iter().take(total).map(percent).sum();
-        sum / total as f64
-    }
-
-    /// The average of the children's percents (0 when there is none).
-    pub fn average_percent(children: &[ChildProgress]) -> f64 {
-        if children.is_empty() {
-            return 0.0;
-        }
-        children.iter().map(percent).sum::<f64>() / children.len() as f64
-    }
-
-    /// The first child's percent mapped into `[start, end]` (fractions of the parent).
-    pub fn mapped_percent(children: &[ChildProgress], start: f64, end: f64) -> f64 {
-        let p = children.first().map_or(0.0, percent);
-        (start + (end - start) * p / 100.0) * 100.0
-    }
-
-    /// A callback reporting [`sequential_percent`] as `ctx`'s progress.
-    pub fn sequential(
-        ctx: &Ctx,
-        total: usize,
-    ) -> impl Fn(&[ChildProgress]) + Send + Sync + 'static {
-        let ctx = ctx.clone();
-        move |c: &[ChildProgress]| ctx.progress(sequential_percent(c, total), "")
-    }
-
-    /// A callback reporting [`average_percent`] as `ctx`'s progress.
-    pub fn average(ctx: &Ctx) -> impl Fn(&[ChildProgress]) + Send + Sync + 'static {
-        let ctx = ctx.clone();
-        move |c: &[ChildProgress]| ctx.progress(average_percent(c), "")
-    }
-
-    /// A callback reporting [`mapped_percent`] as `ctx`'s progress.
-    pub fn mapped(
-        ctx: &Ctx,
-        start: f64,
-        end: f64,
-    ) -> impl Fn(&[ChildProgress]) + Send + Sync + 'static {
-        let ctx = ctx.clone();
-        move |c: &[ChildProgress]| ctx.progress(mapped_percent(c, start, end), "")
-    }
-}

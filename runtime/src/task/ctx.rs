@@ -5,47 +5,7 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
-/// Severity of a task log entry.
-///
-/// # Examples
-///
-/// ```
-/// use procession::Level;
-/// assert!(Level::Warning > Level::Info);
-/// assert_eq!(Level::Error.as_str(), "error");
-/// ```
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum Level {
-    /// Detail for debugging.
-    Debug,
-    /// Normal progress.
-    Info,
-    /// Something unexpected that did not stop the task.
-    Warning,
-    /// Something failed.
-    Error,
-}
-
-impl Level {
-    /// The level in lower case.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Level::Debug => "debug",
-            Level::Info => "info",
-            Level::Warning => "warning",
-            Level::Error => "error",
-        }
-    }
-}
-
-impl fmt::Display for Level {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+use crate::record::Level;
 
 /// Where a task's progress and log entries go. The runtime installs one per run.
 pub(crate) trait Reporter: Send + Sync {
@@ -61,13 +21,23 @@ impl Reporter for TracingReporter {
     fn log(&self, _node: u32, _level: Level, _message: &str) {}
 }
 
+/// The runtime running a context's run, opaque to the layers below it.
+///
+/// A task's context must be able to start child processes, but a child launch names
+/// graphs, hooks and the runtime, all above the task layer. So the context carries the
+/// runtime as `Any`, and the one place that starts children (`runtime/children.rs`)
+/// downcasts it back; an absent or foreign handle means "no runtime" there.
+#[derive(Clone)]
+pub(crate) struct RuntimeHandle(pub(crate) Arc<dyn std::any::Any + Send + Sync>);
+
 /// Per-run data shared by the contexts of all tasks of the run.
 pub(crate) struct RunScope {
     pub(crate) process_id: Arc<str>,
     pub(crate) node_ids: Arc<dyn Fn(u32) -> Arc<str> + Send + Sync>,
     pub(crate) cancel: CancellationToken,
     pub(crate) reporter: Arc<dyn Reporter>,
-    pub(crate) spawner: Option<Arc<dyn crate::children::Spawner>>,
+    /// The runtime running this run (recorded runs only), for child processes.
+    pub(crate) runtime: Option<RuntimeHandle>,
     /// Children started per (node, attempt, process), for default child ids.
     pub(crate) child_seq:
         std::sync::Mutex<std::collections::HashMap<(u32, u32, &'static str), u32>>,
@@ -144,7 +114,7 @@ impl Ctx {
                 node_ids: Arc::new(move |_| name.clone()),
                 cancel: CancellationToken::new(),
                 reporter: Arc::new(TracingReporter),
-                spawner: None,
+                runtime: None,
                 child_seq: std::sync::Mutex::default(),
             }),
             node: 0,
@@ -235,8 +205,8 @@ impl Ctx {
         self.scope.cancel.clone()
     }
 
-    pub(crate) fn spawner(&self) -> Option<Arc<dyn crate::children::Spawner>> {
-        self.scope.spawner.clone()
+    pub(crate) fn runtime_handle(&self) -> Option<&RuntimeHandle> {
+        self.scope.runtime.as_ref()
     }
 
     /// `<run>/<node>/<process>`, then `#1`, `#2`… for further children of that process

@@ -8,8 +8,8 @@ use std::sync::{Mutex, OnceLock};
 
 use std::sync::Arc;
 
-use crate::data::Data;
 use crate::error::InputError;
+use crate::task::data::Data;
 
 /// A reference to a node of a graph under construction.
 ///

@@ -1,13 +1,18 @@
-//! Process records and their state machine (optio's, exactly).
+//! What is stored about a process (the data layer, above `schedule` and `error` only):
+//! process records, their state machine (optio's, exactly), log entries with their
+//! [`Level`], progress, and the filters of a listing.
+
+mod log;
+mod state;
+
+pub use log::{Level, LogEntry, Progress, MAX_LOG};
+pub use state::{InvalidTransition, State};
 
 use std::collections::BTreeMap;
-use std::fmt;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-
-use crate::ctx::Level;
 
 /// Version of the record layout written by this build. Records carry it; a store holding
 /// records of a newer version is refused rather than misread.
@@ -16,149 +21,6 @@ use crate::ctx::Level;
 /// store). Version 2 stores task rows in `MessagePack` with the task's result inside the
 /// row; version 1 stores (JSON rows, results apart) are still read.
 pub const SCHEMA_VERSION: u32 = 3;
-
-/// The state of a process (or of a task, for the child records of a run).
-///
-/// Transitions (everything else is refused and changes nothing):
-///
-/// | from | to |
-/// |---|---|
-/// | `idle` | `scheduled` |
-/// | `scheduled` | `running`, `cancel_requested` |
-/// | `running` | `done`, `failed`, `cancel_requested` |
-/// | `cancel_requested` | `cancelling` |
-/// | `cancelling` | `cancelled` |
-/// | `done`, `failed`, `cancelled` | `scheduled` (relaunch), `idle` (dismiss) |
-///
-/// Cancelling a *scheduled* process ends it `cancelled` at once (the runtime records it
-/// as one step; the table itself lists only `scheduled` → `cancel_requested`).
-///
-/// # Examples
-///
-/// ```
-/// use procession::State;
-/// assert!(State::Idle.can_transition(State::Scheduled));
-/// assert!(!State::Idle.can_transition(State::Running));
-/// let err = State::Idle.validate_transition(State::Running).unwrap_err();
-/// assert_eq!(err.to_string(), "invalid state transition: idle → running");
-/// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum State {
-    /// Defined, never launched or dismissed.
-    Idle,
-    /// Launched, waiting to run.
-    Scheduled,
-    /// Running.
-    Running,
-    /// Ended successfully.
-    Done,
-    /// Ended with an error.
-    Failed,
-    /// Cancel asked, not yet acknowledged by the executor.
-    CancelRequested,
-    /// The executor is stopping the work.
-    Cancelling,
-    /// Ended by a cancel.
-    Cancelled,
-}
-
-impl State {
-    /// All states.
-    pub const ALL: [State; 8] = [
-        State::Idle,
-        State::Scheduled,
-        State::Running,
-        State::Done,
-        State::Failed,
-        State::CancelRequested,
-        State::Cancelling,
-        State::Cancelled,
-    ];
-
-    /// The state in `snake_case`, as stored.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            State::Idle => "idle",
-            State::Scheduled => "scheduled",
-            State::Running => "running",
-            State::Done => "done",
-            State::Failed => "failed",
-            State::CancelRequested => "cancel_requested",
-            State::Cancelling => "cancelling",
-            State::Cancelled => "cancelled",
-        }
-    }
-
-    /// Whether the table allows `self → to`.
-    pub fn can_transition(self, to: State) -> bool {
-        use State::{
-            CancelRequested, Cancelled, Cancelling, Done, Failed, Idle, Running, Scheduled,
-        };
-        matches!(
-            (self, to),
-            (Idle, Scheduled)
-                | (Scheduled, Running | CancelRequested)
-                | (Running, Done | Failed | CancelRequested)
-                | (CancelRequested, Cancelling)
-                | (Cancelling, Cancelled)
-                | (Done | Failed | Cancelled, Scheduled | Idle)
-        )
-    }
-
-    /// `Ok` when the table allows `self → to`.
-    pub fn validate_transition(self, to: State) -> Result<(), InvalidTransition> {
-        if self.can_transition(to) {
-            Ok(())
-        } else {
-            Err(InvalidTransition { from: self, to })
-        }
-    }
-
-    /// `scheduled`, `running`, `cancel_requested` or `cancelling`.
-    pub fn is_active(self) -> bool {
-        matches!(
-            self,
-            State::Scheduled | State::Running | State::CancelRequested | State::Cancelling
-        )
-    }
-
-    /// done, failed or cancelled.
-    pub fn is_end(self) -> bool {
-        matches!(self, State::Done | State::Failed | State::Cancelled)
-    }
-
-    /// idle, done, failed or cancelled.
-    pub fn is_launchable(self) -> bool {
-        self == State::Idle || self.is_end()
-    }
-
-    /// scheduled or running.
-    pub fn is_cancellable(self) -> bool {
-        matches!(self, State::Scheduled | State::Running)
-    }
-
-    /// done, failed or cancelled.
-    pub fn is_dismissable(self) -> bool {
-        self.is_end()
-    }
-}
-
-impl fmt::Display for State {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// A transition the state machine does not allow.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("invalid state transition: {from} → {to}")]
-pub struct InvalidTransition {
-    /// The current state.
-    pub from: State,
-    /// The refused target.
-    pub to: State,
-}
 
 /// Whether a record is a process or one task of a process's run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -201,29 +63,6 @@ impl Status {
             duration: None,
         }
     }
-}
-
-/// Progress of a record.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Progress {
-    /// 0-100, or `None` for indeterminate.
-    pub percent: Option<f64>,
-    /// What is being done.
-    pub message: Option<String>,
-}
-
-/// One entry of a record's log.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct LogEntry {
-    /// ms since the Unix epoch.
-    pub timestamp: u64,
-    /// Severity.
-    pub level: Level,
-    /// Text.
-    pub message: String,
-    /// Optional structured data.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub data: Option<Value>,
 }
 
 /// Bookkeeping of the current (or last) run of a process record.
@@ -410,18 +249,8 @@ impl ProcessRecord {
     }
 }
 
-/// Log entries kept per record; older ones are dropped first.
-pub const MAX_LOG: usize = 500;
-
-pub(crate) fn now_ms_at(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
 pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    crate::util::unix_ms(SystemTime::now())
 }
 
 /// Filters of [`Runtime::list`](crate::Runtime::list).

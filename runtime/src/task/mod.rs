@@ -1,4 +1,15 @@
-//! The task trait that `#[task]` implements, and the policy a task runs under.
+//! What a task is (the task layer, above `record`): the [`Task`] trait that `#[task]`
+//! implements and the policy a task runs under, its inputs ([`arg`]), the [`Data`] bound,
+//! the context it runs with ([`ctx`]) and the type erasure a graph node holds it in
+//! ([`erased`]).
+//!
+//! [`Data`]: data::Data
+
+pub(crate) mod arg;
+pub(crate) mod ctx;
+pub(crate) mod data;
+pub(crate) mod erased;
+mod finite;
 
 use std::error::Error as StdError;
 use std::fmt;
@@ -6,10 +17,10 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
-use crate::arg::{Inputs, NodeRef};
-use crate::ctx::Ctx;
-use crate::data::Data;
 use crate::error::{BoxError, InputError};
+use crate::task::arg::{Inputs, NodeRef};
+use crate::task::ctx::Ctx;
+use crate::task::data::Data;
 
 /// The future one attempt of a task returns.
 pub type TaskFuture<T> = Pin<Box<dyn Future<Output = Result<T, BoxError>> + Send + 'static>>;
@@ -248,14 +259,7 @@ impl fmt::Debug for ErrorMatcher {
 }
 
 fn chain_has<E: StdError + 'static>(error: &(dyn StdError + 'static)) -> bool {
-    let mut cur = Some(error);
-    while let Some(e) = cur {
-        if e.is::<E>() {
-            return true;
-        }
-        cur = e.source();
-    }
-    false
+    crate::error::sources(error).any(<dyn StdError>::is::<E>)
 }
 
 /// Delay between two attempts of a task.

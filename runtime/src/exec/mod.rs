@@ -1,0 +1,560 @@
+//! The in-memory executor (the exec layer, above `graph` and `journal`; never `store`):
+//! runs a [`Graph`] on tokio.
+//!
+//! A node starts as soon as its own dependencies have ended. Ready nodes run as tokio
+//! tasks, which resolve their inputs, run their attempts (retries, backoff, timeout,
+//! panics) and, on success, record the end, count the node off its dependents and start
+//! those now ready themselves: the first one in the same tokio task, the others spawned.
+//! One driver task per run handles everything else over a channel: failures and the
+//! dependents they settle (skip, fail, run anyway), concurrency limits, cancellation and
+//! the grace period; at the end it reads the successes the workers left in the shared
+//! per-node state and builds the report.
+
+mod report;
+mod shared;
+mod worker;
+
+use std::collections::VecDeque;
+use std::error::Error as StdError;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use crate::error::{chain, BoxError, CancelGraceExceeded, DependencyFailed};
+use crate::graph::Graph;
+use crate::hooks::{Hooks, RunInfo};
+use crate::journal::{Ended, RunJournal};
+use crate::record::Level;
+use crate::record::State;
+use crate::report::{RunReport, RunStatus};
+use crate::task::arg::Slot;
+use crate::task::ctx::{Reporter, RunScope, RuntimeHandle};
+use crate::task::OnDepFailure;
+
+use report::build_report;
+use shared::{csr, lock, Shared};
+use worker::run_node;
+
+/// Settings of one run.
+pub(crate) struct RunConfig {
+    pub(crate) run_id: Arc<str>,
+    pub(crate) max_concurrency: Option<usize>,
+    pub(crate) permits: Option<Arc<Semaphore>>,
+    pub(crate) hooks: Vec<Arc<dyn Hooks>>,
+    pub(crate) cancel: CancellationToken,
+    /// Cancelled when the runtime suspends: no task starts any more, running ones have
+    /// the grace period to end, and nothing is recorded for the rest (the run resumes at
+    /// the next start).
+    pub(crate) halt: CancellationToken,
+    pub(crate) grace: Duration,
+    /// Where task state changes are recorded (durable runs).
+    pub(crate) journal: Option<Arc<RunJournal>>,
+    /// What an earlier, interrupted run of the same graph already finished.
+    pub(crate) resume: Option<Resume>,
+    /// Lets tasks start child processes (recorded runs only).
+    pub(crate) runtime: Option<RuntimeHandle>,
+}
+
+/// The finished part of an interrupted run.
+#[derive(Default)]
+pub(crate) struct Resume {
+    /// Nodes that finished successfully: their stored result, attempts and elapsed time.
+    pub(crate) done: Vec<(u32, Arc<str>, u32, Duration)>,
+    /// Attempts already started, per node (the count continues after a restart).
+    pub(crate) attempts: Vec<u32>,
+}
+
+/// Where a node stands in the driver's view of the run.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum NodeStatus {
+    Pending,
+    Success,
+    Errored,
+    Skipped,
+    Cancelled,
+}
+
+struct NodeState {
+    status: NodeStatus,
+    attempts: u32,
+    elapsed: Duration,
+    error: Option<Arc<dyn StdError + Send + Sync + 'static>>,
+}
+
+struct Completion {
+    node: u32,
+    attempts: u32,
+    elapsed: Duration,
+    result: Result<(), BoxError>,
+}
+
+/// Emits progress and log entries to `tracing` (the durable runtime adds records).
+struct TraceReporter;
+
+impl Reporter for TraceReporter {
+    fn progress(&self, _node: u32, _percent: Option<f64>, _message: &str) {}
+    fn log(&self, _node: u32, _level: Level, _message: &str) {}
+}
+
+enum Msg {
+    /// A node ended without success (or, under a concurrency limit, ended at all).
+    Done(Completion),
+    /// No node is running any more: the driver decides whether the run is over.
+    Idle,
+    /// All dependencies of the node ended, but it cannot be started without the driver
+    /// (a dependency did not succeed, the run is cancelled, or a limit applies).
+    Settle(u32),
+}
+
+/// Runs `graph` to the end and returns its report; `None` when the runtime suspended the
+/// run (see [`RunConfig::halt`]).
+pub(crate) async fn execute(mut graph: Graph, mut cfg: RunConfig) -> Option<RunReport> {
+    let started = Instant::now();
+    let n = graph.nodes.len();
+    let ids: Box<[Arc<str>]> = graph.nodes.iter().map(|n| n.id.clone()).collect();
+    let ids_for_ctx = ids.clone();
+    let scope = Arc::new(RunScope {
+        process_id: cfg.run_id.clone(),
+        node_ids: Arc::new(move |i| ids_for_ctx[i as usize].clone()),
+        cancel: cfg.cancel.clone(),
+        reporter: match &cfg.journal {
+            Some(j) => j.clone(),
+            None => Arc::new(TraceReporter),
+        },
+        runtime: cfg.runtime.clone(),
+        child_seq: std::sync::Mutex::default(),
+    });
+    let (tx, mut rx) = mpsc::unbounded_channel::<Msg>();
+    let (offsets, targets) = csr(
+        n,
+        graph
+            .nodes
+            .iter()
+            .enumerate()
+            .flat_map(|(i, node)| node.deps().iter().map(move |&d| (d, i as u32))),
+    );
+    let (dep_offsets, dep_targets) = csr(
+        n,
+        graph
+            .nodes
+            .iter()
+            .enumerate()
+            .flat_map(|(i, node)| node.deps().iter().map(move |&d| (i as u32, d))),
+    );
+    let resume = cfg.resume.take().unwrap_or_default();
+    let mut prior_attempts = resume.attempts;
+    prior_attempts.resize(n, 0);
+    let shared = Arc::new(Shared {
+        slots: graph.nodes.iter().map(|n| Slot::new(n.readers)).collect(),
+        ids,
+        metas: graph.nodes.iter().map(|n| n.meta).collect(),
+        tag: graph.tag,
+        remap: graph.remap.take(),
+        scope,
+        hooks: cfg.hooks.clone(),
+        process: graph.name.clone(),
+        run_id: cfg.run_id.clone(),
+        permits: cfg.permits.clone(),
+        journal: cfg.journal.clone(),
+        remaining: graph
+            .nodes
+            .iter()
+            .map(|n| AtomicU32::new(n.deps().len() as u32))
+            .collect(),
+        done_ok: (0..n).map(|_| AtomicBool::new(false)).collect(),
+        claimed: (0..n).map(|_| AtomicBool::new(false)).collect(),
+        ended: (0..n).map(|_| AtomicBool::new(false)).collect(),
+        tasks: graph
+            .nodes
+            .iter_mut()
+            .map(|n| Mutex::new(n.task.take()))
+            .collect(),
+        attempts_run: (0..n).map(|_| AtomicU32::new(0)).collect(),
+        elapsed_ns: (0..n).map(|_| AtomicU64::new(0)).collect(),
+        abandon: CancellationToken::new(),
+        halt: cfg.halt.clone(),
+        offsets,
+        targets,
+        dep_offsets,
+        dep_targets,
+        prior_attempts: prior_attempts.into(),
+        workers_start_dependents: cfg.max_concurrency.is_none(),
+        in_flight: AtomicUsize::new(0),
+        tx,
+    });
+    let info = RunInfo {
+        process: graph.name.clone(),
+        run_id: cfg.run_id.to_string(),
+    };
+    for h in &cfg.hooks {
+        h.started(&info);
+    }
+    tracing::info!(process = %info.process, run = %info.run_id, tasks = n, "run started");
+
+    let mut state: Vec<NodeState> = (0..n)
+        .map(|_| NodeState {
+            status: NodeStatus::Pending,
+            attempts: 0,
+            elapsed: Duration::ZERO,
+            error: None,
+        })
+        .collect();
+    let mut ready: VecDeque<u32> = VecDeque::new();
+    let mut settle: Vec<u32> = Vec::new();
+    for (i, json, attempts, elapsed) in resume.done {
+        let idx = i as usize;
+        if idx >= n || shared.claimed[idx].swap(true, Ordering::AcqRel) {
+            continue;
+        }
+        shared.slots[idx].fill(json, None);
+        lock(&shared.tasks[idx]).take();
+        state[idx] = NodeState {
+            status: NodeStatus::Success,
+            attempts,
+            elapsed,
+            error: None,
+        };
+        shared.done_ok[idx].store(true, Ordering::Release);
+        count_off(&shared, i, &mut settle);
+    }
+    settle.extend(
+        (0..n as u32).filter(|&i| shared.remaining[i as usize].load(Ordering::Acquire) == 0),
+    );
+    let limit = cfg.max_concurrency.unwrap_or(usize::MAX).max(1);
+    let mut cancel_seen = false;
+    let grace = tokio::time::sleep(Duration::from_secs(u64::MAX / 4));
+    tokio::pin!(grace);
+    let mut grace_armed = false;
+    let mut halt_seen = false;
+    let mut suspended = false;
+    let mut batch: Vec<Msg> = Vec::with_capacity(64);
+
+    loop {
+        // The token is the truth: a cancel requested while messages were being handled
+        // (the select below prefers them) must stop new starts before the next one.
+        if !halt_seen && cfg.halt.is_cancelled() {
+            halt_seen = true;
+            if !grace_armed {
+                grace
+                    .as_mut()
+                    .reset(tokio::time::Instant::now() + cfg.grace);
+                grace_armed = true;
+            }
+        }
+        if !cancel_seen && cfg.cancel.is_cancelled() {
+            cancel_seen = true;
+            grace
+                .as_mut()
+                .reset(tokio::time::Instant::now() + cfg.grace);
+            grace_armed = true;
+            tracing::info!(run = %info.run_id, "run cancelled");
+        }
+        while let Some(d) = settle.pop() {
+            decide(
+                d,
+                &graph,
+                &shared,
+                &mut state,
+                &mut ready,
+                &mut settle,
+                &cfg.hooks,
+                &info,
+            );
+        }
+        if !cancel_seen && !halt_seen {
+            while shared.in_flight.load(Ordering::Acquire) < limit {
+                let Some(i) = ready.pop_front() else { break };
+                shared.start(i);
+            }
+        }
+        if shared.in_flight.load(Ordering::Acquire) == 0
+            && (cancel_seen || halt_seen || ready.is_empty())
+            && (settle.is_empty() || halt_seen)
+        {
+            // A worker sends what it has to say before it counts itself off: once the
+            // count is zero, anything left is already in the channel.
+            match rx.try_recv() {
+                Ok(m) => {
+                    batch.push(m);
+                    handle_batch(&mut batch, &shared, &mut state, &mut settle, &cfg, &info);
+                    continue;
+                }
+                Err(_) => break,
+            }
+        }
+        tokio::select! {
+            biased;
+            got = rx.recv_many(&mut batch, 256) => {
+                debug_assert!(got > 0, "the driver holds a sender");
+                handle_batch(&mut batch, &shared, &mut state, &mut settle, &cfg, &info);
+            }
+            () = cfg.halt.cancelled(), if !halt_seen => {
+                halt_seen = true;
+                if !grace_armed {
+                    grace.as_mut().reset(tokio::time::Instant::now() + cfg.grace);
+                    grace_armed = true;
+                }
+                tracing::info!(run = %info.run_id, "run suspended: no task starts any more");
+            }
+            () = cfg.cancel.cancelled(), if !cancel_seen => {
+                cancel_seen = true;
+                grace.as_mut().reset(tokio::time::Instant::now() + cfg.grace);
+                grace_armed = true;
+                tracing::info!(run = %info.run_id, "run cancelled");
+            }
+            () = &mut grace, if grace_armed => {
+                grace_armed = false;
+                if halt_seen && !cancel_seen {
+                    // Suspended: what still runs is dropped, nothing is recorded for it.
+                    shared.abandon.cancel();
+                    suspended = true;
+                    break;
+                }
+                for (i, s) in state.iter_mut().enumerate() {
+                    // Started (claimed while pending) and not ended by its worker: a
+                    // worker that ended first has its end recorded or on the way.
+                    let running = s.status == NodeStatus::Pending
+                        && shared.claimed[i].load(Ordering::Acquire)
+                        && !shared.done_ok[i].load(Ordering::Acquire);
+                    if running && !shared.ended[i].swap(true, Ordering::AcqRel) {
+                        let e: Arc<dyn StdError + Send + Sync> = Arc::new(CancelGraceExceeded {
+                            task: shared.metas[i].name.to_owned(),
+                            grace: cfg.grace,
+                        });
+                        for h in &cfg.hooks {
+                            h.failed(&info, &shared.ids[i], &*e);
+                        }
+                        s.status = NodeStatus::Errored;
+                        s.error = Some(e);
+                        // Its row says so too: the stored report agrees with this one.
+                        if let Some(j) = &shared.journal {
+                            record_end(j, &shared, i, s);
+                        }
+                        shared.in_flight.fetch_sub(1, Ordering::AcqRel);
+                    }
+                }
+                shared.abandon.cancel();
+            }
+        }
+    }
+
+    // Successes were not reported one by one: their workers left them in `shared`.
+    suspended |= halt_seen
+        && state.iter().enumerate().any(|(i, s)| {
+            s.status == NodeStatus::Pending && !shared.done_ok[i].load(Ordering::Acquire)
+        });
+    if suspended {
+        tracing::info!(run = %info.run_id, "run suspended");
+        return None;
+    }
+    for (i, s) in state.iter_mut().enumerate() {
+        if s.status == NodeStatus::Pending && shared.done_ok[i].load(Ordering::Acquire) {
+            s.status = NodeStatus::Success;
+            s.attempts = shared.attempts_run[i].load(Ordering::Acquire);
+            s.elapsed = Duration::from_nanos(shared.elapsed_ns[i].load(Ordering::Acquire));
+        }
+    }
+
+    let cancelled = cancel_seen || cfg.cancel.is_cancelled();
+    for (i, s) in state.iter_mut().enumerate() {
+        if s.status == NodeStatus::Pending {
+            s.status = NodeStatus::Cancelled;
+            if let Some(j) = &shared.journal {
+                record_end(j, &shared, i, s);
+            }
+        }
+    }
+    let report = build_report(
+        &graph,
+        &shared,
+        &state,
+        &shared.offsets,
+        &shared.targets,
+        cancelled,
+        started.elapsed(),
+    );
+    match report.status {
+        RunStatus::Succeeded => cfg.hooks.iter().for_each(|h| h.completed(&info, &report)),
+        RunStatus::Cancelled => cfg.hooks.iter().for_each(|h| h.cancelled(&info, &report)),
+        RunStatus::Failed => {}
+    }
+    tracing::info!(process = %info.process, run = %info.run_id, status = ?report.status, "run ended");
+    Some(report)
+}
+
+/// Handles the workers' messages: ends without success (and, under a concurrency limit,
+/// successes) and nodes whose dependencies all ended.
+fn handle_batch(
+    batch: &mut Vec<Msg>,
+    shared: &Shared,
+    state: &mut [NodeState],
+    settle: &mut Vec<u32>,
+    cfg: &RunConfig,
+    info: &RunInfo,
+) {
+    for m in batch.drain(..) {
+        let c = match m {
+            Msg::Settle(d) => {
+                settle.push(d);
+                continue;
+            }
+            Msg::Idle => continue,
+            Msg::Done(c) => c,
+        };
+        let i = c.node as usize;
+        if state[i].status != NodeStatus::Pending {
+            continue; // abandoned after the grace period; its late end is ignored
+        }
+        shared.in_flight.fetch_sub(1, Ordering::AcqRel);
+        if c.result.is_err() && cfg.halt.is_cancelled() && !cfg.cancel.is_cancelled() {
+            // Failed while the runtime suspends (a child it waited for was suspended, a
+            // launch refused by the shutdown): not the task's failure. Nothing is
+            // recorded; the node stays pending and the run resumes at the next start.
+            continue;
+        }
+        state[i].attempts = c.attempts;
+        state[i].elapsed = c.elapsed;
+        match c.result {
+            Ok(()) => state[i].status = NodeStatus::Success,
+            // An attempt that stopped once the run was asked to stop was cancelled,
+            // whether or not the driver has seen the request yet.
+            Err(e) if cfg.cancel.is_cancelled() => {
+                state[i].status = NodeStatus::Cancelled;
+                state[i].error = Some(Arc::from(e));
+            }
+            Err(e) => {
+                let e: Arc<dyn StdError + Send + Sync> = Arc::from(e);
+                tracing::warn!(task = %shared.ids[i], error = %e, "task failed");
+                for h in &cfg.hooks {
+                    h.failed(info, &shared.ids[i], &*e);
+                }
+                state[i].status = NodeStatus::Errored;
+                state[i].error = Some(e);
+            }
+        }
+        // A success was recorded and counted off by its worker; anything else is
+        // recorded and counted off here, and its dependents are settled by the driver.
+        if state[i].status != NodeStatus::Success {
+            if let Some(j) = &shared.journal {
+                record_end(j, shared, i, &state[i]);
+            }
+            count_off(shared, c.node, settle);
+        }
+    }
+}
+
+/// Node `i` ended without success (or was found done at resume): count it off its
+/// dependents; those with no dependency left are settled by [`decide`].
+fn count_off(shared: &Shared, i: u32, settle: &mut Vec<u32>) {
+    for &d in shared.dependents(i) {
+        if shared.remaining[d as usize].fetch_sub(1, Ordering::AcqRel) == 1 {
+            settle.push(d);
+        }
+    }
+}
+
+/// Node `d` has no dependency left: queue it to start, or settle it by its policy.
+#[allow(clippy::too_many_arguments)]
+fn decide(
+    d: u32,
+    graph: &Graph,
+    shared: &Shared,
+    state: &mut [NodeState],
+    ready: &mut VecDeque<u32>,
+    settle: &mut Vec<u32>,
+    hooks: &[Arc<dyn Hooks>],
+    info: &RunInfo,
+) {
+    let di = d as usize;
+    if shared.claimed[di].load(Ordering::Acquire) || state[di].status != NodeStatus::Pending {
+        return;
+    }
+    if shared.scope.cancel.is_cancelled() {
+        return; // ends cancelled with the run
+    }
+    let ok = |x: u32| shared.done_ok[x as usize].load(Ordering::Acquire);
+    let node = &graph.nodes[di];
+    let failed: Vec<u32> = node.deps().iter().copied().filter(|&x| !ok(x)).collect();
+    if failed.is_empty() {
+        ready.push_back(d);
+        return;
+    }
+    if failed
+        .iter()
+        .any(|&x| state[x as usize].status == NodeStatus::Cancelled)
+    {
+        // A cancelled dependency did not fail this task: it stays pending and ends
+        // cancelled with the run (its own dependents with it).
+        return;
+    }
+    let failed_data: Vec<u32> = node
+        .data_deps()
+        .iter()
+        .copied()
+        .filter(|&x| !ok(x))
+        .collect();
+    let policy = node.meta.policy.on_dep_failure;
+    let names = |xs: &[u32]| {
+        xs.iter()
+            .map(|&x| shared.ids[x as usize].to_string())
+            .collect::<Vec<_>>()
+    };
+    match policy {
+        OnDepFailure::RunAnyway if failed_data.is_empty() => {
+            ready.push_back(d);
+            return;
+        }
+        OnDepFailure::Skip => state[di].status = NodeStatus::Skipped,
+        OnDepFailure::Fail | OnDepFailure::RunAnyway => {
+            let list = if policy == OnDepFailure::Fail {
+                &failed
+            } else {
+                &failed_data
+            };
+            let e = Arc::new(DependencyFailed {
+                task: node.id.to_string(),
+                failed: names(list),
+            });
+            for h in hooks {
+                h.failed(info, &node.id, &*e);
+            }
+            state[di].status = NodeStatus::Errored;
+            state[di].error = Some(e);
+        }
+    }
+    shared.claimed[di].store(true, Ordering::Release);
+    if let Some(j) = &shared.journal {
+        record_end(j, shared, di, &state[di]);
+    }
+    count_off(shared, d, settle);
+}
+
+/// Writes how node `i` ended to the run's journal.
+fn record_end(j: &RunJournal, shared: &Shared, i: usize, s: &NodeState) {
+    let (state, skipped) = match s.status {
+        NodeStatus::Success => (State::Done, false),
+        NodeStatus::Errored => (State::Failed, false),
+        NodeStatus::Skipped => (State::Cancelled, true),
+        NodeStatus::Cancelled | NodeStatus::Pending => (State::Cancelled, false),
+    };
+    let result = if s.status == NodeStatus::Success {
+        shared.slots[i].json().cloned()
+    } else {
+        None
+    };
+    j.ended(
+        i as u32,
+        Ended {
+            state,
+            skipped,
+            attempts: s.attempts,
+            elapsed: s.elapsed,
+            error: s.error.as_ref().map(ToString::to_string),
+            chain: s.error.as_ref().map(|e| chain(&**e)).unwrap_or_default(),
+        },
+        result,
+    );
+}

@@ -1,0 +1,121 @@
+//! The run's report, built from the driver's per-node state at the end.
+
+use std::borrow::Cow;
+use std::time::Duration;
+
+use crate::error::{chain, DependencyFailed};
+use crate::graph::Graph;
+use crate::report::{ErrorReport, Json, RunReport, RunStatus, TaskReport, TaskStatus};
+
+use super::{NodeState, NodeStatus, Shared};
+
+pub(super) fn build_report(
+    graph: &Graph,
+    shared: &Shared,
+    state: &[NodeState],
+    offsets: &[u32],
+    targets: &[u32],
+    cancelled: bool,
+    elapsed: Duration,
+) -> RunReport {
+    let mut tasks = Vec::with_capacity(state.len());
+    let mut any_errored = false;
+    let mut all_success = true;
+    for (i, (node, s)) in graph.nodes.iter().zip(state).enumerate() {
+        let status = match s.status {
+            NodeStatus::Success => TaskStatus::Success,
+            NodeStatus::Errored => TaskStatus::Errored,
+            NodeStatus::Skipped => TaskStatus::Skipped,
+            NodeStatus::Cancelled | NodeStatus::Pending => TaskStatus::Cancelled,
+        };
+        any_errored |= status == TaskStatus::Errored;
+        all_success &= status == TaskStatus::Success;
+        let error = match (&s.error, status) {
+            (Some(e), TaskStatus::Errored) => Some(ErrorReport {
+                message: e.to_string(),
+                chain: chain(&**e),
+                downstream_impact: downstream(i as u32, shared, state, offsets, targets),
+                source: Some(e.clone()),
+            }),
+            _ => None,
+        };
+        let result = if status == TaskStatus::Success {
+            shared.slots[i].json().cloned().map(Json::trusted)
+        } else {
+            None
+        };
+        tasks.push(TaskReport {
+            id: node.id.clone(),
+            name: Cow::Borrowed(node.meta.name),
+            function: Cow::Borrowed(node.meta.function),
+            description: node
+                .description
+                .clone()
+                .map_or(Cow::Borrowed(node.meta.description), Cow::Owned),
+            status,
+            attempts: s.attempts,
+            elapsed: if matches!(s.status, NodeStatus::Skipped | NodeStatus::Pending) {
+                Duration::ZERO
+            } else {
+                s.elapsed
+            },
+            result,
+            error,
+        });
+    }
+    // A run that was asked to stop ends cancelled even when its tasks returned normally
+    // (a cooperative task that sees the cancel and returns has not done the full job).
+    let status = if any_errored {
+        RunStatus::Failed
+    } else if cancelled {
+        RunStatus::Cancelled
+    } else if all_success {
+        RunStatus::Succeeded
+    } else {
+        RunStatus::Failed
+    };
+    RunReport {
+        process: graph.name.clone(),
+        run_id: shared.run_id.to_string(),
+        status,
+        elapsed,
+        tasks,
+    }
+}
+
+/// Ids of the nodes that did not run because `failed` did not succeed, transitively.
+pub(super) fn downstream(
+    failed: u32,
+    shared: &Shared,
+    state: &[NodeState],
+    offsets: &[u32],
+    targets: &[u32],
+) -> Vec<String> {
+    let mut seen = vec![false; state.len()];
+    let mut out = Vec::new();
+    let mut stack = vec![failed];
+    while let Some(x) = stack.pop() {
+        for &d in &targets[offsets[x as usize] as usize..offsets[x as usize + 1] as usize] {
+            let di = d as usize;
+            if seen[di] {
+                continue;
+            }
+            let did_not_run = state[di].status == NodeStatus::Skipped
+                || (state[di].status == NodeStatus::Errored
+                    && state[di].attempts == 0
+                    && state[di]
+                        .error
+                        .as_ref()
+                        .is_some_and(|e| e.is::<DependencyFailed>()));
+            if did_not_run {
+                seen[di] = true;
+                out.push(d);
+                stack.push(d);
+            }
+        }
+    }
+    out.sort_unstable();
+    out.into_iter()
+        .map(|d| shared.ids[d as usize].to_string())
+        .collect()
+}

@@ -1,0 +1,158 @@
+//! The per-run state the driver and the workers share: the graph in CSR form, per-node
+//! atomics and task slots.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{mpsc, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use crate::hooks::Hooks;
+use crate::journal::RunJournal;
+use crate::task::arg::Slot;
+use crate::task::ctx::RunScope;
+use crate::task::erased::ErasedTask;
+use crate::task::TaskMeta;
+
+use super::{run_node, Msg};
+
+pub(super) struct Shared {
+    pub(super) slots: Box<[Slot]>,
+    pub(super) ids: Box<[Arc<str>]>,
+    pub(super) metas: Box<[&'static TaskMeta]>,
+    pub(super) tag: u32,
+    pub(super) remap: Option<Vec<u32>>,
+    pub(super) scope: Arc<RunScope>,
+    pub(super) hooks: Vec<Arc<dyn Hooks>>,
+    pub(super) process: String,
+    pub(super) run_id: Arc<str>,
+    pub(super) permits: Option<Arc<Semaphore>>,
+    pub(super) journal: Option<Arc<RunJournal>>,
+    /// Dependencies not yet ended, per node.
+    pub(super) remaining: Box<[AtomicU32]>,
+    /// Set (release) when a node succeeded: its result is in its slot.
+    pub(super) done_ok: Box<[AtomicBool]>,
+    /// Set when a node was started or settled: it is started at most once.
+    pub(super) claimed: Box<[AtomicBool]>,
+    /// Set by whoever ends a started node first: its worker, or the driver abandoning it
+    /// after the cancellation grace period. The other one leaves the node alone.
+    pub(super) ended: Box<[AtomicBool]>,
+    pub(super) tasks: Box<[TaskCell]>,
+    /// Attempts and elapsed nanoseconds of each node that succeeded, written by its
+    /// worker before `done_ok` (a success is not reported to the driver).
+    pub(super) attempts_run: Box<[AtomicU32]>,
+    pub(super) elapsed_ns: Box<[AtomicU64]>,
+    /// Cancelled when the cancellation grace period is over: running nodes are dropped.
+    pub(super) abandon: CancellationToken,
+    /// The runtime suspends: nothing starts any more.
+    pub(super) halt: CancellationToken,
+    /// Dependents (CSR) and dependencies (CSR).
+    pub(super) offsets: Box<[u32]>,
+    pub(super) targets: Box<[u32]>,
+    pub(super) dep_offsets: Box<[u32]>,
+    pub(super) dep_targets: Box<[u32]>,
+    /// Attempts each node already made in an earlier, interrupted run of the graph.
+    pub(super) prior_attempts: Box<[u32]>,
+    /// Workers start ready dependents themselves (no per-run concurrency limit).
+    pub(super) workers_start_dependents: bool,
+    /// Nodes started and not yet ended: counted off by the node's worker for an
+    /// unreported success, by the driver when it reads a report or abandons the node.
+    pub(super) in_flight: AtomicUsize,
+    pub(super) tx: mpsc::UnboundedSender<Msg>,
+}
+
+/// A node's task until it is started.
+pub(super) type TaskCell = Mutex<Option<Box<dyn ErasedTask>>>;
+
+impl Shared {
+    pub(super) fn dependents(&self, i: u32) -> &[u32] {
+        &self.targets[self.offsets[i as usize] as usize..self.offsets[i as usize + 1] as usize]
+    }
+
+    pub(super) fn deps(&self, i: u32) -> &[u32] {
+        &self.dep_targets
+            [self.dep_offsets[i as usize] as usize..self.dep_offsets[i as usize + 1] as usize]
+    }
+
+    pub(super) fn all_deps_ok(&self, i: u32) -> bool {
+        self.deps(i)
+            .iter()
+            .all(|&d| self.done_ok[d as usize].load(Ordering::Acquire))
+    }
+
+    /// Starts node `i` unless it was started or settled already.
+    pub(super) fn start(self: &Arc<Self>, i: u32) -> bool {
+        let Some(task) = self.claim(i) else {
+            return false;
+        };
+        let shared = self.clone();
+        // The spawned future stays small while it waits in the run queue (a wide graph
+        // queues every root at once); the node's real state machine is boxed when it runs.
+        drop(tokio::spawn(async move {
+            Box::pin(run_node(shared, i, task)).await;
+        }));
+        true
+    }
+
+    /// Takes node `i`'s task to start it (counted in flight), unless it was started or
+    /// settled already.
+    pub(super) fn claim(&self, i: u32) -> Option<Box<dyn ErasedTask>> {
+        if self.halt.is_cancelled() || self.claimed[i as usize].swap(true, Ordering::AcqRel) {
+            return None;
+        }
+        let task = lock(&self.tasks[i as usize]).take()?;
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        Some(task)
+    }
+
+    /// Node `i` succeeded: count it off its dependents and start those now ready. The
+    /// first of them is not spawned but returned, claimed, for the caller to run itself
+    /// (a chain then runs in one tokio task, without a spawn and a wake-up per link);
+    /// not under a runtime-wide limit, where every node waits for a permit of its own.
+    pub(super) fn release_success(self: &Arc<Self>, i: u32) -> Option<(u32, Box<dyn ErasedTask>)> {
+        let keep_one = self.permits.is_none();
+        self.done_ok[i as usize].store(true, Ordering::Release);
+        let mut next = None;
+        for &d in self.dependents(i) {
+            if self.remaining[d as usize].fetch_sub(1, Ordering::AcqRel) == 1 {
+                if self.workers_start_dependents
+                    && !self.scope.cancel.is_cancelled()
+                    && self.all_deps_ok(d)
+                {
+                    if keep_one && next.is_none() {
+                        next = self.claim(d).map(|t| (d, t));
+                    } else {
+                        self.start(d);
+                    }
+                } else {
+                    let _ = self.tx.send(Msg::Settle(d));
+                }
+            }
+        }
+        next
+    }
+}
+
+pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+pub(super) fn csr(
+    n: usize,
+    edges: impl Iterator<Item = (u32, u32)> + Clone,
+) -> (Box<[u32]>, Box<[u32]>) {
+    let mut offsets = vec![0u32; n + 1];
+    for (from, _) in edges.clone() {
+        offsets[from as usize + 1] += 1;
+    }
+    for i in 0..n {
+        offsets[i + 1] += offsets[i];
+    }
+    let mut fill = offsets.clone();
+    let mut targets = vec![0u32; offsets[n] as usize];
+    for (from, to) in edges {
+        targets[fill[from as usize] as usize] = to;
+        fill[from as usize] += 1;
+    }
+    (offsets.into(), targets.into())
+}

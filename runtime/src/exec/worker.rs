@@ -1,0 +1,290 @@
+//! The workers: run one node's attempts (inputs, retries, backoff, timeout, panics) and,
+//! on success, start the dependents now ready.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures::FutureExt;
+
+use crate::error::{BoxError, RetryExhausted, TaskPanicked, Timeout};
+use crate::hooks::{Attempt, AttemptOutcome, TaskInfo};
+use crate::journal::RunJournal;
+use crate::task::arg::Inputs;
+use crate::task::ctx::Ctx;
+use crate::task::erased::ErasedTask;
+use crate::task::TaskMeta;
+
+use super::{record_end, Completion, Msg, NodeState, NodeStatus, Shared};
+
+/// Runs node `i`, then, while one of the dependents it made ready can be run here, that
+/// one (see [`Shared::release_success`]).
+pub(super) async fn run_node(shared: Arc<Shared>, mut i: u32, mut task: Box<dyn ErasedTask>) {
+    while let Some(next) = run_one(&shared, i, task).await {
+        // Give the worker's other tasks a turn now and then on a long chain.
+        tokio::task::consume_budget().await;
+        (i, task) = next;
+    }
+}
+
+/// Runs node `i`; returns the dependent to run next in the same tokio task, if any.
+pub(super) async fn run_one(
+    shared: &Arc<Shared>,
+    i: u32,
+    task: Box<dyn ErasedTask>,
+) -> Option<(u32, Box<dyn ErasedTask>)> {
+    let _permit = match &shared.permits {
+        Some(sem) => sem.clone().acquire_owned().await.ok(),
+        None => None,
+    };
+    let first = shared.prior_attempts[i as usize];
+    let meta = shared.metas[i as usize];
+    let started = Instant::now();
+    let ran = tokio::select! {
+        biased;
+        r = attempts(shared, i, first, meta, task, started) => Some(r),
+        () = shared.abandon.cancelled() => None,
+    };
+    let elapsed = started.elapsed();
+    // Abandoned after the cancellation grace period: the driver ended it.
+    let (attempts, result) = ran?;
+    if shared.ended[i as usize].swap(true, Ordering::AcqRel) {
+        return None;
+    }
+    let ok = result.is_ok();
+    let mut next = None;
+    if ok {
+        // Record the end and start the dependents now ready from here: the driver is
+        // off the critical path.
+        if let Some(j) = &shared.journal {
+            record_end(
+                j,
+                shared,
+                i as usize,
+                &NodeState {
+                    status: NodeStatus::Success,
+                    attempts,
+                    elapsed,
+                    error: None,
+                },
+            );
+        }
+        shared.attempts_run[i as usize].store(attempts, Ordering::Relaxed);
+        shared.elapsed_ns[i as usize].store(
+            u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+        next = shared.release_success(i);
+    }
+    // A success is reported only when the driver starts nodes itself (a concurrency
+    // limit): otherwise its worker has done everything the driver would. A reported node
+    // is counted off by the driver when it reads the report, so that a freed slot is
+    // seen together with its report; an unreported one is counted off here, after the
+    // next node was claimed (which counted that one in): the count only reaches zero
+    // when nothing runs, and then everything the workers sent is in the channel.
+    if !ok || !shared.workers_start_dependents {
+        let _ = shared.tx.send(Msg::Done(Completion {
+            node: i,
+            attempts,
+            elapsed,
+            result,
+        }));
+    } else if shared.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+        let _ = shared.tx.send(Msg::Idle);
+    }
+    next
+}
+
+pub(super) async fn attempts(
+    shared: &Shared,
+    i: u32,
+    first: u32,
+    meta: &'static TaskMeta,
+    mut task: Box<dyn ErasedTask>,
+    node_started: Instant,
+) -> (u32, Result<(), BoxError>) {
+    let policy = &meta.policy;
+    let prepared = {
+        let names = |idx: u32| shared.ids[idx as usize].to_string();
+        let inputs = Inputs {
+            slots: &shared.slots,
+            names: &names,
+            graph: shared.tag,
+            remap: shared.remap.as_deref(),
+        };
+        std::panic::catch_unwind(AssertUnwindSafe(|| {
+            task.prepare(
+                &inputs,
+                policy.max_attempts > 1,
+                shared.slots[i as usize].has_readers(),
+            )
+        }))
+    };
+    match prepared {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return (first, Err(Box::new(e))),
+        Err(panic) => return (first, Err(panicked(meta, &*panic))),
+    }
+    // `first` comes from the store (attempts before a restart) and is untrusted: the
+    // attempts of this run are counted apart, and the attempt number saturates.
+    let mut this_run: u32 = 0;
+    loop {
+        this_run = this_run.saturating_add(1);
+        let attempt = first.saturating_add(this_run);
+        let ctx = Ctx::new(shared.scope.clone(), i, meta.name, attempt);
+        let outcome = run_attempt(shared, i, meta, attempt, &mut *task, ctx, node_started).await;
+        let Some(err) = outcome.error else {
+            if let Some(done) = outcome.payload {
+                shared.slots[i as usize].fill(done.json, done.typed);
+            }
+            return (attempt, Ok(()));
+        };
+        let cancelled = shared.scope.cancel.is_cancelled();
+        if !cancelled && this_run < policy.max_attempts && policy.is_retryable(&*err) {
+            let delay = policy.backoff.jittered_delay(attempt);
+            tracing::info!(task = meta.name, attempt, ?delay, error = %err, "retrying");
+            tokio::select! {
+                () = tokio::time::sleep(delay) => continue,
+                () = shared.scope.cancel.cancelled() => return (attempt, Err(err)),
+            }
+        }
+        if this_run > 1 && !cancelled {
+            return (
+                attempt,
+                Err(Box::new(RetryExhausted {
+                    task: meta.name.to_owned(),
+                    attempts: attempt,
+                    last: err,
+                })),
+            );
+        }
+        return (attempt, Err(err));
+    }
+}
+
+pub(super) async fn run_attempt(
+    shared: &Shared,
+    i: u32,
+    meta: &'static TaskMeta,
+    attempt: u32,
+    prepared: &mut dyn ErasedTask,
+    ctx: Ctx,
+    node_started: Instant,
+) -> AttemptOutcome {
+    let started = std::panic::catch_unwind(AssertUnwindSafe(|| prepared.attempt(ctx)));
+    match started {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            return AttemptOutcome {
+                error: Some(e),
+                payload: None,
+            }
+        }
+        Err(panic) => {
+            return AttemptOutcome {
+                error: Some(panicked(meta, &*panic)),
+                payload: None,
+            }
+        }
+    }
+    let fut = Running {
+        prepared,
+        journal: shared.journal.as_deref(),
+        node: i,
+        attempt,
+        node_started,
+    };
+    let timeout = meta.policy.timeout;
+    let inner = async move {
+        let guarded = AssertUnwindSafe(fut).catch_unwind();
+        let res = match timeout {
+            Some(t) => match tokio::time::timeout(t, guarded).await {
+                Ok(r) => r,
+                Err(_) => {
+                    return AttemptOutcome {
+                        error: Some(Box::new(Timeout {
+                            task: meta.name.to_owned(),
+                            after: t,
+                        })),
+                        payload: None,
+                    }
+                }
+            },
+            None => guarded.await,
+        };
+        match res {
+            Ok(Ok(done)) => AttemptOutcome {
+                error: None,
+                payload: Some(done),
+            },
+            Ok(Err(e)) => AttemptOutcome {
+                error: Some(e),
+                payload: None,
+            },
+            Err(panic) => AttemptOutcome {
+                error: Some(panicked(meta, &*panic)),
+                payload: None,
+            },
+        }
+    };
+    if shared.hooks.is_empty() {
+        return inner.await;
+    }
+    let info = TaskInfo {
+        process: shared.process.clone(),
+        run_id: shared.run_id.to_string(),
+        task: meta.name,
+        node_id: shared.ids[i as usize].to_string(),
+        attempt,
+    };
+    let mut fut: Attempt<'_> = Box::pin(inner);
+    for h in shared.hooks.iter().rev() {
+        fut = h.around_task(&info, fut);
+    }
+    fut.await
+}
+
+/// Polls the attempt running inside a prepared task. Dropping it ends the attempt: the
+/// task's future is dropped with it, as a timed-out or abandoned attempt's must be.
+///
+/// The attempt's start is recorded (state running, attempt number) when it first waits:
+/// an attempt that ends in its first poll is recorded once, by its end.
+pub(super) struct Running<'a> {
+    pub(super) prepared: &'a mut dyn ErasedTask,
+    /// Where to record the start; `None` once recorded (or for runs without records).
+    pub(super) journal: Option<&'a RunJournal>,
+    pub(super) node: u32,
+    pub(super) attempt: u32,
+    pub(super) node_started: Instant,
+}
+
+impl std::future::Future for Running<'_> {
+    type Output = Result<crate::task::erased::Finished, BoxError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let polled = self.prepared.poll_attempt(cx);
+        if polled.is_pending() {
+            if let Some(j) = self.journal.take() {
+                j.started(self.node, self.attempt, self.node_started.elapsed());
+            }
+        }
+        polled
+    }
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.prepared.end_attempt();
+    }
+}
+
+pub(super) fn panicked(meta: &TaskMeta, panic: &(dyn std::any::Any + Send)) -> BoxError {
+    Box::new(TaskPanicked {
+        task: meta.name.to_owned(),
+        message: crate::error::panic_message(panic),
+    })
+}

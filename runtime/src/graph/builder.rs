@@ -1,0 +1,493 @@
+//! The process [`Builder`]: the first parameter of a `#[process]` function, with its
+//! nested blocks and the ids it hands out.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+use hashbrown::HashTable;
+use rustc_hash::FxHasher;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::graph::process::{Mode, Process};
+use crate::task::arg::{NodeRef, Out};
+use crate::task::erased::{Erased, ErasedTask};
+use crate::task::Task;
+
+use super::{next_tag, Fingerprint, Graph, GraphError, Node};
+
+pub(super) struct Scope {
+    pub(super) mode: Mode,
+    pub(super) entry: Vec<u32>,
+    pub(super) exits: Vec<u32>,
+}
+
+impl Scope {
+    /// Records a finished step (its exit nodes): the next step of a sequential block waits
+    /// for it, a concurrent block ends when all its steps have ended.
+    pub(super) fn step_done(&mut self, step: &[u32]) {
+        if step.is_empty() {
+            return;
+        }
+        match self.mode {
+            Mode::Sequential => {
+                self.entry.clear();
+                self.entry.extend_from_slice(step);
+                self.exits.clear();
+                self.exits.extend_from_slice(step);
+            }
+            Mode::Concurrent => self.exits.extend_from_slice(step),
+        }
+    }
+}
+
+/// The ids handed out so far, each with the next `#k` suffix to try when it comes again
+/// as the base of another id (1 until then).
+///
+/// An entry holds the node's own `Arc<str>` (a block's id has no node and is only kept
+/// here), so an id is allocated once, and lookups go by `&str` without building a
+/// `String`. Each entry keeps the hash of its text: growing the table rehashes `u64`s
+/// instead of reading every id again, and a lookup hashes its text once.
+#[derive(Default)]
+pub(super) struct Ids {
+    pub(super) used: HashTable<IdEntry>,
+}
+
+pub(super) struct IdEntry {
+    pub(super) hash: u64,
+    pub(super) id: Arc<str>,
+    pub(super) next_suffix: u32,
+}
+
+impl Ids {
+    pub(super) fn hash_of(text: &str) -> u64 {
+        let mut h = FxHasher::default();
+        text.hash(&mut h);
+        h.finish()
+    }
+
+    pub(super) fn find(&self, hash: u64, text: &str) -> Option<&IdEntry> {
+        self.used.find(hash, |e| e.hash == hash && &*e.id == text)
+    }
+
+    /// Makes the id in `buf` unique: when it was handed out already, appends the first free
+    /// `#k` (counting from the last suffix given to that base, so `n` repeats cost `O(n)`,
+    /// not `O(n²)`). `buf` keeps the suffix; returns the id, now reserved.
+    pub(super) fn unique(&mut self, buf: &mut String) -> Arc<str> {
+        let hash = Self::hash_of(buf);
+        let Some(first) = self.find(hash, buf).map(|e| e.next_suffix) else {
+            return self.reserve(hash, buf);
+        };
+        let base = buf.len();
+        let mut k = first;
+        loop {
+            buf.truncate(base);
+            buf.push('#');
+            buf.push_str(itoa::Buffer::new().format(k));
+            let h = Self::hash_of(buf);
+            if self.find(h, buf).is_none() {
+                let id = self.reserve(h, buf);
+                let base_text = &buf[..base];
+                if let Some(e) = self
+                    .used
+                    .find_mut(hash, |e| e.hash == hash && &*e.id == base_text)
+                {
+                    e.next_suffix = k + 1;
+                }
+                return id;
+            }
+            k += 1;
+        }
+    }
+
+    /// Adds `text` (whose hash is `hash`), known to be absent.
+    pub(super) fn reserve(&mut self, hash: u64, text: &str) -> Arc<str> {
+        let id: Arc<str> = Arc::from(text);
+        self.used.insert_unique(
+            hash,
+            IdEntry {
+                hash,
+                id: Arc::clone(&id),
+                next_suffix: 1,
+            },
+            |e| e.hash,
+        );
+        id
+    }
+}
+
+/// Builds the graph of a process: the first parameter of a `#[process]` function.
+///
+/// Blocks nest: [`sequential`](Builder::sequential) runs its steps one after another,
+/// [`concurrent`](Builder::concurrent) starts each step as soon as its inputs are ready. The
+/// top level of a process is sequential unless `#[process(mode = "concurrent")]`.
+/// A step is a task or a whole block; a step that waits for a block waits for all of it.
+/// Data handles add edges of their own, wherever they come from.
+///
+/// # Examples
+///
+/// ```
+/// use procession::prelude::*;
+///
+/// #[task] fn fetch(source: String) -> Vec<u32> { vec![source.len() as u32] }
+/// #[task] fn merge(parts: Vec<Vec<u32>>) -> Vec<u32> { parts.concat() }
+/// #[task] fn total(xs: Vec<u32>) -> u32 { xs.iter().sum() }
+///
+/// #[process]
+/// fn report(p: &mut Builder, sources: Vec<String>) {
+///     let parts = p.concurrent(|p| {
+///         sources.iter().map(|s| p.task(Fetch::new(s.clone()))).collect::<Vec<_>>()
+///     });
+///     let all = p.task(Merge::new(parts));
+///     p.task(Total::new(all));
+/// }
+///
+/// let g = Graph::of(Report { sources: vec!["eu".into(), "us".into()] }).unwrap();
+/// assert_eq!(g.node_ids(), vec!["concurrent/fetch", "concurrent/fetch#1", "merge", "total"]);
+/// assert_eq!(g.dependencies("merge").unwrap(), vec!["concurrent/fetch", "concurrent/fetch#1"]);
+/// ```
+pub struct Builder {
+    pub(super) name: String,
+    pub(super) tag: u32,
+    pub(super) nodes: Vec<Node>,
+    pub(super) scopes: Vec<Scope>,
+    /// The id prefix of the current block (`a/each[3]/`); ids of tasks and blocks are
+    /// written after it, then cut off again, so the buffer is reused for every id.
+    pub(super) prefix: String,
+    pub(super) ids: Ids,
+    pub(super) after: Vec<Vec<u32>>,
+    /// The inputs of the task being added (reused: one buffer for all tasks).
+    pub(super) inputs: Vec<u32>,
+    /// The fingerprint of `nodes`, fed as each node is added.
+    pub(super) fingerprint: Fingerprint,
+    pub(super) options: Arc<BTreeMap<String, Value>>,
+    pub(super) errors: Vec<GraphError>,
+}
+
+impl fmt::Debug for Builder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Builder")
+            .field("name", &self.name)
+            .field("nodes", &self.nodes.len())
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Builder {
+    pub(crate) fn new(name: &str, mode: Mode, options: Arc<BTreeMap<String, Value>>) -> Self {
+        Builder {
+            name: name.to_owned(),
+            tag: next_tag(),
+            nodes: Vec::new(),
+            scopes: vec![Scope {
+                mode,
+                entry: Vec::new(),
+                exits: Vec::new(),
+            }],
+            prefix: String::new(),
+            ids: Ids::default(),
+            after: Vec::new(),
+            inputs: Vec::new(),
+            fingerprint: Fingerprint::new(),
+            options,
+            errors: Vec::new(),
+        }
+    }
+
+    pub(crate) fn finish(self) -> Result<Graph, GraphError> {
+        if let Some(e) = self.errors.into_iter().next() {
+            return Err(e);
+        }
+        Ok(Graph {
+            name: self.name,
+            nodes: self.nodes,
+            tag: self.tag,
+            remap: None,
+            fingerprint: self.fingerprint.finish(),
+        })
+    }
+
+    /// Reserves the id `prefix` + `name` (with a `#k` suffix when taken) and returns it;
+    /// the prefix is left as it was.
+    pub(super) fn unique_id(&mut self, name: &str) -> Arc<str> {
+        let len = self.prefix.len();
+        self.prefix.push_str(name);
+        let id = self.ids.unique(&mut self.prefix);
+        self.prefix.truncate(len);
+        id
+    }
+
+    pub(super) fn scope(&mut self) -> &mut Scope {
+        self.scopes
+            .last_mut()
+            .expect("the root scope is never popped")
+    }
+
+    /// Adds a task; returns the handle of its output.
+    ///
+    /// The task waits for the previous step when the enclosing block is sequential, for
+    /// every task whose output it reads, and for the dependencies of enclosing
+    /// [`after`](Builder::after) blocks.
+    pub fn task<T: Task>(&mut self, task: T) -> Out<T::Output> {
+        self.add(task, None)
+    }
+
+    /// Adds a task with a description that replaces the one of its `#[task]`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use procession::prelude::*;
+    /// /// Says hello.
+    /// #[task] fn hello() {}
+    /// #[process]
+    /// fn p(b: &mut Builder) { b.task_with_description(Hello::new(), "greets the team"); }
+    /// # Graph::of(P {}).unwrap();
+    /// ```
+    pub fn task_with_description<T: Task>(
+        &mut self,
+        task: T,
+        description: impl Into<String>,
+    ) -> Out<T::Output> {
+        self.add(task, Some(description.into()))
+    }
+
+    pub(super) fn add<T: Task>(&mut self, task: T, description: Option<String>) -> Out<T::Output> {
+        let index = self.nodes.len() as u32;
+        let id = self.unique_id(T::META.name);
+        let mut data = std::mem::take(&mut self.inputs);
+        data.clear();
+        let mut foreign = false;
+        let tag = self.tag;
+        task.visit_inputs(&mut |r| {
+            if r.graph == tag && r.index < index {
+                data.push(r.index);
+            } else {
+                foreign = true;
+            }
+        });
+        if foreign {
+            self.errors.push(GraphError::ForeignHandle {
+                task: id.to_string(),
+            });
+        }
+        // Every read counts, a handle passed twice included.
+        for &d in &data {
+            self.nodes[d as usize].readers += 1;
+        }
+        data.sort_unstable();
+        data.dedup();
+        let scope = self.scopes.last().expect("the root scope is never popped");
+        let order = scope.entry.len() + self.after.iter().map(Vec::len).sum::<usize>();
+        let task: Box<dyn ErasedTask> = Box::new(Erased::new(task));
+        let node = if order == 0 {
+            Node::new(id, &T::META, description, task, &data, &data)
+        } else {
+            let mut deps = Vec::with_capacity(order + data.len());
+            deps.extend_from_slice(&scope.entry);
+            for a in &self.after {
+                deps.extend_from_slice(a);
+            }
+            deps.extend_from_slice(&data);
+            deps.sort_unstable();
+            deps.dedup();
+            Node::new(id, &T::META, description, task, &deps, &data)
+        };
+        self.inputs = data;
+        self.fingerprint.node(&node);
+        self.nodes.push(node);
+        self.scope().step_done(&[index]);
+        Out::new(NodeRef { graph: tag, index })
+    }
+
+    pub(super) fn block<R>(
+        &mut self,
+        segment: &str,
+        mode: Mode,
+        f: impl FnOnce(&mut Builder) -> R,
+    ) -> R {
+        let entry = self.scope().entry.clone();
+        let saved = self.enter(segment);
+        self.scopes.push(Scope {
+            mode,
+            entry,
+            exits: Vec::new(),
+        });
+        let r = f(self);
+        let scope = self.scopes.pop().expect("pushed above");
+        self.prefix.truncate(saved);
+        self.scope().step_done(&scope.exits);
+        r
+    }
+
+    /// Appends the segment `segment` (made unique) and `/` to the prefix; returns the
+    /// prefix's length before, to cut it back to when the block ends.
+    pub(super) fn enter(&mut self, segment: &str) -> usize {
+        let saved = self.prefix.len();
+        self.prefix.push_str(segment);
+        self.ids.unique(&mut self.prefix);
+        self.prefix.push('/');
+        saved
+    }
+
+    /// A block whose steps run one after another; it is one step of the enclosing block.
+    pub fn sequential<R>(&mut self, f: impl FnOnce(&mut Builder) -> R) -> R {
+        self.block("sequential", Mode::Sequential, f)
+    }
+
+    /// A block whose steps start as soon as their inputs are ready; it is one step of the
+    /// enclosing block, which moves on when all of it has ended.
+    pub fn concurrent<R>(&mut self, f: impl FnOnce(&mut Builder) -> R) -> R {
+        self.block("concurrent", Mode::Concurrent, f)
+    }
+
+    /// Calls `f` once per item. The steps it adds are steps of the enclosing block (in a
+    /// sequential block the items run one after another, in a concurrent block side by
+    /// side); ids get an `each[i]/` segment.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use procession::prelude::*;
+    /// #[task] fn send(to: String) { println!("{to}"); }
+    /// #[process(mode = "concurrent")]
+    /// fn mail(p: &mut Builder, to: Vec<String>) {
+    ///     p.each(to, |p, addr| p.task(Send::new(addr)));
+    /// }
+    /// let g = Graph::of(Mail { to: vec!["a".into(), "b".into()] }).unwrap();
+    /// assert_eq!(g.node_ids(), vec!["each[0]/send", "each[1]/send"]);
+    /// ```
+    pub fn each<I: IntoIterator, R>(
+        &mut self,
+        items: I,
+        mut f: impl FnMut(&mut Builder, I::Item) -> R,
+    ) -> Vec<R> {
+        let saved = self.prefix.len();
+        self.prefix.push_str("each");
+        self.ids.unique(&mut self.prefix);
+        self.prefix.push('[');
+        let base = self.prefix.len();
+        let out = items
+            .into_iter()
+            .enumerate()
+            .map(|(i, item)| {
+                // Every step of `f` leaves the prefix as it found it: only the index changes.
+                self.prefix.truncate(base);
+                self.prefix.push_str(itoa::Buffer::new().format(i));
+                self.prefix.push_str("]/");
+                f(self, item)
+            })
+            .collect();
+        self.prefix.truncate(saved);
+        out
+    }
+
+    /// Gives a sub-block new arguments computed from `input`: `f` receives `map(input)`.
+    /// Like [`each`](Builder::each) with one item, its steps are steps of the enclosing
+    /// block; ids get a `transform/` segment.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use procession::prelude::*;
+    /// #[task] fn show(x: u32) -> u32 { x }
+    /// #[process]
+    /// fn doubled(p: &mut Builder, foo: u32) {
+    ///     p.transform(foo, |foo| foo * 2, |p, bar| { p.task(Show::new(bar)); });
+    /// }
+    /// let g = Graph::of(Doubled { foo: 4 }).unwrap();
+    /// assert_eq!(g.node_ids(), vec!["transform/show"]);
+    /// ```
+    pub fn transform<A, B, R>(
+        &mut self,
+        input: A,
+        map: impl FnOnce(A) -> B,
+        f: impl FnOnce(&mut Builder, B) -> R,
+    ) -> R {
+        let saved = self.enter("transform");
+        let r = f(self, map(input));
+        self.prefix.truncate(saved);
+        r
+    }
+
+    /// Embeds another process's graph as one step (a block with that process's mode).
+    /// Ids get a segment named after the process.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use procession::prelude::*;
+    /// #[task] fn check(x: u32) -> bool { x > 0 }
+    /// #[process] fn validate(p: &mut Builder, x: u32) { p.task(Check::new(x)); }
+    /// #[process] fn outer(p: &mut Builder) { p.sub_process(Validate { x: 3 }); }
+    /// let g = Graph::of(Outer {}).unwrap();
+    /// assert_eq!(g.node_ids(), vec!["validate/check"]);
+    /// ```
+    pub fn sub_process<P: Process>(&mut self, process: P) {
+        self.block(P::META.name, P::META.mode, |p| process.build(p));
+    }
+
+    /// Every task added inside `f` also waits for `deps` (ordering without data).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use procession::prelude::*;
+    /// #[task] fn migrate() {}
+    /// #[task] fn warm_cache() {}
+    /// #[task] fn serve() {}
+    /// #[process(mode = "concurrent")]
+    /// fn deploy(p: &mut Builder) {
+    ///     let m = p.task(Migrate::new());
+    ///     p.task(WarmCache::new());
+    ///     p.after(&[m.node()], |p| p.task(Serve::new()));
+    /// }
+    /// let g = Graph::of(Deploy {}).unwrap();
+    /// assert_eq!(g.dependencies("serve").unwrap(), vec!["migrate"]);
+    /// ```
+    pub fn after<R>(&mut self, deps: &[NodeRef], f: impl FnOnce(&mut Builder) -> R) -> R {
+        let tag = self.tag;
+        let limit = self.nodes.len() as u32;
+        let mut own = Vec::with_capacity(deps.len());
+        for d in deps {
+            if d.graph == tag && d.index < limit {
+                own.push(d.index);
+            } else {
+                self.errors.push(GraphError::ForeignHandle {
+                    task: format!("{}after", self.prefix),
+                });
+            }
+        }
+        self.after.push(own);
+        let r = f(self);
+        self.after.pop();
+        r
+    }
+
+    /// A launch option (see `Launch::option`), decoded as `T`; `None` when it was not
+    /// given or does not decode as `T`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use procession::prelude::*;
+    /// #[task] fn debug_dump() {}
+    /// #[process]
+    /// fn job(p: &mut Builder) {
+    ///     if p.option::<bool>("debug").unwrap_or(false) {
+    ///         p.task(DebugDump::new());
+    ///     }
+    /// }
+    /// let opts = [("debug".to_string(), serde_json::json!(true))].into_iter().collect();
+    /// assert_eq!(Graph::with_options(Job {}, opts).unwrap().len(), 1);
+    /// assert_eq!(Graph::of(Job {}).unwrap().len(), 0);
+    /// ```
+    pub fn option<T: DeserializeOwned>(&self, name: &str) -> Option<T> {
+        self.options
+            .get(name)
+            .and_then(|v| serde_json::from_value(v.clone()).ok())
+    }
+}

@@ -1,0 +1,495 @@
+//! Configuring and starting a runtime: [`RuntimeBuilder`], registered [`Definition`]s,
+//! the store choice, and ad hoc definitions made at run time.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Serialize;
+use serde_json::Value;
+use tokio::sync::{broadcast, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use crate::graph::process::{Process, ProcessMeta};
+use crate::graph::Graph;
+use crate::hooks::Hooks;
+use crate::journal::start_writer;
+use crate::record::ProcessRecord;
+use crate::schedule::Schedule;
+use crate::store::{MemoryStore, SledStore, Store, Update};
+
+use super::{blocking, check_id, scheduler, Clock, Error, Inner, Result, Runtime};
+
+pub(super) type BuildFn = fn(Value, BTreeMap<String, Value>) -> Result<Graph>;
+
+pub(super) fn build_erased<P: Process>(
+    params: Value,
+    options: BTreeMap<String, Value>,
+) -> Result<Graph> {
+    let p: P = serde_json::from_value(params).map_err(|source| Error::Serialize {
+        name: format!("parameters of `{}`", P::META.name),
+        source,
+    })?;
+    Ok(Graph::with_options(p, options)?)
+}
+
+#[derive(Clone)]
+pub(super) struct Registered {
+    pub(super) meta: ProcessMeta,
+    pub(super) build: BuildFn,
+    pub(super) hooks: Option<Arc<dyn Hooks>>,
+}
+
+/// A process declared in code: resynced into the store as an idle record with this id.
+///
+/// # Examples
+///
+/// ```
+/// use procession::prelude::*;
+/// use procession::Definition;
+/// #[task] fn ping() {}
+/// #[process] fn health(p: &mut Builder) { p.task(Ping::new()); }
+/// # #[tokio::main] async fn main() -> procession::Result<()> {
+/// let rt = Runtime::in_memory()
+///     .register::<Health>()
+///     .define(Definition::new("health-eu", Health {})?.metadata("region", "eu"))
+///     .start()
+///     .await?;
+/// assert_eq!(rt.get("health-eu").await?.unwrap().state(), procession::State::Idle);
+/// let report = rt.launch_id("health-eu").await?.wait().await?;
+/// assert!(report.is_success());
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Definition {
+    pub(super) id: String,
+    pub(super) process_type: &'static str,
+    pub(super) name: String,
+    pub(super) description: String,
+    pub(super) params: Value,
+    pub(super) metadata: BTreeMap<String, Value>,
+    pub(super) special: bool,
+    pub(super) warning: Option<String>,
+    pub(super) cancellable: bool,
+    pub(super) schedule: Option<Schedule>,
+}
+
+impl Definition {
+    /// A definition of `process` under `id`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Serialize`] when the parameters do not serialize.
+    #[allow(clippy::needless_pass_by_value)] // takes the process like `launch` does
+    pub fn new<P: Process>(id: impl Into<String>, process: P) -> Result<Self> {
+        Ok(Definition {
+            id: id.into(),
+            process_type: P::META.name,
+            name: P::META.name.to_owned(),
+            description: P::META.description.to_owned(),
+            params: to_value(&process, P::META.name)?,
+            metadata: BTreeMap::new(),
+            special: false,
+            warning: None,
+            cancellable: true,
+            schedule: P::META.schedule.map(Schedule::cron).transpose()?,
+        })
+    }
+
+    /// Launch the record on this schedule (default: the process's
+    /// `#[process(schedule = ...)]`, if any).
+    #[must_use]
+    pub fn schedule(mut self, schedule: Schedule) -> Self {
+        self.schedule = Some(schedule);
+        self
+    }
+
+    /// Never launch it on a schedule, whatever the process declares.
+    #[must_use]
+    pub fn unscheduled(mut self) -> Self {
+        self.schedule = None;
+        self
+    }
+
+    /// A display name (default: the process type's name).
+    #[must_use]
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// A metadata pair, for filtering.
+    #[must_use]
+    pub fn metadata(mut self, key: impl Into<String>, value: impl Into<Value>) -> Self {
+        self.metadata.insert(key.into(), value.into());
+        self
+    }
+
+    /// Hidden from default views.
+    #[must_use]
+    pub fn special(mut self, special: bool) -> Self {
+        self.special = special;
+        self
+    }
+
+    /// Text shown before a launch.
+    #[must_use]
+    pub fn warning(mut self, warning: impl Into<String>) -> Self {
+        self.warning = Some(warning.into());
+        self
+    }
+
+    /// Whether a cancel is allowed (default true).
+    #[must_use]
+    pub fn cancellable(mut self, cancellable: bool) -> Self {
+        self.cancellable = cancellable;
+        self
+    }
+}
+
+pub(super) fn to_value<T: Serialize>(v: &T, name: &str) -> Result<Value> {
+    serde_json::to_value(v).map_err(|source| Error::Serialize {
+        name: name.to_owned(),
+        source,
+    })
+}
+
+pub(super) enum StoreChoice {
+    Memory,
+    Path(PathBuf),
+    Temporary,
+    Custom(Arc<dyn Store>),
+}
+
+/// Configures and starts a [`Runtime`].
+///
+/// # Examples
+///
+/// ```
+/// # #[tokio::main] async fn main() -> procession::Result<()> {
+/// use std::time::Duration;
+/// let rt = procession::Runtime::temporary()
+///     .max_concurrency(8)
+///     .cancel_grace(Duration::from_secs(2))
+///     .progress_flush(Duration::from_millis(50))
+///     .start()
+///     .await?;
+/// rt.shutdown().await?;
+/// # Ok(()) }
+/// ```
+#[must_use]
+pub struct RuntimeBuilder {
+    pub(super) store: StoreChoice,
+    pub(super) strict: bool,
+    pub(super) max_concurrency: Option<usize>,
+    pub(super) process_concurrency: Option<usize>,
+    pub(super) grace: Duration,
+    pub(super) progress_flush: Duration,
+    pub(super) hooks: Vec<Arc<dyn Hooks>>,
+    pub(super) registry: HashMap<&'static str, Registered>,
+    pub(super) definitions: Vec<Definition>,
+    pub(super) task_records: bool,
+}
+
+impl fmt::Debug for RuntimeBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RuntimeBuilder")
+            .field("max_concurrency", &self.max_concurrency)
+            .field("process_concurrency", &self.process_concurrency)
+            .field("grace", &self.grace)
+            .field("progress_flush", &self.progress_flush)
+            .field("registered", &self.registry.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Default progress flush interval; `PROCESSION_PROGRESS_FLUSH_MS` overrides it.
+pub(super) const DEFAULT_PROGRESS_FLUSH: Duration = Duration::from_millis(100);
+
+pub(super) fn progress_flush_from_env() -> Duration {
+    std::env::var("PROCESSION_PROGRESS_FLUSH_MS")
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .filter(|&ms| ms > 0)
+        .map_or(DEFAULT_PROGRESS_FLUSH, Duration::from_millis)
+}
+
+impl RuntimeBuilder {
+    fn new(store: StoreChoice) -> Self {
+        RuntimeBuilder {
+            store,
+            strict: false,
+            max_concurrency: None,
+            process_concurrency: None,
+            grace: Duration::from_secs(5),
+            progress_flush: progress_flush_from_env(),
+            hooks: Vec::new(),
+            registry: HashMap::new(),
+            definitions: Vec::new(),
+            task_records: true,
+        }
+    }
+
+    /// Whether the tasks of each run are recorded as child records (default true). Without
+    /// them a run keeps only its process record and its report: a little faster, but a
+    /// run interrupted by a crash starts over instead of resuming task by task.
+    pub fn task_records(mut self, yes: bool) -> Self {
+        self.task_records = yes;
+        self
+    }
+
+    /// At most `n` tasks run at once across all runs of this runtime (default: no limit;
+    /// zero is refused by [`start`](RuntimeBuilder::start) with [`Error::Config`]).
+    pub fn max_concurrency(mut self, n: usize) -> Self {
+        self.max_concurrency = Some(n);
+        self
+    }
+
+    /// At most `n` tasks of one run run at once, unless the launch says otherwise (zero is
+    /// refused by [`start`](RuntimeBuilder::start) with [`Error::Config`]).
+    pub fn process_concurrency(mut self, n: usize) -> Self {
+        self.process_concurrency = Some(n);
+        self
+    }
+
+    /// How long a cancelled task may keep running before it is abandoned and ends
+    /// errored (default 5 s). The first cancel of a run fixes its deadline.
+    pub fn cancel_grace(mut self, grace: Duration) -> Self {
+        self.grace = grace;
+        self
+    }
+
+    /// How often buffered progress reaches the store (default 100 ms, or
+    /// `PROCESSION_PROGRESS_FLUSH_MS`). Task ends are written at once regardless.
+    pub fn progress_flush(mut self, every: Duration) -> Self {
+        self.progress_flush = every.max(Duration::from_millis(1));
+        self
+    }
+
+    /// Fsync once per group of writes (survives power loss; the default survives a crash
+    /// of the process). Only the sled store is affected.
+    pub fn strict(mut self, strict: bool) -> Self {
+        self.strict = strict;
+        self
+    }
+
+    /// Hooks called for every run of this runtime (after the process's own).
+    pub fn hooks(mut self, hooks: impl Hooks) -> Self {
+        self.hooks.push(Arc::new(hooks));
+        self
+    }
+
+    /// Declares a process type: runs of it can be launched by id and are resumed after a
+    /// restart. A run whose type is not registered is not resumed (it ends failed).
+    pub fn register<P: Process>(mut self) -> Self {
+        self.registry.insert(
+            P::META.name,
+            Registered {
+                meta: P::META,
+                build: build_erased::<P>,
+                hooks: P::hooks(),
+            },
+        );
+        self
+    }
+
+    /// Declares a process record kept in sync with the store (see [`Runtime::resync`]).
+    pub fn define(mut self, definition: Definition) -> Self {
+        self.definitions.push(definition);
+        self
+    }
+
+    /// Opens the store, resyncs the definitions and resumes the runs a previous process
+    /// left unfinished.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for a zero concurrency limit, [`Error::Store`] when the store
+    /// cannot be opened (a damaged or newer store names its path).
+    pub async fn start(self) -> Result<Runtime> {
+        crate::runtime::limits::at_least_one(
+            "RuntimeBuilder::max_concurrency",
+            self.max_concurrency,
+        )?;
+        crate::runtime::limits::at_least_one(
+            "RuntimeBuilder::process_concurrency",
+            self.process_concurrency,
+        )?;
+        // A definition the scheduler could never launch is refused now, not at its fire.
+        for d in &self.definitions {
+            if !self.registry.contains_key(d.process_type) {
+                return Err(Error::UnknownProcessType {
+                    name: d.process_type.to_owned(),
+                });
+            }
+        }
+        let strict = self.strict;
+        let store: Arc<dyn Store> = match self.store {
+            StoreChoice::Memory => Arc::new(MemoryStore::new()),
+            StoreChoice::Custom(s) => s,
+            StoreChoice::Path(p) => {
+                let s = blocking(move || SledStore::open(p)).await?;
+                Arc::new(s.strict(strict))
+            }
+            StoreChoice::Temporary => {
+                let s = blocking(SledStore::temporary).await?;
+                Arc::new(s.strict(strict))
+            }
+        };
+        let (events, _) = broadcast::channel(4096);
+        let writer = start_writer(store.clone(), self.progress_flush, events.clone())?;
+        let rt = Runtime {
+            inner: Arc::new(Inner {
+                location: store.location(),
+                store: Mutex::new(Some(store)),
+                worker: format!("worker-{:016x}", fastrand::u64(..)),
+                writer,
+                events,
+                permits: self
+                    .max_concurrency
+                    .map(|n| Arc::new(Semaphore::new(crate::runtime::limits::permits(n)))),
+                process_concurrency: self.process_concurrency,
+                grace: self.grace,
+                progress_flush: self.progress_flush,
+                hooks: self.hooks,
+                registry: self.registry,
+                definitions: Mutex::new(self.definitions),
+                active: Mutex::new(HashMap::new()),
+                siblings: Mutex::new(HashMap::new()),
+                shutting_down: AtomicBool::new(false),
+                halt: CancellationToken::new(),
+                scheduler_wake: Arc::new(tokio::sync::Notify::new()),
+                clock: Clock {
+                    wall0: std::time::SystemTime::now(),
+                    inst0: tokio::time::Instant::now(),
+                },
+                task_records: self.task_records,
+            }),
+        };
+        rt.resync().await?;
+        rt.resume_all().await?;
+        tokio::spawn(scheduler(Arc::downgrade(&rt.inner)));
+        Ok(rt)
+    }
+}
+
+/// Options of [`Runtime::adhoc_define`].
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct AdhocOptions {
+    /// Delete the record as soon as a run of it ends.
+    pub ephemeral: bool,
+    /// Metadata pairs.
+    pub metadata: BTreeMap<String, Value>,
+}
+
+impl Runtime {
+    /// A runtime on the embedded sled store in directory `path` (created if missing):
+    /// runs survive a crash and are resumed by the next `start`.
+    pub fn open(path: impl Into<PathBuf>) -> RuntimeBuilder {
+        RuntimeBuilder::new(StoreChoice::Path(path.into()))
+    }
+
+    /// A runtime on a sled store in a temporary directory, deleted at exit: for tests.
+    pub fn temporary() -> RuntimeBuilder {
+        RuntimeBuilder::new(StoreChoice::Temporary)
+    }
+
+    /// A runtime that keeps its records in memory: nothing survives the process.
+    pub fn in_memory() -> RuntimeBuilder {
+        RuntimeBuilder::new(StoreChoice::Memory)
+    }
+
+    /// A runtime on your own [`Store`].
+    pub fn with_store(store: impl Store) -> RuntimeBuilder {
+        RuntimeBuilder::new(StoreChoice::Custom(Arc::new(store)))
+    }
+
+    /// Names of the registered process types.
+    pub fn registered(&self) -> Vec<&'static str> {
+        let mut v: Vec<_> = self.inner.registry.keys().copied().collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// The progress flush interval in force.
+    pub fn progress_flush(&self) -> Duration {
+        self.inner.progress_flush
+    }
+
+    /// Creates an idle ad-hoc record for `process` under `id`; launch it with
+    /// [`launch_id`](Runtime::launch_id). Its type must be registered.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::AlreadyExists`], [`Error::UnknownProcessType`].
+    pub async fn adhoc_define<P: Process>(
+        &self,
+        id: &str,
+        process: P,
+        options: AdhocOptions,
+    ) -> Result<ProcessRecord> {
+        check_id(id)?;
+        if !self.inner.registry.contains_key(P::META.name) {
+            return Err(Error::UnknownProcessType {
+                name: P::META.name.to_owned(),
+            });
+        }
+        let params = to_value(&process, P::META.name)?;
+        let mut fresh =
+            ProcessRecord::new_root(id, P::META.name, P::META.name, P::META.description, params);
+        fresh.adhoc = true;
+        fresh.ephemeral = options.ephemeral;
+        fresh.metadata = options.metadata;
+        let id_owned = id.to_owned();
+        let rec = self
+            .inner
+            .try_update(id, move |cur| match cur {
+                Some(_) => (
+                    Update::Keep,
+                    Some(Error::AlreadyExists {
+                        id: id_owned.clone(),
+                    }),
+                ),
+                None => (Update::Put(Box::new(fresh.clone())), None),
+            })
+            .await?;
+        Ok(rec)
+    }
+
+    /// Deletes an ad-hoc record and its task records.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotFound`] (also for records that are not ad-hoc), [`Error::Active`].
+    pub async fn adhoc_delete(&self, id: &str) -> Result<()> {
+        let id_owned = id.to_owned();
+        let (_, refusal) = self
+            .inner
+            .update(id, move |cur| match cur {
+                Some(r) if r.adhoc && r.state().is_active() => (
+                    Update::Keep,
+                    Some(Error::Active {
+                        id: id_owned.clone(),
+                        state: r.state(),
+                    }),
+                ),
+                Some(r) if r.adhoc => (Update::Delete, None),
+                _ => (
+                    Update::Keep,
+                    Some(Error::NotFound {
+                        id: id_owned.clone(),
+                    }),
+                ),
+            })
+            .await?;
+        if let Some(e) = refusal {
+            return Err(e);
+        }
+        self.inner.clear_run(id).await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,164 @@
+//! Cancelling and dismissing runs, and settling a run that cannot be resumed.
+
+use crate::record::{ProcessRecord, RecordKind, State};
+use crate::store::Update;
+
+use super::{Error, Result, Runtime};
+
+impl Runtime {
+    /// Cancels a scheduled or running process, and its child processes.
+    ///
+    /// A scheduled process ends `cancelled` at once. A running one moves to
+    /// `cancel_requested` and its tasks are signalled; it ends `cancelled` once they
+    /// return (or `failed` if one ignores the cancel past the grace period). A record that
+    /// is active in the store with no run behind it in this runtime (its run was lost) is
+    /// settled `cancelled` at once. Of several concurrent cancels exactly one succeeds;
+    /// a cancel that races the run's end either wins (the run ends `cancelled`) or is
+    /// refused because the run has ended.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotFound`], [`Error::NotCancellable`] (the record does not allow a
+    /// cancel), [`Error::NotCancellableState`] (not scheduled or running: ended, or
+    /// already being cancelled).
+    pub async fn cancel(&self, id: &str) -> Result<ProcessRecord> {
+        let id_owned = id.to_owned();
+        let rec = self
+            .inner
+            .try_update(id, move |cur| match cur {
+                None => (
+                    Update::Keep,
+                    Some(Error::NotFound {
+                        id: id_owned.clone(),
+                    }),
+                ),
+                Some(r) if r.kind != RecordKind::Process => (
+                    Update::Keep,
+                    Some(Error::NotFound {
+                        id: id_owned.clone(),
+                    }),
+                ),
+                Some(r) if !r.cancellable => (
+                    Update::Keep,
+                    Some(Error::NotCancellable {
+                        id: id_owned.clone(),
+                        state: r.state(),
+                    }),
+                ),
+                Some(r) if !r.state().is_cancellable() => (
+                    Update::Keep,
+                    Some(Error::NotCancellableState {
+                        id: id_owned.clone(),
+                        state: r.state(),
+                    }),
+                ),
+                Some(r) => {
+                    let mut r = r.clone();
+                    if r.state() == State::Scheduled {
+                        r.set_state(State::Cancelled);
+                    } else {
+                        r.set_state(State::CancelRequested);
+                    }
+                    (Update::Put(Box::new(r)), None)
+                }
+            })
+            .await?;
+        let live = self.inner.active().get(id).map(|a| a.cancel.clone());
+        let mut rec = rec;
+        match live {
+            Some(token) => token.cancel(),
+            None if rec.state() == State::CancelRequested => {
+                // No run behind the record here: nothing will acknowledge the cancel.
+                self.settle(id, None, State::Cancelled, None).await?;
+                rec = self.inner.get(id).await?.unwrap_or(rec);
+            }
+            None => {}
+        }
+        self.cancel_children(id).await;
+        Ok(rec)
+    }
+
+    /// Cancels the active children of `id` (through the store's links, so children with no
+    /// run in memory are reached too).
+    pub(super) async fn cancel_children(&self, id: &str) {
+        let parent = id.to_owned();
+        let Ok(children) = self.inner.read(move |s| s.children(&parent)).await else {
+            return;
+        };
+        for c in children {
+            if c.state().is_active() && c.kind == RecordKind::Process {
+                // Boxed: a tree of children is cancelled recursively.
+                let _ = Box::pin(self.cancel(&c.id)).await;
+            }
+        }
+    }
+
+    /// Resets an ended process to idle: clears the last run's fields and deletes its task
+    /// records.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotFound`], [`Error::NotDismissable`] (not done, failed or cancelled).
+    pub async fn dismiss(&self, id: &str) -> Result<ProcessRecord> {
+        let id_owned = id.to_owned();
+        let rec = self
+            .inner
+            .try_update(id, move |cur| match cur {
+                None => (
+                    Update::Keep,
+                    Some(Error::NotFound {
+                        id: id_owned.clone(),
+                    }),
+                ),
+                Some(r) if !r.state().is_dismissable() || r.kind != RecordKind::Process => (
+                    Update::Keep,
+                    Some(Error::NotDismissable {
+                        id: id_owned.clone(),
+                        state: r.state(),
+                    }),
+                ),
+                Some(r) => {
+                    let mut r = r.clone();
+                    if let Err(e) = r.transition(State::Idle) {
+                        return (Update::Keep, Some(e.into()));
+                    }
+                    r.clear_run();
+                    r.run = None;
+                    (Update::Put(Box::new(r)), None)
+                }
+            })
+            .await?;
+        self.delete_descendants(id).await?;
+        self.inner.clear_run(id).await?;
+        Ok(rec)
+    }
+
+    pub(super) async fn settle(
+        &self,
+        id: &str,
+        token: Option<u64>,
+        to: State,
+        error: Option<String>,
+    ) -> Result<()> {
+        let (rec, ()) = self
+            .inner
+            .update(id, move |cur| match cur {
+                Some(r)
+                    if r.state().is_active()
+                        && (token.is_none() || r.run.as_ref().map(|m| m.token) == token) =>
+                {
+                    let mut r = r.clone();
+                    r.status.error.clone_from(&error);
+                    if to == State::Cancelled && r.state() == State::CancelRequested {
+                        r.set_state(State::Cancelling);
+                    }
+                    r.set_state(to);
+                    (Update::Put(Box::new(r)), ())
+                }
+                _ => (Update::Keep, ()),
+            })
+            .await?;
+        drop(rec);
+        Ok(())
+    }
+}

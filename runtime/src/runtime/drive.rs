@@ -1,0 +1,270 @@
+//! The lifecycle of one run: `drive` marks it running, executes its graph and records
+//! how it ended.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::exec::{execute, Resume, RunConfig};
+use crate::graph::Graph;
+use crate::hooks::Hooks;
+use crate::journal::RunJournal;
+use crate::record::{ProcessRecord, State};
+use crate::report::{RunReport, RunStatus, TaskReport};
+use crate::store::{Batch, Query, TaskRow, Update};
+use crate::task::ctx::RuntimeHandle;
+
+use super::{state_event, ChildSpawner, Inner};
+
+/// One run handed to [`drive`].
+pub(super) struct Run {
+    pub(super) rec: ProcessRecord,
+    pub(super) graph: Graph,
+    pub(super) hooks: Vec<Arc<dyn Hooks>>,
+    pub(super) resume: Option<Resume>,
+    /// Distinguishes this run of the record from earlier and later ones.
+    pub(super) token: u64,
+    /// The lease token every task row of this run carries (fencing).
+    pub(super) lease: u64,
+    pub(super) cancel: CancellationToken,
+}
+
+/// Runs one graph for record `rec` and writes the outcome; `None` when the runtime
+/// suspended the run (nothing is recorded then: the next start resumes it).
+pub(super) async fn drive(inner: Arc<Inner>, run: Run) -> Option<RunReport> {
+    let Run {
+        rec,
+        graph,
+        hooks,
+        resume,
+        token,
+        lease,
+        cancel,
+    } = run;
+    let id = rec.id.clone();
+    let run_meta = rec.run.clone();
+    // scheduled -> running, unless a cancel got there first.
+    let started = inner
+        .update(&id, move |cur| match cur {
+            Some(r) if r.run.as_ref().map(|m| m.token) == Some(token) => {
+                let mut r = r.clone();
+                match r.transition(State::Running) {
+                    Ok(()) => (Update::Put(Box::new(r)), true),
+                    Err(_) => (Update::Keep, false),
+                }
+            }
+            _ => (Update::Keep, false),
+        })
+        .await;
+    let running = match started {
+        Ok((Some(_), true)) => true,
+        Ok(_) => false,
+        Err(e) => {
+            tracing::error!(run = %id, error = %e, "cannot start run");
+            false
+        }
+    };
+    if !running {
+        cancel.cancel();
+    }
+    // One shared copy of each task name, whatever the number of nodes running it.
+    let mut names: rustc_hash::FxHashMap<&'static str, Arc<str>> = HashMap::default();
+    let rows: Vec<TaskRow> = graph
+        .nodes
+        .iter()
+        .map(|n| TaskRow {
+            task: names
+                .entry(n.meta.name)
+                .or_insert_with(|| Arc::from(n.meta.name))
+                .clone(),
+            node: n.id.clone(),
+            state: State::Scheduled,
+            attempts: 0,
+            started_at: None,
+            ended_at: None,
+            elapsed_ns: 0,
+            skipped: false,
+            error: None,
+            chain: Vec::new(),
+            progress: crate::record::Progress::default(),
+            log: Vec::new(),
+            result: None,
+            lease,
+        })
+        .collect();
+    let journal = if running && inner.task_records {
+        Some(RunJournal::new(
+            Arc::from(id.as_str()),
+            rows,
+            inner.writer.clone(),
+            inner.progress_flush,
+        ))
+    } else {
+        None
+    };
+    // The executor acknowledges a cancel: cancel_requested -> cancelling. A cancel that
+    // came through the run's token alone (a parent cancelling its child, a user's token)
+    // is recorded as requested first, so the record follows the state table.
+    let ack = {
+        let inner = inner.clone();
+        let cancel = cancel.clone();
+        let id = id.clone();
+        tokio::spawn(async move {
+            cancel.cancelled().await;
+            let _ = inner
+                .update(&id, move |cur| match cur {
+                    Some(r)
+                        if matches!(r.state(), State::CancelRequested | State::Running)
+                            && r.run.as_ref().map(|m| m.token) == Some(token) =>
+                    {
+                        let mut r = r.clone();
+                        if r.state() == State::Running {
+                            r.set_state(State::CancelRequested);
+                        }
+                        r.set_state(State::Cancelling);
+                        (Update::Put(Box::new(r)), ())
+                    }
+                    _ => (Update::Keep, ()),
+                })
+                .await;
+        })
+    };
+    let cfg = RunConfig {
+        run_id: Arc::from(id.as_str()),
+        max_concurrency: run_meta
+            .as_ref()
+            .and_then(|m| m.max_concurrency)
+            .or(inner.process_concurrency),
+        permits: inner.permits.clone(),
+        hooks,
+        cancel: cancel.clone(),
+        halt: inner.halt.clone(),
+        grace: inner.grace,
+        journal: journal.clone(),
+        resume,
+        runtime: Some(RuntimeHandle(Arc::new(ChildSpawner {
+            inner: Arc::downgrade(&inner),
+            parent: id.clone(),
+        }))),
+    };
+    let report = execute(graph, cfg).await;
+    if let Some(j) = &journal {
+        if let Err(e) = j.sync().await {
+            tracing::error!(run = %id, error = %e, "cannot record the run's tasks");
+        }
+    }
+    // Wait for the acknowledgement of a cancel, so that it is written before the end.
+    if cancel.is_cancelled() {
+        let _ = ack.await;
+    } else {
+        ack.abort();
+    }
+    let Some(mut report) = report else {
+        return None; // suspended: the record stays active and is resumed at the next start
+    };
+    if !running {
+        return Some(report);
+    }
+    let end = report.status.end_state();
+    let error = (end == State::Failed).then(|| run_error(&report));
+    let id2 = id.clone();
+    // The end is one write: the record's state (a cancel that came first wins: the run
+    // ends cancelled, whatever its tasks did) and, for an ephemeral record, its deletion
+    // with its children and task rows.
+    let owner = inner.worker.clone();
+    let ended = inner
+        .write(move |store| {
+            let mut final_state = None;
+            let mut delete = false;
+            let rec = store.update(&id2, &mut |cur| match cur {
+                Some(r)
+                    if r.state().is_active() && r.run.as_ref().map(|m| m.token) == Some(token) =>
+                {
+                    let mut r = r.clone();
+                    // A cancel that came before the end wins over a success (the table
+                    // has no cancel_requested -> done); a task that ignored it past the
+                    // grace period still fails the run.
+                    let cancel_won = end == State::Done
+                        && matches!(r.state(), State::CancelRequested | State::Cancelling);
+                    let end = if cancel_won { State::Cancelled } else { end };
+                    final_state = Some(end);
+                    if r.ephemeral {
+                        delete = true;
+                        return Update::Delete;
+                    }
+                    if r.state() == State::CancelRequested {
+                        r.set_state(State::Cancelling);
+                    }
+                    r.status.error = if end == State::Failed {
+                        error.clone()
+                    } else {
+                        None
+                    };
+                    r.set_state(end);
+                    if end == State::Done {
+                        r.progress.percent = Some(100.0);
+                    }
+                    Update::Put(Box::new(r))
+                }
+                _ => Update::Keep,
+            })?;
+            let mut events = Vec::new();
+            if delete {
+                let mut doomed: Vec<String> = store
+                    .list_all(&Query::new().root(id2.clone()))?
+                    .into_iter()
+                    .map(|r| r.id)
+                    .filter(|c| c != &id2)
+                    .collect();
+                doomed.push(id2.clone());
+                store.apply(Batch {
+                    delete_processes: doomed,
+                    ..Batch::default()
+                })?;
+            } else if let Some(r) = &rec {
+                if final_state.is_some() {
+                    events.push(state_event(r));
+                }
+            }
+            // The run is over: its claim is given up (a stale token changes nothing).
+            store.release(&crate::store::Lease {
+                run: id2.clone(),
+                owner,
+                token: lease,
+                expires_at: 0,
+            })?;
+            Ok((final_state, events))
+        })
+        .await;
+    match ended {
+        Ok(Some(State::Cancelled)) if report.status != RunStatus::Cancelled => {
+            // The cancel won the race with the end: the live report says what the store says.
+            report.status = RunStatus::Cancelled;
+        }
+        Ok(_) => {}
+        Err(e) => tracing::error!(run = %id, error = %e, "cannot record the run's end"),
+    }
+    drop(journal);
+    Some(report)
+}
+
+/// The message stored on a failed run's record.
+pub(super) fn run_error(report: &RunReport) -> String {
+    let errored: Vec<&TaskReport> = report.errored();
+    match errored.first() {
+        None => "the run failed".into(),
+        Some(t) => {
+            let msg = t.error.as_ref().map_or("", |e| e.message.as_str());
+            if errored.len() == 1 {
+                format!("task `{}` failed: {msg}", t.id)
+            } else {
+                format!(
+                    "task `{}` failed: {msg} (and {} more)",
+                    t.id,
+                    errored.len() - 1
+                )
+            }
+        }
+    }
+}

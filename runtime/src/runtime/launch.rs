@@ -1,0 +1,578 @@
+//! Launching runs: [`Launch`] options, `launch`/`run`/`launch_id`/`launch_graph`, the
+//! write of a launch (`enqueue`) and the handing of a run to its driver (`spawn_run`).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde_json::Value;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::exec::{execute, Resume, RunConfig};
+use crate::graph::process::Process;
+use crate::graph::{Graph, GraphError, TaskGraph};
+use crate::hooks::Hooks;
+use crate::record::{ProcessRecord, RecordKind, RunMeta, State};
+use crate::report::RunReport;
+use crate::store::Update;
+use crate::store::{Batch, Query};
+
+use super::{
+    drive, state_event, to_value, ActiveRun, Error, Reserved, Result, Run, RunHandle, Runtime,
+};
+
+/// A launch of a process with options: id, launch options, concurrency, idempotency key.
+///
+/// # Examples
+///
+/// ```
+/// use procession::prelude::*;
+/// #[task] fn dump() {}
+/// #[process]
+/// fn job(p: &mut Builder) { if p.option("debug").unwrap_or(false) { p.task(Dump::new()); } }
+/// # #[tokio::main] async fn main() -> procession::Result<()> {
+/// let rt = Runtime::in_memory().start().await?;
+/// let run = rt.launch(Launch::new(Job {}).id("job-1").option("debug", true)?.max_concurrency(2)).await?;
+/// assert_eq!(run.id(), "job-1");
+/// assert_eq!(run.wait().await?.tasks.len(), 1);
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct Launch<P> {
+    pub(super) process: P,
+    pub(super) id: Option<String>,
+    pub(super) options: BTreeMap<String, Value>,
+    pub(super) max_concurrency: Option<usize>,
+    pub(super) idempotency_key: Option<String>,
+    pub(super) ephemeral: bool,
+    pub(super) metadata: BTreeMap<String, Value>,
+}
+
+impl<P: Process> Launch<P> {
+    /// A launch of `process` with default settings.
+    pub fn new(process: P) -> Self {
+        Launch {
+            process,
+            id: None,
+            options: BTreeMap::new(),
+            max_concurrency: None,
+            idempotency_key: None,
+            ephemeral: false,
+            metadata: BTreeMap::new(),
+        }
+    }
+
+    /// The run's id (default: `<process name>-<n>`). Launching an id whose record has
+    /// ended relaunches it (the previous run's task records are deleted).
+    #[must_use]
+    pub fn id(mut self, id: impl Into<String>) -> Self {
+        self.id = Some(id.into());
+        self
+    }
+
+    /// A launch option, read by the builder with [`Builder::option`](crate::Builder::option).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Serialize`] when `value` does not serialize.
+    pub fn option(mut self, name: impl Into<String>, value: impl Serialize) -> Result<Self> {
+        let name = name.into();
+        let value = to_value(&value, &format!("launch option `{name}`"))?;
+        self.options.insert(name, value);
+        Ok(self)
+    }
+
+    /// At most `n` tasks of this run at once (zero is refused by the launch with
+    /// [`Error::Config`]).
+    #[must_use]
+    pub fn max_concurrency(mut self, n: usize) -> Self {
+        self.max_concurrency = Some(n);
+        self
+    }
+
+    /// A second launch with the same key returns the run of the first instead of starting
+    /// another (also across restarts).
+    #[must_use]
+    pub fn idempotency_key(mut self, key: impl Into<String>) -> Self {
+        self.idempotency_key = Some(key.into());
+        self
+    }
+
+    /// Delete the record (and its task records) as soon as the run ends.
+    #[must_use]
+    pub fn ephemeral(mut self) -> Self {
+        self.ephemeral = true;
+        self
+    }
+
+    /// A metadata pair stored on the record, for [`Runtime::list`].
+    #[must_use]
+    pub fn metadata(mut self, key: impl Into<String>, value: impl Into<Value>) -> Self {
+        self.metadata.insert(key.into(), value.into());
+        self
+    }
+}
+
+impl<P: Process> From<P> for Launch<P> {
+    fn from(process: P) -> Self {
+        Launch::new(process)
+    }
+}
+
+/// How long a claim on a run lasts. The sled and memory stores serve one process, so
+/// nothing takes an expired run over there; a shared store renews leases.
+pub(super) const LEASE_TTL_MS: u64 = 30_000;
+
+/// What the launch's write found.
+pub(super) enum Enqueued {
+    /// Written and claimed with this lease token.
+    Written(Box<ProcessRecord>, u64),
+    /// The idempotency key names this run already.
+    Existing(String),
+    /// Refused; nothing was written.
+    Refused(Error),
+}
+
+pub(super) fn check_id(id: &str) -> Result<()> {
+    let reason = if id.is_empty() {
+        "it is empty"
+    } else if id.len() > 512 {
+        "it is longer than 512 bytes"
+    } else if id.contains('\0') {
+        "it contains a NUL character"
+    } else {
+        return Ok(());
+    };
+    Err(Error::InvalidId {
+        id: id.to_owned(),
+        reason,
+    })
+}
+
+impl Runtime {
+    /// Builds the process's graph, writes its record (scheduled) and starts running it.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Graph`] when the graph is invalid (nothing is written then),
+    /// [`Error::NotLaunchable`] when a record with this id is active,
+    /// [`Error::ShuttingDown`] after [`shutdown`](Runtime::shutdown),
+    /// [`Error::Config`] for [`Launch::max_concurrency`]`(0)` (nothing is written then).
+    pub async fn launch<P: Process>(&self, launch: impl Into<Launch<P>>) -> Result<RunHandle> {
+        let launch = launch.into();
+        if self.inner.shutting_down.load(Ordering::Acquire) {
+            return Err(Error::ShuttingDown);
+        }
+        crate::runtime::limits::at_least_one("Launch::max_concurrency", launch.max_concurrency)?;
+        // The key first: every launch with a known key gets the one run it names.
+        if let Some(key) = launch.idempotency_key.clone() {
+            if let Some(owner) = self.inner.read(move |s| s.idempotent(&key)).await? {
+                return self.attach(&owner).await;
+            }
+        }
+        let params = to_value(
+            &launch.process,
+            &format!("parameters of `{}`", P::META.name),
+        )?;
+        let id = match launch.id.clone() {
+            Some(id) => id,
+            None => format!("{}-{}", P::META.name, self.next_id().await?),
+        };
+        check_id(&id)?;
+        let graph = Graph::with_options(launch.process, launch.options.clone())?;
+        let mut hooks: Vec<Arc<dyn Hooks>> = P::hooks().into_iter().collect();
+        hooks.extend(self.inner.hooks.iter().cloned());
+        let meta = RunMeta {
+            token: 0,
+            fingerprint: graph.fingerprint(),
+            options: launch.options,
+            tasks: graph.len() as u32,
+            idempotency_key: launch.idempotency_key,
+            max_concurrency: launch.max_concurrency,
+            resumes: 0,
+        };
+        let fresh = ProcessRecord {
+            adhoc: true,
+            ephemeral: launch.ephemeral,
+            metadata: launch.metadata,
+            ..ProcessRecord::new_root(
+                &id,
+                P::META.name,
+                P::META.name,
+                P::META.description,
+                params.clone(),
+            )
+        };
+        self.enqueue(&id, P::META.name, Some(params), fresh, meta, graph, hooks)
+            .await
+    }
+
+    /// Launches and waits: the report of a full run.
+    pub async fn run<P: Process>(&self, launch: impl Into<Launch<P>>) -> Result<RunReport> {
+        self.launch(launch).await?.wait().await
+    }
+
+    /// Launches the existing record `id` (a definition or an ad-hoc process), rebuilding
+    /// its graph from the stored parameters.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotFound`], [`Error::NotLaunchable`], [`Error::UnknownProcessType`].
+    pub async fn launch_id(&self, id: &str) -> Result<RunHandle> {
+        if self.inner.shutting_down.load(Ordering::Acquire) {
+            return Err(Error::ShuttingDown);
+        }
+        let rec = self
+            .inner
+            .get(id)
+            .await?
+            .ok_or_else(|| Error::NotFound { id: id.to_owned() })?;
+        if rec.kind != RecordKind::Process {
+            return Err(Error::NotFound { id: id.to_owned() });
+        }
+        if !rec.state().is_launchable() {
+            return Err(Error::NotLaunchable {
+                id: id.to_owned(),
+                state: rec.state(),
+            });
+        }
+        let reg = self
+            .inner
+            .registry
+            .get(rec.process_type.as_str())
+            .cloned()
+            .ok_or_else(|| Error::UnknownProcessType {
+                name: rec.process_type.clone(),
+            })?;
+        let options = BTreeMap::new();
+        let graph = (reg.build)(rec.params.clone(), options.clone())?;
+        let mut hooks: Vec<Arc<dyn Hooks>> = reg.hooks.clone().into_iter().collect();
+        hooks.extend(self.inner.hooks.iter().cloned());
+        let meta = RunMeta {
+            token: 0,
+            fingerprint: graph.fingerprint(),
+            options,
+            tasks: graph.len() as u32,
+            idempotency_key: None,
+            max_concurrency: None,
+            resumes: 0,
+        };
+        self.enqueue(id, reg.meta.name, None, rec, meta, graph, hooks)
+            .await
+    }
+
+    pub(super) async fn next_id(&self) -> Result<u64> {
+        self.inner.write(|s| Ok((s.next_id()?, Vec::new()))).await
+    }
+
+    /// Writes the record as scheduled (CAS on a launchable state) and claims the run,
+    /// clears the previous run's task records, and starts the driver. With an
+    /// idempotency key, the key is taken in the same write; a key taken meanwhile gives
+    /// a handle on its run instead.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn enqueue(
+        &self,
+        id: &str,
+        process_type: &'static str,
+        params: Option<Value>,
+        fresh: ProcessRecord,
+        mut meta: RunMeta,
+        graph: Graph,
+        hooks: Vec<Arc<dyn Hooks>>,
+    ) -> Result<RunHandle> {
+        // Distinguishes this run from earlier and later runs of the same record.
+        meta.token = fastrand::u64(1..);
+        let token = meta.token;
+        let key = meta.idempotency_key.clone();
+        let (id_owned, worker) = (id.to_owned(), self.inner.worker.clone());
+        let decide =
+            move |cur: Option<&ProcessRecord>| -> std::result::Result<ProcessRecord, Error> {
+                let mut r = match cur {
+                    None => fresh.clone(),
+                    Some(cur)
+                        if cur.kind != RecordKind::Process || !cur.state().is_launchable() =>
+                    {
+                        return Err(Error::NotLaunchable {
+                            id: id_owned.clone(),
+                            state: cur.state(),
+                        })
+                    }
+                    Some(cur) if cur.process_type != process_type => {
+                        return Err(Error::WrongType {
+                            id: id_owned.clone(),
+                            found: cur.process_type.clone(),
+                            expected: process_type.to_owned(),
+                        })
+                    }
+                    Some(cur) => {
+                        let mut r = cur.clone();
+                        r.clear_run();
+                        if let Some(p) = &params {
+                            r.params = p.clone();
+                        }
+                        r.ephemeral |= fresh.ephemeral;
+                        r.metadata.extend(fresh.metadata.clone());
+                        r
+                    }
+                };
+                r.transition(State::Scheduled)?;
+                r.run = Some(meta.clone());
+                Ok(r)
+            };
+        let id_owned = id.to_owned();
+        let reserved = self.reserve(id, token);
+        let outcome = self
+            .inner
+            .write(move |store| {
+                if let Some(k) = &key {
+                    if let Some(owner) = store.idempotent(k)? {
+                        return Ok((Enqueued::Existing(owner), Vec::new()));
+                    }
+                }
+                let mut refusal = None;
+                let rec = store.update(&id_owned, &mut |cur| match decide(cur) {
+                    Ok(r) => Update::Put(Box::new(r)),
+                    Err(e) => {
+                        refusal = Some(e);
+                        Update::Keep
+                    }
+                })?;
+                if let Some(e) = refusal {
+                    return Ok((Enqueued::Refused(e), Vec::new()));
+                }
+                let Some(rec) = rec else {
+                    return Ok((
+                        Enqueued::Refused(Error::NotFound { id: id_owned }),
+                        Vec::new(),
+                    ));
+                };
+                // In the same write: the previous run's task rows go, and for a root,
+                // the children of its previous runs.
+                let mut clear = Batch {
+                    clear_runs: vec![id_owned.clone()],
+                    ..Batch::default()
+                };
+                if rec.depth == 0 {
+                    clear.delete_processes = store
+                        .list_all(&Query::new().root(id_owned.clone()))?
+                        .into_iter()
+                        .map(|r| r.id)
+                        .filter(|c| c != &id_owned)
+                        .collect();
+                }
+                store.apply(clear)?;
+                if let Some(k) = &key {
+                    store.claim_idempotent(k, &id_owned)?;
+                }
+                let lease = store.claim(&id_owned, &worker, LEASE_TTL_MS)?;
+                let events = vec![state_event(&rec)];
+                Ok((Enqueued::Written(Box::new(rec), lease.token), events))
+            })
+            .await;
+        let (rec, lease) = match outcome {
+            Ok(Enqueued::Written(rec, lease)) => (*rec, lease),
+            Ok(Enqueued::Existing(owner)) => {
+                self.unreserve(id, token);
+                return self.attach(&owner).await;
+            }
+            Ok(Enqueued::Refused(e)) | Err(e) => {
+                self.unreserve(id, token);
+                return Err(e);
+            }
+        };
+        Ok(self.spawn_run(rec, graph, hooks, None, token, lease, reserved))
+    }
+
+    /// Makes run `token` of record `id` findable before its launch is written, so that a
+    /// concurrent launch with the same idempotency key finds it live. `None` when another
+    /// run of `id` is live here (the launch's write then refuses).
+    pub(super) fn reserve(&self, id: &str, token: u64) -> Option<Reserved> {
+        let mut active = self.inner.active();
+        if active.contains_key(id) {
+            return None;
+        }
+        let cancel = CancellationToken::new();
+        let (tx, rx) = watch::channel(None);
+        active.insert(
+            id.to_owned(),
+            ActiveRun {
+                token,
+                cancel: cancel.clone(),
+                done: rx,
+            },
+        );
+        Some(Reserved { cancel, tx })
+    }
+
+    /// Forgets a reservation whose launch was refused.
+    pub(super) fn unreserve(&self, id: &str, token: u64) {
+        let mut active = self.inner.active();
+        if active.get(id).is_some_and(|a| a.token == token) {
+            active.remove(id);
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn spawn_run(
+        &self,
+        rec: ProcessRecord,
+        graph: Graph,
+        hooks: Vec<Arc<dyn Hooks>>,
+        resume: Option<Resume>,
+        token: u64,
+        lease: u64,
+        reserved: Option<Reserved>,
+    ) -> RunHandle {
+        let Reserved { cancel, tx } = reserved.unwrap_or_else(|| {
+            let (tx, _) = watch::channel(None);
+            Reserved {
+                cancel: CancellationToken::new(),
+                tx,
+            }
+        });
+        let rx = tx.subscribe();
+        self.inner.active().insert(
+            rec.id.clone(),
+            ActiveRun {
+                token,
+                cancel: cancel.clone(),
+                done: rx.clone(),
+            },
+        );
+        let handle = RunHandle {
+            id: rec.id.clone(),
+            cancel: cancel.clone(),
+            done: rx,
+            runtime: Some(Arc::downgrade(&self.inner)),
+        };
+        let inner = self.inner.clone();
+        tokio::spawn(async move {
+            let id = rec.id.clone();
+            let run = Run {
+                rec,
+                graph,
+                hooks,
+                resume,
+                token,
+                lease,
+                cancel,
+            };
+            let report = drive(inner.clone(), run).await;
+            {
+                let mut active = inner.active();
+                if active.get(&id).is_some_and(|a| a.token == token) {
+                    active.remove(&id);
+                }
+            }
+            // A suspended run has no report: its waiters learn that the runtime stopped.
+            if let Some(report) = report {
+                let _ = tx.send(Some(Arc::new(report)));
+            }
+        });
+        handle
+    }
+
+    /// A handle on an existing run: live when the run is active here (launched or
+    /// resumed, or being launched), otherwise ended with the report the store holds.
+    pub(super) async fn attach(&self, id: &str) -> Result<RunHandle> {
+        if let Some(h) = self.live_handle(id) {
+            return Ok(h);
+        }
+        // Ended, or active in the store with no run here: after `start` every run this
+        // store holds is resumed (children first), so such a record was orphaned; what
+        // the store says is the answer.
+        let report = self.report(id).await?;
+        let (_tx, rx) = watch::channel(Some(Arc::new(report)));
+        Ok(RunHandle {
+            id: id.to_owned(),
+            cancel: CancellationToken::new(),
+            done: rx,
+            runtime: Some(Arc::downgrade(&self.inner)),
+        })
+    }
+
+    pub(super) fn live_handle(&self, id: &str) -> Option<RunHandle> {
+        self.inner.active().get(id).map(|a| RunHandle {
+            id: id.to_owned(),
+            cancel: a.cancel.clone(),
+            done: a.done.clone(),
+            runtime: Some(Arc::downgrade(&self.inner)),
+        })
+    }
+
+    /// Starts running a graph assembled by name (or an already built [`Graph`]). Such
+    /// runs have no parameters to rebuild from, so they are not recorded or resumed.
+    pub async fn launch_graph(&self, graph: impl IntoGraph) -> Result<RunHandle> {
+        if self.inner.shutting_down.load(Ordering::Acquire) {
+            return Err(Error::ShuttingDown);
+        }
+        let graph = graph.into_graph()?;
+        let id = format!("{}-{}", graph.name(), self.next_id().await?);
+        let cancel = CancellationToken::new();
+        let (tx, rx) = watch::channel(None);
+        let cfg = RunConfig {
+            run_id: Arc::from(id.as_str()),
+            max_concurrency: self.inner.process_concurrency,
+            permits: self.inner.permits.clone(),
+            hooks: self.inner.hooks.clone(),
+            cancel: cancel.clone(),
+            halt: self.inner.halt.clone(),
+            grace: self.inner.grace,
+            journal: None,
+            resume: None,
+            runtime: None,
+        };
+        tokio::spawn(async move {
+            if let Some(report) = execute(graph, cfg).await {
+                let _ = tx.send(Some(Arc::new(report)));
+            }
+        });
+        Ok(RunHandle {
+            id,
+            cancel,
+            done: rx,
+            runtime: None,
+        })
+    }
+
+    /// Runs a graph assembled by name (or an already built [`Graph`]) to the end.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use procession::prelude::*;
+    /// #[task] fn producer() -> i64 { 21 }
+    /// #[task] fn consumer(x: i64) -> i64 { x * 2 }
+    /// # #[tokio::main] async fn main() -> procession::Result<()> {
+    /// let mut g = TaskGraph::new();
+    /// let x = g.add("Producer", Producer::new())?;
+    /// g.add("Consumer", Consumer::new(x))?;
+    /// let rt = Runtime::in_memory().start().await?;
+    /// let report = rt.run_graph(g).await?;
+    /// assert_eq!(report.result::<i64>("consumer").unwrap(), 42);
+    /// # Ok(()) }
+    /// ```
+    pub async fn run_graph(&self, graph: impl IntoGraph) -> Result<RunReport> {
+        self.launch_graph(graph).await?.wait().await
+    }
+}
+
+/// Something the runtime can turn into a [`Graph`]: a [`TaskGraph`] or a built graph.
+pub trait IntoGraph {
+    /// Validates and converts.
+    fn into_graph(self) -> Result<Graph, GraphError>;
+}
+
+impl IntoGraph for TaskGraph {
+    fn into_graph(self) -> Result<Graph, GraphError> {
+        self.build()
+    }
+}
+
+impl IntoGraph for Graph {
+    fn into_graph(self) -> Result<Graph, GraphError> {
+        Ok(self)
+    }
+}

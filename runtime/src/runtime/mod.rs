@@ -1,0 +1,364 @@
+//! The public [`Runtime`] (the top layer: the only place where every layer meets and the
+//! only one naming `Runtime` or the API [`Error`]): launches runs of processes, keeps
+//! their records in a store, resumes them after a restart, and answers queries.
+//!
+//! # What a crash can lose
+//!
+//! Every state change and every task result goes through one writer thread that applies
+//! them in order and flushes once per group of writes (group commit). A task's end is
+//! reported as finished (events, [`RunHandle::wait`], the run's record) only after its
+//! write is flushed. A crash of the process (`kill -9`) therefore loses at most the
+//! progress and log entries not yet flushed and the ends of tasks not yet reported, which
+//! are then run again; never a result reported as finished. With the sled store, a power
+//! loss can also lose the writes of the last ~500 ms unless the store is opened in strict
+//! mode ([`RuntimeBuilder::strict`]), which fsyncs once per group.
+
+mod builder;
+pub(crate) mod children;
+mod control;
+mod drive;
+mod error;
+mod launch;
+mod limits;
+mod query;
+mod resume;
+mod scheduler;
+mod shutdown;
+
+pub use builder::{AdhocOptions, Definition, RuntimeBuilder};
+pub use error::{Error, Result};
+pub use launch::{IntoGraph, Launch};
+pub use resume::ResyncReport;
+pub use shutdown::Shutdown;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{broadcast, watch, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use crate::events::{Event, EventKind};
+use crate::hooks::Hooks;
+use crate::journal::WriterHandle;
+use crate::record::ProcessRecord;
+use crate::report::RunReport;
+use crate::store::{Batch, Store, StoreError, TaskRow, Update};
+
+use builder::{to_value, Registered};
+use children::ChildSpawner;
+use drive::{drive, Run};
+use launch::{check_id, LEASE_TTL_MS};
+use scheduler::scheduler;
+
+/// A run registered as live before its launch is written.
+struct Reserved {
+    cancel: CancellationToken,
+    tx: watch::Sender<Option<Arc<RunReport>>>,
+}
+
+struct ActiveRun {
+    token: u64,
+    cancel: CancellationToken,
+    done: watch::Receiver<Option<Arc<RunReport>>>,
+}
+
+struct Inner {
+    /// Taken (and so closed once the writer lets go of it) by `shutdown`.
+    store: Mutex<Option<Arc<dyn Store>>>,
+    /// Where the store is, for messages (also after it was closed).
+    location: String,
+    /// Identifies this runtime as the owner of the runs it claims.
+    worker: String,
+    writer: WriterHandle,
+    events: broadcast::Sender<Event>,
+    permits: Option<Arc<Semaphore>>,
+    process_concurrency: Option<usize>,
+    grace: Duration,
+    progress_flush: Duration,
+    hooks: Vec<Arc<dyn Hooks>>,
+    registry: HashMap<&'static str, Registered>,
+    definitions: Mutex<Vec<Definition>>,
+    active: Mutex<HashMap<String, ActiveRun>>,
+    /// Children started so far per parent run (the order of the next one).
+    siblings: Mutex<HashMap<String, u32>>,
+    shutting_down: AtomicBool,
+    /// Cancelled by a suspending shutdown: drivers stop starting tasks and end without
+    /// recording an end, so the next start resumes their runs.
+    halt: CancellationToken,
+    scheduler_wake: Arc<tokio::sync::Notify>,
+    clock: Clock,
+    task_records: bool,
+}
+
+/// Wall time that follows tokio's clock (so a paused test clock drives the scheduler).
+#[derive(Clone, Copy)]
+struct Clock {
+    wall0: std::time::SystemTime,
+    inst0: tokio::time::Instant,
+}
+
+impl Clock {
+    fn now(self) -> std::time::SystemTime {
+        self.wall0 + self.inst0.elapsed()
+    }
+
+    fn instant_for(self, t: std::time::SystemTime) -> tokio::time::Instant {
+        self.inst0 + t.duration_since(self.wall0).unwrap_or_default()
+    }
+}
+
+/// Runs blocking store work off the async threads.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T> {
+    store_call(tokio::task::spawn_blocking(f)).await
+}
+
+/// Waits for a store call started on tokio's blocking pool.
+async fn store_call<T>(call: tokio::task::JoinHandle<Result<T, StoreError>>) -> Result<T> {
+    call.await
+        .map_err(|e| Error::Store(StoreError::io("(store thread)", e)))?
+        .map_err(Error::from)
+}
+
+/// The event of a record's state, as published once it is durable.
+fn state_event(rec: &ProcessRecord) -> Event {
+    Event {
+        id: rec.id.clone(),
+        root: rec.root.clone(),
+        kind: EventKind::State { state: rec.state() },
+    }
+}
+
+/// The async face of the store: reads on tokio's blocking pool, every write through the
+/// writer (one ordered path, group commit, events after the flush).
+impl Inner {
+    /// The store, unless the runtime has shut down.
+    fn store(&self) -> Result<Arc<dyn Store>> {
+        self.store
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+            .ok_or(Error::ShuttingDown)
+    }
+
+    /// Runs a read against the store off the async threads.
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T> {
+        let store = self.store()?;
+        blocking(move || f(&*store)).await
+    }
+
+    /// Runs a write on the writer thread, in order with every other write; returns once
+    /// it is durable (its events are published then).
+    async fn write<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&dyn Store) -> Result<(T, Vec<Event>), StoreError> + Send + 'static,
+    ) -> Result<T> {
+        Ok(self.writer.op(f).await?)
+    }
+
+    /// Deletes the task records and results of `id`'s last run, durably.
+    async fn clear_run(&self, id: &str) -> Result<()> {
+        self.writer
+            .write(Batch {
+                clear_runs: vec![id.to_owned()],
+                ..Batch::default()
+            })
+            .await?;
+        Ok(())
+    }
+
+    fn active(&self) -> std::sync::MutexGuard<'_, HashMap<String, ActiveRun>> {
+        self.active
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Atomic read-decide-write of record `id`, through the writer. A change of state is
+    /// published as an event once durable.
+    async fn update<R: Send + 'static>(
+        &self,
+        id: &str,
+        mut f: impl FnMut(Option<&ProcessRecord>) -> (Update, R) + Send + 'static,
+    ) -> Result<(Option<ProcessRecord>, R)> {
+        let id = id.to_owned();
+        self.write(move |store| {
+            let mut decided = None;
+            let mut before = None;
+            let mut put = false;
+            let rec = store.update(&id, &mut |cur| {
+                before = cur.map(ProcessRecord::state);
+                let (u, r) = f(cur);
+                put = matches!(u, Update::Put(_));
+                decided = Some(r);
+                u
+            })?;
+            let events = match &rec {
+                Some(r) if put && before != Some(r.state()) => vec![state_event(r)],
+                _ => Vec::new(),
+            };
+            let decided = decided.ok_or_else(|| {
+                StoreError::io(store.location(), "the update function did not run")
+            })?;
+            Ok(((rec, decided), events))
+        })
+        .await
+    }
+
+    /// [`update`](Inner::update) whose function may refuse with an error (nothing is
+    /// written then); returns the record as written.
+    async fn try_update(
+        &self,
+        id: &str,
+        f: impl FnMut(Option<&ProcessRecord>) -> (Update, Option<Error>) + Send + 'static,
+    ) -> Result<ProcessRecord> {
+        match self.update(id, f).await? {
+            (_, Some(refusal)) => Err(refusal),
+            (Some(rec), None) => Ok(rec),
+            (None, None) => Err(Error::NotFound { id: id.to_owned() }),
+        }
+    }
+
+    async fn get(&self, id: &str) -> Result<Option<ProcessRecord>> {
+        let id = id.to_owned();
+        self.read(move |s| s.get(&id)).await
+    }
+
+    async fn rows(&self, id: &str) -> Result<Vec<(u32, TaskRow)>> {
+        let id = id.to_owned();
+        self.read(move |s| s.tasks(&id)).await
+    }
+}
+
+/// Runs processes, keeps their records, resumes them after a restart.
+///
+/// Cheap to clone: clones share the same store, limits and hooks.
+///
+/// # Examples
+///
+/// ```
+/// use procession::prelude::*;
+///
+/// #[task] fn add(a: u32, b: u32) -> u32 { a + b }
+///
+/// #[process]
+/// fn sum(p: &mut Builder) {
+///     let x = p.task(Add::new(1, 2));
+///     p.task(Add::new(x, 10));
+/// }
+///
+/// # #[tokio::main] async fn main() -> procession::Result<()> {
+/// let rt = Runtime::temporary().register::<Sum>().start().await?;
+/// let run = rt.launch(Sum {}).await?;
+/// let report = run.wait().await?;
+/// assert_eq!(report.result::<u32>("add#1").unwrap(), 13);
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Runtime {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Runtime")
+            .field("store", &self.inner.location)
+            .field("registered", &self.registered())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A run in progress: wait for its report, or cancel it.
+pub struct RunHandle {
+    id: String,
+    cancel: CancellationToken,
+    done: watch::Receiver<Option<Arc<RunReport>>>,
+    /// The runtime, for a recorded run (cancels go through its state machine).
+    runtime: Option<std::sync::Weak<Inner>>,
+}
+
+impl fmt::Debug for RunHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RunHandle")
+            .field("id", &self.id)
+            .field("finished", &self.is_finished())
+            .finish_non_exhaustive()
+    }
+}
+
+impl RunHandle {
+    /// The run's id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// True once the run has ended.
+    pub fn is_finished(&self) -> bool {
+        self.done.borrow().is_some()
+    }
+
+    /// Asks the run to stop, as [`Runtime::cancel`] does: tasks not started end
+    /// cancelled, running tasks see [`Ctx::should_continue`](crate::Ctx::should_continue)
+    /// turn false and are abandoned (ending errored) if they do not return within the
+    /// runtime's grace period.
+    ///
+    /// # Errors
+    ///
+    /// As [`Runtime::cancel`]: [`Error::NotCancellable`] when the record does not allow
+    /// a cancel (then nothing is signalled) or the run has ended.
+    pub async fn cancel(&self) -> Result<()> {
+        match self.runtime.as_ref().map(std::sync::Weak::upgrade) {
+            Some(Some(inner)) => Runtime { inner }.cancel(&self.id).await.map(drop),
+            // A graph run is not recorded: its token is all there is.
+            None => {
+                self.cancel.cancel();
+                Ok(())
+            }
+            Some(None) => Err(Error::ShuttingDown),
+        }
+    }
+
+    /// A token that cancels this run's tasks; send it to another task or thread. The
+    /// run's record then moves through `cancel_requested` and `cancelling` to
+    /// `cancelled` like after [`cancel`](RunHandle::cancel).
+    pub fn cancel_token(&self) -> CancellationToken {
+        self.cancel.clone()
+    }
+
+    /// Waits for the run to end and returns its report.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::RunAborted`] when the run's driver stopped without a report (the tokio
+    /// runtime shut down under it).
+    pub async fn wait(mut self) -> Result<RunReport> {
+        let report = match self.done.wait_for(Option::is_some).await {
+            Ok(r) => r.as_ref().expect("waited for Some").clone(),
+            Err(_) => {
+                return Err(Error::RunAborted {
+                    run_id: self.id.clone(),
+                    message: "the run's driver stopped before it ended".into(),
+                })
+            }
+        };
+        drop(self.done);
+        // The run's task drops its sender right after sending: give it a few turns to do
+        // so, then the report is handed over without a copy. Copied only when another
+        // handle of the same run still holds it.
+        let mut report = report;
+        for _ in 0..16 {
+            match Arc::try_unwrap(report) {
+                Ok(r) => return Ok(r),
+                Err(shared) => report = shared,
+            }
+            tokio::task::yield_now().await;
+        }
+        Ok((*report).clone())
+    }
+}

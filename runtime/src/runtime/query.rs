@@ -1,0 +1,232 @@
+//! Reading runs: get, list, count, reports (also rebuilt from stored task rows), wait and
+//! subscribe.
+
+use std::borrow::Cow;
+use std::time::Duration;
+
+use crate::events::{self, EventStream};
+use crate::record::{ListFilter, ProcessRecord, State};
+use crate::report::{ErrorReport, Json, RunReport, RunStatus, TaskReport, TaskStatus};
+use crate::store::{Page, Query, StoreError, TaskRow};
+
+use super::{Error, Result, Runtime};
+
+impl Runtime {
+    /// The report of run `id` rebuilt from the store (the last run of that record).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotFound`] when no such process record exists.
+    pub async fn report(&self, id: &str) -> Result<RunReport> {
+        let rec = self
+            .inner
+            .get(id)
+            .await?
+            .ok_or_else(|| Error::NotFound { id: id.to_owned() })?;
+        let rows = self.inner.rows(id).await?;
+        Ok(RunReport::from_rows(&rec, &rows))
+    }
+
+    /// The record `id`: a process, or a task of a run (`<run id>/<node id>`).
+    pub async fn get(&self, id: &str) -> Result<Option<ProcessRecord>> {
+        if let Some(r) = self.inner.get(id).await? {
+            return Ok(Some(r));
+        }
+        // A task record: the longest prefix that is a run.
+        for (pos, _) in id.match_indices('/').collect::<Vec<_>>().into_iter().rev() {
+            let (run, node) = (&id[..pos], &id[pos + 1..]);
+            if let Some(root) = self.inner.get(run).await? {
+                let rows = self.rows(run).await?;
+                return Ok(rows
+                    .iter()
+                    .find(|(_, r)| &*r.node == node)
+                    .map(|(i, r)| r.to_record(&root, *i)));
+            }
+        }
+        Ok(None)
+    }
+
+    pub(super) async fn rows(&self, id: &str) -> Result<Vec<(u32, TaskRow)>> {
+        self.inner.rows(id).await
+    }
+
+    /// Records matching `filter`, ordered by depth, then order among siblings, then
+    /// creation time.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use procession::prelude::*;
+    /// use procession::{ListFilter, State};
+    /// #[task] fn a() {}
+    /// #[process] fn p(b: &mut Builder) { b.task(A::new()); }
+    /// # #[tokio::main] async fn main() -> procession::Result<()> {
+    /// let rt = Runtime::in_memory().start().await?;
+    /// rt.run(Launch::new(P {}).id("p-1").metadata("team", "alpha")).await?;
+    /// let done = rt.list(ListFilter::new().state(State::Done).metadata("team", "alpha")).await?;
+    /// assert_eq!(done.len(), 1);
+    /// let tree = rt.list(ListFilter::new().root("p-1").with_tasks()).await?;
+    /// assert_eq!(tree.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), vec!["p-1", "p-1/a"]);
+    /// # Ok(()) }
+    /// ```
+    pub async fn list(&self, filter: ListFilter) -> Result<Vec<ProcessRecord>> {
+        let mut out = self
+            .inner
+            .read(move |store| {
+                let mut query = Query::new();
+                query.root.clone_from(&filter.root);
+                if !filter.include_tasks {
+                    // Task records are not in the store's index: only process records can be
+                    // narrowed by state and metadata there.
+                    query.states.clone_from(&filter.states);
+                    query.metadata.clone_from(&filter.metadata);
+                }
+                let mut out = Vec::new();
+                for r in store.list_all(&query)? {
+                    if filter.include_tasks
+                        && filter.root.as_ref().is_none_or(|root| &r.root == root)
+                    {
+                        for (i, row) in store.tasks(&r.id)? {
+                            let t = row.to_record(&r, i);
+                            if filter.matches(&t) {
+                                out.push(t);
+                            }
+                        }
+                    }
+                    if filter.matches(&r) {
+                        out.push(r);
+                    }
+                }
+                Ok::<_, StoreError>(out)
+            })
+            .await?;
+        out.sort_by(|a, b| {
+            (a.depth, a.order, a.created_at, &a.id).cmp(&(b.depth, b.order, b.created_at, &b.id))
+        });
+        Ok(out)
+    }
+
+    /// One page of the process records matching `query`, ordered by creation time, then
+    /// id; pass the page's `next` to [`Query::after`] for the next one.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use procession::prelude::*;
+    /// use procession::store::Query;
+    /// #[task] fn a() {}
+    /// #[process] fn p(b: &mut Builder) { b.task(A::new()); }
+    /// # #[tokio::main] async fn main() -> procession::Result<()> {
+    /// let rt = Runtime::in_memory().start().await?;
+    /// for i in 0..5 {
+    ///     rt.run(Launch::new(P {}).id(format!("p-{i}"))).await?;
+    /// }
+    /// let first = rt.list_page(Query::new().process_type("p").limit(2)).await?;
+    /// assert_eq!(first.records.len(), 2);
+    /// let second = rt.list_page(Query::new().process_type("p").limit(2).after(first.next)).await?;
+    /// assert_eq!(second.records.len(), 2);
+    /// assert_ne!(first.records[0].id, second.records[0].id);
+    /// # Ok(()) }
+    /// ```
+    pub async fn list_page(&self, query: Query) -> Result<Page> {
+        self.inner.read(move |s| s.list(&query)).await
+    }
+
+    /// How many process records match `query`.
+    pub async fn count(&self, query: Query) -> Result<u64> {
+        self.inner.read(move |s| s.count(&query)).await
+    }
+
+    /// Events of every record: state changes (once durable), progress, log entries.
+    /// A subscriber that falls behind receives [`EventKind::Lagged`](crate::EventKind::Lagged) with the number of
+    /// events it missed; the runtime never waits for it.
+    pub fn subscribe(&self) -> EventStream {
+        events::stream(self.inner.events.subscribe())
+    }
+
+    /// Waits for run `id` to end (if it is active here) and returns its report.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotFound`] when no such record exists.
+    pub async fn wait(&self, id: &str) -> Result<RunReport> {
+        self.attach(id).await?.wait().await
+    }
+}
+
+impl RunReport {
+    /// The report of record `rec`'s last run, rebuilt from its stored task rows.
+    ///
+    /// Everything read from a store is untrusted: a stored duration that is no
+    /// [`Duration`] (NaN, negative, infinite, too large) is clamped, never a panic; a
+    /// stored result that is not JSON is not passed on as one (the task is reported
+    /// errored, saying its stored result is damaged).
+    pub(crate) fn from_rows(rec: &ProcessRecord, rows: &[(u32, TaskRow)]) -> RunReport {
+        let tasks = rows.iter().map(|(_, r)| task_from_row(r)).collect();
+        RunReport {
+            process: rec.process_type.clone(),
+            run_id: rec.id.clone(),
+            status: match rec.state() {
+                State::Done => RunStatus::Succeeded,
+                State::Cancelled => RunStatus::Cancelled,
+                _ => RunStatus::Failed,
+            },
+            elapsed: stored_seconds(rec.status.duration),
+            tasks,
+        }
+    }
+}
+
+/// A stored duration in seconds as a [`Duration`]: missing, NaN or negative is zero,
+/// infinite or beyond [`Duration::MAX`] is [`Duration::MAX`].
+pub(crate) fn stored_seconds(secs: Option<f64>) -> Duration {
+    match secs {
+        Some(s) if s > 0.0 => Duration::try_from_secs_f64(s).unwrap_or(Duration::MAX),
+        _ => Duration::ZERO,
+    }
+}
+
+/// One task's entry rebuilt from its stored row.
+pub(super) fn task_from_row(r: &TaskRow) -> TaskReport {
+    let mut status = match (r.state, r.skipped) {
+        (State::Done, _) => TaskStatus::Success,
+        (State::Failed, _) => TaskStatus::Errored,
+        (_, true) => TaskStatus::Skipped,
+        _ => TaskStatus::Cancelled,
+    };
+    let mut error = r.error.as_ref().map(|m| ErrorReport {
+        message: m.clone(),
+        chain: r.chain.clone(),
+        downstream_impact: Vec::new(),
+        source: None,
+    });
+    let result = match r.result.as_deref().map(Json::parse) {
+        None => None,
+        Some(Ok(json)) => Some(json),
+        Some(Err(e)) => {
+            let message = format!("the stored result of task `{}` is damaged: {e}", r.node);
+            tracing::warn!(task = %r.node, "{message}");
+            if status == TaskStatus::Success {
+                status = TaskStatus::Errored;
+                error = Some(ErrorReport {
+                    chain: vec![message.clone()],
+                    message,
+                    downstream_impact: Vec::new(),
+                    source: None,
+                });
+            }
+            None
+        }
+    };
+    TaskReport {
+        id: r.node.clone(),
+        name: Cow::Owned(r.task.to_string()),
+        function: Cow::Borrowed(""),
+        description: Cow::Borrowed(""),
+        status,
+        attempts: r.attempts,
+        elapsed: Duration::from_nanos(r.elapsed_ns),
+        result,
+        error,
+    }
+}

@@ -1,0 +1,252 @@
+//! Picking up after a restart: `resync` and the resumption of interrupted runs.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::exec::Resume;
+use crate::hooks::Hooks;
+use crate::record::{ProcessRecord, RecordKind, RunMeta, State};
+use crate::store::{Query, Store, Update};
+
+use super::{check_id, store_call, Result, Runtime, LEASE_TTL_MS};
+
+impl Runtime {
+    /// Syncs the definitions given to [`RuntimeBuilder::define`](super::RuntimeBuilder::define) with the store: missing
+    /// records are created idle; records of definitions no longer declared are deleted
+    /// when not active; name, description, parameters and metadata of existing records
+    /// are updated without touching their run state.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Store`](super::Error::Store).
+    pub async fn resync(&self) -> Result<ResyncReport> {
+        let defs = self
+            .inner
+            .definitions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let mut report = ResyncReport::default();
+        for d in &defs {
+            check_id(&d.id)?;
+            let d2 = d.clone();
+            let (_, created) = self
+                .inner
+                .update(&d.id, move |cur| {
+                    let mut r = match cur {
+                        Some(r) => r.clone(),
+                        None => ProcessRecord::new_root(
+                            &d2.id,
+                            d2.process_type,
+                            &d2.name,
+                            &d2.description,
+                            d2.params.clone(),
+                        ),
+                    };
+                    r.name.clone_from(&d2.name);
+                    r.description.clone_from(&d2.description);
+                    r.params = d2.params.clone();
+                    r.metadata = d2.metadata.clone();
+                    r.special = d2.special;
+                    r.warning.clone_from(&d2.warning);
+                    r.cancellable = d2.cancellable;
+                    r.adhoc = false;
+                    if r.schedule != d2.schedule {
+                        r.schedule.clone_from(&d2.schedule);
+                        r.last_fire = Some(crate::record::now_ms());
+                    }
+                    (Update::Put(Box::new(r)), cur.is_none())
+                })
+                .await?;
+            if created {
+                report.created.push(d.id.clone());
+            } else {
+                report.updated.push(d.id.clone());
+            }
+        }
+        let mut query = Query::new();
+        query.definitions = true;
+        let defined = self.inner.read(move |s| s.list_all(&query)).await?;
+        for r in defined {
+            if r.adhoc || r.depth != 0 || defs.iter().any(|d| d.id == r.id) {
+                continue;
+            }
+            if r.state().is_active() {
+                report.kept_active.push(r.id.clone());
+                continue;
+            }
+            let (_, deleted) = self
+                .inner
+                .update(&r.id, |cur| match cur {
+                    Some(c) if !c.adhoc && !c.state().is_active() => (Update::Delete, true),
+                    _ => (Update::Keep, false),
+                })
+                .await?;
+            if deleted {
+                self.inner.clear_run(&r.id).await?;
+                report.deleted.push(r.id);
+            }
+        }
+        Ok(report)
+    }
+
+    /// Resumes every run a previous process left active.
+    ///
+    /// Children are resumed before their parents, so that a parent's task that runs
+    /// again finds its children's runs live and re-attaches to them.
+    pub(super) async fn resume_all(&self) -> Result<()> {
+        let mut active = self
+            .inner
+            .read(|s| {
+                let mut out = Vec::new();
+                for state in State::ALL.into_iter().filter(|s| s.is_active()) {
+                    out.extend(s.list_all(&Query::new().state(state))?);
+                }
+                Ok(out)
+            })
+            .await?;
+        active.sort_by(|a, b| b.depth.cmp(&a.depth).then(a.created_at.cmp(&b.created_at)));
+        for rec in active {
+            if rec.kind != RecordKind::Process || !rec.state().is_active() {
+                continue;
+            }
+            self.resume_one(rec).await?;
+        }
+        Ok(())
+    }
+
+    pub(super) async fn resume_one(&self, rec: ProcessRecord) -> Result<()> {
+        let id = rec.id.clone();
+        let token = rec.run.as_ref().map(|m| m.token);
+        if matches!(rec.state(), State::CancelRequested | State::Cancelling) {
+            // The cancel had been accepted before the restart: finish it.
+            return self.settle(&id, token, State::Cancelled, None).await;
+        }
+        let Some(reg) = self.inner.registry.get(rec.process_type.as_str()).cloned() else {
+            let msg = format!(
+                "process type `{}` is not registered in this binary: the interrupted run was not resumed",
+                rec.process_type
+            );
+            tracing::warn!(run = %id, "{msg}");
+            return self.settle(&id, token, State::Failed, Some(msg)).await;
+        };
+        let meta = rec.run.clone().unwrap_or(RunMeta {
+            token: 0,
+            fingerprint: 0,
+            options: BTreeMap::new(),
+            tasks: 0,
+            idempotency_key: None,
+            max_concurrency: None,
+            resumes: 0,
+        });
+        // The stored rows are read while the graph is rebuilt (both take a while for a
+        // large run).
+        let rows = {
+            let store = self.inner.store()?;
+            let id = id.clone();
+            tokio::task::spawn_blocking(move || store.tasks(&id))
+        };
+        let graph = match (reg.build)(rec.params.clone(), meta.options.clone()) {
+            Ok(g) => g,
+            Err(e) => {
+                let msg = format!("the interrupted run could not be rebuilt: {e}");
+                return self.settle(&id, token, State::Failed, Some(msg)).await;
+            }
+        };
+        if graph.fingerprint() != meta.fingerprint {
+            let msg = format!(
+                "the graph of `{}` changed since this run started (fingerprint {:016x}, now {:016x}): the interrupted run was not resumed",
+                rec.process_type,
+                meta.fingerprint,
+                graph.fingerprint()
+            );
+            tracing::warn!(run = %id, "{msg}");
+            return self.settle(&id, token, State::Failed, Some(msg)).await;
+        }
+        let rows = store_call(rows).await?;
+        // Attempt numbers of this resumption start above every number an earlier one
+        // could have used (its starts may not have reached the disk): a task never sees
+        // the same attempt number twice, so it can fence side effects with it.
+        let resumes = meta.resumes.saturating_add(1);
+        let mut resume = Resume {
+            done: Vec::new(),
+            attempts: graph
+                .nodes
+                .iter()
+                .map(|n| resumes.saturating_mul(n.meta.policy.max_attempts.max(1)))
+                .collect(),
+        };
+        for (i, row) in &rows {
+            if let Some(a) = resume.attempts.get_mut(*i as usize) {
+                *a = (*a).max(row.attempts);
+            }
+            if row.state == State::Done && (*i as usize) < graph.len() {
+                // A result that is not valid JSON (a damaged store) is not trusted: the
+                // task runs again.
+                if let Some(json) = row
+                    .result
+                    .as_ref()
+                    .filter(|j| serde_json::from_str::<&serde_json::value::RawValue>(j).is_ok())
+                {
+                    resume.done.push((
+                        *i,
+                        json.clone(),
+                        row.attempts,
+                        Duration::from_nanos(row.elapsed_ns),
+                    ));
+                }
+            }
+        }
+        let mut hooks: Vec<Arc<dyn Hooks>> = reg.hooks.clone().into_iter().collect();
+        hooks.extend(self.inner.hooks.iter().cloned());
+        // scheduled or running: (re)start from scheduled so the driver's CAS applies; the
+        // run is claimed again (a new lease token fences out anything older).
+        let (id2, worker) = (id.clone(), self.inner.worker.clone());
+        let claimed = self
+            .inner
+            .write(move |store| {
+                let rec = store.update(&id2, &mut |cur| match cur {
+                    Some(r) if r.state().is_active() => {
+                        let mut r = r.clone();
+                        r.status.state = State::Scheduled;
+                        if let Some(m) = &mut r.run {
+                            m.resumes = resumes;
+                        }
+                        r.push_log(crate::record::Level::Info, "Resumed after restart".into());
+                        Update::Put(Box::new(r))
+                    }
+                    _ => Update::Keep,
+                })?;
+                match rec.filter(|r| r.state() == State::Scheduled) {
+                    Some(rec) => {
+                        let lease = store.claim(&id2, &worker, LEASE_TTL_MS)?;
+                        Ok((Some((rec, lease.token)), Vec::new()))
+                    }
+                    None => Ok((None, Vec::new())),
+                }
+            })
+            .await?;
+        let Some((rec, lease)) = claimed else {
+            return Ok(());
+        };
+        tracing::info!(run = %id, finished = resume.done.len(), tasks = graph.len(), "resuming run");
+        let token = rec.run.as_ref().map_or(0, |m| m.token);
+        drop(self.spawn_run(rec, graph, hooks, Some(resume), token, lease, None));
+        Ok(())
+    }
+}
+
+/// What [`Runtime::resync`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ResyncReport {
+    /// Records created.
+    pub created: Vec<String>,
+    /// Records updated.
+    pub updated: Vec<String>,
+    /// Records deleted (no longer defined).
+    pub deleted: Vec<String>,
+    /// Records no longer defined but left alone because they are active.
+    pub kept_active: Vec<String>,
+}
