@@ -740,7 +740,7 @@ async fn resync_definitions() {
         rt.launch_id("keep").await.unwrap().wait().await.unwrap();
         rt.shutdown().await.unwrap();
     }
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // No pause: the store is closed when `shutdown` returns.
     let rt = Runtime::open(&dir)
         .register::<Small>()
         .define(Definition::new("keep", Small {}).unwrap().metadata("v", 2))
