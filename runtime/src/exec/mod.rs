@@ -48,7 +48,7 @@ pub(crate) struct RunConfig {
     /// Cancelled when the runtime suspends: no task starts any more, running ones have
     /// the grace period to end, and nothing is recorded for the rest (the run resumes at
     /// the next start).
-    pub(crate) halt: CancellationToken,
+    pub(crate) halt: Arc<Halt>,
     pub(crate) grace: Duration,
     /// Where task state changes are recorded (durable runs).
     pub(crate) journal: Option<Arc<RunJournal>>,
@@ -56,6 +56,33 @@ pub(crate) struct RunConfig {
     pub(crate) resume: Option<Resume>,
     /// Lets tasks start child processes (recorded runs only).
     pub(crate) runtime: Option<RuntimeHandle>,
+}
+
+/// The runtime's suspension signal, shared by every run: a flag read where tasks start
+/// (an atomic load, not the mutex a `CancellationToken` takes, since every run reads it
+/// for every task), and a token the drivers wait on.
+#[derive(Debug, Default)]
+pub(crate) struct Halt {
+    flag: std::sync::atomic::AtomicBool,
+    token: CancellationToken,
+}
+
+impl Halt {
+    /// Suspends every run: no task starts any more.
+    pub(crate) fn halt(&self) {
+        self.flag.store(true, Ordering::Release);
+        self.token.cancel();
+    }
+
+    /// Whether [`halt`](Halt::halt) was called.
+    pub(crate) fn is_halted(&self) -> bool {
+        self.flag.load(Ordering::Acquire)
+    }
+
+    /// Completes once [`halt`](Halt::halt) was called.
+    pub(crate) async fn halted(&self) {
+        self.token.cancelled().await;
+    }
 }
 
 /// The finished part of an interrupted run.
@@ -235,7 +262,7 @@ pub(crate) async fn execute(mut graph: Graph, mut cfg: RunConfig) -> Option<RunR
     loop {
         // The token is the truth: a cancel requested while messages were being handled
         // (the select below prefers them) must stop new starts before the next one.
-        if !halt_seen && cfg.halt.is_cancelled() {
+        if !halt_seen && cfg.halt.is_halted() {
             halt_seen = true;
             if !grace_armed {
                 grace
@@ -291,7 +318,7 @@ pub(crate) async fn execute(mut graph: Graph, mut cfg: RunConfig) -> Option<RunR
                 debug_assert!(got > 0, "the driver holds a sender");
                 handle_batch(&mut batch, &shared, &mut state, &mut settle, &cfg, &info);
             }
-            () = cfg.halt.cancelled(), if !halt_seen => {
+            () = cfg.halt.halted(), if !halt_seen => {
                 halt_seen = true;
                 if !grace_armed {
                     grace.as_mut().reset(tokio::time::Instant::now() + cfg.grace);
@@ -409,7 +436,7 @@ fn handle_batch(
             continue; // abandoned after the grace period; its late end is ignored
         }
         shared.in_flight.fetch_sub(1, Ordering::AcqRel);
-        if c.result.is_err() && cfg.halt.is_cancelled() && !cfg.cancel.is_cancelled() {
+        if c.result.is_err() && cfg.halt.is_halted() && !cfg.cancel.is_cancelled() {
             // Failed while the runtime suspends (a child it waited for was suspended, a
             // launch refused by the shutdown): not the task's failure. Nothing is
             // recorded; the node stays pending and the run resumes at the next start.

@@ -45,7 +45,7 @@ pub(super) struct Shared {
     /// Cancelled when the cancellation grace period is over: running nodes are dropped.
     pub(super) abandon: CancellationToken,
     /// The runtime suspends: nothing starts any more.
-    pub(super) halt: CancellationToken,
+    pub(super) halt: Arc<super::Halt>,
     /// Dependents (CSR) and dependencies (CSR).
     pub(super) offsets: Box<[u32]>,
     pub(super) targets: Box<[u32]>,
@@ -97,7 +97,7 @@ impl Shared {
     /// Takes node `i`'s task to start it (counted in flight), unless it was started or
     /// settled already.
     pub(super) fn claim(&self, i: u32) -> Option<Box<dyn ErasedTask>> {
-        if self.halt.is_cancelled() || self.claimed[i as usize].swap(true, Ordering::AcqRel) {
+        if self.halt.is_halted() || self.claimed[i as usize].swap(true, Ordering::AcqRel) {
             return None;
         }
         let task = lock(&self.tasks[i as usize]).take()?;

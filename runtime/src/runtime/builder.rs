@@ -11,7 +11,6 @@ use std::time::Duration;
 use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::{broadcast, Semaphore};
-use tokio_util::sync::CancellationToken;
 
 use crate::graph::process::{Process, ProcessMeta};
 use crate::graph::Graph;
@@ -360,7 +359,7 @@ impl RuntimeBuilder {
                 active: Mutex::new(HashMap::new()),
                 siblings: Mutex::new(HashMap::new()),
                 shutting_down: AtomicBool::new(false),
-                halt: CancellationToken::new(),
+                halt: Arc::default(),
                 scheduler_wake: Arc::new(tokio::sync::Notify::new()),
                 clock: Clock {
                     wall0: std::time::SystemTime::now(),

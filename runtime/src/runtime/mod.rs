@@ -87,7 +87,7 @@ struct Inner {
     shutting_down: AtomicBool,
     /// Cancelled by a suspending shutdown: drivers stop starting tasks and end without
     /// recording an end, so the next start resumes their runs.
-    halt: CancellationToken,
+    halt: Arc<crate::exec::Halt>,
     scheduler_wake: Arc<tokio::sync::Notify>,
     clock: Clock,
     task_records: bool,

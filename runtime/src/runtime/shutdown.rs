@@ -86,7 +86,7 @@ impl Runtime {
             }
         }
         // What is left is suspended: it resumes at the next start.
-        self.inner.halt.cancel();
+        self.inner.halt.halt();
         self.until_idle(tokio::time::Instant::now() + grace + Duration::from_secs(1))
             .await;
         let store = self
