@@ -2,7 +2,7 @@
 //! journal layer, above `store`: the executor reaches storage only through it).
 //!
 //! The executor records every task state change in the run's [`RunJournal`] (in memory)
-//! and wakes the [`Writer`]. The writer is one thread per runtime: it takes everything
+//! and wakes the writer (`writer.rs`), one thread per runtime: it takes everything
 //! dirty from every journal, applies it in order (see [`writer`]), flushes once, and only then
 //! publishes the corresponding events. Under load many transitions share one flush (group
 //! commit); no transition waits for a flush of its own. Progress and log entries only mark

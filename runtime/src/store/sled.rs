@@ -79,7 +79,7 @@ pub struct SledStore {
     /// `None` for a temporary store.
     sidecar: Option<Sidecar>,
     /// Declared last, so dropped after sled's handles: see [`Released`].
-    released: Released,
+    _released: Released,
 }
 
 /// Waits, when a store is dropped, until sled has let go of its file lock: sled's
@@ -155,9 +155,7 @@ impl SledStore {
         })?;
         let config = sled::Config::new().path(&path);
         let sidecar = Sidecar::new(&path);
-        let mut store = Self::with_config(&config, path.clone(), Some(sidecar))?;
-        store.released = Released(Some(path));
-        Ok(store)
+        Self::with_config(&config, path, Some(sidecar))
     }
 
     /// A store in a temporary directory, deleted when dropped: for tests.
@@ -182,6 +180,7 @@ impl SledStore {
         path: PathBuf,
         sidecar: Option<Sidecar>,
     ) -> Result<SledStore, StoreError> {
+        let released = sidecar.as_ref().map(|_| path.clone());
         let shown = path.display().to_string();
         let open_err = |e: String| StoreError::open(shown.clone(), e);
         // sled may panic on some damaged files: a damaged store is an error, never a panic.
@@ -210,7 +209,9 @@ impl SledStore {
             strict: false,
             seq: Mutex::new(0),
             sidecar,
-            released: Released(None),
+            // Every drop of a store on a directory waits for sled's lock, also the drop
+            // of a store refused below (a second open must see the same refusal).
+            _released: Released(released),
         };
         // Before anything is written: a store that lost writes is refused as it was found.
         let durable = guard::decode_seq(
