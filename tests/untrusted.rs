@@ -393,6 +393,25 @@ prop_compose! {
     }
 }
 
+/// Schedules as a store may hold them (built from JSON: the constructors refuse these).
+fn any_schedule() -> BoxedStrategy<procession::Schedule> {
+    (
+        prop_oneof![Just("every"), Just("at"), Just("cron")],
+        extreme_u64(),
+        extreme_u64(),
+        prop_oneof![Just("* * * * *"), Just("nonsense"), Just("0 2 * * *")],
+        any::<i32>(),
+    )
+        .prop_map(|(kind, ms, anchor_ms, expr, utc_offset)| {
+            serde_json::from_value(serde_json::json!({
+                "kind": kind, "ms": ms, "anchor_ms": anchor_ms, "expr": expr,
+                "utc_offset": utc_offset,
+            }))
+            .unwrap()
+        })
+        .boxed()
+}
+
 fn any_params() -> BoxedStrategy<serde_json::Value> {
     prop_oneof![
         Just(serde_json::json!({"n": 1})),
@@ -422,6 +441,8 @@ prop_compose! {
         attempts in extreme_u32(),
         real_fingerprint in any::<bool>(),
         adhoc in any::<bool>(),
+        schedule in prop::option::of(any_schedule()),
+        last_fire in prop::option::of(extreme_u64()),
         fingerprint in any::<u64>(),
         run in prop::option::of((extreme_u64(), extreme_u32(), prop::option::of(prop_oneof![Just(0usize), Just(1), Just(usize::MAX)]))),
         name in weird_string(),
@@ -429,6 +450,8 @@ prop_compose! {
         let mut r = ProcessRecord::new_root(&id, process_type, &name, "", params.clone());
         r.kind = kind;
         r.adhoc = adhoc;
+        r.schedule = schedule;
+        r.last_fire = last_fire;
         r.status.state = state;
         r.status.duration = duration;
         r.status.running_since = times[0];

@@ -214,7 +214,8 @@ impl Schedule {
                 let k = if now < *anchor_ms {
                     1
                 } else {
-                    (now - anchor_ms) / every + 1
+                    // `every` may come from a store: zero is read as 1 ms.
+                    ((now - anchor_ms) / (*every).max(1)).saturating_add(1)
                 };
                 Some(from_ms(anchor_ms.saturating_add(k.saturating_mul(*every))))
             }
@@ -308,6 +309,25 @@ mod tests {
         );
         let n = dt(every_quarter.next_after(at(2026, 1, 1, 10, 59)).unwrap());
         assert_eq!((n.hour(), n.minute(), n.second()), (11, 0, 0));
+    }
+
+    // A schedule read back from a store is untrusted: an interval of zero (which
+    // `Schedule::every` refuses) and extreme times divided by zero or overflowed.
+    #[test]
+    fn stored_every_zero_or_extreme_does_not_panic() {
+        for stored in [
+            serde_json::json!({"kind": "every", "ms": 0, "anchor_ms": 0}),
+            serde_json::json!({"kind": "every", "ms": 1, "anchor_ms": 0}),
+            serde_json::json!({"kind": "every", "ms": u64::MAX, "anchor_ms": u64::MAX}),
+            serde_json::json!({"kind": "at", "ms": u64::MAX}),
+            serde_json::json!({"kind": "cron", "expr": "not cron", "utc_offset": i32::MAX}),
+        ] {
+            let s: Schedule = serde_json::from_value(stored).unwrap();
+            for t in [UNIX_EPOCH, SystemTime::now(), from_ms(u64::MAX)] {
+                let _ = s.next_after(t);
+                let _ = plan(&s, t, SystemTime::now(), UNIX_EPOCH);
+            }
+        }
     }
 
     // Both 0 and 7 are Sunday; 1-5 are Monday to Friday.
