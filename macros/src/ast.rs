@@ -334,6 +334,12 @@ impl Process {
         })
     }
 
+    pub(crate) fn is_method(&self) -> bool {
+        self.params
+            .iter()
+            .any(|p| matches!(p, ProcessParam::Receiver(_)))
+    }
+
     /// Where the builder is: the first parameter typed `&Builder` or `&mut Builder`.
     pub(crate) fn builder_at(&self) -> Option<usize> {
         self.params
