@@ -34,7 +34,9 @@ impl TaskAttrs {
         let mut out = TaskAttrs::default();
         let parser = syn::meta::parser(|meta| {
             let key = attr::path_str(&meta.path);
-            if out.common.parse_key(cx, &meta, &key, "task")? {
+            if attr::missing_value(cx, &meta, &key, TASK_KEYS)?
+                || out.common.parse_key(cx, &meta, &key, "task")?
+            {
                 return Ok(());
             }
             let path = &meta.path;
@@ -111,7 +113,9 @@ impl ProcessAttrs {
         let mut out = ProcessAttrs::default();
         let parser = syn::meta::parser(|meta| {
             let key = attr::path_str(&meta.path);
-            if out.common.parse_key(cx, &meta, &key, "process")? {
+            if attr::missing_value(cx, &meta, &key, PROCESS_KEYS)?
+                || out.common.parse_key(cx, &meta, &key, "process")?
+            {
                 return Ok(());
             }
             let path = &meta.path;
@@ -332,6 +336,12 @@ impl Process {
             ProcessParam::Field(f) => Some(f),
             _ => None,
         })
+    }
+
+    pub(crate) fn is_method(&self) -> bool {
+        self.params
+            .iter()
+            .any(|p| matches!(p, ProcessParam::Receiver(_)))
     }
 
     /// Where the builder is: the first parameter typed `&Builder` or `&mut Builder`.

@@ -7,28 +7,28 @@ use syn::{Expr, ExprLit, Lit, LitStr};
 
 use crate::ctxt::Ctxt;
 
-/// Every key `#[task]` accepts, with its form.
-pub(crate) const TASK_KEYS: &[&str] = &[
-    "name",           // name = "stable_name"
-    "description",    // description = "text"
-    "retries",        // retries = 3            (0..=1000)
-    "max_attempts",   // max_attempts = 4       (1..=1001), not with `retries`
-    "retry_on",       // retry_on = [ErrorType, ...]
-    "retry_timeouts", // retry_timeouts = false
-    "backoff",        // backoff = "exponential(100ms, 5s)"
-    "timeout",        // timeout = "30s"
-    "on_dep_failure", // on_dep_failure = "fail" | "skip" | "run_anyway"
-    "crate",          // crate = "path::to::procession"
+/// Every key `#[task]` accepts, with its form (shown when the value is missing).
+pub(crate) const TASK_KEYS: &[(&str, &str)] = &[
+    ("name", r#"name = "stable_name""#),
+    ("description", r#"description = "text""#),
+    ("retries", "retries = 3"),           // 0..=1000
+    ("max_attempts", "max_attempts = 4"), // 1..=1001, not with `retries`
+    ("retry_on", "retry_on = [std::io::Error]"),
+    ("retry_timeouts", "retry_timeouts = false"),
+    ("backoff", r#"backoff = "exponential(100ms, 5s)""#), // see `values::parse_backoff`
+    ("timeout", r#"timeout = "30s""#),                    // ms, s, m or h
+    ("on_dep_failure", r#"on_dep_failure = "skip""#),     // "fail" | "skip" | "run_anyway"
+    ("crate", r#"crate = "path::to::procession""#),
 ];
 
-/// Every key `#[process]` accepts, with its form.
-pub(crate) const PROCESS_KEYS: &[&str] = &[
-    "name",        // name = "stable_name"
-    "description", // description = "text"
-    "schedule",    // schedule = "0 2 * * *"  (5-field cron, checked at compile time)
-    "mode",        // mode = "sequential" | "concurrent"
-    "hooks",       // hooks = TypeImplementingHooksAndDefault
-    "crate",       // crate = "path::to::procession"
+/// Every key `#[process]` accepts, with its form (shown when the value is missing).
+pub(crate) const PROCESS_KEYS: &[(&str, &str)] = &[
+    ("name", r#"name = "stable_name""#),
+    ("description", r#"description = "text""#),
+    ("schedule", r#"schedule = "0 2 * * *""#), // 5-field cron, checked at compile time
+    ("mode", r#"mode = "concurrent""#),        // "sequential" | "concurrent"
+    ("hooks", "hooks = MyHooks"),              // a type implementing `Hooks + Default`
+    ("crate", r#"crate = "path::to::procession""#),
 ];
 
 /// A value set by an attribute key, with the span of that key.
@@ -146,15 +146,39 @@ pub(crate) fn skip_value(meta: &ParseNestedMeta<'_>) -> syn::Result<()> {
     Ok(())
 }
 
+/// Reports a known key written without `= value` (`#[task(retries)]`) at the key, with
+/// the key's form, and consumes whatever follows it. Returns `true` when it did.
+pub(crate) fn missing_value(
+    cx: &Ctxt,
+    meta: &ParseNestedMeta<'_>,
+    key: &str,
+    keys: &[(&str, &str)],
+) -> syn::Result<bool> {
+    let Some((_, form)) = keys.iter().find(|(k, _)| *k == key) else {
+        return Ok(false);
+    };
+    let input = meta.input;
+    if !(input.is_empty() || input.peek(syn::Token![,]) || input.peek(syn::token::Paren)) {
+        // `=` (the normal case), or a token syn reports better itself (`retries: 3`).
+        return Ok(false);
+    }
+    cx.error_spanned_by(&meta.path, format_args!("`{key}` needs a value: `{form}`"));
+    if input.peek(syn::token::Paren) {
+        input.parse::<proc_macro2::TokenTree>()?;
+    }
+    Ok(true)
+}
+
 /// The error for an unknown key: lists the valid keys and suggests the nearest.
-pub(crate) fn unknown_key(cx: &Ctxt, attr: &str, key: &syn::Path, valid: &[&str]) {
+pub(crate) fn unknown_key(cx: &Ctxt, attr: &str, key: &syn::Path, keys: &[(&str, &str)]) {
     let name = path_str(key);
+    let valid: Vec<&str> = keys.iter().map(|(k, _)| *k).collect();
     let list = valid
         .iter()
         .map(|k| format!("`{k}`"))
         .collect::<Vec<_>>()
         .join(", ");
-    let msg = match suggest(&name, valid) {
+    let msg = match suggest(&name, &valid) {
         Some(near) => format!("unknown `#[{attr}]` argument `{name}`; did you mean `{near}`? valid arguments are {list}"),
         None => format!("unknown `#[{attr}]` argument `{name}`; valid arguments are {list}"),
     };

@@ -80,6 +80,10 @@ pub(crate) fn task(model: &Task) -> TokenStream {
 /// On error: the user's function plus the process type, with a `Process` impl that builds
 /// nothing, so code that uses the process still type-checks.
 pub(crate) fn process(model: &Process) -> TokenStream {
+    // As for tasks: a method sits in an impl block, where a stub would only add errors.
+    if model.is_method() {
+        return TokenStream::new();
+    }
     let krate = model.attrs.common.krate();
     let name = &model.ident;
     let p = quote!(#krate::__private);
