@@ -25,41 +25,37 @@ impl Runtime {
         let id_owned = id.to_owned();
         let rec = self
             .inner
-            .try_update(id, move |cur| match cur {
-                None => (
-                    Update::Keep,
-                    Some(Error::NotFound {
-                        id: id_owned.clone(),
-                    }),
-                ),
-                Some(r) if r.kind != RecordKind::Process => (
-                    Update::Keep,
-                    Some(Error::NotFound {
-                        id: id_owned.clone(),
-                    }),
-                ),
-                Some(r) if !r.cancellable => (
-                    Update::Keep,
-                    Some(Error::NotCancellable {
-                        id: id_owned.clone(),
-                        state: r.state(),
-                    }),
-                ),
-                Some(r) if !r.state().is_cancellable() => (
-                    Update::Keep,
-                    Some(Error::NotCancellableState {
-                        id: id_owned.clone(),
-                        state: r.state(),
-                    }),
-                ),
-                Some(r) => {
-                    let mut r = r.clone();
-                    if r.state() == State::Scheduled {
-                        r.set_state(State::Cancelled);
-                    } else {
-                        r.set_state(State::CancelRequested);
+            .try_update(id, move |cur| {
+                match cur.filter(|r| r.kind == RecordKind::Process) {
+                    None => (
+                        Update::Keep,
+                        Some(Error::NotFound {
+                            id: id_owned.clone(),
+                        }),
+                    ),
+                    Some(r) if !r.cancellable => (
+                        Update::Keep,
+                        Some(Error::NotCancellable {
+                            id: id_owned.clone(),
+                            state: r.state(),
+                        }),
+                    ),
+                    Some(r) if !r.state().is_cancellable() => (
+                        Update::Keep,
+                        Some(Error::NotCancellableState {
+                            id: id_owned.clone(),
+                            state: r.state(),
+                        }),
+                    ),
+                    Some(r) => {
+                        let mut r = r.clone();
+                        if r.state() == State::Scheduled {
+                            r.set_state(State::Cancelled);
+                        } else {
+                            r.set_state(State::CancelRequested);
+                        }
+                        (Update::Put(Box::new(r)), None)
                     }
-                    (Update::Put(Box::new(r)), None)
                 }
             })
             .await?;
@@ -128,8 +124,13 @@ impl Runtime {
                 }
             })
             .await?;
-        self.delete_descendants(id).await?;
-        self.inner.clear_run(id).await?;
+        let id = id.to_owned();
+        self.inner
+            .write(move |s| {
+                s.apply(super::clearing(s, &id)?)?;
+                Ok(((), Vec::new()))
+            })
+            .await?;
         Ok(rec)
     }
 

@@ -12,10 +12,10 @@ use crate::hooks::Hooks;
 use crate::journal::RunJournal;
 use crate::record::{ProcessRecord, State};
 use crate::report::{RunReport, RunStatus, TaskReport};
-use crate::store::{Batch, Query, TaskRow, Update};
+use crate::store::{TaskRow, Update};
 use crate::task::ctx::RuntimeHandle;
 
-use super::{state_event, ChildSpawner, Inner};
+use super::{clearing, state_event, ChildSpawner, Inner};
 
 /// One run handed to [`drive`].
 pub(super) struct Run {
@@ -211,17 +211,7 @@ pub(super) async fn drive(inner: Arc<Inner>, run: Run) -> Option<RunReport> {
             })?;
             let mut events = Vec::new();
             if delete {
-                let mut doomed: Vec<String> = store
-                    .list_all(&Query::new().root(id2.clone()))?
-                    .into_iter()
-                    .map(|r| r.id)
-                    .filter(|c| c != &id2)
-                    .collect();
-                doomed.push(id2.clone());
-                store.apply(Batch {
-                    delete_processes: doomed,
-                    ..Batch::default()
-                })?;
+                store.apply(clearing(store, &id2)?)?;
             } else if let Some(r) = &rec {
                 if final_state.is_some() {
                     events.push(state_event(r));

@@ -17,10 +17,10 @@ use crate::hooks::Hooks;
 use crate::record::{ProcessRecord, RecordKind, RunMeta, State};
 use crate::report::RunReport;
 use crate::store::Update;
-use crate::store::{Batch, Query};
 
 use super::{
-    drive, state_event, to_value, ActiveRun, Error, Reserved, Result, Run, RunHandle, Runtime,
+    clearing, drive, state_event, to_value, ActiveRun, Error, Reserved, Result, Run, RunHandle,
+    Runtime,
 };
 
 /// A launch of a process with options: id, launch options, concurrency, idempotency key.
@@ -348,21 +348,8 @@ impl Runtime {
                         Vec::new(),
                     ));
                 };
-                // In the same write: the previous run's task rows go, and for a root,
-                // the children of its previous runs.
-                let mut clear = Batch {
-                    clear_runs: vec![id_owned.clone()],
-                    ..Batch::default()
-                };
-                if rec.depth == 0 {
-                    clear.delete_processes = store
-                        .list_all(&Query::new().root(id_owned.clone()))?
-                        .into_iter()
-                        .map(|r| r.id)
-                        .filter(|c| c != &id_owned)
-                        .collect();
-                }
-                store.apply(clear)?;
+                // In the same write: the previous run's task rows and children go.
+                store.apply(clearing(store, &id_owned)?)?;
                 if let Some(k) = &key {
                     store.claim_idempotent(k, &id_owned)?;
                 }

@@ -45,7 +45,7 @@ use crate::hooks::Hooks;
 use crate::journal::WriterHandle;
 use crate::record::ProcessRecord;
 use crate::report::RunReport;
-use crate::store::{Batch, Store, StoreError, TaskRow, Update};
+use crate::store::{Batch, Query, Store, StoreError, TaskRow, Update};
 
 use builder::{to_value, Registered};
 use children::ChildSpawner;
@@ -125,6 +125,23 @@ async fn store_call<T>(call: tokio::task::JoinHandle<Result<T, StoreError>>) -> 
 }
 
 /// The event of a record's state, as published once it is durable.
+/// The batch that clears run `id`: its task rows, and the records below it (the children
+/// of its runs, found through the store's root index). Written in the same write as the
+/// record change that needs it (a relaunch, a dismiss, an ephemeral run's end).
+pub(super) fn clearing(store: &dyn Store, id: &str) -> Result<Batch, StoreError> {
+    let below = store
+        .list_all(&Query::new().root(id))?
+        .into_iter()
+        .map(|r| r.id)
+        .filter(|c| c != id)
+        .collect();
+    Ok(Batch {
+        clear_runs: vec![id.to_owned()],
+        delete_processes: below,
+        ..Batch::default()
+    })
+}
+
 fn state_event(rec: &ProcessRecord) -> Event {
     Event {
         id: rec.id.clone(),

@@ -120,31 +120,52 @@ fn start(q: &Query) -> (Vec<u8>, Bound<Vec<u8>>, bool) {
 /// Keys of an index from a bound on: what a store provides to [`list`] and [`count`].
 pub(super) type Keys<'a> = Box<dyn Iterator<Item = Result<Vec<u8>, StoreError>> + 'a>;
 
+/// The (creation time, id) of each entry of `q`'s index from where `q` starts, until
+/// the index's prefix or `q`'s time range ends: the walk [`list`] and [`count`] share.
+fn entries<'a>(
+    q: &Query,
+    scan: impl FnOnce(Bound<Vec<u8>>) -> Keys<'a>,
+) -> (
+    bool,
+    impl Iterator<Item = Result<(u64, String), StoreError>> + 'a,
+) {
+    let (prefix, from, exact) = start(q);
+    let until = q.created_until;
+    let mut keys = scan(from);
+    let walk = std::iter::from_fn(move || loop {
+        let k = match keys.next()? {
+            Ok(k) => k,
+            Err(e) => return Some(Err(e)),
+        };
+        // Leaving the prefix ends the walk.
+        let tail = k.strip_prefix(prefix.as_slice())?;
+        // A key that does not split is not one of ours: skipped, never trusted.
+        let Some((created, id)) = split(tail) else {
+            continue;
+        };
+        if until.is_some_and(|u| created >= u) {
+            return None;
+        }
+        return Some(Ok((created, id.to_owned())));
+    });
+    (exact, walk)
+}
+
 /// One page of `q`, from the index keys `scan` yields and the records `get` reads.
 pub(super) fn list<'a>(
     q: &Query,
     scan: impl FnOnce(Bound<Vec<u8>>) -> Keys<'a>,
     get: impl Fn(&str) -> Result<Option<ProcessRecord>, StoreError>,
 ) -> Result<Page, StoreError> {
-    let (prefix, from, _) = start(q);
     let limit = q.limit.unwrap_or(usize::MAX);
     let mut page = Page::default();
     if limit == 0 {
         return Ok(page);
     }
-    for k in scan(from) {
-        let k = k?;
-        let Some(tail) = k.strip_prefix(prefix.as_slice()) else {
-            break;
-        };
-        let Some((created, id)) = split(tail) else {
-            continue;
-        };
-        if q.created_until.is_some_and(|u| created >= u) {
-            break;
-        }
+    for e in entries(q, scan).1 {
+        let (created, id) = e?;
         // An index key whose record is gone (or moved) is skipped, never trusted.
-        let Some(r) = get(id)? else { continue };
+        let Some(r) = get(&id)? else { continue };
         if r.created_at != created || !q.matches(&r) {
             continue;
         }
@@ -168,20 +189,11 @@ pub(super) fn count<'a>(
         limit: None,
         ..q.clone()
     };
-    let (prefix, from, exact) = start(&q);
+    let (exact, walk) = entries(&q, scan);
     let mut n = 0u64;
-    for k in scan(from) {
-        let k = k?;
-        let Some(tail) = k.strip_prefix(prefix.as_slice()) else {
-            break;
-        };
-        let Some((created, id)) = split(tail) else {
-            continue;
-        };
-        if q.created_until.is_some_and(|u| created >= u) {
-            break;
-        }
-        if exact || get(id)?.is_some_and(|r| q.matches(&r)) {
+    for e in walk {
+        let (_, id) = e?;
+        if exact || get(&id)?.is_some_and(|r| q.matches(&r)) {
             n += 1;
         }
     }

@@ -9,7 +9,7 @@ use tokio::sync::broadcast;
 use crate::events::Event;
 use crate::record::{ProcessRecord, RunMeta, State};
 use crate::runtime::{check_id, Error, Inner, Result, Runtime};
-use crate::store::{Batch, Query};
+use crate::store::Query;
 
 /// Starts the children of one run's tasks.
 pub(crate) struct ChildSpawner {
@@ -141,30 +141,5 @@ impl Runtime {
         let order = *slot;
         *slot = slot.saturating_add(1);
         Ok(order)
-    }
-
-    /// Deletes the records below root `id` (the children of its runs), with their tasks.
-    pub(in crate::runtime) async fn delete_descendants(&self, id: &str) -> Result<()> {
-        let root = id.to_owned();
-        let ids: Vec<String> = self
-            .inner
-            .read(move |s| {
-                Ok(s.list_all(&Query::new().root(root.clone()))?
-                    .into_iter()
-                    .filter(|r| r.id != root)
-                    .map(|r| r.id)
-                    .collect())
-            })
-            .await?;
-        if !ids.is_empty() {
-            self.inner
-                .writer
-                .write(Batch {
-                    delete_processes: ids,
-                    ..Batch::default()
-                })
-                .await?;
-        }
-        Ok(())
     }
 }
