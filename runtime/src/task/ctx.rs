@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::error::Cancelled;
 use crate::record::Level;
 
 /// Where a task's progress and log entries go. The runtime installs one per run.
@@ -189,6 +190,55 @@ impl Ctx {
     /// True once the run was asked to stop.
     pub fn is_cancelled(&self) -> bool {
         self.scope.cancel.is_cancelled()
+    }
+
+    /// `Err(Cancelled)` once the run was asked to stop: `ctx.check_cancelled()?` leaves
+    /// the task, which is then recorded **cancelled** (not done, not failed), and its
+    /// dependents end cancelled with the run.
+    ///
+    /// [`Cancelled`] converts with `?` into `Box<dyn Error + Send + Sync>`, into
+    /// `anyhow::Error`, into `String`, and into your own error type once it has a variant
+    /// for it (with `thiserror`: `#[error(transparent)] Cancelled(#[from] Cancelled)`).
+    /// Returning `Ok` after a cancel instead records the task done with its result: use
+    /// this when the task stops before its work is complete.
+    ///
+    /// # Errors
+    ///
+    /// [`Cancelled`], naming this task, once the run was asked to stop.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use procession::prelude::*;
+    /// use procession::Cancelled;
+    ///
+    /// #[task]
+    /// async fn crawl(ctx: &Ctx, pages: u32) -> Result<u32, Cancelled> {
+    ///     let mut done = 0;
+    ///     for page in 0..pages {
+    ///         ctx.check_cancelled()?;
+    ///         ctx.progress(f64::from(page) * 100.0 / f64::from(pages), format!("page {page}"));
+    ///         done += 1;
+    ///     }
+    ///     Ok(done)
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let ctx = Ctx::detached("crawl");
+    /// assert_eq!(crawl(&ctx, 3).await.unwrap(), 3);
+    /// ctx.cancel();
+    /// let err = crawl(&ctx, 3).await.unwrap_err();
+    /// assert_eq!(err.to_string(), "task `crawl` was cancelled");
+    /// # }
+    /// ```
+    pub fn check_cancelled(&self) -> Result<(), Cancelled> {
+        if self.scope.cancel.is_cancelled() {
+            Err(Cancelled {
+                task: self.task.to_owned(),
+            })
+        } else {
+            Ok(())
+        }
     }
 
     /// Completes when the run is asked to stop; use it in `tokio::select!`.
