@@ -68,12 +68,12 @@ pub use procession_runtime::{
     ChildProcessFailed, ChildProgress, ChildResult, Ctx, Data, Definition, DependencyFailed, Error,
     ErrorMatcher, ErrorReport, Event, EventKind, EventStream, Graph, GraphError, GroupError,
     GroupOptions, Hooks, InputError, IntoArg, IntoGraph, InvalidTransition, Json, Launch, Level,
-    ListFilter, LogEntry, Mode, NodeRef, NonRetryable, OnDepFailure, Out, OutputNotSerializable,
-    ParallelGroup, Policy, Process, ProcessMeta, ProcessRecord, Progress, ProgressCallback,
-    RecordKind, Result, ResultError, ResyncReport, RetryExhausted, RunHandle, RunInfo, RunMeta,
-    RunReport, RunStatus, Runtime, RuntimeBuilder, Schedule, ScheduleError, Shutdown, State,
-    Status, Task, TaskFuture, TaskGraph, TaskInfo, TaskMeta, TaskPanicked, TaskReport, TaskStatus,
-    Timeout, MAX_LOG, SCHEMA_VERSION,
+    ListFilter, LogEntry, MissingResource, Mode, NodeRef, NonRetryable, OnDepFailure, Out,
+    OutputNotSerializable, ParallelGroup, Policy, Process, ProcessMeta, ProcessRecord, Progress,
+    ProgressCallback, RecordKind, Res, Resource, ResourceKey, Result, ResultError, ResyncReport,
+    RetryExhausted, RunHandle, RunInfo, RunMeta, RunReport, RunStatus, Runtime, RuntimeBuilder,
+    Schedule, ScheduleError, Shutdown, State, Status, Task, TaskFuture, TaskGraph, TaskInfo,
+    TaskMeta, TaskPanicked, TaskReport, TaskStatus, Timeout, MAX_LOG, SCHEMA_VERSION,
 };
 
 /// The names most programs need: `use procession::prelude::*;`.
@@ -81,7 +81,7 @@ pub mod prelude {
     pub use procession_macros::{process, task};
     pub use procession_runtime::{
         Builder, Ctx, Graph, GraphError, Launch, Level, Mode, NonRetryable, OnDepFailure, Out,
-        Process, RunReport, RunStatus, Runtime, Task, TaskGraph, TaskStatus,
+        Process, Res, RunReport, RunStatus, Runtime, Task, TaskGraph, TaskStatus,
     };
 }
 

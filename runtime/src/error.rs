@@ -167,6 +167,27 @@ impl From<Cancelled> for String {
     }
 }
 
+/// A task asked for a resource the runtime does not hold: the error of
+/// [`Ctx::resource`](crate::Ctx::resource). (A task that declares the resource as a
+/// `Res<T>` parameter never sees it: its run is refused before it starts.)
+///
+/// # Examples
+///
+/// ```
+/// let ctx = procession::Ctx::detached("load");
+/// let err = ctx.resource::<String>().unwrap_err();
+/// assert_eq!(err.resource, "alloc::string::String");
+/// assert!(err.to_string().contains("RuntimeBuilder::resource"));
+/// ```
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("task `{task}` needs the resource `{resource}`, which this runtime does not hold: register it with `RuntimeBuilder::resource`")]
+pub struct MissingResource {
+    /// The task's name.
+    pub task: String,
+    /// The resource's type.
+    pub resource: &'static str,
+}
+
 /// A cancelled task kept running past the grace period and was abandoned.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("task `{task}` did not unwind within cancellation grace period ({grace:?})")]

@@ -32,6 +32,7 @@ use crate::record::State;
 use crate::report::{RunReport, RunStatus};
 use crate::task::arg::Slot;
 use crate::task::ctx::{Reporter, RunScope, RuntimeHandle};
+use crate::task::resource::Resources;
 use crate::task::OnDepFailure;
 
 use report::build_report;
@@ -56,6 +57,8 @@ pub(crate) struct RunConfig {
     pub(crate) resume: Option<Resume>,
     /// Lets tasks start child processes (recorded runs only).
     pub(crate) runtime: Option<RuntimeHandle>,
+    /// The runtime's shared resources, read by tasks.
+    pub(crate) resources: Arc<Resources>,
 }
 
 /// The runtime's suspension signal, shared by every run: a flag read where tasks start
@@ -152,6 +155,7 @@ pub(crate) async fn execute(mut graph: Graph, mut cfg: RunConfig) -> Option<RunR
             None => Arc::new(TraceReporter),
         },
         runtime: cfg.runtime.clone(),
+        resources: cfg.resources.clone(),
         child_seq: std::sync::Mutex::default(),
     });
     let (tx, mut rx) = mpsc::unbounded_channel::<Msg>();

@@ -149,6 +149,7 @@ pub(super) async fn drive(inner: Arc<Inner>, run: Run) -> Option<RunReport> {
             inner: Arc::downgrade(&inner),
             parent: id.clone(),
         }))),
+        resources: inner.resources.clone(),
     };
     let report = execute(graph, cfg).await;
     if let Some(j) = &journal {

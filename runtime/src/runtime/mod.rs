@@ -46,6 +46,7 @@ use crate::journal::WriterHandle;
 use crate::record::ProcessRecord;
 use crate::report::RunReport;
 use crate::store::{Batch, Query, Store, StoreError, TaskRow, Update};
+use crate::task::resource::Resources;
 
 use builder::{to_value, Registered};
 use children::ChildSpawner;
@@ -91,6 +92,8 @@ struct Inner {
     scheduler_wake: Arc<tokio::sync::Notify>,
     clock: Clock,
     task_records: bool,
+    /// Shared resources, by type (see [`RuntimeBuilder::resource`]).
+    resources: Arc<Resources>,
 }
 
 /// Wall time that follows tokio's clock (so a paused test clock drives the scheduler).
@@ -140,6 +143,21 @@ pub(super) fn clearing(store: &dyn Store, id: &str) -> Result<Batch, StoreError>
         delete_processes: below,
         ..Batch::default()
     })
+}
+
+/// [`Error::MissingResource`] for the first task of `graph` that needs a resource
+/// `resources` lacks. Cheap for large graphs: a task without resources costs one test.
+fn check_resources(resources: &Resources, graph: &crate::graph::Graph) -> Result<()> {
+    for node in &graph.nodes {
+        if let Some(key) = node.meta.resources.iter().find(|k| !resources.contains(k)) {
+            return Err(Error::MissingResource {
+                process: graph.name().to_owned(),
+                task: node.id.to_string(),
+                resource: key.type_name(),
+            });
+        }
+    }
+    Ok(())
 }
 
 fn state_event(rec: &ProcessRecord) -> Event {
@@ -241,6 +259,11 @@ impl Inner {
             (Some(rec), None) => Ok(rec),
             (None, None) => Err(Error::NotFound { id: id.to_owned() }),
         }
+    }
+
+    /// Refuses `graph` when one of its tasks needs a resource this runtime lacks.
+    fn check_resources(&self, graph: &crate::graph::Graph) -> Result<()> {
+        check_resources(&self.resources, graph)
     }
 
     async fn get(&self, id: &str) -> Result<Option<ProcessRecord>> {
