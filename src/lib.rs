@@ -15,8 +15,15 @@
 //!   [`Runtime::open`]) with optio's [state machine](State); a restarted binary resumes
 //!   unfinished runs without running finished tasks again (see the `runtime` module's
 //!   notes on what a crash can lose).
-//! - Tasks start [child processes](Ctx::run_child) and [parallel groups](Ctx::parallel_group);
-//!   the scheduler launches records on a [`Schedule`] (cron, interval, one-shot).
+//! - Tasks start [child processes](Ctx::run_child) and [parallel groups](Ctx::parallel_group)
+//!   and read their typed results; the scheduler launches records on a [`Schedule`]
+//!   (cron, interval, one-shot).
+//! - Tasks share what cannot be stored (a database pool, an HTTP client) as
+//!   [resources](Res): registered once with [`RuntimeBuilder::resource`], declared as a
+//!   `Res<T>` parameter of a `#[task]` function, checked before a graph runs.
+//! - Every run has its own [event stream](RunHandle::events) (state changes once per
+//!   change, progress, log entries) and its record shows its tasks' progress rolled up;
+//!   [`Ctx::check_cancelled`] lets a task stop on a cancel and be recorded cancelled.
 //!
 //! ```
 //! use procession::prelude::*;

@@ -51,11 +51,12 @@ struct Rows {
     last_message: Option<String>,
 }
 
-/// A task's share of its run's rolled-up progress, in percent: 100 once it ended (done,
-/// failed, skipped or cancelled: nothing more will happen to it), otherwise the last
-/// percentage it reported (0 when none, or indeterminate).
+/// A task's share of its run's rolled-up progress, in percent: 100 once done or
+/// skipped (nothing is left to do for it), otherwise the last percentage it reported (0
+/// when none, or indeterminate): a task that failed or was cancelled stays where it
+/// stopped, so a run that did not end done shows how far it got.
 fn share(row: &TaskRow) -> f64 {
-    if row.state.is_end() {
+    if row.state == State::Done || row.skipped {
         100.0
     } else {
         row.progress.percent.unwrap_or(0.0)
@@ -141,8 +142,8 @@ impl Rows {
 /// The in-memory image of a run's task rows, and what changed since the last write.
 ///
 /// It also rolls the tasks' progress up into the run's: every task weighs the same; a
-/// task that ended counts 100 %, a running or waiting one the last percentage it reported
-/// (0 without one). The run's record receives it once per progress flush (see
+/// task done or skipped counts 100 %, any other the last percentage it reported (0
+/// without one). The run's record receives it once per progress flush (see
 /// [`take_rollup`](RunJournal::take_rollup)), never once per progress call.
 pub(crate) struct RunJournal {
     pub(crate) run_id: Arc<str>,
