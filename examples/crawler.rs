@@ -54,9 +54,11 @@ async fn crawl_site(
     Ok(pages)
 }
 
-/// Counts what the store holds for `site`.
+/// Counts what the store holds for `site` (`crawled`, the crawl's own count, makes it
+/// wait for the crawl).
 #[task]
-fn count_pages(store: Res<PageStore>, site: String, _crawled: u32) -> usize {
+fn count_pages(store: Res<PageStore>, site: String, crawled: u32) -> usize {
+    let _ = crawled;
     let prefix = format!("{site}/");
     store
         .pages
@@ -74,7 +76,7 @@ fn crawl(p: &mut Builder, site: String, pages: u32) {
 }
 
 #[tokio::main]
-async fn main() -> procession::Result<()> {
+pub(crate) async fn main() -> procession::Result<()> {
     let rt = Runtime::in_memory()
         .resource(Http {
             latency: Duration::from_millis(2),

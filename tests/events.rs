@@ -300,7 +300,7 @@ static STUCK_STARTED: Notify = Notify::const_new();
 #[task]
 async fn stuck() -> u32 {
     STUCK_STARTED.notify_one();
-    tokio::time::sleep(Duration::from_secs(600)).await;
+    tokio::time::sleep(Duration::from_mins(10)).await;
     1
 }
 

@@ -83,6 +83,15 @@ pub(crate) fn stream(rx: broadcast::Receiver<Event>) -> EventStream {
     }))
 }
 
+/// How the run ended, once it did.
+#[derive(Clone, Copy)]
+enum End {
+    /// In this state.
+    In(State),
+    /// Suspended by a shutdown: no end state.
+    Suspended,
+}
+
 struct RunEvents {
     rx: broadcast::Receiver<Event>,
     run: String,
@@ -90,7 +99,7 @@ struct RunEvents {
     /// the state it ended in (`None`: suspended, it did not end).
     ended: Pin<Box<dyn Future<Output = Option<State>> + Send>>,
     /// Set once `ended` completed: what is left in the channel is read, then the end.
-    end: Option<Option<State>>,
+    end: Option<End>,
     /// The run's end was delivered.
     end_seen: bool,
     /// The root of the run's tree, as its events say.
@@ -122,7 +131,10 @@ pub(crate) fn run_stream(
                         Err(broadcast::error::RecvError::Lagged(n))
                     }
                     Err(_) => {
-                        let state = end.filter(|_| !s.end_seen)?;
+                        let End::In(state) = end else { return None };
+                        if s.end_seen {
+                            return None;
+                        }
                         s.end_seen = true;
                         let e = Event {
                             id: s.run.clone(),
@@ -138,7 +150,7 @@ pub(crate) fn run_stream(
                     biased;
                     r = s.rx.recv() => r,
                     end = &mut s.ended => {
-                        s.end = Some(end);
+                        s.end = Some(end.map_or(End::Suspended, End::In));
                         continue;
                     }
                 }
