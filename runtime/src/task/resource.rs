@@ -36,6 +36,12 @@ impl<T: Send + Sync + 'static> Resource for T {}
 ///
 /// `Res<T>` derefs to `T`; cloning it clones the `Arc` inside, not the value.
 ///
+/// `#[task]` sees tokens, not types: it takes any parameter whose type is written
+/// `Res<…>` (any path ending in `Res`) for a resource, so do not name an input type of
+/// your own `Res`. A resource is always a parameter of its own: `&Res<T>`,
+/// `Option<Res<T>>` or `Res<A, B>` are compile errors (for an optional resource, call
+/// [`Ctx::resource`](crate::Ctx::resource)).
+///
 /// # Examples
 ///
 /// ```
