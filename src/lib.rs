@@ -15,8 +15,15 @@
 //!   [`Runtime::open`]) with optio's [state machine](State); a restarted binary resumes
 //!   unfinished runs without running finished tasks again (see the `runtime` module's
 //!   notes on what a crash can lose).
-//! - Tasks start [child processes](Ctx::run_child) and [parallel groups](Ctx::parallel_group);
-//!   the scheduler launches records on a [`Schedule`] (cron, interval, one-shot).
+//! - Tasks start [child processes](Ctx::run_child) and [parallel groups](Ctx::parallel_group)
+//!   and read their typed results; the scheduler launches records on a [`Schedule`]
+//!   (cron, interval, one-shot).
+//! - Tasks share what cannot be stored (a database pool, an HTTP client) as
+//!   [resources](Res): registered once with [`RuntimeBuilder::resource`], declared as a
+//!   `Res<T>` parameter of a `#[task]` function, checked before a graph runs.
+//! - Every run has its own [event stream](RunHandle::events) (state changes once per
+//!   change, progress, log entries) and its record shows its tasks' progress rolled up;
+//!   [`Ctx::check_cancelled`] lets a task stop on a cancel and be recorded cancelled.
 //!
 //! ```
 //! use procession::prelude::*;
@@ -68,12 +75,12 @@ pub use procession_runtime::{
     ChildProcessFailed, ChildProgress, ChildResult, Ctx, Data, Definition, DependencyFailed, Error,
     ErrorMatcher, ErrorReport, Event, EventKind, EventStream, Graph, GraphError, GroupError,
     GroupOptions, Hooks, InputError, IntoArg, IntoGraph, InvalidTransition, Json, Launch, Level,
-    ListFilter, LogEntry, Mode, NodeRef, NonRetryable, OnDepFailure, Out, OutputNotSerializable,
-    ParallelGroup, Policy, Process, ProcessMeta, ProcessRecord, Progress, ProgressCallback,
-    RecordKind, Result, ResultError, ResyncReport, RetryExhausted, RunHandle, RunInfo, RunMeta,
-    RunReport, RunStatus, Runtime, RuntimeBuilder, Schedule, ScheduleError, Shutdown, State,
-    Status, Task, TaskFuture, TaskGraph, TaskInfo, TaskMeta, TaskPanicked, TaskReport, TaskStatus,
-    Timeout, MAX_LOG, SCHEMA_VERSION,
+    ListFilter, LogEntry, MissingResource, Mode, NodeRef, NonRetryable, OnDepFailure, Out,
+    OutputNotSerializable, ParallelGroup, Policy, Process, ProcessMeta, ProcessRecord, Progress,
+    ProgressCallback, RecordKind, Res, Resource, ResourceKey, Result, ResultError, ResyncReport,
+    RetryExhausted, RunHandle, RunInfo, RunMeta, RunReport, RunStatus, Runtime, RuntimeBuilder,
+    Schedule, ScheduleError, Shutdown, State, Status, Task, TaskFuture, TaskGraph, TaskInfo,
+    TaskMeta, TaskPanicked, TaskReport, TaskStatus, Timeout, MAX_LOG, SCHEMA_VERSION,
 };
 
 /// The names most programs need: `use procession::prelude::*;`.
@@ -81,7 +88,7 @@ pub mod prelude {
     pub use procession_macros::{process, task};
     pub use procession_runtime::{
         Builder, Ctx, Graph, GraphError, Launch, Level, Mode, NonRetryable, OnDepFailure, Out,
-        Process, RunReport, RunStatus, Runtime, Task, TaskGraph, TaskStatus,
+        Process, Res, RunReport, RunStatus, Runtime, Task, TaskGraph, TaskStatus,
     };
 }
 

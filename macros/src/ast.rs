@@ -177,8 +177,29 @@ pub(crate) enum TaskParam {
     ImplTrait(Type),
     /// `&T` (other than the context).
     Borrowed(TypeReference),
+    /// `Res<T>`: a shared resource the runtime supplies; not an argument of `new`.
+    Resource(ResourceParam),
+    /// Written with `Res` but not as `name: Res<T>`: `&Res<T>`, `Res` without exactly
+    /// one type, or `Res<T>` inside another type.
+    BadResource(BadResource),
     /// A value the task reads: a field of the task type and an argument of `new`.
     Input(Input),
+}
+
+pub(crate) struct ResourceParam {
+    /// `T` in `Res<T>`.
+    pub(crate) ty: Type,
+    /// The local the generated code passes it in.
+    pub(crate) local: Ident,
+}
+
+pub(crate) enum BadResource {
+    /// `&Res<T>` or `&mut Res<T>`.
+    Borrowed(Type),
+    /// `Res`, `Res<A, B>`, `Res<'a>`…
+    Arity(Type),
+    /// `Option<Res<T>>`, `Vec<Res<T>>`…: the `Res` in the parameter's type.
+    Nested(Type),
 }
 
 pub(crate) struct Input {
@@ -217,19 +238,18 @@ impl Task {
         }
     }
 
+    pub(crate) fn resources(&self) -> impl Iterator<Item = &ResourceParam> {
+        self.params.iter().filter_map(|p| match p {
+            TaskParam::Resource(r) => Some(r),
+            _ => None,
+        })
+    }
+
     pub(crate) fn inputs(&self) -> impl Iterator<Item = &Input> {
         self.params.iter().filter_map(|p| match p {
             TaskParam::Input(input) => Some(input),
             _ => None,
         })
-    }
-
-    /// True when the function takes the context (`&Ctx`, first).
-    pub(crate) fn has_ctx(&self) -> bool {
-        matches!(
-            self.params.first(),
-            Some(TaskParam::Ctx { is_mut: false, .. })
-        )
     }
 
     pub(crate) fn is_method(&self) -> bool {
@@ -250,6 +270,9 @@ fn task_param(i: usize, pt: &PatType) -> TaskParam {
     if contains_impl_trait(ty) {
         return TaskParam::ImplTrait(ty.clone());
     }
+    if let Some(param) = resource_param(i, ty) {
+        return param;
+    }
     if let Type::Reference(r) = ty {
         return TaskParam::Borrowed(r.clone());
     }
@@ -261,6 +284,61 @@ fn task_param(i: usize, pt: &PatType) -> TaskParam {
         field,
         ty: ty.clone(),
     })
+}
+
+/// `Res<T>` and the mistakes written with `Res`; `None` for a type without `Res` in it.
+fn resource_param(i: usize, ty: &Type) -> Option<TaskParam> {
+    if let Type::Reference(r) = ty {
+        return res_args(&r.elem)
+            .map(|_| TaskParam::BadResource(BadResource::Borrowed(ty.clone())));
+    }
+    if let Some(args) = res_args(ty) {
+        let mut types = args.iter().filter_map(|a| match a {
+            syn::GenericArgument::Type(t) => Some(t),
+            _ => None,
+        });
+        return Some(match (args.len(), types.next()) {
+            (1, Some(inner)) => TaskParam::Resource(ResourceParam {
+                ty: inner.clone(),
+                local: Ident::new(
+                    &format!("__procession_res{i}"),
+                    proc_macro2::Span::mixed_site(),
+                ),
+            }),
+            _ => TaskParam::BadResource(BadResource::Arity(ty.clone())),
+        });
+    }
+    find_res(ty).map(|inner| TaskParam::BadResource(BadResource::Nested(inner)))
+}
+
+/// The generic arguments of `ty` when it is a path ending in `Res` (none for a bare
+/// `Res`).
+fn res_args(ty: &Type) -> Option<Vec<syn::GenericArgument>> {
+    let Type::Path(p) = ty else { return None };
+    let last = p.path.segments.last()?;
+    if last.ident != "Res" {
+        return None;
+    }
+    Some(match &last.arguments {
+        syn::PathArguments::AngleBracketed(a) => a.args.iter().cloned().collect(),
+        _ => Vec::new(),
+    })
+}
+
+/// A `Res<…>` anywhere inside `ty`.
+fn find_res(ty: &Type) -> Option<Type> {
+    struct Finder(Option<Type>);
+    impl<'ast> syn::visit::Visit<'ast> for Finder {
+        fn visit_type(&mut self, t: &'ast Type) {
+            if self.0.is_none() && res_args(t).is_some() {
+                self.0 = Some(t.clone());
+            }
+            syn::visit::visit_type(self, t);
+        }
+    }
+    let mut f = Finder(None);
+    syn::visit::Visit::visit_type(&mut f, ty);
+    f.0
 }
 
 /// A `#[process]` function.

@@ -4,7 +4,7 @@
 use quote::quote;
 use syn::{ReturnType, Type};
 
-use crate::ast::{Process, ProcessParam, Task, TaskParam};
+use crate::ast::{BadResource, Process, ProcessParam, Task, TaskParam};
 use crate::ctxt::Ctxt;
 use crate::types::{contains_impl_trait, result_type_arg};
 
@@ -64,6 +64,28 @@ pub(crate) fn task(cx: &Ctxt, task: &Task) {
                     "task inputs must be owned values, because they are stored between tasks: {}",
                     owned_hint(&r.elem)
                 ),
+            ),
+            TaskParam::Resource(_) => {}
+            TaskParam::BadResource(BadResource::Borrowed(ty)) => {
+                let elem = match ty {
+                    Type::Reference(r) => &*r.elem,
+                    other => other,
+                };
+                cx.error_spanned_by(
+                    ty,
+                    format_args!(
+                        "take the resource by value: `{}` (a `Res` is a shared handle: passing it does not copy the resource)",
+                        quote!(#elem).to_string().replace(" < ", "<").replace(" >", ">").replace(" <", "<")
+                    ),
+                );
+            }
+            TaskParam::BadResource(BadResource::Arity(ty)) => cx.error_spanned_by(
+                ty,
+                "a resource parameter names one type: `db: Res<PgPool>`",
+            ),
+            TaskParam::BadResource(BadResource::Nested(res)) => cx.error_spanned_by(
+                res,
+                "a resource is a parameter of its own (`db: Res<PgPool>`), not part of another type; for a resource that may be missing, call `ctx.resource::<PgPool>()` in the body",
             ),
             TaskParam::Input(input) => {
                 if input.field.to_string().starts_with("__procession") {

@@ -65,6 +65,7 @@ pub(crate) fn task(model: &Task) -> TokenStream {
                 description: "",
                 is_async: false,
                 policy: #krate::__private::Policy::DEFAULT,
+                resources: &[],
             };
             fn visit_inputs(&self, _: &mut dyn FnMut(#krate::__private::NodeRef)) {}
             fn into_args(self, _: &#krate::__private::Inputs<'_>) -> #krate::__private::Result<(), #krate::__private::InputError> {

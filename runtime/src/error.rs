@@ -143,12 +143,49 @@ pub struct TaskPanicked {
     pub message: String,
 }
 
-/// A task ended because its run was cancelled.
+/// A task ended because its run was cancelled: the error of
+/// [`Ctx::check_cancelled`](crate::Ctx::check_cancelled). A task that returns it (or
+/// any error) after its run was asked to stop is recorded cancelled.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("task `{task}` was cancelled")]
 pub struct Cancelled {
     /// The task's name.
     pub task: String,
+}
+
+/// For tasks whose error type is `String`: `ctx.check_cancelled()?` works there too.
+///
+/// # Examples
+///
+/// ```
+/// let s: String = procession::Cancelled { task: "crawl".into() }.into();
+/// assert_eq!(s, "task `crawl` was cancelled");
+/// ```
+impl From<Cancelled> for String {
+    fn from(c: Cancelled) -> String {
+        c.to_string()
+    }
+}
+
+/// A task asked for a resource the runtime does not hold: the error of
+/// [`Ctx::resource`](crate::Ctx::resource). (A task that declares the resource as a
+/// `Res<T>` parameter never sees it: its run is refused before it starts.)
+///
+/// # Examples
+///
+/// ```
+/// let ctx = procession::Ctx::detached("load");
+/// let err = ctx.resource::<String>().unwrap_err();
+/// assert_eq!(err.resource, "alloc::string::String");
+/// assert!(err.to_string().contains("RuntimeBuilder::resource"));
+/// ```
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("task `{task}` needs the resource `{resource}`, which this runtime does not hold: register it with `RuntimeBuilder::resource`")]
+pub struct MissingResource {
+    /// The task's name.
+    pub task: String,
+    /// The resource's type.
+    pub resource: &'static str,
 }
 
 /// A cancelled task kept running past the grace period and was abandoned.

@@ -36,8 +36,8 @@ mod task;
 mod util;
 
 pub use error::{
-    BoxError, CancelGraceExceeded, Cancelled, DependencyFailed, InputError, NonRetryable,
-    OutputNotSerializable, RetryExhausted, TaskPanicked, Timeout,
+    BoxError, CancelGraceExceeded, Cancelled, DependencyFailed, InputError, MissingResource,
+    NonRetryable, OutputNotSerializable, RetryExhausted, TaskPanicked, Timeout,
 };
 pub use events::{Event, EventKind, EventStream};
 pub use graph::process::{Mode, Process, ProcessMeta};
@@ -60,5 +60,6 @@ pub use schedule::{CatchUp, Schedule, ScheduleError};
 pub use task::arg::{Arg, IntoArg, NodeRef, Out};
 pub use task::ctx::Ctx;
 pub use task::data::Data;
+pub use task::resource::{Res, Resource, ResourceKey};
 pub use task::{Backoff, ErrorMatcher, OnDepFailure, Policy, Task, TaskFuture, TaskMeta};
 pub use tokio_util::sync::CancellationToken;

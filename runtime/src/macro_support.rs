@@ -10,6 +10,7 @@ pub use crate::hooks::Hooks;
 pub use crate::task::arg::{Arg, Inputs, IntoArg, NodeRef, Out};
 pub use crate::task::ctx::Ctx;
 pub use crate::task::data::Data;
+pub use crate::task::resource::{Res, Resource, ResourceKey};
 pub use crate::task::{Backoff, ErrorMatcher, OnDepFailure, Policy, Task, TaskFuture, TaskMeta};
 pub use core::option::Option::{self, None, Some};
 pub use core::result::Result::{self, Err, Ok};
@@ -60,6 +61,13 @@ pub fn assert_data<T: Data>() {}
 /// Asserts at compile time that a task's error type is usable.
 #[inline]
 pub fn assert_task_error<E: IntoTaskError>() {}
+
+/// The resource of type `T` for a `Res<T>` parameter of a task. The runtime checked the
+/// graph before it ran, so this fails only for a context without it (detached).
+#[inline]
+pub fn resource<T: Resource>(ctx: &Ctx) -> Result<Res<T>, BoxError> {
+    ctx.resource::<T>().map_err(BoxError::from)
+}
 
 /// Runs an `async fn` task attempt.
 #[inline]

@@ -63,3 +63,19 @@ pub(crate) fn sorted<S: AsRef<str>>(ids: impl IntoIterator<Item = S>) -> Vec<Str
     v.sort();
     v
 }
+
+/// Awaits until the async condition `cond` holds; false after [`PATIENCE`].
+pub(crate) async fn wait_until_async_fut<F, Fut>(cond: F) -> bool
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + PATIENCE;
+    while !cond().await {
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    true
+}

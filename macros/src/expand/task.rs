@@ -2,11 +2,11 @@
 //! `Task` impl.
 
 use proc_macro2::{Span, TokenStream};
-use quote::{quote, quote_spanned};
+use quote::{quote, quote_spanned, ToTokens};
 use syn::spanned::Spanned as _;
 use syn::{Ident, ReturnType, Type};
 
-use crate::ast::{Task, TaskAttrs};
+use crate::ast::{Task, TaskAttrs, TaskParam};
 use crate::attr;
 use crate::span;
 use crate::types::result_type_arg;
@@ -28,10 +28,19 @@ pub(crate) fn task(model: &Task) -> TokenStream {
     let output = &model.output;
     let policy = policy(args, krate);
     let ctx = Ident::new("__procession_ctx", Span::mixed_site());
-    let call_args = if model.has_ctx() {
-        quote!(&#ctx, #(#fields),*)
-    } else {
-        quote!(#(#fields),*)
+    // In parameter order: the context, inputs (fields of the task type) and resources
+    // (read from the context before the body runs).
+    let call_args = model.params.iter().filter_map(|param| match param {
+        TaskParam::Ctx { .. } => Some(quote!(&#ctx)),
+        TaskParam::Input(input) => Some(input.field.to_token_stream()),
+        TaskParam::Resource(r) => Some(r.local.to_token_stream()),
+        _ => None,
+    });
+    let call_args = quote!(#(#call_args),*);
+    let res_locals: Vec<&Ident> = model.resources().map(|r| &r.local).collect();
+    let res_tys: Vec<&Type> = model.resources().map(|r| &r.ty).collect();
+    let fetch_resources = quote! {
+        #( let #res_locals = #p::resource::<#res_tys>(&#ctx)?; )*
     };
     let invoke = if is_async {
         quote!(#fn_name(#call_args).await)
@@ -48,6 +57,7 @@ pub(crate) fn task(model: &Task) -> TokenStream {
             #p::run_async(async move {
                 let #ctx = #ctx;
                 let _ = &#ctx;
+                #fetch_resources
                 #wrapped
             })
         }
@@ -56,6 +66,7 @@ pub(crate) fn task(model: &Task) -> TokenStream {
             #p::run_blocking(#task_name, move || {
                 let #ctx = #ctx;
                 let _ = &#ctx;
+                #fetch_resources
                 #wrapped
             })
         }
@@ -66,6 +77,12 @@ pub(crate) fn task(model: &Task) -> TokenStream {
         .iter()
         .map(|ty| span::around(ty, quote!(), quote!(: #p::Data)))
         .collect();
+    // A resource must be shareable between threads: reported at its type.
+    bounds_on_impl.extend(
+        res_tys
+            .iter()
+            .map(|ty| span::around(ty, quote!(), quote!(: #p::Resource))),
+    );
     if let ReturnType::Type(_, ty) = &func.sig.output {
         bounds_on_impl.push(span::around(output, quote!(), quote!(: #p::Data)));
         if model.result.is_some() {
@@ -128,6 +145,7 @@ pub(crate) fn task(model: &Task) -> TokenStream {
                 description: #description,
                 is_async: #is_async,
                 policy: #policy,
+                resources: &[ #( #p::ResourceKey::of::<#res_tys>(), )* ],
             };
 
             fn visit_inputs(&self, __procession_f: &mut dyn FnMut(#p::NodeRef)) {

@@ -32,6 +32,7 @@ use crate::record::State;
 use crate::report::{RunReport, RunStatus};
 use crate::task::arg::Slot;
 use crate::task::ctx::{Reporter, RunScope, RuntimeHandle};
+use crate::task::resource::Resources;
 use crate::task::OnDepFailure;
 
 use report::build_report;
@@ -56,6 +57,8 @@ pub(crate) struct RunConfig {
     pub(crate) resume: Option<Resume>,
     /// Lets tasks start child processes (recorded runs only).
     pub(crate) runtime: Option<RuntimeHandle>,
+    /// The runtime's shared resources, read by tasks.
+    pub(crate) resources: Arc<Resources>,
 }
 
 /// The runtime's suspension signal, shared by every run: a flag read where tasks start
@@ -152,6 +155,7 @@ pub(crate) async fn execute(mut graph: Graph, mut cfg: RunConfig) -> Option<RunR
             None => Arc::new(TraceReporter),
         },
         runtime: cfg.runtime.clone(),
+        resources: cfg.resources.clone(),
         child_seq: std::sync::Mutex::default(),
     });
     let (tx, mut rx) = mpsc::unbounded_channel::<Msg>();
@@ -201,6 +205,8 @@ pub(crate) async fn execute(mut graph: Graph, mut cfg: RunConfig) -> Option<RunR
             .collect(),
         attempts_run: (0..n).map(|_| AtomicU32::new(0)).collect(),
         elapsed_ns: (0..n).map(|_| AtomicU64::new(0)).collect(),
+        epoch: started,
+        started_ns: (0..n).map(|_| AtomicU64::new(0)).collect(),
         abandon: CancellationToken::new(),
         halt: cfg.halt.clone(),
         offsets,
@@ -235,6 +241,9 @@ pub(crate) async fn execute(mut graph: Graph, mut cfg: RunConfig) -> Option<RunR
         let idx = i as usize;
         if idx >= n || shared.claimed[idx].swap(true, Ordering::AcqRel) {
             continue;
+        }
+        if let Some(j) = &shared.journal {
+            j.restored(i, attempts, elapsed, json.clone());
         }
         shared.slots[idx].fill(json, None);
         lock(&shared.tasks[idx]).take();
@@ -356,6 +365,10 @@ pub(crate) async fn execute(mut graph: Graph, mut cfg: RunConfig) -> Option<RunR
                         }
                         s.status = NodeStatus::Errored;
                         s.error = Some(e);
+                        // What it did until it was abandoned: the attempts it started
+                        // and the time since its start.
+                        s.attempts = shared.attempts_run[i].load(Ordering::Acquire);
+                        s.elapsed = shared.running_for(i);
                         // Its row says so too: the stored report agrees with this one.
                         if let Some(j) = &shared.journal {
                             record_end(j, &shared, i, s);

@@ -3,6 +3,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -39,9 +40,15 @@ pub(super) struct Shared {
     pub(super) ended: Box<[AtomicBool]>,
     pub(super) tasks: Box<[TaskCell]>,
     /// Attempts and elapsed nanoseconds of each node that succeeded, written by its
-    /// worker before `done_ok` (a success is not reported to the driver).
+    /// worker before `done_ok` (a success is not reported to the driver). The attempt
+    /// count is also written as each attempt starts, for a node abandoned after the
+    /// cancellation grace period.
     pub(super) attempts_run: Box<[AtomicU32]>,
     pub(super) elapsed_ns: Box<[AtomicU64]>,
+    /// When the run started, and when each node started (nanoseconds after `epoch`,
+    /// plus one; 0 while not started): how long an abandoned node had run.
+    pub(super) epoch: Instant,
+    pub(super) started_ns: Box<[AtomicU64]>,
     /// Cancelled when the cancellation grace period is over: running nodes are dropped.
     pub(super) abandon: CancellationToken,
     /// The runtime suspends: nothing starts any more.
@@ -65,6 +72,24 @@ pub(super) struct Shared {
 pub(super) type TaskCell = Mutex<Option<Box<dyn ErasedTask>>>;
 
 impl Shared {
+    /// Records that node `i` starts now (`at`).
+    pub(super) fn mark_started(&self, i: u32, at: Instant) {
+        let ns = u64::try_from(at.saturating_duration_since(self.epoch).as_nanos())
+            .unwrap_or(u64::MAX - 1);
+        self.started_ns[i as usize].store(ns + 1, Ordering::Relaxed);
+    }
+
+    /// How long node `i` has been running (zero when it never started).
+    pub(super) fn running_for(&self, i: usize) -> Duration {
+        match self.started_ns[i].load(Ordering::Relaxed) {
+            0 => Duration::ZERO,
+            ns => self
+                .epoch
+                .elapsed()
+                .saturating_sub(Duration::from_nanos(ns - 1)),
+        }
+    }
+
     pub(super) fn dependents(&self, i: u32) -> &[u32] {
         &self.targets[self.offsets[i as usize] as usize..self.offsets[i as usize + 1] as usize]
     }

@@ -41,6 +41,7 @@ pub(super) async fn run_one(
     let first = shared.prior_attempts[i as usize];
     let meta = shared.metas[i as usize];
     let started = Instant::now();
+    shared.mark_started(i, started);
     let ran = tokio::select! {
         biased;
         r = attempts(shared, i, first, meta, task, started) => Some(r),
@@ -132,6 +133,8 @@ pub(super) async fn attempts(
     loop {
         this_run = this_run.saturating_add(1);
         let attempt = first.saturating_add(this_run);
+        // Read only if the node is abandoned after the cancellation grace period.
+        shared.attempts_run[i as usize].store(attempt, Ordering::Relaxed);
         let ctx = Ctx::new(shared.scope.clone(), i, meta.name, attempt);
         let outcome = run_attempt(shared, i, meta, attempt, &mut *task, ctx, node_started).await;
         let Some(err) = outcome.error else {

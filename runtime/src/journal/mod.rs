@@ -40,9 +40,62 @@ struct Rows {
     dirty_list: Vec<u32>,
     throttle: HashMap<u32, Throttle>,
     window: Duration,
+    /// The state last announced by an event, per node: a row written again without a
+    /// change of state (progress, log) announces nothing.
+    announced: Vec<State>,
+    /// Sum of every task's share of the run's progress (see [`share`]).
+    shares: f64,
+    /// The run's progress changed since it was last written to the run's record.
+    rollup_dirty: bool,
+    /// The last progress message of any task.
+    last_message: Option<String>,
+}
+
+/// A task's share of its run's rolled-up progress, in percent: 100 once done or
+/// skipped (nothing is left to do for it), otherwise the last percentage it reported (0
+/// when none, or indeterminate): a task that failed or was cancelled stays where it
+/// stopped, so a run that did not end done shows how far it got.
+fn share(row: &TaskRow) -> f64 {
+    if row.state == State::Done || row.skipped {
+        100.0
+    } else {
+        row.progress.percent.unwrap_or(0.0)
+    }
 }
 
 impl Rows {
+    /// Runs `f` on row `node`, keeping the rolled-up progress up to date.
+    fn change(&mut self, node: u32, f: impl FnOnce(&mut TaskRow)) {
+        let row = &mut self.items[node as usize];
+        let before = share(row);
+        f(row);
+        let after = share(row);
+        // Exact: an unchanged share is the same value, not a nearby one.
+        #[allow(clippy::float_cmp)]
+        let changed = after != before;
+        if changed {
+            self.shares += after - before;
+            self.rollup_dirty = true;
+        }
+    }
+
+    /// The run's progress: the mean of its tasks' shares, with the last task message.
+    fn rollup(&self) -> Progress {
+        let n = self.items.len();
+        let percent = if n == 0 {
+            100.0
+        } else {
+            #[allow(clippy::cast_precision_loss)] // a graph has far fewer than 2^52 nodes
+            let mean = self.shares / n as f64;
+            // Sums of floats drift; the result stays within 0..=100.
+            mean.clamp(0.0, 100.0)
+        };
+        Progress {
+            percent: Some(percent),
+            message: self.last_message.clone(),
+        }
+    }
+
     fn mark(&mut self, node: u32) {
         let i = node as usize;
         if !self.dirty[i] {
@@ -90,8 +143,17 @@ impl Rows {
 }
 
 /// The in-memory image of a run's task rows, and what changed since the last write.
+///
+/// It also rolls the tasks' progress up into the run's: every task weighs the same; a
+/// task done or skipped counts 100 %, any other the last percentage it reported (0
+/// without one). The run's record receives it once per progress flush (see
+/// [`take_rollup`](RunJournal::take_rollup)), never once per progress call.
 pub(crate) struct RunJournal {
     pub(crate) run_id: Arc<str>,
+    /// The root of the run's tree, for events.
+    pub(crate) root: Arc<str>,
+    /// The run's token: the roll-up is written only to this run of the record.
+    pub(crate) token: u64,
     /// A wake-up is on its way to the writer: further changes need not send another.
     woken: std::sync::atomic::AtomicBool,
     rows: Mutex<Rows>,
@@ -101,13 +163,19 @@ pub(crate) struct RunJournal {
 impl RunJournal {
     pub(crate) fn new(
         run_id: Arc<str>,
+        root: Arc<str>,
+        token: u64,
         rows: Vec<TaskRow>,
         writer: WriterHandle,
         window: Duration,
     ) -> Arc<Self> {
         let n = rows.len();
+        let announced = rows.iter().map(|r| r.state).collect();
+        let shares = rows.iter().map(share).sum();
         let j = Arc::new(RunJournal {
             run_id,
+            root,
+            token,
             woken: std::sync::atomic::AtomicBool::new(false),
             rows: Mutex::new(Rows {
                 items: rows,
@@ -115,6 +183,10 @@ impl RunJournal {
                 dirty_list: Vec::new(),
                 throttle: HashMap::new(),
                 window,
+                announced,
+                shares,
+                rollup_dirty: false,
+                last_message: None,
             }),
             writer,
         });
@@ -148,26 +220,59 @@ impl RunJournal {
         {
             let mut g = self.lock();
             g.settle_burst(node);
-            let row = &mut g.items[node as usize];
-            row.state = outcome.state;
-            row.skipped = outcome.skipped;
-            row.attempts = row.attempts.max(outcome.attempts);
-            row.elapsed_ns = u64::try_from(outcome.elapsed.as_nanos()).unwrap_or(u64::MAX);
-            let now = now_ms();
-            row.ended_at = Some(now);
-            if row.started_at.is_none() && outcome.attempts > 0 {
-                // Ended in its first poll: its start was not recorded on its own.
-                row.started_at = Some(ms_before(now, outcome.elapsed));
-            }
-            row.error = outcome.error;
-            row.chain = outcome.chain;
-            if outcome.state == State::Done {
-                row.progress.percent = Some(100.0);
-            }
-            row.result = result;
+            g.change(node, |row| {
+                row.state = outcome.state;
+                row.skipped = outcome.skipped;
+                row.attempts = row.attempts.max(outcome.attempts);
+                row.elapsed_ns = u64::try_from(outcome.elapsed.as_nanos()).unwrap_or(u64::MAX);
+                let now = now_ms();
+                row.ended_at = Some(now);
+                if row.started_at.is_none() && outcome.attempts > 0 {
+                    // Ended in its first poll: its start was not recorded on its own.
+                    row.started_at = Some(ms_before(now, outcome.elapsed));
+                }
+                row.error = outcome.error;
+                row.chain = outcome.chain;
+                if outcome.state == State::Done {
+                    row.progress.percent = Some(100.0);
+                }
+                row.result = result;
+            });
             g.mark(node);
         }
         self.writer.wake(self);
+    }
+
+    /// `node` had finished before the run was interrupted (its row is in the store
+    /// already): the in-memory row says so too, without writing it again.
+    pub(crate) fn restored(&self, node: u32, attempts: u32, elapsed: Duration, result: Arc<str>) {
+        let mut g = self.lock();
+        if node as usize >= g.items.len() {
+            return;
+        }
+        g.change(node, |row| {
+            row.state = State::Done;
+            row.attempts = attempts;
+            row.elapsed_ns = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+            row.progress.percent = Some(100.0);
+            row.result = Some(result);
+        });
+        g.announced[node as usize] = State::Done;
+        // Written already: what changed is the run's progress only.
+    }
+
+    /// The run's rolled-up progress (see the type's docs).
+    pub(crate) fn rollup(&self) -> Progress {
+        self.lock().rollup()
+    }
+
+    /// The run's rolled-up progress when it changed since the last call.
+    pub(crate) fn take_rollup(&self) -> Option<Progress> {
+        let mut g = self.lock();
+        if !std::mem::take(&mut g.rollup_dirty) {
+            return None;
+        }
+        Some(g.rollup())
     }
 
     /// Everything dirty, as a batch; clears the dirty marks.
@@ -193,10 +298,16 @@ impl RunJournal {
         }
         let list = std::mem::take(&mut g.dirty_list);
         for node in list {
-            g.dirty[node as usize] = false;
-            let row = g.items[node as usize].clone();
-            if let Some(ev) = events.as_deref_mut() {
-                ev.push((row.node.clone(), row.state));
+            let i = node as usize;
+            g.dirty[i] = false;
+            let row = g.items[i].clone();
+            // A state is announced once: a row written again for its progress or its
+            // log is not a new state.
+            if g.announced[i] != row.state {
+                g.announced[i] = row.state;
+                if let Some(ev) = events.as_deref_mut() {
+                    ev.push((row.node.clone(), row.state));
+                }
             }
             batch.tasks.push((self.run_id.clone(), node, row));
         }
@@ -235,7 +346,8 @@ impl RunJournal {
         if self.writer.events.receiver_count() > 0 {
             let _ = self.writer.events.send(Event {
                 id: format!("{}/{node_id}", self.run_id),
-                root: self.run_id.to_string(),
+                run: self.run_id.to_string(),
+                root: self.root.to_string(),
                 kind,
             });
         }
@@ -250,15 +362,21 @@ impl Reporter for RunJournal {
         if i >= g.items.len() {
             return;
         }
-        g.items[i].progress = Progress {
-            percent,
-            message: if message.is_empty() {
-                g.items[i].progress.message.clone()
-            } else {
-                Some(message.to_owned())
-            },
-        };
+        g.change(node, |row| {
+            row.progress = Progress {
+                percent,
+                message: if message.is_empty() {
+                    row.progress.message.clone()
+                } else {
+                    Some(message.to_owned())
+                },
+            };
+        });
         if !message.is_empty() {
+            if g.last_message.as_deref() != Some(message) {
+                g.last_message = Some(message.to_owned());
+                g.rollup_dirty = true;
+            }
             let now = Instant::now();
             let t = g.throttle.entry(node).or_insert(Throttle {
                 window_start: now,

@@ -18,7 +18,8 @@ use tokio::sync::{broadcast, oneshot};
 
 use super::RunJournal;
 use crate::events::{Event, EventKind};
-use crate::store::{Batch, Store, StoreError};
+use crate::record::Progress;
+use crate::store::{Batch, Store, StoreError, Update};
 
 /// What runs after the group's flush: answers the caller, publishes events.
 type Completion = Box<dyn FnOnce(Result<(), &StoreError>, &broadcast::Sender<Event>) + Send>;
@@ -256,16 +257,39 @@ fn writer_loop(
         let mut changed = Vec::new();
         let listening = events.receiver_count() > 0;
         let mut wrote = !cycle.completions.is_empty();
+        let mut rollups = Vec::new();
         for j in &live {
             let mut ev = Vec::new();
             j.take(&mut cycle.pending, listening.then_some(&mut ev));
-            changed.extend(
-                ev.into_iter()
-                    .map(|(node, state)| (j.run_id.clone(), node, state)),
-            );
+            changed.extend(ev.into_iter().map(|(node, state)| {
+                (
+                    j.run_id.clone(),
+                    j.root.clone(),
+                    node,
+                    EventKind::State { state },
+                )
+            }));
+            // The runs' progress reaches their records at the progress flush cadence.
+            if ticked {
+                if let Some(p) = j.take_rollup() {
+                    rollups.push((j.run_id.clone(), j.root.clone(), j.token, p));
+                }
+            }
         }
         wrote |= !cycle.pending.is_empty();
         cycle.apply_pending(store);
+        for (run, root, token, progress) in rollups {
+            match write_run_progress(store, &run, token, &progress) {
+                Ok(true) => {
+                    wrote = true;
+                    changed.push((run.clone(), root, run, EventKind::Progress(progress)));
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    cycle.error.get_or_insert(e);
+                }
+            }
+        }
         let result = match cycle.error.take() {
             Some(e) => Err(e),
             None if wrote || !waiters.is_empty() || stop.is_some() => store.flush(),
@@ -284,12 +308,19 @@ fn writer_loop(
         for w in waiters {
             let _ = w.send(result.clone());
         }
-        if result.is_ok() {
-            for (run, node, state) in changed {
+        if result.is_ok() && listening {
+            for (run, root, node, kind) in changed {
+                // The run's own progress has the run as its record; a task, `<run>/<node>`.
+                let id = if matches!(kind, EventKind::Progress(_)) {
+                    run.to_string()
+                } else {
+                    format!("{run}/{node}")
+                };
                 let _ = events.send(Event {
-                    id: format!("{run}/{node}"),
-                    root: run.to_string(),
-                    kind: EventKind::State { state },
+                    id,
+                    run: run.to_string(),
+                    root: root.to_string(),
+                    kind,
                 });
             }
         }
@@ -300,6 +331,34 @@ fn writer_loop(
             return None;
         }
     }
+}
+
+/// Writes the rolled-up `progress` of run `run` to its record, when that record is still
+/// active in the same run (`token`) and its progress differs; true when written.
+fn write_run_progress(
+    store: &dyn Store,
+    run: &str,
+    token: u64,
+    progress: &Progress,
+) -> Result<bool, StoreError> {
+    let mut written = false;
+    store.update(run, &mut |cur| {
+        written = false;
+        match cur {
+            Some(r)
+                if r.state().is_active()
+                    && r.run.as_ref().map(|m| m.token) == Some(token)
+                    && r.progress != *progress =>
+            {
+                let mut r = r.clone();
+                r.progress = progress.clone();
+                written = true;
+                Update::Put(Box::new(r))
+            }
+            _ => Update::Keep,
+        }
+    })?;
+    Ok(written)
 }
 
 /// Shortest time between two writes of the writer.

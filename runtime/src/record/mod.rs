@@ -129,7 +129,15 @@ pub struct ProcessRecord {
     pub warning: Option<String>,
     /// Runtime status.
     pub status: Status,
-    /// Progress.
+    /// Progress. For a task: what it reported last (100 once done). For a run: its
+    /// tasks' progress rolled up, counted per task (every task weighs the same; a task
+    /// done or skipped counts 100 %, any other the last percentage it reported, 0 without
+    /// one: a failed or cancelled run shows how far it got) with the last message any
+    /// task reported. A run's progress is
+    /// written at the progress flush cadence
+    /// ([`RuntimeBuilder::progress_flush`](crate::RuntimeBuilder::progress_flush)) and at
+    /// its end (100 when done); only runs that keep task records
+    /// ([`RuntimeBuilder::task_records`](crate::RuntimeBuilder::task_records)) have it.
     pub progress: Progress,
     /// The last run's log (bounded).
     pub log: Vec<LogEntry>,

@@ -19,6 +19,7 @@ use crate::journal::start_writer;
 use crate::record::ProcessRecord;
 use crate::schedule::Schedule;
 use crate::store::{MemoryStore, SledStore, Store, Update};
+use crate::task::resource::{Resource, Resources};
 
 use super::{blocking, check_id, scheduler, Clock, Error, Inner, Result, Runtime};
 
@@ -191,6 +192,7 @@ pub struct RuntimeBuilder {
     pub(super) registry: HashMap<&'static str, Registered>,
     pub(super) definitions: Vec<Definition>,
     pub(super) task_records: bool,
+    pub(super) resources: Resources,
 }
 
 impl fmt::Debug for RuntimeBuilder {
@@ -201,6 +203,7 @@ impl fmt::Debug for RuntimeBuilder {
             .field("grace", &self.grace)
             .field("progress_flush", &self.progress_flush)
             .field("registered", &self.registry.keys().collect::<Vec<_>>())
+            .field("resources", &self.resources.names())
             .finish_non_exhaustive()
     }
 }
@@ -229,7 +232,60 @@ impl RuntimeBuilder {
             registry: HashMap::new(),
             definitions: Vec::new(),
             task_records: true,
+            resources: Resources::default(),
         }
+    }
+
+    /// Registers a shared resource (a database pool, an HTTP client, a configuration)
+    /// that tasks read by type: as a `Res<T>` parameter of a `#[task]` function, or with
+    /// [`Ctx::resource`](crate::Ctx::resource). One value per type (registering a type
+    /// again replaces it); it is shared as an `Arc` by every task of every run, child
+    /// runs and resumed runs included, and never stored.
+    ///
+    /// A graph with a task whose `Res<T>` the runtime does not hold is refused before
+    /// it runs: by [`start`](RuntimeBuilder::start) for the processes of
+    /// [`define`](RuntimeBuilder::define)d records (so a scheduled process cannot fail on
+    /// it at its first fire), and by every launch, with [`Error::MissingResource`]
+    /// naming the process, the task and the type.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use procession::prelude::*;
+    ///
+    /// /// A stand-in for an HTTP client.
+    /// struct Http { base: String }
+    ///
+    /// #[task]
+    /// async fn fetch(http: Res<Http>, path: String) -> String {
+    ///     format!("{}/{path}", http.base)
+    /// }
+    /// #[process]
+    /// fn crawl(p: &mut Builder) { p.task(Fetch::new("index.html")); }
+    ///
+    /// # #[tokio::main] async fn main() -> procession::Result<()> {
+    /// let rt = Runtime::in_memory()
+    ///     .resource(Http { base: "https://example.org".into() })
+    ///     .start()
+    ///     .await?;
+    /// let report = rt.run(Crawl {}).await?;
+    /// assert_eq!(report.result::<String>("fetch").unwrap(), "https://example.org/index.html");
+    ///
+    /// // Without the resource, the launch is refused before anything runs:
+    /// let bare = Runtime::in_memory().start().await?;
+    /// let err = bare.launch(Crawl {}).await.unwrap_err();
+    /// assert!(matches!(err, procession::Error::MissingResource { .. }));
+    /// # Ok(()) }
+    /// ```
+    pub fn resource<T: Resource>(self, value: T) -> Self {
+        self.resource_shared(Arc::new(value))
+    }
+
+    /// [`resource`](RuntimeBuilder::resource) for a value already behind an `Arc` (the
+    /// resource's type is `T`, not `Arc<T>`): the runtime shares that allocation.
+    pub fn resource_shared<T: Resource>(mut self, value: Arc<T>) -> Self {
+        self.resources.insert(value);
+        self
     }
 
     /// Whether the tasks of each run are recorded as child records (default true). Without
@@ -307,7 +363,10 @@ impl RuntimeBuilder {
     /// # Errors
     ///
     /// [`Error::Config`] for a zero concurrency limit, [`Error::Store`] when the store
-    /// cannot be opened (a damaged or newer store names its path).
+    /// cannot be opened (a damaged or newer store names its path),
+    /// [`Error::UnknownProcessType`] for a definition of a process that is not
+    /// registered, [`Error::MissingResource`] for a definition whose tasks need a
+    /// resource that was not registered.
     pub async fn start(self) -> Result<Runtime> {
         crate::runtime::limits::at_least_one(
             "RuntimeBuilder::max_concurrency",
@@ -317,12 +376,17 @@ impl RuntimeBuilder {
             "RuntimeBuilder::process_concurrency",
             self.process_concurrency,
         )?;
-        // A definition the scheduler could never launch is refused now, not at its fire.
+        // A definition the scheduler could never launch is refused now, not at its fire:
+        // an unknown type, or a graph whose tasks need a resource this runtime lacks.
         for d in &self.definitions {
-            if !self.registry.contains_key(d.process_type) {
+            let Some(reg) = self.registry.get(d.process_type) else {
                 return Err(Error::UnknownProcessType {
                     name: d.process_type.to_owned(),
                 });
+            };
+            // A graph that does not build is reported by its launch, as before.
+            if let Ok(graph) = (reg.build)(d.params.clone(), BTreeMap::new()) {
+                super::check_resources(&self.resources, &graph)?;
             }
         }
         let strict = self.strict;
@@ -366,6 +430,7 @@ impl RuntimeBuilder {
                     inst0: tokio::time::Instant::now(),
                 },
                 task_records: self.task_records,
+                resources: Arc::new(self.resources),
             }),
         };
         rt.resync().await?;

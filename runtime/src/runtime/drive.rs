@@ -96,6 +96,8 @@ pub(super) async fn drive(inner: Arc<Inner>, run: Run) -> Option<RunReport> {
     let journal = if running && inner.task_records {
         Some(RunJournal::new(
             Arc::from(id.as_str()),
+            Arc::from(rec.root.as_str()),
+            token,
             rows,
             inner.writer.clone(),
             inner.progress_flush,
@@ -147,6 +149,7 @@ pub(super) async fn drive(inner: Arc<Inner>, run: Run) -> Option<RunReport> {
             inner: Arc::downgrade(&inner),
             parent: id.clone(),
         }))),
+        resources: inner.resources.clone(),
     };
     let report = execute(graph, cfg).await;
     if let Some(j) = &journal {
@@ -168,6 +171,8 @@ pub(super) async fn drive(inner: Arc<Inner>, run: Run) -> Option<RunReport> {
     }
     let end = report.status.end_state();
     let error = (end == State::Failed).then(|| run_error(&report));
+    // Where the run stopped, for a run that did not end done (a done run is at 100).
+    let progress = journal.as_ref().map(|j| j.rollup());
     let id2 = id.clone();
     // The end is one write: the record's state (a cancel that came first wins: the run
     // ends cancelled, whatever its tasks did) and, for an ephemeral record, its deletion
@@ -204,6 +209,8 @@ pub(super) async fn drive(inner: Arc<Inner>, run: Run) -> Option<RunReport> {
                     r.set_state(end);
                     if end == State::Done {
                         r.progress.percent = Some(100.0);
+                    } else if let Some(p) = &progress {
+                        r.progress.clone_from(p);
                     }
                     Update::Put(Box::new(r))
                 }

@@ -108,6 +108,19 @@ pub enum Error {
         /// Why.
         reason: &'static str,
     },
+    /// A task of the process needs a resource this runtime does not hold (a `Res<T>`
+    /// parameter of its `#[task]` function). Reported by
+    /// [`RuntimeBuilder::start`](super::RuntimeBuilder::start) for the processes of
+    /// definitions, and by every launch before anything is written or run.
+    #[error("task `{task}` of process `{process}` needs the resource `{resource}`, which this runtime does not hold: register it with `RuntimeBuilder::resource`")]
+    MissingResource {
+        /// The process.
+        process: String,
+        /// The task (its node id in the process's graph).
+        task: String,
+        /// The resource's type.
+        resource: &'static str,
+    },
     /// The runtime is shutting down and accepts no new work.
     #[error("the runtime is shutting down")]
     ShuttingDown,

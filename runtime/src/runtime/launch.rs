@@ -282,6 +282,9 @@ impl Runtime {
         graph: Graph,
         hooks: Vec<Arc<dyn Hooks>>,
     ) -> Result<RunHandle> {
+        // Every launch comes here (by value, by id, by a schedule, as a child): a graph
+        // whose tasks need a resource this runtime lacks is refused before any write.
+        self.inner.check_resources(&graph)?;
         // Distinguishes this run from earlier and later runs of the same record.
         meta.token = fastrand::u64(1..);
         let token = meta.token;
@@ -496,6 +499,7 @@ impl Runtime {
             return Err(Error::ShuttingDown);
         }
         let graph = graph.into_graph()?;
+        self.inner.check_resources(&graph)?;
         let id = format!("{}-{}", graph.name(), self.next_id().await?);
         let cancel = CancellationToken::new();
         let (tx, rx) = watch::channel(None);
@@ -510,6 +514,7 @@ impl Runtime {
             journal: None,
             resume: None,
             runtime: None,
+            resources: self.inner.resources.clone(),
         };
         tokio::spawn(async move {
             if let Some(report) = execute(graph, cfg).await {

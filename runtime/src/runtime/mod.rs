@@ -40,12 +40,13 @@ use std::time::Duration;
 use tokio::sync::{broadcast, watch, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use crate::events::{Event, EventKind};
+use crate::events::{Event, EventKind, EventStream};
 use crate::hooks::Hooks;
 use crate::journal::WriterHandle;
 use crate::record::ProcessRecord;
 use crate::report::RunReport;
 use crate::store::{Batch, Query, Store, StoreError, TaskRow, Update};
+use crate::task::resource::Resources;
 
 use builder::{to_value, Registered};
 use children::ChildSpawner;
@@ -91,6 +92,8 @@ struct Inner {
     scheduler_wake: Arc<tokio::sync::Notify>,
     clock: Clock,
     task_records: bool,
+    /// Shared resources, by type (see [`RuntimeBuilder::resource`]).
+    resources: Arc<Resources>,
 }
 
 /// Wall time that follows tokio's clock (so a paused test clock drives the scheduler).
@@ -142,9 +145,25 @@ pub(super) fn clearing(store: &dyn Store, id: &str) -> Result<Batch, StoreError>
     })
 }
 
+/// [`Error::MissingResource`] for the first task of `graph` that needs a resource
+/// `resources` lacks. Cheap for large graphs: a task without resources costs one test.
+fn check_resources(resources: &Resources, graph: &crate::graph::Graph) -> Result<()> {
+    for node in &graph.nodes {
+        if let Some(key) = node.meta.resources.iter().find(|k| !resources.contains(k)) {
+            return Err(Error::MissingResource {
+                process: graph.name().to_owned(),
+                task: node.id.to_string(),
+                resource: key.type_name(),
+            });
+        }
+    }
+    Ok(())
+}
+
 fn state_event(rec: &ProcessRecord) -> Event {
     Event {
         id: rec.id.clone(),
+        run: rec.id.clone(),
         root: rec.root.clone(),
         kind: EventKind::State { state: rec.state() },
     }
@@ -240,6 +259,11 @@ impl Inner {
             (Some(rec), None) => Ok(rec),
             (None, None) => Err(Error::NotFound { id: id.to_owned() }),
         }
+    }
+
+    /// Refuses `graph` when one of its tasks needs a resource this runtime lacks.
+    fn check_resources(&self, graph: &crate::graph::Graph) -> Result<()> {
+        check_resources(&self.resources, graph)
     }
 
     async fn get(&self, id: &str) -> Result<Option<ProcessRecord>> {
@@ -339,6 +363,57 @@ impl RunHandle {
             }
             Some(None) => Err(Error::ShuttingDown),
         }
+    }
+
+    /// The events of this run as they happen: its record's state changes and rolled-up
+    /// progress, and its tasks' state changes, progress and log entries. The stream
+    /// starts at this call (earlier events are not replayed) and ends once the run has
+    /// ended: its last event is always the run's end state (made from the report when
+    /// the stream was opened after it). A run suspended by a shutdown ends the stream
+    /// without one.
+    ///
+    /// Child processes started by its tasks are runs of their own and are not included;
+    /// to follow a whole tree, filter [`Runtime::subscribe`] on [`Event::root`]. A run
+    /// of [`Runtime::launch_graph`] keeps no records, so its stream is empty.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use futures::StreamExt;
+    /// use procession::prelude::*;
+    /// use procession::{EventKind, State};
+    ///
+    /// #[task]
+    /// async fn step(ctx: &Ctx) {
+    ///     ctx.progress(50.0, "halfway");
+    /// }
+    /// #[process]
+    /// fn job(p: &mut Builder) { p.task(Step::new()); }
+    ///
+    /// # #[tokio::main] async fn main() -> procession::Result<()> {
+    /// let rt = Runtime::in_memory().start().await?;
+    /// let run = rt.launch(Launch::new(Job {}).id("job-1")).await?;
+    /// let events: Vec<_> = run.events().collect().await;
+    /// // Every event is of this run; the last one is its end.
+    /// assert!(events.iter().all(|e| e.run == "job-1"));
+    /// let last = events.last().unwrap();
+    /// assert_eq!((last.id.as_str(), &last.kind), ("job-1", &EventKind::State { state: State::Done }));
+    /// # Ok(()) }
+    /// ```
+    pub fn events(&self) -> EventStream {
+        let Some(inner) = self.runtime.as_ref().and_then(std::sync::Weak::upgrade) else {
+            return Box::pin(futures::stream::empty());
+        };
+        let rx = inner.events.subscribe();
+        let mut done = self.done.clone();
+        // Also when the run is suspended (its sender goes without a report).
+        let ended = async move {
+            match done.wait_for(Option::is_some).await {
+                Ok(r) => r.as_ref().map(|r| r.status.end_state()),
+                Err(_) => None,
+            }
+        };
+        crate::events::run_stream(rx, self.id.clone(), ended)
     }
 
     /// A token that cancels this run's tasks; send it to another task or thread. The

@@ -154,6 +154,11 @@ impl Runtime {
                 return self.settle(&id, token, State::Failed, Some(msg)).await;
             }
         };
+        if let Err(e) = self.inner.check_resources(&graph) {
+            let msg = format!("{e}: the interrupted run was not resumed");
+            tracing::warn!(run = %id, "{msg}");
+            return self.settle(&id, token, State::Failed, Some(msg)).await;
+        }
         if graph.fingerprint() != meta.fingerprint {
             let msg = format!(
                 "the graph of `{}` changed since this run started (fingerprint {:016x}, now {:016x}): the interrupted run was not resumed",

@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::error::{Cancelled, MissingResource};
 use crate::record::Level;
+use crate::task::resource::{Res, Resource, Resources};
 
 /// Where a task's progress and log entries go. The runtime installs one per run.
 pub(crate) trait Reporter: Send + Sync {
@@ -38,6 +40,8 @@ pub(crate) struct RunScope {
     pub(crate) reporter: Arc<dyn Reporter>,
     /// The runtime running this run (recorded runs only), for child processes.
     pub(crate) runtime: Option<RuntimeHandle>,
+    /// The runtime's shared resources.
+    pub(crate) resources: Arc<Resources>,
     /// Children started per (node, attempt, process), for default child ids.
     pub(crate) child_seq:
         std::sync::Mutex<std::collections::HashMap<(u32, u32, &'static str), u32>>,
@@ -115,6 +119,7 @@ impl Ctx {
                 cancel: CancellationToken::new(),
                 reporter: Arc::new(TracingReporter),
                 runtime: None,
+                resources: Arc::default(),
                 child_seq: std::sync::Mutex::default(),
             }),
             node: 0,
@@ -189,6 +194,94 @@ impl Ctx {
     /// True once the run was asked to stop.
     pub fn is_cancelled(&self) -> bool {
         self.scope.cancel.is_cancelled()
+    }
+
+    /// `Err(Cancelled)` once the run was asked to stop: `ctx.check_cancelled()?` leaves
+    /// the task, which is then recorded **cancelled** (not done, not failed), and its
+    /// dependents end cancelled with the run.
+    ///
+    /// [`Cancelled`] converts with `?` into `Box<dyn Error + Send + Sync>`, into
+    /// `anyhow::Error`, into `String`, and into your own error type once it has a variant
+    /// for it (with `thiserror`: `#[error(transparent)] Cancelled(#[from] Cancelled)`).
+    /// Returning `Ok` after a cancel instead records the task done with its result: use
+    /// this when the task stops before its work is complete.
+    ///
+    /// # Errors
+    ///
+    /// [`Cancelled`], naming this task, once the run was asked to stop.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use procession::prelude::*;
+    /// use procession::Cancelled;
+    ///
+    /// #[task]
+    /// async fn crawl(ctx: &Ctx, pages: u32) -> Result<u32, Cancelled> {
+    ///     let mut done = 0;
+    ///     for page in 0..pages {
+    ///         ctx.check_cancelled()?;
+    ///         ctx.progress(f64::from(page) * 100.0 / f64::from(pages), format!("page {page}"));
+    ///         done += 1;
+    ///     }
+    ///     Ok(done)
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let ctx = Ctx::detached("crawl");
+    /// assert_eq!(crawl(&ctx, 3).await.unwrap(), 3);
+    /// ctx.cancel();
+    /// let err = crawl(&ctx, 3).await.unwrap_err();
+    /// assert_eq!(err.to_string(), "task `crawl` was cancelled");
+    /// # }
+    /// ```
+    pub fn check_cancelled(&self) -> Result<(), Cancelled> {
+        if self.scope.cancel.is_cancelled() {
+            Err(Cancelled {
+                task: self.task.to_owned(),
+            })
+        } else {
+            Ok(())
+        }
+    }
+
+    /// The runtime's resource of type `T` (registered with
+    /// [`RuntimeBuilder::resource`](crate::RuntimeBuilder::resource)), for a task that
+    /// decides at run time which resources it reads. A resource the task always needs
+    /// is better declared as a `Res<T>` parameter: then a runtime without it refuses
+    /// the run before it starts, instead of this task failing when it gets here.
+    ///
+    /// # Errors
+    ///
+    /// [`MissingResource`] when the runtime holds no `T` (a detached context holds
+    /// none).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use procession::prelude::*;
+    ///
+    /// struct Config { verbose: bool }
+    ///
+    /// #[task]
+    /// fn report(ctx: &Ctx) -> Result<bool, procession::MissingResource> {
+    ///     Ok(ctx.resource::<Config>()?.verbose)
+    /// }
+    /// #[process] fn job(p: &mut Builder) { p.task(Report::new()); }
+    ///
+    /// # #[tokio::main] async fn main() -> procession::Result<()> {
+    /// let rt = Runtime::in_memory().resource(Config { verbose: true }).start().await?;
+    /// assert!(rt.run(Job {}).await?.result::<bool>("report").unwrap());
+    /// # Ok(()) }
+    /// ```
+    pub fn resource<T: Resource>(&self) -> Result<Res<T>, MissingResource> {
+        self.scope
+            .resources
+            .get::<T>()
+            .ok_or_else(|| MissingResource {
+                task: self.task.to_owned(),
+                resource: std::any::type_name::<T>(),
+            })
     }
 
     /// Completes when the run is asked to stop; use it in `tokio::select!`.

@@ -10,6 +10,7 @@ pub(crate) mod ctx;
 pub(crate) mod data;
 pub(crate) mod erased;
 mod finite;
+pub(crate) mod resource;
 
 use std::error::Error as StdError;
 use std::fmt;
@@ -91,6 +92,9 @@ pub struct TaskMeta {
     pub is_async: bool,
     /// Retries, backoff, timeout and dependency-failure handling.
     pub policy: Policy,
+    /// The resources the task reads (its `Res<T>` parameters): the runtime refuses a
+    /// graph with a task whose resource it does not hold, before anything runs.
+    pub resources: &'static [resource::ResourceKey],
 }
 
 /// Retry, backoff, timeout and dependency-failure policy of a task.

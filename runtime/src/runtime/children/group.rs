@@ -172,6 +172,7 @@ impl ParallelGroup {
                     state: State::Cancelled,
                     error: None,
                     original: None,
+                    report: None,
                 }
             }));
             return Ok(());
@@ -214,6 +215,7 @@ impl ParallelGroup {
                 state: outcome.state,
                 error: outcome.error,
                 original: outcome.original,
+                report: outcome.report,
             }
         }));
         Ok(())
@@ -238,6 +240,7 @@ impl ParallelGroup {
                     state: State::Failed,
                     error: Some(e.to_string()),
                     original: None,
+                    report: None,
                 }),
             }
         }

@@ -31,6 +31,7 @@ use std::error::Error as StdError;
 use std::fmt;
 use std::sync::Arc;
 
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 use tokio::sync::{watch, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -39,7 +40,7 @@ use crate::graph::process::Process;
 use crate::graph::Graph;
 use crate::hooks::Hooks;
 use crate::record::State;
-use crate::report::RunReport;
+use crate::report::{ResultError, RunReport};
 use crate::runtime::Error;
 use crate::task::ctx::Ctx;
 
@@ -185,7 +186,38 @@ pub struct ChildProgress {
     pub message: Option<String>,
 }
 
-/// How a child ended.
+/// How a child ended, with its report: read its tasks' typed results with
+/// [`result`](ChildOutcome::result) or [`output`](ChildOutcome::output).
+///
+/// # Examples
+///
+/// ```
+/// use procession::prelude::*;
+/// use procession::Child;
+///
+/// #[task] fn fetch(n: u32) -> Vec<u32> { (0..n).collect() }
+/// #[task] fn total(xs: Vec<u32>) -> u32 { xs.iter().sum() }
+/// #[process]
+/// fn summing(p: &mut Builder, n: u32) {
+///     let xs = p.task(Fetch::new(n));
+///     p.task(Total::new(xs));
+/// }
+///
+/// #[task]
+/// async fn parent(ctx: &Ctx) -> Result<u32, procession::BoxError> {
+///     let outcome = ctx.run_child(Child::new(Summing { n: 5 })).await?;
+///     // By task id, or the last task's result:
+///     assert_eq!(outcome.result::<Vec<u32>>("fetch")?, vec![0, 1, 2, 3, 4]);
+///     Ok(outcome.output::<u32>()?)
+/// }
+/// #[process] fn boss(p: &mut Builder) { p.task(Parent::new()); }
+///
+/// # #[tokio::main] async fn main() -> procession::Result<()> {
+/// let rt = Runtime::in_memory().register::<Summing>().start().await?;
+/// let report = rt.run(Boss {}).await?;
+/// assert_eq!(report.result::<u32>("parent").unwrap(), 10);
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone)]
 pub struct ChildOutcome {
     /// The child's id.
@@ -199,7 +231,58 @@ pub struct ChildOutcome {
     /// The original error of the task that failed, for downcasting.
     pub original: Option<Arc<dyn StdError + Send + Sync>>,
     /// The child's report (`None` when it was never started: the parent was cancelled).
-    pub report: Option<RunReport>,
+    /// Shared, not copied: the same report the child's run handed over. A child that
+    /// had ended before this task ran again (a retry, or a restart) gives the report
+    /// built from the store, results included.
+    pub report: Option<Arc<RunReport>>,
+}
+
+impl ChildOutcome {
+    /// The typed result of the child's task `task` (an id, as in
+    /// [`RunReport::result`]).
+    ///
+    /// # Errors
+    ///
+    /// [`ResultError`]: the child never started, has no such task, the task has no
+    /// result (it did not succeed), or its result does not decode as `T`.
+    pub fn result<T: DeserializeOwned>(&self, task: &str) -> Result<T, ResultError> {
+        report_result(self.report.as_deref(), &self.id, Some(task))
+    }
+
+    /// The child's output: the typed result of its last task (the last one its
+    /// process's builder added; in a process that ends with one final task, that task).
+    ///
+    /// # Errors
+    ///
+    /// As [`result`](ChildOutcome::result).
+    pub fn output<T: DeserializeOwned>(&self) -> Result<T, ResultError> {
+        report_result(self.report.as_deref(), &self.id, None)
+    }
+}
+
+/// The result of task `task` (the last task for `None`) in the report of child `child`.
+fn report_result<T: DeserializeOwned>(
+    report: Option<&RunReport>,
+    child: &str,
+    task: Option<&str>,
+) -> Result<T, ResultError> {
+    let Some(report) = report else {
+        // Never started (its parent was cancelled first): nothing of it succeeded.
+        return Err(ResultError::NoResult {
+            task: format!("{child}/{}", task.unwrap_or("(output)")),
+            status: crate::report::TaskStatus::Cancelled,
+        });
+    };
+    match task {
+        Some(id) => report.result(id),
+        None => report
+            .tasks
+            .last()
+            .ok_or_else(|| ResultError::UnknownTask {
+                task: format!("{child}/(output)"),
+            })?
+            .result_as(),
+    }
 }
 
 /// A child process failed; the original error is kept (typed) as the source.
@@ -262,7 +345,9 @@ pub enum ChildError {
     NoRuntime,
 }
 
-/// The result of one child of a [`ParallelGroup`].
+/// The result of one child of a [`ParallelGroup`], with its report: read its tasks'
+/// typed results with [`result`](ChildResult::result) or
+/// [`output`](ChildResult::output).
 #[derive(Debug, Clone)]
 pub struct ChildResult {
     /// The child's id.
@@ -275,6 +360,31 @@ pub struct ChildResult {
     pub error: Option<String>,
     /// The original error, when it failed.
     pub original: Option<Arc<dyn StdError + Send + Sync>>,
+    /// The child's report (`None` when it was never started). Shared with the child's
+    /// run, not copied, so a group of many children costs one pointer per child.
+    pub report: Option<Arc<RunReport>>,
+}
+
+impl ChildResult {
+    /// The typed result of the child's task `task` (an id, as in
+    /// [`RunReport::result`]).
+    ///
+    /// # Errors
+    ///
+    /// As [`ChildOutcome::result`].
+    pub fn result<T: DeserializeOwned>(&self, task: &str) -> Result<T, ResultError> {
+        report_result(self.report.as_deref(), &self.process_id, Some(task))
+    }
+
+    /// The child's output: the typed result of its last task (see
+    /// [`ChildOutcome::output`]).
+    ///
+    /// # Errors
+    ///
+    /// As [`ChildOutcome::result`].
+    pub fn output<T: DeserializeOwned>(&self) -> Result<T, ResultError> {
+        report_result(self.report.as_deref(), &self.process_id, None)
+    }
 }
 
 impl Ctx {
@@ -510,7 +620,7 @@ fn outcome_of(id: &str, name: &str, report: &Arc<RunReport>) -> ChildOutcome {
         state,
         error: original.as_ref().map(ToString::to_string),
         original,
-        report: Some((**report).clone()),
+        report: Some(report.clone()),
     }
 }
 
