@@ -67,13 +67,14 @@ pub use procession_runtime::{
     CancelGraceExceeded, CancellationToken, Cancelled, CatchUp, Child, ChildError, ChildOutcome,
     ChildProcessFailed, ChildProgress, ChildResult, Ctx, Data, Definition, DependencyFailed, Error,
     ErrorMatcher, ErrorReport, Event, EventKind, EventStream, Graph, GraphError, GroupError,
-    GroupOptions, Hooks, InputError, IntoArg, IntoGraph, InvalidTransition, Json, Launch, Level,
-    ListFilter, LogEntry, Mode, NodeRef, NonRetryable, OnDepFailure, Out, OutputNotSerializable,
-    ParallelGroup, Policy, Process, ProcessMeta, ProcessRecord, Progress, ProgressCallback,
-    RecordKind, Result, ResultError, ResyncReport, RetryExhausted, RunHandle, RunInfo, RunMeta,
-    RunReport, RunStatus, Runtime, RuntimeBuilder, Schedule, ScheduleError, Shutdown, State,
-    Status, Task, TaskFuture, TaskGraph, TaskInfo, TaskMeta, TaskPanicked, TaskReport, TaskStatus,
-    Timeout, MAX_LOG, SCHEMA_VERSION,
+    GroupOptions, Hooks, InputError, IntoArg, IntoGraph, IntoTaskId, IntoTaskSpec,
+    InvalidTransition, Json, Launch, Level, ListFilter, LogEntry, Mode, NodeRef, NonRetryable,
+    OnDepFailure, Out, OutputNotSerializable, ParallelGroup, PlainInputs, Policy, Process,
+    ProcessMeta, ProcessRecord, Progress, ProgressCallback, Read, RecordKind, Result, ResultError,
+    ResultKey, ResyncReport, RetryExhausted, RunHandle, RunInfo, RunMeta, RunReport, RunStatus,
+    Runtime, RuntimeBuilder, Schedule, ScheduleError, Shutdown, State, Status, Task, TaskExt,
+    TaskFuture, TaskGraph, TaskInfo, TaskKey, TaskMeta, TaskPanicked, TaskReport, TaskSpec,
+    TaskStatus, Timeout, MAX_LOG, SCHEMA_VERSION,
 };
 
 /// The names most programs need: `use procession::prelude::*;`.
@@ -81,7 +82,7 @@ pub mod prelude {
     pub use procession_macros::{process, task};
     pub use procession_runtime::{
         Builder, Ctx, Graph, GraphError, Launch, Level, Mode, NonRetryable, OnDepFailure, Out,
-        Process, RunReport, RunStatus, Runtime, Task, TaskGraph, TaskStatus,
+        Process, RunReport, RunStatus, Runtime, Task, TaskExt, TaskGraph, TaskKey, TaskStatus,
     };
 }
 
