@@ -7,7 +7,14 @@
 //!   constructor takes each input as a value or as the output of another task, with
 //!   retries, backoff, timeout and dependency-failure policy parsed at compile time.
 //! - [`#[process]`](macro@process) turns a function taking a [`Builder`] into a process:
-//!   a serializable struct of its parameters that builds a graph of tasks.
+//!   a serializable struct of its parameters that builds a graph of tasks. The graph
+//!   follows its data: a task starts when the tasks whose outputs it takes have ended
+//!   (`mode = "sequential"`, [`Builder::sequential`] and [`Builder::after`] order work
+//!   without data).
+//! - Tasks take options where they are added ([`TaskExt`]): an id of your choosing, whose
+//!   result a typed [`TaskKey`] reads back from the report ([`RunReport::get`]); optional
+//!   (its failure does not fail the run); and a `run_anyway` fan-in takes
+//!   `Vec<Option<T>>`, receiving the inputs that succeeded.
 //! - [`Runtime`] runs graphs: a task starts as soon as its own dependencies end, failures
 //!   skip only what depends on them, panics become task failures, and every run ends with
 //!   a [`RunReport`].
@@ -37,19 +44,22 @@
 //! #[task]
 //! fn total_revenue(orders: Vec<Order>) -> f64 { orders.iter().map(|o| o.amount).sum() }
 //!
+//! /// The day's revenue, read back from the run's report.
+//! const REVENUE: TaskKey<f64> = TaskKey::new("revenue");
+//!
 //! #[process(description = "Nightly revenue report")]
 //! fn daily_report(p: &mut Builder, sources: Vec<String>) {
-//!     let fetched = p.concurrent(|p| {
-//!         sources.iter().map(|s| p.task(FetchOrders::new(s.clone()))).collect::<Vec<_>>()
-//!     });
+//!     // The fetches take nothing from each other: they run side by side.
+//!     let fetched: Vec<Out<Vec<Order>>> =
+//!         sources.iter().map(|s| p.task(FetchOrders::new(s.clone()))).collect();
 //!     let all = p.task(MergeOrders::new(fetched));
-//!     p.task(TotalRevenue::new(all));
+//!     p.task(TotalRevenue::new(all).id(REVENUE));
 //! }
 //!
 //! # #[tokio::main] async fn main() -> procession::Result<()> {
 //! let rt = Runtime::in_memory().register::<DailyReport>().start().await?;
 //! let report = rt.run(DailyReport { sources: vec!["eu".into(), "us".into()] }).await?;
-//! assert_eq!(report.result::<f64>("total_revenue").unwrap(), 31.0);
+//! assert_eq!(report.get(&REVENUE), Some(31.0));
 //! # Ok(()) }
 //! ```
 

@@ -96,6 +96,7 @@ pub(crate) fn task(model: &Task) -> TokenStream {
     let plain_inputs = (!matches!(args.on_dep_failure(), OnDepFailure::RunAnyway)).then(|| {
         quote! {
             #[automatically_derived]
+            #[diagnostic::do_not_recommend]
             impl #p::PlainInputs for #name {}
         }
     });

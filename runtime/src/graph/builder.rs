@@ -454,16 +454,16 @@ impl Builder {
         self.block("concurrent", Mode::Dataflow, false, f)
     }
 
-    /// Calls `f` once per item. The steps it adds are steps of the enclosing block (in a
-    /// sequential block the items run one after another, in a concurrent block side by
-    /// side); ids get an `each[i]/` segment.
+    /// Calls `f` once per item. The steps it adds are steps of the enclosing block (at a
+    /// process's top level or in a concurrent block the items run side by side, in a
+    /// sequential block one after another); ids get an `each[i]/` segment.
     ///
     /// # Examples
     ///
     /// ```
     /// use procession::prelude::*;
     /// #[task] fn send(to: String) { println!("{to}"); }
-    /// #[process(mode = "concurrent")]
+    /// #[process]
     /// fn mail(p: &mut Builder, to: Vec<String>) {
     ///     p.each(to, |p, addr| p.task(Send::new(addr)));
     /// }
@@ -550,7 +550,7 @@ impl Builder {
     /// #[task] fn migrate() {}
     /// #[task] fn warm_cache() {}
     /// #[task] fn serve() {}
-    /// #[process(mode = "concurrent")]
+    /// #[process]
     /// fn deploy(p: &mut Builder) {
     ///     let m = p.task(Migrate::new());
     ///     p.task(WarmCache::new());

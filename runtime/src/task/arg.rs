@@ -301,6 +301,7 @@ fn many_maybe<U: Data>(refs: Vec<NodeRef>) -> Arg<Vec<Option<U>>> {
 )]
 pub trait PlainInputs {}
 
+#[diagnostic::do_not_recommend]
 impl PlainInputs for () {}
 
 /// Conversion of a constructor argument into a task input.
@@ -329,7 +330,7 @@ impl PlainInputs for () {}
 /// #[task]
 /// fn merge(parts: Vec<Vec<u32>>) -> Vec<u32> { parts.concat() }
 ///
-/// #[process(mode = "concurrent")]
+/// #[process]
 /// fn pipeline(p: &mut Builder) {
 ///     let eu = p.task(Fetch::new("eu"));          // &str for String
 ///     let us = p.task(Fetch::new(String::from("us")));
@@ -386,30 +387,35 @@ impl<U: Data, K: PlainInputs, const N: usize> IntoArg<Vec<U>, K> for [Out<U>; N]
     }
 }
 
+#[diagnostic::do_not_recommend]
 impl<U: Data, K> IntoArg<Option<U>, K> for Out<U> {
     fn into_arg(self) -> Arg<Option<U>> {
         Arg(ArgKind::Maybe(self.node, take_maybe::<U>))
     }
 }
 
+#[diagnostic::do_not_recommend]
 impl<U: Data, K> IntoArg<Option<U>, K> for &Out<U> {
     fn into_arg(self) -> Arg<Option<U>> {
         Arg(ArgKind::Maybe(self.node, take_maybe::<U>))
     }
 }
 
+#[diagnostic::do_not_recommend]
 impl<U: Data, K> IntoArg<Vec<Option<U>>, K> for Vec<Out<U>> {
     fn into_arg(self) -> Arg<Vec<Option<U>>> {
         many_maybe(self.into_iter().map(|o| o.node).collect())
     }
 }
 
+#[diagnostic::do_not_recommend]
 impl<U: Data, K> IntoArg<Vec<Option<U>>, K> for &[Out<U>] {
     fn into_arg(self) -> Arg<Vec<Option<U>>> {
         many_maybe(self.iter().map(|o| o.node).collect())
     }
 }
 
+#[diagnostic::do_not_recommend]
 impl<U: Data, K, const N: usize> IntoArg<Vec<Option<U>>, K> for [Out<U>; N] {
     fn into_arg(self) -> Arg<Vec<Option<U>>> {
         many_maybe(self.iter().map(|o| o.node).collect())

@@ -46,6 +46,11 @@ pub type TaskFuture<T> = Pin<Box<dyn Future<Output = Result<T, BoxError>> + Send
 /// assert_eq!(<Double as Task>::META.description, "Doubles a number.");
 /// assert_eq!(<Double as Task>::META.policy.max_attempts, 3);
 /// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a task",
+    label = "expected a task value such as `FetchOrders::new(..)`",
+    note = "`#[task] fn fetch_orders(..)` generates the task type `FetchOrders`: add `FetchOrders::new(..)` with its arguments, not the function itself"
+)]
 pub trait Task: Send + Sized + 'static {
     /// The value a successful attempt produces.
     type Output: Data;

@@ -145,24 +145,28 @@ pub trait IntoTaskId<T> {
     fn into_task_id(self) -> Cow<'static, str>;
 }
 
+#[diagnostic::do_not_recommend]
 impl<T> IntoTaskId<T> for &str {
     fn into_task_id(self) -> Cow<'static, str> {
         Cow::Owned(self.to_owned())
     }
 }
 
+#[diagnostic::do_not_recommend]
 impl<T> IntoTaskId<T> for String {
     fn into_task_id(self) -> Cow<'static, str> {
         Cow::Owned(self)
     }
 }
 
+#[diagnostic::do_not_recommend]
 impl<T> IntoTaskId<T> for TaskKey<T> {
     fn into_task_id(self) -> Cow<'static, str> {
         self.id
     }
 }
 
+#[diagnostic::do_not_recommend]
 impl<T> IntoTaskId<T> for &TaskKey<T> {
     fn into_task_id(self) -> Cow<'static, str> {
         self.id.clone()
@@ -317,6 +321,7 @@ pub trait IntoTaskSpec {
     fn into_spec(self) -> TaskSpec<Self::Task>;
 }
 
+#[diagnostic::do_not_recommend]
 impl<T: Task> IntoTaskSpec for T {
     type Task = T;
     fn into_spec(self) -> TaskSpec<T> {
@@ -324,6 +329,7 @@ impl<T: Task> IntoTaskSpec for T {
     }
 }
 
+#[diagnostic::do_not_recommend]
 impl<T: Task> IntoTaskSpec for TaskSpec<T> {
     type Task = T;
     fn into_spec(self) -> TaskSpec<T> {
