@@ -395,7 +395,8 @@ fn build_total() -> u32 {
 }
 
 #[task]
-fn mark_notified(_done: ()) -> bool {
+fn mark_notified(done: ()) -> bool {
+    let () = done;
     true
 }
 
@@ -460,7 +461,9 @@ fn ping_status_page() -> Result<(), Down> {
 }
 
 #[task(on_dep_failure = "fail")]
-fn strict_after(_x: ()) {}
+fn strict_after(x: ()) {
+    let () = x;
+}
 
 #[process]
 fn optional_by_attribute(p: &mut Builder) {
@@ -490,7 +493,7 @@ fn optional_and_required_failures(p: &mut Builder) {
 // not optional, and the record's error names that one, not the optional one.
 #[tokio::test]
 async fn optional_by_attribute_and_what_still_fails() {
-    assert!(<PingStatusPage as Task>::META.policy.optional);
+    const { assert!(<PingStatusPage as Task>::META.policy.optional) };
     let rt = rt().await;
     let report = rt.run(OptionalByAttribute {}).await.unwrap();
     assert_eq!(report.status, RunStatus::Succeeded);
