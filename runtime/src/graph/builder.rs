@@ -147,19 +147,31 @@ impl Ids {
 /// #[task] fn fetch(source: String) -> Vec<u32> { vec![source.len() as u32] }
 /// #[task] fn merge(parts: Vec<Vec<u32>>) -> Vec<u32> { parts.concat() }
 /// #[task] fn total(xs: Vec<u32>) -> u32 { xs.iter().sum() }
+/// #[task] fn lock_ledger() {}
+/// #[task] fn unlock_ledger() {}
 ///
 /// #[process]
 /// fn report(p: &mut Builder, sources: Vec<String>) {
-///     let parts = p.concurrent(|p| {
-///         sources.iter().map(|s| p.task(Fetch::new(s.clone()))).collect::<Vec<_>>()
-///     });
+///     // The fetches take nothing from each other: they run side by side.
+///     let parts: Vec<Out<Vec<u32>>> =
+///         sources.iter().map(|s| p.task(Fetch::new(s.clone()))).collect();
 ///     let all = p.task(Merge::new(parts));
-///     p.task(Total::new(all));
+///     p.task(Total::new(all).id("total"));
+///     // No data between these two: their order is written out.
+///     p.sequential(|p| {
+///         p.task(LockLedger::new());
+///         p.task(UnlockLedger::new());
+///     });
 /// }
 ///
 /// let g = Graph::of(Report { sources: vec!["eu".into(), "us".into()] }).unwrap();
-/// assert_eq!(g.node_ids(), vec!["concurrent/fetch", "concurrent/fetch#1", "merge", "total"]);
-/// assert_eq!(g.dependencies("merge").unwrap(), vec!["concurrent/fetch", "concurrent/fetch#1"]);
+/// assert_eq!(
+///     g.node_ids(),
+///     vec!["fetch", "fetch#1", "merge", "total", "sequential/lock_ledger", "sequential/unlock_ledger"]
+/// );
+/// assert!(g.dependencies("fetch#1").unwrap().is_empty());
+/// assert_eq!(g.dependencies("merge").unwrap(), vec!["fetch", "fetch#1"]);
+/// assert_eq!(g.dependencies("sequential/unlock_ledger").unwrap(), vec!["sequential/lock_ledger"]);
 /// ```
 pub struct Builder {
     pub(super) name: String,
