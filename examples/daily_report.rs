@@ -1,13 +1,20 @@
-//! The flagship example: a daily revenue report.
+//! The flagship example: a daily revenue report, written the obvious way.
 //!
-//! Two sources are fetched side by side, each is cleaned, the totals are aggregated into
-//! a report, and the report is published to two places. One fetch only succeeds on its
-//! third attempt (retries with exponential backoff), the chat notifier always fails, and
-//! the archiver, which does not depend on the notifier, still runs.
+//! Three sources are fetched, each is cleaned, the cleaned orders are aggregated into a
+//! report, and the report is sent to the team chat and archived. No blocks and no mode:
+//! each task starts when the tasks whose outputs it takes have ended, so the three fetches
+//! run side by side (their start times are printed) and the archiver, which reads only the
+//! report, runs although the chat notifier fails.
+//!
+//! Today "us" only answers on its third attempt (retries with exponential backoff), "apac"
+//! stays down (its fetch is optional, and the report is built from the sources that
+//! answered), and the chat webhook is down (the notifier is optional too): the run
+//! succeeds with two warnings.
 //!
 //! Run it with `cargo run --example daily_report`.
 
-use std::time::Duration;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 use procession::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -30,14 +37,35 @@ struct Report {
     orders: usize,
     revenue_eur: f64,
     by_source: Vec<(String, f64)>,
+    missing: Vec<String>,
 }
 
-/// Fetches the orders of one source. The "us" source is flaky: it answers 503 twice.
-#[task(retries = 3, backoff = "exponential(20ms, 200ms)", timeout = "2s")]
+/// The report, by a name of our choosing: `main` reads it back from the run's report.
+const REPORT: TaskKey<Report> = TaskKey::new("report");
+/// Where the archiver wrote the report.
+const ARCHIVE: TaskKey<String> = TaskKey::new("archive");
+
+/// When the run started, to print when each fetch ran.
+static T0: OnceLock<Instant> = OnceLock::new();
+
+fn since_start() -> u128 {
+    T0.get().map_or(0, |t| t.elapsed().as_millis())
+}
+
+/// Fetches the orders of one source. "us" answers 503 twice; "apac" is down all day.
+#[task(retries = 2, backoff = "exponential(20ms, 200ms)", timeout = "2s")]
 async fn fetch_orders(ctx: &Ctx, source: String) -> Result<Vec<Order>, FetchError> {
+    let start = since_start();
     ctx.progress(10.0, format!("querying {source}"));
-    tokio::time::sleep(Duration::from_millis(30)).await;
-    if source == "us" && ctx.attempt() < 3 {
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let down = (source == "us" && ctx.attempt() < 3) || source == "apac";
+    println!(
+        "  fetch {source:<4} attempt {}: +{start:>3} ms .. +{:>3} ms {}",
+        ctx.attempt(),
+        since_start(),
+        if down { "503" } else { "ok" }
+    );
+    if down {
         return Err(FetchError::Unavailable {
             source_name: source,
             attempt: ctx.attempt(),
@@ -74,19 +102,28 @@ fn clean_orders(orders: Vec<Order>) -> Vec<Order> {
         .collect()
 }
 
-/// Aggregates the cleaned sources into the day's report.
-#[task]
-fn build_report(sources: Vec<String>, cleaned: Vec<Vec<Order>>) -> Report {
-    let by_source: Vec<(String, f64)> = sources
-        .into_iter()
-        .zip(&cleaned)
-        .map(|(s, orders)| (s, orders.iter().map(|o| o.amount).sum()))
-        .collect();
-    Report {
-        orders: cleaned.iter().map(Vec::len).sum(),
-        revenue_eur: by_source.iter().map(|(_, v)| v).sum(),
-        by_source,
+/// Aggregates the cleaned sources into the day's report. It runs even when some sources
+/// could not be fetched (`run_anyway`): those arrive as `None` and are named as missing.
+#[task(on_dep_failure = "run_anyway")]
+fn build_report(sources: Vec<String>, cleaned: Vec<Option<Vec<Order>>>) -> Report {
+    let mut report = Report {
+        orders: 0,
+        revenue_eur: 0.0,
+        by_source: Vec::new(),
+        missing: Vec::new(),
+    };
+    for (source, orders) in sources.into_iter().zip(cleaned) {
+        match orders {
+            Some(orders) => {
+                let total: f64 = orders.iter().map(|o| o.amount).sum();
+                report.orders += orders.len();
+                report.revenue_eur += total;
+                report.by_source.push((source, total));
+            }
+            None => report.missing.push(source),
+        }
     }
+    report
 }
 
 /// Posts the report to the team chat. The webhook is down today.
@@ -114,19 +151,22 @@ fn archive_report(report: Report) -> Result<String, std::io::Error> {
 /// Nightly revenue report.
 #[process(schedule = "0 2 * * *")]
 fn daily_report(p: &mut Builder, sources: Vec<String>) {
-    // One fetch-then-clean branch per source, the branches side by side.
-    let cleaned = p.concurrent(|p| {
-        p.each(&sources, |p, source| {
-            let raw = p.task(FetchOrders::new(source.clone()));
-            p.task(CleanOrders::new(raw))
+    // Each source: fetch, then clean. A source that stays down does not fail the day.
+    let cleaned: Vec<Out<Vec<Order>>> = sources
+        .iter()
+        .map(|s| {
+            let raw = p.task(
+                FetchOrders::new(s.clone())
+                    .id(format!("fetch_{s}"))
+                    .optional(),
+            );
+            p.task(CleanOrders::new(raw).id(format!("clean_{s}")))
         })
-    });
-    let report = p.task(BuildReport::new(sources.clone(), cleaned));
-    // The two publishers only depend on the report, not on each other.
-    p.concurrent(|p| {
-        p.task(NotifyChat::new(report));
-        p.task(ArchiveReport::new(report));
-    });
+        .collect();
+    let report = p.task(BuildReport::new(sources.clone(), cleaned).id(REPORT));
+    // Both read only the report: the archiver does not wait for the notifier.
+    p.task(NotifyChat::new(report).id("notify").optional());
+    p.task(ArchiveReport::new(report).id(ARCHIVE));
 }
 
 #[tokio::main]
@@ -137,9 +177,10 @@ async fn main() -> procession::Result<()> {
         .register::<DailyReport>()
         .start()
         .await?;
+    T0.get_or_init(Instant::now);
     let run = rt
         .launch(DailyReport {
-            sources: vec!["eu".into(), "us".into()],
+            sources: vec!["eu".into(), "us".into(), "apac".into()],
         })
         .await?;
     let run_id = run.id().to_owned();
@@ -156,17 +197,25 @@ async fn main() -> procession::Result<()> {
     };
 
     println!("\n{}", report.summary());
-    if let Ok(r) = report.result::<Report>("build_report") {
+    if let Some(r) = report.get(&REPORT) {
         println!(
-            "revenue: {:.2} EUR from {} orders ({})",
+            "revenue: {:.2} EUR from {} orders ({}); missing: {}",
             r.revenue_eur,
             r.orders,
             r.by_source
                 .iter()
                 .map(|(s, v)| format!("{s}: {v:.2}"))
                 .collect::<Vec<_>>()
-                .join(", ")
+                .join(", "),
+            r.missing.join(", ")
         );
+    }
+    if let Some(path) = report.get(&ARCHIVE) {
+        println!("archived to {path}");
+    }
+    for w in report.warnings() {
+        let msg = w.error.as_ref().map_or("", |e| e.message.as_str());
+        println!("warning: optional task `{}` failed: {msg}", w.id);
     }
     println!("\nJSON report:\n{}", report.to_json_pretty());
 

@@ -7,7 +7,14 @@
 //!   constructor takes each input as a value or as the output of another task, with
 //!   retries, backoff, timeout and dependency-failure policy parsed at compile time.
 //! - [`#[process]`](macro@process) turns a function taking a [`Builder`] into a process:
-//!   a serializable struct of its parameters that builds a graph of tasks.
+//!   a serializable struct of its parameters that builds a graph of tasks. The graph
+//!   follows its data: a task starts when the tasks whose outputs it takes have ended
+//!   (`mode = "sequential"`, [`Builder::sequential`] and [`Builder::after`] order work
+//!   without data).
+//! - Tasks take options where they are added ([`TaskExt`]): an id of your choosing, whose
+//!   result a typed [`TaskKey`] reads back from the report ([`RunReport::get`]); optional
+//!   (its failure does not fail the run); and a `run_anyway` fan-in takes
+//!   `Vec<Option<T>>`, receiving the inputs that succeeded.
 //! - [`Runtime`] runs graphs: a task starts as soon as its own dependencies end, failures
 //!   skip only what depends on them, panics become task failures, and every run ends with
 //!   a [`RunReport`].
@@ -44,19 +51,22 @@
 //! #[task]
 //! fn total_revenue(orders: Vec<Order>) -> f64 { orders.iter().map(|o| o.amount).sum() }
 //!
+//! /// The day's revenue, read back from the run's report.
+//! const REVENUE: TaskKey<f64> = TaskKey::new("revenue");
+//!
 //! #[process(description = "Nightly revenue report")]
 //! fn daily_report(p: &mut Builder, sources: Vec<String>) {
-//!     let fetched = p.concurrent(|p| {
-//!         sources.iter().map(|s| p.task(FetchOrders::new(s.clone()))).collect::<Vec<_>>()
-//!     });
+//!     // The fetches take nothing from each other: they run side by side.
+//!     let fetched: Vec<Out<Vec<Order>>> =
+//!         sources.iter().map(|s| p.task(FetchOrders::new(s.clone()))).collect();
 //!     let all = p.task(MergeOrders::new(fetched));
-//!     p.task(TotalRevenue::new(all));
+//!     p.task(TotalRevenue::new(all).id(REVENUE));
 //! }
 //!
 //! # #[tokio::main] async fn main() -> procession::Result<()> {
 //! let rt = Runtime::in_memory().register::<DailyReport>().start().await?;
 //! let report = rt.run(DailyReport { sources: vec!["eu".into(), "us".into()] }).await?;
-//! assert_eq!(report.result::<f64>("total_revenue").unwrap(), 31.0);
+//! assert_eq!(report.get(&REVENUE), Some(31.0));
 //! # Ok(()) }
 //! ```
 
@@ -74,13 +84,15 @@ pub use procession_runtime::{
     CancelGraceExceeded, CancellationToken, Cancelled, CatchUp, Child, ChildError, ChildOutcome,
     ChildProcessFailed, ChildProgress, ChildResult, Ctx, Data, Definition, DependencyFailed, Error,
     ErrorMatcher, ErrorReport, Event, EventKind, EventStream, Graph, GraphError, GroupError,
-    GroupOptions, Hooks, InputError, IntoArg, IntoGraph, InvalidTransition, Json, Launch, Level,
-    ListFilter, LogEntry, MissingResource, Mode, NodeRef, NonRetryable, OnDepFailure, Out,
-    OutputNotSerializable, ParallelGroup, Policy, Process, ProcessMeta, ProcessRecord, Progress,
-    ProgressCallback, RecordKind, Res, Resource, ResourceKey, Result, ResultError, ResyncReport,
-    RetryExhausted, RunHandle, RunInfo, RunMeta, RunReport, RunStatus, Runtime, RuntimeBuilder,
-    Schedule, ScheduleError, Shutdown, State, Status, Task, TaskFuture, TaskGraph, TaskInfo,
-    TaskMeta, TaskPanicked, TaskReport, TaskStatus, Timeout, MAX_LOG, SCHEMA_VERSION,
+    GroupOptions, Hooks, InputError, IntoArg, IntoGraph, IntoTaskId, IntoTaskSpec,
+    InvalidTransition, Json, Launch, Level, ListFilter, LogEntry, MissingResource, Mode, NodeRef,
+    NonRetryable, OnDepFailure, Out, OutputNotSerializable, ParallelGroup, PlainInputs, Policy,
+    Process, ProcessMeta, ProcessRecord, Progress, ProgressCallback, Read, RecordKind, Res,
+    Resource, ResourceKey, Result, ResultError, ResultKey, ResyncReport, RetryExhausted,
+    RunHandle, RunInfo, RunMeta, RunReport, RunStatus, Runtime, RuntimeBuilder, Schedule,
+    ScheduleError, Shutdown, State, Status, Task, TaskExt, TaskFuture, TaskGraph, TaskInfo,
+    TaskKey, TaskMeta, TaskPanicked, TaskReport, TaskSpec, TaskStatus, Timeout, MAX_LOG,
+    SCHEMA_VERSION,
 };
 
 /// The names most programs need: `use procession::prelude::*;`.
@@ -88,7 +100,7 @@ pub mod prelude {
     pub use procession_macros::{process, task};
     pub use procession_runtime::{
         Builder, Ctx, Graph, GraphError, Launch, Level, Mode, NonRetryable, OnDepFailure, Out,
-        Process, Res, RunReport, RunStatus, Runtime, Task, TaskGraph, TaskStatus,
+        Process, Res, RunReport, RunStatus, Runtime, Task, TaskExt, TaskGraph, TaskKey, TaskStatus,
     };
 }
 

@@ -40,7 +40,7 @@ fn deps<'a>(g: &'a Graph, id: &str) -> Vec<&'a str> {
         .unwrap_or_else(|| panic!("no node `{id}` in {:?}", g.node_ids()))
 }
 
-#[process]
+#[process(mode = "sequential")]
 fn tt41(p: &mut Builder, value: String) {
     p.task(Foo::new(value.clone()));
     p.concurrent(|p| {
@@ -50,7 +50,8 @@ fn tt41(p: &mut Builder, value: String) {
     p.task(Qux::new(value));
 }
 
-// TT-41 / TT-15: a concurrent block is ONE step of the sequential top level: both of its
+// TT-41 / TT-15: a concurrent block is ONE step of a sequential top level (tasktronaut's
+// default, opted into here with `mode = "sequential"`): both of its
 // tasks wait for `foo` (not for each other), and `qux` waits for the whole block.
 // TT-14: the block sees the process's parameters (`value = "bar"` reaches every task).
 #[tokio::test]
@@ -87,7 +88,7 @@ async fn tt_41_tt_15_tt_14_concurrent_block_is_one_step() {
     assert_eq!(report.result::<String>("qux").unwrap(), "qux:bar");
 }
 
-#[process(mode = "concurrent")]
+#[process]
 fn tt17(p: &mut Builder) {
     p.task(Foo::new("x"));
     p.sequential(|p| {
@@ -97,8 +98,8 @@ fn tt17(p: &mut Builder) {
     p.task(Qux::new("x"));
 }
 
-// TT-16 / TT-17: a sequential block inside a concurrent process runs its steps one after
-// another, while the block as a whole is one concurrent step.
+// TT-16 / TT-17: a sequential block inside a data-flow process (the default) runs its
+// steps one after another, while the block as a whole is one step that waits for nothing.
 #[test]
 fn tt_16_tt_17_sequential_block_is_one_step() {
     let g = Graph::of(Tt17 {}).unwrap();
@@ -112,7 +113,7 @@ fn tt_16_tt_17_sequential_block_is_one_step() {
     assert!(deps(&g, "qux").is_empty());
 }
 
-#[process]
+#[process(mode = "sequential")]
 fn nested(p: &mut Builder) {
     p.concurrent(|p| {
         p.sequential(|p| {
@@ -124,7 +125,8 @@ fn nested(p: &mut Builder) {
     p.task(Qux::new("d"));
 }
 
-// A step after a block waits for all of the block; nested blocks nest their ids.
+// In a sequential block, a step after a block waits for all of the block; nested blocks
+// nest their ids.
 #[test]
 fn nested_blocks() {
     let g = Graph::of(Nested {}).unwrap();
@@ -148,7 +150,7 @@ fn nested_blocks() {
     );
 }
 
-#[process]
+#[process(mode = "sequential")]
 fn two_blocks(p: &mut Builder) {
     p.concurrent(|p| p.task(Foo::new("1")));
     p.concurrent(|p| p.task(Foo::new("2")));
@@ -168,14 +170,14 @@ async fn repeated_blocks_get_numbered_segments() {
     );
 }
 
-#[process]
+#[process(mode = "sequential")]
 fn repeated(p: &mut Builder) {
     p.task(Foo::new("a"));
     p.task(Foo::new("b"));
     p.task(Foo::new("c"));
 }
 
-// A task added twice gets `#1`, `#2`… ids; the top level is sequential by default.
+// A task added twice gets `#1`, `#2`… ids; `mode = "sequential"` runs them in sequence.
 #[test]
 fn repeated_tasks_get_numbered_ids_and_run_in_sequence() {
     let g = Graph::of(Repeated {}).unwrap();
@@ -185,6 +187,13 @@ fn repeated_tasks_get_numbered_ids_and_run_in_sequence() {
     assert_eq!(<Repeated as Process>::META.mode, Mode::Sequential);
 }
 
+#[process]
+fn flat_dataflow(p: &mut Builder) {
+    p.task(Foo::new("a"));
+    p.task(Bar::new("b"));
+    p.task(Baz::new("c"));
+}
+
 #[process(mode = "concurrent")]
 fn flat_concurrent(p: &mut Builder) {
     p.task(Foo::new("a"));
@@ -192,12 +201,26 @@ fn flat_concurrent(p: &mut Builder) {
     p.task(Baz::new("c"));
 }
 
-// `mode = "concurrent"`: top-level tasks without data edges do not wait for each other.
+#[process(mode = "dataflow")]
+fn flat_explicit_dataflow(p: &mut Builder) {
+    p.task(Foo::new("a"));
+}
+
+// The default top level follows the data: tasks without data edges do not wait for each
+// other. `mode = "dataflow"` says so explicitly, and `"concurrent"` is its synonym.
 #[test]
-fn concurrent_top_level_has_no_order_edges() {
-    let g = Graph::of(FlatConcurrent {}).unwrap();
-    for id in g.node_ids() {
-        assert!(deps(&g, id).is_empty(), "{id}");
+fn top_level_follows_data_by_default() {
+    assert_eq!(<FlatDataflow as Process>::META.mode, Mode::Dataflow);
+    assert_eq!(<FlatConcurrent as Process>::META.mode, Mode::Dataflow);
+    assert_eq!(<FlatExplicitDataflow as Process>::META.mode, Mode::Dataflow);
+    for g in [
+        Graph::of(FlatDataflow {}).unwrap(),
+        Graph::of(FlatConcurrent {}).unwrap(),
+    ] {
+        assert_eq!(g.len(), 3);
+        for id in g.node_ids() {
+            assert!(deps(&g, id).is_empty(), "{id}");
+        }
     }
 }
 
@@ -237,14 +260,14 @@ fn item(bar: u32) -> u32 {
     bar
 }
 
-#[process]
+#[process(mode = "sequential")]
 fn each_items(p: &mut Builder, count: u32) {
     let outs = p.each(0..count, |p, c| p.task(Item::new(c)));
     assert_eq!(outs.len() as u32, count);
 }
 
 // TT-21: `each` calls its closure once per item. TT-42: the steps are flat steps of the
-// enclosing (here sequential) block, each gets exactly its item as argument (the
+// enclosing (here sequential, as in tasktronaut) block, each gets exactly its item as argument (the
 // process's own `count` is not merged in: arguments are explicit).
 #[tokio::test]
 async fn tt_21_tt_42_each_adds_one_flat_step_per_item() {
@@ -268,7 +291,7 @@ async fn tt_21_tt_42_each_adds_one_flat_step_per_item() {
     assert!(Graph::of(EachItems { count: 0 }).unwrap().is_empty());
 }
 
-#[process]
+#[process(mode = "sequential")]
 fn each_in_concurrent(p: &mut Builder) {
     p.task(Foo::new("first"));
     p.concurrent(|p| {
@@ -280,8 +303,9 @@ fn each_in_concurrent(p: &mut Builder) {
     p.task(Qux::new("last"));
 }
 
-// `each` inside a concurrent block: the items run side by side, data edges still order
-// the steps within one item, and the next step waits for all of them.
+// `each` inside a concurrent block of a sequential process: the items run side by side,
+// data edges still order the steps within one item, and the next step waits for all of
+// them.
 #[test]
 fn each_inside_a_concurrent_block() {
     let g = Graph::of(EachInConcurrent {}).unwrap();
@@ -488,13 +512,13 @@ fn check(x: u32) -> bool {
     x > 0
 }
 
-#[process(mode = "concurrent")]
+#[process]
 fn validate(p: &mut Builder, x: u32) {
     p.task(Check::new(x));
     p.task(Item::new(x));
 }
 
-#[process]
+#[process(mode = "sequential")]
 fn outer(p: &mut Builder) {
     p.task(Foo::new("before"));
     p.sub_process(Validate { x: 3 });
@@ -502,8 +526,9 @@ fn outer(p: &mut Builder) {
     p.task(Qux::new("after"));
 }
 
-// A sub-process is embedded as one step, with its own mode inside; its ids get the
-// process's name as a segment (numbered when repeated).
+// A sub-process is embedded as one step (of a sequential process here), with its own mode
+// inside (data flow); its ids get the process's name as a segment (numbered when
+// repeated).
 #[tokio::test]
 async fn sub_process_is_one_step() {
     let g = Graph::of(Outer {}).unwrap();
@@ -539,7 +564,7 @@ fn warm_cache() {}
 #[task]
 fn serve() {}
 
-#[process(mode = "concurrent")]
+#[process]
 fn deploy(p: &mut Builder) {
     let m = p.task(Migrate::new());
     p.task(WarmCache::new());
@@ -570,7 +595,7 @@ fn sum(xs: Vec<u32>) -> u32 {
     xs.iter().sum()
 }
 
-#[process(mode = "concurrent")]
+#[process]
 fn fan(p: &mut Builder, words: Vec<String>) {
     let lens = p.each(words, |p, w| p.task(Length::new(w)));
     p.task(Sum::new(lens));
@@ -596,13 +621,14 @@ async fn handles_from_blocks_fan_in() {
 #[process(name = "renamed", description = "A described process")]
 fn meta_process(_p: &mut Builder) {}
 
-// The process's name, description and mode come from the attribute.
+// The process's name, description and mode come from the attribute (the mode defaults to
+// data flow).
 #[test]
 fn process_meta() {
     let meta = <MetaProcess as Process>::META;
     assert_eq!(meta.name, "renamed");
     assert_eq!(meta.description, "A described process");
-    assert_eq!(meta.mode, Mode::Sequential);
+    assert_eq!(meta.mode, Mode::Dataflow);
     let g = Graph::of(MetaProcess {}).unwrap();
     assert!(g.is_empty());
     assert_eq!(g.name(), "renamed");

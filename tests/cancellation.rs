@@ -74,7 +74,7 @@ fn after_looper() -> u32 {
     1
 }
 
-#[process]
+#[process(mode = "sequential")]
 fn cooperative(p: &mut Builder) {
     p.task(Looper::new());
     p.task(AfterLooper::new());
@@ -251,7 +251,7 @@ fn lenient_child() -> u32 {
     2
 }
 
-#[process]
+#[process(mode = "sequential")]
 fn strict_chain(p: &mut Builder) {
     let x = p.task(StrictRoot::new());
     p.concurrent(|p| {

@@ -842,6 +842,7 @@ fn task_rows_round_trip_through_sled() {
         ],
         result: None,
         lease: 3,
+        optional: false,
     };
     let done = TaskRow {
         state: State::Done,

@@ -52,7 +52,7 @@ async fn seq_step(i: u32) {
     SEQ_ORDER.lock().unwrap().push(i);
 }
 
-#[process]
+#[process(mode = "sequential")]
 fn sequential_steps(p: &mut Builder) {
     for i in 0..10 {
         p.task(SeqStep::new(i));

@@ -82,7 +82,7 @@ fn fine() -> u32 {
     1
 }
 
-#[process]
+#[process(mode = "sequential")]
 fn all_fine(p: &mut Builder) {
     p.task(Fine::new());
     p.task(Fine::new());

@@ -45,6 +45,7 @@ fn row(node: &str, lease: u64, state: State) -> TaskRow {
         log: Vec::new(),
         result: Some(Arc::from("1")),
         lease,
+        optional: false,
     }
 }
 

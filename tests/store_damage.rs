@@ -58,6 +58,7 @@ fn row(node: &str, i: u32) -> TaskRow {
             "r".repeat(200 + (i as usize % 50))
         ))),
         lease: 0,
+        optional: false,
     }
 }
 

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use common::rt;
 use procession::prelude::*;
-use procession::{Backoff, Launch};
+use procession::{Backoff, Launch, Read};
 
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 #[error("division by zero")]
@@ -77,12 +77,12 @@ fn world() -> String {
     "world".into()
 }
 
-#[process]
+#[process(mode = "sequential")]
 fn single(p: &mut Builder) {
     p.task(Hello::new());
 }
 
-#[process]
+#[process(mode = "sequential")]
 fn two_independent(p: &mut Builder) {
     p.task(Hello::new());
     p.task(World::new());
@@ -468,7 +468,13 @@ fn constructed_tasks_report_their_inputs() {
     let a = g.add("a", Label::new("a")).unwrap();
     let mut seen = Vec::new();
     Label::new(a).visit_inputs(&mut |r| seen.push(r));
-    assert_eq!(seen, vec![a.node()]);
+    assert_eq!(
+        seen,
+        vec![Read {
+            node: a.node(),
+            required: true
+        }]
+    );
     let mut none = Vec::new();
     Label::new("x").visit_inputs(&mut |r| none.push(r));
     assert!(none.is_empty());

@@ -110,7 +110,7 @@ fn t_child(x: u32) -> u32 {
     x
 }
 
-#[process]
+#[process(mode = "sequential")]
 fn slow_sequential(p: &mut Builder) {
     p.task(TOther::new());
     p.task(TSlow::new());

@@ -110,6 +110,7 @@ fn row(node: &str, state: State) -> TaskRow {
         log: Vec::new(),
         result: None,
         lease: 0,
+        optional: false,
     }
 }
 
@@ -389,6 +390,7 @@ prop_compose! {
             log: vec![LogEntry { timestamp, level: Level::Info, message: "m".into(), data: None }],
             result,
             lease: 0,
+            optional: false,
         }
     }
 }

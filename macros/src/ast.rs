@@ -27,6 +27,8 @@ pub(crate) struct TaskAttrs {
     /// In milliseconds, greater than zero.
     pub(crate) timeout: Option<Spanned<u64>>,
     pub(crate) on_dep_failure: Option<Spanned<OnDepFailure>>,
+    /// `optional` or `optional = true`: the task's failure does not fail its run.
+    pub(crate) optional: Option<Spanned<bool>>,
 }
 
 impl TaskAttrs {
@@ -34,6 +36,16 @@ impl TaskAttrs {
         let mut out = TaskAttrs::default();
         let parser = syn::meta::parser(|meta| {
             let key = attr::path_str(&meta.path);
+            if key == "optional" {
+                // A flag: `optional`, or `optional = true | false`.
+                let v = if meta.input.peek(syn::Token![=]) {
+                    values::bool_lit(cx, &meta)?
+                } else {
+                    Some(true)
+                };
+                set_once(cx, &mut out.optional, &meta.path, v);
+                return Ok(());
+            }
             if attr::missing_value(cx, &meta, &key, TASK_KEYS)?
                 || out.common.parse_key(cx, &meta, &key, "task")?
             {
@@ -89,6 +101,10 @@ impl TaskAttrs {
             (None, Some(r)) => r.value + 1,
             (None, None) => 1,
         }
+    }
+
+    pub(crate) fn optional(&self) -> bool {
+        self.optional.as_ref().is_some_and(|o| o.value)
     }
 
     pub(crate) fn on_dep_failure(&self) -> OnDepFailure {

@@ -18,6 +18,7 @@ pub(crate) const TASK_KEYS: &[(&str, &str)] = &[
     ("backoff", r#"backoff = "exponential(100ms, 5s)""#), // see `values::parse_backoff`
     ("timeout", r#"timeout = "30s""#),                    // ms, s, m or h
     ("on_dep_failure", r#"on_dep_failure = "skip""#),     // "fail" | "skip" | "run_anyway"
+    ("optional", "optional"), // or `optional = true`: its failure does not fail the run
     ("crate", r#"crate = "path::to::procession""#),
 ];
 
@@ -26,7 +27,7 @@ pub(crate) const PROCESS_KEYS: &[(&str, &str)] = &[
     ("name", r#"name = "stable_name""#),
     ("description", r#"description = "text""#),
     ("schedule", r#"schedule = "0 2 * * *""#), // 5-field cron, checked at compile time
-    ("mode", r#"mode = "concurrent""#),        // "sequential" | "concurrent"
+    ("mode", r#"mode = "sequential""#),        // "dataflow" (default) | "sequential"
     ("hooks", "hooks = MyHooks"),              // a type implementing `Hooks + Default`
     ("crate", r#"crate = "path::to::procession""#),
 ];

@@ -67,7 +67,7 @@ pub(crate) fn task(model: &Task) -> TokenStream {
                 policy: #krate::__private::Policy::DEFAULT,
                 resources: &[],
             };
-            fn visit_inputs(&self, _: &mut dyn FnMut(#krate::__private::NodeRef)) {}
+            fn visit_inputs(&self, _: &mut dyn FnMut(#krate::__private::Read)) {}
             fn into_args(self, _: &#krate::__private::Inputs<'_>) -> #krate::__private::Result<(), #krate::__private::InputError> {
                 unimplemented!("`#[task]` reported an error")
             }
@@ -98,7 +98,7 @@ pub(crate) fn process(model: &Process) -> TokenStream {
                 name: "",
                 description: "",
                 schedule: #p::None,
-                mode: #p::Mode::Sequential,
+                mode: #p::Mode::Dataflow,
             };
             fn build(self, _: &mut #p::Builder) {
                 unimplemented!("`#[process]` reported an error")

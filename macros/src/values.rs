@@ -216,28 +216,37 @@ impl OnDepFailure {
 /// How a process runs its top-level tasks (`mode = "..."`); the runtime's `Mode`.
 #[derive(Clone, Copy, Default)]
 pub(crate) enum Mode {
-    /// `"sequential"`, the default.
+    /// `"dataflow"`, the default, or its synonym `"concurrent"`: a task starts when the
+    /// tasks whose outputs it takes have ended.
     #[default]
+    Dataflow,
+    /// `"sequential"`: each top-level step waits for the previous one.
     Sequential,
-    /// `"concurrent"`.
-    Concurrent,
 }
 
 impl Mode {
     pub(crate) fn parse(cx: &Ctxt, meta: &ParseNestedMeta<'_>) -> syn::Result<Option<Self>> {
-        let Some(s) = lit_str(cx, meta, "`\"sequential\"` or `\"concurrent\"`")? else {
+        let Some(s) = lit_str(cx, meta, "`\"dataflow\"` (the default) or `\"sequential\"`")? else {
             return Ok(None);
         };
         let v = s.value();
         match v.as_str() {
+            "dataflow" | "concurrent" => Ok(Some(Self::Dataflow)),
             "sequential" => Ok(Some(Self::Sequential)),
-            "concurrent" => Ok(Some(Self::Concurrent)),
             other => {
                 // Near misses, and the words other schedulers use for the same modes.
-                let near = match other.to_ascii_lowercase().as_str() {
-                    "parallel" | "concurrently" | "async" => Some("concurrent"),
-                    "serial" | "sequence" | "sequentially" | "sync" => Some("sequential"),
-                    _ => suggest(other, &["sequential", "concurrent"]),
+                let near = match other
+                    .to_ascii_lowercase()
+                    .replace(['-', '_', ' '], "")
+                    .as_str()
+                {
+                    "parallel" | "concurrently" | "async" | "dag" | "data" | "dataflow" => {
+                        Some("dataflow")
+                    }
+                    "serial" | "sequence" | "sequentially" | "sync" | "ordered" => {
+                        Some("sequential")
+                    }
+                    _ => suggest(other, &["dataflow", "sequential", "concurrent"]),
                 };
                 let hint = near
                     .map(|s| format!(" (did you mean `{s}`?)"))
@@ -245,7 +254,7 @@ impl Mode {
                 cx.error_spanned_by(
                     &s,
                     format_args!(
-                        "unknown `mode` value `{other}`{hint}; expected `\"sequential\"` or `\"concurrent\"`"
+                        "unknown `mode` value `{other}`{hint}; expected `\"dataflow\"` (the default: a task starts when the tasks whose outputs it takes have ended) or `\"sequential\"` (each step waits for the previous one)"
                     ),
                 );
                 Ok(None)

@@ -47,7 +47,9 @@ pub use record::{
     InvalidTransition, Level, ListFilter, LogEntry, ProcessRecord, Progress, RecordKind, RunMeta,
     State, Status, MAX_LOG, SCHEMA_VERSION,
 };
-pub use report::{ErrorReport, Json, ResultError, RunReport, RunStatus, TaskReport, TaskStatus};
+pub use report::{
+    ErrorReport, Json, ResultError, ResultKey, RunReport, RunStatus, TaskReport, TaskStatus,
+};
 pub use runtime::children::{
     progress, Child, ChildError, ChildOutcome, ChildProcessFailed, ChildProgress, ChildResult,
     GroupError, GroupOptions, ParallelGroup, ProgressCallback,
@@ -57,9 +59,10 @@ pub use runtime::{
     RuntimeBuilder, Shutdown,
 };
 pub use schedule::{CatchUp, Schedule, ScheduleError};
-pub use task::arg::{Arg, IntoArg, NodeRef, Out};
+pub use task::arg::{Arg, IntoArg, NodeRef, Out, PlainInputs, Read};
 pub use task::ctx::Ctx;
 pub use task::data::Data;
 pub use task::resource::{Res, Resource, ResourceKey};
+pub use task::spec::{IntoTaskId, IntoTaskSpec, TaskExt, TaskKey, TaskSpec};
 pub use task::{Backoff, ErrorMatcher, OnDepFailure, Policy, Task, TaskFuture, TaskMeta};
 pub use tokio_util::sync::CancellationToken;

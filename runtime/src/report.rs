@@ -39,9 +39,10 @@ pub enum TaskStatus {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RunStatus {
-    /// Every task succeeded.
+    /// Every task succeeded, except optional tasks that errored and the tasks skipped
+    /// because of them: those are [`RunReport::warnings`].
     Succeeded,
-    /// At least one task errored.
+    /// At least one task that is not optional errored, or was skipped because of one.
     Failed,
     /// The run was cancelled before every task succeeded.
     Cancelled,
@@ -210,6 +211,10 @@ pub struct TaskReport {
     pub result: Option<Json>,
     /// The error (`None` unless it errored).
     pub error: Option<ErrorReport>,
+    /// Whether the task is optional: its failure does not fail the run
+    /// (see [`TaskExt::optional`](crate::TaskExt::optional)).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub optional: bool,
 }
 
 impl TaskReport {
@@ -275,6 +280,42 @@ pub enum ResultError {
         /// The decoder's message.
         message: String,
     },
+    /// A handle ([`Out`](crate::Out)) was looked up in the report of another graph's run
+    /// (or of a report read back from JSON, which keeps no handles).
+    #[error("the handle belongs to another graph than the one this report is of")]
+    ForeignHandle,
+}
+
+pub(crate) mod sealed {
+    /// Keeps [`ResultKey`](super::ResultKey) to the key types of this crate.
+    pub trait Sealed {}
+}
+
+/// What a report's typed lookups ([`RunReport::get`], [`RunReport::try_get`]) take: the
+/// handle the builder returned ([`Out<T>`](crate::Out)) or a [`TaskKey<T>`](crate::TaskKey).
+///
+/// Sealed: implemented by those two types only.
+pub trait ResultKey: sealed::Sealed {
+    /// The output type of the task the key names.
+    type Output: DeserializeOwned;
+
+    /// The task's entry in `report`.
+    ///
+    /// # Errors
+    ///
+    /// [`ResultError::UnknownTask`] or [`ResultError::ForeignHandle`] when `report` has no
+    /// such task.
+    fn locate<'r>(&self, report: &'r RunReport) -> Result<&'r TaskReport, ResultError>;
+}
+
+/// Where the handles of the graph a report was built from point, so that
+/// [`RunReport::get`] can take an [`Out`](crate::Out).
+#[derive(Debug, Clone)]
+pub(crate) struct Handles {
+    /// The graph's tag (each built graph has its own).
+    pub(crate) graph: u32,
+    /// Handle index -> task index, for graphs whose handles are not task indices.
+    pub(crate) remap: Option<Arc<[u32]>>,
 }
 
 /// The outcome of a run: one [`TaskReport`] per task, in the order the tasks were added.
@@ -325,10 +366,14 @@ pub struct RunReport {
     pub elapsed: Duration,
     /// One entry per task, in the order they were added.
     pub tasks: Vec<TaskReport>,
+    /// Resolves [`Out`](crate::Out) handles (live reports only).
+    #[serde(skip)]
+    pub(crate) handles: Option<Handles>,
 }
 
 impl RunReport {
-    /// True when every task succeeded.
+    /// True when the run succeeded (optional tasks may have failed: see
+    /// [`warnings`](RunReport::warnings)).
     pub fn is_success(&self) -> bool {
         self.status == RunStatus::Succeeded
     }
@@ -336,6 +381,75 @@ impl RunReport {
     /// The entry of the task with node id `id`.
     pub fn task(&self, id: &str) -> Option<&TaskReport> {
         self.tasks.iter().find(|t| &*t.id == id)
+    }
+
+    /// The entry of the task at `index` of graph `graph`, when this report is of that
+    /// graph's run.
+    pub(crate) fn task_at(&self, graph: u32, index: u32) -> Option<&TaskReport> {
+        let h = self.handles.as_ref().filter(|h| h.graph == graph)?;
+        let i = match &h.remap {
+            Some(map) => *map.get(index as usize).filter(|&&i| i != u32::MAX)?,
+            None => index,
+        };
+        self.tasks.get(i as usize)
+    }
+
+    /// The result of the task `key` names, typed: `None` when there is no such task, it
+    /// did not succeed, or its result does not decode (see
+    /// [`try_get`](RunReport::try_get) for which).
+    ///
+    /// `key` is a [`TaskKey<T>`](crate::TaskKey) (a name you gave the task with
+    /// [`TaskExt::id`](crate::TaskExt::id)) or the [`Out<T>`](crate::Out) handle the
+    /// builder returned for it (for graphs you built yourself, such as a
+    /// [`TaskGraph`](crate::TaskGraph)); either way the result is a `T`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use procession::prelude::*;
+    ///
+    /// #[task] fn two() -> u32 { 2 }
+    /// #[task] fn square(x: u32) -> u32 { x * x }
+    ///
+    /// # #[tokio::main] async fn main() {
+    /// let mut g = TaskGraph::new();
+    /// let x = g.add("two", Two::new()).unwrap();
+    /// let sq = g.add("square", Square::new(x)).unwrap();
+    /// let rt = Runtime::in_memory().start().await.unwrap();
+    /// let report = rt.run_graph(g).await.unwrap();
+    /// assert_eq!(report.get(&sq), Some(4));
+    /// assert_eq!(report.get(&TaskKey::<u32>::new("two")), Some(2));
+    /// assert_eq!(report.get(&TaskKey::<u32>::new("nope")), None);
+    /// # }
+    /// ```
+    pub fn get<K: ResultKey>(&self, key: &K) -> Option<K::Output> {
+        self.try_get(key).ok()
+    }
+
+    /// The result of the task `key` names, typed, or why there is none.
+    ///
+    /// # Errors
+    ///
+    /// [`ResultError::UnknownTask`] (no task has the key's id),
+    /// [`ResultError::ForeignHandle`] (a handle of another graph, or a report read back
+    /// from JSON), [`ResultError::NoResult`] (the task did not succeed),
+    /// [`ResultError::Decode`] (the result is not of the key's type).
+    pub fn try_get<K: ResultKey>(&self, key: &K) -> Result<K::Output, ResultError> {
+        key.locate(self)?.result_as()
+    }
+
+    /// The entry of the task `key` names (its status, attempts, error…).
+    pub fn task_of<K: ResultKey>(&self, key: &K) -> Option<&TaskReport> {
+        key.locate(self).ok()
+    }
+
+    /// The optional tasks that errored: their failure did not fail the run. Each one's
+    /// error lists, in `downstream_impact`, the tasks skipped because of it.
+    pub fn warnings(&self) -> Vec<&TaskReport> {
+        self.tasks
+            .iter()
+            .filter(|t| t.optional && t.status == TaskStatus::Errored)
+            .collect()
     }
 
     /// The result of task `id` decoded as `T`.
@@ -412,6 +526,7 @@ impl RunReport {
         for t in &self.tasks {
             let mark = match t.status {
                 TaskStatus::Success => "ok     ",
+                TaskStatus::Errored if t.optional => "warning",
                 TaskStatus::Errored => "ERROR  ",
                 TaskStatus::Skipped => "skipped",
                 TaskStatus::Cancelled => "cancel ",

@@ -28,8 +28,8 @@ pub(crate) fn process(model: &Process) -> TokenStream {
         None => quote!(#p::None),
     };
     let mode = match args.mode() {
+        Mode::Dataflow => quote!(#p::Mode::Dataflow),
         Mode::Sequential => quote!(#p::Mode::Sequential),
-        Mode::Concurrent => quote!(#p::Mode::Concurrent),
     };
     let hooks = args.hooks.as_ref().map(|h| {
         // Spanned at the type, so a type that is not `Hooks + Default` is reported there.

@@ -108,6 +108,15 @@ pub(crate) fn task(model: &Task) -> TokenStream {
         .iter()
         .map(|ty| span::around(ty, quote!(impl #p::IntoArg<), quote!(, #name>)));
     let new = Ident::new("new", fn_name.span());
+    // A `run_anyway` task takes other tasks' outputs only as `Option`s (it runs when they
+    // fail): without this impl, a plain `Out<T>` for a `T` input does not compile.
+    let plain_inputs = (!matches!(args.on_dep_failure(), OnDepFailure::RunAnyway)).then(|| {
+        quote! {
+            #[automatically_derived]
+            #[diagnostic::do_not_recommend]
+            impl #p::PlainInputs for #name {}
+        }
+    });
     quote! {
         // Inputs must be owned (they are stored), even when the body only reads them.
         #[allow(clippy::needless_pass_by_value)]
@@ -125,6 +134,8 @@ pub(crate) fn task(model: &Task) -> TokenStream {
                 Self { #( #fields: #p::IntoArg::<#tys, #name>::into_arg(#fields), )* }
             }
         }
+
+        #plain_inputs
 
         #[automatically_derived]
         impl ::core::fmt::Debug for #name {
@@ -148,7 +159,7 @@ pub(crate) fn task(model: &Task) -> TokenStream {
                 resources: &[ #( #p::ResourceKey::of::<#res_tys>(), )* ],
             };
 
-            fn visit_inputs(&self, __procession_f: &mut dyn FnMut(#p::NodeRef)) {
+            fn visit_inputs(&self, __procession_f: &mut dyn FnMut(#p::Read)) {
                 let _ = &__procession_f;
                 #( self.#fields.visit(__procession_f); )*
             }
@@ -196,6 +207,7 @@ fn policy(args: &TaskAttrs, krate: &syn::Path) -> TokenStream {
         }
     };
     let retry_timeouts = args.retry_timeouts.as_ref().is_none_or(|r| r.value);
+    let optional = args.optional();
     let dep = match args.on_dep_failure() {
         OnDepFailure::Fail => quote!(#p::OnDepFailure::Fail),
         OnDepFailure::Skip => quote!(#p::OnDepFailure::Skip),
@@ -209,6 +221,7 @@ fn policy(args: &TaskAttrs, krate: &syn::Path) -> TokenStream {
             retry_on: #retry_on,
             retry_timeouts: #retry_timeouts,
             on_dep_failure: #dep,
+            optional: #optional,
         }
     }
 }

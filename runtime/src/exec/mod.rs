@@ -112,6 +112,9 @@ struct NodeState {
     attempts: u32,
     elapsed: Duration,
     error: Option<Arc<dyn StdError + Send + Sync + 'static>>,
+    /// Skipped only because of failures that do not fail the run (optional tasks, or
+    /// tasks skipped only because of those).
+    tolerated: bool,
 }
 
 struct Completion {
@@ -233,6 +236,7 @@ pub(crate) async fn execute(mut graph: Graph, mut cfg: RunConfig) -> Option<RunR
             attempts: 0,
             elapsed: Duration::ZERO,
             error: None,
+            tolerated: false,
         })
         .collect();
     let mut ready: VecDeque<u32> = VecDeque::new();
@@ -252,6 +256,7 @@ pub(crate) async fn execute(mut graph: Graph, mut cfg: RunConfig) -> Option<RunR
             attempts,
             elapsed,
             error: None,
+            tolerated: false,
         };
         shared.done_ok[idx].store(true, Ordering::Release);
         count_off(&shared, i, &mut settle);
@@ -530,11 +535,13 @@ fn decide(
         // cancelled with the run (its own dependents with it).
         return;
     }
+    // Under `run_anyway`, an input read as an `Option` may be missing; a plain one not.
+    let tolerant = node.tolerant_deps();
     let failed_data: Vec<u32> = node
         .data_deps()
         .iter()
         .copied()
-        .filter(|&x| !ok(x))
+        .filter(|&x| !ok(x) && tolerant.binary_search(&x).is_err())
         .collect();
     let policy = node.meta.policy.on_dep_failure;
     let names = |xs: &[u32]| {
@@ -547,7 +554,18 @@ fn decide(
             ready.push_back(d);
             return;
         }
-        OnDepFailure::Skip => state[di].status = NodeStatus::Skipped,
+        OnDepFailure::Skip => {
+            state[di].status = NodeStatus::Skipped;
+            // Skipped because of optional failures only: that does not fail the run.
+            state[di].tolerated = failed.iter().all(|&x| {
+                let s = &state[x as usize];
+                match s.status {
+                    NodeStatus::Errored => graph.nodes[x as usize].optional,
+                    NodeStatus::Skipped => s.tolerated,
+                    _ => false,
+                }
+            });
+        }
         OnDepFailure::Fail | OnDepFailure::RunAnyway => {
             let list = if policy == OnDepFailure::Fail {
                 &failed

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use crate::error::{chain, DependencyFailed};
 use crate::graph::Graph;
-use crate::report::{ErrorReport, Json, RunReport, RunStatus, TaskReport, TaskStatus};
+use crate::report::{ErrorReport, Handles, Json, RunReport, RunStatus, TaskReport, TaskStatus};
 
 use super::{NodeState, NodeStatus, Shared};
 
@@ -21,6 +21,10 @@ pub(super) fn build_report(
     let mut tasks = Vec::with_capacity(state.len());
     let mut any_errored = false;
     let mut all_success = true;
+    let mut handles = Handles {
+        graph: graph.tag,
+        remap: None,
+    };
     for (i, (node, s)) in graph.nodes.iter().zip(state).enumerate() {
         let status = match s.status {
             NodeStatus::Success => TaskStatus::Success,
@@ -28,8 +32,15 @@ pub(super) fn build_report(
             NodeStatus::Skipped => TaskStatus::Skipped,
             NodeStatus::Cancelled | NodeStatus::Pending => TaskStatus::Cancelled,
         };
-        any_errored |= status == TaskStatus::Errored;
-        all_success &= status == TaskStatus::Success;
+        // Failures of optional tasks, and what was skipped only because of them, leave
+        // the run successful (they are its warnings).
+        let tolerated = match status {
+            TaskStatus::Errored => node.optional,
+            TaskStatus::Skipped => s.tolerated,
+            _ => false,
+        };
+        any_errored |= status == TaskStatus::Errored && !tolerated;
+        all_success &= status == TaskStatus::Success || tolerated;
         let error = match (&s.error, status) {
             (Some(e), TaskStatus::Errored) => Some(ErrorReport {
                 message: e.to_string(),
@@ -61,7 +72,11 @@ pub(super) fn build_report(
             },
             result,
             error,
+            optional: node.optional,
         });
+    }
+    if let Some(remap) = &shared.remap {
+        handles.remap = Some(remap.as_slice().into());
     }
     // A run that was asked to stop ends cancelled even when its tasks returned normally
     // (a cooperative task that sees the cancel and returns has not done the full job).
@@ -80,6 +95,7 @@ pub(super) fn build_report(
         status,
         elapsed,
         tasks,
+        handles: Some(handles),
     }
 }
 

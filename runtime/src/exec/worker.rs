@@ -68,6 +68,7 @@ pub(super) async fn run_one(
                     attempts,
                     elapsed,
                     error: None,
+                    tolerated: false,
                 },
             );
         }

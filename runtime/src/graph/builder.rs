@@ -14,9 +14,13 @@ use serde_json::Value;
 use crate::graph::process::{Mode, Process};
 use crate::task::arg::{NodeRef, Out};
 use crate::task::erased::{Erased, ErasedTask};
+use crate::task::spec::{IntoTaskSpec, TaskSpec};
 use crate::task::Task;
 
-use super::{next_tag, Fingerprint, Graph, GraphError, Node};
+use super::{next_tag, Fingerprint, Graph, GraphError, Links, Node};
+
+/// What an id table entry names when it is not a task.
+const BLOCK: u32 = u32::MAX;
 
 pub(super) struct Scope {
     pub(super) mode: Mode,
@@ -38,7 +42,7 @@ impl Scope {
                 self.exits.clear();
                 self.exits.extend_from_slice(step);
             }
-            Mode::Concurrent => self.exits.extend_from_slice(step),
+            Mode::Dataflow => self.exits.extend_from_slice(step),
         }
     }
 }
@@ -59,6 +63,8 @@ pub(super) struct IdEntry {
     pub(super) hash: u64,
     pub(super) id: Arc<str>,
     pub(super) next_suffix: u32,
+    /// The task that has this id, or [`BLOCK`].
+    pub(super) node: u32,
 }
 
 impl Ids {
@@ -74,11 +80,11 @@ impl Ids {
 
     /// Makes the id in `buf` unique: when it was handed out already, appends the first free
     /// `#k` (counting from the last suffix given to that base, so `n` repeats cost `O(n)`,
-    /// not `O(n²)`). `buf` keeps the suffix; returns the id, now reserved.
-    pub(super) fn unique(&mut self, buf: &mut String) -> Arc<str> {
+    /// not `O(n²)`). `buf` keeps the suffix; returns the id, now reserved for `node`.
+    pub(super) fn unique(&mut self, buf: &mut String, node: u32) -> Arc<str> {
         let hash = Self::hash_of(buf);
         let Some(first) = self.find(hash, buf).map(|e| e.next_suffix) else {
-            return self.reserve(hash, buf);
+            return self.reserve(hash, buf, node);
         };
         let base = buf.len();
         let mut k = first;
@@ -88,7 +94,7 @@ impl Ids {
             buf.push_str(itoa::Buffer::new().format(k));
             let h = Self::hash_of(buf);
             if self.find(h, buf).is_none() {
-                let id = self.reserve(h, buf);
+                let id = self.reserve(h, buf, node);
                 let base_text = &buf[..base];
                 if let Some(e) = self
                     .used
@@ -102,8 +108,8 @@ impl Ids {
         }
     }
 
-    /// Adds `text` (whose hash is `hash`), known to be absent.
-    pub(super) fn reserve(&mut self, hash: u64, text: &str) -> Arc<str> {
+    /// Adds `text` (whose hash is `hash`), known to be absent, for `node`.
+    pub(super) fn reserve(&mut self, hash: u64, text: &str, node: u32) -> Arc<str> {
         let id: Arc<str> = Arc::from(text);
         self.used.insert_unique(
             hash,
@@ -111,6 +117,7 @@ impl Ids {
                 hash,
                 id: Arc::clone(&id),
                 next_suffix: 1,
+                node,
             },
             |e| e.hash,
         );
@@ -120,11 +127,17 @@ impl Ids {
 
 /// Builds the graph of a process: the first parameter of a `#[process]` function.
 ///
-/// Blocks nest: [`sequential`](Builder::sequential) runs its steps one after another,
-/// [`concurrent`](Builder::concurrent) starts each step as soon as its inputs are ready. The
-/// top level of a process is sequential unless `#[process(mode = "concurrent")]`.
-/// A step is a task or a whole block; a step that waits for a block waits for all of it.
-/// Data handles add edges of their own, wherever they come from.
+/// The top level of a process follows its data: a task starts when the tasks whose
+/// outputs it takes have ended, and tasks that take nothing from each other run side by
+/// side (`#[process(mode = "sequential")]` makes each top-level step wait for the previous
+/// one instead). Ordering without data is explicit: [`after`](Builder::after) makes
+/// tasks wait for others, and a [`sequential`](Builder::sequential) block runs its steps
+/// one after another; a [`concurrent`](Builder::concurrent) block follows the data like
+/// the top level. A step is a task or a whole block; a step that waits for a block waits
+/// for all of it. Data handles add edges of their own, wherever they come from.
+///
+/// Each task gets an id from its position (`fetch`, `fetch#1`, `concurrent/merge`,
+/// `each[2]/fetch`), or the one given with [`TaskExt::id`](crate::TaskExt::id).
 ///
 /// # Examples
 ///
@@ -134,19 +147,31 @@ impl Ids {
 /// #[task] fn fetch(source: String) -> Vec<u32> { vec![source.len() as u32] }
 /// #[task] fn merge(parts: Vec<Vec<u32>>) -> Vec<u32> { parts.concat() }
 /// #[task] fn total(xs: Vec<u32>) -> u32 { xs.iter().sum() }
+/// #[task] fn lock_ledger() {}
+/// #[task] fn unlock_ledger() {}
 ///
 /// #[process]
 /// fn report(p: &mut Builder, sources: Vec<String>) {
-///     let parts = p.concurrent(|p| {
-///         sources.iter().map(|s| p.task(Fetch::new(s.clone()))).collect::<Vec<_>>()
-///     });
+///     // The fetches take nothing from each other: they run side by side.
+///     let parts: Vec<Out<Vec<u32>>> =
+///         sources.iter().map(|s| p.task(Fetch::new(s.clone()))).collect();
 ///     let all = p.task(Merge::new(parts));
-///     p.task(Total::new(all));
+///     p.task(Total::new(all).id("total"));
+///     // No data between these two: their order is written out.
+///     p.sequential(|p| {
+///         p.task(LockLedger::new());
+///         p.task(UnlockLedger::new());
+///     });
 /// }
 ///
 /// let g = Graph::of(Report { sources: vec!["eu".into(), "us".into()] }).unwrap();
-/// assert_eq!(g.node_ids(), vec!["concurrent/fetch", "concurrent/fetch#1", "merge", "total"]);
-/// assert_eq!(g.dependencies("merge").unwrap(), vec!["concurrent/fetch", "concurrent/fetch#1"]);
+/// assert_eq!(
+///     g.node_ids(),
+///     vec!["fetch", "fetch#1", "merge", "total", "sequential/lock_ledger", "sequential/unlock_ledger"]
+/// );
+/// assert!(g.dependencies("fetch#1").unwrap().is_empty());
+/// assert_eq!(g.dependencies("merge").unwrap(), vec!["fetch", "fetch#1"]);
+/// assert_eq!(g.dependencies("sequential/unlock_ledger").unwrap(), vec!["sequential/lock_ledger"]);
 /// ```
 pub struct Builder {
     pub(super) name: String,
@@ -164,6 +189,11 @@ pub struct Builder {
     pub(super) fingerprint: Fingerprint,
     pub(super) options: Arc<BTreeMap<String, Value>>,
     pub(super) errors: Vec<GraphError>,
+    /// The inputs of the task being added read only as an `Option` (reused).
+    pub(super) tolerant: Vec<u32>,
+    /// Prefix lengths of the sub-processes being built: explicit ids are relative to the
+    /// innermost one.
+    pub(super) namespaces: Vec<usize>,
 }
 
 impl fmt::Debug for Builder {
@@ -194,6 +224,8 @@ impl Builder {
             fingerprint: Fingerprint::new(),
             options,
             errors: Vec::new(),
+            tolerant: Vec::new(),
+            namespaces: Vec::new(),
         }
     }
 
@@ -210,14 +242,51 @@ impl Builder {
         })
     }
 
-    /// Reserves the id `prefix` + `name` (with a `#k` suffix when taken) and returns it;
-    /// the prefix is left as it was.
-    pub(super) fn unique_id(&mut self, name: &str) -> Arc<str> {
+    /// Reserves the id `prefix` + `name` (with a `#k` suffix when taken) for task `node`
+    /// and returns it; the prefix is left as it was.
+    pub(super) fn unique_id(&mut self, name: &str, node: u32) -> Arc<str> {
         let len = self.prefix.len();
         self.prefix.push_str(name);
-        let id = self.ids.unique(&mut self.prefix);
+        let id = self.ids.unique(&mut self.prefix, node);
         self.prefix.truncate(len);
         id
+    }
+
+    /// Reserves the id `given` (relative to the innermost sub-process) for task `node`,
+    /// named `name`; refused when it is malformed or taken.
+    fn explicit_id(&mut self, given: &str, name: &str, node: u32) -> Result<Arc<str>, GraphError> {
+        let invalid = |reason| GraphError::InvalidId {
+            id: given.to_owned(),
+            reason,
+        };
+        if given.is_empty() {
+            return Err(invalid("an id cannot be empty"));
+        }
+        if given.contains('/') {
+            return Err(invalid(
+                "`/` is reserved: it separates the segments of ids inside blocks and sub-processes",
+            ));
+        }
+        if given.chars().any(char::is_control) {
+            return Err(invalid("an id cannot contain control characters"));
+        }
+        let ns = self.namespaces.last().copied().unwrap_or(0);
+        let mut full = String::with_capacity(ns + given.len());
+        full.push_str(&self.prefix[..ns]);
+        full.push_str(given);
+        let hash = Ids::hash_of(&full);
+        if let Some(e) = self.ids.find(hash, &full) {
+            let first = match self.nodes.get(e.node as usize) {
+                Some(n) => format!("`{}` (task {})", n.meta.name, e.node + 1),
+                None => format!("a `{}` block", full.rsplit('/').next().unwrap_or(&full)),
+            };
+            return Err(GraphError::DuplicateId {
+                id: full,
+                first,
+                second: format!("`{name}` (task {})", node + 1),
+            });
+        }
+        Ok(self.ids.reserve(hash, &full, node))
     }
 
     pub(super) fn scope(&mut self) -> &mut Scope {
@@ -228,14 +297,17 @@ impl Builder {
 
     /// Adds a task; returns the handle of its output.
     ///
-    /// The task waits for the previous step when the enclosing block is sequential, for
-    /// every task whose output it reads, and for the dependencies of enclosing
-    /// [`after`](Builder::after) blocks.
-    pub fn task<T: Task>(&mut self, task: T) -> Out<T::Output> {
-        self.add(task, None)
+    /// The task waits for every task whose output it reads, for the previous step when the
+    /// enclosing block is sequential, and for the dependencies of enclosing
+    /// [`after`](Builder::after) blocks. Options (an id of your choosing, optional, a
+    /// description) are given on the task: `p.task(Total::new(x).id("total"))` (see
+    /// [`TaskExt`](crate::TaskExt)).
+    pub fn task<S: IntoTaskSpec>(&mut self, task: S) -> Out<<S::Task as Task>::Output> {
+        self.add(task.into_spec())
     }
 
-    /// Adds a task with a description that replaces the one of its `#[task]`.
+    /// Adds a task with a description that replaces the one of its `#[task]` (the same as
+    /// `p.task(task.description(..))`).
     ///
     /// # Examples
     ///
@@ -252,19 +324,38 @@ impl Builder {
         task: T,
         description: impl Into<String>,
     ) -> Out<T::Output> {
-        self.add(task, Some(description.into()))
+        self.add(TaskSpec::new(task).description(description))
     }
 
-    pub(super) fn add<T: Task>(&mut self, task: T, description: Option<String>) -> Out<T::Output> {
+    pub(super) fn add<T: Task>(&mut self, spec: TaskSpec<T>) -> Out<T::Output> {
+        let TaskSpec {
+            task,
+            id: given,
+            optional,
+            description,
+        } = spec;
         let index = self.nodes.len() as u32;
-        let id = self.unique_id(T::META.name);
+        let id = match given.map(|g| self.explicit_id(&g, T::META.name, index)) {
+            Some(Ok(id)) => id,
+            Some(Err(e)) => {
+                // Reported by `finish`; the task keeps a positional id meanwhile.
+                self.errors.push(e);
+                self.unique_id(T::META.name, index)
+            }
+            None => self.unique_id(T::META.name, index),
+        };
         let mut data = std::mem::take(&mut self.inputs);
         data.clear();
+        let mut tolerant = std::mem::take(&mut self.tolerant);
+        tolerant.clear();
         let mut foreign = false;
         let tag = self.tag;
         task.visit_inputs(&mut |r| {
-            if r.graph == tag && r.index < index {
-                data.push(r.index);
+            if r.node.graph == tag && r.node.index < index {
+                data.push(r.node.index);
+                if !r.required {
+                    tolerant.push(r.node.index);
+                }
             } else {
                 foreign = true;
             }
@@ -280,11 +371,28 @@ impl Builder {
         }
         data.sort_unstable();
         data.dedup();
+        if !tolerant.is_empty() {
+            // A node read both ways is required.
+            let mut required = Vec::new();
+            task.visit_inputs(&mut |r| {
+                if r.required {
+                    required.push(r.node.index);
+                }
+            });
+            tolerant.sort_unstable();
+            tolerant.dedup();
+            tolerant.retain(|d| !required.contains(d));
+        }
         let scope = self.scopes.last().expect("the root scope is never popped");
         let order = scope.entry.len() + self.after.iter().map(Vec::len).sum::<usize>();
         let task: Box<dyn ErasedTask> = Box::new(Erased::new(task));
         let node = if order == 0 {
-            Node::new(id, &T::META, description, task, &data, &data)
+            let links = Links {
+                deps: &data,
+                data: &data,
+                tolerant: &tolerant,
+            };
+            Node::new(id, &T::META, description, task, &links, optional)
         } else {
             let mut deps = Vec::with_capacity(order + data.len());
             deps.extend_from_slice(&scope.entry);
@@ -294,9 +402,15 @@ impl Builder {
             deps.extend_from_slice(&data);
             deps.sort_unstable();
             deps.dedup();
-            Node::new(id, &T::META, description, task, &deps, &data)
+            let links = Links {
+                deps: &deps,
+                data: &data,
+                tolerant: &tolerant,
+            };
+            Node::new(id, &T::META, description, task, &links, optional)
         };
         self.inputs = data;
+        self.tolerant = tolerant;
         self.fingerprint.node(&node);
         self.nodes.push(node);
         self.scope().step_done(&[index]);
@@ -307,10 +421,14 @@ impl Builder {
         &mut self,
         segment: &str,
         mode: Mode,
+        namespace: bool,
         f: impl FnOnce(&mut Builder) -> R,
     ) -> R {
         let entry = self.scope().entry.clone();
         let saved = self.enter(segment);
+        if namespace {
+            self.namespaces.push(self.prefix.len());
+        }
         self.scopes.push(Scope {
             mode,
             entry,
@@ -318,6 +436,9 @@ impl Builder {
         });
         let r = f(self);
         let scope = self.scopes.pop().expect("pushed above");
+        if namespace {
+            self.namespaces.pop();
+        }
         self.prefix.truncate(saved);
         self.scope().step_done(&scope.exits);
         r
@@ -328,32 +449,33 @@ impl Builder {
     pub(super) fn enter(&mut self, segment: &str) -> usize {
         let saved = self.prefix.len();
         self.prefix.push_str(segment);
-        self.ids.unique(&mut self.prefix);
+        self.ids.unique(&mut self.prefix, BLOCK);
         self.prefix.push('/');
         saved
     }
 
     /// A block whose steps run one after another; it is one step of the enclosing block.
     pub fn sequential<R>(&mut self, f: impl FnOnce(&mut Builder) -> R) -> R {
-        self.block("sequential", Mode::Sequential, f)
+        self.block("sequential", Mode::Sequential, false, f)
     }
 
-    /// A block whose steps start as soon as their inputs are ready; it is one step of the
-    /// enclosing block, which moves on when all of it has ended.
+    /// A block whose steps start as soon as the tasks whose outputs they take have ended
+    /// (the rule of a process's top level); it is one step of the enclosing block, which,
+    /// when sequential, moves on when all of it has ended.
     pub fn concurrent<R>(&mut self, f: impl FnOnce(&mut Builder) -> R) -> R {
-        self.block("concurrent", Mode::Concurrent, f)
+        self.block("concurrent", Mode::Dataflow, false, f)
     }
 
-    /// Calls `f` once per item. The steps it adds are steps of the enclosing block (in a
-    /// sequential block the items run one after another, in a concurrent block side by
-    /// side); ids get an `each[i]/` segment.
+    /// Calls `f` once per item. The steps it adds are steps of the enclosing block (at a
+    /// process's top level or in a concurrent block the items run side by side, in a
+    /// sequential block one after another); ids get an `each[i]/` segment.
     ///
     /// # Examples
     ///
     /// ```
     /// use procession::prelude::*;
     /// #[task] fn send(to: String) { println!("{to}"); }
-    /// #[process(mode = "concurrent")]
+    /// #[process]
     /// fn mail(p: &mut Builder, to: Vec<String>) {
     ///     p.each(to, |p, addr| p.task(Send::new(addr)));
     /// }
@@ -367,7 +489,7 @@ impl Builder {
     ) -> Vec<R> {
         let saved = self.prefix.len();
         self.prefix.push_str("each");
-        self.ids.unique(&mut self.prefix);
+        self.ids.unique(&mut self.prefix, BLOCK);
         self.prefix.push('[');
         let base = self.prefix.len();
         let out = items
@@ -414,7 +536,8 @@ impl Builder {
     }
 
     /// Embeds another process's graph as one step (a block with that process's mode).
-    /// Ids get a segment named after the process.
+    /// Ids get a segment named after the process, ids given with
+    /// [`TaskExt::id`](crate::TaskExt::id) inside it included.
     ///
     /// # Examples
     ///
@@ -427,7 +550,7 @@ impl Builder {
     /// assert_eq!(g.node_ids(), vec!["validate/check"]);
     /// ```
     pub fn sub_process<P: Process>(&mut self, process: P) {
-        self.block(P::META.name, P::META.mode, |p| process.build(p));
+        self.block(P::META.name, P::META.mode, true, |p| process.build(p));
     }
 
     /// Every task added inside `f` also waits for `deps` (ordering without data).
@@ -439,7 +562,7 @@ impl Builder {
     /// #[task] fn migrate() {}
     /// #[task] fn warm_cache() {}
     /// #[task] fn serve() {}
-    /// #[process(mode = "concurrent")]
+    /// #[process]
     /// fn deploy(p: &mut Builder) {
     ///     let m = p.task(Migrate::new());
     ///     p.task(WarmCache::new());

@@ -68,6 +68,25 @@ pub enum GraphError {
         /// The type the dependency returns.
         found: &'static str,
     },
+    /// Two tasks were given the same id (with [`TaskExt::id`](crate::TaskExt::id)), or a
+    /// task was given an id already handed out by position (to a task or a block).
+    #[error("id `{id}` is given twice: to {first} and to {second}; ids given with `.id(..)` must be unique in their process")]
+    DuplicateId {
+        /// The id.
+        id: String,
+        /// What has it first: the task's name and position (`` `sum` (task 3) ``), or a block.
+        first: String,
+        /// The task given it again: its name and position.
+        second: String,
+    },
+    /// An id given with [`TaskExt::id`](crate::TaskExt::id) cannot be used.
+    #[error("invalid task id `{id}`: {reason}")]
+    InvalidId {
+        /// The id as given.
+        id: String,
+        /// Why it cannot be used.
+        reason: &'static str,
+    },
     /// A handle from another graph was passed to a task of this one.
     #[error("task `{task}` was given the output of a task from another graph (handles belong to the builder that made them)")]
     ForeignHandle {

@@ -38,36 +38,53 @@ pub(crate) struct Node {
     pub(crate) meta: &'static TaskMeta,
     pub(crate) description: Option<String>,
     pub(crate) task: Option<Box<dyn ErasedTask>>,
-    /// [`deps`](Node::deps) then [`data_deps`](Node::data_deps), in one allocation.
+    /// [`deps`](Node::deps), [`data_deps`](Node::data_deps), then
+    /// [`tolerant_deps`](Node::tolerant_deps), in one allocation.
     links: Box<[u32]>,
     /// How many of `links` are `deps`.
     n_deps: u32,
+    /// How many of `links` are `data_deps`.
+    n_data: u32,
     /// How many input reads other nodes make of this node's result.
     pub(crate) readers: u32,
+    /// Its failure does not fail the run (`#[task(optional)]` or `.optional()`).
+    pub(crate) optional: bool,
+}
+
+/// What a node waits for and reads, as [`Node::new`] takes it.
+pub(crate) struct Links<'a> {
+    /// Every node it waits for (data and order), sorted, without repeats.
+    pub(crate) deps: &'a [u32],
+    /// The subset of `deps` it reads a value from, sorted, without repeats.
+    pub(crate) data: &'a [u32],
+    /// The subset of `data` it reads only as an `Option` (never required), sorted.
+    pub(crate) tolerant: &'a [u32],
 }
 
 impl Node {
-    /// A node waiting for `deps` (data and order, sorted, without repeats), of which it
-    /// reads a value from `data_deps` (sorted, without repeats).
     fn new(
         id: Arc<str>,
         meta: &'static TaskMeta,
         description: Option<String>,
         task: Box<dyn ErasedTask>,
-        deps: &[u32],
-        data_deps: &[u32],
+        links: &Links<'_>,
+        optional: bool,
     ) -> Node {
-        let mut links = Vec::with_capacity(deps.len() + data_deps.len());
-        links.extend_from_slice(deps);
-        links.extend_from_slice(data_deps);
+        let mut all =
+            Vec::with_capacity(links.deps.len() + links.data.len() + links.tolerant.len());
+        all.extend_from_slice(links.deps);
+        all.extend_from_slice(links.data);
+        all.extend_from_slice(links.tolerant);
         Node {
             id,
             meta,
             description,
             task: Some(task),
-            links: links.into_boxed_slice(),
-            n_deps: deps.len() as u32,
+            links: all.into_boxed_slice(),
+            n_deps: links.deps.len() as u32,
+            n_data: links.data.len() as u32,
             readers: 0,
+            optional: optional || meta.policy.optional,
         }
     }
 
@@ -78,15 +95,22 @@ impl Node {
 
     /// The subset of [`deps`](Node::deps) this node reads a value from.
     pub(crate) fn data_deps(&self) -> &[u32] {
-        &self.links[self.n_deps as usize..]
+        &self.links[self.n_deps as usize..(self.n_deps + self.n_data) as usize]
+    }
+
+    /// The subset of [`data_deps`](Node::data_deps) read only as an `Option`: under
+    /// `run_anyway`, this node runs without their values.
+    pub(crate) fn tolerant_deps(&self) -> &[u32] {
+        &self.links[(self.n_deps + self.n_data) as usize..]
     }
 }
 
 /// A validated graph of tasks, ready to run.
 ///
 /// Obtained from a process ([`Graph::of`]) or from a [`TaskGraph`] ([`TaskGraph::build`]).
-/// Node ids are derived from where each task was added (never from run order), so
-/// building the same process with the same parameters gives the same ids and the same
+/// Node ids are the ids given with [`TaskExt::id`](crate::TaskExt::id), or else derived
+/// from where each task was added (never from run order), so building the same process
+/// with the same parameters gives the same ids and the same
 /// [`fingerprint`](Graph::fingerprint).
 ///
 /// # Examples
@@ -169,12 +193,18 @@ impl Graph {
     ///
     /// ```
     /// use procession::prelude::*;
-    /// #[task] fn a() {}
-    /// #[task] fn b() {}
+    /// #[task] fn a() -> u32 { 1 }
+    /// #[task] fn b(x: u32) -> u32 { x }
+    /// #[task] fn c() {}
     /// #[process]
-    /// fn two_steps(p: &mut Builder) { p.task(A::new()); p.task(B::new()); }
-    /// let g = Graph::of(TwoSteps {}).unwrap();
+    /// fn steps(p: &mut Builder) {
+    ///     let x = p.task(A::new());
+    ///     p.task(B::new(x)); // waits for `a`: it takes its output
+    ///     p.task(C::new());  // waits for nothing
+    /// }
+    /// let g = Graph::of(Steps {}).unwrap();
     /// assert_eq!(g.dependencies("b").unwrap(), vec!["a"]);
+    /// assert!(g.dependencies("c").unwrap().is_empty());
     /// ```
     pub fn dependencies(&self, id: &str) -> Option<Vec<&str>> {
         let node = self.nodes.iter().find(|n| &*n.id == id)?;

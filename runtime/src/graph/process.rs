@@ -3,24 +3,36 @@
 use crate::graph::Builder;
 use crate::task::data::Data;
 
-/// How the steps of a block are ordered.
+/// How the steps of a block are ordered: by their data (the default) or one after another.
+///
+/// The top level of a process follows its data unless `#[process(mode = "sequential")]`:
+/// a task starts when the tasks whose outputs it takes have ended, and tasks that take
+/// nothing from each other run side by side. Ordering without data is written out with
+/// [`Builder::after`](crate::Builder::after) or a
+/// [`sequential`](crate::Builder::sequential) block.
 ///
 /// # Examples
 ///
 /// ```
 /// use procession::prelude::*;
-/// #[process(mode = "concurrent")]
+/// #[process]
 /// fn fan(_p: &mut Builder) {}
-/// assert_eq!(<Fan as Process>::META.mode, Mode::Concurrent);
+/// #[process(mode = "sequential")]
+/// fn steps(_p: &mut Builder) {}
+/// assert_eq!(<Fan as Process>::META.mode, Mode::Dataflow);
+/// assert_eq!(<Steps as Process>::META.mode, Mode::Sequential);
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Mode {
-    /// Each step starts after the previous one has ended (the default).
+    /// Each step starts as soon as the tasks whose outputs it takes have ended (the
+    /// default; `mode = "dataflow"`, or its synonym `"concurrent"`, the rule of a
+    /// [`concurrent`](crate::Builder::concurrent) block).
     #[default]
+    #[serde(alias = "concurrent")]
+    Dataflow,
+    /// Each step starts after the previous one has ended (`mode = "sequential"`).
     Sequential,
-    /// Each step starts as soon as its inputs are ready.
-    Concurrent,
 }
 
 /// The static description of a process.
@@ -32,7 +44,7 @@ pub struct ProcessMeta {
     pub description: &'static str,
     /// A cron schedule (5 fields), checked at compile time.
     pub schedule: Option<&'static str>,
-    /// Mode of the top-level block.
+    /// Mode of the top-level block: [`Mode::Dataflow`] unless `mode = "sequential"`.
     pub mode: Mode,
 }
 
@@ -49,7 +61,7 @@ pub struct ProcessMeta {
 /// #[task] fn ping(host: String) -> bool { !host.is_empty() }
 ///
 /// /// Pings every host.
-/// #[process(mode = "concurrent", schedule = "*/5 * * * *")]
+/// #[process(schedule = "*/5 * * * *")]
 /// fn monitor(p: &mut Builder, hosts: Vec<String>) {
 ///     p.each(hosts, |p, h| p.task(Ping::new(h)));
 /// }

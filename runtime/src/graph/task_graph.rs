@@ -7,9 +7,10 @@ use std::sync::Arc;
 
 use crate::task::arg::{NodeRef, Out};
 use crate::task::erased::{Erased, ErasedTask};
+use crate::task::spec::{IntoTaskSpec, TaskSpec};
 use crate::task::{Task, TaskMeta};
 
-use super::{next_tag, Graph, GraphError, Node};
+use super::{next_tag, Graph, GraphError, Links, Node};
 
 pub(super) enum Entry {
     Task {
@@ -18,7 +19,11 @@ pub(super) enum Entry {
         task: Box<dyn ErasedTask>,
         output: (TypeId, &'static str),
         data: Vec<u32>,
+        /// The slots of `data` read only as an `Option`.
+        tolerant: Vec<u32>,
         order: Vec<u32>,
+        optional: bool,
+        description: Option<String>,
     },
     /// A name referenced by [`TaskGraph::output`] before a task of that name was added.
     Placeholder {
@@ -158,8 +163,49 @@ impl TaskGraph {
     }
 
     /// Adds a task under `name`; returns the handle of its output.
-    pub fn add<T: Task>(&mut self, name: &str, task: T) -> Result<Out<T::Output>, GraphError> {
+    ///
+    /// The task may carry options ([`TaskExt`](crate::TaskExt)): `.optional()` and
+    /// `.description(..)` apply; its id is `name` (an `.id(..)` that says otherwise is
+    /// refused with [`GraphError::InvalidId`]).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use procession::prelude::*;
+    /// #[task] fn ping() {}
+    /// let mut g = TaskGraph::new();
+    /// g.add("ping", Ping::new().optional()).unwrap();
+    /// assert!(g.add("pong", Ping::new().id("other")).is_err());
+    /// ```
+    pub fn add<S: IntoTaskSpec>(
+        &mut self,
+        name: &str,
+        task: S,
+    ) -> Result<Out<<S::Task as Task>::Output>, GraphError> {
+        let TaskSpec {
+            task,
+            id,
+            optional,
+            description,
+        } = task.into_spec();
+        self.add_task(name, task, id.as_deref(), optional, description)
+    }
+
+    fn add_task<T: Task>(
+        &mut self,
+        name: &str,
+        task: T,
+        id: Option<&str>,
+        optional: bool,
+        description: Option<String>,
+    ) -> Result<Out<T::Output>, GraphError> {
         let key = name.to_lowercase();
+        if let Some(id) = id.filter(|id| id.to_lowercase() != key) {
+            return Err(GraphError::InvalidId {
+                id: id.to_owned(),
+                reason: "a task graph names its tasks with `add`'s first argument",
+            });
+        }
         let output = (
             TypeId::of::<T::Output>(),
             std::any::type_name::<T::Output>(),
@@ -181,11 +227,15 @@ impl TaskGraph {
             }
         }
         let mut data = Vec::new();
+        let mut required = Vec::new();
         let mut foreign = false;
         let tag = self.tag;
         task.visit_inputs(&mut |r| {
-            if r.graph == tag {
-                data.push(r.index);
+            if r.node.graph == tag {
+                data.push(r.node.index);
+                if r.required {
+                    required.push(r.node.index);
+                }
             } else {
                 foreign = true;
             }
@@ -197,13 +247,23 @@ impl TaskGraph {
         if data.contains(&slot) {
             return Err(GraphError::SelfDependency { task: key });
         }
+        let mut tolerant: Vec<u32> = data
+            .iter()
+            .copied()
+            .filter(|d| !required.contains(d))
+            .collect();
+        tolerant.sort_unstable();
+        tolerant.dedup();
         let entry = Entry::Task {
             name: key.clone(),
             meta: &T::META,
             task: Box::new(Erased::new(task)),
             output,
             data,
+            tolerant,
             order: Vec::new(),
+            optional,
+            description,
         };
         if existing.is_some() {
             self.entries[slot as usize] = Some(entry);
@@ -373,7 +433,10 @@ impl TaskGraph {
                 task,
                 output: _,
                 data,
+                tolerant,
                 order,
+                optional,
+                description,
             } = e
             {
                 let data_idx: Vec<u32> = data.iter().map(|&d| remap[d as usize]).collect();
@@ -390,13 +453,20 @@ impl TaskGraph {
                 let mut data_deps = data_idx;
                 data_deps.sort_unstable();
                 data_deps.dedup();
+                let mut tolerant: Vec<u32> = tolerant.iter().map(|&d| remap[d as usize]).collect();
+                tolerant.sort_unstable();
+                let links = Links {
+                    deps: &deps,
+                    data: &data_deps,
+                    tolerant: &tolerant,
+                };
                 nodes.push(Node::new(
                     Arc::from(name),
                     meta,
-                    None,
+                    description,
                     task,
-                    &deps,
-                    &data_deps,
+                    &links,
+                    optional,
                 ));
             }
         }

@@ -91,6 +91,7 @@ pub(super) async fn drive(inner: Arc<Inner>, run: Run) -> Option<RunReport> {
             log: Vec::new(),
             result: None,
             lease,
+            optional: n.optional,
         })
         .collect();
     let journal = if running && inner.task_records {
@@ -173,6 +174,15 @@ pub(super) async fn drive(inner: Arc<Inner>, run: Run) -> Option<RunReport> {
     let error = (end == State::Failed).then(|| run_error(&report));
     // Where the run stopped, for a run that did not end done (a done run is at 100).
     let progress = journal.as_ref().map(|j| j.rollup());
+    // Optional tasks that failed: the run succeeded, its log says what did not.
+    let warnings: Vec<String> = report
+        .warnings()
+        .iter()
+        .map(|t| {
+            let msg = t.error.as_ref().map_or("", |e| e.message.as_str());
+            format!("optional task `{}` failed: {msg}", t.id)
+        })
+        .collect();
     let id2 = id.clone();
     // The end is one write: the record's state (a cancel that came first wins: the run
     // ends cancelled, whatever its tasks did) and, for an ephemeral record, its deletion
@@ -206,6 +216,11 @@ pub(super) async fn drive(inner: Arc<Inner>, run: Run) -> Option<RunReport> {
                     } else {
                         None
                     };
+                    if end == State::Done {
+                        for w in &warnings {
+                            r.push_log(crate::record::Level::Warning, w.clone());
+                        }
+                    }
                     r.set_state(end);
                     if end == State::Done {
                         r.progress.percent = Some(100.0);
@@ -246,9 +261,11 @@ pub(super) async fn drive(inner: Arc<Inner>, run: Run) -> Option<RunReport> {
     Some(report)
 }
 
-/// The message stored on a failed run's record.
+/// The message stored on a failed run's record (optional tasks that failed are named
+/// only when nothing else failed).
 pub(super) fn run_error(report: &RunReport) -> String {
-    let errored: Vec<&TaskReport> = report.errored();
+    let mut errored: Vec<&TaskReport> = report.errored();
+    errored.sort_by_key(|t| t.optional);
     match errored.first() {
         None => "the run failed".into(),
         Some(t) => {

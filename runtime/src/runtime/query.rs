@@ -173,6 +173,7 @@ impl RunReport {
             },
             elapsed: stored_seconds(rec.status.duration),
             tasks,
+            handles: None,
         }
     }
 }
@@ -228,5 +229,6 @@ pub(super) fn task_from_row(r: &TaskRow) -> TaskReport {
         elapsed: Duration::from_nanos(r.elapsed_ns),
         result,
         error,
+        optional: r.optional,
     }
 }

@@ -160,6 +160,9 @@ pub struct TaskRow {
     /// written without a lease, which is never fenced.
     #[serde(default)]
     pub lease: u64,
+    /// The task is optional: its failure does not fail the run.
+    #[serde(default)]
+    pub optional: bool,
 }
 
 impl TaskRow {

@@ -737,6 +737,7 @@ mod tests {
             log: Vec::new(),
             result: Some(Arc::from("1")),
             lease: 0,
+            optional: false,
         };
         // Rows only (one tree's batch), then rows and a record (a transaction).
         store

@@ -11,6 +11,7 @@ pub(crate) mod data;
 pub(crate) mod erased;
 mod finite;
 pub(crate) mod resource;
+pub(crate) mod spec;
 
 use std::error::Error as StdError;
 use std::fmt;
@@ -19,7 +20,7 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use crate::error::{BoxError, InputError};
-use crate::task::arg::{Inputs, NodeRef};
+use crate::task::arg::{Inputs, Read};
 use crate::task::ctx::Ctx;
 use crate::task::data::Data;
 
@@ -46,6 +47,11 @@ pub type TaskFuture<T> = Pin<Box<dyn Future<Output = Result<T, BoxError>> + Send
 /// assert_eq!(<Double as Task>::META.description, "Doubles a number.");
 /// assert_eq!(<Double as Task>::META.policy.max_attempts, 3);
 /// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a task",
+    label = "expected a task value such as `FetchOrders::new(..)`",
+    note = "`#[task] fn fetch_orders(..)` generates the task type `FetchOrders`: add `FetchOrders::new(..)` with its arguments, not the function itself"
+)]
 pub trait Task: Send + Sized + 'static {
     /// The value a successful attempt produces.
     type Output: Data;
@@ -54,8 +60,8 @@ pub trait Task: Send + Sized + 'static {
     /// Name, description and policy, fixed at compile time.
     const META: TaskMeta;
 
-    /// Calls `f` for every upstream task this task reads an input from.
-    fn visit_inputs(&self, f: &mut dyn FnMut(NodeRef));
+    /// Calls `f` for every read this task makes of an upstream task's output.
+    fn visit_inputs(&self, f: &mut dyn FnMut(Read));
 
     /// Resolves the inputs: constant values are moved out, handles are replaced by the
     /// results of the tasks they point at.
@@ -141,6 +147,9 @@ pub struct Policy {
     pub retry_timeouts: bool,
     /// What happens to this task when one of its dependencies did not succeed.
     pub on_dep_failure: OnDepFailure,
+    /// Whether the task's failure leaves its run successful (`#[task(optional)]`; see
+    /// [`TaskExt::optional`](crate::TaskExt::optional) for the rules).
+    pub optional: bool,
 }
 
 impl Policy {
@@ -160,6 +169,7 @@ impl Policy {
         retry_on: None,
         retry_timeouts: true,
         on_dep_failure: OnDepFailure::Skip,
+        optional: false,
     };
 
     /// Number of retries after the first attempt (`max_attempts - 1`).
@@ -224,6 +234,7 @@ impl fmt::Debug for Policy {
             )
             .field("retry_timeouts", &self.retry_timeouts)
             .field("on_dep_failure", &self.on_dep_failure)
+            .field("optional", &self.optional)
             .finish()
     }
 }
@@ -376,7 +387,11 @@ pub enum OnDepFailure {
     /// End as skipped, without running (the default).
     #[default]
     Skip,
-    /// Run anyway, as long as every input it reads a value from is available; failed
-    /// dependencies that only order it are ignored.
+    /// Run anyway. Failed dependencies that only order the task are ignored, and an
+    /// output it takes as an `Option` (`Option<T>`, `Vec<Option<T>>`) is `None` when its
+    /// task did not succeed: a fan-in receives the inputs that succeeded. `#[task]` only
+    /// lets such a task take outputs in those `Option` forms (see
+    /// [`PlainInputs`](crate::PlainInputs)); a hand-written task that reads a plain output
+    /// whose task failed ends errored with [`DependencyFailed`](crate::DependencyFailed).
     RunAnyway,
 }

@@ -14,6 +14,7 @@ struct Busy;
     backoff = "exponential(100ms, 5s, jitter)",
     timeout = "1.5m",
     on_dep_failure = "run_anyway",
+    optional,
     crate = "::procession",
 )]
 async fn fetch(ctx: &Ctx, source: String) -> Result<Vec<String>, std::io::Error> {
@@ -27,7 +28,7 @@ fn linear_one() {}
 #[task(backoff = "linear(1s, 10s)", on_dep_failure = "skip")]
 fn linear_two() {}
 
-#[task(backoff = "none", timeout = "2h")]
+#[task(backoff = "none", timeout = "2h", optional = false)]
 fn no_backoff() {}
 
 fn main() {
@@ -41,6 +42,8 @@ fn main() {
     );
     assert!(!meta.policy.retry_timeouts);
     assert_eq!(meta.policy.on_dep_failure, OnDepFailure::RunAnyway);
+    assert!(meta.policy.optional);
+    assert!(!<NoBackoff as Task>::META.policy.optional);
     assert_eq!(<LinearOne as Task>::META.policy.max_attempts, 4);
     assert_eq!(
         <LinearTwo as Task>::META.policy.on_dep_failure,
