@@ -27,7 +27,7 @@
 //! /// Loads the orders of one source.
 //! #[task(retries = 2, backoff = "exponential(10ms, 1s)", timeout = "5s")]
 //! async fn fetch_orders(ctx: &Ctx, source: String) -> Result<Vec<Order>, std::io::Error> {
-//!     ctx.progress(50.0, format!("querying {source}"));
+//!     ctx.progress(50, format!("querying {source}"));
 //!     Ok(vec![Order { amount: 10.0 }, Order { amount: 5.5 }])
 //! }
 //!
@@ -67,13 +67,13 @@ pub use procession_runtime::{
     CancelGraceExceeded, CancellationToken, Cancelled, CatchUp, Child, ChildError, ChildOutcome,
     ChildProcessFailed, ChildProgress, ChildResult, Ctx, Data, Definition, DependencyFailed, Error,
     ErrorMatcher, ErrorReport, Event, EventKind, EventStream, Graph, GraphError, GroupError,
-    GroupOptions, Hooks, InputError, IntoArg, IntoGraph, InvalidTransition, Json, Launch, Level,
-    ListFilter, LogEntry, Mode, NodeRef, NonRetryable, OnDepFailure, Out, OutputNotSerializable,
-    ParallelGroup, Policy, Process, ProcessMeta, ProcessRecord, Progress, ProgressCallback,
-    RecordKind, Result, ResultError, ResyncReport, RetryExhausted, RunHandle, RunInfo, RunMeta,
-    RunReport, RunStatus, Runtime, RuntimeBuilder, Schedule, ScheduleError, Shutdown, State,
-    Status, Task, TaskFuture, TaskGraph, TaskInfo, TaskMeta, TaskPanicked, TaskReport, TaskStatus,
-    Timeout, MAX_LOG, SCHEMA_VERSION,
+    GroupOptions, Hooks, InputError, IntoArg, IntoGraph, IntoPercent, InvalidTransition, Json,
+    Launch, Level, ListFilter, LogEntry, Mode, NodeRef, NonRetryable, OnDepFailure, Out,
+    OutputNotSerializable, ParallelGroup, Policy, Process, ProcessMeta, ProcessRecord, Progress,
+    ProgressCallback, RecordKind, Result, ResultError, ResyncReport, RetryExhausted, RunHandle,
+    RunInfo, RunMeta, RunReport, RunStatus, Runtime, RuntimeBuilder, Schedule, ScheduleError,
+    Shutdown, State, Status, Task, TaskFuture, TaskGraph, TaskInfo, TaskMeta, TaskPanicked,
+    TaskReport, TaskStatus, Timeout, MAX_LOG, SCHEMA_VERSION,
 };
 
 /// The names most programs need: `use procession::prelude::*;`.

@@ -58,7 +58,7 @@ pub use runtime::{
 };
 pub use schedule::{CatchUp, Schedule, ScheduleError};
 pub use task::arg::{Arg, IntoArg, NodeRef, Out};
-pub use task::ctx::Ctx;
+pub use task::ctx::{Ctx, IntoPercent};
 pub use task::data::Data;
 pub use task::{Backoff, ErrorMatcher, OnDepFailure, Policy, Task, TaskFuture, TaskMeta};
 pub use tokio_util::sync::CancellationToken;
