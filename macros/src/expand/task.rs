@@ -2,7 +2,7 @@
 //! `Task` impl.
 
 use proc_macro2::{Span, TokenStream};
-use quote::{quote, quote_spanned};
+use quote::{format_ident, quote, quote_spanned};
 use syn::spanned::Spanned as _;
 use syn::{Ident, ReturnType, Type};
 
@@ -28,10 +28,15 @@ pub(crate) fn task(model: &Task) -> TokenStream {
     let output = &model.output;
     let policy = policy(args, krate);
     let ctx = Ident::new("__procession_ctx", Span::mixed_site());
+    // The resolved inputs get names of their own: a parameter named like the function
+    // (`fn foo(foo: String)`) would otherwise shadow it at the call.
+    let locals: Vec<Ident> = (0..fields.len())
+        .map(|i| format_ident!("__procession_arg{}", i, span = Span::mixed_site()))
+        .collect();
     let call_args = if model.has_ctx() {
-        quote!(&#ctx, #(#fields),*)
+        quote!(&#ctx, #(#locals),*)
     } else {
-        quote!(#(#fields),*)
+        quote!(#(#locals),*)
     };
     let invoke = if is_async {
         quote!(#fn_name(#call_args).await)
@@ -142,7 +147,7 @@ pub(crate) fn task(model: &Task) -> TokenStream {
 
             #[allow(clippy::used_underscore_binding)]
             fn call(__procession_args: Self::Args, #ctx: #p::Ctx) -> #p::TaskFuture<Self::Output> {
-                let ( #( #fields, )* ) = __procession_args;
+                let ( #( #locals, )* ) = __procession_args;
                 #body
             }
         }
