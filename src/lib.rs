@@ -63,17 +63,17 @@ pub struct ReadmeDoctests;
 
 pub use procession_macros::{process, task};
 pub use procession_runtime::{
-    progress, store, AdhocOptions, Arg, Attempt, AttemptOutcome, Backoff, BoxError, Builder,
-    CancelGraceExceeded, CancellationToken, Cancelled, CatchUp, Child, ChildError, ChildOutcome,
-    ChildProcessFailed, ChildProgress, ChildResult, Ctx, Data, Definition, DependencyFailed, Error,
-    ErrorMatcher, ErrorReport, Event, EventKind, EventStream, Graph, GraphError, GroupError,
-    GroupOptions, Hooks, InputError, IntoArg, IntoGraph, IntoPercent, InvalidTransition, Json,
-    Launch, Level, ListFilter, LogEntry, Mode, NodeRef, NonRetryable, OnDepFailure, Out,
-    OutputNotSerializable, ParallelGroup, Policy, Process, ProcessMeta, ProcessRecord, Progress,
-    ProgressCallback, RecordKind, Result, ResultError, ResyncReport, RetryExhausted, RunHandle,
-    RunInfo, RunMeta, RunReport, RunStatus, Runtime, RuntimeBuilder, Schedule, ScheduleError,
-    Shutdown, State, Status, Task, TaskFuture, TaskGraph, TaskInfo, TaskMeta, TaskPanicked,
-    TaskReport, TaskStatus, Timeout, MAX_LOG, SCHEMA_VERSION,
+    checks, progress, store, AdhocOptions, Arg, Attempt, AttemptOutcome, Backoff, BoxError,
+    Builder, CancelGraceExceeded, CancellationToken, Cancelled, CatchUp, Child, ChildError,
+    ChildOutcome, ChildProcessFailed, ChildProgress, ChildResult, Ctx, Data, Definition,
+    DependencyFailed, Error, ErrorMatcher, ErrorReport, Event, EventKind, EventStream, Graph,
+    GraphError, GroupError, GroupOptions, Hooks, InputError, IntoArg, IntoGraph, IntoPercent,
+    InvalidTransition, Json, Launch, Level, ListFilter, LogEntry, Mode, NodeRef, NonRetryable,
+    OnDepFailure, Out, OutputNotSerializable, ParallelGroup, Policy, Process, ProcessMeta,
+    ProcessRecord, Progress, ProgressCallback, RecordKind, Result, ResultError, ResyncReport,
+    RetryExhausted, RunHandle, RunInfo, RunMeta, RunReport, RunStatus, Runtime, RuntimeBuilder,
+    Schedule, ScheduleError, Shutdown, State, Status, StrArg, Task, TaskFuture, TaskGraph,
+    TaskInfo, TaskMeta, TaskPanicked, TaskReport, TaskStatus, Timeout, MAX_LOG, SCHEMA_VERSION,
 };
 
 /// The names most programs need: `use procession::prelude::*;`.

@@ -57,7 +57,8 @@ pub use runtime::{
     RuntimeBuilder, Shutdown,
 };
 pub use schedule::{CatchUp, Schedule, ScheduleError};
-pub use task::arg::{Arg, IntoArg, NodeRef, Out};
+pub use task::arg::{Arg, IntoArg, NodeRef, Out, StrArg};
+pub use task::checks;
 pub use task::ctx::{Ctx, IntoPercent};
 pub use task::data::Data;
 pub use task::{Backoff, ErrorMatcher, OnDepFailure, Policy, Task, TaskFuture, TaskMeta};

@@ -8,6 +8,7 @@ use syn::{Ident, ReturnType, Type};
 
 use crate::ast::{Task, TaskAttrs};
 use crate::attr;
+use crate::expand::checks::{assumed_data, stored_checks, Stored};
 use crate::span;
 use crate::types::result_type_arg;
 use crate::values::{Backoff, OnDepFailure};
@@ -65,14 +66,24 @@ pub(crate) fn task(model: &Task) -> TokenStream {
             })
         }
     };
-    // Bounds spanned at the user's types: a type that cannot be stored is reported once,
-    // at its parameter or at the return type, and nowhere else.
-    let mut bounds_on_impl: Vec<TokenStream> = tys
-        .iter()
-        .map(|ty| span::around(ty, quote!(), quote!(: #p::Data)))
+    // A type that cannot be stored is reported once, in words, by `checks`; the impl's
+    // bounds on the same types report nothing.
+    let mut stored: Vec<Stored<'_>> = model
+        .inputs()
+        .map(|i| Stored {
+            check: "StoredInput",
+            name: &i.field,
+            ty: &i.ty,
+        })
         .collect();
+    let mut bounds_on_impl: Vec<TokenStream> = tys.iter().map(|ty| assumed_data(&p, ty)).collect();
     if let ReturnType::Type(_, ty) = &func.sig.output {
-        bounds_on_impl.push(span::around(output, quote!(), quote!(: #p::Data)));
+        stored.push(Stored {
+            check: "StoredOutput",
+            name: fn_name,
+            ty: output,
+        });
+        bounds_on_impl.push(assumed_data(&p, output));
         if model.result.is_some() {
             // Reported at `E` when the type is written `Result<T, E>`.
             let err_ty = result_type_arg(ty, 1);
@@ -96,6 +107,7 @@ pub(crate) fn task(model: &Task) -> TokenStream {
         .iter()
         .map(|ty| span::around(ty, quote!(impl #p::IntoArg<), quote!(, #name>)));
     let new = Ident::new("new", fn_name.span());
+    let checks = stored_checks(&p, &stored);
     quote! {
         // Inputs must be owned (they are stored), even when the body only reads them.
         #[allow(clippy::needless_pass_by_value)]
@@ -151,6 +163,8 @@ pub(crate) fn task(model: &Task) -> TokenStream {
                 #body
             }
         }
+
+        #checks
     }
 }
 
@@ -177,7 +191,11 @@ fn policy(args: &TaskAttrs, krate: &syn::Path) -> TokenStream {
         Some(list) => {
             let matchers = list.value.iter().map(|path| {
                 let name = attr::path_str(path);
-                quote_spanned!(path.span()=> #p::ErrorMatcher::of::<#path>(#name))
+                // Not `ErrorMatcher::of::<E>`: a type that is not an error is then reported
+                // by `RetryOn`'s message alone, without a note pointing into the runtime.
+                quote_spanned! {path.span()=>
+                    #p::ErrorMatcher { name: #name, matches: <#path as #p::RetryOn<_>>::MATCHES }
+                }
             });
             quote!(#p::Some(&[#(#matchers),*]))
         }

@@ -221,24 +221,30 @@ pub trait IntoArg<T, Task = ()> {
     fn into_arg(self) -> Arg<T>;
 }
 
+// Every impl carries `do_not_recommend`: a wrong argument is explained by the message of
+// `IntoArg`, not by a list of these impls pointing into the runtime's sources.
+#[diagnostic::do_not_recommend]
 impl<T: Data, K> IntoArg<T, K> for T {
     fn into_arg(self) -> Arg<T> {
         Arg::value(self)
     }
 }
 
+#[diagnostic::do_not_recommend]
 impl<T: Data, K> IntoArg<T, K> for Out<T> {
     fn into_arg(self) -> Arg<T> {
         Arg::output(self)
     }
 }
 
+#[diagnostic::do_not_recommend]
 impl<T: Data, K> IntoArg<T, K> for &Out<T> {
     fn into_arg(self) -> Arg<T> {
         Arg::output(*self)
     }
 }
 
+#[diagnostic::do_not_recommend]
 impl<U: Data, K> IntoArg<Vec<U>, K> for Vec<Out<U>> {
     fn into_arg(self) -> Arg<Vec<U>> {
         Arg(ArgKind::Many(
@@ -248,6 +254,7 @@ impl<U: Data, K> IntoArg<Vec<U>, K> for Vec<Out<U>> {
     }
 }
 
+#[diagnostic::do_not_recommend]
 impl<U: Data, K> IntoArg<Vec<U>, K> for &[Out<U>] {
     fn into_arg(self) -> Arg<Vec<U>> {
         Arg(ArgKind::Many(
@@ -257,6 +264,7 @@ impl<U: Data, K> IntoArg<Vec<U>, K> for &[Out<U>] {
     }
 }
 
+#[diagnostic::do_not_recommend]
 impl<U: Data, K, const N: usize> IntoArg<Vec<U>, K> for [Out<U>; N] {
     fn into_arg(self) -> Arg<Vec<U>> {
         Arg(ArgKind::Many(
@@ -266,9 +274,32 @@ impl<U: Data, K, const N: usize> IntoArg<Vec<U>, K> for [Out<U>; N] {
     }
 }
 
-impl<K> IntoArg<String, K> for &str {
+/// The string slices a `String` input accepts. Sealed: implemented for `&str` only.
+///
+/// `&str` takes its `IntoArg<String>` impl through this trait, so that the impl is a
+/// blanket one: for a wrong argument that happens to be a `&str` (`Square::new("three")`
+/// where a `u32` is expected), rustc then shows `IntoArg`'s message alone, instead of
+/// "but `IntoArg<String>` is implemented for it" pointing into the runtime's sources.
+pub trait StrArg: sealed::Sealed {
+    /// The owned string.
+    fn to_string_arg(self) -> String;
+}
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for &str {}
+}
+
+impl StrArg for &str {
+    fn to_string_arg(self) -> String {
+        self.to_owned()
+    }
+}
+
+#[diagnostic::do_not_recommend]
+impl<S: StrArg, K> IntoArg<String, K> for S {
     fn into_arg(self) -> Arg<String> {
-        Arg::value(self.to_owned())
+        Arg::value(self.to_string_arg())
     }
 }
 

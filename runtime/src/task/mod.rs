@@ -6,6 +6,7 @@
 //! [`Data`]: data::Data
 
 pub(crate) mod arg;
+pub mod checks;
 pub(crate) mod ctx;
 pub(crate) mod data;
 pub(crate) mod erased;
@@ -258,7 +259,7 @@ impl fmt::Debug for ErrorMatcher {
     }
 }
 
-fn chain_has<E: StdError + 'static>(error: &(dyn StdError + 'static)) -> bool {
+pub(crate) fn chain_has<E: StdError + 'static>(error: &(dyn StdError + 'static)) -> bool {
     crate::error::sources(error).any(<dyn StdError>::is::<E>)
 }
 
