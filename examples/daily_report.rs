@@ -10,6 +10,7 @@
 use std::time::Duration;
 
 use procession::prelude::*;
+use procession::Definition;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -35,7 +36,7 @@ struct Report {
 /// Fetches the orders of one source. The "us" source is flaky: it answers 503 twice.
 #[task(retries = 3, backoff = "exponential(20ms, 200ms)", timeout = "2s")]
 async fn fetch_orders(ctx: &Ctx, source: String) -> Result<Vec<Order>, FetchError> {
-    ctx.progress(10.0, format!("querying {source}"));
+    ctx.progress(10, format!("querying {source}"));
     tokio::time::sleep(Duration::from_millis(30)).await;
     if source == "us" && ctx.attempt() < 3 {
         return Err(FetchError::Unavailable {
@@ -133,15 +134,21 @@ fn daily_report(p: &mut Builder, sources: Vec<String>) {
 async fn main() -> procession::Result<()> {
     // Runs are kept in ./procession-data: a run interrupted by a crash is resumed by the
     // next start, its finished tasks not run again.
+    let sources = vec!["eu".to_owned(), "us".to_owned()];
+    // The record `daily-report` runs every night at 02:00 UTC (the process's `schedule`),
+    // with these parameters.
+    let nightly = Definition::new(
+        "daily-report",
+        DailyReport {
+            sources: sources.clone(),
+        },
+    )?;
     let rt = Runtime::open("./procession-data")
         .register::<DailyReport>()
+        .define(nightly)
         .start()
         .await?;
-    let run = rt
-        .launch(DailyReport {
-            sources: vec!["eu".into(), "us".into()],
-        })
-        .await?;
+    let run = rt.launch(DailyReport { sources }).await?;
     let run_id = run.id().to_owned();
     println!("launched run {run_id}");
     // Ctrl-C (or a SIGTERM handler on a deploy) calls the default shutdown: it suspends

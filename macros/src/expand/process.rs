@@ -68,6 +68,14 @@ pub(crate) fn process(model: &Process) -> TokenStream {
         })
         .collect();
     let checks = stored_checks(&p, &stored);
+    // A process without parameters can be run on its schedule with no further setup.
+    let without_parameters = fields.is_empty().then(|| {
+        quote! {
+            fn without_parameters() -> #p::Option<Self> {
+                #p::Some(Self {})
+            }
+        }
+    });
     quote! {
         // Parameters must be owned (they are stored), even when the body only reads them.
         #[allow(clippy::needless_pass_by_value)]
@@ -90,6 +98,7 @@ pub(crate) fn process(model: &Process) -> TokenStream {
             }
 
             #hooks
+            #without_parameters
         }
 
         #checks
