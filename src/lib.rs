@@ -12,11 +12,14 @@
 //!   skip only what depends on them, panics become task failures, and every run ends with
 //!   a [`RunReport`].
 //! - Runs are [process records](ProcessRecord) in a [`Store`](store::Store) (embedded sled by default,
-//!   [`Runtime::open`]) with optio's [state machine](State); a restarted binary resumes
-//!   unfinished runs without running finished tasks again (see the `runtime` module's
-//!   notes on what a crash can lose).
+//!   [`Runtime::open`]) with a [state machine](State) of their own; a restarted binary
+//!   resumes unfinished runs without running finished tasks again ([`Runtime`] says what a
+//!   crash can lose).
 //! - Tasks start [child processes](Ctx::run_child) and [parallel groups](Ctx::parallel_group);
 //!   the scheduler launches records on a [`Schedule`] (cron, interval, one-shot).
+//!
+//! The documentation of each macro lists every key it takes, with its syntax, its default
+//! and an example.
 //!
 //! ```
 //! use procession::prelude::*;

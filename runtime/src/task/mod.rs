@@ -104,9 +104,8 @@ pub struct TaskMeta {
 /// is retried follows one rule, the same as for every other error: it is retried when attempts
 /// remain and the error is retryable. A timeout is retryable when `retry_timeouts` is true
 /// (the default) and, if `retry_on` lists types, `Timeout` is among them. So
-/// `#[task(retries = 3, timeout = "1s")]` retries timeouts (like `processes`), while
-/// `#[task(retries = 3, timeout = "1s", retry_timeouts = false)]` makes a timeout final
-/// (like `pyWorkflowy`).
+/// `#[task(retries = 3, timeout = "1s")]` retries timeouts, while
+/// `#[task(retries = 3, timeout = "1s", retry_timeouts = false)]` makes a timeout final.
 ///
 /// # Examples
 ///
