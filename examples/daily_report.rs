@@ -17,6 +17,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use procession::prelude::*;
+use procession::Definition;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -56,7 +57,7 @@ fn since_start() -> u128 {
 #[task(retries = 2, backoff = "exponential(20ms, 200ms)", timeout = "2s")]
 async fn fetch_orders(ctx: &Ctx, source: String) -> Result<Vec<Order>, FetchError> {
     let start = since_start();
-    ctx.progress(10.0, format!("querying {source}"));
+    ctx.progress(10, format!("querying {source}"));
     tokio::time::sleep(Duration::from_millis(100)).await;
     let down = (source == "us" && ctx.attempt() < 3) || source == "apac";
     println!(
@@ -173,16 +174,22 @@ fn daily_report(p: &mut Builder, sources: Vec<String>) {
 async fn main() -> procession::Result<()> {
     // Runs are kept in ./procession-data: a run interrupted by a crash is resumed by the
     // next start, its finished tasks not run again.
+    let sources = vec!["eu".to_owned(), "us".to_owned(), "apac".to_owned()];
+    // The record `daily-report` runs every night at 02:00 UTC (the process's `schedule`),
+    // with these parameters.
+    let nightly = Definition::new(
+        "daily-report",
+        DailyReport {
+            sources: sources.clone(),
+        },
+    )?;
     let rt = Runtime::open("./procession-data")
         .register::<DailyReport>()
+        .define(nightly)
         .start()
         .await?;
     T0.get_or_init(Instant::now);
-    let run = rt
-        .launch(DailyReport {
-            sources: vec!["eu".into(), "us".into(), "apac".into()],
-        })
-        .await?;
+    let run = rt.launch(DailyReport { sources }).await?;
     let run_id = run.id().to_owned();
     println!("launched run {run_id}");
     // Ctrl-C (or a SIGTERM handler on a deploy) calls the default shutdown: it suspends

@@ -19,9 +19,9 @@
 //!   skip only what depends on them, panics become task failures, and every run ends with
 //!   a [`RunReport`].
 //! - Runs are [process records](ProcessRecord) in a [`Store`](store::Store) (embedded sled by default,
-//!   [`Runtime::open`]) with optio's [state machine](State); a restarted binary resumes
-//!   unfinished runs without running finished tasks again (see the `runtime` module's
-//!   notes on what a crash can lose).
+//!   [`Runtime::open`]) with a [state machine](State) of their own; a restarted binary
+//!   resumes unfinished runs without running finished tasks again ([`Runtime`] says what a
+//!   crash can lose).
 //! - Tasks start [child processes](Ctx::run_child) and [parallel groups](Ctx::parallel_group)
 //!   and read their typed results; the scheduler launches records on a [`Schedule`]
 //!   (cron, interval, one-shot).
@@ -32,6 +32,9 @@
 //!   change, progress, log entries) and its record shows its tasks' progress rolled up;
 //!   [`Ctx::check_cancelled`] lets a task stop on a cancel and be recorded cancelled.
 //!
+//! The documentation of each macro lists every key it takes, with its syntax, its default
+//! and an example.
+//!
 //! ```
 //! use procession::prelude::*;
 //!
@@ -41,7 +44,7 @@
 //! /// Loads the orders of one source.
 //! #[task(retries = 2, backoff = "exponential(10ms, 1s)", timeout = "5s")]
 //! async fn fetch_orders(ctx: &Ctx, source: String) -> Result<Vec<Order>, std::io::Error> {
-//!     ctx.progress(50.0, format!("querying {source}"));
+//!     ctx.progress(50, format!("querying {source}"));
 //!     Ok(vec![Order { amount: 10.0 }, Order { amount: 5.5 }])
 //! }
 //!
@@ -80,19 +83,19 @@ pub struct ReadmeDoctests;
 
 pub use procession_macros::{process, task};
 pub use procession_runtime::{
-    progress, store, AdhocOptions, Arg, Attempt, AttemptOutcome, Backoff, BoxError, Builder,
-    CancelGraceExceeded, CancellationToken, Cancelled, CatchUp, Child, ChildError, ChildOutcome,
-    ChildProcessFailed, ChildProgress, ChildResult, Ctx, Data, Definition, DependencyFailed, Error,
-    ErrorMatcher, ErrorReport, Event, EventKind, EventStream, Graph, GraphError, GroupError,
-    GroupOptions, Hooks, InputError, IntoArg, IntoGraph, IntoTaskId, IntoTaskSpec,
-    InvalidTransition, Json, Launch, Level, ListFilter, LogEntry, MissingResource, Mode, NodeRef,
-    NonRetryable, OnDepFailure, Out, OutputNotSerializable, ParallelGroup, PlainInputs, Policy,
-    Process, ProcessMeta, ProcessRecord, Progress, ProgressCallback, Read, RecordKind, Res,
-    Resource, ResourceKey, Result, ResultError, ResultKey, ResyncReport, RetryExhausted,
-    RunHandle, RunInfo, RunMeta, RunReport, RunStatus, Runtime, RuntimeBuilder, Schedule,
-    ScheduleError, Shutdown, State, Status, Task, TaskExt, TaskFuture, TaskGraph, TaskInfo,
-    TaskKey, TaskMeta, TaskPanicked, TaskReport, TaskSpec, TaskStatus, Timeout, MAX_LOG,
-    SCHEMA_VERSION,
+    checks, progress, store, AdhocOptions, Arg, Attempt, AttemptOutcome, Backoff, BoxError,
+    Builder, CancelGraceExceeded, CancellationToken, Cancelled, CatchUp, Child, ChildError,
+    ChildOutcome, ChildProcessFailed, ChildProgress, ChildResult, Ctx, Data, Definition,
+    DependencyFailed, Error, ErrorMatcher, ErrorReport, Event, EventKind, EventStream, Graph,
+    GraphError, GroupError, GroupOptions, Hooks, InputError, IntoArg, IntoGraph, IntoPercent,
+    IntoTaskId, IntoTaskSpec, InvalidTransition, Json, Launch, Level, ListFilter, LogEntry,
+    MissingResource, Mode, NodeRef, NonRetryable, OnDepFailure, Out, OutputNotSerializable,
+    ParallelGroup, PlainInputs, Policy, Process, ProcessMeta, ProcessRecord, Progress,
+    ProgressCallback, Read, RecordKind, Res, Resource, ResourceKey, Result, ResultError, ResultKey,
+    ResyncReport, RetryExhausted, RunHandle, RunInfo, RunMeta, RunReport, RunStatus, Runtime,
+    RuntimeBuilder, Schedule, ScheduleError, Shutdown, State, Status, StrArg, Task, TaskExt,
+    TaskFuture, TaskGraph, TaskInfo, TaskKey, TaskMeta, TaskPanicked, TaskReport, TaskSpec,
+    TaskStatus, Timeout, MAX_LOG, SCHEMA_VERSION,
 };
 
 /// The names most programs need: `use procession::prelude::*;`.

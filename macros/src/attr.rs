@@ -7,7 +7,8 @@ use syn::{Expr, ExprLit, Lit, LitStr};
 
 use crate::ctxt::Ctxt;
 
-/// Every key `#[task]` accepts, with its form (shown when the value is missing).
+/// Every key `#[task]` accepts, with its form (shown when the value is missing). Each has
+/// a row in the key table of `doc/task.md` (a test checks it).
 pub(crate) const TASK_KEYS: &[(&str, &str)] = &[
     ("name", r#"name = "stable_name""#),
     ("description", r#"description = "text""#),
@@ -16,13 +17,14 @@ pub(crate) const TASK_KEYS: &[(&str, &str)] = &[
     ("retry_on", "retry_on = [std::io::Error]"),
     ("retry_timeouts", "retry_timeouts = false"),
     ("backoff", r#"backoff = "exponential(100ms, 5s)""#), // see `values::parse_backoff`
-    ("timeout", r#"timeout = "30s""#),                    // ms, s, m or h
+    ("timeout", r#"timeout = "30s""#),                    // see `values::parse_duration`
     ("on_dep_failure", r#"on_dep_failure = "skip""#),     // "fail" | "skip" | "run_anyway"
     ("optional", "optional"), // or `optional = true`: its failure does not fail the run
     ("crate", r#"crate = "path::to::procession""#),
 ];
 
-/// Every key `#[process]` accepts, with its form (shown when the value is missing).
+/// Every key `#[process]` accepts, with its form (shown when the value is missing). Each
+/// has a row in the key table of `doc/process.md` (a test checks it).
 pub(crate) const PROCESS_KEYS: &[(&str, &str)] = &[
     ("name", r#"name = "stable_name""#),
     ("description", r#"description = "text""#),
@@ -271,6 +273,23 @@ fn doc_summary(attrs: &[syn::Attribute]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    // Issue 12 (8): the macros' docs list every key (users should not have to find them
+    // in an error message).
+    #[test]
+    fn every_key_is_documented() {
+        for (doc, keys) in [
+            (include_str!("../doc/task.md"), TASK_KEYS),
+            (include_str!("../doc/process.md"), PROCESS_KEYS),
+        ] {
+            for (key, _) in keys {
+                assert!(
+                    doc.contains(&format!("\n| `{key}` |")),
+                    "`{key}` has no row in the key table of the macro's docs"
+                );
+            }
+        }
+    }
 
     #[test]
     fn suggestions() {

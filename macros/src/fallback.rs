@@ -8,7 +8,6 @@ use syn::{Ident, Type};
 
 use crate::ast::{Process, Task};
 use crate::expand;
-use crate::span;
 
 /// The user's item, untouched, plus the errors: keeps rust-analyzer and later errors useful.
 pub(crate) fn with_errors(
@@ -40,7 +39,7 @@ pub(crate) fn task(model: &Task) -> TokenStream {
     // keeps its type where it is used and no second error follows; `()` otherwise.
     let (output, bound) = if is_nameable(&model.output) {
         let output = &model.output;
-        let bound = span::around(output, quote!(), quote!(: #krate::__private::Data));
+        let bound = expand::assumed_data(&quote!(#krate::__private), output);
         (quote!(#output), quote!(where #bound))
     } else {
         (quote!(()), TokenStream::new())

@@ -1,11 +1,12 @@
 //! Implementation detail of the `procession` crate: the `#[task]` and `#[process]`
-//! attribute macros. Depend on `procession` and use them from there; their documentation
-//! lives on the re-exports.
+//! attribute macros. Depend on `procession` and use them from there (`procession::task`,
+//! `procession::process`, both in `procession::prelude`).
 //!
 //! Both macros run the same stages: `attr`/`values` parse the arguments into the typed
 //! models of `ast`, `check` reports every broken rule, and `expand` generates code from a
 //! model that passed; on error `fallback` emits the user's item, the errors and a stub.
 
+#![doc(test(attr(deny(warnings))))]
 #![forbid(unsafe_code)]
 
 mod ast;
@@ -23,7 +24,7 @@ use syn::ItemFn;
 
 use crate::ctxt::Ctxt;
 
-/// Turns a function into a task. See the `procession` crate documentation.
+#[doc = include_str!("../doc/task.md")]
 #[proc_macro_attribute]
 pub fn task(
     args: proc_macro::TokenStream,
@@ -32,8 +33,7 @@ pub fn task(
     expand_attr::<ast::Task>(args.into(), item.into()).into()
 }
 
-/// Turns a function taking a `&mut Builder` into a process. See the `procession` crate
-/// documentation.
+#[doc = include_str!("../doc/process.md")]
 #[proc_macro_attribute]
 pub fn process(
     args: proc_macro::TokenStream,

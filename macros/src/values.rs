@@ -263,7 +263,22 @@ impl Mode {
     }
 }
 
-/// Parses a duration such as `"250ms"`, `"30s"`, `"1.5m"` or `"2h"` into milliseconds.
+/// Duration units, largest first, with their length in milliseconds.
+const UNITS: [(&str, u128); 5] = [
+    ("d", 86_400_000),
+    ("h", 3_600_000),
+    ("m", 60_000),
+    ("s", 1_000),
+    ("ms", 1),
+];
+
+/// The longest duration accepted, in milliseconds (about 31,700 years).
+const MAX_MS: u128 = 1_000_000_000_000_000;
+
+/// Parses a duration into milliseconds: one or more `<number><unit>` parts, largest unit
+/// first, each unit once, optionally separated by spaces: `"250ms"`, `"30s"`, `"1.5m"`,
+/// `"1m30s"`, `"1h 5m"`, `"2d"`. Units: `ms`, `s`, `m`, `h`, `d`. The total must be a
+/// whole number of milliseconds.
 pub(crate) fn parse_duration(text: &str) -> Result<u64, String> {
     let t = text.trim();
     if t.starts_with('-') {
@@ -271,37 +286,85 @@ pub(crate) fn parse_duration(text: &str) -> Result<u64, String> {
             "`{t}` is negative; a duration is a positive number with a unit, for example `\"30s\"`"
         ));
     }
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .ok_or_else(|| format!("`{t}` has no unit; write it with one of `ms`, `s`, `m`, `h` (for example `\"{t}s\"`)"))?;
-    let (num, unit) = t.split_at(split);
-    if num.is_empty() {
-        return Err(format!(
-            "`{t}` does not start with a number; write for example `\"30s\"` or `\"250ms\"`"
-        ));
+    if t.is_empty() {
+        return Err("the duration is empty; write for example `\"30s\"` or `\"1m30s\"`".into());
     }
-    let value: f64 = num
-        .parse()
-        .map_err(|_| format!("`{num}` is not a number"))?;
-    let factor = match unit.trim() {
-        "ms" => 1.0,
-        "s" => 1_000.0,
-        "m" => 60_000.0,
-        "h" => 3_600_000.0,
-        other => {
+    let mut rest = t;
+    let mut total: u128 = 0;
+    let mut previous: Option<usize> = None;
+    while !rest.is_empty() {
+        let num_end = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let (num, after) = rest.split_at(num_end);
+        if num.is_empty() {
+            return Err(if rest.len() == t.len() {
+                format!("`{t}` does not start with a number; write for example `\"30s\"` or `\"250ms\"`")
+            } else {
+                format!("expected a number at `{rest}` in `{t}`; write the parts as `<number><unit>`, for example `\"1m30s\"`")
+            });
+        }
+        let after = after.trim_start();
+        let unit_end = after
+            .find(|c: char| !c.is_ascii_alphabetic())
+            .unwrap_or(after.len());
+        let (unit, after) = after.split_at(unit_end);
+        if unit.is_empty() {
+            return Err(if num.len() == t.len() {
+                format!("`{t}` has no unit; write it with one of `ms`, `s`, `m`, `h`, `d` (for example `\"{t}s\"`)")
+            } else {
+                format!("`{num}` in `{t}` has no unit; give every part one of `ms`, `s`, `m`, `h`, `d` (for example `\"1m30s\"`)")
+            });
+        }
+        let Some(rank) = UNITS.iter().position(|(u, _)| *u == unit) else {
             return Err(format!(
-                "unknown unit `{other}` in `{t}`; use `ms`, `s`, `m` or `h`"
-            ))
+                "unknown unit `{unit}` in `{t}`; use `ms`, `s`, `m`, `h` or `d`"
+            ));
+        };
+        if let Some(p) = previous.filter(|p| rank <= *p) {
+            let what = if rank == p {
+                format!("repeats the unit `{unit}`")
+            } else {
+                format!("puts `{unit}` after the smaller unit `{}`", UNITS[p].0)
+            };
+            return Err(format!(
+                "`{t}` {what}; write the parts from the largest unit to the smallest, each once, for example `\"1h30m\"`"
+            ));
+        }
+        previous = Some(rank);
+        total = part_ms(num, UNITS[rank].1, t)?
+            .checked_add(total)
+            .filter(|ms| *ms <= MAX_MS)
+            .ok_or_else(|| format!("`{t}` is too long"))?;
+        rest = after.trim_start();
+    }
+    Ok(total as u64)
+}
+
+/// `num` (digits with at most one `.`) times `factor` milliseconds, exactly.
+fn part_ms(num: &str, factor: u128, whole: &str) -> Result<u128, String> {
+    let (int, frac) = num.split_once('.').unwrap_or((num, ""));
+    if frac.contains('.') || int.is_empty() && frac.is_empty() {
+        return Err(format!("`{num}` is not a number"));
+    }
+    let too_long = || format!("`{whole}` is too long");
+    let digits = |d: &str| -> Result<u128, String> {
+        if d.is_empty() {
+            Ok(0)
+        } else if d.len() > 20 {
+            Err(too_long())
+        } else {
+            d.parse::<u128>()
+                .map_err(|_| format!("`{num}` is not a number"))
         }
     };
-    let ms = value * factor;
-    if ms.fract() != 0.0 {
-        return Err(format!("`{t}` is not a whole number of milliseconds"));
+    let int_ms = digits(int)?.checked_mul(factor).ok_or_else(too_long)?;
+    let scale = 10u128.pow(frac.len().min(20) as u32);
+    let frac_ms = digits(frac)?.checked_mul(factor).ok_or_else(too_long)?;
+    if frac_ms % scale != 0 {
+        return Err(format!("`{whole}` is not a whole number of milliseconds"));
     }
-    if ms > 1e15 {
-        return Err(format!("`{t}` is too long"));
-    }
-    Ok(ms as u64)
+    int_ms.checked_add(frac_ms / scale).ok_or_else(too_long)
 }
 
 /// A backoff as written in `backoff = "..."`.
@@ -417,6 +480,44 @@ mod tests {
         assert!(parse_duration("s").is_err());
         assert!(parse_duration("0.5ms").is_err());
         assert!(parse_duration("-1s").unwrap_err().contains("negative"));
+        assert_eq!(parse_duration("30 s"), Ok(30_000));
+        assert_eq!(parse_duration("2d"), Ok(172_800_000));
+        assert_eq!(parse_duration("0.001s"), Ok(1));
+    }
+
+    // Compound durations (issue 12, point 8): largest unit first, each once.
+    #[test]
+    fn compound_durations() {
+        assert_eq!(parse_duration("1m30s"), Ok(90_000));
+        assert_eq!(parse_duration("1h 5m"), Ok(3_900_000));
+        assert_eq!(parse_duration("1h5m30s250ms"), Ok(3_930_250));
+        assert_eq!(parse_duration(" 1d 2h "), Ok(93_600_000));
+        assert_eq!(parse_duration("1.5h 30m"), Ok(7_200_000));
+        assert!(parse_duration("1m30")
+            .unwrap_err()
+            .contains("`30` in `1m30` has no unit"));
+        assert!(parse_duration("30s1m")
+            .unwrap_err()
+            .contains("puts `m` after the smaller unit `s`"));
+        assert!(parse_duration("1s 1s")
+            .unwrap_err()
+            .contains("repeats the unit `s`"));
+        assert!(parse_duration("1m30x")
+            .unwrap_err()
+            .contains("unknown unit `x`"));
+        assert!(parse_duration("1m, 30s")
+            .unwrap_err()
+            .contains("expected a number at `, 30s`"));
+        assert!(parse_duration("1.2.3s")
+            .unwrap_err()
+            .contains("not a number"));
+        assert!(parse_duration("").unwrap_err().contains("empty"));
+        assert!(parse_duration("99999999999999999999999d")
+            .unwrap_err()
+            .contains("too long"));
+        assert!(parse_duration("400000000d")
+            .unwrap_err()
+            .contains("too long"));
     }
 
     #[test]

@@ -59,8 +59,9 @@ pub use runtime::{
     RuntimeBuilder, Shutdown,
 };
 pub use schedule::{CatchUp, Schedule, ScheduleError};
-pub use task::arg::{Arg, IntoArg, NodeRef, Out, PlainInputs, Read};
-pub use task::ctx::Ctx;
+pub use task::arg::{Arg, IntoArg, NodeRef, Out, PlainInputs, Read, StrArg};
+pub use task::checks;
+pub use task::ctx::{Ctx, IntoPercent};
 pub use task::data::Data;
 pub use task::resource::{Res, Resource, ResourceKey};
 pub use task::spec::{IntoTaskId, IntoTaskSpec, TaskExt, TaskKey, TaskSpec};

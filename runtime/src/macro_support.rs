@@ -8,6 +8,7 @@ pub use crate::graph::process::{Mode, Process, ProcessMeta};
 pub use crate::graph::Builder;
 pub use crate::hooks::Hooks;
 pub use crate::task::arg::{Arg, Inputs, IntoArg, NodeRef, Out, PlainInputs, Read};
+pub use crate::task::checks::{RetryOn, StoredInput, StoredOutput, StoredParam};
 pub use crate::task::ctx::Ctx;
 pub use crate::task::data::Data;
 pub use crate::task::resource::{Res, Resource, ResourceKey};
@@ -53,14 +54,6 @@ impl<E: Into<BoxError>> IntoTaskError for E {
 pub fn task_result<T, E: IntoTaskError>(r: Result<T, E>) -> Result<T, BoxError> {
     r.map_err(IntoTaskError::into_task_error)
 }
-
-/// Asserts at compile time that a parameter or return type can cross a task boundary.
-#[inline]
-pub fn assert_data<T: Data>() {}
-
-/// Asserts at compile time that a task's error type is usable.
-#[inline]
-pub fn assert_task_error<E: IntoTaskError>() {}
 
 /// The resource of type `T` for a `Res<T>` parameter of a task. The runtime checked the
 /// graph before it ran, so this fails only for a context without it (detached).

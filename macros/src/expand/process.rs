@@ -7,6 +7,7 @@ use syn::spanned::Spanned as _;
 use syn::Ident;
 
 use crate::ast::Process;
+use crate::expand::checks::{assumed_data, stored_checks, Stored};
 use crate::span;
 use crate::values::Mode;
 
@@ -58,6 +59,23 @@ pub(crate) fn process(model: &Process) -> TokenStream {
     let builder = Ident::new("__procession_builder", span);
     let ty = process_type(model);
     let bounds = data_bounds(model);
+    let stored: Vec<Stored<'_>> = model
+        .fields()
+        .map(|f| Stored {
+            check: "StoredParam",
+            name: &f.ident,
+            ty: &f.ty,
+        })
+        .collect();
+    let checks = stored_checks(&p, &stored);
+    // A process without parameters can be run on its schedule with no further setup.
+    let without_parameters = fields.is_empty().then(|| {
+        quote! {
+            fn without_parameters() -> #p::Option<Self> {
+                #p::Some(Self {})
+            }
+        }
+    });
     quote! {
         // Parameters must be owned (they are stored), even when the body only reads them.
         #[allow(clippy::needless_pass_by_value)]
@@ -80,26 +98,29 @@ pub(crate) fn process(model: &Process) -> TokenStream {
             }
 
             #hooks
+            #without_parameters
         }
+
+        #checks
     }
 }
 
-/// `T: Data` for each parameter type, spanned at the type: a parameter that cannot be
-/// stored is reported there, once, and the impls carrying these bounds add no errors.
+/// `T: Data` for each parameter type, written so that the impls carrying these bounds
+/// add no errors: a parameter that cannot be stored is reported by the checks, once.
 pub(crate) fn data_bounds(model: &Process) -> Vec<TokenStream> {
     let krate = model.attrs.common.krate();
+    let p = quote!(#krate::__private);
     model
         .fields()
-        .map(|field| span::around(&field.ty, quote!(), quote!(: #krate::__private::Data)))
+        .map(|field| assumed_data(&p, &field.ty))
         .collect()
 }
 
 /// The process struct: one public field per parameter, serde impls and `Debug`.
 ///
-/// Each field's serde bound is `T: Data`, spanned at the parameter type, instead of
-/// serde's own `T: Serialize` uses inside the generated impls: a parameter that cannot be
-/// stored then gives the same two errors a task input does, at the parameter, instead of
-/// one error per serde helper pointing into serde's sources.
+/// Each field's serde bound is the same `T: Data` bound as the `Process` impl's, instead
+/// of serde's own `T: Serialize` uses inside the generated impls: a parameter that cannot
+/// be stored is then reported once, by the checks, instead of once per serde helper.
 pub(crate) fn process_type(model: &Process) -> TokenStream {
     let krate = model.attrs.common.krate();
     let (vis, name) = (&model.func.vis, &model.ident);
@@ -109,7 +130,10 @@ pub(crate) fn process_type(model: &Process) -> TokenStream {
     let fields = model.fields().map(|field| {
         let (field, ty) = (&field.ident, &field.ty);
         let bound = syn::LitStr::new(
-            &format!("{}: {krate_str}::__private::Data", quote!(#ty)),
+            &format!(
+                "for<'__procession> {}: {krate_str}::__private::Data",
+                quote!(#ty)
+            ),
             ty.span(),
         );
         quote! {

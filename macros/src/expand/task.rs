@@ -2,12 +2,13 @@
 //! `Task` impl.
 
 use proc_macro2::{Span, TokenStream};
-use quote::{quote, quote_spanned, ToTokens};
+use quote::{format_ident, quote, quote_spanned, ToTokens};
 use syn::spanned::Spanned as _;
 use syn::{Ident, ReturnType, Type};
 
 use crate::ast::{Task, TaskAttrs, TaskParam};
 use crate::attr;
+use crate::expand::checks::{assumed_data, stored_checks, Stored};
 use crate::span;
 use crate::types::result_type_arg;
 use crate::values::{Backoff, OnDepFailure};
@@ -28,11 +29,17 @@ pub(crate) fn task(model: &Task) -> TokenStream {
     let output = &model.output;
     let policy = policy(args, krate);
     let ctx = Ident::new("__procession_ctx", Span::mixed_site());
+    // The resolved inputs get names of their own: a parameter named like the function
+    // (`fn foo(foo: String)`) would otherwise shadow it at the call.
+    let locals: Vec<Ident> = (0..fields.len())
+        .map(|i| format_ident!("__procession_arg{}", i, span = Span::mixed_site()))
+        .collect();
     // In parameter order: the context, inputs (fields of the task type) and resources
     // (read from the context before the body runs).
+    let mut input_locals = locals.iter();
     let call_args = model.params.iter().filter_map(|param| match param {
         TaskParam::Ctx { .. } => Some(quote!(&#ctx)),
-        TaskParam::Input(input) => Some(input.field.to_token_stream()),
+        TaskParam::Input(_) => input_locals.next().map(ToTokens::to_token_stream),
         TaskParam::Resource(r) => Some(r.local.to_token_stream()),
         _ => None,
     });
@@ -71,12 +78,17 @@ pub(crate) fn task(model: &Task) -> TokenStream {
             })
         }
     };
-    // Bounds spanned at the user's types: a type that cannot be stored is reported once,
-    // at its parameter or at the return type, and nowhere else.
-    let mut bounds_on_impl: Vec<TokenStream> = tys
-        .iter()
-        .map(|ty| span::around(ty, quote!(), quote!(: #p::Data)))
+    // A type that cannot be stored is reported once, in words, by `checks`; the impl's
+    // bounds on the same types report nothing.
+    let mut stored: Vec<Stored<'_>> = model
+        .inputs()
+        .map(|i| Stored {
+            check: "StoredInput",
+            name: &i.field,
+            ty: &i.ty,
+        })
         .collect();
+    let mut bounds_on_impl: Vec<TokenStream> = tys.iter().map(|ty| assumed_data(&p, ty)).collect();
     // A resource must be shareable between threads: reported at its type.
     bounds_on_impl.extend(
         res_tys
@@ -84,7 +96,12 @@ pub(crate) fn task(model: &Task) -> TokenStream {
             .map(|ty| span::around(ty, quote!(), quote!(: #p::Resource))),
     );
     if let ReturnType::Type(_, ty) = &func.sig.output {
-        bounds_on_impl.push(span::around(output, quote!(), quote!(: #p::Data)));
+        stored.push(Stored {
+            check: "StoredOutput",
+            name: fn_name,
+            ty: output,
+        });
+        bounds_on_impl.push(assumed_data(&p, output));
         if model.result.is_some() {
             // Reported at `E` when the type is written `Result<T, E>`.
             let err_ty = result_type_arg(ty, 1);
@@ -117,6 +134,7 @@ pub(crate) fn task(model: &Task) -> TokenStream {
             impl #p::PlainInputs for #name {}
         }
     });
+    let checks = stored_checks(&p, &stored);
     quote! {
         // Inputs must be owned (they are stored), even when the body only reads them.
         #[allow(clippy::needless_pass_by_value)]
@@ -171,10 +189,12 @@ pub(crate) fn task(model: &Task) -> TokenStream {
 
             #[allow(clippy::used_underscore_binding)]
             fn call(__procession_args: Self::Args, #ctx: #p::Ctx) -> #p::TaskFuture<Self::Output> {
-                let ( #( #fields, )* ) = __procession_args;
+                let ( #( #locals, )* ) = __procession_args;
                 #body
             }
         }
+
+        #checks
     }
 }
 
@@ -201,7 +221,11 @@ fn policy(args: &TaskAttrs, krate: &syn::Path) -> TokenStream {
         Some(list) => {
             let matchers = list.value.iter().map(|path| {
                 let name = attr::path_str(path);
-                quote_spanned!(path.span()=> #p::ErrorMatcher::of::<#path>(#name))
+                // Not `ErrorMatcher::of::<E>`: a type that is not an error is then reported
+                // by `RetryOn`'s message alone, without a note pointing into the runtime.
+                quote_spanned! {path.span()=>
+                    #p::ErrorMatcher { name: #name, matches: <#path as #p::RetryOn<_>>::MATCHES }
+                }
             });
             quote!(#p::Some(&[#(#matchers),*]))
         }

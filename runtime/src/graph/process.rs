@@ -83,4 +83,28 @@ pub trait Process: Data {
     fn hooks() -> Option<std::sync::Arc<dyn crate::hooks::Hooks>> {
         None
     }
+
+    /// The process itself when it takes no parameters, `None` otherwise. `#[process]`
+    /// returns `Some(Self {})` for a function whose only parameter is the builder.
+    ///
+    /// [`RuntimeBuilder::register`](crate::RuntimeBuilder::register) uses it to run a
+    /// process that declares a [`schedule`](ProcessMeta::schedule) on that schedule with no
+    /// further setup; a process with parameters is scheduled by a
+    /// [`Definition`](crate::Definition) that gives them.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use procession::prelude::*;
+    /// #[process]
+    /// fn cleanup(_p: &mut Builder) {}
+    /// #[process]
+    /// fn import(_p: &mut Builder, file: String) { let _ = file; }
+    ///
+    /// assert!(Cleanup::without_parameters().is_some());
+    /// assert!(Import::without_parameters().is_none());
+    /// ```
+    fn without_parameters() -> Option<Self> {
+        None
+    }
 }

@@ -1,6 +1,6 @@
 //! What is stored about a process (the data layer, above `schedule` and `error` only):
-//! process records, their state machine (optio's, exactly), log entries with their
-//! [`Level`], progress, and the filters of a listing.
+//! process records, their state machine, log entries with their [`Level`], progress,
+//! and the filters of a listing.
 
 mod log;
 mod state;

@@ -1,4 +1,4 @@
-//! The state of a process record and its transition table (optio's, exactly).
+//! The state of a process record and its transition table.
 
 use std::fmt;
 

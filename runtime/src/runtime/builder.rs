@@ -41,6 +41,15 @@ pub(super) struct Registered {
     pub(super) meta: ProcessMeta,
     pub(super) build: BuildFn,
     pub(super) hooks: Option<Arc<dyn Hooks>>,
+    /// The record `register` schedules for a process declaring a schedule.
+    pub(super) scheduled: fn() -> Option<Result<Definition>>,
+}
+
+/// The definition of a process's own schedule: the record whose id is the process's name,
+/// with no parameters. `None` when the process declares no schedule or takes parameters.
+fn scheduled_definition<P: Process>() -> Option<Result<Definition>> {
+    P::META.schedule?;
+    P::without_parameters().map(|p| Definition::new(P::META.name, p))
 }
 
 /// A process declared in code: resynced into the store as an idle record with this id.
@@ -339,6 +348,33 @@ impl RuntimeBuilder {
 
     /// Declares a process type: runs of it can be launched by id and are resumed after a
     /// restart. A run whose type is not registered is not resumed (it ends failed).
+    ///
+    /// # Schedules
+    ///
+    /// A process declaring `#[process(schedule = "…")]` and taking no parameters is run on
+    /// that schedule: [`start`](RuntimeBuilder::start) keeps a record for it whose id is the
+    /// process's name (`nightly_cleanup` below; `#[process(name = "…")]` changes it), like
+    /// a [`Definition`] would. Giving a `Definition` of the process type instead (for
+    /// other ids, or to pass parameters) replaces that record; so does
+    /// [`Definition::unscheduled`]. A scheduled process with parameters is only run on
+    /// its schedule through a `Definition` giving them (`start` logs a warning otherwise).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use procession::prelude::*;
+    /// #[task] fn vacuum() {}
+    ///
+    /// /// Compacts the database every night at 03:00 UTC.
+    /// #[process(schedule = "0 3 * * *")]
+    /// fn nightly_cleanup(p: &mut Builder) { p.task(Vacuum::new()); }
+    ///
+    /// # #[tokio::main] async fn main() -> procession::Result<()> {
+    /// let rt = Runtime::in_memory().register::<NightlyCleanup>().start().await?;
+    /// let record = rt.get("nightly_cleanup").await?.expect("kept by `start`");
+    /// assert_eq!(record.schedule, Some(procession::Schedule::cron("0 3 * * *")?));
+    /// # Ok(()) }
+    /// ```
     pub fn register<P: Process>(mut self) -> Self {
         self.registry.insert(
             P::META.name,
@@ -346,6 +382,7 @@ impl RuntimeBuilder {
                 meta: P::META,
                 build: build_erased::<P>,
                 hooks: P::hooks(),
+                scheduled: scheduled_definition::<P>,
             },
         );
         self
@@ -389,6 +426,7 @@ impl RuntimeBuilder {
                 super::check_resources(&self.resources, &graph)?;
             }
         }
+        let definitions = with_scheduled(self.definitions, &self.registry)?;
         let strict = self.strict;
         let store: Arc<dyn Store> = match self.store {
             StoreChoice::Memory => Arc::new(MemoryStore::new()),
@@ -419,7 +457,7 @@ impl RuntimeBuilder {
                 progress_flush: self.progress_flush,
                 hooks: self.hooks,
                 registry: self.registry,
-                definitions: Mutex::new(self.definitions),
+                definitions: Mutex::new(definitions),
                 active: Mutex::new(HashMap::new()),
                 siblings: Mutex::new(HashMap::new()),
                 shutting_down: AtomicBool::new(false),
@@ -438,6 +476,37 @@ impl RuntimeBuilder {
         tokio::spawn(scheduler(Arc::downgrade(&rt.inner)));
         Ok(rt)
     }
+}
+
+/// `definitions` and, for each registered process with a schedule of its own and no
+/// `Definition` of its type nor of its name, the record that runs it on that schedule.
+fn with_scheduled(
+    mut definitions: Vec<Definition>,
+    registry: &HashMap<&'static str, Registered>,
+) -> Result<Vec<Definition>> {
+    let mut names: Vec<&&'static str> = registry.keys().collect();
+    names.sort_unstable();
+    for name in names {
+        let reg = &registry[*name];
+        let Some(cron) = reg.meta.schedule else {
+            continue;
+        };
+        if definitions
+            .iter()
+            .any(|d| d.process_type == *name || d.id == *name)
+        {
+            continue;
+        }
+        match (reg.scheduled)() {
+            Some(d) => definitions.push(d?),
+            None => tracing::warn!(
+                process = name,
+                schedule = cron,
+                "process declares a schedule but takes parameters, and no `Definition` gives them: it is not run on its schedule"
+            ),
+        }
+    }
+    Ok(definitions)
 }
 
 /// Options of [`Runtime::adhoc_define`].

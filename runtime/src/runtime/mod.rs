@@ -1,17 +1,6 @@
 //! The public [`Runtime`] (the top layer: the only place where every layer meets and the
 //! only one naming `Runtime` or the API [`Error`]): launches runs of processes, keeps
 //! their records in a store, resumes them after a restart, and answers queries.
-//!
-//! # What a crash can lose
-//!
-//! Every state change and every task result goes through one writer thread that applies
-//! them in order and flushes once per group of writes (group commit). A task's end is
-//! reported as finished (events, [`RunHandle::wait`], the run's record) only after its
-//! write is flushed. A crash of the process (`kill -9`) therefore loses at most the
-//! progress and log entries not yet flushed and the ends of tasks not yet reported, which
-//! are then run again; never a result reported as finished. With the sled store, a power
-//! loss can also lose the writes of the last ~500 ms unless the store is opened in strict
-//! mode ([`RuntimeBuilder::strict`]), which fsyncs once per group.
 
 mod builder;
 pub(crate) mod children;
@@ -280,6 +269,17 @@ impl Inner {
 /// Runs processes, keeps their records, resumes them after a restart.
 ///
 /// Cheap to clone: clones share the same store, limits and hooks.
+///
+/// # What a crash can lose
+///
+/// Every state change and every task result goes through one writer thread that applies
+/// them in order and flushes once per group of writes (group commit). A task's end is
+/// reported as finished (events, [`RunHandle::wait`], the run's record) only after its
+/// write is flushed. A crash of the process (`kill -9`) therefore loses at most the
+/// progress and log entries not yet flushed and the ends of tasks not yet reported, which
+/// are then run again; never a result reported as finished. With the sled store, a power
+/// loss can also lose the writes of the last ~500 ms unless the store is opened in strict
+/// mode ([`RuntimeBuilder::strict`]), which fsyncs once per group.
 ///
 /// # Examples
 ///

@@ -351,36 +351,44 @@ pub trait IntoArg<T, Task = ()> {
     fn into_arg(self) -> Arg<T>;
 }
 
+// Every impl carries `do_not_recommend`: a wrong argument is explained by the message of
+// `IntoArg`, not by a list of these impls pointing into the runtime's sources.
+#[diagnostic::do_not_recommend]
 impl<T: Data, K> IntoArg<T, K> for T {
     fn into_arg(self) -> Arg<T> {
         Arg::value(self)
     }
 }
 
+#[diagnostic::do_not_recommend]
 impl<T: Data, K: PlainInputs> IntoArg<T, K> for Out<T> {
     fn into_arg(self) -> Arg<T> {
         Arg::output(self)
     }
 }
 
+#[diagnostic::do_not_recommend]
 impl<T: Data, K: PlainInputs> IntoArg<T, K> for &Out<T> {
     fn into_arg(self) -> Arg<T> {
         Arg::output(*self)
     }
 }
 
+#[diagnostic::do_not_recommend]
 impl<U: Data, K: PlainInputs> IntoArg<Vec<U>, K> for Vec<Out<U>> {
     fn into_arg(self) -> Arg<Vec<U>> {
         many(self.into_iter().map(|o| o.node).collect())
     }
 }
 
+#[diagnostic::do_not_recommend]
 impl<U: Data, K: PlainInputs> IntoArg<Vec<U>, K> for &[Out<U>] {
     fn into_arg(self) -> Arg<Vec<U>> {
         many(self.iter().map(|o| o.node).collect())
     }
 }
 
+#[diagnostic::do_not_recommend]
 impl<U: Data, K: PlainInputs, const N: usize> IntoArg<Vec<U>, K> for [Out<U>; N] {
     fn into_arg(self) -> Arg<Vec<U>> {
         many(self.iter().map(|o| o.node).collect())
@@ -422,9 +430,32 @@ impl<U: Data, K, const N: usize> IntoArg<Vec<Option<U>>, K> for [Out<U>; N] {
     }
 }
 
-impl<K> IntoArg<String, K> for &str {
+/// The string slices a `String` input accepts. Sealed: implemented for `&str` only.
+///
+/// `&str` takes its `IntoArg<String>` impl through this trait, so that the impl is a
+/// blanket one: for a wrong argument that happens to be a `&str` (`Square::new("three")`
+/// where a `u32` is expected), rustc then shows `IntoArg`'s message alone, instead of
+/// "but `IntoArg<String>` is implemented for it" pointing into the runtime's sources.
+pub trait StrArg: str_sealed::Sealed {
+    /// The owned string.
+    fn to_string_arg(self) -> String;
+}
+
+mod str_sealed {
+    pub trait Sealed {}
+    impl Sealed for &str {}
+}
+
+impl StrArg for &str {
+    fn to_string_arg(self) -> String {
+        self.to_owned()
+    }
+}
+
+#[diagnostic::do_not_recommend]
+impl<S: StrArg, K> IntoArg<String, K> for S {
     fn into_arg(self) -> Arg<String> {
-        Arg::value(self.to_owned())
+        Arg::value(self.to_string_arg())
     }
 }
 

@@ -163,12 +163,32 @@ impl Ctx {
         format!("{}/{}", self.scope.process_id, self.node_id())
     }
 
-    /// Reports progress: a percentage (clamped to 0..=100; `None` for indeterminate) and a
-    /// message.
-    pub fn progress(&self, percent: impl Into<Option<f64>>, message: impl AsRef<str>) {
-        let percent = percent
-            .into()
-            .map(|p| if p.is_nan() { 0.0 } else { p.clamp(0.0, 100.0) });
+    /// Reports progress: a percentage and a message.
+    ///
+    /// The percentage is any number ([`IntoPercent`]: `50`, `12.5`, a `u64` counter…),
+    /// clamped to 0..=100 (NaN counts as 0), or `None` while the amount done is unknown.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use procession::prelude::*;
+    ///
+    /// #[task]
+    /// async fn import(ctx: &Ctx, rows: Vec<String>) -> usize {
+    ///     ctx.progress(None, "counting rows");
+    ///     ctx.progress(0, "starting");
+    ///     for (i, _row) in rows.iter().enumerate() {
+    ///         ctx.progress(i * 100 / rows.len(), format!("row {i}"));
+    ///     }
+    ///     ctx.progress(100.0, "done");
+    ///     rows.len()
+    /// }
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// # assert_eq!(import(&Ctx::detached("import"), vec!["a".into()]).await, 1);
+    /// # }
+    /// ```
+    pub fn progress(&self, percent: impl IntoPercent, message: impl AsRef<str>) {
+        let percent = clamp_percent(percent);
         let message = message.as_ref();
         tracing::debug!(task = self.task, node = %self.node_id(), ?percent, message, "progress");
         self.scope.reporter.progress(self.node, percent, message);
@@ -341,9 +361,72 @@ fn compact_child_id(id: String) -> String {
     format!("{}~{hash:016x}", &id[..cut])
 }
 
+/// A percentage for [`Ctx::progress`]: any integer or float, or `None` (or `Option<f64>`)
+/// when the amount done is unknown.
+///
+/// Integer literals work as they read (`ctx.progress(50, "…")`); the value is clamped to
+/// 0..=100 by `progress`, and a NaN counts as 0.
+///
+/// # Examples
+///
+/// ```
+/// use procession::IntoPercent;
+///
+/// assert_eq!(50.into_percent(), Some(50.0));
+/// assert_eq!(12.5_f32.into_percent(), Some(12.5));
+/// assert_eq!(7_u64.into_percent(), Some(7.0));
+/// assert_eq!(None.into_percent(), None);
+/// assert_eq!(Some(99.5).into_percent(), Some(99.5));
+/// ```
+pub trait IntoPercent {
+    /// The percentage as an `f64`, before clamping; `None` for "unknown".
+    fn into_percent(self) -> Option<f64>;
+}
+
+impl IntoPercent for f64 {
+    fn into_percent(self) -> Option<f64> {
+        Some(self)
+    }
+}
+
+impl IntoPercent for f32 {
+    fn into_percent(self) -> Option<f64> {
+        Some(f64::from(self))
+    }
+}
+
+/// `None` for an unknown amount; the only `Option` accepted, so that a bare `None`
+/// needs no type annotation.
+impl IntoPercent for Option<f64> {
+    fn into_percent(self) -> Option<f64> {
+        self
+    }
+}
+
+macro_rules! int_percent {
+    ($($t:ty),*) => {$(
+        impl IntoPercent for $t {
+            // Percentages are small; a huge counter only loses precision it never needed.
+            #[allow(clippy::cast_lossless)]
+            fn into_percent(self) -> Option<f64> {
+                Some(self as f64)
+            }
+        }
+    )*};
+}
+
+int_percent!(u8, u16, u32, u64, u128, usize, i8, i16, i32, i64, i128, isize);
+
+/// The percentage `progress` records: clamped to 0..=100, NaN as 0, `None` kept.
+fn clamp_percent(percent: impl IntoPercent) -> Option<f64> {
+    percent
+        .into_percent()
+        .map(|p| if p.is_nan() { 0.0 } else { p.clamp(0.0, 100.0) })
+}
+
 #[cfg(test)]
 mod tests {
-    use super::compact_child_id;
+    use super::{clamp_percent, compact_child_id, IntoPercent};
 
     #[test]
     fn deep_default_child_ids_stay_short_and_distinct() {
@@ -354,5 +437,27 @@ mod tests {
             assert!(id.len() <= 220, "depth {depth}: {} bytes", id.len());
             assert!(seen.insert(id.clone()), "depth {depth}: {id} repeats");
         }
+    }
+
+    // Ctx::progress takes integers as well as floats (issue 12, point 8).
+    #[test]
+    fn percents_from_numbers() {
+        assert_eq!(50.into_percent(), Some(50.0));
+        assert_eq!((-3_i64).into_percent(), Some(-3.0));
+        assert_eq!(200_u8.into_percent(), Some(200.0));
+        assert_eq!(0.25_f32.into_percent(), Some(0.25));
+        assert!(f64::NAN.into_percent().unwrap().is_nan());
+        assert_eq!(None.into_percent(), None);
+    }
+
+    // What `progress` records: out-of-range values clamped, NaN as 0, `None` kept.
+    #[test]
+    fn percents_are_clamped() {
+        assert_eq!(clamp_percent(50), Some(50.0));
+        assert_eq!(clamp_percent(150_u32), Some(100.0));
+        assert_eq!(clamp_percent(-3), Some(0.0));
+        assert_eq!(clamp_percent(f64::NAN), Some(0.0));
+        assert_eq!(clamp_percent(f64::INFINITY), Some(100.0));
+        assert_eq!(clamp_percent(None), None);
     }
 }

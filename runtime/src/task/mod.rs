@@ -6,6 +6,7 @@
 //! [`Data`]: data::Data
 
 pub(crate) mod arg;
+pub mod checks;
 pub(crate) mod ctx;
 pub(crate) mod data;
 pub(crate) mod erased;
@@ -113,9 +114,8 @@ pub struct TaskMeta {
 /// is retried follows one rule, the same as for every other error: it is retried when attempts
 /// remain and the error is retryable. A timeout is retryable when `retry_timeouts` is true
 /// (the default) and, if `retry_on` lists types, `Timeout` is among them. So
-/// `#[task(retries = 3, timeout = "1s")]` retries timeouts (like `processes`), while
-/// `#[task(retries = 3, timeout = "1s", retry_timeouts = false)]` makes a timeout final
-/// (like `pyWorkflowy`).
+/// `#[task(retries = 3, timeout = "1s")]` retries timeouts, while
+/// `#[task(retries = 3, timeout = "1s", retry_timeouts = false)]` makes a timeout final.
 ///
 /// # Examples
 ///
@@ -273,7 +273,7 @@ impl fmt::Debug for ErrorMatcher {
     }
 }
 
-fn chain_has<E: StdError + 'static>(error: &(dyn StdError + 'static)) -> bool {
+pub(crate) fn chain_has<E: StdError + 'static>(error: &(dyn StdError + 'static)) -> bool {
     crate::error::sources(error).any(<dyn StdError>::is::<E>)
 }
 

@@ -1,5 +1,6 @@
 // every `#[task]` argument set at once, each in its accepted form
 use procession::prelude::*;
+use procession::Backoff;
 
 #[derive(Debug, thiserror::Error)]
 #[error("service busy")]
@@ -31,6 +32,9 @@ fn linear_two() {}
 #[task(backoff = "none", timeout = "2h", optional = false)]
 fn no_backoff() {}
 
+#[task(backoff = "linear(1s 500ms, 1m30s)", timeout = "1h 5m")]
+fn compound_durations() {}
+
 fn main() {
     let meta = &<Fetch as Task>::META;
     assert_eq!(meta.name, "fetch_orders");
@@ -50,4 +54,17 @@ fn main() {
         OnDepFailure::Skip
     );
     assert_eq!(<NoBackoff as Task>::META.policy.max_attempts, 1);
+    let compound = <CompoundDurations as Task>::META.policy;
+    assert_eq!(
+        compound.timeout,
+        Some(std::time::Duration::from_secs(3900))
+    );
+    assert_eq!(
+        compound.backoff,
+        Backoff::Linear {
+            base: std::time::Duration::from_millis(1500),
+            cap: Some(std::time::Duration::from_secs(90)),
+            jitter: false
+        }
+    );
 }

@@ -1,5 +1,5 @@
-//! Turn children's progress into the parent's, with optio's semantics: a child in a
-//! terminal state counts as 100%, an unknown percent as 0.
+//! Turn children's progress into the parent's: a child in a terminal state counts as
+//! 100%, an unknown percent as 0.
 //!
 //! # Examples
 //!

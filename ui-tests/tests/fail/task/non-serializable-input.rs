@@ -1,4 +1,4 @@
-// task inputs are stored between tasks, so their type must implement `Serialize` and `Deserialize`
+// task inputs are stored between tasks, so their type must implement `Serialize` and `Deserialize`: one error, naming the parameter
 use procession::prelude::*;
 
 struct Config {
