@@ -56,7 +56,7 @@ pub use runtime::{
     AdhocOptions, Definition, Error, IntoGraph, Launch, Result, ResyncReport, RunHandle, Runtime,
     RuntimeBuilder, Shutdown,
 };
-pub use schedule::{CatchUp, Schedule, ScheduleError};
+pub use schedule::{CatchUp, Overlap, Schedule, ScheduleError};
 pub use task::arg::{Arg, IntoArg, NodeRef, Out};
 pub use task::ctx::Ctx;
 pub use task::data::Data;
