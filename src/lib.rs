@@ -18,6 +18,13 @@
 //! - Tasks start [child processes](Ctx::run_child) and [parallel groups](Ctx::parallel_group);
 //!   the scheduler launches records on a [`Schedule`] (cron, interval, one-shot).
 //!
+//!
+//! # Feature flags
+//!
+//! - `tz`: named time zones (IANA, daylight saving included) for cron schedules:
+//!   `#[process(schedule = "0 2 * * *", tz = "Europe/Paris")]` and `Schedule::tz`. Off by
+//!   default: the zone database (chrono-tz) adds about 8 s to a clean build.
+//!
 //! ```
 //! use procession::prelude::*;
 //!
@@ -69,11 +76,11 @@ pub use procession_runtime::{
     ErrorMatcher, ErrorReport, Event, EventKind, EventStream, Graph, GraphError, GroupError,
     GroupOptions, Hooks, InputError, IntoArg, IntoGraph, InvalidTransition, Json, Launch, Level,
     ListFilter, LogEntry, Mode, NodeRef, NonRetryable, OnDepFailure, Out, OutputNotSerializable,
-    ParallelGroup, Policy, Process, ProcessMeta, ProcessRecord, Progress, ProgressCallback,
-    RecordKind, Result, ResultError, ResyncReport, RetryExhausted, RunHandle, RunInfo, RunMeta,
-    RunReport, RunStatus, Runtime, RuntimeBuilder, Schedule, ScheduleError, Shutdown, State,
-    Status, Task, TaskFuture, TaskGraph, TaskInfo, TaskMeta, TaskPanicked, TaskReport, TaskStatus,
-    Timeout, MAX_LOG, SCHEMA_VERSION,
+    Overlap, ParallelGroup, Policy, Process, ProcessMeta, ProcessRecord, Progress,
+    ProgressCallback, RecordKind, Result, ResultError, ResyncReport, RetryExhausted, RunHandle,
+    RunInfo, RunMeta, RunReport, RunStatus, RunSummary, Runtime, RuntimeBuilder, Schedule,
+    ScheduleError, Shutdown, State, Status, Task, TaskFuture, TaskGraph, TaskInfo, TaskMeta,
+    TaskPanicked, TaskReport, TaskStatus, Timeout, MAX_LOG, SCHEMA_VERSION,
 };
 
 /// The names most programs need: `use procession::prelude::*;`.

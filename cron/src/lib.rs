@@ -247,6 +247,12 @@ pub fn check(expr: &str) -> Result<String, String> {
         .map_err(|_| format!("`{expr}` is not a valid schedule ({form})"))
 }
 
+/// Every IANA time zone name this build knows.
+#[cfg(feature = "tz")]
+pub fn tz_names() -> impl Iterator<Item = &'static str> {
+    chrono_tz::TZ_VARIANTS.iter().map(|tz| tz.name())
+}
+
 /// Checks an IANA time zone name (`Europe/Paris`, `America/New_York`, `UTC`).
 ///
 /// The message of a refusal names a zone that differs only in case, or whose last part
