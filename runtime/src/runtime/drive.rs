@@ -218,7 +218,10 @@ pub(super) async fn drive(inner: Arc<Inner>, run: Run) -> Option<RunReport> {
             })?;
             let mut events = Vec::new();
             if delete {
-                store.apply(clearing(store, &id2)?)?;
+                // The record goes with everything it kept: rows, children, history.
+                let mut batch = clearing(store, &id2)?;
+                batch.delete_processes.push(id2.clone());
+                store.apply(batch)?;
             } else if let Some((of, r)) = joined.take() {
                 // The scheduled record may have been deleted meanwhile: then the run has
                 // no history to join.

@@ -327,6 +327,10 @@ impl SledStore {
         for a in batch.archive.iter().filter(|a| a.keep > 0) {
             any = true;
             let key = past_key(&a.owner, a.run.seq);
+            // A run kept again under the same seq replaces the old one, rows included.
+            for k in self.past_tasks.scan_prefix(&key).keys() {
+                past.remove(k.map_err(|e| self.io(e))?);
+            }
             // Raw bytes: a row is copied as stored, never decoded (a damaged row must
             // not stop a relaunch; reading it back says it is damaged).
             for kv in self.tasks.scan_prefix(run_prefix(&a.rows_of)) {
