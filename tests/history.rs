@@ -62,7 +62,11 @@ async fn relaunch_keeps_the_last_n_runs() {
     assert_eq!(current.result::<u32>("step").unwrap(), 50);
     assert_eq!(
         current.result::<u32>("step").unwrap(),
-        rt.report("job").await.unwrap().result::<u32>("step").unwrap()
+        rt.report("job")
+            .await
+            .unwrap()
+            .result::<u32>("step")
+            .unwrap()
     );
     assert!(matches!(
         rt.past_report("job", 1).await,
@@ -189,7 +193,9 @@ async fn only_the_current_run_resumes() {
             .start()
             .await
             .unwrap();
-        rt.run(Launch::new(GatedJob { n: 1 }).id("g")).await.unwrap();
+        rt.run(Launch::new(GatedJob { n: 1 }).id("g"))
+            .await
+            .unwrap();
         rt.launch(Launch::new(GatedJob { n: 2 }).id("g"))
             .await
             .unwrap();

@@ -371,7 +371,10 @@ fn history(store: &dyn Store) {
         })
         .unwrap();
     assert_eq!(seqs(store, "h"), vec![5, 4]);
-    assert_eq!(store.history("h").unwrap()[0].record.state(), State::Cancelled);
+    assert_eq!(
+        store.history("h").unwrap()[0].record.state(),
+        State::Cancelled
+    );
     assert!(
         store.past_tasks("h", 5).unwrap().is_empty(),
         "replaced with its rows (`h` has none now)"
