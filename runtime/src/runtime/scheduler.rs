@@ -1,5 +1,8 @@
 //! Scheduled records: `schedule`/`unschedule` and the scheduler loop that launches them
-//! when they fire.
+//! when they fire, following each schedule's [`Overlap`] policy when the record's
+//! previous run is still active: skipped, queued on the record (`queued_fire`, launched
+//! by the pass that follows the run's end: the run's end wakes the scheduler), or run
+//! beside it as a record of its own (`Runtime::launch_overlap`).
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -12,7 +15,9 @@ use super::{Error, Inner, Result, Runtime};
 
 impl Runtime {
     /// Launches record `id` on `schedule` from now on (replacing its schedule). The
-    /// schedule is stored with the record, so it survives restarts.
+    /// schedule is stored with the record, so it survives restarts. A fire that comes
+    /// while the previous run is still active follows the schedule's
+    /// [`Overlap`](crate::Overlap) policy (skipped by default).
     ///
     /// # Errors
     ///
@@ -161,6 +166,8 @@ pub(super) async fn scheduler_pass(rt: &Runtime) -> Result<Option<std::time::Sys
             queued = None;
             match fire(rt, &r.id, Some(q)).await {
                 Ok(()) => active = true,
+                // Kept for the next start.
+                Err(Error::ShuttingDown) => {}
                 Err(e) => {
                     out.failure = Some(format!("queued scheduled launch failed: {e}"));
                     out.unqueue = true;
@@ -175,9 +182,7 @@ pub(super) async fn scheduler_pass(rt: &Runtime) -> Result<Option<std::time::Sys
         out.mark = p.mark.map(crate::util::unix_ms);
         if p.fire {
             let fired = now_ms;
-            let launched = if !active {
-                Some(fire(rt, &r.id, Some(fired)).await.map(drop))
-            } else {
+            let launched = if active {
                 // The previous run is still active (or a queued fire has just started
                 // one): the overlap policy decides.
                 match s.overlap_policy() {
@@ -200,6 +205,8 @@ pub(super) async fn scheduler_pass(rt: &Runtime) -> Result<Option<std::time::Sys
                             .map(|h| tracing::info!(id = %h.id(), "launched alongside the active run (overlap = allow)")),
                     ),
                 }
+            } else {
+                Some(fire(rt, &r.id, Some(fired)).await.map(drop))
             };
             if let Some(Err(e)) = launched {
                 tracing::warn!(id = %r.id, error = %e, "scheduled launch failed");

@@ -35,8 +35,11 @@ struct MemInner {
     keys: BTreeMap<String, String>,
     leases: HashMap<String, Lease>,
     /// Kept past runs per record, by seq, with their task rows.
-    history: HashMap<String, BTreeMap<u64, (PastRun, Vec<(u32, TaskRow)>)>>,
+    history: HashMap<String, BTreeMap<u64, Kept>>,
 }
+
+/// A kept past run and its task rows, by node index.
+type Kept = (PastRun, Vec<(u32, TaskRow)>);
 
 impl MemInner {
     fn put(&mut self, r: ProcessRecord) {
