@@ -35,6 +35,13 @@
 //! The documentation of each macro lists every key it takes, with its syntax, its default
 //! and an example.
 //!
+//!
+//! # Feature flags
+//!
+//! - `tz`: named time zones (IANA, daylight saving included) for cron schedules:
+//!   `#[process(schedule = "0 2 * * *", tz = "Europe/Paris")]` and `Schedule::tz`. Off by
+//!   default: the zone database (chrono-tz) adds about 8 s to a clean build.
+//!
 //! ```
 //! use procession::prelude::*;
 //!
@@ -90,12 +97,12 @@ pub use procession_runtime::{
     GraphError, GroupError, GroupOptions, Hooks, InputError, IntoArg, IntoGraph, IntoPercent,
     IntoTaskId, IntoTaskSpec, InvalidTransition, Json, Launch, Level, ListFilter, LogEntry,
     MissingResource, Mode, NodeRef, NonRetryable, OnDepFailure, Out, OutputNotSerializable,
-    ParallelGroup, PlainInputs, Policy, Process, ProcessMeta, ProcessRecord, Progress,
+    Overlap, ParallelGroup, PlainInputs, Policy, Process, ProcessMeta, ProcessRecord, Progress,
     ProgressCallback, Read, RecordKind, Res, Resource, ResourceKey, Result, ResultError, ResultKey,
-    ResyncReport, RetryExhausted, RunHandle, RunInfo, RunMeta, RunReport, RunStatus, Runtime,
-    RuntimeBuilder, Schedule, ScheduleError, Shutdown, State, Status, StrArg, Task, TaskExt,
-    TaskFuture, TaskGraph, TaskInfo, TaskKey, TaskMeta, TaskPanicked, TaskReport, TaskSpec,
-    TaskStatus, Timeout, MAX_LOG, SCHEMA_VERSION,
+    ResyncReport, RetryExhausted, RunHandle, RunInfo, RunMeta, RunReport, RunStatus, RunSummary,
+    Runtime, RuntimeBuilder, Schedule, ScheduleError, Shutdown, State, Status, StrArg, Task,
+    TaskExt, TaskFuture, TaskGraph, TaskInfo, TaskKey, TaskMeta, TaskPanicked, TaskReport,
+    TaskSpec, TaskStatus, Timeout, MAX_LOG, SCHEMA_VERSION,
 };
 
 /// The names most programs need: `use procession::prelude::*;`.

@@ -250,6 +250,9 @@ async fn defect_06_a_key_relaunch_during_resume_attaches() {
         idempotency_key: Some("k-1".into()),
         max_concurrency: None,
         resumes: 0,
+        seq: 0,
+        overlap_of: None,
+        fired_at: None,
     });
     store
         .update("inv", &mut |_| Update::Put(Box::new(rec.clone())))
@@ -323,6 +326,9 @@ async fn defect_07_attempt_numbers_never_repeat_after_a_restart() {
         idempotency_key: None,
         max_concurrency: None,
         resumes: 0,
+        seq: 0,
+        overlap_of: None,
+        fired_at: None,
     });
     store
         .update("a", &mut |_| Update::Put(Box::new(rec.clone())))

@@ -325,6 +325,9 @@ fn stored_run(id: &str, process_type: &str, fingerprint: u64, state: State) -> P
         idempotency_key: None,
         max_concurrency: None,
         resumes: 0,
+        seq: 0,
+        overlap_of: None,
+        fired_at: None,
     });
     rec
 }

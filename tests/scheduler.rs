@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use procession::prelude::*;
 use procession::store::{MemoryStore, Store, Update};
-use procession::{CatchUp, Definition, Error, ProcessRecord, Schedule, State};
+use procession::{CatchUp, Definition, Error, Overlap, ProcessRecord, Schedule, State};
 
 static TICKS: AtomicUsize = AtomicUsize::new(0);
 
@@ -222,5 +222,213 @@ async fn missed_fires_skip_or_run_once() {
                 .duration_since(SystemTime::UNIX_EPOCH)
                 .unwrap()
                 .as_millis() as u64
+    );
+}
+
+static QUEUED_RUNS: AtomicUsize = AtomicUsize::new(0);
+static QUEUED_NOW: AtomicUsize = AtomicUsize::new(0);
+static QUEUED_MOST: AtomicUsize = AtomicUsize::new(0);
+static QUEUED_RELEASE: AtomicBool = AtomicBool::new(false);
+
+#[task]
+async fn queued_slow() {
+    QUEUED_RUNS.fetch_add(1, Ordering::SeqCst);
+    let now = QUEUED_NOW.fetch_add(1, Ordering::SeqCst) + 1;
+    QUEUED_MOST.fetch_max(now, Ordering::SeqCst);
+    while !QUEUED_RELEASE.load(Ordering::SeqCst) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    QUEUED_NOW.fetch_sub(1, Ordering::SeqCst);
+}
+
+#[process]
+fn queued_proc(p: &mut Builder) {
+    p.task(QueuedSlow::new());
+}
+
+/// The runs of `id` once run `seq` has ended (the paused clock may add later fires,
+/// so only the runs up to `seq` are certain).
+async fn history_through(rt: &Runtime, id: &str, seq: u64) -> Vec<procession::RunSummary> {
+    for _ in 0..2500 {
+        let runs = rt.history(id).await.unwrap();
+        if runs.iter().any(|r| r.seq == seq && r.state.is_end()) {
+            return runs;
+        }
+        real_pause().await;
+    }
+    panic!("run {seq} of `{id}` never ended");
+}
+
+// Issue 12, overlap = queue_one: fires that come while the run is active leave one
+// waiting fire (not one per fire), launched as soon as the run ends; runs never overlap.
+#[tokio::test(start_paused = true)]
+async fn overlap_queue_one_runs_once_after_the_active_run() {
+    let every_minute = Schedule::every(Duration::from_secs(60))
+        .unwrap()
+        .overlap(Overlap::QueueOne);
+    let rt = Runtime::in_memory()
+        .register::<QueuedProc>()
+        .define(
+            Definition::new("queued", QueuedProc {})
+                .unwrap()
+                .schedule(every_minute),
+        )
+        .start()
+        .await
+        .unwrap();
+    tokio::time::advance(Duration::from_secs(61)).await;
+    wait_until(|| QUEUED_RUNS.load(Ordering::SeqCst) == 1).await;
+    for _ in 0..3 {
+        tokio::time::advance(Duration::from_secs(60)).await;
+        settle().await;
+    }
+    let rec = rt.get("queued").await.unwrap().unwrap();
+    assert_eq!(rec.state(), State::Running);
+    let queued_at = rec.queued_fire.expect("one fire waits");
+    assert_eq!(QUEUED_RUNS.load(Ordering::SeqCst), 1, "none ran alongside");
+    QUEUED_RELEASE.store(true, Ordering::SeqCst);
+    // The first run ends and the waiting fire starts the second at once.
+    rt.wait("queued").await.unwrap();
+    let runs = history_through(&rt, "queued", 2).await;
+    let second = runs.iter().find(|r| r.seq == 2).unwrap();
+    assert_eq!(second.state, State::Done);
+    assert_eq!(
+        second.fired_at,
+        Some(queued_at),
+        "run 2 is the queued fire, one for the three that came"
+    );
+    assert!(runs.iter().all(|r| r.fired_at.is_some()), "all were fires");
+    assert_eq!(
+        QUEUED_MOST.load(Ordering::SeqCst),
+        1,
+        "runs never overlapped"
+    );
+}
+
+static ALLOWED_RUNS: AtomicUsize = AtomicUsize::new(0);
+static ALLOWED_RELEASE: AtomicBool = AtomicBool::new(false);
+
+#[task]
+async fn allowed_slow() -> usize {
+    let n = ALLOWED_RUNS.fetch_add(1, Ordering::SeqCst) + 1;
+    while !ALLOWED_RELEASE.load(Ordering::SeqCst) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    n
+}
+
+#[process]
+fn allowed_proc(p: &mut Builder) {
+    p.task(AllowedSlow::new());
+}
+
+// Issue 12, overlap = allow: a fire while the run is active starts another run at once,
+// as a record of its own (`<id>@<seq>`), which joins the record's history when it ends.
+#[tokio::test(start_paused = true)]
+async fn overlap_allow_runs_alongside_as_its_own_record() {
+    let every_minute = Schedule::every(Duration::from_secs(60))
+        .unwrap()
+        .overlap(Overlap::Allow);
+    let rt = Runtime::in_memory()
+        .register::<AllowedProc>()
+        .define(
+            Definition::new("poll", AllowedProc {})
+                .unwrap()
+                .schedule(every_minute),
+        )
+        .start()
+        .await
+        .unwrap();
+    tokio::time::advance(Duration::from_secs(61)).await;
+    wait_until(|| ALLOWED_RUNS.load(Ordering::SeqCst) >= 1).await;
+    tokio::time::advance(Duration::from_secs(60)).await;
+    wait_until(|| ALLOWED_RUNS.load(Ordering::SeqCst) >= 2).await;
+    // Run 1 is still running: the second fire ran as `poll@2`, beside it.
+    let beside = rt.get("poll@2").await.unwrap().unwrap();
+    assert_eq!(beside.state(), State::Running);
+    assert_eq!(beside.process_type, "allowed_proc");
+    assert_eq!(
+        beside.run.as_ref().unwrap().overlap_of.as_deref(),
+        Some("poll")
+    );
+    assert_eq!(
+        rt.get("poll").await.unwrap().unwrap().state(),
+        State::Running
+    );
+    ALLOWED_RELEASE.store(true, Ordering::SeqCst);
+    rt.wait("poll").await.unwrap();
+    // Its record goes once it ended (a handle waits for it even so).
+    let _ = rt.wait("poll@2").await;
+    let runs = history_through(&rt, "poll", 2).await;
+    let second = runs.iter().find(|r| r.seq == 2).unwrap();
+    assert_eq!(
+        (second.run_id.as_str(), second.current, second.state),
+        ("poll@2", false, State::Done)
+    );
+    assert!(runs.iter().any(|r| r.seq == 1 && r.run_id == "poll"));
+    assert!(rt.get("poll@2").await.unwrap().is_none());
+    let report = rt.past_report("poll", 2).await.unwrap();
+    assert_eq!(report.run_id, "poll@2");
+    assert_eq!(report.result::<usize>("allowed_slow").unwrap(), 2);
+}
+
+static SECOND_TICKS: AtomicUsize = AtomicUsize::new(0);
+
+#[task]
+fn second_tick() {
+    SECOND_TICKS.fetch_add(1, Ordering::SeqCst);
+}
+
+/// Every ten seconds (six fields, seconds first).
+#[process(schedule = "*/10 * * * * *")]
+fn fast_ticker(p: &mut Builder) {
+    p.task(SecondTick::new());
+}
+
+// OPT-46 with seconds: a 6-field schedule from `#[process(schedule = ...)]` really fires
+// within seconds, not minutes.
+#[tokio::test(start_paused = true)]
+async fn six_field_schedule_fires_by_the_second() {
+    let rt = Runtime::in_memory()
+        .register::<FastTicker>()
+        .define(Definition::new("fast", FastTicker {}).unwrap())
+        .start()
+        .await
+        .unwrap();
+    assert_eq!(
+        rt.get("fast").await.unwrap().unwrap().schedule,
+        Some(Schedule::cron("*/10 * * * * *").unwrap())
+    );
+    tokio::time::advance(Duration::from_secs(11)).await;
+    wait_until(|| SECOND_TICKS.load(Ordering::SeqCst) >= 1).await;
+}
+
+/// Nightly at 02:00 Paris time, at most one waiting fire.
+#[cfg(feature = "tz")]
+#[process(schedule = "0 2 * * *", tz = "Europe/Paris", overlap = "queue_one")]
+fn paris_nightly(p: &mut Builder) {
+    p.task(Tick::new());
+}
+
+// `tz` and `overlap` on the process are the definition's default schedule.
+#[cfg(feature = "tz")]
+#[tokio::test]
+async fn process_time_zone_and_overlap_are_the_default() {
+    let rt = Runtime::in_memory()
+        .register::<ParisNightly>()
+        .define(Definition::new("paris", ParisNightly {}).unwrap())
+        .start()
+        .await
+        .unwrap();
+    let s = rt.get("paris").await.unwrap().unwrap().schedule.unwrap();
+    assert_eq!(s.time_zone(), Some("Europe/Paris"));
+    assert_eq!(s.overlap_policy(), Overlap::QueueOne);
+    assert_eq!(
+        s,
+        Schedule::cron("0 2 * * *")
+            .unwrap()
+            .tz("Europe/Paris")
+            .unwrap()
+            .overlap(Overlap::QueueOne)
     );
 }

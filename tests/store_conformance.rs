@@ -5,7 +5,9 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use procession::store::{Batch, MemoryStore, Query, SledStore, Store, TaskRow, Update};
+use procession::store::{
+    Archive, Batch, MemoryStore, PastRun, Query, SledStore, Store, TaskRow, Update,
+};
 use procession::{ProcessRecord, Progress, State};
 
 fn record(id: &str, created_at: u64) -> ProcessRecord {
@@ -277,6 +279,126 @@ fn idempotency_and_ids(store: &dyn Store) {
     store.flush().unwrap();
 }
 
+fn past(seq: u64, id: &str, state: State) -> PastRun {
+    let mut r = record(id, 1);
+    r.status.state = state;
+    PastRun { seq, record: r }
+}
+
+fn archive(owner: &str, seq: u64, rows_of: &str, keep: usize) -> Archive {
+    Archive {
+        owner: owner.into(),
+        run: past(seq, rows_of, State::Done),
+        rows_of: rows_of.into(),
+        keep,
+    }
+}
+
+fn seqs(store: &dyn Store, id: &str) -> Vec<u64> {
+    store.history(id).unwrap().iter().map(|p| p.seq).collect()
+}
+
+/// History (issue 12): an archive copies a run's rows as they are before the batch's
+/// other writes, the owner keeps only its `keep` newest runs, `clear_runs` leaves history
+/// alone and deleting the record deletes it.
+fn history(store: &dyn Store) {
+    let run: Arc<str> = Arc::from("h");
+    put(store, &record("h", 1));
+    assert!(store.history("h").unwrap().is_empty());
+    for seq in 1..=4u64 {
+        // Run `seq` writes its rows; the relaunch keeps them and clears the run in one
+        // batch (the archive sees the rows before the clear).
+        store
+            .apply(Batch {
+                tasks: vec![
+                    (run.clone(), 0, row(&format!("a{seq}"), 0, State::Done)),
+                    (run.clone(), 1, row(&format!("b{seq}"), 0, State::Failed)),
+                ],
+                ..Batch::default()
+            })
+            .unwrap();
+        store
+            .apply(Batch {
+                archive: vec![archive("h", seq, "h", 2)],
+                clear_runs: vec!["h".into()],
+                ..Batch::default()
+            })
+            .unwrap();
+        assert!(store.tasks("h").unwrap().is_empty());
+    }
+    assert_eq!(seqs(store, "h"), vec![4, 3], "newest first, two kept");
+    let kept = store.past_tasks("h", 3).unwrap();
+    assert_eq!(
+        kept.iter().map(|(i, r)| (*i, &*r.node)).collect::<Vec<_>>(),
+        vec![(0, "a3"), (1, "b3")]
+    );
+    assert_eq!(kept[0].1.result.as_deref(), Some("1"));
+    assert!(store.past_tasks("h", 1).unwrap().is_empty(), "pushed out");
+    assert!(store.past_tasks("h", 9).unwrap().is_empty());
+    assert_eq!(store.history("h").unwrap()[0].record.state(), State::Done);
+    // Rows of another run (an overlapping run's own record), kept under the owner.
+    store
+        .apply(Batch {
+            tasks: vec![(Arc::from("h@5"), 0, row("x", 0, State::Done))],
+            ..Batch::default()
+        })
+        .unwrap();
+    store
+        .apply(Batch {
+            archive: vec![archive("h", 5, "h@5", 2)],
+            delete_processes: vec!["h@5".into()],
+            ..Batch::default()
+        })
+        .unwrap();
+    assert_eq!(seqs(store, "h"), vec![5, 4]);
+    assert_eq!(store.history("h").unwrap()[0].record.id, "h@5");
+    assert_eq!(&*store.past_tasks("h", 5).unwrap()[0].1.node, "x");
+    assert!(store.tasks("h@5").unwrap().is_empty());
+    // keep 0 writes nothing; the same seq again replaces; no prefix leak between ids.
+    store
+        .apply(Batch {
+            archive: vec![archive("h", 6, "h", 0), archive("h1", 1, "h", 3)],
+            ..Batch::default()
+        })
+        .unwrap();
+    assert_eq!(seqs(store, "h"), vec![5, 4]);
+    assert_eq!(seqs(store, "h1"), vec![1]);
+    let mut again = archive("h", 5, "h", 2);
+    again.run.record.status.state = State::Cancelled;
+    store
+        .apply(Batch {
+            archive: vec![again],
+            ..Batch::default()
+        })
+        .unwrap();
+    assert_eq!(seqs(store, "h"), vec![5, 4]);
+    assert_eq!(
+        store.history("h").unwrap()[0].record.state(),
+        State::Cancelled
+    );
+    assert!(
+        store.past_tasks("h", 5).unwrap().is_empty(),
+        "replaced with its rows (`h` has none now)"
+    );
+    // Clearing a run never touches history; deleting the record deletes it.
+    store
+        .apply(Batch {
+            clear_runs: vec!["h".into()],
+            ..Batch::default()
+        })
+        .unwrap();
+    assert_eq!(seqs(store, "h"), vec![5, 4]);
+    store
+        .apply(Batch {
+            delete_processes: vec!["h".into()],
+            ..Batch::default()
+        })
+        .unwrap();
+    assert!(store.history("h").unwrap().is_empty());
+    assert!(store.past_tasks("h", 4).unwrap().is_empty());
+    assert_eq!(seqs(store, "h1"), vec![1], "another record's history stays");
+}
+
 fn conformance(make: &dyn Fn() -> Box<dyn Store>) {
     cas_and_refusals(&*make());
     pagination(&*make());
@@ -284,6 +406,7 @@ fn conformance(make: &dyn Fn() -> Box<dyn Store>) {
     task_rows(&*make());
     leases_and_fencing(&*make());
     idempotency_and_ids(&*make());
+    history(&*make());
 }
 
 #[test]
@@ -308,10 +431,17 @@ fn sled_store_keeps_index_and_leases_across_reopen() {
         let lease = store.claim("r", "w", 1_000).unwrap();
         store.claim_idempotent("key", "r").unwrap();
         let id = store.next_id().unwrap();
+        store
+            .apply(Batch {
+                archive: vec![archive("r", 1, "r", 5)],
+                ..Batch::default()
+            })
+            .unwrap();
         store.flush().unwrap();
         (lease, id)
     };
     let store = SledStore::open(&dir).unwrap();
+    assert_eq!(seqs(&store, "r"), vec![1], "history survives a reopen");
     assert_eq!(ids(&store.children("r").unwrap()), vec!["r/c"]);
     assert!(store.claim("r", "w2", 1_000).unwrap().token > lease.token);
     assert_eq!(store.idempotent("key").unwrap().as_deref(), Some("r"));

@@ -90,6 +90,9 @@ fn running(
         idempotency_key: None,
         max_concurrency: None,
         resumes: 0,
+        seq: 0,
+        overlap_of: None,
+        fired_at: None,
     });
     rec
 }
@@ -477,6 +480,9 @@ prop_compose! {
             idempotency_key: None,
             max_concurrency,
             resumes: 0,
+            seq: 0,
+            overlap_of: None,
+            fired_at: None,
         });
         r
     }

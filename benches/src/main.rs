@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use procession::prelude::*;
 use procession::store::{
-    Applied, Batch, Lease, Page, Query, SledStore, Store, StoreError, TaskRow, Update,
+    Applied, Batch, Lease, Page, PastRun, Query, SledStore, Store, StoreError, TaskRow, Update,
 };
 use procession::{EventKind, ProcessRecord, State};
 use tokio::sync::mpsc;
@@ -661,6 +661,12 @@ impl Store for Counting {
             }
         }
         self.inner.apply(batch)
+    }
+    fn history(&self, id: &str) -> Result<Vec<PastRun>, StoreError> {
+        self.inner.history(id)
+    }
+    fn past_tasks(&self, id: &str, seq: u64) -> Result<Vec<(u32, TaskRow)>, StoreError> {
+        self.inner.past_tasks(id, seq)
     }
     fn flush(&self) -> Result<(), StoreError> {
         self.stats

@@ -1,10 +1,18 @@
-//! Implementation detail of `procession`: standard 5-field cron, checked with the `cron`
+//! Implementation detail of `procession`: cron expressions, checked with the `cron`
 //! crate at compile time (by `#[process(schedule = ...)]`) and at run time (by the
 //! scheduler), so both accept exactly the same expressions.
 //!
-//! The `cron` crate wants a seconds field and numbers weekdays 1-7 from Sunday; standard
-//! cron numbers them 0-7 with both 0 and 7 meaning Sunday. The weekday field is expanded
-//! to an explicit list and renumbered, the rest is passed through.
+//! Two forms are accepted: standard 5-field cron (`minute hour day-of-month month
+//! day-of-week`, fires at second 0) and 6-field cron with seconds first (`second minute
+//! hour day-of-month month day-of-week`, as tokio-cron-scheduler and the `cron` crate
+//! write it). In both, the weekday field follows standard cron: 0-7 with both 0 and 7
+//! meaning Sunday, or `SUN`-`SAT`.
+//!
+//! The `cron` crate numbers weekdays 1-7 from Sunday: the weekday field is expanded to an
+//! explicit list and renumbered, the rest is passed through.
+//!
+//! With the `tz` feature, [`check_tz`] checks an IANA time zone name (`Europe/Paris`)
+//! with `chrono-tz`.
 
 #![forbid(unsafe_code)]
 
@@ -85,6 +93,13 @@ struct Field {
     max: u32,
     names: &'static [&'static str],
 }
+
+const SECOND: Field = Field {
+    name: "second",
+    min: 0,
+    max: 59,
+    names: &[],
+};
 
 const FIELDS: [Field; 4] = [
     Field {
@@ -172,7 +187,8 @@ impl Field {
     }
 }
 
-/// Checks a 5-field expression (or an `@daily`-style alias); returns the `cron` crate form.
+/// Checks a 5-field expression, a 6-field one (seconds first) or an `@daily`-style
+/// alias; returns the `cron` crate form (always with a seconds field).
 pub fn check(expr: &str) -> Result<String, String> {
     let expr = expr.trim();
     if expr.starts_with('@') {
@@ -194,32 +210,74 @@ pub fn check(expr: &str) -> Result<String, String> {
             .map(|_| expr.to_owned())
             .map_err(|e| e.to_string());
     }
-    let fields: Vec<&str> = expr.split_whitespace().collect();
-    if fields.len() != 5 {
-        let hint = if fields.len() == 6 {
-            "; schedules have minute resolution, so leave out the seconds field"
-        } else {
-            ""
-        };
-        return Err(format!(
-            "a cron schedule has 5 fields (minute hour day-of-month month day-of-week), found {}{hint}",
-            fields.len()
-        ));
-    }
-    for (field, text) in FIELDS.iter().zip(&fields) {
+    let all: Vec<&str> = expr.split_whitespace().collect();
+    let (second, fields) = match all.len() {
+        5 => ("0", all.as_slice()),
+        6 => {
+            SECOND.check(all[0])?;
+            (all[0], &all[1..])
+        }
+        n => {
+            let hint = if n == 7 {
+                "; a year field is not supported"
+            } else {
+                ""
+            };
+            return Err(format!(
+                "a cron schedule has 5 fields (minute hour day-of-month month day-of-week) or 6 with seconds first (second minute hour day-of-month month day-of-week), found {n}{hint}"
+            ));
+        }
+    };
+    for (field, text) in FIELDS.iter().zip(fields) {
         field.check(text)?;
     }
     let dow = weekdays(fields[4])?;
     let full = format!(
-        "0 {} {} {} {} {}",
-        fields[0], fields[1], fields[2], fields[3], dow
+        "{second} {} {} {} {} {dow}",
+        fields[0], fields[1], fields[2], fields[3]
     );
+    let form = if all.len() == 6 {
+        "second minute hour day-of-month month day-of-week"
+    } else {
+        "minute hour day-of-month month day-of-week"
+    };
     cron::Schedule::from_str(&full)
         .map(|_| full.clone())
         // The crate's error only repeats its own 6-field form of the expression.
-        .map_err(|_| {
-            format!("`{expr}` is not a valid schedule (minute hour day-of-month month day-of-week)")
-        })
+        .map_err(|_| format!("`{expr}` is not a valid schedule ({form})"))
+}
+
+/// Every IANA time zone name this build knows.
+#[cfg(feature = "tz")]
+pub fn tz_names() -> impl Iterator<Item = &'static str> {
+    chrono_tz::TZ_VARIANTS.iter().map(|tz| tz.name())
+}
+
+/// Checks an IANA time zone name (`Europe/Paris`, `America/New_York`, `UTC`).
+///
+/// The message of a refusal names a zone that differs only in case, or whose last part
+/// is the name given (`Paris` → `Europe/Paris`), when there is one.
+#[cfg(feature = "tz")]
+pub fn check_tz(name: &str) -> Result<chrono_tz::Tz, String> {
+    if let Ok(tz) = name.parse::<chrono_tz::Tz>() {
+        return Ok(tz);
+    }
+    let near = chrono_tz::TZ_VARIANTS
+        .iter()
+        .map(|tz| tz.name())
+        .find(|known| {
+            known.eq_ignore_ascii_case(name)
+                || known
+                    .rsplit('/')
+                    .next()
+                    .is_some_and(|city| city.eq_ignore_ascii_case(&name.replace(' ', "_")))
+        });
+    Err(match near {
+        Some(known) => format!("unknown time zone `{name}` (did you mean `{known}`?)"),
+        None => format!(
+            "unknown time zone `{name}`; use an IANA name such as `Europe/Paris`, `America/New_York` or `UTC`"
+        ),
+    })
 }
 
 #[cfg(test)]
@@ -260,8 +318,43 @@ mod tests {
         assert!(check("30-10 * * * *").unwrap_err().contains("reversed"));
         assert!(check("0 9 * * 5-1").unwrap_err().contains("reversed"));
         assert!(check("*/0 * * * *").unwrap_err().contains("step of 0"));
-        assert!(check("0 0 * * * *").unwrap_err().contains("seconds"));
-        assert!(check("0 0 * * * *").is_err());
         assert!(check("@hourlyy").is_err());
+    }
+
+    // Six fields: seconds first, as tokio-cron-scheduler and the `cron` crate write them.
+    #[test]
+    fn six_fields_put_seconds_first() {
+        assert_eq!(check("30 15 3 * * *").unwrap(), "30 15 3 * * *");
+        assert_eq!(check("*/10 * * * * 1-5").unwrap(), "*/10 * * * * 2,3,4,5,6");
+        assert_eq!(check("0 2 * * *").unwrap(), "0 0 2 * * *");
+        assert_eq!(
+            check("60 * * * * *").unwrap_err(),
+            "second `60` is out of range 0-59"
+        );
+        assert!(check("*/0 * * * * *").unwrap_err().contains("step of 0"));
+        assert!(check("0 60 * * * *").unwrap_err().contains("minute `60`"));
+        let seven = check("0 0 0 * * * 2026").unwrap_err();
+        assert!(
+            seven.contains("5 fields") && seven.contains("year"),
+            "{seven}"
+        );
+        assert!(check("* * * *")
+            .unwrap_err()
+            .contains("6 with seconds first"));
+    }
+
+    #[cfg(feature = "tz")]
+    #[test]
+    fn time_zones() {
+        assert_eq!(check_tz("Europe/Paris").unwrap().name(), "Europe/Paris");
+        assert!(check_tz("UTC").is_ok());
+        assert_eq!(
+            check_tz("europe/paris").unwrap_err(),
+            "unknown time zone `europe/paris` (did you mean `Europe/Paris`?)"
+        );
+        assert!(check_tz("New York")
+            .unwrap_err()
+            .contains("America/New_York"));
+        assert!(check_tz("Mars/Olympus").unwrap_err().contains("IANA"));
     }
 }

@@ -10,7 +10,7 @@ use syn::{FnArg, Ident, ItemFn, Pat, PatType, Receiver, ReturnType, Type, TypeRe
 use crate::attr::{self, set_once, CommonAttrs, Spanned, PROCESS_KEYS, TASK_KEYS};
 use crate::ctxt::Ctxt;
 use crate::types::{contains_impl_trait, ref_to, result_type_arg};
-use crate::values::{self, Backoff, Mode, OnDepFailure};
+use crate::values::{self, Backoff, Mode, OnDepFailure, Overlap};
 
 /// The most `retries` a task may declare.
 const MAX_RETRIES: u64 = 1000;
@@ -118,8 +118,15 @@ impl TaskAttrs {
 #[derive(Default)]
 pub(crate) struct ProcessAttrs {
     pub(crate) common: CommonAttrs,
-    /// A 5-field cron expression, already checked.
+    /// A cron expression (5 fields, or 6 with seconds first), already checked.
     pub(crate) schedule: Option<Spanned<String>>,
+    /// Whether a `schedule` key was written (also when its value was refused), so that
+    /// `tz` and `overlap` are not reported again for a schedule that was.
+    pub(crate) schedule_written: bool,
+    /// An IANA time zone name for the schedule, already checked.
+    pub(crate) tz: Option<Spanned<String>>,
+    /// The schedule's overlap policy.
+    pub(crate) overlap: Option<Spanned<Overlap>>,
     pub(crate) mode: Option<Spanned<Mode>>,
     pub(crate) hooks: Option<Spanned<Type>>,
 }
@@ -137,8 +144,17 @@ impl ProcessAttrs {
             let path = &meta.path;
             match key.as_str() {
                 "schedule" => {
+                    out.schedule_written = true;
                     let cron = values::schedule(cx, &meta)?;
                     set_once(cx, &mut out.schedule, path, cron);
+                }
+                "tz" => {
+                    let tz = values::tz(cx, &meta)?;
+                    set_once(cx, &mut out.tz, path, tz);
+                }
+                "overlap" => {
+                    let overlap = Overlap::parse(cx, &meta)?;
+                    set_once(cx, &mut out.overlap, path, overlap);
                 }
                 "mode" => {
                     let mode = Mode::parse(cx, &meta)?;

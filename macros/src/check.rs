@@ -124,6 +124,19 @@ pub(crate) fn task(cx: &Ctxt, task: &Task) {
 }
 
 pub(crate) fn process(cx: &Ctxt, process: &Process) {
+    let attrs = &process.attrs;
+    if !attrs.schedule_written {
+        let with = [
+            attrs.tz.as_ref().map(|t| ("tz", t.span)),
+            attrs.overlap.as_ref().map(|o| ("overlap", o.span)),
+        ];
+        for (key, span) in with.into_iter().flatten() {
+            cx.push(syn::Error::new(
+                span,
+                format!("`{key}` applies to the process's schedule, and there is none: add `schedule = \"0 2 * * *\"` (or set both on a `Schedule` at run time)"),
+            ));
+        }
+    }
     let sig = &process.func.sig;
     if let Some(a) = &sig.asyncness {
         cx.error_spanned_by(a, "a `#[process]` function only builds the graph, so it cannot be `async`; put the async work in `#[task]` functions");

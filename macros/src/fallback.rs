@@ -97,6 +97,8 @@ pub(crate) fn process(model: &Process) -> TokenStream {
                 name: "",
                 description: "",
                 schedule: #p::None,
+                tz: #p::None,
+                overlap: #p::Overlap::Skip,
                 mode: #p::Mode::Dataflow,
             };
             fn build(self, _: &mut #p::Builder) {

@@ -153,13 +153,13 @@ pub(crate) fn backoff(cx: &Ctxt, meta: &ParseNestedMeta<'_>) -> syn::Result<Opti
     }
 }
 
-/// `schedule = "0 2 * * *"`: a 5-field cron expression, checked now so a typo fails the
-/// build instead of the first run.
+/// `schedule = "0 2 * * *"`: a cron expression (5 fields, or 6 with seconds first),
+/// checked now so a typo fails the build instead of the first run.
 pub(crate) fn schedule(cx: &Ctxt, meta: &ParseNestedMeta<'_>) -> syn::Result<Option<String>> {
     let Some(s) = lit_str(
         cx,
         meta,
-        "a 5-field cron expression such as `\"0 2 * * *\"`",
+        "a cron expression such as `\"0 2 * * *\"` (or `\"30 0 2 * * *\"` with seconds first)",
     )?
     else {
         return Ok(None);
@@ -170,6 +170,90 @@ pub(crate) fn schedule(cx: &Ctxt, meta: &ParseNestedMeta<'_>) -> syn::Result<Opt
             cx.error_spanned_by(&s, format_args!("invalid `schedule`: {msg}"));
             Ok(None)
         }
+    }
+}
+
+/// `tz = "Europe/Paris"`: the IANA time zone the schedule's fields are read in, checked
+/// now with the same database the scheduler uses (the `tz` feature).
+#[cfg(feature = "tz")]
+pub(crate) fn tz(cx: &Ctxt, meta: &ParseNestedMeta<'_>) -> syn::Result<Option<String>> {
+    let Some(s) = lit_str(cx, meta, "an IANA time zone such as `\"Europe/Paris\"`")? else {
+        return Ok(None);
+    };
+    let name = s.value();
+    match procession_cron::check_tz(&name) {
+        Ok(tz) => Ok(Some(tz.name().to_owned())),
+        Err(msg) => {
+            // A misspelling: the closest name, when one is close.
+            let names: Vec<&str> = procession_cron::tz_names().collect();
+            let msg = match suggest(&name, &names) {
+                Some(near) if !msg.contains("did you mean") => {
+                    format!("unknown time zone `{name}` (did you mean `{near}`?)")
+                }
+                _ => msg,
+            };
+            cx.error_spanned_by(&s, format_args!("invalid `tz`: {msg}"));
+            Ok(None)
+        }
+    }
+}
+
+/// `tz = "..."` in a build without the `tz` feature: the zone database is not compiled
+/// in, so the key is refused with the way to turn it on.
+#[cfg(not(feature = "tz"))]
+pub(crate) fn tz(cx: &Ctxt, meta: &ParseNestedMeta<'_>) -> syn::Result<Option<String>> {
+    if let Some(s) = lit_str(cx, meta, "an IANA time zone such as `\"Europe/Paris\"`")? {
+        cx.error_spanned_by(
+            &s,
+            "named time zones need the `tz` feature of procession: `procession = { version = \"0.1\", features = [\"tz\"] }`; or give the schedule in UTC",
+        );
+    }
+    Ok(None)
+}
+
+/// What a fire does while the previous run is active (`overlap = "..."`); the runtime's
+/// `Overlap`.
+#[derive(Clone, Copy)]
+pub(crate) enum Overlap {
+    /// `"skip"`, the default.
+    Skip,
+    /// `"queue_one"` (or `"queue-one"`).
+    QueueOne,
+    /// `"allow"`.
+    Allow,
+}
+
+impl Overlap {
+    pub(crate) fn parse(cx: &Ctxt, meta: &ParseNestedMeta<'_>) -> syn::Result<Option<Self>> {
+        let Some(s) = lit_str(cx, meta, "`\"skip\"`, `\"queue_one\"` or `\"allow\"`")? else {
+            return Ok(None);
+        };
+        let v = s.value();
+        let value = match v.replace('-', "_").as_str() {
+            "skip" => Self::Skip,
+            "queue_one" => Self::QueueOne,
+            "allow" => Self::Allow,
+            other => {
+                // Near misses, and the words other schedulers use for the same policies.
+                let near = match other.to_ascii_lowercase().as_str() {
+                    "forbid" | "skip_if_running" | "no_overlap" => Some("skip"),
+                    "queue" | "queued" | "enqueue" | "buffer_one" => Some("queue_one"),
+                    "concurrent" | "parallel" | "allow_concurrent" => Some("allow"),
+                    _ => suggest(other, &["skip", "queue_one", "allow"]),
+                };
+                let hint = near
+                    .map(|s| format!(" (did you mean `{s}`?)"))
+                    .unwrap_or_default();
+                cx.error_spanned_by(
+                    &s,
+                    format_args!(
+                        "unknown `overlap` value `{v}`{hint}; expected `\"skip\"`, `\"queue_one\"` or `\"allow\"`"
+                    ),
+                );
+                return Ok(None);
+            }
+        };
+        Ok(Some(value))
     }
 }
 

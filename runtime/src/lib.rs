@@ -55,10 +55,10 @@ pub use runtime::children::{
     GroupError, GroupOptions, ParallelGroup, ProgressCallback,
 };
 pub use runtime::{
-    AdhocOptions, Definition, Error, IntoGraph, Launch, Result, ResyncReport, RunHandle, Runtime,
-    RuntimeBuilder, Shutdown,
+    AdhocOptions, Definition, Error, IntoGraph, Launch, Result, ResyncReport, RunHandle,
+    RunSummary, Runtime, RuntimeBuilder, Shutdown,
 };
-pub use schedule::{CatchUp, Schedule, ScheduleError};
+pub use schedule::{CatchUp, Overlap, Schedule, ScheduleError};
 pub use task::arg::{Arg, IntoArg, NodeRef, Out, PlainInputs, Read, StrArg};
 pub use task::checks;
 pub use task::ctx::{Ctx, IntoPercent};

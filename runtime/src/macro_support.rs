@@ -7,6 +7,7 @@ pub use crate::error::{BoxError, InputError};
 pub use crate::graph::process::{Mode, Process, ProcessMeta};
 pub use crate::graph::Builder;
 pub use crate::hooks::Hooks;
+pub use crate::schedule::Overlap;
 pub use crate::task::arg::{Arg, Inputs, IntoArg, NodeRef, Out, PlainInputs, Read};
 pub use crate::task::checks::{RetryOn, StoredInput, StoredOutput, StoredParam};
 pub use crate::task::ctx::Ctx;

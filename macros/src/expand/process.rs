@@ -9,7 +9,7 @@ use syn::Ident;
 use crate::ast::Process;
 use crate::expand::checks::{assumed_data, stored_checks, Stored};
 use crate::span;
-use crate::values::Mode;
+use crate::values::{Mode, Overlap};
 
 pub(crate) fn process(model: &Process) -> TokenStream {
     let args = &model.attrs;
@@ -27,6 +27,18 @@ pub(crate) fn process(model: &Process) -> TokenStream {
             quote!(#p::Some(#v))
         }
         None => quote!(#p::None),
+    };
+    let tz = match &args.tz {
+        Some(t) => {
+            let v = &t.value;
+            quote!(#p::Some(#v))
+        }
+        None => quote!(#p::None),
+    };
+    let overlap = match args.overlap.as_ref().map(|o| o.value) {
+        None | Some(Overlap::Skip) => quote!(#p::Overlap::Skip),
+        Some(Overlap::QueueOne) => quote!(#p::Overlap::QueueOne),
+        Some(Overlap::Allow) => quote!(#p::Overlap::Allow),
     };
     let mode = match args.mode() {
         Mode::Dataflow => quote!(#p::Mode::Dataflow),
@@ -90,6 +102,8 @@ pub(crate) fn process(model: &Process) -> TokenStream {
                 name: #proc_name,
                 description: #description,
                 schedule: #schedule,
+                tz: #tz,
+                overlap: #overlap,
                 mode: #mode,
             };
 

@@ -1,6 +1,7 @@
 //! The process trait that `#[process]` implements.
 
 use crate::graph::Builder;
+use crate::schedule::Overlap;
 use crate::task::data::Data;
 
 /// How the steps of a block are ordered: by their data (the default) or one after another.
@@ -42,8 +43,13 @@ pub struct ProcessMeta {
     pub name: &'static str,
     /// The first paragraph of the doc comment, or `#[process(description = "…")]`.
     pub description: &'static str,
-    /// A cron schedule (5 fields), checked at compile time.
+    /// A cron schedule (5 fields, or 6 with seconds first), checked at compile time.
     pub schedule: Option<&'static str>,
+    /// The IANA time zone of the schedule (`#[process(tz = "Europe/Paris")]`, the `tz`
+    /// feature), checked at compile time; UTC when `None`.
+    pub tz: Option<&'static str>,
+    /// What a fire of the schedule does while the previous run is still active.
+    pub overlap: Overlap,
     /// Mode of the top-level block: [`Mode::Dataflow`] unless `mode = "sequential"`.
     pub mode: Mode,
 }

@@ -17,10 +17,12 @@ use serde_json::Value;
 /// Version of the record layout written by this build. Records carry it; a store holding
 /// records of a newer version is refused rather than misread.
 ///
-/// Version 3 adds the records' secondary index (built at the first open of an older
-/// store). Version 2 stores task rows in `MessagePack` with the task's result inside the
-/// row; version 1 stores (JSON rows, results apart) are still read.
-pub const SCHEMA_VERSION: u32 = 3;
+/// Version 4 keeps past runs of records (the `history` and `past_tasks` trees; an older
+/// store opens with an empty history). Version 3 adds the records' secondary index
+/// (built at the first open of an older store). Version 2 stores task rows in
+/// `MessagePack` with the task's result inside the row; version 1 stores (JSON rows,
+/// results apart) are still read.
+pub const SCHEMA_VERSION: u32 = 4;
 
 /// Whether a record is a process or one task of a process's run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -85,6 +87,19 @@ pub struct RunMeta {
     /// attempt number twice.
     #[serde(default)]
     pub resumes: u32,
+    /// The run's number among the runs of its record (1 for the first): its key in the
+    /// record's history. 0 for a run started before runs were numbered.
+    #[serde(default)]
+    pub seq: u64,
+    /// For a run that a schedule started alongside the record's running run
+    /// ([`Overlap::Allow`](crate::Overlap::Allow)): the scheduled record, whose history
+    /// this run joins when it ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overlap_of: Option<String>,
+    /// When the schedule fire that started this run was due (ms since the Unix epoch);
+    /// `None` for a run launched by a call.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fired_at: Option<u64>,
 }
 
 /// A process record: identity, definition, status, progress and log.
@@ -155,6 +170,16 @@ pub struct ProcessRecord {
     /// The scheduler's last fire (ms since the Unix epoch), launched or skipped.
     #[serde(default)]
     pub last_fire: Option<u64>,
+    /// How many runs of this record were started (the last run's
+    /// [`RunMeta::seq`]); kept by a dismiss, so run numbers never repeat.
+    #[serde(default)]
+    pub runs: u64,
+    /// A fire that came while the record was active under
+    /// [`Overlap::QueueOne`](crate::Overlap::QueueOne) (when it was due, ms since the Unix
+    /// epoch): the scheduler launches the record as soon as the run ends. Any launch
+    /// takes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queued_fire: Option<u64>,
 }
 
 impl ProcessRecord {
@@ -193,6 +218,8 @@ impl ProcessRecord {
             run: None,
             schedule: None,
             last_fire: None,
+            runs: 0,
+            queued_fire: None,
         }
     }
 

@@ -104,7 +104,10 @@ impl Definition {
             special: false,
             warning: None,
             cancellable: true,
-            schedule: P::META.schedule.map(Schedule::cron).transpose()?,
+            schedule: P::META
+                .schedule
+                .map(|cron| Schedule::from_meta(cron, P::META.tz, P::META.overlap))
+                .transpose()?,
         })
     }
 
@@ -202,6 +205,7 @@ pub struct RuntimeBuilder {
     pub(super) definitions: Vec<Definition>,
     pub(super) task_records: bool,
     pub(super) resources: Resources,
+    pub(super) keep_runs: usize,
 }
 
 impl fmt::Debug for RuntimeBuilder {
@@ -216,6 +220,9 @@ impl fmt::Debug for RuntimeBuilder {
             .finish_non_exhaustive()
     }
 }
+
+/// Ended runs each record keeps by default, besides its current one.
+pub(super) const DEFAULT_KEEP_RUNS: usize = 10;
 
 /// Default progress flush interval; `PROCESSION_PROGRESS_FLUSH_MS` overrides it.
 pub(super) const DEFAULT_PROGRESS_FLUSH: Duration = Duration::from_millis(100);
@@ -242,6 +249,7 @@ impl RuntimeBuilder {
             definitions: Vec::new(),
             task_records: true,
             resources: Resources::default(),
+            keep_runs: DEFAULT_KEEP_RUNS,
         }
     }
 
@@ -302,6 +310,39 @@ impl RuntimeBuilder {
     /// run interrupted by a crash starts over instead of resuming task by task.
     pub fn task_records(mut self, yes: bool) -> Self {
         self.task_records = yes;
+        self
+    }
+
+    /// How many ended runs each record keeps besides its current one (default 10), with
+    /// their task records, listed by [`Runtime::history`] and reported by
+    /// [`Runtime::past_report`]. A relaunch (or a dismiss) moves the ended run into the
+    /// history; the oldest past run beyond `n` is then deleted. `0` keeps none: a relaunch
+    /// deletes the previous run's task records, as before history existed.
+    ///
+    /// Kept: the run's own record as it ended (state, times, error, progress, log) and
+    /// its task rows. Not kept: the child processes a run started (they are deleted by
+    /// the relaunch, as always). An ephemeral record is deleted with its history.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use procession::prelude::*;
+    /// #[task] fn work() -> u32 { 7 }
+    /// #[process] fn job(p: &mut Builder) { p.task(Work::new()); }
+    /// # #[tokio::main] async fn main() -> procession::Result<()> {
+    /// let rt = Runtime::in_memory().keep_runs(2).start().await?;
+    /// for _ in 0..4 {
+    ///     rt.run(Launch::new(Job {}).id("job")).await?;
+    /// }
+    /// let runs = rt.history("job").await?;
+    /// // The current run (4) and the two before it; run 1 was pushed out.
+    /// assert_eq!(runs.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![4, 3, 2]);
+    /// let old = rt.past_report("job", 2).await?;
+    /// assert_eq!(old.result::<u32>("work").unwrap(), 7);
+    /// # Ok(()) }
+    /// ```
+    pub fn keep_runs(mut self, n: usize) -> Self {
+        self.keep_runs = n;
         self
     }
 
@@ -469,6 +510,7 @@ impl RuntimeBuilder {
                 },
                 task_records: self.task_records,
                 resources: Arc::new(self.resources),
+                keep_runs: self.keep_runs,
             }),
         };
         rt.resync().await?;
@@ -622,7 +664,7 @@ impl Runtime {
         if let Some(e) = refusal {
             return Err(e);
         }
-        self.inner.clear_run(id).await?;
+        self.inner.forget(id).await?;
         Ok(())
     }
 }

@@ -1,7 +1,7 @@
 //! Cancelling and dismissing runs, and settling a run that cannot be resumed.
 
 use crate::record::{ProcessRecord, RecordKind, State};
-use crate::store::Update;
+use crate::store::{Batch, Update};
 
 use super::{Error, Result, Runtime};
 
@@ -90,48 +90,64 @@ impl Runtime {
     }
 
     /// Resets an ended process to idle: clears the last run's fields and deletes its task
-    /// records.
+    /// records and child processes. The ended run joins the record's history (see
+    /// [`RuntimeBuilder::keep_runs`](crate::RuntimeBuilder::keep_runs)). One write: a crash
+    /// leaves the record either dismissed or as it was.
     ///
     /// # Errors
     ///
     /// [`Error::NotFound`], [`Error::NotDismissable`] (not done, failed or cancelled).
     pub async fn dismiss(&self, id: &str) -> Result<ProcessRecord> {
         let id_owned = id.to_owned();
-        let rec = self
-            .inner
-            .try_update(id, move |cur| match cur {
-                None => (
-                    Update::Keep,
-                    Some(Error::NotFound {
-                        id: id_owned.clone(),
-                    }),
-                ),
-                Some(r) if !r.state().is_dismissable() || r.kind != RecordKind::Process => (
-                    Update::Keep,
-                    Some(Error::NotDismissable {
-                        id: id_owned.clone(),
-                        state: r.state(),
-                    }),
-                ),
-                Some(r) => {
-                    let mut r = r.clone();
-                    if let Err(e) = r.transition(State::Idle) {
-                        return (Update::Keep, Some(e.into()));
-                    }
-                    r.clear_run();
-                    r.run = None;
-                    (Update::Put(Box::new(r)), None)
-                }
-            })
-            .await?;
+        let keep = self.inner.keep_runs;
+        let decide = move |cur: Option<&ProcessRecord>| match cur {
+            None => Err(Error::NotFound {
+                id: id_owned.clone(),
+            }),
+            Some(r) if !r.state().is_dismissable() || r.kind != RecordKind::Process => {
+                Err(Error::NotDismissable {
+                    id: id_owned.clone(),
+                    state: r.state(),
+                })
+            }
+            Some(r) => {
+                let mut idle = r.clone();
+                idle.transition(State::Idle)?;
+                idle.clear_run();
+                idle.run = None;
+                Ok(idle)
+            }
+        };
         let id = id.to_owned();
         self.inner
             .write(move |s| {
-                s.apply(super::clearing(s, &id)?)?;
-                Ok(((), Vec::new()))
+                let mut outcome = None;
+                let mut prev = None;
+                let rec = s.update(&id, &mut |cur| match decide(cur) {
+                    Ok(idle) => {
+                        prev = cur.cloned();
+                        outcome = Some(Ok(()));
+                        Update::Put(Box::new(idle))
+                    }
+                    Err(e) => {
+                        outcome = Some(Err(e));
+                        Update::Keep
+                    }
+                })?;
+                match (outcome, rec) {
+                    (Some(Ok(())), Some(rec)) => {
+                        let mut batch = prev
+                            .map_or_else(Batch::default, |p| super::archiving(keep, &id, &p, &id));
+                        batch.extend(super::clearing(s, &id)?);
+                        s.apply(batch)?;
+                        let events = vec![super::state_event(&rec)];
+                        Ok((Ok(rec), events))
+                    }
+                    (Some(Err(e)), _) => Ok((Err(e), Vec::new())),
+                    _ => Ok((Err(Error::NotFound { id: id.clone() }), Vec::new())),
+                }
             })
-            .await?;
-        Ok(rec)
+            .await?
     }
 
     pub(super) async fn settle(

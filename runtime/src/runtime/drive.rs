@@ -12,10 +12,10 @@ use crate::hooks::Hooks;
 use crate::journal::RunJournal;
 use crate::record::{ProcessRecord, State};
 use crate::report::{RunReport, RunStatus, TaskReport};
-use crate::store::{TaskRow, Update};
+use crate::store::{Batch, TaskRow, Update};
 use crate::task::ctx::RuntimeHandle;
 
-use super::{clearing, state_event, ChildSpawner, Inner};
+use super::{archiving, clearing, state_event, ChildSpawner, Inner};
 
 /// One run handed to [`drive`].
 pub(super) struct Run {
@@ -186,12 +186,15 @@ pub(super) async fn drive(inner: Arc<Inner>, run: Run) -> Option<RunReport> {
     let id2 = id.clone();
     // The end is one write: the record's state (a cancel that came first wins: the run
     // ends cancelled, whatever its tasks did) and, for an ephemeral record, its deletion
-    // with its children and task rows.
+    // with its children and task rows; for an overlapping run of a schedule, its move
+    // into the scheduled record's history (its own record is deleted).
     let owner = inner.worker.clone();
+    let keep = inner.keep_runs;
     let ended = inner
         .write(move |store| {
             let mut final_state = None;
             let mut delete = false;
+            let mut joined: Option<(String, ProcessRecord)> = None;
             let rec = store.update(&id2, &mut |cur| match cur {
                 Some(r)
                     if r.state().is_active() && r.run.as_ref().map(|m| m.token) == Some(token) =>
@@ -227,13 +230,32 @@ pub(super) async fn drive(inner: Arc<Inner>, run: Run) -> Option<RunReport> {
                     } else if let Some(p) = &progress {
                         r.progress.clone_from(p);
                     }
+                    if let Some(of) = r.run.as_ref().and_then(|m| m.overlap_of.clone()) {
+                        joined = Some((of, r));
+                        return Update::Delete;
+                    }
                     Update::Put(Box::new(r))
                 }
                 _ => Update::Keep,
             })?;
             let mut events = Vec::new();
             if delete {
-                store.apply(clearing(store, &id2)?)?;
+                // The record goes with everything it kept: rows, children, history.
+                let mut batch = clearing(store, &id2)?;
+                batch.delete_processes.push(id2.clone());
+                store.apply(batch)?;
+            } else if let Some((of, r)) = joined.take() {
+                // The scheduled record may have been deleted meanwhile: then the run has
+                // no history to join.
+                let mut batch = if store.get(&of)?.is_some() {
+                    archiving(keep, &of, &r, &id2)
+                } else {
+                    Batch::default()
+                };
+                batch.extend(clearing(store, &id2)?);
+                batch.delete_processes.push(id2.clone());
+                store.apply(batch)?;
+                events.push(state_event(&r));
             } else if let Some(r) = &rec {
                 if final_state.is_some() {
                     events.push(state_event(r));

@@ -32,6 +32,15 @@ pub enum Error {
         /// The id.
         id: String,
     },
+    /// The record exists but its run `seq` is neither its current run nor one of the past
+    /// runs it keeps (see [`RuntimeBuilder::keep_runs`](super::RuntimeBuilder::keep_runs)).
+    #[error("process `{id}` keeps no run {seq}")]
+    RunNotKept {
+        /// The record.
+        id: String,
+        /// The run number asked for.
+        seq: u64,
+    },
     /// A record with this id exists already.
     #[error("process `{id}` already exists")]
     AlreadyExists {

@@ -16,11 +16,11 @@ use crate::graph::{Graph, GraphError, TaskGraph};
 use crate::hooks::Hooks;
 use crate::record::{ProcessRecord, RecordKind, RunMeta, State};
 use crate::report::RunReport;
-use crate::store::Update;
+use crate::store::{Batch, Update};
 
 use super::{
-    clearing, drive, state_event, to_value, ActiveRun, Error, Reserved, Result, Run, RunHandle,
-    Runtime,
+    archiving, clearing, drive, state_event, to_value, ActiveRun, Error, Reserved, Result, Run,
+    RunHandle, Runtime,
 };
 
 /// A launch of a process with options: id, launch options, concurrency, idempotency key.
@@ -65,7 +65,9 @@ impl<P: Process> Launch<P> {
     }
 
     /// The run's id (default: `<process name>-<n>`). Launching an id whose record has
-    /// ended relaunches it (the previous run's task records are deleted).
+    /// ended relaunches it: the previous run moves to the record's history (see
+    /// [`RuntimeBuilder::keep_runs`](crate::RuntimeBuilder::keep_runs)) and its child
+    /// processes are deleted.
     #[must_use]
     pub fn id(mut self, id: impl Into<String>) -> Self {
         self.id = Some(id.into());
@@ -192,6 +194,9 @@ impl Runtime {
             idempotency_key: launch.idempotency_key,
             max_concurrency: launch.max_concurrency,
             resumes: 0,
+            seq: 0,
+            overlap_of: None,
+            fired_at: None,
         };
         let fresh = ProcessRecord {
             adhoc: true,
@@ -221,6 +226,12 @@ impl Runtime {
     ///
     /// [`Error::NotFound`], [`Error::NotLaunchable`], [`Error::UnknownProcessType`].
     pub async fn launch_id(&self, id: &str) -> Result<RunHandle> {
+        self.launch_fired(id, None).await
+    }
+
+    /// [`launch_id`](Runtime::launch_id), recording the schedule fire that asked for the
+    /// run (ms since the Unix epoch), if any.
+    pub(super) async fn launch_fired(&self, id: &str, fired_at: Option<u64>) -> Result<RunHandle> {
         if self.inner.shutting_down.load(Ordering::Acquire) {
             return Err(Error::ShuttingDown);
         }
@@ -258,8 +269,70 @@ impl Runtime {
             idempotency_key: None,
             max_concurrency: None,
             resumes: 0,
+            seq: 0,
+            overlap_of: None,
+            fired_at,
         };
         self.enqueue(id, reg.meta.name, None, rec, meta, graph, hooks)
+            .await
+    }
+
+    /// Starts a run of scheduled record `owner` alongside its running one
+    /// ([`Overlap::Allow`](crate::Overlap::Allow)): a record of its own,
+    /// `<owner>@<seq>`, numbered as the owner's next run, that joins the owner's history
+    /// when it ends.
+    pub(super) async fn launch_overlap(&self, owner: &str, fired_at: u64) -> Result<RunHandle> {
+        if self.inner.shutting_down.load(Ordering::Acquire) {
+            return Err(Error::ShuttingDown);
+        }
+        let rec = self
+            .inner
+            .get(owner)
+            .await?
+            .ok_or_else(|| Error::NotFound {
+                id: owner.to_owned(),
+            })?;
+        let reg = self
+            .inner
+            .registry
+            .get(rec.process_type.as_str())
+            .cloned()
+            .ok_or_else(|| Error::UnknownProcessType {
+                name: rec.process_type.clone(),
+            })?;
+        let seq = rec.runs.saturating_add(1);
+        let id = format!("{owner}@{seq}");
+        check_id(&id)?;
+        let options = BTreeMap::new();
+        let graph = (reg.build)(rec.params.clone(), options.clone())?;
+        let mut hooks: Vec<Arc<dyn Hooks>> = reg.hooks.clone().into_iter().collect();
+        hooks.extend(self.inner.hooks.iter().cloned());
+        let meta = RunMeta {
+            token: 0,
+            fingerprint: graph.fingerprint(),
+            options,
+            tasks: graph.len() as u32,
+            idempotency_key: None,
+            max_concurrency: None,
+            resumes: 0,
+            seq,
+            overlap_of: Some(owner.to_owned()),
+            fired_at: Some(fired_at),
+        };
+        let fresh = ProcessRecord {
+            adhoc: true,
+            metadata: rec.metadata.clone(),
+            cancellable: rec.cancellable,
+            special: rec.special,
+            ..ProcessRecord::new_root(
+                &id,
+                &rec.process_type,
+                &rec.name,
+                &rec.description,
+                rec.params.clone(),
+            )
+        };
+        self.enqueue(&id, reg.meta.name, None, fresh, meta, graph, hooks)
             .await
     }
 
@@ -290,40 +363,59 @@ impl Runtime {
         let token = meta.token;
         let key = meta.idempotency_key.clone();
         let (id_owned, worker) = (id.to_owned(), self.inner.worker.clone());
-        let decide =
-            move |cur: Option<&ProcessRecord>| -> std::result::Result<ProcessRecord, Error> {
-                let mut r = match cur {
-                    None => fresh.clone(),
-                    Some(cur)
-                        if cur.kind != RecordKind::Process || !cur.state().is_launchable() =>
-                    {
-                        return Err(Error::NotLaunchable {
-                            id: id_owned.clone(),
-                            state: cur.state(),
-                        })
+        let keep = self.inner.keep_runs;
+        let overlap_of = meta.overlap_of.clone();
+        let seq = meta.seq;
+        // The record written, and the record as its previous run left it (to keep in
+        // its history), or the refusal.
+        let decide = move |cur: Option<&ProcessRecord>| -> std::result::Result<
+            (ProcessRecord, Option<ProcessRecord>),
+            Error,
+        > {
+            let mut prev = None;
+            let mut r = match cur {
+                None => fresh.clone(),
+                Some(cur) if cur.kind != RecordKind::Process || !cur.state().is_launchable() => {
+                    return Err(Error::NotLaunchable {
+                        id: id_owned.clone(),
+                        state: cur.state(),
+                    })
+                }
+                Some(cur) if cur.process_type != process_type => {
+                    return Err(Error::WrongType {
+                        id: id_owned.clone(),
+                        found: cur.process_type.clone(),
+                        expected: process_type.to_owned(),
+                    })
+                }
+                Some(cur) => {
+                    if cur.run.is_some() && cur.state() != State::Idle {
+                        prev = Some(cur.clone());
                     }
-                    Some(cur) if cur.process_type != process_type => {
-                        return Err(Error::WrongType {
-                            id: id_owned.clone(),
-                            found: cur.process_type.clone(),
-                            expected: process_type.to_owned(),
-                        })
+                    let mut r = cur.clone();
+                    r.clear_run();
+                    if let Some(p) = &params {
+                        r.params = p.clone();
                     }
-                    Some(cur) => {
-                        let mut r = cur.clone();
-                        r.clear_run();
-                        if let Some(p) = &params {
-                            r.params = p.clone();
-                        }
-                        r.ephemeral |= fresh.ephemeral;
-                        r.metadata.extend(fresh.metadata.clone());
-                        r
-                    }
-                };
-                r.transition(State::Scheduled)?;
-                r.run = Some(meta.clone());
-                Ok(r)
+                    r.ephemeral |= fresh.ephemeral;
+                    r.metadata.extend(fresh.metadata.clone());
+                    r
+                }
             };
+            r.transition(State::Scheduled)?;
+            let mut meta = meta.clone();
+            if meta.overlap_of.is_some() {
+                // Numbered by the scheduled record it overlaps (in the same write).
+                r.runs = meta.seq;
+            } else {
+                r.runs = r.runs.saturating_add(1);
+                meta.seq = r.runs;
+            }
+            // Any launch takes a queued fire: the run it asked for is this one.
+            r.queued_fire = None;
+            r.run = Some(meta);
+            Ok((r, prev))
+        };
         let id_owned = id.to_owned();
         let reserved = self.reserve(id, token);
         let outcome = self
@@ -334,9 +426,39 @@ impl Runtime {
                         return Ok((Enqueued::Existing(owner), Vec::new()));
                     }
                 }
+                if let Some(owner) = &overlap_of {
+                    // An overlapping run takes the next number of the scheduled record;
+                    // a launch of that record numbered meanwhile refuses this one.
+                    let mut numbered = false;
+                    store.update(owner, &mut |cur| match cur {
+                        Some(o) if o.runs.saturating_add(1) == seq => {
+                            numbered = true;
+                            let mut o = o.clone();
+                            o.runs = seq;
+                            Update::Put(Box::new(o))
+                        }
+                        _ => {
+                            numbered = false;
+                            Update::Keep
+                        }
+                    })?;
+                    if !numbered {
+                        return Ok((
+                            Enqueued::Refused(Error::NotLaunchable {
+                                id: owner.clone(),
+                                state: State::Running,
+                            }),
+                            Vec::new(),
+                        ));
+                    }
+                }
                 let mut refusal = None;
+                let mut prev = None;
                 let rec = store.update(&id_owned, &mut |cur| match decide(cur) {
-                    Ok(r) => Update::Put(Box::new(r)),
+                    Ok((r, p)) => {
+                        prev = p;
+                        Update::Put(Box::new(r))
+                    }
                     Err(e) => {
                         refusal = Some(e);
                         Update::Keep
@@ -351,8 +473,13 @@ impl Runtime {
                         Vec::new(),
                     ));
                 };
-                // In the same write: the previous run's task rows and children go.
-                store.apply(clearing(store, &id_owned)?)?;
+                // In the same write: the previous run joins the history (with its task
+                // rows), then its task rows and children go.
+                let mut batch = prev.map_or_else(Batch::default, |p| {
+                    archiving(keep, &id_owned, &p, &id_owned)
+                });
+                batch.extend(clearing(store, &id_owned)?);
+                store.apply(batch)?;
                 if let Some(k) = &key {
                     store.claim_idempotent(k, &id_owned)?;
                 }
@@ -449,12 +576,17 @@ impl Runtime {
                 lease,
                 cancel,
             };
+            let scheduled = run.rec.schedule.is_some();
             let report = drive(inner.clone(), run).await;
             {
                 let mut active = inner.active();
                 if active.get(&id).is_some_and(|a| a.token == token) {
                     active.remove(&id);
                 }
+            }
+            // A fire queued while this run was active is launched now.
+            if scheduled {
+                inner.scheduler_wake.notify_one();
             }
             // A suspended run has no report: its waiters learn that the runtime stopped.
             if let Some(report) = report {

@@ -17,6 +17,7 @@ mod shutdown;
 pub use builder::{AdhocOptions, Definition, RuntimeBuilder};
 pub use error::{Error, Result};
 pub use launch::{IntoGraph, Launch};
+pub use query::RunSummary;
 pub use resume::ResyncReport;
 pub use shutdown::Shutdown;
 
@@ -83,6 +84,8 @@ struct Inner {
     task_records: bool,
     /// Shared resources, by type (see [`RuntimeBuilder::resource`]).
     resources: Arc<Resources>,
+    /// Ended runs each record keeps besides its current one.
+    keep_runs: usize,
 }
 
 /// Wall time that follows tokio's clock (so a paused test clock drives the scheduler).
@@ -149,6 +152,27 @@ fn check_resources(resources: &Resources, graph: &crate::graph::Graph) -> Result
     Ok(())
 }
 
+/// The batch that keeps `prev`, a record as its ended run left it, in the history of
+/// `owner` (with the rows of run `rows_of`), when the runtime keeps past runs and `prev`
+/// had a run.
+pub(super) fn archiving(keep: usize, owner: &str, prev: &ProcessRecord, rows_of: &str) -> Batch {
+    let Some(run) = prev.run.as_ref().filter(|_| keep > 0) else {
+        return Batch::default();
+    };
+    Batch {
+        archive: vec![crate::store::Archive {
+            owner: owner.to_owned(),
+            run: crate::store::PastRun {
+                seq: run.seq,
+                record: prev.clone(),
+            },
+            rows_of: rows_of.to_owned(),
+            keep,
+        }],
+        ..Batch::default()
+    }
+}
+
 fn state_event(rec: &ProcessRecord) -> Event {
     Event {
         id: rec.id.clone(),
@@ -188,11 +212,12 @@ impl Inner {
         Ok(self.writer.op(f).await?)
     }
 
-    /// Deletes the task records and results of `id`'s last run, durably.
-    async fn clear_run(&self, id: &str) -> Result<()> {
+    /// Deletes what is left of deleted record `id`: its last run's task records and
+    /// results, and its history, durably.
+    async fn forget(&self, id: &str) -> Result<()> {
         self.writer
             .write(Batch {
-                clear_runs: vec![id.to_owned()],
+                delete_processes: vec![id.to_owned()],
                 ..Batch::default()
             })
             .await?;

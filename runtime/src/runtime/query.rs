@@ -154,6 +154,147 @@ impl Runtime {
     }
 }
 
+/// One run of a record, as listed by [`Runtime::history`].
+///
+/// # Examples
+///
+/// ```
+/// use procession::prelude::*;
+/// use procession::State;
+/// #[task] fn work() {}
+/// #[process] fn job(p: &mut Builder) { p.task(Work::new()); }
+/// # #[tokio::main] async fn main() -> procession::Result<()> {
+/// let rt = Runtime::in_memory().start().await?;
+/// rt.run(Launch::new(Job {}).id("job")).await?;
+/// rt.run(Launch::new(Job {}).id("job")).await?;
+/// let runs = rt.history("job").await?;
+/// assert_eq!((runs[0].seq, runs[0].current), (2, true));
+/// assert_eq!((runs[1].seq, runs[1].current, runs[1].state), (1, false, State::Done));
+/// assert_eq!(runs[1].tasks, 1);
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[non_exhaustive]
+pub struct RunSummary {
+    /// The run's number among the runs of its record (1 for the first).
+    pub seq: u64,
+    /// The record the run ran as: the record itself, or `<id>@<seq>` for a run a schedule
+    /// started alongside a running one ([`Overlap::Allow`](crate::Overlap::Allow)).
+    pub run_id: String,
+    /// How it ended (or where it is, for the current run).
+    pub state: State,
+    /// The error of a failed run.
+    pub error: Option<String>,
+    /// When it started running (ms since the Unix epoch).
+    pub started_at: Option<u64>,
+    /// When it ended (ms since the Unix epoch).
+    pub ended_at: Option<u64>,
+    /// How long it ran.
+    pub duration: Option<Duration>,
+    /// When the schedule fire that started it was due (ms since the Unix epoch); `None`
+    /// for a run launched by a call.
+    pub fired_at: Option<u64>,
+    /// Tasks in its graph.
+    pub tasks: u32,
+    /// The record's current (or last) run, whose task records are the record's own;
+    /// `false` for a run kept in the history.
+    pub current: bool,
+}
+
+impl RunSummary {
+    fn of(rec: &ProcessRecord, current: bool) -> RunSummary {
+        let run = rec.run.as_ref();
+        let st = &rec.status;
+        RunSummary {
+            seq: run.map_or(0, |m| m.seq),
+            run_id: rec.id.clone(),
+            state: rec.state(),
+            error: st.error.clone(),
+            started_at: st.running_since,
+            ended_at: match rec.state() {
+                State::Done => st.done_at,
+                State::Failed => st.failed_at,
+                State::Cancelled => st.stopped_at,
+                _ => None,
+            },
+            duration: st.duration.map(|d| stored_seconds(Some(d))),
+            fired_at: run.and_then(|m| m.fired_at),
+            tasks: run.map_or(0, |m| m.tasks),
+            current,
+        }
+    }
+}
+
+impl Runtime {
+    /// The runs of record `id`, newest first: its current (or last) run, then the ended
+    /// runs it keeps (see [`RuntimeBuilder::keep_runs`](crate::RuntimeBuilder::keep_runs)).
+    /// A run a schedule started alongside a running one
+    /// ([`Overlap::Allow`](crate::Overlap::Allow)) is listed once it has ended; while it
+    /// runs it is a record of its own, `<id>@<seq>`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotFound`] when no such process record exists.
+    pub async fn history(&self, id: &str) -> Result<Vec<RunSummary>> {
+        let rec = self
+            .inner
+            .get(id)
+            .await?
+            .ok_or_else(|| Error::NotFound { id: id.to_owned() })?;
+        let owned = id.to_owned();
+        let past = self.inner.read(move |s| s.history(&owned)).await?;
+        let mut out: Vec<RunSummary> = rec
+            .run
+            .is_some()
+            .then(|| RunSummary::of(&rec, true))
+            .into_iter()
+            .chain(past.iter().map(|p| RunSummary {
+                seq: p.seq,
+                ..RunSummary::of(&p.record, false)
+            }))
+            .collect();
+        out.sort_by(|a, b| b.seq.cmp(&a.seq).then(b.current.cmp(&a.current)));
+        Ok(out)
+    }
+
+    /// The report of run `seq` of record `id`: its current run, or one it keeps in its
+    /// history (see [`history`](Runtime::history)).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotFound`] when no such process record exists, [`Error::RunNotKept`] when
+    /// the run is not kept.
+    pub async fn past_report(&self, id: &str, seq: u64) -> Result<RunReport> {
+        let rec = self
+            .inner
+            .get(id)
+            .await?
+            .ok_or_else(|| Error::NotFound { id: id.to_owned() })?;
+        if rec.run.as_ref().is_some_and(|m| m.seq == seq) {
+            let rows = self.inner.rows(id).await?;
+            return Ok(RunReport::from_rows(&rec, &rows));
+        }
+        let owned = id.to_owned();
+        let found = self
+            .inner
+            .read(move |s| {
+                let Some(past) = s.history(&owned)?.into_iter().find(|p| p.seq == seq) else {
+                    return Ok(None);
+                };
+                let rows = s.past_tasks(&owned, seq)?;
+                Ok(Some((past, rows)))
+            })
+            .await?;
+        match found {
+            Some((past, rows)) => Ok(RunReport::from_rows(&past.record, &rows)),
+            None => Err(Error::RunNotKept {
+                id: id.to_owned(),
+                seq,
+            }),
+        }
+    }
+}
+
 impl RunReport {
     /// The report of record `rec`'s last run, rebuilt from its stored task rows.
     ///

@@ -84,7 +84,7 @@ impl Runtime {
                 })
                 .await?;
             if deleted {
-                self.inner.clear_run(&r.id).await?;
+                self.inner.forget(&r.id).await?;
                 report.deleted.push(r.id);
             }
         }
@@ -139,6 +139,9 @@ impl Runtime {
             idempotency_key: None,
             max_concurrency: None,
             resumes: 0,
+            seq: 0,
+            overlap_of: None,
+            fired_at: None,
         });
         // The stored rows are read while the graph is rebuilt (both take a while for a
         // large run).

@@ -1,18 +1,23 @@
 //! Scheduled records: `schedule`/`unschedule` and the scheduler loop that launches them
-//! when they fire.
+//! when they fire, following each schedule's [`Overlap`] policy when the record's
+//! previous run is still active: skipped, queued on the record (`queued_fire`, launched
+//! by the pass that follows the run's end: the run's end wakes the scheduler), or run
+//! beside it as a record of its own (`Runtime::launch_overlap`).
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use crate::record::{ProcessRecord, RecordKind};
-use crate::schedule::{plan, Schedule};
+use crate::schedule::{plan, Overlap, Schedule};
 use crate::store::{Query, Update};
 
 use super::{Error, Inner, Result, Runtime};
 
 impl Runtime {
     /// Launches record `id` on `schedule` from now on (replacing its schedule). The
-    /// schedule is stored with the record, so it survives restarts.
+    /// schedule is stored with the record, so it survives restarts. A fire that comes
+    /// while the previous run is still active follows the schedule's
+    /// [`Overlap`](crate::Overlap) policy (skipped by default).
     ///
     /// # Errors
     ///
@@ -121,12 +126,26 @@ pub(super) async fn scheduler(inner: std::sync::Weak<Inner>) {
     }
 }
 
+/// What a pass did with one scheduled record, written on it in one update.
+#[derive(Default)]
+struct Outcome {
+    /// The fire to record as the last one.
+    mark: Option<u64>,
+    /// A failed launch, for the record's log.
+    failure: Option<String>,
+    /// Queue this fire (ms) for when the active run ends.
+    queue: Option<u64>,
+    /// Drop the queued fire (its launch failed: it is logged, not retried forever).
+    unqueue: bool,
+}
+
 /// Fires what is due; returns when to look again.
 pub(super) async fn scheduler_pass(rt: &Runtime) -> Result<Option<std::time::SystemTime>> {
     let mut query = Query::new();
     query.scheduled = true;
     let recs = rt.inner.read(move |s| s.list_all(&query)).await?;
     let now = rt.inner.clock.now();
+    let now_ms = crate::util::unix_ms(now);
     let mut earliest: Option<std::time::SystemTime> = None;
     for r in recs {
         let Some(s) = r.schedule.clone() else {
@@ -135,50 +154,108 @@ pub(super) async fn scheduler_pass(rt: &Runtime) -> Result<Option<std::time::Sys
         if r.kind != RecordKind::Process {
             continue;
         }
+        if let Some(why) = s.unsupported() {
+            tracing::warn!(id = %r.id, error = %why, "schedule cannot be evaluated by this build: it never fires");
+            continue;
+        }
+        let mut out = Outcome::default();
+        let mut active = r.state().is_active();
+        let mut queued = r.queued_fire;
+        // A fire queued while the last run was active: that run has ended.
+        if let Some(q) = queued.filter(|_| !active) {
+            queued = None;
+            match fire(rt, &r.id, Some(q)).await {
+                Ok(()) => active = true,
+                // Kept for the next start.
+                Err(Error::ShuttingDown) => {}
+                Err(e) => {
+                    out.failure = Some(format!("queued scheduled launch failed: {e}"));
+                    out.unqueue = true;
+                }
+            }
+        }
         let last = r.last_fire.map_or_else(
             || std::time::UNIX_EPOCH + Duration::from_millis(r.created_at),
             |ms| std::time::UNIX_EPOCH + Duration::from_millis(ms),
         );
         let p = plan(&s, last, now, rt.inner.clock.wall0);
-        if p.fire && r.state().is_active() {
-            tracing::info!(id = %r.id, "schedule fired while the process is still active: not launched again");
-        }
-        let mut failure = None;
-        if p.fire && !r.state().is_active() {
-            let launched = rt.launch_id(&r.id).await;
-            match &launched {
-                Ok(h) => tracing::info!(id = %h.id(), "launched by its schedule"),
-                Err(e) => tracing::warn!(id = %r.id, error = %e, "scheduled launch failed"),
-            }
-            if let Err(e) = launched {
+        out.mark = p.mark.map(crate::util::unix_ms);
+        if p.fire {
+            let fired = now_ms;
+            let launched = if active {
+                // The previous run is still active (or a queued fire has just started
+                // one): the overlap policy decides.
+                match s.overlap_policy() {
+                    Overlap::Skip => {
+                        tracing::info!(id = %r.id, "schedule fired while the process is still active: skipped (overlap = skip)");
+                        None
+                    }
+                    Overlap::QueueOne if queued.is_none() => {
+                        tracing::info!(id = %r.id, "schedule fired while the process is still active: queued (overlap = queue_one)");
+                        out.queue = Some(fired);
+                        None
+                    }
+                    Overlap::QueueOne => {
+                        tracing::info!(id = %r.id, "schedule fired while a fire is already queued: skipped (overlap = queue_one)");
+                        None
+                    }
+                    Overlap::Allow => Some(
+                        rt.launch_overlap(&r.id, fired)
+                            .await
+                            .map(|h| tracing::info!(id = %h.id(), "launched alongside the active run (overlap = allow)")),
+                    ),
+                }
+            } else {
+                Some(fire(rt, &r.id, Some(fired)).await.map(drop))
+            };
+            if let Some(Err(e)) = launched {
+                tracing::warn!(id = %r.id, error = %e, "scheduled launch failed");
                 if !matches!(e, Error::ShuttingDown) {
-                    failure = Some(format!("scheduled launch failed: {e}"));
+                    out.failure = Some(format!("scheduled launch failed: {e}"));
                 }
             }
         }
-        if p.mark.is_some() || failure.is_some() {
+        if out.mark.is_some() || out.failure.is_some() || out.queue.is_some() || out.unqueue {
             // The fire is marked, and a failed fire is written on the record's log: a
             // schedule never fails silently.
-            let mark = p.mark.map(crate::util::unix_ms);
-            rt.inner
+            let (_, ended) = rt
+                .inner
                 .update(&r.id, move |cur| match cur {
                     Some(c) => {
                         let mut c = c.clone();
-                        if let Some(m) = mark {
+                        if let Some(m) = out.mark {
                             c.last_fire = Some(m);
                         }
-                        if let Some(msg) = &failure {
+                        if let Some(msg) = &out.failure {
                             c.push_log(crate::record::Level::Error, msg.clone());
                         }
-                        (Update::Put(Box::new(c)), ())
+                        if out.unqueue {
+                            c.queued_fire = None;
+                        }
+                        if out.queue.is_some() && c.queued_fire.is_none() {
+                            c.queued_fire = out.queue;
+                        }
+                        // Queued on a run that ended meanwhile: look again at once.
+                        let ended = out.queue.is_some() && !c.state().is_active();
+                        (Update::Put(Box::new(c)), ended)
                     }
-                    None => (Update::Keep, ()),
+                    None => (Update::Keep, false),
                 })
                 .await?;
+            if ended {
+                earliest = Some(now);
+            }
         }
         if let Some(n) = p.next {
             earliest = Some(earliest.map_or(n, |e| e.min(n)));
         }
     }
     Ok(earliest)
+}
+
+/// Launches scheduled record `id` for a fire due at `fired_at`.
+async fn fire(rt: &Runtime, id: &str, fired_at: Option<u64>) -> Result<()> {
+    let h = rt.launch_fired(id, fired_at).await?;
+    tracing::info!(id = %h.id(), "launched by its schedule");
+    Ok(())
 }

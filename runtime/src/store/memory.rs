@@ -5,7 +5,9 @@ use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use super::{index, Applied, Batch, Lease, Page, Query, Store, StoreError, TaskRow, Update};
+use super::{
+    index, Applied, Batch, Lease, Page, PastRun, Query, Store, StoreError, TaskRow, Update,
+};
 use crate::record::{now_ms, ProcessRecord};
 
 /// A store in memory: nothing survives the process. Used by
@@ -32,7 +34,12 @@ struct MemInner {
     runs: HashMap<Arc<str>, Vec<Option<TaskRow>>>,
     keys: BTreeMap<String, String>,
     leases: HashMap<String, Lease>,
+    /// Kept past runs per record, by seq, with their task rows.
+    history: HashMap<String, BTreeMap<u64, Kept>>,
 }
+
+/// A kept past run and its task rows, by node index.
+type Kept = (PastRun, Vec<(u32, TaskRow)>);
 
 impl MemInner {
     fn put(&mut self, r: ProcessRecord) {
@@ -134,11 +141,31 @@ impl Store for MemoryStore {
     fn apply(&self, batch: Batch) -> Result<Applied, StoreError> {
         let mut g = self.lock();
         let mut applied = Applied::default();
+        for a in batch.archive {
+            if a.keep == 0 {
+                continue;
+            }
+            let rows: Vec<(u32, TaskRow)> =
+                g.runs
+                    .get(a.rows_of.as_str())
+                    .map_or_else(Vec::new, |rows| {
+                        rows.iter()
+                            .enumerate()
+                            .filter_map(|(i, r)| Some((i as u32, r.clone()?)))
+                            .collect()
+                    });
+            let kept = g.history.entry(a.owner).or_default();
+            kept.insert(a.run.seq, (a.run, rows));
+            while kept.len() > a.keep {
+                kept.pop_first();
+            }
+        }
         for id in batch.clear_runs.iter().chain(&batch.delete_processes) {
             g.runs.remove(id.as_str());
         }
         for id in &batch.delete_processes {
             g.delete(id);
+            g.history.remove(id);
         }
         // A batch holds long stretches of one run's rows: one map lookup per stretch.
         let mut tasks = batch.tasks.into_iter().peekable();
@@ -165,6 +192,21 @@ impl Store for MemoryStore {
             g.put(r);
         }
         Ok(applied)
+    }
+
+    fn history(&self, id: &str) -> Result<Vec<PastRun>, StoreError> {
+        Ok(self.lock().history.get(id).map_or_else(Vec::new, |kept| {
+            kept.values().rev().map(|(run, _)| run.clone()).collect()
+        }))
+    }
+
+    fn past_tasks(&self, id: &str, seq: u64) -> Result<Vec<(u32, TaskRow)>, StoreError> {
+        Ok(self
+            .lock()
+            .history
+            .get(id)
+            .and_then(|kept| kept.get(&seq))
+            .map_or_else(Vec::new, |(_, rows)| rows.clone()))
     }
 
     fn flush(&self) -> Result<(), StoreError> {

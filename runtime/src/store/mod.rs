@@ -211,8 +211,38 @@ impl TaskRow {
             run: None,
             schedule: None,
             last_fire: None,
+            runs: 0,
+            queued_fire: None,
         }
     }
+}
+
+/// An ended run of a record, as kept in its history (see [`Archive`]).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct PastRun {
+    /// The run's number among the runs of its record
+    /// ([`RunMeta::seq`](crate::RunMeta::seq)); later runs have larger numbers.
+    pub seq: u64,
+    /// The run's record as the run left it: state, times, error, progress, log, parameters
+    /// and run bookkeeping. Its id is the record the run ran as: the owner's id, or an
+    /// overlapping run's own id (`<owner>@<seq>`).
+    pub record: ProcessRecord,
+}
+
+/// Keeps an ended run in a record's history, with a copy of its task rows: one of the
+/// writes of a [`Batch`].
+#[derive(Debug, Clone)]
+pub struct Archive {
+    /// The record whose history keeps the run.
+    pub owner: String,
+    /// The run.
+    pub run: PastRun,
+    /// The run whose task rows are copied (as they are before the batch's other writes):
+    /// the owner itself, or the record an overlapping run ran as.
+    pub rows_of: String,
+    /// How many past runs the owner keeps: the oldest beyond this number are deleted
+    /// with their rows (0 keeps none, and the archive writes nothing).
+    pub keep: usize,
 }
 
 /// A group of writes applied atomically.
@@ -224,8 +254,10 @@ pub struct Batch {
     pub processes: Vec<ProcessRecord>,
     /// Runs whose task rows and results are deleted (before the writes above).
     pub clear_runs: Vec<String>,
-    /// Process records deleted (with their runs' rows and results).
+    /// Process records deleted (with their runs' rows and results, and their history).
     pub delete_processes: Vec<String>,
+    /// Runs kept in their record's history (before every other write of the batch).
+    pub archive: Vec<Archive>,
 }
 
 impl Batch {
@@ -235,10 +267,12 @@ impl Batch {
             && self.processes.is_empty()
             && self.clear_runs.is_empty()
             && self.delete_processes.is_empty()
+            && self.archive.is_empty()
     }
 
     /// Appends `other`, keeping order.
     pub fn extend(&mut self, other: Batch) {
+        self.archive.extend(other.archive);
         self.clear_runs.extend(other.clear_runs);
         self.delete_processes.extend(other.delete_processes);
         self.tasks.extend(other.tasks);
@@ -492,6 +526,20 @@ pub struct Page {
 /// - Values read back are untrusted by the runtime, but a store must never return a
 ///   record it cannot decode: it returns [`StoreError::Corrupt`] naming the key.
 ///
+/// # History
+///
+/// - An [`Archive`] in a [`Batch`] is applied before the batch's other writes: it copies
+///   the task rows of run [`rows_of`](Archive::rows_of) as they are at that moment, and
+///   keeps them with the [`PastRun`] under (owner, seq). An archive with an existing
+///   (owner, seq) replaces it. Then the owner keeps only its
+///   [`keep`](Archive::keep) newest past runs (by seq): the older ones go with their rows.
+/// - [`history`](Store::history) lists the kept runs of a record, newest first;
+///   [`past_tasks`](Store::past_tasks) gives the rows of one of them.
+/// - [`clear_runs`](Batch::clear_runs) never touches history; deleting a record
+///   ([`delete_processes`](Batch::delete_processes)) deletes its history too. A
+///   record deleted by [`update`](Store::update) keeps its history until a batch
+///   deletes it (the runtime deletes records with a batch).
+///
 /// # Leases
 ///
 /// The sled and memory stores serve one process at a time (sled holds a file lock), so
@@ -516,8 +564,13 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Option<ProcessRecord>, StoreError>;
     /// The task rows of run `id` (with their results), by node index.
     fn tasks(&self, id: &str) -> Result<Vec<(u32, TaskRow)>, StoreError>;
-    /// Applies a batch atomically (see the fencing rule above).
+    /// Applies a batch atomically (see the fencing rule and the history rules above).
     fn apply(&self, batch: Batch) -> Result<Applied, StoreError>;
+    /// The kept past runs of record `id`, newest first (empty when it has none).
+    fn history(&self, id: &str) -> Result<Vec<PastRun>, StoreError>;
+    /// The task rows of past run `seq` of record `id`, by node index (empty when that run
+    /// is not kept or had no rows).
+    fn past_tasks(&self, id: &str, seq: u64) -> Result<Vec<(u32, TaskRow)>, StoreError>;
     /// Makes every applied write survive a crash of this process.
     fn flush(&self) -> Result<(), StoreError>;
     /// A number never returned before by this store.
@@ -591,6 +644,12 @@ impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
     }
     fn apply(&self, batch: Batch) -> Result<Applied, StoreError> {
         (**self).apply(batch)
+    }
+    fn history(&self, id: &str) -> Result<Vec<PastRun>, StoreError> {
+        (**self).history(id)
+    }
+    fn past_tasks(&self, id: &str, seq: u64) -> Result<Vec<(u32, TaskRow)>, StoreError> {
+        (**self).past_tasks(id, seq)
     }
     fn flush(&self) -> Result<(), StoreError> {
         (**self).flush()

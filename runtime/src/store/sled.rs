@@ -13,7 +13,9 @@ mod guard;
 use self::guard::{Sidecar, SEQ_KEY};
 
 use super::codec::{decode_record, decode_row, encode, encode_row};
-use super::{index, Applied, Batch, Lease, Page, Query, Store, StoreError, TaskRow, Update};
+use super::{
+    index, Applied, Batch, Lease, Page, PastRun, Query, Store, StoreError, TaskRow, Update,
+};
 use crate::record::{now_ms, ProcessRecord, State, SCHEMA_VERSION};
 
 fn run_key(id: &str, order: u32) -> Vec<u8> {
@@ -29,6 +31,20 @@ fn run_prefix(id: &str) -> Vec<u8> {
     k.extend_from_slice(id.as_bytes());
     k.push(0);
     k
+}
+
+/// Key of past run `seq` of record `id` in the `history` tree, and the prefix of its rows
+/// in the `past_tasks` tree (each row's key adds its node index).
+fn past_key(id: &str, seq: u64) -> Vec<u8> {
+    let mut k = run_prefix(id);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// The seq of a `history` key (`None` for a key that is not one of ours).
+fn seq_of(prefix_len: usize, key: &[u8]) -> Option<u64> {
+    let tail = key.get(prefix_len..)?;
+    Some(u64::from_be_bytes(tail.try_into().ok()?))
 }
 
 fn order_of(key: &[u8]) -> u32 {
@@ -67,6 +83,10 @@ pub struct SledStore {
     index: sled::Tree,
     /// Run id → its current [`Lease`] (`MessagePack`).
     leases: sled::Tree,
+    /// Kept past runs: `<record id>\0<seq>` → the run's record (JSON), schema 4.
+    history: sled::Tree,
+    /// Their task rows: `<record id>\0<seq><node index>` → the row, as in `tasks`.
+    past_tasks: sled::Tree,
     /// The current lease token of each run seen by this process (the fencing check of a
     /// task row write must not read the lease tree every time).
     tokens: Mutex<HashMap<String, u64>>,
@@ -203,6 +223,8 @@ impl SledStore {
             keys: tree("keys")?,
             index: tree("index")?,
             leases: tree("leases")?,
+            history: tree("history")?,
+            past_tasks: tree("past_tasks")?,
             tokens: Mutex::default(),
             db,
             path,
@@ -288,6 +310,72 @@ impl SledStore {
             }
         }
         self.index.apply_batch(batch).map_err(|e| self.io(e))
+    }
+
+    /// The writes of `batch` to the history trees: its archives (rows copied as they
+    /// are now, before the batch's other writes), the past runs they push out, and the
+    /// history of deleted records. The flag says whether there is any.
+    fn history_batches(
+        &self,
+        batch: &Batch,
+    ) -> Result<(sled::Batch, sled::Batch, bool), StoreError> {
+        let mut history = sled::Batch::default();
+        let mut past = sled::Batch::default();
+        let mut any = false;
+        // The seqs each owner keeps, as this batch leaves them.
+        let mut kept: HashMap<&str, std::collections::BTreeSet<u64>> = HashMap::new();
+        for a in batch.archive.iter().filter(|a| a.keep > 0) {
+            any = true;
+            let key = past_key(&a.owner, a.run.seq);
+            // A run kept again under the same seq replaces the old one, rows included.
+            for k in self.past_tasks.scan_prefix(&key).keys() {
+                past.remove(k.map_err(|e| self.io(e))?);
+            }
+            // Raw bytes: a row is copied as stored, never decoded (a damaged row must
+            // not stop a relaunch; reading it back says it is damaged).
+            for kv in self.tasks.scan_prefix(run_prefix(&a.rows_of)) {
+                let (k, v) = kv.map_err(|e| self.io(e))?;
+                let mut row_key = key.clone();
+                row_key.extend_from_slice(&order_of(&k).to_be_bytes());
+                past.insert(row_key, v);
+            }
+            history.insert(key, super::codec::encode(&a.run.record));
+            let owner_prefix = run_prefix(&a.owner);
+            let seqs = match kept.entry(a.owner.as_str()) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    let mut seqs = std::collections::BTreeSet::new();
+                    for k in self.history.scan_prefix(&owner_prefix).keys() {
+                        let k = k.map_err(|e| self.io(e))?;
+                        if let Some(seq) = seq_of(owner_prefix.len(), &k) {
+                            seqs.insert(seq);
+                        }
+                    }
+                    e.insert(seqs)
+                }
+            };
+            seqs.insert(a.run.seq);
+            while seqs.len() > a.keep {
+                let Some(old) = seqs.pop_first() else { break };
+                let old_key = past_key(&a.owner, old);
+                for k in self.past_tasks.scan_prefix(&old_key).keys() {
+                    past.remove(k.map_err(|e| self.io(e))?);
+                }
+                history.remove(old_key);
+            }
+        }
+        for id in &batch.delete_processes {
+            let prefix = run_prefix(id);
+            for k in self.history.scan_prefix(&prefix).keys() {
+                history.remove(k.map_err(|e| self.io(e))?);
+                any = true;
+            }
+            for k in self.past_tasks.scan_prefix(&prefix).keys() {
+                past.remove(k.map_err(|e| self.io(e))?);
+                any = true;
+            }
+        }
+        Ok((history, past, any))
     }
 
     fn lock_seq(&self) -> MutexGuard<'_, u64> {
@@ -512,6 +600,7 @@ impl Store for SledStore {
             }
         }
         let cleared_results = cleared.iter().any(|(is_task, _)| !is_task);
+        let (history, past, history_writes) = self.history_batches(&batch)?;
         for (is_task, k) in cleared {
             if is_task {
                 tasks.remove(k);
@@ -541,7 +630,11 @@ impl Store for SledStore {
         let mut seq = self.lock_seq();
         let next = *seq + 1;
         tasks.insert(SEQ_KEY, &next.to_be_bytes());
-        if batch.processes.is_empty() && batch.delete_processes.is_empty() && !cleared_results {
+        if batch.processes.is_empty()
+            && batch.delete_processes.is_empty()
+            && !cleared_results
+            && !history_writes
+        {
             // Only task rows (every write cycle of a run): one tree's batch is atomic on
             // its own, and about twice as fast as a transaction, which reads every key
             // it writes.
@@ -550,30 +643,38 @@ impl Store for SledStore {
             return Ok(applied);
         }
         let location = self.location();
-        let out = (&self.tasks, &self.results, &self.processes, &self.index).transaction(
-            |(t, r, p, ix)| {
-                t.apply_batch(&tasks)?;
-                r.apply_batch(&results)?;
-                let decode = |id: &str, v: &[u8]| {
-                    decode_record(&location, id.as_bytes(), v)
-                        .map_err(ConflictableTransactionError::Abort)
-                };
-                for id in &batch.delete_processes {
-                    if let Some(v) = p.get(id.as_bytes())? {
-                        let old = decode(id, &v)?;
-                        put_tx(p, ix, Some(&old), None, id)?;
-                    }
-                }
-                for rec in &batch.processes {
-                    let old = match p.get(rec.id.as_bytes())? {
-                        Some(v) => Some(decode(&rec.id, &v)?),
-                        None => None,
-                    };
-                    put_tx(p, ix, old.as_ref(), Some(rec), &rec.id)?;
-                }
-                Ok(())
-            },
+        let trees = (
+            &self.tasks,
+            &self.results,
+            &self.processes,
+            &self.index,
+            &self.history,
+            &self.past_tasks,
         );
+        let out = trees.transaction(|(t, r, p, ix, h, past_rows)| {
+            t.apply_batch(&tasks)?;
+            r.apply_batch(&results)?;
+            h.apply_batch(&history)?;
+            past_rows.apply_batch(&past)?;
+            let decode = |id: &str, v: &[u8]| {
+                decode_record(&location, id.as_bytes(), v)
+                    .map_err(ConflictableTransactionError::Abort)
+            };
+            for id in &batch.delete_processes {
+                if let Some(v) = p.get(id.as_bytes())? {
+                    let old = decode(id, &v)?;
+                    put_tx(p, ix, Some(&old), None, id)?;
+                }
+            }
+            for rec in &batch.processes {
+                let old = match p.get(rec.id.as_bytes())? {
+                    Some(v) => Some(decode(&rec.id, &v)?),
+                    None => None,
+                };
+                put_tx(p, ix, old.as_ref(), Some(rec), &rec.id)?;
+            }
+            Ok(())
+        });
         match out {
             Ok(()) => {
                 *seq = next;
@@ -582,6 +683,39 @@ impl Store for SledStore {
             Err(TransactionError::Abort(e)) => Err(e),
             Err(TransactionError::Storage(e)) => Err(self.io(e)),
         }
+    }
+
+    fn history(&self, id: &str) -> Result<Vec<PastRun>, StoreError> {
+        let prefix = run_prefix(id);
+        let mut out = Vec::new();
+        for kv in self.history.scan_prefix(&prefix).rev() {
+            let (k, v) = kv.map_err(|e| self.io(e))?;
+            // A key that does not end with a seq is not one of ours: skipped.
+            let Some(seq) = seq_of(prefix.len(), &k) else {
+                continue;
+            };
+            let shown = format!("{id} (past run {seq})");
+            let record = decode_record(&self.location(), shown.as_bytes(), &v)?;
+            out.push(PastRun { seq, record });
+        }
+        Ok(out)
+    }
+
+    fn past_tasks(&self, id: &str, seq: u64) -> Result<Vec<(u32, TaskRow)>, StoreError> {
+        let prefix = past_key(id, seq);
+        self.past_tasks
+            .scan_prefix(&prefix)
+            .map(|kv| {
+                let (k, v) = kv.map_err(|e| self.io(e))?;
+                let order = order_of(&k);
+                let row = decode_row(&v).map_err(|message| StoreError::Corrupt {
+                    path: self.location(),
+                    key: format!("{id} (past run {seq})/#{order}"),
+                    message,
+                })?;
+                Ok((order, row))
+            })
+            .collect()
     }
 
     fn flush(&self) -> Result<(), StoreError> {

@@ -90,6 +90,9 @@ impl Runtime {
             idempotency_key: None,
             max_concurrency: None,
             resumes: 0,
+            seq: 0,
+            overlap_of: None,
+            fired_at: None,
         };
         let mut hooks = req.hooks;
         hooks.extend(self.inner.hooks.iter().cloned());
