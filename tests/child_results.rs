@@ -29,8 +29,8 @@ fn refuse(n: u32) -> Result<u32, String> {
 }
 
 /// A child whose first task's result is read by id, whose last is its output; odd
-/// numbers fail.
-#[process]
+/// numbers fail (in order: `double` waits for `refuse`, so it is skipped when it fails).
+#[process(mode = "sequential")]
 fn doubling(p: &mut Builder, n: u32) {
     if n % 2 == 1 {
         p.task(Refuse::new(n));
