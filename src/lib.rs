@@ -17,6 +17,17 @@
 //!   notes on what a crash can lose).
 //! - Tasks start [child processes](Ctx::run_child) and [parallel groups](Ctx::parallel_group);
 //!   the scheduler launches records on a [`Schedule`] (cron, interval, one-shot).
+//! - Run ends are [notified](notify) by signed webhooks and HTML e-mail, written to the
+//!   store with the end and retried across restarts.
+//!
+//! # Cargo features
+//!
+//! None is on by default.
+//!
+//! - `webhook`: webhook notifications (reqwest with rustls; Standard Webhooks signatures
+//!   and the hex `X-Signature-SHA256` header; `notify::verify` for receivers).
+//! - `email`: e-mail notifications (lettre over tokio with rustls: STARTTLS, implicit TLS
+//!   or plain, chosen explicitly).
 //!
 //! ```
 //! use procession::prelude::*;
@@ -63,17 +74,17 @@ pub struct ReadmeDoctests;
 
 pub use procession_macros::{process, task};
 pub use procession_runtime::{
-    progress, store, AdhocOptions, Arg, Attempt, AttemptOutcome, Backoff, BoxError, Builder,
-    CancelGraceExceeded, CancellationToken, Cancelled, CatchUp, Child, ChildError, ChildOutcome,
-    ChildProcessFailed, ChildProgress, ChildResult, Ctx, Data, Definition, DependencyFailed, Error,
-    ErrorMatcher, ErrorReport, Event, EventKind, EventStream, Graph, GraphError, GroupError,
-    GroupOptions, Hooks, InputError, IntoArg, IntoGraph, InvalidTransition, Json, Launch, Level,
-    ListFilter, LogEntry, Mode, NodeRef, NonRetryable, OnDepFailure, Out, OutputNotSerializable,
-    ParallelGroup, Policy, Process, ProcessMeta, ProcessRecord, Progress, ProgressCallback,
-    RecordKind, Result, ResultError, ResyncReport, RetryExhausted, RunHandle, RunInfo, RunMeta,
-    RunReport, RunStatus, Runtime, RuntimeBuilder, Schedule, ScheduleError, Shutdown, State,
-    Status, Task, TaskFuture, TaskGraph, TaskInfo, TaskMeta, TaskPanicked, TaskReport, TaskStatus,
-    Timeout, MAX_LOG, SCHEMA_VERSION,
+    notify, progress, store, AdhocOptions, Arg, Attempt, AttemptOutcome, Backoff, BoxError,
+    Builder, CancelGraceExceeded, CancellationToken, Cancelled, CatchUp, Child, ChildError,
+    ChildOutcome, ChildProcessFailed, ChildProgress, ChildResult, Ctx, Data, Definition,
+    DependencyFailed, Error, ErrorMatcher, ErrorReport, Event, EventKind, EventStream, Graph,
+    GraphError, GroupError, GroupOptions, Hooks, InputError, IntoArg, IntoGraph, InvalidTransition,
+    Json, Launch, Level, ListFilter, LogEntry, Mode, NodeRef, NonRetryable, OnDepFailure, Out,
+    OutputNotSerializable, ParallelGroup, Policy, Process, ProcessMeta, ProcessRecord, Progress,
+    ProgressCallback, RecordKind, Result, ResultError, ResyncReport, RetryExhausted, RunHandle,
+    RunInfo, RunMeta, RunReport, RunStatus, Runtime, RuntimeBuilder, Schedule, ScheduleError,
+    Shutdown, State, Status, Task, TaskFuture, TaskGraph, TaskInfo, TaskMeta, TaskPanicked,
+    TaskReport, TaskStatus, Timeout, MAX_LOG, SCHEMA_VERSION,
 };
 
 /// The names most programs need: `use procession::prelude::*;`.

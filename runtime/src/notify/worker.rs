@@ -1,0 +1,404 @@
+//! The runtime's side of notifications: which deliveries a run's end writes, and the
+//! worker that claims, sends and settles them.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use super::config::{Channel, DeliveryOptions};
+use super::error::{ConfigError, DeliveryError};
+use super::payload::Notification;
+use crate::events::{Event, EventKind};
+use crate::journal::WriterHandle;
+use crate::record::ProcessRecord;
+use crate::report::{RunReport, RunStatus};
+use crate::store::{
+    ChannelState, Delivery, DeliveryAttempt, DeliveryState, DeliveryUpdate, Store, StoreError,
+};
+
+/// The channels of a runtime and how it delivers.
+#[derive(Debug)]
+pub(crate) struct Notifier {
+    channels: Vec<Channel>,
+    pub(crate) options: DeliveryOptions,
+}
+
+/// The bodies a run's end would write, rendered before its end is decided (a cancel
+/// that wins the race changes the status: then they are rendered again).
+pub(crate) struct Prepared {
+    notification: Notification,
+    bodies: Vec<(usize, String)>,
+}
+
+impl Prepared {
+    /// True when no channel wants this run: no other end would add one (a cancel that
+    /// wins only takes away the runs `only_failed_runs` wanted).
+    pub(crate) fn is_empty(&self) -> bool {
+        self.bodies.is_empty()
+    }
+}
+
+impl Notifier {
+    pub(crate) fn new(
+        channels: Vec<Channel>,
+        options: DeliveryOptions,
+    ) -> Result<Notifier, ConfigError> {
+        let mut seen = HashSet::new();
+        for c in &channels {
+            if !seen.insert(c.name.as_str()) {
+                return Err(ConfigError::DuplicateChannel {
+                    name: c.name.clone(),
+                });
+            }
+        }
+        Ok(Notifier { channels, options })
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.channels.is_empty()
+    }
+
+    pub(crate) fn channel(&self, name: &str) -> Option<&Channel> {
+        self.channels.iter().find(|c| c.name == name)
+    }
+
+    fn bodies(
+        &self,
+        rec: &ProcessRecord,
+        report: &RunReport,
+        n: &Notification,
+    ) -> Vec<(usize, String)> {
+        self.channels
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.wants(rec, report))
+            .map(|(i, c)| (i, c.body(n)))
+            .collect()
+    }
+
+    /// Renders the bodies of `report`'s end for every channel that wants it.
+    pub(crate) fn prepare(&self, rec: &ProcessRecord, report: &RunReport) -> Option<Prepared> {
+        if self.channels.is_empty() {
+            return None;
+        }
+        let notification = Notification::from_report(report, Some(rec));
+        let bodies = self.bodies(rec, report, &notification);
+        Some(Prepared {
+            notification,
+            bodies,
+        })
+    }
+
+    /// The deliveries of a run of `rec` that ended `status`, written with its end.
+    pub(crate) fn deliveries(
+        &self,
+        prepared: &Prepared,
+        rec: &ProcessRecord,
+        report: &RunReport,
+        status: RunStatus,
+        now_ms: u64,
+    ) -> Vec<Delivery> {
+        let rendered;
+        let (n, bodies) = if status == prepared.notification.status() {
+            (&prepared.notification, &prepared.bodies)
+        } else {
+            let n = prepared.notification.clone().with_status(status);
+            let mut r = report.clone();
+            r.status = status;
+            let b = self.bodies(rec, &r, &n);
+            rendered = (n, b);
+            (&rendered.0, &rendered.1)
+        };
+        bodies
+            .iter()
+            .map(|(i, body)| {
+                let c = &self.channels[*i];
+                Delivery::new(
+                    format!("msg_{}_{}", n.event_key(), c.name),
+                    c.name.clone(),
+                    rec.id.clone(),
+                    rec.process_type.clone(),
+                    body.clone(),
+                    now_ms,
+                )
+            })
+            .collect()
+    }
+}
+
+/// What the worker needs.
+struct Ctx {
+    notifier: Arc<Notifier>,
+    store: Arc<dyn Store>,
+    writer: WriterHandle,
+    owner: String,
+    now: Arc<dyn Fn() -> u64 + Send + Sync>,
+}
+
+/// A running delivery worker: wake it when deliveries may be due, stop it at shutdown.
+pub(crate) struct Worker {
+    wake: Arc<Notify>,
+    stop: CancellationToken,
+    done: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker").finish_non_exhaustive()
+    }
+}
+
+impl Worker {
+    /// Starts the worker of `notifier` over `store`, writing through `writer` as
+    /// `owner`; `now` is the runtime's clock (ms since the Unix epoch).
+    pub(crate) fn spawn(
+        notifier: Arc<Notifier>,
+        store: Arc<dyn Store>,
+        writer: WriterHandle,
+        owner: String,
+        now: Arc<dyn Fn() -> u64 + Send + Sync>,
+        grace: Duration,
+    ) -> Worker {
+        let wake = Arc::new(Notify::new());
+        let stop = CancellationToken::new();
+        let ctx = Arc::new(Ctx {
+            notifier,
+            store,
+            writer,
+            owner,
+            now,
+        });
+        let done = tokio::spawn(run(ctx, wake.clone(), stop.clone(), grace));
+        Worker {
+            wake,
+            stop,
+            done: Mutex::new(Some(done)),
+        }
+    }
+
+    /// Deliveries may be due: look now.
+    pub(crate) fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Stops claiming, lets attempts under way end within the grace period (the others
+    /// are dropped: their claims expire and another start sends them), and returns once
+    /// the worker has let go of the store.
+    pub(crate) async fn stop(&self) {
+        self.stop.cancel();
+        let done = self
+            .done
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(done) = done {
+            let _ = done.await;
+        }
+    }
+}
+
+async fn read<T: Send + 'static>(
+    store: &Arc<dyn Store>,
+    f: impl FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || f(&*store))
+        .await
+        .map_err(|e| StoreError::io("(store thread)", e))?
+}
+
+async fn run(ctx: Arc<Ctx>, wake: Arc<Notify>, stop: CancellationToken, grace: Duration) {
+    let opts = ctx.notifier.options.clone();
+    let mut inflight: JoinSet<()> = JoinSet::new();
+    while !stop.is_cancelled() {
+        while inflight.try_join_next().is_some() {}
+        let free = opts.concurrency.saturating_sub(inflight.len());
+        let now = (ctx.now)();
+        let next = match read(&ctx.store, |s| s.next_delivery_at()).await {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the outbox");
+                None
+            }
+        };
+        if free > 0 && next.is_some_and(|t| t <= now) {
+            let owner = ctx.owner.clone();
+            let lease = u64::try_from(opts.lease.as_millis()).unwrap_or(u64::MAX);
+            match ctx
+                .writer
+                .op(move |s| Ok((s.claim_deliveries(&owner, now, lease, free)?, Vec::new())))
+                .await
+            {
+                Ok(claimed) => {
+                    let full = claimed.len() == free;
+                    for d in claimed {
+                        inflight.spawn(attempt(ctx.clone(), d));
+                    }
+                    if full {
+                        continue; // more may be due
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "cannot claim deliveries"),
+            }
+        }
+        let now = (ctx.now)();
+        let until = next
+            .filter(|t| *t > now)
+            .map_or(opts.poll, |t| Duration::from_millis(t - now))
+            .min(opts.poll);
+        tokio::select! {
+            () = tokio::time::sleep(until) => {}
+            () = wake.notified() => {}
+            () = stop.cancelled() => {}
+            Some(_) = inflight.join_next(), if !inflight.is_empty() => {}
+        }
+    }
+    // Attempts under way get the grace period; what is left is dropped, and its claims
+    // expire.
+    let deadline = tokio::time::Instant::now() + grace;
+    while !inflight.is_empty() {
+        if tokio::time::timeout_at(deadline, inflight.join_next())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                attempts = inflight.len(),
+                "delivery attempts still under way at shutdown were dropped; they are retried when their claims expire"
+            );
+            inflight.abort_all();
+            break;
+        }
+    }
+}
+
+/// One attempt of `d` (claimed by this worker), then its outcome written.
+async fn attempt(ctx: Arc<Ctx>, d: Delivery) {
+    let started = (ctx.now)();
+    let t0 = Instant::now();
+    let outcome = match ctx.notifier.channel(&d.channel) {
+        None => Err(DeliveryError::UnknownChannel {
+            name: d.channel.clone(),
+        }),
+        Some(c) => {
+            let name = c.name.clone();
+            match read(&ctx.store, move |s| s.channel_state(&name)).await {
+                Ok(Some(state)) => Err(DeliveryError::ChannelDisabled {
+                    name: c.name.clone(),
+                    reason: state.reason,
+                }),
+                // A store that cannot say is no reason not to try.
+                Ok(None) | Err(_) => c.deliver(&d.id, &d.payload).await,
+            }
+        }
+    };
+    let took = u64::try_from(t0.elapsed().as_millis()).unwrap_or(u64::MAX);
+    settle(&ctx, d, started, took, outcome).await;
+}
+
+async fn settle(
+    ctx: &Ctx,
+    d: Delivery,
+    started: u64,
+    took_ms: u64,
+    outcome: Result<(), DeliveryError>,
+) {
+    let opts = &ctx.notifier.options;
+    let now = (ctx.now)();
+    let made = d.attempts.saturating_add(1);
+    let (state, next_at) = match &outcome {
+        Ok(()) => (DeliveryState::Delivered, now),
+        Err(e) if !e.is_retryable() => (DeliveryState::Failed, now),
+        Err(e) => match opts.next_delay(made) {
+            None => (DeliveryState::Failed, now),
+            Some(delay) => {
+                let asked = e.retry_after().map(|r| r.min(opts.max_retry_after));
+                let wait = asked.map_or(delay, |a| a.max(delay));
+                let wait = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
+                (DeliveryState::Pending, now.saturating_add(wait))
+            }
+        },
+    };
+    let error = outcome.as_ref().err().map(ToString::to_string);
+    let status = outcome.as_ref().err().and_then(DeliveryError::status);
+    match (&outcome, state) {
+        (Ok(()), _) => {
+            tracing::info!(delivery = %d.id, channel = %d.channel, run = %d.run, attempt = made, "notification delivered")
+        }
+        (Err(e), DeliveryState::Pending) => {
+            tracing::warn!(delivery = %d.id, channel = %d.channel, run = %d.run, attempt = made, error = %e, "notification attempt failed; retrying")
+        }
+        (Err(e), _) => {
+            tracing::error!(delivery = %d.id, channel = %d.channel, run = %d.run, attempt = made, error = %e, "notification failed; giving up (replay it with `Runtime::replay_delivery`)")
+        }
+    }
+    let disable = matches!(outcome, Err(DeliveryError::Gone));
+    let record = DeliveryAttempt::new(started, took_ms, status, error.clone());
+    let (id, lease, channel, run) = (d.id.clone(), d.lease, d.channel.clone(), d.run.clone());
+    let written = ctx
+        .writer
+        .op(move |store| {
+            if disable {
+                store.set_channel_state(
+                    &channel,
+                    Some(&ChannelState::disabled(
+                        now,
+                        "the receiver answered 410 Gone",
+                    )),
+                )?;
+            }
+            let mut applied = false;
+            store.update_delivery(&id, &mut |cur| match cur {
+                // Fenced: only the holder of the current claim writes the outcome.
+                Some(c) if c.lease == lease && c.state == DeliveryState::Pending => {
+                    let mut n = c.clone();
+                    n.attempts = made;
+                    n.owner = None;
+                    n.state = state;
+                    n.next_at = next_at;
+                    if error.is_some() {
+                        n.last_error.clone_from(&error);
+                    }
+                    if state == DeliveryState::Delivered {
+                        n.delivered_at = Some(now);
+                    }
+                    n.record_attempt(record.clone());
+                    applied = true;
+                    DeliveryUpdate::Put(Box::new(n))
+                }
+                _ => {
+                    applied = false;
+                    DeliveryUpdate::Keep
+                }
+            })?;
+            let events = if applied {
+                vec![Event {
+                    id: run.clone(),
+                    root: run.clone(),
+                    kind: EventKind::Delivery {
+                        delivery: id.clone(),
+                        channel: channel.clone(),
+                        attempts: made,
+                        error: error.clone(),
+                        settled: state != DeliveryState::Pending,
+                    },
+                }]
+            } else {
+                Vec::new()
+            };
+            Ok((applied, events))
+        })
+        .await;
+    match written {
+        Ok(true) => {}
+        Ok(false) => {
+            tracing::warn!(delivery = %d.id, "the delivery's claim was taken over before its outcome was written; the outcome is dropped")
+        }
+        Err(e) => {
+            tracing::error!(delivery = %d.id, error = %e, "cannot write a delivery's outcome; it is retried when its claim expires")
+        }
+    }
+}
