@@ -237,7 +237,10 @@ impl Channel {
             #[cfg(feature = "webhook")]
             Transport::Webhook(w) => w.post(id, body).await,
             #[cfg(feature = "email")]
-            Transport::Email(e) => e.send(body).await,
+            Transport::Email(e) => {
+                let _ = id; // e-mail has no delivery id header
+                e.send(body).await
+            }
             #[cfg(not(any(feature = "webhook", feature = "email")))]
             _ => {
                 let _ = (id, body);

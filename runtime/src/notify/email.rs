@@ -10,7 +10,7 @@ use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 
-use super::error::{chain, ConfigError, DeliveryError};
+use super::error::{chain, is_tls, ConfigError, DeliveryError};
 use super::payload::Parsed;
 use crate::report::{RunStatus, TaskReport, TaskStatus};
 
@@ -248,7 +248,7 @@ impl EmailConfig {
 
     /// One attempt: render the stored `body` and send it.
     pub(crate) async fn send(&self, body: &str) -> Result<(), DeliveryError> {
-        let parsed: Parsed = serde_json::from_str(body).map_err(|e| DeliveryError::Render {
+        let parsed = Parsed::parse(body).map_err(|e| DeliveryError::Render {
             message: e.to_string(),
         })?;
         let message = self.message(&parsed)?;
@@ -258,7 +258,7 @@ impl EmailConfig {
                 after: self.smtp.timeout,
             }),
             Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(classify(&e)),
+            Ok(Err(e)) => Err(classify(&e, self.smtp.security)),
         }
     }
 
@@ -288,10 +288,17 @@ impl EmailConfig {
     }
 }
 
-fn classify(e: &lettre::transport::smtp::Error) -> DeliveryError {
+fn classify(e: &lettre::transport::smtp::Error, security: Security) -> DeliveryError {
     let message = chain(e);
-    if e.is_tls() {
+    if e.is_tls() || is_tls(e) {
         return DeliveryError::Tls { message };
+    }
+    if security == Security::StartTls && e.is_client() && message.contains("STARTTLS") {
+        return DeliveryError::Tls {
+            message: format!(
+                "the server does not offer STARTTLS, which this channel requires ({message})"
+            ),
+        };
     }
     if e.is_timeout() {
         return DeliveryError::Timeout {

@@ -194,3 +194,27 @@ pub(crate) fn chain(e: &(dyn std::error::Error + 'static)) -> String {
     }
     out
 }
+
+/// Whether a TLS error is among the causes of `e`: as a source, or wrapped in I/O
+/// errors (whose `source()` skips what they wrap).
+#[cfg(any(feature = "webhook", feature = "email"))]
+pub(crate) fn is_tls(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = cur {
+        let mut inner: &(dyn std::error::Error + 'static) = s;
+        loop {
+            if inner.is::<rustls::Error>() {
+                return true;
+            }
+            match inner
+                .downcast_ref::<std::io::Error>()
+                .and_then(std::io::Error::get_ref)
+            {
+                Some(wrapped) => inner = wrapped,
+                None => break,
+            }
+        }
+        cur = s.source();
+    }
+    false
+}

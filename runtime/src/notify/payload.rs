@@ -211,13 +211,35 @@ fn without_tasks(r: &RunReport) -> RunReport {
 
 /// The parts of a stored body an e-mail needs (the generic fields, not nested).
 #[cfg(feature = "email")]
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug)]
 pub(crate) struct Parsed {
-    #[serde(rename = "type")]
     pub(crate) kind: String,
     pub(crate) process_id: String,
     pub(crate) started_at: Option<u64>,
     pub(crate) ended_at: u64,
-    #[serde(flatten)]
     pub(crate) report: RunReport,
+}
+
+#[cfg(feature = "email")]
+impl Parsed {
+    /// Reads a body written by [`Notification::to_body`] (twice: the report's results
+    /// are raw JSON, which a flattened or buffered read cannot keep).
+    pub(crate) fn parse(body: &str) -> Result<Parsed, serde_json::Error> {
+        #[derive(serde::Deserialize)]
+        struct Head {
+            #[serde(rename = "type")]
+            kind: String,
+            process_id: String,
+            started_at: Option<u64>,
+            ended_at: u64,
+        }
+        let head: Head = serde_json::from_str(body)?;
+        Ok(Parsed {
+            kind: head.kind,
+            process_id: head.process_id,
+            started_at: head.started_at,
+            ended_at: head.ended_at,
+            report: serde_json::from_str(body)?,
+        })
+    }
 }

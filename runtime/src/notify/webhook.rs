@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER, USER_AGENT};
 use serde_json::{Map, Value};
 
-use super::error::{chain, ConfigError, DeliveryError};
+use super::error::{chain, is_tls, ConfigError, DeliveryError};
 use super::payload::Shape;
 use super::sign::{legacy_signature, sign, Secret};
 
@@ -295,29 +295,6 @@ impl WebhookConfig {
         }
         DeliveryError::Request { message }
     }
-}
-
-/// Whether a TLS error is among the causes of `e`: as a source, or wrapped in I/O
-/// errors (whose `source()` skips what they wrap).
-fn is_tls(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(s) = cur {
-        let mut inner: &(dyn std::error::Error + 'static) = s;
-        loop {
-            if inner.is::<rustls::Error>() {
-                return true;
-            }
-            match inner
-                .downcast_ref::<std::io::Error>()
-                .and_then(std::io::Error::get_ref)
-            {
-                Some(wrapped) => inner = wrapped,
-                None => break,
-            }
-        }
-        cur = s.source();
-    }
-    false
 }
 
 /// `Retry-After`: a number of seconds, or an HTTP date.
