@@ -42,7 +42,10 @@ fn alpha() -> u32 {
 }
 
 #[task]
-fn beta(_x: u32) -> Result<u32, BetaFailed> {
+fn beta(x: u32) -> Result<u32, BetaFailed> {
+    if x > 1_000 {
+        return Ok(x);
+    }
     Err(BetaFailed(Upstream))
 }
 
@@ -314,7 +317,7 @@ async fn signed_post_checked_by_verify_and_by_python() {
         verify(
             &got.headers,
             &got.body,
-            &[secret.clone()],
+            std::slice::from_ref(&secret),
             SystemTime::now()
         )
         .unwrap(),
@@ -977,7 +980,7 @@ async fn deliveries_per_second_to_a_local_receiver() {
         .start()
         .await
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + Duration::from_mins(1);
     loop {
         let done = sender
             .deliveries(DeliveryQuery::new().state(DeliveryState::Delivered))

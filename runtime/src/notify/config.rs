@@ -119,7 +119,8 @@ impl Channel {
     ///
     /// # Errors
     ///
-    /// As [`Channel::webhook`].
+    /// [`ConfigError::ChannelName`] for an empty or too long name, or one with characters
+    /// other than ASCII letters, digits, `_`, `-` and `.`.
     #[cfg(feature = "email")]
     pub fn email(
         name: impl AsRef<str>,
@@ -232,6 +233,10 @@ impl Channel {
     }
 
     /// One attempt of delivering `body` (as stored) with id `id`.
+    #[cfg_attr(
+        not(any(feature = "webhook", feature = "email")),
+        allow(clippy::unused_async) // no transport compiled in: nothing to await
+    )]
     pub(crate) async fn deliver(&self, id: &str, body: &str) -> Result<(), DeliveryError> {
         match &self.transport {
             #[cfg(feature = "webhook")]
@@ -351,11 +356,11 @@ impl Default for DeliveryOptions {
         DeliveryOptions {
             schedule: RetrySchedule::default(),
             jitter: 0.1,
-            lease: Duration::from_secs(60),
+            lease: Duration::from_mins(1),
             poll: Duration::from_secs(1),
             concurrency: 16,
             deliver: true,
-            max_retry_after: Duration::from_secs(24 * 3600),
+            max_retry_after: Duration::from_hours(24),
         }
     }
 }

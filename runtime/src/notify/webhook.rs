@@ -314,7 +314,7 @@ mod tests {
 
     #[test]
     fn retry_after_in_seconds_or_as_a_date() {
-        assert_eq!(parse_retry_after("120"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_retry_after("120"), Some(Duration::from_mins(2)));
         assert_eq!(parse_retry_after(" 0 "), Some(Duration::ZERO));
         assert_eq!(
             parse_retry_after("Sun, 06 Nov 1994 08:49:37 GMT"),

@@ -218,7 +218,7 @@ async fn run(ctx: Arc<Ctx>, wake: Arc<Notify>, stop: CancellationToken, grace: D
         while inflight.try_join_next().is_some() {}
         let free = opts.concurrency.saturating_sub(inflight.len());
         let now = (ctx.now)();
-        let next = match read(&ctx.store, |s| s.next_delivery_at()).await {
+        let next = match read(&ctx.store, Store::next_delivery_at).await {
             Ok(n) => n,
             Err(e) => {
                 tracing::error!(error = %e, "cannot read the outbox");
@@ -326,13 +326,13 @@ async fn settle(
     let status = outcome.as_ref().err().and_then(DeliveryError::status);
     match (&outcome, state) {
         (Ok(()), _) => {
-            tracing::info!(delivery = %d.id, channel = %d.channel, run = %d.run, attempt = made, "notification delivered")
+            tracing::info!(delivery = %d.id, channel = %d.channel, run = %d.run, attempt = made, "notification delivered");
         }
         (Err(e), DeliveryState::Pending) => {
-            tracing::warn!(delivery = %d.id, channel = %d.channel, run = %d.run, attempt = made, error = %e, "notification attempt failed; retrying")
+            tracing::warn!(delivery = %d.id, channel = %d.channel, run = %d.run, attempt = made, error = %e, "notification attempt failed; retrying");
         }
         (Err(e), _) => {
-            tracing::error!(delivery = %d.id, channel = %d.channel, run = %d.run, attempt = made, error = %e, "notification failed; giving up (replay it with `Runtime::replay_delivery`)")
+            tracing::error!(delivery = %d.id, channel = %d.channel, run = %d.run, attempt = made, error = %e, "notification failed; giving up (replay it with `Runtime::replay_delivery`)");
         }
     }
     let disable = matches!(outcome, Err(DeliveryError::Gone));
@@ -395,10 +395,10 @@ async fn settle(
     match written {
         Ok(true) => {}
         Ok(false) => {
-            tracing::warn!(delivery = %d.id, "the delivery's claim was taken over before its outcome was written; the outcome is dropped")
+            tracing::warn!(delivery = %d.id, "the delivery's claim was taken over before its outcome was written; the outcome is dropped");
         }
         Err(e) => {
-            tracing::error!(delivery = %d.id, error = %e, "cannot write a delivery's outcome; it is retried when its claim expires")
+            tracing::error!(delivery = %d.id, error = %e, "cannot write a delivery's outcome; it is retried when its claim expires");
         }
     }
 }

@@ -9,7 +9,9 @@ use super::outbox::{
     due_key, id_of_due, id_of_state, state_key, state_range, states_to_scan, time_of_due,
     ChannelState, Delivery, DeliveryPage, DeliveryQuery, DeliveryUpdate, Pager,
 };
-use super::{index, Applied, Batch, Lease, Page, Query, Store, StoreError, TaskRow, Update};
+use super::{
+    index, Applied, Batch, Enqueue, Lease, Page, Query, Store, StoreError, TaskRow, Update,
+};
 use crate::record::{now_ms, ProcessRecord};
 
 /// A store in memory: nothing survives the process. Used by
@@ -145,7 +147,7 @@ impl Store for MemoryStore {
     fn update_enqueue(
         &self,
         id: &str,
-        f: &mut dyn FnMut(Option<&ProcessRecord>) -> (Update, Vec<Delivery>),
+        f: &mut Enqueue<'_>,
     ) -> Result<Option<ProcessRecord>, StoreError> {
         let mut g = self.lock();
         let current = g.processes.get(id).cloned();

@@ -259,6 +259,10 @@ pub enum Update {
     Keep,
 }
 
+/// The function of [`Store::update_enqueue`]: decides the record's update from its
+/// current value, and the deliveries written with it.
+pub type Enqueue<'a> = dyn FnMut(Option<&ProcessRecord>) -> (Update, Vec<Delivery>) + 'a;
+
 /// What a [`Store::apply`] did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -575,7 +579,7 @@ pub trait Store: Send + Sync + 'static {
     fn update_enqueue(
         &self,
         id: &str,
-        f: &mut dyn FnMut(Option<&ProcessRecord>) -> (Update, Vec<Delivery>),
+        f: &mut Enqueue<'_>,
     ) -> Result<Option<ProcessRecord>, StoreError>;
     /// One delivery of the outbox.
     fn delivery(&self, id: &str) -> Result<Option<Delivery>, StoreError>;
@@ -685,7 +689,7 @@ impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
     fn update_enqueue(
         &self,
         id: &str,
-        f: &mut dyn FnMut(Option<&ProcessRecord>) -> (Update, Vec<Delivery>),
+        f: &mut Enqueue<'_>,
     ) -> Result<Option<ProcessRecord>, StoreError> {
         (**self).update_enqueue(id, f)
     }

@@ -16,7 +16,9 @@ use self::guard::{Sidecar, SEQ_KEY};
 
 use super::codec::{decode_record, decode_row, encode, encode_row};
 use super::outbox::{ChannelState, Delivery, DeliveryPage, DeliveryQuery, DeliveryUpdate};
-use super::{index, Applied, Batch, Lease, Page, Query, Store, StoreError, TaskRow, Update};
+use super::{
+    index, Applied, Batch, Enqueue, Lease, Page, Query, Store, StoreError, TaskRow, Update,
+};
 use crate::record::{now_ms, ProcessRecord, State, SCHEMA_VERSION};
 
 fn run_key(id: &str, order: u32) -> Vec<u8> {
@@ -376,7 +378,7 @@ impl SledStore {
     fn update_tx(
         &self,
         id: &str,
-        f: &mut dyn FnMut(Option<&ProcessRecord>) -> (Update, Vec<Delivery>),
+        f: &mut Enqueue<'_>,
         with_outbox: bool,
     ) -> Result<Option<ProcessRecord>, StoreError> {
         use sled::transaction::{ConflictableTransactionError, TransactionError};
@@ -496,7 +498,7 @@ impl Store for SledStore {
     fn update_enqueue(
         &self,
         id: &str,
-        f: &mut dyn FnMut(Option<&ProcessRecord>) -> (Update, Vec<Delivery>),
+        f: &mut Enqueue<'_>,
     ) -> Result<Option<ProcessRecord>, StoreError> {
         self.update_tx(id, f, true)
     }

@@ -219,7 +219,7 @@ impl SledStore {
                 }
                 DeliveryUpdate::Put(d) => {
                     let mut d = *d;
-                    d.id = id.to_owned();
+                    id.clone_into(&mut d.id);
                     put_tx(&view[..3], current.as_ref(), Some(&d), id)?;
                     Some(d)
                 }
