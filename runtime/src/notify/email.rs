@@ -122,6 +122,12 @@ impl SmtpConfig {
     ///
     /// [`ConfigError::Certificate`] when `pem` is not a PEM certificate.
     pub fn trust_pem(mut self, pem: &[u8]) -> Result<Self, ConfigError> {
+        // lettre reads text without any PEM block as no certificate, without an error.
+        if !pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") {
+            return Err(ConfigError::Certificate {
+                reason: "no `-----BEGIN CERTIFICATE-----` block".into(),
+            });
+        }
         Certificate::from_pem(pem).map_err(|e| ConfigError::Certificate { reason: chain(&e) })?;
         self.roots.push(pem.to_vec());
         Ok(self)

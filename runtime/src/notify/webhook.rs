@@ -38,6 +38,7 @@ use super::sign::{legacy_signature, sign, Secret};
 ///     .extra("chat_id", "-1001")
 ///     .nest_under("data")
 ///     .timeout(Duration::from_secs(10));
+/// assert_eq!(cfg.url(), "https://hooks.example.com/x");
 /// assert!(WebhookConfig::new("ftp://example.com").is_err());
 /// # Ok::<(), procession::notify::ConfigError>(())
 /// ```

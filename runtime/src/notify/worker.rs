@@ -144,6 +144,8 @@ pub(crate) struct Worker {
     wake: Arc<Notify>,
     stop: CancellationToken,
     done: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// A runtime dropped without a shutdown stops its worker too.
+    _on_drop: tokio_util::sync::DropGuard,
 }
 
 impl std::fmt::Debug for Worker {
@@ -175,6 +177,7 @@ impl Worker {
         let done = tokio::spawn(run(ctx, wake.clone(), stop.clone(), grace));
         Worker {
             wake,
+            _on_drop: stop.clone().drop_guard(),
             stop,
             done: Mutex::new(Some(done)),
         }
