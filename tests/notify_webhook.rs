@@ -494,6 +494,17 @@ async fn gives_up_after_the_schedule_then_replays() {
         "{:?}",
         d.last_error
     );
+    // The run's own log says so.
+    let rec = rt.get("fine-2").await.unwrap().unwrap();
+    let note = rec.log.last().unwrap();
+    assert_eq!(note.level, procession::Level::Warning);
+    assert!(
+        note.message.starts_with(
+            "notification to `ops` failed after 3 attempts: the receiver answered 500"
+        ),
+        "{}",
+        note.message
+    );
     let failed = rt
         .deliveries(DeliveryQuery::new().state(DeliveryState::Failed))
         .await
@@ -512,6 +523,59 @@ async fn gives_up_after_the_schedule_then_replays() {
     assert_eq!(d2.state, DeliveryState::Delivered);
     assert_eq!(d2.history.len(), 4, "the history is kept across a replay");
     assert!(r.received().iter().all(|g| g.header("webhook-id") == d.id));
+    rt.shutdown().await.unwrap();
+}
+
+// Pruning deletes delivered deliveries older than the cutoff and keeps failed ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pruning_keeps_what_failed() {
+    let r = Receiver::start([Reply::Status(410)]).await;
+    let rt = Runtime::in_memory()
+        .register::<Fine>()
+        .notify(Channel::webhook("ops", hook_cfg(&r)).unwrap())
+        .delivery(quick(1, Duration::ZERO))
+        .start()
+        .await
+        .unwrap();
+    for i in 0..3 {
+        rt.run(Launch::new(Fine {}).id(format!("p-{i}")))
+            .await
+            .unwrap();
+        settled(&rt, &format!("p-{i}"), "ops").await;
+    }
+    let all = rt
+        .deliveries(DeliveryQuery::new())
+        .await
+        .unwrap()
+        .deliveries;
+    let states: Vec<DeliveryState> = all.iter().map(|d| d.state).collect();
+    // 410, then twice "channel disabled".
+    assert_eq!(states, vec![DeliveryState::Failed; 3]);
+    assert_eq!(
+        rt.prune_deliveries(SystemTime::UNIX_EPOCH).await.unwrap(),
+        0
+    );
+    let later = SystemTime::now() + Duration::from_secs(1);
+    assert_eq!(
+        rt.prune_deliveries(later).await.unwrap(),
+        0,
+        "the channel was disabled: nothing was delivered"
+    );
+    rt.enable_channel("ops").await.unwrap();
+    rt.run(Launch::new(Fine {}).id("p-3")).await.unwrap();
+    assert_eq!(
+        settled(&rt, "p-3", "ops").await.state,
+        DeliveryState::Delivered
+    );
+    let later = SystemTime::now() + Duration::from_secs(1);
+    assert_eq!(rt.prune_deliveries(later).await.unwrap(), 1);
+    let left = rt
+        .deliveries(DeliveryQuery::new())
+        .await
+        .unwrap()
+        .deliveries;
+    assert_eq!(left.len(), 3);
+    assert!(left.iter().all(|d| d.state == DeliveryState::Failed));
     rt.shutdown().await.unwrap();
 }
 

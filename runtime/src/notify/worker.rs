@@ -14,10 +14,11 @@ use super::error::{ConfigError, DeliveryError};
 use super::payload::Notification;
 use crate::events::{Event, EventKind};
 use crate::journal::WriterHandle;
-use crate::record::ProcessRecord;
+use crate::record::{Level, ProcessRecord};
 use crate::report::{RunReport, RunStatus};
 use crate::store::{
     ChannelState, Delivery, DeliveryAttempt, DeliveryState, DeliveryUpdate, Store, StoreError,
+    Update,
 };
 
 /// The channels of a runtime and how it delivers.
@@ -117,14 +118,16 @@ impl Notifier {
             .iter()
             .map(|(i, body)| {
                 let c = &self.channels[*i];
-                Delivery::new(
+                let mut d = Delivery::new(
                     format!("msg_{}_{}", n.event_key(), c.name),
                     c.name.clone(),
                     rec.id.clone(),
                     rec.process_type.clone(),
                     body.clone(),
                     now_ms,
-                )
+                );
+                d.run_token = rec.run.as_ref().map_or(0, |m| m.token);
+                d
             })
             .collect()
     }
@@ -341,6 +344,7 @@ async fn settle(
     let disable = matches!(outcome, Err(DeliveryError::Gone));
     let record = DeliveryAttempt::new(started, took_ms, status, error.clone());
     let (id, lease, channel, run) = (d.id.clone(), d.lease, d.channel.clone(), d.run.clone());
+    let run_token = d.run_token;
     let written = ctx
         .writer
         .op(move |store| {
@@ -377,6 +381,23 @@ async fn settle(
                     DeliveryUpdate::Keep
                 }
             })?;
+            if applied && state == DeliveryState::Failed && run_token != 0 {
+                // The run's own log says so too (unless the record has moved on to
+                // another run).
+                let note = format!(
+                    "notification to `{channel}` failed after {made} attempt{}: {}",
+                    if made == 1 { "" } else { "s" },
+                    error.as_deref().unwrap_or("unknown error")
+                );
+                store.update(&run, &mut |cur| match cur {
+                    Some(r) if r.run.as_ref().is_some_and(|m| m.token == run_token) => {
+                        let mut r = r.clone();
+                        r.push_log(Level::Warning, note.clone());
+                        Update::Put(Box::new(r))
+                    }
+                    _ => Update::Keep,
+                })?;
+            }
             let events = if applied {
                 vec![Event {
                     id: run.clone(),

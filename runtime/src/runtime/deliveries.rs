@@ -97,6 +97,71 @@ impl Runtime {
         }
     }
 
+    /// Deletes the delivered deliveries written before `before` (failed and pending ones
+    /// are kept); returns how many were deleted. Deliveries keep their payload (the
+    /// run's report), so a long-lived store should prune them now and then.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::{Duration, SystemTime};
+    /// # #[tokio::main] async fn main() -> procession::Result<()> {
+    /// let rt = procession::Runtime::in_memory().start().await?;
+    /// let week_ago = SystemTime::now() - Duration::from_secs(7 * 24 * 3600);
+    /// assert_eq!(rt.prune_deliveries(week_ago).await?, 0);
+    /// # Ok(()) }
+    /// ```
+    pub async fn prune_deliveries(&self, before: std::time::SystemTime) -> Result<u64> {
+        let cutoff = crate::util::unix_ms(before);
+        let mut deleted = 0;
+        loop {
+            // Oldest first: the listing of one state is in creation order.
+            let page = self
+                .deliveries(
+                    DeliveryQuery::new()
+                        .state(DeliveryState::Delivered)
+                        .limit(512),
+                )
+                .await?;
+            let ids: Vec<String> = page
+                .deliveries
+                .iter()
+                .take_while(|d| d.created_at < cutoff)
+                .map(|d| d.id.clone())
+                .collect();
+            if ids.is_empty() {
+                return Ok(deleted);
+            }
+            let last_page = ids.len() < page.deliveries.len() || page.next.is_none();
+            deleted += self
+                .inner
+                .write(move |store| {
+                    let mut n = 0;
+                    for id in &ids {
+                        let mut hit = false;
+                        store.update_delivery(id, &mut |cur| match cur {
+                            Some(d)
+                                if d.state == DeliveryState::Delivered && d.created_at < cutoff =>
+                            {
+                                hit = true;
+                                DeliveryUpdate::Delete
+                            }
+                            _ => {
+                                hit = false;
+                                DeliveryUpdate::Keep
+                            }
+                        })?;
+                        n += u64::from(hit);
+                    }
+                    Ok((n, Vec::new()))
+                })
+                .await?;
+            if last_page {
+                return Ok(deleted);
+            }
+        }
+    }
+
     /// The persisted state of channel `name`: `Some` when a receiver disabled it.
     pub async fn channel_state(&self, name: &str) -> Result<Option<ChannelState>> {
         let name = name.to_owned();

@@ -113,6 +113,9 @@ pub struct Delivery {
     pub run: String,
     /// The run's process type.
     pub process: String,
+    /// The run's token (tells this run of the record from later ones; 0 when unknown).
+    #[serde(default)]
+    pub run_token: u64,
     /// The body: the notification's JSON, rendered once when the run ended.
     pub payload: String,
     /// Where it stands.
@@ -153,6 +156,7 @@ impl Delivery {
             channel: channel.into(),
             run: run.into(),
             process: process.into(),
+            run_token: 0,
             payload: payload.into(),
             state: DeliveryState::Pending,
             created_at: now_ms,
