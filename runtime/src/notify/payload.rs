@@ -119,6 +119,11 @@ impl Notification {
         self
     }
 
+    /// The report as notified (every task).
+    pub(crate) fn report(&self) -> &RunReport {
+        &self.report
+    }
+
     /// The run's status as notified.
     pub fn status(&self) -> RunStatus {
         self.status

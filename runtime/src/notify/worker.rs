@@ -35,14 +35,6 @@ pub(crate) struct Prepared {
     bodies: Vec<(usize, String)>,
 }
 
-impl Prepared {
-    /// True when no channel wants this run: no other end would add one (a cancel that
-    /// wins only takes away the runs `only_failed_runs` wanted).
-    pub(crate) fn is_empty(&self) -> bool {
-        self.bodies.is_empty()
-    }
-}
-
 impl Notifier {
     pub(crate) fn new(
         channels: Vec<Channel>,
@@ -81,9 +73,11 @@ impl Notifier {
             .collect()
     }
 
-    /// Renders the bodies of `report`'s end for every channel that wants it.
+    /// Renders the bodies of `report`'s end for every channel that wants it; `None`
+    /// when none does (another end status would not add one: a cancel that wins only
+    /// takes away the runs `only_failed_runs` wanted).
     pub(crate) fn prepare(&self, rec: &ProcessRecord, report: &RunReport) -> Option<Prepared> {
-        if self.channels.is_empty() {
+        if !self.channels.iter().any(|c| c.wants(rec, report)) {
             return None;
         }
         let notification = Notification::from_report(report, Some(rec));
@@ -99,7 +93,6 @@ impl Notifier {
         &self,
         prepared: &Prepared,
         rec: &ProcessRecord,
-        report: &RunReport,
         status: RunStatus,
         now_ms: u64,
     ) -> Vec<Delivery> {
@@ -108,9 +101,7 @@ impl Notifier {
             (&prepared.notification, &prepared.bodies)
         } else {
             let n = prepared.notification.clone().with_status(status);
-            let mut r = report.clone();
-            r.status = status;
-            let b = self.bodies(rec, &r, &n);
+            let b = self.bodies(rec, n.report(), &n);
             rendered = (n, b);
             (&rendered.0, &rendered.1)
         };
@@ -424,5 +415,79 @@ async fn settle(
         Err(e) => {
             tracing::error!(delivery = %d.id, error = %e, "cannot write a delivery's outcome; it is retried when its claim expires");
         }
+    }
+}
+
+#[cfg(all(test, feature = "webhook"))]
+mod tests {
+    use super::*;
+    use crate::notify::WebhookConfig;
+
+    fn report(status: RunStatus) -> RunReport {
+        RunReport {
+            process: "job".into(),
+            run_id: "job-1".into(),
+            status,
+            elapsed: Duration::from_millis(5),
+            tasks: Vec::new(),
+        }
+    }
+
+    // A cancel that wins the race with a failed end: the deliveries say "cancelled",
+    // and a channel of failed runs only gets none.
+    #[test]
+    fn a_cancel_that_wins_renders_again() {
+        let hook = || WebhookConfig::new("http://127.0.0.1:9/").unwrap();
+        let n = Notifier::new(
+            vec![
+                Channel::webhook("all", hook()).unwrap(),
+                Channel::webhook("failures", hook())
+                    .unwrap()
+                    .only_failed_runs(),
+            ],
+            DeliveryOptions::default(),
+        )
+        .unwrap();
+        let mut rec = ProcessRecord::new_root("job-1", "job", "job", "", serde_json::Value::Null);
+        // Built from JSON so that fields added to `RunMeta` later do not break the test.
+        rec.run = Some(
+            serde_json::from_value(serde_json::json!({
+                "token": 0xabc, "fingerprint": 0, "options": {}, "tasks": 0,
+                "idempotency_key": null, "max_concurrency": null
+            }))
+            .unwrap(),
+        );
+        let prepared = n.prepare(&rec, &report(RunStatus::Failed)).unwrap();
+        let as_failed = n.deliveries(&prepared, &rec, RunStatus::Failed, 7);
+        assert_eq!(as_failed.len(), 2);
+        assert_eq!(as_failed[0].id, "msg_0000000000000abc_all");
+        assert_eq!(
+            (as_failed[0].run_token, as_failed[0].created_at),
+            (0xabc, 7)
+        );
+        let cancelled = n.deliveries(&prepared, &rec, RunStatus::Cancelled, 7);
+        assert_eq!(cancelled.len(), 1);
+        let body: serde_json::Value = serde_json::from_str(&cancelled[0].payload).unwrap();
+        assert_eq!(
+            (body["type"].as_str(), body["status"].as_str()),
+            (Some("run.cancelled"), Some("cancelled"))
+        );
+        // No channel wants a succeeded run of another process type.
+        let picky = Notifier::new(
+            vec![Channel::webhook("p", hook()).unwrap().processes(["other"])],
+            DeliveryOptions::default(),
+        )
+        .unwrap();
+        assert!(picky.prepare(&rec, &report(RunStatus::Succeeded)).is_none());
+        assert!(matches!(
+            Notifier::new(
+                vec![
+                    Channel::webhook("x", hook()).unwrap(),
+                    Channel::webhook("x", hook()).unwrap()
+                ],
+                DeliveryOptions::default()
+            ),
+            Err(ConfigError::DuplicateChannel { .. })
+        ));
     }
 }

@@ -177,16 +177,7 @@ pub(super) async fn drive(inner: Arc<Inner>, run: Run) -> Option<RunReport> {
     let notify = inner
         .notifier
         .prepare(&rec, &report)
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            (
-                inner.notifier.clone(),
-                p,
-                rec,
-                report.clone(),
-                inner.clock.now_ms(),
-            )
-        });
+        .map(|p| (inner.notifier.clone(), p, rec, inner.clock.now_ms()));
     let notifying = notify.is_some();
     let ended = inner
         .write(move |store| {
@@ -225,18 +216,14 @@ pub(super) async fn drive(inner: Arc<Inner>, run: Run) -> Option<RunReport> {
                 _ => Update::Keep,
             };
             let rec = match &notify {
-                Some((notifier, prepared, rec, report, now)) => {
-                    store.update_enqueue(&id2, &mut |cur| {
-                        let decided = decide(cur);
-                        let deliveries = match (&decided, final_state.get()) {
-                            (Update::Keep, _) | (_, None) => Vec::new(),
-                            (_, Some(end)) => {
-                                notifier.deliveries(prepared, rec, report, run_status(end), *now)
-                            }
-                        };
-                        (decided, deliveries)
-                    })?
-                }
+                Some((notifier, prepared, rec, now)) => store.update_enqueue(&id2, &mut |cur| {
+                    let decided = decide(cur);
+                    let deliveries = match (&decided, final_state.get()) {
+                        (Update::Keep, _) | (_, None) => Vec::new(),
+                        (_, Some(end)) => notifier.deliveries(prepared, rec, run_status(end), *now),
+                    };
+                    (decided, deliveries)
+                })?,
                 None => store.update(&id2, &mut |cur| decide(cur))?,
             };
             let mut events = Vec::new();
