@@ -47,7 +47,13 @@
 //! [`Runtime::deliveries`](crate::Runtime::deliveries), and
 //! [`Runtime::replay_delivery`](crate::Runtime::replay_delivery) sends it again. A
 //! failing channel never stops the others nor the run; every attempt's outcome is an
-//! [`EventKind::Delivery`](crate::EventKind::Delivery) event and a `tracing` event.
+//! [`EventKind::Delivery`](crate::EventKind::Delivery) event and a `tracing` event, and
+//! a delivery that gives up leaves a warning in its run's log.
+//!
+//! Runs without a record ([`Runtime::launch_graph`](crate::Runtime::launch_graph)) are
+//! not notified: send their reports with [`send_all`] (one attempt, no outbox). Stored
+//! deliveries keep the run's report: [`Runtime::prune_deliveries`](crate::Runtime::prune_deliveries)
+//! deletes old delivered ones.
 
 mod config;
 #[cfg(feature = "email")]
