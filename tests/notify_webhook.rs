@@ -1017,12 +1017,23 @@ async fn two_workers_on_one_store_send_each_delivery_once() {
 
 // A measured figure, not a timed assertion: deliveries per second from one runtime's
 // worker to a local receiver (the deliveries are written first by a runtime that does not
-// send, then a second runtime on the same store sends them all).
+// send, then a second runtime on the same store sends them all), on memory and on sled.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deliveries_per_second_to_a_local_receiver() {
+    let memory: Arc<dyn procession::store::Store> = Arc::new(MemoryStore::new());
+    measure_deliveries(memory, "memory store").await;
+    let sled: Arc<dyn procession::store::Store> =
+        Arc::new(procession::store::SledStore::temporary().unwrap());
+    measure_deliveries(
+        sled,
+        "sled store: a claim and an outcome are flushed writes",
+    )
+    .await;
+}
+
+async fn measure_deliveries(store: Arc<dyn procession::store::Store>, label: &str) {
     const N: usize = 400;
     let r = Receiver::start([]).await;
-    let store = Arc::new(MemoryStore::new());
     let writer = Runtime::with_store(store.clone())
         .register::<Fine>()
         .notify(Channel::webhook("ops", hook_cfg(&r).secret(SECRET).unwrap()).unwrap())
@@ -1061,7 +1072,7 @@ async fn deliveries_per_second_to_a_local_receiver() {
     let took = t.elapsed();
     assert_eq!(r.count(), N);
     eprintln!(
-        "figure: {N} signed deliveries to a local receiver in {:.0} ms: {:.0} deliveries/s (memory store, concurrency 16)",
+        "figure: {N} signed deliveries to a local receiver in {:.0} ms: {:.0} deliveries/s ({label}, concurrency 16)",
         took.as_secs_f64() * 1e3,
         N as f64 / took.as_secs_f64()
     );
