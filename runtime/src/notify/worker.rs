@@ -118,6 +118,10 @@ impl Notifier {
                     now_ms,
                 );
                 d.run_token = rec.run.as_ref().map_or(0, |m| m.token);
+                // The schedule's first delay comes before the first attempt.
+                let first = self.options.schedule.delay(0).unwrap_or_default();
+                d.next_at =
+                    now_ms.saturating_add(u64::try_from(first.as_millis()).unwrap_or(u64::MAX));
                 d
             })
             .collect()
