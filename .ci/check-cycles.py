@@ -26,6 +26,7 @@ LAYERS = [
     ["graph"],
     ["store"],
     ["journal"],
+    ["notify"],
     ["exec"],
     ["runtime"],
     ["macro_support"],

@@ -11,7 +11,9 @@
 //! answered), and the chat webhook is down (the notifier is optional too): the run
 //! succeeds with two warnings.
 //!
-//! Run it with `cargo run --example daily_report`.
+//! Run it with `cargo run --example daily_report`. With the `webhook` feature and
+//! `PROCESSION_WEBHOOK_URL` set, the run's report is also sent, signed, to that URL (see
+//! `examples/webhook_receiver.rs`).
 
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -183,7 +185,7 @@ async fn main() -> procession::Result<()> {
             sources: sources.clone(),
         },
     )?;
-    let rt = Runtime::open("./procession-data")
+    let rt = notify(Runtime::open("./procession-data"))
         .register::<DailyReport>()
         .define(nightly)
         .start()
@@ -234,6 +236,59 @@ async fn main() -> procession::Result<()> {
         record.state(),
         record.status.error
     );
+    wait_for_notifications(&rt, &run_id).await?;
     rt.shutdown().await?;
+    Ok(())
+}
+
+/// With `PROCESSION_WEBHOOK_URL` set, every run's report is sent there, signed with
+/// `PROCESSION_WEBHOOK_SECRET` (the receiver example's demo secret by default). The
+/// delivery is written with the run's end and retried, also by the next start, until
+/// the receiver accepts it.
+#[cfg(feature = "webhook")]
+fn notify(builder: procession::RuntimeBuilder) -> procession::RuntimeBuilder {
+    use procession::notify::{Channel, WebhookConfig};
+    let Ok(url) = std::env::var("PROCESSION_WEBHOOK_URL") else {
+        return builder;
+    };
+    let secret = std::env::var("PROCESSION_WEBHOOK_SECRET")
+        .unwrap_or_else(|_| "whsec_cHJvY2Vzc2lvbi1kZW1vLXNlY3JldC0wMTIzNDU2Nzg5".into());
+    let config = WebhookConfig::new(&url).and_then(|c| c.secret(&secret));
+    match config.and_then(|c| Channel::webhook("report", c)) {
+        Ok(channel) => builder.notify(channel),
+        Err(e) => {
+            eprintln!("not sending the report: {e}");
+            builder
+        }
+    }
+}
+
+#[cfg(not(feature = "webhook"))]
+fn notify(builder: procession::RuntimeBuilder) -> procession::RuntimeBuilder {
+    if std::env::var_os("PROCESSION_WEBHOOK_URL").is_some() {
+        eprintln!("PROCESSION_WEBHOOK_URL is ignored: build with `--features webhook`");
+    }
+    builder
+}
+
+/// Gives the report's delivery a few seconds before the shutdown (it is kept and
+/// retried by the next start otherwise).
+async fn wait_for_notifications(rt: &Runtime, run_id: &str) -> procession::Result<()> {
+    use procession::store::{DeliveryQuery, DeliveryState};
+    for _ in 0..50 {
+        let page = rt.deliveries(DeliveryQuery::new().run(run_id)).await?;
+        if page
+            .deliveries
+            .iter()
+            .all(|d| d.state != DeliveryState::Pending)
+        {
+            for d in &page.deliveries {
+                println!("notification {} to `{}`: {}", d.id, d.channel, d.state);
+            }
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!("the notification is still pending: the next start retries it");
     Ok(())
 }

@@ -31,16 +31,25 @@
 //! - Every run has its own [event stream](RunHandle::events) (state changes once per
 //!   change, progress, log entries) and its record shows its tasks' progress rolled up;
 //!   [`Ctx::check_cancelled`] lets a task stop on a cancel and be recorded cancelled.
+//! - Run ends are [notified](notify) by signed webhooks and HTML e-mail, written to the
+//!   store with the end and retried across restarts.
 //!
 //! The documentation of each macro lists every key it takes, with its syntax, its default
 //! and an example.
 //!
+//! # Cargo features
 //!
-//! # Feature flags
+//! None is on by default.
 //!
 //! - `tz`: named time zones (IANA, daylight saving included) for cron schedules:
 //!   `#[process(schedule = "0 2 * * *", tz = "Europe/Paris")]` and `Schedule::tz`. Off by
 //!   default: the zone database (chrono-tz) adds about 8 s to a clean build.
+//! - `webhook`: webhook notifications (reqwest with rustls; Standard Webhooks signatures
+//!   and the hex `X-Signature-SHA256` header; `notify::verify` for receivers).
+//! - `email`: e-mail notifications (lettre over tokio with rustls: STARTTLS, implicit TLS
+//!   or plain, chosen explicitly).
+//!
+//! # Example
 //!
 //! ```
 //! use procession::prelude::*;
@@ -90,7 +99,7 @@ pub struct ReadmeDoctests;
 
 pub use procession_macros::{process, task};
 pub use procession_runtime::{
-    checks, progress, store, AdhocOptions, Arg, Attempt, AttemptOutcome, Backoff, BoxError,
+    checks, notify, progress, store, AdhocOptions, Arg, Attempt, AttemptOutcome, Backoff, BoxError,
     Builder, CancelGraceExceeded, CancellationToken, Cancelled, CatchUp, Child, ChildError,
     ChildOutcome, ChildProcessFailed, ChildProgress, ChildResult, Ctx, Data, Definition,
     DependencyFailed, Error, ErrorMatcher, ErrorReport, Event, EventKind, EventStream, Graph,

@@ -6,7 +6,8 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use procession::store::{
-    Archive, Batch, MemoryStore, PastRun, Query, SledStore, Store, TaskRow, Update,
+    Archive, Batch, ChannelState, Delivery, DeliveryQuery, DeliveryState, DeliveryUpdate, MemoryStore,
+    PastRun, Query, SledStore, Store, TaskRow, Update,
 };
 use procession::{ProcessRecord, Progress, State};
 
@@ -399,6 +400,158 @@ fn history(store: &dyn Store) {
     assert_eq!(seqs(store, "h1"), vec![1], "another record's history stays");
 }
 
+fn delivery(id: &str, run: &str, at: u64) -> Delivery {
+    Delivery::new(id, "ops", run, "job", format!(r#"{{"run":"{run}"}}"#), at)
+}
+
+fn delivery_ids(page: &[Delivery]) -> Vec<&str> {
+    page.iter().map(|d| d.id.as_str()).collect()
+}
+
+/// The outbox: deliveries are written only with a record write, once; claims take due
+/// deliveries with a growing token and hide them until the claim expires; settles are a
+/// compare-and-swap; listings by state page in order; channel states are kept.
+fn outbox(store: &dyn Store) {
+    // A refused end writes no delivery.
+    store
+        .update_enqueue("r1", &mut |_| {
+            (Update::Keep, vec![delivery("m1", "r1", 100)])
+        })
+        .unwrap();
+    assert!(store.delivery("m1").unwrap().is_none());
+    assert_eq!(store.next_delivery_at().unwrap(), None);
+    // The end and its deliveries in one write.
+    store
+        .update_enqueue("r1", &mut |_| {
+            (
+                Update::Put(Box::new(record("r1", 1))),
+                vec![delivery("m1", "r1", 100), delivery("m2", "r1", 100)],
+            )
+        })
+        .unwrap();
+    assert_eq!(store.get("r1").unwrap().unwrap().id, "r1");
+    assert_eq!(
+        store.delivery("m1").unwrap().unwrap().state,
+        DeliveryState::Pending
+    );
+    // An id already in the outbox is left as it is.
+    let mut again = delivery("m1", "r1", 100);
+    again.payload = "changed".into();
+    store
+        .update_enqueue("r1", &mut |_| {
+            (Update::Put(Box::new(record("r1", 1))), vec![again.clone()])
+        })
+        .unwrap();
+    assert_eq!(
+        store.delivery("m1").unwrap().unwrap().payload,
+        r#"{"run":"r1"}"#
+    );
+    store
+        .update_enqueue("r2", &mut |_| {
+            (
+                Update::Put(Box::new(record("r2", 2))),
+                vec![delivery("m3", "r2", 500)],
+            )
+        })
+        .unwrap();
+    assert_eq!(store.next_delivery_at().unwrap(), Some(100));
+
+    // Claims: only what is due, oldest due first, at most `limit`.
+    assert!(store
+        .claim_deliveries("w1", 99, 1_000, 10)
+        .unwrap()
+        .is_empty());
+    let first = store.claim_deliveries("w1", 200, 1_000, 1).unwrap();
+    assert_eq!(delivery_ids(&first), vec!["m1"]);
+    assert_eq!(first[0].owner.as_deref(), Some("w1"));
+    assert_eq!(first[0].lease, 1);
+    assert_eq!(first[0].next_at, 1_200, "a claim holds until it expires");
+    let second = store.claim_deliveries("w2", 200, 1_000, 10).unwrap();
+    assert_eq!(
+        delivery_ids(&second),
+        vec!["m2"],
+        "a claimed delivery is not claimed twice"
+    );
+    assert_eq!(store.next_delivery_at().unwrap(), Some(500));
+    // An expired claim is claimable again, with a greater token.
+    let retaken = store.claim_deliveries("w3", 1_200, 1_000, 10).unwrap();
+    assert_eq!(delivery_ids(&retaken), vec!["m3", "m1", "m2"]);
+    let m1 = retaken.iter().find(|d| d.id == "m1").unwrap().clone();
+    assert!(m1.lease > first[0].lease);
+
+    // Settle with a fenced compare-and-swap: the stale holder's write is refused.
+    let stale = first[0].lease;
+    let settle = |lease: u64| {
+        store
+            .update_delivery("m1", &mut |cur| match cur {
+                Some(d) if d.lease == lease && d.state == DeliveryState::Pending => {
+                    let mut d = d.clone();
+                    d.state = DeliveryState::Delivered;
+                    d.owner = None;
+                    d.delivered_at = Some(1_300);
+                    DeliveryUpdate::Put(Box::new(d))
+                }
+                _ => DeliveryUpdate::Keep,
+            })
+            .unwrap()
+            .unwrap()
+    };
+    assert_eq!(
+        settle(stale).state,
+        DeliveryState::Pending,
+        "a stale token changes nothing"
+    );
+    assert_eq!(settle(m1.lease).state, DeliveryState::Delivered);
+    store
+        .update_delivery("m2", &mut |cur| {
+            let mut d = cur.unwrap().clone();
+            d.state = DeliveryState::Failed;
+            d.last_error = Some("gone".into());
+            DeliveryUpdate::Put(Box::new(d))
+        })
+        .unwrap();
+    // Settled deliveries are never due again.
+    assert_eq!(
+        delivery_ids(&store.claim_deliveries("w4", u64::MAX, 1_000, 10).unwrap()),
+        vec!["m3"]
+    );
+
+    // Listings: by state, in creation order, paged; other filters narrow.
+    let all = store.deliveries(&DeliveryQuery::new()).unwrap();
+    assert_eq!(delivery_ids(&all.deliveries), vec!["m3", "m1", "m2"]);
+    let failed = store
+        .deliveries(&DeliveryQuery::new().state(DeliveryState::Failed))
+        .unwrap();
+    assert_eq!(delivery_ids(&failed.deliveries), vec!["m2"]);
+    let p1 = store.deliveries(&DeliveryQuery::new().limit(2)).unwrap();
+    assert_eq!(delivery_ids(&p1.deliveries), vec!["m3", "m1"]);
+    let p2 = store
+        .deliveries(&DeliveryQuery::new().limit(2).after(p1.next.clone()))
+        .unwrap();
+    assert_eq!(delivery_ids(&p2.deliveries), vec!["m2"]);
+    assert!(p2.next.is_none());
+    let of_r1 = store.deliveries(&DeliveryQuery::new().run("r1")).unwrap();
+    assert_eq!(delivery_ids(&of_r1.deliveries), vec!["m1", "m2"]);
+    // A delete removes the delivery and its index entries.
+    store
+        .update_delivery("m2", &mut |_| DeliveryUpdate::Delete)
+        .unwrap();
+    assert!(store
+        .deliveries(&DeliveryQuery::new().state(DeliveryState::Failed))
+        .unwrap()
+        .deliveries
+        .is_empty());
+
+    // Channel states.
+    assert_eq!(store.channel_state("ops").unwrap(), None);
+    let off = ChannelState::disabled(7, "410 Gone");
+    store.set_channel_state("ops", Some(&off)).unwrap();
+    assert_eq!(store.channel_state("ops").unwrap(), Some(off));
+    store.set_channel_state("ops", None).unwrap();
+    assert_eq!(store.channel_state("ops").unwrap(), None);
+    store.flush().unwrap();
+}
+
 fn conformance(make: &dyn Fn() -> Box<dyn Store>) {
     cas_and_refusals(&*make());
     pagination(&*make());
@@ -407,6 +560,7 @@ fn conformance(make: &dyn Fn() -> Box<dyn Store>) {
     leases_and_fencing(&*make());
     idempotency_and_ids(&*make());
     history(&*make());
+    outbox(&*make());
 }
 
 #[test]
@@ -430,6 +584,17 @@ fn sled_store_keeps_index_and_leases_across_reopen() {
         put(&store, &child("r/c", "r", 2));
         let lease = store.claim("r", "w", 1_000).unwrap();
         store.claim_idempotent("key", "r").unwrap();
+        store
+            .update_enqueue("r", &mut |cur| {
+                (
+                    Update::Put(Box::new(cur.unwrap().clone())),
+                    vec![delivery("m", "r", 5)],
+                )
+            })
+            .unwrap();
+        store
+            .set_channel_state("ops", Some(&ChannelState::disabled(9, "410")))
+            .unwrap();
         let id = store.next_id().unwrap();
         store
             .apply(Batch {
@@ -446,6 +611,9 @@ fn sled_store_keeps_index_and_leases_across_reopen() {
     assert!(store.claim("r", "w2", 1_000).unwrap().token > lease.token);
     assert_eq!(store.idempotent("key").unwrap().as_deref(), Some("r"));
     assert!(store.next_id().unwrap() > id);
+    assert_eq!(store.next_delivery_at().unwrap(), Some(5));
+    assert_eq!(store.delivery("m").unwrap().unwrap().run, "r");
+    assert!(store.channel_state("ops").unwrap().is_some());
     drop(store);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -693,6 +693,56 @@ impl Store for Counting {
     fn release(&self, lease: &Lease) -> Result<(), StoreError> {
         self.inner.release(lease)
     }
+    fn update_enqueue(
+        &self,
+        id: &str,
+        f: &mut procession::store::Enqueue<'_>,
+    ) -> Result<Option<ProcessRecord>, StoreError> {
+        self.inner.update_enqueue(id, f)
+    }
+    fn delivery(&self, id: &str) -> Result<Option<procession::store::Delivery>, StoreError> {
+        self.inner.delivery(id)
+    }
+    fn deliveries(
+        &self,
+        query: &procession::store::DeliveryQuery,
+    ) -> Result<procession::store::DeliveryPage, StoreError> {
+        self.inner.deliveries(query)
+    }
+    fn next_delivery_at(&self) -> Result<Option<u64>, StoreError> {
+        self.inner.next_delivery_at()
+    }
+    fn claim_deliveries(
+        &self,
+        owner: &str,
+        now_ms: u64,
+        lease_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<procession::store::Delivery>, StoreError> {
+        self.inner.claim_deliveries(owner, now_ms, lease_ms, limit)
+    }
+    fn update_delivery(
+        &self,
+        id: &str,
+        f: &mut dyn FnMut(
+            Option<&procession::store::Delivery>,
+        ) -> procession::store::DeliveryUpdate,
+    ) -> Result<Option<procession::store::Delivery>, StoreError> {
+        self.inner.update_delivery(id, f)
+    }
+    fn channel_state(
+        &self,
+        name: &str,
+    ) -> Result<Option<procession::store::ChannelState>, StoreError> {
+        self.inner.channel_state(name)
+    }
+    fn set_channel_state(
+        &self,
+        name: &str,
+        state: Option<&procession::store::ChannelState>,
+    ) -> Result<(), StoreError> {
+        self.inner.set_channel_state(name, state)
+    }
 }
 
 /// Bytes this process passed to `write(2)` so far (`wchar` of `/proc/self/io`).

@@ -50,6 +50,20 @@ pub enum EventKind {
     Progress(Progress),
     /// A log entry.
     Log(LogEntry),
+    /// An attempt to deliver a notification of the run ended (the event's id and root
+    /// are the run's). Published once the outcome is durable.
+    Delivery {
+        /// The delivery's id (its `webhook-id`).
+        delivery: String,
+        /// The channel's name.
+        channel: String,
+        /// Attempts made so far.
+        attempts: u32,
+        /// Why this attempt failed; `None` when it was delivered.
+        error: Option<String>,
+        /// No further attempt will be made: delivered, or given up (failed).
+        settled: bool,
+    },
     /// This subscriber fell behind and missed `missed` events; the runtime never waits
     /// for a slow subscriber.
     Lagged {

@@ -8,13 +8,21 @@
 //! layer (lowest first):
 //!
 //! `error`, `util` → `schedule` → `record` → `events`, `report` → `task` → `hooks` →
-//! `graph` → `store` → `journal` → `exec` → `runtime` (→ `macro_support`, the door for
-//! generated code).
+//! `graph` → `store` → `journal` → `notify` → `exec` → `runtime` (→ `macro_support`, the
+//! door for generated code).
 //!
 //! `store` imports only `record`, `error`, `schedule` and `util`, so storage compiles
 //! without the engine; `exec` never imports `store` (it writes through `journal`); only
 //! `runtime` names `Runtime` or the API `Error`. Mutual imports inside one folder are
 //! fine. `.ci/check-cycles.py` checks all of this in CI.
+//!
+//! # Features
+//!
+//! - `webhook`: webhook notifications of run ends (reqwest with rustls, HMAC-SHA256
+//!   signatures, `notify::verify` for receivers).
+//! - `email`: e-mail notifications of run ends (lettre over tokio with rustls).
+//!
+//! Neither is on by default.
 
 #![doc(test(attr(deny(warnings))))]
 #![forbid(unsafe_code)]
@@ -27,6 +35,7 @@ mod hooks;
 mod journal;
 #[doc(hidden)]
 pub mod macro_support;
+pub mod notify;
 mod record;
 mod report;
 mod runtime;

@@ -206,6 +206,8 @@ pub struct RuntimeBuilder {
     pub(super) task_records: bool,
     pub(super) resources: Resources,
     pub(super) keep_runs: usize,
+    pub(super) channels: Vec<crate::notify::Channel>,
+    pub(super) delivery: crate::notify::DeliveryOptions,
 }
 
 impl fmt::Debug for RuntimeBuilder {
@@ -250,6 +252,8 @@ impl RuntimeBuilder {
             task_records: true,
             resources: Resources::default(),
             keep_runs: DEFAULT_KEEP_RUNS,
+            channels: Vec::new(),
+            delivery: crate::notify::DeliveryOptions::default(),
         }
     }
 
@@ -302,6 +306,35 @@ impl RuntimeBuilder {
     /// resource's type is `T`, not `Arc<T>`): the runtime shares that allocation.
     pub fn resource_shared<T: Resource>(mut self, value: Arc<T>) -> Self {
         self.resources.insert(value);
+        self
+    }
+
+    /// Notifies `channel` of the ends of the runs it wants (see [`crate::notify`]):
+    /// written to the store with each run's end, delivered and retried by the runtime.
+    /// Channel names must be unique ([`start`](RuntimeBuilder::start) refuses a repeat
+    /// with [`Error::Config`]).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[cfg(feature = "webhook")] #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use procession::notify::{Channel, WebhookConfig};
+    /// let rt = procession::Runtime::in_memory()
+    ///     .notify(Channel::webhook("ops", WebhookConfig::new("http://127.0.0.1:9/hook")?)?.only_failed_runs())
+    ///     .start()
+    ///     .await?;
+    /// # rt.shutdown().await?; Ok(()) }
+    /// # #[cfg(not(feature = "webhook"))] fn main() {}
+    /// ```
+    pub fn notify(mut self, channel: crate::notify::Channel) -> Self {
+        self.channels.push(channel);
+        self
+    }
+
+    /// How notifications are delivered: retry schedule, lease, concurrency (see
+    /// [`DeliveryOptions`](crate::notify::DeliveryOptions)).
+    pub fn delivery(mut self, options: crate::notify::DeliveryOptions) -> Self {
+        self.delivery = options;
         self
     }
 
@@ -468,6 +501,10 @@ impl RuntimeBuilder {
             }
         }
         let definitions = with_scheduled(self.definitions, &self.registry)?;
+        let notifier = Arc::new(
+            crate::notify::worker::Notifier::new(self.channels, self.delivery)
+                .map_err(|e| Error::Config(e.to_string()))?,
+        );
         let strict = self.strict;
         let store: Arc<dyn Store> = match self.store {
             StoreChoice::Memory => Arc::new(MemoryStore::new()),
@@ -483,11 +520,26 @@ impl RuntimeBuilder {
         };
         let (events, _) = broadcast::channel(4096);
         let writer = start_writer(store.clone(), self.progress_flush, events.clone())?;
+        let worker = format!("worker-{:016x}", fastrand::u64(..));
+        let clock = Clock {
+            wall0: std::time::SystemTime::now(),
+            inst0: tokio::time::Instant::now(),
+        };
+        let deliverer = (!notifier.is_empty() && notifier.options.deliver).then(|| {
+            crate::notify::worker::Worker::spawn(
+                notifier.clone(),
+                store.clone(),
+                writer.clone(),
+                worker.clone(),
+                Arc::new(move || clock.now_ms()),
+                self.grace,
+            )
+        });
         let rt = Runtime {
             inner: Arc::new(Inner {
                 location: store.location(),
                 store: Mutex::new(Some(store)),
-                worker: format!("worker-{:016x}", fastrand::u64(..)),
+                worker,
                 writer,
                 events,
                 permits: self
@@ -504,13 +556,12 @@ impl RuntimeBuilder {
                 shutting_down: AtomicBool::new(false),
                 halt: Arc::default(),
                 scheduler_wake: Arc::new(tokio::sync::Notify::new()),
-                clock: Clock {
-                    wall0: std::time::SystemTime::now(),
-                    inst0: tokio::time::Instant::now(),
-                },
+                clock,
                 task_records: self.task_records,
                 resources: Arc::new(self.resources),
                 keep_runs: self.keep_runs,
+                notifier,
+                deliverer,
             }),
         };
         rt.resync().await?;

@@ -185,17 +185,24 @@ pub(super) async fn drive(inner: Arc<Inner>, run: Run) -> Option<RunReport> {
         .collect();
     let id2 = id.clone();
     // The end is one write: the record's state (a cancel that came first wins: the run
-    // ends cancelled, whatever its tasks did) and, for an ephemeral record, its deletion
-    // with its children and task rows; for an overlapping run of a schedule, its move
-    // into the scheduled record's history (its own record is deleted).
+    // ends cancelled, whatever its tasks did), the notifications of the end (the outbox,
+    // atomic with the state) and, for an ephemeral record, its deletion with its children
+    // and task rows; for an overlapping run of a schedule, its move into the scheduled
+    // record's history (its own record is deleted).
     let owner = inner.worker.clone();
     let keep = inner.keep_runs;
+    let notify = inner
+        .notifier
+        .prepare(&rec, &report)
+        .map(|p| (inner.notifier.clone(), p, rec, inner.clock.now_ms()));
+    let notifying = notify.is_some();
     let ended = inner
         .write(move |store| {
-            let mut final_state = None;
-            let mut delete = false;
-            let mut joined: Option<(String, ProcessRecord)> = None;
-            let rec = store.update(&id2, &mut |cur| match cur {
+            let final_state = std::cell::Cell::new(None);
+            let delete = std::cell::Cell::new(false);
+            let joined: std::cell::Cell<Option<(String, ProcessRecord)>> =
+                std::cell::Cell::new(None);
+            let decide = |cur: Option<&ProcessRecord>| match cur {
                 Some(r)
                     if r.state().is_active() && r.run.as_ref().map(|m| m.token) == Some(token) =>
                 {
@@ -206,9 +213,9 @@ pub(super) async fn drive(inner: Arc<Inner>, run: Run) -> Option<RunReport> {
                     let cancel_won = end == State::Done
                         && matches!(r.state(), State::CancelRequested | State::Cancelling);
                     let end = if cancel_won { State::Cancelled } else { end };
-                    final_state = Some(end);
+                    final_state.set(Some(end));
                     if r.ephemeral {
-                        delete = true;
+                        delete.set(true);
                         return Update::Delete;
                     }
                     if r.state() == State::CancelRequested {
@@ -231,14 +238,26 @@ pub(super) async fn drive(inner: Arc<Inner>, run: Run) -> Option<RunReport> {
                         r.progress.clone_from(p);
                     }
                     if let Some(of) = r.run.as_ref().and_then(|m| m.overlap_of.clone()) {
-                        joined = Some((of, r));
+                        joined.set(Some((of, r)));
                         return Update::Delete;
                     }
                     Update::Put(Box::new(r))
                 }
                 _ => Update::Keep,
-            })?;
+            };
+            let rec = match &notify {
+                Some((notifier, prepared, rec, now)) => store.update_enqueue(&id2, &mut |cur| {
+                    let decided = decide(cur);
+                    let deliveries = match (&decided, final_state.get()) {
+                        (Update::Keep, _) | (_, None) => Vec::new(),
+                        (_, Some(end)) => notifier.deliveries(prepared, rec, run_status(end), *now),
+                    };
+                    (decided, deliveries)
+                })?,
+                None => store.update(&id2, &mut |cur| decide(cur))?,
+            };
             let mut events = Vec::new();
+            let (final_state, delete) = (final_state.get(), delete.get());
             if delete {
                 // The record goes with everything it kept: rows, children, history.
                 let mut batch = clearing(store, &id2)?;
@@ -279,8 +298,22 @@ pub(super) async fn drive(inner: Arc<Inner>, run: Run) -> Option<RunReport> {
         Ok(_) => {}
         Err(e) => tracing::error!(run = %id, error = %e, "cannot record the run's end"),
     }
+    if notifying {
+        if let Some(d) = &inner.deliverer {
+            d.wake();
+        }
+    }
     drop(journal);
     Some(report)
+}
+
+/// How a run that ended in `state` is notified.
+fn run_status(state: State) -> RunStatus {
+    match state {
+        State::Done => RunStatus::Succeeded,
+        State::Cancelled => RunStatus::Cancelled,
+        _ => RunStatus::Failed,
+    }
 }
 
 /// The message stored on a failed run's record (optional tasks that failed are named

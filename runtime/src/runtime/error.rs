@@ -133,6 +133,28 @@ pub enum Error {
     /// The runtime is shutting down and accepts no new work.
     #[error("the runtime is shutting down")]
     ShuttingDown,
+    /// No notification delivery has this id.
+    #[error("no delivery `{id}`")]
+    DeliveryNotFound {
+        /// The id.
+        id: String,
+    },
+    /// The delivery is still pending: it is attempted on its schedule.
+    #[error("delivery `{id}` is still pending; only a delivered or failed one is replayed")]
+    DeliveryPending {
+        /// The id.
+        id: String,
+    },
+    /// The channel was disabled by a receiver (HTTP 410).
+    #[error(
+        "channel `{name}` is disabled ({reason}); enable it first with `Runtime::enable_channel`"
+    )]
+    ChannelDisabled {
+        /// The channel.
+        name: String,
+        /// Why it was disabled.
+        reason: String,
+    },
     /// The run ended without a report (its driver was stopped).
     #[error("run `{run_id}` ended abnormally: {message}")]
     RunAborted {

@@ -5,6 +5,7 @@
 mod builder;
 pub(crate) mod children;
 mod control;
+mod deliveries;
 mod drive;
 mod error;
 mod launch;
@@ -86,6 +87,10 @@ struct Inner {
     resources: Arc<Resources>,
     /// Ended runs each record keeps besides its current one.
     keep_runs: usize,
+    /// The notification channels and delivery options.
+    notifier: Arc<crate::notify::worker::Notifier>,
+    /// The delivery worker, when this runtime sends notifications.
+    deliverer: Option<crate::notify::worker::Worker>,
 }
 
 /// Wall time that follows tokio's clock (so a paused test clock drives the scheduler).
@@ -98,6 +103,11 @@ struct Clock {
 impl Clock {
     fn now(self) -> std::time::SystemTime {
         self.wall0 + self.inst0.elapsed()
+    }
+
+    /// [`now`](Clock::now) in ms since the Unix epoch.
+    fn now_ms(self) -> u64 {
+        crate::util::unix_ms(self.now())
     }
 
     fn instant_for(self, t: std::time::SystemTime) -> tokio::time::Instant {

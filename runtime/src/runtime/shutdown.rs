@@ -89,6 +89,11 @@ impl Runtime {
         self.inner.halt.halt();
         self.until_idle(tokio::time::Instant::now() + grace + Duration::from_secs(1))
             .await;
+        // The runs' ends (and their deliveries) are written: the delivery worker stops
+        // last, its attempts under way given the grace period.
+        if let Some(d) = &self.inner.deliverer {
+            d.stop().await;
+        }
         let store = self
             .inner
             .store

@@ -5,8 +5,13 @@ use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use super::outbox::{
+    due_key, id_of_due, id_of_state, state_key, state_range, states_to_scan, time_of_due,
+    ChannelState, Delivery, DeliveryPage, DeliveryQuery, DeliveryUpdate, Pager,
+};
 use super::{
-    index, Applied, Batch, Lease, Page, PastRun, Query, Store, StoreError, TaskRow, Update,
+    index, Applied, Batch, Enqueue, Lease, Page, PastRun, Query, Store, StoreError, TaskRow,
+    Update,
 };
 use crate::record::{now_ms, ProcessRecord};
 
@@ -36,6 +41,34 @@ struct MemInner {
     leases: HashMap<String, Lease>,
     /// Kept past runs per record, by seq, with their task rows.
     history: HashMap<String, BTreeMap<u64, Kept>>,
+    outbox: MemOutbox,
+}
+
+/// The outbox: deliveries by id, their listing and due indexes, the channels' states.
+#[derive(Debug, Default)]
+struct MemOutbox {
+    deliveries: HashMap<String, Delivery>,
+    by_state: BTreeSet<Vec<u8>>,
+    due: BTreeSet<Vec<u8>>,
+    channels: HashMap<String, ChannelState>,
+}
+
+impl MemOutbox {
+    fn put(&mut self, id: &str, new: Option<Delivery>) {
+        if let Some(old) = self.deliveries.remove(id) {
+            self.by_state.remove(&state_key(&old));
+            if let Some(k) = due_key(&old) {
+                self.due.remove(&k);
+            }
+        }
+        if let Some(d) = new {
+            self.by_state.insert(state_key(&d));
+            if let Some(k) = due_key(&d) {
+                self.due.insert(k);
+            }
+            self.deliveries.insert(id.to_owned(), d);
+        }
+    }
 }
 
 /// A kept past run and its task rows, by node index.
@@ -114,19 +147,35 @@ impl Store for MemoryStore {
         id: &str,
         f: &mut dyn FnMut(Option<&ProcessRecord>) -> Update,
     ) -> Result<Option<ProcessRecord>, StoreError> {
+        self.update_enqueue(id, &mut |cur| (f(cur), Vec::new()))
+    }
+
+    fn update_enqueue(
+        &self,
+        id: &str,
+        f: &mut Enqueue<'_>,
+    ) -> Result<Option<ProcessRecord>, StoreError> {
         let mut g = self.lock();
         let current = g.processes.get(id).cloned();
-        match f(current.as_ref()) {
-            Update::Keep => Ok(current),
+        let (decided, deliveries) = f(current.as_ref());
+        let written = match decided {
+            Update::Keep => return Ok(current),
             Update::Delete => {
                 g.delete(id);
-                Ok(None)
+                None
             }
             Update::Put(r) => {
                 g.put((*r).clone());
-                Ok(Some(*r))
+                Some(*r)
+            }
+        };
+        for d in deliveries {
+            if !g.outbox.deliveries.contains_key(&d.id) {
+                let id = d.id.clone();
+                g.outbox.put(&id, Some(d));
             }
         }
+        Ok(written)
     }
 
     fn tasks(&self, id: &str) -> Result<Vec<(u32, TaskRow)>, StoreError> {
@@ -262,6 +311,106 @@ impl Store for MemoryStore {
                 l.expires_at = 0;
             }
         }
+        Ok(())
+    }
+
+    fn delivery(&self, id: &str) -> Result<Option<Delivery>, StoreError> {
+        Ok(self.lock().outbox.deliveries.get(id).cloned())
+    }
+
+    fn deliveries(&self, query: &DeliveryQuery) -> Result<DeliveryPage, StoreError> {
+        let g = self.lock();
+        let mut pager = Pager::new(query);
+        'states: for state in states_to_scan(query) {
+            for k in g
+                .outbox
+                .by_state
+                .range(state_range(state, query.after.as_ref()))
+            {
+                let Some(d) = id_of_state(k).and_then(|id| g.outbox.deliveries.get(id)) else {
+                    continue;
+                };
+                if !pager.offer(d.clone()) {
+                    break 'states;
+                }
+            }
+        }
+        Ok(pager.finish())
+    }
+
+    fn next_delivery_at(&self) -> Result<Option<u64>, StoreError> {
+        Ok(self.lock().outbox.due.first().and_then(|k| time_of_due(k)))
+    }
+
+    fn claim_deliveries(
+        &self,
+        owner: &str,
+        now_ms: u64,
+        lease_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        let mut g = self.lock();
+        let ids: Vec<String> = g
+            .outbox
+            .due
+            .iter()
+            .take_while(|k| time_of_due(k).is_some_and(|t| t <= now_ms))
+            .filter_map(|k| id_of_due(k).map(str::to_owned))
+            .take(limit)
+            .collect();
+        let mut claimed = Vec::with_capacity(ids.len());
+        for id in ids {
+            let Some(mut d) = g.outbox.deliveries.get(&id).cloned() else {
+                continue;
+            };
+            if !d.is_due(now_ms) {
+                continue;
+            }
+            d.owner = Some(owner.to_owned());
+            d.lease = d.lease.saturating_add(1);
+            d.next_at = now_ms.saturating_add(lease_ms);
+            g.outbox.put(&id, Some(d.clone()));
+            claimed.push(d);
+        }
+        Ok(claimed)
+    }
+
+    fn update_delivery(
+        &self,
+        id: &str,
+        f: &mut dyn FnMut(Option<&Delivery>) -> DeliveryUpdate,
+    ) -> Result<Option<Delivery>, StoreError> {
+        let mut g = self.lock();
+        let current = g.outbox.deliveries.get(id).cloned();
+        match f(current.as_ref()) {
+            DeliveryUpdate::Keep => Ok(current),
+            DeliveryUpdate::Delete => {
+                g.outbox.put(id, None);
+                Ok(None)
+            }
+            DeliveryUpdate::Put(d) => {
+                let mut d = *d;
+                id.clone_into(&mut d.id);
+                g.outbox.put(id, Some(d.clone()));
+                Ok(Some(d))
+            }
+        }
+    }
+
+    fn channel_state(&self, name: &str) -> Result<Option<ChannelState>, StoreError> {
+        Ok(self.lock().outbox.channels.get(name).cloned())
+    }
+
+    fn set_channel_state(
+        &self,
+        name: &str,
+        state: Option<&ChannelState>,
+    ) -> Result<(), StoreError> {
+        let mut g = self.lock();
+        match state {
+            Some(s) => g.outbox.channels.insert(name.to_owned(), s.clone()),
+            None => g.outbox.channels.remove(name),
+        };
         Ok(())
     }
 }

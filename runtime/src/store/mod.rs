@@ -13,9 +13,14 @@ use std::sync::Arc;
 mod codec;
 mod index;
 mod memory;
+mod outbox;
 mod sled;
 
 pub use self::memory::MemoryStore;
+pub use self::outbox::{
+    ChannelState, Delivery, DeliveryAttempt, DeliveryCursor, DeliveryPage, DeliveryQuery,
+    DeliveryState, DeliveryUpdate, MAX_ATTEMPT_HISTORY,
+};
 pub use self::sled::SledStore;
 
 use crate::record::{LogEntry, ProcessRecord, Progress, RecordKind, State, Status, SCHEMA_VERSION};
@@ -291,6 +296,10 @@ pub enum Update {
     Keep,
 }
 
+/// The function of [`Store::update_enqueue`]: decides the record's update from its
+/// current value, and the deliveries written with it.
+pub type Enqueue<'a> = dyn FnMut(Option<&ProcessRecord>) -> (Update, Vec<Delivery>) + 'a;
+
 /// What a [`Store::apply`] did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -545,6 +554,33 @@ pub struct Page {
 /// The sled and memory stores serve one process at a time (sled holds a file lock), so
 /// their [`claim`](Store::claim) always succeeds and only raises the token; a shared
 /// store (`PostgreSQL`) refuses a claim while another owner's lease is unexpired.
+///
+/// # The outbox
+///
+/// Notifications of run ends ([`Delivery`]) live in an outbox beside the records:
+///
+/// - **Written with the end.** [`update_enqueue`](Store::update_enqueue) is
+///   [`update`](Store::update) plus the deliveries its function returns, in one atomic
+///   write: a crash can lose both or neither. A delivery whose id is already in the
+///   outbox is left as it is (the write is idempotent).
+/// - **Claimed with a lease.** [`claim_deliveries`](Store::claim_deliveries) takes, in
+///   one atomic write, up to `limit` pending deliveries due at `now_ms`, oldest due
+///   first; each gets the claimer as owner, its `lease` token raised by one and its
+///   `next_at` moved to `now_ms + lease_ms`, the time its claim expires. A claimed
+///   delivery is therefore not due again until then, and an expired claim (a worker that
+///   died mid-attempt) makes it claimable again. Two claims never return the same
+///   delivery with the same token, also when several workers share the store (a
+///   `PostgreSQL` store claims with `FOR UPDATE SKIP LOCKED` and may use its own clock
+///   instead of `now_ms`).
+/// - **Settled with a fenced compare-and-swap.** [`update_delivery`](Store::update_delivery)
+///   sees the current value; the runtime writes an attempt's outcome only when the stored
+///   `lease` is still the one it claimed, so a worker whose claim expired and was taken
+///   over changes nothing.
+/// - **Indexed.** [`deliveries`](Store::deliveries) answers a state filter from an index
+///   (the other filters narrow while scanning), and [`next_delivery_at`](Store::next_delivery_at)
+///   reads the earliest due time without a scan.
+/// - **Channel states** ([`ChannelState`]: disabled by a receiver's `410 Gone`) are kept
+///   by name and survive restarts.
 pub trait Store: Send + Sync + 'static {
     /// Where the data lives, for messages.
     fn location(&self) -> String;
@@ -592,6 +628,46 @@ pub trait Store: Send + Sync + 'static {
     fn renew(&self, lease: &Lease, ttl_ms: u64) -> Result<bool, StoreError>;
     /// Gives `lease` up (another owner may claim at once); a stale token changes nothing.
     fn release(&self, lease: &Lease) -> Result<(), StoreError>;
+
+    /// [`update`](Store::update), and when `f` writes (a put or a delete), the deliveries
+    /// it returned added to the outbox in the same atomic write; deliveries whose id is
+    /// already there are left as they are.
+    fn update_enqueue(
+        &self,
+        id: &str,
+        f: &mut Enqueue<'_>,
+    ) -> Result<Option<ProcessRecord>, StoreError>;
+    /// One delivery of the outbox.
+    fn delivery(&self, id: &str) -> Result<Option<Delivery>, StoreError>;
+    /// One page of the deliveries matching `query`: grouped by state (pending,
+    /// delivered, failed), each group by creation time, then id.
+    fn deliveries(&self, query: &DeliveryQuery) -> Result<DeliveryPage, StoreError>;
+    /// The earliest `next_at` of a pending delivery (claimed ones included: theirs is
+    /// when their claim expires).
+    fn next_delivery_at(&self) -> Result<Option<u64>, StoreError>;
+    /// Claims up to `limit` pending deliveries due at `now_ms` for `owner`, until
+    /// `now_ms + lease_ms` (see the outbox rules above); returns them as written.
+    fn claim_deliveries(
+        &self,
+        owner: &str,
+        now_ms: u64,
+        lease_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<Delivery>, StoreError>;
+    /// Atomically replaces delivery `id` by what `f` decides from its current value (`f`
+    /// may be called more than once and must not have side effects); the id of a put is
+    /// forced to `id`. Returns the delivery as written (or as it was, for
+    /// [`DeliveryUpdate::Keep`]).
+    fn update_delivery(
+        &self,
+        id: &str,
+        f: &mut dyn FnMut(Option<&Delivery>) -> DeliveryUpdate,
+    ) -> Result<Option<Delivery>, StoreError>;
+    /// The persisted state of channel `name` (`None`: enabled).
+    fn channel_state(&self, name: &str) -> Result<Option<ChannelState>, StoreError>;
+    /// Sets (or, with `None`, clears) the state of channel `name`.
+    fn set_channel_state(&self, name: &str, state: Option<&ChannelState>)
+        -> Result<(), StoreError>;
 
     /// Every record matching `query`, all pages.
     fn list_all(&self, query: &Query) -> Result<Vec<ProcessRecord>, StoreError> {
@@ -671,5 +747,47 @@ impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
     }
     fn release(&self, lease: &Lease) -> Result<(), StoreError> {
         (**self).release(lease)
+    }
+    fn update_enqueue(
+        &self,
+        id: &str,
+        f: &mut Enqueue<'_>,
+    ) -> Result<Option<ProcessRecord>, StoreError> {
+        (**self).update_enqueue(id, f)
+    }
+    fn delivery(&self, id: &str) -> Result<Option<Delivery>, StoreError> {
+        (**self).delivery(id)
+    }
+    fn deliveries(&self, query: &DeliveryQuery) -> Result<DeliveryPage, StoreError> {
+        (**self).deliveries(query)
+    }
+    fn next_delivery_at(&self) -> Result<Option<u64>, StoreError> {
+        (**self).next_delivery_at()
+    }
+    fn claim_deliveries(
+        &self,
+        owner: &str,
+        now_ms: u64,
+        lease_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        (**self).claim_deliveries(owner, now_ms, lease_ms, limit)
+    }
+    fn update_delivery(
+        &self,
+        id: &str,
+        f: &mut dyn FnMut(Option<&Delivery>) -> DeliveryUpdate,
+    ) -> Result<Option<Delivery>, StoreError> {
+        (**self).update_delivery(id, f)
+    }
+    fn channel_state(&self, name: &str) -> Result<Option<ChannelState>, StoreError> {
+        (**self).channel_state(name)
+    }
+    fn set_channel_state(
+        &self,
+        name: &str,
+        state: Option<&ChannelState>,
+    ) -> Result<(), StoreError> {
+        (**self).set_channel_state(name, state)
     }
 }

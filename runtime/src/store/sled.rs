@@ -9,12 +9,16 @@ use std::ops::Bound;
 
 #[path = "sled_guard.rs"]
 mod guard;
+#[path = "sled_outbox.rs"]
+mod outbox;
 
 use self::guard::{Sidecar, SEQ_KEY};
 
 use super::codec::{decode_record, decode_row, encode, encode_row};
+use super::outbox::{ChannelState, Delivery, DeliveryPage, DeliveryQuery, DeliveryUpdate};
 use super::{
-    index, Applied, Batch, Lease, Page, PastRun, Query, Store, StoreError, TaskRow, Update,
+    index, Applied, Batch, Enqueue, Lease, Page, PastRun, Query, Store, StoreError, TaskRow,
+    Update,
 };
 use crate::record::{now_ms, ProcessRecord, State, SCHEMA_VERSION};
 
@@ -87,6 +91,10 @@ pub struct SledStore {
     history: sled::Tree,
     /// Their task rows: `<record id>\0<seq><node index>` → the row, as in `tasks`.
     past_tasks: sled::Tree,
+    /// The outbox: delivery id → [`Delivery`] (`MessagePack`), its listing index (state,
+    /// creation time, id), its due index (due time, id; pending only), and the channels'
+    /// persisted states (see `sled_outbox.rs`).
+    outbox: outbox::Trees,
     /// The current lease token of each run seen by this process (the fencing check of a
     /// task row write must not read the lease tree every time).
     tokens: Mutex<HashMap<String, u64>>,
@@ -225,6 +233,12 @@ impl SledStore {
             leases: tree("leases")?,
             history: tree("history")?,
             past_tasks: tree("past_tasks")?,
+            outbox: outbox::Trees {
+                deliveries: tree("outbox")?,
+                by_state: tree("outbox_state")?,
+                due: tree("outbox_due")?,
+                channels: tree("channels")?,
+            },
             tokens: Mutex::default(),
             db,
             path,
@@ -445,6 +459,68 @@ impl SledStore {
         lock(&self.tokens).insert(lease.run.clone(), lease.token);
         Ok(())
     }
+
+    /// A record compare-and-swap, and (`with_outbox`) the deliveries `f` returns added
+    /// to the outbox in the same transaction when `f` writes.
+    fn update_tx(
+        &self,
+        id: &str,
+        f: &mut Enqueue<'_>,
+        with_outbox: bool,
+    ) -> Result<Option<ProcessRecord>, StoreError> {
+        use sled::transaction::{ConflictableTransactionError, TransactionError};
+        use sled::Transactional;
+        let location = self.location();
+        let f = std::cell::RefCell::new(f);
+        // The write sequence is written in the same transaction as the record: a record
+        // write is never uncounted.
+        let mut seq = self.lock_seq();
+        let next = *seq + 1;
+        let wrote = std::cell::Cell::new(false);
+        let mut trees = vec![&self.processes, &self.index, &self.tasks];
+        if with_outbox {
+            trees.extend(self.outbox.all());
+        }
+        let out = trees.as_slice().transaction(|view| {
+            let (p, ix, t) = (&view[0], &view[1], &view[2]);
+            wrote.set(false);
+            let current = match p.get(id.as_bytes())? {
+                Some(v) => Some(
+                    decode_record(&location, id.as_bytes(), &v)
+                        .map_err(ConflictableTransactionError::Abort)?,
+                ),
+                None => None,
+            };
+            let (decided, deliveries) = (f.borrow_mut())(current.as_ref());
+            let written = match decided {
+                Update::Keep => return Ok(current),
+                Update::Delete => {
+                    put_tx(p, ix, current.as_ref(), None, id)?;
+                    None
+                }
+                Update::Put(r) => {
+                    put_tx(p, ix, current.as_ref(), Some(&r), id)?;
+                    Some(*r)
+                }
+            };
+            if with_outbox {
+                outbox::enqueue_tx(&view[3..], &deliveries)?;
+            }
+            t.insert(SEQ_KEY, &next.to_be_bytes())?;
+            wrote.set(true);
+            Ok(written)
+        });
+        match out {
+            Ok(r) => {
+                if wrote.get() {
+                    *seq = next;
+                }
+                Ok(r)
+            }
+            Err(TransactionError::Abort(e)) => Err(e),
+            Err(TransactionError::Storage(e)) => Err(self.io(e)),
+        }
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -503,51 +579,15 @@ impl Store for SledStore {
         id: &str,
         f: &mut dyn FnMut(Option<&ProcessRecord>) -> Update,
     ) -> Result<Option<ProcessRecord>, StoreError> {
-        use sled::transaction::{ConflictableTransactionError, TransactionError};
-        use sled::Transactional;
-        let location = self.location();
-        let f = std::cell::RefCell::new(f);
-        // The write sequence is written in the same transaction as the record: a record
-        // write is never uncounted.
-        let mut seq = self.lock_seq();
-        let next = *seq + 1;
-        let wrote = std::cell::Cell::new(false);
-        let out = (&self.processes, &self.index, &self.tasks).transaction(|(p, ix, t)| {
-            wrote.set(false);
-            let current = match p.get(id.as_bytes())? {
-                Some(v) => Some(
-                    decode_record(&location, id.as_bytes(), &v)
-                        .map_err(ConflictableTransactionError::Abort)?,
-                ),
-                None => None,
-            };
-            let decided = (f.borrow_mut())(current.as_ref());
-            match decided {
-                Update::Keep => Ok(current),
-                Update::Delete => {
-                    put_tx(p, ix, current.as_ref(), None, id)?;
-                    t.insert(SEQ_KEY, &next.to_be_bytes())?;
-                    wrote.set(true);
-                    Ok(None)
-                }
-                Update::Put(r) => {
-                    put_tx(p, ix, current.as_ref(), Some(&r), id)?;
-                    t.insert(SEQ_KEY, &next.to_be_bytes())?;
-                    wrote.set(true);
-                    Ok(Some(*r))
-                }
-            }
-        });
-        match out {
-            Ok(r) => {
-                if wrote.get() {
-                    *seq = next;
-                }
-                Ok(r)
-            }
-            Err(TransactionError::Abort(e)) => Err(e),
-            Err(TransactionError::Storage(e)) => Err(self.io(e)),
-        }
+        self.update_tx(id, &mut |cur| (f(cur), Vec::new()), false)
+    }
+
+    fn update_enqueue(
+        &self,
+        id: &str,
+        f: &mut Enqueue<'_>,
+    ) -> Result<Option<ProcessRecord>, StoreError> {
+        self.update_tx(id, f, true)
     }
 
     fn tasks(&self, id: &str) -> Result<Vec<(u32, TaskRow)>, StoreError> {
@@ -820,6 +860,48 @@ impl Store for SledStore {
             }
             _ => Ok(()),
         }
+    }
+
+    fn delivery(&self, id: &str) -> Result<Option<Delivery>, StoreError> {
+        self.outbox_get(id)
+    }
+
+    fn deliveries(&self, query: &DeliveryQuery) -> Result<DeliveryPage, StoreError> {
+        self.outbox_list(query)
+    }
+
+    fn next_delivery_at(&self) -> Result<Option<u64>, StoreError> {
+        self.outbox_next_at()
+    }
+
+    fn claim_deliveries(
+        &self,
+        owner: &str,
+        now_ms: u64,
+        lease_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        self.outbox_claim(owner, now_ms, lease_ms, limit)
+    }
+
+    fn update_delivery(
+        &self,
+        id: &str,
+        f: &mut dyn FnMut(Option<&Delivery>) -> DeliveryUpdate,
+    ) -> Result<Option<Delivery>, StoreError> {
+        self.outbox_update(id, f)
+    }
+
+    fn channel_state(&self, name: &str) -> Result<Option<ChannelState>, StoreError> {
+        self.channel_get(name)
+    }
+
+    fn set_channel_state(
+        &self,
+        name: &str,
+        state: Option<&ChannelState>,
+    ) -> Result<(), StoreError> {
+        self.channel_set(name, state)
     }
 }
 
