@@ -28,7 +28,7 @@ LAYERS = [
     ["journal"],
     ["exec"],
     ["runtime"],
-    ["macro_support"],
+    ["macro_support", "admin"],
 ]
 # Stricter rules than the layer order, with why.
 ONLY = {

@@ -73,14 +73,15 @@ pub use procession_runtime::{
     progress, store, AdhocOptions, Arg, Attempt, AttemptOutcome, Backoff, BoxError, Builder,
     CancelGraceExceeded, CancellationToken, Cancelled, CatchUp, Child, ChildError, ChildOutcome,
     ChildProcessFailed, ChildProgress, ChildResult, Ctx, Data, Definition, DependencyFailed, Error,
-    ErrorMatcher, ErrorReport, Event, EventKind, EventStream, Graph, GraphError, GroupError,
-    GroupOptions, Hooks, InputError, IntoArg, IntoGraph, InvalidTransition, Json, Launch, Level,
-    ListFilter, LogEntry, MissingResource, Mode, NodeRef, NonRetryable, OnDepFailure, Out,
-    OutputNotSerializable, ParallelGroup, Policy, Process, ProcessMeta, ProcessRecord, Progress,
-    ProgressCallback, RecordKind, Res, Resource, ResourceKey, Result, ResultError, ResyncReport,
-    RetryExhausted, RunHandle, RunInfo, RunMeta, RunReport, RunStatus, Runtime, RuntimeBuilder,
-    Schedule, ScheduleError, Shutdown, State, Status, Task, TaskFuture, TaskGraph, TaskInfo,
-    TaskMeta, TaskPanicked, TaskReport, TaskStatus, Timeout, MAX_LOG, SCHEMA_VERSION,
+    ErrorMatcher, ErrorReport, Event, EventKind, EventStream, Graph, GraphError, GroupCancel,
+    GroupError, GroupOptions, Hooks, InputError, IntoArg, IntoGraph, InvalidTransition, Json,
+    Launch, LaunchBlock, LaunchSpec, Level, ListFilter, LogEntry, MissingResource, Mode, NodeRef,
+    NonRetryable, OnDepFailure, Out, OutputNotSerializable, ParallelGroup, Policy, Process,
+    ProcessMeta, ProcessRecord, Progress, ProgressCallback, RecordKind, Res, Resource, ResourceKey,
+    Result, ResultError, ResyncReport, RetryExhausted, RunHandle, RunInfo, RunMeta, RunReport,
+    RunStatus, Runtime, RuntimeBuilder, Schedule, ScheduleError, Shutdown, State, Status, Task,
+    TaskFuture, TaskGraph, TaskInfo, TaskMeta, TaskPanicked, TaskReport, TaskStatus, Timeout,
+    MAX_LOG, SCHEMA_VERSION,
 };
 
 /// The names most programs need: `use procession::prelude::*;`.
@@ -91,6 +92,11 @@ pub mod prelude {
         Process, Res, RunReport, RunStatus, Runtime, Task, TaskGraph, TaskStatus,
     };
 }
+
+/// The admin HTTP API (cargo feature `admin`): mount [`admin::router`] in your axum app
+/// or start [`admin::serve`]; see the module's documentation for routes and security.
+#[cfg(feature = "admin")]
+pub use procession_runtime::admin;
 
 #[doc(hidden)]
 pub mod __private {

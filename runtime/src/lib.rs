@@ -19,6 +19,8 @@
 #![doc(test(attr(deny(warnings))))]
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "admin")]
+pub mod admin;
 mod error;
 mod events;
 mod exec;
@@ -44,8 +46,8 @@ pub use graph::process::{Mode, Process, ProcessMeta};
 pub use graph::{Builder, Graph, GraphError, TaskGraph};
 pub use hooks::{Attempt, AttemptOutcome, Hooks, RunInfo, TaskInfo};
 pub use record::{
-    InvalidTransition, Level, ListFilter, LogEntry, ProcessRecord, Progress, RecordKind, RunMeta,
-    State, Status, MAX_LOG, SCHEMA_VERSION,
+    InvalidTransition, LaunchBlock, Level, ListFilter, LogEntry, ProcessRecord, Progress,
+    RecordKind, RunMeta, State, Status, MAX_LOG, SCHEMA_VERSION,
 };
 pub use report::{ErrorReport, Json, ResultError, RunReport, RunStatus, TaskReport, TaskStatus};
 pub use runtime::children::{
@@ -53,8 +55,8 @@ pub use runtime::children::{
     GroupError, GroupOptions, ParallelGroup, ProgressCallback,
 };
 pub use runtime::{
-    AdhocOptions, Definition, Error, IntoGraph, Launch, Result, ResyncReport, RunHandle, Runtime,
-    RuntimeBuilder, Shutdown,
+    AdhocOptions, Definition, Error, GroupCancel, IntoGraph, Launch, LaunchSpec, Result,
+    ResyncReport, RunHandle, Runtime, RuntimeBuilder, Shutdown,
 };
 pub use schedule::{CatchUp, Schedule, ScheduleError};
 pub use task::arg::{Arg, IntoArg, NodeRef, Out};

@@ -238,6 +238,12 @@ impl Runtime {
                 state: rec.state(),
             });
         }
+        if let Some(b) = &rec.launch_block {
+            return Err(Error::LaunchBlocked {
+                id: id.to_owned(),
+                reason: b.reason.clone(),
+            });
+        }
         let reg = self
             .inner
             .registry
@@ -300,6 +306,12 @@ impl Runtime {
                         return Err(Error::NotLaunchable {
                             id: id_owned.clone(),
                             state: cur.state(),
+                        })
+                    }
+                    Some(cur) if cur.launch_block.is_some() => {
+                        return Err(Error::LaunchBlocked {
+                            id: id_owned.clone(),
+                            reason: cur.launch_block.as_ref().and_then(|b| b.reason.clone()),
                         })
                     }
                     Some(cur) if cur.process_type != process_type => {

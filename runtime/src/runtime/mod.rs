@@ -21,6 +21,7 @@ mod error;
 mod launch;
 mod limits;
 mod query;
+mod remote;
 mod resume;
 mod scheduler;
 mod shutdown;
@@ -28,6 +29,7 @@ mod shutdown;
 pub use builder::{AdhocOptions, Definition, RuntimeBuilder};
 pub use error::{Error, Result};
 pub use launch::{IntoGraph, Launch};
+pub use remote::{GroupCancel, LaunchSpec};
 pub use resume::ResyncReport;
 pub use shutdown::Shutdown;
 

@@ -208,6 +208,7 @@ impl TaskRow {
             run: None,
             schedule: None,
             last_fire: None,
+            launch_block: None,
         }
     }
 }
