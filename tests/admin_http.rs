@@ -46,10 +46,10 @@ async fn read_events(res: reqwest::Response, mut stop: impl FnMut(&[Sse]) -> boo
             let mut is_event = false;
             for line in block.lines() {
                 if let Some(v) = line.strip_prefix("id:") {
-                    e.id = v.trim().to_owned();
+                    v.trim().clone_into(&mut e.id);
                     is_event = true;
                 } else if let Some(v) = line.strip_prefix("event:") {
-                    e.event = v.trim().to_owned();
+                    v.trim().clone_into(&mut e.event);
                 } else if let Some(v) = line.strip_prefix("data:") {
                     e.data = serde_json::from_str(v.trim()).unwrap_or(Value::Null);
                 }

@@ -398,24 +398,24 @@ struct CancelBody {
 }
 
 /// The longest a cancel by filter waits.
-const MAX_WAIT: Duration = Duration::from_secs(300);
+const MAX_WAIT: Duration = Duration::from_mins(5);
 
 async fn cancel_by_filter(State(s): S, b: Result<Bytes, BytesRejection>) -> ApiResult {
-    let c: CancelBody = body(b)?;
-    let f = c.filter;
+    let req: CancelBody = body(b)?;
+    let filter = req.filter;
     let mut q = Query::new();
-    q.states = f.state;
-    q.process_type = f.process;
-    q.root = f.root;
-    q.parent = f.parent;
-    q.metadata = f.metadata;
-    q.created_from = f.from;
-    q.created_until = f.until;
-    if c.preview {
+    q.states = filter.state;
+    q.process_type = filter.process;
+    q.root = filter.root;
+    q.parent = filter.parent;
+    q.metadata = filter.metadata;
+    q.created_from = filter.from;
+    q.created_until = filter.until;
+    if req.preview {
         let ids = s.rt.cancel_preview(&q).await?;
         return Ok(Json(json!({ "ok": true, "count": ids.len(), "ids": ids })).into_response());
     }
-    let out = match c.wait_ms {
+    let out = match req.wait_ms {
         Some(ms) => {
             let ceiling = Duration::from_millis(ms).min(MAX_WAIT);
             s.rt.cancel_matching_and_wait(&q, ceiling).await?
