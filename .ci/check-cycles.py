@@ -29,7 +29,7 @@ LAYERS = [
     ["notify"],
     ["exec"],
     ["runtime"],
-    ["macro_support"],
+    ["macro_support", "admin"],
 ]
 # Stricter rules than the layer order, with why.
 ONLY = {

@@ -103,8 +103,8 @@ pub use procession_runtime::{
     Builder, CancelGraceExceeded, CancellationToken, Cancelled, CatchUp, Child, ChildError,
     ChildOutcome, ChildProcessFailed, ChildProgress, ChildResult, Ctx, Data, Definition,
     DependencyFailed, Error, ErrorMatcher, ErrorReport, Event, EventKind, EventStream, Graph,
-    GraphError, GroupError, GroupOptions, Hooks, InputError, IntoArg, IntoGraph, IntoPercent,
-    IntoTaskId, IntoTaskSpec, InvalidTransition, Json, Launch, Level, ListFilter, LogEntry,
+    GraphError, GroupCancel, GroupError, GroupOptions, Hooks, InputError, IntoArg, IntoGraph, IntoPercent,
+    IntoTaskId, IntoTaskSpec, InvalidTransition, Json, Launch, LaunchBlock, LaunchSpec, Level, ListFilter, LogEntry,
     MissingResource, Mode, NodeRef, NonRetryable, OnDepFailure, Out, OutputNotSerializable,
     Overlap, ParallelGroup, PlainInputs, Policy, Process, ProcessMeta, ProcessRecord, Progress,
     ProgressCallback, Read, RecordKind, Res, Resource, ResourceKey, Result, ResultError, ResultKey,
@@ -122,6 +122,11 @@ pub mod prelude {
         Process, Res, RunReport, RunStatus, Runtime, Task, TaskExt, TaskGraph, TaskKey, TaskStatus,
     };
 }
+
+/// The admin HTTP API (cargo feature `admin`): mount [`admin::router`] in your axum app
+/// or start [`admin::serve`]; see the module's documentation for routes and security.
+#[cfg(feature = "admin")]
+pub use procession_runtime::admin;
 
 #[doc(hidden)]
 pub mod __private {

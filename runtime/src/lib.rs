@@ -27,6 +27,8 @@
 #![doc(test(attr(deny(warnings))))]
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "admin")]
+pub mod admin;
 mod error;
 mod events;
 mod exec;
@@ -53,8 +55,8 @@ pub use graph::process::{Mode, Process, ProcessMeta};
 pub use graph::{Builder, Graph, GraphError, TaskGraph};
 pub use hooks::{Attempt, AttemptOutcome, Hooks, RunInfo, TaskInfo};
 pub use record::{
-    InvalidTransition, Level, ListFilter, LogEntry, ProcessRecord, Progress, RecordKind, RunMeta,
-    State, Status, MAX_LOG, SCHEMA_VERSION,
+    InvalidTransition, LaunchBlock, Level, ListFilter, LogEntry, ProcessRecord, Progress,
+    RecordKind, RunMeta, State, Status, MAX_LOG, SCHEMA_VERSION,
 };
 pub use report::{
     ErrorReport, Json, ResultError, ResultKey, RunReport, RunStatus, TaskReport, TaskStatus,
@@ -64,8 +66,8 @@ pub use runtime::children::{
     GroupError, GroupOptions, ParallelGroup, ProgressCallback,
 };
 pub use runtime::{
-    AdhocOptions, Definition, Error, IntoGraph, Launch, Result, ResyncReport, RunHandle,
-    RunSummary, Runtime, RuntimeBuilder, Shutdown,
+    AdhocOptions, Definition, Error, GroupCancel, IntoGraph, Launch, LaunchSpec, Result,
+    ResyncReport, RunHandle, RunSummary, Runtime, RuntimeBuilder, Shutdown,
 };
 pub use schedule::{CatchUp, Overlap, Schedule, ScheduleError};
 pub use task::arg::{Arg, IntoArg, NodeRef, Out, PlainInputs, Read, StrArg};

@@ -180,6 +180,21 @@ pub struct ProcessRecord {
     /// takes it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queued_fire: Option<u64>,
+    /// Set while launches of this record are blocked
+    /// ([`Runtime::block_launches`](crate::Runtime::block_launches)): every launch of it,
+    /// by its schedule too, is refused until it is unblocked. Kept across restarts.
+    #[serde(default)]
+    pub launch_block: Option<LaunchBlock>,
+}
+
+/// Why and since when launches of a record are blocked (see
+/// [`ProcessRecord::launch_block`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LaunchBlock {
+    /// The reason given by whoever blocked it, shown in the refusal.
+    pub reason: Option<String>,
+    /// When the block was set (ms since the Unix epoch).
+    pub since: u64,
 }
 
 impl ProcessRecord {
@@ -220,6 +235,7 @@ impl ProcessRecord {
             last_fire: None,
             runs: 0,
             queued_fire: None,
+            launch_block: None,
         }
     }
 

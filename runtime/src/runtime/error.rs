@@ -130,6 +130,28 @@ pub enum Error {
         /// The resource's type.
         resource: &'static str,
     },
+    /// Launches of this record are blocked ([`Runtime::block_launches`](super::Runtime::block_launches));
+    /// nothing was written.
+    #[error("launches of process `{id}` are blocked{}", reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default())]
+    LaunchBlocked {
+        /// The record.
+        id: String,
+        /// The reason given when it was blocked.
+        reason: Option<String>,
+    },
+    /// Parameters given as JSON do not fit the process type's parameters.
+    #[error("invalid parameters for process `{process}`: {source}")]
+    InvalidParams {
+        /// The process type.
+        process: String,
+        /// What did not fit (field, type, line and column).
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A filter that would match every record was given where that is refused (a cancel
+    /// by filter needs at least one condition).
+    #[error("an empty filter matches every record; give at least one condition")]
+    EmptyFilter,
     /// The runtime is shutting down and accepts no new work.
     #[error("the runtime is shutting down")]
     ShuttingDown,

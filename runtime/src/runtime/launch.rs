@@ -249,6 +249,12 @@ impl Runtime {
                 state: rec.state(),
             });
         }
+        if let Some(b) = &rec.launch_block {
+            return Err(Error::LaunchBlocked {
+                id: id.to_owned(),
+                reason: b.reason.clone(),
+            });
+        }
         let reg = self
             .inner
             .registry
@@ -381,6 +387,12 @@ impl Runtime {
                         state: cur.state(),
                     })
                 }
+                Some(cur) if cur.launch_block.is_some() => {
+                    return Err(Error::LaunchBlocked {
+                        id: id_owned.clone(),
+                        reason: cur.launch_block.as_ref().and_then(|b| b.reason.clone()),
+                    })
+                }
                 Some(cur) if cur.process_type != process_type => {
                     return Err(Error::WrongType {
                         id: id_owned.clone(),
@@ -430,7 +442,13 @@ impl Runtime {
                     // An overlapping run takes the next number of the scheduled record;
                     // a launch of that record numbered meanwhile refuses this one.
                     let mut numbered = false;
+                    let mut blocked = None;
                     store.update(owner, &mut |cur| match cur {
+                        Some(o) if o.launch_block.is_some() => {
+                            numbered = false;
+                            blocked = o.launch_block.as_ref().map(|b| b.reason.clone());
+                            Update::Keep
+                        }
                         Some(o) if o.runs.saturating_add(1) == seq => {
                             numbered = true;
                             let mut o = o.clone();
@@ -442,6 +460,15 @@ impl Runtime {
                             Update::Keep
                         }
                     })?;
+                    if let Some(reason) = blocked {
+                        return Ok((
+                            Enqueued::Refused(Error::LaunchBlocked {
+                                id: owner.clone(),
+                                reason,
+                            }),
+                            Vec::new(),
+                        ));
+                    }
                     if !numbered {
                         return Ok((
                             Enqueued::Refused(Error::NotLaunchable {

@@ -11,6 +11,7 @@ mod error;
 mod launch;
 mod limits;
 mod query;
+mod remote;
 mod resume;
 mod scheduler;
 mod shutdown;
@@ -19,6 +20,7 @@ pub use builder::{AdhocOptions, Definition, RuntimeBuilder};
 pub use error::{Error, Result};
 pub use launch::{IntoGraph, Launch};
 pub use query::RunSummary;
+pub use remote::{GroupCancel, LaunchSpec};
 pub use resume::ResyncReport;
 pub use shutdown::Shutdown;
 

@@ -50,6 +50,13 @@ impl Runtime {
         self.inner.rows(id).await
     }
 
+    /// The stored task rows of run `id`'s current or last run, by node index (empty for
+    /// an unknown id or a run without task records): state, attempts, timing, progress,
+    /// log, and the result or error of each task.
+    pub async fn task_rows(&self, id: &str) -> Result<Vec<(u32, TaskRow)>> {
+        self.inner.rows(id).await
+    }
+
     /// Records matching `filter`, ordered by depth, then order among siblings, then
     /// creation time.
     ///

@@ -218,6 +218,7 @@ impl TaskRow {
             last_fire: None,
             runs: 0,
             queued_fire: None,
+            launch_block: None,
         }
     }
 }

@@ -1,0 +1,489 @@
+//! The admin API's routes and handlers.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection};
+use axum::extract::{DefaultBodyLimit, Path, RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::sse::{KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::record::{RecordKind, State as RecState};
+use crate::runtime::LaunchSpec;
+use crate::store::{Cursor, Query, TaskRow};
+
+use super::feed::{Filter, KINDS};
+use super::{guard, ApiError, Shared};
+
+type S = State<Arc<Shared>>;
+type ApiResult = Result<Response, ApiError>;
+
+/// The most records one page returns.
+const MAX_LIMIT: usize = 500;
+const DEFAULT_LIMIT: usize = 50;
+
+pub(crate) fn routes(shared: Arc<Shared>) -> Router {
+    let limit = shared.cfg.body_limit;
+    Router::new()
+        .route("/api/health", get(health))
+        .route("/api/processes", get(processes))
+        .route("/api/runs", get(list).post(launch))
+        .route("/api/runs/{id}", get(show))
+        .route("/api/runs/{id}/graph", get(graph))
+        .route("/api/runs/{id}/launch", post(launch_id))
+        .route("/api/runs/{id}/cancel", post(cancel))
+        .route("/api/runs/{id}/dismiss", post(dismiss))
+        .route("/api/runs/{id}/block", post(block))
+        .route("/api/runs/{id}/unblock", post(unblock))
+        .route("/api/resync", post(resync))
+        .route("/api/cancel", post(cancel_by_filter))
+        .route("/api/events", get(events))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn_with_state(
+            shared.clone(),
+            guard::gate,
+        ))
+        .with_state(shared)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "no-route", "no such route")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method-not-allowed",
+        "this route does not take that method",
+    )
+}
+
+fn path_id(p: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+    p.map(|Path(id)| id)
+        .map_err(|e| ApiError::bad_request("invalid-id", format!("invalid id in the path: {e}")))
+}
+
+/// A JSON body; an empty body reads as `{}` for bodies whose fields are all optional.
+fn body<T: DeserializeOwned>(b: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
+    let b = b.map_err(|e| {
+        let status = e.status();
+        let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
+            "payload-too-large"
+        } else {
+            "invalid-body"
+        };
+        ApiError::new(status, code, e.body_text())
+    })?;
+    let bytes: &[u8] = if b.iter().all(u8::is_ascii_whitespace) {
+        b"{}"
+    } else {
+        &b
+    };
+    serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::bad_request("invalid-json", format!("the body is not valid: {e}")))
+}
+
+async fn health(State(s): S) -> Json<Value> {
+    Json(json!({ "ok": true, "subscribers": s.feed.subscribers(), "read_only": s.cfg.read_only }))
+}
+
+async fn processes(State(s): S) -> Json<Value> {
+    Json(json!({ "processes": s.rt.registered() }))
+}
+
+/// Query parameters as pairs (a key may repeat).
+fn pairs(q: Option<&str>) -> Result<Vec<(String, String)>, ApiError> {
+    serde_urlencoded::from_str::<Vec<(String, String)>>(q.unwrap_or(""))
+        .map_err(|e| ApiError::bad_request("invalid-filter", format!("malformed query: {e}")))
+}
+
+fn parse_state(s: &str) -> Result<RecState, ApiError> {
+    serde_json::from_value(Value::String(s.to_owned())).map_err(|_| {
+        ApiError::bad_request(
+            "invalid-filter",
+            format!("unknown state `{s}` (idle, scheduled, running, done, failed, cancel_requested, cancelling, cancelled)"),
+        )
+    })
+}
+
+fn parse_ms(key: &str, v: &str) -> Result<u64, ApiError> {
+    v.parse().map_err(|_| {
+        ApiError::bad_request(
+            "invalid-filter",
+            format!("`{key}` must be a time in ms since the Unix epoch, not `{v}`"),
+        )
+    })
+}
+
+/// A cursor as text: `<created_at>:<id>`.
+fn cursor_text(c: &Cursor) -> String {
+    format!("{}:{}", c.created_at, c.id)
+}
+
+fn parse_cursor(v: &str) -> Result<Cursor, ApiError> {
+    v.split_once(':')
+        .and_then(|(t, id)| {
+            Some(Cursor {
+                created_at: t.parse().ok()?,
+                id: id.to_owned(),
+            })
+        })
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid-filter",
+                format!("`after` must be the `next` of a previous page, not `{v}`"),
+            )
+        })
+}
+
+/// A metadata value: JSON when it parses (`7`, `true`, `"x"`), else the text itself.
+fn meta_value(v: &str) -> Value {
+    serde_json::from_str(v).unwrap_or_else(|_| Value::String(v.to_owned()))
+}
+
+async fn list(State(s): S, RawQuery(q): RawQuery) -> ApiResult {
+    let mut query = Query::new().limit(DEFAULT_LIMIT);
+    let mut want_count = false;
+    for (k, v) in pairs(q.as_deref())? {
+        match k.as_str() {
+            "state" => {
+                for st in v.split(',').filter(|x| !x.is_empty()) {
+                    query = query.state(parse_state(st)?);
+                }
+            }
+            "process" => query = query.process_type(v),
+            "root" => query = query.root(v),
+            "parent" => query = query.parent(v),
+            "from" => query.created_from = Some(parse_ms(&k, &v)?),
+            "until" => query.created_until = Some(parse_ms(&k, &v)?),
+            "after" => query = query.after(Some(parse_cursor(&v)?)),
+            "limit" => {
+                let n: usize = v.parse().ok().filter(|n| (1..=MAX_LIMIT).contains(n)).ok_or_else(|| {
+                    ApiError::bad_request(
+                        "invalid-filter",
+                        format!("`limit` must be a number from 1 to {MAX_LIMIT}, not `{v}`"),
+                    )
+                })?;
+                query = query.limit(n);
+            }
+            "count" => want_count = v == "true" || v == "1",
+            _ => match k.strip_prefix("meta.") {
+                Some(key) if !key.is_empty() => query = query.metadata(key, meta_value(&v)),
+                _ => {
+                    return Err(ApiError::bad_request(
+                        "invalid-filter",
+                        format!("unknown filter `{k}` (state, process, root, parent, meta.KEY, from, until, after, limit, count)"),
+                    ))
+                }
+            },
+        }
+    }
+    let total = if want_count {
+        Some(s.rt.count(query.clone()).await?)
+    } else {
+        None
+    };
+    let page = s.rt.list_page(query).await?;
+    let mut out = json!({
+        "records": page.records,
+        "next": page.next.as_ref().map(cursor_text),
+    });
+    if let Some(t) = total {
+        out["total"] = json!(t);
+    }
+    Ok(Json(out).into_response())
+}
+
+fn task_view(i: u32, r: &TaskRow) -> Value {
+    let result = r
+        .result
+        .as_deref()
+        .map(|t| serde_json::from_str::<Value>(t).unwrap_or_else(|_| json!({ "damaged": t })));
+    json!({
+        "index": i,
+        "node": r.node,
+        "task": r.task,
+        "state": r.state,
+        "skipped": r.skipped,
+        "attempts": r.attempts,
+        "started_at": r.started_at,
+        "ended_at": r.ended_at,
+        "elapsed_ms": r.elapsed_ns / 1_000_000,
+        "progress": r.progress,
+        "error": r.error,
+        "chain": r.chain,
+        "log": r.log,
+        "result": result,
+    })
+}
+
+async fn show(State(s): S, id: Result<Path<String>, PathRejection>) -> ApiResult {
+    let id = path_id(id)?;
+    let rec =
+        s.rt.get(&id)
+            .await?
+            .ok_or_else(|| crate::runtime::Error::NotFound { id: id.clone() })?;
+    let tasks: Vec<Value> = if rec.kind == RecordKind::Process {
+        s.rt.task_rows(&id)
+            .await?
+            .iter()
+            .map(|(i, r)| task_view(*i, r))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    Ok(Json(json!({ "record": rec, "tasks": tasks })).into_response())
+}
+
+async fn graph(State(s): S, id: Result<Path<String>, PathRejection>) -> ApiResult {
+    let id = path_id(id)?;
+    let g = s.rt.graph_of(&id).await?;
+    let rows: HashMap<String, TaskRow> =
+        s.rt.task_rows(&id)
+            .await?
+            .into_iter()
+            .map(|(_, r)| (r.node.to_string(), r))
+            .collect();
+    let ids = g.node_ids();
+    let deps: HashMap<&str, Vec<&str>> = ids
+        .iter()
+        .map(|n| (*n, g.dependencies(n).unwrap_or_default()))
+        .collect();
+    let failed = |n: &str| rows.get(n).is_some_and(|r| r.state == RecState::Failed);
+    let mut nodes = Vec::with_capacity(ids.len());
+    let mut edges = Vec::new();
+    for n in &ids {
+        for d in &deps[n] {
+            edges.push(json!([d, n]));
+        }
+        let row = rows.get(*n);
+        let skipped = row.is_some_and(|r| r.skipped);
+        // The failures upstream that skipped it: the nearest failed ancestors, through
+        // skipped ones.
+        let mut skipped_by = Vec::new();
+        if skipped {
+            let mut seen = HashSet::new();
+            let mut stack: Vec<&str> = deps[n].clone();
+            while let Some(d) = stack.pop() {
+                if !seen.insert(d) {
+                    continue;
+                }
+                if failed(d) {
+                    skipped_by.push(d);
+                } else if let Some(up) = deps.get(d) {
+                    stack.extend(up.iter().copied());
+                }
+            }
+            skipped_by.sort_unstable();
+        }
+        nodes.push(json!({
+            "id": n,
+            "task": row.map(|r| r.task.to_string()),
+            "state": row.map(|r| r.state),
+            "skipped": skipped,
+            "skipped_by": skipped_by,
+            "error": row.and_then(|r| r.error.clone()),
+        }));
+    }
+    Ok(
+        Json(json!({ "run": id, "process": g.name(), "nodes": nodes, "edges": edges }))
+            .into_response(),
+    )
+}
+
+fn accepted(id: &str) -> Response {
+    (StatusCode::ACCEPTED, Json(json!({ "ok": true, "id": id }))).into_response()
+}
+
+async fn launch(State(s): S, b: Result<Bytes, BytesRejection>) -> ApiResult {
+    let spec: LaunchSpec = body(b)?;
+    let h = s.rt.launch_spec(spec).await?;
+    Ok(accepted(h.id()))
+}
+
+async fn launch_id(State(s): S, id: Result<Path<String>, PathRejection>) -> ApiResult {
+    let id = path_id(id)?;
+    let h = s.rt.launch_id(&id).await?;
+    Ok(accepted(h.id()))
+}
+
+fn record(rec: &crate::record::ProcessRecord) -> Response {
+    Json(json!({ "ok": true, "record": rec })).into_response()
+}
+
+async fn cancel(State(s): S, id: Result<Path<String>, PathRejection>) -> ApiResult {
+    let id = path_id(id)?;
+    Ok(record(&s.rt.cancel(&id).await?))
+}
+
+async fn dismiss(State(s): S, id: Result<Path<String>, PathRejection>) -> ApiResult {
+    let id = path_id(id)?;
+    Ok(record(&s.rt.dismiss(&id).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BlockBody {
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+async fn block(
+    State(s): S,
+    id: Result<Path<String>, PathRejection>,
+    b: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let id = path_id(id)?;
+    let BlockBody { reason } = body(b)?;
+    Ok(record(&s.rt.block_launches(&id, reason).await?))
+}
+
+async fn unblock(State(s): S, id: Result<Path<String>, PathRejection>) -> ApiResult {
+    let id = path_id(id)?;
+    Ok(record(&s.rt.unblock_launches(&id).await?))
+}
+
+async fn resync(State(s): S) -> ApiResult {
+    let r = s.rt.resync().await?;
+    Ok(Json(json!({
+        "ok": true,
+        "created": r.created,
+        "updated": r.updated,
+        "deleted": r.deleted,
+        "kept_active": r.kept_active,
+    }))
+    .into_response())
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FilterBody {
+    #[serde(default)]
+    state: Vec<RecState>,
+    #[serde(default)]
+    process: Option<String>,
+    #[serde(default)]
+    root: Option<String>,
+    #[serde(default)]
+    parent: Option<String>,
+    #[serde(default)]
+    metadata: BTreeMap<String, Value>,
+    #[serde(default)]
+    from: Option<u64>,
+    #[serde(default)]
+    until: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CancelBody {
+    #[serde(default)]
+    filter: FilterBody,
+    /// Only count what would be cancelled.
+    #[serde(default)]
+    preview: bool,
+    /// Wait until every match has ended, at most this long.
+    #[serde(default)]
+    wait_ms: Option<u64>,
+}
+
+/// The longest a cancel by filter waits.
+const MAX_WAIT: Duration = Duration::from_mins(5);
+
+async fn cancel_by_filter(State(s): S, b: Result<Bytes, BytesRejection>) -> ApiResult {
+    let req: CancelBody = body(b)?;
+    let filter = req.filter;
+    let mut q = Query::new();
+    q.states = filter.state;
+    q.process_type = filter.process;
+    q.root = filter.root;
+    q.parent = filter.parent;
+    q.metadata = filter.metadata;
+    q.created_from = filter.from;
+    q.created_until = filter.until;
+    if req.preview {
+        let ids = s.rt.cancel_preview(&q).await?;
+        return Ok(Json(json!({ "ok": true, "count": ids.len(), "ids": ids })).into_response());
+    }
+    let out = match req.wait_ms {
+        Some(ms) => {
+            let ceiling = Duration::from_millis(ms).min(MAX_WAIT);
+            s.rt.cancel_matching_and_wait(&q, ceiling).await?
+        }
+        None => s.rt.cancel_matching(&q).await?,
+    };
+    let refused: Vec<Value> = out
+        .refused
+        .iter()
+        .map(|(id, why)| json!({ "id": id, "reason": why }))
+        .collect();
+    Ok(Json(json!({
+        "ok": out.unfinished.is_empty(),
+        "cancelled": out.cancelled,
+        "refused": refused,
+        "unfinished": out.unfinished,
+    }))
+    .into_response())
+}
+
+async fn events(State(s): S, headers: HeaderMap, RawQuery(q): RawQuery) -> ApiResult {
+    let mut filter = Filter::default();
+    let mut last = None;
+    for (k, v) in pairs(q.as_deref())? {
+        match k.as_str() {
+            "run" => filter.runs.push(v),
+            "root" => filter.roots.push(v),
+            "kind" => {
+                for kind in v.split(',').filter(|x| !x.is_empty()) {
+                    let known = KINDS.iter().find(|n| **n == kind).ok_or_else(|| {
+                        ApiError::bad_request(
+                            "invalid-filter",
+                            format!("unknown event kind `{kind}` (state, progress, log)"),
+                        )
+                    })?;
+                    filter.kinds.push(known);
+                }
+            }
+            // For clients that cannot set the header (a first connection that resumes).
+            "last_event_id" => last = Some(parse_last(&v)?),
+            _ => {
+                return Err(ApiError::bad_request(
+                    "invalid-filter",
+                    format!("unknown filter `{k}` (run, root, kind, last_event_id)"),
+                ))
+            }
+        }
+    }
+    if let Some(v) = headers.get("last-event-id") {
+        let v = v.to_str().map_err(|_| {
+            ApiError::bad_request("invalid-last-event-id", "`Last-Event-ID` is not text")
+        })?;
+        last = Some(parse_last(v)?);
+    }
+    let stream = s.feed.stream(last, filter);
+    let mut res = Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(s.cfg.keep_alive))
+        .into_response();
+    res.headers_mut()
+        .insert("x-accel-buffering", HeaderValue::from_static("no"));
+    Ok(res)
+}
+
+fn parse_last(v: &str) -> Result<u64, ApiError> {
+    v.trim().parse().map_err(|_| {
+        ApiError::bad_request(
+            "invalid-last-event-id",
+            format!("`Last-Event-ID` must be an event id given by this API, not `{v}`"),
+        )
+    })
+}
