@@ -76,6 +76,7 @@ mod api;
 mod error;
 mod feed;
 mod guard;
+mod ui;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -227,9 +228,10 @@ impl Admin {
         }
     }
 
-    /// The routes, to mount in an axum app (`Router::nest("/admin", …)` works too).
+    /// The routes, to mount in an axum app (`Router::nest("/admin", …)` works too), with
+    /// the dashboard's pages under `/` and `/ui/...`.
     pub fn router(&self) -> axum::Router {
-        api::routes(self.shared.clone())
+        api::routes(self.shared.clone()).merge(ui::routes(self.shared.clone()))
     }
 
     /// Live event-stream clients connected now (a client that disconnects is counted
