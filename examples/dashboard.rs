@@ -96,7 +96,7 @@ async fn archive_history(ctx: &Ctx, days: u32) -> Result<u32, FetchError> {
             f64::from(day) * 100.0 / f64::from(days.max(1)),
             format!("day {} of {days}", day + 1),
         );
-        tokio::time::sleep(Duration::from_millis(1000)).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
     Ok(days)
 }

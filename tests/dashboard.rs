@@ -1,4 +1,4 @@
-//! The dashboard in a real headless Chromium (issue 16), driven over WebDriver by
+//! The dashboard in a real headless Chromium (issue 16), driven over `WebDriver` by
 //! fantoccini with a chromedriver the test starts on 127.0.0.1: a run launched from the
 //! page, its tasks' progress and states moving live without a reload, a cancel seen as
 //! `cancelling` then `cancelled`, a failed task followed to its error and to what it
@@ -252,7 +252,7 @@ async fn js(c: &Client, script: &str) -> Value {
 
 /// Polls `expr` (a JS expression) until it is truthy; returns its value.
 async fn until(c: &Client, what: &str, expr: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + Duration::from_mins(1);
     let script = format!("try {{ return ({expr}); }} catch (e) {{ return null; }}");
     loop {
         let v = js(c, &script).await;
@@ -360,7 +360,7 @@ async fn a_run_launched_from_the_page_moves_live_fails_visibly_and_cancels() {
 
     // Progress of fetch_eu moves live, then it ends done.
     let mut seen = std::collections::BTreeSet::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + Duration::from_mins(1);
     while seen.len() < 3 {
         let v = js(
             c,
