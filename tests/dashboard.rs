@@ -331,7 +331,7 @@ async fn a_run_launched_from_the_page_moves_live_fails_visibly_and_cancels() {
     let params = c.find(Locator::Css("#params")).await.unwrap();
     params.clear().await.unwrap();
     params
-        .send_keys(r#"{"sources": ["eu", "us", "apac"], "pages": 16, "step_ms": 250, "archive_days": 400}"#)
+        .send_keys(r#"{"sources": ["eu", "us", "apac"], "pages": 24, "step_ms": 250, "archive_days": 400}"#)
         .await
         .unwrap();
     c.find(Locator::Css("#run-id"))
@@ -362,14 +362,18 @@ async fn a_run_launched_from_the_page_moves_live_fails_visibly_and_cancels() {
     let mut seen = std::collections::BTreeSet::new();
     let deadline = Instant::now() + Duration::from_mins(1);
     while seen.len() < 3 {
+        // The row's bar and the graph node's state, read together.
         let v = js(
             c,
             "const b = document.querySelector('tr[data-node=\"fetch_eu\"] .bar'); \
-             return b ? Number(b.getAttribute('aria-valuenow')) : null;",
+             const g = document.querySelector('g.node[data-node=\"fetch_eu\"]'); \
+             return b && g ? [Number(b.getAttribute('aria-valuenow')), g.dataset.state] : null;",
         )
         .await;
-        if let Some(n) = v.as_f64().filter(|n| *n > 0.0 && *n < 100.0) {
-            seen.insert(n as u64);
+        if v[1] == "running" {
+            if let Some(n) = v[0].as_f64().filter(|n| *n > 0.0 && *n < 100.0) {
+                seen.insert(n as u64);
+            }
         }
         assert!(
             Instant::now() < deadline,
@@ -377,12 +381,6 @@ async fn a_run_launched_from_the_page_moves_live_fails_visibly_and_cancels() {
         );
         tokio::time::sleep(Duration::from_millis(40)).await;
     }
-    until(
-        c,
-        "fetch_eu running",
-        &format!("{} === 'running'", node_state("fetch_eu")),
-    )
-    .await;
     until(
         c,
         "fetch_eu done",
@@ -597,6 +595,39 @@ async fn the_runs_page_pages_through_1000_records_and_renders_10000_quickly() {
     );
     shot(c, "runs-10000.png").await;
 
+    // A count per state is a filter: none is running, all 10,000 are idle.
+    click(c, "[data-count=\"running\"]").await;
+    until(
+        c,
+        "no running run",
+        "document.querySelector('#page-info').textContent.startsWith('Runs 0–0 of 0')",
+    )
+    .await;
+    click(c, "[data-count=\"idle\"]").await;
+    until(
+        c,
+        "10,000 idle runs",
+        "document.querySelector('#page-info').textContent.includes('of 10,000')",
+    )
+    .await;
+    // Search by id: a miss says so, a hit opens the run.
+    let search = c.find(Locator::Css("#search-id")).await.unwrap();
+    search.send_keys("no-such-run\n").await.unwrap();
+    until(
+        c,
+        "the miss",
+        "document.querySelector('#toast').textContent.includes('No run with id no-such-run')",
+    )
+    .await;
+    search.clear().await.unwrap();
+    search.send_keys("batch-00500\n").await.unwrap();
+    until(
+        c,
+        "the run page of batch-00500",
+        "location.pathname === '/ui/runs/batch-00500' && document.querySelector('h1')?.textContent === 'batch-00500'",
+    )
+    .await;
+
     // 1,000 of them, filtered by process and paged through to the end.
     c.goto(&format!("{base}/?process=batch_job")).await.unwrap();
     ready(c).await;
@@ -606,7 +637,7 @@ async fn the_runs_page_pages_through_1000_records_and_renders_10000_quickly() {
         let info = until(
             c,
             "the page info",
-            &format!("(document.querySelector('#page-info').textContent.includes('page {page}')) && document.querySelector('#page-info').textContent"),
+            &format!("(document.querySelector('#page-info').textContent.endsWith('page {page}')) && document.querySelector('#page-info').textContent"),
         )
         .await;
         assert!(info.as_str().unwrap().contains("of 1,000"), "{info}");
@@ -632,7 +663,7 @@ async fn the_runs_page_pages_through_1000_records_and_renders_10000_quickly() {
     until(
         c,
         "page 19",
-        "document.querySelector('#page-info').textContent.includes('page 19')",
+        "document.querySelector('#page-info').textContent.endsWith('page 19')",
     )
     .await;
     let back = js(
