@@ -155,11 +155,17 @@ fn which(names: &[&str]) -> Option<PathBuf> {
     None
 }
 
-/// A chromedriver started by the test, killed when dropped.
+/// A chromedriver started by the test in a process group of its own; dropping it kills
+/// that group, so a failed test leaves no browser behind.
 struct Driver(Child);
 
 impl Drop for Driver {
     fn drop(&mut self) {
+        #[cfg(unix)]
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.0.id())])
+            .stderr(Stdio::null())
+            .status();
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
@@ -191,10 +197,13 @@ async fn browser() -> Option<Browser> {
         let l = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
         l.local_addr().expect("its address").port()
     };
-    let child = Command::new(&driver)
-        .arg(format!("--port={port}"))
+    let mut cmd = Command::new(&driver);
+    cmd.arg(format!("--port={port}"))
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(Stdio::null());
+    #[cfg(unix)]
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    let child = cmd
         .spawn()
         .unwrap_or_else(|e| panic!("starting {}: {e}", driver.display()));
     let driver = Driver(child);
@@ -212,7 +221,8 @@ async fn browser() -> Option<Browser> {
         json!({
             "binary": chrome.display().to_string(),
             "args": ["--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
-                     "--disable-gpu", "--window-size=1440,1000", "--lang=en-US"],
+                     "--disable-gpu", "--disable-crash-reporter", "--disable-breakpad",
+                     "--window-size=1440,1000", "--lang=en-US"],
         }),
     );
     let client = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
