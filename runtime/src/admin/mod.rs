@@ -19,6 +19,7 @@
 //! | `POST /api/resync` | resync the definitions |
 //! | `POST /api/cancel` (`{"filter": {...}, "preview": true, "wait_ms": 5000}`) | cancel by filter: a preview count, a cancel, or a cancel that waits until every match has ended |
 //! | `GET /api/events?run=&root=&kind=state,progress,log` | live events (SSE) |
+//! | `GET /` · `/ui/runs/{id}` · `/ui/launch` | the dashboard: pages, script and styles embedded in the binary, fed by the routes above (mount the router at the root of its origin) |
 //!
 //! Ids are path segments: percent-encode a `/` in an id (`a%2Fb`).
 //!
@@ -51,7 +52,8 @@
 //! - [`AdminConfig::read_only`] refuses every mutation.
 //! - Bodies over [`AdminConfig::body_limit`] get 413; every response has `Cache-Control:
 //!   no-store`, `X-Content-Type-Options: nosniff`, `X-Frame-Options: DENY`,
-//!   `Referrer-Policy: no-referrer` and a `Content-Security-Policy` that allows nothing.
+//!   `Referrer-Policy: no-referrer` and a `Content-Security-Policy` that allows nothing
+//!   (on the dashboard's pages: scripts, styles and connections of the same origin only).
 //!
 //! # Examples
 //!
@@ -76,6 +78,7 @@ mod api;
 mod error;
 mod feed;
 mod guard;
+mod ui;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -227,9 +230,10 @@ impl Admin {
         }
     }
 
-    /// The routes, to mount in an axum app (`Router::nest("/admin", …)` works too).
+    /// The routes, to mount in an axum app (`Router::nest("/admin", …)` works too), with
+    /// the dashboard's pages under `/` and `/ui/...`.
     pub fn router(&self) -> axum::Router {
-        api::routes(self.shared.clone())
+        api::routes(self.shared.clone()).merge(ui::routes(self.shared.clone()))
     }
 
     /// Live event-stream clients connected now (a client that disconnects is counted
