@@ -48,6 +48,16 @@
 //!   and the hex `X-Signature-SHA256` header; `notify::verify` for receivers).
 //! - `email`: e-mail notifications (lettre over tokio with rustls: STARTTLS, implicit TLS
 //!   or plain, chosen explicitly).
+//! - `logs`: per-task or per-run log files from `tracing` events ([`logs::TaskLogLayer`],
+//!   a `tracing-subscriber` layer; paths from [`logs::TaskLogLayer::file_of`]).
+//!
+//! # Tracing
+//!
+//! Every run is a `run` span (fields `process`, `run`, `worker`, `resumes`) and every
+//! task attempt a `task` span inside it (`process`, `run`, `task`, `node`, `attempt`,
+//! `worker`), with events for retries, timeouts, cancels and failures; `ctx.log`
+//! entries are events of their attempt. With no subscriber installed, a span costs an
+//! atomic load.
 //!
 //! # Example
 //!
@@ -103,15 +113,15 @@ pub use procession_runtime::{
     Builder, CancelGraceExceeded, CancellationToken, Cancelled, CatchUp, Child, ChildError,
     ChildOutcome, ChildProcessFailed, ChildProgress, ChildResult, Ctx, Data, Definition,
     DependencyFailed, Error, ErrorMatcher, ErrorReport, Event, EventKind, EventStream, Graph,
-    GraphError, GroupCancel, GroupError, GroupOptions, Hooks, InputError, IntoArg, IntoGraph, IntoPercent,
-    IntoTaskId, IntoTaskSpec, InvalidTransition, Json, Launch, LaunchBlock, LaunchSpec, Level, ListFilter, LogEntry,
-    MissingResource, Mode, NodeRef, NonRetryable, OnDepFailure, Out, OutputNotSerializable,
-    Overlap, ParallelGroup, PlainInputs, Policy, Process, ProcessMeta, ProcessRecord, Progress,
-    ProgressCallback, Read, RecordKind, Res, Resource, ResourceKey, Result, ResultError, ResultKey,
-    ResyncReport, RetryExhausted, RunHandle, RunInfo, RunMeta, RunReport, RunStatus, RunSummary,
-    Runtime, RuntimeBuilder, Schedule, ScheduleError, Shutdown, State, Status, StrArg, Task,
-    TaskExt, TaskFuture, TaskGraph, TaskInfo, TaskKey, TaskMeta, TaskPanicked, TaskReport,
-    TaskSpec, TaskStatus, Timeout, MAX_LOG, SCHEMA_VERSION,
+    GraphError, GroupCancel, GroupError, GroupOptions, Hooks, InputError, IntoArg, IntoGraph,
+    IntoPercent, IntoTaskId, IntoTaskSpec, InvalidTransition, Json, Launch, LaunchBlock,
+    LaunchSpec, Level, ListFilter, LogEntry, MissingResource, Mode, NodeRef, NonRetryable,
+    OnDepFailure, Out, OutputNotSerializable, Overlap, ParallelGroup, PlainInputs, Policy, Process,
+    ProcessMeta, ProcessRecord, Progress, ProgressCallback, Read, RecordKind, Res, Resource,
+    ResourceKey, Result, ResultError, ResultKey, ResyncReport, RetryExhausted, RunHandle, RunInfo,
+    RunMeta, RunReport, RunStatus, RunSummary, Runtime, RuntimeBuilder, Schedule, ScheduleError,
+    Shutdown, State, Status, StrArg, Task, TaskExt, TaskFuture, TaskGraph, TaskInfo, TaskKey,
+    TaskMeta, TaskPanicked, TaskReport, TaskSpec, TaskStatus, Timeout, MAX_LOG, SCHEMA_VERSION,
 };
 
 /// The names most programs need: `use procession::prelude::*;`.
@@ -127,6 +137,11 @@ pub mod prelude {
 /// or start [`admin::serve`]; see the module's documentation for routes and security.
 #[cfg(feature = "admin")]
 pub use procession_runtime::admin;
+
+/// Per-task or per-run log files (cargo feature `logs`): install
+/// [`logs::TaskLogLayer`] in your `tracing` subscriber.
+#[cfg(feature = "logs")]
+pub use procession_runtime::logs;
 
 #[doc(hidden)]
 pub mod __private {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::exec::{execute, Resume, RunConfig};
+use crate::exec::{execute, run_span, Resume, RunConfig};
 use crate::graph::Graph;
 use crate::hooks::Hooks;
 use crate::journal::RunJournal;
@@ -44,6 +44,12 @@ pub(super) async fn drive(inner: Arc<Inner>, run: Run) -> Option<RunReport> {
     } = run;
     let id = rec.id.clone();
     let run_meta = rec.run.clone();
+    let span = run_span(
+        graph.name(),
+        &id,
+        &inner.worker,
+        run_meta.as_ref().map_or(0, |m| m.resumes),
+    );
     // scheduled -> running, unless a cancel got there first.
     let started = inner
         .update(&id, move |cur| match cur {
@@ -151,6 +157,8 @@ pub(super) async fn drive(inner: Arc<Inner>, run: Run) -> Option<RunReport> {
             parent: id.clone(),
         }))),
         resources: inner.resources.clone(),
+        span,
+        worker: Arc::from(inner.worker.as_str()),
     };
     let report = execute(graph, cfg).await;
     if let Some(j) = &journal {

@@ -10,7 +10,7 @@ use serde_json::Value;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::exec::{execute, Resume, RunConfig};
+use crate::exec::{execute, run_span, Resume, RunConfig};
 use crate::graph::process::Process;
 use crate::graph::{Graph, GraphError, TaskGraph};
 use crate::hooks::Hooks;
@@ -674,6 +674,8 @@ impl Runtime {
             resume: None,
             runtime: None,
             resources: self.inner.resources.clone(),
+            span: run_span(graph.name(), &id, &self.inner.worker, 0),
+            worker: Arc::from(self.inner.worker.as_str()),
         };
         tokio::spawn(async move {
             if let Some(report) = execute(graph, cfg).await {
