@@ -21,7 +21,7 @@ LAYERS = [
     ["schedule"],
     ["record"],
     ["events", "report"],
-    ["logs"],
+    ["logs", "otel"],
     ["task"],
     ["hooks"],
     ["graph"],

@@ -50,6 +50,10 @@
 //!   or plain, chosen explicitly).
 //! - `logs`: per-task or per-run log files from `tracing` events ([`logs::TaskLogLayer`],
 //!   a `tracing-subscriber` layer; paths from [`logs::TaskLogLayer::file_of`]).
+//! - `otel`: OpenTelemetry export ([`otel::layer`], tracing-opentelemetry 0.34 with
+//!   opentelemetry 0.33); each run keeps its W3C trace context on its record, so that a
+//!   resumed run's spans join its trace. Flushing the tracer provider is yours, after
+//!   `Runtime::shutdown`.
 //!
 //! # Tracing
 //!
@@ -142,6 +146,11 @@ pub use procession_runtime::admin;
 /// [`logs::TaskLogLayer`] in your `tracing` subscriber.
 #[cfg(feature = "logs")]
 pub use procession_runtime::logs;
+
+/// OpenTelemetry export of the runtime's spans (cargo feature `otel`): [`otel::layer`],
+/// trace context kept on each run so that resumed runs join their trace.
+#[cfg(feature = "otel")]
+pub use procession_runtime::otel;
 
 #[doc(hidden)]
 pub mod __private {

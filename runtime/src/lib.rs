@@ -23,6 +23,8 @@
 //! - `email`: e-mail notifications of run ends (lettre over tokio with rustls).
 //! - `logs`: per-task or per-run log files written from `tracing` events
 //!   (`logs::TaskLogLayer`, a `tracing-subscriber` layer).
+//! - `otel`: OpenTelemetry export of the runtime's spans (`otel::layer`), with each run's
+//!   trace context stored on its record so that resumed runs join their trace.
 //!
 //! None is on by default.
 
@@ -42,6 +44,8 @@ pub mod logs;
 #[doc(hidden)]
 pub mod macro_support;
 pub mod notify;
+#[cfg(feature = "otel")]
+pub mod otel;
 mod record;
 mod report;
 mod runtime;

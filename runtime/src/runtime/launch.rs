@@ -197,6 +197,7 @@ impl Runtime {
             seq: 0,
             overlap_of: None,
             fired_at: None,
+            traceparent: super::drive::caller_trace(),
         };
         let fresh = ProcessRecord {
             adhoc: true,
@@ -278,6 +279,7 @@ impl Runtime {
             seq: 0,
             overlap_of: None,
             fired_at,
+            traceparent: super::drive::caller_trace(),
         };
         self.enqueue(id, reg.meta.name, None, rec, meta, graph, hooks)
             .await
@@ -324,6 +326,7 @@ impl Runtime {
             seq,
             overlap_of: Some(owner.to_owned()),
             fired_at: Some(fired_at),
+            traceparent: None,
         };
         let fresh = ProcessRecord {
             adhoc: true,
