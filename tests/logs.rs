@@ -250,3 +250,40 @@ async fn bad_ids_stay_inside_the_directory() {
     assert!(file_name(&long).len() <= 220);
     assert_ne!(file_name(&long), file_name(&long2));
 }
+
+// The admin API says where each task's lines are (cargo features `logs` and `admin`).
+#[cfg(feature = "admin")]
+#[tokio::test(flavor = "current_thread")]
+async fn admin_api_shows_each_tasks_log_file() {
+    use axum::body::{to_bytes, Body};
+    use axum::http::Request;
+    use procession::admin::{self, AdminConfig};
+    use tower::ServiceExt as _;
+
+    let dir = fresh_dir("admin");
+    let logs = TaskLogLayer::per_task(&dir);
+    let _guard =
+        tracing::subscriber::set_default(tracing_subscriber::registry().with(logs.clone()));
+    let rt = rt().await;
+    let report = rt.run(SharedLog {}).await.unwrap();
+    let app = admin::router(rt.clone(), AdminConfig::default().log_files(logs.clone()));
+    let req = Request::get(format!("/api/runs/{}", report.run_id))
+        .body(Body::empty())
+        .unwrap();
+    let res = app.oneshot(req).await.unwrap();
+    assert!(res.status().is_success());
+    let v: serde_json::Value =
+        serde_json::from_slice(&to_bytes(res.into_body(), 1 << 20).await.unwrap()).unwrap();
+    let tasks = v["tasks"].as_array().unwrap();
+    assert_eq!(tasks.len(), 2);
+    for t in tasks {
+        let node = t["node"].as_str().unwrap();
+        let path = PathBuf::from(t["log_file"].as_str().unwrap());
+        assert_eq!(path, logs.file_of(&report.run_id, node));
+        assert!(
+            read(&path).contains(&format!("from {node}")),
+            "{}",
+            path.display()
+        );
+    }
+}
