@@ -39,8 +39,9 @@
 //! tracing::subscriber::with_default(subscriber, || {
 //!     tracing::info_span!("work").in_scope(|| {});
 //! });
-//! provider.shutdown().unwrap();
+//! provider.force_flush().unwrap();
 //! assert_eq!(exporter.get_finished_spans().unwrap()[0].name, "work");
+//! provider.shutdown().unwrap();
 //! ```
 
 use std::collections::HashMap;
