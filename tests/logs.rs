@@ -251,6 +251,42 @@ async fn bad_ids_stay_inside_the_directory() {
     assert_ne!(file_name(&long), file_name(&long2));
 }
 
+#[task(timeout = "20ms")]
+async fn sleepy() -> u32 {
+    tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+    0
+}
+
+#[process]
+fn slow(p: &mut Builder) {
+    p.task(Sleepy::new());
+}
+
+// A timed-out attempt says so in its task's file, and the run's failure is in the run's.
+#[tokio::test(flavor = "current_thread")]
+async fn timeouts_and_failures_are_logged() {
+    let dir = fresh_dir("timeout");
+    let per_task = TaskLogLayer::per_task(dir.join("tasks"));
+    let per_run = TaskLogLayer::per_run(dir.join("runs"));
+    let _guard = tracing::subscriber::set_default(
+        tracing_subscriber::registry()
+            .with(per_task.clone())
+            .with(per_run.clone()),
+    );
+    let report = rt().await.run(Slow {}).await.unwrap();
+    assert!(!report.is_success());
+    let task = read(&per_task.file_of(&report.run_id, "sleepy"));
+    assert!(
+        task.contains(" attempt=1 task=sleepy node=sleepy WARN attempt timed out after=20ms"),
+        "{task}"
+    );
+    let run = read(&per_run.file_of(&report.run_id, "sleepy"));
+    assert!(
+        run.contains(" attempt=- task=- node=- WARN task failed task=sleepy"),
+        "{run}"
+    );
+}
+
 // The admin API says where each task's lines are (cargo features `logs` and `admin`).
 #[cfg(feature = "admin")]
 #[tokio::test(flavor = "current_thread")]

@@ -366,16 +366,19 @@ where
             return;
         }
         let Some(span) = ctx.span(id) else { return };
+        // Several of these layers may share one subscriber (a per-task and a per-run
+        // one): the first stores the span's fields, the others read the same.
+        let mut ext = span.extensions_mut();
         match meta.name() {
-            "task" => {
+            "task" if ext.get_mut::<AttemptFields>().is_none() => {
                 let mut f = AttemptFields::default();
                 attrs.record(&mut f);
-                span.extensions_mut().insert(f);
+                ext.insert(f);
             }
-            "run" => {
+            "run" if ext.get_mut::<RunFields>().is_none() => {
                 let mut f = RunFields::default();
                 attrs.record(&mut f);
-                span.extensions_mut().insert(f);
+                ext.insert(f);
             }
             _ => {}
         }
