@@ -21,6 +21,7 @@ LAYERS = [
     ["schedule"],
     ["record"],
     ["events", "report"],
+    ["logs", "otel"],
     ["task"],
     ["hooks"],
     ["graph"],

@@ -48,6 +48,20 @@
 //!   and the hex `X-Signature-SHA256` header; `notify::verify` for receivers).
 //! - `email`: e-mail notifications (lettre over tokio with rustls: STARTTLS, implicit TLS
 //!   or plain, chosen explicitly).
+//! - `logs`: per-task or per-run log files from `tracing` events ([`logs::TaskLogLayer`],
+//!   a `tracing-subscriber` layer; paths from [`logs::TaskLogLayer::file_of`]).
+//! - `otel`: OpenTelemetry export ([`otel::layer`], tracing-opentelemetry 0.34 with
+//!   opentelemetry 0.33); each run keeps its W3C trace context on its record, so that a
+//!   resumed run's spans join its trace. Flushing the tracer provider is yours, after
+//!   `Runtime::shutdown`.
+//!
+//! # Tracing
+//!
+//! Every run is a `run` span (fields `process`, `run`, `worker`, `resumes`) and every
+//! task attempt a `task` span inside it (`process`, `run`, `task`, `node`, `attempt`,
+//! `worker`), with events for retries, timeouts, cancels and failures; `ctx.log`
+//! entries are events of their attempt. With no subscriber installed, a span costs an
+//! atomic load.
 //!
 //! # Example
 //!
@@ -127,6 +141,16 @@ pub mod prelude {
 /// or start [`admin::serve`]; see the module's documentation for routes and security.
 #[cfg(feature = "admin")]
 pub use procession_runtime::admin;
+
+/// Per-task or per-run log files (cargo feature `logs`): install
+/// [`logs::TaskLogLayer`] in your `tracing` subscriber.
+#[cfg(feature = "logs")]
+pub use procession_runtime::logs;
+
+/// OpenTelemetry export of the runtime's spans (cargo feature `otel`): [`otel::layer`],
+/// trace context kept on each run so that resumed runs join their trace.
+#[cfg(feature = "otel")]
+pub use procession_runtime::otel;
 
 #[doc(hidden)]
 pub mod __private {

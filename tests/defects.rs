@@ -253,6 +253,7 @@ async fn defect_06_a_key_relaunch_during_resume_attaches() {
         seq: 0,
         overlap_of: None,
         fired_at: None,
+        traceparent: None,
     });
     store
         .update("inv", &mut |_| Update::Put(Box::new(rec.clone())))
@@ -329,6 +330,7 @@ async fn defect_07_attempt_numbers_never_repeat_after_a_restart() {
         seq: 0,
         overlap_of: None,
         fired_at: None,
+        traceparent: None,
     });
     store
         .update("a", &mut |_| Update::Put(Box::new(rec.clone())))

@@ -328,6 +328,7 @@ fn stored_run(id: &str, process_type: &str, fingerprint: u64, state: State) -> P
         seq: 0,
         overlap_of: None,
         fired_at: None,
+        traceparent: None,
     });
     rec
 }

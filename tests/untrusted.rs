@@ -93,6 +93,7 @@ fn running(
         seq: 0,
         overlap_of: None,
         fired_at: None,
+        traceparent: None,
     });
     rec
 }
@@ -483,6 +484,7 @@ prop_compose! {
             seq: 0,
             overlap_of: None,
             fired_at: None,
+            traceparent: None,
         });
         r
     }

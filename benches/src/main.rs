@@ -863,6 +863,67 @@ fn status_kb(field: &str) -> Option<u64> {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
+/// Prints what the runtime's spans cost with no subscriber installed: one `run` span per
+/// run and one `task` span per attempt (the executor's exact field lists, with `%` display
+/// wrappers of values the run holds), each entered around a poll, timed alone; then that
+/// per-attempt figure times the tasks of each wide graph against its (b) median.
+fn print_span_cost(cfg: &Config, times: &BTreeMap<(usize, Variant), Vec<Duration>>) {
+    use std::hint::black_box;
+    let n: u32 = if cfg.quick { 200_000 } else { 2_000_000 };
+    let process = String::from("wide");
+    let run_id: Arc<str> = Arc::from("wide-1");
+    let worker: Arc<str> = Arc::from("worker-0123456789abcdef");
+    let node: Arc<str> = Arc::from("leaf#1234");
+    let run = tracing::info_span!("run", process = %process, run = %run_id, worker = %worker, resumes = 0u32);
+    let mut per_attempt = Vec::new();
+    for _ in 0..cfg.runs.max(3) {
+        let t = Instant::now();
+        for attempt in 0..n {
+            let span = tracing::info_span!(
+                parent: &run,
+                "task",
+                process = %process,
+                run = %run_id,
+                task = "leaf",
+                node = %node,
+                attempt,
+                worker = %worker,
+            );
+            // An attempt's future is polled at least once inside its span.
+            span.in_scope(|| black_box(attempt));
+            black_box(&span);
+        }
+        per_attempt.push(t.elapsed() / n);
+    }
+    let each = median(&per_attempt);
+    println!(
+        "tracing spans with no subscriber installed (subscriber set: {}; static max level: {}), median of {}:",
+        tracing::dispatcher::has_been_set(),
+        tracing::level_filters::STATIC_MAX_LEVEL,
+        per_attempt.len()
+    );
+    println!(
+        "  one attempt span (create with 6 fields, enter, exit, drop): {:.1} ns",
+        each.as_secs_f64() * 1e9
+    );
+    for (si, &shape) in cfg.shapes.iter().enumerate() {
+        if let Shape::Wide(tasks) = shape {
+            let spans = each * tasks;
+            let b = median(&times[&(si, Variant::Memory)]);
+            println!(
+                "  {:<14} {} attempt spans: {:.3} ms = {:.2}% of its (b) median {:.2} ms",
+                shape.name(),
+                tasks,
+                ms(spans),
+                100.0 * spans.as_secs_f64() / b.as_secs_f64(),
+                ms(b)
+            );
+        }
+    }
+    println!("  (build with `--features tracing/max_level_off` to compile every span and event out and compare the tables)");
+    println!();
+}
+
 /// `--rss-child <n> <mem|sled>`: runs one wide graph and prints `VmHWM` before and after,
 /// and the peak live heap during the run (counted from the runtime's start; freed memory
 /// subtracted, so a live heap far below `VmHWM` is allocator overhead, not the runtime).
@@ -1378,6 +1439,9 @@ async fn bench(cfg: Config) -> AnyResult<()> {
         drop(g);
     }
     println!();
+
+    // Spans with no subscriber.
+    print_span_cost(&cfg, &times);
 
     // Persisted writes vs raw sled.
     println!("persisted writes of one (c) run (counted by a Store wrapper around SledStore; separate, untimed run)");

@@ -21,8 +21,12 @@
 //! - `webhook`: webhook notifications of run ends (reqwest with rustls, HMAC-SHA256
 //!   signatures, `notify::verify` for receivers).
 //! - `email`: e-mail notifications of run ends (lettre over tokio with rustls).
+//! - `logs`: per-task or per-run log files written from `tracing` events
+//!   (`logs::TaskLogLayer`, a `tracing-subscriber` layer).
+//! - `otel`: OpenTelemetry export of the runtime's spans (`otel::layer`), with each run's
+//!   trace context stored on its record so that resumed runs join their trace.
 //!
-//! Neither is on by default.
+//! None is on by default.
 
 #![doc(test(attr(deny(warnings))))]
 #![forbid(unsafe_code)]
@@ -35,9 +39,13 @@ mod exec;
 mod graph;
 mod hooks;
 mod journal;
+#[cfg(feature = "logs")]
+pub mod logs;
 #[doc(hidden)]
 pub mod macro_support;
 pub mod notify;
+#[cfg(feature = "otel")]
+pub mod otel;
 mod record;
 mod report;
 mod runtime;

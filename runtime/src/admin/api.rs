@@ -233,7 +233,8 @@ async fn show(State(s): S, id: Result<Path<String>, PathRejection>) -> ApiResult
         s.rt.get(&id)
             .await?
             .ok_or_else(|| crate::runtime::Error::NotFound { id: id.clone() })?;
-    let tasks: Vec<Value> = if rec.kind == RecordKind::Process {
+    #[allow(unused_mut)] // `log_file`s are added with cargo feature `logs`
+    let mut tasks: Vec<Value> = if rec.kind == RecordKind::Process {
         s.rt.task_rows(&id)
             .await?
             .iter()
@@ -242,6 +243,13 @@ async fn show(State(s): S, id: Result<Path<String>, PathRejection>) -> ApiResult
     } else {
         Vec::new()
     };
+    #[cfg(feature = "logs")]
+    if let Some(logs) = &s.cfg.log_files {
+        for t in &mut tasks {
+            let node = t["node"].as_str().unwrap_or_default().to_owned();
+            t["log_file"] = json!(logs.file_of(&id, &node).to_string_lossy());
+        }
+    }
     Ok(Json(json!({ "record": rec, "tasks": tasks })).into_response())
 }
 

@@ -108,6 +108,10 @@ pub struct AdminConfig {
     pub(crate) keep_alive: Duration,
     pub(crate) replay_buffer: usize,
     pub(crate) client_buffer: usize,
+    /// Where task log files are written (cargo feature `logs`): each task of `GET
+    /// /api/runs/{id}` then says its `log_file`.
+    #[cfg(feature = "logs")]
+    pub(crate) log_files: Option<crate::logs::TaskLogLayer>,
 }
 
 impl fmt::Debug for AdminConfig {
@@ -119,7 +123,7 @@ impl fmt::Debug for AdminConfig {
             .field("keep_alive", &self.keep_alive)
             .field("replay_buffer", &self.replay_buffer)
             .field("client_buffer", &self.client_buffer)
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 
@@ -132,6 +136,8 @@ impl Default for AdminConfig {
             keep_alive: Duration::from_secs(15),
             replay_buffer: 10_000,
             client_buffer: 1024,
+            #[cfg(feature = "logs")]
+            log_files: None,
         }
     }
 }
@@ -184,6 +190,27 @@ impl AdminConfig {
     #[must_use]
     pub fn client_buffer(mut self, events: usize) -> Self {
         self.client_buffer = events.max(1);
+        self
+    }
+
+    /// The log-file layer installed in the application's subscriber (cargo feature
+    /// `logs`): each task shown by `GET /api/runs/{id}` then carries its `log_file`, the
+    /// path its lines are written to ([`TaskLogLayer::file_of`](crate::logs::TaskLogLayer::file_of)).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use procession::admin::AdminConfig;
+    /// use procession::logs::TaskLogLayer;
+    /// let logs = TaskLogLayer::per_task("/var/log/procession");
+    /// // install `logs.clone()` in the subscriber, then:
+    /// let cfg = AdminConfig::default().log_files(logs);
+    /// # drop(cfg);
+    /// ```
+    #[cfg(feature = "logs")]
+    #[must_use]
+    pub fn log_files(mut self, layer: crate::logs::TaskLogLayer) -> Self {
+        self.log_files = Some(layer);
         self
     }
 }

@@ -59,6 +59,24 @@ pub(crate) struct RunConfig {
     pub(crate) runtime: Option<RuntimeHandle>,
     /// The runtime's shared resources, read by tasks.
     pub(crate) resources: Arc<Resources>,
+    /// The run's span ([`run_span`]): the driver runs in it and every task attempt's
+    /// span is its child.
+    pub(crate) span: tracing::Span,
+    /// The runtime running this run (its worker id), for the attempt spans.
+    pub(crate) worker: Arc<str>,
+}
+
+/// The span of one run: `run{process, run, worker, resumes}`, at level INFO, target
+/// `procession_runtime::exec`. With no subscriber installed it costs an atomic load and
+/// formats nothing.
+pub(crate) fn run_span(process: &str, run_id: &str, worker: &str, resumes: u32) -> tracing::Span {
+    tracing::info_span!(
+        "run",
+        process = %process,
+        run = %run_id,
+        worker = %worker,
+        resumes,
+    )
 }
 
 /// The runtime's suspension signal, shared by every run: a flag read where tasks start
@@ -144,7 +162,14 @@ enum Msg {
 
 /// Runs `graph` to the end and returns its report; `None` when the runtime suspended the
 /// run (see [`RunConfig::halt`]).
-pub(crate) async fn execute(mut graph: Graph, mut cfg: RunConfig) -> Option<RunReport> {
+pub(crate) async fn execute(graph: Graph, cfg: RunConfig) -> Option<RunReport> {
+    use tracing::Instrument as _;
+    let span = cfg.span.clone();
+    drive_run(graph, cfg).instrument(span).await
+}
+
+/// [`execute`], inside the run's span.
+async fn drive_run(mut graph: Graph, mut cfg: RunConfig) -> Option<RunReport> {
     let started = Instant::now();
     let n = graph.nodes.len();
     let ids: Box<[Arc<str>]> = graph.nodes.iter().map(|n| n.id.clone()).collect();
@@ -220,6 +245,8 @@ pub(crate) async fn execute(mut graph: Graph, mut cfg: RunConfig) -> Option<RunR
         workers_start_dependents: cfg.max_concurrency.is_none(),
         in_flight: AtomicUsize::new(0),
         tx,
+        span: cfg.span.clone(),
+        worker: cfg.worker.clone(),
     });
     let info = RunInfo {
         process: graph.name.clone(),

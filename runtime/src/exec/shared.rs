@@ -18,6 +18,11 @@ use crate::task::TaskMeta;
 use super::{run_node, Msg};
 
 pub(super) struct Shared {
+    /// The run's span: the parent of every attempt's span (workers are spawned tasks,
+    /// which do not inherit the driver's span).
+    pub(super) span: tracing::Span,
+    /// The worker id of the runtime running the run.
+    pub(super) worker: Arc<str>,
     pub(super) slots: Box<[Slot]>,
     pub(super) ids: Box<[Arc<str>]>,
     pub(super) metas: Box<[&'static TaskMeta]>,

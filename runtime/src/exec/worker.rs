@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use futures::FutureExt;
+use tracing::Instrument as _;
 
 use crate::error::{BoxError, RetryExhausted, TaskPanicked, Timeout};
 use crate::hooks::{Attempt, AttemptOutcome, TaskInfo};
@@ -137,7 +138,10 @@ pub(super) async fn attempts(
         // Read only if the node is abandoned after the cancellation grace period.
         shared.attempts_run[i as usize].store(attempt, Ordering::Relaxed);
         let ctx = Ctx::new(shared.scope.clone(), i, meta.name, attempt);
-        let outcome = run_attempt(shared, i, meta, attempt, &mut *task, ctx, node_started).await;
+        let span = attempt_span(shared, i, meta, attempt);
+        let outcome = run_attempt(shared, i, meta, attempt, &mut *task, ctx, node_started)
+            .instrument(span.clone())
+            .await;
         let Some(err) = outcome.error else {
             if let Some(done) = outcome.payload {
                 shared.slots[i as usize].fill(done.json, done.typed);
@@ -145,9 +149,12 @@ pub(super) async fn attempts(
             return (attempt, Ok(()));
         };
         let cancelled = shared.scope.cancel.is_cancelled();
+        if cancelled {
+            tracing::info!(parent: &span, task = meta.name, attempt, error = %err, "attempt ended after a cancel");
+        }
         if !cancelled && this_run < policy.max_attempts && policy.is_retryable(&*err) {
             let delay = policy.backoff.jittered_delay(attempt);
-            tracing::info!(task = meta.name, attempt, ?delay, error = %err, "retrying");
+            tracing::info!(parent: &span, task = meta.name, attempt, ?delay, error = %err, "retrying");
             tokio::select! {
                 () = tokio::time::sleep(delay) => continue,
                 () = shared.scope.cancel.cancelled() => return (attempt, Err(err)),
@@ -176,6 +183,8 @@ pub(super) async fn run_attempt(
     ctx: Ctx,
     node_started: Instant,
 ) -> AttemptOutcome {
+    // Polled inside the attempt's span (see `attempts`): a task's synchronous part and
+    // its `ctx.log` entries are events of the attempt.
     let started = std::panic::catch_unwind(AssertUnwindSafe(|| prepared.attempt(ctx)));
     match started {
         Ok(Ok(())) => {}
@@ -206,13 +215,14 @@ pub(super) async fn run_attempt(
             Some(t) => match tokio::time::timeout(t, guarded).await {
                 Ok(r) => r,
                 Err(_) => {
+                    tracing::warn!(task = meta.name, attempt, after = ?t, "attempt timed out");
                     return AttemptOutcome {
                         error: Some(Box::new(Timeout {
                             task: meta.name.to_owned(),
                             after: t,
                         })),
                         payload: None,
-                    }
+                    };
                 }
             },
             None => guarded.await,
@@ -284,6 +294,23 @@ impl Drop for Running<'_> {
     fn drop(&mut self) {
         self.prepared.end_attempt();
     }
+}
+
+/// The span of one task attempt: `task{process, run, task, node, attempt, worker}`, a
+/// child of the run's span. The fields are recorded from values the run holds already
+/// (nothing is formatted unless a subscriber records them); with no subscriber, creating
+/// it costs an atomic load.
+fn attempt_span(shared: &Shared, i: u32, meta: &TaskMeta, attempt: u32) -> tracing::Span {
+    tracing::info_span!(
+        parent: &shared.span,
+        "task",
+        process = %shared.process,
+        run = %shared.run_id,
+        task = meta.name,
+        node = %shared.ids[i as usize],
+        attempt,
+        worker = %shared.worker,
+    )
 }
 
 pub(super) fn panicked(meta: &TaskMeta, panic: &(dyn std::any::Any + Send)) -> BoxError {

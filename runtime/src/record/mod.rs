@@ -100,6 +100,11 @@ pub struct RunMeta {
     /// `None` for a run launched by a call.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fired_at: Option<u64>,
+    /// The run's W3C trace context (`traceparent`), kept with cargo feature `otel` when
+    /// an OpenTelemetry layer records spans: the spans of a resumed run join this trace.
+    /// Read from the store, so untrusted: an invalid value is ignored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 /// A process record: identity, definition, status, progress and log.

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::exec::{execute, Resume, RunConfig};
+use crate::exec::{execute, run_span, Resume, RunConfig};
 use crate::graph::Graph;
 use crate::hooks::Hooks;
 use crate::journal::RunJournal;
@@ -44,13 +44,30 @@ pub(super) async fn drive(inner: Arc<Inner>, run: Run) -> Option<RunReport> {
     } = run;
     let id = rec.id.clone();
     let run_meta = rec.run.clone();
+    let span = run_span(
+        graph.name(),
+        &id,
+        &inner.worker,
+        run_meta.as_ref().map_or(0, |m| m.resumes),
+    );
+    // The run joins the trace stored on its record (its launcher's, or its own first
+    // span's before a crash); a run with none stores its own span's.
+    let store_trace = join_trace(
+        &span,
+        run_meta.as_ref().and_then(|m| m.traceparent.as_deref()),
+    );
     // scheduled -> running, unless a cancel got there first.
     let started = inner
         .update(&id, move |cur| match cur {
             Some(r) if r.run.as_ref().map(|m| m.token) == Some(token) => {
                 let mut r = r.clone();
                 match r.transition(State::Running) {
-                    Ok(()) => (Update::Put(Box::new(r)), true),
+                    Ok(()) => {
+                        if let (Some(m), Some(tp)) = (r.run.as_mut(), &store_trace) {
+                            m.traceparent = Some(tp.clone());
+                        }
+                        (Update::Put(Box::new(r)), true)
+                    }
                     Err(_) => (Update::Keep, false),
                 }
             }
@@ -151,6 +168,8 @@ pub(super) async fn drive(inner: Arc<Inner>, run: Run) -> Option<RunReport> {
             parent: id.clone(),
         }))),
         resources: inner.resources.clone(),
+        span,
+        worker: Arc::from(inner.worker.as_str()),
     };
     let report = execute(graph, cfg).await;
     if let Some(j) = &journal {
@@ -305,6 +324,36 @@ pub(super) async fn drive(inner: Arc<Inner>, run: Run) -> Option<RunReport> {
     }
     drop(journal);
     Some(report)
+}
+
+/// The trace context to store on a run launched now: the caller's current span's (cargo
+/// feature `otel`, with an OpenTelemetry layer installed).
+pub(super) fn caller_trace() -> Option<String> {
+    #[cfg(feature = "otel")]
+    {
+        crate::otel::traceparent(&tracing::Span::current())
+    }
+    #[cfg(not(feature = "otel"))]
+    {
+        None
+    }
+}
+
+/// Makes the run's `span` a child of the run's `stored` trace context, if valid; returns
+/// the context to store on the record when none was (the span's own).
+fn join_trace(span: &tracing::Span, stored: Option<&str>) -> Option<String> {
+    #[cfg(feature = "otel")]
+    {
+        match stored {
+            Some(tp) if crate::otel::join(span, tp) => None,
+            _ => crate::otel::traceparent(span),
+        }
+    }
+    #[cfg(not(feature = "otel"))]
+    {
+        let _ = (span, stored);
+        None
+    }
 }
 
 /// How a run that ended in `state` is notified.

@@ -10,7 +10,7 @@ use serde_json::Value;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::exec::{execute, Resume, RunConfig};
+use crate::exec::{execute, run_span, Resume, RunConfig};
 use crate::graph::process::Process;
 use crate::graph::{Graph, GraphError, TaskGraph};
 use crate::hooks::Hooks;
@@ -197,6 +197,7 @@ impl Runtime {
             seq: 0,
             overlap_of: None,
             fired_at: None,
+            traceparent: super::drive::caller_trace(),
         };
         let fresh = ProcessRecord {
             adhoc: true,
@@ -278,6 +279,7 @@ impl Runtime {
             seq: 0,
             overlap_of: None,
             fired_at,
+            traceparent: super::drive::caller_trace(),
         };
         self.enqueue(id, reg.meta.name, None, rec, meta, graph, hooks)
             .await
@@ -324,6 +326,7 @@ impl Runtime {
             seq,
             overlap_of: Some(owner.to_owned()),
             fired_at: Some(fired_at),
+            traceparent: None,
         };
         let fresh = ProcessRecord {
             adhoc: true,
@@ -674,6 +677,8 @@ impl Runtime {
             resume: None,
             runtime: None,
             resources: self.inner.resources.clone(),
+            span: run_span(graph.name(), &id, &self.inner.worker, 0),
+            worker: Arc::from(self.inner.worker.as_str()),
         };
         tokio::spawn(async move {
             if let Some(report) = execute(graph, cfg).await {

@@ -244,6 +244,7 @@ impl Runtime {
             seq: 0,
             overlap_of: None,
             fired_at: None,
+            traceparent: super::drive::caller_trace(),
         };
         let fresh = ProcessRecord {
             adhoc: true,

@@ -142,6 +142,7 @@ impl Runtime {
             seq: 0,
             overlap_of: None,
             fired_at: None,
+            traceparent: None,
         });
         // The stored rows are read while the graph is rebuilt (both take a while for a
         // large run).

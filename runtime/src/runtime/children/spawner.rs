@@ -93,6 +93,7 @@ impl Runtime {
             seq: 0,
             overlap_of: None,
             fired_at: None,
+            traceparent: crate::runtime::drive::caller_trace(),
         };
         let mut hooks = req.hooks;
         hooks.extend(self.inner.hooks.iter().cloned());
