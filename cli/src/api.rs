@@ -110,9 +110,19 @@ impl ApiClient {
         Err(api_error(url, id, status.as_u16(), value.as_ref()))
     }
 
-    /// The live events of run `run` (from after `last` when given).
-    pub(crate) async fn events(&self, run: &str, last: Option<&str>) -> Result<Sse, CliError> {
-        let url = self.url(&format!("/api/events?run={}", encode(run)));
+    /// The live events of run `run` (from after `last` when given), of the `kinds` given
+    /// (`state,progress`; all when empty).
+    pub(crate) async fn events(
+        &self,
+        run: &str,
+        kinds: &str,
+        last: Option<&str>,
+    ) -> Result<Sse, CliError> {
+        let mut url = self.url(&format!("/api/events?run={}", encode(run)));
+        if !kinds.is_empty() {
+            url.push_str("&kind=");
+            url.push_str(kinds);
+        }
         let mut r = self
             .request(reqwest::Method::GET, &url)
             .header("accept", "text/event-stream");

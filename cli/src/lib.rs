@@ -226,18 +226,25 @@ fn report(e: &CliError, output: Output) -> Exit {
     let exit = e.exit();
     match output {
         Output::Text => eprintln!("error: {}", e.full_message()),
-        Output::Json => println!(
-            "{}",
+        Output::Json => stdout(&format!(
+            "{}\n",
             json!({ "error": { "code": e.code(), "message": e.full_message(), "exit": exit.code() } })
-        ),
+        )),
     }
     exit
 }
 
+/// Writes to stdout; a closed pipe (`procession runs list | head`) is not an error.
+pub(crate) fn stdout(text: &str) {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
+}
+
 fn print(doc: &Value, output: Output, text: impl FnOnce(&Value) -> String) {
     match output {
-        Output::Json => println!("{doc}"),
-        Output::Text => print!("{}", text(doc)),
+        Output::Json => stdout(&format!("{doc}\n")),
+        Output::Text => stdout(&text(doc)),
     }
 }
 

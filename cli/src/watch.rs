@@ -91,7 +91,12 @@ impl WatchView {
                 b.set_prefix(format!("run {}", self.run));
                 b
             });
-            overall.set_length(tasks.len() as u64);
+            // Task rows appear as tasks start: the graph's size is in the record.
+            let total = doc["record"]["run"]["tasks"]
+                .as_u64()
+                .unwrap_or(0)
+                .max(tasks.len() as u64);
+            overall.set_length(total);
         }
         for t in tasks {
             let node = text(t, "node").to_owned();
@@ -123,7 +128,13 @@ impl WatchView {
             state: String::new(),
             bar: None,
         });
-        if line.state == state {
+        // Events older than a snapshot may follow it: a task that has ended stays ended
+        // (its first end is the one shown; a snapshot only refines `cancelled` into
+        // `skipped`).
+        let ended = |s: &str| is_end(s) || s == "skipped";
+        if line.state == state
+            || (ended(&line.state) && !(line.state == "cancelled" && state == "skipped"))
+        {
             return;
         }
         state.clone_into(&mut line.state);
@@ -147,7 +158,7 @@ impl WatchView {
             }
             Live::Lines => {
                 let suffix = error.map(|e| format!(": {e}")).unwrap_or_default();
-                println!("{node} {state}{suffix}");
+                crate::stdout(&format!("{node} {state}{suffix}\n"));
             }
             Live::Quiet => {}
         }
@@ -227,7 +238,12 @@ pub(crate) async fn follow(
 ) -> Result<Value, CliError> {
     // The stream first, then the snapshot: nothing that happens between is missed
     // (an event also in the snapshot is applied twice, which changes nothing).
-    let mut sse = api.events(id, None).await?;
+    // Without bars, progress is not shown: the server need not send it.
+    let kinds = match view.live {
+        Live::Bars(_) => "state,progress",
+        Live::Lines | Live::Quiet => "state",
+    };
+    let mut sse = api.events(id, kinds, None).await?;
     let path = format!("/api/runs/{}", crate::api::encode(id));
     let snap = api.get(&path, Some(id)).await?;
     let state = record_state(&snap["record"]).to_owned();
@@ -257,6 +273,12 @@ pub(crate) async fn follow(
                     view.snapshot(&snap);
                     continue;
                 }
+                // A task that failed or was cancelled: the snapshot tells its error, and
+                // whether it was skipped (the event does not).
+                if e.event == "state" && task_end_without_detail(id, &e) {
+                    let snap = api.get(&path, Some(id)).await?;
+                    view.snapshot(&snap);
+                }
                 if view.event(&e).is_some() {
                     return api.get(&path, Some(id)).await;
                 }
@@ -271,7 +293,7 @@ pub(crate) async fn follow(
                     });
                 }
                 tokio::time::sleep(Duration::from_millis(200 * u64::from(reconnects))).await;
-                sse = api.events(id, last_id.as_deref()).await?;
+                sse = api.events(id, kinds, last_id.as_deref()).await?;
                 // The run may have ended while the stream was down (a shutdown ends it
                 // too).
                 let snap = api.get(&path, Some(id)).await?;
@@ -281,6 +303,18 @@ pub(crate) async fn follow(
             }
         }
     }
+}
+
+/// Whether `e` ends a task of run `run` as failed or cancelled.
+fn task_end_without_detail(run: &str, e: &SseEvent) -> bool {
+    let Ok(body) = serde_json::from_str::<Value>(&e.data) else {
+        return false;
+    };
+    let id = text(&body, "id");
+    id.len() > run.len()
+        && id.starts_with(run)
+        && id.as_bytes()[run.len()] == b'/'
+        && matches!(text(&body, "state"), "failed" | "cancelled")
 }
 
 #[cfg(test)]
@@ -308,7 +342,7 @@ mod tests {
         ));
         let mut view = WatchView::new("r1", Live::Bars(mp));
         view.snapshot(&json!({
-            "record": {"id": "r1", "status": {"state": "running"}},
+            "record": {"id": "r1", "status": {"state": "running"}, "run": {"tasks": 3}},
             "tasks": [
                 {"node": "fetch", "state": "running", "progress": {"percent": 40.0, "message": "page 4 of 10"}},
                 {"node": "clean", "state": "scheduled", "progress": {}},
@@ -318,7 +352,7 @@ mod tests {
         view.event(&event("progress", &json!({"id": "r1/fetch", "run": "r1", "kind": "progress", "progress": {"percent": 60.0, "message": "page 6 of 10"}})));
         view.tasks["fetch"].bar.as_ref().expect("a bar").tick();
         let screen = term.contents();
-        assert!(screen.contains("run r1 0/2 tasks ended"), "{screen}");
+        assert!(screen.contains("run r1 0/3 tasks ended"), "{screen}");
         assert!(screen.contains("fetch ["), "{screen}");
         assert!(screen.contains(" 60% page 6 of 10"), "{screen}");
         assert!(
@@ -340,8 +374,16 @@ mod tests {
         let screen = term.contents();
         assert!(screen.contains("fetch done"), "{screen}");
         assert!(screen.contains("clean ["), "{screen}");
-        assert!(screen.contains("run r1 1/2 tasks ended"), "{screen}");
+        assert!(screen.contains("run r1 1/3 tasks ended"), "{screen}");
         assert!(!screen.contains("page 6 of 10"), "{screen}");
+
+        // An event older than the snapshot that showed the end changes nothing.
+        view.event(&event(
+            "state",
+            &json!({"id": "r1/fetch", "run": "r1", "kind": "state", "state": "running"}),
+        ));
+        assert!(view.tasks["fetch"].bar.is_none());
+        assert_eq!(view.tasks["fetch"].state, "done");
 
         // The run's own end is what ends `watch`.
         let end = view.event(&event(

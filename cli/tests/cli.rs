@@ -55,10 +55,35 @@ fn holder(p: &mut Builder) {
     p.task(Hold::new());
 }
 
+/// Opened by the test once the watcher is connected.
+static GATE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+#[task]
+async fn gate() -> u32 {
+    while !GATE.load(std::sync::atomic::Ordering::SeqCst) {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    1
+}
+
+#[task]
+fn boom_after(x: u32) -> Result<u32, std::io::Error> {
+    Err(std::io::Error::other(format!("the disk is full after {x}")))
+}
+
+/// Fails once the gate opens; its last task is skipped.
+#[process]
+fn gated(p: &mut Builder) {
+    let g = p.task(Gate::new());
+    let b = p.task(BoomAfter::new(g));
+    p.task(After::new(b));
+}
+
 fn builder(b: RuntimeBuilder) -> RuntimeBuilder {
     b.register::<Slow>()
         .register::<Breaks>()
         .register::<Holder>()
+        .register::<Gated>()
 }
 
 async fn served() -> (Runtime, Server, String) {
@@ -241,6 +266,49 @@ async fn launch_and_watch_to_the_end_with_exit_codes_from_the_outcome() {
     assert!(
         out.stdout
             .contains("2 tasks: 0 done, 1 failed, 0 cancelled, 1 skipped"),
+        "{}",
+        out.stdout
+    );
+
+    // Live lines tell each task's end, with the error of a failure and the skip.
+    let watcher = tokio::spawn({
+        let url = url.clone();
+        async move {
+            cli(&[
+                "runs", "launch", "gated", "--id", "g1", "--watch", "--api", &url,
+            ])
+            .await
+        }
+    });
+    for _ in 0..6000 {
+        if server.admin().subscribers() > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Slack for the watcher's snapshot request, which follows its subscription.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    GATE.store(true, std::sync::atomic::Ordering::SeqCst);
+    let out = watcher.await.unwrap();
+    assert_eq!(out.code, 1, "{}\n{}", out.stdout, out.stderr);
+    let lines: Vec<&str> = out
+        .stdout
+        .lines()
+        .take_while(|l| !l.starts_with("run g1"))
+        .collect();
+    assert_eq!(lines.first(), Some(&"gate running"), "{}", out.stdout);
+    // A task that ends in its first poll may send only its end: ends only.
+    let ends: Vec<&str> = lines
+        .into_iter()
+        .filter(|l| !l.ends_with(" running"))
+        .collect();
+    assert_eq!(
+        ends,
+        [
+            "gate done",
+            "boom_after failed: the disk is full after 1",
+            "after skipped"
+        ],
         "{}",
         out.stdout
     );
@@ -475,14 +543,14 @@ fn run_duration(rec: &procession::ProcessRecord) -> Duration {
 
 /// The figure "CLI watch overhead": a 200-task run (each task reports progress 4 times
 /// over 20 ms, all at once) without and with a `procession runs launch --watch` attached
-/// over the API, 7 of each, alternated: the run's own duration (what the runtime pays
+/// over the API, 15 of each, alternated: the run's own duration (what the runtime pays
 /// for the watcher's events) and the command's end-to-end time (process start, launch
 /// over HTTP, the event stream, the summary). Medians printed, not asserted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn figure_watch_overhead() {
     let (rt, server, url) = served().await;
     let (mut bare, mut watched, mut command) = (Vec::new(), Vec::new(), Vec::new());
-    for i in 0..7 {
+    for i in 0..15 {
         let h = rt.launch(Slow { n: 200, ms: 20 }).await.unwrap();
         let id = h.id().to_owned();
         h.wait().await.unwrap();
@@ -514,7 +582,7 @@ async fn figure_watch_overhead() {
         median(&mut command),
     );
     println!(
-        "figure: CLI watch overhead (200 tasks x 4 progress events, median of 7): run duration {b:?} unwatched, {w:?} watched ({:+.1} %); `procession runs launch --watch` end to end {c:?}",
+        "figure: CLI watch overhead (200 tasks x 4 progress events, median of 15): run duration {b:?} unwatched, {w:?} watched ({:+.1} %); `procession runs launch --watch` end to end {c:?}",
         (w.as_secs_f64() / b.as_secs_f64() - 1.0) * 100.0
     );
     server.shutdown().await;
