@@ -13,8 +13,8 @@ Exit codes:
   1  the run failed or was cancelled, or another error
   2  usage error
   3  not found (no such run)
-  4  refused (not cancellable, not dismissable, launch blocked, invalid parameters, a store
-     path asked to do what only a running program can, ...)
+  4  refused (not cancellable, not dismissable, launch blocked, invalid parameters, a token
+     the API does not accept, a store path asked to do what only a running program can, ...)
   5  cannot reach the API or open the store";
 
 /// `procession`: list, show, watch, launch, cancel and dismiss the runs of a procession

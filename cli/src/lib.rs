@@ -129,7 +129,7 @@ pub fn main() -> ExitCode {
 /// Runs the command line given to your program (`std::env::args`) against `rt`: the
 /// `procession` commands, for a program that registers its own processes. It serves
 /// `rt`'s admin API on a loopback port with a fresh token for the command's duration.
-/// `--api` and `--store` are refused (it is always `rt`).
+/// `--api` is refused and `--store` ignored (the target is always `rt`).
 ///
 /// `runs launch` without `--watch` returns once the run is launched; your program
 /// decides whether to wait for it (a shutdown suspends it, the next start resumes it).

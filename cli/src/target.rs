@@ -105,6 +105,10 @@ impl Target {
     pub(crate) async fn list(&self, a: &ListArgs) -> Result<Value, CliError> {
         match self {
             Target::Api(api) => {
+                // Checked here too: a wrong state is a usage error whatever the target.
+                for s in &a.state {
+                    parse_state(s)?;
+                }
                 let mut q = format!("/api/runs?limit={}", a.limit);
                 if !a.state.is_empty() {
                     q.push_str("&state=");

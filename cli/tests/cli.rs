@@ -405,8 +405,13 @@ async fn refusals_usage_errors_and_an_unreachable_api_have_their_exit_codes() {
     assert_eq!(out.code, 2);
     let out = cli(&["runs", "list", "--api", &url, "--state", "sleepy"]).await;
     assert_eq!(
-        out.code, 4,
-        "the API refuses an unknown state: {}",
+        out.code, 2,
+        "an unknown state is a usage error: {}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("unknown state `sleepy`"),
+        "{}",
         out.stderr
     );
 
