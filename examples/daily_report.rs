@@ -13,7 +13,10 @@
 //!
 //! Run it with `cargo run --example daily_report`. With the `webhook` feature and
 //! `PROCESSION_WEBHOOK_URL` set, the run's report is also sent, signed, to that URL (see
-//! `examples/webhook_receiver.rs`).
+//! `examples/webhook_receiver.rs`). With the `admin` feature and
+//! `PROCESSION_ADMIN=127.0.0.1:7878` set, it also serves the admin API there, and keeps
+//! serving after its run until Ctrl-C, for the `procession` command line (`cli/`):
+//! `procession runs list --api http://127.0.0.1:7878`.
 
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -190,6 +193,7 @@ async fn main() -> procession::Result<()> {
         .define(nightly)
         .start()
         .await?;
+    let admin = serve_admin(&rt).await;
     T0.get_or_init(Instant::now);
     let run = rt.launch(DailyReport { sources }).await?;
     let run_id = run.id().to_owned();
@@ -237,9 +241,60 @@ async fn main() -> procession::Result<()> {
         record.status.error
     );
     wait_for_notifications(&rt, &run_id).await?;
+    keep_serving(admin).await;
     rt.shutdown().await?;
     Ok(())
 }
+
+/// With `PROCESSION_ADMIN` set (an address such as `127.0.0.1:7878`), serves the admin
+/// API there for the `procession` command line.
+#[cfg(feature = "admin")]
+async fn serve_admin(rt: &Runtime) -> Option<procession::admin::Server> {
+    use procession::admin::{self, AdminConfig};
+    let addr = std::env::var("PROCESSION_ADMIN").ok()?;
+    let addr: std::net::SocketAddr = match addr.parse() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("PROCESSION_ADMIN=`{addr}` is not an address like 127.0.0.1:7878: {e}");
+            return None;
+        }
+    };
+    match admin::serve(rt.clone(), AdminConfig::default(), addr).await {
+        Ok(server) => {
+            println!(
+                "admin API on http://{0}: try `procession runs list --api http://{0}`",
+                server.local_addr()
+            );
+            Some(server)
+        }
+        Err(e) => {
+            eprintln!("not serving the admin API: {e}");
+            None
+        }
+    }
+}
+
+#[cfg(feature = "admin")]
+async fn keep_serving(admin: Option<procession::admin::Server>) {
+    let Some(server) = admin else { return };
+    println!(
+        "\nstill serving the admin API on http://{}: Ctrl-C to stop",
+        server.local_addr()
+    );
+    let _ = tokio::signal::ctrl_c().await;
+    server.shutdown().await;
+}
+
+#[cfg(not(feature = "admin"))]
+async fn serve_admin(_rt: &Runtime) -> Option<std::convert::Infallible> {
+    if std::env::var_os("PROCESSION_ADMIN").is_some() {
+        eprintln!("PROCESSION_ADMIN is ignored: build with `--features admin`");
+    }
+    None
+}
+
+#[cfg(not(feature = "admin"))]
+async fn keep_serving(_admin: Option<std::convert::Infallible>) {}
 
 /// With `PROCESSION_WEBHOOK_URL` set, every run's report is sent there, signed with
 /// `PROCESSION_WEBHOOK_SECRET` (the receiver example's demo secret by default). The
