@@ -153,8 +153,11 @@ async fn a_blocked_schedule_launches_nothing_until_unblocked() {
     // The paused clock jumps while the store works: advance fire by fire until the
     // refusal is on the log.
     let blocked_msg = "launches of process `ticker` are blocked";
+    // Bounded by real time (generous), not by a number of jumps: on a loaded machine the
+    // scheduler's store round trips (blocking threads) take longer than a few jumps.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
     let mut logged = false;
-    for _ in 0..50 {
+    while std::time::Instant::now() < deadline {
         tokio::time::advance(Duration::from_secs(10)).await;
         let rec = rt.get("ticker").await.unwrap().unwrap();
         if rec.log.iter().any(|l| l.message.contains(blocked_msg)) {
@@ -165,14 +168,27 @@ async fn a_blocked_schedule_launches_nothing_until_unblocked() {
     assert!(logged, "the refused fire is logged on the record");
     assert_eq!(TICKS.load(Ordering::SeqCst), 0);
     rt.unblock_launches("ticker").await.unwrap();
-    for _ in 0..50 {
+    // The next fire launches a run; the run then needs a few store round trips (blocking
+    // threads, real time) before its task ticks: poll by the record's run count and the
+    // counter, not by a fixed number of clock jumps.
+    let mut fired = false;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while std::time::Instant::now() < deadline {
         if TICKS.load(Ordering::SeqCst) > 0 {
             break;
         }
-        tokio::time::advance(Duration::from_secs(10)).await;
-        let _ = rt.get("ticker").await.unwrap();
+        if !fired {
+            tokio::time::advance(Duration::from_secs(10)).await;
+        } else {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        fired |= rt.get("ticker").await.unwrap().unwrap().runs > 0;
     }
-    assert!(TICKS.load(Ordering::SeqCst) >= 1);
+    assert!(fired, "a fire after the unblock launched a run");
+    assert!(
+        TICKS.load(Ordering::SeqCst) >= 1,
+        "the unblocked run ran its task"
+    );
 }
 
 // Launch as data: parameters checked against the registered type, with a message that
