@@ -6,8 +6,8 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use procession::store::{
-    Archive, Batch, ChannelState, Delivery, DeliveryQuery, DeliveryState, DeliveryUpdate, MemoryStore,
-    PastRun, Query, SledStore, Store, TaskRow, Update,
+    Archive, Batch, ChannelState, Delivery, DeliveryQuery, DeliveryState, DeliveryUpdate,
+    MemoryStore, PastRun, Query, SledStore, Store, TaskRow, Update,
 };
 use procession::{ProcessRecord, Progress, State};
 

@@ -10,8 +10,7 @@ use super::outbox::{
     ChannelState, Delivery, DeliveryPage, DeliveryQuery, DeliveryUpdate, Pager,
 };
 use super::{
-    index, Applied, Batch, Enqueue, Lease, Page, PastRun, Query, Store, StoreError, TaskRow,
-    Update,
+    index, Applied, Batch, Enqueue, Lease, Page, PastRun, Query, Store, StoreError, TaskRow, Update,
 };
 use crate::record::{now_ms, ProcessRecord};
 

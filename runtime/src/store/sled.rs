@@ -17,8 +17,7 @@ use self::guard::{Sidecar, SEQ_KEY};
 use super::codec::{decode_record, decode_row, encode, encode_row};
 use super::outbox::{ChannelState, Delivery, DeliveryPage, DeliveryQuery, DeliveryUpdate};
 use super::{
-    index, Applied, Batch, Enqueue, Lease, Page, PastRun, Query, Store, StoreError, TaskRow,
-    Update,
+    index, Applied, Batch, Enqueue, Lease, Page, PastRun, Query, Store, StoreError, TaskRow, Update,
 };
 use crate::record::{now_ms, ProcessRecord, State, SCHEMA_VERSION};
 
