@@ -82,6 +82,9 @@ impl From<Error> for ApiError {
             Error::EmptyFilter => (S::BAD_REQUEST, "empty-filter"),
             Error::Config(_) => (S::BAD_REQUEST, "invalid-setting"),
             Error::Schedule(_) => (S::BAD_REQUEST, "invalid-schedule"),
+            Error::DeliveryNotFound { .. } => (S::NOT_FOUND, "not-found"),
+            Error::DeliveryPending { .. } => (S::CONFLICT, "delivery-pending"),
+            Error::ChannelDisabled { .. } => (S::CONFLICT, "channel-disabled"),
             Error::ShuttingDown => (S::SERVICE_UNAVAILABLE, "shutting-down"),
             _ => {
                 tracing::error!(error = %e, "admin API: internal error");
