@@ -222,7 +222,7 @@ async fn refusals_and_keyset_pages() {
                 uri = format!(
                     "/api/deliveries?state=pending&channel=ops&limit=2&after={}",
                     next.replace(':', "%3A")
-                )
+                );
             }
             None => break,
         }

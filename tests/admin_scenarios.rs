@@ -228,9 +228,7 @@ async fn a_task_cancelling_its_own_group_ends_cancelled() {
         .start()
         .await
         .unwrap();
-    RT.set(rt.clone())
-        .ok()
-        .expect("one runtime per test binary");
+    assert!(RT.set(rt.clone()).is_ok(), "one runtime per test binary");
     let run = rt
         .launch(
             Launch::new(SelfCanceller {})
