@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use procession::admin::{self, AdminConfig};
 use procession::prelude::*;
-use procession::store::{Batch, Query, SledStore, Store};
+use procession::store::{Batch, SledStore, Store};
 use procession::ProcessRecord;
 
 use super::{ms, status_kb, AnyResult};
@@ -153,16 +153,21 @@ async fn sse_figure(tasks: u32, clients: usize) -> AnyResult<()> {
     let last = seen.iter().map(|s| s.done_at).max().ok_or("no clients")?;
     let wall = last.duration_since(start);
     let received: u64 = seen.iter().map(|s| s.events).sum();
-    let resyncs: u64 = seen.iter().map(|s| s.resyncs).sum();
+    let least = seen.iter().map(|s| s.resyncs).min().unwrap_or(0);
+    let most = seen.iter().map(|s| s.resyncs).max().unwrap_or(0);
     println!(
-        "  SSE: 1 run of {tasks} no-op tasks with progress ({published} events published by the feed, run took {:.0} ms), {clients} clients on GET /api/events:",
+        "  SSE: 1 run of {tasks} no-op tasks, each reporting progress once (about {} events: a state and a progress per task), {clients} clients on GET /api/events; the run took {:.0} ms, the feed numbered {published} events:",
+        2 * u64::from(tasks) + 3,
         ms(run_end)
     );
     println!(
-        "    {received} events received in all in {:.0} ms (launch to the last client's `done`): {:.0} events/s in all, {:.0} per client; {resyncs} resync events (client buffer overflowed past the replay buffer)",
+        "    {received} events received in all in {:.0} ms (launch to the last client's `done`): {:.0} events/s in all, {:.0} per client",
         ms(wall),
         received as f64 / wall.as_secs_f64(),
         received as f64 / wall.as_secs_f64() / clients as f64
+    );
+    println!(
+        "    resync events per client: {least} to {most} (the same count for every client means the feed's pump itself fell behind the runtime's event bus and lost events; more for some clients means their own buffer overflowed past the replay buffer)"
     );
     server.shutdown().await;
     rt.shutdown().await?;
@@ -251,15 +256,33 @@ pub(crate) async fn list_child(args: &[String]) -> AnyResult<()> {
     )
     .await?;
     let base = format!("http://{}/api/runs", server.local_addr());
-    // The cursor after record `records / 2`, as a client paging would have got it.
-    let mid = rt
-        .list_page(Query::new().limit(records / 2))
-        .await?
-        .next
-        .ok_or("no middle cursor")?;
-    let after = format!("{}:{}", mid.created_at, mid.id);
     let client = reqwest::Client::new();
     let first = median_latency(&client, &format!("{base}?limit=50"), samples).await?;
+    let rss_first = status_kb("VmRSS:").unwrap_or(0);
+    // The cursor after record `records / 2`, got as a client gets it: page by page.
+    let mut after = String::new();
+    let mut passed = 0;
+    while passed < records / 2 {
+        let url = if after.is_empty() {
+            format!("{base}?limit=500")
+        } else {
+            format!("{base}?limit=500&after={}", after.replace(':', "%3A"))
+        };
+        let page: serde_json::Value = serde_json::from_slice(
+            &client
+                .get(&url)
+                .send()
+                .await?
+                .error_for_status()?
+                .bytes()
+                .await?,
+        )?;
+        passed += page["records"].as_array().map_or(0, Vec::len);
+        after = page["next"]
+            .as_str()
+            .ok_or("the listing ended early")?
+            .to_owned();
+    }
     let deep = median_latency(
         &client,
         &format!("{base}?limit=50&after={}", after.replace(':', "%3A")),
@@ -274,9 +297,10 @@ pub(crate) async fn list_child(args: &[String]) -> AnyResult<()> {
         ms(deep)
     );
     println!(
-        "    resident memory (VmRSS): {} MiB before the open, {} MiB with the store open and the runtime started, {} MiB after the requests",
+        "    resident memory (VmRSS): {} MiB before the open, {} MiB with the store open and the runtime started, {} MiB after the first-page requests, {} MiB after paging to the middle (500 a page) and the deep requests",
         rss_start / 1024,
         rss_open / 1024,
+        rss_first / 1024,
         rss_end / 1024
     );
     server.shutdown().await;
