@@ -150,11 +150,11 @@ async fn sse_figure(tasks: u32, clients: usize) -> AnyResult<()> {
         seen.push(f.await??);
     }
     let published = server.admin().last_event_id() - first_id;
-    let last = seen.iter().map(|s| s.done_at).max().ok_or("no clients")?;
-    let wall = last.duration_since(start);
+    let last_done = seen.iter().map(|s| s.done_at).max().ok_or("no clients")?;
+    let wall = last_done.duration_since(start);
     let received: u64 = seen.iter().map(|s| s.events).sum();
-    let least = seen.iter().map(|s| s.resyncs).min().unwrap_or(0);
-    let most = seen.iter().map(|s| s.resyncs).max().unwrap_or(0);
+    let fewest_resyncs = seen.iter().map(|s| s.resyncs).min().unwrap_or(0);
+    let most_resyncs = seen.iter().map(|s| s.resyncs).max().unwrap_or(0);
     println!(
         "  SSE: 1 run of {tasks} no-op tasks, each reporting progress once (about {} events: a state and a progress per task), {clients} clients on GET /api/events; the run took {:.0} ms, the feed numbered {published} events:",
         2 * u64::from(tasks) + 3,
@@ -167,7 +167,7 @@ async fn sse_figure(tasks: u32, clients: usize) -> AnyResult<()> {
         received as f64 / wall.as_secs_f64() / clients as f64
     );
     println!(
-        "    resync events per client: {least} to {most} (the same count for every client means the feed's pump itself fell behind the runtime's event bus and lost events; more for some clients means their own buffer overflowed past the replay buffer)"
+        "    resync events per client: {fewest_resyncs} to {most_resyncs} (the same count for every client means the feed's pump itself fell behind the runtime's event bus and lost events; more for some clients means their own buffer overflowed past the replay buffer)"
     );
     server.shutdown().await;
     rt.shutdown().await?;
@@ -278,10 +278,10 @@ pub(crate) async fn list_child(args: &[String]) -> AnyResult<()> {
                 .await?,
         )?;
         passed += page["records"].as_array().map_or(0, Vec::len);
-        after = page["next"]
+        page["next"]
             .as_str()
             .ok_or("the listing ended early")?
-            .to_owned();
+            .clone_into(&mut after);
     }
     let deep = median_latency(
         &client,
