@@ -136,6 +136,14 @@ async fn a_block_survives_a_restart_and_a_resync() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Waits a little real time: the store works on other threads, which the paused clock
+/// does not wait for.
+async fn real_pause() {
+    tokio::task::spawn_blocking(|| std::thread::sleep(Duration::from_millis(2)))
+        .await
+        .unwrap();
+}
+
 // A blocked definition's schedule fires but launches nothing; the refusal is on the
 // record's log (a schedule never fails silently); unblocked, the next fire runs.
 #[tokio::test(start_paused = true)]
@@ -150,12 +158,13 @@ async fn a_blocked_schedule_launches_nothing_until_unblocked() {
     rt.schedule("ticker", Schedule::every(Duration::from_secs(10)).unwrap())
         .await
         .unwrap();
-    // The paused clock jumps while the store works: advance fire by fire until the
-    // refusal is on the log.
+    // The paused clock jumps while the store works on its own threads: advance fire by
+    // fire, letting real time pass, until the refusal is on the log.
     let blocked_msg = "launches of process `ticker` are blocked";
     let mut logged = false;
-    for _ in 0..50 {
+    for _ in 0..200 {
         tokio::time::advance(Duration::from_secs(10)).await;
+        real_pause().await;
         let rec = rt.get("ticker").await.unwrap().unwrap();
         if rec.log.iter().any(|l| l.message.contains(blocked_msg)) {
             logged = true;
@@ -165,12 +174,12 @@ async fn a_blocked_schedule_launches_nothing_until_unblocked() {
     assert!(logged, "the refused fire is logged on the record");
     assert_eq!(TICKS.load(Ordering::SeqCst), 0);
     rt.unblock_launches("ticker").await.unwrap();
-    for _ in 0..50 {
+    for _ in 0..200 {
         if TICKS.load(Ordering::SeqCst) > 0 {
             break;
         }
         tokio::time::advance(Duration::from_secs(10)).await;
-        let _ = rt.get("ticker").await.unwrap();
+        real_pause().await;
     }
     assert!(TICKS.load(Ordering::SeqCst) >= 1);
 }
