@@ -67,10 +67,12 @@ fn waiter(p: &mut Builder, team: String) {
 }
 
 static STUBBORN_RELEASE: AtomicBool = AtomicBool::new(false);
+static STUBBORN_STARTED: AtomicBool = AtomicBool::new(false);
 
 /// Ignores cancellation until the test releases it.
 #[task]
 async fn stubborn() {
+    STUBBORN_STARTED.store(true, Ordering::SeqCst);
     while !STUBBORN_RELEASE.load(Ordering::SeqCst) {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -167,6 +169,13 @@ async fn a_running_record_is_neither_dismissed_nor_cancelled_by_a_resync() {
         .unwrap();
     let app = admin::router(rt.clone(), AdminConfig::default());
     let run = rt.launch_id("w").await.unwrap();
+    // Running, not merely scheduled.
+    for _ in 0..2000 {
+        if rt.get("w").await.unwrap().unwrap().state() == State::Running {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let (s, v) = call(&app, post("/api/runs/w/dismiss", "")).await;
     assert_eq!(
         (s, code(&v)),
@@ -202,6 +211,14 @@ async fn cancel_and_wait_returns_at_its_ceiling_naming_what_did_not_end() {
         .launch(Launch::new(Mule {}).id("mule-1").metadata("team", "m"))
         .await
         .unwrap();
+    // Running, not merely scheduled (a scheduled run is cancelled at once).
+    for _ in 0..2000 {
+        if STUBBORN_STARTED.load(Ordering::SeqCst) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(STUBBORN_STARTED.load(Ordering::SeqCst), "the task started");
     let (s, v) = call(
         &app,
         post(
