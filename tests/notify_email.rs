@@ -135,13 +135,13 @@ fn certificates() -> (String, String, String) {
 /// until the test binary ends (mailin has no stop).
 fn smtp(tls: bool, auth: bool) -> Smtp {
     let (ca_pem, cert, key) = certificates();
-    let dir = std::env::temp_dir().join(format!(
-        "procession-smtp-{}-{}",
-        std::process::id(),
-        fastrand_u64()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
+    // The server reads both files in `with_ssl`: the directory is removed (by its guard)
+    // before the server starts serving.
+    let dir = tempfile::Builder::new()
+        .prefix("procession-smtp-")
+        .tempdir()
+        .unwrap();
+    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
     std::fs::write(&cert_path, cert).unwrap();
     std::fs::write(&key_path, key).unwrap();
     let capture = Capture::default();
@@ -162,6 +162,7 @@ fn smtp(tls: bool, auth: bool) -> Smtp {
             .with_auth(AuthMechanism::Plain)
             .with_auth(AuthMechanism::Login);
     }
+    drop(dir);
     std::thread::spawn(move || {
         if let Err(e) = server.serve() {
             eprintln!("smtp server stopped: {e}");
@@ -172,13 +173,6 @@ fn smtp(tls: bool, auth: bool) -> Smtp {
         capture,
         ca_pem,
     }
-}
-
-fn fastrand_u64() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64
 }
 
 /// A TCP proxy in front of `port` that keeps every byte the client sent.

@@ -10,6 +10,10 @@
 //! process: `--rss-child` (peak resident memory) and `--resume-child` (the run that is
 //! killed half way). For profilers, `--only <shape> <tasks> <a|a2|b|b2|c> [repeats]` runs
 //! one variant of one shape, and `--resume-only <tasks>` the resume measurement alone.
+//! `--admin [--quick]` prints the admin HTTP API's figures (SSE events/s to 10 clients,
+//! `GET /api/runs` latency over 100,000 sled records).
+
+mod admin_figures;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -1675,8 +1679,10 @@ fn main() {
                 );
                 Ok(())
             }
+            Some("--admin") => admin_figures::run(&args[1..]).await,
+            Some("--admin-list-child") => admin_figures::list_child(&args[1..]).await,
             Some("-h" | "--help") => {
-                println!("usage: procession-benches [--quick] [--no-run-graph] | --only <wide|chain|fan|layered> <tasks> <a|a2|b|b2|c> [repeats] | --resume-only <tasks>");
+                println!("usage: procession-benches [--quick] [--no-run-graph] | --only <wide|chain|fan|layered> <tasks> <a|a2|b|b2|c> [repeats] | --resume-only <tasks> | --admin [--quick]");
                 Ok(())
             }
             _ => {

@@ -18,7 +18,9 @@ use serde_json::{json, Value};
 
 use crate::record::{RecordKind, State as RecState};
 use crate::runtime::LaunchSpec;
-use crate::store::{Cursor, Query, TaskRow};
+use crate::store::{
+    ChannelState, Cursor, Delivery, DeliveryCursor, DeliveryQuery, DeliveryState, Query, TaskRow,
+};
 
 use super::feed::{Filter, KINDS};
 use super::{guard, ApiError, Shared};
@@ -46,6 +48,12 @@ pub(crate) fn routes(shared: Arc<Shared>) -> Router {
         .route("/api/resync", post(resync))
         .route("/api/cancel", post(cancel_by_filter))
         .route("/api/events", get(events))
+        .route("/api/deliveries", get(deliveries))
+        .route("/api/deliveries/{id}", get(delivery))
+        .route("/api/deliveries/{id}/replay", post(replay_delivery))
+        .route("/api/channels", get(channels))
+        .route("/api/channels/{name}", get(channel))
+        .route("/api/channels/{name}/enable", post(enable_channel))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))
@@ -494,4 +502,184 @@ fn parse_last(v: &str) -> Result<u64, ApiError> {
             format!("`Last-Event-ID` must be an event id given by this API, not `{v}`"),
         )
     })
+}
+
+// ------------------------------------------------------------------ notifications
+
+/// A delivery cursor as text: `<state>:<created_at>:<id>`.
+fn delivery_cursor_text(c: &DeliveryCursor) -> String {
+    format!("{}:{}:{}", c.state, c.created_at, c.id)
+}
+
+fn parse_delivery_cursor(v: &str) -> Result<DeliveryCursor, ApiError> {
+    let mut parts = v.splitn(3, ':');
+    let parsed = (|| {
+        let state = parse_delivery_state(parts.next()?).ok()?;
+        let created_at = parts.next()?.parse().ok()?;
+        let id = parts.next()?.to_owned();
+        Some(DeliveryCursor {
+            state,
+            created_at,
+            id,
+        })
+    })();
+    parsed.ok_or_else(|| {
+        ApiError::bad_request(
+            "invalid-filter",
+            format!("`after` must be the `next` of a previous page, not `{v}`"),
+        )
+    })
+}
+
+fn parse_delivery_state(s: &str) -> Result<DeliveryState, ApiError> {
+    DeliveryState::ALL
+        .into_iter()
+        .find(|st| st.to_string() == s)
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid-filter",
+                format!("unknown delivery state `{s}` (pending, delivered, failed)"),
+            )
+        })
+}
+
+/// A delivery as JSON; its payload (the notification's body, JSON when it is a
+/// webhook's) only when `with_payload`.
+fn delivery_view(d: &Delivery, with_payload: bool) -> Value {
+    let mut v = json!({
+        "id": d.id,
+        "channel": d.channel,
+        "run": d.run,
+        "process": d.process,
+        "state": d.state,
+        "created_at": d.created_at,
+        "next_at": d.next_at,
+        "attempts": d.attempts,
+        "last_error": d.last_error,
+        "delivered_at": d.delivered_at,
+        "history": d.history,
+    });
+    if with_payload {
+        v["payload"] = serde_json::from_str::<Value>(&d.payload)
+            .unwrap_or_else(|_| Value::String(d.payload.clone()));
+    }
+    v
+}
+
+async fn deliveries(State(s): S, RawQuery(q): RawQuery) -> ApiResult {
+    let mut query = DeliveryQuery::new().limit(DEFAULT_LIMIT);
+    for (k, v) in pairs(q.as_deref())? {
+        match k.as_str() {
+            "state" => {
+                for st in v.split(',').filter(|x| !x.is_empty()) {
+                    query = query.state(parse_delivery_state(st)?);
+                }
+            }
+            "run" => query = query.run(v),
+            "channel" => query = query.channel(v),
+            "after" => query = query.after(Some(parse_delivery_cursor(&v)?)),
+            "limit" => query = query.limit(parse_limit(&v)?),
+            _ => {
+                return Err(ApiError::bad_request(
+                    "invalid-filter",
+                    format!("unknown filter `{k}` (state, run, channel, after, limit)"),
+                ))
+            }
+        }
+    }
+    let page = s.rt.deliveries(query).await?;
+    let list: Vec<Value> = page
+        .deliveries
+        .iter()
+        .map(|d| delivery_view(d, false))
+        .collect();
+    Ok(Json(json!({
+        "deliveries": list,
+        "next": page.next.as_ref().map(delivery_cursor_text),
+    }))
+    .into_response())
+}
+
+fn parse_limit(v: &str) -> Result<usize, ApiError> {
+    v.parse()
+        .ok()
+        .filter(|n| (1..=MAX_LIMIT).contains(n))
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid-filter",
+                format!("`limit` must be a number from 1 to {MAX_LIMIT}, not `{v}`"),
+            )
+        })
+}
+
+async fn delivery(State(s): S, id: Result<Path<String>, PathRejection>) -> ApiResult {
+    let id = path_id(id)?;
+    let d =
+        s.rt.delivery(&id)
+            .await?
+            .ok_or(crate::runtime::Error::DeliveryNotFound { id })?;
+    Ok(Json(json!({ "delivery": delivery_view(&d, true) })).into_response())
+}
+
+async fn replay_delivery(State(s): S, id: Result<Path<String>, PathRejection>) -> ApiResult {
+    let id = path_id(id)?;
+    let d = s.rt.replay_delivery(&id).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({ "ok": true, "delivery": delivery_view(&d, false) })),
+    )
+        .into_response())
+}
+
+/// A channel as JSON: configured here (with its kind) or only known from the store
+/// (a receiver disabled it, and it was removed from the configuration since).
+fn channel_view(name: &str, kind: Option<&str>, state: Option<&ChannelState>) -> Value {
+    json!({
+        "name": name,
+        "configured": kind.is_some(),
+        "kind": kind,
+        "enabled": state.is_none(),
+        "disabled_at": state.map(|st| st.disabled_at),
+        "reason": state.map(|st| st.reason.as_str()),
+    })
+}
+
+async fn channels(State(s): S) -> ApiResult {
+    let mut out = Vec::new();
+    for (name, kind) in s.rt.notify_channels() {
+        let state = s.rt.channel_state(&name).await?;
+        out.push(channel_view(&name, Some(kind), state.as_ref()));
+    }
+    Ok(Json(json!({ "channels": out })).into_response())
+}
+
+/// The channel `name` as JSON; `not-found` when it is neither configured nor in the store.
+async fn channel_json(s: &Shared, name: String) -> Result<Value, ApiError> {
+    let kind =
+        s.rt.notify_channels()
+            .into_iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, k)| k);
+    let state = s.rt.channel_state(&name).await?;
+    if kind.is_none() && state.is_none() {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not-found",
+            format!("no channel `{name}`"),
+        ));
+    }
+    Ok(channel_view(&name, kind, state.as_ref()))
+}
+
+async fn channel(State(s): S, name: Result<Path<String>, PathRejection>) -> ApiResult {
+    let name = path_id(name)?;
+    Ok(Json(json!({ "channel": channel_json(&s, name).await? })).into_response())
+}
+
+async fn enable_channel(State(s): S, name: Result<Path<String>, PathRejection>) -> ApiResult {
+    let name = path_id(name)?;
+    // Refuses an unknown name before writing anything.
+    channel_json(&s, name.clone()).await?;
+    s.rt.enable_channel(&name).await?;
+    Ok(Json(json!({ "ok": true, "channel": channel_json(&s, name).await? })).into_response())
 }

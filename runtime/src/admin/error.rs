@@ -62,7 +62,7 @@ impl From<Error> for ApiError {
     fn from(e: Error) -> Self {
         use StatusCode as S;
         let (status, code) = match &e {
-            Error::NotFound { .. } => (S::NOT_FOUND, "not-found"),
+            Error::NotFound { .. } | Error::DeliveryNotFound { .. } => (S::NOT_FOUND, "not-found"),
             Error::NotLaunchable { .. } => (S::CONFLICT, "not-launchable"),
             Error::NotCancellable { .. } => (S::CONFLICT, "not-cancellable"),
             Error::NotCancellableState { .. } => (S::CONFLICT, "not-cancellable-state"),
@@ -82,6 +82,8 @@ impl From<Error> for ApiError {
             Error::EmptyFilter => (S::BAD_REQUEST, "empty-filter"),
             Error::Config(_) => (S::BAD_REQUEST, "invalid-setting"),
             Error::Schedule(_) => (S::BAD_REQUEST, "invalid-schedule"),
+            Error::DeliveryPending { .. } => (S::CONFLICT, "delivery-pending"),
+            Error::ChannelDisabled { .. } => (S::CONFLICT, "channel-disabled"),
             Error::ShuttingDown => (S::SERVICE_UNAVAILABLE, "shutting-down"),
             _ => {
                 tracing::error!(error = %e, "admin API: internal error");

@@ -19,6 +19,11 @@
 //! | `POST /api/resync` | resync the definitions |
 //! | `POST /api/cancel` (`{"filter": {...}, "preview": true, "wait_ms": 5000}`) | cancel by filter: a preview count, a cancel, or a cancel that waits until every match has ended |
 //! | `GET /api/events?run=&root=&kind=state,progress,log` | live events (SSE) |
+//! | `GET /api/deliveries?state=&run=&channel=&after=&limit=` | one page of notification deliveries (keyset, as `/api/runs`; grouped by state: pending, delivered, failed) |
+//! | `GET /api/deliveries/{id}` | a delivery with its attempts and payload |
+//! | `POST /api/deliveries/{id}/replay` | send a delivered or failed delivery again (`delivery-pending` for a pending one, `channel-disabled` while its channel is disabled) |
+//! | `GET /api/channels` · `GET /api/channels/{name}` | the notification channels: kind, enabled, and why a receiver disabled one |
+//! | `POST /api/channels/{name}/enable` | enable a channel a receiver disabled (HTTP 410) |
 //! | `GET /` · `/ui/runs/{id}` · `/ui/launch` | the dashboard: pages, script and styles embedded in the binary, fed by the routes above (mount the router at the root of its origin) |
 //!
 //! Ids are path segments: percent-encode a `/` in an id (`a%2Fb`).

@@ -55,6 +55,11 @@ impl Notifier {
         self.channels.is_empty()
     }
 
+    /// Every configured channel, in the order they were added.
+    pub(crate) fn channels(&self) -> &[Channel] {
+        &self.channels
+    }
+
     pub(crate) fn channel(&self, name: &str) -> Option<&Channel> {
         self.channels.iter().find(|c| c.name == name)
     }

@@ -162,6 +162,27 @@ impl Runtime {
         }
     }
 
+    /// The notification channels this runtime was built with
+    /// ([`RuntimeBuilder::notify`](super::RuntimeBuilder::notify)), as `(name, kind)` pairs
+    /// in the order they were added; the kind is `"webhook"` or `"email"`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main] async fn main() -> procession::Result<()> {
+    /// let rt = procession::Runtime::in_memory().start().await?;
+    /// assert!(rt.notify_channels().is_empty());
+    /// # Ok(()) }
+    /// ```
+    pub fn notify_channels(&self) -> Vec<(String, &'static str)> {
+        self.inner
+            .notifier
+            .channels()
+            .iter()
+            .map(|c| (c.name().to_owned(), c.kind()))
+            .collect()
+    }
+
     /// The persisted state of channel `name`: `Some` when a receiver disabled it.
     pub async fn channel_state(&self, name: &str) -> Result<Option<ChannelState>> {
         let name = name.to_owned();
