@@ -14,6 +14,8 @@ mod codec;
 mod index;
 mod memory;
 mod outbox;
+#[cfg(feature = "postgres")]
+mod postgres;
 mod sled;
 
 pub use self::memory::MemoryStore;
@@ -21,6 +23,8 @@ pub use self::outbox::{
     ChannelState, Delivery, DeliveryAttempt, DeliveryCursor, DeliveryPage, DeliveryQuery,
     DeliveryState, DeliveryUpdate, MAX_ATTEMPT_HISTORY,
 };
+#[cfg(feature = "postgres")]
+pub use self::postgres::PgStore;
 pub use self::sled::SledStore;
 
 use crate::record::{LogEntry, ProcessRecord, Progress, RecordKind, State, Status, SCHEMA_VERSION};
