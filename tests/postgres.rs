@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use procession::prelude::*;
-use procession::{ChildError, EventKind, RunReport, State};
+use procession::{Child, ChildError, EventKind, RunReport, State};
 
 mod pg;
 
@@ -23,7 +23,10 @@ static CALLS: Mutex<Option<HashMap<String, u32>>> = Mutex::new(None);
 
 fn call(key: &str) -> u32 {
     let mut g = CALLS.lock().unwrap();
-    let n = g.get_or_insert_with(HashMap::new).entry(key.into()).or_insert(0);
+    let n = g
+        .get_or_insert_with(HashMap::new)
+        .entry(key.into())
+        .or_insert(0);
     *n += 1;
     *n
 }
@@ -109,7 +112,9 @@ async fn run_mixed(rt: Runtime, tag: &str) -> (Shape, Vec<String>) {
         .await
         .unwrap()
         .into_iter()
-        .filter(|r| r.parent.as_deref() == Some("mixed-run") && r.kind == procession::RecordKind::Run)
+        .filter(|r| {
+            r.parent.as_deref() == Some("mixed-run") && r.kind == procession::RecordKind::Process
+        })
         .map(|r| format!("{} {:?}", r.process_type, r.state()))
         .collect();
     rt.shutdown().await.unwrap();
@@ -140,8 +145,16 @@ async fn same_process_same_report_as_on_sled() {
     assert_eq!(pg, sled);
     let (status, tasks) = &pg.0;
     assert_eq!(status, "Failed");
-    assert!(tasks.iter().any(|t| t.2 == 3 && t.3.as_deref() == Some("7")), "{tasks:?}");
-    assert!(tasks.iter().any(|t| t.3.as_deref() == Some("17")), "{tasks:?}");
+    assert!(
+        tasks
+            .iter()
+            .any(|t| t.2 == 3 && t.3.as_deref() == Some("7")),
+        "{tasks:?}"
+    );
+    assert!(
+        tasks.iter().any(|t| t.3.as_deref() == Some("17")),
+        "{tasks:?}"
+    );
     assert!(tasks.iter().any(|t| t.1 == "Skipped"), "{tasks:?}");
     // The run and its child are in the database for the next worker.
     let again = Runtime::connect(url)
@@ -188,13 +201,18 @@ async fn step(ctx: &Ctx, dir: String, i: u32, prev: u64) -> u64 {
 }
 
 #[task]
-fn first() -> u64 {
+#[allow(clippy::needless_pass_by_value)] // task inputs are owned: they are stored between tasks
+fn first(ctx: &Ctx, dir: String) -> u64 {
+    append(
+        &format!("{dir}/effects.log"),
+        &format!("effect {} {}\n", ctx.node_id(), ctx.attempt()),
+    );
     1
 }
 
 #[process]
 fn chain(p: &mut Builder, dir: String) {
-    let mut prev = p.task(First::new());
+    let mut prev = p.task(First::new(dir.clone()));
     for i in 0..STEPS {
         prev = p.task(Step::new(dir.clone(), i, prev));
     }
@@ -246,18 +264,30 @@ fn pg_restart_worker_entry() {
         }
         println!("ready");
         let report = rt.wait(RUN_ID).await.expect("the run ends");
-        let value: u64 = report.result("step_5").unwrap_or_else(|_| {
-            // The last step's node id, whatever the builder named it.
-            report.tasks.last().unwrap().result_as().unwrap()
-        });
+        let value: u64 = report.tasks.last().unwrap().result_as().unwrap();
         std::fs::write(format!("{dir}/done"), value.to_string()).unwrap();
         rt.shutdown().await.unwrap();
     });
 }
 
-fn spawn_worker(url: &str, dir: &Path) -> std::process::Child {
+/// A worker process, killed if the test ends (or fails) before it exits.
+struct Worker(std::process::Child);
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn_worker(url: &str, dir: &Path) -> Worker {
     let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["pg_restart_worker_entry", "--exact", "--nocapture", "--test-threads=1"])
+        .args([
+            "pg_restart_worker_entry",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env("PROCESSION_PG_WORKER", url)
         .env("PROCESSION_PG_WORKER_DIR", dir)
         .stdout(Stdio::piped())
@@ -273,7 +303,7 @@ fn spawn_worker(url: &str, dir: &Path) -> std::process::Child {
         }
     }
     std::thread::spawn(move || for _ in lines {});
-    child
+    Worker(child)
 }
 
 fn read(dir: &Path, name: &str) -> String {
@@ -312,16 +342,19 @@ fn a_killed_worker_is_resumed_without_rerunning_finished_tasks() {
     // Killed while the gate step runs, after the steps before it were reported done.
     wait_for("the steps before the gate to be reported", || {
         read(&dir, "effects.log").matches("reported").count() >= (GATE + 1) as usize
-            && read(&dir, "effects.log").lines().filter(|l| l.starts_with("effect")).count()
+            && read(&dir, "effects.log")
+                .lines()
+                .filter(|l| l.starts_with("effect"))
+                .count()
                 > (GATE + 1) as usize
     });
-    first.kill().unwrap(); // SIGKILL
-    first.wait().unwrap();
+    first.0.kill().unwrap(); // SIGKILL
+    first.0.wait().unwrap();
     let before = read(&dir, "effects.log");
     std::fs::write(dir.join("go"), "").unwrap();
     let mut second = spawn_worker(&url, &dir);
     wait_for("the resumed run to end", || dir.join("done").exists());
-    second.wait().unwrap();
+    second.0.wait().unwrap();
     assert_eq!(read(&dir, "done"), expected().to_string());
     let log = read(&dir, "effects.log");
     let reported: Vec<&str> = before
@@ -334,10 +367,13 @@ fn a_killed_worker_is_resumed_without_rerunning_finished_tasks() {
             .lines()
             .filter(|l| l.strip_prefix("effect ").and_then(|r| r.split(' ').next()) == Some(node))
             .count();
-        assert_eq!(runs, 1, "task {node} reported done before the kill ran {runs} times:\n{log}");
+        assert_eq!(
+            runs, 1,
+            "task {node} reported done before the kill ran {runs} times:\n{log}"
+        );
     }
-    // Every step ran, the one interrupted by the kill twice.
+    // Every task ran, the one interrupted by the kill twice.
     let effects = log.lines().filter(|l| l.starts_with("effect")).count();
-    assert_eq!(effects, STEPS as usize + 1, "{log}");
+    assert_eq!(effects, STEPS as usize + 2, "{log}");
     let _ = std::fs::remove_dir_all(&dir);
 }

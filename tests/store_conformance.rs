@@ -738,7 +738,11 @@ fn postgres_newer_schema_is_a_typed_error() {
     };
     drop(PgStore::connect(&url).unwrap());
     let newer = PgStore::schema_version() + 5;
-    pg::execute(&url, &format!("UPDATE procession_schema SET version = {newer}")).unwrap();
+    pg::execute(
+        &url,
+        &format!("UPDATE procession_schema SET version = {newer}"),
+    )
+    .unwrap();
     match PgStore::connect(&url) {
         Err(e @ StoreError::Incompatible { .. }) => {
             let StoreError::Incompatible {

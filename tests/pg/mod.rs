@@ -31,7 +31,11 @@ pub(crate) fn database(test: &str) -> Option<String> {
     let name = format!(
         "t_{}_{}_{}",
         test.chars()
-            .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' })
+            .map(|c| if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            })
             .take(30)
             .collect::<String>(),
         std::process::id(),

@@ -308,7 +308,8 @@ impl PgStore {
 
     fn task_of(&self, row: &Row, key: impl Fn(i32) -> String) -> Result<(u32, TaskRow), PgError> {
         let node: i32 = row.try_get("node")?;
-        let order = u32::try_from(node).map_err(|_| self.corrupt(key(node), "negative node index"))?;
+        let order =
+            u32::try_from(node).map_err(|_| self.corrupt(key(node), "negative node index"))?;
         let data: Vec<u8> = row.try_get("data")?;
         let task = decode_row(&data).map_err(|m| self.corrupt(key(node), m))?;
         Ok((order, task))
@@ -581,7 +582,10 @@ impl PgStore {
         if !batch.delete_processes.is_empty() {
             let ids: Vec<&str> = batch.delete_processes.iter().map(String::as_str).collect();
             c.execute("DELETE FROM procession_records WHERE id = ANY($1)", &[&ids])?;
-            c.execute("DELETE FROM procession_history WHERE owner = ANY($1)", &[&ids])?;
+            c.execute(
+                "DELETE FROM procession_history WHERE owner = ANY($1)",
+                &[&ids],
+            )?;
             c.execute(
                 "DELETE FROM procession_past_tasks WHERE owner = ANY($1)",
                 &[&ids],
@@ -618,8 +622,9 @@ impl PgStore {
             let mut data: Vec<Vec<u8>> = Vec::with_capacity(keep.len());
             for i in keep {
                 let (id, order, row) = &batch.tasks[i];
-                let node = i32::try_from(*order)
-                    .map_err(|_| StoreError::io(&self.location, format!("node index {order} is too large")))?;
+                let node = i32::try_from(*order).map_err(|_| {
+                    StoreError::io(&self.location, format!("node index {order} is too large"))
+                })?;
                 run_ids.push(id);
                 nodes.push(node);
                 leases.push(to_i64(row.lease));
@@ -878,7 +883,9 @@ impl Store for PgStore {
                 .map_or(i64::MAX, |l| to_i64(l as u64).saturating_add(1));
             'states: for state in states_to_scan(query) {
                 let (from_start, at, after) = match &query.after {
-                    Some(cur) if cur.state == state => (false, to_i64(cur.created_at), cur.id.clone()),
+                    Some(cur) if cur.state == state => {
+                        (false, to_i64(cur.created_at), cur.id.clone())
+                    }
                     _ => (true, 0, String::new()),
                 };
                 let rows = c.query(
@@ -1021,4 +1028,3 @@ impl Store for PgStore {
         })
     }
 }
-
