@@ -1,5 +1,5 @@
-//! The PostgreSQL store under a real runtime (issue 14, phase 1): the same `#[process]`
-//! code on PostgreSQL and on sled gives the same report, and a worker killed with
+//! The `PostgreSQL` store under a real runtime (issue 14, phase 1): the same `#[process]`
+//! code on `PostgreSQL` and on sled gives the same report, and a worker killed with
 //! SIGKILL mid-run is resumed by the next one without running finished tasks again.
 //!
 //! The server is a throw-away cluster started by `pg/mod.rs` (or `PROCESSION_PG_URL`).
@@ -311,7 +311,7 @@ fn read(dir: &Path, name: &str) -> String {
 }
 
 fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(120);
+    let deadline = Instant::now() + Duration::from_mins(2);
     while !f() {
         assert!(Instant::now() < deadline, "gave up waiting for {what}");
         std::thread::sleep(Duration::from_millis(20));

@@ -634,7 +634,7 @@ fn sled_store_keeps_index_and_leases_across_reopen() {
 #[cfg(feature = "postgres")]
 mod pg;
 
-/// Issue 14: the PostgreSQL store passes the same suite, a database per check.
+/// Issue 14: the `PostgreSQL` store passes the same suite, a database per check.
 #[cfg(feature = "postgres")]
 #[test]
 fn postgres_store_conforms() {
@@ -651,7 +651,7 @@ fn postgres_store_conforms() {
     );
 }
 
-/// The PostgreSQL store keeps everything across a reopen (a new worker), and the leases
+/// The `PostgreSQL` store keeps everything across a reopen (a new worker), and the leases
 /// the previous worker left are void for the next one (phase 1: one worker at a time).
 #[cfg(feature = "postgres")]
 #[test]

@@ -1,4 +1,4 @@
-//! A throw-away PostgreSQL for the tests: one cluster per test binary, a database per
+//! A throw-away `PostgreSQL` for the tests: one cluster per test binary, a database per
 //! test.
 //!
 //! `PROCESSION_PG_URL` (a URL of a role allowed to create databases) points the tests at

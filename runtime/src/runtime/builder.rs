@@ -174,7 +174,7 @@ pub(super) enum StoreChoice {
     Path(PathBuf),
     Temporary,
     Custom(Arc<dyn Store>),
-    /// A PostgreSQL database, by URL.
+    /// A `PostgreSQL` database, by URL.
     #[cfg(feature = "postgres")]
     Postgres(String),
 }
@@ -636,7 +636,7 @@ impl Runtime {
         RuntimeBuilder::new(StoreChoice::Memory)
     }
 
-    /// A runtime on the PostgreSQL database at `url` (feature `postgres`): the schema is
+    /// A runtime on the `PostgreSQL` database at `url` (feature `postgres`): the schema is
     /// created or migrated at `start`, and runs survive a crash of the worker and are
     /// resumed by the next `start`, as with [`Runtime::open`]. One worker per database
     /// for now (see [`PgStore`](crate::store::PgStore)).

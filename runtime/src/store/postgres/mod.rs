@@ -1,5 +1,5 @@
-//! The PostgreSQL store (feature `postgres`): the records, task rows, leases, history and
-//! outbox of a runtime in a PostgreSQL database, through the blocking `postgres` client.
+//! The `PostgreSQL` store (feature `postgres`): the records, task rows, leases, history and
+//! outbox of a runtime in a `PostgreSQL` database, through the blocking `postgres` client.
 //!
 //! Phase 1 of issue 14: one worker per database at a time (see [`PgStore`]); the tables,
 //! fencing tokens on the database clock and `FOR UPDATE SKIP LOCKED` claims are the ones
@@ -81,7 +81,7 @@ impl PgError {
     }
 }
 
-/// The store in a PostgreSQL database (feature `postgres`), opened by
+/// The store in a `PostgreSQL` database (feature `postgres`), opened by
 /// [`Runtime::connect`](crate::Runtime::connect).
 ///
 /// - **Schema**: versioned migrations embedded in the binary are applied at open, in one
@@ -177,7 +177,11 @@ fn to_u64(v: i64) -> u64 {
 }
 
 fn state_code(s: State) -> i16 {
-    State::ALL.iter().position(|&x| x == s).unwrap_or(0) as i16
+    State::ALL
+        .iter()
+        .position(|&x| x == s)
+        .and_then(|i| i16::try_from(i).ok())
+        .unwrap_or(0)
 }
 
 fn delivery_code(s: DeliveryState) -> i16 {
@@ -430,7 +434,9 @@ impl PgStore {
                     }
                 }
             }
-            if (got as i64) < chunk || want.is_some_and(|w| matched.len() >= w) {
+            if i64::try_from(got).unwrap_or(i64::MAX) < chunk
+                || want.is_some_and(|w| matched.len() >= w)
+            {
                 break;
             }
         }
@@ -709,10 +715,8 @@ impl Store for PgStore {
                 }
                 Ok(Some(written))
             });
-            match out {
-                Ok(Some(v)) => return Ok(v),
-                Ok(None) => continue,
-                Err(e) => return Err(e),
+            if let Some(v) = out? {
+                return Ok(v);
             }
         }
     }

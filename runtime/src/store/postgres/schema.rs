@@ -1,4 +1,4 @@
-//! The schema of the PostgreSQL store: embedded, versioned migrations applied at open
+//! The schema of the `PostgreSQL` store: embedded, versioned migrations applied at open
 //! under an advisory lock, and the version check that refuses a newer database.
 
 use super::pool::Conn;
@@ -139,7 +139,7 @@ fn migrate_in(conn: &mut Conn) -> Result<(), PgError> {
     if found < supported {
         conn.execute(
             "UPDATE procession_schema SET version = $1",
-            &[&(supported as i32)],
+            &[&i32::try_from(supported).unwrap_or(i32::MAX)],
         )?;
     }
     Ok(())
