@@ -48,6 +48,9 @@
 //!   and the hex `X-Signature-SHA256` header; `notify::verify` for receivers).
 //! - `email`: e-mail notifications (lettre over tokio with rustls: STARTTLS, implicit TLS
 //!   or plain, chosen explicitly).
+//! - `postgres`: the `PostgreSQL` store (`Runtime::connect("postgres://…")`,
+//!   `store::PgStore`) through the blocking rust-postgres client; one worker per
+//!   database for now.
 //!
 //! # Example
 //!
