@@ -886,28 +886,33 @@ impl Store for PgStore {
                 .limit
                 .map_or(i64::MAX, |l| to_i64(l as u64).saturating_add(1));
             'states: for state in states_to_scan(query) {
-                let (from_start, at, after) = match &query.after {
-                    Some(cur) if cur.state == state => {
-                        (false, to_i64(cur.created_at), cur.id.clone())
-                    }
-                    _ => (true, 0, String::new()),
+                // Two shapes, so that a cursor is an index range in the prepared plan.
+                let code = delivery_code(state);
+                let rows = match &query.after {
+                    Some(cur) if cur.state == state => c.query(
+                        "SELECT id, data FROM procession_deliveries
+                         WHERE state = $1 AND (created_at, id) > ($2, $3)
+                           AND ($4::text IS NULL OR run = $4)
+                           AND ($5::text IS NULL OR channel = $5)
+                         ORDER BY created_at, id LIMIT $6",
+                        &[
+                            &code,
+                            &to_i64(cur.created_at),
+                            &cur.id,
+                            &query.run,
+                            &query.channel,
+                            &limit,
+                        ],
+                    )?,
+                    _ => c.query(
+                        "SELECT id, data FROM procession_deliveries
+                         WHERE state = $1
+                           AND ($2::text IS NULL OR run = $2)
+                           AND ($3::text IS NULL OR channel = $3)
+                         ORDER BY created_at, id LIMIT $4",
+                        &[&code, &query.run, &query.channel, &limit],
+                    )?,
                 };
-                let rows = c.query(
-                    "SELECT id, data FROM procession_deliveries
-                     WHERE state = $1 AND ($2 OR (created_at, id) > ($3, $4))
-                       AND ($5::text IS NULL OR run = $5)
-                       AND ($6::text IS NULL OR channel = $6)
-                     ORDER BY created_at, id LIMIT $7",
-                    &[
-                        &delivery_code(state),
-                        &from_start,
-                        &at,
-                        &after,
-                        &query.run,
-                        &query.channel,
-                        &limit,
-                    ],
-                )?;
                 for r in &rows {
                     if !pager.offer(self.delivery_of(r)?) {
                         break 'states;
