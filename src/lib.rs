@@ -54,6 +54,9 @@
 //!   opentelemetry 0.33); each run keeps its W3C trace context on its record, so that a
 //!   resumed run's spans join its trace. Flushing the tracer provider is yours, after
 //!   `Runtime::shutdown`.
+//! - `postgres`: the PostgreSQL store (`Runtime::connect("postgres://…")`,
+//!   `store::PgStore`) through the blocking rust-postgres client; one worker per
+//!   database for now.
 //!
 //! # Tracing
 //!

@@ -226,9 +226,22 @@ fn task_rows(store: &dyn Store) {
     assert!(store.tasks("run-1").unwrap().is_empty());
 }
 
-/// Leases: tokens only grow; a stale token cannot renew, and its rows are fenced.
-fn leases_and_fencing(store: &dyn Store) {
+/// Leases: tokens only grow; a stale token cannot renew, and its rows are fenced. A
+/// `shared` store (several workers) refuses a claim while another owner's lease holds.
+fn leases_and_fencing(store: &dyn Store, shared: bool) {
     let first = store.claim("run-f", "w1", 30_000).unwrap();
+    if shared {
+        match store.claim("run-f", "w2", 30_000) {
+            Err(procession::store::StoreError::Leased { owner, run, .. }) => {
+                assert_eq!((owner.as_str(), run.as_str()), ("w1", "run-f"));
+            }
+            other => panic!("a claim over an unexpired lease of another owner: {other:?}"),
+        }
+        let again = store.claim("run-f", "w1", 30_000).unwrap();
+        assert!(again.token > first.token, "the holder claims again");
+        assert!(!store.renew(&first, 30_000).unwrap());
+        store.release(&again).unwrap();
+    }
     let second = store.claim("run-f", "w2", 30_000).unwrap();
     assert!(second.token > first.token);
     assert!(
@@ -552,12 +565,12 @@ fn outbox(store: &dyn Store) {
     store.flush().unwrap();
 }
 
-fn conformance(make: &dyn Fn() -> Box<dyn Store>) {
+fn conformance(make: &dyn Fn() -> Box<dyn Store>, shared: bool) {
     cas_and_refusals(&*make());
     pagination(&*make());
     queries(&*make());
     task_rows(&*make());
-    leases_and_fencing(&*make());
+    leases_and_fencing(&*make(), shared);
     idempotency_and_ids(&*make());
     history(&*make());
     outbox(&*make());
@@ -565,12 +578,12 @@ fn conformance(make: &dyn Fn() -> Box<dyn Store>) {
 
 #[test]
 fn memory_store_conforms() {
-    conformance(&|| Box::new(MemoryStore::new()));
+    conformance(&|| Box::new(MemoryStore::new()), false);
 }
 
 #[test]
 fn sled_store_conforms() {
-    conformance(&|| Box::new(SledStore::temporary().unwrap()));
+    conformance(&|| Box::new(SledStore::temporary().unwrap()), false);
 }
 
 /// Sled keeps what it promised across a reopen: records, index, leases, keys, ids.
@@ -616,4 +629,172 @@ fn sled_store_keeps_index_and_leases_across_reopen() {
     assert!(store.channel_state("ops").unwrap().is_some());
     drop(store);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[cfg(feature = "postgres")]
+mod pg;
+
+/// Issue 14: the PostgreSQL store passes the same suite, a database per check.
+#[cfg(feature = "postgres")]
+#[test]
+fn postgres_store_conforms() {
+    use procession::store::PgStore;
+    if pg::database("probe").is_none() {
+        return;
+    }
+    conformance(
+        &|| {
+            let url = pg::database("conformance").expect("the server answered before");
+            Box::new(PgStore::connect(&url).unwrap())
+        },
+        true,
+    );
+}
+
+/// The PostgreSQL store keeps everything across a reopen (a new worker), and the leases
+/// the previous worker left are void for the next one (phase 1: one worker at a time).
+#[cfg(feature = "postgres")]
+#[test]
+fn postgres_store_keeps_data_across_reopen() {
+    use procession::store::PgStore;
+    let Some(url) = pg::database("reopen") else {
+        return;
+    };
+    let (lease, id) = {
+        let store = PgStore::connect(&url).unwrap();
+        put(&store, &record("r", 1));
+        put(&store, &child("r/c", "r", 2));
+        let lease = store.claim("r", "w", 60_000).unwrap();
+        store.claim_idempotent("key", "r").unwrap();
+        store
+            .update_enqueue("r", &mut |cur| {
+                (
+                    Update::Put(Box::new(cur.unwrap().clone())),
+                    vec![delivery("m", "r", 5)],
+                )
+            })
+            .unwrap();
+        store
+            .set_channel_state("ops", Some(&ChannelState::disabled(9, "410")))
+            .unwrap();
+        let id = store.next_id().unwrap();
+        store
+            .apply(Batch {
+                tasks: vec![(Arc::from("r"), 3, row("x", lease.token, State::Done))],
+                ..Batch::default()
+            })
+            .unwrap();
+        store
+            .apply(Batch {
+                archive: vec![archive("r", 1, "r", 5)],
+                ..Batch::default()
+            })
+            .unwrap();
+        (lease, id)
+    };
+    let store = PgStore::connect(&url).unwrap();
+    assert_eq!(seqs(&store, "r"), vec![1], "history survives a reopen");
+    assert_eq!(&*store.past_tasks("r", 1).unwrap()[0].1.node, "x");
+    assert_eq!(store.tasks("r").unwrap()[0].0, 3);
+    assert_eq!(ids(&store.children("r").unwrap()), vec!["r/c"]);
+    // The earlier worker's unexpired lease does not block the new one; its token is
+    // still below the new one, so its late writes stay fenced.
+    let next = store.claim("r", "w2", 1_000).unwrap();
+    assert!(next.token > lease.token);
+    assert_eq!(store.idempotent("key").unwrap().as_deref(), Some("r"));
+    assert!(store.next_id().unwrap() > id);
+    assert_eq!(store.next_delivery_at().unwrap(), Some(5));
+    assert_eq!(store.delivery("m").unwrap().unwrap().run, "r");
+    assert!(store.channel_state("ops").unwrap().is_some());
+}
+
+/// One worker per database (phase 1): a second open waits for the first, then fails
+/// with a clear error; once the first is closed the database opens again.
+#[cfg(feature = "postgres")]
+#[test]
+fn postgres_store_serves_one_worker_at_a_time() {
+    use procession::store::{PgStore, StoreError};
+    let Some(url) = pg::database("one_worker") else {
+        return;
+    };
+    let first = PgStore::connect(&url).unwrap();
+    match PgStore::connect(&url) {
+        Err(StoreError::Open { source, .. }) => {
+            assert!(source.to_string().contains("another worker"), "{source}");
+        }
+        other => panic!("a second worker opened the database: {other:?}"),
+    }
+    drop(first);
+    PgStore::connect(&url).expect("free again once the first worker closed");
+}
+
+/// A database migrated by a newer procession is refused with both versions named.
+#[cfg(feature = "postgres")]
+#[test]
+fn postgres_newer_schema_is_a_typed_error() {
+    use procession::store::{PgStore, StoreError};
+    let Some(url) = pg::database("newer_schema") else {
+        return;
+    };
+    drop(PgStore::connect(&url).unwrap());
+    let newer = PgStore::schema_version() + 5;
+    pg::execute(
+        &url,
+        &format!("UPDATE procession_schema SET version = {newer}"),
+    )
+    .unwrap();
+    match PgStore::connect(&url) {
+        Err(e @ StoreError::Incompatible { .. }) => {
+            let StoreError::Incompatible {
+                found, supported, ..
+            } = &e
+            else {
+                unreachable!()
+            };
+            assert_eq!((*found, *supported), (newer, PgStore::schema_version()));
+            let msg = e.to_string();
+            assert!(
+                msg.contains(&newer.to_string()) && msg.contains(&supported.to_string()),
+                "{msg}"
+            );
+        }
+        other => panic!("a newer schema was opened: {other:?}"),
+    }
+}
+
+/// Rows read back are untrusted: a damaged record or task row is `Corrupt` naming its
+/// key, never a panic.
+#[cfg(feature = "postgres")]
+#[test]
+fn postgres_damaged_rows_are_typed_errors() {
+    use procession::store::{PgStore, StoreError};
+    let Some(url) = pg::database("damaged") else {
+        return;
+    };
+    let store = PgStore::connect(&url).unwrap();
+    put(&store, &record("bad", 1));
+    store
+        .apply(Batch {
+            tasks: vec![(Arc::from("bad"), 0, row("a", 0, State::Done))],
+            ..Batch::default()
+        })
+        .unwrap();
+    pg::execute(
+        &url,
+        "UPDATE procession_records SET data = '\\x7b2278'; \
+         UPDATE procession_tasks SET data = '\\xc1c1c1'",
+    )
+    .unwrap();
+    match store.get("bad") {
+        Err(StoreError::Corrupt { key, .. }) => assert_eq!(key, "bad"),
+        other => panic!("a damaged record was read: {other:?}"),
+    }
+    assert!(matches!(
+        store.list(&Query::new()),
+        Err(StoreError::Corrupt { .. })
+    ));
+    match store.tasks("bad") {
+        Err(StoreError::Corrupt { key, .. }) => assert_eq!(key, "bad/#0"),
+        other => panic!("a damaged task row was read: {other:?}"),
+    }
 }

@@ -174,6 +174,9 @@ pub(super) enum StoreChoice {
     Path(PathBuf),
     Temporary,
     Custom(Arc<dyn Store>),
+    /// A PostgreSQL database, by URL.
+    #[cfg(feature = "postgres")]
+    Postgres(String),
 }
 
 /// Configures and starts a [`Runtime`].
@@ -517,6 +520,10 @@ impl RuntimeBuilder {
                 let s = blocking(SledStore::temporary).await?;
                 Arc::new(s.strict(strict))
             }
+            #[cfg(feature = "postgres")]
+            StoreChoice::Postgres(url) => {
+                Arc::new(blocking(move || crate::store::PgStore::connect(&url)).await?)
+            }
         };
         let (events, _) = broadcast::channel(4096);
         let writer = start_writer(store.clone(), self.progress_flush, events.clone())?;
@@ -627,6 +634,35 @@ impl Runtime {
     /// A runtime that keeps its records in memory: nothing survives the process.
     pub fn in_memory() -> RuntimeBuilder {
         RuntimeBuilder::new(StoreChoice::Memory)
+    }
+
+    /// A runtime on the PostgreSQL database at `url` (feature `postgres`): the schema is
+    /// created or migrated at `start`, and runs survive a crash of the worker and are
+    /// resumed by the next `start`, as with [`Runtime::open`]. One worker per database
+    /// for now (see [`PgStore`](crate::store::PgStore)).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use procession::prelude::*;
+    ///
+    /// #[task]
+    /// fn hello() -> String { "hello".into() }
+    /// #[process]
+    /// fn greet(p: &mut Builder) { p.task(Hello::new()); }
+    ///
+    /// # #[tokio::main] async fn main() -> procession::Result<()> {
+    /// let rt = Runtime::connect("postgres://postgres@127.0.0.1/procession")
+    ///     .register::<Greet>()
+    ///     .start()
+    ///     .await?;
+    /// let report = rt.run(Greet {}).await?;
+    /// assert_eq!(report.result::<String>("hello").unwrap(), "hello");
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "postgres")]
+    pub fn connect(url: impl Into<String>) -> RuntimeBuilder {
+        RuntimeBuilder::new(StoreChoice::Postgres(url.into()))
     }
 
     /// A runtime on your own [`Store`].

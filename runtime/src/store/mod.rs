@@ -4,7 +4,7 @@
 //!
 //! The runtime reaches data only through [`Store`]: reads from tokio's blocking pool,
 //! every write through one writer thread (one order, group commit). A server-backed
-//! store (`PostgreSQL`, for several workers sharing runs) implements the same trait; its
+//! store (PostgreSQL, for several workers sharing runs) implements the same trait; its
 //! documentation is the whole contract.
 
 use std::collections::BTreeMap;
@@ -14,6 +14,8 @@ mod codec;
 mod index;
 mod memory;
 mod outbox;
+#[cfg(feature = "postgres")]
+mod postgres;
 mod sled;
 
 pub use self::memory::MemoryStore;
@@ -21,6 +23,8 @@ pub use self::outbox::{
     ChannelState, Delivery, DeliveryAttempt, DeliveryCursor, DeliveryPage, DeliveryQuery,
     DeliveryState, DeliveryUpdate, MAX_ATTEMPT_HISTORY,
 };
+#[cfg(feature = "postgres")]
+pub use self::postgres::PgStore;
 pub use self::sled::SledStore;
 
 use crate::record::{LogEntry, ProcessRecord, Progress, RecordKind, State, Status, SCHEMA_VERSION};
@@ -554,7 +558,7 @@ pub struct Page {
 ///
 /// The sled and memory stores serve one process at a time (sled holds a file lock), so
 /// their [`claim`](Store::claim) always succeeds and only raises the token; a shared
-/// store (`PostgreSQL`) refuses a claim while another owner's lease is unexpired.
+/// store (PostgreSQL) refuses a claim while another owner's lease is unexpired.
 ///
 /// # The outbox
 ///
@@ -571,7 +575,7 @@ pub struct Page {
 ///   delivery is therefore not due again until then, and an expired claim (a worker that
 ///   died mid-attempt) makes it claimable again. Two claims never return the same
 ///   delivery with the same token, also when several workers share the store (a
-///   `PostgreSQL` store claims with `FOR UPDATE SKIP LOCKED` and may use its own clock
+///   PostgreSQL store claims with `FOR UPDATE SKIP LOCKED` and may use its own clock
 ///   instead of `now_ms`).
 /// - **Settled with a fenced compare-and-swap.** [`update_delivery`](Store::update_delivery)
 ///   sees the current value; the runtime writes an attempt's outcome only when the stored

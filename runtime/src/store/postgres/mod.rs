@@ -1,0 +1,1039 @@
+//! The PostgreSQL store (feature `postgres`): the records, task rows, leases, history and
+//! outbox of a runtime in a PostgreSQL database, through the blocking `postgres` client.
+//!
+//! Phase 1 of issue 14: one worker per database at a time (see [`PgStore`]); the tables,
+//! fencing tokens on the database clock and `FOR UPDATE SKIP LOCKED` claims are the ones
+//! several workers will share.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::str::FromStr;
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use postgres::types::ToSql;
+use postgres::Row;
+
+mod pool;
+mod schema;
+
+use self::pool::{Conn, Pool};
+use super::codec::{decode_record, decode_row, encode, encode_row};
+use super::outbox::{
+    states_to_scan, ChannelState, Delivery, DeliveryPage, DeliveryQuery, DeliveryState,
+    DeliveryUpdate, Pager,
+};
+use super::{
+    Applied, Batch, Cursor, Enqueue, Lease, Page, PastRun, Query, Store, StoreError, TaskRow,
+    Update,
+};
+use crate::record::{ProcessRecord, State};
+
+/// Session advisory lock held by the worker that has the database open (phase 1: one
+/// worker per database, as one process per sled directory).
+const WORKER_LOCK: i64 = 0x7072_6f63_776f_726b; // "procwork"
+
+/// How long an open waits for the previous holder of [`WORKER_LOCK`] to go (a worker
+/// that was just closed or killed: the server ends its session a moment later).
+const WORKER_LOCK_WAIT: Duration = Duration::from_secs(5);
+
+/// Records fetched per round trip when a listing filters by metadata (which no column
+/// answers).
+const SCAN_CHUNK: i64 = 256;
+
+/// Errors inside the store, turned into [`StoreError`] at the trait's boundary.
+#[derive(Debug)]
+enum PgError {
+    Pg(postgres::Error),
+    Newer { found: u32, supported: u32 },
+    BadVersion(i64),
+    Store(StoreError),
+}
+
+impl From<postgres::Error> for PgError {
+    fn from(e: postgres::Error) -> Self {
+        PgError::Pg(e)
+    }
+}
+
+impl From<StoreError> for PgError {
+    fn from(e: StoreError) -> Self {
+        PgError::Store(e)
+    }
+}
+
+impl PgError {
+    fn into_store(self, path: &str) -> StoreError {
+        match self {
+            PgError::Pg(e) => StoreError::io(path, e),
+            PgError::Newer { found, supported } => StoreError::Incompatible {
+                path: path.to_owned(),
+                found,
+                supported,
+            },
+            PgError::BadVersion(v) => StoreError::Corrupt {
+                path: path.to_owned(),
+                key: "procession_schema.version".into(),
+                message: format!("{v} is not a schema version"),
+            },
+            PgError::Store(e) => e,
+        }
+    }
+}
+
+/// The store in a PostgreSQL database (feature `postgres`), opened by
+/// [`Runtime::connect`](crate::Runtime::connect).
+///
+/// - **Schema**: versioned migrations embedded in the binary are applied at open, in one
+///   transaction under an advisory lock (two workers starting at once do not race); a
+///   database migrated by a newer procession is refused with
+///   [`StoreError::Incompatible`] naming both versions.
+/// - **Durability**: every write is one committed transaction, so [`Store::flush`] has
+///   nothing left to do (the server's `synchronous_commit` decides what a crash of the
+///   server can lose; a crash of the worker loses nothing committed).
+/// - **Leases** are fenced by tokens that only grow; their expiry is on the database
+///   clock. [`Store::claim`] refuses a run whose unexpired lease another owner holds.
+/// - **One worker per database** (phase 1): the worker holds a session advisory lock for
+///   as long as the store is open, and a second open fails with [`StoreError::Open`]
+///   until the first closes or dies (the server drops a dead session's lock). The
+///   runtime does not heartbeat its leases yet, so leases left by a previous worker of
+///   the database are expired at open: that worker is gone.
+/// - Values read back are untrusted: a row that does not decode is
+///   [`StoreError::Corrupt`] naming its key, never a panic.
+///
+/// # Examples
+///
+/// ```no_run
+/// use procession::store::{PgStore, Store};
+/// let store = PgStore::connect("postgres://postgres@127.0.0.1:5432/procession")?;
+/// println!("{} records", store.count(&Default::default())?);
+/// # Ok::<(), procession::store::StoreError>(())
+/// ```
+pub struct PgStore {
+    pool: Pool,
+    /// The session holding [`WORKER_LOCK`]; taken out by `Drop` (a mutex only to make
+    /// the store `Sync`: nothing else touches it).
+    guard: Mutex<Option<Conn>>,
+    location: String,
+}
+
+impl fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PgStore")
+            .field("location", &self.location)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for PgStore {
+    fn drop(&mut self) {
+        // The blocking client runs its own tokio runtime, which must not be dropped (or
+        // blocked on) inside an async context: close the connections on a thread of
+        // their own, and wait, so that the database is free again when this returns.
+        let mut conns = self.pool.drain();
+        let guard = self
+            .guard
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        let closer = std::thread::spawn(move || {
+            if let Some(mut g) = guard {
+                let _ = g.execute("SELECT pg_advisory_unlock($1)", &[&WORKER_LOCK]);
+                conns.push(g);
+            }
+            drop(conns);
+        });
+        let _ = closer.join();
+    }
+}
+
+/// `postgres://user@host:port/db` of `config`, without its password.
+fn describe(config: &postgres::Config) -> String {
+    let host = config
+        .get_hosts()
+        .first()
+        .map_or_else(String::new, |h| match h {
+            postgres::config::Host::Tcp(h) => h.clone(),
+            #[cfg(unix)]
+            postgres::config::Host::Unix(p) => p.display().to_string(),
+        });
+    let port = config
+        .get_ports()
+        .first()
+        .map_or_else(String::new, |p| format!(":{p}"));
+    let user = config
+        .get_user()
+        .map_or_else(String::new, |u| format!("{u}@"));
+    let db = config.get_dbname().unwrap_or("");
+    format!("postgres://{user}{host}{port}/{db}")
+}
+
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn to_u64(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+fn state_code(s: State) -> i16 {
+    State::ALL
+        .iter()
+        .position(|&x| x == s)
+        .and_then(|i| i16::try_from(i).ok())
+        .unwrap_or(0)
+}
+
+fn delivery_code(s: DeliveryState) -> i16 {
+    i16::from(s.tag())
+}
+
+impl PgStore {
+    /// Connects to the database at `url` (`postgres://user:password@host:port/db`, or
+    /// the `key=value` form), applies the schema's migrations and takes the database
+    /// for this worker.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Open`] when the URL is invalid, the server cannot be reached, or
+    /// another worker has the database open; [`StoreError::Incompatible`] when the
+    /// database's schema is newer than this build's. Never panics.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use procession::store::{PgStore, StoreError};
+    /// match PgStore::connect("postgres://postgres@127.0.0.1/procession") {
+    ///     Ok(store) => drop(store),
+    ///     Err(StoreError::Incompatible { found, supported, .. }) => {
+    ///         eprintln!("schema {found} is newer than {supported}: upgrade procession")
+    ///     }
+    ///     Err(e) => eprintln!("{e}"),
+    /// }
+    /// ```
+    pub fn connect(url: &str) -> Result<PgStore, StoreError> {
+        let config = postgres::Config::from_str(url)
+            .map_err(|e| StoreError::open("(invalid PostgreSQL URL)", e))?;
+        let location = describe(&config);
+        let open = |e: PgError| match e.into_store(&location) {
+            StoreError::Io { source, .. } => StoreError::Open {
+                path: location.clone(),
+                source,
+            },
+            other => other,
+        };
+        let mut guard = Conn::open(&config).map_err(|e| open(e.into()))?;
+        let deadline = Instant::now() + WORKER_LOCK_WAIT;
+        loop {
+            let got: bool = guard
+                .query_one("SELECT pg_try_advisory_lock($1)", &[&WORKER_LOCK])
+                .and_then(|r| r.try_get(0))
+                .map_err(|e| open(e.into()))?;
+            if got {
+                break;
+            }
+            if Instant::now() >= deadline {
+                return Err(StoreError::open(
+                    location,
+                    "another worker has this database open (the PostgreSQL store serves \
+                     one worker per database for now); stop it or use another database",
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        schema::migrate(&mut guard).map_err(open)?;
+        // This worker alone has the database: leases of earlier workers are void.
+        guard
+            .execute(
+                "UPDATE procession_leases SET expires_at = 0 WHERE expires_at > 0",
+                &[],
+            )
+            .map_err(|e| open(e.into()))?;
+        tracing::info!(database = %location, schema = schema::supported(), "PostgreSQL store open");
+        Ok(PgStore {
+            pool: Pool::new(config),
+            guard: Mutex::new(Some(guard)),
+            location,
+        })
+    }
+
+    /// The newest schema version this build applies and reads.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// assert!(procession::store::PgStore::schema_version() >= 1);
+    /// ```
+    pub fn schema_version() -> u32 {
+        schema::supported()
+    }
+
+    /// Runs `f` on a pooled connection.
+    fn with<T>(&self, f: impl FnOnce(&mut Conn) -> Result<T, PgError>) -> Result<T, StoreError> {
+        let mut conn = self
+            .pool
+            .get()
+            .map_err(|e| PgError::from(e).into_store(&self.location))?;
+        let out = f(&mut conn);
+        self.pool.put(conn);
+        out.map_err(|e| e.into_store(&self.location))
+    }
+
+    /// Runs `f` in one transaction (rolled back when it fails).
+    fn tx<T>(&self, mut f: impl FnMut(&mut Conn) -> Result<T, PgError>) -> Result<T, StoreError> {
+        self.with(|c| {
+            c.batch("BEGIN")?;
+            match f(c) {
+                Ok(v) => {
+                    c.batch("COMMIT")?;
+                    Ok(v)
+                }
+                Err(e) => {
+                    let _ = c.batch("ROLLBACK");
+                    Err(e)
+                }
+            }
+        })
+    }
+
+    fn corrupt(&self, key: impl Into<String>, message: impl fmt::Display) -> PgError {
+        PgError::Store(StoreError::Corrupt {
+            path: self.location.clone(),
+            key: key.into(),
+            message: message.to_string(),
+        })
+    }
+
+    fn record_of(&self, row: &Row) -> Result<ProcessRecord, PgError> {
+        let id: String = row.try_get("id")?;
+        let data: Vec<u8> = row.try_get("data")?;
+        Ok(decode_record(&self.location, id.as_bytes(), &data)?)
+    }
+
+    fn task_of(&self, row: &Row, key: impl Fn(i32) -> String) -> Result<(u32, TaskRow), PgError> {
+        let node: i32 = row.try_get("node")?;
+        let order =
+            u32::try_from(node).map_err(|_| self.corrupt(key(node), "negative node index"))?;
+        let data: Vec<u8> = row.try_get("data")?;
+        let task = decode_row(&data).map_err(|m| self.corrupt(key(node), m))?;
+        Ok((order, task))
+    }
+
+    fn delivery_of(&self, row: &Row) -> Result<Delivery, PgError> {
+        let id: String = row.try_get("id")?;
+        let data: Vec<u8> = row.try_get("data")?;
+        serde_json::from_slice(&data).map_err(|e| self.corrupt(format!("delivery {id}"), e))
+    }
+
+    /// One page of `q` from the columns that answer it; metadata (no column) narrows
+    /// while scanning.
+    fn list_in(&self, c: &mut Conn, q: &Query, count_only: bool) -> Result<(Page, u64), PgError> {
+        let mut conds: Vec<String> = Vec::new();
+        let mut params: Vec<Box<dyn ToSql + Sync>> = Vec::new();
+        let arg = |params: &mut Vec<Box<dyn ToSql + Sync>>, v: Box<dyn ToSql + Sync>| {
+            params.push(v);
+            format!("${}", params.len())
+        };
+        if !q.states.is_empty() {
+            let codes: Vec<i16> = q.states.iter().map(|s| state_code(*s)).collect();
+            let a = arg(&mut params, Box::new(codes));
+            conds.push(format!("state = ANY({a})"));
+        }
+        if let Some(t) = &q.process_type {
+            let a = arg(&mut params, Box::new(t.clone()));
+            conds.push(format!("process_type = {a}"));
+        }
+        if let Some(r) = &q.root {
+            let a = arg(&mut params, Box::new(r.clone()));
+            conds.push(format!("root = {a}"));
+        }
+        if let Some(p) = &q.parent {
+            let a = arg(&mut params, Box::new(p.clone()));
+            conds.push(format!("parent = {a}"));
+        }
+        if q.definitions {
+            conds.push("definition".into());
+        }
+        if q.scheduled {
+            conds.push("scheduled".into());
+        }
+        if let Some(t) = q.created_from {
+            let a = arg(&mut params, Box::new(to_i64(t)));
+            conds.push(format!("created_at >= {a}"));
+        }
+        if let Some(t) = q.created_until {
+            let a = arg(&mut params, Box::new(to_i64(t)));
+            conds.push(format!("created_at < {a}"));
+        }
+        let exact = q.metadata.is_empty();
+        if count_only && exact {
+            let sql = format!(
+                "SELECT count(*) FROM procession_records{}",
+                where_of(&conds)
+            );
+            let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| &**p).collect();
+            let n: i64 = c.query_one(&sql, &refs)?.try_get(0)?;
+            return Ok((Page::default(), to_u64(n)));
+        }
+        let limit = if count_only { None } else { q.limit };
+        if limit == Some(0) {
+            return Ok((Page::default(), 0));
+        }
+        // One more than the page, to know whether a next page exists.
+        let want = limit.map(|l| l.saturating_add(1));
+        let chunk = match want {
+            Some(w) if exact => i64::try_from(w).unwrap_or(i64::MAX),
+            _ => SCAN_CHUNK,
+        };
+        let base = params.len();
+        // Two shapes (first chunk, then after a cursor), so that the keyset condition is
+        // an index range in the prepared plan, not a filter.
+        let shape = |keyset: bool| {
+            let mut all = conds.clone();
+            let limit = if keyset {
+                all.push(format!("(created_at, id) > (${}, ${})", base + 1, base + 2));
+                base + 3
+            } else {
+                base + 1
+            };
+            format!(
+                "SELECT id, data FROM procession_records{} ORDER BY created_at, id LIMIT ${limit}",
+                where_of(&all)
+            )
+        };
+        let (first, next) = (shape(false), shape(true));
+        let mut after = q.after.clone();
+        let mut matched: Vec<ProcessRecord> = Vec::new();
+        let mut n = 0u64;
+        loop {
+            let (at, id) = after
+                .as_ref()
+                .map_or((0, String::new()), |c| (to_i64(c.created_at), c.id.clone()));
+            let mut refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| &**p).collect();
+            let sql = if after.is_some() {
+                refs.extend([&at as &(dyn ToSql + Sync), &id]);
+                &next
+            } else {
+                &first
+            };
+            refs.push(&chunk);
+            let rows = c.query(sql, &refs)?;
+            let got = rows.len();
+            for row in &rows {
+                let r = self.record_of(row)?;
+                after = Some(Cursor::after(&r));
+                if !q.matches(&r) {
+                    continue;
+                }
+                if count_only {
+                    n += 1;
+                } else {
+                    matched.push(r);
+                    if want.is_some_and(|w| matched.len() >= w) {
+                        break;
+                    }
+                }
+            }
+            if i64::try_from(got).unwrap_or(i64::MAX) < chunk
+                || want.is_some_and(|w| matched.len() >= w)
+            {
+                break;
+            }
+        }
+        let mut page = Page::default();
+        if let Some(l) = limit {
+            if matched.len() > l {
+                matched.truncate(l);
+                page.next = matched.last().map(Cursor::after);
+            }
+        }
+        page.records = matched;
+        Ok((page, n))
+    }
+
+    fn get_in(&self, c: &mut Conn, id: &str, lock: bool) -> Result<Option<ProcessRecord>, PgError> {
+        let sql = if lock {
+            "SELECT id, data FROM procession_records WHERE id = $1 FOR UPDATE"
+        } else {
+            "SELECT id, data FROM procession_records WHERE id = $1"
+        };
+        c.query_opt(sql, &[&id])?
+            .map(|r| self.record_of(&r))
+            .transpose()
+    }
+
+    /// Writes `r` (insert or replace); with `fresh`, only if no record `r.id` exists
+    /// (false: one appeared since it was read).
+    fn put_record(c: &mut Conn, r: &ProcessRecord, fresh: bool) -> Result<bool, PgError> {
+        let data = encode(r);
+        let params: [&(dyn ToSql + Sync); 9] = [
+            &r.id,
+            &to_i64(r.created_at),
+            &state_code(r.status.state),
+            &r.process_type,
+            &r.root,
+            &r.parent,
+            &(!r.adhoc && r.depth == 0),
+            &r.schedule.is_some(),
+            &data,
+        ];
+        let sql = if fresh {
+            "INSERT INTO procession_records
+                 (id, created_at, state, process_type, root, parent, definition, scheduled, data)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+             ON CONFLICT (id) DO NOTHING"
+        } else {
+            "INSERT INTO procession_records
+                 (id, created_at, state, process_type, root, parent, definition, scheduled, data)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+             ON CONFLICT (id) DO UPDATE SET created_at = EXCLUDED.created_at,
+                 state = EXCLUDED.state, process_type = EXCLUDED.process_type,
+                 root = EXCLUDED.root, parent = EXCLUDED.parent,
+                 definition = EXCLUDED.definition, scheduled = EXCLUDED.scheduled,
+                 data = EXCLUDED.data"
+        };
+        Ok(c.execute(sql, &params)? == 1)
+    }
+
+    fn insert_delivery(c: &mut Conn, d: &Delivery, replace: bool) -> Result<(), PgError> {
+        let data = encode(d);
+        let params: [&(dyn ToSql + Sync); 7] = [
+            &d.id,
+            &delivery_code(d.state),
+            &to_i64(d.created_at),
+            &to_i64(d.next_at),
+            &d.run,
+            &d.channel,
+            &data,
+        ];
+        let sql = if replace {
+            "INSERT INTO procession_deliveries (id, state, created_at, next_at, run, channel, data)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)
+             ON CONFLICT (id) DO UPDATE SET state = EXCLUDED.state,
+                 created_at = EXCLUDED.created_at, next_at = EXCLUDED.next_at,
+                 run = EXCLUDED.run, channel = EXCLUDED.channel, data = EXCLUDED.data"
+        } else {
+            "INSERT INTO procession_deliveries (id, state, created_at, next_at, run, channel, data)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)
+             ON CONFLICT (id) DO NOTHING"
+        };
+        c.execute(sql, &params)?;
+        Ok(())
+    }
+
+    /// The current lease tokens of `runs` (locked against a concurrent claim until the
+    /// transaction ends).
+    fn tokens(c: &mut Conn, runs: &[&str]) -> Result<HashMap<String, u64>, PgError> {
+        let rows = c.query(
+            "SELECT run, token FROM procession_leases WHERE run = ANY($1) FOR SHARE",
+            &[&runs],
+        )?;
+        let mut out = HashMap::with_capacity(rows.len());
+        for r in rows {
+            let run: String = r.try_get(0)?;
+            let token: i64 = r.try_get(1)?;
+            out.insert(run, to_u64(token));
+        }
+        Ok(out)
+    }
+
+    fn apply_in(&self, c: &mut Conn, batch: &Batch) -> Result<Applied, PgError> {
+        let mut applied = Applied::default();
+        for a in &batch.archive {
+            if a.keep == 0 {
+                continue;
+            }
+            let seq = to_i64(a.run.seq);
+            let data = encode(&a.run.record);
+            c.execute(
+                "DELETE FROM procession_past_tasks WHERE owner = $1 AND seq = $2",
+                &[&a.owner, &seq],
+            )?;
+            c.execute(
+                "INSERT INTO procession_history (owner, seq, data) VALUES ($1, $2, $3)
+                 ON CONFLICT (owner, seq) DO UPDATE SET data = EXCLUDED.data",
+                &[&a.owner, &seq, &data],
+            )?;
+            c.execute(
+                "INSERT INTO procession_past_tasks (owner, seq, node, data)
+                 SELECT $1, $2, node, data FROM procession_tasks WHERE run = $3",
+                &[&a.owner, &seq, &a.rows_of],
+            )?;
+            let keep = to_i64(a.keep as u64);
+            c.execute(
+                "DELETE FROM procession_past_tasks WHERE owner = $1 AND seq < ALL (
+                     SELECT seq FROM procession_history WHERE owner = $1
+                     ORDER BY seq DESC LIMIT $2)",
+                &[&a.owner, &keep],
+            )?;
+            c.execute(
+                "DELETE FROM procession_history WHERE owner = $1 AND seq < ALL (
+                     SELECT seq FROM procession_history WHERE owner = $1
+                     ORDER BY seq DESC LIMIT $2)",
+                &[&a.owner, &keep],
+            )?;
+        }
+        let cleared: Vec<&str> = batch
+            .clear_runs
+            .iter()
+            .chain(&batch.delete_processes)
+            .map(String::as_str)
+            .collect();
+        if !cleared.is_empty() {
+            c.execute(
+                "DELETE FROM procession_tasks WHERE run = ANY($1)",
+                &[&cleared],
+            )?;
+        }
+        if !batch.delete_processes.is_empty() {
+            let ids: Vec<&str> = batch.delete_processes.iter().map(String::as_str).collect();
+            c.execute("DELETE FROM procession_records WHERE id = ANY($1)", &[&ids])?;
+            c.execute(
+                "DELETE FROM procession_history WHERE owner = ANY($1)",
+                &[&ids],
+            )?;
+            c.execute(
+                "DELETE FROM procession_past_tasks WHERE owner = ANY($1)",
+                &[&ids],
+            )?;
+        }
+        if !batch.tasks.is_empty() {
+            let mut runs: Vec<&str> = batch
+                .tasks
+                .iter()
+                .filter(|(_, _, r)| r.lease != 0)
+                .map(|(id, _, _)| &**id)
+                .collect();
+            runs.sort_unstable();
+            runs.dedup();
+            let tokens = if runs.is_empty() {
+                HashMap::new()
+            } else {
+                Self::tokens(c, &runs)?
+            };
+            // The last row of each (run, node) wins: one statement cannot write a row twice.
+            let mut last: HashMap<(&str, u32), usize> = HashMap::new();
+            for (i, (id, order, row)) in batch.tasks.iter().enumerate() {
+                if row.lease != 0 && row.lease < tokens.get(&**id).copied().unwrap_or(0) {
+                    applied.fenced += 1;
+                    continue;
+                }
+                last.insert((&**id, *order), i);
+            }
+            let mut keep: Vec<usize> = last.into_values().collect();
+            keep.sort_unstable();
+            let mut run_ids: Vec<&str> = Vec::with_capacity(keep.len());
+            let mut nodes: Vec<i32> = Vec::with_capacity(keep.len());
+            let mut leases: Vec<i64> = Vec::with_capacity(keep.len());
+            let mut data: Vec<Vec<u8>> = Vec::with_capacity(keep.len());
+            for i in keep {
+                let (id, order, row) = &batch.tasks[i];
+                let node = i32::try_from(*order).map_err(|_| {
+                    StoreError::io(&self.location, format!("node index {order} is too large"))
+                })?;
+                run_ids.push(id);
+                nodes.push(node);
+                leases.push(to_i64(row.lease));
+                data.push(encode_row(row));
+            }
+            if !run_ids.is_empty() {
+                c.execute(
+                    "INSERT INTO procession_tasks (run, node, lease, data)
+                     SELECT * FROM unnest($1::text[], $2::integer[], $3::bigint[], $4::bytea[])
+                     ON CONFLICT (run, node) DO UPDATE
+                         SET lease = EXCLUDED.lease, data = EXCLUDED.data",
+                    &[&run_ids, &nodes, &leases, &data],
+                )?;
+            }
+        }
+        for r in &batch.processes {
+            Self::put_record(c, r, false)?;
+        }
+        Ok(applied)
+    }
+}
+
+fn where_of(conds: &[String]) -> String {
+    if conds.is_empty() {
+        String::new()
+    } else {
+        format!(" WHERE {}", conds.join(" AND "))
+    }
+}
+
+impl Store for PgStore {
+    fn location(&self) -> String {
+        self.location.clone()
+    }
+
+    fn get(&self, id: &str) -> Result<Option<ProcessRecord>, StoreError> {
+        self.with(|c| self.get_in(c, id, false))
+    }
+
+    fn list(&self, query: &Query) -> Result<Page, StoreError> {
+        self.with(|c| Ok(self.list_in(c, query, false)?.0))
+    }
+
+    fn count(&self, query: &Query) -> Result<u64, StoreError> {
+        self.with(|c| Ok(self.list_in(c, query, true)?.1))
+    }
+
+    fn update(
+        &self,
+        id: &str,
+        f: &mut dyn FnMut(Option<&ProcessRecord>) -> Update,
+    ) -> Result<Option<ProcessRecord>, StoreError> {
+        self.update_enqueue(id, &mut |cur| (f(cur), Vec::new()))
+    }
+
+    fn update_enqueue(
+        &self,
+        id: &str,
+        f: &mut Enqueue<'_>,
+    ) -> Result<Option<ProcessRecord>, StoreError> {
+        loop {
+            // `None` from the transaction: a record appeared between the read and the
+            // insert (another writer): decide again from the new value.
+            let out = self.tx(|c| {
+                let current = self.get_in(c, id, true)?;
+                let (decided, deliveries) = f(current.as_ref());
+                let written = match decided {
+                    Update::Keep => return Ok(Some(current)),
+                    Update::Delete => {
+                        c.execute("DELETE FROM procession_records WHERE id = $1", &[&id])?;
+                        None
+                    }
+                    Update::Put(r) => {
+                        if !Self::put_record(c, &r, current.is_none())? {
+                            return Ok(None);
+                        }
+                        Some(*r)
+                    }
+                };
+                for d in &deliveries {
+                    Self::insert_delivery(c, d, false)?;
+                }
+                Ok(Some(written))
+            });
+            if let Some(v) = out? {
+                return Ok(v);
+            }
+        }
+    }
+
+    fn tasks(&self, id: &str) -> Result<Vec<(u32, TaskRow)>, StoreError> {
+        self.with(|c| {
+            c.query(
+                "SELECT node, data FROM procession_tasks WHERE run = $1 ORDER BY node",
+                &[&id],
+            )?
+            .iter()
+            .map(|r| self.task_of(r, |n| format!("{id}/#{n}")))
+            .collect()
+        })
+    }
+
+    fn apply(&self, batch: Batch) -> Result<Applied, StoreError> {
+        if batch.is_empty() {
+            return Ok(Applied::default());
+        }
+        self.tx(|c| self.apply_in(c, &batch))
+    }
+
+    fn history(&self, id: &str) -> Result<Vec<PastRun>, StoreError> {
+        self.with(|c| {
+            c.query(
+                "SELECT seq, data FROM procession_history WHERE owner = $1 ORDER BY seq DESC",
+                &[&id],
+            )?
+            .iter()
+            .map(|r| {
+                let seq = to_u64(r.try_get(0)?);
+                let data: Vec<u8> = r.try_get(1)?;
+                let shown = format!("{id} (past run {seq})");
+                let record = decode_record(&self.location, shown.as_bytes(), &data)?;
+                Ok(PastRun { seq, record })
+            })
+            .collect()
+        })
+    }
+
+    fn past_tasks(&self, id: &str, seq: u64) -> Result<Vec<(u32, TaskRow)>, StoreError> {
+        self.with(|c| {
+            c.query(
+                "SELECT node, data FROM procession_past_tasks
+                 WHERE owner = $1 AND seq = $2 ORDER BY node",
+                &[&id, &to_i64(seq)],
+            )?
+            .iter()
+            .map(|r| self.task_of(r, |n| format!("{id} (past run {seq})/#{n}")))
+            .collect()
+        })
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        // Every write was its own committed transaction.
+        Ok(())
+    }
+
+    fn next_id(&self) -> Result<u64, StoreError> {
+        self.with(|c| {
+            let v: i64 = c
+                .query_one("SELECT nextval('procession_ids')", &[])?
+                .try_get(0)?;
+            Ok(to_u64(v))
+        })
+    }
+
+    fn idempotent(&self, key: &str) -> Result<Option<String>, StoreError> {
+        self.with(|c| {
+            Ok(c.query_opt(
+                "SELECT run FROM procession_idempotency WHERE key = $1",
+                &[&key],
+            )?
+            .map(|r| r.try_get(0))
+            .transpose()?)
+        })
+    }
+
+    fn claim_idempotent(&self, key: &str, id: &str) -> Result<String, StoreError> {
+        self.with(|c| {
+            let inserted = c.execute(
+                "INSERT INTO procession_idempotency (key, run) VALUES ($1, $2)
+                 ON CONFLICT (key) DO NOTHING",
+                &[&key, &id],
+            )?;
+            if inserted == 1 {
+                return Ok(id.to_owned());
+            }
+            Ok(c.query_one(
+                "SELECT run FROM procession_idempotency WHERE key = $1",
+                &[&key],
+            )?
+            .try_get(0)?)
+        })
+    }
+
+    fn claim(&self, run: &str, owner: &str, ttl_ms: u64) -> Result<Lease, StoreError> {
+        self.with(|c| {
+            let ttl = to_i64(ttl_ms);
+            let won = c.query_opt(
+                "INSERT INTO procession_leases AS l (run, owner, token, expires_at)
+                 VALUES ($1, $2, 1, procession_now_ms() + $3)
+                 ON CONFLICT (run) DO UPDATE
+                     SET owner = EXCLUDED.owner, token = l.token + 1,
+                         expires_at = EXCLUDED.expires_at
+                     WHERE l.owner = EXCLUDED.owner OR l.expires_at <= procession_now_ms()
+                 RETURNING token, expires_at",
+                &[&run, &owner, &ttl],
+            )?;
+            if let Some(r) = won {
+                return Ok(Lease {
+                    run: run.to_owned(),
+                    owner: owner.to_owned(),
+                    token: to_u64(r.try_get(0)?),
+                    expires_at: to_u64(r.try_get(1)?),
+                });
+            }
+            let held = c.query_one(
+                "SELECT owner, expires_at FROM procession_leases WHERE run = $1",
+                &[&run],
+            )?;
+            Err(PgError::Store(StoreError::Leased {
+                run: run.to_owned(),
+                owner: held.try_get(0)?,
+                expires_at: to_u64(held.try_get(1)?),
+            }))
+        })
+    }
+
+    fn renew(&self, lease: &Lease, ttl_ms: u64) -> Result<bool, StoreError> {
+        self.with(|c| {
+            Ok(c.execute(
+                "UPDATE procession_leases SET expires_at = procession_now_ms() + $3
+                 WHERE run = $1 AND token = $2",
+                &[&lease.run, &to_i64(lease.token), &to_i64(ttl_ms)],
+            )? == 1)
+        })
+    }
+
+    fn release(&self, lease: &Lease) -> Result<(), StoreError> {
+        self.with(|c| {
+            // The token stays (tokens only grow); the lease just expires now.
+            c.execute(
+                "UPDATE procession_leases SET expires_at = 0 WHERE run = $1 AND token = $2",
+                &[&lease.run, &to_i64(lease.token)],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn delivery(&self, id: &str) -> Result<Option<Delivery>, StoreError> {
+        self.with(|c| {
+            c.query_opt(
+                "SELECT id, data FROM procession_deliveries WHERE id = $1",
+                &[&id],
+            )?
+            .map(|r| self.delivery_of(&r))
+            .transpose()
+        })
+    }
+
+    fn deliveries(&self, query: &DeliveryQuery) -> Result<DeliveryPage, StoreError> {
+        self.with(|c| {
+            let mut pager = Pager::new(query);
+            let limit = query
+                .limit
+                .map_or(i64::MAX, |l| to_i64(l as u64).saturating_add(1));
+            'states: for state in states_to_scan(query) {
+                // Two shapes, so that a cursor is an index range in the prepared plan.
+                let code = delivery_code(state);
+                let rows = match &query.after {
+                    Some(cur) if cur.state == state => c.query(
+                        "SELECT id, data FROM procession_deliveries
+                         WHERE state = $1 AND (created_at, id) > ($2, $3)
+                           AND ($4::text IS NULL OR run = $4)
+                           AND ($5::text IS NULL OR channel = $5)
+                         ORDER BY created_at, id LIMIT $6",
+                        &[
+                            &code,
+                            &to_i64(cur.created_at),
+                            &cur.id,
+                            &query.run,
+                            &query.channel,
+                            &limit,
+                        ],
+                    )?,
+                    _ => c.query(
+                        "SELECT id, data FROM procession_deliveries
+                         WHERE state = $1
+                           AND ($2::text IS NULL OR run = $2)
+                           AND ($3::text IS NULL OR channel = $3)
+                         ORDER BY created_at, id LIMIT $4",
+                        &[&code, &query.run, &query.channel, &limit],
+                    )?,
+                };
+                for r in &rows {
+                    if !pager.offer(self.delivery_of(r)?) {
+                        break 'states;
+                    }
+                }
+            }
+            Ok(pager.finish())
+        })
+    }
+
+    fn next_delivery_at(&self) -> Result<Option<u64>, StoreError> {
+        self.with(|c| {
+            let at: Option<i64> = c
+                .query_one(
+                    "SELECT min(next_at) FROM procession_deliveries WHERE state = 0",
+                    &[],
+                )?
+                .try_get(0)?;
+            Ok(at.map(to_u64))
+        })
+    }
+
+    fn claim_deliveries(
+        &self,
+        owner: &str,
+        now_ms: u64,
+        lease_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        self.tx(|c| {
+            // Skips rows another worker's claim holds locked: two claims never take the
+            // same delivery; a materialized CTE so the LIMIT bounds the rows locked.
+            let rows = c.query(
+                "WITH due AS MATERIALIZED (
+                     SELECT id FROM procession_deliveries
+                     WHERE state = 0 AND next_at <= $1
+                     ORDER BY next_at, id LIMIT $2
+                     FOR UPDATE SKIP LOCKED)
+                 SELECT d.id, d.data FROM procession_deliveries d JOIN due USING (id)
+                 ORDER BY d.next_at, d.id",
+                &[&to_i64(now_ms), &to_i64(limit as u64)],
+            )?;
+            let mut claimed = Vec::with_capacity(rows.len());
+            for r in &rows {
+                let mut d = self.delivery_of(r)?;
+                if !d.is_due(now_ms) {
+                    continue;
+                }
+                d.owner = Some(owner.to_owned());
+                d.lease = d.lease.saturating_add(1);
+                d.next_at = now_ms.saturating_add(lease_ms);
+                Self::insert_delivery(c, &d, true)?;
+                claimed.push(d);
+            }
+            Ok(claimed)
+        })
+    }
+
+    fn update_delivery(
+        &self,
+        id: &str,
+        f: &mut dyn FnMut(Option<&Delivery>) -> DeliveryUpdate,
+    ) -> Result<Option<Delivery>, StoreError> {
+        self.tx(|c| {
+            let current = c
+                .query_opt(
+                    "SELECT id, data FROM procession_deliveries WHERE id = $1 FOR UPDATE",
+                    &[&id],
+                )?
+                .map(|r| self.delivery_of(&r))
+                .transpose()?;
+            match f(current.as_ref()) {
+                DeliveryUpdate::Keep => Ok(current),
+                DeliveryUpdate::Delete => {
+                    c.execute("DELETE FROM procession_deliveries WHERE id = $1", &[&id])?;
+                    Ok(None)
+                }
+                DeliveryUpdate::Put(d) => {
+                    let mut d = *d;
+                    id.clone_into(&mut d.id);
+                    Self::insert_delivery(c, &d, true)?;
+                    Ok(Some(d))
+                }
+            }
+        })
+    }
+
+    fn channel_state(&self, name: &str) -> Result<Option<ChannelState>, StoreError> {
+        self.with(|c| {
+            let Some(r) = c.query_opt(
+                "SELECT data FROM procession_channels WHERE name = $1",
+                &[&name],
+            )?
+            else {
+                return Ok(None);
+            };
+            let data: Vec<u8> = r.try_get(0)?;
+            serde_json::from_slice(&data)
+                .map(Some)
+                .map_err(|e| self.corrupt(format!("channel {name}"), e))
+        })
+    }
+
+    fn set_channel_state(
+        &self,
+        name: &str,
+        state: Option<&ChannelState>,
+    ) -> Result<(), StoreError> {
+        self.with(|c| {
+            match state {
+                Some(s) => c.execute(
+                    "INSERT INTO procession_channels (name, data) VALUES ($1, $2)
+                     ON CONFLICT (name) DO UPDATE SET data = EXCLUDED.data",
+                    &[&name, &encode(s)],
+                )?,
+                None => c.execute("DELETE FROM procession_channels WHERE name = $1", &[&name])?,
+            };
+            Ok(())
+        })
+    }
+}

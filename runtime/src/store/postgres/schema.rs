@@ -1,0 +1,146 @@
+//! The schema of the PostgreSQL store: embedded, versioned migrations applied at open
+//! under an advisory lock, and the version check that refuses a newer database.
+
+use super::pool::Conn;
+use super::PgError;
+
+/// Advisory lock key (transaction level) held while migrations run: two workers that
+/// start at once apply them one after the other, the second finding nothing to do.
+const MIGRATION_LOCK: i64 = 0x7072_6f63_6d69_6772; // "procmigr"
+
+/// The migrations, in order: version `i + 1` is `MIGRATIONS[i]`. Never edit one that
+/// was released; add a new one.
+pub(super) const MIGRATIONS: &[&str] = &[
+    // 1: records, task rows, leases, idempotency keys, ids, history, outbox, channels.
+    r#"
+CREATE FUNCTION procession_now_ms() RETURNS bigint
+    LANGUAGE sql VOLATILE
+    AS $$ SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint $$;
+
+CREATE TABLE procession_records (
+    id           text COLLATE "C" PRIMARY KEY,
+    created_at   bigint   NOT NULL,
+    state        smallint NOT NULL,
+    process_type text COLLATE "C" NOT NULL,
+    root         text COLLATE "C" NOT NULL,
+    parent       text COLLATE "C",
+    definition   boolean  NOT NULL,
+    scheduled    boolean  NOT NULL,
+    data         bytea    NOT NULL
+);
+CREATE INDEX procession_records_all    ON procession_records (created_at, id);
+CREATE INDEX procession_records_parent ON procession_records (parent, created_at, id)
+    WHERE parent IS NOT NULL;
+CREATE INDEX procession_records_root   ON procession_records (root, created_at, id);
+CREATE INDEX procession_records_state  ON procession_records (state, created_at, id);
+CREATE INDEX procession_records_type   ON procession_records (process_type, created_at, id);
+CREATE INDEX procession_records_definitions ON procession_records (created_at, id)
+    WHERE definition;
+CREATE INDEX procession_records_scheduled ON procession_records (created_at, id)
+    WHERE scheduled;
+
+CREATE TABLE procession_tasks (
+    run   text COLLATE "C" NOT NULL,
+    node  integer NOT NULL,
+    lease bigint  NOT NULL,
+    data  bytea   NOT NULL,
+    PRIMARY KEY (run, node)
+);
+
+CREATE TABLE procession_leases (
+    run        text COLLATE "C" PRIMARY KEY,
+    owner      text   NOT NULL,
+    token      bigint NOT NULL,
+    expires_at bigint NOT NULL
+);
+
+CREATE TABLE procession_idempotency (
+    key text COLLATE "C" PRIMARY KEY,
+    run text NOT NULL
+);
+
+CREATE SEQUENCE procession_ids;
+
+CREATE TABLE procession_history (
+    owner text COLLATE "C" NOT NULL,
+    seq   bigint NOT NULL,
+    data  bytea  NOT NULL,
+    PRIMARY KEY (owner, seq)
+);
+CREATE TABLE procession_past_tasks (
+    owner text COLLATE "C" NOT NULL,
+    seq   bigint  NOT NULL,
+    node  integer NOT NULL,
+    data  bytea   NOT NULL,
+    PRIMARY KEY (owner, seq, node)
+);
+
+CREATE TABLE procession_deliveries (
+    id         text COLLATE "C" PRIMARY KEY,
+    state      smallint NOT NULL,
+    created_at bigint   NOT NULL,
+    next_at    bigint   NOT NULL,
+    run        text     NOT NULL,
+    channel    text     NOT NULL,
+    data       bytea    NOT NULL
+);
+CREATE INDEX procession_deliveries_listing ON procession_deliveries (state, created_at, id);
+-- The claim path reads only this partial index: delivered and failed rows never enter it,
+-- so it does not slow down as they pile up.
+CREATE INDEX procession_deliveries_due ON procession_deliveries (next_at, id)
+    WHERE state = 0;
+
+CREATE TABLE procession_channels (
+    name text COLLATE "C" PRIMARY KEY,
+    data bytea NOT NULL
+);
+"#,
+];
+
+/// The newest schema version this build knows.
+pub(super) fn supported() -> u32 {
+    MIGRATIONS.len() as u32
+}
+
+/// Brings the database's schema up to [`supported`] in one transaction under
+/// [`MIGRATION_LOCK`]; refuses a database whose schema is newer.
+pub(super) fn migrate(conn: &mut Conn) -> Result<(), PgError> {
+    conn.batch("BEGIN")?;
+    let out = migrate_in(conn);
+    match &out {
+        Ok(()) => conn.batch("COMMIT")?,
+        Err(_) => {
+            let _ = conn.batch("ROLLBACK");
+        }
+    }
+    out
+}
+
+fn migrate_in(conn: &mut Conn) -> Result<(), PgError> {
+    conn.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])?;
+    conn.batch(
+        "CREATE TABLE IF NOT EXISTS procession_schema (
+             one     boolean PRIMARY KEY DEFAULT true CHECK (one),
+             version integer NOT NULL
+         );
+         INSERT INTO procession_schema (version) VALUES (0) ON CONFLICT DO NOTHING;",
+    )?;
+    let row = conn.query_one("SELECT version FROM procession_schema", &[])?;
+    let found: i32 = row.try_get(0)?;
+    let found = u32::try_from(found).map_err(|_| PgError::BadVersion(i64::from(found)))?;
+    let supported = supported();
+    if found > supported {
+        return Err(PgError::Newer { found, supported });
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+        tracing::info!(version = i + 1, "applying a PostgreSQL store migration");
+        conn.batch(sql)?;
+    }
+    if found < supported {
+        conn.execute(
+            "UPDATE procession_schema SET version = $1",
+            &[&i32::try_from(supported).unwrap_or(i32::MAX)],
+        )?;
+    }
+    Ok(())
+}
