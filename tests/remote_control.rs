@@ -155,7 +155,7 @@ async fn a_blocked_schedule_launches_nothing_until_unblocked() {
     let blocked_msg = "launches of process `ticker` are blocked";
     // Bounded by real time (generous), not by a number of jumps: on a loaded machine the
     // scheduler's store round trips (blocking threads) take longer than a few jumps.
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let deadline = std::time::Instant::now() + Duration::from_mins(1);
     let mut logged = false;
     while std::time::Instant::now() < deadline {
         tokio::time::advance(Duration::from_secs(10)).await;
@@ -172,15 +172,15 @@ async fn a_blocked_schedule_launches_nothing_until_unblocked() {
     // threads, real time) before its task ticks: poll by the record's run count and the
     // counter, not by a fixed number of clock jumps.
     let mut fired = false;
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let deadline = std::time::Instant::now() + Duration::from_mins(1);
     while std::time::Instant::now() < deadline {
         if TICKS.load(Ordering::SeqCst) > 0 {
             break;
         }
-        if !fired {
-            tokio::time::advance(Duration::from_secs(10)).await;
-        } else {
+        if fired {
             tokio::time::sleep(Duration::from_millis(10)).await;
+        } else {
+            tokio::time::advance(Duration::from_secs(10)).await;
         }
         fired |= rt.get("ticker").await.unwrap().unwrap().runs > 0;
     }
