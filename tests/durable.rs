@@ -586,7 +586,12 @@ async fn progress_avalanche_is_coalesced() {
 // many events it missed and never slows the runtime.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_and_lagging_subscribers() {
-    let rt = Runtime::in_memory().start().await.unwrap();
+    // A small bus, so that the flood below overflows it.
+    let rt = Runtime::in_memory()
+        .event_buffer(1_024)
+        .start()
+        .await
+        .unwrap();
     let mut live = rt.subscribe();
     let mut sleepy = rt.subscribe();
     rt.run(Launch::new(Small {}).id("ev")).await.unwrap();
@@ -619,7 +624,7 @@ async fn events_and_lagging_subscribers() {
         }
     }
     assert_eq!((progress, logs), (2, 1));
-    // Flood: many short runs produce more events than the channel holds.
+    // Flood: many short runs produce more events than the bus holds.
     for i in 0..1500 {
         rt.run(Launch::new(Small {}).id(format!("flood-{i}")))
             .await

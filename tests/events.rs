@@ -346,3 +346,62 @@ async fn an_abandoned_task_keeps_its_attempts_and_elapsed_time() {
     assert_eq!(rec.state(), State::Failed);
     assert_eq!(rec.attempts, 1);
 }
+
+#[task]
+fn noop(i: u32) -> u32 {
+    i
+}
+
+#[process]
+fn burst(p: &mut Builder, n: u32) {
+    for i in 0..n {
+        p.task(Noop::new(i));
+    }
+}
+
+/// The events `stream` holds now, without waiting for more.
+async fn drain(stream: &mut procession::EventStream) -> Vec<Event> {
+    let mut out = Vec::new();
+    while let Ok(Some(e)) = tokio::time::timeout(Duration::from_millis(100), stream.next()).await
+    {
+        out.push(e);
+    }
+    out
+}
+
+// A subscriber that does not read during a burst keeps every event while the bus holds
+// them (`RuntimeBuilder::event_buffer`), and is told how many it lost when it does not:
+// never a silent gap. The default bus holds a 2,000-task burst (the admin feed's clients
+// then need no resync).
+#[tokio::test]
+async fn the_event_buffer_bounds_what_a_slow_subscriber_keeps() {
+    let rt = Runtime::in_memory().start().await.unwrap();
+    let mut slow = rt.subscribe();
+    rt.run(Burst { n: 2_000 }).await.unwrap();
+    let events = drain(&mut slow).await;
+    assert!(
+        !events
+            .iter()
+            .any(|e| matches!(e.kind, EventKind::Lagged { .. })),
+        "the default buffer holds a 2,000-task burst"
+    );
+    let done = events
+        .iter()
+        .filter(|e| matches!(e.kind, EventKind::State { state: State::Done }) && e.id.contains('/'))
+        .count();
+    assert_eq!(done, 2_000, "every task's end was kept");
+
+    let small = Runtime::in_memory().event_buffer(64).start().await.unwrap();
+    let mut slow = small.subscribe();
+    small.run(Burst { n: 200 }).await.unwrap();
+    let events = drain(&mut slow).await;
+    assert!(
+        matches!(events[0].kind, EventKind::Lagged { missed } if missed > 0),
+        "{:?}",
+        events[0]
+    );
+    assert!(events.len() <= 64 + 1);
+
+    let err = Runtime::in_memory().event_buffer(0).start().await.unwrap_err();
+    assert!(err.to_string().contains("event_buffer(0)"), "{err}");
+}

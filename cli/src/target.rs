@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use procession::store::{Cursor, Query, SledStore, Store, StoreError, TaskRow};
+use procession::store::{Cursor, Query, SledStore, Store, StoreError};
 use procession::{RecordKind, State};
 use serde_json::{json, Value};
 
@@ -62,41 +62,10 @@ fn parse_state(s: &str) -> Result<State, CliError> {
 }
 
 fn parse_cursor(v: &str) -> Result<Cursor, CliError> {
-    v.split_once(':')
-        .and_then(|(t, id)| {
-            Some(Cursor {
-                created_at: t.parse().ok()?,
-                id: id.to_owned(),
-            })
-        })
-        .ok_or_else(|| {
-            CliError::Usage(format!(
-                "--after must be the `next` of a previous page, not `{v}`"
-            ))
-        })
-}
-
-/// A task row in the API's shape (`GET /api/runs/{id}`).
-fn task_json(i: u32, r: &TaskRow) -> Value {
-    let result = r
-        .result
-        .as_deref()
-        .map(|t| serde_json::from_str::<Value>(t).unwrap_or_else(|_| json!({ "damaged": t })));
-    json!({
-        "index": i,
-        "node": r.node,
-        "task": r.task,
-        "state": r.state,
-        "skipped": r.skipped,
-        "attempts": r.attempts,
-        "started_at": r.started_at,
-        "ended_at": r.ended_at,
-        "elapsed_ms": r.elapsed_ns / 1_000_000,
-        "progress": r.progress,
-        "error": r.error,
-        "chain": r.chain,
-        "log": r.log,
-        "result": result,
+    v.parse().map_err(|_| {
+        CliError::Usage(format!(
+            "--after must be the `next` of a previous page, not `{v}`"
+        ))
     })
 }
 
@@ -138,7 +107,7 @@ impl Target {
                 let page = store.list(&q).map_err(CliError::Store)?;
                 Ok(json!({
                     "records": page.records,
-                    "next": page.next.map(|c| format!("{}:{}", c.created_at, c.id)),
+                    "next": page.next.map(|c| c.to_string()),
                 }))
             }
         }
@@ -165,7 +134,7 @@ impl Target {
                         .tasks(id)
                         .map_err(CliError::Store)?
                         .iter()
-                        .map(|(i, r)| task_json(*i, r))
+                        .map(|(i, r)| procession::admin::task_json(*i, r))
                         .collect()
                 } else {
                     Vec::new()

@@ -133,25 +133,13 @@ fn parse_ms(key: &str, v: &str) -> Result<u64, ApiError> {
     })
 }
 
-/// A cursor as text: `<created_at>:<id>`.
-fn cursor_text(c: &Cursor) -> String {
-    format!("{}:{}", c.created_at, c.id)
-}
-
 fn parse_cursor(v: &str) -> Result<Cursor, ApiError> {
-    v.split_once(':')
-        .and_then(|(t, id)| {
-            Some(Cursor {
-                created_at: t.parse().ok()?,
-                id: id.to_owned(),
-            })
-        })
-        .ok_or_else(|| {
-            ApiError::bad_request(
-                "invalid-filter",
-                format!("`after` must be the `next` of a previous page, not `{v}`"),
-            )
-        })
+    v.parse().map_err(|_| {
+        ApiError::bad_request(
+            "invalid-filter",
+            format!("`after` must be the `next` of a previous page, not `{v}`"),
+        )
+    })
 }
 
 /// A metadata value: JSON when it parses (`7`, `true`, `"x"`), else the text itself.
@@ -204,35 +192,12 @@ async fn list(State(s): S, RawQuery(q): RawQuery) -> ApiResult {
     let page = s.rt.list_page(query).await?;
     let mut out = json!({
         "records": page.records,
-        "next": page.next.as_ref().map(cursor_text),
+        "next": page.next.as_ref().map(ToString::to_string),
     });
     if let Some(t) = total {
         out["total"] = json!(t);
     }
     Ok(Json(out).into_response())
-}
-
-fn task_view(i: u32, r: &TaskRow) -> Value {
-    let result = r
-        .result
-        .as_deref()
-        .map(|t| serde_json::from_str::<Value>(t).unwrap_or_else(|_| json!({ "damaged": t })));
-    json!({
-        "index": i,
-        "node": r.node,
-        "task": r.task,
-        "state": r.state,
-        "skipped": r.skipped,
-        "attempts": r.attempts,
-        "started_at": r.started_at,
-        "ended_at": r.ended_at,
-        "elapsed_ms": r.elapsed_ns / 1_000_000,
-        "progress": r.progress,
-        "error": r.error,
-        "chain": r.chain,
-        "log": r.log,
-        "result": result,
-    })
 }
 
 async fn show(State(s): S, id: Result<Path<String>, PathRejection>) -> ApiResult {
@@ -246,7 +211,7 @@ async fn show(State(s): S, id: Result<Path<String>, PathRejection>) -> ApiResult
         s.rt.task_rows(&id)
             .await?
             .iter()
-            .map(|(i, r)| task_view(*i, r))
+            .map(|(i, r)| super::task_json(*i, r))
             .collect()
     } else {
         Vec::new()

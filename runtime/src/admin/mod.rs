@@ -40,7 +40,10 @@
 //! ([`AdminConfig::replay_buffer`]); when they are no longer there (or come from another
 //! instance) it gets one `resync` event instead: reload the snapshots. A slow client
 //! never slows the runtime: its own buffer ([`AdminConfig::client_buffer`]) overflows,
-//! it catches up from the replay buffer, or gets a `resync`. Comments keep the stream
+//! it catches up from the replay buffer, or gets a `resync`. The feed itself reads the
+//! runtime's event bus; a burst larger than the bus
+//! ([`RuntimeBuilder::event_buffer`](crate::RuntimeBuilder::event_buffer), 16,384 events by
+//! default) while the feed is starved of CPU makes every client resync. Comments keep the stream
 //! alive ([`AdminConfig::keep_alive`]); the response says `X-Accel-Buffering: no` (behind
 //! nginx, also set `proxy_buffering off`).
 //!
@@ -314,6 +317,48 @@ impl Admin {
             task,
         })
     }
+}
+
+/// A task row in the shape `GET /api/runs/{id}` gives it (the `tasks` entries, without
+/// `log_file`): what a tool that reads a store directly prints to look like the API.
+/// A stored result that is not JSON comes out as `{"damaged": "<text>"}`.
+///
+/// # Examples
+///
+/// ```
+/// use procession::admin::task_json;
+/// use procession::store::TaskRow;
+/// let row: TaskRow = serde_json::from_value(serde_json::json!({
+///     "task": "fetch_orders", "node": "fetch", "state": "done", "attempts": 1,
+///     "started_at": 1, "ended_at": 2, "elapsed_ns": 1_000_000, "skipped": false,
+///     "error": null, "result": "42",
+/// })).unwrap();
+/// let v = task_json(0, &row);
+/// assert_eq!(v["node"], "fetch");
+/// assert_eq!(v["state"], "done");
+/// assert_eq!(v["result"], 42);
+/// ```
+pub fn task_json(index: u32, row: &crate::store::TaskRow) -> serde_json::Value {
+    let result = row.result.as_deref().map(|t| {
+        serde_json::from_str::<serde_json::Value>(t)
+            .unwrap_or_else(|_| serde_json::json!({ "damaged": t }))
+    });
+    serde_json::json!({
+        "index": index,
+        "node": row.node,
+        "task": row.task,
+        "state": row.state,
+        "skipped": row.skipped,
+        "attempts": row.attempts,
+        "started_at": row.started_at,
+        "ended_at": row.ended_at,
+        "elapsed_ms": row.elapsed_ns / 1_000_000,
+        "progress": row.progress,
+        "error": row.error,
+        "chain": row.chain,
+        "log": row.log,
+        "result": result,
+    })
 }
 
 /// The routes of `rt`'s admin API, to mount in your own axum app.

@@ -209,6 +209,7 @@ pub struct RuntimeBuilder {
     pub(super) task_records: bool,
     pub(super) resources: Resources,
     pub(super) keep_runs: usize,
+    pub(super) event_buffer: usize,
     pub(super) channels: Vec<crate::notify::Channel>,
     pub(super) delivery: crate::notify::DeliveryOptions,
 }
@@ -228,6 +229,8 @@ impl fmt::Debug for RuntimeBuilder {
 
 /// Ended runs each record keeps by default, besides its current one.
 pub(super) const DEFAULT_KEEP_RUNS: usize = 10;
+/// Events the runtime's event bus holds for a subscriber that has not read them yet.
+pub(super) const DEFAULT_EVENT_BUFFER: usize = 16_384;
 
 /// Default progress flush interval; `PROCESSION_PROGRESS_FLUSH_MS` overrides it.
 pub(super) const DEFAULT_PROGRESS_FLUSH: Duration = Duration::from_millis(100);
@@ -255,6 +258,7 @@ impl RuntimeBuilder {
             task_records: true,
             resources: Resources::default(),
             keep_runs: DEFAULT_KEEP_RUNS,
+            event_buffer: DEFAULT_EVENT_BUFFER,
             channels: Vec::new(),
             delivery: crate::notify::DeliveryOptions::default(),
         }
@@ -382,6 +386,28 @@ impl RuntimeBuilder {
         self
     }
 
+    /// How many events the runtime keeps for each subscriber
+    /// ([`Runtime::subscribe`](crate::Runtime::subscribe), run event streams, the admin
+    /// API's live feed) that has not read them yet (default 16,384; zero is refused by
+    /// [`start`](RuntimeBuilder::start) with [`Error::Config`]). The runtime never waits
+    /// for a subscriber: one that falls further behind gets
+    /// [`EventKind::Lagged`](crate::EventKind::Lagged) (the admin feed then tells its
+    /// clients to resync). A burst of many short tasks emits about two events per task;
+    /// raise it when a subscriber must see every one of a larger burst. The buffer is
+    /// allocated at start: a few hundred bytes per slot.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main] async fn main() -> procession::Result<()> {
+    /// let rt = procession::Runtime::in_memory().event_buffer(65_536).start().await?;
+    /// # drop(rt); Ok(()) }
+    /// ```
+    pub fn event_buffer(mut self, n: usize) -> Self {
+        self.event_buffer = n;
+        self
+    }
+
     /// At most `n` tasks run at once across all runs of this runtime (default: no limit;
     /// zero is refused by [`start`](RuntimeBuilder::start) with [`Error::Config`]).
     pub fn max_concurrency(mut self, n: usize) -> Self {
@@ -490,6 +516,11 @@ impl RuntimeBuilder {
             "RuntimeBuilder::process_concurrency",
             self.process_concurrency,
         )?;
+        if self.event_buffer == 0 {
+            return Err(Error::Config(
+                "`RuntimeBuilder::event_buffer(0)`: the event bus needs at least one slot".into(),
+            ));
+        }
         // A definition the scheduler could never launch is refused now, not at its fire:
         // an unknown type, or a graph whose tasks need a resource this runtime lacks.
         for d in &self.definitions {
@@ -525,7 +556,7 @@ impl RuntimeBuilder {
                 Arc::new(blocking(move || crate::store::PgStore::connect(&url)).await?)
             }
         };
-        let (events, _) = broadcast::channel(4096);
+        let (events, _) = broadcast::channel(self.event_buffer);
         let writer = start_writer(store.clone(), self.progress_flush, events.clone())?;
         let worker = format!("worker-{:016x}", fastrand::u64(..));
         let clock = Clock {

@@ -357,6 +357,53 @@ impl Cursor {
     }
 }
 
+/// A cursor as text: `<created_at>:<id>` (the `next` of a page in the admin API and the
+/// command line).
+///
+/// # Examples
+///
+/// ```
+/// use procession::store::Cursor;
+/// let c: Cursor = "1700000000000:report-7".parse().unwrap();
+/// assert_eq!(c.created_at, 1_700_000_000_000);
+/// assert_eq!(c.id, "report-7");
+/// assert_eq!(c.to_string(), "1700000000000:report-7");
+/// assert!("report-7".parse::<Cursor>().is_err());
+/// ```
+impl std::fmt::Display for Cursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.created_at, self.id)
+    }
+}
+
+impl std::str::FromStr for Cursor {
+    type Err = InvalidCursor;
+
+    fn from_str(s: &str) -> Result<Cursor, InvalidCursor> {
+        s.split_once(':')
+            .and_then(|(t, id)| {
+                Some(Cursor {
+                    created_at: t.parse().ok()?,
+                    id: id.to_owned(),
+                })
+            })
+            .ok_or_else(|| InvalidCursor(s.to_owned()))
+    }
+}
+
+/// A text that is not a [`Cursor`] (`<created_at>:<id>`); it holds the text.
+///
+/// # Examples
+///
+/// ```
+/// use procession::store::Cursor;
+/// let err = "yesterday".parse::<Cursor>().unwrap_err();
+/// assert_eq!(err.to_string(), "`yesterday` is not a page cursor (`<created_at>:<id>`)");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{0}` is not a page cursor (`<created_at>:<id>`)")]
+pub struct InvalidCursor(pub String);
+
 /// Which process records to list, and which page.
 ///
 /// Every condition set must hold. Results come ordered by creation time, then id.
