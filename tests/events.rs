@@ -362,8 +362,7 @@ fn burst(p: &mut Builder, n: u32) {
 /// The events `stream` holds now, without waiting for more.
 async fn drain(stream: &mut procession::EventStream) -> Vec<Event> {
     let mut out = Vec::new();
-    while let Ok(Some(e)) = tokio::time::timeout(Duration::from_millis(100), stream.next()).await
-    {
+    while let Ok(Some(e)) = tokio::time::timeout(Duration::from_millis(100), stream.next()).await {
         out.push(e);
     }
     out
@@ -402,6 +401,10 @@ async fn the_event_buffer_bounds_what_a_slow_subscriber_keeps() {
     );
     assert!(events.len() <= 64 + 1);
 
-    let err = Runtime::in_memory().event_buffer(0).start().await.unwrap_err();
+    let err = Runtime::in_memory()
+        .event_buffer(0)
+        .start()
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("event_buffer(0)"), "{err}");
 }
