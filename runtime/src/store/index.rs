@@ -98,40 +98,87 @@ fn split(tail: &[u8]) -> Option<(u64, &str)> {
     Some((t, std::str::from_utf8(id).ok()?))
 }
 
-/// Where a listing of `q` starts in its index, and the index's prefix.
-fn start(q: &Query) -> (Vec<u8>, Bound<Vec<u8>>, bool) {
-    let (prefix, exact) = plan(q);
-    let from = match (&q.after, q.created_from) {
-        (Some(c), _) => {
-            let mut k = prefix.clone();
-            push_tail(&mut k, c.created_at, &c.id);
-            Bound::Excluded(k)
-        }
-        (None, Some(t)) => {
-            let mut k = prefix.clone();
-            k.extend_from_slice(&t.to_be_bytes());
-            Bound::Included(k)
-        }
-        (None, None) => Bound::Included(prefix.clone()),
-    };
-    (prefix, from, exact)
+/// The keys of an index a listing walks: from `lower` up, or (`rev`) from `upper` down.
+pub(super) struct Span {
+    /// The lowest key.
+    pub lower: Bound<Vec<u8>>,
+    /// The highest key.
+    pub upper: Bound<Vec<u8>>,
+    /// Whether keys come in descending order.
+    pub rev: bool,
 }
 
-/// Keys of an index from a bound on: what a store provides to [`list`] and [`count`].
+/// The smallest key greater than every key starting with `prefix` (`None`: there is none).
+fn past(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut k = prefix.to_vec();
+    while let Some(last) = k.pop() {
+        if last < u8::MAX {
+            k.push(last + 1);
+            return Some(k);
+        }
+    }
+    None
+}
+
+/// Where a listing of `q` runs in its index (`None`: nowhere, the range is empty), and
+/// the index's prefix.
+fn start(q: &Query) -> (Vec<u8>, Option<Span>, bool) {
+    let (prefix, exact) = plan(q);
+    let at = |t: u64, id: &str| {
+        let mut k = prefix.clone();
+        push_tail(&mut k, t, id);
+        k
+    };
+    if !q.newest_first {
+        let lower = match (&q.after, q.created_from) {
+            (Some(c), _) => Bound::Excluded(at(c.created_at, &c.id)),
+            (None, Some(t)) => Bound::Included(at(t, "")),
+            (None, None) => Bound::Included(prefix.clone()),
+        };
+        let span = Span {
+            lower,
+            upper: Bound::Unbounded,
+            rev: false,
+        };
+        return (prefix, Some(span), exact);
+    }
+    // Newest first: down from the lower of the cursor and the end of the time range.
+    let lower = at(q.created_from.unwrap_or(0), "");
+    let until = q.created_until.map(|t| at(t, ""));
+    let upper = match (q.after.as_ref().map(|c| at(c.created_at, &c.id)), until) {
+        (Some(c), Some(u)) => Bound::Excluded(c.min(u)),
+        (Some(k), None) | (None, Some(k)) => Bound::Excluded(k),
+        (None, None) => past(&prefix).map_or(Bound::Unbounded, Bound::Excluded),
+    };
+    // An empty range would make the stores' range scans panic.
+    let empty = matches!(&upper, Bound::Excluded(u) if *u <= lower);
+    let span = (!empty).then_some(Span {
+        lower: Bound::Included(lower),
+        upper,
+        rev: true,
+    });
+    (prefix, span, exact)
+}
+
+/// Keys of an index over a [`Span`], in its order: what a store provides to [`list`]
+/// and [`count`].
 pub(super) type Keys<'a> = Box<dyn Iterator<Item = Result<Vec<u8>, StoreError>> + 'a>;
 
-/// The (creation time, id) of each entry of `q`'s index from where `q` starts, until
-/// the index's prefix or `q`'s time range ends: the walk [`list`] and [`count`] share.
+/// The (creation time, id) of each entry of `q`'s index from where `q` starts, in its
+/// direction, until the index's prefix or `q`'s time range ends: the walk [`list`] and
+/// [`count`] share.
 fn entries<'a>(
     q: &Query,
-    scan: impl FnOnce(Bound<Vec<u8>>) -> Keys<'a>,
+    scan: impl FnOnce(Span) -> Keys<'a>,
 ) -> (
     bool,
     impl Iterator<Item = Result<(u64, String), StoreError>> + 'a,
 ) {
-    let (prefix, from, exact) = start(q);
+    let (prefix, span, exact) = start(q);
     let until = q.created_until;
-    let mut keys = scan(from);
+    // Newest first, the walk ends below the time range (forward, a cursor may lie below it).
+    let from = q.created_from.filter(|_| q.newest_first);
+    let mut keys = span.map_or_else(|| Box::new(std::iter::empty()) as Keys<'a>, scan);
     let walk = std::iter::from_fn(move || loop {
         let k = match keys.next()? {
             Ok(k) => k,
@@ -143,7 +190,7 @@ fn entries<'a>(
         let Some((created, id)) = split(tail) else {
             continue;
         };
-        if until.is_some_and(|u| created >= u) {
+        if until.is_some_and(|u| created >= u) || from.is_some_and(|f| created < f) {
             return None;
         }
         return Some(Ok((created, id.to_owned())));
@@ -154,7 +201,7 @@ fn entries<'a>(
 /// One page of `q`, from the index keys `scan` yields and the records `get` reads.
 pub(super) fn list<'a>(
     q: &Query,
-    scan: impl FnOnce(Bound<Vec<u8>>) -> Keys<'a>,
+    scan: impl FnOnce(Span) -> Keys<'a>,
     get: impl Fn(&str) -> Result<Option<ProcessRecord>, StoreError>,
 ) -> Result<Page, StoreError> {
     let limit = q.limit.unwrap_or(usize::MAX);
@@ -181,12 +228,13 @@ pub(super) fn list<'a>(
 /// How many records match `q` (page bounds ignored).
 pub(super) fn count<'a>(
     q: &Query,
-    scan: impl FnOnce(Bound<Vec<u8>>) -> Keys<'a>,
+    scan: impl FnOnce(Span) -> Keys<'a>,
     get: impl Fn(&str) -> Result<Option<ProcessRecord>, StoreError>,
 ) -> Result<u64, StoreError> {
     let q = Query {
         after: None,
         limit: None,
+        newest_first: false,
         ..q.clone()
     };
     let (exact, walk) = entries(&q, scan);

@@ -1,7 +1,6 @@
 //! The store in memory.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -92,12 +91,13 @@ impl MemInner {
         }
     }
 
-    fn scan(&self, from: Bound<Vec<u8>>) -> index::Keys<'_> {
-        Box::new(
-            self.index
-                .range((from, Bound::Unbounded))
-                .map(|k| Ok(k.clone())),
-        )
+    fn scan(&self, span: index::Span) -> index::Keys<'_> {
+        let keys = self.index.range((span.lower, span.upper));
+        if span.rev {
+            Box::new(keys.rev().map(|k| Ok(k.clone())))
+        } else {
+            Box::new(keys.map(|k| Ok(k.clone())))
+        }
     }
 }
 
@@ -127,7 +127,7 @@ impl Store for MemoryStore {
         let g = self.lock();
         index::list(
             query,
-            |from| g.scan(from),
+            |span| g.scan(span),
             |id| Ok(g.processes.get(id).cloned()),
         )
     }
@@ -136,7 +136,7 @@ impl Store for MemoryStore {
         let g = self.lock();
         index::count(
             query,
-            |from| g.scan(from),
+            |span| g.scan(span),
             |id| Ok(g.processes.get(id).cloned()),
         )
     }

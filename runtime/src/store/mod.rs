@@ -406,7 +406,8 @@ pub struct InvalidCursor(pub String);
 
 /// Which process records to list, and which page.
 ///
-/// Every condition set must hold. Results come ordered by creation time, then id.
+/// Every condition set must hold. Results come ordered by creation time, then id
+/// (both descending with [`newest_first`](Query::newest_first)).
 ///
 /// # Examples
 ///
@@ -438,10 +439,12 @@ pub struct Query {
     pub created_from: Option<u64>,
     /// Only records created before this time (ms since the Unix epoch).
     pub created_until: Option<u64>,
-    /// Start after this position.
+    /// Start after this position (below it when [`newest_first`](Query::newest_first)).
     pub after: Option<Cursor>,
     /// At most this many records (all when `None`).
     pub limit: Option<usize>,
+    /// List newest first: by creation time, then id, both descending.
+    pub newest_first: bool,
 }
 
 impl Query {
@@ -511,6 +514,26 @@ impl Query {
         self
     }
 
+    /// Newest first: records come by creation time, then id, both descending; the
+    /// [`after`](Query::after) cursor (the `next` of the previous page) is then the last
+    /// record seen, and the next page continues below it. The time range still bounds it.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use procession::store::{MemoryStore, Query, Store};
+    /// let store = MemoryStore::new();
+    /// let page = store.list(&Query::new().newest_first().limit(20)).unwrap();
+    /// assert!(page.records.is_empty() && page.next.is_none());
+    /// // The next page: the same query after the last page's cursor.
+    /// let _ = store.list(&Query::new().newest_first().limit(20).after(page.next));
+    /// ```
+    #[must_use]
+    pub fn newest_first(mut self) -> Query {
+        self.newest_first = true;
+        self
+    }
+
     /// Whether `r` meets every condition (not the page bounds).
     pub fn matches(&self, r: &ProcessRecord) -> bool {
         (self.states.is_empty() || self.states.contains(&r.status.state))
@@ -538,9 +561,10 @@ impl Query {
 #[derive(Debug, Clone, Default, PartialEq)]
 #[non_exhaustive]
 pub struct Page {
-    /// The records, ordered by creation time, then id.
+    /// The records, ordered by creation time, then id (descending when the query was
+    /// [`newest_first`](Query::newest_first)).
     pub records: Vec<ProcessRecord>,
-    /// Where the next page starts; `None` on the last page.
+    /// Where the next page starts (in the query's direction); `None` on the last page.
     pub next: Option<Cursor>,
 }
 

@@ -5,8 +5,6 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use std::ops::Bound;
-
 #[path = "sled_guard.rs"]
 mod guard;
 #[path = "sled_outbox.rs"]
@@ -414,13 +412,17 @@ impl SledStore {
         decode_record(&self.location(), key, bytes)
     }
 
-    fn scan(&self, from: Bound<Vec<u8>>) -> index::Keys<'_> {
-        Box::new(
-            self.index
-                .range::<Vec<u8>, _>((from, Bound::Unbounded))
-                .keys()
-                .map(|k| k.map(|k| k.to_vec()).map_err(|e| self.io(e))),
-        )
+    fn scan(&self, span: index::Span) -> index::Keys<'_> {
+        let keys = self
+            .index
+            .range::<Vec<u8>, _>((span.lower, span.upper))
+            .keys();
+        let key = |k: sled::Result<sled::IVec>| k.map(|k| k.to_vec()).map_err(|e| self.io(e));
+        if span.rev {
+            Box::new(keys.rev().map(key))
+        } else {
+            Box::new(keys.map(key))
+        }
     }
 
     /// The current lease token of `run` (0 when it was never claimed).
@@ -566,11 +568,11 @@ impl Store for SledStore {
     }
 
     fn list(&self, query: &Query) -> Result<Page, StoreError> {
-        index::list(query, |from| self.scan(from), |id| self.get(id))
+        index::list(query, |span| self.scan(span), |id| self.get(id))
     }
 
     fn count(&self, query: &Query) -> Result<u64, StoreError> {
-        index::count(query, |from| self.scan(from), |id| self.get(id))
+        index::count(query, |span| self.scan(span), |id| self.get(id))
     }
 
     fn update(

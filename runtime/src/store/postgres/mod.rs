@@ -390,14 +390,24 @@ impl PgStore {
         // an index range in the prepared plan, not a filter.
         let shape = |keyset: bool| {
             let mut all = conds.clone();
+            // Newest first, a backward scan of the same (created_at, id) indexes.
+            let (cmp, order) = if q.newest_first {
+                ("<", "created_at DESC, id DESC")
+            } else {
+                (">", "created_at, id")
+            };
             let limit = if keyset {
-                all.push(format!("(created_at, id) > (${}, ${})", base + 1, base + 2));
+                all.push(format!(
+                    "(created_at, id) {cmp} (${}, ${})",
+                    base + 1,
+                    base + 2
+                ));
                 base + 3
             } else {
                 base + 1
             };
             format!(
-                "SELECT id, data FROM procession_records{} ORDER BY created_at, id LIMIT ${limit}",
+                "SELECT id, data FROM procession_records{} ORDER BY {order} LIMIT ${limit}",
                 where_of(&all)
             )
         };
