@@ -132,6 +132,24 @@ async fn launch_list_page_and_show() {
     }
     seen.sort();
     assert_eq!(seen, vec!["h-0", "h-1", "h-2", "h-3", "h-4"]);
+    // `order=newest`: newest first, paged with `next` below the last record, the exact
+    // reverse of the default (oldest first) order, which `order=oldest` also gives.
+    let oldest = pages(&app, "process=hello&state=done&limit=2").await;
+    assert_eq!(oldest.len(), 5);
+    assert_eq!(
+        pages(&app, "process=hello&state=done&limit=2&order=oldest").await,
+        oldest
+    );
+    let mut newest = pages(&app, "process=hello&state=done&limit=2&order=newest").await;
+    newest.reverse();
+    assert_eq!(newest, oldest);
+    let (s, v) = call(
+        &app,
+        get("/api/runs?process=hello&state=done&order=newest&limit=1&count=true"),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["total"], 5, "the count ignores the order");
     let (_, v) = call(&app, get("/api/runs?meta.team=alpha&limit=500")).await;
     assert_eq!(v["records"].as_array().unwrap().len(), 5);
     let (_, v) = call(&app, get("/api/runs?meta.team=beta")).await;
@@ -147,6 +165,23 @@ async fn launch_list_page_and_show() {
     let (s, v) = call(&app, get("/api/runs/h-3%2Fgreet")).await;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(v["record"]["kind"], "task");
+}
+
+/// The ids of every page of `GET /api/runs?{filter}`, following `next`.
+async fn pages(app: &Router, filter: &str) -> Vec<String> {
+    let mut seen = Vec::new();
+    let mut uri = format!("/api/runs?{filter}");
+    loop {
+        let (s, v) = call(app, get(&uri)).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        for r in v["records"].as_array().unwrap() {
+            seen.push(r["id"].as_str().unwrap().to_owned());
+        }
+        match v["next"].as_str() {
+            Some(c) => uri = format!("/api/runs?{filter}&after={}", urlencode(c)),
+            None => return seen,
+        }
+    }
 }
 
 fn urlencode(s: &str) -> String {
@@ -374,6 +409,7 @@ async fn security_checks_refuse_with_4xx() {
         "after=nocolon",
         "bogus=1",
         "meta.=x",
+        "order=random",
     ] {
         let (s, v) = call(&app, get(&format!("/api/runs?{q}"))).await;
         assert_eq!(
@@ -382,6 +418,11 @@ async fn security_checks_refuse_with_4xx() {
             "{q}: {v}"
         );
     }
+    let (_, v) = call(&app, get("/api/runs?order=latest")).await;
+    assert_eq!(
+        v["error"]["message"],
+        "`order` must be `newest` or `oldest`, not `latest`"
+    );
     let (s, v) = call(&app, get("/api/events?kind=everything")).await;
     assert_eq!((s, code(&v)), (StatusCode::BAD_REQUEST, "invalid-filter"));
     let ev = Request::get("/api/events")

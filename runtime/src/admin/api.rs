@@ -173,12 +173,24 @@ async fn list(State(s): S, RawQuery(q): RawQuery) -> ApiResult {
                 query = query.limit(n);
             }
             "count" => want_count = v == "true" || v == "1",
+            "order" => {
+                query.newest_first = match v.as_str() {
+                    "newest" => true,
+                    "oldest" => false,
+                    _ => {
+                        return Err(ApiError::bad_request(
+                            "invalid-filter",
+                            format!("`order` must be `newest` or `oldest`, not `{v}`"),
+                        ))
+                    }
+                }
+            }
             _ => match k.strip_prefix("meta.") {
                 Some(key) if !key.is_empty() => query = query.metadata(key, meta_value(&v)),
                 _ => {
                     return Err(ApiError::bad_request(
                         "invalid-filter",
-                        format!("unknown filter `{k}` (state, process, root, parent, meta.KEY, from, until, after, limit, count)"),
+                        format!("unknown filter `{k}` (state, process, root, parent, meta.KEY, from, until, after, limit, count, order)"),
                     ))
                 }
             },

@@ -10,7 +10,7 @@
 //! |---|---|
 //! | `GET /api/health` | `{"ok": true, "subscribers": n}` |
 //! | `GET /api/processes` | the registered process types |
-//! | `GET /api/runs?state=&process=&root=&parent=&meta.KEY=&from=&until=&after=&limit=&count=` | one page of process records (keyset: pass `next` back as `after`; `limit` ≤ 500; times in ms since the Unix epoch; `count=true` adds `total`) |
+//! | `GET /api/runs?state=&process=&root=&parent=&meta.KEY=&from=&until=&after=&limit=&count=&order=` | one page of process records (keyset: pass `next` back as `after`; `limit` ≤ 500; times in ms since the Unix epoch; `count=true` adds `total`; `order=oldest` (the default) or `order=newest` (newest first; `next` then continues below)) |
 //! | `GET /api/runs/{id}` | a record with its tasks (state, attempts, timing, progress, log, result or error with its chain) |
 //! | `GET /api/runs/{id}/graph` | the run's graph: nodes with state, edges, and which failure skipped which task |
 //! | `POST /api/runs` | launch a [`LaunchSpec`](crate::LaunchSpec) (`{"process": "...", "params": {...}, "id": ...}`) |
