@@ -668,6 +668,11 @@ async fn the_runs_page_pages_through_1000_records_and_renders_10000_quickly() {
     assert_eq!(got.len(), 1000, "every record once");
     let unique: std::collections::BTreeSet<String> = got.iter().cloned().collect();
     assert_eq!(unique, batch, "exactly the filtered records");
+    let newest_first: Vec<String> = batch.iter().rev().cloned().collect();
+    assert_eq!(
+        got, newest_first,
+        "the newest run first, each page below the last"
+    );
     // And back one page.
     click(c, "#newer").await;
     until(
@@ -683,6 +688,26 @@ async fn the_runs_page_pages_through_1000_records_and_renders_10000_quickly() {
     .await;
     assert_eq!(back.as_str().unwrap(), got[18 * 50]);
     assert!(!first_of_page2.is_empty());
+
+    // A run launched while the first page is shown comes live at its top.
+    c.goto(&format!("{base}/?process=batch_job")).await.unwrap();
+    ready(c).await;
+    until(
+        c,
+        "the newest run on top",
+        "document.querySelector('#runs tr[data-id]')?.dataset.id === 'batch-09990'",
+    )
+    .await;
+    rt.adhoc_define("batch-10000", BatchJob { n: 1 }, AdhocOptions::default())
+        .await
+        .unwrap();
+    rt.launch_id("batch-10000").await.unwrap();
+    until(
+        c,
+        "the new run on top, live",
+        "document.querySelector('#runs tr[data-id]')?.dataset.id === 'batch-10000' && document.querySelector('#page-info').textContent.includes('of 1,001')",
+    )
+    .await;
 
     b.client.clone().close().await.unwrap();
     server.shutdown().await;

@@ -216,7 +216,7 @@
       countsEl, form,
       h('section', { class: 'panel', 'aria-label': 'Runs' },
         h('div', { class: 'table-wrap' }, h('table', {},
-          h('caption', { class: 'sr' }, 'Process runs, oldest first'),
+          h('caption', { class: 'sr' }, 'Process runs, newest first'),
           h('thead', {}, h('tr', {}, h('th', { scope: 'col' }, 'Run'), h('th', { scope: 'col' }, 'Process'),
             h('th', { scope: 'col' }, 'State'), h('th', { scope: 'col' }, 'Progress'),
             h('th', { scope: 'col', class: 'hide-narrow' }, 'Created'), h('th', { scope: 'col', class: 'hide-narrow' }, 'Duration'))),
@@ -271,6 +271,8 @@
       const p = filterParams(true);
       p.set('limit', String(PAGE));
       p.set('count', 'true');
+      // Newest first: new runs come at the top of the first page; "Older" follows `next`.
+      p.set('order', 'newest');
       if (cursors[pageNo]) p.set('after', cursors[pageNo]);
       try {
         const d = await api('GET', '/api/runs?' + p);
