@@ -69,7 +69,8 @@ pub(crate) enum Command {
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum Runs {
-    /// List process records, newest last (one page; pass `next` back with --after)
+    /// List process records, newest last or (--newest) first (one page; pass `next` back
+    /// with --after)
     List(ListArgs),
     /// A record with its tasks
     Show {
@@ -115,6 +116,9 @@ pub(crate) struct ListArgs {
     /// Start after this cursor (the `next` of the previous page)
     #[arg(long)]
     pub(crate) after: Option<String>,
+    /// Newest first (pages then continue toward older records)
+    #[arg(long)]
+    pub(crate) newest: bool,
 }
 
 #[derive(Debug, Args)]

@@ -91,6 +91,9 @@ impl Target {
                     q.push_str("&after=");
                     q.push_str(&encode(c));
                 }
+                if a.newest {
+                    q.push_str("&order=newest");
+                }
                 api.get(&q, None).await
             }
             Target::Store { store, .. } => {
@@ -103,6 +106,9 @@ impl Target {
                 }
                 if let Some(c) = &a.after {
                     q = q.after(Some(parse_cursor(c)?));
+                }
+                if a.newest {
+                    q = q.newest_first();
                 }
                 let page = store.list(&q).map_err(CliError::Store)?;
                 Ok(json!({

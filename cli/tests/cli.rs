@@ -136,6 +136,16 @@ async fn cli(args: &[&str]) -> Out {
     }
 }
 
+/// The ids of a `runs list -o json` page.
+fn record_ids(doc: &Value) -> Vec<String> {
+    doc["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn list_and_show_over_the_api_in_json_and_text() {
     let (rt, server, url) = served().await;
@@ -154,6 +164,13 @@ async fn list_and_show_over_the_api_in_json_and_text() {
         "{doc}"
     );
     assert!(doc.get("next").is_some());
+
+    // --newest: the same records, newest first.
+    let out = cli(&["runs", "list", "--api", &url, "-o", "json", "--newest"]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let mut newest = record_ids(&out.json());
+    newest.reverse();
+    assert_eq!(newest, record_ids(&doc));
 
     let out = cli(&[
         "runs", "list", "--api", &url, "--output", "json", "--state", "failed",
@@ -507,6 +524,22 @@ async fn a_store_left_by_a_runtime_is_read_and_a_held_one_is_refused() {
         states.len(),
         "{rest}"
     );
+
+    // --newest, paged: the exact reverse.
+    let out = cli(&[
+        "runs", "list", "--store", &path, "-o", "json", "--limit", "1", "--newest",
+    ])
+    .await;
+    let first = out.json();
+    let next = first["next"].as_str().expect("a cursor").to_owned();
+    let out = cli(&[
+        "runs", "list", "--store", &path, "-o", "json", "--after", &next, "--newest",
+    ])
+    .await;
+    let mut newest = record_ids(&first);
+    newest.extend(record_ids(&out.json()));
+    newest.reverse();
+    assert_eq!(newest, record_ids(&doc));
 
     let out = cli(&["runs", "show", &ok_id, "--store", &path, "-o", "json"]).await;
     assert_eq!(out.code, 0, "{}", out.stderr);
