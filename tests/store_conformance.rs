@@ -221,7 +221,7 @@ fn newest_pages(store: &dyn Store, q: &Query, limit: usize) -> Vec<String> {
     panic!("newest-first paging of {q:?} never ended");
 }
 
-/// Newest first: (created_at, id) descending, ties broken by id, under every filter and
+/// Newest first: (`created_at`, `id`) descending, ties broken by id, under every filter and
 /// time range; paging with `next` yields each record once, the exact reverse of the
 /// ascending listing; `count` is unaffected.
 fn newest_first(store: &dyn Store) {

@@ -174,11 +174,11 @@ fn entries<'a>(
     bool,
     impl Iterator<Item = Result<(u64, String), StoreError>> + 'a,
 ) {
-    let (prefix, span, exact) = start(q);
+    let (prefix, range, exact) = start(q);
     let until = q.created_until;
     // Newest first, the walk ends below the time range (forward, a cursor may lie below it).
     let from = q.created_from.filter(|_| q.newest_first);
-    let mut keys = span.map_or_else(|| Box::new(std::iter::empty()) as Keys<'a>, scan);
+    let mut keys = range.map_or_else(|| Box::new(std::iter::empty()) as Keys<'a>, scan);
     let walk = std::iter::from_fn(move || loop {
         let k = match keys.next()? {
             Ok(k) => k,
