@@ -193,11 +193,32 @@ async fn browser() -> Option<Browser> {
         eprintln!("{INSTALL}");
         return None;
     };
+    // Starting a browser can fail for reasons of its own (a port taken between the probe
+    // and chromedriver's bind, Chromium exiting at start while others start beside it):
+    // a few fresh tries, each with a driver of its own, before the test fails.
+    let mut last_error = String::new();
+    for attempt in 1..=3 {
+        match start_browser(&driver, &chrome).await {
+            Ok(b) => return Some(b),
+            Err(e) => {
+                eprintln!("starting the browser, attempt {attempt}: {e}");
+                last_error = e;
+            }
+        }
+    }
+    panic!("no WebDriver session with headless Chromium after 3 attempts: {last_error}");
+}
+
+/// One chromedriver on a free port and a session of headless Chromium through it.
+async fn start_browser(driver: &Path, chrome: &Path) -> Result<Browser, String> {
     let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
-        l.local_addr().expect("its address").port()
+        let l =
+            std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| format!("a free port: {e}"))?;
+        l.local_addr()
+            .map_err(|e| format!("its address: {e}"))?
+            .port()
     };
-    let mut cmd = Command::new(&driver);
+    let mut cmd = Command::new(driver);
     cmd.arg(format!("--port={port}"))
         .stdout(Stdio::null())
         .stderr(Stdio::null());
@@ -205,14 +226,16 @@ async fn browser() -> Option<Browser> {
     std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
     let child = cmd
         .spawn()
-        .unwrap_or_else(|e| panic!("starting {}: {e}", driver.display()));
+        .map_err(|e| format!("starting {}: {e}", driver.display()))?;
     let driver = Driver(child);
     let deadline = Instant::now() + Duration::from_secs(30);
     while tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .is_err()
     {
-        assert!(Instant::now() < deadline, "chromedriver did not listen");
+        if Instant::now() >= deadline {
+            return Err("chromedriver did not listen within 30 s".into());
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let mut caps = serde_json::Map::new();
@@ -229,8 +252,8 @@ async fn browser() -> Option<Browser> {
         .capabilities(caps)
         .connect(&format!("http://127.0.0.1:{port}"))
         .await
-        .expect("a WebDriver session with headless Chromium");
-    Some(Browser {
+        .map_err(|e| format!("a WebDriver session with headless Chromium: {e}"))?;
+    Ok(Browser {
         client,
         _driver: driver,
     })
