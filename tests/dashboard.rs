@@ -304,13 +304,23 @@ async fn until(c: &Client, what: &str, expr: &str) -> Value {
     }
 }
 
+/// Clicks the element `css` finds. Live updates re-render parts of the page, so an
+/// element found a moment ago may have been replaced: it is then found again (a few
+/// times), as a person would click the button now on the screen.
 async fn click(c: &Client, css: &str) {
-    c.find(Locator::Css(css))
-        .await
-        .unwrap_or_else(|e| panic!("no element {css}: {e}"))
-        .click()
-        .await
-        .unwrap_or_else(|e| panic!("clicking {css}: {e}"));
+    for attempt in 1.. {
+        let el = c
+            .find(Locator::Css(css))
+            .await
+            .unwrap_or_else(|e| panic!("no element {css}: {e}"));
+        match el.click().await {
+            Ok(()) => return,
+            Err(e) if attempt < 10 && e.to_string().contains("stale element") => {
+                tokio::time::sleep(Duration::from_millis(40)).await;
+            }
+            Err(e) => panic!("clicking {css}: {e}"),
+        }
+    }
 }
 
 /// Waits for the page script to have rendered after a navigation.
