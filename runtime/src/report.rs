@@ -57,6 +57,16 @@ impl RunStatus {
             RunStatus::Cancelled => State::Cancelled,
         }
     }
+
+    /// The status of a run whose record ended in `state` (any state but done or
+    /// cancelled counts as failed).
+    pub(crate) fn of_end(state: State) -> RunStatus {
+        match state {
+            State::Done => RunStatus::Succeeded,
+            State::Cancelled => RunStatus::Cancelled,
+            _ => RunStatus::Failed,
+        }
+    }
 }
 
 /// The error of an errored task.

@@ -269,7 +269,9 @@ pub(super) async fn drive(inner: Arc<Inner>, run: Run) -> Option<RunReport> {
                     let decided = decide(cur);
                     let deliveries = match (&decided, final_state.get()) {
                         (Update::Keep, _) | (_, None) => Vec::new(),
-                        (_, Some(end)) => notifier.deliveries(prepared, rec, run_status(end), *now),
+                        (_, Some(end)) => {
+                            notifier.deliveries(prepared, rec, RunStatus::of_end(end), *now)
+                        }
                     };
                     (decided, deliveries)
                 })?,
@@ -353,15 +355,6 @@ fn join_trace(span: &tracing::Span, stored: Option<&str>) -> Option<String> {
     {
         let _ = (span, stored);
         None
-    }
-}
-
-/// How a run that ended in `state` is notified.
-fn run_status(state: State) -> RunStatus {
-    match state {
-        State::Done => RunStatus::Succeeded,
-        State::Cancelled => RunStatus::Cancelled,
-        _ => RunStatus::Failed,
     }
 }
 

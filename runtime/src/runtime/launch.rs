@@ -184,8 +184,7 @@ impl Runtime {
         };
         check_id(&id)?;
         let graph = Graph::with_options(launch.process, launch.options.clone())?;
-        let mut hooks: Vec<Arc<dyn Hooks>> = P::hooks().into_iter().collect();
-        hooks.extend(self.inner.hooks.iter().cloned());
+        let hooks = self.inner.run_hooks(P::hooks());
         let meta = RunMeta {
             token: 0,
             fingerprint: graph.fingerprint(),
@@ -256,18 +255,10 @@ impl Runtime {
                 reason: b.reason.clone(),
             });
         }
-        let reg = self
-            .inner
-            .registry
-            .get(rec.process_type.as_str())
-            .cloned()
-            .ok_or_else(|| Error::UnknownProcessType {
-                name: rec.process_type.clone(),
-            })?;
+        let reg = self.inner.registered(&rec.process_type)?.clone();
         let options = BTreeMap::new();
         let graph = (reg.build)(rec.params.clone(), options.clone())?;
-        let mut hooks: Vec<Arc<dyn Hooks>> = reg.hooks.clone().into_iter().collect();
-        hooks.extend(self.inner.hooks.iter().cloned());
+        let hooks = self.inner.run_hooks(reg.hooks.clone());
         let meta = RunMeta {
             token: 0,
             fingerprint: graph.fingerprint(),
@@ -300,21 +291,13 @@ impl Runtime {
             .ok_or_else(|| Error::NotFound {
                 id: owner.to_owned(),
             })?;
-        let reg = self
-            .inner
-            .registry
-            .get(rec.process_type.as_str())
-            .cloned()
-            .ok_or_else(|| Error::UnknownProcessType {
-                name: rec.process_type.clone(),
-            })?;
+        let reg = self.inner.registered(&rec.process_type)?.clone();
         let seq = rec.runs.saturating_add(1);
         let id = format!("{owner}@{seq}");
         check_id(&id)?;
         let options = BTreeMap::new();
         let graph = (reg.build)(rec.params.clone(), options.clone())?;
-        let mut hooks: Vec<Arc<dyn Hooks>> = reg.hooks.clone().into_iter().collect();
-        hooks.extend(self.inner.hooks.iter().cloned());
+        let hooks = self.inner.run_hooks(reg.hooks.clone());
         let meta = RunMeta {
             token: 0,
             fingerprint: graph.fingerprint(),

@@ -197,6 +197,20 @@ fn state_event(rec: &ProcessRecord) -> Event {
 /// The async face of the store: reads on tokio's blocking pool, every write through the
 /// writer (one ordered path, group commit, events after the flush).
 impl Inner {
+    /// The registered process type `name`, or [`Error::UnknownProcessType`].
+    fn registered(&self, name: &str) -> Result<&Registered> {
+        self.registry
+            .get(name)
+            .ok_or_else(|| Error::UnknownProcessType {
+                name: name.to_owned(),
+            })
+    }
+
+    /// The hooks of a run: its process type's own (`own`), then the runtime's.
+    fn run_hooks(&self, own: Option<Arc<dyn Hooks>>) -> Vec<Arc<dyn Hooks>> {
+        own.into_iter().chain(self.hooks.iter().cloned()).collect()
+    }
+
     /// The store, unless the runtime has shut down.
     fn store(&self) -> Result<Arc<dyn Store>> {
         self.store

@@ -314,11 +314,7 @@ impl RunReport {
         RunReport {
             process: rec.process_type.clone(),
             run_id: rec.id.clone(),
-            status: match rec.state() {
-                State::Done => RunStatus::Succeeded,
-                State::Cancelled => RunStatus::Cancelled,
-                _ => RunStatus::Failed,
-            },
+            status: RunStatus::of_end(rec.state()),
             elapsed: stored_seconds(rec.status.duration),
             tasks,
             handles: None,

@@ -4,14 +4,12 @@
 //! and cancels of every run a filter matches.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::graph::Graph;
-use crate::hooks::Hooks;
 use crate::record::{LaunchBlock, ProcessRecord, RecordKind, RunMeta};
 use crate::store::{Query, Update};
 
@@ -197,14 +195,7 @@ impl Runtime {
             return Err(Error::ShuttingDown);
         }
         super::limits::at_least_one("LaunchSpec::max_concurrency", spec.max_concurrency)?;
-        let reg = self
-            .inner
-            .registry
-            .get(spec.process.as_str())
-            .cloned()
-            .ok_or_else(|| Error::UnknownProcessType {
-                name: spec.process.clone(),
-            })?;
+        let reg = self.inner.registered(&spec.process)?.clone();
         let name = reg.meta.name;
         if let Some(key) = spec.idempotency_key.clone() {
             if let Some(owner) = self.inner.read(move |s| s.idempotent(&key)).await? {
@@ -231,8 +222,7 @@ impl Runtime {
             None => format!("{name}-{}", self.next_id().await?),
         };
         check_id(&id)?;
-        let mut hooks: Vec<Arc<dyn Hooks>> = reg.hooks.clone().into_iter().collect();
-        hooks.extend(self.inner.hooks.iter().cloned());
+        let hooks = self.inner.run_hooks(reg.hooks.clone());
         let meta = RunMeta {
             token: 0,
             fingerprint: graph.fingerprint(),
@@ -270,13 +260,7 @@ impl Runtime {
             .await?
             .filter(|r| r.kind == RecordKind::Process)
             .ok_or_else(|| Error::NotFound { id: id.to_owned() })?;
-        let reg = self
-            .inner
-            .registry
-            .get(rec.process_type.as_str())
-            .ok_or_else(|| Error::UnknownProcessType {
-                name: rec.process_type.clone(),
-            })?;
+        let reg = self.inner.registered(&rec.process_type)?;
         let options = rec.run.map(|m| m.options).unwrap_or_default();
         match (reg.build)(rec.params, options) {
             Err(Error::Serialize { source, .. }) => Err(Error::InvalidParams {

@@ -1,11 +1,9 @@
 //! Picking up after a restart: `resync` and the resumption of interrupted runs.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use crate::exec::Resume;
-use crate::hooks::Hooks;
 use crate::record::{ProcessRecord, RecordKind, RunMeta, State};
 use crate::store::{Query, Store, Update};
 
@@ -207,8 +205,7 @@ impl Runtime {
                 }
             }
         }
-        let mut hooks: Vec<Arc<dyn Hooks>> = reg.hooks.clone().into_iter().collect();
-        hooks.extend(self.inner.hooks.iter().cloned());
+        let hooks = self.inner.run_hooks(reg.hooks.clone());
         // scheduled or running: (re)start from scheduled so the driver's CAS applies; the
         // run is claimed again (a new lease token fences out anything older).
         let (id2, worker) = (id.clone(), self.inner.worker.clone());
