@@ -148,7 +148,10 @@ async fn a_reconnect_with_last_event_id_loses_and_duplicates_nothing() {
     let nums: Vec<u64> = resumed.iter().map(|i| i.parse().unwrap()).collect();
     assert!(nums.windows(2).all(|w| w[0] < w[1]));
     server.shutdown().await;
-    assert_eq!(adm.subscribers(), 0);
+    // axum reports a connection closed a moment before it drops the connection's state
+    // (which holds the subscriber): the count reaches 0 shortly after, not necessarily
+    // at the instant `shutdown` returns.
+    wait_for(|| adm.subscribers() == 0).await;
 }
 
 // An id older than the replay buffer gets one `resync` event, then live events; a kind
