@@ -87,6 +87,24 @@ pub enum StoreError {
         /// When its lease expires (ms since the Unix epoch).
         expires_at: u64,
     },
+    /// A store on a server (PostgreSQL) lost its connection and could not make a new
+    /// one, or kept losing it, for the whole retry window; the source is the last error
+    /// (a refused connection, a terminated session, …).
+    #[error("store `{path}` is unreachable: its connection broke and was not restored within {waited_ms} ms ({attempts} attempts){}", unsure_commit.map_or_else(String::new, |x| format!("; whether transaction {x} committed is unknown")))]
+    Unavailable {
+        /// The store's location.
+        path: String,
+        /// From the first broken attempt to giving up.
+        waited_ms: u64,
+        /// Attempts that failed on a broken connection (or failed to connect).
+        attempts: u32,
+        /// A transaction whose `COMMIT` was sent and answered by no one: it may have
+        /// been written.
+        unsure_commit: Option<u64>,
+        /// The last error.
+        #[source]
+        source: Source,
+    },
     /// The store was closed (the runtime shut down).
     #[error("the store is closed: the runtime has shut down")]
     Closed,

@@ -17,7 +17,7 @@ use postgres::Row;
 mod pool;
 mod schema;
 
-use self::pool::{Conn, Pool};
+use self::pool::{CallError, Conn, Failure, Pool};
 use super::codec::{decode_record, decode_row, encode, encode_row};
 use super::outbox::{
     states_to_scan, ChannelState, Delivery, DeliveryPage, DeliveryQuery, DeliveryState,
@@ -62,6 +62,15 @@ impl From<StoreError> for PgError {
     }
 }
 
+impl CallError for PgError {
+    fn client_error(&self) -> Option<&postgres::Error> {
+        match self {
+            PgError::Pg(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
 impl PgError {
     fn into_store(self, path: &str) -> StoreError {
         match self {
@@ -98,6 +107,14 @@ impl PgError {
 ///   until the first closes or dies (the server drops a dead session's lock). The
 ///   runtime does not heartbeat its leases yet, so leases left by a previous worker of
 ///   the database are expired at open: that worker is gone.
+/// - **Reconnects**: a call whose connection broke (a restarted server, a killed
+///   backend) runs again on a new connection, pausing 50 ms doubling to 1 s, for up to
+///   the retry window: 30 s, or `retry_window=<duration>` in the URL
+///   (`postgres://…/db?retry_window=10s`; `0` fails at once). Then it fails with
+///   [`StoreError::Unavailable`] holding the last error. A call is never run again after
+///   its transaction committed (the server is asked when the answer to `COMMIT` was
+///   lost); why running it again is otherwise safe is said call by call in the source
+///   (`postgres/pool.rs`).
 /// - Values read back are untrusted: a row that does not decode is
 ///   [`StoreError::Corrupt`] naming its key, never a panic.
 ///
@@ -191,7 +208,8 @@ fn delivery_code(s: DeliveryState) -> i16 {
 impl PgStore {
     /// Connects to the database at `url` (`postgres://user:password@host:port/db`, or
     /// the `key=value` form), applies the schema's migrations and takes the database
-    /// for this worker.
+    /// for this worker. Besides the client's options, the URL may say how long a call
+    /// rides out a broken connection: `retry_window=30s` (the default; `500ms`, `2m`).
     ///
     /// # Errors
     ///
@@ -212,8 +230,11 @@ impl PgStore {
     /// }
     /// ```
     pub fn connect(url: &str) -> Result<PgStore, StoreError> {
-        let config = postgres::Config::from_str(url)
+        let (url, retry_window) = pool::take_retry_window(url)
             .map_err(|e| StoreError::open("(invalid PostgreSQL URL)", e))?;
+        let mut config = postgres::Config::from_str(&url)
+            .map_err(|e| StoreError::open("(invalid PostgreSQL URL)", e))?;
+        pool::with_connect_timeout(&mut config);
         let location = describe(&config);
         let open = |e: PgError| match e.into_store(&location) {
             StoreError::Io { source, .. } => StoreError::Open {
@@ -251,7 +272,7 @@ impl PgStore {
             .map_err(|e| open(e.into()))?;
         tracing::info!(database = %location, schema = schema::supported(), "PostgreSQL store open");
         Ok(PgStore {
-            pool: Pool::new(config),
+            pool: Pool::new(config, retry_window, location.clone()),
             guard: Mutex::new(Some(guard)),
             location,
         })
@@ -268,32 +289,44 @@ impl PgStore {
         schema::supported()
     }
 
-    /// Runs `f` on a pooled connection.
-    fn with<T>(&self, f: impl FnOnce(&mut Conn) -> Result<T, PgError>) -> Result<T, StoreError> {
-        let mut conn = self
-            .pool
-            .get()
-            .map_err(|e| PgError::from(e).into_store(&self.location))?;
-        let out = f(&mut conn);
-        self.pool.put(conn);
-        out.map_err(|e| e.into_store(&self.location))
+    /// Runs `f` on a pooled connection (again on a new one while the connection breaks:
+    /// only for statements that are safe to repeat, see `pool.rs`).
+    fn with<T>(&self, f: impl FnMut(&mut Conn) -> Result<T, PgError>) -> Result<T, StoreError> {
+        self.pool.call(f).map_err(|e| self.failed(e))
     }
 
-    /// Runs `f` in one transaction (rolled back when it fails).
-    fn tx<T>(&self, mut f: impl FnMut(&mut Conn) -> Result<T, PgError>) -> Result<T, StoreError> {
-        self.with(|c| {
-            c.batch("BEGIN")?;
-            match f(c) {
-                Ok(v) => {
-                    c.batch("COMMIT")?;
-                    Ok(v)
-                }
-                Err(e) => {
-                    let _ = c.batch("ROLLBACK");
-                    Err(e)
+    /// Runs `f` in one transaction (rolled back when it fails; again while the
+    /// connection breaks, never after it committed).
+    fn tx<T>(&self, f: impl FnMut(&mut Conn) -> Result<T, PgError>) -> Result<T, StoreError> {
+        self.pool.transaction(f).map_err(|e| self.failed(e))
+    }
+
+    /// The [`StoreError`] of a failed call.
+    fn failed(&self, f: Failure<PgError>) -> StoreError {
+        match f {
+            Failure::Call(e) => e.into_store(&self.location),
+            Failure::GaveUp {
+                waited,
+                attempts,
+                last,
+                unsure,
+            } => {
+                let cause: super::Source = match last {
+                    Some(PgError::Pg(e)) => std::sync::Arc::new(e),
+                    Some(other) => std::sync::Arc::new(other.into_store(&self.location)),
+                    None => std::sync::Arc::from(Box::<dyn std::error::Error + Send + Sync>::from(
+                        "the connection broke",
+                    )),
+                };
+                StoreError::Unavailable {
+                    path: self.location.clone(),
+                    waited_ms: u64::try_from(waited.as_millis()).unwrap_or(u64::MAX),
+                    attempts,
+                    unsure_commit: unsure.map(to_u64),
+                    source: cause,
                 }
             }
-        })
+        }
     }
 
     fn corrupt(&self, key: impl Into<String>, message: impl fmt::Display) -> PgError {
