@@ -10,6 +10,10 @@
 //!
 //! When no server can be had, [`database`] returns `None` after saying how to install
 //! one, unless `PROCESSION_REQUIRE_POSTGRES=1`: then it fails the test.
+//!
+//! A test that stops or restarts the server starts a [`Cluster`] of its own
+//! ([`own_cluster`]; never the external server). The benchmark program includes this
+//! file too (`#[path]`) for its cluster with `fsync` on.
 
 #![allow(dead_code)] // each test file uses a different subset
 
@@ -28,6 +32,15 @@ pub(crate) fn database(test: &str) -> Option<String> {
         Ok(url) => url.clone(),
         Err(why) => return unavailable(why),
     };
+    match create_database(&admin, test) {
+        Ok(url) => Some(url),
+        Err(why) => unavailable(&why),
+    }
+}
+
+/// Creates a new, empty database named after `test` on the server of `admin` (a URL of
+/// a role allowed to create databases); returns its URL.
+pub(crate) fn create_database(admin: &str, test: &str) -> Result<String, String> {
     let name = format!(
         "t_{}_{}_{}",
         test.chars()
@@ -42,22 +55,17 @@ pub(crate) fn database(test: &str) -> Option<String> {
         NEXT.fetch_add(1, Ordering::Relaxed)
     );
     // The blocking client must not run inside the test's tokio runtime.
-    let created = {
-        let (admin, name) = (admin.clone(), name.clone());
-        std::thread::spawn(move || -> Result<(), String> {
-            let mut c = postgres::Client::connect(&admin, postgres::NoTls)
-                .map_err(|e| format!("cannot connect to {admin}: {e}"))?;
-            c.batch_execute(&format!("CREATE DATABASE {name}"))
-                .map_err(|e| format!("cannot create database {name}: {e}"))
-        })
-        .join()
-        .map_err(|_| "the database creator panicked".to_owned())
-        .and_then(|r| r)
-    };
-    if let Err(why) = created {
-        return unavailable(&why);
-    }
-    Some(with_dbname(&admin, &name))
+    let (url, n) = (admin.to_owned(), name.clone());
+    std::thread::spawn(move || -> Result<(), String> {
+        let mut c = postgres::Client::connect(&url, postgres::NoTls)
+            .map_err(|e| format!("cannot connect to {url}: {e}"))?;
+        c.batch_execute(&format!("CREATE DATABASE {n}"))
+            .map_err(|e| format!("cannot create database {n}: {e}"))
+    })
+    .join()
+    .map_err(|_| "the database creator panicked".to_owned())
+    .and_then(|r| r)?;
+    Ok(with_dbname(admin, &name))
 }
 
 /// Runs `sql` on the database at `url` (outside any async context).
@@ -97,7 +105,17 @@ fn server() -> Result<String, String> {
     if let Ok(url) = std::env::var("PROCESSION_PG_URL") {
         return Ok(url);
     }
-    start_cluster()
+    // Kept for the whole test binary: the watchdog stops it when the binary exits.
+    Cluster::start(Durability::None).map(|c| std::mem::ManuallyDrop::new(c).url.clone())
+}
+
+/// A cluster of the calling test's own (`None` after a message when no server binaries
+/// can be found and the tests are not required).
+pub(crate) fn own_cluster(durability: Durability) -> Option<Cluster> {
+    match Cluster::start(durability) {
+        Ok(c) => Some(c),
+        Err(why) => unavailable(&why),
+    }
 }
 
 /// The newest `/usr/lib/postgresql/<version>/bin` holding `initdb` and `pg_ctl`.
@@ -150,66 +168,160 @@ fn run(mut cmd: Command, what: &str) -> Result<(), String> {
     }
 }
 
-fn start_cluster() -> Result<String, String> {
-    let bin = bindir().ok_or("no PostgreSQL server binaries under /usr/lib/postgresql/*/bin")?;
-    let root = is_root();
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    let dir = std::env::temp_dir().join(format!("procession-pg-{}-{nanos}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    if root {
-        let mut chown = Command::new("chown");
-        chown.arg("postgres:postgres").arg(&dir);
-        run(chown, "chown")?;
-    }
-    let data = dir.join("data");
-    let mut initdb = as_postgres(root, &bin.join("initdb"));
-    initdb
-        .arg("-D")
-        .arg(&data)
-        .args(["-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync"]);
-    run(initdb, "initdb")?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map_err(|e| format!("no free port: {e}"))?
-        .port();
-    // The watchdog first: whatever happens next, the server goes when we go.
-    let pg_ctl = bin.join("pg_ctl");
-    let stop = if root {
-        format!("runuser -u postgres -- '{}'", pg_ctl.display())
-    } else {
-        format!("'{}'", pg_ctl.display())
-    };
-    Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "while [ -d /proc/{pid} ]; do sleep 0.3; done; {stop} -D '{data}' stop -m immediate; rm -rf '{dir}'",
-            pid = std::process::id(),
-            data = data.display(),
-            dir = dir.display(),
-        ))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("cannot start the watchdog: {e}"))?;
-    let mut start = as_postgres(root, &pg_ctl);
-    start
-        .arg("-D")
-        .arg(&data)
-        .arg("-l")
-        .arg(dir.join("log"))
-        .args(["-w", "-t", "60", "-o"])
-        .arg(format!(
+/// What the server may lose when it stops abruptly.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Durability {
+    /// `fsync`, `synchronous_commit` and `full_page_writes` off: fast functional tests;
+    /// an immediate stop may lose commits it had acknowledged.
+    None,
+    /// `synchronous_commit` on (`fsync` off): an immediate stop or restart of the server
+    /// loses no acknowledged commit (only a crash of the machine would).
+    Commits,
+    /// Everything on, as a production server: for benchmarks.
+    Full,
+}
+
+/// A throw-away cluster under a temporary directory, served on a free port of
+/// 127.0.0.1; stopped and removed when dropped, or by its watchdog when the process
+/// exits however it exits.
+pub(crate) struct Cluster {
+    /// `postgres://postgres@127.0.0.1:<port>/postgres` (the superuser, trusted).
+    pub(crate) url: String,
+    bin: PathBuf,
+    root: bool,
+    dir: PathBuf,
+    data: PathBuf,
+    options: String,
+}
+
+impl Cluster {
+    /// `initdb` and `pg_ctl start` with the newest server binaries installed.
+    pub(crate) fn start(durability: Durability) -> Result<Cluster, String> {
+        let bin =
+            bindir().ok_or("no PostgreSQL server binaries under /usr/lib/postgresql/*/bin")?;
+        let root = is_root();
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let dir = std::env::temp_dir().join(format!(
+            "procession-pg-{}-{nanos}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        if root {
+            let mut chown = Command::new("chown");
+            chown.arg("postgres:postgres").arg(&dir);
+            run(chown, "chown")?;
+        }
+        let data = dir.join("data");
+        let mut initdb = as_postgres(root, &bin.join("initdb"));
+        initdb.arg("-D").arg(&data).args([
+            "-A",
+            "trust",
+            "-U",
+            "postgres",
+            "-E",
+            "UTF8",
+            "--no-sync",
+        ]);
+        run(initdb, "initdb")?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(|e| format!("no free port: {e}"))?
+            .port();
+        // The watchdog first: whatever happens next, the server goes when we go.
+        let pg_ctl = bin.join("pg_ctl");
+        let stop = if root {
+            format!("runuser -u postgres -- '{}'", pg_ctl.display())
+        } else {
+            format!("'{}'", pg_ctl.display())
+        };
+        Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "while [ -d /proc/{pid} ] && [ -d '{data}' ]; do sleep 0.3; done; {stop} -D '{data}' stop -m immediate; rm -rf '{dir}'",
+                pid = std::process::id(),
+                data = data.display(),
+                dir = dir.display(),
+            ))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot start the watchdog: {e}"))?;
+        let settings = match durability {
+            Durability::None => "-c fsync=off -c synchronous_commit=off -c full_page_writes=off",
+            Durability::Commits => "-c fsync=off -c synchronous_commit=on",
+            Durability::Full => "-c fsync=on -c synchronous_commit=on",
+        };
+        let options = format!(
             "-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories='{}' \
-             -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200",
+             {settings} -c max_connections=200",
             dir.display()
-        ))
-        .arg("start");
-    run(start, "pg_ctl start").map_err(|e| {
-        let log = std::fs::read_to_string(dir.join("log")).unwrap_or_default();
-        format!("{e}\nserver log:\n{log}")
-    })?;
-    Ok(format!("postgres://postgres@127.0.0.1:{port}/postgres"))
+        );
+        let cluster = Cluster {
+            url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
+            bin,
+            root,
+            dir,
+            data,
+            options,
+        };
+        cluster.pg_ctl("start", &[])?;
+        Ok(cluster)
+    }
+
+    /// A new, empty database named after `test`; its URL.
+    pub(crate) fn database(&self, test: &str) -> Result<String, String> {
+        create_database(&self.url, test)
+    }
+
+    /// The path of server program `name` (`pgbench`, `psql`, …).
+    pub(crate) fn program(&self, name: &str) -> PathBuf {
+        self.bin.join(name)
+    }
+
+    /// `pg_ctl restart -m immediate`: the server stops at once, as in a crash (open
+    /// sessions break, transactions in flight are rolled back by recovery), and starts
+    /// again; returns when it accepts connections.
+    pub(crate) fn restart_immediate(&self) -> Result<(), String> {
+        self.pg_ctl("restart", &["-m", "immediate"])
+    }
+
+    /// `pg_ctl stop -m immediate`.
+    pub(crate) fn stop_immediate(&self) -> Result<(), String> {
+        self.pg_ctl("stop", &["-m", "immediate"])
+    }
+
+    /// `pg_ctl start` after [`stop_immediate`](Cluster::stop_immediate); returns when
+    /// the server accepts connections.
+    pub(crate) fn start_again(&self) -> Result<(), String> {
+        self.pg_ctl("start", &[])
+    }
+
+    fn pg_ctl(&self, action: &str, extra: &[&str]) -> Result<(), String> {
+        let mut cmd = as_postgres(self.root, &self.bin.join("pg_ctl"));
+        cmd.arg("-D")
+            .arg(&self.data)
+            .arg("-l")
+            .arg(self.dir.join("log"));
+        cmd.args(extra);
+        if action != "stop" {
+            cmd.args(["-w", "-t", "60", "-o", &self.options]);
+        }
+        cmd.arg(action);
+        run(cmd, &format!("pg_ctl {action}")).map_err(|e| {
+            let log = std::fs::read_to_string(self.dir.join("log")).unwrap_or_default();
+            format!("{e}\nserver log:\n{log}")
+        })
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = self.pg_ctl("stop", &["-m", "immediate"]);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
