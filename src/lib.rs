@@ -56,7 +56,9 @@
 //!   `Runtime::shutdown`.
 //! - `postgres`: the PostgreSQL store (`Runtime::connect("postgres://…")`,
 //!   `store::PgStore`) through the blocking rust-postgres client; one worker per
-//!   database for now.
+//!   database for now. A restarted server or a killed session is ridden out: calls
+//!   reconnect and run again for up to 30 s (`?retry_window=10s` in the URL), then fail
+//!   with `StoreError::Unavailable`.
 //!
 //! # Tracing
 //!
