@@ -616,7 +616,7 @@ mod tests {
             take_retry_window("host=h retry_window=2m password='a b\\' retry_window=1s' dbname=d")
                 .unwrap();
         assert_eq!(rest, "host=h password='a b\\' retry_window=1s' dbname=d");
-        assert_eq!(w, Duration::from_secs(120));
+        assert_eq!(w, Duration::from_mins(2));
         let (_, w) = take_retry_window("host=h retry_window=0").unwrap();
         assert_eq!(w, Duration::ZERO);
     }
