@@ -376,6 +376,8 @@ impl Pool {
         // When the connection first broke, attempts since, the next pause.
         let mut broke: Option<Instant> = None;
         let mut attempts = 0u32;
+        // Whether the new connection since the last break was logged.
+        let mut told = true;
         let mut backoff = FIRST_BACKOFF;
         // A transaction whose COMMIT answer was lost: its id, the value it computed and
         // the error that lost the answer.
@@ -388,7 +390,8 @@ impl Pool {
                     Err(e) if broken(None, &e) => break 'attempt Some(e.into()),
                     Err(e) => return Err(Failure::Call(e.into())),
                 };
-                if let Some(first) = broke {
+                if let Some(first) = broke.filter(|_| !told) {
+                    told = true;
                     tracing::info!(
                         database = %self.location,
                         after_ms = millis(first.elapsed()),
@@ -465,6 +468,7 @@ impl Pool {
             // The connection broke: it and the idle ones go.
             drop(self.drain());
             attempts += 1;
+            told = false;
             let shown = error
                 .as_ref()
                 .or(unsure.as_ref().map(|u| &u.2))
