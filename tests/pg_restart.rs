@@ -2,7 +2,9 @@
 //! `pg_ctl restart -m immediate` and through killed backends, finishes `done` with every
 //! result stored and no task run twice; a server down longer than the retry window makes
 //! store calls fail with [`StoreError::Unavailable`] (no panic, no hang), and a runtime
-//! opened once the server is back resumes the run.
+//! opened once the server is back resumes the run. A proxy that cuts the connection at a
+//! `COMMIT` shows that a commit whose answer was lost is not applied twice, and one that
+//! never arrived is applied once.
 //!
 //! Each test starts a cluster of its own (`pg/mod.rs`, `synchronous_commit = on`: an
 //! immediate stop loses no acknowledged commit), since it stops or restarts it.
@@ -400,4 +402,194 @@ async fn a_long_outage_fails_calls_and_the_next_runtime_resumes_the_run() {
             );
         }
     }
+}
+
+// ------------------------------------------------- a COMMIT whose answer is lost
+
+/// What the proxy does with the first `COMMIT` after it is armed.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Cut {
+    /// Forwards it, lets the server commit, and drops the answer and the connection.
+    Answer,
+    /// Drops it and the connection: the server rolls the transaction back.
+    Commit,
+}
+
+/// A TCP proxy in front of the server on 127.0.0.1 that cuts one connection at its
+/// first `COMMIT` once armed (a simple query, as the store sends it).
+struct Proxy {
+    port: u16,
+    armed: Arc<Mutex<Option<Cut>>>,
+}
+
+impl Proxy {
+    fn start(server: u16) -> Proxy {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let armed: Arc<Mutex<Option<Cut>>> = Arc::new(Mutex::new(None));
+        let a = armed.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                let a = a.clone();
+                std::thread::spawn(move || {
+                    if let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", server)) {
+                        let _ = relay(client, server, &a);
+                    }
+                });
+            }
+        });
+        Proxy { port, armed }
+    }
+
+    fn arm(&self, cut: Cut) {
+        *self.armed.lock().unwrap() = Some(cut);
+    }
+
+    fn fired(&self) -> bool {
+        self.armed.lock().unwrap().is_none()
+    }
+}
+
+/// Relays one connection; the client's messages one by one, the server's bytes as they
+/// come until `hold` is set (then nothing more reaches the client, which sees its
+/// connection close).
+fn relay(
+    mut client: std::net::TcpStream,
+    mut server: std::net::TcpStream,
+    armed: &Mutex<Option<Cut>>,
+) -> std::io::Result<()> {
+    use std::io::{Read, Write};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let hold = Arc::new(AtomicBool::new(false));
+    {
+        let (mut from, mut to, hold) = (server.try_clone()?, client.try_clone()?, hold.clone());
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 8192];
+            loop {
+                match from.read(&mut buf) {
+                    Ok(n) if n > 0 && !hold.load(Ordering::SeqCst) => {
+                        if to.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                    _ => break,
+                }
+            }
+            let _ = to.shutdown(std::net::Shutdown::Both);
+            let _ = from.shutdown(std::net::Shutdown::Both);
+        });
+    }
+    let mut read = |n: usize| -> std::io::Result<Vec<u8>> {
+        let mut v = vec![0u8; n];
+        client.read_exact(&mut v)?;
+        Ok(v)
+    };
+    // Startup packets have no type byte (an SSL or GSS request comes before the real one).
+    loop {
+        let len = read(4)?;
+        let n = u32::from_be_bytes(len[..].try_into().unwrap()) as usize;
+        let body = read(n - 4)?;
+        server.write_all(&len)?;
+        server.write_all(&body)?;
+        let code = u32::from_be_bytes(body[..4].try_into().unwrap());
+        if code != 80_877_103 && code != 80_877_104 {
+            break;
+        }
+    }
+    loop {
+        let head = read(5)?;
+        let n = u32::from_be_bytes(head[1..].try_into().unwrap()) as usize;
+        let body = read(n - 4)?;
+        if head[0] == b'Q' && body.starts_with(b"COMMIT") {
+            if let Some(cut) = armed.lock().unwrap().take() {
+                hold.store(true, Ordering::SeqCst);
+                if cut == Cut::Answer {
+                    server.write_all(&head)?;
+                    server.write_all(&body)?;
+                    // The answer ends the relay (the other thread); the commit is done.
+                    return Ok(());
+                }
+                let _ = server.shutdown(std::net::Shutdown::Both);
+                return Ok(());
+            }
+        }
+        server.write_all(&head)?;
+        server.write_all(&body)?;
+    }
+}
+
+/// Adds 1 to the record's counter through `Store::update`, through a proxy that cuts the
+/// connection at the update's `COMMIT`; returns how many times the update function was
+/// called and the counter afterwards.
+fn count_through_a_cut(cut: Cut) -> Option<(u32, i64)> {
+    use procession::store::{PgStore, Store, Update};
+    record_logs();
+    let cluster = pg::own_cluster(Durability::Commits)?;
+    let url = cluster
+        .database(&format!("cut_{cut:?}"))
+        .expect("a database");
+    let port: u16 = cluster
+        .url
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.split('/').next())
+        .and_then(|p| p.parse().ok())
+        .expect("the cluster's port");
+    let proxy = Proxy::start(port);
+    let via = url.replace(&format!(":{port}/"), &format!(":{}/", proxy.port));
+    let store = PgStore::connect(&via).expect("the store opens through the proxy");
+    let counter =
+        |r: &procession::ProcessRecord| r.metadata.get("n").and_then(serde_json::Value::as_i64);
+    store
+        .update("counted", &mut |_| {
+            let mut r = procession::ProcessRecord::new_root(
+                "counted",
+                "job",
+                "counted",
+                "",
+                serde_json::json!({}),
+            );
+            r.metadata.insert("n".into(), 0.into());
+            Update::Put(Box::new(r))
+        })
+        .unwrap();
+    proxy.arm(cut);
+    let mut calls = 0;
+    let written = store
+        .update("counted", &mut |cur| {
+            calls += 1;
+            let mut r = cur.expect("the record is there").clone();
+            let n = counter(&r).unwrap_or(0);
+            r.metadata.insert("n".into(), (n + 1).into());
+            Update::Put(Box::new(r))
+        })
+        .expect("the update survives the cut")
+        .expect("a record");
+    assert!(proxy.fired(), "the proxy saw no COMMIT");
+    assert_eq!(counter(&written), Some(1));
+    let stored = store.get("counted").unwrap().expect("stored");
+    drop(store);
+    Some((calls, counter(&stored).unwrap_or(-1)))
+}
+
+// The connection breaks after the server committed an update but before its answer:
+// the store learns that it committed (`txid_status`) and does not apply it twice.
+#[test]
+fn a_commit_whose_answer_was_lost_is_not_applied_twice() {
+    let Some((calls, n)) = count_through_a_cut(Cut::Answer) else {
+        return;
+    };
+    assert_eq!(n, 1, "the counter was incremented {n} times");
+    assert_eq!(calls, 1, "the update function ran again after its commit");
+}
+
+// The connection breaks before the server got the COMMIT: the transaction was rolled
+// back, and the update runs again on a new connection, once.
+#[test]
+fn a_commit_that_never_arrived_is_run_again() {
+    let Some((calls, n)) = count_through_a_cut(Cut::Commit) else {
+        return;
+    };
+    assert_eq!(n, 1, "the counter was incremented {n} times");
+    assert_eq!(calls, 2, "the update function ran {calls} times");
 }
