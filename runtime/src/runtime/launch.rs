@@ -16,7 +16,7 @@ use crate::graph::{Graph, GraphError, TaskGraph};
 use crate::hooks::Hooks;
 use crate::record::{ProcessRecord, RecordKind, RunMeta, State};
 use crate::report::RunReport;
-use crate::store::{Batch, Update};
+use crate::store::{Batch, StoreError, Update};
 
 use super::{
     archiving, clearing, drive, state_event, to_value, ActiveRun, Error, Reserved, Result, Run,
@@ -123,9 +123,12 @@ impl<P: Process> From<P> for Launch<P> {
     }
 }
 
-/// How long a claim on a run lasts. The sled and memory stores serve one process, so
-/// nothing takes an expired run over there; a shared store renews leases.
-pub(super) const LEASE_TTL_MS: u64 = 30_000;
+/// How long a claim on a run lasts by default (see [`RuntimeBuilder::lease`]). The sled
+/// and memory stores serve one process, so nothing takes an expired run over there; on a
+/// shared store the runtime renews its leases every third of this.
+///
+/// [`RuntimeBuilder::lease`]: super::RuntimeBuilder::lease
+pub(super) const LEASE_TTL: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// What the launch's write found.
 pub(super) enum Enqueued {
@@ -416,6 +419,12 @@ impl Runtime {
         };
         let id_owned = id.to_owned();
         let reserved = self.reserve(id, token);
+        // The run is claimed before its record says it is active, so that no other
+        // worker's takeover sees it active with no live lease. Not when another run of
+        // the record is live here: its lease is this worker's, and the launch's write
+        // refuses anyway.
+        let claim_first = reserved.is_some();
+        let lease_ms = self.inner.lease_ms;
         let outcome = self
             .inner
             .write(move |store| {
@@ -465,6 +474,25 @@ impl Runtime {
                         ));
                     }
                 }
+                let early = if claim_first {
+                    match store.claim(&id_owned, &worker, lease_ms) {
+                        Ok(l) => Some(l),
+                        Err(StoreError::Leased { .. }) => {
+                            // Another worker runs it: the record is active there.
+                            let state = store.get(&id_owned)?.map_or(State::Running, |r| r.state());
+                            return Ok((
+                                Enqueued::Refused(Error::NotLaunchable {
+                                    id: id_owned.clone(),
+                                    state,
+                                }),
+                                Vec::new(),
+                            ));
+                        }
+                        Err(e) => return Err(e),
+                    }
+                } else {
+                    None
+                };
                 let mut refusal = None;
                 let mut prev = None;
                 let rec = store.update(&id_owned, &mut |cur| match decide(cur) {
@@ -477,6 +505,11 @@ impl Runtime {
                         Update::Keep
                     }
                 })?;
+                if refusal.is_some() || rec.is_none() {
+                    if let Some(l) = &early {
+                        store.release(l)?;
+                    }
+                }
                 if let Some(e) = refusal {
                     return Ok((Enqueued::Refused(e), Vec::new()));
                 }
@@ -496,7 +529,10 @@ impl Runtime {
                 if let Some(k) = &key {
                     store.claim_idempotent(k, &id_owned)?;
                 }
-                let lease = store.claim(&id_owned, &worker, LEASE_TTL_MS)?;
+                let lease = match early {
+                    Some(l) => l,
+                    None => store.claim(&id_owned, &worker, lease_ms)?,
+                };
                 let events = vec![state_event(&rec)];
                 Ok((Enqueued::Written(Box::new(rec), lease.token), events))
             })
@@ -531,6 +567,8 @@ impl Runtime {
                 token,
                 cancel: cancel.clone(),
                 done: rx,
+                lease: 0,
+                halt: crate::exec::Halt::child(&self.inner.halt),
             },
         );
         Some(Reserved { cancel, tx })
@@ -563,12 +601,15 @@ impl Runtime {
             }
         });
         let rx = tx.subscribe();
+        let halt = crate::exec::Halt::child(&self.inner.halt);
         self.inner.active().insert(
             rec.id.clone(),
             ActiveRun {
                 token,
                 cancel: cancel.clone(),
                 done: rx.clone(),
+                lease,
+                halt: halt.clone(),
             },
         );
         let handle = RunHandle {
@@ -588,6 +629,7 @@ impl Runtime {
                 token,
                 lease,
                 cancel,
+                halt,
             };
             let scheduled = run.rec.schedule.is_some();
             let report = drive(inner.clone(), run).await;
