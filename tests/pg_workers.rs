@@ -74,7 +74,16 @@ fn seed(n: u64) -> (u64, String) {
 /// `steps` steps after a seed; step `slow` works `slow_ms`, the others `ms`.
 #[process]
 #[allow(clippy::too_many_arguments)]
-fn chain(p: &mut Builder, url: String, run: String, n: u64, steps: u32, ms: u64, slow: u32, slow_ms: u64) {
+fn chain(
+    p: &mut Builder,
+    url: String,
+    run: String,
+    n: u64,
+    steps: u32,
+    ms: u64,
+    slow: u32,
+    slow_ms: u64,
+) {
     let mut prev = p.task(Seed::new(n));
     for i in 1..=steps {
         let d = if i == slow { slow_ms } else { ms };
@@ -117,7 +126,9 @@ fn rows(url: &str, q: &str) -> Vec<postgres::Row> {
 fn effects(url: &str, run: &str) -> Vec<(i32, i32, String)> {
     rows(
         url,
-        &format!("SELECT task, attempt, worker FROM effects WHERE run = '{run}' ORDER BY task, attempt"),
+        &format!(
+            "SELECT task, attempt, worker FROM effects WHERE run = '{run}' ORDER BY task, attempt"
+        ),
     )
     .iter()
     .map(|r| (r.get(0), r.get(1), r.get(2)))
@@ -194,8 +205,11 @@ fn pg_worker_entry() {
             for spec in launch.split(',').filter(|s| !s.is_empty()) {
                 let f: Vec<&str> = spec.split(':').collect();
                 let (id, n, steps) = (f[0], f[1].parse().unwrap(), f[2].parse().unwrap());
-                let (ms, slow, slow_ms) =
-                    (f[3].parse().unwrap(), f[4].parse().unwrap(), f[5].parse().unwrap());
+                let (ms, slow, slow_ms) = (
+                    f[3].parse().unwrap(),
+                    f[4].parse().unwrap(),
+                    f[5].parse().unwrap(),
+                );
                 drop(
                     rt.launch(Launch::new(chain_of(&url, id, n, steps, ms, slow, slow_ms)).id(id))
                         .await
@@ -226,7 +240,12 @@ impl Drop for Worker {
 impl Worker {
     fn start(url: &str, name: &str, lease_ms: u64, launch: &str) -> Worker {
         let mut child = Command::new(std::env::current_exe().unwrap())
-            .args(["pg_worker_entry", "--exact", "--nocapture", "--test-threads=1"])
+            .args([
+                "pg_worker_entry",
+                "--exact",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env("PGW_URL", url)
             .env("PGW_NAME", name)
             .env("PGW_LEASE_MS", lease_ms.to_string())
@@ -239,7 +258,7 @@ impl Worker {
         let mut lines = BufReader::new(out).lines();
         for line in lines.by_ref() {
             let line = line.unwrap_or_default();
-            if line.starts_with("ready") {
+            if line.contains("ready worker-") {
                 break;
             }
         }
@@ -272,7 +291,11 @@ impl Worker {
     }
 
     fn printed(&self, needle: &str) -> bool {
-        self.lines.lock().unwrap().iter().any(|l| l.contains(needle))
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains(needle))
     }
 }
 
@@ -347,7 +370,10 @@ fn a_killed_workers_runs_are_taken_over_again_and_again() {
         assert_eq!(count(1), 1, "{fx:?}");
         assert_eq!(count(2), 2, "{fx:?}");
         assert_eq!((count(3), count(4)), (1, 1), "{fx:?}");
-        assert!(fx.iter().filter(|e| e.0 >= 3).all(|e| e.2 == standby.name), "{fx:?}");
+        assert!(
+            fx.iter().filter(|e| e.0 >= 3).all(|e| e.2 == standby.name),
+            "{fx:?}"
+        );
         println!("round {round}: taken over {took:?} after the kill");
     }
     let (med, max) = (median(&mut times.clone()), *times.iter().max().unwrap());
@@ -363,7 +389,14 @@ fn a_killed_workers_runs_are_taken_over_again_and_again() {
         let mut out = Vec::new();
         for round in 0..5u64 {
             let r = rt.report(&format!("kill-{round}")).await.unwrap();
-            out.push(r.tasks.last().unwrap().result_as::<(u64, String)>().unwrap().0);
+            out.push(
+                r.tasks
+                    .last()
+                    .unwrap()
+                    .result_as::<(u64, String)>()
+                    .unwrap()
+                    .0,
+            );
         }
         rt.shutdown().await.unwrap();
         out
@@ -396,12 +429,23 @@ fn a_paused_worker_is_fenced_out_when_it_wakes_up() {
         effects(&url, "z").iter().any(|e| e.2 == "standby")
     });
     zombie.signal("-CONT");
-    wait_until("the zombie to see its lease taken", Duration::from_secs(30), || {
-        zombie.printed("lease was taken by another worker")
-    });
+    wait_until(
+        "the zombie to see its lease taken",
+        Duration::from_secs(30),
+        || zombie.printed("lease was taken by another worker"),
+    );
     wait_until("the run to end", Duration::from_secs(60), || {
         run_state(&url, "z") == Some(State::Done)
     });
+    for l in zombie
+        .lines
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|l| l.contains("WARN"))
+    {
+        println!("zombie: {l}");
+    }
     let fx = effects(&url, "z");
     assert!(
         fx.iter().filter(|e| e.0 > 2).all(|e| e.2 == "standby"),
@@ -425,7 +469,10 @@ fn a_paused_worker_is_fenced_out_when_it_wakes_up() {
         results[2..].iter().all(|(_, by)| by == "standby"),
         "{results:?}"
     );
-    assert!(results[..2].iter().all(|(_, by)| by == "zombie"), "{results:?}");
+    assert!(
+        results[..2].iter().all(|(_, by)| by == "zombie"),
+        "{results:?}"
+    );
 }
 
 // Issue 14 phase 2 (c): 30 runs launched on 3 worker processes, one of them killed
@@ -451,14 +498,19 @@ fn thirty_runs_on_three_workers_give_the_sled_results() {
     let mut c = Worker::start(&url, "w2", lease_ms, &specs(2));
     // w2 dies once some of its runs have started tasks.
     wait_until("w2 to work", Duration::from_secs(60), || {
-        !rows(&url, "SELECT 1 FROM effects WHERE worker = 'w2' AND task = 2").is_empty()
+        !rows(
+            &url,
+            "SELECT 1 FROM effects WHERE worker = 'w2' AND task = 2",
+        )
+        .is_empty()
     });
     c.kill9();
     let ids: Vec<String> = (0..3)
         .flat_map(|w| (0..10).map(move |k| format!("s-{w}-{k}")))
         .collect();
     wait_until("the 30 runs to end", Duration::from_mins(3), || {
-        ids.iter().all(|id| run_state(&url, id) == Some(State::Done))
+        ids.iter()
+            .all(|id| run_state(&url, id) == Some(State::Done))
     });
     let (on_pg, on_sled) = tokio::runtime::Runtime::new().unwrap().block_on(async {
         let rt = observer(&url).await;
@@ -473,13 +525,25 @@ fn thirty_runs_on_three_workers_give_the_sled_results() {
             );
         }
         rt.shutdown().await.unwrap();
-        let sled = Runtime::temporary().register::<Chain>().start().await.unwrap();
+        let sled = Runtime::temporary()
+            .register::<Chain>()
+            .start()
+            .await
+            .unwrap();
         let mut on_sled = Vec::new();
         for (i, id) in ids.iter().enumerate() {
             let w = i as u64 / 10;
             let k = i as u64 % 10;
             let r = sled
-                .run(Launch::new(chain_of(&url, &format!("sled-{id}"), w * 10 + k, 3, 1, 0, 0)))
+                .run(Launch::new(chain_of(
+                    &url,
+                    &format!("sled-{id}"),
+                    w * 10 + k,
+                    3,
+                    1,
+                    0,
+                    0,
+                )))
                 .await
                 .unwrap();
             on_sled.push(
@@ -502,15 +566,25 @@ fn thirty_runs_on_three_workers_give_the_sled_results() {
             if n == 2 {
                 reruns += 1;
                 // Only a task the killed worker was running runs again.
-                assert_eq!(fx.iter().find(|e| e.0 == t).unwrap().2, "w2", "{id}: {fx:?}");
+                assert_eq!(
+                    fx.iter().find(|e| e.0 == t).unwrap().2,
+                    "w2",
+                    "{id}: {fx:?}"
+                );
             }
         }
         assert!(
-            (1..=3).filter(|t| fx.iter().filter(|e| e.0 == *t).count() == 2).count() <= 1,
+            (1..=3)
+                .filter(|t| fx.iter().filter(|e| e.0 == *t).count() == 2)
+                .count()
+                <= 1,
             "{id}: more than one task ran twice: {fx:?}"
         );
     }
-    let by: Vec<postgres::Row> = rows(&url, "SELECT worker, count(*) FROM effects GROUP BY worker ORDER BY worker");
+    let by: Vec<postgres::Row> = rows(
+        &url,
+        "SELECT worker, count(*) FROM effects GROUP BY worker ORDER BY worker",
+    );
     let spread: Vec<(String, i64)> = by.iter().map(|r| (r.get(0), r.get(1))).collect();
     println!("effects per worker: {spread:?}; tasks run again after the kill: {reruns}");
 }
@@ -581,22 +655,36 @@ async fn a_second_worker_leaves_a_live_workers_run_alone() {
     let workers = b.workers().await.unwrap();
     let ids: Vec<&str> = workers.iter().map(|w| w.id.as_str()).collect();
     assert_eq!(ids, [a.worker_id(), b.worker_id()]);
-    assert!(workers.iter().all(|w| w.pid == std::process::id() && !w.host.is_empty()));
-    assert!(workers[0].last_heartbeat > workers[0].started_at, "{workers:?}");
+    assert!(workers
+        .iter()
+        .all(|w| w.pid == std::process::id() && !w.host.is_empty()));
+    assert!(
+        workers[0].last_heartbeat > workers[0].started_at,
+        "{workers:?}"
+    );
     assert!(effects_none_on_b(&url), "b claimed a's run");
     GATE.store(true, Ordering::Release);
     let report = run.wait().await.unwrap();
     assert_eq!(report.result::<u32>("gated").unwrap(), 7);
     a.shutdown().await.unwrap();
     // A clean shutdown leaves the workers table.
-    let left: Vec<String> = b.workers().await.unwrap().into_iter().map(|w| w.id).collect();
+    let left: Vec<String> = b
+        .workers()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|w| w.id)
+        .collect();
     assert_eq!(left, [b.worker_id()]);
     b.shutdown().await.unwrap();
 }
 
 /// The lease of run `held` is still a's (b never claimed it).
 fn effects_none_on_b(url: &str) -> bool {
-    let r = rows(url, "SELECT token FROM procession_leases WHERE run = 'held'");
+    let r = rows(
+        url,
+        "SELECT token FROM procession_leases WHERE run = 'held'",
+    );
     r.len() == 1 && r[0].get::<_, i64>(0) == 1
 }
 
@@ -638,7 +726,10 @@ async fn a_cancel_on_another_worker_reaches_the_owner() {
         .await
         .expect("the owner cancels the run")
         .unwrap();
-    println!("cancel reached the owner after {:?} (lease {lease:?})", asked.elapsed());
+    println!(
+        "cancel reached the owner after {:?} (lease {lease:?})",
+        asked.elapsed()
+    );
     assert_eq!(report.status, procession::RunStatus::Cancelled);
     let rec = other.get("endless").await.unwrap().unwrap();
     assert_eq!(rec.state(), State::Cancelled);
@@ -675,7 +766,10 @@ async fn a_schedule_fires_once_across_workers() {
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
     let elapsed = began.elapsed();
-    let rows = rows(&url, "SELECT data FROM procession_records WHERE id = 'tick'");
+    let rows = rows(
+        &url,
+        "SELECT data FROM procession_records WHERE id = 'tick'",
+    );
     assert_eq!(rows.len(), 1);
     let observer = observer(&url).await;
     let rec = observer.get("tick").await.unwrap().unwrap();
@@ -683,12 +777,19 @@ async fn a_schedule_fires_once_across_workers() {
     observer.shutdown().await.unwrap();
     let ticks = TICKS.load(Ordering::Acquire);
     let fires = elapsed.as_millis() / 500 + 1;
-    println!("{} runs, {ticks} task runs, at most {fires} fires in {elapsed:?}", rec.runs);
+    println!(
+        "{} runs, {ticks} task runs, at most {fires} fires in {elapsed:?}",
+        rec.runs
+    );
     assert!(ticks >= 3, "the schedule barely fired: {ticks}");
     // No fire made two runs (a second launch of the same fire would double the runs,
     // or be refused and logged); every run ran its task (the last one may have been
     // suspended by the shutdown before its task started).
-    assert!(u128::from(rec.runs) <= fires, "{} runs for {fires} fires", rec.runs);
+    assert!(
+        u128::from(rec.runs) <= fires,
+        "{} runs for {fires} fires",
+        rec.runs
+    );
     assert!(
         rec.runs.saturating_sub(u64::from(ticks)) <= 1,
         "{} runs, {ticks} task runs: {history:?}",

@@ -197,7 +197,10 @@ pub(super) async fn drive(inner: Arc<Inner>, run: Run) -> Option<RunReport> {
                 token: lease,
                 expires_at: 0,
             };
-            if let Err(e) = inner.write(move |s| Ok((s.release(&held)?, Vec::new()))).await {
+            if let Err(e) = inner
+                .write(move |s| Ok((s.release(&held)?, Vec::new())))
+                .await
+            {
                 tracing::warn!(run = %id, error = %e, "cannot give up the lease of a suspended run");
             }
         }

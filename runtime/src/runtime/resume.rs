@@ -127,7 +127,11 @@ impl Runtime {
 
     /// Claims run `id` for this worker; `None` when another live worker holds it.
     pub(super) async fn claim_run(&self, id: &str) -> Result<Option<Lease>> {
-        let (id, worker, ttl) = (id.to_owned(), self.inner.worker.clone(), self.inner.lease_ms);
+        let (id, worker, ttl) = (
+            id.to_owned(),
+            self.inner.worker.clone(),
+            self.inner.lease_ms,
+        );
         self.inner
             .write(move |s| match s.claim(&id, &worker, ttl) {
                 Ok(l) => Ok((Some(l), Vec::new())),
@@ -140,7 +144,11 @@ impl Runtime {
     /// Gives up a claim this worker made but does not run under.
     pub(super) async fn release_run(&self, lease: Lease) {
         let run = lease.run.clone();
-        if let Err(e) = self.inner.write(move |s| Ok((s.release(&lease)?, Vec::new()))).await {
+        if let Err(e) = self
+            .inner
+            .write(move |s| Ok((s.release(&lease)?, Vec::new())))
+            .await
+        {
             tracing::warn!(run = %run, error = %e, "cannot release a run's lease");
         }
     }
@@ -172,7 +180,10 @@ impl Runtime {
         let token = rec.run.as_ref().map(|m| m.token);
         if matches!(rec.state(), State::CancelRequested | State::Cancelling) {
             // The cancel had been accepted before the restart: finish it.
-            return self.settle(&id, token, State::Cancelled, None).await.map(|()| false);
+            return self
+                .settle(&id, token, State::Cancelled, None)
+                .await
+                .map(|()| false);
         }
         let Some(reg) = self.inner.registry.get(rec.process_type.as_str()).cloned() else {
             let msg = format!(
@@ -180,7 +191,10 @@ impl Runtime {
                 rec.process_type
             );
             tracing::warn!(run = %id, "{msg}");
-            return self.settle(&id, token, State::Failed, Some(msg)).await.map(|()| false);
+            return self
+                .settle(&id, token, State::Failed, Some(msg))
+                .await
+                .map(|()| false);
         };
         let meta = rec.run.clone().unwrap_or(RunMeta {
             token: 0,
@@ -206,13 +220,19 @@ impl Runtime {
             Ok(g) => g,
             Err(e) => {
                 let msg = format!("the interrupted run could not be rebuilt: {e}");
-                return self.settle(&id, token, State::Failed, Some(msg)).await.map(|()| false);
+                return self
+                    .settle(&id, token, State::Failed, Some(msg))
+                    .await
+                    .map(|()| false);
             }
         };
         if let Err(e) = self.inner.check_resources(&graph) {
             let msg = format!("{e}: the interrupted run was not resumed");
             tracing::warn!(run = %id, "{msg}");
-            return self.settle(&id, token, State::Failed, Some(msg)).await.map(|()| false);
+            return self
+                .settle(&id, token, State::Failed, Some(msg))
+                .await
+                .map(|()| false);
         }
         if graph.fingerprint() != meta.fingerprint {
             let msg = format!(
@@ -222,7 +242,10 @@ impl Runtime {
                 graph.fingerprint()
             );
             tracing::warn!(run = %id, "{msg}");
-            return self.settle(&id, token, State::Failed, Some(msg)).await.map(|()| false);
+            return self
+                .settle(&id, token, State::Failed, Some(msg))
+                .await
+                .map(|()| false);
         }
         let rows = store_call(rows).await?;
         // Attempt numbers of this resumption start above every number an earlier one

@@ -96,9 +96,7 @@ impl Runtime {
             }
             // Children first, so that a parent's task that runs again finds them live.
             claimed.sort_by(|(a, _), (b, _)| {
-                b.depth
-                    .cmp(&a.depth)
-                    .then(a.created_at.cmp(&b.created_at))
+                b.depth.cmp(&a.depth).then(a.created_at.cmp(&b.created_at))
             });
             for (rec, lease) in claimed {
                 tracing::info!(run = %rec.id, worker = %self.inner.worker, token = lease.token, "taking over a run whose lease expired");

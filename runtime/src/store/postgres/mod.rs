@@ -23,8 +23,8 @@ use super::outbox::{
     DeliveryUpdate, Pager,
 };
 use super::{
-    Applied, Batch, Beat, Cursor, Enqueue, Lease, Page, PastRun, Query, Store, StoreError,
-    TaskRow, Update, WorkerInfo,
+    Applied, Batch, Beat, Cursor, Enqueue, Lease, Page, PastRun, Query, Store, StoreError, TaskRow,
+    Update, WorkerInfo,
 };
 use crate::record::{ProcessRecord, State};
 
