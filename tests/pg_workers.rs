@@ -11,6 +11,7 @@
 //!
 //! The server is a throw-away cluster started by `pg/mod.rs` (or `PROCESSION_PG_URL`).
 
+use std::fmt::Write as _;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -163,10 +164,10 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Warnings {
         struct Text(String);
         impl tracing::field::Visit for Text {
             fn record_debug(&mut self, f: &tracing::field::Field, v: &dyn std::fmt::Debug) {
-                self.0.push_str(&format!(" {}={v:?}", f.name()));
+                let _ = write!(self.0, " {}={v:?}", f.name());
             }
             fn record_str(&mut self, f: &tracing::field::Field, v: &str) {
-                self.0.push_str(&format!(" {}={v}", f.name()));
+                let _ = write!(self.0, " {}={v}", f.name());
             }
         }
         if *event.metadata().level() <= tracing::Level::WARN {
@@ -183,10 +184,10 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Warnings {
 /// until it is killed (or, with `PGW_EXIT_WHEN_IDLE`, until no run is active).
 #[test]
 fn pg_worker_entry() {
+    use tracing_subscriber::layer::SubscriberExt;
     let Ok(url) = std::env::var("PGW_URL") else {
         return;
     };
-    use tracing_subscriber::layer::SubscriberExt;
     let _ = tracing::subscriber::set_global_default(tracing_subscriber::registry().with(Warnings));
     let lease: u64 = std::env::var("PGW_LEASE_MS").unwrap().parse().unwrap();
     let launch = std::env::var("PGW_LAUNCH").unwrap_or_default();
@@ -218,7 +219,7 @@ fn pg_worker_entry() {
             }
             println!("ready {}", rt.worker_id());
             loop {
-                tokio::time::sleep(Duration::from_secs(3600)).await;
+                tokio::time::sleep(Duration::from_hours(1)).await;
             }
         });
 }
@@ -349,18 +350,18 @@ fn a_killed_workers_runs_are_taken_over_again_and_again() {
             lease_ms,
             &format!("{id}:{round}:4:100:2:4000"),
         );
-        wait_until("step 2 to start", Duration::from_secs(60), || {
+        wait_until("step 2 to start", Duration::from_mins(1), || {
             effects(&url, &id).iter().any(|e| e.0 == 2)
         });
         std::thread::sleep(Duration::from_millis(300));
         let killed = Instant::now();
         doomed.kill9();
-        wait_until("the standby to take over", Duration::from_secs(60), || {
+        wait_until("the standby to take over", Duration::from_mins(1), || {
             effects(&url, &id).iter().any(|e| e.2 == standby.name)
         });
         let took = killed.elapsed();
         times.push(took);
-        wait_until("the run to end", Duration::from_secs(60), || {
+        wait_until("the run to end", Duration::from_mins(1), || {
             run_state(&url, &id) == Some(State::Done)
         });
         let fx = effects(&url, &id);
@@ -421,11 +422,11 @@ fn a_paused_worker_is_fenced_out_when_it_wakes_up() {
     let _standby = Worker::start(&url, "standby", lease_ms, "");
     // Step 2 works 8 s: the zombie wakes up in the middle of it.
     let zombie = Worker::start(&url, "zombie", lease_ms, "z:5:3:100:2:8000");
-    wait_until("step 2 to start", Duration::from_secs(60), || {
+    wait_until("step 2 to start", Duration::from_mins(1), || {
         effects(&url, "z").iter().any(|e| e.0 == 2)
     });
     zombie.signal("-STOP");
-    wait_until("the standby to take over", Duration::from_secs(60), || {
+    wait_until("the standby to take over", Duration::from_mins(1), || {
         effects(&url, "z").iter().any(|e| e.2 == "standby")
     });
     zombie.signal("-CONT");
@@ -434,7 +435,7 @@ fn a_paused_worker_is_fenced_out_when_it_wakes_up() {
         Duration::from_secs(30),
         || zombie.printed("lease was taken by another worker"),
     );
-    wait_until("the run to end", Duration::from_secs(60), || {
+    wait_until("the run to end", Duration::from_mins(1), || {
         run_state(&url, "z") == Some(State::Done)
     });
     for l in zombie
@@ -497,7 +498,7 @@ fn thirty_runs_on_three_workers_give_the_sled_results() {
     let _b = Worker::start(&url, "w1", lease_ms, &specs(1));
     let mut c = Worker::start(&url, "w2", lease_ms, &specs(2));
     // w2 dies once some of its runs have started tasks.
-    wait_until("w2 to work", Duration::from_secs(60), || {
+    wait_until("w2 to work", Duration::from_mins(1), || {
         !rows(
             &url,
             "SELECT 1 FROM effects WHERE worker = 'w2' AND task = 2",
@@ -722,7 +723,7 @@ async fn a_cancel_on_another_worker_reaches_the_owner() {
     let asked = Instant::now();
     let rec = other.cancel("endless").await.unwrap();
     assert_eq!(rec.state(), State::CancelRequested);
-    let report = tokio::time::timeout(Duration::from_secs(60), run.wait())
+    let report = tokio::time::timeout(Duration::from_mins(1), run.wait())
         .await
         .expect("the owner cancels the run")
         .unwrap();

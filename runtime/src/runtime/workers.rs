@@ -44,7 +44,7 @@ impl Runtime {
             me.last_heartbeat = crate::util::unix_ms(std::time::SystemTime::now());
             return Ok(vec![me]);
         }
-        self.inner.read(|s| s.workers()).await
+        self.inner.read(crate::store::Store::workers).await
     }
 
     /// This runtime's worker id: the owner of the runs it claims, unique per start.
