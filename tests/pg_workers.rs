@@ -664,9 +664,18 @@ async fn a_second_worker_leaves_a_live_workers_run_alone() {
         "{workers:?}"
     );
     assert!(effects_none_on_b(&url), "b claimed a's run");
+    // b waits for the run a runs (it follows the record until it ends).
+    let b2 = b.clone();
+    let on_b = tokio::spawn(async move { b2.wait("held").await });
     GATE.store(true, Ordering::Release);
     let report = run.wait().await.unwrap();
     assert_eq!(report.result::<u32>("gated").unwrap(), 7);
+    let seen_by_b = tokio::time::timeout(Duration::from_mins(1), on_b)
+        .await
+        .expect("b's wait ends with the run")
+        .unwrap()
+        .unwrap();
+    assert_eq!(seen_by_b.result::<u32>("gated").unwrap(), 7);
     a.shutdown().await.unwrap();
     // A clean shutdown leaves the workers table.
     let left: Vec<String> = b

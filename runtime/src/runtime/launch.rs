@@ -657,6 +657,13 @@ impl Runtime {
         if let Some(h) = self.live_handle(id) {
             return Ok(h);
         }
+        if self.inner.shared {
+            if let Some(rec) = self.inner.get(id).await? {
+                if rec.state().is_active() && rec.kind == RecordKind::Process {
+                    return Ok(self.follow(id));
+                }
+            }
+        }
         // Ended, or active in the store with no run here: after `start` every run this
         // store holds is resumed (children first), so such a record was orphaned; what
         // the store says is the answer.
@@ -668,6 +675,49 @@ impl Runtime {
             done: rx,
             runtime: Some(Arc::downgrade(&self.inner)),
         })
+    }
+
+    /// A handle on run `id`, active on another worker sharing the store: its report
+    /// comes once the store says the run ended (polled every quarter lease), or from
+    /// this worker if it takes the run over meanwhile.
+    fn follow(&self, id: &str) -> RunHandle {
+        let (tx, rx) = watch::channel(None);
+        let weak = Arc::downgrade(&self.inner);
+        let every = std::time::Duration::from_millis((self.inner.lease_ms / 4).clamp(10, 1_000));
+        let run = id.to_owned();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(inner) = weak.upgrade() else { return };
+                let rt = Runtime { inner };
+                if let Some(mut h) = rt.live_handle(&run) {
+                    drop(rt);
+                    if let Ok(r) = h.done.wait_for(Option::is_some).await {
+                        let _ = tx.send(r.clone());
+                    }
+                    return;
+                }
+                match rt.inner.get(&run).await {
+                    Ok(Some(rec)) if rec.state().is_active() => {}
+                    Ok(_) => {
+                        if let Ok(report) = rt.report(&run).await {
+                            let _ = tx.send(Some(Arc::new(report)));
+                        }
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(run = %run, error = %e, "cannot follow a run of another worker");
+                        return;
+                    }
+                }
+            }
+        });
+        RunHandle {
+            id: id.to_owned(),
+            cancel: CancellationToken::new(),
+            done: rx,
+            runtime: Some(Arc::downgrade(&self.inner)),
+        }
     }
 
     pub(super) fn live_handle(&self, id: &str) -> Option<RunHandle> {
