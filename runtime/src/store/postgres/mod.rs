@@ -846,15 +846,17 @@ impl Store for PgStore {
         let runs: Vec<&str> = leases.iter().map(|l| l.run.as_str()).collect();
         let tokens: Vec<i64> = leases.iter().map(|l| to_i64(l.token)).collect();
         self.with(|c| {
-            // One statement: every lease still ours (same token) gets a new expiry on the
-            // database clock, the worker's row its heartbeat; the renewed runs come back
-            // with their record's state (a cancel another worker wrote).
+            // One statement: every lease still ours (same token, not given up) gets a
+            // new expiry on the database clock, the worker's row its heartbeat; the
+            // renewed runs come back with their record's state (a cancel another worker
+            // wrote). A lease given up by a run that just ended is not renewed again.
             let rows = c.query(
                 "WITH beat AS (
                      UPDATE procession_leases AS l
                      SET expires_at = procession_now_ms() + $4
                      FROM unnest($2::text[], $3::bigint[]) AS h(run, token)
                      WHERE l.run = h.run AND l.token = h.token AND l.owner = $1
+                       AND l.expires_at > 0
                      RETURNING l.run),
                  seen AS (
                      UPDATE procession_workers SET last_heartbeat = procession_now_ms()
