@@ -829,3 +829,112 @@ async fn a_schedule_fires_once_across_workers() {
         .count();
     assert_eq!(refused, 0, "{:?}", rec.log);
 }
+
+static GATE2: AtomicBool = AtomicBool::new(false);
+
+/// Waits for the gate; returns the attempt that ran to the end.
+#[task]
+async fn gated_attempt(ctx: &Ctx) -> u32 {
+    while !GATE2.load(Ordering::Acquire) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    ctx.attempt()
+}
+
+#[process]
+fn moved(p: &mut Builder) {
+    p.task(GatedAttempt::new());
+}
+
+// Issue 14 phase 2 items 2 and 4: a worker whose lease was taken (here by hand, as if
+// it had paused past it) has its heartbeat refused and stops the run at once (its
+// attempt is never written); a takeover resumes the run once the lease is free, and a
+// waiter on the first worker gets the report of the run as its new owner ended it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fenced_workers_waiters_get_the_new_owners_report() {
+    let Some(url) = database("moved") else {
+        return;
+    };
+    let lease = Duration::from_secs(1);
+    let a = Runtime::connect(url.clone())
+        .lease(lease)
+        .register::<Moved>()
+        .start()
+        .await
+        .unwrap();
+    let run = a.launch(Launch::new(Moved {}).id("moved")).await.unwrap();
+    let b = Runtime::connect(url.clone())
+        .lease(lease)
+        .register::<Moved>()
+        .start()
+        .await
+        .unwrap();
+    let mut tries = 0;
+    while a.get("moved").await.unwrap().unwrap().state() != State::Running {
+        tries += 1;
+        assert!(tries < 500, "the run never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Another owner takes the run as if a had paused past its lease (expired, then
+    // claimed before a's next heartbeat), then lets it go: b's takeover poll claims it.
+    let u = url.clone();
+    let intruder = tokio::task::spawn_blocking(move || {
+        use procession::store::{PgStore, Store};
+        let store = PgStore::connect(&u).unwrap();
+        loop {
+            sql(
+                &u,
+                "UPDATE procession_leases SET expires_at = 1 WHERE run = 'moved'",
+            );
+            if let Ok(l) = store.claim("moved", "intruder", 60_000) {
+                return (store, l);
+            }
+        }
+    })
+    .await
+    .unwrap();
+    // a's next heartbeats are refused: it stops the run (nothing is written).
+    tokio::time::sleep(lease).await;
+    assert!(intruder.1.token >= 2);
+    let u = url.clone();
+    let taker = tokio::task::spawn_blocking(move || {
+        use procession::store::Store;
+        intruder.0.release(&intruder.1).unwrap();
+        drop(intruder);
+        let mut owner = String::new();
+        wait_until(
+            "a worker to take the run over",
+            Duration::from_mins(1),
+            || {
+                owner = rows(
+                    &u,
+                    "SELECT owner FROM procession_leases WHERE run = 'moved'",
+                )
+                .first()
+                .map(|r| r.get::<_, String>(0))
+                .unwrap_or_default();
+                owner != "intruder"
+            },
+        );
+        owner
+    })
+    .await
+    .unwrap();
+    // Either worker may take it (no leader): a too, now that it is free.
+    assert!(taker == a.worker_id() || taker == b.worker_id(), "{taker}");
+    println!(
+        "taken over by {}",
+        if taker == a.worker_id() { "a" } else { "b" }
+    );
+    GATE2.store(true, Ordering::Release);
+    let report = tokio::time::timeout(Duration::from_mins(1), run.wait())
+        .await
+        .expect("a's waiter gets a report")
+        .unwrap();
+    // Attempt 1 was a's (stopped, never written); the resumption ran attempt 2.
+    assert_eq!(report.result::<u32>("gated_attempt").unwrap(), 2);
+    let stored = b.report("moved").await.unwrap();
+    assert_eq!(stored.result::<u32>("gated_attempt").unwrap(), 2);
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}

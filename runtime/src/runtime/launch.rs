@@ -644,8 +644,16 @@ impl Runtime {
                 inner.scheduler_wake.notify_one();
             }
             // A suspended run has no report: its waiters learn that the runtime stopped.
+            // A run another worker took over (this one was fenced out) ends there: its
+            // waiters here get that worker's report, read from the store.
             if let Some(report) = report {
                 let _ = tx.send(Some(Arc::new(report)));
+            } else if inner.shared && !inner.shutting_down.load(Ordering::Acquire) {
+                let followed = Runtime { inner }.follow(&id);
+                drop(id);
+                if let Ok(report) = followed.wait().await {
+                    let _ = tx.send(Some(Arc::new(report)));
+                }
             }
         });
         handle
