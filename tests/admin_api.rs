@@ -516,3 +516,27 @@ mod random_requests {
         }
     }
 }
+
+// Issue 14 phase 2: GET /api/workers lists the workers sharing the store (this runtime
+// alone on a single-process store) and names the one that answers.
+#[tokio::test]
+async fn workers_lists_this_worker_on_a_single_process_store() {
+    let rt = runtime().await;
+    let app = admin::router(rt.clone(), AdminConfig::default());
+    let (s, v) = call(&app, get("/api/workers")).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["worker"], rt.worker_id());
+    let workers = v["workers"].as_array().unwrap();
+    assert_eq!(workers.len(), 1, "{v}");
+    assert_eq!(workers[0]["id"], rt.worker_id());
+    assert_eq!(workers[0]["pid"], std::process::id());
+    assert!(
+        workers[0]["host"].as_str().is_some_and(|h| !h.is_empty()),
+        "{v}"
+    );
+    assert!(
+        workers[0]["last_heartbeat"].as_u64().unwrap()
+            >= workers[0]["started_at"].as_u64().unwrap()
+    );
+    rt.shutdown().await.unwrap();
+}

@@ -239,7 +239,9 @@ fn pg_restart_worker_entry() {
         .build()
         .unwrap();
     rt.block_on(async move {
+        // The killed worker's lease expires within 2 s; then this one takes its run over.
         let rt = Runtime::connect(url)
+            .lease(Duration::from_secs(2))
             .register::<Chain>()
             .start()
             .await

@@ -382,6 +382,18 @@ fn leases_and_fencing(store: &dyn Store, shared: bool) {
         !store.renew(&first, 30_000).unwrap(),
         "a stale lease renews"
     );
+    // A heartbeat renews what is still its own and names what is not.
+    let beat = store
+        .heartbeat("w1", std::slice::from_ref(&first), 30_000)
+        .unwrap();
+    assert_eq!(beat.refused, ["run-f"]);
+    let beat = store
+        .heartbeat("w2", std::slice::from_ref(&second), 30_000)
+        .unwrap();
+    assert!(
+        beat.refused.is_empty() && beat.cancel_requested.is_empty(),
+        "{beat:?}"
+    );
     assert!(store.renew(&second, 30_000).unwrap());
     let run: Arc<str> = Arc::from("run-f");
     let applied = store
@@ -786,8 +798,8 @@ fn postgres_store_conforms() {
     );
 }
 
-/// The PostgreSQL store keeps everything across a reopen (a new worker), and the leases
-/// the previous worker left are void for the next one (phase 1: one worker at a time).
+/// The PostgreSQL store keeps everything across a reopen (a new worker), leases
+/// included: an unexpired lease of the previous worker still holds.
 #[cfg(feature = "postgres")]
 #[test]
 fn postgres_store_keeps_data_across_reopen() {
@@ -832,8 +844,13 @@ fn postgres_store_keeps_data_across_reopen() {
     assert_eq!(&*store.past_tasks("r", 1).unwrap()[0].1.node, "x");
     assert_eq!(store.tasks("r").unwrap()[0].0, 3);
     assert_eq!(ids(&store.children("r").unwrap()), vec!["r/c"]);
-    // The earlier worker's unexpired lease does not block the new one; its token is
-    // still below the new one, so its late writes stay fenced.
+    // The earlier worker's unexpired lease holds (several workers share the database);
+    // once given up, the next claim's token is above it, so its late writes stay fenced.
+    assert!(matches!(
+        store.claim("r", "w2", 1_000),
+        Err(procession::store::StoreError::Leased { .. })
+    ));
+    store.release(&lease).unwrap();
     let next = store.claim("r", "w2", 1_000).unwrap();
     assert!(next.token > lease.token);
     assert_eq!(store.idempotent("key").unwrap().as_deref(), Some("r"));
@@ -843,24 +860,74 @@ fn postgres_store_keeps_data_across_reopen() {
     assert!(store.channel_state("ops").unwrap().is_some());
 }
 
-/// One worker per database (phase 1): a second open waits for the first, then fails
-/// with a clear error; once the first is closed the database opens again.
+/// Several workers per database (issue 14 phase 2): two stores open one database at
+/// once; a heartbeat renews a live lease, a takeover claims only an expired lease of a
+/// registered type (and only once), the old holder's next heartbeat is refused, a cancel
+/// written by another worker comes back with the heartbeat, and the workers table lists
+/// the registered workers.
 #[cfg(feature = "postgres")]
 #[test]
-fn postgres_store_serves_one_worker_at_a_time() {
-    use procession::store::{PgStore, StoreError};
-    let Some(url) = pg::database("one_worker") else {
+fn postgres_store_serves_several_workers() {
+    use procession::store::{PgStore, WorkerInfo};
+    let Some(url) = pg::database("workers") else {
         return;
     };
-    let first = PgStore::connect(&url).unwrap();
-    match PgStore::connect(&url) {
-        Err(StoreError::Open { source, .. }) => {
-            assert!(source.to_string().contains("another worker"), "{source}");
-        }
-        other => panic!("a second worker opened the database: {other:?}"),
-    }
-    drop(first);
-    PgStore::connect(&url).expect("free again once the first worker closed");
+    let a = PgStore::connect(&url).unwrap();
+    let b = PgStore::connect(&url).expect("a second worker opens the database");
+    assert!(a.is_shared());
+    let mut r = record("run-x", 1);
+    r.status.state = State::Running;
+    put(&a, &r);
+    let held = a.claim("run-x", "wa", 300).unwrap();
+    assert!(b
+        .claim_expired("wb", &["job"], 10_000, 10)
+        .unwrap()
+        .is_empty());
+    assert!(a
+        .heartbeat("wa", std::slice::from_ref(&held), 300)
+        .unwrap()
+        .refused
+        .is_empty());
+    std::thread::sleep(std::time::Duration::from_millis(400));
+    assert!(
+        b.claim_expired("wb", &["other"], 10_000, 10)
+            .unwrap()
+            .is_empty(),
+        "a type the worker does not run"
+    );
+    let taken = b.claim_expired("wb", &["job"], 10_000, 10).unwrap();
+    assert_eq!(taken.len(), 1);
+    assert_eq!(
+        (taken[0].run.as_str(), taken[0].owner.as_str()),
+        ("run-x", "wb")
+    );
+    assert!(taken[0].token > held.token);
+    assert!(
+        b.claim_expired("wb", &["job"], 10_000, 10)
+            .unwrap()
+            .is_empty(),
+        "taken once"
+    );
+    assert!(
+        a.claim_expired("wa", &["job"], 10_000, 10)
+            .unwrap()
+            .is_empty(),
+        "live on b"
+    );
+    let beat = a.heartbeat("wa", std::slice::from_ref(&held), 300).unwrap();
+    assert_eq!(beat.refused, ["run-x"], "the old holder is fenced out");
+    r.status.state = State::CancelRequested;
+    put(&a, &r);
+    let beat = b.heartbeat("wb", &taken, 10_000).unwrap();
+    assert!(beat.refused.is_empty());
+    assert_eq!(beat.cancel_requested, ["run-x"]);
+    a.register_worker(&WorkerInfo::this_process("wa")).unwrap();
+    b.register_worker(&WorkerInfo::this_process("wb")).unwrap();
+    let listed: Vec<String> = a.workers().unwrap().into_iter().map(|w| w.id).collect();
+    assert_eq!(listed, ["wa", "wb"]);
+    a.unregister_worker("wa").unwrap();
+    let listed: Vec<String> = b.workers().unwrap().into_iter().map(|w| w.id).collect();
+    assert_eq!(listed, ["wb"]);
 }
 
 /// A database migrated by a newer procession is refused with both versions named.

@@ -52,6 +52,7 @@ pub(crate) fn routes(shared: Arc<Shared>) -> Router {
         .route("/api/deliveries/{id}", get(delivery))
         .route("/api/deliveries/{id}/replay", post(replay_delivery))
         .route("/api/channels", get(channels))
+        .route("/api/workers", get(workers))
         .route("/api/channels/{name}", get(channel))
         .route("/api/channels/{name}/enable", post(enable_channel))
         .fallback(not_found)
@@ -619,6 +620,11 @@ fn channel_view(name: &str, kind: Option<&str>, state: Option<&ChannelState>) ->
         "disabled_at": state.map(|st| st.disabled_at),
         "reason": state.map(|st| st.reason.as_str()),
     })
+}
+
+async fn workers(State(s): S) -> ApiResult {
+    let workers = s.rt.workers().await?;
+    Ok(Json(json!({ "worker": s.rt.worker_id(), "workers": workers })).into_response())
 }
 
 async fn channels(State(s): S) -> ApiResult {

@@ -24,6 +24,7 @@
 //! | `POST /api/deliveries/{id}/replay` | send a delivered or failed delivery again (`delivery-pending` for a pending one, `channel-disabled` while its channel is disabled) |
 //! | `GET /api/channels` · `GET /api/channels/{name}` | the notification channels: kind, enabled, and why a receiver disabled one |
 //! | `POST /api/channels/{name}/enable` | enable a channel a receiver disabled (HTTP 410) |
+//! | `GET /api/workers` | the workers sharing the store (id, host, pid, version, start, last heartbeat) and which one answers |
 //! | `GET /` · `/ui/runs/{id}` · `/ui/launch` | the dashboard: pages, script and styles embedded in the binary, fed by the routes above (mount the router at the root of its origin) |
 //!
 //! Ids are path segments: percent-encode a `/` in an id (`a%2Fb`).

@@ -82,25 +82,58 @@ pub(crate) fn run_span(process: &str, run_id: &str, worker: &str, resumes: u32) 
 /// The runtime's suspension signal, shared by every run: a flag read where tasks start
 /// (an atomic load, not the mutex a `CancellationToken` takes, since every run reads it
 /// for every task), and a token the drivers wait on.
+///
+/// A run may have its own ([`Halt::child`]): halted with the runtime's, or alone (a run
+/// whose lease another worker took is stopped [`at once`](Halt::halt_now)).
 #[derive(Debug, Default)]
 pub(crate) struct Halt {
     flag: std::sync::atomic::AtomicBool,
+    /// Abandon what still runs without waiting for the grace period.
+    now: std::sync::atomic::AtomicBool,
     token: CancellationToken,
+    parent: Option<Arc<Halt>>,
 }
 
 impl Halt {
+    /// A halt of one run: halted when `parent` is, or by itself.
+    pub(crate) fn child(parent: &Arc<Halt>) -> Arc<Halt> {
+        Arc::new(Halt {
+            flag: std::sync::atomic::AtomicBool::new(false),
+            now: std::sync::atomic::AtomicBool::new(false),
+            token: parent.token.child_token(),
+            parent: Some(parent.clone()),
+        })
+    }
+
     /// Suspends every run: no task starts any more.
     pub(crate) fn halt(&self) {
         self.flag.store(true, Ordering::Release);
         self.token.cancel();
     }
 
-    /// Whether [`halt`](Halt::halt) was called.
-    pub(crate) fn is_halted(&self) -> bool {
-        self.flag.load(Ordering::Acquire)
+    /// Halts and drops the tasks still running at once (no grace period): the run is
+    /// no longer this worker's, nothing it does would be kept.
+    pub(crate) fn halt_now(&self) {
+        self.now.store(true, Ordering::Release);
+        self.halt();
     }
 
-    /// Completes once [`halt`](Halt::halt) was called.
+    /// Whether [`halt`](Halt::halt) was called (here or on the parent).
+    pub(crate) fn is_halted(&self) -> bool {
+        self.flag.load(Ordering::Acquire) || self.parent.as_ref().is_some_and(|p| p.is_halted())
+    }
+
+    /// How long running tasks get once halted: `grace`, or nothing after
+    /// [`halt_now`](Halt::halt_now).
+    fn grace(&self, grace: Duration) -> Duration {
+        if self.now.load(Ordering::Acquire) {
+            Duration::ZERO
+        } else {
+            grace
+        }
+    }
+
+    /// Completes once [`halt`](Halt::halt) was called (here or on the parent).
     pub(crate) async fn halted(&self) {
         self.token.cancelled().await;
     }
@@ -305,10 +338,9 @@ async fn drive_run(mut graph: Graph, mut cfg: RunConfig) -> Option<RunReport> {
         // (the select below prefers them) must stop new starts before the next one.
         if !halt_seen && cfg.halt.is_halted() {
             halt_seen = true;
-            if !grace_armed {
-                grace
-                    .as_mut()
-                    .reset(tokio::time::Instant::now() + cfg.grace);
+            let within = cfg.halt.grace(cfg.grace);
+            if !grace_armed || within.is_zero() {
+                grace.as_mut().reset(tokio::time::Instant::now() + within);
                 grace_armed = true;
             }
         }
@@ -361,8 +393,9 @@ async fn drive_run(mut graph: Graph, mut cfg: RunConfig) -> Option<RunReport> {
             }
             () = cfg.halt.halted(), if !halt_seen => {
                 halt_seen = true;
-                if !grace_armed {
-                    grace.as_mut().reset(tokio::time::Instant::now() + cfg.grace);
+                let within = cfg.halt.grace(cfg.grace);
+                if !grace_armed || within.is_zero() {
+                    grace.as_mut().reset(tokio::time::Instant::now() + within);
                     grace_armed = true;
                 }
                 tracing::info!(run = %info.run_id, "run suspended: no task starts any more");

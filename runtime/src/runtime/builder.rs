@@ -212,6 +212,7 @@ pub struct RuntimeBuilder {
     pub(super) event_buffer: usize,
     pub(super) channels: Vec<crate::notify::Channel>,
     pub(super) delivery: crate::notify::DeliveryOptions,
+    pub(super) lease: Duration,
 }
 
 impl fmt::Debug for RuntimeBuilder {
@@ -261,7 +262,31 @@ impl RuntimeBuilder {
             event_buffer: DEFAULT_EVENT_BUFFER,
             channels: Vec::new(),
             delivery: crate::notify::DeliveryOptions::default(),
+            lease: super::LEASE_TTL,
         }
+    }
+
+    /// How long this worker's claim on a run lasts without renewal (default 30 s, at
+    /// least 30 ms). On a store shared by several workers (PostgreSQL) the runtime
+    /// renews all its leases every third of this, and another worker takes a run over
+    /// once its lease expired (a crashed or paused worker's runs wait at most about this
+    /// long, plus half of it for the next takeover poll). Shorter means faster
+    /// takeover, at the cost of more heartbeat statements and of fencing out a worker
+    /// that pauses (a long GC-like stall, a saturated host) for longer than this.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use procession::prelude::*;
+    /// # #[tokio::main] async fn main() -> procession::Result<()> {
+    /// let rt = Runtime::in_memory().lease(Duration::from_secs(10)).start().await?;
+    /// # rt.shutdown().await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.lease = lease.max(Duration::from_millis(30));
+        self
     }
 
     /// Registers a shared resource (a database pool, an HTTP client, a configuration)
@@ -559,6 +584,13 @@ impl RuntimeBuilder {
         let (events, _) = broadcast::channel(self.event_buffer);
         let writer = start_writer(store.clone(), self.progress_flush, events.clone())?;
         let worker = format!("worker-{:016x}", fastrand::u64(..));
+        let shared = store.is_shared();
+        let me = crate::store::WorkerInfo::this_process(&worker);
+        if shared {
+            let (store, me) = (store.clone(), me.clone());
+            blocking(move || store.register_worker(&me)).await?;
+        }
+        let lease_ms = u64::try_from(self.lease.as_millis()).unwrap_or(u64::MAX);
         let clock = Clock {
             wall0: std::time::SystemTime::now(),
             inst0: tokio::time::Instant::now(),
@@ -578,6 +610,10 @@ impl RuntimeBuilder {
                 location: store.location(),
                 store: Mutex::new(Some(store)),
                 worker,
+                lease_ms,
+                shared,
+                stop_loops: tokio_util::sync::CancellationToken::new(),
+                me,
                 writer,
                 events,
                 permits: self
@@ -602,8 +638,21 @@ impl RuntimeBuilder {
                 deliverer,
             }),
         };
+        if shared {
+            // The heartbeat first: runs resumed below hold leases from then on.
+            tokio::spawn(super::workers::heartbeat(
+                Arc::downgrade(&rt.inner),
+                self.lease / 3,
+            ));
+        }
         rt.resync().await?;
         rt.resume_all().await?;
+        if shared {
+            tokio::spawn(super::workers::takeover(
+                Arc::downgrade(&rt.inner),
+                self.lease / 2,
+            ));
+        }
         tokio::spawn(scheduler(Arc::downgrade(&rt.inner)));
         Ok(rt)
     }
@@ -669,8 +718,10 @@ impl Runtime {
 
     /// A runtime on the PostgreSQL database at `url` (feature `postgres`): the schema is
     /// created or migrated at `start`, and runs survive a crash of the worker and are
-    /// resumed by the next `start`, as with [`Runtime::open`]. One worker per database
-    /// for now (see [`PgStore`](crate::store::PgStore)).
+    /// resumed by the next `start`, as with [`Runtime::open`]. Several workers (processes,
+    /// hosts) may share the database: each runs the runs it claimed, renews its leases
+    /// (see [`RuntimeBuilder::lease`]) and takes over the runs of a worker that died
+    /// (see [`PgStore`](crate::store::PgStore)).
     ///
     /// # Examples
     ///

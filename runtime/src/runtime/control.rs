@@ -14,7 +14,11 @@ impl Runtime {
     /// is active in the store with no run behind it in this runtime (its run was lost) is
     /// settled `cancelled` at once. Of several concurrent cancels exactly one succeeds;
     /// a cancel that races the run's end either wins (the run ends `cancelled`) or is
-    /// refused because the run has ended.
+    /// refused because the run has ended. On a store shared by several workers, a run
+    /// live on another worker is cancelled there: this call returns the record as
+    /// `cancel_requested`, and that worker notices at its next heartbeat (within a third
+    /// of the [lease](crate::RuntimeBuilder::lease) time) and cancels it as a local
+    /// cancel would.
     ///
     /// # Errors
     ///
@@ -63,6 +67,17 @@ impl Runtime {
         let mut rec = rec;
         match live {
             Some(token) => token.cancel(),
+            None if rec.state() == State::CancelRequested && self.inner.shared => {
+                // On a shared store the run may be live on another worker: the request
+                // is in its record, and that worker's next heartbeat sees it (within a
+                // third of the lease time) and cancels the run there. A run no live
+                // worker holds is claimed here and settled at once.
+                if let Some(lease) = self.claim_run(id).await? {
+                    self.settle(id, None, State::Cancelled, None).await?;
+                    self.release_run(lease).await;
+                    rec = self.inner.get(id).await?.unwrap_or(rec);
+                }
+            }
             None if rec.state() == State::CancelRequested => {
                 // No run behind the record here: nothing will acknowledge the cancel.
                 self.settle(id, None, State::Cancelled, None).await?;

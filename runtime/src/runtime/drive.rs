@@ -28,6 +28,8 @@ pub(super) struct Run {
     /// The lease token every task row of this run carries (fencing).
     pub(super) lease: u64,
     pub(super) cancel: CancellationToken,
+    /// This run's suspension signal (the runtime's, or its own when its lease is lost).
+    pub(super) halt: Arc<crate::exec::Halt>,
 }
 
 /// Runs one graph for record `rec` and writes the outcome; `None` when the runtime
@@ -41,6 +43,7 @@ pub(super) async fn drive(inner: Arc<Inner>, run: Run) -> Option<RunReport> {
         token,
         lease,
         cancel,
+        halt,
     } = run;
     let id = rec.id.clone();
     let run_meta = rec.run.clone();
@@ -159,7 +162,7 @@ pub(super) async fn drive(inner: Arc<Inner>, run: Run) -> Option<RunReport> {
         permits: inner.permits.clone(),
         hooks,
         cancel: cancel.clone(),
-        halt: inner.halt.clone(),
+        halt,
         grace: inner.grace,
         journal: journal.clone(),
         resume,
@@ -184,7 +187,24 @@ pub(super) async fn drive(inner: Arc<Inner>, run: Run) -> Option<RunReport> {
         ack.abort();
     }
     let Some(mut report) = report else {
-        return None; // suspended: the record stays active and is resumed at the next start
+        // Suspended: the record stays active and is resumed at the next start. A
+        // suspending shutdown gives the claim up, so that another worker sharing the
+        // store takes the run over at once (a run whose lease was taken holds none).
+        if inner.halt.is_halted() && lease != 0 {
+            let held = crate::store::Lease {
+                run: id.clone(),
+                owner: inner.worker.clone(),
+                token: lease,
+                expires_at: 0,
+            };
+            if let Err(e) = inner
+                .write(move |s| Ok((s.release(&held)?, Vec::new())))
+                .await
+            {
+                tracing::warn!(run = %id, error = %e, "cannot give up the lease of a suspended run");
+            }
+        }
+        return None;
     };
     if !running {
         return Some(report);
@@ -209,6 +229,7 @@ pub(super) async fn drive(inner: Arc<Inner>, run: Run) -> Option<RunReport> {
     // and task rows; for an overlapping run of a schedule, its move into the scheduled
     // record's history (its own record is deleted).
     let owner = inner.worker.clone();
+    let lease_ms = inner.lease_ms;
     let keep = inner.keep_runs;
     let notify = inner
         .notifier
@@ -217,6 +238,19 @@ pub(super) async fn drive(inner: Arc<Inner>, run: Run) -> Option<RunReport> {
     let notifying = notify.is_some();
     let ended = inner
         .write(move |store| {
+            // Fenced: the end is written only while this worker still holds the run. A
+            // renewal that succeeds keeps it for `lease_ms`, so no other worker can
+            // take the run before the end below is written.
+            let held = crate::store::Lease {
+                run: id2.clone(),
+                owner: owner.clone(),
+                token: lease,
+                expires_at: 0,
+            };
+            if lease != 0 && !store.renew(&held, lease_ms)? {
+                tracing::warn!(run = %id2, "the run's lease was taken by another worker: its end is not written");
+                return Ok((Err(()), Vec::new()));
+            }
             let final_state = std::cell::Cell::new(None);
             let delete = std::cell::Cell::new(false);
             let joined: std::cell::Cell<Option<(String, ProcessRecord)>> =
@@ -308,15 +342,17 @@ pub(super) async fn drive(inner: Arc<Inner>, run: Run) -> Option<RunReport> {
                 token: lease,
                 expires_at: 0,
             })?;
-            Ok((final_state, events))
+            Ok((Ok(final_state), events))
         })
         .await;
     match ended {
-        Ok(Some(State::Cancelled)) if report.status != RunStatus::Cancelled => {
+        Ok(Ok(Some(State::Cancelled))) if report.status != RunStatus::Cancelled => {
             // The cancel won the race with the end: the live report says what the store says.
             report.status = RunStatus::Cancelled;
         }
-        Ok(_) => {}
+        // Another worker owns the run now: its end will be that worker's.
+        Ok(Err(())) => return None,
+        Ok(Ok(_)) => {}
         Err(e) => tracing::error!(run = %id, error = %e, "cannot record the run's end"),
     }
     if notifying {

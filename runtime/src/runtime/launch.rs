@@ -16,7 +16,7 @@ use crate::graph::{Graph, GraphError, TaskGraph};
 use crate::hooks::Hooks;
 use crate::record::{ProcessRecord, RecordKind, RunMeta, State};
 use crate::report::RunReport;
-use crate::store::{Batch, Update};
+use crate::store::{Batch, StoreError, Update};
 
 use super::{
     archiving, clearing, drive, state_event, to_value, ActiveRun, Error, Reserved, Result, Run,
@@ -123,9 +123,12 @@ impl<P: Process> From<P> for Launch<P> {
     }
 }
 
-/// How long a claim on a run lasts. The sled and memory stores serve one process, so
-/// nothing takes an expired run over there; a shared store renews leases.
-pub(super) const LEASE_TTL_MS: u64 = 30_000;
+/// How long a claim on a run lasts by default (see [`RuntimeBuilder::lease`]). The sled
+/// and memory stores serve one process, so nothing takes an expired run over there; on a
+/// shared store the runtime renews its leases every third of this.
+///
+/// [`RuntimeBuilder::lease`]: super::RuntimeBuilder::lease
+pub(super) const LEASE_TTL: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// What the launch's write found.
 pub(super) enum Enqueued {
@@ -416,6 +419,12 @@ impl Runtime {
         };
         let id_owned = id.to_owned();
         let reserved = self.reserve(id, token);
+        // The run is claimed before its record says it is active, so that no other
+        // worker's takeover sees it active with no live lease. Not when another run of
+        // the record is live here: its lease is this worker's, and the launch's write
+        // refuses anyway.
+        let claim_first = reserved.is_some();
+        let lease_ms = self.inner.lease_ms;
         let outcome = self
             .inner
             .write(move |store| {
@@ -465,6 +474,25 @@ impl Runtime {
                         ));
                     }
                 }
+                let early = if claim_first {
+                    match store.claim(&id_owned, &worker, lease_ms) {
+                        Ok(l) => Some(l),
+                        Err(StoreError::Leased { .. }) => {
+                            // Another worker runs it: the record is active there.
+                            let state = store.get(&id_owned)?.map_or(State::Running, |r| r.state());
+                            return Ok((
+                                Enqueued::Refused(Error::NotLaunchable {
+                                    id: id_owned.clone(),
+                                    state,
+                                }),
+                                Vec::new(),
+                            ));
+                        }
+                        Err(e) => return Err(e),
+                    }
+                } else {
+                    None
+                };
                 let mut refusal = None;
                 let mut prev = None;
                 let rec = store.update(&id_owned, &mut |cur| match decide(cur) {
@@ -477,6 +505,11 @@ impl Runtime {
                         Update::Keep
                     }
                 })?;
+                if refusal.is_some() || rec.is_none() {
+                    if let Some(l) = &early {
+                        store.release(l)?;
+                    }
+                }
                 if let Some(e) = refusal {
                     return Ok((Enqueued::Refused(e), Vec::new()));
                 }
@@ -496,7 +529,10 @@ impl Runtime {
                 if let Some(k) = &key {
                     store.claim_idempotent(k, &id_owned)?;
                 }
-                let lease = store.claim(&id_owned, &worker, LEASE_TTL_MS)?;
+                let lease = match early {
+                    Some(l) => l,
+                    None => store.claim(&id_owned, &worker, lease_ms)?,
+                };
                 let events = vec![state_event(&rec)];
                 Ok((Enqueued::Written(Box::new(rec), lease.token), events))
             })
@@ -531,6 +567,8 @@ impl Runtime {
                 token,
                 cancel: cancel.clone(),
                 done: rx,
+                lease: 0,
+                halt: crate::exec::Halt::child(&self.inner.halt),
             },
         );
         Some(Reserved { cancel, tx })
@@ -563,12 +601,15 @@ impl Runtime {
             }
         });
         let rx = tx.subscribe();
+        let halt = crate::exec::Halt::child(&self.inner.halt);
         self.inner.active().insert(
             rec.id.clone(),
             ActiveRun {
                 token,
                 cancel: cancel.clone(),
                 done: rx.clone(),
+                lease,
+                halt: halt.clone(),
             },
         );
         let handle = RunHandle {
@@ -588,6 +629,7 @@ impl Runtime {
                 token,
                 lease,
                 cancel,
+                halt,
             };
             let scheduled = run.rec.schedule.is_some();
             let report = drive(inner.clone(), run).await;
@@ -602,8 +644,16 @@ impl Runtime {
                 inner.scheduler_wake.notify_one();
             }
             // A suspended run has no report: its waiters learn that the runtime stopped.
+            // A run another worker took over (this one was fenced out) ends there: its
+            // waiters here get that worker's report, read from the store.
             if let Some(report) = report {
                 let _ = tx.send(Some(Arc::new(report)));
+            } else if inner.shared && !inner.shutting_down.load(Ordering::Acquire) {
+                let followed = Runtime { inner }.follow(&id);
+                drop(id);
+                if let Ok(report) = followed.wait().await {
+                    let _ = tx.send(Some(Arc::new(report)));
+                }
             }
         });
         handle
@@ -614,6 +664,13 @@ impl Runtime {
     pub(super) async fn attach(&self, id: &str) -> Result<RunHandle> {
         if let Some(h) = self.live_handle(id) {
             return Ok(h);
+        }
+        if self.inner.shared {
+            if let Some(rec) = self.inner.get(id).await? {
+                if rec.state().is_active() && rec.kind == RecordKind::Process {
+                    return Ok(self.follow(id));
+                }
+            }
         }
         // Ended, or active in the store with no run here: after `start` every run this
         // store holds is resumed (children first), so such a record was orphaned; what
@@ -626,6 +683,49 @@ impl Runtime {
             done: rx,
             runtime: Some(Arc::downgrade(&self.inner)),
         })
+    }
+
+    /// A handle on run `id`, active on another worker sharing the store: its report
+    /// comes once the store says the run ended (polled every quarter lease), or from
+    /// this worker if it takes the run over meanwhile.
+    fn follow(&self, id: &str) -> RunHandle {
+        let (tx, rx) = watch::channel(None);
+        let weak = Arc::downgrade(&self.inner);
+        let every = std::time::Duration::from_millis((self.inner.lease_ms / 4).clamp(10, 1_000));
+        let run = id.to_owned();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(inner) = weak.upgrade() else { return };
+                let rt = Runtime { inner };
+                if let Some(mut h) = rt.live_handle(&run) {
+                    drop(rt);
+                    if let Ok(r) = h.done.wait_for(Option::is_some).await {
+                        let _ = tx.send(r.clone());
+                    }
+                    return;
+                }
+                match rt.inner.get(&run).await {
+                    Ok(Some(rec)) if rec.state().is_active() => {}
+                    Ok(_) => {
+                        if let Ok(report) = rt.report(&run).await {
+                            let _ = tx.send(Some(Arc::new(report)));
+                        }
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(run = %run, error = %e, "cannot follow a run of another worker");
+                        return;
+                    }
+                }
+            }
+        });
+        RunHandle {
+            id: id.to_owned(),
+            cancel: CancellationToken::new(),
+            done: rx,
+            runtime: Some(Arc::downgrade(&self.inner)),
+        }
     }
 
     pub(super) fn live_handle(&self, id: &str) -> Option<RunHandle> {

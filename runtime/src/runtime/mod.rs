@@ -15,6 +15,7 @@ mod remote;
 mod resume;
 mod scheduler;
 mod shutdown;
+mod workers;
 
 pub use builder::{AdhocOptions, Definition, RuntimeBuilder};
 pub use error::{Error, Result};
@@ -44,7 +45,7 @@ use crate::task::resource::Resources;
 use builder::{to_value, Registered};
 use children::ChildSpawner;
 use drive::{drive, Run};
-use launch::{check_id, LEASE_TTL_MS};
+use launch::{check_id, LEASE_TTL};
 use scheduler::scheduler;
 
 /// A run registered as live before its launch is written.
@@ -57,6 +58,10 @@ struct ActiveRun {
     token: u64,
     cancel: CancellationToken,
     done: watch::Receiver<Option<Arc<RunReport>>>,
+    /// The lease token of the run's claim (0 while its launch is being written).
+    lease: u64,
+    /// Stops the run without recording anything (its lease was taken by another worker).
+    halt: Arc<crate::exec::Halt>,
 }
 
 struct Inner {
@@ -66,6 +71,15 @@ struct Inner {
     location: String,
     /// Identifies this runtime as the owner of the runs it claims.
     worker: String,
+    /// How long a claim on a run lasts, in ms (renewed every third of it on a shared
+    /// store).
+    lease_ms: u64,
+    /// Whether other worker processes share the store (heartbeats and takeovers run).
+    shared: bool,
+    /// Stops the heartbeat and takeover loops at shutdown.
+    stop_loops: CancellationToken,
+    /// This worker's row (see [`Runtime::workers`]).
+    me: crate::store::WorkerInfo,
     writer: WriterHandle,
     events: broadcast::Sender<Event>,
     permits: Option<Arc<Semaphore>>,

@@ -151,7 +151,8 @@ impl Runtime {
         events::stream(self.inner.events.subscribe())
     }
 
-    /// Waits for run `id` to end (if it is active here) and returns its report.
+    /// Waits for run `id` to end (if it is active here, or, on a store shared by
+    /// several workers, on another worker) and returns its report.
     ///
     /// # Errors
     ///

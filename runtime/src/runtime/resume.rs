@@ -5,14 +5,15 @@ use std::time::Duration;
 
 use crate::exec::Resume;
 use crate::record::{ProcessRecord, RecordKind, RunMeta, State};
-use crate::store::{Query, Store, Update};
+use crate::store::{Lease, Query, Store, StoreError, Update};
 
-use super::{check_id, store_call, Result, Runtime, LEASE_TTL_MS};
+use super::{check_id, store_call, Result, Runtime};
 
 impl Runtime {
     /// Syncs the definitions given to [`RuntimeBuilder::define`](super::RuntimeBuilder::define) with the store: missing
     /// records are created idle; records of definitions no longer declared are deleted
-    /// when not active; name, description, parameters and metadata of existing records
+    /// when not active (not on a store shared by several workers, whose definitions
+    /// may differ: there such a record stays, listed in no report); name, description, parameters and metadata of existing records
     /// are updated without touching their run state.
     ///
     /// # Errors
@@ -63,6 +64,11 @@ impl Runtime {
                 report.updated.push(d.id.clone());
             }
         }
+        if self.inner.shared {
+            // Other workers sharing the store may define records this one does not:
+            // only a single-process store knows that a record is no longer defined.
+            return Ok(report);
+        }
         let mut query = Query::new();
         query.definitions = true;
         let defined = self.inner.read(move |s| s.list_all(&query)).await?;
@@ -92,8 +98,13 @@ impl Runtime {
     /// Resumes every run a previous process left active.
     ///
     /// Children are resumed before their parents, so that a parent's task that runs
-    /// again finds its children's runs live and re-attaches to them.
+    /// again finds its children's runs live and re-attaches to them. On a shared store
+    /// only the runs no live worker holds are taken (see [`take_over`](Runtime::take_over)).
     pub(super) async fn resume_all(&self) -> Result<()> {
+        if self.inner.shared {
+            self.take_over().await?;
+            return Ok(());
+        }
         let mut active = self
             .inner
             .read(|s| {
@@ -109,17 +120,70 @@ impl Runtime {
             if rec.kind != RecordKind::Process || !rec.state().is_active() {
                 continue;
             }
-            self.resume_one(rec).await?;
+            self.resume_one(rec, None).await?;
         }
         Ok(())
     }
 
-    pub(super) async fn resume_one(&self, rec: ProcessRecord) -> Result<()> {
+    /// Claims run `id` for this worker; `None` when another live worker holds it.
+    pub(super) async fn claim_run(&self, id: &str) -> Result<Option<Lease>> {
+        let (id, worker, ttl) = (
+            id.to_owned(),
+            self.inner.worker.clone(),
+            self.inner.lease_ms,
+        );
+        self.inner
+            .write(move |s| match s.claim(&id, &worker, ttl) {
+                Ok(l) => Ok((Some(l), Vec::new())),
+                Err(StoreError::Leased { .. }) => Ok((None, Vec::new())),
+                Err(e) => Err(e),
+            })
+            .await
+    }
+
+    /// Gives up a claim this worker made but does not run under.
+    pub(super) async fn release_run(&self, lease: Lease) {
+        let run = lease.run.clone();
+        if let Err(e) = self
+            .inner
+            .write(move |s| Ok((s.release(&lease)?, Vec::new())))
+            .await
+        {
+            tracing::warn!(run = %run, error = %e, "cannot release a run's lease");
+        }
+    }
+
+    /// Resumes run `rec` under `lease` (claimed by the caller), or claims it first
+    /// (nothing happens when another live worker holds it).
+    pub(super) async fn resume_one(&self, rec: ProcessRecord, lease: Option<Lease>) -> Result<()> {
+        if self.inner.active().contains_key(&rec.id) {
+            return Ok(()); // live here already
+        }
+        let lease = match lease {
+            Some(l) => l,
+            None => match self.claim_run(&rec.id).await? {
+                Some(l) => l,
+                None => return Ok(()),
+            },
+        };
+        let out = self.resume_claimed(rec, &lease).await;
+        if !matches!(out, Ok(true)) {
+            self.release_run(lease).await;
+        }
+        out.map(drop)
+    }
+
+    /// [`resume_one`](Runtime::resume_one) under `lease`; `true` when the run was
+    /// started (it then owns the lease), `false` when it was settled or had ended.
+    async fn resume_claimed(&self, rec: ProcessRecord, lease: &Lease) -> Result<bool> {
         let id = rec.id.clone();
         let token = rec.run.as_ref().map(|m| m.token);
         if matches!(rec.state(), State::CancelRequested | State::Cancelling) {
             // The cancel had been accepted before the restart: finish it.
-            return self.settle(&id, token, State::Cancelled, None).await;
+            return self
+                .settle(&id, token, State::Cancelled, None)
+                .await
+                .map(|()| false);
         }
         let Some(reg) = self.inner.registry.get(rec.process_type.as_str()).cloned() else {
             let msg = format!(
@@ -127,7 +191,10 @@ impl Runtime {
                 rec.process_type
             );
             tracing::warn!(run = %id, "{msg}");
-            return self.settle(&id, token, State::Failed, Some(msg)).await;
+            return self
+                .settle(&id, token, State::Failed, Some(msg))
+                .await
+                .map(|()| false);
         };
         let meta = rec.run.clone().unwrap_or(RunMeta {
             token: 0,
@@ -153,13 +220,19 @@ impl Runtime {
             Ok(g) => g,
             Err(e) => {
                 let msg = format!("the interrupted run could not be rebuilt: {e}");
-                return self.settle(&id, token, State::Failed, Some(msg)).await;
+                return self
+                    .settle(&id, token, State::Failed, Some(msg))
+                    .await
+                    .map(|()| false);
             }
         };
         if let Err(e) = self.inner.check_resources(&graph) {
             let msg = format!("{e}: the interrupted run was not resumed");
             tracing::warn!(run = %id, "{msg}");
-            return self.settle(&id, token, State::Failed, Some(msg)).await;
+            return self
+                .settle(&id, token, State::Failed, Some(msg))
+                .await
+                .map(|()| false);
         }
         if graph.fingerprint() != meta.fingerprint {
             let msg = format!(
@@ -169,7 +242,10 @@ impl Runtime {
                 graph.fingerprint()
             );
             tracing::warn!(run = %id, "{msg}");
-            return self.settle(&id, token, State::Failed, Some(msg)).await;
+            return self
+                .settle(&id, token, State::Failed, Some(msg))
+                .await
+                .map(|()| false);
         }
         let rows = store_call(rows).await?;
         // Attempt numbers of this resumption start above every number an earlier one
@@ -208,7 +284,7 @@ impl Runtime {
         let hooks = self.inner.run_hooks(reg.hooks.clone());
         // scheduled or running: (re)start from scheduled so the driver's CAS applies; the
         // run is claimed again (a new lease token fences out anything older).
-        let (id2, worker) = (id.clone(), self.inner.worker.clone());
+        let id2 = id.clone();
         let claimed = self
             .inner
             .write(move |store| {
@@ -224,22 +300,16 @@ impl Runtime {
                     }
                     _ => Update::Keep,
                 })?;
-                match rec.filter(|r| r.state() == State::Scheduled) {
-                    Some(rec) => {
-                        let lease = store.claim(&id2, &worker, LEASE_TTL_MS)?;
-                        Ok((Some((rec, lease.token)), Vec::new()))
-                    }
-                    None => Ok((None, Vec::new())),
-                }
+                Ok((rec.filter(|r| r.state() == State::Scheduled), Vec::new()))
             })
             .await?;
-        let Some((rec, lease)) = claimed else {
-            return Ok(());
+        let Some(rec) = claimed else {
+            return Ok(false);
         };
-        tracing::info!(run = %id, finished = resume.done.len(), tasks = graph.len(), "resuming run");
+        tracing::info!(run = %id, worker = %self.inner.worker, finished = resume.done.len(), tasks = graph.len(), "resuming run");
         let token = rec.run.as_ref().map_or(0, |m| m.token);
-        drop(self.spawn_run(rec, graph, hooks, Some(resume), token, lease, None));
-        Ok(())
+        drop(self.spawn_run(rec, graph, hooks, Some(resume), token, lease.token, None));
+        Ok(true)
     }
 }
 

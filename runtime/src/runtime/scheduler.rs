@@ -180,6 +180,30 @@ pub(super) async fn scheduler_pass(rt: &Runtime) -> Result<Option<std::time::Sys
         );
         let p = plan(&s, last, now, rt.inner.clock.wall0);
         out.mark = p.mark.map(crate::util::unix_ms);
+        if let (Some(mark), true) = (out.mark, rt.inner.shared) {
+            // Several workers share the store and each runs this pass: the fire is
+            // taken by a compare-and-swap of the record's last fire, so that exactly one
+            // worker launches it (the others find the mark moved and skip it).
+            let expect = r.last_fire;
+            let (_, won) = rt
+                .inner
+                .update(&r.id, move |cur| match cur {
+                    Some(c) if c.last_fire == expect => {
+                        let mut c = c.clone();
+                        c.last_fire = Some(mark);
+                        (Update::Put(Box::new(c)), true)
+                    }
+                    _ => (Update::Keep, false),
+                })
+                .await?;
+            if !won {
+                tracing::debug!(id = %r.id, "schedule fire taken by another worker");
+                if let Some(n) = p.next {
+                    earliest = Some(earliest.map_or(n, |e| e.min(n)));
+                }
+                continue;
+            }
+        }
         if p.fire {
             let fired = now_ms;
             let launched = if active {

@@ -94,6 +94,16 @@ impl Runtime {
         if let Some(d) = &self.inner.deliverer {
             d.stop().await;
         }
+        // The heartbeat and takeover loops stop; this worker leaves the workers table.
+        // Runs suspended above keep their leases until they expire: then another worker
+        // (or the next start) takes them over.
+        self.inner.stop_loops.cancel();
+        if self.inner.shared {
+            let id = self.inner.worker.clone();
+            if let Err(e) = self.inner.read(move |s| s.unregister_worker(&id)).await {
+                tracing::warn!(error = %e, "cannot remove this worker from the workers table");
+            }
+        }
         let store = self
             .inner
             .store

@@ -351,6 +351,89 @@ pub struct Lease {
     pub expires_at: u64,
 }
 
+/// What one [`Store::heartbeat`] found.
+///
+/// # Examples
+///
+/// ```
+/// use procession::store::{MemoryStore, Store};
+/// let store = MemoryStore::new();
+/// let lease = store.claim("run-1", "w1", 1_000)?;
+/// let beat = store.heartbeat("w1", &[lease], 1_000)?;
+/// assert!(beat.refused.is_empty());
+/// # Ok::<(), procession::store::StoreError>(())
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Beat {
+    /// Runs whose lease was not renewed: their token is no longer current (another
+    /// worker claimed the run), so their holder is fenced out and must stop them.
+    pub refused: Vec<String>,
+    /// Renewed runs whose record asks for a cancel (`cancel_requested`, written by
+    /// another worker): their holder cancels them.
+    pub cancel_requested: Vec<String>,
+}
+
+/// A worker process of a shared store (see [`Store::register_worker`]): one row per
+/// process start.
+///
+/// # Examples
+///
+/// ```
+/// use procession::store::WorkerInfo;
+/// let me = WorkerInfo::this_process("worker-1");
+/// assert_eq!(me.pid, std::process::id());
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[non_exhaustive]
+pub struct WorkerInfo {
+    /// The worker id (unique per process start; the owner of its leases).
+    pub id: String,
+    /// The host it runs on.
+    pub host: String,
+    /// Its process id on that host.
+    pub pid: u32,
+    /// The procession version it runs.
+    pub version: String,
+    /// When it started, in ms since the Unix epoch (the store's clock where it has one).
+    pub started_at: u64,
+    /// Its last heartbeat, in ms since the Unix epoch (the store's clock where it has
+    /// one).
+    pub last_heartbeat: u64,
+}
+
+impl WorkerInfo {
+    /// The row of worker `id` in this process: host name, pid, version, started now.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let w = procession::store::WorkerInfo::this_process("w");
+    /// assert!(!w.host.is_empty());
+    /// ```
+    pub fn this_process(id: &str) -> WorkerInfo {
+        let host = ["/proc/sys/kernel/hostname", "/etc/hostname"]
+            .iter()
+            .find_map(|p| {
+                std::fs::read_to_string(p)
+                    .ok()
+                    .map(|h| h.trim().to_owned())
+                    .filter(|h| !h.is_empty())
+            })
+            .or_else(|| std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()))
+            .unwrap_or_else(|| "unknown".to_owned());
+        let now = crate::record::now_ms();
+        WorkerInfo {
+            id: id.to_owned(),
+            host,
+            pid: std::process::id(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            started_at: now,
+            last_heartbeat: now,
+        }
+    }
+}
+
 /// A position in a listing: records strictly after it come next (keyset pagination).
 ///
 /// Listings are ordered by creation time, then id; a cursor is stable under concurrent
@@ -647,7 +730,11 @@ pub struct Page {
 ///
 /// The sled and memory stores serve one process at a time (sled holds a file lock), so
 /// their [`claim`](Store::claim) always succeeds and only raises the token; a shared
-/// store (PostgreSQL) refuses a claim while another owner's lease is unexpired.
+/// store (PostgreSQL, [`is_shared`](Store::is_shared)) refuses a claim while another
+/// owner's lease is unexpired. On a shared store the runtime renews all its leases
+/// with one [`heartbeat`](Store::heartbeat) every third of the lease time, stops at
+/// once a run whose renewal is refused, and takes over runs whose lease expired with
+/// [`claim_expired`](Store::claim_expired) (no leader: every worker polls).
 ///
 /// # The outbox
 ///
@@ -722,6 +809,72 @@ pub trait Store: Send + Sync + 'static {
     fn renew(&self, lease: &Lease, ttl_ms: u64) -> Result<bool, StoreError>;
     /// Gives `lease` up (another owner may claim at once); a stale token changes nothing.
     fn release(&self, lease: &Lease) -> Result<(), StoreError>;
+
+    /// Whether several worker processes share this store (PostgreSQL): then the runtime
+    /// heartbeats its leases and takes over runs whose lease expired. `false` for
+    /// single-process stores (sled, memory), whose leases nobody else can take.
+    fn is_shared(&self) -> bool {
+        false
+    }
+
+    /// Renews every lease of `leases` held by `worker` by `ttl_ms` from now (a shared
+    /// store does it in one statement, on its own clock, and records the worker's
+    /// heartbeat); returns the runs whose renewal was refused (stale token: another
+    /// worker took them) and the renewed runs whose record is `cancel_requested`.
+    ///
+    /// The default renews one lease at a time with [`renew`](Store::renew) and reads
+    /// the records' states.
+    fn heartbeat(&self, worker: &str, leases: &[Lease], ttl_ms: u64) -> Result<Beat, StoreError> {
+        let _ = worker;
+        let mut beat = Beat::default();
+        for l in leases {
+            if !self.renew(l, ttl_ms)? {
+                beat.refused.push(l.run.clone());
+            } else if self
+                .get(&l.run)?
+                .is_some_and(|r| r.state() == State::CancelRequested)
+            {
+                beat.cancel_requested.push(l.run.clone());
+            }
+        }
+        Ok(beat)
+    }
+
+    /// Records worker `info` as started (a shared store lists it in
+    /// [`workers`](Store::workers)); nothing for single-process stores.
+    fn register_worker(&self, info: &WorkerInfo) -> Result<(), StoreError> {
+        let _ = info;
+        Ok(())
+    }
+
+    /// Removes worker `id` from [`workers`](Store::workers) (a clean shutdown).
+    fn unregister_worker(&self, id: &str) -> Result<(), StoreError> {
+        let _ = id;
+        Ok(())
+    }
+
+    /// The workers registered with this store, oldest first (empty for single-process
+    /// stores).
+    fn workers(&self) -> Result<Vec<WorkerInfo>, StoreError> {
+        Ok(Vec::new())
+    }
+
+    /// Claims for `owner`, until `ttl_ms` from now, up to `limit` active runs of the
+    /// given process types that no live worker holds (their lease expired, or they
+    /// have none), deepest first; returns the new leases. A shared store does it in one
+    /// statement that skips rows another claim holds locked, so two workers never
+    /// take the same run. Single-process stores return nothing: their runs are resumed
+    /// at start.
+    fn claim_expired(
+        &self,
+        owner: &str,
+        process_types: &[&str],
+        ttl_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<Lease>, StoreError> {
+        let _ = (owner, process_types, ttl_ms, limit);
+        Ok(Vec::new())
+    }
 
     /// [`update`](Store::update), and when `f` writes (a put or a delete), the deliveries
     /// it returned added to the outbox in the same atomic write; deliveries whose id is
@@ -841,6 +994,30 @@ impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
     }
     fn release(&self, lease: &Lease) -> Result<(), StoreError> {
         (**self).release(lease)
+    }
+    fn is_shared(&self) -> bool {
+        (**self).is_shared()
+    }
+    fn heartbeat(&self, worker: &str, leases: &[Lease], ttl_ms: u64) -> Result<Beat, StoreError> {
+        (**self).heartbeat(worker, leases, ttl_ms)
+    }
+    fn register_worker(&self, info: &WorkerInfo) -> Result<(), StoreError> {
+        (**self).register_worker(info)
+    }
+    fn unregister_worker(&self, id: &str) -> Result<(), StoreError> {
+        (**self).unregister_worker(id)
+    }
+    fn workers(&self) -> Result<Vec<WorkerInfo>, StoreError> {
+        (**self).workers()
+    }
+    fn claim_expired(
+        &self,
+        owner: &str,
+        process_types: &[&str],
+        ttl_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<Lease>, StoreError> {
+        (**self).claim_expired(owner, process_types, ttl_ms, limit)
     }
     fn update_enqueue(
         &self,

@@ -1,15 +1,14 @@
 //! The PostgreSQL store (feature `postgres`): the records, task rows, leases, history and
 //! outbox of a runtime in a PostgreSQL database, through the blocking `postgres` client.
 //!
-//! Phase 1 of issue 14: one worker per database at a time (see [`PgStore`]); the tables,
-//! fencing tokens on the database clock and `FOR UPDATE SKIP LOCKED` claims are the ones
-//! several workers will share.
+//! Several workers (processes, hosts) share one database (issue 14, run level): runs are
+//! claimed with leases fenced by tokens on the database clock, renewed by one batched
+//! heartbeat statement per worker, and taken over with `FOR UPDATE SKIP LOCKED` when
+//! their lease expires (see [`PgStore`]).
 
 use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
-use std::sync::{Mutex, PoisonError};
-use std::time::{Duration, Instant};
 
 use postgres::types::ToSql;
 use postgres::Row;
@@ -24,18 +23,14 @@ use super::outbox::{
     DeliveryUpdate, Pager,
 };
 use super::{
-    Applied, Batch, Cursor, Enqueue, Lease, Page, PastRun, Query, Store, StoreError, TaskRow,
-    Update,
+    Applied, Batch, Beat, Cursor, Enqueue, Lease, Page, PastRun, Query, Store, StoreError, TaskRow,
+    Update, WorkerInfo,
 };
 use crate::record::{ProcessRecord, State};
 
-/// Session advisory lock held by the worker that has the database open (phase 1: one
-/// worker per database, as one process per sled directory).
-const WORKER_LOCK: i64 = 0x7072_6f63_776f_726b; // "procwork"
-
-/// How long an open waits for the previous holder of [`WORKER_LOCK`] to go (a worker
-/// that was just closed or killed: the server ends its session a moment later).
-const WORKER_LOCK_WAIT: Duration = Duration::from_secs(5);
+/// Workers whose last heartbeat is older than this are removed from the workers table
+/// when another worker starts (a worker killed without a clean shutdown leaves its row).
+const FORGET_WORKERS_MS: i64 = 24 * 3600 * 1000;
 
 /// Records fetched per round trip when a listing filters by metadata (which no column
 /// answers).
@@ -102,11 +97,17 @@ impl PgError {
 ///   server can lose; a crash of the worker loses nothing committed).
 /// - **Leases** are fenced by tokens that only grow; their expiry is on the database
 ///   clock. [`Store::claim`] refuses a run whose unexpired lease another owner holds.
-/// - **One worker per database** (phase 1): the worker holds a session advisory lock for
-///   as long as the store is open, and a second open fails with [`StoreError::Open`]
-///   until the first closes or dies (the server drops a dead session's lock). The
-///   runtime does not heartbeat its leases yet, so leases left by a previous worker of
-///   the database are expired at open: that worker is gone.
+/// - **Several workers per database** ([`Store::is_shared`]): any number of runtimes, in
+///   any number of processes and hosts, open the same database. A run belongs to the
+///   worker holding its lease (`procession_leases`: owner, token, expiry on the database
+///   clock). Every worker renews all its leases in one statement
+///   ([`Store::heartbeat`], which also stamps its row of `procession_workers`), and
+///   takes over active runs of its process types whose lease expired with one
+///   `INSERT … SELECT … FOR UPDATE SKIP LOCKED … ON CONFLICT DO UPDATE … WHERE expired`
+///   ([`Store::claim_expired`]): no leader, and two workers never take the same run. A
+///   worker that lost its lease (paused past it, or cut off) is fenced: its task rows
+///   carry the old token and are dropped ([`Applied::fenced`]), its heartbeat is
+///   refused and the runtime stops the run.
 /// - **Reconnects**: a call whose connection broke (a restarted server, a killed
 ///   backend) runs again on a new connection, pausing 50 ms doubling to 1 s, for up to
 ///   the retry window: 30 s, or `retry_window=<duration>` in the URL
@@ -128,9 +129,6 @@ impl PgError {
 /// ```
 pub struct PgStore {
     pool: Pool,
-    /// The session holding [`WORKER_LOCK`]; taken out by `Drop` (a mutex only to make
-    /// the store `Sync`: nothing else touches it).
-    guard: Mutex<Option<Conn>>,
     location: String,
 }
 
@@ -146,20 +144,9 @@ impl Drop for PgStore {
     fn drop(&mut self) {
         // The blocking client runs its own tokio runtime, which must not be dropped (or
         // blocked on) inside an async context: close the connections on a thread of
-        // their own, and wait, so that the database is free again when this returns.
-        let mut conns = self.pool.drain();
-        let guard = self
-            .guard
-            .get_mut()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        let closer = std::thread::spawn(move || {
-            if let Some(mut g) = guard {
-                let _ = g.execute("SELECT pg_advisory_unlock($1)", &[&WORKER_LOCK]);
-                conns.push(g);
-            }
-            drop(conns);
-        });
+        // their own, and wait, so that they are closed when this returns.
+        let conns = self.pool.drain();
+        let closer = std::thread::spawn(move || drop(conns));
         let _ = closer.join();
     }
 }
@@ -207,14 +194,14 @@ fn delivery_code(s: DeliveryState) -> i16 {
 
 impl PgStore {
     /// Connects to the database at `url` (`postgres://user:password@host:port/db`, or
-    /// the `key=value` form), applies the schema's migrations and takes the database
-    /// for this worker. Besides the client's options, the URL may say how long a call
-    /// rides out a broken connection: `retry_window=30s` (the default; `500ms`, `2m`).
+    /// the `key=value` form) and applies the schema's migrations. Other workers may have
+    /// the same database open. Besides the client's options, the URL may say how long a
+    /// call rides out a broken connection: `retry_window=30s` (the default; `500ms`, `2m`).
     ///
     /// # Errors
     ///
-    /// [`StoreError::Open`] when the URL is invalid, the server cannot be reached, or
-    /// another worker has the database open; [`StoreError::Incompatible`] when the
+    /// [`StoreError::Open`] when the URL is invalid or the server cannot be reached;
+    /// [`StoreError::Incompatible`] when the
     /// database's schema is newer than this build's. Never panics.
     ///
     /// # Examples
@@ -243,39 +230,12 @@ impl PgStore {
             },
             other => other,
         };
-        let mut guard = Conn::open(&config).map_err(|e| open(e.into()))?;
-        let deadline = Instant::now() + WORKER_LOCK_WAIT;
-        loop {
-            let got: bool = guard
-                .query_one("SELECT pg_try_advisory_lock($1)", &[&WORKER_LOCK])
-                .and_then(|r| r.try_get(0))
-                .map_err(|e| open(e.into()))?;
-            if got {
-                break;
-            }
-            if Instant::now() >= deadline {
-                return Err(StoreError::open(
-                    location,
-                    "another worker has this database open (the PostgreSQL store serves \
-                     one worker per database for now); stop it or use another database",
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        schema::migrate(&mut guard).map_err(open)?;
-        // This worker alone has the database: leases of earlier workers are void.
-        guard
-            .execute(
-                "UPDATE procession_leases SET expires_at = 0 WHERE expires_at > 0",
-                &[],
-            )
-            .map_err(|e| open(e.into()))?;
+        let mut conn = Conn::open(&config).map_err(|e| open(e.into()))?;
+        schema::migrate(&mut conn).map_err(open)?;
         tracing::info!(database = %location, schema = schema::supported(), "PostgreSQL store open");
-        Ok(PgStore {
-            pool: Pool::new(config, retry_window, location.clone()),
-            guard: Mutex::new(Some(guard)),
-            location,
-        })
+        let pool = Pool::new(config, retry_window, location.clone());
+        pool.put(conn);
+        Ok(PgStore { pool, location })
     }
 
     /// The newest schema version this build applies and reads.
@@ -908,6 +868,166 @@ impl Store for PgStore {
                 &[&lease.run, &to_i64(lease.token)],
             )?;
             Ok(())
+        })
+    }
+
+    fn is_shared(&self) -> bool {
+        true
+    }
+
+    fn heartbeat(&self, worker: &str, leases: &[Lease], ttl_ms: u64) -> Result<Beat, StoreError> {
+        let runs: Vec<&str> = leases.iter().map(|l| l.run.as_str()).collect();
+        let tokens: Vec<i64> = leases.iter().map(|l| to_i64(l.token)).collect();
+        self.with(|c| {
+            // One statement: every lease still ours (same token, not given up) gets a
+            // new expiry on the database clock, the worker's row its heartbeat; the
+            // renewed runs come back with their record's state (a cancel another worker
+            // wrote). A lease given up by a run that just ended is not renewed again.
+            let rows = c.query(
+                "WITH beat AS (
+                     UPDATE procession_leases AS l
+                     SET expires_at = procession_now_ms() + $4
+                     FROM unnest($2::text[], $3::bigint[]) AS h(run, token)
+                     WHERE l.run = h.run AND l.token = h.token AND l.owner = $1
+                       AND l.expires_at > 0
+                     RETURNING l.run),
+                 seen AS (
+                     UPDATE procession_workers SET last_heartbeat = procession_now_ms()
+                     WHERE id = $1)
+                 SELECT b.run, r.state FROM beat b
+                 LEFT JOIN procession_records r ON r.id = b.run",
+                &[&worker, &runs, &tokens, &to_i64(ttl_ms)],
+            )?;
+            let cancel = state_code(State::CancelRequested);
+            let mut renewed = std::collections::HashSet::with_capacity(rows.len());
+            let mut beat = Beat::default();
+            for r in &rows {
+                let run: String = r.try_get(0)?;
+                let state: Option<i16> = r.try_get(1)?;
+                if state == Some(cancel) {
+                    beat.cancel_requested.push(run.clone());
+                }
+                renewed.insert(run);
+            }
+            beat.refused = runs
+                .iter()
+                .filter(|r| !renewed.contains(**r))
+                .map(|r| (*r).to_owned())
+                .collect();
+            Ok(beat)
+        })
+    }
+
+    fn register_worker(&self, info: &WorkerInfo) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.execute(
+                "DELETE FROM procession_workers
+                 WHERE last_heartbeat < procession_now_ms() - $1",
+                &[&FORGET_WORKERS_MS],
+            )?;
+            c.execute(
+                "INSERT INTO procession_workers
+                     (id, host, pid, version, started_at, last_heartbeat)
+                 VALUES ($1, $2, $3, $4, procession_now_ms(), procession_now_ms())
+                 ON CONFLICT (id) DO UPDATE SET host = EXCLUDED.host, pid = EXCLUDED.pid,
+                     version = EXCLUDED.version, last_heartbeat = EXCLUDED.last_heartbeat",
+                &[
+                    &info.id,
+                    &info.host,
+                    &i32::try_from(info.pid).unwrap_or(i32::MAX),
+                    &info.version,
+                ],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn unregister_worker(&self, id: &str) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.execute("DELETE FROM procession_workers WHERE id = $1", &[&id])?;
+            Ok(())
+        })
+    }
+
+    fn workers(&self) -> Result<Vec<WorkerInfo>, StoreError> {
+        self.with(|c| {
+            c.query(
+                "SELECT id, host, pid, version, started_at, last_heartbeat
+                 FROM procession_workers ORDER BY started_at, id",
+                &[],
+            )?
+            .iter()
+            .map(|r| {
+                let pid: i32 = r.try_get(2)?;
+                Ok(WorkerInfo {
+                    id: r.try_get(0)?,
+                    host: r.try_get(1)?,
+                    pid: u32::try_from(pid).unwrap_or(0),
+                    version: r.try_get(3)?,
+                    started_at: to_u64(r.try_get(4)?),
+                    last_heartbeat: to_u64(r.try_get(5)?),
+                })
+            })
+            .collect()
+        })
+    }
+
+    fn claim_expired(
+        &self,
+        owner: &str,
+        process_types: &[&str],
+        ttl_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<Lease>, StoreError> {
+        if process_types.is_empty() || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let active: Vec<i16> = State::ALL
+            .into_iter()
+            .filter(|s| s.is_active())
+            .map(state_code)
+            .collect();
+        self.with(|c| {
+            // Active runs of these types that no live worker holds, children first; the
+            // record rows a concurrent claim locked are skipped, and the conflict
+            // clause re-checks the expiry on the row as it is now, so two workers never
+            // both take a run. A lease of this very worker is never taken over: it is
+            // alive, and its heartbeat renews it.
+            let rows = c.query(
+                "WITH cand AS MATERIALIZED (
+                     SELECT r.id FROM procession_records r
+                     WHERE r.state = ANY($3) AND r.process_type = ANY($2)
+                       AND NOT EXISTS (
+                           SELECT 1 FROM procession_leases l WHERE l.run = r.id
+                             AND (l.expires_at > procession_now_ms() OR l.owner = $1))
+                     ORDER BY (r.parent IS NULL), r.created_at, r.id
+                     LIMIT $5
+                     FOR UPDATE OF r SKIP LOCKED)
+                 INSERT INTO procession_leases AS l (run, owner, token, expires_at)
+                 SELECT id, $1, 1, procession_now_ms() + $4 FROM cand
+                 ON CONFLICT (run) DO UPDATE
+                     SET owner = EXCLUDED.owner, token = l.token + 1,
+                         expires_at = EXCLUDED.expires_at
+                     WHERE l.expires_at <= procession_now_ms() AND l.owner <> EXCLUDED.owner
+                 RETURNING run, token, expires_at",
+                &[
+                    &owner,
+                    &process_types,
+                    &active,
+                    &to_i64(ttl_ms),
+                    &to_i64(limit as u64),
+                ],
+            )?;
+            rows.iter()
+                .map(|r| {
+                    Ok(Lease {
+                        run: r.try_get(0)?,
+                        owner: owner.to_owned(),
+                        token: to_u64(r.try_get(1)?),
+                        expires_at: to_u64(r.try_get(2)?),
+                    })
+                })
+                .collect()
         })
     }
 

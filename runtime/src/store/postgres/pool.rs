@@ -333,7 +333,7 @@ impl Pool {
     }
 
     /// Gives `conn` back (a broken one is dropped).
-    fn put(&self, conn: Conn) {
+    pub(super) fn put(&self, conn: Conn) {
         if conn.is_closed() {
             return;
         }

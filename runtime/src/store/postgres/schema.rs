@@ -95,6 +95,18 @@ CREATE TABLE procession_channels (
     data bytea NOT NULL
 );
 "#,
+    // 2: several workers per database: one row per worker process start, its heartbeat
+    // on the database clock.
+    r#"
+CREATE TABLE procession_workers (
+    id             text COLLATE "C" PRIMARY KEY,
+    host           text    NOT NULL,
+    pid            integer NOT NULL,
+    version        text    NOT NULL,
+    started_at     bigint  NOT NULL,
+    last_heartbeat bigint  NOT NULL
+);
+"#,
 ];
 
 /// The newest schema version this build knows.

@@ -1,0 +1,214 @@
+//! Several workers on one shared store (PostgreSQL): the heartbeat that renews this
+//! worker's leases (and stops the runs whose lease another worker took), the takeover of
+//! runs whose lease expired, and the list of workers.
+//!
+//! Nothing here runs on a single-process store (sled, memory): nobody else can take a
+//! run there, and every active run is resumed at start.
+
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use crate::store::{Lease, WorkerInfo};
+
+use super::{Inner, Result, Runtime};
+
+/// Runs taken over per statement (a worker with more to take polls again at once).
+const TAKEOVER_BATCH: usize = 64;
+
+impl Runtime {
+    /// The workers sharing this runtime's store, oldest first: id (unique per process
+    /// start), host, pid, version, start and last heartbeat (on the database's clock).
+    /// A single-process store (sled, memory) lists this runtime alone.
+    ///
+    /// A worker killed without a clean shutdown keeps its row (with its last heartbeat)
+    /// for a day.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Store`](super::Error::Store) when the store cannot be read.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use procession::prelude::*;
+    /// # #[tokio::main] async fn main() -> procession::Result<()> {
+    /// let rt = Runtime::in_memory().start().await?;
+    /// let workers = rt.workers().await?;
+    /// assert_eq!(workers.len(), 1);
+    /// assert_eq!(workers[0].id, rt.worker_id());
+    /// # Ok(()) }
+    /// ```
+    pub async fn workers(&self) -> Result<Vec<WorkerInfo>> {
+        if !self.inner.shared {
+            let mut me = self.inner.me.clone();
+            me.last_heartbeat = crate::util::unix_ms(std::time::SystemTime::now());
+            return Ok(vec![me]);
+        }
+        self.inner.read(crate::store::Store::workers).await
+    }
+
+    /// This runtime's worker id: the owner of the runs it claims, unique per start.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use procession::prelude::*;
+    /// # #[tokio::main] async fn main() -> procession::Result<()> {
+    /// let a = Runtime::in_memory().start().await?;
+    /// let b = Runtime::in_memory().start().await?;
+    /// assert_ne!(a.worker_id(), b.worker_id());
+    /// # Ok(()) }
+    /// ```
+    pub fn worker_id(&self) -> &str {
+        &self.inner.worker
+    }
+
+    /// Claims the active runs of the process types registered here that no live worker
+    /// holds (lease expired, or none), and resumes them: finished tasks keep their
+    /// results, the others run again. Returns how many were claimed.
+    pub(super) async fn take_over(&self) -> Result<usize> {
+        let mut types: Vec<&'static str> = self.inner.registry.keys().copied().collect();
+        types.sort_unstable();
+        let mut total = 0;
+        loop {
+            let (worker, ttl, types2) = (
+                self.inner.worker.clone(),
+                self.inner.lease_ms,
+                types.clone(),
+            );
+            let leases = self
+                .inner
+                .write(move |s| {
+                    Ok((
+                        s.claim_expired(&worker, &types2, ttl, TAKEOVER_BATCH)?,
+                        Vec::new(),
+                    ))
+                })
+                .await?;
+            let got = leases.len();
+            total += got;
+            let mut claimed = Vec::with_capacity(got);
+            for lease in leases {
+                match self.inner.get(&lease.run).await? {
+                    Some(rec) if rec.state().is_active() => claimed.push((rec, lease)),
+                    _ => self.release_run(lease).await,
+                }
+            }
+            // Children first, so that a parent's task that runs again finds them live.
+            claimed.sort_by(|(a, _), (b, _)| {
+                b.depth.cmp(&a.depth).then(a.created_at.cmp(&b.created_at))
+            });
+            for (rec, lease) in claimed {
+                tracing::info!(run = %rec.id, worker = %self.inner.worker, token = lease.token, "taking over a run whose lease expired");
+                self.resume_one(rec, Some(lease)).await?;
+            }
+            if got < TAKEOVER_BATCH {
+                return Ok(total);
+            }
+        }
+    }
+}
+
+/// The leases of the runs live here (a run whose launch is still being written has
+/// none yet).
+fn held(inner: &Inner) -> Vec<Lease> {
+    inner
+        .active()
+        .iter()
+        .filter(|(_, a)| a.lease != 0)
+        .map(|(id, a)| Lease {
+            run: id.clone(),
+            owner: inner.worker.clone(),
+            token: a.lease,
+            expires_at: 0,
+        })
+        .collect()
+}
+
+/// Every third of the lease time: renews every lease of this worker in one call; stops
+/// at once the runs whose renewal was refused (another worker took them: whatever they
+/// would write is fenced anyway) and cancels the runs another worker asked to cancel.
+pub(super) async fn heartbeat(inner: Weak<Inner>, every: Duration) {
+    loop {
+        let stop = match inner.upgrade() {
+            Some(i) => i.stop_loops.clone(),
+            None => return,
+        };
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(every) => {}
+        }
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        let leases = held(&inner);
+        let (worker, ttl) = (inner.worker.clone(), inner.lease_ms);
+        let sent: Vec<(String, u64)> = leases.iter().map(|l| (l.run.clone(), l.token)).collect();
+        let beat = inner
+            .read(move |s| s.heartbeat(&worker, &leases, ttl))
+            .await;
+        let beat = match beat {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(worker = %inner.worker, error = %e, "heartbeat failed: leases not renewed");
+                continue;
+            }
+        };
+        stop_refused(&inner, &sent, &beat.refused);
+        for run in &beat.cancel_requested {
+            if let Some(a) = inner.active().get(run) {
+                if !a.cancel.is_cancelled() {
+                    tracing::info!(run = %run, worker = %inner.worker, "cancel requested by another worker");
+                    a.cancel.cancel();
+                }
+            }
+        }
+    }
+}
+
+/// Stops the runs of `refused` still live here under the token that was sent.
+fn stop_refused(inner: &Arc<Inner>, sent: &[(String, u64)], refused: &[String]) {
+    let active = inner.active();
+    for run in refused {
+        let Some(token) = sent.iter().find(|(r, _)| r == run).map(|(_, t)| *t) else {
+            continue;
+        };
+        if let Some(a) = active.get(run).filter(|a| a.lease == token) {
+            tracing::warn!(
+                run = %run,
+                worker = %inner.worker,
+                lease = token,
+                "the run's lease was taken by another worker (this worker paused or lost the \
+                 database past its lease): stopping it here, its writes are fenced"
+            );
+            a.halt.halt_now();
+        }
+    }
+}
+
+/// Every half lease time: takes over the runs whose lease expired.
+pub(super) async fn takeover(inner: Weak<Inner>, every: Duration) {
+    loop {
+        let stop = match inner.upgrade() {
+            Some(i) => i.stop_loops.clone(),
+            None => return,
+        };
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(every) => {}
+        }
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        if inner
+            .shutting_down
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
+            return;
+        }
+        let rt = Runtime { inner };
+        if let Err(e) = rt.take_over().await {
+            tracing::warn!(worker = %rt.inner.worker, error = %e, "takeover poll failed");
+        }
+    }
+}
