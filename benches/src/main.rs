@@ -1500,8 +1500,8 @@ async fn bench(cfg: Config) -> AnyResult<()> {
     println!("  rows = task rows written during the run (a row holds the task's result; process records excluded);");
     println!("  ratio = (c) tasks/s / raw records/s.");
     println!(
-        "target (c) >= 50% of raw sled batched-insert throughput (one record per task): {} (worst {:.0}%){indicative}",
-        if worst_c >= 0.5 { "MET" } else { "NOT MET" },
+        "target (c) >= 100% of raw sled batched-insert throughput (one record per task): {} (worst {:.0}%){indicative}",
+        if worst_c >= 1.0 { "MET" } else { "NOT MET" },
         100.0 * worst_c
     );
     if let Some((shape, p)) = big_persisted {
@@ -1579,23 +1579,24 @@ async fn bench(cfg: Config) -> AnyResult<()> {
         human(r.tasks),
         r.reported
     );
-    let verdict = |d: Duration| {
-        if d < Duration::from_secs(1) {
+    // Issue 17's targets: start <= 150 ms, start + the other half <= 500 ms.
+    let verdict = |d: Duration, ms: u64| {
+        if d <= Duration::from_millis(ms) {
             "MET"
         } else {
             "NOT MET"
         }
     };
     println!(
-        "  in a fresh process (a restart): Runtime::open(dir).register().start() (store opened, graph rebuilt, rows read, run relaunched): {:.1} ms   target < 1 s: {}{indicative}",
+        "  in a fresh process (a restart): Runtime::open(dir).register().start() (store opened, graph rebuilt, rows read, run relaunched): {:.1} ms   target <= 150 ms: {}{indicative}",
         ms(r.start),
-        verdict(r.start)
+        verdict(r.start, 150)
     );
     println!(
-        "  start + running the other {} tasks to the end on sled: {:.1} ms (< 1 s: {}); tasks re-run: {} (expected {}), succeeded",
+        "  start + running the other {} tasks to the end on sled: {:.1} ms (target <= 500 ms: {}); tasks re-run: {} (expected {}), succeeded",
         r.tasks - r.tasks / 2,
         ms(r.total),
-        verdict(r.total),
+        verdict(r.total, 500),
         r.rerun,
         r.tasks - r.tasks / 2,
     );
