@@ -870,3 +870,58 @@ fn task_rows_round_trip_through_sled() {
     drop(store);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[task]
+fn numbered(i: u64) -> u64 {
+    i
+}
+
+#[process]
+fn many_numbered(p: &mut Builder, n: u64) {
+    p.each(0..n, |p, i| {
+        p.task(Numbered::new(i));
+    });
+}
+
+// A run larger than one write chunk (its rows reach the store 2,048 at a time, and the
+// memory store keeps them in chunks of 1,024): every task's row is stored done with its
+// result, and every task's end is announced once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_run_stores_every_row_once() {
+    const N: u64 = 5000;
+    let stores: Vec<Arc<dyn Store>> = vec![
+        Arc::new(MemoryStore::new()),
+        Arc::new(SledStore::temporary().unwrap()),
+    ];
+    for store in stores {
+        let rt = Runtime::with_store(store.clone())
+            .register::<ManyNumbered>()
+            .start()
+            .await
+            .unwrap();
+        let events = rt.subscribe();
+        let run = rt
+            .launch(Launch::new(ManyNumbered { n: N }).id("many"))
+            .await
+            .unwrap();
+        let report = run.wait().await.unwrap();
+        assert!(report.is_success());
+        let rows = store.tasks("many").unwrap();
+        assert_eq!(rows.len(), N as usize, "{}", store.location());
+        for (k, (i, row)) in rows.iter().enumerate() {
+            assert_eq!(*i as usize, k);
+            assert_eq!(row.state, State::Done);
+            assert_eq!(row.result.as_deref(), Some(i.to_string().as_str()));
+        }
+        let done_state = EventKind::State { state: State::Done };
+        let done = events
+            .take_while(|e| std::future::ready(!(e.id == "many" && e.kind == done_state)))
+            .filter(|e| std::future::ready(e.kind == done_state))
+            .count();
+        let done = tokio::time::timeout(Duration::from_secs(30), done)
+            .await
+            .expect("the run's end event");
+        assert_eq!(done, N as usize, "one done event per task");
+        rt.shutdown().await.unwrap();
+    }
+}

@@ -360,6 +360,46 @@ fn task_rows(store: &dyn Store) {
     assert!(store.tasks("run-1").unwrap().is_empty());
 }
 
+/// Many rows of one run, written out of order over several batches and with gaps (a
+/// large run's rows reach the store a chunk at a time, and the memory store keeps them in
+/// chunks of 1024): each reads back once, in node order, the latest write winning.
+fn many_task_rows(store: &dyn Store) {
+    let run: Arc<str> = Arc::from("big");
+    let orders: Vec<u32> = vec![5000, 0, 1023, 1024, 1025, 3, 2047, 2048, 4999];
+    for part in orders.chunks(2) {
+        let tasks = part
+            .iter()
+            .map(|&o| (run.clone(), o, row(&format!("n{o}"), 0, State::Running)))
+            .collect();
+        store
+            .apply(Batch {
+                tasks,
+                ..Batch::default()
+            })
+            .unwrap();
+    }
+    // A later write of the same node replaces its row.
+    store
+        .apply(Batch {
+            tasks: vec![(run.clone(), 1024, row("n1024", 0, State::Done))],
+            ..Batch::default()
+        })
+        .unwrap();
+    let rows = store.tasks("big").unwrap();
+    let mut expected = orders.clone();
+    expected.sort_unstable();
+    assert_eq!(rows.iter().map(|(i, _)| *i).collect::<Vec<_>>(), expected);
+    for (i, r) in &rows {
+        assert_eq!(&*r.node, format!("n{i}"));
+        let state = if *i == 1024 {
+            State::Done
+        } else {
+            State::Running
+        };
+        assert_eq!(r.state, state, "row {i}");
+    }
+}
+
 /// Leases: tokens only grow; a stale token cannot renew, and its rows are fenced. A
 /// `shared` store (several workers) refuses a claim while another owner's lease holds.
 fn leases_and_fencing(store: &dyn Store, shared: bool) {
@@ -717,6 +757,7 @@ fn conformance(make: &dyn Fn() -> Box<dyn Store>, shared: bool) {
     queries(&*make());
     newest_first(&*make());
     task_rows(&*make());
+    many_task_rows(&*make());
     leases_and_fencing(&*make(), shared);
     idempotency_and_ids(&*make());
     history(&*make());

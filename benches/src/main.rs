@@ -931,7 +931,7 @@ fn print_span_cost(cfg: &Config, times: &BTreeMap<(usize, Variant), Vec<Duration
     println!();
 }
 
-/// `--rss-child <n> <mem|sled>`: runs one wide graph and prints `VmHWM` before and after,
+/// `--rss-child <n> <mem|sled|sled1g>`: runs one wide graph and prints `VmHWM` before and after,
 /// and the peak live heap during the run (counted from the runtime's start; freed memory
 /// subtracted, so a live heap far below `VmHWM` is allocator overhead, not the runtime).
 async fn rss_child(n: u32, store: &str) -> AnyResult<()> {
@@ -940,6 +940,11 @@ async fn rss_child(n: u32, store: &str) -> AnyResult<()> {
     TRACK.store(true, Ordering::Relaxed);
     let rt = if store == "sled" {
         register(Runtime::open(&dir)).start().await?
+    } else if store == "sled1g" {
+        // sled's own default cache (1 GiB), for comparison with the runtime's default.
+        register(Runtime::open(&dir).sled_cache(1 << 30))
+            .start()
+            .await?
     } else {
         register(Runtime::in_memory()).start().await?
     };
@@ -1498,8 +1503,8 @@ async fn bench(cfg: Config) -> AnyResult<()> {
     println!("  rows = task rows written during the run (a row holds the task's result; process records excluded);");
     println!("  ratio = (c) tasks/s / raw records/s.");
     println!(
-        "target (c) >= 50% of raw sled batched-insert throughput (one record per task): {} (worst {:.0}%){indicative}",
-        if worst_c >= 0.5 { "MET" } else { "NOT MET" },
+        "target (c) >= 100% of raw sled batched-insert throughput (one record per task): {} (worst {:.0}%){indicative}",
+        if worst_c >= 1.0 { "MET" } else { "NOT MET" },
         100.0 * worst_c
     );
     if let Some((shape, p)) = big_persisted {
@@ -1521,22 +1526,31 @@ async fn bench(cfg: Config) -> AnyResult<()> {
     // Memory.
     let (b0, b1, bh) = run_rss_child(cfg.big_wide, "mem")?;
     let (s0, s1, sh) = run_rss_child(cfg.big_wide, "sled")?;
+    let (g0, g1, gh) = run_rss_child(cfg.big_wide, "sled1g")?;
     println!(
         "peak resident memory (VmHWM, fresh child process running only wide {}; peak live heap counted by a global allocator wrapper):",
         human(cfg.big_wide)
     );
     println!(
-        "  in memory: {:.1} MiB (process before the run: {:.1} MiB; peak live heap {:.1} MiB)   target < 200 MiB: {}{indicative}",
+        "  in memory: {:.1} MiB (process before the run: {:.1} MiB; peak live heap {:.1} MiB)   target <= 100 MiB: {}{indicative}",
         b1 as f64 / 1024.0,
         b0 as f64 / 1024.0,
         bh as f64 / 1024.0,
-        if b1 < 200 * 1024 { "MET" } else { "NOT MET" }
+        if b1 <= 100 * 1024 { "MET" } else { "NOT MET" }
     );
     println!(
-        "  on sled:   {:.1} MiB (process before the run: {:.1} MiB; peak live heap {:.1} MiB)",
+        "  on sled:   {:.1} MiB (process before the run: {:.1} MiB; peak live heap {:.1} MiB; default sled cache {} MiB)   target <= 200 MiB: {}{indicative}",
         s1 as f64 / 1024.0,
         s0 as f64 / 1024.0,
-        sh as f64 / 1024.0
+        sh as f64 / 1024.0,
+        SledStore::DEFAULT_CACHE >> 20,
+        if s1 <= 200 * 1024 { "MET" } else { "NOT MET" }
+    );
+    println!(
+        "  on sled with .sled_cache(1 GiB) (sled's own default): {:.1} MiB (before: {:.1} MiB; peak live heap {:.1} MiB)",
+        g1 as f64 / 1024.0,
+        g0 as f64 / 1024.0,
+        gh as f64 / 1024.0
     );
     println!();
 
@@ -1568,23 +1582,24 @@ async fn bench(cfg: Config) -> AnyResult<()> {
         human(r.tasks),
         r.reported
     );
-    let verdict = |d: Duration| {
-        if d < Duration::from_secs(1) {
+    // Issue 17's targets: start <= 150 ms, start + the other half <= 500 ms.
+    let verdict = |d: Duration, ms: u64| {
+        if d <= Duration::from_millis(ms) {
             "MET"
         } else {
             "NOT MET"
         }
     };
     println!(
-        "  in a fresh process (a restart): Runtime::open(dir).register().start() (store opened, graph rebuilt, rows read, run relaunched): {:.1} ms   target < 1 s: {}{indicative}",
+        "  in a fresh process (a restart): Runtime::open(dir).register().start() (store opened, graph rebuilt, rows read, run relaunched): {:.1} ms   target <= 150 ms: {}{indicative}",
         ms(r.start),
-        verdict(r.start)
+        verdict(r.start, 150)
     );
     println!(
-        "  start + running the other {} tasks to the end on sled: {:.1} ms (< 1 s: {}); tasks re-run: {} (expected {}), succeeded",
+        "  start + running the other {} tasks to the end on sled: {:.1} ms (target <= 500 ms: {}); tasks re-run: {} (expected {}), succeeded",
         r.tasks - r.tasks / 2,
         ms(r.total),
-        verdict(r.total),
+        verdict(r.total, 500),
         r.rerun,
         r.tasks - r.tasks / 2,
     );

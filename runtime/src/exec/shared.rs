@@ -143,10 +143,14 @@ impl Shared {
         let keep_one = self.permits.is_none();
         self.done_ok[i as usize].store(true, Ordering::Release);
         let mut next = None;
+        // Read once per node, not per dependent (the token takes a mutex): a fan-out of
+        // 10,000 made ready at once reads it once. A cancel that comes during the loop is
+        // as if it came after it.
+        let mut cancelled = None;
         for &d in self.dependents(i) {
             if self.remaining[d as usize].fetch_sub(1, Ordering::AcqRel) == 1 {
                 if self.workers_start_dependents
-                    && !self.scope.cancel.is_cancelled()
+                    && !*cancelled.get_or_insert_with(|| self.scope.cancel.is_cancelled())
                     && self.all_deps_ok(d)
                 {
                     if keep_one && next.is_none() {

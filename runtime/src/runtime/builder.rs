@@ -199,6 +199,7 @@ pub(super) enum StoreChoice {
 pub struct RuntimeBuilder {
     pub(super) store: StoreChoice,
     pub(super) strict: bool,
+    pub(super) sled_cache: u64,
     pub(super) max_concurrency: Option<usize>,
     pub(super) process_concurrency: Option<usize>,
     pub(super) grace: Duration,
@@ -249,6 +250,7 @@ impl RuntimeBuilder {
         RuntimeBuilder {
             store,
             strict: false,
+            sled_cache: SledStore::DEFAULT_CACHE,
             max_concurrency: None,
             process_concurrency: None,
             grace: Duration::from_secs(5),
@@ -468,6 +470,27 @@ impl RuntimeBuilder {
         self
     }
 
+    /// At most `bytes` of memory for sled's page cache (default
+    /// [`SledStore::DEFAULT_CACHE`], 64 MiB; sled's own default is 1 GiB). Only the sled
+    /// store ([`Runtime::open`], [`Runtime::temporary`]) is affected; a larger cache
+    /// saves reads of the store's file, a smaller one bounds the process's memory.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main] async fn main() -> procession::Result<()> {
+    /// let rt = procession::Runtime::temporary()
+    ///     .sled_cache(16 * 1024 * 1024)
+    ///     .start()
+    ///     .await?;
+    /// rt.shutdown().await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn sled_cache(mut self, bytes: u64) -> Self {
+        self.sled_cache = bytes;
+        self
+    }
+
     /// Hooks called for every run of this runtime (after the process's own).
     pub fn hooks(mut self, hooks: impl Hooks) -> Self {
         self.hooks.push(Arc::new(hooks));
@@ -569,11 +592,13 @@ impl RuntimeBuilder {
             StoreChoice::Memory => Arc::new(MemoryStore::new()),
             StoreChoice::Custom(s) => s,
             StoreChoice::Path(p) => {
-                let s = blocking(move || SledStore::open(p)).await?;
+                let cache = self.sled_cache;
+                let s = blocking(move || SledStore::open_with_cache(p, cache)).await?;
                 Arc::new(s.strict(strict))
             }
             StoreChoice::Temporary => {
-                let s = blocking(SledStore::temporary).await?;
+                let cache = self.sled_cache;
+                let s = blocking(move || SledStore::temporary_with_cache(cache)).await?;
                 Arc::new(s.strict(strict))
             }
             #[cfg(feature = "postgres")]

@@ -34,12 +34,47 @@ struct MemInner {
     processes: BTreeMap<String, ProcessRecord>,
     index: BTreeSet<Vec<u8>>,
     /// Task rows per run, by node index.
-    runs: HashMap<Arc<str>, Vec<Option<TaskRow>>>,
+    runs: HashMap<Arc<str>, RunRows>,
     keys: BTreeMap<String, String>,
     leases: HashMap<String, Lease>,
     /// Kept past runs per record, by seq, with their task rows.
     history: HashMap<String, BTreeMap<u64, Kept>>,
     outbox: MemOutbox,
+}
+
+/// The task rows of one run, by node index, in chunks of [`RunRows::CHUNK`]: a run's
+/// rows arrive in many batches, and a single vector grown to fit them would hold up to
+/// twice their size, plus a copy of them at each growth (a 100k-task run: about 40 MiB
+/// for 22 MiB of rows).
+#[derive(Debug, Default)]
+struct RunRows {
+    /// A chunk is allocated when its first row arrives.
+    chunks: Vec<Option<Box<[Option<TaskRow>]>>>,
+}
+
+impl RunRows {
+    const CHUNK: usize = 1024;
+
+    fn put(&mut self, i: usize, row: TaskRow) {
+        let (c, k) = (i / Self::CHUNK, i % Self::CHUNK);
+        if self.chunks.len() <= c {
+            self.chunks.resize_with(c + 1, || None);
+        }
+        let chunk = self.chunks[c]
+            .get_or_insert_with(|| std::iter::repeat_with(|| None).take(Self::CHUNK).collect());
+        chunk[k] = Some(row);
+    }
+
+    /// Every row present, with its node index.
+    fn iter(&self) -> impl Iterator<Item = (u32, &TaskRow)> {
+        self.chunks.iter().enumerate().flat_map(|(c, chunk)| {
+            chunk.iter().flat_map(move |rows| {
+                rows.iter()
+                    .enumerate()
+                    .filter_map(move |(k, r)| Some(((c * Self::CHUNK + k) as u32, r.as_ref()?)))
+            })
+        })
+    }
 }
 
 /// The outbox: deliveries by id, their listing and due indexes, the channels' states.
@@ -179,10 +214,7 @@ impl Store for MemoryStore {
 
     fn tasks(&self, id: &str) -> Result<Vec<(u32, TaskRow)>, StoreError> {
         Ok(self.lock().runs.get(id).map_or_else(Vec::new, |rows| {
-            rows.iter()
-                .enumerate()
-                .filter_map(|(i, r)| Some((i as u32, r.clone()?)))
-                .collect()
+            rows.iter().map(|(i, r)| (i, r.clone())).collect()
         }))
     }
 
@@ -193,15 +225,12 @@ impl Store for MemoryStore {
             if a.keep == 0 {
                 continue;
             }
-            let rows: Vec<(u32, TaskRow)> =
-                g.runs
-                    .get(a.rows_of.as_str())
-                    .map_or_else(Vec::new, |rows| {
-                        rows.iter()
-                            .enumerate()
-                            .filter_map(|(i, r)| Some((i as u32, r.clone()?)))
-                            .collect()
-                    });
+            let rows: Vec<(u32, TaskRow)> = g
+                .runs
+                .get(a.rows_of.as_str())
+                .map_or_else(Vec::new, |rows| {
+                    rows.iter().map(|(i, r)| (i, r.clone())).collect()
+                });
             let kept = g.history.entry(a.owner).or_default();
             kept.insert(a.run.seq, (a.run, rows));
             while kept.len() > a.keep {
@@ -225,11 +254,7 @@ impl Store for MemoryStore {
                     applied.fenced += 1;
                     return;
                 }
-                let i = order as usize;
-                if rows.len() <= i {
-                    rows.resize(i + 1, None);
-                }
-                rows[i] = Some(row);
+                rows.put(order as usize, row);
             };
             put(order, row);
             while let Some((_, order, row)) = tasks.next_if(|(next, _, _)| *next == id) {
