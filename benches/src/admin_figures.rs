@@ -149,7 +149,7 @@ async fn sse_figure(tasks: u32, clients: usize) -> AnyResult<()> {
     for f in followers {
         seen.push(f.await??);
     }
-    let published = server.admin().last_event_id() - first_id;
+    let published = server.admin().last_event_id().seq() - first_id.seq();
     let last_done = seen.iter().map(|s| s.done_at).max().ok_or("no clients")?;
     let wall = last_done.duration_since(start);
     let received: u64 = seen.iter().map(|s| s.events).sum();
