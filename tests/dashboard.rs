@@ -1094,8 +1094,8 @@ async fn a_dashboard_behind_a_token_asks_for_it_once_and_sends_it_as_a_header() 
         js(c, "return localStorage.length + document.cookie.length;").await,
         json!(0)
     );
-    let bare = js(c, "return fetch('/api/runs').then((r) => r.status);").await;
-    assert_eq!(bare, json!(401));
+    let without_token = js(c, "return fetch('/api/runs').then((r) => r.status);").await;
+    assert_eq!(without_token, json!(401));
 
     let seen = seen.lock().unwrap().clone();
     assert!(

@@ -442,7 +442,7 @@ async fn a_resync_deletes_a_stale_record_whose_run_ignores_its_cancel_after_the_
         .register::<Uncooperative>()
         .define(Definition::new("t1", Uncooperative {}).unwrap())
         // The run's own cancel grace is far longer: only the resync's grace ends the wait.
-        .cancel_grace(Duration::from_secs(120))
+        .cancel_grace(Duration::from_mins(2))
         .resync_grace(Duration::from_millis(300))
         .start()
         .await
@@ -462,8 +462,8 @@ async fn a_resync_deletes_a_stale_record_whose_run_ignores_its_cancel_after_the_
     let took = t0.elapsed();
     drop(guard);
     println!("resync with an uncooperative stale run took {took:?} (grace 300 ms)");
-    // A generous bound: the resync does not hang on the run (its cancel grace is 120 s).
-    assert!(took < Duration::from_secs(60), "{took:?}");
+    // A generous bound: the resync does not hang on the run (its cancel grace is 2 min).
+    assert!(took < Duration::from_mins(1), "{took:?}");
     assert_eq!(report.cancelled, vec!["t1".to_string()], "{report:?}");
     assert_eq!(report.abandoned, vec!["t1".to_string()], "{report:?}");
     assert_eq!(report.deleted, vec!["t1".to_string()], "{report:?}");

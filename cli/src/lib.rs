@@ -33,6 +33,7 @@ mod target;
 mod watch;
 
 use std::ffi::OsString;
+use std::fmt::Write as _;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -337,7 +338,7 @@ async fn run_command(cmd: &Command, target: &Target, output: Output) -> Result<E
                     ("kept_active", "kept: still active"),
                 ] {
                     for id in ids(key) {
-                        out.push_str(&format!("  {id}: {what}\n"));
+                        let _ = writeln!(out, "  {id}: {what}");
                     }
                 }
                 out
