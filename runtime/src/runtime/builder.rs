@@ -451,6 +451,7 @@ impl RuntimeBuilder {
     ///     .resync_grace(Duration::from_secs(2))
     ///     .start()
     ///     .await?;
+    /// rt.resync().await?; // waits at most 2 s for the runs it cancels
     /// # Ok(()) }
     /// ```
     pub fn resync_grace(mut self, grace: Duration) -> Self {
