@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use futures::StreamExt;
-use procession::admin::{self, Admin, AdminConfig, AdminError};
+use procession::admin::{self, Admin, AdminConfig, AdminError, EventId};
 use procession::prelude::*;
 use serde_json::Value;
 
@@ -145,7 +145,7 @@ async fn a_reconnect_with_last_event_id_loses_and_duplicates_nothing() {
     assert_eq!(resumed, ids(&reference));
     assert!(part2.iter().all(|e| e.event != "resync"));
     // Ids only grow.
-    let nums: Vec<u64> = resumed.iter().map(|i| i.parse().unwrap()).collect();
+    let nums: Vec<EventId> = resumed.iter().map(|i| i.parse().unwrap()).collect();
     assert!(nums.windows(2).all(|w| w[0] < w[1]));
     server.shutdown().await;
     // axum reports a connection closed a moment before it drops the connection's state
@@ -169,8 +169,10 @@ async fn a_too_old_last_event_id_gets_one_resync() {
     rt.run(Launch::new(Talk { n: 20 }).id("talk-old"))
         .await
         .unwrap();
-    wait_for(|| adm.last_event_id() > 10).await;
-    let res = connect(&base, "kind=state", Some("1")).await;
+    wait_for(|| adm.last_event_id().seq() > 10).await;
+    // The first id of this feed: long gone from a replay buffer of 4.
+    let first = format!("{}-1", adm.last_event_id().epoch());
+    let res = connect(&base, "kind=state", Some(&first)).await;
     let run = rt
         .launch(Launch::new(Talk { n: 5 }).id("talk-new"))
         .await
@@ -206,4 +208,78 @@ async fn serve_refuses_a_public_address_without_a_token() {
     let v: Value = serde_json::from_slice(&res.bytes().await.unwrap()).unwrap();
     assert_eq!(v["error"]["code"], "not-found");
     server.shutdown().await;
+}
+
+// Event ids survive restarts: a client that read events, then a restart of the runtime on
+// the same sled directory with a new admin, then a reconnect with the old id: one
+// `resync` (the old id is not read as an id of the new feed), then live events whose ids
+// are greater than every id before the restart. An id of the old format (a plain number)
+// is from no feed: one `resync` too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_id_from_before_a_restart_gets_one_resync_and_ids_keep_growing() {
+    let dir = std::env::temp_dir().join(format!(
+        "procession-sse-restart-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos())
+    ));
+    let rt = Runtime::open(&dir)
+        .register::<Talk>()
+        .start()
+        .await
+        .unwrap();
+    let adm = Admin::new(rt.clone(), AdminConfig::default());
+    let server = adm.clone().serve(([127, 0, 0, 1], 0).into()).await.unwrap();
+    let base = format!("http://{}", server.local_addr());
+    let res = connect(&base, "", None).await;
+    rt.launch(Launch::new(Talk { n: 30 }).id("before"))
+        .await
+        .unwrap();
+    let before = read_events(res, ended("before")).await;
+    let last_before: EventId = before.last().unwrap().id.parse().unwrap();
+    assert!(before.len() > 30, "{}", before.len());
+    server.shutdown().await;
+    rt.shutdown().await.unwrap();
+    drop((adm, rt));
+
+    let rt = Runtime::open(&dir)
+        .register::<Talk>()
+        .start()
+        .await
+        .unwrap();
+    let adm = Admin::new(rt.clone(), AdminConfig::default());
+    let server = adm.clone().serve(([127, 0, 0, 1], 0).into()).await.unwrap();
+    let base = format!("http://{}", server.local_addr());
+    // A few events of the new feed first: with a per-instance counter, the old id would
+    // now name one of them and the client would silently miss events.
+    rt.run(Launch::new(Talk { n: 40 }).id("between"))
+        .await
+        .unwrap();
+    wait_for(|| adm.last_event_id().seq() > 40).await;
+    let res = connect(&base, "", Some(&last_before.to_string())).await;
+    let old_format = connect(&base, "kind=state", Some("5")).await;
+    let run = rt
+        .launch(Launch::new(Talk { n: 10 }).id("after"))
+        .await
+        .unwrap();
+    let after = read_events(res, ended("after")).await;
+    let legacy = read_events(old_format, ended("after")).await;
+    run.wait().await.unwrap();
+    assert_eq!(after[0].event, "resync", "{:?}", &after[..3]);
+    assert_eq!(after.iter().filter(|e| e.event == "resync").count(), 1);
+    assert!(after[1..].iter().any(|e| e.data["id"] == "after"));
+    let ids: Vec<EventId> = after.iter().map(|e| e.id.parse().unwrap()).collect();
+    assert!(
+        ids.iter().all(|i| *i > last_before),
+        "{last_before} then {ids:?}"
+    );
+    assert!(ids.windows(2).all(|w| w[0] < w[1]));
+    assert!(adm.last_event_id().epoch() > last_before.epoch());
+    assert_eq!(legacy[0].event, "resync");
+    assert_eq!(legacy.iter().filter(|e| e.event == "resync").count(), 1);
+    server.shutdown().await;
+    rt.shutdown().await.unwrap();
+    drop((adm, rt));
+    let _ = std::fs::remove_dir_all(&dir);
 }

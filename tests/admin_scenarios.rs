@@ -184,6 +184,9 @@ async fn a_running_record_is_neither_dismissed_nor_cancelled_by_a_resync() {
     );
     let (s, v) = call(&app, post("/api/resync", "")).await;
     assert_eq!(s, StatusCode::OK, "{v}");
+    for key in ["cancelled", "abandoned", "deleted", "kept_active"] {
+        assert_eq!(v[key], serde_json::json!([]), "{key}: {v}");
+    }
     let rec = rt.get("w").await.unwrap().expect("kept");
     assert_eq!(rec.state(), State::Running);
     assert!(!run.is_finished(), "no cancel was requested");
@@ -195,6 +198,47 @@ async fn a_running_record_is_neither_dismissed_nor_cancelled_by_a_resync() {
         rt.get("w").await.unwrap().unwrap().state(),
         State::Cancelled
     );
+}
+
+// OPT-306 through the API: once its definition is gone, `POST /api/resync` cancels the
+// running run, waits for its end, deletes the record and says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resync_through_the_api_reports_the_stale_run_it_cancelled() {
+    let rt = Runtime::in_memory()
+        .register::<Waiter>()
+        .define(
+            Definition::new(
+                "w",
+                Waiter {
+                    team: "beta".into(),
+                },
+            )
+            .unwrap(),
+        )
+        .start()
+        .await
+        .unwrap();
+    let app = admin::router(rt.clone(), AdminConfig::default());
+    let run = rt.launch_id("w").await.unwrap();
+    for _ in 0..2000 {
+        if rt.get("w").await.unwrap().unwrap().state() == State::Running {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    rt.redefine(Vec::new()).unwrap();
+    let (s, v) = call(&app, post("/api/resync", "")).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["cancelled"], serde_json::json!(["w"]), "{v}");
+    assert_eq!(v["deleted"], serde_json::json!(["w"]), "{v}");
+    assert_eq!(v["abandoned"], serde_json::json!([]), "{v}");
+    assert!(run.is_finished());
+    let res = app
+        .clone()
+        .oneshot(Request::get("/api/runs/w").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::NOT_FOUND);
 }
 
 // OPT-166: a cancel-and-wait never hangs on a run that ignores its cancel: it returns at

@@ -952,3 +952,166 @@ async fn pages_are_embedded_and_served_with_a_same_origin_policy() {
     server.shutdown().await;
     rt.shutdown().await.unwrap();
 }
+
+const TOKEN: &str = "tok-3f9a1c-secret";
+
+/// The admin API with a token behind a server of the test's own, which records each
+/// request's path and query and whether it carried an `Authorization` header.
+async fn serve_with_token(
+    rt: &Runtime,
+) -> (
+    String,
+    std::sync::Arc<std::sync::Mutex<Vec<(String, bool)>>>,
+    tokio::task::JoinHandle<()>,
+) {
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    let app = admin::Admin::new(rt.clone(), AdminConfig::default().token(TOKEN))
+        .router()
+        .layer(axum::middleware::from_fn(
+            move |req: axum::extract::Request, next: axum::middleware::Next| {
+                let log = log.clone();
+                async move {
+                    let auth = req.headers().contains_key("authorization");
+                    log.lock().unwrap().push((req.uri().to_string(), auth));
+                    next.run(req).await
+                }
+            },
+        ));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (base, seen, task)
+}
+
+/// Runs without a browser: with a token, the pages and assets load without it (a
+/// navigation cannot send one) and hold no data; every API route still refuses a request
+/// without it.
+#[tokio::test]
+async fn with_a_token_the_pages_load_without_it_and_the_api_does_not() {
+    let rt = Runtime::in_memory().start().await.unwrap();
+    let (base, _seen, server) = serve_with_token(&rt).await;
+    let http = reqwest::Client::new();
+    for path in ["/", "/ui/runs/x", "/ui/launch", "/ui/assets/app.js"] {
+        let res = http.get(format!("{base}{path}")).send().await.unwrap();
+        assert_eq!(res.status(), 200, "{path}");
+        assert_eq!(res.headers()["x-frame-options"], "DENY");
+    }
+    for path in ["/api/health", "/api/runs", "/api/events"] {
+        let res = http.get(format!("{base}{path}")).send().await.unwrap();
+        assert_eq!(res.status(), 401, "{path}");
+        let res = http
+            .get(format!("{base}{path}"))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200, "{path}");
+    }
+    server.abort();
+    rt.shutdown().await.unwrap();
+}
+
+// The dashboard of an admin API with a token: the page asks for it (a wrong one is
+// refused and asked again), keeps it for the tab, sends it as a header on every call and
+// on the event stream (live updates arrive), a mutation goes through; the token is never
+// in a URL, and the API still refuses the page's origin without it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dashboard_behind_a_token_asks_for_it_once_and_sends_it_as_a_header() {
+    let Some(b) = browser().await else { return };
+    let c = &b.client;
+    let rt = Runtime::in_memory()
+        .register::<BatchJob>()
+        .start()
+        .await
+        .unwrap();
+    let (base, seen, server) = serve_with_token(&rt).await;
+    c.goto(&format!("{base}/")).await.unwrap();
+    until(c, "the token form", "document.querySelector('#token-form')").await;
+    shot(c, "token.png").await;
+    c.find(Locator::Css("#token"))
+        .await
+        .unwrap()
+        .send_keys("not-the-token")
+        .await
+        .unwrap();
+    click(c, "#token-use").await;
+    until(
+        c,
+        "the wrong token refused",
+        "document.querySelector('#token-refused')",
+    )
+    .await;
+    c.find(Locator::Css("#token"))
+        .await
+        .unwrap()
+        .send_keys(TOKEN)
+        .await
+        .unwrap();
+    click(c, "#token-use").await;
+    until(
+        c,
+        "the runs page, live",
+        "!document.querySelector('#token-form') && document.querySelector('#runs') && document.querySelector('#live').dataset.state === 'live'",
+    )
+    .await;
+    // A run launched now comes live (state events through the token-bearing stream).
+    rt.adhoc_define("tok-1", BatchJob { n: 1 }, AdhocOptions::default())
+        .await
+        .unwrap();
+    rt.launch_id("tok-1").await.unwrap().wait().await.unwrap();
+    until(
+        c,
+        "tok-1 listed as done, live",
+        "document.querySelector('tr[data-id=\"tok-1\"] .badge')?.dataset.state === 'done'",
+    )
+    .await;
+    // Another page of the same tab does not ask again; a mutation goes through.
+    c.goto(&format!("{base}/ui/runs/tok-1")).await.unwrap();
+    until(
+        c,
+        "the run page",
+        "!document.querySelector('#token-form') && document.querySelector('#act-dismiss') && !document.querySelector('#act-dismiss').disabled",
+    )
+    .await;
+    click(c, "#act-dismiss").await;
+    click(c, "#confirm-yes").await;
+    let mut dismissed = false;
+    for _ in 0..1000 {
+        if rt.get("tok-1").await.unwrap().unwrap().state() == procession::State::Idle {
+            dismissed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(dismissed, "the dismiss from the page went through");
+    // Kept for the tab only; without it the API refuses the page's own origin.
+    let kept = js(c, "return sessionStorage.getItem('procession.token');").await;
+    assert_eq!(kept, json!(TOKEN));
+    assert_eq!(
+        js(c, "return localStorage.length + document.cookie.length;").await,
+        json!(0)
+    );
+    let without_token = js(c, "return fetch('/api/runs').then((r) => r.status);").await;
+    assert_eq!(without_token, json!(401));
+
+    let seen = seen.lock().unwrap().clone();
+    assert!(
+        seen.iter().all(|(uri, _)| !uri.contains(TOKEN)),
+        "the token is never in a URL: {seen:?}"
+    );
+    let streams: Vec<_> = seen
+        .iter()
+        .filter(|(uri, _)| uri.starts_with("/api/events"))
+        .collect();
+    assert!(!streams.is_empty(), "{seen:?}");
+    assert!(
+        streams.iter().all(|(_, auth)| *auth),
+        "the event stream carries the header: {streams:?}"
+    );
+    b.client.clone().close().await.unwrap();
+    server.abort();
+    rt.shutdown().await.unwrap();
+}

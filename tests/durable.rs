@@ -317,6 +317,10 @@ fn stored_run(id: &str, process_type: &str, fingerprint: u64, state: State) -> P
     let mut rec =
         ProcessRecord::new_root(id, process_type, process_type, "", serde_json::json!({}));
     rec.status.state = state;
+    // A launched run, as a previous process left it (launches make ad hoc records; a
+    // record of a definition no longer declared would be cancelled and deleted by the
+    // start's resync instead of resumed).
+    rec.adhoc = true;
     rec.run = Some(RunMeta {
         token: 7,
         fingerprint,

@@ -82,6 +82,9 @@ fn running(
 ) -> ProcessRecord {
     let mut rec = ProcessRecord::new_root(id, process_type, process_type, "", params);
     rec.status.state = State::Running;
+    // Launched (launches make ad hoc records): a record of a definition no longer
+    // declared would be cancelled and deleted by the start's resync, not resumed.
+    rec.adhoc = true;
     rec.run = Some(RunMeta {
         token: 7,
         fingerprint,

@@ -33,6 +33,7 @@ mod target;
 mod watch;
 
 use std::ffi::OsString;
+use std::fmt::Write as _;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -315,10 +316,32 @@ async fn run_command(cmd: &Command, target: &Target, output: Output) -> Result<E
         Runs::Resync => {
             let doc = target.resync().await?;
             print(&doc, output, |d| {
-                format!(
+                let ids = |key: &str| {
+                    d[key]
+                        .as_array()
+                        .map(|a| a.iter().filter_map(Value::as_str).collect::<Vec<_>>())
+                        .unwrap_or_default()
+                };
+                let mut out = format!(
                     "resynced: {} created, {} updated, {} deleted, {} kept active\n",
-                    d["created"], d["updated"], d["deleted"], d["kept_active"]
-                )
+                    ids("created").len(),
+                    ids("updated").len(),
+                    ids("deleted").len(),
+                    ids("kept_active").len()
+                );
+                for (key, what) in [
+                    ("cancelled", "cancelled (no longer defined)"),
+                    (
+                        "abandoned",
+                        "deleted while still running (the grace ran out)",
+                    ),
+                    ("kept_active", "kept: still active"),
+                ] {
+                    for id in ids(key) {
+                        let _ = writeln!(out, "  {id}: {what}");
+                    }
+                }
+                out
             });
         }
     }

@@ -181,7 +181,8 @@ impl Target {
         api.post(&path, Some(id), &json!({})).await
     }
 
-    /// Resyncs: `{"ok": true, "created": n, "updated": n, "deleted": n, "kept_active": n}`.
+    /// Resyncs: `{"ok": true, "created": [ids], "updated": [ids], "deleted": [ids],
+    /// "cancelled": [ids], "abandoned": [ids], "kept_active": [ids]}`.
     pub(crate) async fn resync(&self) -> Result<Value, CliError> {
         let api = self.api("resync the definitions")?;
         api.post("/api/resync", None, &json!({})).await

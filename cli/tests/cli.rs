@@ -367,6 +367,59 @@ async fn launch_and_watch_to_the_end_with_exit_codes_from_the_outcome() {
     server.shutdown().await;
 }
 
+async fn until_running(rt: &Runtime, id: &str) {
+    for _ in 0..4000 {
+        if rt.get(id).await.unwrap().map(|r| r.state()) == Some(procession::State::Running) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("{id} never ran");
+}
+
+// `runs resync` says which runs of records no longer defined it cancelled and deleted
+// (OPT-306 seen from the command line), in JSON and in text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resync_names_the_stale_runs_it_cancelled() {
+    let rt = builder(Runtime::in_memory())
+        .define(procession::Definition::new("h1", Holder {}).unwrap())
+        .define(procession::Definition::new("h2", Holder {}).unwrap())
+        .start()
+        .await
+        .unwrap();
+    let server = admin::serve(
+        rt.clone(),
+        AdminConfig::default(),
+        ([127, 0, 0, 1], 0).into(),
+    )
+    .await
+    .unwrap();
+    let url = format!("http://{}", server.local_addr());
+    let h1 = rt.launch_id("h1").await.unwrap();
+    until_running(&rt, "h1").await;
+    rt.redefine([procession::Definition::new("h2", Holder {}).unwrap()])
+        .unwrap();
+    let out = cli(&["runs", "resync", "--api", &url, "-o", "json"]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let doc = out.json();
+    assert_eq!(doc["cancelled"], serde_json::json!(["h1"]), "{doc}");
+    assert_eq!(doc["deleted"], serde_json::json!(["h1"]), "{doc}");
+    assert_eq!(doc["updated"], serde_json::json!(["h2"]), "{doc}");
+    assert!(h1.is_finished());
+
+    let h2 = rt.launch_id("h2").await.unwrap();
+    until_running(&rt, "h2").await;
+    rt.redefine(Vec::new()).unwrap();
+    let out = cli(&["runs", "resync", "--api", &url]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(
+        out.stdout,
+        "resynced: 0 created, 0 updated, 1 deleted, 0 kept active\n  h2: cancelled (no longer defined)\n"
+    );
+    assert!(h2.is_finished());
+    server.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refusals_usage_errors_and_an_unreachable_api_have_their_exit_codes() {
     let (rt, server, url) = served().await;

@@ -22,7 +22,7 @@ use crate::store::{
     ChannelState, Cursor, Delivery, DeliveryCursor, DeliveryQuery, DeliveryState, Query, TaskRow,
 };
 
-use super::feed::{Filter, KINDS};
+use super::feed::{EventId, Filter, KINDS};
 use super::{guard, ApiError, Shared};
 
 type S = State<Arc<Shared>>;
@@ -354,6 +354,8 @@ async fn resync(State(s): S) -> ApiResult {
         "created": r.created,
         "updated": r.updated,
         "deleted": r.deleted,
+        "cancelled": r.cancelled,
+        "abandoned": r.abandoned,
         "kept_active": r.kept_active,
     }))
     .into_response())
@@ -464,7 +466,7 @@ async fn events(State(s): S, headers: HeaderMap, RawQuery(q): RawQuery) -> ApiRe
         })?;
         last = Some(parse_last(v)?);
     }
-    let stream = s.feed.stream(last, filter);
+    let stream = s.feed.stream(last, filter).await;
     let mut res = Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(s.cfg.keep_alive))
         .into_response();
@@ -473,11 +475,11 @@ async fn events(State(s): S, headers: HeaderMap, RawQuery(q): RawQuery) -> ApiRe
     Ok(res)
 }
 
-fn parse_last(v: &str) -> Result<u64, ApiError> {
-    v.trim().parse().map_err(|_| {
+fn parse_last(v: &str) -> Result<EventId, ApiError> {
+    v.parse().map_err(|_| {
         ApiError::bad_request(
             "invalid-last-event-id",
-            format!("`Last-Event-ID` must be an event id given by this API, not `{v}`"),
+            format!("`Last-Event-ID` must be an event id given by this API (`<epoch>-<seq>`), not `{v}`"),
         )
     })
 }

@@ -15,7 +15,19 @@ use super::{ApiError, Shared};
 pub(crate) const CSRF_HEADER: &str = "x-procession-csrf";
 
 pub(crate) async fn gate(State(s): State<Arc<Shared>>, req: Request, next: Next) -> Response {
-    let mut res = match check(&s, req.method(), req.headers()) {
+    guarded(&s, req, next, false).await
+}
+
+/// The gate of the dashboard's pages and assets: static, the same for everyone and
+/// holding no data, they are served without the token (a browser's navigation cannot
+/// send one; the page asks for it and sends it to the API itself). Without a token the
+/// loopback-host check applies as to the API.
+pub(crate) async fn page_gate(State(s): State<Arc<Shared>>, req: Request, next: Next) -> Response {
+    guarded(&s, req, next, true).await
+}
+
+async fn guarded(s: &Shared, req: Request, next: Next, page: bool) -> Response {
+    let mut res = match check(s, req.method(), req.headers(), page) {
         Ok(()) => next.run(req).await,
         Err(e) => e.into_response(),
     };
@@ -35,8 +47,9 @@ pub(crate) async fn gate(State(s): State<Arc<Shared>>, req: Request, next: Next)
     res
 }
 
-fn check(s: &Shared, method: &Method, headers: &HeaderMap) -> Result<(), ApiError> {
+fn check(s: &Shared, method: &Method, headers: &HeaderMap, page: bool) -> Result<(), ApiError> {
     match &s.cfg.token {
+        Some(_) if page => {}
         Some(token) => {
             let given = headers
                 .get(header::AUTHORIZATION)

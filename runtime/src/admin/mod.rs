@@ -16,7 +16,7 @@
 //! | `POST /api/runs` | launch a [`LaunchSpec`](crate::LaunchSpec) (`{"process": "...", "params": {...}, "id": ...}`) |
 //! | `POST /api/runs/{id}/launch` · `/cancel` · `/dismiss` | launch an existing record, cancel, dismiss |
 //! | `POST /api/runs/{id}/block` (`{"reason": "..."}`) · `/unblock` | block or unblock its launches (kept in the store) |
-//! | `POST /api/resync` | resync the definitions |
+//! | `POST /api/resync` | resync the definitions: `{"ok": true, "created": [ids], "updated": [ids], "deleted": [ids], "cancelled": [ids], "abandoned": [ids], "kept_active": [ids]}` (see [`ResyncReport`](crate::ResyncReport); waits up to the runtime's resync grace for the runs of records no longer defined) |
 //! | `POST /api/cancel` (`{"filter": {...}, "preview": true, "wait_ms": 5000}`) | cancel by filter: a preview count, a cancel, or a cancel that waits until every match has ended |
 //! | `GET /api/events?run=&root=&kind=state,progress,log` | live events (SSE) |
 //! | `GET /api/deliveries?state=&run=&channel=&after=&limit=` | one page of notification deliveries (keyset, as `/api/runs`; grouped by state: pending, delivered, failed) |
@@ -35,11 +35,15 @@
 //!
 //! # Live events
 //!
-//! Every event carries an `id:`: its position in the runtime's event order, counted from
-//! 1 by this admin instance. A client that reconnects with `Last-Event-ID` gets exactly
-//! the events it missed, replayed from a bounded buffer
-//! ([`AdminConfig::replay_buffer`]); when they are no longer there (or come from another
-//! instance) it gets one `resync` event instead: reload the snapshots. A slow client
+//! Every event carries an `id:` ([`EventId`], `<epoch>-<seq>`): its position in the
+//! runtime's event order, counted from 1 by this admin instance, after an epoch the admin
+//! takes from the store when it starts (the store's persisted counter, which only grows):
+//! ids grow within an instance and from one instance to the next on the same store,
+//! across restarts of the runtime or of the admin. A client that reconnects with
+//! `Last-Event-ID` gets exactly the events it missed, replayed from a bounded buffer
+//! ([`AdminConfig::replay_buffer`]); when they are no longer there, or its id is from
+//! another instance (before a restart), it gets one `resync` event instead: reload the
+//! snapshots. A slow client
 //! never slows the runtime: its own buffer ([`AdminConfig::client_buffer`]) overflows,
 //! it catches up from the replay buffer, or gets a `resync`. The feed itself reads the
 //! runtime's event bus; a burst larger than the bus
@@ -86,6 +90,8 @@
 mod api;
 mod error;
 mod feed;
+
+pub use feed::{EventId, EventIdError};
 mod guard;
 mod ui;
 
@@ -252,7 +258,8 @@ impl fmt::Debug for Admin {
 
 impl Admin {
     /// The admin API of `rt`. Starts following the runtime's events at once (ids count
-    /// from here), so call it inside a tokio runtime.
+    /// from here, in a new epoch the feed takes from the store), so call it inside a
+    /// tokio runtime.
     pub fn new(rt: Runtime, cfg: AdminConfig) -> Admin {
         let stop = CancellationToken::new();
         let feed = feed::Feed::start(&rt, &cfg, stop.clone());
@@ -278,9 +285,10 @@ impl Admin {
         self.shared.feed.subscribers()
     }
 
-    /// The id of the newest event seen so far (0 before the first).
-    pub fn last_event_id(&self) -> u64 {
-        self.shared.feed.last_seq()
+    /// The id of the newest event seen so far (sequence 0 before the first; epoch 0
+    /// until the feed has its epoch from the store, a moment after [`Admin::new`]).
+    pub fn last_event_id(&self) -> EventId {
+        self.shared.feed.last_id()
     }
 
     /// Listens on `addr` and serves the API until [`Server::shutdown`].

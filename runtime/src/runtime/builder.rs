@@ -203,6 +203,7 @@ pub struct RuntimeBuilder {
     pub(super) max_concurrency: Option<usize>,
     pub(super) process_concurrency: Option<usize>,
     pub(super) grace: Duration,
+    pub(super) resync_grace: Duration,
     pub(super) progress_flush: Duration,
     pub(super) hooks: Vec<Arc<dyn Hooks>>,
     pub(super) registry: HashMap<&'static str, Registered>,
@@ -222,6 +223,7 @@ impl fmt::Debug for RuntimeBuilder {
             .field("max_concurrency", &self.max_concurrency)
             .field("process_concurrency", &self.process_concurrency)
             .field("grace", &self.grace)
+            .field("resync_grace", &self.resync_grace)
             .field("progress_flush", &self.progress_flush)
             .field("registered", &self.registry.keys().collect::<Vec<_>>())
             .field("resources", &self.resources.names())
@@ -229,6 +231,8 @@ impl fmt::Debug for RuntimeBuilder {
     }
 }
 
+/// How long a resync waits by default for the cancelled runs of records no longer defined.
+pub(super) const DEFAULT_RESYNC_GRACE: Duration = Duration::from_secs(30);
 /// Ended runs each record keeps by default, besides its current one.
 pub(super) const DEFAULT_KEEP_RUNS: usize = 10;
 /// Events the runtime's event bus holds for a subscriber that has not read them yet.
@@ -254,6 +258,7 @@ impl RuntimeBuilder {
             max_concurrency: None,
             process_concurrency: None,
             grace: Duration::from_secs(5),
+            resync_grace: DEFAULT_RESYNC_GRACE,
             progress_flush: progress_flush_from_env(),
             hooks: Vec::new(),
             registry: HashMap::new(),
@@ -456,6 +461,31 @@ impl RuntimeBuilder {
         self
     }
 
+    /// How long [`Runtime::resync`] waits for the runs it cancels because their record is
+    /// no longer defined (default 30 s, as optio's cancel-stale step). A run still going
+    /// when the grace runs out has its record deleted anyway, with a warning, and is
+    /// listed in [`ResyncReport::abandoned`](crate::ResyncReport::abandoned); the resync
+    /// never waits longer. A cancelled run usually ends sooner: its tasks are abandoned
+    /// after [`cancel_grace`](RuntimeBuilder::cancel_grace) (5 s by default), which ends
+    /// the run.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// # #[tokio::main] async fn main() -> procession::Result<()> {
+    /// let rt = procession::Runtime::in_memory()
+    ///     .resync_grace(Duration::from_secs(2))
+    ///     .start()
+    ///     .await?;
+    /// rt.resync().await?; // waits at most 2 s for the runs it cancels
+    /// # Ok(()) }
+    /// ```
+    pub fn resync_grace(mut self, grace: Duration) -> Self {
+        self.resync_grace = grace;
+        self
+    }
+
     /// How often buffered progress reaches the store (default 100 ms, or
     /// `PROCESSION_PROGRESS_FLUSH_MS`). Task ends are written at once regardless.
     pub fn progress_flush(mut self, every: Duration) -> Self {
@@ -569,20 +599,7 @@ impl RuntimeBuilder {
                 "`RuntimeBuilder::event_buffer(0)`: the event bus needs at least one slot".into(),
             ));
         }
-        // A definition the scheduler could never launch is refused now, not at its fire:
-        // an unknown type, or a graph whose tasks need a resource this runtime lacks.
-        for d in &self.definitions {
-            let Some(reg) = self.registry.get(d.process_type) else {
-                return Err(Error::UnknownProcessType {
-                    name: d.process_type.to_owned(),
-                });
-            };
-            // A graph that does not build is reported by its launch, as before.
-            if let Ok(graph) = (reg.build)(d.params.clone(), BTreeMap::new()) {
-                super::check_resources(&self.resources, &graph)?;
-            }
-        }
-        let definitions = with_scheduled(self.definitions, &self.registry)?;
+        let definitions = checked_definitions(self.definitions, &self.registry, &self.resources)?;
         let notifier = Arc::new(
             crate::notify::worker::Notifier::new(self.channels, self.delivery)
                 .map_err(|e| Error::Config(e.to_string()))?,
@@ -646,6 +663,7 @@ impl RuntimeBuilder {
                     .map(|n| Arc::new(Semaphore::new(crate::runtime::limits::permits(n)))),
                 process_concurrency: self.process_concurrency,
                 grace: self.grace,
+                resync_grace: self.resync_grace,
                 progress_flush: self.progress_flush,
                 hooks: self.hooks,
                 registry: self.registry,
@@ -681,6 +699,28 @@ impl RuntimeBuilder {
         tokio::spawn(scheduler(Arc::downgrade(&rt.inner)));
         Ok(rt)
     }
+}
+
+/// `definitions` checked and completed: a definition the scheduler could never launch is
+/// refused now, not at its fire (an unknown type, or a graph whose tasks need a resource
+/// this runtime lacks); then [`with_scheduled`].
+pub(super) fn checked_definitions(
+    definitions: Vec<Definition>,
+    registry: &HashMap<&'static str, Registered>,
+    resources: &Resources,
+) -> Result<Vec<Definition>> {
+    for d in &definitions {
+        let Some(reg) = registry.get(d.process_type) else {
+            return Err(Error::UnknownProcessType {
+                name: d.process_type.to_owned(),
+            });
+        };
+        // A graph that does not build is reported by its launch, as before.
+        if let Ok(graph) = (reg.build)(d.params.clone(), BTreeMap::new()) {
+            super::check_resources(resources, &graph)?;
+        }
+    }
+    with_scheduled(definitions, registry)
 }
 
 /// `definitions` and, for each registered process with a schedule of its own and no

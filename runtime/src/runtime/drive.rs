@@ -334,6 +334,10 @@ pub(super) async fn drive(inner: Arc<Inner>, run: Run) -> Option<RunReport> {
                 if final_state.is_some() {
                     events.push(state_event(r));
                 }
+            } else {
+                // The record was deleted under the run (a resync dropped its definition
+                // and gave up waiting): what the run wrote since goes too.
+                store.apply(clearing(store, &id2)?)?;
             }
             // The run is over: its claim is given up (a stale token changes nothing).
             store.release(&crate::store::Lease {

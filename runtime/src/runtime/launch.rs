@@ -335,6 +335,13 @@ impl Runtime {
         self.inner.write(|s| Ok((s.next_id()?, Vec::new()))).await
     }
 
+    /// A number from the store's persisted counter, greater than every one it gave
+    /// before (restarts included): the epoch of an admin event feed.
+    #[cfg(feature = "admin")]
+    pub(crate) async fn feed_epoch(&self) -> Result<u64> {
+        self.next_id().await
+    }
+
     /// Writes the record as scheduled (CAS on a launchable state) and claims the run,
     /// clears the previous run's task records, and starts the driver. With an
     /// idempotency key, the key is taken in the same write; a key taken meanwhile gives

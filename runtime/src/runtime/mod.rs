@@ -85,6 +85,8 @@ struct Inner {
     permits: Option<Arc<Semaphore>>,
     process_concurrency: Option<usize>,
     grace: Duration,
+    /// How long a resync waits for the cancelled runs of records no longer defined.
+    resync_grace: Duration,
     progress_flush: Duration,
     hooks: Vec<Arc<dyn Hooks>>,
     registry: HashMap<&'static str, Registered>,

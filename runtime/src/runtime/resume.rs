@@ -7,18 +7,56 @@ use crate::exec::Resume;
 use crate::record::{ProcessRecord, RecordKind, RunMeta, State};
 use crate::store::{Lease, Query, Store, StoreError, Update};
 
-use super::{check_id, store_call, Result, Runtime};
+use super::{check_id, store_call, Definition, Error, Result, Runtime};
+
+/// The end signal of a live run.
+type LiveEnd = tokio::sync::watch::Receiver<Option<std::sync::Arc<crate::report::RunReport>>>;
 
 impl Runtime {
-    /// Syncs the definitions given to [`RuntimeBuilder::define`](super::RuntimeBuilder::define) with the store: missing
-    /// records are created idle; records of definitions no longer declared are deleted
-    /// when not active (not on a store shared by several workers, whose definitions
-    /// may differ: there such a record stays, listed in no report); name, description, parameters and metadata of existing records
-    /// are updated without touching their run state.
+    /// Syncs the definitions given to [`RuntimeBuilder::define`](super::RuntimeBuilder::define)
+    /// (or to [`redefine`](Runtime::redefine)) with the store: missing records are created
+    /// idle; name, description, parameters and metadata of existing records are updated
+    /// without touching their run state; records of definitions no longer declared are
+    /// deleted, with their task records, children and history.
+    ///
+    /// A record no longer declared whose run is active is cancelled first (optio's
+    /// cancel-stale step): a run of this runtime is asked to stop, and the resync waits
+    /// for it to end, up to [`RuntimeBuilder::resync_grace`](super::RuntimeBuilder::resync_grace)
+    /// (then its record is deleted anyway, with a warning: [`ResyncReport::abandoned`]); a
+    /// record with no run here (scheduled, or left active by a lost process) ends
+    /// `cancelled` at once. Runs still defined are left alone. A record that does not
+    /// allow a cancel ([`Definition::cancellable`](super::Definition::cancellable)) is
+    /// kept until its run has ended ([`ResyncReport::kept_active`]).
+    ///
+    /// On a store shared by several workers, whose definitions may differ, records no
+    /// longer declared here are left alone (listed in no report).
     ///
     /// # Errors
     ///
     /// [`Error::Store`](super::Error::Store).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use procession::prelude::*;
+    /// use procession::Definition;
+    ///
+    /// #[task] fn work() {}
+    /// #[process] fn nightly(p: &mut Builder) { p.task(Work::new()); }
+    ///
+    /// # #[tokio::main] async fn main() -> procession::Result<()> {
+    /// let rt = Runtime::in_memory()
+    ///     .register::<Nightly>()
+    ///     .define(Definition::new("nightly", Nightly {})?)
+    ///     .start()
+    ///     .await?;
+    /// // The next deploy no longer declares it: its record goes.
+    /// rt.redefine(Vec::new())?;
+    /// let report = rt.resync().await?;
+    /// assert_eq!(report.deleted, vec!["nightly".to_string()]);
+    /// assert!(rt.get("nightly").await?.is_none());
+    /// # Ok(()) }
+    /// ```
     pub async fn resync(&self) -> Result<ResyncReport> {
         let defs = self
             .inner
@@ -72,27 +110,151 @@ impl Runtime {
         let mut query = Query::new();
         query.definitions = true;
         let defined = self.inner.read(move |s| s.list_all(&query)).await?;
+        // Stale records: every cancel is asked for first, then one grace is waited out
+        // for all of them, then they are deleted.
+        let mut stale = Vec::new();
         for r in defined {
             if r.adhoc || r.depth != 0 || defs.iter().any(|d| d.id == r.id) {
                 continue;
             }
             if r.state().is_active() {
-                report.kept_active.push(r.id.clone());
-                continue;
+                if !r.cancellable {
+                    report.kept_active.push(r.id.clone());
+                    continue;
+                }
+                if let Some(live) = self.cancel_stale(&r.id).await? {
+                    report.cancelled.push(r.id.clone());
+                    stale.push((r.id, Some(live)));
+                    continue;
+                }
+                report.cancelled.push(r.id.clone());
             }
-            let (_, deleted) = self
-                .inner
-                .update(&r.id, |cur| match cur {
-                    Some(c) if !c.adhoc && !c.state().is_active() => (Update::Delete, true),
-                    _ => (Update::Keep, false),
-                })
-                .await?;
-            if deleted {
-                self.inner.forget(&r.id).await?;
-                report.deleted.push(r.id);
+            stale.push((r.id, None));
+        }
+        let deadline = tokio::time::Instant::now() + self.inner.resync_grace;
+        for (id, live) in stale {
+            let mut force = false;
+            if let Some((token, mut done)) = live {
+                let ended = tokio::time::timeout_at(deadline, done.wait_for(Option::is_some))
+                    .await
+                    .is_ok();
+                if !ended {
+                    tracing::warn!(
+                        run = %id,
+                        grace_ms = self.inner.resync_grace.as_millis() as u64,
+                        "cancel-stale grace exceeded: the run of a record no longer defined did not end; its record is deleted anyway"
+                    );
+                    // Its tracking goes before its record: nothing reaches the run
+                    // through this runtime any more (its late end finds no record).
+                    let mut active = self.inner.active();
+                    if active.get(&id).is_some_and(|a| a.token == token) {
+                        active.remove(&id);
+                    }
+                    drop(active);
+                    report.abandoned.push(id.clone());
+                    force = true;
+                }
+            }
+            if self.delete_stale(&id, force).await? {
+                report.deleted.push(id);
+            } else if !force {
+                // Active again (a launch came in between): it is left to a later resync.
+                report.kept_active.push(id);
             }
         }
         Ok(report)
+    }
+
+    /// Replaces the declared definitions (those given to
+    /// [`RuntimeBuilder::define`](super::RuntimeBuilder::define)); the next
+    /// [`resync`](Runtime::resync) applies them: a configuration reloaded at run time,
+    /// as optio's resync reads its definitions again. Registered processes with a schedule
+    /// of their own and no definition keep theirs, as at start.
+    ///
+    /// # Errors
+    ///
+    /// As [`RuntimeBuilder::start`](super::RuntimeBuilder::start):
+    /// [`Error::UnknownProcessType`](super::Error::UnknownProcessType),
+    /// [`Error::MissingResource`](super::Error::MissingResource); the declared definitions
+    /// are unchanged then.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use procession::prelude::*;
+    /// use procession::Definition;
+    ///
+    /// #[task] fn work() {}
+    /// #[process] fn report(p: &mut Builder) { p.task(Work::new()); }
+    ///
+    /// # #[tokio::main] async fn main() -> procession::Result<()> {
+    /// let rt = Runtime::in_memory().register::<Report>().start().await?;
+    /// rt.redefine([Definition::new("daily-report", Report {})?])?;
+    /// let sync = rt.resync().await?;
+    /// assert_eq!(sync.created, vec!["daily-report".to_string()]);
+    /// # Ok(()) }
+    /// ```
+    pub fn redefine(&self, definitions: impl IntoIterator<Item = Definition>) -> Result<()> {
+        let defs = super::builder::checked_definitions(
+            definitions.into_iter().collect(),
+            &self.inner.registry,
+            &self.inner.resources,
+        )?;
+        *self
+            .inner
+            .definitions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = defs;
+        Ok(())
+    }
+
+    /// Cancels active stale record `id`: the run of this runtime behind it (its lease
+    /// token and its end signal, to wait for), or `None` once the record has ended
+    /// `cancelled` at once (no run here: a scheduled record, or one a lost process left
+    /// active).
+    async fn cancel_stale(&self, id: &str) -> Result<Option<(u64, LiveEnd)>> {
+        let live = self
+            .inner
+            .active()
+            .get(id)
+            .map(|a| (a.token, a.done.clone()));
+        match self.cancel(id).await {
+            // Ended meanwhile, or already being cancelled: what is left is below.
+            Ok(_) | Err(Error::NotCancellableState { .. }) => {}
+            Err(Error::NotFound { .. } | Error::NotCancellable { .. }) => return Ok(None),
+            Err(e) => return Err(e),
+        }
+        if live.is_some() {
+            return Ok(live);
+        }
+        // No run here: a record left `cancel_requested` or `cancelling` by a lost process
+        // is settled now (a scheduled one was ended by the cancel).
+        self.settle(id, None, State::Cancelled, None).await?;
+        Ok(None)
+    }
+
+    /// Deletes stale record `id` with its task records, children and history, when it is
+    /// not active (or regardless, when `force`d after the grace); whether it was.
+    async fn delete_stale(&self, id: &str, force: bool) -> Result<bool> {
+        let id = id.to_owned();
+        self.inner
+            .write(move |s| {
+                let mut deleted = false;
+                s.update(&id, &mut |cur| match cur {
+                    Some(c) if !c.adhoc && (force || !c.state().is_active()) => {
+                        deleted = true;
+                        Update::Delete
+                    }
+                    _ => Update::Keep,
+                })?;
+                if deleted {
+                    let mut batch = super::clearing(s, &id)?;
+                    batch.delete_processes.push(id.clone());
+                    s.apply(batch)?;
+                }
+                Ok((deleted, Vec::new()))
+            })
+            .await
     }
 
     /// Resumes every run a previous process left active.
@@ -321,8 +483,19 @@ pub struct ResyncReport {
     pub created: Vec<String>,
     /// Records updated.
     pub updated: Vec<String>,
-    /// Records deleted (no longer defined).
+    /// Records deleted (no longer defined), those of `cancelled` included.
     pub deleted: Vec<String>,
-    /// Records no longer defined but left alone because they are active.
+    /// Records no longer defined whose run was active: cancelled, then deleted. A run of
+    /// this runtime was asked to stop and waited for; a record with no run here ended
+    /// `cancelled` at once.
+    pub cancelled: Vec<String>,
+    /// Of `cancelled`, the runs that had not ended when the resync grace
+    /// ([`RuntimeBuilder::resync_grace`](super::RuntimeBuilder::resync_grace)) ran out:
+    /// their records were deleted anyway (a warning is logged); their tasks may still be
+    /// running until the cancel grace abandons them.
+    pub abandoned: Vec<String>,
+    /// Records no longer defined left alone because they are active and do not allow a
+    /// cancel ([`Definition::cancellable`](super::Definition::cancellable)(false)), or
+    /// were launched again during the resync: a later resync deletes them once ended.
     pub kept_active: Vec<String>,
 }

@@ -5,7 +5,15 @@
 //! no build step and nothing is fetched from another origin. Their
 //! `Content-Security-Policy` allows scripts, styles and connections to the same origin
 //! only (no inline script, no `eval`); every other security header and check of the admin
-//! API applies to them as well.
+//! API applies to them as well, except the token: the pages and assets hold no data and
+//! a browser's navigation cannot send a header, so they are served without it.
+//!
+//! With a token configured ([`AdminConfig::token`](super::AdminConfig::token)), the page
+//! asks for it once (a form shown when the API answers `401`), keeps it in the tab's
+//! `sessionStorage` (gone when the tab closes; not shared with other tabs) and sends it as
+//! `Authorization: Bearer` on every call, the event stream included: the stream is read
+//! with `fetch` rather than `EventSource` (which cannot send headers), so the token never
+//! appears in a URL (no `?token=` in access logs, proxies or history).
 
 use std::sync::Arc;
 
@@ -41,7 +49,10 @@ pub(crate) fn routes(shared: Arc<Shared>) -> Router {
         .route("/ui/assets/app.css", get(app_css))
         .route("/ui/assets/icon.svg", get(icon))
         .route("/favicon.ico", get(icon))
-        .layer(axum::middleware::from_fn_with_state(shared, guard::gate))
+        .layer(axum::middleware::from_fn_with_state(
+            shared,
+            guard::page_gate,
+        ))
         // Outside the gate: replaces the gate's policy (which allows nothing) on these
         // routes only.
         .layer(axum::middleware::from_fn(page_policy))

@@ -82,8 +82,18 @@
     el.firstChild.style.width = v + '%';
   }
 
+  // ---------- the token (when the admin API has one) ----------
+  // Typed once, kept in this tab's sessionStorage, sent as a header: never in a URL.
+  const TOKEN_KEY = 'procession.token';
+  const token = () => { try { return sessionStorage.getItem(TOKEN_KEY) || ''; } catch (_) { return ''; } };
+  function withToken(headers) {
+    const t = token();
+    if (t) headers.Authorization = 'Bearer ' + t;
+    return headers;
+  }
+
   async function api(method, path, body) {
-    const init = { method, headers: { Accept: 'application/json' } };
+    const init = { method, headers: withToken({ Accept: 'application/json' }) };
     if (method !== 'GET') {
       init.headers['X-Procession-Csrf'] = '1';
       init.headers['Content-Type'] = 'application/json';
@@ -140,22 +150,99 @@
   }
 
   // ---------- the live feed ----------
+  // Read with fetch (EventSource cannot send the Authorization header): the SSE format is
+  // parsed here, `Last-Event-ID` is sent back on every reconnection.
   let feed = null;
   function follow(query, onEvent, onResync) {
     if (feed) feed.close();
     const live = $('#live');
-    feed = new EventSource('/api/events' + (query ? '?' + query : ''));
     const setLive = (st, text) => { live.dataset.state = st; live.textContent = text; };
-    feed.onopen = () => setLive('live', 'live');
-    feed.onerror = () => setLive(feed.readyState === EventSource.CLOSED ? 'down' : 'connecting', feed.readyState === EventSource.CLOSED ? 'disconnected' : 'reconnecting…');
-    for (const kind of ['state', 'progress', 'log']) {
-      feed.addEventListener(kind, (m) => {
-        let d;
-        try { d = JSON.parse(m.data); } catch (_) { return; }
-        onEvent(d);
-      });
-    }
-    feed.addEventListener('resync', () => onResync());
+    const ctl = new AbortController();
+    const url = '/api/events' + (query ? '?' + query : '');
+    let closed = false;
+    let lastId = null;
+    const me = { close() { closed = true; ctl.abort(); } };
+    feed = me;
+    const dispatch = (type, data) => {
+      if (type === 'resync') { onResync(); return; }
+      if (type !== 'state' && type !== 'progress' && type !== 'log') return;
+      let d;
+      try { d = JSON.parse(data); } catch (_) { return; }
+      onEvent(d);
+    };
+    const read = async () => {
+      const headers = withToken({ Accept: 'text/event-stream' });
+      if (lastId !== null) headers['Last-Event-ID'] = lastId;
+      const res = await fetch(url, { headers, signal: ctl.signal, cache: 'no-store' });
+      if (res.status === 401) { closed = true; setLive('down', 'token refused'); return; }
+      if (!res.ok || !res.body) throw new Error('event stream: ' + res.status);
+      setLive('live', 'live');
+      const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
+      let buf = '';
+      let type = '';
+      let data = [];
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) return;
+        buf += value;
+        let nl;
+        while ((nl = buf.indexOf('\n')) >= 0) {
+          let line = buf.slice(0, nl);
+          buf = buf.slice(nl + 1);
+          if (line.endsWith('\r')) line = line.slice(0, -1);
+          if (line === '') {
+            if (data.length) dispatch(type || 'message', data.join('\n'));
+            type = '';
+            data = [];
+            continue;
+          }
+          if (line.startsWith(':')) continue;
+          const i = line.indexOf(':');
+          const field = i < 0 ? line : line.slice(0, i);
+          let val = i < 0 ? '' : line.slice(i + 1);
+          if (val.startsWith(' ')) val = val.slice(1);
+          if (field === 'event') type = val;
+          else if (field === 'data') data.push(val);
+          else if (field === 'id' && !val.includes('\0')) lastId = val;
+        }
+      }
+    };
+    (async () => {
+      let delay = 500;
+      while (!closed) {
+        try {
+          await read();
+          delay = 500;
+        } catch (_) { /* reconnect below */ }
+        if (closed || feed !== me) return;
+        setLive('connecting', 'reconnecting…');
+        await new Promise((r) => setTimeout(r, delay));
+        delay = Math.min(delay * 2, 5000);
+      }
+    })();
+  }
+
+  /** The sign-in form of an admin API with a token (`refused`: the stored one was not). */
+  function tokenForm(main, refused) {
+    document.title = 'Token · procession';
+    const live = $('#live');
+    live.dataset.state = 'down';
+    live.textContent = 'needs a token';
+    const input = h('input', { id: 'token', name: 'token', type: 'password', autocomplete: 'off', required: true });
+    const form = h('form', { id: 'token-form', class: 'panel' },
+      h('h1', {}, 'Admin token'),
+      h('p', {}, 'This admin API needs its token. It is kept in this tab only and sent as a header, never in a URL.'),
+      refused ? h('p', { id: 'token-refused', class: 'notice err', role: 'alert' }, 'That token was refused.') : null,
+      h('label', { for: 'token' }, 'Token '), input,
+      h('div', { class: 'row end' }, h('button', { type: 'submit', class: 'primary', id: 'token-use' }, 'Use this token')));
+    form.addEventListener('submit', (ev) => {
+      ev.preventDefault();
+      try { sessionStorage.setItem(TOKEN_KEY, input.value.trim()); } catch (_) { /* private mode: asked again */ }
+      location.reload();
+    });
+    main.replaceChildren(form);
+    main.dataset.ready = String(Date.now());
+    input.focus();
   }
 
   function debounce(fn, ms) {
@@ -836,7 +923,10 @@
     try {
       const health = await api('GET', '/api/health');
       readOnly = !!health.read_only;
-    } catch (_) { readOnly = false; }
+    } catch (e) {
+      if (e.status === 401) { tokenForm(main, !!token()); return; }
+      readOnly = false;
+    }
     if (page === 'run') await runPage(main, decodeURIComponent(path.slice('/ui/runs/'.length)));
     else if (page === 'launch') await launchPage(main);
     else await runsPage(main);
