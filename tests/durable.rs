@@ -428,7 +428,19 @@ async fn damaged_store_is_a_typed_error() {
             .unwrap();
         db.flush().unwrap();
     }
-    let store = SledStore::open(&dir).unwrap();
+    // sled's flusher thread holds the file lock a moment after the raw `Db` above is
+    // dropped (a `SledStore` waits for it in its own drop; a raw `Db` does not).
+    let mut opened = SledStore::open(&dir);
+    for _ in 0..500 {
+        match &opened {
+            Err(e) if e.to_string().contains("could not acquire lock") => {
+                std::thread::sleep(Duration::from_millis(10));
+                opened = SledStore::open(&dir);
+            }
+            _ => break,
+        }
+    }
+    let store = opened.unwrap();
     match store.get("broken") {
         Err(StoreError::Corrupt { key, path, .. }) => {
             assert_eq!(key, "broken");
