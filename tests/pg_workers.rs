@@ -1101,3 +1101,77 @@ async fn a_worker_cut_off_from_the_database_stops_its_runs_before_a_takeover() {
     // a cannot reach the database: its shutdown fails or ends, it must not hang.
     let _ = tokio::time::timeout(Duration::from_mins(1), a.shutdown()).await;
 }
+
+#[task]
+async fn until_cancelled(ctx: &Ctx) -> u32 {
+    ctx.cancelled().await;
+    0
+}
+
+#[process]
+fn acked(p: &mut Builder) {
+    p.task(UntilCancelled::new());
+}
+
+// Issue 14 gap 2: the record writes of a run's holder are fenced by its lease. Worker a
+// runs a run whose lease another owner took (by hand, as if a had paused past it; a's
+// lease is long, so no heartbeat of a notices before the end of the test). A cancel on
+// a reaches its executor, whose acknowledgement (`cancelling`) must not be written: the
+// record stays `cancel_requested` for the new owner to act on, and a stops the run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zombies_cancel_acknowledgement_is_not_written() {
+    let Some(url) = database("ack") else {
+        return;
+    };
+    let a = Runtime::connect(url.clone())
+        .lease(Duration::from_mins(1))
+        .register::<Acked>()
+        .start()
+        .await
+        .unwrap();
+    let run = a.launch(Launch::new(Acked {}).id("acked")).await.unwrap();
+    let mut tries = 0;
+    while a.get("acked").await.unwrap().unwrap().state() != State::Running {
+        tries += 1;
+        assert!(tries < 500, "the run never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let u = url.clone();
+    let taken = tokio::task::spawn_blocking(move || {
+        use procession::store::{PgStore, Store};
+        sql(
+            &u,
+            "UPDATE procession_leases SET expires_at = 1 WHERE run = 'acked'",
+        );
+        PgStore::connect(&u)
+            .unwrap()
+            .claim("acked", "intruder", 600_000)
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let rec = a.cancel("acked").await.unwrap();
+    assert_eq!(rec.state(), State::CancelRequested);
+    // Without the fence, a's acknowledgement lands within milliseconds; three seconds
+    // is a generous bound on a loaded machine.
+    for _ in 0..150 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let state = run_state(&url, "acked");
+        assert_eq!(
+            state,
+            Some(State::CancelRequested),
+            "the zombie wrote the record of a run it no longer holds"
+        );
+    }
+    let lease = rows(
+        &url,
+        "SELECT owner, token FROM procession_leases WHERE run = 'acked'",
+    );
+    assert_eq!(lease[0].get::<_, String>(0), "intruder");
+    assert_eq!(
+        u64::try_from(lease[0].get::<_, i64>(1)).unwrap(),
+        taken.token
+    );
+    drop(run);
+    let _ = tokio::time::timeout(Duration::from_mins(1), a.shutdown()).await;
+}
