@@ -1175,3 +1175,80 @@ async fn a_zombies_cancel_acknowledgement_is_not_written() {
     drop(run);
     let _ = tokio::time::timeout(Duration::from_mins(1), a.shutdown()).await;
 }
+
+static SLOW_TICKS: AtomicU32 = AtomicU32::new(0);
+static SLOW_LIVE: AtomicU32 = AtomicU32::new(0);
+static SLOW_OVERLAP: AtomicBool = AtomicBool::new(false);
+
+/// Works longer than the schedule's interval, so that fires come while it runs.
+#[task]
+async fn slow_tick() -> u32 {
+    if SLOW_LIVE.fetch_add(1, Ordering::AcqRel) > 0 {
+        SLOW_OVERLAP.store(true, Ordering::Release);
+    }
+    tokio::time::sleep(Duration::from_millis(40)).await;
+    SLOW_LIVE.fetch_sub(1, Ordering::AcqRel);
+    SLOW_TICKS.fetch_add(1, Ordering::AcqRel)
+}
+
+#[process]
+fn slow_ticker(p: &mut Builder) {
+    p.task(SlowTick::new());
+}
+
+// Issue 14 gap 3: two workers with one `queue_one` schedule whose runs last longer than
+// its interval: every fire that comes while a run is active is queued, and the queued
+// fire is launched once across the workers (taken by a compare-and-swap of the
+// record's queued fire): no two runs for one fire, no launch refused because another
+// worker had launched the same fire, no two runs at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_schedule_fire_is_launched_once_across_workers() {
+    let Some(url) = database("queued") else {
+        return;
+    };
+    let start = |url: String| async move {
+        Runtime::connect(url)
+            .lease(Duration::from_secs(2))
+            .keep_runs(1000)
+            .register::<SlowTicker>()
+            .define(
+                Definition::new("slow", SlowTicker {}).unwrap().schedule(
+                    Schedule::every(Duration::from_millis(20))
+                        .unwrap()
+                        .overlap(procession::Overlap::QueueOne),
+                ),
+            )
+            .start()
+            .await
+            .unwrap()
+    };
+    let a = start(url.clone()).await;
+    let b = start(url.clone()).await;
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+    let observer = observer(&url).await;
+    let rec = observer.get("slow").await.unwrap().unwrap();
+    let history = observer.history("slow").await.unwrap();
+    observer.shutdown().await.unwrap();
+    let ticks = SLOW_TICKS.load(Ordering::Acquire);
+    let mut fired: Vec<u64> = history.iter().filter_map(|p| p.fired_at).collect();
+    println!(
+        "{} runs, {ticks} task runs, {} runs listed",
+        rec.runs,
+        history.len()
+    );
+    assert!(ticks >= 5, "the schedule barely fired: {ticks}");
+    let refused: Vec<&str> = rec
+        .log
+        .iter()
+        .filter(|l| l.message.contains("launch failed"))
+        .map(|l| l.message.as_str())
+        .collect();
+    assert!(refused.is_empty(), "{refused:?}");
+    let n = fired.len();
+    fired.sort_unstable();
+    fired.dedup();
+    assert_eq!(fired.len(), n, "a fire was launched twice");
+    assert!(!SLOW_OVERLAP.load(Ordering::Acquire), "two runs at once");
+}

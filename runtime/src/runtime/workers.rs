@@ -203,7 +203,7 @@ pub(super) async fn heartbeat(inner: Weak<Inner>, every: Duration) {
 /// runs and the rates of two clocks.
 pub(super) fn fence_after(lease: Duration) -> Duration {
     let margin = (lease / 5).max(Duration::from_millis(100)).min(lease);
-    lease - margin
+    lease.saturating_sub(margin)
 }
 
 /// Stops at once every run live here that holds a lease (their leases may have expired
