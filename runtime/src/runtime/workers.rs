@@ -199,11 +199,30 @@ pub(super) async fn heartbeat(inner: Weak<Inner>, every: Duration) {
 }
 
 /// How long after the last successful renewal this worker stops its runs: the lease
-/// time less a fifth of it (at least 100 ms less), the margin that covers stopping the
-/// runs and the rates of two clocks.
+/// time less a margin that covers stopping the runs and the rates of two clocks (a
+/// fifth of the lease, at least 100 ms, at most a third of the lease: the renewals come
+/// every third, so a short lease is not given up after a single late one).
 pub(super) fn fence_after(lease: Duration) -> Duration {
-    let margin = (lease / 5).max(Duration::from_millis(100)).min(lease);
+    let margin = (lease / 5).max(Duration::from_millis(100).min(lease / 3));
     lease.saturating_sub(margin)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fence_after;
+    use std::time::Duration;
+
+    #[test]
+    fn runs_stop_before_their_lease_expires_and_after_two_renewals() {
+        let ms = Duration::from_millis;
+        assert_eq!(
+            fence_after(Duration::from_secs(30)),
+            Duration::from_secs(24)
+        );
+        assert_eq!(fence_after(ms(1000)), ms(800));
+        assert_eq!(fence_after(ms(300)), ms(200));
+        assert_eq!(fence_after(ms(30)), ms(20));
+    }
 }
 
 /// Stops at once every run live here that holds a lease (their leases may have expired

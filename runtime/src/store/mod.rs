@@ -708,7 +708,9 @@ pub struct Page {
 ///   writes nothing.
 /// - **Fencing.** A task row whose [`TaskRow::lease`] is non-zero and below the run's
 ///   current lease token is dropped and counted in [`Applied::fenced`]; it never
-///   overwrites a newer row.
+///   overwrites a newer row. On a shared store, a record write of a run's holder
+///   ([`update_leased`](Store::update_leased)) with a stale token is refused
+///   ([`StoreError::Fenced`]).
 ///
 /// # Reads
 ///
