@@ -207,24 +207,6 @@ pub(super) fn fence_after(lease: Duration) -> Duration {
     lease.saturating_sub(margin)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::fence_after;
-    use std::time::Duration;
-
-    #[test]
-    fn runs_stop_before_their_lease_expires_and_after_two_renewals() {
-        let ms = Duration::from_millis;
-        assert_eq!(
-            fence_after(Duration::from_secs(30)),
-            Duration::from_secs(24)
-        );
-        assert_eq!(fence_after(ms(1000)), ms(800));
-        assert_eq!(fence_after(ms(300)), ms(200));
-        assert_eq!(fence_after(ms(30)), ms(20));
-    }
-}
-
 /// Stops at once every run live here that holds a lease (their leases may have expired
 /// by now: no renewal succeeded for `since`). Returns `true` (the worker is fenced
 /// until a renewal succeeds again).
@@ -290,5 +272,23 @@ pub(super) async fn takeover(inner: Weak<Inner>, every: Duration) {
         if let Err(e) = rt.take_over().await {
             tracing::warn!(worker = %rt.inner.worker, error = %e, "takeover poll failed");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fence_after;
+    use std::time::Duration;
+
+    #[test]
+    fn runs_stop_before_their_lease_expires_and_after_two_renewals() {
+        let ms = Duration::from_millis;
+        assert_eq!(
+            fence_after(Duration::from_secs(30)),
+            Duration::from_secs(24)
+        );
+        assert_eq!(fence_after(ms(1000)), ms(800));
+        assert_eq!(fence_after(ms(300)), ms(200));
+        assert_eq!(fence_after(ms(30)), ms(20));
     }
 }
