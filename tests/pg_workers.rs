@@ -408,7 +408,8 @@ fn a_killed_workers_runs_are_taken_over_again_and_again() {
 
 // Issue 14 phase 2 (b): a worker stopped with SIGSTOP past its lease; the standby takes
 // its run over; continued with SIGCONT, its heartbeat is refused and it stops the run at
-// once (a warning says so), it writes no later step, and the run's stored results are
+// once (a warning says so; or it stops the run by itself first, as its clock says that
+// no heartbeat succeeded for nearly its lease time), it writes no later step, and the run's stored results are
 // the standby's.
 #[test]
 fn a_paused_worker_is_fenced_out_when_it_wakes_up() {
@@ -433,7 +434,12 @@ fn a_paused_worker_is_fenced_out_when_it_wakes_up() {
     wait_until(
         "the zombie to see its lease taken",
         Duration::from_secs(30),
-        || zombie.printed("lease was taken by another worker"),
+        // Refused by its first heartbeat, or stopped by itself first (no heartbeat
+        // succeeded for nearly its lease time, by its own clock).
+        || {
+            zombie.printed("lease was taken by another worker")
+                || zombie.printed("lease may have expired")
+        },
     );
     wait_until("the run to end", Duration::from_mins(1), || {
         run_state(&url, "z") == Some(State::Done)
@@ -937,4 +943,312 @@ async fn a_fenced_workers_waiters_get_the_new_owners_report() {
     assert_eq!(stored.result::<u32>("gated_attempt").unwrap(), 2);
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
+}
+
+// ------------------------------------------- a worker that loses the database
+
+/// Attempts of `fenced_task` started, and those live now (a guard counts down when the
+/// attempt ends or its future is dropped by a halt).
+static FENCE_STARTS: AtomicU32 = AtomicU32::new(0);
+static FENCE_LIVE: AtomicU32 = AtomicU32::new(0);
+/// Set when an attempt started while another was still live (two workers ran it).
+static FENCE_OVERLAP: AtomicBool = AtomicBool::new(false);
+static FENCE_GATE: AtomicBool = AtomicBool::new(false);
+
+struct Live;
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        FENCE_LIVE.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Works (ignoring halts and cancels, as a careless handler does) until the gate opens;
+/// returns its attempt.
+#[task]
+async fn fenced_task(ctx: &Ctx) -> u32 {
+    if FENCE_LIVE.fetch_add(1, Ordering::AcqRel) > 0 {
+        FENCE_OVERLAP.store(true, Ordering::Release);
+    }
+    let _live = Live;
+    FENCE_STARTS.fetch_add(1, Ordering::AcqRel);
+    while !FENCE_GATE.load(Ordering::Acquire) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    ctx.attempt()
+}
+
+#[process]
+fn cut_off(p: &mut Builder) {
+    p.task(FencedTask::new());
+}
+
+/// A TCP proxy on 127.0.0.1 in front of the server that can be cut: then its open
+/// connections are closed and new ones are closed as soon as they are accepted, as if
+/// the server had become unreachable for whoever connects through it.
+struct Cuttable {
+    port: u16,
+    cut: Arc<AtomicBool>,
+    open: Arc<Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl Cuttable {
+    fn start(server: u16) -> Cuttable {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let cut = Arc::new(AtomicBool::new(false));
+        let open: Arc<Mutex<Vec<std::net::TcpStream>>> = Arc::default();
+        let (c, o) = (cut.clone(), open.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                if c.load(Ordering::SeqCst) {
+                    let _ = client.shutdown(std::net::Shutdown::Both);
+                    continue;
+                }
+                let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", server)) else {
+                    continue;
+                };
+                let mut open = o.lock().unwrap();
+                open.push(client.try_clone().unwrap());
+                open.push(server.try_clone().unwrap());
+                for (mut from, mut to) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server, client),
+                ] {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                        let _ = from.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        Cuttable { port, cut, open }
+    }
+
+    fn cut(&self) {
+        self.cut.store(true, Ordering::SeqCst);
+        for s in self.open.lock().unwrap().drain(..) {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
+// Issue 14 gap 1 (self-fencing): worker a loses the database (its connections go
+// through a proxy that the test cuts) while its task runs. Its heartbeats fail; before
+// its lease can expire it stops the run by itself (nothing written), so that when b
+// takes the run over no attempt of a is still running: the task never runs on two
+// workers at once, and the run ends on b with b's attempt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_cut_off_from_the_database_stops_its_runs_before_a_takeover() {
+    let Some(url) = database("cutoff") else {
+        return;
+    };
+    let port: u16 = url
+        .split('/')
+        .nth(2)
+        .and_then(|h| h.rsplit(':').next())
+        .and_then(|p| p.parse().ok())
+        .expect("the server's port in the URL");
+    let proxy = Cuttable::start(port);
+    let mut via = url.replace(&format!(":{port}/"), &format!(":{}/", proxy.port));
+    via.push(if via.contains('?') { '&' } else { '?' });
+    via.push_str("retry_window=1s");
+    let lease = Duration::from_secs(1);
+    let a = Runtime::connect(via)
+        .lease(lease)
+        .register::<CutOff>()
+        .start()
+        .await
+        .unwrap();
+    let b = Runtime::connect(url.clone())
+        .lease(lease)
+        .register::<CutOff>()
+        .start()
+        .await
+        .unwrap();
+    drop(a.launch(Launch::new(CutOff {}).id("cut")).await.unwrap());
+    let mut tries = 0;
+    while FENCE_STARTS.load(Ordering::Acquire) == 0 {
+        tries += 1;
+        assert!(tries < 3000, "the task never started on a");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let cut = Instant::now();
+    proxy.cut();
+    let mut tries = 0;
+    while FENCE_STARTS.load(Ordering::Acquire) < 2 {
+        tries += 1;
+        assert!(tries < 3000, "b never took the run over");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    println!(
+        "b took the run over {:?} after a lost the database (lease {lease:?})",
+        cut.elapsed()
+    );
+    assert!(
+        !FENCE_OVERLAP.load(Ordering::Acquire),
+        "a still ran the task when b started it"
+    );
+    FENCE_GATE.store(true, Ordering::Release);
+    let report = tokio::time::timeout(Duration::from_mins(1), b.wait("cut"))
+        .await
+        .expect("the run ends on b")
+        .unwrap();
+    assert_eq!(report.result::<u32>("fenced_task").unwrap(), 2);
+    assert_eq!(FENCE_STARTS.load(Ordering::Acquire), 2);
+    b.shutdown().await.unwrap();
+    // a cannot reach the database: its shutdown fails or ends, it must not hang.
+    let _ = tokio::time::timeout(Duration::from_mins(1), a.shutdown()).await;
+}
+
+#[task]
+async fn until_cancelled(ctx: &Ctx) -> u32 {
+    ctx.cancelled().await;
+    0
+}
+
+#[process]
+fn acked(p: &mut Builder) {
+    p.task(UntilCancelled::new());
+}
+
+// Issue 14 gap 2: the record writes of a run's holder are fenced by its lease. Worker a
+// runs a run whose lease another owner took (by hand, as if a had paused past it; a's
+// lease is long, so no heartbeat of a notices before the end of the test). A cancel on
+// a reaches its executor, whose acknowledgement (`cancelling`) must not be written: the
+// record stays `cancel_requested` for the new owner to act on, and a stops the run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zombies_cancel_acknowledgement_is_not_written() {
+    let Some(url) = database("ack") else {
+        return;
+    };
+    let a = Runtime::connect(url.clone())
+        .lease(Duration::from_mins(1))
+        .register::<Acked>()
+        .start()
+        .await
+        .unwrap();
+    let run = a.launch(Launch::new(Acked {}).id("acked")).await.unwrap();
+    let mut tries = 0;
+    while a.get("acked").await.unwrap().unwrap().state() != State::Running {
+        tries += 1;
+        assert!(tries < 500, "the run never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let u = url.clone();
+    let taken = tokio::task::spawn_blocking(move || {
+        use procession::store::{PgStore, Store};
+        sql(
+            &u,
+            "UPDATE procession_leases SET expires_at = 1 WHERE run = 'acked'",
+        );
+        PgStore::connect(&u)
+            .unwrap()
+            .claim("acked", "intruder", 600_000)
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let rec = a.cancel("acked").await.unwrap();
+    assert_eq!(rec.state(), State::CancelRequested);
+    // Without the fence, a's acknowledgement lands within milliseconds; three seconds
+    // is a generous bound on a loaded machine.
+    for _ in 0..150 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let state = run_state(&url, "acked");
+        assert_eq!(
+            state,
+            Some(State::CancelRequested),
+            "the zombie wrote the record of a run it no longer holds"
+        );
+    }
+    let lease = rows(
+        &url,
+        "SELECT owner, token FROM procession_leases WHERE run = 'acked'",
+    );
+    assert_eq!(lease[0].get::<_, String>(0), "intruder");
+    assert_eq!(
+        u64::try_from(lease[0].get::<_, i64>(1)).unwrap(),
+        taken.token
+    );
+    drop(run);
+    let _ = tokio::time::timeout(Duration::from_mins(1), a.shutdown()).await;
+}
+
+static SLOW_TICKS: AtomicU32 = AtomicU32::new(0);
+static SLOW_LIVE: AtomicU32 = AtomicU32::new(0);
+static SLOW_OVERLAP: AtomicBool = AtomicBool::new(false);
+
+/// Works longer than the schedule's interval, so that fires come while it runs.
+#[task]
+async fn slow_tick() -> u32 {
+    if SLOW_LIVE.fetch_add(1, Ordering::AcqRel) > 0 {
+        SLOW_OVERLAP.store(true, Ordering::Release);
+    }
+    tokio::time::sleep(Duration::from_millis(40)).await;
+    SLOW_LIVE.fetch_sub(1, Ordering::AcqRel);
+    SLOW_TICKS.fetch_add(1, Ordering::AcqRel)
+}
+
+#[process]
+fn slow_ticker(p: &mut Builder) {
+    p.task(SlowTick::new());
+}
+
+// Issue 14 gap 3: two workers with one `queue_one` schedule whose runs last longer than
+// its interval: every fire that comes while a run is active is queued, and the queued
+// fire is launched once across the workers (taken by a compare-and-swap of the
+// record's queued fire): no two runs for one fire, no launch refused because another
+// worker had launched the same fire, no two runs at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_schedule_fire_is_launched_once_across_workers() {
+    let Some(url) = database("queued") else {
+        return;
+    };
+    let start = |url: String| async move {
+        Runtime::connect(url)
+            .lease(Duration::from_secs(2))
+            .keep_runs(1000)
+            .register::<SlowTicker>()
+            .define(
+                Definition::new("slow", SlowTicker {}).unwrap().schedule(
+                    Schedule::every(Duration::from_millis(20))
+                        .unwrap()
+                        .overlap(procession::Overlap::QueueOne),
+                ),
+            )
+            .start()
+            .await
+            .unwrap()
+    };
+    let a = start(url.clone()).await;
+    let b = start(url.clone()).await;
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+    let observer = observer(&url).await;
+    let rec = observer.get("slow").await.unwrap().unwrap();
+    let history = observer.history("slow").await.unwrap();
+    observer.shutdown().await.unwrap();
+    let ticks = SLOW_TICKS.load(Ordering::Acquire);
+    let mut fired: Vec<u64> = history.iter().filter_map(|p| p.fired_at).collect();
+    println!(
+        "{} runs, {ticks} task runs, {} runs listed",
+        rec.runs,
+        history.len()
+    );
+    assert!(ticks >= 5, "the schedule barely fired: {ticks}");
+    let refused: Vec<&str> = rec
+        .log
+        .iter()
+        .filter(|l| l.message.contains("launch failed"))
+        .map(|l| l.message.as_str())
+        .collect();
+    assert!(refused.is_empty(), "{refused:?}");
+    let n = fired.len();
+    fired.sort_unstable();
+    fired.dedup();
+    assert_eq!(fired.len(), n, "a fire was launched twice");
+    assert!(!SLOW_OVERLAP.load(Ordering::Acquire), "two runs at once");
 }

@@ -468,6 +468,57 @@ fn leases_and_fencing(store: &dyn Store, shared: bool) {
     );
 }
 
+/// Issue 14 gap 2: the record writes of a run's holder (its start, its cancel
+/// acknowledgement) are fenced by its lease on a shared store: a holder that another
+/// owner took the run from writes nothing and learns it ([`StoreError::Fenced`]); the
+/// current holder writes. Single-process stores (nobody else takes a run) write either.
+fn leased_record_updates(store: &dyn Store, shared: bool) {
+    use procession::store::StoreError;
+    put(store, &record("run-l", 1));
+    let first = store.claim("run-l", "w1", 30_000).unwrap();
+    let running = |cur: Option<&ProcessRecord>| {
+        let mut r = cur.expect("the record").clone();
+        r.status.state = State::Running;
+        Update::Put(Box::new(r))
+    };
+    let written = store
+        .update_leased("run-l", &first, &mut |cur| running(cur))
+        .unwrap();
+    assert_eq!(written.map(|r| r.state()), Some(State::Running));
+    if shared {
+        // w1 paused past its lease; w2 took the run over.
+        store.release(&first).unwrap();
+        let second = store.claim("run-l", "w2", 30_000).unwrap();
+        let mut called = false;
+        let refused = store.update_leased("run-l", &first, &mut |cur| {
+            called = true;
+            let mut r = cur.expect("the record").clone();
+            r.status.state = State::Cancelling;
+            Update::Put(Box::new(r))
+        });
+        match refused {
+            Err(StoreError::Fenced { run, token }) => {
+                assert_eq!((run.as_str(), token), ("run-l", first.token));
+            }
+            other => panic!("a zombie's record write: {other:?}"),
+        }
+        assert!(!called, "the zombie's decision was asked for");
+        assert_eq!(
+            store.get("run-l").unwrap().unwrap().state(),
+            State::Running,
+            "the zombie's write reached the record"
+        );
+        let written = store
+            .update_leased("run-l", &second, &mut |cur| {
+                let mut r = cur.expect("the record").clone();
+                r.status.state = State::CancelRequested;
+                Update::Put(Box::new(r))
+            })
+            .unwrap();
+        assert_eq!(written.map(|r| r.state()), Some(State::CancelRequested));
+    }
+}
+
 /// Idempotency keys map to the first id; ids are never handed out twice.
 fn idempotency_and_ids(store: &dyn Store) {
     assert_eq!(store.idempotent("k").unwrap(), None);
@@ -759,6 +810,7 @@ fn conformance(make: &dyn Fn() -> Box<dyn Store>, shared: bool) {
     task_rows(&*make());
     many_task_rows(&*make());
     leases_and_fencing(&*make(), shared);
+    leased_record_updates(&*make(), shared);
     idempotency_and_ids(&*make());
     history(&*make());
     outbox(&*make());

@@ -279,7 +279,10 @@ impl RuntimeBuilder {
     /// once its lease expired (a crashed or paused worker's runs wait at most about this
     /// long, plus half of it for the next takeover poll). Shorter means faster
     /// takeover, at the cost of more heartbeat statements and of fencing out a worker
-    /// that pauses (a long GC-like stall, a saturated host) for longer than this.
+    /// that pauses (a long GC-like stall, a saturated host) for longer than this. A
+    /// worker whose renewals fail (it cannot reach the database) stops its runs by
+    /// itself when none succeeded for four fifths of this (at least 100 ms before the
+    /// expiry, at most a third of the lease), before another worker can take them over.
     ///
     /// # Examples
     ///

@@ -12,7 +12,7 @@ use crate::hooks::Hooks;
 use crate::journal::RunJournal;
 use crate::record::{ProcessRecord, State};
 use crate::report::{RunReport, RunStatus, TaskReport};
-use crate::store::{Batch, TaskRow, Update};
+use crate::store::{Batch, StoreError, TaskRow, Update};
 use crate::task::ctx::RuntimeHandle;
 
 use super::{archiving, clearing, state_event, ChildSpawner, Inner};
@@ -59,9 +59,10 @@ pub(super) async fn drive(inner: Arc<Inner>, run: Run) -> Option<RunReport> {
         &span,
         run_meta.as_ref().and_then(|m| m.traceparent.as_deref()),
     );
-    // scheduled -> running, unless a cancel got there first.
+    // scheduled -> running, unless a cancel got there first; fenced by the lease (a
+    // worker that another took the run from writes nothing and stops the run here).
     let started = inner
-        .update(&id, move |cur| match cur {
+        .update_leased(&id, lease, move |cur| match cur {
             Some(r) if r.run.as_ref().map(|m| m.token) == Some(token) => {
                 let mut r = r.clone();
                 match r.transition(State::Running) {
@@ -80,6 +81,11 @@ pub(super) async fn drive(inner: Arc<Inner>, run: Run) -> Option<RunReport> {
     let running = match started {
         Ok((Some(_), true)) => true,
         Ok(_) => false,
+        Err(crate::Error::Store(e @ StoreError::Fenced { .. })) => {
+            tracing::warn!(run = %id, worker = %inner.worker, error = %e, "the run's lease was taken by another worker before its start was written: stopping it here");
+            halt.halt_now();
+            false
+        }
         Err(e) => {
             tracing::error!(run = %id, error = %e, "cannot start run");
             false
@@ -133,10 +139,12 @@ pub(super) async fn drive(inner: Arc<Inner>, run: Run) -> Option<RunReport> {
         let inner = inner.clone();
         let cancel = cancel.clone();
         let id = id.clone();
+        let halt = halt.clone();
         tokio::spawn(async move {
             cancel.cancelled().await;
-            let _ = inner
-                .update(&id, move |cur| match cur {
+            // Fenced by the lease: a worker fenced out stops the run instead.
+            let acked = inner
+                .update_leased(&id, lease, move |cur| match cur {
                     Some(r)
                         if matches!(r.state(), State::CancelRequested | State::Running)
                             && r.run.as_ref().map(|m| m.token) == Some(token) =>
@@ -151,6 +159,10 @@ pub(super) async fn drive(inner: Arc<Inner>, run: Run) -> Option<RunReport> {
                     _ => (Update::Keep, ()),
                 })
                 .await;
+            if let Err(crate::Error::Store(e @ StoreError::Fenced { .. })) = acked {
+                tracing::warn!(run = %id, worker = %inner.worker, error = %e, "the run's lease was taken by another worker before its cancel was acknowledged: stopping it here");
+                halt.halt_now();
+            }
         })
     };
     let cfg = RunConfig {

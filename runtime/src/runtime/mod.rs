@@ -277,20 +277,44 @@ impl Inner {
     async fn update<R: Send + 'static>(
         &self,
         id: &str,
+        f: impl FnMut(Option<&ProcessRecord>) -> (Update, R) + Send + 'static,
+    ) -> Result<(Option<ProcessRecord>, R)> {
+        self.update_leased(id, 0, f).await
+    }
+
+    /// [`update`](Inner::update) fenced by this worker's lease `token` on run `id`
+    /// (none when 0): a worker that another took the run from gets
+    /// [`StoreError::Fenced`] and writes nothing.
+    async fn update_leased<R: Send + 'static>(
+        &self,
+        id: &str,
+        token: u64,
         mut f: impl FnMut(Option<&ProcessRecord>) -> (Update, R) + Send + 'static,
     ) -> Result<(Option<ProcessRecord>, R)> {
         let id = id.to_owned();
+        let owner = self.worker.clone();
         self.write(move |store| {
             let mut decided = None;
             let mut before = None;
             let mut put = false;
-            let rec = store.update(&id, &mut |cur| {
+            let mut decide = |cur: Option<&ProcessRecord>| {
                 before = cur.map(ProcessRecord::state);
                 let (u, r) = f(cur);
                 put = matches!(u, Update::Put(_));
                 decided = Some(r);
                 u
-            })?;
+            };
+            let rec = if token == 0 {
+                store.update(&id, &mut decide)?
+            } else {
+                let lease = crate::store::Lease {
+                    run: id.clone(),
+                    owner: owner.clone(),
+                    token,
+                    expires_at: 0,
+                };
+                store.update_leased(&id, &lease, &mut decide)?
+            };
             let events = match &rec {
                 Some(r) if put && before != Some(r.state()) => vec![state_event(r)],
                 _ => Vec::new(),

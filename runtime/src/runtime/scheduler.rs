@@ -164,14 +164,27 @@ pub(super) async fn scheduler_pass(rt: &Runtime) -> Result<Option<std::time::Sys
         // A fire queued while the last run was active: that run has ended.
         if let Some(q) = queued.filter(|_| !active) {
             queued = None;
-            match fire(rt, &r.id, Some(q)).await {
-                Ok(()) => active = true,
-                // Kept for the next start.
-                Err(Error::ShuttingDown) => {}
-                Err(e) => {
-                    out.failure = Some(format!("queued scheduled launch failed: {e}"));
-                    out.unqueue = true;
+            // Several workers share the store and each runs this pass: the queued fire
+            // is taken by a compare-and-swap (still queued, the run still ended), so
+            // that exactly one worker launches it.
+            let taken = !rt.inner.shared || take_queued(rt, &r.id, q, true).await?;
+            if taken {
+                match fire(rt, &r.id, Some(q)).await {
+                    Ok(()) => active = true,
+                    // Kept for the next start (queued again where it was taken).
+                    Err(Error::ShuttingDown) => {
+                        if rt.inner.shared {
+                            take_queued(rt, &r.id, q, false).await?;
+                        }
+                    }
+                    Err(e) => {
+                        out.failure = Some(format!("queued scheduled launch failed: {e}"));
+                        out.unqueue = true;
+                    }
                 }
+            } else {
+                tracing::debug!(id = %r.id, "queued schedule fire taken by another worker");
+                active = true;
             }
         }
         let last = r.last_fire.map_or_else(
@@ -209,28 +222,18 @@ pub(super) async fn scheduler_pass(rt: &Runtime) -> Result<Option<std::time::Sys
             let launched = if active {
                 // The previous run is still active (or a queued fire has just started
                 // one): the overlap policy decides.
-                match s.overlap_policy() {
-                    Overlap::Skip => {
-                        tracing::info!(id = %r.id, "schedule fired while the process is still active: skipped (overlap = skip)");
-                        None
-                    }
-                    Overlap::QueueOne if queued.is_none() => {
-                        tracing::info!(id = %r.id, "schedule fired while the process is still active: queued (overlap = queue_one)");
-                        out.queue = Some(fired);
-                        None
-                    }
-                    Overlap::QueueOne => {
-                        tracing::info!(id = %r.id, "schedule fired while a fire is already queued: skipped (overlap = queue_one)");
-                        None
-                    }
-                    Overlap::Allow => Some(
-                        rt.launch_overlap(&r.id, fired)
-                            .await
-                            .map(|h| tracing::info!(id = %h.id(), "launched alongside the active run (overlap = allow)")),
-                    ),
-                }
+                overlapping(rt, &r.id, s.overlap_policy(), queued, fired, &mut out).await
             } else {
-                Some(fire(rt, &r.id, Some(fired)).await.map(drop))
+                match fire(rt, &r.id, Some(fired)).await {
+                    // Another worker sharing the store launched a run meanwhile (a
+                    // queued fire): the overlap policy decides, as if it had been seen.
+                    Err(Error::NotLaunchable { state, .. })
+                        if rt.inner.shared && state.is_active() =>
+                    {
+                        overlapping(rt, &r.id, s.overlap_policy(), queued, fired, &mut out).await
+                    }
+                    other => Some(other.map(drop)),
+                }
             };
             if let Some(Err(e)) = launched {
                 tracing::warn!(id = %r.id, error = %e, "scheduled launch failed");
@@ -275,6 +278,60 @@ pub(super) async fn scheduler_pass(rt: &Runtime) -> Result<Option<std::time::Sys
         }
     }
     Ok(earliest)
+}
+
+/// A fire at `fired` of record `id` while its previous run is active, by `policy`:
+/// skipped, queued on `out` (unless a fire is already `queued`), or launched beside it.
+/// Returns the launch's outcome when there was one.
+async fn overlapping(
+    rt: &Runtime,
+    id: &str,
+    policy: Overlap,
+    queued: Option<u64>,
+    fired: u64,
+    out: &mut Outcome,
+) -> Option<Result<()>> {
+    match policy {
+        Overlap::Skip => {
+            tracing::info!(id = %id, "schedule fired while the process is still active: skipped (overlap = skip)");
+            None
+        }
+        Overlap::QueueOne if queued.is_none() => {
+            tracing::info!(id = %id, "schedule fired while the process is still active: queued (overlap = queue_one)");
+            out.queue = Some(fired);
+            None
+        }
+        Overlap::QueueOne => {
+            tracing::info!(id = %id, "schedule fired while a fire is already queued: skipped (overlap = queue_one)");
+            None
+        }
+        Overlap::Allow => Some(rt.launch_overlap(id, fired).await.map(
+            |h| tracing::info!(id = %h.id(), "launched alongside the active run (overlap = allow)"),
+        )),
+    }
+}
+
+/// Takes queued fire `q` off record `id` (`take`) when it is still queued there and the
+/// record's run has ended, or puts it back (`!take`) when none is queued; returns
+/// whether the record changed.
+async fn take_queued(rt: &Runtime, id: &str, q: u64, take: bool) -> Result<bool> {
+    let (_, changed) = rt
+        .inner
+        .update(id, move |cur| match cur {
+            Some(c) if take && c.queued_fire == Some(q) && !c.state().is_active() => {
+                let mut c = c.clone();
+                c.queued_fire = None;
+                (Update::Put(Box::new(c)), true)
+            }
+            Some(c) if !take && c.queued_fire.is_none() => {
+                let mut c = c.clone();
+                c.queued_fire = Some(q);
+                (Update::Put(Box::new(c)), true)
+            }
+            _ => (Update::Keep, false),
+        })
+        .await?;
+    Ok(changed)
 }
 
 /// Launches scheduled record `id` for a fire due at `fired_at`.

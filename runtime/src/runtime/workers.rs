@@ -128,15 +128,35 @@ fn held(inner: &Inner) -> Vec<Lease> {
 /// Every third of the lease time: renews every lease of this worker in one call; stops
 /// at once the runs whose renewal was refused (another worker took them: whatever they
 /// would write is fenced anyway) and cancels the runs another worker asked to cancel.
+///
+/// Self-fencing: when no renewal succeeded for [`fence_after`] the lease time since the
+/// last one that did (the database is unreachable from here, or every call hangs), the
+/// leases of this worker may have expired on the database and another worker may be
+/// taking its runs over: every run live here is stopped at once, as a refused renewal
+/// stops it (nothing is written). A run stopped so is resumed by whichever worker claims
+/// its expired lease, this one included once the database answers again.
 pub(super) async fn heartbeat(inner: Weak<Inner>, every: Duration) {
+    // Leases are renewed for `lease_ms` from the moment a renewal reaches the database,
+    // which is after it was sent: counting from the sending is on the safe side.
+    let mut last_ok = tokio::time::Instant::now();
+    let mut fenced = false;
     loop {
-        let stop = match inner.upgrade() {
-            Some(i) => i.stop_loops.clone(),
+        let (stop, deadline) = match inner.upgrade() {
+            Some(i) => (
+                i.stop_loops.clone(),
+                last_ok + fence_after(Duration::from_millis(i.lease_ms)),
+            ),
             None => return,
         };
         tokio::select! {
             () = stop.cancelled() => return,
             () = tokio::time::sleep(every) => {}
+            () = tokio::time::sleep_until(deadline), if !fenced => {
+                if let Some(i) = inner.upgrade() {
+                    fenced = self_fence(&i, last_ok.elapsed());
+                }
+                continue;
+            }
         }
         let Some(inner) = inner.upgrade() else {
             return;
@@ -144,9 +164,19 @@ pub(super) async fn heartbeat(inner: Weak<Inner>, every: Duration) {
         let leases = held(&inner);
         let (worker, ttl) = (inner.worker.clone(), inner.lease_ms);
         let sent: Vec<(String, u64)> = leases.iter().map(|l| (l.run.clone(), l.token)).collect();
-        let beat = inner
-            .read(move |s| s.heartbeat(&worker, &leases, ttl))
-            .await;
+        let sent_at = tokio::time::Instant::now();
+        let beat = inner.read(move |s| s.heartbeat(&worker, &leases, ttl));
+        tokio::pin!(beat);
+        // A call may hang (a partition) or keep retrying for the store's retry window:
+        // the runs are stopped when their leases may expire, whatever the call does.
+        let beat = loop {
+            tokio::select! {
+                b = &mut beat => break b,
+                () = tokio::time::sleep_until(deadline), if !fenced => {
+                    fenced = self_fence(&inner, last_ok.elapsed());
+                }
+            }
+        };
         let beat = match beat {
             Ok(b) => b,
             Err(e) => {
@@ -154,6 +184,8 @@ pub(super) async fn heartbeat(inner: Weak<Inner>, every: Duration) {
                 continue;
             }
         };
+        last_ok = sent_at;
+        fenced = false;
         stop_refused(&inner, &sent, &beat.refused);
         for run in &beat.cancel_requested {
             if let Some(a) = inner.active().get(run) {
@@ -164,6 +196,36 @@ pub(super) async fn heartbeat(inner: Weak<Inner>, every: Duration) {
             }
         }
     }
+}
+
+/// How long after the last successful renewal this worker stops its runs: the lease
+/// time less a margin that covers stopping the runs and the rates of two clocks (a
+/// fifth of the lease, at least 100 ms, at most a third of the lease: the renewals come
+/// every third, so a short lease is not given up after a single late one).
+pub(super) fn fence_after(lease: Duration) -> Duration {
+    let margin = (lease / 5).max(Duration::from_millis(100).min(lease / 3));
+    lease.saturating_sub(margin)
+}
+
+/// Stops at once every run live here that holds a lease (their leases may have expired
+/// by now: no renewal succeeded for `since`). Returns `true` (the worker is fenced
+/// until a renewal succeeds again).
+fn self_fence(inner: &Arc<Inner>, since: Duration) -> bool {
+    let active = inner.active();
+    for (run, a) in active.iter().filter(|(_, a)| a.lease != 0) {
+        tracing::warn!(
+            run = %run,
+            worker = %inner.worker,
+            lease = a.lease,
+            since_last_renewal_ms = u64::try_from(since.as_millis()).unwrap_or(u64::MAX),
+            lease_ms = inner.lease_ms,
+            "no heartbeat reached the database for nearly the lease time: the run's lease may \
+             have expired and another worker may take it over, so this worker stops it here \
+             (nothing of it is written)"
+        );
+        a.halt.halt_now();
+    }
+    true
 }
 
 /// Stops the runs of `refused` still live here under the token that was sent.
@@ -210,5 +272,23 @@ pub(super) async fn takeover(inner: Weak<Inner>, every: Duration) {
         if let Err(e) = rt.take_over().await {
             tracing::warn!(worker = %rt.inner.worker, error = %e, "takeover poll failed");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fence_after;
+    use std::time::Duration;
+
+    #[test]
+    fn runs_stop_before_their_lease_expires_and_after_two_renewals() {
+        let ms = Duration::from_millis;
+        assert_eq!(
+            fence_after(Duration::from_secs(30)),
+            Duration::from_secs(24)
+        );
+        assert_eq!(fence_after(ms(1000)), ms(800));
+        assert_eq!(fence_after(ms(300)), ms(200));
+        assert_eq!(fence_after(ms(30)), ms(20));
     }
 }

@@ -105,6 +105,15 @@ pub enum StoreError {
         #[source]
         source: Source,
     },
+    /// A write fenced by a lease ([`Store::update_leased`]) was refused: the lease's
+    /// token is no longer the run's current one (another worker took the run over).
+    #[error("run `{run}`: lease token {token} is stale (another worker took the run over): the write was refused")]
+    Fenced {
+        /// The run.
+        run: String,
+        /// The stale token.
+        token: u64,
+    },
     /// The store was closed (the runtime shut down).
     #[error("the store is closed: the runtime has shut down")]
     Closed,
@@ -699,7 +708,9 @@ pub struct Page {
 ///   writes nothing.
 /// - **Fencing.** A task row whose [`TaskRow::lease`] is non-zero and below the run's
 ///   current lease token is dropped and counted in [`Applied::fenced`]; it never
-///   overwrites a newer row.
+///   overwrites a newer row. On a shared store, a record write of a run's holder
+///   ([`update_leased`](Store::update_leased)) with a stale token is refused
+///   ([`StoreError::Fenced`]).
 ///
 /// # Reads
 ///
@@ -779,6 +790,39 @@ pub trait Store: Send + Sync + 'static {
         id: &str,
         f: &mut dyn FnMut(Option<&ProcessRecord>) -> Update,
     ) -> Result<Option<ProcessRecord>, StoreError>;
+    /// [`update`](Store::update) of run record `id`, fenced by `lease`: written only
+    /// while `lease`'s token is the run's current one, checked in the same transaction as
+    /// the write (a concurrent claim waits for it to end). A holder that was fenced out
+    /// (another worker took the run over) gets [`StoreError::Fenced`] and nothing is
+    /// written.
+    ///
+    /// The default (single-process stores: sled, memory, where nobody else takes a run)
+    /// is [`update`](Store::update).
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Fenced`] for a stale token; the errors of
+    /// [`update`](Store::update).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use procession::store::{MemoryStore, Store, Update};
+    /// let store = MemoryStore::new();
+    /// let lease = store.claim("run-1", "w1", 1_000)?;
+    /// let written = store.update_leased("run-1", &lease, &mut |_| Update::Keep)?;
+    /// assert!(written.is_none());
+    /// # Ok::<(), procession::store::StoreError>(())
+    /// ```
+    fn update_leased(
+        &self,
+        id: &str,
+        lease: &Lease,
+        f: &mut dyn FnMut(Option<&ProcessRecord>) -> Update,
+    ) -> Result<Option<ProcessRecord>, StoreError> {
+        let _ = lease;
+        self.update(id, f)
+    }
     /// The task rows of run `id` (with their results), by node index.
     fn tasks(&self, id: &str) -> Result<Vec<(u32, TaskRow)>, StoreError>;
     /// Applies a batch atomically (see the fencing rule and the history rules above).
@@ -961,6 +1005,14 @@ impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
         f: &mut dyn FnMut(Option<&ProcessRecord>) -> Update,
     ) -> Result<Option<ProcessRecord>, StoreError> {
         (**self).update(id, f)
+    }
+    fn update_leased(
+        &self,
+        id: &str,
+        lease: &Lease,
+        f: &mut dyn FnMut(Option<&ProcessRecord>) -> Update,
+    ) -> Result<Option<ProcessRecord>, StoreError> {
+        (**self).update_leased(id, lease, f)
     }
     fn tasks(&self, id: &str) -> Result<Vec<(u32, TaskRow)>, StoreError> {
         (**self).tasks(id)

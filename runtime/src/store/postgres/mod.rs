@@ -540,6 +540,53 @@ impl PgStore {
         Ok(out)
     }
 
+    /// [`Store::update_enqueue`], fenced by `lease` when given: the lease row is read
+    /// (and locked against a concurrent claim) in the transaction of the write.
+    fn update_in(
+        &self,
+        id: &str,
+        lease: Option<&Lease>,
+        f: &mut Enqueue<'_>,
+    ) -> Result<Option<ProcessRecord>, StoreError> {
+        loop {
+            // `None` from the transaction: a record appeared between the read and the
+            // insert (another writer): decide again from the new value.
+            let out = self.tx(|c| {
+                if let Some(l) = lease {
+                    let current = Self::tokens(c, &[l.run.as_str()])?;
+                    if current.get(&l.run).copied() != Some(l.token) {
+                        return Err(PgError::Store(StoreError::Fenced {
+                            run: l.run.clone(),
+                            token: l.token,
+                        }));
+                    }
+                }
+                let current = self.get_in(c, id, true)?;
+                let (decided, deliveries) = f(current.as_ref());
+                let written = match decided {
+                    Update::Keep => return Ok(Some(current)),
+                    Update::Delete => {
+                        c.execute("DELETE FROM procession_records WHERE id = $1", &[&id])?;
+                        None
+                    }
+                    Update::Put(r) => {
+                        if !Self::put_record(c, &r, current.is_none())? {
+                            return Ok(None);
+                        }
+                        Some(*r)
+                    }
+                };
+                for d in &deliveries {
+                    Self::insert_delivery(c, d, false)?;
+                }
+                Ok(Some(written))
+            });
+            if let Some(v) = out? {
+                return Ok(v);
+            }
+        }
+    }
+
     fn apply_in(&self, c: &mut Conn, batch: &Batch) -> Result<Applied, PgError> {
         let mut applied = Applied::default();
         for a in &batch.archive {
@@ -689,39 +736,21 @@ impl Store for PgStore {
         self.update_enqueue(id, &mut |cur| (f(cur), Vec::new()))
     }
 
+    fn update_leased(
+        &self,
+        id: &str,
+        lease: &Lease,
+        f: &mut dyn FnMut(Option<&ProcessRecord>) -> Update,
+    ) -> Result<Option<ProcessRecord>, StoreError> {
+        self.update_in(id, Some(lease), &mut |cur| (f(cur), Vec::new()))
+    }
+
     fn update_enqueue(
         &self,
         id: &str,
         f: &mut Enqueue<'_>,
     ) -> Result<Option<ProcessRecord>, StoreError> {
-        loop {
-            // `None` from the transaction: a record appeared between the read and the
-            // insert (another writer): decide again from the new value.
-            let out = self.tx(|c| {
-                let current = self.get_in(c, id, true)?;
-                let (decided, deliveries) = f(current.as_ref());
-                let written = match decided {
-                    Update::Keep => return Ok(Some(current)),
-                    Update::Delete => {
-                        c.execute("DELETE FROM procession_records WHERE id = $1", &[&id])?;
-                        None
-                    }
-                    Update::Put(r) => {
-                        if !Self::put_record(c, &r, current.is_none())? {
-                            return Ok(None);
-                        }
-                        Some(*r)
-                    }
-                };
-                for d in &deliveries {
-                    Self::insert_delivery(c, d, false)?;
-                }
-                Ok(Some(written))
-            });
-            if let Some(v) = out? {
-                return Ok(v);
-            }
-        }
+        self.update_in(id, None, f)
     }
 
     fn tasks(&self, id: &str) -> Result<Vec<(u32, TaskRow)>, StoreError> {
