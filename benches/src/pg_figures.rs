@@ -408,7 +408,9 @@ pub(crate) async fn worker(args: &[String]) -> AnyResult<()> {
             for _ in 0..runs {
                 handles.push(rt.launch(super::Wide { n: size }).await?);
             }
-            let reports = futures::future::join_all(handles.into_iter().map(|h| h.wait())).await;
+            let reports =
+                futures::future::join_all(handles.into_iter().map(procession::RunHandle::wait))
+                    .await;
             let mut wrong = 0;
             for r in reports {
                 if checksum(&r?) != expect {
@@ -439,7 +441,7 @@ pub(crate) async fn worker(args: &[String]) -> AnyResult<()> {
             }
             println!("ready {}", rt.worker_id());
             loop {
-                tokio::time::sleep(Duration::from_secs(3600)).await;
+                tokio::time::sleep(Duration::from_hours(1)).await;
             }
         }
         other => Err(format!("--pg-worker: unknown kind {other}").into()),
@@ -517,7 +519,7 @@ impl Proc {
             }
         });
         let mut p = Proc { child, lines: rx };
-        p.expect("ready", Duration::from_secs(60))?;
+        p.expect("ready", Duration::from_mins(1))?;
         Ok(p)
     }
 
@@ -569,7 +571,7 @@ async fn workers_round(admin: &str, workers: u32, runs: u32) -> AnyResult<Durati
             p.go()?;
         }
         for p in &mut procs {
-            let done = p.expect("done", Duration::from_secs(600))?;
+            let done = p.expect("done", Duration::from_mins(10))?;
             if !done.ends_with(" 0") {
                 return Err(format!("a worker computed wrong sums: {done}").into());
             }
@@ -623,7 +625,7 @@ async fn takeover_round(
             let mut first = Proc::start(&u, lease_ms, "first", "chain", runs, steps)?;
             let mut c = postgres::Client::connect(&u, postgres::NoTls)?;
             let until = |c: &mut postgres::Client, q: &str, what: &str| -> AnyResult<()> {
-                let deadline = Instant::now() + Duration::from_secs(60);
+                let deadline = Instant::now() + Duration::from_mins(1);
                 loop {
                     let n: i64 = c.query_one(q, &[])?.get(0);
                     if n >= i64::from(runs) {
@@ -668,12 +670,10 @@ async fn takeover_round(
     let observer = Runtime::connect(url.clone()).start().await?;
     let mut right = 0;
     for i in 0..runs {
-        let report = tokio::time::timeout(
-            Duration::from_secs(120),
-            observer.wait(&format!("first-{i}")),
-        )
-        .await
-        .map_err(|_| "a taken-over run did not end within 120 s")??;
+        let report =
+            tokio::time::timeout(Duration::from_mins(2), observer.wait(&format!("first-{i}")))
+                .await
+                .map_err(|_| "a taken-over run did not end within 120 s")??;
         if report.tasks.last().and_then(|t| t.result_as::<u64>().ok()) == Some(slow_expected(steps))
         {
             right += 1;
