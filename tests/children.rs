@@ -54,7 +54,7 @@ static BOTH_STARTED: std::sync::LazyLock<tokio::sync::Barrier> =
 /// that has not started when the first one fails is cancelled, not failed.
 #[task]
 async fn explode_together(url: String, code: i32) -> Result<(), DownloadError> {
-    let _ = tokio::time::timeout(Duration::from_secs(60), BOTH_STARTED.wait()).await;
+    let _ = tokio::time::timeout(Duration::from_mins(1), BOTH_STARTED.wait()).await;
     Err(DownloadError {
         url,
         exit_code: code,
@@ -379,7 +379,7 @@ async fn group_failures() {
         "ea=failed,eb=failed,good=done"
     );
     let r = tokio::time::timeout(
-        Duration::from_secs(120),
+        Duration::from_mins(2),
         rt.run(Launch::new(Mixed { survive: false }).id("m2")),
     )
     .await
