@@ -13,7 +13,9 @@
 //! `--admin [--quick]` prints the admin HTTP API's figures (SSE events/s to 10 clients,
 //! `GET /api/runs` latency over 100,000 sled records).
 //! `--postgres [--quick] [--url <url>]` prints tasks/s on PostgreSQL (one worker) against
-//! a pgbench claim-and-finish ceiling measured in the same run (`pg_figures.rs`).
+//! a pgbench claim-and-finish ceiling measured in the same run, then with 1, 2 and 4
+//! worker processes (hidden `--pg-worker`) and the takeover after `kill -9`
+//! (`pg_figures.rs`).
 
 mod admin_figures;
 mod pg_figures;
@@ -1700,6 +1702,7 @@ fn main() {
             Some("--admin") => admin_figures::run(&args[1..]).await,
             Some("--admin-list-child") => admin_figures::list_child(&args[1..]).await,
             Some("--postgres") => pg_figures::run(&args[1..]).await,
+            Some("--pg-worker") => pg_figures::worker(&args[1..]).await,
             Some("-h" | "--help") => {
                 println!("usage: procession-benches [--quick] [--no-run-graph] | --only <wide|chain|fan|layered> <tasks> <a|a2|b|b2|c> [repeats] | --resume-only <tasks> | --admin [--quick] | --postgres [--quick] [--url <url>]");
                 Ok(())

@@ -16,6 +16,16 @@
 //!
 //! Rounds interleave the ceiling and the graphs (5 rounds, 1 with `--quick` and a 3 s
 //! pgbench); medians are printed with the ratio to the ceiling.
+//!
+//! Then several worker processes (this program re-executed with the hidden
+//! `--pg-worker`), each a runtime of its own on one database:
+//! - tasks/s with 1, 2 and 4 workers: 200 runs of a wide-50 graph (100 with `--quick`),
+//!   each worker launching its share on a common `go`; the time from `go` to the last
+//!   worker's end; medians of 3 rounds (1 with `--quick`), against the ceiling above;
+//! - the takeover after `kill -9` with a 1 s lease: a worker holding 4 slow chains is
+//!   killed in each chain's second step; the time from the kill to a standby worker's
+//!   first step of each run (the steps write their attempts into a table `effects`,
+//!   stamped by the database's clock); steps run twice; every run's final value.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -303,6 +313,563 @@ pub(crate) async fn run(args: &[String]) -> AnyResult<()> {
             w * 100.0
         );
     }
+    several_workers(&admin, quick, if quick { 1 } else { 3 }, top).await?;
     drop(cluster);
+    Ok(())
+}
+
+// ----------------------------------------------------------------------------------------
+// Several worker processes (issue 14, run level): the bench re-executes itself as workers
+// (`--pg-worker`), each a runtime of its own on the same database.
+// ----------------------------------------------------------------------------------------
+
+/// Width of the graphs of the multi-worker throughput rows.
+const WORKER_WIDTH: u32 = 50;
+
+/// This process's worker name (`--pg-worker … <name>`), written into `effects`.
+static WORKER: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// One step of the takeover graph: records its attempt (`effects`, with the database's
+/// clock), works `ms`, returns the next value.
+#[task]
+async fn slow_step(
+    ctx: &Ctx,
+    url: String,
+    run: String,
+    i: u32,
+    ms: u64,
+    prev: u64,
+) -> Result<u64, std::io::Error> {
+    let worker = WORKER.get().cloned().unwrap_or_default();
+    let attempt = ctx.attempt();
+    tokio::task::spawn_blocking(move || -> Result<(), postgres::Error> {
+        let mut c = postgres::Client::connect(&url, postgres::NoTls)?;
+        c.execute(
+            "INSERT INTO effects (run, task, attempt, worker) VALUES ($1, $2, $3, $4)",
+            &[&run, &i64::from(i), &i64::from(attempt), &worker],
+        )?;
+        Ok(())
+    })
+    .await
+    .map_err(std::io::Error::other)?
+    .map_err(std::io::Error::other)?;
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+    Ok(prev * 3 + u64::from(i))
+}
+
+/// `steps` slow steps in a line: a run that is in the middle of a step when its worker
+/// is killed.
+#[process]
+fn slow_chain(p: &mut Builder, url: String, run: String, steps: u32, ms: u64) {
+    let mut prev = p.task(SlowStep::new(url.clone(), run.clone(), 1, ms, 0u64));
+    for i in 2..=steps {
+        prev = p.task(SlowStep::new(url.clone(), run.clone(), i, ms, prev));
+    }
+}
+
+/// The value a `slow_chain` of `steps` steps ends with.
+fn slow_expected(steps: u32) -> u64 {
+    (1..=steps).fold(0, |v, i| v * 3 + u64::from(i))
+}
+
+/// `--pg-worker <url> <lease ms> <name> <wide|chain|standby> <runs> <size>`: one worker
+/// process. `wide`: prints `ready`, waits for `go` on stdin, launches its `runs` wide
+/// graphs of `size` tasks at once, waits for them and prints `done <runs> <wrong sums>`,
+/// then exits. `chain`: launches `runs` slow chains of `size` steps (ids `<name>-<i>`),
+/// prints `ready` and works until it is killed. `standby`: launches nothing, prints
+/// `ready` and works (takes runs over) until it is killed.
+pub(crate) async fn worker(args: &[String]) -> AnyResult<()> {
+    let arg = |i: usize| -> AnyResult<&str> {
+        args.get(i)
+            .map(String::as_str)
+            .ok_or_else(|| format!("--pg-worker: argument {i} missing").into())
+    };
+    let (url, lease_ms, name, kind) = (arg(0)?, arg(1)?.parse::<u64>()?, arg(2)?, arg(3)?);
+    let runs: u32 = arg(4)?.parse()?;
+    let size: u32 = arg(5)?.parse()?;
+    let _ = WORKER.set(name.to_owned());
+    {
+        use tracing_subscriber::layer::SubscriberExt;
+        let _ =
+            tracing::subscriber::set_global_default(tracing_subscriber::registry().with(Warnings));
+    }
+    let rt = register(Runtime::connect(url.to_owned()))
+        .register::<SlowChain>()
+        .lease(Duration::from_millis(lease_ms))
+        .start()
+        .await?;
+    match kind {
+        "wide" => {
+            let expect = baseline(Shape::Wide(size), true).await;
+            println!("ready {}", rt.worker_id());
+            let mut line = String::new();
+            tokio::task::spawn_blocking(move || std::io::stdin().read_line(&mut line)).await??;
+            let mut handles = Vec::new();
+            for _ in 0..runs {
+                handles.push(rt.launch(super::Wide { n: size }).await?);
+            }
+            let reports =
+                futures::future::join_all(handles.into_iter().map(procession::RunHandle::wait))
+                    .await;
+            let mut wrong = 0;
+            for r in reports {
+                if checksum(&r?) != expect {
+                    wrong += 1;
+                }
+            }
+            println!("done {runs} {wrong}");
+            rt.shutdown().await?;
+            Ok(())
+        }
+        "chain" | "standby" => {
+            if kind == "chain" {
+                for i in 0..runs {
+                    let id = format!("{name}-{i}");
+                    drop(
+                        rt.launch(
+                            Launch::new(SlowChain {
+                                url: url.to_owned(),
+                                run: id.clone(),
+                                steps: size,
+                                ms: 250,
+                            })
+                            .id(id),
+                        )
+                        .await?,
+                    );
+                }
+            }
+            println!("ready {}", rt.worker_id());
+            loop {
+                tokio::time::sleep(Duration::from_hours(1)).await;
+            }
+        }
+        other => Err(format!("--pg-worker: unknown kind {other}").into()),
+    }
+}
+
+/// Prints this process's warnings on stdout (`WARN <message> key=value…`), where the
+/// parent reads the fenced writes of a worker it paused.
+struct Warnings;
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Warnings {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        struct Text(String);
+        impl tracing::field::Visit for Text {
+            fn record_debug(&mut self, f: &tracing::field::Field, v: &dyn std::fmt::Debug) {
+                use std::fmt::Write as _;
+                let _ = write!(self.0, " {}={v:?}", f.name());
+            }
+            fn record_u64(&mut self, f: &tracing::field::Field, v: u64) {
+                use std::fmt::Write as _;
+                let _ = write!(self.0, " {}={v}", f.name());
+            }
+            fn record_str(&mut self, f: &tracing::field::Field, v: &str) {
+                use std::fmt::Write as _;
+                let _ = write!(self.0, " {}={v}", f.name());
+            }
+        }
+        if *event.metadata().level() <= tracing::Level::WARN {
+            let mut t = Text(String::new());
+            event.record(&mut t);
+            println!("WARN{}", t.0);
+        }
+    }
+}
+
+/// A worker process started by [`Proc::start`]: killed with SIGKILL when dropped; its
+/// stdout lines arrive on a channel.
+struct Proc {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Proc {
+    /// Starts `--pg-worker url lease name kind runs size` and waits for its `ready`.
+    fn start(
+        url: &str,
+        lease_ms: u64,
+        name: &str,
+        kind: &str,
+        runs: u32,
+        size: u32,
+    ) -> AnyResult<Proc> {
+        use std::io::BufRead;
+        let mut child = Command::new(std::env::current_exe()?)
+            .arg("--pg-worker")
+            .args([url, &lease_ms.to_string(), name, kind])
+            .args([runs.to_string(), size.to_string()])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()?;
+        let out = child.stdout.take().ok_or("no stdout")?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for l in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(l).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut p = Proc { child, lines: rx };
+        p.expect("ready", Duration::from_mins(1))?;
+        Ok(p)
+    }
+
+    /// The next line starting with `prefix` (other lines are skipped), within `within`.
+    fn expect(&mut self, prefix: &str, within: Duration) -> AnyResult<String> {
+        let deadline = Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) if l.starts_with(prefix) => return Ok(l),
+                Ok(_) => {}
+                Err(_) => {
+                    return Err(format!("a worker printed no `{prefix}` within {within:?}").into())
+                }
+            }
+        }
+    }
+
+    fn go(&mut self) -> AnyResult<()> {
+        use std::io::Write;
+        let stdin = self.child.stdin.as_mut().ok_or("no stdin")?;
+        stdin.write_all(b"go\n")?;
+        stdin.flush()?;
+        Ok(())
+    }
+}
+
+/// One round with `workers` processes sharing `runs` wide graphs on a fresh database:
+/// the time from `go` to the last worker's end.
+async fn workers_round(admin: &str, workers: u32, runs: u32) -> AnyResult<Duration> {
+    let url = new_database(admin, "workers").await?;
+    let u = url.clone();
+    let took = tokio::task::spawn_blocking(move || -> AnyResult<Duration> {
+        let mut procs = Vec::new();
+        for w in 0..workers {
+            // Worker `w` launches its share (the first ones take the remainder).
+            let share = runs / workers + u32::from(w < runs % workers);
+            procs.push(Proc::start(
+                &u,
+                10_000,
+                &format!("w{w}"),
+                "wide",
+                share,
+                WORKER_WIDTH,
+            )?);
+        }
+        let t = Instant::now();
+        for p in &mut procs {
+            p.go()?;
+        }
+        for p in &mut procs {
+            let done = p.expect("done", Duration::from_mins(10))?;
+            if !done.ends_with(" 0") {
+                return Err(format!("a worker computed wrong sums: {done}").into());
+            }
+        }
+        Ok(t.elapsed())
+    })
+    .await??;
+    drop_database(admin, &url).await?;
+    Ok(took)
+}
+
+/// What one takeover round measured.
+struct Takeover {
+    /// Per run: from the kill (or the pause) to the standby's first step on it.
+    times: Vec<Duration>,
+    /// Steps run twice (started by the first worker, run again by the standby).
+    rerun: u64,
+    /// Runs whose final value was right.
+    right: u32,
+    /// A paused worker woken up after the takeover: its task rows dropped by the fence
+    /// (`Applied::fenced`, from its writer's warnings), its runs stopped because their
+    /// heartbeat was refused, and the steps it started after the standby's first step of
+    /// the same run.
+    zombie: Option<(u64, u64, u64)>,
+}
+
+/// One takeover round: worker `first` launches `runs` slow chains; once every run has
+/// started its second step, it is killed with SIGKILL (or, with `pause`, stopped with
+/// SIGSTOP until the standby has taken every run over, then continued); the standby
+/// takes the runs over.
+async fn takeover_round(
+    admin: &str,
+    lease_ms: u64,
+    runs: u32,
+    steps: u32,
+    pause: bool,
+) -> AnyResult<Takeover> {
+    let url = new_database(admin, "takeover").await?;
+    sql(
+        &url,
+        "CREATE TABLE effects (run text, task bigint, attempt bigint, worker text,
+                               at double precision NOT NULL
+                                   DEFAULT extract(epoch FROM clock_timestamp()),
+                               PRIMARY KEY (run, task, attempt))",
+    )
+    .await?;
+    let u = url.clone();
+    let (stopped_at, standby, first) =
+        tokio::task::spawn_blocking(move || -> AnyResult<(f64, Proc, Proc)> {
+            let standby = Proc::start(&u, lease_ms, "standby", "standby", 0, 0)?;
+            let mut first = Proc::start(&u, lease_ms, "first", "chain", runs, steps)?;
+            let mut c = postgres::Client::connect(&u, postgres::NoTls)?;
+            let until = |c: &mut postgres::Client, q: &str, what: &str| -> AnyResult<()> {
+                let deadline = Instant::now() + Duration::from_mins(1);
+                loop {
+                    let n: i64 = c.query_one(q, &[])?.get(0);
+                    if n >= i64::from(runs) {
+                        return Ok(());
+                    }
+                    if Instant::now() > deadline {
+                        return Err(format!("{what} within 60 s").into());
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            };
+            until(
+                &mut c,
+                "SELECT count(DISTINCT run) FROM effects WHERE task >= 2 AND worker = 'first'",
+                "the runs did not reach their second step",
+            )?;
+            std::thread::sleep(Duration::from_millis(100));
+            let now = || -> AnyResult<f64> {
+                Ok(std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)?
+                    .as_secs_f64())
+            };
+            if pause {
+                signal(&first.child, "-STOP")?;
+                let at = now()?;
+                until(
+                    &mut c,
+                    "SELECT count(DISTINCT run) FROM effects WHERE worker = 'standby'",
+                    "the standby did not take the paused worker's runs over",
+                )?;
+                signal(&first.child, "-CONT")?;
+                Ok((at, standby, first))
+            } else {
+                first.child.kill()?;
+                let at = now()?;
+                first.child.wait()?;
+                Ok((at, standby, first))
+            }
+        })
+        .await??;
+    // The runs end on the standby; an observer (registers nothing) waits for them.
+    let observer = Runtime::connect(url.clone()).start().await?;
+    let mut right = 0;
+    for i in 0..runs {
+        let report =
+            tokio::time::timeout(Duration::from_mins(2), observer.wait(&format!("first-{i}")))
+                .await
+                .map_err(|_| "a taken-over run did not end within 120 s")??;
+        if report.tasks.last().and_then(|t| t.result_as::<u64>().ok()) == Some(slow_expected(steps))
+        {
+            right += 1;
+        }
+    }
+    observer.shutdown().await?;
+    drop(standby);
+    let zombie = if pause {
+        // The woken worker's warnings: its runs stopped, and its dropped task rows.
+        let first = tokio::task::spawn_blocking(move || {
+            std::thread::sleep(Duration::from_millis(lease_ms));
+            first
+        })
+        .await?;
+        let (mut fenced, mut halted) = (0, 0);
+        for l in first.lines.try_iter() {
+            if l.contains("lease was taken by another worker") {
+                halted += 1;
+            }
+            if let Some(n) = l
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("fenced="))
+                .and_then(|n| n.parse::<u64>().ok())
+            {
+                fenced += n;
+            }
+        }
+        drop(first);
+        let after = sql(
+            &url,
+            "SELECT count(*) FROM effects z WHERE z.worker = 'first' AND z.at > (
+                 SELECT min(s.at) FROM effects s WHERE s.worker = 'standby' AND s.run = z.run)",
+        )
+        .await?
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+        Some((fenced, halted, after))
+    } else {
+        drop(first);
+        None
+    };
+    let firsts = sql(
+        &url,
+        "SELECT string_agg(f::text, ',') FROM (
+             SELECT min(at) AS f FROM effects WHERE worker = 'standby' GROUP BY run) s",
+    )
+    .await?
+    .unwrap_or_default();
+    let times = firsts
+        .split(',')
+        .filter_map(|v| v.parse::<f64>().ok())
+        .map(|f| Duration::from_secs_f64((f - stopped_at).max(0.0)))
+        .collect();
+    let rerun = sql(
+        &url,
+        "SELECT count(*) FROM (SELECT 1 FROM effects GROUP BY run, task HAVING count(*) > 1) s",
+    )
+    .await?
+    .and_then(|v| v.parse().ok())
+    .unwrap_or(0);
+    drop_database(admin, &url).await?;
+    Ok(Takeover {
+        times,
+        rerun,
+        right,
+        zombie,
+    })
+}
+
+/// Sends `sig` (`-STOP`, `-CONT`) to `child`.
+fn signal(child: &std::process::Child, sig: &str) -> AnyResult<()> {
+    let ok = Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()?
+        .success();
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("kill {sig} {} failed", child.id()).into())
+    }
+}
+
+/// The multi-worker rows: tasks/s with 1, 2 and 4 worker processes, and the takeover
+/// after kill -9; `top` is the ceiling measured in this run (jobs/s).
+async fn several_workers(admin: &str, quick: bool, rounds: usize, top: f64) -> AnyResult<()> {
+    let runs: u32 = if quick { 100 } else { 200 };
+    let tasks = f64::from(runs * WORKER_WIDTH);
+    println!(
+        "several worker processes (this program re-executed with --pg-worker, one runtime \
+         each): {runs} runs of wide {WORKER_WIDTH} on a fresh database, each worker \
+         launching its share at once on `go` (a run is claimed by the worker that launches \
+         it, so the load is spread evenly, nothing is taken over); time from `go` to the \
+         last worker's end; {rounds} round{}, medians",
+        if rounds == 1 { "" } else { "s" }
+    );
+    println!(
+        "{:<8} {:>6} {:>10} {:>10} {:>11}",
+        "workers", "tasks", "median ms", "tasks/s", "vs ceiling"
+    );
+    let counts = [1u32, 2, 4];
+    let mut times: BTreeMap<u32, Vec<Duration>> = BTreeMap::new();
+    for _ in 0..rounds {
+        for &w in &counts {
+            times
+                .entry(w)
+                .or_default()
+                .push(workers_round(admin, w, runs).await?);
+        }
+    }
+    let mut rates = Vec::new();
+    for &w in &counts {
+        let m = median(&times[&w]);
+        let rate = tasks / m.as_secs_f64();
+        rates.push(rate);
+        println!(
+            "{:<8} {:>6} {:>10.1} {:>10} {:>10.0}%",
+            w,
+            tasks,
+            ms(m),
+            group_digits(rate),
+            rate / top * 100.0
+        );
+    }
+    let grows = rates.windows(2).map(|p| p[1] / p[0]).collect::<Vec<_>>();
+    println!(
+        "  throughput {} with workers (x{:.2} from 1 to 2, x{:.2} from 2 to 4; 2 cores shared \
+         by the workers and the server)",
+        if grows.iter().all(|g| *g > 1.05) {
+            "grows"
+        } else if grows.first().is_some_and(|g| *g > 1.05) {
+            "grows from 1 to 2 workers, not beyond,"
+        } else {
+            "does not grow"
+        },
+        grows.first().copied().unwrap_or(0.0),
+        grows.get(1).copied().unwrap_or(0.0)
+    );
+
+    let (lease_ms, runs, steps) = (1_000, 4, 12);
+    let takeover_rounds = rounds.min(3);
+    let total = runs * u32::try_from(takeover_rounds)?;
+    for pause in [false, true] {
+        let mut all = Vec::new();
+        let (mut rerun, mut right, mut zombie) = (0, 0, (0, 0, 0));
+        for _ in 0..takeover_rounds {
+            let t = takeover_round(admin, lease_ms, runs, steps, pause).await?;
+            all.extend(t.times);
+            rerun += t.rerun;
+            right += t.right;
+            if let Some((f, h, a)) = t.zombie {
+                zombie = (zombie.0 + f, zombie.1 + h, zombie.2 + a);
+            }
+        }
+        if all.len() != total as usize {
+            return Err(format!("the standby took {} of {total} runs over", all.len()).into());
+        }
+        if right != total {
+            return Err(format!(
+                "only {right} of {total} taken-over runs ended with the right value"
+            )
+            .into());
+        }
+        all.sort();
+        let (med, max) = (all[all.len() / 2], all[all.len() - 1]);
+        let leases = |d: Duration| d.as_secs_f64() * 1000.0 / lease_ms as f64;
+        if pause {
+            println!(
+                "takeover of a paused worker (SIGSTOP, SIGCONT once the standby has every run): \
+                 pause to the standby's first step of each run: median {:.0} ms, max {:.0} ms; \
+                 steps run twice: {rerun}; right values: {right} of {total}; once woken, the \
+                 paused worker had {} runs stopped by a refused heartbeat and {} stale task rows \
+                 refused by the fence (Applied::fenced), and started {} steps after the \
+                 takeover",
+                ms(med),
+                ms(max),
+                zombie.1,
+                zombie.0,
+                zombie.2
+            );
+        } else {
+            println!(
+                "takeover after kill -9 (lease {lease_ms} ms: heartbeat every third of it, \
+                 takeover poll every half): a worker holding {runs} runs of {steps} steps of \
+                 250 ms is killed in each run's second step, a standby worker takes them over \
+                 ({takeover_rounds} round{} of {runs} runs); kill to the standby's first step \
+                 of each run: median {:.0} ms, max {:.0} ms ({:.1} and {:.1} leases); steps \
+                 run twice: {rerun} (the step of each run in flight at the kill); right \
+                 values: {right} of {total}; stale completions: none can come from a killed \
+                 process (see the paused worker below)",
+                if takeover_rounds == 1 { "" } else { "s" },
+                ms(med),
+                ms(max),
+                leases(med),
+                leases(max),
+            );
+        }
+    }
     Ok(())
 }
