@@ -41,7 +41,8 @@ use tokio::sync::mpsc;
 struct Tracking;
 
 static TRACK: AtomicBool = AtomicBool::new(false);
-static LIVE: AtomicUsize = AtomicUsize::new(0);
+/// Signed: a block allocated before `TRACK` went on and freed after takes it below zero.
+static LIVE: std::sync::atomic::AtomicIsize = std::sync::atomic::AtomicIsize::new(0);
 static PEAK: AtomicUsize = AtomicUsize::new(0);
 /// Allocation calls while `TRACK` is on.
 static ALLOCS: AtomicUsize = AtomicUsize::new(0);
@@ -52,32 +53,36 @@ unsafe impl std::alloc::GlobalAlloc for Tracking {
     unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
         if TRACK.load(Ordering::Relaxed) {
             ALLOCS.fetch_add(1, Ordering::Relaxed);
-            let now = LIVE.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
-            PEAK.fetch_max(now, Ordering::Relaxed);
+            note_live(size_delta(layout.size()));
         }
         // SAFETY: same layout contract as the caller's.
         unsafe { std::alloc::System.alloc(layout) }
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
         if TRACK.load(Ordering::Relaxed) {
-            LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+            LIVE.fetch_sub(size_delta(layout.size()), Ordering::Relaxed);
         }
         // SAFETY: `ptr` was allocated by `System` with this layout.
         unsafe { std::alloc::System.dealloc(ptr, layout) }
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new: usize) -> *mut u8 {
         if TRACK.load(Ordering::Relaxed) {
-            if new >= layout.size() {
-                let now =
-                    LIVE.fetch_add(new - layout.size(), Ordering::Relaxed) + new - layout.size();
-                PEAK.fetch_max(now, Ordering::Relaxed);
-            } else {
-                LIVE.fetch_sub(layout.size() - new, Ordering::Relaxed);
-            }
+            note_live(size_delta(new) - size_delta(layout.size()));
         }
         // SAFETY: `ptr` was allocated by `System` with `layout`.
         unsafe { std::alloc::System.realloc(ptr, layout, new) }
     }
+}
+
+/// A block size as a signed delta (no block is over `isize::MAX` bytes).
+fn size_delta(size: usize) -> isize {
+    isize::try_from(size).unwrap_or(isize::MAX)
+}
+
+/// Adds `delta` to the live bytes and raises the peak to the new total.
+fn note_live(delta: isize) {
+    let now = LIVE.fetch_add(delta, Ordering::Relaxed).saturating_add(delta);
+    PEAK.fetch_max(usize::try_from(now).unwrap_or(0), Ordering::Relaxed);
 }
 
 #[global_allocator]
