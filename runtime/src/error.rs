@@ -237,6 +237,30 @@ pub enum InputError {
     },
 }
 
+/// The messages of `error` and of each of its sources on one line, joined by `": "`; a
+/// message an outer one already contains is left out. Transports hide the useful part
+/// (a refused connection, a TLS alert) a few sources down.
+#[cfg_attr(
+    not(any(
+        feature = "webhook",
+        feature = "email",
+        feature = "admin",
+        feature = "postgres"
+    )),
+    allow(dead_code)
+)]
+pub(crate) fn one_line(error: &(dyn StdError + 'static)) -> String {
+    let mut out = error.to_string();
+    for s in sources(error).skip(1) {
+        let m = s.to_string();
+        if !out.contains(&m) {
+            out.push_str(": ");
+            out.push_str(&m);
+        }
+    }
+    out
+}
+
 /// Walks an error and its sources into a list of messages, outermost first.
 pub(crate) fn chain(error: &(dyn StdError + 'static)) -> Vec<String> {
     sources(error).map(ToString::to_string).collect()

@@ -91,17 +91,7 @@ impl From<Error> for ApiError {
             }
         };
         // The message with its causes: `invalid parameters …: missing field `name``.
-        let mut message = e.to_string();
-        let mut source = std::error::Error::source(&e);
-        while let Some(s) = source {
-            let text = s.to_string();
-            if !message.contains(&text) {
-                message.push_str(": ");
-                message.push_str(&text);
-            }
-            source = s.source();
-        }
-        ApiError::new(status, code, message)
+        ApiError::new(status, code, crate::error::one_line(&e))
     }
 }
 

@@ -10,8 +10,9 @@ use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 
-use super::error::{chain, is_tls, ConfigError, DeliveryError};
+use super::error::{is_tls, ConfigError, DeliveryError};
 use super::payload::Parsed;
+use crate::error::one_line as chain;
 use crate::report::{RunStatus, TaskReport, TaskStatus};
 
 /// How the SMTP connection is protected. There is no "opportunistic" mode: a server

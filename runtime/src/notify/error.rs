@@ -178,23 +178,6 @@ impl DeliveryError {
     }
 }
 
-/// The messages of `e` and of each of its sources, joined: transports hide the useful
-/// part (a refused connection, a TLS alert) a few sources down.
-#[cfg_attr(not(any(feature = "webhook", feature = "email")), allow(dead_code))]
-pub(crate) fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        let m = s.to_string();
-        if !out.contains(&m) {
-            out.push_str(": ");
-            out.push_str(&m);
-        }
-        cur = s.source();
-    }
-    out
-}
-
 /// Whether a TLS error is among the causes of `e`: as a source, or wrapped in I/O
 /// errors (whose `source()` skips what they wrap).
 #[cfg(any(feature = "webhook", feature = "email"))]

@@ -8,9 +8,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER, USER_AGENT};
 use serde_json::{Map, Value};
 
-use super::error::{chain, is_tls, ConfigError, DeliveryError};
+use super::error::{is_tls, ConfigError, DeliveryError};
 use super::payload::Shape;
 use super::sign::{legacy_signature, sign, Secret};
+use crate::error::one_line as chain;
 
 /// Where and how a webhook channel POSTs.
 ///

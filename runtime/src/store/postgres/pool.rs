@@ -231,18 +231,6 @@ fn broken(conn: Option<&Conn>, e: &postgres::Error) -> bool {
     false
 }
 
-/// `e` and its causes, as one line.
-fn chain(e: &postgres::Error) -> String {
-    let mut out = e.to_string();
-    let mut cause = std::error::Error::source(e);
-    while let Some(c) = cause {
-        out.push_str(": ");
-        out.push_str(&c.to_string());
-        cause = c.source();
-    }
-    out
-}
-
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
@@ -473,7 +461,7 @@ impl Pool {
                 .as_ref()
                 .or(unsure.as_ref().map(|u| &u.2))
                 .and_then(CallError::client_error)
-                .map(chain)
+                .map(|e| crate::error::one_line(e))
                 .unwrap_or_default();
             let first = *broke.get_or_insert_with(|| {
                 tracing::warn!(database = %self.location, error = %shown, "the PostgreSQL connection broke: reconnecting");
