@@ -81,7 +81,9 @@ fn size_delta(size: usize) -> isize {
 
 /// Adds `delta` to the live bytes and raises the peak to the new total.
 fn note_live(delta: isize) {
-    let now = LIVE.fetch_add(delta, Ordering::Relaxed).saturating_add(delta);
+    let now = LIVE
+        .fetch_add(delta, Ordering::Relaxed)
+        .saturating_add(delta);
     PEAK.fetch_max(usize::try_from(now).unwrap_or(0), Ordering::Relaxed);
 }
 
