@@ -802,6 +802,192 @@ fn outbox(store: &dyn Store) {
     store.flush().unwrap();
 }
 
+/// A launched run `id` that ended in `state` at `ended_at` (created at 100), with an
+/// idempotency key `k-<id>`.
+fn ended(id: &str, state: State, ended_at: u64) -> ProcessRecord {
+    let mut r = record(id, 100);
+    r.adhoc = true;
+    r.status.state = state;
+    match state {
+        State::Done => r.status.done_at = Some(ended_at),
+        State::Failed => r.status.failed_at = Some(ended_at),
+        State::Cancelled => r.status.stopped_at = Some(ended_at),
+        _ => {}
+    }
+    r.run = Some(procession::RunMeta {
+        token: 1,
+        fingerprint: 1,
+        options: std::collections::BTreeMap::new(),
+        tasks: 1,
+        idempotency_key: Some(format!("k-{id}")),
+        max_concurrency: None,
+        resumes: 0,
+        seq: 1,
+        overlap_of: None,
+        fired_at: None,
+        traceparent: None,
+    });
+    r
+}
+
+/// Retention (issue 14): a sweep deletes the finished launched roots that ended before
+/// the cutoff, whole trees at a time (child runs, task rows, history, lease, key), and
+/// the ended deliveries created before it, `limit` at a time; it never deletes an
+/// active run, a definition, a scheduled or idle record, a tree with an active record,
+/// a root that ended after the cutoff, nor a pending delivery.
+fn retention(store: &dyn Store) {
+    const CUTOFF: u64 = 3_000;
+    let mut gone = vec![
+        ended("old-done", State::Done, 1_000),
+        ended("old-failed", State::Failed, 1_000),
+        ended("old-cancelled", State::Cancelled, 2_999),
+    ];
+    let mut c = child("old-done/c1", "old-done", 200);
+    c.status.state = State::Done;
+    let mut grand = child("old-done/c1/g", "old-done/c1", 300);
+    grand.root = "old-done".into();
+    grand.depth = 2;
+    grand.status.state = State::Failed;
+    gone.extend([c, grand]);
+    let mut kept = vec![
+        ended("recent", State::Done, 3_000),
+        ended("long", State::Done, 9_000),
+        ended("tree-active", State::Done, 1_000),
+    ];
+    let mut def = ended("def", State::Done, 1_000);
+    def.adhoc = false;
+    let mut sched = ended("sched", State::Done, 1_000);
+    sched.schedule = Some(procession::Schedule::every(std::time::Duration::from_mins(1)).unwrap());
+    let mut idle = ended("idle", State::Idle, 1_000);
+    idle.status = ProcessRecord::new_root("x", "job", "x", "", serde_json::json!({})).status;
+    let mut active = ended("active", State::Running, 1_000);
+    active.status.state = State::Running;
+    let mut live_child = child("tree-active/c", "tree-active", 200);
+    live_child.status.state = State::Running;
+    let mut kept_child = child("recent/c", "recent", 200);
+    kept_child.status.state = State::Done;
+    kept.extend([def, sched, idle, active, live_child, kept_child]);
+    for r in gone.iter().chain(&kept) {
+        put(store, r);
+        store
+            .apply(Batch {
+                tasks: vec![(Arc::from(r.id.as_str()), 0, row("n", 0, State::Done))],
+                archive: vec![archive(&r.id, 1, &r.id, 3)],
+                ..Batch::default()
+            })
+            .unwrap();
+        if let Some(k) = r.run.as_ref().and_then(|m| m.idempotency_key.as_deref()) {
+            store.claim_idempotent(k, &r.id).unwrap();
+        }
+        store.claim(&r.id, "w1", 60_000).unwrap();
+    }
+    // Deliveries: ended before the cutoff (go), pending (stays), ended after (stays).
+    let settle = |id: &str, at: u64, state: DeliveryState| {
+        let d = delivery(id, "old-done", at);
+        store
+            .update_enqueue("holder", &mut |_| {
+                (Update::Put(Box::new(record("holder", 1))), vec![d.clone()])
+            })
+            .unwrap();
+        store
+            .update_delivery(id, &mut |cur| {
+                let mut d = cur.unwrap().clone();
+                d.state = state;
+                DeliveryUpdate::Put(Box::new(d))
+            })
+            .unwrap();
+    };
+    settle("d-old-ok", 1_000, DeliveryState::Delivered);
+    settle("d-old-failed", 2_000, DeliveryState::Failed);
+    settle("d-old-pending", 1_000, DeliveryState::Pending);
+    settle("d-new-ok", 3_000, DeliveryState::Delivered);
+
+    // Small batches: two trees, then the third, then nothing.
+    let first = store.sweep_finished(CUTOFF, 2).unwrap();
+    assert_eq!(first.runs, 2);
+    let second = store.sweep_finished(CUTOFF, 100).unwrap();
+    assert_eq!(second.runs, 1);
+    assert_eq!(
+        first.records + second.records,
+        5,
+        "three roots, a child, a grandchild"
+    );
+    assert_eq!(first.deliveries + second.deliveries, 2);
+    let third = store.sweep_finished(CUTOFF, 100).unwrap();
+    assert_eq!((third.runs, third.records, third.deliveries), (0, 0, 0));
+    store.flush().unwrap();
+
+    for r in &gone {
+        assert!(store.get(&r.id).unwrap().is_none(), "{} is deleted", r.id);
+        assert!(
+            store.tasks(&r.id).unwrap().is_empty(),
+            "{}'s task rows go",
+            r.id
+        );
+        assert!(
+            store.history(&r.id).unwrap().is_empty(),
+            "{}'s history goes",
+            r.id
+        );
+        assert_eq!(store.idempotent(&format!("k-{}", r.id)).unwrap(), None);
+        // Its lease went too: a new run with the id starts afresh, unfenced.
+        assert!(store.claim(&r.id, "w2", 1_000).is_ok());
+    }
+    for r in &kept {
+        assert!(store.get(&r.id).unwrap().is_some(), "{} is kept", r.id);
+        assert_eq!(store.tasks(&r.id).unwrap().len(), 1, "{}'s rows stay", r.id);
+        assert_eq!(seqs(store, &r.id), vec![1], "{}'s history stays", r.id);
+        if r.run.is_some() {
+            assert_eq!(
+                store.idempotent(&format!("k-{}", r.id)).unwrap().as_deref(),
+                Some(r.id.as_str())
+            );
+        }
+    }
+    assert!(store.delivery("d-old-ok").unwrap().is_none());
+    assert!(store.delivery("d-old-failed").unwrap().is_none());
+    assert!(store.delivery("d-old-pending").unwrap().is_some());
+    assert!(store.delivery("d-new-ok").unwrap().is_some());
+    assert_eq!(
+        store.sweep_finished(u64::MAX, 0).unwrap().runs,
+        0,
+        "limit 0"
+    );
+}
+
+/// Idempotent launches' writes (issue 14): the key is taken with the record's write,
+/// a taken key writes nothing and names its run, a refused write leaves the key free.
+fn keyed_updates(store: &dyn Store) {
+    use procession::store::Keyed;
+    let a = record("a", 1);
+    let out = store
+        .update_keyed("k", "a", &mut |_| Update::Put(Box::new(a.clone())))
+        .unwrap();
+    assert!(matches!(out, Keyed::Written(Some(ref r)) if r.id == "a"));
+    assert_eq!(store.idempotent("k").unwrap().as_deref(), Some("a"));
+    let b = record("b", 1);
+    let out = store
+        .update_keyed("k", "b", &mut |_| Update::Put(Box::new(b.clone())))
+        .unwrap();
+    assert_eq!(out, Keyed::Taken("a".into()));
+    assert!(
+        store.get("b").unwrap().is_none(),
+        "a taken key writes nothing"
+    );
+    // The same id with its own key: taken too (the key names a run already).
+    let out = store
+        .update_keyed("k", "a", &mut |_| Update::Put(Box::new(a.clone())))
+        .unwrap();
+    assert_eq!(out, Keyed::Taken("a".into()));
+    // A refusal (Keep) leaves the key free.
+    let out = store
+        .update_keyed("k2", "c", &mut |_| Update::Keep)
+        .unwrap();
+    assert_eq!(out, Keyed::Written(None));
+    assert_eq!(store.idempotent("k2").unwrap(), None);
+    store.flush().unwrap();
+}
+
 fn conformance(make: &dyn Fn() -> Box<dyn Store>, shared: bool) {
     cas_and_refusals(&*make());
     pagination(&*make());
@@ -814,6 +1000,8 @@ fn conformance(make: &dyn Fn() -> Box<dyn Store>, shared: bool) {
     idempotency_and_ids(&*make());
     history(&*make());
     outbox(&*make());
+    retention(&*make());
+    keyed_updates(&*make());
 }
 
 #[test]

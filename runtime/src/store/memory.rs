@@ -327,6 +327,17 @@ impl Store for MemoryStore {
         }
     }
 
+    fn forget_run(&self, run: &str, key: Option<&str>) -> Result<(), StoreError> {
+        let mut g = self.lock();
+        g.leases.remove(run);
+        if let Some(k) = key {
+            if g.keys.get(k).is_some_and(|v| v == run) {
+                g.keys.remove(k);
+            }
+        }
+        Ok(())
+    }
+
     fn release(&self, lease: &Lease) -> Result<(), StoreError> {
         let mut g = self.lock();
         if let Some(l) = g.leases.get_mut(&lease.run) {

@@ -328,6 +328,16 @@ pub enum Update {
     Keep,
 }
 
+/// What [`Store::update_keyed`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Keyed {
+    /// The key was free: the update ran (the record as written, or as it was for
+    /// [`Update::Keep`]), and a write took the key.
+    Written(Option<Box<ProcessRecord>>),
+    /// The key already names this run: nothing was written.
+    Taken(String),
+}
+
 /// The function of [`Store::update_enqueue`]: decides the record's update from its
 /// current value, and the deliveries written with it.
 pub type Enqueue<'a> = dyn FnMut(Option<&ProcessRecord>) -> (Update, Vec<Delivery>) + 'a;
@@ -441,6 +451,152 @@ impl WorkerInfo {
             last_heartbeat: now,
         }
     }
+}
+
+/// What one [`Store::sweep_finished`] deleted.
+///
+/// # Examples
+///
+/// ```
+/// use procession::store::{MemoryStore, Store};
+/// let store = MemoryStore::new();
+/// let swept = store.sweep_finished(u64::MAX, 100)?;
+/// assert_eq!((swept.runs, swept.records, swept.deliveries), (0, 0, 0));
+/// # Ok::<(), procession::store::StoreError>(())
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Swept {
+    /// Finished run trees deleted (counted by their roots).
+    pub runs: u64,
+    /// Process records deleted: the roots and the child runs under them.
+    pub records: u64,
+    /// Ended (delivered or failed) deliveries deleted.
+    pub deliveries: u64,
+}
+
+/// When run `r` ended, if the retention sweep ([`Store::sweep_finished`]) may ever
+/// delete it: an ad-hoc root (a launched run, not a record defined in code, not a child),
+/// without a schedule, in an end state (done, failed, cancelled). `None` for every
+/// other record: active runs, definitions, scheduled records, idle (dismissed or
+/// defined ad-hoc) records and child runs (which go with their root).
+///
+/// The end time is the state's timestamp (`done_at`, `failed_at`, `stopped_at`), or
+/// the creation time when the record has none.
+///
+/// # Examples
+///
+/// ```
+/// use procession::store::sweepable_end;
+/// use procession::{ProcessRecord, State};
+/// let mut r = ProcessRecord::new_root("r-1", "report", "report", "", serde_json::Value::Null);
+/// r.adhoc = true;
+/// assert_eq!(sweepable_end(&r), None); // idle
+/// r.status.state = State::Done;
+/// r.status.done_at = Some(42);
+/// assert_eq!(sweepable_end(&r), Some(42));
+/// ```
+pub fn sweepable_end(r: &ProcessRecord) -> Option<u64> {
+    if !r.adhoc
+        || r.depth != 0
+        || r.parent.is_some()
+        || r.schedule.is_some()
+        || r.kind != RecordKind::Process
+    {
+        return None;
+    }
+    let at = match r.status.state {
+        State::Done => r.status.done_at,
+        State::Failed => r.status.failed_at,
+        State::Cancelled => r.status.stopped_at,
+        _ => return None,
+    };
+    Some(at.unwrap_or(r.created_at))
+}
+
+/// Records read per page by the default [`Store::sweep_finished`].
+const SWEEP_PAGE: usize = 256;
+
+/// The default [`Store::sweep_finished`], for single-process stores (called from the
+/// runtime's one writer, so nothing changes between its reads and its writes): pages
+/// through the ended records created before `ended_before` (an end comes after the
+/// creation), deletes each sweepable tree with one batch, then the ended deliveries.
+fn sweep_by_listing<S: Store + ?Sized>(
+    store: &S,
+    ended_before: u64,
+    limit: usize,
+) -> Result<Swept, StoreError> {
+    let mut swept = Swept::default();
+    if limit == 0 {
+        return Ok(swept);
+    }
+    // Records skipped (ended too recently, definitions, children of kept roots) cost a
+    // read each: bound them per sweep, so that a sweep's time stays bounded.
+    let budget = limit.saturating_mul(16).max(4 * SWEEP_PAGE);
+    let mut scanned = 0usize;
+    let mut q = Query::new()
+        .state(State::Done)
+        .state(State::Failed)
+        .state(State::Cancelled)
+        .created(None, Some(ended_before))
+        .limit(SWEEP_PAGE);
+    'pages: loop {
+        let page = store.list(&q)?;
+        for r in &page.records {
+            scanned += 1;
+            if sweepable_end(r).is_none_or(|t| t >= ended_before) {
+                continue;
+            }
+            let tree = store.list_all(&Query::new().root(&r.id))?;
+            if tree.iter().any(|c| c.state().is_active()) {
+                continue;
+            }
+            let mut ids: Vec<String> = Vec::with_capacity(tree.len() + 1);
+            for c in &tree {
+                let key = c.run.as_ref().and_then(|m| m.idempotency_key.as_deref());
+                store.forget_run(&c.id, key)?;
+                ids.push(c.id.clone());
+            }
+            if !ids.contains(&r.id) {
+                let key = r.run.as_ref().and_then(|m| m.idempotency_key.as_deref());
+                store.forget_run(&r.id, key)?;
+                ids.push(r.id.clone());
+            }
+            swept.records += ids.len() as u64;
+            swept.runs += 1;
+            store.apply(Batch {
+                delete_processes: ids,
+                ..Batch::default()
+            })?;
+            if swept.runs >= limit as u64 {
+                break 'pages;
+            }
+        }
+        match page.next {
+            Some(c) if scanned < budget => q.after = Some(c),
+            _ => break,
+        }
+    }
+    let mut left = limit;
+    for state in [DeliveryState::Delivered, DeliveryState::Failed] {
+        if left == 0 {
+            break;
+        }
+        let page = store.deliveries(&DeliveryQuery::new().state(state).limit(left))?;
+        for d in page
+            .deliveries
+            .iter()
+            .take_while(|d| d.created_at < ended_before)
+        {
+            store.update_delivery(&d.id, &mut |cur| match cur {
+                Some(c) if c.state == state => DeliveryUpdate::Delete,
+                _ => DeliveryUpdate::Keep,
+            })?;
+            swept.deliveries += 1;
+            left -= 1;
+        }
+    }
+    Ok(swept)
 }
 
 /// A position in a listing: records strictly after it come next (keyset pagination).
@@ -854,6 +1010,108 @@ pub trait Store: Send + Sync + 'static {
     /// Gives `lease` up (another owner may claim at once); a stale token changes nothing.
     fn release(&self, lease: &Lease) -> Result<(), StoreError>;
 
+    /// Launch's write of a run whose launch carries idempotency key `key`, in one
+    /// atomic step: when `key` is already taken (by any run), nothing is written and
+    /// [`Keyed::Taken`] names its run; otherwise record `id` is updated as by
+    /// [`update`](Store::update) and, when `f` writes it, `key` is taken for `id` in the
+    /// same atomic write (when `f` keeps it, the key stays free). Two launches with one
+    /// key, on two workers of a shared store at the same moment, so get one run.
+    ///
+    /// The default (single-process stores, whose writes all come from the runtime's
+    /// one writer) reads the key, updates, then takes the key.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use procession::store::{Keyed, MemoryStore, Store, Update};
+    /// use procession::ProcessRecord;
+    /// let store = MemoryStore::new();
+    /// let r = ProcessRecord::new_root("a", "t", "t", "", serde_json::Value::Null);
+    /// let put = |r: &ProcessRecord| {
+    ///     let r = r.clone();
+    ///     move |_: Option<&ProcessRecord>| Update::Put(Box::new(r.clone()))
+    /// };
+    /// let first = store.update_keyed("k", "a", &mut put(&r))?;
+    /// assert!(matches!(first, Keyed::Written(Some(_))));
+    /// let second = store.update_keyed("k", "b", &mut put(&r))?;
+    /// assert_eq!(second, Keyed::Taken("a".into()));
+    /// # Ok::<(), procession::store::StoreError>(())
+    /// ```
+    fn update_keyed(
+        &self,
+        key: &str,
+        id: &str,
+        f: &mut dyn FnMut(Option<&ProcessRecord>) -> Update,
+    ) -> Result<Keyed, StoreError> {
+        if let Some(owner) = self.idempotent(key)? {
+            return Ok(Keyed::Taken(owner));
+        }
+        let mut wrote = false;
+        let out = self.update(id, &mut |cur| {
+            let u = f(cur);
+            wrote = !matches!(u, Update::Keep);
+            u
+        })?;
+        if wrote {
+            let owner = self.claim_idempotent(key, id)?;
+            if owner != id {
+                return Ok(Keyed::Taken(owner));
+            }
+        }
+        Ok(Keyed::Written(out.map(Box::new)))
+    }
+
+    /// Deletes what a deleted run leaves beside its record: its lease row, and its
+    /// idempotency key `key` when the key still names `run` (a later launch with the
+    /// key then starts a new run). Called by the retention sweep.
+    fn forget_run(&self, run: &str, key: Option<&str>) -> Result<(), StoreError>;
+
+    /// The retention sweep: deletes up to `limit` finished run trees whose root ended
+    /// before `ended_before` (ms since the Unix epoch), and up to `limit` ended
+    /// deliveries created before it.
+    ///
+    /// - **What goes**: a root for which [`sweepable_end`] is before `ended_before`
+    ///   (an ad-hoc root, unscheduled, done, failed or cancelled), with every record of
+    ///   its tree (child runs, at any depth), their task rows, their kept history, their
+    ///   leases and idempotency keys ([`forget_run`](Store::forget_run)), in one atomic
+    ///   write per tree; delivered and failed deliveries created before `ended_before`.
+    /// - **What stays**: every active run, definition record (defined in code),
+    ///   scheduled record, idle record (dismissed or defined ad-hoc), pending delivery,
+    ///   and a whole tree while any of its records is active. A child run is never
+    ///   deleted on its own: it goes with its root, so a kept root keeps its children.
+    /// - **Several workers**: any worker may sweep a shared store at any time; a
+    ///   PostgreSQL store locks the roots it deletes with `FOR UPDATE SKIP LOCKED` and
+    ///   deletes idempotently, so sweeping workers never wait for each other, and a run
+    ///   relaunched meanwhile (its record locked by the launch) is skipped.
+    ///
+    /// The default pages through the ended records with [`list`](Store::list) and
+    /// deletes with [`apply`](Store::apply) (single-process stores, whose writes all come
+    /// from the runtime's one writer).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use procession::store::{MemoryStore, Store};
+    /// let store = MemoryStore::new();
+    /// let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
+    /// let week = std::time::Duration::from_secs(7 * 24 * 3600);
+    /// // Runs that ended more than a week ago, 100 trees at most.
+    /// let swept = store.sweep_finished((now - week).as_millis() as u64, 100)?;
+    /// assert_eq!(swept.runs, 0);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    fn sweep_finished(&self, ended_before: u64, limit: usize) -> Result<Swept, StoreError> {
+        sweep_by_listing(self, ended_before, limit)
+    }
+
+    /// Removes the rows of workers whose last heartbeat is older than `silent_ms`
+    /// (killed without a clean shutdown); returns how many. Nothing for single-process
+    /// stores.
+    fn forget_workers(&self, silent_ms: u64) -> Result<u64, StoreError> {
+        let _ = silent_ms;
+        Ok(0)
+    }
+
     /// Whether several worker processes share this store (PostgreSQL): then the runtime
     /// heartbeats its leases and takes over runs whose lease expired. `false` for
     /// single-process stores (sled, memory), whose leases nobody else can take.
@@ -1046,6 +1304,23 @@ impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
     }
     fn release(&self, lease: &Lease) -> Result<(), StoreError> {
         (**self).release(lease)
+    }
+    fn update_keyed(
+        &self,
+        key: &str,
+        id: &str,
+        f: &mut dyn FnMut(Option<&ProcessRecord>) -> Update,
+    ) -> Result<Keyed, StoreError> {
+        (**self).update_keyed(key, id, f)
+    }
+    fn forget_run(&self, run: &str, key: Option<&str>) -> Result<(), StoreError> {
+        (**self).forget_run(run, key)
+    }
+    fn sweep_finished(&self, ended_before: u64, limit: usize) -> Result<Swept, StoreError> {
+        (**self).sweep_finished(ended_before, limit)
+    }
+    fn forget_workers(&self, silent_ms: u64) -> Result<u64, StoreError> {
+        (**self).forget_workers(silent_ms)
     }
     fn is_shared(&self) -> bool {
         (**self).is_shared()

@@ -895,6 +895,24 @@ impl Store for SledStore {
         }
     }
 
+    fn forget_run(&self, run: &str, key: Option<&str>) -> Result<(), StoreError> {
+        let mut seq = self.lock_seq();
+        self.leases.remove(run.as_bytes()).map_err(|e| self.io(e))?;
+        if let Some(k) = key {
+            // Only while the key still names this run; a swap that finds another value
+            // changes nothing, which is what is wanted.
+            let _ = self
+                .keys
+                .compare_and_swap(k.as_bytes(), Some(run.as_bytes()), None::<&[u8]>)
+                .map_err(|e| self.io(e))?;
+        }
+        let next = *seq + 1;
+        self.bump(&mut seq, next)?;
+        drop(seq);
+        lock(&self.tokens).remove(run);
+        Ok(())
+    }
+
     fn release(&self, lease: &Lease) -> Result<(), StoreError> {
         match self.lease(&lease.run)? {
             Some(mut l) if l.token == lease.token => {

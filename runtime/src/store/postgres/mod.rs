@@ -23,8 +23,8 @@ use super::outbox::{
     DeliveryUpdate, Pager,
 };
 use super::{
-    Applied, Batch, Beat, Cursor, Enqueue, Lease, Page, PastRun, Query, Store, StoreError, TaskRow,
-    Update, WorkerInfo,
+    sweepable_end, Applied, Batch, Beat, Cursor, Enqueue, Keyed, Lease, Page, PastRun, Query,
+    Store, StoreError, Swept, TaskRow, Update, WorkerInfo,
 };
 use crate::record::{ProcessRecord, State};
 
@@ -249,6 +249,80 @@ impl PgStore {
         schema::supported()
     }
 
+    /// The plans PostgreSQL uses for the statements of the hot path, by name: `claim`
+    /// (a run's lease), `heartbeat` (a worker's renewals), `claim_expired` (the takeover
+    /// poll, for `process_types`), `fence` (the lease check of every fenced write),
+    /// `claim_deliveries` (the outbox's claim), `sweep` and `sweep_deliveries` (the
+    /// retention sweep's candidates). Each is the text of `EXPLAIN EXECUTE` of the statement prepared as
+    /// the store prepares it, planned as a generic plan (the plan a prepared statement
+    /// settles on after a few executions), for sample parameters; nothing is executed.
+    /// On a database with many finished runs none of them should read a table that
+    /// grows with them (`Seq Scan on procession_records`, `…_tasks`, `…_leases`,
+    /// `…_deliveries`): finished rows stay out of their index ranges, so their cost does
+    /// not grow with the history kept.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use procession::store::PgStore;
+    /// let store = PgStore::connect("postgres://postgres@127.0.0.1/procession")?;
+    /// for (statement, plan) in store.explain_hot_path(&["report"])? {
+    ///     assert!(!plan.contains("Seq Scan on procession_records"), "{statement}:\n{plan}");
+    /// }
+    /// # Ok::<(), procession::store::StoreError>(())
+    /// ```
+    pub fn explain_hot_path(
+        &self,
+        process_types: &[&str],
+    ) -> Result<Vec<(&'static str, String)>, StoreError> {
+        let quote = |v: &str| format!("'{}'", v.replace('\'', "''"));
+        let types = format!(
+            "ARRAY[{}]::text[]",
+            process_types
+                .iter()
+                .map(|t| quote(t))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let now = crate::record::now_ms();
+        let statements: [(&'static str, &str, String); 7] = [
+            (
+                "claim",
+                CLAIM_SQL,
+                "'explain-run', 'explain-worker', 30000".into(),
+            ),
+            (
+                "heartbeat",
+                HEARTBEAT_SQL,
+                "'explain-worker', ARRAY['explain-run'], ARRAY[1::bigint], 30000".into(),
+            ),
+            (
+                "claim_expired",
+                CLAIM_EXPIRED_SQL,
+                format!("'explain-worker', {types}, 30000, 64"),
+            ),
+            ("fence", TOKENS_SQL, "ARRAY['explain-run']".into()),
+            ("claim_deliveries", DUE_DELIVERIES_SQL, format!("{now}, 64")),
+            ("sweep", SWEEP_ROOTS_SQL, format!("{now}, 64")),
+            (
+                "sweep_deliveries",
+                SWEEP_DELIVERIES_SQL,
+                format!("{now}, 64, 1"),
+            ),
+        ];
+        self.tx(|c| {
+            c.batch("SET LOCAL plan_cache_mode = force_generic_plan")?;
+            let mut plans = Vec::with_capacity(statements.len());
+            for (name, sql, args) in &statements {
+                c.batch(&format!("PREPARE procession_explain AS {sql}"))?;
+                let plan = c.simple_texts(&format!("EXPLAIN EXECUTE procession_explain({args})"));
+                c.batch("DEALLOCATE procession_explain")?;
+                plans.push((*name, plan?.join("\n")));
+            }
+            Ok(plans)
+        })
+    }
+
     /// Runs `f` on a pooled connection (again on a new one while the connection breaks:
     /// only for statements that are safe to repeat, see `pool.rs`).
     fn with<T>(&self, f: impl FnMut(&mut Conn) -> Result<T, PgError>) -> Result<T, StoreError> {
@@ -469,7 +543,8 @@ impl PgStore {
     /// (false: one appeared since it was read).
     fn put_record(c: &mut Conn, r: &ProcessRecord, fresh: bool) -> Result<bool, PgError> {
         let data = encode(r);
-        let params: [&(dyn ToSql + Sync); 9] = [
+        let ended_at = sweepable_end(r).map(to_i64);
+        let params: [&(dyn ToSql + Sync); 10] = [
             &r.id,
             &to_i64(r.created_at),
             &state_code(r.status.state),
@@ -479,21 +554,22 @@ impl PgStore {
             &(!r.adhoc && r.depth == 0),
             &r.schedule.is_some(),
             &data,
+            &ended_at,
         ];
         let sql = if fresh {
-            "INSERT INTO procession_records
-                 (id, created_at, state, process_type, root, parent, definition, scheduled, data)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+            "INSERT INTO procession_records (id, created_at, state, process_type, root, parent,
+                 definition, scheduled, data, ended_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
              ON CONFLICT (id) DO NOTHING"
         } else {
-            "INSERT INTO procession_records
-                 (id, created_at, state, process_type, root, parent, definition, scheduled, data)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+            "INSERT INTO procession_records (id, created_at, state, process_type, root, parent,
+                 definition, scheduled, data, ended_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
              ON CONFLICT (id) DO UPDATE SET created_at = EXCLUDED.created_at,
                  state = EXCLUDED.state, process_type = EXCLUDED.process_type,
                  root = EXCLUDED.root, parent = EXCLUDED.parent,
                  definition = EXCLUDED.definition, scheduled = EXCLUDED.scheduled,
-                 data = EXCLUDED.data"
+                 data = EXCLUDED.data, ended_at = EXCLUDED.ended_at"
         };
         Ok(c.execute(sql, &params)? == 1)
     }
@@ -527,10 +603,7 @@ impl PgStore {
     /// The current lease tokens of `runs` (locked against a concurrent claim until the
     /// transaction ends).
     fn tokens(c: &mut Conn, runs: &[&str]) -> Result<HashMap<String, u64>, PgError> {
-        let rows = c.query(
-            "SELECT run, token FROM procession_leases WHERE run = ANY($1) FOR SHARE",
-            &[&runs],
-        )?;
+        let rows = c.query(TOKENS_SQL, &[&runs])?;
         let mut out = HashMap::with_capacity(rows.len());
         for r in rows {
             let run: String = r.try_get(0)?;
@@ -849,16 +922,7 @@ impl Store for PgStore {
     fn claim(&self, run: &str, owner: &str, ttl_ms: u64) -> Result<Lease, StoreError> {
         self.with(|c| {
             let ttl = to_i64(ttl_ms);
-            let won = c.query_opt(
-                "INSERT INTO procession_leases AS l (run, owner, token, expires_at)
-                 VALUES ($1, $2, 1, procession_now_ms() + $3)
-                 ON CONFLICT (run) DO UPDATE
-                     SET owner = EXCLUDED.owner, token = l.token + 1,
-                         expires_at = EXCLUDED.expires_at
-                     WHERE l.owner = EXCLUDED.owner OR l.expires_at <= procession_now_ms()
-                 RETURNING token, expires_at",
-                &[&run, &owner, &ttl],
-            )?;
+            let won = c.query_opt(CLAIM_SQL, &[&run, &owner, &ttl])?;
             if let Some(r) = won {
                 return Ok(Lease {
                     run: run.to_owned(),
@@ -900,6 +964,154 @@ impl Store for PgStore {
         })
     }
 
+    fn update_keyed(
+        &self,
+        key: &str,
+        id: &str,
+        f: &mut dyn FnMut(Option<&ProcessRecord>) -> Update,
+    ) -> Result<Keyed, StoreError> {
+        loop {
+            // One transaction: the key's row is inserted first, so a concurrent launch
+            // with the same key waits on its unique index until this one commits (then
+            // finds it taken) or rolls back (then takes it). `None`: a record appeared
+            // between the read and the insert: decide again.
+            let out = self.tx(|c| {
+                let inserted = c.execute(
+                    "INSERT INTO procession_idempotency (key, run) VALUES ($1, $2)
+                     ON CONFLICT (key) DO NOTHING",
+                    &[&key, &id],
+                )?;
+                if inserted == 0 {
+                    let owner: String = c
+                        .query_one(
+                            "SELECT run FROM procession_idempotency WHERE key = $1",
+                            &[&key],
+                        )?
+                        .try_get(0)?;
+                    return Ok(Some(Keyed::Taken(owner)));
+                }
+                let free = |c: &mut Conn| {
+                    c.execute(
+                        "DELETE FROM procession_idempotency WHERE key = $1 AND run = $2",
+                        &[&key, &id],
+                    )
+                };
+                let current = self.get_in(c, id, true)?;
+                match f(current.as_ref()) {
+                    Update::Keep => {
+                        free(c)?;
+                        Ok(Some(Keyed::Written(current.map(Box::new))))
+                    }
+                    Update::Delete => {
+                        c.execute("DELETE FROM procession_records WHERE id = $1", &[&id])?;
+                        Ok(Some(Keyed::Written(None)))
+                    }
+                    Update::Put(r) => {
+                        if !Self::put_record(c, &r, current.is_none())? {
+                            free(c)?;
+                            return Ok(None);
+                        }
+                        Ok(Some(Keyed::Written(Some(r))))
+                    }
+                }
+            });
+            if let Some(v) = out? {
+                return Ok(v);
+            }
+        }
+    }
+
+    fn forget_run(&self, run: &str, key: Option<&str>) -> Result<(), StoreError> {
+        self.tx(|c| {
+            c.execute("DELETE FROM procession_leases WHERE run = $1", &[&run])?;
+            if let Some(k) = key {
+                c.execute(
+                    "DELETE FROM procession_idempotency WHERE key = $1 AND run = $2",
+                    &[&k, &run],
+                )?;
+            }
+            Ok(())
+        })
+    }
+
+    fn sweep_finished(&self, ended_before: u64, limit: usize) -> Result<Swept, StoreError> {
+        if limit == 0 {
+            return Ok(Swept::default());
+        }
+        let (before, limit) = (to_i64(ended_before), to_i64(limit as u64));
+        self.tx(|c| {
+            // The candidates come from the partial index of sweepable roots; a root
+            // another transaction holds (a relaunch, another worker's sweep) is skipped,
+            // and the expiry condition is checked again on the row as locked.
+            let roots: Vec<String> = c
+                .query(SWEEP_ROOTS_SQL, &[&before, &limit])?
+                .iter()
+                .map(|r| r.try_get(0))
+                .collect::<Result<_, _>>()?;
+            let mut swept = Swept::default();
+            if !roots.is_empty() {
+                let mut tree: Vec<String> = c
+                    .query(
+                        "SELECT id FROM procession_records WHERE root = ANY($1)",
+                        &[&roots],
+                    )?
+                    .iter()
+                    .map(|r| r.try_get(0))
+                    .collect::<Result<_, _>>()?;
+                tree.extend(roots.iter().cloned());
+                tree.sort_unstable();
+                tree.dedup();
+                for sql in [
+                    "DELETE FROM procession_tasks WHERE run = ANY($1)",
+                    "DELETE FROM procession_past_tasks WHERE owner = ANY($1)",
+                    "DELETE FROM procession_history WHERE owner = ANY($1)",
+                    "DELETE FROM procession_leases WHERE run = ANY($1)",
+                    "DELETE FROM procession_idempotency WHERE run = ANY($1)",
+                ] {
+                    c.execute(sql, &[&tree])?;
+                }
+                swept.records = c.execute(
+                    "DELETE FROM procession_records WHERE id = ANY($1)",
+                    &[&tree],
+                )?;
+                swept.runs = roots.len() as u64;
+            }
+            let mut left = limit;
+            for state in [DeliveryState::Delivered, DeliveryState::Failed] {
+                if left <= 0 {
+                    break;
+                }
+                let ids: Vec<String> = c
+                    .query(
+                        SWEEP_DELIVERIES_SQL,
+                        &[&before, &left, &delivery_code(state)],
+                    )?
+                    .iter()
+                    .map(|r| r.try_get(0))
+                    .collect::<Result<_, _>>()?;
+                if !ids.is_empty() {
+                    let n = c.execute(
+                        "DELETE FROM procession_deliveries WHERE id = ANY($1)",
+                        &[&ids],
+                    )?;
+                    swept.deliveries += n;
+                    left -= to_i64(n);
+                }
+            }
+            Ok(swept)
+        })
+    }
+
+    fn forget_workers(&self, silent_ms: u64) -> Result<u64, StoreError> {
+        self.with(|c| {
+            Ok(c.execute(
+                "DELETE FROM procession_workers
+                 WHERE last_heartbeat < procession_now_ms() - $1",
+                &[&to_i64(silent_ms)],
+            )?)
+        })
+    }
+
     fn is_shared(&self) -> bool {
         true
     }
@@ -912,21 +1124,7 @@ impl Store for PgStore {
             // new expiry on the database clock, the worker's row its heartbeat; the
             // renewed runs come back with their record's state (a cancel another worker
             // wrote). A lease given up by a run that just ended is not renewed again.
-            let rows = c.query(
-                "WITH beat AS (
-                     UPDATE procession_leases AS l
-                     SET expires_at = procession_now_ms() + $4
-                     FROM unnest($2::text[], $3::bigint[]) AS h(run, token)
-                     WHERE l.run = h.run AND l.token = h.token AND l.owner = $1
-                       AND l.expires_at > 0
-                     RETURNING l.run),
-                 seen AS (
-                     UPDATE procession_workers SET last_heartbeat = procession_now_ms()
-                     WHERE id = $1)
-                 SELECT b.run, r.state FROM beat b
-                 LEFT JOIN procession_records r ON r.id = b.run",
-                &[&worker, &runs, &tokens, &to_i64(ttl_ms)],
-            )?;
+            let rows = c.query(HEARTBEAT_SQL, &[&worker, &runs, &tokens, &to_i64(ttl_ms)])?;
             let cancel = state_code(State::CancelRequested);
             let mut renewed = std::collections::HashSet::with_capacity(rows.len());
             let mut beat = Beat::default();
@@ -1011,11 +1209,6 @@ impl Store for PgStore {
         if process_types.is_empty() || limit == 0 {
             return Ok(Vec::new());
         }
-        let active: Vec<i16> = State::ALL
-            .into_iter()
-            .filter(|s| s.is_active())
-            .map(state_code)
-            .collect();
         self.with(|c| {
             // Active runs of these types that no live worker holds, children first; the
             // record rows a concurrent claim locked are skipped, and the conflict
@@ -1023,26 +1216,10 @@ impl Store for PgStore {
             // both take a run. A lease of this very worker is never taken over: it is
             // alive, and its heartbeat renews it.
             let rows = c.query(
-                "WITH cand AS MATERIALIZED (
-                     SELECT r.id FROM procession_records r
-                     WHERE r.state = ANY($3) AND r.process_type = ANY($2)
-                       AND NOT EXISTS (
-                           SELECT 1 FROM procession_leases l WHERE l.run = r.id
-                             AND (l.expires_at > procession_now_ms() OR l.owner = $1))
-                     ORDER BY (r.parent IS NULL), r.created_at, r.id
-                     LIMIT $5
-                     FOR UPDATE OF r SKIP LOCKED)
-                 INSERT INTO procession_leases AS l (run, owner, token, expires_at)
-                 SELECT id, $1, 1, procession_now_ms() + $4 FROM cand
-                 ON CONFLICT (run) DO UPDATE
-                     SET owner = EXCLUDED.owner, token = l.token + 1,
-                         expires_at = EXCLUDED.expires_at
-                     WHERE l.expires_at <= procession_now_ms() AND l.owner <> EXCLUDED.owner
-                 RETURNING run, token, expires_at",
+                CLAIM_EXPIRED_SQL,
                 &[
                     &owner,
                     &process_types,
-                    &active,
                     &to_i64(ttl_ms),
                     &to_i64(limit as u64),
                 ],
@@ -1141,13 +1318,7 @@ impl Store for PgStore {
             // Skips rows another worker's claim holds locked: two claims never take the
             // same delivery; a materialized CTE so the LIMIT bounds the rows locked.
             let rows = c.query(
-                "WITH due AS MATERIALIZED (
-                     SELECT id FROM procession_deliveries
-                     WHERE state = 0 AND next_at <= $1
-                     ORDER BY next_at, id LIMIT $2
-                     FOR UPDATE SKIP LOCKED)
-                 SELECT d.id, d.data FROM procession_deliveries d JOIN due USING (id)
-                 ORDER BY d.next_at, d.id",
+                DUE_DELIVERIES_SQL,
                 &[&to_i64(now_ms), &to_i64(limit as u64)],
             )?;
             let mut claimed = Vec::with_capacity(rows.len());
@@ -1227,5 +1398,118 @@ impl Store for PgStore {
             };
             Ok(())
         })
+    }
+}
+
+// ------------------------------------------------------------ the claim path's statements
+
+// The codes of the active states (scheduled, running, cancel requested, cancelling) are
+// written as literals, `IN (1, 2, 5, 6)`, in `CLAIM_EXPIRED_SQL`, `SWEEP_ROOTS_SQL` and
+// the partial index `procession_records_active` (migration 3); a unit test checks them.
+
+/// Claims one run: a new lease, or the next token of an expired (or own) one.
+const CLAIM_SQL: &str = "
+INSERT INTO procession_leases AS l (run, owner, token, expires_at)
+VALUES ($1, $2, 1, procession_now_ms() + $3)
+ON CONFLICT (run) DO UPDATE
+    SET owner = EXCLUDED.owner, token = l.token + 1, expires_at = EXCLUDED.expires_at
+    WHERE l.owner = EXCLUDED.owner OR l.expires_at <= procession_now_ms()
+RETURNING token, expires_at";
+
+/// One worker's heartbeat: renews its leases, stamps its row, reads the renewed runs'
+/// states.
+const HEARTBEAT_SQL: &str = "
+WITH beat AS (
+    UPDATE procession_leases AS l
+    SET expires_at = procession_now_ms() + $4
+    FROM unnest($2::text[], $3::bigint[]) AS h(run, token)
+    WHERE l.run = h.run AND l.token = h.token AND l.owner = $1
+      AND l.expires_at > 0
+    RETURNING l.run),
+seen AS (
+    UPDATE procession_workers SET last_heartbeat = procession_now_ms()
+    WHERE id = $1)
+SELECT b.run, r.state FROM beat b
+LEFT JOIN procession_records r ON r.id = b.run";
+
+/// The takeover: claims active runs of some types whose lease expired (or that have
+/// none). The active states are literals (checked by a unit test), so that even a generic plan
+/// of the prepared statement reads the partial index of active runs.
+const CLAIM_EXPIRED_SQL: &str = "
+WITH cand AS MATERIALIZED (
+    SELECT r.id FROM procession_records r
+    WHERE r.state IN (1, 2, 5, 6) AND r.process_type = ANY($2)
+      AND NOT EXISTS (
+          SELECT 1 FROM procession_leases l WHERE l.run = r.id
+            AND (l.expires_at > procession_now_ms() OR l.owner = $1))
+    ORDER BY (r.parent IS NULL), r.created_at, r.id
+    LIMIT $4
+    FOR UPDATE OF r SKIP LOCKED)
+INSERT INTO procession_leases AS l (run, owner, token, expires_at)
+SELECT id, $1, 1, procession_now_ms() + $3 FROM cand
+ON CONFLICT (run) DO UPDATE
+    SET owner = EXCLUDED.owner, token = l.token + 1, expires_at = EXCLUDED.expires_at
+    WHERE l.expires_at <= procession_now_ms() AND l.owner <> EXCLUDED.owner
+RETURNING run, token, expires_at";
+
+/// The current tokens of some runs, locked against a concurrent claim (the fence of a
+/// write).
+const TOKENS_SQL: &str = "SELECT run, token FROM procession_leases WHERE run = ANY($1) FOR SHARE";
+
+/// The due deliveries, locked (the claim of the outbox); a materialized CTE so that the
+/// LIMIT bounds the rows locked.
+const DUE_DELIVERIES_SQL: &str = "
+WITH due AS MATERIALIZED (
+    SELECT id FROM procession_deliveries
+    WHERE state = 0 AND next_at <= $1
+    ORDER BY next_at, id LIMIT $2
+    FOR UPDATE SKIP LOCKED)
+SELECT d.id, d.data FROM procession_deliveries d JOIN due USING (id)
+ORDER BY d.next_at, d.id";
+
+/// The retention sweep's roots: ended before `$1`, no active record in their tree
+/// (active states as in [`CLAIM_EXPIRED_SQL`]), locked (skipping those another
+/// transaction holds).
+const SWEEP_ROOTS_SQL: &str = "
+SELECT r.id FROM procession_records r
+WHERE r.ended_at < $1
+  AND NOT EXISTS (SELECT 1 FROM procession_records a
+                  WHERE a.root = r.id AND a.state IN (1, 2, 5, 6))
+ORDER BY r.ended_at, r.id LIMIT $2
+FOR UPDATE OF r SKIP LOCKED";
+
+/// The retention sweep's ended deliveries in state `$3` (delivered: 1, failed: 2)
+/// created before `$1`, oldest first, locked (skipping those another transaction
+/// holds): an ordered range of the listing index `(state, created_at, id)`, also in a
+/// generic plan.
+const SWEEP_DELIVERIES_SQL: &str = "
+SELECT id FROM procession_deliveries
+WHERE state = $3 AND created_at < $1
+ORDER BY created_at, id LIMIT $2
+FOR UPDATE SKIP LOCKED";
+
+#[cfg(test)]
+mod tests {
+    use super::{state_code, CLAIM_EXPIRED_SQL, SWEEP_ROOTS_SQL};
+    use crate::record::State;
+
+    const ACTIVE_CODES: [i16; 4] = [1, 2, 5, 6];
+
+    #[test]
+    fn the_literal_active_codes_are_the_active_states() {
+        let active: Vec<i16> = State::ALL
+            .into_iter()
+            .filter(|s| s.is_active())
+            .map(state_code)
+            .collect();
+        assert_eq!(active, ACTIVE_CODES);
+        for sql in [CLAIM_EXPIRED_SQL, SWEEP_ROOTS_SQL] {
+            assert!(sql.contains("state IN (1, 2, 5, 6)"), "{sql}");
+        }
+        assert_eq!(
+            [State::Done, State::Failed, State::Cancelled].map(state_code),
+            [3, 4, 7],
+            "migration 3 names the end states by code"
+        );
     }
 }

@@ -145,6 +145,20 @@ impl Conn {
         self.client.batch_execute(sql)
     }
 
+    /// Runs `sql` (no parameters; several statements allowed) with the simple protocol,
+    /// and returns the first column of every row it returned, as text.
+    pub(super) fn simple_texts(&mut self, sql: &str) -> Result<Vec<String>, postgres::Error> {
+        Ok(self
+            .client
+            .simple_query(sql)?
+            .into_iter()
+            .filter_map(|m| match m {
+                postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+                _ => None,
+            })
+            .collect())
+    }
+
     pub(super) fn is_closed(&self) -> bool {
         self.client.is_closed()
     }

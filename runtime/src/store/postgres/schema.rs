@@ -107,6 +107,25 @@ CREATE TABLE procession_workers (
     last_heartbeat bigint  NOT NULL
 );
 "#,
+    // 3: retention of finished runs, and a claim path that finished rows do not slow
+    // down. `ended_at` is set on the roots the retention sweep may delete (ad-hoc,
+    // unscheduled, ended), NULL on every other record, so that the sweep reads a
+    // partial index of exactly its candidates. Roots that ended before
+    // this version have no end time in a column: they count as ended now (kept for at
+    // least the retention). Idempotency keys are found by run when their run goes.
+    r"
+ALTER TABLE procession_records ADD COLUMN ended_at bigint;
+UPDATE procession_records SET ended_at = procession_now_ms()
+    WHERE state IN (3, 4, 7) AND parent IS NULL AND NOT definition AND NOT scheduled;
+CREATE INDEX procession_records_sweep ON procession_records (ended_at, id)
+    WHERE ended_at IS NOT NULL;
+CREATE INDEX procession_idempotency_run ON procession_idempotency (run);
+-- The takeover poll reads only the active runs: finished ones never enter this index,
+-- so the poll does not slow down as they pile up (the state codes are those of
+-- scheduled, running, cancel_requested and cancelling).
+CREATE INDEX procession_records_active ON procession_records (process_type, created_at, id)
+    WHERE state IN (1, 2, 5, 6);
+",
 ];
 
 /// The newest schema version this build knows.
