@@ -215,6 +215,7 @@ pub struct RuntimeBuilder {
     pub(super) channels: Vec<crate::notify::Channel>,
     pub(super) delivery: crate::notify::DeliveryOptions,
     pub(super) lease: Duration,
+    pub(super) retention: Option<Duration>,
 }
 
 impl fmt::Debug for RuntimeBuilder {
@@ -270,6 +271,7 @@ impl RuntimeBuilder {
             channels: Vec::new(),
             delivery: crate::notify::DeliveryOptions::default(),
             lease: super::LEASE_TTL,
+            retention: None,
         }
     }
 
@@ -296,6 +298,37 @@ impl RuntimeBuilder {
     /// ```
     pub fn lease(mut self, lease: Duration) -> Self {
         self.lease = lease.max(Duration::from_millis(30));
+        self
+    }
+
+    /// How long finished runs are kept (default `None`: forever). With a retention, a
+    /// background sweep (every quarter of it, between 100 ms and 1 min) deletes, 100
+    /// per write, the run trees whose root ended longer ago than this: the root record
+    /// with its child runs, task rows, kept history, lease and idempotency key (a later
+    /// launch with the key starts a new run), and the delivered or failed notifications
+    /// created as long ago.
+    ///
+    /// Only launched (ad-hoc) roots without a schedule that are done, failed or
+    /// cancelled go. Never deleted: active runs, records defined in code
+    /// (definitions) and their runs, scheduled records, idle records (dismissed, or
+    /// defined ad-hoc), pending notifications; a child run goes only with its root
+    /// (a kept root keeps its children), and a tree with any active record is kept
+    /// whole. On a store shared by several workers (PostgreSQL) every worker with a
+    /// retention sweeps; their sweeps skip each other's rows.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use procession::prelude::*;
+    /// # #[tokio::main] async fn main() -> procession::Result<()> {
+    /// let week = Duration::from_secs(7 * 24 * 3600);
+    /// let rt = Runtime::in_memory().retention(week).start().await?;
+    /// # rt.shutdown().await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn retention(mut self, keep: impl Into<Option<Duration>>) -> Self {
+        self.retention = keep.into();
         self
     }
 
@@ -698,6 +731,9 @@ impl RuntimeBuilder {
                 Arc::downgrade(&rt.inner),
                 self.lease / 2,
             ));
+        }
+        if let Some(keep) = self.retention {
+            tokio::spawn(super::retention::sweep(Arc::downgrade(&rt.inner), keep));
         }
         tokio::spawn(scheduler(Arc::downgrade(&rt.inner)));
         Ok(rt)

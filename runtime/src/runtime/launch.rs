@@ -16,7 +16,7 @@ use crate::graph::{Graph, GraphError, TaskGraph};
 use crate::hooks::Hooks;
 use crate::record::{ProcessRecord, RecordKind, RunMeta, State};
 use crate::report::RunReport;
-use crate::store::{Batch, StoreError, Update};
+use crate::store::{Batch, Keyed, StoreError, Update};
 
 use super::{
     archiving, clearing, drive, state_event, to_value, ActiveRun, Error, Reserved, Result, Run,
@@ -502,7 +502,7 @@ impl Runtime {
                 };
                 let mut refusal = None;
                 let mut prev = None;
-                let rec = store.update(&id_owned, &mut |cur| match decide(cur) {
+                let mut decided = |cur: Option<&ProcessRecord>| match decide(cur) {
                     Ok((r, p)) => {
                         prev = p;
                         Update::Put(Box::new(r))
@@ -511,7 +511,22 @@ impl Runtime {
                         refusal = Some(e);
                         Update::Keep
                     }
-                })?;
+                };
+                // With a key, the key is taken in the record's write: of two launches
+                // with one key on two workers at once, one writes, the other gets its
+                // run.
+                let rec = match &key {
+                    Some(k) => match store.update_keyed(k, &id_owned, &mut decided)? {
+                        Keyed::Written(rec) => rec.map(|r| *r),
+                        Keyed::Taken(owner) => {
+                            if let Some(l) = &early {
+                                store.release(l)?;
+                            }
+                            return Ok((Enqueued::Existing(owner), Vec::new()));
+                        }
+                    },
+                    None => store.update(&id_owned, &mut decided)?,
+                };
                 if refusal.is_some() || rec.is_none() {
                     if let Some(l) = &early {
                         store.release(l)?;
@@ -533,9 +548,6 @@ impl Runtime {
                 });
                 batch.extend(clearing(store, &id_owned)?);
                 store.apply(batch)?;
-                if let Some(k) = &key {
-                    store.claim_idempotent(k, &id_owned)?;
-                }
                 let lease = match early {
                     Some(l) => l,
                     None => store.claim(&id_owned, &worker, lease_ms)?,

@@ -13,6 +13,7 @@ mod limits;
 mod query;
 mod remote;
 mod resume;
+mod retention;
 mod scheduler;
 mod shutdown;
 mod workers;

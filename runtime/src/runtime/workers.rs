@@ -15,13 +15,21 @@ use super::{Inner, Result, Runtime};
 /// Runs taken over per statement (a worker with more to take polls again at once).
 const TAKEOVER_BATCH: usize = 64;
 
+/// A worker whose heartbeat has been silent for this many lease times is dead (killed
+/// without a clean shutdown, or cut off for that long): the takeover poll of any other
+/// worker removes its row from the workers table. Its runs were taken over long before
+/// (a lease expires after one lease time).
+pub(super) const DEAD_WORKER_LEASES: u64 = 10;
+
 impl Runtime {
     /// The workers sharing this runtime's store, oldest first: id (unique per process
     /// start), host, pid, version, start and last heartbeat (on the database's clock).
     /// A single-process store (sled, memory) lists this runtime alone.
     ///
     /// A worker killed without a clean shutdown keeps its row (with its last heartbeat)
-    /// for a day.
+    /// until its heartbeat has been silent for ten lease times (see
+    /// [`RuntimeBuilder::lease`](super::RuntimeBuilder::lease)): then the takeover poll
+    /// of another worker removes it.
     ///
     /// # Errors
     ///
@@ -271,6 +279,20 @@ pub(super) async fn takeover(inner: Weak<Inner>, every: Duration) {
         let rt = Runtime { inner };
         if let Err(e) = rt.take_over().await {
             tracing::warn!(worker = %rt.inner.worker, error = %e, "takeover poll failed");
+        }
+        let silent = rt.inner.lease_ms.saturating_mul(DEAD_WORKER_LEASES);
+        match rt
+            .inner
+            .write(move |s| Ok((s.forget_workers(silent)?, Vec::new())))
+            .await
+        {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::info!(worker = %rt.inner.worker, forgotten = n, silent_ms = silent, "removed the rows of dead workers");
+            }
+            Err(e) => {
+                tracing::warn!(worker = %rt.inner.worker, error = %e, "removing dead workers' rows failed");
+            }
         }
     }
 }
