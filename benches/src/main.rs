@@ -709,6 +709,9 @@ impl Store for Counting {
     fn release(&self, lease: &Lease) -> Result<(), StoreError> {
         self.inner.release(lease)
     }
+    fn forget_run(&self, run: &str, key: Option<&str>) -> Result<(), StoreError> {
+        self.inner.forget_run(run, key)
+    }
     fn update_enqueue(
         &self,
         id: &str,
@@ -1711,7 +1714,7 @@ fn main() {
             Some("--postgres") => pg_figures::run(&args[1..]).await,
             Some("--pg-worker") => pg_figures::worker(&args[1..]).await,
             Some("-h" | "--help") => {
-                println!("usage: procession-benches [--quick] [--no-run-graph] | --only <wide|chain|fan|layered> <tasks> <a|a2|b|b2|c> [repeats] | --resume-only <tasks> | --admin [--quick] | --postgres [--quick] [--url <url>]");
+                println!("usage: procession-benches [--quick] [--no-run-graph] | --only <wide|chain|fan|layered> <tasks> <a|a2|b|b2|c> [repeats] | --resume-only <tasks> | --admin [--quick] | --postgres [--quick] [--hot-path] [--url <url>]");
                 Ok(())
             }
             _ => {

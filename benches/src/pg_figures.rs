@@ -26,6 +26,11 @@
 //!   killed in each chain's second step; the time from the kill to a standby worker's
 //!   first step of each run (the steps write their attempts into a table `effects`,
 //!   stamped by the database's clock); steps run twice; every run's final value.
+//!
+//! Then the hot path against finished rows (`--hot-path` prints only this): the median
+//! time of each hot store method (takeover poll, heartbeat, claim, outbox claim, an
+//! idle retention sweep) with no finished run and with 100,000, and the retention
+//! sweep's rate deleting them.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -212,6 +217,11 @@ pub(crate) async fn run(args: &[String]) -> AnyResult<()> {
             (Some(c), url)
         }
     };
+    if args.iter().any(|a| a == "--hot-path") {
+        hot_path(&admin, quick).await?;
+        drop(cluster);
+        return Ok(());
+    }
     let pgbench = cluster
         .as_ref()
         .map_or_else(|| PathBuf::from("pgbench"), |c| c.program("pgbench"));
@@ -314,7 +324,188 @@ pub(crate) async fn run(args: &[String]) -> AnyResult<()> {
         );
     }
     several_workers(&admin, quick, if quick { 1 } else { 3 }, top).await?;
+    hot_path(&admin, quick).await?;
     drop(cluster);
+    Ok(())
+}
+
+// ----------------------------------------------------------------------------------------
+// The hot path against finished rows (issue 14, point 6): per-statement times with none
+// and with 100,000 finished runs, and the retention sweep's rate.
+// ----------------------------------------------------------------------------------------
+
+/// Finished runs in the database for the second measurement.
+const FINISHED: u32 = 100_000;
+
+/// Median time of `calls` calls of `f` (each a store method: one round trip or more).
+fn per_call(what: &str, calls: u32, mut f: impl FnMut() -> AnyResult<()>) -> AnyResult<Duration> {
+    let mut times = Vec::with_capacity(calls as usize);
+    for _ in 0..calls {
+        let t = Instant::now();
+        f().map_err(|e| {
+            let mut text = format!("{what}: {e}");
+            let mut cause = e.source();
+            while let Some(c) = cause {
+                text.push_str(": ");
+                text.push_str(&c.to_string());
+                cause = c.source();
+            }
+            text
+        })?;
+        times.push(t.elapsed());
+    }
+    Ok(median(&times))
+}
+
+/// The store methods of the hot path, each `calls` times: their medians, by name.
+fn hot_statements(
+    store: &procession::store::PgStore,
+    leases: &[procession::store::Lease],
+    calls: u32,
+) -> AnyResult<Vec<(&'static str, Duration)>> {
+    use procession::store::Store;
+    let now = || {
+        u64::try_from(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_millis(),
+        )
+        .unwrap_or(u64::MAX)
+    };
+    Ok(vec![
+        (
+            "takeover poll (claim_expired)",
+            per_call("takeover poll (claim_expired)", calls, || {
+                let got = store.claim_expired("w-other", &["job"], 30_000, 64)?;
+                if got.is_empty() {
+                    Ok(())
+                } else {
+                    Err("the takeover poll took a live run".into())
+                }
+            })?,
+        ),
+        (
+            "heartbeat (10 leases)",
+            per_call("heartbeat (10 leases)", calls, || {
+                let beat = store.heartbeat("w-live", leases, 30_000)?;
+                if beat.refused.is_empty() {
+                    Ok(())
+                } else {
+                    Err("a renewal was refused".into())
+                }
+            })?,
+        ),
+        (
+            "claim (one run)",
+            per_call("claim (one run)", calls, || {
+                store.claim("hot-claim", "w-live", 30_000)?;
+                Ok(())
+            })?,
+        ),
+        (
+            "outbox claim (claim_deliveries)",
+            per_call("outbox claim (claim_deliveries)", calls, || {
+                store.claim_deliveries("w-live", now(), 30_000, 64)?;
+                Ok(())
+            })?,
+        ),
+        (
+            "retention sweep, nothing due",
+            per_call("retention sweep, nothing due", calls, || {
+                store.sweep_finished(1, 100)?;
+                Ok(())
+            })?,
+        ),
+    ])
+}
+
+/// Per-statement medians with no finished run and with [`FINISHED`] (records, task
+/// rows, released leases, delivered notifications), 20 active runs held by a live
+/// worker throughout; then the retention sweep deletes the finished runs, 100 per
+/// transaction, timed.
+async fn hot_path(admin: &str, quick: bool) -> AnyResult<()> {
+    use procession::store::{PgStore, Store};
+    let url = new_database(admin, "hot").await?;
+    let calls = if quick { 100 } else { 500 };
+    let u = url.clone();
+    let (empty, full, swept, took) = tokio::task::spawn_blocking(move || -> AnyResult<_> {
+        let store = PgStore::connect(&u)?;
+        let mut setup = postgres::Client::connect(&u, postgres::NoTls)?;
+        setup.batch_execute(
+            r"
+INSERT INTO procession_records
+    (id, created_at, state, process_type, root, parent, definition, scheduled, data, ended_at)
+SELECT 'live-' || i, i, 2, 'job', 'live-' || i, NULL, false, false, '\x00'::bytea, NULL
+FROM generate_series(1, 20) i;
+ANALYZE;",
+        )?;
+        let leases = (1..=10)
+            .map(|i| store.claim(&format!("live-{i}"), "w-live", 600_000))
+            .collect::<Result<Vec<_>, _>>()?;
+        for i in 11..=20 {
+            store.claim(&format!("live-{i}"), "w-live", 600_000)?;
+        }
+        let empty = hot_statements(&store, &leases, calls)?;
+        setup.batch_execute(&format!(
+            r"
+INSERT INTO procession_records
+    (id, created_at, state, process_type, root, parent, definition, scheduled, data, ended_at)
+SELECT 'done-' || i, 100 + i, 3, 'job', 'done-' || i, NULL, false, false, '\x00'::bytea, 100 + i
+FROM generate_series(1, {FINISHED}) i;
+INSERT INTO procession_leases (run, owner, token, expires_at)
+SELECT 'done-' || i, 'w-gone', 1, 0 FROM generate_series(1, {FINISHED}) i;
+INSERT INTO procession_tasks (run, node, lease, data)
+SELECT 'done-' || i, n, 1, '\x00'::bytea
+FROM generate_series(1, {FINISHED}) i, generate_series(0, 3) n;
+INSERT INTO procession_deliveries (id, state, created_at, next_at, run, channel, data)
+SELECT 'd-' || i, 1, 100 + i, 100 + i, 'done-' || i, 'ops', '\x00'::bytea
+FROM generate_series(1, {FINISHED}) i;
+ANALYZE;"
+        ))?;
+        let full = hot_statements(&store, &leases, calls)?;
+        let t = Instant::now();
+        let mut swept = 0u64;
+        loop {
+            let s = store.sweep_finished(1_000_000_000, 100)?;
+            swept += s.runs;
+            if s.runs == 0 && s.deliveries == 0 {
+                break;
+            }
+        }
+        Ok((empty, full, swept, t.elapsed()))
+    })
+    .await??;
+    drop_database(admin, &url).await?;
+    println!(
+        "hot path with none and with {} finished runs (each with 4 task rows, a released \
+         lease, a delivered notification; 20 active runs held by a live worker): median \
+         of {calls} calls of the store method, round trips included",
+        group_digits(f64::from(FINISHED))
+    );
+    println!(
+        "{:<34} {:>12} {:>14} {:>7}",
+        "statement",
+        "0 finished",
+        format!("{}k finished", FINISHED / 1_000),
+        "ratio"
+    );
+    for ((name, a), (_, b)) in empty.iter().zip(&full) {
+        println!(
+            "{:<34} {:>9.0} µs {:>11.0} µs {:>6.2}x",
+            name,
+            a.as_secs_f64() * 1e6,
+            b.as_secs_f64() * 1e6,
+            b.as_secs_f64() / a.as_secs_f64().max(1e-9)
+        );
+    }
+    println!(
+        "retention sweep: {} finished runs deleted (records, task rows, leases, \
+         notifications) in {:.2} s, 100 per transaction: {} runs/s",
+        group_digits(swept as f64),
+        took.as_secs_f64(),
+        group_digits(swept as f64 / took.as_secs_f64().max(1e-9))
+    );
     Ok(())
 }
 
