@@ -164,13 +164,18 @@ fn parent(p: &mut Builder, url: String) {
 // ------------------------------------------------------------ worker processes
 
 /// The worker role: runs only when the test binary is re-executed with `HYG_URL` set.
-/// Launches run `parent` and works until killed.
+/// With `HYG_GO` (a file) and `HYG_KEYS` (a number): once the file exists, launches
+/// `PER_PROCESS` times each key `key-0` … (all at once), prints `id <key> <run id>` for
+/// each, waits for every run and exits. Otherwise launches run `parent` and works until
+/// killed.
 #[test]
 fn hygiene_worker_entry() {
     let Ok(url) = std::env::var("HYG_URL") else {
         return;
     };
     let lease: u64 = std::env::var("HYG_LEASE_MS").unwrap().parse().unwrap();
+    let go = std::env::var("HYG_GO").ok();
+    let keys: u32 = std::env::var("HYG_KEYS").map_or(0, |k| k.parse().unwrap());
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -181,24 +186,56 @@ fn hygiene_worker_entry() {
                 .lease(Duration::from_millis(lease))
                 .register::<Parent>()
                 .register::<Kid>()
+                .register::<Job>()
                 .start()
                 .await
                 .expect("the database opens");
-            drop(
-                rt.launch(Launch::new(Parent { url }).id("parent"))
-                    .await
-                    .expect("launch"),
-            );
+            let Some(go) = go else {
+                drop(
+                    rt.launch(Launch::new(Parent { url }).id("parent"))
+                        .await
+                        .expect("launch"),
+                );
+                println!("ready {}", rt.worker_id());
+                loop {
+                    tokio::time::sleep(Duration::from_hours(1)).await;
+                }
+            };
             println!("ready {}", rt.worker_id());
-            loop {
-                tokio::time::sleep(Duration::from_hours(1)).await;
+            while !std::path::Path::new(&go).exists() {
+                tokio::time::sleep(Duration::from_millis(1)).await;
             }
+            let mut launches = Vec::new();
+            for k in 0..keys {
+                for _ in 0..PER_PROCESS {
+                    let rt = rt.clone();
+                    launches.push(tokio::spawn(async move {
+                        let key = format!("key-{k}");
+                        let h = rt
+                            .launch(Launch::new(Job { n: k }).idempotency_key(key.clone()))
+                            .await
+                            .expect("launch");
+                        println!("id {key} {}", h.id());
+                        h.wait().await.expect("the run's report");
+                    }));
+                }
+            }
+            for l in launches {
+                l.await.unwrap();
+            }
+            println!("done");
+            rt.shutdown().await.unwrap();
         });
 }
+
+/// Launches of each key per worker process (`hygiene_worker_entry`).
+const PER_PROCESS: u32 = 4;
 
 /// A worker process: killed (SIGKILL) when dropped.
 struct Worker {
     child: std::process::Child,
+    /// Its stdout after the `ready` line.
+    lines: std::io::Lines<BufReader<std::process::ChildStdout>>,
 }
 
 impl Drop for Worker {
@@ -210,6 +247,10 @@ impl Drop for Worker {
 
 impl Worker {
     fn start(url: &str, name: &str, lease_ms: u64) -> Worker {
+        Worker::start_with(url, name, lease_ms, &[])
+    }
+
+    fn start_with(url: &str, name: &str, lease_ms: u64, env: &[(&str, String)]) -> Worker {
         let mut child = Command::new(std::env::current_exe().unwrap())
             .args([
                 "hygiene_worker_entry",
@@ -220,17 +261,19 @@ impl Worker {
             .env("HYG_URL", url)
             .env("HYG_NAME", name)
             .env("HYG_LEASE_MS", lease_ms.to_string())
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
             .expect("worker starts");
         let out = child.stdout.take().unwrap();
-        for line in BufReader::new(out).lines() {
+        let mut lines = BufReader::new(out).lines();
+        for line in lines.by_ref() {
             if line.unwrap_or_default().contains("ready worker-") {
                 break;
             }
         }
-        Worker { child }
+        Worker { child, lines }
     }
 }
 
@@ -387,6 +430,58 @@ async fn one_key_launched_on_two_workers_at_once_makes_one_run() {
     }
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
+}
+
+/// Issue 14 point 3, across processes: two worker processes, released at once, launch
+/// each key four times each (no explicit id): every launch of a key, in both processes,
+/// gets the same run, and the database holds one run per key.
+#[test]
+fn one_key_launched_by_two_processes_at_once_makes_one_run() {
+    const KEYS: u32 = 40;
+    let Some(url) = database("idem_procs") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let go = dir.path().join("go");
+    let env = [
+        ("HYG_GO", go.display().to_string()),
+        ("HYG_KEYS", KEYS.to_string()),
+    ];
+    let workers: Vec<Worker> = ["p1", "p2"]
+        .iter()
+        .map(|name| Worker::start_with(&url, name, 2_000, &env))
+        .collect();
+    std::fs::write(&go, b"go").unwrap();
+    let mut ids: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> =
+        std::collections::BTreeMap::new();
+    let mut launched = 0;
+    for mut w in workers {
+        for line in w.lines.by_ref() {
+            let line = line.unwrap();
+            if line == "done" {
+                break;
+            }
+            if let Some(rest) = line.strip_prefix("id ") {
+                let (key, id) = rest.split_once(' ').unwrap();
+                ids.entry(key.to_owned()).or_default().insert(id.to_owned());
+                launched += 1;
+            }
+        }
+        assert!(w.child.wait().unwrap().success(), "a worker process failed");
+    }
+    assert_eq!(launched, KEYS * PER_PROCESS * 2, "every launch answered");
+    assert_eq!(ids.len(), KEYS as usize);
+    for (key, set) in &ids {
+        assert_eq!(set.len(), 1, "{key} named several runs: {set:?}");
+    }
+    assert_eq!(
+        count(
+            &url,
+            "SELECT count(*) FROM procession_records WHERE process_type = 'job'"
+        ),
+        i64::from(KEYS),
+        "one run per key"
+    );
 }
 
 /// Issue 14 point 4: a worker that stopped without a clean shutdown (its runtime

@@ -108,6 +108,14 @@ impl PgError {
 ///   worker that lost its lease (paused past it, or cut off) is fenced: its task rows
 ///   carry the old token and are dropped ([`Applied::fenced`]), its heartbeat is
 ///   refused and the runtime stops the run.
+/// - **Idempotency keys** are taken in the transaction that writes the launch's record
+///   ([`Store::update_keyed`]): the key's row is inserted first, so two workers
+///   launching one key at once wait on its unique index, and one gets the other's run.
+/// - **Hygiene**: the takeover poll reads a partial index of active runs, so finished
+///   rows do not slow it down ([`PgStore::explain_hot_path`] shows the plans); the
+///   retention sweep ([`Store::sweep_finished`]) reads a partial index of finished
+///   launched roots and locks them with `SKIP LOCKED`, so every worker may sweep; the
+///   rows of workers silent for ten lease times go ([`Store::forget_workers`]).
 /// - **Reconnects**: a call whose connection broke (a restarted server, a killed
 ///   backend) runs again on a new connection, pausing 50 ms doubling to 1 s, for up to
 ///   the retry window: 30 s, or `retry_window=<duration>` in the URL
