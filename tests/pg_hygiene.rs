@@ -487,7 +487,7 @@ fn one_key_launched_by_two_processes_at_once_makes_one_run() {
 /// Issue 14 point 4: a worker that stopped without a clean shutdown (its runtime
 /// dropped: no heartbeat, its row left) is removed from the workers table by another
 /// worker's takeover poll once it has been silent for ten lease times; the live
-/// worker's own row stays.
+/// worker's own row stays, and comes back at its next heartbeat when it was removed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_workers_row_is_removed_after_ten_leases() {
     let Some(url) = database("dead_rows") else {
@@ -529,6 +529,35 @@ async fn a_dead_workers_row_is_removed_after_ten_leases() {
             break;
         }
         assert!(Instant::now() < deadline, "the dead row stays: {ids:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A live worker whose row was removed (as another worker does when it took a long
+    // pause for death) registers again at its next heartbeat.
+    let (u, me) = (url.clone(), live.worker_id().to_owned());
+    tokio::task::spawn_blocking(move || {
+        sql(
+            &u,
+            &format!("DELETE FROM procession_workers WHERE id = '{me}'"),
+        );
+    })
+    .await
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_mins(1);
+    loop {
+        let ids: Vec<String> = live
+            .workers()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|w| w.id)
+            .collect();
+        if ids == [live.worker_id()] {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the live row is not back: {ids:?}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     live.shutdown().await.unwrap();

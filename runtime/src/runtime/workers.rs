@@ -29,7 +29,8 @@ impl Runtime {
     /// A worker killed without a clean shutdown keeps its row (with its last heartbeat)
     /// until its heartbeat has been silent for ten lease times (see
     /// [`RuntimeBuilder::lease`](super::RuntimeBuilder::lease)): then the takeover poll
-    /// of another worker removes it.
+    /// of another worker removes it. A worker whose row was removed while it lived (it
+    /// paused that long) registers again at its next heartbeat.
     ///
     /// # Errors
     ///
@@ -194,6 +195,13 @@ pub(super) async fn heartbeat(inner: Weak<Inner>, every: Duration) {
         };
         last_ok = sent_at;
         fenced = false;
+        if beat.forgotten {
+            tracing::warn!(worker = %inner.worker, "this worker's row was removed from the workers table as dead (its heartbeat was silent for ten lease times of the worker that removed it): registering it again");
+            let me = inner.me.clone();
+            if let Err(e) = inner.read(move |s| s.register_worker(&me)).await {
+                tracing::warn!(worker = %inner.worker, error = %e, "registering this worker again failed");
+            }
+        }
         stop_refused(&inner, &sent, &beat.refused);
         for run in &beat.cancel_requested {
             if let Some(a) = inner.active().get(run) {

@@ -391,6 +391,10 @@ pub struct Beat {
     /// Renewed runs whose record asks for a cancel (`cancel_requested`, written by
     /// another worker): their holder cancels them.
     pub cancel_requested: Vec<String>,
+    /// The worker's row was not in the workers table (another worker removed it as
+    /// dead: its heartbeat had been silent for ten lease times, a long pause, or that
+    /// worker's lease is much shorter): the runtime registers it again.
+    pub forgotten: bool,
 }
 
 /// A worker process of a shared store (see [`Store::register_worker`]): one row per

@@ -1137,7 +1137,11 @@ impl Store for PgStore {
             let mut renewed = std::collections::HashSet::with_capacity(rows.len());
             let mut beat = Beat::default();
             for r in &rows {
-                let run: String = r.try_get(0)?;
+                let known: bool = r.try_get(2)?;
+                beat.forgotten = !known;
+                let Some(run) = r.try_get::<_, Option<String>>(0)? else {
+                    continue;
+                };
                 let state: Option<i16> = r.try_get(1)?;
                 if state == Some(cancel) {
                     beat.cancel_requested.push(run.clone());
@@ -1425,7 +1429,8 @@ ON CONFLICT (run) DO UPDATE
 RETURNING token, expires_at";
 
 /// One worker's heartbeat: renews its leases, stamps its row, reads the renewed runs'
-/// states.
+/// states and whether the row was there (one row at least: `run` is NULL when no lease
+/// was renewed).
 const HEARTBEAT_SQL: &str = "
 WITH beat AS (
     UPDATE procession_leases AS l
@@ -1436,8 +1441,11 @@ WITH beat AS (
     RETURNING l.run),
 seen AS (
     UPDATE procession_workers SET last_heartbeat = procession_now_ms()
-    WHERE id = $1)
-SELECT b.run, r.state FROM beat b
+    WHERE id = $1
+    RETURNING id)
+SELECT b.run, r.state, EXISTS (SELECT 1 FROM seen) AS known
+FROM (SELECT 1) AS one
+LEFT JOIN beat b ON true
 LEFT JOIN procession_records r ON r.id = b.run";
 
 /// The takeover: claims active runs of some types whose lease expired (or that have
