@@ -15,6 +15,7 @@ mod remote;
 mod resume;
 mod scheduler;
 mod shutdown;
+mod spread;
 mod workers;
 
 pub use builder::{AdhocOptions, Definition, RuntimeBuilder};
@@ -24,6 +25,7 @@ pub use query::RunSummary;
 pub use remote::{GroupCancel, LaunchSpec};
 pub use resume::ResyncReport;
 pub use shutdown::Shutdown;
+pub use spread::{RemoteTaskError, TaskStats};
 
 use std::collections::HashMap;
 use std::fmt;
@@ -109,6 +111,9 @@ struct Inner {
     notifier: Arc<crate::notify::worker::Notifier>,
     /// The delivery worker, when this runtime sends notifications.
     deliverer: Option<crate::notify::worker::Worker>,
+    /// Task spreading over the workers of a shared store, when on
+    /// ([`RuntimeBuilder::spread_tasks`]).
+    spread: Option<Arc<spread::Spread>>,
 }
 
 /// Wall time that follows tokio's clock (so a paused test clock drives the scheduler).

@@ -15,6 +15,7 @@ use postgres::Row;
 
 mod pool;
 mod schema;
+mod tasks;
 
 use self::pool::{CallError, Conn, Failure, Pool};
 use super::codec::{decode_record, decode_row, encode, encode_row};
@@ -902,6 +903,10 @@ impl Store for PgStore {
 
     fn is_shared(&self) -> bool {
         true
+    }
+
+    fn task_queue(&self) -> Option<&dyn super::TaskQueue> {
+        Some(self)
     }
 
     fn heartbeat(&self, worker: &str, leases: &[Lease], ttl_ms: u64) -> Result<Beat, StoreError> {
