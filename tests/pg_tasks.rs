@@ -631,3 +631,117 @@ fn a_hung_task_is_claimed_again_after_its_deadline() {
         expected(2, 2)
     );
 }
+
+// The SQL paths of the task queue, on the store itself: a finish with a stale token
+// changes nothing; heartbeats renew only current claims and report cancels; re-offers
+// keep what a run's tasks did; an ended run's rows go.
+#[test]
+fn the_task_queue_fences_stale_claims() {
+    use procession::store::{PgStore, Store, TaskEnd, TaskOffer};
+    if std::env::var("PGT_URL").is_ok() {
+        return;
+    }
+    let Some(url) = database("spread_sql") else {
+        return;
+    };
+    std::thread::spawn(move || {
+        let store = PgStore::connect(&url).unwrap();
+        let q = store.task_queue().expect("PostgreSQL has a task queue");
+        let token = u64::MAX - 5; // run tokens use every bit
+        let offer = |node: u32| TaskOffer {
+            run: "r".into(),
+            run_token: token,
+            node,
+            process_type: "wide".into(),
+            attempts: 0,
+            max_attempts: 2,
+            deadline_ms: None,
+        };
+        q.offer(&[offer(0), offer(1)]).unwrap();
+        assert!(q.claim("w1", &["other"], 1_000, 10).unwrap().is_empty());
+        let first = q.claim("w1", &["wide"], 1, 1).unwrap();
+        assert_eq!(first.len(), 1);
+        assert_eq!(first[0].claim.run_token, token);
+        assert_eq!(first[0].attempts, 0);
+        let stale = first[0].claim.clone();
+        std::thread::sleep(Duration::from_millis(50));
+        // Expired: claimed again by w2 (with the other, ready task), under a new token
+        // and an attempt base above the first claim's attempts.
+        let second = q.claim("w2", &["wide"], 60_000, 10).unwrap();
+        assert_eq!(second.len(), 2);
+        let again = second
+            .iter()
+            .find(|c| c.claim.node == stale.node)
+            .unwrap()
+            .clone();
+        assert!(again.claim.token > stale.token);
+        assert_eq!(again.attempts, 2);
+        // w1's heartbeat is refused for its stale claim; w2's renews its own.
+        let (_, beat) = q
+            .heartbeat_tasks("w1", &[], std::slice::from_ref(&stale), 60_000)
+            .unwrap();
+        assert_eq!(beat.refused, vec![("r".to_owned(), stale.node)]);
+        let (_, beat) = q
+            .heartbeat_tasks("w2", &[], std::slice::from_ref(&again.claim), 60_000)
+            .unwrap();
+        assert!(beat.refused.is_empty());
+        // The stale finish changes nothing.
+        let end = |v: &str| TaskEnd {
+            attempts: 1,
+            elapsed_ns: 5,
+            outcome: Ok(Arc::from(v)),
+        };
+        assert!(!q.finish(&stale, &end("\"stale\"")).unwrap());
+        assert!(q.results("r", token, &[stale.node]).unwrap().is_empty());
+        assert!(q
+            .ended(&[("r".into(), token, stale.node)])
+            .unwrap()
+            .is_empty());
+        // The current one is stored (and stored again, unchanged, if repeated).
+        assert!(q.finish(&again.claim, &end("\"fresh\"")).unwrap());
+        assert!(q.finish(&again.claim, &end("\"fresh\"")).unwrap());
+        let got = q.results("r", token, &[stale.node]).unwrap();
+        assert_eq!(got, vec![(stale.node, Arc::from("\"fresh\""))]);
+        let ended = q.ended(&[("r".into(), token, stale.node)]).unwrap();
+        assert_eq!(ended.len(), 1);
+        assert_eq!(ended[0].owner.as_deref(), Some("w2"));
+        // A re-offer of the same run keeps the finished row and the running one.
+        q.offer(&[offer(0), offer(1)]).unwrap();
+        assert_eq!(q.results("r", token, &[stale.node]).unwrap().len(), 1);
+        assert!(q.claim("w3", &["wide"], 60_000, 10).unwrap().is_empty());
+        // A cancel reaches the running claim at its next heartbeat.
+        let other = second
+            .iter()
+            .find(|c| c.claim.node != stale.node)
+            .unwrap()
+            .claim
+            .clone();
+        q.cancel("r", token).unwrap();
+        let (_, beat) = q
+            .heartbeat_tasks("w2", &[], std::slice::from_ref(&other), 60_000)
+            .unwrap();
+        assert_eq!(beat.cancel, vec![("r".to_owned(), other.node)]);
+        // A failure is stored with its messages.
+        let failed = TaskEnd {
+            attempts: 3,
+            elapsed_ns: 1,
+            outcome: Err(vec!["outer".into(), "inner".into()]),
+        };
+        assert!(q.finish(&other, &failed).unwrap());
+        let ended = q.ended(&[("r".into(), token, other.node)]).unwrap();
+        assert_eq!(ended[0].end, failed);
+        // A later run of the record replaces the rows; an ended run's rows go.
+        q.offer(&[TaskOffer {
+            run_token: 7,
+            ..offer(0)
+        }])
+        .unwrap();
+        assert!(q.results("r", token, &[0, 1]).unwrap().len() <= 1);
+        assert_eq!(q.claim("w3", &["wide"], 60_000, 10).unwrap().len(), 1);
+        q.clear("r", 7).unwrap();
+        q.clear("r", token).unwrap();
+        assert!(q.ended(&[("r".into(), 7, 0)]).unwrap().is_empty());
+    })
+    .join()
+    .unwrap();
+}
