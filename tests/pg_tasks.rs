@@ -691,15 +691,30 @@ fn the_task_queue_fences_stale_claims() {
             elapsed_ns: 5,
             outcome: Ok(Arc::from(v)),
         };
-        assert!(!q.finish(&stale, &end("\"stale\"")).unwrap());
+        assert_eq!(
+            q.finish(&[(stale.clone(), end("\"stale\""))]).unwrap(),
+            vec![false]
+        );
         assert!(q.results("r", token, &[stale.node]).unwrap().is_empty());
         assert!(q
             .ended(&[("r".into(), token, stale.node)])
             .unwrap()
             .is_empty());
         // The current one is stored (and stored again, unchanged, if repeated).
-        assert!(q.finish(&again.claim, &end("\"fresh\"")).unwrap());
-        assert!(q.finish(&again.claim, &end("\"fresh\"")).unwrap());
+        // In one statement with the stale one: fenced per task.
+        assert_eq!(
+            q.finish(&[
+                (stale.clone(), end("\"stale\"")),
+                (again.claim.clone(), end("\"fresh\""))
+            ])
+            .unwrap(),
+            vec![false, true]
+        );
+        assert_eq!(
+            q.finish(&[(again.claim.clone(), end("\"fresh\""))])
+                .unwrap(),
+            vec![true]
+        );
         let got = q.results("r", token, &[stale.node]).unwrap();
         assert_eq!(got, vec![(stale.node, Arc::from("\"fresh\""))]);
         let ended = q.ended(&[("r".into(), token, stale.node)]).unwrap();
@@ -727,7 +742,10 @@ fn the_task_queue_fences_stale_claims() {
             elapsed_ns: 1,
             outcome: Err(vec!["outer".into(), "inner".into()]),
         };
-        assert!(q.finish(&other, &failed).unwrap());
+        assert_eq!(
+            q.finish(&[(other.clone(), failed.clone())]).unwrap(),
+            vec![true]
+        );
         let ended = q.ended(&[("r".into(), token, other.node)]).unwrap();
         assert_eq!(ended[0].end, failed);
         // A later run of the record replaces the rows; an ended run's rows go.

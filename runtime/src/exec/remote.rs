@@ -79,6 +79,27 @@ impl RemoteRun {
         self.deps.get(node as usize).map_or(&[], |d| &d[..])
     }
 
+    /// Of `nodes`, those whose result is not here yet.
+    pub(crate) fn missing(&self, nodes: &[u32]) -> Vec<u32> {
+        nodes
+            .iter()
+            .copied()
+            .filter(|&d| {
+                self.shared
+                    .slots
+                    .get(d as usize)
+                    .is_some_and(|s| s.json().is_none())
+            })
+            .collect()
+    }
+
+    /// Keeps `json`, the stored result of `node`, for the tasks that read it.
+    pub(crate) fn fill(&self, node: u32, json: Arc<str>) {
+        if let Some(slot) = self.shared.slots.get(node as usize) {
+            slot.fill(json, None);
+        }
+    }
+
     /// Whether `node`'s task is still here to run.
     pub(crate) fn can_run(&self, node: u32) -> bool {
         self.shared

@@ -49,6 +49,8 @@ const CLAIM_BATCH: usize = 64;
 pub(super) const DEFAULT_CAPACITY: usize = 256;
 /// Offers written per statement.
 const OFFER_BATCH: usize = 512;
+/// Task ends written per statement.
+const FINISH_BATCH: usize = 256;
 /// Rebuilt graphs kept.
 const CACHE_RUNS: usize = 64;
 /// How often the loops poll when no notification wakes them.
@@ -90,6 +92,10 @@ struct Held {
     remote: Option<Arc<RemoteRun>>,
 }
 
+/// A task end on its way to the store, and where to say whether it was stored
+/// (`Ok(false)`: fenced out).
+type Finish = (TaskClaim, TaskEnd, oneshot::Sender<Result<bool, String>>);
+
 /// The task-spreading state of one runtime.
 pub(super) struct Spread {
     /// Runs coordinated here, by id.
@@ -100,6 +106,8 @@ pub(super) struct Spread {
     cache: Mutex<HashMap<String, (u64, Arc<RemoteRun>)>>,
     offers: mpsc::UnboundedSender<TaskOffer>,
     offers_rx: Mutex<Option<mpsc::UnboundedReceiver<TaskOffer>>>,
+    finishes: mpsc::UnboundedSender<Finish>,
+    finishes_rx: Mutex<Option<mpsc::UnboundedReceiver<Finish>>>,
     /// Wakes the claim loop (a task was offered or freed here).
     claim_wake: Notify,
     /// Wakes the collector (a task ended).
@@ -119,7 +127,10 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl Spread {
     pub(super) fn new(capacity: usize) -> Arc<Spread> {
         let (tx, rx) = mpsc::unbounded_channel();
+        let (ftx, frx) = mpsc::unbounded_channel();
         Arc::new(Spread {
+            finishes: ftx,
+            finishes_rx: Mutex::new(Some(frx)),
             coordinated: Mutex::default(),
             held: Mutex::default(),
             cache: Mutex::default(),
@@ -321,6 +332,10 @@ pub(super) fn start(inner: &Arc<Inner>, spread: &Arc<Spread>) {
     if let Some(rx) = rx {
         tokio::spawn(offer_loop(Arc::downgrade(inner), rx));
     }
+    let rx = lock(&spread.finishes_rx).take();
+    if let Some(rx) = rx {
+        tokio::spawn(finish_loop(Arc::downgrade(inner), rx));
+    }
     tokio::spawn(claim_loop(Arc::downgrade(inner)));
     tokio::spawn(collect_loop(Arc::downgrade(inner)));
     let stop = Arc::new(AtomicBool::new(false));
@@ -415,6 +430,7 @@ async fn claim_loop(inner: Weak<Inner>) {
                 Ok(claimed) => {
                     got = claimed.len();
                     spread.claimed.fetch_add(got as u64, Ordering::Relaxed);
+                    prefetch(&i, &spread, &claimed).await;
                     for c in claimed {
                         start_task(&i, &spread, c);
                     }
@@ -431,6 +447,50 @@ async fn claim_loop(inner: Weak<Inner>) {
             () = stop.cancelled() => return,
             () = spread.claim_wake.notified() => {}
             () = tokio::time::sleep(POLL) => {}
+        }
+    }
+}
+
+/// Rebuilds (or finds cached) the graphs of the runs of `claimed` and reads the
+/// results their tasks need, one statement per run: the tasks of a batch do not each
+/// read their inputs (a wide run's tasks all read the same one).
+async fn prefetch(inner: &Arc<Inner>, spread: &Arc<Spread>, claimed: &[ClaimedTask]) {
+    let mut by_run: HashMap<(&str, u64), Vec<&ClaimedTask>> = HashMap::new();
+    for c in claimed {
+        by_run
+            .entry((c.claim.run.as_str(), c.claim.run_token))
+            .or_default()
+            .push(c);
+    }
+    for ((run, token), tasks) in by_run {
+        // A run whose graph cannot be built here: each of its tasks says why.
+        let Ok(remote) = remote_run(inner, spread, tasks[0]).await else {
+            continue;
+        };
+        let mut need: Vec<u32> = tasks
+            .iter()
+            .flat_map(|c| remote.missing(remote.deps(c.claim.node)))
+            .collect();
+        need.sort_unstable();
+        need.dedup();
+        if need.is_empty() {
+            continue;
+        }
+        let run2 = run.to_owned();
+        match inner
+            .read(move |s| match s.task_queue() {
+                Some(q) => q.results(&run2, token, &need),
+                None => Ok(Vec::new()),
+            })
+            .await
+        {
+            Ok(got) => {
+                for (d, json) in got {
+                    remote.fill(d, json);
+                }
+            }
+            // Each task reads its own then.
+            Err(e) => tracing::debug!(run = %run, error = %e, "cannot read a batch's inputs"),
         }
     }
 }
@@ -455,13 +515,11 @@ fn start_task(inner: &Arc<Inner>, spread: &Arc<Spread>, c: ClaimedTask) {
         lock(&spread.held).remove(&key);
         spread.claim_wake.notify_one();
         let Some(end) = out else { return };
-        let claim = c.claim.clone();
-        let finished = inner
-            .read(move |s| match s.task_queue() {
-                Some(q) => q.finish(&claim, &end),
-                None => Ok(false),
-            })
-            .await;
+        let (tx, rx) = oneshot::channel();
+        let _ = spread.finishes.send((c.claim.clone(), end, tx));
+        let finished = rx
+            .await
+            .unwrap_or_else(|_| Err("the runtime stopped".to_owned()));
         match finished {
             Ok(true) => {
                 spread.finished.fetch_add(1, Ordering::Relaxed);
@@ -475,6 +533,38 @@ fn start_task(inner: &Arc<Inner>, spread: &Arc<Spread>, c: ClaimedTask) {
             }
         }
     });
+}
+
+/// Writes the ends of the tasks run here, in batches (one statement, fenced per task).
+async fn finish_loop(inner: Weak<Inner>, mut rx: mpsc::UnboundedReceiver<Finish>) {
+    let mut batch = Vec::with_capacity(FINISH_BATCH);
+    loop {
+        if rx.recv_many(&mut batch, FINISH_BATCH).await == 0 {
+            return;
+        }
+        let Some(i) = inner.upgrade() else { return };
+        let (ends, replies): (Vec<(TaskClaim, TaskEnd)>, Vec<_>) =
+            batch.drain(..).map(|(c, e, tx)| ((c, e), tx)).unzip();
+        let out = i
+            .read(move |s| match s.task_queue() {
+                Some(q) => q.finish(&ends),
+                None => Ok(vec![false; ends.len()]),
+            })
+            .await;
+        match out {
+            Ok(stored) => {
+                for (tx, ok) in replies.into_iter().zip(stored) {
+                    let _ = tx.send(Ok(ok));
+                }
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                for tx in replies {
+                    let _ = tx.send(Err(msg.clone()));
+                }
+            }
+        }
+    }
 }
 
 /// Runs claimed task `c` (its graph rebuilt or cached, its inputs read); `None` when its
@@ -500,7 +590,9 @@ async fn run_claimed(
     if let Some(h) = lock(&spread.held).get_mut(&(c.claim.run.clone(), c.claim.node)) {
         h.remote = Some(remote.clone());
     }
-    let deps = remote.deps(c.claim.node).to_vec();
+    // Results already read for another task of the run on this worker are kept in
+    // the rebuilt graph: only the others are read.
+    let deps = remote.missing(remote.deps(c.claim.node));
     let inputs = match inputs(inner, &c.claim, deps).await {
         Ok(v) => v,
         Err(e) => {

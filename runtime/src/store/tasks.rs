@@ -117,10 +117,11 @@ pub trait TaskQueue: Send + Sync {
         limit: usize,
     ) -> Result<Vec<ClaimedTask>, StoreError>;
 
-    /// Finishes a claimed task with one fenced statement: stored only while `claim`'s
-    /// token is the task's current one and the task is running (or asked to cancel).
-    /// `false`: fenced out (another worker claimed it since): nothing was written.
-    fn finish(&self, claim: &TaskClaim, end: &TaskEnd) -> Result<bool, StoreError>;
+    /// Finishes claimed tasks with one statement, fenced per task: an end is stored
+    /// only while its claim's token is the task's current one and the task is running
+    /// (or asked to cancel). Per task, `false`: fenced out (another worker claimed it
+    /// since): nothing of it was written.
+    fn finish(&self, ends: &[(TaskClaim, TaskEnd)]) -> Result<Vec<bool>, StoreError>;
 
     /// The results of finished nodes `nodes` of run `run` (run token `run_token`), for
     /// the inputs of a dependent.

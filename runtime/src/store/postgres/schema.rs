@@ -126,7 +126,7 @@ CREATE TABLE procession_task_claims (
     max_attempts integer  NOT NULL,
     elapsed_ns   bigint   NOT NULL DEFAULT 0,
     result       text,
-    error        text[],
+    error        text,
     PRIMARY KEY (run, node)
 );
 CREATE INDEX procession_task_claims_claimable

@@ -152,36 +152,64 @@ impl TaskQueue for PgStore {
         })
     }
 
-    fn finish(&self, claim: &TaskClaim, end: &TaskEnd) -> Result<bool, StoreError> {
-        let (state, result, error) = match &end.outcome {
-            Ok(json) => (DONE, Some(json.as_ref()), None),
-            Err(chain) => (FAILED, None, Some(chain.clone())),
-        };
+    fn finish(&self, ends: &[(TaskClaim, TaskEnd)]) -> Result<Vec<bool>, StoreError> {
+        if ends.is_empty() {
+            return Ok(Vec::new());
+        }
+        let runs: Vec<&str> = ends.iter().map(|(c, _)| c.run.as_str()).collect();
+        let nodes: Vec<i32> = ends.iter().map(|(c, _)| to_i32(c.node)).collect();
+        let tokens: Vec<i64> = ends.iter().map(|(c, _)| to_i64(c.token)).collect();
+        let states: Vec<i16> = ends
+            .iter()
+            .map(|(_, e)| if e.outcome.is_ok() { DONE } else { FAILED })
+            .collect();
+        let results: Vec<Option<&str>> = ends
+            .iter()
+            .map(|(_, e)| e.outcome.as_ref().ok().map(|j| j.as_ref()))
+            .collect();
+        let errors: Vec<Option<String>> = ends
+            .iter()
+            .map(|(_, e)| {
+                e.outcome
+                    .as_ref()
+                    .err()
+                    .map(|chain| serde_json::Value::from(chain.clone()).to_string())
+            })
+            .collect();
+        let attempts: Vec<i32> = ends.iter().map(|(_, e)| to_i32(e.attempts)).collect();
+        let elapsed: Vec<i64> = ends.iter().map(|(_, e)| to_i64(e.elapsed_ns)).collect();
+        let idx: Vec<i32> = (0..ends.len()).map(|i| to_i32(i as u32)).collect();
         self.with(|c| {
-            // Fenced: only under the task's current token. A row this very claim finished
-            // already (the statement runs again after a lost answer) matches too: no
-            // other worker can have claimed it since, the token would have grown.
+            // Fenced per task: only under its current token. A row this very claim
+            // finished already (the statement runs again after a lost answer) matches
+            // too: no other worker can have claimed it since, its token would have grown.
             let rows = c.query(
                 "WITH f AS (
-                     UPDATE procession_task_claims
-                     SET state = $4, result = $5, error = $6, attempts = $7,
-                         elapsed_ns = $8, expires_at = 0, deadline_at = NULL
-                     WHERE run = $1 AND node = $2 AND token = $3 AND state > 0
-                     RETURNING run)
-                 SELECT pg_notify($9, run) FROM f",
+                     UPDATE procession_task_claims AS t
+                     SET state = u.state, result = u.result, error = u.error,
+                         attempts = u.attempts, elapsed_ns = u.elapsed_ns, expires_at = 0,
+                         deadline_at = NULL
+                     FROM unnest($1::text[], $2::int4[], $3::int8[], $4::int2[], $5::text[],
+                                 $6::text[], $7::int4[], $8::int8[], $9::int4[])
+                          AS u(run, node, token, state, result, error, attempts, elapsed_ns,
+                               idx)
+                     WHERE t.run = u.run AND t.node = u.node AND t.token = u.token
+                       AND t.state > 0
+                     RETURNING u.idx, t.run)
+                 SELECT idx, pg_notify($10, run) FROM f",
                 &[
-                    &claim.run,
-                    &to_i32(claim.node),
-                    &to_i64(claim.token),
-                    &state,
-                    &result,
-                    &error,
-                    &to_i32(end.attempts),
-                    &to_i64(end.elapsed_ns),
+                    &runs, &nodes, &tokens, &states, &results, &errors, &attempts, &elapsed, &idx,
                     &CHANNEL,
                 ],
             )?;
-            Ok(!rows.is_empty())
+            let mut stored = vec![false; ends.len()];
+            for r in &rows {
+                let i: i32 = r.try_get(0)?;
+                if let Some(s) = usize::try_from(i).ok().and_then(|i| stored.get_mut(i)) {
+                    *s = true;
+                }
+            }
+            Ok(stored)
         })
     }
 
@@ -249,7 +277,15 @@ impl TaskQueue for PgStore {
                             })?;
                         Ok(Arc::from(json))
                     }
-                    FAILED => Err(r.try_get::<_, Option<Vec<String>>>(7)?.unwrap_or_default()),
+                    FAILED => {
+                        let text: Option<String> = r.try_get(7)?;
+                        Err(match text {
+                            Some(t) => serde_json::from_str::<Vec<String>>(&t).map_err(|e| {
+                                self.corrupt(format!("procession_task_claims/{run}/{node}"), e)
+                            })?,
+                            None => Vec::new(),
+                        })
+                    }
                     _ => Err(Vec::new()),
                 };
                 out.push(EndedTask {
