@@ -632,6 +632,50 @@ fn a_hung_task_is_claimed_again_after_its_deadline() {
     );
 }
 
+// The coordinator is killed while its run's tasks run on other workers: another worker
+// takes the run over, adopts the tasks still running on live workers (they are not run
+// again) and finds the ends of those that finished; the run finishes with the right sum.
+#[test]
+fn a_new_coordinator_adopts_running_tasks() {
+    if std::env::var("PGT_URL").is_ok() {
+        return;
+    }
+    let Some(url) = database("spread_adopt") else {
+        return;
+    };
+    let _b = Worker::start(&url, "w1", 2000, 2, "");
+    let _c = Worker::start(&url, "w2", 2000, 2, "");
+    let mut coordinator = Worker::start(&url, "w0", 2000, 1, "adopt:6:6:5000:0");
+    wait_until(
+        "parts to run on the helpers",
+        Duration::from_mins(1),
+        || {
+            let fx = effects(&url, "adopt");
+            fx.iter().any(|e| e.2 == "w1") && fx.iter().any(|e| e.2 == "w2")
+        },
+    );
+    coordinator.kill9();
+    let before = effects(&url, "adopt");
+    wait_until("the run to end", Duration::from_mins(2), || {
+        run_state(&url, "adopt") == Some(State::Done)
+    });
+    let fx = effects(&url, "adopt");
+    println!("{fx:?}");
+    for e in before.iter().filter(|e| e.2 != "w0") {
+        assert_eq!(
+            fx.iter().filter(|f| f.0 == e.0).count(),
+            1,
+            "part {} ran on a live worker and was adopted, not run again: {fx:?}",
+            e.0
+        );
+    }
+    let r = report(&url, "adopt");
+    assert_eq!(
+        r.tasks.last().unwrap().result_as::<u64>().unwrap(),
+        expected(6, 6)
+    );
+}
+
 // The SQL paths of the task queue, on the store itself: a finish with a stale token
 // changes nothing; heartbeats renew only current claims and report cancels; re-offers
 // keep what a run's tasks did; an ended run's rows go.
