@@ -82,7 +82,7 @@ async fn part(
     if mode == HANG && i == 1 && ctx.attempt() == 1 {
         // Hung: blocks its thread, so neither the timeout nor a cancel can end it.
         tokio::task::block_in_place(|| loop {
-            std::thread::sleep(Duration::from_secs(3600));
+            std::thread::sleep(Duration::from_hours(1));
         });
     }
     if mode == CANCELLABLE {
@@ -117,7 +117,7 @@ fn total(parts: Vec<(u64, String)>) -> u64 {
 fn wide(p: &mut Builder, url: String, run: String, n: u64, width: u32, ms: u64, mode: u32) {
     let s = p.task(Seed::new(n));
     let parts: Vec<_> = (1..=width)
-        .map(|i| p.task(Part::new(url.clone(), run.clone(), i, ms, mode, s.clone())))
+        .map(|i| p.task(Part::new(url.clone(), run.clone(), i, ms, mode, s)))
         .collect();
     p.task(Total::new(parts));
 }

@@ -197,7 +197,7 @@ pub(super) async fn heartbeat(inner: Weak<Inner>, every: Duration) {
             Some(q) if !claims.is_empty() => q.heartbeat_tasks(&worker, &leases, &claims, ttl),
             _ => s
                 .heartbeat(&worker, &leases, ttl)
-                .map(|b| (b, Default::default())),
+                .map(|b| (b, crate::store::TaskBeat::default())),
         });
         tokio::pin!(beat);
         // A call may hang (a partition) or keep retrying for the store's retry window:

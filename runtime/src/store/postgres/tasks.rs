@@ -165,7 +165,7 @@ impl TaskQueue for PgStore {
             .collect();
         let results: Vec<Option<&str>> = ends
             .iter()
-            .map(|(_, e)| e.outcome.as_ref().ok().map(|j| j.as_ref()))
+            .map(|(_, e)| e.outcome.as_ref().ok().map(AsRef::as_ref))
             .collect();
         let errors: Vec<Option<String>> = ends
             .iter()
