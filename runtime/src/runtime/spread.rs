@@ -582,9 +582,20 @@ async fn run_claimed(
     };
     let remote = match remote_run(inner, spread, c).await {
         Ok(r) => r,
-        Err(msg) => {
+        Err(Refusal::Fail(msg)) => {
             tracing::warn!(run = %c.claim.run, node = c.claim.node, "{msg}");
             return Some(failed(c.attempts, msg));
+        }
+        Err(Refusal::Retry(msg)) => {
+            tracing::warn!(run = %c.claim.run, node = c.claim.node, "{msg}");
+            return None;
+        }
+        Err(Refusal::Gone(msg)) => {
+            // Left over by a run that ended without its coordinator (settled after a
+            // takeover): nothing is to run; the rows go.
+            tracing::info!(run = %c.claim.run, node = c.claim.node, "{msg}: its task rows are deleted");
+            clear(inner, &c.claim.run, c.claim.run_token).await;
+            return None;
         }
     };
     if let Some(h) = lock(&spread.held).get_mut(&(c.claim.run.clone(), c.claim.node)) {
@@ -660,12 +671,22 @@ async fn inputs(
         .await
 }
 
+/// Why a claimed task cannot run here.
+enum Refusal {
+    /// Its run ended, or is another run of the record now: its rows are left over.
+    Gone(String),
+    /// The run could not be read: the claim expires and the task is claimed again.
+    Retry(String),
+    /// It can never run here: it ends failed.
+    Fail(String),
+}
+
 /// The rebuilt graph of `c`'s run: cached, or built from the run's record.
 async fn remote_run(
     inner: &Arc<Inner>,
     spread: &Arc<Spread>,
     c: &ClaimedTask,
-) -> Result<Arc<RemoteRun>, String> {
+) -> Result<Arc<RemoteRun>, Refusal> {
     let (run, token, node) = (&c.claim.run, c.claim.run_token, c.claim.node);
     if let Some((t, r)) = lock(&spread.cache).get(run) {
         if *t == token && r.can_run(node) {
@@ -675,35 +696,51 @@ async fn remote_run(
     let rec = inner
         .get(run)
         .await
-        .map_err(|e| format!("cannot read run `{run}` to run its node {node}: {e}"))?
-        .ok_or_else(|| format!("run `{run}` of a spread task no longer exists"))?;
+        .map_err(|e| {
+            Refusal::Retry(format!(
+                "cannot read run `{run}` to run its node {node}: {e}"
+            ))
+        })?
+        .ok_or_else(|| Refusal::Gone(format!("run `{run}` of a spread task no longer exists")))?;
+    if !rec.state().is_active() {
+        return Err(Refusal::Gone(format!(
+            "run `{run}` of a spread task has ended"
+        )));
+    }
     let meta = rec
         .run
         .as_ref()
         .filter(|m| m.token == token)
         .ok_or_else(|| {
-            format!("run `{run}` is no longer the run (token {token}) that offered node {node}")
+            Refusal::Gone(format!(
+                "run `{run}` is no longer the run (token {token}) that offered node {node}"
+            ))
         })?;
     let reg = inner
         .registry
         .get(rec.process_type.as_str())
         .ok_or_else(|| {
-            format!(
+            Refusal::Fail(format!(
                 "process type `{}` is not registered on this worker",
                 rec.process_type
-            )
+            ))
         })?;
-    let graph = (reg.build)(rec.params.clone(), meta.options.clone())
-        .map_err(|e| format!("the graph of run `{run}` could not be rebuilt here: {e}"))?;
+    let graph = (reg.build)(rec.params.clone(), meta.options.clone()).map_err(|e| {
+        Refusal::Fail(format!(
+            "the graph of run `{run}` could not be rebuilt here: {e}"
+        ))
+    })?;
     if graph.fingerprint() != meta.fingerprint {
-        return Err(format!(
+        return Err(Refusal::Fail(format!(
             "the graph of `{}` on this worker differs from the run's (fingerprint {:016x}, here {:016x}): node {node} not run here",
             rec.process_type,
             meta.fingerprint,
             graph.fingerprint()
-        ));
+        )));
     }
-    inner.check_resources(&graph).map_err(|e| e.to_string())?;
+    inner
+        .check_resources(&graph)
+        .map_err(|e| Refusal::Fail(e.to_string()))?;
     let remote = Arc::new(RemoteRun::new(
         graph,
         Arc::from(run.as_str()),

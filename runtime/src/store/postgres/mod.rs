@@ -109,6 +109,15 @@ impl PgError {
 ///   worker that lost its lease (paused past it, or cut off) is fenced: its task rows
 ///   carry the old token and are dropped ([`Applied::fenced`]), its heartbeat is
 ///   refused and the runtime stops the run.
+/// - **Task-level claims** ([`Store::task_queue`], used with
+///   [`RuntimeBuilder::spread_tasks`](crate::RuntimeBuilder::spread_tasks)):
+///   `procession_task_claims` holds a row per offered task of a live run (deleted when
+///   the run ends); workers claim ready, expired or past-deadline rows in batches with
+///   `WITH c AS MATERIALIZED (SELECT … FOR UPDATE SKIP LOCKED LIMIT n) UPDATE … SET
+///   token = token + 1, …` (only ready and running rows are in its partial index),
+///   finish them with one `UPDATE … FROM unnest(…)` fenced per row by its token, renew
+///   them in the heartbeat's statement, and `NOTIFY procession_tasks` when a task is
+///   offered or ends (a hint: the runtime polls too).
 /// - **Reconnects**: a call whose connection broke (a restarted server, a killed
 ///   backend) runs again on a new connection, pausing 50 ms doubling to 1 s, for up to
 ///   the retry window: 30 s, or `retry_window=<duration>` in the URL
