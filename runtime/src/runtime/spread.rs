@@ -299,6 +299,17 @@ impl Dispatch for RunDispatch {
 
 /// A spread task failed on the worker that ran it: its error's messages, outermost
 /// first (the sources follow as [`source`](std::error::Error::source)s).
+///
+/// # Examples
+///
+/// ```
+/// use procession::RemoteTaskError;
+/// // A hook or a report reader can tell a failure that happened on another worker.
+/// fn on_another_worker(e: &(dyn std::error::Error + 'static)) -> bool {
+///     e.is::<RemoteTaskError>()
+/// }
+/// assert!(!on_another_worker(&std::fmt::Error));
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]
 pub struct RemoteTaskError {

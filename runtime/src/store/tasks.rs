@@ -96,8 +96,36 @@ pub struct TaskBeat {
     pub cancel: Vec<(String, u32)>,
 }
 
-/// The task queue of a shared store (PostgreSQL): see the [module](self) and
-/// [`Store::task_queue`](super::Store::task_queue).
+/// The task queue of a shared store (PostgreSQL, [`Store::task_queue`](super::Store::task_queue)):
+/// a run's coordinator offers its ready tasks ([`offer`](TaskQueue::offer)); any worker
+/// that registered the process type claims them ([`claim`](TaskQueue::claim): a fencing
+/// token per task, an expiry on the database clock, a hard deadline), runs them and
+/// finishes them fenced per task ([`finish`](TaskQueue::finish)); the coordinator
+/// collects the ends ([`ended`](TaskQueue::ended)) and feeds them into its executor.
+///
+/// # Examples
+///
+/// ```no_run
+/// use procession::store::{PgStore, Store, TaskEnd, TaskOffer};
+/// let store = PgStore::connect("postgres://postgres@127.0.0.1/procession")?;
+/// let q = store.task_queue().expect("PostgreSQL has a task queue");
+/// q.offer(&[TaskOffer {
+///     run: "report-1".into(),
+///     run_token: 42,
+///     node: 0,
+///     process_type: "report".into(),
+///     attempts: 0,
+///     max_attempts: 1,
+///     deadline_ms: None,
+/// }])?;
+/// for task in q.claim("worker-a", &["report"], 30_000, 16)? {
+///     let end = TaskEnd { attempts: task.attempts + 1, elapsed_ns: 0, outcome: Ok("1".into()) };
+///     // `false`: another worker claimed the task since; nothing was written.
+///     let stored = q.finish(&[(task.claim, end)])?;
+///     assert_eq!(stored.len(), 1);
+/// }
+/// # Ok::<(), procession::store::StoreError>(())
+/// ```
 pub trait TaskQueue: Send + Sync {
     /// Offers ready tasks: a row per task, claimable by any worker of its process type.
     /// A task that already has a row of the same run token is left as it is (a new
