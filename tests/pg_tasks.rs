@@ -30,17 +30,28 @@ fn me() -> String {
 async fn exec(url: String, q: &'static str, run: String, task: u32, attempt: u32) {
     let worker = me();
     tokio::task::spawn_blocking(move || {
-        let mut c = postgres::Client::connect(&url, postgres::NoTls).expect("effects connection");
-        c.execute(
-            q,
-            &[
-                &run,
-                &i32::try_from(task).unwrap(),
-                &i32::try_from(attempt).unwrap(),
-                &worker,
-            ],
-        )
-        .expect("one effect per task and attempt");
+        // Again while the server restarts (one test restarts it).
+        let deadline = Instant::now() + Duration::from_mins(1);
+        loop {
+            let done = postgres::Client::connect(&url, postgres::NoTls).and_then(|mut c| {
+                c.execute(
+                    q,
+                    &[
+                        &run,
+                        &i32::try_from(task).unwrap(),
+                        &i32::try_from(attempt).unwrap(),
+                        &worker,
+                    ],
+                )
+            });
+            match done {
+                Ok(_) => return,
+                Err(e) if e.as_db_error().is_some() || Instant::now() > deadline => {
+                    panic!("one effect per task and attempt: {e}")
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
     })
     .await
     .unwrap();
@@ -163,9 +174,14 @@ fn effects(url: &str, run: &str) -> Vec<(i32, i32, String)> {
 
 fn database(test: &str) -> Option<String> {
     let url = pg::database(test)?;
+    tables(&url);
+    Some(url)
+}
+
+fn tables(url: &str) {
     for t in ["effects", "cancels"] {
         pg::execute(
-            &url,
+            url,
             &format!(
                 "CREATE TABLE {t} (run text, task integer, attempt integer, worker text,
                                    PRIMARY KEY (run, task, attempt))"
@@ -173,7 +189,6 @@ fn database(test: &str) -> Option<String> {
         )
         .unwrap();
     }
-    Some(url)
 }
 
 fn wait_until(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
@@ -673,6 +688,43 @@ fn a_new_coordinator_adopts_running_tasks() {
     assert_eq!(
         r.tasks.last().unwrap().result_as::<u64>().unwrap(),
         expected(6, 6)
+    );
+}
+
+// The server restarts (`pg_ctl restart -m immediate`) while a run's tasks are spread
+// over two workers: the workers reconnect (calls ride it out, the listener reconnects
+// and wakes the pollers) and the run finishes with the right sum.
+#[test]
+fn a_spread_run_survives_a_server_restart() {
+    if std::env::var("PGT_URL").is_ok() {
+        return;
+    }
+    let Some(cluster) = pg::own_cluster(pg::Durability::Commits) else {
+        return;
+    };
+    let url = cluster.database("spread_restart").unwrap();
+    tables(&url);
+    let _b = Worker::start(&url, "w1", 2000, 3, "");
+    let _a = Worker::start(&url, "w0", 2000, 3, "rs:8:12:700:0");
+    wait_until("parts to run", Duration::from_mins(1), || {
+        effects(&url, "rs").len() >= 3
+    });
+    cluster.restart_immediate().unwrap();
+    wait_until("the run to end", Duration::from_mins(2), || {
+        run_state(&url, "rs") == Some(State::Done)
+    });
+    let fx = effects(&url, "rs");
+    println!("{fx:?}");
+    for i in 1..=12 {
+        assert!(
+            (1..=2).contains(&fx.iter().filter(|e| e.0 == i).count()),
+            "{fx:?}"
+        );
+    }
+    let r = report(&url, "rs");
+    assert_eq!(
+        r.tasks.last().unwrap().result_as::<u64>().unwrap(),
+        expected(8, 12)
     );
 }
 

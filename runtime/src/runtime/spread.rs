@@ -193,6 +193,16 @@ impl Spread {
         }
     }
 
+    /// Waits until no spread task runs here, or `deadline`; then stops what still runs.
+    pub(super) async fn drain(&self, deadline: tokio::time::Instant) {
+        while !lock(&self.held).is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        for h in lock(&self.held).values() {
+            h.abort.cancel();
+        }
+    }
+
     /// Stops every task running here (self-fencing: no heartbeat reached the database
     /// for nearly the lease time).
     pub(super) fn abort_all(&self) {
@@ -523,14 +533,21 @@ fn start_task(inner: &Arc<Inner>, spread: &Arc<Spread>, c: ClaimedTask) {
     let spread = spread.clone();
     tokio::spawn(async move {
         let out = run_claimed(&inner, &spread, &c, &abort).await;
-        lock(&spread.held).remove(&key);
-        spread.claim_wake.notify_one();
-        let Some(end) = out else { return };
+        // Held (and renewed) until its end is stored: a shutdown waits for that.
+        let release = |spread: &Spread| {
+            lock(&spread.held).remove(&key);
+            spread.claim_wake.notify_one();
+        };
+        let Some(end) = out else {
+            release(&spread);
+            return;
+        };
         let (tx, rx) = oneshot::channel();
         let _ = spread.finishes.send((c.claim.clone(), end, tx));
         let finished = rx
             .await
             .unwrap_or_else(|_| Err("the runtime stopped".to_owned()));
+        release(&spread);
         match finished {
             Ok(true) => {
                 spread.finished.fetch_add(1, Ordering::Relaxed);
@@ -864,5 +881,22 @@ pub(super) async fn clear(inner: &Inner, run: &str, run_token: u64) {
         .await
     {
         tracing::warn!(run = %run, error = %e, "cannot delete the ended run's task rows");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RemoteTaskError;
+
+    #[test]
+    fn a_remote_error_keeps_its_messages_as_a_source_chain() {
+        let e = RemoteTaskError::from_chain(&["outer".into(), "middle".into(), "inner".into()]);
+        assert_eq!(
+            crate::error::chain(&e),
+            vec!["outer".to_owned(), "middle".into(), "inner".into()]
+        );
+        let none = RemoteTaskError::from_chain(&[]);
+        assert!(none.to_string().contains("cancelled before any worker"));
+        assert!(std::error::Error::source(&none).is_none());
     }
 }
