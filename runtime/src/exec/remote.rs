@@ -3,6 +3,7 @@
 //! dependencies' stored results, and its attempts run by the same code as a local node's
 //! (retries, backoff, timeout, panics).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,6 +26,13 @@ pub(crate) struct RemoteRun {
     deps: Box<[Box<[u32]>]>,
     /// Cancelled when the run asks its tasks to stop: the tasks' `ctx` sees it.
     cancel: CancellationToken,
+    /// Per node: its slot holds its stored result (read from the store, or its own
+    /// result once stored).
+    stored: Box<[AtomicBool]>,
+    /// Per node: it ran here (its slot holds what it computed here, which is not the
+    /// stored result until [`mark_stored`](RemoteRun::mark_stored): its end may have
+    /// been fenced out).
+    ran: Box<[AtomicBool]>,
 }
 
 impl RemoteRun {
@@ -66,6 +74,8 @@ impl RemoteRun {
             shared,
             deps,
             cancel,
+            stored: (0..n).map(|_| AtomicBool::new(false)).collect(),
+            ran: (0..n).map(|_| AtomicBool::new(false)).collect(),
         }
     }
 
@@ -79,33 +89,49 @@ impl RemoteRun {
         self.deps.get(node as usize).map_or(&[], |d| &d[..])
     }
 
-    /// Of `nodes`, those whose result is not here yet.
+    /// Of `nodes`, those whose stored result is not here yet.
     pub(crate) fn missing(&self, nodes: &[u32]) -> Vec<u32> {
         nodes
             .iter()
             .copied()
             .filter(|&d| {
-                self.shared
-                    .slots
+                self.stored
                     .get(d as usize)
-                    .is_some_and(|s| s.json().is_none())
+                    .is_some_and(|s| !s.load(Ordering::Acquire))
             })
             .collect()
     }
 
-    /// Keeps `json`, the stored result of `node`, for the tasks that read it.
+    /// Keeps `json`, the stored result of `node`, for the tasks that read it (unless
+    /// the node ran here: see [`can_run`](RemoteRun::can_run)).
     pub(crate) fn fill(&self, node: u32, json: Arc<str>) {
-        if let Some(slot) = self.shared.slots.get(node as usize) {
+        let i = node as usize;
+        let (Some(slot), Some(stored)) = (self.shared.slots.get(i), self.stored.get(i)) else {
+            return;
+        };
+        if slot.json().is_none() {
             slot.fill(json, None);
+            stored.store(true, Ordering::Release);
         }
     }
 
-    /// Whether `node`'s task is still here to run.
+    /// `node` ran here and its end was stored: its slot holds its stored result.
+    pub(crate) fn mark_stored(&self, node: u32) {
+        if let Some(s) = self.stored.get(node as usize) {
+            s.store(true, Ordering::Release);
+        }
+    }
+
+    /// Whether `node` can run on this rebuilt graph: its task is still here, and none of
+    /// its dependencies ran here without its end being stored (that slot would hold a
+    /// result that may have been fenced out, not the stored one).
     pub(crate) fn can_run(&self, node: u32) -> bool {
-        self.shared
-            .tasks
-            .get(node as usize)
-            .is_some_and(|t| lock(t).is_some())
+        let i = node as usize;
+        self.shared.tasks.get(i).is_some_and(|t| lock(t).is_some())
+            && self.deps(node).iter().all(|&d| {
+                !self.ran[d as usize].load(Ordering::Acquire)
+                    || self.stored[d as usize].load(Ordering::Acquire)
+            })
     }
 
     /// Asks every task of the run running here to stop (cooperative, through `ctx`).
@@ -127,10 +153,9 @@ impl RemoteRun {
             return None;
         }
         let task = lock(&self.shared.tasks[i]).take()?;
+        self.ran[i].store(true, Ordering::Release);
         for (d, json) in inputs {
-            if let Some(slot) = self.shared.slots.get(d as usize) {
-                slot.fill(json, None);
-            }
+            self.fill(d, json);
         }
         let meta = self.shared.metas[i];
         let started = Instant::now();

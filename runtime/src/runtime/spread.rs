@@ -547,6 +547,12 @@ fn start_task(inner: &Arc<Inner>, spread: &Arc<Spread>, c: ClaimedTask) {
         let finished = rx
             .await
             .unwrap_or_else(|_| Err("the runtime stopped".to_owned()));
+        if matches!(finished, Ok(true)) {
+            // Its result is the stored one: dependents claimed here may read it.
+            if let Some(r) = lock(&spread.held).get(&key).and_then(|h| h.remote.clone()) {
+                r.mark_stored(c.claim.node);
+            }
+        }
         release(&spread);
         match finished {
             Ok(true) => {
