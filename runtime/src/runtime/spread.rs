@@ -225,6 +225,8 @@ pub(super) struct RunDispatch {
     /// Per node: attempts per claim, and the hard deadline of a claim in ms.
     limits: Box<[(u32, Option<u64>)]>,
     waiting: Mutex<HashMap<u32, oneshot::Sender<Dispatched>>>,
+    /// The run's cancel: a node the executor starts after it is not offered.
+    cancel: CancellationToken,
 }
 
 /// The hard deadline of one claim of a task: every attempt's timeout, every backoff
@@ -249,6 +251,7 @@ impl RunDispatch {
         graph: &Graph,
         grace: Duration,
         lease: Duration,
+        cancel: CancellationToken,
     ) -> Arc<RunDispatch> {
         let d = Arc::new(RunDispatch {
             spread: spread.clone(),
@@ -266,6 +269,7 @@ impl RunDispatch {
                 })
                 .collect(),
             waiting: Mutex::default(),
+            cancel,
         });
         lock(&spread.coordinated).insert(run.to_owned(), d.clone());
         d
@@ -283,6 +287,14 @@ impl RunDispatch {
 
 impl Dispatch for RunDispatch {
     fn run(&self, node: u32, first: u32) -> futures::future::BoxFuture<'static, Dispatched> {
+        if self.cancel.is_cancelled() {
+            // Started as the cancel came (a worker released it): not offered, since
+            // the run's rows may have been asked to cancel already.
+            return Box::pin(std::future::ready(Dispatched {
+                attempts: first,
+                outcome: Err(BoxError::from(Box::new(RemoteTaskError::from_chain(&[])))),
+            }));
+        }
         let (tx, rx) = oneshot::channel();
         lock(&self.waiting).insert(node, tx);
         let (max_attempts, deadline_ms) =
