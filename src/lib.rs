@@ -126,11 +126,12 @@ pub use procession_runtime::{
     IntoPercent, IntoTaskId, IntoTaskSpec, InvalidTransition, Json, Launch, LaunchBlock,
     LaunchSpec, Level, ListFilter, LogEntry, MissingResource, Mode, NodeRef, NonRetryable,
     OnDepFailure, Out, OutputNotSerializable, Overlap, ParallelGroup, PlainInputs, Policy, Process,
-    ProcessMeta, ProcessRecord, Progress, ProgressCallback, Read, RecordKind, Res, Resource,
-    ResourceKey, Result, ResultError, ResultKey, ResyncReport, RetryExhausted, RunHandle, RunInfo,
-    RunMeta, RunReport, RunStatus, RunSummary, Runtime, RuntimeBuilder, Schedule, ScheduleError,
-    Shutdown, State, Status, StrArg, Task, TaskExt, TaskFuture, TaskGraph, TaskInfo, TaskKey,
-    TaskMeta, TaskPanicked, TaskReport, TaskSpec, TaskStatus, Timeout, MAX_LOG, SCHEMA_VERSION,
+    ProcessMeta, ProcessRecord, Progress, ProgressCallback, Read, RecordKind, RemoteTaskError, Res,
+    Resource, ResourceKey, Result, ResultError, ResultKey, ResyncReport, RetryExhausted, RunHandle,
+    RunInfo, RunMeta, RunReport, RunStatus, RunSummary, Runtime, RuntimeBuilder, Schedule,
+    ScheduleError, Shutdown, State, Status, StrArg, Task, TaskExt, TaskFuture, TaskGraph, TaskInfo,
+    TaskKey, TaskMeta, TaskPanicked, TaskReport, TaskSpec, TaskStats, TaskStatus, Timeout, MAX_LOG,
+    SCHEMA_VERSION,
 };
 
 /// The names most programs need: `use procession::prelude::*;`.

@@ -17,6 +17,8 @@
 //! Rounds interleave the ceiling and the graphs (5 rounds, 1 with `--quick` and a 3 s
 //! pgbench); medians are printed with the ratio to the ceiling.
 //!
+//! `--spread-only` prints the ceiling and the rows of task spreading alone.
+//!
 //! Then several worker processes (this program re-executed with the hidden
 //! `--pg-worker`), each a runtime of its own on one database:
 //! - tasks/s with 1, 2 and 4 workers: 200 runs of a wide-50 graph (100 with `--quick`),
@@ -202,6 +204,8 @@ async fn procession_run(admin: &str, shape: Shape, expect: u64) -> AnyResult<(Du
 
 pub(crate) async fn run(args: &[String]) -> AnyResult<()> {
     let quick = args.iter().any(|a| a == "--quick");
+    // Only the ceiling and the rows of task spreading.
+    let spread_only = args.iter().any(|a| a == "--spread-only");
     let external = args
         .iter()
         .position(|a| a == "--url")
@@ -265,6 +269,9 @@ pub(crate) async fn run(args: &[String]) -> AnyResult<()> {
     let mut txns: BTreeMap<usize, Vec<u64>> = BTreeMap::new();
     for _ in 0..rounds {
         ceilings.push(ceiling(&admin, &pgbench, secs).await?);
+        if spread_only {
+            continue;
+        }
         for (k, &shape) in shapes.iter().enumerate() {
             let (d, c) = procession_run(&admin, shape, expect[&k]).await?;
             times.entry(k).or_default().push(d);
@@ -285,6 +292,11 @@ pub(crate) async fn run(args: &[String]) -> AnyResult<()> {
             .collect::<Vec<_>>()
             .join(", ")
     );
+    if spread_only {
+        spread_rows(&admin, quick, if quick { 1 } else { 3 }, top).await?;
+        drop(cluster);
+        return Ok(());
+    }
     println!(
         "{:<16} {:>6} {:>10} {:>10} {:>11} {:>8} {:>10}",
         "graph", "tasks", "median ms", "tasks/s", "vs ceiling", "commits", "tasks/txn"
@@ -325,6 +337,7 @@ pub(crate) async fn run(args: &[String]) -> AnyResult<()> {
     }
     several_workers(&admin, quick, if quick { 1 } else { 3 }, top).await?;
     hot_path(&admin, quick).await?;
+    spread_rows(&admin, quick, if quick { 1 } else { 3 }, top).await?;
     drop(cluster);
     Ok(())
 }
@@ -621,6 +634,9 @@ pub(crate) async fn worker(args: &[String]) -> AnyResult<()> {
             rt.shutdown().await?;
             Ok(())
         }
+        "spread-wide" | "spread-layered" | "spread-helper" => {
+            spread_worker(url, lease_ms, kind, runs, size).await
+        }
         "chain" | "standby" => {
             if kind == "chain" {
                 for i in 0..runs {
@@ -646,6 +662,150 @@ pub(crate) async fn worker(args: &[String]) -> AnyResult<()> {
         }
         other => Err(format!("--pg-worker: unknown kind {other}").into()),
     }
+}
+
+/// The graph of the spread rows: wide `size`, or 10 layers of `size`.
+fn spread_shape(kind: &str, size: u32) -> Shape {
+    if kind == "spread-layered" {
+        Shape::Layered {
+            layers: 10,
+            width: size,
+        }
+    } else {
+        Shape::Wide(size)
+    }
+}
+
+/// A worker with task spreading on. `spread-wide` / `spread-layered`: prints `ready`,
+/// waits for `go`, launches its `runs` graphs at once, waits for them and prints
+/// `done <runs> <wrong sums>`. `spread-helper`: launches nothing, claims and runs the
+/// others' tasks until it is killed.
+async fn spread_worker(
+    url: &str,
+    lease_ms: u64,
+    kind: &str,
+    runs: u32,
+    size: u32,
+) -> AnyResult<()> {
+    let rt = register(Runtime::connect(url.to_owned()))
+        .lease(Duration::from_millis(lease_ms))
+        .spread_tasks(true)
+        .start()
+        .await?;
+    if kind == "spread-helper" {
+        println!("ready {}", rt.worker_id());
+        loop {
+            tokio::time::sleep(Duration::from_hours(1)).await;
+        }
+    }
+    let shape = spread_shape(kind, size);
+    let expect = baseline(shape, true).await;
+    println!("ready {}", rt.worker_id());
+    let mut line = String::new();
+    tokio::task::spawn_blocking(move || std::io::stdin().read_line(&mut line)).await??;
+    let reports = futures::future::join_all((0..runs).map(|_| launch_shape(&rt, shape))).await;
+    let mut wrong = 0;
+    for r in reports {
+        if checksum(&r?) != expect {
+            wrong += 1;
+        }
+    }
+    let s = rt.task_stats();
+    println!("done {runs} {wrong} claimed={}", s.claimed);
+    rt.shutdown().await?;
+    Ok(())
+}
+
+/// One round of task spreading: `workers` processes (one launching `runs` graphs of
+/// `kind`, the others helping) on a fresh database; the time from `go` to the end of
+/// the runs, and the share of the tasks the launcher ran itself.
+async fn spread_round(
+    admin: &str,
+    workers: u32,
+    kind: &'static str,
+    runs: u32,
+    size: u32,
+) -> AnyResult<(Duration, f64)> {
+    let url = new_database(admin, "spread").await?;
+    let u = url.clone();
+    let out = tokio::task::spawn_blocking(move || -> AnyResult<(Duration, f64)> {
+        let mut helpers = Vec::new();
+        for w in 1..workers {
+            helpers.push(Proc::start(
+                &u,
+                10_000,
+                &format!("h{w}"),
+                "spread-helper",
+                0,
+                0,
+            )?);
+        }
+        let mut launcher = Proc::start(&u, 10_000, "w0", kind, runs, size)?;
+        let t = Instant::now();
+        launcher.go()?;
+        let done = launcher.expect("done", Duration::from_mins(10))?;
+        let took = t.elapsed();
+        let f: Vec<&str> = done.split(' ').collect();
+        if f.get(2) != Some(&"0") {
+            return Err(format!("spread runs computed wrong sums: {done}").into());
+        }
+        let claimed: f64 = f
+            .get(3)
+            .and_then(|c| c.strip_prefix("claimed="))
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0.0);
+        let total = spread_shape(kind, size).tasks() as f64 * f64::from(runs);
+        drop(helpers);
+        Ok((took, claimed / total))
+    })
+    .await??;
+    drop_database(admin, &url).await?;
+    Ok(out)
+}
+
+/// The rows of task spreading (`RuntimeBuilder::spread_tasks`): tasks/s of one run's
+/// tasks spread over 1, 2 and 4 worker processes, wide and layered, against `top`.
+async fn spread_rows(admin: &str, quick: bool, rounds: usize, top: f64) -> AnyResult<()> {
+    let (runs, size) = if quick { (1, 500) } else { (2, 1_000) };
+    let layered = size / 10;
+    println!(
+        "task spreading (spread_tasks: the launching worker coordinates, every worker claims \
+         tasks in batches and finishes each with a fenced statement): {runs} run{} of wide \
+         {size} and of layered 10x{layered} launched by one worker, 0, 1 or 3 helper workers; \
+         time from `go` to the runs' end; {rounds} round{}, medians",
+        if runs == 1 { "" } else { "s" },
+        if rounds == 1 { "" } else { "s" }
+    );
+    println!(
+        "{:<16} {:<8} {:>6} {:>10} {:>10} {:>11} {:>14}",
+        "graph", "workers", "tasks", "median ms", "tasks/s", "vs ceiling", "run by launcher"
+    );
+    for (kind, sz) in [("spread-wide", size), ("spread-layered", layered)] {
+        let tasks = spread_shape(kind, sz).tasks() as f64 * f64::from(runs);
+        for w in [1u32, 2, 4] {
+            let mut times = Vec::new();
+            let mut shares = Vec::new();
+            for _ in 0..rounds {
+                let (d, share) = spread_round(admin, w, kind, runs, sz).await?;
+                times.push(d);
+                shares.push(share);
+            }
+            let m = median(&times);
+            shares.sort_by(f64::total_cmp);
+            let rate = tasks / m.as_secs_f64();
+            println!(
+                "{:<16} {:<8} {:>6} {:>10.1} {:>10} {:>10.0}% {:>13.0}%",
+                spread_shape(kind, sz).name(),
+                w,
+                tasks,
+                ms(m),
+                group_digits(rate),
+                rate / top * 100.0,
+                shares[shares.len() / 2] * 100.0
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Prints this process's warnings on stdout (`WARN <message> key=value…`), where the

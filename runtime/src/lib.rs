@@ -74,8 +74,8 @@ pub use runtime::children::{
     GroupError, GroupOptions, ParallelGroup, ProgressCallback,
 };
 pub use runtime::{
-    AdhocOptions, Definition, Error, GroupCancel, IntoGraph, Launch, LaunchSpec, Result,
-    ResyncReport, RunHandle, RunSummary, Runtime, RuntimeBuilder, Shutdown,
+    AdhocOptions, Definition, Error, GroupCancel, IntoGraph, Launch, LaunchSpec, RemoteTaskError,
+    Result, ResyncReport, RunHandle, RunSummary, Runtime, RuntimeBuilder, Shutdown, TaskStats,
 };
 pub use schedule::{CatchUp, Overlap, Schedule, ScheduleError};
 pub use task::arg::{Arg, IntoArg, NodeRef, Out, PlainInputs, Read, StrArg};

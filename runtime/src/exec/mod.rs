@@ -10,9 +10,12 @@
 //! the grace period; at the end it reads the successes the workers left in the shared
 //! per-node state and builds the report.
 
+mod remote;
 mod report;
 mod shared;
 mod worker;
+
+pub(crate) use remote::RemoteRun;
 
 use std::collections::VecDeque;
 use std::error::Error as StdError;
@@ -64,6 +67,27 @@ pub(crate) struct RunConfig {
     pub(crate) span: tracing::Span,
     /// The runtime running this run (its worker id), for the attempt spans.
     pub(crate) worker: Arc<str>,
+    /// Where ready nodes run when they do not run here (task spreading over the
+    /// workers of a shared store); `None`: every node runs here.
+    pub(crate) dispatch: Option<Arc<dyn Dispatch>>,
+}
+
+/// Runs a ready node elsewhere (another worker of a shared store may run it) and tells
+/// how it ended. The executor keeps its own semantics: it decides what is ready, settles
+/// failures, skips and cancellation, and builds the report; only the node's attempts
+/// (inputs, retries, backoff, timeout, panics) run where the dispatch sends them.
+pub(crate) trait Dispatch: Send + Sync {
+    /// Runs node `node` of the run, whose attempts before are `first` (its next attempt
+    /// is `first + 1`).
+    fn run(&self, node: u32, first: u32) -> futures::future::BoxFuture<'static, Dispatched>;
+}
+
+/// How a dispatched node ended.
+pub(crate) struct Dispatched {
+    /// The number of its last attempt.
+    pub(crate) attempts: u32,
+    /// Its result as JSON on success, its error otherwise.
+    pub(crate) outcome: Result<Arc<str>, BoxError>,
 }
 
 /// The span of one run: `run{process, run, worker, resumes}`, at level INFO, target
@@ -205,82 +229,8 @@ pub(crate) async fn execute(graph: Graph, cfg: RunConfig) -> Option<RunReport> {
 async fn drive_run(mut graph: Graph, mut cfg: RunConfig) -> Option<RunReport> {
     let started = Instant::now();
     let n = graph.nodes.len();
-    let ids: Box<[Arc<str>]> = graph.nodes.iter().map(|n| n.id.clone()).collect();
-    let ids_for_ctx = ids.clone();
-    let scope = Arc::new(RunScope {
-        process_id: cfg.run_id.clone(),
-        node_ids: Arc::new(move |i| ids_for_ctx[i as usize].clone()),
-        cancel: cfg.cancel.clone(),
-        reporter: match &cfg.journal {
-            Some(j) => j.clone(),
-            None => Arc::new(TraceReporter),
-        },
-        runtime: cfg.runtime.clone(),
-        resources: cfg.resources.clone(),
-        child_seq: std::sync::Mutex::default(),
-    });
-    let (tx, mut rx) = mpsc::unbounded_channel::<Msg>();
-    let (offsets, targets) = csr(
-        n,
-        graph
-            .nodes
-            .iter()
-            .enumerate()
-            .flat_map(|(i, node)| node.deps().iter().map(move |&d| (d, i as u32))),
-    );
-    let (dep_offsets, dep_targets) = csr(
-        n,
-        graph
-            .nodes
-            .iter()
-            .enumerate()
-            .flat_map(|(i, node)| node.deps().iter().map(move |&d| (i as u32, d))),
-    );
     let resume = cfg.resume.take().unwrap_or_default();
-    let mut prior_attempts = resume.attempts;
-    prior_attempts.resize(n, 0);
-    let shared = Arc::new(Shared {
-        slots: graph.nodes.iter().map(|n| Slot::new(n.readers)).collect(),
-        ids,
-        metas: graph.nodes.iter().map(|n| n.meta).collect(),
-        tag: graph.tag,
-        remap: graph.remap.take(),
-        scope,
-        hooks: cfg.hooks.clone(),
-        process: graph.name.clone(),
-        run_id: cfg.run_id.clone(),
-        permits: cfg.permits.clone(),
-        journal: cfg.journal.clone(),
-        remaining: graph
-            .nodes
-            .iter()
-            .map(|n| AtomicU32::new(n.deps().len() as u32))
-            .collect(),
-        done_ok: (0..n).map(|_| AtomicBool::new(false)).collect(),
-        claimed: (0..n).map(|_| AtomicBool::new(false)).collect(),
-        ended: (0..n).map(|_| AtomicBool::new(false)).collect(),
-        tasks: graph
-            .nodes
-            .iter_mut()
-            .map(|n| Mutex::new(n.task.take()))
-            .collect(),
-        attempts_run: (0..n).map(|_| AtomicU32::new(0)).collect(),
-        elapsed_ns: (0..n).map(|_| AtomicU64::new(0)).collect(),
-        epoch: started,
-        started_ns: (0..n).map(|_| AtomicU64::new(0)).collect(),
-        abandon: CancellationToken::new(),
-        halt: cfg.halt.clone(),
-        offsets,
-        targets,
-        dep_offsets,
-        dep_targets,
-        prior_attempts: prior_attempts.into(),
-        workers_start_dependents: cfg.max_concurrency.is_none(),
-        in_flight: AtomicUsize::new(0),
-        tx,
-        span: cfg.span.clone(),
-        worker: cfg.worker.clone(),
-    });
+    let (shared, mut rx) = new_shared(&mut graph, &cfg, resume.attempts, started);
     let info = RunInfo {
         process: graph.name.clone(),
         run_id: cfg.run_id.to_string(),
@@ -488,6 +438,94 @@ async fn drive_run(mut graph: Graph, mut cfg: RunConfig) -> Option<RunReport> {
     }
     tracing::info!(process = %info.process, run = %info.run_id, status = ?report.status, "run ended");
     Some(report)
+}
+
+/// The state a run's driver and its workers share, built from `graph` (whose tasks it
+/// takes), and the driver's end of the workers' channel.
+fn new_shared(
+    graph: &mut Graph,
+    cfg: &RunConfig,
+    prior_attempts: Vec<u32>,
+    started: Instant,
+) -> (Arc<Shared>, mpsc::UnboundedReceiver<Msg>) {
+    let n = graph.nodes.len();
+    let ids: Box<[Arc<str>]> = graph.nodes.iter().map(|n| n.id.clone()).collect();
+    let ids_for_ctx = ids.clone();
+    let scope = Arc::new(RunScope {
+        process_id: cfg.run_id.clone(),
+        node_ids: Arc::new(move |i| ids_for_ctx[i as usize].clone()),
+        cancel: cfg.cancel.clone(),
+        reporter: match &cfg.journal {
+            Some(j) => j.clone(),
+            None => Arc::new(TraceReporter),
+        },
+        runtime: cfg.runtime.clone(),
+        resources: cfg.resources.clone(),
+        child_seq: std::sync::Mutex::default(),
+    });
+    let (tx, rx) = mpsc::unbounded_channel::<Msg>();
+    let (offsets, targets) = csr(
+        n,
+        graph
+            .nodes
+            .iter()
+            .enumerate()
+            .flat_map(|(i, node)| node.deps().iter().map(move |&d| (d, i as u32))),
+    );
+    let (dep_offsets, dep_targets) = csr(
+        n,
+        graph
+            .nodes
+            .iter()
+            .enumerate()
+            .flat_map(|(i, node)| node.deps().iter().map(move |&d| (i as u32, d))),
+    );
+    let mut prior_attempts = prior_attempts;
+    prior_attempts.resize(n, 0);
+    let shared = Arc::new(Shared {
+        slots: graph.nodes.iter().map(|n| Slot::new(n.readers)).collect(),
+        ids,
+        metas: graph.nodes.iter().map(|n| n.meta).collect(),
+        tag: graph.tag,
+        remap: graph.remap.take(),
+        scope,
+        hooks: cfg.hooks.clone(),
+        process: graph.name.clone(),
+        run_id: cfg.run_id.clone(),
+        permits: cfg.permits.clone(),
+        journal: cfg.journal.clone(),
+        remaining: graph
+            .nodes
+            .iter()
+            .map(|n| AtomicU32::new(n.deps().len() as u32))
+            .collect(),
+        done_ok: (0..n).map(|_| AtomicBool::new(false)).collect(),
+        claimed: (0..n).map(|_| AtomicBool::new(false)).collect(),
+        ended: (0..n).map(|_| AtomicBool::new(false)).collect(),
+        tasks: graph
+            .nodes
+            .iter_mut()
+            .map(|n| Mutex::new(n.task.take()))
+            .collect(),
+        attempts_run: (0..n).map(|_| AtomicU32::new(0)).collect(),
+        elapsed_ns: (0..n).map(|_| AtomicU64::new(0)).collect(),
+        epoch: started,
+        started_ns: (0..n).map(|_| AtomicU64::new(0)).collect(),
+        abandon: CancellationToken::new(),
+        halt: cfg.halt.clone(),
+        offsets,
+        targets,
+        dep_offsets,
+        dep_targets,
+        prior_attempts: prior_attempts.into(),
+        workers_start_dependents: cfg.max_concurrency.is_none(),
+        in_flight: AtomicUsize::new(0),
+        tx,
+        span: cfg.span.clone(),
+        worker: cfg.worker.clone(),
+        dispatch: cfg.dispatch.clone(),
+    });
+    (shared, rx)
 }
 
 /// Handles the workers' messages: ends without success (and, under a concurrency limit,

@@ -71,6 +71,8 @@ pub(super) struct Shared {
     /// unreported success, by the driver when it reads a report or abandons the node.
     pub(super) in_flight: AtomicUsize,
     pub(super) tx: mpsc::UnboundedSender<Msg>,
+    /// Where nodes run when not here (see [`super::Dispatch`]).
+    pub(super) dispatch: Option<Arc<dyn super::Dispatch>>,
 }
 
 /// A node's task until it is started.

@@ -43,10 +43,29 @@ pub(super) async fn run_one(
     let meta = shared.metas[i as usize];
     let started = Instant::now();
     shared.mark_started(i, started);
-    let ran = tokio::select! {
-        biased;
-        r = attempts(shared, i, first, meta, task, started) => Some(r),
-        () = shared.abandon.cancelled() => None,
+    let ran = match &shared.dispatch {
+        // Spread: the node's attempts run on whichever worker claims it; its result
+        // comes back as JSON, read by its dependents as a restored result is.
+        Some(d) => {
+            drop(task);
+            let sent = d.run(i, first);
+            tokio::select! {
+                biased;
+                r = sent => Some(match r.outcome {
+                    Ok(json) => {
+                        shared.slots[i as usize].fill(json, None);
+                        (r.attempts, Ok(()))
+                    }
+                    Err(e) => (r.attempts, Err(e)),
+                }),
+                () = shared.abandon.cancelled() => None,
+            }
+        }
+        None => tokio::select! {
+            biased;
+            r = attempts(shared, i, first, meta, task, started) => Some(r),
+            () = shared.abandon.cancelled() => None,
+        },
     };
     let elapsed = started.elapsed();
     // Abandoned after the cancellation grace period: the driver ended it.

@@ -216,6 +216,8 @@ pub struct RuntimeBuilder {
     pub(super) delivery: crate::notify::DeliveryOptions,
     pub(super) lease: Duration,
     pub(super) retention: Option<Duration>,
+    pub(super) spread_tasks: bool,
+    pub(super) spread_capacity: usize,
 }
 
 impl fmt::Debug for RuntimeBuilder {
@@ -272,6 +274,8 @@ impl RuntimeBuilder {
             delivery: crate::notify::DeliveryOptions::default(),
             lease: super::LEASE_TTL,
             retention: None,
+            spread_tasks: false,
+            spread_capacity: super::spread::DEFAULT_CAPACITY,
         }
     }
 
@@ -329,6 +333,56 @@ impl RuntimeBuilder {
     /// ```
     pub fn retention(mut self, keep: impl Into<Option<Duration>>) -> Self {
         self.retention = keep.into();
+        self
+    }
+
+    /// Spreads the tasks of each run over every worker sharing the store (PostgreSQL;
+    /// off by default, and without effect on single-process stores). The worker holding
+    /// a run's lease stays its coordinator (readiness, failures, skips, cancellation,
+    /// the report and the run's end), but offers each ready task in a task queue;
+    /// any worker that registered the process type claims it (a fencing token per task,
+    /// an expiry on the database clock renewed by the heartbeat, a hard deadline of its
+    /// timeouts, backoffs, the grace and one lease), rebuilds the run's graph from its
+    /// stored parameters, runs the task's attempts and stores its result with one fenced
+    /// statement; a late result of a worker that lost the claim is dropped and counted
+    /// ([`Runtime::task_stats`](super::Runtime::task_stats)).
+    ///
+    /// Limits: a spread task runs without the runtime's hooks, cannot launch child
+    /// processes, and its progress and log entries are not written to its task row. A
+    /// failed task's error reaches the report as its messages
+    /// ([`RemoteTaskError`](super::RemoteTaskError)).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use procession::prelude::*;
+    /// # #[tokio::main] async fn main() -> procession::Result<()> {
+    /// // No effect on a single-process store: every task runs here.
+    /// let rt = Runtime::in_memory().spread_tasks(true).start().await?;
+    /// # rt.shutdown().await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn spread_tasks(mut self, on: bool) -> Self {
+        self.spread_tasks = on;
+        self
+    }
+
+    /// How many spread tasks (of any run, whoever coordinates it) this worker runs at
+    /// once, at least 1 (default 256): a worker claims no more than this, so that the
+    /// tasks of a wide run go to every worker. See
+    /// [`spread_tasks`](RuntimeBuilder::spread_tasks).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use procession::prelude::*;
+    /// # #[tokio::main] async fn main() -> procession::Result<()> {
+    /// let rt = Runtime::in_memory().spread_tasks(true).spread_capacity(8).start().await?;
+    /// # rt.shutdown().await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn spread_capacity(mut self, n: usize) -> Self {
+        self.spread_capacity = n.max(1);
         self
     }
 
@@ -669,6 +723,8 @@ impl RuntimeBuilder {
             blocking(move || store.register_worker(&me)).await?;
         }
         let lease_ms = u64::try_from(self.lease.as_millis()).unwrap_or(u64::MAX);
+        let spread = (shared && self.spread_tasks && store.task_queue().is_some())
+            .then(|| super::spread::Spread::new(self.spread_capacity));
         let clock = Clock {
             wall0: std::time::SystemTime::now(),
             inst0: tokio::time::Instant::now(),
@@ -715,6 +771,7 @@ impl RuntimeBuilder {
                 keep_runs: self.keep_runs,
                 notifier,
                 deliverer,
+                spread,
             }),
         };
         if shared {
@@ -723,6 +780,9 @@ impl RuntimeBuilder {
                 Arc::downgrade(&rt.inner),
                 self.lease / 3,
             ));
+        }
+        if let Some(s) = &rt.inner.spread {
+            super::spread::start(&rt.inner, s);
         }
         rt.resync().await?;
         rt.resume_all().await?;

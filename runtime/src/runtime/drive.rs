@@ -165,6 +165,31 @@ pub(super) async fn drive(inner: Arc<Inner>, run: Run) -> Option<RunReport> {
             }
         })
     };
+    // Task spreading: the ready nodes are offered to every worker of the shared store;
+    // this worker stays the run's coordinator.
+    let spread_done = CancellationToken::new();
+    let dispatch = match (&inner.spread, running) {
+        (Some(sp), true) => {
+            let d = super::spread::RunDispatch::register(
+                sp,
+                &id,
+                token,
+                &graph,
+                inner.grace,
+                std::time::Duration::from_millis(inner.lease_ms),
+                cancel.clone(),
+            );
+            tokio::spawn(super::spread::cancel_on(
+                Arc::downgrade(&inner),
+                id.clone(),
+                token,
+                cancel.clone(),
+                spread_done.clone(),
+            ));
+            Some(d)
+        }
+        _ => None,
+    };
     let cfg = RunConfig {
         run_id: Arc::from(id.as_str()),
         max_concurrency: run_meta
@@ -185,8 +210,20 @@ pub(super) async fn drive(inner: Arc<Inner>, run: Run) -> Option<RunReport> {
         resources: inner.resources.clone(),
         span,
         worker: Arc::from(inner.worker.as_str()),
+        dispatch: dispatch
+            .clone()
+            .map(|d| d as Arc<dyn crate::exec::Dispatch>),
     };
     let report = execute(graph, cfg).await;
+    spread_done.cancel();
+    if let Some(d) = &dispatch {
+        d.unregister();
+        // An ended run's task rows go; a suspended one keeps them for the worker that
+        // resumes it (it adopts what still runs and finds what ended).
+        if report.is_some() {
+            super::spread::clear(&inner, &id, token).await;
+        }
+    }
     if let Some(j) = &journal {
         if let Err(e) = j.sync().await {
             tracing::error!(run = %id, error = %e, "cannot record the run's tasks");

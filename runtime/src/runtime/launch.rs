@@ -781,6 +781,7 @@ impl Runtime {
             resources: self.inner.resources.clone(),
             span: run_span(graph.name(), &id, &self.inner.worker, 0),
             worker: Arc::from(self.inner.worker.as_str()),
+            dispatch: None,
         };
         tokio::spawn(async move {
             if let Some(report) = execute(graph, cfg).await {

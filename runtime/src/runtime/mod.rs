@@ -16,6 +16,7 @@ mod resume;
 mod retention;
 mod scheduler;
 mod shutdown;
+mod spread;
 mod workers;
 
 pub use builder::{AdhocOptions, Definition, RuntimeBuilder};
@@ -25,6 +26,7 @@ pub use query::RunSummary;
 pub use remote::{GroupCancel, LaunchSpec};
 pub use resume::ResyncReport;
 pub use shutdown::Shutdown;
+pub use spread::{RemoteTaskError, TaskStats};
 
 use std::collections::HashMap;
 use std::fmt;
@@ -110,6 +112,9 @@ struct Inner {
     notifier: Arc<crate::notify::worker::Notifier>,
     /// The delivery worker, when this runtime sends notifications.
     deliverer: Option<crate::notify::worker::Worker>,
+    /// Task spreading over the workers of a shared store, when on
+    /// ([`RuntimeBuilder::spread_tasks`]).
+    spread: Option<Arc<spread::Spread>>,
 }
 
 /// Wall time that follows tokio's clock (so a paused test clock drives the scheduler).

@@ -89,6 +89,13 @@ impl Runtime {
         self.inner.halt.halt();
         self.until_idle(tokio::time::Instant::now() + grace + Duration::from_secs(1))
             .await;
+        // Spread tasks running here for other coordinators (no new one is claimed once
+        // shutting down) get the grace period to finish and store their ends; those
+        // still running then are stopped, and their claims expire and are claimed again
+        // by another worker.
+        if let Some(sp) = &self.inner.spread {
+            sp.drain(tokio::time::Instant::now() + grace).await;
+        }
         // The runs' ends (and their deliveries) are written: the delivery worker stops
         // last, its attempts under way given the grace period.
         if let Some(d) = &self.inner.deliverer {

@@ -56,6 +56,28 @@ impl Runtime {
         self.inner.read(crate::store::Store::workers).await
     }
 
+    /// What task spreading did on this worker ([`RuntimeBuilder::spread_tasks`](super::RuntimeBuilder::spread_tasks)):
+    /// tasks claimed and finished here, task results fenced out (another worker had
+    /// claimed the task since) and claims whose renewal was refused. All zero when
+    /// spreading is off.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use procession::prelude::*;
+    /// # #[tokio::main] async fn main() -> procession::Result<()> {
+    /// let rt = Runtime::in_memory().start().await?;
+    /// assert_eq!(rt.task_stats().claimed, 0);
+    /// # Ok(()) }
+    /// ```
+    pub fn task_stats(&self) -> super::TaskStats {
+        self.inner
+            .spread
+            .as_ref()
+            .map(|s| s.stats())
+            .unwrap_or_default()
+    }
+
     /// This runtime's worker id: the owner of the runs it claims, unique per start.
     ///
     /// # Examples
@@ -174,7 +196,18 @@ pub(super) async fn heartbeat(inner: Weak<Inner>, every: Duration) {
         let (worker, ttl) = (inner.worker.clone(), inner.lease_ms);
         let sent: Vec<(String, u64)> = leases.iter().map(|l| (l.run.clone(), l.token)).collect();
         let sent_at = tokio::time::Instant::now();
-        let beat = inner.read(move |s| s.heartbeat(&worker, &leases, ttl));
+        let claims = inner
+            .spread
+            .as_ref()
+            .map(|sp| sp.held_claims())
+            .unwrap_or_default();
+        let beat = inner.read(move |s| match s.task_queue() {
+            // The task claims of this worker are renewed in the same statement.
+            Some(q) if !claims.is_empty() => q.heartbeat_tasks(&worker, &leases, &claims, ttl),
+            _ => s
+                .heartbeat(&worker, &leases, ttl)
+                .map(|b| (b, crate::store::TaskBeat::default())),
+        });
         tokio::pin!(beat);
         // A call may hang (a partition) or keep retrying for the store's retry window:
         // the runs are stopped when their leases may expire, whatever the call does.
@@ -186,7 +219,7 @@ pub(super) async fn heartbeat(inner: Weak<Inner>, every: Duration) {
                 }
             }
         };
-        let beat = match beat {
+        let (beat, tasks) = match beat {
             Ok(b) => b,
             Err(e) => {
                 tracing::warn!(worker = %inner.worker, error = %e, "heartbeat failed: leases not renewed");
@@ -203,6 +236,10 @@ pub(super) async fn heartbeat(inner: Weak<Inner>, every: Duration) {
             }
         }
         stop_refused(&inner, &sent, &beat.refused);
+        if let Some(sp) = &inner.spread {
+            sp.refused(&inner.worker, &tasks.refused);
+            sp.cancel(&inner.worker, &tasks.cancel);
+        }
         for run in &beat.cancel_requested {
             if let Some(a) = inner.active().get(run) {
                 if !a.cancel.is_cancelled() {
@@ -240,6 +277,10 @@ fn self_fence(inner: &Arc<Inner>, since: Duration) -> bool {
              (nothing of it is written)"
         );
         a.halt.halt_now();
+    }
+    drop(active);
+    if let Some(sp) = &inner.spread {
+        sp.abort_all();
     }
     true
 }

@@ -17,6 +17,7 @@ mod outbox;
 #[cfg(feature = "postgres")]
 mod postgres;
 mod sled;
+mod tasks;
 
 pub use self::memory::MemoryStore;
 pub use self::outbox::{
@@ -26,6 +27,7 @@ pub use self::outbox::{
 #[cfg(feature = "postgres")]
 pub use self::postgres::PgStore;
 pub use self::sled::SledStore;
+pub use self::tasks::{ClaimedTask, EndedTask, TaskBeat, TaskClaim, TaskEnd, TaskOffer, TaskQueue};
 
 use crate::record::{LogEntry, ProcessRecord, Progress, RecordKind, State, Status, SCHEMA_VERSION};
 
@@ -1165,6 +1167,12 @@ pub trait Store: Send + Sync + 'static {
         Ok(Vec::new())
     }
 
+    /// The task queue of a shared store (task-level claims, see [`TaskQueue`]); `None`
+    /// for single-process stores, whose runs run all their tasks where they run.
+    fn task_queue(&self) -> Option<&dyn TaskQueue> {
+        None
+    }
+
     /// Claims for `owner`, until `ttl_ms` from now, up to `limit` active runs of the
     /// given process types that no live worker holds (their lease expired, or they
     /// have none), deepest first; returns the new leases. A shared store does it in one
@@ -1349,6 +1357,9 @@ impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
         limit: usize,
     ) -> Result<Vec<Lease>, StoreError> {
         (**self).claim_expired(owner, process_types, ttl_ms, limit)
+    }
+    fn task_queue(&self) -> Option<&dyn TaskQueue> {
+        (**self).task_queue()
     }
     fn update_enqueue(
         &self,

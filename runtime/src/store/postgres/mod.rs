@@ -15,6 +15,7 @@ use postgres::Row;
 
 mod pool;
 mod schema;
+mod tasks;
 
 use self::pool::{CallError, Conn, Failure, Pool};
 use super::codec::{decode_record, decode_row, encode, encode_row};
@@ -116,6 +117,15 @@ impl PgError {
 ///   retention sweep ([`Store::sweep_finished`]) reads a partial index of finished
 ///   launched roots and locks them with `SKIP LOCKED`, so every worker may sweep; the
 ///   rows of workers silent for ten lease times go ([`Store::forget_workers`]).
+/// - **Task-level claims** ([`Store::task_queue`], used with
+///   [`RuntimeBuilder::spread_tasks`](crate::RuntimeBuilder::spread_tasks)):
+///   `procession_task_claims` holds a row per offered task of a live run (deleted when
+///   the run ends); workers claim ready, expired or past-deadline rows in batches with
+///   `WITH c AS MATERIALIZED (SELECT … FOR UPDATE SKIP LOCKED LIMIT n) UPDATE … SET
+///   token = token + 1, …` (only ready and running rows are in its partial index),
+///   finish them with one `UPDATE … FROM unnest(…)` fenced per row by its token, renew
+///   them in the heartbeat's statement, and `NOTIFY procession_tasks` when a task is
+///   offered or ends (a hint: the runtime polls too).
 /// - **Reconnects**: a call whose connection broke (a restarted server, a killed
 ///   backend) runs again on a new connection, pausing 50 ms doubling to 1 s, for up to
 ///   the retry window: 30 s, or `retry_window=<duration>` in the URL
@@ -1032,6 +1042,7 @@ impl Store for PgStore {
     fn forget_run(&self, run: &str, key: Option<&str>) -> Result<(), StoreError> {
         self.tx(|c| {
             c.execute("DELETE FROM procession_leases WHERE run = $1", &[&run])?;
+            c.execute("DELETE FROM procession_task_claims WHERE run = $1", &[&run])?;
             if let Some(k) = key {
                 c.execute(
                     "DELETE FROM procession_idempotency WHERE key = $1 AND run = $2",
@@ -1075,6 +1086,8 @@ impl Store for PgStore {
                     "DELETE FROM procession_history WHERE owner = ANY($1)",
                     "DELETE FROM procession_leases WHERE run = ANY($1)",
                     "DELETE FROM procession_idempotency WHERE run = ANY($1)",
+                    // Task claims a run ended without its coordinator left behind.
+                    "DELETE FROM procession_task_claims WHERE run = ANY($1)",
                 ] {
                     c.execute(sql, &[&tree])?;
                 }
@@ -1122,6 +1135,10 @@ impl Store for PgStore {
 
     fn is_shared(&self) -> bool {
         true
+    }
+
+    fn task_queue(&self) -> Option<&dyn super::TaskQueue> {
+        Some(self)
     }
 
     fn heartbeat(&self, worker: &str, leases: &[Lease], ttl_ms: u64) -> Result<Beat, StoreError> {

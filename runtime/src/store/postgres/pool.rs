@@ -321,6 +321,11 @@ impl Pool {
         }
     }
 
+    /// The connection settings (for a dedicated connection, such as a listener's).
+    pub(super) fn config(&self) -> &Config {
+        &self.config
+    }
+
     /// An idle connection, or a new one.
     fn get(&self) -> Result<Conn, postgres::Error> {
         let idle = self

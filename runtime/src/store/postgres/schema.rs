@@ -126,6 +126,32 @@ CREATE INDEX procession_idempotency_run ON procession_idempotency (run);
 CREATE INDEX procession_records_active ON procession_records (process_type, created_at, id)
     WHERE state IN (1, 2, 5, 6);
 ",
+    // 4: task-level claims (one run's tasks spread over several workers): a row per
+    // offered task of a live run, deleted when the run ends. Only ready and running rows
+    // are in the claim path's partial index, so finished rows never slow it down.
+    r#"
+CREATE TABLE procession_task_claims (
+    run          text COLLATE "C" NOT NULL,
+    node         integer  NOT NULL,
+    run_token    bigint   NOT NULL,
+    process_type text COLLATE "C" NOT NULL,
+    state        smallint NOT NULL,
+    token        bigint   NOT NULL DEFAULT 0,
+    owner        text,
+    expires_at   bigint   NOT NULL DEFAULT 0,
+    deadline_ms  bigint,
+    deadline_at  bigint,
+    attempts     integer  NOT NULL,
+    max_attempts integer  NOT NULL,
+    elapsed_ns   bigint   NOT NULL DEFAULT 0,
+    result       text,
+    error        text,
+    PRIMARY KEY (run, node)
+);
+CREATE INDEX procession_task_claims_claimable
+    ON procession_task_claims (process_type, state, expires_at)
+    WHERE state IN (0, 1);
+"#,
 ];
 
 /// The newest schema version this build knows.

@@ -1,0 +1,920 @@
+//! One run's tasks spread over the workers of a shared store (PostgreSQL, issue 14,
+//! points 2-4), opt-in with [`RuntimeBuilder::spread_tasks`](super::RuntimeBuilder::spread_tasks).
+//!
+//! - The worker holding a run's lease stays its **coordinator**: its executor decides
+//!   what is ready and settles failures, skips, retries-exhausted and cancellation as
+//!   always, records the tasks' ends and the run's end. A ready node is not run there
+//!   but **offered** ([`RunDispatch`], through [`TaskQueue::offer`] in batches).
+//! - Every worker (the coordinator too) **claims** offered tasks of the process types it
+//!   registered, in batches ([`claim_loop`]): ready tasks, and running ones whose claim
+//!   expired (a dead or paused worker) or whose hard deadline passed (a hung task). It
+//!   rebuilds the run's graph from the stored parameters (cached per run), fills the
+//!   node's inputs from its dependencies' stored results, runs its attempts with the
+//!   executor's own code, and **finishes** it with one fenced statement: a claim that
+//!   another worker took since writes nothing (the result is dropped and counted,
+//!   [`TaskStats::fenced`]).
+//! - The worker's heartbeat renews its task claims with its run leases, in one
+//!   statement; a refused renewal stops that task's future at once
+//!   ([`TaskStats::refused`]); a run's cancel marks its task rows, and the worker running
+//!   one cancels its `ctx` at its next heartbeat.
+//! - The coordinator **collects** ended tasks ([`collect_loop`]) and feeds them into its
+//!   executor. `LISTEN/NOTIFY` wakes the loops; they poll too.
+//! - A coordinator that dies: its run is taken over (run leases) and resumed; the new
+//!   coordinator re-offers the unfinished nodes, which adopts the rows running on live
+//!   workers and finds the results of those that ended: a finished task does not run
+//!   again.
+//!
+//! Limits: a spread task runs without the runtime's hooks and cannot launch child
+//! processes (`ctx.launch` fails: no runtime handle where it runs); its progress and log
+//! entries go to `tracing` on the worker that runs it, not to its task row.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot, Notify};
+use tokio_util::sync::CancellationToken;
+
+use crate::error::BoxError;
+use crate::exec::{Dispatch, Dispatched, RemoteRun};
+use crate::graph::Graph;
+use crate::store::{ClaimedTask, TaskClaim, TaskEnd, TaskOffer};
+
+use super::Inner;
+
+/// Tasks claimed per statement.
+const CLAIM_BATCH: usize = 64;
+/// Spread tasks running here at most, unless configured.
+pub(super) const DEFAULT_CAPACITY: usize = 256;
+/// Offers written per statement.
+const OFFER_BATCH: usize = 512;
+/// Task ends written per statement.
+const FINISH_BATCH: usize = 256;
+/// Rebuilt graphs kept.
+const CACHE_RUNS: usize = 64;
+/// How often the loops poll when no notification wakes them.
+const POLL: Duration = Duration::from_millis(200);
+
+/// What the task-spreading machinery of this worker did (see
+/// [`Runtime::task_stats`](super::Runtime::task_stats)).
+///
+/// # Examples
+///
+/// ```
+/// use procession::prelude::*;
+/// # #[tokio::main] async fn main() -> procession::Result<()> {
+/// let rt = Runtime::in_memory().start().await?;
+/// assert_eq!(rt.task_stats().fenced, 0);
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TaskStats {
+    /// Tasks this worker claimed.
+    pub claimed: u64,
+    /// Tasks this worker finished and whose end was stored.
+    pub finished: u64,
+    /// Task ends this worker had, refused because another worker had claimed the task
+    /// since (fenced out: the result was dropped).
+    pub fenced: u64,
+    /// Task claims whose renewal was refused (another worker claimed the task): their
+    /// futures were stopped before they ended.
+    pub refused: u64,
+}
+
+/// A task running here for its run's coordinator.
+struct Held {
+    claim: TaskClaim,
+    /// Stops the task's future (its renewal was refused).
+    abort: CancellationToken,
+    /// Its run's rebuilt graph, once built.
+    remote: Option<Arc<RemoteRun>>,
+}
+
+/// A task end on its way to the store, and where to say whether it was stored
+/// (`Ok(false)`: fenced out).
+type Finish = (TaskClaim, TaskEnd, oneshot::Sender<Result<bool, String>>);
+
+/// The task-spreading state of one runtime.
+pub(super) struct Spread {
+    /// Runs coordinated here, by id.
+    coordinated: Mutex<HashMap<String, Arc<RunDispatch>>>,
+    /// Tasks running here, by (run, node).
+    held: Mutex<HashMap<(String, u32), Held>>,
+    /// Rebuilt graphs, by run: (run token, graph).
+    cache: Mutex<HashMap<String, (u64, Arc<RemoteRun>)>>,
+    offers: mpsc::UnboundedSender<TaskOffer>,
+    offers_rx: Mutex<Option<mpsc::UnboundedReceiver<TaskOffer>>>,
+    finishes: mpsc::UnboundedSender<Finish>,
+    finishes_rx: Mutex<Option<mpsc::UnboundedReceiver<Finish>>>,
+    /// Wakes the claim loop (a task was offered or freed here).
+    claim_wake: Notify,
+    /// Wakes the collector (a task ended).
+    collect_wake: Notify,
+    /// Spread tasks running here at most.
+    capacity: usize,
+    claimed: AtomicU64,
+    finished: AtomicU64,
+    fenced: AtomicU64,
+    refused: AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Spread {
+    pub(super) fn new(capacity: usize) -> Arc<Spread> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (ftx, frx) = mpsc::unbounded_channel();
+        Arc::new(Spread {
+            finishes: ftx,
+            finishes_rx: Mutex::new(Some(frx)),
+            coordinated: Mutex::default(),
+            held: Mutex::default(),
+            cache: Mutex::default(),
+            offers: tx,
+            offers_rx: Mutex::new(Some(rx)),
+            claim_wake: Notify::new(),
+            collect_wake: Notify::new(),
+            capacity: capacity.max(1),
+            claimed: AtomicU64::new(0),
+            finished: AtomicU64::new(0),
+            fenced: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+        })
+    }
+
+    pub(super) fn stats(&self) -> TaskStats {
+        TaskStats {
+            claimed: self.claimed.load(Ordering::Relaxed),
+            finished: self.finished.load(Ordering::Relaxed),
+            fenced: self.fenced.load(Ordering::Relaxed),
+            refused: self.refused.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Wakes every loop (a notification came, or the connection was restored).
+    fn wake(&self) {
+        self.claim_wake.notify_one();
+        self.collect_wake.notify_one();
+    }
+
+    /// The claims running here, for the heartbeat.
+    pub(super) fn held_claims(&self) -> Vec<TaskClaim> {
+        lock(&self.held).values().map(|h| h.claim.clone()).collect()
+    }
+
+    /// Stops the futures of claims whose renewal was refused.
+    pub(super) fn refused(&self, worker: &str, refused: &[(String, u32)]) {
+        let held = lock(&self.held);
+        for key in refused {
+            if let Some(h) = held.get(key) {
+                if !h.abort.is_cancelled() {
+                    tracing::warn!(run = %key.0, node = key.1, worker = %worker, token = h.claim.token, "the task's claim was taken by another worker (this worker paused or lost the database past its lease): stopping it here, its result would be fenced out");
+                    self.refused.fetch_add(1, Ordering::Relaxed);
+                    h.abort.cancel();
+                }
+            }
+        }
+    }
+
+    /// Cancels the tasks whose run asked them to stop.
+    pub(super) fn cancel(&self, worker: &str, cancel: &[(String, u32)]) {
+        let held = lock(&self.held);
+        for key in cancel {
+            if let Some(h) = held.get(key) {
+                tracing::info!(run = %key.0, node = key.1, worker = %worker, "cancel of a spread task requested by its run");
+                if let Some(r) = &h.remote {
+                    r.cancel();
+                }
+            }
+        }
+    }
+
+    /// Waits until no spread task runs here, or `deadline`; then stops what still runs.
+    pub(super) async fn drain(&self, deadline: tokio::time::Instant) {
+        while !lock(&self.held).is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        for h in lock(&self.held).values() {
+            h.abort.cancel();
+        }
+    }
+
+    /// Stops every task running here (self-fencing: no heartbeat reached the database
+    /// for nearly the lease time).
+    pub(super) fn abort_all(&self) {
+        for h in lock(&self.held).values() {
+            if !h.abort.is_cancelled() {
+                self.refused.fetch_add(1, Ordering::Relaxed);
+                h.abort.cancel();
+            }
+        }
+    }
+}
+
+/// The dispatch of one run coordinated here: offers its ready nodes and waits for
+/// their ends, which the collector hands over.
+pub(super) struct RunDispatch {
+    spread: Arc<Spread>,
+    run: String,
+    run_token: u64,
+    process_type: String,
+    /// Per node: attempts per claim, and the hard deadline of a claim in ms.
+    limits: Box<[(u32, Option<u64>)]>,
+    waiting: Mutex<HashMap<u32, oneshot::Sender<Dispatched>>>,
+    /// The run's cancel: a node the executor starts after it is not offered.
+    cancel: CancellationToken,
+}
+
+/// The hard deadline of one claim of a task: every attempt's timeout, every backoff
+/// between them, the cancellation grace and one lease; `None` for a task without a
+/// timeout (only its lease then: a live worker keeps it).
+fn deadline(meta: &crate::task::TaskMeta, grace: Duration, lease: Duration) -> Option<u64> {
+    let p = &meta.policy;
+    let t = p.timeout?;
+    let n = p.max_attempts.max(1);
+    let backoff: Duration = (1..n).map(|a| p.backoff.delay(a)).sum();
+    let total = t.saturating_mul(n) + backoff + grace + lease;
+    Some(u64::try_from(total.as_millis()).unwrap_or(u64::MAX))
+}
+
+impl RunDispatch {
+    /// The dispatch of run `run` (token `run_token`) of `graph`, registered with the
+    /// collector until [`unregister`](RunDispatch::unregister).
+    pub(super) fn register(
+        spread: &Arc<Spread>,
+        run: &str,
+        run_token: u64,
+        graph: &Graph,
+        grace: Duration,
+        lease: Duration,
+        cancel: CancellationToken,
+    ) -> Arc<RunDispatch> {
+        let d = Arc::new(RunDispatch {
+            spread: spread.clone(),
+            run: run.to_owned(),
+            run_token,
+            process_type: graph.name().to_owned(),
+            limits: graph
+                .nodes
+                .iter()
+                .map(|n| {
+                    (
+                        n.meta.policy.max_attempts.max(1),
+                        deadline(n.meta, grace, lease),
+                    )
+                })
+                .collect(),
+            waiting: Mutex::default(),
+            cancel,
+        });
+        lock(&spread.coordinated).insert(run.to_owned(), d.clone());
+        d
+    }
+
+    pub(super) fn unregister(&self) {
+        let mut c = lock(&self.spread.coordinated);
+        if c.get(&self.run)
+            .is_some_and(|d| d.run_token == self.run_token)
+        {
+            c.remove(&self.run);
+        }
+    }
+}
+
+impl Dispatch for RunDispatch {
+    fn run(&self, node: u32, first: u32) -> futures::future::BoxFuture<'static, Dispatched> {
+        if self.cancel.is_cancelled() {
+            // Started as the cancel came (a worker released it): not offered, since
+            // the run's rows may have been asked to cancel already.
+            return Box::pin(std::future::ready(Dispatched {
+                attempts: first,
+                outcome: Err(BoxError::from(Box::new(RemoteTaskError::from_chain(&[])))),
+            }));
+        }
+        let (tx, rx) = oneshot::channel();
+        lock(&self.waiting).insert(node, tx);
+        let (max_attempts, deadline_ms) =
+            self.limits.get(node as usize).copied().unwrap_or((1, None));
+        let _ = self.spread.offers.send(TaskOffer {
+            run: self.run.clone(),
+            run_token: self.run_token,
+            node,
+            process_type: self.process_type.clone(),
+            attempts: first,
+            max_attempts,
+            deadline_ms,
+        });
+        Box::pin(async move {
+            rx.await.unwrap_or_else(|_| Dispatched {
+                attempts: first,
+                outcome: Err(BoxError::from(
+                    "the runtime stopped before the spread task ended",
+                )),
+            })
+        })
+    }
+}
+
+/// A spread task failed on the worker that ran it: its error's messages, outermost
+/// first (the sources follow as [`source`](std::error::Error::source)s).
+///
+/// # Examples
+///
+/// ```
+/// use procession::RemoteTaskError;
+/// // A hook or a report reader can tell a failure that happened on another worker.
+/// fn on_another_worker(e: &(dyn std::error::Error + 'static)) -> bool {
+///     e.is::<RemoteTaskError>()
+/// }
+/// assert!(!on_another_worker(&std::fmt::Error));
+/// ```
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct RemoteTaskError {
+    message: String,
+    #[source]
+    source: Option<Box<RemoteTaskError>>,
+}
+
+impl RemoteTaskError {
+    fn from_chain(chain: &[String]) -> RemoteTaskError {
+        let mut err: Option<Box<RemoteTaskError>> = None;
+        for m in chain.iter().rev() {
+            err = Some(Box::new(RemoteTaskError {
+                message: m.clone(),
+                source: err,
+            }));
+        }
+        err.map_or_else(
+            || RemoteTaskError {
+                message: "the task was cancelled before any worker started it".into(),
+                source: None,
+            },
+            |b| *b,
+        )
+    }
+}
+
+/// Starts the loops of task spreading (offers, claims, collection, notifications).
+pub(super) fn start(inner: &Arc<Inner>, spread: &Arc<Spread>) {
+    let rx = lock(&spread.offers_rx).take();
+    if let Some(rx) = rx {
+        tokio::spawn(offer_loop(Arc::downgrade(inner), rx));
+    }
+    let rx = lock(&spread.finishes_rx).take();
+    if let Some(rx) = rx {
+        tokio::spawn(finish_loop(Arc::downgrade(inner), rx));
+    }
+    tokio::spawn(claim_loop(Arc::downgrade(inner)));
+    tokio::spawn(collect_loop(Arc::downgrade(inner)));
+    let stop = Arc::new(AtomicBool::new(false));
+    let weak = Arc::downgrade(spread);
+    let wake: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
+        if let Some(s) = weak.upgrade() {
+            s.wake();
+        }
+    });
+    if let Ok(store) = inner.store() {
+        if let Some(q) = store.task_queue() {
+            if let Err(e) = q.listen(wake, stop.clone()) {
+                tracing::warn!(error = %e, "cannot start the task listener: polling only");
+            }
+        }
+    }
+    let loops = inner.stop_loops.clone();
+    tokio::spawn(async move {
+        loops.cancelled().await;
+        stop.store(true, Ordering::Release);
+    });
+}
+
+fn spread_of(inner: &Inner) -> Option<Arc<Spread>> {
+    inner.spread.clone()
+}
+
+/// Writes the offers of the runs coordinated here, in batches.
+async fn offer_loop(inner: Weak<Inner>, mut rx: mpsc::UnboundedReceiver<TaskOffer>) {
+    let mut batch = Vec::with_capacity(OFFER_BATCH);
+    loop {
+        if batch.is_empty() && rx.recv_many(&mut batch, OFFER_BATCH).await == 0 {
+            return;
+        }
+        let Some(i) = inner.upgrade() else { return };
+        let sent = batch.clone();
+        let out = i
+            .read(move |s| match s.task_queue() {
+                Some(q) => q.offer(&sent),
+                None => Ok(()),
+            })
+            .await;
+        match out {
+            Ok(()) => {
+                batch.clear();
+                if let Some(s) = spread_of(&i) {
+                    s.claim_wake.notify_one();
+                }
+            }
+            Err(super::Error::ShuttingDown) => return,
+            Err(e) => {
+                // Kept and offered again (an offer is an upsert that keeps what is there).
+                tracing::warn!(error = %e, offers = batch.len(), "cannot offer tasks; trying again");
+                drop(i);
+                tokio::time::sleep(POLL).await;
+            }
+        }
+    }
+}
+
+/// Claims offered tasks of the process types registered here and runs them.
+async fn claim_loop(inner: Weak<Inner>) {
+    let mut types: Vec<&'static str> = match inner.upgrade() {
+        Some(i) => i.registry.keys().copied().collect(),
+        None => return,
+    };
+    types.sort_unstable();
+    loop {
+        let (spread, stop) = match inner.upgrade() {
+            Some(i) => match spread_of(&i) {
+                Some(s) => (s, i.stop_loops.clone()),
+                None => return,
+            },
+            None => return,
+        };
+        let room = spread.capacity.saturating_sub(lock(&spread.held).len());
+        let mut got = 0;
+        if room > 0 {
+            let Some(i) = inner.upgrade() else { return };
+            if i.shutting_down.load(Ordering::Acquire) {
+                return;
+            }
+            let (worker, ttl, types2) = (i.worker.clone(), i.lease_ms, types.clone());
+            let limit = room.min(CLAIM_BATCH);
+            match i
+                .read(move |s| match s.task_queue() {
+                    Some(q) => q.claim(&worker, &types2, ttl, limit),
+                    None => Ok(Vec::new()),
+                })
+                .await
+            {
+                Ok(claimed) => {
+                    got = claimed.len();
+                    spread.claimed.fetch_add(got as u64, Ordering::Relaxed);
+                    prefetch(&i, &spread, &claimed).await;
+                    for c in claimed {
+                        start_task(&i, &spread, c);
+                    }
+                    if got == limit {
+                        continue;
+                    }
+                }
+                Err(super::Error::ShuttingDown) => return,
+                Err(e) => tracing::warn!(error = %e, "task claim failed"),
+            }
+        }
+        let _ = got;
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = spread.claim_wake.notified() => {}
+            () = tokio::time::sleep(POLL) => {}
+        }
+    }
+}
+
+/// Rebuilds (or finds cached) the graphs of the runs of `claimed` and reads the
+/// results their tasks need, one statement per run: the tasks of a batch do not each
+/// read their inputs (a wide run's tasks all read the same one).
+async fn prefetch(inner: &Arc<Inner>, spread: &Arc<Spread>, claimed: &[ClaimedTask]) {
+    let mut by_run: HashMap<(&str, u64), Vec<&ClaimedTask>> = HashMap::new();
+    for c in claimed {
+        by_run
+            .entry((c.claim.run.as_str(), c.claim.run_token))
+            .or_default()
+            .push(c);
+    }
+    for ((run, token), tasks) in by_run {
+        // A run whose graph cannot be built here: each of its tasks says why.
+        let Ok(remote) = remote_run(inner, spread, tasks[0]).await else {
+            continue;
+        };
+        let mut need: Vec<u32> = tasks
+            .iter()
+            .flat_map(|c| remote.missing(remote.deps(c.claim.node)))
+            .collect();
+        need.sort_unstable();
+        need.dedup();
+        if need.is_empty() {
+            continue;
+        }
+        let run2 = run.to_owned();
+        match inner
+            .read(move |s| match s.task_queue() {
+                Some(q) => q.results(&run2, token, &need),
+                None => Ok(Vec::new()),
+            })
+            .await
+        {
+            Ok(got) => {
+                for (d, json) in got {
+                    remote.fill(d, json);
+                }
+            }
+            // Each task reads its own then.
+            Err(e) => tracing::debug!(run = %run, error = %e, "cannot read a batch's inputs"),
+        }
+    }
+}
+
+/// Registers claimed task `c` as held here and runs it on a tokio task of its own.
+fn start_task(inner: &Arc<Inner>, spread: &Arc<Spread>, c: ClaimedTask) {
+    let abort = CancellationToken::new();
+    let key = (c.claim.run.clone(), c.claim.node);
+    // Held (renewed by the heartbeat, counted against the capacity) from now on.
+    lock(&spread.held).insert(
+        key.clone(),
+        Held {
+            claim: c.claim.clone(),
+            abort: abort.clone(),
+            remote: None,
+        },
+    );
+    let inner = inner.clone();
+    let spread = spread.clone();
+    tokio::spawn(async move {
+        let out = run_claimed(&inner, &spread, &c, &abort).await;
+        // Held (and renewed) until its end is stored: a shutdown waits for that.
+        let release = |spread: &Spread| {
+            lock(&spread.held).remove(&key);
+            spread.claim_wake.notify_one();
+        };
+        let Some(end) = out else {
+            release(&spread);
+            return;
+        };
+        let (tx, rx) = oneshot::channel();
+        let _ = spread.finishes.send((c.claim.clone(), end, tx));
+        let finished = rx
+            .await
+            .unwrap_or_else(|_| Err("the runtime stopped".to_owned()));
+        if matches!(finished, Ok(true)) {
+            // Its result is the stored one: dependents claimed here may read it.
+            if let Some(r) = lock(&spread.held).get(&key).and_then(|h| h.remote.clone()) {
+                r.mark_stored(c.claim.node);
+            }
+        }
+        release(&spread);
+        match finished {
+            Ok(true) => {
+                spread.finished.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(false) => {
+                spread.fenced.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(run = %c.claim.run, node = c.claim.node, token = c.claim.token, worker = %inner.worker, "task result fenced out: another worker claimed the task since; the result is dropped");
+            }
+            Err(e) => {
+                tracing::warn!(run = %c.claim.run, node = c.claim.node, error = %e, "cannot finish a spread task: its claim expires and another worker runs it again");
+            }
+        }
+    });
+}
+
+/// Writes the ends of the tasks run here, in batches (one statement, fenced per task).
+async fn finish_loop(inner: Weak<Inner>, mut rx: mpsc::UnboundedReceiver<Finish>) {
+    let mut batch = Vec::with_capacity(FINISH_BATCH);
+    loop {
+        if rx.recv_many(&mut batch, FINISH_BATCH).await == 0 {
+            return;
+        }
+        let Some(i) = inner.upgrade() else { return };
+        let (ends, replies): (Vec<(TaskClaim, TaskEnd)>, Vec<_>) =
+            batch.drain(..).map(|(c, e, tx)| ((c, e), tx)).unzip();
+        let out = i
+            .read(move |s| match s.task_queue() {
+                Some(q) => q.finish(&ends),
+                None => Ok(vec![false; ends.len()]),
+            })
+            .await;
+        match out {
+            Ok(stored) => {
+                for (tx, ok) in replies.into_iter().zip(stored) {
+                    let _ = tx.send(Ok(ok));
+                }
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                for tx in replies {
+                    let _ = tx.send(Err(msg.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// Runs claimed task `c` (its graph rebuilt or cached, its inputs read); `None` when its
+/// claim was lost meanwhile (nothing is to be written).
+async fn run_claimed(
+    inner: &Arc<Inner>,
+    spread: &Arc<Spread>,
+    c: &ClaimedTask,
+    abort: &CancellationToken,
+) -> Option<TaskEnd> {
+    let failed = |attempts: u32, msg: String| TaskEnd {
+        attempts,
+        elapsed_ns: 0,
+        outcome: Err(vec![msg]),
+    };
+    let remote = match remote_run(inner, spread, c).await {
+        Ok(r) => r,
+        Err(Refusal::Fail(msg)) => {
+            tracing::warn!(run = %c.claim.run, node = c.claim.node, "{msg}");
+            return Some(failed(c.attempts, msg));
+        }
+        Err(Refusal::Retry(msg)) => {
+            tracing::warn!(run = %c.claim.run, node = c.claim.node, "{msg}");
+            return None;
+        }
+        Err(Refusal::Gone(msg)) => {
+            // Left over by a run that ended without its coordinator (settled after a
+            // takeover): nothing is to run; the rows go.
+            tracing::info!(run = %c.claim.run, node = c.claim.node, "{msg}: its task rows are deleted");
+            clear(inner, &c.claim.run, c.claim.run_token).await;
+            return None;
+        }
+    };
+    if let Some(h) = lock(&spread.held).get_mut(&(c.claim.run.clone(), c.claim.node)) {
+        h.remote = Some(remote.clone());
+    }
+    // Results already read for another task of the run on this worker are kept in
+    // the rebuilt graph: only the others are read.
+    let deps = remote.missing(remote.deps(c.claim.node));
+    let inputs = match inputs(inner, &c.claim, deps).await {
+        Ok(v) => v,
+        Err(e) => {
+            // The claim expires and the task is claimed again (here or elsewhere).
+            tracing::warn!(run = %c.claim.run, node = c.claim.node, error = %e, "cannot read a spread task's inputs");
+            return None;
+        }
+    };
+    let ran = tokio::select! {
+        biased;
+        () = abort.cancelled() => return None,
+        r = remote.run(c.claim.node, c.attempts, inputs) => r,
+    };
+    let Some((attempts, elapsed, out)) = ran else {
+        return Some(failed(
+            c.attempts,
+            format!(
+                "node {} of run `{}` cannot run here: it is not in the rebuilt graph",
+                c.claim.node, c.claim.run
+            ),
+        ));
+    };
+    Some(TaskEnd {
+        attempts,
+        elapsed_ns: u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX),
+        outcome: out.map_err(|e| crate::error::chain(&*e)),
+    })
+}
+
+/// The stored results of `deps` (of a run of `claim`): from the task queue, and for
+/// dependencies that ended before the run was spread (resumed runs), from the run's
+/// task rows.
+async fn inputs(
+    inner: &Arc<Inner>,
+    claim: &TaskClaim,
+    deps: Vec<u32>,
+) -> super::Result<Vec<(u32, Arc<str>)>> {
+    if deps.is_empty() {
+        return Ok(Vec::new());
+    }
+    let (run, token) = (claim.run.clone(), claim.run_token);
+    inner
+        .read(move |s| {
+            let Some(q) = s.task_queue() else {
+                return Ok(Vec::new());
+            };
+            let mut got = q.results(&run, token, &deps)?;
+            if got.len() < deps.len() {
+                // A dependency with no result here: failed (no result anywhere), or
+                // finished before its run was taken over: its task row has it.
+                let rows = s.tasks(&run)?;
+                for (i, row) in rows {
+                    if row.state == crate::record::State::Done
+                        && deps.binary_search(&i).is_ok()
+                        && !got.iter().any(|(n, _)| *n == i)
+                    {
+                        if let Some(json) = row.result {
+                            got.push((i, json));
+                        }
+                    }
+                }
+            }
+            Ok(got)
+        })
+        .await
+}
+
+/// Why a claimed task cannot run here.
+enum Refusal {
+    /// Its run ended, or is another run of the record now: its rows are left over.
+    Gone(String),
+    /// The run could not be read: the claim expires and the task is claimed again.
+    Retry(String),
+    /// It can never run here: it ends failed.
+    Fail(String),
+}
+
+/// The rebuilt graph of `c`'s run: cached, or built from the run's record.
+async fn remote_run(
+    inner: &Arc<Inner>,
+    spread: &Arc<Spread>,
+    c: &ClaimedTask,
+) -> Result<Arc<RemoteRun>, Refusal> {
+    let (run, token, node) = (&c.claim.run, c.claim.run_token, c.claim.node);
+    if let Some((t, r)) = lock(&spread.cache).get(run) {
+        if *t == token && r.can_run(node) {
+            return Ok(r.clone());
+        }
+    }
+    let rec = inner
+        .get(run)
+        .await
+        .map_err(|e| {
+            Refusal::Retry(format!(
+                "cannot read run `{run}` to run its node {node}: {e}"
+            ))
+        })?
+        .ok_or_else(|| Refusal::Gone(format!("run `{run}` of a spread task no longer exists")))?;
+    if !rec.state().is_active() {
+        return Err(Refusal::Gone(format!(
+            "run `{run}` of a spread task has ended"
+        )));
+    }
+    let meta = rec
+        .run
+        .as_ref()
+        .filter(|m| m.token == token)
+        .ok_or_else(|| {
+            Refusal::Gone(format!(
+                "run `{run}` is no longer the run (token {token}) that offered node {node}"
+            ))
+        })?;
+    let reg = inner
+        .registry
+        .get(rec.process_type.as_str())
+        .ok_or_else(|| {
+            Refusal::Fail(format!(
+                "process type `{}` is not registered on this worker",
+                rec.process_type
+            ))
+        })?;
+    let graph = (reg.build)(rec.params.clone(), meta.options.clone()).map_err(|e| {
+        Refusal::Fail(format!(
+            "the graph of run `{run}` could not be rebuilt here: {e}"
+        ))
+    })?;
+    if graph.fingerprint() != meta.fingerprint {
+        return Err(Refusal::Fail(format!(
+            "the graph of `{}` on this worker differs from the run's (fingerprint {:016x}, here {:016x}): node {node} not run here",
+            rec.process_type,
+            meta.fingerprint,
+            graph.fingerprint()
+        )));
+    }
+    inner
+        .check_resources(&graph)
+        .map_err(|e| Refusal::Fail(e.to_string()))?;
+    let remote = Arc::new(RemoteRun::new(
+        graph,
+        Arc::from(run.as_str()),
+        Arc::from(inner.worker.as_str()),
+        inner.resources.clone(),
+    ));
+    let mut cache = lock(&spread.cache);
+    if cache.len() >= CACHE_RUNS && !cache.contains_key(run) {
+        if let Some(k) = cache.keys().next().cloned() {
+            cache.remove(&k);
+        }
+    }
+    cache.insert(run.clone(), (token, remote.clone()));
+    Ok(remote)
+}
+
+/// Hands the ends of the tasks offered by the runs coordinated here to their
+/// executors.
+async fn collect_loop(inner: Weak<Inner>) {
+    loop {
+        let (spread, stop) = match inner.upgrade() {
+            Some(i) => match spread_of(&i) {
+                Some(s) => (s, i.stop_loops.clone()),
+                None => return,
+            },
+            None => return,
+        };
+        let pending: Vec<(String, u64, u32)> = lock(&spread.coordinated)
+            .values()
+            .flat_map(|d| {
+                lock(&d.waiting)
+                    .keys()
+                    .map(|&n| (d.run.clone(), d.run_token, n))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        if !pending.is_empty() {
+            let Some(i) = inner.upgrade() else { return };
+            match i
+                .read(move |s| match s.task_queue() {
+                    Some(q) => q.ended(&pending),
+                    None => Ok(Vec::new()),
+                })
+                .await
+            {
+                Ok(ended) => {
+                    let coordinated = lock(&spread.coordinated);
+                    for e in ended {
+                        let Some(d) = coordinated.get(&e.run) else {
+                            continue;
+                        };
+                        let Some(tx) = lock(&d.waiting).remove(&e.node) else {
+                            continue;
+                        };
+                        let outcome = e.end.outcome.map_err(|chain| {
+                            BoxError::from(Box::new(RemoteTaskError::from_chain(&chain)))
+                        });
+                        let _ = tx.send(Dispatched {
+                            attempts: e.end.attempts,
+                            outcome,
+                        });
+                    }
+                }
+                Err(super::Error::ShuttingDown) => return,
+                Err(e) => tracing::warn!(error = %e, "cannot read the ends of spread tasks"),
+            }
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = spread.collect_wake.notified() => {}
+            () = tokio::time::sleep(POLL) => {}
+        }
+    }
+}
+
+/// Asks the tasks of run `run` to cancel, once its token is cancelled; then the
+/// coordinator's grace applies to them as to local tasks.
+pub(super) async fn cancel_on(
+    inner: Weak<Inner>,
+    run: String,
+    run_token: u64,
+    cancel: CancellationToken,
+    done: CancellationToken,
+) {
+    tokio::select! {
+        () = cancel.cancelled() => {}
+        () = done.cancelled() => return,
+    }
+    let Some(i) = inner.upgrade() else { return };
+    let r = run.clone();
+    if let Err(e) = i
+        .read(move |s| match s.task_queue() {
+            Some(q) => q.cancel(&r, run_token),
+            None => Ok(()),
+        })
+        .await
+    {
+        tracing::warn!(run = %run, error = %e, "cannot ask the run's spread tasks to cancel");
+    }
+}
+
+/// Deletes the task rows of run `run`, which ended.
+pub(super) async fn clear(inner: &Inner, run: &str, run_token: u64) {
+    let r = run.to_owned();
+    if let Err(e) = inner
+        .read(move |s| match s.task_queue() {
+            Some(q) => q.clear(&r, run_token),
+            None => Ok(()),
+        })
+        .await
+    {
+        tracing::warn!(run = %run, error = %e, "cannot delete the ended run's task rows");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RemoteTaskError;
+
+    #[test]
+    fn a_remote_error_keeps_its_messages_as_a_source_chain() {
+        let e = RemoteTaskError::from_chain(&["outer".into(), "middle".into(), "inner".into()]);
+        assert_eq!(
+            crate::error::chain(&e),
+            vec!["outer".to_owned(), "middle".into(), "inner".into()]
+        );
+        let none = RemoteTaskError::from_chain(&[]);
+        assert!(none.to_string().contains("cancelled before any worker"));
+        assert!(std::error::Error::source(&none).is_none());
+    }
+}

@@ -1,0 +1,485 @@
+//! The task queue of the PostgreSQL store (`procession_task_claims`, migration 3): see
+//! [`TaskQueue`].
+//!
+//! States: 0 ready (offered), 1 running (claimed), 2 done, 3 failed, 4 cancel (the run
+//! asked its tasks to stop; a running one ends as its worker reports it).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use postgres::fallible_iterator::FallibleIterator as _;
+
+use super::{state_code, to_i64, to_u64, PgStore};
+use crate::record::State;
+use crate::store::{
+    Beat, ClaimedTask, EndedTask, Lease, StoreError, TaskBeat, TaskClaim, TaskEnd, TaskOffer,
+    TaskQueue,
+};
+
+/// The channel workers `LISTEN` on: a task was offered, or ended.
+const CHANNEL: &str = "procession_tasks";
+
+const DONE: i16 = 2;
+const FAILED: i16 = 3;
+const CANCEL: i16 = 4;
+
+/// A run token (any `u64`) as the `bigint` that stores it, bit for bit.
+fn run_token(v: u64) -> i64 {
+    i64::from_ne_bytes(v.to_ne_bytes())
+}
+
+/// [`run_token`] read back.
+fn run_token_of(v: i64) -> u64 {
+    u64::from_ne_bytes(v.to_ne_bytes())
+}
+
+fn to_i32(v: u32) -> i32 {
+    i32::try_from(v).unwrap_or(i32::MAX)
+}
+
+fn node_of(v: i32) -> u32 {
+    u32::try_from(v).unwrap_or(u32::MAX)
+}
+
+impl TaskQueue for PgStore {
+    fn offer(&self, offers: &[TaskOffer]) -> Result<(), StoreError> {
+        if offers.is_empty() {
+            return Ok(());
+        }
+        let runs: Vec<&str> = offers.iter().map(|o| o.run.as_str()).collect();
+        let nodes: Vec<i32> = offers.iter().map(|o| to_i32(o.node)).collect();
+        let run_tokens: Vec<i64> = offers.iter().map(|o| run_token(o.run_token)).collect();
+        let types: Vec<&str> = offers.iter().map(|o| o.process_type.as_str()).collect();
+        let attempts: Vec<i32> = offers.iter().map(|o| to_i32(o.attempts)).collect();
+        let max: Vec<i32> = offers.iter().map(|o| to_i32(o.max_attempts)).collect();
+        let deadlines: Vec<Option<i64>> =
+            offers.iter().map(|o| o.deadline_ms.map(to_i64)).collect();
+        self.with(|c| {
+            // A row of the same run (token) is kept as it is: a coordinator that took the
+            // run over adopts what runs on live workers and finds what ended. A row of an
+            // older run of the record starts again; its token keeps growing.
+            c.execute(
+                "WITH o AS (
+                     INSERT INTO procession_task_claims AS t
+                         (run, node, run_token, process_type, state, attempts, max_attempts,
+                          deadline_ms)
+                     SELECT u.run, u.node, u.run_token, u.process_type, 0, u.attempts,
+                            u.max_attempts, u.deadline_ms
+                     FROM unnest($1::text[], $2::int4[], $3::int8[], $4::text[], $5::int4[],
+                                 $6::int4[], $7::int8[])
+                          AS u(run, node, run_token, process_type, attempts, max_attempts,
+                               deadline_ms)
+                     ON CONFLICT (run, node) DO UPDATE
+                         SET run_token = EXCLUDED.run_token,
+                             process_type = EXCLUDED.process_type, state = 0,
+                             token = t.token + 1, owner = NULL, expires_at = 0,
+                             deadline_ms = EXCLUDED.deadline_ms, deadline_at = NULL,
+                             attempts = EXCLUDED.attempts,
+                             max_attempts = EXCLUDED.max_attempts, elapsed_ns = 0,
+                             result = NULL, error = NULL
+                         WHERE t.run_token <> EXCLUDED.run_token
+                     RETURNING 1)
+                 SELECT pg_notify($8, '') WHERE EXISTS (SELECT 1 FROM o)",
+                &[
+                    &runs,
+                    &nodes,
+                    &run_tokens,
+                    &types,
+                    &attempts,
+                    &max,
+                    &deadlines,
+                    &CHANNEL,
+                ],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn claim(
+        &self,
+        owner: &str,
+        process_types: &[&str],
+        ttl_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<ClaimedTask>, StoreError> {
+        if process_types.is_empty() || limit == 0 {
+            return Ok(Vec::new());
+        }
+        self.with(|c| {
+            // Ready rows, and running rows whose claim expired (a dead or paused worker)
+            // or whose hard deadline passed (a hung task): all in the partial index.
+            // Rows another claim holds locked are skipped: two workers never claim the
+            // same task. Each claim raises the token (fencing) and the attempt base.
+            let rows = c.query(
+                "WITH c AS MATERIALIZED (
+                     SELECT run, node FROM procession_task_claims
+                     WHERE state IN (0, 1) AND process_type = ANY($2)
+                       AND (state = 0 OR expires_at <= procession_now_ms()
+                            OR deadline_at <= procession_now_ms())
+                     LIMIT $4
+                     FOR UPDATE SKIP LOCKED)
+                 UPDATE procession_task_claims AS t
+                 SET state = 1, token = t.token + 1, owner = $1,
+                     expires_at = procession_now_ms() + $3,
+                     deadline_at = procession_now_ms() + t.deadline_ms,
+                     attempts = t.attempts + t.max_attempts
+                 FROM c WHERE t.run = c.run AND t.node = c.node
+                 RETURNING t.run, t.run_token, t.node, t.token, t.process_type,
+                           t.attempts - t.max_attempts",
+                &[
+                    &owner,
+                    &process_types,
+                    &to_i64(ttl_ms),
+                    &to_i64(limit as u64),
+                ],
+            )?;
+            rows.iter()
+                .map(|r| {
+                    let attempts: i32 = r.try_get(5)?;
+                    Ok(ClaimedTask {
+                        claim: TaskClaim {
+                            run: r.try_get(0)?,
+                            run_token: run_token_of(r.try_get(1)?),
+                            node: node_of(r.try_get(2)?),
+                            token: to_u64(r.try_get(3)?),
+                        },
+                        process_type: r.try_get(4)?,
+                        attempts: u32::try_from(attempts).unwrap_or(0),
+                    })
+                })
+                .collect()
+        })
+    }
+
+    fn finish(&self, ends: &[(TaskClaim, TaskEnd)]) -> Result<Vec<bool>, StoreError> {
+        if ends.is_empty() {
+            return Ok(Vec::new());
+        }
+        let runs: Vec<&str> = ends.iter().map(|(c, _)| c.run.as_str()).collect();
+        let nodes: Vec<i32> = ends.iter().map(|(c, _)| to_i32(c.node)).collect();
+        let tokens: Vec<i64> = ends.iter().map(|(c, _)| to_i64(c.token)).collect();
+        let states: Vec<i16> = ends
+            .iter()
+            .map(|(_, e)| if e.outcome.is_ok() { DONE } else { FAILED })
+            .collect();
+        let results: Vec<Option<&str>> = ends
+            .iter()
+            .map(|(_, e)| e.outcome.as_ref().ok().map(AsRef::as_ref))
+            .collect();
+        let errors: Vec<Option<String>> = ends
+            .iter()
+            .map(|(_, e)| {
+                e.outcome
+                    .as_ref()
+                    .err()
+                    .map(|chain| serde_json::Value::from(chain.clone()).to_string())
+            })
+            .collect();
+        let attempts: Vec<i32> = ends.iter().map(|(_, e)| to_i32(e.attempts)).collect();
+        let elapsed: Vec<i64> = ends.iter().map(|(_, e)| to_i64(e.elapsed_ns)).collect();
+        let idx: Vec<i32> = (0..ends.len()).map(|i| to_i32(i as u32)).collect();
+        self.with(|c| {
+            // Fenced per task: only under its current token. A row this very claim
+            // finished already (the statement runs again after a lost answer) matches
+            // too: no other worker can have claimed it since, its token would have grown.
+            let rows = c.query(
+                "WITH f AS (
+                     UPDATE procession_task_claims AS t
+                     SET state = u.state, result = u.result, error = u.error,
+                         attempts = u.attempts, elapsed_ns = u.elapsed_ns, expires_at = 0,
+                         deadline_at = NULL
+                     FROM unnest($1::text[], $2::int4[], $3::int8[], $4::int2[], $5::text[],
+                                 $6::text[], $7::int4[], $8::int8[], $9::int4[])
+                          AS u(run, node, token, state, result, error, attempts, elapsed_ns,
+                               idx)
+                     WHERE t.run = u.run AND t.node = u.node AND t.token = u.token
+                       AND t.state > 0
+                     RETURNING u.idx, t.run)
+                 SELECT idx, pg_notify($10, run) FROM f",
+                &[
+                    &runs, &nodes, &tokens, &states, &results, &errors, &attempts, &elapsed, &idx,
+                    &CHANNEL,
+                ],
+            )?;
+            let mut stored = vec![false; ends.len()];
+            for r in &rows {
+                let i: i32 = r.try_get(0)?;
+                if let Some(s) = usize::try_from(i).ok().and_then(|i| stored.get_mut(i)) {
+                    *s = true;
+                }
+            }
+            Ok(stored)
+        })
+    }
+
+    fn results(
+        &self,
+        run: &str,
+        token: u64,
+        nodes: &[u32],
+    ) -> Result<Vec<(u32, Arc<str>)>, StoreError> {
+        if nodes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let nodes: Vec<i32> = nodes.iter().map(|&n| to_i32(n)).collect();
+        self.with(|c| {
+            c.query(
+                "SELECT node, result FROM procession_task_claims
+                 WHERE run = $1 AND run_token = $2 AND node = ANY($3) AND state = 2
+                   AND result IS NOT NULL",
+                &[&run, &run_token(token), &nodes],
+            )?
+            .iter()
+            .map(|r| {
+                let json: String = r.try_get(1)?;
+                Ok((node_of(r.try_get(0)?), Arc::from(json)))
+            })
+            .collect()
+        })
+    }
+
+    fn ended(&self, pending: &[(String, u64, u32)]) -> Result<Vec<EndedTask>, StoreError> {
+        if pending.is_empty() {
+            return Ok(Vec::new());
+        }
+        let runs: Vec<&str> = pending.iter().map(|p| p.0.as_str()).collect();
+        let tokens: Vec<i64> = pending.iter().map(|p| run_token(p.1)).collect();
+        let nodes: Vec<i32> = pending.iter().map(|p| to_i32(p.2)).collect();
+        self.with(|c| {
+            let rows = c.query(
+                "SELECT t.run, t.node, t.state, t.owner, t.attempts, t.elapsed_ns, t.result,
+                        t.error
+                 FROM unnest($1::text[], $2::int8[], $3::int4[]) AS p(run, run_token, node)
+                 JOIN procession_task_claims t
+                   ON t.run = p.run AND t.node = p.node AND t.run_token = p.run_token
+                 WHERE t.state IN (2, 3) OR (t.state = 4 AND t.owner IS NULL)",
+                &[&runs, &tokens, &nodes],
+            )?;
+            let mut out = Vec::with_capacity(rows.len());
+            for r in &rows {
+                let run: String = r.try_get(0)?;
+                let node = node_of(r.try_get(1)?);
+                let state: i16 = r.try_get(2)?;
+                let attempts: i32 = r.try_get(4)?;
+                let outcome = match state {
+                    DONE => {
+                        let json: Option<String> = r.try_get(6)?;
+                        let json = json
+                            .filter(|j| {
+                                serde_json::from_str::<&serde_json::value::RawValue>(j).is_ok()
+                            })
+                            .ok_or_else(|| {
+                                self.corrupt(
+                                    format!("procession_task_claims/{run}/{node}"),
+                                    "a finished task's result is missing or not JSON",
+                                )
+                            })?;
+                        Ok(Arc::from(json))
+                    }
+                    FAILED => {
+                        let text: Option<String> = r.try_get(7)?;
+                        Err(match text {
+                            Some(t) => serde_json::from_str::<Vec<String>>(&t).map_err(|e| {
+                                self.corrupt(format!("procession_task_claims/{run}/{node}"), e)
+                            })?,
+                            None => Vec::new(),
+                        })
+                    }
+                    _ => Err(Vec::new()),
+                };
+                out.push(EndedTask {
+                    run,
+                    node,
+                    owner: r.try_get(3)?,
+                    end: TaskEnd {
+                        attempts: u32::try_from(attempts).unwrap_or(0),
+                        elapsed_ns: to_u64(r.try_get(5)?),
+                        outcome,
+                    },
+                });
+            }
+            Ok(out)
+        })
+    }
+
+    fn cancel(&self, run: &str, token: u64) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.execute(
+                "WITH x AS (
+                     UPDATE procession_task_claims SET state = 4
+                     WHERE run = $1 AND run_token = $2 AND state IN (0, 1)
+                     RETURNING 1)
+                 SELECT pg_notify($3, $1) WHERE EXISTS (SELECT 1 FROM x)",
+                &[&run, &run_token(token), &CHANNEL],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn clear(&self, run: &str, token: u64) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.execute(
+                "DELETE FROM procession_task_claims WHERE run = $1 AND run_token = $2",
+                &[&run, &run_token(token)],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn heartbeat_tasks(
+        &self,
+        worker: &str,
+        leases: &[Lease],
+        claims: &[TaskClaim],
+        ttl_ms: u64,
+    ) -> Result<(Beat, TaskBeat), StoreError> {
+        let runs: Vec<&str> = leases.iter().map(|l| l.run.as_str()).collect();
+        let tokens: Vec<i64> = leases.iter().map(|l| to_i64(l.token)).collect();
+        let c_runs: Vec<&str> = claims.iter().map(|c| c.run.as_str()).collect();
+        let c_nodes: Vec<i32> = claims.iter().map(|c| to_i32(c.node)).collect();
+        let c_tokens: Vec<i64> = claims.iter().map(|c| to_i64(c.token)).collect();
+        self.with(|c| {
+            // One statement: the run leases (as `Store::heartbeat`), the task claims
+            // still this worker's (same token, running or asked to cancel), and the
+            // worker's row. A claim past its hard deadline is renewed too, but stays
+            // claimable by others (the claim query reads the deadline).
+            let rows = c.query(
+                "WITH beat AS (
+                     UPDATE procession_leases AS l
+                     SET expires_at = procession_now_ms() + $4
+                     FROM unnest($2::text[], $3::bigint[]) AS h(run, token)
+                     WHERE l.run = h.run AND l.token = h.token AND l.owner = $1
+                       AND l.expires_at > 0
+                     RETURNING l.run),
+                 claims AS (
+                     UPDATE procession_task_claims AS t
+                     SET expires_at = procession_now_ms() + $4
+                     FROM unnest($5::text[], $6::int4[], $7::bigint[]) AS h(run, node, token)
+                     WHERE t.run = h.run AND t.node = h.node AND t.token = h.token
+                       AND t.owner = $1 AND t.state IN (1, 4)
+                     RETURNING t.run, t.node, t.state),
+                 seen AS (
+                     UPDATE procession_workers SET last_heartbeat = procession_now_ms()
+                     WHERE id = $1
+                     RETURNING id)
+                 SELECT b.run, NULL::int4, r.state FROM beat b
+                 LEFT JOIN procession_records r ON r.id = b.run
+                 UNION ALL
+                 SELECT c.run, c.node, c.state FROM claims c
+                 UNION ALL
+                 SELECT NULL, NULL, CASE WHEN EXISTS (SELECT 1 FROM seen) THEN 1 ELSE 0 END::int2",
+                &[
+                    &worker,
+                    &runs,
+                    &tokens,
+                    &to_i64(ttl_ms),
+                    &c_runs,
+                    &c_nodes,
+                    &c_tokens,
+                ],
+            )?;
+            let cancel_run = state_code(State::CancelRequested);
+            let mut renewed = std::collections::HashSet::with_capacity(rows.len());
+            let mut kept = std::collections::HashSet::with_capacity(claims.len());
+            let mut beat = Beat::default();
+            let mut tasks = TaskBeat::default();
+            for r in &rows {
+                let node: Option<i32> = r.try_get(1)?;
+                let state: Option<i16> = r.try_get(2)?;
+                // The one row without a run says whether the worker's row was there
+                // (a worker removed as dead registers again).
+                let Some(run) = r.try_get::<_, Option<String>>(0)? else {
+                    beat.forgotten = state != Some(1);
+                    continue;
+                };
+                match node {
+                    None => {
+                        if state == Some(cancel_run) {
+                            beat.cancel_requested.push(run.clone());
+                        }
+                        renewed.insert(run);
+                    }
+                    Some(n) => {
+                        let n = node_of(n);
+                        if state == Some(CANCEL) {
+                            tasks.cancel.push((run.clone(), n));
+                        }
+                        kept.insert((run, n));
+                    }
+                }
+            }
+            beat.refused = runs
+                .iter()
+                .filter(|r| !renewed.contains(**r))
+                .map(|r| (*r).to_owned())
+                .collect();
+            tasks.refused = claims
+                .iter()
+                .filter(|c| !kept.contains(&(c.run.clone(), c.node)))
+                .map(|c| (c.run.clone(), c.node))
+                .collect();
+            Ok((beat, tasks))
+        })
+    }
+
+    fn listen(
+        &self,
+        wake: Arc<dyn Fn() + Send + Sync>,
+        stop: Arc<AtomicBool>,
+    ) -> Result<(), StoreError> {
+        let config = self.pool.config().clone();
+        let location = self.location.clone();
+        std::thread::Builder::new()
+            .name("procession-pg-listen".into())
+            .spawn(move || {
+                let mut pause = Duration::from_millis(50);
+                while !stop.load(Ordering::Acquire) {
+                    let mut client = match config.connect(postgres::NoTls) {
+                        Ok(c) => c,
+                        Err(e) => {
+                            tracing::debug!(database = %location, error = %e, "task listener cannot connect; polling only until it can");
+                            std::thread::sleep(pause);
+                            pause = (pause * 2).min(Duration::from_secs(1));
+                            continue;
+                        }
+                    };
+                    if let Err(e) = client.batch_execute(&format!("LISTEN {CHANNEL}")) {
+                        tracing::debug!(database = %location, error = %e, "task listener cannot LISTEN");
+                        std::thread::sleep(pause);
+                        continue;
+                    }
+                    pause = Duration::from_millis(50);
+                    // Anything may have been missed while disconnected: wake the pollers.
+                    wake();
+                    loop {
+                        if stop.load(Ordering::Acquire) {
+                            return;
+                        }
+                        let got = client
+                            .notifications()
+                            .timeout_iter(Duration::from_millis(250))
+                            .next();
+                        match got {
+                            Ok(Some(_)) => {
+                                // Drain what else arrived: one wake for a burst.
+                                while let Ok(Some(_)) = client.notifications().iter().next() {}
+                                wake();
+                            }
+                            Ok(None) => {
+                                if client.is_closed() {
+                                    break;
+                                }
+                            }
+                            Err(e) => {
+                                tracing::debug!(database = %location, error = %e, "task listener lost its connection; reconnecting");
+                                break;
+                            }
+                        }
+                    }
+                }
+            })
+            .map_err(|e| StoreError::io(self.location.clone(), e))?;
+        Ok(())
+    }
+}

@@ -1,0 +1,190 @@
+//! Task-level claims on a shared store (issue 14, points 2-4): the queue through which a
+//! run's coordinator offers its ready tasks and every worker claims, runs and finishes
+//! them, fenced per task.
+//!
+//! A run still belongs to the worker holding its lease (its *coordinator*): its executor
+//! decides which task is ready, settles failures and skips and writes the run's end. With
+//! task spreading on, a ready task is not run by the coordinator but offered here
+//! ([`TaskQueue::offer`]); any worker that registered the process type claims it
+//! ([`TaskQueue::claim`]: a per-task fencing token, an expiry on the database clock, a
+//! hard deadline), runs its attempts and finishes it with one fenced statement
+//! ([`TaskQueue::finish`]); the coordinator collects the end ([`TaskQueue::ended`]) and
+//! feeds it into its executor.
+
+use std::sync::Arc;
+
+use super::{Beat, Lease, StoreError};
+
+/// A ready task offered by a run's coordinator (see [`TaskQueue::offer`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskOffer {
+    /// The run (process record id).
+    pub run: String,
+    /// The run's token (one run of the record: a later run's offers replace an earlier
+    /// run's rows).
+    pub run_token: u64,
+    /// The node's index in the run's graph.
+    pub node: u32,
+    /// The run's process type: only workers that registered it claim the task.
+    pub process_type: String,
+    /// Attempts the node made before (its next attempt is numbered `attempts + 1`).
+    pub attempts: u32,
+    /// Attempts per claim (the task's retry policy).
+    pub max_attempts: u32,
+    /// The task's hard deadline after each claim, in ms (`None`: only its lease).
+    pub deadline_ms: Option<u64>,
+}
+
+/// A task held by one worker: its fencing token (see [`TaskQueue::claim`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskClaim {
+    /// The run.
+    pub run: String,
+    /// The run's token.
+    pub run_token: u64,
+    /// The node.
+    pub node: u32,
+    /// The fencing token of this claim: greater than any earlier claim's of the task.
+    pub token: u64,
+}
+
+/// A task claimed by [`TaskQueue::claim`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimedTask {
+    /// The claim (carry it into [`TaskQueue::finish`] and heartbeats).
+    pub claim: TaskClaim,
+    /// The run's process type.
+    pub process_type: String,
+    /// Attempts made before this claim: the first attempt of this claim is this plus one.
+    /// Every claim raises it by the task's attempts, so attempt numbers never repeat.
+    pub attempts: u32,
+}
+
+/// How a claimed task ended, as its worker reports it ([`TaskQueue::finish`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskEnd {
+    /// The attempt number of its last attempt.
+    pub attempts: u32,
+    /// How long its attempts ran, in ns.
+    pub elapsed_ns: u64,
+    /// Its result (JSON) on success, or its error's messages (outermost first).
+    pub outcome: Result<Arc<str>, Vec<String>>,
+}
+
+/// The end of an offered task, read by its coordinator ([`TaskQueue::ended`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndedTask {
+    /// The run.
+    pub run: String,
+    /// The node.
+    pub node: u32,
+    /// Who ran it (`None`: cancelled before any worker claimed it).
+    pub owner: Option<String>,
+    /// Its end; `Err` with no message when it was cancelled before it was claimed.
+    pub end: TaskEnd,
+}
+
+/// What a heartbeat found about this worker's task claims
+/// ([`TaskQueue::heartbeat_tasks`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TaskBeat {
+    /// Claims not renewed (another worker claimed the task, or it ended): their futures
+    /// must stop, their results would be fenced out.
+    pub refused: Vec<(String, u32)>,
+    /// Renewed claims whose run asked for a cancel: their tasks are cancelled.
+    pub cancel: Vec<(String, u32)>,
+}
+
+/// The task queue of a shared store (PostgreSQL, [`Store::task_queue`](super::Store::task_queue)):
+/// a run's coordinator offers its ready tasks ([`offer`](TaskQueue::offer)); any worker
+/// that registered the process type claims them ([`claim`](TaskQueue::claim): a fencing
+/// token per task, an expiry on the database clock, a hard deadline), runs them and
+/// finishes them fenced per task ([`finish`](TaskQueue::finish)); the coordinator
+/// collects the ends ([`ended`](TaskQueue::ended)) and feeds them into its executor.
+///
+/// # Examples
+///
+/// ```no_run
+/// use procession::store::{PgStore, Store, TaskEnd, TaskOffer};
+/// let store = PgStore::connect("postgres://postgres@127.0.0.1/procession")?;
+/// let q = store.task_queue().expect("PostgreSQL has a task queue");
+/// q.offer(&[TaskOffer {
+///     run: "report-1".into(),
+///     run_token: 42,
+///     node: 0,
+///     process_type: "report".into(),
+///     attempts: 0,
+///     max_attempts: 1,
+///     deadline_ms: None,
+/// }])?;
+/// for task in q.claim("worker-a", &["report"], 30_000, 16)? {
+///     let end = TaskEnd { attempts: task.attempts + 1, elapsed_ns: 0, outcome: Ok("1".into()) };
+///     // `false`: another worker claimed the task since; nothing was written.
+///     let stored = q.finish(&[(task.claim, end)])?;
+///     assert_eq!(stored.len(), 1);
+/// }
+/// # Ok::<(), procession::store::StoreError>(())
+/// ```
+pub trait TaskQueue: Send + Sync {
+    /// Offers ready tasks: a row per task, claimable by any worker of its process type.
+    /// A task that already has a row of the same run token is left as it is (a new
+    /// coordinator re-offering after a takeover adopts tasks running on live workers and
+    /// finds those that ended); a row of an older run of the record is replaced.
+    fn offer(&self, offers: &[TaskOffer]) -> Result<(), StoreError>;
+
+    /// Claims for `owner`, until `ttl_ms` from now, up to `limit` tasks of the given
+    /// process types that are ready, or running under a claim that expired or passed
+    /// its hard deadline. Each claim raises the task's token. Two workers never claim
+    /// the same task at once (`FOR UPDATE SKIP LOCKED`).
+    fn claim(
+        &self,
+        owner: &str,
+        process_types: &[&str],
+        ttl_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<ClaimedTask>, StoreError>;
+
+    /// Finishes claimed tasks with one statement, fenced per task: an end is stored
+    /// only while its claim's token is the task's current one and the task is running
+    /// (or asked to cancel). Per task, `false`: fenced out (another worker claimed it
+    /// since): nothing of it was written.
+    fn finish(&self, ends: &[(TaskClaim, TaskEnd)]) -> Result<Vec<bool>, StoreError>;
+
+    /// The results of finished nodes `nodes` of run `run` (run token `run_token`), for
+    /// the inputs of a dependent.
+    fn results(
+        &self,
+        run: &str,
+        run_token: u64,
+        nodes: &[u32],
+    ) -> Result<Vec<(u32, Arc<str>)>, StoreError>;
+
+    /// Of the offered tasks `pending` (run, run token, node), those that ended: done,
+    /// failed, or cancelled before any worker claimed them.
+    fn ended(&self, pending: &[(String, u64, u32)]) -> Result<Vec<EndedTask>, StoreError>;
+
+    /// Asks every task of run `run` that is offered or running to cancel.
+    fn cancel(&self, run: &str, run_token: u64) -> Result<(), StoreError>;
+
+    /// Deletes the task rows of run `run` (its run ended).
+    fn clear(&self, run: &str, run_token: u64) -> Result<(), StoreError>;
+
+    /// [`Store::heartbeat`](super::Store::heartbeat) that also renews the task claims
+    /// `claims` of `worker`, in one statement.
+    fn heartbeat_tasks(
+        &self,
+        worker: &str,
+        leases: &[Lease],
+        claims: &[TaskClaim],
+        ttl_ms: u64,
+    ) -> Result<(Beat, TaskBeat), StoreError>;
+
+    /// Starts a listener that calls `wake` whenever a task is offered or ends (a hint:
+    /// callers poll too), until `stop` is set. It reconnects by itself.
+    fn listen(
+        &self,
+        wake: Arc<dyn Fn() + Send + Sync>,
+        stop: Arc<std::sync::atomic::AtomicBool>,
+    ) -> Result<(), StoreError>;
+}
