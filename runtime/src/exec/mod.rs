@@ -282,6 +282,13 @@ async fn drive_run(mut graph: Graph, mut cfg: RunConfig) -> Option<RunReport> {
         workers_start_dependents: cfg.max_concurrency.is_none(),
         in_flight: AtomicUsize::new(0),
         tx,
+        queue: Mutex::default(),
+        active: AtomicUsize::new(0),
+        runners: tokio::runtime::Handle::current()
+            .metrics()
+            .num_workers()
+            .max(1),
+        pooled: cfg.max_concurrency.is_none() && cfg.permits.is_none(),
         span: cfg.span.clone(),
         worker: cfg.worker.clone(),
     });
