@@ -261,45 +261,48 @@ impl RunJournal {
         debug_assert!(rows.iter().all(|r| r.lease == lease), "one lease per run");
         let mut names: Vec<Arc<str>> = Vec::new();
         let mut nodes = Vec::with_capacity(n);
-        let items: Vec<Row> = rows
-            .into_iter()
-            .map(|r| {
-                // Rows share their task's name: a new one is rarely far from the last.
-                let task = match names.iter().rposition(|x| Arc::ptr_eq(x, &r.task) || *x == r.task) {
-                    Some(k) => k,
-                    None => {
-                        names.push(r.task.clone());
-                        names.len() - 1
-                    }
-                };
-                nodes.push(r.node);
-                let rare = (r.error.is_some()
-                    || !r.chain.is_empty()
-                    || r.progress.message.is_some()
-                    || !r.log.is_empty())
-                .then(|| {
-                    Box::new(Rare {
-                        error: r.error,
-                        chain: r.chain,
-                        message: r.progress.message,
-                        log: r.log,
-                    })
-                });
-                Row {
-                    state: r.state,
-                    skipped: r.skipped,
-                    optional: r.optional,
-                    attempts: r.attempts,
-                    task: u32::try_from(task).unwrap_or(u32::MAX),
-                    started_at: r.started_at,
-                    ended_at: r.ended_at,
-                    elapsed_ns: r.elapsed_ns,
-                    percent: r.progress.percent,
-                    result: r.result,
-                    rare,
+        // Collected into a vector of its own: an in-place collect would keep the rows'
+        // allocation, twice the size of the compact rows.
+        let mut items: Vec<Row> = Vec::with_capacity(n);
+        items.extend(rows.into_iter().map(|r| {
+            // Rows share their task's name: a new one is rarely far from the last.
+            let task = match names
+                .iter()
+                .rposition(|x| Arc::ptr_eq(x, &r.task) || *x == r.task)
+            {
+                Some(k) => k,
+                None => {
+                    names.push(r.task.clone());
+                    names.len() - 1
                 }
-            })
-            .collect();
+            };
+            nodes.push(r.node);
+            let rare = (r.error.is_some()
+                || !r.chain.is_empty()
+                || r.progress.message.is_some()
+                || !r.log.is_empty())
+            .then(|| {
+                Box::new(Rare {
+                    error: r.error,
+                    chain: r.chain,
+                    message: r.progress.message,
+                    log: r.log,
+                })
+            });
+            Row {
+                state: r.state,
+                skipped: r.skipped,
+                optional: r.optional,
+                attempts: r.attempts,
+                task: u32::try_from(task).unwrap_or(u32::MAX),
+                started_at: r.started_at,
+                ended_at: r.ended_at,
+                elapsed_ns: r.elapsed_ns,
+                percent: r.progress.percent,
+                result: r.result,
+                rare,
+            }
+        }));
         let shares = items.iter().map(share).sum();
         let j = Arc::new(RunJournal {
             run_id,
