@@ -538,3 +538,64 @@ impl Store for MemoryStore {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::{Level, LogEntry, Progress, State};
+
+    fn row(node: &str, rare: bool) -> TaskRow {
+        TaskRow {
+            task: Arc::from("t"),
+            node: Arc::from(node),
+            state: if rare { State::Failed } else { State::Done },
+            attempts: 3,
+            started_at: Some(10),
+            ended_at: Some(20),
+            elapsed_ns: 1234,
+            skipped: false,
+            error: rare.then(|| "boom".to_owned()),
+            chain: if rare {
+                vec!["cause".to_owned()]
+            } else {
+                Vec::new()
+            },
+            progress: Progress {
+                percent: Some(40.0),
+                message: rare.then(|| "halfway".to_owned()),
+            },
+            log: if rare {
+                vec![LogEntry {
+                    timestamp: 5,
+                    level: Level::Warning,
+                    message: "careful".to_owned(),
+                    data: None,
+                }]
+            } else {
+                Vec::new()
+            },
+            result: (!rare).then(|| Arc::from("42")),
+            lease: 7,
+            optional: rare,
+        }
+    }
+
+    // Rows are kept compact (rare fields boxed): every field comes back as it was given,
+    // with or without the rare ones, across chunks.
+    #[test]
+    fn task_rows_come_back_whole() {
+        let store = MemoryStore::new();
+        let run: Arc<str> = Arc::from("r");
+        let given = vec![
+            (0, row("a", false)),
+            (1, row("b", true)),
+            (2000, row("c", true)),
+        ];
+        let mut batch = Batch::default();
+        for (i, r) in &given {
+            batch.tasks.push((run.clone(), *i, r.clone()));
+        }
+        store.apply(batch).unwrap();
+        assert_eq!(store.tasks("r").unwrap(), given);
+    }
+}
