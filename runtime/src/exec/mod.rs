@@ -491,6 +491,8 @@ async fn drive_run(mut graph: Graph, mut cfg: RunConfig) -> Option<RunReport> {
             j.release();
         }
     }
+    // Every node was started: the queue's room for all of them goes before the report.
+    *shared::lock(&shared.queue) = VecDeque::new();
     let report = build_report(
         &graph,
         &shared,
