@@ -33,18 +33,24 @@ pub(super) async fn run_node(shared: Arc<Shared>, mut i: u32, mut task: Box<dyn 
 /// each one makes ready, until the queue is empty.
 pub(super) async fn run_pooled(shared: Arc<Shared>) {
     while let Some(first) = shared.next_queued() {
-        let mut next = Some(first);
-        while let Some((i, task)) = next.take() {
-            next = watched(&shared, run_one(&shared, i, task)).await;
-            // Give the worker's other tasks a turn now and then.
-            tokio::task::consume_budget().await;
-        }
+        watched(&shared, run_chain(&shared, first)).await;
     }
 }
 
-/// Runs `fut` (a node) on a runner of the pool. The first time it waits, the runner is
-/// counted off the active ones and the queue handed over to a new runner if it holds
-/// nodes: a node that waits never holds up the nodes queued behind it.
+/// Runs a queued node, then the dependent it made ready, and so on.
+async fn run_chain(shared: &Arc<Shared>, first: (u32, Box<dyn ErasedTask>)) {
+    let mut next = Some(first);
+    while let Some((i, task)) = next.take() {
+        next = run_one(shared, i, task).await;
+        // Give the worker's other tasks a turn now and then on a long chain.
+        tokio::task::consume_budget().await;
+    }
+}
+
+/// Runs `fut` (a node and the chain of dependents it made ready) on a runner of the pool.
+/// The first time it waits, the runner is counted off the active ones and the queue
+/// handed over to a new runner if it holds nodes: a node that waits never holds up the
+/// nodes queued behind it.
 async fn watched<F: std::future::Future>(shared: &Arc<Shared>, fut: F) -> F::Output {
     let mut fut = std::pin::pin!(fut);
     let mut waiting = false;
