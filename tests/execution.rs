@@ -293,9 +293,9 @@ fn fan_root() -> u32 {
 }
 
 #[task]
-async fn fan_waiter(_root: u32, i: u32) -> Result<u32, String> {
+async fn fan_waiter(root: u32, i: u32) -> Result<u32, String> {
     if rendezvous(&BARRIER_300).await {
-        Ok(i)
+        Ok(root + i)
     } else {
         Err(format!(
             "waiter {i}: not all 300 waiters were running at once"
