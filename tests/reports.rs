@@ -588,3 +588,44 @@ async fn a_large_run_keeps_every_field_of_its_rows_and_report() {
     }
     assert_eq!(results, (0..5000u64).sum::<u64>());
 }
+
+#[task]
+fn ping(i: u32) -> u32 {
+    i
+}
+
+#[task]
+fn pong(i: u32) -> u32 {
+    i
+}
+
+#[process(mode = "concurrent")]
+fn ping_pong(p: &mut Builder) {
+    p.each(0..50, |p, i| {
+        if i % 3 == 0 {
+            p.task(Pong::new(i))
+        } else {
+            p.task(Ping::new(i))
+        }
+    });
+}
+
+// Task rows keep their task's name by index into the run's names: interleaved task types
+// keep theirs.
+#[tokio::test]
+async fn task_rows_keep_interleaved_task_names() {
+    let rt = rt().await;
+    let run = rt.launch(PingPong {}).await.unwrap();
+    let id = run.id().to_owned();
+    let report = run.wait().await.unwrap();
+    assert!(report.is_success(), "{}", report.summary());
+    let rows = rt.task_rows(&id).await.unwrap();
+    assert_eq!(rows.len(), 50);
+    for (i, row) in &rows {
+        let entry = &report.tasks[*i as usize];
+        assert_eq!(&*row.node, &*entry.id);
+        assert_eq!(&*row.task, &*entry.name);
+        let v: u32 = row.result.as_deref().unwrap().parse().unwrap();
+        assert_eq!(&*row.task, if v % 3 == 0 { "pong" } else { "ping" });
+    }
+}

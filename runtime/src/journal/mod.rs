@@ -260,21 +260,25 @@ impl RunJournal {
         let lease = rows.first().map_or(0, |r| r.lease);
         debug_assert!(rows.iter().all(|r| r.lease == lease), "one lease per run");
         let mut names: Vec<Arc<str>> = Vec::new();
+        let mut index: rustc_hash::FxHashMap<Arc<str>, usize> = rustc_hash::FxHashMap::default();
+        let mut last = 0;
         let mut nodes = Vec::with_capacity(n);
         // Collected into a vector of its own: an in-place collect would keep the rows'
         // allocation, twice the size of the compact rows.
         let mut items: Vec<Row> = Vec::with_capacity(n);
         items.extend(rows.into_iter().map(|r| {
-            // Rows share their task's name: a new one is rarely far from the last.
-            let task = match names
-                .iter()
-                .rposition(|x| Arc::ptr_eq(x, &r.task) || *x == r.task)
-            {
-                Some(k) => k,
-                None => {
+            // Neighbouring rows mostly run the same task: the last name is tried first,
+            // then the index of names (a graph of many task types stays linear).
+            let task = if names.get(last).is_some_and(|x| Arc::ptr_eq(x, &r.task)) {
+                last
+            } else {
+                let next = names.len();
+                let k = *index.entry(r.task.clone()).or_insert(next);
+                if k == next {
                     names.push(r.task.clone());
-                    names.len() - 1
                 }
+                last = k;
+                k
             };
             nodes.push(r.node);
             let rare = (r.error.is_some()
