@@ -601,8 +601,8 @@ fn pong(i: u32) -> u32 {
 
 #[process(mode = "concurrent")]
 fn ping_pong(p: &mut Builder) {
-    p.each(0..50, |p, i| {
-        if i % 3 == 0 {
+    p.each(0..50u32, |p, i| {
+        if i.is_multiple_of(3) {
             p.task(Pong::new(i))
         } else {
             p.task(Ping::new(i))
@@ -626,6 +626,9 @@ async fn task_rows_keep_interleaved_task_names() {
         assert_eq!(&*row.node, &*entry.id);
         assert_eq!(&*row.task, &*entry.name);
         let v: u32 = row.result.as_deref().unwrap().parse().unwrap();
-        assert_eq!(&*row.task, if v % 3 == 0 { "pong" } else { "ping" });
+        assert_eq!(
+            &*row.task,
+            if v.is_multiple_of(3) { "pong" } else { "ping" }
+        );
     }
 }
