@@ -315,7 +315,15 @@ fn fan_of_waiters(p: &mut Builder) {
 // they depend on, still all run at the same time (a 300-party barrier).
 #[tokio::test(flavor = "current_thread")]
 async fn waiting_tasks_run_at_once_on_one_thread() {
-    let report = rt().await.run(FanOfWaiters {}).await.unwrap();
+    // Without the hand-over the waiters would run one after the other, each failing
+    // after its own wait: bounded as a whole, generously, so that the test fails fast.
+    let report = tokio::time::timeout(
+        std::time::Duration::from_mins(1),
+        rt().await.run(FanOfWaiters {}),
+    )
+    .await
+    .expect("the 300 waiters did not all run at once")
+    .unwrap();
     assert!(report.is_success(), "{}", report.summary());
     assert_eq!(
         report.result::<Vec<u32>>("fan_in").unwrap(),
