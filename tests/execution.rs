@@ -285,6 +285,52 @@ async fn proc_27_sixteen_siblings_run_at_once_and_fan_in() {
     );
 }
 
+static BARRIER_300: LazyLock<Barrier> = LazyLock::new(|| Barrier::new(300));
+
+#[task]
+fn fan_root() -> u32 {
+    0
+}
+
+#[task]
+async fn fan_waiter(root: u32, i: u32) -> Result<u32, String> {
+    if rendezvous(&BARRIER_300).await {
+        Ok(root + i)
+    } else {
+        Err(format!(
+            "waiter {i}: not all 300 waiters were running at once"
+        ))
+    }
+}
+
+#[process(mode = "concurrent")]
+fn fan_of_waiters(p: &mut Builder) {
+    let root = p.task(FanRoot::new());
+    let outs: Vec<Out<u32>> = (0..300).map(|i| p.task(FanWaiter::new(root, i))).collect();
+    p.task(FanIn::new(outs));
+}
+
+// Started nodes run on a pool of one runner per tokio worker (here one): a runner whose
+// node waits hands the rest over, so 300 waiting tasks, made ready at once by the task
+// they depend on, still all run at the same time (a 300-party barrier).
+#[tokio::test(flavor = "current_thread")]
+async fn waiting_tasks_run_at_once_on_one_thread() {
+    // Without the hand-over the waiters would run one after the other, each failing
+    // after its own wait: bounded as a whole, generously, so that the test fails fast.
+    let report = tokio::time::timeout(
+        std::time::Duration::from_mins(1),
+        rt().await.run(FanOfWaiters {}),
+    )
+    .await
+    .expect("the 300 waiters did not all run at once")
+    .unwrap();
+    assert!(report.is_success(), "{}", report.summary());
+    assert_eq!(
+        report.result::<Vec<u32>>("fan_in").unwrap(),
+        (0..300).collect::<Vec<_>>()
+    );
+}
+
 static ARRIVED_16_SYNC: AtomicUsize = AtomicUsize::new(0);
 
 #[task]

@@ -529,3 +529,106 @@ async fn finite_float_results_round_trip_losslessly() {
     let got: Vec<f64> = back.result("floats").unwrap();
     assert_eq!(first_difference(&got), None);
 }
+
+// ---------------------------------------------------------------- large runs
+
+#[task]
+fn quiet(i: u32) -> u32 {
+    i
+}
+
+#[task]
+async fn noisy(ctx: &Ctx) -> Result<u32, String> {
+    ctx.progress(50, "halfway");
+    ctx.log(procession::Level::Warning, "careful");
+    Err("boom".into())
+}
+
+#[process(mode = "concurrent")]
+fn many_quiet_one_noisy(p: &mut Builder) {
+    p.each(0..5000, |p, i| p.task(Quiet::new(i)));
+    p.task(Noisy::new());
+}
+
+// A large run keeps its task rows compact (the rare fields boxed) and frees the
+// journal's copy before it builds its report: the rows in the store and the report still
+// hold everything, the error, log and progress message of the one noisy task included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_run_keeps_every_field_of_its_rows_and_report() {
+    let rt = rt().await;
+    let run = rt.launch(ManyQuietOneNoisy {}).await.unwrap();
+    let id = run.id().to_owned();
+    let report = run.wait().await.unwrap();
+    assert_eq!(report.tasks.len(), 5001);
+    assert_eq!(report.successes().len(), 5000);
+    let failed = report.errored();
+    assert_eq!(failed.len(), 1);
+    let error = failed[0].error.as_ref().unwrap();
+    assert!(error.message.contains("boom"), "{}", error.message);
+    let rows = rt.task_rows(&id).await.unwrap();
+    assert_eq!(rows.len(), 5001);
+    let mut results = 0u64;
+    for (_, row) in &rows {
+        if &*row.task == "noisy" {
+            assert_eq!(row.state, procession::State::Failed);
+            assert!(row.error.as_deref().unwrap().contains("boom"));
+            assert_eq!(row.progress.message.as_deref(), Some("halfway"));
+            assert!(
+                row.log.iter().any(|e| e.message == "careful"),
+                "{:?}",
+                row.log
+            );
+            assert_eq!(row.attempts, 1);
+        } else {
+            assert_eq!(row.state, procession::State::Done);
+            assert_eq!(row.progress.percent, Some(100.0));
+            results += row.result.as_deref().unwrap().parse::<u64>().unwrap();
+            assert!(row.ended_at.is_some() && row.started_at.is_some());
+        }
+    }
+    assert_eq!(results, (0..5000u64).sum::<u64>());
+}
+
+#[task]
+fn ping(i: u32) -> u32 {
+    i
+}
+
+#[task]
+fn pong(i: u32) -> u32 {
+    i
+}
+
+#[process(mode = "concurrent")]
+fn ping_pong(p: &mut Builder) {
+    p.each(0..50u32, |p, i| {
+        if i.is_multiple_of(3) {
+            p.task(Pong::new(i))
+        } else {
+            p.task(Ping::new(i))
+        }
+    });
+}
+
+// Task rows keep their task's name by index into the run's names: interleaved task types
+// keep theirs.
+#[tokio::test]
+async fn task_rows_keep_interleaved_task_names() {
+    let rt = rt().await;
+    let run = rt.launch(PingPong {}).await.unwrap();
+    let id = run.id().to_owned();
+    let report = run.wait().await.unwrap();
+    assert!(report.is_success(), "{}", report.summary());
+    let rows = rt.task_rows(&id).await.unwrap();
+    assert_eq!(rows.len(), 50);
+    for (i, row) in &rows {
+        let entry = &report.tasks[*i as usize];
+        assert_eq!(&*row.node, &*entry.id);
+        assert_eq!(&*row.task, &*entry.name);
+        let v: u32 = row.result.as_deref().unwrap().parse().unwrap();
+        assert_eq!(
+            &*row.task,
+            if v.is_multiple_of(3) { "pong" } else { "ping" }
+        );
+    }
+}

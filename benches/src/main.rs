@@ -172,7 +172,9 @@ impl Shape {
 }
 
 fn human(n: u32) -> String {
-    if n >= 1000 && n.is_multiple_of(1000) {
+    if n >= 1_000_000 && n.is_multiple_of(1_000_000) {
+        format!("{}M", n / 1_000_000)
+    } else if n >= 1000 && n.is_multiple_of(1000) {
         format!("{}k", n / 1000)
     } else {
         n.to_string()
@@ -969,6 +971,91 @@ async fn rss_child(n: u32, store: &str) -> AnyResult<()> {
     Ok(())
 }
 
+/// `--scale-child <n> <mem|sled>`: one run of wide `n` in this fresh process, timed from
+/// launch to report (no allocation counting); prints `SCALE <ns> <VmHWM kB> <tasks>`.
+async fn scale_child(n: u32, store: &str) -> AnyResult<()> {
+    let dir = fresh_dir("scale");
+    let rt = if store == "sled" {
+        register(Runtime::open(&dir)).start().await?
+    } else {
+        register(Runtime::in_memory()).start().await?
+    };
+    let t = Instant::now();
+    let report = launch_shape(&rt, Shape::Wide(n)).await?;
+    let took = t.elapsed();
+    let peak = status_kb("VmHWM:").unwrap_or(0);
+    let sum = checksum(&report);
+    let want = u64::from(n) * u64::from(n.saturating_sub(1)) / 2;
+    if sum != want {
+        return Err(format!("wide {n}: checksum {sum}, expected {want}").into());
+    }
+    println!("SCALE {} {peak} {}", took.as_nanos(), report.tasks.len());
+    drop(report);
+    rt.shutdown().await?;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+/// Runs [`scale_child`] in a child process: (elapsed, peak RSS in kB).
+fn run_scale_child(n: u32, store: &str) -> AnyResult<(Duration, u64)> {
+    let out = Command::new(std::env::current_exe()?)
+        .arg("--scale-child")
+        .arg(n.to_string())
+        .arg(store)
+        .stderr(Stdio::inherit())
+        .output()?;
+    let s = String::from_utf8_lossy(&out.stdout);
+    let line = s
+        .lines()
+        .find(|l| l.starts_with("SCALE "))
+        .ok_or_else(|| format!("scale child failed: {s}"))?;
+    let f: Vec<u64> = line[6..]
+        .split_whitespace()
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    match f.as_slice() {
+        [ns, peak, _] => Ok((Duration::from_nanos(*ns), *peak)),
+        _ => Err(format!("bad scale line: {line}").into()),
+    }
+}
+
+/// Target 6: wide `big` (1M in the full run) in memory and on sled, each in a fresh child
+/// process, against wide `small` (10k) measured the same way (median of 3 children).
+fn print_scale(small: u32, big: u32) -> AnyResult<()> {
+    println!(
+        "scale: wide {} in a fresh child process, one run each (launch to report; peak RSS = VmHWM of the child), against wide {} measured the same way (median of 3 children):",
+        human(big),
+        human(small)
+    );
+    let mut worst: f64 = 0.0;
+    for (store, label) in [("mem", "in memory"), ("sled", "on sled  ")] {
+        let mut smalls: Vec<Duration> = (0..3)
+            .map(|_| run_scale_child(small, store).map(|(d, _)| d))
+            .collect::<AnyResult<_>>()?;
+        smalls.sort_unstable();
+        let per_small = smalls[1].as_secs_f64() * 1e6 / f64::from(small);
+        let (took, peak) = run_scale_child(big, store)?;
+        let per_big = took.as_secs_f64() * 1e6 / f64::from(big);
+        let ratio = per_big / per_small;
+        worst = worst.max(ratio);
+        println!(
+            "  {label}: {} tasks {:.0} ms ({per_big:.2} µs/task), peak RSS {:.1} MiB; wide {}: {per_small:.2} µs/task; per-task ratio {ratio:.2}x",
+            human(big),
+            ms(took),
+            peak as f64 / 1024.0,
+            human(small),
+        );
+    }
+    println!(
+        "target: per-task cost at {} within 1.3x of {}: {} (worst {worst:.2}x)",
+        human(big),
+        human(small),
+        if worst <= 1.3 { "MET" } else { "NOT MET" }
+    );
+    println!();
+    Ok(())
+}
+
 const RESUME_ID: &str = "resume-run";
 
 /// `--resume-child <dir> <n>`: launches the gated graph and prints `HALF` once half its
@@ -1566,6 +1653,14 @@ async fn bench(cfg: Config) -> AnyResult<()> {
     );
     println!();
 
+    // Scale (issue 17, target 6): 1M tasks in the full run; the quick run skips it.
+    if cfg.quick {
+        println!("scale (wide 1M in memory and on sled): skipped in quick mode");
+        println!();
+    } else {
+        print_scale(10_000, 1_000_000)?;
+    }
+
     // Resume: median of up to 3 measurements, each after `sync` so that the dirty pages
     // of the sled runs above do not stall the store's reads and writes.
     let resumes = cfg.runs.clamp(1, 3);
@@ -1655,6 +1750,10 @@ fn main() {
             Some("--rss-child") => {
                 let n = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(100_000);
                 rss_child(n, args.get(2).map_or("mem", String::as_str)).await
+            }
+            Some("--scale-child") => {
+                let n = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(1_000_000);
+                scale_child(n, args.get(2).map_or("mem", String::as_str)).await
             }
             Some("--shape-child") => shape_child(&args[1..]).await,
             Some("--restart-child") => {

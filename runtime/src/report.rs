@@ -219,8 +219,26 @@ pub struct TaskReport {
     pub elapsed: Duration,
     /// The result as JSON (`None` unless it succeeded).
     pub result: Option<Json>,
-    /// The error (`None` unless it errored).
-    pub error: Option<ErrorReport>,
+    /// The error (`None` unless it errored). Boxed: most tasks succeed, and an entry
+    /// without an error is then 80 bytes smaller (a 100k-task report: 8 MiB). Its fields
+    /// read as before (`t.error.as_ref().map(|e| &e.message)`); `as_deref()` gives an
+    /// `Option<&ErrorReport>`.
+    ///
+    /// ```
+    /// # use procession::prelude::*;
+    /// #[task]
+    /// fn fails() -> Result<u8, String> { Err("no".into()) }
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let mut g = TaskGraph::new();
+    /// g.add("f", Fails::new()).unwrap();
+    /// let rt = procession::Runtime::in_memory().start().await.unwrap();
+    /// let report = rt.run_graph(g).await.unwrap();
+    /// let e: Option<&procession::ErrorReport> = report.tasks[0].error.as_deref();
+    /// assert_eq!(e.unwrap().message, "no");
+    /// # }
+    /// ```
+    pub error: Option<Box<ErrorReport>>,
     /// Whether the task is optional: its failure does not fail the run
     /// (see [`TaskExt::optional`](crate::TaskExt::optional)).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]

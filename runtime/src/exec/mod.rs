@@ -217,6 +217,10 @@ enum Msg {
     Settle(u32),
 }
 
+/// From this many tasks on, a recorded run waits for its rows to be written and frees
+/// the journal's copy before it builds its report (see [`RunJournal::release`]).
+const RELEASE_ROWS_FROM: usize = 4096;
+
 /// Runs `graph` to the end and returns its report; `None` when the runtime suspended the
 /// run (see [`RunConfig::halt`]).
 pub(crate) async fn execute(graph: Graph, cfg: RunConfig) -> Option<RunReport> {
@@ -422,6 +426,16 @@ async fn drive_run(mut graph: Graph, mut cfg: RunConfig) -> Option<RunReport> {
             }
         }
     }
+    // A large run's rows are written before its report is built, and the journal's copy
+    // freed: the report does not sit next to it (a 100k-task run peaks lower). A small
+    // run skips the extra wait for the writer (the caller syncs after the report anyway).
+    if let Some(j) = &shared.journal {
+        if n >= RELEASE_ROWS_FROM && j.sync().await.is_ok() {
+            j.release();
+        }
+    }
+    // Every node was started: the queue's room for all of them goes before the report.
+    *shared::lock(&shared.queue) = VecDeque::new();
     let report = build_report(
         &graph,
         &shared,
@@ -521,6 +535,13 @@ fn new_shared(
         workers_start_dependents: cfg.max_concurrency.is_none(),
         in_flight: AtomicUsize::new(0),
         tx,
+        queue: Mutex::default(),
+        active: AtomicUsize::new(0),
+        runners: tokio::runtime::Handle::current()
+            .metrics()
+            .num_workers()
+            .max(1),
+        pooled: cfg.max_concurrency.is_none() && cfg.permits.is_none(),
         span: cfg.span.clone(),
         worker: cfg.worker.clone(),
         dispatch: cfg.dispatch.clone(),

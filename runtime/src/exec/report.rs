@@ -42,12 +42,12 @@ pub(super) fn build_report(
         any_errored |= status == TaskStatus::Errored && !tolerated;
         all_success &= status == TaskStatus::Success || tolerated;
         let error = match (&s.error, status) {
-            (Some(e), TaskStatus::Errored) => Some(ErrorReport {
+            (Some(e), TaskStatus::Errored) => Some(Box::new(ErrorReport {
                 message: e.to_string(),
                 chain: chain(&**e),
                 downstream_impact: downstream(i as u32, shared, state, offsets, targets),
                 source: Some(e.clone()),
-            }),
+            })),
             _ => None,
         };
         let result = if status == TaskStatus::Success {

@@ -1,6 +1,7 @@
 //! The per-run state the driver and the workers share: the graph in CSR form, per-node
 //! atomics and task slots.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -15,6 +16,7 @@ use crate::task::ctx::RunScope;
 use crate::task::erased::ErasedTask;
 use crate::task::TaskMeta;
 
+use super::worker::run_pooled;
 use super::{run_node, Msg};
 
 pub(super) struct Shared {
@@ -73,6 +75,17 @@ pub(super) struct Shared {
     pub(super) tx: mpsc::UnboundedSender<Msg>,
     /// Where nodes run when not here (see [`super::Dispatch`]).
     pub(super) dispatch: Option<Arc<dyn super::Dispatch>>,
+    /// Started nodes waiting for a runner (see [`Shared::start`]), when [`pooled`](Self::pooled).
+    pub(super) queue: Mutex<VecDeque<(u32, Box<dyn ErasedTask>)>>,
+    /// Runners alive and not waiting inside a node (see [`Shared::start`]).
+    pub(super) active: AtomicUsize,
+    /// How many runners keep the queue moving while none of them waits: the tokio
+    /// runtime's worker threads.
+    pub(super) runners: usize,
+    /// Started nodes run on a pool of runners instead of a tokio task each: no
+    /// runtime-wide permits (a node waiting for one would hold its runner) and workers
+    /// start dependents themselves (no per-run limit).
+    pub(super) pooled: bool,
 }
 
 /// A node's task until it is started.
@@ -113,10 +126,22 @@ impl Shared {
     }
 
     /// Starts node `i` unless it was started or settled already.
+    ///
+    /// [Pooled](Self::pooled): the node is queued for a small pool of runners (tokio
+    /// tasks that run queued nodes one after the other), not given a tokio task of its
+    /// own: a wide graph does not hold a spawned task per ready node (a 100k-task graph:
+    /// 22 MiB of them) nor pay a spawn per node. A runner whose node waits (its first
+    /// `Pending`) hands the queue over to a new runner, so nodes that wait still run
+    /// concurrently, as spawned ones would.
     pub(super) fn start(self: &Arc<Self>, i: u32) -> bool {
         let Some(task) = self.claim(i) else {
             return false;
         };
+        if self.pooled {
+            crate::exec::shared::lock(&self.queue).push_back((i, task));
+            self.ensure_runner();
+            return true;
+        }
         let shared = self.clone();
         // The spawned future stays small while it waits in the run queue (a wide graph
         // queues every root at once); the node's real state machine is boxed when it runs.
@@ -124,6 +149,56 @@ impl Shared {
             Box::pin(run_node(shared, i, task)).await;
         }));
         true
+    }
+
+    /// Spawns a runner unless enough of them are active.
+    pub(super) fn ensure_runner(self: &Arc<Self>) {
+        let mut n = self.active.load(Ordering::Acquire);
+        loop {
+            if n >= self.runners {
+                return;
+            }
+            match self
+                .active
+                .compare_exchange_weak(n, n + 1, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => break,
+                Err(now) => n = now,
+            }
+        }
+        let shared = self.clone();
+        drop(tokio::spawn(async move {
+            Box::pin(run_pooled(shared)).await;
+        }));
+    }
+
+    /// The next queued node, for an active runner; `None` (and the runner counted off)
+    /// when the queue is empty.
+    pub(super) fn next_queued(&self) -> Option<(u32, Box<dyn ErasedTask>)> {
+        loop {
+            if let Some(x) = lock(&self.queue).pop_front() {
+                return Some(x);
+            }
+            self.active.fetch_sub(1, Ordering::AcqRel);
+            // A node queued while this runner was still counted may have found enough
+            // runners: look again, and stay while it is there and runners are missing.
+            loop {
+                if lock(&self.queue).is_empty() {
+                    return None;
+                }
+                let n = self.active.load(Ordering::Acquire);
+                if n >= self.runners {
+                    return None;
+                }
+                if self
+                    .active
+                    .compare_exchange(n, n + 1, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+                {
+                    break;
+                }
+            }
+        }
     }
 
     /// Takes node `i`'s task to start it (counted in flight), unless it was started or

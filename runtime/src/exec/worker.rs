@@ -29,6 +29,49 @@ pub(super) async fn run_node(shared: Arc<Shared>, mut i: u32, mut task: Box<dyn 
     }
 }
 
+/// A runner of the pool (see [`Shared::start`]): runs queued nodes, and the dependents
+/// each one makes ready, until the queue is empty.
+pub(super) async fn run_pooled(shared: Arc<Shared>) {
+    while let Some(first) = shared.next_queued() {
+        watched(&shared, run_chain(&shared, first)).await;
+    }
+}
+
+/// Runs a queued node, then the dependent it made ready, and so on.
+async fn run_chain(shared: &Arc<Shared>, first: (u32, Box<dyn ErasedTask>)) {
+    let mut next = Some(first);
+    while let Some((i, task)) = next.take() {
+        next = run_one(shared, i, task).await;
+        // Give the worker's other tasks a turn now and then on a long chain.
+        tokio::task::consume_budget().await;
+    }
+}
+
+/// Runs `fut` (a node and the chain of dependents it made ready) on a runner of the pool.
+/// The first time it waits, the runner is counted off the active ones and the queue
+/// handed over to a new runner if it holds nodes: a node that waits never holds up the
+/// nodes queued behind it.
+async fn watched<F: std::future::Future>(shared: &Arc<Shared>, fut: F) -> F::Output {
+    let mut fut = std::pin::pin!(fut);
+    let mut waiting = false;
+    let out = std::future::poll_fn(|cx| {
+        let polled = fut.as_mut().poll(cx);
+        if polled.is_pending() && !waiting {
+            waiting = true;
+            shared.active.fetch_sub(1, Ordering::AcqRel);
+            if !super::shared::lock(&shared.queue).is_empty() {
+                shared.ensure_runner();
+            }
+        }
+        polled
+    })
+    .await;
+    if waiting {
+        shared.active.fetch_add(1, Ordering::AcqRel);
+    }
+    out
+}
+
 /// Runs node `i`; returns the dependent to run next in the same tokio task, if any.
 pub(super) async fn run_one(
     shared: &Arc<Shared>,

@@ -34,8 +34,58 @@ struct Throttle {
     last_dropped: Option<String>,
 }
 
+/// A task row as the journal keeps it: the fields every task has, inline; the rare ones
+/// (error, its chain, the progress message, the log) behind one box that most tasks never
+/// allocate. The task's name and node id are the run's shared strings, looked up by index.
+/// A [`TaskRow`] is made from it only when it is written ([`Rows::row`]).
+///
+/// About half the size of a [`TaskRow`] (a 100k-task run keeps 100k of them).
+#[derive(Clone)]
+struct Row {
+    state: State,
+    skipped: bool,
+    optional: bool,
+    attempts: u32,
+    /// Index of the task's name in [`Rows::names`].
+    task: u32,
+    started_at: Option<u64>,
+    ended_at: Option<u64>,
+    elapsed_ns: u64,
+    percent: Option<f64>,
+    result: Option<Arc<str>>,
+    rare: Option<Box<Rare>>,
+}
+
+/// The fields of a task row that most tasks leave empty.
+#[derive(Clone, Default)]
+struct Rare {
+    error: Option<String>,
+    chain: Vec<String>,
+    message: Option<String>,
+    log: Vec<LogEntry>,
+}
+
+impl Row {
+    fn rare(&mut self) -> &mut Rare {
+        self.rare.get_or_insert_with(Box::default)
+    }
+
+    /// The progress message, if any.
+    fn message(&self) -> Option<&String> {
+        self.rare.as_ref().and_then(|r| r.message.as_ref())
+    }
+}
+
 struct Rows {
-    items: Vec<TaskRow>,
+    items: Vec<Row>,
+    /// Node ids, by node index (the graph's shared strings).
+    nodes: Box<[Arc<str>]>,
+    /// The distinct task names ([`Row::task`] indexes them).
+    names: Vec<Arc<str>>,
+    /// The run's lease token, which every row of the run carries.
+    lease: u64,
+    /// Number of tasks (kept when the rows are [released](RunJournal::release)).
+    len: usize,
     dirty: Vec<bool>,
     dirty_list: Vec<u32>,
     throttle: HashMap<u32, Throttle>,
@@ -55,17 +105,17 @@ struct Rows {
 /// skipped (nothing is left to do for it), otherwise the last percentage it reported (0
 /// when none, or indeterminate): a task that failed or was cancelled stays where it
 /// stopped, so a run that did not end done shows how far it got.
-fn share(row: &TaskRow) -> f64 {
+fn share(row: &Row) -> f64 {
     if row.state == State::Done || row.skipped {
         100.0
     } else {
-        row.progress.percent.unwrap_or(0.0)
+        row.percent.unwrap_or(0.0)
     }
 }
 
 impl Rows {
     /// Runs `f` on row `node`, keeping the rolled-up progress up to date.
-    fn change(&mut self, node: u32, f: impl FnOnce(&mut TaskRow)) {
+    fn change(&mut self, node: u32, f: impl FnOnce(&mut Row)) {
         let row = &mut self.items[node as usize];
         let before = share(row);
         f(row);
@@ -81,7 +131,7 @@ impl Rows {
 
     /// The run's progress: the mean of its tasks' shares, with the last task message.
     fn rollup(&self) -> Progress {
-        let n = self.items.len();
+        let n = self.len;
         let percent = if n == 0 {
             100.0
         } else {
@@ -105,7 +155,7 @@ impl Rows {
     }
 
     fn push_log(&mut self, node: u32, level: Level, message: String) {
-        let log = &mut self.items[node as usize].log;
+        let log = &mut self.items[node as usize].rare().log;
         log.push(LogEntry {
             timestamp: now_ms(),
             level,
@@ -142,6 +192,42 @@ impl Rows {
     }
 }
 
+impl Rows {
+    /// Row `i` as the store takes it.
+    fn row(&self, i: usize) -> TaskRow {
+        let r = &self.items[i];
+        let (error, chain, message, log) = match r.rare.as_deref() {
+            Some(x) => (
+                x.error.clone(),
+                x.chain.clone(),
+                x.message.clone(),
+                x.log.clone(),
+            ),
+            None => (None, Vec::new(), None, Vec::new()),
+        };
+        TaskRow {
+            task: self.names[r.task as usize].clone(),
+            node: self.nodes[i].clone(),
+            state: r.state,
+            attempts: r.attempts,
+            started_at: r.started_at,
+            ended_at: r.ended_at,
+            elapsed_ns: r.elapsed_ns,
+            skipped: r.skipped,
+            error,
+            chain,
+            progress: Progress {
+                percent: r.percent,
+                message,
+            },
+            log,
+            result: r.result.clone(),
+            lease: self.lease,
+            optional: r.optional,
+        }
+    }
+}
+
 /// The in-memory image of a run's task rows, and what changed since the last write.
 ///
 /// It also rolls the tasks' progress up into the run's: every task weighs the same; a
@@ -171,14 +257,68 @@ impl RunJournal {
     ) -> Arc<Self> {
         let n = rows.len();
         let announced = rows.iter().map(|r| r.state).collect();
-        let shares = rows.iter().map(share).sum();
+        let lease = rows.first().map_or(0, |r| r.lease);
+        debug_assert!(rows.iter().all(|r| r.lease == lease), "one lease per run");
+        let mut names: Vec<Arc<str>> = Vec::new();
+        let mut index: rustc_hash::FxHashMap<Arc<str>, usize> = rustc_hash::FxHashMap::default();
+        let mut last = 0;
+        let mut nodes = Vec::with_capacity(n);
+        // Collected into a vector of its own: an in-place collect would keep the rows'
+        // allocation, twice the size of the compact rows.
+        let mut items: Vec<Row> = Vec::with_capacity(n);
+        items.extend(rows.into_iter().map(|r| {
+            // Neighbouring rows mostly run the same task: the last name is tried first,
+            // then the index of names (a graph of many task types stays linear).
+            let task = if names.get(last).is_some_and(|x| Arc::ptr_eq(x, &r.task)) {
+                last
+            } else {
+                let next = names.len();
+                let k = *index.entry(r.task.clone()).or_insert(next);
+                if k == next {
+                    names.push(r.task.clone());
+                }
+                last = k;
+                k
+            };
+            nodes.push(r.node);
+            let rare = (r.error.is_some()
+                || !r.chain.is_empty()
+                || r.progress.message.is_some()
+                || !r.log.is_empty())
+            .then(|| {
+                Box::new(Rare {
+                    error: r.error,
+                    chain: r.chain,
+                    message: r.progress.message,
+                    log: r.log,
+                })
+            });
+            Row {
+                state: r.state,
+                skipped: r.skipped,
+                optional: r.optional,
+                attempts: r.attempts,
+                task: u32::try_from(task).unwrap_or(u32::MAX),
+                started_at: r.started_at,
+                ended_at: r.ended_at,
+                elapsed_ns: r.elapsed_ns,
+                percent: r.progress.percent,
+                result: r.result,
+                rare,
+            }
+        }));
+        let shares = items.iter().map(share).sum();
         let j = Arc::new(RunJournal {
             run_id,
             root,
             token,
             woken: std::sync::atomic::AtomicBool::new(false),
             rows: Mutex::new(Rows {
-                items: rows,
+                items,
+                nodes: nodes.into(),
+                names,
+                lease,
+                len: n,
                 dirty: vec![false; n],
                 dirty_list: Vec::new(),
                 throttle: HashMap::new(),
@@ -204,7 +344,9 @@ impl RunJournal {
     pub(crate) fn started(&self, node: u32, attempt: u32, since: Duration) {
         {
             let mut g = self.lock();
-            let row = &mut g.items[node as usize];
+            let Some(row) = g.items.get_mut(node as usize) else {
+                return; // released: the run is over
+            };
             if row.started_at.is_none() {
                 row.started_at = Some(ms_before(now_ms(), since));
             }
@@ -219,6 +361,9 @@ impl RunJournal {
     pub(crate) fn ended(&self, node: u32, outcome: Ended, result: Option<Arc<str>>) {
         {
             let mut g = self.lock();
+            if node as usize >= g.items.len() {
+                return; // released: the run is over
+            }
             g.settle_burst(node);
             g.change(node, |row| {
                 row.state = outcome.state;
@@ -231,10 +376,16 @@ impl RunJournal {
                     // Ended in its first poll: its start was not recorded on its own.
                     row.started_at = Some(ms_before(now, outcome.elapsed));
                 }
-                row.error = outcome.error;
-                row.chain = outcome.chain;
+                if outcome.error.is_some() || !outcome.chain.is_empty() {
+                    let rare = row.rare();
+                    rare.error = outcome.error;
+                    rare.chain = outcome.chain;
+                } else if let Some(rare) = row.rare.as_deref_mut() {
+                    rare.error = None;
+                    rare.chain = Vec::new();
+                }
                 if outcome.state == State::Done {
-                    row.progress.percent = Some(100.0);
+                    row.percent = Some(100.0);
                 }
                 row.result = result;
             });
@@ -254,11 +405,28 @@ impl RunJournal {
             row.state = State::Done;
             row.attempts = attempts;
             row.elapsed_ns = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
-            row.progress.percent = Some(100.0);
+            row.percent = Some(100.0);
             row.result = Some(result);
         });
         g.announced[node as usize] = State::Done;
         // Written already: what changed is the run's progress only.
+    }
+
+    /// Frees the rows once everything recorded is written (after [`sync`](Self::sync),
+    /// at the run's end): the store has them, and the report that is built next need
+    /// not sit next to a second copy. Returns whether they were freed (not when rows
+    /// are still dirty). The roll-up stays; later changes are ignored.
+    pub(crate) fn release(&self) -> bool {
+        let mut g = self.lock();
+        if !g.dirty_list.is_empty() {
+            return false;
+        }
+        g.items = Vec::new();
+        g.nodes = Box::default();
+        g.dirty = Vec::new();
+        g.announced = Vec::new();
+        g.throttle = HashMap::new();
+        true
     }
 
     /// The run's rolled-up progress (see the type's docs).
@@ -300,7 +468,7 @@ impl RunJournal {
         for node in list {
             let i = node as usize;
             g.dirty[i] = false;
-            let row = g.items[i].clone();
+            let row = g.row(i);
             // A state is announced once: a row written again for its progress or its
             // log is not a new state.
             if g.announced[i] != row.state {
@@ -363,14 +531,10 @@ impl Reporter for RunJournal {
             return;
         }
         g.change(node, |row| {
-            row.progress = Progress {
-                percent,
-                message: if message.is_empty() {
-                    row.progress.message.clone()
-                } else {
-                    Some(message.to_owned())
-                },
-            };
+            row.percent = percent;
+            if !message.is_empty() {
+                row.rare().message = Some(message.to_owned());
+            }
         });
         if !message.is_empty() {
             if g.last_message.as_deref() != Some(message) {
@@ -398,7 +562,11 @@ impl Reporter for RunJournal {
             }
         }
         g.mark(node);
-        let (node_id, progress) = (g.items[i].node.clone(), g.items[i].progress.clone());
+        let progress = Progress {
+            percent: g.items[i].percent,
+            message: g.items[i].message().cloned(),
+        };
+        let node_id = g.nodes[i].clone();
         drop(g);
         self.publish(&node_id, EventKind::Progress(progress));
         // No wake: progress reaches the store at the next tick.
@@ -413,8 +581,11 @@ impl Reporter for RunJournal {
         g.settle_burst(node);
         g.push_log(node, level, message.to_owned());
         g.mark(node);
-        let node_id = g.items[node as usize].node.clone();
-        let entry = g.items[node as usize].log.last().cloned();
+        let node_id = g.nodes[node as usize].clone();
+        let entry = g.items[node as usize]
+            .rare
+            .as_ref()
+            .and_then(|r| r.log.last().cloned());
         drop(g);
         if let Some(entry) = entry {
             self.publish(&node_id, EventKind::Log(entry));

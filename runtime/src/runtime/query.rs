@@ -340,11 +340,13 @@ pub(super) fn task_from_row(r: &TaskRow) -> TaskReport {
         (_, true) => TaskStatus::Skipped,
         _ => TaskStatus::Cancelled,
     };
-    let mut error = r.error.as_ref().map(|m| ErrorReport {
-        message: m.clone(),
-        chain: r.chain.clone(),
-        downstream_impact: Vec::new(),
-        source: None,
+    let mut error = r.error.as_ref().map(|m| {
+        Box::new(ErrorReport {
+            message: m.clone(),
+            chain: r.chain.clone(),
+            downstream_impact: Vec::new(),
+            source: None,
+        })
     });
     let result = match r.result.as_deref().map(Json::parse) {
         None => None,
@@ -354,12 +356,12 @@ pub(super) fn task_from_row(r: &TaskRow) -> TaskReport {
             tracing::warn!(task = %r.node, "{message}");
             if status == TaskStatus::Success {
                 status = TaskStatus::Errored;
-                error = Some(ErrorReport {
+                error = Some(Box::new(ErrorReport {
                     chain: vec![message.clone()],
                     message,
                     downstream_impact: Vec::new(),
                     source: None,
-                });
+                }));
             }
             None
         }
