@@ -14,8 +14,8 @@
 //! runtime, for profilers (callgrind counts then show the per-run cost, not the start).
 
 use super::{
-    baseline, checksum, fresh_dir, group_digits, median, ms, register, AnyResult, Runtime,
-    RunStatus, Shape, Wide,
+    baseline, checksum, fresh_dir, group_digits, median, ms, register, AnyResult, RunStatus,
+    Runtime, Shape, Wide,
 };
 use std::time::{Duration, Instant};
 

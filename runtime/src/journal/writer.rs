@@ -9,8 +9,8 @@
 //! events, in the same order. Nothing is reported before it is durable.
 
 use std::collections::HashMap;
-use std::sync::mpsc as std_mpsc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Mutex, Weak};
 use std::thread;
 use std::time::{Duration, Instant};
