@@ -12,10 +12,11 @@ mod outbox;
 
 use self::guard::{Sidecar, SEQ_KEY};
 
-use super::codec::{decode_record, decode_row, encode, encode_row};
+use super::codec::{decode_record, decode_resume_row, decode_row, encode, encode_row};
 use super::outbox::{ChannelState, Delivery, DeliveryPage, DeliveryQuery, DeliveryUpdate};
 use super::{
-    index, Applied, Batch, Enqueue, Lease, Page, PastRun, Query, Store, StoreError, TaskRow, Update,
+    index, Applied, Batch, Enqueue, Lease, Page, PastRun, Query, ResumeRow, Store, StoreError,
+    TaskRow, Update,
 };
 use crate::record::{now_ms, ProcessRecord, State, SCHEMA_VERSION};
 
@@ -664,6 +665,34 @@ impl Store for SledStore {
                     r.result = legacy.remove(i);
                 }
             }
+        }
+        Ok(rows)
+    }
+
+    fn resume_rows(&self, id: &str) -> Result<Vec<(u32, ResumeRow)>, StoreError> {
+        let rows = self
+            .tasks
+            .scan_prefix(run_prefix(id))
+            .map(|kv| {
+                let (k, v) = kv.map_err(|e| self.io(e))?;
+                let row = decode_resume_row(&v).map_err(|message| StoreError::Corrupt {
+                    path: self.location(),
+                    key: format!("{id}/#{}", order_of(&k)),
+                    message,
+                })?;
+                Ok((order_of(&k), row))
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        // Rows of schema 1 keep their results in a tree of their own: read them whole.
+        if rows
+            .iter()
+            .any(|(_, r)| r.state == State::Done && r.result.is_none())
+        {
+            return Ok(self
+                .tasks(id)?
+                .into_iter()
+                .map(|(i, row)| (i, ResumeRow::from(row)))
+                .collect());
         }
         Ok(rows)
     }
