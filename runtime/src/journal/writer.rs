@@ -212,10 +212,10 @@ fn writer_loop(
     loop {
         // Group commit: task rows gather for at least `MIN_CYCLE` between two writes. The
         // pause costs a change at most that much delay, and saves the tasks one wake-up
-        // (a futex call) of this thread each when writes are cheap (in memory). After a
-        // cycle that answered callers (launches, cancels), the next one starts at once,
-        // and a caller that starts waiting during the pause (a launch, a run's end, a
-        // flush) ends it: only task rows, which nobody waits for, gather in it.
+        // (a futex call) of this thread each when writes are cheap (in memory). A caller
+        // that waits (a launch, a run's end, a flush) ends the pause at once: only task
+        // rows, which nobody waits for, gather in it. So a short run's rows go in the
+        // same write (and flush) as its end, not in one of their own in between.
         if let Some(at) = last_cycle {
             while !waiting.load(Ordering::Acquire) {
                 match MIN_CYCLE.checked_sub(at.elapsed()) {
@@ -233,7 +233,6 @@ fn writer_loop(
             Err(std_mpsc::RecvTimeoutError::Disconnected) => (None, true),
         };
         last_cycle = Some(Instant::now());
-        let mut answered = false;
         let ticked = Instant::now() >= next_tick;
         if ticked {
             next_tick = Instant::now() + tick;
@@ -320,10 +319,6 @@ fn writer_loop(
         };
         if let Err(e) = &result {
             tracing::error!(error = %e, "store write failed");
-        }
-        answered |= !cycle.completions.is_empty() || !waiters.is_empty();
-        if answered {
-            last_cycle = None;
         }
         for c in cycle.completions {
             c(result.as_ref().copied(), events);
