@@ -146,7 +146,7 @@ async fn concurrent(rt: &Runtime, launches: usize, width: u32) -> AnyResult<Dura
     }
     let el = t.elapsed();
     if ok != launches {
-        return Err(format!("{} of {launches} concurrent runs succeeded", ok).into());
+        return Err(format!("{ok} of {launches} concurrent runs succeeded").into());
     }
     Ok(el)
 }

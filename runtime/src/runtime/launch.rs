@@ -660,7 +660,10 @@ impl Runtime {
             runtime: Some(Arc::downgrade(&self.inner)),
         };
         let inner = self.inner.clone();
-        tokio::spawn(async move {
+        // Boxed: the driver's future holds the whole run (its graph, its executor's
+        // state) and tokio moves a spawned future several times (into its task cell, out
+        // as it completes): moving a box instead of kilobytes per run.
+        tokio::spawn(Box::pin(async move {
             let id = rec.id.clone();
             let run = Run {
                 started: rec.state() == State::Running,
@@ -697,7 +700,7 @@ impl Runtime {
                     let _ = tx.send(Some(Arc::new(report)));
                 }
             }
-        });
+        }));
         handle
     }
 
