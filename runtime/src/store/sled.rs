@@ -1038,7 +1038,7 @@ mod tests {
         let row = |i: u32| TaskRow {
             task: Arc::from("t"),
             node: Arc::from(format!("n{i}").as_str()),
-            state: if i % 3 == 0 {
+            state: if i.is_multiple_of(3) {
                 State::Done
             } else {
                 State::Running
@@ -1052,7 +1052,9 @@ mod tests {
             chain: Vec::new(),
             progress: crate::record::Progress::default(),
             log: Vec::new(),
-            result: (i % 3 == 0).then(|| Arc::from(i.to_string().as_str())),
+            result: i
+                .is_multiple_of(3)
+                .then(|| Arc::from(i.to_string().as_str())),
             lease: 0,
             optional: false,
         };
