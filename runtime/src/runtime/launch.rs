@@ -333,13 +333,18 @@ impl Runtime {
 
     /// The next number of the store's counter, for a run id.
     ///
-    /// On a store of this process alone (memory, sled) the counter is incremented in
-    /// place, without a write cycle of its own: sled's counter is on disk before any
-    /// record holding the id, since that record is written (and flushed) after it. A
-    /// shared store's counter is a round trip to the server: through the writer.
+    /// On a store of this process alone (memory, sled) the counter is incremented without
+    /// a write cycle of its own: sled's counter is on disk before any record holding the
+    /// id, since that record is written (and flushed) after it. The memory store's is an
+    /// atomic, taken in place; sled's on the blocking pool (it waits for the store's
+    /// write lock, which a large write holds for milliseconds). A shared store's counter
+    /// is a round trip to the server: through the writer.
     pub(super) async fn next_id(&self) -> Result<u64> {
-        if !self.inner.shared {
+        if self.inner.in_memory {
             return Ok(self.inner.store()?.next_id()?);
+        }
+        if !self.inner.shared {
+            return self.inner.read(|s| s.next_id()).await;
         }
         self.durable_next_id().await
     }
