@@ -344,7 +344,7 @@ impl Runtime {
             return Ok(self.inner.store()?.next_id()?);
         }
         if !self.inner.shared {
-            return self.inner.read(|s| s.next_id()).await;
+            return self.inner.read(crate::store::Store::next_id).await;
         }
         self.durable_next_id().await
     }
