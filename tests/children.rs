@@ -378,15 +378,32 @@ async fn group_failures() {
         r.result::<String>("mixed_group").unwrap(),
         "ea=failed,eb=failed,good=done"
     );
-    let r = tokio::time::timeout(
-        Duration::from_mins(2),
-        rt.run(Launch::new(Mixed { survive: false }).id("m2")),
-    )
-    .await
-    .expect("fail-fast: the looping sibling is cancelled, not awaited")
-    .unwrap();
-    assert!(r.is_success(), "{}", r.summary());
-    assert_eq!(r.result::<String>("mixed_group").unwrap(), "failed:ua+ub");
+    // Both failing children are released together, but one's failure cancels the
+    // other if it reaches the group before the other's task returned (a run ends in
+    // well under a millisecond; under load a task can wait longer than that for its
+    // poll): a lost race reports the first failure only, never a wrong one. The race is
+    // run again until both failures are reported together.
+    let mut both = false;
+    for k in 0..20 {
+        let r = tokio::time::timeout(
+            Duration::from_mins(2),
+            rt.run(Launch::new(Mixed { survive: false }).id(format!("m2-{k}"))),
+        )
+        .await
+        .expect("fail-fast: the looping sibling is cancelled, not awaited")
+        .unwrap();
+        assert!(r.is_success(), "{}", r.summary());
+        let failed = r.result::<String>("mixed_group").unwrap();
+        assert!(
+            ["failed:ua+ub", "failed:ua", "failed:ub"].contains(&failed.as_str()),
+            "{failed}"
+        );
+        if failed == "failed:ua+ub" {
+            both = true;
+            break;
+        }
+    }
+    assert!(both, "the group never reported both failures");
     assert_eq!(
         rt.get("sibling").await.unwrap().unwrap().state(),
         State::Cancelled

@@ -9,7 +9,10 @@
 //! The binary re-executes itself with hidden flags for the measurements that need a fresh
 //! process: `--rss-child` (peak resident memory) and `--resume-child` (the run that is
 //! killed half way). For profilers, `--only <shape> <tasks> <a|a2|b|b2|c> [repeats]` runs
-//! one variant of one shape, and `--resume-only <tasks>` the resume measurement alone.
+//! one variant of one shape, and `--resume-only <tasks>` the resume measurement alone;
+//! `--small-only <wide|chain> <tasks> <a|b|c> [runs]` many small runs on one runtime and
+//! `--concurrent-only <launches> [width]` many concurrent launches (`small_figures.rs`:
+//! the fixed cost of a run, printed as its own section of the full table).
 //! `--admin [--quick]` prints the admin HTTP API's figures (SSE events/s to 10 clients,
 //! `GET /api/runs` latency over 100,000 sled records).
 //! `--postgres [--quick] [--url <url>]` prints tasks/s on PostgreSQL (one worker) against
@@ -19,6 +22,7 @@
 
 mod admin_figures;
 mod pg_figures;
+mod small_figures;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -1551,6 +1555,9 @@ async fn bench(cfg: Config) -> AnyResult<()> {
     }
     println!();
 
+    // Small runs: the fixed cost of a run (its own child process).
+    small_figures::run_child(cfg.quick)?;
+
     // Spans with no subscriber.
     print_span_cost(&cfg, &times);
 
@@ -1808,12 +1815,15 @@ fn main() {
                 );
                 Ok(())
             }
+            Some("--small-child") => small_figures::child(&args[1..]).await,
+            Some("--small-only") => small_figures::only(&args[1..]).await,
+            Some("--concurrent-only") => small_figures::concurrent_only(&args[1..]).await,
             Some("--admin") => admin_figures::run(&args[1..]).await,
             Some("--admin-list-child") => admin_figures::list_child(&args[1..]).await,
             Some("--postgres") => pg_figures::run(&args[1..]).await,
             Some("--pg-worker") => pg_figures::worker(&args[1..]).await,
             Some("-h" | "--help") => {
-                println!("usage: procession-benches [--quick] [--no-run-graph] | --only <wide|chain|fan|layered> <tasks> <a|a2|b|b2|c> [repeats] | --resume-only <tasks> | --admin [--quick] | --postgres [--quick] [--hot-path] [--url <url>]");
+                println!("usage: procession-benches [--quick] [--no-run-graph] | --only <wide|chain|fan|layered> <tasks> <a|a2|b|b2|c> [repeats] | --resume-only <tasks> | --small-only <wide|chain> <tasks> <a|b|c> [runs] | --concurrent-only <launches> [width] | --admin [--quick] | --postgres [--quick] [--hot-path] [--url <url>]");
                 Ok(())
             }
             _ => {

@@ -9,6 +9,7 @@
 //! events, in the same order. Nothing is reported before it is durable.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Mutex, Weak};
 use std::thread;
@@ -42,9 +43,25 @@ pub(crate) struct WriterHandle {
     tx: std_mpsc::Sender<Msg>,
     pub(super) events: broadcast::Sender<Event>,
     journals: Arc<Mutex<HashMap<Arc<str>, Weak<RunJournal>>>>,
+    /// Someone waits for the next cycle (a batch, an operation, a flush, a stop): the
+    /// writer ends its pause between two cycles at once (see [`MIN_CYCLE`]).
+    waiting: Arc<AtomicBool>,
+    /// The writer thread, unparked when `waiting` is raised.
+    thread: thread::Thread,
 }
 
 impl WriterHandle {
+    /// Sends a message someone waits for, ending the writer's pause between cycles.
+    fn send_waited(&self, msg: Msg) -> Result<(), StoreError> {
+        if self.tx.send(msg).is_err() {
+            return Err(StoreError::Closed);
+        }
+        if !self.waiting.swap(true, Ordering::AcqRel) {
+            self.thread.unpark();
+        }
+        Ok(())
+    }
+
     pub(super) fn register(&self, j: &Arc<RunJournal>) {
         self.journals
             .lock()
@@ -72,9 +89,7 @@ impl WriterHandle {
     /// Applies `batch` (in order with everything else) and waits until it is durable.
     pub(crate) async fn write(&self, batch: Batch) -> Result<(), StoreError> {
         let (tx, rx) = oneshot::channel();
-        if self.tx.send(Msg::Batch(batch, tx)).is_err() {
-            return Err(StoreError::Closed);
-        }
+        self.send_waited(Msg::Batch(batch, tx))?;
         rx.await.unwrap_or(Err(StoreError::Closed))
     }
 
@@ -103,18 +118,14 @@ impl WriterHandle {
                 }
             })
         });
-        if self.tx.send(Msg::Op(op)).is_err() {
-            return Err(StoreError::Closed);
-        }
+        self.send_waited(Msg::Op(op))?;
         rx.await.unwrap_or(Err(StoreError::Closed))
     }
 
     /// Waits until every write sent so far is durable.
     pub(crate) async fn flush(&self) -> Result<(), StoreError> {
         let (tx, rx) = oneshot::channel();
-        if self.tx.send(Msg::Flush(tx)).is_err() {
-            return Err(StoreError::Closed);
-        }
+        self.send_waited(Msg::Flush(tx))?;
         rx.await.unwrap_or(Err(StoreError::Closed))
     }
 
@@ -122,7 +133,7 @@ impl WriterHandle {
     /// dropped) and stops the thread; returns once all of that is done.
     pub(crate) async fn close(&self) -> Result<(), StoreError> {
         let (tx, rx) = oneshot::channel();
-        if self.tx.send(Msg::Stop(tx)).is_err() {
+        if self.send_waited(Msg::Stop(tx)).is_err() {
             return Ok(()); // already closed
         }
         rx.await.unwrap_or(Ok(()))
@@ -137,16 +148,13 @@ pub(crate) fn start_writer(
 ) -> Result<WriterHandle, StoreError> {
     let (tx, rx) = std_mpsc::channel::<Msg>();
     let journals: Arc<Mutex<HashMap<Arc<str>, Weak<RunJournal>>>> = Arc::default();
-    let handle = WriterHandle {
-        tx,
-        events: events.clone(),
-        journals: journals.clone(),
-    };
+    let waiting = Arc::new(AtomicBool::new(false));
     let location = store.location();
-    thread::Builder::new()
+    let (journals2, waiting2, events2) = (journals.clone(), waiting.clone(), events.clone());
+    let thread = thread::Builder::new()
         .name("procession-writer".into())
         .spawn(move || {
-            let stop = writer_loop(&*store, &rx, &journals, tick, &events);
+            let stop = writer_loop(&*store, &rx, &journals2, tick, &events2, &waiting2);
             // The store closes before the stop is answered: a `shutdown()` that returned
             // lets the same directory be opened again at once.
             drop(store);
@@ -154,8 +162,16 @@ pub(crate) fn start_writer(
                 let _ = reply.send(result);
             }
         })
-        .map_err(|e| StoreError::io(location, e))?;
-    Ok(handle)
+        .map_err(|e| StoreError::io(location, e))?
+        .thread()
+        .clone();
+    Ok(WriterHandle {
+        tx,
+        events,
+        journals,
+        waiting,
+        thread,
+    })
 }
 
 /// What one cycle gathered, in the order it is applied.
@@ -189,20 +205,27 @@ fn writer_loop(
     journals: &Mutex<HashMap<Arc<str>, Weak<RunJournal>>>,
     tick: Duration,
     events: &broadcast::Sender<Event>,
+    waiting: &AtomicBool,
 ) -> Option<StopReply> {
     let mut next_tick = Instant::now() + tick;
     let mut last_cycle: Option<Instant> = None;
     loop {
         // Group commit: task rows gather for at least `MIN_CYCLE` between two writes. The
-        // wait costs a change at most that much delay, and saves the tasks one wake-up
-        // (a futex call) of this thread each when writes are cheap (in memory). After a
-        // cycle that answered callers (launches, cancels), the next one starts at once:
-        // someone is waiting for it.
+        // pause costs a change at most that much delay, and saves the tasks one wake-up
+        // (a futex call) of this thread each when writes are cheap (in memory). A caller
+        // that waits (a launch, a run's end, a flush) ends the pause at once: only task
+        // rows, which nobody waits for, gather in it. So a short run's rows go in the
+        // same write (and flush) as its end, not in one of their own in between.
         if let Some(at) = last_cycle {
-            if let Some(rest) = MIN_CYCLE.checked_sub(at.elapsed()) {
-                thread::sleep(rest);
+            while !waiting.load(Ordering::Acquire) {
+                match MIN_CYCLE.checked_sub(at.elapsed()) {
+                    Some(rest) if !rest.is_zero() => thread::park_timeout(rest),
+                    _ => break,
+                }
             }
         }
+        // Lowered before the queue is read: a message sent from now on raises it again.
+        waiting.store(false, Ordering::Release);
         let timeout = next_tick.saturating_duration_since(Instant::now());
         let (first, disconnected) = match rx.recv_timeout(timeout) {
             Ok(m) => (Some(m), false),
@@ -210,7 +233,6 @@ fn writer_loop(
             Err(std_mpsc::RecvTimeoutError::Disconnected) => (None, true),
         };
         last_cycle = Some(Instant::now());
-        let mut answered = false;
         let ticked = Instant::now() >= next_tick;
         if ticked {
             next_tick = Instant::now() + tick;
@@ -297,10 +319,6 @@ fn writer_loop(
         };
         if let Err(e) = &result {
             tracing::error!(error = %e, "store write failed");
-        }
-        answered |= !cycle.completions.is_empty() || !waiters.is_empty();
-        if answered {
-            last_cycle = None;
         }
         for c in cycle.completions {
             c(result.as_ref().copied(), events);

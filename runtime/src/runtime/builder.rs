@@ -695,6 +695,7 @@ impl RuntimeBuilder {
                 .map_err(|e| Error::Config(e.to_string()))?,
         );
         let strict = self.strict;
+        let in_memory = matches!(self.store, StoreChoice::Memory);
         let store: Arc<dyn Store> = match self.store {
             StoreChoice::Memory => Arc::new(MemoryStore::new()),
             StoreChoice::Custom(s) => s,
@@ -746,6 +747,7 @@ impl RuntimeBuilder {
                 worker,
                 lease_ms,
                 shared,
+                in_memory,
                 stop_loops: tokio_util::sync::CancellationToken::new(),
                 me,
                 writer,

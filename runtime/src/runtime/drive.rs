@@ -19,6 +19,9 @@ use super::{archiving, clearing, state_event, ChildSpawner, Inner};
 
 /// One run handed to [`drive`].
 pub(super) struct Run {
+    /// The launch's write marked the run running already (a fresh launch); otherwise
+    /// (a resumed run) the driver does.
+    pub(super) started: bool,
     pub(super) rec: ProcessRecord,
     pub(super) graph: Graph,
     pub(super) hooks: Vec<Arc<dyn Hooks>>,
@@ -36,6 +39,7 @@ pub(super) struct Run {
 /// suspended the run (nothing is recorded then: the next start resumes it).
 pub(super) async fn drive(inner: Arc<Inner>, run: Run) -> Option<RunReport> {
     let Run {
+        started: pre_started,
         rec,
         graph,
         hooks,
@@ -61,25 +65,36 @@ pub(super) async fn drive(inner: Arc<Inner>, run: Run) -> Option<RunReport> {
     );
     // scheduled -> running, unless a cancel got there first; fenced by the lease (a
     // worker that another took the run from writes nothing and stops the run here).
-    let started = inner
-        .update_leased(&id, lease, move |cur| match cur {
-            Some(r) if r.run.as_ref().map(|m| m.token) == Some(token) => {
-                let mut r = r.clone();
-                match r.transition(State::Running) {
-                    Ok(()) => {
+    let started = if pre_started && store_trace.is_none() {
+        Ok((None, true))
+    } else {
+        inner
+            .update_leased(&id, lease, move |cur| match cur {
+                Some(r) if r.run.as_ref().map(|m| m.token) == Some(token) => {
+                    let mut r = r.clone();
+                    if pre_started {
+                        // Running already: only the trace context is stored.
                         if let (Some(m), Some(tp)) = (r.run.as_mut(), &store_trace) {
                             m.traceparent = Some(tp.clone());
                         }
-                        (Update::Put(Box::new(r)), true)
+                        return (Update::Put(Box::new(r)), true);
                     }
-                    Err(_) => (Update::Keep, false),
+                    match r.transition(State::Running) {
+                        Ok(()) => {
+                            if let (Some(m), Some(tp)) = (r.run.as_mut(), &store_trace) {
+                                m.traceparent = Some(tp.clone());
+                            }
+                            (Update::Put(Box::new(r)), true)
+                        }
+                        Err(_) => (Update::Keep, false),
+                    }
                 }
-            }
-            _ => (Update::Keep, false),
-        })
-        .await;
+                _ => (Update::Keep, false),
+            })
+            .await
+    };
     let running = match started {
-        Ok((Some(_), true)) => true,
+        Ok((_, true)) => true,
         Ok(_) => false,
         Err(crate::Error::Store(e @ StoreError::Fenced { .. })) => {
             tracing::warn!(run = %id, worker = %inner.worker, error = %e, "the run's lease was taken by another worker before its start was written: stopping it here");
@@ -224,9 +239,13 @@ pub(super) async fn drive(inner: Arc<Inner>, run: Run) -> Option<RunReport> {
             super::spread::clear(&inner, &id, token).await;
         }
     }
-    if let Some(j) = &journal {
-        if let Err(e) = j.sync().await {
-            tracing::error!(run = %id, error = %e, "cannot record the run's tasks");
+    // A run that ended writes its last task rows in the same write as its end (below):
+    // one flush, not two. A suspended or stopped run makes them durable here.
+    if report.is_none() || !running {
+        if let Some(j) = &journal {
+            if let Err(e) = j.sync().await {
+                tracing::error!(run = %id, error = %e, "cannot record the run's tasks");
+            }
         }
     }
     // Wait for the acknowledgement of a cancel, so that it is written before the end.
@@ -285,8 +304,30 @@ pub(super) async fn drive(inner: Arc<Inner>, run: Run) -> Option<RunReport> {
         .prepare(&rec, &report)
         .map(|p| (inner.notifier.clone(), p, rec, inner.clock.now_ms()));
     let notifying = notify.is_some();
+    let last_rows = journal.clone();
+    let listening = inner.events.receiver_count() > 0;
     let ended = inner
         .write(move |store| {
+            // The task rows not written yet come first: in this write, before the end,
+            // and with their events before the run's.
+            let mut events = Vec::new();
+            if let Some(j) = &last_rows {
+                let mut rows = Batch::default();
+                let mut changed = Vec::new();
+                j.take(&mut rows, listening.then_some(&mut changed));
+                if !rows.is_empty() {
+                    let fenced = store.apply(rows)?.fenced;
+                    if fenced > 0 {
+                        tracing::warn!(run = %id2, fenced, "task rows with a stale lease token were dropped");
+                    }
+                }
+                events.extend(changed.into_iter().map(|(node, state)| crate::events::Event {
+                    id: format!("{}/{node}", j.run_id),
+                    run: j.run_id.to_string(),
+                    root: j.root.to_string(),
+                    kind: crate::events::EventKind::State { state },
+                }));
+            }
             // Fenced: the end is written only while this worker still holds the run. A
             // renewal that succeeds keeps it for `lease_ms`, so no other worker can
             // take the run before the end below is written.
@@ -298,7 +339,7 @@ pub(super) async fn drive(inner: Arc<Inner>, run: Run) -> Option<RunReport> {
             };
             if lease != 0 && !store.renew(&held, lease_ms)? {
                 tracing::warn!(run = %id2, "the run's lease was taken by another worker: its end is not written");
-                return Ok((Err(()), Vec::new()));
+                return Ok((Err(()), events));
             }
             let final_state = std::cell::Cell::new(None);
             let delete = std::cell::Cell::new(false);
@@ -360,7 +401,6 @@ pub(super) async fn drive(inner: Arc<Inner>, run: Run) -> Option<RunReport> {
                 })?,
                 None => store.update(&id2, &mut |cur| decide(cur))?,
             };
-            let mut events = Vec::new();
             let (final_state, delete) = (final_state.get(), delete.get());
             if delete {
                 // The record goes with everything it kept: rows, children, history.

@@ -331,7 +331,26 @@ impl Runtime {
             .await
     }
 
+    /// The next number of the store's counter, for a run id.
+    ///
+    /// On a store of this process alone (memory, sled) the counter is incremented without
+    /// a write cycle of its own: sled's counter is on disk before any record holding the
+    /// id, since that record is written (and flushed) after it. The memory store's is an
+    /// atomic, taken in place; sled's on the blocking pool (it waits for the store's
+    /// write lock, which a large write holds for milliseconds). A shared store's counter
+    /// is a round trip to the server: through the writer.
     pub(super) async fn next_id(&self) -> Result<u64> {
+        if self.inner.in_memory {
+            return Ok(self.inner.store()?.next_id()?);
+        }
+        if !self.inner.shared {
+            return self.inner.read(crate::store::Store::next_id).await;
+        }
+        self.durable_next_id().await
+    }
+
+    /// [`next_id`](Runtime::next_id), on disk when returned.
+    async fn durable_next_id(&self) -> Result<u64> {
         self.inner.write(|s| Ok((s.next_id()?, Vec::new()))).await
     }
 
@@ -339,7 +358,7 @@ impl Runtime {
     /// before (restarts included): the epoch of an admin event feed.
     #[cfg(feature = "admin")]
     pub(crate) async fn feed_epoch(&self) -> Result<u64> {
-        self.next_id().await
+        self.durable_next_id().await
     }
 
     /// Writes the record as scheduled (CAS on a launchable state) and claims the run,
@@ -368,6 +387,9 @@ impl Runtime {
         let keep = self.inner.keep_runs;
         let overlap_of = meta.overlap_of.clone();
         let seq = meta.seq;
+        // Whether the launch's write also starts the run (see `start` below).
+        let start = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let start_in_decide = start.clone();
         // The record written, and the record as its previous run left it (to keep in
         // its history), or the refusal.
         let decide = move |cur: Option<&ProcessRecord>| -> std::result::Result<
@@ -411,6 +433,11 @@ impl Runtime {
                 }
             };
             r.transition(State::Scheduled)?;
+            if start_in_decide.load(Ordering::Relaxed) {
+                // scheduled -> running in the same write: the driver need not write it
+                // (one write and one flush fewer per run); both changes are published.
+                r.transition(State::Running)?;
+            }
             let mut meta = meta.clone();
             if meta.overlap_of.is_some() {
                 // Numbered by the scheduled record it overlaps (in the same write).
@@ -431,6 +458,10 @@ impl Runtime {
         // the record is live here: its lease is this worker's, and the launch's write
         // refuses anyway.
         let claim_first = reserved.is_some();
+        // A run claimed here is also started by the launch's write (scheduled, then
+        // running, in one write): nothing can come between the two, since the run's
+        // handle is not out yet and the record is claimed by this worker.
+        start.store(claim_first, Ordering::Relaxed);
         let lease_ms = self.inner.lease_ms;
         let outcome = self
             .inner
@@ -552,7 +583,15 @@ impl Runtime {
                     Some(l) => l,
                     None => store.claim(&id_owned, &worker, lease_ms)?,
                 };
-                let events = vec![state_event(&rec)];
+                let mut events = Vec::with_capacity(2);
+                if rec.state() == State::Running {
+                    let mut scheduled = state_event(&rec);
+                    scheduled.kind = crate::events::EventKind::State {
+                        state: State::Scheduled,
+                    };
+                    events.push(scheduled);
+                }
+                events.push(state_event(&rec));
                 Ok((Enqueued::Written(Box::new(rec), lease.token), events))
             })
             .await;
@@ -638,9 +677,13 @@ impl Runtime {
             runtime: Some(Arc::downgrade(&self.inner)),
         };
         let inner = self.inner.clone();
-        tokio::spawn(async move {
+        // Boxed: the driver's future holds the whole run (its graph, its executor's
+        // state) and tokio moves a spawned future several times (into its task cell, out
+        // as it completes): moving a box instead of kilobytes per run.
+        tokio::spawn(Box::pin(async move {
             let id = rec.id.clone();
             let run = Run {
+                started: rec.state() == State::Running,
                 rec,
                 graph,
                 hooks,
@@ -674,7 +717,7 @@ impl Runtime {
                     let _ = tx.send(Some(Arc::new(report)));
                 }
             }
-        });
+        }));
         handle
     }
 

@@ -79,6 +79,9 @@ struct Inner {
     lease_ms: u64,
     /// Whether other worker processes share the store (heartbeats and takeovers run).
     shared: bool,
+    /// The store is the memory store, whose id counter is an atomic: run ids are taken
+    /// in place, not on the blocking pool (see `Runtime::next_id`).
+    in_memory: bool,
     /// Stops the heartbeat and takeover loops at shutdown.
     stop_loops: CancellationToken,
     /// This worker's row (see [`Runtime::workers`]).

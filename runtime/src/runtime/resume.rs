@@ -376,7 +376,7 @@ impl Runtime {
         let rows = {
             let store = self.inner.store()?;
             let id = id.clone();
-            tokio::task::spawn_blocking(move || store.tasks(&id))
+            tokio::task::spawn_blocking(move || store.resume_rows(&id))
         };
         let graph = match (reg.build)(rec.params.clone(), meta.options.clone()) {
             Ok(g) => g,

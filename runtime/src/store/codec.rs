@@ -1,7 +1,7 @@
 //! Encodings of stored values: records in JSON, task rows in `MessagePack` (JSON rows as
 //! written by schema 1 are still read).
 
-use super::{StoreError, TaskRow};
+use super::{ResumeRow, StoreError, TaskRow};
 use crate::record::{ProcessRecord, SCHEMA_VERSION};
 
 pub(super) fn decode_record(
@@ -47,5 +47,101 @@ pub(super) fn decode_row(bytes: &[u8]) -> Result<TaskRow, String> {
         serde_json::from_slice(bytes).map_err(|e| e.to_string())
     } else {
         rmp_serde::from_slice(bytes).map_err(|e| e.to_string())
+    }
+}
+
+/// Decodes what a resumption needs of a task row: a `MessagePack` row is read field by
+/// field, skipping the others without building them (no names, errors or logs
+/// allocated); a JSON row (schema 1) is decoded whole.
+pub(super) fn decode_resume_row(bytes: &[u8]) -> Result<ResumeRow, String> {
+    use serde::de::IgnoredAny;
+    /// [`TaskRow`] by position (`encode_row` writes fields in declaration order),
+    /// keeping four fields: every field of `TaskRow` has its slot here, in the same
+    /// order (the test below fails when they drift apart).
+    #[derive(serde::Deserialize)]
+    struct Lite {
+        _task: IgnoredAny,
+        _node: IgnoredAny,
+        state: crate::record::State,
+        attempts: u32,
+        _started_at: IgnoredAny,
+        _ended_at: IgnoredAny,
+        elapsed_ns: u64,
+        _skipped: IgnoredAny,
+        _error: IgnoredAny,
+        #[serde(default)]
+        _chain: IgnoredAny,
+        #[serde(default)]
+        _progress: IgnoredAny,
+        #[serde(default)]
+        _log: IgnoredAny,
+        #[serde(default)]
+        result: Option<std::sync::Arc<str>>,
+        #[serde(default)]
+        _lease: IgnoredAny,
+        #[serde(default)]
+        _optional: IgnoredAny,
+    }
+    if bytes.first() == Some(&b'{') {
+        return decode_row(bytes).map(ResumeRow::from);
+    }
+    let lite: Lite = rmp_serde::from_slice(bytes).map_err(|e| e.to_string())?;
+    Ok(ResumeRow {
+        state: lite.state,
+        attempts: lite.attempts,
+        elapsed_ns: lite.elapsed_ns,
+        result: lite.result,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::{LogEntry, Progress, State};
+    use std::sync::Arc;
+
+    fn row(state: State, result: Option<&str>) -> TaskRow {
+        TaskRow {
+            task: Arc::from("task"),
+            node: Arc::from("each[3]/task"),
+            state,
+            attempts: 3,
+            started_at: Some(1),
+            ended_at: Some(2),
+            elapsed_ns: 12_345,
+            skipped: false,
+            error: Some("boom".into()),
+            chain: vec!["cause".into()],
+            progress: Progress {
+                percent: Some(50.0),
+                message: Some("half".into()),
+            },
+            log: vec![LogEntry {
+                timestamp: 5,
+                level: crate::record::Level::Info,
+                message: "hello".into(),
+                data: None,
+            }],
+            result: result.map(Arc::from),
+            lease: 7,
+            optional: true,
+        }
+    }
+
+    // The light decoding reads the same four fields as the full one, from MessagePack
+    // and from JSON (schema 1) rows.
+    #[test]
+    fn a_resume_row_reads_what_the_full_row_holds() {
+        for r in [
+            row(State::Done, Some("{\"a\":[1,2]}")),
+            row(State::Running, None),
+            row(State::Failed, None),
+        ] {
+            let full = ResumeRow::from(r.clone());
+            assert_eq!(decode_resume_row(&encode_row(&r)).unwrap(), full);
+            let json = serde_json::to_vec(&r).unwrap();
+            assert_eq!(decode_resume_row(&json).unwrap(), full);
+        }
+        assert!(decode_resume_row(&[0xc1]).is_err());
     }
 }

@@ -48,8 +48,10 @@ struct MemInner {
 /// for 22 MiB of rows).
 #[derive(Debug, Default)]
 struct RunRows {
-    /// A chunk is allocated when its first row arrives.
-    chunks: Vec<Option<Box<[Option<MemRow>]>>>,
+    /// A chunk is allocated when its first row arrives, and grows (by powers of two, up
+    /// to `CHUNK` rows) as far as its highest row: a small run holds a few rows, not
+    /// `CHUNK` (10,000 runs of 10 tasks would otherwise take 2 GiB of mostly empty slots).
+    chunks: Vec<Option<Vec<Option<MemRow>>>>,
 }
 
 /// A task row as the memory store keeps it: a [`TaskRow`] with its rare fields (error,
@@ -156,8 +158,12 @@ impl RunRows {
         if self.chunks.len() <= c {
             self.chunks.resize_with(c + 1, || None);
         }
-        let chunk = self.chunks[c]
-            .get_or_insert_with(|| std::iter::repeat_with(|| None).take(Self::CHUNK).collect());
+        let chunk = self.chunks[c].get_or_insert_with(Vec::new);
+        if chunk.len() <= k {
+            let cap = (k + 1).next_power_of_two().min(Self::CHUNK);
+            chunk.reserve_exact(cap - chunk.len());
+            chunk.resize_with(k + 1, || None);
+        }
         chunk[k] = Some(MemRow::from(row));
     }
 
@@ -608,5 +614,55 @@ mod tests {
         }
         store.apply(batch).unwrap();
         assert_eq!(store.tasks("r").unwrap(), given);
+    }
+
+    fn plain_row(node: u32) -> TaskRow {
+        TaskRow {
+            task: Arc::from("t"),
+            node: Arc::from(node.to_string().as_str()),
+            state: State::Done,
+            attempts: 1,
+            started_at: None,
+            ended_at: None,
+            elapsed_ns: 0,
+            skipped: false,
+            error: None,
+            chain: Vec::new(),
+            progress: Progress::default(),
+            log: Vec::new(),
+            result: None,
+            lease: 0,
+            optional: false,
+        }
+    }
+
+    #[test]
+    fn a_small_run_holds_few_row_slots() {
+        let mut rows = RunRows::default();
+        for i in (0..10).rev() {
+            rows.put(i, plain_row(i as u32));
+        }
+        let slots: usize = rows.chunks.iter().flatten().map(Vec::capacity).sum();
+        assert!(slots <= 16, "10 rows took {slots} slots");
+        let order: Vec<u32> = rows.iter().map(|(i, _)| i).collect();
+        assert_eq!(order, (0..10).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn rows_across_chunks_keep_their_index() {
+        let mut rows = RunRows::default();
+        let n = RunRows::CHUNK * 2 + 5;
+        for i in 0..n {
+            rows.put(i, plain_row(i as u32));
+        }
+        rows.put(3, plain_row(3));
+        let got: Vec<(u32, String)> = rows.iter().map(|(i, r)| (i, r.node.to_string())).collect();
+        assert_eq!(got.len(), n);
+        assert!(got.iter().all(|(i, node)| i.to_string() == *node));
+        let slots: usize = rows.chunks.iter().flatten().map(Vec::capacity).sum();
+        assert!(
+            slots <= RunRows::CHUNK * 2 + 8,
+            "{n} rows took {slots} slots"
+        );
     }
 }

@@ -203,6 +203,42 @@ pub struct TaskRow {
     pub optional: bool,
 }
 
+/// What a resumption reads of a stored task row (see [`Store::resume_rows`]): less
+/// than a [`TaskRow`], so that a store can skip decoding the rest (names, error, log,
+/// progress) of every row of a large run.
+///
+/// # Examples
+///
+/// ```
+/// use procession::store::{MemoryStore, ResumeRow, Store};
+/// let store = MemoryStore::new();
+/// let rows: Vec<(u32, ResumeRow)> = store.resume_rows("no-such-run").unwrap();
+/// assert!(rows.is_empty());
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct ResumeRow {
+    /// The task's state when the run was interrupted.
+    pub state: State,
+    /// Attempts started so far.
+    pub attempts: u32,
+    /// Wall time of all attempts, in nanoseconds.
+    pub elapsed_ns: u64,
+    /// The task's output as JSON text (a done task's).
+    pub result: Option<Arc<str>>,
+}
+
+impl From<TaskRow> for ResumeRow {
+    fn from(row: TaskRow) -> Self {
+        ResumeRow {
+            state: row.state,
+            attempts: row.attempts,
+            elapsed_ns: row.elapsed_ns,
+            result: row.result,
+        }
+    }
+}
+
 impl TaskRow {
     /// The row as a child record of run `root` (whose depth is `root_depth`).
     pub fn to_record(&self, root: &ProcessRecord, order: u32) -> ProcessRecord {
@@ -987,6 +1023,16 @@ pub trait Store: Send + Sync + 'static {
     }
     /// The task rows of run `id` (with their results), by node index.
     fn tasks(&self, id: &str) -> Result<Vec<(u32, TaskRow)>, StoreError>;
+    /// The task rows of run `id` as a resumption reads them (state, attempts, elapsed
+    /// time, result), by node index. The default reads [`tasks`](Store::tasks); a store
+    /// can decode less (the sled store skips names, errors, logs and progress).
+    fn resume_rows(&self, id: &str) -> Result<Vec<(u32, ResumeRow)>, StoreError> {
+        Ok(self
+            .tasks(id)?
+            .into_iter()
+            .map(|(i, row)| (i, ResumeRow::from(row)))
+            .collect())
+    }
     /// Applies a batch atomically (see the fencing rule and the history rules above).
     fn apply(&self, batch: Batch) -> Result<Applied, StoreError>;
     /// The kept past runs of record `id`, newest first (empty when it has none).
@@ -1286,6 +1332,9 @@ impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
     }
     fn tasks(&self, id: &str) -> Result<Vec<(u32, TaskRow)>, StoreError> {
         (**self).tasks(id)
+    }
+    fn resume_rows(&self, id: &str) -> Result<Vec<(u32, ResumeRow)>, StoreError> {
+        (**self).resume_rows(id)
     }
     fn apply(&self, batch: Batch) -> Result<Applied, StoreError> {
         (**self).apply(batch)
