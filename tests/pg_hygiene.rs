@@ -19,42 +19,14 @@ use procession::store::{PgStore, Store};
 use procession::{Child, ChildError, RunStatus, State};
 
 mod pg;
-
-fn sql(url: &str, q: &str) {
-    pg::execute(url, q).unwrap_or_else(|e| panic!("{q}: {e}"));
-}
-
-/// Rows of a query (outside any async context).
-fn rows(url: &str, q: &str) -> Vec<postgres::Row> {
-    let (url, q) = (url.to_owned(), q.to_owned());
-    std::thread::spawn(move || {
-        let mut c = postgres::Client::connect(&url, postgres::NoTls).unwrap();
-        c.query(q.as_str(), &[]).unwrap()
-    })
-    .join()
-    .unwrap()
-}
+use pg::{rows, sql, wait_until};
 
 fn count(url: &str, q: &str) -> i64 {
     rows(url, q)[0].get(0)
 }
 
 fn database(test: &str) -> Option<String> {
-    let url = pg::database(test)?;
-    sql(
-        &url,
-        "CREATE TABLE effects (run text, task integer, attempt integer, worker text,
-                               PRIMARY KEY (run, task, attempt))",
-    );
-    Some(url)
-}
-
-fn wait_until(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !f() {
-        assert!(Instant::now() < deadline, "gave up waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    pg::database_with(test, &["effects"])
 }
 
 /// The worker's name (`HYG_NAME` in a worker process).

@@ -8,7 +8,6 @@
 //! `effects(run, task, attempt, worker)` with a unique key, so the tests see what ran
 //! where, and how often.
 
-use std::fmt::Write as _;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -18,6 +17,7 @@ use procession::prelude::*;
 use procession::State;
 
 mod pg;
+use pg::{effects_of as effects, rows, wait_until, Warnings};
 
 // ------------------------------------------------------------------ the work
 
@@ -30,8 +30,12 @@ fn me() -> String {
 async fn exec(url: String, q: &'static str, run: String, task: u32, attempt: u32) {
     let worker = me();
     tokio::task::spawn_blocking(move || {
-        // Again while the server restarts (one test restarts it).
+        // Again while the server restarts (one test restarts it): a connection that
+        // breaks, or a server that is shutting down or starting up, is tried again; a
+        // second row for one task and attempt fails the test, unless an earlier try may
+        // have committed before its answer was lost.
         let deadline = Instant::now() + Duration::from_mins(1);
+        let mut retried = false;
         loop {
             let done = postgres::Client::connect(&url, postgres::NoTls).and_then(|mut c| {
                 c.execute(
@@ -44,12 +48,17 @@ async fn exec(url: String, q: &'static str, run: String, task: u32, attempt: u32
                     ],
                 )
             });
+            let unique = postgres::error::SqlState::UNIQUE_VIOLATION;
             match done {
                 Ok(_) => return,
-                Err(e) if e.as_db_error().is_some() || Instant::now() > deadline => {
+                Err(e) if e.code() == Some(&unique) && retried => return,
+                Err(e) if e.code() == Some(&unique) || Instant::now() > deadline => {
                     panic!("one effect per task and attempt: {e}")
                 }
-                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+                Err(_) => {
+                    retried = true;
+                    std::thread::sleep(Duration::from_millis(100));
+                }
             }
         }
     })
@@ -148,55 +157,8 @@ fn expected(n: u64, width: u32) -> u64 {
     (1..=width).map(|i| n * 7 + u64::from(i)).sum()
 }
 
-/// Rows of a query (outside any async context).
-fn rows(url: &str, q: &str) -> Vec<postgres::Row> {
-    let (url, q) = (url.to_owned(), q.to_owned());
-    std::thread::spawn(move || {
-        let mut c = postgres::Client::connect(&url, postgres::NoTls).unwrap();
-        c.query(q.as_str(), &[]).unwrap()
-    })
-    .join()
-    .unwrap()
-}
-
-/// `(task, attempt, worker)` of run `run`'s effects, in order of task and attempt.
-fn effects(url: &str, run: &str) -> Vec<(i32, i32, String)> {
-    rows(
-        url,
-        &format!(
-            "SELECT task, attempt, worker FROM effects WHERE run = '{run}' ORDER BY task, attempt"
-        ),
-    )
-    .iter()
-    .map(|r| (r.get(0), r.get(1), r.get(2)))
-    .collect()
-}
-
 fn database(test: &str) -> Option<String> {
-    let url = pg::database(test)?;
-    tables(&url);
-    Some(url)
-}
-
-fn tables(url: &str) {
-    for t in ["effects", "cancels"] {
-        pg::execute(
-            url,
-            &format!(
-                "CREATE TABLE {t} (run text, task integer, attempt integer, worker text,
-                                   PRIMARY KEY (run, task, attempt))"
-            ),
-        )
-        .unwrap();
-    }
-}
-
-fn wait_until(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !f() {
-        assert!(Instant::now() < deadline, "gave up waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    pg::database_with(test, &["effects", "cancels"])
 }
 
 fn run_state(url: &str, id: &str) -> Option<State> {
@@ -224,28 +186,6 @@ fn report(url: &str, id: &str) -> RunReport {
 }
 
 // ------------------------------------------------------------ worker processes
-
-/// Prints this process's warnings on stdout, where the test reads them.
-struct Warnings;
-
-impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Warnings {
-    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
-        struct Text(String);
-        impl tracing::field::Visit for Text {
-            fn record_debug(&mut self, f: &tracing::field::Field, v: &dyn std::fmt::Debug) {
-                let _ = write!(self.0, " {}={v:?}", f.name());
-            }
-            fn record_str(&mut self, f: &tracing::field::Field, v: &str) {
-                let _ = write!(self.0, " {}={v}", f.name());
-            }
-        }
-        if *event.metadata().level() <= tracing::Level::WARN {
-            let mut t = Text(String::new());
-            event.record(&mut t);
-            println!("WARN{}", t.0);
-        }
-    }
-}
 
 /// The worker role: runs only when the test binary is re-executed with `PGT_URL` set.
 /// Connects with lease `PGT_LEASE_MS` and task spreading on (capacity `PGT_SLOTS`),
@@ -703,7 +643,7 @@ fn a_spread_run_survives_a_server_restart() {
         return;
     };
     let url = cluster.database("spread_restart").unwrap();
-    tables(&url);
+    pg::effect_tables(&url, &["effects", "cancels"]);
     let _b = Worker::start(&url, "w1", 2000, 3, "");
     let _a = Worker::start(&url, "w0", 2000, 3, "rs:8:12:700:0");
     wait_until("parts to run", Duration::from_mins(1), || {

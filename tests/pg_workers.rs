@@ -11,7 +11,6 @@
 //!
 //! The server is a throw-away cluster started by `pg/mod.rs` (or `PROCESSION_PG_URL`).
 
-use std::fmt::Write as _;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -22,6 +21,7 @@ use procession::prelude::*;
 use procession::{Definition, Schedule, State};
 
 mod pg;
+use pg::{effects_of as effects, rows, sql, wait_until, Warnings};
 
 // ------------------------------------------------------------------ the work
 
@@ -108,75 +108,11 @@ fn expected(n: u64, steps: u32) -> u64 {
     (1..=steps).fold(n, |v, i| v * 3 + u64::from(i))
 }
 
-fn sql(url: &str, q: &str) {
-    pg::execute(url, q).unwrap_or_else(|e| panic!("{q}: {e}"));
-}
-
-/// Rows of a query (outside any async context).
-fn rows(url: &str, q: &str) -> Vec<postgres::Row> {
-    let (url, q) = (url.to_owned(), q.to_owned());
-    std::thread::spawn(move || {
-        let mut c = postgres::Client::connect(&url, postgres::NoTls).unwrap();
-        c.query(q.as_str(), &[]).unwrap()
-    })
-    .join()
-    .unwrap()
-}
-
-/// `(task, attempt, worker)` of run `run`'s effects, in order of task and attempt.
-fn effects(url: &str, run: &str) -> Vec<(i32, i32, String)> {
-    rows(
-        url,
-        &format!(
-            "SELECT task, attempt, worker FROM effects WHERE run = '{run}' ORDER BY task, attempt"
-        ),
-    )
-    .iter()
-    .map(|r| (r.get(0), r.get(1), r.get(2)))
-    .collect()
-}
-
 fn database(test: &str) -> Option<String> {
-    let url = pg::database(test)?;
-    sql(
-        &url,
-        "CREATE TABLE effects (run text, task integer, attempt integer, worker text,
-                               PRIMARY KEY (run, task, attempt))",
-    );
-    Some(url)
-}
-
-fn wait_until(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !f() {
-        assert!(Instant::now() < deadline, "gave up waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    pg::database_with(test, &["effects"])
 }
 
 // ------------------------------------------------------------ worker processes
-
-/// Prints this process's warnings on stdout, where the test reads them.
-struct Warnings;
-
-impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Warnings {
-    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
-        struct Text(String);
-        impl tracing::field::Visit for Text {
-            fn record_debug(&mut self, f: &tracing::field::Field, v: &dyn std::fmt::Debug) {
-                let _ = write!(self.0, " {}={v:?}", f.name());
-            }
-            fn record_str(&mut self, f: &tracing::field::Field, v: &str) {
-                let _ = write!(self.0, " {}={v}", f.name());
-            }
-        }
-        if *event.metadata().level() <= tracing::Level::WARN {
-            let mut t = Text(String::new());
-            event.record(&mut t);
-            println!("WARN{}", t.0);
-        }
-    }
-}
 
 /// The worker role: runs only when the test binary is re-executed with `PGW_URL` set.
 /// Connects with lease `PGW_LEASE_MS`, launches the runs named in `PGW_LAUNCH`

@@ -325,3 +325,91 @@ impl Drop for Cluster {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+// ------------------------------------------- shared by the multi-process worker tests
+
+/// Runs `q` on the database at `url`, panicking with the statement on failure.
+pub(crate) fn sql(url: &str, q: &str) {
+    execute(url, q).unwrap_or_else(|e| panic!("{q}: {e}"));
+}
+
+/// Rows of a query (outside any async context).
+pub(crate) fn rows(url: &str, q: &str) -> Vec<postgres::Row> {
+    let (url, q) = (url.to_owned(), q.to_owned());
+    std::thread::spawn(move || {
+        let mut c = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+        c.query(q.as_str(), &[]).unwrap()
+    })
+    .join()
+    .unwrap()
+}
+
+/// A new database (see [`database`]) with the side-effect tables of [`effect_tables`].
+pub(crate) fn database_with(test: &str, tables: &[&str]) -> Option<String> {
+    let url = database(test)?;
+    effect_tables(&url, tables);
+    Some(url)
+}
+
+/// Creates a table of task side effects for each name in `tables`: `(run, task,
+/// attempt, worker)`, one row per task and attempt (a second one fails).
+pub(crate) fn effect_tables(url: &str, tables: &[&str]) {
+    for t in tables {
+        sql(
+            url,
+            &format!(
+                "CREATE TABLE {t} (run text, task integer, attempt integer, worker text,
+                                   PRIMARY KEY (run, task, attempt))"
+            ),
+        );
+    }
+}
+
+/// `(task, attempt, worker)` of run `run`'s effects, in order of task and attempt.
+pub(crate) fn effects_of(url: &str, run: &str) -> Vec<(i32, i32, String)> {
+    rows(
+        url,
+        &format!(
+            "SELECT task, attempt, worker FROM effects WHERE run = '{run}' ORDER BY task, attempt"
+        ),
+    )
+    .iter()
+    .map(|r| (r.get(0), r.get(1), r.get(2)))
+    .collect()
+}
+
+/// Polls `f` every 20 ms until it holds; panics after `within`.
+pub(crate) fn wait_until(what: &str, within: std::time::Duration, mut f: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + within;
+    while !f() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "gave up waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// Prints a worker process's warnings on stdout, where the test reads them.
+pub(crate) struct Warnings;
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Warnings {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        struct Text(String);
+        impl tracing::field::Visit for Text {
+            fn record_debug(&mut self, f: &tracing::field::Field, v: &dyn std::fmt::Debug) {
+                use std::fmt::Write as _;
+                let _ = write!(self.0, " {}={v:?}", f.name());
+            }
+            fn record_str(&mut self, f: &tracing::field::Field, v: &str) {
+                use std::fmt::Write as _;
+                let _ = write!(self.0, " {}={v}", f.name());
+            }
+        }
+        if *event.metadata().level() <= tracing::Level::WARN {
+            let mut t = Text(String::new());
+            event.record(&mut t);
+            println!("WARN{}", t.0);
+        }
+    }
+}
