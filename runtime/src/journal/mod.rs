@@ -20,7 +20,7 @@ pub(crate) use self::writer::{start_writer, WriterHandle};
 use crate::events::{Event, EventKind};
 use crate::record::Level;
 use crate::record::{now_ms, LogEntry, Progress, State, MAX_LOG};
-use crate::store::{Batch, StoreError, TaskRow};
+use crate::store::{Batch, RareFields, StoreError, TaskRow};
 use crate::task::ctx::Reporter;
 
 /// More than this many progress messages from one task within one flush window is an
@@ -53,20 +53,11 @@ struct Row {
     elapsed_ns: u64,
     percent: Option<f64>,
     result: Option<Arc<str>>,
-    rare: Option<Box<Rare>>,
-}
-
-/// The fields of a task row that most tasks leave empty.
-#[derive(Clone, Default)]
-struct Rare {
-    error: Option<String>,
-    chain: Vec<String>,
-    message: Option<String>,
-    log: Vec<LogEntry>,
+    rare: Option<Box<RareFields>>,
 }
 
 impl Row {
-    fn rare(&mut self) -> &mut Rare {
+    fn rare(&mut self) -> &mut RareFields {
         self.rare.get_or_insert_with(Box::default)
     }
 
@@ -196,15 +187,7 @@ impl Rows {
     /// Row `i` as the store takes it.
     fn row(&self, i: usize) -> TaskRow {
         let r = &self.items[i];
-        let (error, chain, message, log) = match r.rare.as_deref() {
-            Some(x) => (
-                x.error.clone(),
-                x.chain.clone(),
-                x.message.clone(),
-                x.log.clone(),
-            ),
-            None => (None, Vec::new(), None, Vec::new()),
-        };
+        let (error, chain, message, log) = RareFields::parts(r.rare.as_deref());
         TaskRow {
             task: self.names[r.task as usize].clone(),
             node: self.nodes[i].clone(),
@@ -281,18 +264,7 @@ impl RunJournal {
                 k
             };
             nodes.push(r.node);
-            let rare = (r.error.is_some()
-                || !r.chain.is_empty()
-                || r.progress.message.is_some()
-                || !r.log.is_empty())
-            .then(|| {
-                Box::new(Rare {
-                    error: r.error,
-                    chain: r.chain,
-                    message: r.progress.message,
-                    log: r.log,
-                })
-            });
+            let rare = RareFields::boxed((r.error, r.chain, r.progress.message, r.log));
             Row {
                 state: r.state,
                 skipped: r.skipped,

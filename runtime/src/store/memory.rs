@@ -9,7 +9,8 @@ use super::outbox::{
     ChannelState, Delivery, DeliveryPage, DeliveryQuery, DeliveryUpdate, Pager,
 };
 use super::{
-    index, Applied, Batch, Enqueue, Lease, Page, PastRun, Query, Store, StoreError, TaskRow, Update,
+    index, Applied, Batch, Enqueue, Lease, Page, PastRun, Query, RareFields, Store, StoreError,
+    TaskRow, Update,
 };
 use crate::record::{now_ms, ProcessRecord};
 
@@ -72,32 +73,12 @@ struct MemRow {
     percent: Option<f64>,
     result: Option<Arc<str>>,
     lease: u64,
-    rare: Option<Box<MemRare>>,
-}
-
-/// The fields of a task row that most tasks leave empty.
-#[derive(Debug)]
-struct MemRare {
-    error: Option<String>,
-    chain: Vec<String>,
-    message: Option<String>,
-    log: Vec<crate::record::LogEntry>,
+    rare: Option<Box<RareFields>>,
 }
 
 impl From<TaskRow> for MemRow {
     fn from(r: TaskRow) -> Self {
-        let rare = (r.error.is_some()
-            || !r.chain.is_empty()
-            || r.progress.message.is_some()
-            || !r.log.is_empty())
-        .then(|| {
-            Box::new(MemRare {
-                error: r.error,
-                chain: r.chain,
-                message: r.progress.message,
-                log: r.log,
-            })
-        });
+        let rare = RareFields::boxed((r.error, r.chain, r.progress.message, r.log));
         MemRow {
             task: r.task,
             node: r.node,
@@ -118,15 +99,7 @@ impl From<TaskRow> for MemRow {
 
 impl MemRow {
     fn to_row(&self) -> TaskRow {
-        let (error, chain, message, log) = match self.rare.as_deref() {
-            Some(x) => (
-                x.error.clone(),
-                x.chain.clone(),
-                x.message.clone(),
-                x.log.clone(),
-            ),
-            None => (None, Vec::new(), None, Vec::new()),
-        };
+        let (error, chain, message, log) = RareFields::parts(self.rare.as_deref());
         TaskRow {
             task: self.task.clone(),
             node: self.node.clone(),

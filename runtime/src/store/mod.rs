@@ -239,6 +239,47 @@ impl From<TaskRow> for ResumeRow {
     }
 }
 
+/// The fields of a [`TaskRow`] that most tasks leave empty (error, its chain, the
+/// progress message, the log), kept behind one box by the compact rows of the journal
+/// and of the memory store, so that a row without them allocates nothing for them.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct RareFields {
+    pub(crate) error: Option<String>,
+    pub(crate) chain: Vec<String>,
+    pub(crate) message: Option<String>,
+    pub(crate) log: Vec<LogEntry>,
+}
+
+/// [`RareFields`] as a [`TaskRow`] holds them: error, chain, progress message, log.
+pub(crate) type RareParts = (Option<String>, Vec<String>, Option<String>, Vec<LogEntry>);
+
+impl RareFields {
+    /// The fields boxed, or `None` when all are empty.
+    pub(crate) fn boxed((error, chain, message, log): RareParts) -> Option<Box<RareFields>> {
+        (error.is_some() || !chain.is_empty() || message.is_some() || !log.is_empty()).then(|| {
+            Box::new(RareFields {
+                error,
+                chain,
+                message,
+                log,
+            })
+        })
+    }
+
+    /// The fields back, copied (empty ones for `None`).
+    pub(crate) fn parts(rare: Option<&RareFields>) -> RareParts {
+        match rare {
+            Some(x) => (
+                x.error.clone(),
+                x.chain.clone(),
+                x.message.clone(),
+                x.log.clone(),
+            ),
+            None => (None, Vec::new(), None, Vec::new()),
+        }
+    }
+}
+
 impl TaskRow {
     /// The row as a child record of run `root` (whose depth is `root_depth`).
     pub fn to_record(&self, root: &ProcessRecord, order: u32) -> ProcessRecord {

@@ -13,6 +13,27 @@ use std::str::FromStr;
 use postgres::types::ToSql;
 use postgres::Row;
 
+/// The part of a worker's heartbeat that both heartbeat statements share (the run
+/// leases' [`Store::heartbeat`] and the task claims' [`super::TaskQueue::heartbeat_tasks`]):
+/// the CTEs `beat` (this worker's leases still held with their token, renewed: `$1`
+/// worker, `$2` runs, `$3` tokens, `$4` lease in ms; returns the renewed runs) and `seen`
+/// (the worker's row stamped; returns its id when the row was there).
+macro_rules! heartbeat_ctes {
+    () => {
+        "beat AS (
+             UPDATE procession_leases AS l
+             SET expires_at = procession_now_ms() + $4
+             FROM unnest($2::text[], $3::bigint[]) AS h(run, token)
+             WHERE l.run = h.run AND l.token = h.token AND l.owner = $1
+               AND l.expires_at > 0
+             RETURNING l.run),
+         seen AS (
+             UPDATE procession_workers SET last_heartbeat = procession_now_ms()
+             WHERE id = $1
+             RETURNING id)"
+    };
+}
+
 mod pool;
 mod schema;
 mod tasks;
@@ -1448,22 +1469,15 @@ RETURNING token, expires_at";
 /// One worker's heartbeat: renews its leases, stamps its row, reads the renewed runs'
 /// states and whether the row was there (one row at least: `run` is NULL when no lease
 /// was renewed).
-const HEARTBEAT_SQL: &str = "
-WITH beat AS (
-    UPDATE procession_leases AS l
-    SET expires_at = procession_now_ms() + $4
-    FROM unnest($2::text[], $3::bigint[]) AS h(run, token)
-    WHERE l.run = h.run AND l.token = h.token AND l.owner = $1
-      AND l.expires_at > 0
-    RETURNING l.run),
-seen AS (
-    UPDATE procession_workers SET last_heartbeat = procession_now_ms()
-    WHERE id = $1
-    RETURNING id)
+const HEARTBEAT_SQL: &str = concat!(
+    "WITH ",
+    heartbeat_ctes!(),
+    "
 SELECT b.run, r.state, EXISTS (SELECT 1 FROM seen) AS known
 FROM (SELECT 1) AS one
 LEFT JOIN beat b ON true
-LEFT JOIN procession_records r ON r.id = b.run";
+LEFT JOIN procession_records r ON r.id = b.run"
+);
 
 /// The takeover: claims active runs of some types whose lease expired (or that have
 /// none). The active states are literals (checked by a unit test), so that even a generic plan

@@ -345,30 +345,24 @@ impl TaskQueue for PgStore {
             // worker's row. A claim past its hard deadline is renewed too, but stays
             // claimable by others (the claim query reads the deadline).
             let rows = c.query(
-                "WITH beat AS (
-                     UPDATE procession_leases AS l
-                     SET expires_at = procession_now_ms() + $4
-                     FROM unnest($2::text[], $3::bigint[]) AS h(run, token)
-                     WHERE l.run = h.run AND l.token = h.token AND l.owner = $1
-                       AND l.expires_at > 0
-                     RETURNING l.run),
+                concat!(
+                    "WITH ",
+                    heartbeat_ctes!(),
+                    ",
                  claims AS (
                      UPDATE procession_task_claims AS t
                      SET expires_at = procession_now_ms() + $4
                      FROM unnest($5::text[], $6::int4[], $7::bigint[]) AS h(run, node, token)
                      WHERE t.run = h.run AND t.node = h.node AND t.token = h.token
                        AND t.owner = $1 AND t.state IN (1, 4)
-                     RETURNING t.run, t.node, t.state),
-                 seen AS (
-                     UPDATE procession_workers SET last_heartbeat = procession_now_ms()
-                     WHERE id = $1
-                     RETURNING id)
+                     RETURNING t.run, t.node, t.state)
                  SELECT b.run, NULL::int4, r.state FROM beat b
                  LEFT JOIN procession_records r ON r.id = b.run
                  UNION ALL
                  SELECT c.run, c.node, c.state FROM claims c
                  UNION ALL
-                 SELECT NULL, NULL, CASE WHEN EXISTS (SELECT 1 FROM seen) THEN 1 ELSE 0 END::int2",
+                 SELECT NULL, NULL, CASE WHEN EXISTS (SELECT 1 FROM seen) THEN 1 ELSE 0 END::int2"
+                ),
                 &[
                     &worker,
                     &runs,
