@@ -949,7 +949,7 @@ fn print_span_cost(cfg: &Config, times: &BTreeMap<(usize, Variant), Vec<Duration
     println!();
 }
 
-/// `--rss-child <n> <mem|sled|sled1g>`: runs one wide graph and prints `VmHWM` before and after,
+/// `--rss-child <n> <mem|sled|sled1g|sled<N>m>`: runs one wide graph and prints `VmHWM` before and after,
 /// and the peak live heap during the run (counted from the runtime's start; freed memory
 /// subtracted, so a live heap far below `VmHWM` is allocator overhead, not the runtime).
 async fn rss_child(n: u32, store: &str) -> AnyResult<()> {
@@ -961,6 +961,15 @@ async fn rss_child(n: u32, store: &str) -> AnyResult<()> {
     } else if store == "sled1g" {
         // sled's own default cache (1 GiB), for comparison with the runtime's default.
         register(Runtime::open(&dir).sled_cache(1 << 30))
+            .start()
+            .await?
+    } else if let Some(mib) = store
+        .strip_prefix("sled")
+        .and_then(|s| s.strip_suffix('m'))
+        .and_then(|s| s.parse::<u64>().ok())
+    {
+        // `sled<N>m`: a cache of N MiB, to see what the cache size buys.
+        register(Runtime::open(&dir).sled_cache(mib << 20))
             .start()
             .await?
     } else {

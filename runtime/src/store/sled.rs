@@ -220,6 +220,18 @@ impl SledStore {
     /// The smallest cache [`open_with_cache`](SledStore::open_with_cache) gives sled.
     const MIN_CACHE: u64 = 1024 * 1024;
 
+    /// Task rows per sled batch in a larger write.
+    ///
+    /// sled keeps every node version a batch replaces until the batch ends (one epoch
+    /// guard for the whole batch), and a transaction holds its writes in memory too: a
+    /// 100k-task write in one batch took over 100 MiB. Each chunk is atomic and carries
+    /// the write sequence; the chunks are written before the rest of the write (records,
+    /// history), so a crash between them leaves task rows ahead of their record, which
+    /// is what a crash during a run leaves anyway (each row states only what happened),
+    /// never a record ahead of its rows. sled's log keeps a prefix of its writes, so
+    /// rows of a run whose record was lost are those of a run id that is not reused.
+    const CHUNK_ROWS: usize = 2048;
+
     /// From this many task rows, [`Store::resume_rows`] reads a run with two threads.
     const PARALLEL_ROWS: u32 = 8192;
 
@@ -602,6 +614,20 @@ fn put_tx(
     Ok(())
 }
 
+/// Frees the node versions sled replaced during a write of about `rows` keys.
+///
+/// sled 0.34 hands every node version a write replaces to crossbeam's global epoch
+/// collector, which frees at most 8 bags of 64 per collection and collects once every
+/// 128 pins; a batch pins once for all its keys. A writer of large batches therefore
+/// produced garbage far faster than it was freed: a 100k-task run's peak held 100-150 MiB
+/// of old node versions. Each `flush` hands this thread's bag over and collects once.
+fn reclaim(rows: usize) {
+    // About two versions per key (the leaf, and its parent on a split), 512 per collection.
+    for _ in 0..rows / 256 + 2 {
+        crossbeam_epoch::pin().flush();
+    }
+}
+
 impl Store for SledStore {
     fn location(&self) -> String {
         self.path.display().to_string()
@@ -752,6 +778,7 @@ impl Store for SledStore {
             }
         }
         let cleared_results = cleared.iter().any(|(is_task, _)| !is_task);
+        let cleared_tasks = cleared.iter().any(|(is_task, _)| *is_task);
         let (history, past, history_writes) = self.history_batches(&batch)?;
         for (is_task, k) in cleared {
             if is_task {
@@ -760,7 +787,12 @@ impl Store for SledStore {
                 results.remove(k);
             }
         }
+        // A large write's task rows go to sled in batches of their own, ahead of the rest
+        // (see `CHUNK_ROWS`), unless this write also removes rows.
+        let chunked = batch.tasks.len() > Self::CHUNK_ROWS && !cleared_tasks;
+        let mut seq = self.lock_seq();
         let mut run: Option<(&str, u64)> = None;
+        let mut in_chunk = 0;
         for (id, order, row) in &batch.tasks {
             if row.lease != 0 {
                 let current = match run {
@@ -777,9 +809,19 @@ impl Store for SledStore {
                 }
             }
             tasks.insert(run_key(id, *order), encode_row(row));
+            in_chunk += 1;
+            if chunked && in_chunk == Self::CHUNK_ROWS {
+                let next = *seq + 1;
+                tasks.insert(SEQ_KEY, &next.to_be_bytes());
+                self.tasks
+                    .apply_batch(std::mem::take(&mut tasks))
+                    .map_err(|e| self.io(e))?;
+                *seq = next;
+                in_chunk = 0;
+                reclaim(Self::CHUNK_ROWS);
+            }
         }
         // The write sequence rides in the batch: one more key, atomic with the rest.
-        let mut seq = self.lock_seq();
         let next = *seq + 1;
         tasks.insert(SEQ_KEY, &next.to_be_bytes());
         if batch.processes.is_empty()
@@ -792,6 +834,8 @@ impl Store for SledStore {
             // it writes.
             self.tasks.apply_batch(tasks).map_err(|e| self.io(e))?;
             *seq = next;
+            drop(seq);
+            reclaim(batch.tasks.len());
             return Ok(applied);
         }
         let location = self.location();
@@ -830,6 +874,8 @@ impl Store for SledStore {
         match out {
             Ok(()) => {
                 *seq = next;
+                drop(seq);
+                reclaim(batch.tasks.len());
                 Ok(applied)
             }
             Err(TransactionError::Abort(e)) => Err(e),
@@ -1100,6 +1146,81 @@ mod tests {
             assert_eq!(want.len(), n as usize);
             assert_eq!(store.resume_rows(run).unwrap(), want, "run {run}");
         }
+    }
+
+    // A write larger than a chunk lands whole, rows first and then the record, each chunk
+    // counted in the write sequence (so the damage check at open still holds); a write
+    // that also clears rows is not split, so its removals and inserts stay one batch.
+    #[test]
+    fn a_large_write_goes_in_chunks_and_lands_whole() {
+        let dir = std::env::temp_dir().join(format!(
+            "procession-chunks-{}-{}",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
+        let store = SledStore::open(&dir).unwrap();
+        let row = |i: u32| TaskRow {
+            task: Arc::from("t"),
+            node: Arc::from(format!("n{i}").as_str()),
+            state: State::Done,
+            attempts: 1,
+            started_at: None,
+            ended_at: None,
+            elapsed_ns: u64::from(i),
+            skipped: false,
+            error: None,
+            chain: Vec::new(),
+            progress: crate::record::Progress::default(),
+            log: Vec::new(),
+            result: Some(Arc::from(i.to_string().as_str())),
+            lease: 0,
+            optional: false,
+        };
+        let n = SledStore::CHUNK_ROWS as u32 * 2 + 5;
+        let rec = ProcessRecord::new_root("big", "t", "t", "", serde_json::Value::Null);
+        store
+            .apply(Batch {
+                tasks: (0..n).map(|i| (Arc::from("big"), i, row(i))).collect(),
+                processes: vec![rec.clone()],
+                ..Batch::default()
+            })
+            .unwrap();
+        // Two full chunks, then the rest with the record.
+        assert_eq!(stored_seq(&store), 3);
+        let rows = store.tasks("big").unwrap();
+        assert_eq!(rows.len(), n as usize);
+        assert!(rows.iter().enumerate().all(
+            |(i, (o, r))| *o == i as u32 && r.result.as_deref() == Some(i.to_string().as_str())
+        ));
+        assert!(store.get("big").unwrap().is_some());
+        // Rows only: chunks as well.
+        store
+            .apply(Batch {
+                tasks: (0..n).map(|i| (Arc::from("rows"), i, row(i))).collect(),
+                ..Batch::default()
+            })
+            .unwrap();
+        assert_eq!(stored_seq(&store), 6);
+        assert_eq!(store.tasks("rows").unwrap().len(), n as usize);
+        // Clearing a run and writing fewer rows: one batch, nothing of the old rows left.
+        store
+            .apply(Batch {
+                tasks: (0..n - 1).map(|i| (Arc::from("big"), i, row(i))).collect(),
+                processes: vec![rec],
+                clear_runs: vec!["big".into()],
+                ..Batch::default()
+            })
+            .unwrap();
+        assert_eq!(stored_seq(&store), 7);
+        assert_eq!(store.tasks("big").unwrap().len(), n as usize - 1);
+        store.flush().unwrap();
+        drop(store);
+        // The damage check at open agrees with what was written.
+        let store = SledStore::open(&dir).unwrap();
+        assert_eq!(*store.lock_seq(), 7);
+        assert_eq!(store.tasks("rows").unwrap().len(), n as usize);
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
