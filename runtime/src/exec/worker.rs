@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::Poll;
@@ -35,7 +36,10 @@ pub(super) async fn run_node(shared: Arc<Shared>, mut i: u32, mut task: Box<dyn 
 /// each one makes ready, until the queue is empty.
 pub(super) async fn run_pooled(shared: Arc<Shared>) {
     while let Some(first) = shared.next_queued() {
-        watched(&shared, run_chain(&shared, first)).await;
+        // Pinned where it is made: passed by value, the chain's state (the largest
+        // future of a node) would be copied into `watched`'s.
+        let chain = std::pin::pin!(run_chain(&shared, first));
+        watched(&shared, chain).await;
     }
 }
 
@@ -53,8 +57,7 @@ async fn run_chain(shared: &Arc<Shared>, first: (u32, Box<dyn ErasedTask>)) {
 /// The first time it waits, the runner is counted off the active ones and the queue
 /// handed over to a new runner if it holds nodes: a node that waits never holds up the
 /// nodes queued behind it.
-async fn watched<F: std::future::Future>(shared: &Arc<Shared>, fut: F) -> F::Output {
-    let mut fut = std::pin::pin!(fut);
+async fn watched<F: Future>(shared: &Arc<Shared>, mut fut: Pin<&mut F>) -> F::Output {
     let mut waiting = false;
     let out = std::future::poll_fn(|cx| {
         let polled = fut.as_mut().poll(cx);
@@ -95,7 +98,11 @@ pub(super) async fn run_one(
             drop(task);
             Box::pin(run_remote(shared, i, first, &**d)).await
         }
-        None => unless_abandoned(shared, attempts(shared, i, first, meta, task, started)).await,
+        None => {
+            // Pinned where it is made (not copied into `unless_abandoned`'s state).
+            let attempts = std::pin::pin!(attempts(shared, i, first, meta, task, started));
+            unless_abandoned(shared, attempts).await
+        }
     };
     let elapsed = started.elapsed();
     // Abandoned after the cancellation grace period: the driver ended it.
@@ -156,7 +163,8 @@ async fn run_remote(
     first: u32,
     d: &dyn super::Dispatch,
 ) -> Option<(u32, Result<(), BoxError>)> {
-    let r = unless_abandoned(shared, d.run(i, first)).await?;
+    let mut sent = d.run(i, first);
+    let r = unless_abandoned(shared, sent.as_mut()).await?;
     Some(match r.outcome {
         Ok(json) => {
             shared.slots[i as usize].fill(json, None);
@@ -169,8 +177,10 @@ async fn run_remote(
 /// `fut`'s output, or `None` once the run abandons its nodes (after the cancellation
 /// grace period). `fut` is polled first; the wait for the abandon is set up only when
 /// `fut` waits (a task that ends in its first poll never registers it).
-async fn unless_abandoned<F: Future>(shared: &Shared, fut: F) -> Option<F::Output> {
-    let mut fut = std::pin::pin!(fut);
+async fn unless_abandoned<F: Future + ?Sized>(
+    shared: &Shared,
+    mut fut: Pin<&mut F>,
+) -> Option<F::Output> {
     let mut abandon = std::pin::pin!(None);
     std::future::poll_fn(|cx| {
         if let Poll::Ready(out) = fut.as_mut().poll(cx) {

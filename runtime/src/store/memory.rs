@@ -671,7 +671,9 @@ mod tests {
         assert_eq!(applied.fenced, 1);
         let nodes = |run: &str| -> Vec<(u32, String)> {
             let rows = store.tasks(run).unwrap();
-            rows.into_iter().map(|(i, r)| (i, r.node.to_string())).collect()
+            rows.into_iter()
+                .map(|(i, r)| (i, r.node.to_string()))
+                .collect()
         };
         assert_eq!(
             nodes("a"),
