@@ -483,8 +483,12 @@ fn new_shared(
         child_seq: std::sync::Mutex::default(),
     });
     let (tx, rx) = mpsc::unbounded_channel::<Msg>();
-    let (offsets, targets, dep_offsets, dep_targets) =
-        csr(graph.nodes.iter().map(|node| node.deps()), n);
+    let shared::Csr {
+        offsets,
+        targets,
+        dep_offsets,
+        dep_targets,
+    } = csr(graph.nodes.iter().map(crate::graph::Node::deps), n);
     let mut prior_attempts = prior_attempts;
     prior_attempts.resize(n, 0);
     let shared = Arc::new(Shared {

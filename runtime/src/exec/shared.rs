@@ -248,13 +248,19 @@ pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// The graph in CSR form, from each node's dependencies (`deps[i]`: node `i`'s): the
-/// dependents of every node (offsets, targets) and the dependencies of every node
-/// (offsets, targets). Two passes over the dependencies, no intermediate edge list.
-pub(super) fn csr<'a>(
-    deps: impl Iterator<Item = &'a [u32]> + Clone,
-    n: usize,
-) -> (Box<[u32]>, Box<[u32]>, Box<[u32]>, Box<[u32]>) {
+/// A graph in CSR form: the dependents of node `i` are
+/// `targets[offsets[i]..offsets[i + 1]]`, its dependencies
+/// `dep_targets[dep_offsets[i]..dep_offsets[i + 1]]`.
+pub(super) struct Csr {
+    pub(super) offsets: Box<[u32]>,
+    pub(super) targets: Box<[u32]>,
+    pub(super) dep_offsets: Box<[u32]>,
+    pub(super) dep_targets: Box<[u32]>,
+}
+
+/// The graph in CSR form, from each node's dependencies (the `i`th item: node `i`'s).
+/// Two passes over the dependencies, no intermediate edge list.
+pub(super) fn csr<'a>(deps: impl Iterator<Item = &'a [u32]> + Clone, n: usize) -> Csr {
     let mut offsets = vec![0u32; n + 1];
     let mut dep_offsets = Vec::with_capacity(n + 1);
     dep_offsets.push(0u32);
@@ -278,12 +284,12 @@ pub(super) fn csr<'a>(
             *at += 1;
         }
     }
-    (
-        offsets.into(),
-        targets.into(),
-        dep_offsets.into(),
-        dep_targets.into(),
-    )
+    Csr {
+        offsets: offsets.into(),
+        targets: targets.into(),
+        dep_offsets: dep_offsets.into(),
+        dep_targets: dep_targets.into(),
+    }
 }
 
 #[cfg(test)]
@@ -294,8 +300,9 @@ mod tests {
     fn csr_lists_dependents_and_dependencies() {
         // 0 -> 2, 1 -> 2, 0 -> 3, 2 -> 3; node 4 stands alone.
         let deps: Vec<Vec<u32>> = vec![vec![], vec![], vec![0, 1], vec![0, 2], vec![]];
-        let (offsets, targets, dep_offsets, dep_targets) =
-            csr(deps.iter().map(Vec::as_slice), deps.len());
+        let g = csr(deps.iter().map(Vec::as_slice), deps.len());
+        let (offsets, targets) = (&g.offsets, &g.targets);
+        let (dep_offsets, dep_targets) = (&g.dep_offsets, &g.dep_targets);
         let dependents = |i: usize| &targets[offsets[i] as usize..offsets[i + 1] as usize];
         let dependencies =
             |i: usize| &dep_targets[dep_offsets[i] as usize..dep_offsets[i + 1] as usize];

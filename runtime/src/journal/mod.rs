@@ -639,9 +639,7 @@ mod tests {
         }
         assert_eq!(j.rollup().percent, Some(100.0));
         // The two `load` rows share one name.
-        let g = j.lock();
-        assert_eq!(g.names.len(), 2);
-        drop(g);
+        assert_eq!(j.lock().names.len(), 2);
         writer.close().await.expect("close");
     }
 }
