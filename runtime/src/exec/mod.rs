@@ -306,9 +306,13 @@ async fn drive_run(mut graph: Graph, mut cfg: RunConfig) -> Option<RunReport> {
             grace_armed = true;
             tracing::info!(run = %info.run_id, "run cancelled");
         }
+        // Read once per pass, not per node (the token takes a mutex): a cancel that comes
+        // during the pass is as if it came after it.
+        let cancelled = !settle.is_empty() && shared.scope.cancel.is_cancelled();
         while let Some(d) = settle.pop() {
             decide(
                 d,
+                cancelled,
                 &graph,
                 &shared,
                 &mut state,
@@ -463,7 +467,8 @@ fn new_shared(
     started: Instant,
 ) -> (Arc<Shared>, mpsc::UnboundedReceiver<Msg>) {
     let n = graph.nodes.len();
-    let ids: Box<[Arc<str>]> = graph.nodes.iter().map(|n| n.id.clone()).collect();
+    // One copy of the ids, shared by the executor and the tasks' contexts.
+    let ids: Arc<[Arc<str>]> = graph.nodes.iter().map(|n| n.id.clone()).collect();
     let ids_for_ctx = ids.clone();
     let scope = Arc::new(RunScope {
         process_id: cfg.run_id.clone(),
@@ -478,22 +483,12 @@ fn new_shared(
         child_seq: std::sync::Mutex::default(),
     });
     let (tx, rx) = mpsc::unbounded_channel::<Msg>();
-    let (offsets, targets) = csr(
-        n,
-        graph
-            .nodes
-            .iter()
-            .enumerate()
-            .flat_map(|(i, node)| node.deps().iter().map(move |&d| (d, i as u32))),
-    );
-    let (dep_offsets, dep_targets) = csr(
-        n,
-        graph
-            .nodes
-            .iter()
-            .enumerate()
-            .flat_map(|(i, node)| node.deps().iter().map(move |&d| (i as u32, d))),
-    );
+    let shared::Csr {
+        offsets,
+        targets,
+        dep_offsets,
+        dep_targets,
+    } = csr(graph.nodes.iter().map(crate::graph::Node::deps), n);
     let mut prior_attempts = prior_attempts;
     prior_attempts.resize(n, 0);
     let shared = Arc::new(Shared {
@@ -620,10 +615,12 @@ fn count_off(shared: &Shared, i: u32, settle: &mut Vec<u32>) {
     }
 }
 
-/// Node `d` has no dependency left: queue it to start, or settle it by its policy.
+/// Node `d` has no dependency left: queue it to start, or settle it by its policy
+/// (`cancelled`: the run was cancelled when this pass over the settled nodes began).
 #[allow(clippy::too_many_arguments)]
 fn decide(
     d: u32,
+    cancelled: bool,
     graph: &Graph,
     shared: &Shared,
     state: &mut [NodeState],
@@ -636,7 +633,7 @@ fn decide(
     if shared.claimed[di].load(Ordering::Acquire) || state[di].status != NodeStatus::Pending {
         return;
     }
-    if shared.scope.cancel.is_cancelled() {
+    if cancelled {
         return; // ends cancelled with the run
     }
     let ok = |x: u32| shared.done_ok[x as usize].load(Ordering::Acquire);

@@ -26,7 +26,7 @@ pub(super) struct Shared {
     /// The worker id of the runtime running the run.
     pub(super) worker: Arc<str>,
     pub(super) slots: Box<[Slot]>,
-    pub(super) ids: Box<[Arc<str>]>,
+    pub(super) ids: Arc<[Arc<str>]>,
     pub(super) metas: Box<[&'static TaskMeta]>,
     pub(super) tag: u32,
     pub(super) remap: Option<Vec<u32>>,
@@ -248,22 +248,70 @@ pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-pub(super) fn csr(
-    n: usize,
-    edges: impl Iterator<Item = (u32, u32)> + Clone,
-) -> (Box<[u32]>, Box<[u32]>) {
+/// A graph in CSR form: the dependents of node `i` are
+/// `targets[offsets[i]..offsets[i + 1]]`, its dependencies
+/// `dep_targets[dep_offsets[i]..dep_offsets[i + 1]]`.
+pub(super) struct Csr {
+    pub(super) offsets: Box<[u32]>,
+    pub(super) targets: Box<[u32]>,
+    pub(super) dep_offsets: Box<[u32]>,
+    pub(super) dep_targets: Box<[u32]>,
+}
+
+/// The graph in CSR form, from each node's dependencies (the `i`th item: node `i`'s).
+/// Two passes over the dependencies, no intermediate edge list.
+pub(super) fn csr<'a>(deps: impl Iterator<Item = &'a [u32]> + Clone, n: usize) -> Csr {
     let mut offsets = vec![0u32; n + 1];
-    for (from, _) in edges.clone() {
-        offsets[from as usize + 1] += 1;
+    let mut dep_offsets = Vec::with_capacity(n + 1);
+    dep_offsets.push(0u32);
+    let mut dep_targets: Vec<u32> = Vec::new();
+    for ds in deps.clone() {
+        for &d in ds {
+            offsets[d as usize + 1] += 1;
+        }
+        dep_targets.extend_from_slice(ds);
+        dep_offsets.push(u32::try_from(dep_targets.len()).unwrap_or(u32::MAX));
     }
     for i in 0..n {
         offsets[i + 1] += offsets[i];
     }
     let mut fill = offsets.clone();
     let mut targets = vec![0u32; offsets[n] as usize];
-    for (from, to) in edges {
-        targets[fill[from as usize] as usize] = to;
-        fill[from as usize] += 1;
+    for (i, ds) in deps.enumerate() {
+        for &d in ds {
+            let at = &mut fill[d as usize];
+            targets[*at as usize] = i as u32;
+            *at += 1;
+        }
     }
-    (offsets.into(), targets.into())
+    Csr {
+        offsets: offsets.into(),
+        targets: targets.into(),
+        dep_offsets: dep_offsets.into(),
+        dep_targets: dep_targets.into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::csr;
+
+    #[test]
+    fn csr_lists_dependents_and_dependencies() {
+        // 0 -> 2, 1 -> 2, 0 -> 3, 2 -> 3; node 4 stands alone.
+        let deps: Vec<Vec<u32>> = vec![vec![], vec![], vec![0, 1], vec![0, 2], vec![]];
+        let g = csr(deps.iter().map(Vec::as_slice), deps.len());
+        let (offsets, targets) = (&g.offsets, &g.targets);
+        let (dep_offsets, dep_targets) = (&g.dep_offsets, &g.dep_targets);
+        let dependents = |i: usize| &targets[offsets[i] as usize..offsets[i + 1] as usize];
+        let dependencies =
+            |i: usize| &dep_targets[dep_offsets[i] as usize..dep_offsets[i + 1] as usize];
+        assert_eq!(dependents(0), [2, 3]);
+        assert_eq!(dependents(1), [2]);
+        assert_eq!(dependents(2), [3]);
+        assert!(dependents(3).is_empty() && dependents(4).is_empty());
+        for (i, d) in deps.iter().enumerate() {
+            assert_eq!(dependencies(i), d.as_slice());
+        }
+    }
 }

@@ -1,9 +1,12 @@
 //! The workers: run one node's attempts (inputs, retries, backoff, timeout, panics) and,
 //! on success, start the dependents now ready.
 
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Instant;
 
 use futures::FutureExt;
@@ -33,7 +36,10 @@ pub(super) async fn run_node(shared: Arc<Shared>, mut i: u32, mut task: Box<dyn 
 /// each one makes ready, until the queue is empty.
 pub(super) async fn run_pooled(shared: Arc<Shared>) {
     while let Some(first) = shared.next_queued() {
-        watched(&shared, run_chain(&shared, first)).await;
+        // Pinned where it is made: passed by value, the chain's state (the largest
+        // future of a node) would be copied into `watched`'s.
+        let chain = std::pin::pin!(run_chain(&shared, first));
+        watched(&shared, chain).await;
     }
 }
 
@@ -51,8 +57,7 @@ async fn run_chain(shared: &Arc<Shared>, first: (u32, Box<dyn ErasedTask>)) {
 /// The first time it waits, the runner is counted off the active ones and the queue
 /// handed over to a new runner if it holds nodes: a node that waits never holds up the
 /// nodes queued behind it.
-async fn watched<F: std::future::Future>(shared: &Arc<Shared>, fut: F) -> F::Output {
-    let mut fut = std::pin::pin!(fut);
+async fn watched<F: Future>(shared: &Arc<Shared>, mut fut: Pin<&mut F>) -> F::Output {
     let mut waiting = false;
     let out = std::future::poll_fn(|cx| {
         let polled = fut.as_mut().poll(cx);
@@ -87,28 +92,17 @@ pub(super) async fn run_one(
     let started = Instant::now();
     shared.mark_started(i, started);
     let ran = match &shared.dispatch {
-        // Spread: the node's attempts run on whichever worker claims it; its result
-        // comes back as JSON, read by its dependents as a restored result is.
+        // Spread: the node's attempts run on whichever worker claims it (out of line:
+        // the state of the common path stays small).
         Some(d) => {
             drop(task);
-            let sent = d.run(i, first);
-            tokio::select! {
-                biased;
-                r = sent => Some(match r.outcome {
-                    Ok(json) => {
-                        shared.slots[i as usize].fill(json, None);
-                        (r.attempts, Ok(()))
-                    }
-                    Err(e) => (r.attempts, Err(e)),
-                }),
-                () = shared.abandon.cancelled() => None,
-            }
+            Box::pin(run_remote(shared, i, first, &**d)).await
         }
-        None => tokio::select! {
-            biased;
-            r = attempts(shared, i, first, meta, task, started) => Some(r),
-            () = shared.abandon.cancelled() => None,
-        },
+        None => {
+            // Pinned where it is made (not copied into `unless_abandoned`'s state).
+            let attempts = std::pin::pin!(attempts(shared, i, first, meta, task, started));
+            unless_abandoned(shared, attempts).await
+        }
     };
     let elapsed = started.elapsed();
     // Abandoned after the cancellation grace period: the driver ended it.
@@ -161,6 +155,48 @@ pub(super) async fn run_one(
     next
 }
 
+/// Runs node `i` on another worker (see [`super::Dispatch`]); its result comes back as
+/// JSON, read by its dependents as a restored result is. `None` when abandoned.
+async fn run_remote(
+    shared: &Shared,
+    i: u32,
+    first: u32,
+    d: &dyn super::Dispatch,
+) -> Option<(u32, Result<(), BoxError>)> {
+    let mut sent = d.run(i, first);
+    let r = unless_abandoned(shared, sent.as_mut()).await?;
+    Some(match r.outcome {
+        Ok(json) => {
+            shared.slots[i as usize].fill(json, None);
+            (r.attempts, Ok(()))
+        }
+        Err(e) => (r.attempts, Err(e)),
+    })
+}
+
+/// `fut`'s output, or `None` once the run abandons its nodes (after the cancellation
+/// grace period). `fut` is polled first; the wait for the abandon is set up only when
+/// `fut` waits (a task that ends in its first poll never registers it).
+async fn unless_abandoned<F: Future + ?Sized>(
+    shared: &Shared,
+    mut fut: Pin<&mut F>,
+) -> Option<F::Output> {
+    let mut abandon = std::pin::pin!(None);
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(out) = fut.as_mut().poll(cx) {
+            return Poll::Ready(Some(out));
+        }
+        if abandon.is_none() {
+            abandon.set(Some(shared.abandon.cancelled()));
+        }
+        match abandon.as_mut().as_pin_mut().map(|a| a.poll(cx)) {
+            Some(Poll::Ready(())) => Poll::Ready(None),
+            _ => Poll::Pending,
+        }
+    })
+    .await
+}
+
 pub(super) async fn attempts(
     shared: &Shared,
     i: u32,
@@ -199,11 +235,39 @@ pub(super) async fn attempts(
         let attempt = first.saturating_add(this_run);
         // Read only if the node is abandoned after the cancellation grace period.
         shared.attempts_run[i as usize].store(attempt, Ordering::Relaxed);
-        let ctx = Ctx::new(shared.scope.clone(), i, meta.name, attempt);
         let span = attempt_span(shared, i, meta, attempt);
-        let outcome = run_attempt(shared, i, meta, attempt, &mut *task, ctx, node_started)
-            .instrument(span.clone())
-            .await;
+        let ctx = Ctx::new(shared.scope.clone(), i, meta.name, attempt);
+        let outcome = if shared.hooks.is_empty() {
+            let deadline = policy.timeout.map(|t| (tokio::time::Instant::now() + t, t));
+            match first_poll(
+                shared,
+                i,
+                meta,
+                attempt,
+                &mut *task,
+                ctx,
+                &span,
+                node_started,
+            )
+            .await
+            {
+                Ok(done) => done,
+                // It waits: the rest of the attempt runs out of line (the state of a task
+                // that ends in its first poll stays small).
+                Err(running) => {
+                    Box::pin(
+                        finish_attempt(running, meta, attempt, deadline).instrument(span.clone()),
+                    )
+                    .await
+                }
+            }
+        } else {
+            Box::pin(
+                run_attempt(shared, i, meta, attempt, &mut *task, ctx, node_started)
+                    .instrument(span.clone()),
+            )
+            .await
+        };
         let Some(err) = outcome.error else {
             if let Some(done) = outcome.payload {
                 shared.slots[i as usize].fill(done.json, done.typed);
@@ -217,10 +281,10 @@ pub(super) async fn attempts(
         if !cancelled && this_run < policy.max_attempts && policy.is_retryable(&*err) {
             let delay = policy.backoff.jittered_delay(attempt);
             tracing::info!(parent: &span, task = meta.name, attempt, ?delay, error = %err, "retrying");
-            tokio::select! {
-                () = tokio::time::sleep(delay) => continue,
-                () = shared.scope.cancel.cancelled() => return (attempt, Err(err)),
+            if Box::pin(back_off(shared, delay)).await {
+                continue;
             }
+            return (attempt, Err(err));
         }
         if this_run > 1 && !cancelled {
             return (
@@ -234,6 +298,115 @@ pub(super) async fn attempts(
         }
         return (attempt, Err(err));
     }
+}
+
+/// Waits `delay` before the next attempt; false when the run is cancelled meanwhile.
+async fn back_off(shared: &Shared, delay: std::time::Duration) -> bool {
+    tokio::select! {
+        () = tokio::time::sleep(delay) => true,
+        () = shared.scope.cancel.cancelled() => false,
+    }
+}
+
+/// Starts an attempt (no hooks) and polls it once, inside the attempt's span: its outcome
+/// when it ended in that poll, otherwise the attempt still running (its start recorded,
+/// as [`Running`] records it when it waits).
+#[allow(clippy::too_many_arguments)]
+async fn first_poll<'a>(
+    shared: &'a Shared,
+    i: u32,
+    meta: &'static TaskMeta,
+    attempt: u32,
+    prepared: &'a mut dyn ErasedTask,
+    ctx: Ctx,
+    span: &tracing::Span,
+    node_started: Instant,
+) -> Result<AttemptOutcome, Running<'a>> {
+    let started = {
+        let _in = span.enter();
+        std::panic::catch_unwind(AssertUnwindSafe(|| prepared.attempt(ctx)))
+    };
+    match started {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Ok(failed(e)),
+        Err(panic) => return Ok(failed(panicked(meta, &*panic))),
+    }
+    let polled = std::future::poll_fn(|cx| {
+        let _in = span.enter();
+        Poll::Ready(std::panic::catch_unwind(AssertUnwindSafe(|| {
+            prepared.poll_attempt(cx)
+        })))
+    })
+    .await;
+    match polled {
+        Ok(Poll::Pending) => {}
+        Ok(Poll::Ready(r)) => return Ok(outcome(Ok(r), meta)),
+        Err(panic) => {
+            prepared.end_attempt();
+            return Ok(outcome(Err(panic), meta));
+        }
+    }
+    if let Some(j) = shared.journal.as_deref() {
+        j.started(i, attempt, node_started.elapsed());
+    }
+    Err(Running {
+        prepared,
+        journal: None,
+        node: i,
+        attempt,
+        node_started,
+    })
+}
+
+/// Polls an attempt that waited in its first poll to its end, within its timeout
+/// (`deadline`: when, and the timeout it came from).
+async fn finish_attempt(
+    running: Running<'_>,
+    meta: &'static TaskMeta,
+    attempt: u32,
+    deadline: Option<(tokio::time::Instant, std::time::Duration)>,
+) -> AttemptOutcome {
+    let guarded = AssertUnwindSafe(running).catch_unwind();
+    let res = match deadline {
+        Some((at, t)) => match tokio::time::timeout_at(at, guarded).await {
+            Ok(r) => r,
+            Err(_) => return timed_out(meta, attempt, t),
+        },
+        None => guarded.await,
+    };
+    outcome(res, meta)
+}
+
+/// The outcome of an attempt that failed before its future ran.
+fn failed(e: BoxError) -> AttemptOutcome {
+    AttemptOutcome {
+        error: Some(e),
+        payload: None,
+    }
+}
+
+/// The outcome of an attempt's future: its value, its error, or its panic.
+fn outcome(
+    res: std::thread::Result<Result<crate::task::erased::Finished, BoxError>>,
+    meta: &TaskMeta,
+) -> AttemptOutcome {
+    match res {
+        Ok(Ok(done)) => AttemptOutcome {
+            error: None,
+            payload: Some(done),
+        },
+        Ok(Err(e)) => failed(e),
+        Err(panic) => failed(panicked(meta, &*panic)),
+    }
+}
+
+#[cold]
+fn timed_out(meta: &TaskMeta, attempt: u32, t: std::time::Duration) -> AttemptOutcome {
+    tracing::warn!(task = meta.name, attempt, after = ?t, "attempt timed out");
+    failed(Box::new(Timeout {
+        task: meta.name.to_owned(),
+        after: t,
+    }))
 }
 
 pub(super) async fn run_attempt(
@@ -250,18 +423,8 @@ pub(super) async fn run_attempt(
     let started = std::panic::catch_unwind(AssertUnwindSafe(|| prepared.attempt(ctx)));
     match started {
         Ok(Ok(())) => {}
-        Ok(Err(e)) => {
-            return AttemptOutcome {
-                error: Some(e),
-                payload: None,
-            }
-        }
-        Err(panic) => {
-            return AttemptOutcome {
-                error: Some(panicked(meta, &*panic)),
-                payload: None,
-            }
-        }
+        Ok(Err(e)) => return failed(e),
+        Err(panic) => return failed(panicked(meta, &*panic)),
     }
     let fut = Running {
         prepared,
@@ -276,33 +439,11 @@ pub(super) async fn run_attempt(
         let res = match timeout {
             Some(t) => match tokio::time::timeout(t, guarded).await {
                 Ok(r) => r,
-                Err(_) => {
-                    tracing::warn!(task = meta.name, attempt, after = ?t, "attempt timed out");
-                    return AttemptOutcome {
-                        error: Some(Box::new(Timeout {
-                            task: meta.name.to_owned(),
-                            after: t,
-                        })),
-                        payload: None,
-                    };
-                }
+                Err(_) => return timed_out(meta, attempt, t),
             },
             None => guarded.await,
         };
-        match res {
-            Ok(Ok(done)) => AttemptOutcome {
-                error: None,
-                payload: Some(done),
-            },
-            Ok(Err(e)) => AttemptOutcome {
-                error: Some(e),
-                payload: None,
-            },
-            Err(panic) => AttemptOutcome {
-                error: Some(panicked(meta, &*panic)),
-                payload: None,
-            },
-        }
+        outcome(res, meta)
     };
     if shared.hooks.is_empty() {
         return inner.await;

@@ -230,56 +230,59 @@ pub(crate) struct RunJournal {
 }
 
 impl RunJournal {
+    /// The journal of a run whose tasks are all still to run: one row per node, each
+    /// `scheduled`, from the node's task name, node id and whether it is optional.
     pub(crate) fn new(
         run_id: Arc<str>,
         root: Arc<str>,
         token: u64,
-        rows: Vec<TaskRow>,
+        lease: u64,
+        nodes: impl ExactSizeIterator<Item = NewRow>,
         writer: WriterHandle,
         window: Duration,
     ) -> Arc<Self> {
-        let n = rows.len();
-        let announced = rows.iter().map(|r| r.state).collect();
-        let lease = rows.first().map_or(0, |r| r.lease);
-        debug_assert!(rows.iter().all(|r| r.lease == lease), "one lease per run");
+        let n = nodes.len();
         let mut names: Vec<Arc<str>> = Vec::new();
-        let mut index: rustc_hash::FxHashMap<Arc<str>, usize> = rustc_hash::FxHashMap::default();
-        let mut last = 0;
-        let mut nodes = Vec::with_capacity(n);
-        // Collected into a vector of its own: an in-place collect would keep the rows'
-        // allocation, twice the size of the compact rows.
+        let mut index: rustc_hash::FxHashMap<&'static str, u32> = rustc_hash::FxHashMap::default();
+        let mut last: Option<(&'static str, u32)> = None;
+        let mut ids = Vec::with_capacity(n);
         let mut items: Vec<Row> = Vec::with_capacity(n);
-        items.extend(rows.into_iter().map(|r| {
-            // Neighbouring rows mostly run the same task: the last name is tried first,
-            // then the index of names (a graph of many task types stays linear).
-            let task = if names.get(last).is_some_and(|x| Arc::ptr_eq(x, &r.task)) {
-                last
-            } else {
-                let next = names.len();
-                let k = *index.entry(r.task.clone()).or_insert(next);
-                if k == next {
-                    names.push(r.task.clone());
+        for node in nodes {
+            // Neighbouring nodes mostly run the same task: the last name is tried first
+            // (the same static string), then the index of names (a graph of many task
+            // types stays linear).
+            let task = match last {
+                Some((name, k)) if std::ptr::eq(name, node.task) => k,
+                _ => {
+                    let next = u32::try_from(names.len()).unwrap_or(u32::MAX);
+                    let k = *index.entry(node.task).or_insert(next);
+                    if k == next {
+                        names.push(Arc::from(node.task));
+                    }
+                    last = Some((node.task, k));
+                    k
                 }
-                last = k;
-                k
             };
-            nodes.push(r.node);
-            let rare = RareFields::boxed((r.error, r.chain, r.progress.message, r.log));
-            Row {
-                state: r.state,
-                skipped: r.skipped,
-                optional: r.optional,
-                attempts: r.attempts,
-                task: u32::try_from(task).unwrap_or(u32::MAX),
-                started_at: r.started_at,
-                ended_at: r.ended_at,
-                elapsed_ns: r.elapsed_ns,
-                percent: r.progress.percent,
-                result: r.result,
-                rare,
-            }
-        }));
-        let shares = items.iter().map(share).sum();
+            ids.push(node.id);
+            items.push(Row {
+                state: State::Scheduled,
+                skipped: false,
+                optional: node.optional,
+                attempts: 0,
+                task,
+                started_at: None,
+                ended_at: None,
+                elapsed_ns: 0,
+                percent: None,
+                result: None,
+                rare: None,
+            });
+        }
+        let n = items.len();
+        let nodes = ids;
+        let announced = vec![State::Scheduled; n];
+        // Nothing is done yet: every share is 0.
+        let shares = 0.0;
         let j = Arc::new(RunJournal {
             run_id,
             root,
@@ -437,6 +440,7 @@ impl RunJournal {
             g.mark(node);
         }
         let list = std::mem::take(&mut g.dirty_list);
+        batch.tasks.reserve(list.len());
         for node in list {
             let i = node as usize;
             g.dirty[i] = false;
@@ -464,6 +468,16 @@ impl Drop for RunJournal {
     fn drop(&mut self) {
         self.writer.forget(&self.run_id);
     }
+}
+
+/// A node of a run about to start, as its journal row begins (see [`RunJournal::new`]).
+pub(crate) struct NewRow {
+    /// The task's name.
+    pub(crate) task: &'static str,
+    /// The node id (the graph's shared string).
+    pub(crate) id: Arc<str>,
+    /// The task is optional.
+    pub(crate) optional: bool,
 }
 
 /// The wall-clock time (ms since the Unix epoch) `ago` before `now`.
@@ -565,5 +579,67 @@ impl Reporter for RunJournal {
         if level >= Level::Warning {
             self.writer.wake(self);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{MemoryStore, Store};
+
+    // The journal's rows start from the nodes alone: each node's id, task name (shared
+    // between the nodes of one task, across interleaved task types), optional flag and
+    // the run's lease come back from the store once written.
+    #[tokio::test]
+    async fn rows_start_from_the_nodes() {
+        let store = Arc::new(MemoryStore::new());
+        let (events, _) = tokio::sync::broadcast::channel(16);
+        let writer =
+            start_writer(store.clone(), Duration::from_millis(50), events).expect("writer");
+        let names = ["load", "load", "save", "load"];
+        let nodes = names.iter().enumerate().map(|(i, &task)| NewRow {
+            task,
+            id: Arc::from(format!("n{i}").as_str()),
+            optional: i == 2,
+        });
+        let j = RunJournal::new(
+            Arc::from("run"),
+            Arc::from("run"),
+            1,
+            9,
+            nodes,
+            writer.clone(),
+            Duration::from_millis(50),
+        );
+        for i in 0..4 {
+            j.ended(
+                i,
+                Ended {
+                    state: State::Done,
+                    skipped: false,
+                    attempts: 1,
+                    elapsed: Duration::from_millis(1),
+                    error: None,
+                    chain: Vec::new(),
+                },
+                Some(Arc::from(i.to_string().as_str())),
+            );
+        }
+        j.sync().await.expect("sync");
+        let rows = store.tasks("run").unwrap();
+        assert_eq!(rows.len(), 4);
+        for (i, row) in rows {
+            let k = i as usize;
+            assert_eq!(&*row.task, names[k]);
+            assert_eq!(&*row.node, format!("n{i}"));
+            assert_eq!(row.optional, k == 2);
+            assert_eq!(row.lease, 9);
+            assert_eq!(row.state, State::Done);
+            assert_eq!(row.result.as_deref(), Some(i.to_string().as_str()));
+        }
+        assert_eq!(j.rollup().percent, Some(100.0));
+        // The two `load` rows share one name.
+        assert_eq!(j.lock().names.len(), 2);
+        writer.close().await.expect("close");
     }
 }

@@ -1,7 +1,6 @@
 //! The lifecycle of one run: `drive` marks it running, executes its graph and records
 //! how it ended.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
@@ -9,10 +8,10 @@ use tokio_util::sync::CancellationToken;
 use crate::exec::{execute, run_span, Resume, RunConfig};
 use crate::graph::Graph;
 use crate::hooks::Hooks;
-use crate::journal::RunJournal;
+use crate::journal::{NewRow, RunJournal};
 use crate::record::{ProcessRecord, State};
 use crate::report::{RunReport, RunStatus, TaskReport};
-use crate::store::{Batch, StoreError, TaskRow, Update};
+use crate::store::{Batch, StoreError, Update};
 use crate::task::ctx::RuntimeHandle;
 
 use super::{archiving, clearing, state_event, ChildSpawner, Inner};
@@ -109,38 +108,17 @@ pub(super) async fn drive(inner: Arc<Inner>, run: Run) -> Option<RunReport> {
     if !running {
         cancel.cancel();
     }
-    // One shared copy of each task name, whatever the number of nodes running it.
-    let mut names: rustc_hash::FxHashMap<&'static str, Arc<str>> = HashMap::default();
-    let rows: Vec<TaskRow> = graph
-        .nodes
-        .iter()
-        .map(|n| TaskRow {
-            task: names
-                .entry(n.meta.name)
-                .or_insert_with(|| Arc::from(n.meta.name))
-                .clone(),
-            node: n.id.clone(),
-            state: State::Scheduled,
-            attempts: 0,
-            started_at: None,
-            ended_at: None,
-            elapsed_ns: 0,
-            skipped: false,
-            error: None,
-            chain: Vec::new(),
-            progress: crate::record::Progress::default(),
-            log: Vec::new(),
-            result: None,
-            lease,
-            optional: n.optional,
-        })
-        .collect();
     let journal = if running && inner.task_records {
         Some(RunJournal::new(
             Arc::from(id.as_str()),
             Arc::from(rec.root.as_str()),
             token,
-            rows,
+            lease,
+            graph.nodes.iter().map(|n| NewRow {
+                task: n.meta.name,
+                id: n.id.clone(),
+                optional: n.optional,
+            }),
             inner.writer.clone(),
             inner.progress_flush,
         ))

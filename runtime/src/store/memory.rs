@@ -323,22 +323,29 @@ impl Store for MemoryStore {
             g.delete(id);
             g.history.remove(id);
         }
-        // A batch holds long stretches of one run's rows: one map lookup per stretch.
-        let mut tasks = batch.tasks.into_iter().peekable();
-        while let Some((id, order, row)) = tasks.next() {
-            let current = g.leases.get(&*id).map_or(0, |l| l.token);
-            let rows = g.runs.entry(id.clone()).or_default();
-            let mut put = |order: u32, row: TaskRow| {
-                if row.lease != 0 && row.lease < current {
-                    applied.fenced += 1;
-                    return;
+        // A batch holds long stretches of one run's rows: one map lookup per stretch (and
+        // each row moved once, into its slot).
+        let inner = &mut *g;
+        let (runs, leases) = (&mut inner.runs, &inner.leases);
+        let mut stretch: Option<(Arc<str>, u64, &mut RunRows)> = None;
+        for (id, order, row) in batch.tasks {
+            let (current, rows) = match &mut stretch {
+                Some((run, current, rows)) if Arc::ptr_eq(run, &id) || **run == *id => {
+                    (*current, rows)
                 }
-                rows.put(order as usize, row);
+                _ => {
+                    stretch = None;
+                    let current = leases.get(&*id).map_or(0, |l| l.token);
+                    let rows = runs.entry(id.clone()).or_default();
+                    let (_, current, rows) = stretch.insert((id, current, rows));
+                    (*current, rows)
+                }
             };
-            put(order, row);
-            while let Some((_, order, row)) = tasks.next_if(|(next, _, _)| *next == id) {
-                put(order, row);
+            if row.lease != 0 && row.lease < current {
+                applied.fenced += 1;
+                continue;
             }
+            rows.put(order as usize, row);
         }
         for r in batch.processes {
             g.put(r);
@@ -637,5 +644,41 @@ mod tests {
             slots <= RunRows::CHUNK * 2 + 8,
             "{n} rows took {slots} slots"
         );
+    }
+
+    // A batch that goes back and forth between runs (several journals in one write cycle):
+    // each row lands in its own run, and each run's rows are fenced by that run's lease.
+    #[test]
+    fn interleaved_runs_are_applied_and_fenced_per_run() {
+        let store = MemoryStore::new();
+        store.claim("a", "w", 60_000).unwrap();
+        store.claim("a", "w", 60_000).unwrap(); // run a's lease is now 2
+        store.claim("b", "w", 60_000).unwrap(); // run b's, 1
+        let (a, b): (Arc<str>, Arc<str>) = (Arc::from("a"), Arc::from("b"));
+        let leased = |node: u32, lease: u64| TaskRow {
+            lease,
+            ..plain_row(node)
+        };
+        let mut batch = Batch::default();
+        batch.tasks.push((a.clone(), 0, leased(0, 2)));
+        batch.tasks.push((a.clone(), 1, leased(1, 1))); // stale in a
+        batch.tasks.push((b.clone(), 0, leased(10, 1)));
+        // The same run again, through another `Arc` of the same text.
+        batch.tasks.push((Arc::from("a"), 2, leased(2, 2)));
+        batch.tasks.push((b, 1, leased(11, 1)));
+        batch.tasks.push((a, 3, leased(3, 0))); // no lease: never fenced
+        let applied = store.apply(batch).unwrap();
+        assert_eq!(applied.fenced, 1);
+        let nodes = |run: &str| -> Vec<(u32, String)> {
+            let rows = store.tasks(run).unwrap();
+            rows.into_iter()
+                .map(|(i, r)| (i, r.node.to_string()))
+                .collect()
+        };
+        assert_eq!(
+            nodes("a"),
+            vec![(0, "0".into()), (2, "2".into()), (3, "3".into())]
+        );
+        assert_eq!(nodes("b"), vec![(0, "10".into()), (1, "11".into())]);
     }
 }
