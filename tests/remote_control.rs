@@ -322,11 +322,13 @@ fn capture_grace_warnings() -> (GraceWarnings, tracing::subscriber::DefaultGuard
     (warnings, tracing::subscriber::set_default(subscriber))
 }
 
+static STALE_STARTED: AtomicUsize = AtomicUsize::new(0);
 static STALE_RETURNED: AtomicUsize = AtomicUsize::new(0);
 
 /// Cooperative: returns once its run is cancelled, and says so.
 #[task]
 async fn until_cancelled(ctx: &Ctx) {
+    STALE_STARTED.fetch_add(1, Ordering::SeqCst);
     while ctx.should_continue() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -404,6 +406,14 @@ async fn a_resync_cancels_a_running_run_whose_definition_disappeared_then_delete
         .unwrap();
     let run = rt.launch_id("t1").await.unwrap();
     until_running(&rt, "t1").await;
+    // The record says running from the launch on, before the task starts: a cancel that
+    // came first would end the run without the task ever running.
+    for _ in 0..4000 {
+        if STALE_STARTED.load(Ordering::SeqCst) > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let mut events = rt.subscribe();
     rt.redefine(Vec::new()).unwrap();
     let (warnings, _guard) = capture_grace_warnings();
