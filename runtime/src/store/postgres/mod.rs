@@ -291,6 +291,7 @@ impl PgStore {
     /// The plans PostgreSQL uses for the statements of the hot path, by name: `claim`
     /// (a run's lease), `heartbeat` (a worker's renewals), `claim_expired` (the takeover
     /// poll, for `process_types`), `fence` (the lease check of every fenced write),
+    /// `claim_tasks` (the claim of spread tasks, for `process_types`),
     /// `claim_deliveries` (the outbox's claim), `sweep` and `sweep_deliveries` (the
     /// retention sweep's candidates). Each is the text of `EXPLAIN EXECUTE` of the statement prepared as
     /// the store prepares it, planned as a generic plan (the plan a prepared statement
@@ -324,7 +325,7 @@ impl PgStore {
                 .join(", ")
         );
         let now = crate::record::now_ms();
-        let statements: [(&'static str, &str, String); 7] = [
+        let statements: [(&'static str, &str, String); 8] = [
             (
                 "claim",
                 CLAIM_SQL,
@@ -341,6 +342,11 @@ impl PgStore {
                 format!("'explain-worker', {types}, 30000, 64"),
             ),
             ("fence", TOKENS_SQL, "ARRAY['explain-run']".into()),
+            (
+                "claim_tasks",
+                tasks::TASK_CLAIM_SQL,
+                format!("'explain-worker', {types}, 30000, 64"),
+            ),
             ("claim_deliveries", DUE_DELIVERIES_SQL, format!("{now}, 64")),
             ("sweep", SWEEP_ROOTS_SQL, format!("{now}, 64")),
             (

@@ -62,6 +62,26 @@ fn node_of(v: i32) -> u32 {
     u32::try_from(v).unwrap_or(u32::MAX)
 }
 
+/// The claim of ready tasks, and of running ones whose claim expired or whose hard
+/// deadline passed (`$1` owner, `$2` process types, `$3` ttl in ms, `$4` limit): all in
+/// the partial index of states 0 and 1 (waiting and ended rows are not).
+pub(super) const TASK_CLAIM_SQL: &str = "
+WITH c AS MATERIALIZED (
+    SELECT run, node FROM procession_task_claims
+    WHERE state IN (0, 1) AND process_type = ANY($2)
+      AND (state = 0 OR expires_at <= procession_now_ms()
+           OR deadline_at <= procession_now_ms())
+    LIMIT $4
+    FOR UPDATE SKIP LOCKED)
+UPDATE procession_task_claims AS t
+SET state = 1, token = t.token + 1, owner = $1,
+    expires_at = procession_now_ms() + $3,
+    deadline_at = procession_now_ms() + t.deadline_ms,
+    attempts = t.attempts + t.max_attempts
+FROM c WHERE t.run = c.run AND t.node = c.node
+RETURNING t.run, t.run_token, t.node, t.token, t.process_type,
+          t.attempts - t.max_attempts";
+
 impl TaskQueue for PgStore {
     fn offer(&self, offers: &[TaskOffer]) -> Result<(), StoreError> {
         if offers.is_empty() {
@@ -189,21 +209,7 @@ impl TaskQueue for PgStore {
             // Rows another claim holds locked are skipped: two workers never claim the
             // same task. Each claim raises the token (fencing) and the attempt base.
             let rows = c.query(
-                "WITH c AS MATERIALIZED (
-                     SELECT run, node FROM procession_task_claims
-                     WHERE state IN (0, 1) AND process_type = ANY($2)
-                       AND (state = 0 OR expires_at <= procession_now_ms()
-                            OR deadline_at <= procession_now_ms())
-                     LIMIT $4
-                     FOR UPDATE SKIP LOCKED)
-                 UPDATE procession_task_claims AS t
-                 SET state = 1, token = t.token + 1, owner = $1,
-                     expires_at = procession_now_ms() + $3,
-                     deadline_at = procession_now_ms() + t.deadline_ms,
-                     attempts = t.attempts + t.max_attempts
-                 FROM c WHERE t.run = c.run AND t.node = c.node
-                 RETURNING t.run, t.run_token, t.node, t.token, t.process_type,
-                           t.attempts - t.max_attempts",
+                TASK_CLAIM_SQL,
                 &[
                     &owner,
                     &process_types,
