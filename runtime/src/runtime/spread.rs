@@ -247,10 +247,10 @@ pub(super) struct RunDispatch {
     /// The run's cancel: a node the executor starts after it is not offered.
     cancel: CancellationToken,
     /// Per node: its dependencies, each once.
-    deps: Box<[Box<[u32]>]>,
+    deps: PerNode,
     /// Per node: the dependents whose waiting rows its successful finish counts down;
     /// set by [`prepare`](RunDispatch::prepare) when the run cascades.
-    cascade: std::sync::OnceLock<Box<[Box<[u32]>]>>,
+    cascade: std::sync::OnceLock<PerNode>,
 }
 
 /// The hard deadline of one claim of a task: every attempt's timeout, every backoff
@@ -321,6 +321,9 @@ impl RunDispatch {
     }
 }
 
+/// Per node, the nodes it lists (its dependents, or its dependencies).
+type PerNode = Box<[Box<[u32]>]>;
+
 impl RunDispatch {
     /// The waiting rows of a run that cascades, and each node's dependents counted down
     /// by its successful finish: nodes that succeeded already (`done`) are left out, a
@@ -331,7 +334,7 @@ impl RunDispatch {
         done: &[bool],
         prior_attempts: &[u32],
         limited: bool,
-    ) -> Option<(Box<[Box<[u32]>]>, Vec<TaskOffer>)> {
+    ) -> Option<(PerNode, Vec<TaskOffer>)> {
         if limited || self.cancel.is_cancelled() {
             return None;
         }
