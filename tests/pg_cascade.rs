@@ -181,6 +181,59 @@ async fn failures_skips_and_tolerant_tasks_report_as_on_sled() {
     assert!(rows(&url, "SELECT 1 FROM procession_task_claims").is_empty());
 }
 
+// Under a concurrency limit the executor decides when each node starts: the run writes
+// no waiting row (nothing cascades) and ends as on sled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_run_under_a_concurrency_limit_does_not_cascade() {
+    let Some(url) = pg::database("cascade_limited") else {
+        return;
+    };
+    let p = || Cascade {
+        layers: 6,
+        width: 6,
+        failing: Vec::new(),
+    };
+    let rt = Runtime::connect(url.clone())
+        .lease(Duration::from_secs(30))
+        .spread_tasks(true)
+        .process_concurrency(2)
+        .register::<Cascade>()
+        .start()
+        .await
+        .unwrap();
+    let run = rt.launch(Launch::new(p()).id("limited")).await.unwrap();
+    let u = url.clone();
+    let watch = tokio::task::spawn_blocking(move || {
+        let mut seen = 0usize;
+        let mut waiting = 0usize;
+        // Until the run's rows are gone (it ended), sampled every few ms.
+        for _ in 0..20_000 {
+            let r = rows(
+                &u,
+                "SELECT count(*) FILTER (WHERE state = 5), count(*) FROM procession_task_claims",
+            );
+            let (w, all): (i64, i64) = (r[0].get(0), r[0].get(1));
+            waiting += usize::try_from(w).unwrap();
+            if all > 0 {
+                seen += 1;
+            } else if seen > 0 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        (seen, waiting)
+    });
+    let r = tokio::time::timeout(Duration::from_mins(2), run.wait())
+        .await
+        .expect("the run ends")
+        .unwrap();
+    rt.shutdown().await.unwrap();
+    let (seen, waiting) = watch.await.unwrap();
+    assert!(seen > 0, "the watcher saw the run's task rows");
+    assert_eq!(waiting, 0, "no waiting row under a concurrency limit");
+    assert_eq!(summary(&r), on_sled(p()).await);
+}
+
 // The statements alone, with no coordinator: a successful finish makes a dependent
 // whose dependencies all succeeded claimable; a failure, a fenced finish and a repeated
 // finish do not count it down (again); an end stored before the waiting row existed

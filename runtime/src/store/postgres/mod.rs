@@ -140,13 +140,16 @@ impl PgError {
 ///   rows of workers silent for ten lease times go ([`Store::forget_workers`]).
 /// - **Task-level claims** ([`Store::task_queue`], used with
 ///   [`RuntimeBuilder::spread_tasks`](crate::RuntimeBuilder::spread_tasks)):
-///   `procession_task_claims` holds a row per offered task of a live run (deleted when
-///   the run ends); workers claim ready, expired or past-deadline rows in batches with
-///   `WITH c AS MATERIALIZED (SELECT … FOR UPDATE SKIP LOCKED LIMIT n) UPDATE … SET
-///   token = token + 1, …` (only ready and running rows are in its partial index),
-///   finish them with one `UPDATE … FROM unnest(…)` fenced per row by its token, renew
-///   them in the heartbeat's statement, and `NOTIFY procession_tasks` when a task is
-///   offered or ends (a hint: the runtime polls too).
+///   `procession_task_claims` holds a row per offered or waiting task of a live run
+///   (deleted when the run ends); workers claim ready, expired or past-deadline rows in
+///   batches with `WITH c AS MATERIALIZED (SELECT … FOR UPDATE SKIP LOCKED LIMIT n)
+///   UPDATE … SET token = token + 1, …` (only ready and running rows are in its partial
+///   index), finish them with one `UPDATE … FROM unnest(…)` fenced per row by its token
+///   that also counts down the waiting rows of each success's dependents (those at 0
+///   become ready: no round trip through the run's coordinator; schema v5), renew them
+///   in the heartbeat's statement, and `NOTIFY procession_tasks` when a task is offered
+///   or ends (a hint: the runtime polls too). A finish that runs again after a lost
+///   answer stores and counts down nothing again.
 /// - **Reconnects**: a call whose connection broke (a restarted server, a killed
 ///   backend) runs again on a new connection, pausing 50 ms doubling to 1 s, for up to
 ///   the retry window: 30 s, or `retry_window=<duration>` in the URL
