@@ -632,15 +632,27 @@ INSERT INTO procession_tasks (run, node, lease, data)
 SELECT 'done-' || i, 0, 1, '\x00'::bytea FROM generate_series(1, 100000) i;
 INSERT INTO procession_deliveries (id, state, created_at, next_at, run, channel, data)
 SELECT 'd-' || i, 1, i, i, 'done-' || i, 'ops', '\x00'::bytea FROM generate_series(1, 100000) i;
+-- Spread tasks of live runs that are waiting (state 5) or ended (2): not claimable.
+INSERT INTO procession_task_claims
+    (run, node, run_token, process_type, state, attempts, max_attempts, pending_deps)
+SELECT 'live-' || (i % 20), i, 1, 'job', CASE WHEN i % 2 = 0 THEN 5 ELSE 2 END, 0, 1, 1
+FROM generate_series(1, 100000) i;
 ANALYZE;
 ",
     );
     let plans = store.explain_hot_path(&["job"]).unwrap();
-    assert_eq!(plans.len(), 7);
+    assert_eq!(plans.len(), 8);
     for (statement, plan) in &plans {
         println!("{statement}:\n{plan}\n");
         if statement == &"claim_expired" {
             assert!(plan.contains("procession_records_active"), "{plan}");
+        }
+        if statement == &"claim_tasks" {
+            assert!(plan.contains("procession_task_claims_claimable"), "{plan}");
+            assert!(
+                !plan.contains("Seq Scan on procession_task_claims"),
+                "{plan}"
+            );
         }
         // Tables that grow with finished runs (the workers table is a few rows, which
         // the planner rightly reads whole).

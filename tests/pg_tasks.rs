@@ -692,6 +692,8 @@ fn the_task_queue_fences_stale_claims() {
             attempts: 0,
             max_attempts: 2,
             deadline_ms: None,
+            pending_deps: 0,
+            dependents: Vec::new(),
         };
         q.offer(&[offer(0), offer(1)]).unwrap();
         assert!(q.claim("w1", &["other"], 1_000, 10).unwrap().is_empty());

@@ -770,7 +770,8 @@ async fn spread_rows(admin: &str, quick: bool, rounds: usize, top: f64) -> AnyRe
     let layered = size / 10;
     println!(
         "task spreading (spread_tasks: the launching worker coordinates, every worker claims \
-         tasks in batches and finishes each with a fenced statement): {runs} run{} of wide \
+         tasks in batches and finishes each with a fenced statement, which also makes the \
+         dependents whose dependencies all succeeded claimable): {runs} run{} of wide \
          {size} and of layered 10x{layered} launched by one worker, 0, 1 or 3 helper workers; \
          time from `go` to the runs' end; {rounds} round{}, medians",
         if runs == 1 { "" } else { "s" },

@@ -80,6 +80,12 @@ pub(crate) trait Dispatch: Send + Sync {
     /// Runs node `node` of the run, whose attempts before are `first` (its next attempt
     /// is `first + 1`).
     fn run(&self, node: u32, first: u32) -> futures::future::BoxFuture<'static, Dispatched>;
+
+    /// Called once, before the first node is dispatched: `done` says which nodes
+    /// succeeded already (a resumed run's restored ones), `prior_attempts` the attempts
+    /// each node made before; `limited`: a concurrency limit (the run's or the
+    /// runtime's) decides when a node starts, so none may start without the executor.
+    fn prepare(&self, _done: &[bool], _prior_attempts: &[u32], _limited: bool) {}
 }
 
 /// How a dispatched node ended.
@@ -274,6 +280,18 @@ async fn drive_run(mut graph: Graph, mut cfg: RunConfig) -> Option<RunReport> {
         };
         shared.done_ok[idx].store(true, Ordering::Release);
         count_off(&shared, i, &mut settle);
+    }
+    if let Some(d) = &cfg.dispatch {
+        let done: Vec<bool> = shared
+            .done_ok
+            .iter()
+            .map(|b| b.load(Ordering::Acquire))
+            .collect();
+        d.prepare(
+            &done,
+            &shared.prior_attempts,
+            cfg.max_concurrency.is_some() || cfg.permits.is_some(),
+        );
     }
     settle.extend(
         (0..n as u32).filter(|&i| shared.remaining[i as usize].load(Ordering::Acquire) == 0),

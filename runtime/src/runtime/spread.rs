@@ -19,6 +19,20 @@
 //!   one cancels its `ctx` at its next heartbeat.
 //! - The coordinator **collects** ended tasks ([`collect_loop`]) and feeds them into its
 //!   executor. `LISTEN/NOTIFY` wakes the loops; they poll too.
+//! - **Cascade**: when the run starts ([`RunDispatch::prepare`]), the coordinator also
+//!   writes a *waiting* row for every node whose dependencies have not all succeeded,
+//!   with the count of those; each offered or waiting row lists its dependents. A
+//!   successful finish counts its dependents down in the same statement and those
+//!   reaching 0 become claimable at once: a layered graph no longer pays a round trip
+//!   through the coordinator per layer. Only successes cascade: failures, skips and
+//!   tolerated dependencies stay the executor's decisions (it offers such a node itself,
+//!   which turns its waiting row ready), nothing cascades once the run asked for a
+//!   cancel, and a run under a concurrency limit (the run's or the runtime's) does not
+//!   cascade at all (the executor decides when its nodes start). When the executor
+//!   finds a cascaded node ready, its offer leaves the row as it is (claimed, running or
+//!   ended) and the collector waits for its end: it does not run twice. A count that
+//!   never reaches 0 (a dependency's end stored before the waiting row existed, e.g.
+//!   after a takeover) just leaves the node to the executor's offer.
 //! - A coordinator that dies: its run is taken over (run leases) and resumed; the new
 //!   coordinator re-offers the unfinished nodes, which adopts the rows running on live
 //!   workers and finds the results of those that ended: a finished task does not run
@@ -225,8 +239,18 @@ pub(super) struct RunDispatch {
     /// Per node: attempts per claim, and the hard deadline of a claim in ms.
     limits: Box<[(u32, Option<u64>)]>,
     waiting: Mutex<HashMap<u32, oneshot::Sender<Dispatched>>>,
+    /// Nodes whose offers are written: only their ends are collected. A task made ready
+    /// by a cascade (or one that ended before a takeover) may end before its offer is
+    /// written; collected then, the run could end and delete its rows before the offer
+    /// is written, which would make the task claimable again.
+    offered: Mutex<std::collections::HashSet<u32>>,
     /// The run's cancel: a node the executor starts after it is not offered.
     cancel: CancellationToken,
+    /// Per node: its dependencies, each once.
+    deps: PerNode,
+    /// Per node: the dependents whose waiting rows its successful finish counts down;
+    /// set by [`prepare`](RunDispatch::prepare) when the run cascades.
+    cascade: std::sync::OnceLock<PerNode>,
 }
 
 /// The hard deadline of one claim of a task: every attempt's timeout, every backoff
@@ -269,7 +293,19 @@ impl RunDispatch {
                 })
                 .collect(),
             waiting: Mutex::default(),
+            offered: Mutex::default(),
             cancel,
+            deps: graph
+                .nodes
+                .iter()
+                .map(|n| {
+                    let mut d = n.deps().to_vec();
+                    d.sort_unstable();
+                    d.dedup();
+                    d.into_boxed_slice()
+                })
+                .collect(),
+            cascade: std::sync::OnceLock::new(),
         });
         lock(&spread.coordinated).insert(run.to_owned(), d.clone());
         d
@@ -285,7 +321,77 @@ impl RunDispatch {
     }
 }
 
+/// Per node, the nodes it lists (its dependents, or its dependencies).
+type PerNode = Box<[Box<[u32]>]>;
+
+impl RunDispatch {
+    /// The waiting rows of a run that cascades, and each node's dependents counted down
+    /// by its successful finish: nodes that succeeded already (`done`) are left out, a
+    /// waiting node counts the dependencies that did not. `None` when the run does not
+    /// cascade (`limited`: the executor decides when its nodes start; or cancelled).
+    fn cascade_plan(
+        &self,
+        done: &[bool],
+        prior_attempts: &[u32],
+        limited: bool,
+    ) -> Option<(PerNode, Vec<TaskOffer>)> {
+        if limited || self.cancel.is_cancelled() {
+            return None;
+        }
+        let n = self.deps.len();
+        let ok = |d: u32| done.get(d as usize).copied().unwrap_or(false);
+        let mut dependents: Vec<Vec<u32>> = vec![Vec::new(); n];
+        let mut pending = vec![0u32; n];
+        for (j, deps) in self.deps.iter().enumerate() {
+            if ok(j as u32) {
+                continue;
+            }
+            for &d in deps.iter().filter(|&&d| !ok(d)) {
+                if let Some(list) = dependents.get_mut(d as usize) {
+                    list.push(j as u32);
+                    pending[j] += 1;
+                }
+            }
+        }
+        let offers = (0..n)
+            .filter(|&j| pending[j] > 0)
+            .map(|j| {
+                let (max_attempts, deadline_ms) = self.limits.get(j).copied().unwrap_or((1, None));
+                TaskOffer {
+                    run: self.run.clone(),
+                    run_token: self.run_token,
+                    node: j as u32,
+                    process_type: self.process_type.clone(),
+                    attempts: prior_attempts.get(j).copied().unwrap_or(0),
+                    max_attempts,
+                    deadline_ms,
+                    pending_deps: pending[j],
+                    dependents: dependents[j].clone(),
+                }
+            })
+            .collect();
+        Some((
+            dependents.into_iter().map(Vec::into_boxed_slice).collect(),
+            offers,
+        ))
+    }
+}
+
 impl Dispatch for RunDispatch {
+    fn prepare(&self, done: &[bool], prior_attempts: &[u32], limited: bool) {
+        let Some((dependents, waiting)) = self.cascade_plan(done, prior_attempts, limited) else {
+            return;
+        };
+        if self.cascade.set(dependents).is_err() {
+            return;
+        }
+        // Before any offer of the run, on the same channel: written no later than the
+        // offers of their dependencies.
+        for w in waiting {
+            let _ = self.spread.offers.send(w);
+        }
+    }
+
     fn run(&self, node: u32, first: u32) -> futures::future::BoxFuture<'static, Dispatched> {
         if self.cancel.is_cancelled() {
             // Started as the cancel came (a worker released it): not offered, since
@@ -307,6 +413,13 @@ impl Dispatch for RunDispatch {
             attempts: first,
             max_attempts,
             deadline_ms,
+            pending_deps: 0,
+            dependents: self
+                .cascade
+                .get()
+                .and_then(|c| c.get(node as usize))
+                .map(|d| d.to_vec())
+                .unwrap_or_default(),
         });
         Box::pin(async move {
             rx.await.unwrap_or_else(|_| Dispatched {
@@ -413,9 +526,15 @@ async fn offer_loop(inner: Weak<Inner>, mut rx: mpsc::UnboundedReceiver<TaskOffe
             .await;
         match out {
             Ok(()) => {
+                if let Some(s) = spread_of(&i) {
+                    written(&s, &batch);
+                }
                 batch.clear();
                 if let Some(s) = spread_of(&i) {
                     s.claim_wake.notify_one();
+                    // A node offered after its task was made ready by a cascade may
+                    // have ended already: no notification comes for it any more.
+                    s.collect_wake.notify_one();
                 }
             }
             Err(super::Error::ShuttingDown) => return,
@@ -425,6 +544,19 @@ async fn offer_loop(inner: Weak<Inner>, mut rx: mpsc::UnboundedReceiver<TaskOffe
                 drop(i);
                 tokio::time::sleep(POLL).await;
             }
+        }
+    }
+}
+
+/// Marks the offers of `batch` (not its waiting rows) as written, for the collector.
+fn written(spread: &Spread, batch: &[TaskOffer]) {
+    let coordinated = lock(&spread.coordinated);
+    for o in batch.iter().filter(|o| o.pending_deps == 0) {
+        if let Some(d) = coordinated
+            .get(&o.run)
+            .filter(|d| d.run_token == o.run_token)
+        {
+            lock(&d.offered).insert(o.node);
         }
     }
 }
@@ -817,8 +949,10 @@ async fn collect_loop(inner: Weak<Inner>) {
         let pending: Vec<(String, u64, u32)> = lock(&spread.coordinated)
             .values()
             .flat_map(|d| {
+                let offered = lock(&d.offered);
                 lock(&d.waiting)
                     .keys()
+                    .filter(|n| offered.contains(n))
                     .map(|&n| (d.run.clone(), d.run_token, n))
                     .collect::<Vec<_>>()
             })
@@ -841,6 +975,7 @@ async fn collect_loop(inner: Weak<Inner>) {
                         let Some(tx) = lock(&d.waiting).remove(&e.node) else {
                             continue;
                         };
+                        lock(&d.offered).remove(&e.node);
                         let outcome = e.end.outcome.map_err(|chain| {
                             BoxError::from(Box::new(RemoteTaskError::from_chain(&chain)))
                         });

@@ -33,6 +33,13 @@ pub struct TaskOffer {
     pub max_attempts: u32,
     /// The task's hard deadline after each claim, in ms (`None`: only its lease).
     pub deadline_ms: Option<u64>,
+    /// 0: the task is ready (an offer). More: a *waiting* row, made ready when that many
+    /// successful finishes of its dependencies have counted it down (see
+    /// [`TaskQueue::offer`]).
+    pub pending_deps: u32,
+    /// The tasks (nodes of the same run, each listed once) whose waiting rows a
+    /// successful finish of this task counts down; empty: none.
+    pub dependents: Vec<u32>,
 }
 
 /// A task held by one worker: its fencing token (see [`TaskQueue::claim`]).
@@ -117,6 +124,8 @@ pub struct TaskBeat {
 ///     attempts: 0,
 ///     max_attempts: 1,
 ///     deadline_ms: None,
+///     pending_deps: 0,
+///     dependents: Vec::new(),
 /// }])?;
 /// for task in q.claim("worker-a", &["report"], 30_000, 16)? {
 ///     let end = TaskEnd { attempts: task.attempts + 1, elapsed_ns: 0, outcome: Ok("1".into()) };
@@ -130,7 +139,12 @@ pub trait TaskQueue: Send + Sync {
     /// Offers ready tasks: a row per task, claimable by any worker of its process type.
     /// A task that already has a row of the same run token is left as it is (a new
     /// coordinator re-offering after a takeover adopts tasks running on live workers and
-    /// finds those that ended); a row of an older run of the record is replaced.
+    /// finds those that ended), except a waiting row, which becomes ready; a row of an
+    /// older run of the record is replaced.
+    ///
+    /// An offer with [`pending_deps`](TaskOffer::pending_deps) > 0 writes a *waiting*
+    /// row instead (not claimable), unless the task has a row of the same run token
+    /// already: [`finish`](TaskQueue::finish) counts it down and makes it ready.
     fn offer(&self, offers: &[TaskOffer]) -> Result<(), StoreError>;
 
     /// Claims for `owner`, until `ttl_ms` from now, up to `limit` tasks of the given
@@ -149,6 +163,11 @@ pub trait TaskQueue: Send + Sync {
     /// only while its claim's token is the task's current one and the task is running
     /// (or asked to cancel). Per task, `false`: fenced out (another worker claimed it
     /// since): nothing of it was written.
+    ///
+    /// In the same statement, each success that ends a running task (once per claim:
+    /// a repeated finish counts nothing again) counts down the waiting rows of its
+    /// [`dependents`](TaskOffer::dependents) of the same run token, and those reaching
+    /// 0 become ready, unless the run asked for a cancel.
     fn finish(&self, ends: &[(TaskClaim, TaskEnd)]) -> Result<Vec<bool>, StoreError>;
 
     /// The results of finished nodes `nodes` of run `run` (run token `run_token`), for
@@ -164,7 +183,7 @@ pub trait TaskQueue: Send + Sync {
     /// failed, or cancelled before any worker claimed them.
     fn ended(&self, pending: &[(String, u64, u32)]) -> Result<Vec<EndedTask>, StoreError>;
 
-    /// Asks every task of run `run` that is offered or running to cancel.
+    /// Asks every task of run `run` that is waiting, offered or running to cancel.
     fn cancel(&self, run: &str, run_token: u64) -> Result<(), StoreError>;
 
     /// Deletes the task rows of run `run` (its run ended).

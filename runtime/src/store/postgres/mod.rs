@@ -140,13 +140,16 @@ impl PgError {
 ///   rows of workers silent for ten lease times go ([`Store::forget_workers`]).
 /// - **Task-level claims** ([`Store::task_queue`], used with
 ///   [`RuntimeBuilder::spread_tasks`](crate::RuntimeBuilder::spread_tasks)):
-///   `procession_task_claims` holds a row per offered task of a live run (deleted when
-///   the run ends); workers claim ready, expired or past-deadline rows in batches with
-///   `WITH c AS MATERIALIZED (SELECT … FOR UPDATE SKIP LOCKED LIMIT n) UPDATE … SET
-///   token = token + 1, …` (only ready and running rows are in its partial index),
-///   finish them with one `UPDATE … FROM unnest(…)` fenced per row by its token, renew
-///   them in the heartbeat's statement, and `NOTIFY procession_tasks` when a task is
-///   offered or ends (a hint: the runtime polls too).
+///   `procession_task_claims` holds a row per offered or waiting task of a live run
+///   (deleted when the run ends); workers claim ready, expired or past-deadline rows in
+///   batches with `WITH c AS MATERIALIZED (SELECT … FOR UPDATE SKIP LOCKED LIMIT n)
+///   UPDATE … SET token = token + 1, …` (only ready and running rows are in its partial
+///   index), finish them with one `UPDATE … FROM unnest(…)` fenced per row by its token
+///   that also counts down the waiting rows of each success's dependents (those at 0
+///   become ready: no round trip through the run's coordinator; schema v5), renew them
+///   in the heartbeat's statement, and `NOTIFY procession_tasks` when a task is offered
+///   or ends (a hint: the runtime polls too). A finish that runs again after a lost
+///   answer stores and counts down nothing again.
 /// - **Reconnects**: a call whose connection broke (a restarted server, a killed
 ///   backend) runs again on a new connection, pausing 50 ms doubling to 1 s, for up to
 ///   the retry window: 30 s, or `retry_window=<duration>` in the URL
@@ -291,6 +294,7 @@ impl PgStore {
     /// The plans PostgreSQL uses for the statements of the hot path, by name: `claim`
     /// (a run's lease), `heartbeat` (a worker's renewals), `claim_expired` (the takeover
     /// poll, for `process_types`), `fence` (the lease check of every fenced write),
+    /// `claim_tasks` (the claim of spread tasks, for `process_types`),
     /// `claim_deliveries` (the outbox's claim), `sweep` and `sweep_deliveries` (the
     /// retention sweep's candidates). Each is the text of `EXPLAIN EXECUTE` of the statement prepared as
     /// the store prepares it, planned as a generic plan (the plan a prepared statement
@@ -324,7 +328,7 @@ impl PgStore {
                 .join(", ")
         );
         let now = crate::record::now_ms();
-        let statements: [(&'static str, &str, String); 7] = [
+        let statements: [(&'static str, &str, String); 8] = [
             (
                 "claim",
                 CLAIM_SQL,
@@ -341,6 +345,11 @@ impl PgStore {
                 format!("'explain-worker', {types}, 30000, 64"),
             ),
             ("fence", TOKENS_SQL, "ARRAY['explain-run']".into()),
+            (
+                "claim_tasks",
+                tasks::TASK_CLAIM_SQL,
+                format!("'explain-worker', {types}, 30000, 64"),
+            ),
             ("claim_deliveries", DUE_DELIVERIES_SQL, format!("{now}, 64")),
             ("sweep", SWEEP_ROOTS_SQL, format!("{now}, 64")),
             (

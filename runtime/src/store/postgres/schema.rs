@@ -152,6 +152,16 @@ CREATE INDEX procession_task_claims_claimable
     ON procession_task_claims (process_type, state, expires_at)
     WHERE state IN (0, 1);
 "#,
+    // 5: dependents made ready by the finishing statement. A *waiting* row (state 5) is
+    // a task whose dependencies have not all succeeded yet: `pending_deps` counts the
+    // successful finishes it still waits for; a row's `dependents` are the waiting rows
+    // its successful finish counts down (see `TaskQueue::finish`). Waiting rows are not
+    // in the claim path's partial index (states 0 and 1 only): they never slow claims.
+    r"
+ALTER TABLE procession_task_claims
+    ADD COLUMN pending_deps integer NOT NULL DEFAULT 0,
+    ADD COLUMN dependents   integer[];
+",
 ];
 
 /// The newest schema version this build knows.

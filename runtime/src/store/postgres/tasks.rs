@@ -1,8 +1,9 @@
-//! The task queue of the PostgreSQL store (`procession_task_claims`, migration 3): see
-//! [`TaskQueue`].
+//! The task queue of the PostgreSQL store (`procession_task_claims`, migrations 4 and 5):
+//! see [`TaskQueue`].
 //!
 //! States: 0 ready (offered), 1 running (claimed), 2 done, 3 failed, 4 cancel (the run
-//! asked its tasks to stop; a running one ends as its worker reports it).
+//! asked its tasks to stop; a running one ends as its worker reports it), 5 waiting (not
+//! claimable: `pending_deps` successful finishes of its dependencies make it ready).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -20,6 +21,7 @@ use crate::store::{
 /// The channel workers `LISTEN` on: a task was offered, or ended.
 const CHANNEL: &str = "procession_tasks";
 
+const READY: i16 = 0;
 const DONE: i16 = 2;
 const FAILED: i16 = 3;
 const CANCEL: i16 = 4;
@@ -38,15 +40,66 @@ fn to_i32(v: u32) -> i32 {
     i32::try_from(v).unwrap_or(i32::MAX)
 }
 
+/// `nodes` as the text of an `int4[]` (`{1,2,3}`); `None` for none.
+fn int_array(nodes: &[u32]) -> Option<String> {
+    use std::fmt::Write as _;
+    if nodes.is_empty() {
+        return None;
+    }
+    let mut s = String::with_capacity(nodes.len() * 4 + 2);
+    s.push('{');
+    for (i, n) in nodes.iter().enumerate() {
+        if i > 0 {
+            s.push(',');
+        }
+        let _ = write!(s, "{}", to_i32(*n));
+    }
+    s.push('}');
+    Some(s)
+}
+
 fn node_of(v: i32) -> u32 {
     u32::try_from(v).unwrap_or(u32::MAX)
 }
+
+/// The claim of ready tasks, and of running ones whose claim expired or whose hard
+/// deadline passed (`$1` owner, `$2` process types, `$3` ttl in ms, `$4` limit): all in
+/// the partial index of states 0 and 1 (waiting and ended rows are not).
+pub(super) const TASK_CLAIM_SQL: &str = "
+WITH c AS MATERIALIZED (
+    SELECT run, node FROM procession_task_claims
+    WHERE state IN (0, 1) AND process_type = ANY($2)
+      AND (state = 0 OR expires_at <= procession_now_ms()
+           OR deadline_at <= procession_now_ms())
+    LIMIT $4
+    FOR UPDATE SKIP LOCKED)
+UPDATE procession_task_claims AS t
+SET state = 1, token = t.token + 1, owner = $1,
+    expires_at = procession_now_ms() + $3,
+    deadline_at = procession_now_ms() + t.deadline_ms,
+    attempts = t.attempts + t.max_attempts
+FROM c WHERE t.run = c.run AND t.node = c.node
+RETURNING t.run, t.run_token, t.node, t.token, t.process_type,
+          t.attempts - t.max_attempts";
 
 impl TaskQueue for PgStore {
     fn offer(&self, offers: &[TaskOffer]) -> Result<(), StoreError> {
         if offers.is_empty() {
             return Ok(());
         }
+        // One row per task: a ready offer wins over a waiting one of the same batch (a
+        // node's waiting row and its offer may be written together), a later offer over
+        // an earlier one. Sorted, so that the rows are locked in the order the finishing
+        // statement locks them (no deadlock between the two).
+        let mut by_task: std::collections::BTreeMap<(&str, u32), &TaskOffer> =
+            std::collections::BTreeMap::new();
+        for o in offers {
+            let slot = by_task.entry((o.run.as_str(), o.node)).or_insert(o);
+            if o.pending_deps == 0 || slot.pending_deps > 0 {
+                *slot = o;
+            }
+        }
+        let offers: Vec<&TaskOffer> = by_task.into_values().collect();
         let runs: Vec<&str> = offers.iter().map(|o| o.run.as_str()).collect();
         let nodes: Vec<i32> = offers.iter().map(|o| to_i32(o.node)).collect();
         let run_tokens: Vec<i64> = offers.iter().map(|o| run_token(o.run_token)).collect();
@@ -55,32 +108,27 @@ impl TaskQueue for PgStore {
         let max: Vec<i32> = offers.iter().map(|o| to_i32(o.max_attempts)).collect();
         let deadlines: Vec<Option<i64>> =
             offers.iter().map(|o| o.deadline_ms.map(to_i64)).collect();
-        self.with(|c| {
-            // A row of the same run (token) is kept as it is: a coordinator that took the
-            // run over adopts what runs on live workers and finds what ended. A row of an
-            // older run of the record starts again; its token keeps growing.
-            c.execute(
-                "WITH o AS (
-                     INSERT INTO procession_task_claims AS t
-                         (run, node, run_token, process_type, state, attempts, max_attempts,
-                          deadline_ms)
-                     SELECT u.run, u.node, u.run_token, u.process_type, 0, u.attempts,
-                            u.max_attempts, u.deadline_ms
-                     FROM unnest($1::text[], $2::int4[], $3::int8[], $4::text[], $5::int4[],
-                                 $6::int4[], $7::int8[])
-                          AS u(run, node, run_token, process_type, attempts, max_attempts,
-                               deadline_ms)
-                     ON CONFLICT (run, node) DO UPDATE
-                         SET run_token = EXCLUDED.run_token,
-                             process_type = EXCLUDED.process_type, state = 0,
-                             token = t.token + 1, owner = NULL, expires_at = 0,
-                             deadline_ms = EXCLUDED.deadline_ms, deadline_at = NULL,
-                             attempts = EXCLUDED.attempts,
-                             max_attempts = EXCLUDED.max_attempts, elapsed_ns = 0,
-                             result = NULL, error = NULL
-                         WHERE t.run_token <> EXCLUDED.run_token
-                     RETURNING 1)
-                 SELECT pg_notify($8, '') WHERE EXISTS (SELECT 1 FROM o)",
+        let pending: Vec<i32> = offers.iter().map(|o| to_i32(o.pending_deps)).collect();
+        let dependents: Vec<Option<String>> =
+            offers.iter().map(|o| int_array(&o.dependents)).collect();
+        self.tx(|c| {
+            // New rows: ready, or waiting. A row that exists is not touched (nor locked)
+            // here: a task running or ended under this run token stays as it is (a
+            // coordinator that took the run over adopts what runs on live workers and
+            // finds what ended), and no lock is held on rows being finished.
+            let fresh = c.query(
+                "INSERT INTO procession_task_claims AS t
+                     (run, node, run_token, process_type, state, attempts, max_attempts,
+                      deadline_ms, pending_deps, dependents)
+                 SELECT u.run, u.node, u.run_token, u.process_type,
+                        CASE WHEN u.pending > 0 THEN 5 ELSE 0 END, u.attempts,
+                        u.max_attempts, u.deadline_ms, u.pending, u.deps::int4[]
+                 FROM unnest($1::text[], $2::int4[], $3::int8[], $4::text[], $5::int4[],
+                             $6::int4[], $7::int8[], $8::int4[], $9::text[])
+                      AS u(run, node, run_token, process_type, attempts, max_attempts,
+                           deadline_ms, pending, deps)
+                 ON CONFLICT (run, node) DO NOTHING
+                 RETURNING t.state",
                 &[
                     &runs,
                     &nodes,
@@ -89,9 +137,58 @@ impl TaskQueue for PgStore {
                     &attempts,
                     &max,
                     &deadlines,
-                    &CHANNEL,
+                    &pending,
+                    &dependents,
                 ],
             )?;
+            // Rows that exist: a waiting row offered ready becomes ready; a row of an
+            // older run of the record starts again (its token keeps growing). Locked in
+            // (run, node) order first.
+            let changed = c.query(
+                "WITH u AS (
+                     SELECT * FROM unnest($1::text[], $2::int4[], $3::int8[], $4::text[],
+                                          $5::int4[], $6::int4[], $7::int8[], $8::int4[],
+                                          $9::text[])
+                          AS u(run, node, run_token, process_type, attempts, max_attempts,
+                               deadline_ms, pending, deps)),
+                 l AS MATERIALIZED (
+                     SELECT t.run, t.node FROM procession_task_claims t
+                     JOIN u ON t.run = u.run AND t.node = u.node
+                     WHERE t.run_token <> u.run_token OR (t.state = 5 AND u.pending = 0)
+                     ORDER BY t.run, t.node
+                     FOR UPDATE OF t)
+                 UPDATE procession_task_claims AS t
+                 SET run_token = u.run_token, process_type = u.process_type,
+                     state = CASE WHEN u.pending > 0 THEN 5 ELSE 0 END,
+                     token = t.token + 1, owner = NULL, expires_at = 0,
+                     deadline_ms = u.deadline_ms, deadline_at = NULL,
+                     attempts = u.attempts, max_attempts = u.max_attempts, elapsed_ns = 0,
+                     result = NULL, error = NULL, pending_deps = u.pending,
+                     dependents = u.deps::int4[]
+                 FROM l JOIN u ON u.run = l.run AND u.node = l.node
+                 WHERE t.run = l.run AND t.node = l.node
+                   AND (t.run_token <> u.run_token OR (t.state = 5 AND u.pending = 0))
+                 RETURNING t.state",
+                &[
+                    &runs,
+                    &nodes,
+                    &run_tokens,
+                    &types,
+                    &attempts,
+                    &max,
+                    &deadlines,
+                    &pending,
+                    &dependents,
+                ],
+            )?;
+            let mut ready = false;
+            for r in fresh.iter().chain(changed.iter()) {
+                let state: i16 = r.try_get(0)?;
+                ready |= state == READY;
+            }
+            if ready {
+                c.execute("SELECT pg_notify($1, '')", &[&CHANNEL])?;
+            }
             Ok(())
         })
     }
@@ -112,21 +209,7 @@ impl TaskQueue for PgStore {
             // Rows another claim holds locked are skipped: two workers never claim the
             // same task. Each claim raises the token (fencing) and the attempt base.
             let rows = c.query(
-                "WITH c AS MATERIALIZED (
-                     SELECT run, node FROM procession_task_claims
-                     WHERE state IN (0, 1) AND process_type = ANY($2)
-                       AND (state = 0 OR expires_at <= procession_now_ms()
-                            OR deadline_at <= procession_now_ms())
-                     LIMIT $4
-                     FOR UPDATE SKIP LOCKED)
-                 UPDATE procession_task_claims AS t
-                 SET state = 1, token = t.token + 1, owner = $1,
-                     expires_at = procession_now_ms() + $3,
-                     deadline_at = procession_now_ms() + t.deadline_ms,
-                     attempts = t.attempts + t.max_attempts
-                 FROM c WHERE t.run = c.run AND t.node = c.node
-                 RETURNING t.run, t.run_token, t.node, t.token, t.process_type,
-                           t.attempts - t.max_attempts",
+                TASK_CLAIM_SQL,
                 &[
                     &owner,
                     &process_types,
@@ -179,27 +262,79 @@ impl TaskQueue for PgStore {
         let attempts: Vec<i32> = ends.iter().map(|(_, e)| to_i32(e.attempts)).collect();
         let elapsed: Vec<i64> = ends.iter().map(|(_, e)| to_i64(e.elapsed_ns)).collect();
         let idx: Vec<i32> = (0..ends.len()).map(|i| to_i32(i as u32)).collect();
+        let cancelling: Vec<i16> = vec![
+            state_code(State::CancelRequested),
+            state_code(State::Cancelling),
+        ];
         self.with(|c| {
-            // Fenced per task: only under its current token. A row this very claim
-            // finished already (the statement runs again after a lost answer) matches
-            // too: no other worker can have claimed it since, its token would have grown.
+            // Fenced per task: only under its current token, only a running task (or one
+            // asked to cancel). A row this very claim finished already (the statement
+            // runs again after a lost answer) is reported stored without a write: no
+            // other worker can have claimed it since, its token would have grown; and its
+            // dependents are not counted down twice.
+            //
+            // Each success counts down its waiting dependents of the same run token
+            // (once per finishing row: one successful finish per claim), locked in
+            // (run, node) order; those reaching 0 become ready. Not once the run asked
+            // for a cancel: its coordinator decides then.
             let rows = c.query(
-                "WITH f AS (
+                "WITH u AS (
+                     SELECT * FROM unnest($1::text[], $2::int4[], $3::int8[], $4::int2[],
+                                          $5::text[], $6::text[], $7::int4[], $8::int8[],
+                                          $9::int4[])
+                          AS u(run, node, token, state, result, error, attempts,
+                               elapsed_ns, idx)),
+                 f AS (
                      UPDATE procession_task_claims AS t
                      SET state = u.state, result = u.result, error = u.error,
                          attempts = u.attempts, elapsed_ns = u.elapsed_ns, expires_at = 0,
                          deadline_at = NULL
-                     FROM unnest($1::text[], $2::int4[], $3::int8[], $4::int2[], $5::text[],
-                                 $6::text[], $7::int4[], $8::int8[], $9::int4[])
-                          AS u(run, node, token, state, result, error, attempts, elapsed_ns,
-                               idx)
+                     FROM u
                      WHERE t.run = u.run AND t.node = u.node AND t.token = u.token
-                       AND t.state > 0
-                     RETURNING u.idx, t.run)
-                 SELECT idx, pg_notify($10, run) FROM f",
+                       AND t.state IN (1, 4)
+                     RETURNING u.idx, t.run, t.run_token, t.state, t.dependents),
+                 again AS (
+                     SELECT u.idx FROM u
+                     JOIN procession_task_claims t
+                       ON t.run = u.run AND t.node = u.node AND t.token = u.token
+                     WHERE t.state IN (2, 3)),
+                 d AS (
+                     SELECT f.run, f.run_token, x.node, count(*)::int4 AS n
+                     FROM f CROSS JOIN LATERAL unnest(f.dependents) AS x(node)
+                     WHERE f.state = 2
+                     GROUP BY f.run, f.run_token, x.node),
+                 l AS MATERIALIZED (
+                     SELECT t.run, t.node, d.n FROM procession_task_claims t
+                     JOIN d ON t.run = d.run AND t.node = d.node
+                           AND t.run_token = d.run_token
+                     WHERE t.state = 5
+                       AND NOT EXISTS (SELECT 1 FROM procession_records r
+                                       WHERE r.id = t.run AND r.state = ANY($11))
+                     ORDER BY t.run, t.node
+                     FOR UPDATE OF t),
+                 c AS (
+                     UPDATE procession_task_claims AS t
+                     SET pending_deps = t.pending_deps - l.n,
+                         state = CASE WHEN t.pending_deps - l.n <= 0 THEN 0 ELSE 5 END
+                     FROM l
+                     WHERE t.run = l.run AND t.node = l.node AND t.state = 5
+                     RETURNING 1)
+                 SELECT idx FROM f
+                 UNION ALL SELECT idx FROM again
+                 UNION ALL SELECT -1 FROM (SELECT pg_notify($10, '')
+                                           WHERE EXISTS (SELECT 1 FROM f)) n",
                 &[
-                    &runs, &nodes, &tokens, &states, &results, &errors, &attempts, &elapsed, &idx,
+                    &runs,
+                    &nodes,
+                    &tokens,
+                    &states,
+                    &results,
+                    &errors,
+                    &attempts,
+                    &elapsed,
+                    &idx,
                     &CHANNEL,
+                    &cancelling,
                 ],
             )?;
             let mut stored = vec![false; ends.len()];
@@ -305,10 +440,20 @@ impl TaskQueue for PgStore {
 
     fn cancel(&self, run: &str, token: u64) -> Result<(), StoreError> {
         self.with(|c| {
+            // Waiting rows too. Running rows are locked before waiting ones, as the
+            // finishing statement locks them (a finish holds its running row while it
+            // counts its waiting dependents down): no deadlock between the two.
             c.execute(
-                "WITH x AS (
-                     UPDATE procession_task_claims SET state = 4
-                     WHERE run = $1 AND run_token = $2 AND state IN (0, 1)
+                "WITH l AS MATERIALIZED (
+                     SELECT node FROM procession_task_claims
+                     WHERE run = $1 AND run_token = $2 AND state IN (0, 1, 5)
+                     ORDER BY state = 5, node
+                     FOR UPDATE),
+                 x AS (
+                     UPDATE procession_task_claims AS t SET state = 4
+                     FROM l
+                     WHERE t.run = $1 AND t.node = l.node AND t.run_token = $2
+                       AND t.state IN (0, 1, 5)
                      RETURNING 1)
                  SELECT pg_notify($3, $1) WHERE EXISTS (SELECT 1 FROM x)",
                 &[&run, &run_token(token), &CHANNEL],

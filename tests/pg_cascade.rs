@@ -1,0 +1,381 @@
+//! Dependents made ready by the finishing statement (issue 14, point 2, task spreading):
+//! a successful, fenced finish counts down its waiting dependents and makes those at 0
+//! claimable without a round trip through the run's coordinator; failures, skips,
+//! optional and tolerant dependencies stay the coordinator's decisions.
+//!
+//! The store-level test drives the statements themselves (no coordinator at all); the
+//! runtime-level tests spread layered runs over three runtimes on one database and
+//! compare their reports with the same runs on sled.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use procession::prelude::*;
+use procession::store::{ClaimedTask, PgStore, Store, TaskEnd, TaskOffer};
+use procession::{RunStatus, TaskStatus};
+
+mod pg;
+use pg::rows;
+
+// ------------------------------------------------------------------ the work
+
+#[task]
+fn leaf(i: u64) -> u64 {
+    i + 1
+}
+
+/// Mixes its inputs; fails when told to.
+#[task]
+#[allow(clippy::needless_pass_by_value)] // task inputs are owned
+fn mix(ins: Vec<u64>, code: u64, fail: bool) -> Result<u64, String> {
+    if fail {
+        return Err(format!("mix {code} fails"));
+    }
+    Ok(ins
+        .iter()
+        .fold(code, |a, v| a.wrapping_mul(31).wrapping_add(*v)))
+}
+
+/// Takes what succeeded of the last layer, and counts what did not.
+#[task(on_dep_failure = "run_anyway")]
+#[allow(clippy::needless_pass_by_value)]
+fn gather(parts: Vec<Option<u64>>) -> u64 {
+    let missing = parts.iter().filter(|p| p.is_none()).count() as u64;
+    parts.iter().flatten().fold(missing, |a, v| a ^ v)
+}
+
+/// `layers` x `width`, each node of a layer reading two of the previous one; every
+/// seventh node optional; the nodes numbered in `failing` fail; a tolerant gather.
+#[process]
+fn cascade(p: &mut Builder, layers: u32, width: u32, failing: Vec<u64>) {
+    let mut prev: Vec<Out<u64>> = (0..width)
+        .map(|j| p.task(Leaf::new(u64::from(j))))
+        .collect();
+    for l in 1..layers {
+        prev = (0..width)
+            .map(|j| {
+                let code = u64::from(l * width + j);
+                let ins = vec![prev[j as usize], prev[((j + 1) % width) as usize]];
+                let t = Mix::new(ins, code, failing.contains(&code));
+                if code % 7 == 0 {
+                    p.task(t.optional())
+                } else {
+                    p.task(t)
+                }
+            })
+            .collect();
+    }
+    p.task(Gather::new(prev));
+}
+
+type Summary = (RunStatus, Vec<(String, TaskStatus, u32, String)>);
+
+/// What the comparison with sled looks at: the run's status, and per task its status,
+/// attempts and result.
+fn summary(r: &RunReport) -> Summary {
+    (
+        r.status,
+        r.tasks
+            .iter()
+            .map(|t| {
+                (
+                    t.id.to_string(),
+                    t.status,
+                    t.attempts,
+                    serde_json::to_string(&t.result).unwrap(),
+                )
+            })
+            .collect(),
+    )
+}
+
+async fn on_sled(p: Cascade) -> Summary {
+    let rt = Runtime::temporary()
+        .register::<Cascade>()
+        .start()
+        .await
+        .unwrap();
+    let r = rt.launch(p).await.unwrap().wait().await.unwrap();
+    rt.shutdown().await.unwrap();
+    summary(&r)
+}
+
+/// Runs `p` launched by one runtime with two helpers, all spreading tasks on `url`;
+/// returns its report and the tasks claimed by all three.
+async fn spread_over_three(url: &str, id: &str, p: Cascade) -> (RunReport, u64) {
+    let start = || async {
+        Runtime::connect(url.to_owned())
+            .lease(Duration::from_secs(30))
+            .spread_tasks(true)
+            .register::<Cascade>()
+            .start()
+            .await
+            .unwrap()
+    };
+    let helpers = [start().await, start().await];
+    let rt = start().await;
+    let run = rt.launch(Launch::new(p).id(id)).await.unwrap();
+    let r = tokio::time::timeout(Duration::from_mins(2), run.wait())
+        .await
+        .expect("the run ends")
+        .unwrap();
+    println!(
+        "{:?} {:?}",
+        rt.task_stats(),
+        helpers.iter().map(Runtime::task_stats).collect::<Vec<_>>()
+    );
+    let claimed =
+        rt.task_stats().claimed + helpers.iter().map(|h| h.task_stats().claimed).sum::<u64>();
+    rt.shutdown().await.unwrap();
+    for h in helpers {
+        h.shutdown().await.unwrap();
+    }
+    (r, claimed)
+}
+
+// ------------------------------------------------------------------ the tests
+
+// A layered run spread over three workers cascades through its layers and ends as on
+// sled; every task was claimed once (a node made ready by a cascade and then offered by
+// its coordinator does not run twice); the task rows are gone after the run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_layered_run_over_three_workers_matches_sled() {
+    let Some(url) = pg::database("cascade_layered") else {
+        return;
+    };
+    let p = || Cascade {
+        layers: 8,
+        width: 12,
+        failing: Vec::new(),
+    };
+    let (r, claimed) = spread_over_three(&url, "layered", p()).await;
+    let got = summary(&r);
+    assert_eq!(got.0, RunStatus::Succeeded, "{got:?}");
+    assert_eq!(got, on_sled(p()).await);
+    assert_eq!(claimed, r.tasks.len() as u64, "every task claimed once");
+    assert!(rows(&url, "SELECT 1 FROM procession_task_claims").is_empty());
+}
+
+// Failures (one optional, one not), the tasks skipped after them and a tolerant gather
+// over the last layer: the failures do not cascade, the coordinator decides, and the
+// report is the one sled gives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn failures_skips_and_tolerant_tasks_report_as_on_sled() {
+    let Some(url) = pg::database("cascade_failures") else {
+        return;
+    };
+    // 14 is optional (a multiple of 7), 17 is not; both in layer 1 of width 8.
+    let p = || Cascade {
+        layers: 5,
+        width: 8,
+        failing: vec![14, 17],
+    };
+    let (r, claimed) = spread_over_three(&url, "failures", p()).await;
+    let got = summary(&r);
+    assert_eq!(got.0, RunStatus::Failed, "{got:?}");
+    assert!(got.1.iter().any(|t| t.1 == TaskStatus::Skipped), "{got:?}");
+    assert_eq!(got.1.last().unwrap().1, TaskStatus::Success, "{got:?}");
+    assert_eq!(got, on_sled(p()).await);
+    let ran = got.1.iter().filter(|t| t.2 > 0).count() as u64;
+    assert_eq!(claimed, ran, "every task that ran was claimed once");
+    assert!(rows(&url, "SELECT 1 FROM procession_task_claims").is_empty());
+}
+
+// Under a concurrency limit the executor decides when each node starts: the run writes
+// no waiting row (nothing cascades) and ends as on sled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_run_under_a_concurrency_limit_does_not_cascade() {
+    let Some(url) = pg::database("cascade_limited") else {
+        return;
+    };
+    let p = || Cascade {
+        layers: 6,
+        width: 6,
+        failing: Vec::new(),
+    };
+    let rt = Runtime::connect(url.clone())
+        .lease(Duration::from_secs(30))
+        .spread_tasks(true)
+        .process_concurrency(2)
+        .register::<Cascade>()
+        .start()
+        .await
+        .unwrap();
+    let run = rt.launch(Launch::new(p()).id("limited")).await.unwrap();
+    let u = url.clone();
+    let watch = tokio::task::spawn_blocking(move || {
+        let mut seen = 0usize;
+        let mut waiting = 0usize;
+        // Until the run's rows are gone (it ended), sampled every few ms.
+        for _ in 0..20_000 {
+            let r = rows(
+                &u,
+                "SELECT count(*) FILTER (WHERE state = 5), count(*) FROM procession_task_claims",
+            );
+            let (w, all): (i64, i64) = (r[0].get(0), r[0].get(1));
+            waiting += usize::try_from(w).unwrap();
+            if all > 0 {
+                seen += 1;
+            } else if seen > 0 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        (seen, waiting)
+    });
+    let r = tokio::time::timeout(Duration::from_mins(2), run.wait())
+        .await
+        .expect("the run ends")
+        .unwrap();
+    rt.shutdown().await.unwrap();
+    let (seen, waiting) = watch.await.unwrap();
+    assert!(seen > 0, "the watcher saw the run's task rows");
+    assert_eq!(waiting, 0, "no waiting row under a concurrency limit");
+    assert_eq!(summary(&r), on_sled(p()).await);
+}
+
+// The statements alone, with no coordinator: a successful finish makes a dependent
+// whose dependencies all succeeded claimable; a failure, a fenced finish and a repeated
+// finish do not count it down (again); an end stored before the waiting row existed
+// leaves it to the coordinator's offer; an offer leaves a cascaded running task alone;
+// a cancel stops the cascade.
+#[test]
+fn the_finish_statement_makes_dependents_ready() {
+    let Some(url) = pg::database("cascade_sql") else {
+        return;
+    };
+    std::thread::spawn(move || {
+        let store = PgStore::connect(&url).unwrap();
+        let q = store.task_queue().expect("PostgreSQL has a task queue");
+        let token = u64::MAX - 9;
+        let row = |run: &str, node: u32, pending: u32, dependents: &[u32]| TaskOffer {
+            run: run.into(),
+            run_token: token,
+            node,
+            process_type: "cascade".into(),
+            attempts: 0,
+            max_attempts: 1,
+            deadline_ms: None,
+            pending_deps: pending,
+            dependents: dependents.to_vec(),
+        };
+        let ok = |v: &str| TaskEnd {
+            attempts: 1,
+            elapsed_ns: 1,
+            outcome: Ok(Arc::from(v)),
+        };
+        let failed = TaskEnd {
+            attempts: 1,
+            elapsed_ns: 1,
+            outcome: Err(vec!["no".into()]),
+        };
+        let claim = |who: &str, ttl: u64| -> Vec<ClaimedTask> {
+            let mut c = q.claim(who, &["cascade"], ttl, 10).unwrap();
+            c.sort_by_key(|c| (c.claim.run.clone(), c.claim.node));
+            c
+        };
+        let nodes = |c: &[ClaimedTask]| c.iter().map(|c| c.claim.node).collect::<Vec<_>>();
+
+        // r: 0 and 1 -> 2 -> 3; 2 and 3 wait (written with the offers of 0 and 1).
+        q.offer(&[
+            row("r", 2, 2, &[3]),
+            row("r", 3, 1, &[]),
+            row("r", 0, 0, &[2]),
+            row("r", 1, 0, &[2]),
+        ])
+        .unwrap();
+        let first = claim("w1", 1);
+        assert_eq!(nodes(&first), vec![0, 1], "waiting rows are not claimable");
+        std::thread::sleep(Duration::from_millis(50));
+        // The claims expired: w2 claims both again; w1's late successes are fenced out
+        // and count nothing down.
+        let again = claim("w2", 60_000);
+        assert_eq!(nodes(&again), vec![0, 1]);
+        assert_eq!(
+            q.finish(&[
+                (first[0].claim.clone(), ok("10")),
+                (first[1].claim.clone(), ok("10"))
+            ])
+            .unwrap(),
+            vec![false, false]
+        );
+        assert!(claim("w3", 60_000).is_empty(), "2 waits for 0 and 1");
+        // 0 succeeds (and its finish is repeated, as after a lost answer): 2 still
+        // waits for 1.
+        assert_eq!(
+            q.finish(&[(again[0].claim.clone(), ok("1"))]).unwrap(),
+            vec![true]
+        );
+        assert_eq!(
+            q.finish(&[(again[0].claim.clone(), ok("1"))]).unwrap(),
+            vec![true]
+        );
+        assert!(claim("w3", 60_000).is_empty(), "2 waits for 1");
+        // 1 succeeds under its current claim: 2 is claimable, no coordinator involved.
+        assert_eq!(
+            q.finish(&[(again[1].claim.clone(), ok("2"))]).unwrap(),
+            vec![true]
+        );
+        let two = claim("w3", 60_000);
+        assert_eq!(nodes(&two), vec![2]);
+        assert_eq!(two[0].attempts, 0);
+        // The coordinator offers 2 later: the running task is left as it is.
+        q.offer(&[row("r", 2, 0, &[3])]).unwrap();
+        let (_, beat) = q
+            .heartbeat_tasks("w3", &[], std::slice::from_ref(&two[0].claim), 60_000)
+            .unwrap();
+        assert!(beat.refused.is_empty(), "the claim of 2 stands");
+        assert!(claim("w4", 60_000).is_empty());
+        // 2 fails: 3 is not made ready; the coordinator's offer makes it ready.
+        assert_eq!(
+            q.finish(&[(two[0].claim.clone(), failed.clone())]).unwrap(),
+            vec![true]
+        );
+        assert!(claim("w4", 60_000).is_empty(), "a failure does not cascade");
+        q.offer(&[row("r", 3, 0, &[])]).unwrap();
+        assert_eq!(nodes(&claim("w4", 60_000)), vec![3]);
+
+        // s: 0 ends before 1's waiting row is written: 1 waits until its offer.
+        q.offer(&[row("s", 0, 0, &[1])]).unwrap();
+        let s0 = claim("w1", 60_000);
+        assert_eq!(nodes(&s0), vec![0]);
+        assert_eq!(
+            q.finish(&[(s0[0].claim.clone(), ok("5"))]).unwrap(),
+            vec![true]
+        );
+        q.offer(&[row("s", 1, 1, &[])]).unwrap();
+        assert!(claim("w1", 60_000).is_empty());
+        q.offer(&[row("s", 1, 0, &[])]).unwrap();
+        assert_eq!(nodes(&claim("w1", 60_000)), vec![1]);
+
+        // c: a cancel marks the waiting row; 0's success then counts nothing down, and
+        // the coordinator reads 1 as cancelled before any worker claimed it.
+        q.offer(&[row("c", 0, 0, &[1]), row("c", 1, 1, &[])])
+            .unwrap();
+        let c0 = claim("w1", 60_000);
+        assert_eq!(nodes(&c0), vec![0]);
+        q.cancel("c", token).unwrap();
+        assert_eq!(
+            q.finish(&[(c0[0].claim.clone(), ok("7"))]).unwrap(),
+            vec![true]
+        );
+        assert!(claim("w1", 60_000).is_empty());
+        let ended = q.ended(&[("c".into(), token, 1)]).unwrap();
+        assert_eq!(ended.len(), 1);
+        assert_eq!(ended[0].owner, None);
+
+        // A waiting row of an older run of the record is replaced by a new run's.
+        q.offer(&[TaskOffer {
+            run_token: 3,
+            ..row("c", 1, 0, &[])
+        }])
+        .unwrap();
+        assert_eq!(nodes(&claim("w1", 60_000)), vec![1]);
+        for (run, t) in [("r", token), ("s", token), ("c", token), ("c", 3)] {
+            q.clear(run, t).unwrap();
+        }
+        assert!(rows(&url, "SELECT 1 FROM procession_task_claims").is_empty());
+    })
+    .join()
+    .unwrap();
+}
