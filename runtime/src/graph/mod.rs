@@ -66,25 +66,25 @@ enum LinkList {
 
 impl LinkList {
     /// The concatenation of `parts`.
+    #[inline]
     fn of(parts: [&[u32]; 3]) -> LinkList {
-        let len: usize = parts.iter().map(|p| p.len()).sum();
-        if len <= INLINE_LINKS {
-            let mut ids = [0; INLINE_LINKS];
-            let mut at = 0;
-            for p in parts {
-                ids[at..at + p.len()].copy_from_slice(p);
-                at += p.len();
-            }
-            // `len <= INLINE_LINKS`: the cast keeps it.
-            LinkList::Inline {
-                len: len as u8,
-                ids,
-            }
-        } else {
-            LinkList::Heap(parts.concat().into_boxed_slice())
+        let len = parts[0].len() + parts[1].len() + parts[2].len();
+        if len > INLINE_LINKS {
+            return LinkList::Heap(parts.concat().into_boxed_slice());
+        }
+        let mut ids = [0; INLINE_LINKS];
+        let all = parts[0].iter().chain(parts[1]).chain(parts[2]);
+        for (slot, &x) in ids.iter_mut().zip(all) {
+            *slot = x;
+        }
+        // `len <= INLINE_LINKS`: the cast keeps it.
+        LinkList::Inline {
+            len: len as u8,
+            ids,
         }
     }
 
+    #[inline]
     fn as_slice(&self) -> &[u32] {
         match self {
             LinkList::Inline { len, ids } => &ids[..usize::from(*len)],
@@ -104,6 +104,7 @@ pub(crate) struct Links<'a> {
 }
 
 impl Node {
+    #[inline]
     fn new(
         id: Arc<str>,
         meta: &'static TaskMeta,
@@ -129,11 +130,13 @@ impl Node {
     }
 
     /// Every node this one waits for (data and order), without repeats.
+    #[inline]
     pub(crate) fn deps(&self) -> &[u32] {
         &self.links.as_slice()[..self.n_deps as usize]
     }
 
     /// The subset of [`deps`](Node::deps) this node reads a value from.
+    #[inline]
     pub(crate) fn data_deps(&self) -> &[u32] {
         if self.data_is_deps {
             return self.deps();
@@ -143,6 +146,7 @@ impl Node {
 
     /// The subset of [`data_deps`](Node::data_deps) read only as an `Option`: under
     /// `run_anyway`, this node runs without their values.
+    #[inline]
     pub(crate) fn tolerant_deps(&self) -> &[u32] {
         &self.links.as_slice()[(self.n_deps + self.n_data) as usize..]
     }
