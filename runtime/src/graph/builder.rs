@@ -19,13 +19,18 @@ use crate::task::Task;
 
 use super::{next_tag, Fingerprint, Graph, GraphError, Links, Node};
 
-/// What an id table entry names when it is not a task.
-const BLOCK: u32 = u32::MAX;
+/// Marks an [`IdEntry::owner`] that is a block; the other bits are its index in
+/// [`Ids::blocks`]. (A graph of 2³¹ tasks is out of reach long before.)
+const BLOCK: u32 = 1 << 31;
 
 pub(super) struct Scope {
     pub(super) mode: Mode,
     pub(super) entry: Vec<u32>,
     pub(super) exits: Vec<u32>,
+    /// Whether [`exits`](Scope::exits) is kept: only a block's are read (by the enclosing
+    /// block when it ends), the root scope's never, and there it would grow to one entry
+    /// per task.
+    pub(super) keep_exits: bool,
 }
 
 impl Scope {
@@ -39,10 +44,13 @@ impl Scope {
             Mode::Sequential => {
                 self.entry.clear();
                 self.entry.extend_from_slice(step);
-                self.exits.clear();
-                self.exits.extend_from_slice(step);
+                if self.keep_exits {
+                    self.exits.clear();
+                    self.exits.extend_from_slice(step);
+                }
             }
-            Mode::Dataflow => self.exits.extend_from_slice(step),
+            Mode::Dataflow if self.keep_exits => self.exits.extend_from_slice(step),
+            Mode::Dataflow => {}
         }
     }
 }
@@ -50,21 +58,32 @@ impl Scope {
 /// The ids handed out so far, each with the next `#k` suffix to try when it comes again
 /// as the base of another id (1 until then).
 ///
-/// An entry holds the node's own `Arc<str>` (a block's id has no node and is only kept
-/// here), so an id is allocated once, and lookups go by `&str` without building a
-/// `String`. Each entry keeps the hash of its text: growing the table rehashes `u64`s
-/// instead of reading every id again, and a lookup hashes its text once.
+/// An entry is 16 bytes: the hash of its text, that suffix, and its owner (a task, whose
+/// `Arc<str>` id holds the text, or a block, whose id is kept in [`blocks`](Ids::blocks)),
+/// so an id is allocated once and lookups go by `&str` without building a `String`.
+/// Keeping the hash lets growth rehash `u64`s instead of reading every id again, and a
+/// lookup compares texts only when the hashes are equal.
 #[derive(Default)]
 pub(super) struct Ids {
     pub(super) used: HashTable<IdEntry>,
+    /// The ids of blocks (they have no node to keep them), by [`IdEntry::owner`].
+    pub(super) blocks: Vec<Box<str>>,
 }
 
 pub(super) struct IdEntry {
     pub(super) hash: u64,
-    pub(super) id: Arc<str>,
     pub(super) next_suffix: u32,
-    /// The task that has this id, or [`BLOCK`].
-    pub(super) node: u32,
+    /// The index of the task that has this id, or [`BLOCK`] and a block's index.
+    pub(super) owner: u32,
+}
+
+/// The text of the id `owner` has (`None` for a task not added yet).
+fn text_of<'a>(blocks: &'a [Box<str>], nodes: &'a [Node], owner: u32) -> Option<&'a str> {
+    if owner & BLOCK == 0 {
+        nodes.get(owner as usize).map(|n| &*n.id)
+    } else {
+        blocks.get((owner & !BLOCK) as usize).map(|b| &**b)
+    }
 }
 
 impl Ids {
@@ -74,17 +93,26 @@ impl Ids {
         h.finish()
     }
 
-    pub(super) fn find(&self, hash: u64, text: &str) -> Option<&IdEntry> {
-        self.used.find(hash, |e| e.hash == hash && &*e.id == text)
+    /// The entry of `text` (whose hash is `hash`), if it was handed out.
+    pub(super) fn find(&self, nodes: &[Node], hash: u64, text: &str) -> Option<&IdEntry> {
+        let blocks = &self.blocks;
+        self.used.find(hash, |e| {
+            e.hash == hash && text_of(blocks, nodes, e.owner) == Some(text)
+        })
+    }
+
+    /// Room for `additional` more ids without growing the table.
+    pub(super) fn reserve(&mut self, additional: usize) {
+        self.used.reserve(additional, |e| e.hash);
     }
 
     /// Makes the id in `buf` unique: when it was handed out already, appends the first free
     /// `#k` (counting from the last suffix given to that base, so `n` repeats cost `O(n)`,
-    /// not `O(n²)`). `buf` keeps the suffix; returns the id, now reserved for `node`.
-    pub(super) fn unique(&mut self, buf: &mut String, node: u32) -> Arc<str> {
+    /// not `O(n²)`). `buf` keeps the suffix; returns its hash, for [`claim`](Ids::claim).
+    pub(super) fn unique(&mut self, buf: &mut String, nodes: &[Node]) -> u64 {
         let hash = Self::hash_of(buf);
-        let Some(first) = self.find(hash, buf).map(|e| e.next_suffix) else {
-            return self.reserve(hash, buf, node);
+        let Some(first) = self.find(nodes, hash, buf).map(|e| e.next_suffix) else {
+            return hash;
         };
         let base = buf.len();
         let mut k = first;
@@ -93,35 +121,43 @@ impl Ids {
             buf.push('#');
             buf.push_str(itoa::Buffer::new().format(k));
             let h = Self::hash_of(buf);
-            if self.find(h, buf).is_none() {
-                let id = self.reserve(h, buf, node);
+            if self.find(nodes, h, buf).is_none() {
                 let base_text = &buf[..base];
-                if let Some(e) = self
-                    .used
-                    .find_mut(hash, |e| e.hash == hash && &*e.id == base_text)
-                {
-                    e.next_suffix = k + 1;
+                let blocks = &self.blocks;
+                if let Some(e) = self.used.find_mut(hash, |e| {
+                    e.hash == hash && text_of(blocks, nodes, e.owner) == Some(base_text)
+                }) {
+                    e.next_suffix = k.saturating_add(1);
                 }
-                return id;
+                return h;
             }
             k += 1;
         }
     }
 
-    /// Adds `text` (whose hash is `hash`), known to be absent, for `node`.
-    pub(super) fn reserve(&mut self, hash: u64, text: &str, node: u32) -> Arc<str> {
-        let id: Arc<str> = Arc::from(text);
+    /// Records that the task `node` has the id whose hash is `hash` (known to be absent);
+    /// the task's `Arc<str>` keeps the text.
+    pub(super) fn claim(&mut self, hash: u64, node: u32) {
+        self.insert(hash, node);
+    }
+
+    /// Records that a block has the id `text` (known to be absent, hash `hash`).
+    pub(super) fn claim_block(&mut self, hash: u64, text: &str) {
+        let owner = BLOCK | self.blocks.len() as u32;
+        self.blocks.push(text.into());
+        self.insert(hash, owner);
+    }
+
+    fn insert(&mut self, hash: u64, owner: u32) {
         self.used.insert_unique(
             hash,
             IdEntry {
                 hash,
-                id: Arc::clone(&id),
                 next_suffix: 1,
-                node,
+                owner,
             },
             |e| e.hash,
         );
-        id
     }
 }
 
@@ -216,6 +252,7 @@ impl Builder {
                 mode,
                 entry: Vec::new(),
                 exits: Vec::new(),
+                keep_exits: false,
             }],
             prefix: String::new(),
             ids: Ids::default(),
@@ -253,9 +290,19 @@ impl Builder {
     pub(super) fn unique_id(&mut self, name: &str, node: u32) -> Arc<str> {
         let len = self.prefix.len();
         self.prefix.push_str(name);
-        let id = self.ids.unique(&mut self.prefix, node);
+        let hash = self.ids.unique(&mut self.prefix, &self.nodes);
+        self.ids.claim(hash, node);
+        let id = Arc::from(&*self.prefix);
         self.prefix.truncate(len);
         id
+    }
+
+    /// Makes `prefix` + `segment` unique (appending `#k` when taken) for a block, and
+    /// leaves it at the end of the prefix.
+    fn block_id(&mut self, segment: &str) {
+        self.prefix.push_str(segment);
+        let hash = self.ids.unique(&mut self.prefix, &self.nodes);
+        self.ids.claim_block(hash, &self.prefix);
     }
 
     /// Reserves the id `given` (relative to the innermost sub-process) for task `node`,
@@ -281,9 +328,9 @@ impl Builder {
         full.push_str(&self.prefix[..ns]);
         full.push_str(given);
         let hash = Ids::hash_of(&full);
-        if let Some(e) = self.ids.find(hash, &full) {
-            let first = match self.nodes.get(e.node as usize) {
-                Some(n) => format!("`{}` (task {})", n.meta.name, e.node + 1),
+        if let Some(e) = self.ids.find(&self.nodes, hash, &full) {
+            let first = match self.nodes.get(e.owner as usize) {
+                Some(n) => format!("`{}` (task {})", n.meta.name, e.owner + 1),
                 None => format!("a `{}` block", full.rsplit('/').next().unwrap_or(&full)),
             };
             return Err(GraphError::DuplicateId {
@@ -292,7 +339,8 @@ impl Builder {
                 second: format!("`{name}` (task {})", node + 1),
             });
         }
-        Ok(self.ids.reserve(hash, &full, node))
+        self.ids.claim(hash, node);
+        Ok(Arc::from(full))
     }
 
     pub(super) fn scope(&mut self) -> &mut Scope {
@@ -439,6 +487,7 @@ impl Builder {
             mode,
             entry,
             exits: Vec::new(),
+            keep_exits: true,
         });
         let r = f(self);
         let scope = self.scopes.pop().expect("pushed above");
@@ -454,8 +503,7 @@ impl Builder {
     /// prefix's length before, to cut it back to when the block ends.
     pub(super) fn enter(&mut self, segment: &str) -> usize {
         let saved = self.prefix.len();
-        self.prefix.push_str(segment);
-        self.ids.unique(&mut self.prefix, BLOCK);
+        self.block_id(segment);
         self.prefix.push('/');
         saved
     }
@@ -494,12 +542,16 @@ impl Builder {
         mut f: impl FnMut(&mut Builder, I::Item) -> R,
     ) -> Vec<R> {
         let saved = self.prefix.len();
-        self.prefix.push_str("each");
-        self.ids.unique(&mut self.prefix, BLOCK);
+        self.block_id("each");
         self.prefix.push('[');
         let base = self.prefix.len();
+        let items = items.into_iter();
+        // Most items add at least one task: room for one each, instead of growing the
+        // node vector and the id table step by step (and copying them each time).
+        let (hint, _) = items.size_hint();
+        self.nodes.reserve(hint);
+        self.ids.reserve(hint);
         let out = items
-            .into_iter()
             .enumerate()
             .map(|(i, item)| {
                 // Every step of `f` leaves the prefix as it found it: only the index changes.

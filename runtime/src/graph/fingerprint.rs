@@ -17,24 +17,43 @@ impl Fingerprint {
     }
 
     /// One field: its bytes, then a separator.
+    ///
+    /// Byte by byte as FNV-1a defines it, but read eight bytes at a time (the inner loop
+    /// has a fixed count and is unrolled): the same value with fewer loads and branches.
+    #[inline]
     pub(super) fn eat(&mut self, bytes: &[u8]) {
         let mut h = self.0;
-        for b in bytes {
-            h ^= u64::from(*b);
-            h = h.wrapping_mul(Self::PRIME);
+        let mut words = bytes.chunks_exact(8);
+        for w in &mut words {
+            for &b in w {
+                h = (h ^ u64::from(b)).wrapping_mul(Self::PRIME);
+            }
         }
-        h ^= 0xff;
-        self.0 = h.wrapping_mul(Self::PRIME);
+        for &b in words.remainder() {
+            h = (h ^ u64::from(b)).wrapping_mul(Self::PRIME);
+        }
+        self.0 = (h ^ 0xff).wrapping_mul(Self::PRIME);
+    }
+
+    /// A `u32` field: its four little-endian bytes, then a separator (the same value as
+    /// `eat(&x.to_le_bytes())`).
+    #[inline]
+    fn eat_u32(&mut self, x: u32) {
+        let mut h = self.0;
+        for b in x.to_le_bytes() {
+            h = (h ^ u64::from(b)).wrapping_mul(Self::PRIME);
+        }
+        self.0 = (h ^ 0xff).wrapping_mul(Self::PRIME);
     }
 
     pub(super) fn node(&mut self, n: &Node) {
         self.eat(n.id.as_bytes());
         self.eat(n.meta.name.as_bytes());
-        for d in n.deps() {
-            self.eat(&d.to_le_bytes());
+        for &d in n.deps() {
+            self.eat_u32(d);
         }
-        for d in n.data_deps() {
-            self.eat(&d.to_le_bytes());
+        for &d in n.data_deps() {
+            self.eat_u32(d);
         }
     }
 

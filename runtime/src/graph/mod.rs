@@ -38,17 +38,59 @@ pub(crate) struct Node {
     pub(crate) meta: &'static TaskMeta,
     pub(crate) description: Option<String>,
     pub(crate) task: Option<Box<dyn ErasedTask>>,
-    /// [`deps`](Node::deps), [`data_deps`](Node::data_deps), then
-    /// [`tolerant_deps`](Node::tolerant_deps), in one allocation.
-    links: Box<[u32]>,
+    /// [`deps`](Node::deps), [`data_deps`](Node::data_deps) (unless they are the same
+    /// list), then [`tolerant_deps`](Node::tolerant_deps).
+    links: LinkList,
     /// How many of `links` are `deps`.
     n_deps: u32,
-    /// How many of `links` are `data_deps`.
+    /// How many of `links` are `data_deps` (0 when `data_is_deps`).
     n_data: u32,
     /// How many input reads other nodes make of this node's result.
     pub(crate) readers: u32,
     /// Its failure does not fail the run (`#[task(optional)]` or `.optional()`).
     pub(crate) optional: bool,
+    /// The node waits for exactly the nodes it reads (no order-only dependency, the
+    /// usual case): `data_deps` is `deps`, kept once.
+    data_is_deps: bool,
+}
+
+/// How many links a node keeps in itself, without an allocation: as many as fit in the
+/// 24 bytes of the list (most nodes read a handful of others).
+const INLINE_LINKS: usize = 5;
+
+/// A node's links: a few inside the node, more in one allocation of their own.
+enum LinkList {
+    Inline { len: u8, ids: [u32; INLINE_LINKS] },
+    Heap(Box<[u32]>),
+}
+
+impl LinkList {
+    /// The concatenation of `parts`.
+    #[inline]
+    fn of(parts: [&[u32]; 3]) -> LinkList {
+        let len = parts[0].len() + parts[1].len() + parts[2].len();
+        if len > INLINE_LINKS {
+            return LinkList::Heap(parts.concat().into_boxed_slice());
+        }
+        let mut ids = [0; INLINE_LINKS];
+        let all = parts[0].iter().chain(parts[1]).chain(parts[2]);
+        for (slot, &x) in ids.iter_mut().zip(all) {
+            *slot = x;
+        }
+        // `len <= INLINE_LINKS`: the cast keeps it.
+        LinkList::Inline {
+            len: len as u8,
+            ids,
+        }
+    }
+
+    #[inline]
+    fn as_slice(&self) -> &[u32] {
+        match self {
+            LinkList::Inline { len, ids } => &ids[..usize::from(*len)],
+            LinkList::Heap(all) => all,
+        }
+    }
 }
 
 /// What a node waits for and reads, as [`Node::new`] takes it.
@@ -62,6 +104,7 @@ pub(crate) struct Links<'a> {
 }
 
 impl Node {
+    #[inline]
     fn new(
         id: Arc<str>,
         meta: &'static TaskMeta,
@@ -70,38 +113,42 @@ impl Node {
         links: &Links<'_>,
         optional: bool,
     ) -> Node {
-        let mut all =
-            Vec::with_capacity(links.deps.len() + links.data.len() + links.tolerant.len());
-        all.extend_from_slice(links.deps);
-        all.extend_from_slice(links.data);
-        all.extend_from_slice(links.tolerant);
+        let data_is_deps = links.deps == links.data;
+        let data: &[u32] = if data_is_deps { &[] } else { links.data };
         Node {
             id,
             meta,
             description,
             task: Some(task),
-            links: all.into_boxed_slice(),
+            links: LinkList::of([links.deps, data, links.tolerant]),
             n_deps: links.deps.len() as u32,
-            n_data: links.data.len() as u32,
+            n_data: data.len() as u32,
             readers: 0,
             optional: optional || meta.policy.optional,
+            data_is_deps,
         }
     }
 
     /// Every node this one waits for (data and order), without repeats.
+    #[inline]
     pub(crate) fn deps(&self) -> &[u32] {
-        &self.links[..self.n_deps as usize]
+        &self.links.as_slice()[..self.n_deps as usize]
     }
 
     /// The subset of [`deps`](Node::deps) this node reads a value from.
+    #[inline]
     pub(crate) fn data_deps(&self) -> &[u32] {
-        &self.links[self.n_deps as usize..(self.n_deps + self.n_data) as usize]
+        if self.data_is_deps {
+            return self.deps();
+        }
+        &self.links.as_slice()[self.n_deps as usize..(self.n_deps + self.n_data) as usize]
     }
 
     /// The subset of [`data_deps`](Node::data_deps) read only as an `Option`: under
     /// `run_anyway`, this node runs without their values.
+    #[inline]
     pub(crate) fn tolerant_deps(&self) -> &[u32] {
-        &self.links[(self.n_deps + self.n_data) as usize..]
+        &self.links.as_slice()[(self.n_deps + self.n_data) as usize..]
     }
 }
 
@@ -228,5 +275,25 @@ impl Graph {
             h.node(n);
         }
         h.finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::LinkList;
+
+    #[test]
+    fn link_lists_keep_their_order_inline_and_on_the_heap() {
+        let small = LinkList::of([&[1, 4], &[], &[4]]);
+        assert!(matches!(small, LinkList::Inline { .. }));
+        assert_eq!(small.as_slice(), [1, 4, 4]);
+        let full = LinkList::of([&[1, 2, 3], &[2], &[3]]);
+        assert!(matches!(full, LinkList::Inline { .. }));
+        assert_eq!(full.as_slice(), [1, 2, 3, 2, 3]);
+        let big = LinkList::of([&[1, 2, 3, 5], &[2, 5], &[5]]);
+        assert!(matches!(big, LinkList::Heap(_)));
+        assert_eq!(big.as_slice(), [1, 2, 3, 5, 2, 5, 5]);
+        assert!(LinkList::of([&[], &[], &[]]).as_slice().is_empty());
+        assert_eq!(std::mem::size_of::<LinkList>(), 24);
     }
 }
