@@ -608,3 +608,78 @@ async fn option_inputs_follow_the_tasks_policy() {
     assert_eq!(report.ids(report.skipped()), vec!["skip_total"]);
     assert_eq!(report.status, RunStatus::Failed);
 }
+
+// ------------------------------------------------------- several readers of one output
+
+/// A value whose JSON form loses a field: `made_here` is not stored, so a copy decoded
+/// from JSON has it `false`, a copy of the value itself `true`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct Marked {
+    n: u32,
+    #[serde(skip)]
+    made_here: bool,
+}
+
+/// The same, without `Clone`.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct MarkedOnce {
+    n: u32,
+    #[serde(skip)]
+    made_here: bool,
+}
+
+#[task]
+fn mark(n: u32) -> Marked {
+    Marked { n, made_here: true }
+}
+
+#[task]
+fn mark_once(n: u32) -> MarkedOnce {
+    MarkedOnce { n, made_here: true }
+}
+
+#[task]
+fn was_made_here(m: Marked) -> (u32, bool) {
+    (m.n, m.made_here)
+}
+
+#[task]
+fn was_made_here_once(m: MarkedOnce) -> (u32, bool) {
+    (m.n, m.made_here)
+}
+
+#[process]
+fn read_thrice(p: &mut Builder) {
+    let m = p.task(Mark::new(5));
+    let o = p.task(MarkOnce::new(6));
+    for _ in 0..3 {
+        p.task(WasMadeHere::new(m));
+        p.task(WasMadeHereOnce::new(o));
+    }
+}
+
+// An output that several tasks read: with a `Clone` type every reader gets a copy of the
+// value itself (cheaper than decoding its JSON for each), without `Clone` the last reader
+// gets the value and the others a copy decoded from its JSON. The stored result is the
+// JSON either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_readers_of_a_clone_output_get_copies_of_the_value() {
+    let report = rt().await.run(ReadThrice {}).await.unwrap();
+    assert!(report.is_success(), "{}", report.summary());
+    let ids = ["was_made_here", "was_made_here#1", "was_made_here#2"];
+    for id in ids {
+        assert_eq!(report.result::<(u32, bool)>(id).unwrap(), (5, true), "{id}");
+    }
+    let once: Vec<(u32, bool)> = [
+        "was_made_here_once",
+        "was_made_here_once#1",
+        "was_made_here_once#2",
+    ]
+    .iter()
+    .map(|id| report.result::<(u32, bool)>(id).unwrap())
+    .collect();
+    assert!(once.iter().all(|(n, _)| *n == 6), "{once:?}");
+    assert_eq!(once.iter().filter(|(_, here)| *here).count(), 1, "{once:?}");
+    let stored = report.task("mark").and_then(|t| t.result.as_ref());
+    assert_eq!(stored.map(|j| j.get()), Some(r#"{"n":5}"#));
+}

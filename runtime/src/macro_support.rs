@@ -8,7 +8,10 @@ pub use crate::graph::process::{Mode, Process, ProcessMeta};
 pub use crate::graph::Builder;
 pub use crate::hooks::Hooks;
 pub use crate::schedule::Overlap;
-pub use crate::task::arg::{Arg, Inputs, IntoArg, NodeRef, Out, PlainInputs, Read};
+pub use crate::task::arg::{
+    Arg, CloneProbe, CloneProbeNo, CloneProbeYes, Inputs, IntoArg, NodeRef, Out, OutputCloner,
+    PlainInputs, Read,
+};
 pub use crate::task::checks::{RetryOn, StoredInput, StoredOutput, StoredParam};
 pub use crate::task::ctx::Ctx;
 pub use crate::task::data::Data;

@@ -192,6 +192,12 @@ pub(crate) fn task(model: &Task) -> TokenStream {
                 let ( #( #locals, )* ) = __procession_args;
                 #body
             }
+
+            fn output_cloner() -> #p::Option<#p::OutputCloner> {
+                #[allow(unused_imports)]
+                use #p::{CloneProbeNo as _, CloneProbeYes as _};
+                (&&#p::CloneProbe::<Self::Output>::new()).cloner()
+            }
         }
 
         #checks

@@ -459,13 +459,80 @@ impl<S: StrArg, K> IntoArg<String, K> for S {
     }
 }
 
+/// Copies a task's output behind `dyn Any` (see [`Task::output_cloner`]) into an
+/// `Option<T>` behind the second `dyn Any` (no allocation); false if either is not of the
+/// type it was made for.
+///
+/// [`Task::output_cloner`]: crate::task::Task::output_cloner
+pub type OutputCloner = fn(&(dyn Any + Send), &mut dyn Any) -> bool;
+
+fn clone_output<T: Clone + Send + 'static>(v: &(dyn Any + Send), out: &mut dyn Any) -> bool {
+    match (v.downcast_ref::<T>(), out.downcast_mut::<Option<T>>()) {
+        (Some(v), Some(out)) => {
+            *out = Some(v.clone());
+            true
+        }
+        _ => false,
+    }
+}
+
+/// Finds [`OutputCloner`] for `T` when `T: Clone`, in the code `#[task]` generates:
+/// `(&&CloneProbe::<T>::new()).cloner()` picks [`CloneProbeYes`] if `T: Clone` (a method
+/// on `&CloneProbe<T>`, found first), else [`CloneProbeNo`] (on `CloneProbe<T>`).
+#[derive(Debug)]
+pub struct CloneProbe<T>(std::marker::PhantomData<fn() -> T>);
+
+impl<T> CloneProbe<T> {
+    /// A probe for `T`.
+    pub fn new() -> Self {
+        CloneProbe(std::marker::PhantomData)
+    }
+}
+
+impl<T> Default for CloneProbe<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The probe's answer when `T: Clone`.
+pub trait CloneProbeYes {
+    /// A cloner for `T`.
+    fn cloner(&self) -> Option<OutputCloner>;
+}
+
+impl<T: Clone + Send + 'static> CloneProbeYes for &CloneProbe<T> {
+    fn cloner(&self) -> Option<OutputCloner> {
+        Some(clone_output::<T>)
+    }
+}
+
+/// The probe's answer otherwise.
+pub trait CloneProbeNo {
+    /// No cloner.
+    fn cloner(&self) -> Option<OutputCloner>;
+}
+
+impl<T> CloneProbeNo for CloneProbe<T> {
+    fn cloner(&self) -> Option<OutputCloner> {
+        None
+    }
+}
+
+/// A finished task's value, kept for the tasks that read it, and how to copy it.
+pub(crate) struct Typed {
+    pub(crate) value: Box<dyn Any + Send>,
+    pub(crate) clone: Option<OutputCloner>,
+}
+
 /// The result of a finished node, read by the tasks that depend on it.
 ///
-/// The typed value is handed (moved) to the last reader; earlier readers get a copy
-/// decoded from the serialized form, which is always present.
+/// The typed value is handed (moved) to the last reader; earlier readers get a clone when
+/// the type is `Clone`, else a copy decoded from the serialized form, which is always
+/// present.
 pub(crate) struct Slot {
     json: OnceLock<Arc<str>>,
-    typed: Mutex<Option<Box<dyn Any + Send>>>,
+    typed: Mutex<Option<Typed>>,
     readers: AtomicU32,
 }
 
@@ -478,7 +545,7 @@ impl Slot {
         }
     }
 
-    pub(crate) fn fill(&self, json: Arc<str>, typed: Option<Box<dyn Any + Send>>) {
+    pub(crate) fn fill(&self, json: Arc<str>, typed: Option<Typed>) {
         if self.readers.load(Ordering::Acquire) > 0 {
             if let Some(v) = typed {
                 *self
@@ -505,15 +572,29 @@ impl Slot {
             .readers
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
             .unwrap_or(0);
-        if prev == 1 {
-            let boxed = self
+        if prev > 0 {
+            let mut typed = self
                 .typed
                 .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .take();
-            if let Some(b) = boxed {
-                if let Ok(v) = b.downcast::<T>() {
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if prev == 1 {
+                let last = typed.take();
+                drop(typed);
+                if let Some(v) = last.and_then(|t| t.value.downcast::<T>().ok()) {
                     return Some(Ok(*v));
+                }
+            } else {
+                let mut copy: Option<T> = None;
+                if let Some(Typed {
+                    value,
+                    clone: Some(clone),
+                }) = typed.as_ref()
+                {
+                    clone(&**value, &mut copy);
+                }
+                drop(typed);
+                if let Some(v) = copy {
+                    return Some(Ok(v));
                 }
             }
         }

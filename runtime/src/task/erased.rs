@@ -1,12 +1,11 @@
 //! A task with its type erased, as a graph node holds it, and what a successful attempt
 //! leaves behind.
 
-use std::any::Any;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use crate::error::{BoxError, InputError, OutputNotSerializable};
-use crate::task::arg::Inputs;
+use crate::task::arg::{Inputs, Typed};
 use crate::task::ctx::Ctx;
 use crate::task::{Task, TaskFuture};
 
@@ -14,7 +13,7 @@ use crate::task::{Task, TaskFuture};
 /// reads it, the typed value.
 pub(crate) struct Finished {
     pub(crate) json: Arc<str>,
-    pub(crate) typed: Option<Box<dyn Any + Send>>,
+    pub(crate) typed: Option<Typed>,
 }
 
 /// A task with its type erased, as a graph node holds it: first the task as built, then,
@@ -116,7 +115,10 @@ impl<T: Task> ErasedTask for Erased<T> {
         Poll::Ready(Ok(Finished {
             json,
             typed: if self.typed {
-                Some(Box::new(value))
+                Some(Typed {
+                    value: Box::new(value),
+                    clone: T::output_cloner(),
+                })
             } else {
                 None
             },

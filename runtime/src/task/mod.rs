@@ -70,6 +70,15 @@ pub trait Task: Send + Sized + 'static {
 
     /// Starts one attempt with resolved inputs.
     fn call(args: Self::Args, ctx: Ctx) -> TaskFuture<Self::Output>;
+
+    /// How to copy an output of this task, when [`Output`](Task::Output) is `Clone`:
+    /// then every task that reads it gets a copy of the value, not one decoded from its
+    /// JSON (only the last reader gets the value itself). `#[task]` fills it in; `None`
+    /// (the default) decodes the copies.
+    #[doc(hidden)]
+    fn output_cloner() -> Option<arg::OutputCloner> {
+        None
+    }
 }
 
 /// The static description of a task.
