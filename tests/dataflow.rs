@@ -681,5 +681,5 @@ async fn several_readers_of_a_clone_output_get_copies_of_the_value() {
     assert!(once.iter().all(|(n, _)| *n == 6), "{once:?}");
     assert_eq!(once.iter().filter(|(_, here)| *here).count(), 1, "{once:?}");
     let stored = report.task("mark").and_then(|t| t.result.as_ref());
-    assert_eq!(stored.map(|j| j.get()), Some(r#"{"n":5}"#));
+    assert_eq!(stored.map(procession::Json::get), Some(r#"{"n":5}"#));
 }
