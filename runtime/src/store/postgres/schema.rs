@@ -152,6 +152,19 @@ CREATE INDEX procession_task_claims_claimable
     ON procession_task_claims (process_type, state, expires_at)
     WHERE state IN (0, 1);
 "#,
+    // 6 (after the "cascade" branch's 5 once both are merged; the next free number in
+    // this branch): what the worker running a spread task reports of it (its attempt,
+    // progress and log, `TaskQueue::report`) and a report number its coordinator
+    // watches (`TaskQueue::watch`), reset by every claim.
+    "
+ALTER TABLE procession_task_claims
+    ADD COLUMN attempt  integer NOT NULL DEFAULT 0,
+    ADD COLUMN seq      bigint  NOT NULL DEFAULT 0,
+    ADD COLUMN percent  double precision,
+    ADD COLUMN message  text,
+    ADD COLUMN log      text,
+    ADD COLUMN logged   bigint  NOT NULL DEFAULT 0;
+",
 ];
 
 /// The newest schema version this build knows.
