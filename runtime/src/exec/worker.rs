@@ -199,6 +199,9 @@ pub(super) async fn attempts(
         let attempt = first.saturating_add(this_run);
         // Read only if the node is abandoned after the cancellation grace period.
         shared.attempts_run[i as usize].store(attempt, Ordering::Relaxed);
+        if shared.journal.is_none() {
+            shared.scope.reporter.attempt(i, attempt);
+        }
         let ctx = Ctx::new(shared.scope.clone(), i, meta.name, attempt);
         let span = attempt_span(shared, i, meta, attempt);
         let outcome = run_attempt(shared, i, meta, attempt, &mut *task, ctx, node_started)
