@@ -1214,15 +1214,8 @@ fn the_task_queue_reports_watches_and_releases_current_claims() {
         // Offered only: nothing to see.
         assert!(q.watch(&[watched(0, 0)]).unwrap().is_empty());
         let first = q.claim("w1", &["wide"], 60_000, 1).unwrap().remove(0);
-        // Claimed: seen once, running its first attempt, owned by w1.
-        let news = q.watch(&[watched(0, 0)]).unwrap();
-        assert_eq!(news.len(), 1);
-        let n = &news[0];
-        assert_eq!((n.token, n.seq), (first.claim.token, 0));
-        assert_eq!(n.owner.as_deref(), Some("w1"));
-        assert_eq!(n.report.attempt, 1);
-        assert!(n.end.is_none());
-        assert!(q.watch(&[watched(n.token, n.seq)]).unwrap().is_empty());
+        // Claimed, nothing reported: no news.
+        assert!(q.watch(&[watched(0, 0)]).unwrap().is_empty());
         // A report: seen once, with its log.
         let entry = |m: &str| procession::LogEntry {
             timestamp: 1,
@@ -1253,10 +1246,16 @@ fn the_task_queue_reports_watches_and_releases_current_claims() {
             )],
         )
         .unwrap();
-        let news = q.watch(&[watched(first.claim.token, 0)]).unwrap();
+        let news = q.watch(&[watched(0, 0)]).unwrap();
         assert_eq!(news.len(), 1);
-        assert_eq!(news[0].seq, 1);
+        assert_eq!((news[0].token, news[0].seq), (first.claim.token, 1));
+        assert_eq!(news[0].owner.as_deref(), Some("w1"));
+        assert!(news[0].end.is_none());
         assert_eq!(news[0].report, report);
+        assert!(q
+            .watch(&[watched(first.claim.token, 1)])
+            .unwrap()
+            .is_empty());
         // A report that leaves the log out keeps it.
         q.report(
             "w1",
@@ -1297,8 +1296,24 @@ fn the_task_queue_reports_watches_and_releases_current_claims() {
         let second = q.claim("w2", &["wide"], 60_000, 1).unwrap().remove(0);
         assert!(second.claim.token > first.claim.token);
         assert_eq!(second.attempts, 2, "attempt numbers never repeat");
-        // The new claim is news: its report starts anew.
+        // The new claim is news once reported: its report starts anew.
+        assert!(q
+            .watch(&[watched(first.claim.token, 2)])
+            .unwrap()
+            .is_empty());
+        q.report(
+            "w2",
+            &[(
+                second.claim.clone(),
+                ClaimReport {
+                    attempt: 3,
+                    ..ClaimReport::default()
+                },
+            )],
+        )
+        .unwrap();
         let news = q.watch(&[watched(first.claim.token, 2)]).unwrap();
+        assert_eq!((news[0].token, news[0].seq), (second.claim.token, 1));
         assert_eq!(news[0].owner.as_deref(), Some("w2"));
         assert_eq!(news[0].report.attempt, 3);
         assert_eq!(news[0].report.log, None);

@@ -13,7 +13,7 @@ use crate::error::{BoxError, RetryExhausted, TaskPanicked, Timeout};
 use crate::hooks::{Attempt, AttemptOutcome, TaskInfo};
 use crate::journal::RunJournal;
 use crate::task::arg::Inputs;
-use crate::task::ctx::Ctx;
+use crate::task::ctx::{Ctx, Reporter};
 use crate::task::erased::ErasedTask;
 use crate::task::TaskMeta;
 
@@ -199,9 +199,6 @@ pub(super) async fn attempts(
         let attempt = first.saturating_add(this_run);
         // Read only if the node is abandoned after the cancellation grace period.
         shared.attempts_run[i as usize].store(attempt, Ordering::Relaxed);
-        if shared.journal.is_none() {
-            shared.scope.reporter.attempt(i, attempt);
-        }
         let ctx = Ctx::new(shared.scope.clone(), i, meta.name, attempt);
         let span = attempt_span(shared, i, meta, attempt);
         let outcome = run_attempt(shared, i, meta, attempt, &mut *task, ctx, node_started)
@@ -269,6 +266,10 @@ pub(super) async fn run_attempt(
     let fut = Running {
         prepared,
         journal: shared.journal.as_deref(),
+        reporter: match &shared.journal {
+            Some(_) => None,
+            None => Some(&*shared.scope.reporter),
+        },
         node: i,
         attempt,
         node_started,
@@ -333,6 +334,9 @@ pub(super) struct Running<'a> {
     pub(super) prepared: &'a mut dyn ErasedTask,
     /// Where to record the start; `None` once recorded (or for runs without records).
     pub(super) journal: Option<&'a RunJournal>,
+    /// Where to report the start of a run without records (a spread task's, for its
+    /// claim row); `None` once reported.
+    pub(super) reporter: Option<&'a dyn Reporter>,
     pub(super) node: u32,
     pub(super) attempt: u32,
     pub(super) node_started: Instant,
@@ -349,6 +353,8 @@ impl std::future::Future for Running<'_> {
         if polled.is_pending() {
             if let Some(j) = self.journal.take() {
                 j.started(self.node, self.attempt, self.node_started.elapsed());
+            } else if let Some(r) = self.reporter.take() {
+                r.attempt(self.node, self.attempt);
             }
         }
         polled

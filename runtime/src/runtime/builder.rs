@@ -349,7 +349,7 @@ impl RuntimeBuilder {
     ///
     /// A spread task runs inside the hooks of the worker running it (`around_task`, in
     /// the order of a local run); its attempt, progress and log entries reach its task
-    /// row through its claim row (shown running from its claim on); a worker that shuts
+    /// row through its claim row (shown running once an attempt waits); a worker that shuts
     /// down cleanly gives up its unfinished claims so that another worker claims them
     /// at once. Limit: a spread task cannot launch child processes. A failed task's
     /// error reaches the report as its messages

@@ -36,8 +36,10 @@
 //!   the end). The coordinator's collector reads, in the same statement that finds the
 //!   ends, the claim rows whose claim or report number changed
 //!   ([`TaskQueue::watch`](crate::store::TaskQueue::watch)) and records them in the
-//!   run's task rows: running with its attempt from the moment it is claimed, its
-//!   progress, and its new log entries with their timestamps. A separate statement,
+//!   run's task rows: running with its attempt once an attempt waits (as a local
+//!   task's start is recorded: one that ends in its first poll is not shown running,
+//!   and costs its coordinator nothing before its end), its progress, and its new log
+//!   entries with their timestamps. A separate statement,
 //!   not the heartbeat: the heartbeat runs every third of the lease, too seldom for
 //!   progress, and its statement stays as it is. The claim row does not name the
 //!   worker in the run's task row (the task row has no field for it); the claim row's
@@ -779,11 +781,9 @@ fn start_task(inner: &Arc<Inner>, spread: &Arc<Spread>, c: ClaimedTask) {
             claim: c.claim.clone(),
             abort: abort.clone(),
             remote: None,
-            report: Reported {
-                // The claim wrote it: running from its first attempt on.
-                attempt: c.attempts.saturating_add(1),
-                ..Reported::default()
-            },
+            // Its first report is the start of an attempt that waits: a task that
+            // ends at once is not shown running, as a local one.
+            report: Reported::default(),
         },
     );
     let inner = inner.clone();

@@ -147,7 +147,7 @@ pub struct TaskNews {
     pub seq: u64,
     /// Who holds (or ran) it.
     pub owner: Option<String>,
-    /// What its worker reported (its first attempt only, at the claim).
+    /// What its worker reported.
     pub report: ClaimReport,
     /// Its end, once it ended (as [`TaskQueue::ended`] gives it).
     pub end: Option<TaskEnd>,
@@ -227,8 +227,9 @@ pub trait TaskQueue: Send + Sync {
     fn report(&self, owner: &str, reports: &[(TaskClaim, ClaimReport)]) -> Result<(), StoreError>;
 
     /// Of the offered tasks `watched`, those that changed since their coordinator last
-    /// saw them: claimed (again), reported by their worker, or ended (as in
-    /// [`ended`](TaskQueue::ended)). One statement, as `ended`.
+    /// saw them: reported by their worker (under a claim whose token or report number
+    /// differs from the one seen; a claim its worker reported nothing of is not
+    /// news), or ended (as in [`ended`](TaskQueue::ended)). One statement, as `ended`.
     fn watch(&self, watched: &[WatchedTask]) -> Result<Vec<TaskNews>, StoreError>;
 
     /// Gives up `owner`'s claims `claims` (a worker that shuts down cleanly, after its

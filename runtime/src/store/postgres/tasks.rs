@@ -363,7 +363,10 @@ impl TaskQueue for PgStore {
         let tokens: Vec<i64> = watched.iter().map(|w| to_i64(w.token)).collect();
         let seqs: Vec<i64> = watched.iter().map(|w| to_i64(w.seq)).collect();
         self.with(|c| {
-            // Ended rows (as `ended`), and claimed ones whose claim or report changed.
+            // Ended rows (as `ended`), and claimed ones with a report (its worker wrote
+            // one: an attempt waits) whose claim or report changed. A claim without a
+            // report is no news: a task that ends at once (most, under load) costs its
+            // coordinator nothing until its end.
             let rows = c.query(
                 "SELECT t.run, t.node, t.state, t.owner, t.attempts, t.elapsed_ns, t.result,
                         t.error, t.token, t.seq, t.attempt, t.percent, t.message,
@@ -373,7 +376,7 @@ impl TaskQueue for PgStore {
                  JOIN procession_task_claims t
                    ON t.run = p.run AND t.node = p.node AND t.run_token = p.run_token
                  WHERE t.state IN (2, 3) OR (t.state = 4 AND t.owner IS NULL)
-                    OR (t.state IN (1, 4) AND t.owner IS NOT NULL
+                    OR (t.state IN (1, 4) AND t.owner IS NOT NULL AND t.seq > 0
                         AND (t.token <> p.token OR t.seq <> p.seq))",
                 &[&runs, &run_tokens, &nodes, &tokens, &seqs],
             )?;
