@@ -261,6 +261,10 @@ pub(super) struct Spread {
     collect_wake: Notify,
     /// Spread tasks running here at most.
     capacity: usize,
+    /// Held while reports are taken and written, and while ends are written: a report
+    /// taken before a task ended is written before its end (a report written after
+    /// the end would be refused, and its log entries lost).
+    report_gate: tokio::sync::Mutex<()>,
     claimed: AtomicU64,
     finished: AtomicU64,
     fenced: AtomicU64,
@@ -286,6 +290,7 @@ impl Spread {
             claim_wake: Notify::new(),
             collect_wake: Notify::new(),
             capacity: capacity.max(1),
+            report_gate: tokio::sync::Mutex::new(()),
             claimed: AtomicU64::new(0),
             finished: AtomicU64::new(0),
             fenced: AtomicU64::new(0),
@@ -849,6 +854,11 @@ async fn finish_loop(inner: Weak<Inner>, mut rx: mpsc::UnboundedReceiver<Finish>
             })
             .unzip();
         let worker = i.worker.clone();
+        let spread = spread_of(&i);
+        let _gate = match &spread {
+            Some(sp) => Some(sp.report_gate.lock().await),
+            None => None,
+        };
         let out = i
             .read(move |s| match s.task_queue() {
                 Some(q) => {
@@ -1139,6 +1149,7 @@ async fn report_loop(inner: Weak<Inner>, every: Duration) {
         let Some(i) = inner.upgrade() else { return };
         let stop = i.stop_loops.clone();
         let Some(spread) = spread_of(&i) else { return };
+        let gate = spread.report_gate.lock().await;
         let reports: Vec<(TaskClaim, ClaimReport)> = lock(&spread.held)
             .values_mut()
             .filter_map(|h| h.report.take().map(|r| (h.claim.clone(), r)))
@@ -1169,6 +1180,7 @@ async fn report_loop(inner: Weak<Inner>, every: Duration) {
                 }
             }
         }
+        drop(gate);
         drop((i, spread));
         tokio::select! {
             () = stop.cancelled() => return,
