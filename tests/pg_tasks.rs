@@ -191,7 +191,8 @@ fn report(url: &str, id: &str) -> RunReport {
 /// Connects with lease `PGT_LEASE_MS` and task spreading on (capacity `PGT_SLOTS`),
 /// launches the run `PGT_LAUNCH` (`id:n:width:ms:mode`), prints `ready <worker id>`,
 /// then its task stats every 100 ms (`stats claimed=… fenced=… refused=…`), until it is
-/// killed.
+/// killed, or until it reads `shutdown` on its stdin: then it shuts down cleanly and
+/// prints `stopped`.
 #[test]
 fn pg_task_worker_entry() {
     use tracing_subscriber::layer::SubscriberExt;
@@ -228,13 +229,28 @@ fn pg_task_worker_entry() {
                 );
             }
             println!("ready {}", rt.worker_id());
+            let (quit_tx, mut quit) = tokio::sync::mpsc::unbounded_channel::<()>();
+            std::thread::spawn(move || {
+                for line in std::io::stdin().lines().map_while(Result::ok) {
+                    if line.trim() == "shutdown" {
+                        let _ = quit_tx.send(());
+                    }
+                }
+            });
             loop {
                 let s = rt.task_stats();
                 println!(
                     "stats claimed={} finished={} fenced={} refused={}",
                     s.claimed, s.finished, s.fenced, s.refused
                 );
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_millis(100)) => {}
+                    Some(()) = quit.recv() => {
+                        rt.shutdown().await.expect("a clean shutdown");
+                        println!("stopped");
+                        return;
+                    }
+                }
             }
         });
 }
@@ -243,6 +259,7 @@ fn pg_task_worker_entry() {
 struct Worker {
     child: std::process::Child,
     lines: Arc<Mutex<Vec<String>>>,
+    stdin: Option<std::process::ChildStdin>,
 }
 
 impl Drop for Worker {
@@ -266,10 +283,12 @@ impl Worker {
             .env("PGT_LEASE_MS", lease_ms.to_string())
             .env("PGT_SLOTS", slots.to_string())
             .env("PGT_LAUNCH", launch)
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
             .expect("worker starts");
+        let stdin = child.stdin.take();
         let out = child.stdout.take().unwrap();
         let mut lines = BufReader::new(out).lines();
         for line in lines.by_ref() {
@@ -289,7 +308,32 @@ impl Worker {
                 s2.lock().unwrap().push(l);
             }
         });
-        Worker { child, lines: seen }
+        Worker {
+            child,
+            lines: seen,
+            stdin,
+        }
+    }
+
+    /// Asks the worker to shut down cleanly and waits until it exited.
+    fn shutdown(&mut self) {
+        use std::io::Write as _;
+        let stdin = self.stdin.as_mut().expect("the worker's stdin");
+        stdin.write_all(b"shutdown\n").unwrap();
+        stdin.flush().unwrap();
+        let deadline = Instant::now() + Duration::from_mins(1);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                assert!(status.success(), "the worker exited with {status}");
+                break;
+            }
+            assert!(Instant::now() < deadline, "the worker did not shut down");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(
+            self.lines.lock().unwrap().iter().any(|l| l == "stopped"),
+            "the worker shut down cleanly"
+        );
     }
 
     fn signal(&self, sig: &str) {
@@ -797,6 +841,511 @@ fn the_task_queue_fences_stale_claims() {
         q.clear("r", 7).unwrap();
         q.clear("r", token).unwrap();
         assert!(q.ended(&[("r".into(), 7, 0)]).unwrap().is_empty());
+    })
+    .join()
+    .unwrap();
+}
+
+// A worker that shuts down cleanly while it runs a long spread task gives up its claim
+// after its drain: another worker starts the task at once, not once the claim's lease
+// (a minute here) expired.
+#[test]
+fn a_clean_shutdown_gives_up_its_claims() {
+    if std::env::var("PGT_URL").is_ok() {
+        return;
+    }
+    let Some(url) = database("spread_release") else {
+        return;
+    };
+    let lease = Duration::from_mins(1);
+    let lease_ms = u64::try_from(lease.as_millis()).unwrap();
+    // Two 15 s parts: the coordinator runs one, the leaving worker the other.
+    let _a = Worker::start(&url, "w0", lease_ms, 1, "rel:2:2:15000:0");
+    let mut leaving = Worker::start(&url, "leaving", lease_ms, 1, "");
+    wait_until(
+        "the leaving worker to start a part",
+        Duration::from_mins(1),
+        || effects(&url, "rel").iter().any(|e| e.2 == "leaving"),
+    );
+    let part = effects(&url, "rel")
+        .iter()
+        .find(|e| e.2 == "leaving")
+        .unwrap()
+        .0;
+    // Idle until the part is given up (every other task is claimed).
+    let _b = Worker::start(&url, "w1", lease_ms, 1, "");
+    let asked = Instant::now();
+    leaving.shutdown();
+    wait_until(
+        "the part given up to start on another worker well before its lease expired",
+        lease * 2 / 3,
+        || {
+            effects(&url, "rel")
+                .iter()
+                .any(|e| e.0 == part && e.2 == "w1")
+        },
+    );
+    println!(
+        "part {part} started again on w1 {:?} after the shutdown was asked (lease {lease:?})",
+        asked.elapsed()
+    );
+    let fx = effects(&url, "rel");
+    let again: Vec<_> = fx.iter().filter(|e| e.0 == part).collect();
+    assert_eq!(again.len(), 2, "{fx:?}");
+    assert!(again[1].1 > again[0].1, "attempt numbers grow: {fx:?}");
+}
+
+// ------------------------------------------- spread tasks as local ones (in one process)
+
+/// Gates the `gated` tasks of the in-process tests: one per test.
+static GATES: [std::sync::atomic::AtomicBool; 4] =
+    [const { std::sync::atomic::AtomicBool::new(false) }; 4];
+
+fn open_gate(g: u32) {
+    GATES[g as usize].store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// Reports progress and a log entry, waits for its gate, logs again and returns what
+/// it computed here.
+#[task]
+async fn gated(ctx: &Ctx, gate: u32) -> String {
+    ctx.progress(50, "half way");
+    ctx.log(procession::Level::Info, "hello from a spread task");
+    while !GATES[gate as usize].load(std::sync::atomic::Ordering::SeqCst) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    ctx.log(procession::Level::Warning, "about to end");
+    "computed here".to_owned()
+}
+
+#[task]
+#[allow(clippy::needless_pass_by_value)] // task inputs are owned
+fn echo(first: String) -> String {
+    first
+}
+
+/// A gated task, and a task that returns what the gated one returned.
+#[process]
+fn chain(p: &mut Builder, gate: u32) {
+    let g = p.task(Gated::new(gate));
+    p.task(Echo::new(g));
+}
+
+/// What `around_task` hooks saw: (hook, process, run, task, node, attempt).
+type Seen = Arc<Mutex<Vec<(&'static str, String, String, &'static str, String, u32)>>>;
+
+struct Recorder(&'static str, Seen);
+
+impl procession::Hooks for Recorder {
+    fn around_task<'a>(
+        &'a self,
+        t: &'a procession::TaskInfo,
+        attempt: procession::Attempt<'a>,
+    ) -> procession::Attempt<'a> {
+        self.1.lock().unwrap().push((
+            self.0,
+            t.process.clone(),
+            t.run_id.clone(),
+            t.task,
+            t.node_id.clone(),
+            t.attempt,
+        ));
+        attempt
+    }
+}
+
+/// A runtime on `url` with task spreading on (its tasks run through the task queue,
+/// claimed by itself) and lease `lease`.
+async fn spread_runtime(url: &str, lease: Duration, seen: &Seen) -> Runtime {
+    Runtime::connect(url.to_owned())
+        .lease(lease)
+        .spread_tasks(true)
+        .hooks(Recorder("first", seen.clone()))
+        .hooks(Recorder("second", seen.clone()))
+        .register::<Chain>()
+        .start()
+        .await
+        .unwrap()
+}
+
+/// The task row of node `node` of run `id` (`None` until the run's rows are written).
+fn task_row(
+    rt: &Runtime,
+    tokio: &tokio::runtime::Runtime,
+    id: &str,
+    node: u32,
+) -> Option<procession::store::TaskRow> {
+    tokio
+        .block_on(rt.task_rows(id))
+        .unwrap()
+        .into_iter()
+        .find(|(n, _)| *n == node)
+        .map(|r| r.1)
+}
+
+// A spread task runs inside the worker's hooks, as a local one (same order, same
+// arguments); while it runs, its coordinator's task row shows it running with its
+// attempt, progress and log, and its log is complete once it ended.
+#[test]
+fn a_spread_task_has_hooks_and_reports_to_its_row() {
+    if std::env::var("PGT_URL").is_ok() {
+        return;
+    }
+    let Some(url) = database("spread_hooks") else {
+        return;
+    };
+    let tokio = tokio::runtime::Runtime::new().unwrap();
+    let seen = Seen::default();
+    let rt = tokio.block_on(spread_runtime(&url, Duration::from_secs(3), &seen));
+    let h = tokio
+        .block_on(rt.launch(Launch::new(Chain { gate: 0 }).id("hooked")))
+        .unwrap();
+    wait_until(
+        "the task row to show the task running",
+        Duration::from_mins(1),
+        || {
+            let Some(row) = task_row(&rt, &tokio, "hooked", 0) else {
+                return false;
+            };
+            row.state == State::Running
+                && row.attempts == 1
+                && row.progress.percent == Some(50.0)
+                && row.progress.message.as_deref() == Some("half way")
+                && row
+                    .log
+                    .iter()
+                    .any(|e| e.message == "hello from a spread task")
+        },
+    );
+    open_gate(0);
+    let report = tokio.block_on(h.wait()).unwrap();
+    assert!(report.is_success(), "{report:?}");
+    assert_eq!(
+        report.tasks.last().unwrap().result_as::<String>().unwrap(),
+        "computed here"
+    );
+    assert!(rt.task_stats().finished >= 2, "{:?}", rt.task_stats());
+    let row = task_row(&rt, &tokio, "hooked", 0).unwrap();
+    assert_eq!(row.state, State::Done);
+    let log: Vec<&str> = row.log.iter().map(|e| e.message.as_str()).collect();
+    // As a local task's: its progress message is logged too.
+    assert_eq!(
+        log,
+        ["half way", "hello from a spread task", "about to end"],
+        "{row:?}"
+    );
+    tokio.block_on(rt.shutdown()).unwrap();
+    // The hooks saw what they see of the same run on a local runtime, in the same order.
+    let spread = seen.lock().unwrap().clone();
+    let local = Seen::default();
+    tokio.block_on(async {
+        let rt = Runtime::in_memory()
+            .hooks(Recorder("first", local.clone()))
+            .hooks(Recorder("second", local.clone()))
+            .register::<Chain>()
+            .start()
+            .await
+            .unwrap();
+        let h = rt
+            .launch(Launch::new(Chain { gate: 0 }).id("hooked"))
+            .await
+            .unwrap();
+        assert!(h.wait().await.unwrap().is_success());
+        rt.shutdown().await.unwrap();
+    });
+    let local = local.lock().unwrap().clone();
+    assert_eq!(local.len(), 4, "{local:?}");
+    assert_eq!(spread, local);
+}
+
+// Commit 3ac2b2f: a result computed here whose end was fenced out (another worker
+// finished the task first) never feeds a dependent claimed here: the dependent reads
+// the stored result.
+#[test]
+fn a_fenced_out_result_never_feeds_a_dependent() {
+    use procession::store::{PgStore, Store, TaskClaim, TaskEnd};
+    if std::env::var("PGT_URL").is_ok() {
+        return;
+    }
+    let Some(url) = database("spread_fenced_input") else {
+        return;
+    };
+    let tokio = tokio::runtime::Runtime::new().unwrap();
+    let seen = Seen::default();
+    // A long lease: no heartbeat stops the gated task before it computed its result.
+    let rt = tokio.block_on(spread_runtime(&url, Duration::from_mins(1), &seen));
+    let h = tokio
+        .block_on(rt.launch(Launch::new(Chain { gate: 1 }).id("fenced")))
+        .unwrap();
+    let me = rt.worker_id().to_owned();
+    wait_until(
+        "the gated task to be claimed here",
+        Duration::from_mins(1),
+        || {
+            rows(
+                &url,
+                &format!(
+                    "SELECT 1 FROM procession_task_claims
+                 WHERE run = 'fenced' AND node = 0 AND state = 1 AND owner = '{me}'"
+                ),
+            )
+            .len()
+                == 1
+        },
+    );
+    // Another "worker" takes the claim over and stores its result first.
+    let stolen = rows(
+        &url,
+        "UPDATE procession_task_claims SET token = token + 1, owner = 'thief'
+         WHERE run = 'fenced' AND node = 0 RETURNING token, run_token",
+    );
+    let (token, run_token): (i64, i64) = (stolen[0].get(0), stolen[0].get(1));
+    let url2 = url.clone();
+    let stored = std::thread::spawn(move || {
+        let store = PgStore::connect(&url2).unwrap();
+        let q = store.task_queue().unwrap();
+        q.finish(&[(
+            TaskClaim {
+                run: "fenced".into(),
+                run_token: u64::from_ne_bytes(run_token.to_ne_bytes()),
+                node: 0,
+                token: u64::try_from(token).unwrap(),
+            },
+            TaskEnd {
+                attempts: 1,
+                elapsed_ns: 1,
+                outcome: Ok(Arc::from("\"stored elsewhere\"")),
+            },
+        )])
+        .unwrap()
+    })
+    .join()
+    .unwrap();
+    assert_eq!(stored, vec![true]);
+    // The task here ends now: its end is fenced out; its dependent is claimed here.
+    open_gate(1);
+    let report = tokio.block_on(h.wait()).unwrap();
+    assert!(report.is_success(), "{report:?}");
+    for t in &report.tasks {
+        assert_eq!(
+            t.result_as::<String>().unwrap(),
+            "stored elsewhere",
+            "{report:?}"
+        );
+    }
+    tokio.block_on(rt.shutdown()).unwrap();
+}
+
+// A worker whose row was removed (as dead, by another worker) while it holds task
+// claims registers again at its next heartbeat, the one that renews its claims.
+#[test]
+fn a_forgotten_worker_registers_again_through_its_task_heartbeat() {
+    if std::env::var("PGT_URL").is_ok() {
+        return;
+    }
+    let Some(url) = database("spread_forgotten") else {
+        return;
+    };
+    let tokio = tokio::runtime::Runtime::new().unwrap();
+    let seen = Seen::default();
+    let rt = tokio.block_on(spread_runtime(&url, Duration::from_millis(900), &seen));
+    let h = tokio
+        .block_on(rt.launch(Launch::new(Chain { gate: 2 }).id("forgotten")))
+        .unwrap();
+    let me = rt.worker_id().to_owned();
+    let claimed = format!(
+        "SELECT 1 FROM procession_task_claims
+         WHERE run = 'forgotten' AND node = 0 AND state = 1 AND owner = '{me}'"
+    );
+    wait_until(
+        "the gated task to be claimed here",
+        Duration::from_mins(1),
+        || rows(&url, &claimed).len() == 1,
+    );
+    let registered = format!("SELECT 1 FROM procession_workers WHERE id = '{me}'");
+    assert_eq!(rows(&url, &registered).len(), 1);
+    rows(
+        &url,
+        &format!("DELETE FROM procession_workers WHERE id = '{me}' RETURNING 1"),
+    );
+    wait_until(
+        "the worker to register again",
+        Duration::from_mins(1),
+        || rows(&url, &registered).len() == 1,
+    );
+    // Its claim was renewed all along: still its own.
+    assert_eq!(rows(&url, &claimed).len(), 1);
+    open_gate(2);
+    let report = tokio.block_on(h.wait()).unwrap();
+    assert!(report.is_success(), "{report:?}");
+    tokio.block_on(rt.shutdown()).unwrap();
+}
+
+// The SQL paths of reports, watches and releases: a report or a release of a stale
+// claim changes nothing; a coordinator's watch sees a claim, each report once, and the
+// end; a released task is claimable at once, its attempt numbers kept growing.
+#[test]
+fn the_task_queue_reports_watches_and_releases_current_claims() {
+    use procession::store::{ClaimReport, PgStore, Store, TaskEnd, TaskOffer, WatchedTask};
+    if std::env::var("PGT_URL").is_ok() {
+        return;
+    }
+    let Some(url) = database("spread_report_sql") else {
+        return;
+    };
+    std::thread::spawn(move || {
+        let store = PgStore::connect(&url).unwrap();
+        let q = store.task_queue().expect("PostgreSQL has a task queue");
+        let offer = |node: u32| TaskOffer {
+            run: "r".into(),
+            run_token: 3,
+            node,
+            process_type: "wide".into(),
+            attempts: 0,
+            max_attempts: 2,
+            deadline_ms: None,
+        };
+        q.offer(&[offer(0)]).unwrap();
+        let watched = |token: u64, seq: u64| WatchedTask {
+            run: "r".into(),
+            run_token: 3,
+            node: 0,
+            token,
+            seq,
+        };
+        // Offered only: nothing to see.
+        assert!(q.watch(&[watched(0, 0)]).unwrap().is_empty());
+        let first = q.claim("w1", &["wide"], 60_000, 1).unwrap().remove(0);
+        // Claimed, nothing reported: no news.
+        assert!(q.watch(&[watched(0, 0)]).unwrap().is_empty());
+        // A report: seen once, with its log.
+        let entry = |m: &str| procession::LogEntry {
+            timestamp: 1,
+            level: procession::Level::Info,
+            message: m.into(),
+            data: None,
+        };
+        let report = ClaimReport {
+            attempt: 2,
+            progress: procession::Progress {
+                percent: Some(40.0),
+                message: Some("busy".into()),
+            },
+            log: Some(vec![entry("one"), entry("two")]),
+            logged: 3,
+        };
+        q.report("w1", &[(first.claim.clone(), report.clone())])
+            .unwrap();
+        // Another owner's report, or a stale token's, writes nothing.
+        q.report(
+            "w2",
+            &[(
+                first.claim.clone(),
+                ClaimReport {
+                    attempt: 9,
+                    ..report.clone()
+                },
+            )],
+        )
+        .unwrap();
+        let news = q.watch(&[watched(0, 0)]).unwrap();
+        assert_eq!(news.len(), 1);
+        assert_eq!((news[0].token, news[0].seq), (first.claim.token, 1));
+        assert_eq!(news[0].owner.as_deref(), Some("w1"));
+        assert!(news[0].end.is_none());
+        assert_eq!(news[0].report, report);
+        assert!(q
+            .watch(&[watched(first.claim.token, 1)])
+            .unwrap()
+            .is_empty());
+        // A report that leaves the log out keeps it.
+        q.report(
+            "w1",
+            &[(
+                first.claim.clone(),
+                ClaimReport {
+                    log: None,
+                    ..report.clone()
+                },
+            )],
+        )
+        .unwrap();
+        let news = q.watch(&[watched(first.claim.token, 1)]).unwrap();
+        assert_eq!(news[0].report.log, report.log);
+        // Released by another owner: nothing; by its owner: claimable at once, and a
+        // late finish of the released claim is fenced out.
+        assert_eq!(
+            q.release("w2", std::slice::from_ref(&first.claim)).unwrap(),
+            0
+        );
+        assert_eq!(
+            q.release("w1", std::slice::from_ref(&first.claim)).unwrap(),
+            1
+        );
+        assert_eq!(
+            q.release("w1", std::slice::from_ref(&first.claim)).unwrap(),
+            0
+        );
+        let end = TaskEnd {
+            attempts: 2,
+            elapsed_ns: 1,
+            outcome: Ok(Arc::from("1")),
+        };
+        assert_eq!(
+            q.finish(&[(first.claim.clone(), end.clone())]).unwrap(),
+            vec![false]
+        );
+        let second = q.claim("w2", &["wide"], 60_000, 1).unwrap().remove(0);
+        assert!(second.claim.token > first.claim.token);
+        assert_eq!(second.attempts, 2, "attempt numbers never repeat");
+        // The new claim is news once reported: its report starts anew.
+        assert!(q
+            .watch(&[watched(first.claim.token, 2)])
+            .unwrap()
+            .is_empty());
+        q.report(
+            "w2",
+            &[(
+                second.claim.clone(),
+                ClaimReport {
+                    attempt: 3,
+                    ..ClaimReport::default()
+                },
+            )],
+        )
+        .unwrap();
+        let news = q.watch(&[watched(first.claim.token, 2)]).unwrap();
+        assert_eq!((news[0].token, news[0].seq), (second.claim.token, 1));
+        assert_eq!(news[0].owner.as_deref(), Some("w2"));
+        assert_eq!(news[0].report.attempt, 3);
+        assert_eq!(news[0].report.log, None);
+        assert_eq!(news[0].report.logged, 0);
+        // The end is news whatever was seen.
+        assert_eq!(
+            q.finish(&[(second.claim.clone(), end.clone())]).unwrap(),
+            vec![true]
+        );
+        let news = q.watch(&[watched(second.claim.token, 0)]).unwrap();
+        assert_eq!(news[0].end, Some(end));
+        // A released claim asked to cancel ends cancelled (no owner, no result).
+        q.offer(&[offer(1)]).unwrap();
+        let third = q.claim("w3", &["wide"], 60_000, 1).unwrap().remove(0);
+        q.cancel("r", 3).unwrap();
+        assert_eq!(
+            q.release("w3", std::slice::from_ref(&third.claim)).unwrap(),
+            1
+        );
+        let news = q
+            .watch(&[WatchedTask {
+                node: 1,
+                ..watched(third.claim.token, 0)
+            }])
+            .unwrap();
+        assert_eq!(news[0].owner, None);
+        assert_eq!(
+            news[0].end.as_ref().map(|e| e.outcome.clone()),
+            Some(Err(vec![]))
+        );
     })
     .join()
     .unwrap();

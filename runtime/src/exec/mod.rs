@@ -240,7 +240,7 @@ async fn drive_run(mut graph: Graph, mut cfg: RunConfig) -> Option<RunReport> {
     let started = Instant::now();
     let n = graph.nodes.len();
     let resume = cfg.resume.take().unwrap_or_default();
-    let (shared, mut rx) = new_shared(&mut graph, &cfg, resume.attempts, started);
+    let (shared, mut rx) = new_shared(&mut graph, &cfg, resume.attempts, started, None);
     let info = RunInfo {
         process: graph.name.clone(),
         run_id: cfg.run_id.to_string(),
@@ -477,12 +477,14 @@ async fn drive_run(mut graph: Graph, mut cfg: RunConfig) -> Option<RunReport> {
 }
 
 /// The state a run's driver and its workers share, built from `graph` (whose tasks it
-/// takes), and the driver's end of the workers' channel.
+/// takes), and the driver's end of the workers' channel. The tasks' progress and log
+/// entries go to `reporter`, or else to the run's journal (or only to `tracing`).
 fn new_shared(
     graph: &mut Graph,
     cfg: &RunConfig,
     prior_attempts: Vec<u32>,
     started: Instant,
+    reporter: Option<Arc<dyn Reporter>>,
 ) -> (Arc<Shared>, mpsc::UnboundedReceiver<Msg>) {
     let n = graph.nodes.len();
     // One copy of the ids, shared by the executor and the tasks' contexts.
@@ -492,9 +494,10 @@ fn new_shared(
         process_id: cfg.run_id.clone(),
         node_ids: Arc::new(move |i| ids_for_ctx[i as usize].clone()),
         cancel: cfg.cancel.clone(),
-        reporter: match &cfg.journal {
-            Some(j) => j.clone(),
-            None => Arc::new(TraceReporter),
+        reporter: match (reporter, &cfg.journal) {
+            (Some(r), _) => r,
+            (None, Some(j)) => j.clone(),
+            (None, None) => Arc::new(TraceReporter),
         },
         runtime: cfg.runtime.clone(),
         resources: cfg.resources.clone(),

@@ -11,6 +11,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::BoxError;
 use crate::graph::Graph;
+use crate::hooks::Hooks;
+use crate::task::ctx::Reporter;
 use crate::task::resource::Resources;
 
 use super::shared::{lock, Shared};
@@ -37,14 +39,18 @@ pub(crate) struct RemoteRun {
 
 impl RemoteRun {
     /// Rebuilds the shared state of run `run_id` from `graph` (built by the process's
-    /// registered definition from the run's stored parameters). Tasks run without hooks,
-    /// without a journal (the coordinator records their ends) and without a runtime
-    /// handle (they cannot launch child processes).
+    /// registered definition from the run's stored parameters). Tasks run with this
+    /// worker's `hooks` around each attempt (in the order a local run has them),
+    /// without a journal (the coordinator records their ends; `reporter` receives
+    /// their progress and log entries) and without a runtime handle (they cannot
+    /// launch child processes).
     pub(crate) fn new(
         mut graph: Graph,
         run_id: Arc<str>,
         worker: Arc<str>,
         resources: Arc<Resources>,
+        hooks: Vec<Arc<dyn Hooks>>,
+        reporter: Option<Arc<dyn Reporter>>,
     ) -> RemoteRun {
         let cancel = CancellationToken::new();
         let deps = graph
@@ -57,7 +63,7 @@ impl RemoteRun {
             run_id,
             max_concurrency: None,
             permits: None,
-            hooks: Vec::new(),
+            hooks,
             cancel: cancel.clone(),
             halt: Arc::new(Halt::default()),
             grace: Duration::ZERO,
@@ -69,7 +75,7 @@ impl RemoteRun {
             dispatch: None,
         };
         let n = graph.nodes.len();
-        let (shared, _rx) = new_shared(&mut graph, &cfg, vec![0; n], Instant::now());
+        let (shared, _rx) = new_shared(&mut graph, &cfg, vec![0; n], Instant::now(), reporter);
         RemoteRun {
             shared,
             deps,

@@ -16,7 +16,7 @@ use crate::error::{BoxError, RetryExhausted, TaskPanicked, Timeout};
 use crate::hooks::{Attempt, AttemptOutcome, TaskInfo};
 use crate::journal::RunJournal;
 use crate::task::arg::Inputs;
-use crate::task::ctx::Ctx;
+use crate::task::ctx::{Ctx, Reporter};
 use crate::task::erased::ErasedTask;
 use crate::task::TaskMeta;
 
@@ -346,12 +346,15 @@ async fn first_poll<'a>(
             return Ok(outcome(Err(panic), meta));
         }
     }
-    if let Some(j) = shared.journal.as_deref() {
-        j.started(i, attempt, node_started.elapsed());
+    // Its start, as `Running` records or reports it when it waits.
+    match shared.journal.as_deref() {
+        Some(j) => j.started(i, attempt, node_started.elapsed()),
+        None => shared.scope.reporter.attempt(i, attempt),
     }
     Err(Running {
         prepared,
         journal: None,
+        reporter: None,
         node: i,
         attempt,
         node_started,
@@ -429,6 +432,10 @@ pub(super) async fn run_attempt(
     let fut = Running {
         prepared,
         journal: shared.journal.as_deref(),
+        reporter: match &shared.journal {
+            Some(_) => None,
+            None => Some(&*shared.scope.reporter),
+        },
         node: i,
         attempt,
         node_started,
@@ -471,6 +478,9 @@ pub(super) struct Running<'a> {
     pub(super) prepared: &'a mut dyn ErasedTask,
     /// Where to record the start; `None` once recorded (or for runs without records).
     pub(super) journal: Option<&'a RunJournal>,
+    /// Where to report the start of a run without records (a spread task's, for its
+    /// claim row); `None` once reported.
+    pub(super) reporter: Option<&'a dyn Reporter>,
     pub(super) node: u32,
     pub(super) attempt: u32,
     pub(super) node_started: Instant,
@@ -487,6 +497,8 @@ impl std::future::Future for Running<'_> {
         if polled.is_pending() {
             if let Some(j) = self.journal.take() {
                 j.started(self.node, self.attempt, self.node_started.elapsed());
+            } else if let Some(r) = self.reporter.take() {
+                r.attempt(self.node, self.attempt);
             }
         }
         polled

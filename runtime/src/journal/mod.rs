@@ -146,13 +146,20 @@ impl Rows {
     }
 
     fn push_log(&mut self, node: u32, level: Level, message: String) {
+        self.push_entry(
+            node,
+            LogEntry {
+                timestamp: now_ms(),
+                level,
+                message,
+                data: None,
+            },
+        );
+    }
+
+    fn push_entry(&mut self, node: u32, entry: LogEntry) {
         let log = &mut self.items[node as usize].rare().log;
-        log.push(LogEntry {
-            timestamp: now_ms(),
-            level,
-            message,
-            data: None,
-        });
+        log.push(entry);
         if log.len() > MAX_LOG {
             let extra = log.len() - MAX_LOG;
             log.drain(..extra);
@@ -559,13 +566,30 @@ impl Reporter for RunJournal {
     }
 
     fn log(&self, node: u32, level: Level, message: &str) {
+        self.log_entry(
+            node,
+            LogEntry {
+                timestamp: now_ms(),
+                level,
+                message: message.to_owned(),
+                data: None,
+            },
+        );
+    }
+}
+
+impl RunJournal {
+    /// Adds `entry` to the log of `node` as [`Reporter::log`] does, keeping its
+    /// timestamp (an entry written on another worker: a spread task's).
+    pub(crate) fn log_entry(&self, node: u32, entry: LogEntry) {
+        let level = entry.level;
         let mut g = self.lock();
         if node as usize >= g.items.len() {
             return;
         }
         // A warning or error is never dropped, and writes any pending burst before itself.
         g.settle_burst(node);
-        g.push_log(node, level, message.to_owned());
+        g.push_entry(node, entry);
         g.mark(node);
         let node_id = g.nodes[node as usize].clone();
         let entry = g.items[node as usize]

@@ -347,9 +347,12 @@ impl RuntimeBuilder {
     /// statement; a late result of a worker that lost the claim is dropped and counted
     /// ([`Runtime::task_stats`](super::Runtime::task_stats)).
     ///
-    /// Limits: a spread task runs without the runtime's hooks, cannot launch child
-    /// processes, and its progress and log entries are not written to its task row. A
-    /// failed task's error reaches the report as its messages
+    /// A spread task runs inside the hooks of the worker running it (`around_task`, in
+    /// the order of a local run); its attempt, progress and log entries reach its task
+    /// row through its claim row (shown running once an attempt waits); a worker that shuts
+    /// down cleanly gives up its unfinished claims so that another worker claims them
+    /// at once. Limit: a spread task cannot launch child processes. A failed task's
+    /// error reaches the report as its messages
     /// ([`RemoteTaskError`](super::RemoteTaskError)).
     ///
     /// # Examples

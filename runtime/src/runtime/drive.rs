@@ -171,6 +171,7 @@ pub(super) async fn drive(inner: Arc<Inner>, run: Run) -> Option<RunReport> {
                 inner.grace,
                 std::time::Duration::from_millis(inner.lease_ms),
                 cancel.clone(),
+                journal.clone(),
             );
             tokio::spawn(super::spread::cancel_on(
                 Arc::downgrade(&inner),

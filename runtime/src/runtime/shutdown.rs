@@ -91,10 +91,11 @@ impl Runtime {
             .await;
         // Spread tasks running here for other coordinators (no new one is claimed once
         // shutting down) get the grace period to finish and store their ends; those
-        // still running then are stopped, and their claims expire and are claimed again
-        // by another worker.
+        // still running then are stopped, and their claims given up in one statement:
+        // another worker claims them at once, not after their lease.
         if let Some(sp) = &self.inner.spread {
-            sp.drain(tokio::time::Instant::now() + grace).await;
+            let stopped = sp.drain(tokio::time::Instant::now() + grace).await;
+            super::spread::release(&self.inner, stopped).await;
         }
         // The runs' ends (and their deliveries) are written: the delivery worker stops
         // last, its attempts under way given the grace period.

@@ -37,10 +37,34 @@
 //!   coordinator re-offers the unfinished nodes, which adopts the rows running on live
 //!   workers and finds the results of those that ended: a finished task does not run
 //!   again.
+//! - A spread task runs inside the hooks of the worker that runs it (its process type's,
+//!   then the runtime's: the order and the [`TaskInfo`](crate::TaskInfo) of a local
+//!   task), so `around_task` sees every attempt wherever it runs; the run-level hooks
+//!   (`started`, `failed`, `completed`, `cancelled`) run on the coordinator.
+//! - What a spread task reports reaches its run's task row as a local task's does: its
+//!   worker keeps its attempt, progress and log entries (the last
+//!   [`MAX_LOG`](crate::MAX_LOG), each cut at [`MAX_MESSAGE`] bytes) and writes them to
+//!   its claim row, every progress-flush interval while they change ([`report_loop`],
+//!   one statement for every task running there, fenced per claim as the heartbeat
+//!   is), and with its end (the log written just before it ended is in the row with
+//!   the end). The coordinator's collector reads, in the same statement that finds the
+//!   ends, the claim rows whose claim or report number changed
+//!   ([`TaskQueue::watch`](crate::store::TaskQueue::watch)) and records them in the
+//!   run's task rows: running with its attempt once an attempt waits (as a local
+//!   task's start is recorded: one that ends in its first poll is not shown running,
+//!   and costs its coordinator nothing before its end), its progress, and its new log
+//!   entries with their timestamps. A separate statement,
+//!   not the heartbeat: the heartbeat runs every third of the lease, too seldom for
+//!   progress, and its statement stays as it is. The claim row does not name the
+//!   worker in the run's task row (the task row has no field for it); the claim row's
+//!   `owner` does.
+//! - A worker that shuts down cleanly gives its unfinished claims up after its drain,
+//!   in one statement ([`release`]): another worker claims them at once instead of
+//!   after their lease; their attempt numbers keep growing, and a released claim whose
+//!   run asked for a cancel ends cancelled.
 //!
-//! Limits: a spread task runs without the runtime's hooks and cannot launch child
-//! processes (`ctx.launch` fails: no runtime handle where it runs); its progress and log
-//! entries go to `tracing` on the worker that runs it, not to its task row.
+//! Limit: a spread task cannot launch child processes (`ctx.launch` fails: no runtime
+//! handle where it runs).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -53,7 +77,12 @@ use tokio_util::sync::CancellationToken;
 use crate::error::BoxError;
 use crate::exec::{Dispatch, Dispatched, RemoteRun};
 use crate::graph::Graph;
-use crate::store::{ClaimedTask, TaskClaim, TaskEnd, TaskOffer};
+use crate::journal::RunJournal;
+use crate::record::{now_ms, Level, LogEntry, Progress, MAX_LOG};
+use crate::store::{
+    ClaimReport, ClaimedTask, TaskClaim, TaskEnd, TaskNews, TaskOffer, WatchedTask,
+};
+use crate::task::ctx::Reporter;
 
 use super::Inner;
 
@@ -104,11 +133,129 @@ struct Held {
     abort: CancellationToken,
     /// Its run's rebuilt graph, once built.
     remote: Option<Arc<RemoteRun>>,
+    /// What it reported (attempt, progress, log), for its claim row.
+    report: Reported,
 }
 
-/// A task end on its way to the store, and where to say whether it was stored
-/// (`Ok(false)`: fenced out).
-type Finish = (TaskClaim, TaskEnd, oneshot::Sender<Result<bool, String>>);
+/// Longest progress message or log entry written to a claim row (longer ones are cut
+/// at a character boundary): a claim row stays small whatever a task writes.
+const MAX_MESSAGE: usize = 4096;
+
+fn bounded(mut m: String) -> String {
+    if m.len() > MAX_MESSAGE {
+        let mut cut = MAX_MESSAGE;
+        while !m.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        m.truncate(cut);
+    }
+    m
+}
+
+/// What a task running here reported, kept until it is written to its claim row (by
+/// [`report_loop`], and with its end).
+#[derive(Default)]
+struct Reported {
+    attempt: u32,
+    progress: Progress,
+    /// The last [`MAX_LOG`] entries.
+    log: std::collections::VecDeque<LogEntry>,
+    /// Entries written since the claim (dropped ones included).
+    logged: u64,
+    /// The attempt or the progress changed since the last write.
+    dirty: bool,
+    /// The log changed since the last write.
+    log_dirty: bool,
+}
+
+impl Reported {
+    /// What is to be written, if anything changed (then marked written).
+    fn take(&mut self) -> Option<ClaimReport> {
+        if !self.dirty && !self.log_dirty {
+            return None;
+        }
+        let log = self.log_dirty.then(|| self.log.iter().cloned().collect());
+        self.dirty = false;
+        self.log_dirty = false;
+        Some(ClaimReport {
+            attempt: self.attempt,
+            progress: self.progress.clone(),
+            log,
+            logged: self.logged,
+        })
+    }
+
+    /// `r` (taken by [`take`](Reported::take)) was not written: to be written again.
+    fn untake(&mut self, r: &ClaimReport) {
+        self.dirty = true;
+        self.log_dirty |= r.log.is_some();
+    }
+}
+
+/// The [`Reporter`] of the tasks of one run running here: keeps their progress and
+/// log entries (bounded) in their [`Held`] entries, for their claim rows.
+struct HeldReporter {
+    spread: Weak<Spread>,
+    run: String,
+}
+
+impl HeldReporter {
+    fn with(&self, node: u32, f: impl FnOnce(&mut Reported)) {
+        let Some(spread) = self.spread.upgrade() else {
+            return;
+        };
+        let mut held = lock(&spread.held);
+        if let Some(h) = held.get_mut(&(self.run.clone(), node)) {
+            f(&mut h.report);
+        }
+    }
+}
+
+impl Reporter for HeldReporter {
+    fn progress(&self, node: u32, percent: Option<f64>, message: &str) {
+        self.with(node, |r| {
+            r.progress.percent = percent;
+            if !message.is_empty() {
+                r.progress.message = Some(bounded(message.to_owned()));
+            }
+            r.dirty = true;
+        });
+    }
+
+    fn log(&self, node: u32, level: Level, message: &str) {
+        self.with(node, |r| {
+            r.log.push_back(LogEntry {
+                timestamp: now_ms(),
+                level,
+                message: bounded(message.to_owned()),
+                data: None,
+            });
+            if r.log.len() > MAX_LOG {
+                r.log.pop_front();
+            }
+            r.logged += 1;
+            r.log_dirty = true;
+        });
+    }
+
+    fn attempt(&self, node: u32, attempt: u32) {
+        self.with(node, |r| {
+            if r.attempt != attempt {
+                r.attempt = attempt;
+                r.dirty = true;
+            }
+        });
+    }
+}
+
+/// A task end on its way to the store, with what its worker reported of it and not
+/// written yet, and where to say whether it was stored (`Ok(false)`: fenced out).
+type Finish = (
+    TaskClaim,
+    TaskEnd,
+    Option<ClaimReport>,
+    oneshot::Sender<Result<bool, String>>,
+);
 
 /// The task-spreading state of one runtime.
 pub(super) struct Spread {
@@ -128,6 +275,10 @@ pub(super) struct Spread {
     collect_wake: Notify,
     /// Spread tasks running here at most.
     capacity: usize,
+    /// Held while reports are taken and written, and while ends are written: a report
+    /// taken before a task ended is written before its end (a report written after
+    /// the end would be refused, and its log entries lost).
+    report_gate: tokio::sync::Mutex<()>,
     claimed: AtomicU64,
     finished: AtomicU64,
     fenced: AtomicU64,
@@ -153,6 +304,7 @@ impl Spread {
             claim_wake: Notify::new(),
             collect_wake: Notify::new(),
             capacity: capacity.max(1),
+            report_gate: tokio::sync::Mutex::new(()),
             claimed: AtomicU64::new(0),
             finished: AtomicU64::new(0),
             fenced: AtomicU64::new(0),
@@ -207,14 +359,17 @@ impl Spread {
         }
     }
 
-    /// Waits until no spread task runs here, or `deadline`; then stops what still runs.
-    pub(super) async fn drain(&self, deadline: tokio::time::Instant) {
+    /// Waits until no spread task runs here, or `deadline`; then stops what still runs
+    /// and returns its claims (to [`release`]).
+    pub(super) async fn drain(&self, deadline: tokio::time::Instant) -> Vec<TaskClaim> {
         while !lock(&self.held).is_empty() && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        for h in lock(&self.held).values() {
+        let held = lock(&self.held);
+        for h in held.values() {
             h.abort.cancel();
         }
+        held.values().map(|h| h.claim.clone()).collect()
     }
 
     /// Stops every task running here (self-fencing: no heartbeat reached the database
@@ -238,7 +393,7 @@ pub(super) struct RunDispatch {
     process_type: String,
     /// Per node: attempts per claim, and the hard deadline of a claim in ms.
     limits: Box<[(u32, Option<u64>)]>,
-    waiting: Mutex<HashMap<u32, oneshot::Sender<Dispatched>>>,
+    waiting: Mutex<HashMap<u32, Waiting>>,
     /// Nodes whose offers are written: only their ends are collected. A task made ready
     /// by a cascade (or one that ended before a takeover) may end before its offer is
     /// written; collected then, the run could end and delete its rows before the offer
@@ -251,6 +406,24 @@ pub(super) struct RunDispatch {
     /// Per node: the dependents whose waiting rows its successful finish counts down;
     /// set by [`prepare`](RunDispatch::prepare) when the run cascades.
     cascade: std::sync::OnceLock<PerNode>,
+    /// The run's task rows, where the collector records what the workers running its
+    /// tasks report (their start, attempt, progress and log) as a local task's.
+    journal: Option<Arc<RunJournal>>,
+}
+
+/// A task offered by a run coordinated here, not ended yet: where to hand its end,
+/// and what of it the collector saw and recorded.
+struct Waiting {
+    tx: oneshot::Sender<Dispatched>,
+    /// Its claim token and report number last seen.
+    token: u64,
+    seq: u64,
+    /// Its attempt recorded running (0: none yet).
+    attempt: u32,
+    /// Its progress recorded.
+    progress: Progress,
+    /// Log entries of its current claim recorded.
+    logged: u64,
 }
 
 /// The hard deadline of one claim of a task: every attempt's timeout, every backoff
@@ -267,7 +440,9 @@ fn deadline(meta: &crate::task::TaskMeta, grace: Duration, lease: Duration) -> O
 
 impl RunDispatch {
     /// The dispatch of run `run` (token `run_token`) of `graph`, registered with the
-    /// collector until [`unregister`](RunDispatch::unregister).
+    /// collector until [`unregister`](RunDispatch::unregister); what the workers report
+    /// of its tasks goes to `journal`.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn register(
         spread: &Arc<Spread>,
         run: &str,
@@ -276,6 +451,7 @@ impl RunDispatch {
         grace: Duration,
         lease: Duration,
         cancel: CancellationToken,
+        journal: Option<Arc<RunJournal>>,
     ) -> Arc<RunDispatch> {
         let d = Arc::new(RunDispatch {
             spread: spread.clone(),
@@ -306,9 +482,70 @@ impl RunDispatch {
                 })
                 .collect(),
             cascade: std::sync::OnceLock::new(),
+            journal,
         });
         lock(&spread.coordinated).insert(run.to_owned(), d.clone());
         d
+    }
+
+    /// Records what changed of task `node` (`news`, from [`TaskQueue::watch`]) in the
+    /// run's task row, as a local task's start, attempts, progress and log are; hands
+    /// its end to the executor once it ended.
+    ///
+    /// [`TaskQueue::watch`]: crate::store::TaskQueue::watch
+    fn apply(&self, news: TaskNews) {
+        let mut waiting = lock(&self.waiting);
+        let Some(w) = waiting.get_mut(&news.node) else {
+            return;
+        };
+        if news.token != w.token {
+            // Claimed (again): its log starts anew with this claim.
+            w.token = news.token;
+            w.logged = 0;
+        }
+        w.seq = news.seq;
+        let node = news.node;
+        let r = news.report;
+        if let Some(j) = &self.journal {
+            if news.end.is_none() && r.attempt > w.attempt {
+                // Running, on the worker `news.owner` (its attempt from the claim on).
+                w.attempt = r.attempt;
+                j.started(node, r.attempt, Duration::ZERO);
+            }
+            if r.progress != w.progress && r.progress != Progress::default() {
+                j.progress(
+                    node,
+                    r.progress.percent,
+                    r.progress.message.as_deref().unwrap_or(""),
+                );
+                w.progress = r.progress;
+            }
+            if let Some(log) = r.log {
+                let new = r.logged.saturating_sub(w.logged);
+                let skip = log
+                    .len()
+                    .saturating_sub(usize::try_from(new).unwrap_or(usize::MAX));
+                for e in log.into_iter().skip(skip) {
+                    j.log_entry(node, e);
+                }
+                w.logged = r.logged;
+            }
+        }
+        let Some(end) = news.end else {
+            return;
+        };
+        let Some(w) = waiting.remove(&node) else {
+            return;
+        };
+        drop(waiting);
+        lock(&self.offered).remove(&node);
+        let outcome = end
+            .outcome
+            .map_err(|chain| BoxError::from(Box::new(RemoteTaskError::from_chain(&chain))));
+        let _ = w.tx.send(Dispatched {
+            attempts: end.attempts,
+            outcome,
+        });
     }
 
     pub(super) fn unregister(&self) {
@@ -402,7 +639,17 @@ impl Dispatch for RunDispatch {
             }));
         }
         let (tx, rx) = oneshot::channel();
-        lock(&self.waiting).insert(node, tx);
+        lock(&self.waiting).insert(
+            node,
+            Waiting {
+                tx,
+                token: 0,
+                seq: 0,
+                attempt: 0,
+                progress: Progress::default(),
+                logged: 0,
+            },
+        );
         let (max_attempts, deadline_ms) =
             self.limits.get(node as usize).copied().unwrap_or((1, None));
         let _ = self.spread.offers.send(TaskOffer {
@@ -484,6 +731,7 @@ pub(super) fn start(inner: &Arc<Inner>, spread: &Arc<Spread>) {
     }
     tokio::spawn(claim_loop(Arc::downgrade(inner)));
     tokio::spawn(collect_loop(Arc::downgrade(inner)));
+    tokio::spawn(report_loop(Arc::downgrade(inner), inner.progress_flush));
     let stop = Arc::new(AtomicBool::new(false));
     let weak = Arc::downgrade(spread);
     let wake: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
@@ -671,6 +919,9 @@ fn start_task(inner: &Arc<Inner>, spread: &Arc<Spread>, c: ClaimedTask) {
             claim: c.claim.clone(),
             abort: abort.clone(),
             remote: None,
+            // Its first report is the start of an attempt that waits: a task that
+            // ends at once is not shown running, as a local one.
+            report: Reported::default(),
         },
     );
     let inner = inner.clone();
@@ -686,8 +937,12 @@ fn start_task(inner: &Arc<Inner>, spread: &Arc<Spread>, c: ClaimedTask) {
             release(&spread);
             return;
         };
+        // What it reported and was not written yet goes with its end.
+        let report = lock(&spread.held)
+            .get_mut(&key)
+            .and_then(|h| h.report.take());
         let (tx, rx) = oneshot::channel();
-        let _ = spread.finishes.send((c.claim.clone(), end, tx));
+        let _ = spread.finishes.send((c.claim.clone(), end, report, tx));
         let finished = rx
             .await
             .unwrap_or_else(|_| Err("the runtime stopped".to_owned()));
@@ -721,11 +976,32 @@ async fn finish_loop(inner: Weak<Inner>, mut rx: mpsc::UnboundedReceiver<Finish>
             return;
         }
         let Some(i) = inner.upgrade() else { return };
-        let (ends, replies): (Vec<(TaskClaim, TaskEnd)>, Vec<_>) =
-            batch.drain(..).map(|(c, e, tx)| ((c, e), tx)).unzip();
+        let mut reports = Vec::new();
+        let (ends, replies): (Vec<(TaskClaim, TaskEnd)>, Vec<_>) = batch
+            .drain(..)
+            .map(|(c, e, r, tx)| {
+                if let Some(r) = r {
+                    reports.push((c.clone(), r));
+                }
+                ((c, e), tx)
+            })
+            .unzip();
+        let worker = i.worker.clone();
+        let spread = spread_of(&i);
+        let _gate = match &spread {
+            Some(sp) => Some(sp.report_gate.lock().await),
+            None => None,
+        };
         let out = i
             .read(move |s| match s.task_queue() {
-                Some(q) => q.finish(&ends),
+                Some(q) => {
+                    // Their last reports first (fenced as the ends are): the log a task
+                    // wrote just before it ended is in its row with its end.
+                    if let Err(e) = q.report(&worker, &reports) {
+                        tracing::debug!(error = %e, "cannot write the last reports of spread tasks");
+                    }
+                    q.finish(&ends)
+                }
                 None => Ok(vec![false; ends.len()]),
             })
             .await;
@@ -919,11 +1195,19 @@ async fn remote_run(
     inner
         .check_resources(&graph)
         .map_err(|e| Refusal::Fail(e.to_string()))?;
+    // This worker's hooks, in the order a local run of the process has them.
+    let hooks = inner.run_hooks(reg.hooks.clone());
+    let reporter: Arc<dyn Reporter> = Arc::new(HeldReporter {
+        spread: Arc::downgrade(spread),
+        run: run.clone(),
+    });
     let remote = Arc::new(RemoteRun::new(
         graph,
         Arc::from(run.as_str()),
         Arc::from(inner.worker.as_str()),
         inner.resources.clone(),
+        hooks,
+        Some(reporter),
     ));
     let mut cache = lock(&spread.cache);
     if cache.len() >= CACHE_RUNS && !cache.contains_key(run) {
@@ -946,14 +1230,20 @@ async fn collect_loop(inner: Weak<Inner>) {
             },
             None => return,
         };
-        let pending: Vec<(String, u64, u32)> = lock(&spread.coordinated)
+        let pending: Vec<WatchedTask> = lock(&spread.coordinated)
             .values()
             .flat_map(|d| {
                 let offered = lock(&d.offered);
                 lock(&d.waiting)
-                    .keys()
-                    .filter(|n| offered.contains(n))
-                    .map(|&n| (d.run.clone(), d.run_token, n))
+                    .iter()
+                    .filter(|(n, _)| offered.contains(n))
+                    .map(|(&n, w)| WatchedTask {
+                        run: d.run.clone(),
+                        run_token: d.run_token,
+                        node: n,
+                        token: w.token,
+                        seq: w.seq,
+                    })
                     .collect::<Vec<_>>()
             })
             .collect();
@@ -961,38 +1251,100 @@ async fn collect_loop(inner: Weak<Inner>) {
             let Some(i) = inner.upgrade() else { return };
             match i
                 .read(move |s| match s.task_queue() {
-                    Some(q) => q.ended(&pending),
+                    Some(q) => q.watch(&pending),
                     None => Ok(Vec::new()),
                 })
                 .await
             {
-                Ok(ended) => {
+                Ok(news) => {
                     let coordinated = lock(&spread.coordinated);
-                    for e in ended {
-                        let Some(d) = coordinated.get(&e.run) else {
-                            continue;
-                        };
-                        let Some(tx) = lock(&d.waiting).remove(&e.node) else {
-                            continue;
-                        };
-                        lock(&d.offered).remove(&e.node);
-                        let outcome = e.end.outcome.map_err(|chain| {
-                            BoxError::from(Box::new(RemoteTaskError::from_chain(&chain)))
-                        });
-                        let _ = tx.send(Dispatched {
-                            attempts: e.end.attempts,
-                            outcome,
-                        });
+                    for n in news {
+                        if let Some(d) = coordinated.get(&n.run) {
+                            d.apply(n);
+                        }
                     }
                 }
                 Err(super::Error::ShuttingDown) => return,
-                Err(e) => tracing::warn!(error = %e, "cannot read the ends of spread tasks"),
+                Err(e) => tracing::warn!(error = %e, "cannot read the spread tasks' news"),
             }
         }
         tokio::select! {
             () = stop.cancelled() => return,
             () = spread.collect_wake.notified() => {}
             () = tokio::time::sleep(POLL) => {}
+        }
+    }
+}
+
+/// Writes what the tasks running here reported (attempt, progress, log) to their claim
+/// rows, every `every` while something changed: one statement for all of them.
+async fn report_loop(inner: Weak<Inner>, every: Duration) {
+    let every = every.max(Duration::from_millis(20));
+    loop {
+        let Some(i) = inner.upgrade() else { return };
+        let stop = i.stop_loops.clone();
+        let Some(spread) = spread_of(&i) else { return };
+        let gate = spread.report_gate.lock().await;
+        let reports: Vec<(TaskClaim, ClaimReport)> = lock(&spread.held)
+            .values_mut()
+            .filter_map(|h| h.report.take().map(|r| (h.claim.clone(), r)))
+            .collect();
+        if !reports.is_empty() {
+            let worker = i.worker.clone();
+            let sent = reports.clone();
+            let out = i
+                .read(move |s| match s.task_queue() {
+                    Some(q) => q.report(&worker, &sent),
+                    None => Ok(()),
+                })
+                .await;
+            match out {
+                Ok(()) => {}
+                Err(super::Error::ShuttingDown) => return,
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot write the reports of spread tasks; trying again");
+                    let mut held = lock(&spread.held);
+                    for (c, r) in &reports {
+                        if let Some(h) = held
+                            .get_mut(&(c.run.clone(), c.node))
+                            .filter(|h| h.claim.token == c.token)
+                        {
+                            h.report.untake(r);
+                        }
+                    }
+                }
+            }
+        }
+        drop(gate);
+        drop((i, spread));
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(every) => {}
+        }
+    }
+}
+
+/// Gives up the claims a clean shutdown stopped (`claims`, from [`Spread::drain`]) in
+/// one statement: another worker claims their tasks at once instead of after their
+/// lease.
+pub(super) async fn release(inner: &Inner, claims: Vec<TaskClaim>) {
+    if claims.is_empty() {
+        return;
+    }
+    let worker = inner.worker.clone();
+    let n = claims.len();
+    match inner
+        .read(move |s| match s.task_queue() {
+            Some(q) => q.release(&worker, &claims),
+            None => Ok(0),
+        })
+        .await
+    {
+        Ok(released) => {
+            tracing::info!(worker = %inner.worker, released, stopped = n, "gave up the claims of the spread tasks stopped by the shutdown: other workers claim them at once");
+        }
+        Err(e) => {
+            tracing::warn!(worker = %inner.worker, error = %e, "cannot give up the claims of the spread tasks stopped by the shutdown: they are claimed again once they expire");
         }
     }
 }

@@ -27,7 +27,10 @@ pub use self::outbox::{
 #[cfg(feature = "postgres")]
 pub use self::postgres::PgStore;
 pub use self::sled::SledStore;
-pub use self::tasks::{ClaimedTask, EndedTask, TaskBeat, TaskClaim, TaskEnd, TaskOffer, TaskQueue};
+pub use self::tasks::{
+    ClaimReport, ClaimedTask, EndedTask, TaskBeat, TaskClaim, TaskEnd, TaskNews, TaskOffer,
+    TaskQueue, WatchedTask,
+};
 
 use crate::record::{LogEntry, ProcessRecord, Progress, RecordKind, State, Status, SCHEMA_VERSION};
 

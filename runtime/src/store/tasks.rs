@@ -9,11 +9,15 @@
 //! ([`TaskQueue::claim`]: a per-task fencing token, an expiry on the database clock, a
 //! hard deadline), runs its attempts and finishes it with one fenced statement
 //! ([`TaskQueue::finish`]); the coordinator collects the end ([`TaskQueue::ended`]) and
-//! feeds it into its executor.
+//! feeds it into its executor. While it runs, its worker writes what it reports
+//! (attempt, progress, log: [`TaskQueue::report`]) and its coordinator reads the changes
+//! with the ends ([`TaskQueue::watch`]); a worker that shuts down cleanly gives up its
+//! unfinished claims ([`TaskQueue::release`]).
 
 use std::sync::Arc;
 
 use super::{Beat, Lease, StoreError};
+use crate::record::{LogEntry, Progress};
 
 /// A ready task offered by a run's coordinator (see [`TaskQueue::offer`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -103,6 +107,59 @@ pub struct TaskBeat {
     pub cancel: Vec<(String, u32)>,
 }
 
+/// What the worker running a claimed task reported of it since its claim
+/// ([`TaskQueue::report`]): written to the task's claim row, read by its coordinator
+/// ([`TaskQueue::watch`]), which records it in the run's task row as for a local task.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ClaimReport {
+    /// The attempt running (or last run).
+    pub attempt: u32,
+    /// Its last progress.
+    pub progress: Progress,
+    /// Its log entries, the last [`MAX_LOG`](crate::record::MAX_LOG) at most; `None`:
+    /// unchanged since the last report (the stored ones are kept).
+    pub log: Option<Vec<LogEntry>>,
+    /// Log entries written since the claim, including those dropped from `log`: a
+    /// reader that has seen `n` of them takes the last `logged - n` of `log`.
+    pub logged: u64,
+}
+
+/// A task offered by a run coordinated here, as its coordinator last saw it
+/// ([`TaskQueue::watch`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WatchedTask {
+    /// The run.
+    pub run: String,
+    /// The run's token.
+    pub run_token: u64,
+    /// The node.
+    pub node: u32,
+    /// The claim token last seen (0: none).
+    pub token: u64,
+    /// The report number of that claim last seen.
+    pub seq: u64,
+}
+
+/// What changed of a watched task ([`TaskQueue::watch`]): a new claim, a new report
+/// of its worker, or its end.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskNews {
+    /// The run.
+    pub run: String,
+    /// The node.
+    pub node: u32,
+    /// Its claim token now (0: never claimed).
+    pub token: u64,
+    /// The report number of that claim now.
+    pub seq: u64,
+    /// Who holds (or ran) it.
+    pub owner: Option<String>,
+    /// What its worker reported.
+    pub report: ClaimReport,
+    /// Its end, once it ended (as [`TaskQueue::ended`] gives it).
+    pub end: Option<TaskEnd>,
+}
+
 /// The task queue of a shared store (PostgreSQL, [`Store::task_queue`](super::Store::task_queue)):
 /// a run's coordinator offers its ready tasks ([`offer`](TaskQueue::offer)); any worker
 /// that registered the process type claims them ([`claim`](TaskQueue::claim): a fencing
@@ -182,6 +239,24 @@ pub trait TaskQueue: Send + Sync {
     /// Of the offered tasks `pending` (run, run token, node), those that ended: done,
     /// failed, or cancelled before any worker claimed them.
     fn ended(&self, pending: &[(String, u64, u32)]) -> Result<Vec<EndedTask>, StoreError>;
+
+    /// Writes what `owner`'s workers reported of the tasks it holds (attempt,
+    /// progress, log), fenced per claim as a heartbeat is: a claim no longer `owner`'s
+    /// writes nothing. Each write raises the claim's report number.
+    fn report(&self, owner: &str, reports: &[(TaskClaim, ClaimReport)]) -> Result<(), StoreError>;
+
+    /// Of the offered tasks `watched`, those that changed since their coordinator last
+    /// saw them: reported by their worker (under a claim whose token or report number
+    /// differs from the one seen; a claim its worker reported nothing of is not
+    /// news), or ended (as in [`ended`](TaskQueue::ended)). One statement, as `ended`.
+    fn watch(&self, watched: &[WatchedTask]) -> Result<Vec<TaskNews>, StoreError>;
+
+    /// Gives up `owner`'s claims `claims` (a worker that shuts down cleanly, after its
+    /// drain): each becomes claimable by another worker at once, its attempt count kept
+    /// (attempt numbers never repeat); a claim asked to cancel ends cancelled. Returns
+    /// the number of claims given up (a claim another worker took since, or that
+    /// ended, is left alone).
+    fn release(&self, owner: &str, claims: &[TaskClaim]) -> Result<u64, StoreError>;
 
     /// Asks every task of run `run` that is waiting, offered or running to cancel.
     fn cancel(&self, run: &str, run_token: u64) -> Result<(), StoreError>;

@@ -13,6 +13,12 @@ use crate::task::resource::{Res, Resource, Resources};
 pub(crate) trait Reporter: Send + Sync {
     fn progress(&self, node: u32, percent: Option<f64>, message: &str);
     fn log(&self, node: u32, level: Level, message: &str);
+    /// Attempt `attempt` of `node` started and waits (as a journal records a start:
+    /// an attempt that ends in its first poll is not reported). Called for runs without
+    /// a journal only: a journal records its starts itself.
+    fn attempt(&self, node: u32, attempt: u32) {
+        let _ = (node, attempt);
+    }
 }
 
 /// Reporter of detached contexts: writes to `tracing` only.

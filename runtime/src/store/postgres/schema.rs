@@ -162,6 +162,18 @@ ALTER TABLE procession_task_claims
     ADD COLUMN pending_deps integer NOT NULL DEFAULT 0,
     ADD COLUMN dependents   integer[];
 ",
+    // 6: what the worker running a spread task reports of it (its attempt,
+    // progress and log, `TaskQueue::report`) and a report number its coordinator
+    // watches (`TaskQueue::watch`), reset by every claim.
+    "
+ALTER TABLE procession_task_claims
+    ADD COLUMN attempt  integer NOT NULL DEFAULT 0,
+    ADD COLUMN seq      bigint  NOT NULL DEFAULT 0,
+    ADD COLUMN percent  double precision,
+    ADD COLUMN message  text,
+    ADD COLUMN log      text,
+    ADD COLUMN logged   bigint  NOT NULL DEFAULT 0;
+",
 ];
 
 /// The newest schema version this build knows.

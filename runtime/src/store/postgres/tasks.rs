@@ -13,9 +13,10 @@ use postgres::fallible_iterator::FallibleIterator as _;
 
 use super::{state_code, to_i64, to_u64, PgStore};
 use crate::record::State;
+use crate::record::{LogEntry, Progress};
 use crate::store::{
-    Beat, ClaimedTask, EndedTask, Lease, StoreError, TaskBeat, TaskClaim, TaskEnd, TaskOffer,
-    TaskQueue,
+    Beat, ClaimReport, ClaimedTask, EndedTask, Lease, StoreError, TaskBeat, TaskClaim, TaskEnd,
+    TaskNews, TaskOffer, TaskQueue, WatchedTask,
 };
 
 /// The channel workers `LISTEN` on: a task was offered, or ended.
@@ -77,10 +78,47 @@ UPDATE procession_task_claims AS t
 SET state = 1, token = t.token + 1, owner = $1,
     expires_at = procession_now_ms() + $3,
     deadline_at = procession_now_ms() + t.deadline_ms,
-    attempts = t.attempts + t.max_attempts
+    attempts = t.attempts + t.max_attempts,
+    attempt = t.attempts + 1, seq = 0, percent = NULL, message = NULL,
+    log = NULL, logged = 0
 FROM c WHERE t.run = c.run AND t.node = c.node
 RETURNING t.run, t.run_token, t.node, t.token, t.process_type,
           t.attempts - t.max_attempts";
+
+impl PgStore {
+    /// The end of an ended claim row whose columns 2, 4-7 are its state, attempts,
+    /// elapsed time, result and error (`key` names it in errors).
+    fn end_of(&self, r: &postgres::Row, key: &str) -> Result<TaskEnd, super::PgError> {
+        let state: i16 = r.try_get(2)?;
+        let attempts: i32 = r.try_get(4)?;
+        let outcome = match state {
+            DONE => {
+                let json: Option<String> = r.try_get(6)?;
+                let json = json
+                    .filter(|j| serde_json::from_str::<&serde_json::value::RawValue>(j).is_ok())
+                    .ok_or_else(|| {
+                        self.corrupt(key, "a finished task's result is missing or not JSON")
+                    })?;
+                Ok(Arc::from(json))
+            }
+            FAILED => {
+                let text: Option<String> = r.try_get(7)?;
+                Err(match text {
+                    Some(t) => {
+                        serde_json::from_str::<Vec<String>>(&t).map_err(|e| self.corrupt(key, e))?
+                    }
+                    None => Vec::new(),
+                })
+            }
+            _ => Err(Vec::new()),
+        };
+        Ok(TaskEnd {
+            attempts: u32::try_from(attempts).unwrap_or(0),
+            elapsed_ns: to_u64(r.try_get(5)?),
+            outcome,
+        })
+    }
+}
 
 impl TaskQueue for PgStore {
     fn offer(&self, offers: &[TaskOffer]) -> Result<(), StoreError> {
@@ -164,7 +202,8 @@ impl TaskQueue for PgStore {
                      deadline_ms = u.deadline_ms, deadline_at = NULL,
                      attempts = u.attempts, max_attempts = u.max_attempts, elapsed_ns = 0,
                      result = NULL, error = NULL, pending_deps = u.pending,
-                     dependents = u.deps::int4[]
+                     dependents = u.deps::int4[], attempt = 0, seq = 0, percent = NULL,
+                     message = NULL, log = NULL, logged = 0
                  FROM l JOIN u ON u.run = l.run AND u.node = l.node
                  WHERE t.run = l.run AND t.node = l.node
                    AND (t.run_token <> u.run_token OR (t.state = 5 AND u.pending = 0))
@@ -395,46 +434,160 @@ impl TaskQueue for PgStore {
             for r in &rows {
                 let run: String = r.try_get(0)?;
                 let node = node_of(r.try_get(1)?);
-                let state: i16 = r.try_get(2)?;
-                let attempts: i32 = r.try_get(4)?;
-                let outcome = match state {
-                    DONE => {
-                        let json: Option<String> = r.try_get(6)?;
-                        let json = json
-                            .filter(|j| {
-                                serde_json::from_str::<&serde_json::value::RawValue>(j).is_ok()
-                            })
-                            .ok_or_else(|| {
-                                self.corrupt(
-                                    format!("procession_task_claims/{run}/{node}"),
-                                    "a finished task's result is missing or not JSON",
-                                )
-                            })?;
-                        Ok(Arc::from(json))
-                    }
-                    FAILED => {
-                        let text: Option<String> = r.try_get(7)?;
-                        Err(match text {
-                            Some(t) => serde_json::from_str::<Vec<String>>(&t).map_err(|e| {
-                                self.corrupt(format!("procession_task_claims/{run}/{node}"), e)
-                            })?,
-                            None => Vec::new(),
-                        })
-                    }
-                    _ => Err(Vec::new()),
-                };
+                let end = self.end_of(r, &format!("procession_task_claims/{run}/{node}"))?;
                 out.push(EndedTask {
                     run,
                     node,
                     owner: r.try_get(3)?,
-                    end: TaskEnd {
-                        attempts: u32::try_from(attempts).unwrap_or(0),
-                        elapsed_ns: to_u64(r.try_get(5)?),
-                        outcome,
-                    },
+                    end,
                 });
             }
             Ok(out)
+        })
+    }
+
+    fn report(&self, owner: &str, reports: &[(TaskClaim, ClaimReport)]) -> Result<(), StoreError> {
+        if reports.is_empty() {
+            return Ok(());
+        }
+        let runs: Vec<&str> = reports.iter().map(|(c, _)| c.run.as_str()).collect();
+        let nodes: Vec<i32> = reports.iter().map(|(c, _)| to_i32(c.node)).collect();
+        let tokens: Vec<i64> = reports.iter().map(|(c, _)| to_i64(c.token)).collect();
+        let attempts: Vec<i32> = reports.iter().map(|(_, r)| to_i32(r.attempt)).collect();
+        let percents: Vec<Option<f64>> = reports.iter().map(|(_, r)| r.progress.percent).collect();
+        let messages: Vec<Option<&str>> = reports
+            .iter()
+            .map(|(_, r)| r.progress.message.as_deref())
+            .collect();
+        let logs: Vec<Option<String>> = reports
+            .iter()
+            .map(|(_, r)| {
+                r.log
+                    .as_ref()
+                    .map(|l| serde_json::to_string(l).unwrap_or_else(|_| "[]".to_owned()))
+            })
+            .collect();
+        let logged: Vec<i64> = reports.iter().map(|(_, r)| to_i64(r.logged)).collect();
+        self.with(|c| {
+            // Fenced as a heartbeat is: only under the claim's token, by its owner, while
+            // it runs. A log left out (`NULL`) keeps the stored one.
+            c.execute(
+                "UPDATE procession_task_claims AS t
+                 SET attempt = u.attempt, percent = u.percent, message = u.message,
+                     log = COALESCE(u.log, t.log), logged = u.logged, seq = t.seq + 1
+                 FROM unnest($2::text[], $3::int4[], $4::int8[], $5::int4[], $6::float8[],
+                             $7::text[], $8::text[], $9::int8[])
+                      AS u(run, node, token, attempt, percent, message, log, logged)
+                 WHERE t.run = u.run AND t.node = u.node AND t.token = u.token
+                   AND t.owner = $1 AND t.state IN (1, 4)",
+                &[
+                    &owner, &runs, &nodes, &tokens, &attempts, &percents, &messages, &logs, &logged,
+                ],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn watch(&self, watched: &[WatchedTask]) -> Result<Vec<TaskNews>, StoreError> {
+        if watched.is_empty() {
+            return Ok(Vec::new());
+        }
+        let runs: Vec<&str> = watched.iter().map(|w| w.run.as_str()).collect();
+        let run_tokens: Vec<i64> = watched.iter().map(|w| run_token(w.run_token)).collect();
+        let nodes: Vec<i32> = watched.iter().map(|w| to_i32(w.node)).collect();
+        let tokens: Vec<i64> = watched.iter().map(|w| to_i64(w.token)).collect();
+        let seqs: Vec<i64> = watched.iter().map(|w| to_i64(w.seq)).collect();
+        self.with(|c| {
+            // Ended rows (as `ended`), and claimed ones with a report (its worker wrote
+            // one: an attempt waits) whose claim or report changed. A claim without a
+            // report is no news: a task that ends at once (most, under load) costs its
+            // coordinator nothing until its end.
+            let rows = c.query(
+                "SELECT t.run, t.node, t.state, t.owner, t.attempts, t.elapsed_ns, t.result,
+                        t.error, t.token, t.seq, t.attempt, t.percent, t.message,
+                        CASE WHEN t.logged > 0 THEN t.log END, t.logged
+                 FROM unnest($1::text[], $2::int8[], $3::int4[], $4::int8[], $5::int8[])
+                      AS p(run, run_token, node, token, seq)
+                 JOIN procession_task_claims t
+                   ON t.run = p.run AND t.node = p.node AND t.run_token = p.run_token
+                 WHERE t.state IN (2, 3) OR (t.state = 4 AND t.owner IS NULL)
+                    OR (t.state IN (1, 4) AND t.owner IS NOT NULL AND t.seq > 0
+                        AND (t.token <> p.token OR t.seq <> p.seq))",
+                &[&runs, &run_tokens, &nodes, &tokens, &seqs],
+            )?;
+            let mut out = Vec::with_capacity(rows.len());
+            for r in &rows {
+                let run: String = r.try_get(0)?;
+                let node = node_of(r.try_get(1)?);
+                let state: i16 = r.try_get(2)?;
+                let at = || format!("procession_task_claims/{run}/{node}");
+                let end = match state {
+                    DONE | FAILED => Some(self.end_of(r, &at())?),
+                    CANCEL if r.try_get::<_, Option<String>>(3)?.is_none() => {
+                        Some(self.end_of(r, &at())?)
+                    }
+                    _ => None,
+                };
+                let log: Option<String> = r.try_get(13)?;
+                let log = match log {
+                    Some(text) => Some(
+                        serde_json::from_str::<Vec<LogEntry>>(&text)
+                            .map_err(|e| self.corrupt(at(), e))?,
+                    ),
+                    None => None,
+                };
+                let attempt: i32 = r.try_get(10)?;
+                out.push(TaskNews {
+                    owner: r.try_get(3)?,
+                    token: to_u64(r.try_get(8)?),
+                    seq: to_u64(r.try_get(9)?),
+                    report: ClaimReport {
+                        attempt: u32::try_from(attempt).unwrap_or(0),
+                        progress: Progress {
+                            percent: r.try_get(11)?,
+                            message: r.try_get(12)?,
+                        },
+                        log,
+                        logged: to_u64(r.try_get(14)?),
+                    },
+                    end,
+                    run,
+                    node,
+                });
+            }
+            Ok(out)
+        })
+    }
+
+    fn release(&self, owner: &str, claims: &[TaskClaim]) -> Result<u64, StoreError> {
+        if claims.is_empty() {
+            return Ok(0);
+        }
+        let runs: Vec<&str> = claims.iter().map(|c| c.run.as_str()).collect();
+        let nodes: Vec<i32> = claims.iter().map(|c| to_i32(c.node)).collect();
+        let tokens: Vec<i64> = claims.iter().map(|c| to_i64(c.token)).collect();
+        self.with(|c| {
+            // Only claims still `owner`'s under their token and unended. A running one
+            // is ready again (its attempts stay raised by the claim: attempt numbers
+            // never repeat); one asked to cancel loses its owner, which ends it
+            // cancelled for its coordinator (as a task cancelled before any claim). The
+            // token is raised: a late finish of this claim is fenced out.
+            let rows = c.query(
+                "WITH r AS (
+                     UPDATE procession_task_claims AS t
+                     SET state = CASE WHEN t.state = 1 THEN 0 ELSE t.state END,
+                         token = t.token + 1, owner = NULL, expires_at = 0,
+                         deadline_at = NULL
+                     FROM unnest($2::text[], $3::int4[], $4::int8[]) AS u(run, node, token)
+                     WHERE t.run = u.run AND t.node = u.node AND t.token = u.token
+                       AND t.owner = $1 AND t.state IN (1, 4)
+                     RETURNING t.run)
+                 , n AS (SELECT pg_notify($5, '') WHERE EXISTS (SELECT 1 FROM r))
+                 SELECT (SELECT count(*) FROM r), (SELECT count(*) FROM n)",
+                &[&owner, &runs, &nodes, &tokens, &CHANNEL],
+            )?;
+            let n: i64 = rows.first().map_or(Ok(0), |r| r.try_get(0))?;
+            Ok(to_u64(n))
         })
     }
 
