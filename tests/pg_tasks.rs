@@ -1204,6 +1204,8 @@ fn the_task_queue_reports_watches_and_releases_current_claims() {
             attempts: 0,
             max_attempts: 2,
             deadline_ms: None,
+            pending_deps: 0,
+            dependents: Vec::new(),
         };
         q.offer(&[offer(0)]).unwrap();
         let watched = |token: u64, seq: u64| WatchedTask {
