@@ -621,7 +621,12 @@ fn put_tx(
 /// 128 pins; a batch pins once for all its keys. A writer of large batches therefore
 /// produced garbage far faster than it was freed: a 100k-task run's peak held 100-150 MiB
 /// of old node versions. Each `flush` hands this thread's bag over and collects once.
+/// A small write's garbage is left to sled's own collection (once per 128 pins, which
+/// its own reads and writes make): freeing it here would lengthen a small run's write.
 fn reclaim(rows: usize) {
+    if rows < 256 {
+        return;
+    }
     // About two versions per key (the leaf, and its parent on a split), 512 per collection.
     for _ in 0..rows / 256 + 2 {
         crossbeam_epoch::pin().flush();
