@@ -149,6 +149,18 @@ impl TaskQueue for PgStore {
         let pending: Vec<i32> = offers.iter().map(|o| to_i32(o.pending_deps)).collect();
         let dependents: Vec<Option<String>> =
             offers.iter().map(|o| int_array(&o.dependents)).collect();
+        // Both statements read the offers as the same nine arrays.
+        let rows: [&(dyn postgres::types::ToSql + Sync); 9] = [
+            &runs,
+            &nodes,
+            &run_tokens,
+            &types,
+            &attempts,
+            &max,
+            &deadlines,
+            &pending,
+            &dependents,
+        ];
         self.tx(|c| {
             // New rows: ready, or waiting. A row that exists is not touched (nor locked)
             // here: a task running or ended under this run token stays as it is (a
@@ -167,17 +179,7 @@ impl TaskQueue for PgStore {
                            deadline_ms, pending, deps)
                  ON CONFLICT (run, node) DO NOTHING
                  RETURNING t.state",
-                &[
-                    &runs,
-                    &nodes,
-                    &run_tokens,
-                    &types,
-                    &attempts,
-                    &max,
-                    &deadlines,
-                    &pending,
-                    &dependents,
-                ],
+                &rows,
             )?;
             // Rows that exist: a waiting row offered ready becomes ready; a row of an
             // older run of the record starts again (its token keeps growing). Locked in
@@ -208,17 +210,7 @@ impl TaskQueue for PgStore {
                  WHERE t.run = l.run AND t.node = l.node
                    AND (t.run_token <> u.run_token OR (t.state = 5 AND u.pending = 0))
                  RETURNING t.state",
-                &[
-                    &runs,
-                    &nodes,
-                    &run_tokens,
-                    &types,
-                    &attempts,
-                    &max,
-                    &deadlines,
-                    &pending,
-                    &dependents,
-                ],
+                &rows,
             )?;
             let mut ready = false;
             for r in fresh.iter().chain(changed.iter()) {
