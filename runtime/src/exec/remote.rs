@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use crate::error::BoxError;
 use crate::graph::Graph;
 use crate::hooks::Hooks;
-use crate::task::ctx::Reporter;
+use crate::task::ctx::{Reporter, RuntimeHandle};
 use crate::task::resource::Resources;
 
 use super::shared::{lock, Shared};
@@ -26,8 +26,12 @@ pub(crate) struct RemoteRun {
     shared: Arc<Shared>,
     /// Every node's dependencies, by index.
     deps: Box<[Box<[u32]>]>,
-    /// Cancelled when the run asks its tasks to stop: the tasks' `ctx` sees it.
+    /// Cancelled when the run asks its tasks to stop, or when one of its tasks cancels
+    /// its own run (`ctx.cancel()`): the tasks' `ctx` sees it.
     cancel: CancellationToken,
+    /// The run asked (through [`cancel`](RemoteRun::cancel)): a cancel not asked for was
+    /// a task's own, which its worker passes on to the run.
+    asked: AtomicBool,
     /// Per node: its slot holds its stored result (read from the store, or its own
     /// result once stored).
     stored: Box<[AtomicBool]>,
@@ -42,8 +46,8 @@ impl RemoteRun {
     /// registered definition from the run's stored parameters). Tasks run with this
     /// worker's `hooks` around each attempt (in the order a local run has them),
     /// without a journal (the coordinator records their ends; `reporter` receives
-    /// their progress and log entries) and without a runtime handle (they cannot
-    /// launch child processes).
+    /// their progress and log entries), and with this worker's `runtime`, which
+    /// launches the child processes they start.
     pub(crate) fn new(
         mut graph: Graph,
         run_id: Arc<str>,
@@ -51,6 +55,7 @@ impl RemoteRun {
         resources: Arc<Resources>,
         hooks: Vec<Arc<dyn Hooks>>,
         reporter: Option<Arc<dyn Reporter>>,
+        runtime: Option<RuntimeHandle>,
     ) -> RemoteRun {
         let cancel = CancellationToken::new();
         let deps = graph
@@ -69,7 +74,7 @@ impl RemoteRun {
             grace: Duration::ZERO,
             journal: None,
             resume: None,
-            runtime: None,
+            runtime,
             resources,
             worker,
             dispatch: None,
@@ -80,6 +85,7 @@ impl RemoteRun {
             shared,
             deps,
             cancel,
+            asked: AtomicBool::new(false),
             stored: (0..n).map(|_| AtomicBool::new(false)).collect(),
             ran: (0..n).map(|_| AtomicBool::new(false)).collect(),
         }
@@ -142,7 +148,14 @@ impl RemoteRun {
 
     /// Asks every task of the run running here to stop (cooperative, through `ctx`).
     pub(crate) fn cancel(&self) {
+        self.asked.store(true, Ordering::Release);
         self.cancel.cancel();
+    }
+
+    /// Whether one of the run's tasks running here cancelled its own run
+    /// (`ctx.cancel()`, e.g. after a cancelled child) without the run asking.
+    pub(crate) fn cancelled_by_a_task(&self) -> bool {
+        self.cancel.is_cancelled() && !self.asked.load(Ordering::Acquire)
     }
 
     /// Runs `node`'s attempts, numbered from `first + 1`, with the stored results of its

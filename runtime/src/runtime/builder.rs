@@ -351,7 +351,8 @@ impl RuntimeBuilder {
     /// the order of a local run); its attempt, progress and log entries reach its task
     /// row through its claim row (shown running once an attempt waits); a worker that shuts
     /// down cleanly gives up its unfinished claims so that another worker claims them
-    /// at once. Limit: a spread task cannot launch child processes. A failed task's
+    /// at once. A spread task's child processes are launched by the worker running it,
+    /// with the ids and records a local task's children get. A failed task's
     /// error reaches the report as its messages
     /// ([`RemoteTaskError`](super::RemoteTaskError)).
     ///

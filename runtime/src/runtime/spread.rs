@@ -63,8 +63,13 @@
 //!   after their lease; their attempt numbers keep growing, and a released claim whose
 //!   run asked for a cancel ends cancelled.
 //!
-//! Limit: a spread task cannot launch child processes (`ctx.launch` fails: no runtime
-//! handle where it runs).
+//! - A spread task's child processes are launched by the runtime of the worker running
+//!   it, into the shared store (same ids, parent, root and depth as a local task's
+//!   children): that worker coordinates them, a task that runs again (a retry, or
+//!   elsewhere after a takeover) finds them by id, a child launched meanwhile by another
+//!   worker is attached to, and cancelling the run cancels them through the task.
+//!   A task's own `ctx.cancel()` (e.g. after a cancelled child) cancels what runs here at
+//!   once and asks its run to stop when the task ends.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -82,9 +87,10 @@ use crate::record::{now_ms, Level, LogEntry, Progress, MAX_LOG};
 use crate::store::{
     ClaimReport, ClaimedTask, TaskClaim, TaskEnd, TaskNews, TaskOffer, WatchedTask,
 };
-use crate::task::ctx::Reporter;
+use crate::task::ctx::{Reporter, RuntimeHandle};
 
-use super::Inner;
+use super::children::ChildSpawner;
+use super::{Inner, Runtime};
 
 /// Tasks claimed per statement.
 const CLAIM_BATCH: usize = 64;
@@ -937,6 +943,7 @@ fn start_task(inner: &Arc<Inner>, spread: &Arc<Spread>, c: ClaimedTask) {
             release(&spread);
             return;
         };
+        pass_on_cancel(&inner, &spread, &key).await;
         // What it reported and was not written yet goes with its end.
         let report = lock(&spread.held)
             .get_mut(&key)
@@ -966,6 +973,23 @@ fn start_task(inner: &Arc<Inner>, spread: &Arc<Spread>, c: ClaimedTask) {
             }
         }
     });
+}
+
+/// A task that cancelled its own run (`ctx.cancel()`, e.g. after a cancelled child
+/// without `survive_cancel`) cancelled only what runs here: its run is asked to stop, as
+/// a local task's `ctx.cancel()` does, once the task ended.
+async fn pass_on_cancel(inner: &Arc<Inner>, spread: &Spread, key: &(String, u32)) {
+    let remote = lock(&spread.held).get(key).and_then(|h| h.remote.clone());
+    if !remote.is_some_and(|r| r.cancelled_by_a_task()) {
+        return;
+    }
+    tracing::info!(run = %key.0, node = key.1, worker = %inner.worker, "a spread task cancelled its run: the run is asked to stop");
+    let rt = Runtime {
+        inner: inner.clone(),
+    };
+    if let Err(e) = rt.cancel(&key.0).await {
+        tracing::warn!(run = %key.0, node = key.1, error = %e, "cannot pass a spread task's cancel on to its run");
+    }
 }
 
 /// Writes the ends of the tasks run here, in batches (one statement, fenced per task).
@@ -1208,6 +1232,12 @@ async fn remote_run(
         inner.resources.clone(),
         hooks,
         Some(reporter),
+        // Its tasks' children are launched by this worker's runtime, into the shared
+        // store, as a local task's are by its own.
+        Some(RuntimeHandle(Arc::new(ChildSpawner {
+            inner: Arc::downgrade(inner),
+            parent: run.clone(),
+        }))),
     ));
     let mut cache = lock(&spread.cache);
     if cache.len() >= CACHE_RUNS && !cache.contains_key(run) {

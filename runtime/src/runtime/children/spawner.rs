@@ -97,7 +97,8 @@ impl Runtime {
         };
         let mut hooks = req.hooks;
         hooks.extend(self.inner.hooks.iter().cloned());
-        let handle = self
+        let child = req.id.clone();
+        let handle = match self
             .enqueue(
                 &req.id,
                 req.process_type,
@@ -107,7 +108,15 @@ impl Runtime {
                 req.graph,
                 hooks,
             )
-            .await?;
+            .await
+        {
+            // Launched meanwhile by another worker sharing the store (a task claimed
+            // again while its first worker still ran it): that run is the child.
+            Err(Error::NotLaunchable { state, .. }) if state.is_active() => {
+                self.attach(&child).await?
+            }
+            other => other?,
+        };
         Ok(crate::runtime::children::ChildRun {
             id: handle.id,
             cancel: handle.cancel,
