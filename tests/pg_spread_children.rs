@@ -230,3 +230,214 @@ fn a_cancelled_child_stops_the_run_of_its_spread_parent() {
     );
     tokio.block_on(rt.shutdown()).unwrap();
 }
+
+// ------------------------------------------------- a worker killed while its child runs
+
+/// Appends `(run, task, attempt, worker)` to the `effects` table (one row per task and
+/// attempt: a second one fails the task, and the test).
+async fn effect(url: String, run: String, task: i32, attempt: u32) {
+    let worker = std::env::var("PGSC_NAME").unwrap_or_else(|_| "test".into());
+    tokio::task::spawn_blocking(move || {
+        let mut c = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+        c.execute(
+            "INSERT INTO effects (run, task, attempt, worker) VALUES ($1, $2, $3, $4)",
+            &[&run, &task, &i32::try_from(attempt).unwrap(), &worker],
+        )
+        .unwrap();
+    })
+    .await
+    .unwrap();
+}
+
+/// Records its attempt, then waits for the file `gate` to exist; returns 42.
+#[task]
+async fn gated_kid(ctx: &Ctx, url: String, gate: String) -> u32 {
+    effect(url, "killkid".into(), 1, ctx.attempt()).await;
+    while !std::path::Path::new(&gate).exists() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    42
+}
+
+#[process]
+fn gated(p: &mut Builder, url: String, gate: String) {
+    p.task(GatedKid::new(url, gate));
+}
+
+/// Records its attempt, then runs its `gated` child (id `killkid-kid`) and returns its
+/// result.
+#[task]
+async fn gated_parent(ctx: &Ctx, url: String, gate: String) -> Result<u32, ChildError> {
+    effect(url.clone(), "killkid".into(), 0, ctx.attempt()).await;
+    let out = ctx
+        .run_child(Child::new(Gated { url, gate }).id("killkid-kid"))
+        .await?;
+    Ok(out.result::<u32>("gated_kid").expect("the child's result"))
+}
+
+#[process]
+fn kill_parent(p: &mut Builder, url: String, gate: String) {
+    p.task(GatedParent::new(url, gate));
+}
+
+/// Lease of the kill test's runtimes.
+const KILL_LEASE: Duration = Duration::from_secs(2);
+
+fn kill_runtime(url: &str) -> procession::RuntimeBuilder {
+    Runtime::connect(url.to_owned())
+        .lease(KILL_LEASE)
+        .spread_tasks(true)
+        .register::<Gated>()
+        .register::<KillParent>()
+}
+
+/// The worker role of the kill test: runs only when the test binary is re-executed with
+/// `PGSC_URL` set. Launches `kill_parent` as run `killkid` (gate file `PGSC_GATE`),
+/// prints `ready`, and runs until it is killed.
+#[test]
+fn pg_spread_children_worker_entry() {
+    let Ok(url) = std::env::var("PGSC_URL") else {
+        return;
+    };
+    let gate = std::env::var("PGSC_GATE").unwrap();
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async move {
+            let rt = kill_runtime(&url)
+                .start()
+                .await
+                .expect("the database opens");
+            drop(
+                rt.launch(
+                    Launch::new(KillParent {
+                        url: url.clone(),
+                        gate,
+                    })
+                    .id("killkid"),
+                )
+                .await
+                .expect("launch"),
+            );
+            println!("ready");
+            std::future::pending::<()>().await;
+        });
+}
+
+// A worker is killed (SIGKILL) while its spread task waits for the child it launched
+// (coordinated by the same worker). Another worker takes the parent run and the child
+// run over, runs the parent task again, which finds its child by id instead of
+// launching a second one, and the run ends with the child's result.
+#[test]
+fn a_killed_workers_spread_task_finds_its_child_again_elsewhere() {
+    if std::env::var("PGSC_URL").is_ok() {
+        return;
+    }
+    let Some(url) = pg::database_with("spread_children_kill", &["effects"]) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let gate = dir.path().join("gate");
+    let mut doomed = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "pg_spread_children_worker_entry",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("PGSC_URL", &url)
+        .env("PGSC_NAME", "doomed")
+        .env("PGSC_GATE", &gate)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("the worker starts");
+    wait_until(
+        "the doomed worker to start the child's task",
+        Duration::from_mins(1),
+        || pg::effects_of(&url, "killkid").iter().any(|e| e.0 == 1),
+    );
+    let tokio = tokio::runtime::Runtime::new().unwrap();
+    let rt = tokio.block_on(kill_runtime(&url).start()).unwrap();
+    doomed.kill().unwrap();
+    let _ = doomed.wait();
+    std::fs::write(&gate, b"open").unwrap();
+    wait_until(
+        "the parent run to end",
+        Duration::from_mins(2),
+        || matches!(state_of(&rt, &tokio, "killkid"), Some(s) if !s.is_active()),
+    );
+    let report = tokio.block_on(rt.report("killkid")).unwrap();
+    assert!(report.is_success(), "{}", report.summary());
+    assert_eq!(report.result::<u32>("gated_parent").unwrap(), 42);
+    // Each task ran once on the killed worker and once here; one child record.
+    let fx = pg::effects_of(&url, "killkid");
+    let workers = |task: i32| -> Vec<&str> {
+        fx.iter()
+            .filter(|e| e.0 == task)
+            .map(|e| e.2.as_str())
+            .collect()
+    };
+    assert_eq!(workers(0), ["doomed", "test"], "{fx:?}");
+    assert_eq!(workers(1), ["doomed", "test"], "{fx:?}");
+    let kids = pg::rows(
+        &url,
+        "SELECT id FROM procession_records WHERE id LIKE 'killkid-%'",
+    );
+    assert_eq!(kids.len(), 1, "one child record");
+    let kid = tokio.block_on(rt.get("killkid-kid")).unwrap().unwrap();
+    assert_eq!(kid.state(), State::Done);
+    assert_eq!(kid.parent.as_deref(), Some("killkid"));
+    assert_eq!(kid.runs, 1, "the child was not launched again: {kid:?}");
+    tokio.block_on(rt.shutdown()).unwrap();
+}
+
+// A run cancelled as it starts: its task's offer may be written after the cancel marked
+// the run's rows. Before, such a row was claimed and ran with no cancel to come, and the
+// run failed when the cancellation grace ran out; now its offer is marked cancelled too.
+#[test]
+fn a_run_cancelled_as_its_tasks_are_offered_ends_cancelled() {
+    if std::env::var("PGSC_URL").is_ok() {
+        return;
+    }
+    let Some(url) = pg::database("spread_cancel_at_start") else {
+        return;
+    };
+    let tokio = tokio::runtime::Runtime::new().unwrap();
+    let rt = tokio
+        .block_on(
+            Runtime::connect(url.clone())
+                .lease(Duration::from_secs(3))
+                .cancel_grace(Duration::from_secs(2))
+                .spread_tasks(true)
+                .register::<Waiter>()
+                .start(),
+        )
+        .unwrap();
+    let statuses: Vec<procession::RunStatus> = tokio.block_on(async {
+        let mut handles = Vec::new();
+        for i in 0..20 {
+            let id = format!("early-{i}");
+            let h = rt.launch(Launch::new(Waiter {}).id(&id)).await.unwrap();
+            // Now, or once its task may have been offered.
+            if i % 2 == 1 {
+                tokio::task::yield_now().await;
+            }
+            rt.cancel(&id).await.unwrap();
+            handles.push(h);
+        }
+        let mut out = Vec::new();
+        for h in handles {
+            out.push(h.wait().await.unwrap().status);
+        }
+        out
+    });
+    assert!(
+        statuses
+            .iter()
+            .all(|s| *s == procession::RunStatus::Cancelled),
+        "{statuses:?}"
+    );
+    tokio.block_on(rt.shutdown()).unwrap();
+}

@@ -780,10 +780,22 @@ async fn offer_loop(inner: Weak<Inner>, mut rx: mpsc::UnboundedReceiver<TaskOffe
             .await;
         match out {
             Ok(()) => {
-                if let Some(s) = spread_of(&i) {
-                    written(&s, &batch);
-                }
+                let cancelled = spread_of(&i).map(|s| written(&s, &batch));
                 batch.clear();
+                for (run, token) in cancelled.into_iter().flatten() {
+                    // Offered as (or after) its run's cancel marked its rows: marked
+                    // again, or the row would be claimed and run with no cancel to come.
+                    let r = run.clone();
+                    let out = i
+                        .read(move |s| match s.task_queue() {
+                            Some(q) => q.cancel(&r, token),
+                            None => Ok(()),
+                        })
+                        .await;
+                    if let Err(e) = out {
+                        tracing::warn!(run = %run, error = %e, "cannot ask the run's spread tasks to cancel");
+                    }
+                }
                 if let Some(s) = spread_of(&i) {
                     s.claim_wake.notify_one();
                     // A node offered after its task was made ready by a cascade may
@@ -802,17 +814,27 @@ async fn offer_loop(inner: Weak<Inner>, mut rx: mpsc::UnboundedReceiver<TaskOffe
     }
 }
 
-/// Marks the offers of `batch` (not its waiting rows) as written, for the collector.
-fn written(spread: &Spread, batch: &[TaskOffer]) {
+/// Marks the offers of `batch` (not its waiting rows) as written, for the collector;
+/// returns the runs of `batch` (id, run token) whose cancel has come: checked after the
+/// write, so that a cancel coming later marks the rows written here itself.
+fn written(spread: &Spread, batch: &[TaskOffer]) -> Vec<(String, u64)> {
     let coordinated = lock(&spread.coordinated);
-    for o in batch.iter().filter(|o| o.pending_deps == 0) {
-        if let Some(d) = coordinated
+    let mut cancelled: Vec<(String, u64)> = Vec::new();
+    for o in batch {
+        let Some(d) = coordinated
             .get(&o.run)
             .filter(|d| d.run_token == o.run_token)
-        {
+        else {
+            continue;
+        };
+        if o.pending_deps == 0 {
             lock(&d.offered).insert(o.node);
         }
+        if d.cancel.is_cancelled() && !cancelled.iter().any(|c| c.0 == o.run) {
+            cancelled.push((o.run.clone(), o.run_token));
+        }
     }
+    cancelled
 }
 
 /// Claims offered tasks of the process types registered here and runs them.
