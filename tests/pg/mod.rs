@@ -80,7 +80,7 @@ pub(crate) fn execute(url: &str, sql: &str) -> Result<(), String> {
     .and_then(|r| r)
 }
 
-fn unavailable<T>(why: &str) -> Option<T> {
+pub(crate) fn unavailable<T>(why: &str) -> Option<T> {
     assert!(
         std::env::var("PROCESSION_REQUIRE_POSTGRES").as_deref() != Ok("1"),
         "PROCESSION_REQUIRE_POSTGRES=1 but no PostgreSQL server could be had: {why}"
@@ -271,6 +271,23 @@ impl Cluster {
         };
         cluster.pg_ctl("start", &[])?;
         Ok(cluster)
+    }
+
+    /// Also serves address `addr` (e.g. the host end of a veth pair), trusting clients
+    /// of network `net` (CIDR); restarts the server. The URL stays on 127.0.0.1.
+    pub(crate) fn listen_also(&mut self, addr: &str, net: &str) -> Result<(), String> {
+        use std::io::Write as _;
+        let hba = self.data.join("pg_hba.conf");
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&hba)
+            .and_then(|mut f| writeln!(f, "host all all {net} trust"))
+            .map_err(|e| format!("cannot write {}: {e}", hba.display()))?;
+        self.options = self.options.replace(
+            "listen_addresses=127.0.0.1",
+            &format!("listen_addresses='127.0.0.1,{addr}'"),
+        );
+        self.pg_ctl("restart", &["-m", "fast"])
     }
 
     /// A new, empty database named after `test`; its URL.

@@ -32,7 +32,7 @@ struct Need {
     present: fn() -> bool,
 }
 
-const NEEDS: [Need; 2] = [
+const NEEDS: [Need; 3] = [
     Need {
         what: "the dashboard tests (headless Chromium and chromedriver)",
         packages: &["chromium", "chromium-driver"],
@@ -45,7 +45,17 @@ const NEEDS: [Need; 2] = [
         require: "PROCESSION_REQUIRE_POSTGRES",
         present: have_postgres,
     },
+    Need {
+        what: "the network partition test (network namespaces and veth pairs: `ip`)",
+        packages: &["iproute2"],
+        require: "PROCESSION_REQUIRE_NETNS",
+        present: have_ip,
+    },
 ];
+
+fn have_ip() -> bool {
+    which(&["ip"]).is_some()
+}
 
 fn main() -> ExitCode {
     let args: Vec<String> = env::args().skip(1).collect();
