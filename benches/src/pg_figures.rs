@@ -690,6 +690,8 @@ async fn spread_worker(
     let rt = register(Runtime::connect(url.to_owned()))
         .lease(Duration::from_millis(lease_ms))
         .spread_tasks(true)
+        // `PROCESSION_BENCH_CASCADE=0`: the rows without the cascade, to compare.
+        .spread_cascade(std::env::var("PROCESSION_BENCH_CASCADE").as_deref() != Ok("0"))
         .start()
         .await?;
     if kind == "spread-helper" {
