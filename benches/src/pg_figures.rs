@@ -17,7 +17,8 @@
 //! Rounds interleave the ceiling and the graphs (5 rounds, 1 with `--quick` and a 3 s
 //! pgbench); medians are printed with the ratio to the ceiling.
 //!
-//! `--spread-only` prints the ceiling and the rows of task spreading alone.
+//! `--spread-only` prints the ceiling and the rows of task spreading alone
+//! (`PROCESSION_BENCH_CASCADE=0`: without the cascade, `RuntimeBuilder::spread_cascade`).
 //!
 //! Then several worker processes (this program re-executed with the hidden
 //! `--pg-worker`), each a runtime of its own on one database:
