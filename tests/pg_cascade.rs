@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use procession::prelude::*;
 use procession::store::{ClaimedTask, PgStore, Store, TaskEnd, TaskOffer};
-use procession::{RunStatus, TaskStatus};
+use procession::{RunHandle, RunStatus, TaskStatus};
 
 mod pg;
 use pg::rows;
@@ -107,6 +107,7 @@ async fn spread_over_three(url: &str, id: &str, p: Cascade) -> (RunReport, u64) 
         Runtime::connect(url.to_owned())
             .lease(Duration::from_secs(30))
             .spread_tasks(true)
+            .spread_cascade(true)
             .register::<Cascade>()
             .start()
             .await
@@ -196,13 +197,60 @@ async fn a_run_under_a_concurrency_limit_does_not_cascade() {
     let rt = Runtime::connect(url.clone())
         .lease(Duration::from_secs(30))
         .spread_tasks(true)
+        .spread_cascade(true)
         .process_concurrency(2)
         .register::<Cascade>()
         .start()
         .await
         .unwrap();
     let run = rt.launch(Launch::new(p()).id("limited")).await.unwrap();
-    let u = url.clone();
+    let (r, seen, waiting) = wait_watching_rows(&url, run).await;
+    rt.shutdown().await.unwrap();
+    assert!(seen > 0, "the watcher saw the run's task rows");
+    assert_eq!(waiting, 0, "no waiting row under a concurrency limit");
+    assert_eq!(summary(&r), on_sled(p()).await);
+}
+
+// With the cascade off the coordinator offers each task once it is ready: a layered run
+// spread over two workers writes no waiting row, every task is claimed once, and the
+// run ends as on sled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn without_the_cascade_a_layered_run_writes_no_waiting_row() {
+    let Some(url) = pg::database("cascade_off") else {
+        return;
+    };
+    let p = || Cascade {
+        layers: 6,
+        width: 10,
+        failing: Vec::new(),
+    };
+    let start = || async {
+        Runtime::connect(url.clone())
+            .lease(Duration::from_secs(30))
+            .spread_tasks(true)
+            .spread_cascade(false)
+            .register::<Cascade>()
+            .start()
+            .await
+            .unwrap()
+    };
+    let helper = start().await;
+    let rt = start().await;
+    let run = rt.launch(Launch::new(p()).id("off")).await.unwrap();
+    let (r, seen, waiting) = wait_watching_rows(&url, run).await;
+    let claimed = rt.task_stats().claimed + helper.task_stats().claimed;
+    rt.shutdown().await.unwrap();
+    helper.shutdown().await.unwrap();
+    assert!(seen > 0, "the watcher saw the run's task rows");
+    assert_eq!(waiting, 0, "no waiting row without the cascade");
+    assert_eq!(claimed, r.tasks.len() as u64, "every task claimed once");
+    assert_eq!(summary(&r), on_sled(p()).await);
+}
+
+/// Waits for `run`'s end while sampling the task rows on `url` every few ms: its
+/// report, the samples that saw rows, and the waiting rows seen in all samples.
+async fn wait_watching_rows(url: &str, run: RunHandle) -> (RunReport, usize, usize) {
+    let u = url.to_owned();
     let watch = tokio::task::spawn_blocking(move || {
         let mut seen = 0usize;
         let mut waiting = 0usize;
@@ -227,11 +275,8 @@ async fn a_run_under_a_concurrency_limit_does_not_cascade() {
         .await
         .expect("the run ends")
         .unwrap();
-    rt.shutdown().await.unwrap();
     let (seen, waiting) = watch.await.unwrap();
-    assert!(seen > 0, "the watcher saw the run's task rows");
-    assert_eq!(waiting, 0, "no waiting row under a concurrency limit");
-    assert_eq!(summary(&r), on_sled(p()).await);
+    (r, seen, waiting)
 }
 
 // The statements alone, with no coordinator: a successful finish makes a dependent

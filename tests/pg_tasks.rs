@@ -1181,6 +1181,101 @@ fn a_forgotten_worker_registers_again_through_its_task_heartbeat() {
     tokio.block_on(rt.shutdown()).unwrap();
 }
 
+// A coordinator's poll of changes reads what was written since its previous poll: an
+// end, a report and a cancel show up, a task that did not change does not, another run
+// token's rows do not; a claim of ready tasks only leaves an expired claim to the full
+// claim.
+#[test]
+fn the_task_queue_polls_changes_and_claims_ready_tasks() {
+    use procession::store::{ClaimReport, PgStore, Store, TaskEnd, TaskOffer};
+    if std::env::var("PGT_URL").is_ok() {
+        return;
+    }
+    let Some(url) = database("spread_changes_sql") else {
+        return;
+    };
+    std::thread::spawn(move || {
+        let store = PgStore::connect(&url).unwrap();
+        let q = store.task_queue().expect("PostgreSQL has a task queue");
+        let offer = |node: u32| TaskOffer {
+            run: "r".into(),
+            run_token: 3,
+            node,
+            process_type: "wide".into(),
+            attempts: 0,
+            max_attempts: 1,
+            deadline_ms: None,
+            pending_deps: 0,
+            dependents: Vec::new(),
+        };
+        q.offer(&[offer(0), offer(1), offer(2), offer(3)]).unwrap();
+        let runs = [("r".to_owned(), 3u64)];
+        let first = q.changes(&runs, 0).unwrap();
+        assert!(first.news.is_empty(), "{first:?}");
+        assert!(first.since > 0);
+        // Claimed until 1 ms from now: expired at once. A ready-only claim leaves it.
+        let expired = q.claim_ready("w1", &["wide"], 1, 1).unwrap().remove(0);
+        std::thread::sleep(Duration::from_millis(50));
+        let ready = q.claim_ready("w2", &["wide"], 60_000, 2).unwrap();
+        assert_eq!(ready.len(), 2);
+        assert!(ready.iter().all(|c| c.claim.node != expired.claim.node));
+        assert_eq!(q.claim_ready("w2", &["wide"], 60_000, 10).unwrap().len(), 1);
+        let taken = q.claim("w2", &["wide"], 60_000, 10).unwrap();
+        assert_eq!(taken.len(), 1);
+        assert_eq!(taken[0].claim.node, expired.claim.node);
+        assert!(taken[0].claim.token > expired.claim.token);
+        // Claims are no news.
+        let claimed = q.changes(&runs, first.since).unwrap();
+        assert!(claimed.news.is_empty(), "{claimed:?}");
+        assert!(claimed.since >= first.since);
+        // An end and a report: seen by the next poll from the previous one.
+        let (done, busy) = (&ready[0].claim, &ready[1].claim);
+        let end = TaskEnd {
+            attempts: 1,
+            elapsed_ns: 1,
+            outcome: Ok(Arc::from("7")),
+        };
+        assert_eq!(
+            q.finish(&[(done.clone(), end.clone())]).unwrap(),
+            vec![true]
+        );
+        let report = ClaimReport {
+            attempt: 1,
+            progress: procession::Progress {
+                percent: Some(10.0),
+                message: None,
+            },
+            log: None,
+            logged: 0,
+        };
+        q.report("w2", &[(busy.clone(), report.clone())]).unwrap();
+        let news = q.changes(&runs, claimed.since).unwrap();
+        let of = |node: u32| news.news.iter().find(|n| n.node == node);
+        assert_eq!(of(done.node).and_then(|n| n.end.clone()), Some(end));
+        let b = of(busy.node).expect("the report is news");
+        assert!(b.end.is_none());
+        assert_eq!((b.token, b.seq, &b.report), (busy.token, 1, &report));
+        assert!(of(taken[0].claim.node).is_none(), "{news:?}");
+        // Another run token of the record: nothing.
+        assert!(q
+            .changes(&[("r".to_owned(), 4)], 0)
+            .unwrap()
+            .news
+            .is_empty());
+        // A cancel ends the task no worker holds (none here) and marks the others;
+        // the next poll sees what it wrote.
+        q.offer(&[offer(4)]).unwrap();
+        let before = q.changes(&runs, news.since).unwrap();
+        q.cancel("r", 3).unwrap();
+        let after = q.changes(&runs, before.since).unwrap();
+        let four = after.news.iter().find(|n| n.node == 4).expect("news");
+        assert!(four.end.as_ref().is_some_and(|e| e.outcome.is_err()));
+        assert!(after.since >= before.since);
+    })
+    .join()
+    .unwrap();
+}
+
 // The SQL paths of reports, watches and releases: a report or a release of a stale
 // claim changes nothing; a coordinator's watch sees a claim, each report once, and the
 // end; a released task is claimable at once, its attempt numbers kept growing.

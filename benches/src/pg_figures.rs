@@ -17,7 +17,8 @@
 //! Rounds interleave the ceiling and the graphs (5 rounds, 1 with `--quick` and a 3 s
 //! pgbench); medians are printed with the ratio to the ceiling.
 //!
-//! `--spread-only` prints the ceiling and the rows of task spreading alone.
+//! `--spread-only` prints the ceiling and the rows of task spreading alone
+//! (`PROCESSION_BENCH_CASCADE=0`: without the cascade, `RuntimeBuilder::spread_cascade`).
 //!
 //! Then several worker processes (this program re-executed with the hidden
 //! `--pg-worker`), each a runtime of its own on one database:
@@ -690,6 +691,8 @@ async fn spread_worker(
     let rt = register(Runtime::connect(url.to_owned()))
         .lease(Duration::from_millis(lease_ms))
         .spread_tasks(true)
+        // `PROCESSION_BENCH_CASCADE=0`: the rows without the cascade, to compare.
+        .spread_cascade(std::env::var("PROCESSION_BENCH_CASCADE").as_deref() != Ok("0"))
         .start()
         .await?;
     if kind == "spread-helper" {

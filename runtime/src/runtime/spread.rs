@@ -18,7 +18,18 @@
 //!   ([`TaskStats::refused`]); a run's cancel marks its task rows, and the worker running
 //!   one cancels its `ctx` at its next heartbeat.
 //! - The coordinator **collects** ended tasks ([`collect_loop`]) and feeds them into its
-//!   executor. `LISTEN/NOTIFY` wakes the loops; they poll too.
+//!   executor. `LISTEN/NOTIFY` wakes the loops; they poll too. A pass reads the rows of
+//!   the tasks offered since the last pass by name
+//!   ([`TaskQueue::watch`](crate::store::TaskQueue::watch)), and of the others only the
+//!   rows written since the last pass
+//!   ([`TaskQueue::changes`](crate::store::TaskQueue::changes)): its cost follows what
+//!   changed, not how many tasks the runs wait for (a wide run's pass read every one of
+//!   its unfinished tasks before).
+//! - Claims read the ready rows only
+//!   ([`TaskQueue::claim_ready`](crate::store::TaskQueue::claim_ready)), except one
+//!   claim per poll interval at most that also takes the expired and overdue claims
+//!   ([`TaskQueue::claim`](crate::store::TaskQueue::claim)): a claim does not read past
+//!   the running tasks.
 //! - **Cascade**: when the run starts ([`RunDispatch::prepare`]), the coordinator also
 //!   writes a *waiting* row for every node whose dependencies have not all succeeded,
 //!   with the count of those; each offered or waiting row lists its dependents. A
@@ -32,7 +43,9 @@
 //!   finds a cascaded node ready, its offer leaves the row as it is (claimed, running or
 //!   ended) and the collector waits for its end: it does not run twice. A count that
 //!   never reaches 0 (a dependency's end stored before the waiting row existed, e.g.
-//!   after a takeover) just leaves the node to the executor's offer.
+//!   after a takeover; or a finish that found the waiting row locked by a concurrent
+//!   finish or offer, which it skips rather than waits for) just leaves the node to
+//!   the executor's offer.
 //! - A coordinator that dies: its run is taken over (run leases) and resumed; the new
 //!   coordinator re-offers the unfinished nodes, which adopts the rows running on live
 //!   workers and finds the results of those that ended: a finished task does not run
@@ -47,9 +60,9 @@
 //!   its claim row, every progress-flush interval while they change ([`report_loop`],
 //!   one statement for every task running there, fenced per claim as the heartbeat
 //!   is), and with its end (the log written just before it ended is in the row with
-//!   the end). The coordinator's collector reads, in the same statement that finds the
+//!   the end). The coordinator's collector reads, in the same statements that find the
 //!   ends, the claim rows whose claim or report number changed
-//!   ([`TaskQueue::watch`](crate::store::TaskQueue::watch)) and records them in the
+//!   ([`TaskQueue::changes`](crate::store::TaskQueue::changes)) and records them in the
 //!   run's task rows: running with its attempt once an attempt waits (as a local
 //!   task's start is recorded: one that ends in its first poll is not shown running,
 //!   and costs its coordinator nothing before its end), its progress, and its new log
@@ -85,7 +98,7 @@ use crate::graph::Graph;
 use crate::journal::RunJournal;
 use crate::record::{now_ms, Level, LogEntry, Progress, MAX_LOG};
 use crate::store::{
-    ClaimReport, ClaimedTask, TaskClaim, TaskEnd, TaskNews, TaskOffer, WatchedTask,
+    ClaimReport, ClaimedTask, TaskClaim, TaskEnd, TaskNews, TaskOffer, TaskWake, WatchedTask,
 };
 use crate::task::ctx::{Reporter, RuntimeHandle};
 
@@ -281,6 +294,8 @@ pub(super) struct Spread {
     collect_wake: Notify,
     /// Spread tasks running here at most.
     capacity: usize,
+    /// Runs coordinated here cascade ([`RunDispatch::prepare`]).
+    cascade: bool,
     /// Held while reports are taken and written, and while ends are written: a report
     /// taken before a task ended is written before its end (a report written after
     /// the end would be refused, and its log entries lost).
@@ -296,7 +311,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Spread {
-    pub(super) fn new(capacity: usize) -> Arc<Spread> {
+    pub(super) fn new(capacity: usize, cascade: bool) -> Arc<Spread> {
         let (tx, rx) = mpsc::unbounded_channel();
         let (ftx, frx) = mpsc::unbounded_channel();
         Arc::new(Spread {
@@ -310,6 +325,7 @@ impl Spread {
             claim_wake: Notify::new(),
             collect_wake: Notify::new(),
             capacity: capacity.max(1),
+            cascade,
             report_gate: tokio::sync::Mutex::new(()),
             claimed: AtomicU64::new(0),
             finished: AtomicU64::new(0),
@@ -327,10 +343,14 @@ impl Spread {
         }
     }
 
-    /// Wakes every loop (a notification came, or the connection was restored).
-    fn wake(&self) {
-        self.claim_wake.notify_one();
-        self.collect_wake.notify_one();
+    /// Wakes the loops a notification is for (or both, the connection was restored).
+    fn wake(&self, what: TaskWake) {
+        if what.ready {
+            self.claim_wake.notify_one();
+        }
+        if what.ended {
+            self.collect_wake.notify_one();
+        }
     }
 
     /// The claims running here, for the heartbeat.
@@ -405,6 +425,14 @@ pub(super) struct RunDispatch {
     /// written; collected then, the run could end and delete its rows before the offer
     /// is written, which would make the task claimable again.
     offered: Mutex<std::collections::HashSet<u32>>,
+    /// Nodes whose offers are written and which the collector has not looked at since:
+    /// it reads their rows once by name ([`TaskQueue::watch`]: an end written before
+    /// then, as a cascaded task's or one found after a takeover), then only what
+    /// changed ([`TaskQueue::changes`]).
+    ///
+    /// [`TaskQueue::watch`]: crate::store::TaskQueue::watch
+    /// [`TaskQueue::changes`]: crate::store::TaskQueue::changes
+    fresh: Mutex<std::collections::HashSet<u32>>,
     /// The run's cancel: a node the executor starts after it is not offered.
     cancel: CancellationToken,
     /// Per node: its dependencies, each once.
@@ -476,6 +504,7 @@ impl RunDispatch {
                 .collect(),
             waiting: Mutex::default(),
             offered: Mutex::default(),
+            fresh: Mutex::default(),
             cancel,
             deps: graph
                 .nodes
@@ -578,7 +607,7 @@ impl RunDispatch {
         prior_attempts: &[u32],
         limited: bool,
     ) -> Option<(PerNode, Vec<TaskOffer>)> {
-        if limited || self.cancel.is_cancelled() {
+        if limited || !self.spread.cascade || self.cancel.is_cancelled() {
             return None;
         }
         let n = self.deps.len();
@@ -740,9 +769,9 @@ pub(super) fn start(inner: &Arc<Inner>, spread: &Arc<Spread>) {
     tokio::spawn(report_loop(Arc::downgrade(inner), inner.progress_flush));
     let stop = Arc::new(AtomicBool::new(false));
     let weak = Arc::downgrade(spread);
-    let wake: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
+    let wake: Arc<dyn Fn(TaskWake) + Send + Sync> = Arc::new(move |what| {
         if let Some(s) = weak.upgrade() {
-            s.wake();
+            s.wake(what);
         }
     });
     if let Ok(store) = inner.store() {
@@ -829,6 +858,7 @@ fn written(spread: &Spread, batch: &[TaskOffer]) -> Vec<(String, u64)> {
         };
         if o.pending_deps == 0 {
             lock(&d.offered).insert(o.node);
+            lock(&d.fresh).insert(o.node);
         }
         if d.cancel.is_cancelled() && !cancelled.iter().any(|c| c.0 == o.run) {
             cancelled.push((o.run.clone(), o.run_token));
@@ -844,6 +874,9 @@ async fn claim_loop(inner: Weak<Inner>) {
         None => return,
     };
     types.sort_unstable();
+    // Expired and overdue claims are looked for at most every `POLL` (the claims in
+    // between read only the ready rows, not past the running ones).
+    let mut full_at: Option<tokio::time::Instant> = None;
     loop {
         let (spread, stop) = match inner.upgrade() {
             Some(i) => match spread_of(&i) {
@@ -861,9 +894,14 @@ async fn claim_loop(inner: Weak<Inner>) {
             }
             let (worker, ttl, types2) = (i.worker.clone(), i.lease_ms, types.clone());
             let limit = room.min(CLAIM_BATCH);
+            let full = full_at.is_none_or(|t| t.elapsed() >= POLL);
+            if full {
+                full_at = Some(tokio::time::Instant::now());
+            }
             match i
                 .read(move |s| match s.task_queue() {
-                    Some(q) => q.claim(&worker, &types2, ttl, limit),
+                    Some(q) if full => q.claim(&worker, &types2, ttl, limit),
+                    Some(q) => q.claim_ready(&worker, &types2, ttl, limit),
                     None => Ok(Vec::new()),
                 })
                 .await
@@ -1055,6 +1093,12 @@ async fn finish_loop(inner: Weak<Inner>, mut rx: mpsc::UnboundedReceiver<Finish>
             Ok(stored) => {
                 for (tx, ok) in replies.into_iter().zip(stored) {
                     let _ = tx.send(Ok(ok));
+                }
+                if let Some(sp) = &spread {
+                    // The runs coordinated here need no notification's round trip
+                    // through the listener; a cascade may have made tasks ready.
+                    sp.collect_wake.notify_one();
+                    sp.claim_wake.notify_one();
                 }
             }
             Err(e) => {
@@ -1272,8 +1316,13 @@ async fn remote_run(
 }
 
 /// Hands the ends of the tasks offered by the runs coordinated here to their
-/// executors.
+/// executors, and records what their workers report. Each pass reads the rows of the
+/// newly offered tasks by name, and of the others only what changed since the last
+/// pass ([`TaskQueue::changes`](crate::store::TaskQueue::changes)): a pass costs what
+/// changed, not what the runs wait for.
 async fn collect_loop(inner: Weak<Inner>) {
+    // Where the next poll of changes starts (0: everything).
+    let mut since = 0u64;
     loop {
         let (spread, stop) = match inner.upgrade() {
             Some(i) => match spread_of(&i) {
@@ -1282,42 +1331,73 @@ async fn collect_loop(inner: Weak<Inner>) {
             },
             None => return,
         };
-        let pending: Vec<WatchedTask> = lock(&spread.coordinated)
-            .values()
-            .flat_map(|d| {
-                let offered = lock(&d.offered);
-                lock(&d.waiting)
-                    .iter()
-                    .filter(|(n, _)| offered.contains(n))
-                    .map(|(&n, w)| WatchedTask {
-                        run: d.run.clone(),
-                        run_token: d.run_token,
-                        node: n,
-                        token: w.token,
-                        seq: w.seq,
-                    })
-                    .collect::<Vec<_>>()
-            })
-            .collect();
-        if !pending.is_empty() {
+        let mut runs: Vec<(String, u64)> = Vec::new();
+        let mut fresh: Vec<WatchedTask> = Vec::new();
+        for d in lock(&spread.coordinated).values() {
+            let offered = lock(&d.offered);
+            if offered.is_empty() {
+                continue;
+            }
+            runs.push((d.run.clone(), d.run_token));
+            let mut f = lock(&d.fresh);
+            if f.is_empty() {
+                continue;
+            }
+            let waiting = lock(&d.waiting);
+            fresh.extend(f.drain().filter_map(|n| {
+                waiting.get(&n).map(|w| WatchedTask {
+                    run: d.run.clone(),
+                    run_token: d.run_token,
+                    node: n,
+                    token: w.token,
+                    seq: w.seq,
+                })
+            }));
+        }
+        if !runs.is_empty() {
             let Some(i) = inner.upgrade() else { return };
+            let named = fresh.clone();
+            let from = since;
             match i
                 .read(move |s| match s.task_queue() {
-                    Some(q) => q.watch(&pending),
-                    None => Ok(Vec::new()),
+                    Some(q) => {
+                        let mut news = q.watch(&named)?;
+                        let changed = q.changes(&runs, from)?;
+                        news.extend(changed.news);
+                        Ok((news, changed.since))
+                    }
+                    None => Ok((Vec::new(), from)),
                 })
                 .await
             {
-                Ok(news) => {
+                Ok((news, next)) => {
+                    since = next;
                     let coordinated = lock(&spread.coordinated);
                     for n in news {
-                        if let Some(d) = coordinated.get(&n.run) {
+                        // Only the ends of offers written (a cascaded task's end read
+                        // before its offer was written is read again by name then).
+                        if let Some(d) = coordinated
+                            .get(&n.run)
+                            .filter(|d| lock(&d.offered).contains(&n.node))
+                        {
                             d.apply(n);
                         }
                     }
                 }
                 Err(super::Error::ShuttingDown) => return,
-                Err(e) => tracing::warn!(error = %e, "cannot read the spread tasks' news"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the spread tasks' news");
+                    // Read by name again next time.
+                    let coordinated = lock(&spread.coordinated);
+                    for w in fresh {
+                        if let Some(d) = coordinated
+                            .get(&w.run)
+                            .filter(|d| d.run_token == w.run_token)
+                        {
+                            lock(&d.fresh).insert(w.node);
+                        }
+                    }
+                }
             }
         }
         tokio::select! {

@@ -28,8 +28,8 @@ pub use self::outbox::{
 pub use self::postgres::PgStore;
 pub use self::sled::SledStore;
 pub use self::tasks::{
-    ClaimReport, ClaimedTask, EndedTask, TaskBeat, TaskClaim, TaskEnd, TaskNews, TaskOffer,
-    TaskQueue, WatchedTask,
+    ClaimReport, ClaimedTask, EndedTask, TaskBeat, TaskChanges, TaskClaim, TaskEnd, TaskNews,
+    TaskOffer, TaskQueue, TaskWake, WatchedTask,
 };
 
 use crate::record::{LogEntry, ProcessRecord, Progress, RecordKind, State, Status, SCHEMA_VERSION};

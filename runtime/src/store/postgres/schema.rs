@@ -174,6 +174,21 @@ ALTER TABLE procession_task_claims
     ADD COLUMN log      text,
     ADD COLUMN logged   bigint  NOT NULL DEFAULT 0;
 ",
+    // 7: the coordinator reads only what changed (`TaskQueue::changes`): `news` is the
+    // transaction id (`pg_current_xact_id`) of the last write its coordinator must see
+    // (an end, a report, a cancel, a release), indexed per run, so that a poll reads
+    // the rows changed since the oldest transaction still running at its previous poll
+    // instead of every task it waits for. Only rows that are news are in the index
+    // (ended, asked to cancel, or reported): an offer and a claim, which write new row
+    // versions, add no entry to it. Pages keep room for HOT updates: counting a
+    // waiting row down (but not to 0) changes no indexed column.
+    "
+ALTER TABLE procession_task_claims
+    ADD COLUMN news bigint NOT NULL DEFAULT 0;
+CREATE INDEX procession_task_claims_news ON procession_task_claims (run, news)
+    WHERE state IN (2, 3, 4) OR seq > 0;
+ALTER TABLE procession_task_claims SET (fillfactor = 70);
+",
 ];
 
 /// The newest schema version this build knows.

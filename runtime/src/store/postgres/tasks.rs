@@ -1,5 +1,10 @@
-//! The task queue of the PostgreSQL store (`procession_task_claims`, migrations 4 and 5):
+//! The task queue of the PostgreSQL store (`procession_task_claims`, migrations 4 to 7):
 //! see [`TaskQueue`].
+//!
+//! Statements per task (wide or layered graphs, every task ending at once): the offers
+//! of a batch are one statement, the claims of a batch one, the ends of a batch one (with
+//! the reports not written yet, one more), and the coordinator's poll reads only the rows
+//! written since its previous poll (`news`, migration 7), not every task it waits for.
 //!
 //! States: 0 ready (offered), 1 running (claimed), 2 done, 3 failed, 4 cancel (the run
 //! asked its tasks to stop; a running one ends as its worker reports it), 5 waiting (not
@@ -15,14 +20,45 @@ use super::{state_code, to_i64, to_u64, PgStore};
 use crate::record::State;
 use crate::record::{LogEntry, Progress};
 use crate::store::{
-    Beat, ClaimReport, ClaimedTask, EndedTask, Lease, StoreError, TaskBeat, TaskClaim, TaskEnd,
-    TaskNews, TaskOffer, TaskQueue, WatchedTask,
+    Beat, ClaimReport, ClaimedTask, EndedTask, Lease, StoreError, TaskBeat, TaskChanges, TaskClaim,
+    TaskEnd, TaskNews, TaskOffer, TaskQueue, TaskWake, WatchedTask,
 };
 
-/// The channel workers `LISTEN` on: a task was offered, or ended.
+/// The channel workers `LISTEN` on: a task was offered, or ended. The payload says
+/// which ([`TaskWake::of`]): `r` tasks are ready (an offer), `e` tasks ended (a finish
+/// that made nothing ready), anything else both (or a cancel, a release).
 const CHANNEL: &str = "procession_tasks";
 
-const READY: i16 = 0;
+impl TaskWake {
+    /// Both: tasks may be ready and may have ended.
+    const ALL: TaskWake = TaskWake {
+        ready: true,
+        ended: true,
+    };
+
+    /// What a notification with `payload` tells.
+    fn of(payload: &str) -> TaskWake {
+        match payload {
+            "r" => TaskWake {
+                ready: true,
+                ended: false,
+            },
+            "e" => TaskWake {
+                ready: false,
+                ended: true,
+            },
+            _ => TaskWake::ALL,
+        }
+    }
+
+    fn or(self, other: TaskWake) -> TaskWake {
+        TaskWake {
+            ready: self.ready || other.ready,
+            ended: self.ended || other.ended,
+        }
+    }
+}
+
 const DONE: i16 = 2;
 const FAILED: i16 = 3;
 const CANCEL: i16 = 4;
@@ -85,7 +121,68 @@ FROM c WHERE t.run = c.run AND t.node = c.node
 RETURNING t.run, t.run_token, t.node, t.token, t.process_type,
           t.attempts - t.max_attempts";
 
+/// [`TASK_CLAIM_SQL`] of ready rows only: an index range of the ready rows, without
+/// reading past the running ones (`$1` owner, `$2` process types, `$3` ttl, `$4` limit).
+const TASK_CLAIM_READY_SQL: &str = "
+WITH c AS MATERIALIZED (
+    SELECT run, node FROM procession_task_claims
+    WHERE state = 0 AND process_type = ANY($2)
+    LIMIT $4
+    FOR UPDATE SKIP LOCKED)
+UPDATE procession_task_claims AS t
+SET state = 1, token = t.token + 1, owner = $1,
+    expires_at = procession_now_ms() + $3,
+    deadline_at = procession_now_ms() + t.deadline_ms,
+    attempts = t.attempts + t.max_attempts,
+    attempt = t.attempts + 1, seq = 0, percent = NULL, message = NULL,
+    log = NULL, logged = 0
+FROM c WHERE t.run = c.run AND t.node = c.node AND t.state = 0
+RETURNING t.run, t.run_token, t.node, t.token, t.process_type,
+          t.attempts - t.max_attempts";
+
 impl PgStore {
+    /// Claims with `sql` ([`TASK_CLAIM_SQL`] or [`TASK_CLAIM_READY_SQL`]).
+    fn claim_with(
+        &self,
+        sql: &str,
+        owner: &str,
+        process_types: &[&str],
+        ttl_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<ClaimedTask>, StoreError> {
+        if process_types.is_empty() || limit == 0 {
+            return Ok(Vec::new());
+        }
+        self.with(|c| {
+            // Rows another claim holds locked are skipped: two workers never claim the
+            // same task. Each claim raises the token (fencing) and the attempt base.
+            let rows = c.query(
+                sql,
+                &[
+                    &owner,
+                    &process_types,
+                    &to_i64(ttl_ms),
+                    &to_i64(limit as u64),
+                ],
+            )?;
+            rows.iter()
+                .map(|r| {
+                    let attempts: i32 = r.try_get(5)?;
+                    Ok(ClaimedTask {
+                        claim: TaskClaim {
+                            run: r.try_get(0)?,
+                            run_token: run_token_of(r.try_get(1)?),
+                            node: node_of(r.try_get(2)?),
+                            token: to_u64(r.try_get(3)?),
+                        },
+                        process_type: r.try_get(4)?,
+                        attempts: u32::try_from(attempts).unwrap_or(0),
+                    })
+                })
+                .collect()
+        })
+    }
+
     /// The end of an ended claim row whose columns 2, 4-7 are its state, attempts,
     /// elapsed time, result and error (`key` names it in errors).
     fn end_of(&self, r: &postgres::Row, key: &str) -> Result<TaskEnd, super::PgError> {
@@ -116,6 +213,46 @@ impl PgStore {
             attempts: u32::try_from(attempts).unwrap_or(0),
             elapsed_ns: to_u64(r.try_get(5)?),
             outcome,
+        })
+    }
+
+    /// The news of a claim row read as [`TaskQueue::watch`] reads it (run, node, state,
+    /// owner, attempts, elapsed, result, error, token, seq, attempt, percent, message,
+    /// log, logged).
+    fn news_of(&self, r: &postgres::Row) -> Result<TaskNews, super::PgError> {
+        let run: String = r.try_get(0)?;
+        let node = node_of(r.try_get(1)?);
+        let state: i16 = r.try_get(2)?;
+        let at = || format!("procession_task_claims/{run}/{node}");
+        let end = match state {
+            DONE | FAILED => Some(self.end_of(r, &at())?),
+            CANCEL if r.try_get::<_, Option<String>>(3)?.is_none() => Some(self.end_of(r, &at())?),
+            _ => None,
+        };
+        let log: Option<String> = r.try_get(13)?;
+        let log = match log {
+            Some(text) => Some(
+                serde_json::from_str::<Vec<LogEntry>>(&text).map_err(|e| self.corrupt(at(), e))?,
+            ),
+            None => None,
+        };
+        let attempt: i32 = r.try_get(10)?;
+        Ok(TaskNews {
+            owner: r.try_get(3)?,
+            token: to_u64(r.try_get(8)?),
+            seq: to_u64(r.try_get(9)?),
+            report: ClaimReport {
+                attempt: u32::try_from(attempt).unwrap_or(0),
+                progress: Progress {
+                    percent: r.try_get(11)?,
+                    message: r.try_get(12)?,
+                },
+                log,
+                logged: to_u64(r.try_get(14)?),
+            },
+            end,
+            run,
+            node,
         })
     }
 }
@@ -149,8 +286,7 @@ impl TaskQueue for PgStore {
         let pending: Vec<i32> = offers.iter().map(|o| to_i32(o.pending_deps)).collect();
         let dependents: Vec<Option<String>> =
             offers.iter().map(|o| int_array(&o.dependents)).collect();
-        // Both statements read the offers as the same nine arrays.
-        let rows: [&(dyn postgres::types::ToSql + Sync); 9] = [
+        let args: [&(dyn postgres::types::ToSql + Sync); 10] = [
             &runs,
             &nodes,
             &run_tokens,
@@ -160,31 +296,18 @@ impl TaskQueue for PgStore {
             &deadlines,
             &pending,
             &dependents,
+            &CHANNEL,
         ];
-        self.tx(|c| {
-            // New rows: ready, or waiting. A row that exists is not touched (nor locked)
-            // here: a task running or ended under this run token stays as it is (a
-            // coordinator that took the run over adopts what runs on live workers and
-            // finds what ended), and no lock is held on rows being finished.
-            let fresh = c.query(
-                "INSERT INTO procession_task_claims AS t
-                     (run, node, run_token, process_type, state, attempts, max_attempts,
-                      deadline_ms, pending_deps, dependents)
-                 SELECT u.run, u.node, u.run_token, u.process_type,
-                        CASE WHEN u.pending > 0 THEN 5 ELSE 0 END, u.attempts,
-                        u.max_attempts, u.deadline_ms, u.pending, u.deps::int4[]
-                 FROM unnest($1::text[], $2::int4[], $3::int8[], $4::text[], $5::int4[],
-                             $6::int4[], $7::int8[], $8::int4[], $9::text[])
-                      AS u(run, node, run_token, process_type, attempts, max_attempts,
-                           deadline_ms, pending, deps)
-                 ON CONFLICT (run, node) DO NOTHING
-                 RETURNING t.state",
-                &rows,
-            )?;
-            // Rows that exist: a waiting row offered ready becomes ready; a row of an
-            // older run of the record starts again (its token keeps growing). Locked in
-            // (run, node) order first.
-            let changed = c.query(
+        // One statement. New rows: ready, or waiting; a row that exists is not touched
+        // (nor locked, nor waited for: the snapshot tells it exists, and rows are only
+        // deleted with their run) here: a task running or ended under this run token
+        // stays as it is (a coordinator that took the run over adopts what runs on live
+        // workers and finds what ended). Rows that exist and change: a waiting row
+        // offered ready becomes ready; a row of an older run of the record starts again
+        // (its token keeps growing); locked in (run, node) order, as the finishing
+        // statement locks them (no deadlock between the two).
+        self.with(|c| {
+            c.execute(
                 "WITH u AS (
                      SELECT * FROM unnest($1::text[], $2::int4[], $3::int8[], $4::text[],
                                           $5::int4[], $6::int4[], $7::int8[], $8::int4[],
@@ -196,30 +319,38 @@ impl TaskQueue for PgStore {
                      JOIN u ON t.run = u.run AND t.node = u.node
                      WHERE t.run_token <> u.run_token OR (t.state = 5 AND u.pending = 0)
                      ORDER BY t.run, t.node
-                     FOR UPDATE OF t)
-                 UPDATE procession_task_claims AS t
-                 SET run_token = u.run_token, process_type = u.process_type,
-                     state = CASE WHEN u.pending > 0 THEN 5 ELSE 0 END,
-                     token = t.token + 1, owner = NULL, expires_at = 0,
-                     deadline_ms = u.deadline_ms, deadline_at = NULL,
-                     attempts = u.attempts, max_attempts = u.max_attempts, elapsed_ns = 0,
-                     result = NULL, error = NULL, pending_deps = u.pending,
-                     dependents = u.deps::int4[], attempt = 0, seq = 0, percent = NULL,
-                     message = NULL, log = NULL, logged = 0
-                 FROM l JOIN u ON u.run = l.run AND u.node = l.node
-                 WHERE t.run = l.run AND t.node = l.node
-                   AND (t.run_token <> u.run_token OR (t.state = 5 AND u.pending = 0))
-                 RETURNING t.state",
-                &rows,
+                     FOR UPDATE OF t),
+                 changed AS (
+                     UPDATE procession_task_claims AS t
+                     SET run_token = u.run_token, process_type = u.process_type,
+                         state = CASE WHEN u.pending > 0 THEN 5 ELSE 0 END,
+                         token = t.token + 1, owner = NULL, expires_at = 0,
+                         deadline_ms = u.deadline_ms, deadline_at = NULL,
+                         attempts = u.attempts, max_attempts = u.max_attempts,
+                         elapsed_ns = 0, result = NULL, error = NULL,
+                         pending_deps = u.pending, dependents = u.deps::int4[], attempt = 0,
+                         seq = 0, percent = NULL, message = NULL, log = NULL, logged = 0
+                     FROM l JOIN u ON u.run = l.run AND u.node = l.node
+                     WHERE t.run = l.run AND t.node = l.node
+                       AND (t.run_token <> u.run_token OR (t.state = 5 AND u.pending = 0))
+                     RETURNING t.state),
+                 fresh AS (
+                     INSERT INTO procession_task_claims AS t
+                         (run, node, run_token, process_type, state, attempts, max_attempts,
+                          deadline_ms, pending_deps, dependents)
+                     SELECT u.run, u.node, u.run_token, u.process_type,
+                            CASE WHEN u.pending > 0 THEN 5 ELSE 0 END, u.attempts,
+                            u.max_attempts, u.deadline_ms, u.pending, u.deps::int4[]
+                     FROM u
+                     WHERE NOT EXISTS (SELECT 1 FROM procession_task_claims e
+                                       WHERE e.run = u.run AND e.node = u.node)
+                     ON CONFLICT (run, node) DO NOTHING
+                     RETURNING t.state)
+                 SELECT pg_notify($10, 'r')
+                 WHERE EXISTS (SELECT 1 FROM fresh WHERE state = 0)
+                    OR EXISTS (SELECT 1 FROM changed WHERE state = 0)",
+                &args,
             )?;
-            let mut ready = false;
-            for r in fresh.iter().chain(changed.iter()) {
-                let state: i16 = r.try_get(0)?;
-                ready |= state == READY;
-            }
-            if ready {
-                c.execute("SELECT pg_notify($1, '')", &[&CHANNEL])?;
-            }
             Ok(())
         })
     }
@@ -231,39 +362,19 @@ impl TaskQueue for PgStore {
         ttl_ms: u64,
         limit: usize,
     ) -> Result<Vec<ClaimedTask>, StoreError> {
-        if process_types.is_empty() || limit == 0 {
-            return Ok(Vec::new());
-        }
-        self.with(|c| {
-            // Ready rows, and running rows whose claim expired (a dead or paused worker)
-            // or whose hard deadline passed (a hung task): all in the partial index.
-            // Rows another claim holds locked are skipped: two workers never claim the
-            // same task. Each claim raises the token (fencing) and the attempt base.
-            let rows = c.query(
-                TASK_CLAIM_SQL,
-                &[
-                    &owner,
-                    &process_types,
-                    &to_i64(ttl_ms),
-                    &to_i64(limit as u64),
-                ],
-            )?;
-            rows.iter()
-                .map(|r| {
-                    let attempts: i32 = r.try_get(5)?;
-                    Ok(ClaimedTask {
-                        claim: TaskClaim {
-                            run: r.try_get(0)?,
-                            run_token: run_token_of(r.try_get(1)?),
-                            node: node_of(r.try_get(2)?),
-                            token: to_u64(r.try_get(3)?),
-                        },
-                        process_type: r.try_get(4)?,
-                        attempts: u32::try_from(attempts).unwrap_or(0),
-                    })
-                })
-                .collect()
-        })
+        // Ready rows, and running rows whose claim expired (a dead or paused worker) or
+        // whose hard deadline passed (a hung task): all in the partial index.
+        self.claim_with(TASK_CLAIM_SQL, owner, process_types, ttl_ms, limit)
+    }
+
+    fn claim_ready(
+        &self,
+        owner: &str,
+        process_types: &[&str],
+        ttl_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<ClaimedTask>, StoreError> {
+        self.claim_with(TASK_CLAIM_READY_SQL, owner, process_types, ttl_ms, limit)
     }
 
     fn finish(&self, ends: &[(TaskClaim, TaskEnd)]) -> Result<Vec<bool>, StoreError> {
@@ -307,7 +418,12 @@ impl TaskQueue for PgStore {
             // Each success counts down its waiting dependents of the same run token
             // (once per finishing row: one successful finish per claim), locked in
             // (run, node) order; those reaching 0 become ready. Not once the run asked
-            // for a cancel: its coordinator decides then.
+            // for a cancel: its coordinator decides then. A dependent another statement
+            // holds locked (a concurrent finish counting it down, an offer, a cancel) is
+            // skipped, not waited for: its count then never reaches 0 and its
+            // coordinator's offer makes it ready once its dependencies ended (as for a
+            // dependency that ended before the waiting row existed). Finishes of several
+            // workers never queue behind each other on a layer's waiting rows.
             let rows = c.query(
                 "WITH u AS (
                      SELECT * FROM unnest($1::text[], $2::int4[], $3::int8[], $4::int2[],
@@ -319,7 +435,7 @@ impl TaskQueue for PgStore {
                      UPDATE procession_task_claims AS t
                      SET state = u.state, result = u.result, error = u.error,
                          attempts = u.attempts, elapsed_ns = u.elapsed_ns, expires_at = 0,
-                         deadline_at = NULL
+                         deadline_at = NULL, news = pg_current_xact_id()::text::int8
                      FROM u
                      WHERE t.run = u.run AND t.node = u.node AND t.token = u.token
                        AND t.state IN (1, 4)
@@ -342,18 +458,20 @@ impl TaskQueue for PgStore {
                        AND NOT EXISTS (SELECT 1 FROM procession_records r
                                        WHERE r.id = t.run AND r.state = ANY($11))
                      ORDER BY t.run, t.node
-                     FOR UPDATE OF t),
+                     FOR UPDATE OF t SKIP LOCKED),
                  c AS (
                      UPDATE procession_task_claims AS t
                      SET pending_deps = t.pending_deps - l.n,
                          state = CASE WHEN t.pending_deps - l.n <= 0 THEN 0 ELSE 5 END
                      FROM l
                      WHERE t.run = l.run AND t.node = l.node AND t.state = 5
-                     RETURNING 1)
+                     RETURNING t.state)
                  SELECT idx FROM f
                  UNION ALL SELECT idx FROM again
-                 UNION ALL SELECT -1 FROM (SELECT pg_notify($10, '')
-                                           WHERE EXISTS (SELECT 1 FROM f)) n",
+                 UNION ALL SELECT -1 FROM (
+                     SELECT pg_notify($10, CASE WHEN EXISTS (SELECT 1 FROM c WHERE state = 0)
+                                                THEN '' ELSE 'e' END)
+                     WHERE EXISTS (SELECT 1 FROM f)) n",
                 &[
                     &runs,
                     &nodes,
@@ -466,7 +584,8 @@ impl TaskQueue for PgStore {
             c.execute(
                 "UPDATE procession_task_claims AS t
                  SET attempt = u.attempt, percent = u.percent, message = u.message,
-                     log = COALESCE(u.log, t.log), logged = u.logged, seq = t.seq + 1
+                     log = COALESCE(u.log, t.log), logged = u.logged, seq = t.seq + 1,
+                     news = pg_current_xact_id()::text::int8
                  FROM unnest($2::text[], $3::int4[], $4::int8[], $5::int4[], $6::float8[],
                              $7::text[], $8::text[], $9::int8[])
                       AS u(run, node, token, attempt, percent, message, log, logged)
@@ -507,45 +626,56 @@ impl TaskQueue for PgStore {
                         AND (t.token <> p.token OR t.seq <> p.seq))",
                 &[&runs, &run_tokens, &nodes, &tokens, &seqs],
             )?;
-            let mut out = Vec::with_capacity(rows.len());
+            rows.iter()
+                .map(|r| self.news_of(r))
+                .collect::<Result<Vec<_>, _>>()
+        })
+    }
+
+    fn changes(&self, runs: &[(String, u64)], since: u64) -> Result<TaskChanges, StoreError> {
+        if runs.is_empty() {
+            return Ok(TaskChanges {
+                news: Vec::new(),
+                since,
+            });
+        }
+        let names: Vec<&str> = runs.iter().map(|r| r.0.as_str()).collect();
+        let tokens: Vec<i64> = runs.iter().map(|r| run_token(r.1)).collect();
+        self.with(|c| {
+            // The rows whose `news` (the id of the transaction that wrote it) is not
+            // older than the oldest transaction running at the previous poll: every
+            // write that poll did not see. The next poll starts from this statement's
+            // oldest running transaction (its snapshot's xmin), in the last column of
+            // a row that is there even when nothing changed. Per run, a range of the
+            // partial `news` index (its predicate repeated: the planner sees it holds;
+            // `OFFSET 0` keeps the generic plan from a sequential scan).
+            let rows = c.query(
+                "WITH s AS (SELECT pg_snapshot_xmin(pg_current_snapshot())::text::int8 AS x)
+                 SELECT t.run, t.node, t.state, t.owner, t.attempts, t.elapsed_ns, t.result,
+                        t.error, t.token, t.seq, t.attempt, t.percent, t.message,
+                        CASE WHEN t.logged > 0 THEN t.log END, t.logged, s.x
+                 FROM s LEFT JOIN (
+                     SELECT t.* FROM unnest($1::text[], $2::int8[]) AS p(run, run_token)
+                     CROSS JOIN LATERAL (
+                         SELECT * FROM procession_task_claims t
+                         WHERE t.run = p.run AND t.news >= $3 AND t.run_token = p.run_token
+                           AND (t.state IN (2, 3, 4) OR t.seq > 0)
+                           AND (t.state IN (2, 3) OR (t.state = 4 AND t.owner IS NULL)
+                                OR (t.state IN (1, 4) AND t.owner IS NOT NULL
+                                    AND t.seq > 0))
+                         OFFSET 0) t) t
+                   ON true",
+                &[&names, &tokens, &to_i64(since)],
+            )?;
+            let mut out = TaskChanges {
+                news: Vec::with_capacity(rows.len()),
+                since,
+            };
             for r in &rows {
-                let run: String = r.try_get(0)?;
-                let node = node_of(r.try_get(1)?);
-                let state: i16 = r.try_get(2)?;
-                let at = || format!("procession_task_claims/{run}/{node}");
-                let end = match state {
-                    DONE | FAILED => Some(self.end_of(r, &at())?),
-                    CANCEL if r.try_get::<_, Option<String>>(3)?.is_none() => {
-                        Some(self.end_of(r, &at())?)
-                    }
-                    _ => None,
-                };
-                let log: Option<String> = r.try_get(13)?;
-                let log = match log {
-                    Some(text) => Some(
-                        serde_json::from_str::<Vec<LogEntry>>(&text)
-                            .map_err(|e| self.corrupt(at(), e))?,
-                    ),
-                    None => None,
-                };
-                let attempt: i32 = r.try_get(10)?;
-                out.push(TaskNews {
-                    owner: r.try_get(3)?,
-                    token: to_u64(r.try_get(8)?),
-                    seq: to_u64(r.try_get(9)?),
-                    report: ClaimReport {
-                        attempt: u32::try_from(attempt).unwrap_or(0),
-                        progress: Progress {
-                            percent: r.try_get(11)?,
-                            message: r.try_get(12)?,
-                        },
-                        log,
-                        logged: to_u64(r.try_get(14)?),
-                    },
-                    end,
-                    run,
-                    node,
-                });
+                out.since = to_u64(r.try_get(15)?);
+                if r.try_get::<_, Option<String>>(0)?.is_some() {
+                    out.news.push(self.news_of(r)?);
+                }
             }
             Ok(out)
         })
@@ -569,7 +699,7 @@ impl TaskQueue for PgStore {
                      UPDATE procession_task_claims AS t
                      SET state = CASE WHEN t.state = 1 THEN 0 ELSE t.state END,
                          token = t.token + 1, owner = NULL, expires_at = 0,
-                         deadline_at = NULL
+                         deadline_at = NULL, news = pg_current_xact_id()::text::int8
                      FROM unnest($2::text[], $3::int4[], $4::int8[]) AS u(run, node, token)
                      WHERE t.run = u.run AND t.node = u.node AND t.token = u.token
                        AND t.owner = $1 AND t.state IN (1, 4)
@@ -595,7 +725,8 @@ impl TaskQueue for PgStore {
                      ORDER BY state = 5, node
                      FOR UPDATE),
                  x AS (
-                     UPDATE procession_task_claims AS t SET state = 4
+                     UPDATE procession_task_claims AS t
+                     SET state = 4, news = pg_current_xact_id()::text::int8
                      FROM l
                      WHERE t.run = $1 AND t.node = l.node AND t.run_token = $2
                        AND t.state IN (0, 1, 5)
@@ -709,7 +840,7 @@ impl TaskQueue for PgStore {
 
     fn listen(
         &self,
-        wake: Arc<dyn Fn() + Send + Sync>,
+        wake: Arc<dyn Fn(TaskWake) + Send + Sync>,
         stop: Arc<AtomicBool>,
     ) -> Result<(), StoreError> {
         let config = self.pool.config().clone();
@@ -735,7 +866,7 @@ impl TaskQueue for PgStore {
                     }
                     pause = Duration::from_millis(50);
                     // Anything may have been missed while disconnected: wake the pollers.
-                    wake();
+                    wake(TaskWake::ALL);
                     loop {
                         if stop.load(Ordering::Acquire) {
                             return;
@@ -745,10 +876,13 @@ impl TaskQueue for PgStore {
                             .timeout_iter(Duration::from_millis(250))
                             .next();
                         match got {
-                            Ok(Some(_)) => {
+                            Ok(Some(first)) => {
                                 // Drain what else arrived: one wake for a burst.
-                                while let Ok(Some(_)) = client.notifications().iter().next() {}
-                                wake();
+                                let mut what = TaskWake::of(first.payload());
+                                while let Ok(Some(n)) = client.notifications().iter().next() {
+                                    what = what.or(TaskWake::of(n.payload()));
+                                }
+                                wake(what);
                             }
                             Ok(None) => {
                                 if client.is_closed() {
