@@ -9,7 +9,10 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 mod guard;
 #[path = "sled_outbox.rs"]
 mod outbox;
+#[path = "sled_blocks.rs"]
+mod blocks;
 
+use self::blocks::{block_key, classify, merge_block, RowKey, BLOCK_ROWS};
 use self::guard::{Sidecar, SEQ_KEY};
 
 use super::codec::{decode_record, decode_resume_row, decode_row, encode, encode_row};
@@ -18,15 +21,7 @@ use super::{
     index, Applied, Batch, Enqueue, Lease, Page, PastRun, Query, ResumeRow, Store, StoreError,
     TaskRow, Update,
 };
-use crate::record::{now_ms, ProcessRecord, State, SCHEMA_VERSION};
-
-fn run_key(id: &str, order: u32) -> Vec<u8> {
-    let mut k = Vec::with_capacity(id.len() + 5);
-    k.extend_from_slice(id.as_bytes());
-    k.push(0);
-    k.extend_from_slice(&order.to_be_bytes());
-    k
-}
+use crate::record::{now_ms, ProcessRecord, State};
 
 fn run_prefix(id: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(id.len() + 1);
@@ -220,6 +215,14 @@ impl SledStore {
     /// The smallest cache [`open_with_cache`](SledStore::open_with_cache) gives sled.
     const MIN_CACHE: u64 = 1024 * 1024;
 
+    /// The layout version in the store's `schema` marker: the records' schema
+    /// ([`SCHEMA_VERSION`](crate::record::SCHEMA_VERSION)) up to 4; 5 keeps task rows in
+    /// blocks of 64 per key (a fraction of sled's cost per key written). A
+    /// store marked with a higher version (a newer build's) is refused with
+    /// [`StoreError::Incompatible`]; one with a lower version is read as is, and marked
+    /// with this one at open (older builds then refuse it instead of misreading it).
+    pub const SCHEMA: u32 = 5;
+
     /// Task rows per sled batch in a larger write.
     ///
     /// sled keeps every node version a batch replaces until the batch ends (one epoch
@@ -339,25 +342,25 @@ impl SledStore {
             Some(v) => <[u8; 4]>::try_from(v.as_ref())
                 .map(u32::from_be_bytes)
                 .map_err(|_| open_err("the schema marker is damaged".into()))?,
-            None => SCHEMA_VERSION,
+            None => Self::SCHEMA,
         };
-        if found > SCHEMA_VERSION {
+        if found > Self::SCHEMA {
             return Err(StoreError::Incompatible {
                 path: shown,
                 found,
-                supported: SCHEMA_VERSION,
+                supported: Self::SCHEMA,
             });
         }
         if found < 3 {
             // Schema 3 added the index: build it once, from the records.
             store.rebuild_index()?;
         }
-        if found < SCHEMA_VERSION || store.db.get(b"schema").ok().flatten().is_none() {
+        if found < Self::SCHEMA || store.db.get(b"schema").ok().flatten().is_none() {
             // This build reads the older layout and writes the newer one: mark the
             // store so that older builds refuse it instead of misreading it.
             store
                 .db
-                .insert(b"schema", &SCHEMA_VERSION.to_be_bytes())
+                .insert(b"schema", &Self::SCHEMA.to_be_bytes())
                 .map_err(|e| open_err(e.to_string()))?;
         }
         Ok(store)
@@ -403,10 +406,10 @@ impl SledStore {
             }
             // Raw bytes: a row is copied as stored, never decoded (a damaged row must
             // not stop a relaunch; reading it back says it is damaged).
-            for kv in self.tasks.scan_prefix(run_prefix(&a.rows_of)) {
-                let (k, v) = kv.map_err(|e| self.io(e))?;
+            let entries = self.run_entries(&a.rows_of)?;
+            for (order, v) in self.row_bytes(&a.rows_of, &entries, true)? {
                 let mut row_key = key.clone();
-                row_key.extend_from_slice(&order_of(&k).to_be_bytes());
+                row_key.extend_from_slice(&order.to_be_bytes());
                 past.insert(row_key, v);
             }
             history.insert(key, super::codec::encode(&a.run.record));
@@ -446,6 +449,86 @@ impl SledStore {
             }
         }
         Ok((history, past, any))
+    }
+
+    /// Every key and value under run `id`'s prefix in the `tasks` tree: its blocks, and
+    /// its rows of their own (schema 1 to 4).
+    fn run_entries(&self, id: &str) -> Result<Vec<(sled::IVec, sled::IVec)>, StoreError> {
+        self.tasks
+            .scan_prefix(run_prefix(id))
+            .map(|kv| kv.map_err(|e| self.io(e)))
+            .collect()
+    }
+
+    /// The rows of run `id` in its `entries` (from [`run_entries`](Self::run_entries)):
+    /// the latest bytes of each node index, in index order. A damaged block is
+    /// [`StoreError::Corrupt`], or with `keep_damaged` is kept whole as the row of its
+    /// first index (decoding that row says it is damaged).
+    fn row_bytes<'a>(
+        &self,
+        id: &str,
+        entries: &'a [(sled::IVec, sled::IVec)],
+        keep_damaged: bool,
+    ) -> Result<Vec<(u32, &'a [u8])>, StoreError> {
+        let prefix_len = id.len() + 1;
+        let mut own = Vec::new();
+        let mut rows = Vec::new();
+        for (k, v) in entries {
+            match classify(prefix_len, k) {
+                RowKey::Row(order) => own.push((order, v.as_ref())),
+                RowKey::Block(block) => match blocks::decode_block(block, v) {
+                    Ok(r) => rows.extend(r),
+                    Err(message) if keep_damaged => {
+                        tracing::warn!(run = id, block, %message, "damaged block of task rows kept as is");
+                        rows.push((block.saturating_mul(BLOCK_ROWS), v.as_ref()));
+                    }
+                    Err(message) => {
+                        return Err(StoreError::Corrupt {
+                            path: self.location(),
+                            key: format!("{id}/block {block}"),
+                            message,
+                        })
+                    }
+                },
+                RowKey::Other => {}
+            }
+        }
+        // Blocks come in key order, which is index order; rows of their own are older
+        // than any block (no build writes them any more), so a block's row wins.
+        if own.is_empty() {
+            return Ok(rows);
+        }
+        let mut merged: std::collections::BTreeMap<u32, &[u8]> = own.into_iter().collect();
+        merged.extend(rows);
+        Ok(merged.into_iter().collect())
+    }
+
+    /// Adds to `out` the blocks that `rows` (per run and block, in write order) change:
+    /// each block as stored with those rows replaced or added, or (for a run in `fresh`,
+    /// whose stored rows this write removes) those rows alone.
+    fn put_blocks(
+        &self,
+        out: &mut sled::Batch,
+        rows: std::collections::BTreeMap<(&str, u32), Vec<(u32, Vec<u8>)>>,
+        fresh: &std::collections::HashSet<&str>,
+    ) -> Result<(), StoreError> {
+        for ((id, block), updates) in rows {
+            let key = block_key(id, block);
+            let old = if fresh.contains(id) {
+                None
+            } else {
+                self.tasks.get(&key).map_err(|e| self.io(e))?
+            };
+            let bytes = merge_block(block, old.as_deref(), updates).map_err(|message| {
+                StoreError::Corrupt {
+                    path: self.location(),
+                    key: format!("{id}/block {block}"),
+                    message,
+                }
+            })?;
+            out.insert(key, bytes);
+        }
+        Ok(())
     }
 
     fn lock_seq(&self) -> MutexGuard<'_, u64> {
@@ -670,17 +753,17 @@ impl Store for SledStore {
     }
 
     fn tasks(&self, id: &str) -> Result<Vec<(u32, TaskRow)>, StoreError> {
+        let entries = self.run_entries(id)?;
         let mut rows = self
-            .tasks
-            .scan_prefix(run_prefix(id))
-            .map(|kv| {
-                let (k, v) = kv.map_err(|e| self.io(e))?;
-                let row = decode_row(&v).map_err(|message| StoreError::Corrupt {
+            .row_bytes(id, &entries, false)?
+            .into_iter()
+            .map(|(order, v)| {
+                let row = decode_row(v).map_err(|message| StoreError::Corrupt {
                     path: self.location(),
-                    key: format!("{id}/#{}", order_of(&k)),
+                    key: format!("{id}/#{order}"),
                     message,
                 })?;
-                Ok((order_of(&k), row))
+                Ok((order, row))
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
         // Rows written before results moved into them (schema 1) keep their results in
@@ -704,54 +787,34 @@ impl Store for SledStore {
     }
 
     fn resume_rows(&self, id: &str) -> Result<Vec<(u32, ResumeRow)>, StoreError> {
-        let prefix = run_prefix(id);
-        // The prefix of the next run id (`<id>\x01`): the end of this run's rows.
-        let mut end = prefix.clone();
-        if let Some(b) = end.last_mut() {
-            *b = 1;
-        }
-        let key = |order: u32| {
-            let mut k = prefix.clone();
-            k.extend_from_slice(&order.to_be_bytes());
-            k
-        };
-        let read = |from: Vec<u8>, to: &[u8]| {
-            self.tasks
-                .range(from..to.to_vec())
-                .map(|kv| {
-                    let (k, v) = kv.map_err(|e| self.io(e))?;
-                    let row = decode_resume_row(&v).map_err(|message| StoreError::Corrupt {
+        let entries = self.run_entries(id)?;
+        let raw = self.row_bytes(id, &entries, false)?;
+        let decode = |part: &[(u32, &[u8])]| {
+            part.iter()
+                .map(|&(order, v)| {
+                    let row = decode_resume_row(v).map_err(|message| StoreError::Corrupt {
                         path: self.location(),
-                        key: format!("{id}/#{}", order_of(&k)),
+                        key: format!("{id}/#{order}"),
                         message,
                     })?;
-                    Ok((order_of(&k), row))
+                    Ok((order, row))
                 })
                 .collect::<Result<Vec<_>, StoreError>>()
         };
-        let last = self
-            .tasks
-            .scan_prefix(&prefix)
-            .next_back()
-            .transpose()
-            .map_err(|e| self.io(e))?
-            .map(|(k, _)| order_of(&k));
-        // A large run is read by two threads, each half of its rows (sled's iteration
-        // costs several thousand instructions per row: a third of a 100k-task restart).
-        let rows = match last {
-            Some(last) if last >= Self::PARALLEL_ROWS => {
-                let mid = key(last / 2);
-                std::thread::scope(|scope| {
-                    let upper = scope.spawn(|| read(mid.clone(), &end));
-                    let mut rows = read(key(0), &mid)?;
-                    let upper = upper
-                        .join()
-                        .map_err(|_| self.io("a thread reading task rows panicked"))??;
-                    rows.extend(upper);
-                    Ok::<_, StoreError>(rows)
-                })?
-            }
-            _ => read(key(0), &end)?,
+        // A large run's rows are decoded by two threads, each half of them.
+        let rows = if raw.len() >= Self::PARALLEL_ROWS as usize {
+            let (lower, upper) = raw.split_at(raw.len() / 2);
+            std::thread::scope(|scope| {
+                let upper = scope.spawn(|| decode(upper));
+                let mut rows = decode(lower)?;
+                let upper = upper
+                    .join()
+                    .map_err(|_| self.io("a thread decoding task rows panicked"))??;
+                rows.extend(upper);
+                Ok::<_, StoreError>(rows)
+            })?
+        } else {
+            decode(&raw)?
         };
         // Rows of schema 1 keep their results in a tree of their own: read them whole.
         if rows
@@ -795,6 +858,15 @@ impl Store for SledStore {
         // A large write's task rows go to sled in batches of their own, ahead of the rest
         // (see `CHUNK_ROWS`), unless this write also removes rows.
         let chunked = batch.tasks.len() > Self::CHUNK_ROWS && !cleared_tasks;
+        // Runs whose stored rows this write removes: their blocks are written afresh.
+        let fresh: std::collections::HashSet<&str> = batch
+            .clear_runs
+            .iter()
+            .chain(&batch.delete_processes)
+            .map(String::as_str)
+            .collect();
+        let mut blocks: std::collections::BTreeMap<(&str, u32), Vec<(u32, Vec<u8>)>> =
+            std::collections::BTreeMap::new();
         let mut seq = self.lock_seq();
         let mut run: Option<(&str, u64)> = None;
         let mut in_chunk = 0;
@@ -813,9 +885,13 @@ impl Store for SledStore {
                     continue;
                 }
             }
-            tasks.insert(run_key(id, *order), encode_row(row));
+            blocks
+                .entry((&**id, *order / BLOCK_ROWS))
+                .or_default()
+                .push((*order, encode_row(row)));
             in_chunk += 1;
             if chunked && in_chunk == Self::CHUNK_ROWS {
+                self.put_blocks(&mut tasks, std::mem::take(&mut blocks), &fresh)?;
                 let next = *seq + 1;
                 tasks.insert(SEQ_KEY, &next.to_be_bytes());
                 self.tasks
@@ -826,6 +902,7 @@ impl Store for SledStore {
                 reclaim(Self::CHUNK_ROWS);
             }
         }
+        self.put_blocks(&mut tasks, blocks, &fresh)?;
         // The write sequence rides in the batch: one more key, atomic with the rest.
         let next = *seq + 1;
         tasks.insert(SEQ_KEY, &next.to_be_bytes());
