@@ -1372,6 +1372,199 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    fn done_row(node: &str, result: &str) -> TaskRow {
+        TaskRow {
+            task: Arc::from("t"),
+            node: Arc::from(node),
+            state: State::Done,
+            attempts: 1,
+            started_at: None,
+            ended_at: None,
+            elapsed_ns: 0,
+            skipped: false,
+            error: None,
+            chain: Vec::new(),
+            progress: crate::record::Progress::default(),
+            log: Vec::new(),
+            result: Some(Arc::from(result)),
+            lease: 0,
+            optional: false,
+        }
+    }
+
+    fn rows_only(run: &str, rows: &[(u32, TaskRow)]) -> Batch {
+        Batch {
+            tasks: rows
+                .iter()
+                .map(|(i, r)| (Arc::from(run), *i, r.clone()))
+                .collect(),
+            ..Batch::default()
+        }
+    }
+
+    fn results(rows: &[(u32, TaskRow)]) -> Vec<(u32, String)> {
+        rows.iter()
+            .map(|(i, r)| (*i, r.result.as_deref().unwrap_or("").to_owned()))
+            .collect()
+    }
+
+    // Rows of one block written by several writes all stay; a row written again (in a
+    // later write, or twice in one write) reads as its last version; rows of their own
+    // (schema 1 to 4) are read, and a block's version of the same row wins; the keys are
+    // one per 64 rows.
+    #[test]
+    fn rows_of_a_block_merge_across_writes_and_the_latest_wins() {
+        let store = SledStore::temporary().unwrap();
+        // An older build's row of its own, for index 2 and index 200.
+        for (i, r) in [(2u32, "old2"), (200, "old200")] {
+            let mut k = run_prefix("r");
+            k.extend_from_slice(&i.to_be_bytes());
+            store
+                .tasks
+                .insert(k, encode_row(&done_row("n", r)))
+                .unwrap();
+        }
+        store
+            .apply(rows_only("r", &[(0, done_row("a", "0")), (70, done_row("b", "70"))]))
+            .unwrap();
+        store
+            .apply(rows_only(
+                "r",
+                &[
+                    (1, done_row("c", "1")),
+                    (2, done_row("d", "2a")),
+                    (0, done_row("a", "0b")),
+                    (2, done_row("d", "2b")),
+                ],
+            ))
+            .unwrap();
+        let want = vec![
+            (0, "0b".to_owned()),
+            (1, "1".to_owned()),
+            (2, "2b".to_owned()),
+            (70, "70".to_owned()),
+            (200, "old200".to_owned()),
+        ];
+        assert_eq!(results(&store.tasks("r").unwrap()), want);
+        let resumed: Vec<(u32, String)> = store
+            .resume_rows("r")
+            .unwrap()
+            .into_iter()
+            .map(|(i, r)| (i, r.result.as_deref().unwrap_or("").to_owned()))
+            .collect();
+        assert_eq!(resumed, want);
+        // Two blocks and the two rows of their own.
+        assert_eq!(store.run_entries("r").unwrap().len(), 4);
+        // Another run's rows are not this run's.
+        assert!(store.tasks("r2").unwrap().is_empty());
+    }
+
+    // A damaged block is `Corrupt` (naming the run and block) when read, never a panic and
+    // never fewer rows; a relaunch that archives the run copies it as it is, and reading
+    // that past row says it is damaged.
+    #[test]
+    fn a_damaged_block_is_corrupt_and_an_archive_keeps_it() {
+        let store = SledStore::temporary().unwrap();
+        store
+            .apply(rows_only("r", &[(0, done_row("a", "0")), (1, done_row("b", "1"))]))
+            .unwrap();
+        let key = block_key("r", 0);
+        let mut bytes = store.tasks.get(&key).unwrap().unwrap().to_vec();
+        bytes.truncate(bytes.len() - 3);
+        store.tasks.insert(&key, bytes).unwrap();
+        for err in [
+            store.tasks("r").map(|_| ()).unwrap_err(),
+            store.resume_rows("r").map(|_| ()).unwrap_err(),
+        ] {
+            assert!(
+                matches!(&err, StoreError::Corrupt { key, .. } if key == "r/block 0"),
+                "{err}"
+            );
+        }
+        // Writing into the damaged block is refused too (its rows cannot be kept).
+        assert!(matches!(
+            store.apply(rows_only("r", &[(2, done_row("c", "2"))])),
+            Err(StoreError::Corrupt { .. })
+        ));
+        let rec = ProcessRecord::new_root("r", "t", "t", "", serde_json::Value::Null);
+        store
+            .apply(Batch {
+                archive: vec![crate::store::Archive {
+                    owner: "r".into(),
+                    run: PastRun {
+                        seq: 1,
+                        record: rec.clone(),
+                    },
+                    rows_of: "r".into(),
+                    keep: 1,
+                }],
+                clear_runs: vec!["r".into()],
+                processes: vec![rec],
+                tasks: vec![(Arc::from("r"), 5, done_row("e", "5"))],
+                ..Batch::default()
+            })
+            .unwrap();
+        assert!(matches!(
+            store.past_tasks("r", 1),
+            Err(StoreError::Corrupt { .. })
+        ));
+        // The relaunched run has only its new row.
+        assert_eq!(results(&store.tasks("r").unwrap()), vec![(5, "5".to_owned())]);
+    }
+
+    // An archive copies a run's rows out of its blocks, row by row, as they are.
+    #[test]
+    fn an_archive_copies_the_rows_of_blocks() {
+        let store = SledStore::temporary().unwrap();
+        let rows: Vec<(u32, TaskRow)> = (0..150)
+            .map(|i| (i, done_row("n", &i.to_string())))
+            .collect();
+        store.apply(rows_only("r", &rows)).unwrap();
+        let rec = ProcessRecord::new_root("r", "t", "t", "", serde_json::Value::Null);
+        store
+            .apply(Batch {
+                archive: vec![crate::store::Archive {
+                    owner: "r".into(),
+                    run: PastRun {
+                        seq: 1,
+                        record: rec.clone(),
+                    },
+                    rows_of: "r".into(),
+                    keep: 1,
+                }],
+                clear_runs: vec!["r".into()],
+                processes: vec![rec],
+                ..Batch::default()
+            })
+            .unwrap();
+        assert_eq!(results(&store.past_tasks("r", 1).unwrap()), results(&rows));
+        assert!(store.tasks("r").unwrap().is_empty());
+    }
+
+    // The store is marked with its layout version; a newer one is refused, not misread.
+    #[test]
+    fn the_schema_marker_is_the_layout_version_and_a_newer_one_is_refused() {
+        let dir = std::env::temp_dir().join(format!(
+            "procession-marker-{}-{}",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
+        let store = SledStore::open(&dir).unwrap();
+        let marker = store.db.get(b"schema").unwrap().unwrap();
+        assert_eq!(marker.as_ref(), SledStore::SCHEMA.to_be_bytes());
+        store
+            .db
+            .insert(b"schema", &(SledStore::SCHEMA + 1).to_be_bytes())
+            .unwrap();
+        store.flush().unwrap();
+        drop(store);
+        assert!(matches!(
+            SledStore::open(&dir),
+            Err(StoreError::Incompatible { found, .. }) if found == SledStore::SCHEMA + 1
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn temporary_store_has_no_sidecar() {
         let store = SledStore::temporary().unwrap();
