@@ -5,12 +5,12 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
+#[path = "sled_blocks.rs"]
+mod blocks;
 #[path = "sled_guard.rs"]
 mod guard;
 #[path = "sled_outbox.rs"]
 mod outbox;
-#[path = "sled_blocks.rs"]
-mod blocks;
 
 use self::blocks::{block_key, classify, merge_block, RowKey, BLOCK_ROWS};
 use self::guard::{Sidecar, SEQ_KEY};
@@ -22,6 +22,10 @@ use super::{
     TaskRow, Update,
 };
 use crate::record::{now_ms, ProcessRecord, State};
+
+/// Encoded task rows to write, per (run id, block), each with its node index, in write
+/// order.
+type BlockWrites<'a> = std::collections::BTreeMap<(&'a str, u32), Vec<(u32, Vec<u8>)>>;
 
 fn run_prefix(id: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(id.len() + 1);
@@ -509,7 +513,7 @@ impl SledStore {
     fn put_blocks(
         &self,
         out: &mut sled::Batch,
-        rows: std::collections::BTreeMap<(&str, u32), Vec<(u32, Vec<u8>)>>,
+        rows: BlockWrites<'_>,
         fresh: &std::collections::HashSet<&str>,
     ) -> Result<(), StoreError> {
         for ((id, block), updates) in rows {
@@ -865,8 +869,7 @@ impl Store for SledStore {
             .chain(&batch.delete_processes)
             .map(String::as_str)
             .collect();
-        let mut blocks: std::collections::BTreeMap<(&str, u32), Vec<(u32, Vec<u8>)>> =
-            std::collections::BTreeMap::new();
+        let mut blocks = BlockWrites::new();
         let mut seq = self.lock_seq();
         let mut run: Option<(&str, u64)> = None;
         let mut in_chunk = 0;
@@ -1425,7 +1428,10 @@ mod tests {
                 .unwrap();
         }
         store
-            .apply(rows_only("r", &[(0, done_row("a", "0")), (70, done_row("b", "70"))]))
+            .apply(rows_only(
+                "r",
+                &[(0, done_row("a", "0")), (70, done_row("b", "70"))],
+            ))
             .unwrap();
         store
             .apply(rows_only(
@@ -1466,7 +1472,10 @@ mod tests {
     fn a_damaged_block_is_corrupt_and_an_archive_keeps_it() {
         let store = SledStore::temporary().unwrap();
         store
-            .apply(rows_only("r", &[(0, done_row("a", "0")), (1, done_row("b", "1"))]))
+            .apply(rows_only(
+                "r",
+                &[(0, done_row("a", "0")), (1, done_row("b", "1"))],
+            ))
             .unwrap();
         let key = block_key("r", 0);
         let mut bytes = store.tasks.get(&key).unwrap().unwrap().to_vec();
@@ -1509,7 +1518,10 @@ mod tests {
             Err(StoreError::Corrupt { .. })
         ));
         // The relaunched run has only its new row.
-        assert_eq!(results(&store.tasks("r").unwrap()), vec![(5, "5".to_owned())]);
+        assert_eq!(
+            results(&store.tasks("r").unwrap()),
+            vec![(5, "5".to_owned())]
+        );
     }
 
     // An archive copies a run's rows out of its blocks, row by row, as they are.
