@@ -12,7 +12,7 @@ mod guard;
 #[path = "sled_outbox.rs"]
 mod outbox;
 
-use self::blocks::{block_key, classify, merge_block, RowKey, BLOCK_ROWS};
+use self::blocks::{block_key, classify, merge_block, Entry, RowKey, BLOCK_ROWS, OWN_KEY_FROM};
 use self::guard::{Sidecar, SEQ_KEY};
 
 use super::codec::{decode_record, decode_resume_row, decode_row, encode, encode_row};
@@ -24,8 +24,18 @@ use super::{
 use crate::record::{now_ms, ProcessRecord, State};
 
 /// Encoded task rows to write, per (run id, block), each with its node index, in write
-/// order.
-type BlockWrites<'a> = std::collections::BTreeMap<(&'a str, u32), Vec<(u32, Vec<u8>)>>;
+/// order (`None`: the row goes to a key of its own).
+type BlockWrites<'a> = std::collections::BTreeMap<(&'a str, u32), Vec<(u32, Option<Vec<u8>>)>>;
+
+/// The key of row `order` of run `id` when the row is kept in a key of its own (a large
+/// row; every row before schema 5).
+fn row_key(id: &str, order: u32) -> Vec<u8> {
+    let mut k = Vec::with_capacity(id.len() + 5);
+    k.extend_from_slice(id.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&order.to_be_bytes());
+    k
+}
 
 fn run_prefix(id: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(id.len() + 1);
@@ -465,9 +475,11 @@ impl SledStore {
     }
 
     /// The rows of run `id` in its `entries` (from [`run_entries`](Self::run_entries)):
-    /// the latest bytes of each node index, in index order. A damaged block is
-    /// [`StoreError::Corrupt`], or with `keep_damaged` is kept whole as the row of its
-    /// first index (decoding that row says it is damaged).
+    /// the latest bytes of each node index, in index order. A damaged block, or a row a
+    /// block marks as kept in its own key when that key is missing, is
+    /// [`StoreError::Corrupt`]; with `keep_damaged`, a damaged block is kept whole as the
+    /// row of its first index (decoding that row says it is damaged) and a missing row is
+    /// left out.
     fn row_bytes<'a>(
         &self,
         id: &str,
@@ -477,14 +489,18 @@ impl SledStore {
         let prefix_len = id.len() + 1;
         let mut own = Vec::new();
         let mut rows = Vec::new();
+        let mut outside = false;
         for (k, v) in entries {
             match classify(prefix_len, k) {
                 RowKey::Row(order) => own.push((order, v.as_ref())),
                 RowKey::Block(block) => match blocks::decode_block(block, v) {
-                    Ok(r) => rows.extend(r),
+                    Ok(r) => {
+                        outside |= r.iter().any(|(_, e)| *e == Entry::Outside);
+                        rows.extend(r);
+                    }
                     Err(message) if keep_damaged => {
                         tracing::warn!(run = id, block, %message, "damaged block of task rows kept as is");
-                        rows.push((block.saturating_mul(BLOCK_ROWS), v.as_ref()));
+                        rows.push((block.saturating_mul(BLOCK_ROWS), Entry::Row(v.as_ref())));
                     }
                     Err(message) => {
                         return Err(StoreError::Corrupt {
@@ -497,13 +513,33 @@ impl SledStore {
                 RowKey::Other => {}
             }
         }
-        // Blocks come in key order, which is index order; rows of their own are older
-        // than any block (no build writes them any more), so a block's row wins.
-        if own.is_empty() {
-            return Ok(rows);
+        // Blocks come in key order, which is index order; a row in a block is newer than
+        // a key of its own (see `sled_blocks.rs`), unless the block says it is outside.
+        if own.is_empty() && !outside {
+            return Ok(rows
+                .into_iter()
+                .filter_map(|(o, e)| match e {
+                    Entry::Row(r) => Some((o, r)),
+                    Entry::Outside => None,
+                })
+                .collect());
         }
         let mut merged: std::collections::BTreeMap<u32, &[u8]> = own.into_iter().collect();
-        merged.extend(rows);
+        for (order, e) in rows {
+            match e {
+                Entry::Row(r) => {
+                    merged.insert(order, r);
+                }
+                Entry::Outside if merged.contains_key(&order) || keep_damaged => {}
+                Entry::Outside => {
+                    return Err(StoreError::Corrupt {
+                        path: self.location(),
+                        key: format!("{id}/#{order}"),
+                        message: "the row's own key is missing".into(),
+                    })
+                }
+            }
+        }
         Ok(merged.into_iter().collect())
     }
 
@@ -523,7 +559,7 @@ impl SledStore {
             } else {
                 self.tasks.get(&key).map_err(|e| self.io(e))?
             };
-            let bytes = merge_block(block, old.as_deref(), updates).map_err(|message| {
+            let (bytes, back) = merge_block(block, old.as_deref(), updates).map_err(|message| {
                 StoreError::Corrupt {
                     path: self.location(),
                     key: format!("{id}/block {block}"),
@@ -531,6 +567,9 @@ impl SledStore {
                 }
             })?;
             out.insert(key, bytes);
+            for order in back {
+                out.remove(row_key(id, order));
+            }
         }
         Ok(())
     }
@@ -888,10 +927,19 @@ impl Store for SledStore {
                     continue;
                 }
             }
+            let bytes = encode_row(row);
+            // A large row (a large result) gets a key of its own: its block, rewritten
+            // for its other rows, then does not copy it each time.
+            let bytes = if bytes.len() >= OWN_KEY_FROM {
+                tasks.insert(row_key(id, *order), bytes);
+                None
+            } else {
+                Some(bytes)
+            };
             blocks
                 .entry((&**id, *order / BLOCK_ROWS))
                 .or_default()
-                .push((*order, encode_row(row)));
+                .push((*order, bytes));
             in_chunk += 1;
             if chunked && in_chunk == Self::CHUNK_ROWS {
                 self.put_blocks(&mut tasks, std::mem::take(&mut blocks), &fresh)?;
@@ -1463,6 +1511,66 @@ mod tests {
         assert_eq!(store.run_entries("r").unwrap().len(), 4);
         // Another run's rows are not this run's.
         assert!(store.tasks("r2").unwrap().is_empty());
+    }
+
+    // A large row goes to a key of its own and its block keeps a mark: rewriting the
+    // block for its other rows does not copy the large row; written small again, the row
+    // is back in its block and its own key is gone; a mark whose key is missing is
+    // `Corrupt`.
+    #[test]
+    fn a_large_row_has_a_key_of_its_own_until_it_is_small_again() {
+        let store = SledStore::temporary().unwrap();
+        let big = "x".repeat(OWN_KEY_FROM * 2);
+        store
+            .apply(rows_only("r", &[(3, done_row("big", &big))]))
+            .unwrap();
+        for i in 0..5 {
+            store
+                .apply(rows_only("r", &[(i + 10, done_row("small", "1"))]))
+                .unwrap();
+        }
+        let block = store.tasks.get(block_key("r", 0)).unwrap().unwrap();
+        assert!(
+            block.len() < 1024,
+            "the block holds the large row: {}",
+            block.len()
+        );
+        assert_eq!(store.run_entries("r").unwrap().len(), 2);
+        let rows = store.tasks("r").unwrap();
+        assert_eq!(rows.len(), 6);
+        assert_eq!(rows[0].1.result.as_deref(), Some(big.as_str()));
+        let resumed = store.resume_rows("r").unwrap();
+        assert_eq!(resumed[0].1.result.as_deref(), Some(big.as_str()));
+        // Small again: back in the block, in the same write as the own key's removal.
+        store
+            .apply(rows_only("r", &[(3, done_row("big", "small now"))]))
+            .unwrap();
+        assert_eq!(store.run_entries("r").unwrap().len(), 1);
+        assert_eq!(
+            store.tasks("r").unwrap()[0].1.result.as_deref(),
+            Some("small now")
+        );
+        // Large, then small in one write: the small one, in the block.
+        store
+            .apply(rows_only(
+                "r",
+                &[(3, done_row("big", &big)), (3, done_row("big", "last"))],
+            ))
+            .unwrap();
+        assert_eq!(store.run_entries("r").unwrap().len(), 1);
+        assert_eq!(
+            store.tasks("r").unwrap()[0].1.result.as_deref(),
+            Some("last")
+        );
+        // Large again, and its own key lost: `Corrupt` naming the row.
+        store
+            .apply(rows_only("r", &[(3, done_row("big", &big))]))
+            .unwrap();
+        store.tasks.remove(row_key("r", 3)).unwrap();
+        assert!(matches!(
+            store.tasks("r"),
+            Err(StoreError::Corrupt { key, .. }) if key == "r/#3"
+        ));
     }
 
     // A damaged block is `Corrupt` (naming the run and block) when read, never a panic and
