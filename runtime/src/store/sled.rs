@@ -84,6 +84,11 @@ fn order_of(key: &[u8]) -> u32 {
 /// sled from its log; and the `snap.*.generating` file that a kill during open leaves
 /// (sled issue 1527) is removed before opening, with a warning. A store whose loss is
 /// known and accepted opens again once `procession.seq` is deleted.
+///
+/// Layout: a run's task rows are kept 64 to a sled key (sled's cost is per key written,
+/// not per byte: a run on sled then writes its rows faster than raw sled inserts one
+/// record per key); a row of 2 KiB or more keeps a key of its own. Stores written by
+/// earlier builds (one key per row) are read as they are; see [`SledStore::SCHEMA`].
 pub struct SledStore {
     db: sled::Db,
     processes: sled::Tree,
