@@ -499,7 +499,7 @@ fn schema_1_rows_and_results_are_read() {
     let marker = db.get(b"schema").unwrap().unwrap();
     assert_eq!(
         u32::from_be_bytes(marker.as_ref().try_into().unwrap()),
-        procession::SCHEMA_VERSION
+        procession::store::SledStore::SCHEMA
     );
     drop(db);
     let _ = std::fs::remove_dir_all(&dir);

@@ -1629,6 +1629,8 @@ async fn bench(cfg: Config) -> AnyResult<()> {
         }
     }
     println!("  rows = task rows written during the run (a row holds the task's result; process records excluded);");
+    println!("  the store keeps task rows 64 to a sled key (store schema 5: sled's cost is per key written, not per byte),");
+    println!("  so (c) writes every row but about rows/64 task keys, raw sled one key per record;");
     println!("  ratio = (c) tasks/s / raw records/s. sled frees replaced node versions through crossbeam's global epoch");
     println!("  collector: the store frees its own during the run (bounded memory), raw sled's one batch leaves them, and");
     println!("  both start with none left from the other (freed untimed before each measurement).");

@@ -5,11 +5,14 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
+#[path = "sled_blocks.rs"]
+mod blocks;
 #[path = "sled_guard.rs"]
 mod guard;
 #[path = "sled_outbox.rs"]
 mod outbox;
 
+use self::blocks::{block_key, classify, merge_block, Entry, RowKey, BLOCK_ROWS, OWN_KEY_FROM};
 use self::guard::{Sidecar, SEQ_KEY};
 
 use super::codec::{decode_record, decode_resume_row, decode_row, encode, encode_row};
@@ -18,9 +21,15 @@ use super::{
     index, Applied, Batch, Enqueue, Lease, Page, PastRun, Query, ResumeRow, Store, StoreError,
     TaskRow, Update,
 };
-use crate::record::{now_ms, ProcessRecord, State, SCHEMA_VERSION};
+use crate::record::{now_ms, ProcessRecord, State};
 
-fn run_key(id: &str, order: u32) -> Vec<u8> {
+/// Encoded task rows to write, per (run id, block), each with its node index, in write
+/// order (`None`: the row goes to a key of its own).
+type BlockWrites<'a> = std::collections::BTreeMap<(&'a str, u32), Vec<(u32, Option<Vec<u8>>)>>;
+
+/// The key of row `order` of run `id` when the row is kept in a key of its own (a large
+/// row; every row before schema 5).
+fn row_key(id: &str, order: u32) -> Vec<u8> {
     let mut k = Vec::with_capacity(id.len() + 5);
     k.extend_from_slice(id.as_bytes());
     k.push(0);
@@ -75,6 +84,11 @@ fn order_of(key: &[u8]) -> u32 {
 /// sled from its log; and the `snap.*.generating` file that a kill during open leaves
 /// (sled issue 1527) is removed before opening, with a warning. A store whose loss is
 /// known and accepted opens again once `procession.seq` is deleted.
+///
+/// Layout: a run's task rows are kept 64 to a sled key (sled's cost is per key written,
+/// not per byte: a run on sled then writes its rows faster than raw sled inserts one
+/// record per key); a row of 2 KiB or more keeps a key of its own. Stores written by
+/// earlier builds (one key per row) are read as they are; see [`SledStore::SCHEMA`].
 pub struct SledStore {
     db: sled::Db,
     processes: sled::Tree,
@@ -220,6 +234,14 @@ impl SledStore {
     /// The smallest cache [`open_with_cache`](SledStore::open_with_cache) gives sled.
     const MIN_CACHE: u64 = 1024 * 1024;
 
+    /// The layout version in the store's `schema` marker: the records' schema
+    /// ([`SCHEMA_VERSION`](crate::record::SCHEMA_VERSION)) up to 4; 5 keeps task rows in
+    /// blocks of 64 per key (a fraction of sled's cost per key written). A
+    /// store marked with a higher version (a newer build's) is refused with
+    /// [`StoreError::Incompatible`]; one with a lower version is read as is, and marked
+    /// with this one at open (older builds then refuse it instead of misreading it).
+    pub const SCHEMA: u32 = 5;
+
     /// Task rows per sled batch in a larger write.
     ///
     /// sled keeps every node version a batch replaces until the batch ends (one epoch
@@ -339,25 +361,25 @@ impl SledStore {
             Some(v) => <[u8; 4]>::try_from(v.as_ref())
                 .map(u32::from_be_bytes)
                 .map_err(|_| open_err("the schema marker is damaged".into()))?,
-            None => SCHEMA_VERSION,
+            None => Self::SCHEMA,
         };
-        if found > SCHEMA_VERSION {
+        if found > Self::SCHEMA {
             return Err(StoreError::Incompatible {
                 path: shown,
                 found,
-                supported: SCHEMA_VERSION,
+                supported: Self::SCHEMA,
             });
         }
         if found < 3 {
             // Schema 3 added the index: build it once, from the records.
             store.rebuild_index()?;
         }
-        if found < SCHEMA_VERSION || store.db.get(b"schema").ok().flatten().is_none() {
+        if found < Self::SCHEMA || store.db.get(b"schema").ok().flatten().is_none() {
             // This build reads the older layout and writes the newer one: mark the
             // store so that older builds refuse it instead of misreading it.
             store
                 .db
-                .insert(b"schema", &SCHEMA_VERSION.to_be_bytes())
+                .insert(b"schema", &Self::SCHEMA.to_be_bytes())
                 .map_err(|e| open_err(e.to_string()))?;
         }
         Ok(store)
@@ -403,10 +425,10 @@ impl SledStore {
             }
             // Raw bytes: a row is copied as stored, never decoded (a damaged row must
             // not stop a relaunch; reading it back says it is damaged).
-            for kv in self.tasks.scan_prefix(run_prefix(&a.rows_of)) {
-                let (k, v) = kv.map_err(|e| self.io(e))?;
+            let entries = self.run_entries(&a.rows_of)?;
+            for (order, v) in self.row_bytes(&a.rows_of, &entries, true)? {
                 let mut row_key = key.clone();
-                row_key.extend_from_slice(&order_of(&k).to_be_bytes());
+                row_key.extend_from_slice(&order.to_be_bytes());
                 past.insert(row_key, v);
             }
             history.insert(key, super::codec::encode(&a.run.record));
@@ -446,6 +468,115 @@ impl SledStore {
             }
         }
         Ok((history, past, any))
+    }
+
+    /// Every key and value under run `id`'s prefix in the `tasks` tree: its blocks, and
+    /// its rows of their own (schema 1 to 4).
+    fn run_entries(&self, id: &str) -> Result<Vec<(sled::IVec, sled::IVec)>, StoreError> {
+        self.tasks
+            .scan_prefix(run_prefix(id))
+            .map(|kv| kv.map_err(|e| self.io(e)))
+            .collect()
+    }
+
+    /// The rows of run `id` in its `entries` (from [`run_entries`](Self::run_entries)):
+    /// the latest bytes of each node index, in index order. A damaged block, or a row a
+    /// block marks as kept in its own key when that key is missing, is
+    /// [`StoreError::Corrupt`]; with `keep_damaged`, a damaged block is kept whole as the
+    /// row of its first index (decoding that row says it is damaged) and a missing row is
+    /// left out.
+    fn row_bytes<'a>(
+        &self,
+        id: &str,
+        entries: &'a [(sled::IVec, sled::IVec)],
+        keep_damaged: bool,
+    ) -> Result<Vec<(u32, &'a [u8])>, StoreError> {
+        let prefix_len = id.len() + 1;
+        let mut own = Vec::new();
+        let mut rows = Vec::new();
+        let mut outside = false;
+        for (k, v) in entries {
+            match classify(prefix_len, k) {
+                RowKey::Row(order) => own.push((order, v.as_ref())),
+                RowKey::Block(block) => match blocks::decode_block(block, v) {
+                    Ok(r) => {
+                        outside |= r.iter().any(|(_, e)| *e == Entry::Outside);
+                        rows.extend(r);
+                    }
+                    Err(message) if keep_damaged => {
+                        tracing::warn!(run = id, block, %message, "damaged block of task rows kept as is");
+                        rows.push((block.saturating_mul(BLOCK_ROWS), Entry::Row(v.as_ref())));
+                    }
+                    Err(message) => {
+                        return Err(StoreError::Corrupt {
+                            path: self.location(),
+                            key: format!("{id}/block {block}"),
+                            message,
+                        })
+                    }
+                },
+                RowKey::Other => {}
+            }
+        }
+        // Blocks come in key order, which is index order; a row in a block is newer than
+        // a key of its own (see `sled_blocks.rs`), unless the block says it is outside.
+        if own.is_empty() && !outside {
+            return Ok(rows
+                .into_iter()
+                .filter_map(|(o, e)| match e {
+                    Entry::Row(r) => Some((o, r)),
+                    Entry::Outside => None,
+                })
+                .collect());
+        }
+        let mut merged: std::collections::BTreeMap<u32, &[u8]> = own.into_iter().collect();
+        for (order, e) in rows {
+            match e {
+                Entry::Row(r) => {
+                    merged.insert(order, r);
+                }
+                Entry::Outside if merged.contains_key(&order) || keep_damaged => {}
+                Entry::Outside => {
+                    return Err(StoreError::Corrupt {
+                        path: self.location(),
+                        key: format!("{id}/#{order}"),
+                        message: "the row's own key is missing".into(),
+                    })
+                }
+            }
+        }
+        Ok(merged.into_iter().collect())
+    }
+
+    /// Adds to `out` the blocks that `rows` (per run and block, in write order) change:
+    /// each block as stored with those rows replaced or added, or (for a run in `fresh`,
+    /// whose stored rows this write removes) those rows alone.
+    fn put_blocks(
+        &self,
+        out: &mut sled::Batch,
+        rows: BlockWrites<'_>,
+        fresh: &std::collections::HashSet<&str>,
+    ) -> Result<(), StoreError> {
+        for ((id, block), updates) in rows {
+            let key = block_key(id, block);
+            let old = if fresh.contains(id) {
+                None
+            } else {
+                self.tasks.get(&key).map_err(|e| self.io(e))?
+            };
+            let (bytes, back) = merge_block(block, old.as_deref(), updates).map_err(|message| {
+                StoreError::Corrupt {
+                    path: self.location(),
+                    key: format!("{id}/block {block}"),
+                    message,
+                }
+            })?;
+            out.insert(key, bytes);
+            for order in back {
+                out.remove(row_key(id, order));
+            }
+        }
+        Ok(())
     }
 
     fn lock_seq(&self) -> MutexGuard<'_, u64> {
@@ -670,17 +801,17 @@ impl Store for SledStore {
     }
 
     fn tasks(&self, id: &str) -> Result<Vec<(u32, TaskRow)>, StoreError> {
+        let entries = self.run_entries(id)?;
         let mut rows = self
-            .tasks
-            .scan_prefix(run_prefix(id))
-            .map(|kv| {
-                let (k, v) = kv.map_err(|e| self.io(e))?;
-                let row = decode_row(&v).map_err(|message| StoreError::Corrupt {
+            .row_bytes(id, &entries, false)?
+            .into_iter()
+            .map(|(order, v)| {
+                let row = decode_row(v).map_err(|message| StoreError::Corrupt {
                     path: self.location(),
-                    key: format!("{id}/#{}", order_of(&k)),
+                    key: format!("{id}/#{order}"),
                     message,
                 })?;
-                Ok((order_of(&k), row))
+                Ok((order, row))
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
         // Rows written before results moved into them (schema 1) keep their results in
@@ -704,54 +835,34 @@ impl Store for SledStore {
     }
 
     fn resume_rows(&self, id: &str) -> Result<Vec<(u32, ResumeRow)>, StoreError> {
-        let prefix = run_prefix(id);
-        // The prefix of the next run id (`<id>\x01`): the end of this run's rows.
-        let mut end = prefix.clone();
-        if let Some(b) = end.last_mut() {
-            *b = 1;
-        }
-        let key = |order: u32| {
-            let mut k = prefix.clone();
-            k.extend_from_slice(&order.to_be_bytes());
-            k
-        };
-        let read = |from: Vec<u8>, to: &[u8]| {
-            self.tasks
-                .range(from..to.to_vec())
-                .map(|kv| {
-                    let (k, v) = kv.map_err(|e| self.io(e))?;
-                    let row = decode_resume_row(&v).map_err(|message| StoreError::Corrupt {
+        let entries = self.run_entries(id)?;
+        let raw = self.row_bytes(id, &entries, false)?;
+        let decode = |part: &[(u32, &[u8])]| {
+            part.iter()
+                .map(|&(order, v)| {
+                    let row = decode_resume_row(v).map_err(|message| StoreError::Corrupt {
                         path: self.location(),
-                        key: format!("{id}/#{}", order_of(&k)),
+                        key: format!("{id}/#{order}"),
                         message,
                     })?;
-                    Ok((order_of(&k), row))
+                    Ok((order, row))
                 })
                 .collect::<Result<Vec<_>, StoreError>>()
         };
-        let last = self
-            .tasks
-            .scan_prefix(&prefix)
-            .next_back()
-            .transpose()
-            .map_err(|e| self.io(e))?
-            .map(|(k, _)| order_of(&k));
-        // A large run is read by two threads, each half of its rows (sled's iteration
-        // costs several thousand instructions per row: a third of a 100k-task restart).
-        let rows = match last {
-            Some(last) if last >= Self::PARALLEL_ROWS => {
-                let mid = key(last / 2);
-                std::thread::scope(|scope| {
-                    let upper = scope.spawn(|| read(mid.clone(), &end));
-                    let mut rows = read(key(0), &mid)?;
-                    let upper = upper
-                        .join()
-                        .map_err(|_| self.io("a thread reading task rows panicked"))??;
-                    rows.extend(upper);
-                    Ok::<_, StoreError>(rows)
-                })?
-            }
-            _ => read(key(0), &end)?,
+        // A large run's rows are decoded by two threads, each half of them.
+        let rows = if raw.len() >= Self::PARALLEL_ROWS as usize {
+            let (lower, upper) = raw.split_at(raw.len() / 2);
+            std::thread::scope(|scope| {
+                let upper = scope.spawn(|| decode(upper));
+                let mut rows = decode(lower)?;
+                let upper = upper
+                    .join()
+                    .map_err(|_| self.io("a thread decoding task rows panicked"))??;
+                rows.extend(upper);
+                Ok::<_, StoreError>(rows)
+            })?
+        } else {
+            decode(&raw)?
         };
         // Rows of schema 1 keep their results in a tree of their own: read them whole.
         if rows
@@ -795,6 +906,14 @@ impl Store for SledStore {
         // A large write's task rows go to sled in batches of their own, ahead of the rest
         // (see `CHUNK_ROWS`), unless this write also removes rows.
         let chunked = batch.tasks.len() > Self::CHUNK_ROWS && !cleared_tasks;
+        // Runs whose stored rows this write removes: their blocks are written afresh.
+        let fresh: std::collections::HashSet<&str> = batch
+            .clear_runs
+            .iter()
+            .chain(&batch.delete_processes)
+            .map(String::as_str)
+            .collect();
+        let mut blocks = BlockWrites::new();
         let mut seq = self.lock_seq();
         let mut run: Option<(&str, u64)> = None;
         let mut in_chunk = 0;
@@ -813,9 +932,22 @@ impl Store for SledStore {
                     continue;
                 }
             }
-            tasks.insert(run_key(id, *order), encode_row(row));
+            let bytes = encode_row(row);
+            // A large row (a large result) gets a key of its own: its block, rewritten
+            // for its other rows, then does not copy it each time.
+            let bytes = if bytes.len() >= OWN_KEY_FROM {
+                tasks.insert(row_key(id, *order), bytes);
+                None
+            } else {
+                Some(bytes)
+            };
+            blocks
+                .entry((&**id, *order / BLOCK_ROWS))
+                .or_default()
+                .push((*order, bytes));
             in_chunk += 1;
             if chunked && in_chunk == Self::CHUNK_ROWS {
+                self.put_blocks(&mut tasks, std::mem::take(&mut blocks), &fresh)?;
                 let next = *seq + 1;
                 tasks.insert(SEQ_KEY, &next.to_be_bytes());
                 self.tasks
@@ -826,6 +958,7 @@ impl Store for SledStore {
                 reclaim(Self::CHUNK_ROWS);
             }
         }
+        self.put_blocks(&mut tasks, blocks, &fresh)?;
         // The write sequence rides in the batch: one more key, atomic with the rest.
         let next = *seq + 1;
         tasks.insert(SEQ_KEY, &next.to_be_bytes());
@@ -1292,6 +1425,268 @@ mod tests {
         let store = SledStore::open(&dir).unwrap();
         assert_eq!(*store.lock_seq(), 5);
         drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn done_row(node: &str, result: &str) -> TaskRow {
+        TaskRow {
+            task: Arc::from("t"),
+            node: Arc::from(node),
+            state: State::Done,
+            attempts: 1,
+            started_at: None,
+            ended_at: None,
+            elapsed_ns: 0,
+            skipped: false,
+            error: None,
+            chain: Vec::new(),
+            progress: crate::record::Progress::default(),
+            log: Vec::new(),
+            result: Some(Arc::from(result)),
+            lease: 0,
+            optional: false,
+        }
+    }
+
+    fn rows_only(run: &str, rows: &[(u32, TaskRow)]) -> Batch {
+        Batch {
+            tasks: rows
+                .iter()
+                .map(|(i, r)| (Arc::from(run), *i, r.clone()))
+                .collect(),
+            ..Batch::default()
+        }
+    }
+
+    fn results(rows: &[(u32, TaskRow)]) -> Vec<(u32, String)> {
+        rows.iter()
+            .map(|(i, r)| (*i, r.result.as_deref().unwrap_or("").to_owned()))
+            .collect()
+    }
+
+    // Rows of one block written by several writes all stay; a row written again (in a
+    // later write, or twice in one write) reads as its last version; rows of their own
+    // (schema 1 to 4) are read, and a block's version of the same row wins; the keys are
+    // one per 64 rows.
+    #[test]
+    fn rows_of_a_block_merge_across_writes_and_the_latest_wins() {
+        let store = SledStore::temporary().unwrap();
+        // An older build's row of its own, for index 2 and index 200.
+        for (i, r) in [(2u32, "old2"), (200, "old200")] {
+            let mut k = run_prefix("r");
+            k.extend_from_slice(&i.to_be_bytes());
+            store
+                .tasks
+                .insert(k, encode_row(&done_row("n", r)))
+                .unwrap();
+        }
+        store
+            .apply(rows_only(
+                "r",
+                &[(0, done_row("a", "0")), (70, done_row("b", "70"))],
+            ))
+            .unwrap();
+        store
+            .apply(rows_only(
+                "r",
+                &[
+                    (1, done_row("c", "1")),
+                    (2, done_row("d", "2a")),
+                    (0, done_row("a", "0b")),
+                    (2, done_row("d", "2b")),
+                ],
+            ))
+            .unwrap();
+        let want = vec![
+            (0, "0b".to_owned()),
+            (1, "1".to_owned()),
+            (2, "2b".to_owned()),
+            (70, "70".to_owned()),
+            (200, "old200".to_owned()),
+        ];
+        assert_eq!(results(&store.tasks("r").unwrap()), want);
+        let resumed: Vec<(u32, String)> = store
+            .resume_rows("r")
+            .unwrap()
+            .into_iter()
+            .map(|(i, r)| (i, r.result.as_deref().unwrap_or("").to_owned()))
+            .collect();
+        assert_eq!(resumed, want);
+        // Two blocks and the two rows of their own.
+        assert_eq!(store.run_entries("r").unwrap().len(), 4);
+        // Another run's rows are not this run's.
+        assert!(store.tasks("r2").unwrap().is_empty());
+    }
+
+    // A large row goes to a key of its own and its block keeps a mark: rewriting the
+    // block for its other rows does not copy the large row; written small again, the row
+    // is back in its block and its own key is gone; a mark whose key is missing is
+    // `Corrupt`.
+    #[test]
+    fn a_large_row_has_a_key_of_its_own_until_it_is_small_again() {
+        let store = SledStore::temporary().unwrap();
+        let big = "x".repeat(OWN_KEY_FROM * 2);
+        store
+            .apply(rows_only("r", &[(3, done_row("big", &big))]))
+            .unwrap();
+        for i in 0..5 {
+            store
+                .apply(rows_only("r", &[(i + 10, done_row("small", "1"))]))
+                .unwrap();
+        }
+        let block = store.tasks.get(block_key("r", 0)).unwrap().unwrap();
+        assert!(
+            block.len() < 1024,
+            "the block holds the large row: {}",
+            block.len()
+        );
+        assert_eq!(store.run_entries("r").unwrap().len(), 2);
+        let rows = store.tasks("r").unwrap();
+        assert_eq!(rows.len(), 6);
+        assert_eq!(rows[0].1.result.as_deref(), Some(big.as_str()));
+        let resumed = store.resume_rows("r").unwrap();
+        assert_eq!(resumed[0].1.result.as_deref(), Some(big.as_str()));
+        // Small again: back in the block, in the same write as the own key's removal.
+        store
+            .apply(rows_only("r", &[(3, done_row("big", "small now"))]))
+            .unwrap();
+        assert_eq!(store.run_entries("r").unwrap().len(), 1);
+        assert_eq!(
+            store.tasks("r").unwrap()[0].1.result.as_deref(),
+            Some("small now")
+        );
+        // Large, then small in one write: the small one, in the block.
+        store
+            .apply(rows_only(
+                "r",
+                &[(3, done_row("big", &big)), (3, done_row("big", "last"))],
+            ))
+            .unwrap();
+        assert_eq!(store.run_entries("r").unwrap().len(), 1);
+        assert_eq!(
+            store.tasks("r").unwrap()[0].1.result.as_deref(),
+            Some("last")
+        );
+        // Large again, and its own key lost: `Corrupt` naming the row.
+        store
+            .apply(rows_only("r", &[(3, done_row("big", &big))]))
+            .unwrap();
+        store.tasks.remove(row_key("r", 3)).unwrap();
+        assert!(matches!(
+            store.tasks("r"),
+            Err(StoreError::Corrupt { key, .. }) if key == "r/#3"
+        ));
+    }
+
+    // A damaged block is `Corrupt` (naming the run and block) when read, never a panic and
+    // never fewer rows; a relaunch that archives the run copies it as it is, and reading
+    // that past row says it is damaged.
+    #[test]
+    fn a_damaged_block_is_corrupt_and_an_archive_keeps_it() {
+        let store = SledStore::temporary().unwrap();
+        store
+            .apply(rows_only(
+                "r",
+                &[(0, done_row("a", "0")), (1, done_row("b", "1"))],
+            ))
+            .unwrap();
+        let key = block_key("r", 0);
+        let mut bytes = store.tasks.get(&key).unwrap().unwrap().to_vec();
+        bytes.truncate(bytes.len() - 3);
+        store.tasks.insert(&key, bytes).unwrap();
+        for err in [
+            store.tasks("r").map(|_| ()).unwrap_err(),
+            store.resume_rows("r").map(|_| ()).unwrap_err(),
+        ] {
+            assert!(
+                matches!(&err, StoreError::Corrupt { key, .. } if key == "r/block 0"),
+                "{err}"
+            );
+        }
+        // Writing into the damaged block is refused too (its rows cannot be kept).
+        assert!(matches!(
+            store.apply(rows_only("r", &[(2, done_row("c", "2"))])),
+            Err(StoreError::Corrupt { .. })
+        ));
+        let rec = ProcessRecord::new_root("r", "t", "t", "", serde_json::Value::Null);
+        store
+            .apply(Batch {
+                archive: vec![crate::store::Archive {
+                    owner: "r".into(),
+                    run: PastRun {
+                        seq: 1,
+                        record: rec.clone(),
+                    },
+                    rows_of: "r".into(),
+                    keep: 1,
+                }],
+                clear_runs: vec!["r".into()],
+                processes: vec![rec],
+                tasks: vec![(Arc::from("r"), 5, done_row("e", "5"))],
+                ..Batch::default()
+            })
+            .unwrap();
+        assert!(matches!(
+            store.past_tasks("r", 1),
+            Err(StoreError::Corrupt { .. })
+        ));
+        // The relaunched run has only its new row.
+        assert_eq!(
+            results(&store.tasks("r").unwrap()),
+            vec![(5, "5".to_owned())]
+        );
+    }
+
+    // An archive copies a run's rows out of its blocks, row by row, as they are.
+    #[test]
+    fn an_archive_copies_the_rows_of_blocks() {
+        let store = SledStore::temporary().unwrap();
+        let rows: Vec<(u32, TaskRow)> = (0..150)
+            .map(|i| (i, done_row("n", &i.to_string())))
+            .collect();
+        store.apply(rows_only("r", &rows)).unwrap();
+        let rec = ProcessRecord::new_root("r", "t", "t", "", serde_json::Value::Null);
+        store
+            .apply(Batch {
+                archive: vec![crate::store::Archive {
+                    owner: "r".into(),
+                    run: PastRun {
+                        seq: 1,
+                        record: rec.clone(),
+                    },
+                    rows_of: "r".into(),
+                    keep: 1,
+                }],
+                clear_runs: vec!["r".into()],
+                processes: vec![rec],
+                ..Batch::default()
+            })
+            .unwrap();
+        assert_eq!(results(&store.past_tasks("r", 1).unwrap()), results(&rows));
+        assert!(store.tasks("r").unwrap().is_empty());
+    }
+
+    // The store is marked with its layout version; a newer one is refused, not misread.
+    #[test]
+    fn the_schema_marker_is_the_layout_version_and_a_newer_one_is_refused() {
+        let dir = std::env::temp_dir().join(format!(
+            "procession-marker-{}-{}",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
+        let store = SledStore::open(&dir).unwrap();
+        let marker = store.db.get(b"schema").unwrap().unwrap();
+        assert_eq!(marker.as_ref(), SledStore::SCHEMA.to_be_bytes());
+        store
+            .db
+            .insert(b"schema", &(SledStore::SCHEMA + 1).to_be_bytes())
+            .unwrap();
+        store.flush().unwrap();
+        drop(store);
+        assert!(matches!(
+            SledStore::open(&dir),
+            Err(StoreError::Incompatible { found, .. }) if found == SledStore::SCHEMA + 1
+        ));
         let _ = std::fs::remove_dir_all(&dir);
     }
 
