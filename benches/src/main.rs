@@ -10,7 +10,7 @@
 //! process: `--rss-child` (peak resident memory) and `--resume-child` (the run that is
 //! killed half way). For profilers, `--only <shape> <tasks> <a|a2|b|b2|c> [repeats]` runs
 //! one variant of one shape, and `--resume-only <tasks>` the resume measurement alone;
-//! `--small-only <wide|chain> <tasks> <a|b|c> [runs]` many small runs on one runtime and
+//! `--small-only <wide|chain> <tasks> <a|b|c>... [runs]` many small runs on one runtime and
 //! `--concurrent-only <launches> [width]` many concurrent launches (`small_figures.rs`:
 //! the fixed cost of a run, printed as its own section of the full table).
 //! `--admin [--quick]` prints the admin HTTP API's figures (SSE events/s to 10 clients,
@@ -1849,7 +1849,7 @@ fn main() {
             Some("--postgres") => pg_figures::run(&args[1..]).await,
             Some("--pg-worker") => pg_figures::worker(&args[1..]).await,
             Some("-h" | "--help") => {
-                println!("usage: procession-benches [--quick] [--no-run-graph] | --only <wide|chain|fan|layered> <tasks> <a|a2|b|b2|c> [repeats] | --resume-only <tasks> | --small-only <wide|chain> <tasks> <a|b|c> [runs] | --concurrent-only <launches> [width] | --admin [--quick] | --postgres [--quick] [--hot-path] [--url <url>]");
+                println!("usage: procession-benches [--quick] [--no-run-graph] | --only <wide|chain|fan|layered> <tasks> <a|a2|b|b2|c> [repeats] | --resume-only <tasks> | --small-only <wide|chain> <tasks> <a|b|c>... [runs] | --concurrent-only <launches> [width] | --admin [--quick] | --postgres [--quick] [--hot-path] [--url <url>]");
                 Ok(())
             }
             _ => {

@@ -10,8 +10,9 @@
 //!
 //! Printed by a child process of its own (`--small-child <quick|full>`), so that the heap
 //! of the large graphs measured elsewhere does not weigh on these microsecond figures.
-//! `--small-only <wide|chain> <tasks> <a|b|c> [runs]` runs one variant in a loop on one
-//! runtime, for profilers (callgrind counts then show the per-run cost, not the start).
+//! `--small-only <wide|chain> <tasks> <a|b|c>... [runs]` runs one variant (or several
+//! interleaved, e.g. `abc`) in a loop on one runtime, for profilers (callgrind counts then
+//! show the per-run cost, not the start).
 
 use super::{
     baseline, checksum, fresh_dir, group_digits, median, ms, register, AnyResult, RunStatus,
@@ -271,26 +272,35 @@ pub(crate) async fn child(args: &[String]) -> AnyResult<()> {
     Ok(())
 }
 
-/// `--small-only <wide|chain> <tasks> <a|b|c> [runs]`: one variant, `runs` times (default
-/// 1,000) on one runtime; prints the median.
+/// `--small-only <wide|chain> <tasks> <a|b|c>... [runs]`: one variant (or several,
+/// `abc`, interleaved as in the table: a run of one store leaves the threads and caches
+/// as the next one finds them), `runs` times (default 1,000) on one runtime; prints the
+/// medians.
 pub(crate) async fn only(args: &[String]) -> AnyResult<()> {
     let n: u32 = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(10);
     let shape = super::parse_shape(args.first().map(String::as_str), n);
-    let v = match args.get(2).map(String::as_str) {
-        Some("a") => Small::Base,
-        Some("c") => Small::Sled,
-        _ => Small::Memory,
-    };
+    let vs: Vec<Small> = args
+        .get(2)
+        .map_or("b", String::as_str)
+        .chars()
+        .map(|c| match c {
+            'a' => Small::Base,
+            'c' => Small::Sled,
+            _ => Small::Memory,
+        })
+        .collect();
     let runs: usize = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(1_000);
     let rts = Rts::start().await?;
-    let times = latency(&rts, shape, &[v], 0, runs).await?;
-    println!(
-        "{} {}: median {:.3} ms, p90 {:.3} ms over {runs} runs",
-        shape.name(),
-        v.label(),
-        ms(median(&times[0])),
-        ms(pct(&times[0], 0.9))
-    );
+    let times = latency(&rts, shape, &vs, 0, runs).await?;
+    for (k, v) in vs.iter().enumerate() {
+        println!(
+            "{} {}: median {:.3} ms, p90 {:.3} ms over {runs} runs",
+            shape.name(),
+            v.label(),
+            ms(median(&times[k])),
+            ms(pct(&times[k], 0.9))
+        );
+    }
     rts.stop().await?;
     Ok(())
 }

@@ -619,7 +619,7 @@ mod tests {
         let store = Arc::new(MemoryStore::new());
         let (events, _) = tokio::sync::broadcast::channel(16);
         let writer =
-            start_writer(store.clone(), Duration::from_millis(50), events).expect("writer");
+            start_writer(store.clone(), Duration::from_millis(50), events, false).expect("writer");
         let names = ["load", "load", "save", "load"];
         let nodes = names.iter().enumerate().map(|(i, &task)| NewRow {
             task,

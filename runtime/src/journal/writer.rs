@@ -7,6 +7,13 @@
 //! applies it in order (explicit batches and operations in the order they were sent, then
 //! the journals' rows), flushes once, and only then answers the callers and publishes the
 //! events, in the same order. Nothing is reported before it is durable.
+//!
+//! A store whose writes are durable as soon as they are applied (the memory store) lets
+//! an operation run on the caller's thread instead, when the writer is between two
+//! cycles: the caller takes the cycle's lock, so the operation is still applied in one
+//! order with every other write and its events are published after the previous
+//! cycle's; it saves two thread hand-offs (to the writer and back) per operation, such
+//! as a run's launch and its end (see [`WriterHandle::op`]).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -48,6 +55,13 @@ pub(crate) struct WriterHandle {
     waiting: Arc<AtomicBool>,
     /// The writer thread, unparked when `waiting` is raised.
     thread: thread::Thread,
+    /// Held by the writer thread for each whole cycle (from reading its queue to
+    /// publishing its events), and by an operation run on its caller's thread; false
+    /// once the writer has stopped.
+    cycle: Arc<Mutex<bool>>,
+    /// The store, when an operation may run on its caller's thread: its writes are
+    /// durable once applied (the memory store), so nothing is gained by grouping them.
+    inline: Option<Arc<dyn Store>>,
 }
 
 impl WriterHandle {
@@ -100,6 +114,12 @@ impl WriterHandle {
         &self,
         f: impl FnOnce(&dyn Store) -> Result<(T, Vec<Event>), StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
+        // The writer is between two cycles: the operation runs here, in order with every
+        // write (none is being applied), with the same answer and events as there.
+        let f = match self.run_inline(f) {
+            Ok(done) => return done,
+            Err(f) => f,
+        };
         let (tx, rx) = oneshot::channel::<Result<T, StoreError>>();
         let op: Op = Box::new(move |store| {
             let out = f(store);
@@ -122,6 +142,37 @@ impl WriterHandle {
         rx.await.unwrap_or(Err(StoreError::Closed))
     }
 
+    /// Runs `f` on this thread when the store allows it and the writer is between two
+    /// cycles; gives `f` back otherwise (the writer runs it).
+    #[allow(clippy::type_complexity)]
+    fn run_inline<T, F>(&self, f: F) -> Result<Result<T, StoreError>, F>
+    where
+        F: FnOnce(&dyn Store) -> Result<(T, Vec<Event>), StoreError>,
+    {
+        let Some(store) = &self.inline else {
+            return Err(f);
+        };
+        let open = match self.cycle.try_lock() {
+            Ok(g) => g,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return Err(f),
+        };
+        if !*open {
+            return Ok(Err(StoreError::Closed));
+        }
+        let out = f(&**store).and_then(|(value, evs)| {
+            store.flush()?;
+            Ok((value, evs))
+        });
+        Ok(out.map(|(value, evs)| {
+            // Under the cycle's lock: after the events of every earlier write.
+            for e in evs {
+                let _ = self.events.send(e);
+            }
+            value
+        }))
+    }
+
     /// Waits until every write sent so far is durable.
     pub(crate) async fn flush(&self) -> Result<(), StoreError> {
         let (tx, rx) = oneshot::channel();
@@ -141,20 +192,27 @@ impl WriterHandle {
 }
 
 /// Starts the writer thread over `store`; `tick` is the progress flush interval.
+/// `inline`: the store's writes are durable once applied (nothing to flush, as in the
+/// memory store), so operations may run on their callers' threads (see
+/// [`WriterHandle::op`]).
 pub(crate) fn start_writer(
     store: Arc<dyn Store>,
     tick: Duration,
     events: broadcast::Sender<Event>,
+    inline: bool,
 ) -> Result<WriterHandle, StoreError> {
     let (tx, rx) = std_mpsc::channel::<Msg>();
     let journals: Arc<Mutex<HashMap<Arc<str>, Weak<RunJournal>>>> = Arc::default();
     let waiting = Arc::new(AtomicBool::new(false));
     let location = store.location();
+    let cycle = Arc::new(Mutex::new(true));
+    let inline = inline.then(|| store.clone());
     let (journals2, waiting2, events2) = (journals.clone(), waiting.clone(), events.clone());
+    let cycle2 = cycle.clone();
     let thread = thread::Builder::new()
         .name("procession-writer".into())
         .spawn(move || {
-            let stop = writer_loop(&*store, &rx, &journals2, tick, &events2, &waiting2);
+            let stop = writer_loop(&*store, &rx, &journals2, tick, &events2, &waiting2, &cycle2);
             // The store closes before the stop is answered: a `shutdown()` that returned
             // lets the same directory be opened again at once.
             drop(store);
@@ -171,6 +229,8 @@ pub(crate) fn start_writer(
         journals,
         waiting,
         thread,
+        cycle,
+        inline,
     })
 }
 
@@ -206,6 +266,7 @@ fn writer_loop(
     tick: Duration,
     events: &broadcast::Sender<Event>,
     waiting: &AtomicBool,
+    cycle_lock: &Mutex<bool>,
 ) -> Option<StopReply> {
     let mut next_tick = Instant::now() + tick;
     let mut last_cycle: Option<Instant> = None;
@@ -232,6 +293,11 @@ fn writer_loop(
             Err(std_mpsc::RecvTimeoutError::Timeout) => (None, false),
             Err(std_mpsc::RecvTimeoutError::Disconnected) => (None, true),
         };
+        // The whole cycle under its lock: no operation runs on a caller's thread
+        // meanwhile (see `WriterHandle::op`).
+        let mut open = cycle_lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         last_cycle = Some(Instant::now());
         let ticked = Instant::now() >= next_tick;
         if ticked {
@@ -342,6 +408,11 @@ fn writer_loop(
                 });
             }
         }
+        if stop.is_some() || disconnected {
+            // Nothing runs on a caller's thread any more: the store closes.
+            *open = false;
+        }
+        drop(open);
         if let Some(reply) = stop {
             return Some((reply, result));
         }
@@ -403,4 +474,69 @@ fn apply_in_chunks(store: &dyn Store, mut batch: Batch) -> Result<(), StoreError
         tracing::warn!(fenced, "task rows with a stale lease token were dropped");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::State;
+    use crate::store::MemoryStore;
+
+    fn event(id: &str) -> Event {
+        Event {
+            id: id.to_owned(),
+            run: id.to_owned(),
+            root: id.to_owned(),
+            kind: EventKind::State { state: State::Done },
+        }
+    }
+
+    // A store with nothing to flush: an operation runs on its caller's thread while the
+    // writer is idle (no hand-off to the writer thread and back), its events are
+    // published when it returns, and once the writer stopped it is refused.
+    #[tokio::test]
+    async fn an_operation_runs_on_its_callers_thread_when_the_store_has_nothing_to_flush() {
+        let (events, mut rx) = broadcast::channel(16);
+        let store = Arc::new(MemoryStore::new());
+        let writer =
+            start_writer(store.clone(), Duration::from_hours(1), events, true).expect("writer");
+        let here = thread::current().id();
+        let (ran_on, n) = writer
+            .op(|s| Ok(((thread::current().id(), s.next_id()?), vec![event("a")])))
+            .await
+            .expect("op");
+        assert_eq!(ran_on, here);
+        assert_eq!(n, 1);
+        assert_eq!(rx.try_recv().expect("the op's event").id, "a");
+        // Writes sent to the writer thread and inline ones share one order.
+        writer.write(Batch::default()).await.expect("batch");
+        let (ran_on, n) = writer
+            .op(|s| Ok(((thread::current().id(), s.next_id()?), Vec::new())))
+            .await
+            .expect("op");
+        assert_eq!((ran_on, n), (here, 2));
+        writer.close().await.expect("close");
+        let refused = writer.op(|_| Ok(((), Vec::new()))).await;
+        assert!(matches!(refused, Err(StoreError::Closed)), "{refused:?}");
+    }
+
+    // A store that flushes (sled, PostgreSQL): operations keep going through the writer
+    // thread, grouped with everything else under one flush.
+    #[tokio::test]
+    async fn an_operation_runs_on_the_writer_thread_when_the_store_flushes() {
+        let (events, _rx) = broadcast::channel(16);
+        let writer = start_writer(
+            Arc::new(MemoryStore::new()),
+            Duration::from_hours(1),
+            events,
+            false,
+        )
+        .expect("writer");
+        let name = writer
+            .op(|_| Ok((thread::current().name().map(str::to_owned), Vec::new())))
+            .await
+            .expect("op");
+        assert_eq!(name.as_deref(), Some("procession-writer"));
+        writer.close().await.expect("close");
+    }
 }

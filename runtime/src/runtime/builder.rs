@@ -745,7 +745,14 @@ impl RuntimeBuilder {
             }
         };
         let (events, _) = broadcast::channel(self.event_buffer);
-        let writer = start_writer(store.clone(), self.progress_flush, events.clone())?;
+        // The memory store's writes are durable once applied: the runtime's writes run on
+        // their callers' threads when the writer is idle (no hand-off to it and back).
+        let writer = start_writer(
+            store.clone(),
+            self.progress_flush,
+            events.clone(),
+            in_memory,
+        )?;
         let worker = format!("worker-{:016x}", fastrand::u64(..));
         let shared = store.is_shared();
         let me = crate::store::WorkerInfo::this_process(&worker);

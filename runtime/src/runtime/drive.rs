@@ -127,17 +127,15 @@ pub(super) async fn drive(inner: Arc<Inner>, run: Run) -> Option<RunReport> {
     };
     // The executor acknowledges a cancel: cancel_requested -> cancelling. A cancel that
     // came through the run's token alone (a parent cancelling its child, a user's token)
-    // is recorded as requested first, so the record follows the state table.
+    // is recorded as requested first, so the record follows the state table. Polled
+    // with the executor in this task (not spawned: no task to start and abort per run).
     let ack = {
-        let inner = inner.clone();
-        let cancel = cancel.clone();
-        let id = id.clone();
-        let halt = halt.clone();
-        tokio::spawn(async move {
+        let (inner, cancel, id, halt) = (&inner, &cancel, &id, halt.clone());
+        async move {
             cancel.cancelled().await;
             // Fenced by the lease: a worker fenced out stops the run instead.
             let acked = inner
-                .update_leased(&id, lease, move |cur| match cur {
+                .update_leased(id, lease, move |cur| match cur {
                     Some(r)
                         if matches!(r.state(), State::CancelRequested | State::Running)
                             && r.run.as_ref().map(|m| m.token) == Some(token) =>
@@ -156,8 +154,10 @@ pub(super) async fn drive(inner: Arc<Inner>, run: Run) -> Option<RunReport> {
                 tracing::warn!(run = %id, worker = %inner.worker, error = %e, "the run's lease was taken by another worker before its cancel was acknowledged: stopping it here");
                 halt.halt_now();
             }
-        })
+        }
     };
+    let mut ack = std::pin::pin!(ack);
+    let mut acked = false;
     // Task spreading: the ready nodes are offered to every worker of the shared store;
     // this worker stays the run's coordinator.
     let spread_done = CancellationToken::new();
@@ -208,7 +208,16 @@ pub(super) async fn drive(inner: Arc<Inner>, run: Run) -> Option<RunReport> {
             .clone()
             .map(|d| d as Arc<dyn crate::exec::Dispatch>),
     };
-    let report = execute(graph, cfg).await;
+    let report = {
+        let mut exec = std::pin::pin!(execute(graph, cfg));
+        loop {
+            tokio::select! {
+                biased;
+                () = &mut ack, if !acked => acked = true,
+                report = &mut exec => break report,
+            }
+        }
+    };
     spread_done.cancel();
     if let Some(d) = &dispatch {
         d.unregister();
@@ -228,10 +237,8 @@ pub(super) async fn drive(inner: Arc<Inner>, run: Run) -> Option<RunReport> {
         }
     }
     // Wait for the acknowledgement of a cancel, so that it is written before the end.
-    if cancel.is_cancelled() {
-        let _ = ack.await;
-    } else {
-        ack.abort();
+    if cancel.is_cancelled() && !acked {
+        ack.await;
     }
     let Some(mut report) = report else {
         // Suspended: the record stays active and is resumed at the next start. A
