@@ -116,7 +116,7 @@ impl RemoteRun {
             return;
         };
         if slot.json().is_none() {
-            slot.fill(json, None);
+            slot.fill(json.into(), None);
             stored.store(true, Ordering::Release);
         }
     }
@@ -169,7 +169,7 @@ impl RemoteRun {
         let elapsed = started.elapsed();
         let out = match res {
             Ok(()) => match self.shared.slots[i].json() {
-                Some(json) => Ok(json.clone()),
+                Some(json) => Ok(Arc::from(json.as_str())),
                 None => Err(BoxError::from(format!(
                     "task `{}` succeeded without a serialized result",
                     meta.name
