@@ -154,7 +154,7 @@ impl JsonWriter {
         }
     }
 
-    /// The text written. serde_json writes UTF-8; the lossy path is never taken.
+    /// The text written. `serde_json` writes UTF-8; the lossy path is never taken.
     fn finish(self) -> SmolStr {
         match self.spill {
             // `new_inline`: the length is known to fit (no length check, no call).
