@@ -169,7 +169,7 @@ impl RemoteRun {
         let elapsed = started.elapsed();
         let out = match res {
             Ok(()) => match self.shared.slots[i].json() {
-                Some(json) => Ok(Arc::from(json.as_str())),
+                Some(json) => Ok(Arc::from(json.clone())),
                 None => Err(BoxError::from(format!(
                     "task `{}` succeeded without a serialized result",
                     meta.name
