@@ -129,9 +129,9 @@ pub use procession_runtime::{
     ProcessMeta, ProcessRecord, Progress, ProgressCallback, Read, RecordKind, RemoteTaskError, Res,
     Resource, ResourceKey, Result, ResultError, ResultKey, ResyncReport, RetryExhausted, RunHandle,
     RunInfo, RunMeta, RunReport, RunStatus, RunSummary, Runtime, RuntimeBuilder, Schedule,
-    ScheduleError, Shutdown, State, Status, StrArg, Task, TaskExt, TaskFuture, TaskGraph, TaskInfo,
-    TaskKey, TaskMeta, TaskPanicked, TaskReport, TaskSpec, TaskStats, TaskStatus, Timeout, MAX_LOG,
-    SCHEMA_VERSION,
+    ScheduleError, Shutdown, SmolStr, State, Status, StrArg, Task, TaskExt, TaskFuture, TaskGraph,
+    TaskInfo, TaskKey, TaskMeta, TaskPanicked, TaskReport, TaskSpec, TaskStats, TaskStatus,
+    Timeout, MAX_LOG, SCHEMA_VERSION,
 };
 
 /// The names most programs need: `use procession::prelude::*;`.

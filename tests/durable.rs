@@ -837,8 +837,8 @@ fn task_rows_round_trip_through_sled() {
     let dir = temp_dir("rows");
     let store = SledStore::open(&dir).unwrap();
     let full = TaskRow {
-        task: Arc::from("fetch"),
-        node: Arc::from("each[3]/fetch"),
+        task: "fetch".into(),
+        node: "each[3]/fetch".into(),
         state: State::Failed,
         attempts: 3,
         started_at: Some(1_700_000_000_000),
@@ -874,7 +874,7 @@ fn task_rows_round_trip_through_sled() {
         error: None,
         chain: Vec::new(),
         log: Vec::new(),
-        result: Some(Arc::from(r#"{"total":42.0,"items":[1,2]}"#)),
+        result: Some(r#"{"total":42.0,"items":[1,2]}"#.into()),
         ..full.clone()
     };
     let mut batch = Batch::default();

@@ -34,8 +34,8 @@ fn put(store: &dyn Store, r: &ProcessRecord) {
 
 fn row(node: &str, lease: u64, state: State) -> TaskRow {
     TaskRow {
-        task: Arc::from("t"),
-        node: Arc::from(node),
+        task: "t".into(),
+        node: node.into(),
         state,
         attempts: 1,
         started_at: None,
@@ -46,7 +46,7 @@ fn row(node: &str, lease: u64, state: State) -> TaskRow {
         chain: Vec::new(),
         progress: Progress::default(),
         log: Vec::new(),
-        result: Some(Arc::from("1")),
+        result: Some("1".into()),
         lease,
         optional: false,
     }
@@ -351,6 +351,35 @@ fn task_rows(store: &dyn Store) {
     assert_eq!(rows.iter().map(|(i, _)| *i).collect::<Vec<_>>(), vec![0, 2]);
     assert_eq!(rows[0].1.result.as_deref(), Some("1"));
     assert!(store.tasks("run-10").unwrap().is_empty(), "no prefix leak");
+    // Ids and results are kept inline up to 23 bytes and shared beyond: a row with a
+    // long, non-ASCII id and result reads back whole, in full and as a resume row.
+    let long = TaskRow {
+        task: "überprüfung_der_einträge".into(),
+        node: "étape/sous-tâche/überprüfung#12".into(),
+        result: Some(r#"{"grüße":"ein längeres Ergebnis","n":[1,2,3]}"#.into()),
+        ..row("x", 0, State::Done)
+    };
+    let short = TaskRow {
+        node: "é#1".into(),
+        result: Some(r#""ü""#.into()),
+        ..row("x", 0, State::Done)
+    };
+    assert!(long.node.len() > 23 && long.task.len() > 23);
+    store
+        .apply(Batch {
+            tasks: vec![
+                (run.clone(), 5, long.clone()),
+                (run.clone(), 6, short.clone()),
+            ],
+            ..Batch::default()
+        })
+        .unwrap();
+    let rows = store.tasks("run-1").unwrap();
+    assert_eq!(rows[2], (5, long.clone()));
+    assert_eq!(rows[3], (6, short.clone()));
+    let resume = store.resume_rows("run-1").unwrap();
+    assert_eq!(resume[2].1.result, long.result);
+    assert_eq!(resume[3].1.result, short.result);
     store
         .apply(Batch {
             clear_runs: vec!["run-1".into()],

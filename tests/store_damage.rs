@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use procession::store::{Batch, SledStore, Store, StoreError, TaskRow, Update};
-use procession::{ProcessRecord, State};
+use procession::{ProcessRecord, SmolStr, State};
 
 fn temp_dir(name: &str) -> PathBuf {
     let nanos = std::time::SystemTime::now()
@@ -40,8 +40,8 @@ fn copy_dir(from: &Path, to: &Path) {
 
 fn row(node: &str, i: u32) -> TaskRow {
     TaskRow {
-        task: Arc::from("step"),
-        node: Arc::from(node),
+        task: "step".into(),
+        node: node.into(),
         state: State::Done,
         attempts: 1,
         started_at: Some(1_000 + u64::from(i)),
@@ -53,7 +53,7 @@ fn row(node: &str, i: u32) -> TaskRow {
         progress: procession::Progress::default(),
         log: Vec::new(),
         // Results large enough that the data spans many of sled's pages.
-        result: Some(Arc::from(format!(
+        result: Some(SmolStr::from(format!(
             "\"{}\"",
             "r".repeat(200 + (i as usize % 50))
         ))),

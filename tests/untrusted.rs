@@ -10,7 +10,8 @@ use std::time::Duration;
 use procession::prelude::*;
 use procession::store::{Batch, MemoryStore, SledStore, Store, StoreError, TaskRow};
 use procession::{
-    Child, ChildError, ListFilter, LogEntry, ProcessRecord, Progress, RecordKind, RunMeta, State,
+    Child, ChildError, ListFilter, LogEntry, ProcessRecord, Progress, RecordKind, RunMeta, SmolStr,
+    State,
 };
 use proptest::prelude::*;
 
@@ -103,8 +104,8 @@ fn running(
 
 fn row(node: &str, state: State) -> TaskRow {
     TaskRow {
-        task: Arc::from(node),
-        node: Arc::from(node),
+        task: node.into(),
+        node: node.into(),
         state,
         attempts: 1,
         started_at: Some(1),
@@ -237,7 +238,7 @@ async fn stored_depth_u32_max_does_not_overflow() {
     shown.adhoc = true;
     let mut ended = row("flaky", State::Done);
     ended.ended_at = Some(2);
-    ended.result = Some(Arc::from("2"));
+    ended.result = Some("2".into());
     put(&*store, vec![rec, shown], vec![("shown", 0, ended)]);
     let before = PANICS.load(Ordering::SeqCst);
     let rt = start(store).await.unwrap();
@@ -272,9 +273,9 @@ async fn stored_node_index_beyond_graph_is_ignored() {
     );
     rec.run.as_mut().unwrap().tasks = u32::MAX;
     let mut done = row("flaky", State::Done);
-    done.result = Some(Arc::from("2"));
+    done.result = Some("2".into());
     let mut bad = row("add_one", State::Done);
-    bad.result = Some(Arc::from("{not json"));
+    bad.result = Some("{not json".into());
     put(
         &*store,
         vec![rec],
@@ -351,7 +352,7 @@ fn any_state() -> BoxedStrategy<State> {
     prop::sample::select(State::ALL.to_vec()).boxed()
 }
 
-fn weird_result() -> BoxedStrategy<Option<Arc<str>>> {
+fn weird_result() -> BoxedStrategy<Option<SmolStr>> {
     prop::option::of(
         prop_oneof![
             Just("2".to_owned()),
@@ -362,7 +363,7 @@ fn weird_result() -> BoxedStrategy<Option<Arc<str>>> {
             Just(format!("[{}]", "1,".repeat(10_000) + "1")),
             weird_string(),
         ]
-        .prop_map(Arc::from),
+        .prop_map(SmolStr::from),
     )
     .boxed()
 }
@@ -383,8 +384,8 @@ prop_compose! {
         result in weird_result(),
     ) -> TaskRow {
         TaskRow {
-            task: Arc::from(task),
-            node: Arc::from(node),
+            task: task.into(),
+            node: node.into(),
             state,
             attempts,
             started_at,

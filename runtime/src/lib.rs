@@ -78,6 +78,17 @@ pub use runtime::{
     Result, ResyncReport, RunHandle, RunSummary, Runtime, RuntimeBuilder, Shutdown, TaskStats,
 };
 pub use schedule::{CatchUp, Overlap, Schedule, ScheduleError};
+/// The string type of node ids, task names in stored rows and results: text of up to 23
+/// bytes inline (no allocation), longer text shared (a clone is a reference count).
+/// It derefs to `str`, compares with `&str` and `String`, and serializes as a string.
+///
+/// ```
+/// let id = procession::SmolStr::new("step#123");
+/// assert_eq!(id, "step#123");
+/// assert!(!id.is_heap_allocated());
+/// assert_eq!(serde_json::to_string(&id).unwrap(), "\"step#123\"");
+/// ```
+pub use smol_str::SmolStr;
 pub use task::arg::{Arg, IntoArg, NodeRef, Out, PlainInputs, Read, StrArg};
 pub use task::checks;
 pub use task::ctx::{Ctx, IntoPercent};

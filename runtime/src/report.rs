@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
+use smol_str::SmolStr;
 
 use crate::record::State;
 
@@ -123,7 +124,8 @@ impl fmt::Debug for ErrorReport {
 }
 
 /// A JSON text, shared: a task's result is serialized once and the same text serves its
-/// successors, the store and the report.
+/// successors, the store and the report. A short text (up to 23 bytes: most numbers,
+/// booleans, short strings) is kept inline, without an allocation; a longer one is shared.
 ///
 /// Serializes as the JSON value it holds (not as a string).
 ///
@@ -139,7 +141,7 @@ impl fmt::Debug for ErrorReport {
 /// assert!(Json::parse("{oops").is_err());
 /// ```
 #[derive(Clone, PartialEq, Eq, Hash)]
-pub struct Json(Arc<str>);
+pub struct Json(SmolStr);
 
 impl Json {
     /// Checks that `text` is one JSON value and keeps it.
@@ -149,11 +151,11 @@ impl Json {
     /// The parser's error when `text` is not valid JSON.
     pub fn parse(text: &str) -> Result<Json, serde_json::Error> {
         let _: &RawValue = serde_json::from_str(text)?;
-        Ok(Json(Arc::from(text)))
+        Ok(Json(SmolStr::new(text)))
     }
 
     /// Text written by this crate's own serializer (valid by construction).
-    pub(crate) fn trusted(text: Arc<str>) -> Json {
+    pub(crate) fn trusted(text: SmolStr) -> Json {
         Json(text)
     }
 
@@ -194,15 +196,16 @@ impl Serialize for Json {
 impl<'de> Deserialize<'de> for Json {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Json, D::Error> {
         let raw = Box::<RawValue>::deserialize(d)?;
-        Ok(Json(Arc::from(raw.get())))
+        Ok(Json(SmolStr::new(raw.get())))
     }
 }
 
 /// One task's entry in a [`RunReport`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TaskReport {
-    /// The node id (unique in the run); shared with the graph, not copied per report.
-    pub id: Arc<str>,
+    /// The node id (unique in the run): kept inline when short (up to 23 bytes), else
+    /// shared with the graph; it derefs to `str` and compares with `&str`.
+    pub id: SmolStr,
     /// The task's name.
     pub name: Cow<'static, str>,
     /// The function's path.

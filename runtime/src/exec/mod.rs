@@ -23,6 +23,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering}
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use smol_str::SmolStr;
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 
@@ -173,7 +174,7 @@ impl Halt {
 #[derive(Default)]
 pub(crate) struct Resume {
     /// Nodes that finished successfully: their stored result, attempts and elapsed time.
-    pub(crate) done: Vec<(u32, Arc<str>, u32, Duration)>,
+    pub(crate) done: Vec<(u32, SmolStr, u32, Duration)>,
     /// Attempts already started, per node (the count continues after a restart).
     pub(crate) attempts: Vec<u32>,
 }
@@ -488,7 +489,7 @@ fn new_shared(
 ) -> (Arc<Shared>, mpsc::UnboundedReceiver<Msg>) {
     let n = graph.nodes.len();
     // One copy of the ids, shared by the executor and the tasks' contexts.
-    let ids: Arc<[Arc<str>]> = graph.nodes.iter().map(|n| n.id.clone()).collect();
+    let ids: Arc<[SmolStr]> = graph.nodes.iter().map(|n| n.id.clone()).collect();
     let ids_for_ctx = ids.clone();
     let scope = Arc::new(RunScope {
         process_id: cfg.run_id.clone(),

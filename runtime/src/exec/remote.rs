@@ -122,7 +122,7 @@ impl RemoteRun {
             return;
         };
         if slot.json().is_none() {
-            slot.fill(json, None);
+            slot.fill(json.into(), None);
             stored.store(true, Ordering::Release);
         }
     }
@@ -182,7 +182,7 @@ impl RemoteRun {
         let elapsed = started.elapsed();
         let out = match res {
             Ok(()) => match self.shared.slots[i].json() {
-                Some(json) => Ok(json.clone()),
+                Some(json) => Ok(Arc::from(json.clone())),
                 None => Err(BoxError::from(format!(
                     "task `{}` succeeded without a serialized result",
                     meta.name

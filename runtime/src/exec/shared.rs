@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering}
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use smol_str::SmolStr;
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 
@@ -26,7 +27,7 @@ pub(super) struct Shared {
     /// The worker id of the runtime running the run.
     pub(super) worker: Arc<str>,
     pub(super) slots: Box<[Slot]>,
-    pub(super) ids: Arc<[Arc<str>]>,
+    pub(super) ids: Arc<[SmolStr]>,
     pub(super) metas: Box<[&'static TaskMeta]>,
     pub(super) tag: u32,
     pub(super) remap: Option<Vec<u32>>,

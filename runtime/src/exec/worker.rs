@@ -167,7 +167,7 @@ async fn run_remote(
     let r = unless_abandoned(shared, sent.as_mut()).await?;
     Some(match r.outcome {
         Ok(json) => {
-            shared.slots[i as usize].fill(json, None);
+            shared.slots[i as usize].fill(json.into(), None);
             (r.attempts, Ok(()))
         }
         Err(e) => (r.attempts, Err(e)),

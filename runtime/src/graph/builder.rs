@@ -10,6 +10,7 @@ use hashbrown::HashTable;
 use rustc_hash::FxHasher;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
+use smol_str::SmolStr;
 
 use crate::graph::process::{Mode, Process};
 use crate::task::arg::{NodeRef, Out};
@@ -59,7 +60,7 @@ impl Scope {
 /// as the base of another id (1 until then).
 ///
 /// An entry is 16 bytes: the hash of its text, that suffix, and its owner (a task, whose
-/// `Arc<str>` id holds the text, or a block, whose id is kept in [`blocks`](Ids::blocks)),
+/// id holds the text, or a block, whose id is kept in [`blocks`](Ids::blocks)),
 /// so an id is allocated once and lookups go by `&str` without building a `String`.
 /// Keeping the hash lets growth rehash `u64`s instead of reading every id again, and a
 /// lookup compares texts only when the hashes are equal.
@@ -136,7 +137,7 @@ impl Ids {
     }
 
     /// Records that the task `node` has the id whose hash is `hash` (known to be absent);
-    /// the task's `Arc<str>` keeps the text.
+    /// the task's id keeps the text.
     pub(super) fn claim(&mut self, hash: u64, node: u32) {
         self.insert(hash, node);
     }
@@ -287,12 +288,18 @@ impl Builder {
 
     /// Reserves the id `prefix` + `name` (with a `#k` suffix when taken) for task `node`
     /// and returns it; the prefix is left as it was.
-    pub(super) fn unique_id(&mut self, name: &str, node: u32) -> Arc<str> {
+    pub(super) fn unique_id(&mut self, name: &str, node: u32) -> SmolStr {
         let len = self.prefix.len();
         self.prefix.push_str(name);
         let hash = self.ids.unique(&mut self.prefix, &self.nodes);
         self.ids.claim(hash, node);
-        let id = Arc::from(&*self.prefix);
+        // Most ids fit inline (no allocation): made without the general constructor's
+        // call and length checks.
+        let id = if self.prefix.len() <= SmolStr::INLINE_CAP {
+            SmolStr::new_inline(&self.prefix)
+        } else {
+            SmolStr::new(&self.prefix)
+        };
         self.prefix.truncate(len);
         id
     }
@@ -307,7 +314,7 @@ impl Builder {
 
     /// Reserves the id `given` (relative to the innermost sub-process) for task `node`,
     /// named `name`; refused when it is malformed or taken.
-    fn explicit_id(&mut self, given: &str, name: &str, node: u32) -> Result<Arc<str>, GraphError> {
+    fn explicit_id(&mut self, given: &str, name: &str, node: u32) -> Result<SmolStr, GraphError> {
         let invalid = |reason| GraphError::InvalidId {
             id: given.to_owned(),
             reason,
@@ -340,7 +347,7 @@ impl Builder {
             });
         }
         self.ids.claim(hash, node);
-        Ok(Arc::from(full))
+        Ok(SmolStr::from(full))
     }
 
     pub(super) fn scope(&mut self) -> &mut Scope {

@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use serde_json::Value;
+use smol_str::SmolStr;
 
 use crate::graph::process::Process;
 use crate::task::erased::ErasedTask;
@@ -34,7 +35,7 @@ fn next_tag() -> u32 {
 
 /// One node of a built graph.
 pub(crate) struct Node {
-    pub(crate) id: Arc<str>,
+    pub(crate) id: SmolStr,
     pub(crate) meta: &'static TaskMeta,
     pub(crate) description: Option<String>,
     pub(crate) task: Option<Box<dyn ErasedTask>>,
@@ -106,7 +107,7 @@ pub(crate) struct Links<'a> {
 impl Node {
     #[inline]
     fn new(
-        id: Arc<str>,
+        id: SmolStr,
         meta: &'static TaskMeta,
         description: Option<String>,
         task: Box<dyn ErasedTask>,

@@ -3,7 +3,6 @@
 use std::any::TypeId;
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::Arc;
 
 use crate::task::arg::{NodeRef, Out};
 use crate::task::erased::{Erased, ErasedTask};
@@ -461,7 +460,7 @@ impl TaskGraph {
                     tolerant: &tolerant,
                 };
                 nodes.push(Node::new(
-                    Arc::from(name),
+                    smol_str::SmolStr::new(name),
                     meta,
                     description,
                     task,

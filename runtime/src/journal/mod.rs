@@ -22,6 +22,7 @@ use crate::record::Level;
 use crate::record::{now_ms, LogEntry, Progress, State, MAX_LOG};
 use crate::store::{Batch, RareFields, StoreError, TaskRow};
 use crate::task::ctx::Reporter;
+use smol_str::SmolStr;
 
 /// More than this many progress messages from one task within one flush window is an
 /// avalanche: the extra messages are counted, not logged.
@@ -52,7 +53,7 @@ struct Row {
     ended_at: Option<u64>,
     elapsed_ns: u64,
     percent: Option<f64>,
-    result: Option<Arc<str>>,
+    result: Option<SmolStr>,
     rare: Option<Box<RareFields>>,
 }
 
@@ -69,10 +70,10 @@ impl Row {
 
 struct Rows {
     items: Vec<Row>,
-    /// Node ids, by node index (the graph's shared strings).
-    nodes: Box<[Arc<str>]>,
-    /// The distinct task names ([`Row::task`] indexes them).
-    names: Vec<Arc<str>>,
+    /// Node ids, by node index (the graph's strings: inline when short, else shared).
+    nodes: Box<[SmolStr]>,
+    /// The distinct task names ([`Row::task`] indexes them), static text.
+    names: Vec<SmolStr>,
     /// The run's lease token, which every row of the run carries.
     lease: u64,
     /// Number of tasks (kept when the rows are [released](RunJournal::release)).
@@ -249,7 +250,7 @@ impl RunJournal {
         window: Duration,
     ) -> Arc<Self> {
         let n = nodes.len();
-        let mut names: Vec<Arc<str>> = Vec::new();
+        let mut names: Vec<SmolStr> = Vec::new();
         let mut index: rustc_hash::FxHashMap<&'static str, u32> = rustc_hash::FxHashMap::default();
         let mut last: Option<(&'static str, u32)> = None;
         let mut ids = Vec::with_capacity(n);
@@ -264,7 +265,7 @@ impl RunJournal {
                     let next = u32::try_from(names.len()).unwrap_or(u32::MAX);
                     let k = *index.entry(node.task).or_insert(next);
                     if k == next {
-                        names.push(Arc::from(node.task));
+                        names.push(SmolStr::new_static(node.task));
                     }
                     last = Some((node.task, k));
                     k
@@ -340,7 +341,7 @@ impl RunJournal {
     }
 
     /// `node` ended; `result` is its output as JSON when it succeeded.
-    pub(crate) fn ended(&self, node: u32, outcome: Ended, result: Option<Arc<str>>) {
+    pub(crate) fn ended(&self, node: u32, outcome: Ended, result: Option<SmolStr>) {
         {
             let mut g = self.lock();
             if node as usize >= g.items.len() {
@@ -378,7 +379,7 @@ impl RunJournal {
 
     /// `node` had finished before the run was interrupted (its row is in the store
     /// already): the in-memory row says so too, without writing it again.
-    pub(crate) fn restored(&self, node: u32, attempts: u32, elapsed: Duration, result: Arc<str>) {
+    pub(crate) fn restored(&self, node: u32, attempts: u32, elapsed: Duration, result: SmolStr) {
         let mut g = self.lock();
         if node as usize >= g.items.len() {
             return;
@@ -426,7 +427,7 @@ impl RunJournal {
     }
 
     /// Everything dirty, as a batch; clears the dirty marks.
-    pub(crate) fn take(&self, batch: &mut Batch, events: Option<&mut Vec<(Arc<str>, State)>>) {
+    pub(crate) fn take(&self, batch: &mut Batch, events: Option<&mut Vec<(SmolStr, State)>>) {
         // Changes made from now on need a new wake-up.
         self.woken
             .store(false, std::sync::atomic::Ordering::Release);
@@ -481,8 +482,8 @@ impl Drop for RunJournal {
 pub(crate) struct NewRow {
     /// The task's name.
     pub(crate) task: &'static str,
-    /// The node id (the graph's shared string).
-    pub(crate) id: Arc<str>,
+    /// The node id (the graph's string).
+    pub(crate) id: SmolStr,
     /// The task is optional.
     pub(crate) optional: bool,
 }
@@ -623,7 +624,7 @@ mod tests {
         let names = ["load", "load", "save", "load"];
         let nodes = names.iter().enumerate().map(|(i, &task)| NewRow {
             task,
-            id: Arc::from(format!("n{i}").as_str()),
+            id: format!("n{i}").into(),
             optional: i == 2,
         });
         let j = RunJournal::new(
@@ -646,7 +647,7 @@ mod tests {
                     error: None,
                     chain: Vec::new(),
                 },
-                Some(Arc::from(i.to_string().as_str())),
+                Some(i.to_string().into()),
             );
         }
         j.sync().await.expect("sync");

@@ -370,7 +370,9 @@ fn writer_loop(
             match write_run_progress(store, &run, token, &progress) {
                 Ok(true) => {
                     wrote = true;
-                    changed.push((run.clone(), root, run, EventKind::Progress(progress)));
+                    // The run is its own node here (the event's id is the run's).
+                    let node = smol_str::SmolStr::new(&*run);
+                    changed.push((run.clone(), root, node, EventKind::Progress(progress)));
                 }
                 Ok(false) => {}
                 Err(e) => {

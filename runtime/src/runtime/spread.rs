@@ -1205,7 +1205,7 @@ async fn inputs(
                         && !got.iter().any(|(n, _)| *n == i)
                     {
                         if let Some(json) = row.result {
-                            got.push((i, json));
+                            got.push((i, json.into()));
                         }
                     }
                 }

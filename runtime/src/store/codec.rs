@@ -76,7 +76,7 @@ pub(super) fn decode_resume_row(bytes: &[u8]) -> Result<ResumeRow, String> {
         #[serde(default)]
         _log: IgnoredAny,
         #[serde(default)]
-        result: Option<std::sync::Arc<str>>,
+        result: Option<smol_str::SmolStr>,
         #[serde(default)]
         _lease: IgnoredAny,
         #[serde(default)]
@@ -98,12 +98,11 @@ pub(super) fn decode_resume_row(bytes: &[u8]) -> Result<ResumeRow, String> {
 mod tests {
     use super::*;
     use crate::record::{LogEntry, Progress, State};
-    use std::sync::Arc;
 
     fn row(state: State, result: Option<&str>) -> TaskRow {
         TaskRow {
-            task: Arc::from("task"),
-            node: Arc::from("each[3]/task"),
+            task: "task".into(),
+            node: "each[3]/task".into(),
             state,
             attempts: 3,
             started_at: Some(1),
@@ -122,7 +121,7 @@ mod tests {
                 message: "hello".into(),
                 data: None,
             }],
-            result: result.map(Arc::from),
+            result: result.map(Into::into),
             lease: 7,
             optional: true,
         }

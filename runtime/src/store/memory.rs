@@ -13,6 +13,7 @@ use super::{
     TaskRow, Update,
 };
 use crate::record::{now_ms, ProcessRecord};
+use smol_str::SmolStr;
 
 /// A store in memory: nothing survives the process. Used by
 /// [`Runtime::in_memory`](crate::Runtime::in_memory).
@@ -61,8 +62,8 @@ struct RunRows {
 /// back the same `TaskRow` it was given.
 #[derive(Debug)]
 struct MemRow {
-    task: Arc<str>,
-    node: Arc<str>,
+    task: SmolStr,
+    node: SmolStr,
     state: crate::record::State,
     skipped: bool,
     optional: bool,
@@ -71,7 +72,7 @@ struct MemRow {
     ended_at: Option<u64>,
     elapsed_ns: u64,
     percent: Option<f64>,
-    result: Option<Arc<str>>,
+    result: Option<SmolStr>,
     lease: u64,
     rare: Option<Box<RareFields>>,
 }
@@ -543,8 +544,8 @@ mod tests {
 
     fn row(node: &str, rare: bool) -> TaskRow {
         TaskRow {
-            task: Arc::from("t"),
-            node: Arc::from(node),
+            task: "t".into(),
+            node: node.into(),
             state: if rare { State::Failed } else { State::Done },
             attempts: 3,
             started_at: Some(10),
@@ -571,7 +572,7 @@ mod tests {
             } else {
                 Vec::new()
             },
-            result: (!rare).then(|| Arc::from("42")),
+            result: (!rare).then(|| "42".into()),
             lease: 7,
             optional: rare,
         }
@@ -583,9 +584,18 @@ mod tests {
     fn task_rows_come_back_whole() {
         let store = MemoryStore::new();
         let run: Arc<str> = Arc::from("r");
+        // Short text is kept inline, long text (over 23 bytes, here with non-ASCII
+        // characters) shared: both come back as given.
+        let long = TaskRow {
+            node: "étape/über-lange-kennung#12345".into(),
+            result: Some(r#"{"grüße":"ein längeres Ergebnis"}"#.into()),
+            ..row("d", false)
+        };
+        assert!(long.node.len() > 23 && long.result.as_ref().unwrap().len() > 23);
         let given = vec![
             (0, row("a", false)),
             (1, row("b", true)),
+            (5, long),
             (2000, row("c", true)),
         ];
         let mut batch = Batch::default();
@@ -598,8 +608,8 @@ mod tests {
 
     fn plain_row(node: u32) -> TaskRow {
         TaskRow {
-            task: Arc::from("t"),
-            node: Arc::from(node.to_string().as_str()),
+            task: "t".into(),
+            node: node.to_string().into(),
             state: State::Done,
             attempts: 1,
             started_at: None,

@@ -10,6 +10,8 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use smol_str::SmolStr;
+
 mod codec;
 mod index;
 mod memory;
@@ -162,14 +164,42 @@ impl StoreError {
 
 /// The compact record of one task of a run, as stored.
 ///
-/// Names are shared (`Arc<str>`): a run's rows, its graph and its journal hold one copy
-/// of each node id, and cloning a row allocates nothing for a task that logged nothing.
+/// Names and the result are [`SmolStr`]s: text of up to 23 bytes (most task names, node
+/// ids such as `step#123`, results such as `42` or `"ok"`) is kept inline, longer text is
+/// shared, so cloning a row allocates nothing for a task that logged nothing.
+///
+/// # Examples
+///
+/// ```
+/// use procession::store::TaskRow;
+/// use procession::{SmolStr, State};
+///
+/// let row = TaskRow {
+///     task: SmolStr::new_static("add"),
+///     node: "add#1".into(),
+///     state: State::Done,
+///     attempts: 1,
+///     started_at: Some(1),
+///     ended_at: Some(2),
+///     elapsed_ns: 1_000,
+///     skipped: false,
+///     error: None,
+///     chain: Vec::new(),
+///     progress: Default::default(),
+///     log: Vec::new(),
+///     result: Some("42".into()),
+///     lease: 0,
+///     optional: false,
+/// };
+/// assert_eq!(row.node, "add#1");
+/// assert_eq!(row.result.as_deref(), Some("42"));
+/// ```
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct TaskRow {
     /// The task's name.
-    pub task: Arc<str>,
+    pub task: SmolStr,
     /// The node id in the graph.
-    pub node: Arc<str>,
+    pub node: SmolStr,
     /// State (running, done, failed, cancelled; scheduled before it starts).
     pub state: State,
     /// Attempts started so far.
@@ -196,7 +226,7 @@ pub struct TaskRow {
     /// The task's output as JSON text, once it is done: stored in the same record as its
     /// end, so a finished task costs one write.
     #[serde(default)]
-    pub result: Option<Arc<str>>,
+    pub result: Option<SmolStr>,
     /// The lease token of the run when this row was written (see [`Lease`]); 0 for a row
     /// written without a lease, which is never fenced.
     #[serde(default)]
@@ -228,7 +258,7 @@ pub struct ResumeRow {
     /// Wall time of all attempts, in nanoseconds.
     pub elapsed_ns: u64,
     /// The task's output as JSON text (a done task's).
-    pub result: Option<Arc<str>>,
+    pub result: Option<SmolStr>,
 }
 
 impl From<TaskRow> for ResumeRow {

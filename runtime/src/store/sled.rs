@@ -823,7 +823,10 @@ impl Store for SledStore {
             let mut legacy = HashMap::new();
             for kv in self.results.scan_prefix(run_prefix(id)) {
                 let (k, v) = kv.map_err(|e| self.io(e))?;
-                legacy.insert(order_of(&k), Arc::<str>::from(String::from_utf8_lossy(&v)));
+                legacy.insert(
+                    order_of(&k),
+                    smol_str::SmolStr::new(String::from_utf8_lossy(&v)),
+                );
             }
             for (i, r) in &mut rows {
                 if r.result.is_none() {
@@ -1238,8 +1241,8 @@ mod tests {
     fn resume_rows_are_the_rows_of_the_run_small_or_large() {
         let store = SledStore::temporary().unwrap();
         let row = |i: u32| TaskRow {
-            task: Arc::from("t"),
-            node: Arc::from(format!("n{i}").as_str()),
+            task: "t".into(),
+            node: format!("n{i}").into(),
             state: if i.is_multiple_of(3) {
                 State::Done
             } else {
@@ -1254,9 +1257,7 @@ mod tests {
             chain: Vec::new(),
             progress: crate::record::Progress::default(),
             log: Vec::new(),
-            result: i
-                .is_multiple_of(3)
-                .then(|| Arc::from(i.to_string().as_str())),
+            result: i.is_multiple_of(3).then(|| i.to_string().into()),
             lease: 0,
             optional: false,
         };
@@ -1298,8 +1299,8 @@ mod tests {
         ));
         let store = SledStore::open(&dir).unwrap();
         let row = |i: u32| TaskRow {
-            task: Arc::from("t"),
-            node: Arc::from(format!("n{i}").as_str()),
+            task: "t".into(),
+            node: format!("n{i}").into(),
             state: State::Done,
             attempts: 1,
             started_at: None,
@@ -1310,7 +1311,7 @@ mod tests {
             chain: Vec::new(),
             progress: crate::record::Progress::default(),
             log: Vec::new(),
-            result: Some(Arc::from(i.to_string().as_str())),
+            result: Some(i.to_string().into()),
             lease: 0,
             optional: false,
         };
@@ -1383,8 +1384,8 @@ mod tests {
         store.claim_idempotent("k", "other").unwrap();
         assert_eq!(stored_seq(&store), 3, "a taken key writes nothing");
         let row = TaskRow {
-            task: Arc::from("t"),
-            node: Arc::from("n"),
+            task: "t".into(),
+            node: "n".into(),
             state: State::Done,
             attempts: 1,
             started_at: None,
@@ -1395,7 +1396,7 @@ mod tests {
             chain: Vec::new(),
             progress: crate::record::Progress::default(),
             log: Vec::new(),
-            result: Some(Arc::from("1")),
+            result: Some("1".into()),
             lease: 0,
             optional: false,
         };

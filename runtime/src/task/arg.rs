@@ -6,7 +6,7 @@ use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, OnceLock};
 
-use std::sync::Arc;
+use smol_str::SmolStr;
 
 use crate::error::InputError;
 use crate::report::{sealed, ResultError, ResultKey, RunReport, TaskReport};
@@ -531,7 +531,7 @@ pub(crate) struct Typed {
 /// the type is `Clone`, else a copy decoded from the serialized form, which is always
 /// present.
 pub(crate) struct Slot {
-    json: OnceLock<Arc<str>>,
+    json: OnceLock<SmolStr>,
     typed: Mutex<Option<Typed>>,
     readers: AtomicU32,
 }
@@ -545,7 +545,7 @@ impl Slot {
         }
     }
 
-    pub(crate) fn fill(&self, json: Arc<str>, typed: Option<Typed>) {
+    pub(crate) fn fill(&self, json: SmolStr, typed: Option<Typed>) {
         if self.readers.load(Ordering::Acquire) > 0 {
             if let Some(v) = typed {
                 *self
@@ -558,7 +558,7 @@ impl Slot {
         let _ = self.json.set(json);
     }
 
-    pub(crate) fn json(&self) -> Option<&Arc<str>> {
+    pub(crate) fn json(&self) -> Option<&SmolStr> {
         self.json.get()
     }
 

@@ -3,6 +3,7 @@
 use std::fmt;
 use std::sync::Arc;
 
+use smol_str::SmolStr;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{Cancelled, MissingResource};
@@ -41,7 +42,7 @@ pub(crate) struct RuntimeHandle(pub(crate) Arc<dyn std::any::Any + Send + Sync>)
 /// Per-run data shared by the contexts of all tasks of the run.
 pub(crate) struct RunScope {
     pub(crate) process_id: Arc<str>,
-    pub(crate) node_ids: Arc<dyn Fn(u32) -> Arc<str> + Send + Sync>,
+    pub(crate) node_ids: Arc<dyn Fn(u32) -> SmolStr + Send + Sync>,
     pub(crate) cancel: CancellationToken,
     pub(crate) reporter: Arc<dyn Reporter>,
     /// The runtime running this run (recorded runs only), for child processes.
@@ -117,7 +118,7 @@ impl Ctx {
     /// A context that belongs to no run: for calling task functions directly (unit tests,
     /// scripts). Progress and log entries go to `tracing`; [`Ctx::cancel`] cancels it.
     pub fn detached(task: &'static str) -> Self {
-        let name: Arc<str> = Arc::from(task);
+        let name = SmolStr::new_static(task);
         Ctx {
             scope: Arc::new(RunScope {
                 process_id: Arc::from("detached"),
@@ -146,7 +147,9 @@ impl Ctx {
 
     /// The task's node id in its graph: derived from where the builder added it, so it is
     /// the same every time the same process is built with the same parameters.
-    pub fn node_id(&self) -> Arc<str> {
+    ///
+    /// A [`SmolStr`]: a short id (up to 23 bytes) is a copy, a longer one shared.
+    pub fn node_id(&self) -> SmolStr {
         (self.scope.node_ids)(self.node)
     }
 

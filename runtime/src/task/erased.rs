@@ -1,8 +1,9 @@
 //! A task with its type erased, as a graph node holds it, and what a successful attempt
 //! leaves behind.
 
-use std::sync::Arc;
 use std::task::{Context, Poll};
+
+use smol_str::SmolStr;
 
 use crate::error::{BoxError, InputError, OutputNotSerializable};
 use crate::task::arg::{Inputs, Typed};
@@ -12,7 +13,7 @@ use crate::task::{Task, TaskFuture};
 /// What a successful attempt leaves behind: the serialized result and, when a successor
 /// reads it, the typed value.
 pub(crate) struct Finished {
-    pub(crate) json: Arc<str>,
+    pub(crate) json: SmolStr,
     pub(crate) typed: Option<Typed>,
 }
 
@@ -127,29 +128,160 @@ impl<T: Task> ErasedTask for Erased<T> {
 }
 
 thread_local! {
-    /// Where results are serialized before they are copied into their shared text.
+    /// Where results longer than [`INLINE`] bytes are serialized before they are copied
+    /// into their shared text.
     static JSON_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// `value` as shared JSON text: serialized into a per-thread buffer, then copied once
-/// into its `Arc<str>` (one allocation per result instead of two).
-fn to_json<T: serde::Serialize>(value: &T) -> Result<Arc<str>, serde_json::Error> {
-    JSON_BUF.with(|buf| {
-        let Ok(mut buf) = buf.try_borrow_mut() else {
-            // Re-entered (a Serialize impl that serializes a result): no shared buffer.
-            return serde_json::to_string(value).map(Arc::from);
-        };
-        buf.clear();
-        serde_json::to_writer(&mut *buf, value)?;
-        // serde_json writes UTF-8; the lossy path is never taken.
-        let json: Arc<str> = match std::str::from_utf8(&buf) {
-            Ok(text) => Arc::from(text),
-            Err(_) => Arc::from(String::from_utf8_lossy(&buf).as_ref()),
-        };
-        if buf.capacity() > 64 * 1024 {
-            // A large result does not keep its buffer alive for the thread's lifetime.
-            *buf = Vec::new();
+/// The longest text a [`SmolStr`] keeps inline (without an allocation).
+const INLINE: usize = 23;
+
+/// Where a result is serialized: the first [`INLINE`] bytes on the stack; past them the
+/// text moves to the per-thread buffer (taken out of it, so a `Serialize` impl that
+/// serializes a result of its own gets a buffer of its own).
+struct JsonWriter {
+    small: [u8; INLINE],
+    len: usize,
+    spill: Option<Vec<u8>>,
+}
+
+impl JsonWriter {
+    fn new() -> Self {
+        JsonWriter {
+            small: [0; INLINE],
+            len: 0,
+            spill: None,
         }
-        Ok(json)
-    })
+    }
+
+    /// The text written. `serde_json` writes UTF-8; the lossy path is never taken.
+    fn finish(self) -> SmolStr {
+        match self.spill {
+            // `new_inline`: the length is known to fit (no length check, no call).
+            None => match std::str::from_utf8(&self.small[..self.len]) {
+                Ok(text) => SmolStr::new_inline(text),
+                Err(_) => SmolStr::new(String::from_utf8_lossy(&self.small[..self.len])),
+            },
+            Some(mut buf) => {
+                let text = match std::str::from_utf8(&buf) {
+                    Ok(text) => SmolStr::new(text),
+                    Err(_) => SmolStr::new(String::from_utf8_lossy(&buf)),
+                };
+                // A large result does not keep its buffer alive for the thread's lifetime.
+                if buf.capacity() <= 64 * 1024 {
+                    buf.clear();
+                    JSON_BUF.with(|b| {
+                        if let Ok(mut b) = b.try_borrow_mut() {
+                            *b = buf;
+                        }
+                    });
+                }
+                text
+            }
+        }
+    }
+}
+
+impl std::io::Write for JsonWriter {
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.write_all(bytes)?;
+        Ok(bytes.len())
+    }
+
+    #[inline]
+    fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        if let Some(buf) = &mut self.spill {
+            buf.extend_from_slice(bytes);
+            return Ok(());
+        }
+        let end = self.len + bytes.len();
+        if let Some(slot) = self.small.get_mut(self.len..end) {
+            slot.copy_from_slice(bytes);
+            self.len = end;
+            return Ok(());
+        }
+        self.overflow(bytes);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl JsonWriter {
+    #[cold]
+    fn overflow(&mut self, bytes: &[u8]) {
+        let mut buf = JSON_BUF
+            .with(|b| b.try_borrow_mut().map(|mut b| std::mem::take(&mut *b)))
+            .unwrap_or_default();
+        buf.clear();
+        buf.reserve(self.len + bytes.len());
+        buf.extend_from_slice(&self.small[..self.len]);
+        buf.extend_from_slice(bytes);
+        self.spill = Some(buf);
+    }
+}
+
+/// `value` as JSON text: up to [`INLINE`] bytes (most numbers, booleans, short strings)
+/// serialized on the stack and kept inline, with no allocation at all; a longer text
+/// serialized into a per-thread buffer, then copied once into its shared allocation.
+pub(crate) fn to_json<T: serde::Serialize + ?Sized>(
+    value: &T,
+) -> Result<SmolStr, serde_json::Error> {
+    let mut w = JsonWriter::new();
+    serde_json::to_writer(&mut w, value)?;
+    Ok(w.finish())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::to_json;
+
+    // Short text stays inline; long text (and text crossing the inline size in the middle
+    // of a write, and non-ASCII text) comes out whole and shared.
+    #[test]
+    fn results_short_and_long() {
+        let short = to_json(&42).unwrap();
+        assert_eq!(short, "42");
+        assert!(!short.is_heap_allocated());
+        let s23 = "a".repeat(21); // 21 + 2 quotes = 23 bytes
+        let at_limit = to_json(&s23).unwrap();
+        assert_eq!(at_limit.len(), 23);
+        assert!(!at_limit.is_heap_allocated());
+        let over = to_json(&"a".repeat(22)).unwrap();
+        assert_eq!(over, format!("\"{}\"", "a".repeat(22)));
+        assert!(over.is_heap_allocated());
+        let v = vec![
+            "grüße".to_owned(),
+            "ein längeres Ergebnis, über 23 Bytes".to_owned(),
+        ];
+        let long = to_json(&v).unwrap();
+        assert_eq!(long, serde_json::to_string(&v).unwrap());
+        let back: Vec<String> = serde_json::from_str(&long).unwrap();
+        assert_eq!(back, v);
+        // A second long result reuses the per-thread buffer.
+        let big: Vec<u32> = (0..10_000).collect();
+        assert_eq!(to_json(&big).unwrap(), serde_json::to_string(&big).unwrap());
+        assert_eq!(to_json("é").unwrap(), "\"é\"");
+    }
+
+    // A `Serialize` impl that serializes a result of its own while it is serialized
+    // (the per-thread buffer is in use by the outer one).
+    #[test]
+    fn reentrant_serialization() {
+        struct Nested(Vec<String>);
+        impl serde::Serialize for Nested {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                let inner = to_json(&self.0).map_err(serde::ser::Error::custom)?;
+                s.serialize_str(&inner)
+            }
+        }
+        let v = vec![Nested(vec!["x".repeat(40)]), Nested(vec!["y".repeat(40)])];
+        let got = to_json(&v).unwrap();
+        let want = serde_json::to_string(&v).unwrap();
+        assert_eq!(got, want);
+        assert!(got.len() > 80);
+    }
 }
