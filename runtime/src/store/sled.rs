@@ -1431,8 +1431,8 @@ mod tests {
 
     fn done_row(node: &str, result: &str) -> TaskRow {
         TaskRow {
-            task: Arc::from("t"),
-            node: Arc::from(node),
+            task: "t".into(),
+            node: node.into(),
             state: State::Done,
             attempts: 1,
             started_at: None,
@@ -1443,7 +1443,7 @@ mod tests {
             chain: Vec::new(),
             progress: crate::record::Progress::default(),
             log: Vec::new(),
-            result: Some(Arc::from(result)),
+            result: Some(result.into()),
             lease: 0,
             optional: false,
         }
