@@ -23,7 +23,7 @@ use procession::prelude::*;
 use procession::State;
 
 mod pg;
-use pg::{rows, wait_until, Durability};
+use pg::{rows, run_state, wait_until, Durability};
 
 // ------------------------------------------------------------------ the work
 
@@ -227,35 +227,16 @@ impl Worker {
             .map_while(Result::ok)
             .find_map(|l| l.split_once("ready ").map(|(_, id)| id.trim().to_owned()))
             .expect("the worker says it is ready");
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let s2 = seen.clone();
-        std::thread::spawn(move || {
-            for l in lines.map_while(Result::ok) {
-                s2.lock().unwrap().push(l);
-            }
-        });
         Worker {
             child,
             id,
-            lines: seen,
+            lines: pg::collect_lines(lines, None),
         }
     }
 
     /// The last value of counter `name` in its printed stats.
     fn stat(&self, name: &str) -> u64 {
-        let key = format!("{name}=");
-        self.lines
-            .lock()
-            .unwrap()
-            .iter()
-            .rev()
-            .find(|l| l.starts_with("stats "))
-            .and_then(|l| {
-                l.split(' ')
-                    .find_map(|w| w.strip_prefix(key.as_str()))
-                    .and_then(|v| v.parse().ok())
-            })
-            .unwrap_or(0)
+        pg::last_stat(&self.lines, name)
     }
 }
 
@@ -264,17 +245,6 @@ impl Drop for Worker {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// The state of run `cutrun`.
-fn state_of(url: &str) -> Option<State> {
-    let code: Option<i16> = rows(
-        url,
-        "SELECT state FROM procession_records WHERE id = 'cutrun'",
-    )
-    .first()
-    .map(|r| r.get(0));
-    code.map(|c| State::ALL[usize::try_from(c).unwrap()])
 }
 
 fn now_ms() -> i64 {
@@ -347,7 +317,7 @@ fn a_partitioned_workers_tasks_run_elsewhere_and_it_rejoins() {
         .map(|e| e.0)
         .collect();
     let ended = Instant::now() + Duration::from_mins(2);
-    while matches!(state_of(&url), Some(s) if s.is_active()) {
+    while matches!(run_state(&url, "cutrun"), Some(s) if s.is_active()) {
         if Instant::now() > ended {
             let activity = rows(
                 &url,

@@ -17,7 +17,7 @@ use procession::prelude::*;
 use procession::State;
 
 mod pg;
-use pg::{effects_of as effects, rows, wait_until, Warnings};
+use pg::{effects_of as effects, rows, run_state, wait_until, Warnings};
 
 // ------------------------------------------------------------------ the work
 
@@ -161,16 +161,6 @@ fn database(test: &str) -> Option<String> {
     pg::database_with(test, &["effects", "cancels"])
 }
 
-fn run_state(url: &str, id: &str) -> Option<State> {
-    let code: Option<i16> = rows(
-        url,
-        &format!("SELECT state FROM procession_records WHERE id = '{id}'"),
-    )
-    .first()
-    .map(|r| r.get(0));
-    code.map(|c| State::ALL[usize::try_from(c).unwrap()])
-}
-
 /// The report of run `id`, read by a runtime that registers nothing.
 fn report(url: &str, id: &str) -> RunReport {
     tokio::runtime::Runtime::new().unwrap().block_on(async {
@@ -297,17 +287,7 @@ impl Worker {
                 break;
             }
         }
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let s2 = seen.clone();
-        let who = name.to_owned();
-        std::thread::spawn(move || {
-            for l in lines.map_while(Result::ok) {
-                if l.starts_with("WARN") {
-                    println!("{who}: {l}");
-                }
-                s2.lock().unwrap().push(l);
-            }
-        });
+        let seen = pg::collect_lines(lines, Some(name.to_owned()));
         Worker {
             child,
             lines: seen,
@@ -352,19 +332,7 @@ impl Worker {
 
     /// The last value of counter `name` in its printed stats.
     fn stat(&self, name: &str) -> u64 {
-        let key = format!("{name}=");
-        self.lines
-            .lock()
-            .unwrap()
-            .iter()
-            .rev()
-            .find(|l| l.starts_with("stats "))
-            .and_then(|l| {
-                l.split(' ')
-                    .find_map(|w| w.strip_prefix(key.as_str()))
-                    .and_then(|v| v.parse().ok())
-            })
-            .unwrap_or(0)
+        pg::last_stat(&self.lines, name)
     }
 }
 

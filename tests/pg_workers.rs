@@ -21,7 +21,7 @@ use procession::prelude::*;
 use procession::{Definition, Schedule, State};
 
 mod pg;
-use pg::{effects_of as effects, rows, sql, wait_until, Warnings};
+use pg::{effects_of as effects, rows, run_state, sql, wait_until, Warnings};
 
 // ------------------------------------------------------------------ the work
 
@@ -199,17 +199,10 @@ impl Worker {
                 break;
             }
         }
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let s2 = seen.clone();
-        std::thread::spawn(move || {
-            for l in lines.map_while(Result::ok) {
-                s2.lock().unwrap().push(l);
-            }
-        });
         Worker {
             child,
             name: name.to_owned(),
-            lines: seen,
+            lines: pg::collect_lines(lines, None),
         }
     }
 
@@ -244,16 +237,6 @@ async fn observer(url: &str) -> Runtime {
         .start()
         .await
         .unwrap()
-}
-
-fn run_state(url: &str, id: &str) -> Option<State> {
-    let code: Option<i16> = rows(
-        url,
-        &format!("SELECT state FROM procession_records WHERE id = '{id}'"),
-    )
-    .first()
-    .map(|r| r.get(0));
-    code.map(|c| State::ALL[usize::try_from(c).unwrap()])
 }
 
 fn median(v: &mut [Duration]) -> Duration {

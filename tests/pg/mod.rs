@@ -430,3 +430,51 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Warnings {
         }
     }
 }
+
+/// The state of run `id`'s record, read straight from the table (`None` before it exists).
+pub(crate) fn run_state(url: &str, id: &str) -> Option<procession::State> {
+    let code: Option<i16> = rows(
+        url,
+        &format!("SELECT state FROM procession_records WHERE id = '{id}'"),
+    )
+    .first()
+    .map(|r| r.get(0));
+    code.map(|c| procession::State::ALL[usize::try_from(c).unwrap()])
+}
+
+/// Collects the rest of a worker process's output lines on a thread of their own; with
+/// `echo`, its warnings are printed too, prefixed by that name.
+pub(crate) fn collect_lines(
+    lines: impl Iterator<Item = std::io::Result<String>> + Send + 'static,
+    echo: Option<String>,
+) -> std::sync::Arc<std::sync::Mutex<Vec<String>>> {
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let s2 = seen.clone();
+    std::thread::spawn(move || {
+        for l in lines.map_while(Result::ok) {
+            if let Some(who) = echo.as_deref().filter(|_| l.starts_with("WARN")) {
+                println!("{who}: {l}");
+            }
+            s2.lock().unwrap().push(l);
+        }
+    });
+    seen
+}
+
+/// The last value of counter `name` in the `stats name=value …` lines of `lines` (0
+/// before the first).
+pub(crate) fn last_stat(lines: &std::sync::Mutex<Vec<String>>, name: &str) -> u64 {
+    let key = format!("{name}=");
+    lines
+        .lock()
+        .unwrap()
+        .iter()
+        .rev()
+        .find(|l| l.starts_with("stats "))
+        .and_then(|l| {
+            l.split(' ')
+                .find_map(|w| w.strip_prefix(key.as_str()))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
