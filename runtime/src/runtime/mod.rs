@@ -539,18 +539,76 @@ impl RunHandle {
                 })
             }
         };
+        // The run's task drops its sender right after sending: wait for that (the
+        // channel closes; nothing else is ever sent), so that the report is handed over
+        // without a copy however late that task gets to run again (a busy machine). A
+        // bounded number of yields was not enough there: a 1M-task report was copied.
+        // Copied only when another handle of the same run (or an event stream) still
+        // holds it.
+        while self.done.changed().await.is_ok() {}
         drop(self.done);
-        // The run's task drops its sender right after sending: give it a few turns to do
-        // so, then the report is handed over without a copy. Copied only when another
-        // handle of the same run still holds it.
-        let mut report = report;
-        for _ in 0..16 {
-            match Arc::try_unwrap(report) {
-                Ok(r) => return Ok(r),
-                Err(shared) => report = shared,
-            }
-            tokio::task::yield_now().await;
+        Arc::try_unwrap(report).or_else(|shared| Ok((*shared).clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::RunStatus;
+
+    /// A report whose task list has room to spare: a copy of it (`Clone`) has none, so
+    /// the capacity tells a moved report from a copied one.
+    fn report() -> RunReport {
+        RunReport {
+            process: "p".into(),
+            run_id: "r".into(),
+            status: RunStatus::Succeeded,
+            elapsed: Duration::from_millis(1),
+            tasks: Vec::with_capacity(64),
+            handles: None,
         }
-        Ok((*report).clone())
+    }
+
+    // The run's task may hold its sender for a while after sending the report (it is
+    // descheduled on a busy machine): `wait` still hands the report over without a copy.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn wait_hands_the_report_over_without_a_copy() {
+        let (tx, rx) = watch::channel(None);
+        let handle = RunHandle {
+            id: "r".into(),
+            cancel: CancellationToken::new(),
+            done: rx,
+            runtime: None,
+        };
+        let driver = tokio::spawn(async move {
+            let _ = tx.send(Some(Arc::new(report())));
+            // Far longer than the waiter's wake-up and a few of its turns.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            drop(tx);
+        });
+        let got = handle.wait().await.expect("report");
+        assert_eq!(got.tasks.capacity(), 64, "the report was copied");
+        driver.await.expect("driver");
+    }
+
+    // Another holder of the report (a second handle) still gets its own copy, and so
+    // does the handle that waits first.
+    #[tokio::test]
+    async fn two_handles_each_get_the_report() {
+        let (tx, rx) = watch::channel(None);
+        let handle = |done| RunHandle {
+            id: "r".into(),
+            cancel: CancellationToken::new(),
+            done,
+            runtime: None,
+        };
+        let (a, b) = (handle(rx.clone()), handle(rx));
+        tx.send(Some(Arc::new(report()))).expect("send");
+        drop(tx);
+        let first = a.wait().await.expect("a");
+        let second = b.wait().await.expect("b");
+        assert_eq!((first.run_id.as_str(), second.run_id.as_str()), ("r", "r"));
+        // The last holder takes the report itself.
+        assert_eq!(second.tasks.capacity(), 64);
     }
 }
