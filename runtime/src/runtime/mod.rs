@@ -539,18 +539,91 @@ impl RunHandle {
                 })
             }
         };
-        drop(self.done);
-        // The run's task drops its sender right after sending: give it a few turns to do
-        // so, then the report is handed over without a copy. Copied only when another
-        // handle of the same run still holds it.
+        // The run's task drops its sender right after sending (every sender of a run's
+        // report sends once): once it has, and this handle's receiver is gone, the
+        // report is handed over without a copy. A few turns first (the sender is most
+        // often gone by then), then the sender's drop is awaited (woken by it, not
+        // polled: a report of 1,000 tasks was copied whenever the run's thread was slower
+        // than 16 turns). Copied only when another handle of the same run still holds it.
         let mut report = report;
-        for _ in 0..16 {
+        for _ in 0..4 {
             match Arc::try_unwrap(report) {
                 Ok(r) => return Ok(r),
                 Err(shared) => report = shared,
             }
             tokio::task::yield_now().await;
         }
-        Ok((*report).clone())
+        if self.done.has_changed().is_ok() {
+            // `Err` once the sender is dropped: the value sent is the last.
+            while self.done.changed().await.is_ok() {}
+        }
+        drop(self.done);
+        match Arc::try_unwrap(report) {
+            Ok(r) => Ok(r),
+            Err(shared) => Ok((*shared).clone()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod wait_tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use tokio::sync::watch;
+    use tokio_util::sync::CancellationToken;
+
+    use super::RunHandle;
+    use crate::report::{RunReport, RunStatus};
+
+    fn report() -> RunReport {
+        RunReport {
+            process: "p".into(),
+            run_id: "p-1".into(),
+            status: RunStatus::Succeeded,
+            elapsed: Duration::ZERO,
+            tasks: Vec::with_capacity(4),
+            handles: None,
+        }
+    }
+
+    /// A sender that stays a while after sending (a run's thread slower than the waiter)
+    /// still hands its report over without a copy.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn wait_hands_the_report_over_when_the_sender_lingers() {
+        let (tx, rx) = watch::channel(None);
+        let handle = RunHandle {
+            id: "p-1".into(),
+            cancel: CancellationToken::new(),
+            done: rx,
+            runtime: None,
+        };
+        let sent = report();
+        let tasks_at = sent.tasks.as_ptr() as usize;
+        let sender = tokio::spawn(async move {
+            let _ = tx.send(Some(Arc::new(sent)));
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            drop(tx);
+        });
+        let got = handle.wait().await.unwrap();
+        assert_eq!(got.tasks.as_ptr() as usize, tasks_at, "the report was copied");
+        sender.await.unwrap();
+    }
+
+    /// Another handle of the same run keeps its copy: the waiter gets one of its own.
+    #[tokio::test]
+    async fn wait_copies_a_report_another_handle_holds() {
+        let (tx, rx) = watch::channel(Some(Arc::new(report())));
+        drop(tx);
+        let other = rx.clone();
+        let handle = RunHandle {
+            id: "p-1".into(),
+            cancel: CancellationToken::new(),
+            done: rx,
+            runtime: None,
+        };
+        let got = handle.wait().await.unwrap();
+        assert_eq!(got.run_id, "p-1");
+        assert!(other.borrow().is_some());
     }
 }
