@@ -37,6 +37,7 @@ pub(super) struct Scope {
 impl Scope {
     /// Records a finished step (its exit nodes): the next step of a sequential block waits
     /// for it, a concurrent block ends when all its steps have ended.
+    #[inline]
     pub(super) fn step_done(&mut self, step: &[u32]) {
         if step.is_empty() {
             return;
@@ -558,6 +559,7 @@ impl Builder {
         Ok(SmolStr::from(full))
     }
 
+    #[inline]
     pub(super) fn scope(&mut self) -> &mut Scope {
         self.scopes
             .last_mut()
@@ -680,8 +682,11 @@ impl Builder {
         };
         self.inputs = data;
         self.tolerant = tolerant;
-        self.fingerprint.node(&node);
+        // Pushed first, hashed in place: the node is written once, not moved after.
         self.nodes.push(node);
+        if let Some(node) = self.nodes.last() {
+            self.fingerprint.node(node);
+        }
         self.scope().step_done(&[index]);
         Out::new(NodeRef { graph: tag, index })
     }
