@@ -541,23 +541,27 @@ impl RunHandle {
         };
         // The run's task drops its sender right after sending (every sender of a run's
         // report sends once): once it has, and this handle's receiver is gone, the
-        // report is handed over without a copy. A few turns first (the sender is most
-        // often gone by then), then the sender's drop is awaited (woken by it, not
-        // polled: a report of 1,000 tasks was copied whenever the run's thread was slower
-        // than 16 turns). Copied only when another handle of the same run still holds it.
-        let mut report = report;
-        for _ in 0..4 {
-            match Arc::try_unwrap(report) {
-                Ok(r) => return Ok(r),
-                Err(shared) => report = shared,
-            }
-            tokio::task::yield_now().await;
-        }
+        // report is handed over without a copy. The sender's drop is awaited (woken by
+        // it, not polled: a report of 1,000 tasks was copied whenever the run's thread
+        // was slower than 16 turns), then a few turns cover the end of that drop (it
+        // wakes the receivers before it lets go of the channel, and so of the report).
+        // Copied only when another handle of the same run still holds it.
         if self.done.has_changed().is_ok() {
             // `Err` once the sender is dropped: the value sent is the last.
             while self.done.changed().await.is_ok() {}
         }
         drop(self.done);
+        let mut report = report;
+        for _ in 0..16 {
+            match Arc::try_unwrap(report) {
+                Ok(r) => return Ok(r),
+                Err(shared) => report = shared,
+            }
+            // The sender's thread may have been preempted by this one's wake-up in the
+            // middle of that drop: the OS gets a turn too, not only tokio.
+            std::thread::yield_now();
+            tokio::task::yield_now().await;
+        }
         match Arc::try_unwrap(report) {
             Ok(r) => Ok(r),
             Err(shared) => Ok((*shared).clone()),
