@@ -610,7 +610,11 @@ mod wait_tests {
             drop(tx);
         });
         let got = handle.wait().await.unwrap();
-        assert_eq!(got.tasks.as_ptr() as usize, tasks_at, "the report was copied");
+        assert_eq!(
+            got.tasks.as_ptr() as usize,
+            tasks_at,
+            "the report was copied"
+        );
         sender.await.unwrap();
     }
 
