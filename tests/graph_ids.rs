@@ -263,3 +263,67 @@ fn an_id_taken_by_a_derived_one_is_refused() {
         }
     );
 }
+
+/// A name with an item-like bracket.
+#[task(name = "each[1]/noop")]
+fn item_like() {}
+
+#[process]
+fn nested_items(p: &mut Builder) {
+    p.task(Noop::new().id("x1"));
+    p.each(0..2u32, |p, i| {
+        p.task(Noop::new());
+        // Ids given inside an item are the process's: `x1` is taken at the top level.
+        p.task(Noop::new().id(format!("y{i}")));
+        p.each(0..2u32, |p, _| {
+            p.task(Noop::new());
+            p.task(Noop::new());
+        });
+        p.task(Noop::new());
+    });
+    // The items' ids are still taken once their block ended.
+    p.task(ItemLike::new());
+    p.each(0..1u32, |p, _| p.task(ItemLike::new()));
+}
+
+#[process]
+fn given_twice_from_items(p: &mut Builder) {
+    p.task(Noop::new().id("x1"));
+    p.each(0..3u32, |p, i| p.task(Noop::new().id(format!("x{i}"))));
+}
+
+#[test]
+fn ids_of_each_items_stay_unique_across_items_blocks_and_names() {
+    let g = Graph::of(NestedItems {}).unwrap();
+    assert_eq!(
+        g.node_ids(),
+        vec![
+            "x1",
+            "each[0]/noop",
+            "y0",
+            "each[0]/each[0]/noop",
+            "each[0]/each[0]/noop#1",
+            "each[0]/each[1]/noop",
+            "each[0]/each[1]/noop#1",
+            "each[0]/noop#1",
+            "each[1]/noop",
+            "y1",
+            "each[1]/each[0]/noop",
+            "each[1]/each[0]/noop#1",
+            "each[1]/each[1]/noop",
+            "each[1]/each[1]/noop#1",
+            "each[1]/noop#1",
+            "each[1]/noop#2",
+            "each#1[0]/each[1]/noop",
+        ]
+    );
+    let err = Graph::of(GivenTwiceFromItems {}).unwrap_err();
+    assert_eq!(
+        err,
+        GraphError::DuplicateId {
+            id: "x1".into(),
+            first: "`noop` (task 1)".into(),
+            second: "`noop` (task 3)".into(),
+        }
+    );
+}

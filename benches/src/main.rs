@@ -1845,6 +1845,26 @@ fn main() {
                 let big = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(1_000_000);
                 print_scale(small, big)
             }
+            Some("--build-only") => {
+                // For profilers: `--build-only <wide|chain|fan|layered> <n> [repeats]`, the
+                // graph build (`Graph::of`) alone, `repeats` times; prints the median.
+                let n: u32 = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(10_000);
+                let shape = parse_shape(args.get(1).map(String::as_str), n);
+                let repeats: usize = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(5);
+                let mut times = Vec::with_capacity(repeats);
+                for _ in 0..repeats {
+                    let t = Instant::now();
+                    let g = graph_of(shape)?;
+                    times.push(t.elapsed());
+                    drop(g);
+                }
+                println!(
+                    "{} graph build: median {:.3} ms over {repeats} builds",
+                    shape.name(),
+                    ms(median(&times))
+                );
+                Ok(())
+            }
             Some("--resume-only") => {
                 // For profilers: the resume measurement alone.
                 let n = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(100_000);
@@ -1867,7 +1887,7 @@ fn main() {
             Some("--postgres") => pg_figures::run(&args[1..]).await,
             Some("--pg-worker") => pg_figures::worker(&args[1..]).await,
             Some("-h" | "--help") => {
-                println!("usage: procession-benches [--quick] [--no-run-graph] | --only <wide|chain|fan|layered> <tasks> <a|a2|b|b2|c> [repeats] | --resume-only <tasks> | --scale-only [small] [big] | --small-only <wide|chain> <tasks> <a|b|c>... [runs] | --concurrent-only <launches> [width] | --admin [--quick] | --postgres [--quick] [--hot-path] [--url <url>]");
+                println!("usage: procession-benches [--quick] [--no-run-graph] | --only <wide|chain|fan|layered> <tasks> <a|a2|b|b2|c> [repeats] | --resume-only <tasks> | --build-only <wide|chain|fan|layered> <tasks> [repeats] | --scale-only [small] [big] | --small-only <wide|chain> <tasks> <a|b|c>... [runs] | --concurrent-only <launches> [width] | --admin [--quick] | --postgres [--quick] [--hot-path] [--url <url>]");
                 Ok(())
             }
             _ => {

@@ -37,6 +37,7 @@ pub(super) struct Scope {
 impl Scope {
     /// Records a finished step (its exit nodes): the next step of a sequential block waits
     /// for it, a concurrent block ends when all its steps have ended.
+    #[inline]
     pub(super) fn step_done(&mut self, step: &[u32]) {
         if step.is_empty() {
             return;
@@ -64,11 +65,37 @@ impl Scope {
 /// so an id is allocated once and lookups go by `&str` without building a `String`.
 /// Keeping the hash lets growth rehash `u64`s instead of reading every id again, and a
 /// lookup compares texts only when the hashes are equal.
+///
+/// The ids of an [`each`](Builder::each) item (`each[3]/…`) are kept in a table of that
+/// item alone (a [`Level`]), emptied when the next item starts: no id outside the item
+/// can start with its prefix (the block's id is unique, explicit ids have no `/`), so
+/// they need not be compared with any other, and the table stays as small as one item
+/// (a wide graph of 100k items no longer grows a table of 100k entries). That holds while
+/// every `[` in an id comes from an item's index: the first task name, block segment or
+/// explicit id with a `[` of its own (a sub-process named `each[0]` could make the ids of
+/// an item again) puts every id handed out so far back into one table, kept for the rest
+/// of the build ([`flat`](Ids::flat)).
 #[derive(Default)]
 pub(super) struct Ids {
-    pub(super) used: HashTable<IdEntry>,
+    /// Every id is in [`used`](Ids::used), the levels are not used.
+    pub(super) flat: bool,
+    /// The task name [`check_name`](Ids::check_name) checked last.
+    pub(super) checked: &'static str,
+    /// The ids outside every `each` item.
+    pub(super) used: IdTable,
+    /// The ids of the `each` items being built, innermost last.
+    pub(super) levels: Vec<Level>,
+    /// Tables of ended `each` blocks, kept for the next one (emptied).
+    pub(super) spare: Vec<IdTable>,
     /// The ids of blocks (they have no node to keep them), by [`IdEntry::owner`].
     pub(super) blocks: Vec<Box<str>>,
+}
+
+/// The ids of one `each` item: those whose text starts with the item's prefix.
+pub(super) struct Level {
+    /// The length of the item's prefix (`each[3]/`, with what encloses it).
+    pub(super) start: usize,
+    pub(super) used: IdTable,
 }
 
 pub(super) struct IdEntry {
@@ -76,6 +103,88 @@ pub(super) struct IdEntry {
     pub(super) next_suffix: u32,
     /// The index of the task that has this id, or [`BLOCK`] and a block's index.
     pub(super) owner: u32,
+}
+
+/// How many ids a table keeps in a list before it moves them into a hash table.
+const LISTED: usize = 8;
+
+/// A set of ids: a short list while it is small (an `each` item's ids, most often one),
+/// a hash table beyond [`LISTED`] entries.
+#[derive(Default)]
+pub(super) struct IdTable {
+    list: Vec<IdEntry>,
+    table: HashTable<IdEntry>,
+}
+
+impl IdTable {
+    #[inline]
+    fn is_empty(&self) -> bool {
+        self.list.is_empty() && self.table.is_empty()
+    }
+
+    #[inline]
+    fn find(&self, hash: u64, mut eq: impl FnMut(&IdEntry) -> bool) -> Option<&IdEntry> {
+        if !self.table.is_empty() {
+            return self.table.find(hash, eq);
+        }
+        self.list.iter().find(|e| e.hash == hash && eq(e))
+    }
+
+    #[inline]
+    fn find_mut(
+        &mut self,
+        hash: u64,
+        mut eq: impl FnMut(&IdEntry) -> bool,
+    ) -> Option<&mut IdEntry> {
+        if !self.table.is_empty() {
+            return self.table.find_mut(hash, eq);
+        }
+        self.list.iter_mut().find(|e| e.hash == hash && eq(e))
+    }
+
+    #[inline]
+    fn insert(&mut self, entry: IdEntry) {
+        if self.table.is_empty() && self.list.len() < LISTED {
+            self.list.push(entry);
+            return;
+        }
+        if self.table.is_empty() {
+            for e in self.list.drain(..) {
+                self.table.insert_unique(e.hash, e, |e| e.hash);
+            }
+        }
+        self.table.insert_unique(entry.hash, entry, |e| e.hash);
+    }
+
+    fn reserve(&mut self, additional: usize) {
+        if self.list.len() + additional > LISTED {
+            self.table.reserve(self.list.len() + additional, |e| e.hash);
+        }
+    }
+
+    #[inline]
+    fn clear(&mut self) {
+        self.list.clear();
+        if !self.table.is_empty() {
+            self.table.clear();
+        }
+    }
+}
+
+/// The table of ids whose first `at` bytes are the current prefix's (see [`Ids::table`]).
+fn table_of<'a>(
+    flat: bool,
+    levels: &'a mut [Level],
+    top: &'a mut IdTable,
+    at: usize,
+) -> &'a mut IdTable {
+    if flat {
+        return top;
+    }
+    match levels.iter_mut().rev().find(|l| l.start <= at) {
+        Some(l) => &mut l.used,
+        None => top,
+    }
 }
 
 /// The text of the id `owner` has (`None` for a task not added yet).
@@ -94,25 +203,123 @@ impl Ids {
         h.finish()
     }
 
-    /// The entry of `text` (whose hash is `hash`), if it was handed out.
-    pub(super) fn find(&self, nodes: &[Node], hash: u64, text: &str) -> Option<&IdEntry> {
+    /// The table of ids whose first `at` bytes are the current prefix's: the innermost
+    /// `each` item whose prefix they start with, or the top level.
+    fn table(&self, at: usize) -> &IdTable {
+        if self.flat {
+            return &self.used;
+        }
+        match self.levels.iter().rev().find(|l| l.start <= at) {
+            Some(l) => &l.used,
+            None => &self.used,
+        }
+    }
+
+    fn table_mut(&mut self, at: usize) -> &mut IdTable {
+        table_of(self.flat, &mut self.levels, &mut self.used, at)
+    }
+
+    /// [`check_segment`](Ids::check_segment) for a task's name.
+    #[inline]
+    pub(super) fn check_name(&mut self, name: &'static str, nodes: &[Node]) {
+        // Most tasks have the name checked last time (the same static string).
+        if std::ptr::eq(name, self.checked) {
+            return;
+        }
+        self.check_segment(name, nodes);
+        self.checked = name;
+    }
+
+    /// Before `segment` (a task name, block segment or explicit id) is made part of an
+    /// id: when it holds a `[`, every id handed out so far goes into one table, for good
+    /// (see [`Ids`]).
+    pub(super) fn check_segment(&mut self, segment: &str, nodes: &[Node]) {
+        if self.flat || !segment.as_bytes().contains(&b'[') {
+            return;
+        }
+        self.flat = true;
+        let mut all = std::mem::take(&mut self.used);
+        for l in &mut self.levels {
+            l.used.clear();
+        }
+        all.clear();
+        all.reserve(nodes.len() + self.blocks.len());
+        let texts = nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (i as u32, &*n.id))
+            .chain(
+                self.blocks
+                    .iter()
+                    .enumerate()
+                    .map(|(i, b)| (BLOCK | i as u32, &**b)),
+            );
+        for (owner, text) in texts {
+            let hash = Self::hash_of(text);
+            // The suffix to try first is only a hint: every lower one is taken (ids are
+            // never given back), so starting from 1 again finds the same free one.
+            all.insert(IdEntry {
+                hash,
+                next_suffix: 1,
+                owner,
+            });
+        }
+        self.used = all;
+    }
+
+    /// The entry of `text` (whose hash is `hash`, and whose first `at` bytes are the
+    /// current prefix's), if it was handed out.
+    pub(super) fn find(
+        &self,
+        nodes: &[Node],
+        at: usize,
+        hash: u64,
+        text: &str,
+    ) -> Option<&IdEntry> {
         let blocks = &self.blocks;
-        self.used.find(hash, |e| {
+        let table = self.table(at);
+        if table.is_empty() {
+            // The first id of an `each` item (the usual case): nothing to look up.
+            return None;
+        }
+        table.find(hash, |e| {
             e.hash == hash && text_of(blocks, nodes, e.owner) == Some(text)
         })
     }
 
-    /// Room for `additional` more ids without growing the table.
-    pub(super) fn reserve(&mut self, additional: usize) {
-        self.used.reserve(additional, |e| e.hash);
+    /// Starts the ids of an `each` block's items (see [`next_item`](Ids::next_item)).
+    pub(super) fn push_level(&mut self) {
+        let used = self.spare.pop().unwrap_or_default();
+        self.levels.push(Level {
+            start: usize::MAX,
+            used,
+        });
     }
 
-    /// Makes the id in `buf` unique: when it was handed out already, appends the first free
-    /// `#k` (counting from the last suffix given to that base, so `n` repeats cost `O(n)`,
-    /// not `O(n²)`). `buf` keeps the suffix; returns its hash, for [`claim`](Ids::claim).
-    pub(super) fn unique(&mut self, buf: &mut String, nodes: &[Node]) -> u64 {
+    /// The next item of the innermost `each` block: its ids start after `start` bytes of
+    /// prefix; the previous item's are forgotten.
+    pub(super) fn next_item(&mut self, start: usize) {
+        if let Some(l) = self.levels.last_mut() {
+            l.start = start;
+            l.used.clear();
+        }
+    }
+
+    /// Ends the innermost `each` block's ids.
+    pub(super) fn pop_level(&mut self) {
+        if let Some(mut l) = self.levels.pop() {
+            l.used.clear();
+            self.spare.push(l.used);
+        }
+    }
+
+    /// Makes the id in `buf` (whose first `at` bytes are the current prefix) unique: when
+    /// it was handed out already, appends the first free `#k` (counting from the last
+    /// suffix given to that base, so `n` repeats cost `O(n)`, not `O(n²)`). `buf` keeps
+    /// the suffix; returns its hash, for [`claim`](Ids::claim).
+    pub(super) fn unique(&mut self, buf: &mut String, at: usize, nodes: &[Node]) -> u64 {
         let hash = Self::hash_of(buf);
-        let Some(first) = self.find(nodes, hash, buf).map(|e| e.next_suffix) else {
+        let Some(first) = self.find(nodes, at, hash, buf).map(|e| e.next_suffix) else {
             return hash;
         };
         let base = buf.len();
@@ -122,10 +329,11 @@ impl Ids {
             buf.push('#');
             buf.push_str(itoa::Buffer::new().format(k));
             let h = Self::hash_of(buf);
-            if self.find(nodes, h, buf).is_none() {
+            if self.find(nodes, at, h, buf).is_none() {
                 let base_text = &buf[..base];
                 let blocks = &self.blocks;
-                if let Some(e) = self.used.find_mut(hash, |e| {
+                let table = table_of(self.flat, &mut self.levels, &mut self.used, at);
+                if let Some(e) = table.find_mut(hash, |e| {
                     e.hash == hash && text_of(blocks, nodes, e.owner) == Some(base_text)
                 }) {
                     e.next_suffix = k.saturating_add(1);
@@ -136,29 +344,26 @@ impl Ids {
         }
     }
 
-    /// Records that the task `node` has the id whose hash is `hash` (known to be absent);
-    /// the task's id keeps the text.
-    pub(super) fn claim(&mut self, hash: u64, node: u32) {
-        self.insert(hash, node);
+    /// Records that the task `node` has the id whose hash is `hash` (known to be absent;
+    /// its first `at` bytes are the current prefix); the task's id keeps the text.
+    pub(super) fn claim(&mut self, at: usize, hash: u64, node: u32) {
+        self.insert(at, hash, node);
     }
 
-    /// Records that a block has the id `text` (known to be absent, hash `hash`).
-    pub(super) fn claim_block(&mut self, hash: u64, text: &str) {
+    /// Records that a block has the id `text` (known to be absent, hash `hash`, its first
+    /// `at` bytes the current prefix).
+    pub(super) fn claim_block(&mut self, at: usize, hash: u64, text: &str) {
         let owner = BLOCK | self.blocks.len() as u32;
         self.blocks.push(text.into());
-        self.insert(hash, owner);
+        self.insert(at, hash, owner);
     }
 
-    fn insert(&mut self, hash: u64, owner: u32) {
-        self.used.insert_unique(
+    fn insert(&mut self, at: usize, hash: u64, owner: u32) {
+        self.table_mut(at).insert(IdEntry {
             hash,
-            IdEntry {
-                hash,
-                next_suffix: 1,
-                owner,
-            },
-            |e| e.hash,
-        );
+            next_suffix: 1,
+            owner,
+        });
     }
 }
 
@@ -288,11 +493,12 @@ impl Builder {
 
     /// Reserves the id `prefix` + `name` (with a `#k` suffix when taken) for task `node`
     /// and returns it; the prefix is left as it was.
-    pub(super) fn unique_id(&mut self, name: &str, node: u32) -> SmolStr {
+    pub(super) fn unique_id(&mut self, name: &'static str, node: u32) -> SmolStr {
+        self.ids.check_name(name, &self.nodes);
         let len = self.prefix.len();
         self.prefix.push_str(name);
-        let hash = self.ids.unique(&mut self.prefix, &self.nodes);
-        self.ids.claim(hash, node);
+        let hash = self.ids.unique(&mut self.prefix, len, &self.nodes);
+        self.ids.claim(len, hash, node);
         // Most ids fit inline (no allocation): made without the general constructor's
         // call and length checks.
         let id = if self.prefix.len() <= SmolStr::INLINE_CAP {
@@ -307,9 +513,11 @@ impl Builder {
     /// Makes `prefix` + `segment` unique (appending `#k` when taken) for a block, and
     /// leaves it at the end of the prefix.
     fn block_id(&mut self, segment: &str) {
+        self.ids.check_segment(segment, &self.nodes);
+        let at = self.prefix.len();
         self.prefix.push_str(segment);
-        let hash = self.ids.unique(&mut self.prefix, &self.nodes);
-        self.ids.claim_block(hash, &self.prefix);
+        let hash = self.ids.unique(&mut self.prefix, at, &self.nodes);
+        self.ids.claim_block(at, hash, &self.prefix);
     }
 
     /// Reserves the id `given` (relative to the innermost sub-process) for task `node`,
@@ -330,12 +538,13 @@ impl Builder {
         if given.chars().any(char::is_control) {
             return Err(invalid("an id cannot contain control characters"));
         }
+        self.ids.check_segment(given, &self.nodes);
         let ns = self.namespaces.last().copied().unwrap_or(0);
         let mut full = String::with_capacity(ns + given.len());
         full.push_str(&self.prefix[..ns]);
         full.push_str(given);
         let hash = Ids::hash_of(&full);
-        if let Some(e) = self.ids.find(&self.nodes, hash, &full) {
+        if let Some(e) = self.ids.find(&self.nodes, ns, hash, &full) {
             let first = match self.nodes.get(e.owner as usize) {
                 Some(n) => format!("`{}` (task {})", n.meta.name, e.owner + 1),
                 None => format!("a `{}` block", full.rsplit('/').next().unwrap_or(&full)),
@@ -346,10 +555,11 @@ impl Builder {
                 second: format!("`{name}` (task {})", node + 1),
             });
         }
-        self.ids.claim(hash, node);
+        self.ids.claim(ns, hash, node);
         Ok(SmolStr::from(full))
     }
 
+    #[inline]
     pub(super) fn scope(&mut self) -> &mut Scope {
         self.scopes
             .last_mut()
@@ -472,8 +682,11 @@ impl Builder {
         };
         self.inputs = data;
         self.tolerant = tolerant;
-        self.fingerprint.node(&node);
+        // Pushed first, hashed in place: the node is written once, not moved after.
         self.nodes.push(node);
+        if let Some(node) = self.nodes.last() {
+            self.fingerprint.node(node);
+        }
         self.scope().step_done(&[index]);
         Out::new(NodeRef { graph: tag, index })
     }
@@ -554,10 +767,10 @@ impl Builder {
         let base = self.prefix.len();
         let items = items.into_iter();
         // Most items add at least one task: room for one each, instead of growing the
-        // node vector and the id table step by step (and copying them each time).
+        // node vector step by step (and copying it each time).
         let (hint, _) = items.size_hint();
         self.nodes.reserve(hint);
-        self.ids.reserve(hint);
+        self.ids.push_level();
         let out = items
             .enumerate()
             .map(|(i, item)| {
@@ -565,9 +778,11 @@ impl Builder {
                 self.prefix.truncate(base);
                 self.prefix.push_str(itoa::Buffer::new().format(i));
                 self.prefix.push_str("]/");
+                self.ids.next_item(self.prefix.len());
                 f(self, item)
             })
             .collect();
+        self.ids.pop_level();
         self.prefix.truncate(saved);
         out
     }

@@ -46,6 +46,7 @@ impl Fingerprint {
         self.0 = (h ^ 0xff).wrapping_mul(Self::PRIME);
     }
 
+    #[inline]
     pub(super) fn node(&mut self, n: &Node) {
         self.eat(n.id.as_bytes());
         self.eat(n.meta.name.as_bytes());
