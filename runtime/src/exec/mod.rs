@@ -342,6 +342,10 @@ async fn drive_run(mut graph: Graph, mut cfg: RunConfig) -> Option<RunReport> {
             );
         }
         if !cancel_seen && !halt_seen {
+            if shared.pooled {
+                // No limit: every ready node is queued, a batch per lock of the queue.
+                shared.start_all(&mut ready);
+            }
             while shared.in_flight.load(Ordering::Acquire) < limit {
                 let Some(i) = ready.pop_front() else { break };
                 shared.start(i);
@@ -658,6 +662,11 @@ fn decide(
     if cancelled {
         return; // ends cancelled with the run
     }
+    // The common case first: every dependency succeeded (or there is none).
+    if shared.all_deps_ok(d) {
+        ready.push_back(d);
+        return;
+    }
     let ok = |x: u32| shared.done_ok[x as usize].load(Ordering::Acquire);
     let node = &graph.nodes[di];
     let failed: Vec<u32> = node.deps().iter().copied().filter(|&x| !ok(x)).collect();
@@ -737,7 +746,7 @@ fn record_end(j: &RunJournal, shared: &Shared, i: usize, s: &NodeState) {
         NodeStatus::Cancelled | NodeStatus::Pending => (State::Cancelled, false),
     };
     let result = if s.status == NodeStatus::Success {
-        shared.slots[i].json().cloned()
+        shared.slots[i].json()
     } else {
         None
     };

@@ -121,7 +121,7 @@ impl RemoteRun {
         let (Some(slot), Some(stored)) = (self.shared.slots.get(i), self.stored.get(i)) else {
             return;
         };
-        if slot.json().is_none() {
+        if !slot.is_filled() {
             slot.fill(json.into(), None);
             stored.store(true, Ordering::Release);
         }
@@ -182,7 +182,7 @@ impl RemoteRun {
         let elapsed = started.elapsed();
         let out = match res {
             Ok(()) => match self.shared.slots[i].json() {
-                Some(json) => Ok(Arc::from(json.clone())),
+                Some(json) => Ok(Arc::from(json)),
                 None => Err(BoxError::from(format!(
                     "task `{}` succeeded without a serialized result",
                     meta.name

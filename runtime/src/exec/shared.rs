@@ -152,6 +152,23 @@ impl Shared {
         true
     }
 
+    /// Starts every node of `ready` ([pooled](Self::pooled) runs only: no limit applies),
+    /// as [`start`](Self::start) does one, but queued a batch at a time under one lock of
+    /// the queue, with runners looked for once per batch.
+    pub(super) fn start_all(self: &Arc<Self>, ready: &mut VecDeque<u32>) {
+        const BATCH: usize = 64;
+        let mut batch: Vec<(u32, Box<dyn ErasedTask>)> = Vec::with_capacity(BATCH.min(ready.len()));
+        while let Some(i) = ready.pop_front() {
+            if let Some(task) = self.claim(i) {
+                batch.push((i, task));
+            }
+            if !batch.is_empty() && (batch.len() == BATCH || ready.is_empty()) {
+                lock(&self.queue).extend(batch.drain(..));
+                self.ensure_runner();
+            }
+        }
+    }
+
     /// Spawns a runner unless enough of them are active.
     pub(super) fn ensure_runner(self: &Arc<Self>) {
         let mut n = self.active.load(Ordering::Acquire);

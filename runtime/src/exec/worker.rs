@@ -90,18 +90,17 @@ pub(super) async fn run_one(
     let first = shared.prior_attempts[i as usize];
     let meta = shared.metas[i as usize];
     let started = Instant::now();
-    shared.mark_started(i, started);
     let ran = match &shared.dispatch {
         // Spread: the node's attempts run on whichever worker claims it (out of line:
         // the state of the common path stays small).
         Some(d) => {
             drop(task);
-            Box::pin(run_remote(shared, i, first, &**d)).await
+            Box::pin(run_remote(shared, i, first, &**d, started)).await
         }
         None => {
             // Pinned where it is made (not copied into `unless_abandoned`'s state).
             let attempts = std::pin::pin!(attempts(shared, i, first, meta, task, started));
-            unless_abandoned(shared, attempts).await
+            unless_abandoned(shared, i, started, attempts).await
         }
     };
     let elapsed = started.elapsed();
@@ -162,9 +161,10 @@ async fn run_remote(
     i: u32,
     first: u32,
     d: &dyn super::Dispatch,
+    started: Instant,
 ) -> Option<(u32, Result<(), BoxError>)> {
     let mut sent = d.run(i, first);
-    let r = unless_abandoned(shared, sent.as_mut()).await?;
+    let r = unless_abandoned(shared, i, started, sent.as_mut()).await?;
     Some(match r.outcome {
         Ok(json) => {
             shared.slots[i as usize].fill(json.into(), None);
@@ -174,11 +174,15 @@ async fn run_remote(
     })
 }
 
-/// `fut`'s output, or `None` once the run abandons its nodes (after the cancellation
-/// grace period). `fut` is polled first; the wait for the abandon is set up only when
-/// `fut` waits (a task that ends in its first poll never registers it).
+/// `fut`'s output (node `i`'s, started at `started`), or `None` once the run abandons
+/// its nodes (after the cancellation grace period). `fut` is polled first; the wait for
+/// the abandon is set up only when `fut` waits (a task that ends in its first poll never
+/// registers it), and so is the node's start recorded for the driver then: only a node
+/// that waits can be running when the driver abandons it.
 async fn unless_abandoned<F: Future + ?Sized>(
     shared: &Shared,
+    i: u32,
+    started: Instant,
     mut fut: Pin<&mut F>,
 ) -> Option<F::Output> {
     let mut abandon = std::pin::pin!(None);
@@ -187,6 +191,7 @@ async fn unless_abandoned<F: Future + ?Sized>(
             return Poll::Ready(Some(out));
         }
         if abandon.is_none() {
+            shared.mark_started(i, started);
             abandon.set(Some(shared.abandon.cancelled()));
         }
         match abandon.as_mut().as_pin_mut().map(|a| a.poll(cx)) {

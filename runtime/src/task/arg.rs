@@ -4,7 +4,7 @@ use std::any::Any;
 use std::fmt;
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::Mutex;
 
 use smol_str::SmolStr;
 
@@ -521,8 +521,83 @@ impl<T> CloneProbeNo for CloneProbe<T> {
 
 /// A finished task's value, kept for the tasks that read it, and how to copy it.
 pub(crate) struct Typed {
-    pub(crate) value: Box<dyn Any + Send>,
-    pub(crate) clone: Option<OutputCloner>,
+    value: Value,
+    clone: Option<OutputCloner>,
+}
+
+/// A kept value: the common scalar outputs inline (no allocation per task, and copied
+/// without a cloner), any other behind a box.
+enum Value {
+    U64(u64),
+    I64(i64),
+    U32(u32),
+    I32(i32),
+    F64(f64),
+    Bool(bool),
+    Boxed(Box<dyn Any + Send>),
+}
+
+/// Writes `v` into `out` when `out` is an `Option<V>`.
+fn put<V: 'static>(out: &mut dyn Any, v: V) {
+    if let Some(o) = out.downcast_mut::<Option<V>>() {
+        *o = Some(v);
+    }
+}
+
+impl Typed {
+    /// Keeps `value`, copied for the readers before the last with `clone` (when its type
+    /// is `Clone`).
+    pub(crate) fn new<T: Send + 'static>(value: T, clone: Option<OutputCloner>) -> Self {
+        let any: &dyn Any = &value;
+        let inline = if let Some(&v) = any.downcast_ref::<u64>() {
+            Some(Value::U64(v))
+        } else if let Some(&v) = any.downcast_ref::<i64>() {
+            Some(Value::I64(v))
+        } else if let Some(&v) = any.downcast_ref::<u32>() {
+            Some(Value::U32(v))
+        } else if let Some(&v) = any.downcast_ref::<i32>() {
+            Some(Value::I32(v))
+        } else if let Some(&v) = any.downcast_ref::<f64>() {
+            Some(Value::F64(v))
+        } else if let Some(&v) = any.downcast_ref::<bool>() {
+            Some(Value::Bool(v))
+        } else {
+            None
+        };
+        Typed {
+            value: inline.unwrap_or_else(|| Value::Boxed(Box::new(value))),
+            clone,
+        }
+    }
+
+    /// The value as a `T` (the last reader's: moved out); `None` if it is not one.
+    fn into_value<T: 'static>(self) -> Option<T> {
+        match self.value {
+            Value::Boxed(b) => b.downcast::<T>().ok().map(|b| *b),
+            _ => self.copy::<T>(),
+        }
+    }
+
+    /// A copy of the value as a `T`; `None` if it is not one, or is boxed and its type
+    /// is not `Clone`.
+    fn copy<T: 'static>(&self) -> Option<T> {
+        let mut out: Option<T> = None;
+        let o: &mut dyn Any = &mut out;
+        match &self.value {
+            Value::U64(v) => put(o, *v),
+            Value::I64(v) => put(o, *v),
+            Value::U32(v) => put(o, *v),
+            Value::I32(v) => put(o, *v),
+            Value::F64(v) => put(o, *v),
+            Value::Bool(v) => put(o, *v),
+            Value::Boxed(b) => {
+                if let Some(clone) = self.clone {
+                    clone(&**b, o);
+                }
+            }
+        }
+        out
+    }
 }
 
 /// The result of a finished node, read by the tasks that depend on it.
@@ -530,36 +605,59 @@ pub(crate) struct Typed {
 /// The typed value is handed (moved) to the last reader; earlier readers get a clone when
 /// the type is `Clone`, else a copy decoded from the serialized form, which is always
 /// present.
+///
+/// The serialized form and the typed value sit behind one mutex, taken once to fill the
+/// slot and once per read: a slot is filled once and read by a few tasks, never under
+/// contention worth more than that, and an uncontended lock costs less than the
+/// `OnceLock` the text had of its own (its one-time initialisation runs a closure
+/// through `Once`, on every task).
 pub(crate) struct Slot {
-    json: OnceLock<SmolStr>,
-    typed: Mutex<Option<Typed>>,
+    inner: Mutex<Filled>,
     readers: AtomicU32,
+}
+
+/// What a slot holds once filled.
+#[derive(Default)]
+struct Filled {
+    json: Option<SmolStr>,
+    typed: Option<Typed>,
 }
 
 impl Slot {
     pub(crate) fn new(readers: u32) -> Self {
         Slot {
-            json: OnceLock::new(),
-            typed: Mutex::new(None),
+            inner: Mutex::new(Filled::default()),
             readers: AtomicU32::new(readers),
         }
     }
 
-    pub(crate) fn fill(&self, json: SmolStr, typed: Option<Typed>) {
-        if self.readers.load(Ordering::Acquire) > 0 {
-            if let Some(v) = typed {
-                *self
-                    .typed
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(v);
-            }
-        }
-        // A slot is filled once per run; a second fill (never expected) keeps the first.
-        let _ = self.json.set(json);
+    fn lock(&self) -> std::sync::MutexGuard<'_, Filled> {
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    pub(crate) fn json(&self) -> Option<&SmolStr> {
-        self.json.get()
+    pub(crate) fn fill(&self, json: SmolStr, typed: Option<Typed>) {
+        let keep_typed = self.readers.load(Ordering::Acquire) > 0;
+        let mut g = self.lock();
+        // A slot is filled once per run; a second fill (never expected) keeps the first.
+        if g.json.is_some() {
+            return;
+        }
+        g.json = Some(json);
+        if keep_typed {
+            g.typed = typed;
+        }
+    }
+
+    /// The serialized result, once filled.
+    pub(crate) fn json(&self) -> Option<SmolStr> {
+        self.lock().json.clone()
+    }
+
+    /// Whether the slot was filled.
+    pub(crate) fn is_filled(&self) -> bool {
+        self.lock().json.is_some()
     }
 
     /// Whether a successor will read this slot's value.
@@ -572,34 +670,19 @@ impl Slot {
             .readers
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
             .unwrap_or(0);
-        if prev > 0 {
-            let mut typed = self
-                .typed
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if prev == 1 {
-                let last = typed.take();
-                drop(typed);
-                if let Some(v) = last.and_then(|t| t.value.downcast::<T>().ok()) {
-                    return Some(Ok(*v));
-                }
-            } else {
-                let mut copy: Option<T> = None;
-                if let Some(Typed {
-                    value,
-                    clone: Some(clone),
-                }) = typed.as_ref()
-                {
-                    clone(&**value, &mut copy);
-                }
-                drop(typed);
-                if let Some(v) = copy {
-                    return Some(Ok(v));
-                }
+        let mut g = self.lock();
+        if prev == 1 {
+            if let Some(v) = g.typed.take().and_then(Typed::into_value::<T>) {
+                return Some(Ok(v));
+            }
+        } else if prev > 1 {
+            if let Some(v) = g.typed.as_ref().and_then(Typed::copy::<T>) {
+                return Some(Ok(v));
             }
         }
-        let json = self.json.get()?;
-        Some(serde_json::from_str(json))
+        let json = g.json.clone()?;
+        drop(g);
+        Some(serde_json::from_str(&json))
     }
 }
 
