@@ -436,17 +436,16 @@ async fn drive_run(mut graph: Graph, mut cfg: RunConfig) -> Option<RunReport> {
         tracing::info!(run = %info.run_id, "run suspended");
         return None;
     }
+    let cancelled = cancel_seen || cfg.cancel.is_cancelled();
     for (i, s) in state.iter_mut().enumerate() {
-        if s.status == NodeStatus::Pending && shared.done_ok[i].load(Ordering::Acquire) {
+        if s.status != NodeStatus::Pending {
+            continue;
+        }
+        if shared.done_ok[i].load(Ordering::Acquire) {
             s.status = NodeStatus::Success;
             s.attempts = shared.attempts_run[i].load(Ordering::Acquire);
             s.elapsed = Duration::from_nanos(shared.elapsed_ns[i].load(Ordering::Acquire));
-        }
-    }
-
-    let cancelled = cancel_seen || cfg.cancel.is_cancelled();
-    for (i, s) in state.iter_mut().enumerate() {
-        if s.status == NodeStatus::Pending {
+        } else {
             s.status = NodeStatus::Cancelled;
             if let Some(j) = &shared.journal {
                 record_end(j, &shared, i, s);

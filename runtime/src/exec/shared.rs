@@ -153,16 +153,31 @@ impl Shared {
     }
 
     /// Starts every node of `ready` ([pooled](Self::pooled) runs only: no limit applies),
-    /// as [`start`](Self::start) does one, but queued a batch at a time under one lock of
-    /// the queue, with runners looked for once per batch.
+    /// as [`start`](Self::start) does one, but a batch at a time: the suspension flag read
+    /// and the nodes counted in flight once per batch, queued under one lock of the
+    /// queue, runners looked for once.
     pub(super) fn start_all(self: &Arc<Self>, ready: &mut VecDeque<u32>) {
         const BATCH: usize = 64;
         let mut batch: Vec<(u32, Box<dyn ErasedTask>)> = Vec::with_capacity(BATCH.min(ready.len()));
-        while let Some(i) = ready.pop_front() {
-            if let Some(task) = self.claim(i) {
-                batch.push((i, task));
+        while !ready.is_empty() {
+            if self.halt.is_halted() {
+                ready.clear();
+                return;
             }
-            if !batch.is_empty() && (batch.len() == BATCH || ready.is_empty()) {
+            while let Some(i) = ready.pop_front() {
+                if self.claimed[i as usize].swap(true, Ordering::AcqRel) {
+                    continue;
+                }
+                if let Some(task) = lock(&self.tasks[i as usize]).take() {
+                    batch.push((i, task));
+                    if batch.len() == BATCH {
+                        break;
+                    }
+                }
+            }
+            if !batch.is_empty() {
+                // Counted before any of them can run (and end).
+                self.in_flight.fetch_add(batch.len(), Ordering::AcqRel);
                 lock(&self.queue).extend(batch.drain(..));
                 self.ensure_runner();
             }

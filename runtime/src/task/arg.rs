@@ -3,7 +3,6 @@
 use std::any::Any;
 use std::fmt;
 use std::marker::PhantomData;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 
 use smol_str::SmolStr;
@@ -613,21 +612,27 @@ impl Typed {
 /// through `Once`, on every task).
 pub(crate) struct Slot {
     inner: Mutex<Filled>,
-    readers: AtomicU32,
+    /// Some task reads the result (the graph's count was not zero).
+    read: bool,
 }
 
-/// What a slot holds once filled.
-#[derive(Default)]
+/// What a slot holds once filled, and the reads still to come.
 struct Filled {
     json: Option<SmolStr>,
     typed: Option<Typed>,
+    /// Reads not yet made: the last one takes the typed value.
+    readers: u32,
 }
 
 impl Slot {
     pub(crate) fn new(readers: u32) -> Self {
         Slot {
-            inner: Mutex::new(Filled::default()),
-            readers: AtomicU32::new(readers),
+            inner: Mutex::new(Filled {
+                json: None,
+                typed: None,
+                readers,
+            }),
+            read: readers > 0,
         }
     }
 
@@ -638,14 +643,13 @@ impl Slot {
     }
 
     pub(crate) fn fill(&self, json: SmolStr, typed: Option<Typed>) {
-        let keep_typed = self.readers.load(Ordering::Acquire) > 0;
         let mut g = self.lock();
         // A slot is filled once per run; a second fill (never expected) keeps the first.
         if g.json.is_some() {
             return;
         }
         g.json = Some(json);
-        if keep_typed {
+        if g.readers > 0 {
             g.typed = typed;
         }
     }
@@ -662,15 +666,13 @@ impl Slot {
 
     /// Whether a successor will read this slot's value.
     pub(crate) fn has_readers(&self) -> bool {
-        self.readers.load(Ordering::Acquire) > 0
+        self.read
     }
 
     fn take<T: Data>(&self) -> Option<Result<T, serde_json::Error>> {
-        let prev = self
-            .readers
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
-            .unwrap_or(0);
         let mut g = self.lock();
+        let prev = g.readers;
+        g.readers = prev.saturating_sub(1);
         if prev == 1 {
             if let Some(v) = g.typed.take().and_then(Typed::into_value::<T>) {
                 return Some(Ok(v));
