@@ -417,7 +417,7 @@ async fn drive_run(mut graph: Graph, mut cfg: RunConfig) -> Option<RunReport> {
                         s.elapsed = shared.running_for(i);
                         // Its row says so too: the stored report agrees with this one.
                         if let Some(j) = &shared.journal {
-                            record_end(j, &shared, i, s);
+                            record_end(j, i, s, None);
                         }
                         shared.in_flight.fetch_sub(1, Ordering::AcqRel);
                     }
@@ -448,7 +448,7 @@ async fn drive_run(mut graph: Graph, mut cfg: RunConfig) -> Option<RunReport> {
         } else {
             s.status = NodeStatus::Cancelled;
             if let Some(j) = &shared.journal {
-                record_end(j, &shared, i, s);
+                record_end(j, i, s, None);
             }
         }
     }
@@ -623,7 +623,7 @@ fn handle_batch(
         // recorded and counted off here, and its dependents are settled by the driver.
         if state[i].status != NodeStatus::Success {
             if let Some(j) = &shared.journal {
-                record_end(j, shared, i, &state[i]);
+                record_end(j, i, &state[i], None);
             }
             count_off(shared, c.node, settle);
         }
@@ -731,23 +731,19 @@ fn decide(
     }
     shared.claimed[di].store(true, Ordering::Release);
     if let Some(j) = &shared.journal {
-        record_end(j, shared, di, &state[di]);
+        record_end(j, di, &state[di], None);
     }
     count_off(shared, d, settle);
 }
 
-/// Writes how node `i` ended to the run's journal.
-fn record_end(j: &RunJournal, shared: &Shared, i: usize, s: &NodeState) {
+/// Writes how node `i` ended to the run's journal (`result`: its output as JSON, for a
+/// success).
+fn record_end(j: &RunJournal, i: usize, s: &NodeState, result: Option<SmolStr>) {
     let (state, skipped) = match s.status {
         NodeStatus::Success => (State::Done, false),
         NodeStatus::Errored => (State::Failed, false),
         NodeStatus::Skipped => (State::Cancelled, true),
         NodeStatus::Cancelled | NodeStatus::Pending => (State::Cancelled, false),
-    };
-    let result = if s.status == NodeStatus::Success {
-        shared.slots[i].json()
-    } else {
-        None
     };
     j.ended(
         i as u32,

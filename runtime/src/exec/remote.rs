@@ -181,7 +181,7 @@ impl RemoteRun {
         let (attempt, res) = attempts(&self.shared, node, first, meta, task, started).await;
         let elapsed = started.elapsed();
         let out = match res {
-            Ok(()) => match self.shared.slots[i].json() {
+            Ok(json) => match json {
                 Some(json) => Ok(Arc::from(json)),
                 None => Err(BoxError::from(format!(
                     "task `{}` succeeded without a serialized result",

@@ -10,6 +10,7 @@ use std::task::Poll;
 use std::time::Instant;
 
 use futures::FutureExt;
+use smol_str::SmolStr;
 use tracing::Instrument as _;
 
 use crate::error::{BoxError, RetryExhausted, TaskPanicked, Timeout};
@@ -111,23 +112,29 @@ pub(super) async fn run_one(
     }
     let ok = result.is_ok();
     let mut next = None;
-    if ok {
-        // Record the end and start the dependents now ready from here: the driver is
-        // off the critical path.
-        if let Some(j) = &shared.journal {
-            record_end(
-                j,
-                shared,
-                i as usize,
-                &NodeState {
-                    status: NodeStatus::Success,
-                    attempts,
-                    elapsed,
-                    error: None,
-                    tolerated: false,
-                },
-            );
+    let result = match result {
+        Ok(json) => {
+            // Record the end and start the dependents now ready from here: the driver
+            // is off the critical path.
+            if let Some(j) = &shared.journal {
+                record_end(
+                    j,
+                    i as usize,
+                    &NodeState {
+                        status: NodeStatus::Success,
+                        attempts,
+                        elapsed,
+                        error: None,
+                        tolerated: false,
+                    },
+                    json,
+                );
+            }
+            Ok(())
         }
+        Err(e) => Err(e),
+    };
+    if ok {
         shared.attempts_run[i as usize].store(attempts, Ordering::Relaxed);
         shared.elapsed_ns[i as usize].store(
             u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX),
@@ -162,13 +169,14 @@ async fn run_remote(
     first: u32,
     d: &dyn super::Dispatch,
     started: Instant,
-) -> Option<(u32, Result<(), BoxError>)> {
+) -> Option<(u32, Result<Option<SmolStr>, BoxError>)> {
     let mut sent = d.run(i, first);
     let r = unless_abandoned(shared, i, started, sent.as_mut()).await?;
     Some(match r.outcome {
         Ok(json) => {
-            shared.slots[i as usize].fill(json.into(), None);
-            (r.attempts, Ok(()))
+            let json = SmolStr::from(json);
+            shared.slots[i as usize].fill(json.clone(), None);
+            (r.attempts, Ok(Some(json)))
         }
         Err(e) => (r.attempts, Err(e)),
     })
@@ -209,7 +217,7 @@ pub(super) async fn attempts(
     meta: &'static TaskMeta,
     mut task: Box<dyn ErasedTask>,
     node_started: Instant,
-) -> (u32, Result<(), BoxError>) {
+) -> (u32, Result<Option<SmolStr>, BoxError>) {
     let policy = &meta.policy;
     let prepared = {
         let names = |idx: u32| shared.ids[idx as usize].to_string();
@@ -274,10 +282,12 @@ pub(super) async fn attempts(
             .await
         };
         let Some(err) = outcome.error else {
-            if let Some(done) = outcome.payload {
-                shared.slots[i as usize].fill(done.json, done.typed);
-            }
-            return (attempt, Ok(()));
+            // The text goes to the slot and back to the caller, who records it.
+            let json = outcome.payload.map(|done| {
+                shared.slots[i as usize].fill(done.json.clone(), done.typed);
+                done.json
+            });
+            return (attempt, Ok(json));
         };
         let cancelled = shared.scope.cancel.is_cancelled();
         if cancelled {

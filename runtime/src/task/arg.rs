@@ -748,3 +748,62 @@ impl Inputs<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{clone_output, OutputCloner, Slot, Typed};
+    use crate::task::erased::to_json;
+
+    fn filled<T: serde::Serialize + Send + 'static>(
+        readers: u32,
+        value: T,
+        clone: Option<OutputCloner>,
+    ) -> Slot {
+        let slot = Slot::new(readers);
+        let json = to_json(&value).unwrap();
+        slot.fill(json, Some(Typed::new(value, clone)));
+        slot
+    }
+
+    // Scalar outputs are kept inline: every reader gets the value, typed, with or without
+    // a cloner; the last one leaves nothing typed behind.
+    #[test]
+    fn scalar_outputs_reach_every_reader() {
+        let slot = filled(3, 7_u64, None);
+        assert!(slot.has_readers());
+        for _ in 0..3 {
+            assert_eq!(slot.take::<u64>().unwrap().unwrap(), 7);
+        }
+        assert!(slot.lock().typed.is_none());
+        let slot = filled(2, -1.5_f64, None);
+        assert_eq!(slot.take::<f64>().unwrap().unwrap(), -1.5);
+        assert_eq!(slot.take::<f64>().unwrap().unwrap(), -1.5);
+        let slot = filled(2, true, None);
+        assert!(slot.take::<bool>().unwrap().unwrap());
+        assert!(slot.take::<bool>().unwrap().unwrap());
+        // Read as another type than the one kept: decoded from the text.
+        let slot = filled(1, 5_u32, None);
+        assert_eq!(slot.take::<i64>().unwrap().unwrap(), 5);
+    }
+
+    // Other outputs are boxed: earlier readers get clones (or the decoded text without a
+    // cloner), the last one the value itself.
+    #[test]
+    fn boxed_outputs_are_cloned_then_moved() {
+        let v = vec!["a".to_owned(), "b".to_owned()];
+        let slot = filled(2, v.clone(), Some(clone_output::<Vec<String>>));
+        assert_eq!(slot.take::<Vec<String>>().unwrap().unwrap(), v);
+        assert!(slot.lock().typed.is_some());
+        assert_eq!(slot.take::<Vec<String>>().unwrap().unwrap(), v);
+        assert!(slot.lock().typed.is_none());
+        let slot = filled(2, v.clone(), None);
+        assert_eq!(slot.take::<Vec<String>>().unwrap().unwrap(), v);
+        assert_eq!(slot.take::<Vec<String>>().unwrap().unwrap(), v);
+        // No reader: nothing typed is kept, the text is.
+        let slot = filled(0, 9_u64, None);
+        assert!(!slot.has_readers());
+        assert!(slot.lock().typed.is_none());
+        assert_eq!(slot.json().as_deref(), Some("9"));
+        assert_eq!(slot.take::<u64>().unwrap().unwrap(), 9);
+    }
+}
