@@ -146,8 +146,9 @@ pub(super) async fn run_one(
     // limit): otherwise its worker has done everything the driver would. A reported node
     // is counted off by the driver when it reads the report, so that a freed slot is
     // seen together with its report; an unreported one is counted off here, after the
-    // next node was claimed (which counted that one in): the count only reaches zero
-    // when nothing runs, and then everything the workers sent is in the channel.
+    // dependents it made ready were started (which counted them in), unless the one it
+    // runs next here takes its place in the count: the count only reaches zero when
+    // nothing runs, and then everything the workers sent is in the channel.
     if !ok || !shared.workers_start_dependents {
         let _ = shared.tx.send(Msg::Done(Completion {
             node: i,
@@ -155,7 +156,8 @@ pub(super) async fn run_one(
             elapsed,
             result,
         }));
-    } else if shared.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+    } else if next.is_none() && shared.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+        // (A node run next here took this one's place in the count.)
         let _ = shared.tx.send(Msg::Idle);
     }
     next
