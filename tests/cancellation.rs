@@ -333,6 +333,9 @@ async fn a_task_ignoring_cancel_is_abandoned_after_the_grace_period() {
         "{}",
         err.message
     );
+    // Its time is the time it ran until abandoned: at least the grace period (its start
+    // is recorded when it first waits).
+    assert!(t.elapsed >= Duration::from_millis(50), "{:?}", t.elapsed);
     assert_eq!(report.status, RunStatus::Failed);
     assert_eq!(*ends.0.lock().unwrap(), vec!["failed stubborn"]);
 }

@@ -342,6 +342,10 @@ async fn drive_run(mut graph: Graph, mut cfg: RunConfig) -> Option<RunReport> {
             );
         }
         if !cancel_seen && !halt_seen {
+            if shared.pooled {
+                // No limit: every ready node is queued, a batch per lock of the queue.
+                shared.start_all(&mut ready);
+            }
             while shared.in_flight.load(Ordering::Acquire) < limit {
                 let Some(i) = ready.pop_front() else { break };
                 shared.start(i);
@@ -413,7 +417,7 @@ async fn drive_run(mut graph: Graph, mut cfg: RunConfig) -> Option<RunReport> {
                         s.elapsed = shared.running_for(i);
                         // Its row says so too: the stored report agrees with this one.
                         if let Some(j) = &shared.journal {
-                            record_end(j, &shared, i, s);
+                            record_end(j, i, s, None);
                         }
                         shared.in_flight.fetch_sub(1, Ordering::AcqRel);
                     }
@@ -432,20 +436,19 @@ async fn drive_run(mut graph: Graph, mut cfg: RunConfig) -> Option<RunReport> {
         tracing::info!(run = %info.run_id, "run suspended");
         return None;
     }
+    let cancelled = cancel_seen || cfg.cancel.is_cancelled();
     for (i, s) in state.iter_mut().enumerate() {
-        if s.status == NodeStatus::Pending && shared.done_ok[i].load(Ordering::Acquire) {
+        if s.status != NodeStatus::Pending {
+            continue;
+        }
+        if shared.done_ok[i].load(Ordering::Acquire) {
             s.status = NodeStatus::Success;
             s.attempts = shared.attempts_run[i].load(Ordering::Acquire);
             s.elapsed = Duration::from_nanos(shared.elapsed_ns[i].load(Ordering::Acquire));
-        }
-    }
-
-    let cancelled = cancel_seen || cfg.cancel.is_cancelled();
-    for (i, s) in state.iter_mut().enumerate() {
-        if s.status == NodeStatus::Pending {
+        } else {
             s.status = NodeStatus::Cancelled;
             if let Some(j) = &shared.journal {
-                record_end(j, &shared, i, s);
+                record_end(j, i, s, None);
             }
         }
     }
@@ -620,7 +623,7 @@ fn handle_batch(
         // recorded and counted off here, and its dependents are settled by the driver.
         if state[i].status != NodeStatus::Success {
             if let Some(j) = &shared.journal {
-                record_end(j, shared, i, &state[i]);
+                record_end(j, i, &state[i], None);
             }
             count_off(shared, c.node, settle);
         }
@@ -657,6 +660,11 @@ fn decide(
     }
     if cancelled {
         return; // ends cancelled with the run
+    }
+    // The common case first: every dependency succeeded (or there is none).
+    if shared.all_deps_ok(d) {
+        ready.push_back(d);
+        return;
     }
     let ok = |x: u32| shared.done_ok[x as usize].load(Ordering::Acquire);
     let node = &graph.nodes[di];
@@ -723,23 +731,19 @@ fn decide(
     }
     shared.claimed[di].store(true, Ordering::Release);
     if let Some(j) = &shared.journal {
-        record_end(j, shared, di, &state[di]);
+        record_end(j, di, &state[di], None);
     }
     count_off(shared, d, settle);
 }
 
-/// Writes how node `i` ended to the run's journal.
-fn record_end(j: &RunJournal, shared: &Shared, i: usize, s: &NodeState) {
+/// Writes how node `i` ended to the run's journal (`result`: its output as JSON, for a
+/// success).
+fn record_end(j: &RunJournal, i: usize, s: &NodeState, result: Option<SmolStr>) {
     let (state, skipped) = match s.status {
         NodeStatus::Success => (State::Done, false),
         NodeStatus::Errored => (State::Failed, false),
         NodeStatus::Skipped => (State::Cancelled, true),
         NodeStatus::Cancelled | NodeStatus::Pending => (State::Cancelled, false),
-    };
-    let result = if s.status == NodeStatus::Success {
-        shared.slots[i].json().cloned()
-    } else {
-        None
     };
     j.ended(
         i as u32,

@@ -121,7 +121,7 @@ impl RemoteRun {
         let (Some(slot), Some(stored)) = (self.shared.slots.get(i), self.stored.get(i)) else {
             return;
         };
-        if slot.json().is_none() {
+        if !slot.is_filled() {
             slot.fill(json.into(), None);
             stored.store(true, Ordering::Release);
         }
@@ -181,8 +181,8 @@ impl RemoteRun {
         let (attempt, res) = attempts(&self.shared, node, first, meta, task, started).await;
         let elapsed = started.elapsed();
         let out = match res {
-            Ok(()) => match self.shared.slots[i].json() {
-                Some(json) => Ok(Arc::from(json.clone())),
+            Ok(json) => match json {
+                Some(json) => Ok(Arc::from(json)),
                 None => Err(BoxError::from(format!(
                     "task `{}` succeeded without a serialized result",
                     meta.name

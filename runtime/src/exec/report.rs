@@ -57,7 +57,7 @@ pub(super) fn build_report(
                 _ => None,
             };
             let result = if status == TaskStatus::Success {
-                shared.slots[i].json().cloned().map(Json::trusted)
+                shared.slots[i].json().map(Json::trusted)
             } else {
                 None
             };

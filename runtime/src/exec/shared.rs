@@ -135,7 +135,7 @@ impl Shared {
     /// `Pending`) hands the queue over to a new runner, so nodes that wait still run
     /// concurrently, as spawned ones would.
     pub(super) fn start(self: &Arc<Self>, i: u32) -> bool {
-        let Some(task) = self.claim(i) else {
+        let Some(task) = self.claim(i, true) else {
             return false;
         };
         if self.pooled {
@@ -150,6 +150,38 @@ impl Shared {
             Box::pin(run_node(shared, i, task)).await;
         }));
         true
+    }
+
+    /// Starts every node of `ready` ([pooled](Self::pooled) runs only: no limit applies),
+    /// as [`start`](Self::start) does one, but a batch at a time: the suspension flag read
+    /// and the nodes counted in flight once per batch, queued under one lock of the
+    /// queue, runners looked for once.
+    pub(super) fn start_all(self: &Arc<Self>, ready: &mut VecDeque<u32>) {
+        const BATCH: usize = 64;
+        let mut batch: Vec<(u32, Box<dyn ErasedTask>)> = Vec::with_capacity(BATCH.min(ready.len()));
+        while !ready.is_empty() {
+            if self.halt.is_halted() {
+                ready.clear();
+                return;
+            }
+            while let Some(i) = ready.pop_front() {
+                if self.claimed[i as usize].swap(true, Ordering::AcqRel) {
+                    continue;
+                }
+                if let Some(task) = lock(&self.tasks[i as usize]).take() {
+                    batch.push((i, task));
+                    if batch.len() == BATCH {
+                        break;
+                    }
+                }
+            }
+            if !batch.is_empty() {
+                // Counted before any of them can run (and end).
+                self.in_flight.fetch_add(batch.len(), Ordering::AcqRel);
+                lock(&self.queue).extend(batch.drain(..));
+                self.ensure_runner();
+            }
+        }
     }
 
     /// Spawns a runner unless enough of them are active.
@@ -202,14 +234,17 @@ impl Shared {
         }
     }
 
-    /// Takes node `i`'s task to start it (counted in flight), unless it was started or
-    /// settled already.
-    pub(super) fn claim(&self, i: u32) -> Option<Box<dyn ErasedTask>> {
+    /// Takes node `i`'s task to start it, unless it was started or settled already;
+    /// `count`: count it in flight (not when it takes the place of the node that made it
+    /// ready, in the same worker, see [`release_success`](Self::release_success)).
+    pub(super) fn claim(&self, i: u32, count: bool) -> Option<Box<dyn ErasedTask>> {
         if self.halt.is_halted() || self.claimed[i as usize].swap(true, Ordering::AcqRel) {
             return None;
         }
         let task = lock(&self.tasks[i as usize]).take()?;
-        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        if count {
+            self.in_flight.fetch_add(1, Ordering::AcqRel);
+        }
         Some(task)
     }
 
@@ -232,7 +267,9 @@ impl Shared {
                     && self.all_deps_ok(d)
                 {
                     if keep_one && next.is_none() {
-                        next = self.claim(d).map(|t| (d, t));
+                        // Counted in flight in place of `i`, whose worker runs it
+                        // next (no increment here, no decrement for `i`).
+                        next = self.claim(d, false).map(|t| (d, t));
                     } else {
                         self.start(d);
                     }

@@ -10,6 +10,7 @@ use std::task::Poll;
 use std::time::Instant;
 
 use futures::FutureExt;
+use smol_str::SmolStr;
 use tracing::Instrument as _;
 
 use crate::error::{BoxError, RetryExhausted, TaskPanicked, Timeout};
@@ -90,18 +91,17 @@ pub(super) async fn run_one(
     let first = shared.prior_attempts[i as usize];
     let meta = shared.metas[i as usize];
     let started = Instant::now();
-    shared.mark_started(i, started);
     let ran = match &shared.dispatch {
         // Spread: the node's attempts run on whichever worker claims it (out of line:
         // the state of the common path stays small).
         Some(d) => {
             drop(task);
-            Box::pin(run_remote(shared, i, first, &**d)).await
+            Box::pin(run_remote(shared, i, first, &**d, started)).await
         }
         None => {
             // Pinned where it is made (not copied into `unless_abandoned`'s state).
             let attempts = std::pin::pin!(attempts(shared, i, first, meta, task, started));
-            unless_abandoned(shared, attempts).await
+            unless_abandoned(shared, i, started, attempts).await
         }
     };
     let elapsed = started.elapsed();
@@ -112,23 +112,29 @@ pub(super) async fn run_one(
     }
     let ok = result.is_ok();
     let mut next = None;
-    if ok {
-        // Record the end and start the dependents now ready from here: the driver is
-        // off the critical path.
-        if let Some(j) = &shared.journal {
-            record_end(
-                j,
-                shared,
-                i as usize,
-                &NodeState {
-                    status: NodeStatus::Success,
-                    attempts,
-                    elapsed,
-                    error: None,
-                    tolerated: false,
-                },
-            );
+    let result = match result {
+        Ok(json) => {
+            // Record the end and start the dependents now ready from here: the driver
+            // is off the critical path.
+            if let Some(j) = &shared.journal {
+                record_end(
+                    j,
+                    i as usize,
+                    &NodeState {
+                        status: NodeStatus::Success,
+                        attempts,
+                        elapsed,
+                        error: None,
+                        tolerated: false,
+                    },
+                    json,
+                );
+            }
+            Ok(())
         }
+        Err(e) => Err(e),
+    };
+    if ok {
         shared.attempts_run[i as usize].store(attempts, Ordering::Relaxed);
         shared.elapsed_ns[i as usize].store(
             u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX),
@@ -140,8 +146,9 @@ pub(super) async fn run_one(
     // limit): otherwise its worker has done everything the driver would. A reported node
     // is counted off by the driver when it reads the report, so that a freed slot is
     // seen together with its report; an unreported one is counted off here, after the
-    // next node was claimed (which counted that one in): the count only reaches zero
-    // when nothing runs, and then everything the workers sent is in the channel.
+    // dependents it made ready were started (which counted them in), unless the one it
+    // runs next here takes its place in the count: the count only reaches zero when
+    // nothing runs, and then everything the workers sent is in the channel.
     if !ok || !shared.workers_start_dependents {
         let _ = shared.tx.send(Msg::Done(Completion {
             node: i,
@@ -149,7 +156,8 @@ pub(super) async fn run_one(
             elapsed,
             result,
         }));
-    } else if shared.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+    } else if next.is_none() && shared.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+        // (A node run next here took this one's place in the count.)
         let _ = shared.tx.send(Msg::Idle);
     }
     next
@@ -162,23 +170,29 @@ async fn run_remote(
     i: u32,
     first: u32,
     d: &dyn super::Dispatch,
-) -> Option<(u32, Result<(), BoxError>)> {
+    started: Instant,
+) -> Option<(u32, Result<Option<SmolStr>, BoxError>)> {
     let mut sent = d.run(i, first);
-    let r = unless_abandoned(shared, sent.as_mut()).await?;
+    let r = unless_abandoned(shared, i, started, sent.as_mut()).await?;
     Some(match r.outcome {
         Ok(json) => {
-            shared.slots[i as usize].fill(json.into(), None);
-            (r.attempts, Ok(()))
+            let json = SmolStr::from(json);
+            shared.slots[i as usize].fill(json.clone(), None);
+            (r.attempts, Ok(Some(json)))
         }
         Err(e) => (r.attempts, Err(e)),
     })
 }
 
-/// `fut`'s output, or `None` once the run abandons its nodes (after the cancellation
-/// grace period). `fut` is polled first; the wait for the abandon is set up only when
-/// `fut` waits (a task that ends in its first poll never registers it).
+/// `fut`'s output (node `i`'s, started at `started`), or `None` once the run abandons
+/// its nodes (after the cancellation grace period). `fut` is polled first; the wait for
+/// the abandon is set up only when `fut` waits (a task that ends in its first poll never
+/// registers it), and so is the node's start recorded for the driver then: only a node
+/// that waits can be running when the driver abandons it.
 async fn unless_abandoned<F: Future + ?Sized>(
     shared: &Shared,
+    i: u32,
+    started: Instant,
     mut fut: Pin<&mut F>,
 ) -> Option<F::Output> {
     let mut abandon = std::pin::pin!(None);
@@ -187,6 +201,7 @@ async fn unless_abandoned<F: Future + ?Sized>(
             return Poll::Ready(Some(out));
         }
         if abandon.is_none() {
+            shared.mark_started(i, started);
             abandon.set(Some(shared.abandon.cancelled()));
         }
         match abandon.as_mut().as_pin_mut().map(|a| a.poll(cx)) {
@@ -204,7 +219,7 @@ pub(super) async fn attempts(
     meta: &'static TaskMeta,
     mut task: Box<dyn ErasedTask>,
     node_started: Instant,
-) -> (u32, Result<(), BoxError>) {
+) -> (u32, Result<Option<SmolStr>, BoxError>) {
     let policy = &meta.policy;
     let prepared = {
         let names = |idx: u32| shared.ids[idx as usize].to_string();
@@ -269,10 +284,12 @@ pub(super) async fn attempts(
             .await
         };
         let Some(err) = outcome.error else {
-            if let Some(done) = outcome.payload {
-                shared.slots[i as usize].fill(done.json, done.typed);
-            }
-            return (attempt, Ok(()));
+            // The text goes to the slot and back to the caller, who records it.
+            let json = outcome.payload.map(|done| {
+                shared.slots[i as usize].fill(done.json.clone(), done.typed);
+                done.json
+            });
+            return (attempt, Ok(json));
         };
         let cancelled = shared.scope.cancel.is_cancelled();
         if cancelled {

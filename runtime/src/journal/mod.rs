@@ -195,7 +195,11 @@ impl Rows {
     /// Row `i` as the store takes it.
     fn row(&self, i: usize) -> TaskRow {
         let r = &self.items[i];
-        let (error, chain, message, log) = RareFields::parts(r.rare.as_deref());
+        // Most rows have no rare field: nothing to copy, no call.
+        let (error, chain, message, log) = match r.rare.as_deref() {
+            None => (None, Vec::new(), None, Vec::new()),
+            rare => RareFields::parts(rare),
+        };
         TaskRow {
             task: self.names[r.task as usize].clone(),
             node: self.nodes[i].clone(),
@@ -347,7 +351,9 @@ impl RunJournal {
             if node as usize >= g.items.len() {
                 return; // released: the run is over
             }
-            g.settle_burst(node);
+            if !g.throttle.is_empty() {
+                g.settle_burst(node); // only a task that reported progress has a burst
+            }
             g.change(node, |row| {
                 row.state = outcome.state;
                 row.skipped = outcome.skipped;

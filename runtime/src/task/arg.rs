@@ -3,8 +3,7 @@
 use std::any::Any;
 use std::fmt;
 use std::marker::PhantomData;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::Mutex;
 
 use smol_str::SmolStr;
 
@@ -521,8 +520,83 @@ impl<T> CloneProbeNo for CloneProbe<T> {
 
 /// A finished task's value, kept for the tasks that read it, and how to copy it.
 pub(crate) struct Typed {
-    pub(crate) value: Box<dyn Any + Send>,
-    pub(crate) clone: Option<OutputCloner>,
+    value: Value,
+    clone: Option<OutputCloner>,
+}
+
+/// A kept value: the common scalar outputs inline (no allocation per task, and copied
+/// without a cloner), any other behind a box.
+enum Value {
+    U64(u64),
+    I64(i64),
+    U32(u32),
+    I32(i32),
+    F64(f64),
+    Bool(bool),
+    Boxed(Box<dyn Any + Send>),
+}
+
+/// Writes `v` into `out` when `out` is an `Option<V>`.
+fn put<V: 'static>(out: &mut dyn Any, v: V) {
+    if let Some(o) = out.downcast_mut::<Option<V>>() {
+        *o = Some(v);
+    }
+}
+
+impl Typed {
+    /// Keeps `value`, copied for the readers before the last with `clone` (when its type
+    /// is `Clone`).
+    pub(crate) fn new<T: Send + 'static>(value: T, clone: Option<OutputCloner>) -> Self {
+        let any: &dyn Any = &value;
+        let inline = if let Some(&v) = any.downcast_ref::<u64>() {
+            Some(Value::U64(v))
+        } else if let Some(&v) = any.downcast_ref::<i64>() {
+            Some(Value::I64(v))
+        } else if let Some(&v) = any.downcast_ref::<u32>() {
+            Some(Value::U32(v))
+        } else if let Some(&v) = any.downcast_ref::<i32>() {
+            Some(Value::I32(v))
+        } else if let Some(&v) = any.downcast_ref::<f64>() {
+            Some(Value::F64(v))
+        } else if let Some(&v) = any.downcast_ref::<bool>() {
+            Some(Value::Bool(v))
+        } else {
+            None
+        };
+        Typed {
+            value: inline.unwrap_or_else(|| Value::Boxed(Box::new(value))),
+            clone,
+        }
+    }
+
+    /// The value as a `T` (the last reader's: moved out); `None` if it is not one.
+    fn into_value<T: 'static>(self) -> Option<T> {
+        match self.value {
+            Value::Boxed(b) => b.downcast::<T>().ok().map(|b| *b),
+            _ => self.copy::<T>(),
+        }
+    }
+
+    /// A copy of the value as a `T`; `None` if it is not one, or is boxed and its type
+    /// is not `Clone`.
+    fn copy<T: 'static>(&self) -> Option<T> {
+        let mut out: Option<T> = None;
+        let o: &mut dyn Any = &mut out;
+        match &self.value {
+            Value::U64(v) => put(o, *v),
+            Value::I64(v) => put(o, *v),
+            Value::U32(v) => put(o, *v),
+            Value::I32(v) => put(o, *v),
+            Value::F64(v) => put(o, *v),
+            Value::Bool(v) => put(o, *v),
+            Value::Boxed(b) => {
+                if let Some(clone) = self.clone {
+                    clone(&**b, o);
+                }
+            }
+        }
+        out
+    }
 }
 
 /// The result of a finished node, read by the tasks that depend on it.
@@ -530,76 +604,87 @@ pub(crate) struct Typed {
 /// The typed value is handed (moved) to the last reader; earlier readers get a clone when
 /// the type is `Clone`, else a copy decoded from the serialized form, which is always
 /// present.
+///
+/// The serialized form and the typed value sit behind one mutex, taken once to fill the
+/// slot and once per read: a slot is filled once and read by a few tasks, never under
+/// contention worth more than that, and an uncontended lock costs less than the
+/// `OnceLock` the text had of its own (its one-time initialisation runs a closure
+/// through `Once`, on every task).
 pub(crate) struct Slot {
-    json: OnceLock<SmolStr>,
-    typed: Mutex<Option<Typed>>,
-    readers: AtomicU32,
+    inner: Mutex<Filled>,
+    /// Some task reads the result (the graph's count was not zero).
+    read: bool,
+}
+
+/// What a slot holds once filled, and the reads still to come.
+struct Filled {
+    json: Option<SmolStr>,
+    typed: Option<Typed>,
+    /// Reads not yet made: the last one takes the typed value.
+    readers: u32,
 }
 
 impl Slot {
     pub(crate) fn new(readers: u32) -> Self {
         Slot {
-            json: OnceLock::new(),
-            typed: Mutex::new(None),
-            readers: AtomicU32::new(readers),
+            inner: Mutex::new(Filled {
+                json: None,
+                typed: None,
+                readers,
+            }),
+            read: readers > 0,
         }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Filled> {
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     pub(crate) fn fill(&self, json: SmolStr, typed: Option<Typed>) {
-        if self.readers.load(Ordering::Acquire) > 0 {
-            if let Some(v) = typed {
-                *self
-                    .typed
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(v);
-            }
-        }
+        let mut g = self.lock();
         // A slot is filled once per run; a second fill (never expected) keeps the first.
-        let _ = self.json.set(json);
+        if g.json.is_some() {
+            return;
+        }
+        g.json = Some(json);
+        if g.readers > 0 {
+            g.typed = typed;
+        }
     }
 
-    pub(crate) fn json(&self) -> Option<&SmolStr> {
-        self.json.get()
+    /// The serialized result, once filled.
+    pub(crate) fn json(&self) -> Option<SmolStr> {
+        self.lock().json.clone()
+    }
+
+    /// Whether the slot was filled.
+    pub(crate) fn is_filled(&self) -> bool {
+        self.lock().json.is_some()
     }
 
     /// Whether a successor will read this slot's value.
     pub(crate) fn has_readers(&self) -> bool {
-        self.readers.load(Ordering::Acquire) > 0
+        self.read
     }
 
     fn take<T: Data>(&self) -> Option<Result<T, serde_json::Error>> {
-        let prev = self
-            .readers
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
-            .unwrap_or(0);
-        if prev > 0 {
-            let mut typed = self
-                .typed
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if prev == 1 {
-                let last = typed.take();
-                drop(typed);
-                if let Some(v) = last.and_then(|t| t.value.downcast::<T>().ok()) {
-                    return Some(Ok(*v));
-                }
-            } else {
-                let mut copy: Option<T> = None;
-                if let Some(Typed {
-                    value,
-                    clone: Some(clone),
-                }) = typed.as_ref()
-                {
-                    clone(&**value, &mut copy);
-                }
-                drop(typed);
-                if let Some(v) = copy {
-                    return Some(Ok(v));
-                }
+        let mut g = self.lock();
+        let prev = g.readers;
+        g.readers = prev.saturating_sub(1);
+        if prev == 1 {
+            if let Some(v) = g.typed.take().and_then(Typed::into_value::<T>) {
+                return Some(Ok(v));
+            }
+        } else if prev > 1 {
+            if let Some(v) = g.typed.as_ref().and_then(Typed::copy::<T>) {
+                return Some(Ok(v));
             }
         }
-        let json = self.json.get()?;
-        Some(serde_json::from_str(json))
+        let json = g.json.clone()?;
+        drop(g);
+        Some(serde_json::from_str(&json))
     }
 }
 
@@ -661,5 +746,69 @@ impl Inputs<'_> {
                 message: e.to_string(),
             }),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{clone_output, OutputCloner, Slot, Typed};
+    use crate::task::erased::to_json;
+
+    fn filled<T: serde::Serialize + Send + 'static>(
+        readers: u32,
+        value: T,
+        clone: Option<OutputCloner>,
+    ) -> Slot {
+        let slot = Slot::new(readers);
+        let json = to_json(&value).unwrap();
+        slot.fill(json, Some(Typed::new(value, clone)));
+        slot
+    }
+
+    // Scalar outputs are kept inline: every reader gets the value, typed, with or without
+    // a cloner; the last one leaves nothing typed behind.
+    #[test]
+    fn scalar_outputs_reach_every_reader() {
+        let slot = filled(3, 7_u64, None);
+        assert!(slot.has_readers());
+        for _ in 0..3 {
+            assert_eq!(slot.take::<u64>().unwrap().unwrap(), 7);
+        }
+        assert!(slot.lock().typed.is_none());
+        let slot = filled(2, -1.5_f64, None);
+        // Exact: the same value handed over, not a nearby one.
+        for _ in 0..2 {
+            assert_eq!(
+                slot.take::<f64>().unwrap().unwrap().to_bits(),
+                (-1.5_f64).to_bits()
+            );
+        }
+        let slot = filled(2, true, None);
+        assert!(slot.take::<bool>().unwrap().unwrap());
+        assert!(slot.take::<bool>().unwrap().unwrap());
+        // Read as another type than the one kept: decoded from the text.
+        let slot = filled(1, 5_u32, None);
+        assert_eq!(slot.take::<i64>().unwrap().unwrap(), 5);
+    }
+
+    // Other outputs are boxed: earlier readers get clones (or the decoded text without a
+    // cloner), the last one the value itself.
+    #[test]
+    fn boxed_outputs_are_cloned_then_moved() {
+        let v = vec!["a".to_owned(), "b".to_owned()];
+        let slot = filled(2, v.clone(), Some(clone_output::<Vec<String>>));
+        assert_eq!(slot.take::<Vec<String>>().unwrap().unwrap(), v);
+        assert!(slot.lock().typed.is_some());
+        assert_eq!(slot.take::<Vec<String>>().unwrap().unwrap(), v);
+        assert!(slot.lock().typed.is_none());
+        let slot = filled(2, v.clone(), None);
+        assert_eq!(slot.take::<Vec<String>>().unwrap().unwrap(), v);
+        assert_eq!(slot.take::<Vec<String>>().unwrap().unwrap(), v);
+        // No reader: nothing typed is kept, the text is.
+        let slot = filled(0, 9_u64, None);
+        assert!(!slot.has_readers());
+        assert!(slot.lock().typed.is_none());
+        assert_eq!(slot.json().as_deref(), Some("9"));
+        assert_eq!(slot.take::<u64>().unwrap().unwrap(), 9);
     }
 }

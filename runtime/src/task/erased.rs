@@ -116,10 +116,7 @@ impl<T: Task> ErasedTask for Erased<T> {
         Poll::Ready(Ok(Finished {
             json,
             typed: if self.typed {
-                Some(Typed {
-                    value: Box::new(value),
-                    clone: T::output_cloner(),
-                })
+                Some(Typed::new(value, T::output_cloner()))
             } else {
                 None
             },
