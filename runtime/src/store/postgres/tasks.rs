@@ -150,16 +150,20 @@ RETURNING t.run, t.run_token, t.node, t.token, t.process_type,
 /// finishing row: one successful finish per claim), each found by its primary key (not
 /// by a scan of the table, which the generic plan of a join chose) and locked without
 /// waiting (so in no particular order: a lock never waited for takes no part in a
-/// deadlock); those reaching 0 become ready. Not once the run asked for a cancel: its coordinator decides
-/// then. A dependent another statement holds locked (a concurrent finish counting it
-/// down, an offer, a cancel) is skipped, not waited for: its count then never reaches 0
-/// and its coordinator's offer makes it ready once its dependencies ended (as for a
-/// dependency that ended before the waiting row existed). Finishes of several workers
-/// never queue behind each other on a layer's waiting rows.
-macro_rules! finish_sql {
-    ($again_cte:literal, $again_union:literal) => {
-        concat!(
-            "WITH u AS (
+/// deadlock); those reaching 0 become ready. Not once the run asked for a cancel: its
+/// coordinator decides then. A dependent another statement holds locked (a concurrent
+/// finish counting it down, an offer, a cancel) is skipped, not waited for: its count
+/// then never reaches 0 and its coordinator's offer makes it ready once its
+/// dependencies ended (as for a dependency that ended before the waiting row existed).
+/// Finishes of several workers never queue behind each other on a layer's waiting rows.
+///
+/// A row this very claim finished already (the statement runs again after a lost
+/// answer) is reported stored without a write (`again`): no other worker can have
+/// claimed it since, its token would have grown; and its dependents are not counted
+/// down twice. Only the ends the update did not store are looked up for that, by
+/// primary key (`OFFSET 0` keeps the generic plan from reading every ended row of the
+/// `news` index first): a first run reads no row a second time.
+const FINISH_SQL: &str = "WITH u AS (
     SELECT * FROM unnest($1::text[], $2::int4[], $3::int8[], $4::int2[],
                          $5::text[], $6::text[], $7::int4[], $8::int8[],
                          $9::int4[])
@@ -174,9 +178,15 @@ f AS (
     WHERE t.run = u.run AND t.node = u.node AND t.token = u.token
       AND t.state IN (1, 4)
     RETURNING u.idx, t.run, t.run_token, t.state, t.dependents),
-",
-            $again_cte,
-            "d AS (
+again AS (
+    SELECT m.idx FROM (
+        SELECT * FROM u WHERE NOT EXISTS (SELECT 1 FROM f WHERE f.idx = u.idx)
+        OFFSET 0) m
+    CROSS JOIN LATERAL (
+        SELECT t.token, t.state FROM procession_task_claims t
+        WHERE t.run = m.run AND t.node = m.node LIMIT 1) t
+    WHERE t.token = m.token AND t.state IN (2, 3)),
+d AS (
     SELECT f.run, f.run_token, x.node, count(*)::int4 AS n
     FROM f CROSS JOIN LATERAL unnest(f.dependents) AS x(node)
     WHERE f.state = 2
@@ -197,34 +207,11 @@ c AS (
     WHERE t.run = l.run AND t.node = l.node AND t.state = 5
     RETURNING t.state)
 SELECT idx FROM f
-",
-            $again_union,
-            "UNION ALL SELECT -1 FROM (
+UNION ALL SELECT idx FROM again
+UNION ALL SELECT -1 FROM (
     SELECT pg_notify($10, CASE WHEN EXISTS (SELECT 1 FROM c WHERE state = 0)
                                THEN '' ELSE 'e' END)
-    WHERE EXISTS (SELECT 1 FROM f)) n"
-        )
-    };
-}
-
-/// [`finish_sql`] as a call runs it first.
-const FINISH_SQL: &str = finish_sql!("", "");
-
-/// [`finish_sql`] as a call runs it again after its connection broke: a row this very
-/// claim finished already (the statement ran, its answer was lost) is reported stored
-/// without a write (no other worker can have claimed it since, its token would have
-/// grown), and its dependents are not counted down twice. Only then: the first run
-/// does not read each finished row a second time to find none.
-const FINISH_AGAIN_SQL: &str = finish_sql!(
-    "again AS (
-    SELECT u.idx FROM u
-    JOIN procession_task_claims t
-      ON t.run = u.run AND t.node = u.node AND t.token = u.token
-    WHERE t.state IN (2, 3)),
-",
-    "UNION ALL SELECT idx FROM again
-"
-);
+    WHERE EXISTS (SELECT 1 FROM f)) n";
 
 impl PgStore {
     /// Claims with `sql` ([`TASK_CLAIM_SQL`] or [`TASK_CLAIM_READY_SQL`]).
@@ -497,20 +484,11 @@ impl TaskQueue for PgStore {
             state_code(State::CancelRequested),
             state_code(State::Cancelling),
         ];
-        // Fenced per task; successes count their waiting dependents down (see
-        // `finish_sql`).
-        let mut tries = 0u32;
         self.with(|c| {
-            // The first run of the statement, or again after a lost answer (see
-            // `FINISH_AGAIN_SQL`).
-            tries += 1;
-            let sql = if tries == 1 {
-                FINISH_SQL
-            } else {
-                FINISH_AGAIN_SQL
-            };
+            // Fenced per task; successes count their waiting dependents down; a
+            // repeat after a lost answer finds its own ends (see `FINISH_SQL`).
             let rows = c.query(
-                sql,
+                FINISH_SQL,
                 &[
                     &runs,
                     &nodes,
