@@ -297,9 +297,8 @@ impl PgStore {
     /// `claim_tasks` (the claim of spread tasks, for `process_types`),
     /// `claim_deliveries` (the outbox's claim), `sweep` and `sweep_deliveries` (the
     /// retention sweep's candidates). Each is the text of `EXPLAIN EXECUTE` of the statement prepared as
-    /// the store prepares it, planned as a generic plan (the plan the store's connections
-    /// use from a statement's first execution on: they set `plan_cache_mode` to
-    /// `force_generic_plan`), for sample parameters; nothing is executed.
+    /// the store prepares it, planned as a generic plan (the plan a prepared statement
+    /// settles on after a few executions), for sample parameters; nothing is executed.
     /// On a database with many finished runs none of them should read a table that
     /// grows with them (`Seq Scan on procession_records`, `…_tasks`, `…_leases`,
     /// `…_deliveries`): finished rows stay out of their index ranges, so their cost does
