@@ -89,17 +89,8 @@ enum Outcome {
 
 impl Conn {
     pub(super) fn open(config: &Config) -> Result<Conn, postgres::Error> {
-        let mut client = config.connect(NoTls)?;
-        // Every statement is prepared once per connection and planned as a generic plan
-        // from its first execution (the plan `PgStore::explain_hot_path` shows): by
-        // default the server plans each of the first five executions of a prepared
-        // statement anew, and keeps doing so for a statement whose generic plan it
-        // estimates dearer. Planning the task queue's statements (CTEs over arrays)
-        // cost more server time than running them: with a pool of connections, a run
-        // of a few thousand tasks planned most of its statements.
-        client.batch_execute("SET plan_cache_mode = force_generic_plan")?;
         Ok(Conn {
-            client,
+            client: config.connect(NoTls)?,
             statements: HashMap::new(),
         })
     }
