@@ -381,7 +381,7 @@ impl TaskQueue for PgStore {
         // statement locks them (no deadlock between the two): one primary-key probe per
         // offer, in the order of the arrays (sorted above), not a scan of the table
         // joined by hash (its generic plan) and sorted.
-        self.with(|c| {
+        self.with_generic(|c| {
             c.execute(
                 "WITH u AS (
                      SELECT * FROM unnest($1::text[], $2::int4[], $3::int8[], $4::text[],
@@ -484,7 +484,7 @@ impl TaskQueue for PgStore {
             state_code(State::CancelRequested),
             state_code(State::Cancelling),
         ];
-        self.with(|c| {
+        self.with_generic(|c| {
             // Fenced per task; successes count their waiting dependents down; a
             // repeat after a lost answer finds its own ends (see `FINISH_SQL`).
             let rows = c.query(
@@ -627,7 +627,7 @@ impl TaskQueue for PgStore {
         let nodes: Vec<i32> = watched.iter().map(|w| to_i32(w.node)).collect();
         let tokens: Vec<i64> = watched.iter().map(|w| to_i64(w.token)).collect();
         let seqs: Vec<i64> = watched.iter().map(|w| to_i64(w.seq)).collect();
-        self.with(|c| {
+        self.with_generic(|c| {
             // Ended rows (as `ended`), and claimed ones with a report (its worker wrote
             // one: an attempt waits) whose claim or report changed. A claim without a
             // report is no news: a task that ends at once (most, under load) costs its
@@ -663,7 +663,7 @@ impl TaskQueue for PgStore {
         }
         let names: Vec<&str> = runs.iter().map(|r| r.0.as_str()).collect();
         let tokens: Vec<i64> = runs.iter().map(|r| run_token(r.1)).collect();
-        self.with(|c| {
+        self.with_generic(|c| {
             // The rows whose `news` (the id of the transaction that wrote it) is not
             // older than the oldest transaction running at the previous poll: every
             // write that poll did not see. The next poll starts from this statement's
