@@ -378,9 +378,11 @@ impl PgStore {
     }
 
     /// [`with`](PgStore::with) on a connection that plans generic plans from a
-    /// statement's first execution (see `Pool::call_generic`): for the statements of
-    /// the task queue whose rows are found by primary key, whose plan does not depend on
-    /// the table's size.
+    /// statement's first execution (see `Pool::call_generic`): for the reads of the
+    /// task queue that find their rows by primary key or a `LATERAL` index range,
+    /// whose plan does not depend on the table's size. Not for a join an `UPDATE`
+    /// makes with the table (the finish, the offer): its generic plan made while the
+    /// table looked empty probed it by a scan per row.
     fn with_generic<T>(
         &self,
         f: impl FnMut(&mut Conn) -> Result<T, PgError>,

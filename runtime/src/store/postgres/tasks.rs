@@ -381,7 +381,7 @@ impl TaskQueue for PgStore {
         // statement locks them (no deadlock between the two): one primary-key probe per
         // offer, in the order of the arrays (sorted above), not a scan of the table
         // joined by hash (its generic plan) and sorted.
-        self.with_generic(|c| {
+        self.with(|c| {
             c.execute(
                 "WITH u AS (
                      SELECT * FROM unnest($1::text[], $2::int4[], $3::int8[], $4::text[],
@@ -484,7 +484,7 @@ impl TaskQueue for PgStore {
             state_code(State::CancelRequested),
             state_code(State::Cancelling),
         ];
-        self.with_generic(|c| {
+        self.with(|c| {
             // Fenced per task; successes count their waiting dependents down; a
             // repeat after a lost answer finds its own ends (see `FINISH_SQL`).
             let rows = c.query(
