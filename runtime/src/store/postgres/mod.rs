@@ -272,7 +272,7 @@ impl PgStore {
             },
             other => other,
         };
-        let mut conn = Conn::open(&config).map_err(|e| open(e.into()))?;
+        let mut conn = Conn::open(&config, false).map_err(|e| open(e.into()))?;
         schema::migrate(&mut conn).map_err(open)?;
         tracing::info!(database = %location, schema = schema::supported(), "PostgreSQL store open");
         let pool = Pool::new(config, retry_window, location.clone());
@@ -375,6 +375,19 @@ impl PgStore {
     /// only for statements that are safe to repeat, see `pool.rs`).
     fn with<T>(&self, f: impl FnMut(&mut Conn) -> Result<T, PgError>) -> Result<T, StoreError> {
         self.pool.call(f).map_err(|e| self.failed(e))
+    }
+
+    /// [`with`](PgStore::with) on a connection that plans generic plans from a
+    /// statement's first execution (see `Pool::call_generic`): for the reads of the
+    /// task queue that find their rows by primary key or a `LATERAL` index range,
+    /// whose plan does not depend on the table's size. Not for a join an `UPDATE`
+    /// makes with the table (the finish, the offer): its generic plan made while the
+    /// table looked empty probed it by a scan per row.
+    fn with_generic<T>(
+        &self,
+        f: impl FnMut(&mut Conn) -> Result<T, PgError>,
+    ) -> Result<T, StoreError> {
+        self.pool.call_generic(f).map_err(|e| self.failed(e))
     }
 
     /// Runs `f` in one transaction (rolled back when it fails; again while the

@@ -75,6 +75,9 @@ const RETRY_OPTION: &str = "retry_window";
 pub(super) struct Conn {
     client: Client,
     statements: HashMap<String, Statement>,
+    /// Its session plans every prepared statement as a generic plan
+    /// ([`Pool::call_generic`]).
+    generic: bool,
 }
 
 /// What the server says of a transaction whose `COMMIT` answer was lost.
@@ -88,10 +91,15 @@ enum Outcome {
 }
 
 impl Conn {
-    pub(super) fn open(config: &Config) -> Result<Conn, postgres::Error> {
+    pub(super) fn open(config: &Config, generic: bool) -> Result<Conn, postgres::Error> {
+        let mut client = config.connect(NoTls)?;
+        if generic {
+            client.batch_execute("SET plan_cache_mode = force_generic_plan")?;
+        }
         Ok(Conn {
-            client: config.connect(NoTls)?,
+            client,
             statements: HashMap::new(),
+            generic,
         })
     }
 
@@ -305,7 +313,8 @@ fn transaction_once<T, E: CallError>(
 /// The idle connections, and how long a call rides out a broken connection.
 pub(super) struct Pool {
     config: Config,
-    idle: Mutex<Vec<Conn>>,
+    /// Idle connections of the server's plan choice (0) and of generic plans (1).
+    idle: Mutex<[Vec<Conn>; 2]>,
     window: Duration,
     /// The database, for the logs.
     location: String,
@@ -315,7 +324,7 @@ impl Pool {
     pub(super) fn new(config: Config, window: Duration, location: String) -> Pool {
         Pool {
             config,
-            idle: Mutex::new(Vec::new()),
+            idle: Mutex::new([Vec::new(), Vec::new()]),
             window,
             location,
         }
@@ -326,16 +335,13 @@ impl Pool {
         &self.config
     }
 
-    /// An idle connection, or a new one.
-    fn get(&self) -> Result<Conn, postgres::Error> {
-        let idle = self
-            .idle
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .pop();
+    /// An idle connection (of generic plans or not), or a new one.
+    fn get(&self, generic: bool) -> Result<Conn, postgres::Error> {
+        let idle =
+            self.idle.lock().unwrap_or_else(PoisonError::into_inner)[usize::from(generic)].pop();
         match idle {
             Some(c) if !c.is_closed() => Ok(c),
-            _ => Conn::open(&self.config),
+            _ => Conn::open(&self.config, generic),
         }
     }
 
@@ -345,6 +351,7 @@ impl Pool {
             return;
         }
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        let idle = &mut idle[usize::from(conn.generic)];
         if idle.len() < MAX_IDLE {
             idle.push(conn);
         }
@@ -352,7 +359,10 @@ impl Pool {
 
     /// Every idle connection, to close them.
     pub(super) fn drain(&self) -> Vec<Conn> {
-        std::mem::take(&mut *self.idle.lock().unwrap_or_else(PoisonError::into_inner))
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut all = std::mem::take(&mut idle[0]);
+        all.append(&mut idle[1]);
+        all
     }
 
     /// Runs `f` (one statement, or reads) on a pooled connection; again on a new
@@ -361,7 +371,7 @@ impl Pool {
         &self,
         mut f: impl FnMut(&mut Conn) -> Result<T, E>,
     ) -> Result<T, Failure<E>> {
-        self.retrying(|conn| match f(conn) {
+        self.retrying(false, |conn| match f(conn) {
             Ok(v) => Step::Done(v),
             Err(e) => Step::Failed(e),
         })
@@ -373,11 +383,31 @@ impl Pool {
         &self,
         mut f: impl FnMut(&mut Conn) -> Result<T, E>,
     ) -> Result<T, Failure<E>> {
-        self.retrying(|conn| transaction_once(conn, &mut f))
+        self.retrying(false, |conn| transaction_once(conn, &mut f))
+    }
+
+    /// [`call`](Pool::call) on a connection whose session plans every prepared
+    /// statement as a generic plan from its first execution (`plan_cache_mode =
+    /// force_generic_plan`), for statements whose generic plan is sound whatever the
+    /// statistics at their first execution: the server otherwise plans each of the
+    /// first five executions per connection anew, and keeps doing so for a statement
+    /// whose generic plan it estimates dearer (planning the task queue's statements,
+    /// CTEs over arrays, cost as much server time as running them). Not for a statement
+    /// whose best plan depends on the table's size: its generic plan is made once, at
+    /// its first execution, maybe on a table still empty.
+    pub(super) fn call_generic<T, E: CallError>(
+        &self,
+        mut f: impl FnMut(&mut Conn) -> Result<T, E>,
+    ) -> Result<T, Failure<E>> {
+        self.retrying(true, |conn| match f(conn) {
+            Ok(v) => Step::Done(v),
+            Err(e) => Step::Failed(e),
+        })
     }
 
     fn retrying<T, E: CallError>(
         &self,
+        generic: bool,
         mut once: impl FnMut(&mut Conn) -> Step<T, E>,
     ) -> Result<T, Failure<E>> {
         // When the connection first broke, attempts since, the next pause.
@@ -392,7 +422,7 @@ impl Pool {
         'calls: loop {
             // The error that broke the attempt (`None`: the one kept in `unsure`).
             let error: Option<E> = 'attempt: {
-                let mut conn = match self.get() {
+                let mut conn = match self.get(generic) {
                     Ok(c) => c,
                     Err(e) if broken(None, &e) => break 'attempt Some(e.into()),
                     Err(e) => return Err(Failure::Call(e.into())),

@@ -140,6 +140,79 @@ FROM c WHERE t.run = c.run AND t.node = c.node AND t.state = 0
 RETURNING t.run, t.run_token, t.node, t.token, t.process_type,
           t.attempts - t.max_attempts";
 
+/// The finishing statement (see [`TaskQueue::finish`]), `$1`-`$9` the ends' runs, nodes,
+/// claim tokens, states, results, errors, attempts, elapsed times and indexes, `$10` the
+/// channel, `$11` the run states of a cancel: the ends it stored, by index, and a row
+/// `-1` when it notified. Fenced per task: only under its current token, only a running
+/// task (or one asked to cancel).
+///
+/// Each success counts down its waiting dependents of the same run token (once per
+/// finishing row: one successful finish per claim), each found by its primary key (not
+/// by a scan of the table, which the generic plan of a join chose) and locked without
+/// waiting (so in no particular order: a lock never waited for takes no part in a
+/// deadlock); those reaching 0 become ready. Not once the run asked for a cancel: its
+/// coordinator decides then. A dependent another statement holds locked (a concurrent
+/// finish counting it down, an offer, a cancel) is skipped, not waited for: its count
+/// then never reaches 0 and its coordinator's offer makes it ready once its
+/// dependencies ended (as for a dependency that ended before the waiting row existed).
+/// Finishes of several workers never queue behind each other on a layer's waiting rows.
+///
+/// A row this very claim finished already (the statement runs again after a lost
+/// answer) is reported stored without a write (`again`): no other worker can have
+/// claimed it since, its token would have grown; and its dependents are not counted
+/// down twice. Only the ends the update did not store are looked up for that, by
+/// primary key (`OFFSET 0` keeps the generic plan from reading every ended row of the
+/// `news` index first): a first run reads no row a second time.
+const FINISH_SQL: &str = "WITH u AS (
+    SELECT * FROM unnest($1::text[], $2::int4[], $3::int8[], $4::int2[],
+                         $5::text[], $6::text[], $7::int4[], $8::int8[],
+                         $9::int4[])
+         AS u(run, node, token, state, result, error, attempts,
+              elapsed_ns, idx)),
+f AS (
+    UPDATE procession_task_claims AS t
+    SET state = u.state, result = u.result, error = u.error,
+        attempts = u.attempts, elapsed_ns = u.elapsed_ns, expires_at = 0,
+        deadline_at = NULL, news = pg_current_xact_id()::text::int8
+    FROM u
+    WHERE t.run = u.run AND t.node = u.node AND t.token = u.token
+      AND t.state IN (1, 4)
+    RETURNING u.idx, t.run, t.run_token, t.state, t.dependents),
+again AS (
+    SELECT m.idx FROM (
+        SELECT * FROM u WHERE NOT EXISTS (SELECT 1 FROM f WHERE f.idx = u.idx)
+        OFFSET 0) m
+    CROSS JOIN LATERAL (
+        SELECT t.token, t.state FROM procession_task_claims t
+        WHERE t.run = m.run AND t.node = m.node LIMIT 1) t
+    WHERE t.token = m.token AND t.state IN (2, 3)),
+d AS (
+    SELECT f.run, f.run_token, x.node, count(*)::int4 AS n
+    FROM f CROSS JOIN LATERAL unnest(f.dependents) AS x(node)
+    WHERE f.state = 2
+    GROUP BY f.run, f.run_token, x.node),
+l AS MATERIALIZED (
+    SELECT x.run, x.node, d.n FROM d CROSS JOIN LATERAL (
+        SELECT t.run, t.node FROM procession_task_claims t
+        WHERE t.run = d.run AND t.node = d.node AND t.run_token = d.run_token
+          AND t.state = 5
+          AND NOT EXISTS (SELECT 1 FROM procession_records r
+                          WHERE r.id = t.run AND r.state = ANY($11))
+        FOR UPDATE SKIP LOCKED) x),
+c AS (
+    UPDATE procession_task_claims AS t
+    SET pending_deps = t.pending_deps - l.n,
+        state = CASE WHEN t.pending_deps - l.n <= 0 THEN 0 ELSE 5 END
+    FROM l
+    WHERE t.run = l.run AND t.node = l.node AND t.state = 5
+    RETURNING t.state)
+SELECT idx FROM f
+UNION ALL SELECT idx FROM again
+UNION ALL SELECT -1 FROM (
+    SELECT pg_notify($10, CASE WHEN EXISTS (SELECT 1 FROM c WHERE state = 0)
+                               THEN '' ELSE 'e' END)
+    WHERE EXISTS (SELECT 1 FROM f)) n";
+
 impl PgStore {
     /// Claims with `sql` ([`TASK_CLAIM_SQL`] or [`TASK_CLAIM_READY_SQL`]).
     fn claim_with(
@@ -305,7 +378,9 @@ impl TaskQueue for PgStore {
         // workers and finds what ended). Rows that exist and change: a waiting row
         // offered ready becomes ready; a row of an older run of the record starts again
         // (its token keeps growing); locked in (run, node) order, as the finishing
-        // statement locks them (no deadlock between the two).
+        // statement locks them (no deadlock between the two): one primary-key probe per
+        // offer, in the order of the arrays (sorted above), not a scan of the table
+        // joined by hash (its generic plan) and sorted.
         self.with(|c| {
             c.execute(
                 "WITH u AS (
@@ -315,11 +390,12 @@ impl TaskQueue for PgStore {
                           AS u(run, node, run_token, process_type, attempts, max_attempts,
                                deadline_ms, pending, deps)),
                  l AS MATERIALIZED (
-                     SELECT t.run, t.node FROM procession_task_claims t
-                     JOIN u ON t.run = u.run AND t.node = u.node
-                     WHERE t.run_token <> u.run_token OR (t.state = 5 AND u.pending = 0)
-                     ORDER BY t.run, t.node
-                     FOR UPDATE OF t),
+                     SELECT x.run, x.node FROM u CROSS JOIN LATERAL (
+                         SELECT t.run, t.node FROM procession_task_claims t
+                         WHERE t.run = u.run AND t.node = u.node
+                           AND (t.run_token <> u.run_token
+                                OR (t.state = 5 AND u.pending = 0))
+                         FOR UPDATE) x),
                  changed AS (
                      UPDATE procession_task_claims AS t
                      SET run_token = u.run_token, process_type = u.process_type,
@@ -409,69 +485,10 @@ impl TaskQueue for PgStore {
             state_code(State::Cancelling),
         ];
         self.with(|c| {
-            // Fenced per task: only under its current token, only a running task (or one
-            // asked to cancel). A row this very claim finished already (the statement
-            // runs again after a lost answer) is reported stored without a write: no
-            // other worker can have claimed it since, its token would have grown; and its
-            // dependents are not counted down twice.
-            //
-            // Each success counts down its waiting dependents of the same run token
-            // (once per finishing row: one successful finish per claim), locked in
-            // (run, node) order; those reaching 0 become ready. Not once the run asked
-            // for a cancel: its coordinator decides then. A dependent another statement
-            // holds locked (a concurrent finish counting it down, an offer, a cancel) is
-            // skipped, not waited for: its count then never reaches 0 and its
-            // coordinator's offer makes it ready once its dependencies ended (as for a
-            // dependency that ended before the waiting row existed). Finishes of several
-            // workers never queue behind each other on a layer's waiting rows.
+            // Fenced per task; successes count their waiting dependents down; a
+            // repeat after a lost answer finds its own ends (see `FINISH_SQL`).
             let rows = c.query(
-                "WITH u AS (
-                     SELECT * FROM unnest($1::text[], $2::int4[], $3::int8[], $4::int2[],
-                                          $5::text[], $6::text[], $7::int4[], $8::int8[],
-                                          $9::int4[])
-                          AS u(run, node, token, state, result, error, attempts,
-                               elapsed_ns, idx)),
-                 f AS (
-                     UPDATE procession_task_claims AS t
-                     SET state = u.state, result = u.result, error = u.error,
-                         attempts = u.attempts, elapsed_ns = u.elapsed_ns, expires_at = 0,
-                         deadline_at = NULL, news = pg_current_xact_id()::text::int8
-                     FROM u
-                     WHERE t.run = u.run AND t.node = u.node AND t.token = u.token
-                       AND t.state IN (1, 4)
-                     RETURNING u.idx, t.run, t.run_token, t.state, t.dependents),
-                 again AS (
-                     SELECT u.idx FROM u
-                     JOIN procession_task_claims t
-                       ON t.run = u.run AND t.node = u.node AND t.token = u.token
-                     WHERE t.state IN (2, 3)),
-                 d AS (
-                     SELECT f.run, f.run_token, x.node, count(*)::int4 AS n
-                     FROM f CROSS JOIN LATERAL unnest(f.dependents) AS x(node)
-                     WHERE f.state = 2
-                     GROUP BY f.run, f.run_token, x.node),
-                 l AS MATERIALIZED (
-                     SELECT t.run, t.node, d.n FROM procession_task_claims t
-                     JOIN d ON t.run = d.run AND t.node = d.node
-                           AND t.run_token = d.run_token
-                     WHERE t.state = 5
-                       AND NOT EXISTS (SELECT 1 FROM procession_records r
-                                       WHERE r.id = t.run AND r.state = ANY($11))
-                     ORDER BY t.run, t.node
-                     FOR UPDATE OF t SKIP LOCKED),
-                 c AS (
-                     UPDATE procession_task_claims AS t
-                     SET pending_deps = t.pending_deps - l.n,
-                         state = CASE WHEN t.pending_deps - l.n <= 0 THEN 0 ELSE 5 END
-                     FROM l
-                     WHERE t.run = l.run AND t.node = l.node AND t.state = 5
-                     RETURNING t.state)
-                 SELECT idx FROM f
-                 UNION ALL SELECT idx FROM again
-                 UNION ALL SELECT -1 FROM (
-                     SELECT pg_notify($10, CASE WHEN EXISTS (SELECT 1 FROM c WHERE state = 0)
-                                                THEN '' ELSE 'e' END)
-                     WHERE EXISTS (SELECT 1 FROM f)) n",
+                FINISH_SQL,
                 &[
                     &runs,
                     &nodes,
@@ -535,9 +552,11 @@ impl TaskQueue for PgStore {
                 "SELECT t.run, t.node, t.state, t.owner, t.attempts, t.elapsed_ns, t.result,
                         t.error
                  FROM unnest($1::text[], $2::int8[], $3::int4[]) AS p(run, run_token, node)
-                 JOIN procession_task_claims t
-                   ON t.run = p.run AND t.node = p.node AND t.run_token = p.run_token
-                 WHERE t.state IN (2, 3) OR (t.state = 4 AND t.owner IS NULL)",
+                 CROSS JOIN LATERAL (
+                     SELECT * FROM procession_task_claims t
+                     WHERE t.run = p.run AND t.node = p.node LIMIT 1) t
+                 WHERE t.run_token = p.run_token
+                   AND (t.state IN (2, 3) OR (t.state = 4 AND t.owner IS NULL))",
                 &[&runs, &tokens, &nodes],
             )?;
             let mut out = Vec::with_capacity(rows.len());
@@ -608,22 +627,25 @@ impl TaskQueue for PgStore {
         let nodes: Vec<i32> = watched.iter().map(|w| to_i32(w.node)).collect();
         let tokens: Vec<i64> = watched.iter().map(|w| to_i64(w.token)).collect();
         let seqs: Vec<i64> = watched.iter().map(|w| to_i64(w.seq)).collect();
-        self.with(|c| {
+        self.with_generic(|c| {
             // Ended rows (as `ended`), and claimed ones with a report (its worker wrote
             // one: an attempt waits) whose claim or report changed. A claim without a
             // report is no news: a task that ends at once (most, under load) costs its
-            // coordinator nothing until its end.
+            // coordinator nothing until its end. One primary-key probe per task
+            // (`LIMIT 1` keeps the generic plan from hashing a scan of the table).
             let rows = c.query(
                 "SELECT t.run, t.node, t.state, t.owner, t.attempts, t.elapsed_ns, t.result,
                         t.error, t.token, t.seq, t.attempt, t.percent, t.message,
                         CASE WHEN t.logged > 0 THEN t.log END, t.logged
                  FROM unnest($1::text[], $2::int8[], $3::int4[], $4::int8[], $5::int8[])
                       AS p(run, run_token, node, token, seq)
-                 JOIN procession_task_claims t
-                   ON t.run = p.run AND t.node = p.node AND t.run_token = p.run_token
-                 WHERE t.state IN (2, 3) OR (t.state = 4 AND t.owner IS NULL)
-                    OR (t.state IN (1, 4) AND t.owner IS NOT NULL AND t.seq > 0
-                        AND (t.token <> p.token OR t.seq <> p.seq))",
+                 CROSS JOIN LATERAL (
+                     SELECT * FROM procession_task_claims t
+                     WHERE t.run = p.run AND t.node = p.node LIMIT 1) t
+                 WHERE t.run_token = p.run_token
+                   AND (t.state IN (2, 3) OR (t.state = 4 AND t.owner IS NULL)
+                        OR (t.state IN (1, 4) AND t.owner IS NOT NULL AND t.seq > 0
+                            AND (t.token <> p.token OR t.seq <> p.seq)))",
                 &[&runs, &run_tokens, &nodes, &tokens, &seqs],
             )?;
             rows.iter()
@@ -641,7 +663,7 @@ impl TaskQueue for PgStore {
         }
         let names: Vec<&str> = runs.iter().map(|r| r.0.as_str()).collect();
         let tokens: Vec<i64> = runs.iter().map(|r| run_token(r.1)).collect();
-        self.with(|c| {
+        self.with_generic(|c| {
             // The rows whose `news` (the id of the transaction that wrote it) is not
             // older than the oldest transaction running at the previous poll: every
             // write that poll did not see. The next poll starts from this statement's
