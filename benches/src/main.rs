@@ -9,7 +9,8 @@
 //! The binary re-executes itself with hidden flags for the measurements that need a fresh
 //! process: `--rss-child` (peak resident memory) and `--resume-child` (the run that is
 //! killed half way). For profilers, `--only <shape> <tasks> <a|a2|b|b2|c> [repeats]` runs
-//! one variant of one shape, `--resume-only <tasks>` the resume measurement alone and
+//! one variant of one shape, `--build-only <shape> <tasks> [repeats]` its graph build alone,
+//! `--resume-only <tasks>` the resume measurement alone and
 //! `--scale-only [small] [big]` the scale section alone (wide 10k against wide 1M);
 //! `--small-only <wide|chain> <tasks> <a|b|c>... [runs]` many small runs on one runtime and
 //! `--concurrent-only <launches> [width]` many concurrent launches (`small_figures.rs`:
