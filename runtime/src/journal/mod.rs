@@ -725,7 +725,7 @@ mod tests {
             Duration::from_millis(50),
         );
         let (wall0, inst0) = j.clock0;
-        let hour = Duration::from_secs(3600);
+        let hour = Duration::from_hours(1);
         for (i, at) in [(0, inst0 + hour), (1, inst0)] {
             j.ended(
                 i,
