@@ -417,7 +417,7 @@ async fn drive_run(mut graph: Graph, mut cfg: RunConfig) -> Option<RunReport> {
                         s.elapsed = shared.running_for(i);
                         // Its row says so too: the stored report agrees with this one.
                         if let Some(j) = &shared.journal {
-                            record_end(j, i, s, None);
+                            record_end(j, i, s, None, None);
                         }
                         shared.in_flight.fetch_sub(1, Ordering::AcqRel);
                     }
@@ -448,7 +448,7 @@ async fn drive_run(mut graph: Graph, mut cfg: RunConfig) -> Option<RunReport> {
         } else {
             s.status = NodeStatus::Cancelled;
             if let Some(j) = &shared.journal {
-                record_end(j, i, s, None);
+                record_end(j, i, s, None, None);
             }
         }
     }
@@ -623,7 +623,7 @@ fn handle_batch(
         // recorded and counted off here, and its dependents are settled by the driver.
         if state[i].status != NodeStatus::Success {
             if let Some(j) = &shared.journal {
-                record_end(j, i, &state[i], None);
+                record_end(j, i, &state[i], None, None);
             }
             count_off(shared, c.node, settle);
         }
@@ -731,14 +731,22 @@ fn decide(
     }
     shared.claimed[di].store(true, Ordering::Release);
     if let Some(j) = &shared.journal {
-        record_end(j, di, &state[di], None);
+        record_end(j, di, &state[di], None, None);
     }
     count_off(shared, d, settle);
 }
 
 /// Writes how node `i` ended to the run's journal (`result`: its output as JSON, for a
 /// success).
-fn record_end(j: &RunJournal, i: usize, s: &NodeState, result: Option<SmolStr>) {
+/// Records node `i`'s end in the journal; `at`: when it ended, if the clock was read
+/// already (see [`Ended::at`]).
+fn record_end(
+    j: &RunJournal,
+    i: usize,
+    s: &NodeState,
+    result: Option<SmolStr>,
+    at: Option<Instant>,
+) {
     let (state, skipped) = match s.status {
         NodeStatus::Success => (State::Done, false),
         NodeStatus::Errored => (State::Failed, false),
@@ -754,6 +762,7 @@ fn record_end(j: &RunJournal, i: usize, s: &NodeState, result: Option<SmolStr>) 
             elapsed: s.elapsed,
             error: s.error.as_ref().map(ToString::to_string),
             chain: s.error.as_ref().map(|e| chain(&**e)).unwrap_or_default(),
+            at,
         },
         result,
     );

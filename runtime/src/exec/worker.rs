@@ -104,7 +104,9 @@ pub(super) async fn run_one(
             unless_abandoned(shared, i, started, attempts).await
         }
     };
-    let elapsed = started.elapsed();
+    // One clock read for the node's time and its row's end.
+    let ended_at = Instant::now();
+    let elapsed = ended_at.saturating_duration_since(started);
     // Abandoned after the cancellation grace period: the driver ended it.
     let (attempts, result) = ran?;
     if shared.ended[i as usize].swap(true, Ordering::AcqRel) {
@@ -128,6 +130,7 @@ pub(super) async fn run_one(
                         tolerated: false,
                     },
                     json,
+                    Some(ended_at),
                 );
             }
             Ok(())

@@ -239,6 +239,10 @@ pub(crate) struct RunJournal {
     woken: std::sync::atomic::AtomicBool,
     rows: Mutex<Rows>,
     writer: WriterHandle,
+    /// The wall clock (ms since the Unix epoch) and the monotonic clock read together
+    /// when the journal was made: an end given as an [`Instant`] (see [`Ended::at`]) is
+    /// turned into wall-clock time without another clock read.
+    clock0: (u64, Instant),
 }
 
 impl RunJournal {
@@ -316,9 +320,22 @@ impl RunJournal {
                 last_message: None,
             }),
             writer,
+            clock0: (now_ms(), Instant::now()),
         });
         j.writer.register(&j);
         j
+    }
+
+    /// The wall-clock time (ms since the Unix epoch) of `at`, from the clocks read when
+    /// the journal was made.
+    fn wall_ms(&self, at: Instant) -> u64 {
+        let (wall0, inst0) = self.clock0;
+        match at.checked_duration_since(inst0) {
+            Some(after) => {
+                wall0.saturating_add(u64::try_from(after.as_millis()).unwrap_or(u64::MAX))
+            }
+            None => ms_before(wall0, inst0.saturating_duration_since(at)),
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Rows> {
@@ -346,6 +363,11 @@ impl RunJournal {
 
     /// `node` ended; `result` is its output as JSON when it succeeded.
     pub(crate) fn ended(&self, node: u32, outcome: Ended, result: Option<SmolStr>) {
+        // Outside the lock (the writer thread takes it too).
+        let at_ms = match outcome.at {
+            Some(at) => self.wall_ms(at),
+            None => now_ms(),
+        };
         {
             let mut g = self.lock();
             if node as usize >= g.items.len() {
@@ -359,7 +381,7 @@ impl RunJournal {
                 row.skipped = outcome.skipped;
                 row.attempts = row.attempts.max(outcome.attempts);
                 row.elapsed_ns = u64::try_from(outcome.elapsed.as_nanos()).unwrap_or(u64::MAX);
-                let now = now_ms();
+                let now = at_ms;
                 row.ended_at = Some(now);
                 if row.started_at.is_none() && outcome.attempts > 0 {
                     // Ended in its first poll: its start was not recorded on its own.
@@ -507,6 +529,9 @@ pub(crate) struct Ended {
     pub(crate) elapsed: Duration,
     pub(crate) error: Option<String>,
     pub(crate) chain: Vec<String>,
+    /// When it ended, if the caller read the clock already (a worker timing the node):
+    /// no second clock read per node. `None`: now.
+    pub(crate) at: Option<Instant>,
 }
 
 impl RunJournal {
@@ -652,6 +677,7 @@ mod tests {
                     elapsed: Duration::from_millis(1),
                     error: None,
                     chain: Vec::new(),
+                    at: None,
                 },
                 Some(i.to_string().into()),
             );
@@ -671,6 +697,56 @@ mod tests {
         assert_eq!(j.rollup().percent, Some(100.0));
         // The two `load` rows share one name.
         assert_eq!(j.lock().names.len(), 2);
+        writer.close().await.expect("close");
+    }
+
+    // A node's end given as an instant (a worker read the clock already) is stamped
+    // from the clocks read when the journal was made, not from a new clock read: an end
+    // an hour after the journal's start is stamped an hour after it, and its start (it
+    // ended in its first poll) its elapsed time before that.
+    #[tokio::test]
+    async fn an_end_given_as_an_instant_is_stamped_from_it() {
+        let store = Arc::new(MemoryStore::new());
+        let (events, _) = tokio::sync::broadcast::channel(16);
+        let writer =
+            start_writer(store.clone(), Duration::from_millis(50), events, false).expect("writer");
+        let nodes = (0..2).map(|i| NewRow {
+            task: "load",
+            id: format!("n{i}").into(),
+            optional: false,
+        });
+        let j = RunJournal::new(
+            Arc::from("run"),
+            Arc::from("run"),
+            1,
+            9,
+            nodes,
+            writer.clone(),
+            Duration::from_millis(50),
+        );
+        let (wall0, inst0) = j.clock0;
+        let hour = Duration::from_hours(1);
+        for (i, at) in [(0, inst0 + hour), (1, inst0)] {
+            j.ended(
+                i,
+                Ended {
+                    state: State::Done,
+                    skipped: false,
+                    attempts: 1,
+                    elapsed: Duration::from_secs(2),
+                    error: None,
+                    chain: Vec::new(),
+                    at: Some(at),
+                },
+                None,
+            );
+        }
+        j.sync().await.expect("sync");
+        let rows: HashMap<u32, TaskRow> = store.tasks("run").unwrap().into_iter().collect();
+        assert_eq!(rows[&0].ended_at, Some(wall0 + 3_600_000));
+        assert_eq!(rows[&0].started_at, Some(wall0 + 3_598_000));
+        assert_eq!(rows[&1].ended_at, Some(wall0));
+        assert_eq!(rows[&1].started_at, Some(wall0 - 2_000));
         writer.close().await.expect("close");
     }
 }
