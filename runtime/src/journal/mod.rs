@@ -643,21 +643,14 @@ mod tests {
     use super::*;
     use crate::store::{MemoryStore, Store};
 
-    // The journal's rows start from the nodes alone: each node's id, task name (shared
-    // between the nodes of one task, across interleaved task types), optional flag and
-    // the run's lease come back from the store once written.
-    #[tokio::test]
-    async fn rows_start_from_the_nodes() {
+    /// A journal of run `run` (lease 9) over `nodes`, writing to a fresh memory store.
+    fn journal(
+        nodes: impl ExactSizeIterator<Item = NewRow>,
+    ) -> (Arc<MemoryStore>, WriterHandle, Arc<RunJournal>) {
         let store = Arc::new(MemoryStore::new());
         let (events, _) = tokio::sync::broadcast::channel(16);
         let writer =
             start_writer(store.clone(), Duration::from_millis(50), events, false).expect("writer");
-        let names = ["load", "load", "save", "load"];
-        let nodes = names.iter().enumerate().map(|(i, &task)| NewRow {
-            task,
-            id: format!("n{i}").into(),
-            optional: i == 2,
-        });
         let j = RunJournal::new(
             Arc::from("run"),
             Arc::from("run"),
@@ -667,18 +660,37 @@ mod tests {
             writer.clone(),
             Duration::from_millis(50),
         );
+        (store, writer, j)
+    }
+
+    /// A successful end after one attempt of `elapsed`, at `at`.
+    fn done(elapsed: Duration, at: Option<Instant>) -> Ended {
+        Ended {
+            state: State::Done,
+            skipped: false,
+            attempts: 1,
+            elapsed,
+            error: None,
+            chain: Vec::new(),
+            at,
+        }
+    }
+
+    // The journal's rows start from the nodes alone: each node's id, task name (shared
+    // between the nodes of one task, across interleaved task types), optional flag and
+    // the run's lease come back from the store once written.
+    #[tokio::test]
+    async fn rows_start_from_the_nodes() {
+        let names = ["load", "load", "save", "load"];
+        let (store, writer, j) = journal(names.iter().enumerate().map(|(i, &task)| NewRow {
+            task,
+            id: format!("n{i}").into(),
+            optional: i == 2,
+        }));
         for i in 0..4 {
             j.ended(
                 i,
-                Ended {
-                    state: State::Done,
-                    skipped: false,
-                    attempts: 1,
-                    elapsed: Duration::from_millis(1),
-                    error: None,
-                    chain: Vec::new(),
-                    at: None,
-                },
+                done(Duration::from_millis(1), None),
                 Some(i.to_string().into()),
             );
         }
@@ -706,40 +718,15 @@ mod tests {
     // ended in its first poll) its elapsed time before that.
     #[tokio::test]
     async fn an_end_given_as_an_instant_is_stamped_from_it() {
-        let store = Arc::new(MemoryStore::new());
-        let (events, _) = tokio::sync::broadcast::channel(16);
-        let writer =
-            start_writer(store.clone(), Duration::from_millis(50), events, false).expect("writer");
-        let nodes = (0..2).map(|i| NewRow {
+        let (store, writer, j) = journal((0..2).map(|i| NewRow {
             task: "load",
             id: format!("n{i}").into(),
             optional: false,
-        });
-        let j = RunJournal::new(
-            Arc::from("run"),
-            Arc::from("run"),
-            1,
-            9,
-            nodes,
-            writer.clone(),
-            Duration::from_millis(50),
-        );
+        }));
         let (wall0, inst0) = j.clock0;
         let hour = Duration::from_hours(1);
         for (i, at) in [(0, inst0 + hour), (1, inst0)] {
-            j.ended(
-                i,
-                Ended {
-                    state: State::Done,
-                    skipped: false,
-                    attempts: 1,
-                    elapsed: Duration::from_secs(2),
-                    error: None,
-                    chain: Vec::new(),
-                    at: Some(at),
-                },
-                None,
-            );
+            j.ended(i, done(Duration::from_secs(2), Some(at)), None);
         }
         j.sync().await.expect("sync");
         let rows: HashMap<u32, TaskRow> = store.tasks("run").unwrap().into_iter().collect();

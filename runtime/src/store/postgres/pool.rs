@@ -369,12 +369,9 @@ impl Pool {
     /// connection while the connection breaks, for up to the retry window.
     pub(super) fn call<T, E: CallError>(
         &self,
-        mut f: impl FnMut(&mut Conn) -> Result<T, E>,
+        f: impl FnMut(&mut Conn) -> Result<T, E>,
     ) -> Result<T, Failure<E>> {
-        self.retrying(false, |conn| match f(conn) {
-            Ok(v) => Step::Done(v),
-            Err(e) => Step::Failed(e),
-        })
+        self.call_on(false, f)
     }
 
     /// Runs `f` in one transaction (rolled back when it fails); again while the
@@ -397,9 +394,18 @@ impl Pool {
     /// its first execution, maybe on a table still empty.
     pub(super) fn call_generic<T, E: CallError>(
         &self,
+        f: impl FnMut(&mut Conn) -> Result<T, E>,
+    ) -> Result<T, Failure<E>> {
+        self.call_on(true, f)
+    }
+
+    /// [`call`](Pool::call) on a generic-plan connection or an ordinary one.
+    fn call_on<T, E: CallError>(
+        &self,
+        generic: bool,
         mut f: impl FnMut(&mut Conn) -> Result<T, E>,
     ) -> Result<T, Failure<E>> {
-        self.retrying(true, |conn| match f(conn) {
+        self.retrying(generic, |conn| match f(conn) {
             Ok(v) => Step::Done(v),
             Err(e) => Step::Failed(e),
         })
