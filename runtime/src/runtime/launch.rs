@@ -7,7 +7,6 @@ use std::sync::Arc;
 
 use serde::Serialize;
 use serde_json::Value;
-use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::exec::{execute, run_span, Resume, RunConfig};
@@ -19,8 +18,8 @@ use crate::report::RunReport;
 use crate::store::{Batch, Keyed, StoreError, Update};
 
 use super::{
-    archiving, clearing, drive, state_event, to_value, ActiveRun, Error, Reserved, Result, Run,
-    RunHandle, Runtime,
+    archiving, clearing, drive, state_event, to_value, ActiveRun, End, Ended, Error, Reserved,
+    Result, Run, RunHandle, Runtime,
 };
 
 /// A launch of a process with options: id, launch options, concurrency, idempotency key.
@@ -618,18 +617,18 @@ impl Runtime {
             return None;
         }
         let cancel = CancellationToken::new();
-        let (tx, rx) = watch::channel(None);
+        let (tx, end) = End::channel();
         active.insert(
             id.to_owned(),
             ActiveRun {
                 token,
                 cancel: cancel.clone(),
-                done: rx,
+                done: end.clone(),
                 lease: 0,
                 halt: crate::exec::Halt::child(&self.inner.halt),
             },
         );
-        Some(Reserved { cancel, tx })
+        Some(Reserved { cancel, tx, end })
     }
 
     /// Forgets a reservation whose launch was refused.
@@ -651,21 +650,21 @@ impl Runtime {
         lease: u64,
         reserved: Option<Reserved>,
     ) -> RunHandle {
-        let Reserved { cancel, tx } = reserved.unwrap_or_else(|| {
-            let (tx, _) = watch::channel(None);
+        let Reserved { cancel, tx, end } = reserved.unwrap_or_else(|| {
+            let (tx, end) = End::channel();
             Reserved {
                 cancel: CancellationToken::new(),
                 tx,
+                end,
             }
         });
-        let rx = tx.subscribe();
         let halt = crate::exec::Halt::child(&self.inner.halt);
         self.inner.active().insert(
             rec.id.clone(),
             ActiveRun {
                 token,
                 cancel: cancel.clone(),
-                done: rx.clone(),
+                done: end.clone(),
                 lease,
                 halt: halt.clone(),
             },
@@ -673,7 +672,7 @@ impl Runtime {
         let handle = RunHandle {
             id: rec.id.clone(),
             cancel: cancel.clone(),
-            done: rx,
+            done: end,
             runtime: Some(Arc::downgrade(&self.inner)),
         };
         let inner = self.inner.clone();
@@ -709,12 +708,12 @@ impl Runtime {
             // A run another worker took over (this one was fenced out) ends there: its
             // waiters here get that worker's report, read from the store.
             if let Some(report) = report {
-                let _ = tx.send(Some(Arc::new(report)));
+                let _ = tx.send(Some(Ended::new(report)));
             } else if inner.shared && !inner.shutting_down.load(Ordering::Acquire) {
                 let followed = Runtime { inner }.follow(&id);
                 drop(id);
                 if let Ok(report) = followed.wait().await {
-                    let _ = tx.send(Some(Arc::new(report)));
+                    let _ = tx.send(Some(Ended::new(report)));
                 }
             }
         }));
@@ -738,11 +737,10 @@ impl Runtime {
         // store holds is resumed (children first), so such a record was orphaned; what
         // the store says is the answer.
         let report = self.report(id).await?;
-        let (_tx, rx) = watch::channel(Some(Arc::new(report)));
         Ok(RunHandle {
             id: id.to_owned(),
             cancel: CancellationToken::new(),
-            done: rx,
+            done: End::ended(report),
             runtime: Some(Arc::downgrade(&self.inner)),
         })
     }
@@ -751,7 +749,7 @@ impl Runtime {
     /// comes once the store says the run ended (polled every quarter lease), or from
     /// this worker if it takes the run over meanwhile.
     fn follow(&self, id: &str) -> RunHandle {
-        let (tx, rx) = watch::channel(None);
+        let (tx, end) = End::channel();
         let weak = Arc::downgrade(&self.inner);
         let every = std::time::Duration::from_millis((self.inner.lease_ms / 4).clamp(10, 1_000));
         let run = id.to_owned();
@@ -760,10 +758,10 @@ impl Runtime {
                 tokio::time::sleep(every).await;
                 let Some(inner) = weak.upgrade() else { return };
                 let rt = Runtime { inner };
-                if let Some(mut h) = rt.live_handle(&run) {
+                if let Some(h) = rt.live_handle(&run) {
                     drop(rt);
-                    if let Ok(r) = h.done.wait_for(Option::is_some).await {
-                        let _ = tx.send(r.clone());
+                    if let Ok(r) = h.wait().await {
+                        let _ = tx.send(Some(Ended::new(r)));
                     }
                     return;
                 }
@@ -771,7 +769,7 @@ impl Runtime {
                     Ok(Some(rec)) if rec.state().is_active() => {}
                     Ok(_) => {
                         if let Ok(report) = rt.report(&run).await {
-                            let _ = tx.send(Some(Arc::new(report)));
+                            let _ = tx.send(Some(Ended::new(report)));
                         }
                         return;
                     }
@@ -785,7 +783,7 @@ impl Runtime {
         RunHandle {
             id: id.to_owned(),
             cancel: CancellationToken::new(),
-            done: rx,
+            done: end,
             runtime: Some(Arc::downgrade(&self.inner)),
         }
     }
@@ -809,7 +807,7 @@ impl Runtime {
         self.inner.check_resources(&graph)?;
         let id = format!("{}-{}", graph.name(), self.next_id().await?);
         let cancel = CancellationToken::new();
-        let (tx, rx) = watch::channel(None);
+        let (tx, end) = End::channel();
         let cfg = RunConfig {
             run_id: Arc::from(id.as_str()),
             max_concurrency: self.inner.process_concurrency,
@@ -828,13 +826,13 @@ impl Runtime {
         };
         tokio::spawn(async move {
             if let Some(report) = execute(graph, cfg).await {
-                let _ = tx.send(Some(Arc::new(report)));
+                let _ = tx.send(Some(Ended::new(report)));
             }
         });
         Ok(RunHandle {
             id,
             cancel,
-            done: rx,
+            done: end,
             runtime: None,
         })
     }

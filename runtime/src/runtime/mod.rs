@@ -54,13 +54,92 @@ use scheduler::scheduler;
 /// A run registered as live before its launch is written.
 struct Reserved {
     cancel: CancellationToken,
-    tx: watch::Sender<Option<Arc<RunReport>>>,
+    tx: EndTx,
+    /// The run's end, for its handles (one seat count for all of them).
+    end: End,
+}
+
+/// How a run ended, as its driver hands it to the run's handles: a take-once cell. The
+/// last handle of the run to wait takes the report out of it (no copy, whatever the
+/// thread that sent it is doing meanwhile); a handle that waits while other handles of
+/// the run may still wait gets a copy.
+pub(crate) struct Ended {
+    /// The run's status (an event stream reads it without the report).
+    pub(crate) status: crate::report::RunStatus,
+    report: Mutex<Option<RunReport>>,
+}
+
+impl Ended {
+    pub(crate) fn new(report: RunReport) -> Arc<Ended> {
+        Arc::new(Ended {
+            status: report.status,
+            report: Mutex::new(Some(report)),
+        })
+    }
+}
+
+/// The sending side of a run's [`End`]: its driver sends the [`Ended`] cell once.
+pub(crate) type EndTx = watch::Sender<Option<Arc<Ended>>>;
+
+/// A handle's side of a run's end: the signal (`None` while the run runs) and a seat
+/// among the run's handles, shared by all of them (its count says whether another handle
+/// may still want the report).
+#[derive(Clone)]
+pub(crate) struct End {
+    pub(crate) rx: watch::Receiver<Option<Arc<Ended>>>,
+    seat: Arc<()>,
+}
+
+impl End {
+    /// A run's end signal, not sent yet.
+    pub(crate) fn channel() -> (EndTx, End) {
+        let (tx, rx) = watch::channel(None);
+        (
+            tx,
+            End {
+                rx,
+                seat: Arc::new(()),
+            },
+        )
+    }
+
+    /// The end of a run that has ended with `report`.
+    pub(crate) fn ended(report: RunReport) -> End {
+        let (_tx, rx) = watch::channel(Some(Ended::new(report)));
+        End {
+            rx,
+            seat: Arc::new(()),
+        }
+    }
+
+    /// Waits for the run's report: taken out of the cell when no other handle of the run
+    /// remains, copied otherwise. `None` when the sender went without one.
+    pub(crate) async fn take(mut self) -> Option<RunReport> {
+        let ended = self.rx.wait_for(Option::is_some).await.ok()?.clone()?;
+        drop(self.rx);
+        let report = {
+            let mut slot = ended
+                .report
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            // Every handle holds a seat and reads (or not) before it lets go of it; new
+            // handles are made only from existing ones (the runtime's copy goes before
+            // the report is sent): alone, no other handle can read after this one.
+            if Arc::strong_count(&self.seat) == 1 {
+                slot.take()
+            } else {
+                slot.clone()
+            }
+        };
+        drop(self.seat);
+        report
+    }
 }
 
 struct ActiveRun {
     token: u64,
     cancel: CancellationToken,
-    done: watch::Receiver<Option<Arc<RunReport>>>,
+    done: End,
     /// The lease token of the run's claim (0 while its launch is being written).
     lease: u64,
     /// Stops the run without recording anything (its lease was taken by another worker).
@@ -419,7 +498,7 @@ impl fmt::Debug for Runtime {
 pub struct RunHandle {
     id: String,
     cancel: CancellationToken,
-    done: watch::Receiver<Option<Arc<RunReport>>>,
+    done: End,
     /// The runtime, for a recorded run (cancels go through its state machine).
     runtime: Option<std::sync::Weak<Inner>>,
 }
@@ -441,7 +520,7 @@ impl RunHandle {
 
     /// True once the run has ended.
     pub fn is_finished(&self) -> bool {
-        self.done.borrow().is_some()
+        self.done.rx.borrow().is_some()
     }
 
     /// Asks the run to stop, as [`Runtime::cancel`] does: tasks not started end
@@ -505,7 +584,7 @@ impl RunHandle {
             return Box::pin(futures::stream::empty());
         };
         let rx = inner.events.subscribe();
-        let mut done = self.done.clone();
+        let mut done = self.done.rx.clone();
         // Also when the run is suspended (its sender goes without a report).
         let ended = async move {
             match done.wait_for(Option::is_some).await {
@@ -525,59 +604,30 @@ impl RunHandle {
 
     /// Waits for the run to end and returns its report.
     ///
+    /// The report is handed over without a copy, unless another handle of the same run
+    /// (an idempotent launch's, a [`Runtime::wait`] of the live run) may still wait for
+    /// it: then this one gets a copy and the last one the original.
+    ///
     /// # Errors
     ///
     /// [`Error::RunAborted`] when the run's driver stopped without a report (the tokio
     /// runtime shut down under it).
-    pub async fn wait(mut self) -> Result<RunReport> {
-        let report = match self.done.wait_for(Option::is_some).await {
-            Ok(r) => r.as_ref().expect("waited for Some").clone(),
-            Err(_) => {
-                return Err(Error::RunAborted {
-                    run_id: self.id.clone(),
-                    message: "the run's driver stopped before it ended".into(),
-                })
-            }
-        };
-        // The run's task drops its sender right after sending (every sender of a run's
-        // report sends once): once it has, and this handle's receiver is gone, the
-        // report is handed over without a copy. The sender's drop is awaited (woken by
-        // it, not polled: a report of 1,000 tasks was copied whenever the run's thread
-        // was slower than 16 turns), then a few turns cover the end of that drop (it
-        // wakes the receivers before it lets go of the channel, and so of the report);
-        // a sender's thread preempted in between still makes a copy (about 4 runs in 10
-        // on a loaded 2-core machine; `std::thread::yield_now` here avoided it but gave
-        // the core away to other processes: wide 1k 0.82 -> 1.03 ms). Copied also when
-        // another handle of the run holds it.
-        if self.done.has_changed().is_ok() {
-            // `Err` once the sender is dropped: the value sent is the last.
-            while self.done.changed().await.is_ok() {}
-        }
-        drop(self.done);
-        let mut report = report;
-        for _ in 0..16 {
-            match Arc::try_unwrap(report) {
-                Ok(r) => return Ok(r),
-                Err(shared) => report = shared,
-            }
-            tokio::task::yield_now().await;
-        }
-        match Arc::try_unwrap(report) {
-            Ok(r) => Ok(r),
-            Err(shared) => Ok((*shared).clone()),
-        }
+    pub async fn wait(self) -> Result<RunReport> {
+        let id = self.id;
+        self.done.take().await.ok_or_else(|| Error::RunAborted {
+            run_id: id,
+            message: "the run's driver stopped before it ended".into(),
+        })
     }
 }
 
 #[cfg(test)]
 mod wait_tests {
-    use std::sync::Arc;
     use std::time::Duration;
 
-    use tokio::sync::watch;
     use tokio_util::sync::CancellationToken;
 
-    use super::RunHandle;
+    use super::{End, Ended, RunHandle};
     use crate::report::{RunReport, RunStatus};
 
     fn report() -> RunReport {
@@ -591,24 +641,25 @@ mod wait_tests {
         }
     }
 
-    /// A sender that stays a while after sending (a run's thread slower than the waiter)
-    /// still hands its report over without a copy. On one thread, so that the sender's
-    /// drop is never preempted half way (on several threads it can be, between closing
-    /// the channel and letting go of the report, and then the report is copied: correct,
-    /// but not what this test pins).
-    #[tokio::test]
-    async fn wait_hands_the_report_over_when_the_sender_lingers() {
-        let (tx, rx) = watch::channel(None);
-        let handle = RunHandle {
+    fn handle(done: End) -> RunHandle {
+        RunHandle {
             id: "p-1".into(),
             cancel: CancellationToken::new(),
-            done: rx,
+            done,
             runtime: None,
-        };
+        }
+    }
+
+    /// A sender that stays a while after sending (a run's thread slower than the waiter)
+    /// still hands its report over without a copy.
+    #[tokio::test]
+    async fn wait_hands_the_report_over_when_the_sender_lingers() {
+        let (tx, end) = End::channel();
+        let handle = handle(end);
         let sent = report();
         let tasks_at = sent.tasks.as_ptr() as usize;
         let sender = tokio::spawn(async move {
-            let _ = tx.send(Some(Arc::new(sent)));
+            let _ = tx.send(Some(Ended::new(sent)));
             tokio::time::sleep(Duration::from_millis(50)).await;
             drop(tx);
         });
@@ -621,20 +672,60 @@ mod wait_tests {
         sender.await.unwrap();
     }
 
-    /// Another handle of the same run keeps its copy: the waiter gets one of its own.
+    /// A sender's thread preempted after it closed the channel but before it let go of
+    /// what it sent (held here for a while on purpose) does not make the waiter copy.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn wait_takes_the_report_while_the_sender_still_holds_it() {
+        let (tx, end) = End::channel();
+        let handle = handle(end);
+        let sent = report();
+        let tasks_at = sent.tasks.as_ptr() as usize;
+        let sender = tokio::spawn(async move {
+            let ended = Ended::new(sent);
+            let _ = tx.send(Some(ended.clone()));
+            drop(tx);
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            drop(ended);
+        });
+        let got = handle.wait().await.unwrap();
+        assert_eq!(
+            got.tasks.as_ptr() as usize,
+            tasks_at,
+            "the report was copied"
+        );
+        sender.await.unwrap();
+    }
+
+    /// Another handle of the same run may still wait: the first waiter gets a copy, the
+    /// last one the report itself.
     #[tokio::test]
     async fn wait_copies_a_report_another_handle_holds() {
-        let (tx, rx) = watch::channel(Some(Arc::new(report())));
-        drop(tx);
-        let other = rx.clone();
-        let handle = RunHandle {
-            id: "p-1".into(),
-            cancel: CancellationToken::new(),
-            done: rx,
-            runtime: None,
-        };
-        let got = handle.wait().await.unwrap();
+        let sent = report();
+        let tasks_at = sent.tasks.as_ptr() as usize;
+        let end = End::ended(sent);
+        let other = handle(end.clone());
+        let got = handle(end).wait().await.unwrap();
         assert_eq!(got.run_id, "p-1");
-        assert!(other.borrow().is_some());
+        assert_ne!(
+            got.tasks.as_ptr() as usize,
+            tasks_at,
+            "taken from the other"
+        );
+        assert!(other.is_finished());
+        let last = other.wait().await.unwrap();
+        assert_eq!(
+            last.tasks.as_ptr() as usize,
+            tasks_at,
+            "the report was copied"
+        );
+    }
+
+    /// A run whose driver went without a report: its waiters are told so.
+    #[tokio::test]
+    async fn wait_reports_a_driver_gone_without_a_report() {
+        let (tx, end) = End::channel();
+        drop(tx);
+        let err = handle(end).wait().await.unwrap_err();
+        assert!(matches!(err, super::Error::RunAborted { .. }), "{err}");
     }
 }

@@ -10,7 +10,7 @@ use crate::store::{Lease, Query, Store, StoreError, Update};
 use super::{check_id, store_call, Definition, Error, Result, Runtime};
 
 /// The end signal of a live run.
-type LiveEnd = tokio::sync::watch::Receiver<Option<std::sync::Arc<crate::report::RunReport>>>;
+type LiveEnd = tokio::sync::watch::Receiver<Option<std::sync::Arc<super::Ended>>>;
 
 impl Runtime {
     /// Syncs the definitions given to [`RuntimeBuilder::define`](super::RuntimeBuilder::define)
@@ -217,7 +217,7 @@ impl Runtime {
             .inner
             .active()
             .get(id)
-            .map(|a| (a.token, a.done.clone()));
+            .map(|a| (a.token, a.done.rx.clone()));
         match self.cancel(id).await {
             // Ended meanwhile, or already being cancelled: what is left is below.
             Ok(_) | Err(Error::NotCancellableState { .. }) => {}

@@ -33,7 +33,7 @@ use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
 use serde_json::Value;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::graph::process::Process;
@@ -59,7 +59,7 @@ pub(crate) struct ChildRequest {
 pub(crate) struct ChildRun {
     pub(crate) id: String,
     pub(crate) cancel: CancellationToken,
-    pub(crate) done: watch::Receiver<Option<Arc<RunReport>>>,
+    pub(crate) done: super::End,
 }
 
 /// A callback receiving the progress of every child of a [`run_child`](Ctx::run_child)
@@ -574,15 +574,10 @@ async fn await_child(parent: CancellationToken, run: ChildRun) -> Arc<RunReport>
             child.cancel();
         })
     };
-    let mut done = run.done;
-    let report = done
-        .wait_for(Option::is_some)
-        .await
-        .ok()
-        .and_then(|r| r.clone());
+    let report = run.done.take().await;
     link.abort();
     match report {
-        Some(r) => r,
+        Some(r) => Arc::new(r),
         // The child's run stopped without an end: the runtime is suspending (a clean
         // shutdown). This task gets no answer: it is dropped after the grace period and
         // runs again at the next start, when it finds the resumed child.
