@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::exec::{execute, run_span, Resume, RunConfig};
+use crate::exec::{execute, run_span, Remains, Resume, RunConfig};
 use crate::graph::Graph;
 use crate::hooks::Hooks;
 use crate::journal::{NewRow, RunJournal};
@@ -35,8 +35,9 @@ pub(super) struct Run {
 }
 
 /// Runs one graph for record `rec` and writes the outcome; `None` when the runtime
-/// suspended the run (nothing is recorded then: the next start resumes it).
-pub(super) async fn drive(inner: Arc<Inner>, run: Run) -> Option<RunReport> {
+/// suspended the run (nothing is recorded then: the next start resumes it). The
+/// [`Remains`] are the caller's to drop once it handed the report over.
+pub(super) async fn drive(inner: Arc<Inner>, run: Run) -> (Option<RunReport>, Remains) {
     let Run {
         started: pre_started,
         rec,
@@ -208,7 +209,7 @@ pub(super) async fn drive(inner: Arc<Inner>, run: Run) -> Option<RunReport> {
             .clone()
             .map(|d| d as Arc<dyn crate::exec::Dispatch>),
     };
-    let report = {
+    let (report, remains) = {
         let mut exec = std::pin::pin!(execute(graph, cfg));
         loop {
             tokio::select! {
@@ -258,10 +259,10 @@ pub(super) async fn drive(inner: Arc<Inner>, run: Run) -> Option<RunReport> {
                 tracing::warn!(run = %id, error = %e, "cannot give up the lease of a suspended run");
             }
         }
-        return None;
+        return (None, remains);
     };
     if !running {
-        return Some(report);
+        return (Some(report), remains);
     }
     let end = report.status.end_state();
     let error = (end == State::Failed).then(|| run_error(&report));
@@ -430,7 +431,7 @@ pub(super) async fn drive(inner: Arc<Inner>, run: Run) -> Option<RunReport> {
             report.status = RunStatus::Cancelled;
         }
         // Another worker owns the run now: its end will be that worker's.
-        Ok(Err(())) => return None,
+        Ok(Err(())) => return (None, remains),
         Ok(Ok(_)) => {}
         Err(e) => tracing::error!(run = %id, error = %e, "cannot record the run's end"),
     }
@@ -440,7 +441,7 @@ pub(super) async fn drive(inner: Arc<Inner>, run: Run) -> Option<RunReport> {
         }
     }
     drop(journal);
-    Some(report)
+    (Some(report), remains)
 }
 
 /// The trace context to store on a run launched now: the caller's current span's (cargo

@@ -693,7 +693,7 @@ impl Runtime {
                 halt,
             };
             let scheduled = run.rec.schedule.is_some();
-            let report = drive(inner.clone(), run).await;
+            let (report, remains) = drive(inner.clone(), run).await;
             {
                 let mut active = inner.active();
                 if active.get(&id).is_some_and(|a| a.token == token) {
@@ -709,7 +709,10 @@ impl Runtime {
             // waiters here get that worker's report, read from the store.
             if let Some(report) = report {
                 let _ = tx.send(Some(Ended::new(report)));
+                // Freed once the report is on its way, not before.
+                drop(remains);
             } else if inner.shared && !inner.shutting_down.load(Ordering::Acquire) {
+                drop(remains);
                 let followed = Runtime { inner }.follow(&id);
                 drop(id);
                 if let Ok(report) = followed.wait().await {
@@ -825,9 +828,11 @@ impl Runtime {
             dispatch: None,
         };
         tokio::spawn(async move {
-            if let Some(report) = execute(graph, cfg).await {
+            let (report, remains) = execute(graph, cfg).await;
+            if let Some(report) = report {
                 let _ = tx.send(Some(Ended::new(report)));
             }
+            drop(remains);
         });
         Ok(RunHandle {
             id,
