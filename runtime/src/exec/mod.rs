@@ -480,7 +480,7 @@ async fn drive_run(mut graph: Graph, mut cfg: RunConfig) -> (Option<RunReport>, 
     // Every node was started: the queue's room for all of them goes before the report.
     *shared::lock(&shared.queue) = VecDeque::new();
     let report = build_report(
-        &graph,
+        &mut graph,
         &shared,
         &state,
         &shared.offsets,

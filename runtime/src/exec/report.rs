@@ -9,8 +9,10 @@ use crate::report::{ErrorReport, Handles, Json, RunReport, RunStatus, TaskReport
 
 use super::{NodeState, NodeStatus, Shared};
 
+/// The run's report; the nodes' ids and descriptions are moved out of `graph` into it (the
+/// graph is only dropped afterwards), not copied.
 pub(super) fn build_report(
-    graph: &Graph,
+    graph: &mut Graph,
     shared: &Shared,
     state: &[NodeState],
     offsets: &[u32],
@@ -28,7 +30,7 @@ pub(super) fn build_report(
     // vector (no per-entry copy of its 130 bytes, no capacity check per push).
     let tasks: Vec<TaskReport> = graph
         .nodes
-        .iter()
+        .iter_mut()
         .zip(state)
         .enumerate()
         .map(|(i, (node, s))| {
@@ -62,12 +64,12 @@ pub(super) fn build_report(
                 None
             };
             TaskReport {
-                id: node.id.clone(),
+                id: std::mem::take(&mut node.id),
                 name: Cow::Borrowed(node.meta.name),
                 function: Cow::Borrowed(node.meta.function),
                 description: node
                     .description
-                    .clone()
+                    .take()
                     .map_or(Cow::Borrowed(node.meta.description), Cow::Owned),
                 status,
                 attempts: s.attempts,
