@@ -41,6 +41,12 @@ pub(super) struct Shared {
     pub(super) remaining: Box<[AtomicU32]>,
     /// Set (release) when a node succeeded: its result is in its slot.
     pub(super) done_ok: Box<[AtomicBool]>,
+    /// Set (release) by the driver before it counts off a node that did not succeed (see
+    /// [`count_off_failed`](super::count_off_failed)). A worker whose count-off ends a
+    /// dependent's wait (an acquire on the same counter) sees it if any of the dependent's
+    /// dependencies failed: while it is not set, every one of them succeeded, and the
+    /// dependencies need not be looked at one by one.
+    pub(super) some_failed: AtomicBool,
     /// Set when a node was started or settled: it is started at most once.
     pub(super) claimed: Box<[AtomicBool]>,
     /// Set by whoever ends a started node first: its worker, or the driver abandoning it
@@ -264,7 +270,7 @@ impl Shared {
             if self.remaining[d as usize].fetch_sub(1, Ordering::AcqRel) == 1 {
                 if self.workers_start_dependents
                     && !*cancelled.get_or_insert_with(|| self.scope.cancel.is_cancelled())
-                    && self.all_deps_ok(d)
+                    && (!self.some_failed.load(Ordering::Acquire) || self.all_deps_ok(d))
                 {
                     if keep_one && next.is_none() {
                         // Counted in flight in place of `i`, whose worker runs it
