@@ -95,6 +95,9 @@ pub(super) struct Shared {
     pub(super) pooled: bool,
 }
 
+/// How many nodes a worker queues under one lock of the queue.
+const QUEUE_BATCH: usize = 64;
+
 /// A node's task until it is started.
 pub(super) type TaskCell = Mutex<Option<Box<dyn ErasedTask>>>;
 
@@ -266,6 +269,10 @@ impl Shared {
         // 10,000 made ready at once reads it once. A cancel that comes during the loop is
         // as if it came after it.
         let mut cancelled = None;
+        // The others, in a pooled run: queued under one lock of the queue (taken at the
+        // first one, let go every `QUEUE_BATCH`), runners looked for once after.
+        let mut queue = None;
+        let mut queued = 0;
         for &d in self.dependents(i) {
             if self.remaining[d as usize].fetch_sub(1, Ordering::AcqRel) == 1 {
                 if self.workers_start_dependents
@@ -276,6 +283,18 @@ impl Shared {
                         // Counted in flight in place of `i`, whose worker runs it
                         // next (no increment here, no decrement for `i`).
                         next = self.claim(d, false).map(|t| (d, t));
+                    } else if self.pooled {
+                        // Counted in flight before it is queued (and can end).
+                        if let Some(task) = self.claim(d, true) {
+                            queue
+                                .get_or_insert_with(|| lock(&self.queue))
+                                .push_back((d, task));
+                            queued += 1;
+                            if queued % QUEUE_BATCH == 0 {
+                                queue = None;
+                                self.ensure_runner();
+                            }
+                        }
                     } else {
                         self.start(d);
                     }
@@ -283,6 +302,9 @@ impl Shared {
                     let _ = self.tx.send(Msg::Settle(d));
                 }
             }
+        }
+        if queue.take().is_some() {
+            self.ensure_runner();
         }
         next
     }
