@@ -690,3 +690,85 @@ async fn a_freed_slot_is_used_at_once() {
         assert!(report.is_success(), "{}", report.summary());
     }
 }
+
+// ------------------------------------- fan-in after a failure, ended by a worker
+
+/// Set once the driver has seen `fan_fails` fail: `fan_waits` ends only after it.
+static FAN_FAILED: Notify = Notify::const_new();
+
+/// Tells `fan_waits` that the driver took `fan_fails`'s failure in (its `failed` hook runs
+/// just before the driver counts the failure off its dependents).
+struct FanFailSeen;
+
+impl procession::Hooks for FanFailSeen {
+    fn failed(
+        &self,
+        _run: &procession::RunInfo,
+        _task: &str,
+        _error: &(dyn std::error::Error + 'static),
+    ) {
+        FAN_FAILED.notify_one();
+    }
+}
+
+#[task]
+fn fan_fails() -> Result<u64, String> {
+    Err("down".into())
+}
+
+#[task]
+async fn fan_waits() -> u64 {
+    // Ends after the driver took the failure in, so that this task's worker, not the
+    // driver, ends `fan_sum`'s wait. Bounded: the outcome below holds in either order.
+    let _ = tokio::time::timeout(common::PATIENCE, FAN_FAILED.notified()).await;
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    7
+}
+
+#[task]
+fn fan_sum(xs: Vec<u64>) -> u64 {
+    xs.iter().sum()
+}
+
+#[task]
+fn fan_scalar(x: u64) -> u64 {
+    x + 1
+}
+
+#[process(mode = "concurrent")]
+fn fan_after_failure(p: &mut Builder) {
+    let bad = p.task(FanFails::new());
+    let good = p.task(FanWaits::new());
+    p.task(FanSum::new(vec![bad, good]));
+    p.task(FanScalar::new(good));
+}
+
+// A dependent whose last dependency ends in a worker (which starts it there when every
+// dependency succeeded) after another one failed is skipped, not started without its
+// input; a scalar result still reaches the dependents of the task that succeeded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_fan_in_after_a_failure_is_skipped_when_a_worker_ends_its_wait() {
+    let rt = Runtime::in_memory()
+        .hooks(FanFailSeen)
+        .start()
+        .await
+        .unwrap();
+    let report = rt.run(FanAfterFailure {}).await.unwrap();
+    assert_eq!(report.status, RunStatus::Failed, "{}", report.summary());
+    assert_eq!(
+        report.ids(report.skipped()),
+        ["fan_sum"],
+        "{}",
+        report.summary()
+    );
+    let scalar = report
+        .tasks
+        .iter()
+        .find(|t| t.id == "fan_scalar")
+        .expect("fan_scalar is in the report");
+    assert_eq!(scalar.status, TaskStatus::Success);
+    assert_eq!(
+        scalar.result.as_ref().map(ToString::to_string).as_deref(),
+        Some("8")
+    );
+}

@@ -557,6 +557,7 @@ fn new_shared(
             .map(|n| AtomicU32::new(n.deps().len() as u32))
             .collect(),
         done_ok: (0..n).map(|_| AtomicBool::new(false)).collect(),
+        some_failed: AtomicBool::new(false),
         claimed: (0..n).map(|_| AtomicBool::new(false)).collect(),
         ended: (0..n).map(|_| AtomicBool::new(false)).collect(),
         tasks: graph
@@ -648,13 +649,23 @@ fn handle_batch(
             if let Some(j) = &shared.journal {
                 record_end(j, i, &state[i], None, None);
             }
-            count_off(shared, c.node, settle);
+            count_off_failed(shared, c.node, settle);
         }
     }
 }
 
-/// Node `i` ended without success (or was found done at resume): count it off its
-/// dependents; those with no dependency left are settled by [`decide`].
+/// Node `i` ended without success: flag it for the workers (see [`Shared::some_failed`]),
+/// then [`count_off`] it.
+fn count_off_failed(shared: &Shared, i: u32, settle: &mut Vec<u32>) {
+    // Before the count-offs: a worker that ends one of `i`'s dependents' waits after
+    // them sees the flag (release here, acquire in its count-off) and checks each
+    // dependency.
+    shared.some_failed.store(true, Ordering::Release);
+    count_off(shared, i, settle);
+}
+
+/// Node `i` ended (found done at resume, or through [`count_off_failed`]): count it off
+/// its dependents; those with no dependency left are settled by [`decide`].
 fn count_off(shared: &Shared, i: u32, settle: &mut Vec<u32>) {
     for &d in shared.dependents(i) {
         if shared.remaining[d as usize].fetch_sub(1, Ordering::AcqRel) == 1 {
@@ -756,7 +767,7 @@ fn decide(
     if let Some(j) = &shared.journal {
         record_end(j, di, &state[di], None, None);
     }
-    count_off(shared, d, settle);
+    count_off_failed(shared, d, settle);
 }
 
 /// Writes how node `i` ended to the run's journal (`result`: its output as JSON, for a

@@ -41,6 +41,12 @@ pub(super) struct Shared {
     pub(super) remaining: Box<[AtomicU32]>,
     /// Set (release) when a node succeeded: its result is in its slot.
     pub(super) done_ok: Box<[AtomicBool]>,
+    /// Set (release) by the driver before it counts off a node that did not succeed (see
+    /// [`count_off_failed`](super::count_off_failed)). A worker whose count-off ends a
+    /// dependent's wait (an acquire on the same counter) sees it if any of the dependent's
+    /// dependencies failed: while it is not set, every one of them succeeded, and the
+    /// dependencies need not be looked at one by one.
+    pub(super) some_failed: AtomicBool,
     /// Set when a node was started or settled: it is started at most once.
     pub(super) claimed: Box<[AtomicBool]>,
     /// Set by whoever ends a started node first: its worker, or the driver abandoning it
@@ -88,6 +94,9 @@ pub(super) struct Shared {
     /// start dependents themselves (no per-run limit).
     pub(super) pooled: bool,
 }
+
+/// How many nodes a worker queues under one lock of the queue.
+const QUEUE_BATCH: usize = 64;
 
 /// A node's task until it is started.
 pub(super) type TaskCell = Mutex<Option<Box<dyn ErasedTask>>>;
@@ -260,16 +269,32 @@ impl Shared {
         // 10,000 made ready at once reads it once. A cancel that comes during the loop is
         // as if it came after it.
         let mut cancelled = None;
+        // The others, in a pooled run: queued under one lock of the queue (taken at the
+        // first one, let go every `QUEUE_BATCH`), runners looked for once after.
+        let mut queue = None;
+        let mut queued = 0;
         for &d in self.dependents(i) {
             if self.remaining[d as usize].fetch_sub(1, Ordering::AcqRel) == 1 {
                 if self.workers_start_dependents
                     && !*cancelled.get_or_insert_with(|| self.scope.cancel.is_cancelled())
-                    && self.all_deps_ok(d)
+                    && (!self.some_failed.load(Ordering::Acquire) || self.all_deps_ok(d))
                 {
                     if keep_one && next.is_none() {
                         // Counted in flight in place of `i`, whose worker runs it
                         // next (no increment here, no decrement for `i`).
                         next = self.claim(d, false).map(|t| (d, t));
+                    } else if self.pooled {
+                        // Counted in flight before it is queued (and can end).
+                        if let Some(task) = self.claim(d, true) {
+                            queue
+                                .get_or_insert_with(|| lock(&self.queue))
+                                .push_back((d, task));
+                            queued += 1;
+                            if queued % QUEUE_BATCH == 0 {
+                                queue = None;
+                                self.ensure_runner();
+                            }
+                        }
                     } else {
                         self.start(d);
                     }
@@ -277,6 +302,9 @@ impl Shared {
                     let _ = self.tx.send(Msg::Settle(d));
                 }
             }
+        }
+        if queue.take().is_some() {
+            self.ensure_runner();
         }
         next
     }

@@ -3,6 +3,7 @@
 use std::any::Any;
 use std::fmt;
 use std::marker::PhantomData;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Mutex;
 
 use smol_str::SmolStr;
@@ -234,8 +235,14 @@ impl<T> fmt::Debug for Arg<T> {
     }
 }
 
+/// The outputs `refs` read, in order: one allocation of the exact size (collecting the
+/// `Result`s would start from a guess and grow).
 fn collect_many<U: Data>(inputs: &Inputs<'_>, refs: &[NodeRef]) -> Result<Vec<U>, InputError> {
-    refs.iter().map(|r| inputs.take::<U>(*r)).collect()
+    let mut out = Vec::with_capacity(refs.len());
+    for r in refs {
+        out.push(inputs.take::<U>(*r)?);
+    }
+    Ok(out)
 }
 
 fn take_maybe<U: Data>(inputs: &Inputs<'_>, r: NodeRef) -> Result<Option<U>, InputError> {
@@ -246,9 +253,11 @@ fn collect_maybe<U: Data>(
     inputs: &Inputs<'_>,
     refs: &[NodeRef],
 ) -> Result<Vec<Option<U>>, InputError> {
-    refs.iter()
-        .map(|r| inputs.take_if_present::<U>(*r))
-        .collect()
+    let mut out = Vec::with_capacity(refs.len());
+    for r in refs {
+        out.push(inputs.take_if_present::<U>(*r)?);
+    }
+    Ok(out)
 }
 
 fn many<U: Data>(refs: Vec<NodeRef>) -> Arg<Vec<U>> {
@@ -536,10 +545,59 @@ enum Value {
     Boxed(Box<dyn Any + Send>),
 }
 
+/// Which scalar a [`Slot`] holds outside its lock (`Slot::kind`); `NONE`: none (not
+/// filled, no reader, or a boxed value).
+mod kind {
+    pub(super) const NONE: u8 = 0;
+    pub(super) const U64: u8 = 1;
+    pub(super) const I64: u8 = 2;
+    pub(super) const U32: u8 = 3;
+    pub(super) const I32: u8 = 4;
+    pub(super) const F64: u8 = 5;
+    pub(super) const BOOL: u8 = 6;
+}
+
 /// Writes `v` into `out` when `out` is an `Option<V>`.
 fn put<V: 'static>(out: &mut dyn Any, v: V) {
     if let Some(o) = out.downcast_mut::<Option<V>>() {
         *o = Some(v);
+    }
+}
+
+/// The scalar of kind `k` with bits `bits` (as [`Value::scalar`] wrote them), as a `T`;
+/// `None` if it is not one. Monomorphized per `T`, the type tests fold away: a read is a
+/// compare and a copy.
+#[inline]
+fn scalar_as<T: 'static>(k: u8, bits: u64) -> Option<T> {
+    let mut out: Option<T> = None;
+    let o: &mut dyn Any = &mut out;
+    // The casts undo those of `Value::scalar` (same widths, bits kept).
+    #[allow(clippy::cast_possible_wrap)]
+    match k {
+        kind::U64 => put(o, bits),
+        kind::I64 => put(o, bits as i64),
+        kind::U32 => put(o, bits as u32),
+        kind::I32 => put(o, bits as u32 as i32),
+        kind::F64 => put(o, f64::from_bits(bits)),
+        kind::BOOL => put(o, bits != 0),
+        _ => {}
+    }
+    out
+}
+
+impl Value {
+    /// An inline scalar as its kind and bits (undone by [`scalar_as`]); `None` when boxed.
+    #[allow(clippy::cast_sign_loss)]
+    fn scalar(&self) -> Option<(u8, u64)> {
+        Some(match *self {
+            Value::U64(v) => (kind::U64, v),
+            Value::I64(v) => (kind::I64, v as u64),
+            Value::U32(v) => (kind::U32, u64::from(v)),
+            Value::I32(v) => (kind::I32, u64::from(v as u32)),
+            Value::F64(v) => (kind::F64, v.to_bits()),
+            Value::Bool(v) => (kind::BOOL, u64::from(v)),
+            Value::Boxed(_) => return None,
+        })
     }
 }
 
@@ -568,32 +626,25 @@ impl Typed {
             clone,
         }
     }
+}
 
+/// A kept value that is not an inline scalar, and how to copy it.
+struct Boxed {
+    value: Box<dyn Any + Send>,
+    clone: Option<OutputCloner>,
+}
+
+impl Boxed {
     /// The value as a `T` (the last reader's: moved out); `None` if it is not one.
     fn into_value<T: 'static>(self) -> Option<T> {
-        match self.value {
-            Value::Boxed(b) => b.downcast::<T>().ok().map(|b| *b),
-            _ => self.copy::<T>(),
-        }
+        self.value.downcast::<T>().ok().map(|b| *b)
     }
 
-    /// A copy of the value as a `T`; `None` if it is not one, or is boxed and its type
-    /// is not `Clone`.
+    /// A copy of the value as a `T`; `None` if it is not one or its type is not `Clone`.
     fn copy<T: 'static>(&self) -> Option<T> {
         let mut out: Option<T> = None;
-        let o: &mut dyn Any = &mut out;
-        match &self.value {
-            Value::U64(v) => put(o, *v),
-            Value::I64(v) => put(o, *v),
-            Value::U32(v) => put(o, *v),
-            Value::I32(v) => put(o, *v),
-            Value::F64(v) => put(o, *v),
-            Value::Bool(v) => put(o, *v),
-            Value::Boxed(b) => {
-                if let Some(clone) = self.clone {
-                    clone(&**b, o);
-                }
-            }
+        if let Some(clone) = self.clone {
+            clone(&*self.value, &mut out);
         }
         out
     }
@@ -601,17 +652,22 @@ impl Typed {
 
 /// The result of a finished node, read by the tasks that depend on it.
 ///
-/// The typed value is handed (moved) to the last reader; earlier readers get a clone when
-/// the type is `Clone`, else a copy decoded from the serialized form, which is always
-/// present.
+/// A scalar output (`u64`, `i64`, `u32`, `i32`, `f64`, `bool`) is kept beside the lock,
+/// in an atomic word: every reader copies it without taking the lock (a fan-in of three
+/// reads three slots: three loads, not three lock and unlock pairs). Any other typed value
+/// is handed (moved) to the last reader; earlier readers get a clone when the type is
+/// `Clone`, else a copy decoded from the serialized form, which is always present.
 ///
-/// The serialized form and the typed value sit behind one mutex, taken once to fill the
-/// slot and once per read: a slot is filled once and read by a few tasks, never under
-/// contention worth more than that, and an uncontended lock costs less than the
-/// `OnceLock` the text had of its own (its one-time initialisation runs a closure
-/// through `Once`, on every task).
+/// The serialized form and a boxed value sit behind one mutex, taken once to fill the
+/// slot and once per read of a value that is not a scalar: a slot is filled once and read
+/// by a few tasks, never under contention worth more than that.
 pub(crate) struct Slot {
     inner: Mutex<Filled>,
+    /// A scalar's bits (see [`scalar_as`]), once `kind` says which scalar.
+    bits: AtomicU64,
+    /// Set (release) once, after `bits`, by the fill of a read slot holding a scalar: a
+    /// reader that sees it needs nothing else (its task started after the fill anyway).
+    kind: AtomicU8,
     /// Some task reads the result (the graph's count was not zero).
     read: bool,
 }
@@ -619,8 +675,9 @@ pub(crate) struct Slot {
 /// What a slot holds once filled, and the reads still to come.
 struct Filled {
     json: Option<SmolStr>,
-    typed: Option<Typed>,
-    /// Reads not yet made: the last one takes the typed value.
+    /// A typed value other than a scalar, until the last reader takes it.
+    boxed: Option<Boxed>,
+    /// Reads not yet made of `boxed`: the last one takes it.
     readers: u32,
 }
 
@@ -629,9 +686,11 @@ impl Slot {
         Slot {
             inner: Mutex::new(Filled {
                 json: None,
-                typed: None,
+                boxed: None,
                 readers,
             }),
+            bits: AtomicU64::new(0),
+            kind: AtomicU8::new(kind::NONE),
             read: readers > 0,
         }
     }
@@ -649,8 +708,22 @@ impl Slot {
             return;
         }
         g.json = Some(json);
-        if g.readers > 0 {
-            g.typed = typed;
+        let Some(typed) = typed.filter(|_| self.read) else {
+            return;
+        };
+        match typed.value.scalar() {
+            Some((k, bits)) => {
+                self.bits.store(bits, Ordering::Relaxed);
+                self.kind.store(k, Ordering::Release);
+            }
+            None => {
+                if let Value::Boxed(value) = typed.value {
+                    g.boxed = Some(Boxed {
+                        value,
+                        clone: typed.clone,
+                    });
+                }
+            }
         }
     }
 
@@ -669,16 +742,29 @@ impl Slot {
         self.read
     }
 
+    #[inline]
     fn take<T: Data>(&self) -> Option<Result<T, serde_json::Error>> {
+        let k = self.kind.load(Ordering::Acquire);
+        if k != kind::NONE {
+            if let Some(v) = scalar_as::<T>(k, self.bits.load(Ordering::Relaxed)) {
+                return Some(Ok(v));
+            }
+        }
+        self.take_locked()
+    }
+
+    /// [`take`](Self::take) of a value that is not a scalar of type `T`: the boxed value
+    /// (moved to the last reader, cloned for the others), or the text decoded.
+    fn take_locked<T: Data>(&self) -> Option<Result<T, serde_json::Error>> {
         let mut g = self.lock();
         let prev = g.readers;
         g.readers = prev.saturating_sub(1);
         if prev == 1 {
-            if let Some(v) = g.typed.take().and_then(Typed::into_value::<T>) {
+            if let Some(v) = g.boxed.take().and_then(Boxed::into_value::<T>) {
                 return Some(Ok(v));
             }
         } else if prev > 1 {
-            if let Some(v) = g.typed.as_ref().and_then(Typed::copy::<T>) {
+            if let Some(v) = g.boxed.as_ref().and_then(Boxed::copy::<T>) {
                 return Some(Ok(v));
             }
         }
@@ -774,7 +860,12 @@ mod tests {
         for _ in 0..3 {
             assert_eq!(slot.take::<u64>().unwrap().unwrap(), 7);
         }
-        assert!(slot.lock().typed.is_none());
+        // Kept beside the lock, not inside it.
+        assert!(slot.lock().boxed.is_none());
+        assert_eq!(
+            slot.kind.load(std::sync::atomic::Ordering::Acquire),
+            super::kind::U64
+        );
         let slot = filled(2, -1.5_f64, None);
         // Exact: the same value handed over, not a nearby one.
         for _ in 0..2 {
@@ -789,6 +880,18 @@ mod tests {
         // Read as another type than the one kept: decoded from the text.
         let slot = filled(1, 5_u32, None);
         assert_eq!(slot.take::<i64>().unwrap().unwrap(), 5);
+        // Every scalar kind comes back bit for bit, extremes included.
+        let slot = filled(1, i64::MIN, None);
+        assert_eq!(slot.take::<i64>().unwrap().unwrap(), i64::MIN);
+        let slot = filled(1, -7_i32, None);
+        assert_eq!(slot.take::<i32>().unwrap().unwrap(), -7);
+        let slot = filled(1, u32::MAX, None);
+        assert_eq!(slot.take::<u32>().unwrap().unwrap(), u32::MAX);
+        let slot = filled(1, u64::MAX, None);
+        assert_eq!(slot.take::<u64>().unwrap().unwrap(), u64::MAX);
+        // A second fill keeps the first value.
+        slot.fill(to_json(&1_u64).unwrap(), Some(Typed::new(1_u64, None)));
+        assert_eq!(slot.take::<u64>().unwrap().unwrap(), u64::MAX);
     }
 
     // Other outputs are boxed: earlier readers get clones (or the decoded text without a
@@ -798,16 +901,20 @@ mod tests {
         let v = vec!["a".to_owned(), "b".to_owned()];
         let slot = filled(2, v.clone(), Some(clone_output::<Vec<String>>));
         assert_eq!(slot.take::<Vec<String>>().unwrap().unwrap(), v);
-        assert!(slot.lock().typed.is_some());
+        assert!(slot.lock().boxed.is_some());
         assert_eq!(slot.take::<Vec<String>>().unwrap().unwrap(), v);
-        assert!(slot.lock().typed.is_none());
+        assert!(slot.lock().boxed.is_none());
         let slot = filled(2, v.clone(), None);
         assert_eq!(slot.take::<Vec<String>>().unwrap().unwrap(), v);
         assert_eq!(slot.take::<Vec<String>>().unwrap().unwrap(), v);
         // No reader: nothing typed is kept, the text is.
         let slot = filled(0, 9_u64, None);
         assert!(!slot.has_readers());
-        assert!(slot.lock().typed.is_none());
+        assert!(slot.lock().boxed.is_none());
+        assert_eq!(
+            slot.kind.load(std::sync::atomic::Ordering::Acquire),
+            super::kind::NONE
+        );
         assert_eq!(slot.json().as_deref(), Some("9"));
         assert_eq!(slot.take::<u64>().unwrap().unwrap(), 9);
     }

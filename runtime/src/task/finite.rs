@@ -32,6 +32,14 @@ impl ser::Error for NonFinite {
 /// Checks that `json` (the text `value` serialized to) lost nothing: `Err` names the first
 /// NaN or infinite float in `value`, where it is and what to do instead.
 pub(crate) fn check<T: Serialize + ?Sized>(value: &T, json: &str) -> Result<(), String> {
+    // A number, a string or a boolean holds no float that could be lost (a lost one is a
+    // `null`, or inside an array or object): one byte tells, before any search.
+    if matches!(
+        json.as_bytes().first(),
+        Some(b'0'..=b'9' | b'-' | b'"' | b't' | b'f') | None
+    ) {
+        return Ok(());
+    }
     // A byte search for the `n` first: most results (numbers, plain text) have none, and
     // it costs less than setting up the substring search.
     if !json.as_bytes().contains(&b'n') || !json.contains("null") {
@@ -341,6 +349,11 @@ mod tests {
     #[test]
     fn finds_non_finite_floats_and_their_path() {
         assert!(run(&1.5f64).is_ok());
+        // Told by their first byte: numbers, strings (even one reading `null`), booleans.
+        assert!(run(&-3i64).is_ok());
+        assert!(run(&"null").is_ok());
+        assert!(run(&false).is_ok());
+        assert!(run(&(f64::NAN, 1)).is_err());
         assert!(run(&Option::<f64>::None).is_ok());
         assert!(run(&f64::NAN).unwrap_err().starts_with("the value is NaN"));
         assert!(run(&vec![1.0, f64::INFINITY])
