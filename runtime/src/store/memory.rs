@@ -105,12 +105,21 @@ impl MemRow {
             | bit(r.started_at.is_some(), Self::STARTED)
             | bit(r.ended_at.is_some(), Self::ENDED)
             | bit(r.progress.percent.is_some(), Self::PERCENT);
-        let rare = RareFields::boxed((
-            r.error.take(),
-            std::mem::take(&mut r.chain),
-            r.progress.message.take(),
-            std::mem::take(&mut r.log),
-        ));
+        // Most rows have no rare field: checked in place, before moving any of them.
+        let common = r.error.is_none()
+            && r.chain.is_empty()
+            && r.progress.message.is_none()
+            && r.log.is_empty();
+        let rare = if common {
+            None
+        } else {
+            RareFields::boxed((
+                r.error.take(),
+                std::mem::take(&mut r.chain),
+                r.progress.message.take(),
+                std::mem::take(&mut r.log),
+            ))
+        };
         MemRow {
             node: std::mem::take(&mut r.node),
             result: r.result.take(),
@@ -161,8 +170,13 @@ impl RunRows {
 
     /// The number of task name `name` in this run's names (added when new).
     fn name(&mut self, name: &SmolStr) -> u32 {
-        if self.names.get(self.last_name as usize) == Some(name) {
-            return self.last_name;
+        if let Some(last) = self.names.get(self.last_name as usize) {
+            // Rows of one run share their name's text (a static string, or one shared
+            // copy): the same address is the same name, without comparing the text.
+            let same_text = std::ptr::eq(last.as_str(), name.as_str());
+            if same_text || last == name {
+                return self.last_name;
+            }
         }
         let next = u32::try_from(self.names.len()).unwrap_or(u32::MAX);
         let k = *self.by_name.entry(name.clone()).or_insert(next);
