@@ -80,9 +80,6 @@ struct Rows {
     len: usize,
     dirty: Vec<bool>,
     dirty_list: Vec<u32>,
-    /// Rows of a [`take`](RunJournal::take) under way, taken from `dirty_list` but not
-    /// made yet: they are still dirty (the rows are not [released](RunJournal::release)).
-    taking: usize,
     throttle: HashMap<u32, Throttle>,
     window: Duration,
     /// The state last announced by an event, per node: a row written again without a
@@ -241,10 +238,6 @@ pub(crate) struct RunJournal {
     /// A wake-up is on its way to the writer: further changes need not send another.
     woken: std::sync::atomic::AtomicBool,
     rows: Mutex<Rows>,
-    /// The writer's spare vector for [`Rows::dirty_list`]: swapped in by each
-    /// [`take`](Self::take), so that the list keeps its room from cycle to cycle (no
-    /// growth, and no copy, while a worker holds the lock).
-    spare: Mutex<Vec<u32>>,
     writer: WriterHandle,
     /// The wall clock (ms since the Unix epoch) and the monotonic clock read together
     /// when the journal was made: an end given as an [`Instant`] (see [`Ended::at`]) is
@@ -319,7 +312,6 @@ impl RunJournal {
                 len: n,
                 dirty: vec![false; n],
                 dirty_list: Vec::new(),
-                taking: 0,
                 throttle: HashMap::new(),
                 window,
                 announced,
@@ -327,7 +319,6 @@ impl RunJournal {
                 rollup_dirty: false,
                 last_message: None,
             }),
-            spare: Mutex::new(Vec::new()),
             writer,
             clock0: (now_ms(), Instant::now()),
         });
@@ -438,7 +429,7 @@ impl RunJournal {
     /// are still dirty). The roll-up stays; later changes are ignored.
     pub(crate) fn release(&self) -> bool {
         let mut g = self.lock();
-        if !g.dirty_list.is_empty() || g.taking > 0 {
+        if !g.dirty_list.is_empty() {
             return false;
         }
         g.items = Vec::new();
@@ -464,72 +455,42 @@ impl RunJournal {
     }
 
     /// Everything dirty, as a batch; clears the dirty marks.
-    ///
-    /// The rows are made [`TAKE_CHUNK`] at a time, each chunk under one hold of the
-    /// lock: a worker recording a task's end waits at most for one chunk, not for a
-    /// whole cycle's rows (a thousand and more under load), which made the workers
-    /// sleep on the lock.
     pub(crate) fn take(&self, batch: &mut Batch, events: Option<&mut Vec<(SmolStr, State)>>) {
         // Changes made from now on need a new wake-up.
         self.woken
             .store(false, std::sync::atomic::Ordering::Release);
         let mut events = events;
-        let mut list = std::mem::take(
-            &mut *self
-                .spare
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner),
-        );
-        {
-            let mut g = self.lock();
-            // A burst whose window has passed is summarised at the flush ("(N messages
-            // dropped)" and the last dropped message); one still inside its window is
-            // summarised by its next message, a warning, or the task's end.
-            if !g.throttle.is_empty() {
-                let window = g.window;
-                let bursting: Vec<u32> = g
-                    .throttle
-                    .iter()
-                    .filter(|(_, t)| t.dropped > 0 && t.window_start.elapsed() >= window)
-                    .map(|(n, _)| *n)
-                    .collect();
-                for node in bursting {
-                    g.settle_burst(node);
-                    g.mark(node);
-                }
-            }
-            // The nodes listed stay marked until their rows are made below: a change
-            // in between lists none again, and the row made is the newest.
-            std::mem::swap(&mut list, &mut g.dirty_list);
-            g.taking = list.len();
+        let mut g = self.lock();
+        // A burst whose window has passed is summarised at the flush ("(N messages
+        // dropped)" and the last dropped message); one still inside its window is
+        // summarised by its next message, a warning, or the task's end.
+        let window = g.window;
+        let bursting: Vec<u32> = g
+            .throttle
+            .iter()
+            .filter(|(_, t)| t.dropped > 0 && t.window_start.elapsed() >= window)
+            .map(|(n, _)| *n)
+            .collect();
+        for node in bursting {
+            g.settle_burst(node);
+            g.mark(node);
         }
+        let list = std::mem::take(&mut g.dirty_list);
         batch.tasks.reserve(list.len());
-        for chunk in list.chunks(TAKE_CHUNK) {
-            let mut g = self.lock();
-            g.taking = g.taking.saturating_sub(chunk.len());
-            for &node in chunk {
-                let i = node as usize;
-                if i >= g.items.len() {
-                    break; // released (never with rows still dirty)
+        for node in list {
+            let i = node as usize;
+            g.dirty[i] = false;
+            let row = g.row(i);
+            // A state is announced once: a row written again for its progress or its
+            // log is not a new state.
+            if g.announced[i] != row.state {
+                g.announced[i] = row.state;
+                if let Some(ev) = events.as_deref_mut() {
+                    ev.push((row.node.clone(), row.state));
                 }
-                g.dirty[i] = false;
-                let row = g.row(i);
-                // A state is announced once: a row written again for its progress or
-                // its log is not a new state.
-                if g.announced[i] != row.state {
-                    g.announced[i] = row.state;
-                    if let Some(ev) = events.as_deref_mut() {
-                        ev.push((row.node.clone(), row.state));
-                    }
-                }
-                batch.tasks.push((self.run_id.clone(), node, row));
             }
+            batch.tasks.push((self.run_id.clone(), node, row));
         }
-        list.clear();
-        *self
-            .spare
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = list;
     }
 
     /// Waits until everything recorded so far is durable.
@@ -544,9 +505,6 @@ impl Drop for RunJournal {
         self.writer.forget(&self.run_id);
     }
 }
-
-/// Rows made per hold of a journal's lock by [`RunJournal::take`].
-const TAKE_CHUNK: usize = 64;
 
 /// A node of a run about to start, as its journal row begins (see [`RunJournal::new`]).
 pub(crate) struct NewRow {
@@ -751,59 +709,6 @@ mod tests {
         assert_eq!(j.rollup().percent, Some(100.0));
         // The two `load` rows share one name.
         assert_eq!(j.lock().names.len(), 2);
-        writer.close().await.expect("close");
-    }
-
-    // A cycle's rows are made a chunk at a time (the lock is let go in between): every
-    // row of a cycle larger than one chunk reaches the store, each state is announced
-    // once, and the rows are not released while a take has rows still to make.
-    #[tokio::test]
-    async fn a_cycle_larger_than_a_chunk_writes_every_row() {
-        let n = u32::try_from(TAKE_CHUNK * 3 + 5).unwrap();
-        let store = Arc::new(MemoryStore::new());
-        let (events, mut rx) = tokio::sync::broadcast::channel(4 * n as usize);
-        let writer =
-            start_writer(store.clone(), Duration::from_millis(50), events, false).expect("writer");
-        let j = RunJournal::new(
-            Arc::from("run"),
-            Arc::from("run"),
-            1,
-            9,
-            (0..n).map(|i| NewRow {
-                task: "load",
-                id: format!("n{i}").into(),
-                optional: false,
-            }),
-            writer.clone(),
-            Duration::from_millis(50),
-        );
-        // Ended out of node order, mostly within one cycle of the writer (it gathers
-        // rows for a millisecond between two writes).
-        for i in (0..n).rev() {
-            j.ended(
-                i,
-                done(Duration::from_millis(1), None),
-                Some(i.to_string().into()),
-            );
-        }
-        j.sync().await.expect("sync");
-        let rows = store.tasks("run").unwrap();
-        assert_eq!(rows.len(), n as usize);
-        assert!(rows
-            .iter()
-            .all(|(i, r)| r.state == State::Done && r.result.as_deref() == Some(&*i.to_string())));
-        let mut done_events = 0;
-        while let Ok(e) = rx.try_recv() {
-            if matches!(e.kind, EventKind::State { state: State::Done }) {
-                done_events += 1;
-            }
-        }
-        assert_eq!(done_events, n, "each end announced once");
-        // Rows taken but not made yet are still dirty: they are not released.
-        j.lock().taking = 1;
-        assert!(!j.release(), "released with a take under way");
-        j.lock().taking = 0;
-        assert!(j.release());
         writer.close().await.expect("close");
     }
 
