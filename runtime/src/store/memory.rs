@@ -683,6 +683,98 @@ mod tests {
         assert_eq!(store.tasks("r").unwrap(), given);
     }
 
+    // A row is checked for rare fields in place, and its task name matched by address
+    // before its text: a row with any one rare field keeps it, and names of the same
+    // text at other addresses, or of other text, come back as given.
+    #[test]
+    fn one_rare_field_and_names_by_address_or_text_come_back() {
+        let store = MemoryStore::new();
+        let run: Arc<str> = Arc::from("r");
+        let base = plain_row(0);
+        let entry = LogEntry {
+            timestamp: 5,
+            level: Level::Info,
+            message: "note".to_owned(),
+            data: None,
+        };
+        let shared = SmolStr::new_static("load");
+        let given = vec![
+            (
+                0,
+                TaskRow {
+                    error: Some("boom".into()),
+                    ..base.clone()
+                },
+            ),
+            (
+                1,
+                TaskRow {
+                    chain: vec!["cause".into()],
+                    ..base.clone()
+                },
+            ),
+            (
+                2,
+                TaskRow {
+                    progress: Progress {
+                        percent: None,
+                        message: Some("half".into()),
+                    },
+                    ..base.clone()
+                },
+            ),
+            (
+                3,
+                TaskRow {
+                    log: vec![entry],
+                    ..base.clone()
+                },
+            ),
+            (
+                4,
+                TaskRow {
+                    task: shared.clone(),
+                    ..base.clone()
+                },
+            ),
+            (
+                5,
+                TaskRow {
+                    task: shared,
+                    ..base.clone()
+                },
+            ),
+            // Same text, another address; then other text of the same length.
+            (
+                6,
+                TaskRow {
+                    task: SmolStr::new(String::from("load")),
+                    ..base.clone()
+                },
+            ),
+            (
+                7,
+                TaskRow {
+                    task: "lost".into(),
+                    ..base.clone()
+                },
+            ),
+            (
+                8,
+                TaskRow {
+                    task: "load".into(),
+                    ..base
+                },
+            ),
+        ];
+        let mut batch = Batch::default();
+        for (i, r) in &given {
+            batch.tasks.push((run.clone(), *i, r.clone()));
+        }
+        store.apply(batch).unwrap();
+        assert_eq!(store.tasks("r").unwrap(), given);
+    }
+
     fn plain_row(node: u32) -> TaskRow {
         TaskRow {
             task: "t".into(),
