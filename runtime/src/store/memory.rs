@@ -105,12 +105,21 @@ impl MemRow {
             | bit(r.started_at.is_some(), Self::STARTED)
             | bit(r.ended_at.is_some(), Self::ENDED)
             | bit(r.progress.percent.is_some(), Self::PERCENT);
-        let rare = RareFields::boxed((
-            r.error.take(),
-            std::mem::take(&mut r.chain),
-            r.progress.message.take(),
-            std::mem::take(&mut r.log),
-        ));
+        // Most rows have no rare field: checked in place, before moving any of them.
+        let common = r.error.is_none()
+            && r.chain.is_empty()
+            && r.progress.message.is_none()
+            && r.log.is_empty();
+        let rare = if common {
+            None
+        } else {
+            RareFields::boxed((
+                r.error.take(),
+                std::mem::take(&mut r.chain),
+                r.progress.message.take(),
+                std::mem::take(&mut r.log),
+            ))
+        };
         MemRow {
             node: std::mem::take(&mut r.node),
             result: r.result.take(),
@@ -161,8 +170,13 @@ impl RunRows {
 
     /// The number of task name `name` in this run's names (added when new).
     fn name(&mut self, name: &SmolStr) -> u32 {
-        if self.names.get(self.last_name as usize) == Some(name) {
-            return self.last_name;
+        if let Some(last) = self.names.get(self.last_name as usize) {
+            // Rows of one run share their name's text (a static string, or one shared
+            // copy): the same address is the same name, without comparing the text.
+            let same_text = std::ptr::eq(last.as_str(), name.as_str());
+            if same_text || last == name {
+                return self.last_name;
+            }
         }
         let next = u32::try_from(self.names.len()).unwrap_or(u32::MAX);
         let k = *self.by_name.entry(name.clone()).or_insert(next);
@@ -660,6 +674,98 @@ mod tests {
             (5, long),
             (6, other),
             (2000, row("c", true)),
+        ];
+        let mut batch = Batch::default();
+        for (i, r) in &given {
+            batch.tasks.push((run.clone(), *i, r.clone()));
+        }
+        store.apply(batch).unwrap();
+        assert_eq!(store.tasks("r").unwrap(), given);
+    }
+
+    // A row is checked for rare fields in place, and its task name matched by address
+    // before its text: a row with any one rare field keeps it, and names of the same
+    // text at other addresses, or of other text, come back as given.
+    #[test]
+    fn one_rare_field_and_names_by_address_or_text_come_back() {
+        let store = MemoryStore::new();
+        let run: Arc<str> = Arc::from("r");
+        let base = plain_row(0);
+        let entry = LogEntry {
+            timestamp: 5,
+            level: Level::Info,
+            message: "note".to_owned(),
+            data: None,
+        };
+        let shared = SmolStr::new_static("load");
+        let given = vec![
+            (
+                0,
+                TaskRow {
+                    error: Some("boom".into()),
+                    ..base.clone()
+                },
+            ),
+            (
+                1,
+                TaskRow {
+                    chain: vec!["cause".into()],
+                    ..base.clone()
+                },
+            ),
+            (
+                2,
+                TaskRow {
+                    progress: Progress {
+                        percent: None,
+                        message: Some("half".into()),
+                    },
+                    ..base.clone()
+                },
+            ),
+            (
+                3,
+                TaskRow {
+                    log: vec![entry],
+                    ..base.clone()
+                },
+            ),
+            (
+                4,
+                TaskRow {
+                    task: shared.clone(),
+                    ..base.clone()
+                },
+            ),
+            (
+                5,
+                TaskRow {
+                    task: shared,
+                    ..base.clone()
+                },
+            ),
+            // Same text, another address; then other text of the same length.
+            (
+                6,
+                TaskRow {
+                    task: SmolStr::new(String::from("load")),
+                    ..base.clone()
+                },
+            ),
+            (
+                7,
+                TaskRow {
+                    task: "lost".into(),
+                    ..base.clone()
+                },
+            ),
+            (
+                8,
+                TaskRow {
+                    task: "load".into(),
+                    ..base
+                },
+            ),
         ];
         let mut batch = Batch::default();
         for (i, r) in &given {
