@@ -35,7 +35,13 @@
 //!   with the count of those; each offered or waiting row lists its dependents. A
 //!   successful finish counts its dependents down in the same statement and those
 //!   reaching 0 become claimable at once: a layered graph no longer pays a round trip
-//!   through the coordinator per layer. Only successes cascade: failures, skips and
+//!   through the coordinator per layer. The same statement claims them for the
+//!   finishing worker, as many as it has room for
+//!   ([`TaskQueue::finish_and_claim`](crate::store::TaskQueue::finish_and_claim)): a
+//!   cascaded task costs no claim statement and no write of its own to be claimed (the
+//!   rest become ready for any worker's claim; the claim loop and the finishes reserve
+//!   their room (`Spread::reserve`) so that together they never take more than the
+//!   capacity). Only successes cascade: failures, skips and
 //!   tolerated dependencies stay the executor's decisions (it offers such a node itself,
 //!   which turns its waiting row ready), nothing cascades once the run asked for a
 //!   cancel, and a run under a concurrency limit (the run's or the runtime's) does not
