@@ -928,7 +928,7 @@ async fn cost_round(admin: &str, kind: &'static str, runs: u32, size: u32) -> An
             return Err(format!("spread runs computed wrong sums: {done}").into());
         }
         // Its sessions report their statistics as they end.
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let deadline = Instant::now() + Duration::from_mins(1);
         while launcher.child.try_wait()?.is_none() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }
