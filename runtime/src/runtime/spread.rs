@@ -1139,11 +1139,27 @@ async fn finish_loop(inner: Weak<Inner>, mut rx: mpsc::UnboundedReceiver<Finish>
             Some(sp) => Some(sp.report_gate.lock().await),
             None => None,
         };
-        // As many as there is room for (a layer's dependents made ready together come
-        // here, not through claims); none while the worker drains: it takes no new task.
+        // As many as there is room for, up to the dependents of its successes (a
+        // layer's dependents made ready together come here, not through claims; a
+        // finish that can make nothing ready takes no room from the claim loop); none
+        // while the worker drains: it takes no new task.
         let room = match &spread {
             Some(sp) if !i.shutting_down.load(Ordering::Acquire) => {
-                sp.reserve(usize::MAX, ends.len())
+                let want: usize = {
+                    let held = lock(&sp.held);
+                    ends.iter()
+                        .filter(|(_, e)| e.outcome.is_ok())
+                        .filter_map(|(c, _)| {
+                            let r = held.get(&(c.run.clone(), c.node))?.remote.as_ref()?;
+                            Some(r.dependents(c.node))
+                        })
+                        .sum()
+                };
+                if want == 0 {
+                    0
+                } else {
+                    sp.reserve(want, ends.len())
+                }
             }
             _ => 0,
         };
