@@ -2,7 +2,9 @@
 //! see [`TaskQueue`].
 //!
 //! Statements per task (wide or layered graphs, every task ending at once): the offers
-//! of a batch are one statement, the claims of a batch one, the ends of a batch one (with
+//! of a batch are one statement, the claims of a batch one (a task a cascade made ready
+//! is claimed by the finish that made it ready: no claim of its own), the ends of a
+//! batch one (with
 //! the reports not written yet, one more), and the coordinator's poll reads only the rows
 //! written since its previous poll (`news`, migration 7), not every task it waits for.
 //!
@@ -157,7 +159,7 @@ RETURNING t.run, t.run_token, t.node, t.token, t.process_type,
 /// the finishing worker runs, claimed by it in the same write (as [`TASK_CLAIM_SQL`]
 /// claims: token raised, lease and deadline on the database clock): a cascaded task
 /// costs no write and no statement of its own to be claimed. Not once the run asked
-/// for a cancel: its coordinator decides then. A dependent another statement holds
+/// for a cancel (read once per run, `live`): its coordinator decides then. A dependent another statement holds
 /// locked (a concurrent finish counting it down, an offer, a cancel) is skipped, not
 /// waited for: its count then never reaches 0 and its coordinator's offer makes it
 /// ready once its dependencies ended (as for a dependency that ended before the
@@ -194,9 +196,15 @@ again AS (
         SELECT t.token, t.state FROM procession_task_claims t
         WHERE t.run = m.run AND t.node = m.node LIMIT 1) t
     WHERE t.token = m.token AND t.state IN (2, 3)),
+live AS MATERIALIZED (
+    SELECT DISTINCT f.run FROM f
+    WHERE f.state = 2 AND f.dependents IS NOT NULL
+      AND NOT EXISTS (SELECT 1 FROM procession_records r
+                      WHERE r.id = f.run AND r.state = ANY($11))),
 d AS (
     SELECT f.run, f.run_token, x.node, count(*)::int4 AS n
-    FROM f CROSS JOIN LATERAL unnest(f.dependents) AS x(node)
+    FROM f JOIN live ON live.run = f.run
+    CROSS JOIN LATERAL unnest(f.dependents) AS x(node)
     WHERE f.state = 2
     GROUP BY f.run, f.run_token, x.node),
 l AS MATERIALIZED (
@@ -207,8 +215,6 @@ l AS MATERIALIZED (
         FROM procession_task_claims t
         WHERE t.run = d.run AND t.node = d.node AND t.run_token = d.run_token
           AND t.state = 5
-          AND NOT EXISTS (SELECT 1 FROM procession_records r
-                          WHERE r.id = t.run AND r.state = ANY($11))
         FOR UPDATE SKIP LOCKED) x),
 k AS (
     SELECT l.run, l.node, l.n,
