@@ -424,3 +424,112 @@ fn the_finish_statement_makes_dependents_ready() {
     .join()
     .unwrap();
 }
+
+// The finishing worker takes the dependents its successes made ready, in the same
+// statement (`finish_and_claim`): up to its room, of its process types only, each under
+// a claim of its own (token raised, renewed by its heartbeat, fenced as any claim); the
+// others become ready for any worker's claim.
+#[test]
+fn the_finish_statement_hands_ready_dependents_to_its_worker() {
+    let Some(url) = pg::database("cascade_handover") else {
+        return;
+    };
+    std::thread::spawn(move || {
+        let store = PgStore::connect(&url).unwrap();
+        let q = store.task_queue().expect("PostgreSQL has a task queue");
+        let token = 77;
+        let row = |node: u32, kind: &str, pending: u32, dependents: &[u32]| TaskOffer {
+            run: "h".into(),
+            run_token: token,
+            node,
+            process_type: kind.into(),
+            attempts: 2,
+            max_attempts: 3,
+            deadline_ms: Some(60_000),
+            pending_deps: pending,
+            dependents: dependents.to_vec(),
+        };
+        let ok = TaskEnd {
+            attempts: 1,
+            elapsed_ns: 1,
+            outcome: Ok(Arc::from("1")),
+        };
+        let nodes = |c: &[ClaimedTask]| {
+            let mut n: Vec<u32> = c.iter().map(|c| c.claim.node).collect();
+            n.sort_unstable();
+            n
+        };
+        // 0 -> 1, 2 (of this worker's type) and 3 (of another type); 1 -> 4.
+        q.offer(&[
+            row(0, "cascade", 0, &[1, 2, 3]),
+            row(1, "cascade", 1, &[4]),
+            row(2, "cascade", 1, &[]),
+            row(3, "other", 1, &[]),
+            row(4, "cascade", 1, &[]),
+        ])
+        .unwrap();
+        let zero = q.claim("w1", &["cascade"], 60_000, 10).unwrap();
+        assert_eq!(nodes(&zero), vec![0]);
+        // Room for one: 1 is handed over (the lowest node), 2 and 3 become ready.
+        let (stored, handed) = q
+            .finish_and_claim(
+                &[(zero[0].claim.clone(), ok.clone())],
+                "w1",
+                &["cascade"],
+                60_000,
+                1,
+            )
+            .unwrap();
+        assert_eq!(stored, vec![true]);
+        assert_eq!(nodes(&handed), vec![1]);
+        let one = &handed[0];
+        assert_eq!(one.process_type, "cascade");
+        assert_eq!(one.claim.run_token, token);
+        assert_eq!(one.claim.token, 1, "a claim raises the token");
+        assert_eq!(one.attempts, 2, "the attempts before the claim");
+        let r = rows(
+            &url,
+            "SELECT owner, state, attempt, deadline_at IS NOT NULL, expires_at > 0
+             FROM procession_task_claims WHERE run = 'h' AND node = 1",
+        );
+        assert_eq!(r[0].get::<_, Option<String>>(0).as_deref(), Some("w1"));
+        assert_eq!(r[0].get::<_, i16>(1), 1, "running");
+        assert_eq!(r[0].get::<_, i32>(2), 3, "its attempt numbers go on");
+        assert!(r[0].get::<_, bool>(3) && r[0].get::<_, bool>(4));
+        assert_eq!(
+            nodes(&q.claim("w2", &["cascade"], 60_000, 10).unwrap()),
+            vec![2],
+            "1 is taken: only 2 is left to claim"
+        );
+        assert_eq!(
+            nodes(&q.claim("w2", &["other"], 60_000, 10).unwrap()),
+            vec![3],
+            "another type is never handed over, it becomes ready"
+        );
+        // The handed claim is renewed by its worker's heartbeat and fenced as any.
+        let (_, beat) = q
+            .heartbeat_tasks("w1", &[], std::slice::from_ref(&one.claim), 60_000)
+            .unwrap();
+        assert!(beat.refused.is_empty(), "the handed claim stands");
+        let mut stale = one.claim.clone();
+        stale.token -= 1;
+        assert_eq!(q.finish(&[(stale, ok.clone())]).unwrap(), vec![false]);
+        // Its own success hands 4 over; a plain finish hands nothing (4 was taken).
+        let (stored, next) = q
+            .finish_and_claim(
+                &[(one.claim.clone(), ok.clone())],
+                "w1",
+                &["cascade"],
+                60_000,
+                8,
+            )
+            .unwrap();
+        assert_eq!(stored, vec![true]);
+        assert_eq!(nodes(&next), vec![4]);
+        assert!(q.claim("w2", &["cascade"], 60_000, 10).unwrap().is_empty());
+        q.clear("h", token).unwrap();
+        assert!(rows(&url, "SELECT 1 FROM procession_task_claims").is_empty());
+    })
+    .join()
+    .unwrap();
+}

@@ -20,6 +20,13 @@
 //! `--spread-only` prints the ceiling and the rows of task spreading alone
 //! (`PROCESSION_BENCH_CASCADE=0`: without the cascade, `RuntimeBuilder::spread_cascade`).
 //!
+//! `--spread-cost [--url <url>]` prints what one worker's task spreading costs the
+//! server, per task, for each of the spread rows' graphs (medians of 3 runs on fresh
+//! databases): WAL records and bytes (`pg_stat_wal`, the whole cluster), the tables'
+//! row updates and the share of them that were HOT, and with `pg_stat_statements`
+//! (preloaded on the server at `--url`) each statement's calls, execution time, buffers
+//! hit and dirtied and WAL records. These figures do not swing with the machine's load.
+//!
 //! Then several worker processes (this program re-executed with the hidden
 //! `--pg-worker`), each a runtime of its own on one database:
 //! - tasks/s with 1, 2 and 4 workers: 200 runs of a wide-50 graph (100 with `--quick`),
@@ -222,6 +229,11 @@ pub(crate) async fn run(args: &[String]) -> AnyResult<()> {
             (Some(c), url)
         }
     };
+    if args.iter().any(|a| a == "--spread-cost") {
+        spread_cost(&admin).await?;
+        drop(cluster);
+        return Ok(());
+    }
     if args.iter().any(|a| a == "--hot-path") {
         hot_path(&admin, quick).await?;
         drop(cluster);
@@ -810,6 +822,173 @@ async fn spread_rows(admin: &str, quick: bool, rounds: usize, top: f64) -> AnyRe
         }
     }
     Ok(())
+}
+
+/// What one run of the spread rows cost the server ([`spread_cost`]).
+#[derive(Default)]
+struct Cost {
+    wal_records: f64,
+    wal_bytes: f64,
+    wal_fpi: f64,
+    /// Row updates of `procession_task_claims`, and how many were HOT.
+    updates: f64,
+    hot: f64,
+    /// Per statement (its first 90 characters): calls, execution ms, buffers hit (and
+    /// read), buffers dirtied, WAL records.
+    statements: BTreeMap<String, [f64; 5]>,
+}
+
+/// The server-side cost per task of the spread rows with one worker (`--spread-cost`):
+/// medians of 3 runs of each graph, each on a fresh database.
+async fn spread_cost(admin: &str) -> AnyResult<()> {
+    let (runs, size) = (2u32, 1_000u32);
+    println!(
+        "server cost of task spreading, one worker, {runs} runs per round, per task, \
+         medians of 3 rounds (WAL: pg_stat_wal, whole cluster; updates: \
+         procession_task_claims; statements: pg_stat_statements when preloaded)"
+    );
+    for (kind, sz) in [("spread-wide", size), ("spread-layered", size / 10)] {
+        let tasks = spread_shape(kind, sz).tasks() as f64 * f64::from(runs);
+        let mut costs = Vec::new();
+        for _ in 0..3 {
+            costs.push(cost_round(admin, kind, runs, sz).await?);
+        }
+        let med = |f: &dyn Fn(&Cost) -> f64| {
+            let mut v: Vec<f64> = costs.iter().map(f).collect();
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2] / tasks
+        };
+        println!(
+            "{}: WAL {:.2} records, {:.0} bytes, {:.3} full pages; {:.2} row updates, \
+             {:.2} HOT",
+            spread_shape(kind, sz).name(),
+            med(&|c| c.wal_records),
+            med(&|c| c.wal_bytes),
+            med(&|c| c.wal_fpi),
+            med(&|c| c.updates),
+            med(&|c| c.hot),
+        );
+        let names: std::collections::BTreeSet<&String> =
+            costs.iter().flat_map(|c| c.statements.keys()).collect();
+        if names.is_empty() {
+            continue;
+        }
+        println!(
+            "  {:<90} {:>7} {:>8} {:>8} {:>8} {:>8}",
+            "statement", "calls", "exec µs", "hit", "dirtied", "WAL rec"
+        );
+        for name in names {
+            let col = |i: usize| med(&|c: &Cost| c.statements.get(name).map_or(0.0, |s| s[i]));
+            println!(
+                "  {:<90} {:>7.3} {:>8.1} {:>8.2} {:>8.2} {:>8.2}",
+                name,
+                col(0),
+                col(1) * 1000.0,
+                col(2),
+                col(3),
+                col(4)
+            );
+        }
+    }
+    Ok(())
+}
+
+/// One round of [`spread_cost`]: the launcher alone on a fresh database, the server's
+/// counters read before its start and after its exit.
+async fn cost_round(admin: &str, kind: &'static str, runs: u32, size: u32) -> AnyResult<Cost> {
+    let url = new_database(admin, "spread_cost").await?;
+    let statements = sql(
+        &url,
+        "CREATE EXTENSION IF NOT EXISTS pg_stat_statements; SELECT 1",
+    )
+    .await
+    .is_ok();
+    let wal = "SELECT wal_records || ' ' || wal_fpi || ' ' || \
+               (pg_current_wal_lsn() - '0/0'::pg_lsn) FROM pg_stat_wal";
+    let read_wal = |v: Option<String>| -> [f64; 3] {
+        let v = v.unwrap_or_default();
+        let mut it = v.split(' ').map(|x| x.parse::<f64>().unwrap_or(0.0));
+        [
+            it.next().unwrap_or(0.0),
+            it.next().unwrap_or(0.0),
+            it.next().unwrap_or(0.0),
+        ]
+    };
+    // Runtimes start with the migrations: run once before the counters are read.
+    if statements {
+        sql(&url, "SELECT pg_stat_statements_reset()").await?;
+    }
+    let before = read_wal(sql(admin, wal).await?);
+    let u = url.clone();
+    tokio::task::spawn_blocking(move || -> AnyResult<()> {
+        let mut launcher = Proc::start(&u, 10_000, "w0", kind, runs, size)?;
+        launcher.go()?;
+        let done = launcher.expect("done", Duration::from_mins(10))?;
+        if done.split(' ').nth(2) != Some("0") {
+            return Err(format!("spread runs computed wrong sums: {done}").into());
+        }
+        // Its sessions report their statistics as they end.
+        let deadline = Instant::now() + Duration::from_mins(1);
+        while launcher.child.try_wait()?.is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    })
+    .await??;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let after = read_wal(sql(admin, wal).await?);
+    let mut cost = Cost {
+        wal_records: after[0] - before[0],
+        wal_fpi: after[1] - before[1],
+        wal_bytes: after[2] - before[2],
+        ..Cost::default()
+    };
+    let tables = sql(
+        &url,
+        "SELECT pg_stat_clear_snapshot(); SELECT n_tup_upd || ' ' || n_tup_hot_upd \
+         FROM pg_stat_user_tables WHERE relname = 'procession_task_claims'",
+    )
+    .await?
+    .unwrap_or_default();
+    let mut it = tables.split(' ').map(|x| x.parse::<f64>().unwrap_or(0.0));
+    cost.updates = it.next().unwrap_or(0.0);
+    cost.hot = it.next().unwrap_or(0.0);
+    if statements {
+        let u = url.clone();
+        cost.statements =
+            tokio::task::spawn_blocking(move || -> AnyResult<BTreeMap<String, [f64; 5]>> {
+                let mut c = postgres::Client::connect(&u, postgres::NoTls)?;
+                let mut out = BTreeMap::new();
+                for r in c.query(
+                    "SELECT left(regexp_replace(query, '\\s+', ' ', 'g'), 90),
+                            sum(calls)::float8, sum(total_exec_time),
+                            sum(shared_blks_hit + shared_blks_read)::float8,
+                            sum(shared_blks_dirtied)::float8, sum(wal_records)::float8
+                     FROM pg_stat_statements
+                     WHERE dbid = (SELECT oid FROM pg_database
+                                   WHERE datname = current_database())
+                       AND query ILIKE '%procession_task_claims%'
+                       AND query !~* '^\\s*(CREATE|ALTER)'
+                     GROUP BY 1",
+                    &[],
+                )? {
+                    out.insert(
+                        r.try_get(0)?,
+                        [
+                            r.try_get(1)?,
+                            r.try_get(2)?,
+                            r.try_get(3)?,
+                            r.try_get(4)?,
+                            r.try_get(5)?,
+                        ],
+                    );
+                }
+                Ok(out)
+            })
+            .await??;
+    }
+    drop_database(admin, &url).await?;
+    Ok(cost)
 }
 
 /// Prints this process's warnings on stdout (`WARN <message> key=value…`), where the

@@ -26,6 +26,8 @@ pub(crate) struct RemoteRun {
     shared: Arc<Shared>,
     /// Every node's dependencies, by index.
     deps: Box<[Box<[u32]>]>,
+    /// Per node: how many nodes depend on it.
+    dependents: Box<[u32]>,
     /// Cancelled when the run asks its tasks to stop, or when one of its tasks cancels
     /// its own run (`ctx.cancel()`): the tasks' `ctx` sees it.
     cancel: CancellationToken,
@@ -58,11 +60,17 @@ impl RemoteRun {
         runtime: Option<RuntimeHandle>,
     ) -> RemoteRun {
         let cancel = CancellationToken::new();
-        let deps = graph
+        let deps: Box<[Box<[u32]>]> = graph
             .nodes
             .iter()
             .map(|n| n.deps().to_vec().into_boxed_slice())
             .collect();
+        let mut dependents = vec![0u32; deps.len()].into_boxed_slice();
+        for &d in deps.iter().flat_map(|d| d.iter()) {
+            if let Some(c) = dependents.get_mut(d as usize) {
+                *c += 1;
+            }
+        }
         let cfg = RunConfig {
             span: run_span(graph.name(), &run_id, &worker, 0),
             run_id,
@@ -84,6 +92,7 @@ impl RemoteRun {
         RemoteRun {
             shared,
             deps,
+            dependents,
             cancel,
             asked: AtomicBool::new(false),
             stored: (0..n).map(|_| AtomicBool::new(false)).collect(),
@@ -99,6 +108,13 @@ impl RemoteRun {
     /// The dependencies of `node` (whose results it may read).
     pub(crate) fn deps(&self, node: u32) -> &[u32] {
         self.deps.get(node as usize).map_or(&[], |d| &d[..])
+    }
+
+    /// How many nodes depend on `node` (the most its success can make ready).
+    pub(crate) fn dependents(&self, node: u32) -> usize {
+        self.dependents
+            .get(node as usize)
+            .map_or(0, |&c| c as usize)
     }
 
     /// Of `nodes`, those whose stored result is not here yet.

@@ -35,7 +35,13 @@
 //!   with the count of those; each offered or waiting row lists its dependents. A
 //!   successful finish counts its dependents down in the same statement and those
 //!   reaching 0 become claimable at once: a layered graph no longer pays a round trip
-//!   through the coordinator per layer. Only successes cascade: failures, skips and
+//!   through the coordinator per layer. The same statement claims them for the
+//!   finishing worker, as many as it has room for
+//!   ([`TaskQueue::finish_and_claim`](crate::store::TaskQueue::finish_and_claim)): a
+//!   cascaded task costs no claim statement and no write of its own to be claimed (the
+//!   rest become ready for any worker's claim; the claim loop and the finishes reserve
+//!   their room (`Spread::reserve`) so that together they never take more than the
+//!   capacity). Only successes cascade: failures, skips and
 //!   tolerated dependencies stay the executor's decisions (it offers such a node itself,
 //!   which turns its waiting row ready), nothing cascades once the run asked for a
 //!   cancel, and a run under a concurrency limit (the run's or the runtime's) does not
@@ -85,7 +91,7 @@
 //!   once and asks its run to stop when the task ends.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -294,6 +300,10 @@ pub(super) struct Spread {
     collect_wake: Notify,
     /// Spread tasks running here at most.
     capacity: usize,
+    /// Places of `capacity` a claim statement in flight may fill (the claim loop's and
+    /// the finishing statement's, which takes the tasks its successes made ready):
+    /// counted with `held`, so that the two never claim more than the room together.
+    reserved: AtomicUsize,
     /// Runs coordinated here cascade ([`RunDispatch::prepare`]).
     cascade: bool,
     /// Held while reports are taken and written, and while ends are written: a report
@@ -325,6 +335,7 @@ impl Spread {
             claim_wake: Notify::new(),
             collect_wake: Notify::new(),
             capacity: capacity.max(1),
+            reserved: AtomicUsize::new(0),
             cascade,
             report_gate: tokio::sync::Mutex::new(()),
             claimed: AtomicU64::new(0),
@@ -332,6 +343,26 @@ impl Spread {
             fenced: AtomicU64::new(0),
             refused: AtomicU64::new(0),
         })
+    }
+
+    /// Reserves up to `want` places for tasks a statement about to run may claim: the
+    /// room left by the tasks held here (less `ending` of them, which ended and whose
+    /// ends the statement writes) and the places reserved already. Given back with
+    /// [`unreserve`](Spread::unreserve) once the claimed tasks are held.
+    fn reserve(&self, want: usize, ending: usize) -> usize {
+        let held = lock(&self.held);
+        let reserved = self.reserved.load(Ordering::Acquire);
+        let room = self
+            .capacity
+            .saturating_sub(held.len().saturating_sub(ending) + reserved)
+            .min(want);
+        self.reserved.fetch_add(room, Ordering::AcqRel);
+        room
+    }
+
+    fn unreserve(&self, n: usize) {
+        let _held = lock(&self.held);
+        self.reserved.fetch_sub(n, Ordering::AcqRel);
     }
 
     pub(super) fn stats(&self) -> TaskStats {
@@ -885,15 +916,18 @@ async fn claim_loop(inner: Weak<Inner>) {
             },
             None => return,
         };
-        let room = spread.capacity.saturating_sub(lock(&spread.held).len());
+        let limit = spread.reserve(CLAIM_BATCH, 0);
         let mut got = 0;
-        if room > 0 {
-            let Some(i) = inner.upgrade() else { return };
+        if limit > 0 {
+            let Some(i) = inner.upgrade() else {
+                spread.unreserve(limit);
+                return;
+            };
             if i.shutting_down.load(Ordering::Acquire) {
+                spread.unreserve(limit);
                 return;
             }
             let (worker, ttl, types2) = (i.worker.clone(), i.lease_ms, types.clone());
-            let limit = room.min(CLAIM_BATCH);
             let full = full_at.is_none_or(|t| t.elapsed() >= POLL);
             if full {
                 full_at = Some(tokio::time::Instant::now());
@@ -908,17 +942,19 @@ async fn claim_loop(inner: Weak<Inner>) {
             {
                 Ok(claimed) => {
                     got = claimed.len();
-                    spread.claimed.fetch_add(got as u64, Ordering::Relaxed);
-                    prefetch(&i, &spread, &claimed).await;
-                    for c in claimed {
-                        start_task(&i, &spread, c);
-                    }
+                    start_claimed(&i, &spread, claimed, limit).await;
                     if got == limit {
                         continue;
                     }
                 }
-                Err(super::Error::ShuttingDown) => return,
-                Err(e) => tracing::warn!(error = %e, "task claim failed"),
+                Err(super::Error::ShuttingDown) => {
+                    spread.unreserve(limit);
+                    return;
+                }
+                Err(e) => {
+                    spread.unreserve(limit);
+                    tracing::warn!(error = %e, "task claim failed");
+                }
             }
         }
         let _ = got;
@@ -928,6 +964,25 @@ async fn claim_loop(inner: Weak<Inner>) {
             () = tokio::time::sleep(POLL) => {}
         }
     }
+}
+
+/// Runs the tasks just claimed here (by a claim, or handed over by a finish) and gives
+/// back the `reserved` places their statement had ([`Spread::reserve`]) once they are
+/// held.
+async fn start_claimed(
+    inner: &Arc<Inner>,
+    spread: &Arc<Spread>,
+    claimed: Vec<ClaimedTask>,
+    reserved: usize,
+) {
+    spread
+        .claimed
+        .fetch_add(claimed.len() as u64, Ordering::Relaxed);
+    prefetch(inner, spread, &claimed).await;
+    for c in claimed {
+        start_task(inner, spread, c);
+    }
+    spread.unreserve(reserved);
 }
 
 /// Rebuilds (or finds cached) the graphs of the runs of `claimed` and reads the
@@ -1052,9 +1107,17 @@ async fn pass_on_cancel(inner: &Arc<Inner>, spread: &Spread, key: &(String, u32)
     }
 }
 
-/// Writes the ends of the tasks run here, in batches (one statement, fenced per task).
+/// Writes the ends of the tasks run here, in batches (one statement, fenced per task),
+/// and runs the tasks the statement handed over (waiting tasks its successes made
+/// ready, claimed for this worker in the same write, as many as there is room for:
+/// [`TaskQueue::finish_and_claim`](crate::store::TaskQueue::finish_and_claim)).
 async fn finish_loop(inner: Weak<Inner>, mut rx: mpsc::UnboundedReceiver<Finish>) {
     let mut batch = Vec::with_capacity(FINISH_BATCH);
+    let mut types: Vec<&'static str> = match inner.upgrade() {
+        Some(i) => i.registry.keys().copied().collect(),
+        None => return,
+    };
+    types.sort_unstable();
     loop {
         if rx.recv_many(&mut batch, FINISH_BATCH).await == 0 {
             return;
@@ -1070,12 +1133,37 @@ async fn finish_loop(inner: Weak<Inner>, mut rx: mpsc::UnboundedReceiver<Finish>
                 ((c, e), tx)
             })
             .unzip();
-        let worker = i.worker.clone();
+        let (worker, ttl, types2) = (i.worker.clone(), i.lease_ms, types.clone());
         let spread = spread_of(&i);
         let _gate = match &spread {
             Some(sp) => Some(sp.report_gate.lock().await),
             None => None,
         };
+        // As many as there is room for, up to the dependents of its successes (a
+        // layer's dependents made ready together come here, not through claims; a
+        // finish that can make nothing ready takes no room from the claim loop); none
+        // while the worker drains: it takes no new task.
+        let room = match &spread {
+            Some(sp) if !i.shutting_down.load(Ordering::Acquire) => {
+                let want: usize = {
+                    let held = lock(&sp.held);
+                    ends.iter()
+                        .filter(|(_, e)| e.outcome.is_ok())
+                        .filter_map(|(c, _)| {
+                            let r = held.get(&(c.run.clone(), c.node))?.remote.as_ref()?;
+                            Some(r.dependents(c.node))
+                        })
+                        .sum()
+                };
+                if want == 0 {
+                    0
+                } else {
+                    sp.reserve(want, ends.len())
+                }
+            }
+            _ => 0,
+        };
+        let keys: Vec<(String, u32)> = ends.iter().map(|(c, _)| (c.run.clone(), c.node)).collect();
         let out = i
             .read(move |s| match s.task_queue() {
                 Some(q) => {
@@ -1084,15 +1172,35 @@ async fn finish_loop(inner: Weak<Inner>, mut rx: mpsc::UnboundedReceiver<Finish>
                     if let Err(e) = q.report(&worker, &reports) {
                         tracing::debug!(error = %e, "cannot write the last reports of spread tasks");
                     }
-                    q.finish(&ends)
+                    q.finish_and_claim(&ends, &worker, &types2, ttl, room)
                 }
-                None => Ok(vec![false; ends.len()]),
+                None => Ok((vec![false; ends.len()], Vec::new())),
             })
             .await;
         match out {
-            Ok(stored) => {
+            Ok((stored, claimed)) => {
+                if let Some(sp) = &spread {
+                    // Their results are the stored ones before a task handed over
+                    // here reads them: it runs on the same rebuilt graph.
+                    let held = lock(&sp.held);
+                    for (key, _) in keys.iter().zip(&stored).filter(|(_, ok)| **ok) {
+                        if let Some(r) = held.get(key).and_then(|h| h.remote.as_ref()) {
+                            r.mark_stored(key.1);
+                        }
+                    }
+                }
                 for (tx, ok) in replies.into_iter().zip(stored) {
                     let _ = tx.send(Ok(ok));
+                }
+                match &spread {
+                    Some(sp) if !claimed.is_empty() => {
+                        let (i2, sp2) = (i.clone(), sp.clone());
+                        tokio::spawn(async move {
+                            start_claimed(&i2, &sp2, claimed, room).await;
+                        });
+                    }
+                    Some(sp) => sp.unreserve(room),
+                    None => {}
                 }
                 if let Some(sp) = &spread {
                     // The runs coordinated here need no notification's round trip
@@ -1102,6 +1210,9 @@ async fn finish_loop(inner: Weak<Inner>, mut rx: mpsc::UnboundedReceiver<Finish>
                 }
             }
             Err(e) => {
+                if let Some(sp) = &spread {
+                    sp.unreserve(room);
+                }
                 let msg = e.to_string();
                 for tx in replies {
                     let _ = tx.send(Err(msg.clone()));

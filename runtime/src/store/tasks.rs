@@ -263,6 +263,40 @@ pub trait TaskQueue: Send + Sync {
     /// coordinator's offer.
     fn finish(&self, ends: &[(TaskClaim, TaskEnd)]) -> Result<Vec<bool>, StoreError>;
 
+    /// [`finish`](TaskQueue::finish), which also claims for `owner` (as
+    /// [`claim`](TaskQueue::claim) does, until `ttl_ms` from now) up to `limit` of the
+    /// waiting tasks of `process_types` its successes made ready: a cascaded task is
+    /// handed to the worker that finished its last dependency in the same write, without
+    /// a claim of its own. The others become ready as with `finish`. A claim handed over
+    /// by an answer that is lost (the statement runs again) is taken again, by any
+    /// worker, once it expires. By default, `finish` and no claim.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use procession::store::{PgStore, Store};
+    /// let store = PgStore::connect("postgres://postgres@127.0.0.1/procession")?;
+    /// let q = store.task_queue().expect("PostgreSQL has a task queue");
+    /// let claimed = q.claim("worker-a", &["report"], 30_000, 16)?;
+    /// // … run them, then:
+    /// let ends = Vec::new();
+    /// let (stored, next) = q.finish_and_claim(&ends, "worker-a", &["report"], 30_000, 16)?;
+    /// assert_eq!(stored.len(), ends.len());
+    /// # let _ = (claimed, next);
+    /// # Ok::<(), procession::store::StoreError>(())
+    /// ```
+    fn finish_and_claim(
+        &self,
+        ends: &[(TaskClaim, TaskEnd)],
+        owner: &str,
+        process_types: &[&str],
+        ttl_ms: u64,
+        limit: usize,
+    ) -> Result<(Vec<bool>, Vec<ClaimedTask>), StoreError> {
+        let _ = (owner, process_types, ttl_ms, limit);
+        Ok((self.finish(ends)?, Vec::new()))
+    }
+
     /// [`claim`](TaskQueue::claim) of ready tasks only, not of running ones whose claim
     /// expired or passed its hard deadline: cheaper while many tasks run, for the
     /// claims between two full ones (by default, a full one).

@@ -2,7 +2,9 @@
 //! see [`TaskQueue`].
 //!
 //! Statements per task (wide or layered graphs, every task ending at once): the offers
-//! of a batch are one statement, the claims of a batch one, the ends of a batch one (with
+//! of a batch are one statement, the claims of a batch one (a task a cascade made ready
+//! is claimed by the finish that made it ready: no claim of its own), the ends of a
+//! batch one (with
 //! the reports not written yet, one more), and the coordinator's poll reads only the rows
 //! written since its previous poll (`news`, migration 7), not every task it waits for.
 //!
@@ -140,27 +142,35 @@ FROM c WHERE t.run = c.run AND t.node = c.node AND t.state = 0
 RETURNING t.run, t.run_token, t.node, t.token, t.process_type,
           t.attempts - t.max_attempts";
 
-/// The finishing statement (see [`TaskQueue::finish`]), `$1`-`$9` the ends' runs, nodes,
-/// claim tokens, states, results, errors, attempts, elapsed times and indexes, `$10` the
-/// channel, `$11` the run states of a cancel: the ends it stored, by index, and a row
-/// `-1` when it notified. Fenced per task: only under its current token, only a running
-/// task (or one asked to cancel).
+/// The finishing statement (see [`TaskQueue::finish_and_claim`]), `$1`-`$9` the ends'
+/// runs, nodes, claim tokens, states, results, errors, attempts, elapsed times and
+/// indexes, `$10` the channel, `$11` the run states of a cancel, `$12` the finishing
+/// worker, `$13` its process types, `$14` its claims' ttl in ms, `$15` how many tasks it
+/// takes at most: the ends it stored, by index; a row `-1` when it notified; and a row
+/// `-2` per task it claimed (run, run token, node, token, process type, attempts before
+/// the claim, as a claim returns them). Fenced per task: only under its current token,
+/// only a running task (or one asked to cancel).
 ///
 /// Each success counts down its waiting dependents of the same run token (once per
 /// finishing row: one successful finish per claim), each found by its primary key (not
 /// by a scan of the table, which the generic plan of a join chose) and locked without
 /// waiting (so in no particular order: a lock never waited for takes no part in a
-/// deadlock); those reaching 0 become ready. Not once the run asked for a cancel: its
-/// coordinator decides then. A dependent another statement holds locked (a concurrent
-/// finish counting it down, an offer, a cancel) is skipped, not waited for: its count
-/// then never reaches 0 and its coordinator's offer makes it ready once its
-/// dependencies ended (as for a dependency that ended before the waiting row existed).
-/// Finishes of several workers never queue behind each other on a layer's waiting rows.
+/// deadlock); those reaching 0 become ready, or, up to `$15` of them whose process type
+/// the finishing worker runs, claimed by it in the same write (as [`TASK_CLAIM_SQL`]
+/// claims: token raised, lease and deadline on the database clock): a cascaded task
+/// costs no write and no statement of its own to be claimed. Not once the run asked
+/// for a cancel (read once per run, `live`): its coordinator decides then. A dependent another statement holds
+/// locked (a concurrent finish counting it down, an offer, a cancel) is skipped, not
+/// waited for: its count then never reaches 0 and its coordinator's offer makes it
+/// ready once its dependencies ended (as for a dependency that ended before the
+/// waiting row existed). Finishes of several workers never queue behind each other on
+/// a layer's waiting rows.
 ///
 /// A row this very claim finished already (the statement runs again after a lost
 /// answer) is reported stored without a write (`again`): no other worker can have
 /// claimed it since, its token would have grown; and its dependents are not counted
-/// down twice. Only the ends the update did not store are looked up for that, by
+/// down twice (those the lost answer claimed are taken again by any worker once that
+/// claim expires). Only the ends the update did not store are looked up for that, by
 /// primary key (`OFFSET 0` keeps the generic plan from reading every ended row of the
 /// `news` index first): a first run reads no row a second time.
 const FINISH_SQL: &str = "WITH u AS (
@@ -186,32 +196,60 @@ again AS (
         SELECT t.token, t.state FROM procession_task_claims t
         WHERE t.run = m.run AND t.node = m.node LIMIT 1) t
     WHERE t.token = m.token AND t.state IN (2, 3)),
+live AS MATERIALIZED (
+    SELECT DISTINCT f.run FROM f
+    WHERE f.state = 2 AND f.dependents IS NOT NULL
+      AND NOT EXISTS (SELECT 1 FROM procession_records r
+                      WHERE r.id = f.run AND r.state = ANY($11))),
 d AS (
     SELECT f.run, f.run_token, x.node, count(*)::int4 AS n
-    FROM f CROSS JOIN LATERAL unnest(f.dependents) AS x(node)
+    FROM f JOIN live ON live.run = f.run
+    CROSS JOIN LATERAL unnest(f.dependents) AS x(node)
     WHERE f.state = 2
     GROUP BY f.run, f.run_token, x.node),
 l AS MATERIALIZED (
-    SELECT x.run, x.node, d.n FROM d CROSS JOIN LATERAL (
-        SELECT t.run, t.node FROM procession_task_claims t
+    SELECT x.run, x.node, d.n,
+           x.pending_deps - d.n <= 0 AND x.process_type = ANY($13) AS mine
+    FROM d CROSS JOIN LATERAL (
+        SELECT t.run, t.node, t.pending_deps, t.process_type
+        FROM procession_task_claims t
         WHERE t.run = d.run AND t.node = d.node AND t.run_token = d.run_token
           AND t.state = 5
-          AND NOT EXISTS (SELECT 1 FROM procession_records r
-                          WHERE r.id = t.run AND r.state = ANY($11))
         FOR UPDATE SKIP LOCKED) x),
+k AS (
+    SELECT l.run, l.node, l.n,
+           l.mine AND row_number() OVER (PARTITION BY l.mine ORDER BY l.run, l.node)
+                      <= $15 AS take
+    FROM l),
 c AS (
     UPDATE procession_task_claims AS t
-    SET pending_deps = t.pending_deps - l.n,
-        state = CASE WHEN t.pending_deps - l.n <= 0 THEN 0 ELSE 5 END
-    FROM l
-    WHERE t.run = l.run AND t.node = l.node AND t.state = 5
-    RETURNING t.state)
-SELECT idx FROM f
-UNION ALL SELECT idx FROM again
-UNION ALL SELECT -1 FROM (
+    SET pending_deps = t.pending_deps - k.n,
+        state = CASE WHEN k.take THEN 1
+                     WHEN t.pending_deps - k.n <= 0 THEN 0 ELSE 5 END,
+        token = CASE WHEN k.take THEN t.token + 1 ELSE t.token END,
+        owner = CASE WHEN k.take THEN $12 ELSE t.owner END,
+        expires_at = CASE WHEN k.take THEN procession_now_ms() + $14
+                          ELSE t.expires_at END,
+        deadline_at = CASE WHEN k.take THEN procession_now_ms() + t.deadline_ms
+                           ELSE t.deadline_at END,
+        attempts = CASE WHEN k.take THEN t.attempts + t.max_attempts
+                        ELSE t.attempts END,
+        attempt = CASE WHEN k.take THEN t.attempts + 1 ELSE t.attempt END
+    FROM k
+    WHERE t.run = k.run AND t.node = k.node AND t.state = 5
+    RETURNING t.state, k.take, t.run, t.run_token, t.node, t.token,
+              t.process_type::text AS process_type,
+              t.attempts - t.max_attempts AS attempts)
+SELECT idx, NULL::text AS run, NULL::int8 AS run_token, NULL::int4 AS node,
+       NULL::int8 AS token, NULL::text AS process_type, NULL::int4 AS attempts
+FROM f
+UNION ALL SELECT idx, NULL, NULL, NULL, NULL, NULL, NULL FROM again
+UNION ALL SELECT -1, NULL, NULL, NULL, NULL, NULL, NULL FROM (
     SELECT pg_notify($10, CASE WHEN EXISTS (SELECT 1 FROM c WHERE state = 0)
                                THEN '' ELSE 'e' END)
-    WHERE EXISTS (SELECT 1 FROM f)) n";
+    WHERE EXISTS (SELECT 1 FROM f)) n
+UNION ALL SELECT -2, c.run, c.run_token, c.node, c.token, c.process_type, c.attempts
+FROM c WHERE c.take";
 
 impl PgStore {
     /// Claims with `sql` ([`TASK_CLAIM_SQL`] or [`TASK_CLAIM_READY_SQL`]).
@@ -454,8 +492,19 @@ impl TaskQueue for PgStore {
     }
 
     fn finish(&self, ends: &[(TaskClaim, TaskEnd)]) -> Result<Vec<bool>, StoreError> {
+        Ok(self.finish_and_claim(ends, "", &[], 0, 0)?.0)
+    }
+
+    fn finish_and_claim(
+        &self,
+        ends: &[(TaskClaim, TaskEnd)],
+        owner: &str,
+        process_types: &[&str],
+        ttl_ms: u64,
+        limit: usize,
+    ) -> Result<(Vec<bool>, Vec<ClaimedTask>), StoreError> {
         if ends.is_empty() {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), Vec::new()));
         }
         let runs: Vec<&str> = ends.iter().map(|(c, _)| c.run.as_str()).collect();
         let nodes: Vec<i32> = ends.iter().map(|(c, _)| to_i32(c.node)).collect();
@@ -485,8 +534,9 @@ impl TaskQueue for PgStore {
             state_code(State::Cancelling),
         ];
         self.with(|c| {
-            // Fenced per task; successes count their waiting dependents down; a
-            // repeat after a lost answer finds its own ends (see `FINISH_SQL`).
+            // Fenced per task; successes count their waiting dependents down and hand
+            // those made ready to this worker (up to `limit`); a repeat after a lost
+            // answer finds its own ends (see `FINISH_SQL`).
             let rows = c.query(
                 FINISH_SQL,
                 &[
@@ -501,16 +551,33 @@ impl TaskQueue for PgStore {
                     &idx,
                     &CHANNEL,
                     &cancelling,
+                    &owner,
+                    &process_types,
+                    &to_i64(ttl_ms),
+                    &to_i64(limit as u64),
                 ],
             )?;
             let mut stored = vec![false; ends.len()];
+            let mut claimed = Vec::new();
             for r in &rows {
                 let i: i32 = r.try_get(0)?;
-                if let Some(s) = usize::try_from(i).ok().and_then(|i| stored.get_mut(i)) {
+                if i == -2 {
+                    let attempts: i32 = r.try_get(6)?;
+                    claimed.push(ClaimedTask {
+                        claim: TaskClaim {
+                            run: r.try_get(1)?,
+                            run_token: run_token_of(r.try_get(2)?),
+                            node: node_of(r.try_get(3)?),
+                            token: to_u64(r.try_get(4)?),
+                        },
+                        process_type: r.try_get(5)?,
+                        attempts: u32::try_from(attempts).unwrap_or(0),
+                    });
+                } else if let Some(s) = usize::try_from(i).ok().and_then(|i| stored.get_mut(i)) {
                     *s = true;
                 }
             }
-            Ok(stored)
+            Ok((stored, claimed))
         })
     }
 
