@@ -184,6 +184,14 @@ async fn a_blocked_schedule_launches_nothing_until_unblocked() {
         }
         fired |= rt.get("ticker").await.unwrap().unwrap().runs > 0;
     }
+    // The run can tick before the record's run count was read after its fire: read the
+    // count again (real time, bounded) rather than trust the loop's last reading.
+    while !fired && std::time::Instant::now() < deadline {
+        fired = rt.get("ticker").await.unwrap().unwrap().runs > 0;
+        if !fired {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
     assert!(fired, "a fire after the unblock launched a run");
     assert!(
         TICKS.load(Ordering::SeqCst) >= 1,
