@@ -225,6 +225,7 @@ impl Ids {
         }
     }
 
+    #[inline]
     fn table_mut(&mut self, at: usize) -> &mut IdTable {
         table_of(self.flat, &mut self.levels, &mut self.used, at)
     }
@@ -340,7 +341,7 @@ impl Ids {
     /// [`unique`](Ids::unique) in a table that holds ids already (kept out of line: the
     /// usual case above is a check and a return).
     #[inline(never)]
-    fn unique_in_use(&mut self, buf: &mut String, at: usize, nodes: &[Node]) -> u64 {
+    pub(super) fn unique_in_use(&mut self, buf: &mut String, at: usize, nodes: &[Node]) -> u64 {
         let hash = Self::hash_of(buf);
         let Some(first) = self.find(nodes, at, hash, buf).map(|e| e.next_suffix) else {
             return hash;
@@ -373,6 +374,23 @@ impl Ids {
     #[inline]
     pub(super) fn claim(&mut self, at: usize, hash: Option<u64>, node: u32) {
         self.insert(at, hash, node);
+    }
+
+    /// Records that the task `node` has the id whose first `at` bytes are the current
+    /// prefix when its table is empty (the id is then free); false, and nothing recorded,
+    /// when the table holds ids already.
+    #[inline]
+    pub(super) fn claim_first(&mut self, at: usize, node: u32) -> bool {
+        let table = self.table_mut(at);
+        if !table.is_empty() {
+            return false;
+        }
+        table.first = Some(IdEntry {
+            hash: 0,
+            next_suffix: 1,
+            owner: node,
+        });
+        true
     }
 
     /// Records that a block has the id `text` (known to be absent, hash `hash` as for
@@ -538,8 +556,12 @@ impl Builder {
         self.ids.check_name(name, &self.nodes);
         let len = self.prefix.len();
         self.prefix.push_str(name);
-        let hash = self.ids.unique(&mut self.prefix, len, &self.nodes);
-        self.ids.claim(len, hash, node);
+        // The first id of its table (of an `each` item, most often) is free: claimed at
+        // once, with one look for the table.
+        if !self.ids.claim_first(len, node) {
+            let hash = self.ids.unique_in_use(&mut self.prefix, len, &self.nodes);
+            self.ids.claim(len, Some(hash), node);
+        }
         // Most ids fit inline (no allocation): made without the general constructor's
         // call and length checks.
         let id = if self.prefix.len() <= SmolStr::INLINE_CAP {
