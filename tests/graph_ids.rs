@@ -327,3 +327,61 @@ fn ids_of_each_items_stay_unique_across_items_blocks_and_names() {
         }
     );
 }
+
+/// The first id claimed in a table (the top level's, an `each` item's) is kept without its
+/// hash until another id is looked up there: it must still be found by that lookup.
+#[process]
+fn first_ids_then_more(p: &mut Builder) {
+    p.task(Noop::new());
+    p.each(0..2u32, |p, _| {
+        p.task(Noop::new());
+        p.task(Noop::new());
+        p.task(Noop::new());
+    });
+    p.task(Noop::new());
+}
+
+#[process]
+fn given_like_the_first(p: &mut Builder) {
+    p.task(Noop::new());
+    p.task(Noop::new().id("noop"));
+}
+
+#[process]
+fn given_like_the_first_block(p: &mut Builder) {
+    p.sequential(|p| p.task(Noop::new()));
+    p.task(Noop::new().id("sequential"));
+}
+
+#[test]
+fn the_first_id_of_a_table_is_found_by_the_next_ones() {
+    assert_eq!(
+        Graph::of(FirstIdsThenMore {}).unwrap().node_ids(),
+        vec![
+            "noop",
+            "each[0]/noop",
+            "each[0]/noop#1",
+            "each[0]/noop#2",
+            "each[1]/noop",
+            "each[1]/noop#1",
+            "each[1]/noop#2",
+            "noop#1",
+        ]
+    );
+    assert_eq!(
+        Graph::of(GivenLikeTheFirst {}).unwrap_err(),
+        GraphError::DuplicateId {
+            id: "noop".into(),
+            first: "`noop` (task 1)".into(),
+            second: "`noop` (task 2)".into(),
+        }
+    );
+    assert_eq!(
+        Graph::of(GivenLikeTheFirstBlock {}).unwrap_err(),
+        GraphError::DuplicateId {
+            id: "sequential".into(),
+            first: "a `sequential` block".into(),
+            second: "`noop` (task 2)".into(),
+        }
+    );
+}

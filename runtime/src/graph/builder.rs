@@ -110,8 +110,14 @@ const LISTED: usize = 8;
 
 /// A set of ids: a short list while it is small (an `each` item's ids, most often one),
 /// a hash table beyond [`LISTED`] entries.
+///
+/// The first id claimed in an empty table is kept without its hash ([`first`](IdTable::first)):
+/// most tables (an `each` item's) never hold a second one, and the first is then never looked
+/// up, so its hash would be computed for nothing. Lookups compare it by text.
 #[derive(Default)]
 pub(super) struct IdTable {
+    /// The id claimed first, when it was claimed in the empty table (its `hash` is unset).
+    first: Option<IdEntry>,
     list: Vec<IdEntry>,
     table: HashTable<IdEntry>,
 }
@@ -119,27 +125,30 @@ pub(super) struct IdTable {
 impl IdTable {
     #[inline]
     fn is_empty(&self) -> bool {
-        self.list.is_empty() && self.table.is_empty()
+        self.first.is_none() && self.list.is_empty() && self.table.is_empty()
+    }
+
+    /// The entry whose hash is `hash` and whose owner `is` accepts (`is` compares texts).
+    #[inline]
+    fn find(&self, hash: u64, mut is: impl FnMut(u32) -> bool) -> Option<&IdEntry> {
+        if let Some(f) = self.first.as_ref().filter(|f| is(f.owner)) {
+            return Some(f);
+        }
+        if !self.table.is_empty() {
+            return self.table.find(hash, |e| e.hash == hash && is(e.owner));
+        }
+        self.list.iter().find(|e| e.hash == hash && is(e.owner))
     }
 
     #[inline]
-    fn find(&self, hash: u64, mut eq: impl FnMut(&IdEntry) -> bool) -> Option<&IdEntry> {
-        if !self.table.is_empty() {
-            return self.table.find(hash, eq);
+    fn find_mut(&mut self, hash: u64, mut is: impl FnMut(u32) -> bool) -> Option<&mut IdEntry> {
+        if let Some(f) = self.first.as_mut().filter(|f| is(f.owner)) {
+            return Some(f);
         }
-        self.list.iter().find(|e| e.hash == hash && eq(e))
-    }
-
-    #[inline]
-    fn find_mut(
-        &mut self,
-        hash: u64,
-        mut eq: impl FnMut(&IdEntry) -> bool,
-    ) -> Option<&mut IdEntry> {
         if !self.table.is_empty() {
-            return self.table.find_mut(hash, eq);
+            return self.table.find_mut(hash, |e| e.hash == hash && is(e.owner));
         }
-        self.list.iter_mut().find(|e| e.hash == hash && eq(e))
+        self.list.iter_mut().find(|e| e.hash == hash && is(e.owner))
     }
 
     #[inline]
@@ -164,6 +173,7 @@ impl IdTable {
 
     #[inline]
     fn clear(&mut self) {
+        self.first = None;
         self.list.clear();
         if !self.table.is_empty() {
             self.table.clear();
@@ -215,6 +225,7 @@ impl Ids {
         }
     }
 
+    #[inline]
     fn table_mut(&mut self, at: usize) -> &mut IdTable {
         table_of(self.flat, &mut self.levels, &mut self.used, at)
     }
@@ -282,9 +293,7 @@ impl Ids {
             // The first id of an `each` item (the usual case): nothing to look up.
             return None;
         }
-        table.find(hash, |e| {
-            e.hash == hash && text_of(blocks, nodes, e.owner) == Some(text)
-        })
+        table.find(hash, |owner| text_of(blocks, nodes, owner) == Some(text))
     }
 
     /// Starts the ids of an `each` block's items (see [`next_item`](Ids::next_item)).
@@ -298,6 +307,7 @@ impl Ids {
 
     /// The next item of the innermost `each` block: its ids start after `start` bytes of
     /// prefix; the previous item's are forgotten.
+    #[inline]
     pub(super) fn next_item(&mut self, start: usize) {
         if let Some(l) = self.levels.last_mut() {
             l.start = start;
@@ -317,7 +327,21 @@ impl Ids {
     /// it was handed out already, appends the first free `#k` (counting from the last
     /// suffix given to that base, so `n` repeats cost `O(n)`, not `O(n²)`). `buf` keeps
     /// the suffix; returns its hash, for [`claim`](Ids::claim).
-    pub(super) fn unique(&mut self, buf: &mut String, at: usize, nodes: &[Node]) -> u64 {
+    ///
+    /// `None` when the table was empty (the first id of an `each` item, the usual case):
+    /// the id is free, and [`claim`](Ids::claim) keeps it without a hash.
+    #[inline]
+    pub(super) fn unique(&mut self, buf: &mut String, at: usize, nodes: &[Node]) -> Option<u64> {
+        if self.table(at).is_empty() {
+            return None;
+        }
+        Some(self.unique_in_use(buf, at, nodes))
+    }
+
+    /// [`unique`](Ids::unique) in a table that holds ids already (kept out of line: the
+    /// usual case above is a check and a return).
+    #[inline(never)]
+    pub(super) fn unique_in_use(&mut self, buf: &mut String, at: usize, nodes: &[Node]) -> u64 {
         let hash = Self::hash_of(buf);
         let Some(first) = self.find(nodes, at, hash, buf).map(|e| e.next_suffix) else {
             return hash;
@@ -333,8 +357,8 @@ impl Ids {
                 let base_text = &buf[..base];
                 let blocks = &self.blocks;
                 let table = table_of(self.flat, &mut self.levels, &mut self.used, at);
-                if let Some(e) = table.find_mut(hash, |e| {
-                    e.hash == hash && text_of(blocks, nodes, e.owner) == Some(base_text)
+                if let Some(e) = table.find_mut(hash, |owner| {
+                    text_of(blocks, nodes, owner) == Some(base_text)
                 }) {
                     e.next_suffix = k.saturating_add(1);
                 }
@@ -345,25 +369,56 @@ impl Ids {
     }
 
     /// Records that the task `node` has the id whose hash is `hash` (known to be absent;
-    /// its first `at` bytes are the current prefix); the task's id keeps the text.
-    pub(super) fn claim(&mut self, at: usize, hash: u64, node: u32) {
+    /// its first `at` bytes are the current prefix; `None`: [`unique`](Ids::unique) found
+    /// the table empty); the task's id keeps the text.
+    #[inline]
+    pub(super) fn claim(&mut self, at: usize, hash: Option<u64>, node: u32) {
         self.insert(at, hash, node);
     }
 
-    /// Records that a block has the id `text` (known to be absent, hash `hash`, its first
-    /// `at` bytes the current prefix).
-    pub(super) fn claim_block(&mut self, at: usize, hash: u64, text: &str) {
+    /// Records that the task `node` has the id whose first `at` bytes are the current
+    /// prefix when its table is empty (the id is then free); false, and nothing recorded,
+    /// when the table holds ids already.
+    #[inline]
+    pub(super) fn claim_first(&mut self, at: usize, node: u32) -> bool {
+        let table = self.table_mut(at);
+        if !table.is_empty() {
+            return false;
+        }
+        table.first = Some(IdEntry {
+            hash: 0,
+            next_suffix: 1,
+            owner: node,
+        });
+        true
+    }
+
+    /// Records that a block has the id `text` (known to be absent, hash `hash` as for
+    /// [`claim`](Ids::claim), its first `at` bytes the current prefix).
+    pub(super) fn claim_block(&mut self, at: usize, hash: Option<u64>, text: &str) {
         let owner = BLOCK | self.blocks.len() as u32;
         self.blocks.push(text.into());
         self.insert(at, hash, owner);
     }
 
-    fn insert(&mut self, at: usize, hash: u64, owner: u32) {
-        self.table_mut(at).insert(IdEntry {
-            hash,
-            next_suffix: 1,
-            owner,
-        });
+    #[inline]
+    fn insert(&mut self, at: usize, hash: Option<u64>, owner: u32) {
+        let table = self.table_mut(at);
+        match hash {
+            // The table is empty: the id needs no hash until another one is looked up.
+            None => {
+                table.first = Some(IdEntry {
+                    hash: 0,
+                    next_suffix: 1,
+                    owner,
+                });
+            }
+            Some(hash) => table.insert(IdEntry {
+                hash,
+                next_suffix: 1,
+                owner,
+            }),
+        }
     }
 }
 
@@ -433,6 +488,9 @@ pub struct Builder {
     pub(super) errors: Vec<GraphError>,
     /// The inputs of the task being added read only as an `Option` (reused).
     pub(super) tolerant: Vec<u32>,
+    /// Everything the task being added waits for, when that is more than its inputs
+    /// (reused).
+    pub(super) deps: Vec<u32>,
     /// Prefix lengths of the sub-processes being built: explicit ids are relative to the
     /// innermost one.
     pub(super) namespaces: Vec<usize>,
@@ -468,6 +526,7 @@ impl Builder {
             options,
             errors: Vec::new(),
             tolerant: Vec::new(),
+            deps: Vec::new(),
             namespaces: Vec::new(),
         }
     }
@@ -497,8 +556,12 @@ impl Builder {
         self.ids.check_name(name, &self.nodes);
         let len = self.prefix.len();
         self.prefix.push_str(name);
-        let hash = self.ids.unique(&mut self.prefix, len, &self.nodes);
-        self.ids.claim(len, hash, node);
+        // The first id of its table (of an `each` item, most often) is free: claimed at
+        // once, with one look for the table.
+        if !self.ids.claim_first(len, node) {
+            let hash = self.ids.unique_in_use(&mut self.prefix, len, &self.nodes);
+            self.ids.claim(len, Some(hash), node);
+        }
         // Most ids fit inline (no allocation): made without the general constructor's
         // call and length checks.
         let id = if self.prefix.len() <= SmolStr::INLINE_CAP {
@@ -555,7 +618,7 @@ impl Builder {
                 second: format!("`{name}` (task {})", node + 1),
             });
         }
-        self.ids.claim(ns, hash, node);
+        self.ids.claim(ns, Some(hash), node);
         Ok(SmolStr::from(full))
     }
 
@@ -655,17 +718,10 @@ impl Builder {
             tolerant.retain(|d| !required.contains(d));
         }
         let scope = self.scopes.last().expect("the root scope is never popped");
-        let order = scope.entry.len() + self.after.iter().map(Vec::len).sum::<usize>();
-        let task: Box<dyn ErasedTask> = Box::new(Erased::new(task));
-        let node = if order == 0 {
-            let links = Links {
-                deps: &data,
-                data: &data,
-                tolerant: &tolerant,
-            };
-            Node::new(id, &T::META, description, task, &links, optional)
-        } else {
-            let mut deps = Vec::with_capacity(order + data.len());
+        let ordered = !scope.entry.is_empty() || self.after.iter().any(|a| !a.is_empty());
+        let mut deps = std::mem::take(&mut self.deps);
+        if ordered {
+            deps.clear();
             deps.extend_from_slice(&scope.entry);
             for a in &self.after {
                 deps.extend_from_slice(a);
@@ -673,17 +729,20 @@ impl Builder {
             deps.extend_from_slice(&data);
             deps.sort_unstable();
             deps.dedup();
-            let links = Links {
-                deps: &deps,
-                data: &data,
-                tolerant: &tolerant,
-            };
-            Node::new(id, &T::META, description, task, &links, optional)
+        }
+        let links = Links {
+            // Most tasks wait for exactly what they read.
+            deps: if ordered { &deps } else { &data },
+            data: &data,
+            tolerant: &tolerant,
         };
+        let task: Box<dyn ErasedTask> = Box::new(Erased::new(task));
+        // Made in place, hashed in place: the node is written once, not moved after.
+        self.nodes
+            .push(Node::new(id, &T::META, description, task, &links, optional));
         self.inputs = data;
         self.tolerant = tolerant;
-        // Pushed first, hashed in place: the node is written once, not moved after.
-        self.nodes.push(node);
+        self.deps = deps;
         if let Some(node) = self.nodes.last() {
             self.fingerprint.node(node);
         }

@@ -121,7 +121,10 @@ pub(crate) struct Links<'a> {
 }
 
 impl Node {
-    #[inline]
+    /// Always inlined: called once per task, with eight arguments that would otherwise
+    /// go through the stack (about a quarter of its cost, under callgrind).
+    #[allow(clippy::inline_always)] // measured: `#[inline]` left it out of line
+    #[inline(always)]
     fn new(
         id: SmolStr,
         meta: &'static TaskMeta,
