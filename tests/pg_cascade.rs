@@ -607,7 +607,8 @@ fn a_finish_waits_for_a_waiting_row_another_statement_holds() {
 }
 
 // A finish wakes the other workers only when they have something to do: ready rows it
-// did not take itself (`''`), or ends of runs another worker coordinates (`'e'`). The
+// did not take itself (`''`), or ends of runs another worker coordinates that the
+// coordinator acts on (`'e'`: here the end of a task without dependents). The
 // coordinator finishing its own run's tasks, all of whose dependents it takes, sends no
 // notification (every finish woke every worker before).
 #[test]
@@ -690,7 +691,8 @@ fn a_finish_notifies_only_when_another_worker_has_work() {
             .unwrap();
         assert_eq!((stored, handed.len()), (vec![true], 0));
         assert_eq!(heard(&mut listener), vec![String::new()]);
-        // Another worker's finish tells the coordinator that a task ended.
+        // Another worker's success that counted its dependent down (and took it) leaves
+        // the coordinator nothing to do: it reads the end at its next poll.
         let (stored, handed) = q
             .finish_and_claim(
                 &[(claimed[1].claim.clone(), ok.clone())],
@@ -701,6 +703,18 @@ fn a_finish_notifies_only_when_another_worker_has_work() {
             )
             .unwrap();
         assert_eq!((stored, handed.len()), (vec![true], 1));
+        assert!(heard(&mut listener).is_empty(), "no notification");
+        // Its end of a task without dependents (the run's last) tells the coordinator.
+        let (stored, handed) = q
+            .finish_and_claim(
+                &[(handed[0].claim.clone(), ok.clone())],
+                "w2",
+                &["cascade"],
+                60_000,
+                1,
+            )
+            .unwrap();
+        assert_eq!((stored, handed.len()), (vec![true], 0));
         assert_eq!(heard(&mut listener), vec!["e".to_owned()]);
         q.clear("n", token).unwrap();
     })

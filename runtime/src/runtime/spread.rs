@@ -53,7 +53,9 @@
 //!   finds the waiting row locked by a concurrent finish waits for it (in (run, node)
 //!   order), so that several workers ending a layer together still cascade.
 //! - Wakes: a finish notifies the other workers only when it left ready rows it did
-//!   not take, or ended tasks of a run another worker coordinates; a claim loop that
+//!   not take, or ended tasks of a run another worker coordinates that the coordinator
+//!   acts on (a failure, a cancel, a task without dependents; a success that counted
+//!   its dependents down is read at the coordinator's next poll); a claim loop that
 //!   a task ending here wakes runs a claim only when one may find ready rows (an offer
 //!   or a notification said so since its last claim, or its last claim was full), or
 //!   when its periodic full claim is due: an idle worker does not ask after every task

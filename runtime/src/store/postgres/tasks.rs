@@ -30,8 +30,12 @@ use crate::store::{
 /// which ([`TaskWake::of`]): `r` tasks are ready (an offer), `e` tasks ended (a finish
 /// that left nothing ready), anything else both (or a cancel, a release). A finish
 /// notifies only when another worker has something to do: ready rows it did not take
-/// itself, or ends of a run whose lease another worker holds (its coordinator); one by
-/// the coordinator that takes every dependent it made ready notifies nobody (a
+/// itself, or ends of a run whose lease another worker holds (its coordinator) that
+/// the coordinator has to act on: a failure, a cancel, a task without dependents (the
+/// run's last ones), or any end of a run that does not cascade. A success that counted
+/// its dependents down needs nothing of the coordinator but its record, which its next
+/// poll (or the next notification) reads. One by the coordinator that takes every
+/// dependent it made ready notifies nobody (a
 /// notification serializes the commits of every notifying transaction of the database:
 /// each finish notifying made the finishes of several workers queue one behind the
 /// other, and woke every worker's claim loop).
@@ -256,9 +260,12 @@ UNION ALL SELECT -1, NULL, NULL, NULL, NULL, NULL, NULL FROM (
     SELECT pg_notify($10, CASE WHEN r.ready THEN '' ELSE 'e' END)
     FROM (SELECT EXISTS (SELECT 1 FROM c WHERE state = 0) AS ready) r
     WHERE r.ready
-       OR EXISTS (SELECT 1 FROM f WHERE NOT EXISTS (
-              SELECT 1 FROM procession_leases o
-              WHERE o.run = f.run AND o.owner = $12))) n
+       OR EXISTS (
+              SELECT 1 FROM f
+              WHERE (f.state <> 2 OR f.dependents IS NULL
+                     OR NOT EXISTS (SELECT 1 FROM live WHERE live.run = f.run))
+                AND NOT EXISTS (SELECT 1 FROM procession_leases o
+                                WHERE o.run = f.run AND o.owner = $12))) n
 UNION ALL SELECT -2, c.run, c.run_token, c.node, c.token, c.process_type, c.attempts
 FROM c WHERE c.take";
 
