@@ -533,3 +533,191 @@ fn the_finish_statement_hands_ready_dependents_to_its_worker() {
     .join()
     .unwrap();
 }
+
+// Two finishes that count the same waiting dependent down at once (two workers ending
+// two of its dependencies together): the second waits for the first's lock instead of
+// skipping the row, so the count reaches 0 and the dependent becomes claimable without
+// its coordinator's offer. The first finish is stood in for by a transaction holding
+// the waiting row locked.
+#[test]
+fn a_finish_waits_for_a_waiting_row_another_statement_holds() {
+    let Some(url) = pg::database("cascade_locked") else {
+        return;
+    };
+    std::thread::spawn(move || {
+        let store = PgStore::connect(&url).unwrap();
+        let q = store.task_queue().expect("PostgreSQL has a task queue");
+        let token = 5;
+        let row = |node: u32, pending: u32, dependents: &[u32]| TaskOffer {
+            run: "l".into(),
+            run_token: token,
+            node,
+            process_type: "cascade".into(),
+            attempts: 0,
+            max_attempts: 1,
+            deadline_ms: None,
+            pending_deps: pending,
+            dependents: dependents.to_vec(),
+        };
+        let ok = TaskEnd {
+            attempts: 1,
+            elapsed_ns: 1,
+            outcome: Ok(Arc::from("1")),
+        };
+        // 0 -> 1: 1 waits for 0 alone.
+        q.offer(&[row(0, 0, &[1]), row(1, 1, &[])]).unwrap();
+        let zero = q.claim("w1", &["cascade"], 60_000, 10).unwrap();
+        assert_eq!(zero.len(), 1);
+        let mut holder = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+        let mut tx = holder.transaction().unwrap();
+        tx.query(
+            "SELECT 1 FROM procession_task_claims WHERE run = 'l' AND node = 1 FOR UPDATE",
+            &[],
+        )
+        .unwrap();
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let url2 = url.clone();
+        let claim = zero[0].claim.clone();
+        let end = ok.clone();
+        let finisher = std::thread::spawn(move || {
+            let store = PgStore::connect(&url2).unwrap();
+            let q = store.task_queue().unwrap();
+            let out = q.finish(&[(claim, end)]).unwrap();
+            done_tx.send(()).unwrap();
+            out
+        });
+        // The finish waits for the lock (it would have skipped the row and stored its
+        // end at once before).
+        assert!(
+            done_rx.recv_timeout(Duration::from_millis(300)).is_err(),
+            "the finish waits for the waiting row's lock"
+        );
+        tx.commit().unwrap();
+        assert_eq!(finisher.join().unwrap(), vec![true]);
+        let one = q.claim("w2", &["cascade"], 60_000, 10).unwrap();
+        assert_eq!(
+            one.iter().map(|c| c.claim.node).collect::<Vec<_>>(),
+            vec![1],
+            "the dependent was counted down to 0 once the lock was released"
+        );
+        q.clear("l", token).unwrap();
+    })
+    .join()
+    .unwrap();
+}
+
+// A finish wakes the other workers only when they have something to do: ready rows it
+// did not take itself (`''`), or ends of runs another worker coordinates that the
+// coordinator acts on (`'e'`: here the end of a task without dependents). The
+// coordinator finishing its own run's tasks, all of whose dependents it takes, sends no
+// notification (every finish woke every worker before).
+#[test]
+fn a_finish_notifies_only_when_another_worker_has_work() {
+    let Some(url) = pg::database("cascade_notify") else {
+        return;
+    };
+    std::thread::spawn(move || {
+        let store = PgStore::connect(&url).unwrap();
+        let q = store.task_queue().expect("PostgreSQL has a task queue");
+        let token = 9;
+        let row = |node: u32, pending: u32, dependents: &[u32]| TaskOffer {
+            run: "n".into(),
+            run_token: token,
+            node,
+            process_type: "cascade".into(),
+            attempts: 0,
+            max_attempts: 1,
+            deadline_ms: None,
+            pending_deps: pending,
+            dependents: dependents.to_vec(),
+        };
+        let ok = TaskEnd {
+            attempts: 1,
+            elapsed_ns: 1,
+            outcome: Ok(Arc::from("1")),
+        };
+        // w1 coordinates run `n` (holds its lease).
+        pg::sql(
+            &url,
+            "INSERT INTO procession_leases (run, owner, token, expires_at)
+             VALUES ('n', 'w1', 1, 9223372036854775807)",
+        );
+        // 0 -> 1 -> 2, 3 -> 4.
+        q.offer(&[
+            row(0, 0, &[1]),
+            row(1, 1, &[2]),
+            row(2, 1, &[]),
+            row(3, 0, &[4]),
+            row(4, 1, &[]),
+        ])
+        .unwrap();
+        let mut listener = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+        listener.batch_execute("LISTEN procession_tasks").unwrap();
+        let heard = |listener: &mut postgres::Client| -> Vec<String> {
+            use postgres::fallible_iterator::FallibleIterator as _;
+            let mut got = Vec::new();
+            let mut notes = listener.notifications();
+            let mut it = notes.timeout_iter(Duration::from_millis(300));
+            while let Ok(Some(n)) = it.next() {
+                got.push(n.payload().to_owned());
+            }
+            got
+        };
+        let _ = heard(&mut listener);
+        let mut claimed = q.claim("w1", &["cascade"], 60_000, 10).unwrap();
+        claimed.sort_by_key(|c| c.claim.node);
+        assert_eq!(claimed.len(), 2, "0 and 3");
+        // The coordinator finishes 0 and takes 1: nobody else has anything to do.
+        let (stored, handed) = q
+            .finish_and_claim(
+                &[(claimed[0].claim.clone(), ok.clone())],
+                "w1",
+                &["cascade"],
+                60_000,
+                1,
+            )
+            .unwrap();
+        assert_eq!((stored, handed.len()), (vec![true], 1));
+        assert!(heard(&mut listener).is_empty(), "no notification");
+        // Without room, 1's dependent 2 is left ready: the others are told.
+        let (stored, handed) = q
+            .finish_and_claim(
+                &[(handed[0].claim.clone(), ok.clone())],
+                "w1",
+                &["cascade"],
+                60_000,
+                0,
+            )
+            .unwrap();
+        assert_eq!((stored, handed.len()), (vec![true], 0));
+        assert_eq!(heard(&mut listener), vec![String::new()]);
+        // Another worker's success that counted its dependent down (and took it) leaves
+        // the coordinator nothing to do: it reads the end at its next poll.
+        let (stored, handed) = q
+            .finish_and_claim(
+                &[(claimed[1].claim.clone(), ok.clone())],
+                "w2",
+                &["cascade"],
+                60_000,
+                1,
+            )
+            .unwrap();
+        assert_eq!((stored, handed.len()), (vec![true], 1));
+        assert!(heard(&mut listener).is_empty(), "no notification");
+        // Its end of a task without dependents (the run's last) tells the coordinator.
+        let (stored, handed) = q
+            .finish_and_claim(
+                &[(handed[0].claim.clone(), ok.clone())],
+                "w2",
+                &["cascade"],
+                60_000,
+                1,
+            )
+            .unwrap();
+        assert_eq!((stored, handed.len()), (vec![true], 0));
+        assert_eq!(heard(&mut listener), vec!["e".to_owned()]);
+        q.clear("n", token).unwrap();
+    })
+    .join()
+    .unwrap();
+}

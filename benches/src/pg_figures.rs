@@ -851,7 +851,7 @@ async fn spread_cost(admin: &str) -> AnyResult<()> {
         let tasks = spread_shape(kind, sz).tasks() as f64 * f64::from(runs);
         let mut costs = Vec::new();
         for _ in 0..3 {
-            costs.push(cost_round(admin, kind, runs, sz).await?);
+            costs.push(cost_round(admin, kind, runs, sz, 1).await?);
         }
         let med = |f: &dyn Fn(&Cost) -> f64| {
             let mut v: Vec<f64> = costs.iter().map(f).collect();
@@ -890,19 +890,78 @@ async fn spread_cost(admin: &str) -> AnyResult<()> {
             );
         }
     }
+    several_cost(admin, runs, size / 10).await
+}
+
+/// The server-side cost per task of the layered spread row with 1, 2 and 4 worker
+/// processes (one launching, the others helping), medians of 3 rounds: what more
+/// workers add (statements of the task queue, their execution time, the claims among
+/// them, WAL records, row updates).
+async fn several_cost(admin: &str, runs: u32, width: u32) -> AnyResult<()> {
+    let kind = "spread-layered";
+    let tasks = spread_shape(kind, width).tasks() as f64 * f64::from(runs);
+    println!(
+        "{} with 1, 2 and 4 worker processes, per task, medians of 3 rounds (task queue \
+         statements: those reading procession_task_claims)",
+        spread_shape(kind, width).name()
+    );
+    println!(
+        "{:<8} {:>11} {:>8} {:>8} {:>10} {:>8} {:>8}",
+        "workers", "statements", "exec µs", "claims", "finishes", "WAL rec", "updates"
+    );
+    for workers in [1u32, 2, 4] {
+        let mut costs = Vec::new();
+        for _ in 0..3 {
+            costs.push(cost_round(admin, kind, runs, width, workers).await?);
+        }
+        let med = |f: &dyn Fn(&Cost) -> f64| {
+            let mut v: Vec<f64> = costs.iter().map(f).collect();
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2] / tasks
+        };
+        let sum = |c: &Cost, i: usize, prefix: &str| -> f64 {
+            c.statements
+                .iter()
+                .filter(|(k, _)| k.trim_start().starts_with(prefix))
+                .map(|(_, v)| v[i])
+                .sum()
+        };
+        println!(
+            "{:<8} {:>11.3} {:>8.1} {:>8.3} {:>10.3} {:>8.2} {:>8.2}",
+            workers,
+            med(&|c| sum(c, 0, "")),
+            med(&|c| sum(c, 1, "")) * 1000.0,
+            med(&|c| sum(c, 0, "WITH c AS MATERIALIZED")),
+            med(&|c| sum(
+                c,
+                0,
+                "WITH u AS ( SELECT * FROM unnest($1::text[], $2::int4[], $3::int8[], $4::int2[]"
+            )),
+            med(&|c| c.wal_records),
+            med(&|c| c.updates),
+        );
+    }
     Ok(())
 }
 
-/// One round of [`spread_cost`]: the launcher alone on a fresh database, the server's
-/// counters read before its start and after its exit.
-async fn cost_round(admin: &str, kind: &'static str, runs: u32, size: u32) -> AnyResult<Cost> {
+/// One round of [`spread_cost`]: the launcher and `workers - 1` helpers on a fresh
+/// database, the server's counters read before their start and after their exit.
+async fn cost_round(
+    admin: &str,
+    kind: &'static str,
+    runs: u32,
+    size: u32,
+    workers: u32,
+) -> AnyResult<Cost> {
     let url = new_database(admin, "spread_cost").await?;
+    // Created, and loaded (`shared_preload_libraries`): its functions work.
     let statements = sql(
         &url,
         "CREATE EXTENSION IF NOT EXISTS pg_stat_statements; SELECT 1",
     )
     .await
-    .is_ok();
+    .is_ok()
+        && sql(&url, "SELECT pg_stat_statements_reset()").await.is_ok();
     let wal = "SELECT wal_records || ' ' || wal_fpi || ' ' || \
                (pg_current_wal_lsn() - '0/0'::pg_lsn) FROM pg_stat_wal";
     let read_wal = |v: Option<String>| -> [f64; 3] {
@@ -921,12 +980,19 @@ async fn cost_round(admin: &str, kind: &'static str, runs: u32, size: u32) -> An
     let before = read_wal(sql(admin, wal).await?);
     let u = url.clone();
     tokio::task::spawn_blocking(move || -> AnyResult<()> {
+        let mut helpers = Vec::new();
+        for w in 1..workers {
+            let name = format!("h{w}");
+            helpers.push(Proc::start(&u, 10_000, &name, "spread-helper", 0, 0)?);
+        }
         let mut launcher = Proc::start(&u, 10_000, "w0", kind, runs, size)?;
         launcher.go()?;
         let done = launcher.expect("done", Duration::from_mins(10))?;
         if done.split(' ').nth(2) != Some("0") {
             return Err(format!("spread runs computed wrong sums: {done}").into());
         }
+        // Their sessions end (and report) with them.
+        drop(helpers);
         // Its sessions report their statistics as they end.
         let deadline = Instant::now() + Duration::from_mins(1);
         while launcher.child.try_wait()?.is_none() && Instant::now() < deadline {

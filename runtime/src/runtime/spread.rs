@@ -49,9 +49,17 @@
 //!   finds a cascaded node ready, its offer leaves the row as it is (claimed, running or
 //!   ended) and the collector waits for its end: it does not run twice. A count that
 //!   never reaches 0 (a dependency's end stored before the waiting row existed, e.g.
-//!   after a takeover; or a finish that found the waiting row locked by a concurrent
-//!   finish or offer, which it skips rather than waits for) just leaves the node to
-//!   the executor's offer.
+//!   after a takeover) just leaves the node to the executor's offer; a finish that
+//!   finds the waiting row locked by a concurrent finish waits for it (in (run, node)
+//!   order), so that several workers ending a layer together still cascade.
+//! - Wakes: a finish notifies the other workers only when it left ready rows it did
+//!   not take, or ended tasks of a run another worker coordinates that the coordinator
+//!   acts on (a failure, a cancel, a task without dependents; a success that counted
+//!   its dependents down is read at the coordinator's next poll); a claim loop that
+//!   a task ending here wakes runs a claim only when one may find ready rows (an offer
+//!   or a notification said so since its last claim, or its last claim was full), or
+//!   when its periodic full claim is due: an idle worker does not ask after every task
+//!   it finishes.
 //! - A coordinator that dies: its run is taken over (run leases) and resumed; the new
 //!   coordinator re-offers the unfinished nodes, which adopts the rows running on live
 //!   workers and finds the results of those that ended: a finished task does not run
@@ -296,6 +304,13 @@ pub(super) struct Spread {
     finishes_rx: Mutex<Option<mpsc::UnboundedReceiver<Finish>>>,
     /// Wakes the claim loop (a task was offered or freed here).
     claim_wake: Notify,
+    /// A claim may find ready rows: set by what makes rows ready (an offer written
+    /// here, a notification that a finish or an offer left ready rows, a full claim),
+    /// cleared when a claim statement starts. A task that ends here frees room but
+    /// makes nothing ready for others: the claim loop it wakes runs no statement
+    /// unless this is set (or its periodic full claim is due), so that a worker whose
+    /// claims come back empty does not ask again after every task it finishes.
+    maybe_ready: AtomicBool,
     /// Wakes the collector (a task ended).
     collect_wake: Notify,
     /// Spread tasks running here at most.
@@ -333,6 +348,7 @@ impl Spread {
             offers: tx,
             offers_rx: Mutex::new(Some(rx)),
             claim_wake: Notify::new(),
+            maybe_ready: AtomicBool::new(true),
             collect_wake: Notify::new(),
             capacity: capacity.max(1),
             reserved: AtomicUsize::new(0),
@@ -377,6 +393,7 @@ impl Spread {
     /// Wakes the loops a notification is for (or both, the connection was restored).
     fn wake(&self, what: TaskWake) {
         if what.ready {
+            self.maybe_ready.store(true, Ordering::Release);
             self.claim_wake.notify_one();
         }
         if what.ended {
@@ -857,6 +874,7 @@ async fn offer_loop(inner: Weak<Inner>, mut rx: mpsc::UnboundedReceiver<TaskOffe
                     }
                 }
                 if let Some(s) = spread_of(&i) {
+                    s.maybe_ready.store(true, Ordering::Release);
                     s.claim_wake.notify_one();
                     // A node offered after its task was made ready by a cascade may
                     // have ended already: no notification comes for it any more.
@@ -916,8 +934,15 @@ async fn claim_loop(inner: Weak<Inner>) {
             },
             None => return,
         };
-        let limit = spread.reserve(CLAIM_BATCH, 0);
-        let mut got = 0;
+        // Expired and overdue claims are looked for at most every `POLL`, ready rows
+        // when a claim may find some (`maybe_ready`) or with the full claim.
+        let full = full_at.is_none_or(|t| t.elapsed() >= POLL);
+        let worth = full || spread.maybe_ready.load(Ordering::Acquire);
+        let limit = if worth {
+            spread.reserve(CLAIM_BATCH, 0)
+        } else {
+            0
+        };
         if limit > 0 {
             let Some(i) = inner.upgrade() else {
                 spread.unreserve(limit);
@@ -928,10 +953,11 @@ async fn claim_loop(inner: Weak<Inner>) {
                 return;
             }
             let (worker, ttl, types2) = (i.worker.clone(), i.lease_ms, types.clone());
-            let full = full_at.is_none_or(|t| t.elapsed() >= POLL);
             if full {
                 full_at = Some(tokio::time::Instant::now());
             }
+            // Cleared before the statement: rows made ready while it runs set it again.
+            spread.maybe_ready.store(false, Ordering::Release);
             match i
                 .read(move |s| match s.task_queue() {
                     Some(q) if full => q.claim(&worker, &types2, ttl, limit),
@@ -941,9 +967,11 @@ async fn claim_loop(inner: Weak<Inner>) {
                 .await
             {
                 Ok(claimed) => {
-                    got = claimed.len();
+                    let got = claimed.len();
                     start_claimed(&i, &spread, claimed, limit).await;
                     if got == limit {
+                        // A full batch: there may be more.
+                        spread.maybe_ready.store(true, Ordering::Release);
                         continue;
                     }
                 }
@@ -953,11 +981,11 @@ async fn claim_loop(inner: Weak<Inner>) {
                 }
                 Err(e) => {
                     spread.unreserve(limit);
+                    spread.maybe_ready.store(true, Ordering::Release);
                     tracing::warn!(error = %e, "task claim failed");
                 }
             }
         }
-        let _ = got;
         tokio::select! {
             () = stop.cancelled() => return,
             () = spread.claim_wake.notified() => {}

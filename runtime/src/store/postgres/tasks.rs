@@ -28,7 +28,17 @@ use crate::store::{
 
 /// The channel workers `LISTEN` on: a task was offered, or ended. The payload says
 /// which ([`TaskWake::of`]): `r` tasks are ready (an offer), `e` tasks ended (a finish
-/// that made nothing ready), anything else both (or a cancel, a release).
+/// that left nothing ready), anything else both (or a cancel, a release). A finish
+/// notifies only when another worker has something to do: ready rows it did not take
+/// itself, or ends of a run whose lease another worker holds (its coordinator) that
+/// the coordinator has to act on: a failure, a cancel, a task without dependents (the
+/// run's last ones), or any end of a run that does not cascade. A success that counted
+/// its dependents down needs nothing of the coordinator but its record, which its next
+/// poll (or the next notification) reads. One by the coordinator that takes every
+/// dependent it made ready notifies nobody (a
+/// notification serializes the commits of every notifying transaction of the database:
+/// each finish notifying made the finishes of several workers queue one behind the
+/// other, and woke every worker's claim loop).
 const CHANNEL: &str = "procession_tasks";
 
 impl TaskWake {
@@ -153,18 +163,20 @@ RETURNING t.run, t.run_token, t.node, t.token, t.process_type,
 ///
 /// Each success counts down its waiting dependents of the same run token (once per
 /// finishing row: one successful finish per claim), each found by its primary key (not
-/// by a scan of the table, which the generic plan of a join chose) and locked without
-/// waiting (so in no particular order: a lock never waited for takes no part in a
-/// deadlock); those reaching 0 become ready, or, up to `$15` of them whose process type
+/// by a scan of the table, which the generic plan of a join chose) and locked in
+/// (run, node) order, waiting for a lock another statement holds (a concurrent finish
+/// counting the same row down, an offer, a cancel: all lock waiting rows in that order
+/// and hold no waiting row while they wait for a running one, so no deadlock); those
+/// reaching 0 become ready, or, up to `$15` of them whose process type
 /// the finishing worker runs, claimed by it in the same write (as [`TASK_CLAIM_SQL`]
 /// claims: token raised, lease and deadline on the database clock): a cascaded task
 /// costs no write and no statement of its own to be claimed. Not once the run asked
-/// for a cancel (read once per run, `live`): its coordinator decides then. A dependent another statement holds
-/// locked (a concurrent finish counting it down, an offer, a cancel) is skipped, not
-/// waited for: its count then never reaches 0 and its coordinator's offer makes it
-/// ready once its dependencies ended (as for a dependency that ended before the
-/// waiting row existed). Finishes of several workers never queue behind each other on
-/// a layer's waiting rows.
+/// for a cancel (read once per run, `live`): its coordinator decides then. A dependent
+/// locked by a concurrent finish is counted down after it, from the count that finish
+/// left (the row is read again once the lock is granted): two workers ending a layer
+/// together make its dependents ready as one would (skipping a locked row, as before,
+/// left its count above 0 and the dependent to a round trip through its coordinator,
+/// for most of a layer's dependents once several workers finished at once).
 ///
 /// A row this very claim finished already (the statement runs again after a lost
 /// answer) is reported stored without a write (`again`): no other worker can have
@@ -210,12 +222,12 @@ d AS (
 l AS MATERIALIZED (
     SELECT x.run, x.node, d.n,
            x.pending_deps - d.n <= 0 AND x.process_type = ANY($13) AS mine
-    FROM d CROSS JOIN LATERAL (
+    FROM (SELECT * FROM d ORDER BY d.run, d.node) d CROSS JOIN LATERAL (
         SELECT t.run, t.node, t.pending_deps, t.process_type
         FROM procession_task_claims t
         WHERE t.run = d.run AND t.node = d.node AND t.run_token = d.run_token
           AND t.state = 5
-        FOR UPDATE SKIP LOCKED) x),
+        FOR UPDATE) x),
 k AS (
     SELECT l.run, l.node, l.n,
            l.mine AND row_number() OVER (PARTITION BY l.mine ORDER BY l.run, l.node)
@@ -245,9 +257,15 @@ SELECT idx, NULL::text AS run, NULL::int8 AS run_token, NULL::int4 AS node,
 FROM f
 UNION ALL SELECT idx, NULL, NULL, NULL, NULL, NULL, NULL FROM again
 UNION ALL SELECT -1, NULL, NULL, NULL, NULL, NULL, NULL FROM (
-    SELECT pg_notify($10, CASE WHEN EXISTS (SELECT 1 FROM c WHERE state = 0)
-                               THEN '' ELSE 'e' END)
-    WHERE EXISTS (SELECT 1 FROM f)) n
+    SELECT pg_notify($10, CASE WHEN r.ready THEN '' ELSE 'e' END)
+    FROM (SELECT EXISTS (SELECT 1 FROM c WHERE state = 0) AS ready) r
+    WHERE r.ready
+       OR EXISTS (
+              SELECT 1 FROM f
+              WHERE (f.state <> 2 OR f.dependents IS NULL
+                     OR NOT EXISTS (SELECT 1 FROM live WHERE live.run = f.run))
+                AND NOT EXISTS (SELECT 1 FROM procession_leases o
+                                WHERE o.run = f.run AND o.owner = $12))) n
 UNION ALL SELECT -2, c.run, c.run_token, c.node, c.token, c.process_type, c.attempts
 FROM c WHERE c.take";
 
