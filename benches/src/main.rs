@@ -20,7 +20,8 @@
 //! `--postgres [--quick] [--url <url>]` prints tasks/s on PostgreSQL (one worker) against
 //! a pgbench claim-and-finish ceiling measured in the same run, then with 1, 2 and 4
 //! worker processes (hidden `--pg-worker`) and the takeover after `kill -9`
-//! (`pg_figures.rs`).
+//! (`pg_figures.rs`); `--spread-only` prints the task spreading rows alone and
+//! `--spread-cost` what task spreading costs the server per task.
 
 mod admin_figures;
 mod pg_figures;
@@ -1888,7 +1889,7 @@ fn main() {
             Some("--postgres") => pg_figures::run(&args[1..]).await,
             Some("--pg-worker") => pg_figures::worker(&args[1..]).await,
             Some("-h" | "--help") => {
-                println!("usage: procession-benches [--quick] [--no-run-graph] | --only <wide|chain|fan|layered> <tasks> <a|a2|b|b2|c> [repeats] | --resume-only <tasks> | --build-only <wide|chain|fan|layered> <tasks> [repeats] | --scale-only [small] [big] | --small-only <wide|chain> <tasks> <a|b|c>... [runs] | --concurrent-only <launches> [width] | --admin [--quick] | --postgres [--quick] [--hot-path] [--url <url>]");
+                println!("usage: procession-benches [--quick] [--no-run-graph] | --only <wide|chain|fan|layered> <tasks> <a|a2|b|b2|c> [repeats] | --resume-only <tasks> | --build-only <wide|chain|fan|layered> <tasks> [repeats] | --scale-only [small] [big] | --small-only <wide|chain> <tasks> <a|b|c>... [runs] | --concurrent-only <launches> [width] | --admin [--quick] | --postgres [--quick] [--hot-path | --spread-only | --spread-cost] [--url <url>]");
                 Ok(())
             }
             _ => {
