@@ -294,7 +294,7 @@ pub(super) async fn attempts(
             });
             return (attempt, Ok(json));
         };
-        let cancelled = shared.scope.cancel.is_cancelled();
+        let cancelled = shared.scope.cancelled.is_set();
         if cancelled {
             tracing::info!(parent: &span, task = meta.name, attempt, error = %err, "attempt ended after a cancel");
         }
