@@ -502,7 +502,39 @@ fn clamp_percent(percent: impl IntoPercent) -> Option<f64> {
 
 #[cfg(test)]
 mod tests {
-    use super::{clamp_percent, compact_child_id, IntoPercent};
+    use super::{clamp_percent, compact_child_id, CancelFlag, Ctx, IntoPercent};
+    use tokio_util::sync::CancellationToken;
+
+    // The flag is set by the token's cancel itself, before it returns: directly, through
+    // a parent token (on another thread too), or already at the watch; never otherwise.
+    #[test]
+    fn cancel_flag_follows_its_token() {
+        let token = CancellationToken::new();
+        let flag = CancelFlag::watch(&token);
+        assert!(!flag.is_set());
+        token.cancel();
+        assert!(flag.is_set());
+
+        let parent = CancellationToken::new();
+        let child = parent.child_token();
+        let grandchild = child.child_token();
+        let (f1, f2) = (CancelFlag::watch(&child), CancelFlag::watch(&grandchild));
+        let other = CancelFlag::watch(&CancellationToken::new());
+        std::thread::spawn(move || parent.cancel()).join().unwrap();
+        assert!(f1.is_set() && f2.is_set());
+        assert!(!other.is_set());
+
+        let done = CancellationToken::new();
+        done.cancel();
+        assert!(CancelFlag::watch(&done).is_set());
+
+        // A context reads it: `ctx.cancel()` is seen by the next check.
+        let ctx = Ctx::detached("t");
+        assert!(ctx.should_continue() && ctx.check_cancelled().is_ok());
+        ctx.cancel();
+        assert!(ctx.is_cancelled() && !ctx.should_continue());
+        assert!(ctx.check_cancelled().is_err());
+    }
 
     #[test]
     fn deep_default_child_ids_stay_short_and_distinct() {
