@@ -281,7 +281,7 @@ async fn drive_run(mut graph: Graph, mut cfg: RunConfig) -> (Option<RunReport>, 
         if let Some(j) = &shared.journal {
             j.restored(i, attempts, elapsed, json.clone());
         }
-        shared.slots[idx].fill(json, None);
+        shared.slots[idx].fill(Some(json), None);
         lock(&shared.tasks[idx]).take();
         state[idx] = NodeState {
             status: NodeStatus::Success,
