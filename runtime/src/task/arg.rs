@@ -546,8 +546,8 @@ enum Value {
 }
 
 /// Which scalar a [`Slot`] holds outside its lock (`Slot::kind`); `NONE`: none (not
-/// filled, no reader, or a boxed value). An integer or a boolean (not `F64`, whose text
-/// is kept) is the slot's whole content: its text is made from it when asked.
+/// filled, no reader, or a boxed value). With [`WORD_ONLY`](kind::WORD_ONLY) added: an
+/// integer or a boolean filled without its text (see [`Slot::fill`]).
 mod kind {
     pub(super) const NONE: u8 = 0;
     pub(super) const U64: u8 = 1;
@@ -556,6 +556,9 @@ mod kind {
     pub(super) const I32: u8 = 4;
     pub(super) const F64: u8 = 5;
     pub(super) const BOOL: u8 = 6;
+    /// Added to an integer's or a boolean's kind filled without its text: the word is the
+    /// slot's whole content (nothing under its lock), its text is made when asked.
+    pub(super) const WORD_ONLY: u8 = 0x80;
 
     /// Whether `k` is an integer or a boolean (see the module's doc).
     pub(super) fn is_int_or_bool(k: u8) -> bool {
@@ -636,6 +639,13 @@ impl Typed {
             || t == TypeId::of::<u32>()
             || t == TypeId::of::<i32>()
             || t == TypeId::of::<bool>()
+    }
+
+    /// The JSON text of an integer or a boolean (`None` for any other value): the text
+    /// `serde_json` writes for it.
+    pub(crate) fn int_or_bool_text(&self) -> Option<SmolStr> {
+        let (k, bits) = self.value.scalar()?;
+        kind::is_int_or_bool(k).then(|| int_or_bool_text(k, bits))
     }
 
     /// Keeps `value`, copied for the readers before the last with `clone` (when its type
@@ -750,7 +760,7 @@ impl Slot {
             if let Some((k, bits)) = typed.and_then(|t| t.value.scalar()) {
                 if kind::is_int_or_bool(k) && self.kind.load(Ordering::Acquire) == kind::NONE {
                     self.bits.store(bits, Ordering::Relaxed);
-                    self.kind.store(k, Ordering::Release);
+                    self.kind.store(k | kind::WORD_ONLY, Ordering::Release);
                 }
             }
             return;
@@ -782,15 +792,18 @@ impl Slot {
     /// The serialized result, once filled (an integer's or a boolean's made now).
     pub(crate) fn json(&self) -> Option<SmolStr> {
         let k = self.kind.load(Ordering::Acquire);
-        if kind::is_int_or_bool(k) {
-            return Some(int_or_bool_text(k, self.bits.load(Ordering::Relaxed)));
+        if k & kind::WORD_ONLY != 0 {
+            return Some(int_or_bool_text(
+                k & !kind::WORD_ONLY,
+                self.bits.load(Ordering::Relaxed),
+            ));
         }
         self.lock().json.clone()
     }
 
     /// Whether the slot was filled.
     pub(crate) fn is_filled(&self) -> bool {
-        kind::is_int_or_bool(self.kind.load(Ordering::Acquire)) || self.lock().json.is_some()
+        self.kind.load(Ordering::Acquire) & kind::WORD_ONLY != 0 || self.lock().json.is_some()
     }
 
     /// Whether a successor will read this slot's value.
@@ -803,10 +816,12 @@ impl Slot {
         let k = self.kind.load(Ordering::Acquire);
         if k != kind::NONE {
             let bits = self.bits.load(Ordering::Relaxed);
+            let word_only = k & kind::WORD_ONLY != 0;
+            let k = k & !kind::WORD_ONLY;
             if let Some(v) = scalar_as::<T>(k, bits) {
                 return Some(Ok(v));
             }
-            if kind::is_int_or_bool(k) {
+            if word_only {
                 // Read as another type: decoded from its text, as any other result.
                 return Some(serde_json::from_str(&int_or_bool_text(k, bits)));
             }
@@ -926,7 +941,7 @@ mod tests {
         assert!(slot.lock().boxed.is_none());
         assert_eq!(
             slot.kind.load(std::sync::atomic::Ordering::Acquire),
-            super::kind::U64
+            super::kind::U64 | super::kind::WORD_ONLY
         );
         let slot = filled(2, -1.5_f64, None);
         // Exact: the same value handed over, not a nearby one.
@@ -986,7 +1001,10 @@ mod tests {
         same(true);
         same(false);
         let slot = filled(0, 3_u64, None);
-        assert_eq!(slot.kind.load(Ordering::Acquire), super::kind::U64);
+        assert_eq!(
+            slot.kind.load(Ordering::Acquire),
+            super::kind::U64 | super::kind::WORD_ONLY
+        );
         assert_eq!(slot.take::<u64>().unwrap().unwrap(), 3);
         // Read as another type: decoded from the text.
         let slot = filled(1, -2_i64, None);
@@ -994,6 +1012,19 @@ mod tests {
         assert!(slot.take::<u64>().unwrap().is_err());
         let slot = filled(1, true, None);
         assert_eq!(slot.take::<serde_json::Value>().unwrap().unwrap(), true);
+        // Filled with its text too (a run with a journal made it): the text is kept, the
+        // word still read without the lock.
+        let slot = Slot::new(2);
+        let typed = Typed::new(12_u32, None);
+        let text = typed.int_or_bool_text();
+        assert_eq!(text.as_deref(), Some("12"));
+        slot.fill(text, Some(typed));
+        assert_eq!(slot.kind.load(Ordering::Acquire), super::kind::U32);
+        assert_eq!(slot.lock().json.as_deref(), Some("12"));
+        assert_eq!(slot.json().as_deref(), Some("12"));
+        assert_eq!(slot.take::<u32>().unwrap().unwrap(), 12);
+        assert_eq!(slot.take::<u64>().unwrap().unwrap(), 12);
+        assert!(Typed::new(1.5_f64, None).int_or_bool_text().is_none());
         // A float keeps its text (the same as before the fill).
         let slot = filled(0, 0.1_f64, None);
         assert_eq!(slot.json().as_deref(), Some("0.1"));
