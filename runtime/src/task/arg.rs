@@ -1008,7 +1008,10 @@ mod tests {
         assert_eq!(slot.take::<u64>().unwrap().unwrap(), 3);
         // Read as another type: decoded from the text.
         let slot = filled(1, -2_i64, None);
-        assert_eq!(slot.take::<f64>().unwrap().unwrap(), -2.0);
+        assert_eq!(
+            slot.take::<f64>().unwrap().unwrap().to_bits(),
+            (-2.0_f64).to_bits()
+        );
         assert!(slot.take::<u64>().unwrap().is_err());
         let slot = filled(1, true, None);
         assert_eq!(slot.take::<serde_json::Value>().unwrap().unwrap(), true);
