@@ -16,7 +16,7 @@ use tracing::Instrument as _;
 use crate::error::{BoxError, RetryExhausted, TaskPanicked, Timeout};
 use crate::hooks::{Attempt, AttemptOutcome, TaskInfo};
 use crate::journal::RunJournal;
-use crate::task::arg::{Inputs, Typed};
+use crate::task::arg::Inputs;
 use crate::task::ctx::{Ctx, Reporter};
 use crate::task::erased::ErasedTask;
 use crate::task::TaskMeta;
@@ -241,6 +241,7 @@ pub(super) async fn attempts(
                 &inputs,
                 policy.max_attempts > 1,
                 shared.slots[i as usize].has_readers(),
+                shared.journal.is_some(),
             )
         }))
     };
@@ -292,17 +293,11 @@ pub(super) async fn attempts(
         };
         let Some(err) = outcome.error else {
             // The text goes to the slot and back to the caller, who records it. An
-            // integer or a boolean has none yet: made now for a run's journal, else
-            // left to its slot, which makes it when asked (the report, a remote caller).
+            // integer or a boolean has one only in a run with a journal: otherwise its
+            // slot makes it when asked (the report, a remote caller).
             let json = outcome.payload.and_then(|done| {
-                let json = match done.json {
-                    None if shared.journal.is_some() => {
-                        done.typed.as_ref().and_then(Typed::int_or_bool_text)
-                    }
-                    json => json,
-                };
-                shared.slots[i as usize].fill(json.clone(), done.typed);
-                json
+                shared.slots[i as usize].fill(done.json.clone(), done.typed);
+                done.json
             });
             return (attempt, Ok(json));
         };

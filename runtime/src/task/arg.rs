@@ -641,13 +641,6 @@ impl Typed {
             || t == TypeId::of::<bool>()
     }
 
-    /// The JSON text of an integer or a boolean (`None` for any other value): the text
-    /// `serde_json` writes for it.
-    pub(crate) fn int_or_bool_text(&self) -> Option<SmolStr> {
-        let (k, bits) = self.value.scalar()?;
-        kind::is_int_or_bool(k).then(|| int_or_bool_text(k, bits))
-    }
-
     /// Keeps `value`, copied for the readers before the last with `clone` (when its type
     /// is `Clone`).
     pub(crate) fn new<T: Send + 'static>(value: T, clone: Option<OutputCloner>) -> Self {
@@ -1018,16 +1011,12 @@ mod tests {
         // Filled with its text too (a run with a journal made it): the text is kept, the
         // word still read without the lock.
         let slot = Slot::new(2);
-        let typed = Typed::new(12_u32, None);
-        let text = typed.int_or_bool_text();
-        assert_eq!(text.as_deref(), Some("12"));
-        slot.fill(text, Some(typed));
+        slot.fill(to_json(&12_u32).ok(), Some(Typed::new(12_u32, None)));
         assert_eq!(slot.kind.load(Ordering::Acquire), super::kind::U32);
         assert_eq!(slot.lock().json.as_deref(), Some("12"));
         assert_eq!(slot.json().as_deref(), Some("12"));
         assert_eq!(slot.take::<u32>().unwrap().unwrap(), 12);
         assert_eq!(slot.take::<u64>().unwrap().unwrap(), 12);
-        assert!(Typed::new(1.5_f64, None).int_or_bool_text().is_none());
         // A float keeps its text (the same as before the fill).
         let slot = filled(0, 0.1_f64, None);
         assert_eq!(slot.json().as_deref(), Some("0.1"));
