@@ -35,7 +35,7 @@ use crate::record::Level;
 use crate::record::State;
 use crate::report::{RunReport, RunStatus};
 use crate::task::arg::Slot;
-use crate::task::ctx::{Reporter, RunScope, RuntimeHandle};
+use crate::task::ctx::{CancelFlag, Reporter, RunScope, RuntimeHandle};
 use crate::task::resource::Resources;
 use crate::task::OnDepFailure;
 
@@ -281,7 +281,7 @@ async fn drive_run(mut graph: Graph, mut cfg: RunConfig) -> (Option<RunReport>, 
         if let Some(j) = &shared.journal {
             j.restored(i, attempts, elapsed, json.clone());
         }
-        shared.slots[idx].fill(json, None);
+        shared.slots[idx].fill(Some(json), None);
         lock(&shared.tasks[idx]).take();
         state[idx] = NodeState {
             status: NodeStatus::Success,
@@ -336,9 +336,9 @@ async fn drive_run(mut graph: Graph, mut cfg: RunConfig) -> (Option<RunReport>, 
             grace_armed = true;
             tracing::info!(run = %info.run_id, "run cancelled");
         }
-        // Read once per pass, not per node (the token takes a mutex): a cancel that comes
-        // during the pass is as if it came after it.
-        let cancelled = !settle.is_empty() && shared.scope.cancel.is_cancelled();
+        // Read once per pass, not per node: a cancel that comes during the pass is as if
+        // it came after it.
+        let cancelled = !settle.is_empty() && shared.scope.cancelled.is_set();
         while let Some(d) = settle.pop() {
             decide(
                 d,
@@ -521,6 +521,7 @@ fn new_shared(
         process_id: cfg.run_id.clone(),
         node_ids: Arc::new(move |i| ids_for_ctx[i as usize].clone()),
         cancel: cfg.cancel.clone(),
+        cancelled: CancelFlag::watch(&cfg.cancel),
         reporter: match (reporter, &cfg.journal) {
             (Some(r), _) => r,
             (None, Some(j)) => j.clone(),

@@ -138,7 +138,7 @@ impl RemoteRun {
             return;
         };
         if !slot.is_filled() {
-            slot.fill(json.into(), None);
+            slot.fill(Some(json.into()), None);
             stored.store(true, Ordering::Release);
         }
     }
@@ -197,7 +197,8 @@ impl RemoteRun {
         let (attempt, res) = attempts(&self.shared, node, first, meta, task, started).await;
         let elapsed = started.elapsed();
         let out = match res {
-            Ok(json) => match json {
+            // An integer or a boolean comes without its text: its slot makes it.
+            Ok(json) => match json.or_else(|| self.shared.slots[i].json()) {
                 Some(json) => Ok(Arc::from(json)),
                 None => Err(BoxError::from(format!(
                     "task `{}` succeeded without a serialized result",

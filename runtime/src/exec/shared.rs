@@ -265,9 +265,8 @@ impl Shared {
         let keep_one = self.permits.is_none();
         self.done_ok[i as usize].store(true, Ordering::Release);
         let mut next = None;
-        // Read once per node, not per dependent (the token takes a mutex): a fan-out of
-        // 10,000 made ready at once reads it once. A cancel that comes during the loop is
-        // as if it came after it.
+        // Read once per node, not per dependent (an atomic load of the run's flag): a
+        // cancel that comes during the loop is as if it came after it.
         let mut cancelled = None;
         // The others, in a pooled run: queued under one lock of the queue (taken at the
         // first one, let go every `QUEUE_BATCH`), runners looked for once after.
@@ -276,7 +275,7 @@ impl Shared {
         for &d in self.dependents(i) {
             if self.remaining[d as usize].fetch_sub(1, Ordering::AcqRel) == 1 {
                 if self.workers_start_dependents
-                    && !*cancelled.get_or_insert_with(|| self.scope.cancel.is_cancelled())
+                    && !*cancelled.get_or_insert_with(|| self.scope.cancelled.is_set())
                     && (!self.some_failed.load(Ordering::Acquire) || self.all_deps_ok(d))
                 {
                     if keep_one && next.is_none() {

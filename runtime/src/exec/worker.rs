@@ -129,7 +129,8 @@ pub(super) async fn run_one(
                         error: None,
                         tolerated: false,
                     },
-                    json,
+                    // An integer's or a boolean's text is made for the journal only.
+                    json.or_else(|| shared.slots[i as usize].json()),
                     Some(ended_at),
                 );
             }
@@ -180,7 +181,7 @@ async fn run_remote(
     Some(match r.outcome {
         Ok(json) => {
             let json = SmolStr::from(json);
-            shared.slots[i as usize].fill(json.clone(), None);
+            shared.slots[i as usize].fill(Some(json.clone()), None);
             (r.attempts, Ok(Some(json)))
         }
         Err(e) => (r.attempts, Err(e)),
@@ -215,6 +216,9 @@ async fn unless_abandoned<F: Future + ?Sized>(
     .await
 }
 
+/// Runs node `i`'s attempts (its task prepared first); its last attempt's number and its
+/// result's text (`None` for an integer or a boolean, whose slot makes it when asked) or
+/// its error.
 pub(super) async fn attempts(
     shared: &Shared,
     i: u32,
@@ -237,6 +241,7 @@ pub(super) async fn attempts(
                 &inputs,
                 policy.max_attempts > 1,
                 shared.slots[i as usize].has_readers(),
+                shared.journal.is_some(),
             )
         }))
     };
@@ -287,14 +292,16 @@ pub(super) async fn attempts(
             .await
         };
         let Some(err) = outcome.error else {
-            // The text goes to the slot and back to the caller, who records it.
-            let json = outcome.payload.map(|done| {
+            // The text goes to the slot and back to the caller, who records it. An
+            // integer or a boolean has one only in a run with a journal: otherwise its
+            // slot makes it when asked (the report, a remote caller).
+            let json = outcome.payload.and_then(|done| {
                 shared.slots[i as usize].fill(done.json.clone(), done.typed);
                 done.json
             });
             return (attempt, Ok(json));
         };
-        let cancelled = shared.scope.cancel.is_cancelled();
+        let cancelled = shared.scope.cancelled.is_set();
         if cancelled {
             tracing::info!(parent: &span, task = meta.name, attempt, error = %err, "attempt ended after a cancel");
         }

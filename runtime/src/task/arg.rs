@@ -546,7 +546,8 @@ enum Value {
 }
 
 /// Which scalar a [`Slot`] holds outside its lock (`Slot::kind`); `NONE`: none (not
-/// filled, no reader, or a boxed value).
+/// filled, no reader, or a boxed value). With [`WORD_ONLY`](kind::WORD_ONLY) added: an
+/// integer or a boolean filled without its text (see [`Slot::fill`]).
 mod kind {
     pub(super) const NONE: u8 = 0;
     pub(super) const U64: u8 = 1;
@@ -555,6 +556,32 @@ mod kind {
     pub(super) const I32: u8 = 4;
     pub(super) const F64: u8 = 5;
     pub(super) const BOOL: u8 = 6;
+    /// Added to an integer's or a boolean's kind filled without its text: the word is the
+    /// slot's whole content (nothing under its lock), its text is made when asked.
+    pub(super) const WORD_ONLY: u8 = 0x80;
+
+    /// Whether `k` is an integer or a boolean (see the module's doc).
+    pub(super) fn is_int_or_bool(k: u8) -> bool {
+        matches!(k, U64 | I64 | U32 | I32 | BOOL)
+    }
+}
+
+/// The JSON text of the integer or boolean of kind `k` with bits `bits` (as
+/// [`Value::scalar`] wrote them): the text `serde_json` writes for it (it formats integers
+/// with `itoa` too), inline (at most 20 bytes), without its serializer.
+#[allow(clippy::cast_possible_wrap)]
+fn int_or_bool_text(k: u8, bits: u64) -> SmolStr {
+    fn int(v: impl itoa::Integer) -> SmolStr {
+        SmolStr::new_inline(itoa::Buffer::new().format(v))
+    }
+    // The casts undo those of `Value::scalar` (same widths, bits kept).
+    match k {
+        kind::U64 => int(bits),
+        kind::I64 => int(bits as i64),
+        kind::U32 => int(bits as u32),
+        kind::I32 => int(bits as u32 as i32),
+        _ => SmolStr::new_static(if bits != 0 { "true" } else { "false" }),
+    }
 }
 
 /// Writes `v` into `out` when `out` is an `Option<V>`.
@@ -602,6 +629,18 @@ impl Value {
 }
 
 impl Typed {
+    /// Whether a `T` is kept as an integer or a boolean word (see [`Slot::fill`]).
+    #[inline]
+    pub(crate) fn is_int_or_bool<T: 'static>() -> bool {
+        use std::any::TypeId;
+        let t = TypeId::of::<T>();
+        t == TypeId::of::<u64>()
+            || t == TypeId::of::<i64>()
+            || t == TypeId::of::<u32>()
+            || t == TypeId::of::<i32>()
+            || t == TypeId::of::<bool>()
+    }
+
     /// Keeps `value`, copied for the readers before the last with `clone` (when its type
     /// is `Clone`).
     pub(crate) fn new<T: Send + 'static>(value: T, clone: Option<OutputCloner>) -> Self {
@@ -658,6 +697,10 @@ impl Boxed {
 /// is handed (moved) to the last reader; earlier readers get a clone when the type is
 /// `Clone`, else a copy decoded from the serialized form, which is always present.
 ///
+/// An integer or boolean output is filled without its text and without the lock: the word
+/// is the slot's whole content, and its text (the same `serde_json` writes) is made when
+/// something asks for it ([`json`](Slot::json): the run's journal, the report).
+///
 /// The serialized form and a boxed value sit behind one mutex, taken once to fill the
 /// slot and once per read of a value that is not a scalar: a slot is filled once and read
 /// by a few tasks, never under contention worth more than that.
@@ -701,10 +744,22 @@ impl Slot {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    pub(crate) fn fill(&self, json: SmolStr, typed: Option<Typed>) {
+    /// Fills the slot with a result: its text (`None` only for an integer or a boolean,
+    /// which `typed` then holds) and, for its readers, its typed value. A slot is filled
+    /// once per run; a second fill (never expected) keeps the first.
+    pub(crate) fn fill(&self, json: Option<SmolStr>, typed: Option<Typed>) {
+        let Some(json) = json else {
+            // An integer or a boolean: the word alone, no lock.
+            if let Some((k, bits)) = typed.and_then(|t| t.value.scalar()) {
+                if kind::is_int_or_bool(k) && self.kind.load(Ordering::Acquire) == kind::NONE {
+                    self.bits.store(bits, Ordering::Relaxed);
+                    self.kind.store(k | kind::WORD_ONLY, Ordering::Release);
+                }
+            }
+            return;
+        };
         let mut g = self.lock();
-        // A slot is filled once per run; a second fill (never expected) keeps the first.
-        if g.json.is_some() {
+        if g.json.is_some() || self.kind.load(Ordering::Acquire) != kind::NONE {
             return;
         }
         g.json = Some(json);
@@ -727,14 +782,21 @@ impl Slot {
         }
     }
 
-    /// The serialized result, once filled.
+    /// The serialized result, once filled (an integer's or a boolean's made now).
     pub(crate) fn json(&self) -> Option<SmolStr> {
+        let k = self.kind.load(Ordering::Acquire);
+        if k & kind::WORD_ONLY != 0 {
+            return Some(int_or_bool_text(
+                k & !kind::WORD_ONLY,
+                self.bits.load(Ordering::Relaxed),
+            ));
+        }
         self.lock().json.clone()
     }
 
     /// Whether the slot was filled.
     pub(crate) fn is_filled(&self) -> bool {
-        self.lock().json.is_some()
+        self.kind.load(Ordering::Acquire) & kind::WORD_ONLY != 0 || self.lock().json.is_some()
     }
 
     /// Whether a successor will read this slot's value.
@@ -746,8 +808,15 @@ impl Slot {
     fn take<T: Data>(&self) -> Option<Result<T, serde_json::Error>> {
         let k = self.kind.load(Ordering::Acquire);
         if k != kind::NONE {
-            if let Some(v) = scalar_as::<T>(k, self.bits.load(Ordering::Relaxed)) {
+            let bits = self.bits.load(Ordering::Relaxed);
+            let word_only = k & kind::WORD_ONLY != 0;
+            let k = k & !kind::WORD_ONLY;
+            if let Some(v) = scalar_as::<T>(k, bits) {
                 return Some(Ok(v));
+            }
+            if word_only {
+                // Read as another type: decoded from its text, as any other result.
+                return Some(serde_json::from_str(&int_or_bool_text(k, bits)));
             }
         }
         self.take_locked()
@@ -846,7 +915,8 @@ mod tests {
         clone: Option<OutputCloner>,
     ) -> Slot {
         let slot = Slot::new(readers);
-        let json = to_json(&value).unwrap();
+        // As a finished task fills it: an integer or a boolean without its text.
+        let json = (!Typed::is_int_or_bool::<T>()).then(|| to_json(&value).unwrap());
         slot.fill(json, Some(Typed::new(value, clone)));
         slot
     }
@@ -864,7 +934,7 @@ mod tests {
         assert!(slot.lock().boxed.is_none());
         assert_eq!(
             slot.kind.load(std::sync::atomic::Ordering::Acquire),
-            super::kind::U64
+            super::kind::U64 | super::kind::WORD_ONLY
         );
         let slot = filled(2, -1.5_f64, None);
         // Exact: the same value handed over, not a nearby one.
@@ -890,8 +960,68 @@ mod tests {
         let slot = filled(1, u64::MAX, None);
         assert_eq!(slot.take::<u64>().unwrap().unwrap(), u64::MAX);
         // A second fill keeps the first value.
-        slot.fill(to_json(&1_u64).unwrap(), Some(Typed::new(1_u64, None)));
+        slot.fill(None, Some(Typed::new(1_u64, None)));
+        slot.fill(to_json(&1_u64).ok(), None);
         assert_eq!(slot.take::<u64>().unwrap().unwrap(), u64::MAX);
+        assert_eq!(slot.json().as_deref(), Some("18446744073709551615"));
+    }
+
+    // An integer or a boolean is the slot's whole content, reader or not: it is filled
+    // without its text and without the lock, and its text, made when asked, is the one
+    // `serde_json` writes; read as another type, it is decoded from that text.
+    #[test]
+    fn int_and_bool_outputs_are_words_with_text_on_demand() {
+        use std::sync::atomic::Ordering;
+        fn same<T: serde::Serialize + Send + Copy + 'static>(v: T) {
+            for readers in [0, 2] {
+                let slot = filled(readers, v, None);
+                assert!(slot.is_filled());
+                assert!(slot.lock().json.is_none(), "no text kept");
+                let text = slot.json().unwrap();
+                assert_eq!(text, serde_json::to_string(&v).unwrap());
+                assert!(!text.is_heap_allocated());
+            }
+        }
+        for v in [0, 1, 9, 10, 12_345, u64::MAX] {
+            same(v);
+        }
+        for v in [0, -1, 42, i64::MIN, i64::MAX] {
+            same(v);
+        }
+        same(u32::MAX);
+        same(i32::MIN);
+        same(-7_i32);
+        same(true);
+        same(false);
+        let slot = filled(0, 3_u64, None);
+        assert_eq!(
+            slot.kind.load(Ordering::Acquire),
+            super::kind::U64 | super::kind::WORD_ONLY
+        );
+        assert_eq!(slot.take::<u64>().unwrap().unwrap(), 3);
+        // Read as another type: decoded from the text.
+        let slot = filled(1, -2_i64, None);
+        assert_eq!(
+            slot.take::<f64>().unwrap().unwrap().to_bits(),
+            (-2.0_f64).to_bits()
+        );
+        assert!(slot.take::<u64>().unwrap().is_err());
+        let slot = filled(1, true, None);
+        assert_eq!(slot.take::<serde_json::Value>().unwrap().unwrap(), true);
+        // Filled with its text too (a run with a journal made it): the text is kept, the
+        // word still read without the lock.
+        let slot = Slot::new(2);
+        slot.fill(to_json(&12_u32).ok(), Some(Typed::new(12_u32, None)));
+        assert_eq!(slot.kind.load(Ordering::Acquire), super::kind::U32);
+        assert_eq!(slot.lock().json.as_deref(), Some("12"));
+        assert_eq!(slot.json().as_deref(), Some("12"));
+        assert_eq!(slot.take::<u32>().unwrap().unwrap(), 12);
+        assert_eq!(slot.take::<u64>().unwrap().unwrap(), 12);
+        // A float keeps its text (the same as before the fill).
+        let slot = filled(0, 0.1_f64, None);
+        assert_eq!(slot.json().as_deref(), Some("0.1"));
+        assert!(!Slot::new(1).is_filled());
+        assert!(Slot::new(1).json().is_none());
     }
 
     // Other outputs are boxed: earlier readers get clones (or the decoded text without a
@@ -907,15 +1037,11 @@ mod tests {
         let slot = filled(2, v.clone(), None);
         assert_eq!(slot.take::<Vec<String>>().unwrap().unwrap(), v);
         assert_eq!(slot.take::<Vec<String>>().unwrap().unwrap(), v);
-        // No reader: nothing typed is kept, the text is.
-        let slot = filled(0, 9_u64, None);
+        // No reader: nothing boxed is kept, the text is.
+        let slot = filled(0, v.clone(), Some(clone_output::<Vec<String>>));
         assert!(!slot.has_readers());
         assert!(slot.lock().boxed.is_none());
-        assert_eq!(
-            slot.kind.load(std::sync::atomic::Ordering::Acquire),
-            super::kind::NONE
-        );
-        assert_eq!(slot.json().as_deref(), Some("9"));
-        assert_eq!(slot.take::<u64>().unwrap().unwrap(), 9);
+        assert_eq!(slot.json().as_deref(), Some(r#"["a","b"]"#));
+        assert_eq!(slot.take::<Vec<String>>().unwrap().unwrap(), v);
     }
 }

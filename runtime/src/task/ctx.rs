@@ -1,10 +1,14 @@
 //! The context a task receives: identity, attempt, progress, logs and cancellation.
 
 use std::fmt;
-use std::sync::Arc;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Wake, Waker};
 
 use smol_str::SmolStr;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use crate::error::{Cancelled, MissingResource};
 use crate::record::Level;
@@ -19,6 +23,64 @@ pub(crate) trait Reporter: Send + Sync {
     /// a journal only: a journal records its starts itself.
     fn attempt(&self, node: u32, attempt: u32) {
         let _ = (node, attempt);
+    }
+}
+
+/// A token's cancellation as one atomic flag, set by the token itself when it is
+/// cancelled (directly or through a parent token), before its `cancel()` returns: reading
+/// it is a load, where [`CancellationToken::is_cancelled`] locks the token's mutex (every
+/// task's start and end of a run reads it; two workers finishing tasks at once contend
+/// on that lock).
+///
+/// How: a wait for the cancellation is registered with the token once, with a waker
+/// that sets the flag; the token wakes its waiters (synchronously, in `cancel()`) right
+/// after it marks itself cancelled. So a cancel that happened before a read (a task that
+/// called `ctx.cancel()` before it returned, a cancel seen by another thread that then
+/// told this one) is seen by it, exactly as with the token; one concurrent with it is as
+/// if it came after it, as it is with the token.
+pub(crate) struct CancelFlag {
+    set: Arc<FlagWaker>,
+    /// The registered wait (its waker is `set`), kept as long as the flag.
+    _wait: Mutex<Pin<Box<WaitForCancellationFutureOwned>>>,
+}
+
+/// The waker of [`CancelFlag`]'s registered wait: woken only by the token's cancel.
+struct FlagWaker(AtomicBool);
+
+impl Wake for FlagWaker {
+    fn wake(self: Arc<Self>) {
+        self.0.store(true, Ordering::Release);
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.0.store(true, Ordering::Release);
+    }
+}
+
+impl CancelFlag {
+    /// The flag of `token`: set now if it is cancelled already, else when it is.
+    pub(crate) fn watch(token: &CancellationToken) -> Self {
+        let set = Arc::new(FlagWaker(AtomicBool::new(false)));
+        let mut wait = Box::pin(token.clone().cancelled_owned());
+        let waker = Waker::from(set.clone());
+        // Registers the waker with the token (or finds it cancelled).
+        if wait
+            .as_mut()
+            .poll(&mut Context::from_waker(&waker))
+            .is_ready()
+        {
+            set.0.store(true, Ordering::Release);
+        }
+        CancelFlag {
+            set,
+            _wait: Mutex::new(wait),
+        }
+    }
+
+    /// Whether the token was cancelled.
+    #[inline]
+    pub(crate) fn is_set(&self) -> bool {
+        self.set.0.load(Ordering::Acquire)
     }
 }
 
@@ -44,6 +106,9 @@ pub(crate) struct RunScope {
     pub(crate) process_id: Arc<str>,
     pub(crate) node_ids: Arc<dyn Fn(u32) -> SmolStr + Send + Sync>,
     pub(crate) cancel: CancellationToken,
+    /// Set when `cancel` is cancelled: read where tasks start and end (an atomic load,
+    /// not the mutex [`CancellationToken::is_cancelled`] takes).
+    pub(crate) cancelled: CancelFlag,
     pub(crate) reporter: Arc<dyn Reporter>,
     /// The runtime running this run (recorded runs only), for child processes.
     pub(crate) runtime: Option<RuntimeHandle>,
@@ -119,11 +184,13 @@ impl Ctx {
     /// scripts). Progress and log entries go to `tracing`; [`Ctx::cancel`] cancels it.
     pub fn detached(task: &'static str) -> Self {
         let name = SmolStr::new_static(task);
+        let cancel = CancellationToken::new();
         Ctx {
             scope: Arc::new(RunScope {
                 process_id: Arc::from("detached"),
                 node_ids: Arc::new(move |_| name.clone()),
-                cancel: CancellationToken::new(),
+                cancelled: CancelFlag::watch(&cancel),
+                cancel,
                 reporter: Arc::new(TracingReporter),
                 runtime: None,
                 resources: Arc::default(),
@@ -217,12 +284,12 @@ impl Ctx {
 
     /// False once the run was asked to stop: check it in loops and return early.
     pub fn should_continue(&self) -> bool {
-        !self.scope.cancel.is_cancelled()
+        !self.scope.cancelled.is_set()
     }
 
     /// True once the run was asked to stop.
     pub fn is_cancelled(&self) -> bool {
-        self.scope.cancel.is_cancelled()
+        self.scope.cancelled.is_set()
     }
 
     /// `Err(Cancelled)` once the run was asked to stop: `ctx.check_cancelled()?` leaves
@@ -265,7 +332,7 @@ impl Ctx {
     /// # }
     /// ```
     pub fn check_cancelled(&self) -> Result<(), Cancelled> {
-        if self.scope.cancel.is_cancelled() {
+        if self.scope.cancelled.is_set() {
             Err(Cancelled {
                 task: self.task.to_owned(),
             })
@@ -435,7 +502,39 @@ fn clamp_percent(percent: impl IntoPercent) -> Option<f64> {
 
 #[cfg(test)]
 mod tests {
-    use super::{clamp_percent, compact_child_id, IntoPercent};
+    use super::{clamp_percent, compact_child_id, CancelFlag, Ctx, IntoPercent};
+    use tokio_util::sync::CancellationToken;
+
+    // The flag is set by the token's cancel itself, before it returns: directly, through
+    // a parent token (on another thread too), or already at the watch; never otherwise.
+    #[test]
+    fn cancel_flag_follows_its_token() {
+        let token = CancellationToken::new();
+        let flag = CancelFlag::watch(&token);
+        assert!(!flag.is_set());
+        token.cancel();
+        assert!(flag.is_set());
+
+        let parent = CancellationToken::new();
+        let child = parent.child_token();
+        let grandchild = child.child_token();
+        let (f1, f2) = (CancelFlag::watch(&child), CancelFlag::watch(&grandchild));
+        let other = CancelFlag::watch(&CancellationToken::new());
+        std::thread::spawn(move || parent.cancel()).join().unwrap();
+        assert!(f1.is_set() && f2.is_set());
+        assert!(!other.is_set());
+
+        let done = CancellationToken::new();
+        done.cancel();
+        assert!(CancelFlag::watch(&done).is_set());
+
+        // A context reads it: `ctx.cancel()` is seen by the next check.
+        let ctx = Ctx::detached("t");
+        assert!(ctx.should_continue() && ctx.check_cancelled().is_ok());
+        ctx.cancel();
+        assert!(ctx.is_cancelled() && !ctx.should_continue());
+        assert!(ctx.check_cancelled().is_err());
+    }
 
     #[test]
     fn deep_default_child_ids_stay_short_and_distinct() {

@@ -12,8 +12,12 @@ use crate::task::{Task, TaskFuture};
 
 /// What a successful attempt leaves behind: the serialized result and, when a successor
 /// reads it, the typed value.
+///
+/// An integer or boolean result is not serialized here (`json` is `None`, `typed` holds
+/// it): its slot keeps it as a word and writes its text (the same `serde_json` would)
+/// only when something asks for it (the run's journal, the report, a remote caller).
 pub(crate) struct Finished {
-    pub(crate) json: SmolStr,
+    pub(crate) json: Option<SmolStr>,
     pub(crate) typed: Option<Typed>,
 }
 
@@ -24,8 +28,16 @@ pub(crate) struct Finished {
 /// allocation beyond the task's own future.
 pub(crate) trait ErasedTask: Send {
     /// Resolves the inputs. `keep`: later attempts need them again; `typed`: a successor
-    /// reads the output (hand it over typed, not only as JSON). A second call does nothing.
-    fn prepare(&mut self, inputs: &Inputs<'_>, keep: bool, typed: bool) -> Result<(), InputError>;
+    /// reads the output (hand it over typed, not only as JSON); `text`: the caller needs
+    /// the output's text when it ends (a run's journal records it), an integer's or a
+    /// boolean's too (see [`Finished`]). A second call does nothing.
+    fn prepare(
+        &mut self,
+        inputs: &Inputs<'_>,
+        keep: bool,
+        typed: bool,
+        text: bool,
+    ) -> Result<(), InputError>;
     /// Starts an attempt.
     fn attempt(&mut self, ctx: Ctx) -> Result<(), BoxError>;
     /// Polls the attempt started last.
@@ -42,6 +54,8 @@ pub(crate) struct Erased<T: Task> {
     /// The inputs serialized for later attempts (no `Clone` bound on them).
     encoded: Option<Vec<u8>>,
     typed: bool,
+    /// An integer's or a boolean's text is wanted when the attempt ends.
+    text: bool,
     running: Option<TaskFuture<T::Output>>,
 }
 
@@ -52,13 +66,20 @@ impl<T: Task> Erased<T> {
             first: None,
             encoded: None,
             typed: false,
+            text: false,
             running: None,
         }
     }
 }
 
 impl<T: Task> ErasedTask for Erased<T> {
-    fn prepare(&mut self, inputs: &Inputs<'_>, keep: bool, typed: bool) -> Result<(), InputError> {
+    fn prepare(
+        &mut self,
+        inputs: &Inputs<'_>,
+        keep: bool,
+        typed: bool,
+        text: bool,
+    ) -> Result<(), InputError> {
         let Some(task) = self.task.take() else {
             return Ok(());
         };
@@ -68,6 +89,7 @@ impl<T: Task> ErasedTask for Erased<T> {
         }
         self.first = Some(args);
         self.typed = typed;
+        self.text = text;
         Ok(())
     }
 
@@ -100,6 +122,20 @@ impl<T: Task> ErasedTask for Erased<T> {
                 r?
             }
         };
+        if Typed::is_int_or_bool::<T::Output>() {
+            // No float that could be lost. Its text now if the caller records it, else
+            // kept as a word, its text made when asked (see `Finished`).
+            return Poll::Ready(Ok(match scalar_json(&value).filter(|_| self.text) {
+                Some(json) => Finished {
+                    json: Some(json),
+                    typed: self.typed.then(|| Typed::new(value, None)),
+                },
+                None => Finished {
+                    json: None,
+                    typed: Some(Typed::new(value, None)),
+                },
+            }));
+        }
         let json = to_json(&value)
             .and_then(|json| {
                 // NaN and infinities would be stored as `null`: an error, not a lost value.
@@ -114,13 +150,39 @@ impl<T: Task> ErasedTask for Erased<T> {
                 }))
             })?;
         Poll::Ready(Ok(Finished {
-            json,
+            json: Some(json),
             typed: if self.typed {
                 Some(Typed::new(value, T::output_cloner()))
             } else {
                 None
             },
         }))
+    }
+}
+
+/// The JSON text of an integer or boolean `value` (`None` for any other type), the same
+/// text `serde_json` writes (it formats integers with `itoa` too), without its serializer:
+/// written inline (no allocation) and with no UTF-8 check. Monomorphized per output type,
+/// the type tests fold away.
+#[inline]
+fn scalar_json<T: 'static>(value: &T) -> Option<SmolStr> {
+    fn int(v: impl itoa::Integer) -> SmolStr {
+        // At most 20 bytes (`u64::MAX`, `i64::MIN`): inline.
+        SmolStr::new_inline(itoa::Buffer::new().format(v))
+    }
+    let any: &dyn std::any::Any = value;
+    if let Some(&v) = any.downcast_ref::<u64>() {
+        Some(int(v))
+    } else if let Some(&v) = any.downcast_ref::<i64>() {
+        Some(int(v))
+    } else if let Some(&v) = any.downcast_ref::<u32>() {
+        Some(int(v))
+    } else if let Some(&v) = any.downcast_ref::<i32>() {
+        Some(int(v))
+    } else if let Some(&v) = any.downcast_ref::<bool>() {
+        Some(SmolStr::new_static(if v { "true" } else { "false" }))
+    } else {
+        None
     }
 }
 
@@ -262,6 +324,31 @@ mod tests {
         let big: Vec<u32> = (0..10_000).collect();
         assert_eq!(to_json(&big).unwrap(), serde_json::to_string(&big).unwrap());
         assert_eq!(to_json("é").unwrap(), "\"é\"");
+    }
+
+    // Integers and booleans take the short way: the same text as `serde_json`'s, inline.
+    #[test]
+    fn scalars_as_serde_json_writes_them() {
+        fn same<T: serde::Serialize + 'static>(v: T) {
+            let fast = super::scalar_json(&v).expect("a scalar");
+            assert_eq!(fast, serde_json::to_string(&v).unwrap());
+            assert!(!fast.is_heap_allocated());
+        }
+        for v in [0, 1, 9, 10, 12_345, u64::MAX] {
+            same(v);
+        }
+        for v in [0, -1, 42, i64::MIN, i64::MAX] {
+            same(v);
+        }
+        same(u32::MAX);
+        same(i32::MIN);
+        same(true);
+        same(false);
+        // Anything else is serialized by `serde_json`.
+        assert!(super::scalar_json(&1.5_f64).is_none());
+        assert!(super::scalar_json(&usize::MAX).is_none());
+        assert!(super::scalar_json(&"text").is_none());
+        assert!(super::scalar_json(&vec![1_u64]).is_none());
     }
 
     // A `Serialize` impl that serializes a result of its own while it is serialized
