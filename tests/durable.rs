@@ -428,19 +428,7 @@ async fn damaged_store_is_a_typed_error() {
             .unwrap();
         db.flush().unwrap();
     }
-    // sled's flusher thread holds the file lock a moment after the raw `Db` above is
-    // dropped (a `SledStore` waits for it in its own drop; a raw `Db` does not).
-    let mut opened = SledStore::open(&dir);
-    for _ in 0..500 {
-        match &opened {
-            Err(e) if e.to_string().contains("could not acquire lock") => {
-                std::thread::sleep(Duration::from_millis(10));
-                opened = SledStore::open(&dir);
-            }
-            _ => break,
-        }
-    }
-    let store = opened.unwrap();
+    let store = open_after_raw_sled(&dir);
     match store.get("broken") {
         Err(StoreError::Corrupt { key, path, .. }) => {
             assert_eq!(key, "broken");
@@ -454,6 +442,23 @@ async fn damaged_store_is_a_typed_error() {
     ));
     drop(store);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Opens a `SledStore` on `dir` just after a raw `sled::Db` on it was dropped: sled's
+/// flusher thread holds the file lock a moment after the raw `Db` is dropped (a
+/// `SledStore` waits for it in its own drop; a raw `Db` does not), longer under load.
+fn open_after_raw_sled(dir: &std::path::Path) -> SledStore {
+    let mut opened = SledStore::open(dir);
+    for _ in 0..1000 {
+        match &opened {
+            Err(e) if e.to_string().contains("could not acquire lock") => {
+                std::thread::sleep(Duration::from_millis(10));
+                opened = SledStore::open(dir);
+            }
+            _ => break,
+        }
+    }
+    opened.unwrap()
 }
 
 // A store written by schema 1 (JSON task rows, results in a tree of their own) is still
@@ -486,7 +491,7 @@ fn schema_1_rows_and_results_are_read() {
             .unwrap();
         db.flush().unwrap();
     }
-    let store = SledStore::open(&dir).unwrap();
+    let store = open_after_raw_sled(&dir);
     let rows = store.tasks("old-run").unwrap();
     assert_eq!(rows.len(), 2);
     assert_eq!((rows[0].0, &*rows[0].1.node), (0, "a"));
