@@ -119,39 +119,47 @@ impl RowChunks {
 
     /// Row `i`, made with its chunk when first touched; `None` when `i` is out of range
     /// (the rows were released) or its chunk was freed (every row of it settled).
+    #[inline]
     fn get_mut(&mut self, i: usize) -> Option<&mut Row> {
         if i >= self.len() {
             return None;
         }
         let (c, k) = (i / Self::CHUNK, i % Self::CHUNK);
-        let chunk = &mut self.chunks[c];
-        if chunk.rows.is_none() {
-            let start = c * Self::CHUNK;
-            let end = (start + Self::CHUNK).min(self.meta.len());
-            if chunk.settled as usize == end - start {
-                return None; // freed: each of its rows ended and was written
-            }
-            chunk.rows = Some(
-                self.meta[start..end]
-                    .iter()
-                    .map(|&m| Row {
-                        state: State::Scheduled,
-                        skipped: false,
-                        optional: m & Self::OPTIONAL != 0,
-                        settled: false,
-                        attempts: 0,
-                        task: m & !Self::OPTIONAL,
-                        started_at: None,
-                        ended_at: None,
-                        elapsed_ns: 0,
-                        percent: None,
-                        result: None,
-                        rare: None,
-                    })
-                    .collect(),
-            );
+        if self.chunks[c].rows.is_none() && !self.make(c) {
+            return None;
         }
-        chunk.rows.as_deref_mut().map(|rows| &mut rows[k])
+        self.chunks[c].rows.as_deref_mut().map(|rows| &mut rows[k])
+    }
+
+    /// Makes chunk `c`, every row scheduled; false when it was freed already.
+    #[cold]
+    fn make(&mut self, c: usize) -> bool {
+        let start = c * Self::CHUNK;
+        let end = (start + Self::CHUNK).min(self.meta.len());
+        let chunk = &mut self.chunks[c];
+        if chunk.settled as usize == end - start {
+            return false; // freed: each of its rows ended and was written
+        }
+        chunk.rows = Some(
+            self.meta[start..end]
+                .iter()
+                .map(|&m| Row {
+                    state: State::Scheduled,
+                    skipped: false,
+                    optional: m & Self::OPTIONAL != 0,
+                    settled: false,
+                    attempts: 0,
+                    task: m & !Self::OPTIONAL,
+                    started_at: None,
+                    ended_at: None,
+                    elapsed_ns: 0,
+                    percent: None,
+                    result: None,
+                    rare: None,
+                })
+                .collect(),
+        );
+        true
     }
 
     /// Row `i` is in the store in an end state: counted once; its chunk, when that was
@@ -162,6 +170,11 @@ impl RowChunks {
             return None;
         }
         row.settled = true;
+        self.count_settled(i)
+    }
+
+    /// Counts row `i`, just marked settled; hands back its chunk when that was its last.
+    fn count_settled(&mut self, i: usize) -> Option<Box<[Row]>> {
         let c = i / Self::CHUNK;
         let whole = self.chunk_len(c);
         let chunk = &mut self.chunks[c];
@@ -303,15 +316,19 @@ impl Rows {
 }
 
 impl Rows {
-    /// Row `i` as the store takes it (`None` when released, or ended and written).
-    fn row(&mut self, i: usize) -> Option<TaskRow> {
-        let r = &*self.items.get_mut(i)?;
+    /// Row `i` as the store takes it (`None` when released, or ended and written), and
+    /// whether it is settled by this write (see [`RowChunks::settle`]).
+    fn row(&mut self, i: usize) -> Option<(TaskRow, bool)> {
+        let r = self.items.get_mut(i)?;
+        let settles = !r.settled && r.state.is_end();
+        r.settled |= settles;
+        let r = &*r;
         // Most rows have no rare field: nothing to copy, no call.
         let (error, chain, message, log) = match r.rare.as_deref() {
             None => (None, Vec::new(), None, Vec::new()),
             rare => RareFields::parts(rare),
         };
-        Some(TaskRow {
+        let row = TaskRow {
             task: self.names[r.task as usize].clone(),
             node: self.nodes[i].clone(),
             state: r.state,
@@ -330,7 +347,8 @@ impl Rows {
             result: r.result.clone(),
             lease: self.lease,
             optional: r.optional,
-        })
+        };
+        Some((row, settles))
     }
 }
 
@@ -417,7 +435,9 @@ impl RunJournal {
                 lease,
                 len: n,
                 dirty: vec![false; n],
-                dirty_list: Vec::new(),
+                // Room for the rows a busy cycle marks (16 KiB at most): the workers do
+                // not grow it from nothing at the run's start.
+                dirty_list: Vec::with_capacity(n.min(4096)),
                 throttle: HashMap::new(),
                 window,
                 announced,
@@ -594,7 +614,7 @@ impl RunJournal {
         for &node in &list {
             let i = node as usize;
             g.dirty[i] = false;
-            let Some(row) = g.row(i) else {
+            let Some((row, settles)) = g.row(i) else {
                 continue; // a late change to a row written in its end state
             };
             // A state is announced once: a row written again for its progress or its
@@ -608,7 +628,9 @@ impl RunJournal {
             batch.tasks.push((self.run_id.clone(), node, row));
             // Applied in this cycle (before any later write of this run): the store
             // has it from now on.
-            freed.extend(g.items.settle(i));
+            if settles {
+                freed.extend(g.items.count_settled(i));
+            }
         }
         list.clear();
         g.dirty_list = list;
