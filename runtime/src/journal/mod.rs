@@ -189,8 +189,9 @@ impl RowChunks {
 
 struct Rows {
     items: RowChunks,
-    /// Node ids, by node index (the graph's strings: inline when short, else shared).
-    nodes: Box<[SmolStr]>,
+    /// Node ids, by node index (the graph's strings: inline when short, else shared);
+    /// the executor shares this copy (see [`RunJournal::node_ids`]).
+    nodes: Arc<[SmolStr]>,
     /// The distinct task names ([`Row::task`] indexes them), static text.
     names: Vec<SmolStr>,
     /// The run's lease token, which every row of the run carries.
@@ -376,12 +377,14 @@ pub(crate) struct RunJournal {
 
 impl RunJournal {
     /// The journal of a run whose tasks are all still to run: one row per node, each
-    /// `scheduled`, from the node's task name, node id and whether it is optional.
+    /// `scheduled`, from the node's id (`ids`, by node index: shared with the executor,
+    /// see [`node_ids`](Self::node_ids)), task name and whether it is optional.
     pub(crate) fn new(
         run_id: Arc<str>,
         root: Arc<str>,
         token: u64,
         lease: u64,
+        ids: Arc<[SmolStr]>,
         nodes: impl ExactSizeIterator<Item = NewRow>,
         writer: WriterHandle,
         window: Duration,
@@ -390,7 +393,6 @@ impl RunJournal {
         let mut names: Vec<SmolStr> = Vec::new();
         let mut index: rustc_hash::FxHashMap<&'static str, u32> = rustc_hash::FxHashMap::default();
         let mut last: Option<(&'static str, u32)> = None;
-        let mut ids = Vec::with_capacity(n);
         let mut meta: Vec<u32> = Vec::with_capacity(n);
         for node in nodes {
             // Neighbouring nodes mostly run the same task: the last name is tried first
@@ -410,7 +412,6 @@ impl RunJournal {
                     k
                 }
             };
-            ids.push(node.id);
             meta.push(if node.optional {
                 task | RowChunks::OPTIONAL
             } else {
@@ -418,8 +419,19 @@ impl RunJournal {
             });
         }
         let n = meta.len();
+        // The ids of the same nodes, or none (a journal without node ids names its rows'
+        // nodes by empty strings rather than fail).
+        let nodes = if ids.len() == n {
+            ids
+        } else {
+            tracing::error!(
+                ids = ids.len(),
+                nodes = n,
+                "a run's node ids do not match its nodes"
+            );
+            (0..n).map(|_| SmolStr::default()).collect()
+        };
         let items = RowChunks::new(meta.into());
-        let nodes = ids;
         let announced = vec![State::Scheduled; n];
         // Nothing is done yet: every share is 0.
         let shares = 0.0;
@@ -430,7 +442,7 @@ impl RunJournal {
             woken: std::sync::atomic::AtomicBool::new(false),
             rows: Mutex::new(Rows {
                 items,
-                nodes: nodes.into(),
+                nodes,
                 names,
                 lease,
                 len: n,
@@ -562,11 +574,17 @@ impl RunJournal {
             return false;
         }
         g.items = RowChunks::new(Box::default());
-        g.nodes = Box::default();
+        g.nodes = Arc::from(Vec::new());
         g.dirty = Vec::new();
         g.announced = Vec::new();
         g.throttle = HashMap::new();
         true
+    }
+
+    /// The node ids, by node index, as the journal was made with them (empty once
+    /// [released](Self::release)): the executor shares them instead of a copy of its own.
+    pub(crate) fn node_ids(&self) -> Arc<[SmolStr]> {
+        self.lock().nodes.clone()
     }
 
     /// The run's rolled-up progress (see the type's docs).
@@ -655,8 +673,6 @@ impl Drop for RunJournal {
 pub(crate) struct NewRow {
     /// The task's name.
     pub(crate) task: &'static str,
-    /// The node id (the graph's string).
-    pub(crate) id: SmolStr,
     /// The task is optional.
     pub(crate) optional: bool,
 }
@@ -792,10 +808,19 @@ mod tests {
     use super::*;
     use crate::store::{MemoryStore, Store};
 
+    /// A node of a test journal.
+    struct TestRow {
+        task: &'static str,
+        id: SmolStr,
+        optional: bool,
+    }
+
     /// A journal of run `run` (lease 9) over `nodes`, writing to a fresh memory store.
     fn journal(
-        nodes: impl ExactSizeIterator<Item = NewRow>,
+        nodes: impl ExactSizeIterator<Item = TestRow>,
     ) -> (Arc<MemoryStore>, WriterHandle, Arc<RunJournal>) {
+        let nodes: Vec<TestRow> = nodes.collect();
+        let ids: Arc<[SmolStr]> = nodes.iter().map(|r| r.id.clone()).collect();
         let store = Arc::new(MemoryStore::new());
         let (events, _) = tokio::sync::broadcast::channel(16);
         let writer =
@@ -805,7 +830,11 @@ mod tests {
             Arc::from("run"),
             1,
             9,
-            nodes,
+            ids,
+            nodes.iter().map(|r| NewRow {
+                task: r.task,
+                optional: r.optional,
+            }),
             writer.clone(),
             Duration::from_millis(50),
         );
@@ -831,7 +860,7 @@ mod tests {
     #[tokio::test]
     async fn rows_start_from_the_nodes() {
         let names = ["load", "load", "save", "load"];
-        let (store, writer, j) = journal(names.iter().enumerate().map(|(i, &task)| NewRow {
+        let (store, writer, j) = journal(names.iter().enumerate().map(|(i, &task)| TestRow {
             task,
             id: format!("n{i}").into(),
             optional: i == 2,
@@ -867,7 +896,7 @@ mod tests {
     // ended in its first poll) its elapsed time before that.
     #[tokio::test]
     async fn an_end_given_as_an_instant_is_stamped_from_it() {
-        let (store, writer, j) = journal((0..2).map(|i| NewRow {
+        let (store, writer, j) = journal((0..2).map(|i| TestRow {
             task: "load",
             id: format!("n{i}").into(),
             optional: false,
@@ -893,7 +922,7 @@ mod tests {
     #[tokio::test]
     async fn a_chunk_is_freed_once_its_rows_ended_and_were_written() {
         let n = RowChunks::CHUNK * 2 + 10;
-        let (store, writer, j) = journal((0..n).map(|i| NewRow {
+        let (store, writer, j) = journal((0..n).map(|i| TestRow {
             task: "load",
             id: format!("n{i}").into(),
             optional: false,
@@ -965,7 +994,7 @@ mod tests {
     // rows do not grow it again from nothing each cycle.
     #[tokio::test]
     async fn the_dirty_list_keeps_its_room_across_cycles() {
-        let (_store, writer, j) = journal((0..100).map(|i| NewRow {
+        let (_store, writer, j) = journal((0..100).map(|i| TestRow {
             task: "load",
             id: format!("n{i}").into(),
             optional: false,
