@@ -317,9 +317,16 @@ impl Rows {
 }
 
 impl Rows {
-    /// Row `i` as the store takes it (`None` when released, or ended and written), and
-    /// whether it is settled by this write (see [`RowChunks::settle`]).
-    fn row(&mut self, i: usize) -> Option<(TaskRow, bool)> {
+    /// Pushes row `i` as the store takes it onto `out`, as run `run`'s (made in place:
+    /// a task row is about 240 bytes, each move of it a copy). Returns its state and
+    /// whether it is settled by this write (see [`RowChunks::settle`]); `None`, pushing
+    /// nothing, when the rows were released or the row's chunk freed.
+    fn push_row(
+        &mut self,
+        i: usize,
+        run: &Arc<str>,
+        out: &mut Vec<(Arc<str>, u32, TaskRow)>,
+    ) -> Option<(State, bool)> {
         let r = self.items.get_mut(i)?;
         let settles = !r.settled && r.state.is_end();
         r.settled |= settles;
@@ -329,27 +336,31 @@ impl Rows {
             None => (None, Vec::new(), None, Vec::new()),
             rare => RareFields::parts(rare),
         };
-        let row = TaskRow {
-            task: self.names[r.task as usize].clone(),
-            node: self.nodes[i].clone(),
-            state: r.state,
-            attempts: r.attempts,
-            started_at: r.started_at,
-            ended_at: r.ended_at,
-            elapsed_ns: r.elapsed_ns,
-            skipped: r.skipped,
-            error,
-            chain,
-            progress: Progress {
-                percent: r.percent,
-                message,
+        out.push((
+            run.clone(),
+            u32::try_from(i).unwrap_or(u32::MAX),
+            TaskRow {
+                task: self.names[r.task as usize].clone(),
+                node: self.nodes[i].clone(),
+                state: r.state,
+                attempts: r.attempts,
+                started_at: r.started_at,
+                ended_at: r.ended_at,
+                elapsed_ns: r.elapsed_ns,
+                skipped: r.skipped,
+                error,
+                chain,
+                progress: Progress {
+                    percent: r.percent,
+                    message,
+                },
+                log,
+                result: r.result.clone(),
+                lease: self.lease,
+                optional: r.optional,
             },
-            log,
-            result: r.result.clone(),
-            lease: self.lease,
-            optional: r.optional,
-        };
-        Some((row, settles))
+        ));
+        Some((r.state, settles))
     }
 }
 
@@ -633,18 +644,17 @@ impl RunJournal {
         for &node in &list {
             let i = node as usize;
             g.dirty[i] = false;
-            let Some((row, settles)) = g.row(i) else {
+            let Some((state, settles)) = g.push_row(i, &self.run_id, &mut batch.tasks) else {
                 continue; // a late change to a row written in its end state
             };
             // A state is announced once: a row written again for its progress or its
             // log is not a new state.
-            if g.announced[i] != row.state {
-                g.announced[i] = row.state;
+            if g.announced[i] != state {
+                g.announced[i] = state;
                 if let Some(ev) = events.as_deref_mut() {
-                    ev.push((row.node.clone(), row.state));
+                    ev.push((g.nodes[i].clone(), state));
                 }
             }
-            batch.tasks.push((self.run_id.clone(), node, row));
             // Applied in this cycle (before any later write of this run): the store
             // has it from now on.
             if settles {
