@@ -226,10 +226,11 @@ fn share(row: &Row) -> f64 {
 }
 
 impl Rows {
-    /// Runs `f` on row `node`, keeping the rolled-up progress up to date.
-    fn change(&mut self, node: u32, f: impl FnOnce(&mut Row)) {
+    /// Runs `f` on row `node`, keeping the rolled-up progress up to date; false, without
+    /// running it, when the rows were released or the row ended and was written.
+    fn change(&mut self, node: u32, f: impl FnOnce(&mut Row)) -> bool {
         let Some(row) = self.items.get_mut(node as usize) else {
-            return; // released, or ended and written
+            return false;
         };
         let before = share(row);
         f(row);
@@ -241,6 +242,7 @@ impl Rows {
             self.shares += after - before;
             self.rollup_dirty = true;
         }
+        true
     }
 
     /// The run's progress: the mean of its tasks' shares, with the last task message.
@@ -520,13 +522,10 @@ impl RunJournal {
         };
         {
             let mut g = self.lock();
-            if g.items.get_mut(node as usize).is_none() {
-                return; // released (the run is over), or ended and written already
-            }
             if !g.throttle.is_empty() {
                 g.settle_burst(node); // only a task that reported progress has a burst
             }
-            g.change(node, |row| {
+            let changed = g.change(node, |row| {
                 row.state = outcome.state;
                 row.skipped = outcome.skipped;
                 row.attempts = row.attempts.max(outcome.attempts);
@@ -550,6 +549,9 @@ impl RunJournal {
                 }
                 row.result = result;
             });
+            if !changed {
+                return; // released (the run is over), or ended and written already
+            }
             g.mark(node);
         }
         self.writer.wake(self);
@@ -559,16 +561,16 @@ impl RunJournal {
     /// already): the in-memory row says so too, without writing it again.
     pub(crate) fn restored(&self, node: u32, attempts: u32, elapsed: Duration, result: SmolStr) {
         let mut g = self.lock();
-        if g.items.get_mut(node as usize).is_none() {
-            return;
-        }
-        g.change(node, |row| {
+        let changed = g.change(node, |row| {
             row.state = State::Done;
             row.attempts = attempts;
             row.elapsed_ns = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
             row.percent = Some(100.0);
             row.result = Some(result);
         });
+        if !changed {
+            return;
+        }
         g.announced[node as usize] = State::Done;
         // Written already: what changed is the run's progress only, and the row is settled.
         let freed = g.items.settle(node as usize);
@@ -724,15 +726,15 @@ impl Reporter for RunJournal {
         let mut g = self.lock();
         let window = g.window;
         let i = node as usize;
-        if g.items.get_mut(i).is_none() {
-            return; // released (the run is over), or ended and written already
-        }
-        g.change(node, |row| {
+        let changed = g.change(node, |row| {
             row.percent = percent;
             if !message.is_empty() {
                 row.rare().message = Some(message.to_owned());
             }
         });
+        if !changed {
+            return; // released (the run is over), or ended and written already
+        }
         if !message.is_empty() {
             if g.last_message.as_deref() != Some(message) {
                 g.last_message = Some(message.to_owned());
