@@ -515,7 +515,11 @@ fn new_shared(
 ) -> (Arc<Shared>, mpsc::UnboundedReceiver<Msg>) {
     let n = graph.nodes.len();
     // One copy of the ids, shared by the executor and the tasks' contexts.
-    let ids: Arc<[SmolStr]> = graph.nodes.iter().map(|n| n.id.clone()).collect();
+    // The journal's, when the run has one: it was made from this graph's nodes.
+    let ids: Arc<[SmolStr]> = match cfg.journal.as_ref().map(|j| j.node_ids()) {
+        Some(ids) if ids.len() == graph.nodes.len() => ids,
+        _ => graph.nodes.iter().map(|n| n.id.clone()).collect(),
+    };
     let ids_for_ctx = ids.clone();
     let scope = Arc::new(RunScope {
         process_id: cfg.run_id.clone(),

@@ -46,6 +46,8 @@ struct Row {
     state: State,
     skipped: bool,
     optional: bool,
+    /// Written to the store in an end state (see [`RowChunks::settle`]).
+    settled: bool,
     attempts: u32,
     /// Index of the task's name in [`Rows::names`].
     task: u32,
@@ -68,10 +70,128 @@ impl Row {
     }
 }
 
+/// The rows of a run, by node index, in chunks of [`RowChunks::CHUNK`] rows. A chunk is
+/// made when a row of its own is first touched, and freed once each of its rows is
+/// written in an end state (done, failed, cancelled), which it never leaves: the store
+/// has them. So a run's launch writes 4 bytes per node (its task name and optional
+/// flag), not a whole row; a row is written next to the rows that ran just before it
+/// (a layered graph's layer), still in the cache, not into memory written at the launch
+/// and evicted since; and the journal of a run holds the rows of its running part, not
+/// of all its nodes (the allocator hands a freed chunk's memory to the next chunk,
+/// instead of new pages that each fault once).
+struct RowChunks {
+    chunks: Vec<Chunk>,
+    /// Per node: the index of its task's name, with [`RowChunks::OPTIONAL`] set when it is
+    /// optional.
+    meta: Box<[u32]>,
+}
+
+#[derive(Default)]
+struct Chunk {
+    /// `None` before its first row is touched and after its last row is settled.
+    rows: Option<Box<[Row]>>,
+    /// Its rows written in an end state (see [`Row::settled`]).
+    settled: u32,
+}
+
+impl RowChunks {
+    /// Rows per chunk: a chunk (about 52 KiB) is below the allocator's thresholds for
+    /// mapping its own pages and for consolidating its free lists.
+    const CHUNK: usize = 512;
+    const OPTIONAL: u32 = 1 << 31;
+
+    fn new(meta: Box<[u32]>) -> Self {
+        let chunks = std::iter::repeat_with(Chunk::default)
+            .take(meta.len().div_ceil(Self::CHUNK))
+            .collect();
+        RowChunks { chunks, meta }
+    }
+
+    /// The number of rows (0 once released).
+    fn len(&self) -> usize {
+        self.meta.len()
+    }
+
+    /// The number of rows of chunk `c`.
+    fn chunk_len(&self, c: usize) -> usize {
+        (self.len() - c * Self::CHUNK).min(Self::CHUNK)
+    }
+
+    /// Row `i`, made with its chunk when first touched; `None` when `i` is out of range
+    /// (the rows were released) or its chunk was freed (every row of it settled).
+    #[inline]
+    fn get_mut(&mut self, i: usize) -> Option<&mut Row> {
+        if i >= self.len() {
+            return None;
+        }
+        let (c, k) = (i / Self::CHUNK, i % Self::CHUNK);
+        if self.chunks[c].rows.is_none() && !self.make(c) {
+            return None;
+        }
+        self.chunks[c].rows.as_deref_mut().map(|rows| &mut rows[k])
+    }
+
+    /// Makes chunk `c`, every row scheduled; false when it was freed already.
+    #[cold]
+    fn make(&mut self, c: usize) -> bool {
+        let start = c * Self::CHUNK;
+        let end = (start + Self::CHUNK).min(self.meta.len());
+        let chunk = &mut self.chunks[c];
+        if chunk.settled as usize == end - start {
+            return false; // freed: each of its rows ended and was written
+        }
+        chunk.rows = Some(
+            self.meta[start..end]
+                .iter()
+                .map(|&m| Row {
+                    state: State::Scheduled,
+                    skipped: false,
+                    optional: m & Self::OPTIONAL != 0,
+                    settled: false,
+                    attempts: 0,
+                    task: m & !Self::OPTIONAL,
+                    started_at: None,
+                    ended_at: None,
+                    elapsed_ns: 0,
+                    percent: None,
+                    result: None,
+                    rare: None,
+                })
+                .collect(),
+        );
+        true
+    }
+
+    /// Row `i` is in the store in an end state: counted once; its chunk, when that was
+    /// its last row, is handed back to be dropped (by the caller, outside the lock).
+    fn settle(&mut self, i: usize) -> Option<Box<[Row]>> {
+        let row = self.get_mut(i)?;
+        if row.settled || !row.state.is_end() {
+            return None;
+        }
+        row.settled = true;
+        self.count_settled(i)
+    }
+
+    /// Counts row `i`, just marked settled; hands back its chunk when that was its last.
+    fn count_settled(&mut self, i: usize) -> Option<Box<[Row]>> {
+        let c = i / Self::CHUNK;
+        let whole = self.chunk_len(c);
+        let chunk = &mut self.chunks[c];
+        chunk.settled += 1;
+        if chunk.settled as usize == whole {
+            chunk.rows.take()
+        } else {
+            None
+        }
+    }
+}
+
 struct Rows {
-    items: Vec<Row>,
-    /// Node ids, by node index (the graph's strings: inline when short, else shared).
-    nodes: Box<[SmolStr]>,
+    items: RowChunks,
+    /// Node ids, by node index (the graph's strings: inline when short, else shared);
+    /// the executor shares this copy (see [`RunJournal::node_ids`]).
+    nodes: Arc<[SmolStr]>,
     /// The distinct task names ([`Row::task`] indexes them), static text.
     names: Vec<SmolStr>,
     /// The run's lease token, which every row of the run carries.
@@ -106,9 +226,12 @@ fn share(row: &Row) -> f64 {
 }
 
 impl Rows {
-    /// Runs `f` on row `node`, keeping the rolled-up progress up to date.
-    fn change(&mut self, node: u32, f: impl FnOnce(&mut Row)) {
-        let row = &mut self.items[node as usize];
+    /// Runs `f` on row `node`, keeping the rolled-up progress up to date; false, without
+    /// running it, when the rows were released or the row ended and was written.
+    fn change(&mut self, node: u32, f: impl FnOnce(&mut Row)) -> bool {
+        let Some(row) = self.items.get_mut(node as usize) else {
+            return false;
+        };
         let before = share(row);
         f(row);
         let after = share(row);
@@ -119,6 +242,7 @@ impl Rows {
             self.shares += after - before;
             self.rollup_dirty = true;
         }
+        true
     }
 
     /// The run's progress: the mean of its tasks' shares, with the last task message.
@@ -159,7 +283,10 @@ impl Rows {
     }
 
     fn push_entry(&mut self, node: u32, entry: LogEntry) {
-        let log = &mut self.items[node as usize].rare().log;
+        let Some(row) = self.items.get_mut(node as usize) else {
+            return; // released, or ended and written
+        };
+        let log = &mut row.rare().log;
         log.push(entry);
         if log.len() > MAX_LOG {
             let extra = log.len() - MAX_LOG;
@@ -192,34 +319,50 @@ impl Rows {
 }
 
 impl Rows {
-    /// Row `i` as the store takes it.
-    fn row(&self, i: usize) -> TaskRow {
-        let r = &self.items[i];
+    /// Pushes row `i` as the store takes it onto `out`, as run `run`'s (made in place:
+    /// a task row is about 240 bytes, each move of it a copy). Returns its state and
+    /// whether it is settled by this write (see [`RowChunks::settle`]); `None`, pushing
+    /// nothing, when the rows were released or the row's chunk freed.
+    fn push_row(
+        &mut self,
+        i: usize,
+        run: &Arc<str>,
+        out: &mut Vec<(Arc<str>, u32, TaskRow)>,
+    ) -> Option<(State, bool)> {
+        let r = self.items.get_mut(i)?;
+        let settles = !r.settled && r.state.is_end();
+        r.settled |= settles;
+        let r = &*r;
         // Most rows have no rare field: nothing to copy, no call.
         let (error, chain, message, log) = match r.rare.as_deref() {
             None => (None, Vec::new(), None, Vec::new()),
             rare => RareFields::parts(rare),
         };
-        TaskRow {
-            task: self.names[r.task as usize].clone(),
-            node: self.nodes[i].clone(),
-            state: r.state,
-            attempts: r.attempts,
-            started_at: r.started_at,
-            ended_at: r.ended_at,
-            elapsed_ns: r.elapsed_ns,
-            skipped: r.skipped,
-            error,
-            chain,
-            progress: Progress {
-                percent: r.percent,
-                message,
+        out.push((
+            run.clone(),
+            u32::try_from(i).unwrap_or(u32::MAX),
+            TaskRow {
+                task: self.names[r.task as usize].clone(),
+                node: self.nodes[i].clone(),
+                state: r.state,
+                attempts: r.attempts,
+                started_at: r.started_at,
+                ended_at: r.ended_at,
+                elapsed_ns: r.elapsed_ns,
+                skipped: r.skipped,
+                error,
+                chain,
+                progress: Progress {
+                    percent: r.percent,
+                    message,
+                },
+                log,
+                result: r.result.clone(),
+                lease: self.lease,
+                optional: r.optional,
             },
-            log,
-            result: r.result.clone(),
-            lease: self.lease,
-            optional: r.optional,
-        }
+        ));
+        Some((r.state, settles))
     }
 }
 
@@ -247,12 +390,15 @@ pub(crate) struct RunJournal {
 
 impl RunJournal {
     /// The journal of a run whose tasks are all still to run: one row per node, each
-    /// `scheduled`, from the node's task name, node id and whether it is optional.
+    /// `scheduled`, from the node's id (`ids`, by node index: shared with the executor,
+    /// see [`node_ids`](Self::node_ids)), task name and whether it is optional.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         run_id: Arc<str>,
         root: Arc<str>,
         token: u64,
         lease: u64,
+        ids: Arc<[SmolStr]>,
         nodes: impl ExactSizeIterator<Item = NewRow>,
         writer: WriterHandle,
         window: Duration,
@@ -261,8 +407,7 @@ impl RunJournal {
         let mut names: Vec<SmolStr> = Vec::new();
         let mut index: rustc_hash::FxHashMap<&'static str, u32> = rustc_hash::FxHashMap::default();
         let mut last: Option<(&'static str, u32)> = None;
-        let mut ids = Vec::with_capacity(n);
-        let mut items: Vec<Row> = Vec::with_capacity(n);
+        let mut meta: Vec<u32> = Vec::with_capacity(n);
         for node in nodes {
             // Neighbouring nodes mostly run the same task: the last name is tried first
             // (the same static string), then the index of names (a graph of many task
@@ -270,7 +415,9 @@ impl RunJournal {
             let task = match last {
                 Some((name, k)) if std::ptr::eq(name, node.task) => k,
                 _ => {
-                    let next = u32::try_from(names.len()).unwrap_or(u32::MAX);
+                    // Below the optional bit: a graph has far fewer than 2^31 task types.
+                    let next =
+                        u32::try_from(names.len()).unwrap_or(u32::MAX) & !RowChunks::OPTIONAL;
                     let k = *index.entry(node.task).or_insert(next);
                     if k == next {
                         names.push(SmolStr::new_static(node.task));
@@ -279,23 +426,26 @@ impl RunJournal {
                     k
                 }
             };
-            ids.push(node.id);
-            items.push(Row {
-                state: State::Scheduled,
-                skipped: false,
-                optional: node.optional,
-                attempts: 0,
-                task,
-                started_at: None,
-                ended_at: None,
-                elapsed_ns: 0,
-                percent: None,
-                result: None,
-                rare: None,
+            meta.push(if node.optional {
+                task | RowChunks::OPTIONAL
+            } else {
+                task
             });
         }
-        let n = items.len();
-        let nodes = ids;
+        let n = meta.len();
+        // The ids of the same nodes, or none (a journal without node ids names its rows'
+        // nodes by empty strings rather than fail).
+        let nodes = if ids.len() == n {
+            ids
+        } else {
+            tracing::error!(
+                ids = ids.len(),
+                nodes = n,
+                "a run's node ids do not match its nodes"
+            );
+            (0..n).map(|_| SmolStr::default()).collect()
+        };
+        let items = RowChunks::new(meta.into());
         let announced = vec![State::Scheduled; n];
         // Nothing is done yet: every share is 0.
         let shares = 0.0;
@@ -306,12 +456,14 @@ impl RunJournal {
             woken: std::sync::atomic::AtomicBool::new(false),
             rows: Mutex::new(Rows {
                 items,
-                nodes: nodes.into(),
+                nodes,
                 names,
                 lease,
                 len: n,
                 dirty: vec![false; n],
-                dirty_list: Vec::new(),
+                // Room for the rows a busy cycle marks (16 KiB at most): the workers do
+                // not grow it from nothing at the run's start.
+                dirty_list: Vec::with_capacity(n.min(4096)),
                 throttle: HashMap::new(),
                 window,
                 announced,
@@ -370,13 +522,10 @@ impl RunJournal {
         };
         {
             let mut g = self.lock();
-            if node as usize >= g.items.len() {
-                return; // released: the run is over
-            }
             if !g.throttle.is_empty() {
                 g.settle_burst(node); // only a task that reported progress has a burst
             }
-            g.change(node, |row| {
+            let changed = g.change(node, |row| {
                 row.state = outcome.state;
                 row.skipped = outcome.skipped;
                 row.attempts = row.attempts.max(outcome.attempts);
@@ -400,6 +549,9 @@ impl RunJournal {
                 }
                 row.result = result;
             });
+            if !changed {
+                return; // released (the run is over), or ended and written already
+            }
             g.mark(node);
         }
         self.writer.wake(self);
@@ -409,18 +561,21 @@ impl RunJournal {
     /// already): the in-memory row says so too, without writing it again.
     pub(crate) fn restored(&self, node: u32, attempts: u32, elapsed: Duration, result: SmolStr) {
         let mut g = self.lock();
-        if node as usize >= g.items.len() {
-            return;
-        }
-        g.change(node, |row| {
+        let changed = g.change(node, |row| {
             row.state = State::Done;
             row.attempts = attempts;
             row.elapsed_ns = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
             row.percent = Some(100.0);
             row.result = Some(result);
         });
+        if !changed {
+            return;
+        }
         g.announced[node as usize] = State::Done;
-        // Written already: what changed is the run's progress only.
+        // Written already: what changed is the run's progress only, and the row is settled.
+        let freed = g.items.settle(node as usize);
+        drop(g);
+        drop(freed);
     }
 
     /// Frees the rows once everything recorded is written (after [`sync`](Self::sync),
@@ -432,12 +587,18 @@ impl RunJournal {
         if !g.dirty_list.is_empty() {
             return false;
         }
-        g.items = Vec::new();
-        g.nodes = Box::default();
+        g.items = RowChunks::new(Box::default());
+        g.nodes = Arc::from(Vec::new());
         g.dirty = Vec::new();
         g.announced = Vec::new();
         g.throttle = HashMap::new();
         true
+    }
+
+    /// The node ids, by node index, as the journal was made with them (empty once
+    /// [released](Self::release)): the executor shares them instead of a copy of its own.
+    pub(crate) fn node_ids(&self) -> Arc<[SmolStr]> {
+        self.lock().nodes.clone()
     }
 
     /// The run's rolled-up progress (see the type's docs).
@@ -475,22 +636,37 @@ impl RunJournal {
             g.settle_burst(node);
             g.mark(node);
         }
-        let list = std::mem::take(&mut g.dirty_list);
+        // The list is given back, emptied, once read: it keeps its room from one cycle to
+        // the next instead of growing again from nothing (each growth a copy, and a large
+        // one a consolidation of the allocator's free lists) while the workers mark rows.
+        let mut list = std::mem::take(&mut g.dirty_list);
         batch.tasks.reserve(list.len());
-        for node in list {
+        // Chunks whose every row is now written in an end state: dropped after the lock.
+        let mut freed = Vec::new();
+        for &node in &list {
             let i = node as usize;
             g.dirty[i] = false;
-            let row = g.row(i);
+            let Some((state, settles)) = g.push_row(i, &self.run_id, &mut batch.tasks) else {
+                continue; // a late change to a row written in its end state
+            };
             // A state is announced once: a row written again for its progress or its
             // log is not a new state.
-            if g.announced[i] != row.state {
-                g.announced[i] = row.state;
+            if g.announced[i] != state {
+                g.announced[i] = state;
                 if let Some(ev) = events.as_deref_mut() {
-                    ev.push((row.node.clone(), row.state));
+                    ev.push((g.nodes[i].clone(), state));
                 }
             }
-            batch.tasks.push((self.run_id.clone(), node, row));
+            // Applied in this cycle (before any later write of this run): the store
+            // has it from now on.
+            if settles {
+                freed.extend(g.items.count_settled(i));
+            }
         }
+        list.clear();
+        g.dirty_list = list;
+        drop(g);
+        drop(freed);
     }
 
     /// Waits until everything recorded so far is durable.
@@ -510,8 +686,6 @@ impl Drop for RunJournal {
 pub(crate) struct NewRow {
     /// The task's name.
     pub(crate) task: &'static str,
-    /// The node id (the graph's string).
-    pub(crate) id: SmolStr,
     /// The task is optional.
     pub(crate) optional: bool,
 }
@@ -552,15 +726,15 @@ impl Reporter for RunJournal {
         let mut g = self.lock();
         let window = g.window;
         let i = node as usize;
-        if i >= g.items.len() {
-            return;
-        }
-        g.change(node, |row| {
+        let changed = g.change(node, |row| {
             row.percent = percent;
             if !message.is_empty() {
                 row.rare().message = Some(message.to_owned());
             }
         });
+        if !changed {
+            return; // released (the run is over), or ended and written already
+        }
         if !message.is_empty() {
             if g.last_message.as_deref() != Some(message) {
                 g.last_message = Some(message.to_owned());
@@ -587,9 +761,12 @@ impl Reporter for RunJournal {
             }
         }
         g.mark(node);
+        let Some(row) = g.items.get_mut(i) else {
+            return;
+        };
         let progress = Progress {
-            percent: g.items[i].percent,
-            message: g.items[i].message().cloned(),
+            percent: row.percent,
+            message: row.message().cloned(),
         };
         let node_id = g.nodes[i].clone();
         drop(g);
@@ -616,17 +793,18 @@ impl RunJournal {
     pub(crate) fn log_entry(&self, node: u32, entry: LogEntry) {
         let level = entry.level;
         let mut g = self.lock();
-        if node as usize >= g.items.len() {
-            return;
+        if g.items.get_mut(node as usize).is_none() {
+            return; // released (the run is over), or ended and written already
         }
         // A warning or error is never dropped, and writes any pending burst before itself.
         g.settle_burst(node);
         g.push_entry(node, entry);
         g.mark(node);
         let node_id = g.nodes[node as usize].clone();
-        let entry = g.items[node as usize]
-            .rare
-            .as_ref()
+        let entry = g
+            .items
+            .get_mut(node as usize)
+            .and_then(|r| r.rare.as_ref())
             .and_then(|r| r.log.last().cloned());
         drop(g);
         if let Some(entry) = entry {
@@ -643,10 +821,19 @@ mod tests {
     use super::*;
     use crate::store::{MemoryStore, Store};
 
+    /// A node of a test journal.
+    struct TestRow {
+        task: &'static str,
+        id: SmolStr,
+        optional: bool,
+    }
+
     /// A journal of run `run` (lease 9) over `nodes`, writing to a fresh memory store.
     fn journal(
-        nodes: impl ExactSizeIterator<Item = NewRow>,
+        nodes: impl ExactSizeIterator<Item = TestRow>,
     ) -> (Arc<MemoryStore>, WriterHandle, Arc<RunJournal>) {
+        let nodes: Vec<TestRow> = nodes.collect();
+        let ids: Arc<[SmolStr]> = nodes.iter().map(|r| r.id.clone()).collect();
         let store = Arc::new(MemoryStore::new());
         let (events, _) = tokio::sync::broadcast::channel(16);
         let writer =
@@ -656,7 +843,11 @@ mod tests {
             Arc::from("run"),
             1,
             9,
-            nodes,
+            ids,
+            nodes.iter().map(|r| NewRow {
+                task: r.task,
+                optional: r.optional,
+            }),
             writer.clone(),
             Duration::from_millis(50),
         );
@@ -682,7 +873,7 @@ mod tests {
     #[tokio::test]
     async fn rows_start_from_the_nodes() {
         let names = ["load", "load", "save", "load"];
-        let (store, writer, j) = journal(names.iter().enumerate().map(|(i, &task)| NewRow {
+        let (store, writer, j) = journal(names.iter().enumerate().map(|(i, &task)| TestRow {
             task,
             id: format!("n{i}").into(),
             optional: i == 2,
@@ -718,7 +909,7 @@ mod tests {
     // ended in its first poll) its elapsed time before that.
     #[tokio::test]
     async fn an_end_given_as_an_instant_is_stamped_from_it() {
-        let (store, writer, j) = journal((0..2).map(|i| NewRow {
+        let (store, writer, j) = journal((0..2).map(|i| TestRow {
             task: "load",
             id: format!("n{i}").into(),
             optional: false,
@@ -734,6 +925,103 @@ mod tests {
         assert_eq!(rows[&0].started_at, Some(wall0 + 3_598_000));
         assert_eq!(rows[&1].ended_at, Some(wall0));
         assert_eq!(rows[&1].started_at, Some(wall0 - 2_000));
+        writer.close().await.expect("close");
+    }
+
+    // A chunk of rows is freed once each of its rows is written in an end state (the
+    // store has them), not before: a chunk with a row still running stays, and so does
+    // the late log of a row whose chunk stays; the store keeps every row as written, and
+    // a change to a row of a freed chunk is ignored (its end is in the store).
+    #[tokio::test]
+    async fn a_chunk_is_freed_once_its_rows_ended_and_were_written() {
+        let n = RowChunks::CHUNK * 2 + 10;
+        let (store, writer, j) = journal((0..n).map(|i| TestRow {
+            task: "load",
+            id: format!("n{i}").into(),
+            optional: false,
+        }));
+        // Nothing is made at the launch.
+        assert!(j.lock().items.chunks.iter().all(|c| c.rows.is_none()));
+        // The first chunk ends whole, in random order; the second all but its last row,
+        // which is running.
+        let mut order: Vec<u32> = (0..u32::try_from(RowChunks::CHUNK * 2).unwrap()).collect();
+        order.reverse();
+        order.swap(3, 700);
+        let last = u32::try_from(RowChunks::CHUNK * 2 - 1).unwrap();
+        for &i in &order {
+            if i == last {
+                j.started(i, 1, Duration::ZERO);
+            } else {
+                j.ended(
+                    i,
+                    done(Duration::from_millis(1), None),
+                    Some(i.to_string().into()),
+                );
+            }
+        }
+        j.sync().await.expect("sync");
+        {
+            let g = j.lock();
+            assert!(
+                g.items.chunks[0].rows.is_none(),
+                "every row of chunk 0 ended"
+            );
+            assert!(g.items.chunks[1].rows.is_some(), "a row of chunk 1 runs");
+            assert!(
+                g.items.chunks[2].rows.is_none(),
+                "chunk 2 was never touched"
+            );
+        }
+        // A late log line of an ended row whose chunk stays is written as before.
+        let chunk1 = u32::try_from(RowChunks::CHUNK).unwrap();
+        j.log(chunk1, Level::Warning, "late");
+        // One of a freed chunk changes nothing.
+        j.log(1, Level::Warning, "ignored");
+        j.ended(last, done(Duration::from_millis(1), None), Some("x".into()));
+        j.sync().await.expect("sync");
+        assert!(j.lock().items.chunks[1].rows.is_none(), "chunk 1 ended too");
+        let rows: HashMap<u32, TaskRow> = store.tasks("run").unwrap().into_iter().collect();
+        assert_eq!(rows.len(), RowChunks::CHUNK * 2);
+        for i in 0..u32::try_from(RowChunks::CHUNK * 2).unwrap() {
+            let row = &rows[&i];
+            assert_eq!(row.state, State::Done, "row {i}");
+            assert_eq!(&*row.node, format!("n{i}"));
+            let want = if i == last {
+                "x".to_owned()
+            } else {
+                i.to_string()
+            };
+            assert_eq!(row.result.as_deref(), Some(want.as_str()));
+        }
+        assert_eq!(rows[&chunk1].log.len(), 1);
+        assert_eq!(rows[&chunk1].log[0].message, "late");
+        assert!(rows[&1].log.is_empty());
+        // The run's progress counts every ended row.
+        #[allow(clippy::cast_precision_loss)]
+        let want = 100.0 * (RowChunks::CHUNK * 2) as f64 / n as f64;
+        assert!((j.rollup().percent.unwrap() - want).abs() < 1e-9);
+        writer.close().await.expect("close");
+    }
+
+    // The dirty list keeps its room from one write cycle to the next: the workers marking
+    // rows do not grow it again from nothing each cycle.
+    #[tokio::test]
+    async fn the_dirty_list_keeps_its_room_across_cycles() {
+        let (_store, writer, j) = journal((0..100).map(|i| TestRow {
+            task: "load",
+            id: format!("n{i}").into(),
+            optional: false,
+        }));
+        for i in 0..100 {
+            j.started(i, 1, Duration::ZERO);
+        }
+        j.sync().await.expect("sync");
+        let (empty, room) = {
+            let g = j.lock();
+            (g.dirty_list.is_empty(), g.dirty_list.capacity())
+        };
+        assert!(empty);
+        assert!(room >= 100);
         writer.close().await.expect("close");
     }
 }

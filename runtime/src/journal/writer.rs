@@ -246,11 +246,10 @@ struct Cycle {
 
 impl Cycle {
     fn apply_pending(&mut self, store: &dyn Store) {
-        let batch = std::mem::take(&mut self.pending);
-        if batch.is_empty() {
+        if self.pending.is_empty() {
             return;
         }
-        if let Err(e) = apply_in_chunks(store, batch) {
+        if let Err(e) = apply_in_chunks(store, &mut self.pending) {
             self.error.get_or_insert(e);
         }
     }
@@ -272,6 +271,9 @@ fn writer_loop(
 ) -> Option<StopReply> {
     let mut next_tick = Instant::now() + tick;
     let mut last_cycle: Option<Instant> = None;
+    // The batch of every cycle, emptied by the store: its room is kept from one cycle to
+    // the next (the task rows of a busy run fill about the same room each cycle).
+    let mut pending = Batch::default();
     loop {
         // Group commit: task rows gather for at least `MIN_CYCLE` between two writes. The
         // pause costs a change at most that much delay, and saves the tasks one wake-up
@@ -306,7 +308,10 @@ fn writer_loop(
             next_tick = Instant::now() + tick;
         }
         let mut woken: Vec<Arc<str>> = Vec::new();
-        let mut cycle = Cycle::default();
+        let mut cycle = Cycle {
+            pending: std::mem::take(&mut pending),
+            ..Cycle::default()
+        };
         let mut waiters = Vec::new();
         let mut stop: Option<oneshot::Sender<Result<(), StoreError>>> = None;
         for m in first
@@ -390,6 +395,11 @@ fn writer_loop(
         if let Err(e) = &result {
             tracing::error!(error = %e, "store write failed");
         }
+        // Only the task rows' room is kept; whatever a failed apply left behind is not
+        // written again later.
+        let mut tasks = std::mem::take(&mut cycle.pending.tasks);
+        tasks.clear();
+        pending.tasks = tasks;
         for c in cycle.completions {
             c(result.as_ref().copied(), events);
         }
@@ -461,11 +471,12 @@ const MIN_CYCLE: Duration = Duration::from_millis(1);
 /// a large group is applied as several applies (in order) before its one flush.
 const CHUNK: usize = 2048;
 
-fn apply_in_chunks(store: &dyn Store, mut batch: Batch) -> Result<(), StoreError> {
+fn apply_in_chunks(store: &dyn Store, pending: &mut Batch) -> Result<(), StoreError> {
     let mut fenced = 0;
-    if batch.tasks.len() <= CHUNK {
-        fenced += store.apply(batch)?.fenced;
+    if pending.tasks.len() <= CHUNK {
+        fenced += store.apply_in_place(pending)?.fenced;
     } else {
+        let mut batch = std::mem::take(pending);
         let mut tasks = std::mem::take(&mut batch.tasks).into_iter().peekable();
         let mut first = Some(batch);
         while tasks.peek().is_some() || first.is_some() {

@@ -115,9 +115,10 @@ pub(super) async fn drive(inner: Arc<Inner>, run: Run) -> (Option<RunReport>, Re
             Arc::from(rec.root.as_str()),
             token,
             lease,
+            // One copy of the node ids, shared with the executor (see `new_shared`).
+            graph.nodes.iter().map(|n| n.id.clone()).collect(),
             graph.nodes.iter().map(|n| NewRow {
                 task: n.meta.name,
-                id: n.id.clone(),
                 optional: n.optional,
             }),
             inner.writer.clone(),

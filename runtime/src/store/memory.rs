@@ -364,10 +364,14 @@ impl Store for MemoryStore {
             .map_or_else(Vec::new, RunRows::rows))
     }
 
-    fn apply(&self, batch: Batch) -> Result<Applied, StoreError> {
+    fn apply(&self, mut batch: Batch) -> Result<Applied, StoreError> {
+        self.apply_in_place(&mut batch)
+    }
+
+    fn apply_in_place(&self, batch: &mut Batch) -> Result<Applied, StoreError> {
         let mut g = self.lock();
         let mut applied = Applied::default();
-        for a in batch.archive {
+        for a in batch.archive.drain(..) {
             if a.keep == 0 {
                 continue;
             }
@@ -388,14 +392,16 @@ impl Store for MemoryStore {
             g.delete(id);
             g.history.remove(id);
         }
+        batch.clear_runs.clear();
+        batch.delete_processes.clear();
         // A batch holds long stretches of one run's rows: one map lookup per stretch.
         let inner = &mut *g;
         let (runs, leases) = (&mut inner.runs, &inner.leases);
         let mut stretch: Option<(Arc<str>, u64, &mut RunRows)> = None;
         // Rows are read in place (their fields taken), not moved out whole: a task row is
-        // about 240 bytes, and each move of it a copy.
-        let mut tasks = batch.tasks;
-        for (id, order, row) in &mut tasks {
+        // about 240 bytes, and each move of it a copy. The emptied vector keeps its room
+        // for the caller's next batch (see `Store::apply_in_place`).
+        for (id, order, row) in &mut batch.tasks {
             let (current, rows) = match &mut stretch {
                 Some((run, current, rows)) if Arc::ptr_eq(run, id) || **run == **id => {
                     (*current, rows)
@@ -415,8 +421,8 @@ impl Store for MemoryStore {
             rows.put(*order as usize, row);
         }
         drop(stretch);
-        drop(tasks);
-        for r in batch.processes {
+        batch.tasks.clear();
+        for r in batch.processes.drain(..) {
             g.put(r);
         }
         Ok(applied)
@@ -869,5 +875,32 @@ mod tests {
             vec![(0, "0".into()), (2, "2".into()), (3, "3".into())]
         );
         assert_eq!(nodes("b"), vec![(0, "10".into()), (1, "11".into())]);
+    }
+
+    // A batch applied in place is written as a batch given whole, and comes back empty
+    // with its task rows' room kept (the writer fills it again next cycle).
+    #[test]
+    fn a_batch_applied_in_place_keeps_its_room() {
+        let store = MemoryStore::new();
+        let run: Arc<str> = Arc::from("r");
+        let mut batch = Batch::default();
+        for i in 0..64 {
+            batch
+                .tasks
+                .push((run.clone(), i, row(&format!("n{i}"), i % 2 == 0)));
+        }
+        let room = batch.tasks.capacity();
+        store.apply_in_place(&mut batch).unwrap();
+        assert!(batch.is_empty());
+        assert_eq!(batch.tasks.capacity(), room);
+        let rows = store.tasks("r").unwrap();
+        assert_eq!(rows.len(), 64);
+        for (i, r) in rows {
+            let want = row(&format!("n{i}"), i % 2 == 0);
+            assert_eq!(r.node, want.node);
+            assert_eq!(r.error, want.error);
+            assert_eq!(r.log.len(), want.log.len());
+            assert_eq!(r.result, want.result);
+        }
     }
 }

@@ -1109,6 +1109,23 @@ pub trait Store: Send + Sync + 'static {
     }
     /// Applies a batch atomically (see the fencing rule and the history rules above).
     fn apply(&self, batch: Batch) -> Result<Applied, StoreError>;
+    /// Applies `batch` as [`apply`](Store::apply) does and leaves it empty. A store may
+    /// keep the batch's vectors (their room, not their items), so that a writer filling
+    /// one batch after another does not grow each of them again from nothing; the default
+    /// takes the batch whole.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use procession::store::{Batch, MemoryStore, Store};
+    /// let store = MemoryStore::new();
+    /// let mut batch = Batch::default();
+    /// store.apply_in_place(&mut batch).unwrap();
+    /// assert!(batch.is_empty());
+    /// ```
+    fn apply_in_place(&self, batch: &mut Batch) -> Result<Applied, StoreError> {
+        self.apply(std::mem::take(batch))
+    }
     /// The kept past runs of record `id`, newest first (empty when it has none).
     fn history(&self, id: &str) -> Result<Vec<PastRun>, StoreError>;
     /// The task rows of past run `seq` of record `id`, by node index (empty when that run
@@ -1412,6 +1429,9 @@ impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
     }
     fn apply(&self, batch: Batch) -> Result<Applied, StoreError> {
         (**self).apply(batch)
+    }
+    fn apply_in_place(&self, batch: &mut Batch) -> Result<Applied, StoreError> {
+        (**self).apply_in_place(batch)
     }
     fn history(&self, id: &str) -> Result<Vec<PastRun>, StoreError> {
         (**self).history(id)
