@@ -125,6 +125,11 @@ pub(crate) struct RunScope {
 /// run's identity, report progress, write to the task's log and cooperate with
 /// cancellation.
 ///
+/// A clone may outlive its attempt (moved into a spawned task, say). Its progress and log
+/// calls after the attempt ended are recorded only while the run keeps the task's row in
+/// memory: once the row's end is written (and the other rows kept with it ended too) or
+/// the run is over, they reach `tracing` only. Report before returning what must be kept.
+///
 /// # Examples
 ///
 /// ```
