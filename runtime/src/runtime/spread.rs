@@ -157,6 +157,10 @@ pub struct TaskStats {
     /// Task claims whose renewal was refused (another worker claimed the task): their
     /// futures were stopped before they ended.
     pub refused: u64,
+    /// Tasks offered by the runs this worker coordinates. A node whose waiting row the
+    /// cascade made ready is not offered by its run's first coordinator (it is claimed
+    /// from that row); a resumed or taken-over run offers every node it runs.
+    pub offered: u64,
 }
 
 /// A task running here for its run's coordinator.
@@ -329,6 +333,7 @@ pub(super) struct Spread {
     finished: AtomicU64,
     fenced: AtomicU64,
     refused: AtomicU64,
+    offered: AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -358,6 +363,7 @@ impl Spread {
             finished: AtomicU64::new(0),
             fenced: AtomicU64::new(0),
             refused: AtomicU64::new(0),
+            offered: AtomicU64::new(0),
         })
     }
 
@@ -387,6 +393,7 @@ impl Spread {
             finished: self.finished.load(Ordering::Relaxed),
             fenced: self.fenced.load(Ordering::Relaxed),
             refused: self.refused.load(Ordering::Relaxed),
+            offered: self.offered.load(Ordering::Relaxed),
         }
     }
 
@@ -803,6 +810,7 @@ impl Dispatch for RunDispatch {
         }
         let (max_attempts, deadline_ms) =
             self.limits.get(node as usize).copied().unwrap_or((1, None));
+        self.spread.offered.fetch_add(1, Ordering::Relaxed);
         let _ = self.spread.offers.send(TaskOffer {
             run: self.run.clone(),
             run_token: self.run_token,
