@@ -46,7 +46,11 @@
 //!   which turns its waiting row ready), nothing cascades once the run asked for a
 //!   cancel, and a run under a concurrency limit (the run's or the runtime's) does not
 //!   cascade at all (the executor decides when its nodes start). When the executor
-//!   finds a cascaded node ready, its offer leaves the row as it is (claimed, running or
+//!   finds a cascaded node ready, the run's first coordinator (the worker that launched
+//!   it) does not offer it: every dependency succeeded through a finish that counted
+//!   its waiting row down, so the collector only waits for its end (a run's cancel
+//!   marks a waiting row a finish left at the cancel, which ends it). A resumed or
+//!   taken-over run offers it: the offer leaves the row as it is (claimed, running or
 //!   ended) and the collector waits for its end: it does not run twice. A count that
 //!   never reaches 0 (a dependency's end stored before the waiting row existed, e.g.
 //!   after a takeover) just leaves the node to the executor's offer; a finish that
