@@ -190,6 +190,57 @@ async fn failures_skips_and_tolerant_tasks_report_as_on_sled() {
     assert!(rows(&url, "SELECT 1 FROM procession_task_claims").is_empty());
 }
 
+// A layered run cancelled while its layers cascade ends (cancelled, or done if it was
+// faster) and leaves no row: a node the cascade would have made ready is not offered by
+// its first coordinator, and a waiting row a finish left at the cancel is ended by the
+// cancel's mark, not waited for forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cascading_run_cancelled_midway_ends() {
+    let Some(url) = pg::database("cascade_cancel") else {
+        return;
+    };
+    let start = || async {
+        Runtime::connect(url.clone())
+            .lease(Duration::from_secs(30))
+            .spread_tasks(true)
+            .spread_cascade(true)
+            .register::<Cascade>()
+            .start()
+            .await
+            .unwrap()
+    };
+    let helper = start().await;
+    let rt = start().await;
+    for (i, wait_ms) in [0u64, 5, 20, 60].into_iter().enumerate() {
+        let run = rt
+            .launch(
+                Launch::new(Cascade {
+                    layers: 40,
+                    width: 6,
+                    failing: Vec::new(),
+                })
+                .id(format!("cancelled-{i}")),
+            )
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(wait_ms)).await;
+        // Refused only when the run ended already (checked below).
+        let _ = run.cancel().await;
+        let r = tokio::time::timeout(Duration::from_mins(2), run.wait())
+            .await
+            .expect("the cancelled run ends")
+            .unwrap();
+        assert!(
+            matches!(r.status, RunStatus::Cancelled | RunStatus::Succeeded),
+            "{:?}",
+            r.status
+        );
+    }
+    rt.shutdown().await.unwrap();
+    helper.shutdown().await.unwrap();
+    assert!(rows(&url, "SELECT 1 FROM procession_task_claims").is_empty());
+}
+
 // Under a concurrency limit the executor decides when each node starts: the run writes
 // no waiting row (nothing cascades) and ends as on sled.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
