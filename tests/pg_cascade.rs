@@ -102,7 +102,8 @@ async fn on_sled(p: Cascade) -> Summary {
 
 /// Runs `p` launched by one runtime with two helpers, all spreading tasks on `url`;
 /// returns its report and the tasks claimed by all three.
-async fn spread_over_three(url: &str, id: &str, p: Cascade) -> (RunReport, u64) {
+/// The run's report, the tasks claimed by all workers and those its coordinator offered.
+async fn spread_over_three(url: &str, id: &str, p: Cascade) -> (RunReport, u64, u64) {
     let start = || async {
         Runtime::connect(url.to_owned())
             .lease(Duration::from_secs(30))
@@ -127,11 +128,12 @@ async fn spread_over_three(url: &str, id: &str, p: Cascade) -> (RunReport, u64) 
     );
     let claimed =
         rt.task_stats().claimed + helpers.iter().map(|h| h.task_stats().claimed).sum::<u64>();
+    let offered = rt.task_stats().offered;
     rt.shutdown().await.unwrap();
     for h in helpers {
         h.shutdown().await.unwrap();
     }
-    (r, claimed)
+    (r, claimed, offered)
 }
 
 // ------------------------------------------------------------------ the tests
@@ -149,11 +151,14 @@ async fn a_layered_run_over_three_workers_matches_sled() {
         width: 12,
         failing: Vec::new(),
     };
-    let (r, claimed) = spread_over_three(&url, "layered", p()).await;
+    let (r, claimed, offered) = spread_over_three(&url, "layered", p()).await;
     let got = summary(&r);
     assert_eq!(got.0, RunStatus::Succeeded, "{got:?}");
     assert_eq!(got, on_sled(p()).await);
     assert_eq!(claimed, r.tasks.len() as u64, "every task claimed once");
+    // Only the first layer: the launching worker is the run's first coordinator, and
+    // every later node was made ready by its dependencies' finishes.
+    assert_eq!(offered, 12, "only the first layer offered");
     assert!(rows(&url, "SELECT 1 FROM procession_task_claims").is_empty());
 }
 
@@ -171,7 +176,7 @@ async fn failures_skips_and_tolerant_tasks_report_as_on_sled() {
         width: 8,
         failing: vec![14, 17],
     };
-    let (r, claimed) = spread_over_three(&url, "failures", p()).await;
+    let (r, claimed, offered) = spread_over_three(&url, "failures", p()).await;
     let got = summary(&r);
     assert_eq!(got.0, RunStatus::Failed, "{got:?}");
     assert!(got.1.iter().any(|t| t.1 == TaskStatus::Skipped), "{got:?}");
@@ -179,6 +184,60 @@ async fn failures_skips_and_tolerant_tasks_report_as_on_sled() {
     assert_eq!(got, on_sled(p()).await);
     let ran = got.1.iter().filter(|t| t.2 > 0).count() as u64;
     assert_eq!(claimed, ran, "every task that ran was claimed once");
+    // The first layer, and the nodes run after a failed or skipped dependency (their
+    // waiting rows are left to the offer): the tolerant gather at least.
+    assert!(offered > 8, "nodes after failures are offered: {offered}");
+    assert!(rows(&url, "SELECT 1 FROM procession_task_claims").is_empty());
+}
+
+// A layered run cancelled while its layers cascade ends (cancelled, or done if it was
+// faster) and leaves no row: a node the cascade would have made ready is not offered by
+// its first coordinator, and a waiting row a finish left at the cancel is ended by the
+// cancel's mark, not waited for forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cascading_run_cancelled_midway_ends() {
+    let Some(url) = pg::database("cascade_cancel") else {
+        return;
+    };
+    let start = || async {
+        Runtime::connect(url.clone())
+            .lease(Duration::from_secs(30))
+            .spread_tasks(true)
+            .spread_cascade(true)
+            .register::<Cascade>()
+            .start()
+            .await
+            .unwrap()
+    };
+    let helper = start().await;
+    let rt = start().await;
+    for (i, wait_ms) in [0u64, 5, 20, 60].into_iter().enumerate() {
+        let run = rt
+            .launch(
+                Launch::new(Cascade {
+                    layers: 40,
+                    width: 6,
+                    failing: Vec::new(),
+                })
+                .id(format!("cancelled-{i}")),
+            )
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(wait_ms)).await;
+        // Refused only when the run ended already (checked below).
+        let _ = run.cancel().await;
+        let r = tokio::time::timeout(Duration::from_mins(2), run.wait())
+            .await
+            .expect("the cancelled run ends")
+            .unwrap();
+        assert!(
+            matches!(r.status, RunStatus::Cancelled | RunStatus::Succeeded),
+            "{:?}",
+            r.status
+        );
+    }
+    rt.shutdown().await.unwrap();
+    helper.shutdown().await.unwrap();
     assert!(rows(&url, "SELECT 1 FROM procession_task_claims").is_empty());
 }
 

@@ -174,6 +174,9 @@ pub(super) async fn drive(inner: Arc<Inner>, run: Run) -> (Option<RunReport>, Re
                 std::time::Duration::from_millis(inner.lease_ms),
                 cancel.clone(),
                 journal.clone(),
+                // A fresh launch: this worker wrote every row of the run (a resumed
+                // or taken-over run offers every node it runs).
+                resume.is_none(),
             );
             tokio::spawn(super::spread::cancel_on(
                 Arc::downgrade(&inner),

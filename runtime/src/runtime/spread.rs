@@ -46,7 +46,11 @@
 //!   which turns its waiting row ready), nothing cascades once the run asked for a
 //!   cancel, and a run under a concurrency limit (the run's or the runtime's) does not
 //!   cascade at all (the executor decides when its nodes start). When the executor
-//!   finds a cascaded node ready, its offer leaves the row as it is (claimed, running or
+//!   finds a cascaded node ready, the run's first coordinator (the worker that launched
+//!   it) does not offer it: every dependency succeeded through a finish that counted
+//!   its waiting row down, so the collector only waits for its end (a run's cancel
+//!   marks a waiting row a finish left at the cancel, which ends it). A resumed or
+//!   taken-over run offers it: the offer leaves the row as it is (claimed, running or
 //!   ended) and the collector waits for its end: it does not run twice. A count that
 //!   never reaches 0 (a dependency's end stored before the waiting row existed, e.g.
 //!   after a takeover) just leaves the node to the executor's offer; a finish that
@@ -157,6 +161,10 @@ pub struct TaskStats {
     /// Task claims whose renewal was refused (another worker claimed the task): their
     /// futures were stopped before they ended.
     pub refused: u64,
+    /// Tasks offered by the runs this worker coordinates. A node whose waiting row the
+    /// cascade made ready is not offered by its run's first coordinator (it is claimed
+    /// from that row); a resumed or taken-over run offers every node it runs.
+    pub offered: u64,
 }
 
 /// A task running here for its run's coordinator.
@@ -329,6 +337,7 @@ pub(super) struct Spread {
     finished: AtomicU64,
     fenced: AtomicU64,
     refused: AtomicU64,
+    offered: AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -358,6 +367,7 @@ impl Spread {
             finished: AtomicU64::new(0),
             fenced: AtomicU64::new(0),
             refused: AtomicU64::new(0),
+            offered: AtomicU64::new(0),
         })
     }
 
@@ -387,6 +397,7 @@ impl Spread {
             finished: self.finished.load(Ordering::Relaxed),
             fenced: self.fenced.load(Ordering::Relaxed),
             refused: self.refused.load(Ordering::Relaxed),
+            offered: self.offered.load(Ordering::Relaxed),
         }
     }
 
@@ -488,6 +499,15 @@ pub(super) struct RunDispatch {
     /// Per node: the dependents whose waiting rows its successful finish counts down;
     /// set by [`prepare`](RunDispatch::prepare) when the run cascades.
     cascade: std::sync::OnceLock<PerNode>,
+    /// This worker is the run's first coordinator (a fresh launch, not a resumed or
+    /// taken-over run): every waiting row of the run was written here, before the
+    /// offers of its dependencies, so their successful finishes counted it down.
+    first: bool,
+    /// Per node: it has a waiting row the cascade makes ready (set with `cascade`, on
+    /// the first coordinator only).
+    cascaded: std::sync::OnceLock<Box<[bool]>>,
+    /// Nodes whose task the collector found succeeded.
+    succeeded: Mutex<std::collections::HashSet<u32>>,
     /// The run's task rows, where the collector records what the workers running its
     /// tasks report (their start, attempt, progress and log) as a local task's.
     journal: Option<Arc<RunJournal>>,
@@ -523,7 +543,8 @@ fn deadline(meta: &crate::task::TaskMeta, grace: Duration, lease: Duration) -> O
 impl RunDispatch {
     /// The dispatch of run `run` (token `run_token`) of `graph`, registered with the
     /// collector until [`unregister`](RunDispatch::unregister); what the workers report
-    /// of its tasks goes to `journal`.
+    /// of its tasks goes to `journal`. `first`: this worker launched the run (it is not
+    /// resumed nor taken over), so nothing of it was offered before.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn register(
         spread: &Arc<Spread>,
@@ -534,6 +555,7 @@ impl RunDispatch {
         lease: Duration,
         cancel: CancellationToken,
         journal: Option<Arc<RunJournal>>,
+        first: bool,
     ) -> Arc<RunDispatch> {
         let d = Arc::new(RunDispatch {
             spread: spread.clone(),
@@ -565,6 +587,9 @@ impl RunDispatch {
                 })
                 .collect(),
             cascade: std::sync::OnceLock::new(),
+            first,
+            cascaded: std::sync::OnceLock::new(),
+            succeeded: Mutex::default(),
             journal,
         });
         lock(&spread.coordinated).insert(run.to_owned(), d.clone());
@@ -622,6 +647,9 @@ impl RunDispatch {
         };
         drop(waiting);
         lock(&self.offered).remove(&node);
+        if end.outcome.is_ok() {
+            lock(&self.succeeded).insert(node);
+        }
         let outcome = end
             .outcome
             .map_err(|chain| BoxError::from(Box::new(RemoteTaskError::from_chain(&chain))));
@@ -645,6 +673,32 @@ impl RunDispatch {
 type PerNode = Box<[Box<[u32]>]>;
 
 impl RunDispatch {
+    /// Whether the cascade made `node` ready, so that its offer is not needed: on the
+    /// run's first coordinator only (a run resumed or taken over cannot know which
+    /// waiting rows were written before the ends of their dependencies), for a node
+    /// with a waiting row whose every dependency the collector found succeeded (each
+    /// such finish counted the row down in its statement; a failed, skipped or
+    /// tolerated dependency leaves the node to its offer). A run whose cancel came
+    /// meanwhile does not cascade, but its cancel marks the waiting row, which ends the
+    /// node cancelled.
+    fn cascade_made_ready(&self, node: u32) -> bool {
+        if !self.first
+            || !self
+                .cascaded
+                .get()
+                .and_then(|c| c.get(node as usize))
+                .copied()
+                .unwrap_or(false)
+        {
+            return false;
+        }
+        let Some(deps) = self.deps.get(node as usize) else {
+            return false;
+        };
+        let ok = lock(&self.succeeded);
+        deps.iter().all(|d| ok.contains(d))
+    }
+
     /// The waiting rows of a run that cascades, and each node's dependents counted down
     /// by its successful finish: nodes that succeeded already (`done`) are left out, a
     /// waiting node counts the dependencies that did not. `None` when the run does not
@@ -705,6 +759,15 @@ impl Dispatch for RunDispatch {
         if self.cascade.set(dependents).is_err() {
             return;
         }
+        if self.first {
+            let mut cascaded = vec![false; self.deps.len()];
+            for w in &waiting {
+                if let Some(c) = cascaded.get_mut(w.node as usize) {
+                    *c = true;
+                }
+            }
+            let _ = self.cascaded.set(cascaded.into_boxed_slice());
+        }
         // Before any offer of the run, on the same channel: written no later than the
         // offers of their dependencies.
         for w in waiting {
@@ -733,8 +796,25 @@ impl Dispatch for RunDispatch {
                 logged: 0,
             },
         );
+        if self.cascade_made_ready(node) {
+            // Its waiting row was counted down to 0 by its dependencies' finishes: it
+            // is claimable (or claimed, or ended) already and its offer would find
+            // nothing to do. Only watched for its end.
+            lock(&self.offered).insert(node);
+            lock(&self.fresh).insert(node);
+            self.spread.collect_wake.notify_one();
+            return Box::pin(async move {
+                rx.await.unwrap_or_else(|_| Dispatched {
+                    attempts: first,
+                    outcome: Err(BoxError::from(
+                        "the runtime stopped before the spread task ended",
+                    )),
+                })
+            });
+        }
         let (max_attempts, deadline_ms) =
             self.limits.get(node as usize).copied().unwrap_or((1, None));
+        self.spread.offered.fetch_add(1, Ordering::Relaxed);
         let _ = self.spread.offers.send(TaskOffer {
             run: self.run.clone(),
             run_token: self.run_token,
@@ -1633,16 +1713,29 @@ pub(super) async fn cancel_on(
         () = cancel.cancelled() => {}
         () = done.cancelled() => return,
     }
-    let Some(i) = inner.upgrade() else { return };
-    let r = run.clone();
-    if let Err(e) = i
-        .read(move |s| match s.task_queue() {
-            Some(q) => q.cancel(&r, run_token),
-            None => Ok(()),
-        })
-        .await
-    {
-        tracing::warn!(run = %run, error = %e, "cannot ask the run's spread tasks to cancel");
+    // Until it is written (or the run ended): a node the cascade made ready is not
+    // offered, and its waiting row, left waiting by a finish that saw the cancel, ends
+    // only with this mark.
+    loop {
+        let Some(i) = inner.upgrade() else { return };
+        let r = run.clone();
+        match i
+            .read(move |s| match s.task_queue() {
+                Some(q) => q.cancel(&r, run_token),
+                None => Ok(()),
+            })
+            .await
+        {
+            Ok(()) | Err(super::Error::ShuttingDown) => return,
+            Err(e) => {
+                tracing::warn!(run = %run, error = %e, "cannot ask the run's spread tasks to cancel; trying again");
+            }
+        }
+        drop(i);
+        tokio::select! {
+            () = tokio::time::sleep(POLL) => {}
+            () = done.cancelled() => return,
+        }
     }
 }
 
