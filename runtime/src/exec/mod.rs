@@ -19,7 +19,7 @@ pub(crate) use remote::RemoteRun;
 
 use std::collections::VecDeque;
 use std::error::Error as StdError;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 

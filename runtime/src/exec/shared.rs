@@ -349,8 +349,8 @@ pub(super) struct Csr {
 }
 
 /// The graph in CSR form, from each node's dependencies (the `i`th item: node `i`'s).
-/// Two passes over the dependencies, no intermediate edge list.
-pub(super) fn csr<'a>(deps: impl Iterator<Item = &'a [u32]> + Clone, n: usize) -> Csr {
+/// One pass over the graph's dependencies, then one over their copy: no intermediate edge list.
+pub(super) fn csr<'a>(deps: impl Iterator<Item = &'a [u32]>, n: usize) -> Csr {
     // Dependents: node `d`'s count in `offsets[d]`, summed up to where its list ends,
     // then filled from the back (nodes in reverse order), each decrement leaving
     // `offsets[d]` where the list starts: no second array of positions.
@@ -358,7 +358,7 @@ pub(super) fn csr<'a>(deps: impl Iterator<Item = &'a [u32]> + Clone, n: usize) -
     let mut dep_offsets = Vec::with_capacity(n + 1);
     dep_offsets.push(0u32);
     let mut dep_targets: Vec<u32> = Vec::new();
-    for ds in deps.clone() {
+    for ds in deps {
         for &d in ds {
             offsets[d as usize] += 1;
         }
