@@ -19,7 +19,7 @@ pub(crate) use remote::RemoteRun;
 
 use std::collections::VecDeque;
 use std::error::Error as StdError;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -84,7 +84,8 @@ pub(crate) trait Dispatch: Send + Sync {
 
     /// Called once, before the first node is dispatched: `done` says which nodes
     /// succeeded already (a resumed run's restored ones), `prior_attempts` the attempts
-    /// each node made before; `limited`: a concurrency limit (the run's or the
+    /// each node made before (shorter than the graph: the nodes past its end made none;
+    /// empty for a fresh run); `limited`: a concurrency limit (the run's or the
     /// runtime's) decides when a node starts, so none may start without the executor.
     fn prepare(&self, _done: &[bool], _prior_attempts: &[u32], _limited: bool) {}
 }
@@ -275,7 +276,7 @@ async fn drive_run(mut graph: Graph, mut cfg: RunConfig) -> (Option<RunReport>, 
     let mut settle: Vec<u32> = Vec::new();
     for (i, json, attempts, elapsed) in resume.done {
         let idx = i as usize;
-        if idx >= n || shared.claimed[idx].swap(true, Ordering::AcqRel) {
+        if idx >= n || shared.nodes[idx].claimed.swap(true, Ordering::AcqRel) {
             continue;
         }
         if let Some(j) = &shared.journal {
@@ -290,14 +291,14 @@ async fn drive_run(mut graph: Graph, mut cfg: RunConfig) -> (Option<RunReport>, 
             error: None,
             tolerated: false,
         };
-        shared.done_ok[idx].store(true, Ordering::Release);
+        shared.nodes[idx].done_ok.store(true, Ordering::Release);
         count_off(&shared, i, &mut settle);
     }
     if let Some(d) = &cfg.dispatch {
         let done: Vec<bool> = shared
-            .done_ok
+            .nodes
             .iter()
-            .map(|b| b.load(Ordering::Acquire))
+            .map(|c| c.done_ok.load(Ordering::Acquire))
             .collect();
         d.prepare(
             &done,
@@ -306,7 +307,7 @@ async fn drive_run(mut graph: Graph, mut cfg: RunConfig) -> (Option<RunReport>, 
         );
     }
     settle.extend(
-        (0..n as u32).filter(|&i| shared.remaining[i as usize].load(Ordering::Acquire) == 0),
+        (0..n as u32).filter(|&i| shared.nodes[i as usize].remaining.load(Ordering::Acquire) == 0),
     );
     let limit = cfg.max_concurrency.unwrap_or(usize::MAX).max(1);
     let mut cancel_seen = false;
@@ -410,9 +411,9 @@ async fn drive_run(mut graph: Graph, mut cfg: RunConfig) -> (Option<RunReport>, 
                     // Started (claimed while pending) and not ended by its worker: a
                     // worker that ended first has its end recorded or on the way.
                     let running = s.status == NodeStatus::Pending
-                        && shared.claimed[i].load(Ordering::Acquire)
-                        && !shared.done_ok[i].load(Ordering::Acquire);
-                    if running && !shared.ended[i].swap(true, Ordering::AcqRel) {
+                        && shared.nodes[i].claimed.load(Ordering::Acquire)
+                        && !shared.nodes[i].done_ok.load(Ordering::Acquire);
+                    if running && !shared.nodes[i].ended.swap(true, Ordering::AcqRel) {
                         let e: Arc<dyn StdError + Send + Sync> = Arc::new(CancelGraceExceeded {
                             task: shared.metas[i].name.to_owned(),
                             grace: cfg.grace,
@@ -424,7 +425,7 @@ async fn drive_run(mut graph: Graph, mut cfg: RunConfig) -> (Option<RunReport>, 
                         s.error = Some(e);
                         // What it did until it was abandoned: the attempts it started
                         // and the time since its start.
-                        s.attempts = shared.attempts_run[i].load(Ordering::Acquire);
+                        s.attempts = shared.nodes[i].attempts_run.load(Ordering::Acquire);
                         s.elapsed = shared.running_for(i);
                         // Its row says so too: the stored report agrees with this one.
                         if let Some(j) = &shared.journal {
@@ -441,7 +442,7 @@ async fn drive_run(mut graph: Graph, mut cfg: RunConfig) -> (Option<RunReport>, 
     // Successes were not reported one by one: their workers left them in `shared`.
     suspended |= halt_seen
         && state.iter().enumerate().any(|(i, s)| {
-            s.status == NodeStatus::Pending && !shared.done_ok[i].load(Ordering::Acquire)
+            s.status == NodeStatus::Pending && !shared.nodes[i].done_ok.load(Ordering::Acquire)
         });
     if suspended {
         tracing::info!(run = %info.run_id, "run suspended");
@@ -458,10 +459,10 @@ async fn drive_run(mut graph: Graph, mut cfg: RunConfig) -> (Option<RunReport>, 
         if s.status != NodeStatus::Pending {
             continue;
         }
-        if shared.done_ok[i].load(Ordering::Acquire) {
+        if shared.nodes[i].done_ok.load(Ordering::Acquire) {
             s.status = NodeStatus::Success;
-            s.attempts = shared.attempts_run[i].load(Ordering::Acquire);
-            s.elapsed = Duration::from_nanos(shared.elapsed_ns[i].load(Ordering::Acquire));
+            s.attempts = shared.nodes[i].attempts_run.load(Ordering::Acquire);
+            s.elapsed = Duration::from_nanos(shared.nodes[i].elapsed_ns.load(Ordering::Acquire));
         } else {
             s.status = NodeStatus::Cancelled;
             if let Some(j) = &shared.journal {
@@ -542,8 +543,6 @@ fn new_shared(
         dep_offsets,
         dep_targets,
     } = csr(graph.nodes.iter().map(crate::graph::Node::deps), n);
-    let mut prior_attempts = prior_attempts;
-    prior_attempts.resize(n, 0);
     let shared = Arc::new(Shared {
         slots: graph.nodes.iter().map(|n| Slot::new(n.readers)).collect(),
         ids,
@@ -556,24 +555,20 @@ fn new_shared(
         run_id: cfg.run_id.clone(),
         permits: cfg.permits.clone(),
         journal: cfg.journal.clone(),
-        remaining: graph
-            .nodes
-            .iter()
-            .map(|n| AtomicU32::new(n.deps().len() as u32))
+        nodes: dep_offsets
+            .windows(2)
+            .map(|w| shared::NodeCell {
+                remaining: AtomicU32::new(w[1] - w[0]),
+                ..shared::NodeCell::default()
+            })
             .collect(),
-        done_ok: (0..n).map(|_| AtomicBool::new(false)).collect(),
         some_failed: AtomicBool::new(false),
-        claimed: (0..n).map(|_| AtomicBool::new(false)).collect(),
-        ended: (0..n).map(|_| AtomicBool::new(false)).collect(),
         tasks: graph
             .nodes
             .iter_mut()
             .map(|n| Mutex::new(n.task.take()))
             .collect(),
-        attempts_run: (0..n).map(|_| AtomicU32::new(0)).collect(),
-        elapsed_ns: (0..n).map(|_| AtomicU64::new(0)).collect(),
         epoch: started,
-        started_ns: (0..n).map(|_| AtomicU64::new(0)).collect(),
         abandon: CancellationToken::new(),
         halt: cfg.halt.clone(),
         offsets,
@@ -673,7 +668,11 @@ fn count_off_failed(shared: &Shared, i: u32, settle: &mut Vec<u32>) {
 /// its dependents; those with no dependency left are settled by [`decide`].
 fn count_off(shared: &Shared, i: u32, settle: &mut Vec<u32>) {
     for &d in shared.dependents(i) {
-        if shared.remaining[d as usize].fetch_sub(1, Ordering::AcqRel) == 1 {
+        if shared.nodes[d as usize]
+            .remaining
+            .fetch_sub(1, Ordering::AcqRel)
+            == 1
+        {
             settle.push(d);
         }
     }
@@ -694,7 +693,7 @@ fn decide(
     info: &RunInfo,
 ) {
     let di = d as usize;
-    if shared.claimed[di].load(Ordering::Acquire) || state[di].status != NodeStatus::Pending {
+    if shared.nodes[di].claimed.load(Ordering::Acquire) || state[di].status != NodeStatus::Pending {
         return;
     }
     if cancelled {
@@ -705,7 +704,7 @@ fn decide(
         ready.push_back(d);
         return;
     }
-    let ok = |x: u32| shared.done_ok[x as usize].load(Ordering::Acquire);
+    let ok = |x: u32| shared.nodes[x as usize].done_ok.load(Ordering::Acquire);
     let node = &graph.nodes[di];
     let failed: Vec<u32> = node.deps().iter().copied().filter(|&x| !ok(x)).collect();
     if failed.is_empty() {
@@ -768,7 +767,7 @@ fn decide(
             state[di].error = Some(e);
         }
     }
-    shared.claimed[di].store(true, Ordering::Release);
+    shared.nodes[di].claimed.store(true, Ordering::Release);
     if let Some(j) = &shared.journal {
         record_end(j, di, &state[di], None, None);
     }

@@ -37,32 +37,17 @@ pub(super) struct Shared {
     pub(super) run_id: Arc<str>,
     pub(super) permits: Option<Arc<Semaphore>>,
     pub(super) journal: Option<Arc<RunJournal>>,
-    /// Dependencies not yet ended, per node.
-    pub(super) remaining: Box<[AtomicU32]>,
-    /// Set (release) when a node succeeded: its result is in its slot.
-    pub(super) done_ok: Box<[AtomicBool]>,
+    /// Each node's counters and flags (see [`NodeCell`]), in one array.
+    pub(super) nodes: Box<[NodeCell]>,
     /// Set (release) by the driver before it counts off a node that did not succeed (see
     /// [`count_off_failed`](super::count_off_failed)). A worker whose count-off ends a
     /// dependent's wait (an acquire on the same counter) sees it if any of the dependent's
     /// dependencies failed: while it is not set, every one of them succeeded, and the
     /// dependencies need not be looked at one by one.
     pub(super) some_failed: AtomicBool,
-    /// Set when a node was started or settled: it is started at most once.
-    pub(super) claimed: Box<[AtomicBool]>,
-    /// Set by whoever ends a started node first: its worker, or the driver abandoning it
-    /// after the cancellation grace period. The other one leaves the node alone.
-    pub(super) ended: Box<[AtomicBool]>,
     pub(super) tasks: Box<[TaskCell]>,
-    /// Attempts and elapsed nanoseconds of each node that succeeded, written by its
-    /// worker before `done_ok` (a success is not reported to the driver). The attempt
-    /// count is also written as each attempt starts, for a node abandoned after the
-    /// cancellation grace period.
-    pub(super) attempts_run: Box<[AtomicU32]>,
-    pub(super) elapsed_ns: Box<[AtomicU64]>,
-    /// When the run started, and when each node started (nanoseconds after `epoch`,
-    /// plus one; 0 while not started): how long an abandoned node had run.
+    /// When the run started (see [`NodeCell::started_ns`]).
     pub(super) epoch: Instant,
-    pub(super) started_ns: Box<[AtomicU64]>,
     /// Cancelled when the cancellation grace period is over: running nodes are dropped.
     pub(super) abandon: CancellationToken,
     /// The runtime suspends: nothing starts any more.
@@ -72,7 +57,9 @@ pub(super) struct Shared {
     pub(super) targets: Box<[u32]>,
     pub(super) dep_offsets: Box<[u32]>,
     pub(super) dep_targets: Box<[u32]>,
-    /// Attempts each node already made in an earlier, interrupted run of the graph.
+    /// Attempts each node already made in an earlier, interrupted run of the graph
+    /// (shorter than the graph, empty for a fresh run: the nodes past its end made none;
+    /// read through [`prior_attempts`](Self::prior_attempts)).
     pub(super) prior_attempts: Box<[u32]>,
     /// Workers start ready dependents themselves (no per-run concurrency limit).
     pub(super) workers_start_dependents: bool,
@@ -95,6 +82,31 @@ pub(super) struct Shared {
     pub(super) pooled: bool,
 }
 
+/// One node's counters and flags, together in one array of the run: a worker that ends
+/// a node and counts off its dependents reads and writes several of them, and a run
+/// makes one array (one allocation, one pass) instead of one per field.
+#[derive(Default)]
+pub(super) struct NodeCell {
+    /// Dependencies not yet ended.
+    pub(super) remaining: AtomicU32,
+    /// Attempts made, written by the node's worker before `done_ok` when it succeeded (a
+    /// success is not reported to the driver), and as each attempt starts, for a node
+    /// abandoned after the cancellation grace period.
+    pub(super) attempts_run: AtomicU32,
+    /// Nanoseconds the node ran when it succeeded, written with `attempts_run`.
+    pub(super) elapsed_ns: AtomicU64,
+    /// When the node started: nanoseconds after [`Shared::epoch`], plus one; 0 while not
+    /// started (how long an abandoned node had run).
+    pub(super) started_ns: AtomicU64,
+    /// Set (release) when the node succeeded: its result is in its slot.
+    pub(super) done_ok: AtomicBool,
+    /// Set when the node was started or settled: it is started at most once.
+    pub(super) claimed: AtomicBool,
+    /// Set by whoever ends the started node first: its worker, or the driver abandoning
+    /// it after the cancellation grace period. The other one leaves the node alone.
+    pub(super) ended: AtomicBool,
+}
+
 /// How many nodes a worker queues under one lock of the queue.
 const QUEUE_BATCH: usize = 64;
 
@@ -106,18 +118,25 @@ impl Shared {
     pub(super) fn mark_started(&self, i: u32, at: Instant) {
         let ns = u64::try_from(at.saturating_duration_since(self.epoch).as_nanos())
             .unwrap_or(u64::MAX - 1);
-        self.started_ns[i as usize].store(ns + 1, Ordering::Relaxed);
+        self.nodes[i as usize]
+            .started_ns
+            .store(ns + 1, Ordering::Relaxed);
     }
 
     /// How long node `i` has been running (zero when it never started).
     pub(super) fn running_for(&self, i: usize) -> Duration {
-        match self.started_ns[i].load(Ordering::Relaxed) {
+        match self.nodes[i].started_ns.load(Ordering::Relaxed) {
             0 => Duration::ZERO,
             ns => self
                 .epoch
                 .elapsed()
                 .saturating_sub(Duration::from_nanos(ns - 1)),
         }
+    }
+
+    /// Attempts node `i` already made in an earlier, interrupted run of the graph.
+    pub(super) fn prior_attempts(&self, i: u32) -> u32 {
+        self.prior_attempts.get(i as usize).copied().unwrap_or(0)
     }
 
     pub(super) fn dependents(&self, i: u32) -> &[u32] {
@@ -132,7 +151,7 @@ impl Shared {
     pub(super) fn all_deps_ok(&self, i: u32) -> bool {
         self.deps(i)
             .iter()
-            .all(|&d| self.done_ok[d as usize].load(Ordering::Acquire))
+            .all(|&d| self.nodes[d as usize].done_ok.load(Ordering::Acquire))
     }
 
     /// Starts node `i` unless it was started or settled already.
@@ -174,7 +193,7 @@ impl Shared {
                 return;
             }
             while let Some(i) = ready.pop_front() {
-                if self.claimed[i as usize].swap(true, Ordering::AcqRel) {
+                if self.nodes[i as usize].claimed.swap(true, Ordering::AcqRel) {
                     continue;
                 }
                 if let Some(task) = lock(&self.tasks[i as usize]).take() {
@@ -247,7 +266,7 @@ impl Shared {
     /// `count`: count it in flight (not when it takes the place of the node that made it
     /// ready, in the same worker, see [`release_success`](Self::release_success)).
     pub(super) fn claim(&self, i: u32, count: bool) -> Option<Box<dyn ErasedTask>> {
-        if self.halt.is_halted() || self.claimed[i as usize].swap(true, Ordering::AcqRel) {
+        if self.halt.is_halted() || self.nodes[i as usize].claimed.swap(true, Ordering::AcqRel) {
             return None;
         }
         let task = lock(&self.tasks[i as usize]).take()?;
@@ -263,7 +282,9 @@ impl Shared {
     /// not under a runtime-wide limit, where every node waits for a permit of its own.
     pub(super) fn release_success(self: &Arc<Self>, i: u32) -> Option<(u32, Box<dyn ErasedTask>)> {
         let keep_one = self.permits.is_none();
-        self.done_ok[i as usize].store(true, Ordering::Release);
+        self.nodes[i as usize]
+            .done_ok
+            .store(true, Ordering::Release);
         let mut next = None;
         // Read once per node, not per dependent (an atomic load of the run's flag): a
         // cancel that comes during the loop is as if it came after it.
@@ -273,7 +294,11 @@ impl Shared {
         let mut queue = None;
         let mut queued = 0;
         for &d in self.dependents(i) {
-            if self.remaining[d as usize].fetch_sub(1, Ordering::AcqRel) == 1 {
+            if self.nodes[d as usize]
+                .remaining
+                .fetch_sub(1, Ordering::AcqRel)
+                == 1
+            {
                 if self.workers_start_dependents
                     && !*cancelled.get_or_insert_with(|| self.scope.cancelled.is_set())
                     && (!self.some_failed.load(Ordering::Acquire) || self.all_deps_ok(d))
@@ -324,29 +349,35 @@ pub(super) struct Csr {
 }
 
 /// The graph in CSR form, from each node's dependencies (the `i`th item: node `i`'s).
-/// Two passes over the dependencies, no intermediate edge list.
-pub(super) fn csr<'a>(deps: impl Iterator<Item = &'a [u32]> + Clone, n: usize) -> Csr {
+/// One pass over the graph's dependencies, then one over their copy: no intermediate edge list.
+pub(super) fn csr<'a>(deps: impl Iterator<Item = &'a [u32]>, n: usize) -> Csr {
+    // Dependents: node `d`'s count in `offsets[d]`, summed up to where its list ends,
+    // then filled from the back (nodes in reverse order), each decrement leaving
+    // `offsets[d]` where the list starts: no second array of positions.
     let mut offsets = vec![0u32; n + 1];
     let mut dep_offsets = Vec::with_capacity(n + 1);
     dep_offsets.push(0u32);
     let mut dep_targets: Vec<u32> = Vec::new();
-    for ds in deps.clone() {
+    for ds in deps {
         for &d in ds {
-            offsets[d as usize + 1] += 1;
+            offsets[d as usize] += 1;
         }
         dep_targets.extend_from_slice(ds);
         dep_offsets.push(u32::try_from(dep_targets.len()).unwrap_or(u32::MAX));
     }
-    for i in 0..n {
-        offsets[i + 1] += offsets[i];
+    let mut sum = 0u32;
+    for o in &mut offsets[..n] {
+        sum += *o;
+        *o = sum;
     }
-    let mut fill = offsets.clone();
-    let mut targets = vec![0u32; offsets[n] as usize];
-    for (i, ds) in deps.enumerate() {
+    offsets[n] = sum;
+    let mut targets = vec![0u32; sum as usize];
+    for i in (0..n).rev() {
+        let ds = &dep_targets[dep_offsets[i] as usize..dep_offsets[i + 1] as usize];
         for &d in ds {
-            let at = &mut fill[d as usize];
+            let at = &mut offsets[d as usize];
+            *at -= 1;
             targets[*at as usize] = i as u32;
-            *at += 1;
         }
     }
     Csr {

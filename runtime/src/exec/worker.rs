@@ -88,7 +88,7 @@ pub(super) async fn run_one(
         Some(sem) => sem.clone().acquire_owned().await.ok(),
         None => None,
     };
-    let first = shared.prior_attempts[i as usize];
+    let first = shared.prior_attempts(i);
     let meta = shared.metas[i as usize];
     let started = Instant::now();
     let ran = match &shared.dispatch {
@@ -109,7 +109,7 @@ pub(super) async fn run_one(
     let elapsed = ended_at.saturating_duration_since(started);
     // Abandoned after the cancellation grace period: the driver ended it.
     let (attempts, result) = ran?;
-    if shared.ended[i as usize].swap(true, Ordering::AcqRel) {
+    if shared.nodes[i as usize].ended.swap(true, Ordering::AcqRel) {
         return None;
     }
     let ok = result.is_ok();
@@ -139,8 +139,10 @@ pub(super) async fn run_one(
         Err(e) => Err(e),
     };
     if ok {
-        shared.attempts_run[i as usize].store(attempts, Ordering::Relaxed);
-        shared.elapsed_ns[i as usize].store(
+        shared.nodes[i as usize]
+            .attempts_run
+            .store(attempts, Ordering::Relaxed);
+        shared.nodes[i as usize].elapsed_ns.store(
             u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX),
             Ordering::Relaxed,
         );
@@ -257,7 +259,9 @@ pub(super) async fn attempts(
         this_run = this_run.saturating_add(1);
         let attempt = first.saturating_add(this_run);
         // Read only if the node is abandoned after the cancellation grace period.
-        shared.attempts_run[i as usize].store(attempt, Ordering::Relaxed);
+        shared.nodes[i as usize]
+            .attempts_run
+            .store(attempt, Ordering::Relaxed);
         let span = attempt_span(shared, i, meta, attempt);
         let ctx = Ctx::new(shared.scope.clone(), i, meta.name, attempt);
         let outcome = if shared.hooks.is_empty() {
