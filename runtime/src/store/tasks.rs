@@ -259,8 +259,9 @@ pub trait TaskQueue: Send + Sync {
     /// a repeated finish counts nothing again) counts down the waiting rows of its
     /// [`dependents`](TaskOffer::dependents) of the same run token, and those reaching
     /// 0 become ready, unless the run asked for a cancel. A waiting row another
-    /// statement holds locked is skipped (never waited for): it is left to its
-    /// coordinator's offer.
+    /// statement holds locked is waited for (rows are locked in (run, node) order, as
+    /// the cancel and the offer lock them, so finishes do not deadlock each other): a
+    /// skipped count-down would leave the row to its coordinator's offer.
     fn finish(&self, ends: &[(TaskClaim, TaskEnd)]) -> Result<Vec<bool>, StoreError>;
 
     /// [`finish`](TaskQueue::finish), which also claims for `owner` (as
