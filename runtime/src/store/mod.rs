@@ -1327,6 +1327,38 @@ pub trait Store: Send + Sync + 'static {
         Ok(Vec::new())
     }
 
+    /// [`claim_expired`](Store::claim_expired) that also takes the expired leases of
+    /// `owner` itself, except those of the runs in `live` (the runs `owner` drives now,
+    /// whose leases its heartbeat renews). Such a lease is one `owner` does not know it
+    /// holds: a claim whose answer was lost (the statement committed, the connection
+    /// broke, the retry found the lease already its own), or a run it stopped itself
+    /// when it lost the store. Without it, a single worker would never resume that run.
+    ///
+    /// The default calls [`claim_expired`](Store::claim_expired) (no lease of `owner`
+    /// is taken): right for single-process stores, which return nothing anyway.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use procession::store::{MemoryStore, Store};
+    /// let store = MemoryStore::new();
+    /// // A single-process store resumes its runs at start: nothing to take over.
+    /// let taken = store.claim_expired_except("w1", &["job"], 30_000, 64, &["run-1"])?;
+    /// assert!(taken.is_empty());
+    /// # Ok::<(), procession::store::StoreError>(())
+    /// ```
+    fn claim_expired_except(
+        &self,
+        owner: &str,
+        process_types: &[&str],
+        ttl_ms: u64,
+        limit: usize,
+        live: &[&str],
+    ) -> Result<Vec<Lease>, StoreError> {
+        let _ = live;
+        self.claim_expired(owner, process_types, ttl_ms, limit)
+    }
+
     /// [`update`](Store::update), and when `f` writes (a put or a delete), the deliveries
     /// it returned added to the outbox in the same atomic write; deliveries whose id is
     /// already there are left as they are.
@@ -1500,6 +1532,16 @@ impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
         limit: usize,
     ) -> Result<Vec<Lease>, StoreError> {
         (**self).claim_expired(owner, process_types, ttl_ms, limit)
+    }
+    fn claim_expired_except(
+        &self,
+        owner: &str,
+        process_types: &[&str],
+        ttl_ms: u64,
+        limit: usize,
+        live: &[&str],
+    ) -> Result<Vec<Lease>, StoreError> {
+        (**self).claim_expired_except(owner, process_types, ttl_ms, limit, live)
     }
     fn task_queue(&self) -> Option<&dyn TaskQueue> {
         (**self).task_queue()

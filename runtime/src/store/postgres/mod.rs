@@ -342,7 +342,7 @@ impl PgStore {
             (
                 "claim_expired",
                 CLAIM_EXPIRED_SQL,
-                format!("'explain-worker', {types}, 30000, 64"),
+                format!("'explain-worker', {types}, 30000, 64, ARRAY['explain-run']"),
             ),
             ("fence", TOKENS_SQL, "ARRAY['explain-run']".into()),
             (
@@ -375,6 +375,49 @@ impl PgStore {
     /// only for statements that are safe to repeat, see `pool.rs`).
     fn with<T>(&self, f: impl FnMut(&mut Conn) -> Result<T, PgError>) -> Result<T, StoreError> {
         self.pool.call(f).map_err(|e| self.failed(e))
+    }
+
+    /// [`Store::claim_expired_except`] with `live` the runs live on `owner`; `None`:
+    /// none of `owner`'s leases is taken ([`Store::claim_expired`]).
+    fn claim_expired_with(
+        &self,
+        owner: &str,
+        process_types: &[&str],
+        ttl_ms: u64,
+        limit: usize,
+        live: Option<&[&str]>,
+    ) -> Result<Vec<Lease>, StoreError> {
+        if process_types.is_empty() || limit == 0 {
+            return Ok(Vec::new());
+        }
+        self.with(|c| {
+            // Active runs of these types that no live worker holds, children first; the
+            // record rows a concurrent claim locked are skipped, and the conflict
+            // clause re-checks the expiry on the row as it is now, so two workers never
+            // both take a run. An expired lease of this very worker is taken only for a
+            // run it does not drive (`live` lists those it does; its heartbeat renews
+            // them): a claim whose answer was lost, or a run it stopped itself.
+            let rows = c.query(
+                CLAIM_EXPIRED_SQL,
+                &[
+                    &owner,
+                    &process_types,
+                    &to_i64(ttl_ms),
+                    &to_i64(limit as u64),
+                    &live,
+                ],
+            )?;
+            rows.iter()
+                .map(|r| {
+                    Ok(Lease {
+                        run: r.try_get(0)?,
+                        owner: owner.to_owned(),
+                        token: to_u64(r.try_get(1)?),
+                        expires_at: to_u64(r.try_get(2)?),
+                    })
+                })
+                .collect()
+        })
     }
 
     /// [`with`](PgStore::with) on a connection that plans generic plans from a
@@ -1278,35 +1321,19 @@ impl Store for PgStore {
         ttl_ms: u64,
         limit: usize,
     ) -> Result<Vec<Lease>, StoreError> {
-        if process_types.is_empty() || limit == 0 {
-            return Ok(Vec::new());
-        }
-        self.with(|c| {
-            // Active runs of these types that no live worker holds, children first; the
-            // record rows a concurrent claim locked are skipped, and the conflict
-            // clause re-checks the expiry on the row as it is now, so two workers never
-            // both take a run. A lease of this very worker is never taken over: it is
-            // alive, and its heartbeat renews it.
-            let rows = c.query(
-                CLAIM_EXPIRED_SQL,
-                &[
-                    &owner,
-                    &process_types,
-                    &to_i64(ttl_ms),
-                    &to_i64(limit as u64),
-                ],
-            )?;
-            rows.iter()
-                .map(|r| {
-                    Ok(Lease {
-                        run: r.try_get(0)?,
-                        owner: owner.to_owned(),
-                        token: to_u64(r.try_get(1)?),
-                        expires_at: to_u64(r.try_get(2)?),
-                    })
-                })
-                .collect()
-        })
+        // No list of live runs: every lease of `owner` counts as live.
+        self.claim_expired_with(owner, process_types, ttl_ms, limit, None)
+    }
+
+    fn claim_expired_except(
+        &self,
+        owner: &str,
+        process_types: &[&str],
+        ttl_ms: u64,
+        limit: usize,
+        live: &[&str],
+    ) -> Result<Vec<Lease>, StoreError> {
+        self.claim_expired_with(owner, process_types, ttl_ms, limit, Some(live))
     }
 
     fn delivery(&self, id: &str) -> Result<Option<Delivery>, StoreError> {
@@ -1504,13 +1531,20 @@ LEFT JOIN procession_records r ON r.id = b.run"
 /// The takeover: claims active runs of some types whose lease expired (or that have
 /// none). The active states are literals (checked by a unit test), so that even a generic plan
 /// of the prepared statement reads the partial index of active runs.
+///
+/// An expired lease of the claiming worker (`$1`) is taken too unless its run is one
+/// of `$5`, the runs live on that worker (`NULL`: all of them, so no own lease is
+/// taken): a claim of this worker whose answer was lost, or a run it stopped itself
+/// (self-fencing), is resumed by its own poll, and a run it drives is never taken
+/// twice.
 const CLAIM_EXPIRED_SQL: &str = "
 WITH cand AS MATERIALIZED (
     SELECT r.id FROM procession_records r
     WHERE r.state IN (1, 2, 5, 6) AND r.process_type = ANY($2)
       AND NOT EXISTS (
           SELECT 1 FROM procession_leases l WHERE l.run = r.id
-            AND (l.expires_at > procession_now_ms() OR l.owner = $1))
+            AND (l.expires_at > procession_now_ms()
+                 OR (l.owner = $1 AND ($5::text[] IS NULL OR l.run = ANY($5)))))
     ORDER BY (r.parent IS NULL), r.created_at, r.id
     LIMIT $4
     FOR UPDATE OF r SKIP LOCKED)
@@ -1518,7 +1552,9 @@ INSERT INTO procession_leases AS l (run, owner, token, expires_at)
 SELECT id, $1, 1, procession_now_ms() + $3 FROM cand
 ON CONFLICT (run) DO UPDATE
     SET owner = EXCLUDED.owner, token = l.token + 1, expires_at = EXCLUDED.expires_at
-    WHERE l.expires_at <= procession_now_ms() AND l.owner <> EXCLUDED.owner
+    WHERE l.expires_at <= procession_now_ms()
+      AND (l.owner <> EXCLUDED.owner
+           OR NOT ($5::text[] IS NULL OR l.run = ANY($5)))
 RETURNING run, token, expires_at";
 
 /// The current tokens of some runs, locked against a concurrent claim (the fence of a
