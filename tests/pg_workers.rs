@@ -1187,3 +1187,140 @@ async fn a_queued_schedule_fire_is_launched_once_across_workers() {
     assert_eq!(fired.len(), n, "a fire was launched twice");
     assert!(!SLOW_OVERLAP.load(Ordering::Acquire), "two runs at once");
 }
+
+static OWN_STARTS: AtomicU32 = AtomicU32::new(0);
+static OWN_GATE: AtomicBool = AtomicBool::new(false);
+
+/// Counts its starts, then waits for the gate (a shutdown does not end it: its run
+/// stays active).
+#[task]
+async fn own_task(ctx: &Ctx) -> u32 {
+    OWN_STARTS.fetch_add(1, Ordering::AcqRel);
+    while !OWN_GATE.load(Ordering::Acquire) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    ctx.attempt()
+}
+
+#[process]
+fn own_lease(p: &mut Builder) {
+    p.task(OwnTask::new());
+}
+
+/// Waits (up to a minute) until `OWN_STARTS` reaches `n`.
+async fn own_starts(n: u32, what: &str) {
+    let mut tries = 0;
+    while OWN_STARTS.load(Ordering::Acquire) < n {
+        tries += 1;
+        assert!(tries < 3000, "{what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The owner and token of run `id`'s lease.
+fn lease_of(url: &str, id: &str) -> (String, i64) {
+    let r = rows(
+        url,
+        &format!("SELECT owner, token FROM procession_leases WHERE run = '{id}'"),
+    );
+    (r[0].get(0), r[0].get(1))
+}
+
+// Issue 14, a takeover claim whose answer was lost: the claim committed, the connection
+// broke, the pool ran the statement again and found the lease already this worker's, so
+// the worker never learnt it holds the run. Its heartbeat does not renew that lease; once
+// it expires, the single worker's own takeover poll must take the run (nobody else
+// will), and the run ends there. Then a run this worker drives, whose lease looks
+// expired (written so by hand, again and again), is never taken a second time by it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_worker_takes_back_its_own_expired_lease_of_a_run_it_does_not_drive() {
+    let Some(url) = database("ownlease") else {
+        return;
+    };
+    // The run is made by a first runtime that suspends it (its task never ends by
+    // itself) and is gone; its lease is then made unexpired, so that the worker under
+    // test does not take it at start.
+    let first = Runtime::connect(url.clone())
+        .lease(Duration::from_secs(1))
+        .cancel_grace(Duration::from_millis(100))
+        .register::<OwnLease>()
+        .start()
+        .await
+        .unwrap();
+    drop(
+        first
+            .launch(Launch::new(OwnLease {}).id("lost"))
+            .await
+            .unwrap(),
+    );
+    own_starts(1, "the task never started on the first runtime").await;
+    first.shutdown().await.unwrap();
+    assert_eq!(run_state(&url, "lost"), Some(State::Running));
+    sql(
+        &url,
+        "UPDATE procession_leases SET expires_at = procession_now_ms() + 600000
+         WHERE run = 'lost'",
+    );
+    let lease = Duration::from_secs(1);
+    let rt = Runtime::connect(url.clone())
+        .lease(lease)
+        .register::<OwnLease>()
+        .start()
+        .await
+        .unwrap();
+    let me = rt.worker_id().to_owned();
+    assert_ne!(lease_of(&url, "lost").0, me, "taken at start");
+    // What the lost answer left, once its lease time passed: the lease is this worker's
+    // (a new token), expired, and the run is not live here.
+    sql(
+        &url,
+        &format!(
+            "UPDATE procession_leases SET owner = '{me}', token = token + 1, expires_at = 1
+             WHERE run = 'lost'"
+        ),
+    );
+    let (_, lost_token) = lease_of(&url, "lost");
+    own_starts(2, "the worker never took back its own expired lease").await;
+    let (owner, token) = lease_of(&url, "lost");
+    assert_eq!(owner, me);
+    assert!(token > lost_token, "taken under a new token");
+    OWN_GATE.store(true, Ordering::Release);
+    let report = tokio::time::timeout(Duration::from_mins(1), rt.wait("lost"))
+        .await
+        .expect("the run ends on the worker")
+        .unwrap();
+    assert!(report.is_success(), "{:?}", report.status);
+    assert_eq!(OWN_STARTS.load(Ordering::Acquire), 2);
+
+    // A run driven here: its lease made to look expired for three lease times (several
+    // takeover polls) is left alone; the heartbeat keeps renewing it.
+    OWN_GATE.store(false, Ordering::Release);
+    let run = rt
+        .launch(Launch::new(OwnLease {}).id("driven"))
+        .await
+        .unwrap();
+    own_starts(3, "the driven run never started").await;
+    let (_, driven_token) = lease_of(&url, "driven");
+    let until = Instant::now() + lease * 3;
+    while Instant::now() < until {
+        sql(
+            &url,
+            "UPDATE procession_leases SET expires_at = 1 WHERE run = 'driven'",
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        lease_of(&url, "driven"),
+        (me.clone(), driven_token),
+        "a run live here was claimed again"
+    );
+    assert_eq!(OWN_STARTS.load(Ordering::Acquire), 3, "started twice");
+    OWN_GATE.store(true, Ordering::Release);
+    let report = tokio::time::timeout(Duration::from_mins(1), run.wait())
+        .await
+        .expect("the driven run ends")
+        .unwrap();
+    assert!(report.is_success(), "{:?}", report.status);
+    assert_eq!(OWN_STARTS.load(Ordering::Acquire), 3);
+    rt.shutdown().await.unwrap();
+}

@@ -97,6 +97,13 @@ impl Runtime {
     /// Claims the active runs of the process types registered here that no live worker
     /// holds (lease expired, or none), and resumes them: finished tasks keep their
     /// results, the others run again. Returns how many were claimed.
+    ///
+    /// An expired lease of this worker is claimed too when its run is not live here:
+    /// a claim whose answer was lost (the store ran it again and found the lease
+    /// already this worker's), or a run stopped by [`self_fence`]. The runs live here
+    /// (launched, reserved, or resumed) are never claimed again. Calls never overlap
+    /// (the start's, then the poll's), and each resumes what it claimed before it
+    /// returns, so a run it claims is live here before the next call lists them.
     pub(super) async fn take_over(&self) -> Result<usize> {
         let mut types: Vec<&'static str> = self.inner.registry.keys().copied().collect();
         types.sort_unstable();
@@ -107,11 +114,15 @@ impl Runtime {
                 self.inner.lease_ms,
                 types.clone(),
             );
+            // Listed before the claim: a run that starts here after it holds a fresh
+            // lease, which the claim leaves alone.
+            let live: Vec<String> = self.inner.active().keys().cloned().collect();
             let leases = self
                 .inner
                 .write(move |s| {
+                    let live: Vec<&str> = live.iter().map(String::as_str).collect();
                     Ok((
-                        s.claim_expired(&worker, &types2, ttl, TAKEOVER_BATCH)?,
+                        s.claim_expired_except(&worker, &types2, ttl, TAKEOVER_BATCH, &live)?,
                         Vec::new(),
                     ))
                 })
