@@ -338,6 +338,31 @@ async fn wait_watching_rows(url: &str, run: RunHandle) -> (RunReport, usize, usi
     (r, seen, waiting)
 }
 
+/// A task offer of process type `cascade` (one attempt, no deadline) for the finish
+/// statement's tests: `pending` dependencies to wait for, `dependents` to count down.
+fn offer(run: &str, token: u64, node: u32, pending: u32, dependents: &[u32]) -> TaskOffer {
+    TaskOffer {
+        run: run.into(),
+        run_token: token,
+        node,
+        process_type: "cascade".into(),
+        attempts: 0,
+        max_attempts: 1,
+        deadline_ms: None,
+        pending_deps: pending,
+        dependents: dependents.to_vec(),
+    }
+}
+
+/// A successful end of one attempt with result `v`.
+fn succeeded(v: &str) -> TaskEnd {
+    TaskEnd {
+        attempts: 1,
+        elapsed_ns: 1,
+        outcome: Ok(Arc::from(v)),
+    }
+}
+
 // The statements alone, with no coordinator: a successful finish makes a dependent
 // whose dependencies all succeeded claimable; a failure, a fenced finish and a repeated
 // finish do not count it down (again); an end stored before the waiting row existed
@@ -352,22 +377,10 @@ fn the_finish_statement_makes_dependents_ready() {
         let store = PgStore::connect(&url).unwrap();
         let q = store.task_queue().expect("PostgreSQL has a task queue");
         let token = u64::MAX - 9;
-        let row = |run: &str, node: u32, pending: u32, dependents: &[u32]| TaskOffer {
-            run: run.into(),
-            run_token: token,
-            node,
-            process_type: "cascade".into(),
-            attempts: 0,
-            max_attempts: 1,
-            deadline_ms: None,
-            pending_deps: pending,
-            dependents: dependents.to_vec(),
+        let row = |run: &str, node: u32, pending: u32, dependents: &[u32]| {
+            offer(run, token, node, pending, dependents)
         };
-        let ok = |v: &str| TaskEnd {
-            attempts: 1,
-            elapsed_ns: 1,
-            outcome: Ok(Arc::from(v)),
-        };
+        let ok = succeeded;
         let failed = TaskEnd {
             attempts: 1,
             elapsed_ns: 1,
@@ -498,21 +511,13 @@ fn the_finish_statement_hands_ready_dependents_to_its_worker() {
         let q = store.task_queue().expect("PostgreSQL has a task queue");
         let token = 77;
         let row = |node: u32, kind: &str, pending: u32, dependents: &[u32]| TaskOffer {
-            run: "h".into(),
-            run_token: token,
-            node,
             process_type: kind.into(),
             attempts: 2,
             max_attempts: 3,
             deadline_ms: Some(60_000),
-            pending_deps: pending,
-            dependents: dependents.to_vec(),
+            ..offer("h", token, node, pending, dependents)
         };
-        let ok = TaskEnd {
-            attempts: 1,
-            elapsed_ns: 1,
-            outcome: Ok(Arc::from("1")),
-        };
+        let ok = succeeded("1");
         let nodes = |c: &[ClaimedTask]| {
             let mut n: Vec<u32> = c.iter().map(|c| c.claim.node).collect();
             n.sort_unstable();
@@ -607,22 +612,10 @@ fn a_finish_waits_for_a_waiting_row_another_statement_holds() {
         let store = PgStore::connect(&url).unwrap();
         let q = store.task_queue().expect("PostgreSQL has a task queue");
         let token = 5;
-        let row = |node: u32, pending: u32, dependents: &[u32]| TaskOffer {
-            run: "l".into(),
-            run_token: token,
-            node,
-            process_type: "cascade".into(),
-            attempts: 0,
-            max_attempts: 1,
-            deadline_ms: None,
-            pending_deps: pending,
-            dependents: dependents.to_vec(),
+        let row = |node: u32, pending: u32, dependents: &[u32]| {
+            offer("l", token, node, pending, dependents)
         };
-        let ok = TaskEnd {
-            attempts: 1,
-            elapsed_ns: 1,
-            outcome: Ok(Arc::from("1")),
-        };
+        let ok = succeeded("1");
         // 0 -> 1: 1 waits for 0 alone.
         q.offer(&[row(0, 0, &[1]), row(1, 1, &[])]).unwrap();
         let zero = q.claim("w1", &["cascade"], 60_000, 10).unwrap();
@@ -679,22 +672,10 @@ fn a_finish_notifies_only_when_another_worker_has_work() {
         let store = PgStore::connect(&url).unwrap();
         let q = store.task_queue().expect("PostgreSQL has a task queue");
         let token = 9;
-        let row = |node: u32, pending: u32, dependents: &[u32]| TaskOffer {
-            run: "n".into(),
-            run_token: token,
-            node,
-            process_type: "cascade".into(),
-            attempts: 0,
-            max_attempts: 1,
-            deadline_ms: None,
-            pending_deps: pending,
-            dependents: dependents.to_vec(),
+        let row = |node: u32, pending: u32, dependents: &[u32]| {
+            offer("n", token, node, pending, dependents)
         };
-        let ok = TaskEnd {
-            attempts: 1,
-            elapsed_ns: 1,
-            outcome: Ok(Arc::from("1")),
-        };
+        let ok = succeeded("1");
         // w1 coordinates run `n` (holds its lease).
         pg::sql(
             &url,
