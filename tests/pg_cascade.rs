@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use procession::prelude::*;
-use procession::store::{ClaimedTask, PgStore, Store, TaskEnd, TaskOffer};
+use procession::store::{ClaimedTask, PgStore, Store, TaskEnd, TaskOffer, TaskQueue};
 use procession::{RunHandle, RunStatus, TaskStatus};
 
 mod pg;
@@ -363,6 +363,24 @@ fn succeeded(v: &str) -> TaskEnd {
     }
 }
 
+/// `who` finishes `task` with a success (result `1`), with room to take `room` of the
+/// tasks it made ready: what was stored, and what was handed over.
+fn finish_one(
+    q: &dyn TaskQueue,
+    task: &ClaimedTask,
+    who: &str,
+    room: usize,
+) -> (Vec<bool>, Vec<ClaimedTask>) {
+    q.finish_and_claim(
+        &[(task.claim.clone(), succeeded("1"))],
+        who,
+        &["cascade"],
+        60_000,
+        room,
+    )
+    .unwrap()
+}
+
 // The statements alone, with no coordinator: a successful finish makes a dependent
 // whose dependencies all succeeded claimable; a failure, a fenced finish and a repeated
 // finish do not count it down (again); an end stored before the waiting row existed
@@ -535,15 +553,7 @@ fn the_finish_statement_hands_ready_dependents_to_its_worker() {
         let zero = q.claim("w1", &["cascade"], 60_000, 10).unwrap();
         assert_eq!(nodes(&zero), vec![0]);
         // Room for one: 1 is handed over (the lowest node), 2 and 3 become ready.
-        let (stored, handed) = q
-            .finish_and_claim(
-                &[(zero[0].claim.clone(), ok.clone())],
-                "w1",
-                &["cascade"],
-                60_000,
-                1,
-            )
-            .unwrap();
+        let (stored, handed) = finish_one(q, &zero[0], "w1", 1);
         assert_eq!(stored, vec![true]);
         assert_eq!(nodes(&handed), vec![1]);
         let one = &handed[0];
@@ -675,7 +685,6 @@ fn a_finish_notifies_only_when_another_worker_has_work() {
         let row = |node: u32, pending: u32, dependents: &[u32]| {
             offer("n", token, node, pending, dependents)
         };
-        let ok = succeeded("1");
         // w1 coordinates run `n` (holds its lease).
         pg::sql(
             &url,
@@ -708,52 +717,20 @@ fn a_finish_notifies_only_when_another_worker_has_work() {
         claimed.sort_by_key(|c| c.claim.node);
         assert_eq!(claimed.len(), 2, "0 and 3");
         // The coordinator finishes 0 and takes 1: nobody else has anything to do.
-        let (stored, handed) = q
-            .finish_and_claim(
-                &[(claimed[0].claim.clone(), ok.clone())],
-                "w1",
-                &["cascade"],
-                60_000,
-                1,
-            )
-            .unwrap();
+        let (stored, handed) = finish_one(q, &claimed[0], "w1", 1);
         assert_eq!((stored, handed.len()), (vec![true], 1));
         assert!(heard(&mut listener).is_empty(), "no notification");
         // Without room, 1's dependent 2 is left ready: the others are told.
-        let (stored, handed) = q
-            .finish_and_claim(
-                &[(handed[0].claim.clone(), ok.clone())],
-                "w1",
-                &["cascade"],
-                60_000,
-                0,
-            )
-            .unwrap();
+        let (stored, handed) = finish_one(q, &handed[0], "w1", 0);
         assert_eq!((stored, handed.len()), (vec![true], 0));
         assert_eq!(heard(&mut listener), vec![String::new()]);
         // Another worker's success that counted its dependent down (and took it) leaves
         // the coordinator nothing to do: it reads the end at its next poll.
-        let (stored, handed) = q
-            .finish_and_claim(
-                &[(claimed[1].claim.clone(), ok.clone())],
-                "w2",
-                &["cascade"],
-                60_000,
-                1,
-            )
-            .unwrap();
+        let (stored, handed) = finish_one(q, &claimed[1], "w2", 1);
         assert_eq!((stored, handed.len()), (vec![true], 1));
         assert!(heard(&mut listener).is_empty(), "no notification");
         // Its end of a task without dependents (the run's last) tells the coordinator.
-        let (stored, handed) = q
-            .finish_and_claim(
-                &[(handed[0].claim.clone(), ok.clone())],
-                "w2",
-                &["cascade"],
-                60_000,
-                1,
-            )
-            .unwrap();
+        let (stored, handed) = finish_one(q, &handed[0], "w2", 1);
         assert_eq!((stored, handed.len()), (vec![true], 0));
         assert_eq!(heard(&mut listener), vec!["e".to_owned()]);
         q.clear("n", token).unwrap();
