@@ -19,7 +19,7 @@ pub(crate) use remote::RemoteRun;
 
 use std::collections::VecDeque;
 use std::error::Error as StdError;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -283,7 +283,7 @@ async fn drive_run(mut graph: Graph, mut cfg: RunConfig) -> (Option<RunReport>, 
             j.restored(i, attempts, elapsed, json.clone());
         }
         shared.slots[idx].fill(Some(json), None);
-        lock(&shared.tasks[idx]).take();
+        lock(&shared.nodes[idx].task).take();
         state[idx] = NodeState {
             status: NodeStatus::Success,
             attempts,
@@ -415,7 +415,7 @@ async fn drive_run(mut graph: Graph, mut cfg: RunConfig) -> (Option<RunReport>, 
                         && !shared.nodes[i].done_ok.load(Ordering::Acquire);
                     if running && !shared.nodes[i].ended.swap(true, Ordering::AcqRel) {
                         let e: Arc<dyn StdError + Send + Sync> = Arc::new(CancelGraceExceeded {
-                            task: shared.metas[i].name.to_owned(),
+                            task: shared.nodes[i].meta.name.to_owned(),
                             grace: cfg.grace,
                         });
                         for h in &cfg.hooks {
@@ -546,7 +546,6 @@ fn new_shared(
     let shared = Arc::new(Shared {
         slots: graph.nodes.iter().map(|n| Slot::new(n.readers)).collect(),
         ids,
-        metas: graph.nodes.iter().map(|n| n.meta).collect(),
         tag: graph.tag,
         remap: graph.remap.take(),
         scope,
@@ -557,17 +556,10 @@ fn new_shared(
         journal: cfg.journal.clone(),
         nodes: dep_offsets
             .windows(2)
-            .map(|w| shared::NodeCell {
-                remaining: AtomicU32::new(w[1] - w[0]),
-                ..shared::NodeCell::default()
-            })
+            .zip(graph.nodes.iter_mut())
+            .map(|(w, n)| shared::NodeCell::new(w[1] - w[0], n.task.take(), n.meta))
             .collect(),
         some_failed: AtomicBool::new(false),
-        tasks: graph
-            .nodes
-            .iter_mut()
-            .map(|n| Mutex::new(n.task.take()))
-            .collect(),
         epoch: started,
         abandon: CancellationToken::new(),
         halt: cfg.halt.clone(),

@@ -155,7 +155,10 @@ impl RemoteRun {
     /// result that may have been fenced out, not the stored one).
     pub(crate) fn can_run(&self, node: u32) -> bool {
         let i = node as usize;
-        self.shared.tasks.get(i).is_some_and(|t| lock(t).is_some())
+        self.shared
+            .nodes
+            .get(i)
+            .is_some_and(|c| lock(&c.task).is_some())
             && self.deps(node).iter().all(|&d| {
                 !self.ran[d as usize].load(Ordering::Acquire)
                     || self.stored[d as usize].load(Ordering::Acquire)
@@ -187,12 +190,12 @@ impl RemoteRun {
         if i >= self.len() {
             return None;
         }
-        let task = lock(&self.shared.tasks[i]).take()?;
+        let task = lock(&self.shared.nodes[i].task).take()?;
         self.ran[i].store(true, Ordering::Release);
         for (d, json) in inputs {
             self.fill(d, json);
         }
-        let meta = self.shared.metas[i];
+        let meta = self.shared.nodes[i].meta;
         let started = Instant::now();
         let (attempt, res) = attempts(&self.shared, node, first, meta, task, started).await;
         let elapsed = started.elapsed();

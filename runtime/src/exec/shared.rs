@@ -28,7 +28,6 @@ pub(super) struct Shared {
     pub(super) worker: Arc<str>,
     pub(super) slots: Box<[Slot]>,
     pub(super) ids: Arc<[SmolStr]>,
-    pub(super) metas: Box<[&'static TaskMeta]>,
     pub(super) tag: u32,
     pub(super) remap: Option<Vec<u32>>,
     pub(super) scope: Arc<RunScope>,
@@ -37,7 +36,7 @@ pub(super) struct Shared {
     pub(super) run_id: Arc<str>,
     pub(super) permits: Option<Arc<Semaphore>>,
     pub(super) journal: Option<Arc<RunJournal>>,
-    /// Each node's counters and flags (see [`NodeCell`]), in one array.
+    /// Each node's counters, flags, task and description (see [`NodeCell`]), in one array.
     pub(super) nodes: Box<[NodeCell]>,
     /// Set (release) by the driver before it counts off a node that did not succeed (see
     /// [`count_off_failed`](super::count_off_failed)). A worker whose count-off ends a
@@ -45,7 +44,6 @@ pub(super) struct Shared {
     /// dependencies failed: while it is not set, every one of them succeeded, and the
     /// dependencies need not be looked at one by one.
     pub(super) some_failed: AtomicBool,
-    pub(super) tasks: Box<[TaskCell]>,
     /// When the run started (see [`NodeCell::started_ns`]).
     pub(super) epoch: Instant,
     /// Cancelled when the cancellation grace period is over: running nodes are dropped.
@@ -82,10 +80,12 @@ pub(super) struct Shared {
     pub(super) pooled: bool,
 }
 
-/// One node's counters and flags, together in one array of the run: a worker that ends
-/// a node and counts off its dependents reads and writes several of them, and a run
-/// makes one array (one allocation, one pass) instead of one per field.
-#[derive(Default)]
+/// One node's counters, flags, task and description, together in one array of the run
+/// and in one cache line: a worker that starts a node, runs it and ends it reads and writes
+/// several of them, and so does one that counts a node off as a dependent and claims it;
+/// with nodes ending in any order, each array more would be one cache miss more per node.
+/// A run also makes one array (one allocation, one pass) instead of one per field.
+#[repr(align(64))]
 pub(super) struct NodeCell {
     /// Dependencies not yet ended.
     pub(super) remaining: AtomicU32,
@@ -105,6 +105,31 @@ pub(super) struct NodeCell {
     /// Set by whoever ends the started node first: its worker, or the driver abandoning
     /// it after the cancellation grace period. The other one leaves the node alone.
     pub(super) ended: AtomicBool,
+    /// The node's task until it is started (or settled).
+    pub(super) task: TaskCell,
+    /// The node's task description.
+    pub(super) meta: &'static TaskMeta,
+}
+
+impl NodeCell {
+    /// A node with `remaining` dependencies, holding `task`.
+    pub(super) fn new(
+        remaining: u32,
+        task: Option<Box<dyn ErasedTask>>,
+        meta: &'static TaskMeta,
+    ) -> Self {
+        NodeCell {
+            remaining: AtomicU32::new(remaining),
+            attempts_run: AtomicU32::new(0),
+            elapsed_ns: AtomicU64::new(0),
+            started_ns: AtomicU64::new(0),
+            done_ok: AtomicBool::new(false),
+            claimed: AtomicBool::new(false),
+            ended: AtomicBool::new(false),
+            task: Mutex::new(task),
+            meta,
+        }
+    }
 }
 
 /// How many nodes a worker queues under one lock of the queue.
@@ -196,7 +221,7 @@ impl Shared {
                 if self.nodes[i as usize].claimed.swap(true, Ordering::AcqRel) {
                     continue;
                 }
-                if let Some(task) = lock(&self.tasks[i as usize]).take() {
+                if let Some(task) = lock(&self.nodes[i as usize].task).take() {
                     batch.push((i, task));
                     if batch.len() == BATCH {
                         break;
@@ -266,10 +291,11 @@ impl Shared {
     /// `count`: count it in flight (not when it takes the place of the node that made it
     /// ready, in the same worker, see [`release_success`](Self::release_success)).
     pub(super) fn claim(&self, i: u32, count: bool) -> Option<Box<dyn ErasedTask>> {
-        if self.halt.is_halted() || self.nodes[i as usize].claimed.swap(true, Ordering::AcqRel) {
+        let node = &self.nodes[i as usize];
+        if self.halt.is_halted() || node.claimed.swap(true, Ordering::AcqRel) {
             return None;
         }
-        let task = lock(&self.tasks[i as usize]).take()?;
+        let task = lock(&node.task).take()?;
         if count {
             self.in_flight.fetch_add(1, Ordering::AcqRel);
         }

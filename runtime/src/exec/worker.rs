@@ -89,7 +89,7 @@ pub(super) async fn run_one(
         None => None,
     };
     let first = shared.prior_attempts(i);
-    let meta = shared.metas[i as usize];
+    let meta = shared.nodes[i as usize].meta;
     let started = Instant::now();
     let ran = match &shared.dispatch {
         // Spread: the node's attempts run on whichever worker claims it (out of line:
