@@ -150,10 +150,67 @@ enum ArgKind<T> {
     Maybe(NodeRef, OneResolver<T>),
     /// Reads of several outputs gathered in order; `required` unless each is an `Option`.
     Many {
-        refs: Vec<NodeRef>,
+        refs: Refs,
         resolve: ManyResolver<T>,
         required: bool,
     },
+}
+
+/// How many reads of a list of outputs an [`Arg`] keeps inline.
+const INLINE_REFS: usize = 4;
+
+/// The nodes a list input reads, in order: up to [`INLINE_REFS`] inline (a fan-in of a
+/// few outputs, the common one, allocates nothing for them, and the worker that resolves
+/// the input frees nothing the graph's builder allocated), more in one boxed slice.
+enum Refs {
+    Inline {
+        len: u8,
+        refs: [NodeRef; INLINE_REFS],
+    },
+    Heap(Box<[NodeRef]>),
+}
+
+impl Refs {
+    fn as_slice(&self) -> &[NodeRef] {
+        match self {
+            Refs::Inline { len, refs } => &refs[..usize::from(*len)],
+            Refs::Heap(refs) => refs,
+        }
+    }
+}
+
+impl FromIterator<NodeRef> for Refs {
+    fn from_iter<I: IntoIterator<Item = NodeRef>>(iter: I) -> Self {
+        let mut iter = iter.into_iter();
+        let mut refs = [NodeRef { graph: 0, index: 0 }; INLINE_REFS];
+        let mut len = 0;
+        while len < INLINE_REFS {
+            match iter.next() {
+                Some(r) => refs[len] = r,
+                None => {
+                    return Refs::Inline {
+                        // At most `INLINE_REFS`.
+                        len: u8::try_from(len).unwrap_or(u8::MAX),
+                        refs,
+                    };
+                }
+            }
+            len += 1;
+        }
+        match iter.next() {
+            None => Refs::Inline {
+                len: u8::try_from(len).unwrap_or(u8::MAX),
+                refs,
+            },
+            Some(next) => {
+                let mut all = Vec::with_capacity(INLINE_REFS + 1 + iter.size_hint().0);
+                all.extend_from_slice(&refs);
+                all.push(next);
+                all.extend(iter);
+                Refs::Heap(all.into_boxed_slice())
+            }
+        }
+    }
 }
 
 impl<T: Data> Arg<T> {
@@ -203,7 +260,7 @@ impl<T: Data> Arg<T> {
                 required: false,
             }),
             ArgKind::Many { refs, required, .. } => {
-                for r in refs {
+                for r in refs.as_slice() {
                     f(Read {
                         node: *r,
                         required: *required,
@@ -217,9 +274,12 @@ impl<T: Data> Arg<T> {
     pub fn resolve(self, inputs: &Inputs<'_>) -> Result<T, InputError> {
         match self.0 {
             ArgKind::Value(v) => Ok(v),
-            ArgKind::One(r) => inputs.take(r),
+            ArgKind::One(r) => match inputs.scalar(r) {
+                Some(v) => Ok(v),
+                None => inputs.take(r),
+            },
             ArgKind::Maybe(r, resolve) => resolve(inputs, r),
-            ArgKind::Many { refs, resolve, .. } => resolve(inputs, &refs),
+            ArgKind::Many { refs, resolve, .. } => resolve(inputs, refs.as_slice()),
         }
     }
 }
@@ -230,7 +290,7 @@ impl<T> fmt::Debug for Arg<T> {
             ArgKind::Value(_) => f.write_str("Arg::Value(..)"),
             ArgKind::One(r) => write!(f, "Arg::Output({r:?})"),
             ArgKind::Maybe(r, _) => write!(f, "Arg::OptionalOutput({r:?})"),
-            ArgKind::Many { refs, .. } => write!(f, "Arg::Outputs({refs:?})"),
+            ArgKind::Many { refs, .. } => write!(f, "Arg::Outputs({:?})", refs.as_slice()),
         }
     }
 }
@@ -240,7 +300,12 @@ impl<T> fmt::Debug for Arg<T> {
 fn collect_many<U: Data>(inputs: &Inputs<'_>, refs: &[NodeRef]) -> Result<Vec<U>, InputError> {
     let mut out = Vec::with_capacity(refs.len());
     for r in refs {
-        out.push(inputs.take::<U>(*r)?);
+        // A scalar read inline (a fan-in of numbers: a few loads per input), anything
+        // else (and every error) the general way.
+        out.push(match inputs.scalar::<U>(*r) {
+            Some(v) => v,
+            None => inputs.take::<U>(*r)?,
+        });
     }
     Ok(out)
 }
@@ -260,7 +325,7 @@ fn collect_maybe<U: Data>(
     Ok(out)
 }
 
-fn many<U: Data>(refs: Vec<NodeRef>) -> Arg<Vec<U>> {
+fn many<U: Data>(refs: Refs) -> Arg<Vec<U>> {
     Arg(ArgKind::Many {
         refs,
         resolve: collect_many::<U>,
@@ -268,7 +333,7 @@ fn many<U: Data>(refs: Vec<NodeRef>) -> Arg<Vec<U>> {
     })
 }
 
-fn many_maybe<U: Data>(refs: Vec<NodeRef>) -> Arg<Vec<Option<U>>> {
+fn many_maybe<U: Data>(refs: Refs) -> Arg<Vec<Option<U>>> {
     Arg(ArgKind::Many {
         refs,
         resolve: collect_maybe::<U>,
@@ -385,7 +450,7 @@ impl<T: Data, K: PlainInputs> IntoArg<T, K> for &Out<T> {
 #[diagnostic::do_not_recommend]
 impl<U: Data, K: PlainInputs> IntoArg<Vec<U>, K> for Vec<Out<U>> {
     fn into_arg(self) -> Arg<Vec<U>> {
-        many(self.into_iter().map(|o| o.node).collect())
+        many(self.iter().map(|o| o.node).collect())
     }
 }
 
@@ -420,7 +485,7 @@ impl<U: Data, K> IntoArg<Option<U>, K> for &Out<U> {
 #[diagnostic::do_not_recommend]
 impl<U: Data, K> IntoArg<Vec<Option<U>>, K> for Vec<Out<U>> {
     fn into_arg(self) -> Arg<Vec<Option<U>>> {
-        many_maybe(self.into_iter().map(|o| o.node).collect())
+        many_maybe(self.iter().map(|o| o.node).collect())
     }
 }
 
@@ -883,23 +948,60 @@ impl Inputs<'_> {
         }
     }
 
+    /// The result of node `r` when it is a scalar kept as a `T` (see [`Slot`]); `None`
+    /// otherwise (not a scalar, another type, not filled, not a node of this graph), for
+    /// [`take`](Self::take) to read or explain. Monomorphized per `T`: for a type that is
+    /// not a scalar it folds to `None`.
+    #[inline(always)]
+    fn scalar<T: 'static>(&self, r: NodeRef) -> Option<T> {
+        if r.graph != self.graph || self.remap.is_some() {
+            return None;
+        }
+        let slot = self.slots.get(r.index as usize)?;
+        let k = slot.kind.load(Ordering::Acquire);
+        if k == kind::NONE {
+            return None;
+        }
+        scalar_as::<T>(k & !kind::WORD_ONLY, slot.bits.load(Ordering::Relaxed))
+    }
+
     /// The result of node `r`, as a `T`.
+    #[inline]
     pub fn take<T: Data>(&self, r: NodeRef) -> Result<T, InputError> {
-        let idx = self.index(r).ok_or(InputError::UnknownNode)?;
-        let slot = self
-            .slots
-            .get(idx as usize)
-            .ok_or(InputError::UnknownNode)?;
-        match slot.take::<T>() {
-            None => Err(InputError::Missing {
-                task: (self.names)(idx),
-            }),
+        let Some(slot) = self
+            .index(r)
+            .and_then(|idx| self.slots.get(idx as usize).map(|s| (idx, s)))
+        else {
+            return Err(InputError::UnknownNode);
+        };
+        match slot.1.take::<T>() {
             Some(Ok(v)) => Ok(v),
-            Some(Err(e)) => Err(InputError::Decode {
+            // Out of line: a read that succeeds (all but a failed run's) stays short.
+            other => {
+                Err(self.take_failed(slot.0, other.map(|r| r.err()), std::any::type_name::<T>()))
+            }
+        }
+    }
+
+    /// The error of a read of node `idx` that found nothing (`None`) or could not decode
+    /// the result as an `expected` (`Some(e)`).
+    #[cold]
+    #[inline(never)]
+    fn take_failed(
+        &self,
+        idx: u32,
+        found: Option<Option<serde_json::Error>>,
+        expected: &'static str,
+    ) -> InputError {
+        match found {
+            Some(Some(e)) => InputError::Decode {
                 task: (self.names)(idx),
-                expected: std::any::type_name::<T>(),
+                expected,
                 message: e.to_string(),
-            }),
+            },
+            _ => InputError::Missing {
+                task: (self.names)(idx),
+            },
         }
     }
 }
@@ -1022,6 +1124,44 @@ mod tests {
         assert_eq!(slot.json().as_deref(), Some("0.1"));
         assert!(!Slot::new(1).is_filled());
         assert!(Slot::new(1).json().is_none());
+    }
+
+    // A list input keeps up to `INLINE_REFS` reads inline, more in one boxed slice; either
+    // way it visits and reads them all, in order.
+    #[test]
+    fn list_inputs_keep_their_reads_in_order() {
+        use super::{Arg, IntoArg, NodeRef, Out, Read, Refs, INLINE_REFS};
+        for n in [0, 1, 3, INLINE_REFS, INLINE_REFS + 1, 1000] {
+            let n32 = u32::try_from(n).unwrap();
+            let outs: Vec<Out<u64>> = (0..n32)
+                .map(|index| Out::new(NodeRef { graph: 7, index }))
+                .collect();
+            let refs: Refs = outs.iter().map(|o| o.node).collect();
+            assert_eq!(matches!(refs, Refs::Inline { .. }), n <= INLINE_REFS);
+            let arg: Arg<Vec<u64>> = IntoArg::<Vec<u64>>::into_arg(outs.clone());
+            let mut seen = Vec::new();
+            arg.visit(&mut |r: Read| {
+                assert!(r.required);
+                seen.push(r.node.index);
+            });
+            assert_eq!(seen, (0..n32).collect::<Vec<_>>());
+            let slots: Vec<Slot> = (0..n32)
+                .map(|i| filled(1, u64::from(i) * 10, None))
+                .collect();
+            let names = |i: u32| i.to_string();
+            let inputs = super::Inputs {
+                slots: &slots,
+                names: &names,
+                graph: 7,
+                remap: None,
+            };
+            let got = arg.resolve(&inputs).unwrap();
+            assert_eq!(got, (0..n as u64).map(|i| i * 10).collect::<Vec<_>>());
+            let maybe: Arg<Vec<Option<u64>>> = IntoArg::<Vec<Option<u64>>>::into_arg(&outs[..]);
+            let got = maybe.resolve(&inputs).unwrap();
+            // A scalar is read by every reader alike.
+            assert_eq!(got, (0..n as u64).map(|i| Some(i * 10)).collect::<Vec<_>>());
+        }
     }
 
     // Other outputs are boxed: earlier readers get clones (or the decoded text without a
