@@ -952,6 +952,7 @@ impl Inputs<'_> {
     /// otherwise (not a scalar, another type, not filled, not a node of this graph), for
     /// [`take`](Self::take) to read or explain. Monomorphized per `T`: for a type that is
     /// not a scalar it folds to `None`.
+    #[allow(clippy::inline_always)] // a few loads per input, in the loop of a fan-in
     #[inline(always)]
     fn scalar<T: 'static>(&self, r: NodeRef) -> Option<T> {
         if r.graph != self.graph || self.remap.is_some() {
@@ -977,29 +978,31 @@ impl Inputs<'_> {
         match slot.1.take::<T>() {
             Some(Ok(v)) => Ok(v),
             // Out of line: a read that succeeds (all but a failed run's) stays short.
-            other => {
-                Err(self.take_failed(slot.0, other.map(|r| r.err()), std::any::type_name::<T>()))
-            }
+            other => Err(self.take_failed(
+                slot.0,
+                other.and_then(Result::err),
+                std::any::type_name::<T>(),
+            )),
         }
     }
 
     /// The error of a read of node `idx` that found nothing (`None`) or could not decode
-    /// the result as an `expected` (`Some(e)`).
+    /// the result as an `expected` (`Some(e)`, the decoder's error).
     #[cold]
     #[inline(never)]
     fn take_failed(
         &self,
         idx: u32,
-        found: Option<Option<serde_json::Error>>,
+        found: Option<serde_json::Error>,
         expected: &'static str,
     ) -> InputError {
         match found {
-            Some(Some(e)) => InputError::Decode {
+            Some(e) => InputError::Decode {
                 task: (self.names)(idx),
                 expected,
                 message: e.to_string(),
             },
-            _ => InputError::Missing {
+            None => InputError::Missing {
                 task: (self.names)(idx),
             },
         }
@@ -1162,6 +1165,43 @@ mod tests {
             // A scalar is read by every reader alike.
             assert_eq!(got, (0..n as u64).map(|i| Some(i * 10)).collect::<Vec<_>>());
         }
+    }
+
+    // A read that finds nothing, or a result it cannot decode, names the node it read;
+    // a handle of another graph is refused.
+    #[test]
+    fn failed_reads_name_the_node() {
+        use super::{NodeRef, Out};
+        use crate::error::InputError;
+        let slots = vec![Slot::new(1), filled(1, "text".to_owned(), None)];
+        let names = |i: u32| format!("node{i}");
+        let inputs = super::Inputs {
+            slots: &slots,
+            names: &names,
+            graph: 3,
+            remap: None,
+        };
+        let at = |index| Out::<u64>::new(NodeRef { graph: 3, index }).node;
+        match inputs.take::<u64>(at(0)) {
+            Err(InputError::Missing { task }) => assert_eq!(task, "node0"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(inputs.take_if_present::<u64>(at(0)).unwrap(), None);
+        match inputs.take::<u64>(at(1)) {
+            Err(InputError::Decode { task, expected, .. }) => {
+                assert_eq!(task, "node1");
+                assert_eq!(expected, "u64");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            inputs.take::<u64>(NodeRef { graph: 4, index: 0 }),
+            Err(InputError::UnknownNode)
+        ));
+        assert!(matches!(
+            inputs.take::<u64>(at(2)),
+            Err(InputError::UnknownNode)
+        ));
     }
 
     // Other outputs are boxed: earlier readers get clones (or the decoded text without a
