@@ -20,7 +20,7 @@ pub(crate) use self::writer::{start_writer, WriterHandle};
 use crate::events::{Event, EventKind};
 use crate::record::Level;
 use crate::record::{now_ms, LogEntry, Progress, State, MAX_LOG};
-use crate::store::{Batch, RareFields, StoreError, TaskRow};
+use crate::store::{Batch, MemoryStore, RareFields, RowRef, RowSink, StoreError, TaskRow};
 use crate::task::ctx::Reporter;
 use smol_str::SmolStr;
 
@@ -319,6 +319,32 @@ impl Rows {
 }
 
 impl Rows {
+    /// Writes row `i` into the memory store's `sink`, as [`push_row`](Self::push_row)
+    /// pushes it (same result), without making a [`TaskRow`].
+    fn put_row(&mut self, i: usize, sink: &mut RowSink<'_>) -> Option<(State, bool)> {
+        let r = self.items.get_mut(i)?;
+        let settles = !r.settled && r.state.is_end();
+        r.settled |= settles;
+        let r = &*r;
+        sink.put(
+            u32::try_from(i).unwrap_or(u32::MAX),
+            &RowRef {
+                state: r.state,
+                attempts: r.attempts,
+                task: r.task,
+                started_at: r.started_at,
+                ended_at: r.ended_at,
+                elapsed_ns: r.elapsed_ns,
+                percent: r.percent,
+                skipped: r.skipped,
+                optional: r.optional,
+                result: r.result.as_ref(),
+                rare: r.rare.as_deref(),
+            },
+        );
+        Some((r.state, settles))
+    }
+
     /// Pushes row `i` as the store takes it onto `out`, as run `run`'s (made in place:
     /// a task row is about 240 bytes, each move of it a copy). Returns its state and
     /// whether it is settled by this write (see [`RowChunks::settle`]); `None`, pushing
@@ -617,11 +643,50 @@ impl RunJournal {
 
     /// Everything dirty, as a batch; clears the dirty marks.
     pub(crate) fn take(&self, batch: &mut Batch, events: Option<&mut Vec<(SmolStr, State)>>) {
+        let mut g = self.begin_take();
+        batch.tasks.reserve(g.dirty_list.len());
+        let freed = Self::drain(&mut g, events, |g, i| {
+            g.push_row(i, &self.run_id, &mut batch.tasks)
+        });
+        drop(g);
+        drop(freed);
+    }
+
+    /// Everything dirty, written straight into the memory store `store` (no
+    /// [`TaskRow`] made per row, see [`MemoryStore::put_journal_rows`]); clears the dirty
+    /// marks. Returns the number of rows written, and of rows the store dropped for a
+    /// stale lease.
+    pub(crate) fn take_into(
+        &self,
+        store: &MemoryStore,
+        events: Option<&mut Vec<(SmolStr, State)>>,
+    ) -> (usize, u64) {
+        let mut g = self.begin_take();
+        let n = g.dirty_list.len();
+        if n == 0 {
+            return (0, 0);
+        }
+        // The run's shared lists, for the store (a few names; the ids by reference).
+        let (ids, names, lease) = (g.nodes.clone(), g.names.clone(), g.lease);
+        let mut freed = Vec::new();
+        let fenced = store.put_journal_rows(&self.run_id, &ids, &names, lease, |sink| {
+            freed = Self::drain(&mut g, events, |g, i| g.put_row(i, sink));
+        });
+        drop(g);
+        drop(freed);
+        (n, fenced)
+    }
+
+    /// Locks the rows for a write cycle: later changes need a new wake-up, and bursts
+    /// whose window passed are summarised.
+    fn begin_take(&self) -> std::sync::MutexGuard<'_, Rows> {
         // Changes made from now on need a new wake-up.
         self.woken
             .store(false, std::sync::atomic::Ordering::Release);
-        let mut events = events;
         let mut g = self.lock();
+        if g.throttle.is_empty() {
+            return g; // no task reported progress: no burst
+        }
         // A burst whose window has passed is summarised at the flush ("(N messages
         // dropped)" and the last dropped message); one still inside its window is
         // summarised by its next message, a warning, or the task's end.
@@ -636,17 +701,27 @@ impl RunJournal {
             g.settle_burst(node);
             g.mark(node);
         }
+        g
+    }
+
+    /// Writes every dirty row with `put` (which gives its state and whether this write
+    /// settles it, see [`RowChunks::settle`]), clears the marks and gathers the state
+    /// events; returns the chunks freed, to be dropped after the lock.
+    fn drain(
+        g: &mut Rows,
+        mut events: Option<&mut Vec<(SmolStr, State)>>,
+        mut put: impl FnMut(&mut Rows, usize) -> Option<(State, bool)>,
+    ) -> Vec<Box<[Row]>> {
         // The list is given back, emptied, once read: it keeps its room from one cycle to
         // the next instead of growing again from nothing (each growth a copy, and a large
         // one a consolidation of the allocator's free lists) while the workers mark rows.
         let mut list = std::mem::take(&mut g.dirty_list);
-        batch.tasks.reserve(list.len());
         // Chunks whose every row is now written in an end state: dropped after the lock.
         let mut freed = Vec::new();
         for &node in &list {
             let i = node as usize;
             g.dirty[i] = false;
-            let Some((state, settles)) = g.push_row(i, &self.run_id, &mut batch.tasks) else {
+            let Some((state, settles)) = put(g, i) else {
                 continue; // a late change to a row written in its end state
             };
             // A state is announced once: a row written again for its progress or its
@@ -665,8 +740,7 @@ impl RunJournal {
         }
         list.clear();
         g.dirty_list = list;
-        drop(g);
-        drop(freed);
+        freed
     }
 
     /// Waits until everything recorded so far is durable.
