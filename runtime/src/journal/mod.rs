@@ -20,7 +20,7 @@ pub(crate) use self::writer::{start_writer, WriterHandle};
 use crate::events::{Event, EventKind};
 use crate::record::Level;
 use crate::record::{now_ms, LogEntry, Progress, State, MAX_LOG};
-use crate::store::{Batch, RareFields, StoreError, TaskRow};
+use crate::store::{Batch, MemoryStore, RareFields, RowRef, RowSink, StoreError, TaskRow};
 use crate::task::ctx::Reporter;
 use smol_str::SmolStr;
 
@@ -40,7 +40,7 @@ struct Throttle {
 /// allocate. The task's name and node id are the run's shared strings, looked up by index.
 /// A [`TaskRow`] is made from it only when it is written ([`Rows::row`]).
 ///
-/// About half the size of a [`TaskRow`] (a 100k-task run keeps 100k of them).
+/// 80 bytes, a third of a [`TaskRow`] (a 100k-task run keeps the rows of its running part).
 #[derive(Clone)]
 struct Row {
     state: State,
@@ -51,15 +51,59 @@ struct Row {
     attempts: u32,
     /// Index of the task's name in [`Rows::names`].
     task: u32,
-    started_at: Option<u64>,
-    ended_at: Option<u64>,
+    /// Presence bits of the optional fields below ([`Row::STARTED`], [`Row::ENDED`],
+    /// [`Row::PERCENT`]): each a plain value, not an `Option` twice its size.
+    has: u8,
+    /// Meaningful when [`Row::STARTED`] is set (see [`Row::started_at`]).
+    started_at: u64,
+    /// Meaningful when [`Row::ENDED`] is set.
+    ended_at: u64,
     elapsed_ns: u64,
-    percent: Option<f64>,
+    /// Meaningful when [`Row::PERCENT`] is set.
+    percent: f64,
     result: Option<SmolStr>,
     rare: Option<Box<RareFields>>,
 }
 
 impl Row {
+    const STARTED: u8 = 1;
+    const ENDED: u8 = 2;
+    const PERCENT: u8 = 4;
+
+    fn get<T: Copy>(&self, bit: u8, value: T) -> Option<T> {
+        (self.has & bit != 0).then_some(value)
+    }
+
+    /// When the first attempt started (ms since the Unix epoch).
+    fn started_at(&self) -> Option<u64> {
+        self.get(Self::STARTED, self.started_at)
+    }
+
+    fn set_started_at(&mut self, ms: u64) {
+        self.started_at = ms;
+        self.has |= Self::STARTED;
+    }
+
+    /// When it ended (ms since the Unix epoch).
+    fn ended_at(&self) -> Option<u64> {
+        self.get(Self::ENDED, self.ended_at)
+    }
+
+    fn set_ended_at(&mut self, ms: u64) {
+        self.ended_at = ms;
+        self.has |= Self::ENDED;
+    }
+
+    /// The last percentage reported.
+    fn percent(&self) -> Option<f64> {
+        self.get(Self::PERCENT, self.percent)
+    }
+
+    fn set_percent(&mut self, percent: Option<f64>) {
+        self.percent = percent.unwrap_or(0.0);
+        self.has = (self.has & !Self::PERCENT) | if percent.is_some() { Self::PERCENT } else { 0 };
+    }
+
     fn rare(&mut self) -> &mut RareFields {
         self.rare.get_or_insert_with(Box::default)
     }
@@ -95,7 +139,7 @@ struct Chunk {
 }
 
 impl RowChunks {
-    /// Rows per chunk: a chunk (about 52 KiB) is below the allocator's thresholds for
+    /// Rows per chunk: a chunk (40 KiB) is below the allocator's thresholds for
     /// mapping its own pages and for consolidating its free lists.
     const CHUNK: usize = 512;
     const OPTIONAL: u32 = 1 << 31;
@@ -150,10 +194,11 @@ impl RowChunks {
                     settled: false,
                     attempts: 0,
                     task: m & !Self::OPTIONAL,
-                    started_at: None,
-                    ended_at: None,
+                    has: 0,
+                    started_at: 0,
+                    ended_at: 0,
                     elapsed_ns: 0,
-                    percent: None,
+                    percent: 0.0,
                     result: None,
                     rare: None,
                 })
@@ -221,7 +266,7 @@ fn share(row: &Row) -> f64 {
     if row.state == State::Done || row.skipped {
         100.0
     } else {
-        row.percent.unwrap_or(0.0)
+        row.percent().unwrap_or(0.0)
     }
 }
 
@@ -319,6 +364,32 @@ impl Rows {
 }
 
 impl Rows {
+    /// Writes row `i` into the memory store's `sink`, as [`push_row`](Self::push_row)
+    /// pushes it (same result), without making a [`TaskRow`].
+    fn put_row(&mut self, i: usize, sink: &mut RowSink<'_>) -> Option<(State, bool)> {
+        let r = self.items.get_mut(i)?;
+        let settles = !r.settled && r.state.is_end();
+        r.settled |= settles;
+        let r = &*r;
+        sink.put(
+            u32::try_from(i).unwrap_or(u32::MAX),
+            &RowRef {
+                state: r.state,
+                attempts: r.attempts,
+                task: r.task,
+                started_at: r.started_at(),
+                ended_at: r.ended_at(),
+                elapsed_ns: r.elapsed_ns,
+                percent: r.percent(),
+                skipped: r.skipped,
+                optional: r.optional,
+                result: r.result.as_ref(),
+                rare: r.rare.as_deref(),
+            },
+        );
+        Some((r.state, settles))
+    }
+
     /// Pushes row `i` as the store takes it onto `out`, as run `run`'s (made in place:
     /// a task row is about 240 bytes, each move of it a copy). Returns its state and
     /// whether it is settled by this write (see [`RowChunks::settle`]); `None`, pushing
@@ -346,14 +417,14 @@ impl Rows {
                 node: self.nodes[i].clone(),
                 state: r.state,
                 attempts: r.attempts,
-                started_at: r.started_at,
-                ended_at: r.ended_at,
+                started_at: r.started_at(),
+                ended_at: r.ended_at(),
                 elapsed_ns: r.elapsed_ns,
                 skipped: r.skipped,
                 error,
                 chain,
                 progress: Progress {
-                    percent: r.percent,
+                    percent: r.percent(),
                     message,
                 },
                 log,
@@ -503,8 +574,8 @@ impl RunJournal {
             let Some(row) = g.items.get_mut(node as usize) else {
                 return; // released: the run is over
             };
-            if row.started_at.is_none() {
-                row.started_at = Some(ms_before(now_ms(), since));
+            if row.started_at().is_none() {
+                row.set_started_at(ms_before(now_ms(), since));
             }
             row.state = State::Running;
             row.attempts = attempt;
@@ -531,10 +602,10 @@ impl RunJournal {
                 row.attempts = row.attempts.max(outcome.attempts);
                 row.elapsed_ns = u64::try_from(outcome.elapsed.as_nanos()).unwrap_or(u64::MAX);
                 let now = at_ms;
-                row.ended_at = Some(now);
-                if row.started_at.is_none() && outcome.attempts > 0 {
+                row.set_ended_at(now);
+                if row.started_at().is_none() && outcome.attempts > 0 {
                     // Ended in its first poll: its start was not recorded on its own.
-                    row.started_at = Some(ms_before(now, outcome.elapsed));
+                    row.set_started_at(ms_before(now, outcome.elapsed));
                 }
                 if outcome.error.is_some() || !outcome.chain.is_empty() {
                     let rare = row.rare();
@@ -545,7 +616,7 @@ impl RunJournal {
                     rare.chain = Vec::new();
                 }
                 if outcome.state == State::Done {
-                    row.percent = Some(100.0);
+                    row.set_percent(Some(100.0));
                 }
                 row.result = result;
             });
@@ -565,7 +636,7 @@ impl RunJournal {
             row.state = State::Done;
             row.attempts = attempts;
             row.elapsed_ns = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
-            row.percent = Some(100.0);
+            row.set_percent(Some(100.0));
             row.result = Some(result);
         });
         if !changed {
@@ -617,11 +688,50 @@ impl RunJournal {
 
     /// Everything dirty, as a batch; clears the dirty marks.
     pub(crate) fn take(&self, batch: &mut Batch, events: Option<&mut Vec<(SmolStr, State)>>) {
+        let mut g = self.begin_take();
+        batch.tasks.reserve(g.dirty_list.len());
+        let freed = Self::drain(&mut g, events, |g, i| {
+            g.push_row(i, &self.run_id, &mut batch.tasks)
+        });
+        drop(g);
+        drop(freed);
+    }
+
+    /// Everything dirty, written straight into the memory store `store` (no
+    /// [`TaskRow`] made per row, see [`MemoryStore::put_journal_rows`]); clears the dirty
+    /// marks. Returns the number of rows written, and of rows the store dropped for a
+    /// stale lease.
+    pub(crate) fn take_into(
+        &self,
+        store: &MemoryStore,
+        events: Option<&mut Vec<(SmolStr, State)>>,
+    ) -> (usize, u64) {
+        let mut g = self.begin_take();
+        let n = g.dirty_list.len();
+        if n == 0 {
+            return (0, 0);
+        }
+        // The run's shared lists, for the store (a few names; the ids by reference).
+        let (ids, names, lease) = (g.nodes.clone(), g.names.clone(), g.lease);
+        let mut freed = Vec::new();
+        let fenced = store.put_journal_rows(&self.run_id, &ids, &names, lease, |sink| {
+            freed = Self::drain(&mut g, events, |g, i| g.put_row(i, sink));
+        });
+        drop(g);
+        drop(freed);
+        (n, fenced)
+    }
+
+    /// Locks the rows for a write cycle: later changes need a new wake-up, and bursts
+    /// whose window passed are summarised.
+    fn begin_take(&self) -> std::sync::MutexGuard<'_, Rows> {
         // Changes made from now on need a new wake-up.
         self.woken
             .store(false, std::sync::atomic::Ordering::Release);
-        let mut events = events;
         let mut g = self.lock();
+        if g.throttle.is_empty() {
+            return g; // no task reported progress: no burst
+        }
         // A burst whose window has passed is summarised at the flush ("(N messages
         // dropped)" and the last dropped message); one still inside its window is
         // summarised by its next message, a warning, or the task's end.
@@ -636,17 +746,27 @@ impl RunJournal {
             g.settle_burst(node);
             g.mark(node);
         }
+        g
+    }
+
+    /// Writes every dirty row with `put` (which gives its state and whether this write
+    /// settles it, see [`RowChunks::settle`]), clears the marks and gathers the state
+    /// events; returns the chunks freed, to be dropped after the lock.
+    fn drain(
+        g: &mut Rows,
+        mut events: Option<&mut Vec<(SmolStr, State)>>,
+        mut put: impl FnMut(&mut Rows, usize) -> Option<(State, bool)>,
+    ) -> Vec<Box<[Row]>> {
         // The list is given back, emptied, once read: it keeps its room from one cycle to
         // the next instead of growing again from nothing (each growth a copy, and a large
         // one a consolidation of the allocator's free lists) while the workers mark rows.
         let mut list = std::mem::take(&mut g.dirty_list);
-        batch.tasks.reserve(list.len());
         // Chunks whose every row is now written in an end state: dropped after the lock.
         let mut freed = Vec::new();
         for &node in &list {
             let i = node as usize;
             g.dirty[i] = false;
-            let Some((state, settles)) = g.push_row(i, &self.run_id, &mut batch.tasks) else {
+            let Some((state, settles)) = put(g, i) else {
                 continue; // a late change to a row written in its end state
             };
             // A state is announced once: a row written again for its progress or its
@@ -665,8 +785,7 @@ impl RunJournal {
         }
         list.clear();
         g.dirty_list = list;
-        drop(g);
-        drop(freed);
+        freed
     }
 
     /// Waits until everything recorded so far is durable.
@@ -727,7 +846,7 @@ impl Reporter for RunJournal {
         let window = g.window;
         let i = node as usize;
         let changed = g.change(node, |row| {
-            row.percent = percent;
+            row.set_percent(percent);
             if !message.is_empty() {
                 row.rare().message = Some(message.to_owned());
             }
@@ -765,7 +884,7 @@ impl Reporter for RunJournal {
             return;
         };
         let progress = Progress {
-            percent: row.percent,
+            percent: row.percent(),
             message: row.message().cloned(),
         };
         let node_id = g.nodes[i].clone();
@@ -1001,6 +1120,16 @@ mod tests {
         let want = 100.0 * (RowChunks::CHUNK * 2) as f64 / n as f64;
         assert!((j.rollup().percent.unwrap() - want).abs() < 1e-9);
         writer.close().await.expect("close");
+    }
+
+    // A journal row stays small (a 100k-task run's running part keeps thousands).
+    #[test]
+    fn a_journal_row_is_small() {
+        assert!(
+            std::mem::size_of::<Row>() <= 80,
+            "{} bytes",
+            std::mem::size_of::<Row>()
+        );
     }
 
     // The dirty list keeps its room from one write cycle to the next: the workers marking

@@ -353,9 +353,24 @@ fn writer_loop(
         let listening = events.receiver_count() > 0;
         let mut wrote = !cycle.completions.is_empty();
         let mut rollups = Vec::new();
+        // The memory store takes the journals' rows straight (no `TaskRow` per row),
+        // after the batches and operations sent before: one order for every write.
+        let memory = store.as_memory_store();
+        if memory.is_some() {
+            wrote |= !cycle.pending.is_empty();
+            cycle.apply_pending(store);
+        }
+        let mut fenced = 0;
         for j in &live {
             let mut ev = Vec::new();
-            j.take(&mut cycle.pending, listening.then_some(&mut ev));
+            match memory {
+                Some(m) => {
+                    let (n, f) = j.take_into(m, listening.then_some(&mut ev));
+                    wrote |= n > 0;
+                    fenced += f;
+                }
+                None => j.take(&mut cycle.pending, listening.then_some(&mut ev)),
+            }
             changed.extend(ev.into_iter().map(|(node, state)| {
                 (
                     j.run_id.clone(),
@@ -370,6 +385,9 @@ fn writer_loop(
                     rollups.push((j.run_id.clone(), j.root.clone(), j.token, p));
                 }
             }
+        }
+        if fenced > 0 {
+            tracing::warn!(fenced, "task rows with a stale lease token were dropped");
         }
         wrote |= !cycle.pending.is_empty();
         cycle.apply_pending(store);

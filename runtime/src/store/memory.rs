@@ -61,16 +61,83 @@ struct RunRows {
     by_name: rustc_hash::FxHashMap<SmolStr, u32>,
     /// The name the last row named (neighbouring rows mostly run the same task).
     last_name: u32,
+    /// The rows' node ids, by node index: the run's graph's own list when its journal
+    /// wrote them (one shared list, not a string per row), else a list of their own.
+    nodes: NodeIds,
+}
+
+/// The node ids of a run's rows (see [`RunRows::nodes`]).
+#[derive(Debug)]
+enum NodeIds {
+    /// The journal's list (the graph's ids), shared.
+    Shared(Arc<[SmolStr]>),
+    /// Ids given row by row (a batch of [`TaskRow`]s), or differing from the shared list.
+    Own(Vec<SmolStr>),
+}
+
+impl Default for NodeIds {
+    fn default() -> Self {
+        NodeIds::Own(Vec::new())
+    }
+}
+
+impl NodeIds {
+    /// The id of node `i` (empty when none was given).
+    fn get(&self, i: usize) -> SmolStr {
+        let ids: &[SmolStr] = match self {
+            NodeIds::Shared(ids) => ids,
+            NodeIds::Own(ids) => ids,
+        };
+        ids.get(i).cloned().unwrap_or_default()
+    }
+
+    /// Node `i`'s id is `node`: nothing to do when the list says so already.
+    fn set(&mut self, i: usize, node: &SmolStr) {
+        if let NodeIds::Shared(ids) = self {
+            if ids.get(i) == Some(node) {
+                return;
+            }
+            *self = NodeIds::Own(ids.to_vec());
+        }
+        if let NodeIds::Own(ids) = self {
+            if ids.len() <= i {
+                // Grown like a vector (amortised), not slot by slot.
+                ids.resize(i + 1, SmolStr::default());
+            }
+            ids[i] = node.clone();
+        }
+    }
+
+    /// The rows of a journal whose node ids are `shared` are written: the list is
+    /// shared when it holds the ids of every row present (checked once per list, not
+    /// per row); false when it cannot be (rows with other ids), then ids go row by row.
+    fn share(&mut self, shared: &Arc<[SmolStr]>, present: impl Iterator<Item = u32>) -> bool {
+        match self {
+            NodeIds::Shared(ids) if Arc::ptr_eq(ids, shared) => return true,
+            NodeIds::Own(ids) if ids.is_empty() => {}
+            _ => {
+                let cur = &*self;
+                let same = present
+                    .into_iter()
+                    .all(|i| shared.get(i as usize) == Some(&cur.get(i as usize)));
+                if !same {
+                    return false;
+                }
+            }
+        }
+        *self = NodeIds::Shared(shared.clone());
+        true
+    }
 }
 
 /// A task row as the memory store keeps it: a [`TaskRow`] with its rare fields (error,
 /// chain, progress message, log) behind one box, which most rows never allocate, its task
 /// name as an index into the run's names, and its optional times and percentage as plain
-/// values with a presence bit each: 112 bytes, against 240 for a `TaskRow` (a 1M-task run
-/// keeps 1M of them). The store gives back the same `TaskRow` it was given.
+/// values with a presence bit each, and its node id in the run's list of ids
+/// ([`RunRows::nodes`]): 88 bytes, against 240 for a `TaskRow` (a 1M-task run keeps 1M of
+/// them). The store gives back the same `TaskRow` it was given.
 #[derive(Debug)]
 struct MemRow {
-    node: SmolStr,
     result: Option<SmolStr>,
     /// Meaningful when [`MemRow::STARTED`] is set.
     started_at: u64,
@@ -121,7 +188,6 @@ impl MemRow {
             ))
         };
         MemRow {
-            node: std::mem::take(&mut r.node),
             result: r.result.take(),
             started_at: r.started_at.unwrap_or(0),
             ended_at: r.ended_at.unwrap_or(0),
@@ -140,11 +206,11 @@ impl MemRow {
         self.flags & bit != 0
     }
 
-    fn to_row(&self, names: &[SmolStr]) -> TaskRow {
+    fn to_row(&self, node: SmolStr, names: &[SmolStr]) -> TaskRow {
         let (error, chain, message, log) = RareFields::parts(self.rare.as_deref());
         TaskRow {
             task: names.get(self.task as usize).cloned().unwrap_or_default(),
-            node: self.node.clone(),
+            node,
             state: self.state,
             attempts: self.attempts,
             started_at: self.has(Self::STARTED).then_some(self.started_at),
@@ -190,23 +256,40 @@ impl RunRows {
     /// Keeps row `row` as node `i`'s, taking its fields (see [`MemRow::take`]).
     fn put(&mut self, i: usize, row: &mut TaskRow) {
         let task = self.name(&row.task);
+        self.nodes.set(i, &row.node);
+        let row = MemRow::take(row, task);
+        self.keep(i, row, 0);
+    }
+
+    /// Keeps `row` as node `i`'s. `total`: the number of the run's nodes when known (a
+    /// journal's rows), else 0: a chunk is then made whole at once, not grown row by row
+    /// (each growth a copy of the chunk), and still no larger than the run.
+    #[inline]
+    fn keep(&mut self, i: usize, row: MemRow, total: usize) {
         let (c, k) = (i / Self::CHUNK, i % Self::CHUNK);
         if self.chunks.len() <= c {
             self.chunks.resize_with(c + 1, || None);
         }
         let chunk = self.chunks[c].get_or_insert_with(Vec::new);
         if chunk.len() <= k {
-            let cap = (k + 1).next_power_of_two().min(Self::CHUNK);
-            chunk.reserve_exact(cap - chunk.len());
+            let whole = total.saturating_sub(c * Self::CHUNK).min(Self::CHUNK);
+            let cap = if whole > k {
+                whole
+            } else {
+                (k + 1).next_power_of_two().min(Self::CHUNK)
+            };
+            if chunk.capacity() < cap {
+                chunk.reserve_exact(cap - chunk.len());
+            }
             chunk.resize_with(k + 1, || None);
         }
-        chunk[k] = Some(MemRow::take(row, task));
+        chunk[k] = Some(row);
     }
 
     /// Every row present, with its node index.
     fn rows(&self) -> Vec<(u32, TaskRow)> {
         self.iter()
-            .map(|(i, r)| (i, r.to_row(&self.names)))
+            .map(|(i, r)| (i, r.to_row(self.nodes.get(i as usize), &self.names)))
             .collect()
     }
 
@@ -218,6 +301,75 @@ impl RunRows {
                     .filter_map(move |(k, r)| Some(((c * Self::CHUNK + k) as u32, r.as_ref()?)))
             })
         })
+    }
+}
+
+/// A task row as a run's journal hands it to the memory store, borrowed: the store keeps
+/// its fields in its own compact row, with no [`TaskRow`] made in between (see
+/// [`MemoryStore::put_journal_rows`]).
+pub(crate) struct RowRef<'a> {
+    pub(crate) state: crate::record::State,
+    pub(crate) attempts: u32,
+    /// Index of the task's name in the names given to
+    /// [`put_journal_rows`](MemoryStore::put_journal_rows).
+    pub(crate) task: u32,
+    pub(crate) started_at: Option<u64>,
+    pub(crate) ended_at: Option<u64>,
+    pub(crate) elapsed_ns: u64,
+    pub(crate) percent: Option<f64>,
+    pub(crate) skipped: bool,
+    pub(crate) optional: bool,
+    pub(crate) result: Option<&'a SmolStr>,
+    pub(crate) rare: Option<&'a RareFields>,
+}
+
+/// Where a journal writes a run's rows, under the store's lock (see
+/// [`MemoryStore::put_journal_rows`]).
+pub(crate) struct RowSink<'a> {
+    /// `None` when the journal's lease is stale: its rows are dropped (fenced).
+    rows: Option<&'a mut RunRows>,
+    /// The store's index of each of the journal's task names.
+    names: Vec<u32>,
+    ids: &'a Arc<[SmolStr]>,
+    /// The run's rows take their node ids from `ids` (shared): none is kept per row.
+    shared: bool,
+    lease: u64,
+    fenced: u64,
+}
+
+impl RowSink<'_> {
+    /// Keeps `r` as node `i`'s row.
+    #[inline]
+    pub(crate) fn put(&mut self, i: u32, r: &RowRef<'_>) {
+        let Some(rows) = self.rows.as_deref_mut() else {
+            self.fenced += 1;
+            return;
+        };
+        let i = i as usize;
+        if !self.shared {
+            let node = self.ids.get(i).cloned().unwrap_or_default();
+            rows.nodes.set(i, &node);
+        }
+        let bit = |on: bool, b: u8| if on { b } else { 0 };
+        let flags = bit(r.skipped, MemRow::SKIPPED)
+            | bit(r.optional, MemRow::OPTIONAL)
+            | bit(r.started_at.is_some(), MemRow::STARTED)
+            | bit(r.ended_at.is_some(), MemRow::ENDED)
+            | bit(r.percent.is_some(), MemRow::PERCENT);
+        let row = MemRow {
+            result: r.result.cloned(),
+            started_at: r.started_at.unwrap_or(0),
+            ended_at: r.ended_at.unwrap_or(0),
+            elapsed_ns: r.elapsed_ns,
+            percent: r.percent.unwrap_or(0.0),
+            lease: self.lease,
+            rare: r.rare.map(|x| Box::new(x.clone())),
+            attempts: r.attempts,
+            task: self.names.get(r.task as usize).copied().unwrap_or(u32::MAX),
+            state: r.state,
+            flags,
+        };
+        rows.keep(i, row, self.ids.len());
     }
 }
 
@@ -291,11 +443,54 @@ impl MemoryStore {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
+
+    /// Writes task rows of run `run` straight from its journal, as
+    /// [`apply`](Store::apply) writes the same rows as [`TaskRow`]s (fenced by `lease`
+    /// likewise), without making a `TaskRow` per row: `fill` puts each row into the
+    /// sink. The rows' node ids are `ids[i]`, and their task names `names[task]`; the
+    /// store shares `ids` with the journal instead of a string per row. Returns the
+    /// number of rows dropped for a stale lease.
+    pub(crate) fn put_journal_rows(
+        &self,
+        run: &Arc<str>,
+        ids: &Arc<[SmolStr]>,
+        names: &[SmolStr],
+        lease: u64,
+        fill: impl FnOnce(&mut RowSink<'_>),
+    ) -> u64 {
+        let mut g = self.lock();
+        let inner = &mut *g;
+        let current = inner.leases.get(&**run).map_or(0, |l| l.token);
+        let mut sink = RowSink {
+            rows: None,
+            names: Vec::new(),
+            ids,
+            shared: false,
+            lease,
+            fenced: 0,
+        };
+        if lease == 0 || lease >= current {
+            let rows = inner.runs.entry(run.clone()).or_default();
+            sink.names = names.iter().map(|n| rows.name(n)).collect();
+            let present: Vec<u32> = match &rows.nodes {
+                NodeIds::Shared(shared) if Arc::ptr_eq(shared, ids) => Vec::new(),
+                _ => rows.iter().map(|(i, _)| i).collect(),
+            };
+            sink.shared = rows.nodes.share(ids, present.into_iter());
+            sink.rows = Some(rows);
+        }
+        fill(&mut sink);
+        sink.fenced
+    }
 }
 
 impl Store for MemoryStore {
     fn location(&self) -> String {
         "(memory)".into()
+    }
+
+    fn as_memory_store(&self) -> Option<&MemoryStore> {
+        Some(self)
     }
 
     fn get(&self, id: &str) -> Result<Option<ProcessRecord>, StoreError> {
@@ -801,11 +996,12 @@ mod tests {
         }
     }
 
-    // A million-task run keeps a million rows: each stays 112 bytes (a `TaskRow` is 240).
+    // A million-task run keeps a million rows: each stays 88 bytes (a `TaskRow` is 240),
+    // its node id in the run's shared list.
     #[test]
     fn a_kept_row_is_small() {
         assert!(
-            std::mem::size_of::<Option<MemRow>>() <= 112,
+            std::mem::size_of::<Option<MemRow>>() <= 88,
             "{} bytes",
             std::mem::size_of::<Option<MemRow>>()
         );
@@ -831,7 +1027,10 @@ mod tests {
             rows.put(i, &mut plain_row(i as u32));
         }
         rows.put(3, &mut plain_row(3));
-        let got: Vec<(u32, String)> = rows.iter().map(|(i, r)| (i, r.node.to_string())).collect();
+        let got: Vec<(u32, String)> = rows
+            .iter()
+            .map(|(i, _)| (i, rows.nodes.get(i as usize).to_string()))
+            .collect();
         assert_eq!(got.len(), n);
         assert!(got.iter().all(|(i, node)| i.to_string() == *node));
         let slots: usize = rows.chunks.iter().flatten().map(Vec::capacity).sum();
@@ -875,6 +1074,128 @@ mod tests {
             vec![(0, "0".into()), (2, "2".into()), (3, "3".into())]
         );
         assert_eq!(nodes("b"), vec![(0, "10".into()), (1, "11".into())]);
+    }
+
+    /// `r` as a journal hands it over, its task name number `task`.
+    fn row_ref<'a>(r: &'a TaskRow, task: u32, rare: Option<&'a RareFields>) -> RowRef<'a> {
+        RowRef {
+            state: r.state,
+            attempts: r.attempts,
+            task,
+            started_at: r.started_at,
+            ended_at: r.ended_at,
+            elapsed_ns: r.elapsed_ns,
+            percent: r.progress.percent,
+            skipped: r.skipped,
+            optional: r.optional,
+            result: r.result.as_ref(),
+            rare,
+        }
+    }
+
+    // Rows written straight from a journal come back as the same rows applied as
+    // `TaskRow`s would, with the journal's node ids (one shared list, no string per row)
+    // and task names; a later `TaskRow` with another node id for one of them, or for a
+    // new row, keeps its own id without changing the others'.
+    #[test]
+    fn journal_rows_come_back_as_task_rows() {
+        let store = MemoryStore::new();
+        let run: Arc<str> = Arc::from("r");
+        let ids: Arc<[SmolStr]> = (0..2000).map(|i| SmolStr::from(format!("n{i}"))).collect();
+        let names = [SmolStr::new_static("t"), SmolStr::new_static("u")];
+        let plain = |i: u32| TaskRow {
+            node: ids[i as usize].clone(),
+            lease: 7,
+            ..row("x", false)
+        };
+        let rare = |i: u32| TaskRow {
+            node: ids[i as usize].clone(),
+            task: "u".into(),
+            lease: 7,
+            ..row("x", true)
+        };
+        let fields = |r: &TaskRow| RareFields {
+            error: r.error.clone(),
+            chain: r.chain.clone(),
+            message: r.progress.message.clone(),
+            log: r.log.clone(),
+        };
+        let fenced = store.put_journal_rows(&run, &ids, &names, 7, |sink| {
+            for i in [3, 1999, 0] {
+                sink.put(i, &row_ref(&plain(i), 0, None));
+            }
+            let r = rare(5);
+            sink.put(5, &row_ref(&r, 1, Some(&fields(&r))));
+        });
+        assert_eq!(fenced, 0);
+        {
+            let g = store.lock();
+            let rows = &g.runs["r"];
+            assert!(matches!(&rows.nodes, NodeIds::Shared(s) if Arc::ptr_eq(s, &ids)));
+            // Each chunk is made whole at once, and no larger than the run.
+            let room: Vec<usize> = rows.chunks.iter().flatten().map(Vec::capacity).collect();
+            assert_eq!(room, vec![RunRows::CHUNK, 2000 - RunRows::CHUNK]);
+        }
+        let want = vec![
+            (0, plain(0)),
+            (3, plain(3)),
+            (5, rare(5)),
+            (1999, plain(1999)),
+        ];
+        assert_eq!(store.tasks("r").unwrap(), want);
+        // A row given as a `TaskRow` with its own id.
+        let mut batch = Batch::default();
+        let renamed = TaskRow {
+            node: "other".into(),
+            ..plain(3)
+        };
+        batch.tasks.push((run.clone(), 3, renamed.clone()));
+        batch.tasks.push((run.clone(), 4000, plain_row(4000)));
+        store.apply(batch).unwrap();
+        let want = vec![
+            (0, plain(0)),
+            (3, renamed),
+            (5, rare(5)),
+            (1999, plain(1999)),
+            (4000, plain_row(4000)),
+        ];
+        assert_eq!(store.tasks("r").unwrap(), want);
+        // The journal writes on: its rows keep the journal's ids.
+        store.put_journal_rows(&run, &ids, &names, 7, |sink| {
+            sink.put(1, &row_ref(&plain(1), 0, None));
+        });
+        let rows: HashMap<u32, TaskRow> = store.tasks("r").unwrap().into_iter().collect();
+        assert_eq!(rows[&1], plain(1));
+        assert_eq!(&*rows[&3].node, "other");
+        assert_eq!(&*rows[&4000].node, "4000");
+    }
+
+    // A journal whose lease is stale writes nothing (its rows are counted as fenced); a
+    // journal without a lease is never fenced.
+    #[test]
+    fn journal_rows_with_a_stale_lease_are_dropped() {
+        let store = MemoryStore::new();
+        store.claim("r", "w", 60_000).unwrap();
+        store.claim("r", "w", 60_000).unwrap(); // the run's lease is now 2
+        let run: Arc<str> = Arc::from("r");
+        let ids: Arc<[SmolStr]> = (0..3).map(|i| SmolStr::from(i.to_string())).collect();
+        let names = [SmolStr::new_static("t")];
+        let r = plain_row(0);
+        let fenced = store.put_journal_rows(&run, &ids, &names, 1, |sink| {
+            sink.put(0, &row_ref(&r, 0, None));
+            sink.put(1, &row_ref(&r, 0, None));
+        });
+        assert_eq!(fenced, 2);
+        assert!(store.tasks("r").unwrap().is_empty());
+        for lease in [0, 2] {
+            let fenced = store.put_journal_rows(&run, &ids, &names, lease, |sink| {
+                sink.put(2, &row_ref(&r, 0, None));
+            });
+            assert_eq!(fenced, 0);
+        }
+        let rows = store.tasks("r").unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!((rows[0].0, rows[0].1.lease, &*rows[0].1.node), (2, 2, "2"));
     }
 
     // A batch applied in place is written as a batch given whole, and comes back empty

@@ -22,6 +22,7 @@ mod sled;
 mod tasks;
 
 pub use self::memory::MemoryStore;
+pub(crate) use self::memory::{RowRef, RowSink};
 pub use self::outbox::{
     ChannelState, Delivery, DeliveryAttempt, DeliveryCursor, DeliveryPage, DeliveryQuery,
     DeliveryState, DeliveryUpdate, MAX_ATTEMPT_HISTORY,
@@ -1310,6 +1311,14 @@ pub trait Store: Send + Sync + 'static {
         None
     }
 
+    /// The store as the [`MemoryStore`] it is, if it is one: the runtime's journal then
+    /// writes task rows into it directly, without a [`TaskRow`] per row. Other stores
+    /// keep the default, `None`.
+    #[doc(hidden)]
+    fn as_memory_store(&self) -> Option<&MemoryStore> {
+        None
+    }
+
     /// Claims for `owner`, until `ttl_ms` from now, up to `limit` active runs of the
     /// given process types that no live worker holds (their lease expired, or they
     /// have none), deepest first; returns the new leases. A shared store does it in one
@@ -1545,6 +1554,9 @@ impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
     }
     fn task_queue(&self) -> Option<&dyn TaskQueue> {
         (**self).task_queue()
+    }
+    fn as_memory_store(&self) -> Option<&MemoryStore> {
+        (**self).as_memory_store()
     }
     fn update_enqueue(
         &self,
