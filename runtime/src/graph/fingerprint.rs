@@ -48,12 +48,20 @@ impl Fingerprint {
 
     #[inline]
     pub(super) fn node(&mut self, n: &Node) {
-        self.eat(n.id.as_bytes());
-        self.eat(n.meta.name.as_bytes());
-        for &d in n.deps() {
+        self.parts(&n.id, n.meta.name, n.deps(), n.data_deps());
+    }
+
+    /// What [`node`](Fingerprint::node) feeds, from the parts of a node not made yet: its
+    /// id, task name, dependencies and data dependencies (the builder has them at hand,
+    /// so it need not decode them from the node again).
+    #[inline]
+    pub(super) fn parts(&mut self, id: &str, name: &str, deps: &[u32], data: &[u32]) {
+        self.eat(id.as_bytes());
+        self.eat(name.as_bytes());
+        for &d in deps {
             self.eat_u32(d);
         }
-        for &d in n.data_deps() {
+        for &d in data {
             self.eat_u32(d);
         }
     }
