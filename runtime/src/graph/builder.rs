@@ -809,10 +809,15 @@ impl Builder {
             data,
             tolerant,
         };
-        // Fed from the parts at hand (the same bytes as from the node once made).
-        fingerprint.parts(&id, T::META.name, links.deps, links.data);
         let task: Box<dyn ErasedTask> = Box::new(Erased::new(task));
         nodes.push(Node::new(id, &T::META, description, task, &links, optional));
+        // Last: its chain of multiplies (about four cycles a byte, each waiting for the one
+        // before) then overlaps the work that follows, the next task's id and allocation.
+        // Fed before the allocation instead, it ran 2-14% slower natively (perf: three
+        // times the samples in the hash) for 3% fewer instructions.
+        if let Some(node) = nodes.last() {
+            fingerprint.node(node);
+        }
         self.scope().step_done(&[index]);
         Out::new(NodeRef { graph: tag, index })
     }
