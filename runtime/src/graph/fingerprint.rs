@@ -51,11 +51,10 @@ impl Fingerprint {
         self.parts(&n.id, n.meta.name, n.deps(), n.data_deps());
     }
 
-    /// What [`node`](Fingerprint::node) feeds, from the parts of a node not made yet: its
-    /// id, task name, dependencies and data dependencies (the builder has them at hand,
-    /// so it need not decode them from the node again).
+    /// What [`node`](Fingerprint::node) feeds: a node's id, task name, dependencies and
+    /// data dependencies, in that order.
     #[inline]
-    pub(super) fn parts(&mut self, id: &str, name: &str, deps: &[u32], data: &[u32]) {
+    fn parts(&mut self, id: &str, name: &str, deps: &[u32], data: &[u32]) {
         self.eat(id.as_bytes());
         self.eat(name.as_bytes());
         for &d in deps {
