@@ -385,3 +385,50 @@ fn the_first_id_of_a_table_is_found_by_the_next_ones() {
         }
     );
 }
+
+#[task]
+fn total(xs: Vec<u32>) -> u32 {
+    xs.iter().sum()
+}
+
+/// Fan-ins of three reads in every order, repeats included, of seven, and of three inside
+/// a sequential block and an `after` block (their links are more than their reads): every
+/// way the builder sorts a task's links.
+#[process]
+fn fan_ins(p: &mut Builder, width: u32) {
+    let mut seed = 7_u64;
+    let mut pick = move |n: usize| {
+        seed = seed
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        usize::try_from(seed >> 33).unwrap_or(0) % n
+    };
+    let first: Vec<Out<u32>> = p.each(0..width, |p, i| p.task(Num::new(i)));
+    let n = first.len();
+    let second: Vec<Out<u32>> = p.each(0..width, |p, _| {
+        let ins: Vec<Out<u32>> = (0..3).map(|_| first[pick(n)]).collect();
+        p.task(Total::new(ins))
+    });
+    let third: Vec<Out<u32>> = p.each(0..width, |p, _| {
+        let ins: Vec<Out<u32>> = (0..7).map(|_| second[pick(n)]).collect();
+        p.task(Total::new(ins))
+    });
+    p.sequential(|p| {
+        p.each(0..width, |p, _| {
+            let ins: Vec<Out<u32>> = (0..3).map(|_| third[pick(n)]).collect();
+            p.task(Total::new(ins))
+        })
+    });
+    p.after(&[first[0].node()], |p| {
+        let ins: Vec<Out<u32>> = (0..3).map(|_| third[pick(n)]).collect();
+        p.task(Total::new(ins))
+    });
+}
+
+#[test]
+fn fan_in_links_and_fingerprint_are_pinned() {
+    let g = Graph::of(FanIns { width: 8 }).unwrap();
+    assert_eq!(g.len(), 33);
+    // The value the builder gave before its links were sorted by `sort_dedup`.
+    assert_eq!(g.fingerprint(), 0xd2de_7733_7ba9_2b2a);
+}

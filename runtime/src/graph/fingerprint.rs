@@ -48,12 +48,19 @@ impl Fingerprint {
 
     #[inline]
     pub(super) fn node(&mut self, n: &Node) {
-        self.eat(n.id.as_bytes());
-        self.eat(n.meta.name.as_bytes());
-        for &d in n.deps() {
+        self.parts(&n.id, n.meta.name, n.deps(), n.data_deps());
+    }
+
+    /// What [`node`](Fingerprint::node) feeds: a node's id, task name, dependencies and
+    /// data dependencies, in that order.
+    #[inline]
+    fn parts(&mut self, id: &str, name: &str, deps: &[u32], data: &[u32]) {
+        self.eat(id.as_bytes());
+        self.eat(name.as_bytes());
+        for &d in deps {
             self.eat_u32(d);
         }
-        for &d in n.data_deps() {
+        for &d in data {
             self.eat_u32(d);
         }
     }

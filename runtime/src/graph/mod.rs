@@ -300,7 +300,52 @@ impl Graph {
 
 #[cfg(test)]
 mod tests {
+    use super::builder::{sort_dedup, Counter};
     use super::{same, LinkList};
+
+    #[test]
+    fn item_indexes_count_up_in_place() {
+        let mut c = Counter::new();
+        let mut text = String::new();
+        for i in 0..=100_001_u64 {
+            let from = c.next();
+            text.truncate(from);
+            text.extend(c.digits(from).iter().map(|&d| char::from(d)));
+            assert_eq!(text, i.to_string());
+            let previous = i.checked_sub(1).map(|p| p.to_string()).unwrap_or_default();
+            let same = previous
+                .bytes()
+                .zip(text.bytes())
+                .take_while(|(a, b)| a == b)
+                .count();
+            assert_eq!(from, same, "{i}");
+        }
+    }
+
+    #[test]
+    fn id_lists_are_sorted_without_repeats() {
+        let cases: [&[u32]; 9] = [
+            &[],
+            &[7],
+            &[1, 2, 9],
+            &[9, 2, 1],
+            &[3, 3],
+            &[5, 1, 5, 3, 1, 5],
+            &[4, 0, 4, 2, 8, 8, 1, 0, 7, 3, 6, 5, 9, 2, 11, 10, 12],
+            &[2, 2, 2, 2, 1],
+            &[10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0, 1, 2, 3, 4, 5],
+        ];
+        let triples = (0..27).map(|i| vec![i % 3, i / 3 % 3, i / 9]);
+        for case in cases.iter().map(|c| c.to_vec()).chain(triples) {
+            let case = &case[..];
+            let mut v = case.to_vec();
+            sort_dedup(&mut v);
+            let mut want = case.to_vec();
+            want.sort_unstable();
+            want.dedup();
+            assert_eq!(v, want, "{case:?}");
+        }
+    }
 
     #[test]
     fn id_lists_compare_by_slice_and_by_content() {
