@@ -223,12 +223,12 @@ async fn proc_66_to_json_is_complete_and_lossless() {
     assert_eq!(back.to_json(), json);
     assert_eq!(back.result::<Nested>("ok").unwrap().nested, vec![1, 2]);
     assert_eq!(
-        back.task("concurrent#1/down").unwrap().elapsed,
+        back.task("concurrent#1/down").unwrap().elapsed(),
         Duration::ZERO
     );
     assert_eq!(
-        back.task("ok").unwrap().elapsed,
-        report.task("ok").unwrap().elapsed
+        back.task("ok").unwrap().elapsed(),
+        report.task("ok").unwrap().elapsed()
     );
     // The original error value does not survive JSON; its message and chain do.
     let restored = back
@@ -379,8 +379,8 @@ async fn timings_and_order() {
     );
     for id in ["load", "apply"] {
         let t = report.task(id).unwrap();
-        assert!(t.elapsed > Duration::ZERO, "{id}");
-        assert!(t.elapsed <= report.elapsed, "{id}");
+        assert!(t.elapsed() > Duration::ZERO, "{id}");
+        assert!(t.elapsed() <= report.elapsed, "{id}");
         assert_eq!(t.attempts, 1);
     }
     assert!(report.run_id.starts_with("job-"), "{}", report.run_id);
@@ -624,7 +624,7 @@ async fn task_rows_keep_interleaved_task_names() {
     for (i, row) in &rows {
         let entry = &report.tasks[*i as usize];
         assert_eq!(&*row.node, &*entry.id);
-        assert_eq!(&*row.task, &*entry.name);
+        assert_eq!(&*row.task, entry.name());
         let v: u32 = row.result.as_deref().unwrap().parse().unwrap();
         assert_eq!(
             &*row.task,
