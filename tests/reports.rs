@@ -632,3 +632,83 @@ async fn task_rows_keep_interleaved_task_names() {
         );
     }
 }
+
+/// Tells a [`Held`] value that its run's waiter has the report.
+#[derive(Default)]
+struct Gate {
+    reported: std::sync::Mutex<bool>,
+    wake: std::sync::Condvar,
+    /// Set when the armed value is dropped: whether the waiter had the report then.
+    freed_after_report: std::sync::Mutex<Option<bool>>,
+}
+
+/// An argument of a task that never runs (skipped), so it is freed with what its run
+/// leaves. Freed before the run's waiter got its report, it waits for it (up to 20 s):
+/// a waiter that cannot run meanwhile makes it wait the whole time.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Held {
+    #[serde(skip)]
+    gate: Option<std::sync::Arc<Gate>>,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let Some(gate) = self.gate.take() else { return };
+        let reported = gate.reported.lock().unwrap();
+        let (reported, _) = gate
+            .wake
+            .wait_timeout_while(reported, Duration::from_secs(20), |r| !*r)
+            .unwrap();
+        *gate.freed_after_report.lock().unwrap() = Some(*reported);
+    }
+}
+
+#[task]
+fn fails_first() -> Result<u32, String> {
+    Err("no".into())
+}
+
+#[task]
+fn never_runs(_x: u32, _held: Held) {}
+
+/// Runs a graph whose skipped task holds `held` (and `extra` no-op tasks) from a task of
+/// a one-worker runtime, and says whether its run was freed after the waiter had the
+/// report.
+async fn freed_after_report(extra: u32) -> Option<bool> {
+    let gate = std::sync::Arc::new(Gate::default());
+    let held = Held {
+        gate: Some(gate.clone()),
+    };
+    let rt = rt().await;
+    let g2 = gate.clone();
+    let waiter = tokio::spawn(async move {
+        let mut g = TaskGraph::new();
+        let x = g.add("fails_first", FailsFirst::new()).unwrap();
+        g.add("never_runs", NeverRuns::new(x, held)).unwrap();
+        for i in 0..extra {
+            g.add(&format!("q{i}"), Quiet::new(i)).unwrap();
+        }
+        let report = rt.run_graph(g).await.unwrap();
+        *g2.reported.lock().unwrap() = true;
+        g2.wake.notify_all();
+        report
+    });
+    let report = waiter.await.unwrap();
+    assert_eq!(report.ids(report.skipped()), vec!["never_runs"]);
+    for _ in 0..400 {
+        if let Some(after) = *gate.freed_after_report.lock().unwrap() {
+            return Some(after);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    None
+}
+
+/// What a run leaves is freed after the report reached its waiter, not before, even when
+/// the waiter is a task on the driver's own worker thread: a small run's once the waiter
+/// ran, a large run's on the blocking pool.
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn a_run_is_freed_after_its_waiter_has_the_report() {
+    assert_eq!(freed_after_report(0).await, Some(true), "small run");
+    assert_eq!(freed_after_report(5_000).await, Some(true), "large run");
+}
