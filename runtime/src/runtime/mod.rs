@@ -608,6 +608,10 @@ impl RunHandle {
     /// (an idempotent launch's, a [`Runtime::wait`] of the live run) may still wait for
     /// it: then this one gets a copy and the last one the original.
     ///
+    /// The run's graph and executor state are freed only after the report is handed
+    /// over, out of the waiter's way: a small run's once a waiter on the driver's worker
+    /// thread has run, a large run's (4096 tasks or more) on tokio's blocking pool.
+    ///
     /// # Errors
     ///
     /// [`Error::RunAborted`] when the run's driver stopped without a report (the tokio
