@@ -609,8 +609,8 @@ impl RunHandle {
     /// it: then this one gets a copy and the last one the original.
     ///
     /// The run's graph and executor state are freed only after the report is handed
-    /// over, out of the waiter's way: a small run's once a waiter on the driver's worker
-    /// thread has run, a large run's (4096 tasks or more) on tokio's blocking pool.
+    /// over; a large run's (4096 tasks or more) on tokio's blocking pool, so that a
+    /// waiter running on the driver's worker thread does not wait for it.
     ///
     /// # Errors
     ///
