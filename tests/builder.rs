@@ -248,7 +248,7 @@ fn descriptions(p: &mut Builder) {
 #[tokio::test]
 async fn tt_18_19_20_descriptions() {
     let report = rt().await.run(Descriptions {}).await.unwrap();
-    let d = |id: &str| report.task(id).unwrap().description.clone();
+    let d = |id: &str| report.task(id).unwrap().description().to_owned();
     assert_eq!(d("undocumented"), "");
     assert_eq!(d("documented"), "Documented task.");
     assert_eq!(d("described"), "foo-bar-baz");
@@ -284,7 +284,10 @@ async fn tt_21_tt_42_each_adds_one_flat_step_per_item() {
     for i in 0..3_u32 {
         assert_eq!(report.result::<u32>(&format!("each[{i}]/item")).unwrap(), i);
         assert_eq!(
-            report.task(&format!("each[{i}]/item")).unwrap().description,
+            report
+                .task(&format!("each[{i}]/item"))
+                .unwrap()
+                .description(),
             ""
         );
     }
@@ -355,7 +358,7 @@ async fn tt_23_tt_44_transform_replaces_the_arguments() {
     assert_eq!(g.node_ids(), vec!["transform/item"]);
     let report = rt().await.run(Tt44 { base: 4 }).await.unwrap();
     assert_eq!(report.result::<u32>("transform/item").unwrap(), 8);
-    assert_eq!(report.task("transform/item").unwrap().description, "");
+    assert_eq!(report.task("transform/item").unwrap().description(), "");
 }
 
 #[task]

@@ -108,7 +108,7 @@ async fn cooperative_cancel_stops_the_run() {
             "{id}: {}",
             report.summary()
         );
-        assert_eq!((t.attempts, t.elapsed), (0, Duration::ZERO));
+        assert_eq!((t.attempts, t.elapsed()), (0, Duration::ZERO));
     }
     assert!(report.skipped().is_empty());
     assert_eq!(report.ids(report.cancelled()).len(), 3);
@@ -335,7 +335,11 @@ async fn a_task_ignoring_cancel_is_abandoned_after_the_grace_period() {
     );
     // Its time is the time it ran until abandoned: at least the grace period (its start
     // is recorded when it first waits).
-    assert!(t.elapsed >= Duration::from_millis(50), "{:?}", t.elapsed);
+    assert!(
+        t.elapsed() >= Duration::from_millis(50),
+        "{:?}",
+        t.elapsed()
+    );
     assert_eq!(report.status, RunStatus::Failed);
     assert_eq!(*ends.0.lock().unwrap(), vec!["failed stubborn"]);
 }

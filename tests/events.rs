@@ -337,11 +337,11 @@ async fn an_abandoned_task_keeps_its_attempts_and_elapsed_time() {
         .unwrap()
         .is::<CancelGraceExceeded>());
     assert_eq!(t.attempts, 1);
-    assert!(t.elapsed >= grace, "elapsed {:?}", t.elapsed);
+    assert!(t.elapsed() >= grace, "elapsed {:?}", t.elapsed());
     let stored = rt.report("stuck-1").await.unwrap();
     let s = stored.task("stuck").unwrap();
     assert_eq!(s.attempts, 1);
-    assert!(s.elapsed >= grace, "stored elapsed {:?}", s.elapsed);
+    assert!(s.elapsed() >= grace, "stored elapsed {:?}", s.elapsed());
     let rec = rt.get("stuck-1/stuck").await.unwrap().unwrap();
     assert_eq!(rec.state(), State::Failed);
     assert_eq!(rec.attempts, 1);

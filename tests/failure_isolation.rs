@@ -70,7 +70,7 @@ async fn proc_5_6_13_cascade_skips_descendants_only() {
         let t = report.task(id).unwrap();
         assert_eq!(t.status, TaskStatus::Skipped);
         assert_eq!(t.attempts, 0);
-        assert_eq!(t.elapsed, Duration::ZERO);
+        assert_eq!(t.elapsed(), Duration::ZERO);
         assert!(t.result.is_none());
         assert!(t.error.is_none());
     }
@@ -113,7 +113,7 @@ async fn proc_5_sequence_edges_skip_like_data_edges() {
         vec!["counted_step", "counted_step#1"]
     );
     for t in report.skipped() {
-        assert_eq!((t.attempts, t.elapsed), (0, Duration::ZERO));
+        assert_eq!((t.attempts, t.elapsed()), (0, Duration::ZERO));
     }
     assert_eq!(SEQ_SKIP_CALLS.load(Ordering::SeqCst), 0);
     assert_eq!(
@@ -272,7 +272,7 @@ async fn proc_39_input_resolution_failure_is_an_errored_task_with_zero_attempts(
     let errored = report.errored();
     assert_eq!(errored.len(), 1, "{}", report.summary());
     let t = errored[0];
-    assert_eq!(t.name, "read_unreadable");
+    assert_eq!(t.name(), "read_unreadable");
     assert_eq!(t.attempts, 0);
     let err = t.error.as_ref().unwrap();
     assert!(err.message.contains("resolve blew up"), "{}", err.message);
@@ -367,7 +367,7 @@ async fn wf_33_dependency_failure_policy_fail() {
     assert_eq!(report.ids(report.errored()), vec!["bad", "downstream_fail"]);
     assert_eq!(report.ids(report.skipped()), vec!["after_downstream"]);
     let t = report.task("downstream_fail").unwrap();
-    assert_eq!((t.attempts, t.elapsed), (0, Duration::ZERO));
+    assert_eq!((t.attempts, t.elapsed()), (0, Duration::ZERO));
     let err = t.error.as_ref().unwrap();
     assert_eq!(
         err.message,

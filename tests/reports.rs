@@ -223,12 +223,12 @@ async fn proc_66_to_json_is_complete_and_lossless() {
     assert_eq!(back.to_json(), json);
     assert_eq!(back.result::<Nested>("ok").unwrap().nested, vec![1, 2]);
     assert_eq!(
-        back.task("concurrent#1/down").unwrap().elapsed,
+        back.task("concurrent#1/down").unwrap().elapsed(),
         Duration::ZERO
     );
     assert_eq!(
-        back.task("ok").unwrap().elapsed,
-        report.task("ok").unwrap().elapsed
+        back.task("ok").unwrap().elapsed(),
+        report.task("ok").unwrap().elapsed()
     );
     // The original error value does not survive JSON; its message and chain do.
     let restored = back
@@ -379,8 +379,8 @@ async fn timings_and_order() {
     );
     for id in ["load", "apply"] {
         let t = report.task(id).unwrap();
-        assert!(t.elapsed > Duration::ZERO, "{id}");
-        assert!(t.elapsed <= report.elapsed, "{id}");
+        assert!(t.elapsed() > Duration::ZERO, "{id}");
+        assert!(t.elapsed() <= report.elapsed, "{id}");
         assert_eq!(t.attempts, 1);
     }
     assert!(report.run_id.starts_with("job-"), "{}", report.run_id);
@@ -624,11 +624,93 @@ async fn task_rows_keep_interleaved_task_names() {
     for (i, row) in &rows {
         let entry = &report.tasks[*i as usize];
         assert_eq!(&*row.node, &*entry.id);
-        assert_eq!(&*row.task, &*entry.name);
+        assert_eq!(&*row.task, entry.name());
         let v: u32 = row.result.as_deref().unwrap().parse().unwrap();
         assert_eq!(
             &*row.task,
             if v.is_multiple_of(3) { "pong" } else { "ping" }
         );
     }
+}
+
+/// Tells a [`Held`] value that its run's waiter has the report.
+#[derive(Default)]
+struct Gate {
+    reported: std::sync::Mutex<bool>,
+    wake: std::sync::Condvar,
+    /// Set when the armed value is dropped: whether the waiter had the report then.
+    freed_after_report: std::sync::Mutex<Option<bool>>,
+}
+
+/// An argument of a task that never runs (skipped), so it is freed with what its run
+/// leaves. Freed before the run's waiter got its report, it waits for it (up to 20 s):
+/// a waiter that cannot run meanwhile makes it wait the whole time.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Held {
+    #[serde(skip)]
+    gate: Option<std::sync::Arc<Gate>>,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let Some(gate) = self.gate.take() else { return };
+        let reported = gate.reported.lock().unwrap();
+        let (reported, _) = gate
+            .wake
+            .wait_timeout_while(reported, Duration::from_secs(20), |r| !*r)
+            .unwrap();
+        *gate.freed_after_report.lock().unwrap() = Some(*reported);
+    }
+}
+
+#[task]
+fn fails_first() -> Result<u32, String> {
+    Err("no".into())
+}
+
+#[task]
+fn never_runs(x: u32, held: Held) -> u32 {
+    drop(held);
+    x
+}
+
+/// Runs a graph whose skipped task holds `held` (and `extra` no-op tasks) from a task of
+/// a one-worker runtime, and says whether its run was freed after the waiter had the
+/// report.
+async fn freed_after_report(extra: u32) -> Option<bool> {
+    let gate = std::sync::Arc::new(Gate::default());
+    let held = Held {
+        gate: Some(gate.clone()),
+    };
+    let rt = rt().await;
+    let g2 = gate.clone();
+    let waiter = tokio::spawn(async move {
+        let mut g = TaskGraph::new();
+        let x = g.add("fails_first", FailsFirst::new()).unwrap();
+        g.add("never_runs", NeverRuns::new(x, held)).unwrap();
+        for i in 0..extra {
+            g.add(&format!("q{i}"), Quiet::new(i)).unwrap();
+        }
+        let report = rt.run_graph(g).await.unwrap();
+        *g2.reported.lock().unwrap() = true;
+        g2.wake.notify_all();
+        report
+    });
+    let report = waiter.await.unwrap();
+    assert_eq!(report.ids(report.skipped()), vec!["never_runs"]);
+    for _ in 0..400 {
+        if let Some(after) = *gate.freed_after_report.lock().unwrap() {
+            return Some(after);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    None
+}
+
+/// What a large run leaves is freed on the blocking pool, after the report reached its
+/// waiter, even when the waiter is a task on the driver's own worker thread (a small
+/// run's is freed by the driver at once).
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn a_large_run_is_freed_after_its_waiter_has_the_report() {
+    assert_eq!(freed_after_report(5_000).await, Some(true));
 }

@@ -610,5 +610,5 @@ async fn wf_43_backoff_waits_between_attempts_only() {
         "slept after the final attempt: {:?}",
         ended - last_end
     );
-    assert!(only(&report).elapsed >= Duration::from_millis(300));
+    assert!(only(&report).elapsed() >= Duration::from_millis(300));
 }

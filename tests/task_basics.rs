@@ -162,8 +162,8 @@ fn custom_named(p: &mut Builder) {
 async fn wf_2_custom_name_is_used_in_the_report() {
     let report = rt().await.run(CustomNamed {}).await.unwrap();
     let t = report.task("custom").unwrap();
-    assert_eq!(t.name, "custom");
-    assert!(t.function.ends_with("::with_args"));
+    assert_eq!(t.name(), "custom");
+    assert!(t.function().ends_with("::with_args"));
     assert_eq!(report.result::<u32>("custom").unwrap(), 42);
 }
 
@@ -359,8 +359,8 @@ async fn opt_51_progress_reporting_task_runs_to_done() {
     let t = report.task("reports_progress").unwrap();
     assert_eq!(t.status, TaskStatus::Success);
     assert_eq!(t.attempts, 1);
-    assert!(t.elapsed > Duration::ZERO);
-    assert!(report.elapsed >= t.elapsed);
+    assert!(t.elapsed() > Duration::ZERO);
+    assert!(report.elapsed >= t.elapsed());
 }
 
 #[task]

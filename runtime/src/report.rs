@@ -200,26 +200,101 @@ impl<'de> Deserialize<'de> for Json {
     }
 }
 
+/// Where a [`TaskReport`]'s name, function and description come from: the task's
+/// static metadata (every live report: no copy per entry), or owned text.
+pub(crate) trait Described: Sync {
+    /// The task's name.
+    fn name(&self) -> &str;
+    /// The function's path.
+    fn function(&self) -> &str;
+    /// The task's description.
+    fn description(&self) -> &str;
+}
+
+/// The names of a task that are not its metadata's: a node's own description, or a
+/// report read back from JSON or rebuilt from stored rows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct OwnedNames {
+    pub(crate) name: Cow<'static, str>,
+    pub(crate) function: Cow<'static, str>,
+    pub(crate) description: Cow<'static, str>,
+}
+
+impl Described for OwnedNames {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn function(&self) -> &str {
+        &self.function
+    }
+    fn description(&self) -> &str {
+        &self.description
+    }
+}
+
+/// A [`TaskReport`]'s names: 16 bytes, where three strings took 72.
+#[derive(Clone)]
+pub(crate) enum Names {
+    /// The task's metadata (static).
+    Static(&'static dyn Described),
+    /// Text of its own.
+    Owned(Box<OwnedNames>),
+}
+
+impl Names {
+    fn get(&self) -> &dyn Described {
+        match self {
+            Names::Static(d) => *d,
+            Names::Owned(o) => &**o,
+        }
+    }
+}
+
 /// One task's entry in a [`RunReport`].
-#[derive(Debug, Clone, Serialize, Deserialize)]
+///
+/// The task's name, function and description are methods
+/// ([`name`](TaskReport::name), [`function`](TaskReport::function),
+/// [`description`](TaskReport::description)) that read them from the task's static
+/// metadata, and its wall time is [`elapsed`](TaskReport::elapsed) (kept in nanoseconds):
+/// an entry of a live report is 88 bytes, not 152 (a 100k-task report: 6 MiB less).
+/// Before, these four were fields (`t.name`, `t.elapsed`); the JSON form is unchanged.
+///
+/// # Examples
+///
+/// ```
+/// use procession::prelude::*;
+///
+/// /// Adds one.
+/// #[task]
+/// fn inc(x: u32) -> u32 { x + 1 }
+///
+/// # #[tokio::main] async fn main() {
+/// let mut g = TaskGraph::new();
+/// g.add("inc", Inc::new(1)).unwrap();
+/// let rt = Runtime::in_memory().start().await.unwrap();
+/// let report = rt.run_graph(g).await.unwrap();
+/// let t = report.task("inc").unwrap();
+/// assert_eq!((t.name(), t.description()), ("inc", "Adds one."));
+/// assert!(t.function().ends_with("inc"));
+/// assert!(t.elapsed() <= report.elapsed);
+/// let json = serde_json::to_value(t).unwrap();
+/// assert_eq!(json["name"], "inc");
+/// assert!(json["elapsed_ns"].is_u64());
+/// # }
+/// ```
+#[derive(Clone)]
 pub struct TaskReport {
     /// The node id (unique in the run): kept inline when short (up to 23 bytes), else
     /// shared with the graph; it derefs to `str` and compares with `&str`.
     pub id: SmolStr,
-    /// The task's name.
-    pub name: Cow<'static, str>,
-    /// The function's path.
-    pub function: Cow<'static, str>,
-    /// The task's description.
-    pub description: Cow<'static, str>,
+    /// Name, function and description.
+    pub(crate) names: Names,
     /// How it ended.
     pub status: TaskStatus,
     /// Attempts that ran (0 when it never ran).
     pub attempts: u32,
-    /// Wall time from the start of the first attempt to the end of the last (exactly zero
-    /// when it never ran).
-    #[serde(with = "duration_ns", rename = "elapsed_ns")]
-    pub elapsed: Duration,
+    /// See [`elapsed`](TaskReport::elapsed).
+    pub(crate) elapsed_ns: u64,
     /// The result as JSON (`None` unless it succeeded).
     pub result: Option<Json>,
     /// The error (`None` unless it errored). Boxed: most tasks succeed, and an entry
@@ -244,7 +319,6 @@ pub struct TaskReport {
     pub error: Option<Box<ErrorReport>>,
     /// Whether the task is optional: its failure does not fail the run
     /// (see [`TaskExt::optional`](crate::TaskExt::optional)).
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub optional: bool,
 }
 
@@ -252,6 +326,29 @@ impl TaskReport {
     /// True when the task succeeded.
     pub fn is_success(&self) -> bool {
         self.status == TaskStatus::Success
+    }
+
+    /// The task's name (`#[task(name = "…")]`, else the function's name).
+    pub fn name(&self) -> &str {
+        self.names.get().name()
+    }
+
+    /// The function's path. Empty in a report rebuilt from stored task rows (they keep
+    /// the name only).
+    pub fn function(&self) -> &str {
+        self.names.get().function()
+    }
+
+    /// The task's description: the node's own when it was given one, else the task's.
+    /// Empty in a report rebuilt from stored task rows.
+    pub fn description(&self) -> &str {
+        self.names.get().description()
+    }
+
+    /// Wall time from the start of the first attempt to the end of the last (exactly zero
+    /// when it never ran), to the nanosecond.
+    pub fn elapsed(&self) -> Duration {
+        Duration::from_nanos(self.elapsed_ns)
     }
 
     /// The result decoded as `T`.
@@ -272,12 +369,109 @@ impl TaskReport {
     }
 }
 
+/// Nanoseconds of `d`, saturated (584 years).
+pub(crate) fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+// `names` and `elapsed_ns` are shown as what they stand for: name, function, description
+// and elapsed, as the fields were shown before.
+#[allow(clippy::missing_fields_in_debug)]
+impl fmt::Debug for TaskReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TaskReport")
+            .field("id", &self.id)
+            .field("name", &self.name())
+            .field("function", &self.function())
+            .field("description", &self.description())
+            .field("status", &self.status)
+            .field("attempts", &self.attempts)
+            .field("elapsed", &self.elapsed())
+            .field("result", &self.result)
+            .field("error", &self.error)
+            .field("optional", &self.optional)
+            .finish()
+    }
+}
+
+/// A [`TaskReport`] as it is written: the field order and names of the JSON form.
+#[derive(Serialize)]
+struct TaskReportOut<'a> {
+    id: &'a str,
+    name: &'a str,
+    function: &'a str,
+    description: &'a str,
+    status: TaskStatus,
+    attempts: u32,
+    elapsed_ns: u64,
+    result: &'a Option<Json>,
+    error: &'a Option<Box<ErrorReport>>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    optional: bool,
+}
+
+/// A [`TaskReport`] as it is read back.
+#[derive(Deserialize)]
+#[serde(rename = "TaskReport")]
+struct TaskReportIn {
+    id: SmolStr,
+    name: String,
+    function: String,
+    description: String,
+    status: TaskStatus,
+    attempts: u32,
+    elapsed_ns: u64,
+    result: Option<Json>,
+    error: Option<Box<ErrorReport>>,
+    #[serde(default)]
+    optional: bool,
+}
+
+impl Serialize for TaskReport {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let names = self.names.get();
+        TaskReportOut {
+            id: &self.id,
+            name: names.name(),
+            function: names.function(),
+            description: names.description(),
+            status: self.status,
+            attempts: self.attempts,
+            elapsed_ns: self.elapsed_ns,
+            result: &self.result,
+            error: &self.error,
+            optional: self.optional,
+        }
+        .serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for TaskReport {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<TaskReport, D::Error> {
+        let t = TaskReportIn::deserialize(d)?;
+        Ok(TaskReport {
+            id: t.id,
+            names: Names::Owned(Box::new(OwnedNames {
+                name: Cow::Owned(t.name),
+                function: Cow::Owned(t.function),
+                description: Cow::Owned(t.description),
+            })),
+            status: t.status,
+            attempts: t.attempts,
+            elapsed_ns: t.elapsed_ns,
+            result: t.result,
+            error: t.error,
+            optional: t.optional,
+        })
+    }
+}
+
 mod duration_ns {
     use serde::{Deserialize, Deserializer, Serializer};
     use std::time::Duration;
 
     pub(super) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_u64(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+        s.serialize_u64(super::nanos(*d))
     }
 
     pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
@@ -567,7 +761,7 @@ impl RunReport {
                 "  {mark} {:<32} attempts={} {:>8.3}s",
                 t.id,
                 t.attempts,
-                t.elapsed.as_secs_f64()
+                t.elapsed().as_secs_f64()
             );
             if let Some(e) = &t.error {
                 let _ = write!(s, "  {}", e.message);
@@ -582,5 +776,86 @@ impl RunReport {
             s.push('\n');
         }
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Meta;
+
+    impl Described for Meta {
+        fn name(&self) -> &'static str {
+            "load"
+        }
+        fn function(&self) -> &'static str {
+            "jobs::load"
+        }
+        fn description(&self) -> &'static str {
+            "Loads."
+        }
+    }
+
+    static META: Meta = Meta;
+
+    fn entry(names: Names, optional: bool) -> TaskReport {
+        TaskReport {
+            id: SmolStr::new("load#1"),
+            names,
+            status: TaskStatus::Success,
+            attempts: 2,
+            elapsed_ns: 1_500,
+            result: Some(Json::parse("[1,2]").unwrap()),
+            error: None,
+            optional,
+        }
+    }
+
+    /// The entry is small (names from the static metadata, time in nanoseconds).
+    #[test]
+    fn an_entry_is_88_bytes() {
+        assert!(
+            std::mem::size_of::<TaskReport>() <= 88,
+            "{}",
+            std::mem::size_of::<TaskReport>()
+        );
+    }
+
+    /// The JSON form is the one the fields had (same keys, same order), whether the names
+    /// are static or owned, and it reads back to the same entry.
+    #[test]
+    fn the_json_form_is_unchanged() {
+        let want = r#"{"id":"load#1","name":"load","function":"jobs::load","description":"Loads.","status":"success","attempts":2,"elapsed_ns":1500,"result":[1,2],"error":null}"#;
+        let live = entry(Names::Static(&META), false);
+        assert_eq!(serde_json::to_string(&live).unwrap(), want);
+        let back: TaskReport = serde_json::from_str(want).unwrap();
+        assert!(matches!(back.names, Names::Owned(_)));
+        assert_eq!(
+            (back.name(), back.function(), back.description()),
+            ("load", "jobs::load", "Loads.")
+        );
+        assert_eq!(back.elapsed(), Duration::from_nanos(1_500));
+        assert_eq!(serde_json::to_string(&back).unwrap(), want);
+        let optional = entry(
+            Names::Owned(Box::new(OwnedNames {
+                name: Cow::Borrowed("load"),
+                function: Cow::Borrowed("jobs::load"),
+                description: Cow::Owned("Loads.".into()),
+            })),
+            true,
+        );
+        assert_eq!(
+            serde_json::to_string(&optional).unwrap(),
+            want.replace(r#""error":null}"#, r#""error":null,"optional":true}"#)
+        );
+        assert!(format!("{live:?}").contains(r#"name: "load", function: "jobs::load""#));
+    }
+
+    /// A duration too long for 64 bits of nanoseconds saturates.
+    #[test]
+    fn nanos_saturate() {
+        assert_eq!(nanos(Duration::MAX), u64::MAX);
+        assert_eq!(nanos(Duration::from_micros(3)), 3_000);
     }
 }

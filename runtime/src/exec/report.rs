@@ -5,9 +5,26 @@ use std::time::Duration;
 
 use crate::error::{chain, DependencyFailed};
 use crate::graph::Graph;
-use crate::report::{ErrorReport, Handles, Json, RunReport, RunStatus, TaskReport, TaskStatus};
+use crate::report::{
+    nanos, Described, ErrorReport, Handles, Json, Names, OwnedNames, RunReport, RunStatus,
+    TaskReport, TaskStatus,
+};
+use crate::task::TaskMeta;
 
 use super::{NodeState, NodeStatus, Shared};
+
+/// A live report's entries read their names from the task's static metadata.
+impl Described for TaskMeta {
+    fn name(&self) -> &str {
+        self.name
+    }
+    fn function(&self) -> &str {
+        self.function
+    }
+    fn description(&self) -> &str {
+        self.description
+    }
+}
 
 /// The run's report; the nodes' ids and descriptions are moved out of `graph` into it (the
 /// graph is only dropped afterwards), not copied.
@@ -65,18 +82,21 @@ pub(super) fn build_report(
             };
             TaskReport {
                 id: std::mem::take(&mut node.id),
-                name: Cow::Borrowed(node.meta.name),
-                function: Cow::Borrowed(node.meta.function),
-                description: node
-                    .description
-                    .take()
-                    .map_or(Cow::Borrowed(node.meta.description), Cow::Owned),
+                // A node's own description is the rare case that needs text of its own.
+                names: match node.description.take() {
+                    None => Names::Static(node.meta),
+                    Some(d) => Names::Owned(Box::new(OwnedNames {
+                        name: Cow::Borrowed(node.meta.name),
+                        function: Cow::Borrowed(node.meta.function),
+                        description: Cow::Owned(d),
+                    })),
+                },
                 status,
                 attempts: s.attempts,
-                elapsed: if matches!(s.status, NodeStatus::Skipped | NodeStatus::Pending) {
-                    Duration::ZERO
+                elapsed_ns: if matches!(s.status, NodeStatus::Skipped | NodeStatus::Pending) {
+                    0
                 } else {
-                    s.elapsed
+                    nanos(s.elapsed)
                 },
                 result,
                 error,

@@ -210,7 +210,7 @@ impl Channel {
                 report.tasks.iter().any(|t| {
                     names
                         .iter()
-                        .any(|n| n.eq_ignore_ascii_case(&t.id) || n.eq_ignore_ascii_case(&t.name))
+                        .any(|n| n.eq_ignore_ascii_case(&t.id) || n.eq_ignore_ascii_case(t.name()))
                 })
             })
     }

@@ -426,7 +426,7 @@ fn text(n: &Parsed) -> String {
             t.id,
             status_label(t),
             t.attempts,
-            t.elapsed.as_secs_f64()
+            t.elapsed().as_secs_f64()
         );
     }
     for t in r.tasks.iter().filter(|t| t.error.is_some()) {
@@ -509,7 +509,7 @@ fn html(n: &Parsed) -> String {
             esc(&t.id),
             status_label(t),
             t.attempts,
-            t.elapsed.as_secs_f64()
+            t.elapsed().as_secs_f64()
         );
     }
     s.push_str("</table>");

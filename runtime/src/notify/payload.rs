@@ -32,7 +32,7 @@ impl Content {
             && self.tasks.as_ref().is_none_or(|names| {
                 names
                     .iter()
-                    .any(|n| n.eq_ignore_ascii_case(&t.id) || n.eq_ignore_ascii_case(&t.name))
+                    .any(|n| n.eq_ignore_ascii_case(&t.id) || n.eq_ignore_ascii_case(t.name()))
             })
     }
 }

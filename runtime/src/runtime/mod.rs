@@ -608,6 +608,10 @@ impl RunHandle {
     /// (an idempotent launch's, a [`Runtime::wait`] of the live run) may still wait for
     /// it: then this one gets a copy and the last one the original.
     ///
+    /// The run's graph and executor state are freed only after the report is handed
+    /// over; a large run's (4096 tasks or more) on tokio's blocking pool, so that a
+    /// waiter running on the driver's worker thread does not wait for it.
+    ///
     /// # Errors
     ///
     /// [`Error::RunAborted`] when the run's driver stopped without a report (the tokio

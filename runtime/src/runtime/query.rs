@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use crate::events::{self, EventStream};
 use crate::record::{ListFilter, ProcessRecord, State};
-use crate::report::{ErrorReport, Json, RunReport, RunStatus, TaskReport, TaskStatus};
+use crate::report::{
+    ErrorReport, Json, Names, OwnedNames, RunReport, RunStatus, TaskReport, TaskStatus,
+};
 use crate::store::{Page, Query, StoreError, TaskRow};
 
 use super::{Error, Result, Runtime};
@@ -368,12 +370,15 @@ pub(super) fn task_from_row(r: &TaskRow) -> TaskReport {
     };
     TaskReport {
         id: r.node.clone(),
-        name: Cow::Owned(r.task.to_string()),
-        function: Cow::Borrowed(""),
-        description: Cow::Borrowed(""),
+        // Rows keep the task's name only.
+        names: Names::Owned(Box::new(OwnedNames {
+            name: Cow::Owned(r.task.to_string()),
+            function: Cow::Borrowed(""),
+            description: Cow::Borrowed(""),
+        })),
         status,
         attempts: r.attempts,
-        elapsed: Duration::from_nanos(r.elapsed_ns),
+        elapsed_ns: r.elapsed_ns,
         result,
         error,
         optional: r.optional,
