@@ -140,7 +140,7 @@ impl<T> fmt::Debug for Out<T> {
 pub struct Arg<T>(ArgKind<T>);
 
 type OneResolver<T> = fn(&Inputs<'_>, NodeRef) -> Result<T, InputError>;
-type ManyResolver<T> = fn(&Inputs<'_>, &[NodeRef]) -> Result<T, InputError>;
+type ManyResolver<T> = fn(&Inputs<'_>, &Refs) -> Result<T, InputError>;
 
 enum ArgKind<T> {
     Value(T),
@@ -159,57 +159,102 @@ enum ArgKind<T> {
 /// How many reads of a list of outputs an [`Arg`] keeps inline.
 const INLINE_REFS: usize = 4;
 
-/// The nodes a list input reads, in order: up to [`INLINE_REFS`] inline (a fan-in of a
-/// few outputs, the common one, allocates nothing for them, and the worker that resolves
-/// the input frees nothing the graph's builder allocated), more in one boxed slice.
+/// How many of [`Refs::Inline`]'s reads are used. An enum rather than a `u8`: its unused
+/// values tell the two kinds of [`Refs`] apart, so a `Refs` is as small as the `Vec` it
+/// replaced (24 bytes). That size matters: a task is boxed when the graph is built and the
+/// box freed by the worker that ran it, on another thread; glibc frees a block of more
+/// than 128 bytes from another thread under its arena's lock, and a larger `Refs` pushed
+/// a fan-in task past it (layered 100x1k: 2,800 -> 10,000 context switches, waits on that
+/// lock).
+#[derive(Clone, Copy)]
+#[repr(u8)]
+enum InlineLen {
+    L0,
+    L1,
+    L2,
+    L3,
+    L4,
+}
+
+impl InlineLen {
+    const ALL: [InlineLen; INLINE_REFS + 1] = [
+        InlineLen::L0,
+        InlineLen::L1,
+        InlineLen::L2,
+        InlineLen::L3,
+        InlineLen::L4,
+    ];
+}
+
+/// The nodes a list input reads, in order: up to [`INLINE_REFS`] nodes of one graph
+/// inline, by index (a fan-in of a few outputs, the common one, allocates nothing for
+/// them, and the worker that resolves the input frees nothing the graph's builder
+/// allocated); more, or nodes of several graphs (refused when the graph is built), in one
+/// boxed slice.
 enum Refs {
     Inline {
-        len: u8,
-        refs: [NodeRef; INLINE_REFS],
+        len: InlineLen,
+        graph: u32,
+        index: [u32; INLINE_REFS],
     },
     Heap(Box<[NodeRef]>),
 }
 
+// See `InlineLen`: no larger than the `Vec` it replaced.
+const _: () = assert!(std::mem::size_of::<Refs>() <= 24);
+
 impl Refs {
-    fn as_slice(&self) -> &[NodeRef] {
+    /// How many reads.
+    fn len(&self) -> usize {
         match self {
-            Refs::Inline { len, refs } => &refs[..usize::from(*len)],
-            Refs::Heap(refs) => refs,
+            Refs::Inline { len, .. } => *len as usize,
+            Refs::Heap(refs) => refs.len(),
         }
+    }
+
+    /// The reads, in order.
+    fn iter(&self) -> impl Iterator<Item = NodeRef> + '_ {
+        let (graph, inline, heap): (u32, &[u32], &[NodeRef]) = match self {
+            Refs::Inline { len, graph, index } => (*graph, &index[..*len as usize], &[]),
+            Refs::Heap(refs) => (0, &[], refs),
+        };
+        // One of the two is empty.
+        inline
+            .iter()
+            .map(move |&index| NodeRef { graph, index })
+            .chain(heap.iter().copied())
     }
 }
 
 impl FromIterator<NodeRef> for Refs {
     fn from_iter<I: IntoIterator<Item = NodeRef>>(iter: I) -> Self {
         let mut iter = iter.into_iter();
-        let mut refs = [NodeRef { graph: 0, index: 0 }; INLINE_REFS];
+        let mut taken = [NodeRef { graph: 0, index: 0 }; INLINE_REFS];
         let mut len = 0;
+        let mut one_graph = true;
         while len < INLINE_REFS {
             match iter.next() {
-                Some(r) => refs[len] = r,
-                None => {
-                    return Refs::Inline {
-                        // At most `INLINE_REFS`.
-                        len: u8::try_from(len).unwrap_or(u8::MAX),
-                        refs,
-                    };
+                Some(r) => {
+                    one_graph &= r.graph == taken[0].graph || len == 0;
+                    taken[len] = r;
+                    len += 1;
                 }
-            }
-            len += 1;
-        }
-        match iter.next() {
-            None => Refs::Inline {
-                len: u8::try_from(len).unwrap_or(u8::MAX),
-                refs,
-            },
-            Some(next) => {
-                let mut all = Vec::with_capacity(INLINE_REFS + 1 + iter.size_hint().0);
-                all.extend_from_slice(&refs);
-                all.push(next);
-                all.extend(iter);
-                Refs::Heap(all.into_boxed_slice())
+                None => break,
             }
         }
+        let rest = iter.next();
+        if rest.is_none() && one_graph {
+            return Refs::Inline {
+                len: InlineLen::ALL[len],
+                graph: taken[0].graph,
+                index: taken.map(|r| r.index),
+            };
+        }
+        let mut all = Vec::with_capacity(len + 1 + iter.size_hint().0);
+        all.extend_from_slice(&taken[..len]);
+        all.extend(rest);
+        all.extend(iter);
+        Refs::Heap(all.into_boxed_slice())
     }
 }
 
@@ -260,9 +305,9 @@ impl<T: Data> Arg<T> {
                 required: false,
             }),
             ArgKind::Many { refs, required, .. } => {
-                for r in refs.as_slice() {
+                for r in refs.iter() {
                     f(Read {
-                        node: *r,
+                        node: r,
                         required: *required,
                     });
                 }
@@ -279,7 +324,7 @@ impl<T: Data> Arg<T> {
                 None => inputs.take(r),
             },
             ArgKind::Maybe(r, resolve) => resolve(inputs, r),
-            ArgKind::Many { refs, resolve, .. } => resolve(inputs, refs.as_slice()),
+            ArgKind::Many { refs, resolve, .. } => resolve(inputs, &refs),
         }
     }
 }
@@ -290,21 +335,24 @@ impl<T> fmt::Debug for Arg<T> {
             ArgKind::Value(_) => f.write_str("Arg::Value(..)"),
             ArgKind::One(r) => write!(f, "Arg::Output({r:?})"),
             ArgKind::Maybe(r, _) => write!(f, "Arg::OptionalOutput({r:?})"),
-            ArgKind::Many { refs, .. } => write!(f, "Arg::Outputs({:?})", refs.as_slice()),
+            ArgKind::Many { refs, .. } => f
+                .debug_tuple("Arg::Outputs")
+                .field(&refs.iter().collect::<Vec<_>>())
+                .finish(),
         }
     }
 }
 
 /// The outputs `refs` read, in order: one allocation of the exact size (collecting the
 /// `Result`s would start from a guess and grow).
-fn collect_many<U: Data>(inputs: &Inputs<'_>, refs: &[NodeRef]) -> Result<Vec<U>, InputError> {
+fn collect_many<U: Data>(inputs: &Inputs<'_>, refs: &Refs) -> Result<Vec<U>, InputError> {
     let mut out = Vec::with_capacity(refs.len());
-    for r in refs {
+    for r in refs.iter() {
         // A scalar read inline (a fan-in of numbers: a few loads per input), anything
         // else (and every error) the general way.
-        out.push(match inputs.scalar::<U>(*r) {
+        out.push(match inputs.scalar::<U>(r) {
             Some(v) => v,
-            None => inputs.take::<U>(*r)?,
+            None => inputs.take::<U>(r)?,
         });
     }
     Ok(out)
@@ -314,13 +362,10 @@ fn take_maybe<U: Data>(inputs: &Inputs<'_>, r: NodeRef) -> Result<Option<U>, Inp
     inputs.take_if_present::<U>(r)
 }
 
-fn collect_maybe<U: Data>(
-    inputs: &Inputs<'_>,
-    refs: &[NodeRef],
-) -> Result<Vec<Option<U>>, InputError> {
+fn collect_maybe<U: Data>(inputs: &Inputs<'_>, refs: &Refs) -> Result<Vec<Option<U>>, InputError> {
     let mut out = Vec::with_capacity(refs.len());
-    for r in refs {
-        out.push(inputs.take_if_present::<U>(*r)?);
+    for r in refs.iter() {
+        out.push(inputs.take_if_present::<U>(r)?);
     }
     Ok(out)
 }
@@ -1165,6 +1210,23 @@ mod tests {
             // A scalar is read by every reader alike.
             assert_eq!(got, (0..n as u64).map(|i| Some(i * 10)).collect::<Vec<_>>());
         }
+    }
+
+    // A short list with a handle of another graph keeps each read's graph (the builder
+    // refuses the foreign one by it), so it is not kept inline by index.
+    #[test]
+    fn list_inputs_of_two_graphs_keep_their_graphs() {
+        use super::{Arg, IntoArg, NodeRef, Out, Read, Refs};
+        let outs: Vec<Out<u64>> = [(7, 0), (8, 1), (7, 2)]
+            .into_iter()
+            .map(|(graph, index)| Out::new(NodeRef { graph, index }))
+            .collect();
+        let refs: Refs = outs.iter().map(|o| o.node).collect();
+        assert!(matches!(refs, Refs::Heap(_)));
+        let arg: Arg<Vec<u64>> = IntoArg::<Vec<u64>>::into_arg(outs);
+        let mut seen = Vec::new();
+        arg.visit(&mut |r: Read| seen.push((r.node.graph, r.node.index)));
+        assert_eq!(seen, vec![(7, 0), (8, 1), (7, 2)]);
     }
 
     // A read that finds nothing, or a result it cannot decode, names the node it read;
