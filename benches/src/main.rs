@@ -1889,7 +1889,7 @@ fn main() {
             Some("--postgres") => pg_figures::run(&args[1..]).await,
             Some("--pg-worker") => pg_figures::worker(&args[1..]).await,
             Some("-h" | "--help") => {
-                println!("usage: procession-benches [--quick] [--no-run-graph] | --only <wide|chain|fan|layered> <tasks> <a|a2|b|b2|c> [repeats] | --resume-only <tasks> | --build-only <wide|chain|fan|layered> <tasks> [repeats] | --scale-only [small] [big] | --small-only <wide|chain> <tasks> <a|b|c>... [runs] | --concurrent-only <launches> [width] | --admin [--quick] | --postgres [--quick] [--hot-path | --spread-only | --spread-cost] [--url <url>]");
+                println!("usage: procession-benches [--quick] [--no-run-graph] | --only <wide|chain|fan|layered> <tasks> <a|a2|b|b2|c> [repeats] | --resume-only <tasks> | --build-only <wide|chain|fan|layered> <tasks> [repeats] | --scale-only [small] [big] | --small-only <wide|chain> <tasks> <a|b|c>... [runs [history]] | --concurrent-only <launches> [width] | --admin [--quick] | --postgres [--quick] [--hot-path | --spread-only | --spread-cost] [--url <url>]");
                 Ok(())
             }
             _ => {
