@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 use crate::error::{chain, BoxError, CancelGraceExceeded, DependencyFailed};
 use crate::graph::Graph;
 use crate::hooks::{Hooks, RunInfo};
-use crate::journal::{Ended, RunJournal};
+use crate::journal::{Ended, Failure, RunJournal};
 use crate::record::Level;
 use crate::record::State;
 use crate::report::{RunReport, RunStatus};
@@ -790,8 +790,12 @@ fn record_end(
             skipped,
             attempts: s.attempts,
             elapsed: s.elapsed,
-            error: s.error.as_ref().map(ToString::to_string),
-            chain: s.error.as_ref().map(|e| chain(&**e)).unwrap_or_default(),
+            failure: s.error.as_ref().map(|e| {
+                Box::new(Failure {
+                    error: e.to_string(),
+                    chain: chain(&**e),
+                })
+            }),
             at,
         },
         result,

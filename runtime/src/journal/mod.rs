@@ -554,9 +554,7 @@ impl RunJournal {
     fn wall_ms(&self, at: Instant) -> u64 {
         let (wall0, inst0) = self.clock0;
         match at.checked_duration_since(inst0) {
-            Some(after) => {
-                wall0.saturating_add(u64::try_from(after.as_millis()).unwrap_or(u64::MAX))
-            }
+            Some(after) => wall0.saturating_add(millis(after)),
             None => ms_before(wall0, inst0.saturating_duration_since(at)),
         }
     }
@@ -600,17 +598,17 @@ impl RunJournal {
                 row.state = outcome.state;
                 row.skipped = outcome.skipped;
                 row.attempts = row.attempts.max(outcome.attempts);
-                row.elapsed_ns = u64::try_from(outcome.elapsed.as_nanos()).unwrap_or(u64::MAX);
+                row.elapsed_ns = nanos(outcome.elapsed);
                 let now = at_ms;
                 row.set_ended_at(now);
                 if row.started_at().is_none() && outcome.attempts > 0 {
                     // Ended in its first poll: its start was not recorded on its own.
                     row.set_started_at(ms_before(now, outcome.elapsed));
                 }
-                if outcome.error.is_some() || !outcome.chain.is_empty() {
+                if let Some(failure) = outcome.failure {
                     let rare = row.rare();
-                    rare.error = outcome.error;
-                    rare.chain = outcome.chain;
+                    rare.error = Some(failure.error);
+                    rare.chain = failure.chain;
                 } else if let Some(rare) = row.rare.as_deref_mut() {
                     rare.error = None;
                     rare.chain = Vec::new();
@@ -635,7 +633,7 @@ impl RunJournal {
         let changed = g.change(node, |row| {
             row.state = State::Done;
             row.attempts = attempts;
-            row.elapsed_ns = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+            row.elapsed_ns = nanos(elapsed);
             row.set_percent(Some(100.0));
             row.result = Some(result);
         });
@@ -811,7 +809,22 @@ pub(crate) struct NewRow {
 
 /// The wall-clock time (ms since the Unix epoch) `ago` before `now`.
 fn ms_before(now: u64, ago: Duration) -> u64 {
-    now.saturating_sub(u64::try_from(ago.as_millis()).unwrap_or(u64::MAX))
+    now.saturating_sub(millis(ago))
+}
+
+/// Whole milliseconds of `d`, saturating: `as_millis` without its 128-bit arithmetic
+/// (on every task's end).
+fn millis(d: Duration) -> u64 {
+    d.as_secs()
+        .saturating_mul(1_000)
+        .saturating_add(u64::from(d.subsec_millis()))
+}
+
+/// Nanoseconds of `d`, saturating: `as_nanos` without its 128-bit arithmetic.
+fn nanos(d: Duration) -> u64 {
+    d.as_secs()
+        .saturating_mul(1_000_000_000)
+        .saturating_add(u64::from(d.subsec_nanos()))
 }
 
 /// How a node ended, for its row.
@@ -820,11 +833,20 @@ pub(crate) struct Ended {
     pub(crate) skipped: bool,
     pub(crate) attempts: u32,
     pub(crate) elapsed: Duration,
-    pub(crate) error: Option<String>,
-    pub(crate) chain: Vec<String>,
+    /// Its error, when it failed; boxed: a success (most ends) moves and drops one
+    /// pointer, not two empty collections.
+    pub(crate) failure: Option<Box<Failure>>,
     /// When it ended, if the caller read the clock already (a worker timing the node):
     /// no second clock read per node. `None`: now.
     pub(crate) at: Option<Instant>,
+}
+
+/// A failed node's error, for its row (see [`Ended::failure`]).
+pub(crate) struct Failure {
+    /// The error's text.
+    pub(crate) error: String,
+    /// The messages of the error and its sources, outermost first.
+    pub(crate) chain: Vec<String>,
 }
 
 impl RunJournal {
@@ -980,8 +1002,7 @@ mod tests {
             skipped: false,
             attempts: 1,
             elapsed,
-            error: None,
-            chain: Vec::new(),
+            failure: None,
             at,
         }
     }

@@ -96,8 +96,15 @@ impl WriterHandle {
     }
 
     pub(super) fn wake(&self, j: &RunJournal) {
-        // One message per write cycle, however many tasks changed in it.
-        if !j.woken.swap(true, std::sync::atomic::Ordering::AcqRel) {
+        // One message per write cycle, however many tasks changed in it. A plain load
+        // first: once the writer has been woken, the other changes of the cycle do not
+        // write the flag's cache line (a locked swap per task). Seeing `true` is enough:
+        // the writer clears the flag before it locks the rows to take them, and this
+        // change was made under that lock, so either the writer's take comes after it
+        // or the clear is visible here.
+        if !j.woken.load(std::sync::atomic::Ordering::Relaxed)
+            && !j.woken.swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
             let _ = self.tx.send(Msg::Wake(j.run_id.clone()));
         }
     }
