@@ -1,9 +1,41 @@
 //! Small helpers shared by several layers (the lowest layer, with `error`).
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Milliseconds since the Unix epoch: 0 before it, `u64::MAX` beyond what a `u64` holds.
 pub(crate) fn unix_ms(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Whole milliseconds of `d`, saturating at `u64::MAX`: `as_millis` without its 128-bit
+/// arithmetic (on every task's end).
+pub(crate) fn millis(d: Duration) -> u64 {
+    d.as_secs()
+        .saturating_mul(1_000)
+        .saturating_add(u64::from(d.subsec_millis()))
+}
+
+/// Nanoseconds of `d`, saturating at `u64::MAX` (584 years): `as_nanos` without its
+/// 128-bit arithmetic.
+pub(crate) fn nanos(d: Duration) -> u64 {
+    d.as_secs()
+        .saturating_mul(1_000_000_000)
+        .saturating_add(u64::from(d.subsec_nanos()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{millis, nanos};
+    use std::time::Duration;
+
+    // Exact below the limit, saturated beyond it.
+    #[test]
+    fn durations_convert_and_saturate() {
+        assert_eq!(nanos(Duration::from_micros(3)), 3_000);
+        assert_eq!(nanos(Duration::new(2, 5)), 2_000_000_005);
+        assert_eq!(nanos(Duration::MAX), u64::MAX);
+        assert_eq!(millis(Duration::new(3, 7_000_000)), 3_007);
+        assert_eq!(millis(Duration::MAX), u64::MAX);
+    }
 }

@@ -6,10 +6,11 @@ use std::time::Duration;
 use crate::error::{chain, DependencyFailed};
 use crate::graph::Graph;
 use crate::report::{
-    nanos, Described, ErrorReport, Handles, Json, Names, OwnedNames, RunReport, RunStatus,
-    TaskReport, TaskStatus,
+    Described, ErrorReport, Handles, Json, Names, OwnedNames, RunReport, RunStatus, TaskReport,
+    TaskStatus,
 };
 use crate::task::TaskMeta;
+use crate::util::nanos;
 
 use super::{NodeState, NodeStatus, Shared};
 

@@ -22,6 +22,7 @@ use crate::record::Level;
 use crate::record::{now_ms, LogEntry, Progress, State, MAX_LOG};
 use crate::store::{Batch, MemoryStore, RareFields, RowRef, RowSink, StoreError, TaskRow};
 use crate::task::ctx::Reporter;
+use crate::util::{millis, nanos};
 use smol_str::SmolStr;
 
 /// More than this many progress messages from one task within one flush window is an
@@ -810,21 +811,6 @@ pub(crate) struct NewRow {
 /// The wall-clock time (ms since the Unix epoch) `ago` before `now`.
 fn ms_before(now: u64, ago: Duration) -> u64 {
     now.saturating_sub(millis(ago))
-}
-
-/// Whole milliseconds of `d`, saturating: `as_millis` without its 128-bit arithmetic
-/// (on every task's end).
-fn millis(d: Duration) -> u64 {
-    d.as_secs()
-        .saturating_mul(1_000)
-        .saturating_add(u64::from(d.subsec_millis()))
-}
-
-/// Nanoseconds of `d`, saturating: `as_nanos` without its 128-bit arithmetic.
-fn nanos(d: Duration) -> u64 {
-    d.as_secs()
-        .saturating_mul(1_000_000_000)
-        .saturating_add(u64::from(d.subsec_nanos()))
 }
 
 /// How a node ended, for its row.
