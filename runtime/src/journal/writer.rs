@@ -393,9 +393,7 @@ fn writer_loop(
                 }
             }
         }
-        if fenced > 0 {
-            tracing::warn!(fenced, "task rows with a stale lease token were dropped");
-        }
+        warn_fenced(fenced);
         wrote |= !cycle.pending.is_empty();
         cycle.apply_pending(store);
         for (run, root, token, progress) in rollups {
@@ -510,10 +508,16 @@ fn apply_in_chunks(store: &dyn Store, pending: &mut Batch) -> Result<(), StoreEr
             fenced += store.apply(b)?.fenced;
         }
     }
+    warn_fenced(fenced);
+    Ok(())
+}
+
+/// Says that `fenced` task rows (if any) were refused for a stale lease token, whichever
+/// way they were written (a store's apply, or the memory store's direct take).
+fn warn_fenced(fenced: u64) {
     if fenced > 0 {
         tracing::warn!(fenced, "task rows with a stale lease token were dropped");
     }
-    Ok(())
 }
 
 #[cfg(test)]
