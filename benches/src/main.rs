@@ -111,6 +111,10 @@ const SEED: u64 = 0x5EED_0006_D1A6_2024;
 enum Shape {
     /// `n` independent tasks.
     Wide(u32),
+    /// `n` independent tasks, each carrying 256 bytes (a task with a few fields): its
+    /// box is past glibc's per-thread cache, the case where freeing it on a worker
+    /// thread contended for the builder's malloc arena.
+    WideBig(u32),
     /// `n` tasks, each passing a `u64` to the next.
     Chain(u32),
     /// 1 -> `n` -> 1.
@@ -123,6 +127,7 @@ impl Shape {
     fn name(self) -> String {
         match self {
             Shape::Wide(n) => format!("wide {}", human(n)),
+            Shape::WideBig(n) => format!("wide-big {}", human(n)),
             Shape::Chain(n) => format!("chain {}", human(n)),
             Shape::Fan(n) => format!("fan 1>{}>1", human(n)),
             Shape::Layered { layers, width } => format!("layered {layers}x{}", human(width)),
@@ -131,7 +136,7 @@ impl Shape {
 
     fn tasks(self) -> usize {
         match self {
-            Shape::Wide(n) | Shape::Chain(n) => n as usize,
+            Shape::Wide(n) | Shape::WideBig(n) | Shape::Chain(n) => n as usize,
             Shape::Fan(n) => n as usize + 2,
             Shape::Layered { layers, width } => (layers * width) as usize,
         }
@@ -144,7 +149,7 @@ impl Shape {
         let mut parents = Vec::new();
         off.push(0u32);
         match self {
-            Shape::Wide(_) => off.resize(n + 1, 0),
+            Shape::Wide(_) | Shape::WideBig(_) => off.resize(n + 1, 0),
             Shape::Chain(_) => {
                 for i in 0..n as u32 {
                     if i > 0 {
@@ -363,6 +368,19 @@ fn wide(p: &mut Builder, n: u32) {
     p.each(0..n, |p, i| p.task(Leaf::new(u64::from(i))));
 }
 
+/// A node without parent whose task carries 256 bytes: its value is the last of them.
+#[task]
+#[allow(clippy::unused_async)] // async on purpose: runs as a tokio task, not on the blocking pool
+async fn leaf_big(pad: [u64; 32]) -> u64 {
+    pad[31]
+}
+
+/// `n` independent tasks of 256 bytes each (node `i`'s value is `i`, as in `wide`).
+#[process(mode = "concurrent")]
+fn wide_big(p: &mut Builder, n: u32) {
+    p.each(0..n, |p, i| p.task(LeafBig::new([u64::from(i); 32])));
+}
+
 /// `n` tasks in a line.
 #[process(mode = "concurrent")]
 fn chain(p: &mut Builder, n: u32) {
@@ -487,6 +505,7 @@ fn checksum(report: &RunReport) -> u64 {
 async fn launch_shape(rt: &Runtime, shape: Shape) -> AnyResult<RunReport> {
     let report = match shape {
         Shape::Wide(n) => rt.launch(Wide { n }).await?.wait().await?,
+        Shape::WideBig(n) => rt.launch(WideBig { n }).await?.wait().await?,
         Shape::Chain(n) => rt.launch(Chain { n }).await?.wait().await?,
         Shape::Fan(n) => rt.launch(Fan { n }).await?.wait().await?,
         Shape::Layered { layers, width } => {
@@ -509,6 +528,7 @@ async fn launch_shape(rt: &Runtime, shape: Shape) -> AnyResult<RunReport> {
 fn graph_of(shape: Shape) -> AnyResult<Graph> {
     Ok(match shape {
         Shape::Wide(n) => Graph::of(Wide { n })?,
+        Shape::WideBig(n) => Graph::of(WideBig { n })?,
         Shape::Chain(n) => Graph::of(Chain { n })?,
         Shape::Fan(n) => Graph::of(Fan { n })?,
         Shape::Layered { layers, width } => Graph::of(Layered {
@@ -521,6 +541,7 @@ fn graph_of(shape: Shape) -> AnyResult<Graph> {
 
 fn register(b: procession::RuntimeBuilder) -> procession::RuntimeBuilder {
     b.register::<Wide>()
+        .register::<WideBig>()
         .register::<Chain>()
         .register::<Fan>()
         .register::<Layered>()
@@ -1354,6 +1375,7 @@ async fn measure_shape(
 fn shape_args(shape: Shape) -> [String; 2] {
     match shape {
         Shape::Wide(n) => ["wide".into(), n.to_string()],
+        Shape::WideBig(n) => ["wide-big".into(), n.to_string()],
         Shape::Chain(n) => ["chain".into(), n.to_string()],
         Shape::Fan(n) => ["fan".into(), n.to_string()],
         Shape::Layered { layers, width } => ["layered".into(), (layers * width).to_string()],
@@ -1364,6 +1386,7 @@ fn parse_shape(kind: Option<&str>, n: u32) -> Shape {
     match kind {
         Some("chain") => Shape::Chain(n),
         Some("fan") => Shape::Fan(n),
+        Some("wide-big") => Shape::WideBig(n),
         Some("layered") => Shape::Layered {
             layers: n / 1000,
             width: 1000,
@@ -1813,7 +1836,7 @@ fn main() {
                 resume_child(&dir, n).await
             }
             Some("--only") => {
-                // For profilers: `--only <wide|chain|fan|layered> <n> <a|a2|b|b2|c> [repeats]`.
+                // For profilers: `--only <wide|wide-big|chain|fan|layered> <n> <a|a2|b|b2|c> [repeats]`.
                 let n: u32 = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(100_000);
                 let shape = parse_shape(args.get(1).map(String::as_str), n);
                 let v = match args.get(3).map(String::as_str) {
@@ -1848,7 +1871,7 @@ fn main() {
                 print_scale(small, big)
             }
             Some("--build-only") => {
-                // For profilers: `--build-only <wide|chain|fan|layered> <n> [repeats]`, the
+                // For profilers: `--build-only <wide|wide-big|chain|fan|layered> <n> [repeats]`, the
                 // graph build (`Graph::of`) alone, `repeats` times; prints the median.
                 let n: u32 = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(10_000);
                 let shape = parse_shape(args.get(1).map(String::as_str), n);
@@ -1889,7 +1912,7 @@ fn main() {
             Some("--postgres") => pg_figures::run(&args[1..]).await,
             Some("--pg-worker") => pg_figures::worker(&args[1..]).await,
             Some("-h" | "--help") => {
-                println!("usage: procession-benches [--quick] [--no-run-graph] | --only <wide|chain|fan|layered> <tasks> <a|a2|b|b2|c> [repeats] | --resume-only <tasks> | --build-only <wide|chain|fan|layered> <tasks> [repeats] | --scale-only [small] [big] | --small-only <wide|chain> <tasks> <a|b|c>... [runs [history]] | --concurrent-only <launches> [width] | --admin [--quick] | --postgres [--quick] [--hot-path | --spread-only | --spread-cost] [--url <url>]");
+                println!("usage: procession-benches [--quick] [--no-run-graph] | --only <wide|wide-big|chain|fan|layered> <tasks> <a|a2|b|b2|c> [repeats] | --resume-only <tasks> | --build-only <wide|wide-big|chain|fan|layered> <tasks> [repeats] | --scale-only [small] [big] | --small-only <wide|chain> <tasks> <a|b|c>... [runs [history]] | --concurrent-only <launches> [width] | --admin [--quick] | --postgres [--quick] [--hot-path | --spread-only | --spread-cost] [--url <url>]");
                 Ok(())
             }
             _ => {
@@ -1927,6 +1950,7 @@ fn main() {
                                 layers: 100,
                                 width: 1_000,
                             },
+                            Shape::WideBig(100_000),
                         ],
                         big_wide: 100_000,
                         with_run_graph,
