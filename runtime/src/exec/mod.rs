@@ -581,6 +581,8 @@ fn new_shared(
         span: cfg.span.clone(),
         worker: cfg.worker.clone(),
         dispatch: cfg.dispatch.clone(),
+        // The tasks were taken above (into `nodes`): the graph keeps none.
+        _arena: std::mem::take(&mut graph.arena),
     });
     (shared, rx)
 }

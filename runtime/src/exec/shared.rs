@@ -10,11 +10,11 @@ use smol_str::SmolStr;
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 
+use crate::graph::arena::{Arena, TaskBox};
 use crate::hooks::Hooks;
 use crate::journal::RunJournal;
 use crate::task::arg::Slot;
 use crate::task::ctx::RunScope;
-use crate::task::erased::ErasedTask;
 use crate::task::TaskMeta;
 
 use super::worker::run_pooled;
@@ -68,7 +68,7 @@ pub(super) struct Shared {
     /// Where nodes run when not here (see [`super::Dispatch`]).
     pub(super) dispatch: Option<Arc<dyn super::Dispatch>>,
     /// Started nodes waiting for a runner (see [`Shared::start`]), when [`pooled`](Self::pooled).
-    pub(super) queue: Mutex<VecDeque<(u32, Box<dyn ErasedTask>)>>,
+    pub(super) queue: Mutex<VecDeque<(u32, TaskBox)>>,
     /// Runners alive and not waiting inside a node (see [`Shared::start`]).
     pub(super) active: AtomicUsize,
     /// How many runners keep the queue moving while none of them waits: the tokio
@@ -78,6 +78,10 @@ pub(super) struct Shared {
     /// runtime-wide permits (a node waiting for one would hold its runner) and workers
     /// start dependents themselves (no per-run limit).
     pub(super) pooled: bool,
+    /// Where the nodes' tasks live (the graph's, taken over): declared after `nodes` and
+    /// `queue`, dropped after every task still in them; a worker holding a task holds
+    /// the `Arc` of this state.
+    pub(super) _arena: Arena,
 }
 
 /// One node's counters, flags, task and description, together in one array of the run
@@ -113,11 +117,7 @@ pub(super) struct NodeCell {
 
 impl NodeCell {
     /// A node with `remaining` dependencies, holding `task`.
-    pub(super) fn new(
-        remaining: u32,
-        task: Option<Box<dyn ErasedTask>>,
-        meta: &'static TaskMeta,
-    ) -> Self {
+    pub(super) fn new(remaining: u32, task: Option<TaskBox>, meta: &'static TaskMeta) -> Self {
         NodeCell {
             remaining: AtomicU32::new(remaining),
             attempts_run: AtomicU32::new(0),
@@ -136,7 +136,7 @@ impl NodeCell {
 const QUEUE_BATCH: usize = 64;
 
 /// A node's task until it is started.
-pub(super) type TaskCell = Mutex<Option<Box<dyn ErasedTask>>>;
+pub(super) type TaskCell = Mutex<Option<TaskBox>>;
 
 impl Shared {
     /// Records that node `i` starts now (`at`).
@@ -211,7 +211,7 @@ impl Shared {
     /// queue, runners looked for once.
     pub(super) fn start_all(self: &Arc<Self>, ready: &mut VecDeque<u32>) {
         const BATCH: usize = 64;
-        let mut batch: Vec<(u32, Box<dyn ErasedTask>)> = Vec::with_capacity(BATCH.min(ready.len()));
+        let mut batch: Vec<(u32, TaskBox)> = Vec::with_capacity(BATCH.min(ready.len()));
         while !ready.is_empty() {
             if self.halt.is_halted() {
                 ready.clear();
@@ -260,7 +260,7 @@ impl Shared {
 
     /// The next queued node, for an active runner; `None` (and the runner counted off)
     /// when the queue is empty.
-    pub(super) fn next_queued(&self) -> Option<(u32, Box<dyn ErasedTask>)> {
+    pub(super) fn next_queued(&self) -> Option<(u32, TaskBox)> {
         loop {
             if let Some(x) = lock(&self.queue).pop_front() {
                 return Some(x);
@@ -290,7 +290,7 @@ impl Shared {
     /// Takes node `i`'s task to start it, unless it was started or settled already;
     /// `count`: count it in flight (not when it takes the place of the node that made it
     /// ready, in the same worker, see [`release_success`](Self::release_success)).
-    pub(super) fn claim(&self, i: u32, count: bool) -> Option<Box<dyn ErasedTask>> {
+    pub(super) fn claim(&self, i: u32, count: bool) -> Option<TaskBox> {
         let node = &self.nodes[i as usize];
         if self.halt.is_halted() || node.claimed.swap(true, Ordering::AcqRel) {
             return None;
@@ -306,7 +306,7 @@ impl Shared {
     /// first of them is not spawned but returned, claimed, for the caller to run itself
     /// (a chain then runs in one tokio task, without a spawn and a wake-up per link);
     /// not under a runtime-wide limit, where every node waits for a permit of its own.
-    pub(super) fn release_success(self: &Arc<Self>, i: u32) -> Option<(u32, Box<dyn ErasedTask>)> {
+    pub(super) fn release_success(self: &Arc<Self>, i: u32) -> Option<(u32, TaskBox)> {
         let keep_one = self.permits.is_none();
         self.nodes[i as usize]
             .done_ok

@@ -14,6 +14,7 @@ use smol_str::SmolStr;
 use tracing::Instrument as _;
 
 use crate::error::{BoxError, RetryExhausted, TaskPanicked, Timeout};
+use crate::graph::arena::TaskBox;
 use crate::hooks::{Attempt, AttemptOutcome, TaskInfo};
 use crate::journal::RunJournal;
 use crate::task::arg::Inputs;
@@ -25,7 +26,7 @@ use super::{record_end, Completion, Msg, NodeState, NodeStatus, Shared};
 
 /// Runs node `i`, then, while one of the dependents it made ready can be run here, that
 /// one (see [`Shared::release_success`]).
-pub(super) async fn run_node(shared: Arc<Shared>, mut i: u32, mut task: Box<dyn ErasedTask>) {
+pub(super) async fn run_node(shared: Arc<Shared>, mut i: u32, mut task: TaskBox) {
     while let Some(next) = run_one(&shared, i, task).await {
         // Give the worker's other tasks a turn now and then on a long chain.
         tokio::task::consume_budget().await;
@@ -45,7 +46,7 @@ pub(super) async fn run_pooled(shared: Arc<Shared>) {
 }
 
 /// Runs a queued node, then the dependent it made ready, and so on.
-async fn run_chain(shared: &Arc<Shared>, first: (u32, Box<dyn ErasedTask>)) {
+async fn run_chain(shared: &Arc<Shared>, first: (u32, TaskBox)) {
     let mut next = Some(first);
     while let Some((i, task)) = next.take() {
         next = run_one(shared, i, task).await;
@@ -79,11 +80,7 @@ async fn watched<F: Future>(shared: &Arc<Shared>, mut fut: Pin<&mut F>) -> F::Ou
 }
 
 /// Runs node `i`; returns the dependent to run next in the same tokio task, if any.
-pub(super) async fn run_one(
-    shared: &Arc<Shared>,
-    i: u32,
-    task: Box<dyn ErasedTask>,
-) -> Option<(u32, Box<dyn ErasedTask>)> {
+pub(super) async fn run_one(shared: &Arc<Shared>, i: u32, task: TaskBox) -> Option<(u32, TaskBox)> {
     let _permit = match &shared.permits {
         Some(sem) => sem.clone().acquire_owned().await.ok(),
         None => None,
@@ -226,7 +223,7 @@ pub(super) async fn attempts(
     i: u32,
     first: u32,
     meta: &'static TaskMeta,
-    mut task: Box<dyn ErasedTask>,
+    mut task: TaskBox,
     node_started: Instant,
 ) -> (u32, Result<Option<SmolStr>, BoxError>) {
     let policy = &meta.policy;

@@ -14,11 +14,11 @@ use smol_str::SmolStr;
 
 use crate::graph::process::{Mode, Process};
 use crate::task::arg::{NodeRef, Out};
-use crate::task::erased::{Erased, ErasedTask};
+use crate::task::erased::Erased;
 use crate::task::spec::{IntoTaskSpec, TaskSpec};
 use crate::task::Task;
 
-use super::{next_tag, Fingerprint, Graph, GraphError, Links, Node};
+use super::{next_tag, Arena, Fingerprint, Graph, GraphError, Links, Node};
 
 /// Marks an [`IdEntry::owner`] that is a block; the other bits are its index in
 /// [`Ids::blocks`]. (A graph of 2³¹ tasks is out of reach long before.)
@@ -494,6 +494,8 @@ pub struct Builder {
     /// Prefix lengths of the sub-processes being built: explicit ids are relative to the
     /// innermost one.
     pub(super) namespaces: Vec<usize>,
+    /// Where the tasks live: declared after `nodes`, dropped after them.
+    pub(super) arena: Arena,
 }
 
 /// The index of an `each` item in decimal, counted up in place: moving to the next item
@@ -597,6 +599,7 @@ impl Builder {
             tolerant: Vec::new(),
             deps: Vec::new(),
             namespaces: Vec::new(),
+            arena: Arena::default(),
         }
     }
 
@@ -616,6 +619,7 @@ impl Builder {
             tag: self.tag,
             remap: None,
             fingerprint: self.fingerprint.finish(),
+            arena: self.arena,
         })
     }
 
@@ -809,7 +813,7 @@ impl Builder {
             data,
             tolerant,
         };
-        let task: Box<dyn ErasedTask> = Box::new(Erased::new(task));
+        let task = self.arena.alloc(Erased::new(task));
         nodes.push(Node::new(id, &T::META, description, task, &links, optional));
         // Last: its chain of multiplies (about four cycles a byte, each waiting for the one
         // before) then overlaps the work that follows, the next task's id and allocation.

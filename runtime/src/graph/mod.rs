@@ -3,6 +3,7 @@
 //! time), the graph fingerprint, and the [`Process`](process::Process) trait that
 //! `#[process]` implements.
 
+pub(crate) mod arena;
 mod builder;
 mod error;
 mod fingerprint;
@@ -22,9 +23,9 @@ use serde_json::Value;
 use smol_str::SmolStr;
 
 use crate::graph::process::Process;
-use crate::task::erased::ErasedTask;
 use crate::task::TaskMeta;
 
+use arena::{Arena, TaskBox};
 use fingerprint::Fingerprint;
 
 static NEXT_GRAPH: AtomicU32 = AtomicU32::new(1);
@@ -38,7 +39,8 @@ pub(crate) struct Node {
     pub(crate) id: SmolStr,
     pub(crate) meta: &'static TaskMeta,
     pub(crate) description: Option<String>,
-    pub(crate) task: Option<Box<dyn ErasedTask>>,
+    /// The node's task (in its graph's [`Arena`]) until a run takes it.
+    pub(crate) task: Option<TaskBox>,
     /// [`deps`](Node::deps), [`data_deps`](Node::data_deps) (unless they are the same
     /// list), then [`tolerant_deps`](Node::tolerant_deps).
     links: LinkList,
@@ -129,7 +131,7 @@ impl Node {
         id: SmolStr,
         meta: &'static TaskMeta,
         description: Option<String>,
-        task: Box<dyn ErasedTask>,
+        task: TaskBox,
         links: &Links<'_>,
         optional: bool,
     ) -> Node {
@@ -206,6 +208,8 @@ pub struct Graph {
     pub(crate) tag: u32,
     pub(crate) remap: Option<Vec<u32>>,
     pub(crate) fingerprint: u64,
+    /// Where the nodes' tasks live: declared after `nodes`, dropped after them.
+    pub(crate) arena: Arena,
 }
 
 impl fmt::Debug for Graph {

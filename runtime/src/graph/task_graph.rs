@@ -9,7 +9,7 @@ use crate::task::erased::{Erased, ErasedTask};
 use crate::task::spec::{IntoTaskSpec, TaskSpec};
 use crate::task::{Task, TaskMeta};
 
-use super::{next_tag, Graph, GraphError, Links, Node};
+use super::{next_tag, Arena, Graph, GraphError, Links, Node};
 
 pub(super) enum Entry {
     Task {
@@ -422,6 +422,8 @@ impl TaskGraph {
         }
         drop(order);
         let mut readers = vec![0u32; live.len()];
+        // Declared before `nodes`: dropped after them (see `Arena`).
+        let mut arena = Arena::default();
         let mut nodes = Vec::with_capacity(live.len());
         let tag = self.tag;
         let name = self.name;
@@ -463,7 +465,7 @@ impl TaskGraph {
                     smol_str::SmolStr::new(name),
                     meta,
                     description,
-                    task,
+                    arena.adopt(task),
                     &links,
                     optional,
                 ));
@@ -479,6 +481,7 @@ impl TaskGraph {
             tag,
             remap: Some(remap),
             fingerprint,
+            arena,
         })
     }
 

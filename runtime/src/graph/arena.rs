@@ -1,0 +1,252 @@
+//! The arena a graph's tasks live in: one bump allocation per task instead of a `Box`
+//! each, freed all at once with the graph (or, once it runs, with the run's shared state).
+//!
+//! A task box allocated by the builder's thread and freed by a worker on another thread
+//! cost a `malloc` and a cross-thread `free` per task, and a box larger than glibc's
+//! per-thread cache (about 128 bytes) was freed under the arena lock of the thread that
+//! allocated it: workers ending tasks contended for it (futex waits; see commit 042ea82).
+//! Here a worker ends a task by dropping it in place, on its own thread, and the memory
+//! goes back once, chunk by chunk, when the [`Arena`] is dropped.
+//!
+//! # The one rule
+//!
+//! A [`TaskBox`] points into an [`Arena`] without borrowing it (it moves between threads
+//! and outlives any borrow a worker could hold), so every `TaskBox` must be dropped before
+//! the arena it came from. The owners keep it by construction: each keeps its arena in a
+//! field declared after every field that can hold one of its tasks (fields drop in
+//! declaration order): the process builder (its nodes), [`Graph`](super::Graph) (its
+//! nodes), and the executor's shared run state (its node cells and queue); a worker
+//! holding a task holds an `Arc` of that shared state. Debug builds count the live
+//! boxes of each arena and check the count is zero when the arena is dropped.
+//!
+//! All `unsafe` code of the arena and its boxes is in this module, the only one of the
+//! crate that allows it.
+#![allow(unsafe_code)]
+
+use std::alloc::{alloc, dealloc, handle_alloc_error, Layout};
+use std::fmt;
+use std::ops::{Deref, DerefMut};
+use std::ptr::NonNull;
+
+use crate::task::erased::ErasedTask;
+
+/// How chunks are aligned: any task aligned to this or less is placed in a chunk.
+const ALIGN: usize = 64;
+/// The size of an arena's first chunk; each next one is twice the last, up to [`LARGEST`].
+const FIRST: usize = 4 << 10;
+/// The largest chunk size (a task larger than a quarter of it gets a block of its own,
+/// as does one aligned to more than [`ALIGN`]). Small enough for glibc to keep freed
+/// chunks for the next graph: from 64 KiB on, a `free` trims the heap (and a block past
+/// the mmap threshold is unmapped), and every run faulted its chunks in again (wide-big
+/// 100k with 1 MiB chunks: twice the page faults of a box per task, `perf stat`).
+const LARGEST: usize = 32 << 10;
+
+/// Where the tasks of one graph live (see the module docs).
+pub(crate) struct Arena {
+    /// Every block this arena frees when dropped: its chunks and the boxes it adopted.
+    blocks: Vec<(NonNull<u8>, Layout)>,
+    /// The chunk tasks are placed in now (`None` before the first).
+    chunk: Option<NonNull<u8>>,
+    /// Bytes of `chunk` in use.
+    used: usize,
+    /// Bytes of `chunk`.
+    cap: usize,
+    /// The size of the next chunk.
+    next: usize,
+    /// Boxes of this arena not yet dropped (debug builds).
+    #[cfg(debug_assertions)]
+    live: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+// SAFETY: the arena owns its blocks (plain memory, no values: the tasks in them are
+// owned by their `TaskBox`es, which are `Send` on their own). Moving the arena to another
+// thread moves only the right to free them.
+unsafe impl Send for Arena {}
+// SAFETY: no method taking `&self` reads or writes the blocks (only `&mut self` places
+// tasks, and `Drop` frees them): a shared arena gives access to nothing.
+unsafe impl Sync for Arena {}
+
+impl Default for Arena {
+    fn default() -> Self {
+        Arena {
+            blocks: Vec::new(),
+            chunk: None,
+            used: 0,
+            cap: 0,
+            next: FIRST,
+            #[cfg(debug_assertions)]
+            live: std::sync::Arc::default(),
+        }
+    }
+}
+
+impl fmt::Debug for Arena {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Arena")
+            .field("blocks", &self.blocks.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Arena {
+    /// Moves `task` into the arena.
+    #[inline]
+    pub(crate) fn alloc<T: ErasedTask + 'static>(&mut self, task: T) -> TaskBox {
+        let at = self.place(Layout::new::<T>()).cast::<T>();
+        // SAFETY: `place` returned memory of `T`'s size and alignment that nothing else
+        // uses (a fresh bump range or block), valid until the arena is dropped.
+        unsafe { at.as_ptr().write(task) };
+        self.boxed(at)
+    }
+
+    /// Takes over `task`'s allocation: the task is dropped by its [`TaskBox`] as any
+    /// other, its memory freed with the arena's (a task built before the graph, such as a
+    /// [`TaskGraph`](super::TaskGraph)'s).
+    pub(crate) fn adopt(&mut self, task: Box<dyn ErasedTask>) -> TaskBox {
+        let layout = Layout::for_value(&*task);
+        let at = NonNull::from(Box::leak(task));
+        if layout.size() != 0 {
+            // A `Box` of a zero-sized value allocated nothing.
+            self.blocks.push((at.cast::<u8>(), layout));
+        }
+        self.boxed(at)
+    }
+
+    #[inline]
+    fn boxed(&mut self, at: NonNull<dyn ErasedTask>) -> TaskBox {
+        #[cfg(debug_assertions)]
+        self.live.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        TaskBox {
+            ptr: at,
+            #[cfg(debug_assertions)]
+            live: self.live.clone(),
+        }
+    }
+
+    /// Room for a value of `layout`, for the arena's lifetime: the next bytes of the
+    /// current chunk, or of a new one, or a block of its own for a large or over-aligned
+    /// value.
+    #[inline]
+    fn place(&mut self, layout: Layout) -> NonNull<u8> {
+        // A zero-sized value takes one byte: every task gets an address of its own.
+        let size = layout.size().max(1);
+        let align = layout.align();
+        if let Some(chunk) = self.chunk {
+            // `align` is a power of two; `ALIGN`-aligned chunks keep aligned offsets aligned.
+            let at = (self.used + align - 1) & !(align - 1);
+            if align <= ALIGN && size <= self.cap.saturating_sub(at) {
+                self.used = at + size;
+                // SAFETY: `at + size <= cap`: inside the chunk.
+                return unsafe { chunk.add(at) };
+            }
+        }
+        self.place_slow(Layout::from_size_align(size, align).unwrap_or(layout))
+    }
+
+    #[cold]
+    fn place_slow(&mut self, layout: Layout) -> NonNull<u8> {
+        if layout.align() > ALIGN || layout.size() > LARGEST / 4 {
+            // The current chunk stays the current one.
+            return self.block(layout);
+        }
+        let cap = self.next;
+        self.next = (cap * 2).min(LARGEST);
+        let Ok(chunk_layout) = Layout::from_size_align(cap, ALIGN) else {
+            handle_alloc_error(layout)
+        };
+        let chunk = self.block(chunk_layout);
+        self.chunk = Some(chunk);
+        self.cap = cap;
+        // `cap >= LARGEST / 4 >= size`, and offset 0 is aligned to anything up to `ALIGN`.
+        self.used = layout.size();
+        chunk
+    }
+
+    /// A block of `layout` (not zero-sized) that the arena frees when dropped.
+    fn block(&mut self, layout: Layout) -> NonNull<u8> {
+        // SAFETY: `layout` is not zero-sized (callers ask for at least one byte).
+        let Some(at) = NonNull::new(unsafe { alloc(layout) }) else {
+            handle_alloc_error(layout)
+        };
+        self.blocks.push((at, layout));
+        at
+    }
+
+    /// Boxes of this arena not yet dropped (debug builds only).
+    #[cfg(all(test, debug_assertions))]
+    pub(crate) fn live(&self) -> usize {
+        self.live.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
+impl Drop for Arena {
+    fn drop(&mut self) {
+        #[cfg(debug_assertions)]
+        {
+            let live = self.live.load(std::sync::atomic::Ordering::Acquire);
+            if live != 0 {
+                // A box would point into freed memory: keep the memory (leak it) and
+                // say so, unless a panic is already unwinding.
+                tracing::error!(live, "a task arena dropped before its tasks");
+                debug_assert!(std::thread::panicking(), "{live} tasks outlive their arena");
+                return;
+            }
+        }
+        for (at, layout) in self.blocks.drain(..) {
+            // SAFETY: each block was allocated by the global allocator with this layout
+            // (by `block`, or by the `Box` that `adopt` took over), and is freed once
+            // (drained). The tasks in it were dropped by their boxes (the rule in the
+            // module docs), so no value in it is used again.
+            unsafe { dealloc(at.as_ptr(), layout) };
+        }
+    }
+}
+
+/// A task in an [`Arena`], owned: it is dropped in place when the box is dropped, on the
+/// thread that drops it; its memory is freed with the arena. Must be dropped before
+/// its arena (see the module docs).
+pub(crate) struct TaskBox {
+    ptr: NonNull<dyn ErasedTask>,
+    #[cfg(debug_assertions)]
+    live: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+// SAFETY: a `TaskBox` is the only owner of its task (like a `Box`), and `ErasedTask`
+// requires `Send`: handing it to another thread hands over the task alone. It is not
+// `Sync` (`NonNull` is not, and `ErasedTask` does not require it).
+unsafe impl Send for TaskBox {}
+
+impl Deref for TaskBox {
+    type Target = dyn ErasedTask;
+
+    #[inline]
+    fn deref(&self) -> &Self::Target {
+        // SAFETY: the task was written when the box was made, is dropped only by the
+        // box's `Drop`, and its memory lives until the arena is dropped, after the box.
+        unsafe { self.ptr.as_ref() }
+    }
+}
+
+impl DerefMut for TaskBox {
+    #[inline]
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        // SAFETY: as in `deref`; `&mut self` is the only access (the box owns the task).
+        unsafe { self.ptr.as_mut() }
+    }
+}
+
+impl Drop for TaskBox {
+    #[inline]
+    fn drop(&mut self) {
+        // SAFETY: the box owns a live task (see `deref`) and drops it once: here.
+        unsafe { std::ptr::drop_in_place(self.ptr.as_ptr()) };
+        #[cfg(debug_assertions)]
+        self.live.fetch_sub(1, std::sync::atomic::Ordering::Release);
+    }
+}
+
+impl fmt::Debug for TaskBox {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("TaskBox")
+    }
+}
