@@ -198,7 +198,7 @@ async fn tasks_abandoned_after_the_grace_period_are_dropped_once() {
         .await
         .unwrap();
     let run = rt.launch(Abandoned { tag: ABANDONED }).await.unwrap();
-    tokio::time::timeout(Duration::from_secs(60), STUCK_STARTED.notified())
+    tokio::time::timeout(Duration::from_mins(1), STUCK_STARTED.notified())
         .await
         .expect("the stuck task starts");
     run.cancel().await.unwrap();

@@ -250,3 +250,158 @@ impl fmt::Debug for TaskBox {
         f.write_str("TaskBox")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::task::{Context, Poll};
+
+    use super::{Arena, TaskBox, LARGEST};
+    use crate::error::{BoxError, InputError};
+    use crate::task::arg::Inputs;
+    use crate::task::ctx::Ctx;
+    use crate::task::erased::{ErasedTask, Finished};
+
+    /// A task that counts its drops and keeps a payload.
+    struct Counting<P: Send + 'static> {
+        drops: Arc<AtomicUsize>,
+        payload: P,
+    }
+
+    impl<P: Send + 'static> Drop for Counting<P> {
+        fn drop(&mut self) {
+            self.drops.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    impl<P: Send + 'static> ErasedTask for Counting<P> {
+        fn prepare(&mut self, _: &Inputs<'_>, _: bool, _: bool, _: bool) -> Result<(), InputError> {
+            Ok(())
+        }
+        fn attempt(&mut self, _: Ctx) -> Result<(), BoxError> {
+            Ok(())
+        }
+        fn poll_attempt(&mut self, _: &mut Context<'_>) -> Poll<Result<Finished, BoxError>> {
+            Poll::Pending
+        }
+        fn end_attempt(&mut self) {}
+    }
+
+    #[repr(align(256))]
+    struct OverAligned;
+
+    fn addr(t: &TaskBox) -> usize {
+        std::ptr::from_ref::<dyn ErasedTask>(&**t).cast::<u8>() as usize
+    }
+
+    // Tasks of every size and alignment (small, past a chunk's quarter, over-aligned)
+    // get aligned places of their own and are dropped once, by their boxes, on any
+    // thread; the arena drops no task itself.
+    #[test]
+    fn tasks_are_placed_aligned_and_dropped_once() {
+        let drops = Arc::new(AtomicUsize::new(0));
+        let mut arena = Arena::default();
+        let mut boxes: Vec<TaskBox> = Vec::new();
+        for i in 0..2_000_usize {
+            let d = drops.clone();
+            let b = match i % 5 {
+                0 => arena.alloc(Counting {
+                    drops: d,
+                    payload: i as u8,
+                }),
+                1 => arena.alloc(Counting {
+                    drops: d,
+                    payload: [i as u64; 40],
+                }),
+                2 => arena.alloc(Counting {
+                    drops: d,
+                    payload: OverAligned,
+                }),
+                3 => arena.alloc(Counting {
+                    drops: d,
+                    payload: vec![i; 3],
+                }),
+                _ => arena.alloc(Counting {
+                    drops: d,
+                    payload: [i as u8; LARGEST / 2],
+                }),
+            };
+            let align = match i % 5 {
+                2 => 256,
+                1 | 3 => 8,
+                _ => std::mem::align_of::<Arc<AtomicUsize>>(),
+            };
+            assert_eq!(addr(&b) % align, 0, "task {i}");
+            boxes.push(b);
+        }
+        // Every task has a place of its own.
+        let mut at: Vec<usize> = boxes.iter().map(addr).collect();
+        at.sort_unstable();
+        at.dedup();
+        assert_eq!(at.len(), boxes.len());
+        assert_eq!(arena.live(), 2_000);
+        // Half dropped on other threads, half here; none twice.
+        let theirs = boxes.split_off(1_000);
+        std::thread::scope(|s| {
+            let mut theirs = theirs;
+            while !theirs.is_empty() {
+                let part = theirs.split_off(theirs.len().saturating_sub(250));
+                s.spawn(move || drop(part));
+            }
+        });
+        assert_eq!(drops.load(Ordering::SeqCst), 1_000);
+        drop(boxes);
+        assert_eq!(drops.load(Ordering::SeqCst), 2_000);
+        assert_eq!(arena.live(), 0);
+        drop(arena);
+        assert_eq!(drops.load(Ordering::SeqCst), 2_000);
+    }
+
+    // A box taken over is dropped by its `TaskBox`, its memory freed with the arena's.
+    #[test]
+    fn adopted_boxes_are_dropped_once() {
+        let drops = Arc::new(AtomicUsize::new(0));
+        let mut arena = Arena::default();
+        let boxed: Box<dyn ErasedTask> = Box::new(Counting {
+            drops: drops.clone(),
+            payload: [1_u64; 64],
+        });
+        let mut b = arena.adopt(boxed);
+        assert!(b
+            .poll_attempt(&mut Context::from_waker(std::task::Waker::noop()))
+            .is_pending());
+        let t = arena.alloc(Counting {
+            drops: drops.clone(),
+            payload: (),
+        });
+        drop(b);
+        assert_eq!(drops.load(Ordering::SeqCst), 1);
+        drop(t);
+        drop(arena);
+        assert_eq!(drops.load(Ordering::SeqCst), 2);
+    }
+
+    // Payloads are kept intact next to one another.
+    #[test]
+    fn payloads_stay_intact() {
+        let drops = Arc::new(AtomicUsize::new(0));
+        let mut arena = Arena::default();
+        let mut kept = Vec::new();
+        for i in 0..5_000_u64 {
+            let b = arena.alloc(Counting {
+                drops: drops.clone(),
+                payload: [i; 7],
+            });
+            kept.push((i, addr(&b), b));
+        }
+        for (i, at, _b) in &kept {
+            // SAFETY (test): the task at `at` is a live `Counting<[u64; 7]>`.
+            #[allow(unsafe_code)]
+            let payload = unsafe { &(*(*at as *const Counting<[u64; 7]>)).payload };
+            assert_eq!(payload, &[*i; 7]);
+        }
+        drop(kept);
+        assert_eq!(drops.load(Ordering::SeqCst), 5_000);
+    }
+}
