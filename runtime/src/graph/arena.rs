@@ -238,10 +238,12 @@ impl DerefMut for TaskBox {
 impl Drop for TaskBox {
     #[inline]
     fn drop(&mut self) {
-        // SAFETY: the box owns a live task (see `deref`) and drops it once: here.
-        unsafe { std::ptr::drop_in_place(self.ptr.as_ptr()) };
+        // Counted off first: a task whose drop panics is dropped (as far as it goes) all
+        // the same, as a `Box`'s would be.
         #[cfg(debug_assertions)]
         self.live.fetch_sub(1, std::sync::atomic::Ordering::Release);
+        // SAFETY: the box owns a live task (see `deref`) and drops it once: here.
+        unsafe { std::ptr::drop_in_place(self.ptr.as_ptr()) };
     }
 }
 
