@@ -196,10 +196,15 @@ impl Shared {
             self.ensure_runner();
             return true;
         }
-        let shared = self.clone();
+        // The task goes first in one captured tuple: a spawned future dropped before its
+        // first poll (a runtime shutting down) drops its captures in the order they were
+        // captured, and the task must go before the run state that holds its arena (see
+        // `graph::arena`). Captured apart, the run state went first.
+        let job = (task, self.clone());
         // The spawned future stays small while it waits in the run queue (a wide graph
         // queues every root at once); the node's real state machine is boxed when it runs.
         drop(tokio::spawn(async move {
+            let (task, shared) = job;
             Box::pin(run_node(shared, i, task)).await;
         }));
         true
