@@ -17,7 +17,7 @@ impl Fingerprint {
     }
 
     /// One byte of FNV-1a.
-    #[inline(always)]
+    #[inline]
     fn step(h: u64, b: u8) -> u64 {
         (h ^ u64::from(b)).wrapping_mul(Self::PRIME)
     }
@@ -41,15 +41,18 @@ impl Fingerprint {
             }
         }
         h = match *words.remainder() {
-            [a] => step(h, a),
-            [a, b] => step(step(h, a), b),
-            [a, b, c] => step(step(step(h, a), b), c),
-            [a, b, c, d] => step(step(step(step(h, a), b), c), d),
-            [a, b, c, d, e] => step(step(step(step(step(h, a), b), c), d), e),
-            [a, b, c, d, e, f] => step(step(step(step(step(step(h, a), b), c), d), e), f),
-            [a, b, c, d, e, f, g] => {
-                step(step(step(step(step(step(step(h, a), b), c), d), e), f), g)
+            [b0] => step(h, b0),
+            [b0, b1] => step(step(h, b0), b1),
+            [b0, b1, b2] => step(step(step(h, b0), b1), b2),
+            [b0, b1, b2, b3] => step(step(step(step(h, b0), b1), b2), b3),
+            [b0, b1, b2, b3, b4] => step(step(step(step(step(h, b0), b1), b2), b3), b4),
+            [b0, b1, b2, b3, b4, b5] => {
+                step(step(step(step(step(step(h, b0), b1), b2), b3), b4), b5)
             }
+            [b0, b1, b2, b3, b4, b5, b6] => step(
+                step(step(step(step(step(step(h, b0), b1), b2), b3), b4), b5),
+                b6,
+            ),
             // Empty (a remainder is shorter than 8).
             ref rest => rest.iter().fold(h, |h, &b| step(h, b)),
         };

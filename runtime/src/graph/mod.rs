@@ -60,6 +60,7 @@ pub(crate) struct Node {
 /// Rare: boxed, so that a node keeps one pointer for it (8 bytes, not the 24 of an
 /// `Option<String>`), of a node vector that is written once per task.
 #[derive(Default)]
+#[allow(clippy::box_collection)] // on purpose: a thin pointer (`Box<str>` is two words)
 pub(crate) struct Description(Option<Box<String>>);
 
 impl Description {

@@ -123,8 +123,8 @@ pub trait Process: Data {
 /// then cut back to 11 MB).
 ///
 /// A hint only: a graph may have more or fewer tasks than the last one (its vector then
-/// grows, or [`Builder::finish`](crate::Builder) gives the slack back). A short list, looked
-/// up once per build: processes are few, and past [`KEPT`] names the oldest is forgotten.
+/// grows, or the builder's `finish` gives the slack back). A short list, looked up once
+/// per build: processes are few, and past [`KEPT`] names the oldest is forgotten.
 static SIZES: Mutex<Vec<(&'static str, usize)>> = Mutex::new(Vec::new());
 
 /// How many process names [`SIZES`] keeps.
