@@ -38,7 +38,7 @@ fn next_tag() -> u32 {
 pub(crate) struct Node {
     pub(crate) id: SmolStr,
     pub(crate) meta: &'static TaskMeta,
-    pub(crate) description: Option<String>,
+    pub(crate) description: Description,
     /// The node's task (in its graph's [`Arena`]) until a run takes it.
     pub(crate) task: Option<TaskBox>,
     /// [`deps`](Node::deps), [`data_deps`](Node::data_deps) (unless they are the same
@@ -55,6 +55,28 @@ pub(crate) struct Node {
     /// The node waits for exactly the nodes it reads (no order-only dependency, the
     /// usual case): `data_deps` is `deps`, kept once.
     data_is_deps: bool,
+}
+
+/// A node's own description (given with `.description(..)`), replacing its task's.
+///
+/// Rare: boxed, so that a node keeps one pointer for it (8 bytes, not the 24 of an
+/// `Option<String>`), of a node vector that is written once per task.
+#[derive(Default)]
+#[allow(clippy::box_collection)] // on purpose: a thin pointer (`Box<str>` is two words)
+pub(crate) struct Description(Option<Box<String>>);
+
+impl Description {
+    /// `text`, when there is one.
+    #[inline]
+    pub(crate) fn new(text: Option<String>) -> Self {
+        Description(text.map(Box::new))
+    }
+
+    /// The description, leaving none in its place.
+    #[inline]
+    pub(crate) fn take(&mut self) -> Option<String> {
+        self.0.take().map(|b| *b)
+    }
 }
 
 /// How many links a node keeps in itself, without an allocation: as many as fit in the
@@ -140,7 +162,7 @@ impl Node {
         Node {
             id,
             meta,
-            description,
+            description: Description::new(description),
             task: Some(task),
             links: LinkList::of([links.deps, data, links.tolerant]),
             n_deps: links.deps.len() as u32,
@@ -234,7 +256,10 @@ impl Graph {
         options: BTreeMap<String, Value>,
     ) -> Result<Graph, GraphError> {
         let mut b = Builder::new(P::META.name, P::META.mode, Arc::new(options));
+        // As many nodes as the last graph of this process had, at once (see `size_hint`).
+        b.nodes.reserve_exact(process::size_hint(P::META.name));
         process.build(&mut b);
+        process::remember_size(P::META.name, b.nodes.len());
         b.finish()
     }
 
@@ -305,7 +330,108 @@ impl Graph {
 #[cfg(test)]
 mod tests {
     use super::builder::{sort_dedup, Counter};
-    use super::{same, LinkList};
+    use super::process::{self, Mode, Process, ProcessMeta};
+    use super::{same, Builder, Description, Graph, LinkList, Node};
+    use crate::error::InputError;
+    use crate::schedule::Overlap;
+    use crate::task::arg::{Inputs, Read};
+    use crate::task::ctx::Ctx;
+    use crate::task::{Policy, Task, TaskFuture, TaskMeta};
+
+    /// A task that reads nothing and does nothing, for graphs built here.
+    struct Noop;
+
+    impl Task for Noop {
+        type Output = ();
+        type Args = ();
+        const META: TaskMeta = TaskMeta {
+            name: "noop",
+            function: "noop",
+            description: "",
+            is_async: false,
+            policy: Policy::DEFAULT,
+            resources: &[],
+        };
+        fn visit_inputs(&self, _: &mut dyn FnMut(Read)) {}
+        fn into_args(self, _: &Inputs<'_>) -> Result<(), InputError> {
+            Ok(())
+        }
+        fn call((): (), _: Ctx) -> TaskFuture<()> {
+            Box::pin(async { Ok(()) })
+        }
+    }
+
+    /// `n` [`Noop`]s, the first with a description of its own.
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct Noops {
+        n: usize,
+    }
+
+    impl Process for Noops {
+        const META: ProcessMeta = ProcessMeta {
+            name: "graph::tests::noops",
+            description: "",
+            schedule: None,
+            tz: None,
+            overlap: Overlap::Skip,
+            mode: Mode::Dataflow,
+        };
+        fn build(self, p: &mut Builder) {
+            for i in 0..self.n {
+                if i == 0 {
+                    p.task_with_description(Noop, "the first");
+                } else {
+                    p.task(Noop);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_process_graph_is_built_in_a_vector_sized_by_its_last_one() {
+        // 3,500 nodes: a vector grown by doubling ends at 4,096 (kept: less than 1,024
+        // spare), one sized by the last build at 3,500.
+        let first = Graph::of(Noops { n: 3_500 }).unwrap();
+        assert_eq!(first.nodes.capacity(), 4_096);
+        assert_eq!(process::size_hint(Noops::META.name), 3_500);
+        let second = Graph::of(Noops { n: 3_500 }).unwrap();
+        assert_eq!(second.nodes.capacity(), 3_500);
+        assert_eq!(first.node_ids(), second.node_ids());
+        assert_eq!(first.fingerprint(), second.fingerprint());
+        // Fewer tasks than the hint: the slack is given back.
+        let small = Graph::of(Noops { n: 10 }).unwrap();
+        assert_eq!(small.nodes.capacity(), 10);
+        assert_eq!(process::size_hint(Noops::META.name), 10);
+        // More: the vector grows from the hint.
+        assert_eq!(Graph::of(Noops { n: 20 }).unwrap().len(), 20);
+    }
+
+    #[test]
+    fn size_hints_are_kept_by_name_and_capped() {
+        assert_eq!(process::size_hint("graph::tests::never_built"), 0);
+        process::remember_size("graph::tests::hinted", 12);
+        process::remember_size("graph::tests::hinted", 7);
+        assert_eq!(process::size_hint("graph::tests::hinted"), 7);
+        process::remember_size("graph::tests::huge", usize::MAX);
+        assert_eq!(process::size_hint("graph::tests::huge"), 1 << 20);
+    }
+
+    #[test]
+    fn a_node_keeps_its_own_description_behind_one_pointer() {
+        let mut g = Graph::of(Noops { n: 2 }).unwrap();
+        assert_eq!(g.nodes[0].description.take().as_deref(), Some("the first"));
+        assert_eq!(g.nodes[0].description.take(), None);
+        assert_eq!(g.nodes[1].description.take(), None);
+        assert_eq!(std::mem::size_of::<Description>(), 8);
+        // 96 bytes with a two-word task pointer (debug builds add a live-task counter to
+        // it, see `arena::TaskBox`).
+        let task = std::mem::size_of::<Option<super::TaskBox>>();
+        assert!(
+            std::mem::size_of::<Node>() - task <= 80,
+            "{} (task pointer {task})",
+            std::mem::size_of::<Node>()
+        );
+    }
 
     #[test]
     fn item_indexes_count_up_in_place() {
