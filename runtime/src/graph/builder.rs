@@ -14,7 +14,7 @@ use smol_str::SmolStr;
 
 use crate::graph::process::{Mode, Process};
 use crate::task::arg::{NodeRef, Out};
-use crate::task::erased::{Erased, ErasedTask};
+use crate::task::erased::{erase, ErasedTask};
 use crate::task::spec::{IntoTaskSpec, TaskSpec};
 use crate::task::Task;
 
@@ -809,7 +809,7 @@ impl Builder {
             data,
             tolerant,
         };
-        let task: Box<dyn ErasedTask> = Box::new(Erased::new(task));
+        let task: Box<dyn ErasedTask> = erase(task);
         nodes.push(Node::new(id, &T::META, description, task, &links, optional));
         // Last: its chain of multiplies (about four cycles a byte, each waiting for the one
         // before) then overlaps the work that follows, the next task's id and allocation.
