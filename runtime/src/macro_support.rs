@@ -93,22 +93,17 @@ where
 }
 
 /// Runs a plain `fn` task attempt on tokio's blocking pool.
-pub fn run_blocking<T, F>(
-    task: &'static str,
-    f: F,
-) -> impl core::future::Future<Output = Result<T, BoxError>> + Send + 'static
+pub async fn run_blocking<T, F>(task: &'static str, f: F) -> Result<T, BoxError>
 where
     T: Send + 'static,
     F: FnOnce() -> Result<T, BoxError> + Send + 'static,
 {
-    async move {
-        match tokio::task::spawn_blocking(f).await {
-            Ok(r) => r,
-            Err(e) if e.is_panic() => Err(Box::new(TaskPanicked {
-                task: task.to_owned(),
-                message: crate::error::panic_message(&*e.into_panic()),
-            }) as BoxError),
-            Err(e) => Err(Box::new(e) as BoxError),
-        }
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r,
+        Err(e) if e.is_panic() => Err(Box::new(TaskPanicked {
+            task: task.to_owned(),
+            message: crate::error::panic_message(&*e.into_panic()),
+        }) as BoxError),
+        Err(e) => Err(Box::new(e) as BoxError),
     }
 }

@@ -526,12 +526,11 @@ mod attempt_tests {
         fn into_args(self, _: &Inputs<'_>) -> Result<(), InputError> {
             Ok(())
         }
-        fn call((): (), _: Ctx) -> impl Future<Output = Result<u64, BoxError>> + Send + 'static {
-            async move {
-                let buf = [7u8; 1024];
-                Yields(2).await;
-                Ok(buf.iter().map(|&b| u64::from(b)).sum())
-            }
+        // An `async fn` implements `call` too.
+        async fn call((): (), _: Ctx) -> Result<u64, BoxError> {
+            let buf = [7u8; 1024];
+            Yields(2).await;
+            Ok(buf.iter().map(|&b| u64::from(b)).sum())
         }
     }
 

@@ -90,8 +90,8 @@ pub trait Task: Send + Sized + 'static {
     ///
     /// The future is returned unboxed: the runtime keeps it inside the task's node while
     /// it runs (boxing it only when it is large), so an attempt of a small task allocates
-    /// nothing. `#[task]` returns the `async` block that calls the function; a
-    /// hand-written task returns an `async move` block that owns its inputs and `ctx`.
+    /// nothing. `#[task]` returns the function's future; a hand-written `call` may be an
+    /// `async fn` (its future owns its inputs and `ctx`) or return an `async move` block.
     fn call(
         args: Self::Args,
         ctx: Ctx,
