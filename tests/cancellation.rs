@@ -413,3 +413,67 @@ async fn cancel_after_the_end_changes_nothing() {
     assert_eq!(report.status, RunStatus::Succeeded);
     assert_eq!(report.result::<u32>("quick").unwrap(), 1);
 }
+
+// ------------------------------------------------ an abandoned attempt, dropped once
+
+static HELD_STARTED: Notify = Notify::const_new();
+static HELD_DROPS: AtomicU32 = AtomicU32::new(0);
+
+/// Counts its drops.
+struct Held;
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        HELD_DROPS.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+#[task]
+async fn holds_until_abandoned(ctx: &Ctx) -> u32 {
+    let _held = Held;
+    for _ in 0..3 {
+        tokio::task::yield_now().await;
+    }
+    HELD_STARTED.notify_one();
+    // Ignores the cancel: abandoned after the grace period.
+    tokio::time::sleep(FOREVER).await;
+    ctx.attempt()
+}
+
+#[process(mode = "concurrent")]
+fn held_job(p: &mut Builder) {
+    p.task(HoldsUntilAbandoned::new());
+}
+
+// An attempt's future lives inside its task: when a cancelled run abandons the attempt
+// mid-way, the future is dropped there exactly once (what it holds is released).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_attempt_is_dropped_once() {
+    let rt = Runtime::in_memory()
+        .cancel_grace(Duration::from_millis(50))
+        .start()
+        .await
+        .unwrap();
+    let run = rt.launch(HeldJob {}).await.unwrap();
+    started(&HELD_STARTED).await;
+    run.cancel().await.unwrap();
+    let report = wait(run).await;
+    let t = report.task("holds_until_abandoned").unwrap();
+    assert!(t
+        .error
+        .as_ref()
+        .unwrap()
+        .error()
+        .unwrap()
+        .is::<CancelGraceExceeded>());
+    let deadline = tokio::time::Instant::now() + RUN_DEADLINE;
+    while HELD_DROPS.load(Ordering::SeqCst) == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the abandoned attempt was never dropped"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    rt.shutdown().await.unwrap();
+    assert_eq!(HELD_DROPS.load(Ordering::SeqCst), 1);
+}

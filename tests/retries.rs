@@ -612,3 +612,72 @@ async fn wf_43_backoff_waits_between_attempts_only() {
     );
     assert!(only(&report).elapsed() >= Duration::from_millis(300));
 }
+
+// ------------------------------------------------------------ attempts kept in place
+
+// An attempt's future is kept inside its task (not boxed) and remade in the same place
+// for the next attempt. These tasks await several times before they fail or succeed, each
+// attempt holding a guard that counts its drops: every attempt's future is dropped
+// exactly once. One takes `ctx` (its future is an `async` block that owns it), one does
+// not (its future is the function's own).
+
+static INPLACE_DROPS: AtomicU32 = AtomicU32::new(0);
+static INPLACE_CTX_DROPS: AtomicU32 = AtomicU32::new(0);
+
+/// Counts its drops in the counter it points at.
+struct DropCount(&'static AtomicU32);
+
+impl Drop for DropCount {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+static INPLACE_CALLS: AtomicU32 = AtomicU32::new(0);
+
+#[task(retries = 2)]
+async fn inplace_awaits(x: u64, label: String) -> Result<String, RuntimeErr> {
+    let _guard = DropCount(&INPLACE_DROPS);
+    let values = [x, x + 1];
+    // Borrowed across the awaits: the future refers to itself while it waits.
+    let first = &values[0];
+    for _ in 0..4 {
+        tokio::task::yield_now().await;
+    }
+    let call = INPLACE_CALLS.fetch_add(1, Ordering::SeqCst) + 1;
+    if call < 3 {
+        return Err(RuntimeErr(format!("call {call}")));
+    }
+    Ok(format!("{label}:{}", *first + u64::from(call)))
+}
+
+#[task(retries = 2)]
+async fn inplace_ctx_awaits(ctx: &Ctx, x: u64) -> Result<u64, RuntimeErr> {
+    let _guard = DropCount(&INPLACE_CTX_DROPS);
+    for _ in 0..4 {
+        tokio::task::yield_now().await;
+    }
+    if ctx.attempt() < 3 {
+        return Err(RuntimeErr(format!("attempt {}", ctx.attempt())));
+    }
+    Ok(x * u64::from(ctx.attempt()))
+}
+
+#[process]
+fn inplace(p: &mut Builder) {
+    p.task(InplaceAwaits::new(10, "l"));
+    p.task(InplaceCtxAwaits::new(7));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retried_attempts_are_remade_in_place_and_dropped_once() {
+    let report = rt().await.run(Inplace {}).await.unwrap();
+    assert!(report.is_success(), "{report:?}");
+    assert_eq!(report.result::<String>("inplace_awaits").unwrap(), "l:13");
+    assert_eq!(report.result::<u64>("inplace_ctx_awaits").unwrap(), 21);
+    assert_eq!(report.task("inplace_awaits").unwrap().attempts, 3);
+    assert_eq!(report.task("inplace_ctx_awaits").unwrap().attempts, 3);
+    assert_eq!(INPLACE_CALLS.load(Ordering::SeqCst), 3);
+    assert_eq!(INPLACE_DROPS.load(Ordering::SeqCst), 3);
+    assert_eq!(INPLACE_CTX_DROPS.load(Ordering::SeqCst), 3);
+}

@@ -386,3 +386,69 @@ async fn timed_out_attempt_is_dropped_before_the_backoff() {
     }
     rt.cancel(run.id()).await.unwrap();
 }
+
+// ------------------------------------------------------------ attempts kept in place
+
+static INPLACE_DROPS: AtomicU32 = AtomicU32::new(0);
+static INPLACE_CTX_DROPS: AtomicU32 = AtomicU32::new(0);
+static INPLACE_CALLS: AtomicU32 = AtomicU32::new(0);
+
+/// Counts its drops in the counter it points at.
+struct DropCount(&'static AtomicU32);
+
+impl Drop for DropCount {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+#[task(timeout = "50ms", retries = 2)]
+async fn t_inplace(x: u64) -> u64 {
+    let _guard = DropCount(&INPLACE_DROPS);
+    INPLACE_CALLS.fetch_add(1, Ordering::SeqCst);
+    for _ in 0..3 {
+        tokio::task::yield_now().await;
+    }
+    tokio::time::sleep(FOREVER).await;
+    x
+}
+
+#[task(timeout = "50ms", retries = 2)]
+async fn t_inplace_ctx(ctx: &Ctx, x: u64) -> u64 {
+    let _guard = DropCount(&INPLACE_CTX_DROPS);
+    for _ in 0..3 {
+        tokio::task::yield_now().await;
+    }
+    tokio::time::sleep(FOREVER).await;
+    x + u64::from(ctx.attempt())
+}
+
+#[process(mode = "concurrent")]
+fn inplace_timeouts(p: &mut Builder) {
+    p.task(TInplace::new(1));
+    p.task(TInplaceCtx::new(2));
+}
+
+// An attempt's future lives inside its task (not in a box of its own): a timed-out one is
+// dropped there, exactly once, and the next attempt is made in the same place. Three
+// attempts time out: three drops for each task, after the run ended as before it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timed_out_attempts_kept_in_place_are_dropped_once() {
+    let report = run(InplaceTimeouts {}).await;
+    for name in ["t_inplace", "t_inplace_ctx"] {
+        let t = report.task(name).unwrap();
+        assert_eq!(t.status, TaskStatus::Errored, "{name}");
+        assert_eq!(t.attempts, 3, "{name}");
+        let e = t.error.as_ref().unwrap().error().unwrap();
+        assert!(
+            e.downcast_ref::<RetryExhausted>()
+                .unwrap()
+                .last
+                .is::<Timeout>(),
+            "{name}"
+        );
+    }
+    assert_eq!(INPLACE_CALLS.load(Ordering::SeqCst), 3);
+    assert_eq!(INPLACE_DROPS.load(Ordering::SeqCst), 3);
+    assert_eq!(INPLACE_CTX_DROPS.load(Ordering::SeqCst), 3);
+}

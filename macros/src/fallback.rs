@@ -70,8 +70,8 @@ pub(crate) fn task(model: &Task) -> TokenStream {
             fn into_args(self, _: &#krate::__private::Inputs<'_>) -> #krate::__private::Result<(), #krate::__private::InputError> {
                 unimplemented!("`#[task]` reported an error")
             }
-            fn call(_: (), _: #krate::__private::Ctx) -> #krate::__private::TaskFuture<Self::Output> {
-                unimplemented!("`#[task]` reported an error")
+            fn call(_: (), _: #krate::__private::Ctx) -> impl #krate::__private::Future<Output = #krate::__private::Result<Self::Output, #krate::__private::BoxError>> + ::core::marker::Send + 'static {
+                async { unimplemented!("`#[task]` reported an error") }
             }
         }
     }

@@ -29,7 +29,9 @@
 //! None is on by default.
 
 #![doc(test(attr(deny(warnings))))]
-// Denied, not forbidden: `graph::arena` (the tasks' arena) alone allows it.
+// Denied, not forbidden: two modules allow it, each block with its argument: `graph::arena`
+// (where a graph's tasks live) and `task::erased` (a task's attempt polled in place, and
+// the `unsafe trait Place` that keeps it sound).
 #![deny(unsafe_code)]
 
 #[cfg(feature = "admin")]

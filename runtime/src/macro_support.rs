@@ -16,7 +16,8 @@ pub use crate::task::checks::{RetryOn, StoredInput, StoredOutput, StoredParam};
 pub use crate::task::ctx::Ctx;
 pub use crate::task::data::Data;
 pub use crate::task::resource::{Res, Resource, ResourceKey};
-pub use crate::task::{Backoff, ErrorMatcher, OnDepFailure, Policy, Task, TaskFuture, TaskMeta};
+pub use crate::task::{Backoff, ErrorMatcher, OnDepFailure, Policy, Task, TaskMeta};
+pub use core::future::Future;
 pub use core::option::Option::{self, None, Some};
 pub use core::result::Result::{self, Err, Ok};
 pub use serde;
@@ -66,29 +67,43 @@ pub fn resource<T: Resource>(ctx: &Ctx) -> Result<Res<T>, BoxError> {
     ctx.resource::<T>().map_err(BoxError::from)
 }
 
-/// Runs an `async fn` task attempt.
+/// Runs an `async fn` task attempt: `fut` itself, unboxed (the runtime keeps it inside
+/// the task). Pins down the type of the `async` block's result.
 #[inline]
-pub fn run_async<T, F>(fut: F) -> TaskFuture<T>
+pub fn run_async<T, F>(fut: F) -> F
 where
     F: core::future::Future<Output = Result<T, BoxError>> + Send + 'static,
 {
-    Box::pin(fut)
+    fut
+}
+
+/// Runs an `async fn` task attempt that takes no context: the function's future `fut`,
+/// its output converted by `convert` when it ends. Its size is `fut`'s (an `async` block
+/// awaiting it would hold its inputs a second time).
+#[inline]
+pub fn run_async_then<T, F, C>(
+    fut: F,
+    convert: C,
+) -> impl core::future::Future<Output = Result<T, BoxError>> + Send + 'static
+where
+    F: core::future::Future + Send + 'static,
+    C: FnOnce(F::Output) -> Result<T, BoxError> + Send + 'static,
+{
+    futures::FutureExt::map(fut, convert)
 }
 
 /// Runs a plain `fn` task attempt on tokio's blocking pool.
-pub fn run_blocking<T, F>(task: &'static str, f: F) -> TaskFuture<T>
+pub async fn run_blocking<T, F>(task: &'static str, f: F) -> Result<T, BoxError>
 where
     T: Send + 'static,
     F: FnOnce() -> Result<T, BoxError> + Send + 'static,
 {
-    Box::pin(async move {
-        match tokio::task::spawn_blocking(f).await {
-            Ok(r) => r,
-            Err(e) if e.is_panic() => Err(Box::new(TaskPanicked {
-                task: task.to_owned(),
-                message: crate::error::panic_message(&*e.into_panic()),
-            }) as BoxError),
-            Err(e) => Err(Box::new(e) as BoxError),
-        }
-    })
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r,
+        Err(e) if e.is_panic() => Err(Box::new(TaskPanicked {
+            task: task.to_owned(),
+            message: crate::error::panic_message(&*e.into_panic()),
+        }) as BoxError),
+        Err(e) => Err(Box::new(e) as BoxError),
+    }
 }

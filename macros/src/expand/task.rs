@@ -59,11 +59,29 @@ pub(crate) fn task(model: &Task) -> TokenStream {
     } else {
         quote!(#p::Ok(#invoke))
     };
-    let body = if is_async {
+    // The runtime keeps an attempt's future inside the task when it is small: what it
+    // holds twice counts. An `async` block would hold the inputs once as its own and once
+    // in the function's future it awaits (and `ctx` twice when rebound inside it).
+    let takes_ctx = model
+        .params
+        .iter()
+        .any(|param| matches!(param, TaskParam::Ctx { .. }))
+        || !res_locals.is_empty();
+    let body = if is_async && !takes_ctx {
+        // The function's future itself, its result converted when it ends (`ctx`, which
+        // it does not take, is dropped here).
+        let convert = if model.result.is_some() {
+            quote!(#p::task_result)
+        } else {
+            quote!(#p::Ok)
+        };
+        quote! {
+            #p::run_async_then(#fn_name(#call_args), #convert)
+        }
+    } else if is_async {
+        // `ctx` is moved into the block (the function borrows it) and stays there.
         quote! {
             #p::run_async(async move {
-                let #ctx = #ctx;
-                let _ = &#ctx;
                 #fetch_resources
                 #wrapped
             })
@@ -188,7 +206,7 @@ pub(crate) fn task(model: &Task) -> TokenStream {
             }
 
             #[allow(clippy::used_underscore_binding)]
-            fn call(__procession_args: Self::Args, #ctx: #p::Ctx) -> #p::TaskFuture<Self::Output> {
+            fn call(__procession_args: Self::Args, #ctx: #p::Ctx) -> impl #p::Future<Output = #p::Result<Self::Output, #p::BoxError>> + ::core::marker::Send + 'static {
                 let ( #( #locals, )* ) = __procession_args;
                 #body
             }

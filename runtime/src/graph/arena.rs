@@ -28,7 +28,7 @@ use std::fmt;
 use std::ops::{Deref, DerefMut};
 use std::ptr::NonNull;
 
-use crate::task::erased::ErasedTask;
+use crate::task::erased::{ErasedTask, Place};
 
 /// How chunks are aligned: any task aligned to this or less is placed in a chunk.
 const ALIGN: usize = 64;
@@ -199,6 +199,19 @@ impl Drop for Arena {
             // module docs), so no value in it is used again.
             unsafe { dealloc(at.as_ptr(), layout) };
         }
+    }
+}
+
+// SAFETY: `alloc` writes the task into memory of the arena that is never moved nor reused
+// while the arena lives, and the `TaskBox` it returns reaches the task only as
+// `dyn ErasedTask` (`Deref`/`DerefMut`), which cannot be moved out or swapped; the task
+// is dropped in place (`TaskBox::drop`). No attempt starts before `put` returns.
+unsafe impl Place for &mut Arena {
+    type Held = TaskBox;
+
+    #[inline]
+    fn put<E: ErasedTask + 'static>(self, task: E) -> TaskBox {
+        self.alloc(task)
     }
 }
 

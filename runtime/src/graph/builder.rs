@@ -14,7 +14,7 @@ use smol_str::SmolStr;
 
 use crate::graph::process::{Mode, Process};
 use crate::task::arg::{NodeRef, Out};
-use crate::task::erased::Erased;
+use crate::task::erased::erase_into;
 use crate::task::spec::{IntoTaskSpec, TaskSpec};
 use crate::task::Task;
 
@@ -820,7 +820,7 @@ impl Builder {
             data,
             tolerant,
         };
-        let task = self.arena.alloc(Erased::new(task));
+        let task = erase_into(task, &mut self.arena);
         // After the allocation: its chain of multiplies (about four cycles a byte, each
         // waiting for the one before) then overlaps the work that follows, the node's
         // writes and the next task's id and allocation. Fed before the allocation instead,

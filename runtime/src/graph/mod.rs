@@ -336,7 +336,7 @@ mod tests {
     use crate::schedule::Overlap;
     use crate::task::arg::{Inputs, Read};
     use crate::task::ctx::Ctx;
-    use crate::task::{Policy, Task, TaskFuture, TaskMeta};
+    use crate::task::{Policy, Task, TaskMeta};
 
     /// A task that reads nothing and does nothing, for graphs built here.
     struct Noop;
@@ -356,8 +356,8 @@ mod tests {
         fn into_args(self, _: &Inputs<'_>) -> Result<(), InputError> {
             Ok(())
         }
-        fn call((): (), _: Ctx) -> TaskFuture<()> {
-            Box::pin(async { Ok(()) })
+        async fn call((): (), _: Ctx) -> Result<(), crate::error::BoxError> {
+            Ok(())
         }
     }
 

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::fmt;
 
 use crate::task::arg::{NodeRef, Out};
-use crate::task::erased::{Erased, ErasedTask};
+use crate::task::erased::{erase, ErasedTask};
 use crate::task::spec::{IntoTaskSpec, TaskSpec};
 use crate::task::{Task, TaskMeta};
 
@@ -256,7 +256,7 @@ impl TaskGraph {
         let entry = Entry::Task {
             name: key.clone(),
             meta: &T::META,
-            task: Box::new(Erased::new(task)),
+            task: erase(task),
             output,
             data,
             tolerant,

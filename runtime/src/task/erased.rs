@@ -1,6 +1,8 @@
 //! A task with its type erased, as a graph node holds it, and what a successful attempt
 //! leaves behind.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use smol_str::SmolStr;
@@ -8,7 +10,7 @@ use smol_str::SmolStr;
 use crate::error::{BoxError, InputError, OutputNotSerializable};
 use crate::task::arg::{Inputs, Typed};
 use crate::task::ctx::Ctx;
-use crate::task::{Task, TaskFuture};
+use crate::task::Task;
 
 /// What a successful attempt leaves behind: the serialized result and, when a successor
 /// reads it, the typed value.
@@ -24,8 +26,18 @@ pub(crate) struct Finished {
 /// A task with its type erased, as a graph node holds it: first the task as built, then,
 /// once its inputs are resolved, the task ready to run attempts (in the same allocation).
 ///
-/// An attempt's future lives inside it and is polled through it, so an attempt costs no
-/// allocation beyond the task's own future.
+/// An attempt's future lives inside it and is polled in place, so an attempt allocates
+/// nothing of its own (unless its future would make it larger than [`INLINE_TASK`]: then
+/// it is boxed, see [`erase_into`]).
+///
+/// Whoever holds one must not move it while an attempt runs, from [`attempt`] until
+/// [`poll_attempt`] returns `Ready` or [`end_attempt`] is called: the attempt's future is
+/// pinned inside it. A holder that reaches it only through `dyn ErasedTask` (a
+/// `Box<dyn ErasedTask>`, an arena's `&mut dyn ErasedTask`) cannot move it.
+///
+/// [`attempt`]: ErasedTask::attempt
+/// [`poll_attempt`]: ErasedTask::poll_attempt
+/// [`end_attempt`]: ErasedTask::end_attempt
 pub(crate) trait ErasedTask: Send {
     /// Resolves the inputs. `keep`: later attempts need them again; `typed`: a successor
     /// reads the output (hand it over typed, not only as JSON); `text`: the caller needs
@@ -38,7 +50,7 @@ pub(crate) trait ErasedTask: Send {
         typed: bool,
         text: bool,
     ) -> Result<(), InputError>;
-    /// Starts an attempt.
+    /// Starts an attempt (an attempt still running is dropped first).
     fn attempt(&mut self, ctx: Ctx) -> Result<(), BoxError>;
     /// Polls the attempt started last.
     fn poll_attempt(&mut self, cx: &mut Context<'_>) -> Poll<Result<Finished, BoxError>>;
@@ -46,33 +58,133 @@ pub(crate) trait ErasedTask: Send {
     fn end_attempt(&mut self);
 }
 
-pub(crate) struct Erased<T: Task> {
-    /// The task as built, until it is prepared.
-    task: Option<T>,
-    /// The resolved inputs, until the first attempt takes them.
-    first: Option<T::Args>,
+/// The largest task, in bytes, that keeps its attempts' futures inside it (unless boxing
+/// them would not make it smaller).
+///
+/// A task's box is allocated by the thread that builds the graph and freed by the worker
+/// that ran it: glibc frees a block of more than 120 bytes (a chunk past 128 with its
+/// header) from another thread under its arena's lock (see `Refs` in `task/arg.rs`), and
+/// a graph of large futures would hold their room from the start. Measured (release,
+/// `#[task]`): the benchmark's `async fn` tasks without `ctx` have futures of 24-40 bytes
+/// and one that takes `ctx` and reports progress 72: they fit (tasks of 72-112 bytes).
+/// A plain `fn` (88: the blocking pool's handle and the closure), one that sleeps (192),
+/// reads a file (128) or a socket (216) has its future boxed when an attempt starts, as
+/// every attempt's was before: next to a trip to the blocking pool or to I/O, that
+/// allocation is small. (Tasks kept in an arena, not freed one by one across threads,
+/// could raise the bound.)
+pub(crate) const INLINE_TASK: usize = 120;
+
+/// Where an erased task is put: [`Boxed`], or a holder of many (an arena).
+///
+/// # Safety
+///
+/// A task's attempt future is pinned inside the task (see [`ErasedTask`]). `put` must
+/// leave `task` where it puts it until it is dropped, and what it returns must reach it
+/// only in ways that cannot move it (as `dyn ErasedTask`: a `Box<dyn ErasedTask>`, an
+/// arena's `&mut dyn ErasedTask`). Before `put` returns, no attempt has started.
+#[allow(unsafe_code)]
+pub(crate) unsafe trait Place {
+    /// What putting a task there gives back.
+    type Held;
+    /// Puts `task` there.
+    fn put<E: ErasedTask + 'static>(self, task: E) -> Self::Held;
+}
+
+/// Each task in a box of its own.
+pub(crate) struct Boxed;
+
+// SAFETY: a `Box<dyn ErasedTask>` never moves what it holds (a value of unsized type
+// cannot be moved out of its box, nor swapped).
+#[allow(unsafe_code)]
+unsafe impl Place for Boxed {
+    type Held = Box<dyn ErasedTask>;
+
+    #[inline]
+    fn put<E: ErasedTask + 'static>(self, task: E) -> Box<dyn ErasedTask> {
+        Box::new(task)
+    }
+}
+
+/// `task` with its type erased, in a box.
+#[inline]
+pub(crate) fn erase<T: Task>(task: T) -> Box<dyn ErasedTask> {
+    erase_into(task, Boxed)
+}
+
+/// `task` with its type erased, put in `place`: its attempts' futures inside it when it
+/// is then at most [`INLINE_TASK`] bytes (or no larger than with them boxed), boxed
+/// otherwise.
+#[inline]
+pub(crate) fn erase_into<T: Task, P: Place>(task: T, place: P) -> P::Held {
+    with_call(task, T::call, place)
+}
+
+/// [`erase_into`] with `T::call` as a value, whose type names the future's.
+#[inline]
+fn with_call<T, C, F, P>(task: T, call: C, place: P) -> P::Held
+where
+    T: Task,
+    C: Fn(T::Args, Ctx) -> F + Send + 'static,
+    F: Future<Output = Result<T::Output, BoxError>> + Send + 'static,
+    P: Place,
+{
+    if inline::<T, C, F>() {
+        place.put(Erased::new(task, call))
+    } else {
+        place.put(Erased::new(task, move |args, ctx| {
+            Box::pin(call(args, ctx))
+        }))
+    }
+}
+
+/// Whether a task keeps its attempts' futures inside it (see [`erase_into`]).
+const fn inline<T: Task, C, F>() -> bool {
+    let inline = size_of::<Erased<T, C, F>>();
+    inline <= INLINE_TASK || inline <= size_of::<Erased<T, C, Pin<Box<F>>>>()
+}
+
+/// A task, with `C` (its `call`, zero-sized) starting attempts whose futures are `F`.
+/// Private: made only by [`with_call`], which hands it to a [`Place`] at once.
+struct Erased<T: Task, C, F> {
+    call: C,
+    state: State<T, T::Args, F>,
     /// The inputs serialized for later attempts (no `Clone` bound on them).
     encoded: Option<Vec<u8>>,
     typed: bool,
     /// An integer's or a boolean's text is wanted when the attempt ends.
     text: bool,
-    running: Option<TaskFuture<T::Output>>,
 }
 
-impl<T: Task> Erased<T> {
-    pub(crate) fn new(task: T) -> Self {
+/// Where a task is: one value at a time, so a task takes the room of the largest of them.
+enum State<T, A, F> {
+    /// As built.
+    Built(T),
+    /// Prepared: the inputs of its first attempt.
+    Ready(A),
+    /// An attempt's future, pinned here.
+    Running(F),
+    /// Between attempts (their inputs in `encoded`), or done.
+    Idle,
+}
+
+impl<T: Task, C, F> Erased<T, C, F> {
+    fn new(task: T, call: C) -> Self {
         Erased {
-            task: Some(task),
-            first: None,
+            call,
+            state: State::Built(task),
             encoded: None,
             typed: false,
             text: false,
-            running: None,
         }
     }
 }
 
-impl<T: Task> ErasedTask for Erased<T> {
+impl<T, C, F> ErasedTask for Erased<T, C, F>
+where
+    T: Task,
+    C: Fn(T::Args, Ctx) -> F + Send + 'static,
+    F: Future<Output = Result<T::Output, BoxError>> + Send + 'static,
+{
     fn prepare(
         &mut self,
         inputs: &Inputs<'_>,
@@ -80,45 +192,63 @@ impl<T: Task> ErasedTask for Erased<T> {
         typed: bool,
         text: bool,
     ) -> Result<(), InputError> {
-        let Some(task) = self.task.take() else {
+        if !matches!(self.state, State::Built(_)) {
+            return Ok(());
+        }
+        // Not running: nothing pinned is moved.
+        let State::Built(task) = std::mem::replace(&mut self.state, State::Idle) else {
             return Ok(());
         };
         let args = task.into_args(inputs)?;
         if keep {
             self.encoded = serde_json::to_vec(&args).ok();
         }
-        self.first = Some(args);
+        self.state = State::Ready(args);
         self.typed = typed;
         self.text = text;
         Ok(())
     }
 
     fn attempt(&mut self, ctx: Ctx) -> Result<(), BoxError> {
-        let args = match self.first.take() {
-            Some(a) => a,
-            None => {
+        // Dropped in place, never moved (and `state` is not `Running` below).
+        self.end_attempt();
+        let args = match std::mem::replace(&mut self.state, State::Idle) {
+            State::Ready(args) => args,
+            other => {
+                self.state = other;
                 let bytes = self.encoded.as_deref().ok_or_else(|| {
                     BoxError::from("the task's inputs could not be kept for another attempt")
                 })?;
                 serde_json::from_slice(bytes)?
             }
         };
-        self.running = Some(T::call(args, ctx));
+        self.state = State::Running((self.call)(args, ctx));
         Ok(())
     }
 
     fn end_attempt(&mut self) {
-        self.running = None;
+        if matches!(self.state, State::Running(_)) {
+            // An assignment drops the old value where it is.
+            self.state = State::Idle;
+        }
     }
 
     fn poll_attempt(&mut self, cx: &mut Context<'_>) -> Poll<Result<Finished, BoxError>> {
-        let Some(fut) = self.running.as_mut() else {
+        let State::Running(fut) = &mut self.state else {
             return Poll::Ready(Err("no attempt is running".into()));
         };
-        let value = match fut.as_mut().poll(cx) {
+        // SAFETY: the future is never moved until it is dropped. It was made in place
+        // (`attempt`); `state` leaves `Running` only by assignments (`end_attempt`, below,
+        // `attempt`), which drop it where it is; `attempt` and `prepare` move `state` out
+        // only when it is not `Running`; and the `Erased` itself is not moved once it is
+        // made: `with_call` hands it to a `Place` at once, whose contract is to keep it
+        // where it put it, reached only as `dyn ErasedTask` (which cannot be moved).
+        #[allow(unsafe_code)]
+        let fut = unsafe { Pin::new_unchecked(fut) };
+        let value = match fut.poll(cx) {
             Poll::Pending => return Poll::Pending,
             Poll::Ready(r) => {
-                self.running = None;
+                self.state = State::Idle;
                 r?
             }
         };
@@ -292,6 +422,228 @@ pub(crate) fn to_json<T: serde::Serialize + ?Sized>(
     let mut w = JsonWriter::new();
     serde_json::to_writer(&mut w, value)?;
     Ok(w.finish())
+}
+
+#[cfg(test)]
+mod attempt_tests {
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::Arc;
+    use std::task::{Context, Poll, Waker};
+
+    use super::{erase, inline, ErasedTask};
+    use crate::error::{BoxError, InputError};
+    use crate::task::arg::{Inputs, Read};
+    use crate::task::ctx::Ctx;
+    use crate::task::{Policy, Task, TaskMeta};
+
+    /// Counts its drops.
+    struct Guard(Arc<AtomicU32>);
+
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Pending `n` times (waking itself), then ready: an attempt that awaits.
+    struct Yields(u32);
+
+    impl Future for Yields {
+        type Output = ();
+        fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+            if self.0 == 0 {
+                return Poll::Ready(());
+            }
+            self.0 -= 1;
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        }
+    }
+
+    thread_local! {
+        // Per test (each runs on a thread of its own and polls there).
+        static DROPS: Arc<AtomicU32> = Arc::new(AtomicU32::new(0));
+        static CALLS: AtomicU32 = const { AtomicU32::new(0) };
+    }
+
+    fn drops() -> u32 {
+        DROPS.with(|d| d.load(Ordering::SeqCst))
+    }
+
+    /// Awaits five times holding a guard and a self-reference across the awaits; its
+    /// first attempt (on this thread) fails, a later one returns its input times two.
+    struct Flaky(u64);
+
+    impl Task for Flaky {
+        type Output = u64;
+        type Args = (u64,);
+        const META: TaskMeta = TaskMeta {
+            name: "flaky",
+            function: "tests::flaky",
+            description: "",
+            is_async: true,
+            policy: Policy::DEFAULT,
+            resources: &[],
+        };
+        fn visit_inputs(&self, _: &mut dyn FnMut(Read)) {}
+        fn into_args(self, _: &Inputs<'_>) -> Result<(u64,), InputError> {
+            Ok((self.0,))
+        }
+        fn call(
+            (x,): (u64,),
+            _: Ctx,
+        ) -> impl Future<Output = Result<u64, BoxError>> + Send + 'static {
+            let guard = Guard(DROPS.with(Arc::clone));
+            async move {
+                let _guard = guard;
+                let values = [x, 1, 2];
+                // Borrowed across the awaits: the future refers to itself.
+                let first = &values[0];
+                for _ in 0..5 {
+                    Yields(1).await;
+                }
+                if CALLS.with(|c| c.fetch_add(1, Ordering::SeqCst)) == 0 {
+                    return Err("first attempt fails".into());
+                }
+                Ok(*first * 2)
+            }
+        }
+    }
+
+    /// Its future is large: it is boxed, the task stays small.
+    struct Big;
+
+    impl Task for Big {
+        type Output = u64;
+        type Args = ();
+        const META: TaskMeta = TaskMeta {
+            name: "big",
+            function: "tests::big",
+            description: "",
+            is_async: true,
+            policy: Policy::DEFAULT,
+            resources: &[],
+        };
+        fn visit_inputs(&self, _: &mut dyn FnMut(Read)) {}
+        fn into_args(self, _: &Inputs<'_>) -> Result<(), InputError> {
+            Ok(())
+        }
+        // An `async fn` implements `call` too.
+        async fn call((): (), _: Ctx) -> Result<u64, BoxError> {
+            let buf = [7u8; 1024];
+            Yields(2).await;
+            Ok(buf.iter().map(|&b| u64::from(b)).sum())
+        }
+    }
+
+    fn inputs_then<R>(f: impl FnOnce(&Inputs<'_>) -> R) -> R {
+        let names = |i: u32| i.to_string();
+        f(&Inputs {
+            slots: &[],
+            names: &names,
+            graph: 0,
+            remap: None,
+        })
+    }
+
+    fn poll_to_end(task: &mut dyn ErasedTask) -> (u32, Result<super::Finished, BoxError>) {
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut polls = 0;
+        loop {
+            polls += 1;
+            if let Poll::Ready(r) = task.poll_attempt(&mut cx) {
+                return (polls, r);
+            }
+        }
+    }
+
+    fn ctx() -> Ctx {
+        Ctx::detached("flaky")
+    }
+
+    /// What `inline` decides for `T`, from `T::call`'s future type.
+    fn inline_for<T: Task, C, F>(_: C) -> bool
+    where
+        C: Fn(T::Args, Ctx) -> F,
+    {
+        inline::<T, C, F>()
+    }
+
+    // An attempt that awaits several times fails and is retried: its future is dropped
+    // once when it ends, the next one made in the same place from the kept inputs, and
+    // no future is dropped twice; with no attempt running, a poll is an error.
+    #[test]
+    fn retried_attempt_is_remade_in_place() {
+        assert!(inline_for::<Flaky, _, _>(Flaky::call));
+        let mut task = erase(Flaky(21));
+        inputs_then(|inputs| task.prepare(inputs, true, false, true)).unwrap();
+        task.attempt(ctx()).unwrap();
+        let (polls, r) = poll_to_end(&mut *task);
+        assert_eq!(polls, 6);
+        assert_eq!(r.err().unwrap().to_string(), "first attempt fails");
+        assert_eq!(drops(), 1);
+        // Ended: nothing left to drop.
+        task.end_attempt();
+        assert_eq!(drops(), 1);
+        task.attempt(ctx()).unwrap();
+        let (polls, r) = poll_to_end(&mut *task);
+        assert_eq!(polls, 6);
+        let done = r.unwrap();
+        assert_eq!(done.json.as_deref(), Some("42"));
+        assert_eq!(drops(), 2);
+        assert_eq!(CALLS.with(|c| c.load(Ordering::SeqCst)), 2);
+        assert!(matches!(
+            task.poll_attempt(&mut Context::from_waker(Waker::noop())),
+            Poll::Ready(Err(_))
+        ));
+        drop(task);
+        assert_eq!(drops(), 2);
+    }
+
+    // An attempt ended mid-way (a timeout, a cancel) is dropped exactly once: by
+    // `end_attempt`, not again by a second one, by the next attempt, or with the task;
+    // one still running when the task is dropped is dropped with it, once.
+    #[test]
+    fn attempt_ended_mid_way_is_dropped_once() {
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut task = erase(Flaky(3));
+        inputs_then(|inputs| task.prepare(inputs, true, false, false)).unwrap();
+        task.attempt(ctx()).unwrap();
+        assert!(task.poll_attempt(&mut cx).is_pending());
+        assert!(task.poll_attempt(&mut cx).is_pending());
+        task.end_attempt();
+        assert_eq!(drops(), 1);
+        task.end_attempt();
+        assert_eq!(drops(), 1);
+        // A new attempt over one still running drops that one first.
+        task.attempt(ctx()).unwrap();
+        assert!(task.poll_attempt(&mut cx).is_pending());
+        task.attempt(ctx()).unwrap();
+        assert_eq!(drops(), 2);
+        assert!(task.poll_attempt(&mut cx).is_pending());
+        drop(task);
+        assert_eq!(drops(), 3);
+        // Never started: the guard made by `call` is the only thing dropped.
+        let task = erase(Flaky(4));
+        drop(task);
+        assert_eq!(drops(), 3);
+    }
+
+    // A large future is boxed (the task keeps its size) and runs as a small one does.
+    #[test]
+    fn large_future_is_boxed() {
+        assert!(!inline_for::<Big, _, _>(Big::call));
+        let mut task = erase(Big);
+        inputs_then(|inputs| task.prepare(inputs, false, true, true)).unwrap();
+        task.attempt(Ctx::detached("big")).unwrap();
+        let (polls, r) = poll_to_end(&mut *task);
+        assert_eq!(polls, 3);
+        assert_eq!(r.unwrap().json.as_deref(), Some("7168"));
+        // A second attempt without kept inputs is an error, not a panic.
+        assert!(task.attempt(Ctx::detached("big")).is_err());
+    }
 }
 
 #[cfg(test)]

@@ -25,7 +25,24 @@ use crate::task::arg::{Inputs, Read};
 use crate::task::ctx::Ctx;
 use crate::task::data::Data;
 
-/// The future one attempt of a task returns.
+/// An attempt's future, boxed: for a hand-written [`Task::call`] whose branches return
+/// futures of different types (`call` itself returns its future unboxed, and the runtime
+/// keeps a small one inside the task, without an allocation).
+///
+/// # Examples
+///
+/// ```
+/// use procession::{BoxError, TaskFuture};
+///
+/// fn attempt(fast: bool) -> TaskFuture<u32> {
+///     if fast {
+///         Box::pin(std::future::ready(Ok::<_, BoxError>(1)))
+///     } else {
+///         Box::pin(async { Ok(2) })
+///     }
+/// }
+/// # let _ = attempt(true);
+/// ```
 pub type TaskFuture<T> = Pin<Box<dyn Future<Output = Result<T, BoxError>> + Send + 'static>>;
 
 /// A unit of work with typed inputs and a typed output.
@@ -68,8 +85,17 @@ pub trait Task: Send + Sized + 'static {
     /// results of the tasks they point at.
     fn into_args(self, inputs: &Inputs<'_>) -> Result<Self::Args, InputError>;
 
-    /// Starts one attempt with resolved inputs.
-    fn call(args: Self::Args, ctx: Ctx) -> TaskFuture<Self::Output>;
+    /// Starts one attempt with resolved inputs: the attempt is the future returned, run
+    /// until it ends, or dropped (a timeout, a cancel).
+    ///
+    /// The future is returned unboxed: the runtime keeps it inside the task's node while
+    /// it runs (boxing it only when it is large), so an attempt of a small task allocates
+    /// nothing. `#[task]` returns the function's future; a hand-written `call` may be an
+    /// `async fn` (its future owns its inputs and `ctx`) or return an `async move` block.
+    fn call(
+        args: Self::Args,
+        ctx: Ctx,
+    ) -> impl Future<Output = Result<Self::Output, BoxError>> + Send + 'static;
 
     /// How to copy an output of this task, when [`Output`](Task::Output) is `Clone`:
     /// then every task that reads it gets a copy of the value, not one decoded from its
