@@ -1326,7 +1326,10 @@ mod tests {
         };
         assert_eq!(list(3, &[1, 0]).resolve(&remapped).unwrap(), vec![5, 7]);
         // A list of texts (not a scalar type) reads the same slots the general way.
-        let texts = vec![filled(1, "a".to_owned(), None), filled(1, "b".to_owned(), None)];
+        let texts = vec![
+            filled(1, "a".to_owned(), None),
+            filled(1, "b".to_owned(), None),
+        ];
         let inputs = super::Inputs {
             slots: &texts,
             names: &names,
