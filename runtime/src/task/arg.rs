@@ -240,7 +240,7 @@ impl Refs {
                 }
             }
             Refs::Heap(refs) => {
-                for &r in refs.iter() {
+                for &r in refs {
                     f(r);
                 }
             }
