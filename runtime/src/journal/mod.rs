@@ -281,6 +281,13 @@ impl Rows {
         let before = share(row);
         f(row);
         let after = share(row);
+        self.reshare(before, after);
+        true
+    }
+
+    /// A row's share of the run's progress went from `before` to `after`.
+    #[inline]
+    fn reshare(&mut self, before: f64, after: f64) {
         // Exact: an unchanged share is the same value, not a nearby one.
         #[allow(clippy::float_cmp)]
         let changed = after != before;
@@ -288,7 +295,6 @@ impl Rows {
             self.shares += after - before;
             self.rollup_dirty = true;
         }
-        true
     }
 
     /// The run's progress: the mean of its tasks' shares, with the last task message.
@@ -453,6 +459,10 @@ pub(crate) struct RunJournal {
     /// A wake-up is on its way to the writer: further changes need not send another.
     woken: std::sync::atomic::AtomicBool,
     rows: Mutex<Rows>,
+    /// Ends recorded while the rows were locked (by the writer taking them, mostly): a
+    /// worker does not wait for a write cycle to record a task's end. Applied to the rows
+    /// before anything reads or takes them (see [`RunJournal::lock_applied`]).
+    staged: Mutex<Vec<Staged>>,
     writer: WriterHandle,
     /// The wall clock (ms since the Unix epoch) and the monotonic clock read together
     /// when the journal was made: an end given as an [`Instant`] (see [`Ended::at`]) is
@@ -543,6 +553,7 @@ impl RunJournal {
                 rollup_dirty: false,
                 last_message: None,
             }),
+            staged: Mutex::default(),
             writer,
             clock0: (now_ms(), Instant::now()),
         });
@@ -584,49 +595,128 @@ impl RunJournal {
     }
 
     /// `node` ended; `result` is its output as JSON when it succeeded.
+    ///
+    /// When the rows are locked (the writer takes them for a write cycle, which holds
+    /// the lock for its whole drain), the end is staged instead of waited for: the task's
+    /// worker goes on, and the end is applied before the rows are next read or taken
+    /// (the next cycle, which this end wakes, or a [`sync`](Self::sync)).
     pub(crate) fn ended(&self, node: u32, outcome: Ended, result: Option<SmolStr>) {
         // Outside the lock (the writer thread takes it too).
         let at_ms = match outcome.at {
             Some(at) => self.wall_ms(at),
             None => now_ms(),
         };
-        {
-            let mut g = self.lock();
-            if !g.throttle.is_empty() {
-                g.settle_burst(node); // only a task that reported progress has a burst
+        let mut g = match self.rows.try_lock() {
+            Ok(g) => g,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => {
+                self.stage(Staged {
+                    node,
+                    outcome,
+                    at_ms,
+                    result,
+                });
+                return;
             }
-            let changed = g.change(node, |row| {
-                row.state = outcome.state;
-                row.skipped = outcome.skipped;
-                row.attempts = row.attempts.max(outcome.attempts);
-                row.elapsed_ns = nanos(outcome.elapsed);
-                let now = at_ms;
-                row.set_ended_at(now);
-                if row.started_at().is_none() && outcome.attempts > 0 {
-                    // Ended in its first poll: its start was not recorded on its own.
-                    row.set_started_at(ms_before(now, outcome.elapsed));
-                }
-                if let Some(failure) = outcome.failure {
-                    let rare = row.rare();
-                    rare.error = Some(failure.error);
-                    rare.chain = failure.chain;
-                } else if let Some(rare) = row.rare.as_deref_mut() {
-                    rare.error = None;
-                    rare.chain = Vec::new();
-                }
-                if outcome.state == State::Done {
-                    row.set_percent(Some(100.0));
-                }
-                row.result = result;
-            });
-            if !changed {
-                return; // released (the run is over), or ended and written already
-            }
-            g.mark(node);
+        };
+        let changed = g.end(node, outcome, at_ms, result);
+        drop(g);
+        if changed {
+            self.writer.wake(self);
         }
+    }
+
+    /// Stages an end recorded while the rows were locked (see [`ended`](Self::ended)).
+    /// Out of line: the common end stays short.
+    #[cold]
+    #[inline(never)]
+    fn stage(&self, end: Staged) {
+        self.staged
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(end);
+        // After the push: a cycle that clears the flag after this reads it takes the
+        // staged end (see `WriterHandle::wake`).
         self.writer.wake(self);
     }
 
+    /// The rows, locked, with every staged end applied (see [`ended`](Self::ended)).
+    fn lock_applied(&self) -> std::sync::MutexGuard<'_, Rows> {
+        let mut g = self.lock();
+        let staged = std::mem::take(
+            &mut *self
+                .staged
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        for s in staged {
+            g.end(s.node, s.outcome, s.at_ms, s.result);
+        }
+        g
+    }
+}
+
+/// An end recorded while the rows were locked (see [`RunJournal::ended`]).
+struct Staged {
+    node: u32,
+    outcome: Ended,
+    /// When it ended (ms since the Unix epoch).
+    at_ms: u64,
+    result: Option<SmolStr>,
+}
+
+impl Rows {
+    /// Writes `node`'s end (at `at_ms`) into its row and marks it; false when the rows
+    /// were released or the row ended and was written already. Inlined: a worker's end
+    /// (once per task) does not pay a call and a copy of its [`Ended`] for it.
+    #[allow(clippy::inline_always)]
+    #[inline(always)]
+    fn end(&mut self, node: u32, outcome: Ended, at_ms: u64, result: Option<SmolStr>) -> bool {
+        if !self.throttle.is_empty() {
+            self.settle_burst(node); // only a task that reported progress has a burst
+        }
+        // As `change` does, without a closure: one end path both for a worker's end and
+        // for a staged one, each inlined.
+        let Some(row) = self.items.get_mut(node as usize) else {
+            return false; // released (the run is over), or ended and written already
+        };
+        let before = share(row);
+        write_end(row, outcome, at_ms, result);
+        let after = share(row);
+        self.reshare(before, after);
+        self.mark(node);
+        true
+    }
+}
+
+/// Writes an end (see [`Rows::end`]) into `row`.
+#[allow(clippy::inline_always)]
+#[inline(always)]
+fn write_end(row: &mut Row, outcome: Ended, at_ms: u64, result: Option<SmolStr>) {
+    row.state = outcome.state;
+    row.skipped = outcome.skipped;
+    row.attempts = row.attempts.max(outcome.attempts);
+    row.elapsed_ns = nanos(outcome.elapsed);
+    row.set_ended_at(at_ms);
+    if row.started_at().is_none() && outcome.attempts > 0 {
+        // Ended in its first poll: its start was not recorded on its own.
+        row.set_started_at(ms_before(at_ms, outcome.elapsed));
+    }
+    if let Some(failure) = outcome.failure {
+        let rare = row.rare();
+        rare.error = Some(failure.error);
+        rare.chain = failure.chain;
+    } else if let Some(rare) = row.rare.as_deref_mut() {
+        rare.error = None;
+        rare.chain = Vec::new();
+    }
+    if outcome.state == State::Done {
+        row.set_percent(Some(100.0));
+    }
+    row.result = result;
+}
+
+impl RunJournal {
     /// `node` had finished before the run was interrupted (its row is in the store
     /// already): the in-memory row says so too, without writing it again.
     pub(crate) fn restored(&self, node: u32, attempts: u32, elapsed: Duration, result: SmolStr) {
@@ -653,7 +743,7 @@ impl RunJournal {
     /// not sit next to a second copy. Returns whether they were freed (not when rows
     /// are still dirty). The roll-up stays; later changes are ignored.
     pub(crate) fn release(&self) -> bool {
-        let mut g = self.lock();
+        let mut g = self.lock_applied();
         if !g.dirty_list.is_empty() {
             return false;
         }
@@ -673,12 +763,12 @@ impl RunJournal {
 
     /// The run's rolled-up progress (see the type's docs).
     pub(crate) fn rollup(&self) -> Progress {
-        self.lock().rollup()
+        self.lock_applied().rollup()
     }
 
     /// The run's rolled-up progress when it changed since the last call.
     pub(crate) fn take_rollup(&self) -> Option<Progress> {
-        let mut g = self.lock();
+        let mut g = self.lock_applied();
         if !std::mem::take(&mut g.rollup_dirty) {
             return None;
         }
@@ -727,7 +817,9 @@ impl RunJournal {
         // Changes made from now on need a new wake-up.
         self.woken
             .store(false, std::sync::atomic::Ordering::Release);
-        let mut g = self.lock();
+        // Staged ends are taken after the flag is cleared: one staged later wakes the
+        // writer again.
+        let mut g = self.lock_applied();
         if g.throttle.is_empty() {
             return g; // no task reported progress: no burst
         }
@@ -1126,6 +1218,54 @@ mod tests {
         #[allow(clippy::cast_precision_loss)]
         let want = 100.0 * (RowChunks::CHUNK * 2) as f64 / n as f64;
         assert!((j.rollup().percent.unwrap() - want).abs() < 1e-9);
+        writer.close().await.expect("close");
+    }
+
+    // An end recorded while the rows are locked (the writer draining them) is staged, not
+    // waited for; it reaches the run's progress, the store (with its result and times) and
+    // the release check as an end recorded directly does.
+    #[tokio::test]
+    async fn an_end_recorded_while_the_rows_are_locked_is_staged_then_written() {
+        let (store, writer, j) = journal((0..2).map(|i| TestRow {
+            task: "load",
+            id: format!("n{i}").into(),
+            optional: false,
+        }));
+        let (wall0, inst0) = j.clock0;
+        {
+            let held = j.lock();
+            std::thread::scope(|s| {
+                s.spawn(|| {
+                    j.ended(
+                        1,
+                        done(Duration::from_secs(1), Some(inst0 + Duration::from_secs(5))),
+                        Some("41".into()),
+                    );
+                });
+            });
+            drop(held);
+        }
+        assert_eq!(j.staged.lock().unwrap().len(), 1, "staged, not waited for");
+        // Read before any write cycle: the run's progress counts it already.
+        assert_eq!(j.rollup().percent, Some(50.0));
+        assert!(j.staged.lock().unwrap().is_empty());
+        // Applied but not yet written: the rows are not released.
+        let held = j.lock();
+        std::thread::scope(|s| {
+            s.spawn(|| j.ended(0, done(Duration::ZERO, None), Some("40".into())));
+        });
+        drop(held);
+        assert!(!j.release(), "a staged end is not written yet");
+        j.sync().await.expect("sync");
+        let rows: HashMap<u32, TaskRow> = store.tasks("run").unwrap().into_iter().collect();
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[&1].state, State::Done);
+        assert_eq!(rows[&1].result.as_deref(), Some("41"));
+        assert_eq!(rows[&1].ended_at, Some(wall0 + 5_000));
+        assert_eq!(rows[&1].started_at, Some(wall0 + 4_000));
+        assert_eq!(rows[&0].result.as_deref(), Some("40"));
+        assert_eq!(j.rollup().percent, Some(100.0));
+        assert!(j.release());
         writer.close().await.expect("close");
     }
 

@@ -224,6 +224,28 @@ impl Refs {
             .map(move |&index| NodeRef { graph, index })
             .chain(heap.iter().copied())
     }
+
+    /// Calls `f` with each read, in order: a plain loop over the inline indices, or over
+    /// the boxed slice (no chained iterator to step through per read, as
+    /// [`iter`](Self::iter) has: a graph's builder visits every input of every task).
+    #[inline]
+    fn for_each(&self, mut f: impl FnMut(NodeRef)) {
+        match self {
+            Refs::Inline { len, graph, index } => {
+                for &index in &index[..*len as usize] {
+                    f(NodeRef {
+                        graph: *graph,
+                        index,
+                    });
+                }
+            }
+            Refs::Heap(refs) => {
+                for &r in refs {
+                    f(r);
+                }
+            }
+        }
+    }
 }
 
 impl FromIterator<NodeRef> for Refs {
@@ -305,12 +327,8 @@ impl<T: Data> Arg<T> {
                 required: false,
             }),
             ArgKind::Many { refs, required, .. } => {
-                for r in refs.iter() {
-                    f(Read {
-                        node: r,
-                        required: *required,
-                    });
-                }
+                let required = *required;
+                refs.for_each(|node| f(Read { node, required }));
             }
         }
     }
@@ -345,7 +363,27 @@ impl<T> fmt::Debug for Arg<T> {
 
 /// The outputs `refs` read, in order: one allocation of the exact size (collecting the
 /// `Result`s would start from a guess and grow).
+///
+/// The common list, a few outputs of this graph (inline, see [`Refs`]), read without
+/// remapping: whether its nodes are this graph's is asked once, not per read, and each
+/// scalar is read straight from its slot's word.
 fn collect_many<U: Data>(inputs: &Inputs<'_>, refs: &Refs) -> Result<Vec<U>, InputError> {
+    if let Refs::Inline { len, graph, index } = refs {
+        if *graph == inputs.graph && inputs.remap.is_none() {
+            let index = &index[..*len as usize];
+            let mut out = Vec::with_capacity(index.len());
+            for &i in index {
+                out.push(match inputs.scalar_at::<U>(i) {
+                    Some(v) => v,
+                    None => inputs.take::<U>(NodeRef {
+                        graph: *graph,
+                        index: i,
+                    })?,
+                });
+            }
+            return Ok(out);
+        }
+    }
     let mut out = Vec::with_capacity(refs.len());
     for r in refs.iter() {
         // A scalar read inline (a fan-in of numbers: a few loads per input), anything
@@ -1003,7 +1041,15 @@ impl Inputs<'_> {
         if r.graph != self.graph || self.remap.is_some() {
             return None;
         }
-        let slot = self.slots.get(r.index as usize)?;
+        self.scalar_at(r.index)
+    }
+
+    /// [`scalar`](Self::scalar) of the node at index `index` of this graph, once the
+    /// caller knows the read is of this graph and nothing is remapped.
+    #[allow(clippy::inline_always)] // a few loads per input, in the loop of a fan-in
+    #[inline(always)]
+    fn scalar_at<T: 'static>(&self, index: u32) -> Option<T> {
+        let slot = self.slots.get(index as usize)?;
         let k = slot.kind.load(Ordering::Acquire);
         if k == kind::NONE {
             return None;
@@ -1227,6 +1273,74 @@ mod tests {
         let mut seen = Vec::new();
         arg.visit(&mut |r: Read| seen.push((r.node.graph, r.node.index)));
         assert_eq!(seen, vec![(7, 0), (8, 1), (7, 2)]);
+    }
+
+    // A short list of this graph's outputs is read by index (see `collect_many`): a scalar
+    // of the type read, one of another type (decoded from its text), a boxed value, and
+    // a missing one (the error names it) come out as the general read gives them; under a
+    // remap, or for another graph, the general read runs.
+    #[test]
+    fn short_list_reads_give_what_the_general_read_gives() {
+        use super::{Arg, IntoArg, NodeRef, Out};
+        use crate::error::InputError;
+        let names = |i: u32| format!("node{i}");
+        let list = |graph: u32, at: &[u32]| -> Arg<Vec<u64>> {
+            let outs: Vec<Out<u64>> = at
+                .iter()
+                .map(|&index| Out::new(NodeRef { graph, index }))
+                .collect();
+            IntoArg::<Vec<u64>>::into_arg(outs)
+        };
+        // 0: a u64 word; 1: a u32 read as u64; 2: an i64 kept with its text; 3: missing.
+        let slots = vec![
+            filled(1, 5_u64, None),
+            filled(1, 6_u32, None),
+            {
+                let s = Slot::new(1);
+                s.fill(to_json(&7_i64).ok(), Some(Typed::new(7_i64, None)));
+                s
+            },
+            Slot::new(1),
+        ];
+        let here = super::Inputs {
+            slots: &slots,
+            names: &names,
+            graph: 3,
+            remap: None,
+        };
+        assert_eq!(list(3, &[2, 0, 1]).resolve(&here).unwrap(), vec![7, 5, 6]);
+        match list(3, &[0, 3]).resolve(&here) {
+            Err(InputError::Missing { task }) => assert_eq!(task, "node3"),
+            other => panic!("{other:?}"),
+        }
+        // Another graph's handles are refused, as by a single read.
+        assert!(matches!(
+            list(4, &[0]).resolve(&here),
+            Err(InputError::UnknownNode)
+        ));
+        // Remapped: index 0 reads slot 2, index 1 slot 0.
+        let remap = [2, 0];
+        let remapped = super::Inputs {
+            remap: Some(&remap),
+            ..here
+        };
+        assert_eq!(list(3, &[1, 0]).resolve(&remapped).unwrap(), vec![5, 7]);
+        // A list of texts (not a scalar type) reads the same slots the general way.
+        let texts = vec![
+            filled(1, "a".to_owned(), None),
+            filled(1, "b".to_owned(), None),
+        ];
+        let inputs = super::Inputs {
+            slots: &texts,
+            names: &names,
+            graph: 3,
+            remap: None,
+        };
+        let outs: Vec<Out<String>> = (0..2)
+            .map(|index| Out::new(NodeRef { graph: 3, index }))
+            .collect();
+        let arg: Arg<Vec<String>> = IntoArg::<Vec<String>>::into_arg(outs);
+        assert_eq!(arg.resolve(&inputs).unwrap(), vec!["a", "b"]);
     }
 
     // A read that finds nothing, or a result it cannot decode, names the node it read;
