@@ -63,11 +63,8 @@ impl Fingerprint {
     /// `eat(&x.to_le_bytes())`).
     #[inline]
     fn eat_u32(&mut self, x: u32) {
-        let mut h = self.0;
-        for b in x.to_le_bytes() {
-            h = (h ^ u64::from(b)).wrapping_mul(Self::PRIME);
-        }
-        self.0 = (h ^ 0xff).wrapping_mul(Self::PRIME);
+        let h = x.to_le_bytes().into_iter().fold(self.0, Self::step);
+        self.0 = Self::step(h, 0xff);
     }
 
     #[inline]
