@@ -281,6 +281,12 @@ impl RunRows {
             if chunk.capacity() < cap {
                 chunk.reserve_exact(cap - chunk.len());
             }
+            if chunk.len() == k {
+                // The next row in order (a journal writes a run's rows mostly so): one
+                // push, no empty slot made and then overwritten.
+                chunk.push(Some(row));
+                return;
+            }
             chunk.resize_with(k + 1, || None);
         }
         chunk[k] = Some(row);
