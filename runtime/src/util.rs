@@ -8,6 +8,38 @@ pub(crate) fn unix_ms(t: SystemTime) -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
+/// The monotonic clock, in nanoseconds from an origin fixed for the process: a task's
+/// times are taken from it as plain integers (one read per end serves both the task's
+/// elapsed time and its row's end; differences and conversions are integer arithmetic,
+/// not the checked [`Instant`](std::time::Instant) arithmetic of the standard library).
+///
+/// On Linux it is `CLOCK_MONOTONIC`, the clock `Instant` reads; elsewhere, the time
+/// since the first read through an `Instant`.
+#[inline]
+pub(crate) fn mono_ns() -> u64 {
+    #[cfg(target_os = "linux")]
+    {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: `ts` is a valid, writable timespec, and `CLOCK_MONOTONIC` exists on
+        // every Linux: the call only writes `ts`.
+        #[allow(unsafe_code)]
+        let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
+        debug_assert_eq!(rc, 0, "CLOCK_MONOTONIC is always readable");
+        // Never negative: the clock counts from the boot.
+        (ts.tv_sec as u64)
+            .saturating_mul(1_000_000_000)
+            .saturating_add(ts.tv_nsec as u64)
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        static ORIGIN: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+        nanos(ORIGIN.get_or_init(std::time::Instant::now).elapsed())
+    }
+}
+
 /// Whole milliseconds of `d`, saturating at `u64::MAX`: `as_millis` without its 128-bit
 /// arithmetic (on every task's end).
 pub(crate) fn millis(d: Duration) -> u64 {

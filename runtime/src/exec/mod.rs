@@ -777,7 +777,7 @@ fn record_end(
     i: usize,
     s: &NodeState,
     result: Option<SmolStr>,
-    at: Option<Instant>,
+    at: Option<u64>,
 ) {
     let (state, skipped) = match s.status {
         NodeStatus::Success => (State::Done, false),

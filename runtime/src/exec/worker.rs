@@ -7,7 +7,7 @@ use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::Poll;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures::FutureExt;
 use smol_str::SmolStr;
@@ -21,6 +21,7 @@ use crate::task::arg::Inputs;
 use crate::task::ctx::{Ctx, Reporter};
 use crate::task::erased::ErasedTask;
 use crate::task::TaskMeta;
+use crate::util::mono_ns;
 
 use super::{record_end, Completion, Msg, NodeState, NodeStatus, Shared};
 
@@ -88,6 +89,9 @@ pub(super) async fn run_one(shared: &Arc<Shared>, i: u32, task: TaskBox) -> Opti
     let first = shared.prior_attempts(i);
     let meta = shared.nodes[i as usize].meta;
     let started = Instant::now();
+    // The node's time is measured on the integer clock: its end is one read, which
+    // serves its elapsed time and its row's end without `Instant` arithmetic.
+    let t0 = mono_ns();
     let ran = match &shared.dispatch {
         // Spread: the node's attempts run on whichever worker claims it (out of line:
         // the state of the common path stays small).
@@ -102,8 +106,9 @@ pub(super) async fn run_one(shared: &Arc<Shared>, i: u32, task: TaskBox) -> Opti
         }
     };
     // One clock read for the node's time and its row's end.
-    let ended_at = Instant::now();
-    let elapsed = ended_at.saturating_duration_since(started);
+    let ended_at = mono_ns();
+    let elapsed_ns = ended_at.saturating_sub(t0);
+    let elapsed = Duration::from_nanos(elapsed_ns);
     // Abandoned after the cancellation grace period: the driver ended it.
     let (attempts, result) = ran?;
     if shared.nodes[i as usize].ended.swap(true, Ordering::AcqRel) {
@@ -139,10 +144,9 @@ pub(super) async fn run_one(shared: &Arc<Shared>, i: u32, task: TaskBox) -> Opti
         shared.nodes[i as usize]
             .attempts_run
             .store(attempts, Ordering::Relaxed);
-        shared.nodes[i as usize].elapsed_ns.store(
-            u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX),
-            Ordering::Relaxed,
-        );
+        shared.nodes[i as usize]
+            .elapsed_ns
+            .store(elapsed_ns, Ordering::Relaxed);
         next = shared.release_success(i);
     }
     // A success is reported only when the driver starts nodes itself (a concurrency

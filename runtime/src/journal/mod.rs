@@ -22,7 +22,7 @@ use crate::record::Level;
 use crate::record::{now_ms, LogEntry, Progress, State, MAX_LOG};
 use crate::store::{Batch, MemoryStore, RareFields, RowRef, RowSink, StoreError, TaskRow};
 use crate::task::ctx::Reporter;
-use crate::util::{millis, nanos};
+use crate::util::{millis, mono_ns, nanos};
 use smol_str::SmolStr;
 
 /// More than this many progress messages from one task within one flush window is an
@@ -464,10 +464,10 @@ pub(crate) struct RunJournal {
     /// before anything reads or takes them (see [`RunJournal::lock_applied`]).
     staged: Mutex<Vec<Staged>>,
     writer: WriterHandle,
-    /// The wall clock (ms since the Unix epoch) and the monotonic clock read together
-    /// when the journal was made: an end given as an [`Instant`] (see [`Ended::at`]) is
-    /// turned into wall-clock time without another clock read.
-    clock0: (u64, Instant),
+    /// The wall clock (ms since the Unix epoch) and the monotonic clock ([`mono_ns`])
+    /// read together when the journal was made: an end given as a monotonic time (see
+    /// [`Ended::at`]) is turned into wall-clock time without another clock read.
+    clock0: (u64, u64),
 }
 
 impl RunJournal {
@@ -555,19 +555,22 @@ impl RunJournal {
             }),
             staged: Mutex::default(),
             writer,
-            clock0: (now_ms(), Instant::now()),
+            clock0: (now_ms(), mono_ns()),
         });
         j.writer.register(&j);
         j
     }
 
-    /// The wall-clock time (ms since the Unix epoch) of `at`, from the clocks read when
-    /// the journal was made.
-    fn wall_ms(&self, at: Instant) -> u64 {
-        let (wall0, inst0) = self.clock0;
-        match at.checked_duration_since(inst0) {
-            Some(after) => wall0.saturating_add(millis(after)),
-            None => ms_before(wall0, inst0.saturating_duration_since(at)),
+    /// The wall-clock time (ms since the Unix epoch) of `at` (a [`mono_ns`] reading),
+    /// from the clocks read when the journal was made: whole milliseconds after (or
+    /// before) that, as [`millis`] counts them.
+    #[inline]
+    fn wall_ms(&self, at: u64) -> u64 {
+        let (wall0, mono0) = self.clock0;
+        if at >= mono0 {
+            wall0.saturating_add((at - mono0) / 1_000_000)
+        } else {
+            wall0.saturating_sub((mono0 - at) / 1_000_000)
         }
     }
 
@@ -914,9 +917,9 @@ pub(crate) struct Ended {
     /// Its error, when it failed; boxed: a success (most ends) moves and drops one
     /// pointer, not two empty collections.
     pub(crate) failure: Option<Box<Failure>>,
-    /// When it ended, if the caller read the clock already (a worker timing the node):
-    /// no second clock read per node. `None`: now.
-    pub(crate) at: Option<Instant>,
+    /// When it ended (a [`mono_ns`] reading), if the caller read the clock already (a
+    /// worker timing the node): no second clock read per node. `None`: now.
+    pub(crate) at: Option<u64>,
 }
 
 /// A failed node's error, for its row (see [`Ended::failure`]).
@@ -1074,7 +1077,7 @@ mod tests {
     }
 
     /// A successful end after one attempt of `elapsed`, at `at`.
-    fn done(elapsed: Duration, at: Option<Instant>) -> Ended {
+    fn done(elapsed: Duration, at: Option<u64>) -> Ended {
         Ended {
             state: State::Done,
             skipped: false,
@@ -1132,9 +1135,9 @@ mod tests {
             id: format!("n{i}").into(),
             optional: false,
         }));
-        let (wall0, inst0) = j.clock0;
-        let hour = Duration::from_hours(1);
-        for (i, at) in [(0, inst0 + hour), (1, inst0)] {
+        let (wall0, mono0) = j.clock0;
+        let hour = nanos(Duration::from_hours(1));
+        for (i, at) in [(0, mono0 + hour), (1, mono0)] {
             j.ended(i, done(Duration::from_secs(2), Some(at)), None);
         }
         j.sync().await.expect("sync");
@@ -1231,14 +1234,14 @@ mod tests {
             id: format!("n{i}").into(),
             optional: false,
         }));
-        let (wall0, inst0) = j.clock0;
+        let (wall0, mono0) = j.clock0;
         {
             let held = j.lock();
             std::thread::scope(|s| {
                 s.spawn(|| {
                     j.ended(
                         1,
-                        done(Duration::from_secs(1), Some(inst0 + Duration::from_secs(5))),
+                        done(Duration::from_secs(1), Some(mono0 + 5_000_000_000)),
                         Some("41".into()),
                     );
                 });
