@@ -429,7 +429,7 @@ async fn drive_run(mut graph: Graph, mut cfg: RunConfig) -> (Option<RunReport>, 
                         s.elapsed = shared.running_for(i);
                         // Its row says so too: the stored report agrees with this one.
                         if let Some(j) = &shared.journal {
-                            record_end(j, i, s, None, None);
+                            record_end(j, i, s);
                         }
                         shared.in_flight.fetch_sub(1, Ordering::AcqRel);
                     }
@@ -466,7 +466,7 @@ async fn drive_run(mut graph: Graph, mut cfg: RunConfig) -> (Option<RunReport>, 
         } else {
             s.status = NodeStatus::Cancelled;
             if let Some(j) = &shared.journal {
-                record_end(j, i, s, None, None);
+                record_end(j, i, s);
             }
         }
     }
@@ -641,7 +641,7 @@ fn handle_batch(
         // recorded and counted off here, and its dependents are settled by the driver.
         if state[i].status != NodeStatus::Success {
             if let Some(j) = &shared.journal {
-                record_end(j, i, &state[i], None, None);
+                record_end(j, i, &state[i]);
             }
             count_off_failed(shared, c.node, settle);
         }
@@ -763,22 +763,15 @@ fn decide(
     }
     shared.nodes[di].claimed.store(true, Ordering::Release);
     if let Some(j) = &shared.journal {
-        record_end(j, di, &state[di], None, None);
+        record_end(j, di, &state[di]);
     }
     count_off_failed(shared, d, settle);
 }
 
-/// Writes how node `i` ended to the run's journal (`result`: its output as JSON, for a
-/// success).
-/// Records node `i`'s end in the journal; `at`: when it ended, if the clock was read
-/// already (see [`Ended::at`]).
-fn record_end(
-    j: &RunJournal,
-    i: usize,
-    s: &NodeState,
-    result: Option<SmolStr>,
-    at: Option<u64>,
-) {
+/// Writes how node `i` ended, as the driver settled it (a failure, a skip, a cancel),
+/// to the run's journal, stamped now. A worker's success is recorded by the worker
+/// itself ([`RunJournal::succeeded`]).
+fn record_end(j: &RunJournal, i: usize, s: &NodeState) {
     let (state, skipped) = match s.status {
         NodeStatus::Success => (State::Done, false),
         NodeStatus::Errored => (State::Failed, false),
@@ -798,8 +791,8 @@ fn record_end(
                     chain: chain(&**e),
                 })
             }),
-            at,
+            at: None,
         },
-        result,
+        None,
     );
 }

@@ -23,7 +23,7 @@ use crate::task::erased::ErasedTask;
 use crate::task::TaskMeta;
 use crate::util::mono_ns;
 
-use super::{record_end, Completion, Msg, NodeState, NodeStatus, Shared};
+use super::{Completion, Msg, Shared};
 
 /// Runs node `i`, then, while one of the dependents it made ready can be run here, that
 /// one (see [`Shared::release_success`]).
@@ -121,19 +121,13 @@ pub(super) async fn run_one(shared: &Arc<Shared>, i: u32, task: TaskBox) -> Opti
             // Record the end and start the dependents now ready from here: the driver
             // is off the critical path.
             if let Some(j) = &shared.journal {
-                record_end(
-                    j,
-                    i as usize,
-                    &NodeState {
-                        status: NodeStatus::Success,
-                        attempts,
-                        elapsed,
-                        error: None,
-                        tolerated: false,
-                    },
+                j.succeeded(
+                    i,
+                    attempts,
+                    elapsed_ns,
+                    ended_at,
                     // An integer's or a boolean's text is made for the journal only.
                     json.or_else(|| shared.slots[i as usize].json()),
-                    Some(ended_at),
                 );
             }
             Ok(())

@@ -622,7 +622,55 @@ impl RunJournal {
                 return;
             }
         };
-        let changed = g.end(node, outcome, at_ms, result);
+        let changed = g.end(node, EndFacts::of(&outcome, at_ms), outcome.failure, result);
+        drop(g);
+        if changed {
+            self.writer.wake(self);
+        }
+    }
+
+    /// `node` succeeded after `attempts`, `elapsed_ns` after its start, at `at` (a
+    /// [`mono_ns`] reading); `result` is its output as JSON. The same as
+    /// [`ended`](Self::ended) with a `Done` outcome (staged alike), for the common end,
+    /// a worker's success: its facts go straight into the row, with no [`Ended`] made
+    /// and moved through the calls, and none of a failure's or a skip's branches.
+    #[inline]
+    pub(crate) fn succeeded(
+        &self,
+        node: u32,
+        attempts: u32,
+        elapsed_ns: u64,
+        at: u64,
+        result: Option<SmolStr>,
+    ) {
+        let facts = EndFacts {
+            state: State::Done,
+            skipped: false,
+            attempts,
+            elapsed_ns,
+            at_ms: self.wall_ms(at),
+        };
+        let mut g = match self.rows.try_lock() {
+            Ok(g) => g,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => {
+                self.stage(Staged {
+                    node,
+                    outcome: Ended {
+                        state: State::Done,
+                        skipped: false,
+                        attempts,
+                        elapsed: Duration::from_nanos(elapsed_ns),
+                        failure: None,
+                        at: Some(at),
+                    },
+                    at_ms: facts.at_ms,
+                    result,
+                });
+                return;
+            }
+        };
+        let changed = g.end(node, facts, None, result);
         drop(g);
         if changed {
             self.writer.wake(self);
@@ -653,7 +701,8 @@ impl RunJournal {
                 .unwrap_or_else(std::sync::PoisonError::into_inner),
         );
         for s in staged {
-            g.end(s.node, s.outcome, s.at_ms, s.result);
+            let facts = EndFacts::of(&s.outcome, s.at_ms);
+            g.end(s.node, facts, s.outcome.failure, s.result);
         }
         g
     }
@@ -668,13 +717,42 @@ struct Staged {
     result: Option<SmolStr>,
 }
 
+/// The plain facts of an end, as its row takes them (see [`Rows::end`]).
+#[derive(Clone, Copy)]
+struct EndFacts {
+    state: State,
+    skipped: bool,
+    attempts: u32,
+    elapsed_ns: u64,
+    /// When it ended (ms since the Unix epoch).
+    at_ms: u64,
+}
+
+impl EndFacts {
+    fn of(outcome: &Ended, at_ms: u64) -> Self {
+        EndFacts {
+            state: outcome.state,
+            skipped: outcome.skipped,
+            attempts: outcome.attempts,
+            elapsed_ns: nanos(outcome.elapsed),
+            at_ms,
+        }
+    }
+}
+
 impl Rows {
-    /// Writes `node`'s end (at `at_ms`) into its row and marks it; false when the rows
-    /// were released or the row ended and was written already. Inlined: a worker's end
-    /// (once per task) does not pay a call and a copy of its [`Ended`] for it.
+    /// Writes `node`'s end into its row and marks it; false when the rows were released
+    /// or the row ended and was written already. Inlined: a worker's end (once per task)
+    /// does not pay a call for it, and a success's constant facts fold into it.
     #[allow(clippy::inline_always)]
     #[inline(always)]
-    fn end(&mut self, node: u32, outcome: Ended, at_ms: u64, result: Option<SmolStr>) -> bool {
+    fn end(
+        &mut self,
+        node: u32,
+        facts: EndFacts,
+        failure: Option<Box<Failure>>,
+        result: Option<SmolStr>,
+    ) -> bool {
         if !self.throttle.is_empty() {
             self.settle_burst(node); // only a task that reported progress has a burst
         }
@@ -684,7 +762,7 @@ impl Rows {
             return false; // released (the run is over), or ended and written already
         };
         let before = share(row);
-        write_end(row, outcome, at_ms, result);
+        write_end(row, facts, failure, result);
         let after = share(row);
         self.reshare(before, after);
         self.mark(node);
@@ -695,17 +773,23 @@ impl Rows {
 /// Writes an end (see [`Rows::end`]) into `row`.
 #[allow(clippy::inline_always)]
 #[inline(always)]
-fn write_end(row: &mut Row, outcome: Ended, at_ms: u64, result: Option<SmolStr>) {
-    row.state = outcome.state;
-    row.skipped = outcome.skipped;
-    row.attempts = row.attempts.max(outcome.attempts);
-    row.elapsed_ns = nanos(outcome.elapsed);
-    row.set_ended_at(at_ms);
-    if row.started_at().is_none() && outcome.attempts > 0 {
-        // Ended in its first poll: its start was not recorded on its own.
-        row.set_started_at(ms_before(at_ms, outcome.elapsed));
+fn write_end(
+    row: &mut Row,
+    facts: EndFacts,
+    failure: Option<Box<Failure>>,
+    result: Option<SmolStr>,
+) {
+    row.state = facts.state;
+    row.skipped = facts.skipped;
+    row.attempts = row.attempts.max(facts.attempts);
+    row.elapsed_ns = facts.elapsed_ns;
+    row.set_ended_at(facts.at_ms);
+    if row.started_at().is_none() && facts.attempts > 0 {
+        // Ended in its first poll: its start was not recorded on its own. Whole
+        // milliseconds of its elapsed time before its end, as `millis` counts them.
+        row.set_started_at(facts.at_ms.saturating_sub(facts.elapsed_ns / 1_000_000));
     }
-    if let Some(failure) = outcome.failure {
+    if let Some(failure) = failure {
         let rare = row.rare();
         rare.error = Some(failure.error);
         rare.chain = failure.chain;
@@ -713,7 +797,7 @@ fn write_end(row: &mut Row, outcome: Ended, at_ms: u64, result: Option<SmolStr>)
         rare.error = None;
         rare.chain = Vec::new();
     }
-    if outcome.state == State::Done {
+    if facts.state == State::Done {
         row.set_percent(Some(100.0));
     }
     row.result = result;
@@ -874,7 +958,9 @@ impl RunJournal {
             // Applied in this cycle (before any later write of this run): the store
             // has it from now on.
             if settles {
-                freed.extend(g.items.count_settled(i));
+                if let Some(chunk) = g.items.count_settled(i) {
+                    freed.push(chunk);
+                }
             }
         }
         list.clear();
@@ -1124,12 +1210,12 @@ mod tests {
         writer.close().await.expect("close");
     }
 
-    // A node's end given as an instant (a worker read the clock already) is stamped
+    // A node's end given as a monotonic clock reading (a worker read the clock already) is stamped
     // from the clocks read when the journal was made, not from a new clock read: an end
     // an hour after the journal's start is stamped an hour after it, and its start (it
     // ended in its first poll) its elapsed time before that.
     #[tokio::test]
-    async fn an_end_given_as_an_instant_is_stamped_from_it() {
+    async fn an_end_given_as_a_clock_reading_is_stamped_from_it() {
         let (store, writer, j) = journal((0..2).map(|i| TestRow {
             task: "load",
             id: format!("n{i}").into(),
@@ -1280,6 +1366,87 @@ mod tests {
         assert_eq!(rows[&0].result.as_deref(), Some("40"));
         assert_eq!(j.rollup().percent, Some(100.0));
         assert!(j.release(), "every end written: the rows are released");
+        writer.close().await.expect("close");
+    }
+
+    // A worker's success recorded through `succeeded` writes the same row as the same
+    // end through `ended` (a `Done` outcome), directly and when staged behind the
+    // writer's lock: state, attempts, elapsed time, result, progress, and the end and
+    // start stamps to the millisecond (a sub-millisecond part is cut, as `millis` does),
+    // also for an end before the journal's clocks were read.
+    #[tokio::test]
+    async fn a_success_writes_the_same_row_as_a_done_end() {
+        let (store, writer, j) = journal((0..8).map(|i| TestRow {
+            task: "load",
+            id: format!("n{i}").into(),
+            optional: false,
+        }));
+        let (wall0, mono0) = j.clock0;
+        // (at, elapsed) pairs: later than the clocks with sub-millisecond parts, and
+        // earlier than them.
+        let cases = [
+            (mono0 + 5_999_999, 2_500_001),
+            (mono0.saturating_sub(1_500_000), 700_000),
+        ];
+        for (k, &(at, elapsed_ns)) in cases.iter().enumerate() {
+            let base = 4 * u32::try_from(k).unwrap();
+            let via_ended = |node: u32| {
+                j.ended(
+                    node,
+                    Ended {
+                        state: State::Done,
+                        skipped: false,
+                        attempts: 3,
+                        elapsed: Duration::from_nanos(elapsed_ns),
+                        failure: None,
+                        at: Some(at),
+                    },
+                    Some("7".into()),
+                );
+            };
+            let via_succeeded = |node: u32| j.succeeded(node, 3, elapsed_ns, at, Some("7".into()));
+            via_ended(base);
+            via_succeeded(base + 1);
+            // The same two, staged behind the writer's lock (while it is held, nothing
+            // applies staged ends: earlier ones the writer has not applied yet stay).
+            let held = j.lock();
+            let before = j.staged.lock().unwrap().len();
+            std::thread::scope(|s| {
+                s.spawn(|| {
+                    via_ended(base + 2);
+                    via_succeeded(base + 3);
+                });
+            });
+            let staged = j.staged.lock().unwrap().len();
+            assert_eq!(staged, before + 2, "staged, not waited for");
+            drop(held);
+        }
+        j.sync().await.expect("sync");
+        let rows: HashMap<u32, TaskRow> = store.tasks("run").unwrap().into_iter().collect();
+        assert_eq!(rows.len(), 8);
+        let wants = [
+            (wall0 + 5, wall0 + 3),
+            (wall0.saturating_sub(1), wall0.saturating_sub(1)),
+        ];
+        for (k, &(ended, started)) in wants.iter().enumerate() {
+            let base = 4 * u32::try_from(k).unwrap();
+            let want = &rows[&base];
+            assert_eq!(want.ended_at, Some(ended));
+            assert_eq!(want.started_at, Some(started));
+            for node in base + 1..base + 4 {
+                let row = &rows[&node];
+                assert_eq!(row.state, want.state, "row {node}");
+                assert_eq!(row.attempts, want.attempts, "row {node}");
+                assert_eq!(row.elapsed_ns, want.elapsed_ns, "row {node}");
+                assert_eq!(row.started_at, want.started_at, "row {node}");
+                assert_eq!(row.ended_at, want.ended_at, "row {node}");
+                assert_eq!(row.result, want.result, "row {node}");
+                assert_eq!(row.progress, want.progress, "row {node}");
+                assert_eq!(row.skipped, want.skipped, "row {node}");
+                assert_eq!(row.error, want.error, "row {node}");
+            }
+        }
+        assert_eq!(j.rollup().percent, Some(100.0));
         writer.close().await.expect("close");
     }
 
