@@ -760,6 +760,27 @@ fn scalar_as<T: 'static>(k: u8, bits: u64) -> Option<T> {
     out
 }
 
+/// An integer or a boolean `value` as its kind and bits (as [`Value::scalar`] writes
+/// them); `None` for any other type. Monomorphized per type, the type tests fold away.
+#[inline]
+#[allow(clippy::cast_sign_loss)]
+fn int_or_bool_bits<T: 'static>(value: &T) -> Option<(u8, u64)> {
+    let any: &dyn Any = value;
+    if let Some(&v) = any.downcast_ref::<u64>() {
+        Some((kind::U64, v))
+    } else if let Some(&v) = any.downcast_ref::<i64>() {
+        Some((kind::I64, v as u64))
+    } else if let Some(&v) = any.downcast_ref::<u32>() {
+        Some((kind::U32, u64::from(v)))
+    } else if let Some(&v) = any.downcast_ref::<i32>() {
+        Some((kind::I32, u64::from(v as u32)))
+    } else if let Some(&v) = any.downcast_ref::<bool>() {
+        Some((kind::BOOL, u64::from(v)))
+    } else {
+        None
+    }
+}
+
 impl Value {
     /// An inline scalar as its kind and bits (undone by [`scalar_as`]); `None` when boxed.
     #[allow(clippy::cast_sign_loss)]
@@ -927,6 +948,21 @@ impl Slot {
                     });
                 }
             }
+        }
+    }
+
+    /// Fills the slot with an integer or a boolean result (see [`Typed::is_int_or_bool`];
+    /// a value of any other type is not kept): the word alone, without the lock, for
+    /// every reader; its text is made when asked ([`json`](Slot::json)). A slot is filled
+    /// once per run; a second fill (never expected) keeps the first.
+    #[inline]
+    pub(crate) fn fill_word<T: 'static>(&self, value: &T) {
+        let Some((k, bits)) = int_or_bool_bits(value) else {
+            return;
+        };
+        if self.kind.load(Ordering::Acquire) == kind::NONE {
+            self.bits.store(bits, Ordering::Relaxed);
+            self.kind.store(k | kind::WORD_ONLY, Ordering::Release);
         }
     }
 
