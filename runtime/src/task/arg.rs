@@ -1256,6 +1256,44 @@ mod tests {
         assert!(Slot::new(1).json().is_none());
     }
 
+    // A finished task's integer or boolean goes in as a word (what `poll_attempt` does in
+    // every run, a run with a journal too): no text kept, none under the lock, the same
+    // text made when asked; a second fill keeps the first, and any other type is not a
+    // word.
+    #[test]
+    fn words_are_filled_without_the_lock() {
+        use std::sync::atomic::Ordering;
+        type Fill = fn(&Slot);
+        let slot = Slot::new(2);
+        slot.fill_word(&u64::MAX);
+        assert!(slot.is_filled());
+        assert!(slot.lock().json.is_none());
+        assert_eq!(
+            slot.kind.load(Ordering::Acquire),
+            super::kind::U64 | super::kind::WORD_ONLY
+        );
+        assert_eq!(slot.json().as_deref(), Some("18446744073709551615"));
+        assert_eq!(slot.take::<u64>().unwrap().unwrap(), u64::MAX);
+        slot.fill_word(&1_u64);
+        assert_eq!(slot.take::<u64>().unwrap().unwrap(), u64::MAX);
+        let fills: [(Fill, &str); 4] = [
+            (|s| s.fill_word(&-5_i64), "-5"),
+            (|s| s.fill_word(&7_u32), "7"),
+            (|s| s.fill_word(&-8_i32), "-8"),
+            (|s| s.fill_word(&true), "true"),
+        ];
+        for (fill, text) in fills {
+            let slot = Slot::new(1);
+            fill(&slot);
+            assert_eq!(slot.json().as_deref(), Some(text));
+            assert!(slot.lock().json.is_none());
+        }
+        let slot = Slot::new(1);
+        slot.fill_word(&1.5_f64);
+        slot.fill_word(&"text");
+        assert!(!slot.is_filled());
+    }
+
     // A list input keeps up to `INLINE_REFS` reads inline, more in one boxed slice; either
     // way it visits and reads them all, in order.
     #[test]
