@@ -215,7 +215,7 @@ async fn unless_abandoned<F: Future + ?Sized>(
 
 /// Runs node `i`'s attempts (its task prepared first); its last attempt's number and its
 /// result's text (`None` for an integer or a boolean, whose slot makes it when asked) or
-/// its error.
+/// its error. On success the result is in the node's slot.
 pub(super) async fn attempts(
     shared: &Shared,
     i: u32,
@@ -234,12 +234,7 @@ pub(super) async fn attempts(
             remap: shared.remap.as_deref(),
         };
         std::panic::catch_unwind(AssertUnwindSafe(|| {
-            task.prepare(
-                &inputs,
-                policy.max_attempts > 1,
-                shared.slots[i as usize].has_readers(),
-                shared.journal.is_some(),
-            )
+            task.prepare(&inputs, policy.max_attempts > 1)
         }))
     };
     match prepared {
@@ -258,25 +253,35 @@ pub(super) async fn attempts(
             .attempts_run
             .store(attempt, Ordering::Relaxed);
         let span = attempt_span(shared, i, meta, attempt);
-        let ctx = Ctx::new(shared.scope.clone(), i, meta.name, attempt);
-        let outcome = if shared.hooks.is_empty() {
+        let ended = if shared.hooks.is_empty() {
             let deadline = policy.timeout.map(|t| (tokio::time::Instant::now() + t, t));
-            match first_poll(
-                shared,
-                i,
-                meta,
-                attempt,
-                &mut *task,
-                ctx,
-                &span,
-                node_started,
-            )
-            .await
-            {
-                Ok(done) => done,
+            let polled = std::future::poll_fn(|cx| {
+                Poll::Ready(first_poll(
+                    shared,
+                    i,
+                    meta,
+                    attempt,
+                    &mut *task,
+                    &span,
+                    node_started,
+                    cx,
+                ))
+            })
+            .await;
+            match polled {
+                Poll::Ready(ended) => ended,
                 // It waits: the rest of the attempt runs out of line (the state of a task
                 // that ends in its first poll stays small).
-                Err(running) => {
+                Poll::Pending => {
+                    let running = Running {
+                        prepared: &mut *task,
+                        journal: None,
+                        reporter: None,
+                        slot: &shared.slots[i as usize],
+                        node: i,
+                        attempt,
+                        node_started,
+                    };
                     Box::pin(
                         finish_attempt(running, meta, attempt, deadline).instrument(span.clone()),
                     )
@@ -284,21 +289,18 @@ pub(super) async fn attempts(
                 }
             }
         } else {
+            let ctx = Ctx::new(shared.scope.clone(), i, meta.name, attempt);
             Box::pin(
                 run_attempt(shared, i, meta, attempt, &mut *task, ctx, node_started)
                     .instrument(span.clone()),
             )
             .await
         };
-        let Some(err) = outcome.error else {
-            // The text goes to the slot and back to the caller, who records it. An
-            // integer or a boolean has one only in a run with a journal: otherwise its
-            // slot makes it when asked (the report, a remote caller).
-            let json = outcome.payload.and_then(|done| {
-                shared.slots[i as usize].fill(done.json.clone(), done.typed);
-                done.json
-            });
-            return (attempt, Ok(json));
+        let err = match ended {
+            // The result is in the slot; its text (if any) goes back to the caller, who
+            // records it.
+            Ok(json) => return (attempt, Ok(json)),
+            Err(err) => err,
         };
         let cancelled = shared.scope.cancelled.is_set();
         if cancelled {
@@ -334,57 +336,43 @@ async fn back_off(shared: &Shared, delay: std::time::Duration) -> bool {
     }
 }
 
-/// Starts an attempt (no hooks) and polls it once, inside the attempt's span: its outcome
-/// when it ended in that poll, otherwise the attempt still running (its start recorded,
-/// as [`Running`] records it when it waits).
+/// Starts an attempt (no hooks) and polls it once, in one call into the task, inside the
+/// attempt's span: its end when it ended in that poll (its result in the node's slot),
+/// otherwise `Pending`, the attempt still running in the task (its start recorded, as
+/// [`Running`] records it when it waits).
 #[allow(clippy::too_many_arguments)]
-async fn first_poll<'a>(
-    shared: &'a Shared,
+fn first_poll(
+    shared: &Shared,
     i: u32,
     meta: &'static TaskMeta,
     attempt: u32,
-    prepared: &'a mut dyn ErasedTask,
-    ctx: Ctx,
+    prepared: &mut dyn ErasedTask,
     span: &tracing::Span,
     node_started: Instant,
-) -> Result<AttemptOutcome, Running<'a>> {
-    let started = {
+    cx: &mut std::task::Context<'_>,
+) -> Poll<Result<Option<SmolStr>, BoxError>> {
+    let ctx = Ctx::new(shared.scope.clone(), i, meta.name, attempt);
+    let slot = &shared.slots[i as usize];
+    let polled = {
         let _in = span.enter();
-        std::panic::catch_unwind(AssertUnwindSafe(|| prepared.attempt(ctx)))
+        std::panic::catch_unwind(AssertUnwindSafe(|| prepared.start(ctx, cx, slot)))
     };
-    match started {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => return Ok(failed(e)),
-        Err(panic) => return Ok(failed(panicked(meta, &*panic))),
-    }
-    let polled = std::future::poll_fn(|cx| {
-        let _in = span.enter();
-        Poll::Ready(std::panic::catch_unwind(AssertUnwindSafe(|| {
-            prepared.poll_attempt(cx)
-        })))
-    })
-    .await;
     match polled {
-        Ok(Poll::Pending) => {}
-        Ok(Poll::Ready(r)) => return Ok(outcome(Ok(r), meta)),
+        Ok(Poll::Ready(r)) => Poll::Ready(r.map(|done| done.json)),
+        Ok(Poll::Pending) => {
+            // Its start, as `Running` records or reports it when it waits.
+            match shared.journal.as_deref() {
+                Some(j) => j.started(i, attempt, node_started.elapsed()),
+                None => shared.scope.reporter.attempt(i, attempt),
+            }
+            Poll::Pending
+        }
         Err(panic) => {
+            // (Nothing to drop if it panicked before its future was made.)
             prepared.end_attempt();
-            return Ok(outcome(Err(panic), meta));
+            Poll::Ready(Err(panicked(meta, &*panic)))
         }
     }
-    // Its start, as `Running` records or reports it when it waits.
-    match shared.journal.as_deref() {
-        Some(j) => j.started(i, attempt, node_started.elapsed()),
-        None => shared.scope.reporter.attempt(i, attempt),
-    }
-    Err(Running {
-        prepared,
-        journal: None,
-        reporter: None,
-        node: i,
-        attempt,
-        node_started,
-    })
 }
 
 /// Polls an attempt that waited in its first poll to its end, within its timeout
@@ -394,16 +382,19 @@ async fn finish_attempt(
     meta: &'static TaskMeta,
     attempt: u32,
     deadline: Option<(tokio::time::Instant, std::time::Duration)>,
-) -> AttemptOutcome {
+) -> Result<Option<SmolStr>, BoxError> {
     let guarded = AssertUnwindSafe(running).catch_unwind();
     let res = match deadline {
         Some((at, t)) => match tokio::time::timeout_at(at, guarded).await {
             Ok(r) => r,
-            Err(_) => return timed_out(meta, attempt, t),
+            Err(_) => return Err(timed_out(meta, attempt, t)),
         },
         None => guarded.await,
     };
-    outcome(res, meta)
+    match res {
+        Ok(r) => r.map(|done| done.json),
+        Err(panic) => Err(panicked(meta, &*panic)),
+    }
 }
 
 /// The outcome of an attempt that failed before its future ran.
@@ -430,14 +421,16 @@ fn outcome(
 }
 
 #[cold]
-fn timed_out(meta: &TaskMeta, attempt: u32, t: std::time::Duration) -> AttemptOutcome {
+fn timed_out(meta: &TaskMeta, attempt: u32, t: std::time::Duration) -> BoxError {
     tracing::warn!(task = meta.name, attempt, after = ?t, "attempt timed out");
-    failed(Box::new(Timeout {
+    Box::new(Timeout {
         task: meta.name.to_owned(),
         after: t,
-    }))
+    })
 }
 
+/// Runs an attempt wrapped by the hooks' `around_task`: its result's text (the result in
+/// the node's slot) or its error.
 pub(super) async fn run_attempt(
     shared: &Shared,
     i: u32,
@@ -446,17 +439,18 @@ pub(super) async fn run_attempt(
     prepared: &mut dyn ErasedTask,
     ctx: Ctx,
     node_started: Instant,
-) -> AttemptOutcome {
+) -> Result<Option<SmolStr>, BoxError> {
     // Polled inside the attempt's span (see `attempts`): a task's synchronous part and
     // its `ctx.log` entries are events of the attempt.
     let started = std::panic::catch_unwind(AssertUnwindSafe(|| prepared.attempt(ctx)));
     match started {
         Ok(Ok(())) => {}
-        Ok(Err(e)) => return failed(e),
-        Err(panic) => return failed(panicked(meta, &*panic)),
+        Ok(Err(e)) => return Err(e),
+        Err(panic) => return Err(panicked(meta, &*panic)),
     }
     let fut = Running {
         prepared,
+        slot: &shared.slots[i as usize],
         journal: shared.journal.as_deref(),
         reporter: match &shared.journal {
             Some(_) => None,
@@ -472,15 +466,12 @@ pub(super) async fn run_attempt(
         let res = match timeout {
             Some(t) => match tokio::time::timeout(t, guarded).await {
                 Ok(r) => r,
-                Err(_) => return timed_out(meta, attempt, t),
+                Err(_) => return failed(timed_out(meta, attempt, t)),
             },
             None => guarded.await,
         };
         outcome(res, meta)
     };
-    if shared.hooks.is_empty() {
-        return inner.await;
-    }
     let info = TaskInfo {
         process: shared.process.clone(),
         run_id: shared.run_id.to_string(),
@@ -492,7 +483,11 @@ pub(super) async fn run_attempt(
     for h in shared.hooks.iter().rev() {
         fut = h.around_task(&info, fut);
     }
-    fut.await
+    let ended = fut.await;
+    match ended.error {
+        Some(e) => Err(e),
+        None => Ok(ended.payload.and_then(|done| done.json)),
+    }
 }
 
 /// Polls the attempt running inside a prepared task. Dropping it ends the attempt: the
@@ -502,6 +497,8 @@ pub(super) async fn run_attempt(
 /// an attempt that ends in its first poll is recorded once, by its end.
 pub(super) struct Running<'a> {
     pub(super) prepared: &'a mut dyn ErasedTask,
+    /// The node's slot, where a success puts its result.
+    pub(super) slot: &'a crate::task::arg::Slot,
     /// Where to record the start; `None` once recorded (or for runs without records).
     pub(super) journal: Option<&'a RunJournal>,
     /// Where to report the start of a run without records (a spread task's, for its
@@ -519,7 +516,8 @@ impl std::future::Future for Running<'_> {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Self::Output> {
-        let polled = self.prepared.poll_attempt(cx);
+        let slot = self.slot;
+        let polled = self.prepared.poll_attempt(cx, slot);
         if polled.is_pending() {
             if let Some(j) = self.journal.take() {
                 j.started(self.node, self.attempt, self.node_started.elapsed());

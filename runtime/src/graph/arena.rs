@@ -274,7 +274,7 @@ mod tests {
 
     use super::{Arena, TaskBox, LARGEST};
     use crate::error::{BoxError, InputError};
-    use crate::task::arg::Inputs;
+    use crate::task::arg::{Inputs, Slot};
     use crate::task::ctx::Ctx;
     use crate::task::erased::{ErasedTask, Finished};
 
@@ -291,13 +291,17 @@ mod tests {
     }
 
     impl<P: Send + 'static> ErasedTask for Counting<P> {
-        fn prepare(&mut self, _: &Inputs<'_>, _: bool, _: bool, _: bool) -> Result<(), InputError> {
+        fn prepare(&mut self, _: &Inputs<'_>, _: bool) -> Result<(), InputError> {
             Ok(())
         }
         fn attempt(&mut self, _: Ctx) -> Result<(), BoxError> {
             Ok(())
         }
-        fn poll_attempt(&mut self, _: &mut Context<'_>) -> Poll<Result<Finished, BoxError>> {
+        fn poll_attempt(
+            &mut self,
+            _: &mut Context<'_>,
+            _: &Slot,
+        ) -> Poll<Result<Finished, BoxError>> {
             Poll::Pending
         }
         fn end_attempt(&mut self) {}
@@ -384,7 +388,10 @@ mod tests {
         });
         let mut b = arena.adopt(boxed);
         assert!(b
-            .poll_attempt(&mut Context::from_waker(std::task::Waker::noop()))
+            .poll_attempt(
+                &mut Context::from_waker(std::task::Waker::noop()),
+                &Slot::new(0)
+            )
             .is_pending());
         let t = arena.alloc(Counting {
             drops: drops.clone(),

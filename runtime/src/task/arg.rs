@@ -760,6 +760,27 @@ fn scalar_as<T: 'static>(k: u8, bits: u64) -> Option<T> {
     out
 }
 
+/// An integer or a boolean `value` as its kind and bits (as [`Value::scalar`] writes
+/// them); `None` for any other type. Monomorphized per type, the type tests fold away.
+#[inline]
+#[allow(clippy::cast_sign_loss)]
+fn int_or_bool_bits<T: 'static>(value: &T) -> Option<(u8, u64)> {
+    let any: &dyn Any = value;
+    if let Some(&v) = any.downcast_ref::<u64>() {
+        Some((kind::U64, v))
+    } else if let Some(&v) = any.downcast_ref::<i64>() {
+        Some((kind::I64, v as u64))
+    } else if let Some(&v) = any.downcast_ref::<u32>() {
+        Some((kind::U32, u64::from(v)))
+    } else if let Some(&v) = any.downcast_ref::<i32>() {
+        Some((kind::I32, u64::from(v as u32)))
+    } else if let Some(&v) = any.downcast_ref::<bool>() {
+        Some((kind::BOOL, u64::from(v)))
+    } else {
+        None
+    }
+}
+
 impl Value {
     /// An inline scalar as its kind and bits (undone by [`scalar_as`]); `None` when boxed.
     #[allow(clippy::cast_sign_loss)]
@@ -927,6 +948,21 @@ impl Slot {
                     });
                 }
             }
+        }
+    }
+
+    /// Fills the slot with an integer or a boolean result (see [`Typed::is_int_or_bool`];
+    /// a value of any other type is not kept): the word alone, without the lock, for
+    /// every reader; its text is made when asked ([`json`](Slot::json)). A slot is filled
+    /// once per run; a second fill (never expected) keeps the first.
+    #[inline]
+    pub(crate) fn fill_word<T: 'static>(&self, value: &T) {
+        let Some((k, bits)) = int_or_bool_bits(value) else {
+            return;
+        };
+        if self.kind.load(Ordering::Acquire) == kind::NONE {
+            self.bits.store(bits, Ordering::Relaxed);
+            self.kind.store(k | kind::WORD_ONLY, Ordering::Release);
         }
     }
 
@@ -1218,6 +1254,44 @@ mod tests {
         assert_eq!(slot.json().as_deref(), Some("0.1"));
         assert!(!Slot::new(1).is_filled());
         assert!(Slot::new(1).json().is_none());
+    }
+
+    // A finished task's integer or boolean goes in as a word (what `poll_attempt` does in
+    // every run, a run with a journal too): no text kept, none under the lock, the same
+    // text made when asked; a second fill keeps the first, and any other type is not a
+    // word.
+    #[test]
+    fn words_are_filled_without_the_lock() {
+        use std::sync::atomic::Ordering;
+        type Fill = fn(&Slot);
+        let slot = Slot::new(2);
+        slot.fill_word(&u64::MAX);
+        assert!(slot.is_filled());
+        assert!(slot.lock().json.is_none());
+        assert_eq!(
+            slot.kind.load(Ordering::Acquire),
+            super::kind::U64 | super::kind::WORD_ONLY
+        );
+        assert_eq!(slot.json().as_deref(), Some("18446744073709551615"));
+        assert_eq!(slot.take::<u64>().unwrap().unwrap(), u64::MAX);
+        slot.fill_word(&1_u64);
+        assert_eq!(slot.take::<u64>().unwrap().unwrap(), u64::MAX);
+        let fills: [(Fill, &str); 4] = [
+            (|s| s.fill_word(&-5_i64), "-5"),
+            (|s| s.fill_word(&7_u32), "7"),
+            (|s| s.fill_word(&-8_i32), "-8"),
+            (|s| s.fill_word(&true), "true"),
+        ];
+        for (fill, text) in fills {
+            let slot = Slot::new(1);
+            fill(&slot);
+            assert_eq!(slot.json().as_deref(), Some(text));
+            assert!(slot.lock().json.is_none());
+        }
+        let slot = Slot::new(1);
+        slot.fill_word(&1.5_f64);
+        slot.fill_word(&"text");
+        assert!(!slot.is_filled());
     }
 
     // A list input keeps up to `INLINE_REFS` reads inline, more in one boxed slice; either

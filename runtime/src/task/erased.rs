@@ -8,19 +8,17 @@ use std::task::{Context, Poll};
 use smol_str::SmolStr;
 
 use crate::error::{BoxError, InputError, OutputNotSerializable};
-use crate::task::arg::{Inputs, Typed};
+use crate::task::arg::{Inputs, Slot, Typed};
 use crate::task::ctx::Ctx;
 use crate::task::Task;
 
-/// What a successful attempt leaves behind: the serialized result and, when a successor
-/// reads it, the typed value.
-///
-/// An integer or boolean result is not serialized here (`json` is `None`, `typed` holds
-/// it): its slot keeps it as a word and writes its text (the same `serde_json` would)
-/// only when something asks for it (the run's journal, the report, a remote caller).
+/// What a successful attempt leaves its caller, its result being in the node's [`Slot`]
+/// already (see [`ErasedTask::poll_attempt`]): the result's text, `None` for an integer
+/// or a boolean, whose slot keeps it as a word and writes its text (the same `serde_json`
+/// would) only when something asks for it (the run's journal, the report, a remote
+/// caller).
 pub(crate) struct Finished {
     pub(crate) json: Option<SmolStr>,
-    pub(crate) typed: Option<Typed>,
 }
 
 /// A task with its type erased, as a graph node holds it: first the task as built, then,
@@ -39,21 +37,33 @@ pub(crate) struct Finished {
 /// [`poll_attempt`]: ErasedTask::poll_attempt
 /// [`end_attempt`]: ErasedTask::end_attempt
 pub(crate) trait ErasedTask: Send {
-    /// Resolves the inputs. `keep`: later attempts need them again; `typed`: a successor
-    /// reads the output (hand it over typed, not only as JSON); `text`: the caller needs
-    /// the output's text when it ends (a run's journal records it), an integer's or a
-    /// boolean's too (see [`Finished`]). A second call does nothing.
-    fn prepare(
-        &mut self,
-        inputs: &Inputs<'_>,
-        keep: bool,
-        typed: bool,
-        text: bool,
-    ) -> Result<(), InputError>;
+    /// Resolves the inputs (`keep`: later attempts need them again). A second call does
+    /// nothing.
+    fn prepare(&mut self, inputs: &Inputs<'_>, keep: bool) -> Result<(), InputError>;
     /// Starts an attempt (an attempt still running is dropped first).
     fn attempt(&mut self, ctx: Ctx) -> Result<(), BoxError>;
-    /// Polls the attempt started last.
-    fn poll_attempt(&mut self, cx: &mut Context<'_>) -> Poll<Result<Finished, BoxError>>;
+    /// Polls the attempt started last. When it succeeds, its result is put in `slot`
+    /// (the node's: for its readers, typed if any reads it) before this returns, and its
+    /// text handed back too unless the slot keeps the result as a word (see
+    /// [`Finished`]).
+    fn poll_attempt(
+        &mut self,
+        cx: &mut Context<'_>,
+        slot: &Slot,
+    ) -> Poll<Result<Finished, BoxError>>;
+    /// [`attempt`](Self::attempt) then [`poll_attempt`](Self::poll_attempt), in one call:
+    /// how an attempt starts when nothing wraps it (most end in that first poll).
+    fn start(
+        &mut self,
+        ctx: Ctx,
+        cx: &mut Context<'_>,
+        slot: &Slot,
+    ) -> Poll<Result<Finished, BoxError>> {
+        if let Err(e) = self.attempt(ctx) {
+            return Poll::Ready(Err(e));
+        }
+        self.poll_attempt(cx, slot)
+    }
     /// Drops the attempt's future, if it is still there (timed out, abandoned, panicked).
     fn end_attempt(&mut self);
 }
@@ -150,9 +160,6 @@ struct Erased<T: Task, C, F> {
     state: State<T, T::Args, F>,
     /// The inputs serialized for later attempts (no `Clone` bound on them).
     encoded: Option<Vec<u8>>,
-    typed: bool,
-    /// An integer's or a boolean's text is wanted when the attempt ends.
-    text: bool,
 }
 
 /// Where a task is: one value at a time, so a task takes the room of the largest of them.
@@ -173,8 +180,6 @@ impl<T: Task, C, F> Erased<T, C, F> {
             call,
             state: State::Built(task),
             encoded: None,
-            typed: false,
-            text: false,
         }
     }
 }
@@ -185,13 +190,7 @@ where
     C: Fn(T::Args, Ctx) -> F + Send + 'static,
     F: Future<Output = Result<T::Output, BoxError>> + Send + 'static,
 {
-    fn prepare(
-        &mut self,
-        inputs: &Inputs<'_>,
-        keep: bool,
-        typed: bool,
-        text: bool,
-    ) -> Result<(), InputError> {
+    fn prepare(&mut self, inputs: &Inputs<'_>, keep: bool) -> Result<(), InputError> {
         if !matches!(self.state, State::Built(_)) {
             return Ok(());
         }
@@ -204,11 +203,10 @@ where
             self.encoded = serde_json::to_vec(&args).ok();
         }
         self.state = State::Ready(args);
-        self.typed = typed;
-        self.text = text;
         Ok(())
     }
 
+    #[inline]
     fn attempt(&mut self, ctx: Ctx) -> Result<(), BoxError> {
         // Dropped in place, never moved (and `state` is not `Running` below).
         self.end_attempt();
@@ -233,7 +231,12 @@ where
         }
     }
 
-    fn poll_attempt(&mut self, cx: &mut Context<'_>) -> Poll<Result<Finished, BoxError>> {
+    #[inline]
+    fn poll_attempt(
+        &mut self,
+        cx: &mut Context<'_>,
+        slot: &Slot,
+    ) -> Poll<Result<Finished, BoxError>> {
         let State::Running(fut) = &mut self.state else {
             return Poll::Ready(Err("no attempt is running".into()));
         };
@@ -252,68 +255,39 @@ where
                 r?
             }
         };
-        if Typed::is_int_or_bool::<T::Output>() {
-            // No float that could be lost. Its text now if the caller records it, else
-            // kept as a word, its text made when asked (see `Finished`).
-            return Poll::Ready(Ok(match scalar_json(&value).filter(|_| self.text) {
-                Some(json) => Finished {
-                    json: Some(json),
-                    typed: self.typed.then(|| Typed::new(value, None)),
-                },
-                None => Finished {
-                    json: None,
-                    typed: Some(Typed::new(value, None)),
-                },
-            }));
-        }
-        let json = to_json(&value)
-            .and_then(|json| {
-                // NaN and infinities would be stored as `null`: an error, not a lost value.
-                crate::task::finite::check(&value, &json)
-                    .map(|()| json)
-                    .map_err(<serde_json::Error as serde::ser::Error>::custom)
-            })
-            .map_err(|source| {
-                BoxError::from(crate::NonRetryable::new(OutputNotSerializable {
-                    task: T::META.name.to_owned(),
-                    source,
-                }))
-            })?;
-        Poll::Ready(Ok(Finished {
-            json: Some(json),
-            typed: if self.typed {
-                Some(Typed::new(value, T::output_cloner()))
-            } else {
-                None
-            },
-        }))
+        Poll::Ready(finish::<T>(value, slot))
     }
 }
 
-/// The JSON text of an integer or boolean `value` (`None` for any other type), the same
-/// text `serde_json` writes (it formats integers with `itoa` too), without its serializer:
-/// written inline (no allocation) and with no UTF-8 check. Monomorphized per output type,
-/// the type tests fold away.
+/// Puts a successful attempt's `value` in its node's `slot`; the text for the caller.
+///
+/// An integer or a boolean is kept as a word (no lock, no text: its slot writes it when
+/// asked, see [`Finished`]). Any other value is serialized (its text is always kept) and,
+/// when a successor reads it, kept typed too.
 #[inline]
-fn scalar_json<T: 'static>(value: &T) -> Option<SmolStr> {
-    fn int(v: impl itoa::Integer) -> SmolStr {
-        // At most 20 bytes (`u64::MAX`, `i64::MIN`): inline.
-        SmolStr::new_inline(itoa::Buffer::new().format(v))
+fn finish<T: Task>(value: T::Output, slot: &Slot) -> Result<Finished, BoxError> {
+    if Typed::is_int_or_bool::<T::Output>() {
+        slot.fill_word(&value);
+        return Ok(Finished { json: None });
     }
-    let any: &dyn std::any::Any = value;
-    if let Some(&v) = any.downcast_ref::<u64>() {
-        Some(int(v))
-    } else if let Some(&v) = any.downcast_ref::<i64>() {
-        Some(int(v))
-    } else if let Some(&v) = any.downcast_ref::<u32>() {
-        Some(int(v))
-    } else if let Some(&v) = any.downcast_ref::<i32>() {
-        Some(int(v))
-    } else if let Some(&v) = any.downcast_ref::<bool>() {
-        Some(SmolStr::new_static(if v { "true" } else { "false" }))
-    } else {
-        None
-    }
+    let json = to_json(&value)
+        .and_then(|json| {
+            // NaN and infinities would be stored as `null`: an error, not a lost value.
+            crate::task::finite::check(&value, &json)
+                .map(|()| json)
+                .map_err(<serde_json::Error as serde::ser::Error>::custom)
+        })
+        .map_err(|source| {
+            BoxError::from(crate::NonRetryable::new(OutputNotSerializable {
+                task: T::META.name.to_owned(),
+                source,
+            }))
+        })?;
+    let typed = slot
+        .has_readers()
+        .then(|| Typed::new(value, T::output_cloner()));
+    slot.fill(Some(json.clone()), typed);
+    Ok(Finished { json: Some(json) })
 }
 
 thread_local! {
@@ -434,7 +408,7 @@ mod attempt_tests {
 
     use super::{erase, inline, ErasedTask};
     use crate::error::{BoxError, InputError};
-    use crate::task::arg::{Inputs, Read};
+    use crate::task::arg::{Inputs, Read, Slot};
     use crate::task::ctx::Ctx;
     use crate::task::{Policy, Task, TaskMeta};
 
@@ -548,12 +522,15 @@ mod attempt_tests {
         })
     }
 
-    fn poll_to_end(task: &mut dyn ErasedTask) -> (u32, Result<super::Finished, BoxError>) {
+    fn poll_to_end(
+        task: &mut dyn ErasedTask,
+        slot: &Slot,
+    ) -> (u32, Result<super::Finished, BoxError>) {
         let mut cx = Context::from_waker(Waker::noop());
         let mut polls = 0;
         loop {
             polls += 1;
-            if let Poll::Ready(r) = task.poll_attempt(&mut cx) {
+            if let Poll::Ready(r) = task.poll_attempt(&mut cx, slot) {
                 return (polls, r);
             }
         }
@@ -578,24 +555,27 @@ mod attempt_tests {
     fn retried_attempt_is_remade_in_place() {
         assert!(inline_for::<Flaky, _, _>(Flaky::call));
         let mut task = erase(Flaky(21));
-        inputs_then(|inputs| task.prepare(inputs, true, false, true)).unwrap();
+        let slot = Slot::new(1);
+        inputs_then(|inputs| task.prepare(inputs, true)).unwrap();
         task.attempt(ctx()).unwrap();
-        let (polls, r) = poll_to_end(&mut *task);
+        let (polls, r) = poll_to_end(&mut *task, &slot);
         assert_eq!(polls, 6);
         assert_eq!(r.err().unwrap().to_string(), "first attempt fails");
         assert_eq!(drops(), 1);
         // Ended: nothing left to drop.
         task.end_attempt();
         assert_eq!(drops(), 1);
+        assert!(!slot.is_filled());
         task.attempt(ctx()).unwrap();
-        let (polls, r) = poll_to_end(&mut *task);
+        let (polls, r) = poll_to_end(&mut *task, &slot);
         assert_eq!(polls, 6);
-        let done = r.unwrap();
-        assert_eq!(done.json.as_deref(), Some("42"));
+        // An integer: kept in the slot as a word, its text made when asked.
+        assert!(r.unwrap().json.is_none());
+        assert_eq!(slot.json().as_deref(), Some("42"));
         assert_eq!(drops(), 2);
         assert_eq!(CALLS.with(|c| c.load(Ordering::SeqCst)), 2);
         assert!(matches!(
-            task.poll_attempt(&mut Context::from_waker(Waker::noop())),
+            task.poll_attempt(&mut Context::from_waker(Waker::noop()), &slot),
             Poll::Ready(Err(_))
         ));
         drop(task);
@@ -608,27 +588,31 @@ mod attempt_tests {
     #[test]
     fn attempt_ended_mid_way_is_dropped_once() {
         let mut cx = Context::from_waker(Waker::noop());
+        let slot = Slot::new(0);
         let mut task = erase(Flaky(3));
-        inputs_then(|inputs| task.prepare(inputs, true, false, false)).unwrap();
+        inputs_then(|inputs| task.prepare(inputs, true)).unwrap();
         task.attempt(ctx()).unwrap();
-        assert!(task.poll_attempt(&mut cx).is_pending());
-        assert!(task.poll_attempt(&mut cx).is_pending());
+        assert!(task.poll_attempt(&mut cx, &slot).is_pending());
+        assert!(task.poll_attempt(&mut cx, &slot).is_pending());
         task.end_attempt();
         assert_eq!(drops(), 1);
         task.end_attempt();
         assert_eq!(drops(), 1);
         // A new attempt over one still running drops that one first.
         task.attempt(ctx()).unwrap();
-        assert!(task.poll_attempt(&mut cx).is_pending());
+        assert!(task.poll_attempt(&mut cx, &slot).is_pending());
         task.attempt(ctx()).unwrap();
         assert_eq!(drops(), 2);
-        assert!(task.poll_attempt(&mut cx).is_pending());
-        drop(task);
+        assert!(task.start(ctx(), &mut cx, &slot).is_pending());
         assert_eq!(drops(), 3);
+        assert!(task.poll_attempt(&mut cx, &slot).is_pending());
+        drop(task);
+        assert_eq!(drops(), 4);
+        assert!(!slot.is_filled());
         // Never started: the guard made by `call` is the only thing dropped.
         let task = erase(Flaky(4));
         drop(task);
-        assert_eq!(drops(), 3);
+        assert_eq!(drops(), 4);
     }
 
     // A large future is boxed (the task keeps its size) and runs as a small one does.
@@ -636,11 +620,13 @@ mod attempt_tests {
     fn large_future_is_boxed() {
         assert!(!inline_for::<Big, _, _>(Big::call));
         let mut task = erase(Big);
-        inputs_then(|inputs| task.prepare(inputs, false, true, true)).unwrap();
+        let slot = Slot::new(1);
+        inputs_then(|inputs| task.prepare(inputs, false)).unwrap();
         task.attempt(Ctx::detached("big")).unwrap();
-        let (polls, r) = poll_to_end(&mut *task);
+        let (polls, r) = poll_to_end(&mut *task, &slot);
         assert_eq!(polls, 3);
-        assert_eq!(r.unwrap().json.as_deref(), Some("7168"));
+        assert!(r.unwrap().json.is_none());
+        assert_eq!(slot.json().as_deref(), Some("7168"));
         // A second attempt without kept inputs is an error, not a panic.
         assert!(task.attempt(Ctx::detached("big")).is_err());
     }
@@ -676,31 +662,6 @@ mod tests {
         let big: Vec<u32> = (0..10_000).collect();
         assert_eq!(to_json(&big).unwrap(), serde_json::to_string(&big).unwrap());
         assert_eq!(to_json("é").unwrap(), "\"é\"");
-    }
-
-    // Integers and booleans take the short way: the same text as `serde_json`'s, inline.
-    #[test]
-    fn scalars_as_serde_json_writes_them() {
-        fn same<T: serde::Serialize + 'static>(v: T) {
-            let fast = super::scalar_json(&v).expect("a scalar");
-            assert_eq!(fast, serde_json::to_string(&v).unwrap());
-            assert!(!fast.is_heap_allocated());
-        }
-        for v in [0, 1, 9, 10, 12_345, u64::MAX] {
-            same(v);
-        }
-        for v in [0, -1, 42, i64::MIN, i64::MAX] {
-            same(v);
-        }
-        same(u32::MAX);
-        same(i32::MIN);
-        same(true);
-        same(false);
-        // Anything else is serialized by `serde_json`.
-        assert!(super::scalar_json(&1.5_f64).is_none());
-        assert!(super::scalar_json(&usize::MAX).is_none());
-        assert!(super::scalar_json(&"text").is_none());
-        assert!(super::scalar_json(&vec![1_u64]).is_none());
     }
 
     // A `Serialize` impl that serializes a result of its own while it is serialized
