@@ -28,6 +28,7 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{chain, BoxError, CancelGraceExceeded, DependencyFailed};
+use crate::graph::spare::Spare;
 use crate::graph::Graph;
 use crate::hooks::{Hooks, RunInfo};
 use crate::journal::{Ended, Failure, RunJournal};
@@ -190,6 +191,9 @@ enum NodeStatus {
     Cancelled,
 }
 
+/// The driver's state of the last large run, for the next one (see [`spare`](crate::graph::spare)).
+static STATES: Spare<NodeState> = Spare::new();
+
 struct NodeState {
     status: NodeStatus,
     attempts: u32,
@@ -263,15 +267,15 @@ async fn drive_run(mut graph: Graph, mut cfg: RunConfig) -> (Option<RunReport>, 
     }
     tracing::info!(process = %info.process, run = %info.run_id, tasks = n, "run started");
 
-    let mut state: Vec<NodeState> = (0..n)
-        .map(|_| NodeState {
-            status: NodeStatus::Pending,
-            attempts: 0,
-            elapsed: Duration::ZERO,
-            error: None,
-            tolerated: false,
-        })
-        .collect();
+    // In the memory of the last large run's state when it fits (see `spare`).
+    let mut state = STATES.lease(n);
+    state.extend((0..n).map(|_| NodeState {
+        status: NodeStatus::Pending,
+        attempts: 0,
+        elapsed: Duration::ZERO,
+        error: None,
+        tolerated: false,
+    }));
     let mut ready: VecDeque<u32> = VecDeque::new();
     let mut settle: Vec<u32> = Vec::new();
     for (i, json, attempts, elapsed) in resume.done {
@@ -543,8 +547,17 @@ fn new_shared(
         dep_offsets,
         dep_targets,
     } = csr(graph.nodes.iter().map(crate::graph::Node::deps), n);
+    let mut slots = shared::SLOTS.take(n);
+    slots.extend(graph.nodes.iter().map(|n| Slot::new(n.readers)));
+    let mut nodes = shared::CELLS.take(n);
+    nodes.extend(
+        dep_offsets
+            .windows(2)
+            .zip(graph.nodes.iter_mut())
+            .map(|(w, n)| shared::NodeCell::new(w[1] - w[0], n.task.take(), n.meta)),
+    );
     let shared = Arc::new(Shared {
-        slots: graph.nodes.iter().map(|n| Slot::new(n.readers)).collect(),
+        slots,
         ids,
         tag: graph.tag,
         remap: graph.remap.take(),
@@ -554,11 +567,7 @@ fn new_shared(
         run_id: cfg.run_id.clone(),
         permits: cfg.permits.clone(),
         journal: cfg.journal.clone(),
-        nodes: dep_offsets
-            .windows(2)
-            .zip(graph.nodes.iter_mut())
-            .map(|(w, n)| shared::NodeCell::new(w[1] - w[0], n.task.take(), n.meta))
-            .collect(),
+        nodes,
         some_failed: AtomicBool::new(false),
         epoch: started,
         abandon: CancellationToken::new(),

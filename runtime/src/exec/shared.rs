@@ -11,6 +11,7 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::graph::arena::{Arena, TaskBox};
+use crate::graph::spare::Spare;
 use crate::hooks::Hooks;
 use crate::journal::RunJournal;
 use crate::task::arg::Slot;
@@ -26,7 +27,8 @@ pub(super) struct Shared {
     pub(super) span: tracing::Span,
     /// The worker id of the runtime running the run.
     pub(super) worker: Arc<str>,
-    pub(super) slots: Box<[Slot]>,
+    /// Each node's result (in the memory of the last large run, see [`spare`](crate::graph::spare)).
+    pub(super) slots: Vec<Slot>,
     pub(super) ids: Arc<[SmolStr]>,
     pub(super) tag: u32,
     pub(super) remap: Option<Vec<u32>>,
@@ -36,8 +38,9 @@ pub(super) struct Shared {
     pub(super) run_id: Arc<str>,
     pub(super) permits: Option<Arc<Semaphore>>,
     pub(super) journal: Option<Arc<RunJournal>>,
-    /// Each node's counters, flags, task and description (see [`NodeCell`]), in one array.
-    pub(super) nodes: Box<[NodeCell]>,
+    /// Each node's counters, flags, task and description (see [`NodeCell`]), in one array
+    /// (in the memory of the last large run, see [`spare`](crate::graph::spare)).
+    pub(super) nodes: Vec<NodeCell>,
     /// Set (release) by the driver before it counts off a node that did not succeed (see
     /// [`count_off_failed`](super::count_off_failed)). A worker whose count-off ends a
     /// dependent's wait (an acquire on the same counter) sees it if any of the dependent's
@@ -82,6 +85,20 @@ pub(super) struct Shared {
     /// `queue`, dropped after every task still in them; a worker holding a task holds
     /// the `Arc` of this state.
     pub(super) _arena: Arena,
+}
+
+/// The node cells of the last large run, for the next one (see [`spare`](crate::graph::spare)).
+pub(super) static CELLS: Spare<NodeCell> = Spare::new();
+/// The result slots of the last large run, for the next one (see [`spare`](crate::graph::spare)).
+pub(super) static SLOTS: Spare<Slot> = Spare::new();
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        // The cells (and the tasks still in them) go before the arena, as the fields'
+        // order has it.
+        CELLS.give(std::mem::take(&mut self.nodes));
+        SLOTS.give(std::mem::take(&mut self.slots));
+    }
 }
 
 /// One node's counters, flags, task and description, together in one array of the run

@@ -8,6 +8,7 @@ mod builder;
 mod error;
 mod fingerprint;
 pub(crate) mod process;
+pub(crate) mod spare;
 mod task_graph;
 
 pub use builder::Builder;
@@ -27,6 +28,11 @@ use crate::task::TaskMeta;
 
 use arena::{Arena, TaskBox};
 use fingerprint::Fingerprint;
+use spare::Spare;
+
+/// The node vector of the last large graph dropped, for the next graph built (see
+/// [`spare`]).
+static NODES: Spare<Node> = Spare::new();
 
 static NEXT_GRAPH: AtomicU32 = AtomicU32::new(1);
 
@@ -244,6 +250,13 @@ impl fmt::Debug for Graph {
     }
 }
 
+impl Drop for Graph {
+    fn drop(&mut self) {
+        // The nodes (and their tasks) go before the arena, as the fields' order has it.
+        NODES.give(std::mem::take(&mut self.nodes));
+    }
+}
+
 impl Graph {
     /// Builds the graph of `process` with no launch options.
     pub fn of<P: Process>(process: P) -> Result<Graph, GraphError> {
@@ -256,8 +269,9 @@ impl Graph {
         options: BTreeMap<String, Value>,
     ) -> Result<Graph, GraphError> {
         let mut b = Builder::new(P::META.name, P::META.mode, Arc::new(options));
-        // As many nodes as the last graph of this process had, at once (see `size_hint`).
-        b.nodes.reserve_exact(process::size_hint(P::META.name));
+        // As many nodes as the last graph of this process had, at once (see `size_hint`),
+        // in the memory of the last large graph dropped when it fits (see `spare`).
+        b.nodes = NODES.take(process::size_hint(P::META.name));
         process.build(&mut b);
         process::remember_size(P::META.name, b.nodes.len());
         b.finish()
