@@ -331,6 +331,55 @@ async fn waiting_tasks_run_at_once_on_one_thread() {
     );
 }
 
+// ---------------------------------------------- a long chain shares its thread
+
+static CHAIN_TICKS: AtomicUsize = AtomicUsize::new(0);
+static CHAIN_FIRST_SEEN: AtomicUsize = AtomicUsize::new(usize::MAX);
+static CHAIN_LAST_SEEN: AtomicUsize = AtomicUsize::new(0);
+
+/// A link of a chain that never waits: notes how often the ticker had run.
+#[task]
+async fn fair_link(x: u32) -> u32 {
+    let ticks = CHAIN_TICKS.load(Ordering::SeqCst);
+    CHAIN_FIRST_SEEN.fetch_min(ticks, Ordering::SeqCst);
+    CHAIN_LAST_SEEN.store(ticks, Ordering::SeqCst);
+    x + 1
+}
+
+#[process(mode = "concurrent")]
+fn long_chain(p: &mut Builder, n: u32) {
+    let mut x = p.task(FairLink::new(0));
+    for _ in 1..n {
+        x = p.task(FairLink::new(x));
+    }
+}
+
+// A chain runs in one tokio task, each link started by the one before it; links that
+// never wait still give the thread's other tasks a turn now and then (tokio's cooperative
+// budget): on one thread, a ticker task runs while the chain is half done.
+#[tokio::test(flavor = "current_thread")]
+async fn a_long_chain_lets_other_tasks_run() {
+    let rt = rt().await;
+    let ticker = tokio::spawn(async {
+        loop {
+            CHAIN_TICKS.fetch_add(1, Ordering::SeqCst);
+            tokio::task::yield_now().await;
+        }
+    });
+    let report = rt.run(LongChain { n: 10_000 }).await.unwrap();
+    ticker.abort();
+    assert!(report.is_success(), "{}", report.summary());
+    assert_eq!(report.tasks.len(), 10_000);
+    let (first, last) = (
+        CHAIN_FIRST_SEEN.load(Ordering::SeqCst),
+        CHAIN_LAST_SEEN.load(Ordering::SeqCst),
+    );
+    assert!(
+        last > first,
+        "the ticker never ran between the chain's first link and its last ({first} ticks at both)"
+    );
+}
+
 static ARRIVED_16_SYNC: AtomicUsize = AtomicUsize::new(0);
 
 #[task]

@@ -459,15 +459,10 @@ async fn drive_run(mut graph: Graph, mut cfg: RunConfig) -> (Option<RunReport>, 
         );
     }
     let cancelled = cancel_seen || cfg.cancel.is_cancelled();
+    // What never ended ends cancelled; a success is read where its worker left it by
+    // the report, in its one pass over the nodes (see `build_report`).
     for (i, s) in state.iter_mut().enumerate() {
-        if s.status != NodeStatus::Pending {
-            continue;
-        }
-        if shared.nodes[i].done_ok.load(Ordering::Acquire) {
-            s.status = NodeStatus::Success;
-            s.attempts = shared.nodes[i].attempts_run.load(Ordering::Acquire);
-            s.elapsed = Duration::from_nanos(shared.nodes[i].elapsed_ns.load(Ordering::Acquire));
-        } else {
+        if s.status == NodeStatus::Pending && !shared.nodes[i].done_ok.load(Ordering::Acquire) {
             s.status = NodeStatus::Cancelled;
             if let Some(j) = &shared.journal {
                 record_end(j, i, s);

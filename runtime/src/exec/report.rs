@@ -1,6 +1,7 @@
 //! The run's report, built from the driver's per-node state at the end.
 
 use std::borrow::Cow;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use crate::error::{chain, DependencyFailed};
@@ -28,7 +29,8 @@ impl Described for TaskMeta {
 }
 
 /// The run's report; the nodes' ids and descriptions are moved out of `graph` into it (the
-/// graph is only dropped afterwards), not copied.
+/// graph is only dropped afterwards), not copied. A node still pending in `state` ended
+/// with success (its worker did not report it: its attempts and time are in `shared`).
 pub(super) fn build_report(
     graph: &mut Graph,
     shared: &Shared,
@@ -52,11 +54,20 @@ pub(super) fn build_report(
         .zip(state)
         .enumerate()
         .map(|(i, (node, s))| {
-            let status = match s.status {
-                NodeStatus::Success => TaskStatus::Success,
-                NodeStatus::Errored => TaskStatus::Errored,
-                NodeStatus::Skipped => TaskStatus::Skipped,
-                NodeStatus::Cancelled | NodeStatus::Pending => TaskStatus::Cancelled,
+            let (status, attempts, elapsed_ns) = match s.status {
+                NodeStatus::Pending => {
+                    // Only a success is still pending here (see the function's docs).
+                    let cell = &shared.nodes[i];
+                    (
+                        TaskStatus::Success,
+                        cell.attempts_run.load(Ordering::Acquire),
+                        cell.elapsed_ns.load(Ordering::Acquire),
+                    )
+                }
+                NodeStatus::Success => (TaskStatus::Success, s.attempts, nanos(s.elapsed)),
+                NodeStatus::Errored => (TaskStatus::Errored, s.attempts, nanos(s.elapsed)),
+                NodeStatus::Skipped => (TaskStatus::Skipped, s.attempts, 0),
+                NodeStatus::Cancelled => (TaskStatus::Cancelled, s.attempts, nanos(s.elapsed)),
             };
             // Failures of optional tasks, and what was skipped only because of them,
             // leave the run successful (they are its warnings).
@@ -93,12 +104,8 @@ pub(super) fn build_report(
                     })),
                 },
                 status,
-                attempts: s.attempts,
-                elapsed_ns: if matches!(s.status, NodeStatus::Skipped | NodeStatus::Pending) {
-                    0
-                } else {
-                    nanos(s.elapsed)
-                },
+                attempts,
+                elapsed_ns,
                 result,
                 error,
                 optional: node.optional,

@@ -313,15 +313,25 @@ impl Shared {
     /// `count`: count it in flight (not when it takes the place of the node that made it
     /// ready, in the same worker, see [`release_success`](Self::release_success)).
     pub(super) fn claim(&self, i: u32, count: bool) -> Option<TaskBox> {
-        let node = &self.nodes[i as usize];
-        if self.halt.is_halted() || node.claimed.swap(true, Ordering::AcqRel) {
+        if self.halt.is_halted() {
             return None;
         }
-        let task = lock(&node.task).take()?;
+        let task = self.take_task(i)?;
         if count {
             self.in_flight.fetch_add(1, Ordering::AcqRel);
         }
         Some(task)
+    }
+
+    /// Node `i`'s task, unless it was started or settled already ([`claim`](Self::claim)
+    /// without the suspension check, which the caller made).
+    #[inline]
+    fn take_task(&self, i: u32) -> Option<TaskBox> {
+        let node = &self.nodes[i as usize];
+        if node.claimed.swap(true, Ordering::AcqRel) {
+            return None;
+        }
+        lock(&node.task).take()
     }
 
     /// Node `i` succeeded: count it off its dependents and start those now ready. The
@@ -337,6 +347,9 @@ impl Shared {
         // Read once per node, not per dependent (an atomic load of the run's flag): a
         // cancel that comes during the loop is as if it came after it.
         let mut cancelled = None;
+        // The same for the suspension (two loads: the run's halt and the runtime's): a
+        // dependent is not started once it is seen, and stays pending for the next start.
+        let mut halted = None;
         // The others, in a pooled run: queued under one lock of the queue (taken at the
         // first one, let go every `QUEUE_BATCH`), runners looked for once after.
         let mut queue = None;
@@ -351,13 +364,17 @@ impl Shared {
                     && !*cancelled.get_or_insert_with(|| self.scope.cancelled.is_set())
                     && (!self.some_failed.load(Ordering::Acquire) || self.all_deps_ok(d))
                 {
+                    if *halted.get_or_insert_with(|| self.halt.is_halted()) {
+                        continue;
+                    }
                     if keep_one && next.is_none() {
                         // Counted in flight in place of `i`, whose worker runs it
                         // next (no increment here, no decrement for `i`).
-                        next = self.claim(d, false).map(|t| (d, t));
+                        next = self.take_task(d).map(|t| (d, t));
                     } else if self.pooled {
-                        // Counted in flight before it is queued (and can end).
-                        if let Some(task) = self.claim(d, true) {
+                        if let Some(task) = self.take_task(d) {
+                            // Counted in flight before it is queued (and can end).
+                            self.in_flight.fetch_add(1, Ordering::AcqRel);
                             queue
                                 .get_or_insert_with(|| lock(&self.queue))
                                 .push_back((d, task));
