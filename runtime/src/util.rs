@@ -40,6 +40,12 @@ pub(crate) fn mono_ns() -> u64 {
     }
 }
 
+/// The time since `t0`, a [`mono_ns`] reading (zero if the clock reads earlier).
+#[inline]
+pub(crate) fn mono_since(t0: u64) -> Duration {
+    Duration::from_nanos(mono_ns().saturating_sub(t0))
+}
+
 /// Whole milliseconds of `d`, saturating at `u64::MAX`: `as_millis` without its 128-bit
 /// arithmetic (on every task's end).
 pub(crate) fn millis(d: Duration) -> u64 {

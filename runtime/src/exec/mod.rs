@@ -257,7 +257,7 @@ async fn drive_run(mut graph: Graph, mut cfg: RunConfig) -> (Option<RunReport>, 
     let started = Instant::now();
     let n = graph.nodes.len();
     let resume = cfg.resume.take().unwrap_or_default();
-    let (shared, mut rx) = new_shared(&mut graph, &cfg, resume.attempts, started, None);
+    let (shared, mut rx) = new_shared(&mut graph, &cfg, resume.attempts, None);
     let info = RunInfo {
         process: graph.name.clone(),
         run_id: cfg.run_id.to_string(),
@@ -510,7 +510,6 @@ fn new_shared(
     graph: &mut Graph,
     cfg: &RunConfig,
     prior_attempts: Vec<u32>,
-    started: Instant,
     reporter: Option<Arc<dyn Reporter>>,
 ) -> (Arc<Shared>, mpsc::UnboundedReceiver<Msg>) {
     let n = graph.nodes.len();
@@ -564,7 +563,7 @@ fn new_shared(
         journal: cfg.journal.clone(),
         nodes,
         some_failed: AtomicBool::new(false),
-        epoch: started,
+        epoch: crate::util::mono_ns(),
         abandon: CancellationToken::new(),
         halt: cfg.halt.clone(),
         offsets,

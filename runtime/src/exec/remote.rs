@@ -5,7 +5,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
@@ -88,7 +88,7 @@ impl RemoteRun {
             dispatch: None,
         };
         let n = graph.nodes.len();
-        let (shared, _rx) = new_shared(&mut graph, &cfg, vec![0; n], Instant::now(), reporter);
+        let (shared, _rx) = new_shared(&mut graph, &cfg, vec![0; n], reporter);
         RemoteRun {
             shared,
             deps,
@@ -196,9 +196,9 @@ impl RemoteRun {
             self.fill(d, json);
         }
         let meta = self.shared.nodes[i].meta;
-        let started = Instant::now();
+        let started = crate::util::mono_ns();
         let (attempt, res) = attempts(&self.shared, node, first, meta, task, started).await;
-        let elapsed = started.elapsed();
+        let elapsed = crate::util::mono_since(started);
         let out = match res {
             // An integer or a boolean comes without its text: its slot makes it.
             Ok(json) => match json.or_else(|| self.shared.slots[i].json()) {

@@ -4,7 +4,7 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use smol_str::SmolStr;
 use tokio::sync::{mpsc, Semaphore};
@@ -47,8 +47,9 @@ pub(super) struct Shared {
     /// dependencies failed: while it is not set, every one of them succeeded, and the
     /// dependencies need not be looked at one by one.
     pub(super) some_failed: AtomicBool,
-    /// When the run started (see [`NodeCell::started_ns`]).
-    pub(super) epoch: Instant,
+    /// When the run started, a [`mono_ns`](crate::util::mono_ns) reading (see
+    /// [`NodeCell::started_ns`]).
+    pub(super) epoch: u64,
     /// Cancelled when the cancellation grace period is over: running nodes are dropped.
     pub(super) abandon: CancellationToken,
     /// The runtime suspends: nothing starts any more.
@@ -156,10 +157,9 @@ const QUEUE_BATCH: usize = 64;
 pub(super) type TaskCell = Mutex<Option<TaskBox>>;
 
 impl Shared {
-    /// Records that node `i` starts now (`at`).
-    pub(super) fn mark_started(&self, i: u32, at: Instant) {
-        let ns = u64::try_from(at.saturating_duration_since(self.epoch).as_nanos())
-            .unwrap_or(u64::MAX - 1);
+    /// Records that node `i` started at `at` (a [`mono_ns`](crate::util::mono_ns) reading).
+    pub(super) fn mark_started(&self, i: u32, at: u64) {
+        let ns = at.saturating_sub(self.epoch).min(u64::MAX - 1);
         self.nodes[i as usize]
             .started_ns
             .store(ns + 1, Ordering::Relaxed);
@@ -169,10 +169,7 @@ impl Shared {
     pub(super) fn running_for(&self, i: usize) -> Duration {
         match self.nodes[i].started_ns.load(Ordering::Relaxed) {
             0 => Duration::ZERO,
-            ns => self
-                .epoch
-                .elapsed()
-                .saturating_sub(Duration::from_nanos(ns - 1)),
+            ns => crate::util::mono_since(self.epoch).saturating_sub(Duration::from_nanos(ns - 1)),
         }
     }
 

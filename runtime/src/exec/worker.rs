@@ -7,7 +7,7 @@ use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::Poll;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::FutureExt;
 use smol_str::SmolStr;
@@ -21,7 +21,7 @@ use crate::task::arg::Inputs;
 use crate::task::ctx::{Ctx, Reporter};
 use crate::task::erased::ErasedTask;
 use crate::task::TaskMeta;
-use crate::util::mono_ns;
+use crate::util::{mono_ns, mono_since};
 
 use super::{Completion, Msg, Shared};
 
@@ -107,10 +107,9 @@ pub(super) async fn run_one(shared: &Arc<Shared>, i: u32, task: TaskBox) -> Opti
     };
     let first = shared.prior_attempts(i);
     let meta = shared.nodes[i as usize].meta;
-    let started = Instant::now();
     // The node's time is measured on the integer clock: its end is one read, which
     // serves its elapsed time and its row's end without `Instant` arithmetic.
-    let t0 = mono_ns();
+    let started = mono_ns();
     let ran = match &shared.dispatch {
         // Spread: the node's attempts run on whichever worker claims it (out of line:
         // the state of the common path stays small).
@@ -126,7 +125,7 @@ pub(super) async fn run_one(shared: &Arc<Shared>, i: u32, task: TaskBox) -> Opti
     };
     // One clock read for the node's time and its row's end.
     let ended_at = mono_ns();
-    let elapsed_ns = ended_at.saturating_sub(t0);
+    let elapsed_ns = ended_at.saturating_sub(started);
     let elapsed = Duration::from_nanos(elapsed_ns);
     // Abandoned after the cancellation grace period: the driver ended it.
     let (attempts, result) = ran?;
@@ -190,7 +189,7 @@ async fn run_remote(
     i: u32,
     first: u32,
     d: &dyn super::Dispatch,
-    started: Instant,
+    started: u64,
 ) -> Option<(u32, Result<Option<SmolStr>, BoxError>)> {
     let mut sent = d.run(i, first);
     let r = unless_abandoned(shared, i, started, sent.as_mut()).await?;
@@ -212,7 +211,7 @@ async fn run_remote(
 async fn unless_abandoned<F: Future + ?Sized>(
     shared: &Shared,
     i: u32,
-    started: Instant,
+    started: u64,
     mut fut: Pin<&mut F>,
 ) -> Option<F::Output> {
     let mut abandon = std::pin::pin!(None);
@@ -241,7 +240,7 @@ pub(super) async fn attempts(
     first: u32,
     meta: &'static TaskMeta,
     mut task: TaskBox,
-    node_started: Instant,
+    node_started: u64,
 ) -> (u32, Result<Option<SmolStr>, BoxError>) {
     let policy = &meta.policy;
     let prepared = {
@@ -367,7 +366,7 @@ fn first_poll(
     attempt: u32,
     prepared: &mut dyn ErasedTask,
     span: &tracing::Span,
-    node_started: Instant,
+    node_started: u64,
     cx: &mut std::task::Context<'_>,
 ) -> Poll<Result<Option<SmolStr>, BoxError>> {
     let ctx = Ctx::new(shared.scope.clone(), i, meta.name, attempt);
@@ -381,7 +380,7 @@ fn first_poll(
         Ok(Poll::Pending) => {
             // Its start, as `Running` records or reports it when it waits.
             match shared.journal.as_deref() {
-                Some(j) => j.started(i, attempt, node_started.elapsed()),
+                Some(j) => j.started(i, attempt, mono_since(node_started)),
                 None => shared.scope.reporter.attempt(i, attempt),
             }
             Poll::Pending
@@ -457,7 +456,7 @@ pub(super) async fn run_attempt(
     attempt: u32,
     prepared: &mut dyn ErasedTask,
     ctx: Ctx,
-    node_started: Instant,
+    node_started: u64,
 ) -> Result<Option<SmolStr>, BoxError> {
     // Polled inside the attempt's span (see `attempts`): a task's synchronous part and
     // its `ctx.log` entries are events of the attempt.
@@ -525,7 +524,7 @@ pub(super) struct Running<'a> {
     pub(super) reporter: Option<&'a dyn Reporter>,
     pub(super) node: u32,
     pub(super) attempt: u32,
-    pub(super) node_started: Instant,
+    pub(super) node_started: u64,
 }
 
 impl std::future::Future for Running<'_> {
@@ -539,7 +538,7 @@ impl std::future::Future for Running<'_> {
         let polled = self.prepared.poll_attempt(cx, slot);
         if polled.is_pending() {
             if let Some(j) = self.journal.take() {
-                j.started(self.node, self.attempt, self.node_started.elapsed());
+                j.started(self.node, self.attempt, mono_since(self.node_started));
             } else if let Some(r) = self.reporter.take() {
                 r.attempt(self.node, self.attempt);
             }
