@@ -144,8 +144,9 @@ pub(super) async fn run_one(shared: &Arc<Shared>, i: u32, task: TaskBox) -> Opti
                     attempts,
                     elapsed_ns,
                     ended_at,
-                    // An integer's or a boolean's text is made for the journal only.
-                    json.or_else(|| shared.slots[i as usize].json()),
+                    // An integer's or a boolean's text is made here, once: the report
+                    // takes the one kept.
+                    json.or_else(|| shared.slots[i as usize].json_kept()),
                 );
             }
             Ok(())
