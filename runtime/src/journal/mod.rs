@@ -609,24 +609,8 @@ impl RunJournal {
             Some(at) => self.wall_ms(at),
             None => now_ms(),
         };
-        let mut g = match self.rows.try_lock() {
-            Ok(g) => g,
-            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
-            Err(std::sync::TryLockError::WouldBlock) => {
-                self.stage(Staged {
-                    node,
-                    outcome,
-                    at_ms,
-                    result,
-                });
-                return;
-            }
-        };
-        let changed = g.end(node, EndFacts::of(&outcome, at_ms), outcome.failure, result);
-        drop(g);
-        if changed {
-            self.writer.wake(self);
-        }
+        let facts = EndFacts::of(&outcome, at_ms);
+        self.end(node, facts, outcome.failure, result);
     }
 
     /// `node` succeeded after `attempts`, `elapsed_ns` after its start, at `at` (a
@@ -650,27 +634,33 @@ impl RunJournal {
             elapsed_ns,
             at_ms: self.wall_ms(at),
         };
+        self.end(node, facts, None, result);
+    }
+
+    /// Writes `node`'s end into its row, or stages it when the writer holds the rows
+    /// (the common path of [`ended`](Self::ended) and [`succeeded`](Self::succeeded)).
+    #[inline]
+    fn end(
+        &self,
+        node: u32,
+        facts: EndFacts,
+        failure: Option<Box<Failure>>,
+        result: Option<SmolStr>,
+    ) {
         let mut g = match self.rows.try_lock() {
             Ok(g) => g,
             Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
             Err(std::sync::TryLockError::WouldBlock) => {
                 self.stage(Staged {
                     node,
-                    outcome: Ended {
-                        state: State::Done,
-                        skipped: false,
-                        attempts,
-                        elapsed: Duration::from_nanos(elapsed_ns),
-                        failure: None,
-                        at: Some(at),
-                    },
-                    at_ms: facts.at_ms,
+                    facts,
+                    failure,
                     result,
                 });
                 return;
             }
         };
-        let changed = g.end(node, facts, None, result);
+        let changed = g.end(node, facts, failure, result);
         drop(g);
         if changed {
             self.writer.wake(self);
@@ -701,8 +691,7 @@ impl RunJournal {
                 .unwrap_or_else(std::sync::PoisonError::into_inner),
         );
         for s in staged {
-            let facts = EndFacts::of(&s.outcome, s.at_ms);
-            g.end(s.node, facts, s.outcome.failure, s.result);
+            g.end(s.node, s.facts, s.failure, s.result);
         }
         g
     }
@@ -711,9 +700,8 @@ impl RunJournal {
 /// An end recorded while the rows were locked (see [`RunJournal::ended`]).
 struct Staged {
     node: u32,
-    outcome: Ended,
-    /// When it ended (ms since the Unix epoch).
-    at_ms: u64,
+    facts: EndFacts,
+    failure: Option<Box<Failure>>,
     result: Option<SmolStr>,
 }
 
