@@ -763,25 +763,36 @@ fn scalar_as<T: 'static>(k: u8, bits: u64) -> Option<T> {
 /// An integer or a boolean `value` as its kind and bits (as [`Value::scalar`] writes
 /// them); `None` for any other type. Monomorphized per type, the type tests fold away.
 #[inline]
-#[allow(clippy::cast_sign_loss)]
 fn int_or_bool_bits<T: 'static>(value: &T) -> Option<(u8, u64)> {
-    let any: &dyn Any = value;
-    if let Some(&v) = any.downcast_ref::<u64>() {
-        Some((kind::U64, v))
-    } else if let Some(&v) = any.downcast_ref::<i64>() {
-        Some((kind::I64, v as u64))
-    } else if let Some(&v) = any.downcast_ref::<u32>() {
-        Some((kind::U32, u64::from(v)))
-    } else if let Some(&v) = any.downcast_ref::<i32>() {
-        Some((kind::I32, u64::from(v as u32)))
-    } else if let Some(&v) = any.downcast_ref::<bool>() {
-        Some((kind::BOOL, u64::from(v)))
-    } else {
-        None
+    match Value::inline_of(value)? {
+        Value::F64(_) => None,
+        v => v.scalar(),
     }
 }
 
 impl Value {
+    /// `value` as an inline scalar (an integer, a float or a boolean); `None` for any
+    /// other type. Monomorphized per type, the type tests fold away.
+    #[inline]
+    fn inline_of<T: 'static>(value: &T) -> Option<Value> {
+        let any: &dyn Any = value;
+        if let Some(&v) = any.downcast_ref::<u64>() {
+            Some(Value::U64(v))
+        } else if let Some(&v) = any.downcast_ref::<i64>() {
+            Some(Value::I64(v))
+        } else if let Some(&v) = any.downcast_ref::<u32>() {
+            Some(Value::U32(v))
+        } else if let Some(&v) = any.downcast_ref::<i32>() {
+            Some(Value::I32(v))
+        } else if let Some(&v) = any.downcast_ref::<f64>() {
+            Some(Value::F64(v))
+        } else if let Some(&v) = any.downcast_ref::<bool>() {
+            Some(Value::Bool(v))
+        } else {
+            None
+        }
+    }
+
     /// An inline scalar as its kind and bits (undone by [`scalar_as`]); `None` when boxed.
     #[allow(clippy::cast_sign_loss)]
     fn scalar(&self) -> Option<(u8, u64)> {
@@ -813,22 +824,7 @@ impl Typed {
     /// Keeps `value`, copied for the readers before the last with `clone` (when its type
     /// is `Clone`).
     pub(crate) fn new<T: Send + 'static>(value: T, clone: Option<OutputCloner>) -> Self {
-        let any: &dyn Any = &value;
-        let inline = if let Some(&v) = any.downcast_ref::<u64>() {
-            Some(Value::U64(v))
-        } else if let Some(&v) = any.downcast_ref::<i64>() {
-            Some(Value::I64(v))
-        } else if let Some(&v) = any.downcast_ref::<u32>() {
-            Some(Value::U32(v))
-        } else if let Some(&v) = any.downcast_ref::<i32>() {
-            Some(Value::I32(v))
-        } else if let Some(&v) = any.downcast_ref::<f64>() {
-            Some(Value::F64(v))
-        } else if let Some(&v) = any.downcast_ref::<bool>() {
-            Some(Value::Bool(v))
-        } else {
-            None
-        };
+        let inline = Value::inline_of(&value);
         Typed {
             value: inline.unwrap_or_else(|| Value::Boxed(Box::new(value))),
             clone,
