@@ -41,7 +41,7 @@ use crate::task::resource::Resources;
 use crate::task::OnDepFailure;
 
 use report::build_report;
-use shared::{csr, lock, Shared};
+use shared::{csr, Shared};
 use worker::run_node;
 
 /// Settings of one run.
@@ -280,14 +280,14 @@ async fn drive_run(mut graph: Graph, mut cfg: RunConfig) -> (Option<RunReport>, 
     let mut settle: Vec<u32> = Vec::new();
     for (i, json, attempts, elapsed) in resume.done {
         let idx = i as usize;
-        if idx >= n || shared.nodes[idx].claimed.swap(true, Ordering::AcqRel) {
+        // Claimed here (its task dropped): it does not run again.
+        if idx >= n || shared.nodes[idx].claim().is_none() {
             continue;
         }
         if let Some(j) = &shared.journal {
             j.restored(i, attempts, elapsed, json.clone());
         }
         shared.slots[idx].fill(Some(json), None);
-        lock(&shared.nodes[idx].task).take();
         state[idx] = NodeState {
             status: NodeStatus::Success,
             attempts,

@@ -15,7 +15,7 @@ use crate::hooks::Hooks;
 use crate::task::ctx::{Reporter, RuntimeHandle};
 use crate::task::resource::Resources;
 
-use super::shared::{lock, Shared};
+use super::shared::Shared;
 use super::worker::attempts;
 use super::{new_shared, run_span, Halt, RunConfig};
 
@@ -158,7 +158,8 @@ impl RemoteRun {
         self.shared
             .nodes
             .get(i)
-            .is_some_and(|c| lock(&c.task).is_some())
+            // Not claimed: its task is still here (every node of a built graph has one).
+            .is_some_and(|c| !c.claimed.load(Ordering::Acquire))
             && self.deps(node).iter().all(|&d| {
                 !self.ran[d as usize].load(Ordering::Acquire)
                     || self.stored[d as usize].load(Ordering::Acquire)
@@ -190,7 +191,7 @@ impl RemoteRun {
         if i >= self.len() {
             return None;
         }
-        let task = lock(&self.shared.nodes[i].task).take()?;
+        let task = self.shared.nodes[i].claim()?;
         self.ran[i].store(true, Ordering::Release);
         for (d, json) in inputs {
             self.fill(d, json);

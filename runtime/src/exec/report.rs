@@ -88,7 +88,11 @@ pub(super) fn build_report(
                 _ => None,
             };
             let result = if status == TaskStatus::Success {
-                shared.slots[i].json().map(Json::trusted)
+                // The text its worker made for the journal, else the slot's.
+                match shared.nodes[i].text() {
+                    Some(text) => Some(Json::trusted(text.clone())),
+                    None => shared.slots[i].json().map(Json::trusted),
+                }
             } else {
                 None
             };

@@ -1,6 +1,7 @@
 //! The per-run state the driver and the workers share: the graph in CSR form, per-node
 //! atomics and task slots.
 
+use std::cell::UnsafeCell;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -107,6 +108,33 @@ impl Drop for Shared {
 /// several of them, and so does one that counts a node off as a dependent and claims it;
 /// with nodes ending in any order, each array more would be one cache miss more per node.
 /// A run also makes one array (one allocation, one pass) instead of one per field.
+///
+/// # The node's task and result text ([`held`](Self::held))
+///
+/// The cell holds the node's task until the node is claimed, and then, once it succeeded,
+/// its result's text (for the report: the text its worker made for the run's journal, so
+/// that the report neither makes it again nor locks the slot to read it). No lock guards
+/// it: the flags say who may touch it, and when.
+///
+/// 1. Claim: whoever swaps [`claimed`](Self::claimed) from false to true (acquire-release:
+///    after the cell was filled, before the state was shared) takes the task, at once,
+///    and only then. One swap wins, so one party takes it, once. The driver also sets `claimed`
+///    (a store) for a node it settles without running it: that node's cell is not touched
+///    again until the state is dropped.
+/// 2. Success: the worker that ran the node (it took the task in 1, or was handed it
+///    through tokio's spawn or the run's queue, both of which order the claim before the
+///    run) and then won [`ended`](Self::ended) puts the text in, and only then sets
+///    [`done_ok`](Self::done_ok) (release) ([`succeed`](Self::succeed), unsafe: the
+///    caller vouches for being that worker). One `ended` swap wins, so there is one such
+///    worker, and it writes once; a node ended by the driver (abandoned) has no writer.
+/// 3. Read: anyone who sees `done_ok` set (acquire) reads the text
+///    ([`text`](Self::text)): it was written before, and the cell is not written again
+///    (the task went in 1, the text's writer is done), so shared reads do not race.
+/// 4. Drop: through `&mut`, when the run's state goes, whatever is left (a task that was
+///    never started, the text) is dropped.
+///
+/// No user code runs while the cell is borrowed: a task taken out is dropped or run
+/// outside it, so a panicking task's drop or attempt cannot leave it half-written.
 #[repr(align(64))]
 pub(super) struct NodeCell {
     /// Dependencies not yet ended.
@@ -120,18 +148,47 @@ pub(super) struct NodeCell {
     /// When the node started: nanoseconds after [`Shared::epoch`], plus one; 0 while not
     /// started (how long an abandoned node had run).
     pub(super) started_ns: AtomicU64,
-    /// Set (release) when the node succeeded: its result is in its slot.
+    /// Set (release) when the node succeeded: its result is in its slot (and its text,
+    /// if its worker made one, in [`held`](Self::held)).
     pub(super) done_ok: AtomicBool,
     /// Set when the node was started or settled: it is started at most once.
     pub(super) claimed: AtomicBool,
     /// Set by whoever ends the started node first: its worker, or the driver abandoning
     /// it after the cancellation grace period. The other one leaves the node alone.
     pub(super) ended: AtomicBool,
-    /// The node's task until it is started (or settled).
-    pub(super) task: TaskCell,
+    /// The node's task until it is claimed, then its result's text once it succeeded
+    /// (see the type's docs for who may touch it, and when).
+    held: UnsafeCell<Held>,
     /// The node's task description.
     pub(super) meta: &'static TaskMeta,
 }
+
+/// What a [`NodeCell`] holds besides its counters and flags (one at a time: the task
+/// goes before the text comes).
+enum Held {
+    Empty,
+    /// The node's task, until it is claimed.
+    Task(TaskBox),
+    /// The text of the node's result, put in by its worker when it succeeded.
+    Text(SmolStr),
+}
+
+// The task and the text share the cell's 24 bytes, and the node its 64-byte line (debug
+// builds' task boxes carry a counter more).
+#[cfg(not(debug_assertions))]
+const _: () = assert!(
+    std::mem::size_of::<Held>() == std::mem::size_of::<SmolStr>()
+        && std::mem::size_of::<NodeCell>() == 64
+);
+
+// SAFETY: `held` is the only field that is not `Sync`. Its content is written by one
+// party at a time, each ordered after the one before by the flags' atomics (the claim's
+// swap, the handover of the claimed task, the `ended` swap, `done_ok`'s release and
+// acquire), and only read by several at once when no one writes it any more (see
+// `NodeCell`'s docs); what it holds is `Send` (a task box, a `SmolStr`), and a shared
+// read gives out only a `&SmolStr`, which is `Sync`.
+#[allow(unsafe_code)]
+unsafe impl Sync for NodeCell {}
 
 impl NodeCell {
     /// A node with `remaining` dependencies, holding `task`.
@@ -144,17 +201,70 @@ impl NodeCell {
             done_ok: AtomicBool::new(false),
             claimed: AtomicBool::new(false),
             ended: AtomicBool::new(false),
-            task: Mutex::new(task),
+            held: UnsafeCell::new(task.map_or(Held::Empty, Held::Task)),
             meta,
+        }
+    }
+
+    /// Claims the node: its task, unless it was claimed (started or settled) already.
+    #[inline]
+    pub(super) fn claim(&self) -> Option<TaskBox> {
+        if self.claimed.swap(true, Ordering::AcqRel) {
+            return None;
+        }
+        // SAFETY: this call's swap set `claimed` (rule 1 of the type's docs): no one else
+        // touches the cell until this task is started, and the borrow ends here.
+        #[allow(unsafe_code)]
+        let held = unsafe { &mut *self.held.get() };
+        match std::mem::replace(held, Held::Empty) {
+            Held::Task(task) => Some(task),
+            // No task: the node's graph had none for it (never so for a built graph).
+            _ => None,
+        }
+    }
+
+    /// Marks the node succeeded (release: with its result in its slot, its attempts and
+    /// time), keeping `text`, its result's text if one was made, for the report.
+    ///
+    /// # Safety
+    ///
+    /// The caller is the worker that ran the node (it was handed the task its claim took)
+    /// and won [`ended`](Self::ended), and calls this once (rule 2 of the type's docs).
+    #[inline]
+    #[allow(unsafe_code)]
+    pub(super) unsafe fn succeed(&self, text: Option<SmolStr>) {
+        debug_assert!(self.claimed.load(Ordering::Relaxed) && self.ended.load(Ordering::Relaxed));
+        if let Some(text) = text {
+            // SAFETY: the caller's promise (rule 2): the claim's taker is done with the
+            // cell, the driver does not touch it for a node its worker ended, and no one
+            // reads it before `done_ok`, set below.
+            let held = unsafe { &mut *self.held.get() };
+            *held = Held::Text(text);
+        }
+        self.done_ok.store(true, Ordering::Release);
+    }
+
+    /// The text its worker made of the node's result, once the node succeeded; `None`
+    /// before, or when none was made (an integer's or a boolean's without a journal,
+    /// a result restored from an earlier run: its slot has it).
+    #[inline]
+    pub(super) fn text(&self) -> Option<&SmolStr> {
+        if !self.done_ok.load(Ordering::Acquire) {
+            return None;
+        }
+        // SAFETY: `done_ok` is set (acquire): the text, if any, was written before it
+        // (rule 2), and the cell is not written again while `self` is shared (rule 3).
+        #[allow(unsafe_code)]
+        let held = unsafe { &*self.held.get() };
+        match held {
+            Held::Text(t) => Some(t),
+            _ => None,
         }
     }
 }
 
 /// How many nodes a worker queues under one lock of the queue.
 const QUEUE_BATCH: usize = 64;
-
-/// A node's task until it is started.
-pub(super) type TaskCell = Mutex<Option<TaskBox>>;
 
 impl Shared {
     /// Records that node `i` started at `at` (a [`mono_ns`](crate::util::mono_ns) reading).
@@ -237,10 +347,7 @@ impl Shared {
                 return;
             }
             while let Some(i) = ready.pop_front() {
-                if self.nodes[i as usize].claimed.swap(true, Ordering::AcqRel) {
-                    continue;
-                }
-                if let Some(task) = lock(&self.nodes[i as usize].task).take() {
+                if let Some(task) = self.nodes[i as usize].claim() {
                     batch.push((i, task));
                     if batch.len() == BATCH {
                         break;
@@ -324,22 +431,16 @@ impl Shared {
     /// without the suspension check, which the caller made).
     #[inline]
     fn take_task(&self, i: u32) -> Option<TaskBox> {
-        let node = &self.nodes[i as usize];
-        if node.claimed.swap(true, Ordering::AcqRel) {
-            return None;
-        }
-        lock(&node.task).take()
+        self.nodes[i as usize].claim()
     }
 
-    /// Node `i` succeeded: count it off its dependents and start those now ready. The
-    /// first of them is not spawned but returned, claimed, for the caller to run itself
-    /// (a chain then runs in one tokio task, without a spawn and a wake-up per link);
-    /// not under a runtime-wide limit, where every node waits for a permit of its own.
+    /// Node `i` succeeded (and was marked so, see [`NodeCell::succeed`]): count it off
+    /// its dependents and start those now ready. The first of them is not spawned but
+    /// returned, claimed, for the caller to run itself (a chain then runs in one tokio
+    /// task, without a spawn and a wake-up per link); not under a runtime-wide limit,
+    /// where every node waits for a permit of its own.
     pub(super) fn release_success(self: &Arc<Self>, i: u32) -> Option<(u32, TaskBox)> {
         let keep_one = self.permits.is_none();
-        self.nodes[i as usize]
-            .done_ok
-            .store(true, Ordering::Release);
         let mut next = None;
         // Read once per node, not per dependent (an atomic load of the run's flag): a
         // cancel that comes during the loop is as if it came after it.
@@ -452,7 +553,148 @@ pub(super) fn csr<'a>(deps: impl Iterator<Item = &'a [u32]>, n: usize) -> Csr {
 
 #[cfg(test)]
 mod tests {
-    use super::csr;
+    use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+
+    use smol_str::SmolStr;
+
+    use super::{csr, NodeCell};
+    use crate::error::InputError;
+    use crate::graph::process::{Mode, Process, ProcessMeta};
+    use crate::graph::{Builder, Graph};
+    use crate::schedule::Overlap;
+    use crate::task::arg::{Inputs, Read};
+    use crate::task::ctx::Ctx;
+    use crate::task::{Policy, Task, TaskMeta};
+
+    /// Tasks of [`Counted`] dropped.
+    static DROPPED: AtomicUsize = AtomicUsize::new(0);
+
+    /// A task that counts its drops.
+    struct Counted;
+
+    impl Drop for Counted {
+        fn drop(&mut self) {
+            DROPPED.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    impl Task for Counted {
+        type Output = ();
+        type Args = ();
+        const META: TaskMeta = TaskMeta {
+            name: "counted",
+            function: "counted",
+            description: "",
+            is_async: false,
+            policy: Policy::DEFAULT,
+            resources: &[],
+        };
+        fn visit_inputs(&self, _: &mut dyn FnMut(Read)) {}
+        fn into_args(self, _: &Inputs<'_>) -> Result<(), InputError> {
+            Ok(())
+        }
+        async fn call((): (), _: Ctx) -> Result<(), crate::error::BoxError> {
+            Ok(())
+        }
+    }
+
+    /// `n` [`Counted`] tasks.
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct Many {
+        n: usize,
+    }
+
+    impl Process for Many {
+        const META: ProcessMeta = ProcessMeta {
+            name: "exec::shared::tests::many",
+            description: "",
+            schedule: None,
+            tz: None,
+            overlap: Overlap::Skip,
+            mode: Mode::Dataflow,
+        };
+        fn build(self, p: &mut Builder) {
+            for _ in 0..self.n {
+                p.task(Counted);
+            }
+        }
+    }
+
+    // Threads racing to claim the same nodes (as workers counting off a shared dependent,
+    // the driver settling or starting it): each node's task goes to one of them, once,
+    // and each task is dropped once; a node's text is seen by every reader once it is
+    // marked succeeded, and not before.
+    #[test]
+    fn a_node_is_claimed_once_and_its_text_read_after_its_success() {
+        const N: usize = 2_000;
+        const THREADS: usize = 4;
+        // The graph (and its arena) outlives the cells, as the run's state has it.
+        let mut graph = Graph::of(Many { n: N }).unwrap();
+        let before = DROPPED.load(Ordering::SeqCst);
+        let cells: Vec<NodeCell> = graph
+            .nodes
+            .iter_mut()
+            .map(|n| NodeCell::new(0, n.task.take(), n.meta))
+            .collect();
+        let won: Vec<AtomicU32> = (0..N).map(|_| AtomicU32::new(0)).collect();
+        std::thread::scope(|s| {
+            for t in 0..THREADS {
+                let (cells, won) = (&cells, &won);
+                s.spawn(move || {
+                    // Every thread walks the nodes from another place.
+                    for k in 0..N {
+                        let i = (k + t * N / THREADS) % N;
+                        if let Some(task) = cells[i].claim() {
+                            won[i].fetch_add(1, Ordering::SeqCst);
+                            drop(task);
+                        }
+                    }
+                });
+            }
+        });
+        assert!(won.iter().all(|w| w.load(Ordering::SeqCst) == 1));
+        assert_eq!(DROPPED.load(Ordering::SeqCst) - before, N);
+        // The winner of each node's `ended` marks it succeeded while others read.
+        std::thread::scope(|s| {
+            let cells = &cells;
+            s.spawn(move || {
+                for (i, c) in cells.iter().enumerate() {
+                    assert!(c.text().is_none());
+                    assert!(!c.ended.swap(true, Ordering::AcqRel));
+                    // SAFETY: this thread claimed nothing but is the only one to end the
+                    // nodes, once each, and the claims above are over (rule 2).
+                    #[allow(unsafe_code)]
+                    unsafe {
+                        c.succeed((i % 2 == 0).then(|| SmolStr::new(i.to_string())));
+                    }
+                }
+            });
+            for _ in 0..THREADS - 1 {
+                s.spawn(move || {
+                    for (i, c) in cells.iter().enumerate().rev() {
+                        let want = (i % 2 == 0).then(|| i.to_string());
+                        while !c.done_ok.load(Ordering::Acquire) {
+                            std::hint::spin_loop();
+                        }
+                        assert_eq!(c.text().map(SmolStr::as_str), want.as_deref());
+                    }
+                });
+            }
+        });
+        // Claimed already: nothing more to take.
+        assert!(cells.iter().all(|c| c.claim().is_none()));
+        drop(cells);
+        assert_eq!(DROPPED.load(Ordering::SeqCst) - before, N);
+        // Cells dropped unclaimed drop their tasks.
+        let mut graph = Graph::of(Many { n: 10 }).unwrap();
+        let cells: Vec<NodeCell> = graph
+            .nodes
+            .iter_mut()
+            .map(|n| NodeCell::new(0, n.task.take(), n.meta))
+            .collect();
+        drop(cells);
+        assert_eq!(DROPPED.load(Ordering::SeqCst) - before, N + 10);
+    }
 
     #[test]
     fn csr_lists_dependents_and_dependencies() {

@@ -136,32 +136,33 @@ pub(super) async fn run_one(shared: &Arc<Shared>, i: u32, task: TaskBox) -> Opti
     let mut next = None;
     let result = match result {
         Ok(json) => {
-            // Record the end and start the dependents now ready from here: the driver
-            // is off the critical path.
-            if let Some(j) = &shared.journal {
-                j.succeeded(
-                    i,
-                    attempts,
-                    elapsed_ns,
-                    ended_at,
-                    // An integer's or a boolean's text is made here, once: the report
-                    // takes the one kept.
-                    json.or_else(|| shared.slots[i as usize].json_kept()),
-                );
+            // An integer's or a boolean's text is made here, once, for the run's journal
+            // (`json` is `None` for them: the slot makes it, without its lock); the
+            // report reads the copy the node keeps (see `NodeCell::succeed`).
+            let text = match &shared.journal {
+                Some(j) => {
+                    let text = json.or_else(|| shared.slots[i as usize].json());
+                    // Record the end and start the dependents now ready from here: the
+                    // driver is off the critical path.
+                    j.succeeded(i, attempts, elapsed_ns, ended_at, text.clone());
+                    text
+                }
+                None => json,
+            };
+            let node = &shared.nodes[i as usize];
+            node.attempts_run.store(attempts, Ordering::Relaxed);
+            node.elapsed_ns.store(elapsed_ns, Ordering::Relaxed);
+            // SAFETY: this worker ran node `i` (its task came from the node's claim) and
+            // won its `ended` above; it marks it succeeded once, here.
+            #[allow(unsafe_code)]
+            unsafe {
+                node.succeed(text);
             }
+            next = shared.release_success(i);
             Ok(())
         }
         Err(e) => Err(e),
     };
-    if ok {
-        shared.nodes[i as usize]
-            .attempts_run
-            .store(attempts, Ordering::Relaxed);
-        shared.nodes[i as usize]
-            .elapsed_ns
-            .store(elapsed_ns, Ordering::Relaxed);
-        next = shared.release_success(i);
-    }
     // A success is reported only when the driver starts nodes itself (a concurrency
     // limit): otherwise its worker has done everything the driver would. A reported node
     // is counted off by the driver when it reads the report, so that a freed slot is

@@ -3,7 +3,7 @@
 use std::any::Any;
 use std::fmt;
 use std::marker::PhantomData;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Mutex;
 
 use smol_str::SmolStr;
@@ -864,8 +864,9 @@ impl Boxed {
 ///
 /// An integer or boolean output is filled without its text and without the lock: the word
 /// is the slot's whole content, and its text (the same `serde_json` writes) is made when
-/// something asks for it ([`json`](Slot::json): the report), once when two ask for it
-/// ([`json_kept`](Slot::json_kept): the run's journal, then the report).
+/// something asks for it ([`json`](Slot::json)): the node's worker, once, for the run's
+/// journal; the executor keeps a copy of that text for the report, beside the node's
+/// flags (no lock: see `exec::shared::NodeCell`).
 ///
 /// The serialized form and a boxed value sit behind one mutex, taken once to fill the
 /// slot and once per read of a value that is not a scalar: a slot is filled once and read
@@ -879,9 +880,6 @@ pub(crate) struct Slot {
     kind: AtomicU8,
     /// Some task reads the result (the graph's count was not zero).
     read: bool,
-    /// Set (release) once an integer's or a boolean's text, made for the journal, is kept
-    /// under the lock: the report clones it instead of making it again.
-    text_kept: AtomicBool,
 }
 
 /// What a slot holds once filled, and the reads still to come.
@@ -904,7 +902,6 @@ impl Slot {
             bits: AtomicU64::new(0),
             kind: AtomicU8::new(kind::NONE),
             read: readers > 0,
-            text_kept: AtomicBool::new(false),
         }
     }
 
@@ -967,31 +964,17 @@ impl Slot {
         }
     }
 
-    /// The serialized result, once filled (an integer's or a boolean's made now, unless
-    /// [`json_kept`](Self::json_kept) made it already).
+    /// The serialized result, once filled (an integer's or a boolean's made now, from its
+    /// word, without the lock).
     pub(crate) fn json(&self) -> Option<SmolStr> {
         let k = self.kind.load(Ordering::Acquire);
-        if k & kind::WORD_ONLY != 0 && !self.text_kept.load(Ordering::Acquire) {
+        if k & kind::WORD_ONLY != 0 {
             return Some(int_or_bool_text(
                 k & !kind::WORD_ONLY,
                 self.bits.load(Ordering::Relaxed),
             ));
         }
         self.lock().json.clone()
-    }
-
-    /// As [`json`](Self::json), for a result asked for twice (by the run's journal, then
-    /// by the report): an integer's or a boolean's text is made once and kept for the
-    /// second ask. Called by the node's own worker, after its fill.
-    pub(crate) fn json_kept(&self) -> Option<SmolStr> {
-        let k = self.kind.load(Ordering::Acquire);
-        if k & kind::WORD_ONLY == 0 || self.text_kept.load(Ordering::Acquire) {
-            return self.lock().json.clone();
-        }
-        let text = int_or_bool_text(k & !kind::WORD_ONLY, self.bits.load(Ordering::Relaxed));
-        self.lock().json = Some(text.clone());
-        self.text_kept.store(true, Ordering::Release);
-        Some(text)
     }
 
     /// Whether the slot was filled.
@@ -1308,36 +1291,6 @@ mod tests {
         slot.fill_word(&1.5_f64);
         slot.fill_word(&"text");
         assert!(!slot.is_filled());
-    }
-
-    // A word's text asked for by the journal and then by the report is made once: the
-    // journal's ask keeps it (under the lock), the report's clones the kept one (the word
-    // is changed behind the slot's back below to show the text is not made again), and
-    // readers still read the word without the lock.
-    #[test]
-    fn a_words_text_is_made_once() {
-        use std::sync::atomic::Ordering;
-        let slot = Slot::new(1);
-        slot.fill_word(&u64::MAX);
-        assert_eq!(slot.json_kept().as_deref(), Some("18446744073709551615"));
-        assert_eq!(slot.lock().json.as_deref(), Some("18446744073709551615"));
-        slot.bits.store(7, Ordering::Relaxed);
-        assert_eq!(slot.json().as_deref(), Some("18446744073709551615"));
-        assert_eq!(slot.json_kept().as_deref(), Some("18446744073709551615"));
-        assert_eq!(
-            slot.kind.load(Ordering::Acquire),
-            super::kind::U64 | super::kind::WORD_ONLY
-        );
-        assert_eq!(slot.take::<u64>().unwrap().unwrap(), 7);
-        // Any other result: its text, as `json` gives it.
-        let slot = Slot::new(0);
-        slot.fill(to_json(&0.5_f64).ok(), None);
-        assert_eq!(slot.json_kept().as_deref(), Some("0.5"));
-        assert!(Slot::new(1).json_kept().is_none());
-        let slot = Slot::new(0);
-        slot.fill_word(&false);
-        assert_eq!(slot.json_kept().as_deref(), Some("false"));
-        assert_eq!(slot.json().as_deref(), Some("false"));
     }
 
     // A list input keeps up to `INLINE_REFS` reads inline, more in one boxed slice; either
