@@ -29,9 +29,11 @@
 //! None is on by default.
 
 #![doc(test(attr(deny(warnings))))]
-// Denied, not forbidden: two modules allow it, each block with its argument: `graph::arena`
-// (where a graph's tasks live) and `task::erased` (a task's attempt polled in place, and
-// the `unsafe trait Place` that keeps it sound).
+// Denied, not forbidden: five modules allow it, each block with its argument:
+// `graph::arena` (where a graph's tasks live), `task::erased` (a task's attempt polled in
+// place, and the `unsafe trait Place` that keeps it sound), `exec::shared` (a node's task
+// cell, guarded by its claim flag instead of a lock; `exec::worker` vouches for the one
+// success it marks) and `util` (the monotonic clock read through `libc`).
 #![deny(unsafe_code)]
 
 #[cfg(feature = "admin")]
