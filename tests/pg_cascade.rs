@@ -232,8 +232,9 @@ async fn a_cascading_run_cancelled_midway_ends() {
             .unwrap();
         assert!(
             matches!(r.status, RunStatus::Cancelled | RunStatus::Succeeded),
-            "{:?}",
-            r.status
+            "run {i} (cancelled after {wait_ms} ms) ended {:?}: {}",
+            r.status,
+            not_succeeded(&r)
         );
     }
     rt.shutdown().await.unwrap();
@@ -304,6 +305,31 @@ async fn without_the_cascade_a_layered_run_writes_no_waiting_row() {
     assert_eq!(waiting, 0, "no waiting row without the cascade");
     assert_eq!(claimed, r.tasks.len() as u64, "every task claimed once");
     assert_eq!(summary(&r), on_sled(p()).await);
+}
+
+/// What a failing assertion on a cancelled run's status prints: how many of its tasks
+/// succeeded and were cancelled, and every other task (id, status, attempts, error
+/// chain).
+fn not_succeeded(r: &RunReport) -> String {
+    let count = |s: TaskStatus| r.tasks.iter().filter(|t| t.status == s).count();
+    let others: Vec<String> = r
+        .tasks
+        .iter()
+        .filter(|t| !matches!(t.status, TaskStatus::Success | TaskStatus::Cancelled))
+        .map(|t| {
+            let error = t.error.as_ref().map(|e| e.chain.join(": "));
+            format!(
+                "{} {:?} attempts {} error {error:?}",
+                t.id, t.status, t.attempts
+            )
+        })
+        .collect();
+    format!(
+        "{} succeeded, {} cancelled, others:\n{}",
+        count(TaskStatus::Success),
+        count(TaskStatus::Cancelled),
+        others.join("\n")
+    )
 }
 
 /// Waits for `run`'s end while sampling the task rows on `url` every few ms: its
