@@ -764,3 +764,86 @@ fn a_finish_notifies_only_when_another_worker_has_work() {
     .join()
     .unwrap();
 }
+
+/// Waits until `n` statements of the database at `url` wait for a row lock.
+fn until_lock_waits(url: &str, n: i64) {
+    for _ in 0..500 {
+        let r = rows(
+            url,
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE wait_event_type = 'Lock' AND datname = current_database()",
+        );
+        if r[0].get::<_, i64>(0) >= n {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("{n} statements never waited for a lock");
+}
+
+// A run's cancel and a finish of several of its running tasks at once (a worker ending
+// a batch while the run is cancelled midway) do not deadlock: the finish locks its
+// rows in (run, node) order, as the cancel does, whatever the order of its ends. A
+// deadlock aborted the finish (1 s later): the rows the cancel had marked stayed
+// claimed by a worker that had given them up, no worker could claim them again, and
+// the run's coordinator waited for their ends until its cancellation grace ran out,
+// which failed the cancelled run. The cancel is made to lock node 1 first and wait
+// for node 2 while the finish, given its ends as [2, 1], holds node 2 (a transaction
+// holding node 1 lines both up).
+#[test]
+fn a_finish_and_a_cancel_of_the_same_tasks_do_not_deadlock() {
+    let Some(url) = pg::database("cascade_deadlock") else {
+        return;
+    };
+    std::thread::spawn(move || {
+        let store = PgStore::connect(&url).unwrap();
+        let q = store.task_queue().expect("PostgreSQL has a task queue");
+        let token = 11;
+        q.offer(&[offer("d", token, 1, 0, &[]), offer("d", token, 2, 0, &[])])
+            .unwrap();
+        let mut claimed = q.claim("w1", &["cascade"], 60_000, 10).unwrap();
+        claimed.sort_by_key(|c| std::cmp::Reverse(c.claim.node));
+        assert_eq!(
+            claimed.iter().map(|c| c.claim.node).collect::<Vec<_>>(),
+            vec![2, 1]
+        );
+        let mut holder = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+        let mut tx = holder.transaction().unwrap();
+        tx.query(
+            "SELECT 1 FROM procession_task_claims WHERE run = 'd' AND node = 1 FOR UPDATE",
+            &[],
+        )
+        .unwrap();
+        let url2 = url.clone();
+        let cancel = std::thread::spawn(move || {
+            let store = PgStore::connect(&url2).unwrap();
+            store.task_queue().unwrap().cancel("d", token)
+        });
+        until_lock_waits(&url, 1);
+        let url3 = url.clone();
+        let ends: Vec<_> = claimed
+            .iter()
+            .map(|c| (c.claim.clone(), succeeded("3")))
+            .collect();
+        let finish = std::thread::spawn(move || {
+            let store = PgStore::connect(&url3).unwrap();
+            store.task_queue().unwrap().finish(&ends)
+        });
+        // The finish waits too (for node 1 or 2, depending on its order).
+        until_lock_waits(&url, 2);
+        tx.commit().unwrap();
+        let cancelled = cancel.join().unwrap();
+        let finished = finish.join().unwrap();
+        assert!(cancelled.is_ok(), "the cancel: {cancelled:?}");
+        assert_eq!(finished.unwrap(), vec![true, true], "both ends stored");
+        let r = rows(
+            &url,
+            "SELECT node, state FROM procession_task_claims WHERE run = 'd' ORDER BY node",
+        );
+        let states: Vec<(i32, i16)> = r.iter().map(|r| (r.get(0), r.get(1))).collect();
+        assert_eq!(states, vec![(1, 2), (2, 2)], "both done");
+        q.clear("d", token).unwrap();
+    })
+    .join()
+    .unwrap();
+}
