@@ -847,3 +847,80 @@ fn a_finish_and_a_cancel_of_the_same_tasks_do_not_deadlock() {
     .join()
     .unwrap();
 }
+
+static SLOW_STARTED: tokio::sync::Notify = tokio::sync::Notify::const_new();
+
+/// Runs a while without looking at its cancel.
+#[task]
+async fn slow_step() -> u64 {
+    SLOW_STARTED.notify_one();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    7
+}
+
+#[process]
+fn slow(p: &mut Builder) {
+    p.task(SlowStep::new());
+}
+
+// The statement writing a task's end fails once (a deadlock victim, a broken
+// connection; here a trigger raising on the first end written): its worker writes it
+// again instead of giving the task up. Given up, a task its run had asked to cancel was
+// claimed by nobody again and never ended, and its coordinator abandoned it when its
+// cancellation grace ran out: the run the user cancelled ended failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cancelled_runs_task_whose_end_could_not_be_written_once_ends() {
+    let Some(url) = pg::database("cascade_retry") else {
+        return;
+    };
+    let rt = Runtime::connect(url.clone())
+        .lease(Duration::from_secs(3))
+        .cancel_grace(Duration::from_secs(2))
+        .spread_tasks(true)
+        .register::<Slow>()
+        .start()
+        .await
+        .unwrap();
+    let u = url.clone();
+    tokio::task::spawn_blocking(move || {
+        pg::sql(
+            &u,
+            "CREATE SEQUENCE ends_written;
+             CREATE FUNCTION fail_first_end() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+                 IF nextval('ends_written') = 1 THEN
+                     RAISE EXCEPTION 'the first end written fails';
+                 END IF;
+                 RETURN NEW;
+             END $$;
+             CREATE TRIGGER fail_first_end BEFORE UPDATE ON procession_task_claims
+             FOR EACH ROW WHEN (NEW.state IN (2, 3) AND OLD.state IN (1, 4))
+             EXECUTE FUNCTION fail_first_end();",
+        );
+    })
+    .await
+    .unwrap();
+    let run = rt.launch(Launch::new(Slow {}).id("slow")).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(20), SLOW_STARTED.notified())
+        .await
+        .expect("the task started");
+    run.cancel().await.unwrap();
+    let r = tokio::time::timeout(Duration::from_mins(1), run.wait())
+        .await
+        .expect("the cancelled run ends")
+        .unwrap();
+    let stats = rt.task_stats();
+    rt.shutdown().await.unwrap();
+    assert!(
+        matches!(r.status, RunStatus::Cancelled | RunStatus::Succeeded),
+        "ended {:?}: {}",
+        r.status,
+        not_succeeded(&r)
+    );
+    assert_eq!(
+        r.tasks[0].status,
+        TaskStatus::Success,
+        "its end was written"
+    );
+    assert_eq!((stats.claimed, stats.finished), (1, 1), "{stats:?}");
+}
