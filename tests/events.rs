@@ -149,11 +149,13 @@ async fn run_events_are_those_of_one_run_and_end_with_it() {
 
 // ------------------------------------------------------------ progress roll-up
 
+static HALFWAY_BEGIN: Notify = Notify::const_new();
 static HALFWAY_AT: Notify = Notify::const_new();
 static HALFWAY_GO: Notify = Notify::const_new();
 
 #[task]
 async fn halfway(ctx: &Ctx) {
+    HALFWAY_BEGIN.notified().await;
     ctx.progress(50.0, "halfway there");
     HALFWAY_AT.notify_one();
     HALFWAY_GO.notified().await;
@@ -174,7 +176,10 @@ fn rollup_job(p: &mut Builder) {
 
 // OPT-81, WF-168: a run's record shows its tasks' progress rolled up (counted: each
 // task weighs the same, a done one counts 100), written at the progress flush
-// cadence, with the last task message; 100 at the end.
+// cadence, with the last task message; 100 at the end. `halfway` reports its progress
+// only once the run's event stream is open: a stream starts at its call, and a test
+// thread held up between the launch and `run.events()` (more than the 5 ms flush, under
+// load) opened it after the 75 % event and saw none.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_runs_record_shows_its_tasks_progress() {
     let rt = Runtime::in_memory()
@@ -187,6 +192,7 @@ async fn a_runs_record_shows_its_tasks_progress() {
         .await
         .unwrap();
     let mut events = run.events();
+    HALFWAY_BEGIN.notify_one();
     started(&HALFWAY_AT).await;
     // `quick` done (100) and `halfway` at 50: 75 %.
     let seen = common::wait_until_async_fut(|| async {

@@ -232,8 +232,9 @@ async fn a_cascading_run_cancelled_midway_ends() {
             .unwrap();
         assert!(
             matches!(r.status, RunStatus::Cancelled | RunStatus::Succeeded),
-            "{:?}",
-            r.status
+            "run {i} (cancelled after {wait_ms} ms) ended {:?}: {}",
+            r.status,
+            not_succeeded(&r)
         );
     }
     rt.shutdown().await.unwrap();
@@ -304,6 +305,31 @@ async fn without_the_cascade_a_layered_run_writes_no_waiting_row() {
     assert_eq!(waiting, 0, "no waiting row without the cascade");
     assert_eq!(claimed, r.tasks.len() as u64, "every task claimed once");
     assert_eq!(summary(&r), on_sled(p()).await);
+}
+
+/// What a failing assertion on a cancelled run's status prints: how many of its tasks
+/// succeeded and were cancelled, and every other task (id, status, attempts, error
+/// chain).
+fn not_succeeded(r: &RunReport) -> String {
+    let count = |s: TaskStatus| r.tasks.iter().filter(|t| t.status == s).count();
+    let others: Vec<String> = r
+        .tasks
+        .iter()
+        .filter(|t| !matches!(t.status, TaskStatus::Success | TaskStatus::Cancelled))
+        .map(|t| {
+            let error = t.error.as_ref().map(|e| e.chain.join(": "));
+            format!(
+                "{} {:?} attempts {} error {error:?}",
+                t.id, t.status, t.attempts
+            )
+        })
+        .collect();
+    format!(
+        "{} succeeded, {} cancelled, others:\n{}",
+        count(TaskStatus::Success),
+        count(TaskStatus::Cancelled),
+        others.join("\n")
+    )
 }
 
 /// Waits for `run`'s end while sampling the task rows on `url` every few ms: its
@@ -737,4 +763,164 @@ fn a_finish_notifies_only_when_another_worker_has_work() {
     })
     .join()
     .unwrap();
+}
+
+/// Waits until `n` statements of the database at `url` wait for a row lock.
+fn until_lock_waits(url: &str, n: i64) {
+    for _ in 0..500 {
+        let r = rows(
+            url,
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE wait_event_type = 'Lock' AND datname = current_database()",
+        );
+        if r[0].get::<_, i64>(0) >= n {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("{n} statements never waited for a lock");
+}
+
+// A run's cancel and a finish of several of its running tasks at once (a worker ending
+// a batch while the run is cancelled midway) do not deadlock: the finish locks its
+// rows in (run, node) order, as the cancel does, whatever the order of its ends. A
+// deadlock aborted the finish (1 s later): the rows the cancel had marked stayed
+// claimed by a worker that had given them up, no worker could claim them again, and
+// the run's coordinator waited for their ends until its cancellation grace ran out,
+// which failed the cancelled run. The cancel is made to lock node 1 first and wait
+// for node 2 while the finish, given its ends as [2, 1], holds node 2 (a transaction
+// holding node 1 lines both up).
+#[test]
+fn a_finish_and_a_cancel_of_the_same_tasks_do_not_deadlock() {
+    let Some(url) = pg::database("cascade_deadlock") else {
+        return;
+    };
+    std::thread::spawn(move || {
+        let store = PgStore::connect(&url).unwrap();
+        let q = store.task_queue().expect("PostgreSQL has a task queue");
+        let token = 11;
+        q.offer(&[offer("d", token, 1, 0, &[]), offer("d", token, 2, 0, &[])])
+            .unwrap();
+        let mut claimed = q.claim("w1", &["cascade"], 60_000, 10).unwrap();
+        claimed.sort_by_key(|c| std::cmp::Reverse(c.claim.node));
+        assert_eq!(
+            claimed.iter().map(|c| c.claim.node).collect::<Vec<_>>(),
+            vec![2, 1]
+        );
+        let mut holder = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+        let mut tx = holder.transaction().unwrap();
+        tx.query(
+            "SELECT 1 FROM procession_task_claims WHERE run = 'd' AND node = 1 FOR UPDATE",
+            &[],
+        )
+        .unwrap();
+        let url2 = url.clone();
+        let cancel = std::thread::spawn(move || {
+            let store = PgStore::connect(&url2).unwrap();
+            store.task_queue().unwrap().cancel("d", token)
+        });
+        until_lock_waits(&url, 1);
+        let url3 = url.clone();
+        let ends: Vec<_> = claimed
+            .iter()
+            .map(|c| (c.claim.clone(), succeeded("3")))
+            .collect();
+        let finish = std::thread::spawn(move || {
+            let store = PgStore::connect(&url3).unwrap();
+            store.task_queue().unwrap().finish(&ends)
+        });
+        // The finish waits too (for node 1 or 2, depending on its order).
+        until_lock_waits(&url, 2);
+        tx.commit().unwrap();
+        let cancelled = cancel.join().unwrap();
+        let finished = finish.join().unwrap();
+        assert!(cancelled.is_ok(), "the cancel: {cancelled:?}");
+        assert_eq!(finished.unwrap(), vec![true, true], "both ends stored");
+        let r = rows(
+            &url,
+            "SELECT node, state FROM procession_task_claims WHERE run = 'd' ORDER BY node",
+        );
+        let states: Vec<(i32, i16)> = r.iter().map(|r| (r.get(0), r.get(1))).collect();
+        assert_eq!(states, vec![(1, 2), (2, 2)], "both done");
+        q.clear("d", token).unwrap();
+    })
+    .join()
+    .unwrap();
+}
+
+static SLOW_STARTED: tokio::sync::Notify = tokio::sync::Notify::const_new();
+
+/// Runs a while without looking at its cancel.
+#[task]
+async fn slow_step() -> u64 {
+    SLOW_STARTED.notify_one();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    7
+}
+
+#[process]
+fn slow(p: &mut Builder) {
+    p.task(SlowStep::new());
+}
+
+// The statement writing a task's end fails once (a deadlock victim, a broken
+// connection; here a trigger raising on the first end written): its worker writes it
+// again instead of giving the task up. Given up, a task its run had asked to cancel was
+// claimed by nobody again and never ended, and its coordinator abandoned it when its
+// cancellation grace ran out: the run the user cancelled ended failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cancelled_runs_task_whose_end_could_not_be_written_once_ends() {
+    let Some(url) = pg::database("cascade_retry") else {
+        return;
+    };
+    let rt = Runtime::connect(url.clone())
+        .lease(Duration::from_secs(3))
+        .cancel_grace(Duration::from_secs(2))
+        .spread_tasks(true)
+        .register::<Slow>()
+        .start()
+        .await
+        .unwrap();
+    let u = url.clone();
+    tokio::task::spawn_blocking(move || {
+        pg::sql(
+            &u,
+            "CREATE SEQUENCE ends_written;
+             CREATE FUNCTION fail_first_end() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+                 IF nextval('ends_written') = 1 THEN
+                     RAISE EXCEPTION 'the first end written fails';
+                 END IF;
+                 RETURN NEW;
+             END $$;
+             CREATE TRIGGER fail_first_end BEFORE UPDATE ON procession_task_claims
+             FOR EACH ROW WHEN (NEW.state IN (2, 3) AND OLD.state IN (1, 4))
+             EXECUTE FUNCTION fail_first_end();",
+        );
+    })
+    .await
+    .unwrap();
+    let run = rt.launch(Launch::new(Slow {}).id("slow")).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(20), SLOW_STARTED.notified())
+        .await
+        .expect("the task started");
+    run.cancel().await.unwrap();
+    let r = tokio::time::timeout(Duration::from_mins(1), run.wait())
+        .await
+        .expect("the cancelled run ends")
+        .unwrap();
+    let stats = rt.task_stats();
+    rt.shutdown().await.unwrap();
+    assert!(
+        matches!(r.status, RunStatus::Cancelled | RunStatus::Succeeded),
+        "ended {:?}: {}",
+        r.status,
+        not_succeeded(&r)
+    );
+    assert_eq!(
+        r.tasks[0].status,
+        TaskStatus::Success,
+        "its end was written"
+    );
+    assert_eq!((stats.claimed, stats.finished), (1, 1), "{stats:?}");
 }

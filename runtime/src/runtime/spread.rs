@@ -131,6 +131,11 @@ pub(super) const DEFAULT_CAPACITY: usize = 256;
 const OFFER_BATCH: usize = 512;
 /// Task ends written per statement.
 const FINISH_BATCH: usize = 256;
+/// Times a statement writing task ends is run before its tasks are given up (their
+/// claims expire and they run again).
+const FINISH_TRIES: u32 = 4;
+/// The pause before the next try of a statement writing task ends, times the tries.
+const FINISH_RETRY: Duration = Duration::from_millis(50);
 /// Rebuilt graphs kept.
 const CACHE_RUNS: usize = 64;
 /// How often the loops poll when no notification wakes them.
@@ -1272,19 +1277,42 @@ async fn finish_loop(inner: Weak<Inner>, mut rx: mpsc::UnboundedReceiver<Finish>
             _ => 0,
         };
         let keys: Vec<(String, u32)> = ends.iter().map(|(c, _)| (c.run.clone(), c.node)).collect();
-        let out = i
-            .read(move |s| match s.task_queue() {
-                Some(q) => {
-                    // Their last reports first (fenced as the ends are): the log a task
-                    // wrote just before it ended is in its row with its end.
-                    if let Err(e) = q.report(&worker, &reports) {
-                        tracing::debug!(error = %e, "cannot write the last reports of spread tasks");
+        let (ends, reports) = (Arc::new(ends), Arc::new(reports));
+        let mut tries: u32 = 0;
+        let out = loop {
+            tries += 1;
+            let (worker, types2, ends, reports) = (
+                worker.clone(),
+                types2.clone(),
+                ends.clone(),
+                reports.clone(),
+            );
+            let out = i
+                .read(move |s| match s.task_queue() {
+                    Some(q) => {
+                        // Their last reports first (fenced as the ends are): the log a
+                        // task wrote just before it ended is in its row with its end.
+                        if let Err(e) = q.report(&worker, &reports) {
+                            tracing::debug!(error = %e, "cannot write the last reports of spread tasks");
+                        }
+                        q.finish_and_claim(&ends, &worker, &types2, ttl, room)
                     }
-                    q.finish_and_claim(&ends, &worker, &types2, ttl, room)
+                    None => Ok((vec![false; ends.len()], Vec::new())),
+                })
+                .await;
+            match out {
+                // Written again (a deadlock victim, a broken connection): a task given
+                // up here is claimed again only once its claim expires, and one its run
+                // asked to cancel never (its coordinator waits for its end until its
+                // grace runs out). A repeat of a statement whose answer was lost finds
+                // its own ends (see `TaskQueue::finish_and_claim`).
+                Err(e) if tries < FINISH_TRIES && !matches!(e, super::Error::ShuttingDown) => {
+                    tracing::warn!(error = %e, tries, "cannot write the ends of spread tasks; trying again");
+                    tokio::time::sleep(FINISH_RETRY * tries).await;
                 }
-                None => Ok((vec![false; ends.len()], Vec::new())),
-            })
-            .await;
+                out => break out,
+            }
+        };
         match out {
             Ok((stored, claimed)) => {
                 if let Some(sp) = &spread {

@@ -161,6 +161,12 @@ RETURNING t.run, t.run_token, t.node, t.token, t.process_type,
 /// the claim, as a claim returns them). Fenced per task: only under its current token,
 /// only a running task (or one asked to cancel).
 ///
+/// Its own rows are locked first, in (run, node) order whatever the order of the ends
+/// (`o`), as a run's cancel locks the run's running rows: a finish of several tasks of
+/// a run that its cancel marked at the same moment deadlocked (the update locked them
+/// in the order of the ends), and a finish aborted so left rows that the cancel had
+/// marked claimed by a worker that gave them up, ended by no one.
+///
 /// Each success counts down its waiting dependents of the same run token (once per
 /// finishing row: one successful finish per claim), each found by its primary key (not
 /// by a scan of the table, which the generic plan of a join chose) and locked in
@@ -191,12 +197,19 @@ const FINISH_SQL: &str = "WITH u AS (
                          $9::int4[])
          AS u(run, node, token, state, result, error, attempts,
               elapsed_ns, idx)),
+o AS MATERIALIZED (
+    SELECT u.* FROM (SELECT * FROM u ORDER BY u.run, u.node) u
+    CROSS JOIN LATERAL (
+        SELECT 1 FROM procession_task_claims t
+        WHERE t.run = u.run AND t.node = u.node AND t.token = u.token
+          AND t.state IN (1, 4)
+        FOR UPDATE) x),
 f AS (
     UPDATE procession_task_claims AS t
     SET state = u.state, result = u.result, error = u.error,
         attempts = u.attempts, elapsed_ns = u.elapsed_ns, expires_at = 0,
         deadline_at = NULL, news = pg_current_xact_id()::text::int8
-    FROM u
+    FROM o AS u
     WHERE t.run = u.run AND t.node = u.node AND t.token = u.token
       AND t.state IN (1, 4)
     RETURNING u.idx, t.run, t.run_token, t.state, t.dependents),
@@ -822,9 +835,10 @@ impl TaskQueue for PgStore {
 
     fn cancel(&self, run: &str, token: u64) -> Result<(), StoreError> {
         self.with(|c| {
-            // Waiting rows too. Running rows are locked before waiting ones, as the
-            // finishing statement locks them (a finish holds its running row while it
-            // counts its waiting dependents down): no deadlock between the two.
+            // Waiting rows too. Running rows are locked before waiting ones, each in
+            // node order, as the finishing statement locks them (a finish holds its
+            // running rows while it counts their waiting dependents down): no deadlock
+            // between the two.
             c.execute(
                 "WITH l AS MATERIALIZED (
                      SELECT node FROM procession_task_claims
