@@ -1440,7 +1440,11 @@ mod tests {
             let g = j.lock();
             assert!(g.items.chunks[0].rows.is_none());
             let left: Vec<u32> = g.rare.keys().copied().collect();
-            assert_eq!(left, vec![last], "only the live chunk's row keeps its fields");
+            assert_eq!(
+                left,
+                vec![last],
+                "only the live chunk's row keeps its fields"
+            );
         }
         let rows: HashMap<u32, TaskRow> = store.tasks("run").unwrap().into_iter().collect();
         assert_eq!(rows[&0].log[0].message, "zero", "the store keeps them");

@@ -197,7 +197,10 @@ impl MemRow {
     }
 
     fn to_row(&self, node: SmolStr, names: &[SmolStr], rare: Option<&RareFields>) -> TaskRow {
-        let task = names.get(self.row.task as usize).cloned().unwrap_or_default();
+        let task = names
+            .get(self.row.task as usize)
+            .cloned()
+            .unwrap_or_default();
         self.row.to_task_row(task, node, rare, self.lease)
     }
 }
@@ -1177,7 +1180,7 @@ mod tests {
         let store = MemoryStore::new();
         let run: Arc<str> = Arc::from("r");
         let ids: Arc<[SmolStr]> = (0..4).map(|i| SmolStr::from(format!("n{i}"))).collect();
-        let names = [SmolStr::new_static("x")];
+        let names = [SmolStr::new_static("t")];
         let with = |i: u32, error: &str| TaskRow {
             node: ids[i as usize].clone(),
             error: Some(error.to_owned()),
