@@ -20,7 +20,7 @@ pub(crate) use self::writer::{start_writer, WriterHandle};
 use crate::events::{Event, EventKind};
 use crate::record::Level;
 use crate::record::{now_ms, LogEntry, Progress, State, MAX_LOG};
-use crate::store::{Batch, MemoryStore, RareFields, RowRef, RowSink, StoreError, TaskRow};
+use crate::store::{Batch, CompactRow, MemoryStore, RareFields, RowSink, StoreError, TaskRow};
 use crate::task::ctx::Reporter;
 use crate::util::{millis, mono_ns, nanos};
 use smol_str::SmolStr;
@@ -36,84 +36,16 @@ struct Throttle {
     last_dropped: Option<String>,
 }
 
-/// A task row as the journal keeps it: the fields every task has, inline; the rare ones
-/// (error, its chain, the progress message, the log) behind one box that most tasks never
-/// allocate. The task's name and node id are the run's shared strings, looked up by index.
-/// A [`TaskRow`] is made from it only when it is written ([`Rows::row`]).
+/// A task row as the journal keeps it: a [`CompactRow`], the layout the memory store
+/// keeps too (written there as a copy), with the journal's [`CompactRow::SETTLED`] bit.
+/// Its rare fields (error, its chain, the progress message, the log), which most tasks
+/// never have, are kept beside the rows ([`Rows::rare`]); its task's name and node id
+/// are the run's shared strings, looked up by index. A [`TaskRow`] is made from it only
+/// when it is written to a store other than the memory store ([`Rows::push_row`]).
 ///
-/// 80 bytes, a third of a [`TaskRow`] (a 100k-task run keeps the rows of its running part).
-#[derive(Clone)]
-struct Row {
-    state: State,
-    skipped: bool,
-    optional: bool,
-    /// Written to the store in an end state (see [`RowChunks::settle`]).
-    settled: bool,
-    attempts: u32,
-    /// Index of the task's name in [`Rows::names`].
-    task: u32,
-    /// Presence bits of the optional fields below ([`Row::STARTED`], [`Row::ENDED`],
-    /// [`Row::PERCENT`]): each a plain value, not an `Option` twice its size.
-    has: u8,
-    /// Meaningful when [`Row::STARTED`] is set (see [`Row::started_at`]).
-    started_at: u64,
-    /// Meaningful when [`Row::ENDED`] is set.
-    ended_at: u64,
-    elapsed_ns: u64,
-    /// Meaningful when [`Row::PERCENT`] is set.
-    percent: f64,
-    result: Option<SmolStr>,
-    rare: Option<Box<RareFields>>,
-}
-
-impl Row {
-    const STARTED: u8 = 1;
-    const ENDED: u8 = 2;
-    const PERCENT: u8 = 4;
-
-    fn get<T: Copy>(&self, bit: u8, value: T) -> Option<T> {
-        (self.has & bit != 0).then_some(value)
-    }
-
-    /// When the first attempt started (ms since the Unix epoch).
-    fn started_at(&self) -> Option<u64> {
-        self.get(Self::STARTED, self.started_at)
-    }
-
-    fn set_started_at(&mut self, ms: u64) {
-        self.started_at = ms;
-        self.has |= Self::STARTED;
-    }
-
-    /// When it ended (ms since the Unix epoch).
-    fn ended_at(&self) -> Option<u64> {
-        self.get(Self::ENDED, self.ended_at)
-    }
-
-    fn set_ended_at(&mut self, ms: u64) {
-        self.ended_at = ms;
-        self.has |= Self::ENDED;
-    }
-
-    /// The last percentage reported.
-    fn percent(&self) -> Option<f64> {
-        self.get(Self::PERCENT, self.percent)
-    }
-
-    fn set_percent(&mut self, percent: Option<f64>) {
-        self.percent = percent.unwrap_or(0.0);
-        self.has = (self.has & !Self::PERCENT) | if percent.is_some() { Self::PERCENT } else { 0 };
-    }
-
-    fn rare(&mut self) -> &mut RareFields {
-        self.rare.get_or_insert_with(Box::default)
-    }
-
-    /// The progress message, if any.
-    fn message(&self) -> Option<&String> {
-        self.rare.as_ref().and_then(|r| r.message.as_ref())
-    }
-}
+/// 72 bytes, under a third of a [`TaskRow`] (a 100k-task run keeps the rows of its
+/// running part).
+type Row = CompactRow;
 
 /// The rows of a run, by node index, in chunks of [`RowChunks::CHUNK`] rows. A chunk is
 /// made when a row of its own is first touched, and freed once each of its rows is
@@ -188,20 +120,12 @@ impl RowChunks {
         chunk.rows = Some(
             self.meta[start..end]
                 .iter()
-                .map(|&m| Row {
-                    state: State::Scheduled,
-                    skipped: false,
-                    optional: m & Self::OPTIONAL != 0,
-                    settled: false,
-                    attempts: 0,
-                    task: m & !Self::OPTIONAL,
-                    has: 0,
-                    started_at: 0,
-                    ended_at: 0,
-                    elapsed_ns: 0,
-                    percent: 0.0,
-                    result: None,
-                    rare: None,
+                .map(|&m| {
+                    Row::new(
+                        State::Scheduled,
+                        m & !Self::OPTIONAL,
+                        m & Self::OPTIONAL != 0,
+                    )
                 })
                 .collect(),
         );
@@ -212,10 +136,10 @@ impl RowChunks {
     /// its last row, is handed back to be dropped (by the caller, outside the lock).
     fn settle(&mut self, i: usize) -> Option<Box<[Row]>> {
         let row = self.get_mut(i)?;
-        if row.settled || !row.state.is_end() {
+        if row.has(Row::SETTLED) || !row.state.is_end() {
             return None;
         }
-        row.settled = true;
+        row.flags |= Row::SETTLED;
         self.count_settled(i)
     }
 
@@ -257,6 +181,9 @@ struct Rows {
     rollup_dirty: bool,
     /// The last progress message of any task.
     last_message: Option<String>,
+    /// The rare fields of the rows flagged [`CompactRow::RARE`], by node: most rows have
+    /// none. Those of a freed chunk's rows are dropped with it (see [`Rows::freed`]).
+    rare: rustc_hash::FxHashMap<u32, RareFields>,
 }
 
 /// A task's share of its run's rolled-up progress, in percent: 100 once done or
@@ -264,7 +191,7 @@ struct Rows {
 /// when none, or indeterminate): a task that failed or was cancelled stays where it
 /// stopped, so a run that did not end done shows how far it got.
 fn share(row: &Row) -> f64 {
-    if row.state == State::Done || row.skipped {
+    if row.state == State::Done || row.skipped() {
         100.0
     } else {
         row.percent().unwrap_or(0.0)
@@ -338,7 +265,8 @@ impl Rows {
         let Some(row) = self.items.get_mut(node as usize) else {
             return; // released, or ended and written
         };
-        let log = &mut row.rare().log;
+        row.flags |= Row::RARE;
+        let log = &mut self.rare.entry(node).or_default().log;
         log.push(entry);
         if log.len() > MAX_LOG {
             let extra = log.len() - MAX_LOG;
@@ -372,28 +300,21 @@ impl Rows {
 
 impl Rows {
     /// Writes row `i` into the memory store's `sink`, as [`push_row`](Self::push_row)
-    /// pushes it (same result), without making a [`TaskRow`].
+    /// pushes it (same result), without making a [`TaskRow`]: the store copies the row.
+    #[inline]
     fn put_row(&mut self, i: usize, sink: &mut RowSink<'_>) -> Option<(State, bool)> {
         let r = self.items.get_mut(i)?;
-        let settles = !r.settled && r.state.is_end();
-        r.settled |= settles;
-        let r = &*r;
-        sink.put(
-            u32::try_from(i).unwrap_or(u32::MAX),
-            &RowRef {
-                state: r.state,
-                attempts: r.attempts,
-                task: r.task,
-                started_at: r.started_at(),
-                ended_at: r.ended_at(),
-                elapsed_ns: r.elapsed_ns,
-                percent: r.percent(),
-                skipped: r.skipped,
-                optional: r.optional,
-                result: r.result.as_ref(),
-                rare: r.rare.as_deref(),
-            },
-        );
+        let settles = !r.has(Row::SETTLED) && r.state.is_end();
+        if settles {
+            r.flags |= Row::SETTLED;
+        }
+        let node = u32::try_from(i).unwrap_or(u32::MAX);
+        let rare = if r.has(Row::RARE) {
+            self.rare.get(&node)
+        } else {
+            None
+        };
+        sink.put(node, r, rare);
         Some((r.state, settles))
     }
 
@@ -408,39 +329,42 @@ impl Rows {
         out: &mut Vec<(Arc<str>, u32, TaskRow)>,
     ) -> Option<(State, bool)> {
         let r = self.items.get_mut(i)?;
-        let settles = !r.settled && r.state.is_end();
-        r.settled |= settles;
+        let settles = !r.has(Row::SETTLED) && r.state.is_end();
+        if settles {
+            r.flags |= Row::SETTLED;
+        }
         let r = &*r;
-        // Most rows have no rare field: nothing to copy, no call.
-        let (error, chain, message, log) = match r.rare.as_deref() {
-            None => (None, Vec::new(), None, Vec::new()),
-            rare => RareFields::parts(rare),
+        let node = u32::try_from(i).unwrap_or(u32::MAX);
+        let rare = if r.has(Row::RARE) {
+            self.rare.get(&node)
+        } else {
+            None
         };
         out.push((
             run.clone(),
-            u32::try_from(i).unwrap_or(u32::MAX),
-            TaskRow {
-                task: self.names[r.task as usize].clone(),
-                node: self.nodes[i].clone(),
-                state: r.state,
-                attempts: r.attempts,
-                started_at: r.started_at(),
-                ended_at: r.ended_at(),
-                elapsed_ns: r.elapsed_ns,
-                skipped: r.skipped,
-                error,
-                chain,
-                progress: Progress {
-                    percent: r.percent(),
-                    message,
-                },
-                log,
-                result: r.result.clone(),
-                lease: self.lease,
-                optional: r.optional,
-            },
+            node,
+            r.to_task_row(
+                self.names[r.task as usize].clone(),
+                self.nodes[i].clone(),
+                rare,
+                self.lease,
+            ),
         ));
         Some((r.state, settles))
+    }
+
+    /// Chunk `c`'s rows, `rows`, were freed (each ended and was written): their rare
+    /// fields go with them.
+    fn freed(&mut self, c: usize, rows: &[Row]) {
+        if self.rare.is_empty() {
+            return; // no row has any (most runs)
+        }
+        for (k, row) in rows.iter().enumerate() {
+            if row.has(Row::RARE) {
+                let node = u32::try_from(c * RowChunks::CHUNK + k).unwrap_or(u32::MAX);
+                self.rare.remove(&node);
+            }
+        }
     }
 }
 
@@ -552,6 +476,7 @@ impl RunJournal {
                 shares,
                 rollup_dirty: false,
                 last_message: None,
+                rare: rustc_hash::FxHashMap::default(),
             }),
             staged: Mutex::default(),
             writer,
@@ -729,6 +654,27 @@ impl EndFacts {
 }
 
 impl Rows {
+    /// The rare fields of `node`'s end: its failure's error and chain, or none (a retry
+    /// that succeeded clears an earlier attempt's). Out of line: most ends have none.
+    #[cold]
+    #[inline(never)]
+    fn end_rare(
+        map: &mut rustc_hash::FxHashMap<u32, RareFields>,
+        row: &mut Row,
+        node: u32,
+        failure: Option<Box<Failure>>,
+    ) {
+        if let Some(failure) = failure {
+            row.flags |= Row::RARE;
+            let rare = map.entry(node).or_default();
+            rare.error = Some(failure.error);
+            rare.chain = failure.chain;
+        } else if let Some(rare) = map.get_mut(&node) {
+            rare.error = None;
+            rare.chain = Vec::new();
+        }
+    }
+
     /// Writes `node`'s end into its row and marks it; false when the rows were released
     /// or the row ended and was written already. Inlined: a worker's end (once per task)
     /// does not pay a call for it, and a success's constant facts fold into it.
@@ -750,7 +696,10 @@ impl Rows {
             return false; // released (the run is over), or ended and written already
         };
         let before = share(row);
-        write_end(row, facts, failure, result);
+        write_end(row, facts, result);
+        if row.has(Row::RARE) || failure.is_some() {
+            Self::end_rare(&mut self.rare, row, node, failure);
+        }
         let after = share(row);
         self.reshare(before, after);
         self.mark(node);
@@ -758,17 +707,13 @@ impl Rows {
     }
 }
 
-/// Writes an end (see [`Rows::end`]) into `row`.
+/// Writes an end (see [`Rows::end`]) into `row`, but for its rare fields (see
+/// [`Rows::end_rare`]).
 #[allow(clippy::inline_always)]
 #[inline(always)]
-fn write_end(
-    row: &mut Row,
-    facts: EndFacts,
-    failure: Option<Box<Failure>>,
-    result: Option<SmolStr>,
-) {
+fn write_end(row: &mut Row, facts: EndFacts, result: Option<SmolStr>) {
     row.state = facts.state;
-    row.skipped = facts.skipped;
+    row.set(Row::SKIPPED, facts.skipped);
     row.attempts = row.attempts.max(facts.attempts);
     row.elapsed_ns = facts.elapsed_ns;
     row.set_ended_at(facts.at_ms);
@@ -776,14 +721,6 @@ fn write_end(
         // Ended in its first poll: its start was not recorded on its own. Whole
         // milliseconds of its elapsed time before its end, as `millis` counts them.
         row.set_started_at(facts.at_ms.saturating_sub(facts.elapsed_ns / 1_000_000));
-    }
-    if let Some(failure) = failure {
-        let rare = row.rare();
-        rare.error = Some(failure.error);
-        rare.chain = failure.chain;
-    } else if let Some(rare) = row.rare.as_deref_mut() {
-        rare.error = None;
-        rare.chain = Vec::new();
     }
     if facts.state == State::Done {
         row.set_percent(Some(100.0));
@@ -809,6 +746,9 @@ impl RunJournal {
         g.announced[node as usize] = State::Done;
         // Written already: what changed is the run's progress only, and the row is settled.
         let freed = g.items.settle(node as usize);
+        if let Some(rows) = &freed {
+            g.freed(node as usize / RowChunks::CHUNK, rows);
+        }
         drop(g);
         drop(freed);
     }
@@ -827,6 +767,7 @@ impl RunJournal {
         g.dirty = Vec::new();
         g.announced = Vec::new();
         g.throttle = HashMap::new();
+        g.rare = rustc_hash::FxHashMap::default();
         true
     }
 
@@ -947,6 +888,7 @@ impl RunJournal {
             // has it from now on.
             if settles {
                 if let Some(chunk) = g.items.count_settled(i) {
+                    g.freed(i / RowChunks::CHUNK, &chunk);
                     freed.push(chunk);
                 }
             }
@@ -1025,13 +967,14 @@ impl Reporter for RunJournal {
         let changed = g.change(node, |row| {
             row.set_percent(percent);
             if !message.is_empty() {
-                row.rare().message = Some(message.to_owned());
+                row.flags |= Row::RARE;
             }
         });
         if !changed {
             return; // released (the run is over), or ended and written already
         }
         if !message.is_empty() {
+            g.rare.entry(node).or_default().message = Some(message.to_owned());
             if g.last_message.as_deref() != Some(message) {
                 g.last_message = Some(message.to_owned());
                 g.rollup_dirty = true;
@@ -1060,9 +1003,10 @@ impl Reporter for RunJournal {
         let Some(row) = g.items.get_mut(i) else {
             return;
         };
+        let percent = row.percent();
         let progress = Progress {
-            percent: row.percent(),
-            message: row.message().cloned(),
+            percent,
+            message: g.rare.get(&node).and_then(|r| r.message.clone()),
         };
         let node_id = g.nodes[i].clone();
         drop(g);
@@ -1097,11 +1041,7 @@ impl RunJournal {
         g.push_entry(node, entry);
         g.mark(node);
         let node_id = g.nodes[node as usize].clone();
-        let entry = g
-            .items
-            .get_mut(node as usize)
-            .and_then(|r| r.rare.as_ref())
-            .and_then(|r| r.log.last().cloned());
+        let entry = g.rare.get(&node).and_then(|r| r.log.last().cloned());
         drop(g);
         if let Some(entry) = entry {
             self.publish(&node_id, EventKind::Log(entry));
@@ -1442,10 +1382,74 @@ mod tests {
     #[test]
     fn a_journal_row_is_small() {
         assert!(
-            std::mem::size_of::<Row>() <= 80,
+            std::mem::size_of::<Row>() <= 72,
             "{} bytes",
             std::mem::size_of::<Row>()
         );
+    }
+
+    // A row's rare fields (its log, its error) are kept beside the rows while its chunk
+    // lives, written with the row, and dropped with the chunk once every row of it
+    // ended and was written; a retry that succeeds clears an earlier attempt's error.
+    #[tokio::test]
+    async fn rare_fields_are_written_and_go_with_their_chunk() {
+        let n = RowChunks::CHUNK + 2;
+        let (store, writer, j) = journal((0..n).map(|i| TestRow {
+            task: "load",
+            id: format!("n{i}").into(),
+            optional: false,
+        }));
+        let last = u32::try_from(n - 1).unwrap();
+        let failed = |error: &str| Ended {
+            state: State::Failed,
+            skipped: false,
+            attempts: 1,
+            elapsed: Duration::ZERO,
+            failure: Some(Box::new(Failure {
+                error: error.to_owned(),
+                chain: vec![error.to_owned(), "cause".to_owned()],
+            })),
+            at: None,
+        };
+        j.log(0, Level::Warning, "zero");
+        j.ended(1, failed("one"), None);
+        j.ended(last, failed("first attempt"), None);
+        j.sync().await.expect("sync");
+        let rows: HashMap<u32, TaskRow> = store.tasks("run").unwrap().into_iter().collect();
+        assert_eq!(rows[&0].log[0].message, "zero");
+        assert_eq!(rows[&1].error.as_deref(), Some("one"));
+        assert_eq!(rows[&1].chain, vec!["one".to_owned(), "cause".to_owned()]);
+        assert_eq!(rows[&last].error.as_deref(), Some("first attempt"));
+        assert_eq!(j.lock().rare.len(), 3);
+        // The last row runs again and succeeds: its error is gone, in the journal and in
+        // the store.
+        j.ended(last, done(Duration::ZERO, None), Some("ok".into()));
+        j.sync().await.expect("sync");
+        let rows: HashMap<u32, TaskRow> = store.tasks("run").unwrap().into_iter().collect();
+        assert_eq!(rows[&last].error, None);
+        assert!(rows[&last].chain.is_empty());
+        assert_eq!(rows[&last].result.as_deref(), Some("ok"));
+        // Every row of the first chunk ends: the chunk and its rows' rare fields go.
+        for i in 0..u32::try_from(RowChunks::CHUNK).unwrap() {
+            if i != 1 {
+                j.ended(i, done(Duration::ZERO, None), None);
+            }
+        }
+        j.sync().await.expect("sync");
+        {
+            let g = j.lock();
+            assert!(g.items.chunks[0].rows.is_none());
+            let left: Vec<u32> = g.rare.keys().copied().collect();
+            assert_eq!(
+                left,
+                vec![last],
+                "only the live chunk's row keeps its fields"
+            );
+        }
+        let rows: HashMap<u32, TaskRow> = store.tasks("run").unwrap().into_iter().collect();
+        assert_eq!(rows[&0].log[0].message, "zero", "the store keeps them");
+        assert_eq!(rows[&1].error.as_deref(), Some("one"));
+        writer.close().await.expect("close");
     }
 
     // The dirty list keeps its room from one write cycle to the next: the workers marking

@@ -9,8 +9,8 @@ use super::outbox::{
     ChannelState, Delivery, DeliveryPage, DeliveryQuery, DeliveryUpdate, Pager,
 };
 use super::{
-    index, Applied, Batch, Enqueue, Lease, Page, PastRun, Query, RareFields, Store, StoreError,
-    TaskRow, Update,
+    index, Applied, Batch, CompactRow, Enqueue, Lease, Page, PastRun, Query, RareFields, Store,
+    StoreError, TaskRow, Update,
 };
 use crate::record::{now_ms, ProcessRecord};
 use smol_str::SmolStr;
@@ -64,6 +64,9 @@ struct RunRows {
     /// The rows' node ids, by node index: the run's graph's own list when its journal
     /// wrote them (one shared list, not a string per row), else a list of their own.
     nodes: NodeIds,
+    /// The rare fields of the rows flagged [`CompactRow::RARE`], by node index: most
+    /// rows have none, and keep no room for them.
+    rare: rustc_hash::FxHashMap<u32, Box<RareFields>>,
 }
 
 /// The node ids of a run's rows (see [`RunRows::nodes`]).
@@ -130,48 +133,24 @@ impl NodeIds {
     }
 }
 
-/// A task row as the memory store keeps it: a [`TaskRow`] with its rare fields (error,
-/// chain, progress message, log) behind one box, which most rows never allocate, its task
-/// name as an index into the run's names, and its optional times and percentage as plain
-/// values with a presence bit each, and its node id in the run's list of ids
-/// ([`RunRows::nodes`]): 88 bytes, against 240 for a `TaskRow` (a 1M-task run keeps 1M of
-/// them). The store gives back the same `TaskRow` it was given.
+/// A task row as the memory store keeps it: its [`CompactRow`] (optional times and
+/// percentage as plain values with a presence bit each, its task name as an index into
+/// the run's names), its node id in the run's list of ids ([`RunRows::nodes`]), its rare
+/// fields (error, chain, progress message, log), which most rows never have, beside it
+/// ([`RunRows::rare`]), and its lease: 80 bytes, against 240 for a `TaskRow` (a 1M-task
+/// run keeps 1M of them), and nothing to free for most but its result. The store gives
+/// back the same `TaskRow` it was given.
 #[derive(Debug)]
 struct MemRow {
-    result: Option<SmolStr>,
-    /// Meaningful when [`MemRow::STARTED`] is set.
-    started_at: u64,
-    /// Meaningful when [`MemRow::ENDED`] is set.
-    ended_at: u64,
-    elapsed_ns: u64,
-    /// Meaningful when [`MemRow::PERCENT`] is set.
-    percent: f64,
+    row: CompactRow,
     lease: u64,
-    rare: Option<Box<RareFields>>,
-    attempts: u32,
-    /// Index of the task's name in [`RunRows::names`].
-    task: u32,
-    state: crate::record::State,
-    /// [`MemRow::SKIPPED`], [`MemRow::OPTIONAL`] and the presence bits.
-    flags: u8,
 }
 
 impl MemRow {
-    const SKIPPED: u8 = 1;
-    const OPTIONAL: u8 = 2;
-    const STARTED: u8 = 4;
-    const ENDED: u8 = 8;
-    const PERCENT: u8 = 16;
-
-    /// Row `r` with task name number `task`; takes its fields, leaving defaults (the
-    /// row is read in place from the batch: no copy of the whole row).
-    fn take(r: &mut TaskRow, task: u32) -> Self {
-        let bit = |on: bool, b: u8| if on { b } else { 0 };
-        let flags = bit(r.skipped, Self::SKIPPED)
-            | bit(r.optional, Self::OPTIONAL)
-            | bit(r.started_at.is_some(), Self::STARTED)
-            | bit(r.ended_at.is_some(), Self::ENDED)
-            | bit(r.progress.percent.is_some(), Self::PERCENT);
+    /// Row `r` with task name number `task`, and its rare fields; takes its fields,
+    /// leaving defaults (the row is read in place from the batch: no copy of the whole
+    /// row).
+    fn take(r: &mut TaskRow, task: u32) -> (Self, Option<Box<RareFields>>) {
         // Most rows have no rare field: checked in place, before moving any of them.
         let common = r.error.is_none()
             && r.chain.is_empty()
@@ -187,47 +166,42 @@ impl MemRow {
                 std::mem::take(&mut r.log),
             ))
         };
-        MemRow {
-            result: r.result.take(),
-            started_at: r.started_at.unwrap_or(0),
-            ended_at: r.ended_at.unwrap_or(0),
-            elapsed_ns: r.elapsed_ns,
-            percent: r.progress.percent.unwrap_or(0.0),
-            lease: r.lease,
-            rare,
-            attempts: r.attempts,
-            task,
-            state: r.state,
-            flags,
+        let mut row = CompactRow::new(r.state, task, r.optional);
+        row.result = r.result.take();
+        if let Some(ms) = r.started_at {
+            row.set_started_at(ms);
         }
-    }
-
-    fn has(&self, bit: u8) -> bool {
-        self.flags & bit != 0
-    }
-
-    fn to_row(&self, node: SmolStr, names: &[SmolStr]) -> TaskRow {
-        let (error, chain, message, log) = RareFields::parts(self.rare.as_deref());
-        TaskRow {
-            task: names.get(self.task as usize).cloned().unwrap_or_default(),
-            node,
-            state: self.state,
-            attempts: self.attempts,
-            started_at: self.has(Self::STARTED).then_some(self.started_at),
-            ended_at: self.has(Self::ENDED).then_some(self.ended_at),
-            elapsed_ns: self.elapsed_ns,
-            skipped: self.has(Self::SKIPPED),
-            error,
-            chain,
-            progress: crate::record::Progress {
-                percent: self.has(Self::PERCENT).then_some(self.percent),
-                message,
+        if let Some(ms) = r.ended_at {
+            row.set_ended_at(ms);
+        }
+        row.elapsed_ns = r.elapsed_ns;
+        row.set_percent(r.progress.percent);
+        row.attempts = r.attempts;
+        row.set(CompactRow::SKIPPED, r.skipped);
+        row.set(CompactRow::RARE, rare.is_some());
+        (
+            MemRow {
+                row,
+                lease: r.lease,
             },
-            log,
-            result: self.result.clone(),
-            lease: self.lease,
-            optional: self.has(Self::OPTIONAL),
+            rare,
+        )
+    }
+
+    /// A row to be written over (see [`RowSink::put`]).
+    fn blank() -> Self {
+        MemRow {
+            row: CompactRow::new(crate::record::State::Idle, 0, false),
+            lease: 0,
         }
+    }
+
+    fn to_row(&self, node: SmolStr, names: &[SmolStr], rare: Option<&RareFields>) -> TaskRow {
+        let task = names
+            .get(self.row.task as usize)
+            .cloned()
+            .unwrap_or_default();
+        self.row.to_task_row(task, node, rare, self.lease)
     }
 }
 
@@ -257,45 +231,81 @@ impl RunRows {
     fn put(&mut self, i: usize, row: &mut TaskRow) {
         let task = self.name(&row.task);
         self.nodes.set(i, &row.node);
-        let row = MemRow::take(row, task);
-        self.keep(i, row, 0);
+        let (row, rare) = MemRow::take(row, task);
+        self.keep(i, row, rare);
     }
 
-    /// Keeps `row` as node `i`'s. `total`: the number of the run's nodes when known (a
-    /// journal's rows), else 0: a chunk is then made whole at once, not grown row by row
-    /// (each growth a copy of the chunk), and still no larger than the run.
+    /// Keeps `row` as node `i`'s, with its rare fields `rare` (flagged in `row` by
+    /// [`CompactRow::RARE`] when some).
+    fn keep(&mut self, i: usize, row: MemRow, rare: Option<Box<RareFields>>) {
+        let slot = self.slot(i, 0);
+        let had = slot.as_ref().is_some_and(|r| r.row.has(CompactRow::RARE));
+        *slot = Some(row);
+        if had || rare.is_some() {
+            Self::keep_rare(&mut self.rare, i, rare);
+        }
+    }
+
+    /// Node `i`'s slot, made when missing. `total`: the number of the run's nodes when
+    /// known (a journal's rows), else 0: a chunk is then made whole at once, not grown
+    /// row by row (each growth a copy of the chunk), and still no larger than the run.
     #[inline]
-    fn keep(&mut self, i: usize, row: MemRow, total: usize) {
+    fn slot(&mut self, i: usize, total: usize) -> &mut Option<MemRow> {
         let (c, k) = (i / Self::CHUNK, i % Self::CHUNK);
         if self.chunks.len() <= c {
             self.chunks.resize_with(c + 1, || None);
         }
         let chunk = self.chunks[c].get_or_insert_with(Vec::new);
         if chunk.len() <= k {
-            let whole = total.saturating_sub(c * Self::CHUNK).min(Self::CHUNK);
-            let cap = if whole > k {
-                whole
-            } else {
-                (k + 1).next_power_of_two().min(Self::CHUNK)
-            };
-            if chunk.capacity() < cap {
-                chunk.reserve_exact(cap - chunk.len());
-            }
-            if chunk.len() == k {
-                // The next row in order (a journal writes a run's rows mostly so): one
-                // push, no empty slot made and then overwritten.
-                chunk.push(Some(row));
-                return;
-            }
-            chunk.resize_with(k + 1, || None);
+            Self::grow(chunk, c, k, total);
         }
-        chunk[k] = Some(row);
+        &mut chunk[k]
+    }
+
+    /// Grows chunk `c` to hold row `k` (see [`RunRows::slot`]), with empty slots.
+    #[cold]
+    fn grow(chunk: &mut Vec<Option<MemRow>>, c: usize, k: usize, total: usize) {
+        let whole = total.saturating_sub(c * Self::CHUNK).min(Self::CHUNK);
+        let len = if whole > k {
+            whole
+        } else {
+            (k + 1).next_power_of_two().min(Self::CHUNK)
+        };
+        chunk.reserve_exact(len - chunk.len());
+        // Only the slots up to row `k` of a chunk grown row by row: its room is more.
+        let len = if whole > k { whole } else { k + 1 };
+        chunk.resize_with(len, || None);
+    }
+
+    /// Node `i`'s rare fields are now `rare` (out of line: most rows have none).
+    #[cold]
+    fn keep_rare(
+        map: &mut rustc_hash::FxHashMap<u32, Box<RareFields>>,
+        i: usize,
+        rare: Option<Box<RareFields>>,
+    ) {
+        let i = u32::try_from(i).unwrap_or(u32::MAX);
+        match rare {
+            Some(rare) => {
+                map.insert(i, rare);
+            }
+            None => {
+                map.remove(&i);
+            }
+        }
     }
 
     /// Every row present, with its node index.
     fn rows(&self) -> Vec<(u32, TaskRow)> {
         self.iter()
-            .map(|(i, r)| (i, r.to_row(self.nodes.get(i as usize), &self.names)))
+            .map(|(i, r)| {
+                let rare = if r.row.has(CompactRow::RARE) {
+                    self.rare.get(&i).map(|b| &**b)
+                } else {
+                    None
+                };
+                (i, r.to_row(self.nodes.get(i as usize), &self.names, rare))
+            })
             .collect()
     }
 
@@ -308,25 +318,6 @@ impl RunRows {
             })
         })
     }
-}
-
-/// A task row as a run's journal hands it to the memory store, borrowed: the store keeps
-/// its fields in its own compact row, with no [`TaskRow`] made in between (see
-/// [`MemoryStore::put_journal_rows`]).
-pub(crate) struct RowRef<'a> {
-    pub(crate) state: crate::record::State,
-    pub(crate) attempts: u32,
-    /// Index of the task's name in the names given to
-    /// [`put_journal_rows`](MemoryStore::put_journal_rows).
-    pub(crate) task: u32,
-    pub(crate) started_at: Option<u64>,
-    pub(crate) ended_at: Option<u64>,
-    pub(crate) elapsed_ns: u64,
-    pub(crate) percent: Option<f64>,
-    pub(crate) skipped: bool,
-    pub(crate) optional: bool,
-    pub(crate) result: Option<&'a SmolStr>,
-    pub(crate) rare: Option<&'a RareFields>,
 }
 
 /// Where a journal writes a run's rows, under the store's lock (see
@@ -344,9 +335,10 @@ pub(crate) struct RowSink<'a> {
 }
 
 impl RowSink<'_> {
-    /// Keeps `r` as node `i`'s row.
+    /// Keeps `r` as node `i`'s row, with its rare fields `rare` (see
+    /// [`CompactRow::RARE`]): a copy of it, its task name's number and flags the store's.
     #[inline]
-    pub(crate) fn put(&mut self, i: u32, r: &RowRef<'_>) {
+    pub(crate) fn put(&mut self, i: u32, r: &CompactRow, rare: Option<&RareFields>) {
         let Some(rows) = self.rows.as_deref_mut() else {
             self.fenced += 1;
             return;
@@ -356,26 +348,20 @@ impl RowSink<'_> {
             let node = self.ids.get(i).cloned().unwrap_or_default();
             rows.nodes.set(i, &node);
         }
-        let bit = |on: bool, b: u8| if on { b } else { 0 };
-        let flags = bit(r.skipped, MemRow::SKIPPED)
-            | bit(r.optional, MemRow::OPTIONAL)
-            | bit(r.started_at.is_some(), MemRow::STARTED)
-            | bit(r.ended_at.is_some(), MemRow::ENDED)
-            | bit(r.percent.is_some(), MemRow::PERCENT);
-        let row = MemRow {
-            result: r.result.cloned(),
-            started_at: r.started_at.unwrap_or(0),
-            ended_at: r.ended_at.unwrap_or(0),
-            elapsed_ns: r.elapsed_ns,
-            percent: r.percent.unwrap_or(0.0),
-            lease: self.lease,
-            rare: r.rare.map(|x| Box::new(x.clone())),
-            attempts: r.attempts,
-            task: self.names.get(r.task as usize).copied().unwrap_or(u32::MAX),
-            state: r.state,
-            flags,
-        };
-        rows.keep(i, row, self.ids.len());
+        let total = self.ids.len();
+        let task = self.names.get(r.task as usize).copied().unwrap_or(u32::MAX);
+        let flags = (r.flags & CompactRow::STORED & !CompactRow::RARE)
+            | if rare.is_some() { CompactRow::RARE } else { 0 };
+        // Written field by field into its slot: no row made aside and then moved in.
+        let m = rows.slot(i, total).get_or_insert_with(MemRow::blank);
+        let had = m.row.has(CompactRow::RARE);
+        m.row.copy_from(r);
+        m.row.task = task;
+        m.row.flags = flags;
+        m.lease = self.lease;
+        if had || rare.is_some() {
+            RunRows::keep_rare(&mut rows.rare, i, rare.map(|x| Box::new(x.clone())));
+        }
     }
 }
 
@@ -1002,12 +988,12 @@ mod tests {
         }
     }
 
-    // A million-task run keeps a million rows: each stays 88 bytes (a `TaskRow` is 240),
+    // A million-task run keeps a million rows: each stays 80 bytes (a `TaskRow` is 240),
     // its node id in the run's shared list.
     #[test]
     fn a_kept_row_is_small() {
         assert!(
-            std::mem::size_of::<Option<MemRow>>() <= 88,
+            std::mem::size_of::<Option<MemRow>>() <= 80,
             "{} bytes",
             std::mem::size_of::<Option<MemRow>>()
         );
@@ -1082,21 +1068,37 @@ mod tests {
         assert_eq!(nodes("b"), vec![(0, "10".into()), (1, "11".into())]);
     }
 
-    /// `r` as a journal hands it over, its task name number `task`.
-    fn row_ref<'a>(r: &'a TaskRow, task: u32, rare: Option<&'a RareFields>) -> RowRef<'a> {
-        RowRef {
-            state: r.state,
-            attempts: r.attempts,
-            task,
-            started_at: r.started_at,
-            ended_at: r.ended_at,
-            elapsed_ns: r.elapsed_ns,
-            percent: r.progress.percent,
-            skipped: r.skipped,
-            optional: r.optional,
-            result: r.result.as_ref(),
-            rare,
+    /// `r` as a journal hands it over (its compact row, and its rare fields when it has
+    /// any), its task name number `task`.
+    fn compact(r: &TaskRow, task: u32) -> (CompactRow, Option<RareFields>) {
+        let rare = RareFields::boxed((
+            r.error.clone(),
+            r.chain.clone(),
+            r.progress.message.clone(),
+            r.log.clone(),
+        ));
+        let mut c = CompactRow::new(r.state, task, r.optional);
+        c.attempts = r.attempts;
+        if let Some(ms) = r.started_at {
+            c.set_started_at(ms);
         }
+        if let Some(ms) = r.ended_at {
+            c.set_ended_at(ms);
+        }
+        c.elapsed_ns = r.elapsed_ns;
+        c.set_percent(r.progress.percent);
+        c.set(CompactRow::SKIPPED, r.skipped);
+        c.set(CompactRow::RARE, rare.is_some());
+        // The journal's own bit is not the store's: written or not, the same row.
+        c.flags |= CompactRow::SETTLED;
+        c.result.clone_from(&r.result);
+        (c, rare.map(|b| *b))
+    }
+
+    /// Puts `r` (task name number `task`) into `sink` as node `i`'s row.
+    fn put(sink: &mut RowSink<'_>, i: u32, r: &TaskRow, task: u32) {
+        let (c, rare) = compact(r, task);
+        sink.put(i, &c, rare.as_ref());
     }
 
     // Rows written straight from a journal come back as the same rows applied as
@@ -1120,18 +1122,11 @@ mod tests {
             lease: 7,
             ..row("x", true)
         };
-        let fields = |r: &TaskRow| RareFields {
-            error: r.error.clone(),
-            chain: r.chain.clone(),
-            message: r.progress.message.clone(),
-            log: r.log.clone(),
-        };
         let fenced = store.put_journal_rows(&run, &ids, &names, 7, |sink| {
             for i in [3, 1999, 0] {
-                sink.put(i, &row_ref(&plain(i), 0, None));
+                put(sink, i, &plain(i), 0);
             }
-            let r = rare(5);
-            sink.put(5, &row_ref(&r, 1, Some(&fields(&r))));
+            put(sink, 5, &rare(5), 1);
         });
         assert_eq!(fenced, 0);
         {
@@ -1168,12 +1163,56 @@ mod tests {
         assert_eq!(store.tasks("r").unwrap(), want);
         // The journal writes on: its rows keep the journal's ids.
         store.put_journal_rows(&run, &ids, &names, 7, |sink| {
-            sink.put(1, &row_ref(&plain(1), 0, None));
+            put(sink, 1, &plain(1), 0);
         });
         let rows: HashMap<u32, TaskRow> = store.tasks("r").unwrap().into_iter().collect();
         assert_eq!(rows[&1], plain(1));
         assert_eq!(&*rows[&3].node, "other");
         assert_eq!(&*rows[&4000].node, "4000");
+    }
+
+    // Rare fields are kept beside the rows, by node: a row written again without them
+    // (from a journal or as a `TaskRow`) comes back without them and leaves none behind,
+    // one written again with other ones comes back with those, and the other rows keep
+    // theirs.
+    #[test]
+    fn a_row_written_again_keeps_only_its_new_rare_fields() {
+        let store = MemoryStore::new();
+        let run: Arc<str> = Arc::from("r");
+        let ids: Arc<[SmolStr]> = (0..4).map(|i| SmolStr::from(format!("n{i}"))).collect();
+        let names = [SmolStr::new_static("t")];
+        let with = |i: u32, error: &str| TaskRow {
+            node: ids[i as usize].clone(),
+            error: Some(error.to_owned()),
+            ..plain_row(i)
+        };
+        let without = |i: u32| TaskRow {
+            node: ids[i as usize].clone(),
+            ..plain_row(i)
+        };
+        store.put_journal_rows(&run, &ids, &names, 0, |sink| {
+            for i in 0..3 {
+                put(sink, i, &with(i, "first"), 0);
+            }
+        });
+        store.put_journal_rows(&run, &ids, &names, 0, |sink| {
+            put(sink, 0, &without(0), 0);
+            put(sink, 1, &with(1, "second"), 0);
+        });
+        let mut batch = Batch::default();
+        batch.tasks.push((run.clone(), 2, without(2)));
+        batch.tasks.push((run.clone(), 3, with(3, "third")));
+        store.apply(batch).unwrap();
+        let rows = store.tasks("r").unwrap();
+        let want = vec![
+            (0, without(0)),
+            (1, with(1, "second")),
+            (2, without(2)),
+            (3, with(3, "third")),
+        ];
+        assert_eq!(rows, want);
+        let kept: BTreeSet<u32> = store.lock().runs["r"].rare.keys().copied().collect();
+        assert_eq!(kept, BTreeSet::from([1, 3]), "no rare fields left behind");
     }
 
     // A journal whose lease is stale writes nothing (its rows are counted as fenced); a
@@ -1188,14 +1227,14 @@ mod tests {
         let names = [SmolStr::new_static("t")];
         let r = plain_row(0);
         let fenced = store.put_journal_rows(&run, &ids, &names, 1, |sink| {
-            sink.put(0, &row_ref(&r, 0, None));
-            sink.put(1, &row_ref(&r, 0, None));
+            put(sink, 0, &r, 0);
+            put(sink, 1, &r, 0);
         });
         assert_eq!(fenced, 2);
         assert!(store.tasks("r").unwrap().is_empty());
         for lease in [0, 2] {
             let fenced = store.put_journal_rows(&run, &ids, &names, lease, |sink| {
-                sink.put(2, &row_ref(&r, 0, None));
+                put(sink, 2, &r, 0);
             });
             assert_eq!(fenced, 0);
         }

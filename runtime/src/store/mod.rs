@@ -22,7 +22,7 @@ mod sled;
 mod tasks;
 
 pub use self::memory::MemoryStore;
-pub(crate) use self::memory::{RowRef, RowSink};
+pub(crate) use self::memory::RowSink;
 pub use self::outbox::{
     ChannelState, Delivery, DeliveryAttempt, DeliveryCursor, DeliveryPage, DeliveryQuery,
     DeliveryState, DeliveryUpdate, MAX_ATTEMPT_HISTORY,
@@ -282,6 +282,169 @@ pub(crate) struct RareFields {
     pub(crate) chain: Vec<String>,
     pub(crate) message: Option<String>,
     pub(crate) log: Vec<LogEntry>,
+}
+
+/// The fields of a task row that every task has, compact: what a run's journal keeps per
+/// row and what the memory store keeps per row, in one layout, so that the journal's
+/// write of a row to the memory store is a copy of it (its flags included), not a
+/// rebuild field by field. The optional times and percentage are plain values with a
+/// presence bit each (an `Option` of each would take twice the room), the task's name is
+/// an index into its run's names, and the rare fields ([`RareFields`]), which most rows
+/// never have, are kept beside the rows, by node, flagged by [`CompactRow::RARE`]: a
+/// row without them has nothing to box, and nothing to free but its result.
+#[derive(Debug, Clone)]
+pub(crate) struct CompactRow {
+    pub(crate) result: Option<SmolStr>,
+    /// Meaningful when [`CompactRow::STARTED`] is set.
+    pub(crate) started_at: u64,
+    /// Meaningful when [`CompactRow::ENDED`] is set.
+    pub(crate) ended_at: u64,
+    pub(crate) elapsed_ns: u64,
+    /// Meaningful when [`CompactRow::PERCENT`] is set.
+    pub(crate) percent: f64,
+    pub(crate) attempts: u32,
+    /// Index of the task's name in the names of the row's run (the journal's, or the
+    /// store's).
+    pub(crate) task: u32,
+    pub(crate) state: State,
+    /// [`CompactRow::SKIPPED`], [`CompactRow::OPTIONAL`], the presence bits, and the
+    /// journal's own [`CompactRow::SETTLED`].
+    pub(crate) flags: u8,
+}
+
+impl CompactRow {
+    pub(crate) const SKIPPED: u8 = 1;
+    pub(crate) const OPTIONAL: u8 = 2;
+    pub(crate) const STARTED: u8 = 4;
+    pub(crate) const ENDED: u8 = 8;
+    pub(crate) const PERCENT: u8 = 16;
+    /// The row has rare fields, kept beside it.
+    pub(crate) const RARE: u8 = 32;
+    /// The journal's: the row was written to the store in an end state.
+    pub(crate) const SETTLED: u8 = 64;
+    /// The bits a store keeps (not the journal's [`CompactRow::SETTLED`]).
+    pub(crate) const STORED: u8 = Self::SETTLED - 1;
+
+    /// A row in state `state` with nothing else set, of task name number `task`.
+    pub(crate) fn new(state: State, task: u32, optional: bool) -> Self {
+        CompactRow {
+            result: None,
+            started_at: 0,
+            ended_at: 0,
+            elapsed_ns: 0,
+            percent: 0.0,
+            attempts: 0,
+            task,
+            state,
+            flags: if optional { Self::OPTIONAL } else { 0 },
+        }
+    }
+
+    /// Makes this row a copy of `src`, field by field in place (no row made aside and
+    /// moved in).
+    #[inline]
+    pub(crate) fn copy_from(&mut self, src: &CompactRow) {
+        self.result.clone_from(&src.result);
+        self.started_at = src.started_at;
+        self.ended_at = src.ended_at;
+        self.elapsed_ns = src.elapsed_ns;
+        self.percent = src.percent;
+        self.attempts = src.attempts;
+        self.task = src.task;
+        self.state = src.state;
+        self.flags = src.flags;
+    }
+
+    #[inline]
+    pub(crate) fn has(&self, bit: u8) -> bool {
+        self.flags & bit != 0
+    }
+
+    #[inline]
+    pub(crate) fn set(&mut self, bit: u8, on: bool) {
+        self.flags = (self.flags & !bit) | if on { bit } else { 0 };
+    }
+
+    /// When the first attempt started (ms since the Unix epoch).
+    #[inline]
+    pub(crate) fn started_at(&self) -> Option<u64> {
+        self.has(Self::STARTED).then_some(self.started_at)
+    }
+
+    #[inline]
+    pub(crate) fn set_started_at(&mut self, ms: u64) {
+        self.started_at = ms;
+        self.flags |= Self::STARTED;
+    }
+
+    /// When it ended (ms since the Unix epoch).
+    #[inline]
+    pub(crate) fn ended_at(&self) -> Option<u64> {
+        self.has(Self::ENDED).then_some(self.ended_at)
+    }
+
+    #[inline]
+    pub(crate) fn set_ended_at(&mut self, ms: u64) {
+        self.ended_at = ms;
+        self.flags |= Self::ENDED;
+    }
+
+    /// The last percentage reported.
+    #[inline]
+    pub(crate) fn percent(&self) -> Option<f64> {
+        self.has(Self::PERCENT).then_some(self.percent)
+    }
+
+    #[inline]
+    pub(crate) fn set_percent(&mut self, percent: Option<f64>) {
+        self.percent = percent.unwrap_or(0.0);
+        self.set(Self::PERCENT, percent.is_some());
+    }
+
+    #[inline]
+    pub(crate) fn skipped(&self) -> bool {
+        self.has(Self::SKIPPED)
+    }
+
+    #[inline]
+    pub(crate) fn optional(&self) -> bool {
+        self.has(Self::OPTIONAL)
+    }
+
+    /// The row as a [`TaskRow`], with its task name, node id, rare fields and lease.
+    pub(crate) fn to_task_row(
+        &self,
+        task: SmolStr,
+        node: SmolStr,
+        rare: Option<&RareFields>,
+        lease: u64,
+    ) -> TaskRow {
+        // Most rows have no rare field: nothing to copy, no call.
+        let (error, chain, message, log) = match rare {
+            None => (None, Vec::new(), None, Vec::new()),
+            rare => RareFields::parts(rare),
+        };
+        TaskRow {
+            task,
+            node,
+            state: self.state,
+            attempts: self.attempts,
+            started_at: self.started_at(),
+            ended_at: self.ended_at(),
+            elapsed_ns: self.elapsed_ns,
+            skipped: self.skipped(),
+            error,
+            chain,
+            progress: Progress {
+                percent: self.percent(),
+                message,
+            },
+            log,
+            result: self.result.clone(),
+            lease,
+            optional: self.optional(),
+        }
+    }
 }
 
 /// [`RareFields`] as a [`TaskRow`] holds them: error, chain, progress message, log.
