@@ -345,7 +345,7 @@ impl Graph {
 mod tests {
     use super::builder::{sort_dedup, Counter};
     use super::process::{self, Mode, Process, ProcessMeta};
-    use super::{same, Builder, Description, Graph, LinkList, Node};
+    use super::{same, Builder, Description, Graph, LinkList, Node, TaskGraph};
     use crate::error::InputError;
     use crate::schedule::Overlap;
     use crate::task::arg::{Inputs, Read};
@@ -399,6 +399,123 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A task that reports the reads it is given (its inputs), for graphs built here.
+    struct Reads(Vec<Read>);
+
+    impl Task for Reads {
+        type Output = ();
+        type Args = ();
+        const META: TaskMeta = TaskMeta {
+            name: "reads",
+            ..Noop::META
+        };
+        fn visit_inputs(&self, f: &mut dyn FnMut(Read)) {
+            for &r in &self.0 {
+                f(r);
+            }
+        }
+        fn into_args(self, _: &Inputs<'_>) -> Result<(), InputError> {
+            Ok(())
+        }
+        async fn call((): (), _: Ctx) -> Result<(), crate::error::BoxError> {
+            Ok(())
+        }
+    }
+
+    /// Reads of every kind, in blocks of every kind.
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct Mixed {}
+
+    impl Process for Mixed {
+        const META: ProcessMeta = ProcessMeta {
+            name: "graph::tests::mixed",
+            ..Noops::META
+        };
+        fn build(self, p: &mut Builder) {
+            let read = |out: crate::Out<()>, required| Read {
+                node: out.node(),
+                required,
+            };
+            let a = p.task(Noop);
+            let b = p.task(Noop);
+            // `a` read both ways (required), `b` only as an option, twice.
+            let c = p.task(Reads(vec![
+                read(b, false),
+                read(a, true),
+                read(a, false),
+                read(b, false),
+            ]));
+            p.sequential(|p| {
+                p.task(Reads(vec![read(c, true)]));
+                p.task(Noop);
+            });
+            p.after(&[a.node()], |p| p.task(Reads(vec![read(c, false)])));
+            p.each(0..3, |p, _| {
+                p.task(Reads(vec![read(b, true), read(a, true)]))
+            });
+        }
+    }
+
+    /// A node's id, dependencies, data dependencies, tolerant reads and readers.
+    type Links<'a> = (&'a str, &'a [u32], &'a [u32], &'a [u32], u32);
+
+    /// Pins what a graph is made of (ids, dependencies, data dependencies, tolerant
+    /// reads, readers) and its fingerprint, as 08a7351 built them: a cheaper build must
+    /// keep them all (a stored run is only resumed under the same fingerprint).
+    #[test]
+    fn graphs_keep_their_links_and_fingerprints() {
+        let g = Graph::of(Mixed {}).unwrap();
+        let links: Vec<Links<'_>> = g
+            .nodes
+            .iter()
+            .map(|n| {
+                (
+                    &*n.id,
+                    n.deps(),
+                    n.data_deps(),
+                    n.tolerant_deps(),
+                    n.readers,
+                )
+            })
+            .collect();
+        let want: Vec<Links<'_>> = vec![
+            ("noop", &[], &[], &[], 5),
+            ("noop#1", &[], &[], &[], 5),
+            ("reads", &[0, 1], &[0, 1], &[1], 2),
+            ("sequential/reads", &[2], &[2], &[], 0),
+            ("sequential/noop", &[3], &[], &[], 0),
+            ("reads#1", &[0, 2], &[2], &[2], 0),
+            ("each[0]/reads", &[0, 1], &[0, 1], &[], 0),
+            ("each[1]/reads", &[0, 1], &[0, 1], &[], 0),
+            ("each[2]/reads", &[0, 1], &[0, 1], &[], 0),
+        ];
+        assert_eq!(links, want);
+        let mut t = TaskGraph::new();
+        for name in ["a", "b", "c", "d"] {
+            t.add(name, Noop).unwrap();
+        }
+        t.add_dependency("c", "a").unwrap();
+        t.add_dependency("c", "b").unwrap();
+        t.add_dependency("d", "c").unwrap();
+        t.add_dependency("b", "a").unwrap();
+        let t = t.build().unwrap();
+        assert_eq!(t.dependencies("c").unwrap(), vec!["a", "b"]);
+        let fingerprints = [
+            g.fingerprint(),
+            t.fingerprint(),
+            Graph::of(Noops { n: 3 }).unwrap().fingerprint(),
+        ];
+        assert_eq!(
+            fingerprints,
+            [
+                0x70ba_f183_ef4b_1d91,
+                0xd93c_e961_0b32_de4a,
+                0x8bf6_67b1_c173_532a
+            ],
+            "{fingerprints:x?}"
+        );
     }
 
     #[test]
