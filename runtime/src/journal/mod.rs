@@ -135,11 +135,9 @@ impl RowChunks {
     /// Row `i` is in the store in an end state: counted once; its chunk, when that was
     /// its last row, is handed back to be dropped (by the caller, outside the lock).
     fn settle(&mut self, i: usize) -> Option<Box<[Row]>> {
-        let row = self.get_mut(i)?;
-        if row.has(Row::SETTLED) || !row.state.is_end() {
+        if !self.get_mut(i)?.settle_end() {
             return None;
         }
-        row.flags |= Row::SETTLED;
         self.count_settled(i)
     }
 
@@ -304,17 +302,9 @@ impl Rows {
     #[inline]
     fn put_row(&mut self, i: usize, sink: &mut RowSink<'_>) -> Option<(State, bool)> {
         let r = self.items.get_mut(i)?;
-        let settles = !r.has(Row::SETTLED) && r.state.is_end();
-        if settles {
-            r.flags |= Row::SETTLED;
-        }
+        let settles = r.settle_end();
         let node = u32::try_from(i).unwrap_or(u32::MAX);
-        let rare = if r.has(Row::RARE) {
-            self.rare.get(&node)
-        } else {
-            None
-        };
-        sink.put(node, r, rare);
+        sink.put(node, r, r.rare_in(&self.rare, node));
         Some((r.state, settles))
     }
 
@@ -329,17 +319,10 @@ impl Rows {
         out: &mut Vec<(Arc<str>, u32, TaskRow)>,
     ) -> Option<(State, bool)> {
         let r = self.items.get_mut(i)?;
-        let settles = !r.has(Row::SETTLED) && r.state.is_end();
-        if settles {
-            r.flags |= Row::SETTLED;
-        }
+        let settles = r.settle_end();
         let r = &*r;
         let node = u32::try_from(i).unwrap_or(u32::MAX);
-        let rare = if r.has(Row::RARE) {
-            self.rare.get(&node)
-        } else {
-            None
-        };
+        let rare = r.rare_in(&self.rare, node);
         out.push((
             run.clone(),
             node,

@@ -299,11 +299,7 @@ impl RunRows {
     fn rows(&self) -> Vec<(u32, TaskRow)> {
         self.iter()
             .map(|(i, r)| {
-                let rare = if r.row.has(CompactRow::RARE) {
-                    self.rare.get(&i).map(|b| &**b)
-                } else {
-                    None
-                };
+                let rare = r.row.rare_in(&self.rare, i);
                 (i, r.to_row(self.nodes.get(i as usize), &self.names, rare))
             })
             .collect()

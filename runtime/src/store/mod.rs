@@ -411,6 +411,32 @@ impl CompactRow {
         self.has(Self::OPTIONAL)
     }
 
+    /// Marks the row [`CompactRow::SETTLED`] when it is in an end state not yet marked
+    /// so; whether it was marked now (its write to the store settles it).
+    #[inline]
+    pub(crate) fn settle_end(&mut self) -> bool {
+        let settles = !self.has(Self::SETTLED) && self.state.is_end();
+        if settles {
+            self.flags |= Self::SETTLED;
+        }
+        settles
+    }
+
+    /// The row's rare fields in `map` (its run's, by node), when it is flagged
+    /// [`CompactRow::RARE`]: a row without them costs no lookup.
+    #[inline]
+    pub(crate) fn rare_in<'a, V: std::borrow::Borrow<RareFields>, S: std::hash::BuildHasher>(
+        &self,
+        map: &'a std::collections::HashMap<u32, V, S>,
+        node: u32,
+    ) -> Option<&'a RareFields> {
+        if self.has(Self::RARE) {
+            map.get(&node).map(V::borrow)
+        } else {
+            None
+        }
+    }
+
     /// The row as a [`TaskRow`], with its task name, node id, rare fields and lease.
     pub(crate) fn to_task_row(
         &self,
