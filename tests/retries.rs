@@ -681,3 +681,51 @@ async fn retried_attempts_are_remade_in_place_and_dropped_once() {
     assert_eq!(INPLACE_DROPS.load(Ordering::SeqCst), 3);
     assert_eq!(INPLACE_CTX_DROPS.load(Ordering::SeqCst), 3);
 }
+
+// ------------------------------------------ attempts that end in their first poll
+
+static AT_ONCE_CALLS: AtomicU32 = AtomicU32::new(0);
+
+/// Fails twice, then succeeds, never waiting: each attempt ends in its first poll.
+#[task(retries = 2)]
+async fn at_once_flaky(ctx: &Ctx) -> Result<u64, RuntimeErr> {
+    AT_ONCE_CALLS.fetch_add(1, Ordering::SeqCst);
+    if ctx.attempt() < 3 {
+        return Err(RuntimeErr(format!("attempt {}", ctx.attempt())));
+    }
+    Ok(u64::from(ctx.attempt()) * 10)
+}
+
+/// Fails every time without waiting.
+#[task(retries = 1)]
+#[allow(clippy::unused_async)]
+async fn at_once_refused() -> Result<u64, io::Error> {
+    Err(connection_error())
+}
+
+#[process]
+fn at_once(p: &mut Builder) {
+    p.task(AtOnceFlaky::new());
+    p.task(AtOnceRefused::new());
+}
+
+// An attempt that fails in its first poll (the worker's common path, no state of its own)
+// is retried as one that waited is: the retries run, count and end the same way.
+#[tokio::test]
+async fn attempts_failing_in_their_first_poll_are_retried() {
+    let report = rt().await.run(AtOnce {}).await.unwrap();
+    let flaky = report.task("at_once_flaky").unwrap();
+    assert_eq!(flaky.status, TaskStatus::Success);
+    assert_eq!(flaky.attempts, 3);
+    assert_eq!(report.result::<u64>("at_once_flaky").unwrap(), 30);
+    assert_eq!(AT_ONCE_CALLS.load(Ordering::SeqCst), 3);
+    let refused = report.task("at_once_refused").unwrap();
+    assert_eq!(refused.status, TaskStatus::Errored);
+    assert_eq!(refused.attempts, 2);
+    let e = exhausted(refused);
+    assert_eq!(e.attempts, 2);
+    assert_eq!(
+        e.last.downcast_ref::<io::Error>().unwrap().kind(),
+        io::ErrorKind::ConnectionRefused
+    );
+}

@@ -117,10 +117,35 @@ pub(super) async fn run_one(shared: &Arc<Shared>, i: u32, task: TaskBox) -> Opti
             drop(task);
             Box::pin(run_remote(shared, i, first, &**d, started)).await
         }
-        None => {
-            // Pinned where it is made (not copied into `unless_abandoned`'s state).
-            let attempts = std::pin::pin!(attempts(shared, i, first, meta, task, started));
-            unless_abandoned(shared, i, started, attempts).await
+        None => 'ran: {
+            let mut task = task;
+            let resume = if shared.hooks.is_empty() {
+                // The common path: the inputs and the first attempt's first poll in one
+                // call, with no attempt state of its own; most nodes end there.
+                let tried = std::future::poll_fn(|cx| {
+                    Poll::Ready(first_try(shared, i, first, meta, &mut *task, started, cx))
+                })
+                .await;
+                match tried {
+                    Ok(ended) => break 'ran Some(ended),
+                    Err(resume) => resume,
+                }
+            } else {
+                Resume::Unprepared
+            };
+            // The rest (a wait, a retry, hooks) out of line: its state stays off the
+            // common path's.
+            let mut rest = Box::pin(attempts_from(
+                shared,
+                i,
+                first,
+                meta,
+                task,
+                started,
+                u32::from(!matches!(resume, Resume::Unprepared)),
+                resume,
+            ));
+            unless_abandoned(shared, i, started, rest.as_mut()).await
         }
     };
     // One clock read for the node's time and its row's end.
@@ -241,80 +266,230 @@ pub(super) async fn attempts(
     i: u32,
     first: u32,
     meta: &'static TaskMeta,
-    mut task: TaskBox,
+    task: TaskBox,
     node_started: u64,
 ) -> (u32, Result<Option<SmolStr>, BoxError>) {
+    attempts_from(
+        shared,
+        i,
+        first,
+        meta,
+        task,
+        node_started,
+        0,
+        Resume::Unprepared,
+    )
+    .await
+}
+
+/// Where node `i`'s attempts stand when [`attempts_from`] takes them over.
+enum Resume {
+    /// Nothing done yet: the inputs are resolved, then the first attempt starts.
+    Unprepared,
+    /// The attempt last started waits after its first poll (its start recorded), within
+    /// its timeout (`deadline`: when, and the timeout it came from).
+    Waits {
+        span: tracing::Span,
+        deadline: Option<(tokio::time::Instant, Duration)>,
+    },
+    /// The attempt last started failed with `err` and is retried after `delay` (or ends
+    /// the node with `err` if the run is cancelled meanwhile).
+    Retry { delay: Duration, err: BoxError },
+    /// The next attempt starts now.
+    Next,
+}
+
+/// The outcome of node `i`'s first attempt when it ends in its first poll, or where its
+/// attempts stand otherwise: the inputs resolved and the first attempt started and
+/// polled in one call into the task (no hooks: nothing wraps the attempt).
+#[allow(clippy::too_many_arguments)]
+fn first_try(
+    shared: &Shared,
+    i: u32,
+    first: u32,
+    meta: &'static TaskMeta,
+    task: &mut dyn ErasedTask,
+    node_started: u64,
+    cx: &mut std::task::Context<'_>,
+) -> Result<(u32, Result<Option<SmolStr>, BoxError>), Resume> {
     let policy = &meta.policy;
-    let prepared = {
-        let names = |idx: u32| shared.ids[idx as usize].to_string();
-        let inputs = Inputs {
-            slots: &shared.slots,
-            names: &names,
-            graph: shared.tag,
-            remap: shared.remap.as_deref(),
-        };
-        std::panic::catch_unwind(AssertUnwindSafe(|| {
-            task.prepare(&inputs, policy.max_attempts > 1)
-        }))
+    let attempt = first.saturating_add(1);
+    let names = |idx: u32| shared.ids[idx as usize].to_string();
+    let inputs = Inputs {
+        slots: &shared.slots,
+        names: &names,
+        graph: shared.tag,
+        remap: shared.remap.as_deref(),
     };
-    match prepared {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => return (first, Err(Box::new(e))),
-        Err(panic) => return (first, Err(panicked(meta, &*panic))),
+    let ctx = Ctx::new(shared.scope.clone(), i, meta.name, attempt);
+    let slot = &shared.slots[i as usize];
+    // Made once the inputs are resolved, as the attempt starts (its timeout with it).
+    let mut span = None;
+    let mut deadline = None;
+    let polled = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        task.prepare_start(
+            &inputs,
+            policy.max_attempts > 1,
+            ctx,
+            cx,
+            slot,
+            &mut span,
+            &mut || {
+                deadline = policy.timeout.map(|t| (tokio::time::Instant::now() + t, t));
+                attempt_span(shared, i, meta, attempt)
+            },
+        )
+    }));
+    let ended = match polled {
+        Ok(Ok(Poll::Ready(r))) => r.map(|done| done.json),
+        Ok(Ok(Poll::Pending)) => {
+            // Read only if the node is abandoned after the cancellation grace period
+            // (which only a node that waits can be).
+            shared.nodes[i as usize]
+                .attempts_run
+                .store(attempt, Ordering::Relaxed);
+            // Its start, as `Running` records or reports it when it waits.
+            match shared.journal.as_deref() {
+                Some(j) => j.started(i, attempt, mono_since(node_started)),
+                None => shared.scope.reporter.attempt(i, attempt),
+            }
+            return Err(Resume::Waits {
+                span: span.unwrap_or_else(tracing::Span::none),
+                deadline,
+            });
+        }
+        Ok(Err(e)) => return Ok((first, Err(Box::new(e)))),
+        Err(panic) if span.is_none() => return Ok((first, Err(panicked(meta, &*panic)))),
+        Err(panic) => {
+            // (Nothing to drop if it panicked before its future was made.)
+            task.end_attempt();
+            Err(panicked(meta, &*panic))
+        }
+    };
+    match ended {
+        Ok(json) => Ok((attempt, Ok(json))),
+        Err(err) => match after_error(
+            shared,
+            meta,
+            &span.unwrap_or_else(tracing::Span::none),
+            attempt,
+            1,
+            err,
+        ) {
+            Ok(err) => Ok((attempt, Err(err))),
+            Err((delay, err)) => Err(Resume::Retry { delay, err }),
+        },
+    }
+}
+
+/// Runs node `i`'s attempts from where `resume` says they stand (`this_run`: the attempts
+/// this run made so, counting the one `resume` is about); see [`attempts`].
+#[allow(clippy::too_many_arguments)]
+async fn attempts_from(
+    shared: &Shared,
+    i: u32,
+    first: u32,
+    meta: &'static TaskMeta,
+    mut task: TaskBox,
+    node_started: u64,
+    mut this_run: u32,
+    mut resume: Resume,
+) -> (u32, Result<Option<SmolStr>, BoxError>) {
+    let policy = &meta.policy;
+    if let Resume::Unprepared = resume {
+        let prepared = {
+            let names = |idx: u32| shared.ids[idx as usize].to_string();
+            let inputs = Inputs {
+                slots: &shared.slots,
+                names: &names,
+                graph: shared.tag,
+                remap: shared.remap.as_deref(),
+            };
+            std::panic::catch_unwind(AssertUnwindSafe(|| {
+                task.prepare(&inputs, policy.max_attempts > 1)
+            }))
+        };
+        match prepared {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return (first, Err(Box::new(e))),
+            Err(panic) => return (first, Err(panicked(meta, &*panic))),
+        }
+        resume = Resume::Next;
     }
     // `first` comes from the store (attempts before a restart) and is untrusted: the
     // attempts of this run are counted apart, and the attempt number saturates.
-    let mut this_run: u32 = 0;
     loop {
-        this_run = this_run.saturating_add(1);
-        let attempt = first.saturating_add(this_run);
-        // Read only if the node is abandoned after the cancellation grace period.
-        shared.nodes[i as usize]
-            .attempts_run
-            .store(attempt, Ordering::Relaxed);
-        let span = attempt_span(shared, i, meta, attempt);
-        let ended = if shared.hooks.is_empty() {
-            let deadline = policy.timeout.map(|t| (tokio::time::Instant::now() + t, t));
-            let polled = std::future::poll_fn(|cx| {
-                Poll::Ready(first_poll(
-                    shared,
-                    i,
-                    meta,
-                    attempt,
-                    &mut *task,
-                    &span,
-                    node_started,
-                    cx,
-                ))
-            })
-            .await;
-            match polled {
-                Poll::Ready(ended) => ended,
-                // It waits: the rest of the attempt runs out of line (the state of a task
-                // that ends in its first poll stays small).
-                Poll::Pending => {
-                    let running = Running {
-                        prepared: &mut *task,
-                        journal: None,
-                        reporter: None,
-                        slot: &shared.slots[i as usize],
-                        node: i,
-                        attempt,
-                        node_started,
-                    };
-                    Box::pin(
-                        finish_attempt(running, meta, attempt, deadline).instrument(span.clone()),
-                    )
-                    .await
-                }
+        if let Resume::Retry { delay, err } = resume {
+            if !back_off(shared, delay).await {
+                return (first.saturating_add(this_run), Err(err));
             }
-        } else {
-            let ctx = Ctx::new(shared.scope.clone(), i, meta.name, attempt);
-            Box::pin(
-                run_attempt(shared, i, meta, attempt, &mut *task, ctx, node_started)
-                    .instrument(span.clone()),
-            )
-            .await
+            resume = Resume::Next;
+        }
+        let (attempt, span, ended) = match resume {
+            Resume::Waits { span, deadline } => {
+                let attempt = first.saturating_add(this_run);
+                let running = Running {
+                    prepared: &mut *task,
+                    journal: None,
+                    reporter: None,
+                    slot: &shared.slots[i as usize],
+                    node: i,
+                    attempt,
+                    node_started,
+                };
+                let ended = finish_attempt(running, meta, attempt, deadline)
+                    .instrument(span.clone())
+                    .await;
+                (attempt, span, ended)
+            }
+            _ => {
+                this_run = this_run.saturating_add(1);
+                let attempt = first.saturating_add(this_run);
+                // Read only if the node is abandoned after the cancellation grace period.
+                shared.nodes[i as usize]
+                    .attempts_run
+                    .store(attempt, Ordering::Relaxed);
+                let span = attempt_span(shared, i, meta, attempt);
+                let ended = if shared.hooks.is_empty() {
+                    let deadline = policy.timeout.map(|t| (tokio::time::Instant::now() + t, t));
+                    let polled = std::future::poll_fn(|cx| {
+                        Poll::Ready(first_poll(
+                            shared,
+                            i,
+                            meta,
+                            attempt,
+                            &mut *task,
+                            &span,
+                            node_started,
+                            cx,
+                        ))
+                    })
+                    .await;
+                    match polled {
+                        Poll::Ready(ended) => ended,
+                        Poll::Pending => {
+                            let running = Running {
+                                prepared: &mut *task,
+                                journal: None,
+                                reporter: None,
+                                slot: &shared.slots[i as usize],
+                                node: i,
+                                attempt,
+                                node_started,
+                            };
+                            finish_attempt(running, meta, attempt, deadline)
+                                .instrument(span.clone())
+                                .await
+                        }
+                    }
+                } else {
+                    let ctx = Ctx::new(shared.scope.clone(), i, meta.name, attempt);
+                    run_attempt(shared, i, meta, attempt, &mut *task, ctx, node_started)
+                        .instrument(span.clone())
+                        .await
+                };
+                (attempt, span, ended)
+            }
         };
         let err = match ended {
             // The result is in the slot; its text (if any) goes back to the caller, who
@@ -322,30 +497,41 @@ pub(super) async fn attempts(
             Ok(json) => return (attempt, Ok(json)),
             Err(err) => err,
         };
-        let cancelled = shared.scope.cancelled.is_set();
-        if cancelled {
-            tracing::info!(parent: &span, task = meta.name, attempt, error = %err, "attempt ended after a cancel");
+        match after_error(shared, meta, &span, attempt, this_run, err) {
+            Ok(err) => return (attempt, Err(err)),
+            Err((delay, err)) => resume = Resume::Retry { delay, err },
         }
-        if !cancelled && this_run < policy.max_attempts && policy.is_retryable(&*err) {
-            let delay = policy.backoff.jittered_delay(attempt);
-            tracing::info!(parent: &span, task = meta.name, attempt, ?delay, error = %err, "retrying");
-            if Box::pin(back_off(shared, delay)).await {
-                continue;
-            }
-            return (attempt, Err(err));
-        }
-        if this_run > 1 && !cancelled {
-            return (
-                attempt,
-                Err(Box::new(RetryExhausted {
-                    task: meta.name.to_owned(),
-                    attempts: attempt,
-                    last: err,
-                })),
-            );
-        }
-        return (attempt, Err(err));
     }
+}
+
+/// What follows attempt `attempt` (the `this_run`th of this run) that failed with `err`:
+/// the node's error (`Ok`), or the delay before the next attempt (`Err`, with `err`).
+fn after_error(
+    shared: &Shared,
+    meta: &TaskMeta,
+    span: &tracing::Span,
+    attempt: u32,
+    this_run: u32,
+    err: BoxError,
+) -> Result<BoxError, (Duration, BoxError)> {
+    let policy = &meta.policy;
+    let cancelled = shared.scope.cancelled.is_set();
+    if cancelled {
+        tracing::info!(parent: span, task = meta.name, attempt, error = %err, "attempt ended after a cancel");
+    }
+    if !cancelled && this_run < policy.max_attempts && policy.is_retryable(&*err) {
+        let delay = policy.backoff.jittered_delay(attempt);
+        tracing::info!(parent: span, task = meta.name, attempt, ?delay, error = %err, "retrying");
+        return Err((delay, err));
+    }
+    if this_run > 1 && !cancelled {
+        return Ok(Box::new(RetryExhausted {
+            task: meta.name.to_owned(),
+            attempts: attempt,
+            last: err,
+        }));
+    }
+    Ok(err)
 }
 
 /// Waits `delay` before the next attempt; false when the run is cancelled meanwhile.

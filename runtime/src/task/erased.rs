@@ -64,6 +64,27 @@ pub(crate) trait ErasedTask: Send {
         }
         self.poll_attempt(cx, slot)
     }
+    /// [`prepare`](Self::prepare) then [`start`](Self::start), in one call: how a node's
+    /// first attempt starts when nothing wraps it. Once the inputs are resolved, `begin`
+    /// is called (it makes the attempt's span, which `span` then holds) and the attempt
+    /// starts inside that span. `Err` when the inputs cannot be resolved (no attempt
+    /// started, `begin` not called); a caller that catches a panic knows from `span`
+    /// whether it was the attempt's.
+    #[allow(clippy::too_many_arguments)]
+    fn prepare_start(
+        &mut self,
+        inputs: &Inputs<'_>,
+        keep: bool,
+        ctx: Ctx,
+        cx: &mut Context<'_>,
+        slot: &Slot,
+        span: &mut Option<tracing::Span>,
+        begin: &mut dyn FnMut() -> tracing::Span,
+    ) -> Result<Poll<Result<Finished, BoxError>>, InputError> {
+        self.prepare(inputs, keep)?;
+        let _in = span.insert(begin()).enter();
+        Ok(self.start(ctx, cx, slot))
+    }
     /// Drops the attempt's future, if it is still there (timed out, abandoned, panicked).
     fn end_attempt(&mut self);
 }
@@ -204,6 +225,37 @@ where
         }
         self.state = State::Ready(args);
         Ok(())
+    }
+
+    /// The task as built goes straight to its first attempt's future: its inputs are not
+    /// kept in `state` between the two (one move of the state fewer).
+    #[inline]
+    fn prepare_start(
+        &mut self,
+        inputs: &Inputs<'_>,
+        keep: bool,
+        ctx: Ctx,
+        cx: &mut Context<'_>,
+        slot: &Slot,
+        span: &mut Option<tracing::Span>,
+        begin: &mut dyn FnMut() -> tracing::Span,
+    ) -> Result<Poll<Result<Finished, BoxError>>, InputError> {
+        if !matches!(self.state, State::Built(_)) {
+            self.prepare(inputs, keep)?;
+            let _in = span.insert(begin()).enter();
+            return Ok(self.start(ctx, cx, slot));
+        }
+        // Not running: nothing pinned is moved.
+        let State::Built(task) = std::mem::replace(&mut self.state, State::Idle) else {
+            return Ok(Poll::Ready(Err("the task was not built".into())));
+        };
+        let args = task.into_args(inputs)?;
+        if keep {
+            self.encoded = serde_json::to_vec(&args).ok();
+        }
+        let _in = span.insert(begin()).enter();
+        self.state = State::Running((self.call)(args, ctx));
+        Ok(self.poll_attempt(cx, slot))
     }
 
     #[inline]
@@ -613,6 +665,80 @@ mod attempt_tests {
         let task = erase(Flaky(4));
         drop(task);
         assert_eq!(drops(), 4);
+    }
+
+    /// Its inputs cannot be resolved.
+    struct Unresolved;
+
+    impl Task for Unresolved {
+        type Output = u64;
+        type Args = (u64,);
+        const META: TaskMeta = TaskMeta {
+            name: "unresolved",
+            function: "tests::unresolved",
+            description: "",
+            is_async: true,
+            policy: Policy::DEFAULT,
+            resources: &[],
+        };
+        fn visit_inputs(&self, _: &mut dyn FnMut(Read)) {}
+        fn into_args(self, _: &Inputs<'_>) -> Result<(u64,), InputError> {
+            Err(InputError::UnknownNode)
+        }
+        async fn call((x,): (u64,), _: Ctx) -> Result<u64, BoxError> {
+            Ok(x)
+        }
+    }
+
+    // The first attempt made from the task as built in one call: inputs resolved, then
+    // `begin` (the attempt's span made), the attempt started and polled; a later call
+    // starts the next attempt from the kept inputs as after `prepare`; inputs that cannot
+    // be resolved start nothing and make no span.
+    #[test]
+    fn prepare_start_resolves_then_polls() {
+        let mut cx = Context::from_waker(Waker::noop());
+        let slot = Slot::new(1);
+        let spans_made = std::cell::Cell::new(0);
+        let mut begin = || {
+            spans_made.set(spans_made.get() + 1);
+            tracing::Span::none()
+        };
+        let mut task = erase(Flaky(5));
+        let mut span = None;
+        let polled = inputs_then(|inputs| {
+            task.prepare_start(inputs, true, ctx(), &mut cx, &slot, &mut span, &mut begin)
+        });
+        assert!(span.is_some());
+        assert_eq!(spans_made.get(), 1);
+        assert!(polled.unwrap().is_pending());
+        let (polls, r) = poll_to_end(&mut *task, &slot);
+        assert_eq!(polls, 5);
+        assert_eq!(r.err().unwrap().to_string(), "first attempt fails");
+        assert_eq!(drops(), 1);
+        // Already prepared: the next attempt, from the kept inputs.
+        let polled = inputs_then(|inputs| {
+            task.prepare_start(inputs, true, ctx(), &mut cx, &slot, &mut span, &mut begin)
+        });
+        assert_eq!(spans_made.get(), 2);
+        assert!(polled.unwrap().is_pending());
+        let (_, r) = poll_to_end(&mut *task, &slot);
+        assert!(r.unwrap().json.is_none());
+        assert_eq!(slot.json().as_deref(), Some("10"));
+        assert_eq!(drops(), 2);
+
+        let mut task = erase(Unresolved);
+        let mut span = None;
+        let polled = inputs_then(|inputs| {
+            task.prepare_start(inputs, false, ctx(), &mut cx, &slot, &mut span, &mut begin)
+        });
+        assert!(matches!(polled, Err(InputError::UnknownNode)));
+        assert!(span.is_none());
+        assert_eq!(spans_made.get(), 2);
+        // Nothing started.
+        assert!(matches!(
+            task.poll_attempt(&mut cx, &slot),
+            Poll::Ready(Err(_))
+        ));
     }
 
     // A large future is boxed (the task keeps its size) and runs as a small one does.
