@@ -1073,6 +1073,132 @@ fn two_writes_of_the_same_task_rows_do_not_deadlock() {
     .unwrap();
 }
 
+/// The process of one step, coordinated by a runtime whose claims a trigger drops.
+#[task]
+fn unclaimed_step() -> u64 {
+    7
+}
+
+#[process]
+fn unclaimed(p: &mut Builder) {
+    p.task(UnclaimedStep::new());
+}
+
+// The offer loop writes the offer of a run's task after the run's cancel marked its rows
+// (the offer was on its way): it marks the run's rows again, and that mark fails once
+// (here a trigger raising on the first row marked cancelled): it is written again, as
+// a task's end is, and the task ends cancelled. Given up after one failure, the row
+// stayed ready, to be claimed and run with no cancel to come; here no worker claims
+// (a trigger drops every claim), so the run waited for that task until its
+// cancellation grace ran out, and ended failed. The offer is held by an advisory lock
+// the test holds, taken by a trigger on the row's insert, until the run's own cancel
+// statement (which finds no row yet) was seen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cancel_mark_after_an_offer_that_fails_once_is_written_again() {
+    let Some(url) = pg::database("cascade_remark") else {
+        return;
+    };
+    let rt = Runtime::connect(url.clone())
+        .lease(Duration::from_secs(3))
+        .cancel_grace(Duration::from_secs(2))
+        .spread_tasks(true)
+        .register::<Unclaimed>()
+        .start()
+        .await
+        .unwrap();
+    let u = url.clone();
+    tokio::task::spawn_blocking(move || {
+        pg::sql(
+            &u,
+            "CREATE TABLE cancels_seen (at timestamptz DEFAULT now());
+             CREATE SEQUENCE marks_written;
+             CREATE FUNCTION hold_offer() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+                 PERFORM pg_advisory_xact_lock_shared(42);
+                 RETURN NEW;
+             END $$;
+             CREATE TRIGGER hold_offer BEFORE INSERT ON procession_task_claims
+             FOR EACH ROW EXECUTE FUNCTION hold_offer();
+             CREATE FUNCTION no_claim() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN RETURN NULL; END $$;
+             CREATE TRIGGER no_claim BEFORE UPDATE ON procession_task_claims
+             FOR EACH ROW WHEN (NEW.state = 1) EXECUTE FUNCTION no_claim();
+             CREATE FUNCTION fail_first_mark() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+                 IF nextval('marks_written') = 1 THEN
+                     RAISE EXCEPTION 'the first cancel mark fails';
+                 END IF;
+                 RETURN NEW;
+             END $$;
+             CREATE TRIGGER fail_first_mark BEFORE UPDATE ON procession_task_claims
+             FOR EACH ROW WHEN (NEW.state = 4 AND OLD.state <> 4)
+             EXECUTE FUNCTION fail_first_mark();
+             CREATE FUNCTION see_cancel() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+                 IF current_query() LIKE '%SET state = 4%' THEN
+                     INSERT INTO cancels_seen DEFAULT VALUES;
+                 END IF;
+                 RETURN NULL;
+             END $$;
+             CREATE TRIGGER see_cancel AFTER UPDATE ON procession_task_claims
+             FOR EACH STATEMENT EXECUTE FUNCTION see_cancel();",
+        );
+    })
+    .await
+    .unwrap();
+    let mut gate = {
+        let u = url.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut c = postgres::Client::connect(&u, postgres::NoTls).unwrap();
+            c.execute("SELECT pg_advisory_lock(42)", &[]).unwrap();
+            c
+        })
+        .await
+        .unwrap()
+    };
+    let run = rt
+        .launch(Launch::new(Unclaimed {}).id("remark"))
+        .await
+        .unwrap();
+    let waits = |q: &'static str| {
+        let u = url.clone();
+        async move {
+            for _ in 0..1000 {
+                let u = u.clone();
+                let n = tokio::task::spawn_blocking(move || rows(&u, q)[0].get::<_, i64>(0))
+                    .await
+                    .unwrap();
+                if n > 0 {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            panic!("never seen: {q}");
+        }
+    };
+    // The offer waits for the gate; the run's cancel finds no row.
+    waits(
+        "SELECT count(*) FROM pg_stat_activity
+         WHERE wait_event = 'advisory' AND datname = current_database()",
+    )
+    .await;
+    run.cancel().await.unwrap();
+    waits("SELECT count(*) FROM cancels_seen").await;
+    let gate = tokio::task::spawn_blocking(move || {
+        gate.execute("SELECT pg_advisory_unlock(42)", &[]).unwrap();
+    });
+    let r = tokio::time::timeout(Duration::from_mins(1), run.wait())
+        .await
+        .expect("the cancelled run ends")
+        .unwrap();
+    gate.await.unwrap();
+    let stats = rt.task_stats();
+    rt.shutdown().await.unwrap();
+    assert_eq!(r.status, RunStatus::Cancelled, "{}", not_succeeded(&r));
+    assert_eq!(r.tasks[0].status, TaskStatus::Cancelled, "{:?}", r.tasks[0]);
+    assert_eq!(stats.claimed, 0, "{stats:?}");
+}
+
 static SLOW_STARTED: tokio::sync::Notify = tokio::sync::Notify::const_new();
 
 /// Runs a while without looking at its cancel.
