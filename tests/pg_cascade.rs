@@ -848,6 +848,357 @@ fn a_finish_and_a_cancel_of_the_same_tasks_do_not_deadlock() {
     .unwrap();
 }
 
+/// Waits until `n` statements of the database at `url` wait for a row lock, or `done`.
+fn until_lock_waits_or(url: &str, n: i64, done: &dyn Fn() -> bool) {
+    for _ in 0..500 {
+        let r = rows(
+            url,
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE wait_event_type = 'Lock' AND datname = current_database()",
+        );
+        if r[0].get::<_, i64>(0) >= n || done() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("{n} statements never waited for a lock");
+}
+
+// The offer of a record's new run over the rows its previous run left (a waiting row,
+// an ended one, a running one) and a cancel of that previous run (by its coordinator,
+// still cancelling it) do not deadlock: both lock the rows that are not waiting first,
+// then the waiting ones, each in (run, node) order, as the finish does. The offer
+// locked its rows in (run, node) order alone: here it held the waiting node 1 and
+// waited for node 2 (held by a transaction of the test) while the cancel held the
+// running node 3 and waited for node 1; once node 2 was free the offer waited for node
+// 3, and one of the two was aborted as a deadlock.
+#[test]
+fn an_offer_over_an_old_runs_rows_and_its_cancel_do_not_deadlock() {
+    let Some(url) = pg::database("cascade_offer_cancel") else {
+        return;
+    };
+    std::thread::spawn(move || {
+        let store = PgStore::connect(&url).unwrap();
+        let q = store.task_queue().expect("PostgreSQL has a task queue");
+        let (old, new) = (11, 12);
+        q.offer(&[
+            offer("o", old, 1, 1, &[]),
+            offer("o", old, 2, 0, &[]),
+            offer("o", old, 3, 0, &[]),
+        ])
+        .unwrap();
+        let mut claimed = q.claim("w1", &["cascade"], 60_000, 10).unwrap();
+        claimed.sort_by_key(|c| c.claim.node);
+        assert_eq!(
+            claimed.iter().map(|c| c.claim.node).collect::<Vec<_>>(),
+            vec![2, 3]
+        );
+        assert_eq!(finish_one(q, &claimed[0], "w1", 0).0, vec![true]);
+        let mut holder = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+        let mut tx = holder.transaction().unwrap();
+        tx.query(
+            "SELECT 1 FROM procession_task_claims WHERE run = 'o' AND node = 2 FOR UPDATE",
+            &[],
+        )
+        .unwrap();
+        let url2 = url.clone();
+        let offering = std::thread::spawn(move || {
+            let store = PgStore::connect(&url2).unwrap();
+            store.task_queue().unwrap().offer(&[
+                offer("o", new, 1, 0, &[]),
+                offer("o", new, 2, 0, &[]),
+                offer("o", new, 3, 0, &[]),
+            ])
+        });
+        until_lock_waits(&url, 1);
+        let url3 = url.clone();
+        let cancel = std::thread::spawn(move || {
+            let store = PgStore::connect(&url3).unwrap();
+            store.task_queue().unwrap().cancel("o", old)
+        });
+        // Before, the cancel waited for the offer here; now it has nothing to wait for.
+        until_lock_waits_or(&url, 2, &|| cancel.is_finished());
+        tx.commit().unwrap();
+        let cancelled = cancel.join().unwrap();
+        let offered = offering.join().unwrap();
+        assert!(cancelled.is_ok(), "the cancel: {cancelled:?}");
+        assert!(offered.is_ok(), "the offer: {offered:?}");
+        let r = rows(
+            &url,
+            "SELECT node, run_token, state FROM procession_task_claims WHERE run = 'o'
+             ORDER BY node",
+        );
+        let states: Vec<(i32, i64, i16)> =
+            r.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect();
+        assert_eq!(
+            states,
+            vec![(1, 12, 0), (2, 12, 0), (3, 12, 0)],
+            "the new run's rows, ready"
+        );
+        q.clear("o", new).unwrap();
+    })
+    .join()
+    .unwrap();
+}
+
+// A worker's heartbeat, renewing its claims, and its finish of the same tasks (two
+// connections of its pool) do not deadlock: the heartbeat locks the rows it renews in
+// (run, node) order, as the finish does, whatever the order of its claims. It locked
+// them in the order of its claims: here it held node 2 and waited for node 1, which
+// the finish (first in line for it, behind a transaction of the test) took before it
+// asked for node 2 (node 2's row is first in the table and among the claims).
+#[test]
+fn a_heartbeat_and_a_finish_of_the_same_tasks_do_not_deadlock() {
+    let Some(url) = pg::database("cascade_beat_finish") else {
+        return;
+    };
+    std::thread::spawn(move || {
+        let store = PgStore::connect(&url).unwrap();
+        let q = store.task_queue().expect("PostgreSQL has a task queue");
+        let token = 5;
+        // Node 2's row first: a scan of the table meets it before node 1's.
+        q.offer(&[offer("h", token, 2, 0, &[])]).unwrap();
+        q.offer(&[offer("h", token, 1, 0, &[])]).unwrap();
+        let mut claimed = q.claim("w1", &["cascade"], 60_000, 10).unwrap();
+        claimed.sort_by_key(|c| c.claim.node);
+        assert_eq!(claimed.len(), 2);
+        let mut holder = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+        let mut tx = holder.transaction().unwrap();
+        tx.query(
+            "SELECT 1 FROM procession_task_claims WHERE run = 'h' AND node = 1 FOR UPDATE",
+            &[],
+        )
+        .unwrap();
+        let url2 = url.clone();
+        let ends: Vec<_> = claimed
+            .iter()
+            .map(|c| (c.claim.clone(), succeeded("3")))
+            .collect();
+        let finish = std::thread::spawn(move || {
+            let store = PgStore::connect(&url2).unwrap();
+            store.task_queue().unwrap().finish(&ends)
+        });
+        until_lock_waits(&url, 1);
+        let url3 = url.clone();
+        let claims: Vec<_> = claimed.iter().rev().map(|c| c.claim.clone()).collect();
+        let beat = std::thread::spawn(move || {
+            let store = PgStore::connect(&url3).unwrap();
+            store
+                .task_queue()
+                .unwrap()
+                .heartbeat_tasks("w1", &[], &claims, 60_000)
+        });
+        until_lock_waits(&url, 2);
+        tx.commit().unwrap();
+        let finished = finish.join().unwrap();
+        let beat = beat.join().unwrap();
+        assert_eq!(finished.unwrap(), vec![true, true], "both ends stored");
+        let (_, tasks) = beat.expect("the heartbeat");
+        let mut refused = tasks.refused;
+        refused.sort();
+        assert_eq!(
+            refused,
+            vec![("h".to_owned(), 1), ("h".to_owned(), 2)],
+            "both ended before the heartbeat renewed them"
+        );
+        q.clear("h", token).unwrap();
+    })
+    .join()
+    .unwrap();
+}
+
+/// A batch writing the task rows `nodes` of run `j`, in that order.
+fn rows_of(nodes: &[u32]) -> procession::store::Batch {
+    let mut b = procession::store::Batch::default();
+    for &n in nodes {
+        let row = procession::store::TaskRow {
+            task: "t".into(),
+            node: format!("n{n}").into(),
+            state: procession::State::Done,
+            attempts: 1,
+            started_at: None,
+            ended_at: None,
+            elapsed_ns: 0,
+            skipped: false,
+            error: None,
+            chain: Vec::new(),
+            progress: procession::Progress::default(),
+            log: Vec::new(),
+            result: Some("1".into()),
+            lease: 0,
+            optional: false,
+        };
+        b.tasks.push((Arc::from("j"), n, row));
+    }
+    b
+}
+
+// Two writes of the same run's task rows, each listing them in an order of its own (a
+// coordinator and the one it took the run over from, before that one is fenced out),
+// do not deadlock: each writes them in (run, node) order. Each wrote them in its
+// batch's order: here the write of [1, 2] waited for node 1 (held by a transaction of
+// the test) while the write of [2, 1] held node 2 and waited for node 1 too; the
+// first, granted node 1, then waited for node 2, and one of the two was aborted.
+#[test]
+fn two_writes_of_the_same_task_rows_do_not_deadlock() {
+    let Some(url) = pg::database("cascade_rows_order") else {
+        return;
+    };
+    std::thread::spawn(move || {
+        let store = PgStore::connect(&url).unwrap();
+        store.apply(rows_of(&[1, 2])).unwrap();
+        let mut holder = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+        let mut tx = holder.transaction().unwrap();
+        tx.query(
+            "SELECT 1 FROM procession_tasks WHERE run = 'j' AND node = 1 FOR UPDATE",
+            &[],
+        )
+        .unwrap();
+        let write = |nodes: &'static [u32]| {
+            let url = url.clone();
+            std::thread::spawn(move || PgStore::connect(&url).unwrap().apply(rows_of(nodes)))
+        };
+        let first = write(&[1, 2]);
+        until_lock_waits(&url, 1);
+        let second = write(&[2, 1]);
+        until_lock_waits(&url, 2);
+        tx.commit().unwrap();
+        let first = first.join().unwrap();
+        let second = second.join().unwrap();
+        assert!(first.is_ok(), "the first write: {first:?}");
+        assert!(second.is_ok(), "the second write: {second:?}");
+        assert_eq!(store.tasks("j").unwrap().len(), 2);
+    })
+    .join()
+    .unwrap();
+}
+
+/// The process of one step, coordinated by a runtime whose claims a trigger drops.
+#[task]
+fn unclaimed_step() -> u64 {
+    7
+}
+
+#[process]
+fn unclaimed(p: &mut Builder) {
+    p.task(UnclaimedStep::new());
+}
+
+// The offer loop writes the offer of a run's task after the run's cancel marked its rows
+// (the offer was on its way): it marks the run's rows again, and that mark fails once
+// (here a trigger raising on the first row marked cancelled): it is written again, as
+// a task's end is, and the task ends cancelled. Given up after one failure, the row
+// stayed ready, to be claimed and run with no cancel to come; here no worker claims
+// (a trigger drops every claim), so the run waited for that task until its
+// cancellation grace ran out, and ended failed. The offer is held by an advisory lock
+// the test holds, taken by a trigger on the row's insert, until the run's own cancel
+// statement (which finds no row yet) was seen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cancel_mark_after_an_offer_that_fails_once_is_written_again() {
+    let Some(url) = pg::database("cascade_remark") else {
+        return;
+    };
+    let rt = Runtime::connect(url.clone())
+        .lease(Duration::from_secs(3))
+        .cancel_grace(Duration::from_secs(2))
+        .spread_tasks(true)
+        .register::<Unclaimed>()
+        .start()
+        .await
+        .unwrap();
+    let u = url.clone();
+    tokio::task::spawn_blocking(move || {
+        pg::sql(
+            &u,
+            "CREATE TABLE cancels_seen (at timestamptz DEFAULT now());
+             CREATE SEQUENCE marks_written;
+             CREATE FUNCTION hold_offer() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+                 PERFORM pg_advisory_xact_lock_shared(42);
+                 RETURN NEW;
+             END $$;
+             CREATE TRIGGER hold_offer BEFORE INSERT ON procession_task_claims
+             FOR EACH ROW EXECUTE FUNCTION hold_offer();
+             CREATE FUNCTION no_claim() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN RETURN NULL; END $$;
+             CREATE TRIGGER no_claim BEFORE UPDATE ON procession_task_claims
+             FOR EACH ROW WHEN (NEW.state = 1) EXECUTE FUNCTION no_claim();
+             CREATE FUNCTION fail_first_mark() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+                 IF nextval('marks_written') = 1 THEN
+                     RAISE EXCEPTION 'the first cancel mark fails';
+                 END IF;
+                 RETURN NEW;
+             END $$;
+             CREATE TRIGGER fail_first_mark BEFORE UPDATE ON procession_task_claims
+             FOR EACH ROW WHEN (NEW.state = 4 AND OLD.state <> 4)
+             EXECUTE FUNCTION fail_first_mark();
+             CREATE FUNCTION see_cancel() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+                 IF current_query() LIKE '%SET state = 4%' THEN
+                     INSERT INTO cancels_seen DEFAULT VALUES;
+                 END IF;
+                 RETURN NULL;
+             END $$;
+             CREATE TRIGGER see_cancel AFTER UPDATE ON procession_task_claims
+             FOR EACH STATEMENT EXECUTE FUNCTION see_cancel();",
+        );
+    })
+    .await
+    .unwrap();
+    let mut gate = {
+        let u = url.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut c = postgres::Client::connect(&u, postgres::NoTls).unwrap();
+            c.execute("SELECT pg_advisory_lock(42)", &[]).unwrap();
+            c
+        })
+        .await
+        .unwrap()
+    };
+    let run = rt
+        .launch(Launch::new(Unclaimed {}).id("remark"))
+        .await
+        .unwrap();
+    let waits = |q: &'static str| {
+        let u = url.clone();
+        async move {
+            for _ in 0..1000 {
+                let u = u.clone();
+                let n = tokio::task::spawn_blocking(move || rows(&u, q)[0].get::<_, i64>(0))
+                    .await
+                    .unwrap();
+                if n > 0 {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            panic!("never seen: {q}");
+        }
+    };
+    // The offer waits for the gate; the run's cancel finds no row.
+    waits(
+        "SELECT count(*) FROM pg_stat_activity
+         WHERE wait_event = 'advisory' AND datname = current_database()",
+    )
+    .await;
+    run.cancel().await.unwrap();
+    waits("SELECT count(*) FROM cancels_seen").await;
+    let gate = tokio::task::spawn_blocking(move || {
+        gate.execute("SELECT pg_advisory_unlock(42)", &[]).unwrap();
+    });
+    let r = tokio::time::timeout(Duration::from_mins(1), run.wait())
+        .await
+        .expect("the cancelled run ends")
+        .unwrap();
+    gate.await.unwrap();
+    let stats = rt.task_stats();
+    rt.shutdown().await.unwrap();
+    assert_eq!(r.status, RunStatus::Cancelled, "{}", not_succeeded(&r));
+    assert_eq!(r.tasks[0].status, TaskStatus::Cancelled, "{:?}", r.tasks[0]);
+    assert_eq!(stats.claimed, 0, "{stats:?}");
+}
+
 static SLOW_STARTED: tokio::sync::Notify = tokio::sync::Notify::const_new();
 
 /// Runs a while without looking at its cancel.

@@ -401,6 +401,77 @@ fn a_paused_worker_is_fenced_out_when_it_wakes_up() {
     );
 }
 
+// A worker paused between two statements of a transaction (here inside a record update
+// whose closure waits, as a worker stopped by SIGSTOP at that moment would) holds its
+// locks only until the server ends its session, idle in a transaction for 10 s: another
+// worker then takes its run over, and the paused worker's update, once it wakes up, runs
+// again on a new connection. Before, the run's record stayed locked while the worker was
+// paused and every takeover skipped it: a worker stopped in the middle of a write kept
+// its runs from the standby until it woke up (`a_paused_worker_is_fenced_out_when_it_
+// wakes_up` once gave up waiting for the takeover after a minute).
+#[test]
+fn a_worker_paused_inside_a_transaction_does_not_keep_its_run_from_a_takeover() {
+    use procession::store::{PgStore, Store, Update};
+    if std::env::var("PGW_URL").is_ok() {
+        return;
+    }
+    let Some(url) = database("paused_tx") else {
+        return;
+    };
+    let store = PgStore::connect(&url).unwrap();
+    let mut rec =
+        procession::ProcessRecord::new_root("p", "chain", "chain", "", serde_json::json!({}));
+    rec.status.state = State::Running;
+    store
+        .update("p", &mut |_| Update::Put(Box::new(rec.clone())))
+        .unwrap();
+    let (inside_tx, inside) = std::sync::mpsc::channel::<()>();
+    let (wake, woken) = std::sync::mpsc::channel::<()>();
+    let u = url.clone();
+    let paused = std::thread::spawn(move || {
+        let store = PgStore::connect(&u).unwrap();
+        let mut calls = 0;
+        let out = store.update("p", &mut |_| {
+            calls += 1;
+            if calls == 1 {
+                let _ = inside_tx.send(());
+                let _ = woken.recv_timeout(Duration::from_mins(1));
+            }
+            Update::Keep
+        });
+        (out, calls)
+    });
+    inside.recv().unwrap();
+    let paused_at = Instant::now();
+    let taken = loop {
+        let taken = store
+            .claim_expired("standby", &["chain"], 60_000, 10)
+            .unwrap();
+        if !taken.is_empty() {
+            break taken;
+        }
+        assert!(
+            paused_at.elapsed() < Duration::from_secs(45),
+            "the paused worker's run was never taken over"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let took = paused_at.elapsed();
+    wake.send(()).unwrap();
+    let (out, calls) = paused.join().unwrap();
+    assert_eq!(taken.len(), 1);
+    assert_eq!(
+        (taken[0].run.as_str(), taken[0].owner.as_str()),
+        ("p", "standby")
+    );
+    assert!(
+        took >= Duration::from_secs(9),
+        "taken over while the record was locked: {took:?}"
+    );
+    assert!(out.is_ok(), "the paused update, run again: {out:?}");
+    assert_eq!(calls, 2, "run again on a new connection");
+}
+
 // Issue 14 phase 2 (c): 30 runs launched on 3 worker processes, one of them killed
 // mid-way: all end with the values the same process gives on sled, no task whose end
 // was written before the kill ran again, and only tasks of the killed worker ran twice.

@@ -774,9 +774,14 @@ impl RunJournal {
         Some(g.rollup())
     }
 
-    /// Everything dirty, as a batch; clears the dirty marks.
-    pub(crate) fn take(&self, batch: &mut Batch, events: Option<&mut Vec<(SmolStr, State)>>) {
+    /// Everything dirty, as a batch; clears the dirty marks. The state changes taken go to
+    /// `events` when anyone listens (see [`listening`](Self::listening)).
+    pub(crate) fn take(&self, batch: &mut Batch, events: &mut Vec<(SmolStr, State)>) {
         let mut g = self.begin_take();
+        if g.dirty_list.is_empty() {
+            return;
+        }
+        let events = self.listening().then_some(events);
         batch.tasks.reserve(g.dirty_list.len());
         let freed = Self::drain(&mut g, events, |g, i| {
             g.push_row(i, &self.run_id, &mut batch.tasks)
@@ -792,13 +797,14 @@ impl RunJournal {
     pub(crate) fn take_into(
         &self,
         store: &MemoryStore,
-        events: Option<&mut Vec<(SmolStr, State)>>,
+        events: &mut Vec<(SmolStr, State)>,
     ) -> (usize, u64) {
         let mut g = self.begin_take();
         let n = g.dirty_list.len();
         if n == 0 {
             return (0, 0);
         }
+        let events = self.listening().then_some(events);
         // The run's shared lists, for the store (a few names; the ids by reference).
         let (ids, names, lease) = (g.nodes.clone(), g.names.clone(), g.lease);
         let mut freed = Vec::new();
@@ -808,6 +814,14 @@ impl RunJournal {
         drop(g);
         drop(freed);
         (n, fenced)
+    }
+
+    /// Whether anyone listens to events, read by a take with the rows locked: every
+    /// change it takes was made under that lock before, so a subscriber that subscribed
+    /// before a change was made is counted and receives its state (one read per run and
+    /// cycle; the state events of a cycle nobody listens to are not built).
+    fn listening(&self) -> bool {
+        self.writer.events.receiver_count() > 0
     }
 
     /// Locks the rows for a write cycle: later changes need a new wake-up, and bursts

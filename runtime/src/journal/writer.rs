@@ -357,7 +357,8 @@ fn writer_loop(
             }
         };
         let mut changed = Vec::new();
-        let listening = events.receiver_count() > 0;
+        #[cfg(test)]
+        pause::reached(ticked);
         let mut wrote = !cycle.completions.is_empty();
         let mut rollups = Vec::new();
         // The memory store takes the journals' rows straight (no `TaskRow` per row),
@@ -372,11 +373,11 @@ fn writer_loop(
             let mut ev = Vec::new();
             match memory {
                 Some(m) => {
-                    let (n, f) = j.take_into(m, listening.then_some(&mut ev));
+                    let (n, f) = j.take_into(m, &mut ev);
                     wrote |= n > 0;
                     fenced += f;
                 }
-                None => j.take(&mut cycle.pending, listening.then_some(&mut ev)),
+                None => j.take(&mut cycle.pending, &mut ev),
             }
             changed.extend(ev.into_iter().map(|(node, state)| {
                 (
@@ -429,7 +430,10 @@ fn writer_loop(
         for w in waiters {
             let _ = w.send(result.clone());
         }
-        if result.is_ok() && listening {
+        // Whether anyone listens is read again now: a subscriber that came during the
+        // cycle receives what it wrote after the subscriber came (the journals read it
+        // as they take their rows; the runs' progress is always gathered).
+        if result.is_ok() && !changed.is_empty() && events.receiver_count() > 0 {
             for (run, root, node, kind) in changed {
                 // The run's own progress has the run as its record; a task, `<run>/<node>`.
                 let id = if matches!(kind, EventKind::Progress(_)) {
@@ -520,10 +524,51 @@ fn warn_fenced(fenced: u64) {
     }
 }
 
+/// A pause inside a write cycle, for tests: a hook set for one writer thread runs once
+/// the cycle has read its messages and before it takes the journals' rows (given whether
+/// the cycle writes the runs' progress), so a test can act in the middle of a cycle.
+#[cfg(test)]
+pub(crate) mod pause {
+    use std::sync::Mutex;
+    use std::thread::ThreadId;
+
+    type Hook = Box<dyn FnMut(bool) + Send>;
+
+    static HOOKS: Mutex<Vec<(ThreadId, Hook)>> = Mutex::new(Vec::new());
+
+    /// Runs `hook` in every cycle of `writer` from now on.
+    pub(crate) fn set(writer: &super::WriterHandle, hook: Hook) {
+        let mut g = HOOKS
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        g.push((writer.thread.id(), hook));
+    }
+
+    pub(super) fn reached(ticked: bool) {
+        let me = std::thread::current().id();
+        let take = || {
+            let mut g = HOOKS
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let i = g.iter().position(|(t, _)| *t == me)?;
+            Some(g.swap_remove(i))
+        };
+        // Run outside the lock: the hook may block, other tests' writers go on.
+        if let Some((t, mut hook)) = take() {
+            hook(ticked);
+            HOOKS
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push((t, hook));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::State;
+    use crate::journal::{Ended, NewRow, RunJournal};
+    use crate::record::{ProcessRecord, RunMeta, State};
     use crate::store::MemoryStore;
 
     fn event(id: &str) -> Event {
@@ -595,6 +640,104 @@ mod tests {
             .await
             .expect("op");
         assert_eq!(name.as_deref(), Some("procession-writer"));
+        writer.close().await.expect("close");
+    }
+
+    // A subscriber that arrives in the middle of a write cycle, before the cycle takes a
+    // change made after it subscribed and writes the run's progress, receives both: the
+    // task's state and the run's rolled-up progress. (The cycle once read whether anyone
+    // listened at its start, and built and sent neither.) The writer is held inside its
+    // cycle by a test pause while the subscriber subscribes and the task ends.
+    #[tokio::test]
+    async fn a_subscriber_arriving_mid_cycle_receives_the_cycles_later_changes() {
+        let store = Arc::new(MemoryStore::new());
+        let mut rec = ProcessRecord::new_root("run", "job", "job", "", serde_json::Value::Null);
+        rec.status.state = State::Running;
+        rec.run = Some(RunMeta {
+            token: 1,
+            fingerprint: 0,
+            options: std::collections::BTreeMap::new(),
+            tasks: 1,
+            idempotency_key: None,
+            max_concurrency: None,
+            resumes: 0,
+            seq: 1,
+            overlap_of: None,
+            fired_at: None,
+            traceparent: None,
+        });
+        store
+            .update("run", &mut |_| Update::Put(Box::new(rec.clone())))
+            .expect("record");
+        // Nobody listens when the cycle starts.
+        let (events, _) = broadcast::channel(16);
+        let writer = start_writer(
+            store.clone(),
+            Duration::from_millis(20),
+            events.clone(),
+            false,
+        )
+        .expect("writer");
+        let j = RunJournal::new(
+            Arc::from("run"),
+            Arc::from("run"),
+            1,
+            0,
+            Arc::from(vec![smol_str::SmolStr::new("n0")]),
+            std::iter::once(NewRow {
+                task: "step",
+                optional: false,
+            }),
+            writer.clone(),
+            Duration::from_millis(50),
+        );
+        let (paused_tx, paused) = std_mpsc::channel::<()>();
+        let (go, go_rx) = std_mpsc::channel::<()>();
+        let mut armed = true;
+        pause::set(
+            &writer,
+            Box::new(move |ticked| {
+                if ticked && std::mem::take(&mut armed) {
+                    let _ = paused_tx.send(());
+                    let _ = go_rx.recv();
+                }
+            }),
+        );
+        paused
+            .recv()
+            .expect("the writer pauses in a cycle that writes progress");
+        let mut rx = events.subscribe();
+        j.ended(
+            0,
+            Ended {
+                state: State::Done,
+                skipped: false,
+                attempts: 1,
+                elapsed: Duration::from_millis(1),
+                failure: None,
+                at: None,
+            },
+            None,
+        );
+        go.send(()).expect("go");
+        let mut seen = Vec::new();
+        while seen.len() < 2 {
+            let e = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+                .await
+                .unwrap_or_else(|_| panic!("events missed; got {seen:?}"))
+                .expect("event");
+            seen.push((e.id, e.kind));
+        }
+        assert!(
+            seen.contains(&("run/n0".to_owned(), EventKind::State { state: State::Done })),
+            "{seen:?}"
+        );
+        assert!(
+            seen.iter()
+                .any(|(id, k)| id == "run" && matches!(k, EventKind::Progress(_))),
+            "{seen:?}"
+        );
+        drop(j);
         writer.close().await.expect("close");
     }
 }

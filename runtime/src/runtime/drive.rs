@@ -296,16 +296,16 @@ pub(super) async fn drive(inner: Arc<Inner>, run: Run) -> (Option<RunReport>, Re
         .map(|p| (inner.notifier.clone(), p, rec, inner.clock.now_ms()));
     let notifying = notify.is_some();
     let last_rows = journal.clone();
-    let listening = inner.events.receiver_count() > 0;
     let ended = inner
         .write(move |store| {
             // The task rows not written yet come first: in this write, before the end,
-            // and with their events before the run's.
+            // and with their events before the run's (built when anyone listens as
+            // they are taken, see `RunJournal::take`).
             let mut events = Vec::new();
             if let Some(j) = &last_rows {
                 let mut rows = Batch::default();
                 let mut changed = Vec::new();
-                j.take(&mut rows, listening.then_some(&mut changed));
+                j.take(&mut rows, &mut changed);
                 if !rows.is_empty() {
                     let fenced = store.apply(rows)?.fenced;
                     if fenced > 0 {

@@ -132,9 +132,11 @@ const OFFER_BATCH: usize = 512;
 /// Task ends written per statement.
 const FINISH_BATCH: usize = 256;
 /// Times a statement writing task ends is run before its tasks are given up (their
-/// claims expire and they run again).
+/// claims expire and they run again); also the tries of a run's cancel mark after an
+/// offer (see [`mark_cancelled_again`]).
 const FINISH_TRIES: u32 = 4;
-/// The pause before the next try of a statement writing task ends, times the tries.
+/// The pause before the next try of a statement writing task ends (or a cancel mark),
+/// times the tries.
 const FINISH_RETRY: Duration = Duration::from_millis(50);
 /// Rebuilt graphs kept.
 const CACHE_RUNS: usize = 64;
@@ -947,16 +949,7 @@ async fn offer_loop(inner: Weak<Inner>, mut rx: mpsc::UnboundedReceiver<TaskOffe
                 for (run, token) in cancelled.into_iter().flatten() {
                     // Offered as (or after) its run's cancel marked its rows: marked
                     // again, or the row would be claimed and run with no cancel to come.
-                    let r = run.clone();
-                    let out = i
-                        .read(move |s| match s.task_queue() {
-                            Some(q) => q.cancel(&r, token),
-                            None => Ok(()),
-                        })
-                        .await;
-                    if let Err(e) = out {
-                        tracing::warn!(run = %run, error = %e, "cannot ask the run's spread tasks to cancel");
-                    }
+                    mark_cancelled_again(&i, &run, token).await;
                 }
                 if let Some(s) = spread_of(&i) {
                     s.maybe_ready.store(true, Ordering::Release);
@@ -972,6 +965,35 @@ async fn offer_loop(inner: Weak<Inner>, mut rx: mpsc::UnboundedReceiver<TaskOffe
                 tracing::warn!(error = %e, offers = batch.len(), "cannot offer tasks; trying again");
                 drop(i);
                 tokio::time::sleep(POLL).await;
+            }
+        }
+    }
+}
+
+/// Marks the rows of run `run` (token `token`) cancelled again, after an offer written
+/// once its cancel had come. Tried again as a task's end is (a deadlock victim, a broken
+/// connection): given up, a row offered ready stays claimable with no cancel to come, and
+/// its coordinator waits for its end until its cancellation grace runs out.
+async fn mark_cancelled_again(inner: &Inner, run: &str, token: u64) {
+    let mut tries: u32 = 0;
+    loop {
+        tries += 1;
+        let r = run.to_owned();
+        let out = inner
+            .read(move |s| match s.task_queue() {
+                Some(q) => q.cancel(&r, token),
+                None => Ok(()),
+            })
+            .await;
+        match out {
+            Ok(()) | Err(super::Error::ShuttingDown) => return,
+            Err(e) if tries < FINISH_TRIES => {
+                tracing::warn!(run = %run, error = %e, tries, "cannot ask the run's spread tasks to cancel; trying again");
+                tokio::time::sleep(FINISH_RETRY * tries).await;
+            }
+            Err(e) => {
+                tracing::warn!(run = %run, error = %e, tries, "cannot ask the run's spread tasks to cancel");
+                return;
             }
         }
     }

@@ -864,9 +864,15 @@ impl PgStore {
                 data.push(encode_row(row));
             }
             if !run_ids.is_empty() {
+                // In (run, node) order, sorted by the database: two writers of one run's
+                // rows (a coordinator, and the one it took the run over from before that
+                // one's write was fenced out) lock them in one order, not each in its
+                // batch's (a deadlock aborted one of the two groups of writes).
                 c.execute(
                     "INSERT INTO procession_tasks (run, node, lease, data)
                      SELECT * FROM unnest($1::text[], $2::integer[], $3::bigint[], $4::bytea[])
+                         AS u(run, node, lease, data)
+                     ORDER BY u.run, u.node
                      ON CONFLICT (run, node) DO UPDATE
                          SET lease = EXCLUDED.lease, data = EXCLUDED.data",
                     &[&run_ids, &nodes, &leases, &data],

@@ -68,6 +68,17 @@ const MAX_BACKOFF: Duration = Duration::from_secs(1);
 /// partition rather than a refused port) must not hold a call past its window.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long the server lets a session of ours wait for its client inside a transaction
+/// before it ends the session, which rolls the transaction back and releases its locks
+/// (`idle_in_transaction_session_timeout`, unless the server, database, role or URL set
+/// one). A transaction of ours never waits for its client that long: only a worker
+/// stopped (`SIGSTOP`, a frozen VM) between two statements of one does, and its locks
+/// (a run's record, its lease under a write's fence) would keep its runs from every
+/// other worker, whose takeover skips a locked record or waits for the lease, until it
+/// woke up. Its call then runs again on a new connection (see [`broken`]), fenced as
+/// any late write of a worker that lost its lease.
+const IDLE_IN_TRANSACTION: &str = "10s";
+
 /// The option of ours in a connection string; the client would refuse it.
 const RETRY_OPTION: &str = "retry_window";
 
@@ -93,8 +104,14 @@ enum Outcome {
 impl Conn {
     pub(super) fn open(config: &Config, generic: bool) -> Result<Conn, postgres::Error> {
         let mut client = config.connect(NoTls)?;
+        let idle = format!(
+            "SELECT set_config('idle_in_transaction_session_timeout', '{IDLE_IN_TRANSACTION}', \
+             false) WHERE current_setting('idle_in_transaction_session_timeout') = '0'"
+        );
         if generic {
-            client.batch_execute("SET plan_cache_mode = force_generic_plan")?;
+            client.batch_execute(&format!("SET plan_cache_mode = force_generic_plan; {idle}"))?;
+        } else {
+            client.batch_execute(&idle)?;
         }
         Ok(Conn {
             client,
@@ -231,7 +248,8 @@ fn broken(conn: Option<&Conn>, e: &postgres::Error) -> bool {
     if let Some(code) = e.code() {
         // 08: connection exception; 57P01-03: admin shutdown, crash shutdown, cannot
         // connect now (starting up, shutting down, in recovery); 53300: too many
-        // connections (a restart's burst of reconnections).
+        // connections (a restart's burst of reconnections); 25P03: the session waited
+        // for us inside a transaction too long (see `IDLE_IN_TRANSACTION`).
         let c = code.code();
         return c.starts_with("08")
             || [
@@ -239,6 +257,7 @@ fn broken(conn: Option<&Conn>, e: &postgres::Error) -> bool {
                 SqlState::CRASH_SHUTDOWN,
                 SqlState::CANNOT_CONNECT_NOW,
                 SqlState::TOO_MANY_CONNECTIONS,
+                SqlState::IDLE_IN_TRANSACTION_SESSION_TIMEOUT,
             ]
             .contains(code);
     }

@@ -11,6 +11,15 @@
 //! States: 0 ready (offered), 1 running (claimed), 2 done, 3 failed, 4 cancel (the run
 //! asked its tasks to stop; a running one ends as its worker reports it), 5 waiting (not
 //! claimable: `pending_deps` successful finishes of its dependencies make it ready).
+//!
+//! Lock order: every statement that locks several rows of the table and waits for them
+//! locks the rows that are not waiting first, then the waiting ones, each in (run, node)
+//! order (sorted by the database, one collation for all): a finish locks its own
+//! running rows, then the waiting dependents it counts down; so do a cancel, an offer
+//! (which may meet rows of every state, of an older run of the record), a heartbeat's
+//! claim renewals, a report, a release and a clear. Two of them that locked in
+//! different orders deadlocked, and the database aborted one. A claim skips locked rows
+//! (`SKIP LOCKED`): it never waits.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -406,8 +415,8 @@ impl TaskQueue for PgStore {
         }
         // One row per task: a ready offer wins over a waiting one of the same batch (a
         // node's waiting row and its offer may be written together), a later offer over
-        // an earlier one. Sorted, so that the rows are locked in the order the finishing
-        // statement locks them (no deadlock between the two).
+        // an earlier one. (Sorted here for that; the statement sorts the rows it locks
+        // itself, see the module's lock order.)
         let mut by_task: std::collections::BTreeMap<(&str, u32), &TaskOffer> =
             std::collections::BTreeMap::new();
         for o in offers {
@@ -446,10 +455,12 @@ impl TaskQueue for PgStore {
         // stays as it is (a coordinator that took the run over adopts what runs on live
         // workers and finds what ended). Rows that exist and change: a waiting row
         // offered ready becomes ready; a row of an older run of the record starts again
-        // (its token keeps growing); locked in (run, node) order, as the finishing
-        // statement locks them (no deadlock between the two): one primary-key probe per
-        // offer, in the order of the arrays (sorted above), not a scan of the table
-        // joined by hash (its generic plan) and sorted.
+        // (its token keeps growing). Those are locked in the module's lock order: rows
+        // that are not waiting first (an older run's may be running, which its
+        // coordinator's cancel or a late finish locks before waiting ones), then waiting
+        // ones, each in (run, node) order; found by one primary-key probe per offer (not
+        // a scan of the table joined by hash, its generic plan), and locked by a second
+        // probe per row that changes (the condition read again once the lock is granted).
         self.with(|c| {
             c.execute(
                 "WITH u AS (
@@ -459,11 +470,19 @@ impl TaskQueue for PgStore {
                           AS u(run, node, run_token, process_type, attempts, max_attempts,
                                deadline_ms, pending, deps)),
                  l AS MATERIALIZED (
-                     SELECT x.run, x.node FROM u CROSS JOIN LATERAL (
-                         SELECT t.run, t.node FROM procession_task_claims t
-                         WHERE t.run = u.run AND t.node = u.node
-                           AND (t.run_token <> u.run_token
-                                OR (t.state = 5 AND u.pending = 0))
+                     SELECT c.run, c.node FROM (
+                         SELECT u.run, u.node, u.run_token, u.pending
+                         FROM u CROSS JOIN LATERAL (
+                             SELECT t.state FROM procession_task_claims t
+                             WHERE t.run = u.run AND t.node = u.node
+                               AND (t.run_token <> u.run_token
+                                    OR (t.state = 5 AND u.pending = 0))) x
+                         ORDER BY x.state = 5, u.run, u.node) c
+                     CROSS JOIN LATERAL (
+                         SELECT 1 FROM procession_task_claims t
+                         WHERE t.run = c.run AND t.node = c.node
+                           AND (t.run_token <> c.run_token
+                                OR (t.state = 5 AND c.pending = 0))
                          FOR UPDATE) x),
                  changed AS (
                      UPDATE procession_task_claims AS t
@@ -698,14 +717,25 @@ impl TaskQueue for PgStore {
         self.with(|c| {
             // Fenced as a heartbeat is: only under the claim's token, by its owner, while
             // it runs. A log left out (`NULL`) keeps the stored one.
+            // Its rows locked first, in (run, node) order (see the module's lock order).
             c.execute(
-                "UPDATE procession_task_claims AS t
+                "WITH l AS MATERIALIZED (
+                     SELECT u.* FROM (
+                         SELECT * FROM unnest($2::text[], $3::int4[], $4::int8[], $5::int4[],
+                                              $6::float8[], $7::text[], $8::text[],
+                                              $9::int8[])
+                              AS u(run, node, token, attempt, percent, message, log, logged)
+                         ORDER BY u.run, u.node) u
+                     CROSS JOIN LATERAL (
+                         SELECT 1 FROM procession_task_claims t
+                         WHERE t.run = u.run AND t.node = u.node AND t.token = u.token
+                           AND t.owner = $1 AND t.state IN (1, 4)
+                         FOR UPDATE) x)
+                 UPDATE procession_task_claims AS t
                  SET attempt = u.attempt, percent = u.percent, message = u.message,
                      log = COALESCE(u.log, t.log), logged = u.logged, seq = t.seq + 1,
                      news = pg_current_xact_id()::text::int8
-                 FROM unnest($2::text[], $3::int4[], $4::int8[], $5::int4[], $6::float8[],
-                             $7::text[], $8::text[], $9::int8[])
-                      AS u(run, node, token, attempt, percent, message, log, logged)
+                 FROM l AS u
                  WHERE t.run = u.run AND t.node = u.node AND t.token = u.token
                    AND t.owner = $1 AND t.state IN (1, 4)",
                 &[
@@ -813,14 +843,25 @@ impl TaskQueue for PgStore {
             // is ready again (its attempts stay raised by the claim: attempt numbers
             // never repeat); one asked to cancel loses its owner, which ends it
             // cancelled for its coordinator (as a task cancelled before any claim). The
-            // token is raised: a late finish of this claim is fenced out.
+            // token is raised: a late finish of this claim is fenced out. Its rows are
+            // locked first, in (run, node) order (see the module's lock order).
             let rows = c.query(
-                "WITH r AS (
+                "WITH l AS MATERIALIZED (
+                     SELECT u.run, u.node, u.token FROM (
+                         SELECT * FROM unnest($2::text[], $3::int4[], $4::int8[])
+                              AS u(run, node, token)
+                         ORDER BY u.run, u.node) u
+                     CROSS JOIN LATERAL (
+                         SELECT 1 FROM procession_task_claims t
+                         WHERE t.run = u.run AND t.node = u.node AND t.token = u.token
+                           AND t.owner = $1 AND t.state IN (1, 4)
+                         FOR UPDATE) x),
+                 r AS (
                      UPDATE procession_task_claims AS t
                      SET state = CASE WHEN t.state = 1 THEN 0 ELSE t.state END,
                          token = t.token + 1, owner = NULL, expires_at = 0,
                          deadline_at = NULL, news = pg_current_xact_id()::text::int8
-                     FROM unnest($2::text[], $3::int4[], $4::int8[]) AS u(run, node, token)
+                     FROM l AS u
                      WHERE t.run = u.run AND t.node = u.node AND t.token = u.token
                        AND t.owner = $1 AND t.state IN (1, 4)
                      RETURNING t.run)
@@ -835,10 +876,9 @@ impl TaskQueue for PgStore {
 
     fn cancel(&self, run: &str, token: u64) -> Result<(), StoreError> {
         self.with(|c| {
-            // Waiting rows too. Running rows are locked before waiting ones, each in
-            // node order, as the finishing statement locks them (a finish holds its
-            // running rows while it counts their waiting dependents down): no deadlock
-            // between the two.
+            // Waiting rows too. Running and ready rows are locked before waiting ones,
+            // each in node order (see the module's lock order): a finish holds its
+            // running rows while it counts their waiting dependents down.
             c.execute(
                 "WITH l AS MATERIALIZED (
                      SELECT node FROM procession_task_claims
@@ -861,8 +901,16 @@ impl TaskQueue for PgStore {
 
     fn clear(&self, run: &str, token: u64) -> Result<(), StoreError> {
         self.with(|c| {
+            // Locked first in the module's lock order (a late finish or release of one
+            // of its tasks may lock the same rows).
             c.execute(
-                "DELETE FROM procession_task_claims WHERE run = $1 AND run_token = $2",
+                "WITH l AS MATERIALIZED (
+                     SELECT node FROM procession_task_claims
+                     WHERE run = $1 AND run_token = $2
+                     ORDER BY state = 5, node
+                     FOR UPDATE)
+                 DELETE FROM procession_task_claims AS t USING l
+                 WHERE t.run = $1 AND t.node = l.node AND t.run_token = $2",
                 &[&run, &run_token(token)],
             )?;
             Ok(())
@@ -885,16 +933,29 @@ impl TaskQueue for PgStore {
             // One statement: the run leases (as `Store::heartbeat`), the task claims
             // still this worker's (same token, running or asked to cancel), and the
             // worker's row. A claim past its hard deadline is renewed too, but stays
-            // claimable by others (the claim query reads the deadline).
+            // claimable by others (the claim query reads the deadline). The claims'
+            // rows are locked first, in (run, node) order (see the module's lock order:
+            // the worker's own finish of the same tasks, on another connection, locks
+            // them so).
             let rows = c.query(
                 concat!(
                     "WITH ",
                     heartbeat_ctes!(),
                     ",
+                 held AS MATERIALIZED (
+                     SELECT h.run, h.node, h.token FROM (
+                         SELECT * FROM unnest($5::text[], $6::int4[], $7::bigint[])
+                              AS h(run, node, token)
+                         ORDER BY h.run, h.node) h
+                     CROSS JOIN LATERAL (
+                         SELECT 1 FROM procession_task_claims t
+                         WHERE t.run = h.run AND t.node = h.node AND t.token = h.token
+                           AND t.owner = $1 AND t.state IN (1, 4)
+                         FOR UPDATE) x),
                  claims AS (
                      UPDATE procession_task_claims AS t
                      SET expires_at = procession_now_ms() + $4
-                     FROM unnest($5::text[], $6::int4[], $7::bigint[]) AS h(run, node, token)
+                     FROM held AS h
                      WHERE t.run = h.run AND t.node = h.node AND t.token = h.token
                        AND t.owner = $1 AND t.state IN (1, 4)
                      RETURNING t.run, t.node, t.state)
