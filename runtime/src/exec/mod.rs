@@ -28,7 +28,6 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{chain, BoxError, CancelGraceExceeded, DependencyFailed};
-use crate::graph::spare::Spare;
 use crate::graph::Graph;
 use crate::hooks::{Hooks, RunInfo};
 use crate::journal::{Ended, Failure, RunJournal};
@@ -39,6 +38,7 @@ use crate::task::arg::Slot;
 use crate::task::ctx::{CancelFlag, Reporter, RunScope, RuntimeHandle};
 use crate::task::resource::Resources;
 use crate::task::OnDepFailure;
+use crate::util::nanos;
 
 use report::build_report;
 use shared::{CsrBuilder, Shared};
@@ -191,17 +191,69 @@ enum NodeStatus {
     Cancelled,
 }
 
-/// The driver's state of the last large run, for the next one (see [`spare`](crate::graph::spare)).
-static STATES: Spare<NodeState> = Spare::new();
+/// The driver's view of the nodes: a byte of status each, and what it knows of the
+/// nodes it ended itself (failures, skips, cancels), kept apart.
+///
+/// Most nodes of most runs succeed, and a success is left by its worker in its cell
+/// (attempts, time, text; a restored one's too, put there by the driver): a run where
+/// nothing fails makes, walks and drops a byte per node here, not a 40-byte state (a
+/// cache miss per node fewer in each of the driver's passes: its start, its end and
+/// the report).
+struct NodeStates {
+    status: Vec<NodeStatus>,
+    /// Indexed by node, made (with an entry for every node) when the driver ends a
+    /// node itself for the first time: empty while none was.
+    ended: Vec<NodeState>,
+}
 
+/// What the driver knows of a node it ended itself (the default for every other one).
+#[derive(Default)]
 struct NodeState {
-    status: NodeStatus,
     attempts: u32,
     elapsed: Duration,
     error: Option<Arc<dyn StdError + Send + Sync + 'static>>,
     /// Skipped only because of failures that do not fail the run (optional tasks, or
     /// tasks skipped only because of those).
     tolerated: bool,
+}
+
+/// The state of a node the driver did not end itself.
+static NOT_ENDED: NodeState = NodeState {
+    attempts: 0,
+    elapsed: Duration::ZERO,
+    error: None,
+    tolerated: false,
+};
+
+impl NodeStates {
+    /// `n` pending nodes.
+    fn new(n: usize) -> Self {
+        NodeStates {
+            status: vec![NodeStatus::Pending; n],
+            ended: Vec::new(),
+        }
+    }
+
+    #[inline]
+    fn status(&self, i: usize) -> NodeStatus {
+        self.status[i]
+    }
+
+    /// What the driver knows of node `i` (nothing, the default, unless it ended it).
+    #[inline]
+    fn get(&self, i: usize) -> &NodeState {
+        self.ended.get(i).unwrap_or(&NOT_ENDED)
+    }
+
+    /// Ends node `i` with `status` and returns its state, to be filled in.
+    fn end(&mut self, i: usize, status: NodeStatus) -> &mut NodeState {
+        self.status[i] = status;
+        if self.ended.is_empty() {
+            self.ended
+                .resize_with(self.status.len(), NodeState::default);
+        }
+        &mut self.ended[i]
+    }
 }
 
 struct Completion {
@@ -267,15 +319,7 @@ async fn drive_run(mut graph: Graph, mut cfg: RunConfig) -> (Option<RunReport>, 
     }
     tracing::info!(process = %info.process, run = %info.run_id, tasks = n, "run started");
 
-    // In the memory of the last large run's state when it fits (see `spare`).
-    let mut state = STATES.lease(n);
-    state.extend((0..n).map(|_| NodeState {
-        status: NodeStatus::Pending,
-        attempts: 0,
-        elapsed: Duration::ZERO,
-        error: None,
-        tolerated: false,
-    }));
+    let mut state = NodeStates::new(n);
     let mut ready: VecDeque<u32> = VecDeque::new();
     let mut settle: Vec<u32> = Vec::new();
     for (i, json, attempts, elapsed) in resume.done {
@@ -288,14 +332,12 @@ async fn drive_run(mut graph: Graph, mut cfg: RunConfig) -> (Option<RunReport>, 
             j.restored(i, attempts, elapsed, json.clone());
         }
         shared.slots[idx].fill(Some(json), None);
-        state[idx] = NodeState {
-            status: NodeStatus::Success,
-            attempts,
-            elapsed,
-            error: None,
-            tolerated: false,
-        };
-        shared.nodes[idx].done_ok.store(true, Ordering::Release);
+        // In its cell, as a worker's success is (the cell was claimed here).
+        state.status[idx] = NodeStatus::Success;
+        let cell = &shared.nodes[idx];
+        cell.attempts_run.store(attempts, Ordering::Relaxed);
+        cell.elapsed_ns.store(nanos(elapsed), Ordering::Relaxed);
+        cell.done_ok.store(true, Ordering::Release);
         count_off(&shared, i, &mut settle);
     }
     if let Some(d) = &cfg.dispatch {
@@ -419,10 +461,10 @@ async fn drive_run(mut graph: Graph, mut cfg: RunConfig) -> (Option<RunReport>, 
                     suspended = true;
                     break;
                 }
-                for (i, s) in state.iter_mut().enumerate() {
+                for i in 0..n {
                     // Started (claimed while pending) and not ended by its worker: a
                     // worker that ended first has its end recorded or on the way.
-                    let running = s.status == NodeStatus::Pending
+                    let running = state.status(i) == NodeStatus::Pending
                         && shared.nodes[i].claimed.load(Ordering::Acquire)
                         && !shared.nodes[i].done_ok.load(Ordering::Acquire);
                     if running && !shared.nodes[i].ended.swap(true, Ordering::AcqRel) {
@@ -433,7 +475,7 @@ async fn drive_run(mut graph: Graph, mut cfg: RunConfig) -> (Option<RunReport>, 
                         for h in &cfg.hooks {
                             h.failed(&info, &shared.ids[i], &*e);
                         }
-                        s.status = NodeStatus::Errored;
+                        let s = state.end(i, NodeStatus::Errored);
                         s.error = Some(e);
                         // What it did until it was abandoned: the attempts it started
                         // and the time since its start.
@@ -441,7 +483,7 @@ async fn drive_run(mut graph: Graph, mut cfg: RunConfig) -> (Option<RunReport>, 
                         s.elapsed = shared.running_for(i);
                         // Its row says so too: the stored report agrees with this one.
                         if let Some(j) = &shared.journal {
-                            record_end(j, i, s);
+                            record_end(j, i, NodeStatus::Errored, s);
                         }
                         shared.in_flight.fetch_sub(1, Ordering::AcqRel);
                     }
@@ -453,8 +495,8 @@ async fn drive_run(mut graph: Graph, mut cfg: RunConfig) -> (Option<RunReport>, 
 
     // Successes were not reported one by one: their workers left them in `shared`.
     suspended |= halt_seen
-        && state.iter().enumerate().any(|(i, s)| {
-            s.status == NodeStatus::Pending && !shared.nodes[i].done_ok.load(Ordering::Acquire)
+        && state.status.iter().enumerate().any(|(i, &s)| {
+            s == NodeStatus::Pending && !shared.nodes[i].done_ok.load(Ordering::Acquire)
         });
     if suspended {
         tracing::info!(run = %info.run_id, "run suspended");
@@ -469,11 +511,12 @@ async fn drive_run(mut graph: Graph, mut cfg: RunConfig) -> (Option<RunReport>, 
     let cancelled = cancel_seen || cfg.cancel.is_cancelled();
     // What never ended ends cancelled; a success is read where its worker left it by
     // the report, in its one pass over the nodes (see `build_report`).
-    for (i, s) in state.iter_mut().enumerate() {
-        if s.status == NodeStatus::Pending && !shared.nodes[i].done_ok.load(Ordering::Acquire) {
-            s.status = NodeStatus::Cancelled;
+    for (i, s) in state.status.iter_mut().enumerate() {
+        if *s == NodeStatus::Pending && !shared.nodes[i].done_ok.load(Ordering::Acquire) {
+            // No attempts, no time, no error: nothing to keep but its status.
+            *s = NodeStatus::Cancelled;
             if let Some(j) = &shared.journal {
-                record_end(j, i, s);
+                record_end(j, i, NodeStatus::Cancelled, &NOT_ENDED);
             }
         }
     }
@@ -559,7 +602,11 @@ fn new_shared(
             roots.push(i as u32);
         }
         slots.push(Slot::new(node.readers));
-        nodes.push(shared::NodeCell::new(remaining, node.task.take(), node.meta));
+        nodes.push(shared::NodeCell::new(
+            remaining,
+            node.task.take(),
+            node.meta,
+        ));
     }
     let shared::Csr {
         offsets,
@@ -612,7 +659,7 @@ fn new_shared(
 fn handle_batch(
     batch: &mut Vec<Msg>,
     shared: &Shared,
-    state: &mut [NodeState],
+    state: &mut NodeStates,
     settle: &mut Vec<u32>,
     cfg: &RunConfig,
     info: &RunInfo,
@@ -627,7 +674,7 @@ fn handle_batch(
             Msg::Done(c) => c,
         };
         let i = c.node as usize;
-        if state[i].status != NodeStatus::Pending {
+        if state.status(i) != NodeStatus::Pending {
             continue; // abandoned after the grace period; its late end is ignored
         }
         shared.in_flight.fetch_sub(1, Ordering::AcqRel);
@@ -637,34 +684,35 @@ fn handle_batch(
             // recorded; the node stays pending and the run resumes at the next start.
             continue;
         }
-        state[i].attempts = c.attempts;
-        state[i].elapsed = c.elapsed;
-        match c.result {
-            Ok(()) => state[i].status = NodeStatus::Success,
+        let (status, e) = match c.result {
+            // Its worker left its attempts and time in its cell, recorded it and
+            // counted it off.
+            Ok(()) => {
+                state.status[i] = NodeStatus::Success;
+                continue;
+            }
             // An attempt that stopped once the run was asked to stop was cancelled,
             // whether or not the driver has seen the request yet.
-            Err(e) if cfg.cancel.is_cancelled() => {
-                state[i].status = NodeStatus::Cancelled;
-                state[i].error = Some(Arc::from(e));
-            }
+            Err(e) if cfg.cancel.is_cancelled() => (NodeStatus::Cancelled, Arc::from(e)),
             Err(e) => {
                 let e: Arc<dyn StdError + Send + Sync> = Arc::from(e);
                 tracing::warn!(task = %shared.ids[i], error = %e, "task failed");
                 for h in &cfg.hooks {
                     h.failed(info, &shared.ids[i], &*e);
                 }
-                state[i].status = NodeStatus::Errored;
-                state[i].error = Some(e);
+                (NodeStatus::Errored, e)
             }
+        };
+        let s = state.end(i, status);
+        s.attempts = c.attempts;
+        s.elapsed = c.elapsed;
+        s.error = Some(e);
+        // Anything but a success is recorded and counted off here, and its dependents
+        // are settled by the driver.
+        if let Some(j) = &shared.journal {
+            record_end(j, i, status, s);
         }
-        // A success was recorded and counted off by its worker; anything else is
-        // recorded and counted off here, and its dependents are settled by the driver.
-        if state[i].status != NodeStatus::Success {
-            if let Some(j) = &shared.journal {
-                record_end(j, i, &state[i]);
-            }
-            count_off_failed(shared, c.node, settle);
-        }
+        count_off_failed(shared, c.node, settle);
     }
 }
 
@@ -700,14 +748,14 @@ fn decide(
     cancelled: bool,
     graph: &Graph,
     shared: &Shared,
-    state: &mut [NodeState],
+    state: &mut NodeStates,
     ready: &mut VecDeque<u32>,
     settle: &mut Vec<u32>,
     hooks: &[Arc<dyn Hooks>],
     info: &RunInfo,
 ) {
     let di = d as usize;
-    if shared.nodes[di].claimed.load(Ordering::Acquire) || state[di].status != NodeStatus::Pending {
+    if shared.nodes[di].claimed.load(Ordering::Acquire) || state.status(di) != NodeStatus::Pending {
         return;
     }
     if cancelled {
@@ -727,7 +775,7 @@ fn decide(
     }
     if failed
         .iter()
-        .any(|&x| state[x as usize].status == NodeStatus::Cancelled)
+        .any(|&x| state.status(x as usize) == NodeStatus::Cancelled)
     {
         // A cancelled dependency did not fail this task: it stays pending and ends
         // cancelled with the run (its own dependents with it).
@@ -747,22 +795,20 @@ fn decide(
             .map(|&x| shared.ids[x as usize].to_string())
             .collect::<Vec<_>>()
     };
-    match policy {
+    let status = match policy {
         OnDepFailure::RunAnyway if failed_data.is_empty() => {
             ready.push_back(d);
             return;
         }
         OnDepFailure::Skip => {
-            state[di].status = NodeStatus::Skipped;
             // Skipped because of optional failures only: that does not fail the run.
-            state[di].tolerated = failed.iter().all(|&x| {
-                let s = &state[x as usize];
-                match s.status {
-                    NodeStatus::Errored => graph.nodes[x as usize].optional,
-                    NodeStatus::Skipped => s.tolerated,
-                    _ => false,
-                }
+            let tolerated = failed.iter().all(|&x| match state.status(x as usize) {
+                NodeStatus::Errored => graph.nodes[x as usize].optional,
+                NodeStatus::Skipped => state.get(x as usize).tolerated,
+                _ => false,
             });
+            state.end(di, NodeStatus::Skipped).tolerated = tolerated;
+            NodeStatus::Skipped
         }
         OnDepFailure::Fail | OnDepFailure::RunAnyway => {
             let list = if policy == OnDepFailure::Fail {
@@ -777,13 +823,13 @@ fn decide(
             for h in hooks {
                 h.failed(info, &node.id, &*e);
             }
-            state[di].status = NodeStatus::Errored;
-            state[di].error = Some(e);
+            state.end(di, NodeStatus::Errored).error = Some(e);
+            NodeStatus::Errored
         }
-    }
+    };
     shared.nodes[di].claimed.store(true, Ordering::Release);
     if let Some(j) = &shared.journal {
-        record_end(j, di, &state[di]);
+        record_end(j, di, status, state.get(di));
     }
     count_off_failed(shared, d, settle);
 }
@@ -791,8 +837,8 @@ fn decide(
 /// Writes how node `i` ended, as the driver settled it (a failure, a skip, a cancel),
 /// to the run's journal, stamped now. A worker's success is recorded by the worker
 /// itself ([`RunJournal::succeeded`]).
-fn record_end(j: &RunJournal, i: usize, s: &NodeState) {
-    let (state, skipped) = match s.status {
+fn record_end(j: &RunJournal, i: usize, status: NodeStatus, s: &NodeState) {
+    let (state, skipped) = match status {
         NodeStatus::Success => (State::Done, false),
         NodeStatus::Errored => (State::Failed, false),
         NodeStatus::Skipped => (State::Cancelled, true),

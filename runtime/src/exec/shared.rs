@@ -740,6 +740,95 @@ mod tests {
         assert_eq!(DROPPED.load(Ordering::SeqCst) - before, N + 10);
     }
 
+    /// A task that does nothing (and counts nothing: [`Counted`]'s drops are another
+    /// test's).
+    struct Plain;
+
+    impl Task for Plain {
+        type Output = ();
+        type Args = ();
+        const META: TaskMeta = TaskMeta {
+            name: "plain",
+            function: "plain",
+            description: "",
+            is_async: false,
+            policy: Policy::DEFAULT,
+            resources: &[],
+        };
+        fn visit_inputs(&self, _: &mut dyn FnMut(Read)) {}
+        fn into_args(self, _: &Inputs<'_>) -> Result<(), InputError> {
+            Ok(())
+        }
+        async fn call((): (), _: Ctx) -> Result<(), crate::error::BoxError> {
+            Ok(())
+        }
+    }
+
+    /// Two [`Plain`] tasks.
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct Two;
+
+    impl Process for Two {
+        const META: ProcessMeta = ProcessMeta {
+            name: "exec::shared::tests::two",
+            description: "",
+            schedule: None,
+            tz: None,
+            overlap: Overlap::Skip,
+            mode: Mode::Dataflow,
+        };
+        fn build(self, p: &mut Builder) {
+            p.task(Plain);
+            p.task(Plain);
+        }
+    }
+
+    // A resumed run's restored node is reported with the attempts and time it had (the
+    // driver puts them in its cell, where a worker leaves a success's); the other node
+    // runs.
+    #[test]
+    fn a_restored_node_keeps_its_attempts_and_time() {
+        use std::sync::Arc;
+        use std::time::Duration;
+
+        use crate::exec::{execute, run_span, Halt, Resume, RunConfig};
+        use crate::report::TaskStatus;
+
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let report = rt.block_on(async {
+            let cfg = RunConfig {
+                run_id: Arc::from("restored"),
+                max_concurrency: None,
+                permits: None,
+                hooks: Vec::new(),
+                cancel: tokio_util::sync::CancellationToken::new(),
+                halt: Arc::new(Halt::default()),
+                grace: Duration::ZERO,
+                journal: None,
+                resume: Some(Resume {
+                    done: vec![(0, SmolStr::new("null"), 3, Duration::from_millis(7))],
+                    attempts: vec![3],
+                }),
+                runtime: None,
+                resources: Arc::default(),
+                span: run_span("two", "restored", "w", 1),
+                worker: Arc::from("w"),
+                dispatch: None,
+            };
+            let (report, remains) = execute(Graph::of(Two).unwrap(), cfg).await;
+            drop(remains);
+            report.unwrap()
+        });
+        let (a, b) = (&report.tasks[0], &report.tasks[1]);
+        assert_eq!(a.status, TaskStatus::Success);
+        assert_eq!((a.attempts, a.elapsed()), (3, Duration::from_millis(7)));
+        assert_eq!((b.status, b.attempts), (TaskStatus::Success, 1));
+    }
+
     #[test]
     fn csr_lists_dependents_and_dependencies() {
         // 0 -> 2, 1 -> 2, 0 -> 3, 2 -> 3; node 4 stands alone.
