@@ -28,7 +28,6 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{chain, BoxError, CancelGraceExceeded, DependencyFailed};
-use crate::graph::spare::Spare;
 use crate::graph::Graph;
 use crate::hooks::{Hooks, RunInfo};
 use crate::journal::{Ended, Failure, RunJournal};
@@ -39,9 +38,10 @@ use crate::task::arg::Slot;
 use crate::task::ctx::{CancelFlag, Reporter, RunScope, RuntimeHandle};
 use crate::task::resource::Resources;
 use crate::task::OnDepFailure;
+use crate::util::nanos;
 
 use report::build_report;
-use shared::{csr, Shared};
+use shared::{CsrBuilder, Shared};
 use worker::run_node;
 
 /// Settings of one run.
@@ -191,17 +191,69 @@ enum NodeStatus {
     Cancelled,
 }
 
-/// The driver's state of the last large run, for the next one (see [`spare`](crate::graph::spare)).
-static STATES: Spare<NodeState> = Spare::new();
+/// The driver's view of the nodes: a byte of status each, and what it knows of the
+/// nodes it ended itself (failures, skips, cancels), kept apart.
+///
+/// Most nodes of most runs succeed, and a success is left by its worker in its cell
+/// (attempts, time, text; a restored one's too, put there by the driver): a run where
+/// nothing fails makes, walks and drops a byte per node here, not a 40-byte state (a
+/// cache miss per node fewer in each of the driver's passes: its start, its end and
+/// the report).
+struct NodeStates {
+    status: Vec<NodeStatus>,
+    /// Indexed by node, made (with an entry for every node) when the driver ends a
+    /// node itself for the first time: empty while none was.
+    ended: Vec<NodeState>,
+}
 
+/// What the driver knows of a node it ended itself (the default for every other one).
+#[derive(Default)]
 struct NodeState {
-    status: NodeStatus,
     attempts: u32,
     elapsed: Duration,
     error: Option<Arc<dyn StdError + Send + Sync + 'static>>,
     /// Skipped only because of failures that do not fail the run (optional tasks, or
     /// tasks skipped only because of those).
     tolerated: bool,
+}
+
+/// The state of a node the driver did not end itself.
+static NOT_ENDED: NodeState = NodeState {
+    attempts: 0,
+    elapsed: Duration::ZERO,
+    error: None,
+    tolerated: false,
+};
+
+impl NodeStates {
+    /// `n` pending nodes.
+    fn new(n: usize) -> Self {
+        NodeStates {
+            status: vec![NodeStatus::Pending; n],
+            ended: Vec::new(),
+        }
+    }
+
+    #[inline]
+    fn status(&self, i: usize) -> NodeStatus {
+        self.status[i]
+    }
+
+    /// What the driver knows of node `i` (nothing, the default, unless it ended it).
+    #[inline]
+    fn get(&self, i: usize) -> &NodeState {
+        self.ended.get(i).unwrap_or(&NOT_ENDED)
+    }
+
+    /// Ends node `i` with `status` and returns its state, to be filled in.
+    fn end(&mut self, i: usize, status: NodeStatus) -> &mut NodeState {
+        self.status[i] = status;
+        if self.ended.is_empty() {
+            self.ended
+                .resize_with(self.status.len(), NodeState::default);
+        }
+        &mut self.ended[i]
+    }
 }
 
 struct Completion {
@@ -257,7 +309,7 @@ async fn drive_run(mut graph: Graph, mut cfg: RunConfig) -> (Option<RunReport>, 
     let started = Instant::now();
     let n = graph.nodes.len();
     let resume = cfg.resume.take().unwrap_or_default();
-    let (shared, mut rx) = new_shared(&mut graph, &cfg, resume.attempts, None);
+    let (shared, mut rx, roots) = new_shared(&mut graph, &cfg, resume.attempts, None);
     let info = RunInfo {
         process: graph.name.clone(),
         run_id: cfg.run_id.to_string(),
@@ -267,15 +319,7 @@ async fn drive_run(mut graph: Graph, mut cfg: RunConfig) -> (Option<RunReport>, 
     }
     tracing::info!(process = %info.process, run = %info.run_id, tasks = n, "run started");
 
-    // In the memory of the last large run's state when it fits (see `spare`).
-    let mut state = STATES.lease(n);
-    state.extend((0..n).map(|_| NodeState {
-        status: NodeStatus::Pending,
-        attempts: 0,
-        elapsed: Duration::ZERO,
-        error: None,
-        tolerated: false,
-    }));
+    let mut state = NodeStates::new(n);
     let mut ready: VecDeque<u32> = VecDeque::new();
     let mut settle: Vec<u32> = Vec::new();
     for (i, json, attempts, elapsed) in resume.done {
@@ -288,14 +332,12 @@ async fn drive_run(mut graph: Graph, mut cfg: RunConfig) -> (Option<RunReport>, 
             j.restored(i, attempts, elapsed, json.clone());
         }
         shared.slots[idx].fill(Some(json), None);
-        state[idx] = NodeState {
-            status: NodeStatus::Success,
-            attempts,
-            elapsed,
-            error: None,
-            tolerated: false,
-        };
-        shared.nodes[idx].done_ok.store(true, Ordering::Release);
+        // In its cell, as a worker's success is (the cell was claimed here).
+        state.status[idx] = NodeStatus::Success;
+        let cell = &shared.nodes[idx];
+        cell.attempts_run.store(attempts, Ordering::Relaxed);
+        cell.elapsed_ns.store(nanos(elapsed), Ordering::Relaxed);
+        cell.done_ok.store(true, Ordering::Release);
         count_off(&shared, i, &mut settle);
     }
     if let Some(d) = &cfg.dispatch {
@@ -310,9 +352,17 @@ async fn drive_run(mut graph: Graph, mut cfg: RunConfig) -> (Option<RunReport>, 
             cfg.max_concurrency.is_some() || cfg.permits.is_some(),
         );
     }
-    settle.extend(
-        (0..n as u32).filter(|&i| shared.nodes[i as usize].remaining.load(Ordering::Acquire) == 0),
-    );
+    if settle.is_empty() {
+        // The usual case (a fresh run, or nothing restored made a node ready): the nodes
+        // without dependencies are those with none left, found without a pass over the
+        // cells.
+        settle.extend(roots);
+    } else {
+        settle.extend(
+            (0..n as u32)
+                .filter(|&i| shared.nodes[i as usize].remaining.load(Ordering::Acquire) == 0),
+        );
+    }
     let limit = cfg.max_concurrency.unwrap_or(usize::MAX).max(1);
     let mut cancel_seen = false;
     let grace = tokio::time::sleep(Duration::from_secs(u64::MAX / 4));
@@ -411,10 +461,10 @@ async fn drive_run(mut graph: Graph, mut cfg: RunConfig) -> (Option<RunReport>, 
                     suspended = true;
                     break;
                 }
-                for (i, s) in state.iter_mut().enumerate() {
+                for i in 0..n {
                     // Started (claimed while pending) and not ended by its worker: a
                     // worker that ended first has its end recorded or on the way.
-                    let running = s.status == NodeStatus::Pending
+                    let running = state.status(i) == NodeStatus::Pending
                         && shared.nodes[i].claimed.load(Ordering::Acquire)
                         && !shared.nodes[i].done_ok.load(Ordering::Acquire);
                     if running && !shared.nodes[i].ended.swap(true, Ordering::AcqRel) {
@@ -425,7 +475,7 @@ async fn drive_run(mut graph: Graph, mut cfg: RunConfig) -> (Option<RunReport>, 
                         for h in &cfg.hooks {
                             h.failed(&info, &shared.ids[i], &*e);
                         }
-                        s.status = NodeStatus::Errored;
+                        let s = state.end(i, NodeStatus::Errored);
                         s.error = Some(e);
                         // What it did until it was abandoned: the attempts it started
                         // and the time since its start.
@@ -433,7 +483,7 @@ async fn drive_run(mut graph: Graph, mut cfg: RunConfig) -> (Option<RunReport>, 
                         s.elapsed = shared.running_for(i);
                         // Its row says so too: the stored report agrees with this one.
                         if let Some(j) = &shared.journal {
-                            record_end(j, i, s);
+                            record_end(j, i, NodeStatus::Errored, s);
                         }
                         shared.in_flight.fetch_sub(1, Ordering::AcqRel);
                     }
@@ -445,8 +495,8 @@ async fn drive_run(mut graph: Graph, mut cfg: RunConfig) -> (Option<RunReport>, 
 
     // Successes were not reported one by one: their workers left them in `shared`.
     suspended |= halt_seen
-        && state.iter().enumerate().any(|(i, s)| {
-            s.status == NodeStatus::Pending && !shared.nodes[i].done_ok.load(Ordering::Acquire)
+        && state.status.iter().enumerate().any(|(i, &s)| {
+            s == NodeStatus::Pending && !shared.nodes[i].done_ok.load(Ordering::Acquire)
         });
     if suspended {
         tracing::info!(run = %info.run_id, "run suspended");
@@ -461,11 +511,12 @@ async fn drive_run(mut graph: Graph, mut cfg: RunConfig) -> (Option<RunReport>, 
     let cancelled = cancel_seen || cfg.cancel.is_cancelled();
     // What never ended ends cancelled; a success is read where its worker left it by
     // the report, in its one pass over the nodes (see `build_report`).
-    for (i, s) in state.iter_mut().enumerate() {
-        if s.status == NodeStatus::Pending && !shared.nodes[i].done_ok.load(Ordering::Acquire) {
-            s.status = NodeStatus::Cancelled;
+    for (i, s) in state.status.iter_mut().enumerate() {
+        if *s == NodeStatus::Pending && !shared.nodes[i].done_ok.load(Ordering::Acquire) {
+            // No attempts, no time, no error: nothing to keep but its status.
+            *s = NodeStatus::Cancelled;
             if let Some(j) = &shared.journal {
-                record_end(j, i, s);
+                record_end(j, i, NodeStatus::Cancelled, &NOT_ENDED);
             }
         }
     }
@@ -504,14 +555,15 @@ async fn drive_run(mut graph: Graph, mut cfg: RunConfig) -> (Option<RunReport>, 
 }
 
 /// The state a run's driver and its workers share, built from `graph` (whose tasks it
-/// takes), and the driver's end of the workers' channel. The tasks' progress and log
-/// entries go to `reporter`, or else to the run's journal (or only to `tracing`).
+/// takes), the driver's end of the workers' channel and the nodes without dependencies
+/// (in order). The tasks' progress and log entries go to `reporter`, or else to the
+/// run's journal (or only to `tracing`).
 fn new_shared(
     graph: &mut Graph,
     cfg: &RunConfig,
     prior_attempts: Vec<u32>,
     reporter: Option<Arc<dyn Reporter>>,
-) -> (Arc<Shared>, mpsc::UnboundedReceiver<Msg>) {
+) -> (Arc<Shared>, mpsc::UnboundedReceiver<Msg>, Vec<u32>) {
     let n = graph.nodes.len();
     // One copy of the ids, shared by the executor and the tasks' contexts.
     // The journal's, when the run has one: it was made from this graph's nodes.
@@ -535,21 +587,33 @@ fn new_shared(
         child_seq: std::sync::Mutex::default(),
     });
     let (tx, rx) = mpsc::unbounded_channel::<Msg>();
+    // One walk of the graph's nodes makes the dependencies' CSR, the slots, the cells
+    // and the list of the nodes without dependencies (a walk more of a large graph's
+    // nodes, a hundred bytes each, is a cache miss more per node or two).
+    let mut csr = CsrBuilder::new(n);
+    let mut slots = shared::SLOTS.take(n);
+    let mut nodes = shared::CELLS.take(n);
+    let mut roots = Vec::new();
+    for (i, node) in graph.nodes.iter_mut().enumerate() {
+        let ds = node.deps();
+        csr.push(ds);
+        let remaining = u32::try_from(ds.len()).unwrap_or(u32::MAX);
+        if remaining == 0 {
+            roots.push(i as u32);
+        }
+        slots.push(Slot::new(node.readers));
+        nodes.push(shared::NodeCell::new(
+            remaining,
+            node.task.take(),
+            node.meta,
+        ));
+    }
     let shared::Csr {
         offsets,
         targets,
         dep_offsets,
         dep_targets,
-    } = csr(graph.nodes.iter().map(crate::graph::Node::deps), n);
-    let mut slots = shared::SLOTS.take(n);
-    slots.extend(graph.nodes.iter().map(|n| Slot::new(n.readers)));
-    let mut nodes = shared::CELLS.take(n);
-    nodes.extend(
-        dep_offsets
-            .windows(2)
-            .zip(graph.nodes.iter_mut())
-            .map(|(w, n)| shared::NodeCell::new(w[1] - w[0], n.task.take(), n.meta)),
-    );
+    } = csr.finish();
     let shared = Arc::new(Shared {
         slots,
         ids,
@@ -587,7 +651,7 @@ fn new_shared(
         // The tasks were taken above (into `nodes`): the graph keeps none.
         _arena: std::mem::take(&mut graph.arena),
     });
-    (shared, rx)
+    (shared, rx, roots)
 }
 
 /// Handles the workers' messages: ends without success (and, under a concurrency limit,
@@ -595,7 +659,7 @@ fn new_shared(
 fn handle_batch(
     batch: &mut Vec<Msg>,
     shared: &Shared,
-    state: &mut [NodeState],
+    state: &mut NodeStates,
     settle: &mut Vec<u32>,
     cfg: &RunConfig,
     info: &RunInfo,
@@ -610,7 +674,7 @@ fn handle_batch(
             Msg::Done(c) => c,
         };
         let i = c.node as usize;
-        if state[i].status != NodeStatus::Pending {
+        if state.status(i) != NodeStatus::Pending {
             continue; // abandoned after the grace period; its late end is ignored
         }
         shared.in_flight.fetch_sub(1, Ordering::AcqRel);
@@ -620,34 +684,35 @@ fn handle_batch(
             // recorded; the node stays pending and the run resumes at the next start.
             continue;
         }
-        state[i].attempts = c.attempts;
-        state[i].elapsed = c.elapsed;
-        match c.result {
-            Ok(()) => state[i].status = NodeStatus::Success,
+        let (status, e) = match c.result {
+            // Its worker left its attempts and time in its cell, recorded it and
+            // counted it off.
+            Ok(()) => {
+                state.status[i] = NodeStatus::Success;
+                continue;
+            }
             // An attempt that stopped once the run was asked to stop was cancelled,
             // whether or not the driver has seen the request yet.
-            Err(e) if cfg.cancel.is_cancelled() => {
-                state[i].status = NodeStatus::Cancelled;
-                state[i].error = Some(Arc::from(e));
-            }
+            Err(e) if cfg.cancel.is_cancelled() => (NodeStatus::Cancelled, Arc::from(e)),
             Err(e) => {
                 let e: Arc<dyn StdError + Send + Sync> = Arc::from(e);
                 tracing::warn!(task = %shared.ids[i], error = %e, "task failed");
                 for h in &cfg.hooks {
                     h.failed(info, &shared.ids[i], &*e);
                 }
-                state[i].status = NodeStatus::Errored;
-                state[i].error = Some(e);
+                (NodeStatus::Errored, e)
             }
+        };
+        let s = state.end(i, status);
+        s.attempts = c.attempts;
+        s.elapsed = c.elapsed;
+        s.error = Some(e);
+        // Anything but a success is recorded and counted off here, and its dependents
+        // are settled by the driver.
+        if let Some(j) = &shared.journal {
+            record_end(j, i, status, s);
         }
-        // A success was recorded and counted off by its worker; anything else is
-        // recorded and counted off here, and its dependents are settled by the driver.
-        if state[i].status != NodeStatus::Success {
-            if let Some(j) = &shared.journal {
-                record_end(j, i, &state[i]);
-            }
-            count_off_failed(shared, c.node, settle);
-        }
+        count_off_failed(shared, c.node, settle);
     }
 }
 
@@ -683,14 +748,14 @@ fn decide(
     cancelled: bool,
     graph: &Graph,
     shared: &Shared,
-    state: &mut [NodeState],
+    state: &mut NodeStates,
     ready: &mut VecDeque<u32>,
     settle: &mut Vec<u32>,
     hooks: &[Arc<dyn Hooks>],
     info: &RunInfo,
 ) {
     let di = d as usize;
-    if shared.nodes[di].claimed.load(Ordering::Acquire) || state[di].status != NodeStatus::Pending {
+    if shared.nodes[di].claimed.load(Ordering::Acquire) || state.status(di) != NodeStatus::Pending {
         return;
     }
     if cancelled {
@@ -710,7 +775,7 @@ fn decide(
     }
     if failed
         .iter()
-        .any(|&x| state[x as usize].status == NodeStatus::Cancelled)
+        .any(|&x| state.status(x as usize) == NodeStatus::Cancelled)
     {
         // A cancelled dependency did not fail this task: it stays pending and ends
         // cancelled with the run (its own dependents with it).
@@ -730,22 +795,20 @@ fn decide(
             .map(|&x| shared.ids[x as usize].to_string())
             .collect::<Vec<_>>()
     };
-    match policy {
+    let status = match policy {
         OnDepFailure::RunAnyway if failed_data.is_empty() => {
             ready.push_back(d);
             return;
         }
         OnDepFailure::Skip => {
-            state[di].status = NodeStatus::Skipped;
             // Skipped because of optional failures only: that does not fail the run.
-            state[di].tolerated = failed.iter().all(|&x| {
-                let s = &state[x as usize];
-                match s.status {
-                    NodeStatus::Errored => graph.nodes[x as usize].optional,
-                    NodeStatus::Skipped => s.tolerated,
-                    _ => false,
-                }
+            let tolerated = failed.iter().all(|&x| match state.status(x as usize) {
+                NodeStatus::Errored => graph.nodes[x as usize].optional,
+                NodeStatus::Skipped => state.get(x as usize).tolerated,
+                _ => false,
             });
+            state.end(di, NodeStatus::Skipped).tolerated = tolerated;
+            NodeStatus::Skipped
         }
         OnDepFailure::Fail | OnDepFailure::RunAnyway => {
             let list = if policy == OnDepFailure::Fail {
@@ -760,13 +823,13 @@ fn decide(
             for h in hooks {
                 h.failed(info, &node.id, &*e);
             }
-            state[di].status = NodeStatus::Errored;
-            state[di].error = Some(e);
+            state.end(di, NodeStatus::Errored).error = Some(e);
+            NodeStatus::Errored
         }
-    }
+    };
     shared.nodes[di].claimed.store(true, Ordering::Release);
     if let Some(j) = &shared.journal {
-        record_end(j, di, &state[di]);
+        record_end(j, di, status, state.get(di));
     }
     count_off_failed(shared, d, settle);
 }
@@ -774,8 +837,8 @@ fn decide(
 /// Writes how node `i` ended, as the driver settled it (a failure, a skip, a cancel),
 /// to the run's journal, stamped now. A worker's success is recorded by the worker
 /// itself ([`RunJournal::succeeded`]).
-fn record_end(j: &RunJournal, i: usize, s: &NodeState) {
-    let (state, skipped) = match s.status {
+fn record_end(j: &RunJournal, i: usize, status: NodeStatus, s: &NodeState) {
+    let (state, skipped) = match status {
         NodeStatus::Success => (State::Done, false),
         NodeStatus::Errored => (State::Failed, false),
         NodeStatus::Skipped => (State::Cancelled, true),

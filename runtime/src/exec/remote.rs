@@ -88,7 +88,7 @@ impl RemoteRun {
             dispatch: None,
         };
         let n = graph.nodes.len();
-        let (shared, _rx) = new_shared(&mut graph, &cfg, vec![0; n], reporter);
+        let (shared, _rx, _) = new_shared(&mut graph, &cfg, vec![0; n], reporter);
         RemoteRun {
             shared,
             deps,

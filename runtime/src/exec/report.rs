@@ -13,7 +13,7 @@ use crate::report::{
 use crate::task::TaskMeta;
 use crate::util::nanos;
 
-use super::{NodeState, NodeStatus, Shared};
+use super::{NodeStates, NodeStatus, Shared};
 
 /// A live report's entries read their names from the task's static metadata.
 impl Described for TaskMeta {
@@ -30,11 +30,12 @@ impl Described for TaskMeta {
 
 /// The run's report; the nodes' ids and descriptions are moved out of `graph` into it (the
 /// graph is only dropped afterwards), not copied. A node still pending in `state` ended
-/// with success (its worker did not report it: its attempts and time are in `shared`).
+/// with success (its worker did not report it); a success's attempts and time are in
+/// its cell in `shared`.
 pub(super) fn build_report(
     graph: &mut Graph,
     shared: &Shared,
-    state: &[NodeState],
+    state: &NodeStates,
     offsets: &[u32],
     targets: &[u32],
     cancelled: bool,
@@ -51,12 +52,13 @@ pub(super) fn build_report(
     let tasks: Vec<TaskReport> = graph
         .nodes
         .iter_mut()
-        .zip(state)
+        .zip(&state.status)
         .enumerate()
-        .map(|(i, (node, s))| {
-            let (status, attempts, elapsed_ns) = match s.status {
-                NodeStatus::Pending => {
-                    // Only a success is still pending here (see the function's docs).
+        .map(|(i, (node, &st))| {
+            let s = state.get(i);
+            let (status, attempts, elapsed_ns) = match st {
+                // Only a success is still pending here (see the function's docs).
+                NodeStatus::Pending | NodeStatus::Success => {
                     let cell = &shared.nodes[i];
                     (
                         TaskStatus::Success,
@@ -64,7 +66,6 @@ pub(super) fn build_report(
                         cell.elapsed_ns.load(Ordering::Acquire),
                     )
                 }
-                NodeStatus::Success => (TaskStatus::Success, s.attempts, nanos(s.elapsed)),
                 NodeStatus::Errored => (TaskStatus::Errored, s.attempts, nanos(s.elapsed)),
                 NodeStatus::Skipped => (TaskStatus::Skipped, s.attempts, 0),
                 NodeStatus::Cancelled => (TaskStatus::Cancelled, s.attempts, nanos(s.elapsed)),
@@ -144,11 +145,11 @@ pub(super) fn build_report(
 pub(super) fn downstream(
     failed: u32,
     shared: &Shared,
-    state: &[NodeState],
+    state: &NodeStates,
     offsets: &[u32],
     targets: &[u32],
 ) -> Vec<String> {
-    let mut seen = vec![false; state.len()];
+    let mut seen = vec![false; state.status.len()];
     let mut out = Vec::new();
     let mut stack = vec![failed];
     while let Some(x) = stack.pop() {
@@ -157,10 +158,11 @@ pub(super) fn downstream(
             if seen[di] {
                 continue;
             }
-            let did_not_run = state[di].status == NodeStatus::Skipped
-                || (state[di].status == NodeStatus::Errored
-                    && state[di].attempts == 0
-                    && state[di]
+            let did_not_run = state.status(di) == NodeStatus::Skipped
+                || (state.status(di) == NodeStatus::Errored
+                    && state.get(di).attempts == 0
+                    && state
+                        .get(di)
                         .error
                         .as_ref()
                         .is_some_and(|e| e.is::<DependencyFailed>()));

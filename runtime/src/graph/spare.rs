@@ -88,6 +88,7 @@ impl<T: Send + 'static> Spare<T> {
     }
 
     /// [`take`](Self::take), given back when the lease is dropped.
+    #[cfg_attr(not(test), allow(dead_code))] // no user since the driver's state shrank
     pub(crate) fn lease(&'static self, n: usize) -> Lease<T> {
         Lease {
             vec: self.take(n),
@@ -162,6 +163,7 @@ impl<T: Send + 'static> Drop for Release<T> {
 }
 
 /// A vector from a [`Spare`], given back to it when dropped.
+#[cfg_attr(not(test), allow(dead_code))] // no user since the driver's state shrank
 pub(crate) struct Lease<T: Send + 'static> {
     vec: Vec<T>,
     spare: &'static Spare<T>,
