@@ -404,8 +404,9 @@ fn layered(p: &mut Builder, layers: u32, width: u32, seed: u64) {
     for l in 1..layers {
         let base = ((l - 1) * width) as usize;
         prev = p.each(0..width, |p, j| {
-            let ps = picks[base + j as usize];
-            let ins: Vec<Out<u64>> = ps.iter().map(|&x| prev[x as usize]).collect();
+            // The three handles as an array, as (a) keeps its parents in one list: a `Vec`
+            // per node was an allocation and a free that (a) does not make.
+            let ins: [Out<u64>; 3] = picks[base + j as usize].map(|x| prev[x as usize]);
             p.task(Gather::new(ins))
         });
     }

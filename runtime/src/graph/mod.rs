@@ -518,6 +518,40 @@ mod tests {
         );
     }
 
+    /// A read of node 0 of another graph, in a graph whose node 0 exists: refused as
+    /// foreign, and node 0 of this graph gains no reader (the index alone is in range).
+    #[test]
+    fn a_foreign_handle_in_range_is_refused_and_counts_no_reader() {
+        let other = Graph::of(Noops { n: 1 }).unwrap();
+        let mut b = Builder::new(
+            "graph::tests::foreign",
+            Mode::Dataflow,
+            std::sync::Arc::default(),
+        );
+        let own = b.task(Noop);
+        let foreign = Read {
+            node: crate::task::arg::NodeRef {
+                graph: other.tag,
+                index: 0,
+            },
+            required: true,
+        };
+        b.task(Reads(vec![foreign]));
+        b.task(Reads(vec![Read {
+            node: own.node(),
+            required: true,
+        }]));
+        assert_eq!(b.nodes[0].readers, 1);
+        assert_eq!(b.nodes[1].deps(), &[] as &[u32]);
+        assert_eq!(b.nodes[2].deps(), &[0]);
+        assert_eq!(
+            b.finish().unwrap_err(),
+            crate::GraphError::ForeignHandle {
+                task: "reads".into()
+            }
+        );
+    }
+
     #[test]
     fn a_process_graph_is_built_in_a_vector_sized_by_its_last_one() {
         // 3,500 nodes: a vector grown by doubling ends at 4,096 (kept: less than 1,024
