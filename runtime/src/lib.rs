@@ -36,6 +36,41 @@
 // success it marks) and `util` (the monotonic clock read through `libc`).
 #![deny(unsafe_code)]
 
+/// Implements `Task` for the unit struct `$ty`: a task named `$name` that reads nothing,
+/// returns `()` and does nothing, for the graphs unit tests build (each test keeps a type
+/// of its own when it counts drops or names its process).
+#[cfg(test)]
+#[macro_export]
+macro_rules! no_op_task {
+    ($ty:ty, $name:literal) => {
+        impl $crate::task::Task for $ty {
+            type Output = ();
+            type Args = ();
+            const META: $crate::task::TaskMeta = $crate::task::TaskMeta {
+                name: $name,
+                function: $name,
+                description: "",
+                is_async: false,
+                policy: $crate::task::Policy::DEFAULT,
+                resources: &[],
+            };
+            fn visit_inputs(&self, _: &mut dyn FnMut($crate::task::arg::Read)) {}
+            fn into_args(
+                self,
+                _: &$crate::task::arg::Inputs<'_>,
+            ) -> Result<(), $crate::error::InputError> {
+                Ok(())
+            }
+            async fn call(
+                (): (),
+                _: $crate::task::ctx::Ctx,
+            ) -> Result<(), $crate::error::BoxError> {
+                Ok(())
+            }
+        }
+    };
+}
+
 #[cfg(feature = "admin")]
 pub mod admin;
 mod error;

@@ -602,13 +602,9 @@ mod tests {
     use smol_str::SmolStr;
 
     use super::{csr, NodeCell};
-    use crate::error::InputError;
     use crate::graph::process::{Mode, Process, ProcessMeta};
     use crate::graph::{Builder, Graph};
     use crate::schedule::Overlap;
-    use crate::task::arg::{Inputs, Read};
-    use crate::task::ctx::Ctx;
-    use crate::task::{Policy, Task, TaskMeta};
 
     /// Tasks of [`Counted`] dropped.
     static DROPPED: AtomicUsize = AtomicUsize::new(0);
@@ -622,25 +618,7 @@ mod tests {
         }
     }
 
-    impl Task for Counted {
-        type Output = ();
-        type Args = ();
-        const META: TaskMeta = TaskMeta {
-            name: "counted",
-            function: "counted",
-            description: "",
-            is_async: false,
-            policy: Policy::DEFAULT,
-            resources: &[],
-        };
-        fn visit_inputs(&self, _: &mut dyn FnMut(Read)) {}
-        fn into_args(self, _: &Inputs<'_>) -> Result<(), InputError> {
-            Ok(())
-        }
-        async fn call((): (), _: Ctx) -> Result<(), crate::error::BoxError> {
-            Ok(())
-        }
-    }
+    crate::no_op_task!(Counted, "counted");
 
     /// `n` [`Counted`] tasks.
     #[derive(serde::Serialize, serde::Deserialize)]
@@ -744,25 +722,7 @@ mod tests {
     /// test's).
     struct Plain;
 
-    impl Task for Plain {
-        type Output = ();
-        type Args = ();
-        const META: TaskMeta = TaskMeta {
-            name: "plain",
-            function: "plain",
-            description: "",
-            is_async: false,
-            policy: Policy::DEFAULT,
-            resources: &[],
-        };
-        fn visit_inputs(&self, _: &mut dyn FnMut(Read)) {}
-        fn into_args(self, _: &Inputs<'_>) -> Result<(), InputError> {
-            Ok(())
-        }
-        async fn call((): (), _: Ctx) -> Result<(), crate::error::BoxError> {
-            Ok(())
-        }
-    }
+    crate::no_op_task!(Plain, "plain");
 
     /// Two [`Plain`] tasks.
     #[derive(serde::Serialize, serde::Deserialize)]

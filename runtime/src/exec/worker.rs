@@ -467,19 +467,10 @@ async fn attempts_from(
                     .await;
                     match polled {
                         Poll::Ready(ended) => ended,
+                        // It waits: the rest of the attempt as the first attempt's is.
                         Poll::Pending => {
-                            let running = Running {
-                                prepared: &mut *task,
-                                journal: None,
-                                reporter: None,
-                                slot: &shared.slots[i as usize],
-                                node: i,
-                                attempt,
-                                node_started,
-                            };
-                            finish_attempt(running, meta, attempt, deadline)
-                                .instrument(span.clone())
-                                .await
+                            resume = Resume::Waits { span, deadline };
+                            continue;
                         }
                     }
                 } else {

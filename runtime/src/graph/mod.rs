@@ -350,30 +350,12 @@ mod tests {
     use crate::schedule::Overlap;
     use crate::task::arg::{Inputs, Read};
     use crate::task::ctx::Ctx;
-    use crate::task::{Policy, Task, TaskMeta};
+    use crate::task::{Task, TaskMeta};
 
     /// A task that reads nothing and does nothing, for graphs built here.
     struct Noop;
 
-    impl Task for Noop {
-        type Output = ();
-        type Args = ();
-        const META: TaskMeta = TaskMeta {
-            name: "noop",
-            function: "noop",
-            description: "",
-            is_async: false,
-            policy: Policy::DEFAULT,
-            resources: &[],
-        };
-        fn visit_inputs(&self, _: &mut dyn FnMut(Read)) {}
-        fn into_args(self, _: &Inputs<'_>) -> Result<(), InputError> {
-            Ok(())
-        }
-        async fn call((): (), _: Ctx) -> Result<(), crate::error::BoxError> {
-            Ok(())
-        }
-    }
+    crate::no_op_task!(Noop, "noop");
 
     /// `n` [`Noop`]s, the first with a description of its own.
     #[derive(serde::Serialize, serde::Deserialize)]
