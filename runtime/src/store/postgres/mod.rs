@@ -158,6 +158,14 @@ impl PgError {
 ///   its transaction committed (the server is asked when the answer to `COMMIT` was
 ///   lost); why running it again is otherwise safe is said call by call in the source
 ///   (`postgres/pool.rs`).
+/// - **Stopped workers**: each connection sets `idle_in_transaction_session_timeout` to
+///   10 s unless the server, database, role or URL (`options=-c…`) set one. A worker
+///   stopped between two statements of a transaction (`SIGSTOP`, a frozen VM) would
+///   otherwise keep its locks, and with them its runs from every other worker, until it
+///   woke up; the server now ends its session and rolls it back, and the call runs
+///   again on a new connection when the worker wakes up, fenced like any late write.
+///   A call of ours never waits between statements that long; a `Store::update`
+///   closure must not either.
 /// - Values read back are untrusted: a row that does not decode is
 ///   [`StoreError::Corrupt`] naming its key, never a panic.
 ///
