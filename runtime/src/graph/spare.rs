@@ -1,8 +1,8 @@
 //! Large per-node arrays kept from one run for the next of the same size.
 //!
 //! A run of a large graph allocates a few arrays of one entry per task (the graph's
-//! nodes, the executor's node cells, result slots and the driver's state): megabytes each
-//! for 100k tasks. glibc gives blocks that large back to the system when they are freed
+//! nodes, the executor's node cells and result slots): megabytes each for 100k tasks.
+//! glibc gives blocks that large back to the system when they are freed
 //! (unmapped past its mmap threshold, or trimmed off the top of its heap), so the next run
 //! faulted every page of its arrays in again: layered 100x1k, about 5,000 page faults a
 //! run for these arrays alone (`perf record -e page-faults`), a tenth of its time.
@@ -14,7 +14,6 @@
 //! released it shuts down).
 
 use std::mem::size_of;
-use std::ops::{Deref, DerefMut};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -87,15 +86,6 @@ impl<T: Send + 'static> Spare<T> {
         Vec::with_capacity(n)
     }
 
-    /// [`take`](Self::take), given back when the lease is dropped.
-    #[cfg_attr(not(test), allow(dead_code))] // no user since the driver's state shrank
-    pub(crate) fn lease(&'static self, n: usize) -> Lease<T> {
-        Lease {
-            vec: self.take(n),
-            spare: self,
-        }
-    }
-
     /// Empties `vec` and keeps it for the next [`take`](Self::take), if it is worth it
     /// and a tokio runtime is there to give it back once idle (else it is freed now).
     pub(crate) fn give(&'static self, mut vec: Vec<T>) {
@@ -162,32 +152,6 @@ impl<T: Send + 'static> Drop for Release<T> {
     }
 }
 
-/// A vector from a [`Spare`], given back to it when dropped.
-#[cfg_attr(not(test), allow(dead_code))] // no user since the driver's state shrank
-pub(crate) struct Lease<T: Send + 'static> {
-    vec: Vec<T>,
-    spare: &'static Spare<T>,
-}
-
-impl<T: Send + 'static> Deref for Lease<T> {
-    type Target = Vec<T>;
-    fn deref(&self) -> &Vec<T> {
-        &self.vec
-    }
-}
-
-impl<T: Send + 'static> DerefMut for Lease<T> {
-    fn deref_mut(&mut self) -> &mut Vec<T> {
-        &mut self.vec
-    }
-}
-
-impl<T: Send + 'static> Drop for Lease<T> {
-    fn drop(&mut self) {
-        self.spare.give(std::mem::take(&mut self.vec));
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -240,12 +204,6 @@ mod tests {
         assert_eq!(again.as_ptr(), at2);
         assert_ne!(at, std::ptr::null());
         SPARE.give(again);
-        // A lease gives it back when dropped.
-        {
-            let mut lease = SPARE.lease(N);
-            assert_eq!(lease.as_ptr(), at2);
-            lease.push([2; 1024]);
-        }
         assert_eq!(SPARE.kept(), N);
     }
 

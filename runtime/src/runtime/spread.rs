@@ -971,30 +971,45 @@ async fn offer_loop(inner: Weak<Inner>, mut rx: mpsc::UnboundedReceiver<TaskOffe
 }
 
 /// Marks the rows of run `run` (token `token`) cancelled again, after an offer written
-/// once its cancel had come. Tried again as a task's end is (a deadlock victim, a broken
-/// connection): given up, a row offered ready stays claimable with no cancel to come, and
-/// its coordinator waits for its end until its cancellation grace runs out.
+/// once its cancel had come; given up, a row offered ready stays claimable with no
+/// cancel to come, and its coordinator waits for its end until its cancellation grace
+/// runs out (hence [`tried`]).
 async fn mark_cancelled_again(inner: &Inner, run: &str, token: u64) {
+    let what = format!("cannot ask the spread tasks of run {run} to cancel");
+    let out = tried(&what, || {
+        let r = run.to_owned();
+        inner.read(move |s| match s.task_queue() {
+            Some(q) => q.cancel(&r, token),
+            None => Ok(()),
+        })
+    })
+    .await;
+    match out {
+        Ok(()) | Err(super::Error::ShuttingDown) => {}
+        Err(e) => {
+            tracing::warn!(run = %run, error = %e, "cannot ask the run's spread tasks to cancel");
+        }
+    }
+}
+
+/// Runs a statement writing task ends (or a cancel mark) up to [`FINISH_TRIES`] times,
+/// pausing [`FINISH_RETRY`] times the tries between them, until it succeeds or the
+/// runtime shuts down: a deadlock victim or a broken connection is tried again (`what`
+/// says what failed, in the log).
+async fn tried<T, F, Fut>(what: &str, mut call: F) -> Result<T, super::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, super::Error>>,
+{
     let mut tries: u32 = 0;
     loop {
         tries += 1;
-        let r = run.to_owned();
-        let out = inner
-            .read(move |s| match s.task_queue() {
-                Some(q) => q.cancel(&r, token),
-                None => Ok(()),
-            })
-            .await;
-        match out {
-            Ok(()) | Err(super::Error::ShuttingDown) => return,
-            Err(e) if tries < FINISH_TRIES => {
-                tracing::warn!(run = %run, error = %e, tries, "cannot ask the run's spread tasks to cancel; trying again");
+        match call().await {
+            Err(e) if tries < FINISH_TRIES && !matches!(e, super::Error::ShuttingDown) => {
+                tracing::warn!(error = %e, tries, "{what}; trying again");
                 tokio::time::sleep(FINISH_RETRY * tries).await;
             }
-            Err(e) => {
-                tracing::warn!(run = %run, error = %e, tries, "cannot ask the run's spread tasks to cancel");
-                return;
-            }
+            out => return out,
         }
     }
 }
@@ -1300,41 +1315,30 @@ async fn finish_loop(inner: Weak<Inner>, mut rx: mpsc::UnboundedReceiver<Finish>
         };
         let keys: Vec<(String, u32)> = ends.iter().map(|(c, _)| (c.run.clone(), c.node)).collect();
         let (ends, reports) = (Arc::new(ends), Arc::new(reports));
-        let mut tries: u32 = 0;
-        let out = loop {
-            tries += 1;
+        // Tried again (see `tried`): a task given up here is claimed again only once its
+        // claim expires, and one its run asked to cancel never (its coordinator waits for
+        // its end until its grace runs out). A repeat of a statement whose answer was lost
+        // finds its own ends (see `TaskQueue::finish_and_claim`).
+        let out = tried("cannot write the ends of spread tasks", || {
             let (worker, types2, ends, reports) = (
                 worker.clone(),
                 types2.clone(),
                 ends.clone(),
                 reports.clone(),
             );
-            let out = i
-                .read(move |s| match s.task_queue() {
-                    Some(q) => {
-                        // Their last reports first (fenced as the ends are): the log a
-                        // task wrote just before it ended is in its row with its end.
-                        if let Err(e) = q.report(&worker, &reports) {
-                            tracing::debug!(error = %e, "cannot write the last reports of spread tasks");
-                        }
-                        q.finish_and_claim(&ends, &worker, &types2, ttl, room)
+            i.read(move |s| match s.task_queue() {
+                Some(q) => {
+                    // Their last reports first (fenced as the ends are): the log a task
+                    // wrote just before it ended is in its row with its end.
+                    if let Err(e) = q.report(&worker, &reports) {
+                        tracing::debug!(error = %e, "cannot write the last reports of spread tasks");
                     }
-                    None => Ok((vec![false; ends.len()], Vec::new())),
-                })
-                .await;
-            match out {
-                // Written again (a deadlock victim, a broken connection): a task given
-                // up here is claimed again only once its claim expires, and one its run
-                // asked to cancel never (its coordinator waits for its end until its
-                // grace runs out). A repeat of a statement whose answer was lost finds
-                // its own ends (see `TaskQueue::finish_and_claim`).
-                Err(e) if tries < FINISH_TRIES && !matches!(e, super::Error::ShuttingDown) => {
-                    tracing::warn!(error = %e, tries, "cannot write the ends of spread tasks; trying again");
-                    tokio::time::sleep(FINISH_RETRY * tries).await;
+                    q.finish_and_claim(&ends, &worker, &types2, ttl, room)
                 }
-                out => break out,
-            }
-        };
+                None => Ok((vec![false; ends.len()], Vec::new())),
+            })
+        })
+        .await;
         match out {
             Ok((stored, claimed)) => {
                 if let Some(sp) = &spread {
