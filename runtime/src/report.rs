@@ -345,8 +345,16 @@ impl TaskReport {
         self.names.get().description()
     }
 
-    /// Wall time from the start of the first attempt to the end of the last (exactly zero
-    /// when it never ran), to the nanosecond.
+    /// Wall time from when its worker took the task up (before it resolved the inputs
+    /// and started the first attempt) to the end of its last attempt (exactly zero when
+    /// it never ran), to the nanosecond, on the monotonic clock.
+    ///
+    /// A worker that goes on to a task straight from the end of the one it ran before
+    /// (the next of a chain, a task waiting in its queue) without a wait in between takes
+    /// that end as the task's start (one clock read per task, not two): the task's time
+    /// then includes the worker's step between the two (recording the previous task's
+    /// end, starting the tasks it made ready: well under a microsecond). The times of the
+    /// tasks one worker runs one after another never overlap.
     pub fn elapsed(&self) -> Duration {
         Duration::from_nanos(self.elapsed_ns)
     }

@@ -29,11 +29,19 @@ use super::{Completion, Msg, Shared};
 /// one (see [`Shared::release_success`]).
 pub(super) async fn run_node(shared: Arc<Shared>, mut i: u32, mut task: TaskBox) {
     let mut ran: u32 = 0;
-    while let Some(next) = run_one(&shared, i, task).await {
+    // The first node's start is read afresh; each next one starts where the previous
+    // one ended (see `run_one`).
+    let mut at = None;
+    loop {
+        let (next, ended) = run_one(&shared, i, task, at).await;
+        let Some(next) = next else { break };
+        at = Some(ended);
         ran = ran.wrapping_add(1);
         if ran.is_multiple_of(NODES_PER_BUDGET_UNIT) {
-            // Give the worker's other tasks a turn now and then on a long chain.
+            // Give the worker's other tasks a turn now and then on a long chain (it may
+            // park here: the next node's start is read afresh).
             tokio::task::consume_budget().await;
+            at = None;
         }
         (i, task) = next;
     }
@@ -53,24 +61,38 @@ const NODES_PER_BUDGET_UNIT: u32 = 16;
 pub(super) async fn run_pooled(shared: Arc<Shared>) {
     // Nodes run, for the budget (counted across chains: a wide graph's are one node long).
     let mut ran: u32 = 0;
+    // The end of the node the runner ran last, a `mono_ns` reading: the start of the
+    // next one it runs (a node popped from the queue right after it ended is started
+    // without a wait; see `run_one`). `None` for the runner's first node.
+    let mut at = None;
     while let Some(first) = shared.next_queued() {
         // Pinned where it is made: passed by value, the chain's state (the largest
         // future of a node) would be copied into `watched`'s.
-        let chain = std::pin::pin!(run_chain(&shared, first, &mut ran));
+        let chain = std::pin::pin!(run_chain(&shared, first, &mut ran, &mut at));
         watched(&shared, chain).await;
     }
 }
 
 /// Runs a queued node, then the dependent it made ready, and so on; `ran` counts the
-/// nodes the runner ran (see [`NODES_PER_BUDGET_UNIT`]).
-async fn run_chain(shared: &Arc<Shared>, first: (u32, TaskBox), ran: &mut u32) {
+/// nodes the runner ran (see [`NODES_PER_BUDGET_UNIT`]); `at` is where the first node
+/// starts (`None`: read afresh), then where the last one ended.
+async fn run_chain(
+    shared: &Arc<Shared>,
+    first: (u32, TaskBox),
+    ran: &mut u32,
+    at: &mut Option<u64>,
+) {
     let mut next = Some(first);
     while let Some((i, task)) = next.take() {
-        next = run_one(shared, i, task).await;
+        let ended;
+        (next, ended) = run_one(shared, i, task, *at).await;
+        *at = Some(ended);
         *ran = ran.wrapping_add(1);
         if ran.is_multiple_of(NODES_PER_BUDGET_UNIT) {
-            // Give the worker's other tasks a turn now and then on a long chain.
+            // Give the worker's other tasks a turn now and then on a long chain (it may
+            // park here: the next node's start is read afresh).
             tokio::task::consume_budget().await;
+            *at = None;
         }
     }
 }
@@ -99,17 +121,37 @@ async fn watched<F: Future>(shared: &Arc<Shared>, mut fut: Pin<&mut F>) -> F::Ou
     out
 }
 
-/// Runs node `i`; returns the dependent to run next in the same tokio task, if any.
-pub(super) async fn run_one(shared: &Arc<Shared>, i: u32, task: TaskBox) -> Option<(u32, TaskBox)> {
-    let _permit = match &shared.permits {
-        Some(sem) => sem.clone().acquire_owned().await.ok(),
-        None => None,
+/// Runs node `i`; returns the dependent to run next in the same tokio task, if any, and
+/// the node's end (a [`mono_ns`] reading), where the next node the caller runs without a
+/// wait in between starts.
+///
+/// `at` is the node's start when the caller comes straight from the end of the node it
+/// ran before (one clock read per node, not two: a read costs about as much as a small
+/// node's work); `None` when it did not (a runner's first node, one after a yield), and
+/// then the clock is read here. So a node's time spans its worker's step from the end
+/// of the node it ran before (recording that end, starting the dependents it made
+/// ready: a few hundred nanoseconds) or from when the worker took the node up, through
+/// its inputs and attempts, to the end of its last attempt.
+pub(super) async fn run_one(
+    shared: &Arc<Shared>,
+    i: u32,
+    task: TaskBox,
+    at: Option<u64>,
+) -> (Option<(u32, TaskBox)>, u64) {
+    let (_permit, at) = match &shared.permits {
+        // The wait for a permit may park: the start is read after it.
+        Some(sem) => (sem.clone().acquire_owned().await.ok(), None),
+        None => (None, at),
     };
     let first = shared.prior_attempts(i);
     let meta = shared.nodes[i as usize].meta;
     // The node's time is measured on the integer clock: its end is one read, which
-    // serves its elapsed time and its row's end without `Instant` arithmetic.
-    let started = mono_ns();
+    // serves its elapsed time, its row's end and the next node's start without
+    // `Instant` arithmetic.
+    let started = match at {
+        Some(at) => at,
+        None => mono_ns(),
+    };
     let ran = match &shared.dispatch {
         // Spread: the node's attempts run on whichever worker claims it (out of line:
         // the state of the common path stays small).
@@ -148,14 +190,16 @@ pub(super) async fn run_one(shared: &Arc<Shared>, i: u32, task: TaskBox) -> Opti
             unless_abandoned(shared, i, started, rest.as_mut()).await
         }
     };
-    // One clock read for the node's time and its row's end.
+    // One clock read for the node's time, its row's end and the next node's start.
     let ended_at = mono_ns();
     let elapsed_ns = ended_at.saturating_sub(started);
     let elapsed = Duration::from_nanos(elapsed_ns);
     // Abandoned after the cancellation grace period: the driver ended it.
-    let (attempts, result) = ran?;
+    let Some((attempts, result)) = ran else {
+        return (None, ended_at);
+    };
     if shared.nodes[i as usize].ended.swap(true, Ordering::AcqRel) {
-        return None;
+        return (None, ended_at);
     }
     let ok = result.is_ok();
     let mut next = None;
@@ -206,7 +250,7 @@ pub(super) async fn run_one(shared: &Arc<Shared>, i: u32, task: TaskBox) -> Opti
         // (A node run next here took this one's place in the count.)
         let _ = shared.tx.send(Msg::Idle);
     }
-    next
+    (next, ended_at)
 }
 
 /// Runs node `i` on another worker (see [`super::Dispatch`]); its result comes back as
