@@ -30,20 +30,20 @@ async fn nap(prev: u32) -> u32 {
 }
 
 fn chain(g: &mut TaskGraph) {
-    let a = g.add("a", Busy::new(0)).unwrap();
-    let b = g.add("b", Busy::new(a)).unwrap();
-    let c = g.add("c", Nap::new(b)).unwrap();
-    let d = g.add("d", Busy::new(c)).unwrap();
-    g.add("e", Busy::new(d)).unwrap();
+    let first = g.add("a", Busy::new(0)).unwrap();
+    let second = g.add("b", Busy::new(first)).unwrap();
+    let waits = g.add("c", Nap::new(second)).unwrap();
+    let after = g.add("d", Busy::new(waits)).unwrap();
+    g.add("e", Busy::new(after)).unwrap();
 }
 
 #[process]
 fn timed_chain(p: &mut Builder) {
-    let a = p.task(Busy::new(0));
-    let b = p.task(Busy::new(a));
-    let c = p.task(Nap::new(b));
-    let d = p.task(Busy::new(c));
-    p.task(Busy::new(d));
+    let first = p.task(Busy::new(0));
+    let second = p.task(Busy::new(first));
+    let waits = p.task(Nap::new(second));
+    let after = p.task(Busy::new(waits));
+    p.task(Busy::new(after));
 }
 
 /// Every node's time covers its 20 ms of work, and the times do not overlap: the nodes
