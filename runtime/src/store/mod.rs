@@ -209,7 +209,8 @@ pub struct TaskRow {
     pub started_at: Option<u64>,
     /// When it ended (ms since the Unix epoch).
     pub ended_at: Option<u64>,
-    /// Wall time of all attempts, in nanoseconds.
+    /// Wall time of all attempts, in nanoseconds, measured as
+    /// [`TaskReport::elapsed`](crate::TaskReport::elapsed) is.
     pub elapsed_ns: u64,
     /// Skipped because a dependency did not succeed (the state is then `cancelled`).
     pub skipped: bool,
