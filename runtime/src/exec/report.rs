@@ -30,8 +30,11 @@ impl Described for TaskMeta {
 
 /// The run's report; the nodes' ids and descriptions are moved out of `graph` into it (the
 /// graph is only dropped afterwards), not copied. A node still pending in `state` ended
-/// with success (its worker did not report it); a success's attempts and time are in
-/// its cell in `shared`.
+/// with success (its worker did not report it: its cell in `shared` says so, with its
+/// attempts and time), or else never ended: the driver marks such nodes cancelled before
+/// the report in a run that was stopped or where it ended nodes itself, and in any other
+/// run there is none (see `drive_run`), but a node found so is reported cancelled all
+/// the same (see [`never_ended`]).
 pub(super) fn build_report(
     graph: &mut Graph,
     shared: &Shared,
@@ -56,16 +59,27 @@ pub(super) fn build_report(
         .enumerate()
         .map(|(i, (node, &st))| {
             let s = state.get(i);
+            let cell = &shared.nodes[i];
             let (status, attempts, elapsed_ns) = match st {
-                // Only a success is still pending here (see the function's docs).
-                NodeStatus::Pending | NodeStatus::Success => {
-                    let cell = &shared.nodes[i];
-                    (
-                        TaskStatus::Success,
-                        cell.attempts_run.load(Ordering::Acquire),
-                        cell.elapsed_ns.load(Ordering::Acquire),
-                    )
+                // A success (its worker did not report it), or else a node that never
+                // ended (see the function's docs).
+                NodeStatus::Pending => {
+                    if cell.done_ok.load(Ordering::Acquire) {
+                        (
+                            TaskStatus::Success,
+                            cell.attempts_run.load(Ordering::Relaxed),
+                            cell.elapsed_ns.load(Ordering::Relaxed),
+                        )
+                    } else {
+                        never_ended(shared, i);
+                        (TaskStatus::Cancelled, 0, 0)
+                    }
                 }
+                NodeStatus::Success => (
+                    TaskStatus::Success,
+                    cell.attempts_run.load(Ordering::Acquire),
+                    cell.elapsed_ns.load(Ordering::Acquire),
+                ),
                 NodeStatus::Errored => (TaskStatus::Errored, s.attempts, nanos(s.elapsed)),
                 NodeStatus::Skipped => (TaskStatus::Skipped, s.attempts, 0),
                 NodeStatus::Cancelled => (TaskStatus::Cancelled, s.attempts, nanos(s.elapsed)),
@@ -90,7 +104,7 @@ pub(super) fn build_report(
             };
             let result = if status == TaskStatus::Success {
                 // The text its worker made for the journal, else the slot's.
-                match shared.nodes[i].text() {
+                match cell.text() {
                     Some(text) => Some(Json::trusted(text.clone())),
                     None => shared.slots[i].json().map(Json::trusted),
                 }
@@ -138,6 +152,20 @@ pub(super) fn build_report(
         elapsed,
         tasks,
         handles: Some(handles),
+    }
+}
+
+/// Node `i` never ended, in a run where the driver did not look for such nodes because
+/// every node ended (see `drive_run`): a bug, caught here as the driver's pass would have
+/// caught it: the node ends cancelled (no attempts, no time, no error), in its row too
+/// (unless a large run's rows were released already).
+#[cold]
+#[inline(never)]
+fn never_ended(shared: &Shared, i: usize) {
+    debug_assert!(false, "node {i} never ended in a run that ended every node");
+    tracing::error!(run = %shared.run_id, task = %shared.ids[i], "a task never ended: reported cancelled");
+    if let Some(j) = &shared.journal {
+        super::record_end(j, i, NodeStatus::Cancelled, &super::NOT_ENDED);
     }
 }
 
