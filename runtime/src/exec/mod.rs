@@ -510,13 +510,22 @@ async fn drive_run(mut graph: Graph, mut cfg: RunConfig) -> (Option<RunReport>, 
     }
     let cancelled = cancel_seen || cfg.cancel.is_cancelled();
     // What never ended ends cancelled; a success is read where its worker left it by
-    // the report, in its one pass over the nodes (see `build_report`).
-    for (i, s) in state.status.iter_mut().enumerate() {
-        if *s == NodeStatus::Pending && !shared.nodes[i].done_ok.load(Ordering::Acquire) {
-            // No attempts, no time, no error: nothing to keep but its status.
-            *s = NodeStatus::Cancelled;
-            if let Some(j) = &shared.journal {
-                record_end(j, i, NodeStatus::Cancelled, &NOT_ENDED);
+    // the report, in its one pass over the nodes (see `build_report`). A run that was
+    // neither cancelled nor halted and where the driver ended no node itself (nothing
+    // failed, was skipped or abandoned) ended every node: each one whose dependencies
+    // all ended was started or settled, and each started one ended (the loop above ends
+    // with nothing in flight). Its pass over every cell would find nothing, so it is
+    // left to the report, which reads each cell anyway (see `build_report`: a node that
+    // never ended there is the same safety net, and a bug).
+    let all_ended = !cancelled && !halt_seen && !cfg.halt.is_halted() && state.ended.is_empty();
+    if !all_ended {
+        for (i, s) in state.status.iter_mut().enumerate() {
+            if *s == NodeStatus::Pending && !shared.nodes[i].done_ok.load(Ordering::Acquire) {
+                // No attempts, no time, no error: nothing to keep but its status.
+                *s = NodeStatus::Cancelled;
+                if let Some(j) = &shared.journal {
+                    record_end(j, i, NodeStatus::Cancelled, &NOT_ENDED);
+                }
             }
         }
     }

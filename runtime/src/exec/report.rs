@@ -30,8 +30,11 @@ impl Described for TaskMeta {
 
 /// The run's report; the nodes' ids and descriptions are moved out of `graph` into it (the
 /// graph is only dropped afterwards), not copied. A node still pending in `state` ended
-/// with success (its worker did not report it); a success's attempts and time are in
-/// its cell in `shared`.
+/// with success (its worker did not report it: its cell in `shared` says so, with its
+/// attempts and time), or else never ended: the driver marks such nodes cancelled before
+/// the report in a run that was stopped or where it ended nodes itself, and in any other
+/// run there is none (see `drive_run`), but a node found so is reported cancelled all
+/// the same (see [`never_ended`]).
 pub(super) fn build_report(
     graph: &mut Graph,
     shared: &Shared,
@@ -56,16 +59,27 @@ pub(super) fn build_report(
         .enumerate()
         .map(|(i, (node, &st))| {
             let s = state.get(i);
+            let cell = &shared.nodes[i];
             let (status, attempts, elapsed_ns) = match st {
-                // Only a success is still pending here (see the function's docs).
-                NodeStatus::Pending | NodeStatus::Success => {
-                    let cell = &shared.nodes[i];
-                    (
-                        TaskStatus::Success,
-                        cell.attempts_run.load(Ordering::Acquire),
-                        cell.elapsed_ns.load(Ordering::Acquire),
-                    )
+                // A success (its worker did not report it), or else a node that never
+                // ended (see the function's docs).
+                NodeStatus::Pending => {
+                    if cell.done_ok.load(Ordering::Acquire) {
+                        (
+                            TaskStatus::Success,
+                            cell.attempts_run.load(Ordering::Relaxed),
+                            cell.elapsed_ns.load(Ordering::Relaxed),
+                        )
+                    } else {
+                        never_ended(shared, i);
+                        (TaskStatus::Cancelled, 0, 0)
+                    }
                 }
+                NodeStatus::Success => (
+                    TaskStatus::Success,
+                    cell.attempts_run.load(Ordering::Acquire),
+                    cell.elapsed_ns.load(Ordering::Acquire),
+                ),
                 NodeStatus::Errored => (TaskStatus::Errored, s.attempts, nanos(s.elapsed)),
                 NodeStatus::Skipped => (TaskStatus::Skipped, s.attempts, 0),
                 NodeStatus::Cancelled => (TaskStatus::Cancelled, s.attempts, nanos(s.elapsed)),
@@ -90,7 +104,7 @@ pub(super) fn build_report(
             };
             let result = if status == TaskStatus::Success {
                 // The text its worker made for the journal, else the slot's.
-                match shared.nodes[i].text() {
+                match cell.text() {
                     Some(text) => Some(Json::trusted(text.clone())),
                     None => shared.slots[i].json().map(Json::trusted),
                 }
@@ -141,6 +155,23 @@ pub(super) fn build_report(
     }
 }
 
+/// Node `i` never ended, in a run where the driver did not look for such nodes because
+/// every node ended (see `drive_run`): a bug, caught here as the driver's pass would have
+/// caught it: the node ends cancelled (no attempts, no time, no error), in its row too
+/// (unless a large run's rows were released already); a debug build panics.
+#[cold]
+#[inline(never)]
+fn never_ended(shared: &Shared, i: usize) {
+    debug_assert!(
+        shared.nodes[i].done_ok.load(Ordering::Acquire),
+        "node {i} never ended in a run that ended every node"
+    );
+    tracing::error!(run = %shared.run_id, task = %shared.ids[i], "a task never ended: reported cancelled");
+    if let Some(j) = &shared.journal {
+        super::record_end(j, i, NodeStatus::Cancelled, &super::NOT_ENDED);
+    }
+}
+
 /// Ids of the nodes that did not run because `failed` did not succeed, transitively.
 pub(super) fn downstream(
     failed: u32,
@@ -177,4 +208,96 @@ pub(super) fn downstream(
     out.into_iter()
         .map(|d| shared.ids[d as usize].to_string())
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use crate::exec::{execute, run_span, Halt, RunConfig};
+    use crate::graph::process::{Mode, Process, ProcessMeta};
+    use crate::graph::{Builder, Graph};
+    use crate::report::TaskStatus;
+    use crate::schedule::Overlap;
+    use crate::task::spec::TaskExt;
+
+    /// A task that does nothing.
+    struct Plain;
+
+    crate::no_op_task!(Plain, "plain");
+
+    /// Inline and allocated ids, own descriptions, optional tasks, and their mixes.
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct Mixed;
+
+    /// An id too long to be kept inline (more than 23 bytes).
+    const LONG: &str = "an-id-far-too-long-to-be-kept-inline";
+
+    impl Process for Mixed {
+        const META: ProcessMeta = ProcessMeta {
+            name: "exec::report::tests::mixed",
+            description: "",
+            schedule: None,
+            tz: None,
+            overlap: Overlap::Skip,
+            mode: Mode::Dataflow,
+        };
+        fn build(self, p: &mut Builder) {
+            p.task(Plain.id("short"));
+            p.task(Plain.id(LONG).description("its own"));
+            p.task(Plain.id("opt").optional());
+            p.task(Plain.id("both").optional().description("own too"));
+            p.task(Plain.id(format!("{LONG}-too")));
+        }
+    }
+
+    // Each entry has its node's own id (inline or allocated), description and optional
+    // flag, in the graph's order (the report moves them out of the graph's nodes).
+    #[test]
+    fn each_entry_has_its_nodes_id_description_and_optional_flag() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let report = rt.block_on(async {
+            let cfg = RunConfig {
+                run_id: Arc::from("mixed"),
+                max_concurrency: None,
+                permits: None,
+                hooks: Vec::new(),
+                cancel: tokio_util::sync::CancellationToken::new(),
+                halt: Arc::new(Halt::default()),
+                grace: Duration::ZERO,
+                journal: None,
+                resume: None,
+                runtime: None,
+                resources: Arc::default(),
+                span: run_span("mixed", "mixed", "w", 1),
+                worker: Arc::from("w"),
+                dispatch: None,
+            };
+            let (report, remains) = execute(Graph::of(Mixed).unwrap(), cfg).await;
+            drop(remains);
+            report.unwrap()
+        });
+        let seen: Vec<(&str, &str, &str, bool, TaskStatus)> = report
+            .tasks
+            .iter()
+            .map(|t| (&*t.id, t.name(), t.description(), t.optional, t.status))
+            .collect();
+        let long_too = format!("{LONG}-too");
+        let ok = TaskStatus::Success;
+        assert_eq!(
+            seen,
+            [
+                ("short", "plain", "", false, ok),
+                (LONG, "plain", "its own", false, ok),
+                ("opt", "plain", "", true, ok),
+                ("both", "plain", "own too", true, ok),
+                (long_too.as_str(), "plain", "", false, ok),
+            ]
+        );
+    }
 }
