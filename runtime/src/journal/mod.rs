@@ -164,7 +164,8 @@ struct Rows {
     names: Vec<SmolStr>,
     /// The run's lease token, which every row of the run carries.
     lease: u64,
-    /// Number of tasks (kept when the rows are [released](RunJournal::release)).
+    /// Number of tasks (kept when the rows are freed, see
+    /// [`RunJournal::release_when_written`]).
     len: usize,
     /// The rows to write, each once: a row in it is flagged [`Row::DIRTY`] (a flag in
     /// the row, which its change writes anyway, not an array of its own by node), as
@@ -178,6 +179,9 @@ struct Rows {
     rollup_dirty: bool,
     /// The last progress message of any task.
     last_message: Option<String>,
+    /// The rows are to be freed once none is left to write (see
+    /// [`RunJournal::release_when_written`]).
+    release_asked: bool,
     /// The rare fields of the rows flagged [`CompactRow::RARE`], by node: most rows have
     /// none. Those of a freed chunk's rows are dropped with it (see [`Rows::freed`]).
     rare: rustc_hash::FxHashMap<u32, RareFields>,
@@ -204,7 +208,30 @@ fn share(row: &Row) -> f64 {
     }
 }
 
+/// What [`Rows::free_rows`] took, to be dropped outside the lock.
+type FreedRows = (
+    RowChunks,
+    Arc<[SmolStr]>,
+    HashMap<u32, Throttle>,
+    rustc_hash::FxHashMap<u32, RareFields>,
+);
+
 impl Rows {
+    /// Takes the rows and what goes with them, unless some are still to be written
+    /// (see [`RunJournal::release_when_written`]); later changes are ignored.
+    fn free_rows(&mut self) -> Option<FreedRows> {
+        if !self.dirty_list.is_empty() {
+            return None;
+        }
+        self.release_asked = false;
+        Some((
+            std::mem::replace(&mut self.items, RowChunks::new(Box::default())),
+            std::mem::replace(&mut self.nodes, Arc::from(Vec::new())),
+            std::mem::take(&mut self.throttle),
+            std::mem::take(&mut self.rare),
+        ))
+    }
+
     /// Runs `f` on row `node`, keeping the rolled-up progress up to date; false, without
     /// running it, when the rows were released or the row ended and was written.
     fn change(&mut self, node: u32, f: impl FnOnce(&mut Row)) -> bool {
@@ -466,6 +493,7 @@ impl RunJournal {
                 shares,
                 rollup_dirty: false,
                 last_message: None,
+                release_asked: false,
                 rare: rustc_hash::FxHashMap::default(),
             }),
             staged: Mutex::default(),
@@ -744,24 +772,40 @@ impl RunJournal {
         drop(freed);
     }
 
-    /// Frees the rows once everything recorded is written (after [`sync`](Self::sync),
-    /// at the run's end): the store has them, and the report that is built next need
-    /// not sit next to a second copy. Returns whether they were freed (not when rows
-    /// are still dirty). The roll-up stays; later changes are ignored.
+    /// Frees the rows now when everything recorded is written (after
+    /// [`sync`](Self::sync)), as [`release_when_written`](Self::release_when_written)
+    /// does later; returns whether they were freed (not when rows are still dirty).
+    #[cfg(test)]
     pub(crate) fn release(&self) -> bool {
         let mut g = self.lock_applied();
-        if !g.dirty_list.is_empty() {
-            return false;
-        }
-        g.items = RowChunks::new(Box::default());
-        g.nodes = Arc::from(Vec::new());
-        g.throttle = HashMap::new();
-        g.rare = rustc_hash::FxHashMap::default();
-        true
+        let freed = g.free_rows();
+        drop(g);
+        freed.is_some()
+    }
+
+    /// Frees the rows once everything recorded is written, without waiting for it (at
+    /// the run's end, when no task changes any more): the writer's next take of this run
+    /// writes what is left and then frees them (or the take of the run's end, whichever
+    /// comes first), while the caller goes on. The store has them, and the report built
+    /// meanwhile need not sit next to a second copy. The roll-up stays; later changes
+    /// are ignored.
+    pub(crate) fn release_when_written(&self) {
+        self.lock().release_asked = true;
+        // A take of this run comes (this wake-up's, or one already on its way).
+        self.writer.wake(self);
+    }
+
+    /// Ends a take: frees the rows when that was asked for and none is left to write
+    /// (see [`release_when_written`](Self::release_when_written)), outside the lock.
+    fn end_take(mut g: std::sync::MutexGuard<'_, Rows>) {
+        let freed = if g.release_asked { g.free_rows() } else { None };
+        drop(g);
+        drop(freed);
     }
 
     /// The node ids, by node index, as the journal was made with them (empty once
-    /// [released](Self::release)): the executor shares them instead of a copy of its own.
+    /// freed, see [`release_when_written`](Self::release_when_written)): the executor
+    /// shares them instead of a copy of its own.
     pub(crate) fn node_ids(&self) -> Arc<[SmolStr]> {
         self.lock().nodes.clone()
     }
@@ -785,6 +829,7 @@ impl RunJournal {
     pub(crate) fn take(&self, batch: &mut Batch, events: &mut Vec<(SmolStr, State)>) {
         let mut g = self.begin_take();
         if g.dirty_list.is_empty() {
+            Self::end_take(g);
             return;
         }
         let events = self.listening().then_some(events);
@@ -792,7 +837,7 @@ impl RunJournal {
         let freed = Self::drain(&mut g, events, |parts, node, row| {
             parts.push_row(node, row, &self.run_id, &mut batch.tasks);
         });
-        drop(g);
+        Self::end_take(g);
         drop(freed);
     }
 
@@ -808,6 +853,7 @@ impl RunJournal {
         let mut g = self.begin_take();
         let n = g.dirty_list.len();
         if n == 0 {
+            Self::end_take(g);
             return (0, 0);
         }
         let events = self.listening().then_some(events);
@@ -819,7 +865,7 @@ impl RunJournal {
                 parts.put_row(node, row, sink);
             });
         });
-        drop(g);
+        Self::end_take(g);
         drop(freed);
         (n, fenced)
     }
@@ -1537,6 +1583,50 @@ mod tests {
             !rows.contains_key(&1),
             "a restored row is not written again"
         );
+        writer.close().await.expect("close");
+    }
+
+    // Asked at a run's end, the rows are freed by the writer's next take of the run once
+    // every row is written, with nobody waiting for it: the rows still to write are
+    // written first, every one of them, and later changes are ignored.
+    #[tokio::test]
+    async fn rows_asked_to_go_are_freed_once_written() {
+        let n = RowChunks::CHUNK + 3;
+        let (store, writer, j) = journal((0..n).map(|i| TestRow {
+            task: "load",
+            id: format!("n{i}").into(),
+            optional: false,
+        }));
+        let last = u32::try_from(n - 1).unwrap();
+        for i in 0..=last {
+            j.ended(i, done(Duration::ZERO, None), Some(i.to_string().into()));
+        }
+        j.log(last, Level::Info, "late");
+        j.release_when_written();
+        let start = Instant::now();
+        while j.lock().items.len() > 0 {
+            assert!(start.elapsed() < Duration::from_secs(10), "never freed");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        {
+            let g = j.lock();
+            assert!(g.dirty_list.is_empty());
+            assert!(g.nodes.is_empty());
+            assert!(!g.release_asked);
+        }
+        let rows: HashMap<u32, TaskRow> = store.tasks("run").unwrap().into_iter().collect();
+        assert_eq!(rows.len(), n);
+        for i in 0..=last {
+            assert_eq!(rows[&i].state, State::Done, "row {i}");
+            assert_eq!(rows[&i].result.as_deref(), Some(i.to_string().as_str()));
+        }
+        assert_eq!(rows[&last].log[0].message, "late");
+        // Later changes are ignored; the run's progress stays.
+        j.log(last, Level::Warning, "ignored");
+        j.sync().await.expect("sync");
+        let rows: HashMap<u32, TaskRow> = store.tasks("run").unwrap().into_iter().collect();
+        assert_eq!(rows[&last].log.len(), 1);
+        assert_eq!(j.rollup().percent, Some(100.0));
         writer.close().await.expect("close");
     }
 
