@@ -164,24 +164,36 @@ struct Rows {
     names: Vec<SmolStr>,
     /// The run's lease token, which every row of the run carries.
     lease: u64,
-    /// Number of tasks (kept when the rows are [released](RunJournal::release)).
+    /// Number of tasks (kept when the rows are freed, see
+    /// [`RunJournal::release_when_written`]).
     len: usize,
-    dirty: Vec<bool>,
+    /// The rows to write, each once: a row in it is flagged [`Row::DIRTY`] (a flag in
+    /// the row, which its change writes anyway, not an array of its own by node), as
+    /// the state last announced by an event is kept in the row ([`Row::announced`]).
     dirty_list: Vec<u32>,
     throttle: HashMap<u32, Throttle>,
     window: Duration,
-    /// The state last announced by an event, per node: a row written again without a
-    /// change of state (progress, log) announces nothing.
-    announced: Vec<State>,
     /// Sum of every task's share of the run's progress (see [`share`]).
     shares: f64,
     /// The run's progress changed since it was last written to the run's record.
     rollup_dirty: bool,
     /// The last progress message of any task.
     last_message: Option<String>,
+    /// The rows are to be freed once none is left to write (see
+    /// [`RunJournal::release_when_written`]).
+    release_asked: bool,
     /// The rare fields of the rows flagged [`CompactRow::RARE`], by node: most rows have
     /// none. Those of a freed chunk's rows are dropped with it (see [`Rows::freed`]).
     rare: rustc_hash::FxHashMap<u32, RareFields>,
+}
+
+/// Marks `row` (node `node`'s) to be written, once: it joins `list` unless it is in it.
+#[inline]
+fn mark_row(list: &mut Vec<u32>, row: &mut Row, node: u32) {
+    if !row.has(Row::DIRTY) {
+        row.flags |= Row::DIRTY;
+        list.push(node);
+    }
 }
 
 /// A task's share of its run's rolled-up progress, in percent: 100 once done or
@@ -196,7 +208,30 @@ fn share(row: &Row) -> f64 {
     }
 }
 
+/// What [`Rows::free_rows`] took, to be dropped outside the lock.
+type FreedRows = (
+    RowChunks,
+    Arc<[SmolStr]>,
+    HashMap<u32, Throttle>,
+    rustc_hash::FxHashMap<u32, RareFields>,
+);
+
 impl Rows {
+    /// Takes the rows and what goes with them, unless some are still to be written
+    /// (see [`RunJournal::release_when_written`]); later changes are ignored.
+    fn free_rows(&mut self) -> Option<FreedRows> {
+        if !self.dirty_list.is_empty() {
+            return None;
+        }
+        self.release_asked = false;
+        Some((
+            std::mem::replace(&mut self.items, RowChunks::new(Box::default())),
+            std::mem::replace(&mut self.nodes, Arc::from(Vec::new())),
+            std::mem::take(&mut self.throttle),
+            std::mem::take(&mut self.rare),
+        ))
+    }
+
     /// Runs `f` on row `node`, keeping the rolled-up progress up to date; false, without
     /// running it, when the rows were released or the row ended and was written.
     fn change(&mut self, node: u32, f: impl FnOnce(&mut Row)) -> bool {
@@ -239,11 +274,11 @@ impl Rows {
         }
     }
 
+    /// Marks row `node` to be written (nothing when the rows were released or its chunk
+    /// freed: there is nothing left to write).
     fn mark(&mut self, node: u32) {
-        let i = node as usize;
-        if !self.dirty[i] {
-            self.dirty[i] = true;
-            self.dirty_list.push(node);
+        if let Some(row) = self.items.get_mut(node as usize) {
+            mark_row(&mut self.dirty_list, row, node);
         }
     }
 
@@ -296,46 +331,48 @@ impl Rows {
     }
 }
 
-impl Rows {
-    /// Writes row `i` into the memory store's `sink`, as [`push_row`](Self::push_row)
-    /// pushes it (same result), without making a [`TaskRow`]: the store copies the row.
+/// What a row written by a take is written with, beside the row: the run's shared
+/// lists and the rows' rare fields (see [`RunJournal::drain`]).
+struct RowParts<'a> {
+    nodes: &'a [SmolStr],
+    names: &'a [SmolStr],
+    rare: &'a rustc_hash::FxHashMap<u32, RareFields>,
+    lease: u64,
+}
+
+impl RowParts<'_> {
+    /// Writes row `r` (node `node`'s) into the memory store's `sink`, as
+    /// [`push_row`](Self::push_row) pushes it (same result), without making a
+    /// [`TaskRow`]: the store copies the row.
     #[inline]
-    fn put_row(&mut self, i: usize, sink: &mut RowSink<'_>) -> Option<(State, bool)> {
-        let r = self.items.get_mut(i)?;
-        let settles = r.settle_end();
-        let node = u32::try_from(i).unwrap_or(u32::MAX);
-        sink.put(node, r, r.rare_in(&self.rare, node));
-        Some((r.state, settles))
+    fn put_row(&self, node: u32, r: &Row, sink: &mut RowSink<'_>) {
+        sink.put(node, r, r.rare_in(self.rare, node));
     }
 
-    /// Pushes row `i` as the store takes it onto `out`, as run `run`'s (made in place:
-    /// a task row is about 240 bytes, each move of it a copy). Returns its state and
-    /// whether it is settled by this write (see [`RowChunks::settle`]); `None`, pushing
-    /// nothing, when the rows were released or the row's chunk freed.
+    /// Pushes row `r` (node `node`'s) as the store takes it onto `out`, as run `run`'s
+    /// (made in place: a task row is about 240 bytes, each move of it a copy).
     fn push_row(
-        &mut self,
-        i: usize,
+        &self,
+        node: u32,
+        r: &Row,
         run: &Arc<str>,
         out: &mut Vec<(Arc<str>, u32, TaskRow)>,
-    ) -> Option<(State, bool)> {
-        let r = self.items.get_mut(i)?;
-        let settles = r.settle_end();
-        let r = &*r;
-        let node = u32::try_from(i).unwrap_or(u32::MAX);
-        let rare = r.rare_in(&self.rare, node);
+    ) {
+        let rare = r.rare_in(self.rare, node);
         out.push((
             run.clone(),
             node,
             r.to_task_row(
-                self.names[r.task as usize].clone(),
-                self.nodes[i].clone(),
+                self.names.get(r.task as usize).cloned().unwrap_or_default(),
+                self.nodes.get(node as usize).cloned().unwrap_or_default(),
                 rare,
                 self.lease,
             ),
         ));
-        Some((r.state, settles))
     }
+}
 
+impl Rows {
     /// Chunk `c`'s rows, `rows`, were freed (each ended and was written): their rare
     /// fields go with them.
     fn freed(&mut self, c: usize, rows: &[Row]) {
@@ -435,7 +472,6 @@ impl RunJournal {
             (0..n).map(|_| SmolStr::default()).collect()
         };
         let items = RowChunks::new(meta.into());
-        let announced = vec![State::Scheduled; n];
         // Nothing is done yet: every share is 0.
         let shares = 0.0;
         let j = Arc::new(RunJournal {
@@ -449,16 +485,15 @@ impl RunJournal {
                 names,
                 lease,
                 len: n,
-                dirty: vec![false; n],
                 // Room for the rows a busy cycle marks (16 KiB at most): the workers do
                 // not grow it from nothing at the run's start.
                 dirty_list: Vec::with_capacity(n.min(4096)),
                 throttle: HashMap::new(),
                 window,
-                announced,
                 shares,
                 rollup_dirty: false,
                 last_message: None,
+                release_asked: false,
                 rare: rustc_hash::FxHashMap::default(),
             }),
             staged: Mutex::default(),
@@ -491,7 +526,8 @@ impl RunJournal {
     /// Attempt `attempt` of `node` is running; the node started `since` ago.
     pub(crate) fn started(&self, node: u32, attempt: u32, since: Duration) {
         {
-            let mut g = self.lock();
+            let mut guard = self.lock();
+            let g = &mut *guard;
             let Some(row) = g.items.get_mut(node as usize) else {
                 return; // released: the run is over
             };
@@ -500,7 +536,7 @@ impl RunJournal {
             }
             row.state = State::Running;
             row.attempts = attempt;
-            g.mark(node);
+            mark_row(&mut g.dirty_list, row, node);
         }
         self.writer.wake(self);
     }
@@ -684,8 +720,8 @@ impl Rows {
             Self::end_rare(&mut self.rare, row, node, failure);
         }
         let after = share(row);
+        mark_row(&mut self.dirty_list, row, node);
         self.reshare(before, after);
-        self.mark(node);
         true
     }
 }
@@ -718,6 +754,7 @@ impl RunJournal {
         let mut g = self.lock();
         let changed = g.change(node, |row| {
             row.state = State::Done;
+            row.announced = State::Done;
             row.attempts = attempts;
             row.elapsed_ns = nanos(elapsed);
             row.set_percent(Some(100.0));
@@ -726,7 +763,6 @@ impl RunJournal {
         if !changed {
             return;
         }
-        g.announced[node as usize] = State::Done;
         // Written already: what changed is the run's progress only, and the row is settled.
         let freed = g.items.settle(node as usize);
         if let Some(rows) = &freed {
@@ -736,26 +772,40 @@ impl RunJournal {
         drop(freed);
     }
 
-    /// Frees the rows once everything recorded is written (after [`sync`](Self::sync),
-    /// at the run's end): the store has them, and the report that is built next need
-    /// not sit next to a second copy. Returns whether they were freed (not when rows
-    /// are still dirty). The roll-up stays; later changes are ignored.
+    /// Frees the rows now when everything recorded is written (after
+    /// [`sync`](Self::sync)), as [`release_when_written`](Self::release_when_written)
+    /// does later; returns whether they were freed (not when rows are still dirty).
+    #[cfg(test)]
     pub(crate) fn release(&self) -> bool {
         let mut g = self.lock_applied();
-        if !g.dirty_list.is_empty() {
-            return false;
-        }
-        g.items = RowChunks::new(Box::default());
-        g.nodes = Arc::from(Vec::new());
-        g.dirty = Vec::new();
-        g.announced = Vec::new();
-        g.throttle = HashMap::new();
-        g.rare = rustc_hash::FxHashMap::default();
-        true
+        let freed = g.free_rows();
+        drop(g);
+        freed.is_some()
+    }
+
+    /// Frees the rows once everything recorded is written, without waiting for it (at
+    /// the run's end, when no task changes any more): the writer's next take of this run
+    /// writes what is left and then frees them (or the take of the run's end, whichever
+    /// comes first), while the caller goes on. The store has them, and the report built
+    /// meanwhile need not sit next to a second copy. The roll-up stays; later changes
+    /// are ignored.
+    pub(crate) fn release_when_written(&self) {
+        self.lock().release_asked = true;
+        // A take of this run comes (this wake-up's, or one already on its way).
+        self.writer.wake(self);
+    }
+
+    /// Ends a take: frees the rows when that was asked for and none is left to write
+    /// (see [`release_when_written`](Self::release_when_written)), outside the lock.
+    fn end_take(mut g: std::sync::MutexGuard<'_, Rows>) {
+        let freed = if g.release_asked { g.free_rows() } else { None };
+        drop(g);
+        drop(freed);
     }
 
     /// The node ids, by node index, as the journal was made with them (empty once
-    /// [released](Self::release)): the executor shares them instead of a copy of its own.
+    /// freed, see [`release_when_written`](Self::release_when_written)): the executor
+    /// shares them instead of a copy of its own.
     pub(crate) fn node_ids(&self) -> Arc<[SmolStr]> {
         self.lock().nodes.clone()
     }
@@ -779,14 +829,15 @@ impl RunJournal {
     pub(crate) fn take(&self, batch: &mut Batch, events: &mut Vec<(SmolStr, State)>) {
         let mut g = self.begin_take();
         if g.dirty_list.is_empty() {
+            Self::end_take(g);
             return;
         }
         let events = self.listening().then_some(events);
         batch.tasks.reserve(g.dirty_list.len());
-        let freed = Self::drain(&mut g, events, |g, i| {
-            g.push_row(i, &self.run_id, &mut batch.tasks)
+        let freed = Self::drain(&mut g, events, |parts, node, row| {
+            parts.push_row(node, row, &self.run_id, &mut batch.tasks);
         });
-        drop(g);
+        Self::end_take(g);
         drop(freed);
     }
 
@@ -802,6 +853,7 @@ impl RunJournal {
         let mut g = self.begin_take();
         let n = g.dirty_list.len();
         if n == 0 {
+            Self::end_take(g);
             return (0, 0);
         }
         let events = self.listening().then_some(events);
@@ -809,9 +861,11 @@ impl RunJournal {
         let (ids, names, lease) = (g.nodes.clone(), g.names.clone(), g.lease);
         let mut freed = Vec::new();
         let fenced = store.put_journal_rows(&self.run_id, &ids, &names, lease, |sink| {
-            freed = Self::drain(&mut g, events, |g, i| g.put_row(i, sink));
+            freed = Self::drain(&mut g, events, |parts, node, row| {
+                parts.put_row(node, row, sink);
+            });
         });
-        drop(g);
+        Self::end_take(g);
         drop(freed);
         (n, fenced)
     }
@@ -853,42 +907,63 @@ impl RunJournal {
         g
     }
 
-    /// Writes every dirty row with `put` (which gives its state and whether this write
-    /// settles it, see [`RowChunks::settle`]), clears the marks and gathers the state
-    /// events; returns the chunks freed, to be dropped after the lock.
+    /// Writes every dirty row with `put` (given the run's lists, the row's node and the
+    /// row), clears the marks and gathers the state events; returns the chunks freed
+    /// (each of their rows written in an end state, see [`RowChunks::settle`]), to be
+    /// dropped after the lock.
     fn drain(
         g: &mut Rows,
         mut events: Option<&mut Vec<(SmolStr, State)>>,
-        mut put: impl FnMut(&mut Rows, usize) -> Option<(State, bool)>,
-    ) -> Vec<Box<[Row]>> {
+        mut put: impl FnMut(&RowParts<'_>, u32, &Row),
+    ) -> Vec<(usize, Box<[Row]>)> {
         // The list is given back, emptied, once read: it keeps its room from one cycle to
         // the next instead of growing again from nothing (each growth a copy, and a large
         // one a consolidation of the allocator's free lists) while the workers mark rows.
         let mut list = std::mem::take(&mut g.dirty_list);
         // Chunks whose every row is now written in an end state: dropped after the lock.
         let mut freed = Vec::new();
+        let Rows {
+            items,
+            nodes,
+            names,
+            lease,
+            rare,
+            ..
+        } = g;
+        let parts = RowParts {
+            nodes,
+            names,
+            rare,
+            lease: *lease,
+        };
         for &node in &list {
             let i = node as usize;
-            g.dirty[i] = false;
-            let Some((state, settles)) = put(g, i) else {
+            let Some(row) = items.get_mut(i) else {
                 continue; // a late change to a row written in its end state
             };
+            row.flags &= !Row::DIRTY;
+            let settles = row.settle_end();
+            put(&parts, node, row);
             // A state is announced once: a row written again for its progress or its
             // log is not a new state.
-            if g.announced[i] != state {
-                g.announced[i] = state;
+            let state = row.state;
+            if row.announced != state {
+                row.announced = state;
                 if let Some(ev) = events.as_deref_mut() {
-                    ev.push((g.nodes[i].clone(), state));
+                    ev.push((parts.nodes[i].clone(), state));
                 }
             }
             // Applied in this cycle (before any later write of this run): the store
             // has it from now on.
             if settles {
-                if let Some(chunk) = g.items.count_settled(i) {
-                    g.freed(i / RowChunks::CHUNK, &chunk);
-                    freed.push(chunk);
+                if let Some(chunk) = items.count_settled(i) {
+                    freed.push((i / RowChunks::CHUNK, chunk));
                 }
             }
+        }
+        // Their rows' rare fields go with them (no row of theirs is read again).
+        for (c, chunk) in &freed {
+            g.freed(*c, chunk);
         }
         list.clear();
         g.dirty_list = list;
@@ -1446,6 +1521,112 @@ mod tests {
         let rows: HashMap<u32, TaskRow> = store.tasks("run").unwrap().into_iter().collect();
         assert_eq!(rows[&0].log[0].message, "zero", "the store keeps them");
         assert_eq!(rows[&1].error.as_deref(), Some("one"));
+        writer.close().await.expect("close");
+    }
+
+    // A row's state is announced once per change (the last announced state is kept in
+    // the row): a row written again for its log announces nothing, and a row restored
+    // (written before) nothing either; each row is written once per cycle however many
+    // times it changed, and the store keeps none of the journal's own flags.
+    #[tokio::test]
+    async fn a_state_is_announced_once_per_change() {
+        let (store, writer, j) = journal((0..3).map(|i| TestRow {
+            task: "load",
+            id: format!("n{i}").into(),
+            optional: false,
+        }));
+        let mut rx = writer.events.subscribe();
+        j.started(0, 1, Duration::ZERO);
+        j.started(0, 1, Duration::ZERO);
+        assert_eq!(j.lock().dirty_list, vec![0], "marked once");
+        j.sync().await.expect("sync");
+        j.log(0, Level::Warning, "busy");
+        j.sync().await.expect("sync");
+        j.restored(1, 1, Duration::ZERO, "1".into());
+        j.ended(0, done(Duration::ZERO, None), Some("0".into()));
+        j.sync().await.expect("sync");
+        // Row 2 runs: the chunk stays, and row 0 can still be written again.
+        j.started(2, 1, Duration::ZERO);
+        j.log(0, Level::Warning, "late");
+        j.sync().await.expect("sync");
+        // Events are published after the cycle answers its waiters: waited for.
+        let mut states = Vec::new();
+        while states.len() < 3 {
+            let e = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+                .await
+                .expect("an event")
+                .expect("open");
+            if let EventKind::State { state } = e.kind {
+                states.push((e.id, state));
+            }
+        }
+        j.sync().await.expect("sync");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        while let Ok(e) = rx.try_recv() {
+            if let EventKind::State { state } = e.kind {
+                states.push((e.id, state));
+            }
+        }
+        assert_eq!(
+            states,
+            vec![
+                ("run/n0".to_owned(), State::Running),
+                ("run/n0".to_owned(), State::Done),
+                ("run/n2".to_owned(), State::Running),
+            ]
+        );
+        assert!(j.lock().dirty_list.is_empty());
+        let rows: HashMap<u32, TaskRow> = store.tasks("run").unwrap().into_iter().collect();
+        assert_eq!(rows[&0].log.len(), 2);
+        assert_eq!(rows[&0].state, State::Done);
+        assert!(
+            !rows.contains_key(&1),
+            "a restored row is not written again"
+        );
+        writer.close().await.expect("close");
+    }
+
+    // Asked at a run's end, the rows are freed by the writer's next take of the run once
+    // every row is written, with nobody waiting for it: the rows still to write are
+    // written first, every one of them, and later changes are ignored.
+    #[tokio::test]
+    async fn rows_asked_to_go_are_freed_once_written() {
+        let n = RowChunks::CHUNK + 3;
+        let (store, writer, j) = journal((0..n).map(|i| TestRow {
+            task: "load",
+            id: format!("n{i}").into(),
+            optional: false,
+        }));
+        let last = u32::try_from(n - 1).unwrap();
+        for i in 0..=last {
+            j.ended(i, done(Duration::ZERO, None), Some(i.to_string().into()));
+        }
+        j.log(last, Level::Info, "late");
+        j.release_when_written();
+        let start = Instant::now();
+        while j.lock().items.len() > 0 {
+            assert!(start.elapsed() < Duration::from_secs(10), "never freed");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        {
+            let g = j.lock();
+            assert!(g.dirty_list.is_empty());
+            assert!(g.nodes.is_empty());
+            assert!(!g.release_asked);
+        }
+        let rows: HashMap<u32, TaskRow> = store.tasks("run").unwrap().into_iter().collect();
+        assert_eq!(rows.len(), n);
+        for i in 0..=last {
+            assert_eq!(rows[&i].state, State::Done, "row {i}");
+            assert_eq!(rows[&i].result.as_deref(), Some(i.to_string().as_str()));
+        }
+        assert_eq!(rows[&last].log[0].message, "late");
+        // Later changes are ignored; the run's progress stays.
+        j.log(last, Level::Warning, "ignored");
+        j.sync().await.expect("sync");
+        let rows: HashMap<u32, TaskRow> = store.tasks("run").unwrap().into_iter().collect();
+        assert_eq!(rows[&last].log.len(), 1);
+        assert_eq!(j.rollup().percent, Some(100.0));
         writer.close().await.expect("close");
     }
 

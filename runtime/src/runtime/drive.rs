@@ -303,14 +303,22 @@ pub(super) async fn drive(inner: Arc<Inner>, run: Run) -> (Option<RunReport>, Re
             // they are taken, see `RunJournal::take`).
             let mut events = Vec::new();
             if let Some(j) = &last_rows {
-                let mut rows = Batch::default();
                 let mut changed = Vec::new();
-                j.take(&mut rows, &mut changed);
-                if !rows.is_empty() {
-                    let fenced = store.apply(rows)?.fenced;
-                    if fenced > 0 {
-                        tracing::warn!(run = %id2, fenced, "task rows with a stale lease token were dropped");
+                // Into the memory store as the writer writes them (no `TaskRow` per row).
+                let fenced = match store.as_memory_store() {
+                    Some(m) => j.take_into(m, &mut changed).1,
+                    None => {
+                        let mut rows = Batch::default();
+                        j.take(&mut rows, &mut changed);
+                        if rows.is_empty() {
+                            0
+                        } else {
+                            store.apply(rows)?.fenced
+                        }
                     }
+                };
+                if fenced > 0 {
+                    tracing::warn!(run = %id2, fenced, "task rows with a stale lease token were dropped");
                 }
                 events.extend(changed.into_iter().map(|(node, state)| crate::events::Event {
                     id: format!("{}/{node}", j.run_id),

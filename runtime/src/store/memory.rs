@@ -188,14 +188,6 @@ impl MemRow {
         )
     }
 
-    /// A row to be written over (see [`RowSink::put`]).
-    fn blank() -> Self {
-        MemRow {
-            row: CompactRow::new(crate::record::State::Idle, 0, false),
-            lease: 0,
-        }
-    }
-
     fn to_row(&self, node: SmolStr, names: &[SmolStr], rare: Option<&RareFields>) -> TaskRow {
         let task = names
             .get(self.row.task as usize)
@@ -348,13 +340,33 @@ impl RowSink<'_> {
         let task = self.names.get(r.task as usize).copied().unwrap_or(u32::MAX);
         let flags = (r.flags & CompactRow::STORED & !CompactRow::RARE)
             | if rare.is_some() { CompactRow::RARE } else { 0 };
-        // Written field by field into its slot: no row made aside and then moved in.
-        let m = rows.slot(i, total).get_or_insert_with(MemRow::blank);
-        let had = m.row.has(CompactRow::RARE);
-        m.row.copy_from(r);
-        m.row.task = task;
-        m.row.flags = flags;
-        m.lease = self.lease;
+        let slot = rows.slot(i, total);
+        let had = match slot {
+            // Written again: field by field into its slot (no row made aside and moved
+            // in).
+            Some(m) => {
+                let had = m.row.has(CompactRow::RARE);
+                m.row.copy_from(r);
+                m.row.task = task;
+                m.row.flags = flags;
+                m.lease = self.lease;
+                had
+            }
+            // Written first (most rows, once each): in one write, not a blank row
+            // written over.
+            None => {
+                *slot = Some(MemRow {
+                    row: CompactRow {
+                        result: r.result.clone(),
+                        task,
+                        flags,
+                        ..*r
+                    },
+                    lease: self.lease,
+                });
+                false
+            }
+        };
         if had || rare.is_some() {
             RunRows::keep_rare(&mut rows.rare, i, rare.map(|x| Box::new(x.clone())));
         }

@@ -309,8 +309,13 @@ pub(crate) struct CompactRow {
     pub(crate) task: u32,
     pub(crate) state: State,
     /// [`CompactRow::SKIPPED`], [`CompactRow::OPTIONAL`], the presence bits, and the
-    /// journal's own [`CompactRow::SETTLED`].
+    /// journal's own [`CompactRow::SETTLED`] and [`CompactRow::DIRTY`].
     pub(crate) flags: u8,
+    /// The journal's: the state last announced by an event (a row written again without
+    /// a change of state, for its progress or its log, announces nothing). Kept in the
+    /// row's padding (the row stays 72 bytes), read and written with the row in the
+    /// same cache line, not in an array of its own. A store ignores it.
+    pub(crate) announced: State,
 }
 
 impl CompactRow {
@@ -323,7 +328,11 @@ impl CompactRow {
     pub(crate) const RARE: u8 = 32;
     /// The journal's: the row was written to the store in an end state.
     pub(crate) const SETTLED: u8 = 64;
-    /// The bits a store keeps (not the journal's [`CompactRow::SETTLED`]).
+    /// The journal's: the row changed since it was last written (it is in the journal's
+    /// list of rows to write).
+    pub(crate) const DIRTY: u8 = 128;
+    /// The bits a store keeps (not the journal's [`CompactRow::SETTLED`] and
+    /// [`CompactRow::DIRTY`]).
     pub(crate) const STORED: u8 = Self::SETTLED - 1;
 
     /// A row in state `state` with nothing else set, of task name number `task`.
@@ -338,11 +347,12 @@ impl CompactRow {
             task,
             state,
             flags: if optional { Self::OPTIONAL } else { 0 },
+            announced: state,
         }
     }
 
     /// Makes this row a copy of `src`, field by field in place (no row made aside and
-    /// moved in).
+    /// moved in), but for the journal's [`announced`](Self::announced) state.
     #[inline]
     pub(crate) fn copy_from(&mut self, src: &CompactRow) {
         self.result.clone_from(&src.result);
