@@ -1,4 +1,5 @@
-//! Large per-node arrays kept from one run for the next of the same size.
+//! Large per-node arrays kept from one run for the next of the same size (and, the same
+//! way, the chunks of task arenas: see [`give_items`](Spare::give_items)).
 //!
 //! A run of a large graph allocates a few arrays of one entry per task (the graph's
 //! nodes, the executor's node cells and result slots): megabytes each for 100k tasks.
@@ -24,7 +25,8 @@ pub(crate) const MAX_BYTES: usize = 64 << 20;
 /// How long a kept array waits for a run before it is given back to the system.
 pub(crate) const IDLE: Duration = Duration::from_secs(2);
 
-/// One kept array of `T` (see the module docs).
+/// One kept array of `T` (see the module docs), or kept items of `T` (blocks of memory
+/// of their own, such as a task arena's chunks: [`give_items`](Spare::give_items)).
 pub(crate) struct Spare<T> {
     kept: Mutex<Kept<T>>,
     /// How long the kept array waits for a run ([`IDLE`] but in tests).
@@ -129,6 +131,43 @@ impl<T: Send + 'static> Spare<T> {
         }
     }
 
+    /// One of the items kept by [`give_items`](Self::give_items), if any.
+    ///
+    /// For a spare that keeps items (blocks of memory that each stand alone), not one array
+    /// for its capacity: a kind of spare uses [`take`](Self::take) and
+    /// [`give`](Self::give), or this and [`give_items`](Self::give_items), never both.
+    pub(crate) fn take_item(&'static self) -> Option<T> {
+        self.lock().vec.pop()
+    }
+
+    /// Keeps the items of `items` (up to `limit` kept in all) for the next
+    /// [`take_item`](Self::take_item)s, if a tokio runtime is there to give them back once
+    /// idle; what is not kept is left in `items`, for the caller to drop.
+    pub(crate) fn give_items(&'static self, items: &mut Vec<T>, limit: usize) {
+        if items.is_empty() {
+            return;
+        }
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let arm = {
+            let mut k = self.lock();
+            let room = limit.saturating_sub(k.vec.len()).min(items.len());
+            k.vec.extend(items.drain(items.len() - room..));
+            k.at = Some(Instant::now());
+            !std::mem::replace(&mut k.reaper, true)
+        };
+        if arm {
+            drop(handle.spawn(self.reap()));
+        }
+    }
+
+    /// How many items are kept, for tests.
+    #[cfg(test)]
+    pub(crate) fn items(&self) -> usize {
+        self.lock().vec.len()
+    }
+
     /// The capacity of the kept array (0: none), for tests.
     #[cfg(test)]
     pub(crate) fn kept(&self) -> usize {
@@ -230,6 +269,24 @@ mod tests {
         assert_eq!(SPARE.kept(), N);
         tokio::time::sleep(IDLE * 3).await;
         assert_eq!(SPARE.kept(), 0);
+    }
+
+    #[tokio::test]
+    async fn items_are_kept_up_to_a_limit_and_given_back_once_idle() {
+        const IDLE: Duration = Duration::from_millis(300);
+        static SPARE: Spare<Box<u32>> = Spare::with_idle(IDLE);
+        let mut items: Vec<Box<u32>> = (0..5).map(Box::new).collect();
+        SPARE.give_items(&mut items, 3);
+        // The last three are kept, the others left to the caller.
+        assert_eq!(SPARE.items(), 3);
+        assert_eq!(items.iter().map(|b| **b).collect::<Vec<_>>(), [0, 1]);
+        assert_eq!(SPARE.take_item().as_deref(), Some(&4));
+        SPARE.give_items(&mut items, 3);
+        assert_eq!(SPARE.items(), 3);
+        assert_eq!(items.len(), 1);
+        tokio::time::sleep(IDLE * 3).await;
+        assert_eq!(SPARE.items(), 0);
+        assert_eq!(SPARE.take_item(), None);
     }
 
     #[test]
