@@ -293,6 +293,17 @@ const RELEASE_ROWS_FROM: usize = 4096;
 pub(crate) struct Remains {
     _graph: Graph,
     _shared: Arc<Shared>,
+    /// The driver ended some node itself (a failure, a skip, a cancel). When it did not,
+    /// no task errored: every node succeeded (see [`Remains::may_have_failures`]).
+    driver_ended: bool,
+}
+
+impl Remains {
+    /// Whether a task of the run may have failed: `false` guarantees that none did, so
+    /// that a caller need not look through every entry of the report for one.
+    pub(crate) fn may_have_failures(&self) -> bool {
+        self.driver_ended
+    }
 }
 
 /// Runs `graph` to the end and returns its report; `None` when the runtime suspended the
@@ -505,6 +516,7 @@ async fn drive_run(mut graph: Graph, mut cfg: RunConfig) -> (Option<RunReport>, 
             Remains {
                 _graph: graph,
                 _shared: shared,
+                driver_ended: !state.ended.is_empty(),
             },
         );
     }
@@ -559,6 +571,7 @@ async fn drive_run(mut graph: Graph, mut cfg: RunConfig) -> (Option<RunReport>, 
         Remains {
             _graph: graph,
             _shared: shared,
+            driver_ended: !state.ended.is_empty(),
         },
     )
 }

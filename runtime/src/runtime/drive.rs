@@ -272,15 +272,20 @@ pub(super) async fn drive(inner: Arc<Inner>, run: Run) -> (Option<RunReport>, Re
     let error = (end == State::Failed).then(|| run_error(&report));
     // Where the run stopped, for a run that did not end done (a done run is at 100).
     let progress = journal.as_ref().map(|j| j.rollup());
-    // Optional tasks that failed: the run succeeded, its log says what did not.
-    let warnings: Vec<String> = report
-        .warnings()
-        .iter()
-        .map(|t| {
-            let msg = t.error.as_ref().map_or("", |e| e.message.as_str());
-            format!("optional task `{}` failed: {msg}", t.id)
-        })
-        .collect();
+    // Optional tasks that failed: the run succeeded, its log says what did not. A run
+    // where no task failed has none, and its report's entries are not walked again.
+    let warnings: Vec<String> = if remains.may_have_failures() {
+        report
+            .warnings()
+            .iter()
+            .map(|t| {
+                let msg = t.error.as_ref().map_or("", |e| e.message.as_str());
+                format!("optional task `{}` failed: {msg}", t.id)
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
     let id2 = id.clone();
     // The end is one write: the record's state (a cancel that came first wins: the run
     // ends cancelled, whatever its tasks did), the notifications of the end (the outbox,
