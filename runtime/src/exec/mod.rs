@@ -74,6 +74,39 @@ pub(crate) struct RunConfig {
     pub(crate) dispatch: Option<Arc<dyn Dispatch>>,
 }
 
+/// Runs `graph` as run `run_id` on a two-worker runtime of its own, with nothing but
+/// the executor (no journal, hooks, limits or dispatch), resumed from `resume` if given,
+/// and returns its report (tests of the executor alone).
+#[cfg(test)]
+pub(crate) fn run_bare(graph: Graph, run_id: &str, resume: Option<Resume>) -> RunReport {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a test runtime");
+    rt.block_on(async {
+        let cfg = RunConfig {
+            run_id: Arc::from(run_id),
+            max_concurrency: None,
+            permits: None,
+            hooks: Vec::new(),
+            cancel: CancellationToken::new(),
+            halt: Arc::new(Halt::default()),
+            grace: Duration::ZERO,
+            journal: None,
+            resume,
+            runtime: None,
+            resources: Arc::default(),
+            span: run_span(graph.name(), run_id, "w", 1),
+            worker: Arc::from("w"),
+            dispatch: None,
+        };
+        let (report, remains) = execute(graph, cfg).await;
+        drop(remains);
+        report.expect("a run that is not suspended has a report")
+    })
+}
+
 /// Runs a ready node elsewhere (another worker of a shared store may run it) and tells
 /// how it ended. The executor keeps its own semantics: it decides what is ready, settles
 /// failures, skips and cancellation, and builds the report; only the node's attempts

@@ -212,10 +212,7 @@ pub(super) fn downstream(
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-    use std::time::Duration;
-
-    use crate::exec::{execute, run_span, Halt, RunConfig};
+    use crate::exec::run_bare;
     use crate::graph::process::{Mode, Process, ProcessMeta};
     use crate::graph::{Builder, Graph};
     use crate::report::TaskStatus;
@@ -256,32 +253,7 @@ mod tests {
     // flag, in the graph's order (the report moves them out of the graph's nodes).
     #[test]
     fn each_entry_has_its_nodes_id_description_and_optional_flag() {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        let report = rt.block_on(async {
-            let cfg = RunConfig {
-                run_id: Arc::from("mixed"),
-                max_concurrency: None,
-                permits: None,
-                hooks: Vec::new(),
-                cancel: tokio_util::sync::CancellationToken::new(),
-                halt: Arc::new(Halt::default()),
-                grace: Duration::ZERO,
-                journal: None,
-                resume: None,
-                runtime: None,
-                resources: Arc::default(),
-                span: run_span("mixed", "mixed", "w", 1),
-                worker: Arc::from("w"),
-                dispatch: None,
-            };
-            let (report, remains) = execute(Graph::of(Mixed).unwrap(), cfg).await;
-            drop(remains);
-            report.unwrap()
-        });
+        let report = run_bare(Graph::of(Mixed).unwrap(), "mixed", None);
         let seen: Vec<(&str, &str, &str, bool, TaskStatus)> = report
             .tasks
             .iter()

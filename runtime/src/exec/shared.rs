@@ -748,41 +748,16 @@ mod tests {
     // runs.
     #[test]
     fn a_restored_node_keeps_its_attempts_and_time() {
-        use std::sync::Arc;
         use std::time::Duration;
 
-        use crate::exec::{execute, run_span, Halt, Resume, RunConfig};
+        use crate::exec::{run_bare, Resume};
         use crate::report::TaskStatus;
 
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        let report = rt.block_on(async {
-            let cfg = RunConfig {
-                run_id: Arc::from("restored"),
-                max_concurrency: None,
-                permits: None,
-                hooks: Vec::new(),
-                cancel: tokio_util::sync::CancellationToken::new(),
-                halt: Arc::new(Halt::default()),
-                grace: Duration::ZERO,
-                journal: None,
-                resume: Some(Resume {
-                    done: vec![(0, SmolStr::new("null"), 3, Duration::from_millis(7))],
-                    attempts: vec![3],
-                }),
-                runtime: None,
-                resources: Arc::default(),
-                span: run_span("two", "restored", "w", 1),
-                worker: Arc::from("w"),
-                dispatch: None,
-            };
-            let (report, remains) = execute(Graph::of(Two).unwrap(), cfg).await;
-            drop(remains);
-            report.unwrap()
-        });
+        let resume = Resume {
+            done: vec![(0, SmolStr::new("null"), 3, Duration::from_millis(7))],
+            attempts: vec![3],
+        };
+        let report = run_bare(Graph::of(Two).unwrap(), "restored", Some(resume));
         let (a, b) = (&report.tasks[0], &report.tasks[1]);
         assert_eq!(a.status, TaskStatus::Success);
         assert_eq!((a.attempts, a.elapsed()), (3, Duration::from_millis(7)));
