@@ -213,10 +213,9 @@ pub(super) fn downstream(
 #[cfg(test)]
 mod tests {
     use crate::exec::run_bare;
-    use crate::graph::process::{Mode, Process, ProcessMeta};
+    use crate::graph::process::{Process, ProcessMeta};
     use crate::graph::{Builder, Graph};
     use crate::report::TaskStatus;
-    use crate::schedule::Overlap;
     use crate::task::spec::TaskExt;
 
     /// A task that does nothing.
@@ -232,14 +231,7 @@ mod tests {
     const LONG: &str = "an-id-far-too-long-to-be-kept-inline";
 
     impl Process for Mixed {
-        const META: ProcessMeta = ProcessMeta {
-            name: "exec::report::tests::mixed",
-            description: "",
-            schedule: None,
-            tz: None,
-            overlap: Overlap::Skip,
-            mode: Mode::Dataflow,
-        };
+        const META: ProcessMeta = ProcessMeta::dataflow("exec::report::tests::mixed");
         fn build(self, p: &mut Builder) {
             p.task(Plain.id("short"));
             p.task(Plain.id(LONG).description("its own"));

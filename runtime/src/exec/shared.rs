@@ -602,9 +602,8 @@ mod tests {
     use smol_str::SmolStr;
 
     use super::{csr, NodeCell};
-    use crate::graph::process::{Mode, Process, ProcessMeta};
+    use crate::graph::process::{Process, ProcessMeta};
     use crate::graph::{Builder, Graph};
-    use crate::schedule::Overlap;
 
     /// Tasks of [`Counted`] dropped.
     static DROPPED: AtomicUsize = AtomicUsize::new(0);
@@ -627,14 +626,7 @@ mod tests {
     }
 
     impl Process for Many {
-        const META: ProcessMeta = ProcessMeta {
-            name: "exec::shared::tests::many",
-            description: "",
-            schedule: None,
-            tz: None,
-            overlap: Overlap::Skip,
-            mode: Mode::Dataflow,
-        };
+        const META: ProcessMeta = ProcessMeta::dataflow("exec::shared::tests::many");
         fn build(self, p: &mut Builder) {
             for _ in 0..self.n {
                 p.task(Counted);
@@ -729,14 +721,7 @@ mod tests {
     struct Two;
 
     impl Process for Two {
-        const META: ProcessMeta = ProcessMeta {
-            name: "exec::shared::tests::two",
-            description: "",
-            schedule: None,
-            tz: None,
-            overlap: Overlap::Skip,
-            mode: Mode::Dataflow,
-        };
+        const META: ProcessMeta = ProcessMeta::dataflow("exec::shared::tests::two");
         fn build(self, p: &mut Builder) {
             p.task(Plain);
             p.task(Plain);

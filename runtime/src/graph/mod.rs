@@ -347,7 +347,6 @@ mod tests {
     use super::process::{self, Mode, Process, ProcessMeta};
     use super::{same, Builder, Description, Graph, LinkList, Node, TaskGraph};
     use crate::error::InputError;
-    use crate::schedule::Overlap;
     use crate::task::arg::{Inputs, Read};
     use crate::task::ctx::Ctx;
     use crate::task::{Task, TaskMeta};
@@ -364,14 +363,7 @@ mod tests {
     }
 
     impl Process for Noops {
-        const META: ProcessMeta = ProcessMeta {
-            name: "graph::tests::noops",
-            description: "",
-            schedule: None,
-            tz: None,
-            overlap: Overlap::Skip,
-            mode: Mode::Dataflow,
-        };
+        const META: ProcessMeta = ProcessMeta::dataflow("graph::tests::noops");
         fn build(self, p: &mut Builder) {
             for i in 0..self.n {
                 if i == 0 {
@@ -411,10 +403,7 @@ mod tests {
     struct Mixed {}
 
     impl Process for Mixed {
-        const META: ProcessMeta = ProcessMeta {
-            name: "graph::tests::mixed",
-            ..Noops::META
-        };
+        const META: ProcessMeta = ProcessMeta::dataflow("graph::tests::mixed");
         fn build(self, p: &mut Builder) {
             let read = |out: crate::Out<()>, required| Read {
                 node: out.node(),

@@ -56,6 +56,22 @@ pub struct ProcessMeta {
     pub mode: Mode,
 }
 
+#[cfg(test)]
+impl ProcessMeta {
+    /// A dataflow process named `name`, without description or schedule (the runtime's
+    /// own test processes).
+    pub(crate) const fn dataflow(name: &'static str) -> Self {
+        ProcessMeta {
+            name,
+            description: "",
+            schedule: None,
+            tz: None,
+            overlap: Overlap::Skip,
+            mode: Mode::Dataflow,
+        }
+    }
+}
+
 /// A process: named, parameterised, and able to build its graph of tasks.
 ///
 /// `#[process]` implements it on a struct holding the function's parameters (so a run's
