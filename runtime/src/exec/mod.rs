@@ -620,12 +620,9 @@ fn new_shared(
     reporter: Option<Arc<dyn Reporter>>,
 ) -> (Arc<Shared>, mpsc::UnboundedReceiver<Msg>, Vec<u32>) {
     let n = graph.nodes.len();
-    // One copy of the ids, shared by the executor and the tasks' contexts.
-    // The journal's, when the run has one: it was made from this graph's nodes.
-    let ids: Arc<[SmolStr]> = match cfg.journal.as_ref().map(|j| j.node_ids()) {
-        Some(ids) if ids.len() == graph.nodes.len() => ids,
-        _ => graph.nodes.iter().map(|n| n.id.clone()).collect(),
-    };
+    // The graph's one copy of the ids, shared by the executor, the tasks' contexts and
+    // the run's journal.
+    let ids: Arc<[SmolStr]> = graph.ids.clone();
     let ids_for_ctx = ids.clone();
     let scope = Arc::new(RunScope {
         process_id: cfg.run_id.clone(),
@@ -650,7 +647,7 @@ fn new_shared(
     let mut nodes = shared::CELLS.take(n);
     let mut roots = Vec::new();
     for (i, node) in graph.nodes.iter_mut().enumerate() {
-        let ds = node.deps();
+        let ds = node.deps(&graph.far);
         csr.push(ds);
         let remaining = u32::try_from(ds.len()).unwrap_or(u32::MAX);
         if remaining == 0 {
@@ -823,7 +820,8 @@ fn decide(
     }
     let ok = |x: u32| shared.nodes[x as usize].done_ok.load(Ordering::Acquire);
     let node = &graph.nodes[di];
-    let failed: Vec<u32> = node.deps().iter().copied().filter(|&x| !ok(x)).collect();
+    let far = &graph.far;
+    let failed: Vec<u32> = node.deps(far).iter().copied().filter(|&x| !ok(x)).collect();
     if failed.is_empty() {
         ready.push_back(d);
         return;
@@ -837,9 +835,9 @@ fn decide(
         return;
     }
     // Under `run_anyway`, an input read as an `Option` may be missing; a plain one not.
-    let tolerant = node.tolerant_deps();
+    let tolerant = node.tolerant_deps(far);
     let failed_data: Vec<u32> = node
-        .data_deps()
+        .data_deps(far)
         .iter()
         .copied()
         .filter(|&x| !ok(x) && tolerant.binary_search(&x).is_err())
@@ -872,11 +870,11 @@ fn decide(
                 &failed_data
             };
             let e = Arc::new(DependencyFailed {
-                task: node.id.to_string(),
+                task: graph.ids[di].to_string(),
                 failed: names(list),
             });
             for h in hooks {
-                h.failed(info, &node.id, &*e);
+                h.failed(info, &graph.ids[di], &*e);
             }
             state.end(di, NodeStatus::Errored).error = Some(e);
             NodeStatus::Errored

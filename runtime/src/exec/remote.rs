@@ -63,7 +63,7 @@ impl RemoteRun {
         let deps: Box<[Box<[u32]>]> = graph
             .nodes
             .iter()
-            .map(|n| n.deps().to_vec().into_boxed_slice())
+            .map(|n| n.deps(&graph.far).to_vec().into_boxed_slice())
             .collect();
         let mut dependents = vec![0u32; deps.len()].into_boxed_slice();
         for &d in deps.iter().flat_map(|d| d.iter()) {

@@ -28,8 +28,9 @@ impl Described for TaskMeta {
     }
 }
 
-/// The run's report; the nodes' ids and descriptions are moved out of `graph` into it (the
-/// graph is only dropped afterwards), not copied. A node still pending in `state` ended
+/// The run's report; the nodes' ids are cloned from the graph's shared list (a short id
+/// is copied, a long one shares its text), their own descriptions moved out of `graph`
+/// into it (the graph is only dropped afterwards). A node still pending in `state` ended
 /// with success (its worker did not report it: its cell in `shared` says so, with its
 /// attempts and time), or else never ended: the driver marks such nodes cancelled before
 /// the report in a run that was stopped or where it ended nodes itself, and in any other
@@ -50,14 +51,19 @@ pub(super) fn build_report(
         graph: graph.tag,
         remap: None,
     };
+    // The nodes' own descriptions, in node order (most graphs have none).
+    let mut own = std::mem::take(&mut graph.descriptions)
+        .into_iter()
+        .peekable();
     // Collected from an iterator of known length: each entry is written in place in the
     // vector (no per-entry copy of its 130 bytes, no capacity check per push).
     let tasks: Vec<TaskReport> = graph
         .nodes
-        .iter_mut()
+        .iter()
+        .zip(graph.ids.iter())
         .zip(&state.status)
         .enumerate()
-        .map(|(i, (node, &st))| {
+        .map(|(i, ((node, id), &st))| {
             let s = state.get(i);
             let cell = &shared.nodes[i];
             let (status, attempts, elapsed_ns) = match st {
@@ -112,9 +118,9 @@ pub(super) fn build_report(
                 None
             };
             TaskReport {
-                id: std::mem::take(&mut node.id),
+                id: id.clone(),
                 // A node's own description is the rare case that needs text of its own.
-                names: match node.description.take() {
+                names: match own.next_if(|(n, _)| *n as usize == i).map(|(_, d)| d) {
                     None => Names::Static(node.meta),
                     Some(d) => Names::Owned(Box::new(OwnedNames {
                         name: Cow::Borrowed(node.meta.name),
@@ -242,7 +248,7 @@ mod tests {
     }
 
     // Each entry has its node's own id (inline or allocated), description and optional
-    // flag, in the graph's order (the report moves them out of the graph's nodes).
+    // flag, in the graph's order (the report takes them from the graph).
     #[test]
     fn each_entry_has_its_nodes_id_description_and_optional_flag() {
         let report = run_bare(Graph::of(Mixed).unwrap(), "mixed", None);

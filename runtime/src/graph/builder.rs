@@ -200,10 +200,11 @@ fn table_of<'a>(
     }
 }
 
-/// The text of the id `owner` has (`None` for a task not added yet).
-fn text_of<'a>(blocks: &'a [Box<str>], nodes: &'a [Node], owner: u32) -> Option<&'a str> {
+/// The text of the id `owner` has (`None` for a task not added yet); `ids` are the
+/// tasks' ids, by task.
+fn text_of<'a>(blocks: &'a [Box<str>], ids: &'a [SmolStr], owner: u32) -> Option<&'a str> {
     if owner & BLOCK == 0 {
-        nodes.get(owner as usize).map(|n| &*n.id)
+        ids.get(owner as usize).map(|id| &**id)
     } else {
         blocks.get((owner & !BLOCK) as usize).map(|b| &**b)
     }
@@ -235,7 +236,7 @@ impl Ids {
 
     /// [`check_segment`](Ids::check_segment) for a task's name.
     #[inline]
-    pub(super) fn check_name(&mut self, name: &'static str, nodes: &[Node]) {
+    pub(super) fn check_name(&mut self, name: &'static str, nodes: &[SmolStr]) {
         // Most tasks have the name checked last time (the same static string).
         if std::ptr::eq(name, self.checked) {
             return;
@@ -247,7 +248,7 @@ impl Ids {
     /// Before `segment` (a task name, block segment or explicit id) is made part of an
     /// id: when it holds a `[`, every id handed out so far goes into one table, for good
     /// (see [`Ids`]).
-    pub(super) fn check_segment(&mut self, segment: &str, nodes: &[Node]) {
+    pub(super) fn check_segment(&mut self, segment: &str, nodes: &[SmolStr]) {
         if self.flat || !segment.as_bytes().contains(&b'[') {
             return;
         }
@@ -261,7 +262,7 @@ impl Ids {
         let texts = nodes
             .iter()
             .enumerate()
-            .map(|(i, n)| (i as u32, &*n.id))
+            .map(|(i, id)| (i as u32, &**id))
             .chain(
                 self.blocks
                     .iter()
@@ -285,7 +286,7 @@ impl Ids {
     /// current prefix's), if it was handed out.
     pub(super) fn find(
         &self,
-        nodes: &[Node],
+        nodes: &[SmolStr],
         at: usize,
         hash: u64,
         text: &str,
@@ -334,7 +335,7 @@ impl Ids {
     /// `None` when the table was empty (the first id of an `each` item, the usual case):
     /// the id is free, and [`claim`](Ids::claim) keeps it without a hash.
     #[inline]
-    pub(super) fn unique(&mut self, buf: &mut String, at: usize, nodes: &[Node]) -> Option<u64> {
+    pub(super) fn unique(&mut self, buf: &mut String, at: usize, nodes: &[SmolStr]) -> Option<u64> {
         if self.table(at).is_empty() {
             return None;
         }
@@ -344,7 +345,7 @@ impl Ids {
     /// [`unique`](Ids::unique) in a table that holds ids already (kept out of line: the
     /// usual case above is a check and a return).
     #[inline(never)]
-    pub(super) fn unique_in_use(&mut self, buf: &mut String, at: usize, nodes: &[Node]) -> u64 {
+    pub(super) fn unique_in_use(&mut self, buf: &mut String, at: usize, nodes: &[SmolStr]) -> u64 {
         let hash = Self::hash_of(buf);
         let Some(first) = self.find(nodes, at, hash, buf).map(|e| e.next_suffix) else {
             return hash;
@@ -477,6 +478,14 @@ pub struct Builder {
     pub(super) name: String,
     pub(super) tag: u32,
     pub(super) nodes: Vec<Node>,
+    /// The tasks' ids, by task (the node vector holds none: see [`Graph::ids`]).
+    pub(super) node_ids: Vec<SmolStr>,
+    /// The tasks' own descriptions, by task index (see [`Graph::descriptions`]).
+    pub(super) descriptions: Vec<(u32, String)>,
+    /// The links that did not fit in their nodes (see [`Graph::far`]).
+    pub(super) far: Vec<u32>,
+    /// Some task added declares resources.
+    pub(super) needs_resources: bool,
     pub(super) scopes: Vec<Scope>,
     /// The id prefix of the current block (`a/each[3]/`); ids of tasks and blocks are
     /// written after it, then cut off again, so the buffer is reused for every id.
@@ -586,6 +595,10 @@ impl Builder {
             name: name.to_owned(),
             tag: next_tag(),
             nodes: Vec::new(),
+            node_ids: Vec::new(),
+            descriptions: Vec::new(),
+            far: Vec::new(),
+            needs_resources: false,
             scopes: vec![Scope {
                 mode,
                 entry: Vec::new(),
@@ -619,6 +632,11 @@ impl Builder {
         Ok(Graph {
             name: self.name,
             nodes,
+            // One copy into the shared list, not a clone per id.
+            ids: Arc::from(self.node_ids),
+            descriptions: self.descriptions,
+            far: self.far,
+            needs_resources: self.needs_resources,
             tag: self.tag,
             remap: None,
             fingerprint: self.fingerprint.finish(),
@@ -634,13 +652,15 @@ impl Builder {
     #[allow(clippy::inline_always)] // measured: see above
     #[inline(always)]
     pub(super) fn unique_id(&mut self, name: &'static str, node: u32) -> SmolStr {
-        self.ids.check_name(name, &self.nodes);
+        self.ids.check_name(name, &self.node_ids);
         let len = self.prefix.len();
         self.prefix.push_str(name);
         // The first id of its table (of an `each` item, most often) is free: claimed at
         // once, with one look for the table.
         if !self.ids.claim_first(len, node) {
-            let hash = self.ids.unique_in_use(&mut self.prefix, len, &self.nodes);
+            let hash = self
+                .ids
+                .unique_in_use(&mut self.prefix, len, &self.node_ids);
             self.ids.claim(len, Some(hash), node);
         }
         // Most ids fit inline (no allocation): made without the general constructor's
@@ -657,10 +677,10 @@ impl Builder {
     /// Makes `prefix` + `segment` unique (appending `#k` when taken) for a block, and
     /// leaves it at the end of the prefix.
     fn block_id(&mut self, segment: &str) {
-        self.ids.check_segment(segment, &self.nodes);
+        self.ids.check_segment(segment, &self.node_ids);
         let at = self.prefix.len();
         self.prefix.push_str(segment);
-        let hash = self.ids.unique(&mut self.prefix, at, &self.nodes);
+        let hash = self.ids.unique(&mut self.prefix, at, &self.node_ids);
         self.ids.claim_block(at, hash, &self.prefix);
     }
 
@@ -682,13 +702,13 @@ impl Builder {
         if given.chars().any(char::is_control) {
             return Err(invalid("an id cannot contain control characters"));
         }
-        self.ids.check_segment(given, &self.nodes);
+        self.ids.check_segment(given, &self.node_ids);
         let ns = self.namespaces.last().copied().unwrap_or(0);
         let mut full = String::with_capacity(ns + given.len());
         full.push_str(&self.prefix[..ns]);
         full.push_str(given);
         let hash = Ids::hash_of(&full);
-        if let Some(e) = self.ids.find(&self.nodes, ns, hash, &full) {
+        if let Some(e) = self.ids.find(&self.node_ids, ns, hash, &full) {
             let first = match self.nodes.get(e.owner as usize) {
                 Some(n) => format!("`{}` (task {})", n.meta.name, e.owner + 1),
                 None => format!("a `{}` block", full.rsplit('/').next().unwrap_or(&full)),
@@ -770,6 +790,10 @@ impl Builder {
         let Builder {
             tag,
             nodes,
+            node_ids,
+            descriptions,
+            far,
+            needs_resources,
             scopes,
             after,
             inputs: data,
@@ -844,7 +868,13 @@ impl Builder {
         // from what the node is made of (its id, its `deps()` and `data_deps()`, and the
         // task name as a constant), not read back from the node just written.
         fingerprint.parts(&id, T::META.name, links.deps, links.data);
-        nodes.push(Node::new(id, &T::META, description, task, &links, optional));
+        nodes.push(Node::new(&T::META, task, &links, optional, far));
+        node_ids.push(id);
+        if let Some(d) = description {
+            descriptions.push((index, d));
+        }
+        // A constant per task type: no test at run time for a task without resources.
+        *needs_resources |= !T::META.resources.is_empty();
         self.scope().step_done(&[index]);
         Out::new(NodeRef { graph: tag, index })
     }

@@ -67,9 +67,10 @@ impl Fingerprint {
         self.0 = Self::step(h, 0xff);
     }
 
+    /// Node `n`, whose id is `id`, of a graph whose far links are `far`.
     #[inline]
-    pub(super) fn node(&mut self, n: &Node) {
-        self.parts(&n.id, n.meta.name, n.deps(), n.data_deps());
+    pub(super) fn node(&mut self, id: &str, n: &Node, far: &[u32]) {
+        self.parts(id, n.meta.name, n.deps(far), n.data_deps(far));
     }
 
     /// What [`node`](Fingerprint::node) feeds: a node's id, task name, dependencies and

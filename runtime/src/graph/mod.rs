@@ -40,11 +40,14 @@ fn next_tag() -> u32 {
     NEXT_GRAPH.fetch_add(1, Ordering::Relaxed)
 }
 
-/// One node of a built graph.
+/// One node of a built graph: what a run reads of it per task, 64 bytes (a cache line).
+///
+/// Its id is in [`Graph::ids`] and its own description (rare) in
+/// [`Graph::descriptions`]: kept apart, they cost nothing to the passes over the nodes
+/// that do not read them, and the ids are shared by the run's journal and executor
+/// without a copy per node.
 pub(crate) struct Node {
-    pub(crate) id: SmolStr,
     pub(crate) meta: &'static TaskMeta,
-    pub(crate) description: Description,
     /// The node's task (in its graph's [`Arena`]) until a run takes it.
     pub(crate) task: Option<TaskBox>,
     /// [`deps`](Node::deps), [`data_deps`](Node::data_deps) (unless they are the same
@@ -63,45 +66,26 @@ pub(crate) struct Node {
     data_is_deps: bool,
 }
 
-/// A node's own description (given with `.description(..)`), replacing its task's.
-///
-/// Rare: boxed, so that a node keeps one pointer for it (8 bytes, not the 24 of an
-/// `Option<String>`), of a node vector that is written once per task.
-#[derive(Default)]
-#[allow(clippy::box_collection)] // on purpose: a thin pointer (`Box<str>` is two words)
-pub(crate) struct Description(Option<Box<String>>);
-
-impl Description {
-    /// `text`, when there is one.
-    #[inline]
-    pub(crate) fn new(text: Option<String>) -> Self {
-        Description(text.map(Box::new))
-    }
-
-    /// The description, leaving none in its place.
-    #[inline]
-    pub(crate) fn take(&mut self) -> Option<String> {
-        self.0.take().map(|b| *b)
-    }
-}
-
-/// How many links a node keeps in itself, without an allocation: as many as fit in the
-/// 24 bytes of the list (most nodes read a handful of others).
+/// How many links a node keeps in itself: as many as fit in the 24 bytes of the list
+/// (most nodes read a handful of others).
 const INLINE_LINKS: usize = 5;
 
-/// A node's links: a few inside the node, more in one allocation of their own.
+/// A node's links: a few inside the node, more in its graph's [`far`](Graph::far) list
+/// (one vector for every node with more, not an allocation each: a node owns nothing,
+/// so dropping the nodes is not a pass over them).
+#[derive(Clone, Copy)]
 enum LinkList {
     Inline { len: u8, ids: [u32; INLINE_LINKS] },
-    Heap(Box<[u32]>),
+    Far { at: u32, len: u32 },
 }
 
 impl LinkList {
-    /// The concatenation of `parts`.
+    /// The concatenation of `parts`, in `far` when it is longer than [`INLINE_LINKS`].
     #[inline]
-    fn of(parts: [&[u32]; 3]) -> LinkList {
+    fn of(parts: [&[u32]; 3], far: &mut Vec<u32>) -> LinkList {
         let len = parts[0].len() + parts[1].len() + parts[2].len();
         if len > INLINE_LINKS {
-            return LinkList::Heap(parts.concat().into_boxed_slice());
+            return Self::far(parts, len, far);
         }
         let mut ids = [0; INLINE_LINKS];
         // Slice copies (most lists are empty or one part): no chained iterators per id.
@@ -119,11 +103,27 @@ impl LinkList {
         }
     }
 
+    /// [`of`](LinkList::of) for a list longer than [`INLINE_LINKS`] (out of line: rare).
+    #[inline(never)]
+    fn far(parts: [&[u32]; 3], len: usize, far: &mut Vec<u32>) -> LinkList {
+        // A graph has fewer than 2^32 links: every node has fewer than 2^32 nodes to
+        // wait for, and far fewer nodes than that.
+        let at = far.len() as u32;
+        for part in parts {
+            far.extend_from_slice(part);
+        }
+        LinkList::Far {
+            at,
+            len: len as u32,
+        }
+    }
+
+    /// The links, `far` being the list of the graph the node is in.
     #[inline]
-    fn as_slice(&self) -> &[u32] {
+    fn as_slice<'a>(&'a self, far: &'a [u32]) -> &'a [u32] {
         match self {
             LinkList::Inline { len, ids } => &ids[..usize::from(*len)],
-            LinkList::Heap(all) => all,
+            LinkList::Far { at, len } => &far[*at as usize..(*at + *len) as usize],
         }
     }
 }
@@ -151,26 +151,23 @@ pub(crate) struct Links<'a> {
 }
 
 impl Node {
-    /// Always inlined: called once per task, with eight arguments that would otherwise
-    /// go through the stack (about a quarter of its cost, under callgrind).
+    /// Always inlined: called once per task, with arguments that would otherwise go
+    /// through the stack. Links beyond [`INLINE_LINKS`] go to `far`.
     #[allow(clippy::inline_always)] // measured: `#[inline]` left it out of line
     #[inline(always)]
     fn new(
-        id: SmolStr,
         meta: &'static TaskMeta,
-        description: Option<String>,
         task: TaskBox,
         links: &Links<'_>,
         optional: bool,
+        far: &mut Vec<u32>,
     ) -> Node {
         let data_is_deps = same(links.deps, links.data);
         let data: &[u32] = if data_is_deps { &[] } else { links.data };
         Node {
-            id,
             meta,
-            description: Description::new(description),
             task: Some(task),
-            links: LinkList::of([links.deps, data, links.tolerant]),
+            links: LinkList::of([links.deps, data, links.tolerant], far),
             n_deps: links.deps.len() as u32,
             n_data: data.len() as u32,
             readers: 0,
@@ -179,26 +176,27 @@ impl Node {
         }
     }
 
-    /// Every node this one waits for (data and order), without repeats.
+    /// Every node this one waits for (data and order), without repeats; `far` is its
+    /// graph's [`far`](Graph::far) list.
     #[inline]
-    pub(crate) fn deps(&self) -> &[u32] {
-        &self.links.as_slice()[..self.n_deps as usize]
+    pub(crate) fn deps<'a>(&'a self, far: &'a [u32]) -> &'a [u32] {
+        &self.links.as_slice(far)[..self.n_deps as usize]
     }
 
     /// The subset of [`deps`](Node::deps) this node reads a value from.
     #[inline]
-    pub(crate) fn data_deps(&self) -> &[u32] {
+    pub(crate) fn data_deps<'a>(&'a self, far: &'a [u32]) -> &'a [u32] {
         if self.data_is_deps {
-            return self.deps();
+            return self.deps(far);
         }
-        &self.links.as_slice()[self.n_deps as usize..(self.n_deps + self.n_data) as usize]
+        &self.links.as_slice(far)[self.n_deps as usize..(self.n_deps + self.n_data) as usize]
     }
 
     /// The subset of [`data_deps`](Node::data_deps) read only as an `Option`: under
     /// `run_anyway`, this node runs without their values.
     #[inline]
-    pub(crate) fn tolerant_deps(&self) -> &[u32] {
-        &self.links.as_slice()[(self.n_deps + self.n_data) as usize..]
+    pub(crate) fn tolerant_deps<'a>(&'a self, far: &'a [u32]) -> &'a [u32] {
+        &self.links.as_slice(far)[(self.n_deps + self.n_data) as usize..]
     }
 }
 
@@ -233,6 +231,15 @@ impl Node {
 pub struct Graph {
     pub(crate) name: String,
     pub(crate) nodes: Vec<Node>,
+    /// The nodes' ids, by node: one copy, shared with a run's journal and executor.
+    pub(crate) ids: Arc<[SmolStr]>,
+    /// The nodes' own descriptions (given with `.description(..)`, rare), by node index,
+    /// in increasing order.
+    pub(crate) descriptions: Vec<(u32, String)>,
+    /// The links of the nodes that have more than a node keeps in itself (see `LinkList`).
+    pub(crate) far: Vec<u32>,
+    /// Some task of the graph declares resources (see `check_resources`).
+    pub(crate) needs_resources: bool,
     pub(crate) tag: u32,
     pub(crate) remap: Option<Vec<u32>>,
     pub(crate) fingerprint: u64,
@@ -271,7 +278,9 @@ impl Graph {
         let mut b = Builder::new(P::META.name, P::META.mode, Arc::new(options));
         // As many nodes as the last graph of this process had, at once (see `size_hint`),
         // in the memory of the last large graph dropped when it fits (see `spare`).
-        b.nodes = NODES.take(process::size_hint(P::META.name));
+        let hint = process::size_hint(P::META.name);
+        b.nodes = NODES.take(hint);
+        b.node_ids.reserve(hint);
         process.build(&mut b);
         process::remember_size(P::META.name, b.nodes.len());
         b.finish()
@@ -294,7 +303,7 @@ impl Graph {
 
     /// Node ids in the order the tasks were added.
     pub fn node_ids(&self) -> Vec<&str> {
-        self.nodes.iter().map(|n| &*n.id).collect()
+        self.ids.iter().map(|id| &**id).collect()
     }
 
     /// Ids of the nodes that `id` waits for, or `None` for an unknown id.
@@ -317,11 +326,12 @@ impl Graph {
     /// assert!(g.dependencies("c").unwrap().is_empty());
     /// ```
     pub fn dependencies(&self, id: &str) -> Option<Vec<&str>> {
-        let node = self.nodes.iter().find(|n| &*n.id == id)?;
+        let node = self.ids.iter().position(|n| n == id)?;
         Some(
-            node.deps()
+            self.nodes[node]
+                .deps(&self.far)
                 .iter()
-                .map(|&d| &*self.nodes[d as usize].id)
+                .map(|&d| &*self.ids[d as usize])
                 .collect(),
         )
     }
@@ -332,12 +342,23 @@ impl Graph {
         self.fingerprint
     }
 
-    fn compute_fingerprint(nodes: &[Node]) -> u64 {
+    fn compute_fingerprint(nodes: &[Node], ids: &[SmolStr], far: &[u32]) -> u64 {
         let mut h = Fingerprint::new();
-        for n in nodes {
-            h.node(n);
+        for (n, id) in nodes.iter().zip(ids) {
+            h.node(id, n, far);
         }
         h.finish()
+    }
+
+    /// Node `i`'s own description, if it was given one (see
+    /// [`descriptions`](Graph::descriptions)).
+    #[cfg(test)]
+    pub(crate) fn description(&self, i: u32) -> Option<&str> {
+        let at = self
+            .descriptions
+            .binary_search_by_key(&i, |(n, _)| *n)
+            .ok()?;
+        Some(&self.descriptions[at].1)
     }
 }
 
@@ -345,7 +366,7 @@ impl Graph {
 mod tests {
     use super::builder::{sort_dedup, Counter};
     use super::process::{self, Mode, Process, ProcessMeta};
-    use super::{same, Builder, Description, Graph, LinkList, Node, TaskGraph};
+    use super::{same, Builder, Graph, LinkList, Node, TaskGraph};
     use crate::error::InputError;
     use crate::task::arg::{Inputs, Read};
     use crate::task::ctx::Ctx;
@@ -441,12 +462,13 @@ mod tests {
         let links: Vec<Links<'_>> = g
             .nodes
             .iter()
-            .map(|n| {
+            .zip(g.ids.iter())
+            .map(|(n, id)| {
                 (
-                    &*n.id,
-                    n.deps(),
-                    n.data_deps(),
-                    n.tolerant_deps(),
+                    &**id,
+                    n.deps(&g.far),
+                    n.data_deps(&g.far),
+                    n.tolerant_deps(&g.far),
                     n.readers,
                 )
             })
@@ -513,8 +535,8 @@ mod tests {
             required: true,
         }]));
         assert_eq!(b.nodes[0].readers, 1);
-        assert_eq!(b.nodes[1].deps(), &[] as &[u32]);
-        assert_eq!(b.nodes[2].deps(), &[0]);
+        assert_eq!(b.nodes[1].deps(&b.far), &[] as &[u32]);
+        assert_eq!(b.nodes[2].deps(&b.far), &[0]);
         assert_eq!(
             b.finish().unwrap_err(),
             crate::GraphError::ForeignHandle {
@@ -553,20 +575,21 @@ mod tests {
     }
 
     #[test]
-    fn a_node_keeps_its_own_description_behind_one_pointer() {
-        let mut g = Graph::of(Noops { n: 2 }).unwrap();
-        assert_eq!(g.nodes[0].description.take().as_deref(), Some("the first"));
-        assert_eq!(g.nodes[0].description.take(), None);
-        assert_eq!(g.nodes[1].description.take(), None);
-        assert_eq!(std::mem::size_of::<Description>(), 8);
-        // 96 bytes with a two-word task pointer (debug builds add a live-task counter to
-        // it, see `arena::TaskBox`).
+    fn a_node_keeps_its_own_description_beside_the_nodes() {
+        let g = Graph::of(Noops { n: 2 }).unwrap();
+        assert_eq!(g.description(0), Some("the first"));
+        assert_eq!(g.description(1), None);
+        assert_eq!(g.descriptions.len(), 1);
+        // A cache line with a two-word task pointer (debug builds add a live-task counter
+        // to it, see `arena::TaskBox`): no id, no description, no owned links.
         let task = std::mem::size_of::<Option<super::TaskBox>>();
         assert!(
-            std::mem::size_of::<Node>() - task <= 80,
+            std::mem::size_of::<Node>() - task <= 48,
             "{} (task pointer {task})",
             std::mem::size_of::<Node>()
         );
+        #[cfg(not(debug_assertions))]
+        assert_eq!(std::mem::size_of::<Node>(), 64);
     }
 
     #[test]
@@ -626,17 +649,24 @@ mod tests {
     }
 
     #[test]
-    fn link_lists_keep_their_order_inline_and_on_the_heap() {
-        let small = LinkList::of([&[1, 4], &[], &[4]]);
+    fn link_lists_keep_their_order_inline_and_in_the_far_list() {
+        let mut far = vec![7];
+        let small = LinkList::of([&[1, 4], &[], &[4]], &mut far);
         assert!(matches!(small, LinkList::Inline { .. }));
-        assert_eq!(small.as_slice(), [1, 4, 4]);
-        let full = LinkList::of([&[1, 2, 3], &[2], &[3]]);
+        assert_eq!(small.as_slice(&far), [1, 4, 4]);
+        let full = LinkList::of([&[1, 2, 3], &[2], &[3]], &mut far);
         assert!(matches!(full, LinkList::Inline { .. }));
-        assert_eq!(full.as_slice(), [1, 2, 3, 2, 3]);
-        let big = LinkList::of([&[1, 2, 3, 5], &[2, 5], &[5]]);
-        assert!(matches!(big, LinkList::Heap(_)));
-        assert_eq!(big.as_slice(), [1, 2, 3, 5, 2, 5, 5]);
-        assert!(LinkList::of([&[], &[], &[]]).as_slice().is_empty());
+        assert_eq!(full.as_slice(&far), [1, 2, 3, 2, 3]);
+        assert_eq!(far, [7]);
+        let big = LinkList::of([&[1, 2, 3, 5], &[2, 5], &[5]], &mut far);
+        assert!(matches!(big, LinkList::Far { at: 1, len: 7 }));
+        let bigger = LinkList::of([&[0, 1, 2, 3, 4, 5], &[], &[]], &mut far);
+        assert_eq!(big.as_slice(&far), [1, 2, 3, 5, 2, 5, 5]);
+        assert_eq!(bigger.as_slice(&far), [0, 1, 2, 3, 4, 5]);
+        assert!(LinkList::of([&[], &[], &[]], &mut far)
+            .as_slice(&far)
+            .is_empty());
         assert_eq!(std::mem::size_of::<LinkList>(), 24);
+        assert!(!std::mem::needs_drop::<LinkList>());
     }
 }

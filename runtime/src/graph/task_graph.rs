@@ -425,6 +425,10 @@ impl TaskGraph {
         // Declared before `nodes`: dropped after them (see `Arena`).
         let mut arena = Arena::default();
         let mut nodes = Vec::with_capacity(live.len());
+        let mut ids = Vec::with_capacity(live.len());
+        let mut descriptions = Vec::new();
+        let mut far = Vec::new();
+        let mut needs_resources = false;
         let tag = self.tag;
         let name = self.name;
         for e in self.entries.into_iter().flatten() {
@@ -461,23 +465,31 @@ impl TaskGraph {
                     data: &data_deps,
                     tolerant: &tolerant,
                 };
+                if let Some(d) = description {
+                    descriptions.push((nodes.len() as u32, d));
+                }
+                needs_resources |= !meta.resources.is_empty();
+                ids.push(smol_str::SmolStr::new(name));
                 nodes.push(Node::new(
-                    smol_str::SmolStr::new(name),
                     meta,
-                    description,
                     arena.adopt(task),
                     &links,
                     optional,
+                    &mut far,
                 ));
             }
         }
         for (n, r) in nodes.iter_mut().zip(readers) {
             n.readers = r;
         }
-        let fingerprint = Graph::compute_fingerprint(&nodes);
+        let fingerprint = Graph::compute_fingerprint(&nodes, &ids, &far);
         Ok(Graph {
             name,
             nodes,
+            ids: ids.into(),
+            descriptions,
+            far,
+            needs_resources,
             tag,
             remap: Some(remap),
             fingerprint,

@@ -157,8 +157,8 @@ impl RowChunks {
 
 struct Rows {
     items: RowChunks,
-    /// Node ids, by node index (the graph's strings: inline when short, else shared);
-    /// the executor shares this copy (see [`RunJournal::node_ids`]).
+    /// Node ids, by node index: the graph's one copy (`Graph::ids`), which the executor
+    /// shares too.
     nodes: Arc<[SmolStr]>,
     /// The distinct task names ([`Row::task`] indexes them), static text.
     names: Vec<SmolStr>,
@@ -801,13 +801,6 @@ impl RunJournal {
         let freed = if g.release_asked { g.free_rows() } else { None };
         drop(g);
         drop(freed);
-    }
-
-    /// The node ids, by node index, as the journal was made with them (empty once
-    /// freed, see [`release_when_written`](Self::release_when_written)): the executor
-    /// shares them instead of a copy of its own.
-    pub(crate) fn node_ids(&self) -> Arc<[SmolStr]> {
-        self.lock().nodes.clone()
     }
 
     /// The run's rolled-up progress (see the type's docs).

@@ -115,8 +115,8 @@ pub(super) async fn drive(inner: Arc<Inner>, run: Run) -> (Option<RunReport>, Re
             Arc::from(rec.root.as_str()),
             token,
             lease,
-            // One copy of the node ids, shared with the executor (see `new_shared`).
-            graph.nodes.iter().map(|n| n.id.clone()).collect(),
+            // The graph's one copy of the node ids, shared with the executor.
+            graph.ids.clone(),
             graph.nodes.iter().map(|n| NewRow {
                 task: n.meta.name,
                 optional: n.optional,

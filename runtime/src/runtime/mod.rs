@@ -256,11 +256,16 @@ pub(super) fn clearing(store: &dyn Store, id: &str) -> Result<Batch, StoreError>
 /// [`Error::MissingResource`] for the first task of `graph` that needs a resource
 /// `resources` lacks. Cheap for large graphs: a task without resources costs one test.
 fn check_resources(resources: &Resources, graph: &crate::graph::Graph) -> Result<()> {
-    for node in &graph.nodes {
+    // The usual graph: none of its tasks declares a resource (known from its build), no
+    // pass over its nodes.
+    if !graph.needs_resources {
+        return Ok(());
+    }
+    for (node, id) in graph.nodes.iter().zip(graph.ids.iter()) {
         if let Some(key) = node.meta.resources.iter().find(|k| !resources.contains(k)) {
             return Err(Error::MissingResource {
                 process: graph.name().to_owned(),
-                task: node.id.to_string(),
+                task: id.to_string(),
                 resource: key.type_name(),
             });
         }

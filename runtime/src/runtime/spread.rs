@@ -587,7 +587,7 @@ impl RunDispatch {
                 .nodes
                 .iter()
                 .map(|n| {
-                    let mut d = n.deps().to_vec();
+                    let mut d = n.deps(&graph.far).to_vec();
                     d.sort_unstable();
                     d.dedup();
                     d.into_boxed_slice()
