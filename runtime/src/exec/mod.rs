@@ -646,7 +646,9 @@ fn new_shared(
     let mut slots = shared::SLOTS.take(n);
     let mut nodes = shared::CELLS.take(n);
     let mut roots = Vec::new();
-    for (i, node) in graph.nodes.iter_mut().enumerate() {
+    // The graph's tasks, taken all at once (its vector is left empty).
+    let mut tasks = graph.tasks.drain(..);
+    for (i, node) in graph.nodes.iter().enumerate() {
         let ds = node.deps(&graph.far);
         csr.push(ds);
         let remaining = u32::try_from(ds.len()).unwrap_or(u32::MAX);
@@ -654,12 +656,9 @@ fn new_shared(
             roots.push(i as u32);
         }
         slots.push(Slot::new(node.readers));
-        nodes.push(shared::NodeCell::new(
-            remaining,
-            node.task.take(),
-            node.meta,
-        ));
+        nodes.push(shared::NodeCell::new(remaining, tasks.next(), node.meta));
     }
+    drop(tasks);
     let shared::Csr {
         offsets,
         targets,

@@ -647,8 +647,9 @@ mod tests {
         let before = DROPPED.load(Ordering::SeqCst);
         let cells: Vec<NodeCell> = graph
             .nodes
-            .iter_mut()
-            .map(|n| NodeCell::new(0, n.task.take(), n.meta))
+            .iter()
+            .zip(graph.tasks.drain(..))
+            .map(|(n, task)| NodeCell::new(0, Some(task), n.meta))
             .collect();
         let won: Vec<AtomicU32> = (0..N).map(|_| AtomicU32::new(0)).collect();
         std::thread::scope(|s| {
@@ -703,8 +704,9 @@ mod tests {
         let mut graph = Graph::of(Many { n: 10 }).unwrap();
         let cells: Vec<NodeCell> = graph
             .nodes
-            .iter_mut()
-            .map(|n| NodeCell::new(0, n.task.take(), n.meta))
+            .iter()
+            .zip(graph.tasks.drain(..))
+            .map(|(n, task)| NodeCell::new(0, Some(task), n.meta))
             .collect();
         drop(cells);
         assert_eq!(DROPPED.load(Ordering::SeqCst) - before, N + 10);

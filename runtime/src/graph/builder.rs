@@ -486,6 +486,9 @@ pub struct Builder {
     pub(super) far: Vec<u32>,
     /// Some task added declares resources.
     pub(super) needs_resources: bool,
+    /// The tasks, by node (see [`Graph::tasks`]); declared before `arena`, dropped
+    /// before it.
+    pub(super) tasks: Vec<super::TaskBox>,
     pub(super) scopes: Vec<Scope>,
     /// The id prefix of the current block (`a/each[3]/`); ids of tasks and blocks are
     /// written after it, then cut off again, so the buffer is reused for every id.
@@ -599,6 +602,7 @@ impl Builder {
             descriptions: Vec::new(),
             far: Vec::new(),
             needs_resources: false,
+            tasks: Vec::new(),
             scopes: vec![Scope {
                 mode,
                 entry: Vec::new(),
@@ -637,6 +641,7 @@ impl Builder {
             descriptions: self.descriptions,
             far: self.far,
             needs_resources: self.needs_resources,
+            tasks: self.tasks,
             tag: self.tag,
             remap: None,
             fingerprint: self.fingerprint.finish(),
@@ -794,6 +799,7 @@ impl Builder {
             descriptions,
             far,
             needs_resources,
+            tasks,
             scopes,
             after,
             inputs: data,
@@ -868,7 +874,8 @@ impl Builder {
         // from what the node is made of (its id, its `deps()` and `data_deps()`, and the
         // task name as a constant), not read back from the node just written.
         fingerprint.parts(&id, T::META.name, links.deps, links.data);
-        nodes.push(Node::new(&T::META, task, &links, optional, far));
+        nodes.push(Node::new(&T::META, &links, optional, far));
+        tasks.push(task);
         node_ids.push(id);
         if let Some(d) = description {
             descriptions.push((index, d));

@@ -33,6 +33,8 @@ use spare::Spare;
 /// The node vector of the last large graph dropped, for the next graph built (see
 /// [`spare`]).
 static NODES: Spare<Node> = Spare::new();
+/// The task vector of the last large graph dropped, for the next graph built.
+static TASKS: Spare<TaskBox> = Spare::new();
 
 static NEXT_GRAPH: AtomicU32 = AtomicU32::new(1);
 
@@ -40,16 +42,15 @@ fn next_tag() -> u32 {
     NEXT_GRAPH.fetch_add(1, Ordering::Relaxed)
 }
 
-/// One node of a built graph: what a run reads of it per task, 64 bytes (a cache line).
+/// One node of a built graph: what a run reads of it per task, 48 bytes.
 ///
-/// Its id is in [`Graph::ids`] and its own description (rare) in
-/// [`Graph::descriptions`]: kept apart, they cost nothing to the passes over the nodes
-/// that do not read them, and the ids are shared by the run's journal and executor
-/// without a copy per node.
+/// Its id is in [`Graph::ids`], its own description (rare) in [`Graph::descriptions`]
+/// and its task in [`Graph::tasks`]: kept apart, they cost nothing to the passes over
+/// the nodes that do not read them, the ids are shared by the run's journal and executor
+/// without a copy per node, and a node owns nothing (no drop, no pass over the nodes
+/// to drop them).
 pub(crate) struct Node {
     pub(crate) meta: &'static TaskMeta,
-    /// The node's task (in its graph's [`Arena`]) until a run takes it.
-    pub(crate) task: Option<TaskBox>,
     /// [`deps`](Node::deps), [`data_deps`](Node::data_deps) (unless they are the same
     /// list), then [`tolerant_deps`](Node::tolerant_deps).
     links: LinkList,
@@ -155,18 +156,11 @@ impl Node {
     /// through the stack. Links beyond [`INLINE_LINKS`] go to `far`.
     #[allow(clippy::inline_always)] // measured: `#[inline]` left it out of line
     #[inline(always)]
-    fn new(
-        meta: &'static TaskMeta,
-        task: TaskBox,
-        links: &Links<'_>,
-        optional: bool,
-        far: &mut Vec<u32>,
-    ) -> Node {
+    fn new(meta: &'static TaskMeta, links: &Links<'_>, optional: bool, far: &mut Vec<u32>) -> Node {
         let data_is_deps = same(links.deps, links.data);
         let data: &[u32] = if data_is_deps { &[] } else { links.data };
         Node {
             meta,
-            task: Some(task),
             links: LinkList::of([links.deps, data, links.tolerant], far),
             n_deps: links.deps.len() as u32,
             n_data: data.len() as u32,
@@ -240,6 +234,9 @@ pub struct Graph {
     pub(crate) far: Vec<u32>,
     /// Some task of the graph declares resources (see `check_resources`).
     pub(crate) needs_resources: bool,
+    /// The nodes' tasks, by node (in [`arena`](Graph::arena)), until a run takes them
+    /// all (then empty).
+    pub(crate) tasks: Vec<TaskBox>,
     pub(crate) tag: u32,
     pub(crate) remap: Option<Vec<u32>>,
     pub(crate) fingerprint: u64,
@@ -259,8 +256,10 @@ impl fmt::Debug for Graph {
 
 impl Drop for Graph {
     fn drop(&mut self) {
-        // The nodes (and their tasks) go before the arena, as the fields' order has it.
+        // The tasks go before the arena (here, or as the fields' order has it). The nodes
+        // own nothing: no pass over them.
         NODES.give(std::mem::take(&mut self.nodes));
+        TASKS.give(std::mem::take(&mut self.tasks));
     }
 }
 
@@ -280,6 +279,7 @@ impl Graph {
         // in the memory of the last large graph dropped when it fits (see `spare`).
         let hint = process::size_hint(P::META.name);
         b.nodes = NODES.take(hint);
+        b.tasks = TASKS.take(hint);
         b.node_ids.reserve(hint);
         process.build(&mut b);
         process::remember_size(P::META.name, b.nodes.len());
@@ -580,16 +580,9 @@ mod tests {
         assert_eq!(g.description(0), Some("the first"));
         assert_eq!(g.description(1), None);
         assert_eq!(g.descriptions.len(), 1);
-        // A cache line with a two-word task pointer (debug builds add a live-task counter
-        // to it, see `arena::TaskBox`): no id, no description, no owned links.
-        let task = std::mem::size_of::<Option<super::TaskBox>>();
-        assert!(
-            std::mem::size_of::<Node>() - task <= 48,
-            "{} (task pointer {task})",
-            std::mem::size_of::<Node>()
-        );
-        #[cfg(not(debug_assertions))]
-        assert_eq!(std::mem::size_of::<Node>(), 64);
+        // No id, no description, no task, no owned links: nothing to drop.
+        assert_eq!(std::mem::size_of::<Node>(), 48);
+        assert!(!std::mem::needs_drop::<Node>());
     }
 
     #[test]

@@ -425,6 +425,7 @@ impl TaskGraph {
         // Declared before `nodes`: dropped after them (see `Arena`).
         let mut arena = Arena::default();
         let mut nodes = Vec::with_capacity(live.len());
+        let mut tasks = Vec::with_capacity(live.len());
         let mut ids = Vec::with_capacity(live.len());
         let mut descriptions = Vec::new();
         let mut far = Vec::new();
@@ -470,13 +471,8 @@ impl TaskGraph {
                 }
                 needs_resources |= !meta.resources.is_empty();
                 ids.push(smol_str::SmolStr::new(name));
-                nodes.push(Node::new(
-                    meta,
-                    arena.adopt(task),
-                    &links,
-                    optional,
-                    &mut far,
-                ));
+                nodes.push(Node::new(meta, &links, optional, &mut far));
+                tasks.push(arena.adopt(task));
             }
         }
         for (n, r) in nodes.iter_mut().zip(readers) {
@@ -490,6 +486,7 @@ impl TaskGraph {
             descriptions,
             far,
             needs_resources,
+            tasks,
             tag,
             remap: Some(remap),
             fingerprint,
