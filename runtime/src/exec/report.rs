@@ -30,12 +30,15 @@ impl Described for TaskMeta {
 
 /// The run's report; the nodes' ids are cloned from the graph's shared list (a short id
 /// is copied, a long one shares its text), their own descriptions moved out of `graph`
-/// into it (the graph is only dropped afterwards). A node still pending in `state` ended
-/// with success (its worker did not report it: its cell in `shared` says so, with its
-/// attempts and time), or else never ended: the driver marks such nodes cancelled before
-/// the report in a run that was stopped or where it ended nodes itself, and in any other
-/// run there is none (see `drive_run`), but a node found so is reported cancelled all
-/// the same (see [`never_ended`]).
+/// into it (the graph is only dropped afterwards). Not a pass over the graph's nodes:
+/// what it needs of them is in the cells (their tasks' metadata) and in the graph's
+/// short lists (own descriptions, nodes made optional).
+///
+/// A node still pending in `state` ended with success (its worker did not report it: its
+/// cell in `shared` says so, with its attempts and time), or else never ended: the driver
+/// marks such nodes cancelled before the report in a run that was stopped or where it
+/// ended nodes itself, and in any other run there is none (see `drive_run`), but a node
+/// found so is reported cancelled all the same (see [`never_ended`]).
 pub(super) fn build_report(
     graph: &mut Graph,
     shared: &Shared,
@@ -51,21 +54,36 @@ pub(super) fn build_report(
         graph: graph.tag,
         remap: None,
     };
-    // The nodes' own descriptions, in node order (most graphs have none).
-    let mut own = std::mem::take(&mut graph.descriptions)
-        .into_iter()
-        .peekable();
+    // The nodes' own descriptions and the nodes made optional, in node order (most
+    // graphs have neither): each is the front of its list when its node comes (a test a
+    // node, no iterator's state).
+    let mut own = std::mem::take(&mut graph.descriptions);
+    let mut own_at = 0;
+    let mut made_optional: &[u32] = &graph.made_optional;
     // Collected from an iterator of known length: each entry is written in place in the
     // vector (no per-entry copy of its 130 bytes, no capacity check per push).
     let tasks: Vec<TaskReport> = graph
-        .nodes
+        .ids
         .iter()
-        .zip(graph.ids.iter())
         .zip(&state.status)
         .enumerate()
-        .map(|(i, ((node, id), &st))| {
+        .map(|(i, (id, &st))| {
             let s = state.get(i);
             let cell = &shared.nodes[i];
+            let meta = cell.meta;
+            // As the node's `optional` (see `Graph::made_optional`).
+            let listed = made_optional.first() == Some(&(i as u32));
+            if listed {
+                made_optional = &made_optional[1..];
+            }
+            let optional = listed || meta.policy.optional;
+            let description = match own.get_mut(own_at) {
+                Some((n, d)) if *n as usize == i => {
+                    own_at += 1;
+                    Some(std::mem::take(d))
+                }
+                _ => None,
+            };
             let (status, attempts, elapsed_ns) = match st {
                 // A success (its worker did not report it), or else a node that never
                 // ended (see the function's docs).
@@ -93,7 +111,7 @@ pub(super) fn build_report(
             // Failures of optional tasks, and what was skipped only because of them,
             // leave the run successful (they are its warnings).
             let tolerated = match status {
-                TaskStatus::Errored => node.optional,
+                TaskStatus::Errored => optional,
                 TaskStatus::Skipped => s.tolerated,
                 _ => false,
             };
@@ -120,11 +138,11 @@ pub(super) fn build_report(
             TaskReport {
                 id: id.clone(),
                 // A node's own description is the rare case that needs text of its own.
-                names: match own.next_if(|(n, _)| *n as usize == i).map(|(_, d)| d) {
-                    None => Names::Static(node.meta),
+                names: match description {
+                    None => Names::Static(meta),
                     Some(d) => Names::Owned(Box::new(OwnedNames {
-                        name: Cow::Borrowed(node.meta.name),
-                        function: Cow::Borrowed(node.meta.function),
+                        name: Cow::Borrowed(meta.name),
+                        function: Cow::Borrowed(meta.function),
                         description: Cow::Owned(d),
                     })),
                 },
@@ -133,7 +151,7 @@ pub(super) fn build_report(
                 elapsed_ns,
                 result,
                 error,
-                optional: node.optional,
+                optional,
             }
         })
         .collect();

@@ -484,6 +484,8 @@ pub struct Builder {
     pub(super) descriptions: Vec<(u32, String)>,
     /// The links that did not fit in their nodes (see [`Graph::far`]).
     pub(super) far: Vec<u32>,
+    /// The tasks made optional (see [`Graph::made_optional`]).
+    pub(super) made_optional: Vec<u32>,
     /// Some task added declares resources.
     pub(super) needs_resources: bool,
     /// The tasks, by node (see [`Graph::tasks`]); declared before `arena`, dropped
@@ -601,6 +603,7 @@ impl Builder {
             node_ids: Vec::new(),
             descriptions: Vec::new(),
             far: Vec::new(),
+            made_optional: Vec::new(),
             needs_resources: false,
             tasks: Vec::new(),
             scopes: vec![Scope {
@@ -640,6 +643,7 @@ impl Builder {
             ids: Arc::from(self.node_ids),
             descriptions: self.descriptions,
             far: self.far,
+            made_optional: self.made_optional,
             needs_resources: self.needs_resources,
             tasks: self.tasks,
             tag: self.tag,
@@ -798,6 +802,7 @@ impl Builder {
             node_ids,
             descriptions,
             far,
+            made_optional,
             needs_resources,
             tasks,
             scopes,
@@ -879,6 +884,9 @@ impl Builder {
         node_ids.push(id);
         if let Some(d) = description {
             descriptions.push((index, d));
+        }
+        if optional {
+            made_optional.push(index);
         }
         // A constant per task type: no test at run time for a task without resources.
         *needs_resources |= !T::META.resources.is_empty();

@@ -232,6 +232,9 @@ pub struct Graph {
     pub(crate) descriptions: Vec<(u32, String)>,
     /// The links of the nodes that have more than a node keeps in itself (see `LinkList`).
     pub(crate) far: Vec<u32>,
+    /// The nodes made optional by the graph (`.optional()`, rare), in increasing order:
+    /// a node is optional when it is listed here or its task is (see [`Node::optional`]).
+    pub(crate) made_optional: Vec<u32>,
     /// Some task of the graph declares resources (see `check_resources`).
     pub(crate) needs_resources: bool,
     /// The nodes' tasks, by node (in [`arena`](Graph::arena)), until a run takes them

@@ -430,6 +430,7 @@ impl TaskGraph {
         let mut descriptions = Vec::new();
         let mut far = Vec::new();
         let mut needs_resources = false;
+        let mut made_optional = Vec::new();
         let tag = self.tag;
         let name = self.name;
         for e in self.entries.into_iter().flatten() {
@@ -470,6 +471,9 @@ impl TaskGraph {
                     descriptions.push((nodes.len() as u32, d));
                 }
                 needs_resources |= !meta.resources.is_empty();
+                if optional {
+                    made_optional.push(nodes.len() as u32);
+                }
                 ids.push(smol_str::SmolStr::new(name));
                 nodes.push(Node::new(meta, &links, optional, &mut far));
                 tasks.push(arena.adopt(task));
@@ -485,6 +489,7 @@ impl TaskGraph {
             ids: ids.into(),
             descriptions,
             far,
+            made_optional,
             needs_resources,
             tasks,
             tag,
