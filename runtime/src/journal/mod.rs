@@ -65,8 +65,10 @@ struct RowChunks {
 
 #[derive(Default)]
 struct Chunk {
-    /// `None` before its first row is touched and after its last row is settled.
-    rows: Option<Box<[Row]>>,
+    /// `None` before its first row is touched and after its last row is settled. Its
+    /// room is made for the chunk's every row at once, but its rows are made up to the
+    /// highest touched so far (see [`RowChunks::get_mut`]).
+    rows: Option<Vec<Row>>,
     /// Its rows written in an end state (see [`Row::settled`]).
     settled: u32,
 }
@@ -76,6 +78,9 @@ impl RowChunks {
     /// mapping its own pages and for consolidating its free lists.
     const CHUNK: usize = 512;
     const OPTIONAL: u32 = 1 << 31;
+    /// Rows made at once when a row past a chunk's made ones is touched (see
+    /// [`RowChunks::make`]): 1 KiB, rows touched soon (rows are mostly touched in order).
+    const BLOCK: usize = 16;
 
     fn new(meta: Box<[u32]>) -> Self {
         let chunks = std::iter::repeat_with(Chunk::default)
@@ -91,50 +96,71 @@ impl RowChunks {
 
     /// The number of rows of chunk `c`.
     fn chunk_len(&self, c: usize) -> usize {
-        (self.len() - c * Self::CHUNK).min(Self::CHUNK)
+        Self::chunk_len_of(self.len(), c)
     }
 
-    /// Row `i`, made with its chunk when first touched; `None` when `i` is out of range
-    /// (the rows were released) or its chunk was freed (every row of it settled).
+    /// Row `i`, made when first touched (with its chunk's room, and the rows of its
+    /// chunk before it not made yet); `None` when `i` is out of range (the rows were
+    /// released) or its chunk was freed (every row of it settled).
+    ///
+    /// A row is made (scheduled), with a few next to it ([`RowChunks::BLOCK`]), just
+    /// before its first change is written into it, while its cache line is still there,
+    /// not with its whole chunk long before (its line then written twice, the second
+    /// time after it left the cache): rows are mostly touched in order of their nodes
+    /// (a chain's, a layered graph's layer by layer).
     #[inline]
     fn get_mut(&mut self, i: usize) -> Option<&mut Row> {
         if i >= self.len() {
             return None;
         }
         let (c, k) = (i / Self::CHUNK, i % Self::CHUNK);
-        if self.chunks[c].rows.is_none() && !self.make(c) {
-            return None;
+        let made = matches!(&self.chunks[c].rows, Some(rows) if k < rows.len());
+        if made {
+            self.chunks[c]
+                .rows
+                .as_mut()
+                .and_then(|rows| rows.get_mut(k))
+        } else {
+            self.make(c, k)
         }
-        self.chunks[c].rows.as_deref_mut().map(|rows| &mut rows[k])
     }
 
-    /// Makes chunk `c`, every row scheduled; false when it was freed already.
-    #[cold]
-    fn make(&mut self, c: usize) -> bool {
+    /// Row `k` of chunk `c`, first touched: made with the rows before it not made yet
+    /// and the rest of its block, and the chunk's room when it is the chunk's first (see
+    /// [`RowChunks::get_mut`]); `None` when the chunk was freed already. Out of line:
+    /// once per block of rows.
+    #[inline(never)]
+    fn make(&mut self, c: usize, k: usize) -> Option<&mut Row> {
+        let whole = Self::chunk_len_of(self.meta.len(), c);
+        let Chunk { rows, settled } = &mut self.chunks[c];
+        let rows = match rows {
+            Some(rows) => rows,
+            None if *settled as usize == whole => return None, // freed: each row written
+            None => rows.insert(Vec::with_capacity(whole)),
+        };
+        // A block of rows at a time (a few cache lines, written in one go and touched
+        // next): not a call per row.
         let start = c * Self::CHUNK;
-        let end = (start + Self::CHUNK).min(self.meta.len());
-        let chunk = &mut self.chunks[c];
-        if chunk.settled as usize == end - start {
-            return false; // freed: each of its rows ended and was written
-        }
-        chunk.rows = Some(
-            self.meta[start..end]
-                .iter()
-                .map(|&m| {
-                    Row::new(
-                        State::Scheduled,
-                        m & !Self::OPTIONAL,
-                        m & Self::OPTIONAL != 0,
-                    )
-                })
-                .collect(),
-        );
-        true
+        let end = (k + 1).next_multiple_of(Self::BLOCK).min(whole);
+        let meta = self.meta.get(start + rows.len()..start + end);
+        rows.extend(meta.unwrap_or_default().iter().map(|&m| {
+            Row::new(
+                State::Scheduled,
+                m & !Self::OPTIONAL,
+                m & Self::OPTIONAL != 0,
+            )
+        }));
+        rows.get_mut(k)
+    }
+
+    /// The number of rows of chunk `c` of `len` rows.
+    fn chunk_len_of(len: usize, c: usize) -> usize {
+        (len - c * Self::CHUNK).min(Self::CHUNK)
     }
 
     /// Row `i` is in the store in an end state: counted once; its chunk, when that was
     /// its last row, is handed back to be dropped (by the caller, outside the lock).
-    fn settle(&mut self, i: usize) -> Option<Box<[Row]>> {
+    fn settle(&mut self, i: usize) -> Option<Vec<Row>> {
         if !self.get_mut(i)?.settle_end() {
             return None;
         }
@@ -142,7 +168,7 @@ impl RowChunks {
     }
 
     /// Counts row `i`, just marked settled; hands back its chunk when that was its last.
-    fn count_settled(&mut self, i: usize) -> Option<Box<[Row]>> {
+    fn count_settled(&mut self, i: usize) -> Option<Vec<Row>> {
         let c = i / Self::CHUNK;
         let whole = self.chunk_len(c);
         let chunk = &mut self.chunks[c];
@@ -915,7 +941,7 @@ impl RunJournal {
         g: &mut Rows,
         mut events: Option<&mut Vec<(SmolStr, State)>>,
         mut put: impl FnMut(&RowParts<'_>, u32, &Row),
-    ) -> Vec<(usize, Box<[Row]>)> {
+    ) -> Vec<(usize, Vec<Row>)> {
         // The list is given back, emptied, once read: it keeps its room from one cycle to
         // the next instead of growing again from nothing (each growth a copy, and a large
         // one a consolidation of the allocator's free lists) while the workers mark rows.
