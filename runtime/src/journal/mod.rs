@@ -65,8 +65,10 @@ struct RowChunks {
 
 #[derive(Default)]
 struct Chunk {
-    /// `None` before its first row is touched and after its last row is settled.
-    rows: Option<Box<[Row]>>,
+    /// `None` before its first row is touched and after its last row is settled. Its
+    /// room is made for the chunk's every row at once, but its rows are made up to the
+    /// highest touched so far (see [`RowChunks::get_mut`]).
+    rows: Option<Vec<Row>>,
     /// Its rows written in an end state (see [`Row::settled`]).
     settled: u32,
 }
@@ -76,6 +78,9 @@ impl RowChunks {
     /// mapping its own pages and for consolidating its free lists.
     const CHUNK: usize = 512;
     const OPTIONAL: u32 = 1 << 31;
+    /// Rows made at once when a row past a chunk's made ones is touched (see
+    /// [`RowChunks::make`]): 1 KiB, rows touched soon (rows are mostly touched in order).
+    const BLOCK: usize = 16;
 
     fn new(meta: Box<[u32]>) -> Self {
         let chunks = std::iter::repeat_with(Chunk::default)
@@ -91,50 +96,71 @@ impl RowChunks {
 
     /// The number of rows of chunk `c`.
     fn chunk_len(&self, c: usize) -> usize {
-        (self.len() - c * Self::CHUNK).min(Self::CHUNK)
+        Self::chunk_len_of(self.len(), c)
     }
 
-    /// Row `i`, made with its chunk when first touched; `None` when `i` is out of range
-    /// (the rows were released) or its chunk was freed (every row of it settled).
+    /// Row `i`, made when first touched (with its chunk's room, and the rows of its
+    /// chunk before it not made yet); `None` when `i` is out of range (the rows were
+    /// released) or its chunk was freed (every row of it settled).
+    ///
+    /// A row is made (scheduled), with a few next to it ([`RowChunks::BLOCK`]), just
+    /// before its first change is written into it, while its cache line is still there,
+    /// not with its whole chunk long before (its line then written twice, the second
+    /// time after it left the cache): rows are mostly touched in order of their nodes
+    /// (a chain's, a layered graph's layer by layer).
     #[inline]
     fn get_mut(&mut self, i: usize) -> Option<&mut Row> {
         if i >= self.len() {
             return None;
         }
         let (c, k) = (i / Self::CHUNK, i % Self::CHUNK);
-        if self.chunks[c].rows.is_none() && !self.make(c) {
-            return None;
+        let made = matches!(&self.chunks[c].rows, Some(rows) if k < rows.len());
+        if made {
+            self.chunks[c]
+                .rows
+                .as_mut()
+                .and_then(|rows| rows.get_mut(k))
+        } else {
+            self.make(c, k)
         }
-        self.chunks[c].rows.as_deref_mut().map(|rows| &mut rows[k])
     }
 
-    /// Makes chunk `c`, every row scheduled; false when it was freed already.
-    #[cold]
-    fn make(&mut self, c: usize) -> bool {
+    /// Row `k` of chunk `c`, first touched: made with the rows before it not made yet
+    /// and the rest of its block, and the chunk's room when it is the chunk's first (see
+    /// [`RowChunks::get_mut`]); `None` when the chunk was freed already. Out of line:
+    /// once per block of rows.
+    #[inline(never)]
+    fn make(&mut self, c: usize, k: usize) -> Option<&mut Row> {
+        let whole = Self::chunk_len_of(self.meta.len(), c);
+        let Chunk { rows, settled } = &mut self.chunks[c];
+        let rows = match rows {
+            Some(rows) => rows,
+            None if *settled as usize == whole => return None, // freed: each row written
+            None => rows.insert(Vec::with_capacity(whole)),
+        };
+        // A block of rows at a time (a few cache lines, written in one go and touched
+        // next): not a call per row.
         let start = c * Self::CHUNK;
-        let end = (start + Self::CHUNK).min(self.meta.len());
-        let chunk = &mut self.chunks[c];
-        if chunk.settled as usize == end - start {
-            return false; // freed: each of its rows ended and was written
-        }
-        chunk.rows = Some(
-            self.meta[start..end]
-                .iter()
-                .map(|&m| {
-                    Row::new(
-                        State::Scheduled,
-                        m & !Self::OPTIONAL,
-                        m & Self::OPTIONAL != 0,
-                    )
-                })
-                .collect(),
-        );
-        true
+        let end = (k + 1).next_multiple_of(Self::BLOCK).min(whole);
+        let meta = self.meta.get(start + rows.len()..start + end);
+        rows.extend(meta.unwrap_or_default().iter().map(|&m| {
+            Row::new(
+                State::Scheduled,
+                m & !Self::OPTIONAL,
+                m & Self::OPTIONAL != 0,
+            )
+        }));
+        rows.get_mut(k)
+    }
+
+    /// The number of rows of chunk `c` of `len` rows.
+    fn chunk_len_of(len: usize, c: usize) -> usize {
+        (len - c * Self::CHUNK).min(Self::CHUNK)
     }
 
     /// Row `i` is in the store in an end state: counted once; its chunk, when that was
     /// its last row, is handed back to be dropped (by the caller, outside the lock).
-    fn settle(&mut self, i: usize) -> Option<Box<[Row]>> {
+    fn settle(&mut self, i: usize) -> Option<Vec<Row>> {
         if !self.get_mut(i)?.settle_end() {
             return None;
         }
@@ -142,7 +168,7 @@ impl RowChunks {
     }
 
     /// Counts row `i`, just marked settled; hands back its chunk when that was its last.
-    fn count_settled(&mut self, i: usize) -> Option<Box<[Row]>> {
+    fn count_settled(&mut self, i: usize) -> Option<Vec<Row>> {
         let c = i / Self::CHUNK;
         let whole = self.chunk_len(c);
         let chunk = &mut self.chunks[c];
@@ -171,6 +197,9 @@ struct Rows {
     /// the row, which its change writes anyway, not an array of its own by node), as
     /// the state last announced by an event is kept in the row ([`Row::announced`]).
     dirty_list: Vec<u32>,
+    /// Room for sorting [`Rows::dirty_list`] (see [`sort_nodes`]), kept from one take
+    /// to the next.
+    sort_bits: Vec<u64>,
     throttle: HashMap<u32, Throttle>,
     window: Duration,
     /// Sum of every task's share of the run's progress (see [`share`]).
@@ -185,6 +214,57 @@ struct Rows {
     /// The rare fields of the rows flagged [`CompactRow::RARE`], by node: most rows have
     /// none. Those of a freed chunk's rows are dropped with it (see [`Rows::freed`]).
     rare: rustc_hash::FxHashMap<u32, RareFields>,
+}
+
+/// Sorts `list`, node indexes each in it once (a run's rows to write), with `bits` as
+/// room: a list in order already (a chain's) is left as it is; one whose nodes are
+/// close together (a layer's) is sorted by setting a bit per node and reading the bits
+/// back in order (a few instructions per node, where a sort by comparisons takes about
+/// a hundred for a list of thousands); a sparse one is sorted by comparisons.
+fn sort_nodes(list: &mut Vec<u32>, bits: &mut Vec<u64>) {
+    let Some(&first) = list.first() else {
+        return;
+    };
+    // One pass: whether in order, and the range.
+    let (mut min, mut max, mut prev, mut sorted) = (first, first, first, true);
+    for &n in list.iter() {
+        sorted &= prev <= n;
+        prev = n;
+        min = min.min(n);
+        max = max.max(n);
+    }
+    if sorted {
+        return;
+    }
+    let span = (max - min) as usize + 1;
+    if span / 8 > list.len() {
+        list.sort_unstable();
+        return;
+    }
+    bits.clear();
+    bits.resize(span.div_ceil(64), 0);
+    for &n in list.iter() {
+        let d = (n - min) as usize;
+        if let Some(word) = bits.get_mut(d / 64) {
+            *word |= 1 << (d % 64);
+        }
+    }
+    // Written back in place: as many nodes as were in it (fewer if one was twice).
+    let mut k = 0;
+    for (w, &word) in bits.iter().enumerate() {
+        // Below `span`, from nodes of `list`: within u32.
+        #[allow(clippy::cast_possible_truncation)]
+        let base = min + (w * 64) as u32;
+        let mut x = word;
+        while x != 0 {
+            if let Some(slot) = list.get_mut(k) {
+                *slot = base + x.trailing_zeros();
+            }
+            k += 1;
+            x &= x - 1;
+        }
+    }
+    list.truncate(k);
 }
 
 /// Marks `row` (node `node`'s) to be written, once: it joins `list` unless it is in it.
@@ -488,6 +568,7 @@ impl RunJournal {
                 // Room for the rows a busy cycle marks (16 KiB at most): the workers do
                 // not grow it from nothing at the run's start.
                 dirty_list: Vec::with_capacity(n.min(4096)),
+                sort_bits: Vec::new(),
                 throttle: HashMap::new(),
                 window,
                 shares,
@@ -901,18 +982,24 @@ impl RunJournal {
     }
 
     /// Writes every dirty row with `put` (given the run's lists, the row's node and the
-    /// row), clears the marks and gathers the state events; returns the chunks freed
+    /// row), in node order, clears the marks and gathers the state events (in node order
+    /// too: those of one take are published together, after its flush); returns the chunks freed
     /// (each of their rows written in an end state, see [`RowChunks::settle`]), to be
     /// dropped after the lock.
     fn drain(
         g: &mut Rows,
         mut events: Option<&mut Vec<(SmolStr, State)>>,
         mut put: impl FnMut(&RowParts<'_>, u32, &Row),
-    ) -> Vec<(usize, Box<[Row]>)> {
+    ) -> Vec<(usize, Vec<Row>)> {
         // The list is given back, emptied, once read: it keeps its room from one cycle to
         // the next instead of growing again from nothing (each growth a copy, and a large
         // one a consolidation of the allocator's free lists) while the workers mark rows.
         let mut list = std::mem::take(&mut g.dirty_list);
+        // In node order: rows next to each other (a journal row or a store slot is not a
+        // whole cache line, and a chunk's slots are added in order) are read and written
+        // together, each line once, not once per row in the order the rows changed (a
+        // layer's tasks end in any order).
+        sort_nodes(&mut list, &mut g.sort_bits);
         // Chunks whose every row is now written in an end state: dropped after the lock.
         let mut freed = Vec::new();
         let Rows {
@@ -1441,6 +1528,28 @@ mod tests {
         }
         assert_eq!(j.rollup().percent, Some(100.0));
         writer.close().await.expect("close");
+    }
+
+    // A take writes its rows in node order, whichever way its list was sorted: in
+    // order already, close together (by bits), or sparse (by comparisons).
+    #[test]
+    fn rows_to_write_are_sorted_by_node() {
+        let mut bits = Vec::new();
+        let cases: [Vec<u32>; 6] = [
+            vec![],
+            vec![7],
+            vec![1, 2, 3, 90],
+            vec![1005, 1000, 1063, 1064, 1001, 1127, 1128, 1999, 1500],
+            vec![4_000_000_000, 3, u32::MAX, 0, 70],
+            (0..3000).rev().map(|i| i * 2 + 5).collect(),
+        ];
+        for list in cases {
+            let mut want = list.clone();
+            want.sort_unstable();
+            let mut got = list;
+            sort_nodes(&mut got, &mut bits);
+            assert_eq!(got, want);
+        }
     }
 
     // A journal row stays small (a 100k-task run's running part keeps thousands).

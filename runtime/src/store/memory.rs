@@ -239,7 +239,7 @@ impl RunRows {
     }
 
     /// Node `i`'s slot, made when missing. `total`: the number of the run's nodes when
-    /// known (a journal's rows), else 0: a chunk is then made whole at once, not grown
+    /// known (a journal's rows), else 0: a chunk's room is then made whole at once, not grown
     /// row by row (each growth a copy of the chunk), and still no larger than the run.
     #[inline]
     fn slot(&mut self, i: usize, total: usize) -> &mut Option<MemRow> {
@@ -248,25 +248,30 @@ impl RunRows {
             self.chunks.resize_with(c + 1, || None);
         }
         let chunk = self.chunks[c].get_or_insert_with(Vec::new);
-        if chunk.len() <= k {
+        // Only the slots up to row `k` are written (empty), just before their rows
+        // arrive (rows mostly arrive in order: the next slot), not the whole chunk at
+        // once, long before (each slot's line then written twice, the second time after
+        // it left the cache).
+        if chunk.len() == k && k < chunk.capacity() {
+            chunk.push(None);
+        } else if chunk.len() <= k {
             Self::grow(chunk, c, k, total);
         }
         &mut chunk[k]
     }
 
-    /// Grows chunk `c` to hold row `k` (see [`RunRows::slot`]), with empty slots.
+    /// Makes room in chunk `c` for row `k` (see [`RunRows::slot`]) and fills the slots up
+    /// to it, empty.
     #[cold]
     fn grow(chunk: &mut Vec<Option<MemRow>>, c: usize, k: usize, total: usize) {
         let whole = total.saturating_sub(c * Self::CHUNK).min(Self::CHUNK);
-        let len = if whole > k {
+        let room = if whole > k {
             whole
         } else {
             (k + 1).next_power_of_two().min(Self::CHUNK)
         };
-        chunk.reserve_exact(len - chunk.len());
-        // Only the slots up to row `k` of a chunk grown row by row: its room is more.
-        let len = if whole > k { whole } else { k + 1 };
-        chunk.resize_with(len, || None);
+        chunk.reserve_exact(room - chunk.len());
+        chunk.resize_with(k + 1, || None);
     }
 
     /// Node `i`'s rare fields are now `rare` (out of line: most rows have none).
