@@ -254,10 +254,9 @@ pub(super) fn clearing(store: &dyn Store, id: &str) -> Result<Batch, StoreError>
 }
 
 /// [`Error::MissingResource`] for the first task of `graph` that needs a resource
-/// `resources` lacks. Cheap for large graphs: a task without resources costs one test.
+/// `resources` lacks. Free for a graph none of whose tasks declares a resource (known
+/// from its build); otherwise one pass over its nodes.
 fn check_resources(resources: &Resources, graph: &crate::graph::Graph) -> Result<()> {
-    // The usual graph: none of its tasks declares a resource (known from its build), no
-    // pass over its nodes.
     if !graph.needs_resources {
         return Ok(());
     }
