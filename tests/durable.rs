@@ -366,6 +366,8 @@ async fn resume_refuses_unknown_type_and_changed_graph() {
             stored_run("ghost-run", "ghost", 1, State::Running),
             stored_run("changed-run", "small", 12345, State::Running),
             stored_run("was-cancelling", "small", 1, State::Cancelling),
+            // Stored by an earlier version: the fingerprint of `small` as FNV-1a.
+            stored_run("legacy-run", "small", 0x9400_5503_20e8_4af1, State::Running),
         ] {
             store
                 .update(&rec.id.clone(), &mut |_| Update::Put(Box::new(rec.clone())))
@@ -396,6 +398,17 @@ async fn resume_refuses_unknown_type_and_changed_graph() {
         rt.get("was-cancelling").await.unwrap().unwrap().state(),
         State::Cancelled
     );
+    // The fingerprint's definition changed: a run stored with the earlier value of the
+    // same graph is still resumed, and ends.
+    let mut legacy = rt.get("legacy-run").await.unwrap().unwrap();
+    for _ in 0..500 {
+        if legacy.state().is_end() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        legacy = rt.get("legacy-run").await.unwrap().unwrap();
+    }
+    assert_eq!(legacy.state(), State::Done, "{:?}", legacy.status.error);
     rt.shutdown().await.unwrap();
     drop(rt);
     let _ = std::fs::remove_dir_all(&dir);

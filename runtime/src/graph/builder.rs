@@ -872,13 +872,10 @@ impl Builder {
             tolerant,
         };
         let task = erase_into(task, &mut self.arena);
-        // After the allocation: its chain of multiplies (about four cycles a byte, each
-        // waiting for the one before) then overlaps the work that follows, the node's
-        // writes and the next task's id and allocation. Fed before the allocation instead,
-        // it ran 2-14% slower natively (perf: three times the samples in the hash). Fed
-        // from what the node is made of (its id, its `deps()` and `data_deps()`, and the
-        // task name as a constant), not read back from the node just written.
-        fingerprint.parts(&id, T::META.name, links.deps, links.data);
+        // Fed from what the node is made of (its id, its `deps()` and `data_deps()`, and
+        // the task name's hash as a constant), not read back from the node just written.
+        let name = const { Fingerprint::name(T::META.name) };
+        fingerprint.parts(index, &id, name, links.deps, links.data);
         nodes.push(Node::new(&T::META, &links, optional, far));
         tasks.push(task);
         node_ids.push(id);

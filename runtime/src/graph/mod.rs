@@ -27,7 +27,7 @@ use crate::graph::process::Process;
 use crate::task::TaskMeta;
 
 use arena::{Arena, TaskBox};
-use fingerprint::Fingerprint;
+use fingerprint::{Fingerprint, Fnv};
 use spare::Spare;
 
 /// The node vector of the last large graph dropped, for the next graph built (see
@@ -339,16 +339,35 @@ impl Graph {
         )
     }
 
-    /// A hash of the graph's structure (ids, task names, edges), stable across builds and
-    /// binaries: a run is only resumed under a graph with the same fingerprint.
+    /// A hash of the graph's structure (ids, task names, edges), stable across builds,
+    /// binaries and platforms: a run is only resumed under a graph with the same
+    /// fingerprint. Its definition changed in this version (a sum of XXH3-based node
+    /// hashes instead of FNV-1a over the whole graph, see the graph module's source): a
+    /// run stored with the earlier value is still resumed under the same graph.
     pub fn fingerprint(&self) -> u64 {
         self.fingerprint
     }
 
+    /// Whether `stored`, the fingerprint recorded with a run, is this graph's: its
+    /// [`fingerprint`](Graph::fingerprint), or the value earlier versions computed (only
+    /// computed when the first differs: a pass over the nodes).
+    pub(crate) fn matches_fingerprint(&self, stored: u64) -> bool {
+        stored == self.fingerprint || stored == self.legacy_fingerprint()
+    }
+
+    /// The fingerprint earlier versions recorded (FNV-1a, see [`Fnv`]).
+    fn legacy_fingerprint(&self) -> u64 {
+        let mut h = Fnv::new();
+        for (n, id) in self.nodes.iter().zip(self.ids.iter()) {
+            h.node(id, n, &self.far);
+        }
+        h.finish()
+    }
+
     fn compute_fingerprint(nodes: &[Node], ids: &[SmolStr], far: &[u32]) -> u64 {
         let mut h = Fingerprint::new();
-        for (n, id) in nodes.iter().zip(ids) {
-            h.node(id, n, far);
+        for (i, (n, id)) in (0_u32..).zip(nodes.iter().zip(ids)) {
+            h.node(i, id, n, far);
         }
         h.finish()
     }
@@ -506,12 +525,31 @@ mod tests {
         assert_eq!(
             fingerprints,
             [
-                0x70ba_f183_ef4b_1d91,
-                0xd93c_e961_0b32_de4a,
-                0x8bf6_67b1_c173_532a
+                0xbdf0_519b_39e1_fc04,
+                0xe8a5_df24_596d_a67d,
+                0x1f8e_1419_39a1_7c29
             ],
             "{fingerprints:x?}"
         );
+        // The values 08a7351 built (FNV-1a): runs stored with them are still accepted.
+        let noops = Graph::of(Noops { n: 3 }).unwrap();
+        let legacy = [
+            g.legacy_fingerprint(),
+            t.legacy_fingerprint(),
+            noops.legacy_fingerprint(),
+        ];
+        let want = [
+            0x70ba_f183_ef4b_1d91,
+            0xd93c_e961_0b32_de4a,
+            0x8bf6_67b1_c173_532a,
+        ];
+        assert_eq!(legacy, want, "{legacy:x?}");
+        for (graph, old) in [&g, &t, &noops].into_iter().zip(want) {
+            assert!(graph.matches_fingerprint(graph.fingerprint()));
+            assert!(graph.matches_fingerprint(old));
+        }
+        assert!(!g.matches_fingerprint(want[1]));
+        assert!(!g.matches_fingerprint(t.fingerprint()));
     }
 
     /// A read of node 0 of another graph, in a graph whose node 0 exists: refused as

@@ -396,7 +396,7 @@ impl Runtime {
                 .await
                 .map(|()| false);
         }
-        if graph.fingerprint() != meta.fingerprint {
+        if !graph.matches_fingerprint(meta.fingerprint) {
             let msg = format!(
                 "the graph of `{}` changed since this run started (fingerprint {:016x}, now {:016x}): the interrupted run was not resumed",
                 rec.process_type,

@@ -1547,7 +1547,7 @@ async fn remote_run(
             "the graph of run `{run}` could not be rebuilt here: {e}"
         ))
     })?;
-    if graph.fingerprint() != meta.fingerprint {
+    if !graph.matches_fingerprint(meta.fingerprint) {
         return Err(Refusal::Fail(format!(
             "the graph of `{}` on this worker differs from the run's (fingerprint {:016x}, here {:016x}): node {node} not run here",
             rec.process_type,
