@@ -1,6 +1,15 @@
 //! Small helpers shared by several layers (the lowest layer, with `error`).
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use smol_str::SmolStr;
+
+/// A graph's node ids, by node: one list shared by the graph, a run's journal, executor
+/// and memory-store rows. A `Vec` behind the `Arc`, not a slice: the graph builder's
+/// vector is adopted as it is, where `Arc<[SmolStr]>` copied every id once more at the
+/// build's end.
+pub(crate) type IdList = Arc<Vec<SmolStr>>;
 
 /// Milliseconds since the Unix epoch: 0 before it, `u64::MAX` beyond what a `u64` holds.
 pub(crate) fn unix_ms(t: SystemTime) -> u64 {

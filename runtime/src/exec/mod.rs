@@ -39,6 +39,7 @@ use crate::task::ctx::{CancelFlag, Reporter, RunScope, RuntimeHandle};
 use crate::task::resource::Resources;
 use crate::task::OnDepFailure;
 use crate::util::nanos;
+use crate::util::IdList;
 
 use report::build_report;
 use shared::{CsrBuilder, Shared};
@@ -622,7 +623,7 @@ fn new_shared(
     let n = graph.nodes.len();
     // The graph's one copy of the ids, shared by the executor, the tasks' contexts and
     // the run's journal.
-    let ids: Arc<[SmolStr]> = graph.ids.clone();
+    let ids: IdList = graph.ids.clone();
     let ids_for_ctx = ids.clone();
     let scope = Arc::new(RunScope {
         process_id: cfg.run_id.clone(),

@@ -18,6 +18,7 @@ use crate::journal::RunJournal;
 use crate::task::arg::Slot;
 use crate::task::ctx::RunScope;
 use crate::task::TaskMeta;
+use crate::util::IdList;
 
 use super::worker::run_pooled;
 use super::{run_node, Msg};
@@ -30,7 +31,7 @@ pub(super) struct Shared {
     pub(super) worker: Arc<str>,
     /// Each node's result (in the memory of the last large run, see [`spare`](crate::graph::spare)).
     pub(super) slots: Vec<Slot>,
-    pub(super) ids: Arc<[SmolStr]>,
+    pub(super) ids: IdList,
     pub(super) tag: u32,
     pub(super) remap: Option<Vec<u32>>,
     pub(super) scope: Arc<RunScope>,

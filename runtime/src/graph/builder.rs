@@ -639,8 +639,8 @@ impl Builder {
         Ok(Graph {
             name: self.name,
             nodes,
-            // One copy into the shared list, not a clone per id.
-            ids: Arc::from(self.node_ids),
+            // Adopted as it is: no copy.
+            ids: Arc::new(self.node_ids),
             descriptions: self.descriptions,
             far: self.far,
             made_optional: self.made_optional,

@@ -25,6 +25,7 @@ use smol_str::SmolStr;
 
 use crate::graph::process::Process;
 use crate::task::TaskMeta;
+use crate::util::IdList;
 
 use arena::{Arena, TaskBox};
 use fingerprint::{Fingerprint, Fnv};
@@ -226,7 +227,7 @@ pub struct Graph {
     pub(crate) name: String,
     pub(crate) nodes: Vec<Node>,
     /// The nodes' ids, by node: one copy, shared with a run's journal and executor.
-    pub(crate) ids: Arc<[SmolStr]>,
+    pub(crate) ids: IdList,
     /// The nodes' own descriptions (given with `.description(..)`, rare), by node index,
     /// in increasing order.
     pub(crate) descriptions: Vec<(u32, String)>,

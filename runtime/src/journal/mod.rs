@@ -22,6 +22,7 @@ use crate::record::Level;
 use crate::record::{now_ms, LogEntry, Progress, State, MAX_LOG};
 use crate::store::{Batch, CompactRow, MemoryStore, RareFields, RowSink, StoreError, TaskRow};
 use crate::task::ctx::Reporter;
+use crate::util::IdList;
 use crate::util::{millis, mono_ns, nanos};
 use smol_str::SmolStr;
 
@@ -185,7 +186,7 @@ struct Rows {
     items: RowChunks,
     /// Node ids, by node index: the graph's one copy (`Graph::ids`), which the executor
     /// shares too.
-    nodes: Arc<[SmolStr]>,
+    nodes: IdList,
     /// The distinct task names ([`Row::task`] indexes them), static text.
     names: Vec<SmolStr>,
     /// The run's lease token, which every row of the run carries.
@@ -291,7 +292,7 @@ fn share(row: &Row) -> f64 {
 /// What [`Rows::free_rows`] took, to be dropped outside the lock.
 type FreedRows = (
     RowChunks,
-    Arc<[SmolStr]>,
+    IdList,
     HashMap<u32, Throttle>,
     rustc_hash::FxHashMap<u32, RareFields>,
 );
@@ -504,7 +505,7 @@ impl RunJournal {
         root: Arc<str>,
         token: u64,
         lease: u64,
-        ids: Arc<[SmolStr]>,
+        ids: IdList,
         nodes: impl ExactSizeIterator<Item = NewRow>,
         writer: WriterHandle,
         window: Duration,
@@ -549,7 +550,7 @@ impl RunJournal {
                 nodes = n,
                 "a run's node ids do not match its nodes"
             );
-            (0..n).map(|_| SmolStr::default()).collect()
+            Arc::new(vec![SmolStr::default(); n])
         };
         let items = RowChunks::new(meta.into());
         // Nothing is done yet: every share is 0.
@@ -1221,7 +1222,7 @@ mod tests {
         nodes: impl ExactSizeIterator<Item = TestRow>,
     ) -> (Arc<MemoryStore>, WriterHandle, Arc<RunJournal>) {
         let nodes: Vec<TestRow> = nodes.collect();
-        let ids: Arc<[SmolStr]> = nodes.iter().map(|r| r.id.clone()).collect();
+        let ids: IdList = Arc::new(nodes.iter().map(|r| r.id.clone()).collect());
         let store = Arc::new(MemoryStore::new());
         let (events, _) = tokio::sync::broadcast::channel(16);
         let writer =

@@ -13,6 +13,7 @@ use super::{
     StoreError, TaskRow, Update,
 };
 use crate::record::{now_ms, ProcessRecord};
+use crate::util::IdList;
 use smol_str::SmolStr;
 
 /// A store in memory: nothing survives the process. Used by
@@ -73,7 +74,7 @@ struct RunRows {
 #[derive(Debug)]
 enum NodeIds {
     /// The journal's list (the graph's ids), shared.
-    Shared(Arc<[SmolStr]>),
+    Shared(IdList),
     /// Ids given row by row (a batch of [`TaskRow`]s), or differing from the shared list.
     Own(Vec<SmolStr>),
 }
@@ -114,7 +115,7 @@ impl NodeIds {
     /// The rows of a journal whose node ids are `shared` are written: the list is
     /// shared when it holds the ids of every row present (checked once per list, not
     /// per row); false when it cannot be (rows with other ids), then ids go row by row.
-    fn share(&mut self, shared: &Arc<[SmolStr]>, present: impl Iterator<Item = u32>) -> bool {
+    fn share(&mut self, shared: &IdList, present: impl Iterator<Item = u32>) -> bool {
         match self {
             NodeIds::Shared(ids) if Arc::ptr_eq(ids, shared) => return true,
             NodeIds::Own(ids) if ids.is_empty() => {}
@@ -320,7 +321,7 @@ pub(crate) struct RowSink<'a> {
     rows: Option<&'a mut RunRows>,
     /// The store's index of each of the journal's task names.
     names: Vec<u32>,
-    ids: &'a Arc<[SmolStr]>,
+    ids: &'a IdList,
     /// The run's rows take their node ids from `ids` (shared): none is kept per row.
     shared: bool,
     lease: u64,
@@ -458,7 +459,7 @@ impl MemoryStore {
     pub(crate) fn put_journal_rows(
         &self,
         run: &Arc<str>,
-        ids: &Arc<[SmolStr]>,
+        ids: &IdList,
         names: &[SmolStr],
         lease: u64,
         fill: impl FnOnce(&mut RowSink<'_>),
@@ -1122,7 +1123,7 @@ mod tests {
     fn journal_rows_come_back_as_task_rows() {
         let store = MemoryStore::new();
         let run: Arc<str> = Arc::from("r");
-        let ids: Arc<[SmolStr]> = (0..2000).map(|i| SmolStr::from(format!("n{i}"))).collect();
+        let ids: IdList = Arc::new((0..2000).map(|i| SmolStr::from(format!("n{i}"))).collect());
         let names = [SmolStr::new_static("t"), SmolStr::new_static("u")];
         let plain = |i: u32| TaskRow {
             node: ids[i as usize].clone(),
@@ -1192,7 +1193,7 @@ mod tests {
     fn a_row_written_again_keeps_only_its_new_rare_fields() {
         let store = MemoryStore::new();
         let run: Arc<str> = Arc::from("r");
-        let ids: Arc<[SmolStr]> = (0..4).map(|i| SmolStr::from(format!("n{i}"))).collect();
+        let ids: IdList = Arc::new((0..4).map(|i| SmolStr::from(format!("n{i}"))).collect());
         let names = [SmolStr::new_static("t")];
         let with = |i: u32, error: &str| TaskRow {
             node: ids[i as usize].clone(),
@@ -1236,7 +1237,7 @@ mod tests {
         store.claim("r", "w", 60_000).unwrap();
         store.claim("r", "w", 60_000).unwrap(); // the run's lease is now 2
         let run: Arc<str> = Arc::from("r");
-        let ids: Arc<[SmolStr]> = (0..3).map(|i| SmolStr::from(i.to_string())).collect();
+        let ids: IdList = Arc::new((0..3).map(|i| SmolStr::from(i.to_string())).collect());
         let names = [SmolStr::new_static("t")];
         let r = plain_row(0);
         let fenced = store.put_journal_rows(&run, &ids, &names, 1, |sink| {
