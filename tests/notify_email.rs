@@ -361,15 +361,25 @@ async fn starttls_auth_and_a_multipart_report() {
         "{body}"
     );
 
-    let page = rt
-        .deliveries(DeliveryQuery::new().run("export-1"))
-        .await
-        .unwrap();
-    assert_eq!(page.deliveries.len(), 2);
-    assert!(page
-        .deliveries
-        .iter()
-        .all(|d| d.state == DeliveryState::Delivered));
+    // The server has both messages before the notifier has the server's last reply and
+    // records the delivery: wait for the records (a bounded wait, not one read).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let page = rt
+            .deliveries(DeliveryQuery::new().run("export-1"))
+            .await
+            .unwrap();
+        assert_eq!(page.deliveries.len(), 2);
+        if page
+            .deliveries
+            .iter()
+            .all(|d| d.state == DeliveryState::Delivered)
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{:?}", page.deliveries);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     rt.shutdown().await.unwrap();
 }
 
