@@ -553,6 +553,81 @@ mod tests {
         assert!(!g.matches_fingerprint(t.fingerprint()));
     }
 
+    /// A chain of two, then eight tasks read by one that also reads the chain's first
+    /// (nine links, more than a node keeps inline: its lists go to the far list).
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct Wide {}
+
+    impl Process for Wide {
+        const META: ProcessMeta = ProcessMeta::dataflow("graph::tests::wide");
+        fn build(self, p: &mut Builder) {
+            let first = p.sequential(|p| {
+                let first = p.task(Noop);
+                p.task(Noop);
+                first
+            });
+            let mut reads: Vec<Read> = (0..8)
+                .map(|_| Read {
+                    node: p.task(Noop).node(),
+                    required: true,
+                })
+                .collect();
+            reads.push(Read {
+                node: first.node(),
+                required: false,
+            });
+            p.task(Reads(reads));
+        }
+    }
+
+    /// The fingerprint is computed two ways: fed by the builder as it adds each node (from
+    /// the lists it makes the node from, the task name's hash a constant), and from the
+    /// finished nodes (a `TaskGraph`). Both must give the same value for the same graph,
+    /// or a run started from one kind of graph would not resume under the other.
+    #[test]
+    fn the_builder_and_a_pass_over_the_nodes_give_the_same_fingerprint() {
+        for g in [
+            Graph::of(Noops { n: 3 }).unwrap(),
+            Graph::of(Mixed {}).unwrap(),
+            Graph::of(Wide {}).unwrap(),
+        ] {
+            let over_nodes = Graph::compute_fingerprint(&g.nodes, &g.ids, &g.far);
+            assert_eq!(g.fingerprint(), over_nodes, "{}", g.name());
+        }
+        // The same graph made both ways: `Wide` as a `TaskGraph`.
+        let p = Graph::of(Wide {}).unwrap();
+        assert_eq!(p.nodes[10].deps(&p.far).len(), 9, "links in the far list");
+        let mut t = TaskGraph::new();
+        let first = t.add("sequential/noop", Noop).unwrap();
+        t.add("sequential/noop#1", Noop).unwrap();
+        t.add_dependency("sequential/noop#1", "sequential/noop")
+            .unwrap();
+        let mut reads = Vec::new();
+        for i in 0..8 {
+            let id = if i == 0 {
+                "noop".to_owned()
+            } else {
+                format!("noop#{i}")
+            };
+            let out = t.add(&id, Noop).unwrap();
+            reads.push(Read {
+                node: out.node(),
+                required: true,
+            });
+        }
+        reads.push(Read {
+            node: first.node(),
+            required: false,
+        });
+        t.add("reads", Reads(reads)).unwrap();
+        let t = t.build().unwrap();
+        assert_eq!(t.node_ids(), p.node_ids());
+        for id in p.node_ids() {
+            assert_eq!(t.dependencies(id), p.dependencies(id), "{id}");
+        }
+        assert_eq!(t.fingerprint(), p.fingerprint());
+    }
+
     /// A read of node 0 of another graph, in a graph whose node 0 exists: refused as
     /// foreign, and node 0 of this graph gains no reader (the index alone is in range).
     #[test]
