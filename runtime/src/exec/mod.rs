@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 use crate::error::{chain, BoxError, CancelGraceExceeded, DependencyFailed};
 use crate::graph::Graph;
 use crate::hooks::{Hooks, RunInfo};
-use crate::journal::{Ended, Failure, RunJournal};
+use crate::journal::{Ended, Failure, RowMeta, RunJournal};
 use crate::record::Level;
 use crate::record::State;
 use crate::report::{RunReport, RunStatus};
@@ -649,6 +649,13 @@ fn new_shared(
     let mut roots = Vec::new();
     // The graph's tasks, taken all at once (its vector is left empty).
     let mut tasks = graph.tasks.drain(..);
+    // The journal's rows' task names and optional flags, when it awaits them (see
+    // `RunJournal::awaiting_rows`): read in this walk, not in one of their own.
+    let mut row_meta = cfg
+        .journal
+        .as_ref()
+        .filter(|j| j.awaits_rows())
+        .map(|_| RowMeta::with_capacity(n));
     for (i, node) in graph.nodes.iter().enumerate() {
         let ds = node.deps(&graph.far);
         csr.push(ds);
@@ -658,8 +665,14 @@ fn new_shared(
         }
         slots.push(Slot::new(node.readers));
         nodes.push(shared::NodeCell::new(remaining, tasks.next(), node.meta));
+        if let Some(m) = &mut row_meta {
+            m.push(node.meta.name, node.optional);
+        }
     }
     drop(tasks);
+    if let (Some(j), Some(m)) = (&cfg.journal, row_meta) {
+        j.set_rows(m);
+    }
     let shared::Csr {
         offsets,
         targets,

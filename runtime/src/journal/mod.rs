@@ -55,21 +55,30 @@ type Row = CompactRow;
 /// flag), not a whole row; a row is written next to the rows that ran just before it
 /// (a layered graph's layer), still in the cache, not into memory written at the launch
 /// and evicted since; and the journal of a run holds the rows of its running part, not
-/// of all its nodes (the allocator hands a freed chunk's memory to the next chunk,
-/// instead of new pages that each fault once).
+/// of all its nodes (a freed chunk's room is the next chunk's, see
+/// [`RowChunks::spare`], instead of new pages that each fault once).
 struct RowChunks {
     chunks: Vec<Chunk>,
     /// Per node: the index of its task's name, with [`RowChunks::OPTIONAL`] set when it is
     /// optional.
     meta: Box<[u32]>,
+    /// Freed chunks' rows ([`RowChunks::SPARE`] at most, each of [`RowChunks::CHUNK`]
+    /// rows), kept for the next chunks: a chunk made from one writes its rows over the
+    /// old ones (each old row dropped in the cache line its new row is written to), not
+    /// into new room after a pass that drops every old row of a chunk freed (a read of
+    /// its 36 KiB, long out of the cache, on the writer's cycle).
+    spare: Vec<Vec<Row>>,
 }
 
 #[derive(Default)]
 struct Chunk {
     /// `None` before its first row is touched and after its last row is settled. Its
     /// room is made for the chunk's every row at once, but its rows are made up to the
-    /// highest touched so far (see [`RowChunks::get_mut`]).
+    /// highest touched so far (see [`RowChunks::get_mut`]); a spare chunk's room (see
+    /// [`RowChunks::spare`]) holds old rows past those.
     rows: Option<Vec<Row>>,
+    /// Its rows made: the first `made` of `rows` are the chunk's.
+    made: u32,
     /// Its rows written in an end state (see [`Row::settled`]).
     settled: u32,
 }
@@ -82,12 +91,19 @@ impl RowChunks {
     /// Rows made at once when a row past a chunk's made ones is touched (see
     /// [`RowChunks::make`]): 1 KiB, rows touched soon (rows are mostly touched in order).
     const BLOCK: usize = 16;
+    /// Freed chunks kept for the next ones (see [`RowChunks::spare`]): a chain's rows
+    /// free a chunk as the one after the next is made, a layered graph's a few.
+    const SPARE: usize = 4;
 
     fn new(meta: Box<[u32]>) -> Self {
         let chunks = std::iter::repeat_with(Chunk::default)
             .take(meta.len().div_ceil(Self::CHUNK))
             .collect();
-        RowChunks { chunks, meta }
+        RowChunks {
+            chunks,
+            meta,
+            spare: Vec::new(),
+        }
     }
 
     /// The number of rows (0 once released).
@@ -115,8 +131,7 @@ impl RowChunks {
             return None;
         }
         let (c, k) = (i / Self::CHUNK, i % Self::CHUNK);
-        let made = matches!(&self.chunks[c].rows, Some(rows) if k < rows.len());
-        if made {
+        if k < self.chunks[c].made as usize {
             self.chunks[c]
                 .rows
                 .as_mut()
@@ -133,24 +148,48 @@ impl RowChunks {
     #[inline(never)]
     fn make(&mut self, c: usize, k: usize) -> Option<&mut Row> {
         let whole = Self::chunk_len_of(self.meta.len(), c);
-        let Chunk { rows, settled } = &mut self.chunks[c];
+        let Chunk {
+            rows,
+            made,
+            settled,
+        } = &mut self.chunks[c];
         let rows = match rows {
             Some(rows) => rows,
             None if *settled as usize == whole => return None, // freed: each row written
+            // A whole chunk takes a spare's room (see `RowChunks::spare`).
+            None if whole == Self::CHUNK => rows.insert(
+                self.spare
+                    .pop()
+                    .unwrap_or_else(|| Vec::with_capacity(whole)),
+            ),
             None => rows.insert(Vec::with_capacity(whole)),
         };
         // A block of rows at a time (a few cache lines, written in one go and touched
         // next): not a call per row.
         let start = c * Self::CHUNK;
+        let from = *made as usize;
         let end = (k + 1).next_multiple_of(Self::BLOCK).min(whole);
-        let meta = self.meta.get(start + rows.len()..start + end);
-        rows.extend(meta.unwrap_or_default().iter().map(|&m| {
+        let meta = self.meta.get(start + from..start + end).unwrap_or_default();
+        let new = |&m: &u32| {
             Row::new(
                 State::Scheduled,
                 m & !Self::OPTIONAL,
                 m & Self::OPTIONAL != 0,
             )
-        }));
+        };
+        // Over a spare's old rows first (as far as it has them), then past them.
+        let over = rows.len().saturating_sub(from).min(meta.len());
+        if let Some(old) = rows.get_mut(from..from + over) {
+            for (row, m) in old.iter_mut().zip(meta) {
+                *row = new(m);
+            }
+        }
+        rows.extend(meta.get(over..).unwrap_or_default().iter().map(new));
+        // Within a chunk: below `CHUNK`.
+        #[allow(clippy::cast_possible_truncation)]
+        {
+            *made = end.max(from) as u32;
+        }
         rows.get_mut(k)
     }
 
@@ -175,10 +214,22 @@ impl RowChunks {
         let chunk = &mut self.chunks[c];
         chunk.settled += 1;
         if chunk.settled as usize == whole {
+            chunk.made = 0;
             chunk.rows.take()
         } else {
             None
         }
+    }
+
+    /// Keeps `rows`, a chunk's freed (their rare fields dropped already), for the next
+    /// chunks when there is room in [`RowChunks::spare`] and they are a whole chunk's;
+    /// else gives them back, to be dropped by the caller (outside the lock).
+    fn recycle(&mut self, rows: Vec<Row>) -> Option<Vec<Row>> {
+        if self.spare.len() < Self::SPARE && rows.len() == Self::CHUNK {
+            self.spare.push(rows);
+            return None;
+        }
+        Some(rows)
     }
 }
 
@@ -493,12 +544,17 @@ pub(crate) struct RunJournal {
     /// read together when the journal was made: an end given as a monotonic time (see
     /// [`Ended::at`]) is turned into wall-clock time without another clock read.
     clock0: (u64, u64),
+    /// Its rows are still to be made (see [`RunJournal::awaiting_rows`]).
+    awaiting: std::sync::atomic::AtomicBool,
 }
 
 impl RunJournal {
     /// The journal of a run whose tasks are all still to run: one row per node, each
     /// `scheduled`, from the node's id (`ids`, by node index: shared with the executor,
-    /// see [`node_ids`](Self::node_ids)), task name and whether it is optional.
+    /// see [`node_ids`](Self::node_ids)), task name and whether it is optional (a run's
+    /// journal has its rows from the executor instead, see
+    /// [`awaiting_rows`](Self::awaiting_rows)).
+    #[cfg(test)]
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         run_id: Arc<str>,
@@ -510,49 +566,29 @@ impl RunJournal {
         writer: WriterHandle,
         window: Duration,
     ) -> Arc<Self> {
-        let n = nodes.len();
-        let mut names: Vec<SmolStr> = Vec::new();
-        let mut index: rustc_hash::FxHashMap<&'static str, u32> = rustc_hash::FxHashMap::default();
-        let mut last: Option<(&'static str, u32)> = None;
-        let mut meta: Vec<u32> = Vec::with_capacity(n);
+        let mut meta = RowMeta::with_capacity(nodes.len());
         for node in nodes {
-            // Neighbouring nodes mostly run the same task: the last name is tried first
-            // (the same static string), then the index of names (a graph of many task
-            // types stays linear).
-            let task = match last {
-                Some((name, k)) if std::ptr::eq(name, node.task) => k,
-                _ => {
-                    // Below the optional bit: a graph has far fewer than 2^31 task types.
-                    let next =
-                        u32::try_from(names.len()).unwrap_or(u32::MAX) & !RowChunks::OPTIONAL;
-                    let k = *index.entry(node.task).or_insert(next);
-                    if k == next {
-                        names.push(SmolStr::new_static(node.task));
-                    }
-                    last = Some((node.task, k));
-                    k
-                }
-            };
-            meta.push(if node.optional {
-                task | RowChunks::OPTIONAL
-            } else {
-                task
-            });
+            meta.push(node.task, node.optional);
         }
-        let n = meta.len();
-        // The ids of the same nodes, or none (a journal without node ids names its rows'
-        // nodes by empty strings rather than fail).
-        let nodes = if ids.len() == n {
-            ids
-        } else {
-            tracing::error!(
-                ids = ids.len(),
-                nodes = n,
-                "a run's node ids do not match its nodes"
-            );
-            Arc::new(vec![SmolStr::default(); n])
-        };
-        let items = RowChunks::new(meta.into());
+        let j = Self::awaiting_rows(run_id, root, token, lease, ids, writer, window);
+        j.set_rows(meta);
+        j
+    }
+
+    /// A journal as [`new`](Self::new) makes it, but whose rows' task names and
+    /// optional flags (a [`RowMeta`]) come later, by [`set_rows`](Self::set_rows) (from
+    /// the executor's own walk of the graph's nodes, not a walk of its own): until then it
+    /// has no rows (changes are ignored). One row per node id of `ids`.
+    pub(crate) fn awaiting_rows(
+        run_id: Arc<str>,
+        root: Arc<str>,
+        token: u64,
+        lease: u64,
+        ids: IdList,
+        writer: WriterHandle,
+        window: Duration,
+    ) -> Arc<Self> {
+        let n = ids.len();
         // Nothing is done yet: every share is 0.
         let shares = 0.0;
         let j = Arc::new(RunJournal {
@@ -561,9 +597,9 @@ impl RunJournal {
             token,
             woken: std::sync::atomic::AtomicBool::new(false),
             rows: Mutex::new(Rows {
-                items,
-                nodes,
-                names,
+                items: RowChunks::new(Box::default()),
+                nodes: ids,
+                names: Vec::new(),
                 lease,
                 len: n,
                 // Room for the rows a busy cycle marks (16 KiB at most): the workers do
@@ -581,9 +617,43 @@ impl RunJournal {
             staged: Mutex::default(),
             writer,
             clock0: (now_ms(), mono_ns()),
+            awaiting: std::sync::atomic::AtomicBool::new(true),
         });
         j.writer.register(&j);
         j
+    }
+
+    /// Whether the rows' task names and optional flags are still to come (see
+    /// [`awaiting_rows`](Self::awaiting_rows)).
+    pub(crate) fn awaits_rows(&self) -> bool {
+        self.awaiting.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Makes the rows, one per node, `scheduled`, from their task names and optional
+    /// flags `meta` (see [`awaiting_rows`](Self::awaiting_rows)); once: later calls change
+    /// nothing. Nodes that do not match the ids (a bug) are named by empty strings
+    /// rather than fail, and the error is logged.
+    pub(crate) fn set_rows(&self, meta: RowMeta) {
+        if !self
+            .awaiting
+            .swap(false, std::sync::atomic::Ordering::AcqRel)
+        {
+            return;
+        }
+        let mut g = self.lock();
+        let RowMeta { names, meta, .. } = meta;
+        let n = meta.len();
+        if n != g.nodes.len() {
+            tracing::error!(
+                ids = g.nodes.len(),
+                nodes = n,
+                "a run's node ids do not match its nodes"
+            );
+            g.nodes = Arc::new(vec![SmolStr::default(); n]);
+            g.len = n;
+        }
+        g.items = RowChunks::new(meta.into());
+        g.names = names;
     }
 
     /// The wall-clock time (ms since the Unix epoch) of `at` (a [`mono_ns`] reading),
@@ -846,9 +916,10 @@ impl RunJournal {
             return;
         }
         // Written already: what changed is the run's progress only, and the row is settled.
-        let freed = g.items.settle(node as usize);
-        if let Some(rows) = &freed {
-            g.freed(node as usize / RowChunks::CHUNK, rows);
+        let mut freed = g.items.settle(node as usize);
+        if let Some(rows) = freed.take() {
+            g.freed(node as usize / RowChunks::CHUNK, &rows);
+            freed = g.items.recycle(rows);
         }
         drop(g);
         drop(freed);
@@ -984,14 +1055,15 @@ impl RunJournal {
 
     /// Writes every dirty row with `put` (given the run's lists, the row's node and the
     /// row), in node order, clears the marks and gathers the state events (in node order
-    /// too: those of one take are published together, after its flush); returns the chunks freed
-    /// (each of their rows written in an end state, see [`RowChunks::settle`]), to be
-    /// dropped after the lock.
+    /// too: those of one take are published together, after its flush); returns the rows
+    /// of chunks freed (each of their rows written in an end state, see
+    /// [`RowChunks::settle`]) that are not kept for the next chunks (see
+    /// [`RowChunks::spare`]), to be dropped after the lock.
     fn drain(
         g: &mut Rows,
         mut events: Option<&mut Vec<(SmolStr, State)>>,
         mut put: impl FnMut(&RowParts<'_>, u32, &Row),
-    ) -> Vec<(usize, Vec<Row>)> {
+    ) -> Vec<Vec<Row>> {
         // The list is given back, emptied, once read: it keeps its room from one cycle to
         // the next instead of growing again from nothing (each growth a copy, and a large
         // one a consolidation of the allocator's free lists) while the workers mark rows.
@@ -1042,13 +1114,16 @@ impl RunJournal {
                 }
             }
         }
-        // Their rows' rare fields go with them (no row of theirs is read again).
-        for (c, chunk) in &freed {
-            g.freed(*c, chunk);
+        // Their rows' rare fields go with them (no row of theirs is read again), and
+        // their room to the next chunks (what is not kept is dropped after the lock).
+        let mut dropped = Vec::new();
+        for (c, chunk) in freed {
+            g.freed(c, &chunk);
+            dropped.extend(g.items.recycle(chunk));
         }
         list.clear();
         g.dirty_list = list;
-        freed
+        dropped
     }
 
     /// Waits until everything recorded so far is durable.
@@ -1064,7 +1139,62 @@ impl Drop for RunJournal {
     }
 }
 
+/// The task names and optional flags of a run's nodes, in node order, as its journal's
+/// rows begin (see [`RunJournal::set_rows`]): one name per task type, not per node.
+pub(crate) struct RowMeta {
+    /// The distinct task names.
+    names: Vec<SmolStr>,
+    /// Their indexes, by the names' static text.
+    index: rustc_hash::FxHashMap<&'static str, u32>,
+    /// The last name pushed, and its index.
+    last: Option<(&'static str, u32)>,
+    /// Per node: the index of its task's name, with [`RowChunks::OPTIONAL`] set when it
+    /// is optional.
+    meta: Vec<u32>,
+}
+
+impl RowMeta {
+    /// Room for `n` nodes.
+    pub(crate) fn with_capacity(n: usize) -> Self {
+        RowMeta {
+            names: Vec::new(),
+            index: rustc_hash::FxHashMap::default(),
+            last: None,
+            meta: Vec::with_capacity(n),
+        }
+    }
+
+    /// The next node runs task `task`, optional or not.
+    #[inline]
+    pub(crate) fn push(&mut self, task: &'static str, optional: bool) {
+        // Neighbouring nodes mostly run the same task: the last name is tried first
+        // (the same static string), then the index of names (a graph of many task
+        // types stays linear).
+        let k = match self.last {
+            Some((name, k)) if std::ptr::eq(name, task) => k,
+            _ => self.name(task),
+        };
+        self.meta
+            .push(if optional { k | RowChunks::OPTIONAL } else { k });
+    }
+
+    /// The index of name `task`, added when new (out of line: once per change of task
+    /// type between neighbours).
+    #[inline(never)]
+    fn name(&mut self, task: &'static str) -> u32 {
+        // Below the optional bit: a graph has far fewer than 2^31 task types.
+        let next = u32::try_from(self.names.len()).unwrap_or(u32::MAX) & !RowChunks::OPTIONAL;
+        let k = *self.index.entry(task).or_insert(next);
+        if k == next {
+            self.names.push(SmolStr::new_static(task));
+        }
+        self.last = Some((task, k));
+        k
+    }
+}
+
 /// A node of a run about to start, as its journal row begins (see [`RunJournal::new`]).
+#[cfg(test)]
 pub(crate) struct NewRow {
     /// The task's name.
     pub(crate) task: &'static str,
@@ -1388,6 +1518,71 @@ mod tests {
         #[allow(clippy::cast_precision_loss)]
         let want = 100.0 * (RowChunks::CHUNK * 2) as f64 / n as f64;
         assert!((j.rollup().percent.unwrap() - want).abs() < 1e-9);
+        writer.close().await.expect("close");
+    }
+
+    // A freed chunk's room is kept for the next chunk (see `RowChunks::spare`), whose rows
+    // are made over the old ones as new: each with its own task name, optional flag and
+    // state, and none of the old rows' results (long ones too), times or rare fields.
+    #[tokio::test]
+    async fn a_freed_chunks_room_makes_the_next_chunk_anew() {
+        let n = RowChunks::CHUNK * 3;
+        let task = |i: usize| if i.is_multiple_of(3) { "save" } else { "load" };
+        let (store, writer, j) = journal((0..n).map(|i| TestRow {
+            task: task(i),
+            id: format!("n{i}").into(),
+            optional: i.is_multiple_of(5),
+        }));
+        let long = |i: u32| format!("a result too long to be inline, of node {i}");
+        let chunk = u32::try_from(RowChunks::CHUNK).unwrap();
+        for i in 0..chunk {
+            if i == 7 {
+                j.log(i, Level::Warning, "old");
+            }
+            j.ended(
+                i,
+                done(Duration::from_millis(1), None),
+                Some(long(i).into()),
+            );
+        }
+        j.sync().await.expect("sync");
+        {
+            let g = j.lock();
+            assert!(g.items.chunks[0].rows.is_none(), "chunk 0 ended");
+            assert_eq!(g.items.spare.len(), 1, "its room is kept");
+        }
+        // Chunk 2's rows: one running, the rest untouched until they end (no result).
+        j.started(2 * chunk + 7, 1, Duration::ZERO);
+        assert!(j.lock().items.spare.is_empty(), "chunk 2 took the room");
+        j.sync().await.expect("sync");
+        let row = &store.tasks("run").unwrap()[chunk as usize];
+        assert_eq!(row.0, 2 * chunk + 7);
+        let row = &row.1;
+        assert_eq!(row.state, State::Running);
+        assert_eq!(&*row.task, task(2 * RowChunks::CHUNK + 7));
+        assert!(row.result.is_none() && row.log.is_empty() && row.ended_at.is_none());
+        for i in 2 * chunk..3 * chunk {
+            j.ended(i, done(Duration::from_millis(1), None), None);
+        }
+        j.sync().await.expect("sync");
+        let rows: HashMap<u32, TaskRow> = store.tasks("run").unwrap().into_iter().collect();
+        assert_eq!(rows.len(), RowChunks::CHUNK * 2);
+        for i in (0..chunk).chain(2 * chunk..3 * chunk) {
+            let (row, k) = (&rows[&i], i as usize);
+            assert_eq!(row.state, State::Done, "row {i}");
+            assert_eq!(&*row.task, task(k), "row {i}");
+            assert_eq!(row.optional, k.is_multiple_of(5), "row {i}");
+            assert_eq!(&*row.node, format!("n{i}"));
+            let want = (i < chunk).then(|| long(i));
+            assert_eq!(row.result.as_deref(), want.as_deref(), "row {i}");
+            assert_eq!(row.log.len(), usize::from(i == 7), "row {i}");
+        }
+        {
+            let g = j.lock();
+            assert!(g.items.chunks[2].rows.is_none(), "chunk 2 ended");
+            assert_eq!(g.items.spare.len(), 1, "its room is kept in turn");
+            assert!(g.rare.is_empty());
+        }
         writer.close().await.expect("close");
     }
 

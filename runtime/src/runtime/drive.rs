@@ -8,7 +8,7 @@ use tokio_util::sync::CancellationToken;
 use crate::exec::{execute, run_span, Remains, Resume, RunConfig};
 use crate::graph::Graph;
 use crate::hooks::Hooks;
-use crate::journal::{NewRow, RunJournal};
+use crate::journal::RunJournal;
 use crate::record::{ProcessRecord, State};
 use crate::report::{RunReport, RunStatus, TaskReport};
 use crate::store::{Batch, StoreError, Update};
@@ -110,17 +110,15 @@ pub(super) async fn drive(inner: Arc<Inner>, run: Run) -> (Option<RunReport>, Re
         cancel.cancel();
     }
     let journal = if running && inner.task_records {
-        Some(RunJournal::new(
+        // Its rows' task names and optional flags come from the executor's walk of the
+        // graph's nodes (see `RunJournal::awaiting_rows`), not from a walk of its own.
+        Some(RunJournal::awaiting_rows(
             Arc::from(id.as_str()),
             Arc::from(rec.root.as_str()),
             token,
             lease,
             // The graph's one copy of the node ids, shared with the executor.
             graph.ids.clone(),
-            graph.nodes.iter().map(|n| NewRow {
-                task: n.meta.name,
-                optional: n.optional,
-            }),
             inner.writer.clone(),
             inner.progress_flush,
         ))
