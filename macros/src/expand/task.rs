@@ -195,6 +195,9 @@ pub(crate) fn task(model: &Task) -> TokenStream {
                 resources: &[ #( #p::ResourceKey::of::<#res_tys>(), )* ],
             };
 
+            // Inlined into the builder (once per task added): the visitor it is given is
+            // then a known closure, called directly, not through its vtable.
+            #[inline]
             fn visit_inputs(&self, __procession_f: &mut dyn FnMut(#p::Read)) {
                 let _ = &__procession_f;
                 #( self.#fields.visit(__procession_f); )*
