@@ -346,6 +346,26 @@ impl RowSink<'_> {
         let task = self.names.get(r.task as usize).copied().unwrap_or(u32::MAX);
         let flags = (r.flags & CompactRow::STORED & !CompactRow::RARE)
             | if rare.is_some() { CompactRow::RARE } else { 0 };
+        // Most rows: written first, into the next slot of a chunk with room (rows mostly
+        // come in order), in one write: no empty slot written first and read back.
+        let (chunk_no, at) = (i / RunRows::CHUNK, i % RunRows::CHUNK);
+        if let Some(Some(chunk)) = rows.chunks.get_mut(chunk_no) {
+            if chunk.len() == at && at < chunk.capacity() {
+                chunk.push(Some(MemRow {
+                    row: CompactRow {
+                        result: r.result.clone(),
+                        task,
+                        flags,
+                        ..*r
+                    },
+                    lease: self.lease,
+                }));
+                if rare.is_some() {
+                    RunRows::keep_rare(&mut rows.rare, i, rare.map(|x| Box::new(x.clone())));
+                }
+                return;
+            }
+        }
         let slot = rows.slot(i, total);
         let had = match slot {
             // Written again: field by field into its slot (no row made aside and moved
