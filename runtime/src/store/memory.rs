@@ -346,20 +346,24 @@ impl RowSink<'_> {
         let task = self.names.get(r.task as usize).copied().unwrap_or(u32::MAX);
         let flags = (r.flags & CompactRow::STORED & !CompactRow::RARE)
             | if rare.is_some() { CompactRow::RARE } else { 0 };
+        let lease = self.lease;
+        // A row written first (most rows, once each): made in one write, not a blank row
+        // written over.
+        let fresh = || MemRow {
+            row: CompactRow {
+                result: r.result.clone(),
+                task,
+                flags,
+                ..*r
+            },
+            lease,
+        };
         // Most rows: written first, into the next slot of a chunk with room (rows mostly
         // come in order), in one write: no empty slot written first and read back.
         let (chunk_no, at) = (i / RunRows::CHUNK, i % RunRows::CHUNK);
         if let Some(Some(chunk)) = rows.chunks.get_mut(chunk_no) {
             if chunk.len() == at && at < chunk.capacity() {
-                chunk.push(Some(MemRow {
-                    row: CompactRow {
-                        result: r.result.clone(),
-                        task,
-                        flags,
-                        ..*r
-                    },
-                    lease: self.lease,
-                }));
+                chunk.push(Some(fresh()));
                 if rare.is_some() {
                     RunRows::keep_rare(&mut rows.rare, i, rare.map(|x| Box::new(x.clone())));
                 }
@@ -375,21 +379,11 @@ impl RowSink<'_> {
                 m.row.copy_from(r);
                 m.row.task = task;
                 m.row.flags = flags;
-                m.lease = self.lease;
+                m.lease = lease;
                 had
             }
-            // Written first (most rows, once each): in one write, not a blank row
-            // written over.
             None => {
-                *slot = Some(MemRow {
-                    row: CompactRow {
-                        result: r.result.clone(),
-                        task,
-                        flags,
-                        ..*r
-                    },
-                    lease: self.lease,
-                });
+                *slot = Some(fresh());
                 false
             }
         };
