@@ -506,17 +506,19 @@ impl RowParts<'_> {
 
 impl Rows {
     /// Chunk `c`'s rows, `rows`, were freed (each ended and was written): their rare
-    /// fields go with them.
-    fn freed(&mut self, c: usize, rows: &[Row]) {
-        if self.rare.is_empty() {
-            return; // no row has any (most runs)
-        }
-        for (k, row) in rows.iter().enumerate() {
-            if row.has(Row::RARE) {
-                let node = u32::try_from(c * RowChunks::CHUNK + k).unwrap_or(u32::MAX);
-                self.rare.remove(&node);
+    /// fields go with them, and their room to the next chunks when it is kept (see
+    /// [`RowChunks::spare`]); returns the rows not kept, to be dropped after the lock.
+    fn freed(&mut self, c: usize, rows: Vec<Row>) -> Option<Vec<Row>> {
+        // No row has any rare field in most runs.
+        if !self.rare.is_empty() {
+            for (k, row) in rows.iter().enumerate() {
+                if row.has(Row::RARE) {
+                    let node = u32::try_from(c * RowChunks::CHUNK + k).unwrap_or(u32::MAX);
+                    self.rare.remove(&node);
+                }
             }
         }
+        self.items.recycle(rows)
     }
 }
 
@@ -916,11 +918,10 @@ impl RunJournal {
             return;
         }
         // Written already: what changed is the run's progress only, and the row is settled.
-        let mut freed = g.items.settle(node as usize);
-        if let Some(rows) = freed.take() {
-            g.freed(node as usize / RowChunks::CHUNK, &rows);
-            freed = g.items.recycle(rows);
-        }
+        let freed = g
+            .items
+            .settle(node as usize)
+            .and_then(|rows| g.freed(node as usize / RowChunks::CHUNK, rows));
         drop(g);
         drop(freed);
     }
@@ -1118,8 +1119,7 @@ impl RunJournal {
         // their room to the next chunks (what is not kept is dropped after the lock).
         let mut dropped = Vec::new();
         for (c, chunk) in freed {
-            g.freed(c, &chunk);
-            dropped.extend(g.items.recycle(chunk));
+            dropped.extend(g.freed(c, chunk));
         }
         list.clear();
         g.dirty_list = list;
