@@ -714,3 +714,155 @@ async fn freed_after_report(extra: u32) -> Option<bool> {
 async fn a_large_run_is_freed_after_its_waiter_has_the_report() {
     assert_eq!(freed_after_report(5_000).await, Some(true));
 }
+
+/// Returns `i`, or fails when `i == bad`.
+#[task]
+fn numbered(i: u32, bad: u32) -> Result<u32, ApplyError> {
+    if i == bad {
+        Err(ApplyError(format!("{i} is the bad one")))
+    } else {
+        Ok(i)
+    }
+}
+
+/// Adds up what it reads.
+#[task]
+fn sum_of(xs: Vec<u32>) -> u64 {
+    xs.iter().map(|&x| u64::from(x)).sum()
+}
+
+/// Numbered tasks in a large graph.
+const LARGE: u32 = 20_000;
+/// Its readers, each of three numbered tasks.
+const READERS: u32 = 2_000;
+
+/// `LARGE` numbered tasks, every 1,000th with a description of its own and every
+/// 1,500th optional (and `bad` too when `bad_optional`), then `READERS` tasks that each
+/// read three of them, spread over the whole list: 22,000 tasks, more than the 16,384
+/// from which the executor prepares a run in two walks side by side and writes its
+/// report's two halves side by side.
+#[process(mode = "concurrent")]
+fn large(p: &mut Builder, bad: u32, bad_optional: bool) {
+    let outs = p.each(0..LARGE, |p, i| {
+        let mut t = procession::TaskSpec::new(Numbered::new(i, bad));
+        if i % 1000 == 7 {
+            t = t.description(format!("own {i}"));
+        }
+        if i % 1500 == 3 || (i == bad && bad_optional) {
+            t = t.optional();
+        }
+        p.task(t)
+    });
+    p.each(0..READERS, |p, j| {
+        let j = j as usize;
+        p.task(SumOf::new([outs[j], outs[j + 9_000], outs[19_999 - j]]))
+    });
+}
+
+/// What a large run's entry `i` should say, other than its status.
+fn check_large_entry(report: &RunReport, ids: &[&str], i: usize) {
+    let t = &report.tasks[i];
+    assert_eq!(&*t.id, ids[i], "entry {i}");
+    if i < LARGE as usize {
+        let n = i as u32;
+        let description = if n % 1000 == 7 {
+            format!("own {n}")
+        } else {
+            "Returns `i`, or fails when `i == bad`.".to_owned()
+        };
+        assert_eq!(t.description(), description, "entry {i}");
+        assert_eq!(t.optional, n % 1500 == 3, "entry {i}");
+    } else {
+        assert_eq!(t.description(), "Adds up what it reads.", "entry {i}");
+        assert!(!t.optional, "entry {i}");
+    }
+}
+
+// A large run's report (built in two halves side by side) has every entry in node
+// order, with its own id, description, optional flag, status and result, and a failure
+// in either half decides the run's status as in a small run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_runs_report_has_every_entry_whichever_half_fails() {
+    let rt = rt().await;
+    let graph = Graph::of(Large {
+        bad: u32::MAX,
+        bad_optional: false,
+    })
+    .unwrap();
+    let ids = graph.node_ids();
+    let total = (LARGE + READERS) as usize;
+    assert_eq!(ids.len(), total);
+
+    // No failure: every entry, each reader's sum read across both halves.
+    let report = rt
+        .run(Large {
+            bad: u32::MAX,
+            bad_optional: false,
+        })
+        .await
+        .unwrap();
+    assert_eq!(report.status, RunStatus::Succeeded);
+    assert_eq!(report.tasks.len(), total);
+    for i in 0..total {
+        check_large_entry(&report, &ids, i);
+        assert!(report.tasks[i].is_success(), "entry {i}");
+    }
+    for j in 0..READERS {
+        let t = &report.tasks[(LARGE + j) as usize];
+        let want = u64::from(j) + u64::from(j + 9_000) + u64::from(19_999 - j);
+        assert_eq!(t.result_as::<u64>().unwrap(), want, "reader {j}");
+    }
+
+    // A failure in the upper half (of the 22,000: above 11,000) fails the run; the one
+    // reader of it is skipped and listed as its downstream impact.
+    let bad = 19_994;
+    let report = rt
+        .run(Large {
+            bad,
+            bad_optional: false,
+        })
+        .await
+        .unwrap();
+    assert_eq!(report.status, RunStatus::Failed);
+    assert_eq!(report.tasks.len(), total);
+    let reader = (LARGE + 5) as usize;
+    for i in 0..total {
+        check_large_entry(&report, &ids, i);
+        let want = match i {
+            i if i == bad as usize => TaskStatus::Errored,
+            i if i == reader => TaskStatus::Skipped,
+            _ => TaskStatus::Success,
+        };
+        assert_eq!(report.tasks[i].status, want, "entry {i}");
+    }
+    let e = report.tasks[bad as usize].error.as_ref().unwrap();
+    assert_eq!(e.message, "19994 is the bad one");
+    assert_eq!(e.downstream_impact, vec![ids[reader].to_owned()]);
+
+    // The same failure made optional: tolerated, the run succeeds with a warning.
+    let report = rt
+        .run(Large {
+            bad,
+            bad_optional: true,
+        })
+        .await
+        .unwrap();
+    assert_eq!(report.status, RunStatus::Succeeded);
+    assert!(report.tasks[bad as usize].optional);
+    assert_eq!(report.tasks[bad as usize].status, TaskStatus::Errored);
+    assert_eq!(report.ids(report.warnings()), vec![ids[bad as usize]]);
+
+    // A failure in the lower half fails the run too.
+    let report = rt
+        .run(Large {
+            bad: 5,
+            bad_optional: false,
+        })
+        .await
+        .unwrap();
+    assert_eq!(report.status, RunStatus::Failed);
+    assert_eq!(report.tasks[5].status, TaskStatus::Errored);
+    assert_eq!(report.tasks[reader].status, TaskStatus::Skipped);
+    assert_eq!(report.errored().len(), 1);
+    rt.shutdown().await.unwrap();
+}
