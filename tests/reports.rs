@@ -778,6 +778,11 @@ fn check_large_entry(report: &RunReport, ids: &[&str], i: usize) {
     }
 }
 
+/// The report of a run of [`Large`].
+async fn run_large(rt: &Runtime, bad: u32, bad_optional: bool) -> RunReport {
+    rt.run(Large { bad, bad_optional }).await.unwrap()
+}
+
 // A large run's report (built in two halves side by side) has every entry in node
 // order, with its own id, description, optional flag, status and result, and a failure
 // in either half decides the run's status as in a small run.
@@ -794,13 +799,7 @@ async fn a_large_runs_report_has_every_entry_whichever_half_fails() {
     assert_eq!(ids.len(), total);
 
     // No failure: every entry, each reader's sum read across both halves.
-    let report = rt
-        .run(Large {
-            bad: u32::MAX,
-            bad_optional: false,
-        })
-        .await
-        .unwrap();
+    let report = run_large(&rt, u32::MAX, false).await;
     assert_eq!(report.status, RunStatus::Succeeded);
     assert_eq!(report.tasks.len(), total);
     for i in 0..total {
@@ -816,13 +815,7 @@ async fn a_large_runs_report_has_every_entry_whichever_half_fails() {
     // A failure in the upper half (of the 22,000: above 11,000) fails the run; the one
     // reader of it is skipped and listed as its downstream impact.
     let bad = 19_994;
-    let report = rt
-        .run(Large {
-            bad,
-            bad_optional: false,
-        })
-        .await
-        .unwrap();
+    let report = run_large(&rt, bad, false).await;
     assert_eq!(report.status, RunStatus::Failed);
     assert_eq!(report.tasks.len(), total);
     let reader = (LARGE + 5) as usize;
@@ -840,26 +833,14 @@ async fn a_large_runs_report_has_every_entry_whichever_half_fails() {
     assert_eq!(e.downstream_impact, vec![ids[reader].to_owned()]);
 
     // The same failure made optional: tolerated, the run succeeds with a warning.
-    let report = rt
-        .run(Large {
-            bad,
-            bad_optional: true,
-        })
-        .await
-        .unwrap();
+    let report = run_large(&rt, bad, true).await;
     assert_eq!(report.status, RunStatus::Succeeded);
     assert!(report.tasks[bad as usize].optional);
     assert_eq!(report.tasks[bad as usize].status, TaskStatus::Errored);
     assert_eq!(report.ids(report.warnings()), vec![ids[bad as usize]]);
 
     // A failure in the lower half fails the run too.
-    let report = rt
-        .run(Large {
-            bad: 5,
-            bad_optional: false,
-        })
-        .await
-        .unwrap();
+    let report = run_large(&rt, 5, false).await;
     assert_eq!(report.status, RunStatus::Failed);
     assert_eq!(report.tasks[5].status, TaskStatus::Errored);
     assert_eq!(report.tasks[reader].status, TaskStatus::Skipped);

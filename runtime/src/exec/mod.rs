@@ -650,21 +650,14 @@ fn new_shared(
     // scope (layered 100x1k: 4.1 -> 2.8 ms of the run's serial start); a small graph's
     // one after the other here (a thread costs more than the walk).
     let (nodes, far, tasks) = (&graph.nodes, &graph.far[..], &mut graph.tasks);
-    let ((csr, roots), (slots, nodes, row_meta)) = if n >= SIDE_BY_SIDE_FROM {
-        std::thread::scope(|s| {
-            let csr = std::thread::Builder::new()
-                .name("procession-prepare".into())
-                .spawn_scoped(s, || csr_of(nodes, far));
-            let cells = cells_of(nodes, far, tasks, row_meta);
-            let csr = match csr {
-                Ok(h) => h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)),
-                // No thread to be had: the walk is made here.
-                Err(_) => csr_of(nodes, far),
-            };
-            (csr, cells)
-        })
+    let ((slots, nodes, row_meta), (csr, roots)) = if n >= SIDE_BY_SIDE_FROM {
+        side_by_side(
+            || cells_of(nodes, far, tasks, row_meta),
+            "procession-prepare",
+            || csr_of(nodes, far),
+        )
     } else {
-        (csr_of(nodes, far), cells_of(nodes, far, tasks, row_meta))
+        (cells_of(nodes, far, tasks, row_meta), csr_of(nodes, far))
     };
     if let (Some(j), Some(m)) = (&cfg.journal, row_meta) {
         j.set_rows(m);
@@ -718,6 +711,27 @@ fn new_shared(
 /// From this many nodes on, [`new_shared`]'s two walks of the nodes are made side by side,
 /// and the report's two halves (see [`build_report`]).
 pub(super) const SIDE_BY_SIDE_FROM: usize = 16_384;
+
+/// Runs `here` on this thread and `there` on a scoped thread named `name`, side by side,
+/// and returns both results; with no thread to be had, `there` runs here after `here`.
+/// A panic in either goes on to the caller once both ended.
+pub(super) fn side_by_side<A, B: Send>(
+    here: impl FnOnce() -> A,
+    name: &str,
+    mut there: impl FnMut() -> B + Send,
+) -> (A, B) {
+    let (a, b) = std::thread::scope(|s| {
+        let spawned = std::thread::Builder::new()
+            .name(name.to_owned())
+            .spawn_scoped(s, &mut there);
+        let a = here();
+        let b = spawned
+            .ok()
+            .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));
+        (a, b)
+    });
+    (a, b.unwrap_or_else(there))
+}
 
 /// The dependencies' CSR of `nodes` (whose far links are in `far`), and the nodes
 /// without dependencies, in order.

@@ -79,20 +79,11 @@ pub(super) fn build_report(
         let (own_lower, own_upper) = own.split_at_mut(own_mid);
         let (opt_lower, opt_upper) =
             made_optional.split_at(made_optional.partition_point(|&i| (i as usize) < mid));
-        let (low, high) = std::thread::scope(|s| {
-            let high = std::thread::Builder::new()
-                .name("procession-report".into())
-                .spawn_scoped(s, || {
-                    entries.fill(&mut *upper, mid, &mut *own_upper, opt_upper)
-                });
-            let low = entries.fill(lower, 0, own_lower, opt_lower);
-            let high = high
-                .ok()
-                .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));
-            (low, high)
-        });
-        // No thread to be had: the upper half is made here.
-        let high = high.unwrap_or_else(|| entries.fill(upper, mid, own_upper, opt_upper));
+        let (low, high) = super::side_by_side(
+            || entries.fill(lower, 0, own_lower, opt_lower),
+            "procession-report",
+            || entries.fill(&mut *upper, mid, &mut *own_upper, opt_upper),
+        );
         (low.0 || high.0, low.1 && high.1)
     } else {
         entries.fill(room, 0, &mut own, made_optional)
