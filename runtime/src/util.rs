@@ -49,6 +49,26 @@ pub(crate) fn mono_ns() -> u64 {
     }
 }
 
+/// Asks the CPU to bring the cache line holding the start of `value` in, without
+/// waiting for it: a hint, which changes nothing the program sees (a no-op on other
+/// targets than x86-64).
+#[inline(always)]
+#[allow(clippy::inline_always)] // one instruction: a call would cost more than it
+pub(crate) fn prefetch<T: ?Sized>(value: &T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: `prefetcht0` only loads a line into the cache: it cannot fault (even for
+    // an address that is not mapped, and this one is a live reference's), and writes
+    // nothing. `sse`, which the intrinsic requires, is part of the x86-64 baseline.
+    #[allow(unsafe_code)]
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+            std::ptr::from_ref(value).cast::<i8>(),
+        );
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = value;
+}
+
 /// The time since `t0`, a [`mono_ns`] reading (zero if the clock reads earlier).
 #[inline]
 pub(crate) fn mono_since(t0: u64) -> Duration {

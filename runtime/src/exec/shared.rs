@@ -289,6 +289,35 @@ impl Shared {
         self.prior_attempts.get(i as usize).copied().unwrap_or(0)
     }
 
+    /// Asks for the cache lines running node `i` (whose task is `task`) will touch, all
+    /// at once, before the run touches them one by one: its task, its result slot, the
+    /// slots of its first dependencies (its inputs) and the cells of its first dependents
+    /// (counted down once it succeeded). In a large run they were written at its start
+    /// and have left the cache since, and each miss would stall the worker in turn (a
+    /// count-down is a locked read-modify-write, which waits for every miss before it);
+    /// asked for together, the misses overlap. Up to [`PREFETCH_LINKS`] of each list: a
+    /// node with many more reads or starts them in a loop the CPU prefetches for itself.
+    /// Measured (in memory, 2 workers, medians of 9 runs): layered 100x1k 63-70 -> 55-59
+    /// ms; the other graphs (a chain, a fan, wide ones) the same within their noise.
+    #[inline]
+    pub(super) fn prefetch_run(&self, i: u32, task: &TaskBox) {
+        use crate::util::prefetch;
+        prefetch(&**task);
+        if let Some(slot) = self.slots.get(i as usize) {
+            prefetch(slot);
+        }
+        for &d in self.deps(i).iter().take(PREFETCH_LINKS) {
+            if let Some(slot) = self.slots.get(d as usize) {
+                prefetch(slot);
+            }
+        }
+        for &d in self.dependents(i).iter().take(PREFETCH_LINKS) {
+            if let Some(cell) = self.nodes.get(d as usize) {
+                prefetch(cell);
+            }
+        }
+    }
+
     pub(super) fn dependents(&self, i: u32) -> &[u32] {
         &self.targets[self.offsets[i as usize] as usize..self.offsets[i as usize + 1] as usize]
     }
@@ -497,6 +526,10 @@ impl Shared {
         next
     }
 }
+
+/// How many of a node's dependencies and of its dependents [`Shared::prefetch_run`] asks
+/// for (the layered benchmark's nodes have three of each).
+const PREFETCH_LINKS: usize = 8;
 
 pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)

@@ -143,6 +143,7 @@ pub(super) async fn run_one(
         Some(sem) => (sem.clone().acquire_owned().await.ok(), None),
         None => (None, at),
     };
+    shared.prefetch_run(i, &task);
     let first = shared.prior_attempts(i);
     let meta = shared.nodes[i as usize].meta;
     // The node's time is measured on the integer clock: its end is one read, which
