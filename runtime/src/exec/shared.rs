@@ -297,8 +297,8 @@ impl Shared {
     /// count-down is a locked read-modify-write, which waits for every miss before it);
     /// asked for together, the misses overlap. Up to [`PREFETCH_LINKS`] of each list: a
     /// node with many more reads or starts them in a loop the CPU prefetches for itself.
-    /// Measured (in memory, 2 workers, medians of 9 runs): layered 100x1k 63-70 -> 55-59
-    /// ms; the other graphs (a chain, a fan, wide ones) the same within their noise.
+    /// Measured (in memory, 2 workers, medians of 9 runs): layered 100x1k 63-65 ->
+    /// 53.5-57 ms; the other graphs (a chain, a fan, wide ones) the same within their noise.
     #[inline]
     pub(super) fn prefetch_run(&self, i: u32, task: &TaskBox) {
         use crate::util::prefetch;
