@@ -310,9 +310,14 @@ fn invocations(p: &mut Builder) {
 // TT-3: a task without parameters runs with no context injected.
 // TT-4: a task with several parameters of different types gets each of them.
 // TT-5: a task declaring `ctx: &Ctx` gets the context of its run: its name, node id, the
-// run's id, the attempt number and a stable idempotency key.
+// run's id, the attempt number and a stable idempotency key. (`#[task]` tells the runtime
+// which functions take a context: the others get an inert one they never see, made
+// without the run's shared state.)
 #[tokio::test]
 async fn tt_3_4_5_tasks_are_invoked_with_or_without_context() {
+    assert!(!<NoArgs as procession::Task>::TAKES_CTX);
+    assert!(!<ManyArgs as procession::Task>::TAKES_CTX);
+    assert!(<WithCtx as procession::Task>::TAKES_CTX);
     let run = rt()
         .await
         .launch(Launch::new(Invocations {}).id("tt5-run"))

@@ -194,6 +194,7 @@ pub(crate) fn task(model: &Task) -> TokenStream {
                 policy: #policy,
                 resources: &[ #( #p::ResourceKey::of::<#res_tys>(), )* ],
             };
+            const TAKES_CTX: bool = #takes_ctx;
 
             // Inlined into the builder (once per task added): the visitor it is given is
             // then a known closure, called directly, not through its vtable.

@@ -18,7 +18,7 @@ use crate::graph::arena::TaskBox;
 use crate::hooks::{Attempt, AttemptOutcome, TaskInfo};
 use crate::journal::RunJournal;
 use crate::task::arg::Inputs;
-use crate::task::ctx::{Ctx, Reporter};
+use crate::task::ctx::{Ctx, CtxSeed, Reporter};
 use crate::task::erased::ErasedTask;
 use crate::task::TaskMeta;
 use crate::util::{mono_ns, mono_since};
@@ -366,7 +366,7 @@ fn first_try(
         graph: shared.tag,
         remap: shared.remap.as_deref(),
     };
-    let ctx = Ctx::new(shared.scope.clone(), i, meta.name, attempt);
+    let ctx = CtxSeed::new(&shared.scope, i, meta.name, attempt);
     let slot = &shared.slots[i as usize];
     // Made once the inputs are resolved, as the attempt starts (its timeout with it).
     let mut span = None;
@@ -519,7 +519,8 @@ async fn attempts_from(
                         }
                     }
                 } else {
-                    let ctx = Ctx::new(shared.scope.clone(), i, meta.name, attempt);
+                    let ctx =
+                        CtxSeed::new(&shared.scope, i, meta.name, attempt).make(task.takes_ctx());
                     run_attempt(shared, i, meta, attempt, &mut *task, ctx, node_started)
                         .instrument(span.clone())
                         .await
@@ -593,7 +594,7 @@ fn first_poll(
     node_started: u64,
     cx: &mut std::task::Context<'_>,
 ) -> Poll<Result<Option<SmolStr>, BoxError>> {
-    let ctx = Ctx::new(shared.scope.clone(), i, meta.name, attempt);
+    let ctx = CtxSeed::new(&shared.scope, i, meta.name, attempt);
     let slot = &shared.slots[i as usize];
     let polled = {
         let _in = span.enter();

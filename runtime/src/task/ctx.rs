@@ -84,6 +84,83 @@ impl CancelFlag {
     }
 }
 
+/// What the context of one attempt is made of, lent by the executor to the task, which
+/// makes its [`Ctx`] as the attempt starts ([`make`](CtxSeed::make)): with the run's
+/// shared state when the task takes a context, without it (no reference count touched)
+/// when it does not (see [`Task::TAKES_CTX`](crate::Task::TAKES_CTX)).
+#[derive(Clone, Copy)]
+pub(crate) struct CtxSeed<'a> {
+    scope: &'a Arc<RunScope>,
+    node: u32,
+    task: &'static str,
+    attempt: u32,
+}
+
+impl<'a> CtxSeed<'a> {
+    pub(crate) fn new(
+        scope: &'a Arc<RunScope>,
+        node: u32,
+        task: &'static str,
+        attempt: u32,
+    ) -> Self {
+        CtxSeed {
+            scope,
+            node,
+            task,
+            attempt,
+        }
+    }
+
+    /// The attempt's context: with the run's shared state when `takes` (the task uses
+    /// its context), else an inert one made without touching it.
+    #[inline]
+    pub(crate) fn make(self, takes: bool) -> Ctx {
+        Ctx {
+            scope: takes.then(|| Arc::clone(self.scope)),
+            node: self.node,
+            task: self.task,
+            attempt: self.attempt,
+        }
+    }
+}
+
+/// The state of a detached context (see [`Ctx::detached`]): its own, named `detached`,
+/// node ids all `task`.
+pub(crate) fn detached_scope(task: &'static str) -> Arc<RunScope> {
+    let name = SmolStr::new_static(task);
+    let cancel = CancellationToken::new();
+    Arc::new(RunScope {
+        process_id: Arc::from("detached"),
+        node_ids: Arc::new(move |_| name.clone()),
+        cancelled: CancelFlag::watch(&cancel),
+        cancel,
+        reporter: Arc::new(TracingReporter),
+        runtime: None,
+        resources: Arc::default(),
+        child_seq: std::sync::Mutex::default(),
+    })
+}
+
+/// The state an inert context reads (see [`CtxSeed::make`]): no run id, node ids
+/// empty, progress and log entries to nowhere, never cancelled (a cancel through it
+/// cancels only it and other inert contexts, which no task reads).
+fn inert() -> &'static RunScope {
+    static INERT: std::sync::LazyLock<RunScope> = std::sync::LazyLock::new(|| {
+        let cancel = CancellationToken::new();
+        RunScope {
+            process_id: Arc::from(""),
+            node_ids: Arc::new(|_| SmolStr::default()),
+            cancelled: CancelFlag::watch(&cancel),
+            cancel,
+            reporter: Arc::new(TracingReporter),
+            runtime: None,
+            resources: Arc::default(),
+            child_seq: std::sync::Mutex::default(),
+        }
+    });
+    &INERT
+}
+
 /// Reporter of detached contexts: writes to `tracing` only.
 struct TracingReporter;
 
@@ -158,7 +235,9 @@ pub(crate) struct RunScope {
 /// ```
 #[derive(Clone)]
 pub struct Ctx {
-    scope: Arc<RunScope>,
+    /// The run's shared state; `None` for a task that takes no context (see
+    /// [`Task::TAKES_CTX`](crate::Task::TAKES_CTX)), which then reads [`inert`].
+    scope: Option<Arc<RunScope>>,
     node: u32,
     task: &'static str,
     attempt: u32,
@@ -167,7 +246,7 @@ pub struct Ctx {
 impl fmt::Debug for Ctx {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Ctx")
-            .field("process_id", &&*self.scope.process_id)
+            .field("process_id", &&*self.scope().process_id)
             .field("task", &self.task)
             .field("node", &self.node_id())
             .field("attempt", &self.attempt)
@@ -176,31 +255,20 @@ impl fmt::Debug for Ctx {
 }
 
 impl Ctx {
-    pub(crate) fn new(scope: Arc<RunScope>, node: u32, task: &'static str, attempt: u32) -> Self {
-        Ctx {
-            scope,
-            node,
-            task,
-            attempt,
+    /// The run's shared state ([`inert`] for a context made without it).
+    #[inline]
+    fn scope(&self) -> &RunScope {
+        match &self.scope {
+            Some(scope) => scope,
+            None => inert(),
         }
     }
 
     /// A context that belongs to no run: for calling task functions directly (unit tests,
     /// scripts). Progress and log entries go to `tracing`; [`Ctx::cancel`] cancels it.
     pub fn detached(task: &'static str) -> Self {
-        let name = SmolStr::new_static(task);
-        let cancel = CancellationToken::new();
         Ctx {
-            scope: Arc::new(RunScope {
-                process_id: Arc::from("detached"),
-                node_ids: Arc::new(move |_| name.clone()),
-                cancelled: CancelFlag::watch(&cancel),
-                cancel,
-                reporter: Arc::new(TracingReporter),
-                runtime: None,
-                resources: Arc::default(),
-                child_seq: std::sync::Mutex::default(),
-            }),
+            scope: Some(detached_scope(task)),
             node: 0,
             task,
             attempt: 1,
@@ -209,7 +277,7 @@ impl Ctx {
 
     /// The id of the process run this task belongs to.
     pub fn process_id(&self) -> &str {
-        &self.scope.process_id
+        &self.scope().process_id
     }
 
     /// The task's name (`#[task(name = …)]`, or the function's name).
@@ -222,7 +290,7 @@ impl Ctx {
     ///
     /// A [`SmolStr`]: a short id (up to 23 bytes) is a copy, a longer one shared.
     pub fn node_id(&self) -> SmolStr {
-        (self.scope.node_ids)(self.node)
+        (self.scope().node_ids)(self.node)
     }
 
     /// The attempt number, from 1. A task re-run after a crash continues the count.
@@ -241,7 +309,7 @@ impl Ctx {
     /// assert_eq!(ctx.idempotency_key(), "detached/send_mail");
     /// ```
     pub fn idempotency_key(&self) -> String {
-        format!("{}/{}", self.scope.process_id, self.node_id())
+        format!("{}/{}", self.scope().process_id, self.node_id())
     }
 
     /// Reports progress: a percentage and a message.
@@ -272,7 +340,7 @@ impl Ctx {
         let percent = clamp_percent(percent);
         let message = message.as_ref();
         tracing::debug!(task = self.task, node = %self.node_id(), ?percent, message, "progress");
-        self.scope.reporter.progress(self.node, percent, message);
+        self.scope().reporter.progress(self.node, percent, message);
     }
 
     /// Writes an entry to the task's log (and to `tracing`).
@@ -284,17 +352,17 @@ impl Ctx {
             Level::Warning => tracing::warn!(task = self.task, message),
             Level::Error => tracing::error!(task = self.task, message),
         }
-        self.scope.reporter.log(self.node, level, message);
+        self.scope().reporter.log(self.node, level, message);
     }
 
     /// False once the run was asked to stop: check it in loops and return early.
     pub fn should_continue(&self) -> bool {
-        !self.scope.cancelled.is_set()
+        !self.scope().cancelled.is_set()
     }
 
     /// True once the run was asked to stop.
     pub fn is_cancelled(&self) -> bool {
-        self.scope.cancelled.is_set()
+        self.scope().cancelled.is_set()
     }
 
     /// `Err(Cancelled)` once the run was asked to stop: `ctx.check_cancelled()?` leaves
@@ -337,7 +405,7 @@ impl Ctx {
     /// # }
     /// ```
     pub fn check_cancelled(&self) -> Result<(), Cancelled> {
-        if self.scope.cancelled.is_set() {
+        if self.scope().cancelled.is_set() {
             Err(Cancelled {
                 task: self.task.to_owned(),
             })
@@ -376,7 +444,7 @@ impl Ctx {
     /// # Ok(()) }
     /// ```
     pub fn resource<T: Resource>(&self) -> Result<Res<T>, MissingResource> {
-        self.scope
+        self.scope()
             .resources
             .get::<T>()
             .ok_or_else(|| MissingResource {
@@ -387,35 +455,39 @@ impl Ctx {
 
     /// Completes when the run is asked to stop; use it in `tokio::select!`.
     pub async fn cancelled(&self) {
-        self.scope.cancel.cancelled().await;
+        self.scope().cancel.cancelled().await;
     }
 
     /// Requests cancellation of this context's run (for detached contexts: of this context).
     pub fn cancel(&self) {
-        self.scope.cancel.cancel();
+        self.scope().cancel.cancel();
     }
 
     pub(crate) fn cancel_token(&self) -> CancellationToken {
-        self.scope.cancel.clone()
+        self.scope().cancel.clone()
     }
 
     pub(crate) fn runtime_handle(&self) -> Option<&RuntimeHandle> {
-        self.scope.runtime.as_ref()
+        self.scope().runtime.as_ref()
     }
 
     /// `<run>/<node>/<process>`, then `#1`, `#2`… for further children of that process
     /// started by this attempt: the same on every attempt, so a rerun finds its children.
     pub(crate) fn default_child_id(&self, process: &'static str) -> String {
         let mut g = self
-            .scope
+            .scope()
             .child_seq
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let k = g.entry((self.node, self.attempt, process)).or_insert(0);
         let id = if *k == 0 {
-            format!("{}/{}/{process}", self.scope.process_id, self.node_id())
+            format!("{}/{}/{process}", self.scope().process_id, self.node_id())
         } else {
-            format!("{}/{}/{process}#{k}", self.scope.process_id, self.node_id())
+            format!(
+                "{}/{}/{process}#{k}",
+                self.scope().process_id,
+                self.node_id()
+            )
         };
         *k += 1;
         compact_child_id(id)

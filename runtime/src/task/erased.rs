@@ -9,7 +9,7 @@ use smol_str::SmolStr;
 
 use crate::error::{BoxError, InputError, OutputNotSerializable};
 use crate::task::arg::{Inputs, Slot, Typed};
-use crate::task::ctx::Ctx;
+use crate::task::ctx::{Ctx, CtxSeed};
 use crate::task::Task;
 
 /// What a successful attempt leaves its caller, its result being in the node's [`Slot`]
@@ -51,15 +51,21 @@ pub(crate) trait ErasedTask: Send {
         cx: &mut Context<'_>,
         slot: &Slot,
     ) -> Poll<Result<Finished, BoxError>>;
+    /// Whether the task uses the context its attempts are given (see
+    /// [`Task::TAKES_CTX`](crate::Task::TAKES_CTX)).
+    fn takes_ctx(&self) -> bool {
+        true
+    }
     /// [`attempt`](Self::attempt) then [`poll_attempt`](Self::poll_attempt), in one call:
-    /// how an attempt starts when nothing wraps it (most end in that first poll).
+    /// how an attempt starts when nothing wraps it (most end in that first poll). The
+    /// attempt's context is made from `ctx` (see [`CtxSeed::make`]).
     fn start(
         &mut self,
-        ctx: Ctx,
+        ctx: CtxSeed<'_>,
         cx: &mut Context<'_>,
         slot: &Slot,
     ) -> Poll<Result<Finished, BoxError>> {
-        if let Err(e) = self.attempt(ctx) {
+        if let Err(e) = self.attempt(ctx.make(self.takes_ctx())) {
             return Poll::Ready(Err(e));
         }
         self.poll_attempt(cx, slot)
@@ -75,7 +81,7 @@ pub(crate) trait ErasedTask: Send {
         &mut self,
         inputs: &Inputs<'_>,
         keep: bool,
-        ctx: Ctx,
+        ctx: CtxSeed<'_>,
         cx: &mut Context<'_>,
         slot: &Slot,
         span: &mut Option<tracing::Span>,
@@ -234,7 +240,7 @@ where
         &mut self,
         inputs: &Inputs<'_>,
         keep: bool,
-        ctx: Ctx,
+        ctx: CtxSeed<'_>,
         cx: &mut Context<'_>,
         slot: &Slot,
         span: &mut Option<tracing::Span>,
@@ -254,8 +260,13 @@ where
             self.encoded = serde_json::to_vec(&args).ok();
         }
         let _in = span.insert(begin()).enter();
-        self.state = State::Running((self.call)(args, ctx));
+        self.state = State::Running((self.call)(args, ctx.make(T::TAKES_CTX)));
         Ok(self.poll_attempt(cx, slot))
+    }
+
+    #[inline]
+    fn takes_ctx(&self) -> bool {
+        T::TAKES_CTX
     }
 
     #[inline]
@@ -461,7 +472,7 @@ mod attempt_tests {
     use super::{erase, inline, ErasedTask};
     use crate::error::{BoxError, InputError};
     use crate::task::arg::{Inputs, Read, Slot};
-    use crate::task::ctx::Ctx;
+    use crate::task::ctx::{detached_scope, Ctx, CtxSeed, RunScope};
     use crate::task::{Policy, Task, TaskMeta};
 
     /// Counts its drops.
@@ -592,6 +603,85 @@ mod attempt_tests {
         Ctx::detached("flaky")
     }
 
+    /// What an attempt's context is made of, from a detached run's state.
+    fn seed() -> CtxSeed<'static> {
+        static SCOPE: std::sync::LazyLock<Arc<RunScope>> =
+            std::sync::LazyLock::new(|| detached_scope("flaky"));
+        CtxSeed::new(&SCOPE, 0, "flaky", 1)
+    }
+
+    /// A task whose result is the length of its context's run id, as `UsesCtx` (the
+    /// default: it takes its context) or `NoCtx` (says it takes none).
+    macro_rules! run_id_len_task {
+        ($name:ident, $takes:expr) => {
+            struct $name;
+
+            impl Task for $name {
+                type Output = u64;
+                type Args = ();
+                const META: TaskMeta = TaskMeta {
+                    name: "run_id_len",
+                    function: "tests::run_id_len",
+                    description: "",
+                    is_async: true,
+                    policy: Policy::DEFAULT,
+                    resources: &[],
+                };
+                const TAKES_CTX: bool = $takes;
+                fn visit_inputs(&self, _: &mut dyn FnMut(Read)) {}
+                fn into_args(self, _: &Inputs<'_>) -> Result<(), InputError> {
+                    Ok(())
+                }
+                async fn call((): (), ctx: Ctx) -> Result<u64, BoxError> {
+                    Ok(ctx.process_id().len() as u64)
+                }
+            }
+        };
+    }
+    run_id_len_task!(UsesCtx, true);
+    run_id_len_task!(NoCtx, false);
+
+    // A task that says it takes no context (as `#[task]` says of a function without
+    // `ctx` or resources) is given an inert one, made without a clone of the run's state
+    // (no count every worker shares is touched); any other task gets the run's, through
+    // each way an attempt starts.
+    #[test]
+    fn a_task_that_takes_no_context_gets_one_without_the_runs_state() {
+        let scope = detached_scope("probe");
+        let seed = CtxSeed::new(&scope, 0, "probe", 1);
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut run = |mut task: Box<dyn ErasedTask>, first: bool| {
+            let slot = Slot::new(1);
+            let mut span = None;
+            let polled = if first {
+                inputs_then(|inputs| {
+                    task.prepare_start(inputs, false, seed, &mut cx, &slot, &mut span, &mut || {
+                        tracing::Span::none()
+                    })
+                })
+                .unwrap()
+            } else {
+                inputs_then(|inputs| task.prepare(inputs, false)).unwrap();
+                task.start(seed, &mut cx, &slot)
+            };
+            assert!(matches!(polled, Poll::Ready(Ok(_))));
+            slot.json().unwrap().to_string()
+        };
+        for first in [true, false] {
+            assert_eq!(
+                run(erase(UsesCtx), first),
+                "8",
+                "the run's state: `detached`"
+            );
+            assert_eq!(Arc::strong_count(&scope), 1, "the attempt's clone is gone");
+            let before = Arc::strong_count(&scope);
+            assert_eq!(run(erase(NoCtx), first), "0", "an inert state: no run id");
+            assert_eq!(Arc::strong_count(&scope), before);
+        }
+        assert!(erase(UsesCtx).takes_ctx());
+        assert!(!erase(NoCtx).takes_ctx());
+    }
+
     /// What `inline` decides for `T`, from `T::call`'s future type.
     fn inline_for<T: Task, C, F>(_: C) -> bool
     where
@@ -655,7 +745,7 @@ mod attempt_tests {
         assert!(task.poll_attempt(&mut cx, &slot).is_pending());
         task.attempt(ctx()).unwrap();
         assert_eq!(drops(), 2);
-        assert!(task.start(ctx(), &mut cx, &slot).is_pending());
+        assert!(task.start(seed(), &mut cx, &slot).is_pending());
         assert_eq!(drops(), 3);
         assert!(task.poll_attempt(&mut cx, &slot).is_pending());
         drop(task);
@@ -706,7 +796,7 @@ mod attempt_tests {
         let mut task = erase(Flaky(5));
         let mut span = None;
         let polled = inputs_then(|inputs| {
-            task.prepare_start(inputs, true, ctx(), &mut cx, &slot, &mut span, &mut begin)
+            task.prepare_start(inputs, true, seed(), &mut cx, &slot, &mut span, &mut begin)
         });
         assert!(span.is_some());
         assert_eq!(spans_made.get(), 1);
@@ -717,7 +807,7 @@ mod attempt_tests {
         assert_eq!(drops(), 1);
         // Already prepared: the next attempt, from the kept inputs.
         let polled = inputs_then(|inputs| {
-            task.prepare_start(inputs, true, ctx(), &mut cx, &slot, &mut span, &mut begin)
+            task.prepare_start(inputs, true, seed(), &mut cx, &slot, &mut span, &mut begin)
         });
         assert_eq!(spans_made.get(), 2);
         assert!(polled.unwrap().is_pending());
@@ -729,7 +819,7 @@ mod attempt_tests {
         let mut task = erase(Unresolved);
         let mut span = None;
         let polled = inputs_then(|inputs| {
-            task.prepare_start(inputs, false, ctx(), &mut cx, &slot, &mut span, &mut begin)
+            task.prepare_start(inputs, false, seed(), &mut cx, &slot, &mut span, &mut begin)
         });
         assert!(matches!(polled, Err(InputError::UnknownNode)));
         assert!(span.is_none());

@@ -97,6 +97,16 @@ pub trait Task: Send + Sized + 'static {
         ctx: Ctx,
     ) -> impl Future<Output = Result<Self::Output, BoxError>> + Send + 'static;
 
+    /// Whether [`call`](Task::call) uses its `ctx`. `#[task]` says `false` for a function
+    /// that takes neither a context nor a resource: the runtime then makes such a task's
+    /// context without the run's shared state (a clone of it is a locked increment and
+    /// decrement per attempt on a counter every worker shares), and the generated `call`
+    /// drops it unused. `true`, the default, for a hand-written task; one that says
+    /// `false` and reads its context anyway finds an inert one (no run id, progress to
+    /// nowhere, never cancelled).
+    #[doc(hidden)]
+    const TAKES_CTX: bool = true;
+
     /// How to copy an output of this task, when [`Output`](Task::Output) is `Clone`:
     /// then every task that reads it gets a copy of the value, not one decoded from its
     /// JSON (only the last reader gets the value itself). `#[task]` fills it in; `None`
