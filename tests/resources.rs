@@ -61,7 +61,7 @@ fn runtime(pool: &Arc<Pool>) -> procession::RuntimeBuilder {
 async fn tasks_read_the_registered_resources() {
     // A task that takes resources but no `ctx` reads them through its context: `#[task]`
     // says it takes one, so it gets the run's (not an inert one, which has none).
-    assert!(<Label as procession::Task>::TAKES_CTX);
+    const { assert!(<Label as procession::Task>::TAKES_CTX) };
     let pool = Arc::new(Pool::default());
     let rt = runtime(&pool).start().await.unwrap();
     let report = rt.run(Labelled { n: 4 }).await.unwrap();

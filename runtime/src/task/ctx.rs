@@ -124,40 +124,41 @@ impl<'a> CtxSeed<'a> {
     }
 }
 
-/// The state of a detached context (see [`Ctx::detached`]): its own, named `detached`,
-/// node ids all `task`.
-pub(crate) fn detached_scope(task: &'static str) -> Arc<RunScope> {
-    let name = SmolStr::new_static(task);
+/// A scope that belongs to no run: named `process_id`, node ids from `node_ids`, a cancel
+/// token of its own, progress and log entries to `tracing` only, no runtime, no resources.
+fn standalone_scope(
+    process_id: &str,
+    node_ids: Arc<dyn Fn(u32) -> SmolStr + Send + Sync>,
+) -> RunScope {
     let cancel = CancellationToken::new();
-    Arc::new(RunScope {
-        process_id: Arc::from("detached"),
-        node_ids: Arc::new(move |_| name.clone()),
+    RunScope {
+        process_id: Arc::from(process_id),
+        node_ids,
         cancelled: CancelFlag::watch(&cancel),
         cancel,
         reporter: Arc::new(TracingReporter),
         runtime: None,
         resources: Arc::default(),
         child_seq: std::sync::Mutex::default(),
-    })
+    }
+}
+
+/// The state of a detached context (see [`Ctx::detached`]): its own, named `detached`,
+/// node ids all `task`.
+pub(crate) fn detached_scope(task: &'static str) -> Arc<RunScope> {
+    let name = SmolStr::new_static(task);
+    Arc::new(standalone_scope(
+        "detached",
+        Arc::new(move |_| name.clone()),
+    ))
 }
 
 /// The state an inert context reads (see [`CtxSeed::make`]): no run id, node ids
 /// empty, progress and log entries to nowhere, never cancelled (a cancel through it
 /// cancels only it and other inert contexts, which no task reads).
 fn inert() -> &'static RunScope {
-    static INERT: std::sync::LazyLock<RunScope> = std::sync::LazyLock::new(|| {
-        let cancel = CancellationToken::new();
-        RunScope {
-            process_id: Arc::from(""),
-            node_ids: Arc::new(|_| SmolStr::default()),
-            cancelled: CancelFlag::watch(&cancel),
-            cancel,
-            reporter: Arc::new(TracingReporter),
-            runtime: None,
-            resources: Arc::default(),
-            child_seq: std::sync::Mutex::default(),
-        }
-    });
+    static INERT: std::sync::LazyLock<RunScope> =
+        std::sync::LazyLock::new(|| standalone_scope("", Arc::new(|_| SmolStr::default())));
     &INERT
 }
 
