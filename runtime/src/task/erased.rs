@@ -475,6 +475,18 @@ mod attempt_tests {
     use crate::task::ctx::{detached_scope, Ctx, CtxSeed, RunScope};
     use crate::task::{Policy, Task, TaskMeta};
 
+    /// The description of a test task named `name`, async, with the default policy.
+    const fn meta(name: &'static str, function: &'static str) -> TaskMeta {
+        TaskMeta {
+            name,
+            function,
+            description: "",
+            is_async: true,
+            policy: Policy::DEFAULT,
+            resources: &[],
+        }
+    }
+
     /// Counts its drops.
     struct Guard(Arc<AtomicU32>);
 
@@ -516,14 +528,7 @@ mod attempt_tests {
     impl Task for Flaky {
         type Output = u64;
         type Args = (u64,);
-        const META: TaskMeta = TaskMeta {
-            name: "flaky",
-            function: "tests::flaky",
-            description: "",
-            is_async: true,
-            policy: Policy::DEFAULT,
-            resources: &[],
-        };
+        const META: TaskMeta = meta("flaky", "tests::flaky");
         fn visit_inputs(&self, _: &mut dyn FnMut(Read)) {}
         fn into_args(self, _: &Inputs<'_>) -> Result<(u64,), InputError> {
             Ok((self.0,))
@@ -555,14 +560,7 @@ mod attempt_tests {
     impl Task for Big {
         type Output = u64;
         type Args = ();
-        const META: TaskMeta = TaskMeta {
-            name: "big",
-            function: "tests::big",
-            description: "",
-            is_async: true,
-            policy: Policy::DEFAULT,
-            resources: &[],
-        };
+        const META: TaskMeta = meta("big", "tests::big");
         fn visit_inputs(&self, _: &mut dyn FnMut(Read)) {}
         fn into_args(self, _: &Inputs<'_>) -> Result<(), InputError> {
             Ok(())
@@ -619,14 +617,7 @@ mod attempt_tests {
             impl Task for $name {
                 type Output = u64;
                 type Args = ();
-                const META: TaskMeta = TaskMeta {
-                    name: "run_id_len",
-                    function: "tests::run_id_len",
-                    description: "",
-                    is_async: true,
-                    policy: Policy::DEFAULT,
-                    resources: &[],
-                };
+                const META: TaskMeta = meta("run_id_len", "tests::run_id_len");
                 const TAKES_CTX: bool = $takes;
                 fn visit_inputs(&self, _: &mut dyn FnMut(Read)) {}
                 fn into_args(self, _: &Inputs<'_>) -> Result<(), InputError> {
@@ -763,14 +754,7 @@ mod attempt_tests {
     impl Task for Unresolved {
         type Output = u64;
         type Args = (u64,);
-        const META: TaskMeta = TaskMeta {
-            name: "unresolved",
-            function: "tests::unresolved",
-            description: "",
-            is_async: true,
-            policy: Policy::DEFAULT,
-            resources: &[],
-        };
+        const META: TaskMeta = meta("unresolved", "tests::unresolved");
         fn visit_inputs(&self, _: &mut dyn FnMut(Read)) {}
         fn into_args(self, _: &Inputs<'_>) -> Result<(u64,), InputError> {
             Err(InputError::UnknownNode)
