@@ -847,3 +847,96 @@ async fn a_large_runs_report_has_every_entry_whichever_half_fails() {
     assert_eq!(report.errored().len(), 1);
     rt.shutdown().await.unwrap();
 }
+
+static FLAKY_CALLS: AtomicU32 = AtomicU32::new(0);
+
+/// Fails its first attempt, then succeeds after a short wait.
+#[task(retries = 1)]
+async fn flaky_then_slow(x: u32) -> Result<u32, String> {
+    if FLAKY_CALLS.fetch_add(1, Ordering::SeqCst) == 0 {
+        return Err("first attempt".into());
+    }
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    Ok(x + 1)
+}
+
+/// Waits, then succeeds in its first attempt.
+#[task]
+async fn slow_once(x: u32) -> u32 {
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    x * 2
+}
+
+#[process(mode = "concurrent")]
+fn quick_slow_flaky(p: &mut Builder) {
+    let a = p.task(Quiet::new(7));
+    let b = p.task(SlowOnce::new(a));
+    p.task(FlakyThenSlow::new(b));
+}
+
+// A success's row is written from what its worker left in the executor's node cell:
+// the row says what the report says (attempts, time to the nanosecond, result), and its
+// stamps fall inside the run, its end its start plus its time (each stamp cut to the
+// millisecond), for a task that ended at once, one that waited, and one that succeeded
+// after a retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_success_row_says_what_the_report_says() {
+    let rt = rt().await;
+    let now_ms = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64
+    };
+    let before = now_ms();
+    let run = rt.launch(QuickSlowFlaky {}).await.unwrap();
+    let id = run.id().to_owned();
+    let report = run.wait().await.unwrap();
+    let after = now_ms();
+    assert!(report.is_success(), "{}", report.summary());
+    let rows = rt.task_rows(&id).await.unwrap();
+    assert_eq!(rows.len(), 3);
+    for (_, row) in &rows {
+        let entry = report
+            .tasks
+            .iter()
+            .find(|t| t.id == row.node.as_str())
+            .expect("an entry per row");
+        assert_eq!(row.state, procession::State::Done, "{}", row.node);
+        assert_eq!(row.attempts, entry.attempts, "{}", row.node);
+        assert_eq!(
+            row.elapsed_ns,
+            entry.elapsed().as_nanos() as u64,
+            "{}",
+            row.node
+        );
+        assert_eq!(
+            row.result.as_deref(),
+            entry.result.as_ref().map(procession::Json::get),
+            "{}",
+            row.node
+        );
+        let (started, ended) = (row.started_at.unwrap(), row.ended_at.unwrap());
+        assert!(
+            before <= started && started <= ended && ended <= after,
+            "{row:?}"
+        );
+        // Both stamps are cut to the millisecond, each on its own.
+        let elapsed_ms = row.elapsed_ns / 1_000_000;
+        assert!((ended - started).abs_diff(elapsed_ms) <= 1, "{row:?}");
+    }
+    let flaky = rows
+        .iter()
+        .find(|(_, r)| &*r.task == "flaky_then_slow")
+        .unwrap();
+    assert_eq!(flaky.1.attempts, 2);
+    assert_eq!(flaky.1.result.as_deref(), Some("15"));
+    assert!(flaky.1.elapsed_ns >= 30_000_000);
+    let slow = rows.iter().find(|(_, r)| &*r.task == "slow_once").unwrap();
+    assert!(slow.1.elapsed_ns >= 20_000_000);
+    // The flaky task starts once the slow one ended (it reads its result).
+    assert!(
+        flaky.1.started_at.unwrap() + 1 >= slow.1.ended_at.unwrap(),
+        "{flaky:?} {slow:?}"
+    );
+}

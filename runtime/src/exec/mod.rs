@@ -705,6 +705,11 @@ fn new_shared(
         // The tasks were taken above (into `nodes`): the graph keeps none.
         _arena: std::mem::take(&mut graph.arena),
     });
+    if let Some(j) = &cfg.journal {
+        // The successes' rows are written from the cells (see `RunJournal::succeeded`).
+        let cells: std::sync::Weak<Shared> = Arc::downgrade(&shared);
+        j.read_successes_from(cells);
+    }
     (shared, rx, roots)
 }
 

@@ -90,6 +90,30 @@ pub(super) struct Shared {
     pub(super) _arena: Arena,
 }
 
+/// A success's row is written from the node's cell (see [`RunJournal::succeeded`]): its
+/// worker wrote the attempts, the time and the start there before it set
+/// [`done_ok`](NodeCell::done_ok) and staged the node's number, and the cell is not
+/// written again.
+impl crate::journal::Successes for Shared {
+    fn success(&self, node: u32) -> crate::journal::Success {
+        let cell = &self.nodes[node as usize];
+        // Acquire: the facts written before `done_ok` are seen (the list's lock, taken
+        // after the worker's push, orders them already).
+        let result = cell.text().cloned();
+        let elapsed_ns = cell.elapsed_ns.load(Ordering::Relaxed);
+        let started = match cell.started_ns.load(Ordering::Relaxed) {
+            0 => self.epoch,
+            ns => self.epoch.saturating_add(ns - 1),
+        };
+        crate::journal::Success {
+            attempts: cell.attempts_run.load(Ordering::Relaxed),
+            elapsed_ns,
+            ended_at: started.saturating_add(elapsed_ns),
+            result,
+        }
+    }
+}
+
 /// The node cells of the last large run, for the next one (see [`spare`](crate::graph::spare)).
 pub(super) static CELLS: Spare<NodeCell> = Spare::new();
 /// The result slots of the last large run, for the next one (see [`spare`](crate::graph::spare)).
@@ -147,7 +171,8 @@ pub(super) struct NodeCell {
     /// Nanoseconds the node ran when it succeeded, written with `attempts_run`.
     pub(super) elapsed_ns: AtomicU64,
     /// When the node started: nanoseconds after [`Shared::epoch`], plus one; 0 while not
-    /// started (how long an abandoned node had run).
+    /// started. Written when the node first waits (how long an abandoned node had run)
+    /// and when it succeeds (when it ended, with `elapsed_ns`, for its journal row).
     pub(super) started_ns: AtomicU64,
     /// Set (release) when the node succeeded: its result is in its slot (and its text,
     /// if its worker made one, in [`held`](Self::held)).

@@ -208,25 +208,28 @@ pub(super) async fn run_one(
         Ok(json) => {
             // An integer's or a boolean's text is made here, once, for the run's journal
             // (`json` is `None` for them: the slot makes it, without its lock); the
-            // report reads the copy the node keeps (see `NodeCell::succeed`).
+            // journal's row and the report read the copy the node keeps (see
+            // `NodeCell::succeed`).
             let text = match &shared.journal {
-                Some(j) => {
-                    let text = json.or_else(|| shared.slots[i as usize].json());
-                    // Record the end and start the dependents now ready from here: the
-                    // driver is off the critical path.
-                    j.succeeded(i, attempts, elapsed_ns, ended_at, text.clone());
-                    text
-                }
+                Some(_) => json.or_else(|| shared.slots[i as usize].json()),
                 None => json,
             };
             let node = &shared.nodes[i as usize];
             node.attempts_run.store(attempts, Ordering::Relaxed);
             node.elapsed_ns.store(elapsed_ns, Ordering::Relaxed);
+            // Its start, which with its time gives its end (the journal's row reads it,
+            // see `Shared::success`); the same as `mark_started` wrote if it waited.
+            shared.mark_started(i, started);
             // SAFETY: this worker ran node `i` (its task came from the node's claim) and
             // won its `ended` above; it marks it succeeded once, here.
             #[allow(unsafe_code)]
             unsafe {
                 node.succeed(text);
+            }
+            // Record the end (its facts are in the node's cell, written above) and start
+            // the dependents now ready from here: the driver is off the critical path.
+            if let Some(j) = &shared.journal {
+                j.succeeded(i);
             }
             next = shared.release_success(i);
             Ok(())

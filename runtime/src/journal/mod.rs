@@ -537,13 +537,19 @@ pub(crate) struct RunJournal {
     /// under it: the run's driver asks without waiting for a write cycle that holds them.
     release_asked: std::sync::atomic::AtomicBool,
     rows: Mutex<Rows>,
-    /// Ends not written into the rows yet, one list per [`StagedShard`]: every success
-    /// a worker records, and any other end recorded while the rows were locked (by the
-    /// writer taking them, mostly). A worker neither waits for a write cycle nor takes
-    /// the rows' lock, which every worker and the writer share, to record a task's end.
-    /// Applied to the rows before anything reads or takes them (see
-    /// [`RunJournal::lock_applied`]).
-    staged: [StagedShard; STAGED_SHARDS],
+    /// Ends not written into the rows yet, one list per [`StagedShard`]: the ends
+    /// recorded while the rows were locked (by the writer taking them, mostly). A task's
+    /// worker does not wait for a write cycle to record its end. Applied to the rows
+    /// before anything reads or takes them (see [`RunJournal::lock_applied`]).
+    staged: [StagedShard<Staged>; STAGED_SHARDS],
+    /// The nodes that succeeded and whose rows are not written yet, by number, one list
+    /// per [`StagedShard`]: their facts are read from [`successes`](Self::successes)
+    /// when they are applied (see [`succeeded`](Self::succeeded)).
+    succeeded: [StagedShard<u32>; STAGED_SHARDS],
+    /// Where the facts of the nodes in [`succeeded`](Self::succeeded) are read: the
+    /// run's executor state, set once it is made (see
+    /// [`read_successes_from`](Self::read_successes_from)).
+    successes: std::sync::OnceLock<std::sync::Weak<dyn Successes>>,
     writer: WriterHandle,
     /// The wall clock (ms since the Unix epoch) and the monotonic clock ([`mono_ns`])
     /// read together when the journal was made: an end given as a monotonic time (see
@@ -620,6 +626,8 @@ impl RunJournal {
                 rare: rustc_hash::FxHashMap::default(),
             }),
             staged: Default::default(),
+            succeeded: Default::default(),
+            successes: std::sync::OnceLock::new(),
             writer,
             clock0: (now_ms(), mono_ns()),
             awaiting: std::sync::atomic::AtomicBool::new(true),
@@ -714,42 +722,41 @@ impl RunJournal {
         self.end(node, facts, outcome.failure, result);
     }
 
-    /// `node` succeeded after `attempts`, `elapsed_ns` after its start, at `at` (a
-    /// [`mono_ns`] reading); `result` is its output as JSON. The same as
-    /// [`ended`](Self::ended) with a `Done` outcome, for the common end, a worker's
-    /// success: with no [`Ended`] made and moved through the calls, and none of a
-    /// failure's or a skip's branches.
+    /// `node` succeeded; its attempts, time, end and result's text are read from the
+    /// run's [`Successes`] when its row is written. The same as [`ended`](Self::ended)
+    /// with a `Done` outcome, for the common end, a worker's success.
     ///
-    /// Always staged, in the calling thread's shard, never written into the rows here:
-    /// the rows' lock is one cache line that every worker ending tasks would otherwise
-    /// pass back and forth (with the writer), a locked swap and a miss per task, even
-    /// when no one else holds it. Staged, a success costs the lock of a line its thread
-    /// mostly keeps, and the writer writes the row in its next cycle (which writes it to
-    /// the store anyway). In memory on 2 workers, a wide graph of 100k tasks runs about
-    /// a fifth faster so, a layered one about a tenth; a chain (one worker at a time: no
-    /// one to pass the line to) the same.
+    /// Only the node's number is staged, in the calling thread's list, never written
+    /// into the rows here:
+    /// - the rows' lock is one cache line that every worker ending tasks would otherwise
+    ///   pass back and forth (with the writer), a locked swap and a miss per task, even
+    ///   when no one else holds it (in memory on 2 workers, a wide graph of 100k tasks
+    ///   runs about a fifth faster without it, a layered one about a tenth);
+    /// - the facts themselves are in the node's executor cell, which its worker wrote
+    ///   anyway: a copy of them staged here (64 bytes) was one more line a success wrote
+    ///   into a list the writer had read, each write waiting for the writer's core to let
+    ///   the line go; a number is 4 bytes, 16 to a line (chain 10k in memory: the
+    ///   tasks' time 1.9 -> 1.65 ms).
+    ///
+    /// The writer writes the row in its next cycle (which writes it to the store anyway).
+    /// The caller has made the node's facts readable (see [`Successes`]) before this
+    /// call.
     #[inline]
-    pub(crate) fn succeeded(
-        &self,
-        node: u32,
-        attempts: u32,
-        elapsed_ns: u64,
-        at: u64,
-        result: Option<SmolStr>,
-    ) {
-        let facts = EndFacts {
-            state: State::Done,
-            skipped: false,
-            attempts,
-            elapsed_ns,
-            at_ms: self.wall_ms(at),
-        };
-        self.stage(Staged {
-            node,
-            facts,
-            failure: None,
-            result,
-        });
+    pub(crate) fn succeeded(&self, node: u32) {
+        self.succeeded[shard_of_this_thread()].lock().push(node);
+        // After the push: a cycle that clears the flag after this reads it takes the
+        // staged success (see `WriterHandle::wake`).
+        self.writer.wake(self);
+    }
+
+    /// Reads the facts of the nodes [`succeeded`](Self::succeeded) names from `source`
+    /// from now on (the run's executor state, as soon as it is made; once per journal).
+    /// Weak: the state holds the journal, not the other way round; a success is staged
+    /// only while a worker of the run holds the state, and the run's end or
+    /// [`sync`](Self::sync) applies every staged one before the state goes.
+    pub(crate) fn read_successes_from(&self, source: std::sync::Weak<dyn Successes>) {
+        let set = self.successes.set(source);
+        debug_assert!(set.is_ok(), "one executor state per journal");
     }
 
     /// Writes `node`'s end into its row, or stages it when the writer holds the rows
@@ -782,11 +789,11 @@ impl RunJournal {
         }
     }
 
-    /// Stages an end in the calling thread's shard (see [`succeeded`](Self::succeeded)
-    /// and [`ended`](Self::ended)), and wakes the writer.
+    /// Stages an end in the calling thread's shard (see [`ended`](Self::ended)), and
+    /// wakes the writer.
     #[inline]
     fn stage(&self, end: Staged) {
-        self.staged[StagedShard::of_this_thread()].lock().push(end);
+        self.staged[shard_of_this_thread()].lock().push(end);
         // After the push: a cycle that clears the flag after this reads it takes the
         // staged end (see `WriterHandle::wake`).
         self.writer.wake(self);
@@ -799,26 +806,52 @@ impl RunJournal {
     fn lock_applied(&self) -> std::sync::MutexGuard<'_, Rows> {
         let mut g = self.lock();
         for shard in &self.staged {
-            let mut taken = std::mem::take(&mut *shard.lock());
-            if taken.is_empty() {
-                continue;
-            }
-            for s in taken.drain(..) {
+            shard.drain_into(|s| {
                 g.end(s.node, s.facts, s.failure, s.result);
-            }
-            let mut list = shard.lock();
-            if list.capacity() < taken.capacity() {
-                taken.append(&mut list);
-                *list = taken;
+            });
+        }
+        // The state is looked for only with a success staged: one is staged only while a
+        // worker of the run holds the state (see `read_successes_from`), so this never
+        // holds the last reference to it (whose drop would run here, under the rows).
+        if self.succeeded.iter().any(|s| !s.lock().is_empty()) {
+            match self.successes.get().and_then(std::sync::Weak::upgrade) {
+                Some(source) => {
+                    for shard in &self.succeeded {
+                        shard.drain_into(|node| {
+                            let s = source.success(node);
+                            let facts = EndFacts {
+                                state: State::Done,
+                                skipped: false,
+                                attempts: s.attempts,
+                                elapsed_ns: s.elapsed_ns,
+                                at_ms: self.wall_ms(s.ended_at),
+                            };
+                            g.end(node, facts, None, s.result);
+                        });
+                    }
+                }
+                // Only a bug gets here: a success staged with no state to read it from.
+                None => {
+                    debug_assert!(false, "a success staged without its executor state");
+                    tracing::error!(run = %self.run_id, "task successes staged after their run's state went: their rows stay as they were");
+                    self.succeeded.iter().for_each(|s| s.lock().clear());
+                }
             }
         }
         g
     }
 
-    /// The number of ends staged and not applied yet.
+    /// Whether no end and no success is staged.
+    fn nothing_staged(&self) -> bool {
+        self.staged.iter().all(|s| s.lock().is_empty())
+            && self.succeeded.iter().all(|s| s.lock().is_empty())
+    }
+
+    /// The number of ends and successes staged and not applied yet.
     #[cfg(test)]
     fn staged_len(&self) -> usize {
-        self.staged.iter().map(|s| s.lock().len()).sum()
+        self.staged.iter().map(|s| s.lock().len()).sum::<usize>()
+            + self.succeeded.iter().map(|s| s.lock().len()).sum::<usize>()
     }
 }
 
@@ -829,28 +862,73 @@ impl RunJournal {
 /// share its lock, and nothing else: the lists only spread the contention.
 const STAGED_SHARDS: usize = 4;
 
-/// One list of a journal's staged ends, under a lock of its own, on a cache line of its
-/// own (a shard's line moves only between its thread and the writer).
-#[derive(Default)]
+/// One list of a journal's staged ends (or numbers of nodes that succeeded), under a
+/// lock of its own, on a cache line of its own (a shard's line moves only between its
+/// thread and the writer).
 #[repr(align(64))]
-struct StagedShard(Mutex<Vec<Staged>>);
+struct StagedShard<T>(Mutex<Vec<T>>);
 
-impl StagedShard {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Staged>> {
+impl<T> Default for StagedShard<T> {
+    fn default() -> Self {
+        StagedShard(Mutex::new(Vec::new()))
+    }
+}
+
+impl<T> StagedShard<T> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<T>> {
         self.0
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// The calling thread's shard: threads are numbered as they first stage an end.
-    fn of_this_thread() -> usize {
-        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        thread_local! {
-            static SHARD: usize =
-                NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % STAGED_SHARDS;
+    /// Takes the shard's list out (its thread goes on staging meanwhile), applies each
+    /// of its items with `apply`, and gives the list back emptied when the shard has
+    /// none bigger, so that it keeps its room from one cycle to the next.
+    fn drain_into(&self, mut apply: impl FnMut(T)) {
+        let mut taken = std::mem::take(&mut *self.lock());
+        if taken.is_empty() {
+            return;
         }
-        SHARD.with(|s| *s)
+        taken.drain(..).for_each(&mut apply);
+        let mut list = self.lock();
+        if list.capacity() < taken.capacity() {
+            taken.append(&mut list);
+            *list = taken;
+        }
     }
+}
+
+/// The calling thread's shard: threads are numbered as they first stage an end.
+fn shard_of_this_thread() -> usize {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    thread_local! {
+        static SHARD: usize =
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % STAGED_SHARDS;
+    }
+    SHARD.with(|s| *s)
+}
+
+/// What a run's journal reads of a node that succeeded (see [`RunJournal::succeeded`]):
+/// the executor's state, where the node's worker wrote it.
+pub(crate) trait Successes: Send + Sync {
+    /// Node `node`'s success. Called by whoever applies the staged successes, after it
+    /// took `node`'s number out of the list its worker put it in under the list's lock:
+    /// the worker wrote the facts before it put the number in.
+    fn success(&self, node: u32) -> Success;
+}
+
+/// A node's success, as its row takes it.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Success {
+    /// Attempts it made, the last one succeeded.
+    pub(crate) attempts: u32,
+    /// Nanoseconds from its start to its end.
+    pub(crate) elapsed_ns: u64,
+    /// When it ended, a [`mono_ns`] reading.
+    pub(crate) ended_at: u64,
+    /// Its result's text, as its worker made it for the report (`None` when the result
+    /// has none).
+    pub(crate) result: Option<SmolStr>,
 }
 
 /// An end recorded while the rows were locked (see [`RunJournal::ended`]).
@@ -1022,9 +1100,7 @@ impl RunJournal {
     /// over, and later changes are ignored), so the lists are looked at after the flag.
     fn end_take(&self, mut g: std::sync::MutexGuard<'_, Rows>) {
         use std::sync::atomic::Ordering;
-        let freed = if self.release_asked.load(Ordering::Acquire)
-            && self.staged.iter().all(|s| s.lock().is_empty())
-        {
+        let freed = if self.release_asked.load(Ordering::Acquire) && self.nothing_staged() {
             let freed = g.free_rows();
             if freed.is_some() {
                 // Under the rows' lock, as every take ends: one take frees them.
@@ -1454,6 +1530,48 @@ mod tests {
         (store, writer, j)
     }
 
+    /// The facts of the nodes a test says succeeded, kept as an executor's cells keep
+    /// them (see [`Successes`]).
+    #[derive(Default)]
+    struct TestCells(Mutex<HashMap<u32, Success>>);
+
+    impl Successes for TestCells {
+        fn success(&self, node: u32) -> Success {
+            let cells = self.0.lock().expect("cells");
+            cells.get(&node).cloned().expect("a staged node's facts")
+        }
+    }
+
+    impl TestCells {
+        /// The cells journal `j` reads its successes from.
+        fn of(j: &RunJournal) -> Arc<TestCells> {
+            let cells = Arc::new(TestCells::default());
+            let weak: std::sync::Weak<TestCells> = Arc::downgrade(&cells);
+            j.read_successes_from(weak);
+            cells
+        }
+
+        /// Node `node` succeeded after `attempts`, `elapsed_ns` long, ending at
+        /// `ended_at` (a [`mono_ns`] reading): its facts are written, then its number
+        /// is staged, as a worker does.
+        fn succeed(
+            &self,
+            j: &RunJournal,
+            node: u32,
+            (attempts, elapsed_ns, ended_at): (u32, u64, u64),
+            result: &str,
+        ) {
+            let success = Success {
+                attempts,
+                elapsed_ns,
+                ended_at,
+                result: Some(result.into()),
+            };
+            self.0.lock().expect("cells").insert(node, success);
+            j.succeeded(node);
+        }
+    }
+
     /// A successful end after one attempt of `elapsed`, at `at`.
     fn done(elapsed: Duration, at: Option<u64>) -> Ended {
         Ended {
@@ -1739,7 +1857,8 @@ mod tests {
         }));
         writer.close().await.expect("close");
         let (_, mono0) = j.clock0;
-        j.succeeded(0, 2, 1_000_000, mono0 + 3_000_000, Some("12".into()));
+        let cells = TestCells::of(&j);
+        cells.succeed(&j, 0, (2, 1_000_000, mono0 + 3_000_000), "12");
         assert_eq!(
             j.staged_len(),
             1,
@@ -1762,13 +1881,14 @@ mod tests {
             optional: false,
         }));
         let (_, mono0) = j.clock0;
+        let cells = TestCells::of(&j);
         std::thread::scope(|s| {
             for t in 0..THREADS {
-                let j = &j;
+                let (j, cells) = (&j, &cells);
                 s.spawn(move || {
                     for k in 0..EACH {
                         let node = k * THREADS + t;
-                        j.succeeded(node, 1, 1_000, mono0, Some(node.to_string().into()));
+                        cells.succeed(j, node, (1, 1_000, mono0), &node.to_string());
                         if k % 50 == 0 {
                             // A read between the stages, as the progress roll-up makes.
                             let _ = j.rollup();
@@ -1807,6 +1927,7 @@ mod tests {
             optional: false,
         }));
         let (wall0, mono0) = j.clock0;
+        let cells = TestCells::of(&j);
         // (at, elapsed) pairs: later than the clocks with sub-millisecond parts, and
         // earlier than them.
         let cases = [
@@ -1829,7 +1950,7 @@ mod tests {
                     Some("7".into()),
                 );
             };
-            let via_succeeded = |node: u32| j.succeeded(node, 3, elapsed_ns, at, Some("7".into()));
+            let via_succeeded = |node: u32| cells.succeed(&j, node, (3, elapsed_ns, at), "7");
             via_ended(base);
             via_succeeded(base + 1);
             // The same two, staged behind the writer's lock (while it is held, nothing
@@ -2128,8 +2249,9 @@ mod tests {
         let (_, mono0) = j.clock0;
         // A take: the rows held, the staged ends applied (none), the dirty list taken.
         let held = j.lock_applied();
-        j.succeeded(0, 1, 1_000, mono0, Some("40".into()));
-        j.succeeded(1, 1, 1_000, mono0, Some("41".into()));
+        let cells = TestCells::of(&j);
+        cells.succeed(&j, 0, (1, 1_000, mono0), "40");
+        cells.succeed(&j, 1, (1, 1_000, mono0), "41");
         j.release_when_written();
         j.end_take(held);
         assert_eq!(j.lock().items.len(), 2, "freed with two ends staged");
