@@ -789,9 +789,12 @@ impl RunJournal {
         }
     }
 
-    /// Stages an end in the calling thread's shard (see [`ended`](Self::ended)), and
-    /// wakes the writer.
-    #[inline]
+    /// Stages an end recorded while the rows were locked in the calling thread's shard
+    /// (see [`ended`](Self::ended)), and wakes the writer. Out of line: a success no
+    /// longer comes here (see [`succeeded`](Self::succeeded)), and the common end stays
+    /// short.
+    #[cold]
+    #[inline(never)]
     fn stage(&self, end: Staged) {
         self.staged[shard_of_this_thread()].lock().push(end);
         // After the push: a cycle that clears the flag after this reads it takes the
@@ -918,7 +921,7 @@ pub(crate) trait Successes: Send + Sync {
 }
 
 /// A node's success, as its row takes it.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub(crate) struct Success {
     /// Attempts it made, the last one succeeded.
     pub(crate) attempts: u32,
