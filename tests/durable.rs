@@ -1,6 +1,8 @@
 //! The durable runtime: records, the state machine, outcomes of bad calls, cancellation,
 //! resume refusals, damaged stores, progress coalescing, events and definitions.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -440,8 +442,14 @@ async fn damaged_store_is_a_typed_error() {
             .insert("future", &br#"{"schema": 99, "id": "future"}"#[..])
             .unwrap();
         db.flush().unwrap();
+        // While the raw Db holds the files, opening them is refused; the wait below
+        // recognises the refusal through the error's causes.
+        match SledStore::open(&dir) {
+            Err(refused) => assert!(common::sled_lock_held(&refused), "{refused:?}"),
+            Ok(_) => panic!("the store opened while a raw sled Db held its files"),
+        }
     }
-    let store = open_after_raw_sled(&dir);
+    let store = common::open_sled_when_released(&dir);
     match store.get("broken") {
         Err(StoreError::Corrupt { key, path, .. }) => {
             assert_eq!(key, "broken");
@@ -455,23 +463,6 @@ async fn damaged_store_is_a_typed_error() {
     ));
     drop(store);
     let _ = std::fs::remove_dir_all(&dir);
-}
-
-/// Opens a `SledStore` on `dir` just after a raw `sled::Db` on it was dropped: sled's
-/// flusher thread holds the file lock a moment after the raw `Db` is dropped (a
-/// `SledStore` waits for it in its own drop; a raw `Db` does not), longer under load.
-fn open_after_raw_sled(dir: &std::path::Path) -> SledStore {
-    let mut opened = SledStore::open(dir);
-    for _ in 0..1000 {
-        match &opened {
-            Err(e) if e.to_string().contains("could not acquire lock") => {
-                std::thread::sleep(Duration::from_millis(10));
-                opened = SledStore::open(dir);
-            }
-            _ => break,
-        }
-    }
-    opened.unwrap()
 }
 
 // A store written by schema 1 (JSON task rows, results in a tree of their own) is still
@@ -504,7 +495,7 @@ fn schema_1_rows_and_results_are_read() {
             .unwrap();
         db.flush().unwrap();
     }
-    let store = open_after_raw_sled(&dir);
+    let store = common::open_sled_when_released(&dir);
     let rows = store.tasks("old-run").unwrap();
     assert_eq!(rows.len(), 2);
     assert_eq!((rows[0].0, &*rows[0].1.node), (0, "a"));

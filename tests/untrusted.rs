@@ -2,6 +2,8 @@
 //! random states and random bytes in the store never panic the runtime and never hang a
 //! run. Damaged values become typed errors (or are ignored), never a panic.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Once};
@@ -609,24 +611,6 @@ fn temp_dir() -> std::path::PathBuf {
     ))
 }
 
-/// Opens the store at `dir` once sled's background thread let go of the file lock the
-/// raw writes above held.
-fn open_when_released(dir: &std::path::Path) -> SledStore {
-    for _ in 0..200 {
-        match SledStore::open(dir) {
-            Ok(store) => return store,
-            Err(e @ StoreError::Open { .. })
-                if std::error::Error::source(&e)
-                    .is_some_and(|c| c.to_string().contains("lock")) =>
-            {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            Err(e) => panic!("{e}"),
-        }
-    }
-    panic!("the store at {} stayed locked", dir.display());
-}
-
 fn random_bytes() -> BoxedStrategy<Vec<u8>> {
     prop_oneof![
         prop::collection::vec(any::<u8>(), 0..64),
@@ -677,7 +661,7 @@ proptest! {
             }
             db.flush().unwrap();
         }
-        let store = open_when_released(&dir);
+        let store = common::open_sled_when_released(&dir);
         for i in 0..records.len() {
             match store.get(&format!("p{i}")) {
                 Ok(_) | Err(StoreError::Corrupt { .. } | StoreError::Incompatible { .. }) => {}

@@ -79,3 +79,34 @@ where
     }
     true
 }
+
+/// Opens a `SledStore` on `dir` just after a raw `sled::Db` on it was dropped.
+///
+/// sled's flusher thread holds the file lock a moment after its `Db` is dropped (a
+/// `SledStore` waits for it in its own drop; a raw `Db` does not), longer under load. Waits
+/// up to [`PATIENCE`] for the lock; any other error fails the test.
+pub(crate) fn open_sled_when_released(dir: &std::path::Path) -> procession::store::SledStore {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        match procession::store::SledStore::open(dir) {
+            Ok(store) => return store,
+            Err(e) if sled_lock_held(&e) && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => panic!("cannot open the store at {}: {e:?}", dir.display()),
+        }
+    }
+}
+
+/// Whether `e` says, in itself or one of its causes, that sled's file lock is held (the
+/// store's own message names only the path).
+pub(crate) fn sled_lock_held(e: &procession::store::StoreError) -> bool {
+    let mut cause: Option<&dyn std::error::Error> = Some(e);
+    while let Some(c) = cause {
+        if c.to_string().contains("could not acquire lock") {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
+}
