@@ -217,7 +217,8 @@ impl Entries<'_> {
                 _ => None,
             };
             let result = if status == TaskStatus::Success {
-                // The text its worker made for the journal, else the slot's.
+                // The text made for the journal (by the node's worker, or by the writer
+                // of its row), else the slot's, made now.
                 match cell.text() {
                     Some(text) => Some(Json::trusted(text.clone())),
                     None => shared.slots[i].json().map(Json::trusted),

@@ -3,7 +3,7 @@
 
 use std::cell::UnsafeCell;
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -93,13 +93,25 @@ pub(super) struct Shared {
 /// A success's row is written from the node's cell (see [`RunJournal::succeeded`]): its
 /// worker wrote the attempts, the time and the start there before it set
 /// [`done_ok`](NodeCell::done_ok) and staged the node's number, and the cell is not
-/// written again.
+/// written again but for the result's text, made here when its worker made none.
 impl crate::journal::Successes for Shared {
     fn success(&self, node: u32) -> crate::journal::Success {
         let cell = &self.nodes[node as usize];
-        // Acquire: the facts written before `done_ok` are seen (the list's lock, taken
-        // after the worker's push, orders them already).
-        let result = cell.text().cloned();
+        // The facts written before `done_ok` are seen: the list's lock, taken after the
+        // worker's push, orders them.
+        let result = match cell.text() {
+            Some(text) => Some(text.clone()),
+            // An integer's or a boolean's: its worker left it as a word in the slot (see
+            // `NodeCell`'s docs, rule 3). Made once, here, off the tasks' path; the
+            // report reads the copy the cell keeps.
+            None => {
+                let text = self.slots[node as usize].json();
+                if let Some(t) = &text {
+                    cell.offer_text(t.clone());
+                }
+                text
+            }
+        };
         let elapsed_ns = cell.elapsed_ns.load(Ordering::Relaxed);
         let started = match cell.started_ns.load(Ordering::Relaxed) {
             0 => self.epoch,
@@ -137,9 +149,9 @@ impl Drop for Shared {
 /// # The node's task and result text ([`held`](Self::held))
 ///
 /// The cell holds the node's task until the node is claimed, and then, once it succeeded,
-/// its result's text (for the report: the text its worker made for the run's journal, so
-/// that the report neither makes it again nor locks the slot to read it). No lock guards
-/// it: the flags say who may touch it, and when.
+/// its result's text (for the report: the text made for the run's journal, so that the
+/// report neither makes it again nor locks the slot to read it). No lock guards it: the
+/// flags say who may touch it, and when.
 ///
 /// 1. Claim: whoever swaps [`claimed`](Self::claimed) from false to true (acquire-release:
 ///    after the cell was filled, before the state was shared) takes the task, at once,
@@ -148,14 +160,23 @@ impl Drop for Shared {
 ///    again until the state is dropped.
 /// 2. Success: the worker that ran the node (it took the task in 1, or was handed it
 ///    through tokio's spawn or the run's queue, both of which order the claim before the
-///    run) and then won [`ended`](Self::ended) puts the text in, and only then sets
+///    run) and then won [`ended`](Self::ended) puts the text in, when the result was
+///    serialized to one, marks it [`TEXT_READY`] (release), and only then sets
 ///    [`done_ok`](Self::done_ok) (release) ([`succeed`](Self::succeed), unsafe: the
 ///    caller vouches for being that worker). One `ended` swap wins, so there is one such
 ///    worker, and it writes once; a node ended by the driver (abandoned) has no writer.
-/// 3. Read: anyone who sees `done_ok` set (acquire) reads the text
+/// 3. Text made later: an integer's or a boolean's result is kept as a word in its slot,
+///    and its worker makes no text (it would be on the run's critical path); whoever
+///    writes the node's journal row makes it then, and offers it to the cell
+///    ([`offer_text`](Self::offer_text)): after `done_ok` is seen set (acquire: the
+///    worker and the claim are done with the cell), the one whose swap of
+///    [`text_state`](Self::text_state) from [`TEXT_NONE`] to [`TEXT_WRITING`] wins puts
+///    it in, and marks it [`TEXT_READY`] (release). One swap wins, so it is written once.
+/// 4. Read: anyone who sees `text_state` at [`TEXT_READY`] (acquire) reads the text
 ///    ([`text`](Self::text)): it was written before, and the cell is not written again
-///    (the task went in 1, the text's writer is done), so shared reads do not race.
-/// 4. Drop: through `&mut`, when the run's state goes, whatever is left (a task that was
+///    (the task went in 1, the text's one writer, of 2 or 3, is done), so shared reads do
+///    not race. A reader who sees it not ready makes the text from the slot itself.
+/// 5. Drop: through `&mut`, when the run's state goes, whatever is left (a task that was
 ///    never started, the text) is dropped.
 ///
 /// No user code runs while the cell is borrowed: a task taken out is dropped or run
@@ -179,6 +200,9 @@ pub(super) struct NodeCell {
     pub(super) done_ok: AtomicBool,
     /// Set when the node was started or settled: it is started at most once.
     pub(super) claimed: AtomicBool,
+    /// Whether [`held`](Self::held) holds the result's text: [`TEXT_NONE`],
+    /// [`TEXT_WRITING`] or [`TEXT_READY`] (see the type's docs, rules 2 to 4).
+    text_state: AtomicU8,
     /// Set by whoever ends the started node first: its worker, or the driver abandoning
     /// it after the cancellation grace period. The other one leaves the node alone.
     pub(super) ended: AtomicBool,
@@ -189,13 +213,21 @@ pub(super) struct NodeCell {
     pub(super) meta: &'static TaskMeta,
 }
 
+/// [`NodeCell::text_state`]: no text in the cell (yet).
+const TEXT_NONE: u8 = 0;
+/// [`NodeCell::text_state`]: a text is being put in (by the one who won the swap to it).
+const TEXT_WRITING: u8 = 1;
+/// [`NodeCell::text_state`]: the text is in, and stays as it is.
+const TEXT_READY: u8 = 2;
+
 /// What a [`NodeCell`] holds besides its counters and flags (one at a time: the task
 /// goes before the text comes).
 enum Held {
     Empty,
     /// The node's task, until it is claimed.
     Task(TaskBox),
-    /// The text of the node's result, put in by its worker when it succeeded.
+    /// The text of the node's result, put in by its worker when it succeeded, or later
+    /// by the writer of its journal row (see [`NodeCell::offer_text`]).
     Text(SmolStr),
 }
 
@@ -210,8 +242,8 @@ const _: () = assert!(
 // SAFETY: `held` is the only field that is not `Sync`. Its content is written by one
 // party at a time, each ordered after the one before by the flags' atomics (the claim's
 // swap, the handover of the claimed task, the `ended` swap, `done_ok`'s release and
-// acquire), and only read by several at once when no one writes it any more (see
-// `NodeCell`'s docs); what it holds is `Send` (a task box, a `SmolStr`), and a shared
+// acquire, `text_state`'s swap, release and acquire), and only read by several at once
+// when no one writes it any more (see `NodeCell`'s docs); what it holds is `Send` (a task box, a `SmolStr`), and a shared
 // read gives out only a `&SmolStr`, which is `Sync`.
 #[allow(unsafe_code)]
 unsafe impl Sync for NodeCell {}
@@ -226,6 +258,7 @@ impl NodeCell {
             started_ns: AtomicU64::new(0),
             done_ok: AtomicBool::new(false),
             claimed: AtomicBool::new(false),
+            text_state: AtomicU8::new(TEXT_NONE),
             ended: AtomicBool::new(false),
             held: UnsafeCell::new(task.map_or(Held::Empty, Held::Task)),
             meta,
@@ -250,7 +283,8 @@ impl NodeCell {
     }
 
     /// Marks the node succeeded (release: with its result in its slot, its attempts and
-    /// time), keeping `text`, its result's text if one was made, for the report.
+    /// time), keeping `text`, its result's text if one was made, for the journal and the
+    /// report.
     ///
     /// # Safety
     ///
@@ -266,20 +300,48 @@ impl NodeCell {
             // reads it before `done_ok`, set below.
             let held = unsafe { &mut *self.held.get() };
             *held = Held::Text(text);
+            self.text_state.store(TEXT_READY, Ordering::Release);
         }
         self.done_ok.store(true, Ordering::Release);
     }
 
-    /// The text its worker made of the node's result, once the node succeeded; `None`
-    /// before, or when none was made (an integer's or a boolean's without a journal,
-    /// a result restored from an earlier run: its slot has it).
+    /// Keeps `text`, the text of the node's result made after its success (rule 3 of the
+    /// type's docs), for whoever reads it next: unless the node has not succeeded, or
+    /// its cell holds a text already (its worker's, or one offered before), which stays.
+    pub(super) fn offer_text(&self, text: SmolStr) {
+        if !self.done_ok.load(Ordering::Acquire)
+            || self
+                .text_state
+                .compare_exchange(
+                    TEXT_NONE,
+                    TEXT_WRITING,
+                    Ordering::Acquire,
+                    Ordering::Relaxed,
+                )
+                .is_err()
+        {
+            return;
+        }
+        // SAFETY: `done_ok` is set (acquire): the claim took the task and the worker is
+        // done with the cell (rules 1 and 2); this call's swap won (rule 3): no one else
+        // writes it, and no one reads it before `TEXT_READY`, set below.
+        #[allow(unsafe_code)]
+        let held = unsafe { &mut *self.held.get() };
+        *held = Held::Text(text);
+        self.text_state.store(TEXT_READY, Ordering::Release);
+    }
+
+    /// The text of the node's result, once the node succeeded and its text was made
+    /// (by its worker, or offered since); `None` before, or when none was made (an
+    /// integer's or a boolean's whose row was not written yet, or without a journal, a
+    /// result restored from an earlier run: its slot has it).
     #[inline]
     pub(super) fn text(&self) -> Option<&SmolStr> {
-        if !self.done_ok.load(Ordering::Acquire) {
+        if self.text_state.load(Ordering::Acquire) != TEXT_READY {
             return None;
         }
-        // SAFETY: `done_ok` is set (acquire): the text, if any, was written before it
-        // (rule 2), and the cell is not written again while `self` is shared (rule 3).
+        // SAFETY: the text is ready (acquire): it was written before (rules 2 and 3), and
+        // the cell is not written again while `self` is shared (rule 4).
         #[allow(unsafe_code)]
         let held = unsafe { &*self.held.get() };
         match held {
@@ -769,6 +831,76 @@ mod tests {
             .collect();
         drop(cells);
         assert_eq!(DROPPED.load(Ordering::SeqCst) - before, N + 10);
+    }
+
+    /// A cell whose task was claimed and whose node its worker ended, as a worker leaves
+    /// it: succeeded, with `text` if one was made.
+    fn succeeded_cell(text: Option<&str>) -> NodeCell {
+        let cell = NodeCell::new(0, None, &PLAIN_META);
+        assert!(cell.claim().is_none());
+        assert!(!cell.ended.swap(true, Ordering::AcqRel));
+        // SAFETY: this thread claimed the node and won its `ended`, once (rule 2).
+        #[allow(unsafe_code)]
+        unsafe {
+            cell.succeed(text.map(SmolStr::new));
+        }
+        cell
+    }
+
+    static PLAIN_META: crate::task::TaskMeta = <Plain as crate::task::Task>::META;
+
+    // Rule 3 of `NodeCell`'s docs: a text made after the success is kept once; a text
+    // offered for a node that has not succeeded, or that holds one, changes nothing.
+    #[test]
+    fn a_text_offered_after_the_success_is_kept_once() {
+        const THREADS: usize = 4;
+        const N: usize = 2_000;
+        let pending = NodeCell::new(0, None, &PLAIN_META);
+        pending.offer_text(SmolStr::new("1"));
+        assert!(pending.text().is_none(), "not succeeded: nothing kept");
+
+        let word = succeeded_cell(None);
+        assert!(word.text().is_none(), "no text made by its worker");
+        word.offer_text(SmolStr::new("42"));
+        assert_eq!(word.text().map(SmolStr::as_str), Some("42"));
+        word.offer_text(SmolStr::new("43"));
+        assert_eq!(word.text().map(SmolStr::as_str), Some("42"), "kept once");
+
+        let serialized = succeeded_cell(Some(r#""ok""#));
+        serialized.offer_text(SmolStr::new("42"));
+        assert_eq!(serialized.text().map(SmolStr::as_str), Some(r#""ok""#));
+
+        // Offered from several threads at once: one text wins, and a reader that sees a
+        // text sees it whole.
+        let cells: Vec<NodeCell> = (0..N).map(|_| succeeded_cell(None)).collect();
+        let long = |t: usize| SmolStr::new(format!("{t}").repeat(40));
+        let seen: Vec<Vec<Option<SmolStr>>> = std::thread::scope(|s| {
+            let readers: Vec<_> = (0..THREADS)
+                .map(|t| {
+                    let cells = &cells;
+                    s.spawn(move || {
+                        cells
+                            .iter()
+                            .map(|c| {
+                                c.offer_text(long(t));
+                                // Not ready while the winner puts it in: `None`.
+                                c.text().cloned()
+                            })
+                            .collect()
+                    })
+                })
+                .collect();
+            readers.into_iter().map(|r| r.join().unwrap()).collect()
+        });
+        for (i, c) in cells.iter().enumerate() {
+            let kept = c.text().expect("a text is kept once offered");
+            assert!((0..THREADS).any(|w| *kept == long(w)), "{kept}");
+            for by_thread in &seen {
+                if let Some(text) = &by_thread[i] {
+                    assert_eq!(text, kept, "every reader sees the one text kept");
+                }
+            }
+        }
     }
 
     /// A task that does nothing (and counts nothing: [`Counted`]'s drops are another

@@ -206,14 +206,9 @@ pub(super) async fn run_one(
     let mut next = None;
     let result = match result {
         Ok(json) => {
-            // An integer's or a boolean's text is made here, once, for the run's journal
-            // (`json` is `None` for them: the slot makes it, without its lock); the
-            // journal's row and the report read the copy the node keeps (see
-            // `NodeCell::succeed`).
-            let text = match &shared.journal {
-                Some(_) => json.or_else(|| shared.slots[i as usize].json()),
-                None => json,
-            };
+            // `json` is `None` for an integer or a boolean, kept as a word in the slot:
+            // its text is made off the tasks' path, by the writer of the node's journal
+            // row, which leaves it in the cell for the report (see `NodeCell`'s docs).
             let node = &shared.nodes[i as usize];
             node.attempts_run.store(attempts, Ordering::Relaxed);
             node.elapsed_ns.store(elapsed_ns, Ordering::Relaxed);
@@ -224,7 +219,7 @@ pub(super) async fn run_one(
             // won its `ended` above; it marks it succeeded once, here.
             #[allow(unsafe_code)]
             unsafe {
-                node.succeed(text);
+                node.succeed(json);
             }
             // Record the end (its facts are in the node's cell, written above) and start
             // the dependents now ready from here: the driver is off the critical path.
