@@ -929,8 +929,7 @@ pub(crate) struct Success {
     pub(crate) elapsed_ns: u64,
     /// When it ended, a [`mono_ns`] reading.
     pub(crate) ended_at: u64,
-    /// Its result's text, as its worker made it for the report (`None` when the result
-    /// has none).
+    /// Its result's text, the one the report shows (`None` when the result has none).
     pub(crate) result: Option<SmolStr>,
 }
 
