@@ -243,8 +243,8 @@ const _: () = assert!(
 // party at a time, each ordered after the one before by the flags' atomics (the claim's
 // swap, the handover of the claimed task, the `ended` swap, `done_ok`'s release and
 // acquire, `text_state`'s swap, release and acquire), and only read by several at once
-// when no one writes it any more (see `NodeCell`'s docs); what it holds is `Send` (a task box, a `SmolStr`), and a shared
-// read gives out only a `&SmolStr`, which is `Sync`.
+// when no one writes it any more (see `NodeCell`'s docs); what it holds is `Send` (a task
+// box, a `SmolStr`), and a shared read gives out only a `&SmolStr`, which is `Sync`.
 #[allow(unsafe_code)]
 unsafe impl Sync for NodeCell {}
 
