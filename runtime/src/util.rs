@@ -75,14 +75,6 @@ pub(crate) fn mono_since(t0: u64) -> Duration {
     Duration::from_nanos(mono_ns().saturating_sub(t0))
 }
 
-/// Whole milliseconds of `d`, saturating at `u64::MAX`: `as_millis` without its 128-bit
-/// arithmetic (on every task's end).
-pub(crate) fn millis(d: Duration) -> u64 {
-    d.as_secs()
-        .saturating_mul(1_000)
-        .saturating_add(u64::from(d.subsec_millis()))
-}
-
 /// Nanoseconds of `d`, saturating at `u64::MAX` (584 years): `as_nanos` without its
 /// 128-bit arithmetic.
 pub(crate) fn nanos(d: Duration) -> u64 {
@@ -93,7 +85,7 @@ pub(crate) fn nanos(d: Duration) -> u64 {
 
 #[cfg(test)]
 mod tests {
-    use super::{millis, nanos};
+    use super::nanos;
     use std::time::Duration;
 
     // Exact below the limit, saturated beyond it.
@@ -102,7 +94,5 @@ mod tests {
         assert_eq!(nanos(Duration::from_micros(3)), 3_000);
         assert_eq!(nanos(Duration::new(2, 5)), 2_000_000_005);
         assert_eq!(nanos(Duration::MAX), u64::MAX);
-        assert_eq!(millis(Duration::new(3, 7_000_000)), 3_007);
-        assert_eq!(millis(Duration::MAX), u64::MAX);
     }
 }

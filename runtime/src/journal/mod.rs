@@ -23,7 +23,7 @@ use crate::record::{now_ms, LogEntry, Progress, State, MAX_LOG};
 use crate::store::{Batch, CompactRow, MemoryStore, RareFields, RowSink, StoreError, TaskRow};
 use crate::task::ctx::Reporter;
 use crate::util::IdList;
-use crate::util::{millis, mono_ns, nanos};
+use crate::util::{mono_ns, nanos};
 use smol_str::SmolStr;
 
 /// More than this many progress messages from one task within one flush window is an
@@ -671,7 +671,8 @@ impl RunJournal {
 
     /// The wall-clock time (ms since the Unix epoch) of `at` (a [`mono_ns`] reading),
     /// from the clocks read when the journal was made: whole milliseconds after (or
-    /// before) that, as [`millis`] counts them.
+    /// before) that, the part below a millisecond cut. A row's start and end stamps
+    /// both come from here, so that its start is never after its end.
     #[inline]
     fn wall_ms(&self, at: u64) -> u64 {
         let (wall0, mono0) = self.clock0;
@@ -697,7 +698,10 @@ impl RunJournal {
                 return; // released: the run is over
             };
             if row.started_at().is_none() {
-                row.set_started_at(ms_before(now_ms(), since));
+                // From the same clocks as its end (see `wall_ms`): a start read from the
+                // wall clock could be stamped up to a millisecond after an end converted
+                // from a monotonic reading.
+                row.set_started_at(self.wall_ms(mono_ns().saturating_sub(nanos(since))));
             }
             row.state = State::Running;
             row.attempts = attempt;
@@ -714,10 +718,7 @@ impl RunJournal {
     /// (the next cycle, which this end wakes, or a [`sync`](Self::sync)).
     pub(crate) fn ended(&self, node: u32, outcome: Ended, result: Option<SmolStr>) {
         // Outside the lock (the writer thread takes it too).
-        let at_ms = match outcome.at {
-            Some(at) => self.wall_ms(at),
-            None => now_ms(),
-        };
+        let at_ms = self.wall_ms(outcome.at.unwrap_or_else(mono_ns));
         let facts = EndFacts::of(&outcome, at_ms);
         self.end(node, facts, outcome.failure, result);
     }
@@ -1030,7 +1031,7 @@ fn write_end(row: &mut Row, facts: EndFacts, result: Option<SmolStr>) {
     row.set_ended_at(facts.at_ms);
     if row.started_at().is_none() && facts.attempts > 0 {
         // Ended in its first poll: its start was not recorded on its own. Whole
-        // milliseconds of its elapsed time before its end, as `millis` counts them.
+        // milliseconds of its elapsed time before its end, the part below one cut.
         row.set_started_at(facts.at_ms.saturating_sub(facts.elapsed_ns / 1_000_000));
     }
     if facts.state == State::Done {
@@ -1361,11 +1362,6 @@ pub(crate) struct NewRow {
     pub(crate) optional: bool,
 }
 
-/// The wall-clock time (ms since the Unix epoch) `ago` before `now`.
-fn ms_before(now: u64, ago: Duration) -> u64 {
-    now.saturating_sub(millis(ago))
-}
-
 /// How a node ended, for its row.
 pub(crate) struct Ended {
     pub(crate) state: State,
@@ -1619,6 +1615,46 @@ mod tests {
         assert_eq!(j.rollup().percent, Some(100.0));
         // The two `load` rows share one name.
         assert_eq!(j.lock().names.len(), 2);
+        writer.close().await.expect("close");
+    }
+
+    // A row's start and end are stamped from the same clocks (those read when the journal
+    // was made): a start reported while the node runs is never stamped after the end
+    // given as a monotonic reading. A start read from the wall clock was, by up to a
+    // millisecond, whenever the two readings' fractions of a millisecond added up to one
+    // (about every other node here).
+    #[tokio::test]
+    async fn a_rows_start_is_stamped_from_the_clocks_of_its_end() {
+        let n = 200;
+        let (store, writer, j) = journal((0..n).map(|i| TestRow {
+            task: "load",
+            id: format!("n{i}").into(),
+            optional: false,
+        }));
+        let mut bounds = Vec::new();
+        for i in 0..n {
+            // Each node started a different time ago (fractions of a millisecond apart).
+            let since = Duration::from_micros(37 * u64::from(i));
+            let before = mono_ns();
+            j.started(i, 1, since);
+            let after = mono_ns();
+            let (earliest, latest) = (
+                j.wall_ms(before - nanos(since)),
+                j.wall_ms(after - nanos(since)),
+            );
+            // It ends at once, at the monotonic reading right after.
+            j.ended(i, done(since, Some(after)), None);
+            bounds.push((earliest, latest, j.wall_ms(after)));
+        }
+        j.sync().await.expect("sync");
+        let rows: HashMap<u32, TaskRow> = store.tasks("run").unwrap().into_iter().collect();
+        for (i, (earliest, latest, end)) in bounds.into_iter().enumerate() {
+            let row = &rows[&(i as u32)];
+            let started = row.started_at.expect("started");
+            assert!(earliest <= started && started <= latest, "{i}: {row:?}");
+            assert_eq!(row.ended_at, Some(end), "{i}");
+            assert!(started <= end, "{i}: {row:?}");
+        }
         writer.close().await.expect("close");
     }
 
@@ -1919,7 +1955,7 @@ mod tests {
     // A worker's success recorded through `succeeded` writes the same row as the same
     // end through `ended` (a `Done` outcome), directly and when staged behind the
     // writer's lock: state, attempts, elapsed time, result, progress, and the end and
-    // start stamps to the millisecond (a sub-millisecond part is cut, as `millis` does),
+    // start stamps to the millisecond (a sub-millisecond part is cut),
     // also for an end before the journal's clocks were read.
     #[tokio::test]
     async fn a_success_writes_the_same_row_as_a_done_end() {
