@@ -1639,8 +1639,8 @@ mod tests {
             j.started(i, 1, since);
             let after = mono_ns();
             let (earliest, latest) = (
-                j.wall_ms(before - nanos(since)),
-                j.wall_ms(after - nanos(since)),
+                j.wall_ms(before.saturating_sub(nanos(since))),
+                j.wall_ms(after.saturating_sub(nanos(since))),
             );
             // It ends at once, at the monotonic reading right after.
             j.ended(i, done(since, Some(after)), None);
