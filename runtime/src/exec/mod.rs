@@ -652,21 +652,15 @@ fn new_shared(
     let (nodes, far, tasks) = (&graph.nodes, &graph.far[..], &mut graph.tasks);
     let ((slots, nodes, row_meta), (csr, roots)) = if n >= SIDE_BY_SIDE_FROM {
         side_by_side(
-            || cells_of(nodes, far, tasks, row_meta, |_, _| {}),
+            || cells_of(nodes, far, tasks, row_meta, |_| {}),
             "procession-prepare",
             || csr_of(nodes, far),
         )
     } else {
         // One walk: each node's dependencies go to the CSR where its cell is made.
         let mut csr = CsrBuilder::new(n);
-        let mut roots = Vec::new();
-        let cells = cells_of(nodes, far, tasks, row_meta, |i, ds| {
-            csr.push(ds);
-            if ds.is_empty() {
-                roots.push(i as u32);
-            }
-        });
-        (cells, (csr.finish(), roots))
+        let cells = cells_of(nodes, far, tasks, row_meta, |ds| csr.push(ds));
+        (cells, csr.finish())
     };
     if let (Some(j), Some(m)) = (&cfg.journal, row_meta) {
         j.set_rows(m);
@@ -751,35 +745,30 @@ pub(super) fn side_by_side<A, B: Send>(
 /// without dependencies, in order.
 fn csr_of(nodes: &[Node], far: &[u32]) -> (shared::Csr, Vec<u32>) {
     let mut csr = CsrBuilder::new(nodes.len());
-    let mut roots = Vec::new();
-    for (i, node) in nodes.iter().enumerate() {
-        let ds = node.deps(far);
-        csr.push(ds);
-        if ds.is_empty() {
-            roots.push(i as u32);
-        }
+    for node in nodes {
+        csr.push(node.deps(far));
     }
-    (csr.finish(), roots)
+    csr.finish()
 }
 
 /// The slots and the cells of `nodes`, the cells holding the tasks taken from `tasks`
 /// (the vector is left empty), and the journal's row metadata when `row_meta`; `also`
-/// is given each node's index and dependencies as the walk reads them.
+/// is given each node's dependencies, in order, as the walk reads them.
 fn cells_of(
     nodes: &[Node],
     far: &[u32],
     tasks: &mut Vec<TaskBox>,
     row_meta: bool,
-    mut also: impl FnMut(usize, &[u32]),
+    mut also: impl FnMut(&[u32]),
 ) -> (Vec<Slot>, Vec<shared::NodeCell>, Option<RowMeta>) {
     let n = nodes.len();
     let mut slots = shared::SLOTS.take(n);
     let mut cells = shared::CELLS.take(n);
     let mut meta = row_meta.then(|| RowMeta::with_capacity(n));
     let mut tasks = tasks.drain(..);
-    for (i, node) in nodes.iter().enumerate() {
+    for node in nodes {
         let ds = node.deps(far);
-        also(i, ds);
+        also(ds);
         let remaining = u32::try_from(ds.len()).unwrap_or(u32::MAX);
         slots.push(Slot::new(node.readers));
         cells.push(shared::NodeCell::new(remaining, tasks.next(), node.meta));

@@ -113,10 +113,7 @@ impl crate::journal::Successes for Shared {
             }
         };
         let elapsed_ns = cell.elapsed_ns.load(Ordering::Relaxed);
-        let started = match cell.started_ns.load(Ordering::Relaxed) {
-            0 => self.epoch,
-            ns => self.epoch.saturating_add(ns - 1),
-        };
+        let started = self.started_at(node as usize).unwrap_or(self.epoch);
         crate::journal::Success {
             attempts: cell.attempts_run.load(Ordering::Relaxed),
             elapsed_ns,
@@ -363,12 +360,19 @@ impl Shared {
             .store(ns + 1, Ordering::Relaxed);
     }
 
+    /// When node `i` started (a [`mono_ns`](crate::util::mono_ns) reading), as
+    /// [`mark_started`](Self::mark_started) recorded it; `None` when it never started.
+    fn started_at(&self, i: usize) -> Option<u64> {
+        match self.nodes[i].started_ns.load(Ordering::Relaxed) {
+            0 => None,
+            ns => Some(self.epoch.saturating_add(ns - 1)),
+        }
+    }
+
     /// How long node `i` has been running (zero when it never started).
     pub(super) fn running_for(&self, i: usize) -> Duration {
-        match self.nodes[i].started_ns.load(Ordering::Relaxed) {
-            0 => Duration::ZERO,
-            ns => crate::util::mono_since(self.epoch).saturating_sub(Duration::from_nanos(ns - 1)),
-        }
+        self.started_at(i)
+            .map_or(Duration::ZERO, crate::util::mono_since)
     }
 
     /// Attempts node `i` already made in an earlier, interrupted run of the graph.
@@ -640,7 +644,7 @@ pub(super) fn csr<'a>(deps: impl Iterator<Item = &'a [u32]>, n: usize) -> Csr {
     for ds in deps {
         b.push(ds);
     }
-    b.finish()
+    b.finish().0
 }
 
 /// Makes a [`Csr`] from each node's dependencies, pushed in the nodes' order, so that
@@ -653,6 +657,8 @@ pub(super) struct CsrBuilder {
     offsets: Vec<u32>,
     dep_offsets: Vec<u32>,
     dep_targets: Vec<u32>,
+    /// The nodes without dependencies, in order.
+    roots: Vec<u32>,
 }
 
 impl CsrBuilder {
@@ -665,12 +671,18 @@ impl CsrBuilder {
             offsets: vec![0u32; n + 1],
             dep_offsets,
             dep_targets: Vec::new(),
+            roots: Vec::new(),
         }
     }
 
     /// The next node's dependencies.
     #[inline]
     pub(super) fn push(&mut self, ds: &[u32]) {
+        if ds.is_empty() {
+            // This node's number: one per push so far.
+            let node = self.dep_offsets.len() - 1;
+            self.roots.push(u32::try_from(node).unwrap_or(u32::MAX));
+        }
         for &d in ds {
             self.offsets[d as usize] += 1;
         }
@@ -679,14 +691,16 @@ impl CsrBuilder {
             .push(u32::try_from(self.dep_targets.len()).unwrap_or(u32::MAX));
     }
 
-    /// The graph in CSR form, once every node was pushed: one pass over the
-    /// dependencies' copy, no intermediate edge list.
-    pub(super) fn finish(self) -> Csr {
+    /// The graph in CSR form, once every node was pushed (one pass over the
+    /// dependencies' copy, no intermediate edge list), and the nodes without
+    /// dependencies, in order.
+    pub(super) fn finish(self) -> (Csr, Vec<u32>) {
         let CsrBuilder {
             n,
             mut offsets,
             dep_offsets,
             dep_targets,
+            roots,
         } = self;
         debug_assert_eq!(dep_offsets.len(), n + 1, "one push per node");
         // Dependents: node `d`'s count in `offsets[d]`, summed up to where its list
@@ -707,12 +721,13 @@ impl CsrBuilder {
                 targets[*at as usize] = i as u32;
             }
         }
-        Csr {
+        let csr = Csr {
             offsets: offsets.into(),
             targets: targets.into(),
             dep_offsets: dep_offsets.into(),
             dep_targets: dep_targets.into(),
-        }
+        };
+        (csr, roots)
     }
 }
 

@@ -1570,6 +1570,15 @@ mod tests {
         }
     }
 
+    /// [`journal`] of `n` nodes of task `load`, with ids `n0`, `n1`, ...
+    fn loads(n: usize) -> (Arc<MemoryStore>, WriterHandle, Arc<RunJournal>) {
+        journal((0..n).map(|i| TestRow {
+            task: "load",
+            id: format!("n{i}").into(),
+            optional: false,
+        }))
+    }
+
     /// A successful end after one attempt of `elapsed`, at `at`.
     fn done(elapsed: Duration, at: Option<u64>) -> Ended {
         Ended {
@@ -1625,14 +1634,9 @@ mod tests {
     // (about every other node here).
     #[tokio::test]
     async fn a_rows_start_is_stamped_from_the_clocks_of_its_end() {
-        let n = 200;
-        let (store, writer, j) = journal((0..n).map(|i| TestRow {
-            task: "load",
-            id: format!("n{i}").into(),
-            optional: false,
-        }));
+        let (store, writer, j) = loads(200);
         let mut bounds = Vec::new();
-        for i in 0..n {
+        for i in 0..200 {
             // Each node started a different time ago (fractions of a millisecond apart).
             let since = Duration::from_micros(37 * u64::from(i));
             let before = mono_ns();
@@ -1664,11 +1668,7 @@ mod tests {
     // ended in its first poll) its elapsed time before that.
     #[tokio::test]
     async fn an_end_given_as_a_clock_reading_is_stamped_from_it() {
-        let (store, writer, j) = journal((0..2).map(|i| TestRow {
-            task: "load",
-            id: format!("n{i}").into(),
-            optional: false,
-        }));
+        let (store, writer, j) = loads(2);
         let (wall0, mono0) = j.clock0;
         let hour = nanos(Duration::from_hours(1));
         for (i, at) in [(0, mono0 + hour), (1, mono0)] {
@@ -1690,11 +1690,7 @@ mod tests {
     #[tokio::test]
     async fn a_chunk_is_freed_once_its_rows_ended_and_were_written() {
         let n = RowChunks::CHUNK * 2 + 10;
-        let (store, writer, j) = journal((0..n).map(|i| TestRow {
-            task: "load",
-            id: format!("n{i}").into(),
-            optional: false,
-        }));
+        let (store, writer, j) = loads(n);
         // Nothing is made at the launch.
         assert!(j.lock().items.chunks.iter().all(|c| c.rows.is_none()));
         // The first chunk ends whole, in random order; the second all but its last row,
@@ -1828,11 +1824,7 @@ mod tests {
     // the release check as an end recorded directly does.
     #[tokio::test]
     async fn an_end_recorded_while_the_rows_are_locked_is_staged_then_written() {
-        let (store, writer, j) = journal((0..2).map(|i| TestRow {
-            task: "load",
-            id: format!("n{i}").into(),
-            optional: false,
-        }));
+        let (store, writer, j) = loads(2);
         let (wall0, mono0) = j.clock0;
         {
             let held = j.lock();
@@ -1888,11 +1880,7 @@ mod tests {
     // applies the staged end before the check.)
     #[tokio::test]
     async fn a_success_is_staged_even_when_the_rows_are_free() {
-        let (_store, writer, j) = journal((0..2).map(|i| TestRow {
-            task: "load",
-            id: format!("n{i}").into(),
-            optional: false,
-        }));
+        let (_store, writer, j) = loads(2);
         writer.close().await.expect("close");
         let (_, mono0) = j.clock0;
         let cells = TestCells::of(&j);
@@ -1913,11 +1901,7 @@ mod tests {
     async fn successes_staged_from_many_threads_at_once_all_reach_the_store() {
         const THREADS: u32 = 6;
         const EACH: u32 = 500;
-        let (store, writer, j) = journal((0..THREADS * EACH).map(|i| TestRow {
-            task: "load",
-            id: format!("n{i}").into(),
-            optional: false,
-        }));
+        let (store, writer, j) = loads(THREADS as usize * EACH as usize);
         let (_, mono0) = j.clock0;
         let cells = TestCells::of(&j);
         std::thread::scope(|s| {
@@ -1959,11 +1943,7 @@ mod tests {
     // also for an end before the journal's clocks were read.
     #[tokio::test]
     async fn a_success_writes_the_same_row_as_a_done_end() {
-        let (store, writer, j) = journal((0..8).map(|i| TestRow {
-            task: "load",
-            id: format!("n{i}").into(),
-            optional: false,
-        }));
+        let (store, writer, j) = loads(8);
         let (wall0, mono0) = j.clock0;
         let cells = TestCells::of(&j);
         // (at, elapsed) pairs: later than the clocks with sub-millisecond parts, and
@@ -2072,11 +2052,7 @@ mod tests {
     #[tokio::test]
     async fn rare_fields_are_written_and_go_with_their_chunk() {
         let n = RowChunks::CHUNK + 2;
-        let (store, writer, j) = journal((0..n).map(|i| TestRow {
-            task: "load",
-            id: format!("n{i}").into(),
-            optional: false,
-        }));
+        let (store, writer, j) = loads(n);
         let last = u32::try_from(n - 1).unwrap();
         let failed = |error: &str| Ended {
             state: State::Failed,
@@ -2136,11 +2112,7 @@ mod tests {
     // times it changed, and the store keeps none of the journal's own flags.
     #[tokio::test]
     async fn a_state_is_announced_once_per_change() {
-        let (store, writer, j) = journal((0..3).map(|i| TestRow {
-            task: "load",
-            id: format!("n{i}").into(),
-            optional: false,
-        }));
+        let (store, writer, j) = loads(3);
         let mut rx = writer.events.subscribe();
         j.started(0, 1, Duration::ZERO);
         j.started(0, 1, Duration::ZERO);
@@ -2198,11 +2170,7 @@ mod tests {
     #[tokio::test]
     async fn rows_asked_to_go_are_freed_once_written() {
         let n = RowChunks::CHUNK + 3;
-        let (store, writer, j) = journal((0..n).map(|i| TestRow {
-            task: "load",
-            id: format!("n{i}").into(),
-            optional: false,
-        }));
+        let (store, writer, j) = loads(n);
         let last = u32::try_from(n - 1).unwrap();
         for i in 0..=last {
             j.ended(i, done(Duration::ZERO, None), Some(i.to_string().into()));
@@ -2241,11 +2209,7 @@ mod tests {
     // even when a wake-up was already on its way (the ask brings a take of its own).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn asking_the_rows_to_go_does_not_wait_for_the_writer() {
-        let (store, writer, j) = journal((0..3).map(|i| TestRow {
-            task: "load",
-            id: format!("n{i}").into(),
-            optional: false,
-        }));
+        let (store, writer, j) = loads(3);
         for i in 0..3 {
             j.ended(i, done(Duration::ZERO, None), Some(i.to_string().into()));
         }
@@ -2279,11 +2243,7 @@ mod tests {
     // ends: an end staged meanwhile keeps the rows until it is written.
     #[tokio::test]
     async fn an_end_staged_during_a_take_keeps_the_rows_until_written() {
-        let (store, writer, j) = journal((0..2).map(|i| TestRow {
-            task: "load",
-            id: format!("n{i}").into(),
-            optional: false,
-        }));
+        let (store, writer, j) = loads(2);
         let (_, mono0) = j.clock0;
         // A take: the rows held, the staged ends applied (none), the dirty list taken.
         let held = j.lock_applied();
@@ -2304,11 +2264,7 @@ mod tests {
     // rows do not grow it again from nothing each cycle.
     #[tokio::test]
     async fn the_dirty_list_keeps_its_room_across_cycles() {
-        let (_store, writer, j) = journal((0..100).map(|i| TestRow {
-            task: "load",
-            id: format!("n{i}").into(),
-            optional: false,
-        }));
+        let (_store, writer, j) = loads(100);
         for i in 0..100 {
             j.started(i, 1, Duration::ZERO);
         }
