@@ -121,6 +121,16 @@ impl crate::journal::Successes for Shared {
             result,
         }
     }
+
+    #[inline]
+    fn prefetch(&self, node: u32) {
+        if let Some(cell) = self.nodes.get(node as usize) {
+            crate::util::prefetch(cell);
+        }
+        if let Some(slot) = self.slots.get(node as usize) {
+            crate::util::prefetch(slot);
+        }
+    }
 }
 
 /// The node cells of the last large run, for the next one (see [`spare`](crate::graph::spare)).
