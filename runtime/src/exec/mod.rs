@@ -20,7 +20,7 @@ pub(crate) use remote::RemoteRun;
 use std::collections::VecDeque;
 use std::error::Error as StdError;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use smol_str::SmolStr;
@@ -584,8 +584,6 @@ async fn drive_run(mut graph: Graph, mut cfg: RunConfig) -> (Option<RunReport>, 
             j.release_when_written();
         }
     }
-    // Every node was started: the queue's room for all of them goes before the report.
-    *shared::lock(&shared.queue) = VecDeque::new();
     let report = build_report(
         &mut graph,
         &shared,
@@ -695,7 +693,7 @@ fn new_shared(
         workers_start_dependents: cfg.max_concurrency.is_none(),
         in_flight: AtomicUsize::new(0),
         tx,
-        queue: Mutex::default(),
+        queue: crossbeam_deque::Injector::new(),
         active: AtomicUsize::new(0),
         runners: tokio::runtime::Handle::current()
             .metrics()

@@ -108,7 +108,7 @@ async fn watched<F: Future>(shared: &Arc<Shared>, mut fut: Pin<&mut F>) -> F::Ou
         if polled.is_pending() && !waiting {
             waiting = true;
             shared.active.fetch_sub(1, Ordering::AcqRel);
-            if !super::shared::lock(&shared.queue).is_empty() {
+            if !shared.queue.is_empty() {
                 shared.ensure_runner();
             }
         }

@@ -830,12 +830,12 @@ impl RunJournal {
                                     source.prefetch(ahead);
                                 }
                                 let s = source.success(node);
-                            let facts = EndFacts {
-                                state: State::Done,
-                                skipped: false,
-                                attempts: s.attempts,
-                                elapsed_ns: s.elapsed_ns,
-                                at_ms: self.wall_ms(s.ended_at),
+                                let facts = EndFacts {
+                                    state: State::Done,
+                                    skipped: false,
+                                    attempts: s.attempts,
+                                    elapsed_ns: s.elapsed_ns,
+                                    at_ms: self.wall_ms(s.ended_at),
                                 };
                                 g.end(node, facts, None, s.result);
                             }
