@@ -693,7 +693,7 @@ fn new_shared(
         workers_start_dependents: cfg.max_concurrency.is_none(),
         in_flight: AtomicUsize::new(0),
         tx,
-        queue: crossbeam_deque::Injector::new(),
+        queue: crossbeam_queue::SegQueue::new(),
         active: AtomicUsize::new(0),
         runners: tokio::runtime::Handle::current()
             .metrics()
