@@ -23,6 +23,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crossbeam_utils::CachePadded;
 use smol_str::SmolStr;
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -691,10 +692,10 @@ fn new_shared(
         dep_targets,
         prior_attempts: prior_attempts.into(),
         workers_start_dependents: cfg.max_concurrency.is_none(),
-        in_flight: AtomicUsize::new(0),
+        in_flight: CachePadded::new(AtomicUsize::new(0)),
         tx,
         queue: crossbeam_queue::SegQueue::new(),
-        active: AtomicUsize::new(0),
+        active: CachePadded::new(AtomicUsize::new(0)),
         runners: tokio::runtime::Handle::current()
             .metrics()
             .num_workers()
