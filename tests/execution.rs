@@ -380,6 +380,89 @@ async fn a_long_chain_lets_other_tasks_run() {
     );
 }
 
+// ------------------------------ many runners share one queue of ready nodes
+
+/// Every call of the two tasks below, to prove each node ran once.
+static LAYER_CALLS: AtomicUsize = AtomicUsize::new(0);
+
+#[task]
+async fn layer_leaf(j: u64) -> u64 {
+    LAYER_CALLS.fetch_add(1, Ordering::SeqCst);
+    j
+}
+
+/// Mixes its inputs in order, so that a wrong or missing input changes the result.
+#[task]
+async fn layer_mix(ins: Vec<u64>) -> u64 {
+    LAYER_CALLS.fetch_add(1, Ordering::SeqCst);
+    layer_mix_of(&ins)
+}
+
+fn layer_mix_of(ins: &[u64]) -> u64 {
+    ins.iter()
+        .fold(17u64, |a, x| a.wrapping_mul(1_000_003).wrapping_add(*x))
+}
+
+/// Three parents in the previous layer for each node past the first layer, from a fixed
+/// seed (the same for the process and the test's own reckoning).
+fn layer_parents(layers: u32, width: u32) -> Vec<[usize; 3]> {
+    let mut s = 0x2545_f491_4f6c_dd1d_u64;
+    let width = width as usize;
+    (width..layers as usize * width)
+        .map(|_| {
+            [0; 3].map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                (s % width as u64) as usize
+            })
+        })
+        .collect()
+}
+
+#[process(mode = "concurrent")]
+fn layered_mix(p: &mut Builder, layers: u32, width: u32) {
+    let picks = layer_parents(layers, width);
+    let mut prev: Vec<Out<u64>> = p.each(0..width, |p, j| p.task(LayerLeaf::new(u64::from(j))));
+    for l in 1..layers {
+        let base = (l as usize - 1) * width as usize;
+        prev = p.each(0..width, |p, j| {
+            let ins: Vec<Out<u64>> = picks[base + j as usize].iter().map(|&x| prev[x]).collect();
+            p.task(LayerMix::new(ins))
+        });
+    }
+    p.task(LayerMix::new(prev));
+}
+
+// Four runners take ready nodes from one queue and queue the dependents each end makes
+// ready, all at once: every node runs once, after its three parents, with their results.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_layered_graph_on_four_runners_runs_each_node_once_with_its_inputs() {
+    let (layers, width) = (40u32, 500u32);
+    let report = rt().await.run(LayeredMix { layers, width }).await.unwrap();
+    assert!(report.is_success(), "{}", report.summary());
+    let nodes = (layers * width) as usize + 1;
+    assert_eq!(report.tasks.len(), nodes);
+    assert_eq!(
+        LAYER_CALLS.load(Ordering::SeqCst),
+        nodes,
+        "a node ran twice or never"
+    );
+    // The same graph reckoned here, layer by layer.
+    let picks = layer_parents(layers, width);
+    let mut prev: Vec<u64> = (0..u64::from(width)).collect();
+    for l in 1..layers as usize {
+        let base = (l - 1) * width as usize;
+        prev = (0..width as usize)
+            .map(|j| layer_mix_of(&picks[base + j].map(|x| prev[x])))
+            .collect();
+    }
+    assert_eq!(
+        report.result::<u64>("layer_mix").unwrap(),
+        layer_mix_of(&prev)
+    );
+}
+
 static ARRIVED_16_SYNC: AtomicUsize = AtomicUsize::new(0);
 
 #[task]
