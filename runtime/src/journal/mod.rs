@@ -941,7 +941,8 @@ pub(crate) trait Successes: Send + Sync {
 }
 
 /// How many staged successes ahead of the one it applies the writer asks for the facts
-/// of (see [`Successes::prefetch`]).
+/// of (see [`Successes::prefetch`]). Measured (in memory, 2 workers, medians of 175 runs
+/// alternated): layered 100x1k 51.2 -> 49.3 ms with 4; 8 and 16 the same as 4.
 const SUCCESS_LOOKAHEAD: usize = 4;
 
 /// A node's success, as its row takes it.
