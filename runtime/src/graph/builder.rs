@@ -876,7 +876,7 @@ impl Builder {
         // the task name's hash as a constant), not read back from the node just written.
         let name = const { Fingerprint::name(T::META.name) };
         fingerprint.parts(index, &id, name, links.deps, links.data);
-        nodes.push(Node::new(&T::META, &links, optional, far));
+        Node::push(nodes, &T::META, &links, optional, far);
         tasks.push(task);
         node_ids.push(id);
         if let Some(d) = description {

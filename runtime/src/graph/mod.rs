@@ -75,61 +75,99 @@ const INLINE_LINKS: usize = 5;
 /// A node's links: a few inside the node, more in its graph's [`far`](Graph::far) list
 /// (one vector for every node with more, not an allocation each: a node owns nothing,
 /// so dropping the nodes is not a pass over them).
+///
+/// Six words, not an enum: a node is written with its list in one go, from registers,
+/// whichever kind the list is (an enum's one-byte tag and length were written apart and
+/// then copied into the node in wider pieces, each copy waiting for the writes before it
+/// to land).
 #[derive(Clone, Copy)]
-enum LinkList {
-    Inline { len: u8, ids: [u32; INLINE_LINKS] },
-    Far { at: u32, len: u32 },
+struct LinkList {
+    /// How many links; with [`LinkList::FAR`] set they are in the graph's far list, from
+    /// `ids[0]` on, else the first ones of `ids`.
+    len: u32,
+    ids: [u32; INLINE_LINKS],
 }
 
 impl LinkList {
-    /// The concatenation of `parts`, in `far` when it is longer than [`INLINE_LINKS`].
+    /// Set in [`len`](Self::len) for a list in the graph's far list.
+    const FAR: u32 = 1 << 31;
+
+    /// The concatenation of `parts`, in `far` when it is longer than [`INLINE_LINKS`]
+    /// (the tests' way to make a list; a node's is written in place, see
+    /// [`Node::push`]).
+    #[cfg(test)]
+    fn of(parts: [&[u32]; 3], far: &mut Vec<u32>) -> LinkList {
+        let mut list = Self::room(parts, far);
+        list.fill(parts);
+        list
+    }
+
+    /// The list for `parts`: in `far` when it is longer than [`INLINE_LINKS`], whole;
+    /// inline otherwise, with its length and room for its ids, written by
+    /// [`fill`](Self::fill).
+    #[allow(clippy::inline_always)] // once per node, in `Node::push`
+    #[inline(always)]
+    fn room(parts: [&[u32]; 3], far: &mut Vec<u32>) -> LinkList {
+        let len = parts[0].len() + parts[1].len() + parts[2].len();
+        // A graph has fewer than 2^31 links: every node has fewer than 2^31 nodes to wait
+        // for (and an inline list at most `INLINE_LINKS`).
+        let (len, first) = if len > INLINE_LINKS {
+            (len as u32 | Self::FAR, Self::far(parts, far))
+        } else {
+            (len as u32, 0)
+        };
+        let mut ids = [0; INLINE_LINKS];
+        ids[0] = first;
+        LinkList { len, ids }
+    }
+
+    /// Writes `parts` into the inline list [`room`](Self::room) made for them (a list in
+    /// `far` has them already).
     ///
-    /// Always inlined: called once per node, by [`Node::new`]; `#[inline]` left it out of
-    /// line once its copies were unrolled (see [`put`]).
+    /// Always inlined: called once per node, by [`Node::push`]; `#[inline]` left it out
+    /// of line once its copies were unrolled (see [`put`]).
     #[allow(clippy::inline_always)] // measured: see above
     #[inline(always)]
-    fn of(parts: [&[u32]; 3], far: &mut Vec<u32>) -> LinkList {
-        let len = parts[0].len() + parts[1].len() + parts[2].len();
-        if len > INLINE_LINKS {
-            return Self::far(parts, len, far);
+    fn fill(&mut self, parts: [&[u32]; 3]) {
+        if self.is_far() {
+            return;
         }
-        let mut ids = [0; INLINE_LINKS];
         // Most lists are empty or one part: no chained iterators per id.
         let mut at = 0;
         for part in parts {
             if !part.is_empty() {
-                put(&mut ids, at, part);
+                put(&mut self.ids, at, part);
                 at += part.len();
             }
         }
-        // `len <= INLINE_LINKS`: the cast keeps it.
-        LinkList::Inline {
-            len: len as u8,
-            ids,
-        }
     }
 
-    /// [`of`](LinkList::of) for a list longer than [`INLINE_LINKS`] (out of line: rare).
+    /// Appends `parts` to `far` (for a list longer than [`INLINE_LINKS`], out of line:
+    /// rare); returns where they start.
     #[inline(never)]
-    fn far(parts: [&[u32]; 3], len: usize, far: &mut Vec<u32>) -> LinkList {
-        // A graph has fewer than 2^32 links: every node has fewer than 2^32 nodes to
-        // wait for, and far fewer nodes than that.
+    fn far(parts: [&[u32]; 3], far: &mut Vec<u32>) -> u32 {
+        // Fewer than 2^32 links in a graph (see `room`).
         let at = far.len() as u32;
         for part in parts {
             far.extend_from_slice(part);
         }
-        LinkList::Far {
-            at,
-            len: len as u32,
-        }
+        at
+    }
+
+    #[inline]
+    fn is_far(&self) -> bool {
+        self.len & Self::FAR != 0
     }
 
     /// The links, `far` being the list of the graph the node is in.
     #[inline]
     fn as_slice<'a>(&'a self, far: &'a [u32]) -> &'a [u32] {
-        match self {
-            LinkList::Inline { len, ids } => &ids[..usize::from(*len)],
-            LinkList::Far { at, len } => &far[*at as usize..(*at + *len) as usize],
+        let len = (self.len & !Self::FAR) as usize;
+        if self.is_far() {
+            let at = self.ids[0] as usize;
+            &far[at..at + len]
+        } else {
+            &self.ids[..len]
         }
     }
 }
@@ -139,7 +177,7 @@ impl LinkList {
 /// not known at compile time) was a call to `memcpy`, about 25 instructions a node for
 /// one or three ids.
 #[inline(always)]
-#[allow(clippy::inline_always)] // once per node, in `LinkList::of`
+#[allow(clippy::inline_always)] // once per node, in `LinkList::fill`
 fn put(ids: &mut [u32; INLINE_LINKS], at: usize, part: &[u32]) {
     for (i, &id) in part.iter().enumerate().take(INLINE_LINKS) {
         if let Some(slot) = ids.get_mut(at + i) {
@@ -160,7 +198,7 @@ fn same(a: &[u32], b: &[u32]) -> bool {
     std::ptr::eq(a, b) || a.iter().zip(b).all(|(x, y)| x == y)
 }
 
-/// What a node waits for and reads, as [`Node::new`] takes it.
+/// What a node waits for and reads, as [`Node::push`] takes it.
 pub(crate) struct Links<'a> {
     /// Every node it waits for (data and order), sorted, without repeats.
     pub(crate) deps: &'a [u32],
@@ -171,21 +209,40 @@ pub(crate) struct Links<'a> {
 }
 
 impl Node {
+    /// Appends the node of a task described by `meta`, with `links`, to `nodes`; links
+    /// beyond [`INLINE_LINKS`] go to `far`.
+    ///
+    /// The node goes in with its inline links zeroed, and they are written in place
+    /// after: a list made aside had its ids written one by one, then read back in wider
+    /// pieces to be copied into the node, and each such read waited for the writes
+    /// before it to land (a failed store forwarding; about a fifth of a layered graph's
+    /// build under `perf`).
+    ///
     /// Always inlined: called once per task, with arguments that would otherwise go
-    /// through the stack. Links beyond [`INLINE_LINKS`] go to `far`.
+    /// through the stack.
     #[allow(clippy::inline_always)] // measured: `#[inline]` left it out of line
     #[inline(always)]
-    fn new(meta: &'static TaskMeta, links: &Links<'_>, optional: bool, far: &mut Vec<u32>) -> Node {
+    fn push(
+        nodes: &mut Vec<Node>,
+        meta: &'static TaskMeta,
+        links: &Links<'_>,
+        optional: bool,
+        far: &mut Vec<u32>,
+    ) {
         let data_is_deps = same(links.deps, links.data);
         let data: &[u32] = if data_is_deps { &[] } else { links.data };
-        Node {
+        let parts = [links.deps, data, links.tolerant];
+        nodes.push(Node {
             meta,
-            links: LinkList::of([links.deps, data, links.tolerant], far),
+            links: LinkList::room(parts, far),
             n_deps: links.deps.len() as u32,
             n_data: data.len() as u32,
             readers: 0,
             optional: optional || meta.policy.optional,
             data_is_deps,
+        });
+        if let Some(node) = nodes.last_mut() {
+            node.links.fill(parts);
         }
     }
 
@@ -780,14 +837,15 @@ mod tests {
     fn link_lists_keep_their_order_inline_and_in_the_far_list() {
         let mut far = vec![7];
         let small = LinkList::of([&[1, 4], &[], &[4]], &mut far);
-        assert!(matches!(small, LinkList::Inline { .. }));
+        assert!(!small.is_far());
         assert_eq!(small.as_slice(&far), [1, 4, 4]);
         let full = LinkList::of([&[1, 2, 3], &[2], &[3]], &mut far);
-        assert!(matches!(full, LinkList::Inline { .. }));
+        assert!(!full.is_far());
         assert_eq!(full.as_slice(&far), [1, 2, 3, 2, 3]);
         assert_eq!(far, [7]);
         let big = LinkList::of([&[1, 2, 3, 5], &[2, 5], &[5]], &mut far);
-        assert!(matches!(big, LinkList::Far { at: 1, len: 7 }));
+        assert!(big.is_far());
+        assert_eq!((big.ids[0], big.len & !LinkList::FAR), (1, 7));
         let bigger = LinkList::of([&[0, 1, 2, 3, 4, 5], &[], &[]], &mut far);
         assert_eq!(big.as_slice(&far), [1, 2, 3, 5, 2, 5, 5]);
         assert_eq!(bigger.as_slice(&far), [0, 1, 2, 3, 4, 5]);

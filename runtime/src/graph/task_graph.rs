@@ -475,7 +475,7 @@ impl TaskGraph {
                     made_optional.push(nodes.len() as u32);
                 }
                 ids.push(smol_str::SmolStr::new(name));
-                nodes.push(Node::new(meta, &links, optional, &mut far));
+                Node::push(&mut nodes, meta, &links, optional, &mut far);
                 tasks.push(arena.adopt(task));
             }
         }
