@@ -142,12 +142,24 @@ impl Arena {
     }
 
     /// Moves `task` into the arena.
-    #[inline]
+    #[cfg(test)]
     pub(crate) fn alloc<T: ErasedTask + 'static>(&mut self, task: T) -> TaskBox {
+        self.alloc_with(|| task)
+    }
+
+    /// Makes a task with `make` in the arena: made once its room is found, it is written
+    /// straight into it. Made before, it was made on the stack and then copied in, and
+    /// the copy's wide reads waited for the narrower writes that made it (a failed store
+    /// forwarding).
+    #[inline]
+    pub(crate) fn alloc_with<T: ErasedTask + 'static>(
+        &mut self,
+        make: impl FnOnce() -> T,
+    ) -> TaskBox {
         let at = self.place(Layout::new::<T>()).cast::<T>();
         // SAFETY: `place` returned memory of `T`'s size and alignment that nothing else
         // uses (a fresh bump range or block), valid until the arena is dropped.
-        unsafe { at.as_ptr().write(task) };
+        unsafe { at.as_ptr().write(make()) };
         self.boxed(at)
     }
 
@@ -275,8 +287,8 @@ unsafe impl Place for &mut Arena {
     type Held = TaskBox;
 
     #[inline]
-    fn put<E: ErasedTask + 'static>(self, task: E) -> TaskBox {
-        self.alloc(task)
+    fn put<E: ErasedTask + 'static>(self, make: impl FnOnce() -> E) -> TaskBox {
+        self.alloc_with(make)
     }
 }
 

@@ -123,8 +123,9 @@ pub(crate) const INLINE_TASK: usize = 120;
 pub(crate) unsafe trait Place {
     /// What putting a task there gives back.
     type Held;
-    /// Puts `task` there.
-    fn put<E: ErasedTask + 'static>(self, task: E) -> Self::Held;
+    /// Puts the task `make` makes there (made once its room is found, so that it can be
+    /// written straight into it).
+    fn put<E: ErasedTask + 'static>(self, make: impl FnOnce() -> E) -> Self::Held;
 }
 
 /// Each task in a box of its own.
@@ -137,8 +138,8 @@ unsafe impl Place for Boxed {
     type Held = Box<dyn ErasedTask>;
 
     #[inline]
-    fn put<E: ErasedTask + 'static>(self, task: E) -> Box<dyn ErasedTask> {
-        Box::new(task)
+    fn put<E: ErasedTask + 'static>(self, make: impl FnOnce() -> E) -> Box<dyn ErasedTask> {
+        Box::new(make())
     }
 }
 
@@ -166,11 +167,9 @@ where
     P: Place,
 {
     if inline::<T, C, F>() {
-        place.put(Erased::new(task, call))
+        place.put(|| Erased::new(task, call))
     } else {
-        place.put(Erased::new(task, move |args, ctx| {
-            Box::pin(call(args, ctx))
-        }))
+        place.put(|| Erased::new(task, move |args, ctx| Box::pin(call(args, ctx))))
     }
 }
 
