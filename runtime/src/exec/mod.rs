@@ -456,7 +456,7 @@ async fn drive_run(mut graph: Graph, mut cfg: RunConfig) -> (Option<RunReport>, 
         }
         if !cancel_seen && !halt_seen {
             if shared.pooled {
-                // No limit: every ready node is queued, a batch per lock of the queue.
+                // No limit: every ready node is queued, counted in flight a batch at a time.
                 shared.start_all(&mut ready);
             }
             while shared.in_flight.load(Ordering::Acquire) < limit {

@@ -74,9 +74,10 @@ pub(super) struct Shared {
     /// On a cache line of its own, as [`active`](Self::active) is: both workers change
     /// it for most nodes (up as a node is queued, down as a runner's chain ends), and
     /// each change took the line from the other core with the fields beside it, which
-    /// every node reads, so that the next read of those missed. Measured (in memory, 2 workers, medians of
-    /// 56-84 runs alternated): layered 100x1k 44.2 -> 41.4 ms, wide 100k 32.7 -> 28.3 ms,
-    /// fan 1->10k->1 4.16 -> 3.67 ms, wide 10k 3.52 -> 3.37 ms, a chain the same.
+    /// every node reads, so that the next read of those missed. Measured (in memory, 2
+    /// workers, medians of 56-84 runs alternated): layered 100x1k 44.2 -> 41.4 ms, wide
+    /// 100k 32.7 -> 28.3 ms, fan 1->10k->1 4.16 -> 3.67 ms, wide 10k 3.52 -> 3.37 ms, a
+    /// chain the same.
     pub(super) in_flight: CachePadded<AtomicUsize>,
     pub(super) tx: mpsc::UnboundedSender<Msg>,
     /// Where nodes run when not here (see [`super::Dispatch`]).
